@@ -1,0 +1,61 @@
+/*
+ * cli.h: what the command files of `mood` share: the command table entry, error reporting with
+ * the documented exit codes (0 ok, 1 bad input, 2 environment), the stderr progress bar, and
+ * JSON printing. Commands use only the public API in include/mood/.
+ */
+#ifndef MOOD_CLI_CLI_H
+#define MOOD_CLI_CLI_H
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+
+#include "mood/mood.h"
+
+typedef struct cli_command {
+    const char *name;    /* "inspect", "lora stack", ... */
+    const char *summary; /* one line for `mood help` */
+    const char *help;    /* full text for `mood help NAME` */
+    int (*run)(int argc, char **argv); /* argv[0] is the command name */
+} cli_command;
+
+/* Prints "mood: error: <mood_error_last()>" and returns the exit status for `code`. */
+int cli_fail(int code);
+/* Prints "mood: error: ..." for a usage problem and returns 1. */
+int cli_usage_error(const char *command, const char *fmt, ...) MOOD_PRINTF(2, 3);
+/* Prints a warning line to stderr. */
+void cli_warn(const char *fmt, ...) MOOD_PRINTF(1, 2);
+
+/* A progress callback drawing a bar on stderr when it is a terminal (silent otherwise). */
+int cli_progress(const mood_progress *p, void *payload);
+/* Ends the bar's line, if one was drawn. */
+void cli_progress_done(void);
+
+/* Prints a JSON value to stdout (pretty, newline-terminated) and frees it. Returns 0 or 2. */
+int cli_print_json(cJSON *value);
+
+/* Parses "PATH[:W[:W2]]" (weights optional). Windows-style drive letters are not a concern
+ * here, but a path containing ':' can be given as "PATH::" ... to keep it simple, the weights
+ * are taken from the right only when they parse as numbers. Returns 0 or 1 (bad number). */
+int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1, double *w2,
+                       int *has_w2);
+
+/* Parses a double strictly; returns 0 on success. */
+int cli_parse_double(const char *s, double *out);
+int cli_parse_int(const char *s, long *out);
+
+extern const cli_command cli_commands[];
+
+/* The commands (one file each: cmd_<name>.c) and their help texts. */
+int cmd_info(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_hash(int argc, char **argv);
+int cmd_bake(int argc, char **argv);
+int cmd_lora_stack(int argc, char **argv);
+int cmd_lora_merge(int argc, char **argv);
+int cmd_lora_resize(int argc, char **argv);
+int cmd_lora_extract(int argc, char **argv);
+extern const char cmd_info_help[], cmd_inspect_help[], cmd_hash_help[], cmd_bake_help[],
+    cmd_lora_stack_help[], cmd_lora_merge_help[], cmd_lora_resize_help[], cmd_lora_extract_help[];
+
+
+#endif /* MOOD_CLI_CLI_H */

@@ -1,0 +1,173 @@
+/*
+ * cli_util.c: shared pieces of the commands: error reporting and exit codes, the progress bar,
+ * JSON output, and strict parsing of numbers and "FILE:W" arguments.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+int cli_fail(int code)
+{
+    cli_progress_done();
+    fprintf(stderr, "mood: error: %s\n",
+            mood_error_last()[0] ? mood_error_last() : mood_error_name(code));
+    return mood_error_is_user(code) ? 1 : 2;
+}
+
+int cli_usage_error(const char *command, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "mood: error: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see 'mood help %s')\n", command);
+    return 1;
+}
+
+void cli_warn(const char *fmt, ...)
+{
+    va_list ap;
+    cli_progress_done();
+    fprintf(stderr, "mood: warning: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+}
+
+static int bar_drawn;
+static double bar_start;
+static double bar_last;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int cli_progress(const mood_progress *p, void *payload)
+{
+    double now = now_seconds(), frac, elapsed;
+    int width = 30, filled;
+    (void)payload;
+    if (!isatty(STDERR_FILENO) || p->total == 0)
+        return 0;
+    if (!bar_drawn) {
+        bar_start = now;
+        bar_last = 0;
+    }
+    /* Redraw at most 10 times a second, and always at the end. */
+    if (bar_drawn && now - bar_last < 0.1 && p->done < p->total)
+        return 0;
+    bar_last = now;
+    frac = (double)p->done / (double)p->total;
+    if (frac > 1)
+        frac = 1;
+    filled = (int)(frac * width);
+    elapsed = now - bar_start;
+    fprintf(stderr, "\r%-8s [", p->phase ? p->phase : "");
+    for (int i = 0; i < width; i++)
+        fputc(i < filled ? '#' : '.', stderr);
+    fprintf(stderr, "] %5.1f%%  %.1fs", frac * 100, elapsed);
+    if (frac > 0.02 && frac < 1)
+        fprintf(stderr, "  ~%.0fs left ", elapsed / frac - elapsed);
+    else
+        fprintf(stderr, "             ");
+    bar_drawn = 1;
+    return 0;
+}
+
+void cli_progress_done(void)
+{
+    if (bar_drawn)
+        fputc('\n', stderr);
+    bar_drawn = 0;
+}
+
+int cli_print_json(cJSON *value)
+{
+    char *text = cJSON_Print(value);
+    cJSON_Delete(value);
+    if (!text) {
+        fprintf(stderr, "mood: error: out of memory\n");
+        return 2;
+    }
+    puts(text);
+    cJSON_free(text);
+    return 0;
+}
+
+int cli_parse_double(const char *s, double *out)
+{
+    char *end;
+    double v;
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno || *end || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_int(const char *s, long *out)
+{
+    char *end;
+    long v;
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1, double *w2,
+                       int *has_w2)
+{
+    /* Split off up to two trailing ":number" fields; a trailing field that is not a number is
+     * part of the path only if the path then exists, else it is an error. */
+    char *copy = strdup(arg);
+    char *fields[2] = {NULL, NULL};
+    int n = 0;
+    *has_w1 = *has_w2 = 0;
+    if (!copy)
+        return 2;
+    while (n < 2) {
+        char *colon = strrchr(copy, ':');
+        double v;
+        if (!colon || cli_parse_double(colon + 1, &v) != 0) {
+            if (colon && access(copy, F_OK) != 0) {
+                fprintf(stderr, "mood: error: '%s': weight '%s' is not a number\n", arg,
+                        colon + 1);
+                free(copy);
+                return 1;
+            }
+            break;
+        }
+        fields[n++] = colon + 1;
+        *colon = '\0';
+    }
+    /* fields were collected right to left */
+    if (n == 1) {
+        cli_parse_double(fields[0], w1);
+        *has_w1 = 1;
+    } else if (n == 2) {
+        cli_parse_double(fields[1], w1);
+        cli_parse_double(fields[0], w2);
+        *has_w1 = *has_w2 = 1;
+    }
+    *path_out = copy;
+    return 0;
+}

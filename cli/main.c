@@ -1,0 +1,132 @@
+/*
+ * main.c: the `mood` command: dispatch to the command table, `mood help`, and process-wide
+ * set-up (signals that must not leave partial files behind, the log sink).
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+const cli_command cli_commands[] = {
+    {"info", "show the version, build options, devices and where the registry lives",
+     cmd_info_help, cmd_info},
+    {"inspect", "describe a checkpoint or LoRA: family, algorithm, ranks, modules, metadata",
+     cmd_inspect_help, cmd_inspect},
+    {"hash", "compute AutoV1/V2/V3, SHA-256 and CRC32 of a model file", cmd_hash_help, cmd_hash},
+    {"bake", "merge LoRAs into a checkpoint", cmd_bake_help, cmd_bake},
+    {"lora stack", "combine LoRAs into one exactly equivalent LoRA", cmd_lora_stack_help,
+     cmd_lora_stack},
+    {"lora merge", "merge LoRAs into one LoRA of a chosen rank (SVD)", cmd_lora_merge_help,
+     cmd_lora_merge},
+    {"lora resize", "change the rank of a LoRA", cmd_lora_resize_help, cmd_lora_resize},
+    {"lora extract", "extract a LoRA from the difference of two checkpoints",
+     cmd_lora_extract_help, cmd_lora_extract},
+    {NULL, NULL, NULL, NULL},
+};
+
+static void on_signal(int sig)
+{
+    /* Remove temporary output files, then die of the same signal. */
+    mood_atomic_cleanup_all();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void log_to_stderr(int level, const char *message, void *payload)
+{
+    (void)payload;
+    if (level <= 1)
+        fprintf(stderr, "mood: %s: %s\n", level == 0 ? "error" : "warning", message);
+    else if (getenv("MOOD_VERBOSE"))
+        fprintf(stderr, "mood: %s\n", message);
+}
+
+static void print_overview(FILE *out)
+{
+    fprintf(out, "mood %s: image styles for Stable Diffusion (LoRA files, bake, merge)\n\n"
+                 "usage: mood <command> [arguments]\n\ncommands:\n",
+            mood_version());
+    for (const cli_command *c = cli_commands; c->name; c++)
+        fprintf(out, "  %-14s %s\n", c->name, c->summary);
+    fprintf(out, "\n'mood help <command>' explains a command and its options.\n"
+                 "Exit status: 0 success, 1 bad input, 2 environment (missing file, disk, "
+                 "memory).\n");
+}
+
+/* Finds the command named by argv[0] (and argv[1] for two-word commands). Sets *words. */
+static const cli_command *find_command(int argc, char **argv, int *words)
+{
+    for (const cli_command *c = cli_commands; c->name; c++) {
+        const char *space = strchr(c->name, ' ');
+        if (!space && strcmp(c->name, argv[0]) == 0) {
+            *words = 1;
+            return c;
+        }
+        if (space && argc >= 2 && strncmp(c->name, argv[0], (size_t)(space - c->name)) == 0 &&
+            strlen(argv[0]) == (size_t)(space - c->name) && strcmp(space + 1, argv[1]) == 0) {
+            *words = 2;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static int help(int argc, char **argv)
+{
+    int words;
+    const cli_command *c;
+    if (argc == 0) {
+        print_overview(stdout);
+        return 0;
+    }
+    c = find_command(argc, argv, &words);
+    if (!c) {
+        fprintf(stderr, "mood: error: no command '%s'; try 'mood help'\n", argv[0]);
+        return 1;
+    }
+    fputs(c->help, stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const cli_command *c;
+    int words;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
+    /* With a file-size limit, a write past it must fail with EFBIG (and a clean error), not kill
+     * the process before it can remove its temporary file. */
+    signal(SIGXFSZ, SIG_IGN);
+    mood_log_set(log_to_stderr, NULL);
+    if (argc < 2) {
+        print_overview(stderr);
+        return 1;
+    }
+    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0)
+        return help(argc - 2, argv + 2);
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf("mood %s\n", mood_version());
+        return 0;
+    }
+    c = find_command(argc - 1, argv + 1, &words);
+    if (!c) {
+        if (strcmp(argv[1], "lora") == 0)
+            fprintf(stderr, "mood: error: 'mood lora' needs a subcommand: stack, merge, resize "
+                            "or extract; see 'mood help'\n");
+        else
+            fprintf(stderr, "mood: error: unknown command '%s'; see 'mood help'\n", argv[1]);
+        return 1;
+    }
+    for (int i = 1 + words; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(c->help, stdout);
+            return 0;
+        }
+    }
+    return c->run(argc - words, argv + words);
+}

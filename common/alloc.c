@@ -1,0 +1,82 @@
+/*
+ * alloc.c: the library's allocator wrappers, with failure injection for tests
+ * (c-style.md rule 16: every heap allocation goes through here).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/common.h"
+
+/* Countdown to the allocation that fails; 0 = injection off. Tests are single-threaded. */
+static long fail_countdown;
+
+void mood__alloc_fail_at(long n)
+{
+    fail_countdown = n;
+}
+
+static int should_fail(void)
+{
+    if (fail_countdown <= 0)
+        return 0;
+    return --fail_countdown == 0;
+}
+
+void *mood_malloc(size_t size)
+{
+    if (should_fail())
+        return NULL;
+    return malloc(size ? size : 1);
+}
+
+void *mood_calloc(size_t count, size_t size)
+{
+    if (should_fail())
+        return NULL;
+    if (count == 0 || size == 0)
+        count = size = 1;
+    return calloc(count, size);
+}
+
+void *mood_realloc(void *ptr, size_t size)
+{
+    if (should_fail())
+        return NULL;
+    return realloc(ptr, size ? size : 1);
+}
+
+void mood_free(void *ptr)
+{
+    free(ptr);
+}
+
+char *mood_strndup(const char *s, size_t n)
+{
+    char *copy = mood_malloc(n + 1);
+    if (!copy)
+        return NULL;
+    memcpy(copy, s, n);
+    copy[n] = '\0';
+    return copy;
+}
+
+char *mood_strdup(const char *s)
+{
+    return mood_strndup(s, strlen(s));
+}
+
+int mood_mul_u64(uint64_t *out, uint64_t a, uint64_t b)
+{
+    if (a != 0 && b > UINT64_MAX / a)
+        return -1;
+    *out = a * b;
+    return 0;
+}
+
+int mood_add_u64(uint64_t *out, uint64_t a, uint64_t b)
+{
+    if (b > UINT64_MAX - a)
+        return -1;
+    *out = a + b;
+    return 0;
+}

@@ -1,0 +1,99 @@
+/*
+ * common.h: internal helpers shared by every module of libmood (not installed):
+ * allocation with failure injection, the error setter, logging, a growable byte buffer,
+ * mapped files, atomic file writes and overflow-checked size arithmetic.
+ *
+ * All heap allocation in the library goes through mood_malloc & co so that tests can make the
+ * N-th allocation fail (mood__alloc_fail_at) and check that every error path cleans up.
+ */
+#ifndef MOOD_COMMON_COMMON_H
+#define MOOD_COMMON_COMMON_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mood/core.h"
+
+/* ----- allocation ---------------------------------------------------------------------------- */
+void *mood_malloc(size_t size);
+void *mood_calloc(size_t count, size_t size);
+void *mood_realloc(void *ptr, size_t size);
+void mood_free(void *ptr);
+char *mood_strdup(const char *s);
+char *mood_strndup(const char *s, size_t n);
+/* Makes the n-th allocation from now fail (n >= 1); 0 turns injection off. For tests. */
+void mood__alloc_fail_at(long n);
+
+/* ----- errors and logging -------------------------------------------------------------------- */
+/* Records a message for mood_error_last() and returns `code`, so callers can write
+ * `return mood_error_set(MOOD_EFORMAT, "%s: ...", path);`. */
+int mood_error_set(int code, const char *fmt, ...) MOOD_PRINTF(2, 3);
+/* Prepends "prefix: " to the current message (adds context on the way up). */
+void mood_error_prefix(const char *fmt, ...) MOOD_PRINTF(1, 2);
+void mood_error_clear(void);
+/* Shorthand for an allocation failure. */
+int mood_error_nomem(void);
+
+enum { MOOD_LOG_ERROR = 0, MOOD_LOG_WARN = 1, MOOD_LOG_INFO = 2, MOOD_LOG_DEBUG = 3 };
+void mood_log(int level, const char *fmt, ...) MOOD_PRINTF(2, 3);
+
+/* ----- checked arithmetic -------------------------------------------------------------------- */
+/* Return 0 on success, -1 on overflow. */
+int mood_mul_u64(uint64_t *out, uint64_t a, uint64_t b);
+int mood_add_u64(uint64_t *out, uint64_t a, uint64_t b);
+
+/* ----- growable buffer ----------------------------------------------------------------------- */
+typedef struct mood_buf {
+    char *data; /* always NUL-terminated when non-NULL */
+    size_t len;
+    size_t cap;
+} mood_buf;
+
+void mood_buf_init(mood_buf *b);
+void mood_buf_dispose(mood_buf *b);
+int mood_buf_reserve(mood_buf *b, size_t extra);
+int mood_buf_append(mood_buf *b, const void *data, size_t n);
+int mood_buf_puts(mood_buf *b, const char *s);
+int mood_buf_printf(mood_buf *b, const char *fmt, ...) MOOD_PRINTF(2, 3);
+/* Appends s as a JSON string literal, escaped the way serde_json does (", \, control
+ * characters; UTF-8 left as is), so headers match the reference writer byte for byte. */
+int mood_buf_json_string(mood_buf *b, const char *s);
+/* Detaches the data (caller frees with mood_free); the buffer is left empty. */
+char *mood_buf_detach(mood_buf *b);
+
+/* ----- files --------------------------------------------------------------------------------- */
+typedef struct mood_map {
+    const uint8_t *data; /* NULL for an empty file */
+    uint64_t size;
+} mood_map;
+
+/* Maps a whole file read-only. Missing file: MOOD_ENOTFOUND; other failures MOOD_EIO. */
+int mood_map_file(mood_map *out, const char *path);
+void mood_unmap(mood_map *m);
+/* Tells the kernel that [offset, offset+len) of a mapping will not be needed soon. */
+void mood_map_release(const mood_map *m, uint64_t offset, uint64_t len);
+
+/* A file written under a temporary name beside its destination and renamed over it only when
+ * complete and synced: readers never see a partial file and a failure leaves nothing behind. */
+typedef struct mood_atomic_file {
+    FILE *fp;
+    char *tmp_path;
+    char *path;
+} mood_atomic_file;
+
+int mood_atomic_open(mood_atomic_file *af, const char *path);
+/* fwrite with an error that names the destination (disk full, ...). */
+int mood_atomic_write(mood_atomic_file *af, const void *data, size_t n);
+/* Flushes, fsyncs, renames into place and syncs the directory. Always disposes af. */
+int mood_atomic_commit(mood_atomic_file *af);
+/* Removes the temporary file. Safe to call after a failed commit or on a zeroed struct. */
+void mood_atomic_abort(mood_atomic_file *af);
+
+/* True when path names an existing file or directory. */
+int mood_path_exists(const char *path);
+/* Pointer to the last path component of path. */
+const char *mood_path_basename(const char *path);
+
+#endif /* MOOD_COMMON_COMMON_H */

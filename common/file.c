@@ -1,0 +1,235 @@
+/*
+ * file.c: read-only file mappings and atomic file writes.
+ *
+ * Atomic writes create "<dir>/.<name>.tmp-<pid>-<n>" with O_EXCL beside the destination, fsync it,
+ * rename it over the destination and fsync the directory. Temporary paths in flight are kept in a
+ * small table so that a signal handler (Ctrl-C) can remove them with mood_atomic_cleanup_all():
+ * no partial file is ever left under either name.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/common.h"
+
+int mood_map_file(mood_map *out, const char *path)
+{
+    struct stat st;
+    void *data;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    out->data = NULL;
+    out->size = 0;
+    if (fd < 0) {
+        int code = errno == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO;
+        return mood_error_set(code, "%s: cannot open: %s", path, strerror(errno));
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return mood_error_set(MOOD_EIO, "%s: not a regular file", path);
+    }
+    if (st.st_size > 0) {
+        data = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (data == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            return mood_error_set(MOOD_EIO, "%s: cannot map: %s", path, strerror(e));
+        }
+        out->data = data;
+    }
+    out->size = (uint64_t)st.st_size;
+    close(fd);
+    return 0;
+}
+
+void mood_unmap(mood_map *m)
+{
+    if (m->data)
+        munmap((void *)m->data, (size_t)m->size);
+    m->data = NULL;
+    m->size = 0;
+}
+
+void mood_map_release(const mood_map *m, uint64_t offset, uint64_t len)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    uint64_t begin, end;
+    if (!m->data || page <= 0 || offset >= m->size)
+        return;
+    if (len > m->size - offset)
+        len = m->size - offset;
+    /* Only whole pages inside the range: never drop a page a neighbour still needs. */
+    begin = (offset + (uint64_t)page - 1) / (uint64_t)page * (uint64_t)page;
+    end = (offset + len) / (uint64_t)page * (uint64_t)page;
+    if (end > begin)
+        madvise((void *)(m->data + begin), (size_t)(end - begin), MADV_DONTNEED);
+}
+
+/* ----- temporary paths in flight, for cleanup from a signal handler ----------------------- */
+#define MAX_PENDING 16
+static char *volatile pending[MAX_PENDING];
+
+static void pending_add(char *path)
+{
+    for (int i = 0; i < MAX_PENDING; i++) {
+        if (!pending[i]) {
+            pending[i] = path;
+            return;
+        }
+    }
+}
+
+static void pending_remove(const char *path)
+{
+    for (int i = 0; i < MAX_PENDING; i++) {
+        if (pending[i] == path)
+            pending[i] = NULL;
+    }
+}
+
+/* Async-signal-safe: only unlink(). */
+void mood_atomic_cleanup_all(void)
+{
+    for (int i = 0; i < MAX_PENDING; i++) {
+        if (pending[i])
+            unlink(pending[i]);
+    }
+}
+
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return mood_strdup(".");
+    if (slash == path)
+        return mood_strdup("/");
+    return mood_strndup(path, (size_t)(slash - path));
+}
+
+int mood_atomic_open(mood_atomic_file *af, const char *path)
+{
+    static unsigned counter;
+    mood_buf name;
+    char *dir = NULL;
+    int fd = -1, err = 0;
+    memset(af, 0, sizeof *af);
+    mood_buf_init(&name);
+    if (!(dir = dir_of(path)) || !(af->path = mood_strdup(path))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        name.len = 0;
+        if ((err = mood_buf_printf(&name, "%s/.%s.tmp-%ld-%u", dir, mood_path_basename(path),
+                                   (long)getpid(), counter++)) != 0)
+            goto done;
+        fd = open(name.data, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EEXIST) {
+            err = mood_error_set(errno == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO,
+                                 "%s: cannot create output file: %s", path, strerror(errno));
+            goto done;
+        }
+    }
+    if (fd < 0) {
+        err = mood_error_set(MOOD_EIO, "%s: cannot create a temporary file", path);
+        goto done;
+    }
+    af->tmp_path = mood_buf_detach(&name);
+    pending_add(af->tmp_path);
+    af->fp = fdopen(fd, "wb");
+    if (!af->fp) {
+        close(fd);
+        err = mood_error_set(MOOD_EIO, "%s: %s", path, strerror(errno));
+        goto done;
+    }
+    setvbuf(af->fp, NULL, _IOFBF, 1 << 20);
+done:
+    mood_free(dir);
+    mood_buf_dispose(&name);
+    if (err)
+        mood_atomic_abort(af);
+    return err;
+}
+
+static int write_error(const mood_atomic_file *af, int e)
+{
+    if (e == ENOSPC || e == EDQUOT)
+        return mood_error_set(MOOD_EIO, "%s: no space left on the device while writing",
+                              af->path);
+    if (e == EFBIG)
+        return mood_error_set(MOOD_EIO, "%s: file size limit reached while writing", af->path);
+    return mood_error_set(MOOD_EIO, "%s: write failed: %s", af->path, strerror(e));
+}
+
+int mood_atomic_write(mood_atomic_file *af, const void *data, size_t n)
+{
+    if (n && fwrite(data, 1, n, af->fp) != n)
+        return write_error(af, errno);
+    return 0;
+}
+
+static void sync_dir(const char *path)
+{
+    char *dir = dir_of(path);
+    int fd;
+    if (!dir)
+        return;
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    mood_free(dir);
+}
+
+int mood_atomic_commit(mood_atomic_file *af)
+{
+    int err = 0;
+    FILE *fp = af->fp;
+    af->fp = NULL;
+    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
+        err = write_error(af, errno);
+        fclose(fp);
+    } else if (fclose(fp) != 0) {
+        err = write_error(af, errno);
+    } else if (rename(af->tmp_path, af->path) != 0) {
+        err = mood_error_set(MOOD_EIO, "%s: cannot rename the finished file into place: %s",
+                             af->path, strerror(errno));
+    } else {
+        pending_remove(af->tmp_path);
+        mood_free(af->tmp_path);
+        af->tmp_path = NULL;
+        sync_dir(af->path);
+    }
+    mood_atomic_abort(af);
+    return err;
+}
+
+void mood_atomic_abort(mood_atomic_file *af)
+{
+    if (af->fp)
+        fclose(af->fp);
+    if (af->tmp_path) {
+        unlink(af->tmp_path);
+        pending_remove(af->tmp_path);
+    }
+    mood_free(af->tmp_path);
+    mood_free(af->path);
+    memset(af, 0, sizeof *af);
+}
+
+int mood_path_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+const char *mood_path_basename(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}

@@ -1,0 +1,78 @@
+/*
+ * core.h: what every part of libmood shares: error codes and the thread-local error message,
+ * the log sink, the progress callback, version and build information.
+ *
+ * Errors: every fallible function returns an int, 0 (MOOD_OK) on success or a negative MOOD_E*
+ * code; the human-readable detail (naming the file, tensor or key and what was expected) is kept
+ * per thread and read with mood_error_last(). The library never prints and never exits.
+ */
+#ifndef MOOD_CORE_H
+#define MOOD_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define MOOD_WARN_UNUSED __attribute__((warn_unused_result))
+#define MOOD_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define MOOD_WARN_UNUSED
+#define MOOD_PRINTF(f, a)
+#endif
+
+enum {
+    MOOD_OK = 0,
+    MOOD_ENOMEM = -1,       /* out of memory */
+    MOOD_EINVAL = -2,       /* bad argument or option given by the caller */
+    MOOD_EIO = -3,          /* reading or writing failed: disk full, permissions, ... */
+    MOOD_ENOTFOUND = -4,    /* a file, tensor or name that was asked for does not exist */
+    MOOD_EFORMAT = -5,      /* a file's content is malformed, truncated or hostile */
+    MOOD_EUNSUPPORTED = -6, /* a valid input that mood cannot handle (yet) */
+    MOOD_EFAMILY = -7,      /* an adapter made for another base family */
+    MOOD_EBACKEND = -8,     /* a compute backend failed */
+    MOOD_ECANCELLED = -9    /* a progress callback asked to stop */
+};
+
+/* The message of the last error on this thread ("" when none). Valid until the next call that
+ * sets an error on this thread. */
+const char *mood_error_last(void);
+/* Name of an error code, e.g. "format error". */
+const char *mood_error_name(int code);
+/* True for codes caused by the input (exit status 1 in the CLI); false for the environment
+ * (missing file, I/O, memory: exit status 2). */
+int mood_error_is_user(int code);
+
+/* Log sink. Levels: 0 error, 1 warning, 2 info, 3 debug. The default sink drops everything, so
+ * the library stays silent unless the application installs one. */
+typedef void (*mood_log_fn)(int level, const char *message, void *payload);
+void mood_log_set(mood_log_fn fn, void *payload);
+
+/* Progress of long work. `done` out of `total` units (bytes, tensors, steps) of the named
+ * phase. A non-zero return cancels the work with MOOD_ECANCELLED. */
+typedef struct mood_progress {
+    const char *phase;
+    uint64_t done;
+    uint64_t total;
+} mood_progress;
+typedef int (*mood_progress_fn)(const mood_progress *p, void *payload);
+
+/* Removes the temporary files of writes still in progress, so an interrupted command leaves
+ * nothing behind. Async-signal-safe: call it from a SIGINT/SIGTERM handler. */
+void mood_atomic_cleanup_all(void);
+
+const char *mood_version(void);
+/* One line describing how this library was built (type, sanitizers, CUDA architectures). */
+const char *mood_build_info(void);
+/* Number of CUDA devices usable by this build; 0 when the CUDA backend is not built or no GPU is
+ * present. `name` receives the first device's name (may be NULL). */
+int mood_cuda_device_count(char *name, size_t name_size);
+int mood_cuda_compiled(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOOD_CORE_H */

@@ -1,0 +1,200 @@
+/*
+ * lora.h: LoRA adapters of every flavour Civitai carries, the base models they apply to, and the
+ * operations on them (specification: ../shared/docs/lora-formats.md).
+ *
+ * One normalized model: every file (kohya LoRA/LoCon, LyCORIS LoHa/LoKr/IA3/OFT/BOFT/GLoRA/full/
+ * norm, DoRA, diffusers and PEFT) is parsed into a list of modules {target tensor, algorithm,
+ * factors, alpha, rank}. File keys are resolved through an alias table built from the base
+ * model's own tensor names (§2.7): every key is consumed or reported, never silently dropped.
+ * ΔW is always computed in float32 and cast once to the destination dtype.
+ */
+#ifndef MOOD_LORA_H
+#define MOOD_LORA_H
+
+#include "mood/core.h"
+#include "mood/safetensors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ----- base families ------------------------------------------------------------------------ */
+
+typedef enum mood_family {
+    MOOD_FAMILY_UNKNOWN = 0,
+    MOOD_FAMILY_SD1,
+    MOOD_FAMILY_SD2,
+    MOOD_FAMILY_SDXL
+} mood_family;
+
+/* "sd1", "sd2", "sdxl" or "unknown". */
+const char *mood_family_name(mood_family f);
+int mood_family_from_name(mood_family *out, const char *name);
+
+/* Which model component a module patches; multipliers are given per component. */
+typedef enum mood_part {
+    MOOD_PART_UNET = 0,
+    MOOD_PART_TE1, /* the only text encoder of SD1/SD2, CLIP ViT-L of SDXL */
+    MOOD_PART_TE2, /* OpenCLIP ViT-bigG of SDXL */
+    MOOD_PART_COUNT
+} mood_part;
+const char *mood_part_name(mood_part p); /* "unet", "te1", "te2" */
+
+typedef enum mood_algo {
+    MOOD_ALGO_LORA = 0, /* LoRA / LoCon, incl. Tucker (lora_mid) */
+    MOOD_ALGO_LOHA,
+    MOOD_ALGO_LOKR,
+    MOOD_ALGO_IA3,
+    MOOD_ALGO_OFT, /* kohya OFT and LyCORIS Diag-OFT */
+    MOOD_ALGO_BOFT,
+    MOOD_ALGO_GLORA,
+    MOOD_ALGO_FULL, /* diff / diff_b */
+    MOOD_ALGO_NORM, /* w_norm / b_norm */
+    MOOD_ALGO_COUNT
+} mood_algo;
+const char *mood_algo_name(mood_algo a); /* "lora", "loha", "lokr", ... */
+
+/* ----- base models (checkpoints) ------------------------------------------------------------ */
+
+typedef struct mood_checkpoint mood_checkpoint;
+
+/* Opens a single-file checkpoint (A1111/Civitai LDM/SGM layout) and builds its alias table. */
+MOOD_WARN_UNUSED int mood_checkpoint_open(mood_checkpoint **out, const char *path);
+void mood_checkpoint_close(mood_checkpoint *c);
+mood_family mood_checkpoint_family(const mood_checkpoint *c);
+const mood_st_file *mood_checkpoint_file(const mood_checkpoint *c);
+/* Number of UNet / text-encoder / other tensors. */
+void mood_checkpoint_counts(const mood_checkpoint *c, size_t counts_out[MOOD_PART_COUNT + 1]);
+
+/* What kind of model file a safetensors file holds. */
+typedef enum mood_file_kind {
+    MOOD_KIND_UNKNOWN = 0,
+    MOOD_KIND_CHECKPOINT,
+    MOOD_KIND_ADAPTER
+} mood_file_kind;
+mood_file_kind mood_file_kind_of(const mood_st_file *f);
+
+/* Detects the family of a checkpoint from its keys and shapes. */
+mood_family mood_family_of_checkpoint(const mood_st_file *f);
+
+/* ----- adapters ----------------------------------------------------------------------------- */
+
+typedef struct mood_adapter mood_adapter;
+
+/* Opens and parses an adapter file. With `base`, keys resolve against the base's tensors (shapes
+ * checked, family checked: MOOD_EFAMILY when the adapter is for another family); without, they
+ * resolve against the names of the adapter's own family (detected from metadata, keys and
+ * shapes). Keys that resolve to nothing are kept in the unmatched list. */
+MOOD_WARN_UNUSED int mood_adapter_open(mood_adapter **out, const char *path,
+                                       const mood_checkpoint *base);
+void mood_adapter_close(mood_adapter *a);
+const mood_st_file *mood_adapter_file(const mood_adapter *a);
+mood_family mood_adapter_family(const mood_adapter *a);
+/* How the family was decided: "modelspec.architecture", "ss_base_model_version", "keys",
+ * "shapes", "base" or "unknown". */
+const char *mood_adapter_family_source(const mood_adapter *a);
+
+typedef struct mood_module_info {
+    const char *name;   /* module name as written in the file */
+    const char *target; /* base tensor key it patches (single-file layout), e.g.
+                           "model.diffusion_model.input_blocks.1.1.proj_in.weight" */
+    const char *kohya_name; /* the kohya-style module name mood writes for it */
+    mood_part part;
+    mood_algo algo;
+    int rank;     /* 0 when the algorithm has none */
+    double alpha; /* as stored (or the implied default) */
+    double scale; /* alpha / rank, or the algorithm's fixed scale */
+    int has_alpha;
+    int dora;       /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
+    int tucker;     /* lora_mid / hada_t1 / lokr_t2 present */
+    int slice;      /* -1, or q/k/v row slice 0..2 of a fused in_proj weight */
+    int conv;       /* target is a convolution with kernel > 1 */
+    mood_dtype dtype; /* dtype of the factors */
+} mood_module_info;
+
+size_t mood_adapter_module_count(const mood_adapter *a);
+void mood_adapter_module(const mood_adapter *a, size_t i, mood_module_info *out);
+
+/* File keys not consumed by any module, in file order. */
+size_t mood_adapter_unmatched_count(const mood_adapter *a);
+const char *mood_adapter_unmatched(const mood_adapter *a, size_t i);
+
+/* Computes module i's ΔW in float32 for the target, already multiplied by the module's scale
+ * (alpha/rank), with the target's shape (out, in, kh, kw flattened): `out` holds numel floats.
+ * Non-additive algorithms (DoRA, OFT, BOFT, IA3, GLoRA's W·A term) need the base weight `w`
+ * (same shape, float32; may be NULL for additive ones). */
+MOOD_WARN_UNUSED int mood_adapter_delta(float *out, const mood_adapter *a, size_t i,
+                                        const float *w);
+/* Number of float32 elements of module i's target (the slice, for fused in_proj). */
+int64_t mood_adapter_target_numel(const mood_adapter *a, size_t i);
+/* The target's shape (ndim 2 for Linear, 4 for Conv). */
+int mood_adapter_target_shape(const mood_adapter *a, size_t i, int64_t shape_out[4]);
+
+/* Applies module i to the float32 weight w (target shape) in place with multiplier m, using the
+ * ComfyUI/A1111 semantics of lora-formats.md §3–4 (DoRA: W + m·(DoRA(W) − W)). `bias` (may be
+ * NULL) receives diff_b / b_norm. */
+MOOD_WARN_UNUSED int mood_adapter_apply(const mood_adapter *a, size_t i, float *w, float *bias,
+                                        float m);
+
+/* ----- operations --------------------------------------------------------------------------- */
+
+/* An adapter with its multipliers for the UNet and the text encoders. */
+typedef struct mood_weighted_adapter {
+    const char *path;
+    double unet; /* multiplier for UNet modules */
+    double te;   /* multiplier for text-encoder modules */
+} mood_weighted_adapter;
+
+typedef struct mood_bake_options {
+    const char *base;
+    const mood_weighted_adapter *adapters;
+    size_t n_adapters;
+    const char *output;
+    mood_progress_fn progress;
+    void *payload;
+} mood_bake_options;
+
+/* Writes a copy of the base with the adapters merged (same keys, dtypes and layout), applied in
+ * order from pristine weights, ΔW in float32, cast once. Metadata records what was merged. */
+MOOD_WARN_UNUSED int mood_bake(const mood_bake_options *opts);
+
+typedef struct mood_lora_write_options {
+    const char *output;
+    mood_dtype dtype; /* dtype of the written factors (F32 default via init) */
+    mood_progress_fn progress;
+    void *payload;
+} mood_lora_write_options;
+void mood_lora_write_options_init(mood_lora_write_options *o);
+
+/* One kohya-format LoRA exactly equivalent to applying all inputs (ranks concatenated,
+ * multipliers folded in). Non-LoRA modules are re-factorised exactly at full rank. */
+MOOD_WARN_UNUSED int mood_lora_stack(const mood_weighted_adapter *inputs, size_t n,
+                                     const mood_lora_write_options *o);
+
+/* SVD merge to rank (and conv_rank for kxk convolutions; 0 = same as rank), kohya
+ * svd_merge_lora.py semantics (§5.3). */
+MOOD_WARN_UNUSED int mood_lora_merge(const mood_weighted_adapter *inputs, size_t n, int rank,
+                                     int conv_rank, const mood_lora_write_options *o);
+
+typedef enum mood_resize_method {
+    MOOD_RESIZE_FIXED = 0,
+    MOOD_RESIZE_SV_RATIO,
+    MOOD_RESIZE_SV_FRO,
+    MOOD_RESIZE_SV_CUMULATIVE
+} mood_resize_method;
+
+/* Changes the rank of one LoRA, kohya resize_lora.py semantics (§5.4). For dynamic methods,
+ * `rank` is the upper bound and `param` the method's parameter. */
+MOOD_WARN_UNUSED int mood_lora_resize(const char *input, mood_resize_method method, double param,
+                                      int rank, const mood_lora_write_options *o);
+
+/* Extracts a LoRA from the difference of two checkpoints, kohya extract_lora_from_models.py
+ * semantics (§5.5): rank for Linear/1x1, conv_rank for kxk convs (0 = skip them). */
+MOOD_WARN_UNUSED int mood_lora_extract(const char *base, const char *tuned, int rank,
+                                       int conv_rank, double min_diff,
+                                       const mood_lora_write_options *o);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOOD_LORA_H */

@@ -1,0 +1,18 @@
+/*
+ * mood.h: the umbrella header of libmood. Include this and link with -lmood.
+ *
+ *   core.h         errors, logging, progress callbacks, version and build information
+ *   safetensors.h  reading (validated, zero-copy) and writing (atomic, reference layout)
+ *   hash.h         AutoV1/V2/V3, SHA-256 and CRC32 of model files
+ *   lora.h         every LoRA flavour: parsing, base families, ΔW, bake, stack, merge, resize,
+ *                  extract
+ */
+#ifndef MOOD_MOOD_H
+#define MOOD_MOOD_H
+
+#include "mood/core.h"
+#include "mood/safetensors.h"
+#include "mood/hash.h"
+#include "mood/lora.h"
+
+#endif /* MOOD_MOOD_H */

@@ -1,0 +1,328 @@
+/*
+ * dtype.c: the safetensors dtypes: names, sizes, and conversion to and from float32.
+ *
+ * Encoding rounds to nearest even exactly as torch's Tensor.to() does (c10's Half, BFloat16,
+ * Float8_e4m3fn and Float8_e5m2 conversions): F16 and E5M2 overflow to inf, E4M3FN (no inf)
+ * overflows to NaN, NaN stays NaN. Decoding is exact for every format that fits in float32.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "common/common.h"
+#include "mood/safetensors.h"
+
+static const struct {
+    const char *name;
+    int bits;
+} dtype_info[MOOD_DTYPE_COUNT] = {
+    [MOOD_DTYPE_BOOL] = {"BOOL", 8},        [MOOD_DTYPE_F4] = {"F4", 4},
+    [MOOD_DTYPE_F6_E2M3] = {"F6_E2M3", 6},  [MOOD_DTYPE_F6_E3M2] = {"F6_E3M2", 6},
+    [MOOD_DTYPE_U8] = {"U8", 8},            [MOOD_DTYPE_I8] = {"I8", 8},
+    [MOOD_DTYPE_F8_E5M2] = {"F8_E5M2", 8},  [MOOD_DTYPE_F8_E4M3] = {"F8_E4M3", 8},
+    [MOOD_DTYPE_F8_E8M0] = {"F8_E8M0", 8},  [MOOD_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
+    [MOOD_DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8},
+    [MOOD_DTYPE_I16] = {"I16", 16},         [MOOD_DTYPE_U16] = {"U16", 16},
+    [MOOD_DTYPE_F16] = {"F16", 16},         [MOOD_DTYPE_BF16] = {"BF16", 16},
+    [MOOD_DTYPE_I32] = {"I32", 32},         [MOOD_DTYPE_U32] = {"U32", 32},
+    [MOOD_DTYPE_F32] = {"F32", 32},         [MOOD_DTYPE_C64] = {"C64", 64},
+    [MOOD_DTYPE_F64] = {"F64", 64},         [MOOD_DTYPE_I64] = {"I64", 64},
+    [MOOD_DTYPE_U64] = {"U64", 64},
+};
+
+const char *mood_dtype_name(mood_dtype dt)
+{
+    return (unsigned)dt < MOOD_DTYPE_COUNT ? dtype_info[dt].name : "?";
+}
+
+int mood_dtype_from_name(mood_dtype *out, const char *name)
+{
+    for (int i = 0; i < MOOD_DTYPE_COUNT; i++) {
+        if (strcmp(dtype_info[i].name, name) == 0) {
+            *out = (mood_dtype)i;
+            return 0;
+        }
+    }
+    return MOOD_ENOTFOUND;
+}
+
+int mood_dtype_bits(mood_dtype dt)
+{
+    return (unsigned)dt < MOOD_DTYPE_COUNT ? dtype_info[dt].bits : 0;
+}
+
+int mood_dtype_is_numeric(mood_dtype dt)
+{
+    return (unsigned)dt < MOOD_DTYPE_COUNT && dt != MOOD_DTYPE_C64 && dt != MOOD_DTYPE_F4 &&
+           dt != MOOD_DTYPE_F6_E2M3 && dt != MOOD_DTYPE_F6_E3M2;
+}
+
+static float bits_to_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint32_t f32_to_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* Decodes a small float with `e` exponent bits, `m` mantissa bits and exponent bias `bias`.
+ * `has_inf`: the all-ones exponent encodes inf/NaN (IEEE style); otherwise only the NaN pattern
+ * given by the caller is special. */
+static float decode_minifloat(uint32_t v, int e, int m, int bias, int has_inf)
+{
+    uint32_t sign = v >> (e + m);
+    uint32_t exp = (v >> m) & ((1u << e) - 1);
+    uint32_t man = v & ((1u << m) - 1);
+    float r;
+    if (has_inf && exp == (1u << e) - 1)
+        r = man ? NAN : INFINITY;
+    else if (exp == 0)
+        r = ldexpf((float)man, 1 - bias - m);
+    else
+        r = ldexpf((float)(man | (1u << m)), (int)exp - bias - m);
+    return sign ? -r : r;
+}
+
+static float f8_e4m3fn_to_f32(uint8_t v)
+{
+    if ((v & 0x7F) == 0x7F)
+        return NAN;
+    return decode_minifloat(v, 4, 3, 7, 0);
+}
+
+static float f8_fnuz_to_f32(uint8_t v, int e, int m, int bias)
+{
+    if (v == 0x80)
+        return NAN;
+    return decode_minifloat(v, e, m, bias, 0);
+}
+
+static float f16_to_f32(uint16_t h)
+{
+    return decode_minifloat(h, 5, 10, 15, 1);
+}
+
+static uint16_t f32_to_f16(float f)
+{
+    /* Scale into the half range so that the FPU's own round-to-nearest-even does the rounding,
+     * including for subnormal halves. */
+    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    uint32_t w = f32_to_bits(f);
+    uint32_t shl1_w = w + w;
+    uint32_t sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    uint32_t bits, exp_bits, mantissa_bits;
+    if (bias < 0x71000000u)
+        bias = 0x71000000u;
+    base = bits_to_f32((bias >> 1) + 0x07800000u) + base;
+    bits = f32_to_bits(base);
+    exp_bits = (bits >> 13) & 0x00007C00u;
+    mantissa_bits = bits & 0x00000FFFu;
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : exp_bits + mantissa_bits));
+}
+
+static uint16_t f32_to_bf16(float f)
+{
+    uint32_t u = f32_to_bits(f);
+    if (isnan(f))
+        return 0x7FC0;
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+static uint8_t f32_to_f8_e4m3fn(float f)
+{
+    uint32_t u = f32_to_bits(f);
+    uint32_t sign = u & 0x80000000u;
+    uint32_t result;
+    u ^= sign;
+    if (u >= (1087u << 20)) {
+        result = 0x7F; /* overflow and inf become NaN: the format has no inf */
+    } else if (u < (121u << 23)) {
+        /* Subnormal result: adding 2^14 makes the FPU round at the right bit. */
+        float denorm_mask = bits_to_f32(141u << 23);
+        result = f32_to_bits(bits_to_f32(u) + denorm_mask) - (141u << 23);
+    } else {
+        uint32_t mant_odd = (u >> 20) & 1u;
+        u += ((uint32_t)(7 - 127) << 23) + 0x7FFFFu;
+        u += mant_odd;
+        result = u >> 20;
+    }
+    return (uint8_t)(result | (sign >> 24));
+}
+
+static uint8_t f32_to_f8_e5m2(float f)
+{
+    uint32_t u = f32_to_bits(f);
+    uint32_t sign = u & 0x80000000u;
+    uint32_t result;
+    u ^= sign;
+    if (u >= (143u << 23)) {
+        result = u > (255u << 23) ? 0x7F : 0x7C;
+    } else if (u < (113u << 23)) {
+        float denorm_mask = bits_to_f32(134u << 23);
+        result = f32_to_bits(bits_to_f32(u) + denorm_mask) - (134u << 23);
+    } else {
+        uint32_t mant_odd = (u >> 21) & 1u;
+        u += ((uint32_t)(15 - 127) << 23) + 0xFFFFFu;
+        u += mant_odd;
+        result = u >> 21;
+    }
+    return (uint8_t)(result | (sign >> 24));
+}
+
+static double element_f64(const uint8_t *p, mood_dtype dt)
+{
+    union {
+        uint16_t u16;
+        int16_t i16;
+        uint32_t u32;
+        int32_t i32;
+        float f32;
+        uint64_t u64;
+        int64_t i64;
+        double f64;
+    } v;
+    switch (dt) {
+    case MOOD_DTYPE_BOOL:
+        return p[0] != 0;
+    case MOOD_DTYPE_U8:
+        return p[0];
+    case MOOD_DTYPE_I8:
+        return (int8_t)p[0];
+    case MOOD_DTYPE_F8_E5M2:
+        return f16_to_f32((uint16_t)(p[0] << 8));
+    case MOOD_DTYPE_F8_E4M3:
+        return f8_e4m3fn_to_f32(p[0]);
+    case MOOD_DTYPE_F8_E8M0:
+        return p[0] == 0xFF ? NAN : ldexp(1.0, p[0] - 127);
+    case MOOD_DTYPE_F8_E4M3FNUZ:
+        return f8_fnuz_to_f32(p[0], 4, 3, 8);
+    case MOOD_DTYPE_F8_E5M2FNUZ:
+        return f8_fnuz_to_f32(p[0], 5, 2, 16);
+    case MOOD_DTYPE_I16:
+        memcpy(&v.i16, p, 2);
+        return v.i16;
+    case MOOD_DTYPE_U16:
+        memcpy(&v.u16, p, 2);
+        return v.u16;
+    case MOOD_DTYPE_F16:
+        memcpy(&v.u16, p, 2);
+        return f16_to_f32(v.u16);
+    case MOOD_DTYPE_BF16:
+        memcpy(&v.u16, p, 2);
+        return bits_to_f32((uint32_t)v.u16 << 16);
+    case MOOD_DTYPE_I32:
+        memcpy(&v.i32, p, 4);
+        return v.i32;
+    case MOOD_DTYPE_U32:
+        memcpy(&v.u32, p, 4);
+        return v.u32;
+    case MOOD_DTYPE_F32:
+        memcpy(&v.f32, p, 4);
+        return v.f32;
+    case MOOD_DTYPE_F64:
+        memcpy(&v.f64, p, 8);
+        return v.f64;
+    case MOOD_DTYPE_I64:
+        memcpy(&v.i64, p, 8);
+        return (double)v.i64;
+    case MOOD_DTYPE_U64:
+        memcpy(&v.u64, p, 8);
+        return (double)v.u64;
+    default:
+        return NAN;
+    }
+}
+
+static int unsupported(mood_dtype dt, const char *what)
+{
+    return mood_error_set(MOOD_EUNSUPPORTED, "dtype %s cannot be converted %s float32",
+                          mood_dtype_name(dt), what);
+}
+
+int mood_dtype_read_f64(double *out, const void *src, mood_dtype dt)
+{
+    if (!mood_dtype_is_numeric(dt))
+        return unsupported(dt, "to");
+    *out = element_f64(src, dt);
+    return 0;
+}
+
+int mood_dtype_to_f32(float *out, const void *src, mood_dtype dt, size_t n)
+{
+    const uint8_t *p = src;
+    size_t size;
+    if (!mood_dtype_is_numeric(dt))
+        return unsupported(dt, "to");
+    size = (size_t)mood_dtype_bits(dt) / 8;
+    if (dt == MOOD_DTYPE_F32) {
+        memcpy(out, src, n * 4);
+    } else if (dt == MOOD_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            out[i] = bits_to_f32((uint32_t)h << 16);
+        }
+    } else if (dt == MOOD_DTYPE_F16) {
+        /* Table-free but branchy decode is slow for large checkpoints; F16 is the common case,
+         * so decode the normal range with integer arithmetic. */
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            uint32_t exp;
+            memcpy(&h, p + 2 * i, 2);
+            exp = (h >> 10) & 0x1F;
+            if (exp != 0 && exp != 0x1F)
+                out[i] = bits_to_f32(((uint32_t)(h & 0x8000) << 16) |
+                                     ((exp + 112) << 23) | ((uint32_t)(h & 0x3FF) << 13));
+            else
+                out[i] = f16_to_f32(h);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++)
+            out[i] = (float)element_f64(p + i * size, dt);
+    }
+    return 0;
+}
+
+int mood_dtype_from_f32(void *out, const float *src, mood_dtype dt, size_t n)
+{
+    uint8_t *p = out;
+    switch (dt) {
+    case MOOD_DTYPE_F32:
+        memcpy(out, src, n * 4);
+        return 0;
+    case MOOD_DTYPE_F64:
+        for (size_t i = 0; i < n; i++) {
+            double d = src[i];
+            memcpy(p + 8 * i, &d, 8);
+        }
+        return 0;
+    case MOOD_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = f32_to_f16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        return 0;
+    case MOOD_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = f32_to_bf16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        return 0;
+    case MOOD_DTYPE_F8_E4M3:
+        for (size_t i = 0; i < n; i++)
+            p[i] = f32_to_f8_e4m3fn(src[i]);
+        return 0;
+    case MOOD_DTYPE_F8_E5M2:
+        for (size_t i = 0; i < n; i++)
+            p[i] = f32_to_f8_e5m2(src[i]);
+        return 0;
+    default:
+        return unsupported(dt, "from");
+    }
+}

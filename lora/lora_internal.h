@@ -1,0 +1,144 @@
+/*
+ * lora_internal.h: the normalized adapter model shared by the files of lora/ (not installed).
+ *
+ *   keymap.c   alias table: base tensor key <-> every name a file may use for it (§2.5–2.7)
+ *   family.c   base family detection for checkpoints and adapters (§6.4)
+ *   adapter.c  parsing a file into modules: suffix grouping, algorithm detection, alpha/rank
+ *   delta.c    ΔW per algorithm and in-place application (§3), float32
+ *   bake.c     merging adapters into a checkpoint, streamed
+ *   stack.c    exact concatenation of LoRAs
+ *   svd.c      SVD merge, resize, extract (§5)
+ *   lora_write.c  writing kohya-format LoRA files with ss_*/modelspec metadata (§6)
+ */
+#ifndef MOOD_LORA_INTERNAL_H
+#define MOOD_LORA_INTERNAL_H
+
+#include "common/common.h"
+#include "mood/lora.h"
+
+/* ----- alias table ------------------------------------------------------------------------- */
+
+/* What a module name resolves to. */
+typedef struct mood_target {
+    char *key;        /* base weight key, e.g. "model.diffusion_model.out.2.weight" */
+    char *bias_key;   /* matching bias key, or NULL */
+    char *kohya_name; /* canonical kohya module name, e.g. "lora_unet_conv_out" */
+    mood_part part;
+    int slice;        /* -1, or 0/1/2: q/k/v rows of a fused OpenCLIP in_proj weight */
+    int transposed;   /* base stores Wᵀ (OpenCLIP text_projection) */
+    int ndim;         /* of the (sliced) target: 1 (norm), 2 (Linear) or 4 (Conv); 0 unknown */
+    int64_t shape[4]; /* 0 where unknown (synthetic tables know kinds, not sizes) */
+} mood_target;
+
+typedef struct mood_keymap mood_keymap;
+
+/* Alias table of a real checkpoint (shapes known). */
+int mood__keymap_from_checkpoint(mood_keymap **out, const mood_st_file *f, mood_family family);
+/* Alias table of a family's architecture, from generated names (shapes unknown except ndim and
+ * kernel size): used when no base is given (inspect, stack, merge, resize). */
+int mood__keymap_for_family(mood_keymap **out, mood_family family);
+void mood__keymap_free(mood_keymap *m);
+/* Looks a module name up (e.g. "lora_unet_down_blocks_0_attentions_0_proj_in",
+ * "unet.down_blocks.0.attentions.0.proj_in", "text_encoder.text_model.encoder.layers.0.mlp.fc1").
+ * NULL when unknown. */
+const mood_target *mood__keymap_find(const mood_keymap *m, const char *module_name);
+size_t mood__keymap_target_count(const mood_keymap *m);
+const mood_target *mood__keymap_target(const mood_keymap *m, size_t i);
+
+/* ----- family detection -------------------------------------------------------------------- */
+
+/* From metadata, then keys, then shapes. `source_out` gets a static string saying which. */
+mood_family mood__family_of_adapter(const mood_st_file *f, const char **source_out);
+
+/* ----- modules ----------------------------------------------------------------------------- */
+
+/* Factor roles: which tensor of a module plays which part in the algorithm's formula. */
+typedef enum mood_role {
+    ROLE_UP = 0, /* lora_up / lora_B / .up */
+    ROLE_DOWN,   /* lora_down / lora_A / .down */
+    ROLE_MID,    /* lora_mid (Tucker) */
+    ROLE_HADA_W1A,
+    ROLE_HADA_W1B,
+    ROLE_HADA_W2A,
+    ROLE_HADA_W2B,
+    ROLE_HADA_T1,
+    ROLE_HADA_T2,
+    ROLE_LOKR_W1,
+    ROLE_LOKR_W1A,
+    ROLE_LOKR_W1B,
+    ROLE_LOKR_W2,
+    ROLE_LOKR_W2A,
+    ROLE_LOKR_W2B,
+    ROLE_LOKR_T2,
+    ROLE_IA3_W,
+    ROLE_IA3_ON_INPUT,
+    ROLE_OFT_BLOCKS,
+    ROLE_OFT_RESCALE,
+    ROLE_GLORA_A1,
+    ROLE_GLORA_A2,
+    ROLE_GLORA_B1,
+    ROLE_GLORA_B2,
+    ROLE_DIFF,
+    ROLE_DIFF_B,
+    ROLE_W_NORM,
+    ROLE_B_NORM,
+    ROLE_ALPHA,
+    ROLE_DORA_SCALE, /* dora_scale / lora_magnitude_vector */
+    ROLE_SCALE,      /* A1111 <module>.scale: overrides alpha/rank */
+    ROLE_COUNT
+} mood_role;
+
+typedef struct mood_module {
+    char *name;                  /* module name as in the file */
+    const mood_target *target;   /* borrowed from the adapter's keymap */
+    mood_algo algo;
+    const mood_st_tensor *t[ROLE_COUNT]; /* NULL where absent; point into the mapped file */
+    int rank;
+    double alpha;   /* from the file, or the default */
+    int has_alpha;
+    double scale;   /* what ΔW is multiplied by: alpha/rank, ROLE_SCALE, or 1 */
+    int dora;       /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
+    int tucker;
+    int old_glora;  /* GLoRA in the old LyCORIS layout (§3.4) */
+    int peft_dora;  /* magnitude from PEFT: norm of W + m·s·ΔW (§3.5 PEFT row) */
+    /* Target shape, from the base (or inferred from the factors when no base): out, in, kh, kw;
+     * ndim 2 for Linear (kh = kw = 1), 4 for Conv, 1 for norms. */
+    int ndim;
+    int64_t out, in, kh, kw;
+} mood_module;
+
+struct mood_adapter {
+    mood_st_file *file;
+    mood_keymap *own_keymap; /* when no base was given */
+    const mood_keymap *keymap;
+    mood_family family;
+    const char *family_source;
+    mood_module *modules;
+    size_t n_modules;
+    char **unmatched;
+    size_t n_unmatched;
+};
+
+/* delta.c: ΔW of one module (scaled by m->scale, not by a user multiplier) into out, with the
+ * module's target shape. `w` is the current base weight (float32) for algorithms that need it. */
+int mood__module_delta(float *out, const mood_module *m, const float *w);
+/* In-place application with multiplier mult (ComfyUI/A1111 semantics). */
+int mood__module_apply(const mood_module *m, float *w, float *bias, float mult);
+/* True when ΔW does not depend on W (LoRA, LoHa, LoKr, full, norm without DoRA). */
+int mood__module_is_additive(const mood_module *m);
+
+/* Loads a factor tensor as float32 (caller frees with mood_free); checks it is finite. */
+int mood__tensor_f32(float **out, const mood_st_tensor *t, const char *file);
+
+/* lora_write.c: writes LoRA modules given as float32 up/down(/alpha) in kohya layout. */
+typedef struct mood_lora_out_module {
+    char *name;        /* kohya module name */
+    int rank;
+    double alpha;
+    float *up;         /* (out, rank) ; written as (out, rank, 1, 1) for convs */
+    float *down;       /* (rank, in*kh*kw) ; written as (rank, in, kh, kw) for convs */
+    int ndim;          /* 2 or 4 */
+    int64_t out, in, kh, kw;
+} mood_lora_out_module;
+
+#endif /* MOOD_LORA_INTERNAL_H */

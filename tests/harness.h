@@ -1,0 +1,161 @@
+/*
+ * harness.h: the tiny test harness used by every test program: MOOD_TEST functions registered
+ * in a table, MOOD_CHECK assertions that report file:line and keep going, and helpers to find
+ * fixtures (MOOD_FIXTURES, set by CTest) and scratch directories.
+ *
+ * A test program's main() is MOOD_TEST_MAIN(tests...). It prints one line per test, then
+ * "N passed, N failed" and exits 0 only when nothing failed.
+ */
+#ifndef MOOD_TESTS_HARNESS_H
+#define MOOD_TESTS_HARNESS_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int harness_failures;
+
+#define MOOD_CHECK(cond)                                                                          \
+    do {                                                                                          \
+        if (!(cond)) {                                                                            \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);              \
+            harness_failures++;                                                                   \
+        }                                                                                         \
+    } while (0)
+
+#define MOOD_CHECK_MSG(cond, ...)                                                                 \
+    do {                                                                                          \
+        if (!(cond)) {                                                                            \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);              \
+            fprintf(stderr, __VA_ARGS__);                                                         \
+            fprintf(stderr, "\n");                                                                \
+            harness_failures++;                                                                   \
+        }                                                                                         \
+    } while (0)
+
+/* Checks that a libmood call returned 0, printing mood_error_last() otherwise. */
+#define MOOD_CHECK_OK(call)                                                                       \
+    do {                                                                                          \
+        int check_rc_ = (call);                                                                   \
+        if (check_rc_ != 0) {                                                                     \
+            fprintf(stderr, "%s:%d: %s returned %d: %s\n", __FILE__, __LINE__, #call, check_rc_,  \
+                    mood_error_last());                                                           \
+            harness_failures++;                                                                   \
+        }                                                                                         \
+    } while (0)
+
+typedef struct {
+    const char *name;
+    void (*fn)(void);
+} harness_test;
+
+#define MOOD_T(fn)                                                                                \
+    {                                                                                             \
+#fn, fn                                                                                   \
+    }
+
+static inline int harness_run(const harness_test *tests, size_t n)
+{
+    int passed = 0, failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        int before = harness_failures;
+        tests[i].fn();
+        if (harness_failures == before) {
+            passed++;
+            printf("ok   %s\n", tests[i].name);
+        } else {
+            failed++;
+            printf("FAIL %s\n", tests[i].name);
+        }
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
+
+#define MOOD_TEST_MAIN(...)                                                                       \
+    int main(void)                                                                                \
+    {                                                                                             \
+        static const harness_test tests[] = {__VA_ARGS__};                                        \
+        return harness_run(tests, sizeof tests / sizeof tests[0]);                                \
+    }
+
+/* Path of a fixture file: $MOOD_FIXTURES/rel (tests/fixtures when unset). Static buffer. */
+static inline const char *fixture(const char *rel)
+{
+    static char path[4][4096];
+    static int slot;
+    const char *root = getenv("MOOD_FIXTURES");
+    slot = (slot + 1) % 4;
+    snprintf(path[slot], sizeof path[slot], "%s/%s", root ? root : "tests/fixtures", rel);
+    return path[slot];
+}
+
+/* A fresh scratch directory under $TMPDIR for this test program. Static buffer. */
+static inline const char *scratch_dir(void)
+{
+    static char dir[512];
+    if (!dir[0]) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(dir, sizeof dir, "%s/mood-test-XXXXXX", tmp ? tmp : "/tmp");
+        if (!mkdtemp(dir)) {
+            perror("mkdtemp");
+            exit(2);
+        }
+    }
+    return dir;
+}
+
+static inline const char *scratch_path(const char *name)
+{
+    static char path[4][1024];
+    static int slot;
+    slot = (slot + 1) % 4;
+    snprintf(path[slot], sizeof path[slot], "%s/%s", scratch_dir(), name);
+    return path[slot];
+}
+
+/* Writes bytes to a file; returns 0 on success. */
+static inline int write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    if (n && fwrite(data, 1, n, f) != n) {
+        fclose(f);
+        return -1;
+    }
+    return fclose(f);
+}
+
+/* Reads a whole file into a malloc'd buffer; NULL on failure. */
+static inline unsigned char *read_file(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *data;
+    long n;
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    data = malloc(n > 0 ? (size_t)n : 1);
+    if (data && n > 0 && fread(data, 1, (size_t)n, f) != (size_t)n) {
+        free(data);
+        data = NULL;
+    }
+    fclose(f);
+    *size = (size_t)(n > 0 ? n : 0);
+    return data;
+}
+
+/* |a-b| <= atol + rtol*|b| */
+static inline int close_enough(double a, double b, double atol, double rtol)
+{
+    if (isnan(a) || isnan(b))
+        return isnan(a) && isnan(b);
+    return fabs(a - b) <= atol + rtol * fabs(b);
+}
+
+#endif /* MOOD_TESTS_HARNESS_H */
