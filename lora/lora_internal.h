@@ -141,4 +141,14 @@ typedef struct mood_lora_out_module {
     int64_t out, in, kh, kw;
 } mood_lora_out_module;
 
+/* Writes kohya-format modules (`<name>.lora_up.weight`, `.lora_down.weight`, `.alpha`) in
+ * `dtype`, with the minimum ss_* metadata (ss_network_module, ss_network_dim, ss_network_alpha,
+ * ss_network_args, ss_base_model_version, ss_v2), modelspec.* for the family, sshs_model_hash
+ * (AutoV3 of the written data) and sshs_legacy_hash, plus the extra metadata pairs `meta`
+ * (key, value, ..., NULL; may be NULL) which override the defaults. Atomic. */
+int mood__lora_write(const char *path, const mood_lora_out_module *mods, size_t n,
+                     mood_family family, mood_dtype dtype, const char *const *meta,
+                     mood_progress_fn progress, void *payload);
+void mood__lora_out_module_dispose(mood_lora_out_module *m);
+
 #endif /* MOOD_LORA_INTERNAL_H */

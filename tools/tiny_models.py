@@ -77,7 +77,7 @@ UNET_SD1 = dict(
     sample_size=8, in_channels=4, out_channels=4,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(4, 4, 8, 8), layers_per_block=2, norm_num_groups=2,
+    block_out_channels=(4, 4, 4, 4), layers_per_block=2, norm_num_groups=2,
     cross_attention_dim=TE_CLIP["hidden_size"], attention_head_dim=1,  # diffusers: = number of heads
     use_linear_projection=False,
 )
@@ -87,7 +87,7 @@ UNET_SDXL = dict(
     sample_size=8, in_channels=4, out_channels=4,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(4, 8, 8), layers_per_block=2, transformer_layers_per_block=(1, 1, 2),
+    block_out_channels=(4, 4, 8), layers_per_block=2, transformer_layers_per_block=(1, 1, 2),
     norm_num_groups=2,
     cross_attention_dim=TE_CLIP["hidden_size"] + TE_OPENCLIP["hidden_size"],
     attention_head_dim=(1, 1, 1), use_linear_projection=True,
@@ -222,6 +222,29 @@ def reinit(module: torch.nn.Module, tag: str) -> torch.nn.Module:
     return module
 
 
+class CLIPTextModelV4Layout(torch.nn.Module):
+    """transformers >= 5 dropped the `text_model` level inside CLIPTextModel (its modules are now
+    `encoder.layers.N...`; checkpoints are renamed on load).  Real SD LoRAs and kohya's converters use
+    the transformers 4.x tree `text_model.encoder.layers.N.self_attn.q_proj`, so the CLIP text
+    encoder is wrapped to restore exactly that module/state-dict layout.  With transformers 4.x the
+    wrapper is not needed (make_text_encoder then returns the plain CLIPTextModel)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.text_model = inner
+        self.config = inner.config
+
+    def forward(self, *args, **kwargs):
+        return self.text_model(*args, **kwargs)
+
+
+def _clip_text_model(cfg: CLIPTextConfig):
+    te = CLIPTextModel(cfg)
+    if any(n.startswith("text_model.") for n, _ in te.named_parameters()):
+        return te  # transformers 4.x layout
+    return CLIPTextModelV4Layout(te)
+
+
 def _te_config(kind: str) -> CLIPTextConfig:
     cfg = TE_CLIP if kind == "clip" else TE_OPENCLIP
     return CLIPTextConfig(**cfg)
@@ -234,11 +257,13 @@ def make_unet(family: str) -> UNet2DConditionModel:
 
 def make_text_encoder(family: str, index: int = 1):
     """index 1: SD1 CLIP (CLIPTextModel), SD2 OpenCLIP-as-CLIPTextModel, SDXL te1 (CLIPTextModel);
-    index 2: SDXL te2 (CLIPTextModelWithProjection)."""
+    index 2: SDXL te2 (CLIPTextModelWithProjection).
+    Module names are always the transformers-4 ones (`text_model.encoder.layers.N...`), see
+    CLIPTextModelV4Layout."""
     if family == "sd1" or (family == "sdxl" and index == 1):
-        te = CLIPTextModel(_te_config("clip"))
+        te = _clip_text_model(_te_config("clip"))
     elif family == "sd2":
-        te = CLIPTextModel(_te_config("openclip"))
+        te = _clip_text_model(_te_config("openclip"))
     elif family == "sdxl" and index == 2:
         te = CLIPTextModelWithProjection(_te_config("openclip"))
     else:
