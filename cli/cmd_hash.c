@@ -1,15 +1,179 @@
 /*
- * cmd_hash.c: placeholder until the command is implemented (replaced by its implementation).
+ * cmd_hash.c: `mood hash FILE [--json]`: the hashes by which A1111, kohya and Civitai know a
+ * model file (lora-formats.md §7): AutoV1, AutoV2 (= SHA-256), AutoV3 (SHA-256 of the tensor
+ * data), CRC32, and the sshs_* values embedded in the metadata, with a check of the embedded
+ * sshs_model_hash against the computed AutoV3. A1111 reports the embedded value verbatim when it
+ * is present (§7.6), so a stale, LyCORIS "0x..." or empty-input value makes the file show up
+ * under a hash Civitai does not know: that is what the check flags.
  */
-#include "cli/cli.h"
+#include <ctype.h>
+#include <string.h>
+#include <strings.h>
 
-const char cmd_hash_help[] = "usage: mood hash (not implemented yet)\n";
+#include "cli/cli.h"
+#include "mood/hash.h"
+
+const char cmd_hash_help[] =
+    "usage: mood hash FILE [--json]\n\n"
+    "Computes, in one pass over FILE, the hashes used to identify models and LoRAs:\n"
+    "  AutoV1   SHA-256 of bytes [1 MiB, 1 MiB + 64 KiB), 8 hex (Civitai lists it only for\n"
+    "           files of at least 2 MiB)\n"
+    "  AutoV2   first 10 hex of the SHA-256 of the whole file (A1111 'Model hash')\n"
+    "  AutoV3   first 12 hex of the SHA-256 of the bytes after the safetensors header (kohya\n"
+    "           addnet hash, A1111 LoRA hash; survives metadata edits)\n"
+    "  CRC32    in Civitai's byte order (zlib's order shown beside it)\n"
+    "and shows the sshs_model_hash / sshs_legacy_hash stored in the metadata, flagging an\n"
+    "sshs_model_hash that differs from the computed AutoV3 (A1111 reports the stored value).\n\n"
+    "  --json    print the same as a JSON object\n\n"
+    "Exit status: 0 ok, 1 bad usage, 2 file missing or unreadable.\n";
+
+#define BAR_MIN_BYTES (64u << 20)
+
+/* Draws the bar only for files big enough to take a noticeable time. */
+static int hash_progress(const mood_progress *p, void *payload)
+{
+    return p->total >= BAR_MIN_BYTES ? cli_progress(p, payload) : 0;
+}
+
+static void upper(char *dst, const char *src, size_t n)
+{
+    size_t i = 0;
+    for (; i < n && src[i]; i++)
+        dst[i] = (char)toupper((unsigned char)src[i]);
+    dst[i] = '\0';
+}
+
+static int is_hex(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!isxdigit((unsigned char)s[i]))
+            return 0;
+    }
+    return s[n] == '\0';
+}
+
+/* Classifies the embedded sshs_model_hash against the computed AutoV3: returns a status word
+ * for --json and sets *why to the line shown beside the value. */
+static const char *sshs_status(const mood_file_hashes *h, const char **why)
+{
+    static const char empty_sha[] =
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const char *v = h->sshs_model_hash;
+    const char *status;
+    if (!v[0]) {
+        status = "absent";
+        *why = "";
+    } else if (h->is_safetensors && is_hex(v, 64) && strcasecmp(v, h->autov3) == 0) {
+        status = "match";
+        *why = "matches the computed AutoV3";
+    } else if (strcasecmp(v, empty_sha) == 0) {
+        status = "empty_input";
+        *why = "MISMATCH: SHA-256 of empty input (a bogus value some trainers write)";
+    } else if (v[0] == '0' && (v[1] == 'x' || v[1] == 'X') && is_hex(v + 2, strlen(v + 2))) {
+        status = "per_tensor_0x";
+        *why = "MISMATCH: LyCORIS/kohya per-tensor \"0x\" hash, not AutoV3 (A1111 shows it, "
+               "Civitai does not know it)";
+    } else if (!is_hex(v, 64)) {
+        status = "malformed";
+        *why = "MISMATCH: not a SHA-256 hex digest";
+    } else {
+        status = "mismatch";
+        *why = "MISMATCH: differs from the computed AutoV3 (stale after re-saving?)";
+    }
+    return status;
+}
+
+/* The 12 characters A1111 shows as the LoRA's hash: the embedded value when present. */
+static void a1111_shorthash(char out[13], const mood_file_hashes *h)
+{
+    const char *src = h->sshs_model_hash[0] ? h->sshs_model_hash
+                      : h->is_safetensors   ? h->autov3
+                                            : h->sha256;
+    snprintf(out, 13, "%.12s", src);
+}
+
+static int print_json(const char *path, const mood_file_hashes *h)
+{
+    cJSON *o = cJSON_CreateObject();
+    char buf[65], a1111[13];
+    const char *why, *status = sshs_status(h, &why);
+    cJSON_AddStringToObject(o, "file", path);
+    cJSON_AddNumberToObject(o, "size", (double)h->size);
+    cJSON_AddStringToObject(o, "autov1", h->autov1);
+    cJSON_AddBoolToObject(o, "autov1_civitai", h->autov1_civitai);
+    upper(buf, h->sha256, 10);
+    cJSON_AddStringToObject(o, "autov2", buf);
+    cJSON_AddStringToObject(o, "sha256", h->sha256);
+    cJSON_AddBoolToObject(o, "is_safetensors", h->is_safetensors);
+    if (h->is_safetensors) {
+        upper(buf, h->autov3, 12);
+        cJSON_AddStringToObject(o, "autov3", buf);
+        cJSON_AddStringToObject(o, "autov3_sha256", h->autov3);
+    }
+    cJSON_AddStringToObject(o, "crc32", h->crc32);
+    cJSON_AddStringToObject(o, "crc32_zlib", h->crc32_zlib);
+    if (h->sshs_model_hash[0])
+        cJSON_AddStringToObject(o, "sshs_model_hash", h->sshs_model_hash);
+    if (h->sshs_legacy_hash[0])
+        cJSON_AddStringToObject(o, "sshs_legacy_hash", h->sshs_legacy_hash);
+    cJSON_AddStringToObject(o, "sshs_model_hash_status", status);
+    a1111_shorthash(a1111, h);
+    cJSON_AddStringToObject(o, "a1111_shorthash", a1111);
+    return cli_print_json(o);
+}
+
+static void print_text(const char *path, const mood_file_hashes *h)
+{
+    char buf[65], a1111[13];
+    const char *why;
+    (void)sshs_status(h, &why);
+    printf("file:             %s\n", path);
+    printf("size:             %llu bytes\n", (unsigned long long)h->size);
+    printf("AutoV1:           %s%s\n", h->autov1,
+           h->autov1_civitai ? "" : "  (Civitai lists AutoV1 only for files >= 2 MiB)");
+    upper(buf, h->sha256, 10);
+    printf("AutoV2:           %s\n", buf);
+    upper(buf, h->sha256, 64);
+    printf("SHA256:           %s\n", buf);
+    if (h->is_safetensors) {
+        upper(buf, h->autov3, 12);
+        printf("AutoV3:           %s\n", buf);
+        upper(buf, h->autov3, 64);
+        printf("AutoV3 (full):    %s\n", buf);
+    } else {
+        printf("AutoV3:           (not a safetensors file)\n");
+    }
+    printf("CRC32:            %s  (zlib order %s)\n", h->crc32, h->crc32_zlib);
+    printf("sshs_model_hash:  %s%s%s\n", h->sshs_model_hash[0] ? h->sshs_model_hash : "(none)",
+           why[0] ? "  " : "", why);
+    printf("sshs_legacy_hash: %s\n", h->sshs_legacy_hash[0] ? h->sshs_legacy_hash : "(none)");
+    a1111_shorthash(a1111, h);
+    printf("A1111 shows:      %s\n", a1111);
+}
 
 int cmd_hash(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "mood: error: 'hash' is not implemented yet\n");
-    return 2;
+    const char *path = NULL;
+    int json = 0, err;
+    mood_file_hashes h;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (argv[i][0] == '-' && argv[i][1])
+            return cli_usage_error("hash", "unknown option '%s'", argv[i]);
+        else if (path)
+            return cli_usage_error("hash", "expected one FILE, got '%s' too", argv[i]);
+        else
+            path = argv[i];
+    }
+    if (!path)
+        return cli_usage_error("hash", "missing FILE");
+    err = mood_hash_file(&h, path, hash_progress, NULL);
+    cli_progress_done();
+    if (err)
+        return cli_fail(err);
+    if (json)
+        return print_json(path, &h);
+    print_text(path, &h);
+    return 0;
 }
-

@@ -1,15 +1,597 @@
 /*
- * cmd_inspect.c: placeholder until the command is implemented (replaced by its implementation).
+ * cmd_inspect.c: `mood inspect FILE [--json]`: what a safetensors file is and what it holds.
+ *
+ * For an adapter (LoRA, LoCon, LyCORIS, DoRA, diffusers/PEFT): algorithms, base family and how it
+ * was decided, ranks, alphas, modules per model part, DoRA/Tucker use, dtypes, keys mood could not
+ * place, a summary of the training metadata (kohya ss_*, modelspec.*, most frequent training
+ * tags) and the hashes A1111/Civitai use. For a checkpoint: family, tensors per part, dtypes,
+ * parameter count, metadata size and hashes. Human output and --json carry the same facts.
  */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli/cli.h"
 
-const char cmd_inspect_help[] = "usage: mood inspect (not implemented yet)\n";
+const char cmd_inspect_help[] =
+    "usage: mood inspect FILE [--json]\n\n"
+    "Describes a safetensors file: a LoRA-style adapter (kohya LoRA/LoCon, LyCORIS LoHa/LoKr/\n"
+    "IA3/OFT/BOFT/GLoRA/full/norm, DoRA, diffusers/PEFT) or a single-file checkpoint.\n\n"
+    "For an adapter it shows the algorithms, the base family it is made for (sd1, sd2, sdxl)\n"
+    "and how that was decided, ranks and alphas, modules per part (unet, te1, te2), DoRA and\n"
+    "Tucker use, dtypes, keys that match no module, the training metadata (name, base model,\n"
+    "resolution, steps, epochs, network settings, the most frequent training tags, which are\n"
+    "usually the trigger words) and the hashes Civitai and A1111 use (AutoV3 identifies LoRAs).\n"
+    "For a checkpoint it shows the family, tensors per part, dtypes, parameter count, number of\n"
+    "metadata entries and the hashes (AutoV2 identifies checkpoints).\n\n"
+    "  --json    print a JSON object instead. Fields:\n"
+    "            file, size, kind (\"adapter\" or \"checkpoint\"), family, hashes {sha256, "
+    "autov2,\n"
+    "            autov3, autov1, crc32, sshs_model_hash, sshs_matches_autov3}, tensors, dtypes\n"
+    "            {DTYPE: tensor count}; adapters: family_source, modules, algorithms {algo:\n"
+    "            modules}, parts {unet, te1, te2}, ranks [distinct], rank_min, rank_max, alphas\n"
+    "            [distinct], dora (modules with DoRA), tucker (modules), unmatched {count, keys\n"
+    "            (first 20), groups {prefix: count}}, metadata {output_name, base_model_version,\n"
+    "            architecture, title, resolution, steps, epochs, network_module, network_dim,\n"
+    "            network_alpha, network_args, trigger_phrase, sshs_model_hash}, trigger_words\n"
+    "            [{tag, count}] (top 10 of ss_tag_frequency); checkpoints: parts {unet, te1,\n"
+    "            te2, other}, parameters, metadata_keys.\n\n"
+    "Exit status: 0 ok, 1 not a usable safetensors file, 2 missing/unreadable file.\n";
+
+#define MAX_DISTINCT 64
+
+/* Everything inspect reports about an adapter, gathered once for both outputs. */
+typedef struct summary {
+    size_t algos[MOOD_ALGO_COUNT], parts[MOOD_PART_COUNT], dora, tucker;
+    int ranks[MAX_DISTINCT];
+    size_t n_ranks;
+    double alphas[MAX_DISTINCT];
+    size_t n_alphas;
+    size_t dtypes[MOOD_DTYPE_COUNT];
+    uint64_t params;
+} summary;
+
+static int cmp_int(const void *a, const void *b)
+{
+    return *(const int *)a - *(const int *)b;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void add_distinct_int(int *v, size_t *n, int x)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (v[i] == x)
+            return;
+    }
+    if (*n < MAX_DISTINCT)
+        v[(*n)++] = x;
+}
+
+static void add_distinct_double(double *v, size_t *n, double x)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (v[i] == x)
+            return;
+    }
+    if (*n < MAX_DISTINCT)
+        v[(*n)++] = x;
+}
+
+static void count_tensors(summary *s, const mood_st_file *f)
+{
+    for (size_t i = 0; i < mood_st_count(f); i++) {
+        const mood_st_tensor *t = mood_st_at(f, i);
+        s->dtypes[t->dtype]++;
+        s->params += (uint64_t)mood_st_numel(t);
+    }
+}
+
+static void summarize(summary *s, const mood_adapter *a)
+{
+    memset(s, 0, sizeof *s);
+    for (size_t i = 0; i < mood_adapter_module_count(a); i++) {
+        mood_module_info m;
+        mood_adapter_module(a, i, &m);
+        s->algos[m.algo]++;
+        s->parts[m.part]++;
+        s->dora += m.dora != 0;
+        s->tucker += m.tucker != 0;
+        if (m.rank > 0)
+            add_distinct_int(s->ranks, &s->n_ranks, m.rank);
+        if (m.has_alpha)
+            add_distinct_double(s->alphas, &s->n_alphas, m.alpha);
+    }
+    qsort(s->ranks, s->n_ranks, sizeof s->ranks[0], cmp_int);
+    qsort(s->alphas, s->n_alphas, sizeof s->alphas[0], cmp_double);
+    count_tensors(s, mood_adapter_file(a));
+}
+
+/* ----- unmatched keys, grouped by their first component ----------------------------------- */
+
+static size_t group_len(const char *key)
+{
+    static const char *const flat[] = {"lora_", "lycoris_", "oft_"};
+    const char *dot = strchr(key, '.');
+    for (size_t i = 0; i < 3; i++) {
+        size_t k = strlen(flat[i]);
+        const char *us;
+        if (strncmp(key, flat[i], k) == 0 && (us = strchr(key + k, '_')) && (!dot || us < dot))
+            return (size_t)(us - key) + 1;
+    }
+    return dot ? (size_t)(dot - key) + 1 : strlen(key);
+}
+
+/* {prefix: count} in first-seen order. */
+static cJSON *unmatched_groups(const mood_adapter *a)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (size_t i = 0; i < mood_adapter_unmatched_count(a); i++) {
+        const char *key = mood_adapter_unmatched(a, i);
+        char prefix[256];
+        cJSON *n;
+        snprintf(prefix, sizeof prefix, "%.*s", (int)group_len(key), key);
+        if ((n = cJSON_GetObjectItemCaseSensitive(o, prefix)) != NULL)
+            cJSON_SetNumberValue(n, n->valuedouble + 1);
+        else
+            cJSON_AddNumberToObject(o, prefix, 1);
+    }
+    return o;
+}
+
+/* ----- training tags ----------------------------------------------------------------------- */
+
+typedef struct tag_count {
+    const char *tag;
+    double count;
+} tag_count;
+
+static int cmp_tag_name(const void *a, const void *b)
+{
+    return strcmp(((const tag_count *)a)->tag, ((const tag_count *)b)->tag);
+}
+
+static int cmp_tag_count(const void *a, const void *b)
+{
+    const tag_count *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count < y->count ? 1 : -1;
+    return strcmp(x->tag, y->tag);
+}
+
+/* All (tag, count) pairs of ss_tag_frequency ({dir: {tag: count}}); NULL when none. */
+static tag_count *collect_tags(const cJSON *root, size_t *n_out)
+{
+    const cJSON *dir, *tag;
+    size_t n = 0;
+    tag_count *tags;
+    cJSON_ArrayForEach(dir, root)
+    {
+        cJSON_ArrayForEach(tag, dir) n++;
+    }
+    *n_out = 0;
+    if (!n || !(tags = malloc(n * sizeof *tags)))
+        return NULL;
+    cJSON_ArrayForEach(dir, root)
+    {
+        cJSON_ArrayForEach(tag, dir)
+        {
+            if (cJSON_IsNumber(tag) && tag->string)
+                tags[(*n_out)++] = (tag_count){tag->string, tag->valuedouble};
+        }
+    }
+    return tags;
+}
+
+/* Top 10 tags, counts summed over the dataset folders. */
+static cJSON *trigger_words(const mood_st_file *f)
+{
+    const char *json = mood_st_meta_get(f, "ss_tag_frequency");
+    cJSON *root = json ? cJSON_Parse(json) : NULL, *out = cJSON_CreateArray();
+    size_t n = 0, m = 0;
+    tag_count *tags = collect_tags(root, &n);
+    if (!tags)
+        n = 0;
+    else
+        qsort(tags, n, sizeof *tags, cmp_tag_name);
+    for (size_t i = 0; i < n; i++) { /* merge equal tags */
+        if (m > 0 && strcmp(tags[m - 1].tag, tags[i].tag) == 0)
+            tags[m - 1].count += tags[i].count;
+        else
+            tags[m++] = tags[i];
+    }
+    if (tags)
+        qsort(tags, m, sizeof *tags, cmp_tag_count);
+    for (size_t i = 0; i < m && i < 10; i++) {
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddStringToObject(t, "tag", tags[i].tag);
+        cJSON_AddNumberToObject(t, "count", tags[i].count);
+        cJSON_AddItemToArray(out, t);
+    }
+    free(tags);
+    cJSON_Delete(root);
+    return out;
+}
+
+/* ----- metadata and hashes ----------------------------------------------------------------- */
+
+static void add_meta(cJSON *o, const mood_st_file *f, const char *field, const char *key,
+                     const char *fallback)
+{
+    const char *v = mood_st_meta_get(f, key);
+    if (!v && fallback)
+        v = mood_st_meta_get(f, fallback);
+    if (v && *v && strcmp(v, "None") != 0)
+        cJSON_AddStringToObject(o, field, v);
+}
+
+static cJSON *metadata_summary(const mood_st_file *f)
+{
+    cJSON *o = cJSON_CreateObject();
+    add_meta(o, f, "output_name", "ss_output_name", NULL);
+    add_meta(o, f, "base_model_version", "ss_base_model_version", NULL);
+    add_meta(o, f, "architecture", "modelspec.architecture", NULL);
+    add_meta(o, f, "title", "modelspec.title", NULL);
+    add_meta(o, f, "resolution", "ss_resolution", "modelspec.resolution");
+    add_meta(o, f, "steps", "ss_steps", "ss_max_train_steps");
+    add_meta(o, f, "epochs", "ss_epoch", "ss_num_epochs");
+    add_meta(o, f, "network_module", "ss_network_module", NULL);
+    add_meta(o, f, "network_dim", "ss_network_dim", NULL);
+    add_meta(o, f, "network_alpha", "ss_network_alpha", NULL);
+    add_meta(o, f, "network_args", "ss_network_args", NULL);
+    add_meta(o, f, "trigger_phrase", "modelspec.trigger_phrase", NULL);
+    add_meta(o, f, "sshs_model_hash", "sshs_model_hash", NULL);
+    return o;
+}
+
+static int add_hashes(cJSON *o, const char *path)
+{
+    mood_file_hashes h;
+    char autov2[11];
+    cJSON *j;
+    int err = mood_hash_file(&h, path, cli_progress, NULL);
+    cli_progress_done();
+    if (err)
+        return err;
+    j = cJSON_AddObjectToObject(o, "hashes");
+    snprintf(autov2, sizeof autov2, "%.10s", h.sha256);
+    cJSON_AddStringToObject(j, "sha256", h.sha256);
+    cJSON_AddStringToObject(j, "autov2", autov2);
+    if (h.is_safetensors)
+        cJSON_AddStringToObject(j, "autov3", h.autov3);
+    cJSON_AddStringToObject(j, "autov1", h.autov1);
+    cJSON_AddStringToObject(j, "crc32", h.crc32);
+    if (h.sshs_model_hash[0]) {
+        const char *embedded = h.sshs_model_hash;
+        if (strncmp(embedded, "0x", 2) == 0)
+            embedded += 2;
+        cJSON_AddStringToObject(j, "sshs_model_hash", h.sshs_model_hash);
+        cJSON_AddBoolToObject(j, "sshs_matches_autov3",
+                              h.is_safetensors && strcmp(embedded, h.autov3) == 0);
+    }
+    return 0;
+}
+
+static cJSON *dtype_counts(const size_t *dtypes)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (int d = 0; d < MOOD_DTYPE_COUNT; d++) {
+        if (dtypes[d])
+            cJSON_AddNumberToObject(o, mood_dtype_name((mood_dtype)d), (double)dtypes[d]);
+    }
+    return o;
+}
+
+/* ----- the JSON object (both outputs are made from it) ------------------------------------- */
+
+static void adapter_modules_json(cJSON *o, const summary *s)
+{
+    cJSON *algos = cJSON_AddObjectToObject(o, "algorithms"), *parts, *ranks, *alphas;
+    for (int i = 0; i < MOOD_ALGO_COUNT; i++) {
+        if (s->algos[i])
+            cJSON_AddNumberToObject(algos, mood_algo_name((mood_algo)i), (double)s->algos[i]);
+    }
+    parts = cJSON_AddObjectToObject(o, "parts");
+    for (int i = 0; i < MOOD_PART_COUNT; i++)
+        cJSON_AddNumberToObject(parts, mood_part_name((mood_part)i), (double)s->parts[i]);
+    ranks = cJSON_AddArrayToObject(o, "ranks");
+    for (size_t i = 0; i < s->n_ranks; i++)
+        cJSON_AddItemToArray(ranks, cJSON_CreateNumber(s->ranks[i]));
+    if (s->n_ranks) {
+        cJSON_AddNumberToObject(o, "rank_min", s->ranks[0]);
+        cJSON_AddNumberToObject(o, "rank_max", s->ranks[s->n_ranks - 1]);
+    }
+    alphas = cJSON_AddArrayToObject(o, "alphas");
+    for (size_t i = 0; i < s->n_alphas; i++)
+        cJSON_AddItemToArray(alphas, cJSON_CreateNumber(s->alphas[i]));
+    cJSON_AddNumberToObject(o, "dora", (double)s->dora);
+    cJSON_AddNumberToObject(o, "tucker", (double)s->tucker);
+}
+
+static cJSON *adapter_json(const mood_adapter *a, const char *path)
+{
+    cJSON *o = cJSON_CreateObject(), *un, *keys;
+    const mood_st_file *f = mood_adapter_file(a);
+    summary s;
+    summarize(&s, a);
+    cJSON_AddStringToObject(o, "file", path);
+    cJSON_AddNumberToObject(o, "size", (double)mood_st_file_size(f));
+    cJSON_AddStringToObject(o, "kind", "adapter");
+    cJSON_AddStringToObject(o, "family", mood_family_name(mood_adapter_family(a)));
+    cJSON_AddStringToObject(o, "family_source", mood_adapter_family_source(a));
+    cJSON_AddNumberToObject(o, "modules", (double)mood_adapter_module_count(a));
+    adapter_modules_json(o, &s);
+    cJSON_AddNumberToObject(o, "tensors", (double)mood_st_count(f));
+    cJSON_AddItemToObject(o, "dtypes", dtype_counts(s.dtypes));
+    un = cJSON_AddObjectToObject(o, "unmatched");
+    cJSON_AddNumberToObject(un, "count", (double)mood_adapter_unmatched_count(a));
+    keys = cJSON_AddArrayToObject(un, "keys");
+    for (size_t i = 0; i < mood_adapter_unmatched_count(a) && i < 20; i++)
+        cJSON_AddItemToArray(keys, cJSON_CreateString(mood_adapter_unmatched(a, i)));
+    cJSON_AddItemToObject(un, "groups", unmatched_groups(a));
+    cJSON_AddItemToObject(o, "metadata", metadata_summary(f));
+    cJSON_AddItemToObject(o, "trigger_words", trigger_words(f));
+    return o;
+}
+
+static cJSON *checkpoint_json(const mood_checkpoint *c, const char *path)
+{
+    cJSON *o = cJSON_CreateObject(), *parts;
+    const mood_st_file *f = mood_checkpoint_file(c);
+    size_t counts[MOOD_PART_COUNT + 1];
+    summary s;
+    memset(&s, 0, sizeof s);
+    count_tensors(&s, f);
+    mood_checkpoint_counts(c, counts);
+    cJSON_AddStringToObject(o, "file", path);
+    cJSON_AddNumberToObject(o, "size", (double)mood_st_file_size(f));
+    cJSON_AddStringToObject(o, "kind", "checkpoint");
+    cJSON_AddStringToObject(o, "family", mood_family_name(mood_checkpoint_family(c)));
+    cJSON_AddNumberToObject(o, "tensors", (double)mood_st_count(f));
+    parts = cJSON_AddObjectToObject(o, "parts");
+    for (int i = 0; i < MOOD_PART_COUNT; i++)
+        cJSON_AddNumberToObject(parts, mood_part_name((mood_part)i), (double)counts[i]);
+    cJSON_AddNumberToObject(parts, "other", (double)counts[MOOD_PART_COUNT]);
+    cJSON_AddItemToObject(o, "dtypes", dtype_counts(s.dtypes));
+    cJSON_AddNumberToObject(o, "parameters", (double)s.params);
+    cJSON_AddNumberToObject(o, "metadata_keys", (double)mood_st_meta_count(f));
+    return o;
+}
+
+/* ----- human output ------------------------------------------------------------------------ */
+
+static const char *str_of(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static double num_of(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+/* "name count, name count" for an object of numbers. */
+static void print_counts(const char *label, const cJSON *o, const char *unit)
+{
+    const cJSON *v;
+    int first = 1;
+    printf("%-14s", label);
+    cJSON_ArrayForEach(v, o)
+    {
+        printf("%s%s %.0f%s", first ? "" : ", ", v->string, v->valuedouble, unit);
+        first = 0;
+    }
+    printf("%s\n", first ? "none" : "");
+}
+
+static void print_numbers(const cJSON *arr)
+{
+    const cJSON *v;
+    int first = 1;
+    cJSON_ArrayForEach(v, arr)
+    {
+        printf("%s%g", first ? "" : ", ", v->valuedouble);
+        first = 0;
+    }
+}
+
+static void print_size(double bytes)
+{
+    if (bytes >= 1 << 20)
+        printf(" (%.1f MiB)\n", bytes / (1 << 20));
+    else
+        printf(" (%.1f KiB)\n", bytes / 1024);
+}
+
+static void print_ranks(const cJSON *o)
+{
+    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(o, "ranks");
+    const cJSON *alphas = cJSON_GetObjectItemCaseSensitive(o, "alphas");
+    int nr = cJSON_GetArraySize(ranks);
+    printf("%-14s", "Rank:");
+    if (nr == 0)
+        printf("none (these algorithms have no rank)");
+    else if (nr > 1)
+        printf("%g to %g: ", num_of(o, "rank_min"), num_of(o, "rank_max"));
+    print_numbers(ranks);
+    printf("\n%-14s", "Alpha:");
+    if (cJSON_GetArraySize(alphas) == 0)
+        printf("none stored (scale 1)");
+    print_numbers(alphas);
+    printf("\n");
+}
+
+static void print_unmatched(const cJSON *o)
+{
+    const cJSON *un = cJSON_GetObjectItemCaseSensitive(o, "unmatched"), *g, *k;
+    double n = num_of(un, "count");
+    if (n == 0) {
+        printf("%-14snone (every key is used)\n", "Unmatched:");
+        return;
+    }
+    printf("%-14s%.0f key%s match no module and will NOT be applied:\n", "Unmatched:", n,
+           n == 1 ? "" : "s");
+    cJSON_ArrayForEach(g, cJSON_GetObjectItemCaseSensitive(un, "groups"))
+    {
+        printf("  %-24s %.0f key%s\n", g->string, g->valuedouble, g->valuedouble == 1 ? "" : "s");
+    }
+    int shown = 0;
+    cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(un, "keys"))
+    {
+        if (shown++ < 5)
+            printf("    e.g. %s\n", k->valuestring);
+    }
+}
+
+static void print_metadata(const cJSON *o)
+{
+    static const char *const fields[][2] = {
+        {"output_name", "Name"},
+        {"title", "Title"},
+        {"base_model_version", "Trained on"},
+        {"architecture", "Architecture"},
+        {"resolution", "Resolution"},
+        {"steps", "Steps"},
+        {"epochs", "Epochs"},
+        {"network_module", "Network"},
+        {"network_dim", "Network dim"},
+        {"network_alpha", "Network alpha"},
+        {"network_args", "Network args"},
+        {"trigger_phrase", "Trigger phrase"},
+    };
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(o, "metadata"), *t;
+    const cJSON *tags = cJSON_GetObjectItemCaseSensitive(o, "trigger_words");
+    int first = 1;
+    printf("Training metadata:%s\n",
+           cJSON_GetArraySize(meta) == 0 && cJSON_GetArraySize(tags) == 0 ? " none" : "");
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const char *v = str_of(meta, fields[i][0]);
+        if (v)
+            printf("  %-16s%s\n", fields[i][1], v);
+    }
+    if (cJSON_GetArraySize(tags) == 0)
+        return;
+    printf("  %-16s", "Top tags");
+    cJSON_ArrayForEach(t, tags)
+    {
+        printf("%s%s (%g)", first ? "" : ", ", str_of(t, "tag"), num_of(t, "count"));
+        first = 0;
+    }
+    printf("\n  %-16s(the most frequent training tags are usually the trigger words)\n", "");
+}
+
+static void print_hashes(const cJSON *o, int adapter)
+{
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(o, "hashes");
+    const char *v3 = str_of(h, "autov3"), *sshs = str_of(h, "sshs_model_hash");
+    printf("Hashes:\n");
+    if (v3)
+        printf("  AutoV3          %s%s\n", v3, adapter ? "  (Civitai/A1111 LoRA id)" : "");
+    printf("  SHA-256         %s\n", str_of(h, "sha256"));
+    printf("  AutoV2          %s%s\n", str_of(h, "autov2"), adapter ? "" : "  (A1111 model hash)");
+    if (sshs)
+        printf(
+            "  sshs_model_hash %s  (%s)\n", sshs,
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "sshs_matches_autov3"))
+                ? "embedded, matches AutoV3"
+                : "embedded, does NOT match AutoV3: the file was re-saved or the value is wrong");
+}
+
+static void print_adapter(const cJSON *o)
+{
+    printf("%-14s%s", "File:", str_of(o, "file"));
+    print_size(num_of(o, "size"));
+    printf("%-14sadapter (LoRA-style): %.0f modules in %.0f tensors\n",
+           "Kind:", num_of(o, "modules"), num_of(o, "tensors"));
+    printf("%-14s%s (decided by %s)\n", "Base family:", str_of(o, "family"),
+           str_of(o, "family_source"));
+    print_counts("Algorithms:", cJSON_GetObjectItemCaseSensitive(o, "algorithms"), " modules");
+    print_counts("Modules:", cJSON_GetObjectItemCaseSensitive(o, "parts"), "");
+    print_ranks(o);
+    printf("%-14s%s", "DoRA:", num_of(o, "dora") ? "" : "no\n");
+    if (num_of(o, "dora"))
+        printf("yes, %.0f modules\n", num_of(o, "dora"));
+    printf("%-14s%s", "Tucker:", num_of(o, "tucker") ? "" : "no\n");
+    if (num_of(o, "tucker"))
+        printf("yes, %.0f modules\n", num_of(o, "tucker"));
+    print_counts("Dtypes:", cJSON_GetObjectItemCaseSensitive(o, "dtypes"), " tensors");
+    print_unmatched(o);
+    print_metadata(o);
+    print_hashes(o, 1);
+}
+
+static void print_checkpoint(const cJSON *o)
+{
+    printf("%-14s%s", "File:", str_of(o, "file"));
+    print_size(num_of(o, "size"));
+    printf("%-14scheckpoint (single file), %.0f tensors\n", "Kind:", num_of(o, "tensors"));
+    printf("%-14s%s\n", "Base family:", str_of(o, "family"));
+    print_counts("Tensors:", cJSON_GetObjectItemCaseSensitive(o, "parts"), "");
+    print_counts("Dtypes:", cJSON_GetObjectItemCaseSensitive(o, "dtypes"), " tensors");
+    printf("%-14s%.0f (%.2f billion)\n", "Parameters:", num_of(o, "parameters"),
+           num_of(o, "parameters") / 1e9);
+    printf("%-14s%.0f entries\n", "Metadata:", num_of(o, "metadata_keys"));
+    print_hashes(o, 0);
+}
+
+/* ----- the command ------------------------------------------------------------------------- */
+
+/* Builds the report of path into *out. */
+static int inspect_file(cJSON **out, const char *path, int *adapter)
+{
+    mood_st_file *f = NULL;
+    mood_checkpoint *c = NULL;
+    mood_adapter *a = NULL;
+    int err = mood_st_open(&f, path);
+    *out = NULL;
+    if (err)
+        return err;
+    *adapter = mood_file_kind_of(f) != MOOD_KIND_CHECKPOINT;
+    mood_st_close(f);
+    if (*adapter && (err = mood_adapter_open(&a, path, NULL)) == 0)
+        *out = adapter_json(a, path);
+    else if (!*adapter && (err = mood_checkpoint_open(&c, path)) == 0)
+        *out = checkpoint_json(c, path);
+    mood_adapter_close(a);
+    mood_checkpoint_close(c);
+    if (!err && (err = add_hashes(*out, path)) != 0) {
+        cJSON_Delete(*out);
+        *out = NULL;
+    }
+    return err;
+}
 
 int cmd_inspect(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "mood: error: 'inspect' is not implemented yet\n");
-    return 2;
+    const char *path = NULL;
+    int json = 0, adapter = 0, err;
+    cJSON *report;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (argv[i][0] == '-' && argv[i][1])
+            return cli_usage_error("inspect", "unknown option '%s'", argv[i]);
+        else if (path)
+            return cli_usage_error("inspect", "one FILE only ('%s' is extra)", argv[i]);
+        else
+            path = argv[i];
+    }
+    if (!path)
+        return cli_usage_error("inspect", "missing FILE");
+    if ((err = inspect_file(&report, path, &adapter)) != 0)
+        return cli_fail(err);
+    if (json)
+        return cli_print_json(report);
+    if (adapter)
+        print_adapter(report);
+    else
+        print_checkpoint(report);
+    cJSON_Delete(report);
+    return 0;
 }
-

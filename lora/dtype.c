@@ -3,7 +3,8 @@
  *
  * Encoding rounds to nearest even exactly as torch's Tensor.to() does (c10's Half, BFloat16,
  * Float8_e4m3fn and Float8_e5m2 conversions): F16 and E5M2 overflow to inf, E4M3FN (no inf)
- * overflows to NaN, NaN stays NaN. Decoding is exact for every format that fits in float32.
+ * saturates to +-448 (inf included), NaN stays NaN. Decoding is exact for every format that fits
+ * in float32.
  */
 #include <math.h>
 #include <string.h>
@@ -140,8 +141,12 @@ static uint8_t f32_to_f8_e4m3fn(float f)
     uint32_t sign = u & 0x80000000u;
     uint32_t result;
     u ^= sign;
-    if (u >= (1087u << 20)) {
-        result = 0x7F; /* overflow and inf become NaN: the format has no inf */
+    if (u > 0x7F800000u) {
+        result = 0x7F; /* NaN */
+    } else if (u >= 0x43E00000u) {
+        /* |f| >= 448 (the largest finite value), inf included: torch's .to(float8_e4m3fn)
+         * saturates to +-448 (checked against torch 2.15, tests/fixtures/st/from_f32). */
+        result = 0x7E;
     } else if (u < (121u << 23)) {
         /* Subnormal result: adding 2^14 makes the FPU round at the right bit. */
         float denorm_mask = bits_to_f32(141u << 23);

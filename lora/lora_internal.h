@@ -8,7 +8,7 @@
  *   bake.c     merging adapters into a checkpoint, streamed
  *   stack.c    exact concatenation of LoRAs
  *   svd.c      SVD merge, resize, extract (§5)
- *   lora_write.c  writing kohya-format LoRA files with ss_*/modelspec metadata (§6)
+ *   lora_write.c  writing kohya-format LoRA files with ss_* and modelspec metadata (§6)
  */
 #ifndef MOOD_LORA_INTERNAL_H
 #define MOOD_LORA_INTERNAL_H
@@ -44,11 +44,32 @@ void mood__keymap_free(mood_keymap *m);
 const mood_target *mood__keymap_find(const mood_keymap *m, const char *module_name);
 size_t mood__keymap_target_count(const mood_keymap *m);
 const mood_target *mood__keymap_target(const mood_keymap *m, size_t i);
+mood_family mood__keymap_family(const mood_keymap *m);
+/* LDM/SGM UNet path -> diffusers path (§2.5), both without ".weight", e.g.
+ * "output_blocks.2.1.conv" -> "up_blocks.0.upsamplers.0.conv". 0, or -1 when it has none. */
+int mood__keymap_ldm_to_diffusers(char *out, size_t size, const char *ldm);
+/* Note on fused OpenCLIP in_proj targets (slice >= 0): key is the fused (3d, d) weight, shape is
+ * the slice's (d, d), and bias_key is the fused (3d,) in_proj_bias, of which the same slice
+ * applies. */
+
+/* ----- checkpoints ------------------------------------------------------------------------- */
+
+struct mood_checkpoint {
+    mood_st_file *file;
+    mood_keymap *keymap;
+    mood_family family;
+    size_t counts[MOOD_PART_COUNT + 1]; /* tensors per part, then "other" */
+};
 
 /* ----- family detection -------------------------------------------------------------------- */
 
 /* From metadata, then keys, then shapes. `source_out` gets a static string saying which. */
 mood_family mood__family_of_adapter(const mood_st_file *f, const char **source_out);
+
+/* adapter.c: the parameter suffix a file key ends with (longest known suffix, §2.2): returns
+ * its length (0 when none) and the role in *role_out (-1 for keys consumed but never applied,
+ * such as LyCORIS sparse-bias tensors). `skip` > 0 asks for the next-shorter match instead. */
+size_t mood__adapter_suffix(const char *key, size_t skip, int *role_out);
 
 /* ----- modules ----------------------------------------------------------------------------- */
 

@@ -107,9 +107,9 @@ static int parse_metadata(mood_st_file *f, const cJSON *obj)
         }
         f->meta[2 * i] = mood_strdup(item->string);
         f->meta[2 * i + 1] = mood_strdup(item->valuestring);
-        if (!f->meta[2 * i] || !f->meta[2 * i + 1])
+        f->meta_count = ++i; /* counted before the check so that close frees a half pair */
+        if (!f->meta[2 * i - 2] || !f->meta[2 * i - 1])
             return mood_error_nomem();
-        f->meta_count = ++i;
     }
     return 0;
 }
@@ -199,10 +199,31 @@ static int cmp_name(const void *a, const void *b)
     return strcmp((*(const mood_st_tensor *const *)a)->name, (*(const mood_st_tensor *const *)b)->name);
 }
 
-/* Offsets must tile [0, data_len) in order: the reference's "no holes" rule. */
+/* Names must be unique; checked before the layout so that a duplicated entry is reported as
+ * such rather than as overlapping offsets. */
+static int check_names(mood_st_file *f)
+{
+    f->by_name = mood_malloc((f->count + 1) * sizeof *f->by_name);
+    if (!f->by_name)
+        return mood_error_nomem();
+    for (size_t i = 0; i < f->count; i++)
+        f->by_name[i] = &f->tensors[i];
+    qsort(f->by_name, f->count, sizeof *f->by_name, cmp_name);
+    for (size_t i = 1; i < f->count; i++) {
+        if (strcmp(f->by_name[i]->name, f->by_name[i - 1]->name) == 0)
+            return fail(f, "duplicate tensor name \"%s\"", f->by_name[i]->name, NULL);
+    }
+    return 0;
+}
+
+/* Offsets must tile [0, data_len) in order: the reference's "no holes" rule. Sorting the tensors
+ * in place invalidates the by-name view made by check_names, so it is rebuilt at the end. */
 static int check_layout(mood_st_file *f, uint64_t data_len)
 {
     uint64_t pos = 0;
+    int err = check_names(f);
+    if (err)
+        return err;
     qsort(f->tensors, f->count, sizeof *f->tensors, cmp_offset);
     for (size_t i = 0; i < f->count; i++) {
         const mood_st_tensor *t = &f->tensors[i];
@@ -220,18 +241,11 @@ static int check_layout(mood_st_file *f, uint64_t data_len)
                  (unsigned long long)pos, (unsigned long long)data_len);
         return fail(f, "%s (truncated file or trailing bytes)", where, NULL);
     }
-    for (size_t i = 0; i < f->count; i++)
+    for (size_t i = 0; i < f->count; i++) {
         f->tensors[i].data = f->map.data + 8 + f->header_len + f->tensors[i].begin;
-    f->by_name = mood_malloc((f->count + 1) * sizeof *f->by_name);
-    if (!f->by_name)
-        return mood_error_nomem();
-    for (size_t i = 0; i < f->count; i++)
         f->by_name[i] = &f->tensors[i];
-    qsort(f->by_name, f->count, sizeof *f->by_name, cmp_name);
-    for (size_t i = 1; i < f->count; i++) {
-        if (strcmp(f->by_name[i]->name, f->by_name[i - 1]->name) == 0)
-            return fail(f, "duplicate tensor name \"%s\"", f->by_name[i]->name, NULL);
     }
+    qsort(f->by_name, f->count, sizeof *f->by_name, cmp_name);
     return 0;
 }
 

@@ -87,7 +87,7 @@ UNET_SDXL = dict(
     sample_size=8, in_channels=4, out_channels=4,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(4, 4, 8), layers_per_block=2, transformer_layers_per_block=(1, 1, 2),
+    block_out_channels=(4, 4, 4), layers_per_block=2, transformer_layers_per_block=(1, 1, 2),
     norm_num_groups=2,
     cross_attention_dim=TE_CLIP["hidden_size"] + TE_OPENCLIP["hidden_size"],
     attention_head_dim=(1, 1, 1), use_linear_projection=True,
@@ -188,7 +188,7 @@ def kohya(sd_scripts: str | None = None) -> SimpleNamespace:
                     del sys.modules[name]
     import logging
 
-    logging.getLogger().setLevel(logging.WARNING)  # kohya's setup_logging is chatty
+    logging.getLogger().setLevel(logging.ERROR)  # kohya's setup_logging is chatty
     _KOHYA = SimpleNamespace(model_util=model_util, sdxl_model_util=sdxl_model_util,
                              sdxl_original_unet=sdxl_original_unet, train_util=train_util,
                              lora=lora, merge_lora=merge_lora, sdxl_merge_lora=sdxl_merge_lora, root=root)
@@ -463,6 +463,7 @@ def write_bases(out_dir: str = BASES_DIR) -> list:
             desc = (f"{name}: tiny random {family} single-file checkpoint ({'F16' if fp16 else 'F32'}), "
                     f"tools/tiny_models.py, kohya sd-scripts {SD_SCRIPTS_COMMIT} converters")
             save_file(tensors, path, metadata={"mood_fixture": desc})
+            os.chmod(path, 0o644)  # the safetensors writer creates 0600 files
             n = sum(t.numel() for t in tensors.values())
             print(f"wrote {os.path.relpath(path, REPO_ROOT)}: {len(tensors)} tensors, {n} elements, "
                   f"{os.path.getsize(path)} bytes")

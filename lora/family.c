@@ -1,0 +1,248 @@
+/*
+ * family.c: which base family (SD1, SD2, SDXL) a checkpoint or an adapter is made for, and the
+ * names of families, parts and algorithms (lora-formats.md §6.4).
+ *
+ * Adapters are decided in the order the spec recommends: modelspec.architecture, then
+ * ss_base_model_version / ss_v2, then key names (SDXL-only prefixes and blocks, text-encoder
+ * layer indices only SD2 has), then shapes (the width attn2.to_k reads: 768 / 1024 / 2048 is the
+ * cross-attention context of SD1 / SD2 / SDXL; a 4-D proj_in factor is SD1's 1x1 conv).
+ * Checkpoints are decided by their text-encoder layout, which differs in every family.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lora/lora_internal.h"
+
+const char *mood_family_name(mood_family f)
+{
+    switch (f) {
+    case MOOD_FAMILY_SD1:
+        return "sd1";
+    case MOOD_FAMILY_SD2:
+        return "sd2";
+    case MOOD_FAMILY_SDXL:
+        return "sdxl";
+    default:
+        return "unknown";
+    }
+}
+
+int mood_family_from_name(mood_family *out, const char *name)
+{
+    static const struct {
+        const char *name;
+        mood_family f;
+    } names[] = {{"sd1", MOOD_FAMILY_SD1}, {"sd15", MOOD_FAMILY_SD1}, {"sd1.5", MOOD_FAMILY_SD1},
+                 {"sd2", MOOD_FAMILY_SD2}, {"sd21", MOOD_FAMILY_SD2}, {"sdxl", MOOD_FAMILY_SDXL}};
+    for (size_t i = 0; name && i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(name, names[i].name) == 0) {
+            *out = names[i].f;
+            return 0;
+        }
+    }
+    return mood_error_set(MOOD_EINVAL, "unknown base family '%s' (expected sd1, sd2 or sdxl)",
+                          name ? name : "(null)");
+}
+
+const char *mood_part_name(mood_part p)
+{
+    static const char *const names[] = {"unet", "te1", "te2"};
+    return (unsigned)p < MOOD_PART_COUNT ? names[p] : "other";
+}
+
+const char *mood_algo_name(mood_algo a)
+{
+    static const char *const names[] = {"lora", "loha",  "lokr", "ia3", "oft",
+                                        "boft", "glora", "full", "norm"};
+    return (unsigned)a < MOOD_ALGO_COUNT ? names[a] : "unknown";
+}
+
+static int starts(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+static int has_prefix_key(const mood_st_file *f, const char *prefix)
+{
+    for (size_t i = 0; i < mood_st_count(f); i++) {
+        if (starts(mood_st_at(f, i)->name, prefix))
+            return 1;
+    }
+    return 0;
+}
+
+mood_family mood_family_of_checkpoint(const mood_st_file *f)
+{
+    const mood_st_tensor *p;
+    if (has_prefix_key(f, "conditioner.embedders.") ||
+        has_prefix_key(f, "model.diffusion_model.label_emb."))
+        return MOOD_FAMILY_SDXL;
+    if (has_prefix_key(f, "cond_stage_model.model."))
+        return MOOD_FAMILY_SD2;
+    if (has_prefix_key(f, "cond_stage_model.transformer."))
+        return MOOD_FAMILY_SD1;
+    /* UNet only: SD1's proj_in is a 1x1 conv, SD2's a Linear; SDXL has no input_blocks.9+. */
+    p = mood_st_find(f, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
+    if (p)
+        return p->ndim == 4 ? MOOD_FAMILY_SD1 : MOOD_FAMILY_SD2;
+    return MOOD_FAMILY_UNKNOWN;
+}
+
+mood_file_kind mood_file_kind_of(const mood_st_file *f)
+{
+    static const char *const ckpt[] = {"model.diffusion_model.", "cond_stage_model.",
+                                       "conditioner.embedders.", "first_stage_model."};
+    for (size_t k = 0; k < sizeof ckpt / sizeof ckpt[0]; k++) {
+        if (has_prefix_key(f, ckpt[k]))
+            return MOOD_KIND_CHECKPOINT;
+    }
+    for (size_t i = 0; i < mood_st_count(f); i++) {
+        int role;
+        /* a bare ".weight" (IA3) alone does not make a file an adapter */
+        if (mood__adapter_suffix(mood_st_at(f, i)->name, 0, &role) && role != ROLE_IA3_W)
+            return MOOD_KIND_ADAPTER;
+    }
+    return MOOD_KIND_UNKNOWN;
+}
+
+static mood_family family_of_metadata(const mood_st_file *f, const char **source)
+{
+    const char *arch = mood_st_meta_get(f, "modelspec.architecture");
+    const char *ver = mood_st_meta_get(f, "ss_base_model_version");
+    const char *v2 = mood_st_meta_get(f, "ss_v2");
+    *source = "modelspec.architecture";
+    if (arch && starts(arch, "stable-diffusion-xl"))
+        return MOOD_FAMILY_SDXL;
+    if (arch && starts(arch, "stable-diffusion-v2"))
+        return MOOD_FAMILY_SD2;
+    if (arch && starts(arch, "stable-diffusion-v1"))
+        return MOOD_FAMILY_SD1;
+    *source = "ss_base_model_version";
+    if (ver && starts(ver, "sdxl"))
+        return MOOD_FAMILY_SDXL;
+    if (ver && starts(ver, "sd_v2"))
+        return MOOD_FAMILY_SD2;
+    if (ver && starts(ver, "sd_v1"))
+        return MOOD_FAMILY_SD1;
+    *source = "ss_v2";
+    if (v2 && strcmp(v2, "True") == 0)
+        return MOOD_FAMILY_SD2;
+    return MOOD_FAMILY_UNKNOWN;
+}
+
+/* Evidence collected from the key names and shapes of an adapter. */
+typedef struct evidence {
+    int sdxl_keys;     /* te1/te2 prefixes, SDXL-only blocks */
+    int not_sdxl_keys; /* blocks SDXL lacks */
+    int te_layer_max;  /* highest single-TE layer index, -1 if none */
+    int64_t ctx_width; /* input width of attn2.to_k's down factor, 0 if none */
+    int64_t te_width;  /* input width of a single-TE q_proj down factor */
+    int proj_in_4d;
+} evidence;
+
+static const char *find_any(const char *s, const char *const *needles, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *p = strstr(s, needles[i]);
+        if (p)
+            return p + strlen(needles[i]);
+    }
+    return NULL;
+}
+
+static void look_at_name(evidence *e, const char *name)
+{
+    static const char *const tb[] = {"transformer_blocks_", "transformer_blocks."};
+    static const char *const te[] = {"lora_te_text_model_encoder_layers_",
+                                     "text_encoder.text_model.encoder.layers."};
+    static const char *const notxl[] = {"down_blocks_3",
+                                        "down_blocks.3",
+                                        "up_blocks_3",
+                                        "up_blocks.3",
+                                        "input_blocks_1_1",
+                                        "input_blocks.1.1",
+                                        "input_blocks_10",
+                                        "input_blocks.10",
+                                        "input_blocks_11",
+                                        "input_blocks.11",
+                                        "output_blocks_11",
+                                        "output_blocks.11",
+                                        "down_blocks_0_attentions",
+                                        "down_blocks.0.attentions"};
+    const char *p;
+    if (starts(name, "lora_te1_") || starts(name, "lora_te2_") || starts(name, "text_encoder_2.") ||
+        strstr(name, "label_emb") || strstr(name, "add_embedding"))
+        e->sdxl_keys = 1;
+    if ((p = find_any(name, tb, 2)) && strtol(p, NULL, 10) > 0)
+        e->sdxl_keys = 1;
+    if (find_any(name, notxl, sizeof notxl / sizeof notxl[0]))
+        e->not_sdxl_keys = 1;
+    if ((p = find_any(name, te, 2))) {
+        int layer = (int)strtol(p, NULL, 10);
+        if (layer > e->te_layer_max)
+            e->te_layer_max = layer;
+    }
+}
+
+/* Input width of a down-projection factor (role DOWN / LoHa w1_b), 0 if not one. */
+static int64_t down_width(const mood_st_tensor *t, int role)
+{
+    if ((role == ROLE_DOWN || role == ROLE_HADA_W1B) && t->ndim >= 2)
+        return t->shape[1];
+    return 0;
+}
+
+static void look_at_shape(evidence *e, const mood_st_tensor *t, size_t module_len, int role)
+{
+    char name[512];
+    int64_t w = down_width(t, role);
+    if (!w || module_len >= sizeof name)
+        return;
+    memcpy(name, t->name, module_len);
+    name[module_len] = '\0';
+    if (strstr(name, "attn2_to_k") || strstr(name, "attn2.to_k"))
+        e->ctx_width = w;
+    if ((starts(name, "lora_te_") || starts(name, "text_encoder.")) && (strstr(name, "q_proj")))
+        e->te_width = w;
+    if (strstr(name, "proj_in") && role == ROLE_DOWN && t->ndim == 4)
+        e->proj_in_4d = 1;
+}
+
+static mood_family family_of_shapes(const evidence *e)
+{
+    if (e->ctx_width == 2048)
+        return MOOD_FAMILY_SDXL;
+    if (e->sdxl_keys)
+        return MOOD_FAMILY_UNKNOWN;
+    if (e->ctx_width == 768 || e->te_width == 768 || e->proj_in_4d)
+        return MOOD_FAMILY_SD1;
+    if (e->ctx_width == 1024 || e->te_width == 1024)
+        return MOOD_FAMILY_SD2;
+    return MOOD_FAMILY_UNKNOWN;
+}
+
+mood_family mood__family_of_adapter(const mood_st_file *f, const char **source_out)
+{
+    evidence e = {0, 0, -1, 0, 0, 0};
+    mood_family fam = family_of_metadata(f, source_out);
+    if (fam != MOOD_FAMILY_UNKNOWN)
+        return fam;
+    for (size_t i = 0; i < mood_st_count(f); i++) {
+        const mood_st_tensor *t = mood_st_at(f, i);
+        int role;
+        size_t n = mood__adapter_suffix(t->name, 0, &role);
+        look_at_name(&e, t->name);
+        if (n)
+            look_at_shape(&e, t, strlen(t->name) - n, role);
+    }
+    *source_out = "keys";
+    if (e.sdxl_keys && !e.not_sdxl_keys)
+        return MOOD_FAMILY_SDXL;
+    if (e.te_layer_max >= 12 && !e.sdxl_keys)
+        return MOOD_FAMILY_SD2;
+    *source_out = "shapes";
+    if ((fam = family_of_shapes(&e)) != MOOD_FAMILY_UNKNOWN)
+        return fam;
+    *source_out = "unknown";
+    return MOOD_FAMILY_UNKNOWN;
+}

@@ -1,0 +1,342 @@
+/*
+ * stack.c: `mood lora stack`: one kohya-format LoRA exactly equivalent to applying every input
+ * with its multipliers (no base model needed, no approximation).
+ *
+ * Per target module (grouped by its kohya name across the inputs):
+ *   - every contribution plain LoRA (no Tucker mid): ranks are concatenated with the weights
+ *     folded in. c = m·s of each input is split as sign(c)·√|c| on down and √|c| on up, so
+ *     U·D = Σ c_i·U_i·D_i; alpha = total rank, so the file's scale α/r is 1 (unlike kohya's
+ *     merge_lora.py --concat, which keeps alpha and squares the ratio, §5.2).
+ *   - otherwise (LoHa, LoKr, Tucker, full diff): the exact ΔW = Σ c_i·ΔW_i is computed and stored
+ *     at full rank r = min(out, in·kh·kw) as up·down == ΔW: the smaller side is an identity.
+ * Inputs whose effect depends on the base weight (DoRA, OFT, BOFT, IA3, GLoRA) cannot be stacked
+ * exactly without a base and are refused, as are norm and bias deltas, which a LoRA cannot hold.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "lora/lora_internal.h"
+#include "mood/hash.h"
+
+/* One input module contributing to a target, with its effective multiplier. */
+typedef struct contrib {
+    const mood_module *m;
+    double mult;
+} contrib;
+
+typedef struct group {
+    const char *name; /* kohya name (borrowed from the first module's target) */
+    const mood_module *first;
+    contrib *c;
+    size_t n, cap;
+} group;
+
+typedef struct groups {
+    group *g;
+    size_t n, cap;
+} groups;
+
+/* ----- grouping ----------------------------------------------------------------------------- */
+
+static int refuse(const mood_adapter *a, const mood_module *m)
+{
+    const char *why =
+        m->dora ? "DoRA (its magnitude is relative to the base weight)" : mood_algo_name(m->algo);
+    if (m->algo == MOOD_ALGO_NORM || (m->algo == MOOD_ALGO_FULL && m->t[ROLE_DIFF_B]) ||
+        (m->algo == MOOD_ALGO_FULL && !m->t[ROLE_DIFF]))
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: module \"%s\" changes a norm or a bias, "
+                              "which a LoRA file cannot hold; bake it into the checkpoint "
+                              "instead (mood bake)",
+                              mood_st_path(a->file), m->name);
+    return mood_error_set(MOOD_EUNSUPPORTED,
+                          "%s: module \"%s\" is %s, whose effect depends on "
+                          "the base weight; it cannot be stacked exactly without a base; bake "
+                          "it into the checkpoint instead (mood bake)",
+                          mood_st_path(a->file), m->name, why);
+}
+
+static int group_add(groups *gs, const mood_module *m, double mult)
+{
+    group *g = NULL;
+    for (size_t i = 0; i < gs->n && !g; i++) {
+        if (strcmp(gs->g[i].name, m->target->kohya_name) == 0)
+            g = &gs->g[i];
+    }
+    if (!g) {
+        if (gs->n == gs->cap) {
+            size_t cap = gs->cap ? 2 * gs->cap : 64;
+            group *grown = mood_realloc(gs->g, cap * sizeof *grown);
+            if (!grown)
+                return mood_error_nomem();
+            gs->g = grown;
+            gs->cap = cap;
+        }
+        g = &gs->g[gs->n++];
+        memset(g, 0, sizeof *g);
+        g->name = m->target->kohya_name;
+        g->first = m;
+    }
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 4;
+        contrib *grown = mood_realloc(g->c, cap * sizeof *grown);
+        if (!grown)
+            return mood_error_nomem();
+        g->c = grown;
+        g->cap = cap;
+    }
+    g->c[g->n].m = m;
+    g->c[g->n].mult = mult;
+    g->n++;
+    return 0;
+}
+
+static int64_t numel_of(const mood_module *m)
+{
+    return m->ndim == 1 ? m->out : m->out * m->in * m->kh * m->kw;
+}
+
+static int group_module(groups *gs, const mood_adapter *a, const mood_module *m,
+                        const mood_weighted_adapter *w)
+{
+    double mult = m->target && m->target->part != MOOD_PART_UNET ? w->te : w->unet;
+    if (!mood__module_is_additive(m) || m->algo == MOOD_ALGO_NORM ||
+        (m->algo == MOOD_ALGO_FULL && (m->t[ROLE_DIFF_B] || !m->t[ROLE_DIFF])))
+        return refuse(a, m);
+    if (!m->target || !m->target->kohya_name)
+        return mood_error_set(MOOD_EFORMAT, "%s: module \"%s\" has no known target",
+                              mood_st_path(a->file), m->name);
+    if (m->ndim != 2 && m->ndim != 4)
+        return refuse(a, m);
+    if (mult == 0)
+        return 0; /* no effect: no rank spent on it */
+    for (size_t i = 0; i < gs->n; i++) {
+        const mood_module *f = gs->g[i].first;
+        if (strcmp(gs->g[i].name, m->target->kohya_name) == 0 && numel_of(f) != numel_of(m))
+            return mood_error_set(MOOD_EFORMAT,
+                                  "%s: module \"%s\" has %lld elements where "
+                                  "another input has %lld for the same target",
+                                  mood_st_path(a->file), m->name, (long long)numel_of(m),
+                                  (long long)numel_of(f));
+    }
+    return group_add(gs, m, mult);
+}
+
+static void groups_dispose(groups *gs)
+{
+    for (size_t i = 0; i < gs->n; i++)
+        mood_free(gs->g[i].c);
+    mood_free(gs->g);
+}
+
+/* ----- factorisation ------------------------------------------------------------------------ */
+
+/* A plain LoRA whose flat factors match the target: (out, r) · (r, in·kh·kw). */
+static int is_plain(const mood_module *m)
+{
+    const mood_st_tensor *u = m->t[ROLE_UP], *d = m->t[ROLE_DOWN];
+    int64_t cols = numel_of(m) / m->out;
+    if (m->algo != MOOD_ALGO_LORA || m->t[ROLE_MID] || !u || !d || u->ndim < 2 || d->ndim < 2)
+        return 0;
+    return u->shape[0] == m->out && d->shape[0] == mood_st_numel(u) / m->out &&
+           mood_st_numel(d) == d->shape[0] * cols;
+}
+
+static int alloc_f32(float **out, int64_t n)
+{
+    uint64_t bytes;
+    *out = NULL;
+    if (n < 0 || mood_mul_u64(&bytes, (uint64_t)n, sizeof(float)) != 0 || bytes > SIZE_MAX)
+        return mood_error_set(MOOD_EINVAL, "tensor of %lld elements is too large", (long long)n);
+    *out = mood_calloc(bytes ? (size_t)bytes : 1, 1);
+    return *out ? 0 : mood_error_nomem();
+}
+
+static void out_shape(mood_lora_out_module *o, const mood_module *m)
+{
+    o->ndim = m->ndim == 4 ? 4 : 2;
+    o->out = m->out;
+    o->in = m->in;
+    o->kh = m->ndim == 4 ? m->kh : 1;
+    o->kw = m->ndim == 4 ? m->kw : 1;
+}
+
+/* Ranks concatenated: up (out, R) column blocks √|c|·U_i, down (R, cols) row blocks
+ * sign(c)·√|c|·D_i. */
+static int concat(mood_lora_out_module *o, const group *g)
+{
+    int64_t out = g->first->out, cols = numel_of(g->first) / out, total = 0, at = 0;
+    int err = 0;
+    for (size_t i = 0; i < g->n; i++)
+        total += g->c[i].m->t[ROLE_DOWN]->shape[0];
+    if ((err = alloc_f32(&o->up, out * total)) || (err = alloc_f32(&o->down, total * cols)))
+        return err;
+    for (size_t i = 0; i < g->n && !err; i++) {
+        const mood_module *m = g->c[i].m;
+        int64_t r = m->t[ROLE_DOWN]->shape[0];
+        double c = g->c[i].mult * m->scale;
+        float su = (float)sqrt(fabs(c)), sd = c < 0 ? -su : su, *u = NULL, *d = NULL;
+        if ((err = mood__tensor_f32(&u, m->t[ROLE_UP], NULL)) == 0 &&
+            (err = mood__tensor_f32(&d, m->t[ROLE_DOWN], NULL)) == 0) {
+            for (int64_t row = 0; row < out; row++)
+                for (int64_t k = 0; k < r; k++)
+                    o->up[row * total + at + k] = su * u[row * r + k];
+            for (int64_t k = 0; k < r * cols; k++)
+                o->down[at * cols + k] = sd * d[k];
+        }
+        at += r;
+        mood_free(u);
+        mood_free(d);
+    }
+    o->rank = (int)total;
+    o->alpha = (double)total;
+    return err;
+}
+
+/* Exact ΔW at full rank: up = I (out ≤ cols) or down = I (cols < out). */
+static int exact(mood_lora_out_module *o, const group *g)
+{
+    int64_t out = g->first->out, numel = numel_of(g->first), cols = numel / out;
+    int64_t r = out <= cols ? out : cols;
+    float *sum = NULL, *one = NULL, *eye = NULL;
+    int err;
+    if ((err = alloc_f32(&sum, numel)) || (err = alloc_f32(&one, numel)) ||
+        (err = alloc_f32(&eye, r * r)))
+        goto done;
+    for (size_t i = 0; i < g->n && !err; i++) {
+        if ((err = mood__module_delta(one, g->c[i].m, NULL)) == 0)
+            for (int64_t k = 0; k < numel; k++)
+                sum[k] += (float)(g->c[i].mult * one[k]);
+    }
+    if (err)
+        goto done;
+    for (int64_t k = 0; k < r; k++)
+        eye[k * r + k] = 1.0f;
+    o->up = out <= cols ? eye : sum;
+    o->down = out <= cols ? sum : eye;
+    sum = eye = NULL;
+    o->rank = (int)r;
+    o->alpha = (double)r;
+done:
+    mood_free(sum);
+    mood_free(one);
+    mood_free(eye);
+    return err;
+}
+
+static int build_module(mood_lora_out_module *o, const group *g)
+{
+    int plain = 1, err;
+    memset(o, 0, sizeof *o);
+    out_shape(o, g->first);
+    if (!(o->name = mood_strdup(g->name)))
+        return mood_error_nomem();
+    for (size_t i = 0; i < g->n; i++)
+        plain = plain && is_plain(g->c[i].m);
+    err = plain ? concat(o, g) : exact(o, g);
+    if (!err && (o->rank <= 0 || o->rank > 1 << 30))
+        err = mood_error_set(MOOD_EFORMAT, "module \"%s\": rank %d out of range", g->name, o->rank);
+    return err;
+}
+
+/* ----- mood_lora_stack ---------------------------------------------------------------------- */
+
+/* [{"file": name, "autov3": hex, "unet": m, "te": m}, ...] */
+static int stacked_record(mood_buf *b, const mood_weighted_adapter *in, size_t n)
+{
+    int err = mood_buf_puts(b, "[");
+    for (size_t k = 0; k < n && !err; k++) {
+        mood_file_hashes h;
+        if ((err = mood_hash_file(&h, in[k].path, NULL, NULL)) != 0)
+            break;
+        err = mood_buf_puts(b, k ? ", {\"file\": " : "{\"file\": ");
+        err = err ? err : mood_buf_json_string(b, mood_path_basename(in[k].path));
+        err = err ? err
+                  : mood_buf_printf(b, ", \"autov3\": \"%s\", \"unet\": %.10g, \"te\": %.10g}",
+                                    h.is_safetensors ? h.autov3 : "", in[k].unet, in[k].te);
+    }
+    return err ? err : mood_buf_puts(b, "]");
+}
+
+static int open_inputs(mood_adapter **ads, mood_family *family, const mood_weighted_adapter *in,
+                       size_t n)
+{
+    int err = 0;
+    *family = MOOD_FAMILY_UNKNOWN;
+    for (size_t k = 0; k < n && !err; k++) {
+        mood_family f;
+        if (!in[k].path || !isfinite(in[k].unet) || !isfinite(in[k].te))
+            return mood_error_set(MOOD_EINVAL,
+                                  "stack: input %zu has no path or a non-finite "
+                                  "multiplier",
+                                  k + 1);
+        if ((err = mood_adapter_open(&ads[k], in[k].path, NULL)) != 0)
+            break;
+        f = mood_adapter_family(ads[k]);
+        if (f != MOOD_FAMILY_UNKNOWN && *family != MOOD_FAMILY_UNKNOWN && f != *family)
+            err = mood_error_set(MOOD_EFAMILY,
+                                 "%s is a %s LoRA but %s is for %s; LoRAs of "
+                                 "different base families cannot be stacked",
+                                 in[k].path, mood_family_name(f), in[0].path,
+                                 mood_family_name(*family));
+        if (*family == MOOD_FAMILY_UNKNOWN)
+            *family = f;
+        if (!err && ads[k]->n_unmatched)
+            mood_log(MOOD_LOG_WARN,
+                     "%s: %zu keys matched no module of a %s model and are not "
+                     "carried into the stack",
+                     in[k].path, ads[k]->n_unmatched, mood_family_name(f));
+    }
+    return err;
+}
+
+static int write_stack(const groups *gs, mood_family family, const mood_weighted_adapter *in,
+                       size_t n, const mood_lora_write_options *o)
+{
+    mood_lora_out_module *mods = mood_calloc(gs->n ? gs->n : 1, sizeof *mods);
+    mood_buf rec;
+    const char *meta[5] = {"mood_stacked_from", NULL, "ss_network_module", "networks.lora", NULL};
+    int err = mods ? 0 : mood_error_nomem();
+    mood_buf_init(&rec);
+    for (size_t i = 0; i < gs->n && !err; i++)
+        err = build_module(&mods[i], &gs->g[i]);
+    if (!err && (err = stacked_record(&rec, in, n)) == 0) {
+        meta[1] = rec.data;
+        err = mood__lora_write(o->output, mods, gs->n, family, o->dtype, meta, o->progress,
+                               o->payload);
+    }
+    for (size_t i = 0; mods && i < gs->n; i++)
+        mood__lora_out_module_dispose(&mods[i]);
+    mood_free(mods);
+    mood_buf_dispose(&rec);
+    return err;
+}
+
+int mood_lora_stack(const mood_weighted_adapter *inputs, size_t n, const mood_lora_write_options *o)
+{
+    mood_adapter **ads = NULL;
+    mood_family family;
+    groups gs;
+    int err = 0;
+    memset(&gs, 0, sizeof gs);
+    if (!o || !o->output || !inputs || n == 0)
+        return mood_error_set(MOOD_EINVAL, "stack: no inputs or no output given");
+    if (!(ads = mood_calloc(n, sizeof *ads)))
+        return mood_error_nomem();
+    if ((err = open_inputs(ads, &family, inputs, n)) != 0)
+        goto done;
+    for (size_t k = 0; k < n && !err; k++)
+        for (size_t i = 0; i < ads[k]->n_modules && !err; i++)
+            err = group_module(&gs, ads[k], &ads[k]->modules[i], &inputs[k]);
+    if (!err && gs.n == 0)
+        err = mood_error_set(MOOD_EINVAL, "stack: the inputs have no module with a non-zero "
+                                          "multiplier");
+    if (!err)
+        err = write_stack(&gs, family, inputs, n, o);
+done:
+    groups_dispose(&gs);
+    for (size_t k = 0; k < n; k++)
+        mood_adapter_close(ads[k]);
+    mood_free(ads);
+    return err;
+}

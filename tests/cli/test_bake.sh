@@ -1,0 +1,145 @@
+#!/bin/bash
+# test_bake.sh: `mood bake` and `mood lora stack` end to end on the tiny fixture models: the
+# summary line and --json, the exit codes (2 missing base, 1 corrupt LoRA, 1 SDXL LoRA on an SD1
+# base with both families named, 1 usage), a bake that runs out of space (file-size limit) failing
+# with exit 2 and leaving neither the output nor a temporary file, and an existing output left
+# intact by a failed bake; stack output that bakes like its inputs, and DoRA refused by stack.
+set -u
+MOOD=${MOOD:?set MOOD to the mood binary}
+FIX=${MOOD_FIXTURES:?set MOOD_FIXTURES}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() {
+    echo "FAIL: $*" >&2
+    fails=$((fails + 1))
+}
+# expect_rc WANT NAME CMD...: runs CMD, stderr to $tmp/err, and checks its exit status.
+expect_rc() {
+    local want=$1 name=$2 rc
+    shift 2
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq "$want" ] || fail "$name: exit $rc, expected $want ($(head -c 300 "$tmp/err"))"
+}
+
+base="$FIX/bases/sd1_base.safetensors"
+lora="$FIX/kohya/sd1_lora.safetensors"
+locon="$FIX/kohya/sd1_locon_fp16.safetensors"
+
+# --- success: summary, JSON, output readable and different from the base ---
+expect_rc 0 "bake" "$MOOD" bake --model "$base" --lora "$lora:0.8:0.5" -o "$tmp/out.safetensors"
+grep -q "^wrote $tmp/out.safetensors: [1-9][0-9]* tensors patched" "$tmp/out" ||
+    fail "bake summary: $(cat "$tmp/out")"
+[ -s "$tmp/out.safetensors" ] || fail "bake wrote no file"
+cmp -s "$base" "$tmp/out.safetensors" && fail "baked file equals the base"
+expect_rc 0 "bake --json" "$MOOD" bake --model "$base" --lora "$lora" --lora "$locon:0.7" \
+    -o "$tmp/two.safetensors" --json
+python3 - "$tmp/out" <<'EOF' || fail "bake --json output"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["tensors_patched"] > 0 and d["unmatched_keys"] == 0, d
+assert [a["unet"] for a in d["adapters"]] == [1, 0.7] and d["adapters"][1]["te"] == 0.7, d
+EOF
+
+# --- a key that matches nothing is reported (count and prefix), the rest still applies ---
+python3 - "$lora" "$tmp/extra.safetensors" <<'EOF'
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+head = json.loads(data[8:8 + n])
+end = max(v["data_offsets"][1] for k, v in head.items() if k != "__metadata__")
+head["lora_unet_no_such_block.lora_up.weight"] = {"dtype": "F32", "shape": [1],
+                                                   "data_offsets": [end, end + 4]}
+text = json.dumps(head, separators=(",", ":")).encode()
+text += b" " * (-len(text) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(text)) + text + data[8 + n:] +
+                              struct.pack("<f", 1.0))
+EOF
+expect_rc 0 "bake with an unknown key" "$MOOD" bake --model "$base" \
+    --lora "$tmp/extra.safetensors" -o "$tmp/extra_out.safetensors"
+grep -q "1 unmatched key" "$tmp/out" || fail "summary does not count the unmatched key"
+grep -q "warning:.*extra.safetensors.*1 key.*lora_unet_" "$tmp/err" ||
+    fail "no warning naming the unmatched key's prefix: $(cat "$tmp/err")"
+
+# --- exit codes ---
+expect_rc 2 "missing base" "$MOOD" bake --model "$tmp/nope.safetensors" --lora "$lora" \
+    -o "$tmp/x.safetensors"
+head -c 3000 "$lora" >"$tmp/corrupt.safetensors"
+expect_rc 1 "corrupt LoRA" "$MOOD" bake --model "$base" --lora "$tmp/corrupt.safetensors" \
+    -o "$tmp/x.safetensors"
+grep -q "corrupt.safetensors" "$tmp/err" || fail "corrupt LoRA message does not name the file"
+expect_rc 1 "SDXL LoRA on SD1" "$MOOD" bake --model "$base" \
+    --lora "$FIX/kohya/sdxl_lora.safetensors" -o "$tmp/x.safetensors"
+grep -qi "sdxl" "$tmp/err" && grep -qi "sd1\|sd 1\|sd1\.5" "$tmp/err" ||
+    fail "family mismatch message does not name both families: $(cat "$tmp/err")"
+expect_rc 1 "no --model" "$MOOD" bake --lora "$lora" -o "$tmp/x.safetensors"
+expect_rc 1 "bad weight" "$MOOD" bake --model "$base" --lora "$lora:abc" -o "$tmp/x.safetensors"
+[ -e "$tmp/x.safetensors" ] && fail "a failed bake left $tmp/x.safetensors"
+
+# --- disk full: a 64 KiB file-size limit stops the ~190 KiB write midway ---
+mkdir "$tmp/full"
+(
+    ulimit -f 64
+    "$MOOD" bake --model "$base" --lora "$lora" -o "$tmp/full/out.safetensors" \
+        >"$tmp/out" 2>"$tmp/err"
+)
+rc=$?
+[ "$rc" -eq 2 ] || fail "disk full: exit $rc, expected 2 ($(cat "$tmp/err"))"
+grep -q "out.safetensors" "$tmp/err" || fail "disk full: message does not name the output"
+[ -z "$(ls -A "$tmp/full")" ] || fail "disk full left files: $(ls -A "$tmp/full")"
+# an existing output is left as it was
+echo "previous content" >"$tmp/full/out.safetensors"
+(
+    ulimit -f 64
+    "$MOOD" bake --model "$base" --lora "$lora" -o "$tmp/full/out.safetensors" \
+        >/dev/null 2>&1
+)
+[ "$(cat "$tmp/full/out.safetensors")" = "previous content" ] ||
+    fail "a failed bake damaged the existing output"
+[ "$(ls -A "$tmp/full")" = "out.safetensors" ] || fail "temporary file left: $(ls -A "$tmp/full")"
+
+# --- lora stack ---
+expect_rc 0 "stack" "$MOOD" lora stack "$lora:0.7" "$locon:-0.4" -o "$tmp/stack.safetensors"
+grep -q "^wrote $tmp/stack.safetensors" "$tmp/out" || fail "stack summary: $(cat "$tmp/out")"
+expect_rc 0 "bake stack" "$MOOD" bake --model "$base" --lora "$tmp/stack.safetensors" \
+    -o "$tmp/via.safetensors"
+expect_rc 0 "bake direct" "$MOOD" bake --model "$base" --lora "$lora:0.7" --lora "$locon:-0.4" \
+    -o "$tmp/direct.safetensors"
+python3 - "$tmp/via.safetensors" "$tmp/direct.safetensors" <<'EOF' || fail "stack != inputs"
+import json, struct, sys
+def tensors(path):
+    data = open(path, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    head = json.loads(data[8:8 + n])
+    head.pop("__metadata__", None)
+    out = {}
+    for k, v in head.items():
+        b, e = v["data_offsets"]
+        raw = data[8 + n + b:8 + n + e]
+        out[k] = struct.unpack("<%df" % (len(raw) // 4), raw)
+    return out
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+assert a.keys() == b.keys()
+for k in a:
+    if isinstance(a[k], bytes):
+        assert a[k] == b[k], k
+        continue
+    for x, y in zip(a[k], b[k]):
+        assert abs(x - y) <= 1e-6 + 1e-5 * abs(y), (k, x, y)
+EOF
+expect_rc 0 "stack --dtype f16 --json" "$MOOD" lora stack "$lora" -o "$tmp/s16.safetensors" \
+    --dtype f16 --json
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["dtype"]=="F16", d' \
+    "$tmp/out" || fail "stack --json"
+dora="$FIX/lycoris/locon_dora_in.safetensors"
+if [ -e "$dora" ]; then
+    expect_rc 1 "stack DoRA" "$MOOD" lora stack "$lora" "$dora" -o "$tmp/d.safetensors"
+    grep -q "DoRA" "$tmp/err" || fail "stack DoRA message: $(cat "$tmp/err")"
+    [ -e "$tmp/d.safetensors" ] && fail "refused stack left a file"
+fi
+expect_rc 1 "stack bad dtype" "$MOOD" lora stack "$lora" -o "$tmp/x.safetensors" --dtype f8
+expect_rc 2 "stack missing input" "$MOOD" lora stack "$tmp/none.safetensors" -o "$tmp/x.safetensors"
+
+[ "$fails" -eq 0 ] && echo "all bake/stack CLI checks passed"
+exit $((fails > 0))

@@ -1,0 +1,86 @@
+#!/bin/bash
+# test_hash.sh: `mood hash` end to end: text and --json output for the Civitai mock file
+# (values from ecosystem.md, computed with hashlib/zlib), the sshs_model_hash check for a
+# matching, stale, LyCORIS "0x" and empty-input value, and the exit codes (1 usage, 2 missing).
+set -u
+MOOD=${MOOD:?set MOOD to the mood binary}
+FIX=${MOOD_FIXTURES:?set MOOD_FIXTURES}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() {
+    echo "FAIL: $*" >&2
+    fails=$((fails + 1))
+}
+
+mock="$FIX/st/mock_ink_style.safetensors"
+out=$("$MOOD" hash "$mock") || fail "hash exited $?"
+for want in "AutoV2: *3B4B65D642" "AutoV3: *E00E5EB94441" "CRC32: *D04AE41E" \
+    "SHA256: *3B4B65D6428F8F873A91DB79353C66EA470C0DE01E159CD805DFC4527EA37A59" \
+    "size: *220 bytes" "AutoV1: *e3b0c442" "sshs_model_hash: *(none)"; do
+    grep -q "$want" <<<"$out" || fail "text output lacks '$want'"
+done
+
+"$MOOD" hash --json "$mock" >"$tmp/mock.json" || fail "hash --json exited $?"
+python3 - "$tmp/mock.json" <<'EOF' || fail "--json output"
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = {"size": 220, "autov2": "3B4B65D642", "autov3": "E00E5EB94441", "crc32": "D04AE41E",
+        "crc32_zlib": "1EE44AD0", "autov1": "e3b0c442", "autov1_civitai": False,
+        "is_safetensors": True, "sshs_model_hash_status": "absent",
+        "a1111_shorthash": "e00e5eb94441",
+        "sha256": "3b4b65d6428f8f873a91db79353c66ea470c0de01e159cd805dfc4527ea37a59",
+        "autov3_sha256": "e00e5eb9444182f352323374ef4e08ebcb784725fdd4fd612d7730540b3e0c8c"}
+bad = {k: (d.get(k), v) for k, v in want.items() if d.get(k) != v}
+if bad:
+    sys.exit("mismatch: %r" % bad)
+EOF
+
+# Files carrying an embedded sshs_model_hash; the data section is float32 1.0, whose AutoV3 is
+# sha256(00 00 80 3f).
+python3 - "$tmp" <<'EOF' || fail "making sshs fixtures"
+import hashlib, json, struct, sys
+data = b"\x00\x00\x80\x3f"
+v3 = hashlib.sha256(data).hexdigest()
+cases = {"match": v3, "mismatch": "1" * 64, "per_tensor_0x": "0x" + v3,
+         "empty_input": hashlib.sha256(b"").hexdigest(), "malformed": "not-a-hash"}
+for name, value in cases.items():
+    h = json.dumps({"__metadata__": {"sshs_model_hash": value, "sshs_legacy_hash": "e3b0c442"},
+                    "a": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}},
+                   separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    open("%s/%s.safetensors" % (sys.argv[1], name), "wb").write(struct.pack("<Q", len(h)) + h + data)
+EOF
+for status in match mismatch per_tensor_0x empty_input malformed; do
+    f="$tmp/$status.safetensors"
+    got=$("$MOOD" hash --json "$f" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sshs_model_hash_status"])')
+    [ "$got" = "$status" ] || fail "$status: status '$got'"
+    text=$("$MOOD" hash "$f")
+    if [ "$status" = match ]; then
+        grep -q "matches the computed AutoV3" <<<"$text" || fail "match not reported"
+    else
+        grep -q "sshs_model_hash:.*MISMATCH" <<<"$text" || fail "$status: mismatch not flagged"
+    fi
+    grep -q "sshs_legacy_hash: *e3b0c442" <<<"$text" || fail "$status: legacy hash not shown"
+done
+"$MOOD" hash "$tmp/per_tensor_0x.safetensors" | grep -q "A1111 shows: *0x[0-9a-f]\{10\}$" ||
+    fail "A1111 shorthash of a 0x value"
+
+# Not a safetensors file: no AutoV3, the full-file hash stands in for A1111.
+printf 'just bytes' >"$tmp/plain.bin"
+"$MOOD" hash "$tmp/plain.bin" | grep -q "AutoV3: *(not a safetensors file)" || fail "plain file"
+
+"$MOOD" hash "$tmp/does-not-exist.safetensors" 2>"$tmp/err"
+rc=$?
+[ $rc -eq 2 ] || fail "missing file: exit $rc, want 2"
+grep -q "does-not-exist.safetensors" "$tmp/err" || fail "missing file: message lacks the path"
+"$MOOD" hash >/dev/null 2>&1
+rc=$?
+[ $rc -eq 1 ] || fail "no argument: exit $rc, want 1"
+"$MOOD" hash --bogus "$mock" >/dev/null 2>&1
+rc=$?
+[ $rc -eq 1 ] || fail "unknown option: exit $rc, want 1"
+"$MOOD" help hash | grep -q "AutoV3" || fail "help text"
+
+[ $fails -eq 0 ] && echo "test_hash.sh: all passed"
+exit $((fails > 0))

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# test_inspect.sh: `mood inspect` on the reference fixtures (kohya, LyCORIS, PEFT LoRAs and the tiny
+# base checkpoints), human and --json output, against what the reference tools recorded: kohya's
+# sshs_model_hash (AutoV3 computed by kohya), module counts from tests/fixtures/kohya/cases.json,
+# SHA-256 / AutoV3 / parameter counts recomputed here with Python's hashlib; a file with training
+# tags; and the exit codes for corrupt (1) and missing (2) files.
+set -u
+fails=0; passes=0
+check() { # check NAME CONDITION...
+    local name=$1; shift
+    if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); fi
+}
+F=$MOOD_FIXTURES
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+# --- kohya LoRAs: JSON fields against cases.json and kohya's embedded AutoV3 ----------------
+for f in sd1_lora sd1_locon_fp16 sd2_locon sdxl_lora sdxl_locon; do
+    "$MOOD" inspect --json "$F/kohya/$f.safetensors" >"$tmp/$f.json"
+    check "inspect --json $f exits 0" test $? -eq 0
+    check "inspect --json $f fields" python3 - "$tmp/$f.json" "$F/kohya/cases.json" "$f" <<'EOF'
+import json, sys, hashlib, struct
+d = json.load(open(sys.argv[1])); case = json.load(open(sys.argv[2]))["loras"][sys.argv[3] + ".safetensors"]
+path = d["file"]
+raw = open(path, "rb").read(); n = struct.unpack("<Q", raw[:8])[0]
+meta = json.loads(raw[8:8 + n])["__metadata__"]
+assert d["kind"] == "adapter", d["kind"]
+assert d["family"] == case["family"], (d["family"], case["family"])
+assert d["family_source"] == "modelspec.architecture", d["family_source"]
+assert d["parts"]["unet"] == case["unet_modules"], d["parts"]
+assert d["parts"]["te1"] + d["parts"]["te2"] == case["te_modules"], d["parts"]
+assert d["tensors"] == case["keys"], d["tensors"]
+assert sorted(d["dtypes"]) == sorted(case["dtypes"]), d["dtypes"]
+assert d["algorithms"] == {"lora": case["unet_modules"] + case["te_modules"]}, d["algorithms"]
+assert d["unmatched"]["count"] == 0, d["unmatched"]
+assert "dim" not in case or (case["dim"] in d["ranks"] and d["rank_max"] >= case["dim"]), d["ranks"]
+assert d["hashes"]["autov3"] == meta["sshs_model_hash"], "AutoV3 differs from kohya's sshs_model_hash"
+assert d["hashes"]["sshs_matches_autov3"] is True
+assert d["hashes"]["sha256"] == hashlib.sha256(raw).hexdigest()
+assert d["hashes"]["autov2"] == hashlib.sha256(raw).hexdigest()[:10]
+assert d["metadata"]["output_name"] == meta["ss_output_name"]
+assert d["metadata"]["architecture"] == meta["modelspec.architecture"]
+assert d["dora"] == 0 and d["tucker"] == 0
+EOF
+done
+
+out=$("$MOOD" inspect "$F/kohya/sdxl_lora.safetensors")
+check "human: family" grep -q "^Base family: *sdxl (decided by modelspec.architecture)" <<<"$out"
+check "human: modules per part" grep -q "^Modules: *unet 192, te1 12, te2 12" <<<"$out"
+check "human: rank and alpha" grep -Eq "^Rank: *4$" <<<"$out"
+check "human: AutoV3 line" grep -q "AutoV3 .*LoRA id" <<<"$out"
+check "human: sshs matches" grep -q "matches AutoV3" <<<"$out"
+check "human: nothing unmatched" grep -q "^Unmatched: *none" <<<"$out"
+
+# --- other flavours: algorithm, DoRA, PEFT (fixtures of the other reference tools) -----------
+if [ -f "$F/lycoris/loha_dora_out.safetensors" ]; then
+    j=$("$MOOD" inspect --json "$F/lycoris/loha_dora_out.safetensors")
+    check "lycoris loha dora" python3 -c '
+import json,sys; d=json.loads(sys.argv[1])
+assert list(d["algorithms"]) == ["loha"] and d["dora"] == d["modules"] and d["unmatched"]["count"] == 0, d' "$j"
+fi
+if [ -f "$F/peft/peft_plain.safetensors" ]; then
+    j=$("$MOOD" inspect --json "$F/peft/peft_plain.safetensors")
+    check "peft plain" python3 -c '
+import json,sys; d=json.loads(sys.argv[1])
+assert d["family"] == "sd1" and d["algorithms"] == {"lora": d["modules"]} and d["unmatched"]["count"] == 0, d
+assert d["ranks"] == [2] and sorted(d["alphas"]) == [1, 4], d' "$j"
+fi
+
+# --- checkpoint --------------------------------------------------------------------------------
+j=$("$MOOD" inspect --json "$F/bases/sd2_base.safetensors")
+check "checkpoint json" python3 - "$j" "$F/bases/sd2_base.safetensors" <<'EOF'
+import json, sys, struct, hashlib
+from math import prod
+d = json.loads(sys.argv[1]); raw = open(sys.argv[2], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]; h = json.loads(raw[8:8 + n]); meta = h.pop("__metadata__", {})
+assert d["kind"] == "checkpoint" and d["family"] == "sd2", d
+assert d["tensors"] == len(h)
+assert d["parameters"] == sum(prod(v["shape"]) for v in h.values())
+unet = sum(k.startswith("model.diffusion_model.") for k in h)
+te = sum(k.startswith("cond_stage_model.") for k in h)
+assert d["parts"]["unet"] == unet and d["parts"]["te1"] == te and d["parts"]["te2"] == 0, d["parts"]
+assert d["parts"]["other"] == len(h) - unet - te
+assert d["metadata_keys"] == len(meta)
+assert d["hashes"]["autov3"] == hashlib.sha256(raw[8 + n:]).hexdigest()
+EOF
+out=$("$MOOD" inspect "$F/bases/sdxl_base.safetensors")
+check "human checkpoint" grep -q "^Kind: *checkpoint" <<<"$out"
+check "human checkpoint family" grep -q "^Base family: *sdxl" <<<"$out"
+
+# --- training tags (top 10 of ss_tag_frequency, summed over folders) ---------------------------
+python3 - "$tmp/tags.safetensors" <<'EOF'
+import json, struct, sys
+name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+tensors = {name + ".lora_up.weight": [4, 2, 1, 1], name + ".lora_down.weight": [2, 4, 1, 1]}
+meta = {"ss_base_model_version": "sd_v1", "ss_output_name": "inkwash",
+        "ss_tag_frequency": json.dumps({"10_ink": {"ink": 5, "wash": 2}, "5_sky": {"ink": 3, "sky": 4}}),
+        "ss_steps": "1200", "ss_resolution": "(512, 512)"}
+header, off = {"__metadata__": meta}, 0
+for k, shape in tensors.items():
+    size = 4 * shape[0] * shape[1]
+    header[k] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + size]}; off += size
+h = json.dumps(header).encode(); h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * off)
+EOF
+j=$("$MOOD" inspect --json "$tmp/tags.safetensors")
+check "trigger words" python3 -c '
+import json,sys; d=json.loads(sys.argv[1])
+assert d["trigger_words"] == [{"tag": "ink", "count": 8}, {"tag": "sky", "count": 4}, {"tag": "wash", "count": 2}], d["trigger_words"]
+assert d["metadata"]["steps"] == "1200" and d["metadata"]["output_name"] == "inkwash"
+assert d["family"] == "sd1" and d["family_source"] == "ss_base_model_version"' "$j"
+out=$("$MOOD" inspect "$tmp/tags.safetensors")
+check "human trigger words" grep -q "ink (8), sky (4), wash (2)" <<<"$out"
+
+# --- errors ------------------------------------------------------------------------------------
+head -c 100 "$F/kohya/sd1_lora.safetensors" >"$tmp/corrupt.safetensors"
+err=$("$MOOD" inspect "$tmp/corrupt.safetensors" 2>&1 >/dev/null); rc=$?
+check "corrupt file exits 1" test $rc -eq 1
+check "corrupt file names the file" grep -q "corrupt.safetensors" <<<"$err"
+"$MOOD" inspect "$tmp/missing.safetensors" 2>/dev/null; check "missing file exits 2" test $? -eq 2
+"$MOOD" inspect 2>/dev/null; check "no file exits 1" test $? -eq 1
+"$MOOD" inspect --frob x 2>/dev/null; check "unknown option exits 1" test $? -eq 1
+printf '{"a":1}' >"$tmp/not.json"
+"$MOOD" inspect "$tmp/not.json" 2>/dev/null; check "non-safetensors exits 1" test $? -eq 1
+
+echo "$passes passed, $fails failed"
+[ $fails -eq 0 ]

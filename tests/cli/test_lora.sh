@@ -1,0 +1,109 @@
+#!/bin/bash
+# test_lora.sh: `mood lora merge`, `mood lora resize` and `mood lora extract` end to end on the
+# fixture LoRAs and tiny base models: summaries and --json, the written files (keys, ranks,
+# alphas, metadata read back with a stdlib-only header reader), ranks equal to those kohya chose
+# for the same commands (tests/fixtures/svd, when present), and the exit codes: 1 for bad input
+# (corrupt file, bad rank or method, families that do not match, usage) and 2 for a missing file.
+set -u
+MOOD=${MOOD:?set MOOD to the mood binary}
+FIX=${MOOD_FIXTURES:?set MOOD_FIXTURES}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() {
+    echo "FAIL: $*" >&2
+    fails=$((fails + 1))
+}
+# expect_rc WANT NAME CMD...: runs CMD (stdout to $tmp/out, stderr to $tmp/err), checks its status.
+expect_rc() {
+    local want=$1 name=$2 rc
+    shift 2
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq "$want" ] || fail "$name: exit $rc, expected $want ($(head -c 300 "$tmp/err"))"
+}
+# header FILE: prints the safetensors header as JSON (python3 stdlib only).
+header() {
+    python3 -c '
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    print(f.read(n).decode())' "$1"
+}
+# check_lora FILE PYTHON_EXPR: evaluates a condition on h (header dict) and m (metadata).
+check_lora() {
+    header "$1" >"$tmp/h.json" || { fail "cannot read $1"; return; }
+    python3 - "$tmp/h.json" "$2" <<'EOF' || fail "check on $1: $2"
+import json, sys
+h = json.load(open(sys.argv[1]))
+m = h.pop("__metadata__", {})
+downs = {k[:-len(".lora_down.weight")]: v for k, v in h.items() if k.endswith(".lora_down.weight")}
+ranks = {k: v["shape"][0] for k, v in downs.items()}
+ok = eval(sys.argv[2])
+if not ok:
+    print("failed:", sys.argv[2], "metadata:", {k: v[:60] for k, v in m.items()}, file=sys.stderr)
+sys.exit(0 if ok else 1)
+EOF
+}
+
+lora="$FIX/kohya/sd1_lora.safetensors"
+locon="$FIX/kohya/sd1_locon_fp16.safetensors"
+xl="$FIX/kohya/sdxl_lora.safetensors"
+base="$FIX/bases/sd1_base.safetensors"
+
+# --- merge ---
+expect_rc 0 "merge" "$MOOD" lora merge "$lora:0.7" "$locon:0.5:0.3" --rank 3 --conv-rank 2 \
+    -o "$tmp/m.safetensors"
+grep -q "^wrote $tmp/m.safetensors: [1-9][0-9]* modules" "$tmp/out" || fail "merge summary: $(cat "$tmp/out")"
+grep -q "^ranks: " "$tmp/out" || fail "merge ranks line: $(cat "$tmp/out")"
+check_lora "$tmp/m.safetensors" 'set(ranks.values()) <= {2, 3} and m["ss_network_dim"] == "3" and m["ss_network_args"] == "{\"conv_dim\": 2, \"conv_alpha\": 2}" and m["modelspec.merged_from"] == "sd1_lora, sd1_locon_fp16" and all(h[k + ".lora_up.weight"]["dtype"] == "F32" for k in ranks)'
+expect_rc 0 "merge --json --dtype bf16" "$MOOD" lora merge "$lora" --rank 2 --dtype bf16 \
+    -o "$tmp/mb.safetensors" --json
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["modules"] > 0 and list(d["ranks"]) == ["2"], d' "$tmp/out" ||
+    fail "merge --json: $(cat "$tmp/out")"
+check_lora "$tmp/mb.safetensors" 'all(v["dtype"] == "BF16" for v in h.values())'
+
+# --- resize ---
+expect_rc 0 "resize fixed" "$MOOD" lora resize "$lora" --rank 2 -o "$tmp/r.safetensors"
+check_lora "$tmp/r.safetensors" 'set(ranks.values()) == {2} and m["ss_training_comment"].startswith("dimension is resized from 4 to 2; ") and m["ss_network_dim"] == "2" and m["ss_network_alpha"] == "1.0" and m["ss_output_name"] == "sd1_lora"'
+grep -q "^mean Frobenius norm of each layer's change kept: [0-9.]*%" "$tmp/out" || fail "resize summary: $(cat "$tmp/out")"
+expect_rc 0 "resize dynamic" "$MOOD" lora resize "$locon" --dynamic sv_fro=0.9 --rank 3 \
+    -o "$tmp/rd.safetensors" --json
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["fro_retained_mean"] >= 0.9 and max(map(int, d["ranks"])) <= 3, d' "$tmp/out" ||
+    fail "resize --json: $(cat "$tmp/out")"
+check_lora "$tmp/rd.safetensors" 'm["ss_network_dim"] == "Dynamic" and m["ss_training_comment"].startswith("Dynamic resize with sv_fro: 0.9 from 4; ")'
+
+# --- extract ---
+expect_rc 0 "extract" "$MOOD" lora extract --base "$base" --tuned "$FIX/bases/sd1_base_fp16.safetensors" \
+    --rank 2 --conv-rank 1 -o "$tmp/e.safetensors"
+check_lora "$tmp/e.safetensors" 'ranks and not any(k.startswith("lora_te") for k in ranks) and m["ss_network_args"] == "{\"conv_dim\": \"1\", \"conv_alpha\": \"1.0\"}" and m["ss_network_alpha"] == "2.0"'
+
+# --- the same ranks as kohya for the conformance fixtures (when present) ---
+svd="$FIX/svd"
+if [ -f "$svd/cases.json" ]; then
+    expect_rc 0 "merge vs kohya" "$MOOD" lora merge "$svd/lora_a.safetensors:0.7" \
+        "$svd/lora_b.safetensors:-0.4" --rank 4 --conv-rank 2 -o "$tmp/svd_merge_ab.safetensors"
+    header "$svd/svd_merge_ab.safetensors" >"$tmp/k.json"
+    check_lora "$tmp/svd_merge_ab.safetensors" 'ranks == {k[:-len(".lora_down.weight")]: v["shape"][0] for k, v in json.load(open("'"$tmp/k.json"'")).items() if k.endswith(".lora_down.weight")}'
+fi
+
+# --- errors ---
+expect_rc 2 "missing input" "$MOOD" lora merge "$tmp/nope.safetensors" --rank 2 -o "$tmp/x.safetensors"
+expect_rc 2 "missing base" "$MOOD" lora extract --base "$tmp/nope.safetensors" --tuned "$base" --rank 2 -o "$tmp/x.safetensors"
+head -c 100 /dev/urandom >"$tmp/bad.safetensors"
+expect_rc 1 "corrupt LoRA" "$MOOD" lora resize "$tmp/bad.safetensors" --rank 2 -o "$tmp/x.safetensors"
+expect_rc 1 "families differ" "$MOOD" lora merge "$lora" "$xl" --rank 2 -o "$tmp/x.safetensors"
+grep -q "sdxl" "$tmp/err" || fail "family error does not name the family: $(cat "$tmp/err")"
+expect_rc 1 "extract families differ" "$MOOD" lora extract --base "$base" --tuned "$FIX/bases/sdxl_base.safetensors" --rank 2 -o "$tmp/x.safetensors"
+expect_rc 1 "rank 0" "$MOOD" lora merge "$lora" --rank 0 -o "$tmp/x.safetensors"
+expect_rc 1 "no rank" "$MOOD" lora merge "$lora" -o "$tmp/x.safetensors"
+expect_rc 1 "no output" "$MOOD" lora resize "$lora" --rank 2
+expect_rc 1 "bad method" "$MOOD" lora resize "$lora" --dynamic sv_foo=0.5 -o "$tmp/x.safetensors"
+expect_rc 1 "bad fraction" "$MOOD" lora resize "$lora" --dynamic sv_fro=1.5 -o "$tmp/x.safetensors"
+expect_rc 1 "bad dtype" "$MOOD" lora merge "$lora" --rank 2 --dtype f8 -o "$tmp/x.safetensors"
+[ -e "$tmp/x.safetensors" ] && fail "a failed command left an output file"
+expect_rc 0 "help" "$MOOD" help lora resize
+grep -q "sv_fro" "$tmp/out" || fail "resize help"
+
+[ "$fails" -eq 0 ] && echo "all lora tests passed"
+exit $((fails > 0))

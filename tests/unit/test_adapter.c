@@ -1,0 +1,519 @@
+/*
+ * test_adapter.c: parsing adapters (lora/adapter.c) against the fixtures made by the reference
+ * tools (kohya sd-scripts, LyCORIS, PEFT/diffusers; tests/fixtures/<tool>/cases.json), plus crafted
+ * bad files.
+ *
+ * For every bake case, each adapter opens against its base with no unmatched key, the family is
+ * the case's, and the set of base tensors its modules patch is exactly the set of tensors the
+ * reference tool changed (the keys of <case>.expected.safetensors). kohya's recipe gives module
+ * counts per part, key counts, ranks and alphas; LyCORIS case names give the algorithm and the
+ * DoRA orientation.
+ */
+#include <cjson/cJSON.h>
+
+#include "harness.h"
+#include "lora/lora_internal.h"
+
+static cJSON *load_json(const char *path)
+{
+    size_t n = 0;
+    unsigned char *text = read_file(path, &n);
+    cJSON *j = text ? cJSON_ParseWithLength((const char *)text, n) : NULL;
+    free(text);
+    return j;
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Base path of a case: its "base" (relative to the folder) or bases/<family>_base. */
+static void case_base(char *out, size_t n, const char *dir, const cJSON *c)
+{
+    const char *base = jstr(c, "base"), *fam = jstr(c, "family");
+    char rel[512];
+    if (base)
+        snprintf(rel, sizeof rel, "%s/%s", dir, base);
+    else
+        snprintf(rel, sizeof rel, "bases/%s_base.safetensors", fam ? fam : "sd1");
+    snprintf(out, n, "%s", fixture(rel));
+}
+
+/* Is `key` among the tensors of st? */
+static int has_key(const mood_st_file *st, const char *key)
+{
+    return key && mood_st_find(st, key) != NULL;
+}
+
+/* Every patched tensor is in expected, and every expected tensor is patched by some module. */
+static void check_targets(const char *name, mood_adapter **ads, size_t n, const char *expected)
+{
+    mood_st_file *exp = NULL;
+    MOOD_CHECK_OK(mood_st_open(&exp, expected));
+    if (!exp)
+        return;
+    for (size_t a = 0; a < n; a++) {
+        for (size_t i = 0; ads[a] && i < ads[a]->n_modules; i++) {
+            const mood_module *m = &ads[a]->modules[i];
+            int bias_only = !m->t[ROLE_DIFF] && m->t[ROLE_DIFF_B];
+            MOOD_CHECK_MSG(bias_only || m->t[ROLE_B_NORM] || has_key(exp, m->target->key),
+                           "%s: %s patches %s, which the reference left unchanged", name, m->name,
+                           m->target->key);
+        }
+    }
+    for (size_t k = 0; k < mood_st_count(exp); k++) {
+        const char *key = mood_st_at(exp, k)->name;
+        int found = 0;
+        for (size_t a = 0; a < n && !found; a++) {
+            for (size_t i = 0; ads[a] && i < ads[a]->n_modules && !found; i++) {
+                const mood_module *m = &ads[a]->modules[i];
+                found = strcmp(m->target->key, key) == 0 ||
+                        (m->target->bias_key && strcmp(m->target->bias_key, key) == 0 &&
+                         (m->t[ROLE_DIFF_B] || m->t[ROLE_B_NORM]));
+            }
+        }
+        MOOD_CHECK_MSG(found, "%s: the reference changed %s but no module patches it", name, key);
+    }
+    mood_st_close(exp);
+}
+
+/* LyCORIS case names -> the algorithm every module must have (0 = don't check). */
+static int algo_of_case(const char *algo, mood_algo *out)
+{
+    static const struct {
+        const char *prefix;
+        mood_algo a;
+    } map[] = {{"locon", MOOD_ALGO_LORA}, {"lora", MOOD_ALGO_LORA},   {"loha", MOOD_ALGO_LOHA},
+               {"lokr", MOOD_ALGO_LOKR},  {"ia3", MOOD_ALGO_IA3},     {"diag_oft", MOOD_ALGO_OFT},
+               {"boft", MOOD_ALGO_BOFT},  {"glora", MOOD_ALGO_GLORA}, {"full", MOOD_ALGO_FULL}};
+    for (size_t i = 0; algo && i < sizeof map / sizeof map[0]; i++) {
+        if (strncmp(algo, map[i].prefix, strlen(map[i].prefix)) == 0) {
+            *out = map[i].a;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void check_case_adapter(const char *cname, const cJSON *c, const mood_adapter *a,
+                               const char *file)
+{
+    size_t tucker = 0;
+    mood_algo want;
+    const char *fam = jstr(c, "family"), *algo = jstr(c, "algo");
+    int norms = cname && strstr(cname, "norm") != NULL;
+    MOOD_CHECK_MSG(mood_adapter_unmatched_count(a) == 0, "%s: %zu unmatched keys, first %s", file,
+                   mood_adapter_unmatched_count(a), mood_adapter_unmatched(a, 0));
+    MOOD_CHECK_MSG(!fam || strcmp(mood_family_name(mood_adapter_family(a)), fam) == 0,
+                   "%s: family %s, expected %s", file, mood_family_name(mood_adapter_family(a)),
+                   fam);
+    for (size_t i = 0; i < a->n_modules; i++) {
+        const mood_module *m = &a->modules[i];
+        if (algo_of_case(algo ? algo : cname, &want) && !(norms && m->algo == MOOD_ALGO_NORM))
+            MOOD_CHECK_MSG(m->algo == want, "%s: %s is %s, expected %s", file, m->name,
+                           mood_algo_name(m->algo), mood_algo_name(want));
+        if (cname && strstr(cname, "dora_in"))
+            MOOD_CHECK_MSG(m->dora == 1, "%s: %s dora %d, expected per-input", file, m->name,
+                           m->dora);
+        if (cname && strstr(cname, "dora_out"))
+            MOOD_CHECK_MSG(m->dora == 2, "%s: %s dora %d, expected per-output", file, m->name,
+                           m->dora);
+        MOOD_CHECK(m->scale == m->scale && m->out > 0);
+        tucker += m->tucker != 0;
+    }
+    /* LyCORIS uses Tucker only on decomposed kxk conv factors; the tiny lokr_tucker case has
+     * none (its 3x3 w2 are full), the LoCon and LoHa ones do */
+    if (cname && (strstr(cname, "locon_tucker") || strstr(cname, "loha_tucker")))
+        MOOD_CHECK_MSG(tucker > 0, "%s: no Tucker module", file);
+    else if (!cname || !strstr(cname, "tucker"))
+        MOOD_CHECK_MSG(tucker == 0, "%s: %zu Tucker modules", file, tucker);
+}
+
+/* Scales PEFT's config implies, as the cases' descriptions state them (UNet, text encoder). */
+static void check_peft_scale(const char *cname, const mood_adapter *a)
+{
+    static const struct {
+        const char *name;
+        double unet, te;
+    } want[] = {{"peft_plain", 2.0, 0.5},
+                {"peft_plain_diffusers_fmt", 2.0, 0.5},
+                {"peft_plain_kohya_ab", 2.0, 0.5},
+                {"peft_plain_legacy", 1.0, 1.0},
+                {"peft_rslora", 1.5, 1.0}};
+    for (size_t k = 0; cname && k < sizeof want / sizeof want[0]; k++) {
+        if (strcmp(cname, want[k].name) != 0)
+            continue;
+        for (size_t i = 0; i < a->n_modules; i++) {
+            double s = a->modules[i].target->part == MOOD_PART_UNET ? want[k].unet : want[k].te;
+            MOOD_CHECK_MSG(fabs(a->modules[i].scale - s) < 1e-9, "%s: %s scale %g, expected %g",
+                           cname, a->modules[i].name, a->modules[i].scale, s);
+        }
+    }
+}
+
+/* One bake case: open every adapter against the base, then check the patched set. */
+static void run_case(const char *dir, const cJSON *c)
+{
+    char base_path[1024], path[1024];
+    const cJSON *loras = cJSON_GetObjectItemCaseSensitive(c, "loras"), *l;
+    const char *name = jstr(c, "name"), *expected = jstr(c, "expected");
+    mood_checkpoint *base = NULL;
+    mood_adapter *ads[8] = {NULL};
+    size_t n = 0;
+    case_base(base_path, sizeof base_path, dir, c);
+    MOOD_CHECK_OK(mood_checkpoint_open(&base, base_path));
+    if (!base)
+        return;
+    cJSON_ArrayForEach(l, loras)
+    {
+        char rel[512];
+        if (n == 8 || !jstr(l, "file"))
+            break;
+        snprintf(rel, sizeof rel, "%s/%s", dir, jstr(l, "file"));
+        snprintf(path, sizeof path, "%s", fixture(rel));
+        MOOD_CHECK_OK(mood_adapter_open(&ads[n], path, base));
+        if (ads[n])
+            check_case_adapter(name, c, ads[n], path);
+        if (ads[n])
+            check_peft_scale(name, ads[n]);
+        n++;
+    }
+    if (expected) {
+        char rel[512];
+        snprintf(rel, sizeof rel, "%s/%s", dir, expected);
+        check_targets(name ? name : "?", ads, n, fixture(rel));
+    }
+    for (size_t i = 0; i < n; i++)
+        mood_adapter_close(ads[i]);
+    mood_checkpoint_close(base);
+}
+
+static int run_dir(const char *dir)
+{
+    char rel[256];
+    cJSON *j, *c;
+    int n = 0;
+    snprintf(rel, sizeof rel, "%s/cases.json", dir);
+    if (!(j = load_json(fixture(rel)))) {
+        printf("note: %s has no readable cases.json yet\n", dir);
+        return 0;
+    }
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "bake"))
+    {
+        run_case(dir, c);
+        n++;
+    }
+    cJSON_Delete(j);
+    return n;
+}
+
+static void test_fixture_cases(void)
+{
+    int n = run_dir("kohya") + run_dir("lycoris") + run_dir("peft") + run_dir("svd");
+    MOOD_CHECK_MSG(n >= 6, "only %d fixture cases found", n);
+}
+
+/* ----- kohya's recipe: counts, ranks, alphas ------------------------------------------------ */
+
+static void check_recipe(const char *file, const cJSON *r, const mood_adapter *a)
+{
+    size_t parts[MOOD_PART_COUNT] = {0};
+    const cJSON *dim = cJSON_GetObjectItemCaseSensitive(r, "dim");
+    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(r, "alpha");
+    const cJSON *cdim = cJSON_GetObjectItemCaseSensitive(r, "conv_dim");
+    const cJSON *calpha = cJSON_GetObjectItemCaseSensitive(r, "conv_alpha");
+    int blocks = cJSON_GetObjectItemCaseSensitive(r, "block_dims") ||
+                 cJSON_GetObjectItemCaseSensitive(r, "modules");
+    for (size_t i = 0; i < a->n_modules; i++) {
+        const mood_module *m = &a->modules[i];
+        int conv = m->ndim == 4 && m->kh > 1;
+        parts[m->target->part]++;
+        MOOD_CHECK(m->algo == MOOD_ALGO_LORA && m->has_alpha);
+        if (blocks)
+            continue;
+        if (conv && cdim)
+            MOOD_CHECK_MSG(m->rank == cdim->valueint && m->alpha == calpha->valuedouble,
+                           "%s: %s rank %d alpha %g", file, m->name, m->rank, m->alpha);
+        else
+            MOOD_CHECK_MSG(m->rank == dim->valueint && m->alpha == alpha->valuedouble &&
+                               fabs(m->scale - alpha->valuedouble / dim->valueint) < 1e-12,
+                           "%s: %s rank %d alpha %g", file, m->name, m->rank, m->alpha);
+    }
+    MOOD_CHECK_MSG((double)(parts[MOOD_PART_TE1] + parts[MOOD_PART_TE2]) ==
+                       cJSON_GetObjectItemCaseSensitive(r, "te_modules")->valuedouble,
+                   "%s: %zu te modules", file, parts[MOOD_PART_TE1] + parts[MOOD_PART_TE2]);
+    MOOD_CHECK_MSG((double)parts[MOOD_PART_UNET] ==
+                       cJSON_GetObjectItemCaseSensitive(r, "unet_modules")->valuedouble,
+                   "%s: %zu unet modules", file, parts[MOOD_PART_UNET]);
+    MOOD_CHECK((double)mood_st_count(a->file) ==
+               cJSON_GetObjectItemCaseSensitive(r, "keys")->valuedouble);
+}
+
+static void test_kohya_recipes(void)
+{
+    cJSON *j = load_json(fixture("kohya/cases.json")), *r;
+    MOOD_CHECK(j != NULL);
+    cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "loras"))
+    {
+        char rel[512], base_path[512];
+        mood_checkpoint *base = NULL;
+        mood_adapter *a = NULL, *nb = NULL;
+        snprintf(rel, sizeof rel, "kohya/%s", r->string);
+        snprintf(base_path, sizeof base_path, "%s",
+                 fixture(strcmp(jstr(r, "family"), "sd1") == 0   ? "bases/sd1_base.safetensors"
+                         : strcmp(jstr(r, "family"), "sd2") == 0 ? "bases/sd2_base.safetensors"
+                                                                 : "bases/sdxl_base.safetensors"));
+        MOOD_CHECK_OK(mood_checkpoint_open(&base, base_path));
+        MOOD_CHECK_OK(mood_adapter_open(&a, fixture(rel), base));
+        if (a)
+            check_recipe(r->string, r, a);
+        /* without a base: the family's own names, same modules, nothing unmatched */
+        MOOD_CHECK_OK(mood_adapter_open(&nb, fixture(rel), NULL));
+        if (a && nb) {
+            MOOD_CHECK(nb->n_modules == a->n_modules && nb->n_unmatched == 0);
+            MOOD_CHECK(strcmp(mood_family_name(nb->family), jstr(r, "family")) == 0);
+            for (size_t i = 0; i < a->n_modules; i++)
+                MOOD_CHECK_MSG(nb->modules[i].out == a->modules[i].out &&
+                                   nb->modules[i].in * nb->modules[i].kh ==
+                                       a->modules[i].in * a->modules[i].kh,
+                               "%s: %s shape differs without base", r->string, a->modules[i].name);
+        }
+        mood_adapter_close(nb);
+        mood_adapter_close(a);
+        mood_checkpoint_close(base);
+    }
+    cJSON_Delete(j);
+}
+
+/* ----- crafted files ----------------------------------------------------------------------- */
+
+typedef struct craft {
+    const char *name;
+    mood_dtype dt;
+    int ndim;
+    int64_t shape[4];
+    float fill;
+} craft;
+
+/* Writes an adapter whose tensors hold `fill` (plus optional metadata pairs). */
+static const char *write_adapter(const char *file, const craft *t, size_t n,
+                                 const char *const *meta)
+{
+    const char *path = scratch_path(file);
+    mood_st_writer *w = NULL;
+    float *buf = calloc(4096, sizeof *buf);
+    if (mood_st_writer_new(&w) != 0 || !buf) {
+        free(buf);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        static int64_t ints[4];
+        for (int k = 0; k < 4096; k++)
+            buf[k] = t[i].fill;
+        ints[0] = (int64_t)t[i].fill;
+        if (t[i].dt == MOOD_DTYPE_I64) /* integer alphas, as kohya writes them */
+            MOOD_CHECK_OK(mood_st_writer_add(w, t[i].name, t[i].dt, t[i].ndim, t[i].shape, ints));
+        else
+            MOOD_CHECK_OK(
+                mood_st_writer_add_f32(w, t[i].name, t[i].dt, t[i].ndim, t[i].shape, buf));
+    }
+    for (size_t i = 0; meta && meta[i]; i += 2)
+        MOOD_CHECK_OK(mood_st_writer_set_meta(w, meta[i], meta[i + 1]));
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    free(buf);
+    return path;
+}
+
+#define PROJ_IN "lora_unet_down_blocks_0_attentions_0_proj_in"
+static const char *const sd1_meta[] = {"ss_base_model_version", "sd_v1", NULL};
+
+static int open_err(const char *path, const mood_checkpoint *base)
+{
+    mood_adapter *a = NULL;
+    int err = mood_adapter_open(&a, path, base);
+    mood_adapter_close(a);
+    return err;
+}
+
+static void test_bad_adapters(void)
+{
+    mood_checkpoint *sd1 = NULL;
+    const char *p;
+    int err;
+    const craft shape[] = {{PROJ_IN ".lora_up.weight", MOOD_DTYPE_F32, 2, {5, 2}, 0.5f},
+                           {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 4}, 0.5f}};
+    const craft nan[] = {{PROJ_IN ".lora_up.weight", MOOD_DTYPE_F16, 4, {4, 2, 1, 1}, 0.5f},
+                         {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F16, 4, {2, 4, 1, 1}, NAN}};
+    const craft alpha[] = {{PROJ_IN ".lora_up.weight", MOOD_DTYPE_F32, 2, {4, 2}, 0.5f},
+                           {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 4}, 0.5f},
+                           {PROJ_IN ".alpha", MOOD_DTYPE_F32, 1, {2}, 1.0f}};
+    const craft unknown[] = {
+        {"lora_flux_double_blocks_0.lora_up.weight", MOOD_DTYPE_F32, 2, {4, 2}, 0},
+        {"lora_flux_double_blocks_0.lora_down.weight", MOOD_DTYPE_F32, 2, {2, 4}, 0},
+        {"something.else", MOOD_DTYPE_F32, 1, {3}, 0}};
+    MOOD_CHECK_OK(mood_checkpoint_open(&sd1, fixture("bases/sd1_base.safetensors")));
+    p = write_adapter("bad_shape.safetensors", shape, 2, sd1_meta);
+    err = open_err(p, sd1);
+    MOOD_CHECK_MSG(err == MOOD_EFORMAT && strstr(mood_error_last(), PROJ_IN) &&
+                       strstr(mood_error_last(), "[4, 4, 1, 1]"),
+                   "%d %s", err, mood_error_last());
+    p = write_adapter("bad_shape_nometa.safetensors", shape, 2, NULL);
+    MOOD_CHECK(open_err(p, sd1) == MOOD_EFAMILY);
+    p = write_adapter("nan.safetensors", nan, 2, sd1_meta);
+    err = open_err(p, sd1);
+    MOOD_CHECK_MSG(err == MOOD_EFORMAT && strstr(mood_error_last(), PROJ_IN ".lora_down.weight") &&
+                       strstr(mood_error_last(), "NaN") && strstr(mood_error_last(), p),
+                   "%d %s", err, mood_error_last());
+    MOOD_CHECK(open_err(p, NULL) == MOOD_EFORMAT); /* checked without a base too */
+    p = write_adapter("alpha.safetensors", alpha, 3, sd1_meta);
+    err = open_err(p, sd1);
+    MOOD_CHECK_MSG(err == MOOD_EFORMAT && strstr(mood_error_last(), PROJ_IN ".alpha"), "%d %s", err,
+                   mood_error_last());
+    p = write_adapter("unknown.safetensors", unknown, 3, NULL);
+    err = open_err(p, sd1);
+    MOOD_CHECK_MSG(err == MOOD_EFORMAT && strstr(mood_error_last(), "none of its 3 keys") &&
+                       strstr(mood_error_last(), "lora_flux_"),
+                   "%d %s", err, mood_error_last());
+    MOOD_CHECK(open_err(p, NULL) == MOOD_EFORMAT);
+    err = open_err(fixture("kohya/sdxl_lora.safetensors"), sd1);
+    MOOD_CHECK_MSG(err == MOOD_EFAMILY && strstr(mood_error_last(), "sdxl") &&
+                       strstr(mood_error_last(), "is sd1"),
+                   "%d %s", err, mood_error_last());
+    mood_checkpoint_close(sd1);
+}
+
+/* Partly known keys: the rest are reported in file order; alpha in F16 [1] and I64 [] work. */
+static void test_unmatched_and_alpha(void)
+{
+    const craft t[] = {
+        {PROJ_IN ".lora_up.weight", MOOD_DTYPE_F32, 4, {4, 2, 1, 1}, 0.5f},
+        {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F32, 4, {2, 4, 1, 1}, 0.5f},
+        {PROJ_IN ".alpha", MOOD_DTYPE_F16, 1, {1}, 3.0f},
+        {"lora_unet_nowhere.lora_up.weight", MOOD_DTYPE_F32, 2, {4, 2}, 0},
+        {"lora_te_text_model_encoder_layers_0_mlp_fc1.alpha", MOOD_DTYPE_I64, 0, {0}, 1}};
+    mood_checkpoint *sd1 = NULL;
+    mood_adapter *a = NULL;
+    const char *p = write_adapter("partial.safetensors", t, 5, sd1_meta);
+    MOOD_CHECK_OK(mood_checkpoint_open(&sd1, fixture("bases/sd1_base.safetensors")));
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, sd1));
+    if (a) {
+        MOOD_CHECK(a->n_modules == 1 && a->modules[0].rank == 2 && a->modules[0].alpha == 3.0 &&
+                   a->modules[0].scale == 1.5 && a->modules[0].ndim == 4);
+        MOOD_CHECK(mood_adapter_unmatched_count(a) == 2);
+        MOOD_CHECK(strcmp(mood_adapter_family_source(a), "ss_base_model_version") == 0);
+    }
+    mood_adapter_close(a);
+    mood_checkpoint_close(sd1);
+}
+
+/* PEFT: alpha from lora_adapter_metadata (lora_alpha, alpha_pattern, use_rslora); magnitude is
+ * per output. */
+static void test_peft_alpha(void)
+{
+    const craft t[] = {{"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight",
+                        MOOD_DTYPE_F32,
+                        4,
+                        {4, 4, 1, 1},
+                        0.1f},
+                       {"unet.down_blocks.0.attentions.0.proj_in.lora_B.weight",
+                        MOOD_DTYPE_F32,
+                        4,
+                        {4, 4, 1, 1},
+                        0.1f},
+                       {"unet.down_blocks.0.attentions.0.proj_in.lora_magnitude_vector",
+                        MOOD_DTYPE_F32,
+                        1,
+                        {4},
+                        1},
+                       {"unet.down_blocks.0.attentions.0.proj_out.lora_A.weight",
+                        MOOD_DTYPE_F32,
+                        4,
+                        {4, 4, 1, 1},
+                        0.1f},
+                       {"unet.down_blocks.0.attentions.0.proj_out.lora_B.weight",
+                        MOOD_DTYPE_F32,
+                        4,
+                        {4, 4, 1, 1},
+                        0.1f},
+                       {"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+                        MOOD_DTYPE_F32,
+                        2,
+                        {4, 16},
+                        0.1f},
+                       {"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_B.weight",
+                        MOOD_DTYPE_F32,
+                        2,
+                        {32, 4},
+                        0.1f}};
+    const char *const meta[] = {
+        "lora_adapter_metadata",
+        "{\"unet.r\": 4, \"unet.lora_alpha\": 8, \"unet.alpha_pattern\": {\"proj_out\": 2},"
+        " \"text_encoder.r\": 4, \"text_encoder.lora_alpha\": 8, \"text_encoder.use_rslora\": "
+        "true}",
+        NULL};
+    mood_checkpoint *sd1 = NULL;
+    mood_adapter *a = NULL;
+    const char *p = write_adapter("peft.safetensors", t, 7, meta);
+    MOOD_CHECK_OK(mood_checkpoint_open(&sd1, fixture("bases/sd1_base.safetensors")));
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, sd1));
+    for (size_t i = 0; a && i < a->n_modules; i++) {
+        const mood_module *m = &a->modules[i];
+        if (strstr(m->name, "proj_in"))
+            MOOD_CHECK(m->scale == 2.0 && m->dora == 2 && m->peft_dora);
+        else if (strstr(m->name, "proj_out"))
+            MOOD_CHECK(m->scale == 0.5 && !m->dora);
+        else
+            MOOD_CHECK_MSG(fabs(m->scale - 4.0) < 1e-12, "rslora scale %g", m->scale); /* 8/√4 */
+    }
+    MOOD_CHECK(a && a->n_modules == 3 && a->n_unmatched == 0);
+    mood_adapter_close(a);
+    mood_checkpoint_close(sd1);
+}
+
+/* File kinds and family detection from keys and shapes (no metadata). */
+static void test_family_detection(void)
+{
+    const craft xl[] = {{"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+                         MOOD_DTYPE_F32,
+                         2,
+                         {24 * 2, 2},
+                         0},
+                        {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                         MOOD_DTYPE_F32,
+                         2,
+                         {2, 24},
+                         0}};
+    const craft sd2[] = {{"lora_te_text_model_encoder_layers_20_mlp_fc1.lora_up.weight",
+                          MOOD_DTYPE_F32,
+                          2,
+                          {8, 2},
+                          0},
+                         {"lora_te_text_model_encoder_layers_20_mlp_fc1.lora_down.weight",
+                          MOOD_DTYPE_F32,
+                          2,
+                          {2, 4},
+                          0}};
+    const craft sd1[] = {{PROJ_IN ".lora_up.weight", MOOD_DTYPE_F32, 4, {4, 2, 1, 1}, 0},
+                         {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F32, 4, {2, 4, 1, 1}, 0}};
+    mood_adapter *a = NULL;
+    const char *p = write_adapter("fam_xl.safetensors", xl, 2, NULL);
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
+    MOOD_CHECK(a && a->family == MOOD_FAMILY_SDXL && strcmp(a->family_source, "keys") == 0);
+    MOOD_CHECK(a && mood_file_kind_of(a->file) == MOOD_KIND_ADAPTER);
+    mood_adapter_close(a);
+    p = write_adapter("fam_sd2.safetensors", sd2, 2, NULL);
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
+    MOOD_CHECK(a && a->family == MOOD_FAMILY_SD2 && strcmp(a->family_source, "keys") == 0);
+    mood_adapter_close(a);
+    p = write_adapter("fam_sd1.safetensors", sd1, 2, NULL);
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
+    MOOD_CHECK(a && a->family == MOOD_FAMILY_SD1 && strcmp(a->family_source, "shapes") == 0);
+    mood_adapter_close(a);
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_fixture_cases), MOOD_T(test_kohya_recipes), MOOD_T(test_bad_adapters),
+               MOOD_T(test_unmatched_and_alpha), MOOD_T(test_peft_alpha),
+               MOOD_T(test_family_detection))

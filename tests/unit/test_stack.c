@@ -1,0 +1,159 @@
+/*
+ * test_stack.c: mood_lora_stack is exact: baking the stacked LoRA equals baking its inputs one
+ * after the other with their multipliers (within 1e-5 relative), for plain LoRA, LoCon (conv
+ * ranks concatenated), LoHa, LoKr and Tucker inputs (stored exactly at full rank), with
+ * separate UNet and text-encoder multipliers and negative ones. The inputs are the reference
+ * tools' fixture files (kohya sd-scripts, LyCORIS). Inputs that depend on the base weight
+ * (DoRA, OFT, IA3) or change a bias are refused with an error naming the module and algorithm,
+ * leaving no file.
+ */
+#include "harness.h"
+#include "lora/lora_internal.h"
+
+static int bake_to(const char *out, const char *base, const mood_weighted_adapter *a, size_t n)
+{
+    mood_bake_options o;
+    memset(&o, 0, sizeof o);
+    o.base = base;
+    o.adapters = a;
+    o.n_adapters = n;
+    o.output = out;
+    return mood_bake(&o);
+}
+
+/* Number of elements of a and b (same layout) differing by more than atol + rtol·|b|. */
+static long compare_files(const char *pa, const char *pb, double atol, double rtol)
+{
+    mood_st_file *a = NULL, *b = NULL;
+    long bad = 0;
+    if (mood_st_open(&a, pa) || mood_st_open(&b, pb)) {
+        fprintf(stderr, "  %s\n", mood_error_last());
+        bad = 1;
+    }
+    for (size_t i = 0; !bad && i < mood_st_count(b); i++) {
+        const mood_st_tensor *tb = mood_st_at(b, i), *ta = mood_st_find(a, tb->name);
+        int64_t n = mood_st_numel(tb);
+        float *x = malloc((size_t)n * 4 + 4), *y = malloc((size_t)n * 4 + 4);
+        if (!ta || mood_st_numel(ta) != n || !x || !y || mood_st_to_f32(x, ta) ||
+            mood_st_to_f32(y, tb)) {
+            bad++;
+        } else {
+            for (int64_t k = 0; k < n; k++) {
+                if (!close_enough(x[k], y[k], atol, rtol) && bad++ < 3)
+                    fprintf(stderr, "  %s[%lld]: %.9g vs %.9g\n", tb->name, (long long)k, x[k],
+                            y[k]);
+            }
+        }
+        free(x);
+        free(y);
+    }
+    mood_st_close(a);
+    mood_st_close(b);
+    return bad;
+}
+
+/* stack(a, b) baked == bake(a, then b). */
+static void check_stack_equivalent(const char *base, const char *fa, double ua, double ta,
+                                   const char *fb, double ub, double tb)
+{
+    char pa[1024], pb[1024], base_path[1024];
+    mood_weighted_adapter in[2] = {{pa, ua, ta}, {pb, ub, tb}}, stacked = {NULL, 1, 1};
+    mood_lora_write_options o;
+    const char *lora = scratch_path("stacked.safetensors");
+    char lora_path[1024], direct[1024], via[1024];
+    snprintf(base_path, sizeof base_path, "%s", base); /* fixture() reuses its buffers */
+    base = base_path;
+    snprintf(pa, sizeof pa, "%s", fixture(fa));
+    snprintf(pb, sizeof pb, "%s", fixture(fb));
+    snprintf(lora_path, sizeof lora_path, "%s", lora);
+    snprintf(direct, sizeof direct, "%s", scratch_path("direct.safetensors"));
+    snprintf(via, sizeof via, "%s", scratch_path("via_stack.safetensors"));
+    memset(&o, 0, sizeof o);
+    o.output = lora_path;
+    o.dtype = MOOD_DTYPE_F32;
+    MOOD_CHECK_OK(mood_lora_stack(in, 2, &o));
+    stacked.path = lora_path;
+    MOOD_CHECK_OK(bake_to(direct, base, in, 2));
+    MOOD_CHECK_OK(bake_to(via, base, &stacked, 1));
+    MOOD_CHECK_MSG(compare_files(via, direct, 1e-6, 1e-5) == 0, "%s + %s", fa, fb);
+    remove(lora_path);
+    remove(direct);
+    remove(via);
+}
+
+static void test_stack_lora_and_locon(void)
+{
+    check_stack_equivalent(fixture("bases/sd1_base.safetensors"), "kohya/sd1_lora.safetensors", 0.7,
+                           0.7, "kohya/sd1_locon_fp16.safetensors", -0.4, -0.4);
+    /* separate text-encoder multipliers */
+    check_stack_equivalent(fixture("bases/sd1_base.safetensors"), "kohya/sd1_lora_bf16.safetensors",
+                           0.8, 0.25, "kohya/sd1_lora.safetensors", -0.4, 1.5);
+    check_stack_equivalent(fixture("bases/sdxl_base.safetensors"), "kohya/sdxl_lora.safetensors",
+                           0.7, 0.7, "kohya/sdxl_locon.safetensors", -0.4, -0.4);
+}
+
+static void test_stack_lycoris(void)
+{
+    char base[1024];
+    snprintf(base, sizeof base, "%s", fixture("bases/sd1_base.safetensors"));
+    check_stack_equivalent(base, "lycoris/loha.safetensors", 0.7, 0.7, "lycoris/lokr.safetensors",
+                           -0.4, -0.4);
+    check_stack_equivalent(base, "lycoris/locon_tucker.safetensors", 0.7, 0.5,
+                           "lycoris/loha_tucker.safetensors", -0.4, -0.4);
+    check_stack_equivalent(base, "lycoris/lokr_tucker.safetensors", 0.7, 0.7,
+                           "lycoris/lokr_full.safetensors", -0.4, -0.4);
+}
+
+/* The stacked file of plain LoRAs is plain kohya LoRA: ranks add up, scale 1. */
+static void test_stack_is_plain_lora(void)
+{
+    char pa[1024], out[1024];
+    mood_weighted_adapter in[2] = {{pa, 0.7, 0.7}, {pa, -0.4, -0.4}};
+    mood_lora_write_options o;
+    mood_adapter *a = NULL;
+    snprintf(pa, sizeof pa, "%s", fixture("kohya/sd1_lora.safetensors"));
+    snprintf(out, sizeof out, "%s", scratch_path("plain.safetensors"));
+    memset(&o, 0, sizeof o);
+    o.output = out;
+    o.dtype = MOOD_DTYPE_F16;
+    MOOD_CHECK_OK(mood_lora_stack(in, 2, &o));
+    MOOD_CHECK_OK(mood_adapter_open(&a, out, NULL));
+    MOOD_CHECK(a && mood_adapter_module_count(a) > 0);
+    for (size_t i = 0; a && i < mood_adapter_module_count(a); i++) {
+        mood_module_info info;
+        mood_adapter_module(a, i, &info);
+        MOOD_CHECK(info.algo == MOOD_ALGO_LORA && info.rank == 8 && info.scale == 1.0 &&
+                   info.dtype == MOOD_DTYPE_F16);
+    }
+    mood_adapter_close(a);
+    remove(out);
+}
+
+static void check_refused(const char *file, const char *words)
+{
+    char p[1024], out[1024];
+    mood_weighted_adapter in[2] = {{NULL, 1, 1}, {p, 0.5, 0.5}};
+    mood_lora_write_options o;
+    char first[1024];
+    snprintf(first, sizeof first, "%s", fixture("lycoris/locon.safetensors"));
+    in[0].path = first;
+    snprintf(p, sizeof p, "%s", fixture(file));
+    snprintf(out, sizeof out, "%s", scratch_path("refused.safetensors"));
+    memset(&o, 0, sizeof o);
+    o.output = out;
+    MOOD_CHECK(mood_lora_stack(in, 2, &o) == MOOD_EUNSUPPORTED);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), words) != NULL, "%s", mood_error_last());
+    MOOD_CHECK(strstr(mood_error_last(), "module") != NULL);
+    MOOD_CHECK(!mood_path_exists(out));
+}
+
+static void test_stack_refuses_base_dependent(void)
+{
+    check_refused("lycoris/locon_dora_in.safetensors", "DoRA");
+    check_refused("lycoris/diag_oft.safetensors", "oft");
+    check_refused("lycoris/ia3.safetensors", "ia3");
+    check_refused("lycoris/full.safetensors", "bias"); /* diff_b: a LoRA holds no bias */
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_stack_lora_and_locon), MOOD_T(test_stack_lycoris),
+               MOOD_T(test_stack_is_plain_lora), MOOD_T(test_stack_refuses_base_dependent))

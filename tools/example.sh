@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# example.sh: the README's main-job command. Installs what the build needs, builds mood, then runs
+# it on the bundled example files: inspects and hashes a LoRA, bakes two LoRAs into the tiny
+# example checkpoint at chosen strengths, and inspects the result. Output goes to examples/out/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup-deps.sh
+cmake -S . -B build -G Ninja >/dev/null
+ninja -C build mood_cli >/dev/null
+mood=build/mood
+out=examples/out
+mkdir -p "$out"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+step "$mood" inspect examples/loras/inkwash.safetensors
+step "$mood" hash examples/loras/film-grain.safetensors
+step "$mood" bake --model examples/models/tiny-sd1.safetensors \
+    --lora examples/loras/inkwash.safetensors:0.8 \
+    --lora examples/loras/film-grain.safetensors:0.3:0.5 -o "$out/tiny-sd1-baked.safetensors"
+step "$mood" lora stack examples/loras/inkwash.safetensors:0.8 \
+    examples/loras/film-grain.safetensors:0.3 -o "$out/inkwash+grain.safetensors"
+step "$mood" inspect "$out/tiny-sd1-baked.safetensors"
+printf '\nWrote %s/tiny-sd1-baked.safetensors and %s/inkwash+grain.safetensors\n' "$out" "$out"
