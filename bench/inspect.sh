@@ -1,9 +1,9 @@
 #!/bin/bash
 # bench/inspect.sh: time of `mood inspect --json` on a generated SDXL LoRA of about 2,000 tensors
-# (kohya names, rank 4, fp16; bench/make_sdxl_lora.py). The Python reference shown beside it is
-# the minimum any Python tool pays to look at the same file: importing safetensors and reading
-# every tensor's header entry (safe_open with numpy + metadata + keys + get_slice shapes), in one process
-# per run like the command. Prints the median of RUNS runs (default 11) of each, in ms.
+# (kohya names, rank 4, fp16; bench/make_sdxl_lora.py). The Python figure beside it is the least
+# any Python tool pays to look at the same file: one process that opens it with safetensors'
+# safe_open (numpy, so torch is not imported) and reads the metadata, the keys and every shape.
+# Prints the median of RUNS runs (default 11) of each, in ms.
 # Usage: bench/inspect.sh [MOOD_BINARY] [RUNS]   (defaults: build/mood, 11)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

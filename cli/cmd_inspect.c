@@ -14,7 +14,7 @@
 #include "cli/cli.h"
 
 const char cmd_inspect_help[] =
-    "usage: mood inspect FILE [--json]\n\n"
+    "usage: mood inspect FILE [--json] [--no-hash]\n\n"
     "Describes a safetensors file: a LoRA-style adapter (kohya LoRA/LoCon, LyCORIS LoHa/LoKr/\n"
     "IA3/OFT/BOFT/GLoRA/full/norm, DoRA, diffusers/PEFT) or a single-file checkpoint.\n\n"
     "For an adapter it shows the algorithms, the base family it is made for (sd1, sd2, sdxl)\n"
@@ -24,25 +24,27 @@ const char cmd_inspect_help[] =
     "usually the trigger words) and the hashes Civitai and A1111 use (AutoV3 identifies LoRAs).\n"
     "For a checkpoint it shows the family, tensors per part, dtypes, parameter count, number of\n"
     "metadata entries and the hashes (AutoV2 identifies checkpoints).\n\n"
+    "  --no-hash skip the hashes (they read the whole file: the slow part on big files)\n"
     "  --json    print a JSON object instead. Fields:\n"
     "            file, size, kind (\"adapter\" or \"checkpoint\"), family, hashes {sha256, "
     "autov2,\n"
     "            autov3, autov1, crc32, sshs_model_hash, sshs_matches_autov3}, tensors, dtypes\n"
     "            {DTYPE: tensor count}; adapters: family_source, modules, algorithms {algo:\n"
     "            modules}, parts {unet, te1, te2}, ranks [distinct], rank_min, rank_max, alphas\n"
-    "            [distinct], dora (modules with DoRA), tucker (modules), unmatched {count, keys\n"
-    "            (first 20), groups {prefix: count}}, metadata {output_name, base_model_version,\n"
-    "            architecture, title, resolution, steps, epochs, network_module, network_dim,\n"
-    "            network_alpha, network_args, trigger_phrase, sshs_model_hash}, trigger_words\n"
-    "            [{tag, count}] (top 10 of ss_tag_frequency); checkpoints: parts {unet, te1,\n"
-    "            te2, other}, parameters, metadata_keys.\n\n"
+    "            [distinct], dora (modules with DoRA), dora_per_input (of those, per-input norm),\n"
+    "            tucker (modules), unmatched {count, keys (first 20), groups {prefix: count}},\n"
+    "            metadata {output_name, base_model_version, architecture, title, resolution,\n"
+    "            steps, epochs, network_module, network_dim, network_alpha, network_args,\n"
+    "            trigger_phrase, sshs_model_hash}, trigger_words [{tag, count}] (top 10 of\n"
+    "            ss_tag_frequency); checkpoints: parts {unet, te1, te2, other}, parameters,\n"
+    "            metadata_keys.\n\n"
     "Exit status: 0 ok, 1 not a usable safetensors file, 2 missing/unreadable file.\n";
 
 #define MAX_DISTINCT 64
 
 /* Everything inspect reports about an adapter, gathered once for both outputs. */
 typedef struct summary {
-    size_t algos[MOOD_ALGO_COUNT], parts[MOOD_PART_COUNT], dora, tucker;
+    size_t algos[MOOD_ALGO_COUNT], parts[MOOD_PART_COUNT], dora, dora_in, tucker;
     int ranks[MAX_DISTINCT];
     size_t n_ranks;
     double alphas[MAX_DISTINCT];
@@ -100,6 +102,7 @@ static void summarize(summary *s, const mood_adapter *a)
         s->algos[m.algo]++;
         s->parts[m.part]++;
         s->dora += m.dora != 0;
+        s->dora_in += m.dora == 1;
         s->tucker += m.tucker != 0;
         if (m.rank > 0)
             add_distinct_int(s->ranks, &s->n_ranks, m.rank);
@@ -309,6 +312,7 @@ static void adapter_modules_json(cJSON *o, const summary *s)
     for (size_t i = 0; i < s->n_alphas; i++)
         cJSON_AddItemToArray(alphas, cJSON_CreateNumber(s->alphas[i]));
     cJSON_AddNumberToObject(o, "dora", (double)s->dora);
+    cJSON_AddNumberToObject(o, "dora_per_input", (double)s->dora_in);
     cJSON_AddNumberToObject(o, "tucker", (double)s->tucker);
 }
 
@@ -486,21 +490,28 @@ static void print_metadata(const cJSON *o)
     printf("\n  %-16s(the most frequent training tags are usually the trigger words)\n", "");
 }
 
+static const char *sshs_verdict(const cJSON *h, const char *sshs)
+{
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "sshs_matches_autov3")))
+        return "embedded, matches AutoV3";
+    if (strncmp(sshs, "0x", 2) == 0)
+        return "embedded LyCORIS/ModelSpec per-tensor hash: another algorithm than AutoV3";
+    return "embedded, does NOT match AutoV3: the file was re-saved or the value is wrong";
+}
+
 static void print_hashes(const cJSON *o, int adapter)
 {
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(o, "hashes");
     const char *v3 = str_of(h, "autov3"), *sshs = str_of(h, "sshs_model_hash");
+    if (!h)
+        return;
     printf("Hashes:\n");
     if (v3)
         printf("  AutoV3          %s%s\n", v3, adapter ? "  (Civitai/A1111 LoRA id)" : "");
     printf("  SHA-256         %s\n", str_of(h, "sha256"));
     printf("  AutoV2          %s%s\n", str_of(h, "autov2"), adapter ? "" : "  (A1111 model hash)");
     if (sshs)
-        printf(
-            "  sshs_model_hash %s  (%s)\n", sshs,
-            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "sshs_matches_autov3"))
-                ? "embedded, matches AutoV3"
-                : "embedded, does NOT match AutoV3: the file was re-saved or the value is wrong");
+        printf("  sshs_model_hash %s  (%s)\n", sshs, sshs_verdict(h, sshs));
 }
 
 static void print_adapter(const cJSON *o)
@@ -516,7 +527,9 @@ static void print_adapter(const cJSON *o)
     print_ranks(o);
     printf("%-14s%s", "DoRA:", num_of(o, "dora") ? "" : "no\n");
     if (num_of(o, "dora"))
-        printf("yes, %.0f modules\n", num_of(o, "dora"));
+        printf("yes, %.0f modules (%.0f with per-input norms, the LyCORIS < 3.2 layout; the rest "
+               "per-output)\n",
+               num_of(o, "dora"), num_of(o, "dora_per_input"));
     printf("%-14s%s", "Tucker:", num_of(o, "tucker") ? "" : "no\n");
     if (num_of(o, "tucker"))
         printf("yes, %.0f modules\n", num_of(o, "tucker"));
@@ -543,7 +556,7 @@ static void print_checkpoint(const cJSON *o)
 /* ----- the command ------------------------------------------------------------------------- */
 
 /* Builds the report of path into *out. */
-static int inspect_file(cJSON **out, const char *path, int *adapter)
+static int inspect_file(cJSON **out, const char *path, int *adapter, int hash)
 {
     mood_st_file *f = NULL;
     mood_checkpoint *c = NULL;
@@ -560,7 +573,7 @@ static int inspect_file(cJSON **out, const char *path, int *adapter)
         *out = checkpoint_json(c, path);
     mood_adapter_close(a);
     mood_checkpoint_close(c);
-    if (!err && (err = add_hashes(*out, path)) != 0) {
+    if (!err && hash && (err = add_hashes(*out, path)) != 0) {
         cJSON_Delete(*out);
         *out = NULL;
     }
@@ -570,11 +583,13 @@ static int inspect_file(cJSON **out, const char *path, int *adapter)
 int cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL;
-    int json = 0, adapter = 0, err;
+    int json = 0, adapter = 0, hash = 1, err;
     cJSON *report;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
+        else if (strcmp(argv[i], "--no-hash") == 0)
+            hash = 0;
         else if (argv[i][0] == '-' && argv[i][1])
             return cli_usage_error("inspect", "unknown option '%s'", argv[i]);
         else if (path)
@@ -584,7 +599,7 @@ int cmd_inspect(int argc, char **argv)
     }
     if (!path)
         return cli_usage_error("inspect", "missing FILE");
-    if ((err = inspect_file(&report, path, &adapter)) != 0)
+    if ((err = inspect_file(&report, path, &adapter, hash)) != 0)
         return cli_fail(err);
     if (json)
         return cli_print_json(report);

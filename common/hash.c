@@ -8,10 +8,10 @@
  *   - CRC-32 (zlib's polynomial), printed both as zlib prints it and in Civitai's order (the hex
  *     of the little-endian bytes);
  *   - sshs_model_hash / sshs_legacy_hash copied verbatim from __metadata__.
- * The whole-file digest runs on the calling thread and the data-section digest plus CRC-32 on a
- * second thread over the same mapping, so two cores hash at once (OpenSSL picks SHA-NI where the
- * CPU has it). Both threads walk the file in the same chunks, so each page is read from disk once
- * even when the file is not cached.
+ * The whole-file digest runs on the calling thread and the data-section digest on a second thread
+ * over the same mapping, each with half of the CRC-32, so two cores hash at once (OpenSSL picks
+ * SHA-NI where the CPU has it). Both threads walk the file in the same chunks, so each page is read
+ * from disk once even when the file is not cached.
  */
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
@@ -46,8 +46,8 @@ static void to_hex(char *out, const unsigned char *digest, size_t n)
 typedef struct stream {
     const uint8_t *data;
     uint64_t size;
-    uint64_t begin; /* first byte hashed by SHA-256 */
-    int with_crc;   /* also CRC-32 over [0, size) */
+    uint64_t begin;              /* first byte hashed by SHA-256 */
+    uint64_t crc_begin, crc_end; /* the part of the file's CRC-32 this stream computes */
     EVP_MD_CTX *ctx;
     uLong crc;
     unsigned char digest[32];
@@ -56,18 +56,21 @@ typedef struct stream {
     int failed;
 } stream;
 
+/* Length of the part of [at, at + n) inside [lo, hi), and where it starts. */
+static uint64_t clip(uint64_t *start, uint64_t at, uint64_t n, uint64_t lo, uint64_t hi)
+{
+    uint64_t b = at > lo ? at : lo, e = at + n < hi ? at + n : hi;
+    *start = b;
+    return e > b ? e - b : 0;
+}
+
 static int stream_chunk(stream *s, uint64_t at, uint64_t n)
 {
-    const uint8_t *p = s->data + at;
-    if (s->with_crc)
-        s->crc = crc32_z(s->crc, p, (z_size_t)n);
-    if (at + n <= s->begin)
-        return 0;
-    if (at < s->begin) {
-        n -= s->begin - at;
-        p = s->data + s->begin;
-    }
-    return EVP_DigestUpdate(s->ctx, p, (size_t)n) == 1 ? 0 : -1;
+    uint64_t start, len = clip(&start, at, n, s->crc_begin, s->crc_end);
+    if (len)
+        s->crc = crc32_z(s->crc, s->data + start, (z_size_t)len);
+    len = clip(&start, at, n, s->begin, s->size);
+    return !len || EVP_DigestUpdate(s->ctx, s->data + start, (size_t)len) == 1 ? 0 : -1;
 }
 
 static void *stream_run(void *arg)
@@ -210,13 +213,16 @@ int mood_hash_file(mood_file_hashes *out, const char *path, mood_progress_fn pro
         madvise((void *)m.data, (size_t)m.size, MADV_SEQUENTIAL);
     out->size = m.size;
     n = plausible_header(&m, &out->is_safetensors);
-    whole = (stream){.data = m.data, .size = m.size, .stop = &stop};
+    /* The CRC is split between the threads (the data-section digest is the smaller job when the
+     * header is small, so it takes the second half) and joined with crc32_combine. */
+    whole = (stream){.data = m.data, .size = m.size, .stop = &stop, .crc_end = m.size / 2};
     data = (stream){.data = m.data,
                     .size = m.size,
-                    .with_crc = 1,
                     .stop = &stop,
-                    .begin = out->is_safetensors ? 8 + n : m.size};
-    data.crc = crc32_z(0L, Z_NULL, 0);
+                    .begin = out->is_safetensors ? 8 + n : m.size,
+                    .crc_begin = m.size / 2,
+                    .crc_end = m.size};
+    whole.crc = data.crc = crc32_z(0L, Z_NULL, 0);
     whole.ctx = EVP_MD_CTX_new();
     data.ctx = EVP_MD_CTX_new();
     if (!whole.ctx || !data.ctx) {
@@ -235,7 +241,7 @@ int mood_hash_file(mood_file_hashes *out, const char *path, mood_progress_fn pro
     to_hex(out->sha256, whole.digest, 32);
     if (out->is_safetensors)
         to_hex(out->autov3, data.digest, 32);
-    set_crc(out, data.crc);
+    set_crc(out, crc32_combine(whole.crc, data.crc, (z_off_t)(m.size - m.size / 2)));
     set_autov1(out, &m);
 done:
     EVP_MD_CTX_free(whole.ctx);

@@ -792,41 +792,64 @@ static int finish_module(parse_ctx *c, size_t mi)
     return err ? err : check_factors(c, m);
 }
 
+static int same_name(const mood_module *m, const char *key, size_t len)
+{
+    return strlen(m->name) == len && strncmp(m->name, key, len) == 0;
+}
+
+/* The module of (target, name): usually the one recorded for the target; a second spelling of
+ * the same target in one file (rare) becomes its own module, applied after the first, as
+ * ComfyUI and A1111 do. */
+static int module_for(parse_ctx *c, size_t *mi_out, int32_t *mod_of_target, const key_res *r,
+                      const char *key)
+{
+    mood_adapter *a = c->a;
+    size_t ti = (size_t)(r->target - mood__keymap_target(a->keymap, 0)), mi;
+    if (mod_of_target[ti] && same_name(&a->modules[mod_of_target[ti] - 1], key, r->module_len)) {
+        *mi_out = (size_t)mod_of_target[ti] - 1;
+        return 0;
+    }
+    for (mi = 0; mod_of_target[ti] && mi < a->n_modules; mi++) {
+        if (a->modules[mi].target == r->target && same_name(&a->modules[mi], key, r->module_len)) {
+            *mi_out = mi;
+            return 0;
+        }
+    }
+    mi = a->n_modules++;
+    a->modules[mi].target = r->target;
+    if (!(a->modules[mi].name = mood_strndup(key, r->module_len)))
+        return mood_error_nomem();
+    for (int k = 0; k < ROLE_COUNT; k++)
+        c->role_idx[mi * ROLE_COUNT + k] = -1;
+    if (!mod_of_target[ti])
+        mod_of_target[ti] = (int32_t)mi + 1;
+    *mi_out = mi;
+    return 0;
+}
+
 /* Adds file tensor i (resolved as r) to its module. */
 static int add_to_module(parse_ctx *c, int32_t *mod_of_target, size_t i, const key_res *r)
 {
     mood_adapter *a = c->a;
     const mood_st_tensor *t = mood_st_at(a->file, i);
-    size_t ti = (size_t)(r->target - mood__keymap_target(a->keymap, 0)), mi;
-    mood_module *m;
-    if (mod_of_target[ti] == 0) {
-        mi = a->n_modules++;
-        m = &a->modules[mi];
-        m->target = r->target;
-        if (!(m->name = mood_strndup(t->name, r->module_len)))
-            return mood_error_nomem();
-        for (int k = 0; k < ROLE_COUNT; k++)
-            c->role_idx[mi * ROLE_COUNT + k] = -1;
-        mod_of_target[ti] = (int32_t)mi + 1;
-    }
-    mi = (size_t)mod_of_target[ti] - 1;
-    m = &a->modules[mi];
-    if (strlen(m->name) != r->module_len || strncmp(m->name, t->name, r->module_len) != 0)
-        return mood_error_set(MOOD_EFORMAT, "%s: modules %s and %.*s both patch %s", c->path,
-                              m->name, (int)r->module_len, t->name, r->target->key);
+    size_t mi = 0;
+    int32_t *idx;
+    int err = module_for(c, &mi, mod_of_target, r, t->name);
+    if (err)
+        return err;
     if (r->role == ROLE_SPARSE) {
         mood_log(MOOD_LOG_WARN,
                  "%s: %s: LyCORIS sparse bias tensors are not applied (no tool does)", c->path,
                  t->name);
         return 0;
     }
-    if (c->role_idx[mi * ROLE_COUNT + r->role] >= 0)
-        return mood_error_set(
-            MOOD_EFORMAT, "%s: %s and %s play the same part in module %s", c->path,
-            mood_st_at(a->file, (size_t)c->role_idx[mi * ROLE_COUNT + r->role])->name, t->name,
-            m->name);
-    c->role_idx[mi * ROLE_COUNT + r->role] = (int32_t)i;
-    m->t[r->role] = t;
+    idx = &c->role_idx[mi * ROLE_COUNT];
+    if (idx[r->role] >= 0)
+        return mood_error_set(MOOD_EFORMAT, "%s: %s and %s play the same part in module %s",
+                              c->path, mood_st_at(a->file, (size_t)idx[r->role])->name, t->name,
+                              a->modules[mi].name);
+    idx[r->role] = (int32_t)i;
+    a->modules[mi].t[r->role] = t;
     c->peft_mag[mi] |= (unsigned char)(r->peft && r->role == ROLE_DORA_SCALE);
     return 0;
 }

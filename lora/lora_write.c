@@ -306,7 +306,7 @@ static uint64_t header_bound(const mood_lora_out_module *mods, size_t n, const m
             b += 6 * (strlen(m->kv[2 * i]) + strlen(m->kv[2 * i + 1])) + 8;
     }
     for (size_t i = 0; i < n; i++)
-        b += 3 * (6 * strlen(mods[i].name) + 200);
+        b += 3 * (6 * strlen(mods[i].name) + 300);
     return b;
 }
 

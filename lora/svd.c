@@ -16,6 +16,7 @@
  * reconstructed ΔW does not depend on them except through the quantile clamp.
  * Only one target's ΔW is held at a time; the output factors are kept until written.
  */
+#include <cblas.h>
 #include <lapacke.h>
 #include <limits.h>
 #include <math.h>
@@ -85,6 +86,135 @@ done:
     return err;
 }
 
+/* ΔW = A·B given as factors: A (rows, R) and B (R, cols), row-major, R < min(rows, cols). */
+typedef struct lowrank {
+    double *a, *b;
+    int R;
+} lowrank;
+
+static void lowrank_dispose(lowrank *lr)
+{
+    mood_free(lr->a);
+    mood_free(lr->b);
+    memset(lr, 0, sizeof *lr);
+}
+
+/* Q (m, R) column-major in place of x and the R×R upper factor into rf (column-major). */
+static lapack_int qr_inplace(double *x, double *rf, double *tau, int64_t m, int R)
+{
+    lapack_int info = LAPACKE_dgeqrf(LAPACK_COL_MAJOR, (lapack_int)m, R, x, (lapack_int)m, tau);
+    for (int j = 0; info == 0 && j < R; j++) {
+        for (int i = 0; i < R; i++)
+            rf[i + j * R] = i <= j ? x[i + j * m] : 0.0;
+    }
+    if (info == 0)
+        info = LAPACKE_dorgqr(LAPACK_COL_MAJOR, (lapack_int)m, R, R, x, (lapack_int)m, tau);
+    return info;
+}
+
+/* The SVD of A·B without forming it: A = Qa·Ra, Bᵀ = Qb·Rb, Ra·Rbᵀ = Uc·S·Vcᵀ, so
+ * A·B = (Qa·Uc)·S·(Vcᵀ·Qbᵀ). Costs O((rows + cols)·R²) instead of O(rows·cols·min). The
+ * result has k = R singular triplets (the others are zero). Consumes lr->a and lr->b. */
+static int svd_lowrank(svd_result *r, lowrank *lr, int64_t rows, int64_t cols, const char *name)
+{
+    int R = lr->R, err = 0;
+    double *at = mood_malloc((size_t)(rows * R) * sizeof *at);
+    double *ra = mood_malloc((size_t)R * R * sizeof *ra),
+           *rb = mood_malloc((size_t)R * R * sizeof *rb);
+    double *c = mood_malloc((size_t)R * R * sizeof *c),
+           *uc = mood_malloc((size_t)R * R * sizeof *uc);
+    double *vct = mood_malloc((size_t)R * R * sizeof *vct),
+           *tau = mood_malloc((size_t)R * sizeof *tau);
+    lapack_int info = 0;
+    memset(r, 0, sizeof *r);
+    r->u = mood_malloc((size_t)(rows * R) * sizeof *r->u);
+    r->s = mood_malloc((size_t)R * sizeof *r->s);
+    r->vt = mood_malloc((size_t)(R * cols) * sizeof *r->vt);
+    if (!at || !ra || !rb || !c || !uc || !vct || !tau || !r->u || !r->s || !r->vt) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    for (int64_t i = 0; i < rows; i++) /* A to column-major */
+        for (int j = 0; j < R; j++)
+            at[i + j * rows] = lr->a[i * R + j];
+    /* B row-major (R, cols) is Bᵀ column-major (cols, R) */
+    if ((info = qr_inplace(at, ra, tau, rows, R)) == 0)
+        info = qr_inplace(lr->b, rb, tau, cols, R);
+    for (int j = 0; info == 0 && j < R; j++) /* C = Ra·Rbᵀ, column-major */
+        for (int i = 0; i < R; i++) {
+            double acc = 0;
+            for (int k = (i > j ? i : j); k < R; k++)
+                acc += ra[i + k * R] * rb[j + k * R];
+            c[i + j * R] = acc;
+        }
+    if (info == 0)
+        info = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'A', R, R, c, R, r->s, uc, R, vct, R);
+    if (info != 0) {
+        err =
+            mood_error_set(info < 0 ? MOOD_ENOMEM : MOOD_EBACKEND,
+                           "module \"%s\": low-rank SVD failed (LAPACK info %d)", name, (int)info);
+        goto done;
+    }
+    /* U = Qa·Uc (row-major (rows, R)); Vh = Vcᵀ·Qbᵀ (row-major (R, cols)) */
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)rows, R, R, 1.0, at, (int)rows, uc, R,
+                0.0, r->u, R);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, (int)cols, R, 1.0, vct, R, lr->b,
+                (int)cols, 0.0, r->vt, (int)cols);
+    r->rows = rows;
+    r->cols = cols;
+    r->k = R;
+done:
+    mood_free(at);
+    mood_free(ra);
+    mood_free(rb);
+    mood_free(c);
+    mood_free(uc);
+    mood_free(vct);
+    mood_free(tau);
+    lowrank_dispose(lr);
+    if (err)
+        svd_dispose(r);
+    return err;
+}
+
+/* A plain LoRA module (no Tucker, no DoRA) whose factors flatten to (out, r) and (r, cols). */
+static int is_plain_lora(const mood_module *m)
+{
+    const mood_st_tensor *u = m->t[ROLE_UP], *d = m->t[ROLE_DOWN];
+    return m->algo == MOOD_ALGO_LORA && !m->tucker && !m->dora && !m->t[ROLE_MID] && u && d &&
+           m->rank > 0 && mood_st_numel(u) == m->out * m->rank &&
+           mood_st_numel(d) == m->rank * m->in * m->kh * m->kw;
+}
+
+/* Writes c·U into columns [off, off + r) of lr->a and D into rows [off, off + r) of lr->b. */
+static int lowrank_add(lowrank *lr, const mood_module *m, double c, int off, const char *file)
+{
+    int64_t rows = m->out, cols = m->in * m->kh * m->kw;
+    int r = m->rank;
+    float *u = NULL, *d = NULL;
+    int err = mood__tensor_f32(&u, m->t[ROLE_UP], file);
+    if (!err)
+        err = mood__tensor_f32(&d, m->t[ROLE_DOWN], file);
+    for (int64_t i = 0; !err && i < rows; i++)
+        for (int j = 0; j < r; j++)
+            lr->a[i * lr->R + off + j] = c * u[i * r + j];
+    for (int j = 0; !err && j < r; j++)
+        for (int64_t k = 0; k < cols; k++)
+            lr->b[(off + j) * cols + k] = d[j * cols + k];
+    mood_free(u);
+    mood_free(d);
+    return err;
+}
+
+static int lowrank_alloc(lowrank *lr, int64_t rows, int64_t cols, int R)
+{
+    memset(lr, 0, sizeof *lr);
+    lr->R = R;
+    lr->a = mood_calloc((size_t)(rows * R), sizeof *lr->a);
+    lr->b = mood_calloc((size_t)(R * cols), sizeof *lr->b);
+    return lr->a && lr->b ? 0 : mood_error_nomem();
+}
+
 static int cmp_float(const void *a, const void *b)
 {
     float x = *(const float *)a, y = *(const float *)b;
@@ -149,28 +279,37 @@ static int is_kxk(int ndim, int64_t kh, int64_t kw)
     return ndim == 4 && (kh != 1 || kw != 1);
 }
 
-/* Output module with the target's geometry; `mat` is its ΔW, (out, in·kh·kw). */
-static int factor_clamped(mood_lora_out_module *o, const char *name, const float *mat, int ndim,
-                          const int64_t geom[4], int rank)
+/* Output module with the target's geometry, named, alpha = rank; with `clamp`, rank becomes
+ * kohya's min(rank, out, in) for merge and extract ("LoRA rank cannot exceed the original
+ * dims", in counting channels only). */
+static int out_init(mood_lora_out_module *o, const char *name, int ndim, const int64_t geom[4],
+                    int *rank, int clamp)
 {
-    svd_result r;
     int64_t lim = geom[0] < geom[1] ? geom[0] : geom[1];
-    int err;
     memset(o, 0, sizeof *o);
     o->ndim = ndim;
     o->out = geom[0];
     o->in = geom[1];
     o->kh = geom[2];
     o->kw = geom[3];
-    if (rank > lim)
-        rank = (int)lim; /* LoRA rank cannot exceed the original dims (kohya) */
-    o->alpha = rank;
-    if (!(o->name = mood_strdup(name)))
-        return mood_error_nomem();
-    if ((err = svd_run(&r, mat, geom[0], geom[1] * geom[2] * geom[3], name)) != 0)
-        return err;
-    err = svd_take(o, &r, rank, 1);
-    svd_dispose(&r);
+    if (clamp && *rank > lim)
+        *rank = (int)lim;
+    o->alpha = *rank;
+    return (o->name = mood_strdup(name)) ? 0 : mood_error_nomem();
+}
+
+/* SVD + clamp of `mat`, the target's ΔW as (out, in·kh·kw). */
+static int factor_clamped(mood_lora_out_module *o, const char *name, const float *mat, int ndim,
+                          const int64_t geom[4], int rank)
+{
+    svd_result r;
+    int err = out_init(o, name, ndim, geom, &rank, 1);
+    if (!err)
+        err = svd_run(&r, mat, geom[0], geom[1] * geom[2] * geom[3], name);
+    if (!err) {
+        err = svd_take(o, &r, rank, 1);
+        svd_dispose(&r);
+    }
     return err;
 }
 
@@ -254,6 +393,12 @@ static int check_adapter(const mood_adapter *a, const char *path)
         const mood_module *m = &a->modules[j];
         if (!m->target || !m->target->kohya_name)
             return mood_error_set(MOOD_EFORMAT, "%s: module \"%s\" has no target", path, m->name);
+        if (m->ndim < 2 || m->t[ROLE_DIFF_B] || m->t[ROLE_B_NORM])
+            return mood_error_set(MOOD_EUNSUPPORTED,
+                                  "%s: module \"%s\" (%s) holds a %s delta, which a LoRA cannot "
+                                  "hold: bake it into a checkpoint instead",
+                                  path, m->name, mood_algo_name(m->algo),
+                                  m->ndim < 2 ? "norm weight" : "bias");
         if (!mood__module_is_additive(m))
             return mood_error_set(MOOD_EUNSUPPORTED,
                                   "%s: module \"%s\" (%s%s) changes W non-additively, so its ΔW "
@@ -302,20 +447,75 @@ static int merge_sum(float *acc, float *tmp, const merge_item *items, size_t n,
     return err;
 }
 
+/* Total rank when every contribution is a plain LoRA (so ΔW = A·B is known factorised). */
+static int plain_rank(const merge_item *items, size_t n, mood_adapter *const *ads)
+{
+    int R = 0;
+    for (size_t i = 0; i < n; i++) {
+        const mood_module *m = &ads[items[i].ai]->modules[items[i].mi];
+        if (!is_plain_lora(m) || R > INT_MAX / 2 - m->rank)
+            return 0;
+        R += m->rank;
+    }
+    return R;
+}
+
+/* The exact merged ΔW as factors: columns mᵢ·sᵢ·Uᵢ and rows Dᵢ, ranks concatenated. */
+static int merge_lowrank(svd_result *r, const merge_item *items, size_t n, mood_adapter *const *ads,
+                         const mood_weighted_adapter *in, int R)
+{
+    const mood_module *m0 = &ads[items[0].ai]->modules[items[0].mi];
+    int64_t cols = m0->in * m0->kh * m0->kw;
+    lowrank lr;
+    int err = lowrank_alloc(&lr, m0->out, cols, R), off = 0;
+    for (size_t i = 0; !err && i < n; i++) {
+        const mood_module *m = &ads[items[i].ai]->modules[items[i].mi];
+        const mood_weighted_adapter *w = &in[items[i].ai];
+        double mult = m->target->part == MOOD_PART_UNET ? w->unet : w->te;
+        if (module_numel(m) != module_numel(m0))
+            err = mood_error_set(MOOD_EFORMAT,
+                                 "%s: module \"%s\" does not have the shape of the same target "
+                                 "in another input",
+                                 w->path, m->name);
+        if (!err)
+            err = lowrank_add(&lr, m, mult * m->scale, off, w->path);
+        off += m->rank;
+    }
+    if (err) {
+        lowrank_dispose(&lr);
+        return err;
+    }
+    return svd_lowrank(r, &lr, m0->out, cols, m0->name);
+}
+
 static int merge_group(out_list *out, const merge_item *items, size_t n, mood_adapter *const *ads,
                        const mood_weighted_adapter *in, int rank, int conv_rank)
 {
     const mood_module *m = &ads[items[0].ai]->modules[items[0].mi];
-    int64_t geom[4] = {m->out, m->in, m->kh, m->kw}, numel = module_numel(m);
-    float *acc = mood_malloc((size_t)numel * sizeof *acc);
-    float *tmp = mood_malloc((size_t)numel * sizeof *tmp);
+    int64_t geom[4] = {m->out, m->in, m->kh, m->kw}, cols = m->in * m->kh * m->kw;
+    int ndim = m->ndim == 4 ? 4 : 2, R = plain_rank(items, n, ads), err;
+    int want = is_kxk(m->ndim, m->kh, m->kw) ? conv_rank : rank;
     mood_lora_out_module *o;
-    int err = (!acc || !tmp) ? mood_error_nomem() : 0;
-    if (!err)
-        err = merge_sum(acc, tmp, items, n, ads, in);
-    if (!err && (err = out_push(out, &o)) == 0)
-        err = factor_clamped(o, items[0].name, acc, m->ndim == 4 ? 4 : 2, geom,
-                             is_kxk(m->ndim, m->kh, m->kw) ? conv_rank : rank);
+    float *acc = NULL, *tmp = NULL;
+    svd_result r;
+    if ((err = out_push(out, &o)) != 0 || (err = out_init(o, items[0].name, ndim, geom, &want, 1)))
+        return err;
+    /* Factorised route when it is exact and cheaper; not when the kept rank exceeds R, where
+     * kohya's null-space vectors enter the clamp's quantile. */
+    if (R > 0 && want <= R && R < m->out && R < cols) {
+        if ((err = merge_lowrank(&r, items, n, ads, in, R)) == 0) {
+            err = svd_take(o, &r, want, 1);
+            svd_dispose(&r);
+        }
+        return err;
+    }
+    acc = mood_malloc((size_t)module_numel(m) * sizeof *acc);
+    tmp = mood_malloc((size_t)module_numel(m) * sizeof *tmp);
+    err = (!acc || !tmp) ? mood_error_nomem() : merge_sum(acc, tmp, items, n, ads, in);
+    if (!err && (err = svd_run(&r, acc, m->out, cols, items[0].name)) == 0) {
+        err = svd_take(o, &r, want, 1);
+        svd_dispose(&r);
+    }
     mood_free(acc);
     mood_free(tmp);
     return err;
@@ -478,6 +678,13 @@ typedef struct resize_ctx {
     const char *last_name;
 } resize_ctx;
 
+/* s_old = α/r of a LoRA module as resize_lora.py computes it: alpha goes through float32 as
+ * torch loads it, and the division is in float32. */
+static double lora_scale(const mood_module *m)
+{
+    return m->has_alpha ? (double)((float)m->alpha / (float)m->rank) : 1.0;
+}
+
 /* The matrix to factorise and its scale s_old: kohya's unscaled up·down for LoRA modules; the
  * scaled ΔW with s_old = 1 for other additive algorithms. */
 static int resize_source(float *mat, double *scale_out, const mood_module *m)
@@ -485,25 +692,26 @@ static int resize_source(float *mat, double *scale_out, const mood_module *m)
     mood_module raw = *m;
     if (m->algo == MOOD_ALGO_LORA && !m->tucker) {
         raw.scale = 1.0;
-        /* alpha goes through float32 as torch loads it; α/r in float32 */
-        *scale_out = m->has_alpha ? (double)((float)m->alpha / (float)m->rank) : 1.0;
+        *scale_out = lora_scale(m);
     } else {
         *scale_out = 1.0;
     }
     return mood__module_delta(mat, &raw, NULL);
 }
 
-static int resize_rank(resize_ctx *c, const svd_result *r, int64_t out, int64_t in)
+/* kohya's new rank from the singular values, seen as the min(out, cols) values torch returns
+ * (those past r->k are zero). Returns -1 when out of memory. */
+static int resize_rank(const resize_ctx *c, const svd_result *r)
 {
-    float *s = mood_malloc((size_t)r->k * sizeof *s);
-    int64_t lim = out < in ? out : in;
+    int64_t lim = r->rows < r->cols ? r->rows : r->cols;
+    float *s = mood_calloc((size_t)lim, sizeof *s);
     int nr = c->rank;
     if (!s)
         return -1;
     for (int i = 0; i < r->k; i++)
         s[i] = (float)r->s[i];
-    if (c->method != MOOD_RESIZE_FIXED && r->k > 1)
-        nr = dynamic_rank(s, r->k, c->method, c->param);
+    if (c->method != MOOD_RESIZE_FIXED && lim > 1)
+        nr = dynamic_rank(s, (int)lim, c->method, c->param);
     if (s[0] <= MIN_SV)
         nr = 1;
     else if (nr > c->rank)
@@ -514,29 +722,48 @@ static int resize_rank(resize_ctx *c, const svd_result *r, int64_t out, int64_t 
     return nr;
 }
 
-static int resize_module(out_list *out, resize_ctx *c, const mood_module *m)
+/* SVD of the module's matrix and the rank to keep: through the factors when the module is a
+ * plain LoRA whose rank is below the matrix's and the kept rank does not exceed it. */
+static int resize_svd(svd_result *r, int *nr, double *scale, const resize_ctx *c,
+                      const mood_module *m, const char *file)
 {
-    int64_t cols = m->in * m->kh * m->kw, numel = module_numel(m);
-    float *mat = mood_malloc((size_t)numel * sizeof *mat);
+    int64_t cols = m->in * m->kh * m->kw;
+    float *mat = NULL;
+    lowrank lr;
+    int err;
+    *scale = lora_scale(m);
+    if (is_plain_lora(m) && m->rank < m->out && m->rank < cols) {
+        if ((err = lowrank_alloc(&lr, m->out, cols, m->rank)) == 0 &&
+            (err = lowrank_add(&lr, m, 1.0, 0, file)) == 0)
+            err = svd_lowrank(r, &lr, m->out, cols, m->name);
+        else
+            lowrank_dispose(&lr);
+        if (!err && (*nr = resize_rank(c, r)) < 0)
+            err = mood_error_nomem();
+        if (err || *nr <= r->k)
+            return err;
+        svd_dispose(r);
+    }
+    if (!(mat = mood_malloc((size_t)module_numel(m) * sizeof *mat)))
+        return mood_error_nomem();
+    if ((err = resize_source(mat, scale, m)) == 0 &&
+        (err = svd_run(r, mat, m->out, cols, m->name)) == 0 && (*nr = resize_rank(c, r)) < 0)
+        err = mood_error_nomem();
+    mood_free(mat);
+    return err;
+}
+
+static int resize_module(out_list *out, resize_ctx *c, const mood_module *m, const char *file)
+{
+    int64_t geom[4] = {m->out, m->in, m->kh, m->kw};
     double scale = 1, all = 0, kept = 0;
     mood_lora_out_module *o = NULL;
     svd_result r = {0};
-    int err = mat ? 0 : mood_error_nomem(), nr = 0;
-    if (!err && (err = resize_source(mat, &scale, m)) == 0)
-        err = svd_run(&r, mat, m->out, cols, m->name);
-    if (!err && (nr = resize_rank(c, &r, m->out, cols)) < 0)
-        err = mood_error_nomem();
-    if (!err && (err = out_push(out, &o)) == 0) {
-        o->ndim = m->ndim == 4 ? 4 : 2;
-        o->out = m->out;
-        o->in = m->in;
-        o->kh = m->kh;
-        o->kw = m->kw;
-        o->alpha = (double)((float)scale * (float)nr);
-        if (!(o->name = mood_strdup(m->target->kohya_name)))
-            err = mood_error_nomem();
-        if (!err)
-            err = svd_take(o, &r, nr, 0);
+    int nr = 0, err = resize_svd(&r, &nr, &scale, c, m, file);
+    if (!err && (err = out_push(out, &o)) == 0 &&
+        (err = out_init(o, m->target->kohya_name, m->ndim == 4 ? 4 : 2, geom, &nr, 0)) == 0) {
+        o->alpha = (double)((float)scale * (float)nr); /* α/r kept, in float32 as torch */
+        err = svd_take(o, &r, nr, 0);
     }
     for (int i = 0; !err && i < r.k; i++) {
         all += r.s[i] * r.s[i];
@@ -553,74 +780,79 @@ static int resize_module(out_list *out, resize_ctx *c, const mood_module *m)
     if (m->rank > c->old_max)
         c->old_max = m->rank;
     svd_dispose(&r);
-    mood_free(mat);
     return err;
 }
 
-static int resize_meta(mood_buf *comment, const char ***meta_out, const mood_adapter *a,
+/* Metadata of the output: the input's (resize_lora.py keeps it) with ss_training_comment,
+ * ss_network_dim and ss_network_alpha updated. `buf` holds the strings made here. */
+static int resize_meta(const char ***meta_out, mood_buf *buf, const mood_adapter *a,
                        const resize_ctx *c)
 {
     static const char *const names[] = {"", "sv_ratio", "sv_fro", "sv_cumulative"};
     const mood_st_file *f = a->file;
-    size_t nm = mood_st_meta_count(f), k = 0;
+    size_t nm = mood_st_meta_count(f), k = 0, at_dim, at_alpha;
     const char *old = mood_st_meta_get(f, "ss_training_comment");
     const char **meta = mood_malloc((2 * nm + 10) * sizeof *meta);
     char param[40];
-    int err = 0;
+    int err;
     if (!meta)
         return mood_error_nomem();
-    for (size_t i = 0; i < nm; i++) { /* resize_lora.py keeps the input's metadata */
+    for (size_t i = 0; i < nm; i++) {
         meta[k++] = mood_st_meta_key(f, i);
         meta[k++] = mood_st_meta_value(f, i);
     }
     mood__lora_py_float(param, sizeof param, c->param);
+    /* three NUL-separated strings in buf: comment, dim, alpha */
     if (c->method == MOOD_RESIZE_FIXED)
-        err = mood_buf_printf(comment, "dimension is resized from %d to %d; %s", c->old_max,
-                              c->rank, old ? old : "");
+        err = mood_buf_printf(buf, "dimension is resized from %d to %d; %s", c->old_max, c->rank,
+                              old ? old : "");
     else
-        err = mood_buf_printf(comment, "Dynamic resize with %s: %s from %d; %s", names[c->method],
+        err = mood_buf_printf(buf, "Dynamic resize with %s: %s from %d; %s", names[c->method],
                               param, c->old_max, old ? old : "");
+    at_dim = buf->len + 1;
+    if (!err)
+        err = mood_buf_append(buf, "", 1);
+    if (!err && c->method == MOOD_RESIZE_FIXED)
+        err = mood_buf_printf(buf, "%d", c->rank);
+    else if (!err)
+        err = mood_buf_puts(buf, "Dynamic");
+    at_alpha = buf->len + 1;
+    if (!err)
+        err = mood_buf_append(buf, "", 1);
+    mood__lora_py_float(param, sizeof param, c->last_alpha);
+    if (!err)
+        err = mood_buf_puts(buf, c->method == MOOD_RESIZE_FIXED ? param : "Dynamic");
+    if (err) {
+        mood_free(meta);
+        return err;
+    }
     meta[k++] = "ss_training_comment";
-    meta[k++] = comment->data;
+    meta[k++] = buf->data;
+    meta[k++] = "ss_network_dim";
+    meta[k++] = buf->data + at_dim;
+    meta[k++] = "ss_network_alpha";
+    meta[k++] = buf->data + at_alpha;
     if (!mood_st_meta_get(f, "ss_network_args")) { /* kohya adds none */
         meta[k++] = "ss_network_args";
         meta[k++] = NULL;
     }
     meta[k] = NULL;
     *meta_out = meta;
-    return err;
+    return 0;
 }
 
 static int resize_write(const out_list *out, const mood_adapter *a, const resize_ctx *c,
                         const mood_lora_write_options *o)
 {
-    mood_buf comment;
+    mood_buf buf;
     const char **meta = NULL;
-    char dim[16], alpha[40];
-    const char *dyn = "Dynamic";
-    const char *extra[5];
     int err;
-    mood_buf_init(&comment);
-    if ((err = resize_meta(&comment, &meta, a, c)) != 0)
-        goto done;
-    snprintf(dim, sizeof dim, "%d", c->rank);
-    mood__lora_py_float(alpha, sizeof alpha, c->last_alpha);
-    extra[0] = "ss_network_dim";
-    extra[1] = c->method == MOOD_RESIZE_FIXED ? dim : dyn;
-    extra[2] = "ss_network_alpha";
-    extra[3] = c->method == MOOD_RESIZE_FIXED ? alpha : dyn;
-    extra[4] = NULL;
-    {
-        size_t k = 0;
-        while (meta[k])
-            k += 2;
-        memcpy(meta + k, extra, sizeof extra); /* room reserved by resize_meta */
-    }
-    err = mood__lora_write(o->output, out->m, out->n, a->family, o->dtype, meta, o->progress,
-                           o->payload);
-done:
+    mood_buf_init(&buf);
+    if ((err = resize_meta(&meta, &buf, a, c)) == 0)
+        err = mood__lora_write(o->output, out->m, out->n, a->family, o->dtype, meta, o->progress,
+                               o->payload);
     mood_free(meta);
-    mood_buf_dispose(&comment);
+    mood_buf_dispose(&buf);
     return err;
 }
 
@@ -641,7 +873,7 @@ int mood_lora_resize(const char *input, mood_resize_method method, double param,
     if ((err = mood_adapter_open(&a, input, NULL)) != 0 || (err = check_adapter(a, input)) != 0)
         goto done;
     for (size_t i = 0; !err && i < a->n_modules; i++) {
-        err = resize_module(&out, &c, &a->modules[i]);
+        err = resize_module(&out, &c, &a->modules[i], input);
         if (!err)
             err = report(o, "svd", i + 1, a->n_modules);
     }

@@ -49,7 +49,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import math
 import os
 import shutil
 import sys
@@ -681,7 +680,9 @@ def tuner_layers(root):
 
 
 def peft_case(spec, out_dir):
+    global CDT
     name, family, ucfg, tcfg, scale, desc = spec
+    CDT = torch.float64
     seed = seed_of("peft/" + name)
     torch.manual_seed(seed)
     models = tm.make_models(family)

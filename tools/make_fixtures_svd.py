@@ -289,6 +289,27 @@ def read(path):
     return load_file(path), meta, keys
 
 
+def canonical_header(path):
+    """safetensors (Rust) writes __metadata__ in HashMap order, which changes from run to run.  Re-emit
+    the header with the metadata keys sorted (same bytes otherwise: tensor entries, their order, the
+    header length and all tensor data are unchanged), so reruns are byte-identical."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    hdr = json.loads(raw[8:8 + n])
+    if "__metadata__" not in hdr:
+        return
+    hdr["__metadata__"] = dict(sorted(hdr["__metadata__"].items()))
+    new = json.dumps(hdr, separators=(",", ":"), ensure_ascii=False).encode()
+    old = raw[8:8 + n]
+    assert len(new) == len(old.rstrip(b" ")), path
+    new = new + b" " * (n - len(new))
+    with open(path, "wb") as f:
+        f.write(raw[:8] + new + raw[8 + n:])
+    with safe_open(path, "pt") as f:  # still readable, same metadata
+        assert f.metadata() == hdr["__metadata__"]
+
+
 def header_order(path):
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -633,7 +654,6 @@ def main(argv=None):
     m2 = tm.make_models("sd1")
     write_tuned(p("extract_tuned.safetensors"), m2["unet"], m2["te1"], shapes, zero_module)
     base_rel = os.path.relpath(base_file, OUT_DIR)
-    tuned_sd = load_file(p("extract_tuned.safetensors"))
     # exact diffs per kohya module, through the same loader kohya uses in the subprocess
     loader = _tiny_sd1_loader(tm)
     te_b, _, un_b = loader(False, base_file)
@@ -652,7 +672,6 @@ def main(argv=None):
         dict(name="extract_dim4_conv2", dim=4, conv_dim=2, min_diff=0.01),
         dict(name="extract_dim4_noconv_te_skipped", dim=4, conv_dim=None, min_diff=round(te_max * 1.5, 3)),
     ]
-    del tuned_sd
     for c in extract_cases:
         exp = c["name"] + ".safetensors"
         argv = ["--model_org", base_rel, "--model_tuned", "extract_tuned.safetensors", "--save_to", exp,
@@ -687,6 +706,10 @@ def main(argv=None):
     with open(p("cases.json"), "w") as f:
         json.dump(cases, f, indent=1, sort_keys=False)
         f.write("\n")
+    for x in os.listdir(OUT_DIR):
+        if x.endswith(".safetensors"):
+            canonical_header(p(x))
+        os.chmod(p(x), 0o644)
     total = sum(os.path.getsize(p(x)) for x in os.listdir(OUT_DIR))
     print(f"wrote {OUT_DIR}: {len(os.listdir(OUT_DIR))} files, {total} bytes")
 

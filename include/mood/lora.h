@@ -90,7 +90,7 @@ MOOD_WARN_UNUSED int mood_adapter_open(mood_adapter **out, const char *path,
 void mood_adapter_close(mood_adapter *a);
 const mood_st_file *mood_adapter_file(const mood_adapter *a);
 mood_family mood_adapter_family(const mood_adapter *a);
-/* How the family was decided: "modelspec.architecture", "ss_base_model_version", "keys",
+/* How the family was decided: "modelspec.architecture", "ss_base_model_version", "ss_v2", "keys",
  * "shapes", "base" or "unknown". */
 const char *mood_adapter_family_source(const mood_adapter *a);
 

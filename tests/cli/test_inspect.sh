@@ -111,6 +111,10 @@ assert d["family"] == "sd1" and d["family_source"] == "ss_base_model_version"' "
 out=$("$MOOD" inspect "$tmp/tags.safetensors")
 check "human trigger words" grep -q "ink (8), sky (4), wash (2)" <<<"$out"
 
+j=$("$MOOD" inspect --json --no-hash "$F/kohya/sd1_lora.safetensors")
+check "--no-hash leaves hashes out" python3 -c '
+import json,sys; d=json.loads(sys.argv[1]); assert "hashes" not in d and d["modules"] == 204, d' "$j"
+
 # --- errors ------------------------------------------------------------------------------------
 head -c 100 "$F/kohya/sd1_lora.safetensors" >"$tmp/corrupt.safetensors"
 err=$("$MOOD" inspect "$tmp/corrupt.safetensors" 2>&1 >/dev/null); rc=$?

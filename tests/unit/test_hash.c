@@ -7,6 +7,7 @@
  * cancellation, and a missing file.
  */
 #include <cjson/cJSON.h>
+#include <zlib.h>
 
 #include "harness.h"
 #include "mood/hash.h"
@@ -190,19 +191,31 @@ static int on_progress(const mood_progress *p, void *payload)
     return log->cancel_after && log->calls >= log->cancel_after;
 }
 
+/* A 20 MiB file spans several of the hasher's chunks, and the CRC is split between its two
+ * threads in the middle of one: every value must equal the single-shot computation. */
 static void test_progress_and_cancel(void)
 {
-    const char *p = scratch_path("big.bin");
-    size_t n = 20u << 20;
-    unsigned char *buf = calloc(n, 1);
+    const char *p = scratch_path("big.safetensors");
+    size_t n = (20u << 20) + 12345;
+    unsigned char *buf = malloc(n);
     progress_log log = {0};
     mood_file_hashes h;
-    buf[8] = '{';
+    char hex[65], crc[9];
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (unsigned char)((i * 2654435761u) >> 13);
+    memcpy(buf, "\x08\0\0\0\0\0\0\0{}      ", 16); /* header "{}" padded to 8 bytes */
     MOOD_CHECK(write_file(p, buf, n) == 0);
-    free(buf);
     MOOD_CHECK_OK(mood_hash_file(&h, p, on_progress, &log));
     MOOD_CHECK(log.calls >= 2 && log.last == n && log.total == n);
-    MOOD_CHECK(h.autov1_civitai);
+    mood_sha256_hex(hex, buf, n);
+    MOOD_CHECK(strcmp(h.sha256, hex) == 0);
+    mood_sha256_hex(hex, buf + 16, n - 16);
+    MOOD_CHECK(h.is_safetensors && strcmp(h.autov3, hex) == 0);
+    mood_sha256_hex(hex, buf + 0x100000, 0x10000);
+    MOOD_CHECK(h.autov1_civitai && strncmp(h.autov1, hex, 8) == 0);
+    snprintf(crc, sizeof crc, "%08lX", crc32(crc32(0L, Z_NULL, 0), buf, (uInt)n));
+    MOOD_CHECK_MSG(strcmp(h.crc32_zlib, crc) == 0, "crc %s, zlib %s", h.crc32_zlib, crc);
+    free(buf);
     memset(&log, 0, sizeof log);
     log.cancel_after = 1;
     MOOD_CHECK(mood_hash_file(&h, p, on_progress, &log) == MOOD_ECANCELLED);

@@ -277,6 +277,13 @@ static void test_errors(void)
     MOOD_CHECK(mood_lora_extract(fixture("bases/sd1_base.safetensors"),
                                  fixture("bases/sdxl_base.safetensors"), 4, 0, 0.01,
                                  &o) == MOOD_EFAMILY);
+    /* ΔW that depends on the base (DoRA) and deltas a LoRA cannot hold (norms) are refused */
+    w[0].path = fixture("lycoris/locon_dora_in.safetensors");
+    MOOD_CHECK(mood_lora_merge(w, 1, 4, 0, &o) == MOOD_EUNSUPPORTED);
+    MOOD_CHECK(strstr(mood_error_last(), "base") != NULL);
+    w[0].path = fixture("lycoris/locon_norms.safetensors");
+    MOOD_CHECK(mood_lora_merge(w, 1, 4, 0, &o) == MOOD_EUNSUPPORTED);
+    MOOD_CHECK(strstr(mood_error_last(), "norm") != NULL);
     MOOD_CHECK(!mood_path_exists(o.output));
 }
 
