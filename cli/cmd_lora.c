@@ -32,8 +32,8 @@ const char cmd_lora_merge_help[] =
     "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
 
 const char cmd_lora_resize_help[] =
-    "usage: mood lora resize FILE (--rank R | --dynamic METHOD=X [--rank MAX]) -o OUT\n"
-    "                        [--dtype f32|f16|bf16] [--json]\n\n"
+    "usage: mood lora resize FILE (--rank R | --dynamic METHOD=X [--rank MAX]) [--conv-rank R]\n"
+    "                        -o OUT [--dtype f32|f16|bf16] [--json]\n\n"
     "Changes the rank of a LoRA with an SVD of each layer's up x down product, as kohya's\n"
     "resize_lora.py does. alpha is scaled so that alpha/rank, the LoRA's strength, stays the\n"
     "same. With a fixed --rank every layer gets that rank; with --dynamic each layer gets the\n"
@@ -41,6 +41,7 @@ const char cmd_lora_resize_help[] =
     "  sv_ratio=X        keep singular values larger than the largest / X\n"
     "  sv_fro=X          keep a fraction X (0..1) of the Frobenius norm\n"
     "  sv_cumulative=X   keep a fraction X (0..1) of the sum of singular values\n\n"
+    "  --conv-rank R    rank (or cap) for layers on convolutions (default: --rank)\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
     "  --json           print the summary as JSON\n\n"
@@ -384,16 +385,16 @@ int cmd_lora_resize(int argc, char **argv)
     int rc = parse_args(&a, argc, argv, "lora resize"), err;
     if (!rc && a.n_files != 1)
         rc = cli_usage_error(a.cmd, "give exactly one input LoRA (got %d)", a.n_files);
-    if (!rc && (a.base || a.tuned || a.has_conv_rank || a.has_min_diff))
-        rc = cli_usage_error(a.cmd, "--base, --tuned, --conv-rank and --min-diff are not "
-                                    "resize options");
+    if (!rc && (a.base || a.tuned || a.has_min_diff))
+        rc = cli_usage_error(a.cmd, "--base, --tuned and --min-diff are not resize options");
     if (!rc && !a.dynamic && !a.has_rank)
         rc = cli_usage_error(a.cmd, "give --rank R or --dynamic METHOD=X");
     if (!rc && a.dynamic)
         rc = parse_dynamic(&method, &param, &a);
     if (!rc) {
         write_options(&o, &a);
-        err = mood_lora_resize(a.files[0], method, param, a.has_rank ? (int)a.rank : 256, &o);
+        err = mood_lora_resize(a.files[0], method, param, a.has_rank ? (int)a.rank : 256,
+                               a.has_conv_rank ? (int)a.conv_rank : 0, &o);
         cli_progress_done();
         rc = err ? cli_fail(err) : finish(&a, a.files[0]);
     }

@@ -171,5 +171,8 @@ int mood__lora_write(const char *path, const mood_lora_out_module *mods, size_t 
                      mood_family family, mood_dtype dtype, const char *const *meta,
                      mood_progress_fn progress, void *payload);
 void mood__lora_out_module_dispose(mood_lora_out_module *m);
+/* Formats v as Python's repr(float) does ("2.0", "0.0001", "1e-05"): kohya writes metadata
+ * values with str(). */
+void mood__lora_py_float(char *buf, size_t size, double v);
 
 #endif /* MOOD_LORA_INTERNAL_H */

@@ -27,7 +27,6 @@
 #include "mood/hash.h"
 
 /* Shared with svd.c (which formats alpha and parameters the way Python's str(float) does). */
-void mood__lora_py_float(char *buf, size_t size, double v);
 
 #define LEGACY_BEGIN     0x100000u
 #define LEGACY_LEN       0x10000u

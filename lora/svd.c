@@ -25,7 +25,6 @@
 
 #include "lora/lora_internal.h"
 
-void mood__lora_py_float(char *buf, size_t size, double v);
 
 #define CLAMP_QUANTILE 0.99f
 #define MIN_SV         1e-6
@@ -696,6 +695,7 @@ typedef struct resize_ctx {
     mood_resize_method method;
     double param;
     int rank;
+    int conv_rank; /* for modules whose target is a convolution (kohya: 4-D lora_down) */
     double fro_sum; /* Σ retained Frobenius fractions */
     size_t fro_n;
     int old_max;
@@ -726,11 +726,12 @@ static int resize_source(float *mat, double *scale_out, const mood_module *m)
 
 /* kohya's new rank from the singular values, seen as the min(out, cols) values torch returns
  * (those past r->k are zero). Returns -1 when out of memory. */
-static int resize_rank(const resize_ctx *c, const svd_result *r)
+static int resize_rank(const resize_ctx *c, const svd_result *r, const mood_module *m)
 {
     int64_t lim = r->rows < r->cols ? r->rows : r->cols;
     float *s = mood_calloc((size_t)lim, sizeof *s);
-    int nr = c->rank;
+    int cap = m->ndim == 4 ? c->conv_rank : c->rank;
+    int nr = cap;
     if (!s)
         return -1;
     for (int i = 0; i < r->k; i++)
@@ -739,8 +740,8 @@ static int resize_rank(const resize_ctx *c, const svd_result *r)
         nr = dynamic_rank(s, (int)lim, c->method, c->param);
     if (s[0] <= MIN_SV)
         nr = 1;
-    else if (nr > c->rank)
-        nr = c->rank;
+    else if (nr > cap)
+        nr = cap;
     if (nr > lim) /* kohya would fail here; a rank above the matrix's cannot add anything */
         nr = (int)lim;
     mood_free(s);
@@ -763,7 +764,7 @@ static int resize_svd(svd_result *r, int *nr, double *scale, const resize_ctx *c
             err = svd_lowrank(r, &lr, m->out, cols, m->name);
         else
             lowrank_dispose(&lr);
-        if (!err && (*nr = resize_rank(c, r)) < 0)
+        if (!err && (*nr = resize_rank(c, r, m)) < 0)
             err = mood_error_nomem();
         if (err || *nr <= r->k)
             return err;
@@ -772,7 +773,7 @@ static int resize_svd(svd_result *r, int *nr, double *scale, const resize_ctx *c
     if (!(mat = mood_malloc((size_t)module_numel(m) * sizeof *mat)))
         return mood_error_nomem();
     if ((err = resize_source(mat, scale, m)) == 0 &&
-        (err = svd_run(r, mat, m->out, cols, 0, m->name)) == 0 && (*nr = resize_rank(c, r)) < 0)
+        (err = svd_run(r, mat, m->out, cols, 0, m->name)) == 0 && (*nr = resize_rank(c, r, m)) < 0)
         err = mood_error_nomem();
     mood_free(mat);
     return err;
@@ -828,7 +829,10 @@ static int resize_meta(const char ***meta_out, mood_buf *buf, const mood_adapter
     }
     mood__lora_py_float(param, sizeof param, c->param);
     /* three NUL-separated strings in buf: comment, dim, alpha */
-    if (c->method == MOOD_RESIZE_FIXED)
+    if (c->method == MOOD_RESIZE_FIXED && c->conv_rank != c->rank)
+        err = mood_buf_printf(buf, "dimension is resized from %d to %d (conv: %d); %s",
+                              c->old_max, c->rank, c->conv_rank, old ? old : "");
+    else if (c->method == MOOD_RESIZE_FIXED)
         err = mood_buf_printf(buf, "dimension is resized from %d to %d; %s", c->old_max, c->rank,
                               old ? old : "");
     else
@@ -882,11 +886,11 @@ static int resize_write(const out_list *out, const mood_adapter *a, const resize
 }
 
 int mood_lora_resize(const char *input, mood_resize_method method, double param, int rank,
-                     const mood_lora_write_options *o)
+                     int conv_rank, const mood_lora_write_options *o)
 {
     mood_adapter *a = NULL;
     out_list out = {0};
-    resize_ctx c = {method, param, rank, 0, 0, 0, 0, NULL};
+    resize_ctx c = {method, param, rank, conv_rank > 0 ? conv_rank : rank, 0, 0, 0, 0, NULL};
     int err = check_options(o, rank);
     if (!err && (method < MOOD_RESIZE_FIXED || method > MOOD_RESIZE_SV_CUMULATIVE))
         err = mood_error_set(MOOD_EINVAL, "unknown resize method %d", (int)method);

@@ -184,9 +184,10 @@ typedef enum mood_resize_method {
 } mood_resize_method;
 
 /* Changes the rank of one LoRA, kohya resize_lora.py semantics (§5.4). For dynamic methods,
- * `rank` is the upper bound and `param` the method's parameter. */
+ * `rank` is the upper bound and `param` the method's parameter. `conv_rank` (0 = same as rank)
+ * applies to modules on convolutions, as kohya's --new_conv_rank. */
 MOOD_WARN_UNUSED int mood_lora_resize(const char *input, mood_resize_method method, double param,
-                                      int rank, const mood_lora_write_options *o);
+                                      int rank, int conv_rank, const mood_lora_write_options *o);
 
 /* Extracts a LoRA from the difference of two checkpoints, kohya extract_lora_from_models.py
  * semantics (§5.5): rank for Linear/1x1, conv_rank for kxk convs (0 = skip them). */

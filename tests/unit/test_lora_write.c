@@ -16,7 +16,6 @@
 #include "mood/hash.h"
 #include "harness.h"
 
-void mood__lora_py_float(char *buf, size_t size, double v);
 
 /* Reads the kohya LoRA `rel` into out modules (F32 copies), in file order of down tensors. */
 static size_t load_modules(mood_lora_out_module *mods, size_t cap, const mood_st_file *f)
