@@ -39,6 +39,19 @@ int cli_print_json(cJSON *value);
 int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1, double *w2,
                        int *has_w2);
 
+/* LoRAs given on the command line as FILE[:W[:W_TE]]; the list owns the paths. */
+typedef struct cli_adapters {
+    mood_weighted_adapter *items;
+    size_t n;
+} cli_adapters;
+/* Appends one argument (W defaults to 1, W_TE to W). Returns 0, or the exit status (1 bad weight,
+ * 2 out of memory) after printing the error. */
+int cli_adapters_add(cli_adapters *l, const char *arg);
+void cli_adapters_dispose(cli_adapters *l);
+
+/* "f32"/"fp32"/"float", "f16"/"fp16" or "bf16"; returns 0 on success. */
+int cli_parse_dtype(mood_dtype *out, const char *s);
+
 /* Parses a double strictly; returns 0 on success. */
 int cli_parse_double(const char *s, double *out);
 int cli_parse_int(const char *s, long *out);

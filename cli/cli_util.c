@@ -171,3 +171,45 @@ int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1
     *path_out = copy;
     return 0;
 }
+
+int cli_adapters_add(cli_adapters *l, const char *arg)
+{
+    double w = 1, wte = 1;
+    int has_w, has_wte, rc;
+    char *path;
+    mood_weighted_adapter *grown = realloc(l->items, (l->n + 1) * sizeof *l->items);
+    if (!grown) {
+        fprintf(stderr, "mood: error: out of memory\n");
+        return 2;
+    }
+    l->items = grown;
+    if ((rc = cli_parse_weighted(arg, &path, &w, &has_w, &wte, &has_wte)) != 0)
+        return rc;
+    l->items[l->n].path = path;
+    l->items[l->n].unet = has_w ? w : 1.0;
+    l->items[l->n].te = has_wte ? wte : l->items[l->n].unet;
+    l->n++;
+    return 0;
+}
+
+void cli_adapters_dispose(cli_adapters *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free((char *)l->items[i].path);
+    free(l->items);
+    l->items = NULL;
+    l->n = 0;
+}
+
+int cli_parse_dtype(mood_dtype *out, const char *s)
+{
+    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0 || strcmp(s, "float") == 0)
+        *out = MOOD_DTYPE_F32;
+    else if (strcmp(s, "f16") == 0 || strcmp(s, "fp16") == 0)
+        *out = MOOD_DTYPE_F16;
+    else if (strcmp(s, "bf16") == 0)
+        *out = MOOD_DTYPE_BF16;
+    else
+        return -1;
+    return 0;
+}

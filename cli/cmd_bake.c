@@ -32,45 +32,9 @@ const char cmd_bake_help[] =
 
 typedef struct bake_args {
     const char *base, *output;
-    mood_weighted_adapter *ads;
-    char **paths;
-    size_t n;
+    cli_adapters loras;
     int json;
 } bake_args;
-
-static void args_dispose(bake_args *a)
-{
-    for (size_t i = 0; i < a->n; i++)
-        free(a->paths[i]);
-    free(a->paths);
-    free(a->ads);
-}
-
-/* Appends one "--lora FILE[:W[:W_TE]]" value. Returns 0 or an exit status. */
-static int add_lora(bake_args *a, const char *arg)
-{
-    double w = 1, wte = 1;
-    int has_w, has_wte, rc;
-    char *path;
-    void *p = realloc(a->paths, (a->n + 1) * sizeof *a->paths);
-    void *q = p ? realloc(a->ads, (a->n + 1) * sizeof *a->ads) : NULL;
-    if (p)
-        a->paths = p;
-    if (q)
-        a->ads = q;
-    if (!p || !q) {
-        fprintf(stderr, "mood: error: out of memory\n");
-        return 2;
-    }
-    if ((rc = cli_parse_weighted(arg, &path, &w, &has_w, &wte, &has_wte)) != 0)
-        return rc;
-    a->paths[a->n] = path;
-    a->ads[a->n].path = path;
-    a->ads[a->n].unet = has_w ? w : 1.0;
-    a->ads[a->n].te = has_wte ? wte : a->ads[a->n].unet;
-    a->n++;
-    return 0;
-}
 
 static int parse_args(bake_args *a, int argc, char **argv)
 {
@@ -85,7 +49,7 @@ static int parse_args(bake_args *a, int argc, char **argv)
         } else if ((strcmp(s, "-o") == 0 || strcmp(s, "--output") == 0) && has_value) {
             a->output = argv[++i];
         } else if (strcmp(s, "--lora") == 0 && has_value) {
-            if ((rc = add_lora(a, argv[++i])) != 0)
+            if ((rc = cli_adapters_add(&a->loras, argv[++i])) != 0)
                 return rc;
         } else if (strcmp(s, "--model") == 0 || strcmp(s, "--base") == 0 || strcmp(s, "-o") == 0 ||
                    strcmp(s, "--output") == 0 || strcmp(s, "--lora") == 0) {
@@ -96,7 +60,7 @@ static int parse_args(bake_args *a, int argc, char **argv)
     }
     if (!a->base)
         return cli_usage_error("bake", "no base checkpoint given (--model BASE)");
-    if (!a->n)
+    if (!a->loras.n)
         return cli_usage_error("bake", "no LoRA given (--lora FILE[:W[:W_TE]])");
     if (!a->output)
         return cli_usage_error("bake", "no output file given (-o OUT)");
@@ -136,25 +100,25 @@ static int count_targets(const mood_adapter *const *ads, size_t n, size_t *out)
 static int summarize(bake_summary *s, const bake_args *a)
 {
     mood_checkpoint *ck = NULL;
-    mood_adapter **ads = calloc(a->n, sizeof *ads);
+    mood_adapter **ads = calloc(a->loras.n, sizeof *ads);
     int err = 0;
-    s->per_modules = calloc(a->n, sizeof *s->per_modules);
-    s->per_unmatched = calloc(a->n, sizeof *s->per_unmatched);
+    s->per_modules = calloc(a->loras.n, sizeof *s->per_modules);
+    s->per_unmatched = calloc(a->loras.n, sizeof *s->per_unmatched);
     if (!ads || !s->per_modules || !s->per_unmatched)
         err = MOOD_ENOMEM;
     if (!err)
         err = mood_checkpoint_open(&ck, a->base);
-    for (size_t k = 0; k < a->n && !err; k++) {
-        if ((err = mood_adapter_open(&ads[k], a->paths[k], ck)) != 0)
+    for (size_t k = 0; k < a->loras.n && !err; k++) {
+        if ((err = mood_adapter_open(&ads[k], a->loras.items[k].path, ck)) != 0)
             break;
         s->per_modules[k] = mood_adapter_module_count(ads[k]);
         s->per_unmatched[k] = mood_adapter_unmatched_count(ads[k]);
         s->modules += s->per_modules[k];
         s->unmatched += s->per_unmatched[k];
     }
-    if (!err && count_targets((const mood_adapter *const *)ads, a->n, &s->patched) != 0)
+    if (!err && count_targets((const mood_adapter *const *)ads, a->loras.n, &s->patched) != 0)
         err = MOOD_ENOMEM;
-    for (size_t k = 0; ads && k < a->n; k++)
+    for (size_t k = 0; ads && k < a->loras.n; k++)
         mood_adapter_close(ads[k]);
     free(ads);
     mood_checkpoint_close(ck);
@@ -167,11 +131,11 @@ static int print_summary(const bake_summary *s, const bake_args *a)
         cJSON *o = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(o, "adapters");
         cJSON_AddStringToObject(o, "output", a->output);
         cJSON_AddStringToObject(o, "base", a->base);
-        for (size_t k = 0; k < a->n; k++) {
+        for (size_t k = 0; k < a->loras.n; k++) {
             cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "path", a->ads[k].path);
-            cJSON_AddNumberToObject(e, "unet", a->ads[k].unet);
-            cJSON_AddNumberToObject(e, "te", a->ads[k].te);
+            cJSON_AddStringToObject(e, "path", a->loras.items[k].path);
+            cJSON_AddNumberToObject(e, "unet", a->loras.items[k].unet);
+            cJSON_AddNumberToObject(e, "te", a->loras.items[k].te);
             cJSON_AddNumberToObject(e, "modules", (double)s->per_modules[k]);
             cJSON_AddNumberToObject(e, "unmatched_keys", (double)s->per_unmatched[k]);
             cJSON_AddItemToArray(list, e);
@@ -182,7 +146,7 @@ static int print_summary(const bake_summary *s, const bake_args *a)
     }
     printf("wrote %s: %zu tensor%s patched by %zu module%s of %zu LoRA%s, %zu unmatched key%s\n",
            a->output, s->patched, s->patched == 1 ? "" : "s", s->modules,
-           s->modules == 1 ? "" : "s", a->n, a->n == 1 ? "" : "s", s->unmatched,
+           s->modules == 1 ? "" : "s", a->loras.n, a->loras.n == 1 ? "" : "s", s->unmatched,
            s->unmatched == 1 ? "" : "s");
     return 0;
 }
@@ -199,8 +163,8 @@ int cmd_bake(int argc, char **argv)
     if ((rc = parse_args(&a, argc, argv)) != 0)
         goto done;
     o.base = a.base;
-    o.adapters = a.ads;
-    o.n_adapters = a.n;
+    o.adapters = a.loras.items;
+    o.n_adapters = a.loras.n;
     o.output = a.output;
     o.progress = cli_progress;
     err = mood_bake(&o);
@@ -213,6 +177,6 @@ int cmd_bake(int argc, char **argv)
 done:
     free(s.per_modules);
     free(s.per_unmatched);
-    args_dispose(&a);
+    cli_adapters_dispose(&a.loras);
     return rc;
 }

@@ -8,6 +8,7 @@
  * parameter count, metadata size and hashes. Human output and --json carry the same facts.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -251,16 +252,26 @@ static cJSON *metadata_summary(const mood_st_file *f)
     return o;
 }
 
-static int add_hashes(cJSON *o, const char *path)
-{
+/* Hashing reads the whole file while parsing reads the header and the factors: the two run in
+ * parallel (the hash on its own thread) so that inspect costs about the longer of the two. */
+typedef struct hash_job {
+    const char *path;
     mood_file_hashes h;
+    int err;
+} hash_job;
+
+static void *hash_thread(void *arg)
+{
+    hash_job *job = arg;
+    job->err = mood_hash_file(&job->h, job->path, NULL, NULL);
+    return NULL;
+}
+
+static void add_hashes(cJSON *o, const mood_file_hashes *hp)
+{
+    const mood_file_hashes h = *hp;
     char autov2[11];
-    cJSON *j;
-    int err = mood_hash_file(&h, path, cli_progress, NULL);
-    cli_progress_done();
-    if (err)
-        return err;
-    j = cJSON_AddObjectToObject(o, "hashes");
+    cJSON *j = cJSON_AddObjectToObject(o, "hashes");
     snprintf(autov2, sizeof autov2, "%.10s", h.sha256);
     cJSON_AddStringToObject(j, "sha256", h.sha256);
     cJSON_AddStringToObject(j, "autov2", autov2);
@@ -276,7 +287,6 @@ static int add_hashes(cJSON *o, const char *path)
         cJSON_AddBoolToObject(j, "sshs_matches_autov3",
                               h.is_safetensors && strcmp(embedded, h.autov3) == 0);
     }
-    return 0;
 }
 
 static cJSON *dtype_counts(const size_t *dtypes)
@@ -561,19 +571,30 @@ static int inspect_file(cJSON **out, const char *path, int *adapter, int hash)
     mood_st_file *f = NULL;
     mood_checkpoint *c = NULL;
     mood_adapter *a = NULL;
-    int err = mood_st_open(&f, path);
+    hash_job job = {path, {0}, 0};
+    pthread_t thread;
+    int err = mood_st_open(&f, path), hashing = 0;
     *out = NULL;
     if (err)
         return err;
     *adapter = mood_file_kind_of(f) != MOOD_KIND_CHECKPOINT;
     mood_st_close(f);
+    hashing = hash && pthread_create(&thread, NULL, hash_thread, &job) == 0;
+    if (hash && !hashing)
+        hash_thread(&job);
     if (*adapter && (err = mood_adapter_open(&a, path, NULL)) == 0)
         *out = adapter_json(a, path);
     else if (!*adapter && (err = mood_checkpoint_open(&c, path)) == 0)
         *out = checkpoint_json(c, path);
     mood_adapter_close(a);
     mood_checkpoint_close(c);
-    if (!err && hash && (err = add_hashes(*out, path)) != 0) {
+    if (hashing)
+        pthread_join(thread, NULL);
+    if (!err && hash && job.err) /* again on this thread, for its error message */
+        err = mood_hash_file(&job.h, path, NULL, NULL);
+    if (!err && hash)
+        add_hashes(*out, &job.h);
+    if (err) {
         cJSON_Delete(*out);
         *out = NULL;
     }

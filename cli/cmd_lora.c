@@ -79,19 +79,6 @@ typedef struct lora_args {
     mood_dtype dtype;
 } lora_args;
 
-static int parse_dtype(mood_dtype *out, const char *s)
-{
-    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0 || strcmp(s, "float") == 0)
-        *out = MOOD_DTYPE_F32;
-    else if (strcmp(s, "f16") == 0 || strcmp(s, "fp16") == 0)
-        *out = MOOD_DTYPE_F16;
-    else if (strcmp(s, "bf16") == 0)
-        *out = MOOD_DTYPE_BF16;
-    else
-        return -1;
-    return 0;
-}
-
 /* One option with a value at argv[*i]; returns 1 if consumed, 0 if not an option we know, -1
  * on a usage error (already reported). */
 static int parse_value_option(lora_args *a, int argc, char **argv, int *i)
@@ -116,7 +103,7 @@ static int parse_value_option(lora_args *a, int argc, char **argv, int *i)
         a->tuned = v;
     else if (strcmp(opt, "--dynamic") == 0)
         a->dynamic = v;
-    else if (strcmp(opt, "--dtype") == 0 && parse_dtype(&a->dtype, v) != 0)
+    else if (strcmp(opt, "--dtype") == 0 && cli_parse_dtype(&a->dtype, v) != 0)
         return -cli_usage_error(a->cmd, "--dtype must be f32, f16 or bf16, not '%s'", v);
     else if (strcmp(opt, "--rank") == 0 || strcmp(opt, "--conv-rank") == 0) {
         long *dst = opt[2] == 'r' ? &a->rank : &a->conv_rank;
@@ -305,27 +292,11 @@ static void write_options(mood_lora_write_options *o, const lora_args *a)
 
 /* ----- merge ------------------------------------------------------------------------------- */
 
-static int merge_inputs(mood_weighted_adapter *w, char **paths, const lora_args *a)
-{
-    for (int i = 0; i < a->n_files; i++) {
-        double w1 = 1, w2 = 1;
-        int h1 = 0, h2 = 0;
-        if (cli_parse_weighted(a->files[i], &paths[i], &w1, &h1, &w2, &h2) != 0)
-            return cli_usage_error(a->cmd, "bad weight in '%s' (expected FILE[:W[:WTE]])",
-                                   a->files[i]);
-        w[i].path = paths[i];
-        w[i].unet = w1;
-        w[i].te = h2 ? w2 : w1;
-    }
-    return 0;
-}
-
 int cmd_lora_merge(int argc, char **argv)
 {
     lora_args a;
     mood_lora_write_options o;
-    mood_weighted_adapter *w = NULL;
-    char **paths = NULL;
+    cli_adapters inputs = {NULL, 0};
     int rc = parse_args(&a, argc, argv, "lora merge"), err;
     if (!rc && a.n_files == 0)
         rc = cli_usage_error(a.cmd, "no input LoRA given");
@@ -334,22 +305,16 @@ int cmd_lora_merge(int argc, char **argv)
     if (!rc && (a.base || a.tuned || a.dynamic || a.has_min_diff))
         rc = cli_usage_error(a.cmd, "--base, --tuned, --dynamic and --min-diff are not merge "
                                     "options");
-    if (!rc) {
-        w = calloc((size_t)a.n_files, sizeof *w);
-        paths = calloc((size_t)a.n_files, sizeof *paths);
-        rc = (!w || !paths) ? 2 : merge_inputs(w, paths, &a);
-    }
+    for (int i = 0; !rc && i < a.n_files; i++)
+        rc = cli_adapters_add(&inputs, a.files[i]);
     if (!rc) {
         write_options(&o, &a);
-        err = mood_lora_merge(w, (size_t)a.n_files, (int)a.rank,
+        err = mood_lora_merge(inputs.items, inputs.n, (int)a.rank,
                               a.has_conv_rank ? (int)a.conv_rank : 0, &o);
         cli_progress_done();
         rc = err ? cli_fail(err) : finish(&a, NULL);
     }
-    for (int i = 0; paths && i < a.n_files; i++)
-        free(paths[i]);
-    free(paths);
-    free(w);
+    cli_adapters_dispose(&inputs);
     free(a.files);
     return rc;
 }

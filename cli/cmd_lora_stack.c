@@ -26,51 +26,11 @@ const char cmd_lora_stack_help[] =
     "Exit status: 0 written, 1 bad input, 2 environment (missing file, disk full).\n";
 
 typedef struct stack_args {
-    mood_weighted_adapter *ins;
-    char **paths;
-    size_t n;
+    cli_adapters inputs;
     const char *output;
     mood_dtype dtype;
     int json;
 } stack_args;
-
-static int add_input(stack_args *a, const char *arg)
-{
-    double w = 1, wte = 1;
-    int has_w, has_wte, rc;
-    char *path;
-    void *p = realloc(a->paths, (a->n + 1) * sizeof *a->paths);
-    void *q = p ? realloc(a->ins, (a->n + 1) * sizeof *a->ins) : NULL;
-    if (p)
-        a->paths = p;
-    if (q)
-        a->ins = q;
-    if (!p || !q) {
-        fprintf(stderr, "mood: error: out of memory\n");
-        return 2;
-    }
-    if ((rc = cli_parse_weighted(arg, &path, &w, &has_w, &wte, &has_wte)) != 0)
-        return rc;
-    a->paths[a->n] = path;
-    a->ins[a->n].path = path;
-    a->ins[a->n].unet = has_w ? w : 1.0;
-    a->ins[a->n].te = has_wte ? wte : a->ins[a->n].unet;
-    a->n++;
-    return 0;
-}
-
-static int parse_dtype(stack_args *a, const char *s)
-{
-    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0 || strcmp(s, "float") == 0)
-        a->dtype = MOOD_DTYPE_F32;
-    else if (strcmp(s, "f16") == 0 || strcmp(s, "fp16") == 0)
-        a->dtype = MOOD_DTYPE_F16;
-    else if (strcmp(s, "bf16") == 0)
-        a->dtype = MOOD_DTYPE_BF16;
-    else
-        return cli_usage_error("lora stack", "--dtype must be f32, f16 or bf16, not '%s'", s);
-    return 0;
-}
 
 static int parse_args(stack_args *a, int argc, char **argv)
 {
@@ -82,15 +42,18 @@ static int parse_args(stack_args *a, int argc, char **argv)
         else if ((strcmp(s, "-o") == 0 || strcmp(s, "--output") == 0) && i + 1 < argc)
             a->output = argv[++i];
         else if (strcmp(s, "--dtype") == 0 && i + 1 < argc)
-            rc = parse_dtype(a, argv[++i]);
+            rc = cli_parse_dtype(&a->dtype, argv[++i]) == 0
+                     ? 0
+                     : cli_usage_error("lora stack", "--dtype must be f32, f16 or bf16, not '%s'",
+                                       argv[i]);
         else if (s[0] == '-' && s[1] != '\0')
             rc = cli_usage_error("lora stack", "unknown option '%s' (or it needs a value)", s);
         else
-            rc = add_input(a, s);
+            rc = cli_adapters_add(&a->inputs, s);
     }
     if (rc)
         return rc;
-    if (!a->n)
+    if (!a->inputs.n)
         return cli_usage_error("lora stack", "no input LoRA given");
     if (!a->output)
         return cli_usage_error("lora stack", "no output file given (-o OUT)");
@@ -110,7 +73,7 @@ static int print_summary(const stack_args *a)
         cJSON *o = cJSON_CreateObject();
         const char *dim = mood_st_meta_get(f, "ss_network_dim");
         cJSON_AddStringToObject(o, "output", a->output);
-        cJSON_AddNumberToObject(o, "inputs", (double)a->n);
+        cJSON_AddNumberToObject(o, "inputs", (double)a->inputs.n);
         cJSON_AddNumberToObject(o, "modules", (double)modules);
         cJSON_AddStringToObject(o, "rank", dim ? dim : "");
         cJSON_AddStringToObject(o, "dtype", mood_dtype_name(a->dtype));
@@ -119,7 +82,7 @@ static int print_summary(const stack_args *a)
     }
     printf("wrote %s: %zu modules (rank %s, %s) from %zu LoRA%s\n", a->output, modules,
            mood_st_meta_get(f, "ss_network_dim") ? mood_st_meta_get(f, "ss_network_dim") : "?",
-           mood_dtype_name(a->dtype), a->n, a->n == 1 ? "" : "s");
+           mood_dtype_name(a->dtype), a->inputs.n, a->inputs.n == 1 ? "" : "s");
     mood_st_close(f);
     return 0;
 }
@@ -136,13 +99,10 @@ int cmd_lora_stack(int argc, char **argv)
         o.output = a.output;
         o.dtype = a.dtype;
         o.progress = cli_progress;
-        err = mood_lora_stack(a.ins, a.n, &o);
+        err = mood_lora_stack(a.inputs.items, a.inputs.n, &o);
         cli_progress_done();
         rc = err ? cli_fail(err) : print_summary(&a);
     }
-    for (size_t i = 0; i < a.n; i++)
-        free(a.paths[i]);
-    free(a.paths);
-    free(a.ins);
+    cli_adapters_dispose(&a.inputs);
     return rc;
 }

@@ -4,24 +4,7 @@
 # base with both families named, 1 usage), a bake that runs out of space (file-size limit) failing
 # with exit 2 and leaving neither the output nor a temporary file, and an existing output left
 # intact by a failed bake; stack output that bakes like its inputs, and DoRA refused by stack.
-set -u
-MOOD=${MOOD:?set MOOD to the mood binary}
-FIX=${MOOD_FIXTURES:?set MOOD_FIXTURES}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() {
-    echo "FAIL: $*" >&2
-    fails=$((fails + 1))
-}
-# expect_rc WANT NAME CMD...: runs CMD, stderr to $tmp/err, and checks its exit status.
-expect_rc() {
-    local want=$1 name=$2 rc
-    shift 2
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-    [ "$rc" -eq "$want" ] || fail "$name: exit $rc, expected $want ($(head -c 300 "$tmp/err"))"
-}
+. "$(dirname "$0")/lib.sh"
 
 base="$FIX/bases/sd1_base.safetensors"
 lora="$FIX/kohya/sd1_lora.safetensors"
@@ -141,5 +124,4 @@ fi
 expect_rc 1 "stack bad dtype" "$MOOD" lora stack "$lora" -o "$tmp/x.safetensors" --dtype f8
 expect_rc 2 "stack missing input" "$MOOD" lora stack "$tmp/none.safetensors" -o "$tmp/x.safetensors"
 
-[ "$fails" -eq 0 ] && echo "all bake/stack CLI checks passed"
-exit $((fails > 0))
+finish

@@ -2,16 +2,7 @@
 # test_hash.sh: `mood hash` end to end: text and --json output for the Civitai mock file
 # (values from ecosystem.md, computed with hashlib/zlib), the sshs_model_hash check for a
 # matching, stale, LyCORIS "0x" and empty-input value, and the exit codes (1 usage, 2 missing).
-set -u
-MOOD=${MOOD:?set MOOD to the mood binary}
-FIX=${MOOD_FIXTURES:?set MOOD_FIXTURES}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() {
-    echo "FAIL: $*" >&2
-    fails=$((fails + 1))
-}
+. "$(dirname "$0")/lib.sh"
 
 mock="$FIX/st/mock_ink_style.safetensors"
 out=$("$MOOD" hash "$mock") || fail "hash exited $?"
@@ -82,5 +73,4 @@ rc=$?
 [ $rc -eq 1 ] || fail "unknown option: exit $rc, want 1"
 "$MOOD" help hash | grep -q "AutoV3" || fail "help text"
 
-[ $fails -eq 0 ] && echo "test_hash.sh: all passed"
-exit $((fails > 0))
+finish

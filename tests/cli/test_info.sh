@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # test_info.sh: `mood info`, `mood help` and the dispatcher: help for every command, JSON output,
 # and exit codes for unknown commands and options.
-set -u
-fails=0; passes=0
-check() { # check NAME CONDITION...
-    local name=$1; shift
-    if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/lib.sh"
 
 out=$("$MOOD" info); check "info prints version" grep -q "^mood [0-9]" <<<"$out"
 check "info names the registry" grep -q "registry:" <<<"$out"
@@ -24,5 +19,4 @@ done
 "$MOOD" info --bogus 2>/dev/null; check "unknown option exits 1" test $? -eq 1
 "$MOOD" 2>/dev/null; check "no command exits 1" test $? -eq 1
 
-echo "$passes passed, $fails failed"
-[ $fails -eq 0 ]
+finish

@@ -4,14 +4,8 @@
 # sshs_model_hash (AutoV3 computed by kohya), module counts from tests/fixtures/kohya/cases.json,
 # SHA-256 / AutoV3 / parameter counts recomputed here with Python's hashlib; a file with training
 # tags; and the exit codes for corrupt (1) and missing (2) files.
-set -u
-fails=0; passes=0
-check() { # check NAME CONDITION...
-    local name=$1; shift
-    if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); fi
-}
-F=$MOOD_FIXTURES
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/lib.sh"
+F=$FIX
 
 # --- kohya LoRAs: JSON fields against cases.json and kohya's embedded AutoV3 ----------------
 for f in sd1_lora sd1_locon_fp16 sd2_locon sdxl_lora sdxl_locon; do
@@ -126,5 +120,4 @@ check "corrupt file names the file" grep -q "corrupt.safetensors" <<<"$err"
 printf '{"a":1}' >"$tmp/not.json"
 "$MOOD" inspect "$tmp/not.json" 2>/dev/null; check "non-safetensors exits 1" test $? -eq 1
 
-echo "$passes passed, $fails failed"
-[ $fails -eq 0 ]
+finish

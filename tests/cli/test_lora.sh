@@ -4,24 +4,7 @@
 # alphas, metadata read back with a stdlib-only header reader), ranks equal to those kohya chose
 # for the same commands (tests/fixtures/svd, when present), and the exit codes: 1 for bad input
 # (corrupt file, bad rank or method, families that do not match, usage) and 2 for a missing file.
-set -u
-MOOD=${MOOD:?set MOOD to the mood binary}
-FIX=${MOOD_FIXTURES:?set MOOD_FIXTURES}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() {
-    echo "FAIL: $*" >&2
-    fails=$((fails + 1))
-}
-# expect_rc WANT NAME CMD...: runs CMD (stdout to $tmp/out, stderr to $tmp/err), checks its status.
-expect_rc() {
-    local want=$1 name=$2 rc
-    shift 2
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-    [ "$rc" -eq "$want" ] || fail "$name: exit $rc, expected $want ($(head -c 300 "$tmp/err"))"
-}
+. "$(dirname "$0")/lib.sh"
 # header FILE: prints the safetensors header as JSON (python3 stdlib only).
 header() {
     python3 -c '
@@ -105,5 +88,4 @@ expect_rc 1 "bad dtype" "$MOOD" lora merge "$lora" --rank 2 --dtype f8 -o "$tmp/
 expect_rc 0 "help" "$MOOD" help lora resize
 grep -q "sv_fro" "$tmp/out" || fail "resize help"
 
-[ "$fails" -eq 0 ] && echo "all lora tests passed"
-exit $((fails > 0))
+finish
