@@ -12,9 +12,9 @@
 #include "mood/mood.h"
 
 typedef struct cli_command {
-    const char *name;    /* "inspect", "lora stack", ... */
-    const char *summary; /* one line for `mood help` */
-    const char *help;    /* full text for `mood help NAME` */
+    const char *name;                  /* "inspect", "lora stack", ... */
+    const char *summary;               /* one line for `mood help` */
+    const char *help;                  /* full text for `mood help NAME` */
     int (*run)(int argc, char **argv); /* argv[0] is the command name */
 } cli_command;
 
@@ -69,6 +69,5 @@ int cmd_lora_resize(int argc, char **argv);
 int cmd_lora_extract(int argc, char **argv);
 extern const char cmd_info_help[], cmd_inspect_help[], cmd_hash_help[], cmd_bake_help[],
     cmd_lora_stack_help[], cmd_lora_merge_help[], cmd_lora_resize_help[], cmd_lora_extract_help[];
-
 
 #endif /* MOOD_CLI_CLI_H */

@@ -149,8 +149,7 @@ int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1
         double v;
         if (!colon || cli_parse_double(colon + 1, &v) != 0) {
             if (colon && access(copy, F_OK) != 0) {
-                fprintf(stderr, "mood: error: '%s': weight '%s' is not a number\n", arg,
-                        colon + 1);
+                fprintf(stderr, "mood: error: '%s': weight '%s' is not a number\n", arg, colon + 1);
                 free(copy);
                 return 1;
             }

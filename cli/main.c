@@ -11,8 +11,8 @@
 #include "cli/cli.h"
 
 const cli_command cli_commands[] = {
-    {"info", "show the version, build options, devices and where the registry lives",
-     cmd_info_help, cmd_info},
+    {"info", "show the version, build options, devices and where the registry lives", cmd_info_help,
+     cmd_info},
     {"inspect", "describe a checkpoint or LoRA: family, algorithm, ranks, modules, metadata",
      cmd_inspect_help, cmd_inspect},
     {"hash", "compute AutoV1/V2/V3, SHA-256 and CRC32 of a model file", cmd_hash_help, cmd_hash},
@@ -22,8 +22,8 @@ const cli_command cli_commands[] = {
     {"lora merge", "merge LoRAs into one LoRA of a chosen rank (SVD)", cmd_lora_merge_help,
      cmd_lora_merge},
     {"lora resize", "change the rank of a LoRA", cmd_lora_resize_help, cmd_lora_resize},
-    {"lora extract", "extract a LoRA from the difference of two checkpoints",
-     cmd_lora_extract_help, cmd_lora_extract},
+    {"lora extract", "extract a LoRA from the difference of two checkpoints", cmd_lora_extract_help,
+     cmd_lora_extract},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -46,8 +46,9 @@ static void log_to_stderr(int level, const char *message, void *payload)
 
 static void print_overview(FILE *out)
 {
-    fprintf(out, "mood %s: image styles for Stable Diffusion (LoRA files, bake, merge)\n\n"
-                 "usage: mood <command> [arguments]\n\ncommands:\n",
+    fprintf(out,
+            "mood %s: image styles for Stable Diffusion (LoRA files, bake, merge)\n\n"
+            "usage: mood <command> [arguments]\n\ncommands:\n",
             mood_version());
     for (const cli_command *c = cli_commands; c->name; c++)
         fprintf(out, "  %-14s %s\n", c->name, c->summary);

@@ -158,8 +158,7 @@ done:
 static int write_error(const mood_atomic_file *af, int e)
 {
     if (e == ENOSPC || e == EDQUOT)
-        return mood_error_set(MOOD_EIO, "%s: no space left on the device while writing",
-                              af->path);
+        return mood_error_set(MOOD_EIO, "%s: no space left on the device while writing", af->path);
     if (e == EFBIG)
         return mood_error_set(MOOD_EIO, "%s: file size limit reached while writing", af->path);
     return mood_error_set(MOOD_EIO, "%s: write failed: %s", af->path, strerror(e));

@@ -16,17 +16,27 @@ static const struct {
     const char *name;
     int bits;
 } dtype_info[MOOD_DTYPE_COUNT] = {
-    [MOOD_DTYPE_BOOL] = {"BOOL", 8},        [MOOD_DTYPE_F4] = {"F4", 4},
-    [MOOD_DTYPE_F6_E2M3] = {"F6_E2M3", 6},  [MOOD_DTYPE_F6_E3M2] = {"F6_E3M2", 6},
-    [MOOD_DTYPE_U8] = {"U8", 8},            [MOOD_DTYPE_I8] = {"I8", 8},
-    [MOOD_DTYPE_F8_E5M2] = {"F8_E5M2", 8},  [MOOD_DTYPE_F8_E4M3] = {"F8_E4M3", 8},
-    [MOOD_DTYPE_F8_E8M0] = {"F8_E8M0", 8},  [MOOD_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
+    [MOOD_DTYPE_BOOL] = {"BOOL", 8},
+    [MOOD_DTYPE_F4] = {"F4", 4},
+    [MOOD_DTYPE_F6_E2M3] = {"F6_E2M3", 6},
+    [MOOD_DTYPE_F6_E3M2] = {"F6_E3M2", 6},
+    [MOOD_DTYPE_U8] = {"U8", 8},
+    [MOOD_DTYPE_I8] = {"I8", 8},
+    [MOOD_DTYPE_F8_E5M2] = {"F8_E5M2", 8},
+    [MOOD_DTYPE_F8_E4M3] = {"F8_E4M3", 8},
+    [MOOD_DTYPE_F8_E8M0] = {"F8_E8M0", 8},
+    [MOOD_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
     [MOOD_DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8},
-    [MOOD_DTYPE_I16] = {"I16", 16},         [MOOD_DTYPE_U16] = {"U16", 16},
-    [MOOD_DTYPE_F16] = {"F16", 16},         [MOOD_DTYPE_BF16] = {"BF16", 16},
-    [MOOD_DTYPE_I32] = {"I32", 32},         [MOOD_DTYPE_U32] = {"U32", 32},
-    [MOOD_DTYPE_F32] = {"F32", 32},         [MOOD_DTYPE_C64] = {"C64", 64},
-    [MOOD_DTYPE_F64] = {"F64", 64},         [MOOD_DTYPE_I64] = {"I64", 64},
+    [MOOD_DTYPE_I16] = {"I16", 16},
+    [MOOD_DTYPE_U16] = {"U16", 16},
+    [MOOD_DTYPE_F16] = {"F16", 16},
+    [MOOD_DTYPE_BF16] = {"BF16", 16},
+    [MOOD_DTYPE_I32] = {"I32", 32},
+    [MOOD_DTYPE_U32] = {"U32", 32},
+    [MOOD_DTYPE_F32] = {"F32", 32},
+    [MOOD_DTYPE_C64] = {"C64", 64},
+    [MOOD_DTYPE_F64] = {"F64", 64},
+    [MOOD_DTYPE_I64] = {"I64", 64},
     [MOOD_DTYPE_U64] = {"U64", 64},
 };
 
@@ -282,8 +292,8 @@ int mood_dtype_to_f32(float *out, const void *src, mood_dtype dt, size_t n)
             memcpy(&h, p + 2 * i, 2);
             exp = (h >> 10) & 0x1F;
             if (exp != 0 && exp != 0x1F)
-                out[i] = bits_to_f32(((uint32_t)(h & 0x8000) << 16) |
-                                     ((exp + 112) << 23) | ((uint32_t)(h & 0x3FF) << 13));
+                out[i] = bits_to_f32(((uint32_t)(h & 0x8000) << 16) | ((exp + 112) << 23) |
+                                     ((uint32_t)(h & 0x3FF) << 13));
             else
                 out[i] = f16_to_f32(h);
         }

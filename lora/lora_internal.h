@@ -110,18 +110,18 @@ typedef enum mood_role {
 } mood_role;
 
 typedef struct mood_module {
-    char *name;                  /* module name as in the file */
-    const mood_target *target;   /* borrowed from the adapter's keymap */
+    char *name;                /* module name as in the file */
+    const mood_target *target; /* borrowed from the adapter's keymap */
     mood_algo algo;
     const mood_st_tensor *t[ROLE_COUNT]; /* NULL where absent; point into the mapped file */
     int rank;
-    double alpha;   /* from the file, or the default */
+    double alpha; /* from the file, or the default */
     int has_alpha;
-    double scale;   /* what ΔW is multiplied by: alpha/rank, ROLE_SCALE, or 1 */
-    int dora;       /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
+    double scale; /* what ΔW is multiplied by: alpha/rank, ROLE_SCALE, or 1 */
+    int dora;     /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
     int tucker;
-    int old_glora;  /* GLoRA in the old LyCORIS layout (§3.4) */
-    int peft_dora;  /* magnitude from PEFT: norm of W + m·s·ΔW (§3.5 PEFT row) */
+    int old_glora; /* GLoRA in the old LyCORIS layout (§3.4) */
+    int peft_dora; /* magnitude from PEFT: norm of W + m·s·ΔW (§3.5 PEFT row) */
     /* Target shape, from the base (or inferred from the factors when no base): out, in, kh, kw;
      * ndim 2 for Linear (kh = kw = 1), 4 for Conv, 1 for norms. */
     int ndim;
@@ -153,12 +153,12 @@ int mood__tensor_f32(float **out, const mood_st_tensor *t, const char *file);
 
 /* lora_write.c: writes LoRA modules given as float32 up/down(/alpha) in kohya layout. */
 typedef struct mood_lora_out_module {
-    char *name;        /* kohya module name */
+    char *name; /* kohya module name */
     int rank;
     double alpha;
-    float *up;         /* (out, rank) ; written as (out, rank, 1, 1) for convs */
-    float *down;       /* (rank, in*kh*kw) ; written as (rank, in, kh, kw) for convs */
-    int ndim;          /* 2 or 4 */
+    float *up;   /* (out, rank) ; written as (out, rank, 1, 1) for convs */
+    float *down; /* (rank, in*kh*kw) ; written as (rank, in, kh, kw) for convs */
+    int ndim;    /* 2 or 4 */
     int64_t out, in, kh, kw;
 } mood_lora_out_module;
 

@@ -25,7 +25,7 @@ struct mood_st_file {
     mood_st_tensor *tensors; /* sorted by data offset */
     size_t count;
     const mood_st_tensor **by_name; /* the tensors sorted by name */
-    char **meta;     /* key, value, key, value, ... */
+    char **meta;                    /* key, value, key, value, ... */
     size_t meta_count;
 };
 
@@ -196,7 +196,8 @@ static int cmp_offset(const void *a, const void *b)
 
 static int cmp_name(const void *a, const void *b)
 {
-    return strcmp((*(const mood_st_tensor *const *)a)->name, (*(const mood_st_tensor *const *)b)->name);
+    return strcmp((*(const mood_st_tensor *const *)a)->name,
+                  (*(const mood_st_tensor *const *)b)->name);
 }
 
 /* Names must be unique; checked before the layout so that a duplicated entry is reported as

@@ -228,8 +228,7 @@ static int build_header(mood_buf *h, mood_st_writer *w, entry **order)
         for (int d = 0; !err && d < e->ndim; d++)
             err = mood_buf_printf(h, d ? ",%lld" : "%lld", (long long)e->shape[d]);
         if (!err)
-            err = mood_buf_printf(h, "],\"data_offsets\":[%llu,%llu]}",
-                                  (unsigned long long)offset,
+            err = mood_buf_printf(h, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
                                   (unsigned long long)(offset + e->nbytes));
         offset += e->nbytes;
     }

@@ -25,7 +25,6 @@
 
 #include "lora/lora_internal.h"
 
-
 #define CLAMP_QUANTILE 0.99f
 #define MIN_SV         1e-6
 
@@ -695,7 +694,7 @@ typedef struct resize_ctx {
     mood_resize_method method;
     double param;
     int rank;
-    int conv_rank; /* for modules whose target is a convolution (kohya: 4-D lora_down) */
+    int conv_rank;  /* for modules whose target is a convolution (kohya: 4-D lora_down) */
     double fro_sum; /* Σ retained Frobenius fractions */
     size_t fro_n;
     int old_max;
@@ -830,8 +829,8 @@ static int resize_meta(const char ***meta_out, mood_buf *buf, const mood_adapter
     mood__lora_py_float(param, sizeof param, c->param);
     /* three NUL-separated strings in buf: comment, dim, alpha */
     if (c->method == MOOD_RESIZE_FIXED && c->conv_rank != c->rank)
-        err = mood_buf_printf(buf, "dimension is resized from %d to %d (conv: %d); %s",
-                              c->old_max, c->rank, c->conv_rank, old ? old : "");
+        err = mood_buf_printf(buf, "dimension is resized from %d to %d (conv: %d); %s", c->old_max,
+                              c->rank, c->conv_rank, old ? old : "");
     else if (c->method == MOOD_RESIZE_FIXED)
         err = mood_buf_printf(buf, "dimension is resized from %d to %d; %s", c->old_max, c->rank,
                               old ? old : "");

@@ -17,33 +17,33 @@
 
 static int harness_failures;
 
-#define MOOD_CHECK(cond)                                                                          \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);              \
-            harness_failures++;                                                                   \
-        }                                                                                         \
+#define MOOD_CHECK(cond)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            harness_failures++;                                                                    \
+        }                                                                                          \
     } while (0)
 
-#define MOOD_CHECK_MSG(cond, ...)                                                                 \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);              \
-            fprintf(stderr, __VA_ARGS__);                                                         \
-            fprintf(stderr, "\n");                                                                \
-            harness_failures++;                                                                   \
-        }                                                                                         \
+#define MOOD_CHECK_MSG(cond, ...)                                                                  \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            harness_failures++;                                                                    \
+        }                                                                                          \
     } while (0)
 
 /* Checks that a libmood call returned 0, printing mood_error_last() otherwise. */
-#define MOOD_CHECK_OK(call)                                                                       \
-    do {                                                                                          \
-        int check_rc_ = (call);                                                                   \
-        if (check_rc_ != 0) {                                                                     \
-            fprintf(stderr, "%s:%d: %s returned %d: %s\n", __FILE__, __LINE__, #call, check_rc_,  \
-                    mood_error_last());                                                           \
-            harness_failures++;                                                                   \
-        }                                                                                         \
+#define MOOD_CHECK_OK(call)                                                                        \
+    do {                                                                                           \
+        int check_rc_ = (call);                                                                    \
+        if (check_rc_ != 0) {                                                                      \
+            fprintf(stderr, "%s:%d: %s returned %d: %s\n", __FILE__, __LINE__, #call, check_rc_,   \
+                    mood_error_last());                                                            \
+            harness_failures++;                                                                    \
+        }                                                                                          \
     } while (0)
 
 typedef struct {
@@ -51,9 +51,9 @@ typedef struct {
     void (*fn)(void);
 } harness_test;
 
-#define MOOD_T(fn)                                                                                \
-    {                                                                                             \
-#fn, fn                                                                                   \
+#define MOOD_T(fn)                                                                                 \
+    {                                                                                              \
+#fn, fn                                                                                    \
     }
 
 static inline int harness_run(const harness_test *tests, size_t n)
@@ -74,11 +74,11 @@ static inline int harness_run(const harness_test *tests, size_t n)
     return failed ? 1 : 0;
 }
 
-#define MOOD_TEST_MAIN(...)                                                                       \
-    int main(void)                                                                                \
-    {                                                                                             \
-        static const harness_test tests[] = {__VA_ARGS__};                                        \
-        return harness_run(tests, sizeof tests / sizeof tests[0]);                                \
+#define MOOD_TEST_MAIN(...)                                                                        \
+    int main(void)                                                                                 \
+    {                                                                                              \
+        static const harness_test tests[] = {__VA_ARGS__};                                         \
+        return harness_run(tests, sizeof tests / sizeof tests[0]);                                 \
     }
 
 /* Path of a fixture file: $MOOD_FIXTURES/rel (tests/fixtures when unset). Static buffer. */

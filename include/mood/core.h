@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 #if defined(__GNUC__)
-#define MOOD_WARN_UNUSED __attribute__((warn_unused_result))
+#define MOOD_WARN_UNUSED  __attribute__((warn_unused_result))
 #define MOOD_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #define MOOD_WARN_UNUSED

@@ -13,14 +13,14 @@ extern "C" {
 
 typedef struct mood_file_hashes {
     uint64_t size;
-    char sha256[65];     /* SHA-256 of the whole file, lowercase hex; AutoV2 = first 10 chars */
-    char autov1[9];      /* SHA-256 of bytes [1 MiB, 1 MiB + 64 KiB), first 8 hex chars */
-    int autov1_civitai;  /* Civitai records AutoV1 only for files of at least 2 MiB */
-    int is_safetensors;  /* the file parsed as a safetensors header (AutoV3 is set) */
-    char autov3[65];     /* SHA-256 of the bytes after the safetensors header */
-    char crc32[9];       /* CRC-32 in Civitai's byte order (little-endian bytes), uppercase */
-    char crc32_zlib[9];  /* the same value as zlib prints it, uppercase */
-    char sshs_model_hash[80];  /* embedded in __metadata__, verbatim ("" when absent) */
+    char sha256[65];    /* SHA-256 of the whole file, lowercase hex; AutoV2 = first 10 chars */
+    char autov1[9];     /* SHA-256 of bytes [1 MiB, 1 MiB + 64 KiB), first 8 hex chars */
+    int autov1_civitai; /* Civitai records AutoV1 only for files of at least 2 MiB */
+    int is_safetensors; /* the file parsed as a safetensors header (AutoV3 is set) */
+    char autov3[65];    /* SHA-256 of the bytes after the safetensors header */
+    char crc32[9];      /* CRC-32 in Civitai's byte order (little-endian bytes), uppercase */
+    char crc32_zlib[9]; /* the same value as zlib prints it, uppercase */
+    char sshs_model_hash[80]; /* embedded in __metadata__, verbatim ("" when absent) */
     char sshs_legacy_hash[80];
 } mood_file_hashes;
 

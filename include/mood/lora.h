@@ -95,9 +95,9 @@ mood_family mood_adapter_family(const mood_adapter *a);
 const char *mood_adapter_family_source(const mood_adapter *a);
 
 typedef struct mood_module_info {
-    const char *name;   /* module name as written in the file */
-    const char *target; /* base tensor key it patches (single-file layout), e.g.
-                           "model.diffusion_model.input_blocks.1.1.proj_in.weight" */
+    const char *name;       /* module name as written in the file */
+    const char *target;     /* base tensor key it patches (single-file layout), e.g.
+                               "model.diffusion_model.input_blocks.1.1.proj_in.weight" */
     const char *kohya_name; /* the kohya-style module name mood writes for it */
     mood_part part;
     mood_algo algo;
@@ -105,10 +105,10 @@ typedef struct mood_module_info {
     double alpha; /* as stored (or the implied default) */
     double scale; /* alpha / rank, or the algorithm's fixed scale */
     int has_alpha;
-    int dora;       /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
-    int tucker;     /* lora_mid / hada_t1 / lokr_t2 present */
-    int slice;      /* -1, or q/k/v row slice 0..2 of a fused in_proj weight */
-    int conv;       /* target is a convolution with kernel > 1 */
+    int dora;         /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
+    int tucker;       /* lora_mid / hada_t1 / lokr_t2 present */
+    int slice;        /* -1, or q/k/v row slice 0..2 of a fused in_proj weight */
+    int conv;         /* target is a convolution with kernel > 1 */
     mood_dtype dtype; /* dtype of the factors */
 } mood_module_info;
 
@@ -191,9 +191,8 @@ MOOD_WARN_UNUSED int mood_lora_resize(const char *input, mood_resize_method meth
 
 /* Extracts a LoRA from the difference of two checkpoints, kohya extract_lora_from_models.py
  * semantics (§5.5): rank for Linear/1x1, conv_rank for kxk convs (0 = skip them). */
-MOOD_WARN_UNUSED int mood_lora_extract(const char *base, const char *tuned, int rank,
-                                       int conv_rank, double min_diff,
-                                       const mood_lora_write_options *o);
+MOOD_WARN_UNUSED int mood_lora_extract(const char *base, const char *tuned, int rank, int conv_rank,
+                                       double min_diff, const mood_lora_write_options *o);
 
 #ifdef __cplusplus
 }

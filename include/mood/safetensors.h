@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define MOOD_ST_MAX_DIMS 8
+#define MOOD_ST_MAX_DIMS   8
 #define MOOD_ST_MAX_HEADER 100000000ULL /* the reference implementation's limit */
 
 /* In the reference implementation's enum order (increasing alignment); the writer sorts tensors
@@ -127,8 +127,7 @@ MOOD_WARN_UNUSED int mood_st_writer_add_lazy(mood_st_writer *w, const char *name
                                              int ndim, const int64_t *shape, mood_st_fill_fn fill,
                                              void *payload);
 /* Sets (or replaces) a metadata entry. Metadata keys are written in sorted order. */
-MOOD_WARN_UNUSED int mood_st_writer_set_meta(mood_st_writer *w, const char *key,
-                                             const char *value);
+MOOD_WARN_UNUSED int mood_st_writer_set_meta(mood_st_writer *w, const char *key, const char *value);
 /* SHA-256 of the data section the writer will produce (AutoV3), as 64 lowercase hex, computed
  * without writing; needed to embed sshs_model_hash. Calls lazy fills. */
 MOOD_WARN_UNUSED int mood_st_writer_data_sha256(mood_st_writer *w, char hex_out[65]);

@@ -16,7 +16,6 @@
 #include "mood/hash.h"
 #include "harness.h"
 
-
 /* Reads the kohya LoRA `rel` into out modules (F32 copies), in file order of down tensors. */
 static size_t load_modules(mood_lora_out_module *mods, size_t cap, const mood_st_file *f)
 {

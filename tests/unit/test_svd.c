@@ -265,8 +265,8 @@ static void test_errors(void)
     o.output = scratch_path("err.safetensors");
     MOOD_CHECK(mood_lora_merge(w, 2, 4, 0, &o) == MOOD_EFAMILY);
     MOOD_CHECK(mood_lora_merge(w, 1, 0, 0, &o) == MOOD_EINVAL);
-    MOOD_CHECK(mood_lora_resize(fixture("kohya/nope.safetensors"), MOOD_RESIZE_FIXED, 0, 2, 0, &o) ==
-               MOOD_ENOTFOUND);
+    MOOD_CHECK(mood_lora_resize(fixture("kohya/nope.safetensors"), MOOD_RESIZE_FIXED, 0, 2, 0,
+                                &o) == MOOD_ENOTFOUND);
     MOOD_CHECK(mood_lora_resize(fixture("kohya/sd1_lora.safetensors"), MOOD_RESIZE_SV_FRO, -1, 2, 0,
                                 &o) == MOOD_EINVAL);
     MOOD_CHECK(mood_lora_extract(fixture("bases/sd1_base.safetensors"),
