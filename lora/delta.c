@@ -626,8 +626,9 @@ static int needs_w(const mood_module *m, const float *w)
                           m->name, mood_algo_name(m->algo), m->dora ? " with DoRA" : "");
 }
 
-/* The scaled ΔW of algorithms that are a function of the factors (and W for GLoRA). */
-static int raw_delta(float *out, const mood_module *m, const float *w, int64_t numel)
+/* The ΔW of algorithms that are a function of the factors (and W for GLoRA), before the
+ * module's scale. */
+static int unscaled_delta(float *out, const mood_module *m, const float *w, int64_t numel)
 {
     int err;
     switch (m->algo) {
@@ -651,9 +652,18 @@ static int raw_delta(float *out, const mood_module *m, const float *w, int64_t n
         return mood_error_set(MOOD_EINVAL, "module \"%s\": %s has no raw ΔW", m->name,
                               mood_algo_name(m->algo));
     }
-    for (int64_t i = 0; !err && i < numel; i++)
-        out[i] = (float)(out[i] * m->scale);
     return err;
+}
+
+/* The scaled ΔW (full and norm deltas are stored scaled). */
+static int raw_delta(float *out, const mood_module *m, const float *w, int64_t numel)
+{
+    int err = unscaled_delta(out, m, w, numel);
+    if (err || m->algo == MOOD_ALGO_FULL || m->algo == MOOD_ALGO_NORM)
+        return err;
+    for (int64_t i = 0; i < numel; i++)
+        out[i] = (float)(out[i] * m->scale);
+    return 0;
 }
 
 /* W' (not ΔW) of the non-additive algorithms at multiplier mult, into dst. */
@@ -737,17 +747,25 @@ static int apply_logical(const mood_module *m, float *w, float mult)
         return 0; /* bias-only module */
     if ((err = alloc_f32(&tmp, numel)) != 0)
         return err;
-    if (mood__module_is_additive(m) || m->algo == MOOD_ALGO_GLORA) {
-        if (m->algo == MOOD_ALGO_GLORA && m->dora)
-            err = transformed(tmp, m, w, mult);
-        else if ((err = raw_delta(tmp, m, w, numel)) == 0)
+    if (mood__module_is_additive(m)) {
+        /* one pass: scale, multiply and add in place (the arithmetic of raw_delta + add) */
+        double scale = (m->algo == MOOD_ALGO_FULL || m->algo == MOOD_ALGO_NORM) ? 1.0 : m->scale;
+        if ((err = unscaled_delta(tmp, m, w, numel)) == 0) {
+#pragma omp parallel for schedule(static) if (numel > (1 << 20))
             for (int64_t i = 0; i < numel; i++)
-                tmp[i] = w[i] + mult * tmp[i];
+                w[i] = w[i] + mult * (float)(tmp[i] * scale);
+        }
     } else {
-        err = transformed(tmp, m, w, mult);
+        if (m->algo == MOOD_ALGO_GLORA && !m->dora) {
+            if ((err = raw_delta(tmp, m, w, numel)) == 0)
+                for (int64_t i = 0; i < numel; i++)
+                    tmp[i] = w[i] + mult * tmp[i];
+        } else {
+            err = transformed(tmp, m, w, mult);
+        }
+        if (!err)
+            memcpy(w, tmp, (size_t)numel * sizeof *w);
     }
-    if (!err)
-        memcpy(w, tmp, (size_t)numel * sizeof *w);
     mood_free(tmp);
     return err;
 }
