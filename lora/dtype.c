@@ -9,6 +9,7 @@
 #include <math.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define MOOD_HAVE_F16C_PATH 1
 #endif
@@ -245,8 +246,12 @@ __attribute__((target("avx,f16c"))) static void f32_to_f16_f16c(uint8_t *p, cons
 static int have_f16c(void)
 {
     static int cached = -1;
+    unsigned a, b, c, d;
+    /* F16C is CPUID.1:ECX bit 29; "avx" also checks that the OS saves the YMM registers. Not
+     * __builtin_cpu_supports("f16c"): clang 14 does not know that name. */
     if (cached < 0)
-        cached = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+        cached = __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) &&
+                 (c & (1u << 29)) != 0;
     return cached;
 }
 #endif
