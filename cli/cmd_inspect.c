@@ -549,6 +549,22 @@ static void print_adapter(const cJSON *o)
     print_hashes(o, 1);
 }
 
+/* "859520964 (860 M)": the unit people use when they compare models. */
+static void print_parameters(double n)
+{
+    static const struct {
+        double size;
+        const char *unit;
+    } units[] = {{1e9, "B"}, {1e6, "M"}, {1e3, "K"}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (n >= units[i].size) {
+            printf("%-14s%.0f (%.3g %s)\n", "Parameters:", n, n / units[i].size, units[i].unit);
+            return;
+        }
+    }
+    printf("%-14s%.0f\n", "Parameters:", n);
+}
+
 static void print_checkpoint(const cJSON *o)
 {
     printf("%-14s%s", "File:", str_of(o, "file"));
@@ -557,8 +573,7 @@ static void print_checkpoint(const cJSON *o)
     printf("%-14s%s\n", "Base family:", str_of(o, "family"));
     print_counts("Tensors:", cJSON_GetObjectItemCaseSensitive(o, "parts"), "");
     print_counts("Dtypes:", cJSON_GetObjectItemCaseSensitive(o, "dtypes"), " tensors");
-    printf("%-14s%.0f (%.2f billion)\n", "Parameters:", num_of(o, "parameters"),
-           num_of(o, "parameters") / 1e9);
+    print_parameters(num_of(o, "parameters"));
     printf("%-14s%.0f entries\n", "Metadata:", num_of(o, "metadata_keys"));
     print_hashes(o, 0);
 }
