@@ -9,6 +9,7 @@
 #ifndef MOOD_TESTS_HARNESS_H
 #define MOOD_TESTS_HARNESS_H
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +149,23 @@ static inline unsigned char *read_file(const char *path, size_t *size)
     fclose(f);
     *size = (size_t)(n > 0 ? n : 0);
     return data;
+}
+
+/* Parses a JSON file; NULL when it is missing or malformed. Free with cJSON_Delete. */
+static inline cJSON *load_json(const char *path)
+{
+    size_t n = 0;
+    unsigned char *text = read_file(path, &n);
+    cJSON *root = text ? cJSON_ParseWithLength((const char *)text, n) : NULL;
+    free(text);
+    return root;
+}
+
+/* The string member `key` of o, or NULL. */
+static inline const char *json_str(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 /* |a-b| <= atol + rtol*|b| */

@@ -14,25 +14,10 @@
 #include "harness.h"
 #include "lora/lora_internal.h"
 
-static cJSON *load_json(const char *path)
-{
-    size_t n = 0;
-    unsigned char *text = read_file(path, &n);
-    cJSON *j = text ? cJSON_ParseWithLength((const char *)text, n) : NULL;
-    free(text);
-    return j;
-}
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 /* Base path of a case: its "base" (relative to the folder) or bases/<family>_base. */
 static void case_base(char *out, size_t n, const char *dir, const cJSON *c)
 {
-    const char *base = jstr(c, "base"), *fam = jstr(c, "family");
+    const char *base = json_str(c, "base"), *fam = json_str(c, "family");
     char rel[512];
     if (base)
         snprintf(rel, sizeof rel, "%s/%s", dir, base);
@@ -102,7 +87,7 @@ static void check_case_adapter(const char *cname, const cJSON *c, const mood_ada
 {
     size_t tucker = 0;
     mood_algo want;
-    const char *fam = jstr(c, "family"), *algo = jstr(c, "algo");
+    const char *fam = json_str(c, "family"), *algo = json_str(c, "algo");
     int norms = cname && strstr(cname, "norm") != NULL;
     MOOD_CHECK_MSG(mood_adapter_unmatched_count(a) == 0, "%s: %zu unmatched keys, first %s", file,
                    mood_adapter_unmatched_count(a), mood_adapter_unmatched(a, 0));
@@ -158,7 +143,7 @@ static void run_case(const char *dir, const cJSON *c)
 {
     char base_path[1024], path[1024];
     const cJSON *loras = cJSON_GetObjectItemCaseSensitive(c, "loras"), *l;
-    const char *name = jstr(c, "name"), *expected = jstr(c, "expected");
+    const char *name = json_str(c, "name"), *expected = json_str(c, "expected");
     mood_checkpoint *base = NULL;
     mood_adapter *ads[8] = {NULL};
     size_t n = 0;
@@ -169,9 +154,9 @@ static void run_case(const char *dir, const cJSON *c)
     cJSON_ArrayForEach(l, loras)
     {
         char rel[512];
-        if (n == 8 || !jstr(l, "file"))
+        if (n == 8 || !json_str(l, "file"))
             break;
-        snprintf(rel, sizeof rel, "%s/%s", dir, jstr(l, "file"));
+        snprintf(rel, sizeof rel, "%s/%s", dir, json_str(l, "file"));
         snprintf(path, sizeof path, "%s", fixture(rel));
         MOOD_CHECK_OK(mood_adapter_open(&ads[n], path, base));
         if (ads[n])
@@ -276,8 +261,8 @@ static void test_svd_fixtures(void)
     for (size_t k = 0; k < 3; k++) {
         cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, lists[k]))
         {
-            check_svd_output(base, jstr(c, "expected"));
-            check_svd_output(base, jstr(c, "reference"));
+            check_svd_output(base, json_str(c, "expected"));
+            check_svd_output(base, json_str(c, "reference"));
         }
     }
     mood_checkpoint_close(base);
@@ -331,9 +316,10 @@ static void test_kohya_recipes(void)
         mood_adapter *a = NULL, *nb = NULL;
         snprintf(rel, sizeof rel, "kohya/%s", r->string);
         snprintf(base_path, sizeof base_path, "%s",
-                 fixture(strcmp(jstr(r, "family"), "sd1") == 0   ? "bases/sd1_base.safetensors"
-                         : strcmp(jstr(r, "family"), "sd2") == 0 ? "bases/sd2_base.safetensors"
-                                                                 : "bases/sdxl_base.safetensors"));
+                 fixture(strcmp(json_str(r, "family"), "sd1") == 0 ? "bases/sd1_base.safetensors"
+                         : strcmp(json_str(r, "family"), "sd2") == 0
+                             ? "bases/sd2_base.safetensors"
+                             : "bases/sdxl_base.safetensors"));
         MOOD_CHECK_OK(mood_checkpoint_open(&base, base_path));
         MOOD_CHECK_OK(mood_adapter_open(&a, fixture(rel), base));
         if (a)
@@ -342,7 +328,7 @@ static void test_kohya_recipes(void)
         MOOD_CHECK_OK(mood_adapter_open(&nb, fixture(rel), NULL));
         if (a && nb) {
             MOOD_CHECK(nb->n_modules == a->n_modules && nb->n_unmatched == 0);
-            MOOD_CHECK(strcmp(mood_family_name(nb->family), jstr(r, "family")) == 0);
+            MOOD_CHECK(strcmp(mood_family_name(nb->family), json_str(r, "family")) == 0);
             for (size_t i = 0; i < a->n_modules; i++)
                 MOOD_CHECK_MSG(nb->modules[i].out == a->modules[i].out &&
                                    nb->modules[i].in * nb->modules[i].kh ==

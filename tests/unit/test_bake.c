@@ -138,16 +138,11 @@ static double num(const cJSON *o, const char *key, double dflt)
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
-static const char *str(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 /* Bakes one case of dir/cases.json; returns 1 when it matches the reference. */
 static int run_case(const char *dir, const cJSON *c)
 {
-    const char *name = str(c, "name"), *base = str(c, "base"), *exp = str(c, "expected");
+    const char *name = json_str(c, "name"), *base = json_str(c, "base"),
+               *exp = json_str(c, "expected");
     const cJSON *loras = cJSON_GetObjectItemCaseSensitive(c, "loras"), *l;
     mood_weighted_adapter ads[8];
     char paths[8][1024], base_path[1024], exp_path[1024], out[1024];
@@ -160,9 +155,9 @@ static int run_case(const char *dir, const cJSON *c)
     }
     cJSON_ArrayForEach(l, loras)
     {
-        if (n == 8 || !str(l, "file"))
+        if (n == 8 || !json_str(l, "file"))
             return 0;
-        snprintf(paths[n], sizeof paths[n], "%s/%s", fixture(dir), str(l, "file"));
+        snprintf(paths[n], sizeof paths[n], "%s/%s", fixture(dir), json_str(l, "file"));
         ads[n].path = paths[n];
         ads[n].unet = num(l, "unet", 1.0);
         ads[n].te = num(l, "te", ads[n].unet);
@@ -208,7 +203,8 @@ static int run_folder(const char *dir)
         int ok = run_case(dir, c);
         total++;
         failed += !ok;
-        printf("  %-5s %s/%s\n", ok ? "ok" : "FAIL", dir, str(c, "name") ? str(c, "name") : "?");
+        printf("  %-5s %s/%s\n", ok ? "ok" : "FAIL", dir,
+               json_str(c, "name") ? json_str(c, "name") : "?");
     }
     printf("  %s: %d of %d cases match the reference\n", dir, total - failed, total);
     cJSON_Delete(root);

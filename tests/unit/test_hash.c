@@ -12,27 +12,12 @@
 #include "harness.h"
 #include "mood/hash.h"
 
-static cJSON *load_json(const char *path)
-{
-    size_t n = 0;
-    unsigned char *text = read_file(path, &n);
-    cJSON *root = text ? cJSON_ParseWithLength((const char *)text, n) : NULL;
-    free(text);
-    return root;
-}
-
-static const char *str(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 /* Builds a recipe file: u64le(len(header)) + header + data[i] = ((i * 2654435761) >> 13) & 0xFF
  * with the product taken mod 2^64. */
 static const char *make_recipe(const cJSON *entry)
 {
     const cJSON *recipe = cJSON_GetObjectItemCaseSensitive(entry, "recipe");
-    const char *header = str(recipe, "header"), *name = str(entry, "name");
+    const char *header = json_str(recipe, "header"), *name = json_str(entry, "name");
     const cJSON *len = cJSON_GetObjectItemCaseSensitive(recipe, "data_len");
     size_t hlen, dlen;
     unsigned char *buf;
@@ -57,22 +42,24 @@ static const char *make_recipe(const cJSON *entry)
 static void check_entry(const cJSON *entry, const char *path)
 {
     mood_file_hashes h;
-    const char *civ = str(entry, "autov1_civitai");
+    const char *civ = json_str(entry, "autov1_civitai");
     const cJSON *size = cJSON_GetObjectItemCaseSensitive(entry, "size");
     MOOD_CHECK_OK(mood_hash_file(&h, path, NULL, NULL));
     MOOD_CHECK_MSG(cJSON_IsNumber(size) && h.size == (uint64_t)size->valuedouble, "%s", path);
-    MOOD_CHECK_MSG(strcmp(h.sha256, str(entry, "sha256")) == 0, "%s: sha256 %s", path, h.sha256);
-    MOOD_CHECK_MSG(strncmp(h.sha256, str(entry, "autov2"), 10) == 0, "%s", path);
-    MOOD_CHECK_MSG(strcmp(h.autov3, str(entry, "autov3")) == 0, "%s: autov3 %s", path, h.autov3);
+    MOOD_CHECK_MSG(strcmp(h.sha256, json_str(entry, "sha256")) == 0, "%s: sha256 %s", path,
+                   h.sha256);
+    MOOD_CHECK_MSG(strncmp(h.sha256, json_str(entry, "autov2"), 10) == 0, "%s", path);
+    MOOD_CHECK_MSG(strcmp(h.autov3, json_str(entry, "autov3")) == 0, "%s: autov3 %s", path,
+                   h.autov3);
     MOOD_CHECK(h.is_safetensors);
-    MOOD_CHECK_MSG(strcmp(h.autov1, str(entry, "autov1_a1111")) == 0, "%s: autov1 %s", path,
+    MOOD_CHECK_MSG(strcmp(h.autov1, json_str(entry, "autov1_a1111")) == 0, "%s: autov1 %s", path,
                    h.autov1);
     MOOD_CHECK_MSG(civ ? h.autov1_civitai && strcmp(civ, h.autov1) == 0 : !h.autov1_civitai,
                    "%s: autov1_civitai %d", path, h.autov1_civitai);
-    MOOD_CHECK_MSG(strcmp(h.crc32, str(entry, "crc32_civitai")) == 0, "%s: crc32 %s", path,
+    MOOD_CHECK_MSG(strcmp(h.crc32, json_str(entry, "crc32_civitai")) == 0, "%s: crc32 %s", path,
                    h.crc32);
-    MOOD_CHECK_MSG(strcmp(h.crc32_zlib, str(entry, "crc32_zlib")) == 0, "%s: crc32 zlib %s", path,
-                   h.crc32_zlib);
+    MOOD_CHECK_MSG(strcmp(h.crc32_zlib, json_str(entry, "crc32_zlib")) == 0, "%s: crc32 zlib %s",
+                   path, h.crc32_zlib);
 }
 
 static void test_against_python(void)
@@ -83,7 +70,7 @@ static void test_against_python(void)
     MOOD_CHECK_MSG(cJSON_IsArray(files), "cannot read %s", fixture("st/hashes.json"));
     cJSON_ArrayForEach(entry, files)
     {
-        const char *file = str(entry, "file"), *path;
+        const char *file = json_str(entry, "file"), *path;
         char rel[512];
         if (file) {
             snprintf(rel, sizeof rel, "st/%s", file);
