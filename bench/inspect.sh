@@ -11,6 +11,7 @@ root=$(dirname "$here")
 MOOD=${1:-${MOOD:-build/mood}}
 RUNS=${2:-11}
 PY=${PYTHON:-$root/tools/.venv/bin/python}
+. "$here/lib.sh"
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/mood-bench-inspect-XXXXXX")
 trap 'rm -rf "$tmpdir"' EXIT
 lora="$tmpdir/sdxl_lora.safetensors"
@@ -27,18 +28,6 @@ with safe_open(sys.argv[1], "np") as f:
     shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
 print(len(shapes), len(meta))
 PY
-
-median_ms() { # median wall time in ms of RUNS runs of "$@"
-    local times=()
-    for ((i = 0; i < RUNS; i++)); do
-        local t0 t1
-        t0=$(date +%s%N)
-        "$@" >/dev/null
-        t1=$(date +%s%N)
-        times+=($(((t1 - t0) / 1000)))
-    done
-    printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2)] / 1000 }'
-}
 
 mood_ms=$(median_ms "$MOOD" inspect --json "$lora")
 ref_ms=$(median_ms "$PY" "$tmpdir/ref.py" "$lora")

@@ -5,14 +5,15 @@ middle_block and output_blocks_0..2 at 1280 channels with 10, output_blocks_3..5
 cross-attention context 2048) and text encoders (te1: CLIP ViT-L, 12 layers of 768; te2:
 OpenCLIP ViT-bigG, 32 layers of 1280), as kohya sd-scripts networks/lora.py names them.
 
-Usage: tools/.venv/bin/python bench/make_sdxl_lora.py OUT.safetensors [N_TENSORS]
+Usage: tools/.venv/bin/python bench/make_sdxl_lora.py OUT.safetensors [N_TENSORS [RANK]]
+(rank 4 gives about 20 MB; rank 30, about 145 MB, is the size of a typical shared SDXL LoRA.)
 """
 import sys
 
 import torch
 from safetensors.torch import save_file
 
-RANK = 4
+RANK = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 
 
 def unet_modules():

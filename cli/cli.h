@@ -67,6 +67,33 @@ int cmd_lora_stack(int argc, char **argv);
 int cmd_lora_merge(int argc, char **argv);
 int cmd_lora_resize(int argc, char **argv);
 int cmd_lora_extract(int argc, char **argv);
+/* The registry commands (cmd_import.c, cmd_style.c, cmd_doctor.c). */
+int cmd_import(int argc, char **argv);
+int cmd_list(int argc, char **argv);
+int cmd_show(int argc, char **argv);
+int cmd_search(int argc, char **argv);
+int cmd_style_create(int argc, char **argv);
+int cmd_style_edit(int argc, char **argv);
+int cmd_tag(int argc, char **argv);
+int cmd_rename(int argc, char **argv);
+int cmd_rm(int argc, char **argv);
+int cmd_doctor(int argc, char **argv);
+extern const char cmd_import_help[], cmd_list_help[], cmd_show_help[], cmd_search_help[],
+    cmd_style_create_help[], cmd_style_edit_help[], cmd_tag_help[], cmd_rename_help[],
+    cmd_rm_help[], cmd_doctor_help[];
+/* Opens the registry at the default home; returns 0 or the exit status after printing the
+ * error. */
+int cli_registry_open(mood_registry **out);
+
+/* Style packs (cmd_pack.c). */
+int cmd_pack_export(int argc, char **argv);
+int cmd_pack_import(int argc, char **argv);
+extern const char cmd_pack_export_help[], cmd_pack_import_help[];
+
+/* The CLIP tokenizer and A1111 prompt syntax (cmd_tokenize.c). */
+int cmd_tokenize(int argc, char **argv);
+extern const char cmd_tokenize_help[];
+
 extern const char cmd_info_help[], cmd_inspect_help[], cmd_hash_help[], cmd_bake_help[],
     cmd_lora_stack_help[], cmd_lora_merge_help[], cmd_lora_resize_help[], cmd_lora_extract_help[];
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cmd_civitai.h"
 
 const cli_command cli_commands[] = {
     {"info", "show the version, build options, devices and where the registry lives", cmd_info_help,
@@ -24,6 +25,30 @@ const cli_command cli_commands[] = {
     {"lora resize", "change the rank of a LoRA", cmd_lora_resize_help, cmd_lora_resize},
     {"lora extract", "extract a LoRA from the difference of two checkpoints", cmd_lora_extract_help,
      cmd_lora_extract},
+    {"import", "add LoRA files (and their sidecars) to the style registry", cmd_import_help,
+     cmd_import},
+    {"list", "list the styles in the registry", cmd_list_help, cmd_list},
+    {"show", "everything the registry knows about a style", cmd_show_help, cmd_show},
+    {"search", "find styles by name, trigger words, tags, description", cmd_search_help,
+     cmd_search},
+    {"style create", "make a style from LoRAs with weights, triggers, template",
+     cmd_style_create_help, cmd_style_create},
+    {"style edit", "change a style's LoRAs, triggers, template, weight", cmd_style_edit_help,
+     cmd_style_edit},
+    {"tag", "add or remove tags of a style", cmd_tag_help, cmd_tag},
+    {"rename", "rename a style", cmd_rename_help, cmd_rename},
+    {"rm", "remove styles (and stored files nothing else uses)", cmd_rm_help, cmd_rm},
+    {"doctor", "check the registry (and repair it with --fix)", cmd_doctor_help, cmd_doctor},
+    {"pack export", "write styles to a .moodpack file to share them", cmd_pack_export_help,
+     cmd_pack_export},
+    {"pack import", "add the styles of a .moodpack file to the registry", cmd_pack_import_help,
+     cmd_pack_import},
+    {"tokenize", "show the CLIP tokens, weights and 75-token chunks of a prompt (A1111 syntax)",
+     cmd_tokenize_help, cmd_tokenize},
+    {"civitai link", "look styles up on Civitai by hash and store what it knows",
+     cmd_civitai_link_help, cmd_civitai_link},
+    {"update-check", "list styles whose Civitai model has a newer version", cmd_update_check_help,
+     cmd_update_check},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -116,7 +141,16 @@ int main(int argc, char **argv)
     }
     c = find_command(argc - 1, argv + 1, &words);
     if (!c) {
-        if (strcmp(argv[1], "lora") == 0)
+        if (strcmp(argv[1], "pack") == 0)
+            fprintf(stderr, "mood: error: 'mood pack' needs a subcommand: export or import; see "
+                            "'mood help'\n");
+        else if (strcmp(argv[1], "style") == 0)
+            fprintf(stderr, "mood: error: 'mood style' needs a subcommand: create or edit; see "
+                            "'mood help'\n");
+        else if (strcmp(argv[1], "civitai") == 0)
+            fprintf(stderr, "mood: error: 'mood civitai' needs a subcommand: link; see "
+                            "'mood help'\n");
+        else if (strcmp(argv[1], "lora") == 0)
             fprintf(stderr, "mood: error: 'mood lora' needs a subcommand: stack, merge, resize "
                             "or extract; see 'mood help'\n");
         else

@@ -18,7 +18,8 @@ else()
 endif()
 # OpenBLAS on its own, so that its library is looked up in its own libdir first.
 pkg_check_modules(MOOD_BLAS REQUIRED IMPORTED_TARGET openblas)
-pkg_check_modules(MOOD_PC REQUIRED IMPORTED_TARGET libcjson lapacke zlib libcrypto)
+pkg_check_modules(MOOD_PC REQUIRED IMPORTED_TARGET libcjson lapacke zlib libcrypto sqlite3
+                  libarchive libcurl)
 find_package(OpenMP REQUIRED COMPONENTS C)
 find_package(Threads REQUIRED)
 add_library(mood_deps INTERFACE)

@@ -5,10 +5,17 @@
  * Per target module (grouped by its kohya name across the inputs):
  *   - every contribution plain LoRA (no Tucker mid): ranks are concatenated with the weights
  *     folded in. c = m·s of each input is split as sign(c)·√|c| on down and √|c| on up, so
- *     U·D = Σ c_i·U_i·D_i; alpha = total rank, so the file's scale α/r is 1 (unlike kohya's
- *     merge_lora.py --concat, which keeps alpha and squares the ratio, §5.2).
+ *     U·D = Σ c_i·U_i·D_i (unlike kohya's merge_lora.py --concat, which keeps alpha and squares
+ *     the ratio, §5.2).
  *   - otherwise (LoHa, LoKr, Tucker, full diff): the exact ΔW = Σ c_i·ΔW_i is computed and stored
  *     at full rank r = min(out, in·kh·kw) as up·down == ΔW: the smaller side is an identity.
+ * Every module of the file then gets the same alpha A, the largest rank in the file, and its
+ * factors are multiplied by √(r/A), so (A/r)·up·down is still exactly the sum. A uniform alpha
+ * matters to diffusers (≤ 0.42 at least): it loads a kohya file's per-module alphas through a
+ * PEFT `alpha_pattern` whose keys it misnames for U-Net attention modules
+ * (`…attn1.processor.to_k_lora.down.weight`) and, with transformers ≥ 5, for text-encoder modules,
+ * so every module whose alpha differs from the file's most common alpha gets the wrong scale.
+ * With one alpha nothing goes through `alpha_pattern`; the ranks (`rank_pattern`) load correctly.
  * Inputs whose effect depends on the base weight (DoRA, OFT, BOFT, IA3, GLoRA) cannot be stacked
  * exactly without a base and are refused, as are norm and bias deltas, which a LoRA cannot hold.
  */
@@ -239,6 +246,27 @@ static int build_module(mood_lora_out_module *o, const group *g)
     return err;
 }
 
+/* One alpha A (the largest rank) for every module; the factors of a module of rank r carry
+ * √(r/A) each, so that (A/r)·up·down equals the scale-1 product built above. */
+static void uniform_alpha(mood_lora_out_module *mods, size_t n)
+{
+    int big = 0;
+    for (size_t i = 0; i < n; i++)
+        big = mods[i].rank > big ? mods[i].rank : big;
+    for (size_t i = 0; i < n; i++) {
+        mood_lora_out_module *o = &mods[i];
+        int64_t cols = o->in * o->kh * o->kw;
+        if (o->rank != big) {
+            float f = (float)sqrt((double)o->rank / (double)big);
+            for (int64_t k = 0; k < o->out * (int64_t)o->rank; k++)
+                o->up[k] *= f;
+            for (int64_t k = 0; k < (int64_t)o->rank * cols; k++)
+                o->down[k] *= f;
+        }
+        o->alpha = (double)big;
+    }
+}
+
 /* ----- mood_lora_stack ---------------------------------------------------------------------- */
 
 /* [{"file": name, "autov3": hex, "unet": m, "te": m}, ...] */
@@ -290,16 +318,50 @@ static int open_inputs(mood_adapter **ads, mood_family *family, const mood_weigh
     return err;
 }
 
-static int write_stack(const groups *gs, mood_family family, const mood_weighted_adapter *in,
-                       size_t n, const mood_lora_write_options *o)
+/* As `mood lora merge` (kohya's svd_merge_lora.py): ss_v2 and ss_base_model_version come from
+ * the first input that has them. An SD2 stack of inputs trained on the 512 epsilon model
+ * ("sd_v2") is then described as such, not as the 768-v model lora_write.c assumes for SD2. */
+static size_t inherited_meta(const char **meta, mood_adapter *const *ads, size_t n)
+{
+    size_t k = 0;
+    const char *ver = NULL;
+    for (size_t key = 0; key < 2; key++) {
+        const char *name = key ? "ss_base_model_version" : "ss_v2";
+        for (size_t i = 0; i < n; i++) {
+            const char *v = mood_st_meta_get(ads[i]->file, name);
+            if (v) {
+                meta[k++] = name;
+                meta[k++] = v;
+                if (key)
+                    ver = v;
+                break;
+            }
+        }
+    }
+    if (ver && strcmp(ver, "sd_v2") == 0) {
+        meta[k++] = "modelspec.architecture";
+        meta[k++] = "stable-diffusion-v2-512/lora";
+        meta[k++] = "modelspec.resolution";
+        meta[k++] = "512x512";
+        meta[k++] = "modelspec.prediction_type";
+        meta[k++] = "epsilon";
+    }
+    return k;
+}
+
+static int write_stack(const groups *gs, mood_family family, mood_adapter *const *ads,
+                       const mood_weighted_adapter *in, size_t n, const mood_lora_write_options *o)
 {
     mood_lora_out_module *mods = mood_calloc(gs->n ? gs->n : 1, sizeof *mods);
     mood_buf rec;
-    const char *meta[5] = {"mood_stacked_from", NULL, "ss_network_module", "networks.lora", NULL};
+    const char *meta[16] = {"mood_stacked_from", NULL, "ss_network_module", "networks.lora"};
     int err = mods ? 0 : mood_error_nomem();
+    meta[4 + inherited_meta(meta + 4, ads, n)] = NULL;
     mood_buf_init(&rec);
     for (size_t i = 0; i < gs->n && !err; i++)
         err = build_module(&mods[i], &gs->g[i]);
+    if (!err)
+        uniform_alpha(mods, gs->n);
     if (!err && (err = stacked_record(&rec, in, n)) == 0) {
         meta[1] = rec.data;
         err = mood__lora_write(o->output, mods, gs->n, family, o->dtype, meta, o->progress,
@@ -332,7 +394,7 @@ int mood_lora_stack(const mood_weighted_adapter *inputs, size_t n, const mood_lo
         err = mood_error_set(MOOD_EINVAL, "stack: the inputs have no module with a non-zero "
                                           "multiplier");
     if (!err)
-        err = write_stack(&gs, family, inputs, n, o);
+        err = write_stack(&gs, family, ads, inputs, n, o);
 done:
     groups_dispose(&gs);
     for (size_t k = 0; k < n; k++)

@@ -6,6 +6,7 @@
  *   hash.h         AutoV1/V2/V3, SHA-256 and CRC32 of model files
  *   lora.h         every LoRA flavour: parsing, base families, ΔW, bake, stack, merge, resize,
  *                  extract
+ *   tokenizer.h    the CLIP BPE tokenizer, A1111 emphasis and 75-token chunks
  */
 #ifndef MOOD_MOOD_H
 #define MOOD_MOOD_H
@@ -14,5 +15,10 @@
 #include "mood/safetensors.h"
 #include "mood/hash.h"
 #include "mood/lora.h"
+#include "mood/registry.h"
+#include "mood/civitai.h"
+#include "mood/pack.h"
+#include "mood/tokenizer.h"
+#include "mood/rng.h"
 
 #endif /* MOOD_MOOD_H */

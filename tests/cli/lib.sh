@@ -6,6 +6,10 @@ MOOD=${MOOD:?set MOOD to the mood binary}
 FIX=${MOOD_FIXTURES:?set MOOD_FIXTURES to tests/fixtures}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# No test reaches the network: `mood import` looks files up on Civitai unless offline.
+# test_civitai.sh undoes this for its local mock server.
+export MOOD_OFFLINE=1
+unset CIVITAI_TOKEN MOOD_CIVITAI_URL
 fails=0
 passes=0
 

@@ -129,6 +129,35 @@ static void test_stack_is_plain_lora(void)
     remove(out);
 }
 
+/* Ranks differ per module (LoRA r4 + block-wise LoCon), yet every module has the same alpha (the
+ * largest rank): diffusers mis-scales kohya files whose per-module alphas differ (stack.c). */
+static void test_stack_uniform_alpha(void)
+{
+    char pa[1024], pb[1024], out[1024];
+    mood_weighted_adapter in[2] = {{pa, 0.7, 0.7}, {pb, -0.4, -0.4}};
+    mood_lora_write_options o;
+    mood_adapter *a = NULL;
+    int lo = 1 << 30, hi = 0;
+    snprintf(pa, sizeof pa, "%s", fixture("kohya/sd1_lora.safetensors"));
+    snprintf(pb, sizeof pb, "%s", fixture("kohya/sd1_locon_fp16.safetensors"));
+    snprintf(out, sizeof out, "%s", scratch_path("uniform.safetensors"));
+    memset(&o, 0, sizeof o);
+    o.output = out;
+    o.dtype = MOOD_DTYPE_F32;
+    MOOD_CHECK_OK(mood_lora_stack(in, 2, &o));
+    MOOD_CHECK_OK(mood_adapter_open(&a, out, NULL));
+    for (size_t i = 0; a && i < mood_adapter_module_count(a); i++) {
+        mood_module_info info;
+        mood_adapter_module(a, i, &info);
+        lo = info.rank < lo ? info.rank : lo;
+        hi = info.rank > hi ? info.rank : hi;
+        MOOD_CHECK(info.has_alpha && info.alpha == 8.0);
+    }
+    MOOD_CHECK(lo < hi && hi == 8);
+    mood_adapter_close(a);
+    remove(out);
+}
+
 static void check_refused(const char *file, const char *words)
 {
     char p[1024], out[1024];
@@ -156,4 +185,5 @@ static void test_stack_refuses_base_dependent(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_stack_lora_and_locon), MOOD_T(test_stack_lycoris),
-               MOOD_T(test_stack_is_plain_lora), MOOD_T(test_stack_refuses_base_dependent))
+               MOOD_T(test_stack_is_plain_lora), MOOD_T(test_stack_uniform_alpha),
+               MOOD_T(test_stack_refuses_base_dependent))

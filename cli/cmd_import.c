@@ -1,0 +1,264 @@
+/*
+ * cmd_import.c: `mood import PATH... [--json]`: LoRA files and folders into the registry.
+ *
+ * Folders are walked recursively in name order. In a folder, .safetensors files are imported,
+ * pickles (.ckpt/.pt/.pth/.bin) are reported as refused, sidecars (.json, .civitai.info, .txt,
+ * images) are read with their LoRA and otherwise passed over, anything else is reported and
+ * skipped. Each file is imported all or nothing; one failing file does not stop the others, and
+ * the exit status is the worst seen (0 ok, 1 a file was refused, 2 environment).
+ */
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "cli/cli.h"
+#include "cli/cmd_civitai.h"
+
+const char cmd_import_help[] =
+    "usage: mood import PATH|URL|civitai:VERSION_ID|AIR... [--offline] [--nsfw LEVEL] [--json]\n\n"
+    "Adds LoRA files to your style registry (see 'mood info' for where it lives; set MOOD_HOME\n"
+    "to use another). PATH is a .safetensors file or a folder, searched recursively.\n\n"
+    "Each LoRA becomes a style named after the file (inkwash.safetensors -> 'inkwash'), which\n"
+    "you then use as <lora:inkwash:0.8> or with 'mood gen --style inkwash'. Style names may\n"
+    "only hold letters, digits, '_', '-' and '.' (what <lora:NAME:W> carries in A1111 and\n"
+    "Civitai) and are unique regardless of case: a file called 'Ink Wash (v2).safetensors' is\n"
+    "imported as 'Ink_Wash_v2', a second 'inkwash' as 'inkwash-2'; a note says so, and\n"
+    "'mood rename' changes it.\n\n"
+    "What is kept: the file itself (stored once by its SHA-256: importing the same file again\n"
+    "changes nothing and says which style has it), its base family (sd1, sd2, sdxl),\n"
+    "algorithm, rank, alpha, the training metadata (ss_*, modelspec.*), trigger words, and\n"
+    "what other tools left beside it:\n"
+    "  NAME.json            A1111: activation text, preferred weight, notes, description\n"
+    "  NAME.civitai.info    Civitai Helper: trained words, model name, base model, ids\n"
+    "  NAME.txt             trigger words\n"
+    "  NAME.preview.png, NAME.png (.jpg, .webp)   preview images\n\n"
+    "Refused: checkpoints (use them as base models instead), and pickle files (.ckpt, .pt,\n"
+    ".pth, .bin), which can run code when loaded and are never opened.\n\n"
+    "From the web: an http(s) URL is downloaded (resuming an interrupted download, file name\n"
+    "from the server) and imported. A Civitai reference (civitai:VERSION_ID, a model or version\n"
+    "page URL such as https://civitai.com/models/123?modelVersionId=456 - the model's latest\n"
+    "version without modelVersionId - or an AIR such as urn:air:sd1:lora:civitai:123@456)\n"
+    "downloads the version's file, checks it against the SHA-256 Civitai publishes, and stores\n"
+    "Civitai's data: ids, names, base model, trained words, description, NSFW level, licence\n"
+    "and permissions, AIR, previews. Every imported file is also looked up on Civitai by its\n"
+    "SHA-256 ('mood civitai link' does it later). CIVITAI_TOKEN (an API key, needed for most\n"
+    "downloads) is sent to Civitai only and never stored; MOOD_CIVITAI_URL changes the site.\n\n"
+    "  --offline   no Civitai lookups (MOOD_OFFLINE=1 does the same)\n"
+    "  --nsfw LEVEL  previews kept from Civitai: none, pg (default), pg13, r, x, xxx\n"
+    "  --json    print a summary object: imported [{file, name, wanted, renamed, sha256,\n"
+    "            autov3, family, previews, sidecars}], already [{file, name, sha256}],\n"
+    "            skipped [{file, reason}], failed [{file, error}]\n\n"
+    "Exit status: 0 all imported (or already there), 1 a file was refused, 2 a file could not\n"
+    "be read or the registry could not be written.\n";
+
+typedef struct import_run {
+    mood_registry *r;
+    int json, status;
+    cJSON *imported, *already, *skipped, *failed;
+    cli_civitai_flags cf; /* --offline, --nsfw (cmd_civitai.c) */
+} import_run;
+
+int cli_registry_open(mood_registry **out)
+{
+    int err = mood_registry_open(out, NULL);
+    return err ? cli_fail(err) : 0;
+}
+
+static int worse(int a, int b)
+{
+    return a > b ? a : b;
+}
+
+static int has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcasecmp(s + n - k, suffix) == 0;
+}
+
+static void skip(import_run *run, const char *path, const char *reason)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "file", path);
+    cJSON_AddStringToObject(o, "reason", reason);
+    cJSON_AddItemToArray(run->skipped, o);
+    if (!run->json)
+        fprintf(stderr, "mood: skipped %s: %s\n", path, reason);
+}
+
+static void report_rename(const import_run *run, const mood_import_result *res)
+{
+    if (run->json || !res->renamed)
+        return;
+    if (mood_registry_name_check(res->wanted) != 0)
+        cli_warn("%s; imported as '%s'", mood_error_last(), res->name);
+    else
+        cli_warn("a style named '%s' exists already; imported as '%s' ('mood rename' changes it)",
+                 res->wanted, res->name);
+}
+
+static void import_one(import_run *run, const char *path)
+{
+    mood_import_result res;
+    int err = mood_registry_import_file(run->r, &res, path, cli_progress, NULL);
+    cJSON *o = cJSON_CreateObject();
+    cli_progress_done();
+    cJSON_AddStringToObject(o, "file", path);
+    if (err) {
+        cJSON_AddStringToObject(o, "error", mood_error_last());
+        cJSON_AddItemToArray(run->failed, o);
+        if (!run->json)
+            fprintf(stderr, "mood: error: %s\n", mood_error_last());
+        run->status = worse(run->status, mood_error_is_user(err) ? 1 : 2);
+        return;
+    }
+    cJSON_AddStringToObject(o, "name", res.name);
+    cJSON_AddStringToObject(o, "sha256", res.sha256);
+    if (res.already) {
+        cJSON_AddItemToArray(run->already, o);
+        if (!run->json)
+            printf("%s: already in the registry as %s\n", path, res.name);
+        return;
+    }
+    cJSON_AddStringToObject(o, "wanted", res.wanted);
+    cJSON_AddBoolToObject(o, "renamed", res.renamed);
+    cJSON_AddStringToObject(o, "autov3", res.autov3);
+    cJSON_AddStringToObject(o, "family", res.family);
+    cJSON_AddNumberToObject(o, "previews", res.previews);
+    cJSON_AddNumberToObject(o, "sidecars", res.sidecars);
+    cJSON_AddItemToArray(run->imported, o);
+    report_rename(run, &res);
+    if (!run->json)
+        printf("imported %s as %s (%s%s%s)\n", path, res.name, res.family,
+               res.previews ? ", with previews" : "", res.sidecars ? ", sidecars read" : "");
+    cli_civitai_after_import(run->r, res.name, &run->cf, o);
+}
+
+/* A URL or Civitai reference (cmd_civitai.c downloads it and imports the file). */
+static void import_remote(import_run *run, const char *what)
+{
+    cJSON *o = cJSON_CreateObject();
+    int already = 0, st = cli_import_remote(run->r, what, &run->cf, o, &already);
+    cJSON_AddItemToArray(st ? run->failed : already ? run->already : run->imported, o);
+    run->status = worse(run->status, st);
+}
+
+static int is_sidecar(const char *name)
+{
+    static const char *const kinds[] = {".json", ".civitai.info", ".txt", ".png",  ".jpg",
+                                        ".jpeg", ".webp",         ".md",  ".yaml", ".toml"};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        if (has_suffix(name, kinds[i]))
+            return 1;
+    }
+    return 0;
+}
+
+static int is_pickle(const char *name)
+{
+    return has_suffix(name, ".ckpt") || has_suffix(name, ".pt") || has_suffix(name, ".pth") ||
+           has_suffix(name, ".bin") || has_suffix(name, ".pkl");
+}
+
+static void walk(import_run *run, const char *path, int top);
+
+static void walk_dir(import_run *run, const char *dir)
+{
+    struct dirent **list = NULL;
+    int n = scandir(dir, &list, NULL, alphasort);
+    if (n < 0) {
+        fprintf(stderr, "mood: error: %s: cannot read the folder\n", dir);
+        run->status = worse(run->status, 2);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *name = list[i]->d_name;
+        size_t len = strlen(dir) + strlen(name) + 2;
+        char *child = malloc(len);
+        if (name[0] != '.' && child) {
+            snprintf(child, len, "%s%s%s", dir, has_suffix(dir, "/") ? "" : "/", name);
+            walk(run, child, 0);
+        }
+        free(child);
+        free(list[i]);
+    }
+    free(list);
+}
+
+static void walk(import_run *run, const char *path, int top)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "file", path);
+        cJSON_AddStringToObject(o, "error", "no such file or folder");
+        cJSON_AddItemToArray(run->failed, o);
+        fprintf(stderr, "mood: error: %s: no such file or folder\n", path);
+        run->status = worse(run->status, 2);
+    } else if (S_ISDIR(st.st_mode)) {
+        walk_dir(run, path);
+    } else if (has_suffix(path, ".safetensors") || (top && is_pickle(path))) {
+        import_one(run, path);
+    } else if (is_pickle(path)) {
+        skip(run, path, "pickle file: not loaded (it could run code); convert it to .safetensors");
+    } else if (top) {
+        skip(run, path, "not a .safetensors file");
+        run->status = worse(run->status, 1);
+    } else if (!is_sidecar(path)) {
+        skip(run, path, "not a .safetensors file");
+    }
+}
+
+int cmd_import(int argc, char **argv)
+{
+    import_run run = {0};
+    int rc, any = 0;
+    cli_civitai_flags_init(&run.cf);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            run.json = 1;
+        else if (strcmp(argv[i], "--offline") == 0)
+            run.cf.offline = 1;
+        else if (strcmp(argv[i], "--nsfw") == 0 && i + 1 < argc) {
+            if (cli_parse_nsfw(argv[++i], &run.cf.nsfw_max) != 0)
+                return 1;
+        } else if (argv[i][0] == '-' && argv[i][1])
+            return cli_usage_error("import", "unknown option '%s'", argv[i]);
+        else
+            any = 1;
+    }
+    if (!any)
+        return cli_usage_error("import", "give the LoRA files or folders to import");
+    if ((rc = cli_registry_open(&run.r)) != 0)
+        return rc;
+    run.imported = cJSON_CreateArray();
+    run.already = cJSON_CreateArray();
+    run.skipped = cJSON_CreateArray();
+    run.failed = cJSON_CreateArray();
+    run.cf.json = run.json;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--nsfw") == 0)
+            i++;
+        else if (strcmp(argv[i], "--json") == 0 || strcmp(argv[i], "--offline") == 0)
+            continue;
+        else if (cli_is_remote(argv[i]))
+            import_remote(&run, argv[i]);
+        else
+            walk(&run, argv[i], 1);
+    }
+    mood_registry_close(run.r);
+    if (run.json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "imported", run.imported);
+        cJSON_AddItemToObject(o, "already", run.already);
+        cJSON_AddItemToObject(o, "skipped", run.skipped);
+        cJSON_AddItemToObject(o, "failed", run.failed);
+        return worse(run.status, cli_print_json(o));
+    }
+    cJSON_Delete(run.imported);
+    cJSON_Delete(run.already);
+    cJSON_Delete(run.skipped);
+    cJSON_Delete(run.failed);
+    return run.status;
+}

@@ -1,0 +1,155 @@
+/*
+ * cmd_pack.c: `mood pack export NAME... -o FILE.moodpack [--reference-only] [--json]` and
+ * `mood pack import FILE [--json]`: sharing styles as one file (include/mood/pack.h).
+ */
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "mood/pack.h"
+
+const char cmd_pack_export_help[] =
+    "usage: mood pack export NAME... -o FILE.moodpack [--reference-only] [--license TEXT]\n"
+    "                        [--attribution TEXT] [--json]\n\n"
+    "Writes the named styles to one file to share them: their LoRAs, trigger words, weights,\n"
+    "prompt templates, negative prompts, tags, previews, and where each LoRA came from (AIR,\n"
+    "licence), described by a manifest.json inside the archive (tar + zstd). The same styles\n"
+    "always give the same file. 'mood pack import' reads it back.\n\n"
+    "  -o FILE            the pack to write (replaced only once complete)\n"
+    "  --reference-only   do not embed the LoRA files: reference them by SHA-256 and AIR\n"
+    "                     (the importer must have them, or fetch them from Civitai)\n"
+    "  --license TEXT     licence of the pack as a whole, stored in the manifest\n"
+    "  --attribution TEXT credits, stored in the manifest\n"
+    "  --json             print {pack, styles, reference_only, size}\n\n"
+    "Exit status: 0 written, 1 unknown style, 2 the pack or a stored file could not be\n"
+    "written or read.\n";
+
+const char cmd_pack_import_help[] =
+    "usage: mood pack import FILE.moodpack [--json]\n\n"
+    "Adds the styles of a pack to the registry, with their LoRAs and previews. Everything in\n"
+    "the pack is checked first: only plain files listed in its manifest (no links, devices,\n"
+    "absolute paths or '..'), sizes within limits (8 GiB unpacked), and every file's SHA-256\n"
+    "as the manifest says. Then all of it is added in one step: if anything is wrong, nothing\n"
+    "is added and the message says which file of the pack was refused.\n\n"
+    "LoRAs the pack only references (made with --reference-only) must already be in the\n"
+    "registry; otherwise the import stops and lists each missing one with its SHA-256 and\n"
+    "AIR (import it with 'mood import'). A style whose name is taken is refused: rename or\n"
+    "remove yours first.\n\n"
+    "  --json    print {pack, styles, adapters_added, adapters_present, previews,\n"
+    "            attribution, license, created_by}\n\n"
+    "Exit status: 0 imported, 1 the pack was refused or needs missing LoRAs, 2 it could not\n"
+    "be read or the registry could not be written.\n";
+
+/* A style or adapter that is not in the registry is a problem of the input (exit 1); a pack file
+ * that does not exist is one of the environment (exit 2). */
+static int fail(int err, const char *pack)
+{
+    int rc = cli_fail(err);
+    return err == MOOD_ENOTFOUND && (!pack || access(pack, F_OK) == 0) ? 1 : rc;
+}
+
+int cmd_pack_export(int argc, char **argv)
+{
+    mood_pack_export_options o;
+    const char *out = NULL;
+    mood_registry *r = NULL;
+    size_t n = 0;
+    int json = 0, rc = 0, err;
+    mood_pack_export_options_init(&o);
+    /* the names are gathered at the front of argv (n <= i: nothing unread is overwritten) */
+    for (int i = 1; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        int has_value = i + 1 < argc;
+        if (strcmp(a, "--json") == 0)
+            json = 1;
+        else if (strcmp(a, "--reference-only") == 0)
+            o.reference_only = 1;
+        else if ((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && has_value)
+            out = argv[++i];
+        else if (strcmp(a, "--license") == 0 && has_value)
+            o.license = argv[++i];
+        else if (strcmp(a, "--attribution") == 0 && has_value)
+            o.attribution = argv[++i];
+        else if (a[0] == '-' && a[1])
+            rc = cli_usage_error("pack export", "unknown option '%s' (or it needs a value)", a);
+        else
+            argv[n++] = argv[i];
+    }
+    if (!rc && !n)
+        rc = cli_usage_error("pack export", "name at least one style to export");
+    if (!rc && !out)
+        rc = cli_usage_error("pack export", "say where to write the pack: -o FILE.moodpack");
+    if (!rc && (rc = cli_registry_open(&r)) == 0) {
+        o.progress = cli_progress;
+        err = mood_pack_export(r, (const char *const *)argv, n, out, &o);
+        cli_progress_done();
+        if (err) {
+            rc = fail(err, NULL);
+        } else if (json) {
+            cJSON *j = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(j, "styles");
+            FILE *f = fopen(out, "rb");
+            long size = -1;
+            if (f && fseek(f, 0, SEEK_END) == 0)
+                size = ftell(f);
+            if (f)
+                fclose(f);
+            cJSON_AddStringToObject(j, "pack", out);
+            for (size_t i = 0; i < n; i++)
+                cJSON_AddItemToArray(arr, cJSON_CreateString(argv[i]));
+            cJSON_AddBoolToObject(j, "reference_only", o.reference_only);
+            cJSON_AddNumberToObject(j, "size", (double)size);
+            rc = cli_print_json(j);
+        } else {
+            printf("wrote %s (%zu style%s%s)\n", out, n, n == 1 ? "" : "s",
+                   o.reference_only ? ", adapters referenced, not embedded" : "");
+        }
+    }
+    mood_registry_close(r);
+    return rc;
+}
+
+int cmd_pack_import(int argc, char **argv)
+{
+    mood_pack_import_options o;
+    mood_registry *r = NULL;
+    const char *path = NULL;
+    char *text = NULL;
+    int json = 0, rc = 0, err;
+    mood_pack_import_options_init(&o);
+    for (int i = 1; i < argc && !rc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (argv[i][0] == '-' && argv[i][1])
+            rc = cli_usage_error("pack import", "unknown option '%s'", argv[i]);
+        else if (path)
+            rc = cli_usage_error("pack import", "one pack at a time");
+        else
+            path = argv[i];
+    }
+    if (!rc && !path)
+        rc = cli_usage_error("pack import", "name the pack to import");
+    if (rc || (rc = cli_registry_open(&r)) != 0)
+        return rc;
+    o.progress = cli_progress;
+    err = mood_pack_import(&text, r, path, &o);
+    cli_progress_done();
+    mood_registry_close(r);
+    if (err)
+        return fail(err, path);
+    if (json) {
+        rc = cli_print_json(cJSON_Parse(text));
+    } else {
+        cJSON *rep = cJSON_Parse(text), *s;
+        const cJSON *added = cJSON_GetObjectItem(rep, "adapters_added");
+        printf("imported from %s:", path);
+        cJSON_ArrayForEach(s, cJSON_GetObjectItem(rep, "styles"))
+        {
+            printf(" %s", s->valuestring);
+        }
+        printf(" (%d LoRA file%s added)\n", added ? (int)added->valuedouble : 0,
+               added && added->valuedouble == 1 ? "" : "s");
+        cJSON_Delete(rep);
+    }
+    mood_registry_free_string(text);
+    return rc;
+}

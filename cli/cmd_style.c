@@ -1,0 +1,512 @@
+/*
+ * cmd_style.c: the registry's styles: `mood list`, `mood show`, `mood search`,
+ * `mood style create`, `mood style edit`, `mood tag`, `mood rename`, `mood rm`.
+ * The library returns reports as JSON; --json prints them as they are, the human output is made
+ * from the same objects.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+const char cmd_list_help[] =
+    "usage: mood list [--tag TAG] [--base sd1|sd2|sdxl] [--json]\n\n"
+    "Lists the styles in your registry, by name: base family, algorithm and rank of the first\n"
+    "LoRA, preferred weight, tags and trigger words.\n\n"
+    "  --tag TAG    only styles with this tag ('mood tag' adds tags)\n"
+    "  --base B     only styles with a LoRA made for this base family\n"
+    "  --json       print a JSON array: [{name, family, algorithm, rank, weight,\n"
+    "               trigger_words, tags, description, adapters, previews}]\n";
+
+const char cmd_show_help[] =
+    "usage: mood show NAME [--json]\n\n"
+    "Shows everything the registry knows about a style: its LoRAs with their weights (model and\n"
+    "text encoder), base family, algorithm, rank, alpha, trigger words, prompt template,\n"
+    "negative prompt, tags, preview files, where each LoRA came from, and its hashes (AutoV3,\n"
+    "which Civitai and A1111 use to identify a LoRA, and SHA-256).\n\n"
+    "  --json    print it as one JSON object (same facts)\n";
+
+const char cmd_search_help[] =
+    "usage: mood search QUERY [--json]\n\n"
+    "Finds styles whose name, trigger words, tags or description contain every word of QUERY\n"
+    "(as a word or the start of one: 'ink' finds 'inkwash'), best match first.\n\n"
+    "  --json    print a JSON array, as 'mood list --json'\n";
+
+const char cmd_style_create_help[] =
+    "usage: mood style create NAME --lora STYLE_OR_FILE[:W[:W_TE]] ... [options]\n\n"
+    "Makes a new style from LoRAs you have. Each --lora names a style already in the registry\n"
+    "(its LoRAs are used, weights multiplied) or a .safetensors file (imported first). W is the\n"
+    "weight on the image model (default 1) and W_TE the weight on the text encoder (default W).\n\n"
+    "  --trigger WORDS      trigger words, comma-separated, added to prompts\n"
+    "  --template TEXT      prompt template with {prompt} where your prompt goes,\n"
+    "                       e.g. \"{prompt}, ink wash painting, muted colours\"\n"
+    "  --negative TEXT      negative prompt\n"
+    "  --description TEXT   a note for yourself (searchable)\n"
+    "  --weight W           the weight used when you give none (<lora:NAME> or --style NAME)\n\n"
+    "Example:\n"
+    "  mood style create ink-film --lora inkwash:0.8 --lora film-grain:0.3 \\\n"
+    "      --template \"{prompt}, ink wash, film grain\"\n\n"
+    "Names: letters, digits, '_', '-', '.'; unique regardless of case.\n";
+
+const char cmd_style_edit_help[] =
+    "usage: mood style edit NAME [options]\n\n"
+    "Changes a style. Options as for 'mood style create'; only what you give changes. --lora\n"
+    "replaces the whole list of LoRAs. An empty value (--negative \"\") clears a field.\n";
+
+const char cmd_tag_help[] =
+    "usage: mood tag NAME +TAG... -TAG...\n\n"
+    "Adds (+TAG) or removes (-TAG) tags of a style. Tags group styles ('mood list --tag T')\n"
+    "and are searched by 'mood search'. A tag is one word: no spaces or commas.\n\n"
+    "Example: mood tag inkwash +painting +monochrome -old\n";
+
+const char cmd_rename_help[] =
+    "usage: mood rename OLD NEW\n\n"
+    "Renames a style. NEW must be free (regardless of case) and use only letters, digits, '_',\n"
+    "'-' and '.'. Prompts that use <lora:OLD:W> must be changed by you.\n";
+
+const char cmd_rm_help[] =
+    "usage: mood rm NAME...\n\n"
+    "Removes styles. A LoRA file or preview no other style uses is deleted from the registry's\n"
+    "store with it; the original files you imported from are not touched.\n";
+
+/* ----- small helpers ---------------------------------------------------------------------- */
+
+/* A style name that does not exist is the user's mistake (exit 1), not the environment's. */
+static int fail(int err)
+{
+    int rc = cli_fail(err);
+    return err == MOOD_ENOTFOUND ? 1 : rc;
+}
+
+static int print_text_json(char *text, int json)
+{
+    cJSON *v = cJSON_Parse(text);
+    mood_registry_free_string(text);
+    if (!v) {
+        fprintf(stderr, "mood: error: out of memory\n");
+        return 2;
+    }
+    (void)json;
+    return cli_print_json(v);
+}
+
+static const char *str_of(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void print_list(const cJSON *arr, const char *empty)
+{
+    const cJSON *s, *t;
+    if (cJSON_GetArraySize(arr) == 0) {
+        printf("%s\n", empty);
+        return;
+    }
+    printf("%-28s %-7s %-12s %-6s %s\n", "NAME", "BASE", "ALGO/RANK", "WEIGHT", "TAGS / TRIGGERS");
+    cJSON_ArrayForEach(s, arr)
+    {
+        const cJSON *rank = cJSON_GetObjectItem(s, "rank"), *w = cJSON_GetObjectItem(s, "weight");
+        char algo[32], weight[16];
+        int first = 1;
+        snprintf(algo, sizeof algo, "%s", str_of(s, "algorithm") ? str_of(s, "algorithm") : "-");
+        if (cJSON_IsNumber(rank) && rank->valueint > 0)
+            snprintf(algo + strlen(algo), sizeof algo - strlen(algo), "/%d", rank->valueint);
+        if (cJSON_IsNumber(w))
+            snprintf(weight, sizeof weight, "%g", w->valuedouble);
+        else
+            snprintf(weight, sizeof weight, "-");
+        printf("%-28s %-7s %-12s %-6s ", str_of(s, "name"),
+               str_of(s, "family") ? str_of(s, "family") : "-", algo, weight);
+        cJSON_ArrayForEach(t, cJSON_GetObjectItem(s, "tags"))
+        {
+            printf("%s#%s", first ? "" : " ", t->valuestring);
+            first = 0;
+        }
+        if (str_of(s, "trigger_words"))
+            printf("%s%s", first ? "" : "  ", str_of(s, "trigger_words"));
+        printf("\n");
+    }
+}
+
+/* --json plus one positional argument at most `max_pos`; fills pos[]. Returns -1 or exit code. */
+static int parse_simple(int argc, char **argv, const char *cmd, int *json, const char **pos,
+                        int want)
+{
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0 && json)
+            *json = 1;
+        else if (argv[i][0] == '-' && argv[i][1])
+            return cli_usage_error(cmd, "unknown option '%s'", argv[i]);
+        else if (n < want)
+            pos[n++] = argv[i];
+        else
+            return cli_usage_error(cmd, "unexpected argument '%s'", argv[i]);
+    }
+    if (n < want)
+        return cli_usage_error(cmd, "missing %s", want == 2 && n == 1 ? "NEW" : "NAME");
+    return -1;
+}
+
+/* ----- list / show / search ---------------------------------------------------------------- */
+
+int cmd_list(int argc, char **argv)
+{
+    const char *tag = NULL, *base = NULL;
+    mood_registry *r = NULL;
+    mood_family fam;
+    char *text = NULL;
+    int json = 0, rc, err;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (strcmp(argv[i], "--tag") == 0 && i + 1 < argc)
+            tag = argv[++i];
+        else if (strcmp(argv[i], "--base") == 0 && i + 1 < argc)
+            base = argv[++i];
+        else
+            return cli_usage_error("list", "unknown or incomplete option '%s'", argv[i]);
+    }
+    if (base && (mood_family_from_name(&fam, base) != 0 || fam == MOOD_FAMILY_UNKNOWN))
+        return cli_usage_error("list", "--base '%s': expected sd1, sd2 or sdxl", base);
+    if ((rc = cli_registry_open(&r)) != 0)
+        return rc;
+    err = mood_registry_list_json(&text, r, tag, base);
+    mood_registry_close(r);
+    if (err)
+        return fail(err);
+    if (json)
+        return print_text_json(text, 1);
+    cJSON *arr = cJSON_Parse(text);
+    mood_registry_free_string(text);
+    print_list(arr, tag || base ? "no styles match" : "no styles yet: 'mood import FILE' adds one");
+    cJSON_Delete(arr);
+    return 0;
+}
+
+int cmd_search(int argc, char **argv)
+{
+    const char *q[1] = {NULL};
+    mood_registry *r = NULL;
+    char *text = NULL;
+    int json = 0, rc, err;
+    if ((rc = parse_simple(argc, argv, "search", &json, q, 1)) >= 0)
+        return rc;
+    if ((rc = cli_registry_open(&r)) != 0)
+        return rc;
+    err = mood_registry_search_json(&text, r, q[0]);
+    mood_registry_close(r);
+    if (err)
+        return fail(err);
+    if (json)
+        return print_text_json(text, 1);
+    cJSON *arr = cJSON_Parse(text);
+    mood_registry_free_string(text);
+    print_list(arr, "no styles match");
+    cJSON_Delete(arr);
+    return 0;
+}
+
+static void print_field(const char *label, const char *v)
+{
+    if (v && *v)
+        printf("%-14s%s\n", label, v);
+}
+
+static void print_adapter(const cJSON *a)
+{
+    const cJSON *src;
+    const cJSON *alpha = cJSON_GetObjectItem(a, "alpha"), *rank = cJSON_GetObjectItem(a, "rank");
+    printf("  %s  (unet %g, te %g)\n", str_of(a, "file_name") ? str_of(a, "file_name") : "?",
+           cJSON_GetNumberValue(cJSON_GetObjectItem(a, "unet_weight")),
+           cJSON_GetNumberValue(cJSON_GetObjectItem(a, "te_weight")));
+    printf("    %-12s%s (decided by %s)\n", "family", str_of(a, "family"),
+           str_of(a, "family_source") ? str_of(a, "family_source") : "?");
+    printf("    %-12s%s, rank %d, alpha ", "algorithm", str_of(a, "algorithm"),
+           cJSON_IsNumber(rank) ? rank->valueint : 0);
+    if (cJSON_IsNumber(alpha))
+        printf("%g", alpha->valuedouble);
+    else
+        printf("none");
+    printf(", %s, %d modules\n", str_of(a, "dtype") ? str_of(a, "dtype") : "?",
+           (int)cJSON_GetNumberValue(cJSON_GetObjectItem(a, "modules")));
+    if (str_of(a, "autov3"))
+        printf("    %-12s%s  (AutoV3 %s)\n", "AutoV3", str_of(a, "autov3_short"),
+               str_of(a, "autov3"));
+    printf("    %-12s%s\n", "SHA-256", str_of(a, "sha256"));
+    printf("    %-12s%s\n", "stored at", str_of(a, "path"));
+    cJSON_ArrayForEach(src, cJSON_GetObjectItem(a, "sources"))
+    {
+        printf("    %-12s%s %s%s%s\n", "source", str_of(src, "kind"),
+               str_of(src, "location") ? str_of(src, "location") : "",
+               str_of(src, "model_name") ? "  Civitai: " : "",
+               str_of(src, "model_name") ? str_of(src, "model_name") : "");
+    }
+}
+
+static void print_style(const cJSON *s)
+{
+    const cJSON *a, *t, *p, *w = cJSON_GetObjectItem(s, "weight");
+    int first = 1;
+    print_field("Style:", str_of(s, "name"));
+    print_field("Description:", str_of(s, "description"));
+    print_field("Notes:", str_of(s, "notes"));
+    print_field("Triggers:", str_of(s, "trigger_words"));
+    print_field("Template:", str_of(s, "template"));
+    print_field("Negative:", str_of(s, "negative"));
+    if (cJSON_IsNumber(w))
+        printf("%-14s%g\n", "Weight:", w->valuedouble);
+    printf("%-14s", "Tags:");
+    cJSON_ArrayForEach(t, cJSON_GetObjectItem(s, "tags"))
+    {
+        printf("%s%s", first ? "" : ", ", t->valuestring);
+        first = 0;
+    }
+    printf("%s\n", first ? "none" : "");
+    printf("LoRAs:\n");
+    cJSON_ArrayForEach(a, cJSON_GetObjectItem(s, "adapters")) print_adapter(a);
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(s, "previews"))
+    {
+        printf("%-14s%s (%s)\n", "Preview:", str_of(p, "path"), str_of(p, "media_type"));
+    }
+    printf("%-14s%s, changed %s\n", "Created:", str_of(s, "created_at"), str_of(s, "updated_at"));
+}
+
+int cmd_show(int argc, char **argv)
+{
+    const char *name[1] = {NULL};
+    mood_registry *r = NULL;
+    char *text = NULL;
+    int json = 0, rc, err;
+    if ((rc = parse_simple(argc, argv, "show", &json, name, 1)) >= 0)
+        return rc;
+    if ((rc = cli_registry_open(&r)) != 0)
+        return rc;
+    err = mood_registry_show_json(&text, r, name[0]);
+    mood_registry_close(r);
+    if (err)
+        return fail(err);
+    if (json)
+        return print_text_json(text, 1);
+    cJSON *o = cJSON_Parse(text);
+    mood_registry_free_string(text);
+    print_style(o);
+    cJSON_Delete(o);
+    return 0;
+}
+
+/* ----- style create / edit ------------------------------------------------------------------ */
+
+typedef struct style_args {
+    mood_style_spec spec;
+    mood_style_lora *loras;
+    char (*shas)[65];
+    size_t n, cap;
+    int has_loras;
+} style_args;
+
+static int add_lora(style_args *a, const char *sha, double unet, double te)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 8;
+        mood_style_lora *l = realloc(a->loras, cap * sizeof *l);
+        char(*s)[65] = l ? realloc(a->shas, cap * sizeof *s) : NULL;
+        if (l)
+            a->loras = l;
+        if (!l || !s) {
+            fprintf(stderr, "mood: error: out of memory\n");
+            return 2;
+        }
+        a->shas = s;
+        a->cap = cap;
+    }
+    snprintf(a->shas[a->n], 65, "%s", sha);
+    a->loras[a->n++] = (mood_style_lora){NULL, unet, te};
+    return 0;
+}
+
+/* STYLE_OR_FILE[:W[:W_TE]]: a style's LoRAs (weights multiplied) or a file, imported first. */
+static int resolve_lora(style_args *a, mood_registry *r, const char *arg)
+{
+    double w = 1, wte = 1;
+    int has_w, has_wte, rc = 0, err;
+    char *what = NULL;
+    mood_style_lora *list = NULL;
+    size_t n = 0;
+    if ((rc = cli_parse_weighted(arg, &what, &w, &has_w, &wte, &has_wte)) != 0)
+        return rc;
+    if (!has_wte)
+        wte = w;
+    if ((err = mood_registry_style_loras(&list, &n, r, what)) == 0) {
+        for (size_t i = 0; i < n && !rc; i++)
+            rc = add_lora(a, list[i].sha256, list[i].unet * w, list[i].te * wte);
+        mood_registry_free_string((char *)list);
+    } else if (access(what, F_OK) == 0) {
+        mood_import_result res;
+        if ((err = mood_registry_import_file(r, &res, what, cli_progress, NULL)) != 0)
+            rc = fail(err);
+        else if (!res.already)
+            fprintf(stderr, "mood: imported %s as style %s\n", what, res.name);
+        if (!rc)
+            rc = add_lora(a, res.sha256, w, wte);
+    } else {
+        fprintf(stderr, "mood: error: --lora %s: no style of that name and no such file\n", what);
+        rc = 1;
+    }
+    free(what);
+    return rc;
+}
+
+/* Options shared by create and edit; --lora arguments are collected in lora_args. */
+static int parse_style_options(style_args *a, const char ***lora_args, size_t *n_lora, int argc,
+                               char **argv, const char *cmd, const char **name)
+{
+    *lora_args = calloc((size_t)argc, sizeof **lora_args);
+    *n_lora = 0;
+    *name = NULL;
+    if (!*lora_args)
+        return 2;
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (opt[0] != '-' || !opt[1]) {
+            if (*name)
+                return cli_usage_error(cmd, "unexpected argument '%s'", opt);
+            *name = opt;
+            continue;
+        }
+        if (!v)
+            return cli_usage_error(cmd, "option '%s' needs a value", opt);
+        i++;
+        if (strcmp(opt, "--lora") == 0)
+            (*lora_args)[(*n_lora)++] = v;
+        else if (strcmp(opt, "--trigger") == 0)
+            a->spec.trigger_words = v;
+        else if (strcmp(opt, "--template") == 0)
+            a->spec.template_text = v;
+        else if (strcmp(opt, "--negative") == 0)
+            a->spec.negative = v;
+        else if (strcmp(opt, "--description") == 0)
+            a->spec.description = v;
+        else if (strcmp(opt, "--weight") == 0 && cli_parse_double(v, &a->spec.weight) == 0)
+            a->spec.has_weight = 1;
+        else
+            return cli_usage_error(cmd, "unknown option or bad value: %s %s", opt, v);
+    }
+    if (!*name)
+        return cli_usage_error(cmd, "missing NAME");
+    return 0;
+}
+
+static int style_run(int argc, char **argv, int create)
+{
+    const char *cmd = create ? "style create" : "style edit", *name = NULL, **lora_args = NULL;
+    style_args a;
+    mood_registry *r = NULL;
+    size_t n_lora = 0;
+    int rc, err = 0;
+    memset(&a, 0, sizeof a);
+    if ((rc = parse_style_options(&a, &lora_args, &n_lora, argc, argv, cmd, &name)) != 0)
+        goto done;
+    if (create && n_lora == 0) {
+        rc = cli_usage_error(cmd, "give at least one --lora STYLE_OR_FILE[:W[:W_TE]]");
+        goto done;
+    }
+    if (create && mood_registry_name_check(name) != 0) {
+        rc = cli_fail(MOOD_EINVAL); /* before importing anything */
+        goto done;
+    }
+    if ((rc = cli_registry_open(&r)) != 0)
+        goto done;
+    for (size_t i = 0; i < n_lora && !rc; i++)
+        rc = resolve_lora(&a, r, lora_args[i]);
+    if (rc)
+        goto done;
+    for (size_t i = 0; i < a.n; i++)
+        a.loras[i].sha256 = a.shas[i];
+    if (n_lora) {
+        a.spec.loras = a.loras;
+        a.spec.n_loras = a.n;
+    }
+    err = create ? mood_registry_style_create(r, name, &a.spec)
+                 : mood_registry_style_edit(r, name, &a.spec);
+    if (err)
+        rc = fail(err);
+    else
+        printf("%s style %s\n", create ? "created" : "changed", name);
+done:
+    mood_registry_close(r);
+    free(lora_args);
+    free(a.loras);
+    free(a.shas);
+    return rc;
+}
+
+int cmd_style_create(int argc, char **argv)
+{
+    return style_run(argc, argv, 1);
+}
+
+int cmd_style_edit(int argc, char **argv)
+{
+    return style_run(argc, argv, 0);
+}
+
+/* ----- tag / rename / rm ------------------------------------------------------------------- */
+
+int cmd_tag(int argc, char **argv)
+{
+    mood_registry *r = NULL;
+    int rc, err = 0;
+    if (argc < 3)
+        return cli_usage_error("tag", "usage: mood tag NAME +TAG -TAG ...");
+    for (int i = 2; i < argc; i++) {
+        if ((argv[i][0] != '+' && argv[i][0] != '-') || !argv[i][1])
+            return cli_usage_error("tag", "'%s': write +TAG to add a tag, -TAG to remove one",
+                                   argv[i]);
+    }
+    if ((rc = cli_registry_open(&r)) != 0)
+        return rc;
+    for (int i = 2; i < argc && !err; i++)
+        err = mood_registry_tag(r, argv[1], argv[i] + 1, argv[i][0] == '+');
+    mood_registry_close(r);
+    return err ? fail(err) : 0;
+}
+
+int cmd_rename(int argc, char **argv)
+{
+    const char *names[2] = {NULL, NULL};
+    mood_registry *r = NULL;
+    int rc, err;
+    if ((rc = parse_simple(argc, argv, "rename", NULL, names, 2)) >= 0)
+        return rc;
+    if ((rc = cli_registry_open(&r)) != 0)
+        return rc;
+    err = mood_registry_rename(r, names[0], names[1]);
+    mood_registry_close(r);
+    if (err)
+        return fail(err);
+    printf("renamed %s to %s\n", names[0], names[1]);
+    return 0;
+}
+
+int cmd_rm(int argc, char **argv)
+{
+    mood_registry *r = NULL;
+    int rc, err = 0;
+    if (argc < 2)
+        return cli_usage_error("rm", "missing NAME");
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] == '-')
+            return cli_usage_error("rm", "unknown option '%s'", argv[i]);
+    }
+    if ((rc = cli_registry_open(&r)) != 0)
+        return rc;
+    for (int i = 1; i < argc && !err; i++) {
+        if ((err = mood_registry_rm(r, argv[i])) == 0)
+            printf("removed %s\n", argv[i]);
+    }
+    mood_registry_close(r);
+    return err ? fail(err) : 0;
+}

@@ -1,0 +1,49 @@
+/*
+ * unicode_tables.h: the Unicode data the CLIP tokenizer needs (internal): general-category
+ * letter and number ranges, lower-case mappings, canonical combining classes, canonical
+ * decompositions and primary composites. The tables are generated into unicode_tables.c by
+ * tools/gen_unicode_tables.py; every table is sorted by its first field.
+ */
+#ifndef MOOD_ENGINE_UNICODE_TABLES_H
+#define MOOD_ENGINE_UNICODE_TABLES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mood__uc_range {
+    uint32_t lo, hi;
+} mood__uc_range;
+
+typedef struct mood__uc_pair {
+    uint32_t from, to;
+} mood__uc_pair;
+
+typedef struct mood__uc_multi {
+    uint32_t from, to[3];
+} mood__uc_multi;
+
+typedef struct mood__uc_class {
+    uint32_t lo, hi, ccc;
+} mood__uc_class;
+
+/* cp decomposes into (a, b); b is 0 for a singleton. In mood__uc_comps, (a, b) compose to cp. */
+typedef struct mood__uc_decomp {
+    uint32_t cp, a, b;
+} mood__uc_decomp;
+
+extern const char mood__uc_version[];
+extern const mood__uc_range mood__uc_letters[], mood__uc_numbers[];
+extern const size_t mood__uc_letters_count, mood__uc_numbers_count;
+extern const mood__uc_pair mood__uc_lower[];
+extern const size_t mood__uc_lower_count;
+extern const mood__uc_multi mood__uc_lower_multi[];
+extern const size_t mood__uc_lower_multi_count;
+extern const mood__uc_class mood__uc_ccc[];
+extern const size_t mood__uc_ccc_count;
+extern const mood__uc_decomp mood__uc_decomps[], mood__uc_comps[];
+extern const size_t mood__uc_decomps_count, mood__uc_comps_count;
+
+/* Python's \\w for one code point: a letter, a number or '_' (defined in tokenizer.c). */
+int mood__uc_is_word(uint32_t cp);
+
+#endif /* MOOD_ENGINE_UNICODE_TABLES_H */

@@ -1,0 +1,143 @@
+/*
+ * registry.h: the style registry: a user's library of styles (LoRA adapters with names, trigger
+ * words, weights, prompt templates, tags, previews and provenance) in $MOOD_HOME.
+ *
+ * Layout: HOME/registry.db (SQLite, WAL) and HOME/blobs/sha256/ab/cdef... (every file stored
+ * once, named by its SHA-256). Every import is all-or-nothing: the blob is written to a temporary
+ * file, synced, verified and linked into place before the rows are committed in one transaction;
+ * what an interrupted import leaves behind is removed the next time the registry is opened.
+ *
+ * Style names are unique regardless of case and limited to what `<lora:NAME:W>` carries through
+ * A1111 and Civitai: letters, digits, '_', '-' and '.', at most 100 characters, not starting with
+ * '-' or '.'.
+ *
+ * Reports (list, show, search, doctor) are returned as JSON text, so that the CLI and other
+ * programs read the same facts; the caller frees them with mood_registry_free_string().
+ * A mood_registry handle is used by one thread at a time; several processes may open the same
+ * registry at once.
+ */
+#ifndef MOOD_REGISTRY_H
+#define MOOD_REGISTRY_H
+
+#include "mood/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mood_registry mood_registry;
+
+/* The registry directory used when none is given: $MOOD_HOME, else $XDG_DATA_HOME/mood, else
+ * $HOME/.local/share/mood. Caller frees with mood_registry_free_string. */
+MOOD_WARN_UNUSED int mood_registry_default_home(char **out);
+
+/* Opens (creating when needed) the registry in `home` (NULL: the default home), migrates its
+ * schema to the current version and removes what interrupted imports left behind. A file that
+ * is not a usable SQLite database gives MOOD_EFORMAT naming the file; the blobs are not touched. */
+MOOD_WARN_UNUSED int mood_registry_open(mood_registry **out, const char *home);
+void mood_registry_close(mood_registry *r);
+/* The registry's directory (borrowed). */
+const char *mood_registry_home(const mood_registry *r);
+/* Schema version of the open database. */
+int mood_registry_schema_version(const mood_registry *r);
+void mood_registry_free_string(char *s);
+
+/* ----- names ---------------------------------------------------------------------------------- */
+
+/* 0 when `name` is a valid style name; MOOD_EINVAL with a message saying why otherwise. */
+MOOD_WARN_UNUSED int mood_registry_name_check(const char *name);
+/* A valid name close to `wanted` that no style has yet (wanted itself when it is both). */
+MOOD_WARN_UNUSED int mood_registry_name_suggest(char **out, mood_registry *r, const char *wanted);
+
+/* ----- import -----------------------------------------------------------------------------------
+ */
+
+typedef struct mood_import_result {
+    char sha256[65];
+    char autov3[65];
+    char name[128];   /* the style created, or the style that already holds the file */
+    char wanted[128]; /* the name the file suggested (its stem) */
+    int already;      /* the file was in the registry already: nothing was changed */
+    int renamed;      /* the stem was not a valid or free name: `name` is the suggestion used */
+    int previews;     /* preview images stored */
+    int sidecars;     /* sidecar files read */
+    char family[16];
+} mood_import_result;
+
+/* Imports one .safetensors LoRA file with its sidecars (A1111 NAME.json, NAME.civitai.info,
+ * NAME.preview.png / NAME.png, NAME.txt) and creates a style named after the file. Refuses
+ * checkpoints and pickles (.ckpt/.pt/.pth/.bin) with MOOD_EUNSUPPORTED. Progress in bytes. */
+MOOD_WARN_UNUSED int mood_registry_import_file(mood_registry *r, mood_import_result *out,
+                                               const char *path, mood_progress_fn progress,
+                                               void *payload);
+
+/* ----- queries (JSON text) -------------------------------------------------------------------- */
+
+/* [{name, family, algorithm, rank, weight, trigger_words, tags, description, adapters}] sorted by
+ * name; `tag` and `base` ("sd1", "sd2", "sdxl") filter when non-NULL. */
+MOOD_WARN_UNUSED int mood_registry_list_json(char **out, mood_registry *r, const char *tag,
+                                             const char *base);
+/* Everything known about one style (MOOD_ENOTFOUND when there is none of that name). */
+MOOD_WARN_UNUSED int mood_registry_show_json(char **out, mood_registry *r, const char *name);
+/* Full-text search over names, trigger words, tags and descriptions; every word of `query` is
+ * matched as a prefix. Same shape as list, best match first. */
+MOOD_WARN_UNUSED int mood_registry_search_json(char **out, mood_registry *r, const char *query);
+
+/* ----- editing -------------------------------------------------------------------------------- */
+
+/* One adapter of a style: a registry adapter (by SHA-256) with its multipliers. */
+typedef struct mood_style_lora {
+    const char *sha256;
+    double unet;
+    double te;
+} mood_style_lora;
+
+/* Fields of a style to set; NULL / has_weight 0 / loras NULL leave a field unchanged on edit. */
+typedef struct mood_style_spec {
+    const char *trigger_words; /* comma-separated */
+    const char *template_text; /* "{prompt}, ..." */
+    const char *negative;
+    const char *description;
+    double weight;
+    int has_weight;
+    const mood_style_lora *loras;
+    size_t n_loras;
+} mood_style_spec;
+
+/* Creates a style (name must be valid and free) or changes one. */
+MOOD_WARN_UNUSED int mood_registry_style_create(mood_registry *r, const char *name,
+                                                const mood_style_spec *spec);
+MOOD_WARN_UNUSED int mood_registry_style_edit(mood_registry *r, const char *name,
+                                              const mood_style_spec *spec);
+/* The adapters of style `name` (SHA-256 and weights) as a malloc'd array; the strings live in
+ * the same block. Free with mood_registry_free_string((char *)*out). */
+MOOD_WARN_UNUSED int mood_registry_style_loras(mood_style_lora **out, size_t *n_out,
+                                               mood_registry *r, const char *name);
+
+MOOD_WARN_UNUSED int mood_registry_rename(mood_registry *r, const char *old_name,
+                                          const char *new_name);
+/* Adds (add != 0) or removes a tag of a style. Tags: 1..64 characters, no spaces or commas. */
+MOOD_WARN_UNUSED int mood_registry_tag(mood_registry *r, const char *name, const char *tag,
+                                       int add);
+/* Removes a style; adapters and previews no other style uses go with it, and so do their blobs. */
+MOOD_WARN_UNUSED int mood_registry_rm(mood_registry *r, const char *name);
+
+/* ----- health --------------------------------------------------------------------------------- */
+
+typedef struct mood_doctor_options {
+    int deep; /* re-hash every blob */
+    int fix;  /* remove orphan blobs and rows whose blob is missing or corrupt */
+    mood_progress_fn progress;
+    void *payload;
+} mood_doctor_options;
+
+/* Checks the registry: SQLite integrity, rows whose blob is missing, blobs no row uses, and with
+ * `deep` blobs whose content no longer matches their name. *problems_out counts what was found
+ * (before fixing). *out is a JSON report {integrity, missing[], orphans[], corrupt[], fixed}. */
+MOOD_WARN_UNUSED int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
+                                          const mood_doctor_options *o);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOOD_REGISTRY_H */

@@ -1,0 +1,373 @@
+/*
+ * edit.c: changing the registry: style create/edit, rename, tags, rm.
+ *
+ * Removing a style removes, in the same transaction, its adapters and previews that no other
+ * style uses; their blobs are deleted afterwards in a second transaction that checks again that
+ * nothing (no row, no import in progress) refers to them. A crash between the two leaves an
+ * orphan blob that `mood doctor` reports, never a row without its file.
+ */
+#include <math.h>
+#include <string.h>
+#include <strings.h>
+
+#include "registry/registry_impl.h"
+
+#define TAG_MAX 64
+
+static int step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
+}
+
+static int exec_id(mood_registry *r, const char *sql, long long id, const char *what)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st, sql);
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    return step_done(r, st, what);
+}
+
+static int name_free(mood_registry *r, const char *name)
+{
+    long long taken = 0;
+    char *suggestion = NULL;
+    int err = mood__reg_query_int(r, &taken, "SELECT count(*) FROM styles WHERE name = ?1", name);
+    if (err || !taken)
+        return err;
+    if ((err = mood_registry_name_suggest(&suggestion, r, name)) != 0)
+        return err;
+    err = mood_error_set(MOOD_EINVAL,
+                         "a style named '%s' exists already (names are compared without case); "
+                         "try '%s'",
+                         name, suggestion);
+    mood_free(suggestion);
+    return err;
+}
+
+/* The name check's message plus a suggestion. */
+static int valid_name(mood_registry *r, const char *name)
+{
+    char *suggestion = NULL, *why;
+    int err = mood_registry_name_check(name);
+    if (!err)
+        return 0;
+    /* copy: the message buffer is rewritten by the next mood_error_set */
+    if (!(why = mood_strdup(mood_error_last())))
+        return mood_error_nomem();
+    if (mood_registry_name_suggest(&suggestion, r, name) == 0)
+        mood_error_set(err, "%s; try '%s'", why, suggestion);
+    else
+        mood_error_set(err, "%s", why);
+    mood_free(suggestion);
+    mood_free(why);
+    return err;
+}
+
+/* ----- create / edit ------------------------------------------------------------------------ */
+
+static int set_text(mood_registry *r, long long id, const char *column, const char *value)
+{
+    char sql[160];
+    sqlite3_stmt *st = NULL;
+    int err;
+    snprintf(sql, sizeof sql,
+             "UPDATE styles SET %s = ?2, updated_at = strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ','now')"
+             " WHERE id = ?1",
+             column);
+    if ((err = mood__reg_prepare(r, &st, sql)) != 0)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    mood__reg_bind_text(st, 2, value[0] ? value : NULL);
+    return step_done(r, st, "changing the style");
+}
+
+static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
+{
+    int err = exec_id(r, "DELETE FROM style_adapters WHERE style_id = ?1", id, "changing adapters");
+    for (size_t i = 0; !err && i < s->n_loras; i++) {
+        sqlite3_stmt *st = NULL;
+        long long known = 0;
+        const mood_style_lora *l = &s->loras[i];
+        if ((err = mood__reg_query_int(r, &known, "SELECT count(*) FROM adapters WHERE sha256 = ?1",
+                                       l->sha256)) != 0)
+            break;
+        if (!known) {
+            err = mood_error_set(MOOD_ENOTFOUND, "adapter %.12s is not in the registry", l->sha256);
+            break;
+        }
+        if (!isfinite(l->unet) || !isfinite(l->te)) {
+            err = mood_error_set(MOOD_EINVAL, "adapter weights must be finite numbers");
+            break;
+        }
+        if ((err = mood__reg_prepare(r, &st,
+                                     "INSERT INTO style_adapters(style_id, adapter_sha256,"
+                                     " unet_weight, te_weight, position) VALUES (?1,?2,?3,?4,?5)")))
+            break;
+        sqlite3_bind_int64(st, 1, id);
+        mood__reg_bind_text(st, 2, l->sha256);
+        sqlite3_bind_double(st, 3, l->unet);
+        sqlite3_bind_double(st, 4, l->te);
+        sqlite3_bind_int(st, 5, (int)i);
+        err = step_done(r, st, "linking an adapter");
+    }
+    return err;
+}
+
+static int apply_spec(mood_registry *r, long long id, const mood_style_spec *s)
+{
+    int err = 0;
+    if (s->trigger_words && (err = set_text(r, id, "trigger_words", s->trigger_words)) != 0)
+        return err;
+    if (s->template_text && !strstr(s->template_text, "{prompt}") && s->template_text[0])
+        return mood_error_set(MOOD_EINVAL,
+                              "template '%s' has no {prompt}: it must say where the prompt goes, "
+                              "e.g. \"{prompt}, ink wash painting\"",
+                              s->template_text);
+    if (s->template_text && (err = set_text(r, id, "template", s->template_text)) != 0)
+        return err;
+    if (s->negative && (err = set_text(r, id, "negative", s->negative)) != 0)
+        return err;
+    if (s->description && (err = set_text(r, id, "description", s->description)) != 0)
+        return err;
+    if (s->has_weight) {
+        sqlite3_stmt *st = NULL;
+        if (!isfinite(s->weight) || s->weight < -10 || s->weight > 10)
+            return mood_error_set(MOOD_EINVAL, "weight %g: expected a number from -10 to 10",
+                                  s->weight);
+        if ((err = mood__reg_prepare(r, &st, "UPDATE styles SET weight = ?2 WHERE id = ?1")) != 0)
+            return err;
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_double(st, 2, s->weight);
+        if ((err = step_done(r, st, "changing the weight")) != 0)
+            return err;
+    }
+    if (s->loras)
+        err = set_loras(r, id, s);
+    return err;
+}
+
+int mood_registry_style_create(mood_registry *r, const char *name, const mood_style_spec *spec)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
+    if ((err = valid_name(r, name)) != 0)
+        return err;
+    if (!spec->loras || spec->n_loras == 0)
+        return mood_error_set(MOOD_EINVAL, "style '%s' needs at least one LoRA (--lora)", name);
+    if ((err = mood__reg_begin(r)) != 0)
+        return err;
+    if ((err = name_free(r, name)) != 0 ||
+        (err = mood__reg_prepare(r, &st,
+                                 "INSERT INTO styles(name, created_at, updated_at) VALUES (?1,"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'),"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
+        goto done;
+    mood__reg_bind_text(st, 1, name);
+    if ((err = step_done(r, st, "creating the style")) != 0)
+        goto done;
+    err = apply_spec(r, sqlite3_last_insert_rowid(r->db), spec);
+done:
+    if (!err)
+        err = mood__reg_commit(r);
+    if (err)
+        mood__reg_rollback(r);
+    return err;
+}
+
+int mood_registry_style_edit(mood_registry *r, const char *name, const mood_style_spec *spec)
+{
+    long long id;
+    int err;
+    if (spec->loras && spec->n_loras == 0)
+        return mood_error_set(MOOD_EINVAL, "style '%s' needs at least one LoRA", name);
+    if ((err = mood__reg_begin(r)) != 0)
+        return err;
+    if ((err = mood__reg_style_id(r, &id, name)) == 0 && (err = apply_spec(r, id, spec)) == 0)
+        err = mood__reg_commit(r);
+    if (err)
+        mood__reg_rollback(r);
+    /* adapters a style no longer uses stay: `mood rm` of the last user removes them */
+    return err;
+}
+
+int mood_registry_style_loras(mood_style_lora **out, size_t *n_out, mood_registry *r,
+                              const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    long long id, n = 0;
+    int err, rc;
+    *out = NULL;
+    *n_out = 0;
+    if ((err = mood__reg_style_id(r, &id, name)) != 0)
+        return err;
+    {
+        char idtext[32];
+        snprintf(idtext, sizeof idtext, "%lld", id);
+        if ((err = mood__reg_query_int(r, &n,
+                                       "SELECT count(*) FROM style_adapters WHERE style_id"
+                                       " = CAST(?1 AS INTEGER)",
+                                       idtext)) != 0)
+            return err;
+    }
+    /* one block: the array, then the 65-byte SHA strings */
+    if (!(*out = mood_calloc((size_t)n ? (size_t)n : 1, sizeof **out + 65)))
+        return mood_error_nomem();
+    char *strings = (char *)(*out + n);
+    if ((err = mood__reg_prepare(r, &st,
+                                 "SELECT adapter_sha256, unet_weight, te_weight FROM style_adapters"
+                                 " WHERE style_id = ?1 ORDER BY position")) != 0)
+        goto done;
+    sqlite3_bind_int64(st, 1, id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n_out < (size_t)n) {
+        char *sha = strings + 65 * *n_out;
+        snprintf(sha, 65, "%s", (const char *)sqlite3_column_text(st, 0));
+        (*out)[*n_out] =
+            (mood_style_lora){sha, sqlite3_column_double(st, 1), sqlite3_column_double(st, 2)};
+        (*n_out)++;
+    }
+done:
+    sqlite3_finalize(st);
+    if (err) {
+        mood_free(*out);
+        *out = NULL;
+        *n_out = 0;
+    }
+    return err;
+}
+
+/* ----- rename and tags ------------------------------------------------------------------------ */
+
+int mood_registry_rename(mood_registry *r, const char *old_name, const char *new_name)
+{
+    long long id;
+    sqlite3_stmt *st = NULL;
+    int err;
+    if ((err = valid_name(r, new_name)) != 0)
+        return err;
+    if ((err = mood__reg_begin(r)) != 0)
+        return err;
+    if ((err = mood__reg_style_id(r, &id, old_name)) != 0)
+        goto done;
+    /* a change of case only is allowed: the name is free except for this style */
+    if (strcasecmp(old_name, new_name) != 0 && (err = name_free(r, new_name)) != 0)
+        goto done;
+    if ((err = mood__reg_prepare(r, &st,
+                                 "UPDATE styles SET name = ?2, updated_at ="
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE id = ?1")))
+        goto done;
+    sqlite3_bind_int64(st, 1, id);
+    mood__reg_bind_text(st, 2, new_name);
+    err = step_done(r, st, "renaming the style");
+done:
+    if (!err)
+        err = mood__reg_commit(r);
+    if (err)
+        mood__reg_rollback(r);
+    return err;
+}
+
+static int valid_tag(const char *tag)
+{
+    size_t n = strlen(tag);
+    if (n == 0 || n > TAG_MAX)
+        return mood_error_set(MOOD_EINVAL, "tag '%s': expected 1 to %d characters", tag, TAG_MAX);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)tag[i];
+        if (c <= ' ' || c == ',' || c == 0x7f)
+            return mood_error_set(MOOD_EINVAL,
+                                  "tag '%s': spaces, commas and control characters are not allowed "
+                                  "(use '-' or '_' between words)",
+                                  tag);
+    }
+    return 0;
+}
+
+int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int add)
+{
+    long long id;
+    sqlite3_stmt *st = NULL;
+    int err;
+    if ((err = valid_tag(tag)) != 0 || (err = mood__reg_begin(r)) != 0)
+        return err;
+    if ((err = mood__reg_style_id(r, &id, name)) != 0)
+        goto done;
+    if ((err = mood__reg_prepare(r, &st,
+                                 add ? "INSERT OR IGNORE INTO tags(style_id, tag) VALUES (?1, ?2)"
+                                     : "DELETE FROM tags WHERE style_id = ?1 AND tag = ?2")) != 0)
+        goto done;
+    sqlite3_bind_int64(st, 1, id);
+    mood__reg_bind_text(st, 2, tag);
+    err = step_done(r, st, "changing tags");
+done:
+    if (!err)
+        err = mood__reg_commit(r);
+    if (err)
+        mood__reg_rollback(r);
+    return err;
+}
+
+/* ----- rm ---------------------------------------------------------------------------------- */
+
+/* SHA-256s (64 chars each, concatenated) of the style's adapters and previews. */
+static int collect_shas(mood_registry *r, long long id, mood_buf *shas)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st,
+                                "SELECT adapter_sha256 FROM style_adapters WHERE style_id = ?1"
+                                " UNION SELECT blob_sha256 FROM previews WHERE style_id = ?1"),
+        rc = SQLITE_DONE;
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *sha = (const char *)sqlite3_column_text(st, 0);
+        if (sha && mood__blob_valid_hex(sha))
+            err = mood_buf_append(shas, sha, 64);
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = mood__reg_sqlerr(r, rc, "reading the style");
+    sqlite3_finalize(st);
+    return err;
+}
+
+static int delete_rows(mood_registry *r, long long id)
+{
+    int err = exec_id(r, "DELETE FROM styles WHERE id = ?1", id, "removing the style");
+    /* cascades removed style_adapters, tags and previews; now the adapters nobody uses */
+    if (!err)
+        err = mood__reg_exec(r, "DELETE FROM adapters WHERE sha256 NOT IN"
+                                " (SELECT adapter_sha256 FROM style_adapters)");
+    return err;
+}
+
+int mood_registry_rm(mood_registry *r, const char *name)
+{
+    mood_buf shas;
+    long long id;
+    int err, deleted;
+    mood_buf_init(&shas);
+    if ((err = mood__reg_begin(r)) != 0)
+        return err;
+    if ((err = mood__reg_style_id(r, &id, name)) != 0 || (err = collect_shas(r, id, &shas)) != 0 ||
+        (err = delete_rows(r, id)) != 0 || (err = mood__reg_commit(r)) != 0)
+        goto done;
+    if ((err = mood__reg_begin(r)) != 0)
+        goto done;
+    for (size_t at = 0; !err && at + 64 <= shas.len; at += 64) {
+        char sha[65];
+        memcpy(sha, shas.data + at, 64);
+        sha[64] = '\0';
+        err = mood__blob_delete_if_unused(r, sha, &deleted);
+    }
+    if (!err)
+        err = mood__reg_commit(r);
+done:
+    if (err)
+        mood__reg_rollback(r);
+    mood_buf_dispose(&shas);
+    return err;
+}

@@ -1,0 +1,670 @@
+/*
+ * import.c: `mood import FILE`: one .safetensors LoRA and its sidecars into the registry, all or
+ * nothing (the order of the steps is described in blob.c).
+ *
+ * What is read: the adapter itself (validated by mood_adapter_open: family, algorithm, rank,
+ * alpha, dtype), its __metadata__ (ss_* and modelspec.*, kept as JSON without embedded
+ * thumbnails), and the sidecars other LoRA managers write beside it (ecosystem.md §2.1):
+ *   NAME.json          A1111 user metadata: "activation text", "preferred weight", "notes",
+ *                      "description", "negative text";
+ *   NAME.civitai.info  Civitai Helper: the model-version JSON (kept raw; trainedWords, model name,
+ *                      baseModel, description, ids);
+ *   NAME.txt           trigger words;
+ *   NAME.preview.png, NAME.png (and .jpg/.jpeg/.webp): previews, stored as blobs.
+ * Trigger words of the new style: the sidecars' and modelspec.trigger_phrase; when there are none,
+ * the most frequent ss_tag_frequency tags (those used as often as the top one, at most 3).
+ */
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "mood/hash.h"
+#include "mood/lora.h"
+#include "registry/registry_impl.h"
+
+#define MAX_SIDECAR  (16u << 20)
+#define MAX_PREVIEW  (64u << 20)
+#define MAX_PREVIEWS 8
+
+typedef struct sidecars {
+    char *a1111_raw, *civitai_raw;
+    cJSON *a1111, *civitai;
+    char *txt;
+    mood_buf triggers; /* comma-separated */
+    int count;
+} sidecars;
+
+typedef struct adapter_facts {
+    char family[16], family_source[32], algorithm[16], dtype[16];
+    int rank, modules;
+    double alpha;
+    int has_alpha;
+    char *metadata_json; /* __metadata__ without thumbnails */
+    char *file_triggers; /* JSON array of the file's own trigger candidates */
+    mood_buf top_tags;   /* comma-separated fallback triggers */
+} adapter_facts;
+
+typedef struct preview {
+    mood__blob_tx tx;
+    char media_type[16];
+    char *origin;
+} preview;
+
+typedef struct import_job {
+    const char *path;
+    char *stem_path; /* path without .safetensors */
+    mood_file_hashes h;
+    adapter_facts facts;
+    sidecars side;
+    mood__blob_tx blob;
+    preview previews[MAX_PREVIEWS];
+    int n_previews;
+    char *name;
+} import_job;
+
+/* ----- file checks ----------------------------------------------------------------------- */
+
+static int has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcasecmp(s + n - k, suffix) == 0;
+}
+
+static int check_extension(const char *path)
+{
+    static const char *const pickles[] = {".ckpt", ".pt", ".pth", ".bin", ".pkl"};
+    for (size_t i = 0; i < sizeof pickles / sizeof pickles[0]; i++) {
+        if (has_suffix(path, pickles[i]))
+            return mood_error_set(MOOD_EUNSUPPORTED,
+                                  "%s: pickle files (%s) are not loaded: they can run code when "
+                                  "opened; convert it to .safetensors with a tool you trust",
+                                  path, pickles[i]);
+    }
+    if (!has_suffix(path, ".safetensors"))
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: not a .safetensors file; mood imports LoRAs in safetensors "
+                              "format only",
+                              path);
+    return 0;
+}
+
+/* ----- what the adapter says about itself ---------------------------------------------------- */
+
+static void summarize_modules(adapter_facts *f, const mood_adapter *a)
+{
+    size_t algos[MOOD_ALGO_COUNT] = {0}, best = 0;
+    f->modules = (int)mood_adapter_module_count(a);
+    for (size_t i = 0; i < (size_t)f->modules; i++) {
+        mood_module_info m;
+        mood_adapter_module(a, i, &m);
+        algos[m.algo]++;
+        if (m.rank > f->rank)
+            f->rank = m.rank;
+        if (m.has_alpha && !f->has_alpha) {
+            f->alpha = m.alpha;
+            f->has_alpha = 1;
+        }
+        if (i == 0)
+            snprintf(f->dtype, sizeof f->dtype, "%s", mood_dtype_name(m.dtype));
+    }
+    for (int i = 0; i < MOOD_ALGO_COUNT; i++) {
+        if (algos[i] > algos[best])
+            best = (size_t)i;
+    }
+    snprintf(f->algorithm, sizeof f->algorithm, "%s",
+             f->modules ? mood_algo_name((mood_algo)best) : "none");
+    snprintf(f->family, sizeof f->family, "%s", mood_family_name(mood_adapter_family(a)));
+    snprintf(f->family_source, sizeof f->family_source, "%s", mood_adapter_family_source(a));
+}
+
+static char *metadata_json(const mood_st_file *st)
+{
+    cJSON *o = cJSON_CreateObject();
+    char *text, *out;
+    for (size_t i = 0; o && i < mood_st_meta_count(st); i++) {
+        const char *k = mood_st_meta_key(st, i);
+        /* embedded images: large and shown nowhere */
+        if (strcmp(k, "modelspec.thumbnail") == 0 || strcmp(k, "ssmd_cover_images") == 0)
+            continue;
+        cJSON_AddStringToObject(o, k, mood_st_meta_value(st, i));
+    }
+    text = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    out = text ? mood_strdup(text) : NULL;
+    cJSON_free(text);
+    return out;
+}
+
+typedef struct tag_count {
+    const char *tag;
+    double count;
+} tag_count;
+
+static int cmp_count(const void *a, const void *b)
+{
+    const tag_count *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count < y->count ? 1 : -1;
+    return strcmp(x->tag, y->tag);
+}
+
+/* Top ss_tag_frequency tags ({dir: {tag: count}}, summed over dirs): a JSON array of the top 10
+ * for the adapter row, and the fallback trigger words (count equal to the top's, at most 3). */
+static int top_tags(adapter_facts *f, const mood_st_file *st)
+{
+    const char *json = mood_st_meta_get(st, "ss_tag_frequency");
+    cJSON *root = json ? cJSON_Parse(json) : NULL, *dir, *tag, *arr = cJSON_CreateArray();
+    tag_count *tags = NULL;
+    size_t n = 0, m = 0;
+    int err = 0;
+    char *text;
+    cJSON_ArrayForEach(dir, root) n += (size_t)cJSON_GetArraySize(dir);
+    if (n && !(tags = mood_calloc(n, sizeof *tags)))
+        err = mood_error_nomem();
+    cJSON_ArrayForEach(dir, root)
+    {
+        cJSON_ArrayForEach(tag, dir)
+        {
+            size_t j = 0;
+            if (!tags || !cJSON_IsNumber(tag) || !tag->string)
+                continue;
+            while (j < m && strcmp(tags[j].tag, tag->string) != 0)
+                j++;
+            if (j == m)
+                tags[m++] = (tag_count){tag->string, 0};
+            tags[j].count += tag->valuedouble;
+        }
+    }
+    if (m)
+        qsort(tags, m, sizeof *tags, cmp_count);
+    for (size_t i = 0; !err && i < m && i < 10; i++) {
+        cJSON_AddItemToArray(arr, cJSON_CreateString(tags[i].tag));
+        if (i < 3 && tags[i].count == tags[0].count)
+            err = mood_buf_printf(&f->top_tags, "%s%s", i ? ", " : "", tags[i].tag);
+    }
+    text = arr ? cJSON_PrintUnformatted(arr) : NULL;
+    if (!err && (!text || !(f->file_triggers = mood_strdup(text))))
+        err = mood_error_nomem();
+    cJSON_free(text);
+    cJSON_Delete(arr);
+    cJSON_Delete(root);
+    mood_free(tags);
+    return err;
+}
+
+static int read_adapter(import_job *j)
+{
+    mood_st_file *st = NULL;
+    mood_adapter *a = NULL;
+    int err;
+    if ((err = mood_st_open(&st, j->path)) != 0)
+        return err;
+    if (mood_file_kind_of(st) == MOOD_KIND_CHECKPOINT) {
+        err = mood_error_set(MOOD_EUNSUPPORTED,
+                             "%s: this is a checkpoint, not a LoRA; only LoRA-style adapters go "
+                             "into the registry",
+                             j->path);
+        goto done;
+    }
+    if ((err = mood_adapter_open(&a, j->path, NULL)) != 0)
+        goto done;
+    if (mood_adapter_module_count(a) == 0) {
+        err = mood_error_set(MOOD_EFORMAT, "%s: no LoRA modules found: not an adapter mood knows",
+                             j->path);
+        goto done;
+    }
+    summarize_modules(&j->facts, a);
+    if (!(j->facts.metadata_json = metadata_json(st))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    err = top_tags(&j->facts, st);
+done:
+    mood_adapter_close(a);
+    mood_st_close(st);
+    return err;
+}
+
+/* ----- sidecars ---------------------------------------------------------------------------- */
+
+/* Reads stem+suffix when it exists (NULL otherwise); too big → error. */
+static int read_text(char **out, const char *stem, const char *suffix)
+{
+    mood_buf p;
+    mood_map m = {0};
+    int err;
+    *out = NULL;
+    mood_buf_init(&p);
+    if ((err = mood_buf_printf(&p, "%s%s", stem, suffix)) != 0)
+        return err;
+    if (!mood_path_exists(p.data))
+        goto done;
+    if ((err = mood_map_file(&m, p.data)) != 0)
+        goto done;
+    if (m.size > MAX_SIDECAR)
+        err = mood_error_set(MOOD_EFORMAT, "%s: sidecar file too large (%llu bytes)", p.data,
+                             (unsigned long long)m.size);
+    else if (!(*out = mood_strndup(m.data ? (const char *)m.data : "", (size_t)m.size)))
+        err = mood_error_nomem();
+done:
+    mood_unmap(&m);
+    mood_buf_dispose(&p);
+    return err;
+}
+
+static const char *jstr(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) && v->valuestring[0] ? v->valuestring : NULL;
+}
+
+/* Appends comma-separated words to list, skipping ones already in it (case-insensitive). */
+static int add_triggers(mood_buf *list, const char *words)
+{
+    int err = 0;
+    char *copy, *save = NULL;
+    if (!words || !(copy = mood_strdup(words)))
+        return words ? mood_error_nomem() : 0;
+    for (char *w = strtok_r(copy, ",\n", &save); w && !err; w = strtok_r(NULL, ",\n", &save)) {
+        char *end;
+        while (isspace((unsigned char)*w))
+            w++;
+        end = w + strlen(w);
+        while (end > w && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (!*w)
+            continue;
+        int dup = 0;
+        for (const char *s = list->data; s && *s && !dup;) {
+            size_t n = strcspn(s, ",");
+            dup = n == strlen(w) && strncasecmp(s, w, n) == 0;
+            s += n;
+            s += strspn(s, ", ");
+        }
+        if (!dup)
+            err = mood_buf_printf(list, "%s%s", list->len ? ", " : "", w);
+    }
+    mood_free(copy);
+    return err;
+}
+
+/* A damaged sidecar is another tool's file: it is reported (log) and left out, and the LoRA is
+ * imported without it. */
+static void parse_sidecar_json(cJSON **out, char **raw, const char *stem, const char *suffix)
+{
+    *out = NULL;
+    if (!*raw)
+        return;
+    if (!(*out = cJSON_Parse(*raw)) || !cJSON_IsObject(*out)) {
+        cJSON_Delete(*out);
+        *out = NULL;
+        mood_free(*raw);
+        *raw = NULL;
+        mood_log(MOOD_LOG_WARN, "%s%s: not a JSON object; sidecar ignored", stem, suffix);
+    }
+}
+
+static int read_sidecars(import_job *j, const char *trigger_phrase)
+{
+    sidecars *s = &j->side;
+    const cJSON *words;
+    int err;
+    if ((err = read_text(&s->a1111_raw, j->stem_path, ".json")) != 0 ||
+        (err = read_text(&s->civitai_raw, j->stem_path, ".civitai.info")) != 0 ||
+        (err = read_text(&s->txt, j->stem_path, ".txt")) != 0)
+        return err;
+    parse_sidecar_json(&s->a1111, &s->a1111_raw, j->stem_path, ".json");
+    parse_sidecar_json(&s->civitai, &s->civitai_raw, j->stem_path, ".civitai.info");
+    s->count = !!s->a1111 + !!s->civitai + !!s->txt;
+    if ((err = add_triggers(&s->triggers, jstr(s->a1111, "activation text"))) != 0)
+        return err;
+    cJSON_ArrayForEach(words, cJSON_GetObjectItemCaseSensitive(s->civitai, "trainedWords"))
+    {
+        if (cJSON_IsString(words) && (err = add_triggers(&s->triggers, words->valuestring)) != 0)
+            return err;
+    }
+    if ((err = add_triggers(&s->triggers, s->txt)) != 0 ||
+        (err = add_triggers(&s->triggers, trigger_phrase)) != 0)
+        return err;
+    if (s->triggers.len == 0)
+        err = add_triggers(&s->triggers, j->facts.top_tags.data);
+    return err;
+}
+
+/* ----- previews ---------------------------------------------------------------------------- */
+
+static int add_preview(import_job *j, mood_registry *r, const char *suffix, const char *type)
+{
+    mood_buf p;
+    mood_map m = {0};
+    preview *pv = &j->previews[j->n_previews];
+    int err = 0;
+    mood_buf_init(&p);
+    if (j->n_previews >= MAX_PREVIEWS || (err = mood_buf_printf(&p, "%s%s", j->stem_path, suffix)))
+        goto done;
+    if (!mood_path_exists(p.data) || (err = mood_map_file(&m, p.data)) != 0)
+        goto done;
+    if (m.size == 0 || m.size > MAX_PREVIEW)
+        goto done; /* not a usable image: left out, not fatal */
+    for (int i = 0; i < j->n_previews; i++) {
+        char hex[65];
+        mood_sha256_hex(hex, m.data, (size_t)m.size);
+        if (strcmp(hex, j->previews[i].tx.sha256) == 0)
+            goto done; /* the same picture under two names */
+    }
+    if ((err = mood__blob_put_mem(&pv->tx, r, m.data, (size_t)m.size)) != 0)
+        goto done;
+    snprintf(pv->media_type, sizeof pv->media_type, "%s", type);
+    pv->origin = mood_buf_detach(&p);
+    j->n_previews++;
+done:
+    mood_unmap(&m);
+    mood_buf_dispose(&p);
+    return err;
+}
+
+static int store_previews(import_job *j, mood_registry *r)
+{
+    static const char *const kinds[][2] = {
+        {".preview.png", "image/png"}, {".png", "image/png"},   {".preview.jpg", "image/jpeg"},
+        {".jpg", "image/jpeg"},        {".jpeg", "image/jpeg"}, {".preview.webp", "image/webp"},
+        {".webp", "image/webp"},
+    };
+    int err = 0;
+    for (size_t i = 0; !err && i < sizeof kinds / sizeof kinds[0]; i++)
+        err = add_preview(j, r, kinds[i][0], kinds[i][1]);
+    return err;
+}
+
+/* ----- the transaction --------------------------------------------------------------------- */
+
+/* Name of the style holding sha256 (the adapter row exists): *name_out NULL when none. */
+static int holder_of(mood_registry *r, const char *sha256, char *name_out, size_t cap, int *found)
+{
+    sqlite3_stmt *st = NULL;
+    int err, rc;
+    *found = 0;
+    if ((err = mood__reg_prepare(r, &st,
+                                 "SELECT a.sha256, s.name FROM adapters a LEFT JOIN style_adapters "
+                                 "sa ON sa.adapter_sha256 = a.sha256 LEFT JOIN styles s ON s.id = "
+                                 "sa.style_id WHERE a.sha256 = ?1 ORDER BY s.id LIMIT 1")) != 0)
+        return err;
+    if ((err = mood__reg_bind_text(st, 1, sha256)) == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const char *n = (const char *)sqlite3_column_text(st, 1);
+            *found = 1;
+            snprintf(name_out, cap, "%s", n ? n : "(no style)");
+        } else if (rc != SQLITE_DONE) {
+            err = mood__reg_sqlerr(r, rc, "looking up the file");
+        }
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
+static int step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
+}
+
+static int insert_adapter(mood_registry *r, const import_job *j)
+{
+    const adapter_facts *f = &j->facts;
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(
+        r, &st,
+        "INSERT INTO adapters(sha256, autov3, size, family, family_source, algorithm, rank, alpha,"
+        " dtype, modules, metadata_json, trigger_words_json, file_name, imported_at) VALUES"
+        " (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
+        " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
+    if (err)
+        return err;
+    mood__reg_bind_text(st, 1, j->h.sha256);
+    mood__reg_bind_text(st, 2, j->h.is_safetensors ? j->h.autov3 : NULL);
+    sqlite3_bind_int64(st, 3, (long long)j->h.size);
+    mood__reg_bind_text(st, 4, f->family);
+    mood__reg_bind_text(st, 5, f->family_source);
+    mood__reg_bind_text(st, 6, f->algorithm);
+    sqlite3_bind_int(st, 7, f->rank);
+    if (f->has_alpha)
+        sqlite3_bind_double(st, 8, f->alpha);
+    mood__reg_bind_text(st, 9, f->dtype);
+    sqlite3_bind_int(st, 10, f->modules);
+    mood__reg_bind_text(st, 11, f->metadata_json);
+    mood__reg_bind_text(st, 12, f->file_triggers);
+    mood__reg_bind_text(st, 13, mood_path_basename(j->path));
+    return step_done(r, st, "storing the adapter");
+}
+
+static int insert_style(mood_registry *r, const import_job *j, long long *id)
+{
+    const cJSON *a = j->side.a1111, *c = j->side.civitai;
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(a, "preferred weight");
+    const char *desc = jstr(a, "description");
+    sqlite3_stmt *st = NULL;
+    int err;
+    if (!desc)
+        desc = jstr(c, "description");
+    if (!desc)
+        desc = jstr(cJSON_GetObjectItemCaseSensitive(c, "model"), "description");
+    if ((err = mood__reg_prepare(r, &st,
+                                 "INSERT INTO styles(name, description, notes, trigger_words, "
+                                 "negative, weight, created_at, updated_at) VALUES (?1, ?2, ?3, "
+                                 "?4, ?5, ?6, strftime('%Y-%m-%dT%H:%M:%SZ','now'),"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
+        return err;
+    mood__reg_bind_text(st, 1, j->name);
+    mood__reg_bind_text(st, 2, desc);
+    mood__reg_bind_text(st, 3, jstr(a, "notes"));
+    mood__reg_bind_text(st, 4, j->side.triggers.len ? j->side.triggers.data : NULL);
+    mood__reg_bind_text(st, 5, jstr(a, "negative text"));
+    /* A1111: 0 means "use the global default" */
+    if (cJSON_IsNumber(w) && w->valuedouble > 0 && isfinite(w->valuedouble))
+        sqlite3_bind_double(st, 6, w->valuedouble);
+    if ((err = step_done(r, st, "creating the style")) != 0)
+        return err;
+    *id = sqlite3_last_insert_rowid(r->db);
+    if ((err = mood__reg_prepare(r, &st,
+                                 "INSERT INTO style_adapters(style_id, adapter_sha256, "
+                                 "unet_weight, te_weight, position) VALUES (?1, ?2, 1, 1, 0)")))
+        return err;
+    sqlite3_bind_int64(st, 1, *id);
+    mood__reg_bind_text(st, 2, j->h.sha256);
+    return step_done(r, st, "linking the style to its adapter");
+}
+
+static long long json_id(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? (long long)v->valuedouble : 0;
+}
+
+static int insert_source(mood_registry *r, const import_job *j)
+{
+    const cJSON *c = j->side.civitai, *model = cJSON_GetObjectItemCaseSensitive(c, "model");
+    const cJSON *nsfw = cJSON_GetObjectItemCaseSensitive(model, "nsfw");
+    sqlite3_stmt *st = NULL;
+    char absbuf[PATH_MAX];
+    const char *abs = realpath(j->path, absbuf);
+    int err = mood__reg_prepare(
+        r, &st,
+        "INSERT INTO sources(adapter_sha256, kind, location, sidecar_json, civitai_info_json,"
+        " civitai_model_id, civitai_version_id, model_name, version_name, base_model, nsfw,"
+        " added_at) VALUES (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+        " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
+    if (!err) {
+        mood__reg_bind_text(st, 1, j->h.sha256);
+        mood__reg_bind_text(st, 2, abs ? abs : j->path);
+        mood__reg_bind_text(st, 3, j->side.a1111_raw);
+        mood__reg_bind_text(st, 4, j->side.civitai_raw);
+        if (json_id(c, "modelId"))
+            sqlite3_bind_int64(st, 5, json_id(c, "modelId"));
+        if (json_id(c, "id"))
+            sqlite3_bind_int64(st, 6, json_id(c, "id"));
+        mood__reg_bind_text(st, 7, jstr(model, "name"));
+        mood__reg_bind_text(st, 8, jstr(c, "name"));
+        mood__reg_bind_text(st, 9, jstr(c, "baseModel"));
+        if (cJSON_IsBool(nsfw))
+            sqlite3_bind_int(st, 10, cJSON_IsTrue(nsfw));
+        err = step_done(r, st, "recording where the file came from");
+    }
+    return err;
+}
+
+static int insert_previews(mood_registry *r, const import_job *j, long long style_id)
+{
+    int err = 0;
+    for (int i = 0; !err && i < j->n_previews; i++) {
+        sqlite3_stmt *st = NULL;
+        if ((err = mood__reg_prepare(r, &st,
+                                     "INSERT INTO previews(style_id, blob_sha256, media_type, "
+                                     "origin, position) VALUES (?1, ?2, ?3, ?4, ?5)")) != 0)
+            break;
+        sqlite3_bind_int64(st, 1, style_id);
+        mood__reg_bind_text(st, 2, j->previews[i].tx.sha256);
+        mood__reg_bind_text(st, 3, j->previews[i].media_type);
+        mood__reg_bind_text(st, 4, j->previews[i].origin);
+        sqlite3_bind_int(st, 5, i);
+        err = step_done(r, st, "storing a preview");
+    }
+    return err;
+}
+
+/* Picks the style name inside the transaction, so that two imports never take the same one. */
+static int choose_name(mood_registry *r, import_job *j, mood_import_result *out)
+{
+    char *suggestion = NULL;
+    int err = mood_registry_name_suggest(&suggestion, r, out->wanted);
+    if (err)
+        return err;
+    out->renamed = strcmp(suggestion, out->wanted) != 0;
+    snprintf(out->name, sizeof out->name, "%s", suggestion);
+    j->name = suggestion;
+    mood_error_clear();
+    return 0;
+}
+
+static int commit_rows(mood_registry *r, import_job *j, mood_import_result *out)
+{
+    long long style_id = 0;
+    int err, found = 0;
+    if ((err = mood__reg_begin(r)) != 0)
+        return err;
+    if ((err = holder_of(r, j->h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
+        out->already = found;
+        goto done; /* another process imported it meanwhile */
+    }
+    if ((err = choose_name(r, j, out)) != 0 || (err = insert_adapter(r, j)) != 0 ||
+        (err = insert_style(r, j, &style_id)) != 0 || (err = insert_previews(r, j, style_id)) ||
+        (err = insert_source(r, j)) != 0)
+        goto done;
+    if ((err = mood__blob_journal_delete(r, &j->blob)) != 0)
+        goto done;
+    for (int i = 0; !err && i < j->n_previews; i++)
+        err = mood__blob_journal_delete(r, &j->previews[i].tx);
+done:
+    if (!err && !out->already)
+        err = mood__reg_commit(r);
+    else
+        mood__reg_rollback(r);
+    return err;
+}
+
+/* ----- the import -------------------------------------------------------------------------- */
+
+static void job_dispose(import_job *j, mood_registry *r, int failed)
+{
+    if (failed || j->blob.tmp_name) {
+        /* not committed (failure, or found already imported): undo the blobs */
+        for (int i = 0; i < j->n_previews; i++)
+            mood__blob_tx_abort(&j->previews[i].tx, r);
+        mood__blob_tx_abort(&j->blob, r);
+    }
+    for (int i = 0; i < j->n_previews; i++)
+        mood_free(j->previews[i].origin);
+    mood_free(j->stem_path);
+    mood_free(j->name);
+    mood_free(j->facts.metadata_json);
+    mood_free(j->facts.file_triggers);
+    mood_buf_dispose(&j->facts.top_tags);
+    mood_free(j->side.a1111_raw);
+    mood_free(j->side.civitai_raw);
+    mood_free(j->side.txt);
+    cJSON_Delete(j->side.a1111);
+    cJSON_Delete(j->side.civitai);
+    mood_buf_dispose(&j->side.triggers);
+}
+
+static int prepare(import_job *j, mood_import_result *out, mood_progress_fn progress, void *payload)
+{
+    mood_st_file *st = NULL;
+    char *phrase = NULL;
+    int err;
+    if ((err = check_extension(j->path)) != 0 || (err = read_adapter(j)) != 0)
+        return err;
+    if (!(j->stem_path = mood_strndup(j->path, strlen(j->path) - strlen(".safetensors"))))
+        return mood_error_nomem();
+    snprintf(out->wanted, sizeof out->wanted, "%s", mood_path_basename(j->stem_path));
+    snprintf(out->family, sizeof out->family, "%s", j->facts.family);
+    if ((err = mood_st_open(&st, j->path)) != 0)
+        return err;
+    if (mood_st_meta_get(st, "modelspec.trigger_phrase") &&
+        !(phrase = mood_strdup(mood_st_meta_get(st, "modelspec.trigger_phrase"))))
+        err = mood_error_nomem();
+    mood_st_close(st);
+    if (!err)
+        err = read_sidecars(j, phrase);
+    mood_free(phrase);
+    out->sidecars = j->side.count;
+    if (!err)
+        err = mood_hash_file(&j->h, j->path, progress, payload);
+    if (!err) {
+        snprintf(out->sha256, sizeof out->sha256, "%s", j->h.sha256);
+        snprintf(out->autov3, sizeof out->autov3, "%s", j->h.autov3);
+    }
+    return err;
+}
+
+int mood_registry_import_file(mood_registry *r, mood_import_result *out, const char *path,
+                              mood_progress_fn progress, void *payload)
+{
+    import_job j;
+    int err, found = 0, locked = 0;
+    memset(&j, 0, sizeof j);
+    memset(out, 0, sizeof *out);
+    j.path = path;
+    mood_buf_init(&j.facts.top_tags);
+    mood_buf_init(&j.side.triggers);
+    if ((err = prepare(&j, out, progress, payload)) != 0)
+        goto done;
+    if ((err = holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
+        out->already = found;
+        goto done;
+    }
+    if ((err = mood__reg_lock_shared(r)) != 0)
+        goto done;
+    locked = 1;
+    if ((err = mood__blob_put_file(&j.blob, r, path, j.h.sha256, progress, payload)) != 0 ||
+        (err = store_previews(&j, r)) != 0 || (err = commit_rows(r, &j, out)) != 0)
+        goto done;
+    if (!out->already) {
+        out->previews = j.n_previews;
+        for (int i = 0; i < j.n_previews; i++)
+            mood__blob_tx_end(&j.previews[i].tx);
+        mood__blob_tx_end(&j.blob);
+    }
+done:
+    if (err && !strstr(mood_error_last(), path))
+        mood_error_prefix("%s", path);
+    job_dispose(&j, r, err != 0);
+    if (locked)
+        mood__reg_unlock_shared(r);
+    return err;
+}

@@ -1,0 +1,272 @@
+/*
+ * pack_store.c: storing an imported style pack (pack_store.h), with the same all-or-nothing
+ * protocol as a file import (blob.c): journal row and verified blob first, then every row of the
+ * pack in one transaction that also deletes the journal rows; on any failure the transaction is
+ * rolled back and the blobs this import created are removed.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "registry/pack_store.h"
+#include "registry/registry_impl.h"
+
+typedef struct store {
+    mood_registry *r;
+    mood__blob_tx *txs;
+    size_t n_txs;
+    char *present; /* present[i]: adapter i was in the registry before */
+} store;
+
+static int step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
+}
+
+/* Every adapter that is neither embedded nor in the registry, all named in one message. */
+static int check_adapters(store *s, const mood__pack_adapter_row *a, size_t n)
+{
+    mood_buf missing;
+    int err = 0, count = 0;
+    mood_buf_init(&missing);
+    for (size_t i = 0; i < n && !err; i++) {
+        long long known = 0;
+        if ((err = mood__reg_query_int(s->r, &known,
+                                       "SELECT count(*) FROM adapters WHERE sha256 = ?1",
+                                       a[i].sha256)) != 0)
+            break;
+        s->present[i] = known > 0;
+        if (!known && !a[i].path) {
+            count++;
+            err = mood_buf_printf(&missing, "%s%s (%s, AIR %s)", missing.len ? "; " : "",
+                                  a[i].sha256, a[i].file_name ? a[i].file_name : "?",
+                                  a[i].air ? a[i].air : "unknown");
+        }
+    }
+    if (!err && count)
+        err = mood_error_set(MOOD_ENOTFOUND,
+                             "the pack references %d adapter%s that %s not embedded and not in "
+                             "the registry: %s; import %s first (mood import FILE or AIR)",
+                             count, count > 1 ? "s" : "", count > 1 ? "are" : "is", missing.data,
+                             count > 1 ? "them" : "it");
+    mood_buf_dispose(&missing);
+    return err;
+}
+
+static int check_names(mood_registry *r, const mood__pack_style_row *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        long long taken = 0;
+        int err;
+        if ((err = mood_registry_name_check(s[i].name)) != 0)
+            return err;
+        if ((err = mood__reg_query_int(r, &taken, "SELECT count(*) FROM styles WHERE name = ?1",
+                                       s[i].name)) != 0)
+            return err;
+        if (taken)
+            return mood_error_set(MOOD_EINVAL,
+                                  "a style named '%s' exists already; rename or remove it "
+                                  "(mood rename, mood rm) before importing this pack",
+                                  s[i].name);
+    }
+    return 0;
+}
+
+static int put_blob(store *s, const char *path, const char *sha, mood_progress_fn progress,
+                    void *payload)
+{
+    int err = mood__blob_put_file(&s->txs[s->n_txs], s->r, path, sha, progress, payload);
+    if (!err)
+        s->n_txs++;
+    return err;
+}
+
+static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, const char *pack)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(
+        r, &st,
+        "INSERT INTO adapters(sha256, autov3, size, family, family_source, algorithm, rank, alpha,"
+        " dtype, modules, metadata_json, trigger_words_json, file_name, imported_at) VALUES"
+        " (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
+        " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
+    if (err)
+        return err;
+    mood__reg_bind_text(st, 1, a->sha256);
+    mood__reg_bind_text(st, 2, a->autov3);
+    sqlite3_bind_int64(st, 3, (long long)a->size);
+    mood__reg_bind_text(st, 4, a->family);
+    mood__reg_bind_text(st, 5, a->family_source);
+    mood__reg_bind_text(st, 6, a->algorithm);
+    if (a->has_rank)
+        sqlite3_bind_int64(st, 7, a->rank);
+    if (a->has_alpha)
+        sqlite3_bind_double(st, 8, a->alpha);
+    mood__reg_bind_text(st, 9, a->dtype);
+    if (a->has_modules)
+        sqlite3_bind_int64(st, 10, a->modules);
+    mood__reg_bind_text(st, 11, a->metadata_json);
+    mood__reg_bind_text(st, 12, a->trigger_words_json);
+    mood__reg_bind_text(st, 13, a->file_name);
+    if ((err = step_done(r, st, "storing an adapter of the pack")) != 0)
+        return err;
+    if ((err = mood__reg_prepare(r, &st,
+                                 "INSERT INTO sources(adapter_sha256, kind, location, air, license,"
+                                 " added_at) VALUES (?1, 'pack', ?2, ?3, ?4,"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
+        return err;
+    mood__reg_bind_text(st, 1, a->sha256);
+    mood__reg_bind_text(st, 2, pack);
+    mood__reg_bind_text(st, 3, a->air);
+    mood__reg_bind_text(st, 4, a->license);
+    return step_done(r, st, "recording where the adapter came from");
+}
+
+static int insert_children(mood_registry *r, const mood__pack_style_row *s, long long id)
+{
+    sqlite3_stmt *st = NULL;
+    int err = 0;
+    for (size_t i = 0; !err && i < s->n_loras; i++) {
+        if ((err = mood__reg_prepare(r, &st,
+                                     "INSERT INTO style_adapters(style_id, adapter_sha256,"
+                                     " unet_weight, te_weight, position) VALUES (?1,?2,?3,?4,?5)")))
+            break;
+        sqlite3_bind_int64(st, 1, id);
+        mood__reg_bind_text(st, 2, s->loras[i].sha256);
+        sqlite3_bind_double(st, 3, s->loras[i].unet);
+        sqlite3_bind_double(st, 4, s->loras[i].te);
+        sqlite3_bind_int(st, 5, (int)i);
+        err = step_done(r, st, "linking an adapter");
+    }
+    for (size_t i = 0; !err && i < s->n_tags; i++) {
+        if ((err = mood__reg_prepare(r, &st,
+                                     "INSERT OR IGNORE INTO tags(style_id, tag)"
+                                     " VALUES (?1, ?2)")) != 0)
+            break;
+        sqlite3_bind_int64(st, 1, id);
+        mood__reg_bind_text(st, 2, s->tags[i]);
+        err = step_done(r, st, "tagging a style");
+    }
+    for (size_t i = 0; !err && i < s->n_previews; i++) {
+        if ((err = mood__reg_prepare(r, &st,
+                                     "INSERT INTO previews(style_id, blob_sha256, media_type, "
+                                     "origin, position) VALUES (?1, ?2, ?3, 'pack', ?4)")) != 0)
+            break;
+        sqlite3_bind_int64(st, 1, id);
+        mood__reg_bind_text(st, 2, s->previews[i].sha256);
+        mood__reg_bind_text(st, 3, s->previews[i].media_type);
+        sqlite3_bind_int(st, 4, (int)i);
+        err = step_done(r, st, "storing a preview");
+    }
+    return err;
+}
+
+static int insert_style(mood_registry *r, const mood__pack_style_row *s)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
+    if (s->template_text && s->template_text[0] && !strstr(s->template_text, "{prompt}"))
+        return mood_error_set(MOOD_EFORMAT, "style '%s': template has no {prompt}", s->name);
+    if (s->has_weight && (!isfinite(s->weight) || s->weight < -10 || s->weight > 10))
+        return mood_error_set(MOOD_EFORMAT, "style '%s': weight %g is not from -10 to 10", s->name,
+                              s->weight);
+    if ((err = mood__reg_prepare(r, &st,
+                                 "INSERT INTO styles(name, description, notes, trigger_words,"
+                                 " template, negative, weight, created_at, updated_at) VALUES"
+                                 " (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'),"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
+        return err;
+    mood__reg_bind_text(st, 1, s->name);
+    mood__reg_bind_text(st, 2, s->description);
+    mood__reg_bind_text(st, 3, s->notes);
+    mood__reg_bind_text(st, 4, s->trigger_words);
+    mood__reg_bind_text(st, 5, s->template_text);
+    mood__reg_bind_text(st, 6, s->negative);
+    if (s->has_weight)
+        sqlite3_bind_double(st, 7, s->weight);
+    if ((err = step_done(r, st, "creating a style of the pack")) != 0)
+        return err;
+    return insert_children(r, s, sqlite3_last_insert_rowid(r->db));
+}
+
+static int commit_rows(store *s, const char *pack, const mood__pack_adapter_row *a, size_t na,
+                       const mood__pack_style_row *st, size_t ns, int *added)
+{
+    int err;
+    if ((err = mood__reg_begin(s->r)) != 0)
+        return err;
+    /* checked again inside the transaction: another process may have changed the registry */
+    if ((err = check_adapters(s, a, na)) != 0 || (err = check_names(s->r, st, ns)) != 0)
+        goto done;
+    for (size_t i = 0; i < na && !err; i++) {
+        if (!s->present[i]) {
+            err = insert_adapter(s->r, &a[i], pack);
+            *added += !err;
+        }
+    }
+    for (size_t i = 0; i < ns && !err; i++)
+        err = insert_style(s->r, &st[i]);
+    for (size_t i = 0; i < s->n_txs && !err; i++)
+        err = mood__blob_journal_delete(s->r, &s->txs[i]);
+done:
+    if (!err)
+        err = mood__reg_commit(s->r);
+    if (err)
+        mood__reg_rollback(s->r);
+    return err;
+}
+
+int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path,
+                         const mood__pack_adapter_row *adapters, size_t n_adapters,
+                         const mood__pack_style_row *styles, size_t n_styles,
+                         mood_progress_fn progress, void *payload)
+{
+    store s;
+    size_t n_blobs = n_adapters;
+    char *abs = realpath(pack_path, NULL);
+    int err = 0, locked = 0;
+    memset(&s, 0, sizeof s);
+    s.r = r;
+    *added_out = 0;
+    for (size_t i = 0; i < n_styles; i++)
+        n_blobs += styles[i].n_previews;
+    if (!(s.txs = mood_calloc(n_blobs + 1, sizeof *s.txs)) ||
+        !(s.present = mood_calloc(n_adapters + 1, 1))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    if ((err = check_adapters(&s, adapters, n_adapters)) != 0 ||
+        (err = check_names(r, styles, n_styles)) != 0 || (err = mood__reg_lock_shared(r)) != 0)
+        goto done;
+    locked = 1;
+    for (size_t i = 0; i < n_adapters && !err; i++) {
+        if (!s.present[i] && adapters[i].path)
+            err = put_blob(&s, adapters[i].path, adapters[i].sha256, progress, payload);
+    }
+    for (size_t i = 0; i < n_styles && !err; i++) {
+        for (size_t j = 0; j < styles[i].n_previews && !err; j++)
+            err =
+                put_blob(&s, styles[i].previews[j].path, styles[i].previews[j].sha256, NULL, NULL);
+    }
+    if (!err)
+        err = commit_rows(&s, abs ? abs : pack_path, adapters, n_adapters, styles, n_styles,
+                          added_out);
+done:
+    for (size_t i = s.n_txs; i-- > 0;) {
+        if (err)
+            mood__blob_tx_abort(&s.txs[i], r);
+        else
+            mood__blob_tx_end(&s.txs[i]);
+    }
+    if (err)
+        *added_out = 0;
+    if (locked)
+        mood__reg_unlock_shared(r);
+    mood_free(s.txs);
+    mood_free(s.present);
+    free(abs); /* from realpath */
+    return err;
+}

@@ -1,0 +1,53 @@
+/*
+ * pack_store.h: what style-pack import (styles/pack.c) needs from the registry beyond the public
+ * API (internal, not installed; no SQLite types): storing the adapters, previews and styles of a
+ * pack in one all-or-nothing step, with the blob store's journal protecting the blobs.
+ */
+#ifndef MOOD_REGISTRY_PACK_STORE_H
+#define MOOD_REGISTRY_PACK_STORE_H
+
+#include "mood/registry.h"
+
+/* An adapter of a pack: the file (path) when embedded, else NULL (it must be in the registry). */
+typedef struct mood__pack_adapter_row {
+    const char *sha256;
+    const char *path;
+    const char *file_name, *family, *family_source, *algorithm, *dtype, *autov3;
+    uint64_t size;
+    long long rank, modules;
+    int has_rank, has_modules;
+    double alpha;
+    int has_alpha;
+    const char *metadata_json, *trigger_words_json; /* JSON text or NULL */
+    const char *air, *license;
+} mood__pack_adapter_row;
+
+typedef struct mood__pack_preview_row {
+    const char *sha256;
+    const char *path; /* extracted file */
+    const char *media_type;
+} mood__pack_preview_row;
+
+typedef struct mood__pack_style_row {
+    const char *name, *description, *notes, *trigger_words, *template_text, *negative;
+    double weight;
+    int has_weight;
+    const mood_style_lora *loras;
+    size_t n_loras;
+    const char *const *tags;
+    size_t n_tags;
+    const mood__pack_preview_row *previews;
+    size_t n_previews;
+} mood__pack_style_row;
+
+/* Stores a pack: refuses (MOOD_ENOTFOUND) when an adapter that is not embedded is missing from
+ * the registry, listing every such adapter with its AIR; refuses (MOOD_EINVAL) a style name that
+ * is invalid or taken. Then copies the blobs (each verified against its SHA-256) and commits all
+ * rows in one transaction: everything or nothing. Adapters already in the registry are kept as
+ * they are. *added_out counts the adapters added. `pack_path` is recorded as their source. */
+int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path,
+                         const mood__pack_adapter_row *adapters, size_t n_adapters,
+                         const mood__pack_style_row *styles, size_t n_styles,
+                         mood_progress_fn progress, void *payload);
+
+#endif /* MOOD_REGISTRY_PACK_STORE_H */

@@ -1,0 +1,341 @@
+/*
+ * query.c: reading the registry: `mood list`, `mood show`, `mood search`, returned as JSON text
+ * (registry.h documents the fields). Search goes through the FTS5 index styles_fts; each word
+ * the user typed becomes a quoted prefix term, so no input is read as FTS5 syntax.
+ */
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <string.h>
+
+#include "registry/registry_impl.h"
+
+/* One row per style with what list and search show. ?1 tag, ?2 family, ?3 FTS query. */
+#define SUMMARY_COLUMNS                                                                            \
+    "SELECT s.id, s.name, s.description, s.trigger_words, s.weight,"                               \
+    " (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM tags WHERE style_id = s.id"        \
+    "  ORDER BY tag)),"                                                                            \
+    " (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"     \
+    "  WHERE sa.style_id = s.id ORDER BY sa.position LIMIT 1),"                                    \
+    " (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"  \
+    "  WHERE sa.style_id = s.id ORDER BY sa.position LIMIT 1),"                                    \
+    " (SELECT a.rank FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"       \
+    "  WHERE sa.style_id = s.id ORDER BY sa.position LIMIT 1),"                                    \
+    " (SELECT count(*) FROM style_adapters WHERE style_id = s.id),"                                \
+    " (SELECT count(*) FROM previews WHERE style_id = s.id)"
+
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+static void add_opt_string(cJSON *o, const char *key, const char *v)
+{
+    if (v)
+        cJSON_AddStringToObject(o, key, v);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+/* "a\x1fb" → ["a", "b"] */
+static cJSON *split_tags(const char *s)
+{
+    cJSON *arr = cJSON_CreateArray();
+    while (s && *s) {
+        size_t n = strcspn(s, "\x1f");
+        char tag[256];
+        snprintf(tag, sizeof tag, "%.*s", (int)(n < 255 ? n : 255), s);
+        cJSON_AddItemToArray(arr, cJSON_CreateString(tag));
+        s += n;
+        if (*s)
+            s++;
+    }
+    return arr;
+}
+
+static cJSON *summary_row(sqlite3_stmt *st)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", col_text(st, 1));
+    add_opt_string(o, "family", col_text(st, 6));
+    add_opt_string(o, "algorithm", col_text(st, 7));
+    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
+        cJSON_AddNumberToObject(o, "rank", sqlite3_column_int(st, 8));
+    else
+        cJSON_AddNullToObject(o, "rank");
+    if (sqlite3_column_type(st, 4) != SQLITE_NULL)
+        cJSON_AddNumberToObject(o, "weight", sqlite3_column_double(st, 4));
+    else
+        cJSON_AddNullToObject(o, "weight");
+    add_opt_string(o, "trigger_words", col_text(st, 3));
+    cJSON_AddItemToObject(o, "tags", split_tags(col_text(st, 5)));
+    add_opt_string(o, "description", col_text(st, 2));
+    cJSON_AddNumberToObject(o, "adapters", sqlite3_column_int(st, 9));
+    cJSON_AddNumberToObject(o, "previews", sqlite3_column_int(st, 10));
+    return o;
+}
+
+static int detach_json(char **out, cJSON *o)
+{
+    char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    *out = text ? mood_strdup(text) : NULL;
+    cJSON_free(text);
+    return *out ? 0 : mood_error_nomem();
+}
+
+/* Runs a summary query whose parameters are strings (NULL allowed) into a JSON array. */
+static int run_summaries(char **out, mood_registry *r, const char *sql, const char *const *args,
+                         int n_args)
+{
+    sqlite3_stmt *st = NULL;
+    cJSON *arr = cJSON_CreateArray();
+    int err, rc;
+    *out = NULL;
+    if ((err = mood__reg_prepare(r, &st, sql)) != 0)
+        goto done;
+    for (int i = 0; i < n_args && !err; i++)
+        err = mood__reg_bind_text(st, i + 1, args[i]);
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        cJSON_AddItemToArray(arr, summary_row(st));
+    if (!err && rc != SQLITE_DONE)
+        err = mood__reg_sqlerr(r, rc, "reading the styles");
+done:
+    sqlite3_finalize(st);
+    if (!err)
+        return detach_json(out, arr);
+    cJSON_Delete(arr);
+    return err;
+}
+
+int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const char *base)
+{
+    const char *args[2] = {tag, base};
+    return run_summaries(out, r,
+                         SUMMARY_COLUMNS " FROM styles s WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
+                                         "FROM tags t WHERE t.style_id = s.id AND t.tag = ?1))"
+                                         " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters "
+                                         "sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE "
+                                         "sa.style_id = s.id AND a.family = ?2))"
+                                         " ORDER BY s.name COLLATE NOCASE",
+                         args, 2);
+}
+
+/* Each word (letters, digits and anything not FTS5-special) becomes "word"*; words are ANDed. */
+static int fts_query(mood_buf *q, const char *text)
+{
+    int err = 0;
+    const char *s = text;
+    while (*s && !err) {
+        size_t n;
+        while (*s && !isalnum((unsigned char)*s) && !((unsigned char)*s & 0x80))
+            s++;
+        n = 0;
+        while (s[n] && (isalnum((unsigned char)s[n]) || ((unsigned char)s[n] & 0x80)))
+            n++;
+        if (n)
+            err = mood_buf_printf(q, "%s\"%.*s\"*", q->len ? " " : "", (int)n, s);
+        s += n;
+    }
+    return err;
+}
+
+int mood_registry_search_json(char **out, mood_registry *r, const char *query)
+{
+    mood_buf q;
+    const char *args[1];
+    int err;
+    *out = NULL;
+    mood_buf_init(&q);
+    if ((err = fts_query(&q, query)) != 0)
+        goto done;
+    if (q.len == 0) {
+        err = mood_error_set(MOOD_EINVAL, "search '%s': give at least one word to look for", query);
+        goto done;
+    }
+    args[0] = q.data;
+    err = run_summaries(out, r,
+                        SUMMARY_COLUMNS " FROM styles_fts f JOIN styles s ON s.id = f.rowid"
+                                        " WHERE styles_fts MATCH ?1 ORDER BY f.rank, s.name",
+                        args, 1);
+done:
+    mood_buf_dispose(&q);
+    return err;
+}
+
+/* ----- show --------------------------------------------------------------------------------- */
+
+static void add_parsed(cJSON *o, const char *key, const char *json)
+{
+    cJSON *v = json ? cJSON_Parse(json) : NULL;
+    if (v)
+        cJSON_AddItemToObject(o, key, v);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+static void add_column(cJSON *o, sqlite3_stmt *st, int i)
+{
+    const char *name = sqlite3_column_name(st, i);
+    size_t n = strlen(name);
+    int is_json = n > 5 && strcmp(name + n - 5, "_json") == 0;
+    char key[64];
+    /* stored JSON is shown as JSON, under the column's name without the suffix */
+    snprintf(key, sizeof key, "%.*s", (int)(is_json ? n - 5 : n), name);
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_INTEGER:
+        cJSON_AddNumberToObject(o, key, (double)sqlite3_column_int64(st, i));
+        break;
+    case SQLITE_FLOAT:
+        cJSON_AddNumberToObject(o, key, sqlite3_column_double(st, i));
+        break;
+    case SQLITE_NULL:
+        cJSON_AddNullToObject(o, key);
+        break;
+    default:
+        if (is_json)
+            add_parsed(o, key, col_text(st, i));
+        else
+            cJSON_AddStringToObject(o, key, col_text(st, i));
+    }
+}
+
+/* Runs sql (parameter ?1 = id) and adds each row as an object (all columns) to arr; `fill`
+ * adds computed fields. */
+static int rows_json(mood_registry *r, cJSON *arr, const char *sql, long long id,
+                     void (*fill)(mood_registry *, cJSON *, sqlite3_stmt *))
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st, sql), rc = SQLITE_DONE;
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        cJSON *o = cJSON_CreateObject();
+        for (int i = 0; i < sqlite3_column_count(st); i++)
+            add_column(o, st, i);
+        if (fill)
+            fill(r, o, st);
+        cJSON_AddItemToArray(arr, o);
+    }
+    if (rc != SQLITE_DONE)
+        err = mood__reg_sqlerr(r, rc, "reading a style");
+    sqlite3_finalize(st);
+    return err;
+}
+
+static void add_blob_path(mood_registry *r, cJSON *o, const char *sha)
+{
+    char *path = NULL;
+    if (sha && mood__blob_valid_hex(sha) && mood__blob_path(&path, r, sha) == 0)
+        cJSON_AddStringToObject(o, "path", path);
+    mood_free(path);
+}
+
+static void fill_adapter(mood_registry *r, cJSON *o, sqlite3_stmt *st)
+{
+    const char *sha = col_text(st, 0), *v3 = col_text(st, 1);
+    char shortv3[13], autov2[11];
+    cJSON *sources = cJSON_AddArrayToObject(o, "sources");
+    snprintf(autov2, sizeof autov2, "%.10s", sha ? sha : "");
+    cJSON_AddStringToObject(o, "autov2", autov2);
+    if (v3) {
+        snprintf(shortv3, sizeof shortv3, "%.12s", v3);
+        cJSON_AddStringToObject(o, "autov3_short", shortv3);
+    }
+    add_blob_path(r, o, sha);
+    (void)sources;
+}
+
+static void fill_preview(mood_registry *r, cJSON *o, sqlite3_stmt *st)
+{
+    add_blob_path(r, o, col_text(st, 0));
+}
+
+/* Sources of each adapter, added after the adapter rows are read. */
+static int add_sources(mood_registry *r, cJSON *adapters)
+{
+    cJSON *a;
+    int err = 0;
+    cJSON_ArrayForEach(a, adapters)
+    {
+        sqlite3_stmt *st = NULL;
+        cJSON *arr = cJSON_GetObjectItemCaseSensitive(a, "sources");
+        const char *sha = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "sha256"));
+        int rc;
+        if ((err = mood__reg_prepare(r, &st,
+                                     "SELECT kind, location, civitai_model_id, civitai_version_id,"
+                                     " model_name, version_name, base_model, air, license, nsfw,"
+                                     " nsfw_level, added_at, sidecar_json, civitai_info_json"
+                                     " FROM sources WHERE adapter_sha256 = ?1 ORDER BY id")) != 0)
+            break;
+        mood__reg_bind_text(st, 1, sha);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            cJSON *o = cJSON_CreateObject();
+            for (int i = 0; i < sqlite3_column_count(st); i++)
+                add_column(o, st, i);
+            cJSON_AddItemToArray(arr, o);
+        }
+        if (rc != SQLITE_DONE)
+            err = mood__reg_sqlerr(r, rc, "reading sources");
+        sqlite3_finalize(st);
+        if (err)
+            break;
+    }
+    return err;
+}
+
+static int style_fields(mood_registry *r, cJSON *o, long long id)
+{
+    cJSON *arr = cJSON_CreateArray(), *row;
+    int err = rows_json(r, arr,
+                        "SELECT name, description, notes, trigger_words, template, negative,"
+                        " weight, created_at, updated_at FROM styles WHERE id = ?1",
+                        id, NULL);
+    row = cJSON_GetArrayItem(arr, 0);
+    for (cJSON *c = row ? row->child : NULL; c; c = c->next)
+        cJSON_AddItemToObject(o, c->string, cJSON_Duplicate(c, 1));
+    cJSON_Delete(arr);
+    return err;
+}
+
+int mood_registry_show_json(char **out, mood_registry *r, const char *name)
+{
+    cJSON *o = cJSON_CreateObject(), *tags, *adapters, *previews, *t;
+    long long id;
+    int err;
+    *out = NULL;
+    if ((err = mood__reg_style_id(r, &id, name)) != 0 || (err = style_fields(r, o, id)) != 0)
+        goto done;
+    adapters = cJSON_AddArrayToObject(o, "adapters");
+    err = rows_json(r, adapters,
+                    "SELECT a.sha256, a.autov3, sa.unet_weight, sa.te_weight, a.size, a.family,"
+                    " a.family_source, a.algorithm, a.rank, a.alpha, a.dtype, a.modules,"
+                    " a.file_name, a.imported_at, a.trigger_words_json AS training_tags_json,"
+                    " a.metadata_json"
+                    " FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"
+                    " WHERE sa.style_id = ?1 ORDER BY sa.position",
+                    id, fill_adapter);
+    if (err || (err = add_sources(r, adapters)) != 0)
+        goto done;
+    tags = cJSON_CreateArray();
+    if ((err = rows_json(r, tags, "SELECT tag FROM tags WHERE style_id = ?1 ORDER BY tag", id,
+                         NULL)) != 0) {
+        cJSON_Delete(tags);
+        goto done;
+    }
+    t = cJSON_AddArrayToObject(o, "tags");
+    for (cJSON *c = tags->child; c; c = c->next)
+        cJSON_AddItemToArray(
+            t, cJSON_CreateString(cJSON_GetStringValue(cJSON_GetObjectItem(c, "tag"))));
+    cJSON_Delete(tags);
+    previews = cJSON_AddArrayToObject(o, "previews");
+    err = rows_json(r, previews,
+                    "SELECT blob_sha256 AS sha256, media_type, origin, nsfw_level FROM previews"
+                    " WHERE style_id = ?1 ORDER BY position, id",
+                    id, fill_preview);
+done:
+    if (!err)
+        return detach_json(out, o);
+    cJSON_Delete(o);
+    return err;
+}

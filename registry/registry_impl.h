@@ -1,0 +1,90 @@
+/*
+ * registry_impl.h: what the files of registry/ share (not installed): the handle, SQLite helpers
+ * that turn rc + sqlite3_errmsg() into mood errors naming registry.db, the registry-wide lock and
+ * the blob store. Only registry/ includes sqlite3.h.
+ *
+ * Locking: HOME/registry.lock is held shared (flock) by every import from before its journal row
+ * is written until its temporary file is gone, and exclusively by the clean-up of interrupted
+ * imports and by `doctor --fix`, so clean-up never sees the temporary file of a live import.
+ */
+#ifndef MOOD_REGISTRY_REGISTRY_IMPL_H
+#define MOOD_REGISTRY_REGISTRY_IMPL_H
+
+#include <sqlite3.h>
+
+#include "common/common.h"
+#include "mood/registry.h"
+
+struct mood_registry {
+    sqlite3 *db;
+    char *home;
+    char *db_path;
+    char *blob_dir; /* HOME/blobs/sha256 */
+    char *tmp_dir;  /* HOME/blobs/tmp: temporary files of imports in progress */
+    int lock_fd;    /* HOME/registry.lock */
+    int lock_depth; /* nested shared holds */
+    int version;
+};
+
+/* Prefix of the temporary files of imports: "import-PID-N.part" in tmp_dir. Only files matching
+ * it are ever deleted from tmp_dir. */
+#define MOOD__REG_TMP_PREFIX "import-"
+#define MOOD__REG_TMP_SUFFIX ".part"
+
+/* MOOD_EIO (MOOD_EFORMAT for a corrupt database) with "registry.db: what: sqlite message". */
+int mood__reg_sqlerr(mood_registry *r, int rc, const char *what);
+int mood__reg_exec(mood_registry *r, const char *sql);
+/* BEGIN IMMEDIATE (waits for other writers up to the busy timeout). */
+int mood__reg_begin(mood_registry *r);
+int mood__reg_commit(mood_registry *r);
+void mood__reg_rollback(mood_registry *r);
+int mood__reg_prepare(mood_registry *r, sqlite3_stmt **st, const char *sql);
+/* Binds a string or NULL. */
+int mood__reg_bind_text(sqlite3_stmt *st, int i, const char *s);
+/* Runs a statement that returns one integer (0 when no row). */
+int mood__reg_query_int(mood_registry *r, long long *out, const char *sql, const char *arg);
+
+/* Registry-wide lock (see above). */
+int mood__reg_lock_shared(mood_registry *r);
+void mood__reg_unlock_shared(mood_registry *r);
+/* Exclusive; with wait 0 returns 1 (and holds nothing) when someone else holds the lock. */
+int mood__reg_lock_exclusive(mood_registry *r, int wait);
+void mood__reg_unlock_exclusive(mood_registry *r);
+
+/* ----- blob store ------------------------------------------------------------------------------
+ */
+
+/* HOME/blobs/sha256/ab/cdef... for a 64-hex SHA-256. */
+int mood__blob_path(char **out, const mood_registry *r, const char *sha256);
+int mood__blob_valid_hex(const char *s);
+
+/* One blob being added: journal row + temporary file (a hard link to the blob once in place).
+ * The caller commits its rows together with mood__blob_journal_delete(), then calls
+ * mood__blob_tx_end(); on failure mood__blob_tx_abort() undoes everything. */
+typedef struct mood__blob_tx {
+    char sha256[65];
+    char *tmp_name; /* journal key, file name in tmp_dir */
+    char *tmp_path; /* NULL when the blob was already stored */
+    int created;    /* this transaction put the blob in place */
+} mood__blob_tx;
+
+/* Stores the file at src whose SHA-256 is expected (verified while copying). */
+int mood__blob_put_file(mood__blob_tx *tx, mood_registry *r, const char *src, const char *expected,
+                        mood_progress_fn progress, void *payload);
+int mood__blob_put_mem(mood__blob_tx *tx, mood_registry *r, const void *data, size_t size);
+/* Deletes the tx's journal row (call inside the transaction that commits the rows). */
+int mood__blob_journal_delete(mood_registry *r, const mood__blob_tx *tx);
+void mood__blob_tx_end(mood__blob_tx *tx);
+void mood__blob_tx_abort(mood__blob_tx *tx, mood_registry *r);
+/* Inside a write transaction: deletes sha's blob when no adapter, preview or import in progress
+ * refers to it. Sets *deleted. */
+int mood__blob_delete_if_unused(mood_registry *r, const char *sha256, int *deleted);
+/* Removes what interrupted imports left (called by open under the exclusive lock). */
+int mood__blob_cleanup(mood_registry *r);
+
+/* ----- shared by the query and edit files --------------------------------------------------- */
+
+/* id of the style called name (case-insensitive), MOOD_ENOTFOUND with a message otherwise. */
+int mood__reg_style_id(mood_registry *r, long long *id, const char *name);
+
+#endif /* MOOD_REGISTRY_REGISTRY_IMPL_H */

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# test_civitai.sh: `mood import` of Civitai references and URLs, `mood civitai link` and
+# `mood update-check` against tests/mock_civitai.py (started here on 127.0.0.1, stopped on exit):
+# token handling (401 without, never stored), early access (403), archived (410), unknown hash
+# (404), 429 then success, a download cut off half-way and resumed with Range, bytes that do not
+# match the published SHA-256 (rejected, nothing stored), --nsfw preview filtering.
+# Skips (77) when python3 is missing.
+. "$(dirname "$0")/lib.sh"
+
+command -v python3 >/dev/null 2>&1 || { echo "python3 not found: skipped"; exit 77; }
+PY=$(python3 -c 'import sys; print(sys.executable)') # the interpreter itself, not a shim
+SRC=${MOOD_SOURCE:-$(dirname "$0")/../..}
+V1=$FIX/kohya/sd1_lora_bf16.safetensors
+V2=$FIX/kohya/sd1_lora.safetensors
+
+"$PY" "$SRC/tests/mock_civitai.py" --port-file "$tmp/port" --log "$tmp/server.log" \
+    --lifetime 120 --lora "$V1" --lora-v2 "$V2" &
+srv=$!
+trap 'kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 100); do [ -s "$tmp/port" ] && break; sleep 0.1; done
+[ -s "$tmp/port" ] || { echo "FAIL: mock_civitai.py did not start"; exit 1; }
+URL=http://127.0.0.1:$(cat "$tmp/port")
+
+export MOOD_CIVITAI_URL=$URL MOOD_HTTP_RETRY_MS=20 no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
+unset MOOD_OFFLINE CIVITAI_TOKEN MOOD_HTTP_RETRIES
+py() { "$PY" -c "$@"; }
+home() { export MOOD_HOME=$tmp/$1; }
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+styles() { "$MOOD" list --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+blobs() { find "$MOOD_HOME/blobs/sha256" -type f 2>/dev/null | wc -l; }
+
+# ----- tokens and refusals
+home h1
+expect_rc 2 "no token: 401" "$MOOD" import civitai:900101
+check "401 message says how to fix it" grep -q "needs a Civitai API token: set CIVITAI_TOKEN" "$tmp/err"
+check "401 message names the URL" grep -q "$URL/api/download/models/900101" "$tmp/err"
+check "nothing stored after 401" [ "$(styles)" = 0 ] && [ "$(blobs)" = 0 ]
+CIVITAI_TOKEN=SECRET-wrong expect_rc 2 "wrong token: 401" "$MOOD" import civitai:900101
+check "wrong token refused, not shown" py 'import sys; t=open(sys.argv[1]).read(); assert "refused" in t and "SECRET" not in t, t' "$tmp/err"
+export CIVITAI_TOKEN=good-key
+expect_rc 2 "early access: 403" "$MOOD" import civitai:900102
+check "403 explains early access" grep -q "early access" "$tmp/err"
+expect_rc 2 "archived: 410" "$MOOD" import civitai:900103
+check "410 says removed" grep -q "410 Gone" "$tmp/err"
+expect_rc 1 "not a reference" "$MOOD" import civitai:abc
+check "bad reference explained" grep -q "civitai:VERSION_ID" "$tmp/err"
+expect_rc 2 "unknown version: 404" "$MOOD" import civitai:424242
+check "nothing stored after refusals" [ "$(styles)" = 0 ] && [ "$(blobs)" = 0 ]
+
+# ----- a Civitai import
+expect_rc 0 "import civitai:900101" "$MOOD" import civitai:900101 --json
+check "import --json: style and Civitai ids" py '
+import json,sys; d=json.load(open(sys.argv[1])); i=d["imported"][0]
+assert i["name"]=="mock_ink_style" and i["family"]=="sd1", i
+assert i["civitai"]["version_id"]==900101 and i["civitai"]["model_id"]==900001, i
+assert i["civitai"]["air"]=="urn:air:sd1:lora:civitai:900001@900101", i' "$tmp/out"
+check "the stored file is the published one" [ "$(blobs)" -ge 2 ] && [ -f "$MOOD_HOME/blobs/sha256/$(sha "$V1" | cut -c1-2)/$(sha "$V1" | cut -c3-)" ]
+expect_rc 0 "show --json" "$MOOD" show mock_ink_style --json
+check "show: trigger words, description, AIR, licence, one PG preview" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["trigger_words"]=="inkwash style", d["trigger_words"]
+assert "Test LoRA." in (d["description"] or ""), d["description"]
+src=[s for a in d["adapters"] for s in a["sources"] if s["kind"]=="civitai"]
+assert len(src)==1, d["adapters"]
+s=src[0]; assert s["air"]=="urn:air:sd1:lora:civitai:900001@900101" and s["civitai_version_id"]==900101
+assert s["model_name"]=="Mock Ink Wash Style" and s["version_name"]=="v1.0" and s["base_model"]=="SD 1.5"
+assert "credit not required" in s["license"] and s["nsfw_level"]==1, s
+assert not any(x["kind"]=="file" for a in d["adapters"] for x in a["sources"]), "temp path kept"
+assert len(d["previews"])==1 and d["previews"][0]["nsfw_level"]==1, d["previews"]
+assert sorted(d["tags"])==["ink","style"], d["tags"]' "$tmp/out"
+check "token never stored" [ -z "$(grep -rla good-key "$MOOD_HOME")" ]
+check "downloads folder left empty" [ -z "$(ls -A "$MOOD_HOME/downloads")" ]
+check "storage never saw the token" py 'import sys; t=open(sys.argv[1]).read(); assert "/storage/noauth/mock_ink_style.safetensors auth=no" in t and "storage/noauth/mock_ink_style.safetensors auth=yes" not in t' "$tmp/server.log"
+expect_rc 0 "the same again" "$MOOD" import urn:air:sd1:lora:civitai:900001@900101
+check "second import: already there" grep -q "already in the registry as mock_ink_style" "$tmp/out"
+check "still one style" [ "$(styles)" = 1 ]
+
+# ----- update check: model 900001 has v2.0 (900107) for SD 1.5
+expect_rc 0 "update-check --json" "$MOOD" update-check --json
+check "update-check finds v2.0" py '
+import json,sys; d=json.load(open(sys.argv[1])); u=d["updates"]
+assert d["checked"]==1 and len(u)==1, d
+assert u[0]["name"]=="mock_ink_style" and u[0]["latest_version_id"]==900107 and u[0]["version_id"]==900101, u
+assert u[0]["url"].endswith("/models/900001?modelVersionId=900107"), u' "$tmp/out"
+expect_rc 0 "a model page URL imports the latest version" "$MOOD" import "$URL/models/900001/mock-ink-wash" --json
+check "latest = v2.0" py '
+import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]
+assert i["name"]=="mock_ink_style_v2" and i["civitai"]["version_id"]==900107, i' "$tmp/out"
+expect_rc 0 "update-check (human)" "$MOOD" update-check
+check "update-check lists only the old one" py '
+import sys; t=open(sys.argv[1]).read(); assert t.startswith("mock_ink_style: v1.0 -> v2.0") and t.count("\n")==1, t' "$tmp/out"
+
+# ----- bytes that do not match the published SHA-256
+home h2
+expect_rc 2 "corrupt download refused" "$MOOD" import civitai:900104
+check "hash mismatch explained" grep -q "SHA-256" "$tmp/err"
+check "nothing stored after a mismatch" [ "$(styles)" = 0 ] && [ "$(blobs)" = 0 ] && [ -z "$(ls -A "$MOOD_HOME/downloads")" ]
+
+# ----- a download cut off half-way, resumed by the next run
+MOOD_HTTP_RETRIES=0 expect_rc 2 "cut off, no retries" "$MOOD" import civitai:900105
+check "the partial download is kept" [ -n "$(ls -A "$MOOD_HOME/downloads")" ]
+expect_rc 0 "the next run resumes" "$MOOD" import civitai:900105
+check "resumed with Range" grep -q "GET /storage/cut/mock_ink_style.safetensors auth=no range=bytes=" "$tmp/server.log"
+check "resumed file is whole" [ -f "$MOOD_HOME/blobs/sha256/$(sha "$V1" | cut -c1-2)/$(sha "$V1" | cut -c3-)" ]
+
+# ----- 429 then success; --nsfw x keeps both previews
+home h3
+expect_rc 0 "429 then success" "$MOOD" import civitai:900106 --nsfw x --json
+check "429 was answered once" [ "$(grep -c "GET /api/v1/model-versions/900106" "$tmp/server.log")" -ge 2 ]
+expect_rc 0 "show" "$MOOD" show mock_ink_style --json
+check "--nsfw x: two previews" py 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["previews"])==2, d["previews"]' "$tmp/out"
+
+# ----- a local file: looked up by hash (unless --offline), then civitai link
+home h4
+cp "$V1" "$tmp/mine.safetensors"
+expect_rc 0 "local import, offline" "$MOOD" import "$tmp/mine.safetensors" --offline --json
+check "offline: no Civitai data" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert "civitai" not in i, i' "$tmp/out"
+expect_rc 0 "civitai link" "$MOOD" civitai link mine --json
+check "link found 900101" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d[0]["version_id"]==900101 and d[0]["name"]=="mine", d' "$tmp/out"
+expect_rc 0 "show after link" "$MOOD" show mine --json
+check "link stored AIR and trigger words" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["trigger_words"]=="inkwash style"
+assert any(s.get("air")=="urn:air:sd1:lora:civitai:900001@900101" for a in d["adapters"] for s in a["sources"])' "$tmp/out"
+cp "$V2" "$tmp/other.safetensors"
+MOOD_OFFLINE=1 expect_rc 0 "MOOD_OFFLINE=1 import" "$MOOD" import "$tmp/other.safetensors"
+check "MOOD_OFFLINE: no lookup" [ "$(grep -c "by-hash/$(sha "$V2" | tr a-f A-F)" "$tmp/server.log")" = 0 ]
+home h5
+expect_rc 0 "local import looks up by hash" "$MOOD" import "$tmp/mine.safetensors" --json
+check "found by hash on import" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert i["civitai"]["version_id"]==900101, i' "$tmp/out"
+"$PY" -c 'import sys; d=open(sys.argv[1],"rb").read(); open(sys.argv[2],"wb").write(d[:-2]+bytes([d[-2]^1,d[-1]]))' "$V1" "$tmp/unknown.safetensors"
+expect_rc 0 "unknown file: imported without Civitai data" "$MOOD" import "$tmp/unknown.safetensors" --json
+check "unknown hash: 404 from by-hash" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert "civitai" not in i, i' "$tmp/out"
+expect_rc 2 "link of an unknown file" "$MOOD" civitai link unknown
+check "link says Civitai does not know it" grep -q "Civitai does not know" "$tmp/err"
+
+# ----- a plain URL
+home h6
+unset CIVITAI_TOKEN
+expect_rc 0 "import a URL" "$MOOD" import "$URL/storage/norange/mock_ink_style.safetensors?sig=1" --json
+check "URL import: name from the server, Civitai data by hash" py '
+import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]
+assert i["name"]=="mock_ink_style" and i["civitai"]["version_id"]==900101, i' "$tmp/out"
+expect_rc 0 "show URL import" "$MOOD" show mock_ink_style --json
+check "URL source kept" py '
+import json,sys; d=json.load(open(sys.argv[1])); s=[s for a in d["adapters"] for s in a["sources"]]
+assert [x["kind"] for x in s]==["url"] and "/storage/norange/" in s[0]["location"], s' "$tmp/out"
+expect_rc 2 "URL 404" "$MOOD" import "$URL/storage/noauth/missing.safetensors"
+check "404 names the URL" grep -q "missing.safetensors: 404" "$tmp/err"
+
+finish

@@ -1,0 +1,105 @@
+# test_pack.sh: `mood pack export` / `mood pack import` through the command: a round trip into an
+# empty registry gives identical styles and blobs, exports are byte-for-byte reproducible,
+# --reference-only packs need their adapters in the registry (and say which are missing),
+# and tampered packs are refused with nothing imported.
+source "$(dirname "$0")/lib.sh"
+SRC=${MOOD_SOURCE:?set MOOD_SOURCE to the source tree}
+
+A=$tmp/a B=$tmp/b C=$tmp/c
+# the zstd and GNU tar commands only look inside packs and build tampered ones
+have_zstd=0
+if command -v zstd >/dev/null && tar --help 2>/dev/null | grep -q -- --zstd; then have_zstd=1; fi
+mkdir -p "$tmp/src"
+cp "$SRC/examples/loras/inkwash.safetensors" "$SRC/examples/loras/film-grain.safetensors" \
+    "$FIX/kohya/sd1_locon_fp16.safetensors" "$tmp/src/"
+# a 1x1 PNG as a preview sidecar
+echo 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==' |
+    base64 -d >"$tmp/src/inkwash.preview.png"
+
+# show NAME HOME: the style as JSON without what differs between registries by nature (paths,
+# times, where a file was imported from)
+show() {
+    MOOD_HOME=$2 "$MOOD" show "$1" --json | grep -v '"path"\|_at"\|"location"\|"kind"\|"origin"'
+}
+blobs() {
+    (cd "$1/blobs/sha256" && find . -type f | sort | xargs sha256sum)
+}
+
+export MOOD_HOME=$A
+expect_rc 0 "import fixtures" "$MOOD" import "$tmp/src"
+expect_rc 0 "tag" "$MOOD" tag inkwash +ink
+expect_rc 0 "style create" "$MOOD" style create combo --lora inkwash:0.8 --lora film-grain:0.3:0.2 \
+    --trigger "ink wash, grain" --template "{prompt}, ink wash" --negative "blurry" --weight 0.9
+check "preview imported" grep -q '"image/png"' <(show inkwash "$A")
+
+# --- export ------------------------------------------------------------------------------------
+expect_rc 0 "export" "$MOOD" pack export inkwash combo film-grain sd1_locon_fp16 -o "$tmp/p.moodpack" --json
+check "export json" grep -q '"reference_only":.*false' "$tmp/out"
+expect_rc 0 "export again" "$MOOD" pack export inkwash combo film-grain sd1_locon_fp16 -o "$tmp/p2.moodpack"
+check "export is reproducible" cmp -s "$tmp/p.moodpack" "$tmp/p2.moodpack"
+[ $have_zstd = 1 ] && check "zstd tar, manifest first" test "$(zstd -dc "$tmp/p.moodpack" | tar tf - | head -1)" = manifest.json
+expect_rc 1 "export unknown style" "$MOOD" pack export nosuch -o "$tmp/x.moodpack"
+check "unknown style named" grep -q nosuch "$tmp/err"
+check "no partial pack" test ! -e "$tmp/x.moodpack"
+expect_rc 1 "export without -o" "$MOOD" pack export inkwash
+expect_rc 1 "pack without subcommand" "$MOOD" pack
+
+# --- round trip into an empty registry ---------------------------------------------------------
+export MOOD_HOME=$B
+expect_rc 0 "import pack" "$MOOD" pack import "$tmp/p.moodpack" --json
+check "import json" grep -q '"adapters_added":.*3' "$tmp/out"
+for s in inkwash combo film-grain sd1_locon_fp16; do
+    check "identical style $s" cmp -s <(show $s "$A") <(show $s "$B")
+done
+check "identical blobs" cmp -s <(blobs "$A") <(blobs "$B")
+expect_rc 0 "doctor after import" "$MOOD" doctor --deep
+
+# importing again: refused, nothing changed
+blobs "$B" >"$tmp/blobs-before"
+expect_rc 1 "import twice" "$MOOD" pack import "$tmp/p.moodpack"
+check "says the name is taken" grep -q "exists already" "$tmp/err"
+check "blobs unchanged" cmp -s "$tmp/blobs-before" <(blobs "$B")
+check "no temporary directory left" test -z "$(find "$B" -name '.moodpack-*')"
+
+# --- reference-only ----------------------------------------------------------------------------
+export MOOD_HOME=$A
+expect_rc 0 "export reference-only" "$MOOD" pack export combo -o "$tmp/r.moodpack" --reference-only
+[ $have_zstd = 1 ] && check "no adapters embedded" test -z "$(zstd -dc "$tmp/r.moodpack" | tar tf - | grep '^adapters/')"
+export MOOD_HOME=$C
+expect_rc 1 "reference-only into an empty registry" "$MOOD" pack import "$tmp/r.moodpack"
+check "counts the missing adapters" grep -q "2 adapters that are not embedded" "$tmp/err"
+check "missing adapter hash named" grep -q "$(show inkwash "$A" | grep -o '"sha256":[^,]*' | head -1 | grep -o '[0-9a-f]\{64\}')" "$tmp/err"
+check "AIR mentioned" grep -q "AIR" "$tmp/err"
+check "nothing imported" test "$(MOOD_HOME=$C "$MOOD" list --json | tr -d ' \n\t')" = "[]"
+expect_rc 0 "import the adapters" "$MOOD" import "$tmp/src/inkwash.safetensors" "$tmp/src/film-grain.safetensors"
+expect_rc 0 "reference-only import" "$MOOD" pack import "$tmp/r.moodpack"
+check "identical referencing style" cmp -s <(show combo "$A") <(show combo "$C")
+
+# --- tampered packs ----------------------------------------------------------------------------
+D=$tmp/d
+mkdir -p "$D/x"
+if [ $have_zstd = 1 ]; then
+    zstd -dc "$tmp/p.moodpack" | tar -C "$D/x" -xf -
+    mkdir -p "$D/x/board"
+    echo evil >"$D/x/board/evil.png"
+    # file entries only: a directory entry is refused too
+    (cd "$D/x" && tar --zstd --no-recursion -cf "$D/unlisted.moodpack" manifest.json adapters/* board/evil.png)
+    export MOOD_HOME=$tmp/e
+    expect_rc 1 "unlisted entry refused" "$MOOD" pack import "$D/unlisted.moodpack"
+    check "unlisted entry named" grep -q "board/evil.png': not listed in manifest.json" "$tmp/err"
+    rm -r "$D/x/board"
+    f=$(ls "$D/x/adapters" | head -1)
+    printf 'X' | dd of="$D/x/adapters/$f" bs=1 seek=200 conv=notrunc status=none
+    (cd "$D/x" && tar --zstd --no-recursion -cf "$D/tampered.moodpack" manifest.json adapters/*)
+    expect_rc 1 "tampered adapter refused" "$MOOD" pack import "$D/tampered.moodpack"
+    check "hash mismatch named" grep -q "adapters/$f': SHA-256 .* does not match" "$tmp/err"
+fi
+export MOOD_HOME=$tmp/e
+head -c 100000 "$tmp/p.moodpack" >"$D/cut.moodpack"
+expect_rc 1 "truncated pack refused" "$MOOD" pack import "$D/cut.moodpack"
+check "nothing imported from bad packs" test "$("$MOOD" list --json | tr -d ' \n\t')" = "[]"
+check "no blobs from bad packs" test -z "$(find "$tmp/e/blobs" -type f 2>/dev/null)"
+check "no temporary directory left" test -z "$(find "$tmp/e" -name '.moodpack-*')"
+expect_rc 2 "missing pack" "$MOOD" pack import "$tmp/nonexistent.moodpack"
+
+finish

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# test_registry.sh: the registry commands end to end (import, list, show, search, style create/
+# edit, tag, rename, rm, doctor) in a registry under $tmp: --json parsed with python3, exit codes,
+# two imports running at once, and imports killed with SIGKILL at random moments, after which
+# `mood doctor` must find the registry clean.
+. "$(dirname "$0")/lib.sh"
+
+export MOOD_HOME=$tmp/home
+SRC=${MOOD_SOURCE:-$(dirname "$0")/../..}
+lib=$tmp/loras
+mkdir -p "$lib/sub"
+cp "$SRC/examples/loras/inkwash.safetensors" "$SRC/examples/loras/film-grain.safetensors" "$lib/"
+cp "$FIX/kohya/sdxl_lora.safetensors" "$lib/sub/"
+cp "$FIX/kohya/sd2_locon.safetensors" "$lib/sub/Old Style!.safetensors"
+echo '{"activation text": "ink wash, sumi-e", "preferred weight": 0.8, "notes": "n"}' >"$lib/inkwash.json"
+printf 'not really a png' >"$lib/inkwash.preview.png"
+echo "readme" >"$lib/README.md"
+echo "stray" >"$lib/notes.xyz"
+py() { python3 -c "$@"; }
+
+# ----- import
+expect_rc 0 "import a folder" "$MOOD" import "$lib" --json
+check "import --json: 4 imported, renamed, sidecars" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+names=sorted(i["name"] for i in d["imported"]); assert names==["Old_Style","film-grain","inkwash","sdxl_lora"], names
+ink=[i for i in d["imported"] if i["name"]=="inkwash"][0]; assert ink["previews"]==1 and ink["sidecars"]==1
+old=[i for i in d["imported"] if i["name"]=="Old_Style"][0]; assert old["renamed"] and old["wanted"]=="Old Style!"
+assert [s["file"].endswith("notes.xyz") for s in d["skipped"]]==[True], d["skipped"]
+assert d["failed"]==[]' "$tmp/out"
+expect_rc 0 "same file again" "$MOOD" import "$lib/inkwash.safetensors"
+check "says already there" grep -q "already in the registry as inkwash" "$tmp/out"
+cp "$lib/inkwash.safetensors" "$tmp/model.ckpt"
+expect_rc 1 "a pickle is refused" "$MOOD" import "$tmp/model.ckpt"
+check "pickle message" grep -q "pickle files (.ckpt) are not loaded" "$tmp/err"
+cp "$FIX/bases/sd1_base.safetensors" "$tmp/base.safetensors"
+expect_rc 1 "a checkpoint is refused" "$MOOD" import "$tmp/base.safetensors"
+check "checkpoint message" grep -q "this is a checkpoint, not a LoRA" "$tmp/err"
+expect_rc 2 "a missing file" "$MOOD" import "$tmp/nope.safetensors"
+expect_rc 1 "import without paths" "$MOOD" import
+
+# ----- list / show / search
+expect_rc 0 "list --json" "$MOOD" list --json
+check "list has 4 styles" py 'import json,sys; assert len(json.load(open(sys.argv[1])))==4' "$tmp/out"
+expect_rc 0 "list --base sdxl" "$MOOD" list --base sdxl --json
+check "only the sdxl one" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert [s["name"] for s in d]==["sdxl_lora"], d' "$tmp/out"
+expect_rc 1 "list --base bad" "$MOOD" list --base sd9
+expect_rc 0 "show --json" "$MOOD" show inkwash --json
+check "show has everything" py '
+import json,sys,os; d=json.load(open(sys.argv[1]))
+assert d["trigger_words"]=="ink wash, sumi-e" and d["weight"]==0.8
+a=d["adapters"][0]; assert a["family"]=="sd1" and a["algorithm"]=="lora" and a["rank"]==4
+assert len(a["sha256"])==64 and len(a["autov3_short"])==12 and os.path.exists(a["path"])
+assert a["sources"][0]["kind"]=="file" and a["sources"][0]["location"].endswith("inkwash.safetensors")
+assert os.path.exists(d["previews"][0]["path"])' "$tmp/out"
+expect_rc 0 "show (text)" "$MOOD" show INKWASH
+check "show text has AutoV3" grep -q "AutoV3" "$tmp/out"
+expect_rc 1 "show unknown" "$MOOD" show nothing-here
+expect_rc 0 "search by prefix" "$MOOD" search sumi --json
+check "search finds inkwash" py '
+import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["inkwash"]' "$tmp/out"
+
+# ----- styles, tags, rename, rm
+expect_rc 0 "style create" "$MOOD" style create ink-film --lora inkwash:0.8 --lora "$lib/film-grain.safetensors:0.3:0.2" --template "{prompt}, ink" --weight 0.9
+expect_rc 1 "style create, taken name" "$MOOD" style create INK-FILM --lora inkwash
+check "taken name suggests" grep -q "try 'INK-FILM-2'" "$tmp/err"
+expect_rc 1 "style create, bad name" "$MOOD" style create "ink film" --lora inkwash
+expect_rc 1 "style create, unknown lora" "$MOOD" style create x --lora no-such-style
+expect_rc 0 "style edit" "$MOOD" style edit ink-film --negative "blurry" --trigger "ink, film"
+expect_rc 0 "tag" "$MOOD" tag ink-film +mono +painting
+expect_rc 0 "untag" "$MOOD" tag ink-film -painting
+expect_rc 0 "show ink-film" "$MOOD" show ink-film --json
+check "composed style" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+w=[(a["file_name"],a["unet_weight"],a["te_weight"]) for a in d["adapters"]]
+assert w==[("inkwash.safetensors",0.8,0.8),("film-grain.safetensors",0.3,0.2)], w
+assert d["tags"]==["mono"] and d["negative"]=="blurry" and d["template"]=="{prompt}, ink"' "$tmp/out"
+expect_rc 0 "list --tag" "$MOOD" list --tag mono --json
+check "tag filter" py 'import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["ink-film"]' "$tmp/out"
+expect_rc 0 "search a tag" "$MOOD" search mon --json
+check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
+expect_rc 0 "rename" "$MOOD" rename ink-film ink_film
+expect_rc 1 "rename to a bad name" "$MOOD" rename ink_film "a<b"
+expect_rc 0 "rm inkwash (still used)" "$MOOD" rm inkwash
+sha=$("$MOOD" show ink_film --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["adapters"][0]["sha256"])')
+blob=$MOOD_HOME/blobs/sha256/${sha:0:2}/${sha:2}
+check "blob kept while used" test -f "$blob"
+expect_rc 0 "rm ink_film" "$MOOD" rm ink_film
+check "blob gone with its last user" test ! -e "$blob"
+
+# ----- doctor
+expect_rc 0 "doctor clean" "$MOOD" doctor --deep
+mkdir -p "$MOOD_HOME/blobs/sha256/ee"
+echo orphan >"$MOOD_HOME/blobs/sha256/ee/$(printf 'e%.0s' $(seq 62))"
+expect_rc 1 "doctor finds an orphan" "$MOOD" doctor --json
+check "orphan listed" py 'import json,sys; assert len(json.load(open(sys.argv[1]))["orphans"])==1' "$tmp/out"
+expect_rc 1 "doctor --fix" "$MOOD" doctor --fix
+expect_rc 0 "doctor clean after fix" "$MOOD" doctor
+
+# ----- two imports at once
+"$MOOD" import "$lib/inkwash.safetensors" "$FIX/kohya/sd1_lora.safetensors" >"$tmp/a.out" 2>&1 &
+pa=$!
+"$MOOD" import "$lib/inkwash.safetensors" "$FIX/kohya/sd1_locon_fp16.safetensors" >"$tmp/b.out" 2>&1 &
+pb=$!
+wait $pa; ra=$?
+wait $pb; rb=$?
+check "concurrent import A succeeds" test $ra -eq 0
+check "concurrent import B succeeds" test $rb -eq 0
+n=$("$MOOD" list --json | python3 -c 'import json,sys; print(sum(s["name"] in ("inkwash","sd1_lora","sd1_locon_fp16") for s in json.load(sys.stdin)))')
+check "all three there once" test "$n" -eq 3
+expect_rc 0 "doctor clean after concurrent imports" "$MOOD" doctor --deep
+
+# ----- kill -9 at random moments
+cp "$FIX/kohya/sdxl_locon.safetensors" "$tmp/victim.safetensors"
+for i in 1 2 3 4 5 6 7 8; do
+    "$MOOD" import "$tmp/victim.safetensors" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$(printf '0.%03d' $((RANDOM % 20 + 1)))" # 1 to 20 ms: an import takes about 15
+    kill -9 $pid 2>/dev/null
+    wait $pid 2>/dev/null
+    "$MOOD" doctor >"$tmp/doc.out" 2>&1
+    rc=$?
+    check "doctor clean after kill $i" test $rc -eq 0
+    [ $rc -eq 0 ] || cat "$tmp/doc.out" >&2
+    left=$(find "$MOOD_HOME/blobs/tmp" -name 'import-*' | wc -l)
+    check "no temporary files after kill $i" test "$left" -eq 0
+    "$MOOD" rm victim >/dev/null 2>&1
+done
+expect_rc 0 "import after the kills" "$MOOD" import "$tmp/victim.safetensors"
+expect_rc 0 "doctor --deep at the end" "$MOOD" doctor --deep
+
+# ----- help texts
+for c in import list show search "style create" "style edit" tag rename rm doctor; do
+    # shellcheck disable=SC2086
+    text=$("$MOOD" help $c); check "help $c has usage" grep -q "^usage: mood $c" <<<"$text"
+done
+expect_rc 1 "'mood style' alone" "$MOOD" style
+
+finish

@@ -1,0 +1,279 @@
+/*
+ * test_pack.c: style pack export and import through the library (include/mood/pack.h): a round
+ * trip between two registries, reference-only packs, and import under allocation failures,
+ * which must leave the target registry exactly as it was (no styles, no blobs, no temporary
+ * directory).
+ */
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include "harness.h"
+#include "common/common.h"
+#include "mood/hash.h"
+#include "mood/pack.h"
+#include "styles/pack_archive.h"
+
+static char home_a[1024], home_b[1024], pack[1024], ref_pack[1024];
+
+/* Number of files under dir, recursively (-1 when it cannot be read). */
+static int count_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    if (!d)
+        return 0;
+    while ((e = readdir(d)) != NULL) {
+        char path[2048];
+        struct stat st;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            n += count_files(path);
+        else
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static int has_temp_dir(const char *home)
+{
+    DIR *d = opendir(home);
+    struct dirent *e;
+    int found = 0;
+    while (d && (e = readdir(d)) != NULL)
+        found |= strncmp(e->d_name, ".moodpack-", 10) == 0;
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static char *show(mood_registry *r, const char *name)
+{
+    char *text = NULL;
+    if (mood_registry_show_json(&text, r, name) != 0)
+        return NULL;
+    return text;
+}
+
+static void test_export(void)
+{
+    mood_registry *r = NULL;
+    mood_import_result res;
+    mood_pack_export_options o;
+    const char *names[] = {"sd1_locon_fp16", "Combo"};
+    mood_style_lora lora = {NULL, 0.7, 0.4};
+    mood_style_spec spec = {0};
+    snprintf(home_a, sizeof home_a, "%s", scratch_path("a"));
+    snprintf(home_b, sizeof home_b, "%s", scratch_path("b"));
+    snprintf(pack, sizeof pack, "%s", scratch_path("p.moodpack"));
+    snprintf(ref_pack, sizeof ref_pack, "%s", scratch_path("r.moodpack"));
+    MOOD_CHECK_OK(mood_registry_open(&r, home_a));
+    if (!r)
+        return;
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, fixture("kohya/sd1_locon_fp16.safetensors"),
+                                            NULL, NULL));
+    lora.sha256 = res.sha256;
+    spec.loras = &lora;
+    spec.n_loras = 1;
+    spec.trigger_words = "locon, test";
+    spec.template_text = "{prompt}, test";
+    spec.weight = 0.75;
+    spec.has_weight = 1;
+    MOOD_CHECK_OK(mood_registry_style_create(r, "combo", &spec));
+    MOOD_CHECK_OK(mood_registry_tag(r, "combo", "mixed", 1));
+    mood_pack_export_options_init(&o);
+    o.license = "CC0-1.0";
+    MOOD_CHECK_OK(mood_pack_export(r, names, 2, pack, &o));
+    o.reference_only = 1;
+    MOOD_CHECK_OK(mood_pack_export(r, names + 1, 1, ref_pack, &o));
+    /* allocation failures: an error, and no pack */
+    for (long n = 1; n < 500; n++) {
+        int rc;
+        mood__alloc_fail_at(n);
+        rc = mood_pack_export(r, names, 2, scratch_path("alloc.moodpack"), NULL);
+        mood__alloc_fail_at(0);
+        if (rc == 0)
+            break;
+        MOOD_CHECK_MSG(rc == MOOD_ENOMEM || rc == MOOD_EIO, "failure %ld: %d %s", n, rc,
+                       mood_error_last());
+        MOOD_CHECK(!mood_path_exists(scratch_path("alloc.moodpack")));
+    }
+    MOOD_CHECK(mood_path_exists(scratch_path("alloc.moodpack")));
+    names[0] = "nosuch";
+    MOOD_CHECK(mood_pack_export(r, names, 1, scratch_path("x.moodpack"), &o) == MOOD_ENOTFOUND);
+    MOOD_CHECK(!mood_path_exists(scratch_path("x.moodpack")));
+    mood_registry_close(r);
+}
+
+/* Reference-only into an empty registry: refused, naming the adapter; nothing changes. */
+static void test_reference_only_missing(void)
+{
+    mood_registry *r = NULL;
+    char *report = NULL, *list = NULL;
+    MOOD_CHECK_OK(mood_registry_open(&r, home_b));
+    if (!r)
+        return;
+    MOOD_CHECK(mood_pack_import(&report, r, ref_pack, NULL) == MOOD_ENOTFOUND);
+    MOOD_CHECK(strstr(mood_error_last(), "1 adapter that is not embedded") != NULL);
+    MOOD_CHECK(report == NULL);
+    MOOD_CHECK_OK(mood_registry_list_json(&list, r, NULL, NULL));
+    MOOD_CHECK(list && strcmp(list, "[]") == 0);
+    mood_registry_free_string(list);
+    mood_registry_close(r);
+}
+
+/* Import with the n-th allocation failing, until it succeeds. */
+static void test_import_alloc_failures(void)
+{
+    mood_registry *r = NULL;
+    char blobs[1100];
+    int done = 0;
+    long n;
+    snprintf(blobs, sizeof blobs, "%s/blobs/sha256", home_b);
+    MOOD_CHECK_OK(mood_registry_open(&r, home_b));
+    if (!r)
+        return;
+    /* every failure point of the pack's own code, then a sample of the adapter parser's many */
+    for (n = 1; n < 1000000 && !done; n += n < 300 ? 1 : n / 8) {
+        char *report = NULL, *list = NULL;
+        int rc;
+        mood__alloc_fail_at(n);
+        rc = mood_pack_import(&report, r, pack, NULL);
+        mood__alloc_fail_at(0);
+        done = rc == 0;
+        mood_registry_free_string(report);
+        MOOD_CHECK(!has_temp_dir(home_b));
+        if (done)
+            break;
+        MOOD_CHECK_MSG(rc == MOOD_ENOMEM || rc == MOOD_EIO, "failure %ld: %d %s", n, rc,
+                       mood_error_last());
+        MOOD_CHECK_MSG(count_files(blobs) == 0, "failure %ld: %d blobs left", n,
+                       count_files(blobs));
+        MOOD_CHECK_OK(mood_registry_list_json(&list, r, NULL, NULL));
+        MOOD_CHECK_MSG(list && strcmp(list, "[]") == 0, "failure %ld: styles left: %s", n, list);
+        mood_registry_free_string(list);
+    }
+    MOOD_CHECK_MSG(done, "no success after %ld allocation failures", n);
+    mood_registry_close(r);
+}
+
+/* After the import: the same styles in both registries (but for paths and times). */
+static void test_round_trip_identical(void)
+{
+    static const char *const names[] = {"sd1_locon_fp16", "combo"};
+    static const char *const keys[] = {"name",     "description", "trigger_words", "template",
+                                       "negative", "weight",      "tags",          "previews"};
+    mood_registry *a = NULL, *b = NULL;
+    char *report = NULL;
+    MOOD_CHECK_OK(mood_registry_open(&a, home_a));
+    MOOD_CHECK_OK(mood_registry_open(&b, home_b));
+    if (!a || !b)
+        goto done;
+    for (size_t i = 0; i < 2; i++) {
+        char *ta = show(a, names[i]), *tb = show(b, names[i]);
+        cJSON *ja = cJSON_Parse(ta ? ta : ""), *jb = cJSON_Parse(tb ? tb : "");
+        const cJSON *aa = cJSON_GetObjectItem(ja, "adapters"),
+                    *ab = cJSON_GetObjectItem(jb, "adapters");
+        MOOD_CHECK(ja && jb);
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+            MOOD_CHECK_MSG(cJSON_Compare(cJSON_GetObjectItem(ja, keys[k]),
+                                         cJSON_GetObjectItem(jb, keys[k]), 1),
+                           "%s: %s differs", names[i], keys[k]);
+        MOOD_CHECK(cJSON_GetArraySize(aa) == 1 && cJSON_GetArraySize(ab) == 1);
+        static const char *const akeys[] = {
+            "sha256", "autov3", "unet_weight", "te_weight", "size",      "family",  "algorithm",
+            "rank",   "alpha",  "dtype",       "modules",   "file_name", "metadata"};
+        for (size_t k = 0; k < sizeof akeys / sizeof akeys[0]; k++)
+            MOOD_CHECK_MSG(cJSON_Compare(cJSON_GetObjectItem(aa->child, akeys[k]),
+                                         cJSON_GetObjectItem(ab->child, akeys[k]), 1),
+                           "%s: adapter %s differs", names[i], akeys[k]);
+        cJSON_Delete(ja);
+        cJSON_Delete(jb);
+        mood_registry_free_string(ta);
+        mood_registry_free_string(tb);
+    }
+    /* the reference-only pack now finds its adapter, but the style exists: refused */
+    MOOD_CHECK(mood_pack_import(&report, b, ref_pack, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "exists already") != NULL);
+done:
+    mood_registry_close(a);
+    mood_registry_close(b);
+}
+
+/* A pack whose single adapter is `path`, declared as `family`. */
+static int write_pack(const char *out, const char *path, const char *family)
+{
+    mood_file_hashes h;
+    mood__pack_src src[2];
+    char manifest[2048], file[128];
+    int err = mood_hash_file(&h, path, NULL, NULL);
+    if (err)
+        return err;
+    snprintf(file, sizeof file, "adapters/%s.safetensors", h.sha256);
+    snprintf(manifest, sizeof manifest,
+             "{\"schema_version\": 1, \"created_by\": \"test\", \"adapters\": [{\"sha256\": "
+             "\"%s\", \"file_name\": \"x.safetensors\", \"size\": %llu, \"family\": \"%s\","
+             " \"embedded\": true, \"file\": \"%s\"}], \"styles\": [{\"name\": \"x\","
+             " \"adapters\": [{\"sha256\": \"%s\", \"unet\": 1, \"te\": 1}]}]}",
+             h.sha256, (unsigned long long)h.size, family, file, h.sha256);
+    src[0] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, manifest, strlen(manifest)};
+    src[1] = (mood__pack_src){file, path, NULL, 0};
+    return mood__pack_write(out, src, 2, NULL, NULL);
+}
+
+/* The hash proves which file it is, not what it is: the adapter itself is checked too. */
+static void test_adapter_checked(void)
+{
+    mood_registry *r = NULL;
+    char *report = NULL, home[1024], junk[1024];
+    snprintf(home, sizeof home, "%s", scratch_path("checked"));
+    snprintf(junk, sizeof junk, "%s", scratch_path("junk.safetensors"));
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    if (!r)
+        return;
+    MOOD_CHECK_OK(write_pack(pack, fixture("kohya/sd1_locon_fp16.safetensors"), "sdxl"));
+    MOOD_CHECK(mood_pack_import(&report, r, pack, NULL) == MOOD_EFORMAT);
+    MOOD_CHECK(strstr(mood_error_last(), "says base family 'sdxl', the file is 'sd1'") != NULL);
+    MOOD_CHECK(write_file(junk, "not a safetensors file at all", 29) == 0);
+    MOOD_CHECK_OK(write_pack(pack, junk, "sd1"));
+    MOOD_CHECK(mood_pack_import(&report, r, pack, NULL) == MOOD_EFORMAT);
+    MOOD_CHECK(strstr(mood_error_last(), "x.safetensors") != NULL);
+    MOOD_CHECK_OK(write_pack(pack, fixture("kohya/sd1_locon_fp16.safetensors"), "sd1"));
+    MOOD_CHECK_OK(mood_pack_import(&report, r, pack, NULL));
+    mood_registry_free_string(report);
+    MOOD_CHECK(count_files(home) > 0 && !has_temp_dir(home));
+    mood_registry_close(r);
+}
+
+static void remove_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        char path[2048];
+        struct stat st;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            remove_tree(path);
+        else
+            unlink(path);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+static void test_cleanup(void)
+{
+    remove_tree(scratch_dir());
+    MOOD_CHECK(!mood_path_exists(scratch_dir()));
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_export), MOOD_T(test_reference_only_missing),
+               MOOD_T(test_import_alloc_failures), MOOD_T(test_round_trip_identical),
+               MOOD_T(test_adapter_checked), MOOD_T(test_cleanup))
