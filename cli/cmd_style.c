@@ -79,15 +79,17 @@ static int fail(int err)
     return err == MOOD_ENOTFOUND ? 1 : rc;
 }
 
-static int print_text_json(char *text, int json)
+/* Prints the library's JSON text: lists as they are (compact: parsing and printing 10,000 styles
+ * again would take most of the command's time), one style indented for people who read it. */
+static int print_text_json(char *text, int pretty)
 {
-    cJSON *v = cJSON_Parse(text);
-    mood_registry_free_string(text);
-    if (!v) {
-        fprintf(stderr, "mood: error: out of memory\n");
-        return 2;
+    cJSON *v = pretty ? cJSON_Parse(text) : NULL;
+    if (!pretty || !v) {
+        puts(text);
+        mood_registry_free_string(text);
+        return 0;
     }
-    (void)json;
+    mood_registry_free_string(text);
     return cli_print_json(v);
 }
 
@@ -178,7 +180,7 @@ int cmd_list(int argc, char **argv)
     if (err)
         return fail(err);
     if (json)
-        return print_text_json(text, 1);
+        return print_text_json(text, 0);
     cJSON *arr = cJSON_Parse(text);
     mood_registry_free_string(text);
     print_list(arr, tag || base ? "no styles match" : "no styles yet: 'mood import FILE' adds one");
@@ -201,7 +203,7 @@ int cmd_search(int argc, char **argv)
     if (err)
         return fail(err);
     if (json)
-        return print_text_json(text, 1);
+        return print_text_json(text, 0);
     cJSON *arr = cJSON_Parse(text);
     mood_registry_free_string(text);
     print_list(arr, "no styles match");

@@ -58,16 +58,25 @@ int mood_buf_printf(mood_buf *b, const char *fmt, ...)
 {
     va_list ap;
     int n, err;
-    va_start(ap, fmt);
-    n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return mood_error_set(MOOD_EINVAL, "bad format string");
-    if ((err = mood_buf_reserve(b, (size_t)n)) != 0)
+    /* One vsnprintf when the text fits in the room left (the common case), two otherwise. */
+    if ((err = mood_buf_reserve(b, 64)) != 0)
         return err;
     va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    n = vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
+    if (n < 0) {
+        b->data[b->len] = '\0';
+        return mood_error_set(MOOD_EINVAL, "bad format string");
+    }
+    if ((size_t)n >= b->cap - b->len) {
+        if ((err = mood_buf_reserve(b, (size_t)n)) != 0) {
+            b->data[b->len] = '\0';
+            return err;
+        }
+        va_start(ap, fmt);
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
     b->len += (size_t)n;
     return 0;
 }

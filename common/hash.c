@@ -201,6 +201,13 @@ static int run_streams(stream *whole, stream *data, const char *path, mood_progr
 int mood_hash_file(mood_file_hashes *out, const char *path, mood_progress_fn progress,
                    void *payload)
 {
+    return mood_hash_file_ex(out, path, 0, progress, payload);
+}
+
+int mood_hash_file_ex(mood_file_hashes *out, const char *path, unsigned flags,
+                      mood_progress_fn progress, void *payload)
+{
+    int crc = !(flags & MOOD_HASH_SKIP_CRC32);
     mood_map m = {0};
     _Atomic int stop = 0;
     stream whole = {0}, data = {0};
@@ -215,13 +222,14 @@ int mood_hash_file(mood_file_hashes *out, const char *path, mood_progress_fn pro
     n = plausible_header(&m, &out->is_safetensors);
     /* The CRC is split between the threads (the data-section digest is the smaller job when the
      * header is small, so it takes the second half) and joined with crc32_combine. */
-    whole = (stream){.data = m.data, .size = m.size, .stop = &stop, .crc_end = m.size / 2};
+    whole =
+        (stream){.data = m.data, .size = m.size, .stop = &stop, .crc_end = crc ? m.size / 2 : 0};
     data = (stream){.data = m.data,
                     .size = m.size,
                     .stop = &stop,
                     .begin = out->is_safetensors ? 8 + n : m.size,
                     .crc_begin = m.size / 2,
-                    .crc_end = m.size};
+                    .crc_end = crc ? m.size : m.size / 2};
     whole.crc = data.crc = crc32_z(0L, Z_NULL, 0);
     whole.ctx = EVP_MD_CTX_new();
     data.ctx = EVP_MD_CTX_new();
@@ -241,7 +249,8 @@ int mood_hash_file(mood_file_hashes *out, const char *path, mood_progress_fn pro
     to_hex(out->sha256, whole.digest, 32);
     if (out->is_safetensors)
         to_hex(out->autov3, data.digest, 32);
-    set_crc(out, crc32_combine(whole.crc, data.crc, (z_off_t)(m.size - m.size / 2)));
+    if (crc)
+        set_crc(out, crc32_combine(whole.crc, data.crc, (z_off_t)(m.size - m.size / 2)));
     set_autov1(out, &m);
 done:
     EVP_MD_CTX_free(whole.ctx);

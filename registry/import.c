@@ -18,6 +18,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -602,12 +603,13 @@ static void job_dispose(import_job *j, mood_registry *r, int failed)
     mood_buf_dispose(&j->side.triggers);
 }
 
-static int prepare(import_job *j, mood_import_result *out, mood_progress_fn progress, void *payload)
+/* Everything but the hashes: the adapter's facts, metadata and sidecars. */
+static int prepare_facts(import_job *j, mood_import_result *out)
 {
     mood_st_file *st = NULL;
     char *phrase = NULL;
     int err;
-    if ((err = check_extension(j->path)) != 0 || (err = read_adapter(j)) != 0)
+    if ((err = read_adapter(j)) != 0)
         return err;
     if (!(j->stem_path = mood_strndup(j->path, strlen(j->path) - strlen(".safetensors"))))
         return mood_error_nomem();
@@ -623,8 +625,40 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
         err = read_sidecars(j, phrase);
     mood_free(phrase);
     out->sidecars = j->side.count;
+    return err;
+}
+
+/* Hashing reads the whole file and so does validating the adapter (every factor is checked for
+ * NaN): the hash runs on its own threads meanwhile. */
+typedef struct hash_job {
+    import_job *j;
+    mood_progress_fn progress;
+    void *payload;
+    int err;
+} hash_job;
+
+static void *hash_thread(void *arg)
+{
+    hash_job *h = arg;
+    h->err = mood_hash_file_ex(&h->j->h, h->j->path, MOOD_HASH_SKIP_CRC32, h->progress, h->payload);
+    return NULL;
+}
+
+static int prepare(import_job *j, mood_import_result *out, mood_progress_fn progress, void *payload)
+{
+    hash_job hj = {j, progress, payload, 0};
+    pthread_t thread;
+    int err = check_extension(j->path), hashing = 0;
     if (!err)
-        err = mood_hash_file(&j->h, j->path, progress, payload);
+        hashing = pthread_create(&thread, NULL, hash_thread, &hj) == 0;
+    if (!err)
+        err = prepare_facts(j, out);
+    if (hashing)
+        pthread_join(thread, NULL);
+    else if (!err)
+        hash_thread(&hj);
+    if (!err && hj.err) /* again on this thread, for its error message */
+        err = mood_hash_file_ex(&j->h, j->path, MOOD_HASH_SKIP_CRC32, NULL, NULL);
     if (!err) {
         snprintf(out->sha256, sizeof out->sha256, "%s", j->h.sha256);
         snprintf(out->autov3, sizeof out->autov3, "%s", j->h.autov3);

@@ -9,69 +9,87 @@
 
 #include "registry/registry_impl.h"
 
-/* One row per style with what list and search show. ?1 tag, ?2 family, ?3 FTS query. */
+/* One row per style with what list and search show; family, algorithm and rank come from the
+ * style's first adapter (FIRST_ADAPTER joins it: positions are always 0..n-1, edit.c and import.c
+ * write them so). ?1 tag, ?2 family, ?3 FTS query. */
 #define SUMMARY_COLUMNS                                                                            \
     "SELECT s.id, s.name, s.description, s.trigger_words, s.weight,"                               \
     " (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM tags WHERE style_id = s.id"        \
     "  ORDER BY tag)),"                                                                            \
-    " (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"     \
-    "  WHERE sa.style_id = s.id ORDER BY sa.position LIMIT 1),"                                    \
-    " (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"  \
-    "  WHERE sa.style_id = s.id ORDER BY sa.position LIMIT 1),"                                    \
-    " (SELECT a.rank FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"       \
-    "  WHERE sa.style_id = s.id ORDER BY sa.position LIMIT 1),"                                    \
+    " a.family, a.algorithm, a.rank,"                                                              \
     " (SELECT count(*) FROM style_adapters WHERE style_id = s.id),"                                \
     " (SELECT count(*) FROM previews WHERE style_id = s.id)"
+#define FIRST_ADAPTER                                                                              \
+    " LEFT JOIN style_adapters sa ON sa.style_id = s.id AND sa.position = 0"                       \
+    " LEFT JOIN adapters a ON a.sha256 = sa.adapter_sha256"
 
 static const char *col_text(sqlite3_stmt *st, int i)
 {
     return (const char *)sqlite3_column_text(st, i);
 }
 
-static void add_opt_string(cJSON *o, const char *key, const char *v)
+/* JSON for list and search is written straight into a buffer: a registry of 10,000 styles
+ * would spend most of `mood list` building and printing cJSON objects. */
+static int put_string(mood_buf *b, const char *key, const char *v)
 {
-    if (v)
-        cJSON_AddStringToObject(o, key, v);
-    else
-        cJSON_AddNullToObject(o, key);
+    int err = mood_buf_puts(b, ",\"");
+    if (!err)
+        err = mood_buf_puts(b, key);
+    if (!err)
+        err = mood_buf_puts(b, "\":");
+    if (!err)
+        err = v ? mood_buf_json_string(b, v) : mood_buf_puts(b, "null");
+    return err;
 }
 
-/* "a\x1fb" → ["a", "b"] */
-static cJSON *split_tags(const char *s)
+/* "a\x1fb" → ["a","b"] */
+static int put_tags(mood_buf *b, const char *s)
 {
-    cJSON *arr = cJSON_CreateArray();
-    while (s && *s) {
+    int err = mood_buf_puts(b, ",\"tags\":[");
+    for (int first = 1; !err && s && *s; first = 0) {
         size_t n = strcspn(s, "\x1f");
-        char tag[256];
-        snprintf(tag, sizeof tag, "%.*s", (int)(n < 255 ? n : 255), s);
-        cJSON_AddItemToArray(arr, cJSON_CreateString(tag));
+        char *tag = mood_strndup(s, n);
+        if (!tag)
+            return mood_error_nomem();
+        if (!first)
+            err = mood_buf_puts(b, ",");
+        if (!err)
+            err = mood_buf_json_string(b, tag);
+        mood_free(tag);
         s += n;
         if (*s)
             s++;
     }
-    return arr;
+    return err ? err : mood_buf_puts(b, "]");
 }
 
-static cJSON *summary_row(sqlite3_stmt *st)
+static int summary_row(mood_buf *b, sqlite3_stmt *st, int first)
 {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "name", col_text(st, 1));
-    add_opt_string(o, "family", col_text(st, 6));
-    add_opt_string(o, "algorithm", col_text(st, 7));
-    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
-        cJSON_AddNumberToObject(o, "rank", sqlite3_column_int(st, 8));
-    else
-        cJSON_AddNullToObject(o, "rank");
-    if (sqlite3_column_type(st, 4) != SQLITE_NULL)
-        cJSON_AddNumberToObject(o, "weight", sqlite3_column_double(st, 4));
-    else
-        cJSON_AddNullToObject(o, "weight");
-    add_opt_string(o, "trigger_words", col_text(st, 3));
-    cJSON_AddItemToObject(o, "tags", split_tags(col_text(st, 5)));
-    add_opt_string(o, "description", col_text(st, 2));
-    cJSON_AddNumberToObject(o, "adapters", sqlite3_column_int(st, 9));
-    cJSON_AddNumberToObject(o, "previews", sqlite3_column_int(st, 10));
-    return o;
+    int err = mood_buf_puts(b, first ? "{\"name\":" : ",{\"name\":");
+    if (!err)
+        err = mood_buf_json_string(b, col_text(st, 1));
+    if (!err)
+        err = put_string(b, "family", col_text(st, 6));
+    if (!err)
+        err = put_string(b, "algorithm", col_text(st, 7));
+    if (!err && sqlite3_column_type(st, 8) != SQLITE_NULL)
+        err = mood_buf_printf(b, ",\"rank\":%d", sqlite3_column_int(st, 8));
+    else if (!err)
+        err = mood_buf_puts(b, ",\"rank\":null");
+    if (!err && sqlite3_column_type(st, 4) != SQLITE_NULL)
+        err = mood_buf_printf(b, ",\"weight\":%.17g", sqlite3_column_double(st, 4));
+    else if (!err)
+        err = mood_buf_puts(b, ",\"weight\":null");
+    if (!err)
+        err = put_string(b, "trigger_words", col_text(st, 3));
+    if (!err)
+        err = put_tags(b, col_text(st, 5));
+    if (!err)
+        err = put_string(b, "description", col_text(st, 2));
+    if (!err)
+        err = mood_buf_printf(b, ",\"adapters\":%d,\"previews\":%d}", sqlite3_column_int(st, 9),
+                              sqlite3_column_int(st, 10));
+    return err;
 }
 
 static int detach_json(char **out, cJSON *o)
@@ -88,22 +106,25 @@ static int run_summaries(char **out, mood_registry *r, const char *sql, const ch
                          int n_args)
 {
     sqlite3_stmt *st = NULL;
-    cJSON *arr = cJSON_CreateArray();
-    int err, rc;
+    mood_buf b;
+    int err, rc = SQLITE_DONE, first = 1;
     *out = NULL;
-    if ((err = mood__reg_prepare(r, &st, sql)) != 0)
+    mood_buf_init(&b);
+    if ((err = mood__reg_prepare(r, &st, sql)) != 0 || (err = mood_buf_puts(&b, "[")) != 0)
         goto done;
     for (int i = 0; i < n_args && !err; i++)
         err = mood__reg_bind_text(st, i + 1, args[i]);
-    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW)
-        cJSON_AddItemToArray(arr, summary_row(st));
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        err = summary_row(&b, st, first);
+        first = 0;
+    }
     if (!err && rc != SQLITE_DONE)
         err = mood__reg_sqlerr(r, rc, "reading the styles");
+    if (!err && (err = mood_buf_puts(&b, "]")) == 0)
+        *out = mood_buf_detach(&b);
 done:
     sqlite3_finalize(st);
-    if (!err)
-        return detach_json(out, arr);
-    cJSON_Delete(arr);
+    mood_buf_dispose(&b);
     return err;
 }
 
@@ -111,7 +132,8 @@ int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const
 {
     const char *args[2] = {tag, base};
     return run_summaries(out, r,
-                         SUMMARY_COLUMNS " FROM styles s WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
+                         SUMMARY_COLUMNS " FROM styles s" FIRST_ADAPTER
+                                         " WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
                                          "FROM tags t WHERE t.style_id = s.id AND t.tag = ?1))"
                                          " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters "
                                          "sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE "
@@ -154,8 +176,9 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
     }
     args[0] = q.data;
     err = run_summaries(out, r,
-                        SUMMARY_COLUMNS " FROM styles_fts f JOIN styles s ON s.id = f.rowid"
-                                        " WHERE styles_fts MATCH ?1 ORDER BY f.rank, s.name",
+                        SUMMARY_COLUMNS
+                        " FROM styles_fts f JOIN styles s ON s.id = f.rowid" FIRST_ADAPTER
+                        " WHERE styles_fts MATCH ?1 ORDER BY f.rank, s.name",
                         args, 1);
 done:
     mood_buf_dispose(&q);

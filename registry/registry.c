@@ -84,6 +84,8 @@ static const char *const migrations[] = {
     "CREATE TRIGGER tags_fts_ad AFTER DELETE ON tags BEGIN"
     " UPDATE styles_fts SET tags = (SELECT group_concat(tag, ' ') FROM tags"
     "  WHERE style_id = old.style_id) WHERE rowid = old.style_id; END;",
+    /* 2: list and search count each style's previews: look them up by style */
+    "CREATE INDEX previews_style ON previews(style_id, position);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

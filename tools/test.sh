@@ -31,7 +31,9 @@ for src in tests/fuzz/fuzz_*.c; do
     ninja -C build-fuzz "$name"
     work=$(mktemp -d)
     cp -r "tests/fuzz/corpus/$name/." "$work/"
-    build-fuzz/tests/"$name" -max_total_time="${MOOD_FUZZ_SECONDS:-30}" -seed=1 "$work"
+    # A fixed seed and number of runs keep the run the same on every machine (time limits would
+    # not: a faster machine would explore further).
+    build-fuzz/tests/"$name" -runs="${MOOD_FUZZ_RUNS:-300000}" -max_total_time=120 -seed=1 "$work"
     rm -rf "$work"
 done
 echo "== all tests passed"

@@ -29,6 +29,13 @@ typedef struct mood_file_hashes {
 MOOD_WARN_UNUSED int mood_hash_file(mood_file_hashes *out, const char *path,
                                     mood_progress_fn progress, void *payload);
 
+/* What mood_hash_file_ex may leave out (its fields are then ""). */
+enum { MOOD_HASH_SKIP_CRC32 = 1 };
+
+/* mood_hash_file, minus what `flags` says is not needed (the registry needs no CRC-32). */
+MOOD_WARN_UNUSED int mood_hash_file_ex(mood_file_hashes *out, const char *path, unsigned flags,
+                                       mood_progress_fn progress, void *payload);
+
 /* SHA-256 of a buffer as 64 lowercase hex characters. */
 void mood_sha256_hex(char hex_out[65], const void *data, size_t size);
 
