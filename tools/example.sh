@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # example.sh: the README's main-job command. Installs what the build needs, builds mood, then runs
 # it on the bundled example files: inspects and hashes a LoRA, bakes two LoRAs into the tiny
-# example checkpoint at chosen strengths, and inspects the result. Output goes to examples/out/.
+# example checkpoint at chosen strengths, stacks them, inspects the result, then imports them
+# into a style registry (in examples/out/registry, not your own) and makes a style of both.
+# Output goes to examples/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup-deps.sh
@@ -20,4 +22,13 @@ step "$mood" bake --model examples/models/tiny-sd1.safetensors \
 step "$mood" lora stack examples/loras/inkwash.safetensors:0.8 \
     examples/loras/film-grain.safetensors:0.3 -o "$out/inkwash+grain.safetensors"
 step "$mood" inspect "$out/tiny-sd1-baked.safetensors"
-printf '\nWrote %s/tiny-sd1-baked.safetensors and %s/inkwash+grain.safetensors\n' "$out" "$out"
+
+export MOOD_HOME="$out/registry" MOOD_OFFLINE=1
+rm -rf "$MOOD_HOME"
+step "$mood" import examples/loras
+step "$mood" style create ink-and-grain --lora inkwash:0.8 --lora film-grain:0.3 \
+    --trigger "inkwash, film grain" --template "{prompt}, ink wash painting"
+step "$mood" list
+step "$mood" search grain
+printf '\nWrote %s/tiny-sd1-baked.safetensors, %s/inkwash+grain.safetensors and a registry in %s\n' \
+    "$out" "$out" "$MOOD_HOME"
