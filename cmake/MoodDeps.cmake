@@ -18,9 +18,13 @@ else()
 endif()
 # OpenBLAS on its own, so that its library is looked up in its own libdir first.
 pkg_check_modules(MOOD_BLAS REQUIRED IMPORTED_TARGET openblas)
-pkg_check_modules(MOOD_PC REQUIRED IMPORTED_TARGET libcjson lapacke zlib libcrypto sqlite3
-                  libarchive libcurl)
+pkg_check_modules(MOOD_PC REQUIRED IMPORTED_TARGET libcjson lapacke zlib libcrypto sqlite3)
+# libcurl and libarchive are loaded with dlopen on first use (registry/curl_api.c,
+# styles/archive_api.c), not linked: with their ~40 dependent libraries they cost every command
+# about 10 ms at start-up. Only their headers are used here (types and constants).
+pkg_check_modules(MOOD_DLOPEN REQUIRED libarchive libcurl)
 find_package(OpenMP REQUIRED COMPONENTS C)
 find_package(Threads REQUIRED)
 add_library(mood_deps INTERFACE)
-target_link_libraries(mood_deps INTERFACE PkgConfig::MOOD_BLAS ${MOOD_OPENBLAS_EXTRA} PkgConfig::MOOD_PC OpenMP::OpenMP_C Threads::Threads m)
+target_include_directories(mood_deps INTERFACE ${MOOD_DLOPEN_INCLUDE_DIRS})
+target_link_libraries(mood_deps INTERFACE PkgConfig::MOOD_BLAS ${MOOD_OPENBLAS_EXTRA} PkgConfig::MOOD_PC OpenMP::OpenMP_C Threads::Threads ${CMAKE_DL_LIBS} m)

@@ -81,11 +81,26 @@ int mood_buf_printf(mood_buf *b, const char *fmt, ...)
     return 0;
 }
 
+/* Characters JSON strings must escape: '"', '\\' and control characters. */
+static int json_special(unsigned char c)
+{
+    return c == '"' || c == '\\' || c < 0x20;
+}
+
 int mood_buf_json_string(mood_buf *b, const char *s)
 {
     int err = mood_buf_append(b, "\"", 1);
-    for (; !err && *s; s++) {
-        unsigned char c = (unsigned char)*s;
+    while (!err && *s) {
+        size_t run = 0;
+        unsigned char c;
+        while (s[run] && !json_special((unsigned char)s[run]))
+            run++;
+        if (run) { /* copy plain text in one go */
+            err = mood_buf_append(b, s, run);
+            s += run;
+            continue;
+        }
+        c = (unsigned char)*s++;
         switch (c) {
         case '"':
             err = mood_buf_puts(b, "\\\"");
@@ -109,10 +124,7 @@ int mood_buf_json_string(mood_buf *b, const char *s)
             err = mood_buf_puts(b, "\\f");
             break;
         default:
-            if (c < 0x20)
-                err = mood_buf_printf(b, "\\u%04x", c);
-            else
-                err = mood_buf_append(b, &c, 1);
+            err = mood_buf_printf(b, "\\u%04x", c);
         }
     }
     return err ? err : mood_buf_append(b, "\"", 1);

@@ -182,8 +182,8 @@ static int fix_rows(doctor *d)
             sqlite3_stmt *st = NULL;
             static const char *const sql[] = {
                 "DELETE FROM previews WHERE blob_sha256 = ?1",
-                "DELETE FROM styles WHERE id IN (SELECT style_id FROM style_adapters WHERE"
-                " adapter_sha256 = ?1)",
+                ("DELETE FROM styles WHERE id IN (SELECT style_id FROM style_adapters WHERE"
+                 " adapter_sha256 = ?1)"),
                 "DELETE FROM adapters WHERE sha256 = ?1",
             };
             for (size_t i = 0; i < 3 && !err; i++) {

@@ -7,7 +7,6 @@
  * a small error buffer whose JSON "error"/"message" ends up in the error message.
  */
 #include <ctype.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -22,6 +21,7 @@
 #include <cjson/cJSON.h>
 
 #include "mood/hash.h"
+#include "registry/curl_api.h"
 #include "registry/http.h"
 
 #define DEFAULT_RETRIES  4
@@ -587,6 +587,8 @@ static int begin(CURL **h_out, struct curl_slist **headers, transfer *t, const c
                  const mood__http_options *o, char *errbuf)
 {
     int err;
+    if ((err = mood__curl_load()) != 0)
+        return err; /* nothing below may call curl */
     pthread_once(&init_once, global_init);
     if (init_rc != CURLE_OK)
         return mood_error_set(MOOD_EIO, "libcurl failed to start: %s", curl_easy_strerror(init_rc));
@@ -626,7 +628,8 @@ int mood__http_get(mood_buf *body, long *status_out, const char *url, const mood
     if (!err && !body->data)
         err = mood_buf_puts(body, "") ? mood_error_nomem() : 0;
 done:
-    curl_slist_free_all(headers);
+    if (headers) /* NULL too when libcurl could not be loaded */
+        curl_slist_free_all(headers);
     if (h)
         curl_easy_cleanup(h);
     mood_free(t.disposition);
@@ -748,7 +751,8 @@ done:
             unlink(part);
         fclose(fp);
     }
-    curl_slist_free_all(headers);
+    if (headers) /* NULL too when libcurl could not be loaded */
+        curl_slist_free_all(headers);
     if (h)
         curl_easy_cleanup(h);
     mood_free(t.disposition);

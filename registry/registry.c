@@ -295,7 +295,10 @@ static int configure(mood_registry *r)
     /* The first statement reads the file header: a damaged file is reported here. */
     if ((err = mood__reg_exec(r, "PRAGMA journal_mode = WAL")) != 0)
         return err;
-    if ((err = mood__reg_exec(r, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL")) != 0)
+    /* Reads through a memory map (no pread per page: `mood list` of 10,000 styles reads the whole
+     * database). Writes still go through the WAL, so this changes no durability. */
+    if ((err = mood__reg_exec(r, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;"
+                                 " PRAGMA mmap_size = 1073741824")) != 0)
         return err;
     rc = sqlite3_exec(r->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
     return rc == SQLITE_OK ? 0 : mood__reg_sqlerr(r, rc, "reading the schema");

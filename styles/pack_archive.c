@@ -8,8 +8,6 @@
  * or a header that understates its data stops at the limit, not at the end of the disk. Only
  * after the last entry are the hashes compared and the list checked for missing files.
  */
-#include <archive.h>
-#include <archive_entry.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "styles/archive_api.h"
 #include "styles/pack_archive.h"
 
 #define CHUNK        (1u << 20)
@@ -119,6 +118,9 @@ static int cmp_src(const void *pa, const void *pb)
 
 static int open_writer(writer *w)
 {
+    int err;
+    if ((err = mood__archive_load()) != 0)
+        return err;
     if (!(w->a = archive_write_new()))
         return mood_error_nomem();
     if (archive_write_set_format_pax_restricted(w->a) != ARCHIVE_OK ||
@@ -500,6 +502,8 @@ static int open_reader(reader *rd, const char *dest_dir)
     if (!S_ISREG(st.st_mode))
         return mood_error_set(MOOD_EIO, "%s: not a regular file", rd->path);
     rd->p.total = (uint64_t)st.st_size;
+    if ((err = mood__archive_load()) != 0)
+        return err;
     if (!(rd->buf = mood_malloc(CHUNK)) || !(rd->a = archive_read_new()))
         return mood_error_nomem();
     archive_read_support_filter_zstd(rd->a);
