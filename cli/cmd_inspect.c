@@ -29,7 +29,7 @@ const char cmd_inspect_help[] =
     "  --json    print a JSON object instead. Fields:\n"
     "            file, size, kind (\"adapter\" or \"checkpoint\"), family, hashes {sha256, "
     "autov2,\n"
-    "            autov3, autov1, crc32, sshs_model_hash, sshs_matches_autov3}, tensors, dtypes\n"
+    "            autov3, autov1, sshs_model_hash, sshs_matches_autov3}, tensors, dtypes\n"
     "            {DTYPE: tensor count}; adapters: family_source, modules, algorithms {algo:\n"
     "            modules}, parts {unet, te1, te2}, ranks [distinct], rank_min, rank_max, alphas\n"
     "            [distinct], dora (modules with DoRA), dora_per_input (of those, per-input norm),\n"
@@ -263,7 +263,8 @@ typedef struct hash_job {
 static void *hash_thread(void *arg)
 {
     hash_job *job = arg;
-    job->err = mood_hash_file(&job->h, job->path, NULL, NULL);
+    /* CRC-32 is left to `mood hash`: it is a weak id Civitai shows but never looks up by */
+    job->err = mood_hash_file_ex(&job->h, job->path, MOOD_HASH_SKIP_CRC32, NULL, NULL);
     return NULL;
 }
 
@@ -278,7 +279,6 @@ static void add_hashes(cJSON *o, const mood_file_hashes *hp)
     if (h.is_safetensors)
         cJSON_AddStringToObject(j, "autov3", h.autov3);
     cJSON_AddStringToObject(j, "autov1", h.autov1);
-    cJSON_AddStringToObject(j, "crc32", h.crc32);
     if (h.sshs_model_hash[0]) {
         const char *embedded = h.sshs_model_hash;
         if (strncmp(embedded, "0x", 2) == 0)
@@ -606,7 +606,7 @@ static int inspect_file(cJSON **out, const char *path, int *adapter, int hash)
     if (hashing)
         pthread_join(thread, NULL);
     if (!err && hash && job.err) /* again on this thread, for its error message */
-        err = mood_hash_file(&job.h, path, NULL, NULL);
+        err = mood_hash_file_ex(&job.h, path, MOOD_HASH_SKIP_CRC32, NULL, NULL);
     if (!err && hash)
         add_hashes(*out, &job.h);
     if (err) {

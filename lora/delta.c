@@ -16,14 +16,14 @@
  * Linear, in = kh = kw = 1 for norms). The result is reshaped by element count (§3 "Always
  * reshape"), so a 2-D proj_in LoRA applies to a 1x1 conv and vice versa. Targets stored
  * transposed (OpenCLIP text_projection) are transposed around the application.
- * Products go through cblas_sgemm, the Cayley solves through LAPACKE_sgesv.
+ * Products go through cblas_sgemm, the Cayley solves through LAPACK sgesv (lora/lapack.h).
  */
 #include <cblas.h>
-#include <lapacke.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
 
+#include "lora/lapack.h"
 #include "lora/lora_internal.h"
 
 /* ----- small helpers ------------------------------------------------------------------------ */
@@ -429,11 +429,8 @@ static int cayley(float *r, const float *blocks, int64_t n, int64_t bs, double c
                   const mood_module *m)
 {
     float *a = NULL;
-    lapack_int *piv = NULL;
     double norm = 0, k = 1;
     int err = alloc_f32(&a, bs * bs);
-    if (!err && !(piv = mood_malloc((size_t)bs * sizeof *piv)))
-        err = mood_error_nomem();
     for (int64_t i = 0; !err && i < n * bs * bs; i++) {
         int64_t blk = i / (bs * bs), p = (i / bs) % bs, q = i % bs;
         double v = blocks[i] - blocks[blk * bs * bs + q * bs + p];
@@ -451,15 +448,16 @@ static int cayley(float *r, const float *blocks, int64_t n, int64_t bs, double c
                 a[p * bs + q] = id - qv;
                 x[p * bs + q] = id + qv;
             }
-        if (LAPACKE_sgesv(LAPACK_ROW_MAJOR, (lapack_int)bs, (lapack_int)bs, a, (lapack_int)bs, piv,
-                          x, (lapack_int)bs) != 0)
+        int info = mood__sgesv_rowmajor((int)bs, (int)bs, a, x);
+        if (info == MOOD_LAPACK_NOMEM)
+            err = mood_error_nomem();
+        else if (info != 0)
             err = mood_error_set(MOOD_EFORMAT, "module \"%s\": OFT block %lld is singular", m->name,
                                  (long long)blk);
         for (int64_t i = 0; !err && i < bs * bs; i++)
             x[i] = mult * x[i] + (1.0f - mult) * (i / bs == i % bs);
     }
     mood_free(a);
-    mood_free(piv);
     return err;
 }
 

@@ -17,12 +17,12 @@
  * Only one target's ΔW is held at a time; the output factors are kept until written.
  */
 #include <cblas.h>
-#include <lapacke.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lora/lapack.h"
 #include "lora/lora_internal.h"
 
 #define CLAMP_QUANTILE 0.99f
@@ -49,20 +49,15 @@ static void svd_dispose(svd_result *r)
 /* LAPACK on mᵀ (column-major view of row-major m), which is V S Uᵀ: its "U" is our Vh and its
  * "Vᵀ" our U, both already row-major. top > 0: only the `top` largest triplets (dgesvdx,
  * bisection + inverse iteration: about 2.5x faster than the full dgesdd for top ≪ min). */
-static lapack_int lapack_svd(svd_result *r, double *a, int top)
+static int lapack_svd(svd_result *r, double *a, int top)
 {
-    lapack_int ns = 0, info, *sup;
+    int ns = 0, info;
     int64_t k = r->rows < r->cols ? r->rows : r->cols;
     if (top <= 0 || top >= k)
-        return LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)r->cols, (lapack_int)r->rows, a,
-                              (lapack_int)r->cols, r->s, r->vt, (lapack_int)r->cols, r->u,
-                              (lapack_int)r->k);
-    if (!(sup = mood_malloc((size_t)(12 * k) * sizeof *sup)))
-        return -1;
-    info = LAPACKE_dgesvdx(LAPACK_COL_MAJOR, 'V', 'V', 'I', (lapack_int)r->cols,
-                           (lapack_int)r->rows, a, (lapack_int)r->cols, 0, 0, 1, top, &ns, r->s,
-                           r->vt, (lapack_int)r->cols, r->u, (lapack_int)top, sup);
-    mood_free(sup);
+        return mood__dgesdd('S', (int)r->cols, (int)r->rows, a, (int)r->cols, r->s, r->vt,
+                            (int)r->cols, r->u, (int)r->k);
+    info = mood__dgesvdx((int)r->cols, (int)r->rows, a, (int)r->cols, 1, top, &ns, r->s, r->vt,
+                         (int)r->cols, r->u, top);
     return info == 0 && ns != top ? 1 : info;
 }
 
@@ -73,7 +68,7 @@ static int svd_run(svd_result *r, const float *m, int64_t rows, int64_t cols, in
 {
     double *a = NULL;
     int64_t k = rows < cols ? rows : cols;
-    lapack_int info;
+    int info;
     int err = 0;
     memset(r, 0, sizeof *r);
     if (rows <= 0 || cols <= 0 || rows > INT_MAX / 2 || cols > INT_MAX / 2 ||
@@ -123,15 +118,15 @@ static void lowrank_dispose(lowrank *lr)
 }
 
 /* Q (m, R) column-major in place of x and the R×R upper factor into rf (column-major). */
-static lapack_int qr_inplace(double *x, double *rf, double *tau, int64_t m, int R)
+static int qr_inplace(double *x, double *rf, double *tau, int64_t m, int R)
 {
-    lapack_int info = LAPACKE_dgeqrf(LAPACK_COL_MAJOR, (lapack_int)m, R, x, (lapack_int)m, tau);
+    int info = mood__dgeqrf((int)m, R, x, (int)m, tau);
     for (int j = 0; info == 0 && j < R; j++) {
         for (int i = 0; i < R; i++)
             rf[i + j * R] = i <= j ? x[i + j * m] : 0.0;
     }
     if (info == 0)
-        info = LAPACKE_dorgqr(LAPACK_COL_MAJOR, (lapack_int)m, R, R, x, (lapack_int)m, tau);
+        info = mood__dorgqr((int)m, R, R, x, (int)m, tau);
     return info;
 }
 
@@ -148,7 +143,7 @@ static int svd_lowrank(svd_result *r, lowrank *lr, int64_t rows, int64_t cols, c
            *uc = mood_malloc((size_t)R * R * sizeof *uc);
     double *vct = mood_malloc((size_t)R * R * sizeof *vct),
            *tau = mood_malloc((size_t)R * sizeof *tau);
-    lapack_int info = 0;
+    int info = 0;
     memset(r, 0, sizeof *r);
     r->u = mood_malloc((size_t)(rows * R) * sizeof *r->u);
     r->s = mood_malloc((size_t)R * sizeof *r->s);
@@ -171,7 +166,7 @@ static int svd_lowrank(svd_result *r, lowrank *lr, int64_t rows, int64_t cols, c
             c[i + j * R] = acc;
         }
     if (info == 0)
-        info = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'A', R, R, c, R, r->s, uc, R, vct, R);
+        info = mood__dgesdd('A', R, R, c, R, r->s, uc, R, vct, R);
     if (info != 0) {
         err =
             mood_error_set(info < 0 ? MOOD_ENOMEM : MOOD_EBACKEND,

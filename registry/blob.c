@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -102,24 +103,34 @@ static int write_all(int fd, const uint8_t *p, size_t n, const char *path)
     return 0;
 }
 
-/* Writes data to the temporary file, hashing what is written, and syncs it. */
+/* The SHA-256 of what is being copied, computed on a second thread while the first one writes:
+ * the check costs no time when the copy is bound by the disk. */
+typedef struct copy_hash {
+    const uint8_t *data;
+    uint64_t size;
+    char hex[65];
+} copy_hash;
+
+static void *copy_hash_run(void *arg)
+{
+    copy_hash *h = arg;
+    mood_sha256_hex(h->hex, h->data, (size_t)h->size);
+    return NULL;
+}
+
+/* Writes data to the temporary file and syncs it; hex receives the SHA-256 of the data. */
 static int write_tmp(mood__blob_tx *tx, const uint8_t *data, uint64_t size, char hex[65],
                      mood_progress_fn progress, void *payload)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    unsigned char digest[32];
-    unsigned int dlen = 0;
-    int err = 0, fd;
+    copy_hash h = {data, size, ""};
+    pthread_t thread;
+    int err = 0, fd, hashing;
     fd = open(tx->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0 || !md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
-        err = fd < 0
-                  ? mood_error_set(MOOD_EIO, "%s: cannot create: %s", tx->tmp_path, strerror(errno))
-                  : mood_error_nomem();
-        goto done;
-    }
+    if (fd < 0)
+        return mood_error_set(MOOD_EIO, "%s: cannot create: %s", tx->tmp_path, strerror(errno));
+    hashing = pthread_create(&thread, NULL, copy_hash_run, &h) == 0;
     for (uint64_t at = 0; at < size && !err; at += COPY_CHUNK) {
         size_t n = (size_t)(size - at < COPY_CHUNK ? size - at : COPY_CHUNK);
-        EVP_DigestUpdate(md, data + at, n);
         err = write_all(fd, data + at, n, tx->tmp_path);
         if (!err && progress) {
             mood_progress p = {"store", at + n, size};
@@ -129,13 +140,12 @@ static int write_tmp(mood__blob_tx *tx, const uint8_t *data, uint64_t size, char
     }
     if (!err && fsync(fd) != 0)
         err = mood_error_set(MOOD_EIO, "%s: cannot sync: %s", tx->tmp_path, strerror(errno));
-    EVP_DigestFinal_ex(md, digest, &dlen);
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", digest[i]);
-done:
-    if (fd >= 0)
-        close(fd);
-    EVP_MD_CTX_free(md);
+    close(fd);
+    if (hashing)
+        pthread_join(thread, NULL);
+    else
+        copy_hash_run(&h);
+    memcpy(hex, h.hex, 65);
     return err;
 }
 

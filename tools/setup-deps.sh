@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config python3
-          libopenblas-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev libssl-dev zlib1g-dev
+          libopenblas-dev libopenblas-openmp-dev libcjson-dev libssl-dev zlib1g-dev
           libsqlite3-dev libarchive-dev libcurl4-openssl-dev libpng-dev libstb-dev)
 for group in "$@"; do
     case "$group" in
