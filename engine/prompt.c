@@ -263,6 +263,8 @@ int mood_prompt_parse(mood_prompt_fragments *out, const char *prompt)
     int err = 0;
     out->items = NULL;
     out->n = 0;
+    if ((err = mood__utf8_validate(prompt, strlen(prompt))) != 0)
+        return err;
     while (prompt[i]) {
         long step = parse_step(&l, &round, &square, prompt + i);
         if (step < 0) {

@@ -908,13 +908,9 @@ static size_t find_special(const char *s, size_t len, size_t from, int32_t *id)
     return len;
 }
 
-int mood_tokenizer_encode(mood_tokenizer *t, mood_token_ids *out, const char *text, size_t len)
+int mood__utf8_validate(const char *text, size_t len)
 {
-    size_t before = out->n, i = 0;
-    int err = 0;
-    if (!t || !text)
-        return mood_error_set(MOOD_EINVAL, "mood_tokenizer_encode: NULL argument");
-    while (i < len) {
+    for (size_t i = 0; i < len;) {
         uint32_t cp;
         size_t k = utf8_decode((const unsigned char *)text + i, len - i, &cp);
         if (!k)
@@ -922,6 +918,17 @@ int mood_tokenizer_encode(mood_tokenizer *t, mood_token_ids *out, const char *te
                                   (unsigned)(unsigned char)text[i]);
         i += k;
     }
+    return 0;
+}
+
+int mood_tokenizer_encode(mood_tokenizer *t, mood_token_ids *out, const char *text, size_t len)
+{
+    size_t before = out->n, i;
+    int err = 0;
+    if (!t || !text)
+        return mood_error_set(MOOD_EINVAL, "mood_tokenizer_encode: NULL argument");
+    if ((err = mood__utf8_validate(text, len)) != 0)
+        return err;
     for (i = 0; i < len && !err;) {
         int32_t id = 0;
         size_t at = find_special(text, len, i, &id);

@@ -46,4 +46,8 @@ extern const size_t mood__uc_decomps_count, mood__uc_comps_count;
 /* Python's \\w for one code point: a letter, a number or '_' (defined in tokenizer.c). */
 int mood__uc_is_word(uint32_t cp);
 
+/* 0 when text[0..len) is strict UTF-8, else MOOD_EINVAL with the byte offset in the message
+ * (engine/tokenizer.c). The prompt parser checks first: its scanner steps by lead bytes. */
+int mood__utf8_validate(const char *text, size_t len);
+
 #endif /* MOOD_ENGINE_UNICODE_TABLES_H */
