@@ -593,11 +593,14 @@ static int inspect_file(cJSON **out, const char *path, int *adapter, int hash)
     if (err)
         return err;
     *adapter = mood_file_kind_of(f) != MOOD_KIND_CHECKPOINT;
-    mood_st_close(f);
+    if (!*adapter)
+        mood_st_close(f);
     hashing = hash && pthread_create(&thread, NULL, hash_thread, &job) == 0;
     if (hash && !hashing)
         hash_thread(&job);
-    if (*adapter && (err = mood_adapter_open(&a, path, NULL)) == 0)
+    /* The adapter takes the open file over: its header is parsed once. Factors are still
+     * checked for NaN/inf, so a damaged LoRA is reported here too. */
+    if (*adapter && (err = mood_adapter_open_file(&a, f, NULL, 0)) == 0)
         *out = adapter_json(a, path);
     else if (!*adapter && (err = mood_checkpoint_open(&c, path)) == 0)
         *out = checkpoint_json(c, path);

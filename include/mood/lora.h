@@ -87,6 +87,12 @@ typedef struct mood_adapter mood_adapter;
  * shapes). Keys that resolve to nothing are kept in the unmatched list. */
 MOOD_WARN_UNUSED int mood_adapter_open(mood_adapter **out, const char *path,
                                        const mood_checkpoint *base);
+/* Flags of mood_adapter_open_file. SKIP_VALUE_CHECK: factors are not scanned for NaN/inf (for
+ * describing a file; anything that applies the adapter must check). */
+enum { MOOD_ADAPTER_SKIP_VALUE_CHECK = 1 };
+/* mood_adapter_open on a file already opened; the adapter takes `f` over (also on failure). */
+MOOD_WARN_UNUSED int mood_adapter_open_file(mood_adapter **out, mood_st_file *f,
+                                            const mood_checkpoint *base, unsigned flags);
 void mood_adapter_close(mood_adapter *a);
 const mood_st_file *mood_adapter_file(const mood_adapter *a);
 mood_family mood_adapter_family(const mood_adapter *a);
