@@ -9,19 +9,12 @@
 
 #include "registry/registry_impl.h"
 
-/* One row per style with what list and search show; family, algorithm and rank come from the
- * style's first adapter (FIRST_ADAPTER joins it: positions are always 0..n-1, edit.c and import.c
- * write them so). ?1 tag, ?2 family, ?3 FTS query. */
+/* One row per style with what list and search show: the sum_* columns are kept up to date by
+ * triggers (migration 3 in registry.c): family, algorithm and rank of the first adapter, the
+ * numbers of adapters and previews, and the tags sorted and joined by \x1f. */
 #define SUMMARY_COLUMNS                                                                            \
-    "SELECT s.id, s.name, s.description, s.trigger_words, s.weight,"                               \
-    " (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM tags WHERE style_id = s.id"        \
-    "  ORDER BY tag)),"                                                                            \
-    " a.family, a.algorithm, a.rank,"                                                              \
-    " (SELECT count(*) FROM style_adapters WHERE style_id = s.id),"                                \
-    " (SELECT count(*) FROM previews WHERE style_id = s.id)"
-#define FIRST_ADAPTER                                                                              \
-    " LEFT JOIN style_adapters sa ON sa.style_id = s.id AND sa.position = 0"                       \
-    " LEFT JOIN adapters a ON a.sha256 = sa.adapter_sha256"
+    "SELECT s.id, s.name, s.description, s.trigger_words, s.weight, s.sum_tags, s.sum_family,"     \
+    " s.sum_algorithm, s.sum_rank, s.sum_adapters, s.sum_previews"
 
 static const char *col_text(sqlite3_stmt *st, int i)
 {
@@ -132,7 +125,7 @@ int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const
 {
     const char *args[2] = {tag, base};
     return run_summaries(out, r,
-                         SUMMARY_COLUMNS " FROM styles s" FIRST_ADAPTER
+                         SUMMARY_COLUMNS " FROM styles s"
                                          " WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
                                          "FROM tags t WHERE t.style_id = s.id AND t.tag = ?1))"
                                          " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters "
@@ -176,9 +169,8 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
     }
     args[0] = q.data;
     err = run_summaries(out, r,
-                        SUMMARY_COLUMNS
-                        " FROM styles_fts f JOIN styles s ON s.id = f.rowid" FIRST_ADAPTER
-                        " WHERE styles_fts MATCH ?1 ORDER BY f.rank, s.name",
+                        SUMMARY_COLUMNS " FROM styles_fts f JOIN styles s ON s.id = f.rowid"
+                                        " WHERE styles_fts MATCH ?1 ORDER BY f.rank, s.name",
                         args, 1);
 done:
     mood_buf_dispose(&q);

@@ -79,6 +79,19 @@ expect_rc 0 "list --tag" "$MOOD" list --tag mono --json
 check "tag filter" py 'import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["ink-film"]' "$tmp/out"
 expect_rc 0 "search a tag" "$MOOD" search mon --json
 check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
+# list reads summary columns that triggers keep in sync (migration 3): they must follow edits
+expect_rc 0 "list --json" "$MOOD" list --json
+check "list summary" py '
+import json,sys; d={s["name"]:s for s in json.load(open(sys.argv[1]))}["ink-film"]
+assert d["tags"]==["mono"] and d["adapters"]==2 and d["family"]=="sd1" and d["rank"]==4, d' "$tmp/out"
+expect_rc 0 "style edit loras" "$MOOD" style edit ink-film --lora "$lib/film-grain.safetensors:0.5"
+expect_rc 0 "tag again" "$MOOD" tag ink-film +zeta
+expect_rc 0 "list --json after edits" "$MOOD" list --json
+check "list summary follows edits" py '
+import json,sys; d={s["name"]:s for s in json.load(open(sys.argv[1]))}["ink-film"]
+assert d["adapters"]==1 and d["tags"]==["mono","zeta"], d' "$tmp/out"
+expect_rc 0 "untag zeta" "$MOOD" tag ink-film -zeta
+expect_rc 0 "style edit loras back" "$MOOD" style edit ink-film --lora inkwash:0.8 --lora "$lib/film-grain.safetensors:0.3:0.2"
 expect_rc 0 "rename" "$MOOD" rename ink-film ink_film
 expect_rc 1 "rename to a bad name" "$MOOD" rename ink_film "a<b"
 expect_rc 0 "rm inkwash (still used)" "$MOOD" rm inkwash
