@@ -91,6 +91,20 @@ int mood_atomic_commit(mood_atomic_file *af);
 /* Removes the temporary file. Safe to call after a failed commit or on a zeroed struct. */
 void mood_atomic_abort(mood_atomic_file *af);
 
+/* ----- libraries loaded on first use ---------------------------------------------------------- */
+/* One function of a table filled by mood_dynlib_load: its exported name and its offset in the
+ * table (a struct of function pointers). */
+typedef struct mood_dynlib_symbol {
+    const char *name;
+    size_t offset;
+} mood_dynlib_symbol;
+
+/* dlopen()s `library` and fills the `size`-byte table `fns` with every symbol, all or nothing
+ * (fns is untouched on failure). Returns 0, or -1 with the reason (dlerror) in `reason`. The
+ * library stays loaded for the life of the process. */
+int mood_dynlib_load(const char *library, const mood_dynlib_symbol *symbols, size_t n, void *fns,
+                     size_t size, char *reason, size_t reason_size);
+
 /* True when path names an existing file or directory. */
 int mood_path_exists(const char *path);
 /* Pointer to the last path component of path. */

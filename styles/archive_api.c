@@ -8,7 +8,6 @@
  * out of the global namespace. The handle is never closed: the table must stay valid for the life
  * of the process.
  */
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -19,10 +18,7 @@
 #define LIBRARY "libarchive.so.13"
 
 #define SYMBOL(name) {"archive_" #name, offsetof(mood__archive_fns, name)},
-static const struct {
-    const char *name;
-    size_t offset;
-} symbols[] = {MOOD__ARCHIVE_FUNCTIONS(SYMBOL)};
+static const mood_dynlib_symbol symbols[] = {MOOD__ARCHIVE_FUNCTIONS(SYMBOL)};
 #undef SYMBOL
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -30,38 +26,10 @@ static mood__archive_fns fns;
 static int loaded;
 static char reason[512]; /* why loading failed */
 
-/* Resolves every symbol into a scratch table, so that fns is all or nothing. */
-static int resolve(void *lib)
-{
-    mood__archive_fns all;
-    memset(&all, 0, sizeof all);
-    for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
-        void *sym = dlsym(lib, symbols[i].name);
-        if (!sym) {
-            const char *why = dlerror();
-            snprintf(reason, sizeof reason, "%s", why ? why : symbols[i].name);
-            return -1;
-        }
-        /* POSIX: a data pointer from dlsym may be converted to a function pointer */
-        memcpy((char *)&all + symbols[i].offset, &sym, sizeof sym);
-    }
-    fns = all;
-    return 0;
-}
-
 static void load_once(void)
 {
-    void *lib = dlopen(LIBRARY, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        const char *why = dlerror();
-        snprintf(reason, sizeof reason, "%s", why ? why : LIBRARY ": cannot be loaded");
-        return;
-    }
-    if (resolve(lib) != 0) {
-        dlclose(lib);
-        return;
-    }
-    loaded = 1;
+    loaded = mood_dynlib_load(LIBRARY, symbols, sizeof symbols / sizeof symbols[0], &fns,
+                              sizeof fns, reason, sizeof reason) == 0;
 }
 
 int mood__archive_load(void)
