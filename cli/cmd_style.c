@@ -154,6 +154,26 @@ static int parse_simple(int argc, char **argv, const char *cmd, int *json, const
 
 /* ----- list / show / search ---------------------------------------------------------------- */
 
+static void print_style(const cJSON *s);
+
+/* The end of list, search and show: the query's JSON as it is (--json), or for people. */
+static int finish_query(int err, char *text, int json, int pretty, const char *empty)
+{
+    cJSON *v;
+    if (err)
+        return fail(err);
+    if (json)
+        return print_text_json(text, pretty);
+    v = cJSON_Parse(text);
+    mood_registry_free_string(text);
+    if (empty)
+        print_list(v, empty);
+    else
+        print_style(v);
+    cJSON_Delete(v);
+    return 0;
+}
+
 int cmd_list(int argc, char **argv)
 {
     const char *tag = NULL, *base = NULL;
@@ -177,15 +197,9 @@ int cmd_list(int argc, char **argv)
         return rc;
     err = mood_registry_list_json(&text, r, tag, base);
     mood_registry_close(r);
-    if (err)
-        return fail(err);
-    if (json)
-        return print_text_json(text, 0);
-    cJSON *arr = cJSON_Parse(text);
-    mood_registry_free_string(text);
-    print_list(arr, tag || base ? "no styles match" : "no styles yet: 'mood import FILE' adds one");
-    cJSON_Delete(arr);
-    return 0;
+    return finish_query(err, text, json, 0,
+                        tag || base ? "no styles match"
+                                    : "no styles yet: 'mood import FILE' adds one");
 }
 
 int cmd_search(int argc, char **argv)
@@ -200,15 +214,7 @@ int cmd_search(int argc, char **argv)
         return rc;
     err = mood_registry_search_json(&text, r, q[0]);
     mood_registry_close(r);
-    if (err)
-        return fail(err);
-    if (json)
-        return print_text_json(text, 0);
-    cJSON *arr = cJSON_Parse(text);
-    mood_registry_free_string(text);
-    print_list(arr, "no styles match");
-    cJSON_Delete(arr);
-    return 0;
+    return finish_query(err, text, json, 0, "no styles match");
 }
 
 static void print_field(const char *label, const char *v)
@@ -288,15 +294,7 @@ int cmd_show(int argc, char **argv)
         return rc;
     err = mood_registry_show_json(&text, r, name[0]);
     mood_registry_close(r);
-    if (err)
-        return fail(err);
-    if (json)
-        return print_text_json(text, 1);
-    cJSON *o = cJSON_Parse(text);
-    mood_registry_free_string(text);
-    print_style(o);
-    cJSON_Delete(o);
-    return 0;
+    return finish_query(err, text, json, 1, NULL);
 }
 
 /* ----- style create / edit ------------------------------------------------------------------ */
