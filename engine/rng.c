@@ -587,19 +587,30 @@ static uint64_t cuda_policy(const mood_rng_torch_cuda *g, uint64_t n, uint64_t u
     return threads;
 }
 
-int mood_rng_torch_cuda_randn(mood_rng_torch_cuda *g, float *out, size_t n)
+/* What every CUDA draw does first: check the arguments, lay the threads out as torch would for
+ * `unroll` values per curand call, and advance the generator's offset past this draw. */
+static int cuda_launch(mood_rng_torch_cuda *g, const void *out, size_t n, uint64_t unroll,
+                       const char *what, uint64_t *threads, uint64_t *offset)
 {
-    int err = check_args(g, out, n, "mood_rng_torch_cuda_randn");
+    uint64_t step;
+    int err = check_args(g, out, n, what);
     if (err < 0)
         return err;
     if (n > INT32_MAX)
         return mood_error_set(MOOD_EINVAL, "cuda randn: %zu elements need 64-bit indexing", n);
-    if (n == 0)
-        return MOOD_OK;
-    uint64_t step;
-    uint64_t threads = cuda_policy(g, n, 4, &step);
-    uint64_t offset = g->offset;
-    g->offset += step;
+    *threads = n ? cuda_policy(g, n, unroll, &step) : 0;
+    *offset = g->offset;
+    if (n)
+        g->offset += step;
+    return 0;
+}
+
+int mood_rng_torch_cuda_randn(mood_rng_torch_cuda *g, float *out, size_t n)
+{
+    uint64_t threads, offset;
+    int err = cuda_launch(g, out, n, 4, "mood_rng_torch_cuda_randn", &threads, &offset);
+    if (err < 0)
+        return err;
     for (uint64_t t = 0; t < threads && t < n; t++) {
         curand_state st;
         curand_init_state(&st, g->seed, t, offset);
@@ -619,17 +630,10 @@ int mood_rng_torch_cuda_randn(mood_rng_torch_cuda *g, float *out, size_t n)
 
 int mood_rng_torch_cuda_randn_f64(mood_rng_torch_cuda *g, double *out, size_t n)
 {
-    int err = check_args(g, out, n, "mood_rng_torch_cuda_randn_f64");
+    uint64_t threads, offset;
+    int err = cuda_launch(g, out, n, 2, "mood_rng_torch_cuda_randn_f64", &threads, &offset);
     if (err < 0)
         return err;
-    if (n > INT32_MAX)
-        return mood_error_set(MOOD_EINVAL, "cuda randn: %zu elements need 64-bit indexing", n);
-    if (n == 0)
-        return MOOD_OK;
-    uint64_t step;
-    uint64_t threads = cuda_policy(g, n, 2, &step);
-    uint64_t offset = g->offset;
-    g->offset += step;
     for (uint64_t t = 0; t < threads && t < n; t++) {
         curand_state st;
         curand_init_state(&st, g->seed, t, offset);
