@@ -20,5 +20,6 @@
 #include "mood/pack.h"
 #include "mood/tokenizer.h"
 #include "mood/rng.h"
+#include "mood/clip.h"
 
 #endif /* MOOD_MOOD_H */

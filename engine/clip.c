@@ -1,0 +1,524 @@
+/*
+ * clip.c: the CLIP text encoder forward pass on the CPU (mood/clip.h), in the manner of llm.c:
+ * one explicit function per layer over flat row-major float buffers, activations kept in
+ * caller-provided scratch so a backward pass can reuse them later.
+ *
+ * Mirrors transformers' CLIPTextTransformer (models/clip/modeling_clip.py): x = tok[ids] + pos;
+ * per layer x += out_proj(attn(ln1(x))), x += fc2(act(fc1(ln2(x)))); last = final_ln(x).
+ * Attention is causal (position i sees 0..i), scores scaled by 1/sqrt(head size), softmax in
+ * float32. Linear weights are (out, in) as torch stores them: y = x W^T + b, through
+ * cblas_sgemm. Sizes: N = batch * seq rows of C = hidden floats; F = intermediate.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/common.h"
+#include "mood/clip.h"
+#include "mood/safetensors.h"
+
+typedef struct clip_layer {
+    const float *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+    const float *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} clip_layer;
+
+struct mood_clip {
+    mood_clip_config cfg;
+    float *params; /* every weight, one allocation */
+    const float *tok_emb, *pos_emb, *lnf_w, *lnf_b;
+    clip_layer *layer;
+};
+
+/* ----- layers ------------------------------------------------------------------------------- */
+
+/* out (N x C) = tok[ids] + pos[t] for N = B*T rows. */
+static void embedding_forward(float *out, const int32_t *ids, const float *tok, const float *pos,
+                              int B, int T, int C)
+{
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *e = tok + (size_t)ids[b * T + t] * C, *p = pos + (size_t)t * C;
+            for (int c = 0; c < C; c++)
+                o[c] = e[c] + p[c];
+        }
+    }
+}
+
+/* out (N x C) = (inp - mean) / sqrt(var + eps) * w + b per row (biased variance, as torch). */
+static void layernorm_forward(float *out, const float *inp, const float *w, const float *b,
+                              size_t N, int C, float eps)
+{
+    for (size_t i = 0; i < N; i++) {
+        const float *x = inp + i * C;
+        float *o = out + i * C;
+        double mean = 0, var = 0;
+        for (int c = 0; c < C; c++)
+            mean += x[c];
+        mean /= C;
+        for (int c = 0; c < C; c++)
+            var += (x[c] - mean) * (x[c] - mean);
+        var /= C;
+        float rstd = (float)(1.0 / sqrt(var + eps));
+        for (int c = 0; c < C; c++)
+            o[c] = ((float)(x[c] - mean) * rstd) * w[c] + b[c];
+    }
+}
+
+/* out (N x OC) = inp (N x IC) · w^T + bias, w (OC x IC). */
+static void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                           size_t N, int IC, int OC)
+{
+    for (size_t i = 0; i < N; i++)
+        memcpy(out + i * OC, bias, (size_t)OC * sizeof *out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, OC, IC, 1.0f, inp, IC, w, IC, 1.0f,
+                out, OC);
+}
+
+/* Softmax of row[0..n) in place; entries from n to len are set to 0 (causal mask). */
+static void softmax_causal(float *row, int n, int len)
+{
+    float mx = row[0], sum = 0;
+    for (int j = 1; j < n; j++)
+        mx = row[j] > mx ? row[j] : mx;
+    for (int j = 0; j < n; j++) {
+        row[j] = expf(row[j] - mx);
+        sum += row[j];
+    }
+    for (int j = 0; j < n; j++)
+        row[j] /= sum;
+    for (int j = n; j < len; j++)
+        row[j] = 0;
+}
+
+/* out (B*T x C) = causal softmax(q k^T / sqrt(hs)) v per sequence and head; q, k, v (B*T x C)
+ * with head h in columns [h*hs, (h+1)*hs); att is T x T scratch. */
+static void attention_forward(float *out, const float *q, const float *k, const float *v,
+                              float *att, int B, int T, int C, int NH)
+{
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            size_t off = (size_t)b * T * C + (size_t)h * hs;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q + off, C,
+                        k + off, C, 0.0f, att, T);
+            for (int t = 0; t < T; t++)
+                softmax_causal(att + (size_t)t * T, t + 1, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, att, T, v + off,
+                        C, 0.0f, out + off, C);
+        }
+    }
+}
+
+/* quick_gelu: x * sigmoid(1.702 x); gelu: 0.5 x (1 + erf(x / sqrt 2)), in place over n. */
+static void act_forward(float *x, size_t n, mood_clip_act act)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (act == MOOD_CLIP_ACT_QUICK_GELU)
+            x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+        else
+            x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+    }
+}
+
+static void residual_forward(float *x, const float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
+/* Activations of one layer, N = B*T rows (kept for a future backward pass). */
+typedef struct clip_scratch {
+    float *ln, *q, *k, *v, *att_out, *proj; /* N x C each */
+    float *h;                               /* N x F */
+    float *att;                             /* T x T */
+} clip_scratch;
+
+/* out (N x C) = fc2(act(fc1(inp))); s->h holds the activated fc1 output. */
+static void mlp_forward(float *out, const float *inp, const clip_layer *l, clip_scratch *s,
+                        size_t N, int C, int F, mood_clip_act act)
+{
+    matmul_forward(s->h, inp, l->fc1_w, l->fc1_b, N, C, F);
+    act_forward(s->h, N * (size_t)F, act);
+    matmul_forward(out, s->h, l->fc2_w, l->fc2_b, N, F, C);
+}
+
+/* x (B*T x C) = one pre-norm transformer layer applied to x. */
+static void layer_forward(float *x, const clip_layer *l, clip_scratch *s, const mood_clip_config *c,
+                          int B, int T)
+{
+    size_t N = (size_t)B * T;
+    int C = c->hidden;
+    layernorm_forward(s->ln, x, l->ln1_w, l->ln1_b, N, C, c->layer_norm_eps);
+    matmul_forward(s->q, s->ln, l->q_w, l->q_b, N, C, C);
+    matmul_forward(s->k, s->ln, l->k_w, l->k_b, N, C, C);
+    matmul_forward(s->v, s->ln, l->v_w, l->v_b, N, C, C);
+    attention_forward(s->att_out, s->q, s->k, s->v, s->att, B, T, C, c->heads);
+    matmul_forward(s->proj, s->att_out, l->o_w, l->o_b, N, C, C);
+    residual_forward(x, s->proj, N * C);
+    layernorm_forward(s->ln, x, l->ln2_w, l->ln2_b, N, C, c->layer_norm_eps);
+    mlp_forward(s->proj, s->ln, l, s, N, C, c->intermediate, c->act);
+    residual_forward(x, s->proj, N * C);
+}
+
+/* ----- loading ------------------------------------------------------------------------------ */
+
+/* Dimensions of a weight, in units of the config: vocab, positions, hidden, intermediate. */
+enum { D_NONE, D_V, D_P, D_C, D_I };
+
+typedef struct clip_spec {
+    const char *name; /* after the prefix; "%d" is the layer index */
+    size_t field;     /* offset of the pointer in clip_layer */
+    int dim0, dim1;   /* D_NONE for dim1 of a vector */
+} clip_spec;
+
+#define LAYER_FIELD(f) offsetof(clip_layer, f)
+
+static const clip_spec layer_specs[] = {
+    {"encoder.layers.%d.layer_norm1.weight", LAYER_FIELD(ln1_w), D_C, D_NONE},
+    {"encoder.layers.%d.layer_norm1.bias", LAYER_FIELD(ln1_b), D_C, D_NONE},
+    {"encoder.layers.%d.self_attn.q_proj.weight", LAYER_FIELD(q_w), D_C, D_C},
+    {"encoder.layers.%d.self_attn.q_proj.bias", LAYER_FIELD(q_b), D_C, D_NONE},
+    {"encoder.layers.%d.self_attn.k_proj.weight", LAYER_FIELD(k_w), D_C, D_C},
+    {"encoder.layers.%d.self_attn.k_proj.bias", LAYER_FIELD(k_b), D_C, D_NONE},
+    {"encoder.layers.%d.self_attn.v_proj.weight", LAYER_FIELD(v_w), D_C, D_C},
+    {"encoder.layers.%d.self_attn.v_proj.bias", LAYER_FIELD(v_b), D_C, D_NONE},
+    {"encoder.layers.%d.self_attn.out_proj.weight", LAYER_FIELD(o_w), D_C, D_C},
+    {"encoder.layers.%d.self_attn.out_proj.bias", LAYER_FIELD(o_b), D_C, D_NONE},
+    {"encoder.layers.%d.layer_norm2.weight", LAYER_FIELD(ln2_w), D_C, D_NONE},
+    {"encoder.layers.%d.layer_norm2.bias", LAYER_FIELD(ln2_b), D_C, D_NONE},
+    {"encoder.layers.%d.mlp.fc1.weight", LAYER_FIELD(fc1_w), D_I, D_C},
+    {"encoder.layers.%d.mlp.fc1.bias", LAYER_FIELD(fc1_b), D_I, D_NONE},
+    {"encoder.layers.%d.mlp.fc2.weight", LAYER_FIELD(fc2_w), D_C, D_I},
+    {"encoder.layers.%d.mlp.fc2.bias", LAYER_FIELD(fc2_b), D_C, D_NONE},
+};
+#define N_LAYER_SPECS (sizeof layer_specs / sizeof layer_specs[0])
+
+static int64_t dim_size(const mood_clip_config *c, int d)
+{
+    switch (d) {
+    case D_V:
+        return c->vocab;
+    case D_P:
+        return c->max_positions;
+    case D_C:
+        return c->hidden;
+    case D_I:
+        return c->intermediate;
+    default:
+        return 1;
+    }
+}
+
+/* A loading session: the open file, the key prefix, the next free float of the weights. */
+typedef struct clip_loader {
+    mood_st_file *f;
+    const char *path;
+    const char *prefix; /* "text_model." or "" */
+    float *next;
+} clip_loader;
+
+/* "[a, b, ...]" into buf. */
+static void shape_str(char *buf, size_t size, const int64_t *shape, int ndim)
+{
+    size_t n = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < ndim && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (n < size)
+        snprintf(buf + n, size - n, "]");
+}
+
+/* Finds prefix+name, checks it is (d0[, d1]) and converts it to float32 at ld->next. */
+static int load_tensor(clip_loader *ld, const mood_clip_config *c, const char *name, int d0, int d1,
+                       const float **out)
+{
+    char full[256];
+    int64_t s0 = dim_size(c, d0), s1 = dim_size(c, d1);
+    int ndim = d1 == D_NONE ? 1 : 2;
+    snprintf(full, sizeof full, "%s%s", ld->prefix, name);
+    const mood_st_tensor *t = mood_st_find(ld->f, full);
+    if (!t)
+        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is missing", ld->path, full);
+    if (t->ndim != ndim || t->shape[0] != s0 || (ndim == 2 && t->shape[1] != s1)) {
+        int64_t want[2] = {s0, s1};
+        char got_s[160], want_s[64];
+        shape_str(got_s, sizeof got_s, t->shape, t->ndim);
+        shape_str(want_s, sizeof want_s, want, ndim);
+        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" has shape %s, expected %s", ld->path,
+                              full, got_s, want_s);
+    }
+    if (!mood_dtype_is_numeric(t->dtype) || t->dtype == MOOD_DTYPE_BOOL)
+        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" has dtype %s, expected a float",
+                              ld->path, full, mood_dtype_name(t->dtype));
+    int err = mood_st_to_f32(ld->next, t);
+    if (err < 0) {
+        mood_error_prefix("%s: tensor \"%s\"", ld->path, full);
+        return err;
+    }
+    *out = ld->next;
+    ld->next += s0 * s1;
+    return 0;
+}
+
+/* The 2-D shape of prefix+name into rows/cols; MOOD_EFORMAT naming it when absent or not 2-D. */
+static int shape2(const clip_loader *ld, const char *name, int *rows, int *cols)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", ld->prefix, name);
+    const mood_st_tensor *t = mood_st_find(ld->f, full);
+    if (!t)
+        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is missing", ld->path, full);
+    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[1] < 1 || t->shape[0] > INT32_MAX ||
+        t->shape[1] > INT32_MAX)
+        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is not a 2-D matrix", ld->path,
+                              full);
+    *rows = (int)t->shape[0];
+    *cols = (int)t->shape[1];
+    return 0;
+}
+
+static int count_layers(const clip_loader *ld)
+{
+    char full[256];
+    int n = 0;
+    for (;; n++) {
+        snprintf(full, sizeof full, "%sencoder.layers.%d.layer_norm1.weight", ld->prefix, n);
+        if (!mood_st_find(ld->f, full))
+            return n;
+    }
+}
+
+/* Heads, activation and eps from the hint, else from the hidden size. */
+static int infer_rest(mood_clip_config *c, const mood_clip_config *hint, const char *path)
+{
+    c->heads = hint ? hint->heads : 0;
+    c->act = hint ? hint->act : MOOD_CLIP_ACT_AUTO;
+    c->layer_norm_eps = hint && hint->layer_norm_eps > 0 ? hint->layer_norm_eps : 1e-5f;
+    if (c->heads <= 0)
+        c->heads = c->hidden == 768 ? 12 : c->hidden == 1024 ? 16 : c->hidden == 1280 ? 20 : 0;
+    if (c->act == MOOD_CLIP_ACT_AUTO)
+        c->act = c->hidden == 768 ? MOOD_CLIP_ACT_QUICK_GELU : MOOD_CLIP_ACT_GELU;
+    if (c->heads <= 0)
+        return mood_error_set(MOOD_EINVAL,
+                              "%s: cannot infer the attention heads of a %d-wide text encoder; "
+                              "give them in the config",
+                              path, c->hidden);
+    if (c->hidden % c->heads)
+        return mood_error_set(MOOD_EINVAL, "%s: %d heads do not divide the width %d", path,
+                              c->heads, c->hidden);
+    return 0;
+}
+
+/* The key prefix: Hugging Face files and transformers < 5 write "text_model.", transformers 5
+ * nothing, SD1 single-file checkpoints "cond_stage_model.transformer.text_model.", SDXL ones
+ * "conditioner.embedders.0.transformer.text_model." (its first, CLIP-L, encoder). */
+static void find_prefix(clip_loader *ld)
+{
+    static const char *const prefixes[] = {"text_model.",
+                                           "cond_stage_model.transformer.text_model.",
+                                           "conditioner.embedders.0.transformer.text_model."};
+    char full[256];
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+        snprintf(full, sizeof full, "%sembeddings.token_embedding.weight", prefixes[i]);
+        if (mood_st_find(ld->f, full)) {
+            ld->prefix = prefixes[i];
+            return;
+        }
+    }
+}
+
+static int infer_config(mood_clip_config *c, clip_loader *ld, const mood_clip_config *hint)
+{
+    int err, rows, cols;
+    find_prefix(ld);
+    if ((err = shape2(ld, "embeddings.token_embedding.weight", &c->vocab, &c->hidden)) < 0 ||
+        (err = shape2(ld, "embeddings.position_embedding.weight", &c->max_positions, &cols)) < 0 ||
+        (err = shape2(ld, "encoder.layers.0.mlp.fc1.weight", &c->intermediate, &rows)) < 0)
+        return err;
+    c->layers = count_layers(ld);
+    return infer_rest(c, hint, ld->path);
+}
+
+/* Total floats of all weights. */
+static int64_t param_count(const mood_clip_config *c)
+{
+    int64_t C = c->hidden, F = c->intermediate;
+    int64_t per_layer = 4 * (C * C + C) + 4 * C + (F * C + F) + (C * F + C);
+    return (int64_t)c->vocab * C + (int64_t)c->max_positions * C + 2 * C + per_layer * c->layers;
+}
+
+static int load_weights(mood_clip *m, clip_loader *ld)
+{
+    const mood_clip_config *c = &m->cfg;
+    char name[128];
+    int err = 0;
+    if ((err = load_tensor(ld, c, "embeddings.token_embedding.weight", D_V, D_C, &m->tok_emb)) ||
+        (err = load_tensor(ld, c, "embeddings.position_embedding.weight", D_P, D_C, &m->pos_emb)) ||
+        (err = load_tensor(ld, c, "final_layer_norm.weight", D_C, D_NONE, &m->lnf_w)) ||
+        (err = load_tensor(ld, c, "final_layer_norm.bias", D_C, D_NONE, &m->lnf_b)))
+        return err;
+    for (int i = 0; i < c->layers; i++) {
+        for (size_t s = 0; s < N_LAYER_SPECS; s++) {
+            const clip_spec *sp = &layer_specs[s];
+            const float **slot = (const float **)((char *)&m->layer[i] + sp->field);
+            snprintf(name, sizeof name, sp->name, i);
+            if ((err = load_tensor(ld, c, name, sp->dim0, sp->dim1, slot)) < 0)
+                return err;
+        }
+    }
+    return 0;
+}
+
+int mood_clip_load(mood_clip **out, const char *path, const mood_clip_config *hint)
+{
+    clip_loader ld = {NULL, path, "", NULL};
+    mood_clip *m = NULL;
+    uint64_t bytes;
+    int err;
+    *out = NULL;
+    if ((err = mood_st_open(&ld.f, path)) < 0)
+        goto done;
+    if (!(m = mood_calloc(1, sizeof *m))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    if ((err = infer_config(&m->cfg, &ld, hint)) < 0)
+        goto done;
+    if (m->cfg.layers < 1) {
+        err = mood_error_set(MOOD_EFORMAT,
+                             "%s: tensor \"%sencoder.layers.0.layer_norm1.weight\" "
+                             "is missing",
+                             path, ld.prefix);
+        goto done;
+    }
+    if (mood_mul_u64(&bytes, (uint64_t)param_count(&m->cfg), sizeof(float)) < 0 ||
+        !(m->params = mood_malloc((size_t)bytes)) ||
+        !(m->layer = mood_calloc((size_t)m->cfg.layers, sizeof *m->layer))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    ld.next = m->params;
+    err = load_weights(m, &ld);
+done:
+    mood_st_close(ld.f);
+    if (err < 0)
+        mood_clip_free(m);
+    else
+        *out = m;
+    return err;
+}
+
+void mood_clip_free(mood_clip *m)
+{
+    if (!m)
+        return;
+    mood_free(m->params);
+    mood_free(m->layer);
+    mood_free(m);
+}
+
+const mood_clip_config *mood_clip_get_config(const mood_clip *m)
+{
+    return &m->cfg;
+}
+
+/* ----- forward ------------------------------------------------------------------------------ */
+
+static void scratch_free(clip_scratch *s, float *x)
+{
+    mood_free(s->ln);
+    mood_free(x);
+}
+
+/* One allocation for x (N x C) and every scratch buffer. */
+static int scratch_alloc(clip_scratch *s, float **x, const mood_clip_config *c, int B, int T)
+{
+    size_t N = (size_t)B * T, C = (size_t)c->hidden, F = (size_t)c->intermediate;
+    uint64_t floats = (uint64_t)N * (6 * C + F) + (uint64_t)T * T;
+    float *p = mood_malloc((size_t)floats * sizeof(float));
+    *x = mood_malloc(N * C * sizeof(float));
+    if (!p || !*x) {
+        mood_free(p);
+        mood_free(*x);
+        *x = NULL;
+        return mood_error_nomem();
+    }
+    s->ln = p;
+    s->q = s->ln + N * C;
+    s->k = s->q + N * C;
+    s->v = s->k + N * C;
+    s->att_out = s->v + N * C;
+    s->proj = s->att_out + N * C;
+    s->h = s->proj + N * C;
+    s->att = s->h + N * F;
+    return 0;
+}
+
+static int check_args(const mood_clip *m, const int32_t *ids, int batch, int seq, int clip_skip)
+{
+    const mood_clip_config *c = &m->cfg;
+    if (batch < 1 || seq < 1 || seq > c->max_positions)
+        return mood_error_set(MOOD_EINVAL, "clip: %d sequences of %d ids (at most %d positions)",
+                              batch, seq, c->max_positions);
+    if (clip_skip < 1 || clip_skip > c->layers)
+        return mood_error_set(MOOD_EINVAL, "clip: clip skip %d outside 1..%d", clip_skip,
+                              c->layers);
+    for (size_t i = 0; i < (size_t)batch * seq; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab)
+            return mood_error_set(MOOD_EINVAL, "clip: token id %d at %zu outside 0..%d", ids[i], i,
+                                  c->vocab - 1);
+    return 0;
+}
+
+/* pooled (B x C) = last-normed row at the first position of each sequence's highest id. */
+static void pool_forward(float *pooled, const float *x, const mood_clip *m, const int32_t *ids,
+                         int B, int T)
+{
+    int C = m->cfg.hidden;
+    for (int b = 0; b < B; b++) {
+        int best = 0;
+        for (int t = 1; t < T; t++)
+            if (ids[b * T + t] > ids[b * T + best])
+                best = t;
+        layernorm_forward(pooled + (size_t)b * C, x + ((size_t)b * T + best) * C, m->lnf_w,
+                          m->lnf_b, 1, C, m->cfg.layer_norm_eps);
+    }
+}
+
+/* Copies x into hidden_out, through the final layer norm when final_norm is set. */
+static void emit_hidden(float *hidden_out, const float *x, const mood_clip *m, size_t N,
+                        int final_norm)
+{
+    int C = m->cfg.hidden;
+    if (final_norm)
+        layernorm_forward(hidden_out, x, m->lnf_w, m->lnf_b, N, C, m->cfg.layer_norm_eps);
+    else
+        memcpy(hidden_out, x, N * (size_t)C * sizeof *x);
+}
+
+int mood_clip_forward(const mood_clip *m, const int32_t *ids, int batch, int seq, int clip_skip,
+                      int final_norm, float *hidden_out, float *pooled_out)
+{
+    const mood_clip_config *c = &m->cfg;
+    clip_scratch s = {0};
+    float *x = NULL;
+    int err, stop = c->layers - clip_skip + 1; /* layers run before hidden_out is taken */
+    if ((err = check_args(m, ids, batch, seq, clip_skip)) < 0 ||
+        (err = scratch_alloc(&s, &x, c, batch, seq)) < 0)
+        return err;
+    size_t N = (size_t)batch * seq;
+    embedding_forward(x, ids, m->tok_emb, m->pos_emb, batch, seq, c->hidden);
+    int last = pooled_out ? c->layers : stop;
+    for (int l = 0; l < last; l++) {
+        layer_forward(x, &m->layer[l], &s, c, batch, seq);
+        if (l + 1 == stop && hidden_out)
+            emit_hidden(hidden_out, x, m, N, final_norm);
+    }
+    if (pooled_out)
+        pool_forward(pooled_out, x, m, ids, batch, seq);
+    scratch_free(&s, x);
+    return 0;
+}

@@ -1,0 +1,77 @@
+/*
+ * clip.h: the CLIP text encoder of the Stable Diffusion family (OpenAI ViT-L/14 of SD1,
+ * OpenCLIP ViT-H/14 of SD2, ViT-bigG/14 of SDXL), forward pass on the CPU in float32.
+ *
+ * It mirrors transformers' CLIPTextModel: token + position embeddings, pre-norm transformer
+ * layers (layer_norm1, causal multi-head self-attention, residual; layer_norm2, MLP fc1 -> act ->
+ * fc2, residual), final_layer_norm. Weights load from a safetensors file with Hugging Face names,
+ * with or without the "text_model." prefix (transformers 5 dropped it), or inside a single-file
+ * SD1 ("cond_stage_model.transformer.text_model.") or SDXL checkpoint
+ * ("conditioner.embedders.0.transformer.text_model.", the CLIP-L encoder), in any float dtype.
+ * OpenCLIP-named weights (SD2's "cond_stage_model.model.", SDXL's second encoder) are not read.
+ *
+ * Clip skip follows AUTOMATIC1111 (and sd.cpp, kohya's --clip_skip): clip_skip = 1 is the last
+ * layer's output, clip_skip = k the output of layer (layers - k + 1), i.e. hidden_states[-k] of
+ * transformers; with final_norm set the final layer norm is applied to it as A1111 does for SD1.
+ * diffusers' encode_prompt(clip_skip = c) is A1111's clip skip c + 1 (hidden_states[-(c + 1)],
+ * then final_layer_norm). SDXL conditioning uses hidden_states[-2] without the norm: clip skip 2
+ * with final_norm 0.
+ *
+ * Thread-safety: a loaded model is read-only; forward calls may run concurrently.
+ */
+#ifndef MOOD_CLIP_H
+#define MOOD_CLIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mood/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mood_clip_act {
+    MOOD_CLIP_ACT_AUTO = 0,   /* infer from the hidden size (768: quick_gelu, else gelu) */
+    MOOD_CLIP_ACT_QUICK_GELU, /* x * sigmoid(1.702 x): OpenAI CLIP (SD1) */
+    MOOD_CLIP_ACT_GELU        /* exact erf GELU: OpenCLIP (SD2, SDXL's second encoder) */
+} mood_clip_act;
+
+typedef struct mood_clip_config {
+    int vocab;            /* token embedding rows */
+    int max_positions;    /* position embedding rows (77) */
+    int hidden;           /* model width */
+    int intermediate;     /* MLP width */
+    int layers;           /* transformer layers */
+    int heads;            /* attention heads; 0 = infer (768: 12, 1024: 16, 1280: 20) */
+    mood_clip_act act;    /* MOOD_CLIP_ACT_AUTO = infer as above */
+    float layer_norm_eps; /* 0 = 1e-5 */
+} mood_clip_config;
+
+typedef struct mood_clip mood_clip;
+
+/* Loads the text encoder from safetensors file `path`. Sizes come from the tensor shapes; heads,
+ * act and layer_norm_eps from `hint` (may be NULL: all inferred), whose other fields are ignored.
+ * Errors: MOOD_ENOTFOUND/MOOD_EIO (file), MOOD_EFORMAT (a tensor missing, of the wrong shape or
+ * dtype: the message names file and tensor), MOOD_EINVAL (heads not inferable or not dividing
+ * hidden), MOOD_ENOMEM. The weights are copied to float32; the file is closed on return. */
+MOOD_WARN_UNUSED int mood_clip_load(mood_clip **out, const char *path,
+                                    const mood_clip_config *hint);
+void mood_clip_free(mood_clip *m);
+/* The model's configuration (borrowed, valid while m lives). */
+const mood_clip_config *mood_clip_get_config(const mood_clip *m);
+
+/* Runs `batch` sequences of `seq` ids each (seq <= max_positions, ids in [0, vocab)).
+ * hidden_out (batch x seq x hidden, may be NULL) receives the hidden state chosen by clip_skip
+ * (>= 1, < layers + 1; see the top of this file) with the final layer norm when final_norm is
+ * set. pooled_out (batch x hidden, may be NULL) receives the final-normed last layer at the
+ * first position of the highest id of each sequence (the end token), as transformers' pooler.
+ * Errors: MOOD_EINVAL (bad sizes, clip_skip or id), MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_clip_forward(const mood_clip *m, const int32_t *ids, int batch, int seq,
+                                       int clip_skip, int final_norm, float *hidden_out,
+                                       float *pooled_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOOD_CLIP_H */
