@@ -18,7 +18,12 @@ RATIO=${2:-0.8}
 PY=${PYTHON:-$root/tools/.venv/bin/python}
 export MOOD_SD_SCRIPTS=${MOOD_SD_SCRIPTS:-/tmp/sd-scripts}
 if [ ! -f "$MOOD_SD_SCRIPTS/networks/merge_lora.py" ]; then
-    git clone -q /work/.mirror/kohya-ss+sd-scripts/repo "$MOOD_SD_SCRIPTS"
+    if [ -z "${MOOD_SD_SCRIPTS_REPO:-}" ]; then
+        echo "bench/bake.sh: needs a kohya-ss/sd-scripts checkout (commit 48d368fa) in" \
+            "\$MOOD_SD_SCRIPTS, or a clone URL/path in \$MOOD_SD_SCRIPTS_REPO" >&2
+        exit 2
+    fi
+    git clone -q "$MOOD_SD_SCRIPTS_REPO" "$MOOD_SD_SCRIPTS"
 fi
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/mood-bench-bake-XXXXXX")
 trap 'rm -rf "$tmpdir"' EXIT

@@ -16,7 +16,7 @@
                   (convert_unet_state_dict_to_sd), cast to the checkpoint's fp16 and save.
 
 kohya is imported from a checkout (env MOOD_SD_SCRIPTS, default /tmp/sd-scripts; clone it from
-/work/.mirror/kohya-ss+sd-scripts/repo) through tools/tiny_models.py's import shim.
+a kohya-ss/sd-scripts clone) through tools/tiny_models.py's import shim.
 Run with tools/.venv/bin/python.
 """
 import os

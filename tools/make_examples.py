@@ -9,7 +9,7 @@ Both LoRAs carry training metadata as kohya writes it, plus an ss_tag_frequency 
 shows trigger words. Weights are random (these are file-format examples, not trained styles).
 
 Run (from the repository root):
-    git clone /work/.mirror/kohya-ss+sd-scripts/repo /tmp/sd-scripts     # commit 48d368fa
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa
     tools/.venv/bin/python tools/make_examples.py --sd-scripts /tmp/sd-scripts
 """
 

@@ -17,16 +17,35 @@ skip 2 = diffusers clip_skip=1), `pooled` = pooler_output (last_hidden_state at 
 position of the highest id, which is transformers' rule for eos_token_id 999 here too); for the
 gelu model also `skip2_raw` = hidden_states[-2] without the final norm (SDXL's conditioning).
 
+OpenCLIP-named encoders of the tiny single-file checkpoints (tests/fixtures/bases/, built by
+tools/tiny_models.py with kohya's converters; hidden 24, 2 layers, 3 heads, 8 positions, gelu):
+sd2_te_ref.safetensors (SD2's encoder, `cond_stage_model.model.`) and sdxl_te2_ref.safetensors
+(SDXL's second, `conditioner.embedders.1.model.`), from the transformers CLIPTextModel /
+CLIPTextModelWithProjection of tiny_models.make_models (the weights of the base files). They
+hold `ids` (I32, 2 x 8), `last`, `skip2`, `skip2_raw`, `pooled` as above and `projected` =
+pooled @ P with P the base file's OpenCLIP `text_projection` read as OpenCLIP / SGM use it
+(stored (hidden, proj), x @ P; diffusers' and ComfyUI's converters transpose it into the Hugging
+Face Linear weight). For SD2, P is a random extra of the base. For SDXL te2, kohya's
+convert_text_encoder_2_state_dict_to_sdxl (sd-scripts 48d368fa) copies text_projection.weight
+without transposing it, so the file's P is the transformers weight W itself and transformers'
+text_embeds (pooled @ W^T, also stored, as `text_embeds`) differ from the file's OpenCLIP reading;
+`projected` follows the file as real SDXL checkpoints are read. These models
+have eos_token_id 1, so the pooler is switched to the argmax rule (eos_token_id = 2, transformers'
+legacy path), which is OpenCLIP's and mood's pooling (the highest id is the end token in real
+vocabularies).
+
 Run from the repository root:  tools/.venv/bin/python tools/make_fixtures_clip.py
+(needs kohya sd-scripts for tiny_models: --sd-scripts or $MOOD_SD_SCRIPTS, default /tmp/sd-scripts)
 Made with torch 2.15.0, transformers 5.24.0, safetensors (save_file).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 OUT = "tests/fixtures/clip"
@@ -77,10 +96,41 @@ def build(act: str, seed: int, dt: torch.dtype, prefix: str, name: str, ids: tor
     print(name, sorted(tensors)[:3], o.last_hidden_state.abs().max().item())
 
 
+def build_base_te(family: str, index: int, prefix: str, name: str) -> None:
+    """References for the text encoder `index` of bases/<family>_base.safetensors."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tiny_models as tm
+
+    te = tm.make_models(family)[f"te{index}"]
+    tm_inner = te.text_model if hasattr(te, "text_model") else te
+    tm_inner.eos_token_id = 2  # argmax pooling (OpenCLIP's rule), see the top of this file
+    ids = torch.tensor([[0, 17, 5, 31, 9, 1, 1, 1], [0, 3, 30, 12, 25, 8, 2, 14]], dtype=torch.int32)
+    with torch.no_grad():
+        o = te(input_ids=ids.long(), output_hidden_states=True)
+        fln = tm_inner.final_layer_norm
+        pooled = o.last_hidden_state[torch.arange(2), ids.long().argmax(-1)]
+        if index == 1:
+            assert torch.equal(o.pooler_output, pooled)
+        p = load_file(tm.base_path(family))[prefix + "text_projection"]  # OpenCLIP (hidden, proj)
+        proj = pooled @ p
+    ref = {"ids": ids, "last": o.last_hidden_state.contiguous(),
+           "skip2": fln(o.hidden_states[-2]).contiguous(),
+           "skip2_raw": o.hidden_states[-2].contiguous(), "pooled": pooled.contiguous(),
+           "projected": proj.contiguous()}
+    if index == 2:  # CLIPTextModelWithProjection: text_embeds = text_projection(pooled)
+        ref["text_embeds"] = o.text_embeds.contiguous()
+        assert torch.allclose(o.text_embeds, pooled @ te.text_projection.weight.T)
+    save_file(ref, f"{OUT}/{name}.safetensors")
+    os.chmod(f"{OUT}/{name}.safetensors", 0o644)
+    print(name, {k: tuple(v.shape) for k, v in ref.items()})
+
+
 def main() -> None:
     ids = make_ids()
     build("quick_gelu", 1, torch.bfloat16, "text_model.", "quick_gelu", ids)
     build("gelu", 2, torch.float16, "", "gelu", ids)
+    build_base_te("sd2", 1, "cond_stage_model.model.", "sd2_te_ref")
+    build_base_te("sdxl", 2, "conditioner.embedders.1.model.", "sdxl_te2_ref")
 
 
 if __name__ == "__main__":

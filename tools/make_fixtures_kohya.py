@@ -11,7 +11,7 @@ Produces
 Bases come from tools/tiny_models.py (tests/fixtures/bases/, written by that script).
 
 Run (from the repository root):
-    git clone /work/.mirror/kohya-ss+sd-scripts/repo /tmp/sd-scripts     # commit 48d368fa
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa
     tools/.venv/bin/python tools/make_fixtures_kohya.py --sd-scripts /tmp/sd-scripts
 
 Deterministic: model weights and LoRA factors come from generators seeded by crc32 of names.

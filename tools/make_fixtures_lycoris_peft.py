@@ -7,7 +7,7 @@ libraries themselves, the merged checkpoint tensors that differ from the base
 
 How to run (from the repository root, after tools/tiny_models.py has written tests/fixtures/bases/):
 
-    git clone /work/.mirror/kohya-ss+sd-scripts/repo /tmp/sd-scripts     # kohya converters, commit 48d368fa
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, kohya converters, commit 48d368fa
     tools/.venv/bin/python tools/make_fixtures_lycoris_peft.py --sd-scripts /tmp/sd-scripts \
         [--comfyui /tmp/comfy_ref] [--only lycoris|peft]
 

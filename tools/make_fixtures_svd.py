@@ -21,7 +21,7 @@ imported from --sd-scripts, never copied.  What this script does around them:
     writes tests/fixtures/svd/cases.json.
 
 How to run (from the repository root; needs tests/fixtures/bases/READY from tools/tiny_models.py):
-    git clone /work/.mirror/kohya-ss+sd-scripts/repo /tmp/sd-scripts   # commit 48d368fa
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa
     tools/.venv/bin/python tools/make_fixtures_svd.py --sd-scripts /tmp/sd-scripts
 
 Deterministic: all inputs are seeded, kohya runs single-threaded on CPU with a fixed timestamp.

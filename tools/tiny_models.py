@@ -8,7 +8,7 @@ What it produces
     tests/fixtures/bases/READY                      marker written last
 
 How to run (from the repository root)
-    git clone /work/.mirror/kohya-ss+sd-scripts/repo /tmp/sd-scripts   # commit 48d368fa
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa
     tools/.venv/bin/python tools/tiny_models.py --sd-scripts /tmp/sd-scripts
 
 As a module (other fixture generators)

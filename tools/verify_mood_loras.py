@@ -36,7 +36,7 @@ What it checks
 
 How to run (from the repository root)
     cmake -S . -B build-verify -G Ninja -DMOOD_CUDA=OFF && ninja -C build-verify
-    git clone /work/.mirror/kohya-ss+sd-scripts/repo /tmp/sd-scripts      # commit 48d368fa
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa
     tools/.venv/bin/python tools/verify_mood_loras.py --mood build-verify/mood --sd-scripts /tmp/sd-scripts
 Options: --keep DIR keeps outputs and bakes; --no-report; --only NAME,...; --no-controls; --strict;
 --file PATH:FAMILY checks any existing LoRA file the same way.  About 1 minute on a CPU.
