@@ -8,6 +8,11 @@
  * Attention is causal (position i sees 0..i), scores scaled by 1/sqrt(head size), softmax in
  * float32. Linear weights are (out, in) as torch stores them: y = x W^T + b, through
  * cblas_sgemm. Sizes: N = batch * seq rows of C = hidden floats; F = intermediate.
+ *
+ * OpenCLIP names (open_clip's TextTransformer) map one to one onto these layers: ln_1/ln_2 =
+ * layer_norm1/2, attn.in_proj_weight (3C x C) = q, k, v rows stacked (loaded as one block, so
+ * k = q + C*C, v = k + C*C), attn.out_proj, mlp.c_fc/c_proj = fc1/fc2, ln_final; the text
+ * projection is stored (C x P) there and (P x C) in Hugging Face files.
  */
 #include <cblas.h>
 #include <math.h>
@@ -28,6 +33,8 @@ struct mood_clip {
     mood_clip_config cfg;
     float *params; /* every weight, one allocation */
     const float *tok_emb, *pos_emb, *lnf_w, *lnf_b;
+    const float *proj; /* text projection or NULL: (P x C), or (C x P) when proj_t */
+    int proj_t;
     clip_layer *layer;
 };
 
@@ -166,8 +173,9 @@ static void layer_forward(float *x, const clip_layer *l, clip_scratch *s, const 
 
 /* ----- loading ------------------------------------------------------------------------------ */
 
-/* Dimensions of a weight, in units of the config: vocab, positions, hidden, intermediate. */
-enum { D_NONE, D_V, D_P, D_C, D_I };
+/* Dimensions of a weight, in units of the config: vocab, positions, hidden, intermediate, 3 x
+ * hidden (OpenCLIP's fused q, k, v), projection. */
+enum { D_NONE, D_V, D_P, D_C, D_I, D_3C, D_J };
 
 typedef struct clip_spec {
     const char *name; /* after the prefix; "%d" is the layer index */
@@ -197,6 +205,56 @@ static const clip_spec layer_specs[] = {
 };
 #define N_LAYER_SPECS (sizeof layer_specs / sizeof layer_specs[0])
 
+/* OpenCLIP names; in_proj fills q_w/q_b with the q, k and v rows (k and v set after loading). */
+static const clip_spec openclip_specs[] = {
+    {"transformer.resblocks.%d.ln_1.weight", LAYER_FIELD(ln1_w), D_C, D_NONE},
+    {"transformer.resblocks.%d.ln_1.bias", LAYER_FIELD(ln1_b), D_C, D_NONE},
+    {"transformer.resblocks.%d.attn.in_proj_weight", LAYER_FIELD(q_w), D_3C, D_C},
+    {"transformer.resblocks.%d.attn.in_proj_bias", LAYER_FIELD(q_b), D_3C, D_NONE},
+    {"transformer.resblocks.%d.attn.out_proj.weight", LAYER_FIELD(o_w), D_C, D_C},
+    {"transformer.resblocks.%d.attn.out_proj.bias", LAYER_FIELD(o_b), D_C, D_NONE},
+    {"transformer.resblocks.%d.ln_2.weight", LAYER_FIELD(ln2_w), D_C, D_NONE},
+    {"transformer.resblocks.%d.ln_2.bias", LAYER_FIELD(ln2_b), D_C, D_NONE},
+    {"transformer.resblocks.%d.mlp.c_fc.weight", LAYER_FIELD(fc1_w), D_I, D_C},
+    {"transformer.resblocks.%d.mlp.c_fc.bias", LAYER_FIELD(fc1_b), D_I, D_NONE},
+    {"transformer.resblocks.%d.mlp.c_proj.weight", LAYER_FIELD(fc2_w), D_C, D_I},
+    {"transformer.resblocks.%d.mlp.c_proj.bias", LAYER_FIELD(fc2_b), D_C, D_NONE},
+};
+#define N_OPENCLIP_SPECS (sizeof openclip_specs / sizeof openclip_specs[0])
+
+/* The tensor names of one layout (after the prefix). */
+typedef struct clip_naming {
+    const char *tok, *pos, *lnf_w, *lnf_b;
+    const char *layer0; /* "%d": a tensor every layer has (counts the layers) */
+    const char *fc1_0;  /* layer 0's fc1 weight (gives the intermediate width) */
+    const char *proj;   /* the text projection */
+    int proj_t;         /* proj is stored (hidden, projection) */
+    const clip_spec *specs;
+    size_t n_specs;
+} clip_naming;
+
+static const clip_naming hf_naming = {"embeddings.token_embedding.weight",
+                                      "embeddings.position_embedding.weight",
+                                      "final_layer_norm.weight",
+                                      "final_layer_norm.bias",
+                                      "encoder.layers.%d.layer_norm1.weight",
+                                      "encoder.layers.0.mlp.fc1.weight",
+                                      "text_projection.weight",
+                                      0,
+                                      layer_specs,
+                                      N_LAYER_SPECS};
+
+static const clip_naming openclip_naming = {"token_embedding.weight",
+                                            "positional_embedding",
+                                            "ln_final.weight",
+                                            "ln_final.bias",
+                                            "transformer.resblocks.%d.ln_1.weight",
+                                            "transformer.resblocks.0.mlp.c_fc.weight",
+                                            "text_projection",
+                                            1,
+                                            openclip_specs,
+                                            N_OPENCLIP_SPECS};
+
 static int64_t dim_size(const mood_clip_config *c, int d)
 {
     switch (d) {
@@ -208,6 +266,10 @@ static int64_t dim_size(const mood_clip_config *c, int d)
         return c->hidden;
     case D_I:
         return c->intermediate;
+    case D_3C:
+        return 3 * (int64_t)c->hidden;
+    case D_J:
+        return c->projection_dim;
     default:
         return 1;
     }
@@ -217,7 +279,9 @@ static int64_t dim_size(const mood_clip_config *c, int d)
 typedef struct clip_loader {
     mood_st_file *f;
     const char *path;
-    const char *prefix; /* "text_model." or "" */
+    const char *prefix;    /* "text_model." or "" */
+    const char *proj_name; /* the full name of the text projection, "" when absent */
+    const clip_naming *nm; /* the layout of the names */
     float *next;
 } clip_loader;
 
@@ -232,13 +296,11 @@ static void shape_str(char *buf, size_t size, const int64_t *shape, int ndim)
 }
 
 /* Finds prefix+name, checks it is (d0[, d1]) and converts it to float32 at ld->next. */
-static int load_tensor(clip_loader *ld, const mood_clip_config *c, const char *name, int d0, int d1,
-                       const float **out)
+static int load_full(clip_loader *ld, const mood_clip_config *c, const char *full, int d0, int d1,
+                     const float **out)
 {
-    char full[256];
     int64_t s0 = dim_size(c, d0), s1 = dim_size(c, d1);
     int ndim = d1 == D_NONE ? 1 : 2;
-    snprintf(full, sizeof full, "%s%s", ld->prefix, name);
     const mood_st_tensor *t = mood_st_find(ld->f, full);
     if (!t)
         return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is missing", ld->path, full);
@@ -263,6 +325,14 @@ static int load_tensor(clip_loader *ld, const mood_clip_config *c, const char *n
     return 0;
 }
 
+static int load_tensor(clip_loader *ld, const mood_clip_config *c, const char *name, int d0, int d1,
+                       const float **out)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", ld->prefix, name);
+    return load_full(ld, c, full, d0, d1, out);
+}
+
 /* The 2-D shape of prefix+name into rows/cols; MOOD_EFORMAT naming it when absent or not 2-D. */
 static int shape2(const clip_loader *ld, const char *name, int *rows, int *cols)
 {
@@ -285,7 +355,8 @@ static int count_layers(const clip_loader *ld)
     char full[256];
     int n = 0;
     for (;; n++) {
-        snprintf(full, sizeof full, "%sencoder.layers.%d.layer_norm1.weight", ld->prefix, n);
+        int k = snprintf(full, sizeof full, "%s", ld->prefix);
+        snprintf(full + k, sizeof full - (size_t)k, ld->nm->layer0, n);
         if (!mood_st_find(ld->f, full))
             return n;
     }
@@ -312,32 +383,83 @@ static int infer_rest(mood_clip_config *c, const mood_clip_config *hint, const c
     return 0;
 }
 
-/* The key prefix: Hugging Face files and transformers < 5 write "text_model.", transformers 5
- * nothing, SD1 single-file checkpoints "cond_stage_model.transformer.text_model.", SDXL ones
- * "conditioner.embedders.0.transformer.text_model." (its first, CLIP-L, encoder). */
-static void find_prefix(clip_loader *ld)
+/* The key prefix and naming: Hugging Face files and transformers < 5 write "text_model.",
+ * transformers 5 nothing, SD1 single-file checkpoints "cond_stage_model.transformer.text_model.",
+ * SD2 ones "cond_stage_model.model." (OpenCLIP), SDXL ones
+ * "conditioner.embedders.0.transformer.text_model." (the first, CLIP-L, encoder) and
+ * "conditioner.embedders.1.model." (the second, OpenCLIP bigG); open_clip state dicts nothing.
+ * Found by the token embedding; none found leaves Hugging Face names without prefix. */
+static void find_prefix(clip_loader *ld, mood_clip_encoder enc)
 {
-    static const char *const prefixes[] = {"text_model.",
-                                           "cond_stage_model.transformer.text_model.",
-                                           "conditioner.embedders.0.transformer.text_model."};
+    static const struct {
+        const char *prefix;
+        const clip_naming *nm;
+        mood_clip_encoder enc;
+    } known[] = {
+        {"text_model.", &hf_naming, MOOD_CLIP_ENCODER_1},
+        {"cond_stage_model.transformer.text_model.", &hf_naming, MOOD_CLIP_ENCODER_1},
+        {"cond_stage_model.model.", &openclip_naming, MOOD_CLIP_ENCODER_1},
+        {"conditioner.embedders.0.transformer.text_model.", &hf_naming, MOOD_CLIP_ENCODER_1},
+        {"conditioner.embedders.1.model.", &openclip_naming, MOOD_CLIP_ENCODER_2},
+        {"", &openclip_naming, MOOD_CLIP_ENCODER_1},
+    };
     char full[256];
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-        snprintf(full, sizeof full, "%sembeddings.token_embedding.weight", prefixes[i]);
-        if (mood_st_find(ld->f, full)) {
-            ld->prefix = prefixes[i];
+    ld->prefix = "";
+    ld->nm = &hf_naming;
+    if (enc == MOOD_CLIP_ENCODER_AUTO)
+        enc = MOOD_CLIP_ENCODER_1;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        snprintf(full, sizeof full, "%s%s", known[i].prefix, known[i].nm->tok);
+        if (known[i].enc == enc && mood_st_find(ld->f, full)) {
+            ld->prefix = known[i].prefix;
+            ld->nm = known[i].nm;
             return;
         }
     }
+    if (enc == MOOD_CLIP_ENCODER_2) { /* names the tensor missing in the error */
+        ld->prefix = known[4].prefix;
+        ld->nm = known[4].nm;
+    }
 }
 
-static int infer_config(mood_clip_config *c, clip_loader *ld, const mood_clip_config *hint)
+/* The text projection: prefix+name, or for Hugging Face names also beside "text_model." (where
+ * CLIPTextModelWithProjection keeps it). Sets ld->proj_name and the projection width. */
+static int find_projection(clip_loader *ld, mood_clip_config *c, char *full, size_t size)
+{
+    const mood_st_tensor *t;
+    size_t plen = strlen(ld->prefix), tm = strlen("text_model.");
+    snprintf(full, size, "%s%s", ld->prefix, ld->nm->proj);
+    t = mood_st_find(ld->f, full);
+    if (!t && ld->nm == &hf_naming && plen >= tm &&
+        !strcmp(ld->prefix + plen - tm, "text_model.")) {
+        snprintf(full, size, "%.*s%s", (int)(plen - tm), ld->prefix, ld->nm->proj);
+        t = mood_st_find(ld->f, full);
+    }
+    c->projection_dim = 0;
+    if (!t) {
+        full[0] = 0;
+        return 0;
+    }
+    int64_t p = t->ndim == 2 ? t->shape[ld->nm->proj_t ? 1 : 0] : 0;
+    if (p < 1 || p > INT32_MAX)
+        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is not a 2-D matrix", ld->path,
+                              full);
+    c->projection_dim = (int)p;
+    return 0;
+}
+
+static int infer_config(mood_clip_config *c, clip_loader *ld, const mood_clip_config *hint,
+                        char *proj_name, size_t size)
 {
     int err, rows, cols;
-    find_prefix(ld);
-    if ((err = shape2(ld, "embeddings.token_embedding.weight", &c->vocab, &c->hidden)) < 0 ||
-        (err = shape2(ld, "embeddings.position_embedding.weight", &c->max_positions, &cols)) < 0 ||
-        (err = shape2(ld, "encoder.layers.0.mlp.fc1.weight", &c->intermediate, &rows)) < 0)
+    find_prefix(ld, hint ? hint->encoder : MOOD_CLIP_ENCODER_AUTO);
+    c->encoder = hint && hint->encoder ? hint->encoder : MOOD_CLIP_ENCODER_AUTO;
+    if ((err = shape2(ld, ld->nm->tok, &c->vocab, &c->hidden)) < 0 ||
+        (err = shape2(ld, ld->nm->pos, &c->max_positions, &cols)) < 0 ||
+        (err = shape2(ld, ld->nm->fc1_0, &c->intermediate, &rows)) < 0 ||
+        (err = find_projection(ld, c, proj_name, size)) < 0)
         return err;
+    ld->proj_name = proj_name;
     c->layers = count_layers(ld);
     return infer_rest(c, hint, ld->path);
 }
@@ -347,7 +469,8 @@ static int64_t param_count(const mood_clip_config *c)
 {
     int64_t C = c->hidden, F = c->intermediate;
     int64_t per_layer = 4 * (C * C + C) + 4 * C + (F * C + F) + (C * F + C);
-    return (int64_t)c->vocab * C + (int64_t)c->max_positions * C + 2 * C + per_layer * c->layers;
+    return (int64_t)c->vocab * C + (int64_t)c->max_positions * C + 2 * C + per_layer * c->layers +
+           (int64_t)c->projection_dim * C;
 }
 
 static int load_weights(mood_clip *m, clip_loader *ld)
@@ -355,26 +478,40 @@ static int load_weights(mood_clip *m, clip_loader *ld)
     const mood_clip_config *c = &m->cfg;
     char name[128];
     int err = 0;
-    if ((err = load_tensor(ld, c, "embeddings.token_embedding.weight", D_V, D_C, &m->tok_emb)) ||
-        (err = load_tensor(ld, c, "embeddings.position_embedding.weight", D_P, D_C, &m->pos_emb)) ||
-        (err = load_tensor(ld, c, "final_layer_norm.weight", D_C, D_NONE, &m->lnf_w)) ||
-        (err = load_tensor(ld, c, "final_layer_norm.bias", D_C, D_NONE, &m->lnf_b)))
+    const clip_naming *nm = ld->nm;
+    size_t C = (size_t)c->hidden;
+    if ((err = load_tensor(ld, c, nm->tok, D_V, D_C, &m->tok_emb)) ||
+        (err = load_tensor(ld, c, nm->pos, D_P, D_C, &m->pos_emb)) ||
+        (err = load_tensor(ld, c, nm->lnf_w, D_C, D_NONE, &m->lnf_w)) ||
+        (err = load_tensor(ld, c, nm->lnf_b, D_C, D_NONE, &m->lnf_b)))
         return err;
     for (int i = 0; i < c->layers; i++) {
-        for (size_t s = 0; s < N_LAYER_SPECS; s++) {
-            const clip_spec *sp = &layer_specs[s];
-            const float **slot = (const float **)((char *)&m->layer[i] + sp->field);
+        clip_layer *l = &m->layer[i];
+        for (size_t s = 0; s < nm->n_specs; s++) {
+            const clip_spec *sp = &nm->specs[s];
+            const float **slot = (const float **)((char *)l + sp->field);
             snprintf(name, sizeof name, sp->name, i);
             if ((err = load_tensor(ld, c, name, sp->dim0, sp->dim1, slot)) < 0)
                 return err;
         }
+        if (nm == &openclip_naming) { /* in_proj: q, k, v rows */
+            l->k_w = l->q_w + C * C;
+            l->v_w = l->k_w + C * C;
+            l->k_b = l->q_b + C;
+            l->v_b = l->k_b + C;
+        }
     }
+    m->proj_t = nm->proj_t;
+    if (c->projection_dim > 0)
+        return load_full(ld, c, ld->proj_name, nm->proj_t ? D_C : D_J, nm->proj_t ? D_J : D_C,
+                         &m->proj);
     return 0;
 }
 
 int mood_clip_load(mood_clip **out, const char *path, const mood_clip_config *hint)
 {
-    clip_loader ld = {NULL, path, "", NULL};
+    clip_loader ld = {NULL, path, "", "", &hf_naming, NULL};
+    char proj_name[256], layer0[256];
     mood_clip *m = NULL;
     uint64_t bytes;
     int err;
@@ -385,13 +522,12 @@ int mood_clip_load(mood_clip **out, const char *path, const mood_clip_config *hi
         err = mood_error_nomem();
         goto done;
     }
-    if ((err = infer_config(&m->cfg, &ld, hint)) < 0)
+    if ((err = infer_config(&m->cfg, &ld, hint, proj_name, sizeof proj_name)) < 0)
         goto done;
     if (m->cfg.layers < 1) {
-        err = mood_error_set(MOOD_EFORMAT,
-                             "%s: tensor \"%sencoder.layers.0.layer_norm1.weight\" "
-                             "is missing",
-                             path, ld.prefix);
+        int k = snprintf(layer0, sizeof layer0, "%s", ld.prefix);
+        snprintf(layer0 + k, sizeof layer0 - (size_t)k, ld.nm->layer0, 0);
+        err = mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is missing", path, layer0);
         goto done;
     }
     if (mood_mul_u64(&bytes, (uint64_t)param_count(&m->cfg), sizeof(float)) < 0 ||
@@ -423,6 +559,24 @@ void mood_clip_free(mood_clip *m)
 const mood_clip_config *mood_clip_get_config(const mood_clip *m)
 {
     return &m->cfg;
+}
+
+int mood_clip_has_projection(const mood_clip *m)
+{
+    return m->proj != NULL;
+}
+
+int mood_clip_project(const mood_clip *m, const float *pooled, int batch, float *out)
+{
+    int C = m->cfg.hidden, P = m->cfg.projection_dim;
+    if (!m->proj)
+        return mood_error_set(MOOD_EINVAL, "clip: the model has no text projection");
+    if (batch < 1)
+        return mood_error_set(MOOD_EINVAL, "clip: %d sequences", batch);
+    /* out (B x P) = pooled (B x C) · W^T with W (P x C), or pooled · W with W (C x P). */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, m->proj_t ? CblasNoTrans : CblasTrans, batch, P, C,
+                1.0f, pooled, C, m->proj, m->proj_t ? P : C, 0.0f, out, P);
+    return 0;
 }
 
 /* ----- forward ------------------------------------------------------------------------------ */

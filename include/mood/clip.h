@@ -8,7 +8,14 @@
  * with or without the "text_model." prefix (transformers 5 dropped it), or inside a single-file
  * SD1 ("cond_stage_model.transformer.text_model.") or SDXL checkpoint
  * ("conditioner.embedders.0.transformer.text_model.", the CLIP-L encoder), in any float dtype.
- * OpenCLIP-named weights (SD2's "cond_stage_model.model.", SDXL's second encoder) are not read.
+ * OpenCLIP-named weights are read too: SD2's "cond_stage_model.model.", SDXL's second encoder
+ * "conditioner.embedders.1.model." (chosen with MOOD_CLIP_ENCODER_2), or an open_clip state dict
+ * without prefix ("transformer.resblocks.i.attn.in_proj_weight" split into q, k, v rows,
+ * "ln_1", "mlp.c_fc", "positional_embedding", "ln_final", ...).
+ *
+ * The text projection, when the file has it (Hugging Face "text_projection.weight" (proj, hidden)
+ * of CLIPTextModelWithProjection, or OpenCLIP "text_projection" (hidden, proj), applied as x @ P),
+ * maps the pooled output to SDXL's pooled text embedding: mood_clip_project.
  *
  * Clip skip follows AUTOMATIC1111 (and sd.cpp, kohya's --clip_skip): clip_skip = 1 is the last
  * layer's output, clip_skip = k the output of layer (layers - k + 1), i.e. hidden_states[-k] of
@@ -37,21 +44,31 @@ typedef enum mood_clip_act {
     MOOD_CLIP_ACT_GELU        /* exact erf GELU: OpenCLIP (SD2, SDXL's second encoder) */
 } mood_clip_act;
 
+/* Which text encoder of a single-file checkpoint to load. */
+typedef enum mood_clip_encoder {
+    MOOD_CLIP_ENCODER_AUTO = 0, /* the first found: SD1's, SD2's, SDXL's first, a bare file */
+    MOOD_CLIP_ENCODER_1,        /* the same (SDXL: CLIP-L, "conditioner.embedders.0.") */
+    MOOD_CLIP_ENCODER_2         /* SDXL's second, OpenCLIP bigG ("conditioner.embedders.1.") */
+} mood_clip_encoder;
+
 typedef struct mood_clip_config {
-    int vocab;            /* token embedding rows */
-    int max_positions;    /* position embedding rows (77) */
-    int hidden;           /* model width */
-    int intermediate;     /* MLP width */
-    int layers;           /* transformer layers */
-    int heads;            /* attention heads; 0 = infer (768: 12, 1024: 16, 1280: 20) */
-    mood_clip_act act;    /* MOOD_CLIP_ACT_AUTO = infer as above */
-    float layer_norm_eps; /* 0 = 1e-5 */
+    int vocab;                 /* token embedding rows */
+    int max_positions;         /* position embedding rows (77) */
+    int hidden;                /* model width */
+    int intermediate;          /* MLP width */
+    int layers;                /* transformer layers */
+    int heads;                 /* attention heads; 0 = infer (768: 12, 1024: 16, 1280: 20) */
+    mood_clip_act act;         /* MOOD_CLIP_ACT_AUTO = infer as above */
+    float layer_norm_eps;      /* 0 = 1e-5 */
+    int projection_dim;        /* output: width of the text projection, 0 when the file has none */
+    mood_clip_encoder encoder; /* hint: which encoder of a checkpoint (MOOD_CLIP_ENCODER_AUTO) */
 } mood_clip_config;
 
 typedef struct mood_clip mood_clip;
 
 /* Loads the text encoder from safetensors file `path`. Sizes come from the tensor shapes; heads,
- * act and layer_norm_eps from `hint` (may be NULL: all inferred), whose other fields are ignored.
+ * act, layer_norm_eps and encoder from `hint` (may be NULL: all inferred / automatic), whose other
+ * fields are ignored.
  * Errors: MOOD_ENOTFOUND/MOOD_EIO (file), MOOD_EFORMAT (a tensor missing, of the wrong shape or
  * dtype: the message names file and tensor), MOOD_EINVAL (heads not inferable or not dividing
  * hidden), MOOD_ENOMEM. The weights are copied to float32; the file is closed on return. */
@@ -70,6 +87,15 @@ const mood_clip_config *mood_clip_get_config(const mood_clip *m);
 MOOD_WARN_UNUSED int mood_clip_forward(const mood_clip *m, const int32_t *ids, int batch, int seq,
                                        int clip_skip, int final_norm, float *hidden_out,
                                        float *pooled_out);
+
+/* Whether the model has a text projection (mood_clip_get_config(m)->projection_dim > 0). */
+int mood_clip_has_projection(const mood_clip *m);
+
+/* out (batch x projection_dim) = pooled (batch x hidden, mood_clip_forward's pooled_out) through
+ * the text projection (no bias), as CLIPTextModelWithProjection's text_embeds.
+ * Errors: MOOD_EINVAL (no projection, batch < 1). */
+MOOD_WARN_UNUSED int mood_clip_project(const mood_clip *m, const float *pooled, int batch,
+                                       float *out);
 
 #ifdef __cplusplus
 }

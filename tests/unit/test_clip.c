@@ -6,6 +6,14 @@
  * reference last_hidden_state, final_layer_norm(hidden_states[-2]) and pooler_output for three
  * id sequences (gelu also hidden_states[-2] without the norm, as SDXL uses it). Also: missing and
  * misshapen tensors fail with MOOD_EFORMAT naming the tensor.
+ *
+ * OpenCLIP names: the text encoders of the tiny single-file checkpoints tests/fixtures/bases/
+ * (SD2's, SDXL's second; kohya's converters, fused in_proj) against the transformers models they
+ * were converted from (clip/sd2_te_ref, clip/sdxl_te2_ref): hidden states, pooled output and the
+ * text projection read as OpenCLIP does (x @ P). kohya's SDXL converter stores the transformers
+ * weight W untransposed, so transformers' text_embeds (x W^T, in the fixture too) differ from the
+ * file's reading; a Hugging Face "text_projection.weight" beside "text_model." is checked on a
+ * rewritten file.
  */
 #include "harness.h"
 
@@ -142,6 +150,35 @@ static const char *rewrite(const char *drop, const char *reshape)
     return rewrite_prefixed(drop, reshape, "");
 }
 
+static void expect_format_error_hint(const char *path, const mood_clip_config *hint,
+                                     const char *tensor)
+{
+    mood_clip *m = NULL;
+    int rc = mood_clip_load(&m, path, hint);
+    MOOD_CHECK_MSG(rc == MOOD_EFORMAT, "rc %d", rc);
+    MOOD_CHECK(m == NULL);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), tensor) != NULL, "%s", mood_error_last());
+}
+
+/* Fixture `base` copied to a scratch file without tensor `drop`. */
+static const char *rewrite_base(const char *base, const char *drop)
+{
+    const char *path = scratch_path("bad_base.safetensors");
+    mood_st_file *f = NULL;
+    mood_st_writer *w = NULL;
+    MOOD_CHECK_OK(mood_st_open(&f, fixture(base)));
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    for (size_t i = 0; f && w && i < mood_st_count(f); i++) {
+        const mood_st_tensor *t = mood_st_at(f, i);
+        if (strcmp(t->name, drop))
+            MOOD_CHECK_OK(mood_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data));
+    }
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    mood_st_close(f);
+    return path;
+}
+
 static void expect_format_error(const char *path, const char *tensor)
 {
     mood_clip *m = NULL;
@@ -194,6 +231,152 @@ static void test_checkpoint_prefix(void)
     mood_clip_free(b);
 }
 
+/* The OpenCLIP-named encoder `enc` of bases/<base> against reference `refname`. */
+static void compare_openclip(const char *base, mood_clip_encoder enc, const char *refname)
+{
+    enum { TB = 8, CB = 24 };
+    char bp[128], rp[128];
+    mood_clip *m = NULL;
+    mood_st_file *ref = NULL;
+    mood_clip_config hint = {0};
+    hint.heads = 3;
+    hint.encoder = enc;
+    snprintf(bp, sizeof bp, "bases/%s.safetensors", base);
+    snprintf(rp, sizeof rp, "clip/%s.safetensors", refname);
+    MOOD_CHECK_OK(mood_clip_load(&m, fixture(bp), &hint));
+    MOOD_CHECK_OK(mood_st_open(&ref, fixture(rp)));
+    if (!m || !ref)
+        goto done;
+    const mood_clip_config *c = mood_clip_get_config(m);
+    MOOD_CHECK(c->vocab == 32 && c->hidden == CB && c->intermediate == 48 && c->layers == 2 &&
+               c->max_positions == TB && c->heads == 3 && c->act == MOOD_CLIP_ACT_GELU &&
+               c->projection_dim == CB && mood_clip_has_projection(m));
+    size_t n_ids = 0, n[5] = {0};
+    static const char *const names[5] = {"last", "skip2", "skip2_raw", "pooled", "projected"};
+    float *fids = ref_f32(ref, "ids", &n_ids), *want[5], got[5][2 * TB * CB];
+    int32_t ids[2 * TB];
+    for (int i = 0; i < 5; i++)
+        want[i] = ref_f32(ref, names[i], &n[i]);
+    MOOD_CHECK(fids && n_ids == 2 * TB && n[0] == 2 * TB * CB && n[1] == n[0] && n[2] == n[0] &&
+               n[3] == 2 * CB && n[4] == 2 * CB && want[0] && want[1] && want[2] && want[3] &&
+               want[4]);
+    if (fids && n_ids == 2 * TB && want[0] && want[1] && want[2] && want[3] && want[4] &&
+        n[0] == 2 * TB * CB && n[1] == n[0] && n[2] == n[0] && n[3] == 2 * CB && n[4] == 2 * CB) {
+        for (size_t i = 0; i < n_ids; i++)
+            ids[i] = (int32_t)fids[i];
+        MOOD_CHECK_OK(mood_clip_forward(m, ids, 2, TB, 1, 1, got[0], got[3]));
+        MOOD_CHECK_OK(mood_clip_forward(m, ids, 2, TB, 2, 1, got[1], NULL));
+        MOOD_CHECK_OK(mood_clip_forward(m, ids, 2, TB, 2, 0, got[2], NULL));
+        MOOD_CHECK_OK(mood_clip_project(m, got[3], 2, got[4]));
+        printf("  %s:", refname);
+        for (int i = 0; i < 5; i++) {
+            double d = rel_diff(got[i], want[i], n[i]);
+            printf(" %s %.3g", names[i], d);
+            MOOD_CHECK_MSG(d <= 1e-5, "%s %s %g", refname, names[i], d);
+        }
+        printf("\n");
+        MOOD_CHECK(rel_diff(want[0], want[1], n[0]) > 1e-2 &&
+                   rel_diff(want[3], want[4], n[3]) > 1e-2);
+        size_t n_te = 0;
+        float *te = ref_f32(ref, "text_embeds", &n_te);
+        if (te && n_te == n[4]) {
+            double d = rel_diff(got[4], te, n_te);
+            printf("  (transformers' text_embeds, x W^T: %.3g away)\n", d);
+            MOOD_CHECK(d > 1e-2);
+        }
+        free(te);
+    }
+    free(fids);
+    for (int i = 0; i < 5; i++)
+        free(want[i]);
+done:
+    mood_st_close(ref);
+    mood_clip_free(m);
+}
+
+static void test_openclip_sd2(void)
+{
+    compare_openclip("sd2_base", MOOD_CLIP_ENCODER_AUTO, "sd2_te_ref");
+}
+
+static void test_openclip_sdxl_te2(void)
+{
+    compare_openclip("sdxl_base", MOOD_CLIP_ENCODER_2, "sdxl_te2_ref");
+}
+
+/* Encoder choice: SDXL's first encoder by default (Hugging Face names, no projection), the second
+ * on request; an SD2 file has no second encoder; a missing fused tensor is named. */
+static void test_encoder_choice(void)
+{
+    mood_clip *m = NULL;
+    mood_clip_config hint = {0};
+    float pooled[16], out[16];
+    hint.heads = 2;
+    MOOD_CHECK_OK(mood_clip_load(&m, fixture("bases/sdxl_base.safetensors"), &hint));
+    if (m) {
+        const mood_clip_config *c = mood_clip_get_config(m);
+        MOOD_CHECK(c->hidden == 16 && c->projection_dim == 0 && !mood_clip_has_projection(m));
+        MOOD_CHECK(mood_clip_project(m, pooled, 1, out) == MOOD_EINVAL);
+        mood_clip_free(m);
+        m = NULL;
+    }
+    hint.heads = 3;
+    hint.encoder = MOOD_CLIP_ENCODER_2;
+    expect_format_error_hint(fixture("bases/sd2_base.safetensors"), &hint,
+                             "\"conditioner.embedders.1.model.token_embedding.weight\" is missing");
+    hint.encoder = MOOD_CLIP_ENCODER_AUTO;
+    expect_format_error_hint(
+        rewrite_base("bases/sd2_base.safetensors",
+                     "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight"),
+        &hint, "\"cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight\" is missing");
+}
+
+/* Hugging Face CLIPTextModelWithProjection layout: "text_projection.weight" (proj, hidden) beside
+ * the "text_model." tensors; out = pooled W^T. */
+static void test_hf_projection(void)
+{
+    enum { P = 5, C = 32 };
+    const char *path = scratch_path("proj.safetensors");
+    mood_st_file *f = NULL;
+    mood_st_writer *w = NULL;
+    mood_clip *m = NULL;
+    mood_clip_config hint = {0};
+    float W[P * C], pooled[2 * C], out[2 * P];
+    int64_t shape[2] = {P, C};
+    for (int i = 0; i < P * C; i++)
+        W[i] = (float)((i * 7) % 13) / 8 - 0.7f;
+    for (int i = 0; i < 2 * C; i++)
+        pooled[i] = (float)((i * 5) % 11) / 4 - 1.1f;
+    MOOD_CHECK_OK(mood_st_open(&f, fixture("clip/quick_gelu.safetensors")));
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    for (size_t i = 0; f && w && i < mood_st_count(f); i++) {
+        const mood_st_tensor *t = mood_st_at(f, i);
+        MOOD_CHECK_OK(mood_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data));
+    }
+    if (w)
+        MOOD_CHECK_OK(
+            mood_st_writer_add_f32(w, "text_projection.weight", MOOD_DTYPE_F32, 2, shape, W));
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    mood_st_close(f);
+    hint.heads = 4;
+    MOOD_CHECK_OK(mood_clip_load(&m, path, &hint));
+    if (!m)
+        return;
+    MOOD_CHECK(mood_clip_has_projection(m) && mood_clip_get_config(m)->projection_dim == P);
+    MOOD_CHECK_OK(mood_clip_project(m, pooled, 2, out));
+    for (int b = 0; b < 2; b++) {
+        for (int p = 0; p < P; p++) {
+            double want = 0;
+            for (int c = 0; c < C; c++)
+                want += (double)pooled[b * C + c] * W[p * C + c];
+            MOOD_CHECK_MSG(fabs(out[b * P + p] - want) <= 1e-5 * (1 + fabs(want)), "%d %d", b, p);
+        }
+    }
+    MOOD_CHECK(mood_clip_project(m, pooled, 0, out) == MOOD_EINVAL);
+    mood_clip_free(m);
+}
+
 static void test_bad_args(void)
 {
     mood_clip *m = NULL;
@@ -232,5 +415,6 @@ static void test_alloc_failures(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_quick_gelu), MOOD_T(test_gelu), MOOD_T(test_missing_tensor),
-               MOOD_T(test_wrong_shape), MOOD_T(test_checkpoint_prefix), MOOD_T(test_bad_args),
-               MOOD_T(test_alloc_failures))
+               MOOD_T(test_wrong_shape), MOOD_T(test_checkpoint_prefix), MOOD_T(test_openclip_sd2),
+               MOOD_T(test_openclip_sdxl_te2), MOOD_T(test_encoder_choice),
+               MOOD_T(test_hf_projection), MOOD_T(test_bad_args), MOOD_T(test_alloc_failures))
