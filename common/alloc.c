@@ -80,3 +80,20 @@ int mood_add_u64(uint64_t *out, uint64_t a, uint64_t b)
     *out = a + b;
     return 0;
 }
+
+int mood_array_reserve(void *items_ptr, size_t *cap, size_t n, size_t elem, size_t first)
+{
+    void *items, *grown;
+    size_t want = *cap ? 2 * *cap : first;
+    uint64_t bytes;
+    if (n < *cap)
+        return 0;
+    if (mood_mul_u64(&bytes, want, elem) != 0 || bytes > SIZE_MAX)
+        return mood_error_nomem();
+    memcpy(&items, items_ptr, sizeof items); /* items_ptr is a T **: read it as a void * */
+    if (!(grown = mood_realloc(items, (size_t)bytes)))
+        return mood_error_nomem();
+    memcpy(items_ptr, &grown, sizeof grown);
+    *cap = want;
+    return 0;
+}

@@ -39,6 +39,12 @@ int mood_error_nomem(void);
 enum { MOOD_LOG_ERROR = 0, MOOD_LOG_WARN = 1, MOOD_LOG_INFO = 2, MOOD_LOG_DEBUG = 3 };
 void mood_log(int level, const char *fmt, ...) MOOD_PRINTF(2, 3);
 
+/* ----- growable arrays ----------------------------------------------------------------------- */
+/* Makes room for element n of the array whose pointer is at `items_ptr` (a `T **`), `cap`
+ * elements of `elem` bytes allocated: the capacity doubles (from `first`) when n reaches it.
+ * Returns 0, or MOOD_ENOMEM with the array unchanged. */
+int mood_array_reserve(void *items_ptr, size_t *cap, size_t n, size_t elem, size_t first);
+
 /* ----- checked arithmetic -------------------------------------------------------------------- */
 /* Return 0 on success, -1 on overflow. */
 int mood_mul_u64(uint64_t *out, uint64_t a, uint64_t b);

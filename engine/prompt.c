@@ -28,14 +28,8 @@ typedef struct frag_list {
 static int frag_push(frag_list *l, const char *text, size_t len, double weight)
 {
     char *copy;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 16;
-        mood_prompt_fragment *p = mood_realloc(l->items, cap * sizeof *p);
-        if (!p)
-            return mood_error_nomem();
-        l->items = p;
-        l->cap = cap;
-    }
+    if (mood_array_reserve(&l->items, &l->cap, l->n, sizeof *l->items, 16) != 0)
+        return MOOD_ENOMEM;
     copy = mood_strndup(text, len);
     if (!copy)
         return mood_error_nomem();
@@ -52,14 +46,8 @@ typedef struct pos_stack {
 
 static int stack_push(pos_stack *s, size_t v)
 {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : 16;
-        size_t *p = mood_realloc(s->items, cap * sizeof *p);
-        if (!p)
-            return mood_error_nomem();
-        s->items = p;
-        s->cap = cap;
-    }
+    if (mood_array_reserve(&s->items, &s->cap, s->n, sizeof *s->items, 16) != 0)
+        return MOOD_ENOMEM;
     s->items[s->n++] = v;
     return 0;
 }
@@ -316,14 +304,9 @@ typedef struct chunker {
 static int next_chunk(chunker *c, int is_last)
 {
     mood_prompt_chunk *k;
-    if (c->out->n_chunks == c->cap) {
-        size_t cap = c->cap ? 2 * c->cap : 4;
-        mood_prompt_chunk *p = mood_realloc(c->out->chunks, cap * sizeof *p);
-        if (!p)
-            return mood_error_nomem();
-        c->out->chunks = p;
-        c->cap = cap;
-    }
+    if (mood_array_reserve(&c->out->chunks, &c->cap, c->out->n_chunks, sizeof *c->out->chunks, 4) !=
+        0)
+        return MOOD_ENOMEM;
     k = &c->out->chunks[c->out->n_chunks++];
     c->out->token_count += is_last ? c->n : MOOD_CLIP_CHUNK;
     k->used = c->n;

@@ -46,14 +46,8 @@ typedef struct plan {
 
 static int add_patch(job *j, const mood_adapter *a, const mood_module *m, float mult)
 {
-    if (j->n == j->cap) {
-        size_t cap = j->cap ? 2 * j->cap : 4;
-        patch *grown = mood_realloc(j->p, cap * sizeof *grown);
-        if (!grown)
-            return mood_error_nomem();
-        j->p = grown;
-        j->cap = cap;
-    }
+    if (mood_array_reserve(&j->p, &j->cap, j->n, sizeof *j->p, 4) != 0)
+        return MOOD_ENOMEM;
     j->p[j->n].a = a;
     j->p[j->n].m = m;
     j->p[j->n].mult = mult;

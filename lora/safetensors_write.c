@@ -75,14 +75,8 @@ static int new_entry(entry **out, mood_st_writer *w, const char *name, mood_dtyp
     }
     if (mood_mul_u64(&bits, bits, numel) != 0 || bits % 8 != 0)
         return mood_error_set(MOOD_EINVAL, "tensor \"%s\": size does not fill whole bytes", name);
-    if (w->count == w->cap) {
-        size_t cap = w->cap ? 2 * w->cap : 64;
-        entry *grown = mood_realloc(w->entries, cap * sizeof *grown);
-        if (!grown)
-            return mood_error_nomem();
-        w->entries = grown;
-        w->cap = cap;
-    }
+    if (mood_array_reserve(&w->entries, &w->cap, w->count, sizeof *w->entries, 64) != 0)
+        return MOOD_ENOMEM;
     e = &w->entries[w->count];
     memset(e, 0, sizeof *e);
     if (!(e->name = mood_strdup(name)))

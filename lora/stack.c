@@ -71,27 +71,15 @@ static int group_add(groups *gs, const mood_module *m, double mult)
             g = &gs->g[i];
     }
     if (!g) {
-        if (gs->n == gs->cap) {
-            size_t cap = gs->cap ? 2 * gs->cap : 64;
-            group *grown = mood_realloc(gs->g, cap * sizeof *grown);
-            if (!grown)
-                return mood_error_nomem();
-            gs->g = grown;
-            gs->cap = cap;
-        }
+        if (mood_array_reserve(&gs->g, &gs->cap, gs->n, sizeof *gs->g, 64) != 0)
+            return MOOD_ENOMEM;
         g = &gs->g[gs->n++];
         memset(g, 0, sizeof *g);
         g->name = m->target->kohya_name;
         g->first = m;
     }
-    if (g->n == g->cap) {
-        size_t cap = g->cap ? 2 * g->cap : 4;
-        contrib *grown = mood_realloc(g->c, cap * sizeof *grown);
-        if (!grown)
-            return mood_error_nomem();
-        g->c = grown;
-        g->cap = cap;
-    }
+    if (mood_array_reserve(&g->c, &g->cap, g->n, sizeof *g->c, 4) != 0)
+        return MOOD_ENOMEM;
     g->c[g->n].m = m;
     g->c[g->n].mult = mult;
     g->n++;

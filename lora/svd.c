@@ -340,14 +340,8 @@ typedef struct out_list {
 
 static int out_push(out_list *l, mood_lora_out_module **slot)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 64;
-        mood_lora_out_module *grown = mood_realloc(l->m, cap * sizeof *grown);
-        if (!grown)
-            return mood_error_nomem();
-        l->m = grown;
-        l->cap = cap;
-    }
+    if (mood_array_reserve(&l->m, &l->cap, l->n, sizeof *l->m, 64) != 0)
+        return MOOD_ENOMEM;
     *slot = &l->m[l->n++];
     memset(*slot, 0, sizeof **slot);
     return 0;

@@ -196,13 +196,6 @@ static char *permissions_json(const mood_civitai_version *v)
 /* ----- rows ------------------------------------------------------------------------------------
  */
 
-static int step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
-{
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
-}
-
 /* One statement with up to three text parameters (NULL binds NULL). */
 static int exec3(mood_registry *r, const char *sql, const char *a, const char *b, const char *c,
                  const char *what)
@@ -214,7 +207,7 @@ static int exec3(mood_registry *r, const char *sql, const char *a, const char *b
     mood__reg_bind_text(st, 1, a);
     mood__reg_bind_text(st, 2, b);
     mood__reg_bind_text(st, 3, c);
-    return step_done(r, st, what);
+    return mood__reg_step_done(r, st, what);
 }
 
 typedef struct store_job {
@@ -265,7 +258,7 @@ static int insert_source(mood_registry *r, const store_job *j)
             sqlite3_bind_int(st, 13, v->nsfw_level);
             mood__reg_bind_text(st, 14, perms);
         }
-        err = step_done(r, st, "storing the Civitai record");
+        err = mood__reg_step_done(r, st, "storing the Civitai record");
     }
     mood_civitai_free_string(license);
     cJSON_free(perms);
@@ -325,7 +318,7 @@ static int insert_previews(mood_registry *r, const store_job *j)
         mood__reg_bind_text(st, 3, j->pv[i].media_type);
         mood__reg_bind_text(st, 4, j->pv[i].origin);
         sqlite3_bind_int(st, 5, j->pv[i].nsfw_level);
-        if ((err = step_done(r, st, "storing a preview")) == 0)
+        if ((err = mood__reg_step_done(r, st, "storing a preview")) == 0)
             err = mood__blob_journal_delete(r, &j->pv[i].tx);
     }
     return err;

@@ -14,13 +14,6 @@
 
 #define TAG_MAX 64
 
-static int step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
-{
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
-}
-
 static int exec_id(mood_registry *r, const char *sql, long long id, const char *what)
 {
     sqlite3_stmt *st = NULL;
@@ -28,7 +21,7 @@ static int exec_id(mood_registry *r, const char *sql, long long id, const char *
     if (err)
         return err;
     sqlite3_bind_int64(st, 1, id);
-    return step_done(r, st, what);
+    return mood__reg_step_done(r, st, what);
 }
 
 static int name_free(mood_registry *r, const char *name)
@@ -82,7 +75,7 @@ static int set_text(mood_registry *r, long long id, const char *column, const ch
         return err;
     sqlite3_bind_int64(st, 1, id);
     mood__reg_bind_text(st, 2, value[0] ? value : NULL);
-    return step_done(r, st, "changing the style");
+    return mood__reg_step_done(r, st, "changing the style");
 }
 
 static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
@@ -112,7 +105,7 @@ static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
         sqlite3_bind_double(st, 3, l->unet);
         sqlite3_bind_double(st, 4, l->te);
         sqlite3_bind_int(st, 5, (int)i);
-        err = step_done(r, st, "linking an adapter");
+        err = mood__reg_step_done(r, st, "linking an adapter");
     }
     return err;
 }
@@ -142,7 +135,7 @@ static int apply_spec(mood_registry *r, long long id, const mood_style_spec *s)
             return err;
         sqlite3_bind_int64(st, 1, id);
         sqlite3_bind_double(st, 2, s->weight);
-        if ((err = step_done(r, st, "changing the weight")) != 0)
+        if ((err = mood__reg_step_done(r, st, "changing the weight")) != 0)
             return err;
     }
     if (s->loras)
@@ -167,7 +160,7 @@ int mood_registry_style_create(mood_registry *r, const char *name, const mood_st
                                  " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
         goto done;
     mood__reg_bind_text(st, 1, name);
-    if ((err = step_done(r, st, "creating the style")) != 0)
+    if ((err = mood__reg_step_done(r, st, "creating the style")) != 0)
         goto done;
     err = apply_spec(r, sqlite3_last_insert_rowid(r->db), spec);
 done:
@@ -261,7 +254,7 @@ int mood_registry_rename(mood_registry *r, const char *old_name, const char *new
         goto done;
     sqlite3_bind_int64(st, 1, id);
     mood__reg_bind_text(st, 2, new_name);
-    err = step_done(r, st, "renaming the style");
+    err = mood__reg_step_done(r, st, "renaming the style");
 done:
     if (!err)
         err = mood__reg_commit(r);
@@ -301,7 +294,7 @@ int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int a
         goto done;
     sqlite3_bind_int64(st, 1, id);
     mood__reg_bind_text(st, 2, tag);
-    err = step_done(r, st, "changing tags");
+    err = mood__reg_step_done(r, st, "changing tags");
 done:
     if (!err)
         err = mood__reg_commit(r);

@@ -408,16 +408,8 @@ static int holder_of(mood_registry *r, const char *sha256, char *name_out, size_
     return err;
 }
 
-static int step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
+int mood__reg_insert_adapter(mood_registry *r, const mood__reg_adapter *a, const char *what)
 {
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
-}
-
-static int insert_adapter(mood_registry *r, const import_job *j)
-{
-    const adapter_facts *f = &j->facts;
     sqlite3_stmt *st = NULL;
     int err = mood__reg_prepare(
         r, &st,
@@ -427,21 +419,47 @@ static int insert_adapter(mood_registry *r, const import_job *j)
         " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
     if (err)
         return err;
-    mood__reg_bind_text(st, 1, j->h.sha256);
-    mood__reg_bind_text(st, 2, j->h.is_safetensors ? j->h.autov3 : NULL);
-    sqlite3_bind_int64(st, 3, (long long)j->h.size);
-    mood__reg_bind_text(st, 4, f->family);
-    mood__reg_bind_text(st, 5, f->family_source);
-    mood__reg_bind_text(st, 6, f->algorithm);
-    sqlite3_bind_int(st, 7, f->rank);
-    if (f->has_alpha)
-        sqlite3_bind_double(st, 8, f->alpha);
-    mood__reg_bind_text(st, 9, f->dtype);
-    sqlite3_bind_int(st, 10, f->modules);
-    mood__reg_bind_text(st, 11, f->metadata_json);
-    mood__reg_bind_text(st, 12, f->file_triggers);
-    mood__reg_bind_text(st, 13, mood_path_basename(j->path));
-    return step_done(r, st, "storing the adapter");
+    mood__reg_bind_text(st, 1, a->sha256);
+    mood__reg_bind_text(st, 2, a->autov3);
+    sqlite3_bind_int64(st, 3, (long long)a->size);
+    mood__reg_bind_text(st, 4, a->family);
+    mood__reg_bind_text(st, 5, a->family_source);
+    mood__reg_bind_text(st, 6, a->algorithm);
+    if (a->has_rank)
+        sqlite3_bind_int64(st, 7, a->rank);
+    if (a->has_alpha)
+        sqlite3_bind_double(st, 8, a->alpha);
+    mood__reg_bind_text(st, 9, a->dtype);
+    if (a->has_modules)
+        sqlite3_bind_int64(st, 10, a->modules);
+    mood__reg_bind_text(st, 11, a->metadata_json);
+    mood__reg_bind_text(st, 12, a->trigger_words_json);
+    mood__reg_bind_text(st, 13, a->file_name);
+    return mood__reg_step_done(r, st, what);
+}
+
+static int insert_adapter(mood_registry *r, const import_job *j)
+{
+    const adapter_facts *f = &j->facts;
+    mood__reg_adapter a = {
+        .sha256 = j->h.sha256,
+        .autov3 = j->h.is_safetensors ? j->h.autov3 : NULL,
+        .family = f->family,
+        .family_source = f->family_source,
+        .algorithm = f->algorithm,
+        .dtype = f->dtype,
+        .file_name = mood_path_basename(j->path),
+        .metadata_json = f->metadata_json,
+        .trigger_words_json = f->file_triggers,
+        .size = j->h.size,
+        .rank = f->rank,
+        .has_rank = 1,
+        .modules = f->modules,
+        .has_modules = 1,
+        .alpha = f->alpha,
+        .has_alpha = f->has_alpha,
+    };
+    return mood__reg_insert_adapter(r, &a, "storing the adapter");
 }
 
 static int insert_style(mood_registry *r, const import_job *j, long long *id)
@@ -469,7 +487,7 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
     /* A1111: 0 means "use the global default" */
     if (cJSON_IsNumber(w) && w->valuedouble > 0 && isfinite(w->valuedouble))
         sqlite3_bind_double(st, 6, w->valuedouble);
-    if ((err = step_done(r, st, "creating the style")) != 0)
+    if ((err = mood__reg_step_done(r, st, "creating the style")) != 0)
         return err;
     *id = sqlite3_last_insert_rowid(r->db);
     if ((err = mood__reg_prepare(r, &st,
@@ -478,7 +496,7 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
         return err;
     sqlite3_bind_int64(st, 1, *id);
     mood__reg_bind_text(st, 2, j->h.sha256);
-    return step_done(r, st, "linking the style to its adapter");
+    return mood__reg_step_done(r, st, "linking the style to its adapter");
 }
 
 static long long json_id(const cJSON *o, const char *key)
@@ -514,7 +532,7 @@ static int insert_source(mood_registry *r, const import_job *j)
         mood__reg_bind_text(st, 9, jstr(c, "baseModel"));
         if (cJSON_IsBool(nsfw))
             sqlite3_bind_int(st, 10, cJSON_IsTrue(nsfw));
-        err = step_done(r, st, "recording where the file came from");
+        err = mood__reg_step_done(r, st, "recording where the file came from");
     }
     return err;
 }
@@ -533,7 +551,7 @@ static int insert_previews(mood_registry *r, const import_job *j, long long styl
         mood__reg_bind_text(st, 3, j->previews[i].media_type);
         mood__reg_bind_text(st, 4, j->previews[i].origin);
         sqlite3_bind_int(st, 5, i);
-        err = step_done(r, st, "storing a preview");
+        err = mood__reg_step_done(r, st, "storing a preview");
     }
     return err;
 }

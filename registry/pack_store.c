@@ -18,13 +18,6 @@ typedef struct store {
     char *present; /* present[i]: adapter i was in the registry before */
 } store;
 
-static int step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
-{
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
-}
-
 /* Every adapter that is neither embedded nor in the registry, all named in one message. */
 static int check_adapters(store *s, const mood__pack_adapter_row *a, size_t n)
 {
@@ -86,31 +79,26 @@ static int put_blob(store *s, const char *path, const char *sha, mood_progress_f
 static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, const char *pack)
 {
     sqlite3_stmt *st = NULL;
-    int err = mood__reg_prepare(
-        r, &st,
-        "INSERT INTO adapters(sha256, autov3, size, family, family_source, algorithm, rank, alpha,"
-        " dtype, modules, metadata_json, trigger_words_json, file_name, imported_at) VALUES"
-        " (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
-        " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
+    mood__reg_adapter row = {
+        .sha256 = a->sha256,
+        .autov3 = a->autov3,
+        .family = a->family,
+        .family_source = a->family_source,
+        .algorithm = a->algorithm,
+        .dtype = a->dtype,
+        .file_name = a->file_name,
+        .metadata_json = a->metadata_json,
+        .trigger_words_json = a->trigger_words_json,
+        .size = a->size,
+        .rank = a->rank,
+        .has_rank = a->has_rank,
+        .modules = a->modules,
+        .has_modules = a->has_modules,
+        .alpha = a->alpha,
+        .has_alpha = a->has_alpha,
+    };
+    int err = mood__reg_insert_adapter(r, &row, "storing an adapter of the pack");
     if (err)
-        return err;
-    mood__reg_bind_text(st, 1, a->sha256);
-    mood__reg_bind_text(st, 2, a->autov3);
-    sqlite3_bind_int64(st, 3, (long long)a->size);
-    mood__reg_bind_text(st, 4, a->family);
-    mood__reg_bind_text(st, 5, a->family_source);
-    mood__reg_bind_text(st, 6, a->algorithm);
-    if (a->has_rank)
-        sqlite3_bind_int64(st, 7, a->rank);
-    if (a->has_alpha)
-        sqlite3_bind_double(st, 8, a->alpha);
-    mood__reg_bind_text(st, 9, a->dtype);
-    if (a->has_modules)
-        sqlite3_bind_int64(st, 10, a->modules);
-    mood__reg_bind_text(st, 11, a->metadata_json);
-    mood__reg_bind_text(st, 12, a->trigger_words_json);
-    mood__reg_bind_text(st, 13, a->file_name);
-    if ((err = step_done(r, st, "storing an adapter of the pack")) != 0)
         return err;
     if ((err = mood__reg_prepare(r, &st,
                                  "INSERT INTO sources(adapter_sha256, kind, location, air, license,"
@@ -121,7 +109,7 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
     mood__reg_bind_text(st, 2, pack);
     mood__reg_bind_text(st, 3, a->air);
     mood__reg_bind_text(st, 4, a->license);
-    return step_done(r, st, "recording where the adapter came from");
+    return mood__reg_step_done(r, st, "recording where the adapter came from");
 }
 
 static int insert_children(mood_registry *r, const mood__pack_style_row *s, long long id)
@@ -138,7 +126,7 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
         sqlite3_bind_double(st, 3, s->loras[i].unet);
         sqlite3_bind_double(st, 4, s->loras[i].te);
         sqlite3_bind_int(st, 5, (int)i);
-        err = step_done(r, st, "linking an adapter");
+        err = mood__reg_step_done(r, st, "linking an adapter");
     }
     for (size_t i = 0; !err && i < s->n_tags; i++) {
         if ((err = mood__reg_prepare(r, &st,
@@ -147,7 +135,7 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
             break;
         sqlite3_bind_int64(st, 1, id);
         mood__reg_bind_text(st, 2, s->tags[i]);
-        err = step_done(r, st, "tagging a style");
+        err = mood__reg_step_done(r, st, "tagging a style");
     }
     for (size_t i = 0; !err && i < s->n_previews; i++) {
         if ((err = mood__reg_prepare(r, &st,
@@ -158,7 +146,7 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
         mood__reg_bind_text(st, 2, s->previews[i].sha256);
         mood__reg_bind_text(st, 3, s->previews[i].media_type);
         sqlite3_bind_int(st, 4, (int)i);
-        err = step_done(r, st, "storing a preview");
+        err = mood__reg_step_done(r, st, "storing a preview");
     }
     return err;
 }
@@ -187,7 +175,7 @@ static int insert_style(mood_registry *r, const mood__pack_style_row *s)
     mood__reg_bind_text(st, 6, s->negative);
     if (s->has_weight)
         sqlite3_bind_double(st, 7, s->weight);
-    if ((err = step_done(r, st, "creating a style of the pack")) != 0)
+    if ((err = mood__reg_step_done(r, st, "creating a style of the pack")) != 0)
         return err;
     return insert_children(r, s, sqlite3_last_insert_rowid(r->db));
 }

@@ -240,6 +240,13 @@ int mood__reg_prepare(mood_registry *r, sqlite3_stmt **st, const char *sql)
     return rc == SQLITE_OK ? 0 : mood__reg_sqlerr(r, rc, "preparing a query");
 }
 
+int mood__reg_step_done(mood_registry *r, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : mood__reg_sqlerr(r, rc, what);
+}
+
 int mood__reg_bind_text(sqlite3_stmt *st, int i, const char *s)
 {
     int rc = s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);

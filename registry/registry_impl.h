@@ -39,6 +39,8 @@ int mood__reg_begin(mood_registry *r);
 int mood__reg_commit(mood_registry *r);
 void mood__reg_rollback(mood_registry *r);
 int mood__reg_prepare(mood_registry *r, sqlite3_stmt **st, const char *sql);
+/* Steps a statement that returns no rows and finalizes it; `what` names the work in errors. */
+int mood__reg_step_done(mood_registry *r, sqlite3_stmt *st, const char *what);
 /* Binds a string or NULL. */
 int mood__reg_bind_text(sqlite3_stmt *st, int i, const char *s);
 /* Runs a statement that returns one integer (0 when no row). */
@@ -86,5 +88,17 @@ int mood__blob_cleanup(mood_registry *r);
 
 /* id of the style called name (case-insensitive), MOOD_ENOTFOUND with a message otherwise. */
 int mood__reg_style_id(mood_registry *r, long long *id, const char *name);
+
+/* One row of the adapters table (import.c), as file import and pack import fill it. */
+typedef struct mood__reg_adapter {
+    const char *sha256, *autov3, *family, *family_source, *algorithm, *dtype, *file_name;
+    const char *metadata_json, *trigger_words_json; /* JSON text or NULL */
+    uint64_t size;
+    long long rank, modules;
+    int has_rank, has_modules;
+    double alpha;
+    int has_alpha;
+} mood__reg_adapter;
+int mood__reg_insert_adapter(mood_registry *r, const mood__reg_adapter *a, const char *what);
 
 #endif /* MOOD_REGISTRY_REGISTRY_IMPL_H */
