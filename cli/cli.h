@@ -90,6 +90,10 @@ int cmd_pack_export(int argc, char **argv);
 int cmd_pack_import(int argc, char **argv);
 extern const char cmd_pack_export_help[], cmd_pack_import_help[];
 
+/* Text-to-image (cmd_gen.c, cmd_gen_png.c). */
+int cmd_gen(int argc, char **argv);
+extern const char cmd_gen_help[];
+
 /* The CLIP tokenizer and A1111 prompt syntax (cmd_tokenize.c). */
 int cmd_tokenize(int argc, char **argv);
 extern const char cmd_tokenize_help[];

@@ -17,6 +17,8 @@ const cli_command cli_commands[] = {
     {"inspect", "describe a checkpoint or LoRA: family, algorithm, ranks, modules, metadata",
      cmd_inspect_help, cmd_inspect},
     {"hash", "compute AutoV1/V2/V3, SHA-256 and CRC32 of a model file", cmd_hash_help, cmd_hash},
+    {"gen", "generate images from a prompt with styles stacked at chosen weights", cmd_gen_help,
+     cmd_gen},
     {"bake", "merge LoRAs into a checkpoint", cmd_bake_help, cmd_bake},
     {"lora stack", "combine LoRAs into one exactly equivalent LoRA", cmd_lora_stack_help,
      cmd_lora_stack},
@@ -121,6 +123,7 @@ int main(int argc, char **argv)
 {
     const cli_command *c;
     int words;
+    mood_blas_tune_process(argv);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGHUP, on_signal);

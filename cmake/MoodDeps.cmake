@@ -18,11 +18,16 @@ else()
 endif()
 # OpenBLAS on its own, so that its library is looked up in its own libdir first.
 pkg_check_modules(MOOD_BLAS REQUIRED IMPORTED_TARGET openblas)
-pkg_check_modules(MOOD_PC REQUIRED IMPORTED_TARGET libcjson zlib libcrypto sqlite3)
+pkg_check_modules(MOOD_PC REQUIRED IMPORTED_TARGET libcjson zlib libcrypto sqlite3 libpng)
+# stb_image (libstb-dev) is header-only here: common/image_stb.c compiles it, nothing is linked.
+find_path(MOOD_STB_INCLUDE_DIR stb/stb_image.h)
+if(NOT MOOD_STB_INCLUDE_DIR)
+  message(FATAL_ERROR "mood: <stb/stb_image.h> not found; install libstb-dev (tools/setup-deps.sh)")
+endif()
 pkg_check_modules(MOOD_DLOPEN REQUIRED libarchive libcurl)
 find_package(OpenMP REQUIRED COMPONENTS C)
 find_package(Threads REQUIRED)
 add_library(mood_deps INTERFACE)
-target_include_directories(mood_deps INTERFACE ${MOOD_DLOPEN_INCLUDE_DIRS})
+target_include_directories(mood_deps INTERFACE ${MOOD_DLOPEN_INCLUDE_DIRS} ${MOOD_STB_INCLUDE_DIR})
 target_link_libraries(mood_deps INTERFACE PkgConfig::MOOD_BLAS PkgConfig::MOOD_PC OpenMP::OpenMP_C
                                           Threads::Threads ${CMAKE_DL_LIBS} m)

@@ -5,9 +5,10 @@
  *
  * Mirrors transformers' CLIPTextTransformer (models/clip/modeling_clip.py): x = tok[ids] + pos;
  * per layer x += out_proj(attn(ln1(x))), x += fc2(act(fc1(ln2(x)))); last = final_ln(x).
- * Attention is causal (position i sees 0..i), scores scaled by 1/sqrt(head size), softmax in
- * float32. Linear weights are (out, in) as torch stores them: y = x W^T + b, through
- * cblas_sgemm. Sizes: N = batch * seq rows of C = hidden floats; F = intermediate.
+ * The layers are the CPU backend's functions (engine/cpu/ops.h): attention is causal (position
+ * i sees 0..i), scores scaled by 1/sqrt(head size), softmax in float32; Linear weights are
+ * (out, in) as torch stores them, y = x W^T + b. Sizes: N = batch * seq rows of C = hidden
+ * floats; F = intermediate.
  *
  * OpenCLIP names (open_clip's TextTransformer) map one to one onto these layers: ln_1/ln_2 =
  * layer_norm1/2, attn.in_proj_weight (3C x C) = q, k, v rows stacked (loaded as one block, so
@@ -15,12 +16,13 @@
  * projection is stored (C x P) there and (P x C) in Hugging Face files.
  */
 #include <cblas.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/common.h"
+#include "engine/cpu/ops.h"
 #include "mood/clip.h"
 #include "mood/safetensors.h"
 
@@ -36,6 +38,9 @@ struct mood_clip {
     const float *proj; /* text projection or NULL: (P x C), or (C x P) when proj_t */
     int proj_t;
     clip_layer *layer;
+    mood_side_path *paths; /* runtime adapters (mood_clip_set_side_paths) */
+    const float **path_w;  /* the weight each path belongs to */
+    size_t n_paths;
 };
 
 /* ----- layers ------------------------------------------------------------------------------- */
@@ -54,121 +59,70 @@ static void embedding_forward(float *out, const int32_t *ids, const float *tok, 
     }
 }
 
-/* out (N x C) = (inp - mean) / sqrt(var + eps) * w + b per row (biased variance, as torch). */
-static void layernorm_forward(float *out, const float *inp, const float *w, const float *b,
-                              size_t N, int C, float eps)
+/* out (N x OC) = inp · w^T + b, plus the side paths attached to w (runtime adapters). */
+static void linear(const mood_clip *m, float *out, const float *inp, const float *w, const float *b,
+                   size_t N, int IC, int OC)
 {
-    for (size_t i = 0; i < N; i++) {
-        const float *x = inp + i * C;
-        float *o = out + i * C;
-        double mean = 0, var = 0;
-        for (int c = 0; c < C; c++)
-            mean += x[c];
-        mean /= C;
-        for (int c = 0; c < C; c++)
-            var += (x[c] - mean) * (x[c] - mean);
-        var /= C;
-        float rstd = (float)(1.0 / sqrt(var + eps));
-        for (int c = 0; c < C; c++)
-            o[c] = ((float)(x[c] - mean) * rstd) * w[c] + b[c];
-    }
-}
-
-/* out (N x OC) = inp (N x IC) · w^T + bias, w (OC x IC). */
-static void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
-                           size_t N, int IC, int OC)
-{
-    for (size_t i = 0; i < N; i++)
-        memcpy(out + i * OC, bias, (size_t)OC * sizeof *out);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, OC, IC, 1.0f, inp, IC, w, IC, 1.0f,
-                out, OC);
-}
-
-/* Softmax of row[0..n) in place; entries from n to len are set to 0 (causal mask). */
-static void softmax_causal(float *row, int n, int len)
-{
-    float mx = row[0], sum = 0;
-    for (int j = 1; j < n; j++)
-        mx = row[j] > mx ? row[j] : mx;
-    for (int j = 0; j < n; j++) {
-        row[j] = expf(row[j] - mx);
-        sum += row[j];
-    }
-    for (int j = 0; j < n; j++)
-        row[j] /= sum;
-    for (int j = n; j < len; j++)
-        row[j] = 0;
-}
-
-/* out (B*T x C) = causal softmax(q k^T / sqrt(hs)) v per sequence and head; q, k, v (B*T x C)
- * with head h in columns [h*hs, (h+1)*hs); att is T x T scratch. */
-static void attention_forward(float *out, const float *q, const float *k, const float *v,
-                              float *att, int B, int T, int C, int NH)
-{
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            size_t off = (size_t)b * T * C + (size_t)h * hs;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q + off, C,
-                        k + off, C, 0.0f, att, T);
-            for (int t = 0; t < T; t++)
-                softmax_causal(att + (size_t)t * T, t + 1, T);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, att, T, v + off,
-                        C, 0.0f, out + off, C);
+    mood_op_linear(out, inp, w, b, N, IC, OC);
+    for (size_t i = 0; i < m->n_paths; i++) {
+        const mood_side_path *p = &m->paths[i];
+        float *tmp;
+        if (m->path_w[i] != w)
+            continue;
+        tmp = mood_malloc(N * (size_t)(p->rank > 0 ? p->rank : OC) * sizeof *tmp);
+        if (!tmp)
+            continue; /* set_side_paths checked sizes; only memory can fail here */
+        if (p->rank > 0) {
+            mood_op_lora_linear(out, inp, p->down, p->up, p->rank, p->scale, N, IC, OC, tmp);
+        } else {
+            mood_op_linear(tmp, inp, p->up, NULL, N, IC, OC);
+            for (size_t j = 0; j < N * (size_t)OC; j++)
+                out[j] += p->scale * tmp[j];
         }
+        mood_free(tmp);
     }
-}
-
-/* quick_gelu: x * sigmoid(1.702 x); gelu: 0.5 x (1 + erf(x / sqrt 2)), in place over n. */
-static void act_forward(float *x, size_t n, mood_clip_act act)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (act == MOOD_CLIP_ACT_QUICK_GELU)
-            x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
-        else
-            x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
-    }
-}
-
-static void residual_forward(float *x, const float *y, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
 }
 
 /* Activations of one layer, N = B*T rows (kept for a future backward pass). */
 typedef struct clip_scratch {
     float *ln, *q, *k, *v, *att_out, *proj; /* N x C each */
     float *h;                               /* N x F */
-    float *att;                             /* T x T */
+    float *att;                             /* mood_op_attention_scratch(T, T) */
 } clip_scratch;
 
 /* out (N x C) = fc2(act(fc1(inp))); s->h holds the activated fc1 output. */
-static void mlp_forward(float *out, const float *inp, const clip_layer *l, clip_scratch *s,
-                        size_t N, int C, int F, mood_clip_act act)
+static void mlp_forward(const mood_clip *m, float *out, const float *inp, const clip_layer *l,
+                        clip_scratch *s, size_t N, int C, int F, mood_clip_act act)
 {
-    matmul_forward(s->h, inp, l->fc1_w, l->fc1_b, N, C, F);
-    act_forward(s->h, N * (size_t)F, act);
-    matmul_forward(out, s->h, l->fc2_w, l->fc2_b, N, F, C);
+    size_t NF = N * (size_t)F;
+    linear(m, s->h, inp, l->fc1_w, l->fc1_b, N, C, F);
+    if (act == MOOD_CLIP_ACT_QUICK_GELU)
+        mood_op_quick_gelu(s->h, s->h, NF);
+    else
+        mood_op_gelu(s->h, s->h, NF);
+    linear(m, out, s->h, l->fc2_w, l->fc2_b, N, F, C);
 }
 
-/* x (B*T x C) = one pre-norm transformer layer applied to x. */
-static void layer_forward(float *x, const clip_layer *l, clip_scratch *s, const mood_clip_config *c,
-                          int B, int T)
+/* x (B*T x C) = one pre-norm transformer layer applied to x; attention is causal, scaled by
+ * 1/sqrt(head size). */
+static void layer_forward(const mood_clip *m, float *x, const clip_layer *l, clip_scratch *s, int B,
+                          int T)
 {
+    const mood_clip_config *c = &m->cfg;
     size_t N = (size_t)B * T;
     int C = c->hidden;
-    layernorm_forward(s->ln, x, l->ln1_w, l->ln1_b, N, C, c->layer_norm_eps);
-    matmul_forward(s->q, s->ln, l->q_w, l->q_b, N, C, C);
-    matmul_forward(s->k, s->ln, l->k_w, l->k_b, N, C, C);
-    matmul_forward(s->v, s->ln, l->v_w, l->v_b, N, C, C);
-    attention_forward(s->att_out, s->q, s->k, s->v, s->att, B, T, C, c->heads);
-    matmul_forward(s->proj, s->att_out, l->o_w, l->o_b, N, C, C);
-    residual_forward(x, s->proj, N * C);
-    layernorm_forward(s->ln, x, l->ln2_w, l->ln2_b, N, C, c->layer_norm_eps);
-    mlp_forward(s->proj, s->ln, l, s, N, C, c->intermediate, c->act);
-    residual_forward(x, s->proj, N * C);
+    float eps = c->layer_norm_eps;
+    mood_op_layer_norm(s->ln, x, l->ln1_w, l->ln1_b, N, C, eps, NULL, NULL);
+    linear(m, s->q, s->ln, l->q_w, l->q_b, N, C, C);
+    linear(m, s->k, s->ln, l->k_w, l->k_b, N, C, C);
+    linear(m, s->v, s->ln, l->v_w, l->v_b, N, C, C);
+    mood_op_attention(s->att_out, s->q, s->k, s->v, B, c->heads, T, T, C / c->heads, 1, 0.0f,
+                      s->att);
+    linear(m, s->proj, s->att_out, l->o_w, l->o_b, N, C, C);
+    mood_op_add_inplace(x, s->proj, N * C);
+    mood_op_layer_norm(s->ln, x, l->ln2_w, l->ln2_b, N, C, eps, NULL, NULL);
+    mlp_forward(m, s->proj, s->ln, l, s, N, C, c->intermediate, c->act);
+    mood_op_add_inplace(x, s->proj, N * C);
 }
 
 /* ----- loading ------------------------------------------------------------------------------ */
@@ -553,6 +507,8 @@ void mood_clip_free(mood_clip *m)
         return;
     mood_free(m->params);
     mood_free(m->layer);
+    mood_free(m->paths);
+    mood_free(m->path_w);
     mood_free(m);
 }
 
@@ -591,7 +547,7 @@ static void scratch_free(clip_scratch *s, float *x)
 static int scratch_alloc(clip_scratch *s, float **x, const mood_clip_config *c, int B, int T)
 {
     size_t N = (size_t)B * T, C = (size_t)c->hidden, F = (size_t)c->intermediate;
-    uint64_t floats = (uint64_t)N * (6 * C + F) + (uint64_t)T * T;
+    uint64_t floats = (uint64_t)N * (6 * C + F) + mood_op_attention_scratch(T, T);
     float *p = mood_malloc((size_t)floats * sizeof(float));
     *x = mood_malloc(N * C * sizeof(float));
     if (!p || !*x) {
@@ -637,8 +593,8 @@ static void pool_forward(float *pooled, const float *x, const mood_clip *m, cons
         for (int t = 1; t < T; t++)
             if (ids[b * T + t] > ids[b * T + best])
                 best = t;
-        layernorm_forward(pooled + (size_t)b * C, x + ((size_t)b * T + best) * C, m->lnf_w,
-                          m->lnf_b, 1, C, m->cfg.layer_norm_eps);
+        mood_op_layer_norm(pooled + (size_t)b * C, x + ((size_t)b * T + best) * C, m->lnf_w,
+                           m->lnf_b, 1, C, m->cfg.layer_norm_eps, NULL, NULL);
     }
 }
 
@@ -648,7 +604,8 @@ static void emit_hidden(float *hidden_out, const float *x, const mood_clip *m, s
 {
     int C = m->cfg.hidden;
     if (final_norm)
-        layernorm_forward(hidden_out, x, m->lnf_w, m->lnf_b, N, C, m->cfg.layer_norm_eps);
+        mood_op_layer_norm(hidden_out, x, m->lnf_w, m->lnf_b, N, C, m->cfg.layer_norm_eps, NULL,
+                           NULL);
     else
         memcpy(hidden_out, x, N * (size_t)C * sizeof *x);
 }
@@ -667,12 +624,92 @@ int mood_clip_forward(const mood_clip *m, const int32_t *ids, int batch, int seq
     embedding_forward(x, ids, m->tok_emb, m->pos_emb, batch, seq, c->hidden);
     int last = pooled_out ? c->layers : stop;
     for (int l = 0; l < last; l++) {
-        layer_forward(x, &m->layer[l], &s, c, batch, seq);
+        layer_forward(m, x, &m->layer[l], &s, batch, seq);
         if (l + 1 == stop && hidden_out)
             emit_hidden(hidden_out, x, m, N, final_norm);
     }
     if (pooled_out)
         pool_forward(pooled_out, x, m, ids, batch, seq);
     scratch_free(&s, x);
+    return 0;
+}
+
+/* ----- weights by name and runtime adapters ------------------------------------------------- */
+
+/* The weight called `name` in Hugging Face naming (with or without "text_model."). */
+static const float *find_weight(const mood_clip *m, const char *name, int *ndim, int64_t shape[4])
+{
+    const mood_clip_config *c = &m->cfg;
+    char *end;
+    long l;
+    if (strncmp(name, "text_model.", 11) == 0)
+        name += 11;
+    shape[0] = c->hidden;
+    shape[1] = shape[2] = shape[3] = 1;
+    *ndim = 1;
+    if (strcmp(name, "final_layer_norm.weight") == 0)
+        return m->lnf_w;
+    if (strcmp(name, "final_layer_norm.bias") == 0)
+        return m->lnf_b;
+    if (strncmp(name, "encoder.layers.", 15) != 0)
+        return NULL;
+    l = strtol(name + 15, &end, 10);
+    if (end == name + 15 || *end != '.' || l < 0 || l >= c->layers)
+        return NULL;
+    for (size_t i = 0; i < sizeof layer_specs / sizeof layer_specs[0]; i++) {
+        const char *child = strchr(layer_specs[i].name + 15, '.') + 1; /* after "%d." */
+        if (strcmp(end + 1, child) != 0)
+            continue;
+        shape[0] = dim_size(c, layer_specs[i].dim0);
+        if (layer_specs[i].dim1 != D_NONE) {
+            shape[1] = dim_size(c, layer_specs[i].dim1);
+            *ndim = 2;
+        }
+        return *(const float *const *)((const char *)&m->layer[l] + layer_specs[i].field);
+    }
+    return NULL;
+}
+
+float *mood_clip_weight(mood_clip *m, const char *name, int *ndim, int64_t shape[4])
+{
+    int nd;
+    int64_t sh[4];
+    const float *w = find_weight(m, name, &nd, sh);
+    if (w && ndim)
+        *ndim = nd;
+    if (w && shape)
+        memcpy(shape, sh, sizeof sh);
+    return (float *)w; /* the weights live in m->params, which m owns and may change */
+}
+
+int mood_clip_set_side_paths(mood_clip *m, const mood_side_path *paths, size_t n)
+{
+    mood_side_path *copy = NULL;
+    const float **pw = NULL;
+    for (size_t i = 0; i < n; i++) {
+        int nd;
+        int64_t sh[4];
+        if (!find_weight(m, paths[i].weight, &nd, sh) || nd != 2)
+            return mood_error_set(MOOD_ENOTFOUND, "clip: no Linear weight \"%s\" for a side path",
+                                  paths[i].weight);
+        if (paths[i].rank < 0 || !paths[i].up || (paths[i].rank > 0 && !paths[i].down))
+            return mood_error_set(MOOD_EINVAL, "clip: side path on \"%s\" lacks its factors",
+                                  paths[i].weight);
+    }
+    if (n && (!(copy = mood_malloc(n * sizeof *copy)) || !(pw = mood_malloc(n * sizeof *pw)))) {
+        mood_free(copy);
+        return mood_error_nomem();
+    }
+    for (size_t i = 0; i < n; i++) {
+        int nd;
+        int64_t sh[4];
+        copy[i] = paths[i];
+        pw[i] = find_weight(m, paths[i].weight, &nd, sh);
+    }
+    mood_free(m->paths);
+    mood_free(m->path_w);
+    m->paths = copy;
+    m->path_w = pw;
+    m->n_paths = n;
     return 0;
 }

@@ -1148,6 +1148,7 @@ void mood_adapter_module(const mood_adapter *a, size_t i, mood_module_info *out)
     out->name = m->name;
     out->target = m->target->key;
     out->kohya_name = m->target->kohya_name;
+    out->model_name = m->target->model_name;
     out->part = m->target->part;
     out->algo = m->algo;
     out->rank = m->rank;

@@ -812,6 +812,44 @@ int mood_adapter_delta(float *out, const mood_adapter *a, size_t i, const float 
     return err;
 }
 
+int mood_adapter_lowrank(const mood_adapter *a, size_t i, float **down, float **up, int *rank)
+{
+    const mood_module *m;
+    int64_t o, k, n;
+    int err = check_index(a, i);
+    *down = *up = NULL;
+    *rank = 0;
+    if (err)
+        return err;
+    m = &a->modules[i];
+    if (m->algo != MOOD_ALGO_LORA || m->dora || m->t[ROLE_MID] || m->t[ROLE_DIFF_B] ||
+        m->t[ROLE_B_NORM] || !m->t[ROLE_UP] || !m->t[ROLE_DOWN])
+        return mood_error_set(MOOD_EUNSUPPORTED, "module \"%s\" is not a plain low-rank pair",
+                              m->name);
+    o = rows_of(m->t[ROLE_UP]);
+    k = cols_of(m->t[ROLE_UP]);
+    n = cols_of(m->t[ROLE_DOWN]);
+    /* A side path runs down with the layer's kernel, then up as a 1x1: up must be (out, rank). */
+    if (k != rows_of(m->t[ROLE_DOWN]) || o != m->out || o * n != module_numel(m) || k > INT_MAX)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "module \"%s\": factors are not (out x rank) "
+                              "and (rank x in)",
+                              m->name);
+    if ((err = load(down, m, ROLE_DOWN, "down factor")) == 0 &&
+        (err = load(up, m, ROLE_UP, "up factor")) == 0) {
+        for (int64_t j = 0; j < o * k; j++)
+            (*up)[j] = (float)((*up)[j] * m->scale);
+        *rank = (int)k;
+    }
+    if (err) {
+        mood_free(*down);
+        mood_free(*up);
+        *down = *up = NULL;
+        mood_error_prefix("%s", mood_st_path(a->file));
+    }
+    return err;
+}
+
 int64_t mood_adapter_target_numel(const mood_adapter *a, size_t i)
 {
     if (check_index(a, i) != 0)

@@ -225,7 +225,7 @@ static void f32_to_f16_scalar(uint8_t *p, const float *src, size_t n)
 
 #ifdef MOOD_HAVE_F16C_PATH
 __attribute__((target("avx,f16c"))) static void f16_to_f32_f16c(float *out, const uint8_t *p,
-                                                                 size_t n)
+                                                                size_t n)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -234,7 +234,7 @@ __attribute__((target("avx,f16c"))) static void f16_to_f32_f16c(float *out, cons
 }
 
 __attribute__((target("avx,f16c"))) static void f32_to_f16_f16c(uint8_t *p, const float *src,
-                                                                 size_t n)
+                                                                size_t n)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -366,13 +366,34 @@ int mood_dtype_read_f64(double *out, const void *src, mood_dtype dt)
     return 0;
 }
 
+/* Elements per OpenMP chunk of a large conversion: big enough that the threads' start-up is
+ * noise, small enough that both cores share a 1-2 MB tensor. */
+enum { CONVERT_CHUNK = 1 << 18 };
+
+static int to_f32_serial(float *out, const void *src, mood_dtype dt, size_t n);
+
 int mood_dtype_to_f32(float *out, const void *src, mood_dtype dt, size_t n)
 {
-    const uint8_t *p = src;
-    size_t size;
+    size_t chunks = (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK, size;
     if (!mood_dtype_is_numeric(dt))
         return unsupported(dt, "to");
+    if (chunks < 2)
+        return to_f32_serial(out, src, dt, n);
     size = (size_t)mood_dtype_bits(dt) / 8;
+    /* Loading a model converts gigabytes: every element is independent, so split them. */
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < chunks; c++) {
+        size_t start = c * CONVERT_CHUNK,
+               len = n - start < CONVERT_CHUNK ? n - start : CONVERT_CHUNK;
+        (void)to_f32_serial(out + start, (const uint8_t *)src + start * size, dt, len);
+    }
+    return 0;
+}
+
+static int to_f32_serial(float *out, const void *src, mood_dtype dt, size_t n)
+{
+    const uint8_t *p = src;
+    size_t size = (size_t)mood_dtype_bits(dt) / 8;
     if (dt == MOOD_DTYPE_F32) {
         memcpy(out, src, n * 4);
     } else if (dt == MOOD_DTYPE_BF16) {

@@ -347,6 +347,8 @@ static int add_unet(mood_keymap *m, const key_list *kl, const base_key *k, const
     if ((err = new_target(m, &ti, k, bias_of(bias, kl, k->name, strlen(k->name) - 7), kohya,
                           MOOD_PART_UNET, -1)) != 0)
         return err;
+    if (has_d && !(m->targets[ti].model_name = mood_strdup(d)))
+        return mood_error_nomem();
     for (int i = 0; i < 2 && !err; i++) {
         join(a, pre[i], ldm, 1);
         err = add_alias(m, a, ti);
@@ -411,6 +413,8 @@ static int add_te(mood_keymap *m, const base_key *k, const char *bias, const cha
     join(kohya, flat[0], hf, 1);
     if ((err = new_target(m, &ti, k, bias, kohya, part, slice)) != 0)
         return err;
+    if (!(m->targets[ti].model_name = mood_strdup(hf)))
+        return mood_error_nomem();
     for (int i = 0; i < 3 && flat[i] && !err; i++) {
         join(a, flat[i], hf, 1);
         err = add_alias(m, a, ti);
@@ -579,6 +583,7 @@ void mood__keymap_free(mood_keymap *m)
         mood_free(m->targets[i].key);
         mood_free(m->targets[i].bias_key);
         mood_free(m->targets[i].kohya_name);
+        mood_free(m->targets[i].model_name);
     }
     mood_free(m->targets);
     mood_free(m->slot_off);

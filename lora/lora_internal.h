@@ -23,6 +23,9 @@ typedef struct mood_target {
     char *key;        /* base weight key, e.g. "model.diffusion_model.out.2.weight" */
     char *bias_key;   /* matching bias key, or NULL */
     char *kohya_name; /* canonical kohya module name, e.g. "lora_unet_conv_out" */
+    char *model_name; /* the module in the engine's (diffusers / transformers) naming, e.g.
+                         "conv_out", "text_model.encoder.layers.0.self_attn.q_proj"; NULL
+                         when it has none */
     mood_part part;
     int slice;        /* -1, or 0/1/2: q/k/v rows of a fused OpenCLIP in_proj weight */
     int transposed;   /* base stores Wᵀ (OpenCLIP text_projection) */

@@ -354,3 +354,43 @@ done:
     cJSON_Delete(o);
     return err;
 }
+
+int mood_registry_style_by_hash(char **name_out, mood_registry *r, const char *hash)
+{
+    char prefix[72];
+    sqlite3_stmt *st = NULL;
+    size_t n = hash ? strlen(hash) : 0;
+    int err, rc;
+    *name_out = NULL;
+    if (n < 8 || n > 64)
+        return mood_error_set(MOOD_EINVAL, "hash \"%s\": 8 to 64 hex digits expected",
+                              hash ? hash : "");
+    for (size_t i = 0; i < n; i++) {
+        if (!isxdigit((unsigned char)hash[i]))
+            return mood_error_set(MOOD_EINVAL, "hash \"%s\": not hexadecimal", hash);
+        prefix[i] = (char)tolower((unsigned char)hash[i]);
+    }
+    memcpy(prefix + n, "%", 2);
+    /* The style that holds only this adapter (the one its import made) before compositions. */
+    if ((err = mood__reg_prepare(r, &st,
+                                 "SELECT s.name FROM styles s"
+                                 " JOIN style_adapters sa ON sa.style_id = s.id"
+                                 " JOIN adapters a ON a.sha256 = sa.adapter_sha256"
+                                 " WHERE a.sha256 LIKE ?1 OR a.autov3 LIKE ?1"
+                                 " ORDER BY (SELECT count(*) FROM style_adapters x"
+                                 "           WHERE x.style_id = s.id), s.name LIMIT 1")) != 0)
+        return err;
+    if ((err = mood__reg_bind_text(st, 1, prefix)) == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW &&
+            !(*name_out = mood_strdup((const char *)sqlite3_column_text(st, 0))))
+            err = mood_error_nomem();
+        else if (rc == SQLITE_DONE)
+            err = mood_error_set(MOOD_ENOTFOUND, "no LoRA with hash %s in the registry %s", hash,
+                                 r->home);
+        else if (rc != SQLITE_ROW)
+            err = mood__reg_sqlerr(r, rc, "looking a hash up");
+    }
+    sqlite3_finalize(st);
+    return err;
+}

@@ -97,6 +97,17 @@ int mood_clip_has_projection(const mood_clip *m);
 MOOD_WARN_UNUSED int mood_clip_project(const mood_clip *m, const float *pooled, int batch,
                                        float *out);
 
+/* A weight by its Hugging Face name ("text_model.encoder.layers.0.mlp.fc1.weight"; the
+ * "text_model." prefix is optional), NULL when the model has none. ndim/shape (may be NULL) get
+ * its shape. Writable: merged adapters change it in place. For a model loaded from OpenCLIP
+ * names, q_proj, k_proj and v_proj are consecutive blocks of the fused in_proj weight. */
+float *mood_clip_weight(mood_clip *m, const char *name, int *ndim, int64_t shape[4]);
+
+/* Replaces the runtime adapter side paths (mood_side_path in mood/core.h; Linear weights only;
+ * n = 0 clears). The paths' pointers are borrowed. Errors: MOOD_ENOTFOUND (no such Linear
+ * weight, named), MOOD_EINVAL (missing factors), MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_clip_set_side_paths(mood_clip *m, const mood_side_path *paths, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -60,9 +60,34 @@ typedef struct mood_progress {
 } mood_progress;
 typedef int (*mood_progress_fn)(const mood_progress *p, void *payload);
 
+/* A runtime adapter side path on one Linear or Conv2d layer of a model (the text encoder, the
+ * UNet): y = W x + b + scale · up(down(x)) instead of merging ΔW into W. `weight` is the layer's
+ * weight name in the model's own (diffusers / transformers) naming, e.g.
+ * "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight".
+ *   rank > 0: low rank. down (rank x in) for Linear, (rank x in x kh x kw) for a convolution
+ *             (applied with the layer's stride and padding); up (out x rank), a 1x1 convolution.
+ *   rank = 0: dense. up holds ΔW in the weight's own shape; down is NULL.
+ * Pointers are borrowed: they must outlive the model's use of the path. */
+typedef struct mood_side_path {
+    const char *weight;
+    const float *down;
+    const float *up;
+    int rank;
+    float scale;
+} mood_side_path;
+
 /* Removes the temporary files of writes still in progress, so an interrupted command leaves
  * nothing behind. Async-signal-safe: call it from a SIGINT/SIGTERM handler. */
 void mood_atomic_cleanup_all(void);
+
+/* The OPENBLAS_CORETYPE this CPU should use when OpenBLAS did not recognise it and runs its
+ * generic kernels ("SkylakeX", "Haswell"), or NULL when OpenBLAS chose well. OpenBLAS reads the
+ * variable only when it loads, so a program sets it and re-executes itself (as `mood` does). */
+const char *mood_blas_coretype_hint(void);
+/* For a program's main(), first thing: when mood_blas_coretype_hint() names kernels and the
+ * user set no OPENBLAS_CORETYPE, sets it and re-executes the program (/proc/self/exe, same argv)
+ * once; returns (doing nothing) otherwise or when that fails. */
+void mood_blas_tune_process(char **argv);
 
 const char *mood_version(void);
 /* One line describing how this library was built (type, sanitizers, CUDA architectures). */

@@ -105,6 +105,8 @@ typedef struct mood_module_info {
     const char *target;     /* base tensor key it patches (single-file layout), e.g.
                                "model.diffusion_model.input_blocks.1.1.proj_in.weight" */
     const char *kohya_name; /* the kohya-style module name mood writes for it */
+    const char *model_name; /* the module in diffusers / transformers naming ("conv_out",
+                               "text_model.encoder.layers.0.mlp.fc1"), NULL when unknown */
     mood_part part;
     mood_algo algo;
     int rank;     /* 0 when the algorithm has none */
@@ -131,6 +133,12 @@ const char *mood_adapter_unmatched(const mood_adapter *a, size_t i);
  * (same shape, float32; may be NULL for additive ones). */
 MOOD_WARN_UNUSED int mood_adapter_delta(float *out, const mood_adapter *a, size_t i,
                                         const float *w);
+/* Module i as a low-rank pair for a runtime side path (mood_side_path): *down (rank x in·kh·kw)
+ * and *up (out x rank) in float32, the module's scale (alpha/rank) folded into up, so
+ * ΔW = up · down. MOOD_EUNSUPPORTED for modules that are not a plain LoRA/LoCon pair (Tucker,
+ * DoRA, other algorithms: use mood_adapter_delta). Free both with free(). */
+MOOD_WARN_UNUSED int mood_adapter_lowrank(const mood_adapter *a, size_t i, float **down, float **up,
+                                          int *rank);
 /* Number of float32 elements of module i's target (the slice, for fused in_proj). */
 int64_t mood_adapter_target_numel(const mood_adapter *a, size_t i);
 /* The target's shape (ndim 2 for Linear, 4 for Conv). */

@@ -7,6 +7,13 @@
  *   lora.h         every LoRA flavour: parsing, base families, ΔW, bake, stack, merge, resize,
  *                  extract
  *   tokenizer.h    the CLIP BPE tokenizer, A1111 emphasis and 75-token chunks
+ *   rng.h          torch-identical random numbers (CPU mt19937, CUDA Philox)
+ *   clip.h, unet.h, vae.h   the models' forward passes on the CPU
+ *   sampler.h      noise schedules and samplers (diffusers' schedulers)
+ *   gen.h          base models, adapters applied to them, txt2img
+ *   image.h        PNG/JPEG/BMP images, PNG text chunks
+ *   params.h       AUTOMATIC1111's generation parameters text
+ *   styles.h       from prompt tags, --style and --lora to adapters and prompts
  */
 #ifndef MOOD_MOOD_H
 #define MOOD_MOOD_H
@@ -21,5 +28,12 @@
 #include "mood/tokenizer.h"
 #include "mood/rng.h"
 #include "mood/clip.h"
+#include "mood/unet.h"
+#include "mood/vae.h"
+#include "mood/sampler.h"
+#include "mood/gen.h"
+#include "mood/image.h"
+#include "mood/params.h"
+#include "mood/styles.h"
 
 #endif /* MOOD_MOOD_H */

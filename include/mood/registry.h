@@ -83,6 +83,13 @@ MOOD_WARN_UNUSED int mood_registry_show_json(char **out, mood_registry *r, const
  * matched as a prefix. Same shape as list, best match first. */
 MOOD_WARN_UNUSED int mood_registry_search_json(char **out, mood_registry *r, const char *query);
 
+/* The style holding the adapter whose SHA-256 (AutoV2) or AutoV3 starts with `hash` (8 to 64 hex
+ * digits, any case: A1111's "Lora hashes" carry 12 of AutoV3, Civitai's 10), preferring a style
+ * of that adapter alone. *name_out is freed with mood_registry_free_string. Errors:
+ * MOOD_ENOTFOUND, MOOD_EINVAL (not a hash). */
+MOOD_WARN_UNUSED int mood_registry_style_by_hash(char **name_out, mood_registry *r,
+                                                 const char *hash);
+
 /* ----- editing -------------------------------------------------------------------------------- */
 
 /* One adapter of a style: a registry adapter (by SHA-256) with its multipliers. */

@@ -9,8 +9,11 @@
  *  - Philox4x32-10: Random123's published known-answer vectors (kat_vectors), and the raw words
  *    of torch's own at::philox_engine (torch_philox.safetensors).
  *  - CUDA generator: the 64 values torch 2.x printed for torch.manual_seed(0);
- *    torch.randn(8, 8, device="cuda") on a real GPU (sm_75), as published to 4 decimals; layout
- *    invariants (prefix property below the grid size, Box-Muller pairing, offset steps).
+ *    torch.randn(8, 8, device="cuda") on a real GPU (sm_75), as published to 4 decimals;
+ *    AUTOMATIC1111's NumPy re-implementation (a1111_philox.safetensors: 38960 values, seeds up to
+ *    2^64-1, calls in a row; within 2e-6, see test_cuda_against_a1111 for what that covers) and
+ *    the 8-digit example in its docstring; layout invariants (prefix property below the grid
+ *    size, Box-Muller pairing, offset steps).
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -229,6 +232,128 @@ static void test_cuda_against_gpu_printout(void)
     mood_rng_torch_cuda_free(g);
 }
 
+/* AUTOMATIC1111's modules/rng_philox.py (stable-diffusion-webui's "NV" noise source, a NumPy
+ * re-implementation of torch.randn(..., device="cuda"); fixture rng/a1111_philox.safetensors
+ * from tools/make_fixtures_rng_a1111.py). Call k of A1111's Generator(seed) gives element i
+ * the Philox block of counter (k, 0, i, 0), key seed (torch: curand_init(seed, i, 4k), one
+ * curand4, offset + 4 per call) and then s sin v from its first two words, computed in double
+ * and rounded once. This is torch's layout while every GPU thread writes one element (here
+ * n <= 16384), so it checks mood's counter, key, subsequence and offset bookkeeping (seeds up to
+ * 2^64-1, calls in a row) against an implementation written independently of mood. It does not
+ * check mood against a GPU: A1111's Box-Muller is not curand's float one (curand rounds x and y
+ * to float and u, v too, then logf/__sincosf). That rounding of v (|dv| <= 2pi 2^-25 +
+ * ulp(v)/2) times s = sqrt(-2 ln u) (up to 6.8) makes mood and A1111 differ by up to a few 1e-6
+ * where sin v is near 0; on these 38960 values at most 1.54e-6, mean 8e-8. */
+
+/* A1111's float64 Box-Muller on the first two words (CURAND_2POW32_INV(_2PI) are float). */
+static float a1111_box_muller(uint32_t x, uint32_t y)
+{
+    const double inv = (double)0x1p-32f, inv_2pi = (double)(0x1p-32f * 6.2831855f);
+    const double half = (double)(0x1p-32f / 2.0f), half_2pi = (double)(0x1p-32f * 6.2831855f / 2);
+    double u = (double)x * inv + half;
+    double v = (double)y * inv_2pi + half_2pi;
+    return (float)(sqrt(-2.0 * log(u)) * sin(v));
+}
+
+/* One call: mood against A1111 (|d| <= 2e-6), and A1111's values against its own formula on
+ * the Philox words at A1111's counter (equal up to the last float bit, which a libm differing
+ * from NumPy's in a double ulp could flip). */
+static void a1111_call(mood_rng_torch_cuda *g, uint64_t seed, uint32_t k, const mood_st_tensor *t,
+                       double *maxdiff, double *sumdiff, size_t *formula_off)
+{
+    size_t n = (size_t)mood_st_numel(t);
+    float *got = malloc(n * sizeof *got);
+    const float *want = (const float *)t->data;
+    MOOD_CHECK(got != NULL && mood_st_nbytes(t) == n * sizeof(float));
+    if (!got || mood_st_nbytes(t) != n * sizeof(float)) {
+        free(got);
+        return;
+    }
+    MOOD_CHECK_OK(mood_rng_torch_cuda_randn(g, got, n));
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        *sumdiff += d;
+        *maxdiff = d > *maxdiff ? d : *maxdiff;
+        if (!(d <= 2e-6) && bad++ < 3)
+            fprintf(stderr, "%s[%zu]: mood %.9g A1111 %.9g\n", t->name, i, got[i], want[i]);
+        uint32_t ctr[4] = {k, 0, (uint32_t)i, 0}, key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+        uint32_t w[4];
+        mood_rng_philox(w, ctr, key);
+        float f = a1111_box_muller(w[0], w[1]);
+        *formula_off += f != want[i];
+        MOOD_CHECK_MSG(fabsf(f - want[i]) <= 1e-7f * (1.0f + fabsf(f)), "%s[%zu]: %.9g vs %.9g",
+                       t->name, i, f, want[i]);
+    }
+    MOOD_CHECK_MSG(bad == 0, "%s: %zu of %zu values differ from A1111 by more than 2e-6", t->name,
+                   bad, n);
+    free(got);
+}
+
+static void test_cuda_against_a1111(void)
+{
+    mood_st_file *f = NULL;
+    MOOD_CHECK_OK(mood_st_open(&f, fixture("rng/a1111_philox.safetensors")));
+    if (!f)
+        return;
+    cJSON *cases = cJSON_Parse(mood_st_meta_get(f, "cases"));
+    MOOD_CHECK(cJSON_IsArray(cases));
+    size_t nvalues = 0, formula_off = 0;
+    double maxdiff = 0, sumdiff = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cases)
+    {
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(c, "case"));
+        uint64_t seed = strtoull(cJSON_GetStringValue(cJSON_GetObjectItem(c, "seed")), NULL, 10);
+        mood_rng_torch_cuda *g = NULL;
+        MOOD_CHECK_OK(mood_rng_torch_cuda_new(&g, seed, NULL));
+        if (!g)
+            break;
+        int ncalls = cJSON_GetArraySize(cJSON_GetObjectItem(c, "shapes"));
+        for (int k = 0; k < ncalls; k++) {
+            char label[128];
+            snprintf(label, sizeof label, "%s/%d", name, k);
+            const mood_st_tensor *t = mood_st_find(f, label);
+            MOOD_CHECK_MSG(t != NULL, "fixture lacks %s", label);
+            if (!t)
+                continue;
+            a1111_call(g, seed, (uint32_t)k, t, &maxdiff, &sumdiff, &formula_off);
+            nvalues += (size_t)mood_st_numel(t);
+            MOOD_CHECK(mood_rng_torch_cuda_offset(g) == 4 * (uint64_t)(k + 1));
+        }
+        mood_rng_torch_cuda_free(g);
+    }
+    MOOD_CHECK(nvalues >= 38000);
+    printf("     %zu values: |mood - A1111| max %.3g, mean %.3g; A1111 = its formula on the Philox "
+           "words bit for bit except %zu\n",
+           nvalues, maxdiff, nvalues ? sumdiff / (double)nvalues : 0.0, formula_off);
+    cJSON_Delete(cases);
+    mood_st_close(f);
+}
+
+/* The "Expected output" of rng_philox.py's docstring, Generator(seed=0).randn((3, 4)), 8
+ * digits. The file's own code does not give these (it differs by up to 2.6e-7); their
+ * differences from curand's formula with exact sin, up to 3.6e-7 * s, are the size of
+ * __sincosf's error, so they look like a GPU's values, but their source is not stated. */
+static const double a1111_doc_seed0_3x4[12] = {
+    -0.92466259, -0.42534415, -2.6438457,  0.14518388,  -0.12086647, -0.57972564,
+    -0.62285122, -0.32838709, -1.07454231, -0.36314407, -1.67105067, 2.26550497,
+};
+
+static void test_cuda_against_a1111_docstring(void)
+{
+    mood_rng_torch_cuda *g = NULL;
+    float out[12];
+    MOOD_CHECK_OK(mood_rng_torch_cuda_new(&g, 0, NULL));
+    if (!g)
+        return;
+    MOOD_CHECK_OK(mood_rng_torch_cuda_randn(g, out, 12));
+    for (int i = 0; i < 12; i++) /* measured: at most 6.2e-7 */
+        MOOD_CHECK_MSG(fabs(out[i] - a1111_doc_seed0_3x4[i]) <= 1e-6, "[%d] %.9g vs %.8f", i,
+                       out[i], a1111_doc_seed0_3x4[i]);
+    mood_rng_torch_cuda_free(g);
+}
+
 static void test_cuda_layout(void)
 {
     mood_rng_torch_cuda *g = NULL, *h = NULL;
@@ -319,5 +444,6 @@ static void test_arguments(void)
 
 MOOD_TEST_MAIN(MOOD_T(test_mt19937_reference), MOOD_T(test_cpu_against_torch),
                MOOD_T(test_philox_kat), MOOD_T(test_philox_torch_engine),
-               MOOD_T(test_cuda_against_gpu_printout), MOOD_T(test_cuda_layout),
+               MOOD_T(test_cuda_against_gpu_printout), MOOD_T(test_cuda_against_a1111),
+               MOOD_T(test_cuda_against_a1111_docstring), MOOD_T(test_cuda_layout),
                MOOD_T(test_cuda_f64), MOOD_T(test_arguments))

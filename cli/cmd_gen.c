@@ -1,0 +1,364 @@
+/*
+ * cmd_gen.c: `mood gen PROMPT`: text-to-image with named styles stacked at chosen weights. It
+ * resolves styles and LoRAs (mood/styles.h), loads the model, applies the adapters (merged or as
+ * runtime side paths), generates (mood/gen.h) and writes PNGs carrying the AUTOMATIC1111
+ * `parameters` text (cmd_gen_png.c), so A1111, Civitai and `mood gen --from-png` read them back.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "cli/cmd_gen.h"
+
+const char cmd_gen_help[] =
+    "usage: mood gen PROMPT [--model PATH_OR_NAME] [--style NAME[:W]]... [options]\n"
+    "       mood gen --from-png IMAGE [options]\n\n"
+    "Generates images from PROMPT with a Stable Diffusion 1.x/2.x model and writes PNGs whose\n"
+    "'parameters' text (AUTOMATIC1111's format, with Model hash and Lora hashes) lets A1111,\n"
+    "Civitai and `mood gen --from-png` reproduce them.\n\n"
+    "Model and styles:\n"
+    "  --model PATH_OR_NAME  a single-file checkpoint (.safetensors), a diffusers folder, or a\n"
+    "                        name found in $MOOD_HOME/models/ (NAME, NAME.safetensors); default\n"
+    "                        $MOOD_MODEL\n"
+    "  --style NAME[:W]      a style of the registry at strength W (default: the style's own\n"
+    "                        weight); repeat to stack. Its trigger words, prompt template and\n"
+    "                        negative prompt are applied too\n"
+    "  --lora FILE[:W[:W_TE]]  a LoRA file at UNet strength W and text-encoder strength W_TE\n"
+    "  In the prompt: <style:NAME:W> and <lora:NAME_OR_FILE:W[:W_TE]> do the same inline\n"
+    "  --lora-mode merge|runtime  merge the adapters into the weights (default; fastest per\n"
+    "                        step) or run them as side paths beside the weights\n\n"
+    "Sampling:\n"
+    "  --negative TEXT       the negative prompt\n"
+    "  --steps N             sampling steps (default 20)\n"
+    "  --cfg X               classifier-free guidance scale (default 7)\n"
+    "  --sampler NAME        euler, euler_a (default), dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde,\n"
+    "                        ddim, lcm; A1111 names work too (\"DPM++ 2M Karras\")\n"
+    "  --seed N              the seed (default: random; printed and stored in the PNG)\n"
+    "  --size WxH            image size, multiples of 8 (default 512x512)\n"
+    "  --batch N             images from one run (default 1)\n"
+    "  --clip-skip N         stop the text encoder N-1 layers early (A1111 numbering, default 1)\n"
+    "  --rng KIND            where noise comes from: torch-cpu (default: ComfyUI and diffusers\n"
+    "                        with a CPU generator; a batch draws its noise together from SEED),\n"
+    "                        torch-cuda (A1111's default GPU noise; image i uses SEED+i),\n"
+    "                        mood (torch's CPU generator per image, SEED+i: A1111 'RNG: CPU')\n"
+    "  --prediction eps|v    override the model's prediction type (SD2 768-v models are v)\n\n"
+    "Output:\n"
+    "  -o FILE               the PNG to write (default mood-SEED.png; a batch adds -1, -2, ...)\n"
+    "  --preview-every N     write FILE.preview.png with the current estimate every N steps\n"
+    "  --from-png IMAGE      take prompt, negative prompt, steps, sampler, CFG, seed, size, clip\n"
+    "                        skip and LoRAs from IMAGE's parameters text (options given after it\n"
+    "                        override); says what it could not match\n"
+    "  --json                print what was written as JSON\n\n"
+    "Example:\n"
+    "  mood gen \"a lighthouse at dusk\" --model sd15.safetensors --style inkwash:0.8 \\\n"
+    "           --style film-grain:0.3 --seed 42 -o lighthouse.png\n\n"
+    "Exit status: 0 written, 1 bad input (unknown style, LoRA for another model family, bad\n"
+    "option), 2 environment (missing file, disk full).\n";
+
+/* ----- arguments ---------------------------------------------------------------------------- */
+
+static int parse_size(const char *s, int *w, int *h)
+{
+    char *end;
+    long a = strtol(s, &end, 10), b;
+    if (end == s || (*end != 'x' && *end != 'X'))
+        return -1;
+    s = end + 1;
+    b = strtol(s, &end, 10);
+    if (end == s || *end || a <= 0 || b <= 0 || a > 8192 || b > 8192)
+        return -1;
+    *w = (int)a;
+    *h = (int)b;
+    return 0;
+}
+
+static int add_style_arg(gen_args *a, const char *arg)
+{
+    char *name = NULL;
+    double w = 1, w2 = 0;
+    int has_w = 0, has_w2 = 0;
+    mood_style_arg *grown;
+    if (cli_parse_weighted(arg, &name, &w, &has_w, &w2, &has_w2) != 0 || has_w2) {
+        free(name);
+        return cli_usage_error("gen", "--style %s: expected NAME or NAME:WEIGHT", arg);
+    }
+    grown = realloc(a->styles, (a->n_styles + 1) * sizeof *grown);
+    if (!grown) {
+        free(name);
+        return 2;
+    }
+    a->styles = grown;
+    a->styles[a->n_styles++] = (mood_style_arg){name, w, has_w};
+    return 0;
+}
+
+/* One option with a value; returns 0, 1 (usage error) or -1 (not this option). */
+static int parse_valued(gen_args *a, const char *s, const char *v)
+{
+    long n;
+    if (strcmp(s, "--model") == 0)
+        a->model = v;
+    else if (strcmp(s, "--negative") == 0)
+        a->negative = v, a->set.negative = 1;
+    else if (strcmp(s, "-o") == 0 || strcmp(s, "--output") == 0)
+        a->output = v;
+    else if (strcmp(s, "--from-png") == 0)
+        a->from_png = v;
+    else if (strcmp(s, "--style") == 0)
+        return add_style_arg(a, v);
+    else if (strcmp(s, "--lora") == 0)
+        return cli_adapters_add(&a->loras, v);
+    else if (strcmp(s, "--steps") == 0 && cli_parse_int(v, &n) == 0)
+        a->opts.steps = (int)n, a->set.steps = 1;
+    else if (strcmp(s, "--batch") == 0 && cli_parse_int(v, &n) == 0)
+        a->opts.batch = (int)n;
+    else if (strcmp(s, "--clip-skip") == 0 && cli_parse_int(v, &n) == 0)
+        a->opts.clip_skip = (int)n, a->set.clip_skip = 1;
+    else if (strcmp(s, "--preview-every") == 0 && cli_parse_int(v, &n) == 0 && n > 0)
+        a->preview_every = (int)n;
+    else if (strcmp(s, "--cfg") == 0 && cli_parse_double(v, &a->opts.cfg) == 0)
+        a->set.cfg = 1;
+    else if (strcmp(s, "--seed") == 0 && cli_parse_int(v, &n) == 0)
+        a->seed = n, a->set.seed = 1;
+    else if (strcmp(s, "--size") == 0 && parse_size(v, &a->opts.width, &a->opts.height) == 0)
+        a->set.size = 1;
+    else if (strcmp(s, "--sampler") == 0 &&
+             mood_sampler_parse(&a->opts.sampler, &a->opts.schedule, v) == 0)
+        a->set.sampler = 1;
+    else if (strcmp(s, "--sampler") == 0)
+        return cli_usage_error("gen", "%s", mood_error_last());
+    else if (strcmp(s, "--rng") == 0 && gen_parse_rng(&a->opts.rng, v) == 0)
+        a->set.rng = 1;
+    else if (strcmp(s, "--lora-mode") == 0 && strcmp(v, "merge") == 0)
+        a->mode = MOOD_LORA_MERGE;
+    else if (strcmp(s, "--lora-mode") == 0 && strcmp(v, "runtime") == 0)
+        a->mode = MOOD_LORA_RUNTIME;
+    else if (strcmp(s, "--prediction") == 0 && (strcmp(v, "eps") == 0 || strcmp(v, "epsilon") == 0))
+        a->prediction = MOOD_PRED_EPSILON;
+    else if (strcmp(s, "--prediction") == 0 && strcmp(v, "v") == 0)
+        a->prediction = MOOD_PRED_V;
+    else if (strcmp(s, "--model") && strcmp(s, "--steps") && strcmp(s, "--batch") &&
+             strcmp(s, "--clip-skip") && strcmp(s, "--cfg") && strcmp(s, "--seed") &&
+             strcmp(s, "--size") && strcmp(s, "--rng") && strcmp(s, "--lora-mode") &&
+             strcmp(s, "--prediction") && strcmp(s, "--preview-every"))
+        return -1;
+    else
+        return cli_usage_error("gen", "%s %s: not a valid value", s, v);
+    return 0;
+}
+
+static int parse_args(gen_args *a, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        int rc;
+        if (strcmp(s, "--json") == 0) {
+            a->json = 1;
+            continue;
+        }
+        if (s[0] != '-' || strcmp(s, "-") == 0) {
+            if (a->prompt)
+                return cli_usage_error("gen", "two prompts given ('%s'); quote the prompt", s);
+            a->prompt = s;
+            a->set.prompt = 1;
+            continue;
+        }
+        if (i + 1 >= argc)
+            return cli_usage_error("gen", "%s needs a value (or is unknown)", s);
+        rc = parse_valued(a, s, argv[i + 1]);
+        if (rc < 0)
+            return cli_usage_error("gen", "unknown argument '%s'", s);
+        if (rc > 0)
+            return rc;
+        i++;
+    }
+    if (!a->prompt && !a->from_png)
+        return cli_usage_error("gen", "no prompt given");
+    return 0;
+}
+
+/* ----- model ------------------------------------------------------------------------------- */
+
+static int path_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* --model as given, or a name under $MOOD_HOME/models/, or $MOOD_MODEL. */
+static int find_model(char **out, const char *arg)
+{
+    char *home = NULL;
+    const char *exts[] = {"", ".safetensors"};
+    if (!arg)
+        arg = getenv("MOOD_MODEL");
+    if (!arg || !*arg) {
+        fprintf(stderr, "mood: error: no model: give --model PATH_OR_NAME (or set MOOD_MODEL)\n");
+        return 1;
+    }
+    if (path_exists(arg)) {
+        *out = strdup(arg);
+        return *out ? 0 : 2;
+    }
+    if (!strchr(arg, '/') && mood_registry_default_home(&home) == 0) {
+        for (int i = 0; i < 2; i++) {
+            size_t n = strlen(home) + strlen(arg) + 32;
+            char *p = malloc(n);
+            if (!p)
+                break;
+            snprintf(p, n, "%s/models/%s%s", home, arg, exts[i]);
+            if (path_exists(p)) {
+                mood_registry_free_string(home);
+                *out = p;
+                return 0;
+            }
+            free(p);
+        }
+        mood_registry_free_string(home);
+    }
+    fprintf(stderr, "mood: error: model '%s': no such file, folder or name in $MOOD_HOME/models\n",
+            arg);
+    return 2;
+}
+
+/* ----- running ----------------------------------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t random_seed(void)
+{
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1)
+        s = (uint64_t)time(NULL) * 2654435761u;
+    if (f)
+        fclose(f);
+    return s % 4294967294u; /* A1111: random.randrange(4294967294) */
+}
+
+static int needs_registry(const gen_args *a)
+{
+    const char *p = a->prompt ? a->prompt : "";
+    return a->n_styles > 0 || strstr(p, "<style:") || strstr(p, "<lora:") || strstr(p, "<lyco:");
+}
+
+static int resolve_styles(gen_run *r)
+{
+    gen_args *a = &r->args;
+    int rc;
+    if (needs_registry(a) && (rc = cli_registry_open(&r->reg)) != 0)
+        return rc;
+    if (a->from_png && (rc = gen_remap_png_loras(r)) != 0)
+        return rc;
+    if ((rc = mood_styles_resolve(
+             &r->styles, r->reg, a->prompt, a->negative, a->styles, a->n_styles, a->loras.items,
+             a->loras.n, a->from_png ? MOOD_STYLES_ADAPTERS_ONLY | MOOD_STYLES_SKIP_MISSING : 0)) !=
+        0)
+        return cli_fail(rc);
+    if (r->styles.missing && *r->styles.missing)
+        cli_warn("not in the registry and not a file, left out: %s", r->styles.missing);
+    if (a->from_png)
+        gen_check_png_hashes(r);
+    return 0;
+}
+
+static int load_model(gen_run *r)
+{
+    mood_model_options mo;
+    char *path = NULL;
+    int rc = find_model(&path, r->args.model);
+    if (rc)
+        return rc;
+    double t0 = now_s();
+    mood_model_options_init(&mo);
+    mo.prediction = r->args.prediction;
+    mo.progress = cli_progress;
+    rc = mood_model_open(&r->model, path, &mo);
+    r->load_s = now_s() - t0;
+    if (rc != 0) {
+        free(path);
+        return cli_fail(rc);
+    }
+    cli_progress_done();
+    free(path);
+    gen_check_png_model(r);
+    return 0;
+}
+
+static int apply_styles(gen_run *r)
+{
+    mood_weighted_adapter *w = NULL;
+    size_t unmatched = 0;
+    int err;
+    if (r->styles.n && !(w = calloc(r->styles.n, sizeof *w)))
+        return 2;
+    for (size_t i = 0; i < r->styles.n; i++)
+        w[i] = (mood_weighted_adapter){r->styles.adapters[i].path, r->styles.adapters[i].unet,
+                                       r->styles.adapters[i].te};
+    err = mood_model_set_adapters(r->model, w, r->styles.n, r->args.mode, &unmatched);
+    free(w);
+    if (err)
+        return cli_fail(err);
+    if (unmatched)
+        cli_warn("%zu LoRA keys match nothing in the model (ignored)", unmatched);
+    return 0;
+}
+
+static int generate(gen_run *r)
+{
+    mood_gen_options *o = &r->args.opts;
+    o->prompt = r->styles.prompt;
+    o->negative = r->styles.negative;
+    o->seed = r->args.set.seed && r->args.seed >= 0 ? (uint64_t)r->args.seed : random_seed();
+    o->progress = cli_progress;
+    if (r->args.preview_every) {
+        o->preview = gen_write_preview;
+        o->preview_every = r->args.preview_every;
+        o->preview_payload = r;
+    }
+    double t0 = now_s();
+    int err = mood_generate(r->model, o, &r->images, NULL);
+    r->generate_s = now_s() - t0;
+    if (err)
+        return cli_fail(err);
+    cli_progress_done();
+    return 0;
+}
+
+static void run_dispose(gen_run *r)
+{
+    mood_resolved_styles_dispose(&r->styles);
+    mood_model_free(r->model);
+    mood_registry_close(r->reg);
+    free(r->images);
+    for (size_t i = 0; i < r->args.n_styles; i++)
+        free((char *)r->args.styles[i].name);
+    free(r->args.styles);
+    cli_adapters_dispose(&r->args.loras);
+    gen_from_png_dispose(&r->args);
+}
+
+int cmd_gen(int argc, char **argv)
+{
+    gen_run r;
+    int rc;
+    memset(&r, 0, sizeof r);
+    mood_gen_options_init(&r.args.opts);
+    r.args.prediction = -1;
+    r.args.seed = -1;
+    r.args.keep_index = -1;
+    if ((rc = parse_args(&r.args, argc, argv)) == 0 && r.args.from_png)
+        rc = gen_apply_png(&r.args);
+    if (rc == 0 && (rc = resolve_styles(&r)) == 0 && (rc = load_model(&r)) == 0 &&
+        (rc = apply_styles(&r)) == 0 && (rc = generate(&r)) == 0)
+        rc = gen_write_outputs(&r);
+    run_dispose(&r);
+    return rc;
+}

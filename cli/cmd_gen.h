@@ -1,0 +1,62 @@
+/*
+ * cmd_gen.h: what the two files of `mood gen` share: the parsed arguments and the run state.
+ * cmd_gen.c parses, resolves styles, loads and generates; cmd_gen_png.c reads parameters from an
+ * image (--from-png) and writes the images with their parameters text.
+ */
+#ifndef MOOD_CLI_CMD_GEN_H
+#define MOOD_CLI_CMD_GEN_H
+
+#include "cli/cli.h"
+#include "mood/gen.h"
+#include "mood/styles.h"
+
+typedef struct gen_args {
+    const char *prompt, *negative, *model, *output, *from_png;
+    mood_style_arg *styles;
+    size_t n_styles;
+    cli_adapters loras;
+    mood_gen_options opts;
+    mood_lora_mode mode;
+    long seed;      /* -1: random */
+    int prediction; /* -1: the model's */
+    int preview_every;
+    int json;
+    int keep_index; /* >= 0: write only this image of the batch (--from-png of a batch image) */
+    struct {        /* which options the command line set (they win over --from-png) */
+        int prompt, negative, steps, cfg, seed, size, sampler, clip_skip, rng;
+    } set;
+    char *png_text; /* --from-png: the parameters text, and strings taken from it */
+    void *png_params;
+    char *png_prompt; /* its prompt with LoRA names found by hash (owned), or NULL */
+} gen_args;
+
+typedef struct gen_run {
+    gen_args args;
+    mood_registry *reg;
+    mood_resolved_styles styles;
+    mood_model *model;
+    float *images;             /* batch x 3 x H x W in [-1, 1] */
+    double load_s, generate_s; /* wall times, reported by --json */
+} gen_run;
+
+/* "torch-cpu", "torch-cuda", "mood" (also A1111's "CPU" / "GPU"). 0, or -1 when unknown. */
+int gen_parse_rng(mood_rng_kind *out, const char *s);
+/* --from-png: fills what the command line did not set from the image's parameters and warns
+ * about what cannot be matched. Returns 0 or an exit status. */
+int gen_apply_png(gen_args *a);
+void gen_from_png_dispose(gen_args *a);
+/* --from-png, registry open: LoRA tags whose name is neither a file nor a style but whose hash
+ * is in the registry are renamed to that style (with a notice); others are warned about.
+ * Returns 0 or an exit status. */
+int gen_remap_png_loras(gen_run *r);
+/* --from-png, styles resolved: warns about adapters whose hash differs from the image's. */
+void gen_check_png_hashes(const gen_run *r);
+/* After loading: warns when the model's hash is not the image's. */
+void gen_check_png_model(gen_run *r);
+/* Writes the images (and prints the JSON or the paths). Returns 0 or an exit status. */
+int gen_write_outputs(gen_run *r);
+/* mood_preview_fn: writes OUTPUT.preview.png. */
+int gen_write_preview(const float *images, int batch, int width, int height, int step,
+                      void *payload);
+
+#endif /* MOOD_CLI_CMD_GEN_H */

@@ -1,0 +1,68 @@
+/*
+ * model_impl.h: the parts of a loaded base model (mood/gen.h), shared by the files that load it
+ * (model.c), apply adapters to it (model_adapters.c), turn prompts into conditioning
+ * (conditioning.c) and generate (pipeline.c). Not installed.
+ */
+#ifndef MOOD_ENGINE_MODEL_IMPL_H
+#define MOOD_ENGINE_MODEL_IMPL_H
+
+#include "common/common.h"
+#include "mood/clip.h"
+#include "mood/gen.h"
+#include "mood/safetensors.h"
+#include "mood/tokenizer.h"
+#include "mood/unet.h"
+#include "mood/vae.h"
+
+/* A weight changed by merged adapters, with where its pristine value is read back from. */
+typedef struct model_patch {
+    float *w;                  /* the weight in the model (float32) */
+    const mood_st_tensor *src; /* its tensor in the mapped weights file */
+    int64_t numel;             /* floats of src (a fused q/k/v tensor restores all three) */
+} model_patch;
+
+/* One adapter of the current set, remembered so setting the same set again is free. */
+typedef struct model_adapter_ref {
+    char *path;
+    double unet, te;
+} model_adapter_ref;
+
+struct mood_model {
+    char *path, *name;
+    mood_family family;
+    int folder;              /* a diffusers folder (else a single file) */
+    mood_checkpoint *ckpt;   /* single file: the alias table adapters resolve against */
+    mood_st_file *unet_file; /* where pristine UNet weights are read back from */
+    mood_st_file *te_file;   /* likewise for the text encoder */
+    int te_strip_text_model; /* folder: te_file's keys lack "text_model." (transformers 5) */
+    mood_tokenizer *tok;
+    mood_clip *clip;
+    mood_unet *unet;
+    mood_vae *vae;
+    mood_noise_schedule sched;
+    int32_t pad_id;      /* 49407 (SD1), 0 (SD2's OpenCLIP tokenizer) */
+    int fixed_clip_skip; /* > 0: the model always uses this clip skip (SD2: 2) */
+    char short_hash[11]; /* "" until computed */
+    /* adapters */
+    model_patch *patches;
+    size_t n_patches, cap_patches;
+    model_adapter_ref *set; /* the current set */
+    size_t n_set;
+    size_t set_unmatched; /* its keys that matched nothing */
+    mood_lora_mode set_mode;
+    mood_side_path *paths; /* runtime side paths (UNet and text encoder together) */
+    size_t n_paths, cap_paths;
+    float **owned; /* factor buffers the side paths point into */
+    size_t n_owned, cap_owned;
+};
+
+/* conditioning.c: the A1111 conditioning of a prompt: n_chunks x 77 rows of `hidden` floats,
+ * malloc'd into *out. */
+int mood__encode_prompt(mood_model *m, const char *prompt, int clip_skip, float **out,
+                        int *n_chunks);
+
+/* model_adapters.c: drops every side path and restores every patched weight. */
+int mood__model_clear_adapters(mood_model *m);
+void mood__model_free_adapters(mood_model *m);
+
+#endif /* MOOD_ENGINE_MODEL_IMPL_H */

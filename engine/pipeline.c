@@ -1,0 +1,297 @@
+/*
+ * pipeline.c: txt2img (mood_generate in mood/gen.h), in the order of diffusers'
+ * StableDiffusionPipeline.__call__: encode the prompt and the negative prompt, draw the initial
+ * latents, run the sampler with classifier-free guidance around the UNet, decode with the VAE.
+ *
+ * Guidance runs the negative and the positive conditioning as one UNet batch of 2B in the order
+ * [negative x B, positive x B] (diffusers' torch.cat([negative_prompt_embeds, prompt_embeds])),
+ * or as two batches when the prompts have different numbers of 75-token chunks (A1111), then
+ * eps = eps_neg + cfg (eps_pos - eps_neg). cfg <= 1 skips the negative pass, as diffusers'
+ * do_classifier_free_guidance does.
+ *
+ * Noise (mood_rng_kind; documented for users in `mood help gen`):
+ *   torch-cpu   one torch CPU generator seeded with the seed draws the whole batch's initial
+ *               latents in one randn, then each ancestral/SDE step's noise for the whole batch:
+ *               diffusers with generator=torch.Generator("cpu").manual_seed(seed), and ComfyUI.
+ *   torch-cuda  AUTOMATIC1111: image i of a batch has seed + i and its own CUDA generator, which
+ *               draws its initial latents and then its share of every step's noise.
+ *   mood        like torch-cuda with torch's CPU generator: every image of a batch is the image
+ *               that batch 1 with seed + i gives.
+ */
+#include <string.h>
+
+#include "engine/model_impl.h"
+#include "mood/rng.h"
+
+typedef struct noise_src {
+    mood_rng_kind kind;
+    int B;
+    mood_rng_torch_cpu *cpu[64]; /* one for torch-cpu, B for mood */
+    mood_rng_torch_cuda *cuda[64];
+} noise_src;
+
+enum { MAX_BATCH = 64 };
+
+static int noise_open(noise_src *s, mood_rng_kind kind, uint64_t seed, int B)
+{
+    int err = 0;
+    memset(s, 0, sizeof *s);
+    s->kind = kind;
+    s->B = B;
+    if (kind == MOOD_RNG_TORCH_CPU)
+        return mood_rng_torch_cpu_new(&s->cpu[0], seed);
+    for (int i = 0; i < B && !err; i++)
+        err = kind == MOOD_RNG_TORCH_CUDA ? mood_rng_torch_cuda_new(&s->cuda[i], seed + i, NULL)
+                                          : mood_rng_torch_cpu_new(&s->cpu[i], seed + i);
+    return err;
+}
+
+static void noise_close(noise_src *s)
+{
+    for (int i = 0; i < MAX_BATCH; i++) {
+        mood_rng_torch_cpu_free(s->cpu[i]);
+        mood_rng_torch_cuda_free(s->cuda[i]);
+    }
+}
+
+/* mood_noise_fn: B images of n floats each. */
+static int noise_draw(float *out, int B, size_t n, void *user)
+{
+    noise_src *s = user;
+    int err = 0;
+    if (s->kind == MOOD_RNG_TORCH_CPU)
+        return mood_rng_torch_cpu_randn(s->cpu[0], out, (size_t)B * n);
+    for (int i = 0; i < B && !err; i++)
+        err = s->kind == MOOD_RNG_TORCH_CUDA ? mood_rng_torch_cuda_randn(s->cuda[i], out + i * n, n)
+                                             : mood_rng_torch_cpu_randn(s->cpu[i], out + i * n, n);
+    return err;
+}
+
+/* ----- guidance --------------------------------------------------------------------------- */
+
+typedef struct denoiser {
+    mood_model *m;
+    int B, h, w;
+    size_t n; /* floats per image latent */
+    double cfg;
+    float *ctx;             /* [negative x B, positive x B] (positive x B without guidance) */
+    int Tn, Tp;             /* context tokens of the negative and the positive prompt */
+    float *xin, *tin, *eps; /* UNet batch buffers */
+} denoiser;
+
+/* The UNet on `NB` copies of the B images x_in in d->xin (already there), with contexts from
+ * ctx of T tokens each, into eps. */
+static int unet_pass(denoiser *d, float *eps, const float *xin, const float *ctx, int NB, int T,
+                     double timestep)
+{
+    for (int i = 0; i < NB; i++)
+        d->tin[i] = (float)timestep;
+    return mood_unet_forward(d->m->unet, eps, xin, d->tin, ctx, NB, d->h, d->w, T, NULL, NULL);
+}
+
+/* mood_model_fn: the guided model output for x_in (B images). When both prompts have as many
+ * 75-token chunks, negative and positive run as one batch of 2B, as diffusers does; otherwise as
+ * two batches with their own context lengths, as AUTOMATIC1111 does by default (its
+ * pad_cond_uncond option off). */
+static int denoise(float *out, const float *x_in, double timestep, int step, void *user)
+{
+    denoiser *d = user;
+    size_t bn = (size_t)d->B * d->n;
+    size_t C = (size_t)mood_clip_get_config(d->m->clip)->hidden;
+    int err;
+    (void)step;
+    if (d->cfg <= 1.0)
+        return unet_pass(d, out, x_in, d->ctx, d->B, d->Tp, timestep);
+    memcpy(d->xin, x_in, bn * sizeof *x_in);
+    memcpy(d->xin + bn, x_in, bn * sizeof *x_in);
+    if (d->Tn == d->Tp)
+        err = unet_pass(d, d->eps, d->xin, d->ctx, 2 * d->B, d->Tp, timestep);
+    else if ((err = unet_pass(d, d->eps, d->xin, d->ctx, d->B, d->Tn, timestep)) == 0)
+        err = unet_pass(d, d->eps + bn, d->xin, d->ctx + (size_t)d->B * d->Tn * C, d->B, d->Tp,
+                        timestep);
+    if (err)
+        return err;
+    for (size_t i = 0; i < bn; i++) {
+        float neg = d->eps[i], pos = d->eps[bn + i];
+        out[i] = neg + (float)d->cfg * (pos - neg);
+    }
+    return 0;
+}
+
+/* d->ctx = [negative x B, positive x B] (or positive x B without guidance). */
+static int build_context(denoiser *d, const mood_gen_options *o)
+{
+    mood_model *m = d->m;
+    size_t C = (size_t)mood_clip_get_config(m->clip)->hidden, per_n = 0, per_p;
+    float *pos = NULL, *neg = NULL;
+    int np = 0, nn = 0, guided = d->cfg > 1.0, err;
+    if ((err = mood__encode_prompt(m, o->prompt, o->clip_skip, &pos, &np)) != 0)
+        return err;
+    if (guided && (err = mood__encode_prompt(m, o->negative, o->clip_skip, &neg, &nn)) != 0) {
+        mood_free(pos);
+        return err;
+    }
+    d->Tp = np * MOOD_CLIP_CONTEXT;
+    d->Tn = nn * MOOD_CLIP_CONTEXT;
+    per_p = (size_t)d->Tp * C;
+    per_n = (size_t)d->Tn * C;
+    if (!(d->ctx = mood_malloc((size_t)d->B * (per_n + per_p) * sizeof *d->ctx)))
+        err = mood_error_nomem();
+    for (int i = 0; i < d->B && !err; i++) {
+        if (guided)
+            memcpy(d->ctx + (size_t)i * per_n, neg, per_n * sizeof *neg);
+        memcpy(d->ctx + (size_t)d->B * per_n + (size_t)i * per_p, pos, per_p * sizeof *pos);
+    }
+    mood_free(pos);
+    mood_free(neg);
+    return err;
+}
+
+/* ----- previews ---------------------------------------------------------------------------- */
+
+static int decode(mood_model *m, float *images, const float *latents, int B, int h, int w);
+
+typedef struct preview_ctx {
+    const mood_gen_options *o;
+    mood_model *m;
+    int h, w;
+    float *images;
+} preview_ctx;
+
+/* mood_sample_preview_fn: every preview_every steps, and at no other time, decodes the
+ * sampler's estimate of the final latents and hands the images to the caller. */
+static int preview(const mood_sample_state *s, void *user)
+{
+    preview_ctx *p = user;
+    int err;
+    if ((s->step + 1) % p->o->preview_every != 0 || s->step + 1 == s->steps)
+        return 0;
+    if ((err = decode(p->m, p->images, s->x0, s->B, p->h, p->w)) != 0)
+        return err;
+    return p->o->preview(p->images, s->B, p->o->width, p->o->height, s->step + 1,
+                         p->o->preview_payload);
+}
+
+/* ----- the run ------------------------------------------------------------------------------ */
+
+void mood_gen_options_init(mood_gen_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->width = o->height = 512;
+    o->batch = 1;
+    o->steps = 20;
+    o->cfg = 7.0;
+    o->sampler = MOOD_SAMPLER_EULER_A;
+    o->schedule = MOOD_SCHEDULE_DEFAULT;
+    o->rng = MOOD_RNG_TORCH_CPU;
+    o->clip_skip = 1;
+}
+
+static int check_options(const mood_gen_options *o)
+{
+    if (o->width < 8 || o->height < 8 || o->width % 8 || o->height % 8 || o->width > 4096 ||
+        o->height > 4096)
+        return mood_error_set(MOOD_EINVAL,
+                              "size %dx%d: width and height must be multiples of 8 "
+                              "between 8 and 4096",
+                              o->width, o->height);
+    if (o->batch < 1 || o->batch > MAX_BATCH)
+        return mood_error_set(MOOD_EINVAL, "batch %d: between 1 and %d", o->batch, MAX_BATCH);
+    if (o->steps < 1 || o->steps > 1000)
+        return mood_error_set(MOOD_EINVAL, "steps %d: between 1 and 1000", o->steps);
+    if (!(o->cfg >= 0 && o->cfg <= 100))
+        return mood_error_set(MOOD_EINVAL, "CFG scale %g: between 0 and 100", o->cfg);
+    if (o->clip_skip < 1 || o->clip_skip > 12)
+        return mood_error_set(MOOD_EINVAL, "clip skip %d: between 1 and 12", o->clip_skip);
+    return 0;
+}
+
+static int alloc_buffers(denoiser *d)
+{
+    int NB = (d->cfg > 1.0 ? 2 : 1) * d->B;
+    d->xin = mood_malloc((size_t)NB * d->n * sizeof *d->xin);
+    d->eps = mood_malloc((size_t)NB * d->n * sizeof *d->eps);
+    d->tin = mood_malloc((size_t)NB * sizeof *d->tin);
+    return d->xin && d->eps && d->tin ? 0 : mood_error_nomem();
+}
+
+/* images (B x 3 x H x W) = VAE decode of latents / scaling_factor, one image at a time to keep
+ * the decoder's working set to one image. */
+static int decode(mood_model *m, float *images, const float *latents, int B, int h, int w)
+{
+    const mood_vae_config *vc = mood_vae_get_config(m->vae);
+    size_t n = (size_t)vc->latent_channels * h * w, img = (size_t)3 * h * 8 * w * 8;
+    float *z = mood_malloc(n * sizeof *z);
+    int err = z ? 0 : mood_error_nomem();
+    for (int i = 0; i < B && !err; i++) {
+        for (size_t j = 0; j < n; j++)
+            z[j] = latents[i * n + j] / vc->scaling_factor;
+        err = mood_vae_decode(m->vae, images + i * img, z, 1, h, w);
+    }
+    mood_free(z);
+    return err;
+}
+
+int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, float **latents_out)
+{
+    denoiser d = {0};
+    noise_src ns;
+    preview_ctx pv;
+    mood_sample_opts so;
+    float *latents = NULL, *images = NULL;
+    int err;
+    *images_out = NULL;
+    if (latents_out)
+        *latents_out = NULL;
+    if ((err = check_options(o)) != 0)
+        return err;
+    d.m = m;
+    d.B = o->batch;
+    d.h = o->height / 8;
+    d.w = o->width / 8;
+    d.n = (size_t)mood_unet_get_config(m->unet)->in_channels * d.h * d.w;
+    d.cfg = o->cfg;
+    if ((err = noise_open(&ns, o->rng, o->seed, d.B)) == 0 && (err = build_context(&d, o)) == 0 &&
+        (err = alloc_buffers(&d)) == 0) {
+        latents = mood_malloc((size_t)d.B * d.n * sizeof *latents);
+        images = mood_malloc((size_t)d.B * 3 * o->height * o->width * sizeof *images);
+        if (!latents || !images)
+            err = mood_error_nomem();
+    }
+    if (!err)
+        err = noise_draw(latents, d.B, d.n, &ns);
+    if (!err) {
+        mood_sample_opts_init(&so);
+        so.kind = o->sampler;
+        so.schedule = o->schedule;
+        so.steps = o->steps;
+        so.noise = noise_draw;
+        so.noise_user = &ns;
+        so.progress = o->progress;
+        so.progress_user = o->progress_payload;
+        if (o->preview && o->preview_every > 0) {
+            pv = (preview_ctx){o, m, d.h, d.w, images};
+            so.preview = preview;
+            so.preview_user = &pv;
+        }
+        err = mood_sample(&m->sched, &so, latents, d.B, d.n, denoise, &d);
+    }
+    if (!err)
+        err = decode(m, images, latents, d.B, d.h, d.w);
+    noise_close(&ns);
+    mood_free(d.ctx);
+    mood_free(d.xin);
+    mood_free(d.eps);
+    mood_free(d.tin);
+    if (err) {
+        mood_free(latents);
+        mood_free(images);
+        return err;
+    }
+    *images_out = images;
+    if (latents_out)
+        *latents_out = latents;
+    else
+        mood_free(latents);
+    return 0;
+}

@@ -1,0 +1,128 @@
+/*
+ * gen.h: text-to-image generation: a base model (text encoder, UNet, VAE, noise schedule) loaded
+ * from a single-file checkpoint or a diffusers folder, adapters applied by merging or as runtime
+ * side paths, and the txt2img pipeline (A1111 prompt weighting, classifier-free guidance, a
+ * sampler, VAE decode).
+ *
+ * The pipeline follows diffusers' StableDiffusionPipeline where the two agree (so its results
+ * are checked against diffusers), and AUTOMATIC1111 where diffusers has nothing to say: prompt
+ * emphasis "(word:1.3)" with A1111's mean restoration, 75-token chunks for long prompts, clip
+ * skip, <lora:...> strengths split between UNet and text encoder.
+ *
+ * Thread-safety: a mood_model is used by one generation at a time.
+ */
+#ifndef MOOD_GEN_H
+#define MOOD_GEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mood/clip.h"
+#include "mood/core.h"
+#include "mood/lora.h"
+#include "mood/sampler.h"
+#include "mood/unet.h"
+#include "mood/vae.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mood_model mood_model;
+
+typedef struct mood_model_options {
+    /* MOOD_PRED_EPSILON or MOOD_PRED_V; -1 = from the model (scheduler_config.json, the
+     * checkpoint's "modelspec.prediction_type" metadata), else epsilon. */
+    int prediction;
+    mood_progress_fn progress; /* loading progress ("text encoder", "unet", "vae") */
+    void *progress_payload;
+    /* For single files whose configuration cannot be inferred from shapes alone (tiny test
+     * models: attention heads, group norm groups): hints as mood_clip_load, mood_unet_load_ex
+     * and mood_vae_load_hint take them. NULL: inferred. */
+    const mood_clip_config *clip_hint;
+    const mood_unet_config *unet_hint;
+    const mood_vae_config *vae_hint;
+} mood_model_options;
+
+void mood_model_options_init(mood_model_options *o);
+
+/* Loads every part of a base model: `path` is a single-file checkpoint (A1111/Civitai layout,
+ * fp16/bf16/fp32) or a diffusers pipeline folder (model_index.json, text_encoder/, unet/, vae/,
+ * scheduler/). Weights are converted to float32 part by part from the mapped file.
+ * Errors: MOOD_ENOTFOUND / MOOD_EIO (files), MOOD_EFORMAT (a part missing or malformed, named),
+ * MOOD_EUNSUPPORTED (a family the engine does not run yet, e.g. SDXL), MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_model_open(mood_model **out, const char *path,
+                                     const mood_model_options *opts);
+void mood_model_free(mood_model *m);
+mood_family mood_model_family(const mood_model *m);
+/* The path it was opened from, and the A1111 short name ("v1-5-pruned-emaonly"). */
+const char *mood_model_path(const mood_model *m);
+const char *mood_model_name(const mood_model *m);
+/* A1111 "Model hash": the first 10 hex digits of the SHA-256 of the checkpoint file (computed on
+ * first use and kept; for a diffusers folder, of its UNet weights file). */
+MOOD_WARN_UNUSED int mood_model_short_hash(const mood_model *m, char out[11]);
+/* The noise schedule the model was trained with (a copy may be changed and passed to a run). */
+const mood_noise_schedule *mood_model_schedule(const mood_model *m);
+
+/* ----- adapters ----------------------------------------------------------------------------- */
+
+typedef enum mood_lora_mode {
+    MOOD_LORA_MERGE = 0, /* W' = W + Σ mᵢ ΔWᵢ from pristine copies of the touched weights */
+    MOOD_LORA_RUNTIME    /* y = W x + Σ mᵢ Bᵢ(Aᵢ x): side paths, weights untouched */
+} mood_lora_mode;
+
+/* Sets the adapters the model generates with (replacing the previous set; n = 0: none). In
+ * merge mode, weights touched by the previous set are restored from their pristine copies
+ * first, so switching sets never accumulates error. Every adapter is checked against the model
+ * before anything changes: one for another base family is MOOD_EFAMILY naming the file and
+ * both families; keys matching nothing in the model are reported through *unmatched_out (may be
+ * NULL): the total number of such keys over all adapters. */
+MOOD_WARN_UNUSED int mood_model_set_adapters(mood_model *m, const mood_weighted_adapter *adapters,
+                                             size_t n, mood_lora_mode mode, size_t *unmatched_out);
+
+/* ----- generation --------------------------------------------------------------------------- */
+
+/* Where the initial and per-step noise comes from (see mood/rng.h). */
+typedef enum mood_rng_kind {
+    MOOD_RNG_TORCH_CPU = 0, /* torch.manual_seed(seed) + CPU randn: ComfyUI, diffusers */
+    MOOD_RNG_TORCH_CUDA,    /* torch's CUDA Philox generator: AUTOMATIC1111's default */
+    MOOD_RNG_MOOD           /* mood's own (the torch CPU generator, one stream per image) */
+} mood_rng_kind;
+
+/* A step preview: x0 estimate decoded to an image (B x 3 x H x W, [-1, 1]). */
+typedef int (*mood_preview_fn)(const float *images, int batch, int width, int height, int step,
+                               void *payload);
+
+typedef struct mood_gen_options {
+    const char *prompt;   /* A1111 syntax: (word:1.2), [word], BREAK */
+    const char *negative; /* may be NULL */
+    int width, height;    /* multiples of 8 */
+    int batch;            /* images from one run */
+    int steps;
+    double cfg; /* classifier-free guidance scale; 1 disables the negative pass */
+    mood_sampler_kind sampler;
+    mood_sigma_schedule schedule;
+    uint64_t seed;
+    mood_rng_kind rng;
+    int clip_skip;             /* A1111 numbering, 1 = last layer */
+    mood_progress_fn progress; /* phase "sample", one unit per step */
+    void *progress_payload;
+    mood_preview_fn preview; /* NULL, or called every preview_every steps */
+    int preview_every;
+    void *preview_payload;
+} mood_gen_options;
+
+void mood_gen_options_init(mood_gen_options *o); /* 512x512, batch 1, 20 steps, cfg 7, Euler a */
+
+/* Runs txt2img. *images_out (batch x 3 x height x width floats, CHW per image, the VAE's output:
+ * about [-1, 1], not clamped; mood_image_from_float clamps as diffusers does) is malloc'd; free
+ * it with free(). *latents_out (may be NULL) receives the final latents
+ * (batch x 4 x height/8 x width/8) before decoding, also malloc'd.
+ * Errors: MOOD_EINVAL (sizes, steps, cfg), MOOD_ECANCELLED (a callback stopped it), MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out,
+                                   float **latents_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOOD_GEN_H */

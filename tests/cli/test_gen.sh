@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# test_gen.sh: `mood gen` end to end on the tiny diffusers pipeline of tests/fixtures/pipeline
+# (made by tools/make_fixtures_pipeline.py with diffusers): the image equals diffusers' decoded
+# image byte for byte, the PNG carries A1111 parameters that PIL reads, --from-png regenerates
+# the same bytes, styles from a registry under $tmp apply (inline tags, --style, templates and
+# trigger words), merge and runtime LoRA modes agree, an SDXL LoRA is refused, bad options fail
+# with exit 1 and a missing model with exit 2.
+. "$(dirname "$0")/lib.sh"
+
+export MOOD_HOME=$tmp/home
+P=$FIX/pipeline
+MODEL=$P/tiny-sd
+PROMPT="a lighthouse at dusk, oil painting"
+py() { python3 -c "$@"; }
+VENV_PY=${MOOD_SOURCE:-$(dirname "$0")/../..}/tools/.venv/bin/python
+common=(--model "$MODEL" --size 64x64 --steps 8 --cfg 7.5)
+# pixels.py A B MAXDIFF: the RGB pixels of two 8-bit PNGs differ by at most MAXDIFF (a minimal
+# PNG decoder: zlib and the five row filters; no third-party module needed)
+cat >"$tmp/pixels.py" <<'PYEOF'
+import struct, sys, zlib
+def pixels(path):
+    d = open(path, "rb").read(); i = 8; idat = b""; w = h = 0
+    while i < len(d):
+        n, = struct.unpack(">I", d[i:i + 4]); t = d[i + 4:i + 8]; b = d[i + 8:i + 8 + n]
+        if t == b"IHDR": w, h = struct.unpack(">II", b[:8])
+        if t == b"IDAT": idat += b
+        i += 12 + n
+    raw = zlib.decompress(idat); stride = w * 3; out = []; prev = bytearray(stride)
+    for y in range(h):
+        f = raw[y * (stride + 1)]; line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for x in range(stride):
+            a = line[x - 3] if x >= 3 else 0; b = prev[x]; c = prev[x - 3] if x >= 3 else 0
+            if f == 1: line[x] = (line[x] + a) & 255
+            elif f == 2: line[x] = (line[x] + b) & 255
+            elif f == 3: line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        out += line; prev = line
+    return out
+a, b = pixels(sys.argv[1]), pixels(sys.argv[2])
+diff = max(abs(x - y) for x, y in zip(a, b))
+sys.exit(0 if len(a) == len(b) and diff <= int(sys.argv[3]) else 1)
+PYEOF
+
+# ----- one image, as diffusers makes it
+expect_rc 0 "gen euler" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --sampler euler -o "$tmp/a.png"
+check "prints the path" grep -q "$tmp/a.png" "$tmp/out"
+check "parameters text" py '
+import sys, zlib, struct
+d = open(sys.argv[1], "rb").read(); i = 8; text = None
+while i < len(d):
+    n, = struct.unpack(">I", d[i:i+4]); t = d[i+4:i+8]; body = d[i+8:i+8+n]
+    if t in (b"tEXt", b"iTXt") and body.startswith(b"parameters\0"): text = body
+    i += 12 + n
+assert text is not None
+s = text.decode("latin-1")
+for want in ("Steps: 8", "Sampler: Euler,", "CFG scale: 7.5", "Seed: 42", "Size: 64x64",
+             "Model hash: ", "Model: tiny-sd", "Version: mood"):
+    assert want in s, (want, s)' "$tmp/a.png"
+if "$VENV_PY" -c "import PIL, numpy, safetensors" 2>/dev/null; then
+    check "image equals diffusers' (fixture euler.image)" "$VENV_PY" -c '
+import sys, numpy as np
+from PIL import Image
+from safetensors.numpy import load_file
+ref = (load_file(sys.argv[2])["euler.image"][0] * 255).round()
+im = np.asarray(Image.open(sys.argv[1])).astype(float)
+assert np.abs(ref - im).max() == 0, np.abs(ref - im).max()' "$tmp/a.png" "$P/ref.safetensors"
+else
+    echo "note: no tools/.venv with PIL and safetensors: pixel comparison with diffusers skipped"
+fi
+
+# ----- --from-png reproduces the image bit for bit
+expect_rc 0 "gen --from-png" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" -o "$tmp/b.png"
+check "same bytes" cmp -s "$tmp/a.png" "$tmp/b.png"
+expect_rc 0 "from-png with an override" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" \
+    --seed 7 -o "$tmp/c.png"
+check "override changes the image" bash -c "! cmp -s '$tmp/a.png' '$tmp/c.png'"
+
+# ----- batch and json
+expect_rc 0 "batch 2 --json" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 5 --batch 2 -o "$tmp/batch.png" --json
+check "two images in json" py '
+import json,sys,os; d=json.load(open(sys.argv[1])); im=d["images"]
+assert [os.path.basename(i["path"]) for i in im]==["batch-1.png","batch-2.png"], im
+assert all(os.path.exists(i["path"]) for i in im)
+assert "Batch pos: 1" in im[1]["parameters"] and "RNG: torch-cpu" in im[1]["parameters"]' "$tmp/out"
+expect_rc 0 "from-png of a batch image" "$MOOD" gen --from-png "$tmp/batch-2.png" --model "$MODEL" -o "$tmp/b2.png"
+check "batch image reproduced" cmp -s "$tmp/batch-2.png" "$tmp/b2.png"
+
+# ----- LoRAs: files, merge vs runtime
+expect_rc 0 "lora merge" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --lora "$P/lora.safetensors:0.7" -o "$tmp/m.png"
+expect_rc 0 "lora runtime" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --lora "$P/lora.safetensors:0.7" \
+    --lora-mode runtime -o "$tmp/r.png"
+check "lora changes the image" bash -c "! cmp -s '$tmp/a.png' '$tmp/m.png'"
+check "merge and runtime agree within 2/255" python3 "$tmp/pixels.py" "$tmp/m.png" "$tmp/r.png" 2
+check "Lora hashes written" py '
+import sys; d=open(sys.argv[1],"rb").read(); assert b"Lora hashes: \"lora: " in d and b"<lora:lora:0.7>" in d, d[:600]' "$tmp/m.png"
+expect_rc 1 "an SDXL LoRA on an SD1 model" "$MOOD" gen "$PROMPT" "${common[@]}" --lora "$FIX/kohya/sdxl_lora.safetensors"
+check "family message" grep -q "sdxl" "$tmp/err"
+
+# ----- registry styles
+cp "$P/lora.safetensors" "$tmp/tinystyle.safetensors"
+expect_rc 0 "import the style" "$MOOD" import "$tmp/tinystyle.safetensors"
+expect_rc 0 "style with a template and trigger" "$MOOD" style edit tinystyle --trigger "tinytrig" \
+    --template "{prompt}, in tiny style" --negative "ugly" --weight 0.7
+expect_rc 0 "--style" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --style tinystyle -o "$tmp/s.png" --json
+check "template, trigger and negative applied" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["prompt"]=="a lighthouse at dusk, oil painting, in tiny style, tinytrig", d["prompt"]
+assert d["negative"]=="ugly", d["negative"]' "$tmp/out"
+expect_rc 0 "inline <style:>" "$MOOD" gen "$PROMPT <style:tinystyle:0.7>" "${common[@]}" --seed 42 -o "$tmp/s2.png"
+check "inline equals --style" cmp -s "$tmp/s.png" "$tmp/s2.png"
+expect_rc 0 "--from-png of a styled image" "$MOOD" gen --from-png "$tmp/s.png" --model "$MODEL" -o "$tmp/s3.png"
+check "styled image reproduced" cmp -s "$tmp/s.png" "$tmp/s3.png"
+expect_rc 0 "rename the style" "$MOOD" rename tinystyle renamed
+expect_rc 0 "--from-png finds a renamed style by its hash" "$MOOD" gen --from-png "$tmp/s.png" \
+    --model "$MODEL" -o "$tmp/s4.png"
+check "says it matched by hash" grep -q "found in the registry by its hash" "$tmp/err"
+check "same pixels" python3 "$tmp/pixels.py" "$tmp/s.png" "$tmp/s4.png" 0
+expect_rc 0 "--from-png with the style gone" "$MOOD" rm renamed
+expect_rc 0 "--from-png still generates" "$MOOD" gen --from-png "$tmp/s.png" --model "$MODEL" \
+    -o "$tmp/s5.png"
+check "warns what it left out" grep -q "neither a file nor in the registry" "$tmp/err"
+expect_rc 1 "unknown style" "$MOOD" gen "$PROMPT" "${common[@]}" --style nosuchstyle
+check "names the style" grep -q "nosuchstyle" "$tmp/err"
+
+# ----- bad input
+expect_rc 1 "bad size" "$MOOD" gen "$PROMPT" "${common[@]}" --size 60x64
+expect_rc 1 "bad sampler" "$MOOD" gen "$PROMPT" "${common[@]}" --sampler heun2
+check "lists samplers" grep -qi "euler" "$tmp/err"
+expect_rc 2 "missing model" "$MOOD" gen "$PROMPT" --model "$tmp/nope.safetensors"
+expect_rc 1 "no prompt" "$MOOD" gen --model "$MODEL"
+printf 'not a png' >"$tmp/bad.png"
+expect_rc 1 "corrupt png for --from-png" "$MOOD" gen --from-png "$tmp/bad.png" --model "$MODEL"
+finish
