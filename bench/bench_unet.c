@@ -6,7 +6,9 @@
  * diffusers relative to its largest magnitude.
  *
  * usage: bench_unet MODEL IO.safetensors [RUNS]
- * Threads: OMP_NUM_THREADS (OpenMP and the OpenMP build of OpenBLAS).
+ * Threads: OMP_NUM_THREADS (OpenMP and the OpenMP build of OpenBLAS). Like the mood command, it
+ * restarts itself with OPENBLAS_CORETYPE set when OpenBLAS does not recognise the CPU
+ * (mood_blas_tune_process).
  */
 #include <math.h>
 #include <stdio.h>
@@ -49,6 +51,7 @@ int main(int argc, char **argv)
     const mood_st_tensor *tx, *tc, *to;
     int runs = argc > 3 ? atoi(argv[3]) : 3;
     double t0, load_ms, *times, err = 0, scale = 0;
+    mood_blas_tune_process(argv);
     if (argc < 3 || runs < 1) {
         fprintf(stderr, "usage: bench_unet MODEL IO.safetensors [RUNS]\n");
         return 1;

@@ -27,11 +27,12 @@ cat "$cache/unet/diffusion_pytorch_model.safetensors" >/dev/null # warm the page
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 # OpenBLAS names the kernel set it chose on stderr with OPENBLAS_VERBOSE=2 ("Core: SkylakeX").
 # OpenBLAS 0.3.21 does not know every CPU model and then falls back to its slowest (Prescott,
-# SSE3) kernels; OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) overrides the choice.
+# SSE3) kernels; bench_unet, like the mood command, then restarts itself with OPENBLAS_CORETYPE
+# set to what the CPU runs (SkylakeX, Haswell), unless OPENBLAS_CORETYPE is set already.
 mood_out=$(OPENBLAS_VERBOSE=2 "$BENCH_UNET" "$cache/unet" "$io" "$RUNS" 2>&1)
 torch_out=$("$PY" "$root/tools/unet_sd15_reference.py" time "$cache" --batch 2 --size 64 \
     --tokens 77 --threads "$THREADS" --runs "$RUNS" 2>/dev/null)
-field() { awk -v k="$1" '$1 == k { print $2 }'; }
+field() { awk -v k="$1" '$1 == k { v = $2 } END { print v }'; }
 mood_ms=$(field mood_ms <<<"$mood_out")
 torch_ms=$(field torch_ms <<<"$torch_out")
 

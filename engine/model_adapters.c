@@ -142,8 +142,15 @@ int mood__model_clear_adapters(mood_model *m)
         mood_clip_set_side_paths(m->clip, NULL, 0) != 0)
         err = MOOD_EBACKEND;
     drop_side_paths(m);
-    for (size_t i = 0; i < m->n_patches && !err; i++)
-        err = mood_st_to_f32(m->patches[i].w, m->patches[i].src);
+    if (!err) {
+        /* the weights are independent: read them back on every thread */
+#pragma omp parallel for schedule(dynamic)
+        for (size_t i = 0; i < m->n_patches; i++)
+            if (mood_st_to_f32(m->patches[i].w, m->patches[i].src) != 0) {
+#pragma omp critical(mood_restore_error)
+                err = MOOD_EFORMAT;
+            }
+    }
     m->n_patches = 0;
     forget_set(m);
     return err;
@@ -323,10 +330,11 @@ static void run_flush(lowrank_run *run, float *w)
     run->R = 0;
 }
 
-/* Merges the contributions c[0..n) to one weight, in order. */
-static int merge_group(mood_model *m, const contrib *c, size_t n, lowrank_run *run)
+/* Merges the contributions c[0..n) to one weight, in order (remembered already: this runs on
+ * several threads at once, one weight each). */
+static int merge_group(const contrib *c, size_t n, lowrank_run *run)
 {
-    int err = remember(m, c[0].r.restore_w, c[0].r.src_w);
+    int err = 0;
     for (size_t j = 0; j < n && !err; j++) {
         float *down = NULL, *up = NULL;
         int rank = 0;
@@ -338,9 +346,7 @@ static int merge_group(mood_model *m, const contrib *c, size_t n, lowrank_run *r
                           mood_adapter_target_numel(c[j].a, c[j].i) / shape[0]);
         } else if (err == MOOD_EUNSUPPORTED) {
             run_flush(run, c[j].r.w);
-            err = c[j].r.bias ? remember(m, c[j].r.restore_b, c[j].r.src_b) : 0;
-            if (!err)
-                err = mood_adapter_apply(c[j].a, c[j].i, c[j].r.w, c[j].r.bias, c[j].mult);
+            err = mood_adapter_apply(c[j].a, c[j].i, c[j].r.w, c[j].r.bias, c[j].mult);
         }
         mood_free(down);
         mood_free(up);
@@ -401,29 +407,54 @@ static int collect(contrib **out, size_t *n_out, mood_model *m, mood_adapter **a
     return 0;
 }
 
+/* Merge mode: groups of contributions to one weight, each merged by one thread. Weights are
+ * remembered first (the list is shared); then the groups run in parallel, each with its own
+ * single-threaded GEMMs, so the result does not depend on the thread count. */
+static int merge_all(mood_model *m, contrib *c, size_t nc)
+{
+    size_t *start = mood_malloc((nc + 1) * sizeof *start), ng = 0;
+    int err = start ? 0 : mood_error_nomem();
+    qsort(c, nc, sizeof *c, by_weight_then_order);
+    for (size_t j = 0; j < nc && !err; j++) {
+        if (j == 0 || c[j].r.w != c[j - 1].r.w) {
+            start[ng++] = j;
+            err = remember(m, c[j].r.restore_w, c[j].r.src_w);
+        }
+        if (!err && c[j].r.bias)
+            err = remember(m, c[j].r.restore_b, c[j].r.src_b);
+    }
+    if (!err) {
+        start[ng] = nc;
+#pragma omp parallel
+        {
+            lowrank_run run = {0};
+#pragma omp for schedule(dynamic)
+            for (size_t g = 0; g < ng; g++) {
+                int e = err ? 0 : merge_group(c + start[g], start[g + 1] - start[g], &run);
+                if (e) {
+#pragma omp critical(mood_merge_error)
+                    err = err ? err : e;
+                }
+            }
+            mood_free(run.up);
+            mood_free(run.down);
+        }
+    }
+    mood_free(start);
+    return err;
+}
+
 /* Applies every module of every adapter: merged per weight, or as side paths. */
 static int apply_all(mood_model *m, mood_adapter **ads, const mood_weighted_adapter *a, size_t n,
                      mood_lora_mode mode, size_t *unmatched)
 {
     contrib *c = NULL;
-    lowrank_run run = {0};
     size_t nc = 0;
     int err = collect(&c, &nc, m, ads, a, n, unmatched);
     if (!err && mode == MOOD_LORA_MERGE)
-        qsort(c, nc, sizeof *c, by_weight_then_order);
-    for (size_t j = 0; j < nc && !err;) {
-        size_t e = j + 1;
-        if (mode == MOOD_LORA_RUNTIME) {
-            err = runtime_module(m, &c[j]);
-        } else {
-            while (e < nc && c[e].r.w == c[j].r.w)
-                e++;
-            err = merge_group(m, c + j, e - j, &run);
-        }
-        j = e;
-    }
-    mood_free(run.up);
-    mood_free(run.down);
+        err = merge_all(m, c, nc);
+    for (size_t j = 0; j < nc && !err && mode == MOOD_LORA_RUNTIME; j++)
+        err = runtime_module(m, &c[j]);
     mood_free(c);
     return err;
 }

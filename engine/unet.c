@@ -421,13 +421,12 @@ static int resolve_sides(const mood_unet *m, const mood_side_path *paths, size_t
             return mood_error_set(MOOD_ENOTFOUND,
                                   "unet: side path %zu: \"%s\" is no Linear or Conv2d weight", i,
                                   p->weight ? p->weight : "(null)");
-        if (p->rank < 0 || !p->up || (p->rank > 0 && !p->down))
-            return mood_error_set(MOOD_EINVAL,
-                                  "unet: side path %zu on \"%s\": rank %d with %s factors", i,
-                                  p->weight, p->rank, p->up ? "missing down" : "missing up");
-        if (p->rank > m->params[k].shape[0] * 64 + 4096) /* a rank past any real adapter */
+        if (p->rank < 0)
             return mood_error_set(MOOD_EINVAL, "unet: side path %zu on \"%s\": rank %d", i,
                                   p->weight, p->rank);
+        if (!p->up || (p->rank > 0 && !p->down))
+            return mood_error_set(MOOD_EINVAL, "unet: side path %zu on \"%s\": no %s factor", i,
+                                  p->weight, p->up ? "down" : "up");
         idx[i] = k;
     }
     return 0;
@@ -438,6 +437,8 @@ int mood_unet_set_side_paths(mood_unet *m, const mood_side_path *paths, size_t n
     long *idx = NULL;
     mood_side_path *sides = NULL;
     int err = 0;
+    if (n && !paths)
+        return mood_error_set(MOOD_EINVAL, "unet: %zu side paths given without an array", n);
     if (n && (!(idx = mood_malloc(n * sizeof *idx)) || !(sides = mood_malloc(n * sizeof *sides)))) {
         err = mood_error_nomem();
         goto done;

@@ -100,8 +100,13 @@ def make_loras(out, n=6, rank=32):
         g = torch.Generator().manual_seed(k)
         sd = {}
         for name, o, i in lora_modules():
-            sd[name + ".lora_down.weight"] = (torch.randn(rank, i, generator=g) * 0.02).half()
-            sd[name + ".lora_up.weight"] = (torch.randn(o, rank, generator=g) * 0.02).half()
+            conv = name.endswith("_proj_in") or name.endswith("_proj_out")  # SD1: 1x1 convs
+            down = torch.randn(rank, i, generator=g) * 0.02
+            up = torch.randn(o, rank, generator=g) * 0.02
+            if conv:
+                down, up = down[:, :, None, None], up[:, :, None, None]
+            sd[name + ".lora_down.weight"] = down.half()
+            sd[name + ".lora_up.weight"] = up.half()
             sd[name + ".alpha"] = torch.tensor(float(rank / 2)).half()
         save_file(sd, path, metadata={"ss_network_module": "networks.lora",
                                       "ss_network_dim": str(rank),

@@ -100,4 +100,53 @@ void mood_op_concat_channels(float *out, const float *a, int Ca, const float *b,
 void mood_op_lora_linear(float *out, const float *inp, const float *down, const float *up,
                          int rank, float scale, size_t N, int IC, int OC, float *tmp);
 
+/* ----- backward ------------------------------------------------------------------------------
+ * (engine/cpu/ops_backward.c) For training. Every gradient output is ACCUMULATED (+=), as in
+ * llm.c, so a tensor used twice (a residual) receives both contributions; the caller zeroes
+ * gradient buffers before a backward pass. Any gradient pointer may be NULL when that gradient
+ * is not wanted (frozen weights: dw and dbias NULL, only dinp flows). Inputs are the forward
+ * pass's inputs (and the statistics it returned); results do not depend on the thread count. */
+
+void mood_op_linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                             const float *inp, const float *w, size_t N, int IC, int OC);
+
+size_t mood_op_conv2d_backward_scratch(const mood_conv2d_dims *d);
+void mood_op_conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                             const float *inp, const float *w, const mood_conv2d_dims *d,
+                             float *scratch);
+
+/* mean, rstd: what the forward pass wrote to mean_out / rstd_out. */
+void mood_op_group_norm_backward(float *dinp, float *dw, float *db, const float *dout,
+                                 const float *inp, const float *w, const float *mean,
+                                 const float *rstd, int B, int C, size_t HW, int groups);
+void mood_op_layer_norm_backward(float *dinp, float *dw, float *db, const float *dout,
+                                 const float *inp, const float *w, const float *mean,
+                                 const float *rstd, size_t N, int C);
+
+void mood_op_silu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void mood_op_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void mood_op_quick_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+/* inp (N x 2F) as the forward pass got it; dinp (N x 2F). */
+void mood_op_geglu_backward(float *dinp, const float *dout, const float *inp, size_t N, int F);
+
+/* Recomputes the softmax from q and k (nothing of the forward pass is kept but its inputs). */
+size_t mood_op_attention_backward_scratch(int Tq, int Tk);
+void mood_op_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                const float *q, const float *k, const float *v, int B, int H,
+                                int Tq, int Tk, int D, int causal, float scale, float *scratch);
+
+void mood_op_upsample_nearest2x_backward(float *dinp, const float *dout, int BC, int H, int W);
+/* dinp (B x C x HW) += dout's part; dv (B x C) += its sum over HW. */
+void mood_op_add_channel_bias_backward(float *dv, const float *dout, int B, int C, size_t HW);
+void mood_op_nchw_to_nhwc_backward(float *dinp, const float *dout, int B, int C, size_t HW);
+void mood_op_nhwc_to_nchw_backward(float *dinp, const float *dout, int B, int C, size_t HW);
+void mood_op_concat_channels_backward(float *da, float *db, const float *dout, int Ca, int Cb,
+                                      int B, size_t HW);
+
+/* The side path out += scale · (inp · down^T) · up^T: gradients of its input and both factors.
+ * tmp, dtmp: N x rank floats each (inp · down^T is recomputed into tmp). */
+void mood_op_lora_linear_backward(float *dinp, float *ddown, float *dup, const float *dout,
+                                  const float *inp, const float *down, const float *up, int rank,
+                                  float scale, size_t N, int IC, int OC, float *tmp, float *dtmp);
+
 #endif /* MOOD_ENGINE_CPU_OPS_H */
