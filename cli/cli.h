@@ -94,6 +94,10 @@ extern const char cmd_pack_export_help[], cmd_pack_import_help[];
 int cmd_gen(int argc, char **argv);
 extern const char cmd_gen_help[];
 
+/* Training a style from a mood board (cmd_train.c). */
+int cmd_train(int argc, char **argv);
+extern const char cmd_train_help[];
+
 /* The CLIP tokenizer and A1111 prompt syntax (cmd_tokenize.c). */
 int cmd_tokenize(int argc, char **argv);
 extern const char cmd_tokenize_help[];

@@ -19,6 +19,7 @@ const cli_command cli_commands[] = {
     {"hash", "compute AutoV1/V2/V3, SHA-256 and CRC32 of a model file", cmd_hash_help, cmd_hash},
     {"gen", "generate images from a prompt with styles stacked at chosen weights", cmd_gen_help,
      cmd_gen},
+    {"train", "train a style LoRA from a mood board of a few images", cmd_train_help, cmd_train},
     {"bake", "merge LoRAs into a checkpoint", cmd_bake_help, cmd_bake},
     {"lora stack", "combine LoRAs into one exactly equivalent LoRA", cmd_lora_stack_help,
      cmd_lora_stack},

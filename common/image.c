@@ -15,6 +15,7 @@
 #include <zlib.h>
 
 #include "common/common.h"
+#include "common/image_decode.h"
 #include "common/image_stb.h"
 #include "mood/image.h"
 
@@ -621,9 +622,7 @@ static int check_decodable(const mood_map *m, const char *path)
     if (starts_like(m, png_signature, 8) || starts_like(m, "\xFF\xD8\xFF", 3) ||
         starts_like(m, "BM", 2))
         return 0; /* stb_image decodes it or says what is wrong */
-    if (m->size >= 12 && !memcmp(m->data, "RIFF", 4) && !memcmp(m->data + 8, "WEBP", 4))
-        return mood_error_set(MOOD_EUNSUPPORTED, "%s: WebP images are not supported yet", path);
-    return mood_error_set(MOOD_EUNSUPPORTED, "%s: not a PNG, JPEG or BMP image", path);
+    return mood_error_set(MOOD_EUNSUPPORTED, "%s: not a PNG, JPEG, WebP or BMP image", path);
 }
 
 int mood_image_load(mood_image **out, const char *path)
@@ -638,6 +637,10 @@ int mood_image_load(mood_image **out, const char *path)
         return mood_error_set(MOOD_EINVAL, "mood_image_load: NULL argument");
     if ((err = mood_map_file(&m, path)) != 0)
         return err;
+    if (mood__webp_is(m.data, m.size)) {
+        err = mood__webp_decode(&img, m.data, m.size, path);
+        goto orient;
+    }
     if ((err = check_decodable(&m, path)) != 0)
         goto done;
     if (mood__stb_info(m.data, m.size, &w, &h, &c, &reason) != 0) {
@@ -665,6 +668,9 @@ int mood_image_load(mood_image **out, const char *path)
             err = mood_error_set(MOOD_EFORMAT, "%s: cannot decode the image: %s", path, reason);
         goto done;
     }
+orient:
+    if (!err)
+        err = mood__image_orient(img, mood__exif_orientation(m.data, m.size));
 done:
     mood_unmap(&m);
     if (err)

@@ -313,6 +313,76 @@ uint32_t mood_rng_torch_cpu_next_u32(mood_rng_torch_cpu *g)
     return mt_next(g);
 }
 
+/* ----- state (de)serialisation ------------------------------------------------------------- */
+
+#define STATE_VERSION 1u
+
+static uint8_t *put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+    return p + 4;
+}
+
+static const uint8_t *get_u32(const uint8_t *p, uint32_t *v)
+{
+    *v = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return p + 4;
+}
+
+/* Layout: version, state[624], left, next, has_normal (u32 each), normal (f64 bits, u64),
+ * kernel (u32). */
+void mood_rng_torch_cpu_get_state(const mood_rng_torch_cpu *g,
+                                  uint8_t out[MOOD_RNG_TORCH_CPU_STATE_SIZE])
+{
+    uint8_t *p = out;
+    uint64_t bits;
+    p = put_u32(p, STATE_VERSION);
+    for (int i = 0; i < MT_N; i++)
+        p = put_u32(p, g->state[i]);
+    p = put_u32(p, (uint32_t)g->left);
+    p = put_u32(p, g->next);
+    p = put_u32(p, (uint32_t)g->has_normal);
+    memcpy(&bits, &g->normal, sizeof bits);
+    p = put_u32(p, (uint32_t)bits);
+    p = put_u32(p, (uint32_t)(bits >> 32));
+    put_u32(p, (uint32_t)g->kernel);
+}
+
+int mood_rng_torch_cpu_set_state(mood_rng_torch_cpu *g, const uint8_t *in, size_t size)
+{
+    mood_rng_torch_cpu t;
+    uint32_t version, left, has_normal, lo, hi, kernel;
+    uint64_t bits;
+    const uint8_t *p = in;
+    if (!g || !in || size != MOOD_RNG_TORCH_CPU_STATE_SIZE)
+        return mood_error_set(MOOD_EFORMAT, "random generator state: %zu bytes, expected %d", size,
+                              MOOD_RNG_TORCH_CPU_STATE_SIZE);
+    p = get_u32(p, &version);
+    for (int i = 0; i < MT_N; i++)
+        p = get_u32(p, &t.state[i]);
+    p = get_u32(p, &left);
+    p = get_u32(p, &t.next);
+    p = get_u32(p, &has_normal);
+    p = get_u32(p, &lo);
+    p = get_u32(p, &hi);
+    get_u32(p, &kernel);
+    /* After seeding left = 1 and next = 0; after any draw left + next = MT_N + 1 (mt_next
+     * counts left down before it regenerates). */
+    if (version != STATE_VERSION || left < 1 || left > MT_N || t.next > MT_N ||
+        (left + t.next != MT_N + 1 && !(left == 1 && t.next == 0)) || has_normal > 1 ||
+        (kernel != MOOD_RNG_CPU_KERNEL_AVX2 && kernel != MOOD_RNG_CPU_KERNEL_SCALAR))
+        return mood_error_set(MOOD_EFORMAT, "random generator state: invalid (version %u)",
+                              version);
+    bits = (uint64_t)hi << 32 | lo;
+    memcpy(&t.normal, &bits, sizeof bits);
+    t.left = (int)left;
+    t.has_normal = (int)has_normal;
+    t.kernel = (mood_rng_cpu_kernel)kernel;
+    *g = t;
+    return MOOD_OK;
+}
+
 static int check_args(const void *g, const void *out, size_t n, const char *fn)
 {
     if (!g || (!out && n > 0))

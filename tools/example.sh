@@ -3,6 +3,9 @@
 # it on the bundled example files: inspects and hashes a LoRA, bakes two LoRAs into the tiny
 # example checkpoint at chosen strengths, stacks them, inspects the result, then imports them
 # into a style registry (in examples/out/registry, not your own) and makes a style of both.
+# Last it generates: `mood gen` with a style on the tiny random-weight SD1 pipeline of the tests
+# (its images are noise: it shows the mechanics, PNG parameters and --from-png; a trained small
+# model to make real pictures with comes later), then regenerates the image from its PNG.
 # Output goes to examples/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +33,14 @@ step "$mood" style create ink-and-grain --lora inkwash:0.8 --lora film-grain:0.3
     --trigger "inkwash, film grain" --template "{prompt}, ink wash painting"
 step "$mood" list
 step "$mood" search grain
-printf '\nWrote %s/tiny-sd1-baked.safetensors, %s/inkwash+grain.safetensors and a registry in %s\n' \
-    "$out" "$out" "$MOOD_HOME"
+tiny=tests/fixtures/pipeline
+cp "$tiny/lora.safetensors" "$out/tiny-style.safetensors"
+step "$mood" import "$out/tiny-style.safetensors"
+step "$mood" style edit tiny-style --template "{prompt}, in the tiny style" --weight 0.7
+step "$mood" gen "a lighthouse at dusk" --model "$tiny/tiny-sd" --style tiny-style --size 64x64 \
+    --steps 8 --seed 42 --sampler "DPM++ 2M Karras" -o "$out/lighthouse.png"
+step "$mood" gen --from-png "$out/lighthouse.png" --model "$tiny/tiny-sd" -o "$out/again.png"
+cmp "$out/lighthouse.png" "$out/again.png" && echo "regenerated from its parameters: identical"
+printf '\nWrote %s/tiny-sd1-baked.safetensors, %s/inkwash+grain.safetensors, %s/lighthouse.png and\n' \
+    "$out" "$out" "$out"
+printf 'a registry in %s\n' "$MOOD_HOME"

@@ -4,9 +4,11 @@
 # otherwise. Extra arguments name optional groups: "fuzz" adds clang's libFuzzer runtime.
 set -euo pipefail
 
+# libwebp7 is only loaded at run time (dlopen, common/image_webp.c) to read WebP mood boards.
 packages=(build-essential cmake ninja-build pkg-config python3
           libopenblas-dev libopenblas-openmp-dev libcjson-dev libssl-dev zlib1g-dev
-          libsqlite3-dev libarchive-dev libcurl4-openssl-dev libpng-dev libstb-dev)
+          libsqlite3-dev libarchive-dev libcurl4-openssl-dev libpng-dev libstb-dev
+          libwebp7)
 for group in "$@"; do
     case "$group" in
     fuzz) packages+=(clang libclang-rt-14-dev) ;;

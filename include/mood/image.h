@@ -57,10 +57,12 @@ MOOD_WARN_UNUSED int mood_image_write_png(const char *path, const mood_image *im
 MOOD_WARN_UNUSED int mood_image_read_png_text(char **value_out, const char *path, const char *key);
 void mood_image_free_string(char *s);
 
-/* Decodes a PNG, JPEG or BMP file (stb_image). Gray and RGB files give 3 channels, files with
- * alpha 4; 16-bit PNGs are reduced to 8 bits. MOOD_ENOTFOUND for a missing file, MOOD_EFORMAT for
- * an undecodable one, MOOD_EUNSUPPORTED for other formats and for images over 2^28 pixels.
- * Not yet: WebP, and EXIF orientation of JPEGs (the pixels come as stored). */
+/* Decodes a PNG, JPEG or BMP file (stb_image) or a still WebP file (libwebp, loaded on first
+ * use), and turns the pixels upright by the file's EXIF orientation (JPEG, PNG eXIf, WebP EXIF) as
+ * Pillow's ImageOps.exif_transpose does. Gray and RGB files give 3 channels, files with alpha 4;
+ * 16-bit PNGs are reduced to 8 bits. MOOD_ENOTFOUND for a missing file, MOOD_EFORMAT for an
+ * undecodable one, MOOD_EUNSUPPORTED for other formats, animated WebP and images over 2^28
+ * pixels, MOOD_EBACKEND for a WebP file when libwebp (libwebp7) is not installed. */
 MOOD_WARN_UNUSED int mood_image_load(mood_image **out, const char *path);
 
 /* Tiles n images of equal size and channel count into a grid, left to right then top to

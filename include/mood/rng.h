@@ -12,6 +12,9 @@
  *    seed/offset bookkeeping and its grid-stride kernel layout), computed on the CPU. The
  *    uniform bits are exact; the normals come from the GPU's logf/__sincosf, which the CPU can
  *    only approximate: expect differences of about 1e-6 (see mood_rng_torch_cuda_randn).
+ *    AUTOMATIC1111's CPU re-implementation of the same noise (its "NV" RNG source,
+ *    modules/rng_philox.py, which computes Box-Muller in double) agrees within 2e-6
+ *    (tests/unit/test_rng.c); no real GPU output has been compared yet.
  *
  * Seeds are uint64_t. torch.manual_seed(s) with a negative s uses s modulo 2^64, so pass
  * (uint64_t)s.
@@ -73,6 +76,19 @@ MOOD_WARN_UNUSED int mood_rng_torch_cpu_randint(mood_rng_torch_cpu *g, int64_t *
                                                 int64_t low, int64_t high);
 /* The next raw 32-bit output of the mt19937 engine (torch's generator.random()). */
 uint32_t mood_rng_torch_cpu_next_u32(mood_rng_torch_cpu *g);
+
+/* Bytes of a serialised generator state (mood_rng_torch_cpu_get_state). */
+#define MOOD_RNG_TORCH_CPU_STATE_SIZE 2524
+
+/* Serialises g's whole state (mt19937 words and position, the cached normal, the kernel choice)
+ * into out, little-endian, so a training run can be checkpointed and resumed with the same
+ * random stream. The format is mood's own (version 1), not torch's get_state() layout. */
+void mood_rng_torch_cpu_get_state(const mood_rng_torch_cpu *g,
+                                  uint8_t out[MOOD_RNG_TORCH_CPU_STATE_SIZE]);
+/* Restores a state written by mood_rng_torch_cpu_get_state. MOOD_EFORMAT (g unchanged) when
+ * `size` is not MOOD_RNG_TORCH_CPU_STATE_SIZE or the bytes are not a valid state. */
+MOOD_WARN_UNUSED int mood_rng_torch_cpu_set_state(mood_rng_torch_cpu *g, const uint8_t *in,
+                                                  size_t size);
 
 /* ----- Philox4x32-10 and torch's CUDA generator ------------------------------------------- */
 

@@ -70,6 +70,12 @@ else
     echo "note: no tools/.venv with PIL and safetensors: pixel comparison with diffusers skipped"
 fi
 
+# ----- previews
+expect_rc 0 "--preview-every" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --sampler euler \
+    --preview-every 3 -o "$tmp/p.png"
+check "preview written" test -s "$tmp/p.png.preview.png"
+check "previews leave the image unchanged" cmp -s "$tmp/a.png" "$tmp/p.png"
+
 # ----- --from-png reproduces the image bit for bit
 expect_rc 0 "gen --from-png" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" -o "$tmp/b.png"
 check "same bytes" cmp -s "$tmp/a.png" "$tmp/b.png"

@@ -341,7 +341,8 @@ static void test_corrupt_files(void)
     MOOD_CHECK(mood_image_load(&dec, bad) == MOOD_EUNSUPPORTED);
     MOOD_CHECK(write_file(bad, "RIFF\0\0\0\0WEBPVP8 ", 16) == 0);
     check_fails(bad, MOOD_EUNSUPPORTED, "WebP");
-    MOOD_CHECK(mood_image_load(&dec, bad) == MOOD_EUNSUPPORTED);
+    /* WebP decodes (libwebp, tests/unit/test_train.c); this header alone is truncated */
+    MOOD_CHECK(mood_image_load(&dec, bad) == MOOD_EFORMAT);
     check_fails(fixture("image/rgb.jpg"), MOOD_EUNSUPPORTED, "JPEG");
     check_fails(scratch_path("missing.png"), MOOD_ENOTFOUND, "missing");
     MOOD_CHECK(mood_image_load(&dec, scratch_path("missing.png")) == MOOD_ENOTFOUND);

@@ -1,0 +1,335 @@
+/*
+ * cmd_train.c: `mood train`: a style LoRA from a mood board (mood/train.h), written in kohya's
+ * format with its loss curve, then registered as a style (imported with a sidecar that carries
+ * the trigger word) unless --no-register. Ctrl-C saves a checkpoint that --resume continues.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "mood/train.h"
+
+const char cmd_train_help[] =
+    "usage: mood train --name NAME --board DIR_OR_FILE... --model BASE [options]\n\n"
+    "Trains a style LoRA from a mood board: a folder of images (PNG, JPEG, WebP, BMP) or a list\n"
+    "of files that share a look. About five images are enough. Captions come from NAME.txt\n"
+    "beside an image (kohya's convention), else \"TRIGGER, a picture\". The result is a kohya\n"
+    "LoRA (A1111, ComfyUI and diffusers load it) registered as style NAME.\n\n"
+    "  --name NAME          the style's name (and the file's)\n"
+    "  --board PATH         an image or a folder of images; repeat or list several\n"
+    "  --model BASE         the base model (as for mood gen)\n"
+    "  --trigger WORD       the trigger word put in captions and in the style (default: NAME)\n"
+    "  --steps N            optimizer steps (default 600)\n"
+    "  --rank N, --alpha A  LoRA rank and alpha (default 16 and 8: scale 0.5)\n"
+    "  --lr X               learning rate (default 1e-4), --te-lr for the text encoder\n"
+    "  --batch N            images per step (default 1); --accum N micro-batches per step\n"
+    "  --res N              training resolution (default 512; SDXL 1024); --buckets for\n"
+    "                       aspect-ratio buckets instead of centre crops\n"
+    "  --targets T          attn, attn+ff (default), all, style-blocks\n"
+    "  --te                 train the text encoder too\n"
+    "  --schedule S         constant (default), cosine, linear; --warmup N steps\n"
+    "  --min-snr G          min-SNR-gamma weighting (default 5; 0 off)\n"
+    "  --noise-offset X     (default 0.05; 0 off)\n"
+    "  --seed N             (default 0)\n"
+    "  --resume             continue from the checkpoint a stopped run left\n"
+    "  --device cpu|cuda    (cpu; the CUDA backend is not built yet)\n"
+    "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
+    "  --no-register        do not add the style to the registry\n"
+    "  --json               print what was written as JSON\n\n"
+    "Why these defaults: rank 16 with alpha 8 and lr 1e-4 are kohya's documented LoRA settings\n"
+    "(docs/train_network.md) with its recommended alpha of half the rank; attention and\n"
+    "feed-forward layers carry style (OneTrainer's attn-mlp preset); min-SNR 5 and a small noise\n"
+    "offset are kohya's recommendations; 600 steps over five images (with flips) is about 60\n"
+    "epochs, where style LoRAs of this size usually converge without burning.\n\n"
+    "Example:\n"
+    "  mood train --name inkwash --board ~/boards/inkwash --model sd15.safetensors \\\n"
+    "             --trigger inkwash\n\n"
+    "Files beside the output: NAME.checkpoint.safetensors (while training), NAME.loss.csv and\n"
+    "NAME.loss.png (the loss curve). Exit status: 0 trained, 1 bad input (an image that does\n"
+    "not decode, bad option), 2 environment; 130 when stopped (a checkpoint is kept).\n";
+
+typedef struct train_args {
+    mood_train_options o;
+    const char **board;
+    size_t n_board;
+    const char *output, *trigger, *device;
+    int json, no_register;
+    char *ckpt, *csv, *png, *out_default;
+} train_args;
+
+/* ----- progress ------------------------------------------------------------------------------ */
+
+static int progress(const mood_train_progress *p, void *payload)
+{
+    static double last;
+    struct timespec ts;
+    double now;
+    (void)payload;
+    if (!isatty(STDERR_FILENO))
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = ts.tv_sec + ts.tv_nsec * 1e-9;
+    if (now - last < 0.2 && p->done != p->total)
+        return 0;
+    last = now;
+    if (strcmp(p->phase, "train") == 0)
+        fprintf(stderr,
+                "\r\033[Ktrain %lld/%lld  loss %.4f (avg %.4f)  lr %.2g  %.2f it/s  %.0f s left",
+                (long long)p->done, (long long)p->total, p->loss, p->loss_avg, p->lr, p->it_per_s,
+                p->eta_s);
+    else
+        fprintf(stderr, "\r\033[K%s %lld/%lld", p->phase, (long long)p->done, (long long)p->total);
+    if (p->done == p->total)
+        fputc('\n', stderr);
+    return 0;
+}
+
+/* ----- arguments ----------------------------------------------------------------------------- */
+
+static int add_board(train_args *a, const char *path)
+{
+    const char **grown = realloc(a->board, (a->n_board + 1) * sizeof *grown);
+    if (!grown)
+        return 2;
+    a->board = grown;
+    a->board[a->n_board++] = path;
+    return 0;
+}
+
+/* Options with a number; returns 0, 1 (bad value) or -1 (not one of them). */
+static int parse_number(train_args *a, const char *s, const char *v)
+{
+    mood_train_options *o = &a->o;
+    long n = 0;
+    double d = 0;
+    int is_int = cli_parse_int(v, &n) == 0, is_num = cli_parse_double(v, &d) == 0;
+    if (strcmp(s, "--steps") == 0 && is_int && n > 0)
+        o->steps = n;
+    else if (strcmp(s, "--rank") == 0 && is_int && n > 0 && n <= 1024)
+        o->rank = (int)n;
+    else if (strcmp(s, "--alpha") == 0 && is_num && d > 0)
+        o->alpha = d;
+    else if (strcmp(s, "--lr") == 0 && is_num && d > 0)
+        o->lr = d;
+    else if (strcmp(s, "--te-lr") == 0 && is_num && d >= 0)
+        o->te_lr = d;
+    else if (strcmp(s, "--batch") == 0 && is_int && n > 0 && n <= 64)
+        o->batch = (int)n;
+    else if (strcmp(s, "--accum") == 0 && is_int && n > 0 && n <= 1024)
+        o->accum = (int)n;
+    else if (strcmp(s, "--res") == 0 && is_int && n >= 64 && n % 64 == 0 && n <= 2048)
+        o->board_opts.resolution = (int)n;
+    else if (strcmp(s, "--warmup") == 0 && is_int && n >= 0)
+        o->warmup = n;
+    else if (strcmp(s, "--min-snr") == 0 && is_num && d >= 0)
+        o->min_snr_gamma = d;
+    else if (strcmp(s, "--noise-offset") == 0 && is_num && d >= 0 && d < 1)
+        o->noise_offset = d;
+    else if (strcmp(s, "--seed") == 0 && is_int && n >= 0)
+        o->seed = (uint64_t)n;
+    else if (strcmp(s, "--steps") && strcmp(s, "--rank") && strcmp(s, "--alpha") &&
+             strcmp(s, "--lr") && strcmp(s, "--te-lr") && strcmp(s, "--batch") &&
+             strcmp(s, "--accum") && strcmp(s, "--res") && strcmp(s, "--warmup") &&
+             strcmp(s, "--min-snr") && strcmp(s, "--noise-offset") && strcmp(s, "--seed"))
+        return -1;
+    else
+        return cli_usage_error("train", "%s %s: not a valid value", s, v);
+    return 0;
+}
+
+static int parse_valued(train_args *a, const char *s, const char *v)
+{
+    int rc = parse_number(a, s, v);
+    if (rc >= 0)
+        return rc;
+    if (strcmp(s, "--name") == 0)
+        a->o.name = v;
+    else if (strcmp(s, "--board") == 0)
+        return add_board(a, v);
+    else if (strcmp(s, "--model") == 0)
+        a->o.model = v;
+    else if (strcmp(s, "--trigger") == 0)
+        a->trigger = v;
+    else if (strcmp(s, "-o") == 0 || strcmp(s, "--output") == 0)
+        a->output = v;
+    else if (strcmp(s, "--device") == 0)
+        a->device = v;
+    else if (strcmp(s, "--targets") == 0 && mood_train_targets_parse(&a->o.targets, v) != 0)
+        return cli_usage_error("train", "%s", mood_error_last());
+    else if (strcmp(s, "--schedule") == 0 && mood_lr_schedule_parse(&a->o.lr_schedule, v) != 0)
+        return cli_usage_error("train", "%s", mood_error_last());
+    else if (strcmp(s, "--targets") && strcmp(s, "--schedule"))
+        return -1;
+    return 0;
+}
+
+static int parse_args(train_args *a, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        int rc;
+        if (strcmp(s, "--json") == 0)
+            a->json = 1;
+        else if (strcmp(s, "--te") == 0)
+            a->o.train_te = 1;
+        else if (strcmp(s, "--resume") == 0)
+            a->o.resume = 1;
+        else if (strcmp(s, "--buckets") == 0)
+            a->o.board_opts.buckets = 1;
+        else if (strcmp(s, "--no-register") == 0)
+            a->no_register = 1;
+        else if (s[0] != '-' && a->n_board > 0) { /* more files after --board */
+            if ((rc = add_board(a, s)) != 0)
+                return rc;
+        } else if (i + 1 >= argc)
+            return cli_usage_error("train", "%s needs a value (or is unknown)", s);
+        else if ((rc = parse_valued(a, s, argv[i + 1])) < 0)
+            return cli_usage_error("train", "unknown argument '%s'", s);
+        else if (rc > 0)
+            return rc;
+        else
+            i++;
+    }
+    if (!a->o.name || !a->n_board || !a->o.model)
+        return cli_usage_error("train", "--name, --board and --model are needed");
+    if (mood_registry_name_check(a->o.name) != 0)
+        return cli_usage_error("train", "%s", mood_error_last());
+    if (a->device && strcmp(a->device, "cpu") != 0) {
+        fprintf(stderr,
+                "mood: error: --device %s: this build trains on the CPU only (the CUDA "
+                "backend is not built yet)\n",
+                a->device);
+        return strcmp(a->device, "cuda") == 0 ? 2 : 1;
+    }
+    return 0;
+}
+
+/* ----- files --------------------------------------------------------------------------------- */
+
+/* OUT.safetensors -> OUT<suffix> (malloc'd). */
+static char *beside(const char *out, const char *suffix)
+{
+    size_t n = strlen(out);
+    char *p;
+    if (n > 12 && strcmp(out + n - 12, ".safetensors") == 0)
+        n -= 12;
+    if (!(p = malloc(n + strlen(suffix) + 1)))
+        return NULL;
+    memcpy(p, out, n);
+    strcpy(p + n, suffix);
+    return p;
+}
+
+static int set_files(train_args *a)
+{
+    if (!a->output) {
+        if (!(a->out_default = beside(a->o.name, ".safetensors")))
+            return 2;
+        a->output = a->out_default;
+    }
+    a->ckpt = beside(a->output, ".checkpoint.safetensors");
+    a->csv = beside(a->output, ".loss.csv");
+    a->png = beside(a->output, ".loss.png");
+    if (!a->ckpt || !a->csv || !a->png)
+        return 2;
+    a->o.output = a->output;
+    a->o.checkpoint = a->ckpt;
+    a->o.checkpoint_every = 100;
+    a->o.loss_csv = a->csv;
+    a->o.loss_png = a->png;
+    a->o.board = a->board;
+    a->o.n_board = a->n_board;
+    a->o.board_opts.trigger = a->trigger ? a->trigger : a->o.name;
+    return 0;
+}
+
+/* A1111's sidecar (NAME.json: "activation text", "preferred weight") beside the LoRA, so the
+ * import takes the trigger word as any A1111 user's file would give it. */
+static int write_sidecar(const train_args *a)
+{
+    char *path = beside(a->output, ".json");
+    cJSON *j = cJSON_CreateObject();
+    char *text;
+    FILE *f;
+    int rc = 2;
+    cJSON_AddStringToObject(j, "activation text", a->o.board_opts.trigger);
+    cJSON_AddNumberToObject(j, "preferred weight", 1.0);
+    cJSON_AddStringToObject(j, "description", "trained by mood train");
+    text = cJSON_Print(j);
+    if (path && text && (f = fopen(path, "w"))) {
+        rc = fputs(text, f) < 0 ? 2 : 0;
+        rc = fclose(f) != 0 ? 2 : rc;
+    }
+    free(text);
+    free(path);
+    cJSON_Delete(j);
+    return rc;
+}
+
+static int register_style(const train_args *a, mood_import_result *res)
+{
+    mood_registry *reg = NULL;
+    int rc, err;
+    if (write_sidecar(a) != 0)
+        cli_warn("could not write the sidecar beside %s; the style gets no trigger word",
+                 a->output);
+    if ((rc = cli_registry_open(&reg)) != 0)
+        return rc;
+    err = mood_registry_import_file(reg, res, a->output, NULL, NULL);
+    mood_registry_close(reg);
+    return err ? cli_fail(err) : 0;
+}
+
+static int report(const train_args *a, const mood_import_result *res)
+{
+    cJSON *o;
+    if (!a->json) {
+        printf("%s\n", a->output);
+        if (!a->no_register)
+            fprintf(stderr, "registered as style '%s': mood gen \"...\" --style %s\n", res->name,
+                    res->name);
+        return 0;
+    }
+    o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "lora", a->output);
+    cJSON_AddStringToObject(o, "loss_csv", a->csv);
+    cJSON_AddStringToObject(o, "loss_png", a->png);
+    if (!a->no_register)
+        cJSON_AddStringToObject(o, "style", res->name);
+    return cli_print_json(o);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    train_args a;
+    mood_import_result res;
+    int rc, err;
+    memset(&a, 0, sizeof a);
+    memset(&res, 0, sizeof res);
+    mood_train_options_init(&a.o);
+    a.o.steps = 600;
+    a.o.handle_signals = 1;
+    a.o.progress = progress;
+    if ((rc = parse_args(&a, argc, argv)) == 0 && (rc = set_files(&a)) == 0) {
+        err = mood_train_run(&a.o);
+        if (err == MOOD_ECANCELLED) {
+            fprintf(stderr, "\nmood: stopped; the checkpoint %s continues with --resume\n", a.ckpt);
+            rc = 130;
+        } else if (err) {
+            rc = cli_fail(err);
+        } else if (!a.no_register && (rc = register_style(&a, &res)) == 0) {
+            rc = report(&a, &res);
+        } else if (a.no_register) {
+            rc = report(&a, &res);
+        }
+    }
+    free(a.board);
+    free(a.ckpt);
+    free(a.csv);
+    free(a.png);
+    free(a.out_default);
+    return rc;
+}

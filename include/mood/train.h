@@ -1,0 +1,247 @@
+/*
+ * train.h: training a style LoRA from a mood board (a folder or a list of image files).
+ *
+ * The recipe follows kohya sd-scripts' train_network.py (engine-anchors.md §4.1) and diffusers'
+ * train_text_to_image_lora.py, in the manner of llm.c's training loop (§2): flat fp32 parameter,
+ * gradient and AdamW buffers, one loop, checkpoints that resume bit for bit.
+ *
+ *   board      images decoded (PNG, JPEG, WebP, BMP; EXIF orientation), alpha flattened on
+ *              white, resized (antialiased bilinear, stb_image_resize) and centre-cropped to the
+ *              training size or to kohya's aspect-ratio buckets; captions from NAME.txt beside
+ *              each image (kohya's convention), else a template with the trigger word.
+ *   latents    every (image, flip) VAE-encoded once: latent_dist.sample() * scaling_factor, as
+ *              kohya's cache_latents does (the sample's noise comes from the training generator,
+ *              see "Randomness" below).
+ *   step       noise, noise offset, timesteps, noisy latents and the epsilon or v target as
+ *              kohya's get_noise_noisy_latents_and_timesteps; per-sample min-SNR-γ weights
+ *              (kohya apply_snr_weight); the model's loss and LoRA gradients (mood_train_loss_fn);
+ *              gradient accumulation, clipping by global norm, AdamW (torch.optim.AdamW), the
+ *              learning rate from diffusers' get_scheduler.
+ *   output     a kohya-format LoRA (lora_up / lora_down / alpha, kohya module names) with the
+ *              ss_* and modelspec.* metadata kohya writes; the loss curve as CSV and PNG.
+ *
+ * Randomness: one torch CPU generator (mood/rng.h) seeded with `seed` makes every random number,
+ * in this order, so a torch program doing the same draws reproduces the run
+ * (tools/make_fixtures_train.py is one):
+ *   1. LoRA init: for each module in order, down = kaiming_uniform_(a = sqrt(5)) (torch.nn.Linear's
+ *      and kohya's init: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))), up = 0; no draws for up.
+ *   2. Latent cache: for each image in board order, unflipped then (with flips) flipped:
+ *      torch.randn(latent shape) for latent_dist.sample().
+ *   3. Per epoch: torch.randperm(n_images); with flips, torch.rand(n_images) (image i is used
+ *      flipped this epoch when its value < 0.5).
+ *   4. Per micro-batch: noise = torch.randn(B, C, h, w); with a noise offset,
+ *      noise += offset * torch.randn(B, C, 1, 1); timesteps = torch.randint(0, T, (B,)).
+ * A resumed run restores the generator's state from the checkpoint.
+ *
+ * Thread-safety: a training run uses its model alone; runs on different models may overlap.
+ */
+#ifndef MOOD_TRAIN_H
+#define MOOD_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mood/core.h"
+#include "mood/gen.h"
+#include "mood/lora.h"
+#include "mood/safetensors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ----- mood boards ---------------------------------------------------------------------------- */
+
+typedef struct mood_board_options {
+    int resolution; /* training side in pixels (multiple of 64): 512 */
+    /* 0: every image resized so that it covers resolution x resolution and centre-cropped to
+     * it; 1: kohya's aspect-ratio buckets (make_bucket_resolutions: sides from min_bucket to
+     * max_bucket in steps of bucket_step, area at most resolution²), each image resized to cover
+     * the bucket of the nearest aspect ratio and centre-cropped to it. */
+    int buckets;
+    int min_bucket, max_bucket, bucket_step; /* 256, 1024, 64 */
+    const char *trigger;                     /* replaces "{trigger}" in the template; may be NULL */
+    /* Caption of an image without a sidecar caption file: "{trigger}, a picture" (without a
+     * trigger: "a picture"). */
+    const char *caption_template;
+    const char *caption_ext; /* sidecar caption extension: ".txt" */
+} mood_board_options;
+
+void mood_board_options_init(mood_board_options *o);
+
+/* One image of a board, ready for the VAE. */
+typedef struct mood_board_item {
+    const char *path;          /* the image file */
+    const char *caption;       /* the sidecar's first non-empty line, or the template */
+    int caption_from_file;     /* 1 when the caption came from a sidecar file */
+    int src_width, src_height; /* the decoded (upright) image */
+    int width, height;         /* training size: its bucket, or resolution x resolution */
+    const uint8_t *rgb;        /* width x height x 3 bytes (RGB, rows top first) */
+} mood_board_item;
+
+typedef struct mood_board mood_board;
+
+/* Loads a board from n paths, each an image file or a folder (whose PNG, JPEG, WebP and BMP
+ * files are taken, in name order; other files are ignored). Every image is decoded before
+ * anything else happens; when some cannot be, the one error (MOOD_EFORMAT, or the code of the
+ * first failure when all share it) names each of them with its reason. Errors also: MOOD_EINVAL
+ * (bad options, no images), MOOD_ENOTFOUND (a path that does not exist), MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_board_load(mood_board **out, const char *const *paths, size_t n,
+                                     const mood_board_options *o);
+void mood_board_free(mood_board *b);
+size_t mood_board_count(const mood_board *b);
+/* Borrowed, valid while b lives; NULL for i out of range. */
+const mood_board_item *mood_board_item_at(const mood_board *b, size_t i);
+/* The item as the VAE takes it: out (3 x height x width floats) = (px / 255 - 0.5) / 0.5 in
+ * float32 (torchvision ToTensor + Normalize([0.5], [0.5])), mirrored left-right when flip. */
+void mood_board_item_tensor(float *out, const mood_board_item *it, int flip);
+
+/* ----- the model's part of a step ------------------------------------------------------------- */
+
+/* One LoRA module being trained: y = W x + scale · up(down(x)) on a Linear or Conv2d weight. */
+typedef struct mood_train_module {
+    const char *weight; /* the model's weight name (diffusers UNet / transformers CLIP naming) */
+    const char *kohya;  /* kohya module name, e.g. "lora_unet_down_blocks_0_attentions_0_proj_in" */
+    mood_part part;     /* MOOD_PART_UNET or MOOD_PART_TE1 */
+    int ndim;           /* 2 (Linear) or 4 (Conv2d) */
+    int64_t out, in, kh, kw;
+    int rank;
+    double alpha;
+    float scale;                /* alpha / rank */
+    float *down, *up;           /* rank x (in·kh·kw), out x rank: the trained values */
+    float *down_grad, *up_grad; /* their gradients, same shapes */
+} mood_train_module;
+
+/* One micro-batch of B samples of C x h x w latents (every sample of a batch has one size). */
+typedef struct mood_train_batch {
+    int B, C, h, w;
+    const float *latents;   /* B x C x h x w: the clean latents x0 (scaled) */
+    const float *noise;     /* B x C x h x w: the noise added (after the noise offset) */
+    const float *noisy;     /* B x C x h x w: x_t, the model's input */
+    const float *timesteps; /* B: the model's timesteps (integers 0 .. T-1) */
+    const float *target;    /* B x C x h x w: epsilon (= noise) or v */
+    const float *weights;   /* B: per-sample loss weights (min-SNR-γ; 1 when off) */
+    const int32_t *ids;     /* B x 77: the captions' token ids (for a trained text encoder) */
+    const float *context;   /* B x ctx_len x ctx_dim: the text encoder's output (frozen
+                               encoder); NULL when the text encoder is trained */
+    int ctx_len, ctx_dim;
+    float grad_scale; /* multiply the gradients by this (1 / accumulation steps) */
+} mood_train_batch;
+
+/* The model's part of a training step. Computes the batch's loss,
+ *     loss = mean_b( weights[b] * mean_{c,y,x} (pred[b] - target[b])² ),
+ * with pred = the model's output for (noisy, timesteps, context) with the modules' side paths,
+ * and ADDS grad_scale * d(loss)/d(param) to every module's down_grad and up_grad. *loss_out gets
+ * the loss (not scaled). Returns 0 or a negative MOOD_E* code (with mood_error_set). The
+ * modules' down/up must not be changed. */
+typedef int (*mood_train_loss_fn)(void *user, const mood_train_batch *batch,
+                                  mood_train_module *modules, size_t n_modules, double *loss_out);
+
+/* ----- a training run ------------------------------------------------------------------------- */
+
+typedef enum mood_train_targets {
+    MOOD_TRAIN_ATTN = 0,    /* attention q, k, v, out (diffusers' default) */
+    MOOD_TRAIN_ATTN_FF,     /* + the feed-forward Linear layers */
+    MOOD_TRAIN_ALL,         /* kohya's targets with LoCon: every Linear/Conv of the transformers
+                               (incl. proj_in/out), resnets and resamplers */
+    MOOD_TRAIN_STYLE_BLOCKS /* attention of the B-LoRA / InstantStyle style block only: SDXL
+                               up_blocks.0.attentions.1; SD1/SD2 its counterpart
+                               up_blocks.1.attentions.1 */
+} mood_train_targets;
+
+/* "attn", "attn+ff", "all", "style-blocks". MOOD_EINVAL (listing them) for anything else. */
+MOOD_WARN_UNUSED int mood_train_targets_parse(mood_train_targets *out, const char *name);
+const char *mood_train_targets_name(mood_train_targets t);
+
+typedef enum mood_lr_schedule {
+    MOOD_LR_CONSTANT = 0, /* diffusers "constant_with_warmup" ("constant" when warmup is 0) */
+    MOOD_LR_COSINE,       /* "cosine" (half a cycle to 0 after the warmup) */
+    MOOD_LR_LINEAR        /* "linear" (to 0 after the warmup) */
+} mood_lr_schedule;
+
+MOOD_WARN_UNUSED int mood_lr_schedule_parse(mood_lr_schedule *out, const char *name);
+/* The multiplier of the base learning rate at optimizer step `step` (0-based) of `total`, as
+ * diffusers' get_scheduler(name, num_warmup_steps = warmup, num_training_steps = total) lambdas
+ * compute it in Python floats. */
+double mood_lr_factor(mood_lr_schedule s, int64_t step, int64_t warmup, int64_t total);
+
+/* What a run reports through its progress callback. */
+typedef struct mood_train_progress {
+    const char *phase;   /* "load", "board", "cache", "train", "save" */
+    int64_t done, total; /* units of the phase (images, steps) */
+    int epoch;
+    double loss;     /* train: the last optimizer step's loss (mean of its micro-batches) */
+    double loss_avg; /* train: exponential moving average of the loss (0.9) */
+    double lr;       /* train: the learning rate of the last step */
+    double it_per_s; /* train: optimizer steps per second in this session */
+    double eta_s;    /* train: seconds left at that rate */
+} mood_train_progress;
+
+/* Non-zero return: the run saves a checkpoint and stops with MOOD_ECANCELLED. */
+typedef int (*mood_train_progress_fn)(const mood_train_progress *p, void *payload);
+
+typedef struct mood_train_options {
+    const char *model;                       /* base model (mood_model_open) */
+    const mood_model_options *model_options; /* may be NULL */
+    const char *const *board;                /* image files and folders */
+    size_t n_board;
+    mood_board_options board_opts; /* resolution 0: the family's (512; SDXL 1024) */
+    const char *name;              /* ss_output_name, modelspec.title */
+    const char *output;            /* the LoRA file written at the end */
+    mood_dtype save_dtype;         /* F16 (F32, BF16) */
+    const char *checkpoint;        /* training state, written every checkpoint_every steps and when
+                                      stopped (signal, callback); NULL: none */
+    int checkpoint_every;          /* 0: only when stopped */
+    int resume;                    /* continue from `checkpoint` */
+    const char *loss_csv, *loss_png; /* loss curve files (NULL: not written) */
+    mood_train_targets targets;      /* ATTN_FF */
+    int train_te;                    /* LoRA on the text encoder too (0) */
+    int rank;                        /* 16 */
+    double alpha;                    /* 8 */
+    int64_t steps;                   /* optimizer steps: 1000 */
+    int batch;                       /* images per micro-batch: 1 */
+    int accum;                       /* micro-batches per optimizer step: 1 */
+    double lr;                       /* 1e-4 */
+    double te_lr;                    /* text-encoder learning rate; 0: lr */
+    mood_lr_schedule lr_schedule;    /* CONSTANT */
+    int64_t warmup;                  /* warmup steps: 0 */
+    double weight_decay;             /* 1e-2 (torch's AdamW default) */
+    double beta1, beta2, eps;        /* 0.9, 0.999, 1e-8 */
+    double max_grad_norm;            /* 1.0; 0: no clipping */
+    double min_snr_gamma;            /* 5; 0: off */
+    double noise_offset;             /* 0.05; 0: off */
+    int prediction;                  /* -1: the model's; MOOD_PRED_EPSILON, MOOD_PRED_V */
+    int flip;                        /* horizontal flips: 1 */
+    int clip_skip;                   /* 1 (A1111 numbering) */
+    uint64_t seed;                   /* 0 */
+    const char *comment;             /* ss_training_comment; may be NULL */
+    /* Install SIGINT/SIGTERM handlers for the run (restored after): a signal saves a checkpoint
+     * and stops with MOOD_ECANCELLED. Programs with their own handler call
+     * mood_train_request_stop instead. */
+    int handle_signals;
+    mood_train_progress_fn progress;
+    void *progress_payload;
+    /* The model's part of a step; NULL: mood's UNet (and text encoder) backward. */
+    mood_train_loss_fn loss;
+    void *loss_user;
+} mood_train_options;
+
+/* The defaults above. */
+void mood_train_options_init(mood_train_options *o);
+
+/* Trains a LoRA: opens the model, loads the board, caches latents and text conditioning,
+ * initialises (or, with resume, restores) the LoRA and optimizer, runs the steps, writes the
+ * LoRA to `output` and the loss curve. Errors: MOOD_EINVAL (options; a NaN or infinite loss: the
+ * message gives the step and the last checkpoint kept), MOOD_ECANCELLED (a signal or the
+ * callback; a checkpoint was written when `checkpoint` is set), MOOD_EUNSUPPORTED (a model the
+ * trainer cannot train yet), and those of mood_model_open, mood_board_load and the file writes. */
+MOOD_WARN_UNUSED int mood_train_run(const mood_train_options *o);
+
+/* Asks a running training to save a checkpoint and stop at the end of its current step.
+ * Async-signal-safe (sets a flag). */
+void mood_train_request_stop(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOOD_TRAIN_H */

@@ -1,0 +1,230 @@
+/*
+ * checkpoint.c: the training state of a run in one safetensors file, written atomically (a
+ * temporary file renamed over the old checkpoint only when complete and synced, so a full disk
+ * or a crash while saving leaves the previous checkpoint intact).
+ *
+ * Tensors: "lora.params" (F32, the flat LoRA parameters), "adam.m" and "adam.v" (F32),
+ * "epoch.order" (I32, this epoch's image order), "epoch.flips" (U8), "rng" (U8, the generator,
+ * mood_rng_torch_cpu_get_state), "loss" (F32, one value per step done). Metadata: format
+ * version, step, epoch, cursor and what must not change between the saving and the resuming run
+ * (layout digest of the modules, seed, batch, accumulation, flips, number of images); a resumed
+ * run restores every value bit for bit, so it continues to the same weights as an uninterrupted
+ * one.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mood/safetensors.h"
+#include "train/train_internal.h"
+
+#define VERSION "1"
+
+void mood__train_state_dispose(mood__train_state *st)
+{
+    mood_free(st->order);
+    mood_free(st->flips);
+    mood_free(st->losses);
+    st->order = NULL;
+    st->flips = NULL;
+    st->losses = NULL;
+}
+
+static int meta_i64(mood_st_writer *w, const char *key, int64_t v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%" PRId64, v);
+    return mood_st_writer_set_meta(w, key, buf);
+}
+
+static int write_meta(mood_st_writer *w, const mood__train_fingerprint *fp,
+                      const mood__train_state *st)
+{
+    char seed[32];
+    int err;
+    snprintf(seed, sizeof seed, "%" PRIu64, fp->seed);
+    if ((err = mood_st_writer_set_meta(w, "mood.train.version", VERSION)) != 0 ||
+        (err = mood_st_writer_set_meta(w, "mood.train.layout", fp->layout)) != 0 ||
+        (err = mood_st_writer_set_meta(w, "mood.train.seed", seed)) != 0 ||
+        (err = meta_i64(w, "mood.train.batch", fp->batch)) != 0 ||
+        (err = meta_i64(w, "mood.train.accum", fp->accum)) != 0 ||
+        (err = meta_i64(w, "mood.train.flip", fp->flip)) != 0 ||
+        (err = meta_i64(w, "mood.train.images", (int64_t)fp->n_items)) != 0 ||
+        (err = meta_i64(w, "mood.train.step", st->step)) != 0 ||
+        (err = meta_i64(w, "mood.train.epoch", st->epoch)) != 0)
+        return err;
+    return meta_i64(w, "mood.train.cursor", st->cursor);
+}
+
+int mood__checkpoint_save(const char *path, const mood__train_fingerprint *fp,
+                          const mood__lora_params *lp, const mood__adamw *opt,
+                          const mood__train_state *st)
+{
+    mood_st_writer *w = NULL;
+    int64_t np = (int64_t)lp->n_params, ni = (int64_t)st->n_items, nr = sizeof st->rng,
+            ns = st->step;
+    int err;
+    if ((err = mood_st_writer_new(&w)) != 0)
+        return err;
+    if ((err = mood_st_writer_add(w, "lora.params", MOOD_DTYPE_F32, 1, &np, lp->params)) != 0 ||
+        (err = mood_st_writer_add(w, "adam.m", MOOD_DTYPE_F32, 1, &np, opt->m)) != 0 ||
+        (err = mood_st_writer_add(w, "adam.v", MOOD_DTYPE_F32, 1, &np, opt->v)) != 0 ||
+        (err = mood_st_writer_add(w, "rng", MOOD_DTYPE_U8, 1, &nr, st->rng)) != 0)
+        goto done;
+    if (ni > 0 &&
+        ((err = mood_st_writer_add(w, "epoch.order", MOOD_DTYPE_I32, 1, &ni, st->order)) != 0 ||
+         (err = mood_st_writer_add(w, "epoch.flips", MOOD_DTYPE_U8, 1, &ni, st->flips)) != 0))
+        goto done;
+    if (ns > 0 && (err = mood_st_writer_add(w, "loss", MOOD_DTYPE_F32, 1, &ns, st->losses)) != 0)
+        goto done;
+    if ((err = write_meta(w, fp, st)) != 0)
+        goto done;
+    err = mood_st_writer_write(w, path, NULL, NULL);
+done:
+    if (err)
+        mood_error_prefix("training checkpoint %s", path);
+    mood_st_writer_free(w);
+    return err;
+}
+
+/* ----- loading ---------------------------------------------------------------------------- */
+
+static int get_i64(const mood_st_file *f, const char *key, int64_t *out)
+{
+    const char *v = mood_st_meta_get(f, key);
+    char *end;
+    if (!v || !*v)
+        return mood_error_set(MOOD_EFORMAT, "%s: not a mood training checkpoint (no %s)",
+                              mood_st_path(f), key);
+    *out = strtoll(v, &end, 10);
+    if (*end)
+        return mood_error_set(MOOD_EFORMAT, "%s: bad %s \"%s\"", mood_st_path(f), key, v);
+    return 0;
+}
+
+/* The file's settings must be this run's. */
+static int check_fingerprint(const mood_st_file *f, const mood__train_fingerprint *fp)
+{
+    const char *path = mood_st_path(f), *layout = mood_st_meta_get(f, "mood.train.layout");
+    const char *seed = mood_st_meta_get(f, "mood.train.seed"), *ver;
+    int64_t batch, accum, flip, images;
+    char want_seed[32];
+    int err;
+    ver = mood_st_meta_get(f, "mood.train.version");
+    if (!ver || strcmp(ver, VERSION) != 0)
+        return mood_error_set(MOOD_EFORMAT, "%s: not a mood training checkpoint of version %s",
+                              path, VERSION);
+    if ((err = get_i64(f, "mood.train.batch", &batch)) != 0 ||
+        (err = get_i64(f, "mood.train.accum", &accum)) != 0 ||
+        (err = get_i64(f, "mood.train.flip", &flip)) != 0 ||
+        (err = get_i64(f, "mood.train.images", &images)) != 0)
+        return err;
+    snprintf(want_seed, sizeof want_seed, "%" PRIu64, fp->seed);
+    if (!layout || strcmp(layout, fp->layout) != 0)
+        return mood_error_set(MOOD_EINVAL,
+                              "%s: saved for other LoRA modules (targets, rank, alpha or "
+                              "model differ)",
+                              path);
+    if (!seed || strcmp(seed, want_seed) != 0)
+        return mood_error_set(MOOD_EINVAL, "%s: saved with seed %s, this run has %s", path,
+                              seed ? seed : "?", want_seed);
+    if (batch != fp->batch || accum != fp->accum || flip != fp->flip)
+        return mood_error_set(MOOD_EINVAL,
+                              "%s: saved with batch %lld, accumulation %lld, flips %lld; this "
+                              "run has %d, %d, %d",
+                              path, (long long)batch, (long long)accum, (long long)flip, fp->batch,
+                              fp->accum, fp->flip);
+    if (images != (int64_t)fp->n_items)
+        return mood_error_set(MOOD_EINVAL, "%s: saved for %lld images, the board has %zu", path,
+                              (long long)images, fp->n_items);
+    return 0;
+}
+
+/* The tensor `name` of dtype dt with n elements, or an error naming it. */
+static const mood_st_tensor *tensor(const mood_st_file *f, const char *name, mood_dtype dt,
+                                    int64_t n, int *err)
+{
+    const mood_st_tensor *t = mood_st_find(f, name);
+    if (!t || t->dtype != dt || mood_st_numel(t) != n) {
+        *err = mood_error_set(MOOD_EFORMAT, "%s: tensor %s missing or of the wrong size",
+                              mood_st_path(f), name);
+        return NULL;
+    }
+    return t;
+}
+
+static int load_arrays(const mood_st_file *f, mood__lora_params *lp, mood__adamw *opt,
+                       mood__train_state *st)
+{
+    const mood_st_tensor *t;
+    int err = 0;
+    int64_t np = (int64_t)lp->n_params, ni = (int64_t)st->n_items;
+    if (!(t = tensor(f, "lora.params", MOOD_DTYPE_F32, np, &err)) ||
+        (err = mood_st_to_f32(lp->params, t)) != 0)
+        return err;
+    if (!(t = tensor(f, "adam.m", MOOD_DTYPE_F32, np, &err)) ||
+        (err = mood_st_to_f32(opt->m, t)) != 0)
+        return err;
+    if (!(t = tensor(f, "adam.v", MOOD_DTYPE_F32, np, &err)) ||
+        (err = mood_st_to_f32(opt->v, t)) != 0)
+        return err;
+    if (!(t = tensor(f, "rng", MOOD_DTYPE_U8, (int64_t)sizeof st->rng, &err)))
+        return err;
+    memcpy(st->rng, t->data, sizeof st->rng);
+    if (ni > 0) {
+        const uint8_t *p;
+        if (!(t = tensor(f, "epoch.order", MOOD_DTYPE_I32, ni, &err)))
+            return err;
+        p = t->data;
+        for (int64_t i = 0; i < ni; i++, p += 4) {
+            uint32_t u =
+                (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            st->order[i] = (int32_t)u;
+            if (st->order[i] < 0 || st->order[i] >= ni)
+                return mood_error_set(MOOD_EFORMAT, "%s: bad epoch.order", mood_st_path(f));
+        }
+        if (!(t = tensor(f, "epoch.flips", MOOD_DTYPE_U8, ni, &err)))
+            return err;
+        memcpy(st->flips, t->data, (size_t)ni);
+    }
+    if (st->step > 0) {
+        if (!(t = tensor(f, "loss", MOOD_DTYPE_F32, st->step, &err)))
+            return err;
+        err = mood_st_to_f32(st->losses, t);
+    }
+    return err;
+}
+
+int mood__checkpoint_load(const char *path, const mood__train_fingerprint *fp,
+                          mood__lora_params *lp, mood__adamw *opt, mood__train_state *st)
+{
+    mood_st_file *f = NULL;
+    int err;
+    memset(st, 0, sizeof *st);
+    if ((err = mood_st_open(&f, path)) != 0)
+        return err;
+    if ((err = check_fingerprint(f, fp)) != 0 || (err = get_i64(f, "mood.train.step", &st->step)) ||
+        (err = get_i64(f, "mood.train.epoch", &st->epoch)) != 0 ||
+        (err = get_i64(f, "mood.train.cursor", &st->cursor)) != 0)
+        goto done;
+    st->n_items = fp->n_items;
+    if (st->step < 0 || st->step > ((int64_t)1 << 40) || st->cursor < 0 ||
+        st->cursor > (int64_t)st->n_items || st->epoch < 0) {
+        err = mood_error_set(MOOD_EFORMAT, "%s: bad step, epoch or cursor", path);
+        goto done;
+    }
+    st->order = mood_calloc(st->n_items ? st->n_items : 1, sizeof *st->order);
+    st->flips = mood_calloc(st->n_items ? st->n_items : 1, 1);
+    st->losses = mood_calloc(st->step ? (size_t)st->step : 1, sizeof *st->losses);
+    if (!st->order || !st->flips || !st->losses) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    err = load_arrays(f, lp, opt, st);
+done:
+    mood_st_close(f);
+    if (err)
+        mood__train_state_dispose(st);
+    return err;
+}

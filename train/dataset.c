@@ -1,0 +1,493 @@
+/*
+ * dataset.c: a mood board (folders and image files) turned into training images and captions,
+ * the way kohya sd-scripts prepares a DreamBooth-style dataset with cached latents:
+ *
+ *   - files: each folder's PNG, JPEG, WebP and BMP files in name order (kohya's glob of image
+ *     extensions), or the files given; every one is decoded before anything else, and all that
+ *     fail are reported in one error (a board of five images should not need five runs to fix);
+ *   - pixels: upright by EXIF (mood_image_load), alpha composited over white (a transparent PNG
+ *     would otherwise train on whatever colour its invisible pixels hold), then resized with an
+ *     antialiased bilinear filter (stb_image_resize's triangle filter, what torchvision's
+ *     Resize(BILINEAR) does on PIL images in diffusers' scripts; kohya uses cv2 INTER_AREA) to
+ *     the size kohya's BucketManager.select_bucket picks and centre-cropped as kohya's
+ *     trim_and_resize_if_required does (random_crop off, which caching latents requires);
+ *   - captions: the first non-empty line of NAME.txt beside the image (kohya's caption_extension
+ *     convention), else the template with the trigger word.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "mood/image.h"
+#include "train/train_internal.h"
+
+#define DEFAULT_TEMPLATE "{trigger}, a picture"
+#define MAX_BUCKETS      2048
+
+struct mood_board {
+    mood_board_item *items;
+    size_t n;
+};
+
+void mood_board_options_init(mood_board_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->resolution = 512;
+    o->min_bucket = 256;
+    o->max_bucket = 1024;
+    o->bucket_step = 64;
+    o->caption_template = DEFAULT_TEMPLATE;
+    o->caption_ext = ".txt";
+}
+
+static int check_options(const mood_board_options *o)
+{
+    if (o->resolution < 64 || o->resolution > 8192 || o->resolution % 64 != 0)
+        return mood_error_set(MOOD_EINVAL,
+                              "training resolution must be a multiple of 64 in "
+                              "64..8192, not %d",
+                              o->resolution);
+    if (o->buckets &&
+        (o->bucket_step < 8 || o->bucket_step % 8 != 0 || o->min_bucket < 64 ||
+         o->min_bucket > o->max_bucket || o->max_bucket > 8192 || o->resolution > o->max_bucket ||
+         o->min_bucket % o->bucket_step != 0 || o->min_bucket > o->resolution))
+        return mood_error_set(MOOD_EINVAL,
+                              "bucket sizes: min %d, max %d, step %d do not fit resolution %d "
+                              "(min <= resolution <= max, multiples of the step, step a "
+                              "multiple of 8)",
+                              o->min_bucket, o->max_bucket, o->bucket_step, o->resolution);
+    if (o->buckets && 2 * ((o->max_bucket - o->min_bucket) / o->bucket_step + 1) + 1 > MAX_BUCKETS)
+        return mood_error_set(MOOD_EINVAL, "bucket sizes: too many buckets (step %d)",
+                              o->bucket_step);
+    return 0;
+}
+
+/* ----- buckets (kohya library/model_util.py, train_util.py BucketManager) ------------------- */
+
+/* make_bucket_resolutions(max_reso=(res, res), min_size, max_size, divisible), sorted. At most
+ * `cap` pairs; returns the count. */
+static size_t bucket_list(int (*out)[2], size_t cap, const mood_board_options *o)
+{
+    long area = (long)o->resolution * o->resolution, d = o->bucket_step;
+    size_t n = 0;
+    /* a Python set: insert unless present */
+#define ADD(W, H)                                                                                  \
+    do {                                                                                           \
+        int w_ = (int)(W), h_ = (int)(H), dup_ = 0;                                                \
+        for (size_t k_ = 0; k_ < n; k_++)                                                          \
+            dup_ |= out[k_][0] == w_ && out[k_][1] == h_;                                          \
+        if (!dup_ && n < cap)                                                                      \
+            out[n][0] = w_, out[n][1] = h_, n++;                                                   \
+    } while (0)
+    long side = (long)floor(sqrt((double)area) / (double)d) * d;
+    ADD(side, side);
+    for (long w = o->min_bucket; w <= o->max_bucket; w += d) {
+        long h = (area / w) / d * d;
+        if (h > o->max_bucket)
+            h = o->max_bucket;
+        if (h >= o->min_bucket) {
+            ADD(w, h);
+            ADD(h, w);
+        }
+    }
+#undef ADD
+    /* Python's sort of (w, h) tuples */
+    for (size_t i = 1; i < n; i++) {
+        for (size_t j = i; j > 0 && (out[j - 1][0] > out[j][0] ||
+                                     (out[j - 1][0] == out[j][0] && out[j - 1][1] > out[j][1]));
+             j--) {
+            int t0 = out[j][0], t1 = out[j][1];
+            out[j][0] = out[j - 1][0], out[j][1] = out[j - 1][1];
+            out[j - 1][0] = t0, out[j - 1][1] = t1;
+        }
+    }
+    return n;
+}
+
+int mood__board_bucket(const mood_board_options *o, int w, int h, int *bw, int *bh, int *rw,
+                       int *rh)
+{
+    int list[MAX_BUCKETS][2];
+    size_t n = 1;
+    double ar = (double)w / h, best = INFINITY, scale;
+    int pick = -1;
+    if (o->buckets) {
+        n = bucket_list(list, MAX_BUCKETS, o);
+    } else {
+        list[0][0] = list[0][1] = o->resolution;
+    }
+    /* select_bucket: an exact size match wins, else the first smallest aspect-ratio error */
+    for (size_t i = 0; i < n && pick < 0; i++)
+        if (list[i][0] == w && list[i][1] == h)
+            pick = (int)i;
+    if (pick < 0) {
+        for (size_t i = 0; i < n; i++) {
+            double e = fabs((double)list[i][0] / list[i][1] - ar);
+            if (e < best) {
+                best = e;
+                pick = (int)i;
+            }
+        }
+    }
+    *bw = list[pick][0];
+    *bh = list[pick][1];
+    /* wider than the bucket: match heights; else widths (Python floats) */
+    scale = ar > (double)*bw / *bh ? (double)*bh / h : (double)*bw / w;
+    *rw = (int)(w * scale + 0.5);
+    *rh = (int)(h * scale + 0.5);
+    return 0;
+}
+
+/* ----- files ------------------------------------------------------------------------------ */
+
+typedef struct path_list {
+    char **p;
+    size_t n, cap;
+} path_list;
+
+static int push_path(path_list *l, char *owned)
+{
+    if (!owned)
+        return mood_error_nomem();
+    if (mood_array_reserve(&l->p, &l->cap, l->n + 1, sizeof *l->p, 16) != 0) {
+        mood_free(owned);
+        return mood_error_nomem();
+    }
+    l->p[l->n++] = owned;
+    return 0;
+}
+
+static int is_image_name(const char *name)
+{
+    static const char *const ext[] = {".png", ".jpg", ".jpeg", ".webp", ".bmp"};
+    const char *dot = strrchr(name, '.');
+    if (!dot || name[0] == '.')
+        return 0;
+    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++)
+        if (strcasecmp(dot, ext[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int add_folder(path_list *l, const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    size_t first = l->n;
+    int err = 0;
+    if (!d)
+        return mood_error_set(errno == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO, "%s: cannot list: %s",
+                              dir, strerror(errno));
+    while (!err && (e = readdir(d)) != NULL) {
+        mood_buf b;
+        struct stat st;
+        if (!is_image_name(e->d_name))
+            continue;
+        mood_buf_init(&b);
+        if ((err = mood_buf_printf(&b, "%s/%s", dir, e->d_name)) != 0)
+            break;
+        if (stat(b.data, &st) != 0 || !S_ISREG(st.st_mode)) {
+            mood_buf_dispose(&b);
+            continue;
+        }
+        err = push_path(l, mood_buf_detach(&b));
+    }
+    closedir(d);
+    if (!err && l->n > first)
+        qsort(l->p + first, l->n - first, sizeof *l->p, cmp_str);
+    return err;
+}
+
+static int collect(path_list *l, const char *const *paths, size_t n)
+{
+    int err = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        struct stat st;
+        if (!paths[i])
+            return mood_error_set(MOOD_EINVAL, "mood board: NULL path");
+        if (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode))
+            err = add_folder(l, paths[i]);
+        else /* a missing file is reported with the undecodable ones */
+            err = push_path(l, mood_strdup(paths[i]));
+    }
+    return err;
+}
+
+/* ----- pixels ----------------------------------------------------------------------------- */
+
+/* RGB over white: c' = round((c a + 255 (255 - a)) / 255). */
+static uint8_t *flatten(const mood_image *img)
+{
+    size_t n = (size_t)img->width * img->height;
+    uint8_t *rgb = mood_malloc(n * 3);
+    if (!rgb)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *s = img->pixels + i * img->channels;
+        unsigned a = img->channels == 4 ? s[3] : 255;
+        for (int c = 0; c < 3; c++)
+            rgb[3 * i + c] = (uint8_t)((s[c] * a + 255u * (255u - a) + 127u) / 255u);
+    }
+    return rgb;
+}
+
+/* Resize to (rw, rh), then take the centre (bw, bh), as kohya's trim_and_resize_if_required. */
+static int fit(mood_board_item *it, const uint8_t *rgb, int w, int h, int rw, int rh)
+{
+    uint8_t *tmp = NULL, *out;
+    const uint8_t *src = rgb;
+    int err = 0, x0 = (rw - it->width) / 2, y0 = (rh - it->height) / 2;
+    if (rw != w || rh != h) {
+        if (!(tmp = mood_malloc((size_t)rw * rh * 3)))
+            return mood_error_nomem();
+        if ((err = mood__resize_rgb(tmp, rw, rh, rgb, w, h)) != 0) {
+            mood_free(tmp);
+            return err;
+        }
+        src = tmp;
+    }
+    if (!(out = mood_malloc((size_t)it->width * it->height * 3))) {
+        mood_free(tmp);
+        return mood_error_nomem();
+    }
+    for (int y = 0; y < it->height; y++)
+        memcpy(out + (size_t)y * it->width * 3, src + ((size_t)(y + y0) * rw + x0) * 3,
+               (size_t)it->width * 3);
+    it->rgb = out;
+    mood_free(tmp);
+    return 0;
+}
+
+/* ----- captions --------------------------------------------------------------------------- */
+
+static char *trimmed(const char *s, size_t n)
+{
+    while (n && isspace((unsigned char)*s))
+        s++, n--;
+    while (n && isspace((unsigned char)s[n - 1]))
+        n--;
+    return mood_strndup(s, n);
+}
+
+/* The first non-empty line of the sidecar file, NULL (no error) when there is none. */
+static int sidecar_caption(char **out, const char *image, const char *ext)
+{
+    const char *dot = strrchr(image, '.'), *slash = strrchr(image, '/');
+    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - image) : strlen(image);
+    mood_buf path;
+    mood_map m = {0};
+    int err;
+    *out = NULL;
+    mood_buf_init(&path);
+    if ((err = mood_buf_printf(&path, "%.*s%s", (int)stem, image, ext)) != 0)
+        return err;
+    err = mood_map_file(&m, path.data);
+    if (err == MOOD_ENOTFOUND) {
+        mood_error_clear();
+        err = 0;
+    } else if (!err) {
+        const char *p = (const char *)m.data, *end = p + m.size;
+        if (m.size >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) /* UTF-8 BOM */
+            p += 3;
+        while (p < end && !*out) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t len = (size_t)((nl ? nl : end) - p);
+            char *line = trimmed(p, len);
+            if (!line)
+                err = mood_error_nomem();
+            else if (line[0])
+                *out = line;
+            else
+                mood_free(line);
+            if (err || !nl)
+                break;
+            p = nl + 1;
+        }
+        mood_unmap(&m);
+    }
+    mood_buf_dispose(&path);
+    return err;
+}
+
+/* The template with every "{trigger}" replaced; leading/trailing ", " left by an empty trigger
+ * removed. */
+static char *template_caption(const mood_board_options *o)
+{
+    const char *t = o->caption_template ? o->caption_template : DEFAULT_TEMPLATE;
+    const char *trig = o->trigger ? o->trigger : "";
+    mood_buf b;
+    char *s, *r;
+    size_t n;
+    mood_buf_init(&b);
+    for (const char *p = t; *p;) {
+        if (strncmp(p, "{trigger}", 9) == 0) {
+            if (mood_buf_puts(&b, trig) != 0)
+                goto fail;
+            p += 9;
+        } else if (mood_buf_append(&b, p++, 1) != 0) {
+            goto fail;
+        }
+    }
+    if (!b.data && mood_buf_puts(&b, "") != 0)
+        goto fail;
+    s = b.data;
+    n = b.len;
+    while (n && (isspace((unsigned char)*s) || *s == ','))
+        s++, n--;
+    while (n && (isspace((unsigned char)s[n - 1]) || s[n - 1] == ','))
+        n--;
+    r = mood_strndup(s, n);
+    mood_buf_dispose(&b);
+    return r;
+fail:
+    mood_buf_dispose(&b);
+    return NULL;
+}
+
+/* ----- loading ---------------------------------------------------------------------------- */
+
+void mood_board_free(mood_board *b)
+{
+    if (!b)
+        return;
+    for (size_t i = 0; i < b->n; i++) {
+        mood_free((char *)b->items[i].path);
+        mood_free((char *)b->items[i].caption);
+        mood_free((uint8_t *)b->items[i].rgb);
+    }
+    mood_free(b->items);
+    mood_free(b);
+}
+
+/* Prepares item `it` from its decoded image. */
+static int prepare(mood_board_item *it, const mood_image *img, const mood_board_options *o)
+{
+    int rw, rh, err;
+    uint8_t *rgb;
+    char *cap = NULL;
+    it->src_width = img->width;
+    it->src_height = img->height;
+    mood__board_bucket(o, img->width, img->height, &it->width, &it->height, &rw, &rh);
+    if (!(rgb = flatten(img)))
+        return mood_error_nomem();
+    err = fit(it, rgb, img->width, img->height, rw, rh);
+    mood_free(rgb);
+    if (!err)
+        err = sidecar_caption(&cap, it->path, o->caption_ext ? o->caption_ext : ".txt");
+    it->caption_from_file = cap != NULL;
+    if (!err && !cap && !(cap = template_caption(o)))
+        err = mood_error_nomem();
+    it->caption = cap;
+    return err;
+}
+
+/* Adds "path: message" to the failure report; tracks whether all failures share one code. */
+static int note_failure(mood_buf *report, int *code, int err)
+{
+    if (*code == 0)
+        *code = err;
+    else if (*code != err)
+        *code = MOOD_EFORMAT;
+    return mood_buf_printf(report, "\n  %s", mood_error_last());
+}
+
+static int decode_all(mood_board *b, const path_list *l, const mood_board_options *o)
+{
+    mood_buf report;
+    size_t failed = 0;
+    int code = 0, err = 0;
+    mood_buf_init(&report);
+    for (size_t i = 0; i < l->n && !err; i++) {
+        mood_image *img = NULL;
+        mood_board_item *it = &b->items[b->n];
+        int rc = mood_image_load(&img, l->p[i]);
+        if (rc == MOOD_ENOMEM) {
+            err = rc;
+        } else if (rc != 0) {
+            failed++;
+            err = note_failure(&report, &code, rc);
+        } else if (!failed) { /* once one failed, only the rest are checked */
+            memset(it, 0, sizeof *it);
+            if (!(it->path = mood_strdup(l->p[i])))
+                err = mood_error_nomem();
+            b->n++;
+            err = err ? err : prepare(it, img, o);
+        }
+        mood_image_free(img);
+    }
+    if (!err && failed)
+        err = mood_error_set(code, "%zu of %zu images of the mood board cannot be read:%s", failed,
+                             l->n, report.data);
+    mood_buf_dispose(&report);
+    return err;
+}
+
+int mood_board_load(mood_board **out, const char *const *paths, size_t n,
+                    const mood_board_options *o)
+{
+    path_list l = {0};
+    mood_board *b = NULL;
+    int err;
+    *out = NULL;
+    if (!o || !paths || n == 0)
+        return mood_error_set(MOOD_EINVAL, "mood board: no paths given");
+    if ((err = check_options(o)) != 0)
+        return err;
+    if ((err = collect(&l, paths, n)) != 0)
+        goto done;
+    if (l.n == 0) {
+        err = mood_error_set(MOOD_EINVAL, "%s%s: no images (PNG, JPEG, WebP, BMP) found", paths[0],
+                             n > 1 ? " ..." : "");
+        goto done;
+    }
+    if (!(b = mood_calloc(1, sizeof *b)) || !(b->items = mood_calloc(l.n, sizeof *b->items))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    err = decode_all(b, &l, o);
+done:
+    for (size_t i = 0; i < l.n; i++)
+        mood_free(l.p[i]);
+    mood_free(l.p);
+    if (err)
+        mood_board_free(b);
+    else
+        *out = b;
+    return err;
+}
+
+size_t mood_board_count(const mood_board *b)
+{
+    return b ? b->n : 0;
+}
+
+const mood_board_item *mood_board_item_at(const mood_board *b, size_t i)
+{
+    return b && i < b->n ? &b->items[i] : NULL;
+}
+
+void mood_board_item_tensor(float *out, const mood_board_item *it, int flip)
+{
+    size_t hw = (size_t)it->width * it->height;
+    for (int y = 0; y < it->height; y++) {
+        for (int x = 0; x < it->width; x++) {
+            int sx = flip ? it->width - 1 - x : x;
+            const uint8_t *p = it->rgb + ((size_t)y * it->width + sx) * 3;
+            for (int c = 0; c < 3; c++) {
+                float v = (float)p[c] / 255.0f;
+                out[c * hw + (size_t)y * it->width + x] = (v - 0.5f) / 0.5f;
+            }
+        }
+    }
+}

@@ -1,0 +1,640 @@
+/*
+ * train.c: mood_train_run, a whole training run from a model path and a mood board to a LoRA
+ * file: open the model, load the board, make the LoRA modules and initialise them, cache the
+ * latents (VAE, latent_dist.sample() * scaling_factor, unflipped then flipped) and the text
+ * conditioning (the caption as kohya tokenizes it: start, at most 75 tokens, end, padding; the
+ * encoder's output at the clip skip, with the final layer norm), run the trainer, then write the
+ * LoRA with kohya's metadata and the loss curve.
+ *
+ * The order of the random draws (mood/train.h "Randomness") is fixed here: LoRA init, then the
+ * latent samples, then the trainer's.
+ */
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/model_impl.h"
+#include "lora/lora_internal.h"
+#include "train/train_internal.h"
+
+void mood_train_options_init(mood_train_options *o)
+{
+    memset(o, 0, sizeof *o);
+    mood_board_options_init(&o->board_opts);
+    o->board_opts.resolution = 0;
+    o->save_dtype = MOOD_DTYPE_F16;
+    o->targets = MOOD_TRAIN_ATTN_FF;
+    o->rank = 16;
+    o->alpha = 8;
+    o->steps = 1000;
+    o->batch = 1;
+    o->accum = 1;
+    o->lr = 1e-4;
+    o->lr_schedule = MOOD_LR_CONSTANT;
+    o->weight_decay = 1e-2;
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->eps = 1e-8;
+    o->max_grad_norm = 1.0;
+    o->min_snr_gamma = 5;
+    o->noise_offset = 0.05;
+    o->prediction = -1;
+    o->flip = 1;
+    o->clip_skip = 1;
+}
+
+/* What the run holds; freed by run_dispose. */
+typedef struct run {
+    const mood_train_options *o;
+    mood_model *m;
+    mood_board *board;
+    mood__lora_params *lp;
+    mood_rng_torch_cpu *g;
+    mood__train_sched sched;
+    mood__train_item *items;
+    float *latents; /* all cached latents, items point into it */
+    int32_t *ids;   /* n x 77 */
+    float *ctx;     /* n x 77 x D, or NULL */
+    mood__train_data data;
+    int clip_skip;
+    int resolution; /* the board's training resolution */
+    mood_prediction pred;
+    time_t started;
+} run;
+
+static int phase(const run *r, const char *name, int64_t done, int64_t total)
+{
+    mood_train_progress p = {name, done, total, 0, 0, 0, 0, 0, 0};
+    if (r->o->progress && r->o->progress(&p, r->o->progress_payload) != 0)
+        return mood_error_set(MOOD_ECANCELLED, "training cancelled (%s)", name);
+    return 0;
+}
+
+static void run_dispose(run *r)
+{
+    if (r->m && r->lp) { /* the side paths point into lp */
+        if (mood_unet_set_side_paths(r->m->unet, NULL, 0) != 0 ||
+            mood_clip_set_side_paths(r->m->clip, NULL, 0) != 0)
+            mood_error_clear();
+    }
+    mood__lora_params_free(r->lp);
+    mood_board_free(r->board);
+    mood_model_free(r->m);
+    mood_rng_torch_cpu_free(r->g);
+    mood__train_sched_dispose(&r->sched);
+    mood_free(r->items);
+    mood_free(r->latents);
+    mood_free(r->ids);
+    mood_free(r->ctx);
+}
+
+/* ----- model and board -------------------------------------------------------------------- */
+
+static int open_model(run *r)
+{
+    const mood_train_options *o = r->o;
+    mood_board_options bo = o->board_opts;
+    int err;
+    if ((err = phase(r, "load", 0, 1)) != 0 ||
+        (err = mood_model_open(&r->m, o->model, o->model_options)) != 0)
+        return err;
+    if (r->m->family == MOOD_FAMILY_SDXL)
+        return mood_error_set(MOOD_EUNSUPPORTED, "%s: training SDXL models is not supported yet",
+                              o->model);
+    r->pred = o->prediction >= 0 ? (mood_prediction)o->prediction : r->m->sched.prediction;
+    r->clip_skip = r->m->fixed_clip_skip ? r->m->fixed_clip_skip : o->clip_skip;
+    if (bo.resolution == 0)
+        bo.resolution = r->m->family == MOOD_FAMILY_SD2 && r->pred == MOOD_PRED_V ? 768 : 512;
+    r->resolution = bo.resolution;
+    if ((err = phase(r, "board", 0, (int64_t)o->n_board)) != 0 ||
+        (err = mood_board_load(&r->board, o->board, o->n_board, &bo)) != 0)
+        return err;
+    return phase(r, "board", (int64_t)mood_board_count(r->board),
+                 (int64_t)mood_board_count(r->board));
+}
+
+static int make_params(run *r)
+{
+    const mood_train_options *o = r->o;
+    int layers = mood_clip_get_config(r->m->clip)->layers, err;
+    int te_layers = o->train_te ? layers - (r->clip_skip - 1) : 0;
+    mood_noise_schedule ns = r->m->sched;
+    ns.prediction = r->pred;
+    if ((err = mood__lora_params_for_model(&r->lp, r->m, o->targets, te_layers, o->rank,
+                                           o->alpha)) != 0 ||
+        (err = mood_rng_torch_cpu_new(&r->g, o->seed)) != 0 ||
+        (err = mood__lora_params_init(r->lp, r->g)) != 0)
+        return err;
+    return mood__train_sched_init(&r->sched, &ns);
+}
+
+/* ----- caches ----------------------------------------------------------------------------- */
+
+/* One item's latents: encode, sample (mean + exp(logvar / 2) * randn), scale. */
+static int encode_item(run *r, const mood_board_item *it, float *out, size_t e, float *img,
+                       float *logvar)
+{
+    const mood_vae_config *vc = mood_vae_get_config(r->m->vae);
+    int err = 0;
+    for (int f = 0; f <= r->o->flip && !err; f++) {
+        float *z = out + f * e;
+        mood_board_item_tensor(img, it, f);
+        if ((err = mood_vae_encode(r->m->vae, z, logvar, img, 1, it->height, it->width)) != 0 ||
+            (err = mood_rng_torch_cpu_randn(r->g, logvar + e, e)) != 0)
+            break;
+        for (size_t i = 0; i < e; i++) {
+            float sd = expf(0.5f * logvar[i]);
+            z[i] = (z[i] + sd * logvar[e + i] - vc->shift_factor) * vc->scaling_factor;
+        }
+    }
+    return err;
+}
+
+static int cache_latents(run *r)
+{
+    const mood_vae_config *vc = mood_vae_get_config(r->m->vae);
+    size_t n = mood_board_count(r->board), total = 0, max_px = 0, off = 0;
+    int s = 1 << (vc->n_blocks - 1), C = vc->latent_channels, nf = r->o->flip ? 2 : 1, err = 0;
+    float *img = NULL, *tmp = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const mood_board_item *it = mood_board_item_at(r->board, i);
+        size_t px = (size_t)it->width * it->height;
+        total += (size_t)nf * C * (px / ((size_t)s * s));
+        max_px = px > max_px ? px : max_px;
+    }
+    r->latents = mood_malloc(total * sizeof(float));
+    img = mood_malloc(3 * max_px * sizeof(float));
+    tmp = mood_malloc(2 * (size_t)C * (max_px / ((size_t)s * s)) * sizeof(float));
+    if (!r->latents || !img || !tmp)
+        err = mood_error_nomem();
+    for (size_t i = 0; i < n && !err; i++) {
+        const mood_board_item *it = mood_board_item_at(r->board, i);
+        mood__train_item *ti = &r->items[i];
+        size_t e;
+        ti->h = it->height / s;
+        ti->w = it->width / s;
+        e = (size_t)C * ti->h * ti->w;
+        ti->lat[0] = r->latents + off;
+        ti->lat[1] = r->o->flip ? r->latents + off + e : NULL;
+        err = encode_item(r, it, r->latents + off, e, img, tmp);
+        off += (size_t)nf * e;
+        if (!err)
+            err = phase(r, "cache", (int64_t)i + 1, (int64_t)n);
+    }
+    r->data.C = C;
+    mood_free(img);
+    mood_free(tmp);
+    return err;
+}
+
+/* kohya's tokenizer(caption, padding="max_length", truncation=True, max_length=77). */
+static int caption_ids(run *r, int32_t *ids, const char *caption)
+{
+    mood_token_ids t;
+    int err;
+    size_t k;
+    mood_token_ids_init(&t);
+    if ((err = mood_tokenizer_encode(r->m->tok, &t, caption, strlen(caption))) != 0) {
+        mood_token_ids_dispose(&t);
+        mood_error_prefix("caption \"%.60s\"", caption);
+        return err;
+    }
+    ids[0] = MOOD_CLIP_START;
+    for (k = 0; k < t.n && k < MOOD_CLIP_CHUNK; k++)
+        ids[1 + k] = t.ids[k];
+    ids[1 + k] = MOOD_CLIP_END;
+    for (k += 2; k < MOOD_CLIP_CONTEXT; k++)
+        ids[k] = r->m->pad_id;
+    mood_token_ids_dispose(&t);
+    return 0;
+}
+
+static int cache_text(run *r)
+{
+    size_t n = mood_board_count(r->board);
+    int D = mood_clip_get_config(r->m->clip)->hidden, err = 0;
+    size_t per = (size_t)MOOD_CLIP_CONTEXT * D;
+    r->ids = mood_malloc(n * MOOD_CLIP_CONTEXT * sizeof *r->ids);
+    if (!r->ids || (!r->o->train_te && !(r->ctx = mood_malloc(n * per * sizeof *r->ctx))))
+        return mood_error_nomem();
+    for (size_t i = 0; i < n && !err; i++) {
+        int32_t *ids = r->ids + i * MOOD_CLIP_CONTEXT;
+        err = caption_ids(r, ids, mood_board_item_at(r->board, i)->caption);
+        if (!err && r->ctx)
+            err = mood_clip_forward(r->m->clip, ids, 1, MOOD_CLIP_CONTEXT, r->clip_skip, 1,
+                                    r->ctx + i * per, NULL);
+        r->items[i].ids = ids;
+        r->items[i].context = r->ctx ? r->ctx + i * per : NULL;
+    }
+    r->data.ctx_len = MOOD_CLIP_CONTEXT;
+    r->data.ctx_dim = D;
+    return err;
+}
+
+/* ----- metadata --------------------------------------------------------------------------- */
+
+typedef struct meta {
+    char *kv[256];
+    size_t n;
+    int err;
+} meta;
+
+/* Adds key = value (copied). */
+static void put(meta *m, const char *key, const char *value)
+{
+    if (m->err)
+        return;
+    if (m->n + 2 >= sizeof m->kv / sizeof m->kv[0]) {
+        m->err = mood_error_set(MOOD_EINVAL, "training metadata: too many keys");
+        return;
+    }
+    m->kv[m->n] = mood_strdup(key);
+    m->kv[m->n + 1] = mood_strdup(value);
+    m->n += 2;
+    if (!m->kv[m->n - 2] || !m->kv[m->n - 1])
+        m->err = mood_error_nomem();
+}
+
+static void putf(meta *m, const char *key, const char *fmt, ...) MOOD_PRINTF(3, 4);
+static void putf(meta *m, const char *key, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    put(m, key, buf);
+}
+
+static const char *py_float(char *buf, size_t size, double v)
+{
+    mood__lora_py_float(buf, size, v);
+    return buf;
+}
+
+static const char *py_bool(int v)
+{
+    return v ? "True" : "False";
+}
+
+/* The directory part of path ("board" when it has none), as kohya's dataset keys. */
+static void dir_key(char *out, size_t size, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    const char *start = path;
+    if (!slash) {
+        snprintf(out, size, "board");
+        return;
+    }
+    for (const char *p = path; p < slash; p++)
+        if (*p == '/')
+            start = p + 1;
+    snprintf(out, size, "%.*s", (int)(slash - start), start);
+    if (!out[0])
+        snprintf(out, size, "board");
+}
+
+/* Tags of one folder in first-seen order, as kohya counts them. */
+typedef struct tag_count {
+    char **tag;
+    int *count;
+    size_t n, cap;
+} tag_count;
+
+static int count_tag(tag_count *tc, const char *s, size_t len)
+{
+    size_t cap = tc->cap;
+    for (size_t i = 0; i < tc->n; i++) {
+        if (strlen(tc->tag[i]) == len && memcmp(tc->tag[i], s, len) == 0) {
+            tc->count[i]++;
+            return 0;
+        }
+    }
+    if (mood_array_reserve(&tc->tag, &tc->cap, tc->n + 1, sizeof *tc->tag, 16) != 0 ||
+        mood_array_reserve(&tc->count, &cap, tc->n + 1, sizeof *tc->count, 16) != 0 ||
+        !(tc->tag[tc->n] = mood_strndup(s, len)))
+        return mood_error_nomem();
+    tc->count[tc->n++] = 1;
+    return 0;
+}
+
+/* caption.split(","), each stripped, empty ones skipped. */
+static int count_caption(tag_count *tc, const char *caption)
+{
+    int err = 0;
+    for (const char *p = caption; !err;) {
+        const char *c = strchr(p, ','), *e = c ? c : p + strlen(p), *s = p;
+        while (s < e && isspace((unsigned char)*s))
+            s++;
+        while (e > s && isspace((unsigned char)e[-1]))
+            e--;
+        if (e > s)
+            err = count_tag(tc, s, (size_t)(e - s));
+        if (!c)
+            break;
+        p = c + 1;
+    }
+    return err;
+}
+
+/* One folder's entries of ss_tag_frequency ({tag: count}) and ss_dataset_dirs. */
+static int folder_json(const run *r, const char *key, mood_buf *tags, mood_buf *dirs)
+{
+    tag_count tc = {0};
+    char other[256];
+    int count = 0, err = 0;
+    for (size_t j = 0; j < mood_board_count(r->board) && !err; j++) {
+        const mood_board_item *it = mood_board_item_at(r->board, j);
+        dir_key(other, sizeof other, it->path);
+        if (strcmp(key, other) == 0) {
+            count++;
+            err = count_caption(&tc, it->caption);
+        }
+    }
+    err = err ? err : mood_buf_json_string(tags, key);
+    err = err ? err : mood_buf_puts(tags, ": {");
+    for (size_t i = 0; i < tc.n && !err; i++) {
+        err = mood_buf_puts(tags, i ? ", " : "");
+        err = err ? err : mood_buf_json_string(tags, tc.tag[i]);
+        err = err ? err : mood_buf_printf(tags, ": %d", tc.count[i]);
+    }
+    err = err ? err : mood_buf_puts(tags, "}");
+    err = err ? err : mood_buf_json_string(dirs, key);
+    err = err ? err : mood_buf_printf(dirs, ": {\"n_repeats\": 1, \"img_count\": %d}", count);
+    for (size_t i = 0; i < tc.n; i++)
+        mood_free(tc.tag[i]);
+    mood_free(tc.tag);
+    mood_free(tc.count);
+    return err;
+}
+
+/* ss_tag_frequency {dir: {tag: count}} and ss_dataset_dirs {dir: {"n_repeats": 1,
+ * "img_count": n}}, as json.dumps writes them. */
+static int tag_json(const run *r, mood_buf *tags, mood_buf *dirs)
+{
+    size_t n = mood_board_count(r->board);
+    char key[256], other[256];
+    int err = mood_buf_puts(tags, "{"), k = 0;
+    err = err ? err : mood_buf_puts(dirs, "{");
+    for (size_t i = 0; i < n && !err; i++) {
+        int seen = 0;
+        dir_key(key, sizeof key, mood_board_item_at(r->board, i)->path);
+        for (size_t j = 0; j < i; j++) {
+            dir_key(other, sizeof other, mood_board_item_at(r->board, j)->path);
+            seen |= strcmp(key, other) == 0;
+        }
+        if (seen)
+            continue;
+        err = mood_buf_puts(tags, k ? ", " : "");
+        err = err ? err : mood_buf_puts(dirs, k ? ", " : "");
+        err = err ? err : folder_json(r, key, tags, dirs);
+        k++;
+    }
+    err = err ? err : mood_buf_puts(tags, "}");
+    return err ? err : mood_buf_puts(dirs, "}");
+}
+
+/* Batches per epoch (per size group, ceil(count / batch)) and ss_bucket_info. */
+static int bucket_json(const run *r, mood_buf *out, int64_t *batches)
+{
+    size_t n = mood_board_count(r->board);
+    double ar_err = 0;
+    int k = 0, err = mood_buf_puts(out, "{\"buckets\": {");
+    *batches = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        const mood_board_item *it = mood_board_item_at(r->board, i);
+        int seen = 0, count = 0;
+        ar_err += fabs((double)it->width / it->height - (double)it->src_width / it->src_height);
+        for (size_t j = 0; j < i; j++) {
+            const mood_board_item *o = mood_board_item_at(r->board, j);
+            seen |= o->width == it->width && o->height == it->height;
+        }
+        if (seen)
+            continue;
+        for (size_t j = i; j < n; j++) {
+            const mood_board_item *o = mood_board_item_at(r->board, j);
+            count += o->width == it->width && o->height == it->height;
+        }
+        *batches += (count + r->o->batch - 1) / r->o->batch;
+        err = mood_buf_printf(out, "%s\"%d\": {\"resolution\": [%d, %d], \"count\": %d}",
+                              k ? ", " : "", k, it->width, it->height, count);
+        k++;
+    }
+    return err ? err
+               : mood_buf_printf(out, "}, \"mean_img_ar_error\": %.17g}", n ? ar_err / n : 0.0);
+}
+
+static const char *schedule_name(const mood_train_options *o)
+{
+    if (o->lr_schedule == MOOD_LR_COSINE)
+        return "cosine";
+    if (o->lr_schedule == MOOD_LR_LINEAR)
+        return "linear";
+    return o->warmup > 0 ? "constant_with_warmup" : "constant";
+}
+
+static void put_optimizer(meta *m, const mood_train_options *o)
+{
+    char a[40], b[40], c[40], d[40];
+    if (o->weight_decay == 1e-2 && o->beta1 == 0.9 && o->beta2 == 0.999 && o->eps == 1e-8)
+        put(m, "ss_optimizer", "torch.optim.adamw.AdamW");
+    else
+        putf(m, "ss_optimizer", "torch.optim.adamw.AdamW(weight_decay=%s,betas=(%s, %s),eps=%s)",
+             py_float(a, sizeof a, o->weight_decay), py_float(b, sizeof b, o->beta1),
+             py_float(c, sizeof c, o->beta2), py_float(d, sizeof d, o->eps));
+}
+
+static void put_training(meta *m, const run *r, int64_t steps, int64_t batches)
+{
+    const mood_train_options *o = r->o;
+    char f[40];
+    int64_t per_epoch = (batches + o->accum - 1) / o->accum;
+    put(m, "ss_learning_rate", py_float(f, sizeof f, o->lr));
+    put(m, "ss_unet_lr", py_float(f, sizeof f, o->lr));
+    if (o->train_te)
+        put(m, "ss_text_encoder_lr", py_float(f, sizeof f, o->te_lr > 0 ? o->te_lr : o->lr));
+    else
+        put(m, "ss_text_encoder_lr", "None");
+    put(m, "ss_network_train_unet_only", py_bool(!o->train_te));
+    put(m, "ss_lr_scheduler", schedule_name(o));
+    putf(m, "ss_lr_warmup_steps", "%lld", (long long)o->warmup);
+    put_optimizer(m, o);
+    putf(m, "ss_max_train_steps", "%lld", (long long)o->steps);
+    putf(m, "ss_steps", "%lld", (long long)steps);
+    putf(m, "ss_num_batches_per_epoch", "%lld", (long long)batches);
+    putf(m, "ss_num_epochs", "%lld", (long long)((o->steps + per_epoch - 1) / per_epoch));
+    putf(m, "ss_epoch", "%lld", (long long)((steps + per_epoch - 1) / per_epoch));
+    putf(m, "ss_batch_size_per_device", "%d", o->batch);
+    putf(m, "ss_total_batch_size", "%d", o->batch * o->accum);
+    putf(m, "ss_gradient_accumulation_steps", "%d", o->accum);
+    put(m, "ss_max_grad_norm", py_float(f, sizeof f, o->max_grad_norm));
+    putf(m, "ss_seed", "%llu", (unsigned long long)o->seed);
+    put(m, "ss_noise_offset",
+        o->noise_offset != 0 ? py_float(f, sizeof f, o->noise_offset) : "None");
+    put(m, "ss_min_snr_gamma",
+        o->min_snr_gamma > 0 ? py_float(f, sizeof f, o->min_snr_gamma) : "None");
+    put(m, "ss_v_parameterization", py_bool(r->pred == MOOD_PRED_V));
+    if (o->clip_skip > 1)
+        putf(m, "ss_clip_skip", "%d", o->clip_skip);
+    else
+        put(m, "ss_clip_skip", "None");
+}
+
+static void put_data(meta *m, const run *r, const char *tags, const char *dirs, const char *buckets)
+{
+    const mood_train_options *o = r->o;
+    int res = r->resolution;
+    putf(m, "ss_num_train_images", "%zu", mood_board_count(r->board));
+    put(m, "ss_num_reg_images", "0");
+    putf(m, "ss_resolution", "(%d, %d)", res, res);
+    put(m, "ss_enable_bucket", py_bool(o->board_opts.buckets));
+    putf(m, "ss_min_bucket_reso", "%d", o->board_opts.min_bucket);
+    putf(m, "ss_max_bucket_reso", "%d", o->board_opts.max_bucket);
+    put(m, "ss_bucket_no_upscale", "False");
+    put(m, "ss_bucket_info", buckets);
+    put(m, "ss_tag_frequency", tags);
+    put(m, "ss_dataset_dirs", dirs);
+    put(m, "ss_flip_aug", py_bool(o->flip));
+    put(m, "ss_color_aug", "False");
+    put(m, "ss_random_crop", "False");
+    put(m, "ss_shuffle_caption", "False");
+    put(m, "ss_keep_tokens", "0");
+    put(m, "ss_caption_dropout_rate", "0.0");
+    put(m, "ss_caption_dropout_every_n_epochs", "0");
+    put(m, "ss_caption_tag_dropout_rate", "0.0");
+    put(m, "ss_cache_latents", "True");
+    put(m, "ss_gradient_checkpointing", "False");
+    put(m, "ss_mixed_precision", "no");
+    put(m, "ss_full_fp16", "False");
+    put(m, "ss_max_token_length", "None");
+    put(m, "ss_prior_loss_weight", "1.0");
+    put(m, "ss_loss_type", "l2");
+    put(m, "ss_zero_terminal_snr", py_bool(r->m->sched.rescale_betas_zero_snr));
+    put(m, "ss_network_dropout", "None");
+    put(m, "ss_scale_weight_norms", "None");
+    putf(m, "modelspec.resolution", "%dx%d", res, res);
+}
+
+static void put_identity(meta *m, const run *r)
+{
+    const mood_train_options *o = r->o;
+    char f[40], title[256];
+    const char *base = mood_path_basename(o->output), *dot = strrchr(base, '.');
+    snprintf(title, sizeof title, "%.*s", (int)(dot && dot != base ? dot - base : 255), base);
+    put(m, "ss_output_name", o->name ? o->name : title);
+    put(m, "modelspec.title", o->name ? o->name : title);
+    if (o->comment)
+        put(m, "ss_training_comment", o->comment);
+    if (o->board_opts.trigger && o->board_opts.trigger[0])
+        put(m, "modelspec.trigger_phrase", o->board_opts.trigger);
+    put(m, "ss_sd_model_name", mood_path_basename(o->model));
+    putf(m, "ss_session_id", "%u", (unsigned)(o->seed * 2654435761u ^ (uint64_t)r->started));
+    put(m, "ss_training_started_at", py_float(f, sizeof f, (double)r->started));
+    put(m, "ss_training_finished_at", py_float(f, sizeof f, (double)time(NULL)));
+    put(m, "modelspec.prediction_type", r->pred == MOOD_PRED_V ? "v" : "epsilon");
+    if (r->m->family == MOOD_FAMILY_SD2 && r->pred != MOOD_PRED_V) {
+        put(m, "ss_base_model_version", "sd_v2");
+        put(m, "modelspec.architecture", "stable-diffusion-v2-512/lora");
+    } else if (r->m->family == MOOD_FAMILY_SD1 && r->pred == MOOD_PRED_V) {
+        put(m, "ss_base_model_version", "sd_v1_v");
+    }
+}
+
+static int write_output(run *r, int64_t steps)
+{
+    meta m = {{0}, 0, 0};
+    mood_buf tags, dirs, buckets;
+    int64_t batches = 0;
+    int err;
+    mood_buf_init(&tags);
+    mood_buf_init(&dirs);
+    mood_buf_init(&buckets);
+    err = tag_json(r, &tags, &dirs);
+    err = err ? err : bucket_json(r, &buckets, &batches);
+    if (!err) {
+        put_identity(&m, r);
+        put_training(&m, r, steps, batches);
+        put_data(&m, r, tags.data, dirs.data, buckets.data);
+        err = m.err;
+    }
+    if (!err)
+        err = phase(r, "save", 0, 1);
+    if (!err)
+        err = mood__lora_params_write(r->lp, r->o->output, r->m->family, r->o->save_dtype,
+                                      (const char *const *)m.kv);
+    for (size_t i = 0; i < m.n; i++)
+        mood_free(m.kv[i]);
+    mood_buf_dispose(&tags);
+    mood_buf_dispose(&dirs);
+    mood_buf_dispose(&buckets);
+    return err;
+}
+
+/* ----- the run ---------------------------------------------------------------------------- */
+
+static int check_options(const mood_train_options *o)
+{
+    if (!o || !o->model || !o->board || o->n_board == 0 || !o->output)
+        return mood_error_set(MOOD_EINVAL, "training needs a model, a mood board and an output");
+    if (o->save_dtype != MOOD_DTYPE_F16 && o->save_dtype != MOOD_DTYPE_F32 &&
+        o->save_dtype != MOOD_DTYPE_BF16)
+        return mood_error_set(MOOD_EINVAL, "the LoRA is saved as F16, BF16 or F32");
+    if (o->clip_skip < 1)
+        return mood_error_set(MOOD_EINVAL, "clip skip must be >= 1 (A1111 numbering)");
+    return 0;
+}
+
+static int train(run *r)
+{
+    const mood_train_options *o = r->o;
+    size_t n, n_te;
+    mood__trainer t;
+    int err;
+    if ((err = open_model(r)) != 0 || (err = make_params(r)) != 0)
+        return err;
+    n = mood_board_count(r->board);
+    if (!(r->items = mood_calloc(n, sizeof *r->items)))
+        return mood_error_nomem();
+    if ((err = cache_latents(r)) != 0 || (err = cache_text(r)) != 0)
+        return err;
+    n_te = r->lp->n_te;
+    if ((err = mood_unet_set_side_paths(r->m->unet, r->lp->paths + n_te, r->lp->n - n_te)) != 0 ||
+        (n_te && (err = mood_clip_set_side_paths(r->m->clip, r->lp->paths, n_te)) != 0))
+        return err;
+    r->data =
+        (mood__train_data){r->items, n, r->data.C, r->data.ctx_len, r->data.ctx_dim, o->flip != 0};
+    memset(&t, 0, sizeof t);
+    t.o = o;
+    t.lp = r->lp;
+    t.data = &r->data;
+    t.sched = &r->sched;
+    t.g = r->g;
+    t.loss = o->loss ? o->loss : mood__train_model_loss;
+    t.loss_user = o->loss ? o->loss_user : r->m;
+    err = mood__trainer_run(&t);
+    if (!err)
+        err = write_output(r, t.n_losses);
+    if (!err && o->loss_csv)
+        err = mood__loss_csv(o->loss_csv, t.losses, t.n_losses, o);
+    if (!err && o->loss_png)
+        err = mood__loss_png(o->loss_png, t.losses, t.n_losses, o->name);
+    mood_free(t.losses);
+    return err;
+}
+
+int mood_train_run(const mood_train_options *o)
+{
+    run r;
+    int err;
+    memset(&r, 0, sizeof r);
+    if ((err = check_options(o)) != 0)
+        return err;
+    r.o = o;
+    r.started = time(NULL);
+    err = train(&r);
+    run_dispose(&r);
+    return err;
+}

@@ -1,0 +1,208 @@
+/*
+ * train_internal.h: the parts of the trainer shared by the files of train/ (not installed).
+ *
+ *   dataset.c      mood boards: decode, flatten, buckets, resize + crop, captions
+ *   resize_stb.c   the one translation unit compiling stb_image_resize
+ *   schedule.c     training noise schedule: draws, noisy latents, targets, min-SNR weights
+ *   optim.c        AdamW (torch.optim.AdamW), learning-rate schedules, gradient clipping
+ *   lora_params.c  the LoRA modules being trained: selection, init, flat buffers, output file
+ *   checkpoint.c   training state files (safetensors)
+ *   trainer.c      the loop: batches, accumulation, NaN stop, signals, progress
+ *   plot.c         loss curve CSV and PNG
+ *   unet_loss.c    the model's part of a step (mood_train_loss_fn) for a mood_model
+ *   train.c        mood_train_run: model + board -> latents -> trainer -> LoRA file
+ */
+#ifndef MOOD_TRAIN_INTERNAL_H
+#define MOOD_TRAIN_INTERNAL_H
+
+#include "common/common.h"
+#include "mood/rng.h"
+#include "mood/sampler.h"
+#include "mood/train.h"
+
+/* ----- resize_stb.c ----------------------------------------------------------------------- */
+
+/* Resizes an RGB image (3 bytes per pixel, packed rows) with stb_image_resize's triangle
+ * (antialiased bilinear) filter in linear space, edges clamped. MOOD_ENOMEM or MOOD_EINVAL. */
+int mood__resize_rgb(uint8_t *out, int ow, int oh, const uint8_t *in, int w, int h);
+
+/* ----- dataset.c -------------------------------------------------------------------------- */
+
+/* kohya's bucket for an image of w x h (BucketManager.select_bucket without no_upscale, over
+ * make_bucket_resolutions, or the single resolution x resolution bucket without buckets): the
+ * bucket (bw, bh) and the size (rw, rh) the image is resized to before the centre crop. */
+int mood__board_bucket(const mood_board_options *o, int w, int h, int *bw, int *bh, int *rw,
+                       int *rh);
+
+/* ----- schedule.c ------------------------------------------------------------------------- */
+
+/* The training side of a noise schedule (diffusers' DDPMScheduler, kohya's all_snr). */
+typedef struct mood__train_sched {
+    int T;                 /* num_train_timesteps */
+    mood_prediction pred;  /* what the model predicts: the target */
+    float *alphas_cumprod; /* T, float32 as torch holds it */
+    float *snr;            /* T: (sqrt(ac) / sqrt(1 - ac))² in float32 (kohya all_snr) */
+} mood__train_sched;
+
+int mood__train_sched_init(mood__train_sched *s, const mood_noise_schedule *ns);
+void mood__train_sched_dispose(mood__train_sched *s);
+
+/* The draws of one micro-batch, in kohya's order: noise (B x n) = randn; with offset != 0,
+ * noise += offset * randn(B, C, 1, 1) (n = C * hw); t = randint(0, T, (B,)). `tmp` holds B*C
+ * floats. */
+int mood__train_draw(mood_rng_torch_cpu *g, float *noise, int64_t *t, float *tmp, int B, int C,
+                     size_t hw, double offset, int T);
+/* DDPMScheduler.add_noise: noisy = sqrt(ac[t]) * x0 + sqrt(1 - ac[t]) * noise, float32. */
+void mood__train_add_noise(const mood__train_sched *s, float *noisy, const float *x0,
+                           const float *noise, const int64_t *t, int B, size_t n);
+/* The target: noise (epsilon) or DDPMScheduler.get_velocity (v = sqrt(ac) noise - sqrt(1-ac) x0).
+ */
+void mood__train_target(const mood__train_sched *s, float *target, const float *x0,
+                        const float *noise, const int64_t *t, int B, size_t n);
+/* kohya apply_snr_weight: w = min(snr, gamma) / snr (epsilon) or / (snr + 1) (v); all 1 when
+ * gamma <= 0. */
+void mood__train_snr_weights(const mood__train_sched *s, float *w, const int64_t *t, int B,
+                             double gamma);
+/* torch.randperm(n) on the CPU generator (n < 2^32 / 20: Fisher-Yates with random() % (n - i)). */
+int mood__train_randperm(mood_rng_torch_cpu *g, int32_t *out, size_t n);
+
+/* ----- optim.c ---------------------------------------------------------------------------- */
+
+typedef struct mood__adamw {
+    size_t n;
+    float *m, *v; /* exp_avg, exp_avg_sq */
+    double beta1, beta2, eps, weight_decay;
+} mood__adamw;
+
+int mood__adamw_init(mood__adamw *a, size_t n, double beta1, double beta2, double eps,
+                     double weight_decay);
+void mood__adamw_dispose(mood__adamw *a);
+/* One torch.optim.AdamW step (single-tensor path, amsgrad off) on params[lo, hi) with learning
+ * rate lr; `step` is the step number after incrementing (1 for the first step). */
+void mood__adamw_update(const mood__adamw *a, float *params, const float *grads, size_t lo,
+                        size_t hi, double lr, int64_t step);
+/* torch.nn.utils.clip_grad_norm_ over tensors (off[i], off[i+1]) of g: returns the total norm;
+ * scales g by min(1, max_norm / (norm + 1e-6)) in float32 when max_norm > 0. */
+double mood__clip_grad_norm(float *g, const size_t *off, size_t n_tensors, double max_norm);
+
+/* ----- lora_params.c ---------------------------------------------------------------------- */
+
+/* One module to create. */
+typedef struct mood__lora_spec {
+    const char *weight; /* model weight name */
+    const char *kohya;  /* kohya module name */
+    mood_part part;
+    int ndim;
+    int64_t out, in, kh, kw;
+    int rank;     /* 0: the rank given to mood__lora_params_new */
+    double alpha; /* 0: likewise */
+} mood__lora_spec;
+
+typedef struct mood__lora_params {
+    mood_train_module *mods;
+    size_t n;
+    float *params, *grads; /* n_params each: module i's down then up, modules in order */
+    size_t n_params;
+    size_t *tensor_off;    /* 2n + 1 offsets: down_0, up_0, down_1, ..., n_params (for clipping) */
+    mood_side_path *paths; /* one per module, in order (text encoder modules first) */
+    size_t n_te;           /* modules of the text encoder (at the start) */
+} mood__lora_params;
+
+/* Modules for specs (copied) with their own rank / alpha or else these; parameters zero. */
+int mood__lora_params_new(mood__lora_params **out, const mood__lora_spec *specs, size_t n, int rank,
+                          double alpha);
+void mood__lora_params_free(mood__lora_params *lp);
+/* kohya's init: down = kaiming_uniform_(a = sqrt(5)) per module in order, up = 0. */
+int mood__lora_params_init(mood__lora_params *lp, mood_rng_torch_cpu *g);
+/* The modules of a model for a target set; te_layers > 0 adds the text encoder's attention
+ * and MLP Linear layers of its first te_layers layers (the ones the conditioning uses), first. */
+int mood__lora_params_for_model(mood__lora_params **out, mood_model *m, mood_train_targets targets,
+                                int te_layers, int rank, double alpha);
+/* Writes the kohya-format LoRA (mood__lora_write) with metadata pairs meta (NULL-terminated). */
+int mood__lora_params_write(const mood__lora_params *lp, const char *path, mood_family family,
+                            mood_dtype dtype, const char *const *meta);
+/* A digest of the module layout (names, shapes, ranks), for checkpoints. */
+void mood__lora_params_layout(const mood__lora_params *lp, char hex_out[65]);
+
+/* ----- data the loop trains on ------------------------------------------------------------ */
+
+typedef struct mood__train_item {
+    int h, w;             /* latent size */
+    const float *lat[2];  /* C x h x w: as is, and flipped (NULL without flips) */
+    const int32_t *ids;   /* 77 */
+    const float *context; /* ctx_len x ctx_dim, or NULL (trained text encoder) */
+} mood__train_item;
+
+typedef struct mood__train_data {
+    const mood__train_item *items;
+    size_t n;
+    int C;
+    int ctx_len, ctx_dim;
+    int flip; /* items have flipped latents and epochs draw flips */
+} mood__train_data;
+
+/* ----- checkpoint.c ----------------------------------------------------------------------- */
+
+/* Everything a resumed run needs besides what it rebuilds from its options. */
+typedef struct mood__train_state {
+    int64_t step;   /* optimizer steps done */
+    int64_t epoch;  /* epochs started */
+    int32_t *order; /* n_items: this epoch's permutation */
+    uint8_t *flips; /* n_items: this epoch's flips */
+    size_t n_items;
+    int64_t cursor; /* items of this epoch's order already used */
+    float *losses;  /* step values */
+    uint8_t rng[MOOD_RNG_TORCH_CPU_STATE_SIZE];
+} mood__train_state;
+
+/* What must match between the run that saved and the run that resumes. */
+typedef struct mood__train_fingerprint {
+    char layout[65];
+    uint64_t seed;
+    int batch, accum, flip;
+    size_t n_items;
+} mood__train_fingerprint;
+
+int mood__checkpoint_save(const char *path, const mood__train_fingerprint *fp,
+                          const mood__lora_params *lp, const mood__adamw *opt,
+                          const mood__train_state *st);
+/* Loads into lp->params, opt->m/v and st (st's arrays allocated here, sized n_items / step).
+ * MOOD_EINVAL naming the mismatch when fp differs from the file's. */
+int mood__checkpoint_load(const char *path, const mood__train_fingerprint *fp,
+                          mood__lora_params *lp, mood__adamw *opt, mood__train_state *st);
+void mood__train_state_dispose(mood__train_state *st);
+
+/* ----- trainer.c -------------------------------------------------------------------------- */
+
+typedef struct mood__trainer {
+    const mood_train_options *o;
+    mood__lora_params *lp;
+    const mood__train_data *data;
+    const mood__train_sched *sched;
+    mood_rng_torch_cpu *g; /* in the state after init and latent draws (or to be restored) */
+    mood_train_loss_fn loss;
+    void *loss_user;
+    /* out: the loss of every optimizer step (o->steps values, owned by the trainer) */
+    float *losses;
+    int64_t n_losses;
+    int64_t checkpoint_step; /* step of the last checkpoint written or loaded, -1: none */
+} mood__trainer;
+
+/* Runs o->steps optimizer steps (resuming from o->checkpoint when o->resume). The losses are
+ * left in t->losses (free with mood_free). */
+int mood__trainer_run(mood__trainer *t);
+
+/* ----- plot.c ----------------------------------------------------------------------------- */
+
+/* step,loss,loss_avg,lr lines. */
+int mood__loss_csv(const char *path, const float *losses, int64_t n, const mood_train_options *o);
+/* A line plot of the losses (light) and their moving average (dark) as a PNG. */
+int mood__loss_png(const char *path, const float *losses, int64_t n, const char *title);
+
+/* ----- unet_loss.c ------------------------------------------------------------------------ */
+
+/* The built-in mood_train_loss_fn for a mood_model (user = the mood_model). */
+int mood__train_model_loss(void *user, const mood_train_batch *batch, mood_train_module *modules,
+                           size_t n_modules, double *loss_out);
+
+#endif /* MOOD_TRAIN_INTERNAL_H */

@@ -1,0 +1,435 @@
+/*
+ * trainer.c: the training loop (llm.c's train loop, with diffusers' / kohya's LoRA recipe):
+ *
+ *   for each optimizer step:
+ *       zero the gradients
+ *       for each of `accum` micro-batches:
+ *           next batch of the epoch (a new epoch draws its image order and flips)
+ *           draw noise (+ offset) and timesteps; noisy latents, target, min-SNR weights
+ *           the model's loss and gradients (mood_train_loss_fn), scaled by 1 / accum
+ *       stop on a NaN / infinite loss or gradient (the last checkpoint stays as it was)
+ *       clip by global norm; AdamW with lr = base * schedule(step)
+ *       record the loss, report progress, checkpoint every N steps
+ *   a stop request (signal, callback) saves a checkpoint at the step boundary and returns
+ *   MOOD_ECANCELLED; --resume restores everything, so the run ends with the same bits.
+ *
+ * Epochs: torch.randperm(n) orders the images (then torch.rand(n) < 0.5 picks the flipped ones).
+ * A micro-batch takes up to `batch` consecutive images of that order that share one latent size;
+ * with buckets the order is first regrouped by size (sizes in order of first appearance), so
+ * batches never mix sizes. The last batch of an epoch (or of a bucket) may be smaller, as a
+ * DataLoader without drop_last gives it. Without buckets this is exactly a shuffled DataLoader.
+ */
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+
+#include "mood/tokenizer.h"
+#include "train/train_internal.h"
+
+static volatile sig_atomic_t stop_requested;
+
+void mood_train_request_stop(void)
+{
+    stop_requested = 1;
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+typedef struct loop {
+    mood__trainer *t;
+    const mood_train_options *o;
+    const mood__train_data *d;
+    mood__adamw opt;
+    mood__train_state st;
+    mood__train_fingerprint fp;
+    int32_t *seq;     /* this epoch's order regrouped by latent size */
+    uint8_t *used;    /* scratch for regrouping */
+    size_t max_elems; /* largest C x h x w */
+    float *x0, *noise, *noisy, *target, *tmp, *tf, *w, *ctx;
+    int64_t *ts;
+    int32_t *ids;
+    double loss_avg;
+    struct timespec t0;
+    int64_t first_step; /* step this session started from */
+} loop;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ----- setup ------------------------------------------------------------------------------ */
+
+static int check(const mood__trainer *t)
+{
+    const mood_train_options *o = t->o;
+    const mood__train_data *d = t->data;
+    if (!t->loss || !t->lp || !d || d->n == 0 || !t->sched || !t->g)
+        return mood_error_set(MOOD_EINVAL, "trainer: missing model, data or loss");
+    if (o->steps < 1 || o->batch < 1 || o->accum < 1 || o->batch > 4096 || o->accum > 4096)
+        return mood_error_set(MOOD_EINVAL,
+                              "steps, batch and accumulation must be >= 1 "
+                              "(got %lld, %d, %d)",
+                              (long long)o->steps, o->batch, o->accum);
+    if (!(o->lr > 0) || !(o->te_lr >= 0) || o->warmup < 0 || !(o->max_grad_norm >= 0) ||
+        !(o->min_snr_gamma >= 0) || !isfinite(o->noise_offset))
+        return mood_error_set(MOOD_EINVAL,
+                              "learning rate must be > 0; warmup, max_grad_norm, min_snr_gamma "
+                              ">= 0");
+    if (o->resume && !o->checkpoint)
+        return mood_error_set(MOOD_EINVAL, "resume needs a checkpoint path");
+    return 0;
+}
+
+static int alloc_buffers(loop *L)
+{
+    const mood__train_data *d = L->d;
+    size_t B = (size_t)L->o->batch, n = d->n, ctxn = (size_t)d->ctx_len * d->ctx_dim;
+    for (size_t i = 0; i < n; i++) {
+        size_t e = (size_t)d->C * d->items[i].h * d->items[i].w;
+        if (e > L->max_elems)
+            L->max_elems = e;
+    }
+    L->seq = mood_calloc(n, sizeof *L->seq);
+    L->used = mood_calloc(n, 1);
+    L->x0 = mood_malloc(B * L->max_elems * sizeof(float));
+    L->noise = mood_malloc(B * L->max_elems * sizeof(float));
+    L->noisy = mood_malloc(B * L->max_elems * sizeof(float));
+    L->target = mood_malloc(B * L->max_elems * sizeof(float));
+    L->tmp = mood_malloc(B * (size_t)d->C * sizeof(float));
+    L->tf = mood_malloc(B * sizeof(float));
+    L->w = mood_malloc(B * sizeof(float));
+    L->ts = mood_malloc(B * sizeof(int64_t));
+    L->ids = mood_malloc(B * MOOD_CLIP_CONTEXT * sizeof(int32_t));
+    L->ctx = mood_malloc((B * ctxn > 0 ? B * ctxn : 1) * sizeof(float));
+    if (!L->seq || !L->used || !L->x0 || !L->noise || !L->noisy || !L->target || !L->tmp ||
+        !L->tf || !L->w || !L->ts || !L->ids || !L->ctx)
+        return mood_error_nomem();
+    return 0;
+}
+
+static void free_buffers(loop *L)
+{
+    void *p[] = {L->seq, L->used, L->x0, L->noise, L->noisy, L->target,
+                 L->tmp, L->tf,   L->w,  L->ts,    L->ids,   L->ctx};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        mood_free(p[i]);
+}
+
+/* ----- epochs and batches ----------------------------------------------------------------- */
+
+static int same_size(const mood__train_data *d, int32_t a, int32_t b)
+{
+    return d->items[a].h == d->items[b].h && d->items[a].w == d->items[b].w;
+}
+
+/* seq = order regrouped by latent size, sizes in order of first appearance. */
+static void regroup(loop *L)
+{
+    size_t n = L->d->n, k = 0;
+    memset(L->used, 0, n);
+    for (size_t i = 0; i < n; i++) {
+        if (L->used[i])
+            continue;
+        for (size_t j = i; j < n; j++) {
+            if (!L->used[j] && same_size(L->d, L->st.order[i], L->st.order[j])) {
+                L->used[j] = 1;
+                L->seq[k++] = L->st.order[j];
+            }
+        }
+    }
+}
+
+static int new_epoch(loop *L)
+{
+    size_t n = L->d->n;
+    int err = mood__train_randperm(L->t->g, L->st.order, n);
+    if (!err && L->d->flip) {
+        float *u = mood_malloc(n * sizeof *u);
+        if (!u)
+            return mood_error_nomem();
+        err = mood_rng_torch_cpu_rand(L->t->g, u, n);
+        for (size_t i = 0; !err && i < n; i++)
+            L->st.flips[i] = u[i] < 0.5f;
+        mood_free(u);
+    } else if (!err) {
+        memset(L->st.flips, 0, n);
+    }
+    if (err)
+        return err;
+    regroup(L);
+    L->st.cursor = 0;
+    L->st.epoch++;
+    return 0;
+}
+
+/* The next micro-batch: its items are seq[*first, *first + *k). */
+static int next_batch(loop *L, size_t *first, int *k)
+{
+    const mood__train_data *d = L->d;
+    int err;
+    if (L->st.cursor >= (int64_t)d->n && (err = new_epoch(L)) != 0)
+        return err;
+    *first = (size_t)L->st.cursor;
+    *k = 1;
+    while (*k < L->o->batch && *first + (size_t)*k < d->n &&
+           same_size(d, L->seq[*first], L->seq[*first + (size_t)*k]))
+        (*k)++;
+    L->st.cursor += *k;
+    return 0;
+}
+
+/* Fills the micro-batch buffers for items seq[first .. first + k). */
+static void gather(loop *L, size_t first, int k)
+{
+    const mood__train_data *d = L->d;
+    size_t ctxn = (size_t)d->ctx_len * d->ctx_dim;
+    for (int b = 0; b < k; b++) {
+        int32_t i = L->seq[first + (size_t)b];
+        const mood__train_item *it = &d->items[i];
+        size_t e = (size_t)d->C * it->h * it->w;
+        int flip = d->flip && L->st.flips[i];
+        memcpy(L->x0 + b * e, it->lat[flip], e * sizeof(float));
+        memcpy(L->ids + (size_t)b * MOOD_CLIP_CONTEXT, it->ids,
+               MOOD_CLIP_CONTEXT * sizeof(int32_t));
+        if (it->context)
+            memcpy(L->ctx + b * ctxn, it->context, ctxn * sizeof(float));
+    }
+}
+
+/* ----- one step --------------------------------------------------------------------------- */
+
+static int bad_number(loop *L, const char *what, double v)
+{
+    const char *ck = L->o->checkpoint;
+    if (L->t->checkpoint_step >= 0)
+        return mood_error_set(MOOD_EINVAL,
+                              "step %lld: the %s is %g; training stopped. The last checkpoint, "
+                              "%s (step %lld), is kept: resume from it with a lower learning "
+                              "rate (now %g)",
+                              (long long)L->st.step + 1, what, v, ck,
+                              (long long)L->t->checkpoint_step, L->o->lr);
+    return mood_error_set(MOOD_EINVAL,
+                          "step %lld: the %s is %g; training stopped (no checkpoint was written "
+                          "yet). Try a lower learning rate (now %g)",
+                          (long long)L->st.step + 1, what, v, L->o->lr);
+}
+
+static int micro_batch(loop *L, double *loss)
+{
+    const mood__train_data *d = L->d;
+    const mood__trainer *t = L->t;
+    size_t first, hw, e;
+    int k, err;
+    if ((err = next_batch(L, &first, &k)) != 0)
+        return err;
+    const mood__train_item *it = &d->items[L->seq[first]];
+    hw = (size_t)it->h * it->w;
+    e = (size_t)d->C * hw;
+    gather(L, first, k);
+    if ((err = mood__train_draw(t->g, L->noise, L->ts, L->tmp, k, d->C, hw, L->o->noise_offset,
+                                t->sched->T)) != 0)
+        return err;
+    mood__train_add_noise(t->sched, L->noisy, L->x0, L->noise, L->ts, k, e);
+    mood__train_target(t->sched, L->target, L->x0, L->noise, L->ts, k, e);
+    mood__train_snr_weights(t->sched, L->w, L->ts, k, L->o->min_snr_gamma);
+    for (int b = 0; b < k; b++)
+        L->tf[b] = (float)L->ts[b];
+    mood_train_batch batch = {k,          d->C,       it->h,
+                              it->w,      L->x0,      L->noise,
+                              L->noisy,   L->tf,      L->target,
+                              L->w,       L->ids,     it->context ? L->ctx : NULL,
+                              d->ctx_len, d->ctx_dim, 1.0f / (float)L->o->accum};
+    return t->loss(t->loss_user, &batch, t->lp->mods, t->lp->n, loss);
+}
+
+static int step(loop *L)
+{
+    const mood_train_options *o = L->o;
+    mood__lora_params *lp = L->t->lp;
+    double loss = 0, norm, lr, f;
+    size_t te_end = lp->tensor_off[2 * lp->n_te];
+    int err;
+    memset(lp->grads, 0, lp->n_params * sizeof *lp->grads);
+    for (int a = 0; a < o->accum; a++) {
+        double l = 0;
+        if ((err = micro_batch(L, &l)) != 0)
+            return err;
+        if (!isfinite(l))
+            return bad_number(L, "loss", l);
+        loss += l;
+    }
+    loss /= o->accum;
+    norm = mood__clip_grad_norm(lp->grads, lp->tensor_off, 2 * lp->n, o->max_grad_norm);
+    if (!isfinite(norm))
+        return bad_number(L, "gradient norm", norm);
+    f = mood_lr_factor(o->lr_schedule, L->st.step, o->warmup, o->steps);
+    lr = o->lr * f;
+    mood__adamw_update(&L->opt, lp->params, lp->grads, 0, te_end,
+                       (o->te_lr > 0 ? o->te_lr : o->lr) * f, L->st.step + 1);
+    mood__adamw_update(&L->opt, lp->params, lp->grads, te_end, lp->n_params, lr, L->st.step + 1);
+    L->st.losses[L->st.step] = (float)loss;
+    L->st.step++;
+    L->loss_avg = L->st.step == 1 ? loss : 0.9 * L->loss_avg + 0.1 * loss;
+    return 0;
+}
+
+/* ----- checkpoints and progress ----------------------------------------------------------- */
+
+static int save(loop *L)
+{
+    int err;
+    if (!L->o->checkpoint)
+        return 0;
+    mood_rng_torch_cpu_get_state(L->t->g, L->st.rng);
+    if ((err = mood__checkpoint_save(L->o->checkpoint, &L->fp, L->t->lp, &L->opt, &L->st)) == 0)
+        L->t->checkpoint_step = L->st.step;
+    return err;
+}
+
+static int report(loop *L)
+{
+    const mood_train_options *o = L->o;
+    double el = now_s() - ((double)L->t0.tv_sec + L->t0.tv_nsec * 1e-9);
+    double done = (double)(L->st.step - L->first_step);
+    mood_train_progress p = {"train", L->st.step, o->steps, (int)L->st.epoch, 0, 0, 0, 0, 0};
+    if (!o->progress)
+        return 0;
+    if (L->st.step > 0) {
+        p.loss = L->st.losses[L->st.step - 1];
+        p.loss_avg = L->loss_avg;
+        p.lr = o->lr * mood_lr_factor(o->lr_schedule, L->st.step - 1, o->warmup, o->steps);
+    }
+    p.it_per_s = el > 0 && done > 0 ? done / el : 0;
+    p.eta_s = p.it_per_s > 0 ? (double)(o->steps - L->st.step) / p.it_per_s : 0;
+    return o->progress(&p, o->progress_payload);
+}
+
+/* ----- the run ---------------------------------------------------------------------------- */
+
+static int start(loop *L)
+{
+    mood__trainer *t = L->t;
+    int err;
+    size_t n = L->d->n;
+    mood__lora_params_layout(t->lp, L->fp.layout);
+    L->fp.seed = L->o->seed;
+    L->fp.batch = L->o->batch;
+    L->fp.accum = L->o->accum;
+    L->fp.flip = L->d->flip;
+    L->fp.n_items = n;
+    if ((err = mood__adamw_init(&L->opt, t->lp->n_params, L->o->beta1, L->o->beta2, L->o->eps,
+                                L->o->weight_decay)) != 0 ||
+        (err = alloc_buffers(L)) != 0)
+        return err;
+    if (L->o->resume) {
+        mood__train_state st;
+        if ((err = mood__checkpoint_load(L->o->checkpoint, &L->fp, t->lp, &L->opt, &st)) != 0)
+            return err;
+        if (st.step > L->o->steps) {
+            mood__train_state_dispose(&st);
+            return mood_error_set(MOOD_EINVAL,
+                                  "%s: the checkpoint is at step %lld, after the "
+                                  "%lld steps asked for",
+                                  L->o->checkpoint, (long long)st.step, (long long)L->o->steps);
+        }
+        if ((err = mood_rng_torch_cpu_set_state(t->g, st.rng, sizeof st.rng)) != 0) {
+            mood__train_state_dispose(&st);
+            return err;
+        }
+        L->st = st;
+        t->checkpoint_step = st.step;
+        if (L->st.epoch > 0)
+            regroup(L);
+    } else {
+        L->st.n_items = n;
+        L->st.cursor = (int64_t)n; /* the first batch starts an epoch */
+        L->st.order = mood_calloc(n, sizeof *L->st.order);
+        L->st.flips = mood_calloc(n, 1);
+        L->st.losses = NULL;
+        if (!L->st.order || !L->st.flips)
+            return mood_error_nomem();
+    }
+    /* room for every step's loss */
+    float *grown = mood_realloc(L->st.losses, (size_t)L->o->steps * sizeof *grown);
+    if (!grown)
+        return mood_error_nomem();
+    L->st.losses = grown;
+    L->first_step = L->st.step;
+    if (L->st.step > 0)
+        L->loss_avg = L->st.losses[L->st.step - 1];
+    return 0;
+}
+
+static int run_steps(loop *L)
+{
+    const mood_train_options *o = L->o;
+    int err = 0;
+    clock_gettime(CLOCK_MONOTONIC, &L->t0);
+    while (!err && L->st.step < o->steps) {
+        if (stop_requested) {
+            err = save(L);
+            return err ? err
+                       : mood_error_set(MOOD_ECANCELLED, "training stopped at step %lld",
+                                        (long long)L->st.step);
+        }
+        if ((err = step(L)) != 0)
+            break;
+        if (report(L) != 0) {
+            err = save(L);
+            return err ? err
+                       : mood_error_set(MOOD_ECANCELLED, "training cancelled at step %lld",
+                                        (long long)L->st.step);
+        }
+        if (o->checkpoint_every > 0 && L->st.step % o->checkpoint_every == 0 &&
+            L->st.step < o->steps)
+            err = save(L);
+    }
+    if (!err)
+        err = save(L);
+    return err;
+}
+
+int mood__trainer_run(mood__trainer *t)
+{
+    loop L;
+    struct sigaction sa, old_int, old_term;
+    int err;
+    memset(&L, 0, sizeof L);
+    L.t = t;
+    L.o = t->o;
+    L.d = t->data;
+    t->losses = NULL;
+    t->n_losses = 0;
+    t->checkpoint_step = -1;
+    if ((err = check(t)) != 0)
+        return err;
+    stop_requested = 0;
+    if (L.o->handle_signals) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+    }
+    if ((err = start(&L)) == 0)
+        err = run_steps(&L);
+    if (L.o->handle_signals) {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+    }
+    t->losses = L.st.losses;
+    t->n_losses = L.st.step;
+    L.st.losses = NULL;
+    mood__train_state_dispose(&L.st);
+    mood__adamw_dispose(&L.opt);
+    free_buffers(&L);
+    return err;
+}
