@@ -258,6 +258,7 @@ void mood_model_free(mood_model *m)
     if (!m)
         return;
     mood__model_free_adapters(m);
+    mood_unet_tape_free(m->tape);
     mood_clip_free(m->clip);
     mood_unet_free(m->unet);
     mood_vae_free(m->vae);

@@ -53,6 +53,7 @@ struct mood_model {
     mood_side_path *paths; /* runtime side paths (UNet and text encoder together) */
     size_t n_paths, cap_paths;
     float **owned; /* factor buffers the side paths point into */
+    mood_unet_tape *tape; /* training: the UNet's activations, kept between steps */
     size_t n_owned, cap_owned;
 };
 

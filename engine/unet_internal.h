@@ -1,6 +1,7 @@
 /*
- * unet_internal.h: the in-memory UNet shared by engine/unet.c (structure, layers, forward, side
- * paths, the weight API) and engine/unet_load.c (config.json, single-file inference, loading).
+ * unet_internal.h: the in-memory UNet shared by engine/unet.c (structure, layers, side paths,
+ * the weight API), engine/unet_load.c (config.json, single-file inference, loading) and the
+ * passes (unet_pass.h).
  * Not installed.
  *
  * A model is its config, a table of parameters with diffusers state-dict names (declared in
@@ -85,7 +86,9 @@ struct mood_unet {
     u_norm norm_out;
     u_block down[MOOD_UNET_MAX_BLOCKS], up[MOOD_UNET_MAX_BLOCKS], mid;
     mood_side_path *sides; /* grouped by parameter */
+    size_t *side_src;      /* each one's index in the array given to mood_unet_set_side_paths */
     size_t n_sides;
+    unsigned long side_gen; /* counts mood_unet_set_side_paths calls (a tape checks it) */
 };
 
 /* Declares every parameter of m->cfg (names, shapes, layer descriptors) and allocates the data

@@ -16,70 +16,33 @@
 #include <omp.h>
 #include <string.h>
 
+#include "engine/cpu/ops_internal.h"
+
 /* Elementwise loops below this size run on one thread (the fork costs more than the work). */
 #define PAR_MIN ((size_t)1 << 15)
 
 /* ----- helpers ----------------------------------------------------------------------------- */
 
-/* The loops that are not in OpenBLAS and vectorise (softmax, exp-based activations) are compiled
- * for AVX-512 and AVX2 too on x86-64 and picked at load time (the same bits at every width, see
- * exp_poly). */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define OPS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-#endif
-#ifndef OPS_VECTOR_CLONES
-#define OPS_VECTOR_CLONES
-#endif
-
-/* exp(x) within 1 ulp for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38 stands for anything
- * smaller, e^88 ~ 1.7e38 for anything larger): x = q ln2 + r with q = round(x / ln2) (adding
- * 1.5 * 2^23 rounds to even), ln2 in two parts so q ln2 is exact, a degree-6 polynomial for e^r
- * (Sleef's expf coefficients) and 2^q from its bits. Only IEEE adds, multiplies and conversions
- * (no libm call; the build does not contract into fused multiply-adds), so loops over it
- * vectorise and give the same bits at any vector width. */
-static inline float exp_poly(float x)
-{
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
-    float t = x * 1.44269504088896341f + 12582912.0f;
-    float qf = t - 12582912.0f;
-    float r = x - qf * 0.693145751953125f;
-    r = r - qf * 1.428606765330187045e-06f;
-    float u = 0.000198527617612853646278381f;
-    u = u * r + 0.00139304355252534151077271f;
-    u = u * r + 0.00833336077630519866943359f;
-    u = u * r + 0.0416664853692054748535156f;
-    u = u * r + 0.166666671633720397949219f;
-    u = u * r + 0.5f;
-    u = 1.0f + (r * r * u + r);
-    int32_t bits = ((int32_t)qf + 127) * (1 << 23);
-    float p2;
-    memcpy(&p2, &bits, sizeof p2);
-    return u * p2;
-}
-
 /* ----- matrix products ---------------------------------------------------------------------- */
 
 /* Threads a parallel region uses: omp_get_max_threads(), but at most the processors available,
- * which is what per-thread scratch is counted for (scratch_threads), so a scratch sized once
- * stays large enough whatever omp_set_num_threads says later. */
-static int scratch_threads(void)
+ * which is what per-thread scratch is counted for (mood__ops_scratch_threads), so a scratch sized
+ * once stays large enough whatever omp_set_num_threads says later. */
+int mood__ops_scratch_threads(void)
 {
     return omp_get_num_procs();
 }
 
-static int op_threads(void)
+int mood__ops_threads(void)
 {
-    int nt = omp_get_max_threads(), np = scratch_threads();
+    int nt = omp_get_max_threads(), np = mood__ops_scratch_threads();
     return nt < np ? nt : np;
 }
 
 /* Makes OpenBLAS calls from the current task single-threaded. OpenBLAS's OpenMP build runs one
  * thread inside an active parallel region, but a team of one is not active and it would then
  * take omp_get_max_threads() threads; the setting lasts until the task (the loop body) ends. */
-static void blas_one_thread(void)
+void mood__ops_blas_one_thread(void)
 {
     omp_set_num_threads(1);
 }
@@ -96,7 +59,7 @@ static int gemm_tile(int dim)
  * OpenBLAS's own threading splits the product differently for each thread count and the last
  * bits of the results move with it, so the product is cut here into tiles that depend on the
  * sizes alone (along the longer of M and N, so the operand every tile repacks is the smaller),
- * and each tile is one single-threaded sgemm (see blas_one_thread). */
+ * and each tile is one single-threaded sgemm (see mood__ops_blas_one_thread). */
 static void gemm(int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc)
 {
@@ -105,9 +68,9 @@ static void gemm(int transB, int M, int N, int K, float alpha, const float *A, i
     int split_m = M >= N, dim = split_m ? M : N, tile = gemm_tile(dim);
     int ntiles = (dim + tile - 1) / tile;
     CBLAS_TRANSPOSE tb = transB ? CblasTrans : CblasNoTrans;
-#pragma omp parallel for schedule(dynamic) num_threads(op_threads())
+#pragma omp parallel for schedule(dynamic) num_threads(mood__ops_threads())
     for (int t = 0; t < ntiles; t++) {
-        blas_one_thread();
+        mood__ops_blas_one_thread();
         int i0 = t * tile, n = dim - i0 < tile ? dim - i0 : tile;
         if (split_m)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, n, N, K, alpha, A + (size_t)i0 * lda, lda,
@@ -189,7 +152,7 @@ size_t mood_op_conv2d_scratch(const mood_conv2d_dims *d)
     if (conv_is_direct(d))
         return 0;
     conv_plan p = conv_plan_of(d);
-    return (size_t)scratch_threads() * p.K * p.tn;
+    return (size_t)mood__ops_scratch_threads() * p.K * p.tn;
 }
 
 /* dst[0..cnt) = one input row sampled at ix = (ox0 + j) s - off, zero where ix is outside
@@ -217,7 +180,7 @@ static void im2col_row(float *dst, const float *srow, int W, int s, int off, int
 
 /* col (IC*k*k x n) = the input patches of output positions p0..p0+n of one sample; row
  * (c, ky, kx) holds inp[c][oy*s - pad + ky][ox*s - pad + kx], zero outside the image. */
-static void im2col(float *col, const float *inp, const mood_conv2d_dims *d, size_t p0, size_t n)
+void mood__ops_im2col(float *col, const float *inp, const mood_conv2d_dims *d, size_t p0, size_t n)
 {
     int k = d->k, s = d->stride, pad = d->pad, H = d->h, W = d->w;
     int OW = mood_op_conv2d_out_w(d);
@@ -250,9 +213,9 @@ void mood_op_conv2d(float *out, const float *inp, const float *w, const float *b
         return;
     size_t hw = (size_t)d->h * d->w;
     int direct = conv_is_direct(d), ntask = d->batch * p.ntn * p.ntm;
-#pragma omp parallel for schedule(dynamic) num_threads(op_threads())
+#pragma omp parallel for schedule(dynamic) num_threads(mood__ops_threads())
     for (int t = 0; t < ntask; t++) {
-        blas_one_thread();
+        mood__ops_blas_one_thread();
         int m = t % p.ntm, pt = t / p.ntm % p.ntn, b = t / p.ntm / p.ntn;
         int oc0 = m * p.tm, noc = d->out_c - oc0 < p.tm ? d->out_c - oc0 : p.tm;
         size_t p0 = (size_t)pt * p.tn, n = p.ohw - p0 < p.tn ? p.ohw - p0 : p.tn;
@@ -262,7 +225,7 @@ void mood_op_conv2d(float *out, const float *inp, const float *w, const float *b
         int ldb = (int)hw;
         if (!direct) {
             float *s = scratch + (size_t)omp_get_thread_num() * p.K * p.tn;
-            im2col(s, x, d, p0, n);
+            mood__ops_im2col(s, x, d, p0, n);
             col = s;
             ldb = (int)n;
         }
@@ -460,7 +423,7 @@ void mood_op_add_channel_bias(float *x, const float *v, int B, int C, size_t HW)
 size_t mood_op_attention_scratch(int Tq, int Tk)
 {
     size_t qb = Tq < ATT_QB ? (size_t)Tq : ATT_QB;
-    return (size_t)scratch_threads() * qb * (size_t)Tk;
+    return (size_t)mood__ops_scratch_threads() * qb * (size_t)Tk;
 }
 
 /* Lanes of the softmax sum: a fixed number of partial sums, added in a fixed order, so the
@@ -470,7 +433,7 @@ size_t mood_op_attention_scratch(int Tq, int Tk)
 /* Unnormalised softmax of row[0..n) in place: exp(x - max), float32; row[n..len) = 0. Returns
  * 1 / the sum, by which the row's output is scaled after the product with v (D multiplies
  * instead of n). */
-OPS_VECTOR_CLONES static float softmax_row(float *row, int n, int len)
+OPS_VECTOR_CLONES float mood__ops_softmax_row(float *row, int n, int len)
 {
     float mx = row[0];
 #pragma omp simd reduction(max : mx)
@@ -512,7 +475,8 @@ static void attention_block(float *out, const float *q, const float *k, const fl
                 k + koff, (int)ld, 0.0f, s, nk);
     float inv[ATT_QB];
     for (int i = 0; i < m; i++)
-        inv[i] = softmax_row(s + (size_t)i * nk, causal && i0 + i + 1 < nk ? i0 + i + 1 : nk, nk);
+        inv[i] = mood__ops_softmax_row(s + (size_t)i * nk,
+                                       causal && i0 + i + 1 < nk ? i0 + i + 1 : nk, nk);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, 1.0f, s, nk, v + koff, (int)ld,
                 0.0f, out + qoff, (int)ld);
     for (int i = 0; i < m; i++) {
@@ -533,9 +497,9 @@ void mood_op_attention(float *out, const float *q, const float *k, const float *
     int nblk = (Tq + qb - 1) / qb;
     int ntask = B * H * nblk;
     size_t per_thread = (size_t)qb * Tk;
-#pragma omp parallel for schedule(dynamic) num_threads(op_threads())
+#pragma omp parallel for schedule(dynamic) num_threads(mood__ops_threads())
     for (int t = 0; t < ntask; t++) {
-        blas_one_thread();
+        mood__ops_blas_one_thread();
         int blk = t % nblk, h = t / nblk % H, b = t / nblk / H;
         int i0 = blk * qb, m = Tq - i0 < qb ? Tq - i0 : qb;
         float *s = scratch + (size_t)omp_get_thread_num() * per_thread;

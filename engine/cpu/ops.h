@@ -136,7 +136,8 @@ void mood_op_attention_backward(float *dq, float *dk, float *dv, const float *do
                                 int Tq, int Tk, int D, int causal, float scale, float *scratch);
 
 void mood_op_upsample_nearest2x_backward(float *dinp, const float *dout, int BC, int H, int W);
-/* dinp (B x C x HW) += dout's part; dv (B x C) += its sum over HW. */
+/* dv (B x C) += dout (B x C x HW) summed over HW (the gradient of x itself is dout, which the
+ * caller passes on). */
 void mood_op_add_channel_bias_backward(float *dv, const float *dout, int B, int C, size_t HW);
 void mood_op_nchw_to_nhwc_backward(float *dinp, const float *dout, int B, int C, size_t HW);
 void mood_op_nhwc_to_nchw_backward(float *dinp, const float *dout, int B, int C, size_t HW);

@@ -1,0 +1,71 @@
+/*
+ * ops_internal.h: helpers shared by the CPU layer functions (engine/cpu/ops.c) and their backward
+ * passes (engine/cpu/ops_backward.c): the thread-count rules, the convolution's column builder,
+ * the softmax row and the vectorisable exp. Not installed.
+ */
+#ifndef MOOD_ENGINE_CPU_OPS_INTERNAL_H
+#define MOOD_ENGINE_CPU_OPS_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "engine/cpu/ops.h"
+
+/* The loops that are not in OpenBLAS and vectorise (softmax, exp-based activations) are compiled
+ * for AVX-512 and AVX2 too on x86-64 and picked at load time (the same bits at every width, see
+ * exp_poly). */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define OPS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef OPS_VECTOR_CLONES
+#define OPS_VECTOR_CLONES
+#endif
+
+/* exp(x) within 1 ulp for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38 stands for anything
+ * smaller, e^88 ~ 1.7e38 for anything larger): x = q ln2 + r with q = round(x / ln2) (adding
+ * 1.5 * 2^23 rounds to even), ln2 in two parts so q ln2 is exact, a degree-6 polynomial for e^r
+ * (Sleef's expf coefficients) and 2^q from its bits. Only IEEE adds, multiplies and conversions
+ * (no libm call; the build does not contract into fused multiply-adds), so loops over it
+ * vectorise and give the same bits at any vector width. */
+static inline float exp_poly(float x)
+{
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
+    float t = x * 1.44269504088896341f + 12582912.0f;
+    float qf = t - 12582912.0f;
+    float r = x - qf * 0.693145751953125f;
+    r = r - qf * 1.428606765330187045e-06f;
+    float u = 0.000198527617612853646278381f;
+    u = u * r + 0.00139304355252534151077271f;
+    u = u * r + 0.00833336077630519866943359f;
+    u = u * r + 0.0416664853692054748535156f;
+    u = u * r + 0.166666671633720397949219f;
+    u = u * r + 0.5f;
+    u = 1.0f + (r * r * u + r);
+    int32_t bits = ((int32_t)qf + 127) * (1 << 23);
+    float p2;
+    memcpy(&p2, &bits, sizeof p2);
+    return u * p2;
+}
+
+/* Processors per-thread scratch is counted for (omp_get_num_procs()), and the threads a parallel
+ * region uses: omp_get_max_threads(), but at most that many. */
+int mood__ops_scratch_threads(void);
+int mood__ops_threads(void);
+
+/* Makes OpenBLAS calls from the current task single-threaded (until the task ends). */
+void mood__ops_blas_one_thread(void);
+
+/* col (in_c*k*k x n) = the input patches of output positions p0..p0+n of one sample inp
+ * (in_c x h x w); row (c, ky, kx) holds inp[c][oy*s - pad + ky][ox*s - pad + kx], zero outside
+ * the image. */
+void mood__ops_im2col(float *col, const float *inp, const mood_conv2d_dims *d, size_t p0, size_t n);
+
+/* Unnormalised softmax of row[0..n) in place: exp(x - max); row[n..len) = 0. Returns 1 / the
+ * sum. */
+float mood__ops_softmax_row(float *row, int n, int len);
+
+#endif /* MOOD_ENGINE_CPU_OPS_INTERNAL_H */
