@@ -23,6 +23,7 @@
 
 #include "common/common.h"
 #include "engine/cpu/ops.h"
+#include "engine/weights.h"
 #include "mood/clip.h"
 #include "mood/safetensors.h"
 
@@ -239,41 +240,18 @@ typedef struct clip_loader {
     float *next;
 } clip_loader;
 
-/* "[a, b, ...]" into buf. */
-static void shape_str(char *buf, size_t size, const int64_t *shape, int ndim)
-{
-    size_t n = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < ndim && n < size; i++)
-        n += (size_t)snprintf(buf + n, size - n, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (n < size)
-        snprintf(buf + n, size - n, "]");
-}
-
 /* Finds prefix+name, checks it is (d0[, d1]) and converts it to float32 at ld->next. */
 static int load_full(clip_loader *ld, const mood_clip_config *c, const char *full, int d0, int d1,
                      const float **out)
 {
     int64_t s0 = dim_size(c, d0), s1 = dim_size(c, d1);
     int ndim = d1 == D_NONE ? 1 : 2;
-    const mood_st_tensor *t = mood_st_find(ld->f, full);
-    if (!t)
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is missing", ld->path, full);
-    if (t->ndim != ndim || t->shape[0] != s0 || (ndim == 2 && t->shape[1] != s1)) {
-        int64_t want[2] = {s0, s1};
-        char got_s[160], want_s[64];
-        shape_str(got_s, sizeof got_s, t->shape, t->ndim);
-        shape_str(want_s, sizeof want_s, want, ndim);
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" has shape %s, expected %s", ld->path,
-                              full, got_s, want_s);
-    }
-    if (!mood_dtype_is_numeric(t->dtype) || t->dtype == MOOD_DTYPE_BOOL)
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" has dtype %s, expected a float",
-                              ld->path, full, mood_dtype_name(t->dtype));
-    int err = mood_st_to_f32(ld->next, t);
-    if (err < 0) {
-        mood_error_prefix("%s: tensor \"%s\"", ld->path, full);
+    int64_t want[2] = {s0, s1};
+    char lb[300];
+    snprintf(lb, sizeof lb, "\"%s\"", full);
+    int err = mood__weight_to_f32(ld->next, mood_st_find(ld->f, full), ld->path, lb, want, ndim, 0);
+    if (err < 0)
         return err;
-    }
     *out = ld->next;
     ld->next += s0 * s1;
     return 0;

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "engine/unet_internal.h"
+#include "engine/weights.h"
 #include "lora/lora_internal.h"
 #include "mood/safetensors.h"
 
@@ -753,15 +754,6 @@ static int add_single_file(source *s, const char *path, mood_st_file **f)
 
 /* ----- loading ------------------------------------------------------------------------------ */
 
-static void shape_str(char *buf, size_t size, const int64_t *shape, int ndim)
-{
-    size_t n = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < ndim && n < size; i++)
-        n += (size_t)snprintf(buf + n, size - n, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (n < size)
-        snprintf(buf + n, size - n, "]");
-}
-
 /* "name" or "key (diffusers name)" for messages. */
 static void label(char *buf, size_t size, const src_tensor *st, const char *name)
 {
@@ -773,27 +765,12 @@ static void label(char *buf, size_t size, const src_tensor *st, const char *name
 
 static int load_param(unet_param *p, src_tensor *st, const char *where)
 {
-    char lb[700], got[160], want[160];
-    int err, same;
+    char lb[700];
+    int err;
     label(lb, sizeof lb, st, p->name);
-    if (!st)
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor %s is missing", where, lb);
-    same = st->t->ndim == p->ndim;
-    for (int d = 0; same && d < p->ndim; d++)
-        same = st->t->shape[d] == p->shape[d];
-    if (!same) {
-        shape_str(got, sizeof got, st->t->shape, st->t->ndim);
-        shape_str(want, sizeof want, p->shape, p->ndim);
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor %s has shape %s, expected %s", where, lb,
-                              got, want);
-    }
-    if (!mood_dtype_is_numeric(st->t->dtype) || st->t->dtype == MOOD_DTYPE_BOOL)
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor %s has dtype %s, expected a float", where,
-                              lb, mood_dtype_name(st->t->dtype));
-    if ((err = mood_st_to_f32(p->data, st->t)) < 0) {
-        mood_error_prefix("%s: tensor %s", where, lb);
+    if ((err = mood__weight_to_f32(p->data, st ? st->t : NULL, where, lb, p->shape, p->ndim, 0)) <
+        0)
         return err;
-    }
     mood_st_release(st->f, st->t);
     st->used = 1;
     return 0;

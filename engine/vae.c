@@ -45,6 +45,7 @@
 
 #include "common/common.h"
 #include "engine/cpu/ops.h"
+#include "engine/weights.h"
 #include "mood/safetensors.h"
 #include "mood/vae.h"
 
@@ -131,30 +132,6 @@ static const mood_st_tensor *find(const vae_loader *ld, const char *name)
     return mood_st_find(ld->f, full);
 }
 
-/* "[a, b, ...]" into buf. */
-static void shape_str(char *buf, size_t size, const int64_t *shape, int ndim)
-{
-    size_t n = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < ndim && n < size; i++)
-        n += (size_t)snprintf(buf + n, size - n, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (n < size)
-        snprintf(buf + n, size - n, "]");
-}
-
-/* Whether t has the shape want (ndim dims); a Linear weight (lin) may also be a 1x1 conv
- * (want[0], want[1], 1, 1), as LDM files store the mid attention. */
-static int shape_ok(const mood_st_tensor *t, const int64_t *want, int ndim, int lin)
-{
-    if (lin && t->ndim == 4 && t->shape[2] == 1 && t->shape[3] == 1)
-        return t->shape[0] == want[0] && t->shape[1] == want[1];
-    if (t->ndim != ndim)
-        return 0;
-    for (int i = 0; i < ndim; i++)
-        if (t->shape[i] != want[i])
-            return 0;
-    return 1;
-}
-
 /* Loads prefix + base + "." + leaf of shape `shape` (ndim dims) as float32 into *out; in the
  * counting pass only adds its size. */
 static int ld_tensor(vae_loader *ld, const float **out, const char *base, const char *leaf,
@@ -169,24 +146,12 @@ static int ld_tensor(vae_loader *ld, const float **out, const char *base, const 
         return 0;
     }
     snprintf(full, sizeof full, "%s%s.%s", ld->prefix, base, leaf);
-    const mood_st_tensor *t = mood_st_find(ld->f, full);
-    if (!t)
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" is missing", ld->path, full);
-    if (!shape_ok(t, shape, ndim, lin)) {
-        char got[160], want[160];
-        shape_str(got, sizeof got, t->shape, t->ndim);
-        shape_str(want, sizeof want, shape, ndim);
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" has shape %s, expected %s", ld->path,
-                              full, got, want);
-    }
-    if (!mood_dtype_is_numeric(t->dtype) || t->dtype == MOOD_DTYPE_BOOL)
-        return mood_error_set(MOOD_EFORMAT, "%s: tensor \"%s\" has dtype %s, expected a float",
-                              ld->path, full, mood_dtype_name(t->dtype));
-    int err = mood_st_to_f32(ld->next, t);
-    if (err < 0) {
-        mood_error_prefix("%s: tensor \"%s\"", ld->path, full);
+    char lb[300];
+    snprintf(lb, sizeof lb, "\"%s\"", full);
+    int err =
+        mood__weight_to_f32(ld->next, mood_st_find(ld->f, full), ld->path, lb, shape, ndim, lin);
+    if (err < 0)
         return err;
-    }
     *out = ld->next;
     ld->next += n;
     return 0;
