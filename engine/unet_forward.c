@@ -278,28 +278,27 @@ static void transformer_forward(unet_pass *f, const u_transformer *t, float *out
                                 int H, int W)
 {
     size_t HW = (size_t)H * W, B = (size_t)f->B, N = B * HW, n = B * (size_t)t->C * HW;
-    size_t mark = f->used;
+    size_t mark = f->used, mark2;
     float *stats = f->tape ? push(f, 2 * B * (size_t)t->norm.groups) : NULL;
-    float *gn = push(f, n), *tok = push(f, N * (size_t)t->C), *x = push(f, N * (size_t)t->inner);
-    float *xl, *y, *z;
+    float *tok = push(f, N * (size_t)t->C), *x = push(f, N * (size_t)t->inner);
+    /* Recording, out is a fresh buffer, free until the end: the normalised input goes there,
+     * and tok (proj_in's input) stays for the backward pass. In inference out is inp. */
+    float *gn = f->tape ? out : push(f, n), *xl, *y;
     unet_rec *rec;
     norm_forward(f, &t->norm, gn, inp, 0, HW, stats);
     RUN(f) mood_op_nchw_to_nhwc(tok, gn, f->B, t->C, HW);
     linear_forward(f, &t->proj_in, x, tok, N);
     xl = tblocks_forward(f, t, x, HW);
-    /* proj_out's tokens go to y, back to channels in z, + inp into out. In inference tok and gn
-     * are free again; recording, tok stays for the backward pass and out is a fresh buffer. */
-    y = f->tape ? gn : tok;
-    z = f->tape ? out : gn;
+    mark2 = f->used;
+    y = f->tape ? push(f, N * (size_t)t->C) : tok; /* proj_out's tokens */
     linear_forward(f, &t->proj_out, y, xl, N);
-    RUN(f) mood_op_nhwc_to_nchw(z, y, f->B, t->C, HW);
-    RUN(f) mood_op_add(out, inp, z, n);
+    RUN(f) mood_op_nhwc_to_nchw(gn, y, f->B, t->C, HW);
+    RUN(f) mood_op_add(out, inp, gn, n);
     if ((rec = record(f, REC_TRANSFORMER, t, inp, out, H, W))) {
         rec->a.tr.stats = stats, rec->a.tr.tok = tok;
         rec->a.tr.x0 = x, rec->a.tr.xl = xl;
     }
-    if (!f->tape)
-        f->used = mark;
+    f->used = f->tape ? mark2 : mark;
 }
 
 /* A transformer after a layer whose output is h; returns its output (h in inference). */
@@ -569,20 +568,27 @@ static void unet_run(unet_pass *f, float *out, const float *x, const float *t,
 
 /* ----- entry points ------------------------------------------------------------------------- */
 
+static int check_sizes(const mood_unet *m, int B, int H, int W, int L)
+{
+    if (!m)
+        return mood_error_set(MOOD_EINVAL, "unet: no model");
+    if (B < 1 || H < 1 || W < 1 || L < 1 || (int64_t)B * H * W > INT_MAX / 4 ||
+        (int64_t)B * L > INT_MAX / 4)
+        return mood_error_set(MOOD_EINVAL, "unet: batch %d, size %dx%d, %d context tokens", B, H, W,
+                              L);
+    return 0;
+}
+
 static int check_forward(const mood_unet *m, float *out, const float *x, const float *t,
                          const float *ctx, int B, int H, int W, int L, const float *text_embeds,
                          const float *time_ids)
 {
     if (!m || !out || !x || !t || !ctx)
         return mood_error_set(MOOD_EINVAL, "unet: forward needs out, x, timesteps and context");
-    if (B < 1 || H < 1 || W < 1 || L < 1 || (int64_t)B * H * W > INT_MAX / 4 ||
-        (int64_t)B * L > INT_MAX / 4)
-        return mood_error_set(MOOD_EINVAL, "unet: batch %d, size %dx%d, %d context tokens", B, H, W,
-                              L);
     if (m->cfg.addition_embed_text_time && (!text_embeds || !time_ids))
         return mood_error_set(MOOD_EINVAL, "unet: addition_embed_type \"text_time\" (SDXL) needs "
                                            "text_embeds and time_ids");
-    return 0;
+    return check_sizes(m, B, H, W, L);
 }
 
 static int too_big(size_t floats)
@@ -698,10 +704,9 @@ int mood_unet_forward_train(const mood_unet *m, mood_unet_tape *tape, float *out
 int mood_unet_train_memory(const mood_unet *m, int B, int H, int W, int ctx_len, unsigned flags,
                            uint64_t *tape_bytes, uint64_t *backward_bytes)
 {
-    static const float dummy[1];
     mood_unet_tape *tape = NULL;
     unet_pass g;
-    int err = check_forward(m, (float *)dummy, dummy, dummy, dummy, B, H, W, ctx_len, dummy, dummy);
+    int err = check_sizes(m, B, H, W, ctx_len);
     if (err < 0 || (err = mood_unet_tape_new(&tape, flags)) < 0)
         return err;
     plan_train(&tape->f, m, tape->mode, NULL, NULL, NULL, NULL, B, H, W, ctx_len, NULL, NULL);

@@ -8,8 +8,8 @@ scale 1, random factors (up not zero). The base weights are frozen (requires_gra
 autograd, like mood, computes only the factors' gradients. Loss: sum(out * R).
 
   make DIR [--config small|sd15] [--size S] [--batch B] [--tokens L] [--rank R]
-      DIR/unet/: the model (written once; sd15 is tools/unet_sd15_reference.py's, 1.7 GB;
-      small is SD1.5's structure at widths 64/128/256/256, 37M parameters) and
+      DIR/unet/: the model in float16 (written once; sd15 as tools/unet_sd15_reference.py writes
+      it, 1.7 GB; small is SD1.5's structure at widths 64/128/256/256) and
       DIR/io_<B>x<S>x<L>_r<R>.safetensors: x, t, context, R, the factors (path.<i>.down/up,
       metadata path.<i>.weight/rank/scale, paths) and torch's float32 out and gradients
       (grad.<i>.down/up, dcontext).
@@ -107,7 +107,7 @@ def make(a) -> None:
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**(SMALL if a.config == "small" else sd15.SD15)).eval()
         sd15.randomise(unet)
-        unet.save_pretrained(d)
+        unet.to(torch.float16).save_pretrained(d)  # as unet_sd15_reference.py writes it
     if os.path.isfile(io_path(a)):
         return
     unet, sides = load_model(a)
