@@ -121,6 +121,7 @@ def time_pipeline(path, threads, steps, size):
     pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32,
                                                    safety_checker=None)
     print("torch_load_s %.3f" % (time.perf_counter() - t0))
+    pipe.tokenizer.model_max_length = 77  # the offline tokenizer is saved without it
     pipe.set_progress_bar_config(disable=True)
     t0 = time.perf_counter()
     pipe("a lighthouse at dusk", num_inference_steps=steps, guidance_scale=7.0, height=size,
@@ -136,6 +137,7 @@ def switch(path, threads):
     torch.set_num_threads(threads)
     pipe = StableDiffusionPipeline.from_pretrained(os.path.join(path, "sd15"),
                                                    torch_dtype=torch.float32, safety_checker=None)
+    pipe.tokenizer.model_max_length = 77
     loras = os.path.join(path, "loras")
 
     def apply(first):
