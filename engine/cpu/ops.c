@@ -47,12 +47,21 @@ void mood__ops_blas_one_thread(void)
     omp_set_num_threads(1);
 }
 
-/* Tile length along a dimension of `dim`: about 16 tiles, 64 to 512 long. */
+/* Tile length along a dimension of `dim`: GEMM_TILES tiles (enough for the thread counts of
+ * common machines), fewer where they would be shorter than GEMM_TILE_MIN, always a power of two
+ * of them so that 2, 4 or 8 threads share them evenly. Each tile is an sgemm that packs the whole
+ * other operand again, and OpenBLAS runs products of 128 rows 15% slower than of 512 (the tiles
+ * were 64 to 512 long, 16 of them, before). */
+#define GEMM_TILES    8
+#define GEMM_TILE_MIN 256
+
 static int gemm_tile(int dim)
 {
-    int t = (dim + 15) / 16;
-    t = (t + 15) / 16 * 16;
-    return t < 64 ? 64 : t > 512 ? 512 : t;
+    int n = 1;
+    while (n < GEMM_TILES && dim / (2 * n) >= GEMM_TILE_MIN)
+        n *= 2;
+    int t = (dim + n - 1) / n;
+    return (t + 15) / 16 * 16;
 }
 
 /* C (M x N) = alpha A (M x K) op(B) + beta C, op(B) = B (K x N) or B^T (B stored N x K).
@@ -112,38 +121,77 @@ static int conv_is_direct(const mood_conv2d_dims *d)
     return d->k == 1 && d->stride == 1 && d->pad == 0;
 }
 
-/* A convolution is cut into tasks (sample, tile of output positions, tile of output channels).
- * Each task builds the column matrix of its positions in its thread's scratch and multiplies it
- * in one single-threaded sgemm: the columns are still in cache when used, each thread's scratch
- * stays near CONV_COL_FLOATS however large the image, and the split depends on the sizes
- * alone. */
-#define CONV_COL_FLOATS ((size_t)1 << 20)
+/* A convolution is cut into tasks: a tile of output rows (the rows of all samples taken one
+ * after another, so a tile of a small image holds several samples) times a tile of output
+ * channels. A task builds the column matrix of its positions CONV_CHUNK_ROWS rows at a time in
+ * its thread's scratch and adds each chunk's product in one single-threaded sgemm: every sgemm
+ * packs the weights of its channels once for up to CONV_TILE_POS positions, and the columns
+ * once for all the tile's channels, while the scratch stays small however large the layer. The
+ * tiles are chosen from the sizes alone, and each output is the bias plus the chunks' products
+ * in chunk order, so results do not depend on the thread count. */
+#define CONV_TILE_POS   1024
+#define CONV_CHUNK_ROWS 288
+/* Tiles are halved (the longer side of positions x channels first) until there are this many
+ * tasks, for the threads to share, unless a side would drop under CONV_TILE_MIN. */
+#define CONV_MIN_TASKS 4
+#define CONV_TILE_MIN  64
 
 typedef struct conv_plan {
-    int K;       /* rows of the column matrix: in_c * k * k */
-    size_t ohw;  /* output positions per sample */
-    size_t tn;   /* positions per tile */
-    int ntn;     /* position tiles per sample */
+    int K;       /* rows of the whole column matrix: in_c * k * k */
+    int oh, ow;  /* output size */
+    int rows;    /* output rows of all samples: batch * oh (0: nothing to do) */
+    int tr, ntr; /* output rows per tile, row tiles */
     int tm, ntm; /* output channels per tile, channel tiles */
+    int kc;      /* input channels per chunk of the column matrix */
+    /* per-thread scratch floats: a chunk of the column matrix, the sums of a tile that spans
+     * samples, the padded input rows of one channel (stride 1) */
+    size_t col, acc, pad;
 } conv_plan;
+
+/* Row tiles of at most tr rows, evened out, and a power of two of them where the rows allow, so
+ * that 2, 4 or 8 threads share them evenly. */
+static void conv_plan_rows(conv_plan *p, int tr)
+{
+    int n = 1;
+    while (n < p->rows && n * tr < p->rows)
+        n *= 2;
+    p->tr = (p->rows + n - 1) / n;
+    p->ntr = (p->rows + p->tr - 1) / p->tr;
+}
 
 static conv_plan conv_plan_of(const mood_conv2d_dims *d)
 {
     conv_plan p;
-    int oh = mood_op_conv2d_out_h(d), ow = mood_op_conv2d_out_w(d);
-    p.K = d->in_c * d->k * d->k;
+    memset(&p, 0, sizeof p);
+    int kk = d->k * d->k;
+    p.K = d->in_c * kk;
+    p.oh = mood_op_conv2d_out_h(d), p.ow = mood_op_conv2d_out_w(d);
     /* no output (or no input channel, or no output channel): nothing to do */
-    p.ohw = oh > 0 && ow > 0 && p.K > 0 && d->out_c > 0 ? (size_t)oh * ow : 0;
-    size_t tn = CONV_COL_FLOATS / (size_t)(p.K > 0 ? p.K : 1) / 16 * 16;
-    tn = tn < 64 ? 64 : tn > 512 ? 512 : tn;
-    p.tn = tn < p.ohw ? tn : p.ohw;
-    p.ntn = p.tn ? (int)((p.ohw + p.tn - 1) / p.tn) : 0;
-    /* Small images: split the channels too, so there are tasks for several threads. */
-    int nm = 1;
-    while ((size_t)d->batch * p.ntn * nm < 16 && d->out_c / (2 * nm) >= 32)
-        nm *= 2;
-    p.tm = (d->out_c + nm - 1) / nm;
-    p.ntm = p.tm > 0 ? (d->out_c + p.tm - 1) / p.tm : 0;
+    if (p.oh <= 0 || p.ow <= 0 || p.K <= 0 || d->out_c <= 0 || d->batch <= 0)
+        return p;
+    p.rows = d->batch * p.oh;
+    int tr = CONV_TILE_POS / p.ow;
+    conv_plan_rows(&p, tr < 1 ? 1 : tr < p.rows ? tr : p.rows);
+    p.ntm = 1, p.tm = d->out_c;
+    while (p.ntr * p.ntm < CONV_MIN_TASKS) {
+        size_t pos = (size_t)p.tr * p.ow;
+        if (pos >= (size_t)p.tm && p.tr > 1 && pos >= 2 * CONV_TILE_MIN)
+            conv_plan_rows(&p, (p.tr + 1) / 2);
+        else if (p.tm >= 2 * CONV_TILE_MIN)
+            p.ntm *= 2, p.tm = (d->out_c + p.ntm - 1) / p.ntm, p.ntm = (d->out_c + p.tm - 1) / p.tm;
+        else
+            break;
+    }
+    p.kc = CONV_CHUNK_ROWS / kk < 1 ? 1 : CONV_CHUNK_ROWS / kk;
+    p.kc = p.kc < d->in_c ? p.kc : d->in_c;
+    p.col = (size_t)p.kc * kk * p.tr * p.ow;
+    if (d->stride == 1)
+        p.pad = (size_t)(p.tr + d->k - 1) * (d->w + 2 * d->pad);
+    for (int t = 0; t < p.ntr; t++) { /* a tile with rows of two samples sums in acc */
+        int r0 = t * p.tr, r1 = r0 + p.tr < p.rows ? r0 + p.tr : p.rows;
+        if (r0 / p.oh != (r1 - 1) / p.oh)
+            p.acc = (size_t)p.tm * p.tr * p.ow;
+    }
     return p;
 }
 
@@ -152,7 +200,7 @@ size_t mood_op_conv2d_scratch(const mood_conv2d_dims *d)
     if (conv_is_direct(d))
         return 0;
     conv_plan p = conv_plan_of(d);
-    return (size_t)mood__ops_scratch_threads() * p.K * p.tn;
+    return (size_t)mood__ops_scratch_threads() * (p.col + p.acc + p.pad);
 }
 
 /* dst[0..cnt) = one input row sampled at ix = (ox0 + j) s - off, zero where ix is outside
@@ -204,37 +252,192 @@ void mood__ops_im2col(float *col, const float *inp, const mood_conv2d_dims *d, s
     }
 }
 
+/* col rows (c, ky, kx) for c < nc, each ld floats apart: the patches of output rows
+ * [oy0, oy0 + nr) (all columns) of x (channels c of one sample), zero outside the image. The
+ * zero edges of a row are the same for every output row, so they are found once per (ky, kx). */
+OPS_VECTOR_CLONES static void im2col_rows(float *col, size_t ld, const float *x,
+                                          const mood_conv2d_dims *d, int nc, int oy0, int nr)
+{
+    int k = d->k, s = d->stride, pad = d->pad, H = d->h, W = d->w;
+    int OW = mood_op_conv2d_out_w(d);
+    for (int c = 0; c < nc; c++)
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) {
+                float *dst = col + ((size_t)(c * k + ky) * k + kx) * ld;
+                /* output columns [lo, hi) read input column ox * s + off inside [0, W) */
+                int off = kx - pad;
+                int lo = off < 0 ? (-off + s - 1) / s : 0;
+                int hi = W - 1 - off < 0 ? 0 : (W - 1 - off) / s + 1;
+                lo = lo < OW ? lo : OW;
+                hi = hi < OW ? hi : OW;
+                hi = hi > lo ? hi : lo;
+                for (int r = 0; r < nr; r++, dst += OW) {
+                    int iy = (oy0 + r) * s - pad + ky;
+                    if (iy < 0 || iy >= H) {
+                        memset(dst, 0, (size_t)OW * sizeof *dst);
+                        continue;
+                    }
+                    const float *src = x + ((size_t)c * H + iy) * W + off;
+                    for (int j = 0; j < lo; j++)
+                        dst[j] = 0;
+                    if (s == 1) {
+#pragma omp simd
+                        for (int j = lo; j < hi; j++)
+                            dst[j] = src[j];
+                    } else {
+                        for (int j = lo; j < hi; j++)
+                            dst[j] = src[j * s];
+                    }
+                    for (int j = hi; j < OW; j++)
+                        dst[j] = 0;
+                }
+            }
+}
+
+/* im2col_rows for stride 1: the input rows the output rows read, of one channel at a time, are
+ * first copied into pl with the padding zeros around them ((nr + k - 1) rows of w + 2 pad), so
+ * that every row of the column matrix is a plain copy of OW floats (the edge tests cost more
+ * than the copies on small images). */
+OPS_VECTOR_CLONES static void im2col_rows_s1(float *col, size_t ld, const float *x,
+                                             const mood_conv2d_dims *d, int nc, int oy0, int nr,
+                                             float *pl)
+{
+    int k = d->k, pad = d->pad, H = d->h, W = d->w, PW = W + 2 * pad, OW = PW - k + 1;
+    for (int c = 0; c < nc; c++) {
+        for (int r = 0; r < nr + k - 1; r++) {
+            float *pr = pl + (size_t)r * PW;
+            int iy = oy0 + r - pad;
+            if (iy < 0 || iy >= H) {
+                memset(pr, 0, (size_t)PW * sizeof *pr);
+                continue;
+            }
+            const float *src = x + ((size_t)c * H + iy) * W;
+            for (int j = 0; j < pad; j++)
+                pr[j] = pr[pad + W + j] = 0.0f;
+#pragma omp simd
+            for (int j = 0; j < W; j++)
+                pr[pad + j] = src[j];
+        }
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) {
+                float *dst = col + ((size_t)(c * k + ky) * k + kx) * ld;
+                const float *src = pl + (size_t)ky * PW + kx;
+                for (int r = 0; r < nr; r++, dst += OW, src += PW) {
+#pragma omp simd
+                    for (int j = 0; j < OW; j++)
+                        dst[j] = src[j];
+                }
+            }
+    }
+}
+
+/* One sample's share of a row tile: sample b, its output rows [oy0, oy0 + nr), which are the
+ * tile's positions [at, at + nr * ow). */
+typedef struct conv_seg {
+    int b, oy0, nr;
+    size_t at;
+} conv_seg;
+
+/* The next segment of global output rows [r, r1), or 0 when there is none. */
+static int conv_next_seg(const conv_plan *p, int *r, int r1, int r0, conv_seg *sg)
+{
+    if (*r >= r1)
+        return 0;
+    sg->b = *r / p->oh, sg->oy0 = *r % p->oh;
+    sg->nr = p->oh - sg->oy0 < r1 - *r ? p->oh - sg->oy0 : r1 - *r;
+    sg->at = (size_t)(*r - r0) * p->ow;
+    *r += sg->nr;
+    return 1;
+}
+
+/* o[c][j] = bias[c] (or 0) for c < noc, j < n; rows ldo apart. */
+OPS_VECTOR_CLONES static void conv_fill_bias(float *o, size_t ldo, const float *bias, int noc,
+                                             size_t n)
+{
+    for (int c = 0; c < noc; c++) {
+        float v = bias ? bias[c] : 0.0f, *oc = o + (size_t)c * ldo;
+#pragma omp simd
+        for (size_t j = 0; j < n; j++)
+            oc[j] = v;
+    }
+}
+
+/* A 1x1 convolution reads its input as the column matrix: one sgemm per segment. */
+static void conv_task_direct(float *out, const float *inp, const float *w, const float *bias,
+                             const mood_conv2d_dims *d, const conv_plan *p, int r0, int r1, int oc0,
+                             int noc)
+{
+    size_t ohw = (size_t)p->oh * p->ow;
+    conv_seg sg;
+    for (int r = r0; conv_next_seg(p, &r, r1, r0, &sg);) {
+        size_t pos = (size_t)sg.oy0 * p->ow, n = (size_t)sg.nr * p->ow;
+        float *o = out + ((size_t)sg.b * d->out_c + oc0) * ohw + pos;
+        if (bias)
+            conv_fill_bias(o, ohw, bias + oc0, noc, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, noc, (int)n, p->K, 1.0f,
+                    w + (size_t)oc0 * p->K, p->K, inp + (size_t)sg.b * d->in_c * ohw + pos,
+                    (int)ohw, bias ? 1.0f : 0.0f, o, (int)ohw);
+    }
+}
+
+/* Global output rows [r0, r1), channels [oc0, oc0 + noc): the column matrix chunk by chunk into
+ * col, the sums into out (a tile inside one sample) or acc (copied out at the end). */
+static void conv_task(float *out, const float *inp, const float *w, const float *bias,
+                      const mood_conv2d_dims *d, const conv_plan *p, int r0, int r1, int oc0,
+                      int noc, float *col, float *acc, float *pl)
+{
+    int kk = d->k * d->k;
+    size_t hw = (size_t)d->h * d->w, ohw = (size_t)p->oh * p->ow, n = (size_t)(r1 - r0) * p->ow;
+    int single = r0 / p->oh == (r1 - 1) / p->oh;
+    float *c_out =
+        single ? out + ((size_t)(r0 / p->oh) * d->out_c + oc0) * ohw + (size_t)(r0 % p->oh) * p->ow
+               : acc;
+    size_t ldc = single ? ohw : n;
+    if (bias)
+        conv_fill_bias(c_out, ldc, bias + oc0, noc, n);
+    conv_seg sg;
+    for (int c0 = 0; c0 < d->in_c; c0 += p->kc) {
+        int nc = d->in_c - c0 < p->kc ? d->in_c - c0 : p->kc;
+        for (int r = r0; conv_next_seg(p, &r, r1, r0, &sg);) {
+            const float *x = inp + ((size_t)sg.b * d->in_c + c0) * hw;
+            if (d->stride == 1)
+                im2col_rows_s1(col + sg.at, n, x, d, nc, sg.oy0, sg.nr, pl);
+            else
+                im2col_rows(col + sg.at, n, x, d, nc, sg.oy0, sg.nr);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, noc, (int)n, nc * kk, 1.0f,
+                    w + (size_t)oc0 * p->K + (size_t)c0 * kk, p->K, col, (int)n,
+                    bias || c0 > 0 ? 1.0f : 0.0f, c_out, (int)ldc);
+    }
+    if (single)
+        return;
+    for (int r = r0; conv_next_seg(p, &r, r1, r0, &sg);)
+        for (int c = 0; c < noc; c++)
+            memcpy(out + ((size_t)sg.b * d->out_c + oc0 + c) * ohw + (size_t)sg.oy0 * p->ow,
+                   acc + (size_t)c * n + sg.at, (size_t)sg.nr * p->ow * sizeof *out);
+}
+
 /* out[b] (OC x OHW) = bias + w (OC x IC*k*k) · col, task by task (see conv_plan). */
 void mood_op_conv2d(float *out, const float *inp, const float *w, const float *bias,
                     const mood_conv2d_dims *d, float *scratch)
 {
     conv_plan p = conv_plan_of(d);
-    if (p.ohw == 0)
+    if (p.rows == 0)
         return;
-    size_t hw = (size_t)d->h * d->w;
-    int direct = conv_is_direct(d), ntask = d->batch * p.ntn * p.ntm;
+    int direct = conv_is_direct(d), ntask = p.ntr * p.ntm;
 #pragma omp parallel for schedule(dynamic) num_threads(mood__ops_threads())
     for (int t = 0; t < ntask; t++) {
         mood__ops_blas_one_thread();
-        int m = t % p.ntm, pt = t / p.ntm % p.ntn, b = t / p.ntm / p.ntn;
-        int oc0 = m * p.tm, noc = d->out_c - oc0 < p.tm ? d->out_c - oc0 : p.tm;
-        size_t p0 = (size_t)pt * p.tn, n = p.ohw - p0 < p.tn ? p.ohw - p0 : p.tn;
-        const float *x = inp + (size_t)b * d->in_c * hw;
-        float *o = out + ((size_t)b * d->out_c + oc0) * p.ohw + p0;
-        const float *col = x + p0;
-        int ldb = (int)hw;
-        if (!direct) {
-            float *s = scratch + (size_t)omp_get_thread_num() * p.K * p.tn;
-            mood__ops_im2col(s, x, d, p0, n);
-            col = s;
-            ldb = (int)n;
+        int rt = t / p.ntm, oc0 = t % p.ntm * p.tm;
+        int noc = d->out_c - oc0 < p.tm ? d->out_c - oc0 : p.tm;
+        int r0 = rt * p.tr, r1 = r0 + p.tr < p.rows ? r0 + p.tr : p.rows;
+        if (direct) {
+            conv_task_direct(out, inp, w, bias, d, &p, r0, r1, oc0, noc);
+            continue;
         }
-        if (bias)
-            for (int c = 0; c < noc; c++)
-                for (size_t j = 0; j < n; j++)
-                    o[(size_t)c * p.ohw + j] = bias[oc0 + c];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, noc, (int)n, p.K, 1.0f,
-                    w + (size_t)oc0 * p.K, p.K, col, ldb, bias ? 1.0f : 0.0f, o, (int)p.ohw);
+        float *col = scratch + (size_t)omp_get_thread_num() * (p.col + p.acc + p.pad);
+        conv_task(out, inp, w, bias, d, &p, r0, r1, oc0, noc, col, col + p.col,
+                  col + p.col + p.acc);
     }
 }
 
@@ -334,17 +537,75 @@ void mood_op_layer_norm(float *out, const float *inp, const float *w, const floa
 
 /* ----- elementwise -------------------------------------------------------------------------- */
 
-static float gelu1(float x)
+/* erf(x) within 2.5 ulp (absolute error under 1.5e-7), checked against float64 erf on every
+ * float in [0, 4.5]: x P(x^2) for |x| < 1, 1 - e^(-x^2) R(|x| - 2.5) for 1 <= |x| <= 4, and
+ * +-1 beyond (erf(4) rounds to 1 in float32). P (degree 6, erf(x)/x in x^2 on [0, 1]) and R
+ * (degree 10, erfc(x) e^(x^2) on [1, 4]) are least-squares fits of relative error. Like exp_poly
+ * only IEEE adds, multiplies and selects, so loops over it vectorise and give the same bits at
+ * any vector width (libm's erff does not vectorise and took most of GEGLU's time). NaN stays
+ * NaN. */
+static inline float erf_poly(float x)
 {
-    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    float a = fabsf(x);
+    a = a > 4.0f ? 4.0f : a;
+    float a2 = a * a;
+    float p = 7.843558706e-05f;
+    p = p * a2 - 8.003824041e-04f;
+    p = p * a2 + 5.187146366e-03f;
+    p = p * a2 - 2.685287036e-02f;
+    p = p * a2 + 1.128355116e-01f;
+    p = p * a2 - 3.761262000e-01f;
+    p = p * a2 + 1.128379107e+00f;
+    float v = a - 2.5f, r = 1.469377935e-06f;
+    r = r * v - 6.208070772e-06f;
+    r = r * v + 1.541454003e-05f;
+    r = r * v - 5.441221947e-05f;
+    r = r * v + 2.110461792e-04f;
+    r = r * v - 7.377353031e-04f;
+    r = r * v + 2.467389917e-03f;
+    r = r * v - 8.000046946e-03f;
+    r = r * v + 2.493785135e-02f;
+    r = r * v - 7.434749603e-02f;
+    r = r * v + 2.108063698e-01f;
+    float e = a < 1.0f ? a * p : 1.0f - exp_poly(-a2) * r;
+    return x < 0.0f ? -e : e;
 }
 
-/* x / (1 + exp(-a x)) over n floats: silu (a = 1) and quick_gelu (a = 1.702). */
-OPS_VECTOR_CLONES static void sigmoid_gate(float *out, const float *inp, size_t n, float a)
+/* torch's exact (erf) gelu. */
+static inline float gelu1(float x)
+{
+    return 0.5f * x * (1.0f + erf_poly(x * 0.70710678118654752f));
+}
+
+/* out[i] = gelu(g[i]), times a[i] when a is not NULL (GEGLU), over n floats. */
+OPS_VECTOR_CLONES static void gelu_gate(float *out, const float *a, const float *g, size_t n)
+{
+    if (a) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            out[i] = a[i] * gelu1(g[i]);
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            out[i] = gelu1(g[i]);
+    }
+}
+
+/* x / (1 + exp(-a x)) over n floats: silu (a = 1) and quick_gelu (a = 1.702), exp_poly's clamp
+ * to [lo, hi] = [-87, 88] done here with bounds the compiler does not see: with exp_poly's own
+ * constant bounds GCC divides every lane by 1 + e^88 as well, to select the clamped lanes
+ * afterwards, and those divisions give subnormals that cost a microcode assist each (silu took
+ * 5 ns a float). */
+OPS_VECTOR_CLONES static void sigmoid_gate(float *out, const float *inp, size_t n, float a,
+                                           float lo, float hi)
 {
 #pragma omp simd
-    for (size_t i = 0; i < n; i++)
-        out[i] = inp[i] / (1.0f + exp_poly(-a * inp[i]));
+    for (size_t i = 0; i < n; i++) {
+        float z = -a * inp[i];
+        z = z > lo ? z : lo;
+        z = z < hi ? z : hi;
+        out[i] = inp[i] / (1.0f + exp_poly_core(z));
+    }
 }
 
 /* Runs sigmoid_gate over n floats in chunks spread over the threads. */
@@ -355,7 +616,7 @@ static void sigmoid_gate_par(float *out, const float *inp, size_t n, float a)
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (long c = 0; c < nc; c++) {
         size_t i0 = (size_t)c * chunk;
-        sigmoid_gate(out + i0, inp + i0, n - i0 < chunk ? n - i0 : chunk, a);
+        sigmoid_gate(out + i0, inp + i0, n - i0 < chunk ? n - i0 : chunk, a, -87.0f, 88.0f);
     }
 }
 
@@ -366,9 +627,13 @@ void mood_op_silu(float *out, const float *inp, size_t n)
 
 void mood_op_gelu(float *out, const float *inp, size_t n)
 {
+    size_t chunk = (size_t)1 << 14;
+    long nc = (long)((n + chunk - 1) / chunk);
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        out[i] = gelu1(inp[i]);
+    for (long c = 0; c < nc; c++) {
+        size_t i0 = (size_t)c * chunk;
+        gelu_gate(out + i0, NULL, inp + i0, n - i0 < chunk ? n - i0 : chunk);
+    }
 }
 
 void mood_op_quick_gelu(float *out, const float *inp, size_t n)
@@ -380,10 +645,8 @@ void mood_op_geglu(float *out, const float *inp, size_t N, int F)
 {
 #pragma omp parallel for schedule(static) if (N * F >= PAR_MIN)
     for (size_t i = 0; i < N; i++) {
-        const float *a = inp + i * 2 * F, *g = a + F;
-        float *o = out + i * F;
-        for (int j = 0; j < F; j++)
-            o[j] = a[j] * gelu1(g[j]);
+        const float *a = inp + i * 2 * F;
+        gelu_gate(out + i * F, a, a + F, (size_t)F);
     }
 }
 
@@ -415,16 +678,8 @@ void mood_op_add_channel_bias(float *x, const float *v, int B, int C, size_t HW)
 
 /* ----- attention ---------------------------------------------------------------------------- */
 
-/* Query rows per task: each (sample, head, block of ATT_QB query rows) is one independent task
- * with its own ATT_QB x Tk score block, so scratch stays small at 4096 tokens and a single-head
- * VAE attention still spreads over the threads. */
-#define ATT_QB 128
-
-size_t mood_op_attention_scratch(int Tq, int Tk)
-{
-    size_t qb = Tq < ATT_QB ? (size_t)Tq : ATT_QB;
-    return (size_t)mood__ops_scratch_threads() * qb * (size_t)Tk;
-}
+/* (mood_op_attention is in ops_attention.c; the softmax row of its general path and of the
+ * backward pass is here.) */
 
 /* Lanes of the softmax sum: a fixed number of partial sums, added in a fixed order, so the
  * result is the same whatever vector width the compiler picks. */
@@ -459,52 +714,6 @@ OPS_VECTOR_CLONES float mood__ops_softmax_row(float *row, int n, int len)
     for (int j = n; j < len; j++)
         row[j] = 0;
     return (float)(1.0 / sum);
-}
-
-/* One task: query rows [i0, i0+m) of (sample b, head h). Under a causal mask only keys below
- * i0+m can be seen, so the products stop there (at Tk: the header asks Tq == Tk for causal). */
-static void attention_block(float *out, const float *q, const float *k, const float *v, int H,
-                            int Tq, int Tk, int D, int causal, float scale, int b, int h, int i0,
-                            int m, float *s)
-{
-    size_t ld = (size_t)H * D;
-    size_t qoff = ((size_t)b * Tq + i0) * ld + (size_t)h * D;
-    size_t koff = (size_t)b * Tk * ld + (size_t)h * D;
-    int nk = causal && i0 + m < Tk ? i0 + m : Tk;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, scale, q + qoff, (int)ld,
-                k + koff, (int)ld, 0.0f, s, nk);
-    float inv[ATT_QB];
-    for (int i = 0; i < m; i++)
-        inv[i] = mood__ops_softmax_row(s + (size_t)i * nk,
-                                       causal && i0 + i + 1 < nk ? i0 + i + 1 : nk, nk);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, 1.0f, s, nk, v + koff, (int)ld,
-                0.0f, out + qoff, (int)ld);
-    for (int i = 0; i < m; i++) {
-        float *o = out + qoff + (size_t)i * ld;
-        for (int j = 0; j < D; j++)
-            o[j] *= inv[i];
-    }
-}
-
-void mood_op_attention(float *out, const float *q, const float *k, const float *v, int B, int H,
-                       int Tq, int Tk, int D, int causal, float scale, float *scratch)
-{
-    if (B <= 0 || H <= 0 || Tq <= 0 || Tk <= 0 || D <= 0)
-        return;
-    if (scale == 0.0f)
-        scale = 1.0f / sqrtf((float)D);
-    int qb = Tq < ATT_QB ? Tq : ATT_QB;
-    int nblk = (Tq + qb - 1) / qb;
-    int ntask = B * H * nblk;
-    size_t per_thread = (size_t)qb * Tk;
-#pragma omp parallel for schedule(dynamic) num_threads(mood__ops_threads())
-    for (int t = 0; t < ntask; t++) {
-        mood__ops_blas_one_thread();
-        int blk = t % nblk, h = t / nblk % H, b = t / nblk / H;
-        int i0 = blk * qb, m = Tq - i0 < qb ? Tq - i0 : qb;
-        float *s = scratch + (size_t)omp_get_thread_num() * per_thread;
-        attention_block(out, q, k, v, H, Tq, Tk, D, causal, scale, b, h, i0, m, s);
-    }
 }
 
 /* ----- layout ------------------------------------------------------------------------------- */

@@ -30,10 +30,20 @@
  * (Sleef's expf coefficients) and 2^q from its bits. Only IEEE adds, multiplies and conversions
  * (no libm call; the build does not contract into fused multiply-adds), so loops over it
  * vectorise and give the same bits at any vector width. */
+static inline float exp_poly_core(float x);
+
 static inline float exp_poly(float x)
 {
     x = x > -87.0f ? x : -87.0f;
     x = x < 88.0f ? x : 88.0f;
+    return exp_poly_core(x);
+}
+
+/* exp_poly without the clamps, for x already in [-87, 88]. (A loop that clamps with bounds it
+ * takes as arguments keeps GCC from evaluating a clamped lane's e^88 as a constant on every lane,
+ * see sigmoid_gate in ops.c.) */
+static inline float exp_poly_core(float x)
+{
     float t = x * 1.44269504088896341f + 12582912.0f;
     float qf = t - 12582912.0f;
     float r = x - qf * 0.693145751953125f;
@@ -67,5 +77,11 @@ void mood__ops_im2col(float *col, const float *inp, const mood_conv2d_dims *d, s
 /* Unnormalised softmax of row[0..n) in place: exp(x - max); row[n..len) = 0. Returns 1 / the
  * sum. */
 float mood__ops_softmax_row(float *row, int n, int len);
+
+/* Attention kernels (ops_attention.c), for tests: mood__ops_attention_kernel(which) makes
+ * mood_op_attention use set `which` (0 plain C, 1 AVX2, 2 AVX-512; -1: the widest the CPU runs)
+ * and returns the previous setting; mood__ops_attention_kernel_ok says if the CPU runs a set. */
+int mood__ops_attention_kernel(int which);
+int mood__ops_attention_kernel_ok(int which);
 
 #endif /* MOOD_ENGINE_CPU_OPS_INTERNAL_H */

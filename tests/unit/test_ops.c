@@ -8,8 +8,12 @@
  * layout transposes, channel bias, the LoRA side path. Every result must be within 1e-5 of the
  * reference relative to max(1, max |ref|).
  *
- * Also: a convolution large enough to be cut into many tiles, against a naive double-precision
- * loop; and conv2d / attention / group norm giving bit-identical results on 1 and 2 threads.
+ * Also, against naive double-precision loops: convolutions cut into many tiles (large images;
+ * several small samples in one tile, tiles ending inside a sample, input channels in several
+ * chunks) and attention with several key blocks and query groups, causal or not, where every
+ * attention kernel the CPU runs (plain C, AVX2, AVX-512) must give the same bits, and a head too
+ * large for the fast path; and conv2d / attention / group norm / linear giving bit-identical
+ * results on 1 and 2 threads.
  */
 #include "harness.h"
 
@@ -17,6 +21,7 @@
 
 #include "common/common.h"
 #include "engine/cpu/ops.h"
+#include "engine/cpu/ops_internal.h"
 #include "mood/safetensors.h"
 
 #define TOL 1e-5
@@ -176,20 +181,33 @@ static void conv_naive(float *ref, const float *x, const float *w, const float *
  * against a naive double-precision loop (no torch fixture: the input alone is 4 MB). */
 static void test_conv2d_tiles(void)
 {
-    mood_conv2d_dims dims[2] = {{1, 64, 128, 128, 3, 3, 1, 1}, {1, 64, 130, 126, 3, 3, 2, 1}};
-    for (int i = 0; i < 2; i++) {
+    /* large images cut into many tiles; several small samples in one tile, with tiles that end
+     * inside a sample and input channels in several chunks (3x3, and 1x1 read in place) */
+    mood_conv2d_dims dims[4] = {{1, 64, 128, 128, 3, 3, 1, 1},
+                                {1, 64, 130, 126, 3, 3, 2, 1},
+                                {3, 70, 13, 11, 5, 3, 1, 1},
+                                {3, 70, 5, 7, 5, 1, 1, 0}};
+    const char *label[4] = {"conv tiles (naive)", "conv tiles s2 (naive)",
+                            "conv batch tiles (naive)", "conv 1x1 batch tiles (naive)"};
+    for (int i = 0; i < 4; i++) {
         const mood_conv2d_dims *d = &dims[i];
-        size_t nx = (size_t)64 * d->h * d->w, nw = (size_t)3 * 64 * 9;
-        size_t ny = (size_t)3 * mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
-        float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w), *b = malloc(3 * sizeof *b);
+        int kk = d->k * d->k;
+        size_t hw = (size_t)d->h * d->w, nw = (size_t)d->out_c * d->in_c * kk;
+        size_t nx = (size_t)d->batch * d->in_c * hw;
+        size_t ohw = (size_t)mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
+        size_t ny = (size_t)d->batch * d->out_c * ohw;
+        float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w);
+        float *b = malloc((size_t)d->out_c * sizeof *b);
         float *y = malloc(ny * sizeof *y), *ref = malloc(ny * sizeof *ref);
         size_t ns = mood_op_conv2d_scratch(d);
-        float *s = malloc(ns * sizeof *s);
-        MOOD_CHECK(ns < (size_t)64 * 9 * ny / 3); /* really cut into tiles */
-        fill(x, nx, 1), fill(w, nw, 2), fill(b, 3, 3);
+        float *s = malloc((ns ? ns : 1) * sizeof *s);
+        if (i < 2)
+            MOOD_CHECK(ns < (size_t)d->in_c * kk * ny / 3); /* really cut into tiles */
+        fill(x, nx, 1 + (uint32_t)i), fill(w, nw, 2), fill(b, (size_t)d->out_c, 3);
         mood_op_conv2d(y, x, w, b, d, s);
-        conv_naive(ref, x, w, b, d);
-        expect(i ? "conv tiles s2 (naive)" : "conv tiles (naive)", y, ref, ny);
+        for (int n = 0; n < d->batch; n++)
+            conv_naive(ref + n * d->out_c * ohw, x + n * d->in_c * hw, w, b, d);
+        expect(label[i], y, ref, ny);
         free(x), free(w), free(b), free(y), free(ref), free(s);
     }
 }
@@ -296,6 +314,79 @@ static void test_attention(void)
         bag_clear(&g);
     }
     bag_close(&g);
+}
+
+/* Naive double-precision attention (exact softmax), the reference for the cases below. */
+static void attention_naive(float *ref, const float *q, const float *k, const float *v, int B,
+                            int H, int Tq, int Tk, int D, int causal)
+{
+    size_t ld = (size_t)H * D;
+    double *p = malloc((size_t)Tk * sizeof *p);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < Tq; i++) {
+                const float *qi = q + ((size_t)b * Tq + i) * ld + (size_t)h * D;
+                int nk = causal ? i + 1 : Tk;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < nk; j++) {
+                    const float *kj = k + ((size_t)b * Tk + j) * ld + (size_t)h * D;
+                    double dot = 0;
+                    for (int d = 0; d < D; d++)
+                        dot += (double)qi[d] * kj[d];
+                    p[j] = dot / sqrt((double)D);
+                    mx = p[j] > mx ? p[j] : mx;
+                }
+                for (int j = 0; j < nk; j++)
+                    sum += p[j] = exp(p[j] - mx);
+                for (int d = 0; d < D; d++) {
+                    double acc = 0;
+                    for (int j = 0; j < nk; j++)
+                        acc += p[j] * v[((size_t)b * Tk + j) * ld + (size_t)h * D + d];
+                    ref[((size_t)b * Tq + i) * ld + (size_t)h * D + d] = (float)(acc / sum);
+                }
+            }
+    free(p);
+}
+
+/* The attention kernels (plain C, AVX2, AVX-512: whichever the CPU runs) give the same bits, and
+ * are right, with several key blocks, query groups and tasks, causal or not, Tq != Tk and odd
+ * sizes; a head too large for the scratch takes the general path. */
+static void test_attention_kernels(void)
+{
+    static const int cases[][6] = {/* B, H, Tq, Tk, D, causal */
+                                   {2, 3, 300, 300, 40, 0},
+                                   {2, 3, 300, 300, 40, 1},
+                                   {1, 2, 77, 530, 24, 0},
+                                   {2, 1, 33, 33, 67, 1},
+                                   {1, 2, 5, 7, 1100, 0}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int B = cases[c][0], H = cases[c][1], Tq = cases[c][2], Tk = cases[c][3];
+        int D = cases[c][4], causal = cases[c][5];
+        size_t nq = (size_t)B * Tq * H * D, nk = (size_t)B * Tk * H * D;
+        float *q = malloc(nq * sizeof *q), *k = malloc(2 * nk * sizeof *k), *v = k + nk;
+        float *ref = malloc(nq * sizeof *ref), *out[3];
+        float *s = malloc(mood_op_attention_scratch(Tq, Tk) * sizeof *s);
+        fill(q, nq, 21 + (uint32_t)c), fill(k, 2 * nk, 31 + (uint32_t)c);
+        attention_naive(ref, q, k, v, B, H, Tq, Tk, D, causal);
+        int saved = mood__ops_attention_kernel(-1);
+        for (int which = 0; which < 3; which++) {
+            out[which] = malloc(nq * sizeof *out[which]);
+            if (!mood__ops_attention_kernel_ok(which))
+                continue;
+            mood__ops_attention_kernel(which);
+            mood_op_attention(out[which], q, k, v, B, H, Tq, Tk, D, causal, 0.0f, s);
+            char label[64];
+            snprintf(label, sizeof label, "attn %dx%d D%d%s k%d", Tq, Tk, D,
+                     causal ? " causal" : "", which);
+            expect(label, out[which], ref, nq);
+            MOOD_CHECK_MSG(memcmp(out[which], out[0], nq * sizeof *ref) == 0,
+                           "attention kernel %d differs from the plain C one", which);
+        }
+        mood__ops_attention_kernel(saved);
+        free(q), free(k), free(ref), free(s);
+        for (int which = 0; which < 3; which++)
+            free(out[which]);
+    }
 }
 
 /* ----- the rest ----------------------------------------------------------------------------- */
@@ -475,10 +566,10 @@ static void run_threaded(float **res, int nthreads)
     mood_op_attention(res[4], q, k, v, B, H, T, T, D, 0, 0.0f, as);
     mood_op_attention(res[5], q, k, v, B, H, T, T, D, 1, 0.0f, as);
     /* K = 700: above OpenBLAS's K block, where its threaded and serial drivers split differently */
-    float *la = malloc((size_t)300 * 700 * sizeof *la), *lb = malloc((size_t)64 * 700 * sizeof *lb);
-    fill(la, (size_t)300 * 700, 15), fill(lb, (size_t)64 * 700, 16);
-    mood_op_linear(res[6], la, lb, b, 300, 700, 48);   /* tiles of rows */
-    mood_op_linear(res[7], lb, la, NULL, 5, 700, 300); /* tiles of columns */
+    float *la = malloc((size_t)600 * 700 * sizeof *la), *lb = malloc((size_t)64 * 700 * sizeof *lb);
+    fill(la, (size_t)600 * 700, 15), fill(lb, (size_t)64 * 700, 16);
+    mood_op_linear(res[6], la, lb, b, 600, 700, 48);   /* tiles of rows */
+    mood_op_linear(res[7], lb, la, NULL, 5, 700, 600); /* tiles of columns */
     free(x), free(w), free(b), free(s), free(q), free(as), free(la), free(lb);
 }
 
@@ -486,7 +577,7 @@ static void test_thread_count(void)
 {
     size_t n[NRES] = {(size_t)2 * 48 * 33 * 35, (size_t)2 * 48 * 33 * 35, (size_t)2 * 48 * 17 * 18,
                       (size_t)2 * 32 * 33 * 35, (size_t)2 * 300 * 80,     (size_t)2 * 300 * 80,
-                      (size_t)300 * 48,         (size_t)5 * 300};
+                      (size_t)600 * 48,         (size_t)5 * 600};
     const char *what[NRES] = {"conv 3x3",  "conv 1x1",         "conv 3x3 s2", "group norm",
                               "attention", "attention causal", "linear",      "linear wide"};
     float *r1[NRES], *r2[NRES];
@@ -508,5 +599,5 @@ static void test_thread_count(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_conv2d), MOOD_T(test_conv2d_tiles), MOOD_T(test_group_norm),
-               MOOD_T(test_layer_norm), MOOD_T(test_attention), MOOD_T(test_misc),
-               MOOD_T(test_thread_count))
+               MOOD_T(test_layer_norm), MOOD_T(test_attention), MOOD_T(test_attention_kernels),
+               MOOD_T(test_misc), MOOD_T(test_thread_count))
