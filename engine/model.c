@@ -81,6 +81,18 @@ static mood_family family_of_unet(const mood_unet *u)
     return c->use_linear_projection ? MOOD_FAMILY_SD2 : MOOD_FAMILY_SD1;
 }
 
+/* The UNet runs on what the VAE makes: their channel counts must agree. */
+static int check_parts(const mood_model *m, const char *path)
+{
+    int u = mood_unet_get_config(m->unet)->in_channels;
+    int v = mood_vae_get_config(m->vae)->latent_channels;
+    if (u != v)
+        return mood_error_set(MOOD_EFORMAT,
+                              "%s: the UNet takes %d channels but the VAE makes latents of %d",
+                              path, u, v);
+    return 0;
+}
+
 /* Prediction type: the caller's choice, then the file's modelspec metadata, then the schedule. */
 static void set_prediction(mood_model *m, const mood_model_options *o)
 {
@@ -203,7 +215,7 @@ static int open_folder(mood_model *m, const char *path, const mood_model_options
     if ((err = find_weights(buf, sizeof buf, path, "unet", unet_names)) != 0 ||
         (err = mood_st_open(&m->unet_file, buf)) != 0 || (err = report(o, "unet", 1)) != 0 ||
         (err = mood_unet_load(&m->unet, path)) != 0 || (err = report(o, "vae", 2)) != 0 ||
-        (err = mood_vae_load(&m->vae, path)) != 0)
+        (err = mood_vae_load(&m->vae, path)) != 0 || (err = check_parts(m, path)) != 0)
         return err;
     m->family = family_of_unet(m->unet);
     if (m->family == MOOD_FAMILY_SDXL)
@@ -259,6 +271,7 @@ void mood_model_free(mood_model *m)
         return;
     mood__model_free_adapters(m);
     mood_unet_tape_free(m->tape);
+    mood_clip_tape_free(m->clip_tape);
     mood_clip_free(m->clip);
     mood_unet_free(m->unet);
     mood_vae_free(m->vae);

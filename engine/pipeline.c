@@ -187,14 +187,15 @@ void mood_gen_options_init(mood_gen_options *o)
     o->clip_skip = 1;
 }
 
-static int check_options(const mood_gen_options *o)
+static int check_options(const mood_model *m, const mood_gen_options *o)
 {
-    if (o->width < 8 || o->height < 8 || o->width % 8 || o->height % 8 || o->width > 4096 ||
+    int s = mood_vae_scale(m->vae);
+    if (o->width < s || o->height < s || o->width % s || o->height % s || o->width > 4096 ||
         o->height > 4096)
         return mood_error_set(MOOD_EINVAL,
-                              "size %dx%d: width and height must be multiples of 8 "
-                              "between 8 and 4096",
-                              o->width, o->height);
+                              "size %dx%d: width and height must be multiples of %d "
+                              "between %d and 4096",
+                              o->width, o->height, s, s);
     if (o->batch < 1 || o->batch > MAX_BATCH)
         return mood_error_set(MOOD_EINVAL, "batch %d: between 1 and %d", o->batch, MAX_BATCH);
     if (o->steps < 1 || o->steps > 1000)
@@ -220,7 +221,8 @@ static int alloc_buffers(denoiser *d)
 static int decode(mood_model *m, float *images, const float *latents, int B, int h, int w)
 {
     const mood_vae_config *vc = mood_vae_get_config(m->vae);
-    size_t n = (size_t)vc->latent_channels * h * w, img = (size_t)3 * h * 8 * w * 8;
+    int s = mood_vae_scale(m->vae);
+    size_t n = (size_t)vc->latent_channels * h * w, img = (size_t)3 * h * s * w * s;
     float *z = mood_malloc(n * sizeof *z);
     int err = z ? 0 : mood_error_nomem();
     for (int i = 0; i < B && !err; i++) {
@@ -243,12 +245,12 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
     *images_out = NULL;
     if (latents_out)
         *latents_out = NULL;
-    if ((err = check_options(o)) != 0)
+    if ((err = check_options(m, o)) != 0)
         return err;
     d.m = m;
     d.B = o->batch;
-    d.h = o->height / 8;
-    d.w = o->width / 8;
+    d.h = o->height / mood_vae_scale(m->vae);
+    d.w = o->width / mood_vae_scale(m->vae);
     d.n = (size_t)mood_unet_get_config(m->unet)->in_channels * d.h * d.w;
     d.cfg = o->cfg;
     if ((err = noise_open(&ns, o->rng, o->seed, d.B)) == 0 && (err = build_context(&d, o)) == 0 &&

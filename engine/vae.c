@@ -45,6 +45,7 @@
 
 #include "common/common.h"
 #include "engine/cpu/ops.h"
+#include "engine/vae_pixel.h"
 #include "engine/weights.h"
 #include "mood/safetensors.h"
 #include "mood/vae.h"
@@ -560,6 +561,9 @@ static int parse_config(mood_vae_config *c, const cJSON *root, const char *path)
                            .force_upcast = 1};
     if (!cJSON_IsObject(root))
         return mood_error_set(MOOD_EFORMAT, "%s: not a JSON object", path);
+    const cJSON *cls = cJSON_GetObjectItemCaseSensitive(root, "_class_name");
+    if (cJSON_IsString(cls) && !strcmp(cls->valuestring, MOOD_PIXEL_SHUFFLE_CLASS))
+        return mood__vae_pixel_config(c, root, path);
     if ((err = json_expect(&j, "_class_name", "AutoencoderKL", NULL)) < 0 ||
         (err = json_expect(&j, "act_fn", "silu", "swish")) < 0 ||
         (err = json_channels(&j, c)) < 0 ||
@@ -648,18 +652,16 @@ static int path_join(char *out, size_t size, const char *dir, const char *name)
     return 0;
 }
 
-/* A folder: its config.json and weights (or those of its vae/ folder) into json / weights. */
-static int resolve_folder(const char *path, char *json, char *weights, size_t size)
+/* A folder: its config.json (or that of its vae/ folder) into json, the folder it is in into dir.
+ */
+static int find_config(const char *path, char *json, char *dir, size_t size)
 {
-    static const char *const names[] = {"diffusion_pytorch_model.safetensors",
-                                        "diffusion_pytorch_model.fp16.safetensors"};
-    char dir[4096];
     int err;
-    if ((err = path_join(dir, sizeof dir, path, "vae")) < 0 ||
+    if ((err = path_join(dir, size, path, "vae")) < 0 ||
         (err = path_join(json, size, dir, "config.json")) < 0)
         return err;
     if (!is_file(json)) {
-        snprintf(dir, sizeof dir, "%s", path);
+        snprintf(dir, size, "%s", path);
         if ((err = path_join(json, size, path, "config.json")) < 0)
             return err;
     }
@@ -668,6 +670,15 @@ static int resolve_folder(const char *path, char *json, char *weights, size_t si
                               "%s: a folder without config.json or vae/config.json (a diffusers "
                               "VAE or pipeline folder, or a .safetensors file, is expected)",
                               path);
+    return 0;
+}
+
+/* The weights file of the VAE folder dir into weights. */
+static int find_weights(const char *dir, char *weights, size_t size)
+{
+    static const char *const names[] = {"diffusion_pytorch_model.safetensors",
+                                        "diffusion_pytorch_model.fp16.safetensors"};
+    int err;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if ((err = path_join(weights, size, dir, names[i])) < 0)
             return err;
@@ -678,17 +689,13 @@ static int resolve_folder(const char *path, char *json, char *weights, size_t si
                           names[0], names[1]);
 }
 
-/* The configuration (config.json or the shapes) and the layout of the weights file. */
+/* The layout of the weights file and, without config.json, the configuration from the shapes. */
 static int load_config(mood_vae *m, vae_loader *ld, const char *json, const mood_vae_config *hint)
 {
     int err;
     if ((err = detect_layout(ld)) < 0)
         return err;
-    if (json[0])
-        err = read_config(&m->cfg, json);
-    else
-        err = infer_config(&m->cfg, ld, hint);
-    if (err < 0)
+    if (!json[0] && (err = infer_config(&m->cfg, ld, hint)) < 0)
         return err;
     return check_config(&m->cfg, json[0] ? json : ld->path);
 }
@@ -720,23 +727,21 @@ static int load_weights(mood_vae *m, vae_loader *ld)
 
 int mood_vae_load_hint(mood_vae **out, const char *path, const mood_vae_config *hint)
 {
-    char json[4096] = "", weights[4096];
+    char json[4096] = "", dir[4096], weights[4096];
     vae_loader ld = {0};
-    mood_vae *m = NULL;
-    int err;
+    mood_vae *m = mood_calloc(1, sizeof *m);
+    int err = m ? 0 : mood_error_nomem();
     *out = NULL;
-    if (is_dir(path))
-        err = resolve_folder(path, json, weights, sizeof weights);
-    else
+    if (!err && is_dir(path)) {
+        if ((err = find_config(path, json, dir, sizeof dir)) < 0 ||
+            (err = read_config(&m->cfg, json)) < 0 || m->cfg.patch_size > 0)
+            goto done; /* a pixel-space model has no weights */
+        err = find_weights(dir, weights, sizeof weights);
+    } else if (!err)
         err = snprintf(weights, sizeof weights, "%s", path) < 0 ? MOOD_EINVAL : 0;
     ld.path = weights;
-    if (err < 0 || (err = mood_st_open(&ld.f, weights)) < 0)
-        goto done;
-    if (!(m = mood_calloc(1, sizeof *m))) {
-        err = mood_error_nomem();
-        goto done;
-    }
-    if ((err = load_config(m, &ld, json, hint)) < 0)
+    if (err < 0 || (err = mood_st_open(&ld.f, weights)) < 0 ||
+        (err = load_config(m, &ld, json, hint)) < 0)
         goto done;
     err = load_weights(m, &ld);
 done:
@@ -1071,13 +1076,22 @@ static int check_size(const char *what, int B, int h, int w)
     return 0;
 }
 
+int mood_vae_scale(const mood_vae *m)
+{
+    return m->cfg.patch_size > 0 ? m->cfg.patch_size : 1 << (m->cfg.n_blocks - 1);
+}
+
 int mood_vae_decode(const mood_vae *m, float *img_out, const float *z, int B, int h, int w)
 {
     const mood_vae_config *c = &m->cfg;
-    int s = 1 << (c->n_blocks - 1), err;
+    int s = mood_vae_scale(m), err;
     if ((err = check_size("decode", B, h, w)) < 0 ||
         (err = check_size("decode output", B, h * s, w * s)) < 0)
         return err;
+    if (c->patch_size > 0) {
+        mood__pixel_shuffle(img_out, z, B, c->out_channels, h, w, s);
+        return 0;
+    }
     vae_map z_map = {0, c->latent_channels, h, w};
     return run_images(m, decoder_fwd, img_out, z, B, z_map);
 }
@@ -1086,12 +1100,18 @@ int mood_vae_encode(const mood_vae *m, float *mean_out, float *logvar_out, const
                     int H, int W)
 {
     const mood_vae_config *c = &m->cfg;
-    int s = 1 << (c->n_blocks - 1), L = c->latent_channels, err;
+    int s = mood_vae_scale(m), L = c->latent_channels, err;
     if ((err = check_size("encode", B, H, W)) < 0)
         return err;
     if (H % s || W % s)
         return mood_error_set(MOOD_EINVAL, "vae encode: %d x %d is not a multiple of %d", H, W, s);
     size_t n = (size_t)L * (H / s) * (W / s);
+    if (c->patch_size > 0) {
+        mood__pixel_unshuffle(mean_out, img, B, c->in_channels, H, W, s);
+        for (size_t i = 0; logvar_out && i < (size_t)B * n; i++)
+            logvar_out[i] = -30.0f;
+        return 0;
+    }
     float *moments = mood_malloc((size_t)B * 2 * n * sizeof *moments);
     if (!moments)
         return mood_error_nomem();

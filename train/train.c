@@ -157,7 +157,7 @@ static int cache_latents(run *r)
 {
     const mood_vae_config *vc = mood_vae_get_config(r->m->vae);
     size_t n = mood_board_count(r->board), total = 0, max_px = 0, off = 0;
-    int s = 1 << (vc->n_blocks - 1), C = vc->latent_channels, nf = r->o->flip ? 2 : 1, err = 0;
+    int s = mood_vae_scale(r->m->vae), C = vc->latent_channels, nf = r->o->flip ? 2 : 1, err = 0;
     float *img = NULL, *tmp = NULL;
     for (size_t i = 0; i < n; i++) {
         const mood_board_item *it = mood_board_item_at(r->board, i);

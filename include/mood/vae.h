@@ -19,6 +19,13 @@
  * scaling_factor: 0.18215 (SD1/SD2), sample_size: 512) comes from the hint or these defaults.
  * Weights are converted to float32 tensor by tensor, from any float dtype.
  *
+ * A pixel-space model has no autoencoder: its vae/config.json names mood's own class
+ * {"_class_name": "MoodPixelShuffle", "patch_size": P, "in_channels": 3, "scaling_factor": S}
+ * and no weights. Its "latent" is the image cut into P x P patches stacked as channels (torch's
+ * pixel_unshuffle: latent channel c P² + dy P + dx holds pixel (P y + dy, P x + dx) of image
+ * channel c), so a UNet of 3 P² channels runs on the image at 1/P of its size; decoding is the
+ * inverse (pixel_shuffle). mood-tiny is such a model (P = 4, 64 x 64 images, 16 x 16 latents).
+ *
  * Thread-safety: a loaded model is read-only; encode and decode calls may run concurrently (each
  * allocates its own activations and frees them on return).
  */
@@ -55,6 +62,9 @@ typedef struct mood_vae_config {
     int use_post_quant_conv;     /* the decoder starts with post_quant_conv (1x1, L -> L) */
     int mid_block_add_attention; /* the mid blocks have their attention */
     int force_upcast;            /* config.json's force_upcast (informational) */
+    /* > 0: the pixel-space "autoencoder" (MoodPixelShuffle, above) with patches of this side;
+     * n_blocks is then 0 and the fields about layers unused. 0: AutoencoderKL. */
+    int patch_size;
 } mood_vae_config;
 
 /* Loads a VAE from `path` (see the top of this file).
@@ -73,15 +83,19 @@ void mood_vae_free(mood_vae *m);
 /* The model's configuration (borrowed, valid while m lives). */
 const mood_vae_config *mood_vae_get_config(const mood_vae *m);
 
+/* Pixels per latent position along each side: 2^(n_blocks - 1) (8 for SD), or patch_size. */
+int mood_vae_scale(const mood_vae *m);
+
 /* As diffusers' vae.decode(z).sample: z (B x latent_channels x h x w) is the UNSCALED latent
  * (the pipeline divides by scaling_factor first); img_out (B x out_channels x sh x sw) with
- * s = 2^(n_blocks - 1) (8 for SD), roughly in [-1, 1]. Images are decoded one at a time.
+ * s = mood_vae_scale(m) (8 for SD), roughly in [-1, 1]. Images are decoded one at a time.
  * Errors: MOOD_EINVAL (B, h or w < 1, or sizes too large), MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_vae_decode(const mood_vae *m, float *img_out, const float *z, int B,
                                      int h, int w);
 /* As vae.encode(img).latent_dist: mean and logvar (clamped to [-30, 20]), each
  * B x latent_channels x H/s x W/s; logvar_out may be NULL. img is B x in_channels x H x W with H
- * and W multiples of s = 2^(n_blocks - 1).
+ * and W multiples of s = mood_vae_scale(m). For a pixel-space model, logvar is -30 (the clamp's
+ * floor: the "distribution" is a point).
  * Errors: MOOD_EINVAL (bad sizes), MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_vae_encode(const mood_vae *m, float *mean_out, float *logvar_out,
                                      const float *img, int B, int H, int W);
