@@ -36,7 +36,8 @@ const char cmd_gen_help[] =
     "  --sampler NAME        euler, euler_a (default), dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde,\n"
     "                        ddim, lcm; A1111 names work too (\"DPM++ 2M Karras\")\n"
     "  --seed N              the seed (default: random; printed and stored in the PNG)\n"
-    "  --size WxH            image size, multiples of 8 (default 512x512)\n"
+    "  --size WxH            image size, multiples of 8 (4 for mood-tiny); default: the\n"
+    "                        model's training size (512x512 for SD1, 64x64 for mood-tiny)\n"
     "  --batch N             images from one run (default 1)\n"
     "  --clip-skip N         stop the text encoder N-1 layers early (A1111 numbering, default 1)\n"
     "  --rng KIND            where noise comes from: torch-cpu (default: ComfyUI and diffusers\n"
@@ -288,6 +289,8 @@ static int load_model(gen_run *r)
     }
     cli_progress_done();
     free(path);
+    if (r->args.opts.width == 0)
+        mood_model_default_size(r->model, &r->args.opts.width, &r->args.opts.height);
     gen_check_png_model(r);
     return 0;
 }
@@ -351,6 +354,7 @@ int cmd_gen(int argc, char **argv)
     int rc;
     memset(&r, 0, sizeof r);
     mood_gen_options_init(&r.args.opts);
+    r.args.opts.width = r.args.opts.height = 0; /* the model's own size unless --size says */
     r.args.prediction = -1;
     r.args.seed = -1;
     r.args.keep_index = -1;

@@ -187,6 +187,12 @@ void mood_gen_options_init(mood_gen_options *o)
     o->clip_skip = 1;
 }
 
+void mood_model_default_size(const mood_model *m, int *width, int *height)
+{
+    int s = mood_vae_scale(m->vae), n = mood_vae_get_config(m->vae)->sample_size;
+    *width = *height = n >= 64 && n <= 2048 && n % s == 0 ? n : 512;
+}
+
 static int check_options(const mood_model *m, const mood_gen_options *o)
 {
     int s = mood_vae_scale(m->vae);

@@ -96,7 +96,7 @@ typedef int (*mood_preview_fn)(const float *images, int batch, int width, int he
 typedef struct mood_gen_options {
     const char *prompt;   /* A1111 syntax: (word:1.2), [word], BREAK */
     const char *negative; /* may be NULL */
-    int width, height;    /* multiples of 8 */
+    int width, height;    /* multiples of the VAE scale (8 for SD, 4 for mood-tiny) */
     int batch;            /* images from one run */
     int steps;
     double cfg; /* classifier-free guidance scale; 1 disables the negative pass */
@@ -113,6 +113,10 @@ typedef struct mood_gen_options {
 } mood_gen_options;
 
 void mood_gen_options_init(mood_gen_options *o); /* 512x512, batch 1, 20 steps, cfg 7, Euler a */
+
+/* The size the model was trained at: its VAE config's sample_size (512 for SD1, 768 for SD2-v,
+ * 64 for mood-tiny), or 512 when that is missing or not a usable image size. */
+void mood_model_default_size(const mood_model *m, int *width, int *height);
 
 /* Runs txt2img. *images_out (batch x 3 x height x width floats, CHW per image, the VAE's output:
  * about [-1, 1], not clamped; mood_image_from_float clamps as diffusers does) is malloc'd; free
