@@ -19,11 +19,18 @@ What it checks against, and how each part is made:
     trim_and_resize_if_required; with and without buckets. JPEG/PNG/WebP files carrying EXIF
     orientations 1..8 and Pillow's upright decode of each. A folder with two unreadable files.
   * buckets.json: kohya's make_bucket_resolutions and select_bucket for a few configurations.
+  * steps/: a whole run of mood_train_run on the tiny SD1 model of tests/fixtures/pipeline
+    (tiny-sd) re-implemented in torch: a board of three 64x64 images, the latent cache
+    (AutoencoderKL latent_dist.sample on the run's generator, unflipped then flipped), the
+    captions through transformers' CLIPTextModel, diffusers' UNet2DConditionModel with kohya
+    LoRAModule-style hooks on the attn+ff Linear layers (kaiming down, zero up, alpha / rank) and
+    the same loop as the fake model (train_loop); per-step losses (and those with the LoRA frozen)
+    and the final LoRA factors, which tests/unit/test_train_steps.c compares with mood's.
 
 Run from the repository root (kohya sd-scripts checkout as for tools/tiny_models.py):
-    tools/.venv/bin/python tools/make_fixtures_train.py [--sd-scripts /tmp/sd-scripts]
-Made with torch 2.15.0, diffusers 0.42.1, Pillow 13.0.0, numpy 2.4.6, safetensors 0.8.0,
-kohya sd-scripts 48d368fa (CPU, x86-64).
+    tools/.venv/bin/python tools/make_fixtures_train.py [--sd-scripts DIR] [--only steps]
+Made with torch 2.15.0, diffusers 0.42.1, transformers 5.24.0, Pillow 13.0.0, numpy 2.4.6,
+safetensors 0.8.0, kohya sd-scripts 48d368fa (CPU, x86-64).
 """
 
 from __future__ import annotations
@@ -188,17 +195,74 @@ def fake_model_tensors(out):
         out[f"fake/latf{i}"] = torch.flip(lat, dims=[2])
 
 
-def regroup(order):
+def regroup(order, sizes):
     """mood's rule: the epoch's order regrouped by latent size, sizes by first appearance."""
     seq, used = [], [False] * len(order)
     for i in range(len(order)):
         if used[i]:
             continue
         for j in range(i, len(order)):
-            if not used[j] and SIZES[order[j]] == SIZES[order[i]]:
+            if not used[j] and sizes[order[j]] == sizes[order[i]]:
                 used[j] = True
                 seq.append(order[j])
     return seq
+
+
+def batches(g, sizes, batch, flip):
+    """The micro-batches of mood's trainer as [(item, flipped)] lists, endlessly. An epoch's draws
+    (randperm, then rand with flips) happen when its first batch is asked for, i.e. just before
+    that batch's noise, as in the trainer."""
+    n = len(sizes)
+    while True:
+        order = torch.randperm(n, generator=g).tolist()
+        flips = (torch.rand(n, generator=g) < 0.5).tolist() if flip else [False] * n
+        seq, cursor = regroup(order, sizes), 0
+        while cursor < n:
+            k = 1
+            while k < batch and cursor + k < n and sizes[seq[cursor + k]] == sizes[seq[cursor]]:
+                k += 1
+            yield [(i, flips[i]) for i in seq[cursor:cursor + k]]
+            cursor += k
+
+
+def train_loop(g, case, ctf, sched, params, sizes, latent, predict):
+    """mood's training loop (include/mood/train.h) in torch: per optimizer step `accum`
+    micro-batches of kohya's draws (noise, noise offset, timesteps), add_noise / v target, MSE per
+    sample, min-SNR-γ, backward of loss / accum; clip_grad_norm_, AdamW, get_scheduler.
+    latent(i, flipped) -> C x h x w; predict(noisy, t, items) -> the model's output.
+    Returns the losses (mean of each step's micro-batch losses)."""
+    opt = torch.optim.AdamW(params, lr=case["lr"], betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=case["wd"])
+    lr_s = get_scheduler(case["schedule"], opt, num_warmup_steps=case["warmup"],
+                         num_training_steps=case["steps"])
+    it = batches(g, sizes, case["batch"], case["flip"])
+    losses = []
+    for _step in range(case["steps"]):
+        opt.zero_grad()
+        total = 0.0
+        for _a in range(case["accum"]):
+            items = next(it)
+            k = len(items)
+            x0 = torch.stack([latent(i, f) for i, f in items])
+            noise = torch.randn(x0.shape, generator=g)
+            if case["offset"]:
+                noise = noise + case["offset"] * torch.randn((k, x0.shape[1], 1, 1), generator=g)
+            t = torch.randint(0, 1000, (k,), generator=g)
+            noisy = sched.add_noise(x0, noise, t)
+            target = sched.get_velocity(x0, noise, t) if case["v"] else noise
+            pred = predict(noisy, t, [i for i, _ in items])
+            loss = torch.nn.functional.mse_loss(pred, target, reduction="none").mean([1, 2, 3])
+            if case["gamma"]:
+                loss = ctf.apply_snr_weight(loss, t, sched, case["gamma"], v_prediction=case["v"])
+            loss = loss.mean()
+            (loss / case["accum"]).backward()
+            total += loss.item()
+        if case["max_norm"]:
+            torch.nn.utils.clip_grad_norm_(params, case["max_norm"])
+        opt.step()
+        lr_s.step()
+        losses.append(total / case["accum"])
+    return losses
 
 
 def fake_run(out, ctf, case):
@@ -213,51 +277,19 @@ def fake_run(out, ctf, case):
         downs.append(torch.nn.Parameter(d))
         ups.append(torch.nn.Parameter(torch.zeros(C, rank)))
     params = [downs[0], ups[0], downs[1], ups[1]]
-    opt = torch.optim.AdamW(params, lr=case["lr"], betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=case["wd"])
-    lr_s = get_scheduler(case["schedule"], opt, num_warmup_steps=case["warmup"],
-                         num_training_steps=case["steps"])
-    n = len(SIZES)
-    seq, flips, cursor = None, None, n
-    losses = []
-    for _step in range(case["steps"]):
-        opt.zero_grad()
-        total = 0.0
-        for _a in range(case["accum"]):
-            if cursor >= n:
-                order = torch.randperm(n, generator=g).tolist()
-                if case["flip"]:
-                    flips = (torch.rand(n, generator=g) < 0.5).tolist()
-                else:
-                    flips = [False] * n
-                seq, cursor = regroup(order), 0
-            first, k = cursor, 1
-            while k < case["batch"] and first + k < n and SIZES[seq[first + k]] == SIZES[seq[first]]:
-                k += 1
-            items = seq[first:first + k]
-            cursor += k
-            x0 = torch.stack([out[f"fake/latf{i}" if flips[i] else f"fake/lat{i}"] for i in items])
-            noise = torch.randn(x0.shape, generator=g)
-            if case["offset"]:
-                noise = noise + case["offset"] * torch.randn((k, C, 1, 1), generator=g)
-            t = torch.randint(0, 1000, (k,), generator=g)
-            noisy = sched.add_noise(x0, noise, t)
-            target = sched.get_velocity(x0, noise, t) if case["v"] else noise
-            A = W0 + (MODS[0][1] / MODS[0][0]) * (ups[0] @ downs[0])
-            Bm = W1 + (MODS[1][1] / MODS[1][0]) * (ups[1] @ downs[1])
-            h = torch.einsum("oc,bchw->bohw", A, noisy)
-            pred = torch.einsum("oc,bchw->bohw", Bm, h) + (t.float() / 1000.0).view(k, 1, 1, 1) * beta.view(1, C, 1, 1)
-            loss = torch.nn.functional.mse_loss(pred, target, reduction="none").mean([1, 2, 3])
-            if case["gamma"]:
-                loss = ctf.apply_snr_weight(loss, t, sched, case["gamma"], v_prediction=case["v"])
-            loss = loss.mean()
-            (loss / case["accum"]).backward()
-            total += loss.item()
-        if case["max_norm"]:
-            torch.nn.utils.clip_grad_norm_(params, case["max_norm"])
-        opt.step()
-        lr_s.step()
-        losses.append(total / case["accum"])
+
+    def latent(i, flipped):
+        return out[f"fake/latf{i}" if flipped else f"fake/lat{i}"]
+
+    def predict(noisy, t, items):
+        k = len(items)
+        A = W0 + (MODS[0][1] / MODS[0][0]) * (ups[0] @ downs[0])
+        Bm = W1 + (MODS[1][1] / MODS[1][0]) * (ups[1] @ downs[1])
+        h = torch.einsum("oc,bchw->bohw", A, noisy)
+        return (torch.einsum("oc,bchw->bohw", Bm, h) +
+                (t.float() / 1000.0).view(k, 1, 1, 1) * beta.view(1, C, 1, 1))
+
+    losses = train_loop(g, case, ctf, sched, params, SIZES, latent, predict)
     key = "fake/" + case["name"]
     out[key + "/loss"] = torch.tensor(losses, dtype=torch.float64)
     for i in range(2):
@@ -271,6 +303,149 @@ FAKE_CASES = [
     dict(name="v", seed=5, steps=6, batch=1, accum=1, lr=5e-2, wd=0.0, schedule="constant",
          warmup=0, max_norm=0.1, gamma=0.0, offset=0.0, v=True, flip=False),
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole run on the tiny SD1 model (steps/)
+# ----------------------------------------------------------------------------------------------
+
+TINY_SD = os.path.join(ROOT, "tests", "fixtures", "pipeline", "tiny-sd")
+STEPS_CASE = dict(name="unet", seed=77, steps=10, batch=2, accum=2, lr=2e-2, wd=1e-2,
+                  schedule="cosine", warmup=2, max_norm=1.0, gamma=5.0, offset=0.05, v=False,
+                  flip=True, rank=4, alpha=2.0, resolution=64, targets="attn+ff", trigger="sks",
+                  captions={"b.png": "red fox, sks style"})
+STEPS_IMAGES = ("a.png", "b.png", "c.png")
+
+
+def steps_image(k):
+    """A smooth 64x64 RGB pattern, different for each k."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float64)
+    r = 128 + 110 * np.sin(x / (4.0 + k) + k)
+    gch = 128 + 110 * np.cos((x + 2 * y) / (9.0 - 2 * k))
+    b = 128 + 110 * np.sin(y / (3.0 + 2 * k) - x / 11.0)
+    return Image.fromarray(np.stack([r, gch, b], -1).round().clip(0, 255).astype(np.uint8), "RGB")
+
+
+def steps_targets(unet):
+    """The Linear layers mood trains with targets attn+ff, in mood's module order: the UNet's
+    weights as mood builds them (down blocks, mid block, up blocks; in a transformer block attn1
+    to_q, to_k, to_v, to_out.0, attn2 likewise, ff.net.0.proj, ff.net.2). diffusers registers
+    up_blocks before mid_block, hence the stable sort."""
+    subs = [f"attn{a}.{p}" for a in (1, 2) for p in ("to_q", "to_k", "to_v", "to_out.0")]
+    subs += ["ff.net.0.proj", "ff.net.2"]
+    mods = [(n, m) for n, m in unet.named_modules()
+            if ".attentions." in n and isinstance(m, torch.nn.Linear)
+            and any(n.endswith("." + s) for s in subs)]
+    group = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(mods, key=lambda nm: group[nm[0].split(".")[0]])
+
+
+class LoRASide:
+    """kohya's LoRAModule on a Linear: y = W x + up(down(x)) * (alpha / rank); down
+    kaiming_uniform_(a = sqrt(5)) on the run's generator, up zero."""
+
+    def __init__(self, name, module, rank, alpha, g):
+        self.kohya = "lora_unet_" + name.replace(".", "_")
+        d = torch.empty(rank, module.in_features)
+        torch.nn.init.kaiming_uniform_(d, a=math.sqrt(5), generator=g)
+        self.down = torch.nn.Parameter(d)
+        self.up = torch.nn.Parameter(torch.zeros(module.out_features, rank))
+        self.scale = alpha / rank
+        module.register_forward_hook(lambda mod, args, y: y + self(args[0]))
+
+    def __call__(self, x):
+        F = torch.nn.functional
+        return F.linear(F.linear(x, self.down), self.up) * self.scale
+
+
+def steps_run(case, ctf, out_dir, lr=None):
+    """The run mood_train_run does for `case` on tests/fixtures/pipeline/tiny-sd and the board in
+    out_dir/board: its losses, the final LoRA factors (kohya names) and the cached latents."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from make_fixtures_tokenizer import make_tokenizer
+    from transformers import CLIPTextModel
+    import tempfile
+
+    torch.manual_seed(0)  # the draws use g; should anything use the global generator, it is fixed
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(TINY_SD, "unet"),
+                                                torch_dtype=torch.float32).train(False)
+    vae = AutoencoderKL.from_pretrained(os.path.join(TINY_SD, "vae"), torch_dtype=torch.float32)
+    te = CLIPTextModel.from_pretrained(os.path.join(TINY_SD, "text_encoder"),
+                                       torch_dtype=torch.float32)
+    for p in list(unet.parameters()) + list(vae.parameters()) + list(te.parameters()):
+        p.requires_grad_(False)
+    sched = DDPMScheduler(**SD_SCHED)  # tiny-sd's betas (asserted)
+    with open(os.path.join(TINY_SD, "scheduler", "scheduler_config.json")) as f:
+        cfg = json.load(f)
+    assert (cfg["beta_start"], cfg["beta_end"], cfg["beta_schedule"],
+            cfg["num_train_timesteps"]) == (0.00085, 0.012, "scaled_linear", 1000)
+    ctf.prepare_scheduler_for_custom_training(sched, "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = make_tokenizer(tmp)
+
+    g = torch.Generator().manual_seed(case["seed"])
+    # 1. LoRA init, module by module
+    sides = [LoRASide(n, m, case["rank"], case["alpha"], g) for n, m in steps_targets(unet)]
+    params = [p for s in sides for p in (s.down, s.up)]
+    # 2. the latent cache: image by image, unflipped then flipped; latent_dist.sample() * sf
+    lats, ctx = [], []
+    with torch.no_grad():
+        for name in STEPS_IMAGES:
+            img = np.asarray(Image.open(os.path.join(out_dir, "board", name)).convert("RGB"))
+            x = (torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+            pair = []
+            for flipped in (False, True):
+                xi = torch.flip(x, dims=[2]) if flipped else x
+                dist = vae.encode(xi[None]).latent_dist
+                pair.append(dist.sample(generator=g)[0] * vae.config.scaling_factor)
+            lats.append(pair)
+            caption = case["captions"].get(name, case["trigger"] + ", a picture")
+            ids = tok(caption, padding="max_length", truncation=True, max_length=77,
+                      return_tensors="pt").input_ids
+            ctx.append(te(ids).last_hidden_state[0])
+    sizes = [tuple(p[0].shape[1:]) for p in lats]
+    # 3. + 4. the training loop
+    c = dict(case, lr=case["lr"] if lr is None else lr)
+
+    def predict(noisy, t, items):
+        return unet(noisy, t, encoder_hidden_states=torch.stack([ctx[i] for i in items])).sample
+
+    losses = train_loop(g, c, ctf, sched, params, sizes, lambda i, f: lats[i][int(f)], predict)
+    final = {}
+    for s in sides:
+        final[s.kohya + ".lora_down.weight"] = s.down.detach().clone()
+        final[s.kohya + ".lora_up.weight"] = s.up.detach().clone()
+    latents = torch.stack([torch.stack(p) for p in lats])
+    return losses, final, latents
+
+
+def steps(ctf):
+    """steps/: a board of three 64x64 images (one with a sidecar caption), and torch's run of
+    STEPS_CASE on it: the losses, the losses of the same draws with the LoRA frozen (lr 0: how far
+    training moved them), the final LoRA factors and the cached latents."""
+    out_dir = os.path.join(OUT, "steps")
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(os.path.join(out_dir, "board"))
+    for k, name in enumerate(STEPS_IMAGES):
+        steps_image(k).save(os.path.join(out_dir, "board", name))
+    for name, caption in STEPS_CASE["captions"].items():
+        with open(os.path.join(out_dir, "board", os.path.splitext(name)[0] + ".txt"), "w") as f:
+            f.write(caption + "\n")
+    losses, final, latents = steps_run(STEPS_CASE, ctf, out_dir)
+    frozen, _, _ = steps_run(STEPS_CASE, ctf, out_dir, lr=0.0)
+    ref = {"loss": torch.tensor(losses, dtype=torch.float64),
+           "loss_frozen": torch.tensor(frozen, dtype=torch.float64), "latents": latents}
+    ref.update(final)
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(out_dir, "ref.safetensors"))
+    import diffusers
+    import transformers
+    meta = dict(STEPS_CASE, model="../../pipeline/tiny-sd", board="board", images=STEPS_IMAGES,
+                modules=len(final) // 2,
+                versions=dict(torch=torch.__version__, diffusers=diffusers.__version__,
+                              transformers=transformers.__version__))
+    with open(os.path.join(out_dir, "case.json"), "w") as f:
+        json.dump(meta, f, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,10 +571,17 @@ def bucket_cases(k):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sd-scripts", default=None)
+    ap.add_argument("--only", choices=["steps"], default=None,
+                    help="rewrite only this part (steps/: the run on the tiny SD1 model)")
     args = ap.parse_args()
     if args.sd_scripts:
         tm.set_sd_scripts(args.sd_scripts)
+    torch.set_num_threads(1)
     k, ctf = kohya_ctf()
+    if args.only == "steps":
+        steps(ctf)
+        print("wrote", os.path.join(OUT, "steps"))
+        return
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(os.path.join(OUT, "ref"))
@@ -423,6 +605,7 @@ def main():
     save_file(out, os.path.join(OUT, "ref.safetensors"))
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(meta, f, indent=1)
+    steps(ctf)
     print("wrote", OUT)
 
 
