@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "mood/gen.h"
+#include "mood/params.h"
 #include "mood/styles.h"
 
 typedef struct gen_args {
@@ -53,6 +54,14 @@ int gen_remap_png_loras(gen_run *r);
 void gen_check_png_hashes(const gen_run *r);
 /* After loading: warns when the model's hash is not the image's. */
 void gen_check_png_model(gen_run *r);
+/* The A1111 parameters of image i (0-based, of o->batch) made with o on model from prompt and
+ * negative: every detail mood gen writes ("Steps" ... "Version") but "Lora hashes", which the
+ * caller adds. Shared with mood train's sample previews. */
+int gen_params_fill(mood_params *p, const mood_gen_options *o, const mood_model *model,
+                    const char *prompt, const char *negative, int i);
+/* Writes a (3 x h x w) float image (mood_generate's output) as a PNG with the parameters text
+ * (NULL: none), atomically. 0 or a MOOD_E* code. */
+int gen_write_png(const char *path, const float *chw, int w, int h, const char *text);
 /* Writes the images (and prints the JSON or the paths). Returns 0 or an exit status. */
 int gen_write_outputs(gen_run *r);
 /* mood_preview_fn: writes OUTPUT.preview.png. */

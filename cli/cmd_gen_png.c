@@ -89,18 +89,14 @@ static char *tagged_prompt(const gen_run *r)
     return s;
 }
 
-/* Image i's parameters text. */
-static int build_params(mood_params *p, const gen_run *r, int i)
+int gen_params_fill(mood_params *p, const mood_gen_options *o, const mood_model *model,
+                    const char *prompt, const char *negative, int i)
 {
-    const mood_gen_options *o = &r->args.opts;
-    char hash[11], size[32], *prompt = tagged_prompt(r);
+    char hash[11], size[32];
     int batch_noise = o->rng == MOOD_RNG_TORCH_CPU && o->batch > 1, err;
     uint64_t seed = batch_noise ? o->seed : o->seed + (uint64_t)i;
-    if (!prompt)
-        return MOOD_ENOMEM;
     snprintf(size, sizeof size, "%dx%d", o->width, o->height);
-    err = mood_params_set_prompt(p, prompt, r->styles.negative);
-    free(prompt);
+    err = mood_params_set_prompt(p, prompt, negative);
     if (!err)
         err = set_num(p, "Steps", "%.0f", o->steps);
     if (!err)
@@ -113,20 +109,16 @@ static int build_params(mood_params *p, const gen_run *r, int i)
         err = set_num(p, "Seed", "%.0f", (double)seed);
     if (!err)
         err = mood_params_set(p, "Size", size);
-    if (!err && (err = mood_model_short_hash(r->model, hash)) == 0)
+    if (!err && (err = mood_model_short_hash(model, hash)) == 0)
         err = mood_params_set(p, "Model hash", hash);
     if (!err)
-        err = mood_params_set(p, "Model", mood_model_name(r->model));
+        err = mood_params_set(p, "Model", mood_model_name(model));
     if (!err && o->clip_skip > 1)
         err = set_num(p, "Clip skip", "%.0f", o->clip_skip);
     if (!err && o->rng != MOOD_RNG_TORCH_CUDA)
         err = mood_params_set(p, "RNG", batch_noise ? "torch-cpu" : "CPU");
     if (!err && o->batch > 1 && (err = set_num(p, "Batch size", "%.0f", o->batch)) == 0)
         err = set_num(p, "Batch pos", "%.0f", i);
-    for (size_t k = 0; k < r->styles.n && !err; k++)
-        if (r->styles.adapters[k].hash[0])
-            err = mood_params_add_lora_hash(p, r->styles.adapters[k].name,
-                                            r->styles.adapters[k].hash);
     if (!err) {
         char v[64];
         snprintf(v, sizeof v, "mood %s", mood_version());
@@ -135,7 +127,23 @@ static int build_params(mood_params *p, const gen_run *r, int i)
     return err;
 }
 
-static int write_png(const char *path, const float *chw, int w, int h, const char *text)
+/* Image i's parameters text. */
+static int build_params(mood_params *p, const gen_run *r, int i)
+{
+    char *prompt = tagged_prompt(r);
+    int err;
+    if (!prompt)
+        return MOOD_ENOMEM;
+    err = gen_params_fill(p, &r->args.opts, r->model, prompt, r->styles.negative, i);
+    free(prompt);
+    for (size_t k = 0; k < r->styles.n && !err; k++)
+        if (r->styles.adapters[k].hash[0])
+            err = mood_params_add_lora_hash(p, r->styles.adapters[k].name,
+                                            r->styles.adapters[k].hash);
+    return err;
+}
+
+int gen_write_png(const char *path, const float *chw, int w, int h, const char *text)
 {
     mood_image *img = NULL;
     const char *keys[] = {"parameters"}, *values[] = {text};
@@ -157,7 +165,7 @@ static int write_one(gen_run *r, int i, cJSON *list)
     if (!path)
         err = MOOD_ENOMEM;
     else if ((err = build_params(&p, r, i)) == 0 && (err = mood_params_format(&text, &p)) == 0)
-        err = write_png(path, r->images + (size_t)i * per, o->width, o->height, text);
+        err = gen_write_png(path, r->images + (size_t)i * per, o->width, o->height, text);
     if (!err && list) {
         cJSON *e = cJSON_CreateObject();
         cJSON_AddStringToObject(e, "path", path);
@@ -219,7 +227,7 @@ int gen_write_preview(const float *images, int batch, int width, int height, int
         return MOOD_ENOMEM;
     }
     snprintf(pv, n, "%s.preview.png", path);
-    err = write_png(pv, images, width, height, NULL);
+    err = gen_write_png(pv, images, width, height, NULL);
     free(path);
     free(pv);
     return err;

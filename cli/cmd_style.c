@@ -24,7 +24,8 @@ const char cmd_show_help[] =
     "Shows everything the registry knows about a style: its LoRAs with their weights (model and\n"
     "text encoder), base family, algorithm, rank, alpha, trigger words, prompt template,\n"
     "negative prompt, tags, preview files, where each LoRA came from, and its hashes (AutoV3,\n"
-    "which Civitai and A1111 use to identify a LoRA, and SHA-256).\n\n"
+    "which Civitai and A1111 use to identify a LoRA, and SHA-256). A style made by 'mood train'\n"
+    "also shows its mood board thumbnails, how it was trained and its loss curve.\n\n"
     "  --json    print it as one JSON object (same facts)\n";
 
 const char cmd_search_help[] =
@@ -254,6 +255,43 @@ static void print_adapter(const cJSON *a)
     }
 }
 
+static double num_of(const cJSON *o, const char *key)
+{
+    return cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, key));
+}
+
+/* What `mood train` registered: mood board thumbnails, the training, the loss curve. */
+static void print_training(const cJSON *s)
+{
+    const cJSON *t = cJSON_GetObjectItem(s, "training"), *f, *samples;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItem(s, "board"))
+    {
+        printf("%-14s%s (%s, %gx%g)\n", "Board:", str_of(f, "path"),
+               str_of(f, "name") ? str_of(f, "name") : "?", num_of(f, "width"),
+               num_of(f, "height"));
+    }
+    if (cJSON_IsObject(t)) {
+        printf("%-14s%g steps, rank %g, alpha %g, lr %g, %s, %g px, on %s\n",
+               "Trained:", num_of(t, "steps"), num_of(t, "rank"), num_of(t, "alpha"),
+               num_of(t, "lr"), str_of(t, "targets") ? str_of(t, "targets") : "?",
+               num_of(t, "resolution"), str_of(t, "base_model") ? str_of(t, "base_model") : "?");
+        samples = cJSON_GetObjectItem(t, "samples");
+        if (cJSON_IsObject(samples))
+            printf("%-14s%d previews in %s\n",
+                   "Samples:", cJSON_GetArraySize(cJSON_GetObjectItem(samples, "images")),
+                   str_of(samples, "folder") ? str_of(samples, "folder") : "?");
+    }
+    cJSON_ArrayForEach(f, cJSON_GetObjectItem(s, "files"))
+    {
+        const char *role = str_of(f, "role");
+        printf("%-14s%s\n",
+               role && !strcmp(role, "loss_plot")  ? "Loss curve:"
+               : role && !strcmp(role, "loss_csv") ? "Loss CSV:"
+                                                   : "File:",
+               str_of(f, "path"));
+    }
+}
+
 static void print_style(const cJSON *s)
 {
     const cJSON *a, *t, *p, *w = cJSON_GetObjectItem(s, "weight");
@@ -279,6 +317,7 @@ static void print_style(const cJSON *s)
     {
         printf("%-14s%s (%s)\n", "Preview:", str_of(p, "path"), str_of(p, "media_type"));
     }
+    print_training(s);
     printf("%-14s%s, changed %s\n", "Created:", str_of(s, "created_at"), str_of(s, "updated_at"));
 }
 

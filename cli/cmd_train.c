@@ -1,16 +1,18 @@
 /*
  * cmd_train.c: `mood train`: a style LoRA from a mood board (mood/train.h), written in kohya's
- * format with its loss curve, then registered as a style (imported with a sidecar that carries
- * the trigger word) unless --no-register. Ctrl-C saves a checkpoint that --resume continues.
+ * format with its loss curve and, when asked, sample previews every N steps; then registered as
+ * a style with its trigger word, board thumbnails, final previews, loss curve and training
+ * record (cmd_train_record.c) unless --no-register. Ctrl-C saves a checkpoint that --resume
+ * continues.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
-#include "mood/train.h"
+#include "cli/cmd_train.h"
 
 const char cmd_train_help[] =
     "usage: mood train --name NAME --board DIR_OR_FILE... --model BASE [options]\n\n"
@@ -35,6 +37,11 @@ const char cmd_train_help[] =
     "  --noise-offset X     (default 0.05; 0 off)\n"
     "  --seed N             (default 0)\n"
     "  --resume             continue from the checkpoint a stopped run left\n"
+    "  --sample-every N     render sample previews every N steps and at the end (default: off,\n"
+    "                       see below; 0 off)\n"
+    "  --sample-prompt P    a preview prompt; repeat for more (default: \"TRIGGER, a portrait\"\n"
+    "                       and \"TRIGGER, a landscape\"; {trigger} is replaced)\n"
+    "  --sample-steps S     sampler steps of a preview (default 20)\n"
     "  --device cpu|cuda    (cpu; the CUDA backend is not built yet)\n"
     "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
     "  --no-register        do not add the style to the registry\n"
@@ -47,24 +54,49 @@ const char cmd_train_help[] =
     "Example:\n"
     "  mood train --name inkwash --board ~/boards/inkwash --model sd15.safetensors \\\n"
     "             --trigger inkwash\n\n"
+    "Sample previews show the style as it trains: each prompt is rendered at the training size\n"
+    "with the LoRA being trained applied (Euler a, cfg 7, the same seed for a prompt at every\n"
+    "step, from --seed) into NAME.samples/step-NNNNNN-I.png with the parameters text mood gen\n"
+    "writes. They are off by default because on the CPU one SD1.5 preview costs minutes (a\n"
+    "few training steps' time); --sample-every N turns them on, and --sample-prompt or\n"
+    "--sample-steps alone render the end only. Their time is not counted in it/s.\n\n"
     "Files beside the output: NAME.checkpoint.safetensors (while training), NAME.loss.csv and\n"
-    "NAME.loss.png (the loss curve). Exit status: 0 trained, 1 bad input (an image that does\n"
-    "not decode, bad option), 2 environment; 130 when stopped (a checkpoint is kept).\n";
-
-typedef struct train_args {
-    mood_train_options o;
-    const char **board;
-    size_t n_board;
-    const char *output, *trigger, *device;
-    int json, no_register;
-    char *ckpt, *csv, *png, *out_default;
-} train_args;
+    "NAME.loss.png (the loss curve), NAME.samples/ (previews), NAME.json (A1111's sidecar).\n"
+    "The registered style keeps the trigger word, thumbnails of the board, the final previews,\n"
+    "the loss curve and a record of the training ('mood show NAME').\n"
+    "Exit status: 0 trained, 1 bad input (an image that does not decode, bad option), 2\n"
+    "environment; 130 when stopped (a checkpoint is kept).\n";
 
 /* ----- progress ------------------------------------------------------------------------------ */
 
+/* Seconds as "42 s", "12:05" or "3:02:09". */
+static void format_time(char *out, size_t size, double s)
+{
+    long t = s > 0 && s < 1e9 ? (long)(s + 0.5) : 0;
+    if (t < 60)
+        snprintf(out, size, "%ld s", t);
+    else if (t < 3600)
+        snprintf(out, size, "%ld:%02ld", t / 60, t % 60);
+    else
+        snprintf(out, size, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+}
+
+static void print_train(const mood_train_progress *p)
+{
+    char left[32];
+    format_time(left, sizeof left, p->eta_s);
+    /* it/s with 3 significant digits: a CPU run does 0.0312 it/s, a GPU one 4.2 */
+    fprintf(stderr, "\r\033[Ktrain %lld/%lld  loss %.4f (avg %.4f)  lr %.2g  %.3g it/s  %s left",
+            (long long)p->done, (long long)p->total, p->loss, p->loss_avg, p->lr, p->it_per_s,
+            p->it_per_s > 0 ? left : "?");
+}
+
+/* One line per phase on stderr, redrawn at most 5 times a second (always on a new phase and at
+ * its end). Quiet when stderr is not a terminal. */
 static int progress(const mood_train_progress *p, void *payload)
 {
     static double last;
+    static const char *last_phase;
     struct timespec ts;
     double now;
     (void)payload;
@@ -72,17 +104,20 @@ static int progress(const mood_train_progress *p, void *payload)
         return 0;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     now = ts.tv_sec + ts.tv_nsec * 1e-9;
-    if (now - last < 0.2 && p->done != p->total)
+    if (now - last < 0.2 && p->done != p->total && p->phase == last_phase)
         return 0;
     last = now;
+    last_phase = p->phase;
     if (strcmp(p->phase, "train") == 0)
-        fprintf(stderr,
-                "\r\033[Ktrain %lld/%lld  loss %.4f (avg %.4f)  lr %.2g  %.2f it/s  %.0f s left",
-                (long long)p->done, (long long)p->total, p->loss, p->loss_avg, p->lr, p->it_per_s,
-                p->eta_s);
+        print_train(p);
+    else if (strcmp(p->phase, "sample") == 0)
+        fprintf(stderr, "\r\033[Ksample previews %lld/%lld", (long long)p->done,
+                (long long)p->total);
     else
         fprintf(stderr, "\r\033[K%s %lld/%lld", p->phase, (long long)p->done, (long long)p->total);
-    if (p->done == p->total)
+    if (p->done == p->total && strcmp(p->phase, "sample") == 0)
+        fputs("\r\033[K", stderr); /* gone: the training line comes back */
+    else if (p->done == p->total)
         fputc('\n', stderr);
     return 0;
 }
@@ -130,13 +165,29 @@ static int parse_number(train_args *a, const char *s, const char *v)
         o->noise_offset = d;
     else if (strcmp(s, "--seed") == 0 && is_int && n >= 0)
         o->seed = (uint64_t)n;
+    else if (strcmp(s, "--sample-every") == 0 && is_int && n >= 0 && n <= INT_MAX)
+        o->sample_every = (int)n, a->sample_every_set = a->sample_asked = 1;
+    else if (strcmp(s, "--sample-steps") == 0 && is_int && n > 0 && n <= 1000)
+        o->sample_steps = (int)n, a->sample_asked = 1;
     else if (strcmp(s, "--steps") && strcmp(s, "--rank") && strcmp(s, "--alpha") &&
              strcmp(s, "--lr") && strcmp(s, "--te-lr") && strcmp(s, "--batch") &&
              strcmp(s, "--accum") && strcmp(s, "--res") && strcmp(s, "--warmup") &&
-             strcmp(s, "--min-snr") && strcmp(s, "--noise-offset") && strcmp(s, "--seed"))
+             strcmp(s, "--min-snr") && strcmp(s, "--noise-offset") && strcmp(s, "--seed") &&
+             strcmp(s, "--sample-every") && strcmp(s, "--sample-steps"))
         return -1;
     else
         return cli_usage_error("train", "%s %s: not a valid value", s, v);
+    return 0;
+}
+
+static int add_prompt(train_args *a, const char *prompt)
+{
+    const char **grown = realloc(a->prompts, (a->n_prompts + 1) * sizeof *grown);
+    if (!grown)
+        return 2;
+    a->prompts = grown;
+    a->prompts[a->n_prompts++] = prompt;
+    a->sample_asked = 1;
     return 0;
 }
 
@@ -157,6 +208,8 @@ static int parse_valued(train_args *a, const char *s, const char *v)
         a->output = v;
     else if (strcmp(s, "--device") == 0)
         a->device = v;
+    else if (strcmp(s, "--sample-prompt") == 0)
+        return add_prompt(a, v);
     else if (strcmp(s, "--targets") == 0 && mood_train_targets_parse(&a->o.targets, v) != 0)
         return cli_usage_error("train", "%s", mood_error_last());
     else if (strcmp(s, "--schedule") == 0 && mood_lr_schedule_parse(&a->o.lr_schedule, v) != 0)
@@ -209,31 +262,33 @@ static int parse_args(train_args *a, int argc, char **argv)
 
 /* ----- files --------------------------------------------------------------------------------- */
 
-/* OUT.safetensors -> OUT<suffix> (malloc'd). */
-static char *beside(const char *out, const char *suffix)
+/* Previews: off unless asked for (on the CPU, the only device of this build, an SD1.5 preview
+ * costs minutes); --sample-prompt or --sample-steps without --sample-every: the end only. */
+static void set_samples(train_args *a)
 {
-    size_t n = strlen(out);
-    char *p;
-    if (n > 12 && strcmp(out + n - 12, ".safetensors") == 0)
-        n -= 12;
-    if (!(p = malloc(n + strlen(suffix) + 1)))
-        return NULL;
-    memcpy(p, out, n);
-    strcpy(p + n, suffix);
-    return p;
+    if (!a->sample_asked)
+        return;
+    if (!a->sample_every_set)
+        a->o.sample_every = INT_MAX;
+    a->o.sample_prompts = a->prompts;
+    a->o.n_sample_prompts = a->n_prompts;
+    a->o.sample_seed = a->o.seed;
+    a->o.sample = train_write_sample;
+    a->o.sample_payload = a;
 }
 
 static int set_files(train_args *a)
 {
     if (!a->output) {
-        if (!(a->out_default = beside(a->o.name, ".safetensors")))
+        if (!(a->out_default = train_beside(a->o.name, ".safetensors")))
             return 2;
         a->output = a->out_default;
     }
-    a->ckpt = beside(a->output, ".checkpoint.safetensors");
-    a->csv = beside(a->output, ".loss.csv");
-    a->png = beside(a->output, ".loss.png");
-    if (!a->ckpt || !a->csv || !a->png)
+    a->ckpt = train_beside(a->output, ".checkpoint.safetensors");
+    a->csv = train_beside(a->output, ".loss.csv");
+    a->png = train_beside(a->output, ".loss.png");
+    a->samples_dir = train_beside(a->output, ".samples");
+    if (!a->ckpt || !a->csv || !a->png || !a->samples_dir)
         return 2;
     a->o.output = a->output;
     a->o.checkpoint = a->ckpt;
@@ -243,44 +298,8 @@ static int set_files(train_args *a)
     a->o.board = a->board;
     a->o.n_board = a->n_board;
     a->o.board_opts.trigger = a->trigger ? a->trigger : a->o.name;
+    set_samples(a);
     return 0;
-}
-
-/* A1111's sidecar (NAME.json: "activation text", "preferred weight") beside the LoRA, so the
- * import takes the trigger word as any A1111 user's file would give it. */
-static int write_sidecar(const train_args *a)
-{
-    char *path = beside(a->output, ".json");
-    cJSON *j = cJSON_CreateObject();
-    char *text;
-    FILE *f;
-    int rc = 2;
-    cJSON_AddStringToObject(j, "activation text", a->o.board_opts.trigger);
-    cJSON_AddNumberToObject(j, "preferred weight", 1.0);
-    cJSON_AddStringToObject(j, "description", "trained by mood train");
-    text = cJSON_Print(j);
-    if (path && text && (f = fopen(path, "w"))) {
-        rc = fputs(text, f) < 0 ? 2 : 0;
-        rc = fclose(f) != 0 ? 2 : rc;
-    }
-    free(text);
-    free(path);
-    cJSON_Delete(j);
-    return rc;
-}
-
-static int register_style(const train_args *a, mood_import_result *res)
-{
-    mood_registry *reg = NULL;
-    int rc, err;
-    if (write_sidecar(a) != 0)
-        cli_warn("could not write the sidecar beside %s; the style gets no trigger word",
-                 a->output);
-    if ((rc = cli_registry_open(&reg)) != 0)
-        return rc;
-    err = mood_registry_import_file(reg, res, a->output, NULL, NULL);
-    mood_registry_close(reg);
-    return err ? cli_fail(err) : 0;
 }
 
 static int report(const train_args *a, const mood_import_result *res)
@@ -288,6 +307,8 @@ static int report(const train_args *a, const mood_import_result *res)
     cJSON *o;
     if (!a->json) {
         printf("%s\n", a->output);
+        if (a->n_samples)
+            fprintf(stderr, "%zu sample previews in %s\n", a->n_samples, a->samples_dir);
         if (!a->no_register)
             fprintf(stderr, "registered as style '%s': mood gen \"...\" --style %s\n", res->name,
                     res->name);
@@ -297,8 +318,15 @@ static int report(const train_args *a, const mood_import_result *res)
     cJSON_AddStringToObject(o, "lora", a->output);
     cJSON_AddStringToObject(o, "loss_csv", a->csv);
     cJSON_AddStringToObject(o, "loss_png", a->png);
-    if (!a->no_register)
+    if (a->n_samples) {
+        cJSON *list = cJSON_AddArrayToObject(o, "samples");
+        for (size_t i = 0; i < a->n_samples; i++)
+            cJSON_AddItemToArray(list, cJSON_CreateString(a->samples[i].path));
+    }
+    if (!a->no_register) {
         cJSON_AddStringToObject(o, "style", res->name);
+        cJSON_AddNumberToObject(o, "previews", res->previews);
+    }
     return cli_print_json(o);
 }
 
@@ -320,13 +348,15 @@ int cmd_train(int argc, char **argv)
             rc = 130;
         } else if (err) {
             rc = cli_fail(err);
-        } else if (!a.no_register && (rc = register_style(&a, &res)) == 0) {
+        } else if (!a.no_register && (rc = train_register(&a, &res)) == 0) {
             rc = report(&a, &res);
         } else if (a.no_register) {
             rc = report(&a, &res);
         }
     }
     free(a.board);
+    free(a.prompts);
+    train_samples_dispose(&a);
     free(a.ckpt);
     free(a.csv);
     free(a.png);

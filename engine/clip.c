@@ -22,33 +22,17 @@
 #include <string.h>
 
 #include "common/common.h"
+#include "engine/clip_internal.h"
 #include "engine/cpu/ops.h"
 #include "engine/weights.h"
 #include "mood/clip.h"
 #include "mood/safetensors.h"
 
-typedef struct clip_layer {
-    const float *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
-    const float *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
-} clip_layer;
-
-struct mood_clip {
-    mood_clip_config cfg;
-    float *params; /* every weight, one allocation */
-    const float *tok_emb, *pos_emb, *lnf_w, *lnf_b;
-    const float *proj; /* text projection or NULL: (P x C), or (C x P) when proj_t */
-    int proj_t;
-    clip_layer *layer;
-    mood_side_path *paths; /* runtime adapters (mood_clip_set_side_paths) */
-    const float **path_w;  /* the weight each path belongs to */
-    size_t n_paths;
-};
-
 /* ----- layers ------------------------------------------------------------------------------- */
 
 /* out (N x C) = tok[ids] + pos[t] for N = B*T rows. */
-static void embedding_forward(float *out, const int32_t *ids, const float *tok, const float *pos,
-                              int B, int T, int C)
+void mood__clip_embedding_forward(float *out, const int32_t *ids, const float *tok,
+                                  const float *pos, int B, int T, int C)
 {
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
@@ -84,7 +68,14 @@ static void linear(const mood_clip *m, float *out, const float *inp, const float
     }
 }
 
-/* Activations of one layer, N = B*T rows (kept for a future backward pass). */
+void mood__clip_linear(const mood_clip *m, float *out, const float *inp, const float *w,
+                       const float *b, size_t N, int IC, int OC)
+{
+    linear(m, out, inp, w, b, N, IC, OC);
+}
+
+/* Activations of one layer, N = B*T rows (reused layer after layer; the training forward,
+ * clip_backward.c, keeps every layer's instead). */
 typedef struct clip_scratch {
     float *ln, *q, *k, *v, *att_out, *proj; /* N x C each */
     float *h;                               /* N x F */
@@ -440,6 +431,55 @@ static int load_weights(mood_clip *m, clip_loader *ld)
     return 0;
 }
 
+/* The names after "text_model.encoder.layers.<l>." in weight-list order (clip_internal.h). */
+static const char *const layer_children[CLIP_LAYER_WEIGHTS] = {"self_attn.k_proj.weight",
+                                                               "self_attn.k_proj.bias",
+                                                               "self_attn.v_proj.weight",
+                                                               "self_attn.v_proj.bias",
+                                                               "self_attn.q_proj.weight",
+                                                               "self_attn.q_proj.bias",
+                                                               "self_attn.out_proj.weight",
+                                                               "self_attn.out_proj.bias",
+                                                               "layer_norm1.weight",
+                                                               "layer_norm1.bias",
+                                                               "mlp.fc1.weight",
+                                                               "mlp.fc1.bias",
+                                                               "mlp.fc2.weight",
+                                                               "mlp.fc2.bias",
+                                                               "layer_norm2.weight",
+                                                               "layer_norm2.bias"};
+
+/* Weight i's name (Hugging Face, with "text_model.") into buf; returns its length. */
+static int weight_name_at(const mood_clip *m, size_t i, char *buf, size_t size)
+{
+    size_t per = CLIP_LAYER_WEIGHTS, layers = (size_t)m->cfg.layers;
+    if (i < 2)
+        return snprintf(buf, size, "text_model.embeddings.%s_embedding.weight",
+                        i == 0 ? "token" : "position");
+    if (i - 2 < per * layers)
+        return snprintf(buf, size, "text_model.encoder.layers.%zu.%s", (i - 2) / per,
+                        layer_children[(i - 2) % per]);
+    return snprintf(buf, size, "text_model.final_layer_norm.%s",
+                    i == 2 + per * layers ? "weight" : "bias");
+}
+
+/* m->names / m->name: every weight's name in one allocation. */
+static int build_names(mood_clip *m)
+{
+    size_t n = 4 + CLIP_LAYER_WEIGHTS * (size_t)m->cfg.layers, bytes = 0, at = 0;
+    char buf[160];
+    for (size_t i = 0; i < n; i++)
+        bytes += (size_t)weight_name_at(m, i, buf, sizeof buf) + 1;
+    if (!(m->names = mood_malloc(bytes)) || !(m->name = mood_malloc(n * sizeof *m->name)))
+        return mood_error_nomem();
+    for (size_t i = 0; i < n; i++) {
+        m->name[i] = m->names + at;
+        at += (size_t)weight_name_at(m, i, m->names + at, bytes - at) + 1;
+    }
+    m->n_weights = n;
+    return 0;
+}
+
 int mood_clip_load(mood_clip **out, const char *path, const mood_clip_config *hint)
 {
     clip_loader ld = {NULL, path, "", "", &hf_naming, NULL};
@@ -470,6 +510,8 @@ int mood_clip_load(mood_clip **out, const char *path, const mood_clip_config *hi
     }
     ld.next = m->params;
     err = load_weights(m, &ld);
+    if (err == 0)
+        err = build_names(m);
 done:
     mood_st_close(ld.f);
     if (err < 0)
@@ -487,6 +529,8 @@ void mood_clip_free(mood_clip *m)
     mood_free(m->layer);
     mood_free(m->paths);
     mood_free(m->path_w);
+    mood_free(m->names);
+    mood_free(m->name);
     mood_free(m);
 }
 
@@ -545,7 +589,7 @@ static int scratch_alloc(clip_scratch *s, float **x, const mood_clip_config *c, 
     return 0;
 }
 
-static int check_args(const mood_clip *m, const int32_t *ids, int batch, int seq, int clip_skip)
+int mood__clip_check_args(const mood_clip *m, const int32_t *ids, int batch, int seq, int clip_skip)
 {
     const mood_clip_config *c = &m->cfg;
     if (batch < 1 || seq < 1 || seq > c->max_positions)
@@ -595,11 +639,11 @@ int mood_clip_forward(const mood_clip *m, const int32_t *ids, int batch, int seq
     clip_scratch s = {0};
     float *x = NULL;
     int err, stop = c->layers - clip_skip + 1; /* layers run before hidden_out is taken */
-    if ((err = check_args(m, ids, batch, seq, clip_skip)) < 0 ||
+    if ((err = mood__clip_check_args(m, ids, batch, seq, clip_skip)) < 0 ||
         (err = scratch_alloc(&s, &x, c, batch, seq)) < 0)
         return err;
     size_t N = (size_t)batch * seq;
-    embedding_forward(x, ids, m->tok_emb, m->pos_emb, batch, seq, c->hidden);
+    mood__clip_embedding_forward(x, ids, m->tok_emb, m->pos_emb, batch, seq, c->hidden);
     int last = pooled_out ? c->layers : stop;
     for (int l = 0; l < last; l++) {
         layer_forward(m, x, &m->layer[l], &s, batch, seq);
@@ -625,6 +669,15 @@ static const float *find_weight(const mood_clip *m, const char *name, int *ndim,
     shape[0] = c->hidden;
     shape[1] = shape[2] = shape[3] = 1;
     *ndim = 1;
+    if (strncmp(name, "embeddings.", 11) == 0) {
+        int tok = strcmp(name + 11, "token_embedding.weight") == 0;
+        if (!tok && strcmp(name + 11, "position_embedding.weight") != 0)
+            return NULL;
+        shape[0] = tok ? c->vocab : c->max_positions;
+        shape[1] = c->hidden;
+        *ndim = 2;
+        return tok ? m->tok_emb : m->pos_emb;
+    }
     if (strcmp(name, "final_layer_norm.weight") == 0)
         return m->lnf_w;
     if (strcmp(name, "final_layer_norm.bias") == 0)
@@ -660,6 +713,16 @@ float *mood_clip_weight(mood_clip *m, const char *name, int *ndim, int64_t shape
     return (float *)w; /* the weights live in m->params, which m owns and may change */
 }
 
+size_t mood_clip_weight_count(const mood_clip *m)
+{
+    return m->n_weights;
+}
+
+const char *mood_clip_weight_name(const mood_clip *m, size_t i)
+{
+    return i < m->n_weights ? m->name[i] : NULL;
+}
+
 int mood_clip_set_side_paths(mood_clip *m, const mood_side_path *paths, size_t n)
 {
     mood_side_path *copy = NULL;
@@ -667,7 +730,8 @@ int mood_clip_set_side_paths(mood_clip *m, const mood_side_path *paths, size_t n
     for (size_t i = 0; i < n; i++) {
         int nd;
         int64_t sh[4];
-        if (!find_weight(m, paths[i].weight, &nd, sh) || nd != 2)
+        const float *w = find_weight(m, paths[i].weight, &nd, sh);
+        if (!w || nd != 2 || w == m->tok_emb || w == m->pos_emb)
             return mood_error_set(MOOD_ENOTFOUND, "clip: no Linear weight \"%s\" for a side path",
                                   paths[i].weight);
         if (paths[i].rank < 0 || !paths[i].up || (paths[i].rank > 0 && !paths[i].down))
@@ -689,5 +753,6 @@ int mood_clip_set_side_paths(mood_clip *m, const mood_side_path *paths, size_t n
     m->paths = copy;
     m->path_w = pw;
     m->n_paths = n;
+    m->side_gen++;
     return 0;
 }

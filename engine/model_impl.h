@@ -52,8 +52,9 @@ struct mood_model {
     mood_lora_mode set_mode;
     mood_side_path *paths; /* runtime side paths (UNet and text encoder together) */
     size_t n_paths, cap_paths;
-    float **owned; /* factor buffers the side paths point into */
-    mood_unet_tape *tape; /* training: the UNet's activations, kept between steps */
+    float **owned;             /* factor buffers the side paths point into */
+    mood_unet_tape *tape;      /* training: the UNet's activations, kept between steps */
+    mood_clip_tape *clip_tape; /* training the text encoder: likewise */
     size_t n_owned, cap_owned;
 };
 

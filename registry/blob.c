@@ -11,9 +11,9 @@
  *   4. the caller commits its rows and deletes the journal row in one transaction;
  *   5. the temporary name is unlinked.
  * What is safe to delete after a crash, under the exclusive registry lock (no import running):
- * every file in blobs/tmp named import-*.part, and the blob of every journal row that no adapter
- * or preview row refers to; then the journal rows. Nothing else is ever deleted automatically:
- * other orphan blobs are reported (and removed only by `mood doctor --fix`).
+ * every file in blobs/tmp named import-*.part, and the blob of every journal row that no adapter,
+ * preview or style file row refers to; then the journal rows. Nothing else is ever deleted
+ * automatically: other orphan blobs are reported (and removed only by `mood doctor --fix`).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -277,6 +277,7 @@ int mood__blob_delete_if_unused(mood_registry *r, const char *sha256, int *delet
     err = mood__reg_query_int(r, &used,
                               "SELECT (SELECT count(*) FROM adapters WHERE sha256 = ?1) +"
                               " (SELECT count(*) FROM previews WHERE blob_sha256 = ?1) +"
+                              " (SELECT count(*) FROM style_files WHERE blob_sha256 = ?1) +"
                               " (SELECT count(*) FROM imports_in_progress WHERE sha256 = ?1)",
                               sha256);
     if (err || used > 0 || !mood__blob_valid_hex(sha256))

@@ -1,12 +1,13 @@
 /*
  * doctor.c: `mood doctor`: is the registry whole?
  *   - SQLite's integrity_check (and the FTS5 index's own check);
- *   - rows (adapters, previews) whose blob file is missing ("missing");
+ *   - rows (adapters, previews, style files) whose blob file is missing ("missing");
  *   - files under blobs/sha256 that no row uses ("orphans"), and stray files there whose name is
  *     not a SHA-256;
  *   - with --deep, every referenced blob re-hashed against its name ("corrupt").
  * With --fix: orphans are deleted; styles that lose an adapter (missing or corrupt) are removed
- * with it, previews whose image is missing or corrupt are removed, the FTS index is rebuilt.
+ * with it, previews and style files whose blob is missing or corrupt are removed, the FTS index
+ * is rebuilt.
  * Checks and fixes run under the exclusive registry lock, so no import is half-way meanwhile.
  */
 #include <cjson/cJSON.h>
@@ -71,7 +72,8 @@ static int check_referenced(doctor *d)
     sqlite3_stmt *st = NULL;
     int err = mood__reg_prepare(d->r, &st,
                                 "SELECT sha256, 'adapter' FROM adapters"
-                                " UNION SELECT blob_sha256, 'preview' FROM previews"),
+                                " UNION SELECT blob_sha256, 'preview' FROM previews"
+                                " UNION SELECT blob_sha256, role FROM style_files"),
         rc;
     if (err)
         return err;
@@ -110,7 +112,8 @@ static int is_used(doctor *d, const char *sha, int *used)
     long long n = 0;
     int err = mood__reg_query_int(d->r, &n,
                                   "SELECT (SELECT count(*) FROM adapters WHERE sha256 = ?1) +"
-                                  " (SELECT count(*) FROM previews WHERE blob_sha256 = ?1)",
+                                  " (SELECT count(*) FROM previews WHERE blob_sha256 = ?1) +"
+                                  " (SELECT count(*) FROM style_files WHERE blob_sha256 = ?1)",
                                   sha);
     *used = n > 0;
     return err;
@@ -182,11 +185,12 @@ static int fix_rows(doctor *d)
             sqlite3_stmt *st = NULL;
             static const char *const sql[] = {
                 "DELETE FROM previews WHERE blob_sha256 = ?1",
+                "DELETE FROM style_files WHERE blob_sha256 = ?1",
                 ("DELETE FROM styles WHERE id IN (SELECT style_id FROM style_adapters WHERE"
                  " adapter_sha256 = ?1)"),
                 "DELETE FROM adapters WHERE sha256 = ?1",
             };
-            for (size_t i = 0; i < 3 && !err; i++) {
+            for (size_t i = 0; i < sizeof sql / sizeof sql[0] && !err; i++) {
                 if ((err = mood__reg_prepare(d->r, &st, sql[i])) != 0)
                     break;
                 mood__reg_bind_text(st, 1, sha);

@@ -305,13 +305,14 @@ done:
 
 /* ----- rm ---------------------------------------------------------------------------------- */
 
-/* SHA-256s (64 chars each, concatenated) of the style's adapters and previews. */
+/* SHA-256s (64 chars each, concatenated) of the style's adapters, previews and files. */
 static int collect_shas(mood_registry *r, long long id, mood_buf *shas)
 {
     sqlite3_stmt *st = NULL;
     int err = mood__reg_prepare(r, &st,
                                 "SELECT adapter_sha256 FROM style_adapters WHERE style_id = ?1"
-                                " UNION SELECT blob_sha256 FROM previews WHERE style_id = ?1"),
+                                " UNION SELECT blob_sha256 FROM previews WHERE style_id = ?1"
+                                " UNION SELECT blob_sha256 FROM style_files WHERE style_id = ?1"),
         rc = SQLITE_DONE;
     if (err)
         return err;
@@ -330,7 +331,7 @@ static int collect_shas(mood_registry *r, long long id, mood_buf *shas)
 static int delete_rows(mood_registry *r, long long id)
 {
     int err = exec_id(r, "DELETE FROM styles WHERE id = ?1", id, "removing the style");
-    /* cascades removed style_adapters, tags and previews; now the adapters nobody uses */
+    /* cascades removed style_adapters, tags, previews and files; now the adapters nobody uses */
     if (!err)
         err = mood__reg_exec(r, "DELETE FROM adapters WHERE sha256 NOT IN"
                                 " (SELECT adapter_sha256 FROM style_adapters)");

@@ -13,6 +13,10 @@
  *   NAME.preview.png, NAME.png (and .jpg/.jpeg/.webp): previews, stored as blobs.
  * Trigger words of the new style: the sidecars' and modelspec.trigger_phrase; when there are none,
  * the most frequent ss_tag_frequency tags (those used as often as the top one, at most 3).
+ *
+ * A program that made the LoRA (mood train) adds extras (mood_import_extras): its own previews
+ * (first), files of other roles (mood board thumbnails, the loss curve) and how it trained the
+ * style, stored in the same transaction as the rest.
  */
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -27,9 +31,11 @@
 #include "mood/lora.h"
 #include "registry/registry_impl.h"
 
-#define MAX_SIDECAR  (16u << 20)
-#define MAX_PREVIEW  (64u << 20)
-#define MAX_PREVIEWS 8
+#define MAX_SIDECAR        (16u << 20)
+#define MAX_PREVIEW        (64u << 20)
+#define MAX_PREVIEWS       8
+#define MAX_EXTRA_PREVIEWS 64
+#define MAX_EXTRA_FILES    1024
 
 typedef struct sidecars {
     char *a1111_raw, *civitai_raw;
@@ -64,6 +70,9 @@ typedef struct import_job {
     mood__blob_tx blob;
     preview previews[MAX_PREVIEWS];
     int n_previews;
+    const mood_import_extras *x; /* NULL: none */
+    mood__blob_tx *extra;        /* x's previews then files, n_extra of them stored */
+    size_t n_extra;
     char *name;
 } import_job;
 
@@ -381,6 +390,124 @@ static int store_previews(import_job *j, mood_registry *r)
     return err;
 }
 
+/* ----- extras ------------------------------------------------------------------------------ */
+
+static int role_ok(const char *role)
+{
+    size_t n = role ? strlen(role) : 0;
+    return n >= 1 && n <= 32 && strspn(role, "abcdefghijklmnopqrstuvwxyz0123456789_") == n;
+}
+
+static int check_file(const mood_style_file *f, const char *what, size_t i, int need_role)
+{
+    if (!f->data || f->size == 0 || f->size > MAX_PREVIEW)
+        return mood_error_set(MOOD_EINVAL, "%s %zu (%s): empty or over %u MiB", what, i,
+                              f->name ? f->name : "unnamed", MAX_PREVIEW >> 20);
+    if (need_role && !role_ok(f->role))
+        return mood_error_set(MOOD_EINVAL,
+                              "%s %zu (%s): role '%s' is not 1-32 characters of a-z, 0-9, '_'",
+                              what, i, f->name ? f->name : "unnamed", f->role ? f->role : "");
+    if (f->width < 0 || f->height < 0)
+        return mood_error_set(MOOD_EINVAL, "%s %zu: negative size", what, i);
+    return 0;
+}
+
+static int check_extras(const mood_import_extras *x)
+{
+    cJSON *t;
+    int err = 0;
+    if (!x)
+        return 0;
+    if (x->n_previews > MAX_EXTRA_PREVIEWS || x->n_files > MAX_EXTRA_FILES ||
+        (x->n_previews && !x->previews) || (x->n_files && !x->files))
+        return mood_error_set(MOOD_EINVAL, "import extras: at most %d previews and %d files",
+                              MAX_EXTRA_PREVIEWS, MAX_EXTRA_FILES);
+    for (size_t i = 0; i < x->n_previews && !err; i++)
+        err = check_file(&x->previews[i], "preview", i, 0);
+    for (size_t i = 0; i < x->n_files && !err; i++)
+        err = check_file(&x->files[i], "file", i, 1);
+    if (err || !x->training_json)
+        return err;
+    t = cJSON_Parse(x->training_json);
+    if (!cJSON_IsObject(t))
+        err =
+            mood_error_set(MOOD_EINVAL, "import extras: the training record is not a JSON object");
+    cJSON_Delete(t);
+    return err;
+}
+
+/* The extras' blobs (the caller holds the shared lock). */
+static int store_extras(import_job *j, mood_registry *r)
+{
+    const mood_import_extras *x = j->x;
+    size_t n = x ? x->n_previews + x->n_files : 0;
+    int err = 0;
+    if (!n)
+        return 0;
+    if (!(j->extra = mood_calloc(n, sizeof *j->extra)))
+        return mood_error_nomem();
+    for (size_t i = 0; i < n && !err; i++) {
+        const mood_style_file *f =
+            i < x->n_previews ? &x->previews[i] : &x->files[i - x->n_previews];
+        if ((err = mood__blob_put_mem(&j->extra[i], r, f->data, f->size)) == 0)
+            j->n_extra++;
+    }
+    return err;
+}
+
+static int insert_extra_file(mood_registry *r, const mood_style_file *f, const char *sha,
+                             long long style_id, int position)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st,
+                                "INSERT INTO style_files(style_id, role, blob_sha256, media_type,"
+                                " name, width, height, position) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+                                " ?7, ?8)");
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, style_id);
+    mood__reg_bind_text(st, 2, f->role);
+    mood__reg_bind_text(st, 3, sha);
+    mood__reg_bind_text(st, 4, f->media_type);
+    mood__reg_bind_text(st, 5, f->name);
+    if (f->width > 0 && f->height > 0) {
+        sqlite3_bind_int(st, 6, f->width);
+        sqlite3_bind_int(st, 7, f->height);
+    }
+    sqlite3_bind_int(st, 8, position);
+    return mood__reg_step_done(r, st, "storing a file of the style");
+}
+
+/* Rows of the extras: previews first (positions 0..), then files numbered within their role. */
+static int insert_extras(mood_registry *r, const import_job *j, long long style_id)
+{
+    const mood_import_extras *x = j->x;
+    int err = 0;
+    if (!x)
+        return 0;
+    for (size_t i = 0; i < x->n_previews && !err; i++) {
+        sqlite3_stmt *st = NULL;
+        if ((err = mood__reg_prepare(r, &st,
+                                     "INSERT INTO previews(style_id, blob_sha256, media_type, "
+                                     "origin, position) VALUES (?1, ?2, ?3, ?4, ?5)")) != 0)
+            break;
+        sqlite3_bind_int64(st, 1, style_id);
+        mood__reg_bind_text(st, 2, j->extra[i].sha256);
+        mood__reg_bind_text(st, 3, x->previews[i].media_type);
+        mood__reg_bind_text(st, 4, x->previews[i].name);
+        sqlite3_bind_int(st, 5, (int)i);
+        err = mood__reg_step_done(r, st, "storing a preview");
+    }
+    for (size_t i = 0; i < x->n_files && !err; i++) {
+        int position = 0;
+        for (size_t k = 0; k < i; k++)
+            position += strcmp(x->files[k].role, x->files[i].role) == 0;
+        err = insert_extra_file(r, &x->files[i], j->extra[x->n_previews + i].sha256, style_id,
+                                position);
+    }
+    return err;
+}
+
 /* ----- the transaction --------------------------------------------------------------------- */
 
 /* Name of the style holding sha256 (the adapter row exists): *name_out NULL when none. */
@@ -473,11 +600,12 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
         desc = jstr(c, "description");
     if (!desc)
         desc = jstr(cJSON_GetObjectItemCaseSensitive(c, "model"), "description");
-    if ((err = mood__reg_prepare(r, &st,
-                                 "INSERT INTO styles(name, description, notes, trigger_words, "
-                                 "negative, weight, created_at, updated_at) VALUES (?1, ?2, ?3, "
-                                 "?4, ?5, ?6, strftime('%Y-%m-%dT%H:%M:%SZ','now'),"
-                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
+    if ((err =
+             mood__reg_prepare(r, &st,
+                               "INSERT INTO styles(name, description, notes, trigger_words, "
+                               "negative, weight, training_json, created_at, updated_at) VALUES "
+                               "(?1, ?2, ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%SZ','now'),"
+                               " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
         return err;
     mood__reg_bind_text(st, 1, j->name);
     mood__reg_bind_text(st, 2, desc);
@@ -487,6 +615,7 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
     /* A1111: 0 means "use the global default" */
     if (cJSON_IsNumber(w) && w->valuedouble > 0 && isfinite(w->valuedouble))
         sqlite3_bind_double(st, 6, w->valuedouble);
+    mood__reg_bind_text(st, 7, j->x ? j->x->training_json : NULL);
     if ((err = mood__reg_step_done(r, st, "creating the style")) != 0)
         return err;
     *id = sqlite3_last_insert_rowid(r->db);
@@ -539,7 +668,7 @@ static int insert_source(mood_registry *r, const import_job *j)
 
 static int insert_previews(mood_registry *r, const import_job *j, long long style_id)
 {
-    int err = 0;
+    int err = 0, first = j->x ? (int)j->x->n_previews : 0;
     for (int i = 0; !err && i < j->n_previews; i++) {
         sqlite3_stmt *st = NULL;
         if ((err = mood__reg_prepare(r, &st,
@@ -550,7 +679,7 @@ static int insert_previews(mood_registry *r, const import_job *j, long long styl
         mood__reg_bind_text(st, 2, j->previews[i].tx.sha256);
         mood__reg_bind_text(st, 3, j->previews[i].media_type);
         mood__reg_bind_text(st, 4, j->previews[i].origin);
-        sqlite3_bind_int(st, 5, i);
+        sqlite3_bind_int(st, 5, first + i);
         err = mood__reg_step_done(r, st, "storing a preview");
     }
     return err;
@@ -582,12 +711,14 @@ static int commit_rows(mood_registry *r, import_job *j, mood_import_result *out)
     }
     if ((err = choose_name(r, j, out)) != 0 || (err = insert_adapter(r, j)) != 0 ||
         (err = insert_style(r, j, &style_id)) != 0 || (err = insert_previews(r, j, style_id)) ||
-        (err = insert_source(r, j)) != 0)
+        (err = insert_extras(r, j, style_id)) != 0 || (err = insert_source(r, j)) != 0)
         goto done;
     if ((err = mood__blob_journal_delete(r, &j->blob)) != 0)
         goto done;
     for (int i = 0; !err && i < j->n_previews; i++)
         err = mood__blob_journal_delete(r, &j->previews[i].tx);
+    for (size_t i = 0; !err && i < j->n_extra; i++)
+        err = mood__blob_journal_delete(r, &j->extra[i]);
 done:
     if (!err && !out->already)
         err = mood__reg_commit(r);
@@ -602,10 +733,13 @@ static void job_dispose(import_job *j, mood_registry *r, int failed)
 {
     if (failed || j->blob.tmp_name) {
         /* not committed (failure, or found already imported): undo the blobs */
+        for (size_t i = 0; i < j->n_extra; i++)
+            mood__blob_tx_abort(&j->extra[i], r);
         for (int i = 0; i < j->n_previews; i++)
             mood__blob_tx_abort(&j->previews[i].tx, r);
         mood__blob_tx_abort(&j->blob, r);
     }
+    mood_free(j->extra);
     for (int i = 0; i < j->n_previews; i++)
         mood_free(j->previews[i].origin);
     mood_free(j->stem_path);
@@ -687,14 +821,22 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
 int mood_registry_import_file(mood_registry *r, mood_import_result *out, const char *path,
                               mood_progress_fn progress, void *payload)
 {
+    return mood_registry_import_file_ex(r, out, path, NULL, progress, payload);
+}
+
+int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, const char *path,
+                                 const mood_import_extras *x, mood_progress_fn progress,
+                                 void *payload)
+{
     import_job j;
     int err, found = 0, locked = 0;
     memset(&j, 0, sizeof j);
     memset(out, 0, sizeof *out);
     j.path = path;
+    j.x = x;
     mood_buf_init(&j.facts.top_tags);
     mood_buf_init(&j.side.triggers);
-    if ((err = prepare(&j, out, progress, payload)) != 0)
+    if ((err = check_extras(x)) != 0 || (err = prepare(&j, out, progress, payload)) != 0)
         goto done;
     if ((err = holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
         out->already = found;
@@ -704,10 +846,13 @@ int mood_registry_import_file(mood_registry *r, mood_import_result *out, const c
         goto done;
     locked = 1;
     if ((err = mood__blob_put_file(&j.blob, r, path, j.h.sha256, progress, payload)) != 0 ||
-        (err = store_previews(&j, r)) != 0 || (err = commit_rows(r, &j, out)) != 0)
+        (err = store_previews(&j, r)) != 0 || (err = store_extras(&j, r)) != 0 ||
+        (err = commit_rows(r, &j, out)) != 0)
         goto done;
     if (!out->already) {
-        out->previews = j.n_previews;
+        out->previews = j.n_previews + (x ? (int)x->n_previews : 0);
+        for (size_t i = 0; i < j.n_extra; i++)
+            mood__blob_tx_end(&j.extra[i]);
         for (int i = 0; i < j.n_previews; i++)
             mood__blob_tx_end(&j.previews[i].tx);
         mood__blob_tx_end(&j.blob);

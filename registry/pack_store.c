@@ -148,6 +148,24 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
         sqlite3_bind_int(st, 4, (int)i);
         err = mood__reg_step_done(r, st, "storing a preview");
     }
+    for (size_t i = 0; !err && i < s->n_board; i++) {
+        const mood__pack_board_row *b = &s->board[i];
+        if ((err = mood__reg_prepare(r, &st,
+                                     "INSERT INTO style_files(style_id, role, blob_sha256,"
+                                     " media_type, name, width, height, position) VALUES"
+                                     " (?1, 'board', ?2, ?3, ?4, ?5, ?6, ?7)")) != 0)
+            break;
+        sqlite3_bind_int64(st, 1, id);
+        mood__reg_bind_text(st, 2, b->sha256);
+        mood__reg_bind_text(st, 3, b->media_type);
+        mood__reg_bind_text(st, 4, b->name);
+        if (b->width > 0 && b->height > 0) {
+            sqlite3_bind_int(st, 5, b->width);
+            sqlite3_bind_int(st, 6, b->height);
+        }
+        sqlite3_bind_int(st, 7, (int)i);
+        err = mood__reg_step_done(r, st, "storing a mood board thumbnail");
+    }
     return err;
 }
 
@@ -220,7 +238,7 @@ int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path
     s.r = r;
     *added_out = 0;
     for (size_t i = 0; i < n_styles; i++)
-        n_blobs += styles[i].n_previews;
+        n_blobs += styles[i].n_previews + styles[i].n_board;
     if (!(s.txs = mood_calloc(n_blobs + 1, sizeof *s.txs)) ||
         !(s.present = mood_calloc(n_adapters + 1, 1))) {
         err = mood_error_nomem();
@@ -238,6 +256,8 @@ int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path
         for (size_t j = 0; j < styles[i].n_previews && !err; j++)
             err =
                 put_blob(&s, styles[i].previews[j].path, styles[i].previews[j].sha256, NULL, NULL);
+        for (size_t j = 0; j < styles[i].n_board && !err; j++)
+            err = put_blob(&s, styles[i].board[j].path, styles[i].board[j].sha256, NULL, NULL);
     }
     if (!err)
         err = commit_rows(&s, abs ? abs : pack_path, adapters, n_adapters, styles, n_styles,

@@ -28,6 +28,14 @@ typedef struct mood__pack_preview_row {
     const char *media_type;
 } mood__pack_preview_row;
 
+/* A mood board thumbnail of a style of the pack. */
+typedef struct mood__pack_board_row {
+    const char *sha256;
+    const char *path; /* extracted file */
+    const char *media_type, *name;
+    int width, height; /* 0: unknown */
+} mood__pack_board_row;
+
 typedef struct mood__pack_style_row {
     const char *name, *description, *notes, *trigger_words, *template_text, *negative;
     double weight;
@@ -38,6 +46,8 @@ typedef struct mood__pack_style_row {
     size_t n_tags;
     const mood__pack_preview_row *previews;
     size_t n_previews;
+    const mood__pack_board_row *board;
+    size_t n_board;
 } mood__pack_style_row;
 
 /* Stores a pack: refuses (MOOD_ENOTFOUND) when an adapter that is not embedded is missing from

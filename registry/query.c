@@ -304,7 +304,7 @@ static int style_fields(mood_registry *r, cJSON *o, long long id)
     cJSON *arr = cJSON_CreateArray(), *row;
     int err = rows_json(r, arr,
                         "SELECT name, description, notes, trigger_words, template, negative,"
-                        " weight, created_at, updated_at FROM styles WHERE id = ?1",
+                        " weight, created_at, updated_at, training_json FROM styles WHERE id = ?1",
                         id, NULL);
     row = cJSON_GetArrayItem(arr, 0);
     for (cJSON *c = row ? row->child : NULL; c; c = c->next)
@@ -348,6 +348,17 @@ int mood_registry_show_json(char **out, mood_registry *r, const char *name)
                     "SELECT blob_sha256 AS sha256, media_type, origin, nsfw_level FROM previews"
                     " WHERE style_id = ?1 ORDER BY position, id",
                     id, fill_preview);
+    if (!err)
+        err = rows_json(r, cJSON_AddArrayToObject(o, "board"),
+                        "SELECT blob_sha256 AS sha256, media_type, name, width, height FROM"
+                        " style_files WHERE style_id = ?1 AND role = 'board' ORDER BY position, id",
+                        id, fill_preview);
+    if (!err)
+        err = rows_json(r, cJSON_AddArrayToObject(o, "files"),
+                        "SELECT blob_sha256 AS sha256, role, media_type, name, width, height FROM"
+                        " style_files WHERE style_id = ?1 AND role <> 'board'"
+                        " ORDER BY role, position, id",
+                        id, fill_preview);
 done:
     if (!err)
         return detach_json(out, o);

@@ -193,6 +193,16 @@ static const char *const migrations[] = {
     "rs WHERE style_id = styles.id), sum_previews = (SELECT count(*) FROM previews WHERE styl"
     "e_id = styles.id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM "
     "tags WHERE style_id = styles.id ORDER BY tag));",
+    /* 4: what a style trained by `mood train` keeps besides its adapters and previews: how it
+     * was trained (a JSON object) and files of other roles, stored as blobs like the rest:
+     * "board" (mood board thumbnails), "loss_csv" and "loss_plot" (the loss curve). */
+    "ALTER TABLE styles ADD COLUMN training_json TEXT;"
+    "CREATE TABLE style_files("
+    " id INTEGER PRIMARY KEY, style_id INTEGER NOT NULL REFERENCES styles(id) ON DELETE CASCADE,"
+    " role TEXT NOT NULL, blob_sha256 TEXT NOT NULL, media_type TEXT, name TEXT,"
+    " width INTEGER, height INTEGER, position INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX style_files_style ON style_files(style_id, role, position);"
+    "CREATE INDEX style_files_sha ON style_files(blob_sha256);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -78,8 +78,8 @@ int mood__blob_put_mem(mood__blob_tx *tx, mood_registry *r, const void *data, si
 int mood__blob_journal_delete(mood_registry *r, const mood__blob_tx *tx);
 void mood__blob_tx_end(mood__blob_tx *tx);
 void mood__blob_tx_abort(mood__blob_tx *tx, mood_registry *r);
-/* Inside a write transaction: deletes sha's blob when no adapter, preview or import in progress
- * refers to it. Sets *deleted. */
+/* Inside a write transaction: deletes sha's blob when no adapter, preview, style file or import
+ * in progress refers to it. Sets *deleted. */
 int mood__blob_delete_if_unused(mood_registry *r, const char *sha256, int *deleted);
 /* Removes what interrupted imports left (called by open under the exclusive lock). */
 int mood__blob_cleanup(mood_registry *r);

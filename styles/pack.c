@@ -44,7 +44,7 @@ static const char *get_str(const cJSON *o, const char *key)
 typedef struct exporter {
     mood_registry *r;
     const mood_pack_export_options *o;
-    cJSON *manifest, *styles, *adapters;
+    cJSON *manifest, *styles, *adapters, *board;
     mood__pack_src *src;
     size_t n_src;
     char **owned; /* strings the src entries point to */
@@ -212,6 +212,36 @@ static int export_previews(exporter *x, cJSON *style, const cJSON *shown)
     return err;
 }
 
+/* The style's mood board thumbnails, in the manifest's board list with the style's name. */
+static int export_board(exporter *x, const char *style, const cJSON *shown)
+{
+    const cJSON *p;
+    int err = 0;
+    cJSON_ArrayForEach(p, get(shown, "board"))
+    {
+        const char *sha = get_str(p, "sha256"), *type = get_str(p, "media_type");
+        char file[128];
+        cJSON *e;
+        if (!sha || !mood__pack_hex_ok(sha))
+            continue;
+        snprintf(file, sizeof file, "board/%s.%s", sha, extension(type));
+        e = cJSON_CreateObject();
+        cJSON_AddItemToArray(x->board, e);
+        cJSON_AddStringToObject(e, "sha256", sha);
+        cJSON_AddStringToObject(e, "file", file);
+        if (type)
+            cJSON_AddStringToObject(e, "media_type", type);
+        cJSON_AddStringToObject(e, "style", style);
+        if (get_str(p, "name")) /* a file name only: no local folders in a shared pack */
+            cJSON_AddStringToObject(e, "name", mood_path_basename(get_str(p, "name")));
+        copy_field(e, "width", p, "width");
+        copy_field(e, "height", p, "height");
+        if ((err = add_src(x, file, get_str(p, "path"))) != 0)
+            break;
+    }
+    return err;
+}
+
 static int export_style(exporter *x, const char *name)
 {
     static const char *const texts[] = {"description", "notes", "template", "negative"};
@@ -244,7 +274,8 @@ static int export_style(exporter *x, const char *name)
         if ((err = export_adapter(x, a)) != 0)
             goto done;
     }
-    err = export_previews(x, s, shown);
+    if ((err = export_previews(x, s, shown)) == 0)
+        err = export_board(x, get_str(s, "name"), shown);
 done:
     cJSON_Delete(shown);
     mood_registry_free_string(text);
@@ -265,8 +296,8 @@ static int build_manifest(exporter *x, const char *const *names, size_t n)
         cJSON_AddStringToObject(x->manifest, "attribution", x->o->attribution);
     x->styles = cJSON_AddArrayToObject(x->manifest, "styles");
     x->adapters = cJSON_AddArrayToObject(x->manifest, "adapters");
-    cJSON_AddArrayToObject(x->manifest, "board");
-    if (!x->styles || !x->adapters)
+    x->board = cJSON_AddArrayToObject(x->manifest, "board");
+    if (!x->styles || !x->adapters || !x->board)
         return mood_error_nomem();
     for (size_t i = 0; i < n && !err; i++) {
         const cJSON *s;
@@ -480,6 +511,35 @@ static int join_words(importer *m, const char **out, const cJSON *arr)
     return err;
 }
 
+/* The manifest's board entries of style `name` (entries without a style belong to the only
+ * style of a one-style pack). */
+static int board_rows(importer *m, mood__pack_style_row *row, const char *name)
+{
+    const cJSON *json = m->ex.manifest.json, *v;
+    int single = cJSON_GetArraySize(get(json, "styles")) == 1;
+    mood__pack_board_row *rows;
+    size_t k = 0;
+    if (!(rows = own_ptr(
+              m, mood_calloc((size_t)cJSON_GetArraySize(get(json, "board")) + 1, sizeof *rows))))
+        return mood_error_nomem();
+    cJSON_ArrayForEach(v, get(json, "board"))
+    {
+        const char *style = get_str(v, "style");
+        double w = 0, h = 0;
+        if (style ? strcasecmp(style, name) != 0 : !single)
+            continue;
+        num(v, "width", &w);
+        num(v, "height", &h);
+        rows[k++] =
+            (mood__pack_board_row){get_str(v, "sha256"),     extracted(m, get_str(v, "file")),
+                                   get_str(v, "media_type"), get_str(v, "name"),
+                                   w < 1e6 ? (int)w : 0,     h < 1e6 ? (int)h : 0};
+    }
+    row->board = rows;
+    row->n_board = k;
+    return 0;
+}
+
 static int style_row(importer *m, mood__pack_style_row *row, const cJSON *s)
 {
     const cJSON *arr, *v;
@@ -531,7 +591,7 @@ static int style_row(importer *m, mood__pack_style_row *row, const cJSON *s)
     row->previews = previews;
     row->n_previews = k;
     m->previews += (int)k;
-    return 0;
+    return board_rows(m, row, row->name);
 }
 
 static int style_rows(importer *m)

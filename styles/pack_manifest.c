@@ -15,7 +15,9 @@
  *    adapters: [{sha256, file_name, size, family, air?, license?, embedded, file (when embedded),
  *                autov3?, family_source?, algorithm?, rank?, alpha?, dtype?, modules?,
  *                metadata?, trigger_words?}],
- *    board: [{sha256, file}]}
+ *    board: [{sha256, file, media_type?, style?, name?, width?, height?}]}
+ * board lists mood board thumbnails; "style" names the style of the pack they belong to (without
+ * it, the only style of a one-style pack).
  */
 #include <math.h>
 #include <string.h>
@@ -318,6 +320,40 @@ static int check_style(mood__pack_manifest *m, const cJSON *s, size_t i)
     return 0;
 }
 
+/* The board entries' own fields: a style of the pack, a plain name, sizes. */
+static int check_board(const cJSON *json)
+{
+    const cJSON *x;
+    int k = 0, err = 0;
+    cJSON_ArrayForEach(x, field(json, "board"))
+    {
+        char w[48];
+        const char *style, *name;
+        const cJSON *s;
+        int found = 0;
+        snprintf(w, sizeof w, "board[%d]", k++);
+        if ((err = need_string(&style, x, w, "style", 0)) ||
+            (err = need_string(&name, x, w, "name", 0)) ||
+            (err = need_number(x, w, "width", 0, 0)) || (err = need_number(x, w, "height", 0, 0)))
+            break;
+        if (name && (strlen(name) > 255 || strchr(name, '/'))) {
+            err =
+                mood_error_set(MOOD_EFORMAT, "manifest.json: %s: \"name\" must be a file name", w);
+            break;
+        }
+        cJSON_ArrayForEach(s, field(json, "styles"))
+        {
+            found |= style && strcasecmp(cJSON_GetStringValue(field(s, "name")), style) == 0;
+        }
+        if (style && !found) {
+            err = mood_error_set(MOOD_EFORMAT,
+                                 "manifest.json: %s: style '%.64s' is not in the pack", w, style);
+            break;
+        }
+    }
+    return err;
+}
+
 int mood__pack_manifest_parse(mood__pack_manifest *out, const char *text, size_t len)
 {
     const cJSON *v, *arr;
@@ -359,7 +395,8 @@ int mood__pack_manifest_parse(mood__pack_manifest *out, const char *text, size_t
         if ((err = check_style(out, v, i++)) != 0)
             goto done;
     }
-    err = check_files(out, out->json, "", "board");
+    if ((err = check_files(out, out->json, "", "board")) == 0)
+        err = check_board(out->json);
 done:
     if (err)
         mood__pack_manifest_dispose(out);

@@ -227,7 +227,7 @@ static int collect(path_list *l, const char *const *paths, size_t n)
 /* ----- pixels ----------------------------------------------------------------------------- */
 
 /* RGB over white: c' = round((c a + 255 (255 - a)) / 255). */
-static uint8_t *flatten(const mood_image *img)
+uint8_t *mood__board_flatten(const mood_image *img)
 {
     size_t n = (size_t)img->width * img->height;
     uint8_t *rgb = mood_malloc(n * 3);
@@ -379,7 +379,7 @@ static int prepare(mood_board_item *it, const mood_image *img, const mood_board_
     it->src_width = img->width;
     it->src_height = img->height;
     mood__board_bucket(o, img->width, img->height, &it->width, &it->height, &rw, &rh);
-    if (!(rgb = flatten(img)))
+    if (!(rgb = mood__board_flatten(img)))
         return mood_error_nomem();
     err = fit(it, rgb, img->width, img->height, rw, rh);
     mood_free(rgb);

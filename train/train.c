@@ -63,6 +63,7 @@ typedef struct run {
     int resolution; /* the board's training resolution */
     mood_prediction pred;
     time_t started;
+    mood__train_samples samples; /* sample previews (sample.c) */
 } run;
 
 static int phase(const run *r, const char *name, int64_t done, int64_t total)
@@ -89,6 +90,7 @@ static void run_dispose(run *r)
     mood_free(r->latents);
     mood_free(r->ids);
     mood_free(r->ctx);
+    mood__train_samples_dispose(&r->samples);
 }
 
 /* ----- model and board -------------------------------------------------------------------- */
@@ -595,6 +597,9 @@ static int train(run *r)
     int err;
     if ((err = open_model(r)) != 0 || (err = make_params(r)) != 0)
         return err;
+    /* sample previews: bad options fail before the latents are cached */
+    if ((err = mood__train_samples_init(&r->samples, o, r->m, r->resolution, r->clip_skip)) != 0)
+        return err;
     n = mood_board_count(r->board);
     if (!(r->items = mood_calloc(n, sizeof *r->items)))
         return mood_error_nomem();
@@ -614,6 +619,8 @@ static int train(run *r)
     t.g = r->g;
     t.loss = o->loss ? o->loss : mood__train_model_loss;
     t.loss_user = o->loss ? o->loss_user : r->m;
+    t.after_step = mood__train_samples_after_step; /* previews every sample_every steps */
+    t.after_user = &r->samples;
     err = mood__trainer_run(&t);
     if (!err)
         err = write_output(r, t.n_losses);
@@ -621,6 +628,9 @@ static int train(run *r)
         err = mood__loss_csv(o->loss_csv, t.losses, t.n_losses, o);
     if (!err && o->loss_png)
         err = mood__loss_png(o->loss_png, t.losses, t.n_losses, o->name);
+    /* the final previews, once the LoRA file is written */
+    if (!err && (err = mood__train_samples_render(&r->samples, t.n_losses, 1)) > 0)
+        err = 0;
     mood_free(t.losses);
     return err;
 }

@@ -10,12 +10,15 @@
  *   trainer.c      the loop: batches, accumulation, NaN stop, signals, progress
  *   plot.c         loss curve CSV and PNG
  *   unet_loss.c    the model's part of a step (mood_train_loss_fn) for a mood_model
+ *   sample.c       sample previews during a run (mood_train_options.sample_every)
+ *   thumbnail.c    mood board thumbnails (mood_board_thumbnail)
  *   train.c        mood_train_run: model + board -> latents -> trainer -> LoRA file
  */
 #ifndef MOOD_TRAIN_INTERNAL_H
 #define MOOD_TRAIN_INTERNAL_H
 
 #include "common/common.h"
+#include "mood/image.h"
 #include "mood/rng.h"
 #include "mood/sampler.h"
 #include "mood/train.h"
@@ -33,6 +36,8 @@ int mood__resize_rgb(uint8_t *out, int ow, int oh, const uint8_t *in, int w, int
  * bucket (bw, bh) and the size (rw, rh) the image is resized to before the centre crop. */
 int mood__board_bucket(const mood_board_options *o, int w, int h, int *bw, int *bh, int *rw,
                        int *rh);
+/* A decoded image as packed RGB composited over white (malloc'd), or NULL (out of memory). */
+uint8_t *mood__board_flatten(const mood_image *img);
 
 /* ----- schedule.c ------------------------------------------------------------------------- */
 
@@ -186,11 +191,18 @@ typedef struct mood__trainer {
     float *losses;
     int64_t n_losses;
     int64_t checkpoint_step; /* step of the last checkpoint written or loaded, -1: none */
+    /* Called after each optimizer step with the steps done (NULL: none): returns 1 when it did
+     * work (its time is kept out of it/s), 0 when not, or a negative MOOD_E* code (the run saves
+     * a checkpoint and fails with it). */
+    int (*after_step)(void *user, int64_t step);
+    void *after_user;
 } mood__trainer;
 
 /* Runs o->steps optimizer steps (resuming from o->checkpoint when o->resume). The losses are
  * left in t->losses (free with mood_free). */
 int mood__trainer_run(mood__trainer *t);
+/* 1 once a stop was asked for (signal, mood_train_request_stop) in the current run. */
+int mood__train_stop_requested(void);
 
 /* ----- plot.c ----------------------------------------------------------------------------- */
 
@@ -198,6 +210,27 @@ int mood__trainer_run(mood__trainer *t);
 int mood__loss_csv(const char *path, const float *losses, int64_t n, const mood_train_options *o);
 /* A line plot of the losses (light) and their moving average (dark) as a PNG. */
 int mood__loss_png(const char *path, const float *losses, int64_t n, const char *title);
+
+/* ----- sample.c --------------------------------------------------------------------------- */
+
+typedef struct mood__train_samples {
+    const mood_train_options *o;
+    mood_model *m;  /* with the side paths of the LoRA being trained */
+    char **prompts; /* the prompts with the trigger word filled in */
+    size_t n;       /* 0: previews off */
+    int size, clip_skip;
+} mood__train_samples;
+
+/* The previews of a run (off when o->sample_every is 0 or o->sample is NULL): size is the
+ * training resolution (o->sample_size wins), clip_skip the one the captions were encoded with. */
+int mood__train_samples_init(mood__train_samples *s, const mood_train_options *o, mood_model *m,
+                             int size, int clip_skip);
+void mood__train_samples_dispose(mood__train_samples *s);
+/* Renders every prompt after `step` optimizer steps (final: after the last one, the LoRA written)
+ * and hands each to o->sample. Returns 1 when it rendered, 0 when off, or an error. */
+int mood__train_samples_render(mood__train_samples *s, int64_t step, int final);
+/* mood__trainer.after_step: renders at the multiples of sample_every before the last step. */
+int mood__train_samples_after_step(void *user, int64_t step);
 
 /* ----- unet_loss.c ------------------------------------------------------------------------ */
 

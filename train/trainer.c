@@ -21,6 +21,7 @@
  */
 #include <math.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -32,6 +33,11 @@ static volatile sig_atomic_t stop_requested;
 void mood_train_request_stop(void)
 {
     stop_requested = 1;
+}
+
+int mood__train_stop_requested(void)
+{
+    return stop_requested != 0;
 }
 
 static void on_signal(int sig)
@@ -56,6 +62,8 @@ typedef struct loop {
     double loss_avg;
     struct timespec t0;
     int64_t first_step; /* step this session started from */
+    double hook_s;      /* time after_step spent working (sample previews), kept out of it/s */
+    int hook_rounds;    /* calls of after_step that worked */
 } loop;
 
 static double now_s(void)
@@ -246,7 +254,8 @@ static int micro_batch(loop *L, double *loss)
                               it->w,      L->x0,      L->noise,
                               L->noisy,   L->tf,      L->target,
                               L->w,       L->ids,     it->context ? L->ctx : NULL,
-                              d->ctx_len, d->ctx_dim, 1.0f / (float)L->o->accum};
+                              d->ctx_len, d->ctx_dim, 1.0f / (float)L->o->accum,
+                              L->o->clip_skip};
     return t->loss(t->loss_user, &batch, t->lp->mods, t->lp->n, loss);
 }
 
@@ -294,10 +303,22 @@ static int save(loop *L)
     return err;
 }
 
+/* Rounds of sample previews still to come after this step (sample.c: at the multiples of
+ * sample_every before the last step, and one after it). */
+static int64_t rounds_left(const loop *L)
+{
+    const mood_train_options *o = L->o;
+    int64_t every = o->sample_every, later;
+    if (every <= 0 || !o->sample)
+        return 0;
+    later = (o->steps - 1) / every - L->st.step / every;
+    return (later > 0 ? later : 0) + 1;
+}
+
 static int report(loop *L)
 {
     const mood_train_options *o = L->o;
-    double el = now_s() - ((double)L->t0.tv_sec + L->t0.tv_nsec * 1e-9);
+    double el = now_s() - ((double)L->t0.tv_sec + L->t0.tv_nsec * 1e-9) - L->hook_s;
     double done = (double)(L->st.step - L->first_step);
     mood_train_progress p = {"train", L->st.step, o->steps, (int)L->st.epoch, 0, 0, 0, 0, 0};
     if (!o->progress)
@@ -309,6 +330,8 @@ static int report(loop *L)
     }
     p.it_per_s = el > 0 && done > 0 ? done / el : 0;
     p.eta_s = p.it_per_s > 0 ? (double)(o->steps - L->st.step) / p.it_per_s : 0;
+    if (L->hook_rounds > 0) /* what the previews to come will take, at the rate seen so far */
+        p.eta_s += (double)rounds_left(L) * L->hook_s / L->hook_rounds;
     return o->progress(&p, o->progress_payload);
 }
 
@@ -368,6 +391,18 @@ static int start(loop *L)
     return 0;
 }
 
+/* The after_step hook (sample previews); its working time is kept apart from the steps'. */
+static int after_step(loop *L)
+{
+    double t0 = now_s();
+    int r = L->t->after_step ? L->t->after_step(L->t->after_user, L->st.step) : 0;
+    if (r > 0) {
+        L->hook_s += now_s() - t0;
+        L->hook_rounds++;
+    }
+    return r < 0 ? r : 0;
+}
+
 static int run_steps(loop *L)
 {
     const mood_train_options *o = L->o;
@@ -387,6 +422,13 @@ static int run_steps(loop *L)
             return err ? err
                        : mood_error_set(MOOD_ECANCELLED, "training cancelled at step %lld",
                                         (long long)L->st.step);
+        }
+        if ((err = after_step(L)) != 0) { /* kept: a checkpoint of this step */
+            int failed = err;
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mood_error_last());
+            err = save(L);
+            return err ? err : mood_error_set(failed, "%s", msg);
         }
         if (o->checkpoint_every > 0 && L->st.step % o->checkpoint_every == 0 &&
             L->st.step < o->steps)

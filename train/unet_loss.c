@@ -7,10 +7,13 @@
  *   loss = mean_b( w_b · mean_{c,y,x} (pred_b − target_b)² )
  *   dL/dpred_b = w_b · 2 (pred_b − target_b) / (B · C·h·w), times grad_scale (1/accumulation)
  *
- * The text encoder's LoRA (--te) needs the text encoder's backward pass, which is not built yet:
- * such a run is refused with a clear message. The tape lives with the model (model_impl.h) so
- * steps of one size allocate nothing; gradient checkpointing is used from 32x32 latents
- * (256-pixel images) up, where activations would otherwise dominate memory.
+ * With the text encoder's LoRA (--te; its modules come first) the captions are encoded at every
+ * step instead of read from the cache: the text encoder's forward on its own tape (at the clip
+ * skip, with the final layer norm, as the cached conditioning), the UNet backward's gradient of
+ * the context, then the text encoder's backward into its modules' factors (mood/clip.h). Without
+ * text encoder modules nothing of this runs. The tapes live with the model (model_impl.h) so
+ * steps of one size allocate nothing; the UNet's gradient checkpointing is used from 32x32
+ * latents (256-pixel images) up, where activations would otherwise dominate memory.
  */
 #include <string.h>
 
@@ -49,21 +52,37 @@ static double loss_and_grad(float *dout, const float *pred, const mood_train_bat
     return loss / b->B;
 }
 
+/* The text encoder's part of a step: encode the batch's captions into ctx (B x ctx_len x
+ * ctx_dim) on the text encoder's tape when it has trained modules (n_te > 0), or run it without
+ * one (a custom trainer that leaves the context to the model). */
+static int encode(mood_model *m, const mood_train_batch *b, size_t n_te, float *ctx)
+{
+    int skip = m->fixed_clip_skip ? m->fixed_clip_skip : b->clip_skip > 0 ? b->clip_skip : 1;
+    int err;
+    if (!b->ids || b->ctx_dim != mood_clip_get_config(m->clip)->hidden)
+        return mood_error_set(MOOD_EINVAL, "training: the batch has no token ids or another "
+                                           "context width than the text encoder's");
+    if (!n_te)
+        return mood_clip_forward(m->clip, b->ids, b->B, b->ctx_len, skip, 1, ctx, NULL);
+    if (!m->clip_tape && (err = mood_clip_tape_new(&m->clip_tape)) != 0)
+        return err;
+    return mood_clip_forward_train(m->clip, m->clip_tape, b->ids, b->B, b->ctx_len, skip, 1, ctx);
+}
+
 int mood__train_model_loss(void *user, const mood_train_batch *batch, mood_train_module *modules,
                            size_t n_modules, double *loss_out)
 {
     mood_model *m = user;
     size_t n = (size_t)batch->B * batch->C * batch->h * batch->w, n_te = 0;
+    size_t n_ctx = (size_t)batch->B * batch->ctx_len * batch->ctx_dim;
     mood_side_grad *grads = NULL;
     mood_unet_tape *tape = NULL;
-    float *pred = NULL, *dout = NULL;
+    float *pred = NULL, *dout = NULL, *ctx = NULL, *dctx = NULL;
+    const float *context = batch->context;
     int err;
     *loss_out = 0;
     while (n_te < n_modules && modules[n_te].part != MOOD_PART_UNET)
         n_te++;
-    if (n_te || !batch->context)
-        return mood_error_set(MOOD_EUNSUPPORTED, "training the text encoder (--te) needs its "
-                                                 "backward pass, which is not built yet");
     if ((err = model_tape(m, batch->h, batch->w, &tape)) != 0)
         return err;
     pred = mood_malloc(n * sizeof *pred);
@@ -71,18 +90,30 @@ int mood__train_model_loss(void *user, const mood_train_batch *batch, mood_train
     grads = mood_calloc(n_modules ? n_modules : 1, sizeof *grads);
     if (!pred || !dout || !grads)
         err = mood_error_nomem();
+    if (!err && (n_te || !context)) { /* the conditioning comes from the text encoder now */
+        ctx = mood_malloc((n_ctx ? n_ctx : 1) * sizeof *ctx);
+        dctx = n_te ? mood_calloc(n_ctx ? n_ctx : 1, sizeof *dctx) : NULL;
+        if (!ctx || (n_te && !dctx))
+            err = mood_error_nomem();
+        if (!err)
+            err = encode(m, batch, n_te, ctx);
+        context = ctx;
+    }
     for (size_t i = 0; i < n_modules && !err; i++)
         grads[i] = (mood_side_grad){modules[i].down_grad, modules[i].up_grad};
     if (!err)
-        err = mood_unet_forward_train(m->unet, tape, pred, batch->noisy, batch->timesteps,
-                                      batch->context, batch->B, batch->h, batch->w,
-                                      batch->ctx_len, NULL, NULL);
+        err = mood_unet_forward_train(m->unet, tape, pred, batch->noisy, batch->timesteps, context,
+                                      batch->B, batch->h, batch->w, batch->ctx_len, NULL, NULL);
     if (!err) {
         *loss_out = loss_and_grad(dout, pred, batch);
-        err = mood_unet_backward(m->unet, tape, dout, grads, n_modules, NULL);
+        err = mood_unet_backward(m->unet, tape, dout, grads + n_te, n_modules - n_te, dctx);
     }
+    if (!err && n_te)
+        err = mood_clip_backward(m->clip, m->clip_tape, dctx, grads, n_te, NULL);
     mood_free(pred);
     mood_free(dout);
     mood_free(grads);
+    mood_free(ctx);
+    mood_free(dctx);
     return err;
 }

@@ -24,7 +24,13 @@
  * then final_layer_norm). SDXL conditioning uses hidden_states[-2] without the norm: clip skip 2
  * with final_norm 0.
  *
- * Thread-safety: a loaded model is read-only; forward calls may run concurrently.
+ * Training: mood_clip_forward_train keeps the activations on a tape and mood_clip_backward
+ * computes the gradients of the runtime side paths' (LoRA) factors and of any base weights from
+ * it (see "training" below).
+ *
+ * Thread-safety: a loaded model is read-only; forward calls may run concurrently (so may training
+ * steps with one tape each); mood_clip_weight (writes), mood_clip_set_side_paths and
+ * mood_clip_free must not overlap a forward or backward call.
  */
 #ifndef MOOD_CLIP_H
 #define MOOD_CLIP_H
@@ -98,15 +104,69 @@ MOOD_WARN_UNUSED int mood_clip_project(const mood_clip *m, const float *pooled, 
                                        float *out);
 
 /* A weight by its Hugging Face name ("text_model.encoder.layers.0.mlp.fc1.weight"; the
- * "text_model." prefix is optional), NULL when the model has none. ndim/shape (may be NULL) get
- * its shape. Writable: merged adapters change it in place. For a model loaded from OpenCLIP
- * names, q_proj, k_proj and v_proj are consecutive blocks of the fused in_proj weight. */
+ * "text_model." prefix is optional; the embeddings are "text_model.embeddings.token_embedding
+ * .weight" (vocab x hidden) and "...position_embedding.weight"), NULL when the model has none.
+ * ndim/shape (may be NULL) get its shape. Writable: merged adapters change it in place. For a model
+ * loaded from OpenCLIP names, q_proj, k_proj and v_proj are consecutive blocks of the fused in_proj
+ * weight. */
 float *mood_clip_weight(mood_clip *m, const char *name, int *ndim, int64_t shape[4]);
+
+/* Every weight the hidden states use, in transformers' module order
+ * (CLIPTextModel.named_parameters()): token and position embeddings; per layer self_attn
+ * k_proj, v_proj, q_proj, out_proj, layer_norm1, mlp.fc1, mlp.fc2, layer_norm2 (each weight then
+ * bias); final_layer_norm weight and bias. Names are as mood_clip_weight takes them, with the
+ * "text_model." prefix (borrowed, valid while m lives; NULL for i >= count). The text projection
+ * is not among them. */
+size_t mood_clip_weight_count(const mood_clip *m);
+const char *mood_clip_weight_name(const mood_clip *m, size_t i);
 
 /* Replaces the runtime adapter side paths (mood_side_path in mood/core.h; Linear weights only;
  * n = 0 clears). The paths' pointers are borrowed. Errors: MOOD_ENOTFOUND (no such Linear
  * weight, named), MOOD_EINVAL (missing factors), MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_clip_set_side_paths(mood_clip *m, const mood_side_path *paths, size_t n);
+
+/* ----- training: forward with a tape, backward into side path factors and weights -----------
+ *
+ * A training step runs mood_clip_forward_train, which computes the same hidden state as
+ * mood_clip_forward (bit for bit) and keeps on a tape what the backward pass needs, then
+ * mood_clip_backward with dL/d(hidden), which accumulates the gradients of the loss with respect
+ * to the factors of the model's side paths (mood_clip_set_side_paths) and, when asked, to the base
+ * weights (full-parameter training). Token ids get no gradient; the token embedding rows they
+ * pick do. Layers after the one clip skip selects take no part and get nothing.
+ *
+ * Between the two calls the model's weights, side paths and factor values must not change (the
+ * backward pass reads them). One tape serves one step at a time; it keeps its memory from step to
+ * step, so steps of the same size allocate nothing. Memory: per layer run, about
+ * batch x seq x (8 hidden + 2 intermediate) floats (SD1's ViT-L, one caption: 3.8 MB a layer). */
+typedef struct mood_clip_tape mood_clip_tape;
+
+/* Creates an empty tape. Errors: MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_clip_tape_new(mood_clip_tape **out);
+void mood_clip_tape_free(mood_clip_tape *t);
+/* Bytes the tape holds now (activations and the backward pass's memory). */
+size_t mood_clip_tape_bytes(const mood_clip_tape *t);
+
+/* As mood_clip_forward without the pooled output (same arguments, same hidden_out, which is
+ * required here), recording onto `tape` (replacing what it held). ids are copied.
+ * Errors: as mood_clip_forward (MOOD_EINVAL also for a NULL argument); the tape is then empty. */
+MOOD_WARN_UNUSED int mood_clip_forward_train(const mood_clip *m, mood_clip_tape *tape,
+                                             const int32_t *ids, int batch, int seq, int clip_skip,
+                                             int final_norm, float *hidden_out);
+
+/* The backward pass of the tape's forward. dhidden: dL/d(hidden_out), batch x seq x hidden.
+ * grads: n_grads entries, one per side path in the order given to mood_clip_set_side_paths
+ * (n_grads must be that count), or NULL with n_grads 0 for none (mood_side_grad, mood/core.h).
+ * weight_grads: NULL (no base weight gradients) or mood_clip_weight_count(m) entries, entry i for
+ * weight i (mood_clip_weight_name(m, i)): NULL when not wanted, else a buffer of that weight's
+ * size (mood_clip_weight's shape; the token embedding's is vocab x hidden) that gets the gradient
+ * in the weight's layout. Buffers must not overlap. Every gradient is ACCUMULATED (+=): the caller
+ * zeroes them before the first step of an accumulation. The tape stays valid (a second call adds
+ * the same gradients again). Results do not depend on the thread count.
+ * Errors: MOOD_EINVAL (an empty tape, another model, side paths changed since the forward, a
+ * wrong n_grads), MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_clip_backward(const mood_clip *m, mood_clip_tape *tape,
+                                        const float *dhidden, const mood_side_grad *grads,
+                                        size_t n_grads, float *const *weight_grads);
 
 #ifdef __cplusplus
 }

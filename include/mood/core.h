@@ -76,6 +76,13 @@ typedef struct mood_side_path {
     float scale;
 } mood_side_path;
 
+/* Gradients of one side path's factors (training: mood_unet_backward, mood_clip_backward), in
+ * the factors' own shapes (mood_side_path): ddown (rank x in [x kh x kw]), dup (out x rank), or
+ * for a dense path (rank 0) dup in the weight's shape (ddown unused). NULL: not wanted. */
+typedef struct mood_side_grad {
+    float *ddown, *dup;
+} mood_side_grad;
+
 /* Removes the temporary files of writes still in progress, so an interrupted command leaves
  * nothing behind. Async-signal-safe: call it from a SIGINT/SIGTERM handler. */
 void mood_atomic_cleanup_all(void);

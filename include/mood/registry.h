@@ -71,13 +71,44 @@ MOOD_WARN_UNUSED int mood_registry_import_file(mood_registry *r, mood_import_res
                                                const char *path, mood_progress_fn progress,
                                                void *payload);
 
+/* A file a style keeps besides its adapters, given as bytes and stored as a blob. */
+typedef struct mood_style_file {
+    const char *role; /* files: "board" (a mood board thumbnail), "loss_csv", "loss_plot", or
+                         another of 1-32 characters [a-z0-9_]; ignored for previews */
+    const void *data;
+    size_t size;            /* 1 byte to 64 MiB */
+    const char *media_type; /* "image/jpeg", "image/png", "text/csv"; may be NULL */
+    const char *name;       /* where it came from (a file name); may be NULL */
+    int width, height;      /* an image's size in pixels; 0 when unknown or not an image */
+} mood_style_file;
+
+/* What a program that made the LoRA (`mood train`) registers with it besides the sidecars. */
+typedef struct mood_import_extras {
+    const mood_style_file *previews; /* put before the sidecar previews, in order (at most 64) */
+    size_t n_previews;
+    const mood_style_file *files; /* in order (at most 1024) */
+    size_t n_files;
+    const char *training_json; /* a JSON object: how the style was trained; may be NULL */
+} mood_import_extras;
+
+/* mood_registry_import_file with extras (NULL: none), all in the same all-or-nothing import:
+ * the extras' blobs are stored and their rows committed with the style's. When the file is in
+ * the registry already (out->already), nothing is stored. MOOD_EINVAL for an extra that is
+ * empty, too large or has a bad role, or training_json that is not a JSON object. */
+MOOD_WARN_UNUSED int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out,
+                                                  const char *path, const mood_import_extras *x,
+                                                  mood_progress_fn progress, void *payload);
+
 /* ----- queries (JSON text) -------------------------------------------------------------------- */
 
 /* [{name, family, algorithm, rank, weight, trigger_words, tags, description, adapters}] sorted by
  * name; `tag` and `base` ("sd1", "sd2", "sdxl") filter when non-NULL. */
 MOOD_WARN_UNUSED int mood_registry_list_json(char **out, mood_registry *r, const char *tag,
                                              const char *base);
-/* Everything known about one style (MOOD_ENOTFOUND when there is none of that name). */
+/* Everything known about one style (MOOD_ENOTFOUND when there is none of that name): its fields,
+ * "training" (the JSON object a training registered, or null), "adapters" (with "sources"),
+ * "tags", "previews" [{sha256, media_type, origin, nsfw_level, path}], "board" (mood board
+ * thumbnails) and "files" (other roles) [{role, sha256, media_type, name, width, height, path}]. */
 MOOD_WARN_UNUSED int mood_registry_show_json(char **out, mood_registry *r, const char *name);
 /* Full-text search over names, trigger words, tags and descriptions; every word of `query` is
  * matched as a prefix. Same shape as list, best match first. */

@@ -18,7 +18,8 @@
  *              gradient accumulation, clipping by global norm, AdamW (torch.optim.AdamW), the
  *              learning rate from diffusers' get_scheduler.
  *   output     a kohya-format LoRA (lora_up / lora_down / alpha, kohya module names) with the
- *              ss_* and modelspec.* metadata kohya writes; the loss curve as CSV and PNG.
+ *              ss_* and modelspec.* metadata kohya writes; the loss curve as CSV and PNG;
+ *              sample previews every N steps and at the end (sample_every).
  *
  * Randomness: one torch CPU generator (mood/rng.h) seeded with `seed` makes every random number,
  * in this order, so a torch program doing the same draws reproduces the run
@@ -95,6 +96,14 @@ const mood_board_item *mood_board_item_at(const mood_board *b, size_t i);
 /* The item as the VAE takes it: out (3 x height x width floats) = (px / 255 - 0.5) / 0.5 in
  * float32 (torchvision ToTensor + Normalize([0.5], [0.5])), mirrored left-right when flip. */
 void mood_board_item_tensor(float *out, const mood_board_item *it, int flip);
+/* A thumbnail of a board image for the style's record: the whole upright picture (not the
+ * training crop; alpha over white) scaled so that its longer side is max_side pixels (never
+ * enlarged; antialiased as the board's resize), encoded as a baseline JPEG of quality 85.
+ * *jpeg_out (*size_out bytes) is malloc'd: free it with free(). Errors: those of
+ * mood_image_load (the file changed since the board was loaded), MOOD_EINVAL (max_side < 1),
+ * MOOD_ENOMEM. */
+MOOD_WARN_UNUSED int mood_board_thumbnail(uint8_t **jpeg_out, size_t *size_out, int *width_out,
+                                          int *height_out, const mood_board_item *it, int max_side);
 
 /* ----- the model's part of a step ------------------------------------------------------------- */
 
@@ -126,6 +135,8 @@ typedef struct mood_train_batch {
                                encoder); NULL when the text encoder is trained */
     int ctx_len, ctx_dim;
     float grad_scale; /* multiply the gradients by this (1 / accumulation steps) */
+    int clip_skip;    /* the options' clip skip (A1111 numbering; a model with a fixed one, SD2,
+                         uses its own), for a loss that encodes the captions itself */
 } mood_train_batch;
 
 /* The model's part of a training step. Computes the batch's loss,
@@ -167,8 +178,9 @@ double mood_lr_factor(mood_lr_schedule s, int64_t step, int64_t warmup, int64_t 
 
 /* What a run reports through its progress callback. */
 typedef struct mood_train_progress {
-    const char *phase;   /* "load", "board", "cache", "train", "save" */
-    int64_t done, total; /* units of the phase (images, steps) */
+    const char *phase;   /* "load", "board", "cache", "train", "save", "sample" */
+    int64_t done, total; /* units of the phase (images, steps; sample: sampler steps of the
+                            current round of previews) */
     int epoch;
     double loss;     /* train: the last optimizer step's loss (mean of its micro-batches) */
     double loss_avg; /* train: exponential moving average of the loss (0.9) */
@@ -179,6 +191,22 @@ typedef struct mood_train_progress {
 
 /* Non-zero return: the run saves a checkpoint and stops with MOOD_ECANCELLED. */
 typedef int (*mood_train_progress_fn)(const mood_train_progress *p, void *payload);
+
+/* One sample preview, rendered during a run (mood_train_options.sample_every). */
+typedef struct mood_train_sample {
+    int64_t step;                /* optimizer steps done when it was rendered */
+    int final;                   /* 1: after the last step, the LoRA file written */
+    size_t index, count;         /* its prompt: index of count */
+    const mood_gen_options *gen; /* exactly what was rendered: prompt, negative, size, steps,
+                                    cfg, sampler, seed, rng, clip skip */
+    const mood_model *model;     /* the base model (its name and hash), borrowed */
+    const float *image;          /* 3 x gen->height x gen->width, about [-1, 1]: mood_generate's
+                                    output (mood_image_from_float converts it) */
+} mood_train_sample;
+
+/* Gets each preview (the pointers are valid during the call). Non-zero return: the run saves a
+ * checkpoint and fails with that code when it is a MOOD_E* code, else with MOOD_ECANCELLED. */
+typedef int (*mood_train_sample_fn)(const mood_train_sample *s, void *payload);
 
 typedef struct mood_train_options {
     const char *model;                       /* base model (mood_model_open) */
@@ -195,7 +223,8 @@ typedef struct mood_train_options {
     int resume;                    /* continue from `checkpoint` */
     const char *loss_csv, *loss_png; /* loss curve files (NULL: not written) */
     mood_train_targets targets;      /* ATTN_FF */
-    int train_te;                    /* LoRA on the text encoder too (0) */
+    int train_te;                    /* LoRA on the text encoder too (0): captions are then
+                                        encoded at every step, not cached */
     int rank;                        /* 16 */
     double alpha;                    /* 8 */
     int64_t steps;                   /* optimizer steps: 1000 */
@@ -224,6 +253,27 @@ typedef struct mood_train_options {
     /* The model's part of a step; NULL: mood's UNet (and text encoder) backward. */
     mood_train_loss_fn loss;
     void *loss_user;
+    /* Sample previews: every sample_every optimizer steps (0: never) and once more after the
+     * last step, each prompt is rendered (mood_generate on the base model, at the training
+     * resolution unless sample_size) with the LoRA being trained applied as runtime side paths
+     * on the very weights being trained (no copy), and handed to `sample`; the progress
+     * callback sees phase "sample" (sampler steps). Each prompt keeps its seed (sample_seed + its
+     * index), so that the previews of different steps compare; they draw from their own
+     * generator, so a run with previews trains the same LoRA as one without. Time spent on
+     * previews is left out of it_per_s and added to eta_s. Costly on a CPU (an SD1.5 preview
+     * takes minutes): off by default. */
+    int sample_every;
+    const char *const *sample_prompts; /* "{trigger}" is replaced by the board's trigger word
+                                          (without one, with the ", " after it); none (n 0):
+                                          "{trigger}, a portrait", "{trigger}, a landscape" */
+    size_t n_sample_prompts;           /* at most 64 */
+    const char *sample_negative;       /* may be NULL */
+    int sample_steps;                  /* sampler steps (Euler a); 0: 20 */
+    double sample_cfg;                 /* 0: 7 */
+    int sample_size;             /* square side, a multiple of 8; 0: the training resolution */
+    uint64_t sample_seed;        /* 0 */
+    mood_train_sample_fn sample; /* NULL: no previews */
+    void *sample_payload;
 } mood_train_options;
 
 /* The defaults above. */

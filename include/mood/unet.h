@@ -11,7 +11,8 @@
  * .weight") whatever file they come from.
  *
  * Training: mood_unet_forward_train keeps the activations on a tape and mood_unet_backward
- * computes the gradients of the runtime side paths' (LoRA) factors from it.
+ * computes the gradients of the runtime side paths' (LoRA) factors from it, mood_unet_backward_ex
+ * those of the base weights too (full-parameter training).
  *
  * Thread-safety: mood_unet_forward may run concurrently on one model (so may training steps
  * with one tape each); mood_unet_weight (writes), mood_unet_set_side_paths and mood_unet_free
@@ -148,14 +149,16 @@ const char *mood_unet_weight_name(const mood_unet *m, size_t i);
  * Conv2d weight; MOOD_EINVAL for a negative rank or missing factors; MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_unet_set_side_paths(mood_unet *m, const mood_side_path *paths, size_t n);
 
-/* ----- training: forward with a tape, backward into the side paths' factors ------------------
+/* ----- training: forward with a tape, backward into the side paths' factors or the weights ---
  *
  * A training step runs mood_unet_forward_train, which computes the same output as
  * mood_unet_forward and keeps on a tape what the backward pass needs, then mood_unet_backward
  * with dL/d(out), which accumulates the gradients of the loss with respect to the factors of the
- * model's side paths (mood_unet_set_side_paths) and, when asked, to the context. The base
- * weights are frozen: they get no gradients. Timesteps and SDXL's added conditioning get none
- * either, but side paths on the time embedding layers do.
+ * model's side paths (mood_unet_set_side_paths) and, when asked, to the context. For LoRA
+ * training the base weights are frozen; mood_unet_backward_ex also gives the gradients of any
+ * base weights the caller asks for (full-parameter training). Timesteps and SDXL's added
+ * conditioning (text_embeds, time_ids) get no gradients, but the time and added embedding
+ * layers' weights and side paths do.
  *
  * Between the two calls the model's weights, side paths and factor values must not change (the
  * backward pass reads them). One tape serves one step at a time; it keeps its memory from step
@@ -185,12 +188,8 @@ MOOD_WARN_UNUSED int mood_unet_forward_train(const mood_unet *m, mood_unet_tape 
                                              const float *context, int B, int H, int W, int ctx_len,
                                              const float *text_embeds, const float *time_ids);
 
-/* Gradients of one side path's factors, in the factors' own shapes (mood_side_path): ddown
- * (rank x in [x kh x kw]), dup (out x rank), or for a dense path (rank 0) dup in the weight's
- * shape (ddown unused). NULL: not wanted. */
-typedef struct mood_side_grad {
-    float *ddown, *dup;
-} mood_side_grad;
+/* (mood_side_grad, the gradients of one side path's factors, is in mood/core.h: the text
+ * encoder's backward pass takes it too.) */
 
 /* The backward pass of the tape's forward. dout: dL/d(out), B x out_channels x H x W.
  * grads: n_grads entries, one per side path in the order given to mood_unet_set_side_paths
@@ -203,6 +202,20 @@ typedef struct mood_side_grad {
 MOOD_WARN_UNUSED int mood_unet_backward(const mood_unet *m, mood_unet_tape *tape, const float *dout,
                                         const mood_side_grad *grads, size_t n_grads,
                                         float *dcontext);
+
+/* As mood_unet_backward (same arguments, same results), and the gradients of the base weights:
+ * weight_grads is NULL (none: exactly mood_unet_backward) or has mood_unet_weight_count(m)
+ * entries, entry i for weight i (mood_unet_weight_name(m, i)): NULL when not wanted, else a
+ * buffer of that weight's size (the product of its shape, mood_unet_weight) that gets the
+ * gradient in the weight's own layout, ACCUMULATED (+=) like the others. Every parameter of the
+ * model has one: convolutions, linears and their biases, group and layer norms' scales and
+ * shifts. The buffers must not overlap each other or the other gradients. Results do not depend
+ * on the thread count, nor on the tape's checkpointing.
+ * Errors: as mood_unet_backward. */
+MOOD_WARN_UNUSED int mood_unet_backward_ex(const mood_unet *m, mood_unet_tape *tape,
+                                           const float *dout, const mood_side_grad *grads,
+                                           size_t n_grads, float *dcontext,
+                                           float *const *weight_grads);
 
 /* Memory a training step of this size takes: the tape's activations and the backward pass's
  * working memory, in bytes (either pointer may be NULL). Computes nothing but sizes. */

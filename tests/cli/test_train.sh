@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # test_train.sh: `mood train` end to end on the tiny diffusers pipeline of tests/fixtures/pipeline:
-# a few steps on a small board write a kohya LoRA (ss_* metadata, every key used), a loss curve,
-# register the style with its trigger word, and the style generates; a board with images that do
-# not decode fails before training and names each; bad options exit 1; --device cuda exits 2 in a
-# CPU build. (Correctness of the steps themselves: tests/unit/test_train.c and
+# a few steps on a small board write a kohya LoRA (ss_* metadata, every key used), a loss curve and
+# sample previews every 6 steps (PNGs with A1111 parameters), register the style with its trigger
+# word, board thumbnails, final previews, loss curve and training record (shown by mood show,
+# carried by a style pack), and the style generates; a board with images that do not decode
+# fails before training and names each; bad options exit 1; --device cuda exits 2 in a CPU
+# build. (Correctness of the steps themselves: tests/unit/test_train.c and
 # tests/unit/test_unet_backward.c, against torch.)
 . "$(dirname "$0")/lib.sh"
 
@@ -16,10 +18,24 @@ cp "$FIX/train/bad/good1.png" board/
 py() { python3 -c "$@"; }
 
 expect_rc 0 "train" "$MOOD" train --name tinyink --board board --model "$MODEL" --res 64 \
-    --steps 12 --rank 4 --alpha 2 --trigger tinyink --json
+    --steps 12 --rank 4 --alpha 2 --trigger tinyink --sample-every 6 --sample-steps 2 --json
 check "json lists the files" py '
 import json,sys,os; d=json.load(open(sys.argv[1]))
-assert d["style"]=="tinyink" and all(os.path.exists(d[k]) for k in ("lora","loss_csv","loss_png")), d' "$tmp/out"
+assert d["style"]=="tinyink" and all(os.path.exists(d[k]) for k in ("lora","loss_csv","loss_png")), d
+assert d["samples"]==["tinyink.samples/step-%06d-%d.png" % (s, i) for s in (6, 12) for i in (0, 1)], d
+assert all(os.path.exists(p) for p in d["samples"]) and d["previews"]==2, d' "$tmp/out"
+check "previews carry A1111 parameters" py '
+import sys
+def text(path):  # the tEXt chunk "parameters"
+    import struct, zlib; b=open(path,"rb").read(); i=8
+    while i < len(b):
+        n,=struct.unpack(">I",b[i:i+4]); t=b[i+4:i+8]; d=b[i+8:i+8+n]; i+=12+n
+        if t==b"tEXt" and d.startswith(b"parameters\0"): return d[11:].decode("latin-1")
+a=text("tinyink.samples/step-000006-1.png"); b=text("tinyink.samples/step-000012-1.png")
+assert a.startswith("tinyink, a landscape <lora:tinyink:1>\nSteps: 2, Sampler: Euler a"), a
+assert "Seed: 1," in a and "Size: 64x64" in a and "Training step: 6" in a and "Lora hashes" not in a, a
+assert "Training step: 12" in b and "Lora hashes: \"tinyink: " in b, b'
+check "previews of one prompt share a seed" grep -q "Seed: 0," tinyink.samples/step-000012-0.png
 check "loss curve has 12 steps" test "$(wc -l <tinyink.loss.csv)" -eq 13
 check "kohya metadata in the file" py '
 import json,struct,sys; f=open(sys.argv[1],"rb"); n,=struct.unpack("<Q",f.read(8))
@@ -32,6 +48,29 @@ import json,sys; d=json.load(open(sys.argv[1])); assert d["unmatched"]["count"]=
 expect_rc 0 "style registered" "$MOOD" show tinyink --json
 check "trigger word stored" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert d["trigger_words"]=="tinyink", d' "$tmp/out"
+check "final previews, thumbnails, loss curve and training record registered" py '
+import json,os,sys; d=json.load(open(sys.argv[1]))
+assert [os.path.basename(p["origin"]) for p in d["previews"]]==["step-000012-0.png","step-000012-1.png"], d["previews"]
+b=d["board"]; assert [x["name"] for x in b]==["a.png","c.webp","d.bmp","e.png","good1.png"], b
+for x in b:
+    assert x["media_type"]=="image/jpeg" and 0 < max(x["width"],x["height"]) <= 256, x
+    assert open(x["path"],"rb").read(2)==b"\xff\xd8", x
+assert sorted(f["role"] for f in d["files"])==["loss_csv","loss_plot"], d["files"]
+csv=[f for f in d["files"] if f["role"]=="loss_csv"][0]; assert open(csv["path"]).read().count("\n")==13
+t=d["training"]; assert t["steps"]==12 and t["rank"]==4 and t["resolution"]==64 and t["trigger"]=="tinyink", t
+s=t["samples"]; assert s["every"]==6 and s["prompts"]==["tinyink, a portrait","tinyink, a landscape"], s
+assert len(s["images"])==4 and all(os.path.isabs(i["path"]) and os.path.exists(i["path"]) for i in s["images"]), s' "$tmp/out"
+expect_rc 0 "show for people" "$MOOD" show tinyink
+check "show lists the board" test "$(grep -c '^Board:' "$tmp/out")" -eq 5
+check "show gives the training and the loss curve" grep -q "^Trained: *12 steps, rank 4" "$tmp/out"
+check "show gives the loss curve" grep -q "^Loss curve:" "$tmp/out"
+expect_rc 0 "export a pack" "$MOOD" pack export tinyink -o tinyink.moodpack
+expect_rc 0 "import it elsewhere" env MOOD_HOME="$tmp/home2" "$MOOD" pack import tinyink.moodpack
+expect_rc 0 "show it there" env MOOD_HOME="$tmp/home2" "$MOOD" show tinyink --json
+check "the pack carried the thumbnails" py '
+import json,sys; d=json.load(open(sys.argv[1])); b=d["board"]
+assert [x["name"] for x in b]==["a.png","c.webp","d.bmp","e.png","good1.png"] and len(d["previews"])==2, d
+assert all(x["media_type"]=="image/jpeg" and x["width"] > 0 for x in b), b' "$tmp/out"
 expect_rc 0 "generate with it" "$MOOD" gen "a cat" --model "$MODEL" --style tinyink --size 64x64 \
     --steps 4 --seed 1 -o cat.png --json
 check "trigger in the prompt" py '
@@ -44,6 +83,7 @@ check "names the broken image" grep -q "broken.png" "$tmp/err"
 check "names the other one" grep -q "text.jpg" "$tmp/err"
 check "nothing written" test ! -e bad.safetensors
 expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --rank 0
+expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
 expect_rc 1 "missing --model" "$MOOD" train --name x --board board
 expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "$MODEL" --device cuda
 finish

@@ -264,6 +264,29 @@ static void test_manifest_validation(void)
                mood__pack_file_name_ok("board/1.jpg"));
     MOOD_CHECK_OK(mood__pack_manifest_parse(&m, manifest_text(1), strlen(manifest_text(1))));
     mood__pack_manifest_dispose(&m);
+    /* board thumbnails name a style of the pack, and a plain file name */
+    static const char *const board[][2] = {
+        {"\"style\": \"ink\", \"name\": \"a.png\", \"width\": 40, \"height\": 30", NULL},
+        {"\"name\": \"a.png\"", NULL},
+        {"\"style\": \"other\"", "style 'other' is not in the pack"},
+        {"\"style\": \"ink\", \"name\": \"../x/a.png\"", "must be a file name"},
+        {"\"style\": \"ink\", \"width\": -1", "\"width\" must be a number"},
+    };
+    for (size_t i = 0; i < sizeof board / sizeof board[0]; i++) {
+        const char *t = manifest_text(1);
+        size_t cut = strlen(t) - strlen("[]}");
+        snprintf(buf, sizeof buf, "%.*s[{\"sha256\": \"%s\", \"file\": \"board/%s.jpg\", %s}]}",
+                 (int)cut, t, preview_sha, preview_sha, board[i][0]);
+        if (!board[i][1]) {
+            MOOD_CHECK_MSG(mood__pack_manifest_parse(&m, buf, strlen(buf)) == 0, "board %zu: %s", i,
+                           mood_error_last());
+            mood__pack_manifest_dispose(&m);
+        } else {
+            MOOD_CHECK(mood__pack_manifest_parse(&m, buf, strlen(buf)) == MOOD_EFORMAT);
+            MOOD_CHECK_MSG(strstr(mood_error_last(), board[i][1]) != NULL, "board %zu: %s", i,
+                           mood_error_last());
+        }
+    }
 }
 
 /* ----- hostile archives ------------------------------------------------------------------------

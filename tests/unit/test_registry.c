@@ -1,7 +1,8 @@
 /*
  * test_registry.c: the style registry (registry/): schema creation, import and de-duplication,
  * sidecars, style names, rm and blob reference counting, doctor (orphan, missing and damaged
- * blobs), clean-up of a half-done import, and a damaged registry.db.
+ * blobs), clean-up of a half-done import, a damaged registry.db, and what mood train registers
+ * with its LoRA (previews, board thumbnails, loss curve, training record; migration 4).
  *
  * Every test works in its own registry under the scratch directory, on copies of the fixture
  * LoRAs (tests/fixtures/kohya, examples/loras) with sidecars written here. Fault injection writes
@@ -454,7 +455,169 @@ static void test_alloc_failures(void)
     mood_registry_close(r);
 }
 
+/* ----- what mood train registers with its LoRA --------------------------------------------- */
+
+static const char board_a[] = "jpeg of board image a", board_b[] = "jpeg of board image b";
+static const char preview0[] = "png preview 0", preview1[] = "png preview 1";
+static const char loss_csv[] = "step,loss,loss_avg,lr\n1,0.5,0.5,0.0001\n";
+
+static void extras_init(mood_import_extras *x, mood_style_file *pv, mood_style_file *files)
+{
+    pv[0] = (mood_style_file){NULL, preview0, sizeof preview0, "image/png", "p0.png", 0, 0};
+    pv[1] = (mood_style_file){NULL, preview1, sizeof preview1, "image/png", "p1.png", 0, 0};
+    files[0] = (mood_style_file){"board", board_a, sizeof board_a, "image/jpeg", "a.png", 40, 30};
+    files[1] = (mood_style_file){"loss_csv", loss_csv, sizeof loss_csv, "text/csv", NULL, 0, 0};
+    files[2] = (mood_style_file){"board", board_b, sizeof board_b, "image/jpeg", "b.webp", 20, 10};
+    *x = (mood_import_extras){pv, 2, files, 3, "{\"steps\": 5, \"trigger\": \"ink\"}"};
+}
+
+/* A stored file: the blob at its path holds the bytes given. */
+static void check_blob(const cJSON *o, const void *data, size_t size)
+{
+    size_t n = 0;
+    unsigned char *got = str(o, "path") ? read_file(str(o, "path"), &n) : NULL;
+    MOOD_CHECK_MSG(got && n == size && memcmp(got, data, size) == 0, "blob of %s",
+                   str(o, "name") ? str(o, "name") : "?");
+    free(got);
+}
+
+/* Previews first, board thumbnails in order with their sizes, other files apart, the training
+ * record as JSON; all of it in doctor's and rm's reference counting. */
+static void test_import_extras(void)
+{
+    const char *src = fresh_dir("src");
+    const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    mood_registry *r = NULL;
+    mood_import_result res;
+    mood_import_extras x;
+    mood_style_file pv[2], files[3];
+    const cJSON *b, *f;
+    char shas[5][65];
+    cJSON *o;
+    write_text(src, "ink.png", "sidecar preview");
+    extras_init(&x, pv, files);
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 4);
+    MOOD_CHECK_OK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL));
+    MOOD_CHECK(res.previews == 3 && !res.already);
+    if (!(o = show(r, "ink"))) {
+        mood_registry_close(r);
+        return;
+    }
+    b = cJSON_GetObjectItem(o, "previews");
+    MOOD_CHECK(cJSON_GetArraySize(b) == 3);
+    MOOD_CHECK(str(cJSON_GetArrayItem(b, 0), "origin") &&
+               !strcmp(str(cJSON_GetArrayItem(b, 0), "origin"), "p0.png"));
+    check_blob(cJSON_GetArrayItem(b, 1), preview1, sizeof preview1);
+    MOOD_CHECK(strstr(str(cJSON_GetArrayItem(b, 2), "origin"), "ink.png") != NULL);
+    b = cJSON_GetObjectItem(o, "board");
+    MOOD_CHECK(cJSON_GetArraySize(b) == 2);
+    MOOD_CHECK(!strcmp(str(cJSON_GetArrayItem(b, 0), "name"), "a.png") &&
+               !strcmp(str(cJSON_GetArrayItem(b, 1), "name"), "b.webp"));
+    MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetArrayItem(b, 0), "width")) == 40);
+    MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetArrayItem(b, 1), "height")) == 10);
+    check_blob(cJSON_GetArrayItem(b, 0), board_a, sizeof board_a);
+    check_blob(cJSON_GetArrayItem(b, 1), board_b, sizeof board_b);
+    f = cJSON_GetObjectItem(o, "files");
+    MOOD_CHECK(cJSON_GetArraySize(f) == 1 &&
+               !strcmp(str(cJSON_GetArrayItem(f, 0), "role"), "loss_csv"));
+    check_blob(cJSON_GetArrayItem(f, 0), loss_csv, sizeof loss_csv);
+    MOOD_CHECK(cJSON_GetNumberValue(
+                   cJSON_GetObjectItem(cJSON_GetObjectItem(o, "training"), "steps")) == 5);
+    for (int i = 0; i < 5; i++) {
+        const cJSON *it = i < 2   ? cJSON_GetArrayItem(cJSON_GetObjectItem(o, "previews"), i)
+                          : i < 4 ? cJSON_GetArrayItem(b, i - 2)
+                                  : cJSON_GetArrayItem(f, 0);
+        snprintf(shas[i], sizeof shas[i], "%s", str(it, "sha256") ? str(it, "sha256") : "");
+    }
+    cJSON_Delete(o);
+    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0); /* every blob referenced, none missing */
+    /* the same file again: nothing added */
+    MOOD_CHECK_OK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL));
+    MOOD_CHECK(res.already);
+    MOOD_CHECK_OK(mood_registry_rm(r, "ink"));
+    for (int i = 0; i < 5; i++)
+        MOOD_CHECK_MSG(shas[i][0] && !blob_exists(r, shas[i]), "blob %d kept after rm", i);
+    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
+    mood_registry_close(r);
+}
+
+static void test_import_extras_refused(void)
+{
+    const char *src = fresh_dir("src");
+    const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    mood_registry *r = NULL;
+    mood_import_result res;
+    mood_import_extras x;
+    mood_style_file pv[2], files[3];
+    char *list = NULL;
+    int ok = 0;
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    extras_init(&x, pv, files);
+    files[2].role = "Board Image";
+    MOOD_CHECK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "Board Image") != NULL);
+    extras_init(&x, pv, files);
+    pv[1].size = 0;
+    MOOD_CHECK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL) == MOOD_EINVAL);
+    extras_init(&x, pv, files);
+    x.training_json = "[1, 2]";
+    MOOD_CHECK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL) == MOOD_EINVAL);
+    MOOD_CHECK_OK(mood_registry_list_json(&list, r, NULL, NULL));
+    MOOD_CHECK(list && strcmp(list, "[]") == 0); /* nothing stored */
+    mood_registry_free_string(list);
+    MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
+    /* allocation failures leave nothing behind either */
+    extras_init(&x, pv, files);
+    for (long n = 1; n < 100000 && !ok && r; n += n < 300 ? 1 : 37) {
+        int err;
+        mood__alloc_fail_at(n);
+        err = mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL);
+        mood__alloc_fail_at(0);
+        MOOD_CHECK_MSG(err == 0 || err == MOOD_ENOMEM, "n=%ld: %d %s", n, err, mood_error_last());
+        ok = err == 0 && !res.already;
+        if (err)
+            MOOD_CHECK_MSG(doctor(r, 0, 0, NULL) == 0, "n=%ld", n);
+    }
+    MOOD_CHECK(ok);
+    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
+    mood_registry_close(r);
+}
+
+/* A registry of schema 3 (before style files) gains them on open, its styles kept. */
+static void test_migration_4(void)
+{
+    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    char db_path[1200];
+    mood_registry *r = NULL;
+    mood_import_result res;
+    sqlite3 *db = NULL;
+    cJSON *o;
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &res, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    mood_registry_close(r);
+    r = NULL;
+    snprintf(db_path, sizeof db_path, "%s/registry.db", home);
+    MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    MOOD_CHECK(sqlite3_exec(db,
+                            "DROP TABLE style_files; ALTER TABLE styles DROP COLUMN training_json;"
+                            " PRAGMA user_version = 3",
+                            NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 4);
+    if (r && (o = show(r, "ink")) != NULL) {
+        MOOD_CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "training")));
+        MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "board")) == 0);
+        cJSON_Delete(o);
+    }
+    mood_registry_close(r);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_schema),
                MOOD_T(test_import_and_dedupe), MOOD_T(test_refusals), MOOD_T(test_sidecars),
                MOOD_T(test_names), MOOD_T(test_rm_and_refcount), MOOD_T(test_doctor),
-               MOOD_T(test_half_done_import_cleaned), MOOD_T(test_corrupt_database))
+               MOOD_T(test_half_done_import_cleaned), MOOD_T(test_corrupt_database),
+               MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
+               MOOD_T(test_migration_4))

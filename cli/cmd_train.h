@@ -1,0 +1,53 @@
+/*
+ * cmd_train.h: what the two files of `mood train` share. cmd_train.c parses the arguments,
+ * shows the progress and runs the training; cmd_train_record.c writes the sample previews and
+ * registers the style with what the training made (board thumbnails, final previews, loss curve,
+ * the training record).
+ */
+#ifndef MOOD_CLI_CMD_TRAIN_H
+#define MOOD_CLI_CMD_TRAIN_H
+
+#include "cli/cli.h"
+#include "mood/train.h"
+
+/* One sample preview written during the run. */
+typedef struct train_sample_file {
+    int64_t step;
+    int final;
+    size_t index; /* its prompt */
+    uint64_t seed;
+    char *path;
+} train_sample_file;
+
+typedef struct train_args {
+    mood_train_options o;
+    const char **board;
+    size_t n_board;
+    const char *output, *trigger, *device;
+    int json, no_register;
+    char *ckpt, *csv, *png, *out_default;
+    /* sample previews */
+    const char **prompts; /* --sample-prompt, in order */
+    size_t n_prompts;
+    int sample_every_set, sample_asked; /* --sample-every given; any --sample-* given */
+    char *samples_dir;                  /* OUT.samples */
+    char **sample_prompts_used;         /* the prompts as rendered (trigger filled in) */
+    size_t n_sample_prompts_used;
+    train_sample_file *samples;
+    size_t n_samples, cap_samples;
+    int sample_failed;  /* a preview could not be written (warned once) */
+    char lora_hash[13]; /* AutoV3 (12 digits) of the written LoRA, for the final previews */
+} train_args;
+
+/* OUT.safetensors -> OUT<suffix> (malloc'd), NULL when out of memory. */
+char *train_beside(const char *out, const char *suffix);
+/* mood_train_sample_fn (payload: the train_args): writes OUT.samples/step-NNNNNN-I.png with the
+ * A1111 parameters mood gen writes (the prompt carries <lora:NAME:1>; the final previews also
+ * "Lora hashes") and records it. A file that cannot be written is warned about once, not fatal. */
+int train_write_sample(const mood_train_sample *s, void *payload);
+/* Imports the LoRA with its sidecar, board thumbnails, final previews, loss curve and training
+ * record (one all-or-nothing import). Returns 0 or an exit status. */
+int train_register(train_args *a, mood_import_result *res);
+void train_samples_dispose(train_args *a);
+
+#endif /* MOOD_CLI_CMD_TRAIN_H */
