@@ -164,7 +164,9 @@ static void decl_down(builder *bd, int i)
     bl->has_attn = c->down_block_types[i] == MOOD_UNET_CROSS_ATTN_DOWN_BLOCK_2D;
     for (int j = 0; j < bl->n; j++) {
         snprintf(p, sizeof p, "down_blocks.%d.resnets.%d", i, j);
-        decl_resnet(bd, &bl->res[j], p, j ? out : in, out, c->resnet_out_scale_factor);
+        /* diffusers' get_down_block gives resnet_out_scale_factor to none of the block types mood
+         * builds (DownBlock2D, CrossAttnDownBlock2D): their resnets always divide by 1 */
+        decl_resnet(bd, &bl->res[j], p, j ? out : in, out, 1.0f);
         if (bl->has_attn) {
             snprintf(p, sizeof p, "down_blocks.%d.attentions.%d", i, j);
             decl_transformer(bd, &bl->attn[j], p, out, c->num_attention_heads[i],
@@ -211,7 +213,7 @@ static void decl_up(builder *bd, int i)
     for (int j = 0; j < bl->n; j++) {
         int h = j ? out : prev, s = j == bl->n - 1 ? skip_last : out;
         snprintf(p, sizeof p, "up_blocks.%d.resnets.%d", i, j);
-        decl_resnet(bd, &bl->res[j], p, h + s, out, c->resnet_out_scale_factor);
+        decl_resnet(bd, &bl->res[j], p, h + s, out, 1.0f); /* as in the down blocks */
         if (bl->has_attn) {
             snprintf(p, sizeof p, "up_blocks.%d.attentions.%d", i, j);
             decl_transformer(bd, &bl->attn[j], p, out, c->num_attention_heads[l],

@@ -1,14 +1,17 @@
 /*
- * unet_backward.c: the UNet's backward pass for training runtime side paths (LoRA): from
- * dL/d(out) and a training forward's tape (unet_pass.h) to the gradients of every side path's
- * factors and, when asked, of the context (mood_unet_backward in mood/unet.h).
+ * unet_backward.c: the UNet's backward pass for training: from dL/d(out) and a training
+ * forward's tape (unet_pass.h) to the gradients of every side path's factors (LoRA) and, when
+ * asked, of the base weights and of the context (mood_unet_backward_ex in mood/unet.h).
  *
  * It reads the network in reverse, in the manner of llm.c: head_backward, up_backward,
  * mid_backward, down_backward, time_backward, each a list of layer backwards
  * (engine/cpu/ops.h) over the recorded activations, read from the tape's records last to first.
- * The base weights are frozen: their layers pass gradients to their inputs only (dw NULL), and
- * their side paths add their factors' gradients. Under gradient checkpointing a resnet's and a
- * transformer block's activations are recomputed (by the forward's own layer functions) just
+ * Each layer passes the gradient to its input, adds its side paths' factor gradients and, when
+ * the caller wants them (g->wgrads), its own weight's and bias's; a layer whose input needs no
+ * gradient (conv_in, the time embedding's linear_1) runs only for the gradients wanted of it.
+ * Every parameter belongs to one layer, run once, so its gradient is added once per pass, and the
+ * ops' weight gradients do not depend on the thread count. Under gradient checkpointing a resnet's
+ * and a transformer block's activations are recomputed (by the forward's own layer functions) just
  * before its backward, in this pass's memory.
  *
  * Gradient buffers: one per skip connection (dskip), which both its consumers add to — the next
@@ -58,6 +61,12 @@ static const unet_rec *pop(unet_pass *g, int kind)
     return &none;
 }
 
+/* The gradient wanted of parameter i (NULL: none, no parameter, or planning). */
+static float *wgrad(const unet_pass *g, int i)
+{
+    return g->wgrads && i >= 0 && !g->plan ? g->wgrads[i] : NULL;
+}
+
 /* The gradients wanted for side path s of weight w (NULLs when none). */
 static mood_side_grad side_grad(const unet_pass *g, const unet_param *w, int s)
 {
@@ -76,14 +85,16 @@ static int side_wanted(const unet_pass *g, const float *dinp, mood_side_grad gr)
 /* ----- Linear and Conv2d with side paths ---------------------------------------------------- */
 
 /* For out = inp W^T + b + Σ scale up(down(inp)) (linear_forward): dinp (N x in, may be NULL)
- * += dout (N x out) through W and the side paths; the side paths' factor gradients. */
+ * += dout (N x out) through W and the side paths; W's and b's gradients when wanted; the side
+ * paths' factor gradients. */
 static void linear_backward(unet_pass *g, const u_lin *l, float *dinp, const float *dout,
                             const float *inp, size_t N)
 {
     const unet_param *w = &g->m->params[l->w];
+    float *dw = wgrad(g, l->w), *db = wgrad(g, l->b);
     size_t mark = g->used;
-    if (dinp)
-        RUN(g) mood_op_linear_backward(dinp, NULL, NULL, dout, inp, w->data, N, l->in, l->out);
+    if (dinp || dw || db)
+        RUN(g) mood_op_linear_backward(dinp, dw, db, dout, inp, w->data, N, l->in, l->out);
     for (int s = 0; s < w->side_n; s++) {
         const mood_side_path *sp = &g->m->sides[w->side_first + (size_t)s];
         mood_side_grad gr = side_grad(g, w, s);
@@ -133,19 +144,21 @@ static void conv_side_backward(unet_pass *g, const mood_side_path *sp, mood_side
 }
 
 /* For out = conv(inp) + b + Σ side paths (conv_forward): dinp (B x in x H x W, may be NULL)
- * += dout's gradient; the side paths' factor gradients. */
+ * += dout's gradient; the weight's and bias's gradients when wanted; the side paths' factor
+ * gradients. */
 static void conv_backward(unet_pass *g, const u_conv *c, float *dinp, const float *dout,
                           const float *inp, int H, int W)
 {
     const unet_param *w = &g->m->params[c->w];
+    float *dw = wgrad(g, c->w), *db = wgrad(g, c->b);
     mood_conv2d_dims d = {g->B, c->in, H, W, c->out, c->k, c->stride, c->pad};
     size_t mark = g->used, n_out = (size_t)g->B * (size_t)c->out *
                                    (size_t)mood_op_conv2d_out_h(&d) *
                                    (size_t)mood_op_conv2d_out_w(&d);
     float *sc = push(g, mood_op_conv2d_backward_scratch(&d));
     size_t mark2 = g->used;
-    if (dinp)
-        RUN(g) mood_op_conv2d_backward(dinp, NULL, NULL, dout, inp, w->data, &d, sc);
+    if (dinp || dw || db)
+        RUN(g) mood_op_conv2d_backward(dinp, dw, db, dout, inp, w->data, &d, sc);
     for (int s = 0; s < w->side_n; s++) {
         const mood_side_path *sp = &g->m->sides[w->side_first + (size_t)s];
         mood_side_grad gr = side_grad(g, w, s);
@@ -177,22 +190,23 @@ static void gn_again(unet_pass *g, const u_norm *nm, float *out, const float *in
                        stats, off(stats, ns));
 }
 
-/* dinp += GroupNorm backward of dout; stats as the forward wrote them. */
+/* dinp += GroupNorm backward of dout (and the affine gradients when wanted); stats as the
+ * forward wrote them. */
 static void gn_backward(unet_pass *g, const u_norm *nm, float *dinp, const float *dout,
                         const float *inp, const float *stats, size_t HW)
 {
     size_t ns = (size_t)g->B * (size_t)nm->groups;
     RUN(g)
-    mood_op_group_norm_backward(dinp, NULL, NULL, dout, inp, P(g, nm->w), stats, stats + ns, g->B,
-                                nm->C, HW, nm->groups);
+    mood_op_group_norm_backward(dinp, wgrad(g, nm->w), wgrad(g, nm->b), dout, inp, P(g, nm->w),
+                                stats, stats + ns, g->B, nm->C, HW, nm->groups);
 }
 
 static void ln_backward(unet_pass *g, const u_norm *nm, float *dinp, const float *dout,
                         const float *inp, const float *stats, size_t N)
 {
     RUN(g)
-    mood_op_layer_norm_backward(dinp, NULL, NULL, dout, inp, P(g, nm->w), stats, stats + N, N,
-                                nm->C);
+    mood_op_layer_norm_backward(dinp, wgrad(g, nm->w), wgrad(g, nm->b), dout, inp, P(g, nm->w),
+                                stats, stats + N, N, nm->C);
 }
 
 /* ----- ResnetBlock2D ------------------------------------------------------------------------ */
@@ -494,7 +508,8 @@ static void down_backward(unet_pass *g, const u_block *bl, float **dskip, int *s
     }
 }
 
-/* The time embedding's side paths from g->demb, the gradient of silu(emb). */
+/* The time embedding's (and SDXL's added embedding's) side paths and weights from g->demb, the
+ * gradient of silu(emb). */
 static void time_backward(unet_pass *g)
 {
     const unet_rec *rec = pop(g, REC_TIME);

@@ -728,6 +728,13 @@ int mood_unet_train_memory(const mood_unet *m, int B, int H, int W, int ctx_len,
 int mood_unet_backward(const mood_unet *m, mood_unet_tape *tape, const float *dout,
                        const mood_side_grad *grads, size_t n_grads, float *dcontext)
 {
+    return mood_unet_backward_ex(m, tape, dout, grads, n_grads, dcontext, NULL);
+}
+
+int mood_unet_backward_ex(const mood_unet *m, mood_unet_tape *tape, const float *dout,
+                          const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                          float *const *weight_grads)
+{
     unet_pass g;
     int err;
     if (!m || !tape || !dout)
@@ -750,7 +757,7 @@ int mood_unet_backward(const mood_unet *m, mood_unet_tape *tape, const float *do
         return err;
     memset(&g, 0, sizeof g);
     g.base = tape->scratch;
-    g.grads = grads, g.dctx = dcontext;
+    g.grads = grads, g.dctx = dcontext, g.wgrads = weight_grads;
     mood__unet_backward_run(&g, &tape->f, dout);
     return g.err;
 }

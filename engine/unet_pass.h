@@ -120,6 +120,8 @@ typedef struct unet_pass {
     int err; /* a failure inside the pass (recording out of memory, a tape out of step) */
     /* backward pass only */
     const mood_side_grad *grads; /* per side path as given to mood_unet_set_side_paths */
+    float *const *wgrads;        /* per parameter (mood_unet_weight order; NULL entries not
+                                    wanted), or NULL: the base weights' gradients */
     float *dctx;                 /* B*L x cross_attention_dim, or NULL */
     float *demb;                 /* B x time_embed_dim: gradient of emb_act */
     size_t cursor;               /* records not yet read */

@@ -71,7 +71,8 @@ typedef struct mood_unet_config {
     int upcast_attention; /* read for completeness; float32 attention needs no upcast */
     int mid_block;        /* 1: UNetMidBlock2DCrossAttn, 0: no mid block (mid_block_type null) */
     float mid_block_scale_factor;  /* output_scale_factor of the mid block's resnets */
-    float resnet_out_scale_factor; /* output_scale_factor of the other resnets */
+    float resnet_out_scale_factor; /* config.json's; unused: diffusers passes it to no block type
+                                      mood builds (their resnets divide by 1) */
     int downsample_padding;
     int conv_in_kernel, conv_out_kernel;
     int center_input_sample;
