@@ -37,6 +37,13 @@ const char cmd_train_help[] =
     "  --noise-offset X     (default 0.05; 0 off)\n"
     "  --seed N             (default 0)\n"
     "  --resume             continue from the checkpoint a stopped run left\n"
+    "  --checkpoint-every N save the training state every N steps (default 100; 0: on stop)\n"
+    "  --no-flip            no horizontal flips (they are on by default)\n"
+    "  --caption-dropout X  give a sample the empty caption with probability X (default 0)\n"
+    "  --full               train every weight of the UNet (and with --te of the text\n"
+    "                       encoder) instead of a LoRA: a new base model, written as a\n"
+    "                       diffusers folder (-o, default NAME/) and not registered as a style;\n"
+    "                       the base must be a diffusers folder (tools/mood_tiny/train.sh)\n"
     "  --sample-every N     render sample previews every N steps and at the end (default: off,\n"
     "                       see below; 0 off)\n"
     "  --sample-prompt P    a preview prompt; repeat for more (default: \"TRIGGER, a portrait\"\n"
@@ -169,11 +176,16 @@ static int parse_number(train_args *a, const char *s, const char *v)
         o->sample_every = (int)n, a->sample_every_set = a->sample_asked = 1;
     else if (strcmp(s, "--sample-steps") == 0 && is_int && n > 0 && n <= 1000)
         o->sample_steps = (int)n, a->sample_asked = 1;
+    else if (strcmp(s, "--caption-dropout") == 0 && is_num && d >= 0 && d < 1)
+        o->caption_dropout = d;
+    else if (strcmp(s, "--checkpoint-every") == 0 && is_int && n >= 0 && n <= INT_MAX)
+        o->checkpoint_every = (int)n, a->checkpoint_every_set = 1;
     else if (strcmp(s, "--steps") && strcmp(s, "--rank") && strcmp(s, "--alpha") &&
              strcmp(s, "--lr") && strcmp(s, "--te-lr") && strcmp(s, "--batch") &&
              strcmp(s, "--accum") && strcmp(s, "--res") && strcmp(s, "--warmup") &&
              strcmp(s, "--min-snr") && strcmp(s, "--noise-offset") && strcmp(s, "--seed") &&
-             strcmp(s, "--sample-every") && strcmp(s, "--sample-steps"))
+             strcmp(s, "--sample-every") && strcmp(s, "--sample-steps") &&
+             strcmp(s, "--caption-dropout") && strcmp(s, "--checkpoint-every"))
         return -1;
     else
         return cli_usage_error("train", "%s %s: not a valid value", s, v);
@@ -232,6 +244,10 @@ static int parse_args(train_args *a, int argc, char **argv)
             a->o.resume = 1;
         else if (strcmp(s, "--buckets") == 0)
             a->o.board_opts.buckets = 1;
+        else if (strcmp(s, "--no-flip") == 0)
+            a->o.flip = 0;
+        else if (strcmp(s, "--full") == 0)
+            a->o.full = 1, a->no_register = 1; /* a base model, not a style */
         else if (strcmp(s, "--no-register") == 0)
             a->no_register = 1;
         else if (s[0] != '-' && a->n_board > 0) { /* more files after --board */
@@ -279,8 +295,8 @@ static void set_samples(train_args *a)
 
 static int set_files(train_args *a)
 {
-    if (!a->output) {
-        if (!(a->out_default = train_beside(a->o.name, ".safetensors")))
+    if (!a->output) { /* full training writes a model folder */
+        if (!(a->out_default = train_beside(a->o.name, a->o.full ? "" : ".safetensors")))
             return 2;
         a->output = a->out_default;
     }
@@ -292,7 +308,8 @@ static int set_files(train_args *a)
         return 2;
     a->o.output = a->output;
     a->o.checkpoint = a->ckpt;
-    a->o.checkpoint_every = 100;
+    if (!a->checkpoint_every_set)
+        a->o.checkpoint_every = 100;
     a->o.loss_csv = a->csv;
     a->o.loss_png = a->png;
     a->o.board = a->board;
@@ -307,6 +324,9 @@ static int report(const train_args *a, const mood_import_result *res)
     cJSON *o;
     if (!a->json) {
         printf("%s\n", a->output);
+        if (a->o.full)
+            fprintf(stderr, "trained model written to %s: mood gen \"...\" --model %s\n", a->output,
+                    a->output);
         if (a->n_samples)
             fprintf(stderr, "%zu sample previews in %s\n", a->n_samples, a->samples_dir);
         if (!a->no_register)
@@ -315,7 +335,7 @@ static int report(const train_args *a, const mood_import_result *res)
         return 0;
     }
     o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "lora", a->output);
+    cJSON_AddStringToObject(o, a->o.full ? "model" : "lora", a->output);
     cJSON_AddStringToObject(o, "loss_csv", a->csv);
     cJSON_AddStringToObject(o, "loss_png", a->png);
     if (a->n_samples) {

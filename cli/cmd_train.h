@@ -30,6 +30,7 @@ typedef struct train_args {
     const char **prompts; /* --sample-prompt, in order */
     size_t n_prompts;
     int sample_every_set, sample_asked; /* --sample-every given; any --sample-* given */
+    int checkpoint_every_set;           /* --checkpoint-every given */
     char *samples_dir;                  /* OUT.samples */
     char **sample_prompts_used;         /* the prompts as rendered (trigger filled in) */
     size_t n_sample_prompts_used;

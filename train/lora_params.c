@@ -78,6 +78,8 @@ int mood__lora_params_new(mood__lora_params **out, const mood__lora_spec *specs,
     }
     lp->tensor_off[2 * n] = total;
     lp->n_params = total;
+    lp->n_tensors = 2 * n;
+    lp->te_end = lp->tensor_off[2 * lp->n_te];
     if (!err && (!(lp->params = mood_calloc(total ? total : 1, sizeof *lp->params)) ||
                  !(lp->grads = mood_calloc(total ? total : 1, sizeof *lp->grads))))
         err = mood_error_nomem();
@@ -110,6 +112,7 @@ void mood__lora_params_free(mood__lora_params *lp)
     mood_free(lp->tensor_off);
     mood_free(lp->params);
     mood_free(lp->grads);
+    mood__full_params_free(lp->full);
     mood_free(lp);
 }
 
@@ -364,6 +367,10 @@ int mood__lora_params_write(const mood__lora_params *lp, const char *path, mood_
 void mood__lora_params_layout(const mood__lora_params *lp, char hex_out[65])
 {
     mood_buf b;
+    if (lp->full) {
+        mood__full_params_layout(lp, hex_out);
+        return;
+    }
     mood_buf_init(&b);
     for (size_t i = 0; i < lp->n; i++) {
         const mood_train_module *md = &lp->mods[i];

@@ -125,10 +125,12 @@ static int make_params(run *r)
     int te_layers = o->train_te ? layers - (r->clip_skip - 1) : 0;
     mood_noise_schedule ns = r->m->sched;
     ns.prediction = r->pred;
-    if ((err = mood__lora_params_for_model(&r->lp, r->m, o->targets, te_layers, o->rank,
-                                           o->alpha)) != 0 ||
-        (err = mood_rng_torch_cpu_new(&r->g, o->seed)) != 0 ||
-        (err = mood__lora_params_init(r->lp, r->g)) != 0)
+    if (o->full) /* every weight, no init draws */
+        err = mood__full_params_for_model(&r->lp, r->m, o->train_te);
+    else
+        err = mood__lora_params_for_model(&r->lp, r->m, o->targets, te_layers, o->rank, o->alpha);
+    if (err || (err = mood_rng_torch_cpu_new(&r->g, o->seed)) != 0 ||
+        (!o->full && (err = mood__lora_params_init(r->lp, r->g)) != 0))
         return err;
     return mood__train_sched_init(&r->sched, &ns);
 }
@@ -219,18 +221,25 @@ static int cache_text(run *r)
     size_t n = mood_board_count(r->board);
     int D = mood_clip_get_config(r->m->clip)->hidden, err = 0;
     size_t per = (size_t)MOOD_CLIP_CONTEXT * D;
-    r->ids = mood_malloc(n * MOOD_CLIP_CONTEXT * sizeof *r->ids);
-    if (!r->ids || (!r->o->train_te && !(r->ctx = mood_malloc(n * per * sizeof *r->ctx))))
+    /* item i's ids and context at i; the empty caption's (caption dropout) at n */
+    r->ids = mood_malloc((n + 1) * MOOD_CLIP_CONTEXT * sizeof *r->ids);
+    if (!r->ids || (!r->o->train_te && !(r->ctx = mood_malloc((n + 1) * per * sizeof *r->ctx))))
         return mood_error_nomem();
-    for (size_t i = 0; i < n && !err; i++) {
+    for (size_t i = 0; i <= n && !err; i++) {
         int32_t *ids = r->ids + i * MOOD_CLIP_CONTEXT;
-        err = caption_ids(r, ids, mood_board_item_at(r->board, i)->caption);
+        if (i == n && r->o->caption_dropout <= 0)
+            break;
+        err = caption_ids(r, ids, i < n ? mood_board_item_at(r->board, i)->caption : "");
         if (!err && r->ctx)
             err = mood_clip_forward(r->m->clip, ids, 1, MOOD_CLIP_CONTEXT, r->clip_skip, 1,
                                     r->ctx + i * per, NULL);
-        r->items[i].ids = ids;
-        r->items[i].context = r->ctx ? r->ctx + i * per : NULL;
+        if (i < n) {
+            r->items[i].ids = ids;
+            r->items[i].context = r->ctx ? r->ctx + i * per : NULL;
+        }
     }
+    r->data.empty_ids = r->ids + n * MOOD_CLIP_CONTEXT;
+    r->data.empty_context = r->ctx ? r->ctx + n * per : NULL;
     r->data.ctx_len = MOOD_CLIP_CONTEXT;
     r->data.ctx_dim = D;
     return err;
@@ -504,7 +513,7 @@ static void put_data(meta *m, const run *r, const char *tags, const char *dirs, 
     put(m, "ss_random_crop", "False");
     put(m, "ss_shuffle_caption", "False");
     put(m, "ss_keep_tokens", "0");
-    put(m, "ss_caption_dropout_rate", "0.0");
+    putf(m, "ss_caption_dropout_rate", "%.17g", r->o->caption_dropout);
     put(m, "ss_caption_dropout_every_n_epochs", "0");
     put(m, "ss_caption_tag_dropout_rate", "0.0");
     put(m, "ss_cache_latents", "True");
@@ -564,7 +573,9 @@ static int write_output(run *r, int64_t steps)
     }
     if (!err)
         err = phase(r, "save", 0, 1);
-    if (!err)
+    if (!err && r->lp->full)
+        err = mood__full_params_write(r->lp, r->o->model, r->o->output, r->o->save_dtype);
+    else if (!err)
         err = mood__lora_params_write(r->lp, r->o->output, r->m->family, r->o->save_dtype,
                                       (const char *const *)m.kv);
     for (size_t i = 0; i < m.n; i++)
@@ -586,6 +597,9 @@ static int check_options(const mood_train_options *o)
         return mood_error_set(MOOD_EINVAL, "the LoRA is saved as F16, BF16 or F32");
     if (o->clip_skip < 1)
         return mood_error_set(MOOD_EINVAL, "clip skip must be >= 1 (A1111 numbering)");
+    if (!(o->caption_dropout >= 0 && o->caption_dropout < 1))
+        return mood_error_set(MOOD_EINVAL, "caption dropout %g: from 0 up to (not including) 1",
+                              o->caption_dropout);
     return 0;
 }
 
@@ -606,19 +620,21 @@ static int train(run *r)
     if ((err = cache_latents(r)) != 0 || (err = cache_text(r)) != 0)
         return err;
     n_te = r->lp->n_te;
-    if ((err = mood_unet_set_side_paths(r->m->unet, r->lp->paths + n_te, r->lp->n - n_te)) != 0 ||
-        (n_te && (err = mood_clip_set_side_paths(r->m->clip, r->lp->paths, n_te)) != 0))
+    if (!r->lp->full && /* full training runs the weights themselves, no side paths */
+        ((err = mood_unet_set_side_paths(r->m->unet, r->lp->paths + n_te, r->lp->n - n_te)) != 0 ||
+         (n_te && (err = mood_clip_set_side_paths(r->m->clip, r->lp->paths, n_te)) != 0)))
         return err;
-    r->data =
-        (mood__train_data){r->items, n, r->data.C, r->data.ctx_len, r->data.ctx_dim, o->flip != 0};
+    r->data.items = r->items;
+    r->data.n = n;
+    r->data.flip = o->flip != 0;
     memset(&t, 0, sizeof t);
     t.o = o;
     t.lp = r->lp;
     t.data = &r->data;
     t.sched = &r->sched;
     t.g = r->g;
-    t.loss = o->loss ? o->loss : mood__train_model_loss;
-    t.loss_user = o->loss ? o->loss_user : r->m;
+    t.loss = o->loss ? o->loss : o->full ? mood__train_full_loss : mood__train_model_loss;
+    t.loss_user = o->loss ? o->loss_user : o->full ? (void *)r->lp : (void *)r->m;
     t.after_step = mood__train_samples_after_step; /* previews every sample_every steps */
     t.after_user = &r->samples;
     err = mood__trainer_run(&t);

@@ -103,14 +103,21 @@ typedef struct mood__lora_spec {
     double alpha; /* 0: likewise */
 } mood__lora_spec;
 
+typedef struct mood__full_params mood__full_params;
+
+/* The parameters a run trains, in flat fp32 buffers the optimizer and checkpoints work on: LoRA
+ * modules, or (full != NULL, full_params.c) every weight of the model. */
 typedef struct mood__lora_params {
     mood_train_module *mods;
     size_t n;
     float *params, *grads; /* n_params each: module i's down then up, modules in order */
     size_t n_params;
-    size_t *tensor_off;    /* 2n + 1 offsets: down_0, up_0, down_1, ..., n_params (for clipping) */
-    mood_side_path *paths; /* one per module, in order (text encoder modules first) */
-    size_t n_te;           /* modules of the text encoder (at the start) */
+    size_t *tensor_off;      /* n_tensors + 1 offsets: down_0, up_0, down_1, ..., n_params */
+    size_t n_tensors;        /* tensors for clipping: 2n (full: every weight) */
+    size_t te_end;           /* params [0, te_end) are the text encoder's (its learning rate) */
+    mood_side_path *paths;   /* one per module, in order (text encoder modules first) */
+    size_t n_te;             /* modules of the text encoder (at the start) */
+    mood__full_params *full; /* full-parameter training; NULL for LoRA */
 } mood__lora_params;
 
 /* Modules for specs (copied) with their own rank / alpha or else these; parameters zero. */
@@ -126,8 +133,32 @@ int mood__lora_params_for_model(mood__lora_params **out, mood_model *m, mood_tra
 /* Writes the kohya-format LoRA (mood__lora_write) with metadata pairs meta (NULL-terminated). */
 int mood__lora_params_write(const mood__lora_params *lp, const char *path, mood_family family,
                             mood_dtype dtype, const char *const *meta);
-/* A digest of the module layout (names, shapes, ranks), for checkpoints. */
+/* A digest of the module layout (names, shapes, ranks; full: weight names and sizes), for
+ * checkpoints. */
 void mood__lora_params_layout(const mood__lora_params *lp, char hex_out[65]);
+
+/* ----- full_params.c --------------------------------------------------------------------- */
+
+/* Full-parameter training: every weight of the UNet and, with_te, of the text encoder (first) is
+ * a parameter; the flat buffers hold copies of them in each model's weight order, copied back
+ * into the model after every optimizer step (mood__full_params_sync). *out has no modules (n 0). */
+int mood__full_params_for_model(mood__lora_params **out, mood_model *m, int with_te);
+/* params -> the model's weights. */
+void mood__full_params_sync(const mood__lora_params *lp);
+/* The gradient buffers of every UNet / text-encoder weight inside lp->grads, as
+ * mood_unet_backward_ex / mood_clip_backward take them (te: NULL without the text encoder). */
+float *const *mood__full_params_unet_grads(const mood__lora_params *lp);
+float *const *mood__full_params_te_grads(const mood__lora_params *lp);
+mood_model *mood__full_params_model(const mood__lora_params *lp);
+void mood__full_params_free(mood__full_params *fp);
+/* mood__lora_params_layout of full parameters: names and sizes of every weight. */
+void mood__full_params_layout(const mood__lora_params *lp, char hex_out[65]);
+/* Writes the trained model: a copy of the diffusers folder src (configs, scheduler, VAE, ...)
+ * with the UNet's (and text encoder's) weights replaced by the trained ones in dtype, written in
+ * a temporary folder renamed to out_dir when complete (an existing out_dir is replaced only
+ * then). */
+int mood__full_params_write(const mood__lora_params *lp, const char *src, const char *out_dir,
+                            mood_dtype dtype);
 
 /* ----- data the loop trains on ------------------------------------------------------------ */
 
@@ -144,6 +175,9 @@ typedef struct mood__train_data {
     int C;
     int ctx_len, ctx_dim;
     int flip; /* items have flipped latents and epochs draw flips */
+    /* caption dropout: the empty caption's ids (77) and context (NULL: trained text encoder) */
+    const int32_t *empty_ids;
+    const float *empty_context;
 } mood__train_data;
 
 /* ----- checkpoint.c ----------------------------------------------------------------------- */
@@ -237,5 +271,9 @@ int mood__train_samples_after_step(void *user, int64_t step);
 /* The built-in mood_train_loss_fn for a mood_model (user = the mood_model). */
 int mood__train_model_loss(void *user, const mood_train_batch *batch, mood_train_module *modules,
                            size_t n_modules, double *loss_out);
+/* The same for full-parameter training (user = the mood__lora_params of
+ * mood__full_params_for_model): the gradients of every weight into its grads. */
+int mood__train_full_loss(void *user, const mood_train_batch *batch, mood_train_module *modules,
+                          size_t n_modules, double *loss_out);
 
 #endif /* MOOD_TRAIN_INTERNAL_H */

@@ -230,6 +230,28 @@ static int bad_number(loop *L, const char *what, double v)
                           (long long)L->st.step + 1, what, v, L->o->lr);
 }
 
+/* Caption dropout: torch.rand(k) after the timesteps; sample b gets the empty caption (its ids and,
+ * with a frozen text encoder, its cached context) when its value is under the rate. */
+static int drop_captions(loop *L, int k, int has_context)
+{
+    const mood__train_data *d = L->d;
+    size_t ctxn = (size_t)d->ctx_len * d->ctx_dim;
+    int err;
+    if (L->o->caption_dropout <= 0)
+        return 0;
+    if ((err = mood_rng_torch_cpu_rand(L->t->g, L->tmp, (size_t)k)) != 0)
+        return err;
+    for (int b = 0; b < k; b++) {
+        if (L->tmp[b] >= (float)L->o->caption_dropout)
+            continue;
+        memcpy(L->ids + (size_t)b * MOOD_CLIP_CONTEXT, d->empty_ids,
+               MOOD_CLIP_CONTEXT * sizeof(int32_t));
+        if (has_context)
+            memcpy(L->ctx + b * ctxn, d->empty_context, ctxn * sizeof(float));
+    }
+    return 0;
+}
+
 static int micro_batch(loop *L, double *loss)
 {
     const mood__train_data *d = L->d;
@@ -248,13 +270,25 @@ static int micro_batch(loop *L, double *loss)
     mood__train_add_noise(t->sched, L->noisy, L->x0, L->noise, L->ts, k, e);
     mood__train_target(t->sched, L->target, L->x0, L->noise, L->ts, k, e);
     mood__train_snr_weights(t->sched, L->w, L->ts, k, L->o->min_snr_gamma);
+    if ((err = drop_captions(L, k, it->context != NULL)) != 0)
+        return err;
     for (int b = 0; b < k; b++)
         L->tf[b] = (float)L->ts[b];
-    mood_train_batch batch = {k,          d->C,       it->h,
-                              it->w,      L->x0,      L->noise,
-                              L->noisy,   L->tf,      L->target,
-                              L->w,       L->ids,     it->context ? L->ctx : NULL,
-                              d->ctx_len, d->ctx_dim, 1.0f / (float)L->o->accum,
+    mood_train_batch batch = {k,
+                              d->C,
+                              it->h,
+                              it->w,
+                              L->x0,
+                              L->noise,
+                              L->noisy,
+                              L->tf,
+                              L->target,
+                              L->w,
+                              L->ids,
+                              it->context ? L->ctx : NULL,
+                              d->ctx_len,
+                              d->ctx_dim,
+                              1.0f / (float)L->o->accum,
                               L->o->clip_skip};
     return t->loss(t->loss_user, &batch, t->lp->mods, t->lp->n, loss);
 }
@@ -264,7 +298,7 @@ static int step(loop *L)
     const mood_train_options *o = L->o;
     mood__lora_params *lp = L->t->lp;
     double loss = 0, norm, lr, f;
-    size_t te_end = lp->tensor_off[2 * lp->n_te];
+    size_t te_end = lp->te_end;
     int err;
     memset(lp->grads, 0, lp->n_params * sizeof *lp->grads);
     for (int a = 0; a < o->accum; a++) {
@@ -276,7 +310,7 @@ static int step(loop *L)
         loss += l;
     }
     loss /= o->accum;
-    norm = mood__clip_grad_norm(lp->grads, lp->tensor_off, 2 * lp->n, o->max_grad_norm);
+    norm = mood__clip_grad_norm(lp->grads, lp->tensor_off, lp->n_tensors, o->max_grad_norm);
     if (!isfinite(norm))
         return bad_number(L, "gradient norm", norm);
     f = mood_lr_factor(o->lr_schedule, L->st.step, o->warmup, o->steps);
@@ -284,6 +318,8 @@ static int step(loop *L)
     mood__adamw_update(&L->opt, lp->params, lp->grads, 0, te_end,
                        (o->te_lr > 0 ? o->te_lr : o->lr) * f, L->st.step + 1);
     mood__adamw_update(&L->opt, lp->params, lp->grads, te_end, lp->n_params, lr, L->st.step + 1);
+    if (lp->full) /* the model runs its own copy of the weights */
+        mood__full_params_sync(lp);
     L->st.losses[L->st.step] = (float)loss;
     L->st.step++;
     L->loss_avg = L->st.step == 1 ? loss : 0.9 * L->loss_avg + 0.1 * loss;

@@ -31,7 +31,11 @@
  *   3. Per epoch: torch.randperm(n_images); with flips, torch.rand(n_images) (image i is used
  *      flipped this epoch when its value < 0.5).
  *   4. Per micro-batch: noise = torch.randn(B, C, h, w); with a noise offset,
- *      noise += offset * torch.randn(B, C, 1, 1); timesteps = torch.randint(0, T, (B,)).
+ *      noise += offset * torch.randn(B, C, 1, 1); timesteps = torch.randint(0, T, (B,)); with
+ *      caption dropout, torch.rand(B) (sample b's caption is dropped when its value < the rate).
+ * LoRA modules are initialised in mood's module order: the down blocks, the mid block, then the
+ * up blocks (kohya and diffusers walk the UNet's modules as down, up, mid). Full-parameter
+ * training makes no init draws (the weights are the base model's).
  * A resumed run restores the generator's state from the checkpoint.
  *
  * Thread-safety: a training run uses its model alone; runs on different models may overlap.
@@ -224,26 +228,37 @@ typedef struct mood_train_options {
     const char *loss_csv, *loss_png; /* loss curve files (NULL: not written) */
     mood_train_targets targets;      /* ATTN_FF */
     int train_te;                    /* LoRA on the text encoder too (0): captions are then
-                                        encoded at every step, not cached */
-    int rank;                        /* 16 */
-    double alpha;                    /* 8 */
-    int64_t steps;                   /* optimizer steps: 1000 */
-    int batch;                       /* images per micro-batch: 1 */
-    int accum;                       /* micro-batches per optimizer step: 1 */
-    double lr;                       /* 1e-4 */
-    double te_lr;                    /* text-encoder learning rate; 0: lr */
-    mood_lr_schedule lr_schedule;    /* CONSTANT */
-    int64_t warmup;                  /* warmup steps: 0 */
-    double weight_decay;             /* 1e-2 (torch's AdamW default) */
-    double beta1, beta2, eps;        /* 0.9, 0.999, 1e-8 */
-    double max_grad_norm;            /* 1.0; 0: no clipping */
-    double min_snr_gamma;            /* 5; 0: off */
-    double noise_offset;             /* 0.05; 0: off */
-    int prediction;                  /* -1: the model's; MOOD_PRED_EPSILON, MOOD_PRED_V */
-    int flip;                        /* horizontal flips: 1 */
-    int clip_skip;                   /* 1 (A1111 numbering) */
-    uint64_t seed;                   /* 0 */
-    const char *comment;             /* ss_training_comment; may be NULL */
+                                        encoded at every step, not cached; with `full`, every
+                                        text-encoder weight */
+    /* Full-parameter training (0): every weight of the UNet (and, with train_te, of the text
+     * encoder) is trained instead of LoRA modules (rank, alpha and targets are unused), e.g. to
+     * make a small base model. The base must be a diffusers folder; `output` is then a folder
+     * written like it (its configs copied, the trained weights in save_dtype) that
+     * mood_model_open loads. */
+    int full;
+    /* Caption dropout (0): each sample of a micro-batch gets the empty caption with this
+     * probability (a torch.rand(B) draw after the timesteps), which teaches the model the
+     * unconditional prediction classifier-free guidance needs. */
+    double caption_dropout;
+    int rank;                     /* 16 */
+    double alpha;                 /* 8 */
+    int64_t steps;                /* optimizer steps: 1000 */
+    int batch;                    /* images per micro-batch: 1 */
+    int accum;                    /* micro-batches per optimizer step: 1 */
+    double lr;                    /* 1e-4 */
+    double te_lr;                 /* text-encoder learning rate; 0: lr */
+    mood_lr_schedule lr_schedule; /* CONSTANT */
+    int64_t warmup;               /* warmup steps: 0 */
+    double weight_decay;          /* 1e-2 (torch's AdamW default) */
+    double beta1, beta2, eps;     /* 0.9, 0.999, 1e-8 */
+    double max_grad_norm;         /* 1.0; 0: no clipping */
+    double min_snr_gamma;         /* 5; 0: off */
+    double noise_offset;          /* 0.05; 0: off */
+    int prediction;               /* -1: the model's; MOOD_PRED_EPSILON, MOOD_PRED_V */
+    int flip;                     /* horizontal flips: 1 */
+    int clip_skip;                /* 1 (A1111 numbering) */
+    uint64_t seed;                /* 0 */
+    const char *comment;          /* ss_training_comment; may be NULL */
     /* Install SIGINT/SIGTERM handlers for the run (restored after): a signal saves a checkpoint
      * and stops with MOOD_ECANCELLED. Programs with their own handler call
      * mood_train_request_stop instead. */

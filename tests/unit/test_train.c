@@ -491,7 +491,7 @@ static int fake_prepare(fake_setup *s, const cJSON *c)
         s->items[i].lat[1] = s->lat[i][1];
         s->items[i].ids = s->ids;
     }
-    s->data = (mood__train_data){s->items, 4, 4, 0, 0, (int)jnum(c, "flip")};
+    s->data = (mood__train_data){.items = s->items, .n = 4, .C = 4, .flip = (int)jnum(c, "flip")};
     if (mood__train_sched_init(&s->sched, &ns) != 0)
         return -1;
     mood_train_options_init(&s->o);
