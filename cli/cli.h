@@ -52,6 +52,14 @@ void cli_adapters_dispose(cli_adapters *l);
 /* "f32"/"fp32"/"float", "f16"/"fp16" or "bf16"; returns 0 on success. */
 int cli_parse_dtype(mood_dtype *out, const char *s);
 
+/* The compute device: the global option `mood --device cpu|cuda[:N]|auto <command>` (NULL when
+ * not given; $MOOD_DEVICE is the fallback, read by the library). */
+extern const char *cli_device_request;
+/* Chooses the device (mood_device_select) for a command that computes: prints the one-line
+ * notice when the default fell back to the CPU; returns 0, or the exit status after printing
+ * the error (asked for cuda where there is none: 2). */
+int cli_device_select(mood_device *out);
+
 /* Parses a double strictly; returns 0 on success. */
 int cli_parse_double(const char *s, double *out);
 int cli_parse_int(const char *s, long *out);
@@ -93,6 +101,10 @@ extern const char cmd_pack_export_help[], cmd_pack_import_help[];
 /* Text-to-image (cmd_gen.c, cmd_gen_png.c). */
 int cmd_gen(int argc, char **argv);
 extern const char cmd_gen_help[];
+
+/* The bundled demo: mood-tiny, a style from the Twemoji board, before/after (cmd_demo.c). */
+int cmd_demo(int argc, char **argv);
+extern const char cmd_demo_help[];
 
 /* Training a style from a mood board (cmd_train.c). */
 int cmd_train(int argc, char **argv);

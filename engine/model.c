@@ -281,6 +281,7 @@ void mood_model_free(mood_model *m)
         mood_st_close(m->te_file);
     }
     mood_checkpoint_close(m->ckpt);
+    mood_checkpoint_close(m->names_base);
     mood_free(m->path);
     mood_free(m->name);
     mood_free(m);

@@ -196,12 +196,48 @@ static int keep_set(mood_model *m, const mood_weighted_adapter *a, size_t n, moo
     return 0;
 }
 
+/* One weight of the UNet (i < nu) or text encoder into w. */
+static void base_weight(mood_model *m, size_t i, size_t nu, mood_base_weight *w)
+{
+    memset(w, 0, sizeof *w);
+    if (i < nu) {
+        w->name = mood_unet_weight_name(m->unet, i);
+        w->part = MOOD_PART_UNET;
+        (void)mood_unet_weight(m->unet, w->name, &w->ndim, w->shape);
+    } else {
+        w->name = mood_clip_weight_name(m->clip, i - nu);
+        w->part = MOOD_PART_TE1;
+        (void)mood_clip_weight(m->clip, w->name, &w->ndim, w->shape);
+    }
+}
+
+/* The base adapters resolve against: a single file's own keys, or for a folder its weights by
+ * name (its modules need not be those of the family's release architecture, e.g. mood-tiny). */
+static int adapter_base(mood_model *m, const mood_checkpoint **out)
+{
+    size_t nu = mood_unet_weight_count(m->unet), n = nu + mood_clip_weight_count(m->clip);
+    mood_base_weight *w;
+    int err;
+    *out = m->ckpt ? m->ckpt : m->names_base;
+    if (*out)
+        return 0;
+    if (!(w = mood_calloc(n, sizeof *w)))
+        return mood_error_nomem();
+    for (size_t i = 0; i < n; i++)
+        base_weight(m, i, nu, &w[i]);
+    err = mood_checkpoint_from_names(&m->names_base, m->unet_file, m->family, w, n);
+    mood_free(w);
+    *out = m->names_base;
+    return err;
+}
+
 static int open_all(mood_adapter **ads, mood_model *m, const mood_weighted_adapter *a, size_t n)
 {
-    int err = 0;
+    const mood_checkpoint *base;
+    int err = adapter_base(m, &base);
     for (size_t i = 0; i < n && !err; i++) {
         mood_family f;
-        if ((err = mood_adapter_open(&ads[i], a[i].path, m->ckpt)) != 0)
+        if ((err = mood_adapter_open(&ads[i], a[i].path, base)) != 0)
             break;
         f = mood_adapter_family(ads[i]);
         if (f != m->family && f != MOOD_FAMILY_UNKNOWN)

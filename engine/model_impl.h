@@ -30,8 +30,14 @@ typedef struct model_adapter_ref {
 struct mood_model {
     char *path, *name;
     mood_family family;
-    int folder;              /* a diffusers folder (else a single file) */
-    mood_checkpoint *ckpt;   /* single file: the alias table adapters resolve against */
+    int folder; /* a diffusers folder (else a single file) */
+    mood_checkpoint *ckpt;
+    mood_checkpoint *names_base;
+        /* a folder's weights by name, to resolve adapters (made on first use) */ /* single file:
+                                                                                     the alias table
+                                                                                     adapters
+                                                                                     resolve against
+                                                                                   */
     mood_st_file *unet_file; /* where pristine UNet weights are read back from */
     mood_st_file *te_file;   /* likewise for the text encoder */
     int te_strip_text_model; /* folder: te_file's keys lack "text_model." (transformers 5) */

@@ -503,6 +503,16 @@ static int split_lines(char **lines, char *text, const char *path)
     return 0;
 }
 
+int mood_data_dir(char *buf, size_t size)
+{
+    int err = mood_tokenizer_default_path(buf, size);
+    size_t n = strlen(buf), tail = strlen("/clip/" VOCAB_FILENAME);
+    if (err)
+        return err;
+    buf[n > tail ? n - tail : 0] = '\0';
+    return 0;
+}
+
 static int candidate(char *buf, size_t size, const char *dir, const char *sub)
 {
     int n = snprintf(buf, size, "%s%s/clip/" VOCAB_FILENAME, dir, sub);

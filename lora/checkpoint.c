@@ -53,12 +53,33 @@ done:
     return err;
 }
 
+int mood_checkpoint_from_names(mood_checkpoint **out, const mood_st_file *file, mood_family family,
+                               const mood_base_weight *w, size_t n)
+{
+    mood_checkpoint *c = mood_calloc(1, sizeof *c);
+    int err;
+    *out = NULL;
+    if (!c)
+        return mood_error_nomem();
+    c->file = (mood_st_file *)file;
+    c->borrowed_file = 1;
+    c->family = family;
+    for (size_t i = 0; i < n; i++)
+        c->counts[w[i].part == MOOD_PART_UNET ? MOOD_PART_UNET : MOOD_PART_TE1]++;
+    if ((err = mood__keymap_from_names(&c->keymap, w, n, family)) != 0)
+        mood_checkpoint_close(c);
+    else
+        *out = c;
+    return err;
+}
+
 void mood_checkpoint_close(mood_checkpoint *c)
 {
     if (!c)
         return;
     mood__keymap_free(c->keymap);
-    mood_st_close(c->file);
+    if (!c->borrowed_file)
+        mood_st_close(c->file);
     mood_free(c);
 }
 

@@ -575,6 +575,60 @@ int mood__keymap_from_checkpoint(mood_keymap **out, const mood_st_file *f, mood_
     return err;
 }
 
+static int cmp_key(const void *a, const void *b);
+
+/* One weight of a base given by its engine names (mood__keymap_from_names). */
+static int add_named(mood_keymap *m, const key_list *kl, const mood_base_weight *w)
+{
+    char stem[NAME_MAX_LEN], bias[NAME_MAX_LEN], kohya[NAME_MAX_LEN];
+    size_t n = strlen(w->name), ti;
+    base_key k = {w->name, w->ndim, {0}};
+    int err;
+    if (n < 8 || n >= NAME_MAX_LEN || !ends(w->name, ".weight"))
+        return 0; /* biases and buffers are found through their weight */
+    nprintf(stem, "%.*s", (int)(n - 7), w->name);
+    memcpy(k.shape, w->shape, sizeof k.shape);
+    const char *b = bias_of(bias, kl, w->name, n - 7);
+    if (w->part != MOOD_PART_UNET)
+        return add_te(m, &k, b, stem, w->part, -1, NULL);
+    join(kohya, "lora_unet_", stem, 1);
+    if ((err = new_target(m, &ti, &k, b, kohya, MOOD_PART_UNET, -1)) != 0)
+        return err;
+    if (!(m->targets[ti].model_name = mood_strdup(stem)))
+        return mood_error_nomem();
+    return add_diffusers_aliases(m, stem, ti);
+}
+
+int mood__keymap_from_names(mood_keymap **out, const mood_base_weight *w, size_t n,
+                            mood_family family)
+{
+    key_list kl = {NULL, n, NULL};
+    mood_keymap *m = mood_calloc(1, sizeof *m);
+    int err = 0;
+    *out = NULL;
+    kl.keys = mood_calloc(n + 1, sizeof *kl.keys);
+    if (!m || !kl.keys) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) /* name-sorted, for bias lookups */
+        kl.keys[i] = (base_key){w[i].name, w[i].ndim, {0}};
+    qsort(kl.keys, n, sizeof *kl.keys, cmp_key);
+    m->family = family;
+    mood_buf_init(&m->names);
+    if ((err = grow_slots(m, 8 * n)) != 0 || (err = mood_buf_reserve(&m->names, 64 * n)) != 0)
+        goto done;
+    for (size_t i = 0; i < n && !err; i++)
+        err = add_named(m, &kl, &w[i]);
+done:
+    mood_free(kl.keys);
+    if (err)
+        mood__keymap_free(m);
+    else
+        *out = m;
+    return err;
+}
+
 void mood__keymap_free(mood_keymap *m)
 {
     if (!m)

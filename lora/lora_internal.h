@@ -40,6 +40,10 @@ int mood__keymap_from_checkpoint(mood_keymap **out, const mood_st_file *f, mood_
 /* Alias table of a family's architecture, from generated names (shapes unknown except ndim and
  * kernel size): used when no base is given (inspect, stack, merge, resize). */
 int mood__keymap_for_family(mood_keymap **out, mood_family family);
+/* Alias table of a base known by its engine names (a diffusers folder: UNet names in diffusers
+ * naming, text-encoder names in transformers naming with "text_model."), shapes known. */
+int mood__keymap_from_names(mood_keymap **out, const mood_base_weight *w, size_t n,
+                            mood_family family);
 void mood__keymap_free(mood_keymap *m);
 /* Looks a module name up (e.g. "lora_unet_down_blocks_0_attentions_0_proj_in",
  * "unet.down_blocks.0.attentions.0.proj_in", "text_encoder.text_model.encoder.layers.0.mlp.fc1").
@@ -58,7 +62,8 @@ int mood__keymap_ldm_to_diffusers(char *out, size_t size, const char *ldm);
 /* ----- checkpoints ------------------------------------------------------------------------- */
 
 struct mood_checkpoint {
-    mood_st_file *file;
+    mood_st_file *file; /* borrowed (not closed) when made by mood_checkpoint_from_names */
+    int borrowed_file;
     mood_keymap *keymap;
     mood_family family;
     size_t counts[MOOD_PART_COUNT + 1]; /* tensors per part, then "other" */

@@ -63,6 +63,22 @@ MOOD_WARN_UNUSED int mood_checkpoint_open(mood_checkpoint **out, const char *pat
 void mood_checkpoint_close(mood_checkpoint *c);
 mood_family mood_checkpoint_family(const mood_checkpoint *c);
 const mood_st_file *mood_checkpoint_file(const mood_checkpoint *c);
+/* One weight of a base known by name: a diffusers folder's UNet weight ("conv_in.weight") or
+ * text-encoder weight ("text_model.encoder.layers.0.mlp.fc1.weight", part MOOD_PART_TE1). */
+typedef struct mood_base_weight {
+    const char *name;
+    int ndim;
+    int64_t shape[4];
+    mood_part part;
+} mood_base_weight;
+
+/* A base for mood_adapter_open made from the names and shapes of its weights (a diffusers
+ * folder, whose modules need not follow the family's release architecture: LoRAs trained on it
+ * name its own modules). `file` (borrowed, must outlive the result) is only named in messages;
+ * the weights are copied. */
+MOOD_WARN_UNUSED int mood_checkpoint_from_names(mood_checkpoint **out, const mood_st_file *file,
+                                                mood_family family, const mood_base_weight *w,
+                                                size_t n);
 /* Number of UNet / text-encoder / other tensors. */
 void mood_checkpoint_counts(const mood_checkpoint *c, size_t counts_out[MOOD_PART_COUNT + 1]);
 

@@ -44,6 +44,10 @@ void mood_tokenizer_free(mood_tokenizer *t);
  * none exists. */
 MOOD_WARN_UNUSED int mood_tokenizer_default_path(char *buf, size_t size);
 
+/* The folder of mood's data (the one holding clip/ and mood-tiny/), found as the vocabulary is.
+ * Errors: as mood_tokenizer_default_path. */
+MOOD_WARN_UNUSED int mood_data_dir(char *buf, size_t size);
+
 /* A growable list of token ids (caller-owned; zero it or call _init, release with _dispose). */
 typedef struct mood_token_ids {
     int32_t *ids;

@@ -468,6 +468,60 @@ static void test_unmatched_and_alpha(void)
     mood_checkpoint_close(sd1);
 }
 
+/* A base known by names (a diffusers folder with modules outside the SD1 release architecture,
+ * as mood-tiny's attention in up_blocks.0): its own modules resolve, with shapes checked, while
+ * the SD1 table alone does not know them. */
+static void test_base_from_names(void)
+{
+#define TINY_K  "lora_unet_up_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
+#define TINY_FC "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    const craft t[] = {{TINY_K ".lora_up.weight", MOOD_DTYPE_F32, 2, {8, 2}, 0.5f},
+                       {TINY_K ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 8}, 0.5f},
+                       {TINY_K ".alpha", MOOD_DTYPE_F32, 0, {0}, 2.0f},
+                       {TINY_FC ".lora_up.weight", MOOD_DTYPE_F32, 2, {16, 1}, 0.25f},
+                       {TINY_FC ".lora_down.weight", MOOD_DTYPE_F32, 2, {1, 4}, 0.25f}};
+    const mood_base_weight w[] = {
+        {"up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.weight", 2, {8, 8}, 0},
+        {"conv_in.weight", 4, {8, 48, 3, 3}, MOOD_PART_UNET},
+        {"conv_in.bias", 1, {8}, MOOD_PART_UNET},
+        {"text_model.encoder.layers.0.mlp.fc1.weight", 2, {16, 4}, MOOD_PART_TE1},
+        {"text_model.encoder.layers.0.mlp.fc1.bias", 1, {16}, MOOD_PART_TE1}};
+    const char *p = write_adapter("tiny.safetensors", t, 5, sd1_meta);
+    mood_checkpoint *base = NULL, *sd1 = NULL;
+    mood_adapter *a = NULL;
+    mood_st_file *f = NULL;
+    MOOD_CHECK_OK(mood_st_open(&f, p)); /* any file: only named in messages */
+    MOOD_CHECK_OK(mood_checkpoint_from_names(&base, f, MOOD_FAMILY_SD1, w, 5));
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, base));
+    if (a) {
+        mood_module_info mi;
+        MOOD_CHECK(mood_adapter_module_count(a) == 2 && mood_adapter_unmatched_count(a) == 0);
+        mood_adapter_module(a, 0, &mi);
+        MOOD_CHECK_MSG(mi.model_name &&
+                           (strcmp(mi.model_name, "text_model.encoder.layers.0.mlp."
+                                                  "fc1") == 0 ||
+                            strcmp(mi.model_name, "up_blocks.0.attentions.0."
+                                                  "transformer_blocks.0.attn1.to_k") == 0),
+                       "model name %s", mi.model_name ? mi.model_name : "(none)");
+    }
+    mood_adapter_close(a);
+    a = NULL;
+    /* without the base, the SD1 release table does not know the UNet module */
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
+    MOOD_CHECK(a && mood_adapter_unmatched_count(a) == 3);
+    mood_adapter_close(a);
+    /* a factor that does not fit the base's shape is refused */
+    const craft bad[] = {{TINY_K ".lora_up.weight", MOOD_DTYPE_F32, 2, {6, 2}, 0.5f},
+                         {TINY_K ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 8}, 0.5f}};
+    MOOD_CHECK(open_err(write_adapter("tiny_bad.safetensors", bad, 2, sd1_meta), base) ==
+               MOOD_EFORMAT);
+    mood_checkpoint_close(base);
+    mood_checkpoint_close(sd1);
+    mood_st_close(f);
+#undef TINY_K
+#undef TINY_FC
+}
+
 /* LyCORIS sparse-bias tensors are consumed (never applied, never reported); a second spelling of
  * the same target is a module of its own. */
 static void test_sparse_and_two_spellings(void)
@@ -622,7 +676,7 @@ static void test_family_detection(void)
     mood_adapter_close(a);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_fixture_cases), MOOD_T(test_svd_fixtures), MOOD_T(test_kohya_recipes),
-               MOOD_T(test_bad_adapters), MOOD_T(test_unmatched_and_alpha),
-               MOOD_T(test_sparse_and_two_spellings), MOOD_T(test_peft_alpha),
-               MOOD_T(test_alloc_failures), MOOD_T(test_family_detection))
+MOOD_TEST_MAIN(MOOD_T(test_base_from_names), MOOD_T(test_fixture_cases), MOOD_T(test_svd_fixtures),
+               MOOD_T(test_kohya_recipes), MOOD_T(test_bad_adapters),
+               MOOD_T(test_unmatched_and_alpha), MOOD_T(test_sparse_and_two_spellings),
+               MOOD_T(test_peft_alpha), MOOD_T(test_alloc_failures), MOOD_T(test_family_detection))
