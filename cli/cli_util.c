@@ -20,6 +20,18 @@ int cli_fail(int code)
     return mood_error_is_user(code) ? 1 : 2;
 }
 
+const char *cli_device_request;
+
+int cli_device_select(mood_device *out)
+{
+    int rc = mood_device_select(out, cli_device_request);
+    if (rc < 0)
+        return cli_fail(rc);
+    if (out->notice[0])
+        fprintf(stderr, "mood: note: %s\n", out->notice);
+    return 0;
+}
+
 int cli_usage_error(const char *command, const char *fmt, ...)
 {
     va_list ap;

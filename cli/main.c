@@ -12,6 +12,8 @@
 #include "cli/cmd_civitai.h"
 
 const cli_command cli_commands[] = {
+    {"demo", "train a style from five images on the bundled small model and see it (start here)",
+     cmd_demo_help, cmd_demo},
     {"info", "show the version, build options, devices and where the registry lives", cmd_info_help,
      cmd_info},
     {"inspect", "describe a checkpoint or LoRA: family, algorithm, ranks, modules, metadata",
@@ -76,13 +78,16 @@ static void print_overview(FILE *out)
 {
     fprintf(out,
             "mood %s: image styles for Stable Diffusion (LoRA files, bake, merge)\n\n"
-            "usage: mood <command> [arguments]\n\ncommands:\n",
+            "usage: mood [--device cpu|cuda] <command> [arguments]\n\ncommands:\n",
             mood_version());
     for (const cli_command *c = cli_commands; c->name; c++)
         fprintf(out, "  %-14s %s\n", c->name, c->summary);
-    fprintf(out, "\n'mood help <command>' explains a command and its options.\n"
-                 "Exit status: 0 success, 1 bad input, 2 environment (missing file, disk, "
-                 "memory).\n");
+    fprintf(out,
+            "\n--device cpu|cuda|cuda:N|auto picks where commands compute (default: $MOOD_DEVICE,\n"
+            "else the GPU when there is one).\n"
+            "'mood help <command>' explains a command and its options.\n"
+            "Exit status: 0 success, 1 bad input, 2 environment (missing file, disk, "
+            "memory).\n");
 }
 
 /* Finds the command named by argv[0] (and argv[1] for two-word commands). Sets *words. */
@@ -101,6 +106,65 @@ static const cli_command *find_command(int argc, char **argv, int *words)
         }
     }
     return NULL;
+}
+
+/* Takes the global options before the command (`--device X`, `--device=X`) off argv; returns 0,
+ * or the exit status after printing a usage error. */
+static int global_options(int *argc, char ***argv)
+{
+    while (*argc >= 2 && strncmp((*argv)[1], "--device", 8) == 0 &&
+           ((*argv)[1][8] == '\0' || (*argv)[1][8] == '=')) {
+        const char *arg = (*argv)[1], *value;
+        int used = 1;
+        if (arg[8] == '=') {
+            value = arg + 9;
+        } else if (*argc >= 3) {
+            value = (*argv)[2];
+            used = 2;
+        } else {
+            fprintf(stderr, "mood: error: %s needs a value: cpu, cuda, cuda:N or auto\n", arg);
+            return 1;
+        }
+        mood_device d;
+        /* the value's spelling only: whether the device exists is asked when it is used */
+        if (mood_device_resolve(&d, value, NULL, 1, 1024) == MOOD_EINVAL) {
+            fprintf(stderr, "mood: error: %s\n", mood_error_last());
+            return 1;
+        }
+        cli_device_request = value;
+        (*argv)[used] = (*argv)[0];
+        *argv += used;
+        *argc -= used;
+    }
+    return 0;
+}
+
+static int has_arg(int argc, char **argv, const char *name)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], name) == 0 ||
+            (strncmp(argv[i], name, strlen(name)) == 0 && argv[i][strlen(name)] == '='))
+            return 1;
+    return 0;
+}
+
+/* The device step of the commands that compute (gen, train, demo): an unavailable device asked for
+ * is an error before any work; the default falling back to the CPU prints a notice. (train's own
+ * --device option, when given, decides instead.) Returns 0 or the exit status. */
+static int choose_device(const cli_command *c, int argc, char **argv)
+{
+    mood_device d;
+    if (c->run != cmd_gen && c->run != cmd_train && c->run != cmd_demo)
+        return 0;
+    if (c->run == cmd_train && has_arg(argc, argv, "--device"))
+        return 0;
+    int rc = cli_device_select(&d);
+    if (rc)
+        return rc;
+    if (d.kind == MOOD_DEVICE_CUDA)
+        fprintf(stderr, "mood: note: 'mood %s' does not run on the GPU yet; running on the CPU\n",
+                c->name);
+    return 0;
 }
 
 static int help(int argc, char **argv)
@@ -132,6 +196,9 @@ int main(int argc, char **argv)
      * the process before it can remove its temporary file. */
     signal(SIGXFSZ, SIG_IGN);
     mood_log_set(log_to_stderr, NULL);
+    int grc = global_options(&argc, &argv);
+    if (grc)
+        return grc;
     if (argc < 2) {
         print_overview(stderr);
         return 1;
@@ -167,5 +234,8 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    int drc = choose_device(c, argc - words, argv + words);
+    if (drc)
+        return drc;
     return c->run(argc - words, argv + words);
 }

@@ -1,5 +1,8 @@
-# The CUDA backend (engine/cuda): built wherever nvcc and the toolkit are found (MOOD_CUDA=AUTO),
-# required with MOOD_CUDA=ON, skipped with OFF. Only engine/cuda includes CUDA headers.
+# The CUDA backend (engine/cuda): built wherever nvcc, the toolkit and cuDNN are found
+# (MOOD_CUDA=AUTO), required with MOOD_CUDA=ON, skipped with OFF. Only engine/cuda includes CUDA
+# headers. cuBLAS, cuBLASLt and cuDNN are not linked but loaded with dlopen when the first CUDA
+# context opens (engine/cuda/cuda_libs.h: linked, they cost every command ~0.1 s of start-up);
+# the CUDA runtime is linked statically.
 set(MOOD_HAVE_CUDA 0)
 set(MOOD_CUDA_ARCHS "")
 if(NOT MOOD_CUDA STREQUAL "OFF")
@@ -15,13 +18,17 @@ if(NOT MOOD_CUDA STREQUAL "OFF")
     enable_language(CUDA)
     find_package(CUDAToolkit)
   endif()
-  if(CMAKE_CUDA_COMPILER AND CUDAToolkit_FOUND)
+  if(CUDAToolkit_FOUND)
+    find_path(MOOD_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    find_library(MOOD_CUDNN_LIBRARY cudnn HINTS ${CUDAToolkit_LIBRARY_DIR})
+  endif()
+  if(CMAKE_CUDA_COMPILER AND CUDAToolkit_FOUND AND MOOD_CUDNN_INCLUDE_DIR AND MOOD_CUDNN_LIBRARY)
     set(MOOD_HAVE_CUDA 1)
     string(REPLACE ";" "," MOOD_CUDA_ARCHS "${CMAKE_CUDA_ARCHITECTURES}")
   elseif(MOOD_CUDA STREQUAL "ON")
-    message(FATAL_ERROR "MOOD_CUDA=ON but nvcc or the CUDA toolkit was not found")
+    message(FATAL_ERROR "MOOD_CUDA=ON but nvcc, the CUDA toolkit or cuDNN was not found")
   else()
-    message(STATUS "mood: CUDA not found, building the CPU backend only")
+    message(STATUS "mood: CUDA (nvcc, toolkit and cuDNN) not found, building the CPU backend only")
   endif()
 endif()
 
@@ -29,9 +36,21 @@ function(mood_add_cuda target)
   if(MOOD_HAVE_CUDA)
     file(GLOB cuda_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/engine/cuda/*.cu)
     target_sources(${target} PRIVATE ${cuda_sources})
-    target_link_libraries(${target} PUBLIC CUDA::cudart_static)
+    target_include_directories(${target} PRIVATE ${MOOD_CUDNN_INCLUDE_DIR})
+    target_link_libraries(${target} PUBLIC CUDA::cudart_static ${CMAKE_DL_LIBS})
     set_target_properties(${target} PROPERTIES CUDA_STANDARD 17)
+    # where libs.cu looks for the libraries when the loader's path does not find them
+    get_filename_component(cudnn_dir ${MOOD_CUDNN_LIBRARY} DIRECTORY)
+    set_source_files_properties(${CMAKE_SOURCE_DIR}/engine/cuda/libs.cu PROPERTIES
+      COMPILE_DEFINITIONS "MOOD_CUBLAS_DIR=\"${CUDAToolkit_LIBRARY_DIR}\";MOOD_CUDNN_DIR=\"${cudnn_dir}\"")
+    target_compile_options(${target} PRIVATE
+      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
+    if(MOOD_WERROR)
+      target_compile_options(${target} PRIVATE
+        $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
+    endif()
   else()
-    target_sources(${target} PRIVATE ${CMAKE_SOURCE_DIR}/engine/cuda/device_stub.c)
+    target_sources(${target} PRIVATE ${CMAKE_SOURCE_DIR}/engine/cuda/device_stub.c
+                                      ${CMAKE_SOURCE_DIR}/engine/cuda/cuda_ops_stub.c)
   endif()
 endfunction()

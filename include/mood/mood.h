@@ -2,6 +2,7 @@
  * mood.h: the umbrella header of libmood. Include this and link with -lmood.
  *
  *   core.h         errors, logging, progress callbacks, version and build information
+ *   device.h       choosing the CPU or a CUDA GPU; the CUDA backend and GPUs of this machine
  *   safetensors.h  reading (validated, zero-copy) and writing (atomic, reference layout)
  *   hash.h         AutoV1/V2/V3, SHA-256 and CRC32 of model files
  *   lora.h         every LoRA flavour: parsing, base families, ΔW, bake, stack, merge, resize,
@@ -19,6 +20,7 @@
 #define MOOD_MOOD_H
 
 #include "mood/core.h"
+#include "mood/device.h"
 #include "mood/safetensors.h"
 #include "mood/hash.h"
 #include "mood/lora.h"

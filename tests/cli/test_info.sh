@@ -9,6 +9,21 @@ json=$(MOOD_HOME=/tmp/somewhere "$MOOD" info --json)
 check "info --json parses and honours MOOD_HOME" python3 -c '
 import json,sys; d=json.loads(sys.argv[1]); assert d["registry"]=="/tmp/somewhere"; assert "cpu" in d["backends"]' "$json"
 
+# the global --device option and MOOD_DEVICE (the rule itself: test_device.c)
+expect_rc 1 "--device with a bad value" "$MOOD" --device tpu info
+check "names the bad value" grep -q "'tpu'" "$tmp/err"
+expect_rc 1 "--device without a value" "$MOOD" --device
+check "info shows the device asked for" grep -q "^device: *cpu (asked for)" <(MOOD_DEVICE=cuda "$MOOD" --device cpu info)
+gpus=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["cuda_devices"])' "$json")
+if [ "$gpus" = 0 ]; then
+    # no GPU here: asking for one is an environment error before any work; the default is the CPU
+    expect_rc 2 "--device cuda without a GPU" "$MOOD" --device cuda gen "a prompt"
+    check "says there is no GPU" grep -Eq "no CUDA GPU|no CUDA backend" "$tmp/err"
+    MOOD_DEVICE=cuda expect_rc 2 "MOOD_DEVICE=cuda without a GPU" "$MOOD" gen "a prompt"
+    check "names MOOD_DEVICE" grep -q "MOOD_DEVICE" "$tmp/err"
+    check "default device is the CPU" grep -q '"kind":[[:space:]]*"cpu"' <<<"$json"
+fi
+
 "$MOOD" help >/dev/null; check "help exits 0" test $? -eq 0
 for c in info inspect hash bake "lora stack" "lora merge" "lora resize" "lora extract"; do
     # shellcheck disable=SC2086
