@@ -26,9 +26,16 @@ What it checks against, and how each part is made:
     LoRAModule-style hooks on the attn+ff Linear layers (kaiming down, zero up, alpha / rank) and
     the same loop as the fake model (train_loop); per-step losses (and those with the LoRA frozen)
     and the final LoRA factors, which tests/unit/test_train_steps.c compares with mood's.
+  * full/: mood_train_run with full = 1 on the same model and board (full_run): every parameter
+    of transformers' CLIPTextModel (te/ run; unet/ run: frozen, its outputs cached) and diffusers'
+    UNet2DConditionModel in one AdamW (the text encoder's group at te_lr), no init draws, caption
+    dropout (torch.rand(B) after the timesteps; the empty caption tokenised as kohya does: start,
+    end, padding), the same loop; per-step losses, statistics of every weight's change, a few
+    weights whole and the token-embedding rows the captions use, for tests/unit/test_train_full.c.
 
 Run from the repository root (kohya sd-scripts checkout as for tools/tiny_models.py):
-    tools/.venv/bin/python tools/make_fixtures_train.py [--sd-scripts DIR] [--only steps]
+    tools/.venv/bin/python tools/make_fixtures_train.py [--sd-scripts DIR] [--only steps|full]
+    (--dump-full FILE also writes every final weight of the full/ runs, to study tolerances)
 Made with torch 2.15.0, diffusers 0.42.1, transformers 5.24.0, Pillow 13.0.0, numpy 2.4.6,
 safetensors 0.8.0, kohya sd-scripts 48d368fa (CPU, x86-64).
 """
@@ -225,14 +232,18 @@ def batches(g, sizes, batch, flip):
             cursor += k
 
 
-def train_loop(g, case, ctf, sched, params, sizes, latent, predict):
+def train_loop(g, case, ctf, sched, params, sizes, latent, predict, norms=None):
     """mood's training loop (include/mood/train.h) in torch: per optimizer step `accum`
-    micro-batches of kohya's draws (noise, noise offset, timesteps), add_noise / v target, MSE per
+    micro-batches of kohya's draws (noise, noise offset, timesteps, then with caption dropout
+    rand(k): sample b's caption dropped when its value < the rate), add_noise / v target, MSE per
     sample, min-SNR-γ, backward of loss / accum; clip_grad_norm_, AdamW, get_scheduler.
-    latent(i, flipped) -> C x h x w; predict(noisy, t, items) -> the model's output.
+    params: tensors, or AdamW parameter groups (dicts with their own "lr").
+    latent(i, flipped) -> C x h x w; predict(noisy, t, items, dropped) -> the model's output.
     Returns the losses (mean of each step's micro-batch losses)."""
     opt = torch.optim.AdamW(params, lr=case["lr"], betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=case["wd"])
+    if params and isinstance(params[0], dict):
+        params = [p for group in params for p in group["params"]]
     lr_s = get_scheduler(case["schedule"], opt, num_warmup_steps=case["warmup"],
                          num_training_steps=case["steps"])
     it = batches(g, sizes, case["batch"], case["flip"])
@@ -248,9 +259,12 @@ def train_loop(g, case, ctf, sched, params, sizes, latent, predict):
             if case["offset"]:
                 noise = noise + case["offset"] * torch.randn((k, x0.shape[1], 1, 1), generator=g)
             t = torch.randint(0, 1000, (k,), generator=g)
+            dropped = [False] * k
+            if case.get("dropout"):
+                dropped = (torch.rand(k, generator=g) < case["dropout"]).tolist()
             noisy = sched.add_noise(x0, noise, t)
             target = sched.get_velocity(x0, noise, t) if case["v"] else noise
-            pred = predict(noisy, t, [i for i, _ in items])
+            pred = predict(noisy, t, [i for i, _ in items], dropped)
             loss = torch.nn.functional.mse_loss(pred, target, reduction="none").mean([1, 2, 3])
             if case["gamma"]:
                 loss = ctf.apply_snr_weight(loss, t, sched, case["gamma"], v_prediction=case["v"])
@@ -258,7 +272,9 @@ def train_loop(g, case, ctf, sched, params, sizes, latent, predict):
             (loss / case["accum"]).backward()
             total += loss.item()
         if case["max_norm"]:
-            torch.nn.utils.clip_grad_norm_(params, case["max_norm"])
+            norm = torch.nn.utils.clip_grad_norm_(params, case["max_norm"])
+            if norms is not None:
+                norms.append(norm.item())
         opt.step()
         lr_s.step()
         losses.append(total / case["accum"])
@@ -281,7 +297,7 @@ def fake_run(out, ctf, case):
     def latent(i, flipped):
         return out[f"fake/latf{i}" if flipped else f"fake/lat{i}"]
 
-    def predict(noisy, t, items):
+    def predict(noisy, t, items, _dropped):
         k = len(items)
         A = W0 + (MODS[0][1] / MODS[0][0]) * (ups[0] @ downs[0])
         Bm = W1 + (MODS[1][1] / MODS[1][0]) * (ups[1] @ downs[1])
@@ -358,9 +374,9 @@ class LoRASide:
         return F.linear(F.linear(x, self.down), self.up) * self.scale
 
 
-def steps_run(case, ctf, out_dir, lr=None):
-    """The run mood_train_run does for `case` on tests/fixtures/pipeline/tiny-sd and the board in
-    out_dir/board: its losses, the final LoRA factors (kohya names) and the cached latents."""
+def tiny_sd(ctf):
+    """tests/fixtures/pipeline/tiny-sd in float32 (every weight frozen), its training schedule
+    (kohya's all_snr added) and the CLIP tokenizer mood's fixtures use."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from make_fixtures_tokenizer import make_tokenizer
     from transformers import CLIPTextModel
@@ -382,16 +398,16 @@ def steps_run(case, ctf, out_dir, lr=None):
     ctf.prepare_scheduler_for_custom_training(sched, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         tok = make_tokenizer(tmp)
+    return unet, vae, te, sched, tok
 
-    g = torch.Generator().manual_seed(case["seed"])
-    # 1. LoRA init, module by module
-    sides = [LoRASide(n, m, case["rank"], case["alpha"], g) for n, m in steps_targets(unet)]
-    params = [p for s in sides for p in (s.down, s.up)]
-    # 2. the latent cache: image by image, unflipped then flipped; latent_dist.sample() * sf
-    lats, ctx = [], []
+
+def board_latents(vae, g, board):
+    """mood's latent cache: image by image, unflipped then flipped, latent_dist.sample() * sf
+    on the run's generator."""
+    lats = []
     with torch.no_grad():
         for name in STEPS_IMAGES:
-            img = np.asarray(Image.open(os.path.join(out_dir, "board", name)).convert("RGB"))
+            img = np.asarray(Image.open(os.path.join(board, name)).convert("RGB"))
             x = (torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
             pair = []
             for flipped in (False, True):
@@ -399,15 +415,36 @@ def steps_run(case, ctf, out_dir, lr=None):
                 dist = vae.encode(xi[None]).latent_dist
                 pair.append(dist.sample(generator=g)[0] * vae.config.scaling_factor)
             lats.append(pair)
-            caption = case["captions"].get(name, case["trigger"] + ", a picture")
-            ids = tok(caption, padding="max_length", truncation=True, max_length=77,
-                      return_tensors="pt").input_ids
-            ctx.append(te(ids).last_hidden_state[0])
+    return lats
+
+
+def caption_ids(tok, case, name):
+    """kohya's tokenizer(caption, padding="max_length", truncation=True, max_length=77) of an
+    image's caption (its sidecar, else "{trigger}, a picture"); name None: the empty caption
+    caption dropout gives (start, end, then padding)."""
+    caption = "" if name is None else case["captions"].get(name, case["trigger"] + ", a picture")
+    return tok(caption, padding="max_length", truncation=True, max_length=77,
+               return_tensors="pt").input_ids[0]
+
+
+def steps_run(case, ctf, out_dir, lr=None):
+    """The run mood_train_run does for `case` on tests/fixtures/pipeline/tiny-sd and the board in
+    out_dir/board: its losses, the final LoRA factors (kohya names) and the cached latents."""
+    unet, vae, te, sched, tok = tiny_sd(ctf)
+    g = torch.Generator().manual_seed(case["seed"])
+    # 1. LoRA init, module by module
+    sides = [LoRASide(n, m, case["rank"], case["alpha"], g) for n, m in steps_targets(unet)]
+    params = [p for s in sides for p in (s.down, s.up)]
+    # 2. the latent cache: image by image, unflipped then flipped; latent_dist.sample() * sf
+    lats = board_latents(vae, g, os.path.join(out_dir, "board"))
+    with torch.no_grad():
+        ctx = [te(caption_ids(tok, case, name)[None]).last_hidden_state[0]
+               for name in STEPS_IMAGES]
     sizes = [tuple(p[0].shape[1:]) for p in lats]
     # 3. + 4. the training loop
     c = dict(case, lr=case["lr"] if lr is None else lr)
 
-    def predict(noisy, t, items):
+    def predict(noisy, t, items, _dropped):
         return unet(noisy, t, encoder_hidden_states=torch.stack([ctx[i] for i in items])).sample
 
     losses = train_loop(g, c, ctf, sched, params, sizes, lambda i, f: lats[i][int(f)], predict)
@@ -446,6 +483,146 @@ def steps(ctf):
                               transformers=transformers.__version__))
     with open(os.path.join(out_dir, "case.json"), "w") as f:
         json.dump(meta, f, indent=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# full-parameter training on the tiny SD1 model (full/)
+# ----------------------------------------------------------------------------------------------
+
+FULL_CASE = dict(name="full", seed=123, steps=6, batch=2, accum=2, lr=2e-3, te_lr=1e-3, wd=0.1,
+                 schedule="cosine", warmup=2, max_norm=1.0, gamma=5.0, offset=0.05, v=False,
+                 flip=True, dropout=0.3, resolution=64, trigger="sks",
+                 captions={"b.png": "red fox, sks style"})
+# Weights stored whole (final values, F32): one of each kind of layer; the rest are checked
+# through their statistics (full_stats).
+FULL_WHOLE_UNET = ["conv_in.weight", "time_embedding.linear_1.weight",
+                   "down_blocks.0.resnets.0.norm1.weight", "down_blocks.0.resnets.1.conv2.weight",
+                   "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+                   "down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight",
+                   "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj.bias",
+                   "up_blocks.1.attentions.2.proj_out.weight", "up_blocks.0.upsamplers.0.conv.bias",
+                   "conv_norm_out.bias", "conv_out.weight"]
+FULL_WHOLE_TE = ["text_model.embeddings.position_embedding.weight",
+                 "text_model.encoder.layers.0.self_attn.q_proj.weight",
+                 "text_model.encoder.layers.1.mlp.fc1.bias",
+                 "text_model.encoder.layers.1.layer_norm2.weight",
+                 "text_model.final_layer_norm.bias"]
+
+
+def full_patterns(n):
+    """The two fixed patterns the statistics project each weight's change on (as
+    tests/unit/test_train_full.c computes them): p1[i] = (i * 2654435761 mod 2^32) / 2^32 - 0.5,
+    p2[i] = ((i * 40503 + 12345) mod 65521) / 65521 - 0.5."""
+    i = np.arange(n, dtype=np.uint64)
+    p1 = ((i * np.uint64(2654435761)) % np.uint64(2**32)).astype(np.float64) / 2.0**32 - 0.5
+    p2 = ((i * np.uint64(40503) + np.uint64(12345)) % np.uint64(65521)).astype(np.float64)
+    return p1, p2 / 65521.0 - 0.5
+
+
+def full_stats(final, initial):
+    """Per weight, of its change d = final - initial (float64): [||d||, d . p1, d . p2, max |d|]."""
+    rows = []
+    for name in final:
+        d = final[name].double().flatten().numpy() - initial[name].double().flatten().numpy()
+        p1, p2 = full_patterns(d.size)
+        rows.append([np.sqrt((d * d).sum()), (d * p1).sum(), (d * p2).sum(), np.abs(d).max()])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def full_run(case, ctf, board, train_te, lr_scale=1.0, norms=None, drops=None):
+    """mood_train_run with full = 1 (and train_te) in torch: every UNet (and text-encoder)
+    parameter trained by one AdamW (the text encoder's group at te_lr), no init draws, the latent
+    cache, then train_loop with caption dropout (the empty caption's ids; with the text encoder
+    trained the captions are encoded at every step, else their outputs are cached first).
+    Returns the losses and the initial and final weights {name: tensor}, text encoder first;
+    drops (a list) gets each micro-batch's dropped flags."""
+    unet, vae, te, sched, tok = tiny_sd(ctf)
+    g = torch.Generator().manual_seed(case["seed"])
+    lats = board_latents(vae, g, board)
+    ids = [caption_ids(tok, case, name) for name in STEPS_IMAGES]
+    empty = caption_ids(tok, case, None)
+    with torch.no_grad():
+        ctx = [te(x[None]).last_hidden_state[0] for x in ids]
+        empty_ctx = te(empty[None]).last_hidden_state[0]
+    # mood's names (Hugging Face's with "text_model."; transformers 5 leaves the prefix out)
+    named = [("text_model." + n.removeprefix("text_model."), p)
+             for n, p in te.named_parameters()] if train_te else []
+    n_te = len(named)
+    named += list(unet.named_parameters())
+    for _, p in named:
+        p.requires_grad_(True)
+    initial = {n: p.detach().clone() for n, p in named}
+    groups = [{"params": [p for _, p in named[n_te:]], "lr": case["lr"] * lr_scale}]
+    if train_te:
+        groups.insert(0, {"params": [p for _, p in named[:n_te]], "lr": case["te_lr"] * lr_scale})
+    sizes = [tuple(p[0].shape[1:]) for p in lats]
+
+    def predict(noisy, t, items, dropped):
+        if drops is not None:
+            drops.append(dropped)
+        if train_te:
+            batch = torch.stack([empty if d else ids[i] for i, d in zip(items, dropped)])
+            context = te(batch).last_hidden_state
+        else:
+            context = torch.stack([empty_ctx if d else ctx[i] for i, d in zip(items, dropped)])
+        return unet(noisy, t, encoder_hidden_states=context).sample
+
+    c = dict(case, lr=case["lr"] * lr_scale)
+    losses = train_loop(g, c, ctf, sched, groups, sizes, lambda i, f: lats[i][int(f)], predict,
+                        norms)
+    final = {n: p.detach().clone() for n, p in named}
+    return losses, initial, final
+
+
+def full(ctf, dump=None):
+    """full/: torch's full-parameter runs of FULL_CASE on the steps/ board, with the text encoder
+    (te/) and without (unet/): losses, the losses of the same draws frozen (lr 0), per-weight
+    statistics of the change of every weight, a few weights whole, and the token-embedding rows
+    the captions use."""
+    out_dir = os.path.join(OUT, "full")
+    board = os.path.join(OUT, "steps", "board")
+    if not os.path.isdir(board):
+        raise SystemExit(board + " missing: make steps/ first")
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir)
+    ref, meta, dumped = {}, dict(FULL_CASE), {}
+    for key, train_te in (("te", True), ("unet", False)):
+        norms, drops = [], []
+        losses, initial, final = full_run(FULL_CASE, ctf, board, train_te, norms=norms,
+                                          drops=drops)
+        print(f"full/{key}: losses", ["%.6f" % x for x in losses],
+              "grad norms", ["%.3f" % x for x in norms])
+        meta["dropped"] = drops  # the same draws in both runs
+        ref[key + "/loss"] = torch.tensor(losses, dtype=torch.float64)
+        ref[key + "/stats"] = full_stats(final, initial)
+        meta[key + "_weights"] = list(final)
+        for name in FULL_WHOLE_UNET + (FULL_WHOLE_TE if train_te else []):
+            ref[f"{key}/w/{name}"] = final[name]
+        dumped.update({f"{key}/{n}": v for n, v in final.items()})
+        if train_te:
+            te_final = final
+    frozen, _, _ = full_run(FULL_CASE, ctf, board, True, lr_scale=0.0)
+    ref["loss_frozen"] = torch.tensor(frozen, dtype=torch.float64)
+    # the token-embedding rows the captions use (the other rows only decay)
+    tok = tiny_sd(ctf)[4]
+    rows = sorted({int(x) for name in list(STEPS_IMAGES) + [None]
+                   for x in caption_ids(tok, FULL_CASE, name)})
+    ref["te/rows/ids"] = torch.tensor(rows, dtype=torch.int64)
+    ref["te/rows/values"] = te_final["text_model.embeddings.token_embedding.weight"][rows]
+    meta.update(model="../../pipeline/tiny-sd", board="../steps/board", images=STEPS_IMAGES,
+                whole_unet=FULL_WHOLE_UNET, whole_te=FULL_WHOLE_TE,
+                stats="per weight of <run>_weights, of d = final - initial (float64): ||d||, "
+                      "d . p1, d . p2, max |d| (p1, p2: full_patterns)")
+    import diffusers
+    import transformers
+    meta["versions"] = dict(torch=torch.__version__, diffusers=diffusers.__version__,
+                            transformers=transformers.__version__)
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(out_dir, "ref.safetensors"))
+    with open(os.path.join(out_dir, "case.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    if dump:  # every final weight, to study the tolerances (not part of the fixture)
+        save_file({k: v.contiguous() for k, v in dumped.items()}, dump)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,16 +748,19 @@ def bucket_cases(k):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sd-scripts", default=None)
-    ap.add_argument("--only", choices=["steps"], default=None,
-                    help="rewrite only this part (steps/: the run on the tiny SD1 model)")
+    ap.add_argument("--only", choices=["steps", "full"], default=None,
+                    help="rewrite only this part (steps/: the LoRA run on the tiny SD1 model; "
+                         "full/: the full-parameter runs, on steps/'s board)")
+    ap.add_argument("--dump-full", default=None,
+                    help="also write every final weight of the full/ runs to this file")
     args = ap.parse_args()
     if args.sd_scripts:
         tm.set_sd_scripts(args.sd_scripts)
     torch.set_num_threads(1)
     k, ctf = kohya_ctf()
-    if args.only == "steps":
-        steps(ctf)
-        print("wrote", os.path.join(OUT, "steps"))
+    if args.only:
+        (steps if args.only == "steps" else lambda c: full(c, args.dump_full))(ctf)
+        print("wrote", os.path.join(OUT, args.only))
         return
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -606,6 +786,7 @@ def main():
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(meta, f, indent=1)
     steps(ctf)
+    full(ctf, args.dump_full)
     print("wrote", OUT)
 
 

@@ -178,6 +178,38 @@ static int is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* A folder a model was (or could have been) written to: what may be replaced. */
+static int is_model_folder(const char *dir)
+{
+    char p[4200];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/model_index.json", dir);
+    if (stat(p, &st) == 0 && S_ISREG(st.st_mode))
+        return 1;
+    snprintf(p, sizeof p, "%s/unet", dir);
+    return is_dir(p);
+}
+
+int mood__full_params_check(const char *model, const char *out_dir)
+{
+    struct stat st;
+    if (stat(model, &st) == 0 && !S_ISDIR(st.st_mode))
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: full-parameter training needs a diffusers folder as its base "
+                              "(the trained model is written as a copy of it), not a single-file "
+                              "checkpoint",
+                              model);
+    if (stat(out_dir, &st) != 0)
+        return 0;
+    if (!S_ISDIR(st.st_mode) || !is_model_folder(out_dir))
+        return mood_error_set(MOOD_EINVAL,
+                              "%s exists and is not a model folder (no model_index.json or unet/): "
+                              "full-parameter training replaces its output folder as a whole; "
+                              "choose a new path",
+                              out_dir);
+    return 0;
+}
+
 /* Copies the regular file src to dst. */
 static int copy_file(const char *src, const char *dst)
 {
@@ -282,11 +314,8 @@ int mood__full_params_write(const mood__lora_params *lp, const char *src, const 
     if (snprintf(tmp, sizeof tmp, "%s.tmp-%d", out_dir, (int)getpid()) >= (int)sizeof tmp ||
         snprintf(old, sizeof old, "%s.old-%d", out_dir, (int)getpid()) >= (int)sizeof old)
         return mood_error_set(MOOD_EINVAL, "%s: path too long", out_dir);
-    if (!is_dir(src))
-        return mood_error_set(MOOD_EUNSUPPORTED,
-                              "%s: full-parameter training writes a diffusers folder and needs "
-                              "one as its base",
-                              src);
+    if ((err = mood__full_params_check(src, out_dir)) != 0)
+        return err;
     remove_tree(tmp);
     err = copy_tree(src, tmp, "", fp->n_te > 0);
     snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", tmp);

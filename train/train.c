@@ -600,7 +600,7 @@ static int check_options(const mood_train_options *o)
     if (!(o->caption_dropout >= 0 && o->caption_dropout < 1))
         return mood_error_set(MOOD_EINVAL, "caption dropout %g: from 0 up to (not including) 1",
                               o->caption_dropout);
-    return 0;
+    return o->full ? mood__full_params_check(o->model, o->output) : 0;
 }
 
 static int train(run *r)

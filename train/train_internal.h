@@ -153,6 +153,11 @@ mood_model *mood__full_params_model(const mood__lora_params *lp);
 void mood__full_params_free(mood__full_params *fp);
 /* mood__lora_params_layout of full parameters: names and sizes of every weight. */
 void mood__full_params_layout(const mood__lora_params *lp, char hex_out[65]);
+/* Full-parameter training's checks, made before anything is trained: the base must be a
+ * diffusers folder (MOOD_EUNSUPPORTED for a single file; a path that does not exist is left to
+ * mood_model_open), and an output that exists must be a model folder (model_index.json or unet/),
+ * since it is replaced as a whole (MOOD_EINVAL). */
+int mood__full_params_check(const char *model, const char *out_dir);
 /* Writes the trained model: a copy of the diffusers folder src (configs, scheduler, VAE, ...)
  * with the UNet's (and text encoder's) weights replaced by the trained ones in dtype, written in
  * a temporary folder renamed to out_dir when complete (an existing out_dir is replaced only

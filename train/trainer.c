@@ -405,6 +405,8 @@ static int start(loop *L)
         }
         L->st = st;
         t->checkpoint_step = st.step;
+        if (t->lp->full) /* the model runs its own copy of the weights: the checkpoint's */
+            mood__full_params_sync(t->lp);
         if (L->st.epoch > 0)
             regroup(L);
     } else {

@@ -232,9 +232,11 @@ typedef struct mood_train_options {
                                         text-encoder weight */
     /* Full-parameter training (0): every weight of the UNet (and, with train_te, of the text
      * encoder) is trained instead of LoRA modules (rank, alpha and targets are unused), e.g. to
-     * make a small base model. The base must be a diffusers folder; `output` is then a folder
-     * written like it (its configs copied, the trained weights in save_dtype) that
-     * mood_model_open loads. */
+     * make a small base model. The base must be a diffusers folder (a single file is
+     * MOOD_EUNSUPPORTED, before anything is trained); `output` is then a folder written like it
+     * (its configs copied, the trained weights in save_dtype) that mood_model_open loads. An
+     * existing output is replaced once the new folder is complete, and must be a model folder
+     * (model_index.json or unet/; anything else is MOOD_EINVAL up front). */
     int full;
     /* Caption dropout (0): each sample of a micro-batch gets the empty caption with this
      * probability (a torch.rand(B) draw after the timesteps), which teaches the model the

@@ -5,8 +5,10 @@
 # word, board thumbnails, final previews, loss curve and training record (shown by mood show,
 # carried by a style pack), and the style generates; a board with images that do not decode
 # fails before training and names each; bad options exit 1; --device cuda exits 2 in a CPU
-# build. (Correctness of the steps themselves: tests/unit/test_train.c and
-# tests/unit/test_unet_backward.c, against torch.)
+# build; --full writes a diffusers folder that generates, prints where and registers nothing, and
+# refuses a single-file base and an output folder that is not a model. (Correctness of the steps
+# themselves: tests/unit/test_train.c and tests/unit/test_unet_backward.c, against torch; full
+# training: tests/unit/test_train_full.c.)
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -86,4 +88,34 @@ expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --r
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
 expect_rc 1 "missing --model" "$MOOD" train --name x --board board
 expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "$MODEL" --device cuda
+
+# --full: a new base model, written as a diffusers folder (NAME/ by default), not a style
+expect_rc 0 "train --full --te" "$MOOD" train --full --te --name tinybase --board board \
+    --model "$MODEL" --res 64 --steps 2 --lr 1e-3 --caption-dropout 0.5
+check "prints the folder" test "$(cat "$tmp/out")" = tinybase
+check "says where" grep -q "trained model written to tinybase" "$tmp/err"
+check "a diffusers folder" test -f tinybase/model_index.json -a -f tinybase/vae/config.json -a \
+    -f tinybase/unet/diffusion_pytorch_model.safetensors -a -f tinybase/text_encoder/model.safetensors
+check "the trained weights in F16" py '
+import json,struct,sys
+for f in ("tinybase/unet/diffusion_pytorch_model.safetensors", "tinybase/text_encoder/model.safetensors"):
+    b=open(f,"rb"); n,=struct.unpack("<Q",b.read(8)); h=json.loads(b.read(n)); h.pop("__metadata__",None)
+    assert h and all(t["dtype"]=="F16" for t in h.values()), f'
+check "loss curve beside it" test "$(wc -l <tinybase.loss.csv)" -eq 3
+check "no temporary folders left" test -z "$(ls -d tinybase.tmp-* tinybase.old-* 2>/dev/null)"
+expect_rc 1 "not registered as a style" "$MOOD" show tinybase
+expect_rc 0 "generate with it" "$MOOD" gen "a cat" --model tinybase --size 64x64 --steps 2 --seed 1 \
+    -o base.png
+check "an image" test -s base.png
+expect_rc 0 "train --full again, --json" "$MOOD" train --full --name tinybase --board board \
+    --model "$MODEL" --res 64 --steps 1 --json
+check "json names the model, no style" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["model"]=="tinybase" and "style" not in d, d' "$tmp/out"
+expect_rc 1 "--full on a single-file base" "$MOOD" train --full --name x --board board \
+    --model "$FIX/bases/sd1_base.safetensors" --steps 1
+check "says it needs a folder" grep -q "needs a diffusers folder" "$tmp/err"
+expect_rc 1 "--full over a folder that is not a model" "$MOOD" train --full --name x --board board \
+    --model "$MODEL" --res 64 --steps 1 -o badboard
+check "that folder untouched" test -f badboard/broken.png
+expect_rc 1 "caption dropout 1" "$MOOD" train --name x --board board --model "$MODEL" --caption-dropout 1
 finish
