@@ -203,60 +203,11 @@ size_t mood_op_conv2d_scratch(const mood_conv2d_dims *d)
     return (size_t)mood__ops_scratch_threads() * (p.col + p.acc + p.pad);
 }
 
-/* dst[0..cnt) = one input row sampled at ix = (ox0 + j) s - off, zero where ix is outside
- * [0, W): the zero edges and the copied middle are found first, so the copy has no tests. */
-static void im2col_row(float *dst, const float *srow, int W, int s, int off, int ox0, int cnt)
-{
-    /* first and last j whose ix is inside the row */
-    int lo = off > ox0 * s ? (off - ox0 * s + s - 1) / s : 0;
-    int hi = W - 1 + off - ox0 * s < 0 ? -1 : (W - 1 + off - ox0 * s) / s;
-    lo = lo < cnt ? lo : cnt;
-    hi = hi < cnt - 1 ? hi : cnt - 1;
-    if (hi < lo) {
-        memset(dst, 0, (size_t)cnt * sizeof *dst);
-        return;
-    }
-    memset(dst, 0, (size_t)lo * sizeof *dst);
-    const float *x = srow + (ox0 + lo) * s - off;
-    if (s == 1)
-        memcpy(dst + lo, x, (size_t)(hi - lo + 1) * sizeof *dst);
-    else
-        for (int j = lo; j <= hi; j++)
-            dst[j] = x[(j - lo) * s];
-    memset(dst + hi + 1, 0, (size_t)(cnt - hi - 1) * sizeof *dst);
-}
-
-/* col (IC*k*k x n) = the input patches of output positions p0..p0+n of one sample; row
- * (c, ky, kx) holds inp[c][oy*s - pad + ky][ox*s - pad + kx], zero outside the image. */
-void mood__ops_im2col(float *col, const float *inp, const mood_conv2d_dims *d, size_t p0, size_t n)
-{
-    int k = d->k, s = d->stride, pad = d->pad, H = d->h, W = d->w;
-    int OW = mood_op_conv2d_out_w(d);
-    int rows = d->in_c * k * k;
-    for (int r = 0; r < rows; r++) {
-        int c = r / (k * k), ky = r / k % k, kx = r % k;
-        const float *src = inp + (size_t)c * H * W;
-        float *dst = col + (size_t)r * n;
-        size_t p = p0, end = p0 + n;
-        while (p < end) {
-            int oy = (int)(p / OW), ox0 = (int)(p % OW);
-            int cnt = (int)(end - p < (size_t)(OW - ox0) ? end - p : (size_t)(OW - ox0));
-            int iy = oy * s - pad + ky;
-            if (iy < 0 || iy >= H)
-                memset(dst, 0, (size_t)cnt * sizeof *dst);
-            else
-                im2col_row(dst, src + (size_t)iy * W, W, s, pad - kx, ox0, cnt);
-            dst += cnt;
-            p += (size_t)cnt;
-        }
-    }
-}
-
 /* col rows (c, ky, kx) for c < nc, each ld floats apart: the patches of output rows
  * [oy0, oy0 + nr) (all columns) of x (channels c of one sample), zero outside the image. The
  * zero edges of a row are the same for every output row, so they are found once per (ky, kx). */
-OPS_VECTOR_CLONES static void im2col_rows(float *col, size_t ld, const float *x,
-                                          const mood_conv2d_dims *d, int nc, int oy0, int nr)
+OPS_VECTOR_CLONES void mood__ops_im2col_rows(float *col, size_t ld, const float *x,
+                                             const mood_conv2d_dims *d, int nc, int oy0, int nr)
 {
     int k = d->k, s = d->stride, pad = d->pad, H = d->h, W = d->w;
     int OW = mood_op_conv2d_out_w(d);
@@ -294,13 +245,13 @@ OPS_VECTOR_CLONES static void im2col_rows(float *col, size_t ld, const float *x,
             }
 }
 
-/* im2col_rows for stride 1: the input rows the output rows read, of one channel at a time, are
- * first copied into pl with the padding zeros around them ((nr + k - 1) rows of w + 2 pad), so
- * that every row of the column matrix is a plain copy of OW floats (the edge tests cost more
- * than the copies on small images). */
-OPS_VECTOR_CLONES static void im2col_rows_s1(float *col, size_t ld, const float *x,
-                                             const mood_conv2d_dims *d, int nc, int oy0, int nr,
-                                             float *pl)
+/* mood__ops_im2col_rows for stride 1: the input rows the output rows read, of one channel at a
+ * time, are first copied into pl with the padding zeros around them ((nr + k - 1) rows of
+ * w + 2 pad), so that every row of the column matrix is a plain copy of OW floats (the edge tests
+ * cost more than the copies on small images). */
+OPS_VECTOR_CLONES void mood__ops_im2col_rows_s1(float *col, size_t ld, const float *x,
+                                                const mood_conv2d_dims *d, int nc, int oy0, int nr,
+                                                float *pl)
 {
     int k = d->k, pad = d->pad, H = d->h, W = d->w, PW = W + 2 * pad, OW = PW - k + 1;
     for (int c = 0; c < nc; c++) {
@@ -322,11 +273,8 @@ OPS_VECTOR_CLONES static void im2col_rows_s1(float *col, size_t ld, const float 
             for (int kx = 0; kx < k; kx++) {
                 float *dst = col + ((size_t)(c * k + ky) * k + kx) * ld;
                 const float *src = pl + (size_t)ky * PW + kx;
-                for (int r = 0; r < nr; r++, dst += OW, src += PW) {
-#pragma omp simd
-                    for (int j = 0; j < OW; j++)
-                        dst[j] = src[j];
-                }
+                for (int r = 0; r < nr; r++, dst += OW, src += PW)
+                    ops_copy_row(dst, src, OW);
             }
     }
 }
@@ -401,9 +349,9 @@ static void conv_task(float *out, const float *inp, const float *w, const float 
         for (int r = r0; conv_next_seg(p, &r, r1, r0, &sg);) {
             const float *x = inp + ((size_t)sg.b * d->in_c + c0) * hw;
             if (d->stride == 1)
-                im2col_rows_s1(col + sg.at, n, x, d, nc, sg.oy0, sg.nr, pl);
+                mood__ops_im2col_rows_s1(col + sg.at, n, x, d, nc, sg.oy0, sg.nr, pl);
             else
-                im2col_rows(col + sg.at, n, x, d, nc, sg.oy0, sg.nr);
+                mood__ops_im2col_rows(col + sg.at, n, x, d, nc, sg.oy0, sg.nr);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, noc, (int)n, nc * kk, 1.0f,
                     w + (size_t)oc0 * p->K + (size_t)c0 * kk, p->K, col, (int)n,

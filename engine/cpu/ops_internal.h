@@ -1,6 +1,6 @@
 /*
  * ops_internal.h: helpers shared by the CPU layer functions (engine/cpu/ops.c) and their backward
- * passes (engine/cpu/ops_backward.c): the thread-count rules, the convolution's column builder,
+ * passes (engine/cpu/ops_backward.c): the thread-count rules, the convolution's column builders,
  * the softmax row and the vectorisable exp. Not installed.
  */
 #ifndef MOOD_ENGINE_CPU_OPS_INTERNAL_H
@@ -61,6 +61,28 @@ static inline float exp_poly_core(float x)
     return u * p2;
 }
 
+/* dst[0..n) = src[0..n). The rows of small feature maps are short (4, 8, 16 floats): those
+ * lengths are one vector move each, with no loop (the column builders copy millions of them). */
+static inline void ops_copy_row(float *restrict dst, const float *restrict src, int n)
+{
+    switch (n) {
+    case 4:
+        memcpy(dst, src, 4 * sizeof *dst);
+        return;
+    case 8:
+        memcpy(dst, src, 8 * sizeof *dst);
+        return;
+    case 16:
+        memcpy(dst, src, 16 * sizeof *dst);
+        return;
+    default:
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            dst[j] = src[j];
+        return;
+    }
+}
+
 /* Processors per-thread scratch is counted for (omp_get_num_procs()), and the threads a parallel
  * region uses: omp_get_max_threads(), but at most that many. */
 int mood__ops_scratch_threads(void);
@@ -69,10 +91,15 @@ int mood__ops_threads(void);
 /* Makes OpenBLAS calls from the current task single-threaded (until the task ends). */
 void mood__ops_blas_one_thread(void);
 
-/* col (in_c*k*k x n) = the input patches of output positions p0..p0+n of one sample inp
- * (in_c x h x w); row (c, ky, kx) holds inp[c][oy*s - pad + ky][ox*s - pad + kx], zero outside
- * the image. */
-void mood__ops_im2col(float *col, const float *inp, const mood_conv2d_dims *d, size_t p0, size_t n);
+/* col rows (c, ky, kx) for c < nc, each ld floats apart: the patches of output rows
+ * [oy0, oy0 + nr) (all OW columns: the first nr * OW floats of each row) of x (channel c at
+ * x + c h w, one sample), zero outside the image. The _s1 form is for stride 1 only and faster
+ * on small images; pl holds (nr + k - 1) * (w + 2 pad) floats. (The forward convolution's column
+ * builders, shared with the backward pass, which tiles positions the same way.) */
+void mood__ops_im2col_rows(float *col, size_t ld, const float *x, const mood_conv2d_dims *d, int nc,
+                           int oy0, int nr);
+void mood__ops_im2col_rows_s1(float *col, size_t ld, const float *x, const mood_conv2d_dims *d,
+                              int nc, int oy0, int nr, float *pl);
 
 /* Unnormalised softmax of row[0..n) in place: exp(x - max); row[n..len) = 0. Returns 1 / the
  * sum. */

@@ -10,7 +10,8 @@
  * reference relative to max |ref|; each op is then called a second time on the same buffers,
  * which must hold twice the reference (gradients accumulate).
  *
- * Also: conv backward at sizes cut into many tiles against naive double loops; central
+ * Also: conv backward at sizes cut into many tiles and on small maps (tiles of several samples
+ * that end inside one, partial sums, odd sizes, stride 2, 1x1) against naive double loops; central
  * differences (in double, of the float32 forward ops) on tiny cases; and conv, attention, linear,
  * group and layer norm backward giving bit-identical results on 1 and 2 threads.
  */
@@ -237,6 +238,99 @@ static void test_conv2d_backward_tiles(void)
         expect_k("  dw", dw, rw, nw, 1);
         free(x), free(w), free(dy), free(dx), free(dw), free(rx), free(rw), free(s);
     }
+}
+
+/* Small feature maps, as a small UNet trains on: a tile of positions holds several samples and
+ * ends inside one, the weight gradient is summed in groups of rows (partial sums) and tiles of
+ * output channels, or (more input than output channels, stride 1) taken the other way round,
+ * the input gradient's columns of several samples are scattered back from one product; odd
+ * sizes, stride 2, no padding, 5x5 kernels, 1x1 with and without stride. */
+static const mood_conv2d_dims conv_small[] = {
+    {21, 12, 5, 7, 64, 3, 1, 1}, {37, 10, 11, 9, 12, 3, 2, 1}, {3, 6, 23, 29, 8, 3, 1, 1},
+    {9, 20, 6, 6, 16, 3, 1, 0},  {33, 5, 4, 4, 7, 5, 1, 2},    {5, 70, 3, 5, 40, 1, 1, 0},
+    {6, 9, 7, 7, 11, 1, 2, 0},   {16, 40, 8, 8, 32, 3, 1, 1},  {7, 11, 9, 6, 5, 5, 1, 1}};
+#define N_CONV_SMALL ((int)(sizeof conv_small / sizeof conv_small[0]))
+
+/* One case's buffers: inputs filled from seed, gradients zeroed. */
+typedef struct conv_bufs {
+    size_t nx, nw, ny, ns;
+    float *x, *w, *dy, *dx, *dw, *db, *s;
+} conv_bufs;
+
+static void conv_bufs_init(conv_bufs *c, const mood_conv2d_dims *d, uint32_t seed)
+{
+    c->nx = (size_t)d->batch * d->in_c * d->h * d->w;
+    c->nw = (size_t)d->out_c * d->in_c * d->k * d->k;
+    c->ny = (size_t)d->batch * d->out_c * mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
+    c->ns = mood_op_conv2d_backward_scratch(d);
+    c->x = malloc(c->nx * sizeof *c->x), c->w = malloc(c->nw * sizeof *c->w);
+    c->dy = malloc(c->ny * sizeof *c->dy), c->s = malloc((c->ns ? c->ns : 1) * sizeof *c->s);
+    c->dx = calloc(c->nx, sizeof *c->dx), c->dw = calloc(c->nw, sizeof *c->dw);
+    c->db = calloc((size_t)d->out_c, sizeof *c->db);
+    MOOD_CHECK(c->x && c->w && c->dy && c->s && c->dx && c->dw && c->db);
+    fill(c->x, c->nx, seed), fill(c->w, c->nw, seed + 1), fill(c->dy, c->ny, seed + 2);
+}
+
+static void conv_bufs_free(conv_bufs *c)
+{
+    free(c->x), free(c->w), free(c->dy), free(c->s), free(c->dx), free(c->dw), free(c->db);
+}
+
+static void test_conv2d_backward_small_maps(void)
+{
+    for (int i = 0; i < N_CONV_SMALL; i++) {
+        const mood_conv2d_dims *d = &conv_small[i];
+        conv_bufs c;
+        conv_bufs_init(&c, d, 50 + 3 * i);
+        if (!c.x || !c.w || !c.dy || !c.s || !c.dx || !c.dw || !c.db)
+            return;
+        mood_op_conv2d_backward(c.dx, c.dw, c.db, c.dy, c.x, c.w, d, c.ns ? c.s : NULL);
+        float *rx = malloc(c.nx * sizeof *rx), *rw = malloc(c.nw * sizeof *rw);
+        float *rb = malloc((size_t)d->out_c * sizeof *rb);
+        conv_backward_naive(rx, rw, c.dy, c.x, c.w, d);
+        size_t ohw = c.ny / ((size_t)d->batch * d->out_c);
+        for (int o = 0; o < d->out_c; o++) {
+            double sb = 0;
+            for (int b = 0; b < d->batch; b++)
+                for (size_t j = 0; j < ohw; j++)
+                    sb += c.dy[((size_t)b * d->out_c + o) * ohw + j];
+            rb[o] = (float)sb;
+        }
+        char label[64];
+        snprintf(label, sizeof label, "conv b%d %dx%d k%d s%d p%d dx", d->batch, d->h, d->w, d->k,
+                 d->stride, d->pad);
+        expect_k(label, c.dx, rx, c.nx, 1);
+        expect_k("  dw", c.dw, rw, c.nw, 1);
+        expect_k("  db", c.db, rb, (size_t)d->out_c, 1);
+        free(rx), free(rw), free(rb);
+        conv_bufs_free(&c);
+    }
+}
+
+/* The small-map cases give the same bits on 1 and 2 threads (the partial sums of the weight
+ * gradient added in a fixed order, the tiles and groups chosen from the sizes alone). */
+static void test_conv2d_backward_small_threads(void)
+{
+    int saved = omp_get_max_threads();
+    for (int i = 0; i < N_CONV_SMALL; i++) {
+        const mood_conv2d_dims *d = &conv_small[i];
+        conv_bufs c[2];
+        for (int t = 0; t < 2; t++) {
+            conv_bufs_init(&c[t], d, 90 + i);
+            omp_set_num_threads(t + 1);
+            if (c[t].x && c[t].w && c[t].dy && c[t].s && c[t].dx && c[t].dw && c[t].db)
+                mood_op_conv2d_backward(c[t].dx, c[t].dw, c[t].db, c[t].dy, c[t].x, c[t].w, d,
+                                        c[t].ns ? c[t].s : NULL);
+        }
+        MOOD_CHECK_MSG(memcmp(c[0].dx, c[1].dx, c[0].nx * sizeof *c[0].dx) == 0,
+                       "conv case %d dx differs between 1 and 2 threads", i);
+        MOOD_CHECK_MSG(memcmp(c[0].dw, c[1].dw, c[0].nw * sizeof *c[0].dw) == 0,
+                       "conv case %d dw differs between 1 and 2 threads", i);
+        MOOD_CHECK_MSG(memcmp(c[0].db, c[1].db, (size_t)d->out_c * sizeof *c[0].db) == 0,
+                       "conv case %d db differs between 1 and 2 threads", i);
+        conv_bufs_free(&c[0]), conv_bufs_free(&c[1]);
+    }
+    omp_set_num_threads(saved);
 }
 
 /* ----- normalisation ------------------------------------------------------------------------ */
@@ -844,6 +938,7 @@ static void test_summary(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_conv2d_backward), MOOD_T(test_conv2d_backward_tiles),
+               MOOD_T(test_conv2d_backward_small_maps), MOOD_T(test_conv2d_backward_small_threads),
                MOOD_T(test_group_norm_backward), MOOD_T(test_layer_norm_backward),
                MOOD_T(test_attention_backward), MOOD_T(test_misc_backward),
                MOOD_T(test_finite_differences), MOOD_T(test_thread_count), MOOD_T(test_summary))
