@@ -15,6 +15,11 @@
  *
  * Every file is opened and checked (format, family) before the model changes, so a bad file
  * leaves the previous set in place; a failure while applying leaves the model without adapters.
+ *
+ * SDXL's two text encoders share their Hugging Face weight names, so every module and side path
+ * carries its part (MOOD_PART_TE1: CLIP-L, MOOD_PART_TE2: OpenCLIP bigG) and is looked up in
+ * that encoder. A diffusers folder's UNet weights also answer to their LDM/SGM names (kohya's
+ * SDXL LoRAs use them), when the UNet has the standard two resnets per level.
  */
 #include <cblas.h>
 #include <stdlib.h>
@@ -31,7 +36,14 @@ typedef struct resolved {
     float *restore_w, *restore_b; /* where src_w / src_b are read back to */
     char name[256];               /* model weight name ("...to_q.weight") */
     int ndim;                     /* 2 Linear, 4 Conv, 1 norm */
+    mood_part part;               /* which model holds it */
 } resolved;
+
+/* The text encoder of part p (NULL for the UNet, or TE2 of a model with one encoder). */
+static mood_clip *encoder_of(mood_model *m, mood_part p)
+{
+    return p == MOOD_PART_TE1 ? m->clip : p == MOOD_PART_TE2 ? m->clip2 : NULL;
+}
 
 /* ----- name resolution -------------------------------------------------------------------- */
 
@@ -58,10 +70,12 @@ static const mood_st_tensor *source_tensor(const mood_model *m, const mood_modul
         return mood_st_find(m->unet_file, key);
     }
     const char *name = mi->model_name;
-    if (m->te_strip_text_model && strncmp(name, "text_model.", 11) == 0)
+    int te2 = mi->part == MOOD_PART_TE2;
+    if ((te2 ? m->te2_strip_text_model : m->te_strip_text_model) &&
+        strncmp(name, "text_model.", 11) == 0)
         name += 11;
     snprintf(key, sizeof key, "%s.%s", name, suffix);
-    return mood_st_find(m->te_file, key);
+    return mood_st_find(te2 ? m->te2_file : m->te_file, key);
 }
 
 /* Looks module mi up in the model. r->w stays NULL when the model has no such weight. */
@@ -70,17 +84,19 @@ static void resolve(resolved *r, mood_model *m, const mood_module_info *mi, int6
     char bname[260];
     int64_t shape[4], bshape[4];
     int bndim = 0;
+    mood_clip *clip = encoder_of(m, mi->part);
     memset(r, 0, sizeof *r);
-    if (!mi->model_name || (mi->part != MOOD_PART_UNET && mi->part != MOOD_PART_TE1))
+    if (!mi->model_name || (mi->part != MOOD_PART_UNET && !clip))
         return;
+    r->part = mi->part;
     snprintf(r->name, sizeof r->name, "%s.weight", mi->model_name);
     snprintf(bname, sizeof bname, "%s.bias", mi->model_name);
     if (mi->part == MOOD_PART_UNET) {
         r->w = mood_unet_weight(m->unet, r->name, &r->ndim, shape);
         r->bias = mood_unet_weight(m->unet, bname, &bndim, bshape);
     } else {
-        r->w = mood_clip_weight(m->clip, r->name, &r->ndim, shape);
-        r->bias = mood_clip_weight(m->clip, bname, &bndim, bshape);
+        r->w = mood_clip_weight(clip, r->name, &r->ndim, shape);
+        r->bias = mood_clip_weight(clip, bname, &bndim, bshape);
     }
     r->src_w = source_tensor(m, mi, "weight");
     r->src_b = r->bias ? source_tensor(m, mi, "bias") : NULL;
@@ -121,9 +137,11 @@ static void drop_side_paths(mood_model *m)
         mood_free((char *)m->paths[i].weight);
     mood_free(m->owned);
     mood_free(m->paths);
+    mood_free(m->path_part);
     m->owned = NULL;
     m->paths = NULL;
-    m->n_owned = m->n_paths = m->cap_owned = m->cap_paths = 0;
+    m->path_part = NULL;
+    m->n_owned = m->n_paths = m->cap_owned = m->cap_paths = m->cap_path_part = 0;
 }
 
 static void forget_set(mood_model *m)
@@ -139,7 +157,8 @@ int mood__model_clear_adapters(mood_model *m)
 {
     int err = 0;
     if (mood_unet_set_side_paths(m->unet, NULL, 0) != 0 ||
-        mood_clip_set_side_paths(m->clip, NULL, 0) != 0)
+        mood_clip_set_side_paths(m->clip, NULL, 0) != 0 ||
+        (m->clip2 && mood_clip_set_side_paths(m->clip2, NULL, 0) != 0))
         err = MOOD_EBACKEND;
     drop_side_paths(m);
     if (!err) {
@@ -196,8 +215,8 @@ static int keep_set(mood_model *m, const mood_weighted_adapter *a, size_t n, moo
     return 0;
 }
 
-/* One weight of the UNet (i < nu) or text encoder into w. */
-static void base_weight(mood_model *m, size_t i, size_t nu, mood_base_weight *w)
+/* One weight of the UNet (i < nu), text encoder (i < nu + n1) or text encoder 2 into w. */
+static void base_weight(mood_model *m, size_t i, size_t nu, size_t n1, mood_base_weight *w)
 {
     memset(w, 0, sizeof *w);
     if (i < nu) {
@@ -205,9 +224,10 @@ static void base_weight(mood_model *m, size_t i, size_t nu, mood_base_weight *w)
         w->part = MOOD_PART_UNET;
         (void)mood_unet_weight(m->unet, w->name, &w->ndim, w->shape);
     } else {
-        w->name = mood_clip_weight_name(m->clip, i - nu);
-        w->part = MOOD_PART_TE1;
-        (void)mood_clip_weight(m->clip, w->name, &w->ndim, w->shape);
+        mood_clip *c = i < nu + n1 ? m->clip : m->clip2;
+        w->name = mood_clip_weight_name(c, i < nu + n1 ? i - nu : i - nu - n1);
+        w->part = i < nu + n1 ? MOOD_PART_TE1 : MOOD_PART_TE2;
+        (void)mood_clip_weight(c, w->name, &w->ndim, w->shape);
     }
 }
 
@@ -215,7 +235,8 @@ static void base_weight(mood_model *m, size_t i, size_t nu, mood_base_weight *w)
  * name (its modules need not be those of the family's release architecture, e.g. mood-tiny). */
 static int adapter_base(mood_model *m, const mood_checkpoint **out)
 {
-    size_t nu = mood_unet_weight_count(m->unet), n = nu + mood_clip_weight_count(m->clip);
+    size_t nu = mood_unet_weight_count(m->unet), n1 = mood_clip_weight_count(m->clip);
+    size_t n = nu + n1 + (m->clip2 ? mood_clip_weight_count(m->clip2) : 0);
     mood_base_weight *w;
     int err;
     *out = m->ckpt ? m->ckpt : m->names_base;
@@ -224,7 +245,7 @@ static int adapter_base(mood_model *m, const mood_checkpoint **out)
     if (!(w = mood_calloc(n, sizeof *w)))
         return mood_error_nomem();
     for (size_t i = 0; i < n; i++)
-        base_weight(m, i, nu, &w[i]);
+        base_weight(m, i, nu, n1, &w[i]);
     err = mood_checkpoint_from_names(&m->names_base, m->unet_file, m->family, w, n);
     mood_free(w);
     *out = m->names_base;
@@ -247,12 +268,14 @@ static int open_all(mood_adapter **ads, mood_model *m, const mood_weighted_adapt
     return err;
 }
 
-static int add_path(mood_model *m, const char *weight, float *down, float *up, int rank,
-                    float scale)
+static int add_path(mood_model *m, const char *weight, mood_part part, float *down, float *up,
+                    int rank, float scale)
 {
     mood_side_path *p;
     if (mood_array_reserve((void **)&m->paths, &m->cap_paths, m->n_paths + 1, sizeof *m->paths,
                            64) != 0 ||
+        mood_array_reserve((void **)&m->path_part, &m->cap_path_part, m->n_paths + 1,
+                           sizeof *m->path_part, 64) != 0 ||
         mood_array_reserve((void **)&m->owned, &m->cap_owned, m->n_owned + 2, sizeof *m->owned,
                            128) != 0) {
         mood_free(down);
@@ -262,6 +285,7 @@ static int add_path(mood_model *m, const char *weight, float *down, float *up, i
     if (down)
         m->owned[m->n_owned++] = down;
     m->owned[m->n_owned++] = up;
+    m->path_part[m->n_paths] = part;
     p = &m->paths[m->n_paths];
     memset(p, 0, sizeof *p);
     if (!(p->weight = mood_strdup(weight)))
@@ -293,7 +317,7 @@ static int dense_path(mood_model *m, const mood_adapter *a, size_t i, const reso
     }
     for (int64_t j = 0; j < n; j++)
         d[j] -= r->w[j];
-    return add_path(m, r->name, NULL, d, 0, 1.0f);
+    return add_path(m, r->name, r->part, NULL, d, 0, 1.0f);
 }
 
 /* One module of one adapter, resolved in the model. */
@@ -406,7 +430,7 @@ static int runtime_module(mood_model *m, const contrib *c)
     }
     err = mood_adapter_lowrank(c->a, c->i, &down, &up, &rank);
     if (err == 0)
-        return add_path(m, r->name, down, up, rank, c->mult);
+        return add_path(m, r->name, r->part, down, up, rank, c->mult);
     return err == MOOD_EUNSUPPORTED ? dense_path(m, c->a, c->i, r, c->mult) : err;
 }
 
@@ -497,28 +521,23 @@ static int apply_all(mood_model *m, mood_adapter **ads, const mood_weighted_adap
 
 static int install_paths(mood_model *m)
 {
-    /* UNet and text-encoder paths share one array; each model takes the ones naming its
-     * weights, so split them by which model knows the name. */
-    mood_side_path *u = NULL, *t = NULL;
-    size_t nu = 0, nt = 0;
+    /* UNet and text-encoder paths share one array: each model takes those of its part. */
+    mood_side_path *by[MOOD_PART_COUNT] = {NULL};
+    size_t n[MOOD_PART_COUNT] = {0};
     int err = 0;
-    if (m->n_paths &&
-        (!(u = mood_calloc(m->n_paths, sizeof *u)) || !(t = mood_calloc(m->n_paths, sizeof *t))))
-        err = mood_error_nomem();
-    for (size_t i = 0; i < m->n_paths && !err; i++) {
-        int nd;
-        int64_t sh[4];
-        if (mood_unet_weight(m->unet, m->paths[i].weight, &nd, sh))
-            u[nu++] = m->paths[i];
-        else
-            t[nt++] = m->paths[i];
-    }
+    for (int p = 0; p < MOOD_PART_COUNT && m->n_paths && !err; p++)
+        if (!(by[p] = mood_calloc(m->n_paths, sizeof *by[p])))
+            err = mood_error_nomem();
+    for (size_t i = 0; i < m->n_paths && !err; i++)
+        by[m->path_part[i]][n[m->path_part[i]]++] = m->paths[i];
     if (!err)
-        err = mood_unet_set_side_paths(m->unet, u, nu);
+        err = mood_unet_set_side_paths(m->unet, by[MOOD_PART_UNET], n[MOOD_PART_UNET]);
     if (!err)
-        err = mood_clip_set_side_paths(m->clip, t, nt);
-    mood_free(u);
-    mood_free(t);
+        err = mood_clip_set_side_paths(m->clip, by[MOOD_PART_TE1], n[MOOD_PART_TE1]);
+    if (!err && m->clip2)
+        err = mood_clip_set_side_paths(m->clip2, by[MOOD_PART_TE2], n[MOOD_PART_TE2]);
+    for (int p = 0; p < MOOD_PART_COUNT; p++)
+        mood_free(by[p]);
     return err;
 }
 

@@ -32,21 +32,26 @@ struct mood_model {
     mood_family family;
     int folder; /* a diffusers folder (else a single file) */
     mood_checkpoint *ckpt;
+    /* the alias table adapters resolve against: a single file's is ckpt's; a folder's, made on
+     * first use, holds its weights by name */
     mood_checkpoint *names_base;
-        /* a folder's weights by name, to resolve adapters (made on first use) */ /* single file:
-                                                                                     the alias table
-                                                                                     adapters
-                                                                                     resolve against
-                                                                                   */
     mood_st_file *unet_file; /* where pristine UNet weights are read back from */
     mood_st_file *te_file;   /* likewise for the text encoder */
     int te_strip_text_model; /* folder: te_file's keys lack "text_model." (transformers 5) */
+    mood_st_file *te2_file;  /* SDXL: likewise for text encoder 2 (a folder's own file) */
+    int te2_strip_text_model;
     mood_tokenizer *tok;
     mood_clip *clip;
+    mood_clip *clip2; /* SDXL: text encoder 2 (OpenCLIP bigG, with its projection), else NULL */
     mood_unet *unet;
     mood_vae *vae;
     mood_noise_schedule sched;
-    int32_t pad_id;      /* 49407 (SD1), 0 (SD2's OpenCLIP tokenizer) */
+    int32_t pad_id;    /* 49407 (SD1, SDXL's CLIP-L), 0 (SD2's OpenCLIP tokenizer) */
+    int32_t pad_id2;   /* SDXL: text encoder 2's (tokenizer_2's "!": 0) */
+    int zero_negative; /* SDXL: an empty negative prompt conditions on zeros
+                          (force_zeros_for_empty_prompt) */
+    int latents_norm;  /* the latents are normalised with latents_mean/std (Playground v2.5) */
+    float latents_mean[MOOD_VAE_MAX_LATENTS], latents_std[MOOD_VAE_MAX_LATENTS];
     int fixed_clip_skip; /* > 0: the model always uses this clip skip (SD2: 2) */
     char short_hash[11]; /* "" until computed */
     /* adapters */
@@ -56,18 +61,30 @@ struct mood_model {
     size_t n_set;
     size_t set_unmatched; /* its keys that matched nothing */
     mood_lora_mode set_mode;
-    mood_side_path *paths; /* runtime side paths (UNet and text encoder together) */
-    size_t n_paths, cap_paths;
+    mood_side_path *paths; /* runtime side paths (UNet and text encoders together) */
+    mood_part *path_part;  /* the part each path belongs to */
+    size_t n_paths, cap_paths, cap_path_part;
     float **owned;             /* factor buffers the side paths point into */
     mood_unet_tape *tape;      /* training: the UNet's activations, kept between steps */
     mood_clip_tape *clip_tape; /* training the text encoder: likewise */
     size_t n_owned, cap_owned;
 };
 
-/* conditioning.c: the A1111 conditioning of a prompt: n_chunks x 77 rows of `hidden` floats,
- * malloc'd into *out. */
+/* conditioning.c: the A1111 conditioning of a prompt: n_chunks x 77 rows of
+ * mood__context_width floats, malloc'd into *out. */
 int mood__encode_prompt(mood_model *m, const char *prompt, int clip_skip, float **out,
                         int *n_chunks);
+/* As mood__encode_prompt; SDXL also gives the pooled text embedding (mood__pooled_width floats,
+ * malloc'd) into *pooled (may be NULL; set to NULL for other families). */
+int mood__encode_prompt_ex(mood_model *m, const char *prompt, int clip_skip, float **out,
+                           int *n_chunks, float **pooled);
+/* The UNet context width (text encoder hidden size; SDXL: both encoders') and the pooled
+ * embedding's (SDXL: text encoder 2's projection; 0 otherwise). */
+int mood__context_width(const mood_model *m);
+int mood__pooled_width(const mood_model *m);
+/* SDXL's add_time_ids for a width x height image: original size (h, w), crop (0, 0), target
+ * size (h, w), as diffusers' _get_add_time_ids and A1111 build them. */
+void mood__sdxl_time_ids(float out[6], int width, int height);
 
 /* model_adapters.c: drops every side path and restores every patched weight. */
 int mood__model_clear_adapters(mood_model *m);

@@ -3,6 +3,12 @@
  * StableDiffusionPipeline.__call__: encode the prompt and the negative prompt, draw the initial
  * latents, run the sampler with classifier-free guidance around the UNet, decode with the VAE.
  *
+ * SDXL (StableDiffusionXLPipeline.__call__) adds per UNet sample the pooled text embedding and
+ * the six size ids (engine/conditioning.c), in the same [negative, positive] order; an empty
+ * negative prompt is zeros there (force_zeros_for_empty_prompt), with as many tokens as the
+ * positive prompt so both still run as one batch. Latents of a VAE with latents_mean/std
+ * (Playground v2.5) are decoded from latents * std / scaling_factor + mean.
+ *
  * Guidance runs the negative and the positive conditioning as one UNet batch of 2B in the order
  * [negative x B, positive x B] (diffusers' torch.cat([negative_prompt_embeds, prompt_embeds])),
  * or as two batches when the prompts have different numbers of 75-token chunks (A1111), then
@@ -76,17 +82,22 @@ typedef struct denoiser {
     double cfg;
     float *ctx;             /* [negative x B, positive x B] (positive x B without guidance) */
     int Tn, Tp;             /* context tokens of the negative and the positive prompt */
+    float *pooled;          /* SDXL: the pooled embeddings in ctx's order (P each), else NULL */
+    int P;                  /* their width */
+    float *time_ids;        /* SDXL: 6 per UNet sample (all alike) */
     float *xin, *tin, *eps; /* UNet batch buffers */
 } denoiser;
 
-/* The UNet on `NB` copies of the B images x_in in d->xin (already there), with contexts from
- * ctx of T tokens each, into eps. */
+/* The UNet on `NB` images xin with contexts ctx of T tokens each (and for SDXL the pooled
+ * embeddings from row `row` of d->pooled on), into eps. */
 static int unet_pass(denoiser *d, float *eps, const float *xin, const float *ctx, int NB, int T,
-                     double timestep)
+                     int row, double timestep)
 {
+    const float *pooled = d->pooled ? d->pooled + (size_t)row * d->P : NULL;
     for (int i = 0; i < NB; i++)
         d->tin[i] = (float)timestep;
-    return mood_unet_forward(d->m->unet, eps, xin, d->tin, ctx, NB, d->h, d->w, T, NULL, NULL);
+    return mood_unet_forward(d->m->unet, eps, xin, d->tin, ctx, NB, d->h, d->w, T, pooled,
+                             d->pooled ? d->time_ids : NULL);
 }
 
 /* mood_model_fn: the guided model output for x_in (B images). When both prompts have as many
@@ -97,18 +108,18 @@ static int denoise(float *out, const float *x_in, double timestep, int step, voi
 {
     denoiser *d = user;
     size_t bn = (size_t)d->B * d->n;
-    size_t C = (size_t)mood_clip_get_config(d->m->clip)->hidden;
+    size_t C = (size_t)mood__context_width(d->m);
     int err;
     (void)step;
     if (d->cfg <= 1.0)
-        return unet_pass(d, out, x_in, d->ctx, d->B, d->Tp, timestep);
+        return unet_pass(d, out, x_in, d->ctx, d->B, d->Tp, 0, timestep);
     memcpy(d->xin, x_in, bn * sizeof *x_in);
     memcpy(d->xin + bn, x_in, bn * sizeof *x_in);
     if (d->Tn == d->Tp)
-        err = unet_pass(d, d->eps, d->xin, d->ctx, 2 * d->B, d->Tp, timestep);
-    else if ((err = unet_pass(d, d->eps, d->xin, d->ctx, d->B, d->Tn, timestep)) == 0)
+        err = unet_pass(d, d->eps, d->xin, d->ctx, 2 * d->B, d->Tp, 0, timestep);
+    else if ((err = unet_pass(d, d->eps, d->xin, d->ctx, d->B, d->Tn, 0, timestep)) == 0)
         err = unet_pass(d, d->eps + bn, d->xin, d->ctx + (size_t)d->B * d->Tn * C, d->B, d->Tp,
-                        timestep);
+                        d->B, timestep);
     if (err)
         return err;
     for (size_t i = 0; i < bn; i++) {
@@ -118,32 +129,58 @@ static int denoise(float *out, const float *x_in, double timestep, int step, voi
     return 0;
 }
 
-/* d->ctx = [negative x B, positive x B] (or positive x B without guidance). */
+/* The negative conditioning: the prompt's, or for SDXL's empty negative prompt zeros of the
+ * positive's length (diffusers' torch.zeros_like(prompt_embeds)). */
+static int encode_negative(denoiser *d, const mood_gen_options *o, int np, float **neg,
+                           float **pooled, int *nn)
+{
+    mood_model *m = d->m;
+    if (m->clip2 && m->zero_negative && (!o->negative || !o->negative[0])) {
+        *nn = np;
+        *neg = mood_calloc((size_t)np * MOOD_CLIP_CONTEXT * (size_t)mood__context_width(m),
+                           sizeof **neg);
+        *pooled = mood_calloc((size_t)d->P, sizeof **pooled);
+        return *neg && *pooled ? 0 : mood_error_nomem();
+    }
+    return mood__encode_prompt_ex(m, o->negative, o->clip_skip, neg, nn, pooled);
+}
+
+/* d->ctx = [negative x B, positive x B] (or positive x B without guidance); SDXL: d->pooled in
+ * the same order, d->time_ids for every row. */
 static int build_context(denoiser *d, const mood_gen_options *o)
 {
     mood_model *m = d->m;
-    size_t C = (size_t)mood_clip_get_config(m->clip)->hidden, per_n = 0, per_p;
-    float *pos = NULL, *neg = NULL;
-    int np = 0, nn = 0, guided = d->cfg > 1.0, err;
-    if ((err = mood__encode_prompt(m, o->prompt, o->clip_skip, &pos, &np)) != 0)
-        return err;
-    if (guided && (err = mood__encode_prompt(m, o->negative, o->clip_skip, &neg, &nn)) != 0) {
-        mood_free(pos);
-        return err;
-    }
+    size_t C = (size_t)mood__context_width(m), per_n = 0, per_p, P = (size_t)d->P;
+    float *pos = NULL, *neg = NULL, *ppos = NULL, *pneg = NULL;
+    int np = 0, nn = 0, guided = d->cfg > 1.0, rows = (guided ? 2 : 1) * d->B, err;
+    if ((err = mood__encode_prompt_ex(m, o->prompt, o->clip_skip, &pos, &np, &ppos)) == 0 && guided)
+        err = encode_negative(d, o, np, &neg, &pneg, &nn);
     d->Tp = np * MOOD_CLIP_CONTEXT;
     d->Tn = nn * MOOD_CLIP_CONTEXT;
     per_p = (size_t)d->Tp * C;
     per_n = (size_t)d->Tn * C;
-    if (!(d->ctx = mood_malloc((size_t)d->B * (per_n + per_p) * sizeof *d->ctx)))
+    if (!err && !(d->ctx = mood_malloc((size_t)d->B * (per_n + per_p) * sizeof *d->ctx)))
+        err = mood_error_nomem();
+    if (!err && P &&
+        (!(d->pooled = mood_malloc((size_t)rows * P * sizeof *d->pooled)) ||
+         !(d->time_ids = mood_malloc((size_t)rows * 6 * sizeof *d->time_ids))))
         err = mood_error_nomem();
     for (int i = 0; i < d->B && !err; i++) {
+        size_t pn = guided ? (size_t)d->B : 0;
         if (guided)
             memcpy(d->ctx + (size_t)i * per_n, neg, per_n * sizeof *neg);
         memcpy(d->ctx + (size_t)d->B * per_n + (size_t)i * per_p, pos, per_p * sizeof *pos);
+        if (P && guided)
+            memcpy(d->pooled + i * P, pneg, P * sizeof *pneg);
+        if (P)
+            memcpy(d->pooled + (pn + (size_t)i) * P, ppos, P * sizeof *ppos);
     }
+    for (int i = 0; i < rows && !err && P; i++)
+        mood__sdxl_time_ids(d->time_ids + (size_t)i * 6, o->width, o->height);
     mood_free(pos);
     mood_free(neg);
+    mood_free(ppos);
+    mood_free(pneg);
     return err;
 }
 
@@ -222,18 +259,24 @@ static int alloc_buffers(denoiser *d)
     return d->xin && d->eps && d->tin ? 0 : mood_error_nomem();
 }
 
-/* images (B x 3 x H x W) = VAE decode of latents / scaling_factor, one image at a time to keep
- * the decoder's working set to one image. */
+/* images (B x 3 x H x W) = VAE decode of latents / scaling_factor (or denormalised, above), one
+ * image at a time to keep the decoder's working set to one image. */
 static int decode(mood_model *m, float *images, const float *latents, int B, int h, int w)
 {
     const mood_vae_config *vc = mood_vae_get_config(m->vae);
     int s = mood_vae_scale(m->vae);
     size_t n = (size_t)vc->latent_channels * h * w, img = (size_t)3 * h * s * w * s;
+    size_t hw = (size_t)h * w;
     float *z = mood_malloc(n * sizeof *z);
     int err = z ? 0 : mood_error_nomem();
     for (int i = 0; i < B && !err; i++) {
-        for (size_t j = 0; j < n; j++)
-            z[j] = latents[i * n + j] / vc->scaling_factor;
+        if (m->latents_norm) /* latents * latents_std / scaling_factor + latents_mean */
+            for (size_t j = 0; j < n; j++)
+                z[j] = latents[i * n + j] * m->latents_std[j / hw] / vc->scaling_factor +
+                       m->latents_mean[j / hw];
+        else
+            for (size_t j = 0; j < n; j++)
+                z[j] = latents[i * n + j] / vc->scaling_factor;
         err = mood_vae_decode(m->vae, images + i * img, z, 1, h, w);
     }
     mood_free(z);
@@ -259,6 +302,7 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
     d.w = o->width / mood_vae_scale(m->vae);
     d.n = (size_t)mood_unet_get_config(m->unet)->in_channels * d.h * d.w;
     d.cfg = o->cfg;
+    d.P = mood__pooled_width(m);
     if ((err = noise_open(&ns, o->rng, o->seed, d.B)) == 0 && (err = build_context(&d, o)) == 0 &&
         (err = alloc_buffers(&d)) == 0) {
         latents = mood_malloc((size_t)d.B * d.n * sizeof *latents);
@@ -288,6 +332,8 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
         err = decode(m, images, latents, d.B, d.h, d.w);
     noise_close(&ns);
     mood_free(d.ctx);
+    mood_free(d.pooled);
+    mood_free(d.time_ids);
     mood_free(d.xin);
     mood_free(d.eps);
     mood_free(d.tin);

@@ -1,7 +1,9 @@
 /*
  * sampler.c: noise schedules and samplers (mood/sampler.h), a step-for-step port of diffusers'
  * EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler
- * (dpmsolver++ / sde-dpmsolver++, order 2, midpoint), DDIMScheduler and LCMScheduler
+ * (dpmsolver++ / sde-dpmsolver++, order 2, midpoint), DDIMScheduler and LCMScheduler, and for
+ * EDM models (Playground v2.5) EDMEulerScheduler and EDMDPMSolverMultistepScheduler, which
+ * reuse the Euler and DPM-Solver steps with EDM's sigmas, preconditioning and alpha_t = 1
  * (diffusers 0.42.1, src/diffusers/schedulers/scheduling_*.py).
  *
  * Bit-level agreement needs diffusers' dtypes, so each quantity is computed in the type diffusers
@@ -162,6 +164,10 @@ void mood_noise_schedule_init(mood_noise_schedule *s)
     s->timestep_scaling = 10.0;
     s->lower_order_final = 1;
     s->lambda_min_clipped = -INFINITY;
+    s->sigma_min = 0.002;
+    s->sigma_max = 80.0;
+    s->sigma_data = 0.5;
+    s->rho = 7.0;
 }
 
 void mood_noise_schedule_sd(mood_noise_schedule *s)
@@ -311,6 +317,31 @@ static int json_unsupported(const json_ctx *c)
     return 0;
 }
 
+/* EDMEulerScheduler / EDMDPMSolverMultistepScheduler: the class name says EDM, the sigma fields
+ * say where. */
+static int json_read_edm(mood_noise_schedule *s, const json_ctx *c)
+{
+    const char *cls = cJSON_GetStringValue(jget(c, "_class_name"));
+    const cJSON *v = jget(c, "sigma_schedule");
+    int err;
+    if (!cls || strncmp(cls, "EDM", 3) != 0)
+        return 0;
+    s->edm = 1;
+    if (v && (!cJSON_IsString(v) || strcmp(v->valuestring, "karras") != 0))
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: sigma_schedule %s is not supported (\"karras\" expected)",
+                              c->path, cJSON_IsString(v) ? v->valuestring : "(not a string)");
+    if ((err = jnum(c, "sigma_min", &s->sigma_min, 1e-10, 1e10)) != 0 ||
+        (err = jnum(c, "sigma_max", &s->sigma_max, 1e-10, 1e10)) != 0 ||
+        (err = jnum(c, "sigma_data", &s->sigma_data, 1e-10, 1e10)) != 0 ||
+        (err = jnum(c, "rho", &s->rho, 1e-3, 1e3)) != 0)
+        return err;
+    if (!(s->sigma_max > s->sigma_min))
+        return mood_error_set(MOOD_EFORMAT, "%s: sigma_max %g is not above sigma_min %g", c->path,
+                              s->sigma_max, s->sigma_min);
+    return 0;
+}
+
 static int json_read_fields(mood_noise_schedule *s, const json_ctx *c)
 {
     static const char *const betas[] = {"scaled_linear", "linear", "squaredcos_cap_v2"};
@@ -342,7 +373,7 @@ static int json_read_fields(mood_noise_schedule *s, const json_ctx *c)
     s->beta_schedule = (mood_beta_schedule)beta;
     s->prediction = (mood_prediction)pred;
     s->timestep_spacing = (mood_timestep_spacing)spacing;
-    return 0;
+    return json_read_edm(s, c);
 }
 
 int mood_noise_schedule_from_json(mood_noise_schedule *s, const char *path)
@@ -725,6 +756,46 @@ static int plan_lcm(plan *p, const mood_noise_schedule *ns, double *tmp)
     return 0;
 }
 
+/* torch.linspace(start, end, n, dtype=float64): as torch_linspace_f32, in double. */
+static void torch_linspace_f64(double *out, double start, double end, int n)
+{
+    double step;
+    if (n == 1) {
+        out[0] = start;
+        return;
+    }
+    step = (end - start) / (double)(n - 1);
+    for (int i = 0; i < n; i++)
+        out[i] = i < n / 2 ? fma(step, (double)i, start) : fma(-step, (double)(n - 1 - i), end);
+}
+
+/* EDM: Karras sigmas from sigma_max to sigma_min and the timesteps c_noise = 0.25 ln sigma.
+ * EDMEulerScheduler (Euler, and Euler a here) ramps in float64 and rounds the sigmas to float32;
+ * EDMDPMSolverMultistepScheduler computes them in float32 (torch scalars become float). */
+static void plan_edm(plan *p, const mood_noise_schedule *ns, double *tmp)
+{
+    int n = p->steps, euler = p->kind == MOOD_SAMPLER_EULER || p->kind == MOOD_SAMPLER_EULER_A;
+    double rho = ns->rho, min_inv = pow(ns->sigma_min, 1.0 / rho);
+    double max_inv = pow(ns->sigma_max, 1.0 / rho);
+    if (euler) {
+        torch_linspace_f64(tmp, 0, 1, n);
+        for (int i = 0; i < n; i++)
+            p->sigma[i] = (float)pow(max_inv + tmp[i] * (min_inv - max_inv), rho);
+    } else {
+        float span = (float)(min_inv - max_inv), top = (float)max_inv;
+        torch_linspace_f32(p->sigma, 0, 1, n); /* the ramp, replaced in place */
+        for (int i = 0; i < n; i++)
+            p->sigma[i] = powf(top + p->sigma[i] * span, (float)rho);
+    }
+    for (int i = 0; i < n; i++)
+        p->t[i] = 0.25f * logf(p->sigma[i]);
+    if (!ns->final_sigma_min)
+        p->sigma[n] = 0.0f;
+    else /* Euler: the last computed sigma; DPM: the configured sigma_min */
+        p->sigma[n] = euler ? p->sigma[n - 1] : (float)ns->sigma_min;
+    p->init_sigma = (float)sqrt(ns->sigma_max * ns->sigma_max + 1.0);
+}
+
 static int check_opts(const mood_noise_schedule *ns, const mood_sample_opts *o)
 {
     if (!ns || !o)
@@ -744,6 +815,15 @@ static int check_opts(const mood_noise_schedule *ns, const mood_sample_opts *o)
                               a1111_names[o->kind], o->steps, ns->train_timesteps);
     if (!(o->eta >= 0 && o->eta <= 1e6))
         return mood_error_set(MOOD_EINVAL, "sampler: eta %g must be >= 0", o->eta);
+    if (ns->edm && !is_sigma_sampler(o->kind))
+        return mood_error_set(MOOD_EINVAL,
+                              "sampler %s: not available for an EDM model (Playground v2.5): use "
+                              "Euler, Euler a, DPM++ 2M or DPM++ 2M SDE",
+                              a1111_names[o->kind]);
+    if (ns->edm &&
+        !(ns->sigma_min > 0 && ns->sigma_max > ns->sigma_min && ns->sigma_data > 0 && ns->rho > 0))
+        return mood_error_set(MOOD_EINVAL, "sampler: EDM sigmas %g..%g, sigma_data %g, rho %g",
+                              ns->sigma_min, ns->sigma_max, ns->sigma_data, ns->rho);
     return 0;
 }
 
@@ -763,6 +843,10 @@ static int plan_build(plan *p, const mood_noise_schedule *ns, const mood_sample_
     tmp = mood_malloc(((size_t)(n > T ? n : T) + 2) * sizeof *tmp);
     if (!p->ac || !p->t || !p->sigma || !table || !tmp) {
         err = mood_error_nomem();
+        goto done;
+    }
+    if (ns->edm) { /* no alphas_cumprod: the sigmas are the schedule */
+        plan_edm(p, ns, tmp);
         goto done;
     }
     if ((err = alphas_cumprod(p->ac, ns, o->kind)) != 0)
@@ -827,19 +911,46 @@ typedef struct run {
     int lower_order_nums;
 } run;
 
-/* Euler, Euler a: the model sees x / sqrt(sigma^2 + 1). */
+/* sigma_data squared, as Python computes it before torch makes it a float32 scalar. */
+static float sigma_data2(const mood_noise_schedule *ns)
+{
+    return (float)(ns->sigma_data * ns->sigma_data);
+}
+
+/* Euler, Euler a: the model sees x / sqrt(sigma^2 + 1); EDM (every sampler): x * c_in with
+ * c_in = 1 / sqrt(sigma^2 + sigma_data^2). */
 static void scale_input(run *r, int i)
 {
     float sigma = r->p->sigma[i];
+    if (r->ns->edm) {
+        float c_in = 1.0f / sqrtf(sigma * sigma + sigma_data2(r->ns));
+        for (size_t j = 0; j < r->N; j++)
+            r->x_in[j] = r->x[j] * c_in;
+        return;
+    }
     float d = sqrtf(sigma * sigma + 1.0f);
     for (size_t j = 0; j < r->N; j++)
         r->x_in[j] = r->x[j] / d;
 }
 
+/* EDM precondition_outputs: denoised = c_skip x + c_out F, c_skip = sd^2 / (sigma^2 + sd^2),
+ * c_out = +-sigma sd / sqrt(sigma^2 + sd^2) (epsilon / v). */
+static void edm_x0(run *r, float sigma)
+{
+    float sd2 = sigma_data2(r->ns), q = sigma * sigma + sd2;
+    float c_skip = 1.0f / q * sd2;
+    float c_out =
+        (r->ns->prediction == MOOD_PRED_V ? -sigma : sigma) * (float)r->ns->sigma_data / sqrtf(q);
+    for (size_t j = 0; j < r->N; j++)
+        r->x0[j] = c_skip * r->x[j] + c_out * r->out[j];
+}
+
 /* Euler's and Euler a's pred_original_sample (sigma_hat = sigma: no churn). */
 static void euler_x0(run *r, float sigma)
 {
-    if (r->ns->prediction == MOOD_PRED_EPSILON) {
+    if (r->ns->edm) {
+        edm_x0(r, sigma);
+    } else if (r->ns->prediction == MOOD_PRED_EPSILON) {
         for (size_t j = 0; j < r->N; j++)
             r->x0[j] = r->x[j] - sigma * r->out[j];
     } else {
@@ -891,7 +1002,7 @@ typedef struct vp {
     float alpha, sigma, lambda;
 } vp;
 
-static vp vp_of(float s)
+static vp vp_of_vp(float s)
 {
     vp v;
     v.alpha = 1.0f / sqrtf(s * s + 1.0f);
@@ -900,11 +1011,26 @@ static vp vp_of(float s)
     return v;
 }
 
+/* EDM: the inputs are pre-scaled, so alpha_t = 1 and sigma_t = sigma (lambda = log 1 - log s). */
+static vp vp_of_edm(float s)
+{
+    vp v = {1.0f, s, 0.0f - logf(s)};
+    return v;
+}
+
+/* The solver's alpha, sigma and lambda at the run's sigma k. */
+static vp vp_at(const run *r, int k)
+{
+    return r->ns->edm ? vp_of_edm(r->p->sigma[k]) : vp_of_vp(r->p->sigma[k]);
+}
+
 /* convert_model_output for dpmsolver++: the x0 prediction. */
 static void dpm_x0(run *r, int i)
 {
-    vp s = vp_of(r->p->sigma[i]);
-    if (r->ns->prediction == MOOD_PRED_EPSILON) {
+    vp s = vp_at(r, i);
+    if (r->ns->edm) {
+        edm_x0(r, r->p->sigma[i]);
+    } else if (r->ns->prediction == MOOD_PRED_EPSILON) {
         for (size_t j = 0; j < r->N; j++)
             r->x0[j] = (r->x[j] - s.sigma * r->out[j]) / s.alpha;
     } else {
@@ -916,7 +1042,7 @@ static void dpm_x0(run *r, int i)
 /* dpm_solver_first_order_update. */
 static void dpm_first(run *r, int i, int sde)
 {
-    vp t = vp_of(r->p->sigma[i + 1]), s = vp_of(r->p->sigma[i]);
+    vp t = vp_at(r, i + 1), s = vp_at(r, i);
     float h = t.lambda - s.lambda;
     if (!sde) {
         float c1 = t.sigma / s.sigma, c2 = t.alpha * (expf(-h) - 1.0f);
@@ -934,7 +1060,7 @@ static void dpm_first(run *r, int i, int sde)
 /* multistep_dpm_solver_second_order_update, midpoint; D1 = (m0 - m1) / r0. */
 static void dpm_second(run *r, int i, int sde)
 {
-    vp t = vp_of(r->p->sigma[i + 1]), s0 = vp_of(r->p->sigma[i]), s1 = vp_of(r->p->sigma[i - 1]);
+    vp t = vp_at(r, i + 1), s0 = vp_at(r, i), s1 = vp_at(r, i - 1);
     float h = t.lambda - s0.lambda, h0 = s0.lambda - s1.lambda, r0 = h0 / h;
     float inv_r0 = 1.0f / r0;
     if (!sde) {
@@ -1088,6 +1214,7 @@ static int report(const run *r, int i, const mood_sample_opts *o)
 static int one_step(run *r, int i, const mood_sample_opts *o, mood_model_fn model, void *user)
 {
     int err, euler = o->kind == MOOD_SAMPLER_EULER || o->kind == MOOD_SAMPLER_EULER_A;
+    euler |= r->ns->edm; /* EDM scales the input of every sampler */
     if (euler)
         scale_input(r, i);
     if ((err = model(r->out, euler ? r->x_in : r->x, r->p->t[i], i, user)) != 0)

@@ -65,7 +65,7 @@ int mood_checkpoint_from_names(mood_checkpoint **out, const mood_st_file *file, 
     c->borrowed_file = 1;
     c->family = family;
     for (size_t i = 0; i < n; i++)
-        c->counts[w[i].part == MOOD_PART_UNET ? MOOD_PART_UNET : MOOD_PART_TE1]++;
+        c->counts[(unsigned)w[i].part < MOOD_PART_COUNT ? w[i].part : MOOD_PART_COUNT]++;
     if ((err = mood__keymap_from_names(&c->keymap, w, n, family)) != 0)
         mood_checkpoint_close(c);
     else

@@ -577,13 +577,142 @@ int mood__keymap_from_checkpoint(mood_keymap **out, const mood_st_file *f, mood_
 
 static int cmp_key(const void *a, const void *b);
 
-/* One weight of a base given by its engine names (mood__keymap_from_names). */
-static int add_named(mood_keymap *m, const key_list *kl, const mood_base_weight *w)
+/* ----- diffusers -> LDM names, for bases known by diffusers names ---------------------------- */
+
+/* The LDM ResBlock child of a diffusers resnet child (res_rename backwards). */
+static const char *res_rename_back(const char *child)
 {
-    char stem[NAME_MAX_LEN], bias[NAME_MAX_LEN], kohya[NAME_MAX_LEN];
+    static const char *const map[][2] = {
+        {"norm1", "in_layers.0"},          {"conv1", "in_layers.2"},
+        {"norm2", "out_layers.0"},         {"conv2", "out_layers.3"},
+        {"time_emb_proj", "emb_layers.1"}, {"conv_shortcut", "skip_connection"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        if (strcmp(child, map[i][0]) == 0)
+            return map[i][1];
+    }
+    return NULL;
+}
+
+/* "X.<sub>.I.rest" parsed; with x NULL, "<sub>.I.rest" (the mid block's). */
+static int parse_block(const char *s, int *x, char *sub, size_t subsz, int *i, const char **rest)
+{
+    char *end;
+    long a = 0, b;
+    const char *dot;
+    if (x) {
+        a = strtol(s, &end, 10);
+        if (end == s || *end != '.' || a < 0 || a > 99)
+            return -1;
+        s = end + 1;
+    }
+    if (!(dot = strchr(s, '.')) || (size_t)(dot - s) >= subsz)
+        return -1;
+    memcpy(sub, s, (size_t)(dot - s));
+    sub[dot - s] = '\0';
+    s = dot + 1;
+    b = strtol(s, &end, 10);
+    if (end == s || *end != '.' || b < 0 || b > 9)
+        return -1;
+    if (x)
+        *x = (int)a;
+    *i = (int)b;
+    *rest = end + 1;
+    return 0;
+}
+
+/* The LDM/SGM module name of diffusers UNet module d, for a UNet of two resnets per level (the
+ * inverse of mood__keymap_ldm_to_diffusers); -1 when there is none. An up level's upsampler sits
+ * at slot 2 when the level has attentions, else at slot 1. */
+static int diffusers_to_ldm(char *out, const key_list *kl, const char *d)
+{
+    static const char *const top[][2] = {
+        {"conv_norm_out", "out.0"},
+        {"conv_out", "out.2"},
+        {"conv_in", "input_blocks.0.0"},
+        {"time_embedding.linear_1", "time_embed.0"},
+        {"time_embedding.linear_2", "time_embed.2"},
+        {"add_embedding.linear_1", "label_emb.0.0"},
+        {"add_embedding.linear_2", "label_emb.0.2"},
+    };
+    char sub[32], probe[NAME_MAX_LEN];
+    const char *rest, *child;
+    int x, i, down = starts(d, "down_blocks."), up = starts(d, "up_blocks.");
+    for (size_t k = 0; k < sizeof top / sizeof top[0]; k++)
+        if (strcmp(d, top[k][0]) == 0)
+            return nprintf(out, "%s", top[k][1]), 0;
+    if (starts(d, "mid_block.")) {
+        if (parse_block(d + 10, NULL, sub, sizeof sub, &i, &rest) != 0)
+            return -1;
+    } else if (!(down || up) ||
+               parse_block(d + (down ? 12 : 10), &x, sub, sizeof sub, &i, &rest) != 0) {
+        return -1;
+    }
+    child = strcmp(sub, "resnets") == 0 ? res_rename_back(rest) : rest;
+    if (!child || !*child)
+        return -1;
+    if (starts(d, "mid_block.")) {
+        if (strcmp(sub, "attentions") == 0 && i == 0)
+            return nprintf(out, "middle_block.1.%s", child), 0;
+        if (strcmp(sub, "resnets") == 0 && i <= 1)
+            return nprintf(out, "middle_block.%d.%s", 2 * i, child), 0;
+        return -1;
+    }
+    if (strcmp(sub, "resnets") == 0 || strcmp(sub, "attentions") == 0) {
+        int slot = strcmp(sub, "attentions") == 0;
+        if (i > (down ? 1 : 2))
+            return -1;
+        nprintf(out, "%s.%d.%d.%s", down ? "input_blocks" : "output_blocks",
+                down ? 3 * x + i + 1 : 3 * x + i, slot, child);
+        return 0;
+    }
+    if (down && strcmp(sub, "downsamplers") == 0 && i == 0 && strcmp(rest, "conv") == 0)
+        return nprintf(out, "input_blocks.%d.0.op", 3 * x + 3), 0;
+    if (up && strcmp(sub, "upsamplers") == 0 && i == 0 && strcmp(rest, "conv") == 0) {
+        nprintf(probe, "up_blocks.%d.attentions.0.proj_in.weight", x);
+        nprintf(out, "output_blocks.%d.%d.conv", 3 * x + 2, key_exists(kl, probe) ? 2 : 1);
+        return 0;
+    }
+    return -1;
+}
+
+/* Whether a UNet known by diffusers names has two resnets in every down level and three in every
+ * up level, the layout LDM's block numbering assumes (SD1, SD2, SDXL). */
+static int ldm_numbering_holds(const key_list *kl)
+{
+    int max_res[2][16], seen = 0;
+    memset(max_res, -1, sizeof max_res);
+    for (size_t k = 0; k < kl->n; k++) {
+        const char *n = kl->keys[k].name, *p;
+        int up = starts(n, "up_blocks."), x;
+        char *end;
+        long r;
+        if (!up && !starts(n, "down_blocks."))
+            continue;
+        x = (int)strtol(n + (up ? 10 : 12), &end, 10);
+        if (x < 0 || x >= 16 || !starts(end, ".resnets."))
+            continue;
+        p = end + 9;
+        r = strtol(p, &end, 10);
+        if (end != p && r > max_res[up][x])
+            max_res[up][x] = (int)r;
+        seen = 1;
+    }
+    for (int up = 0; up < 2; up++)
+        for (int x = 0; x < 16; x++)
+            if (max_res[up][x] >= 0 && max_res[up][x] != (up ? 2 : 1))
+                return 0;
+    return seen;
+}
+
+/* One weight of a base given by its engine names (mood__keymap_from_names). */
+static int add_named(mood_keymap *m, const key_list *kl, const mood_base_weight *w, int ldm_ok)
+{
+    char stem[NAME_MAX_LEN], bias[NAME_MAX_LEN], kohya[NAME_MAX_LEN], ldm[NAME_MAX_LEN];
+    char back[NAME_MAX_LEN], a[NAME_MAX_LEN];
     size_t n = strlen(w->name), ti;
     base_key k = {w->name, w->ndim, {0}};
-    int err;
+    int err, has_ldm;
     if (n < 8 || n >= NAME_MAX_LEN || !ends(w->name, ".weight"))
         return 0; /* biases and buffers are found through their weight */
     nprintf(stem, "%.*s", (int)(n - 7), w->name);
@@ -591,12 +720,24 @@ static int add_named(mood_keymap *m, const key_list *kl, const mood_base_weight 
     const char *b = bias_of(bias, kl, w->name, n - 7);
     if (w->part != MOOD_PART_UNET)
         return add_te(m, &k, b, stem, w->part, -1, NULL);
-    join(kohya, "lora_unet_", stem, 1);
+    /* the LDM name too, checked by mapping it back (kohya names SDXL modules by it) */
+    has_ldm = ldm_ok && diffusers_to_ldm(ldm, kl, stem) == 0 &&
+              mood__keymap_ldm_to_diffusers(back, sizeof back, ldm) == 0 && !strcmp(back, stem);
+    join(kohya, "lora_unet_", has_ldm && m->family == MOOD_FAMILY_SDXL ? ldm : stem, 1);
     if ((err = new_target(m, &ti, &k, b, kohya, MOOD_PART_UNET, -1)) != 0)
         return err;
     if (!(m->targets[ti].model_name = mood_strdup(stem)))
         return mood_error_nomem();
-    return add_diffusers_aliases(m, stem, ti);
+    if ((err = add_diffusers_aliases(m, stem, ti)) != 0 || !has_ldm)
+        return err;
+    join(a, "lora_unet_", ldm, 1);
+    err = add_alias(m, a, ti);
+    join(a, "oft_unet_", ldm, 1);
+    err = err ? err : add_alias(m, a, ti);
+    join(a, "diffusion_model.", ldm, 0);
+    err = err ? err : add_alias(m, a, ti);
+    join(a, "model.diffusion_model.", ldm, 0);
+    return err ? err : add_alias(m, a, ti);
 }
 
 int mood__keymap_from_names(mood_keymap **out, const mood_base_weight *w, size_t n,
@@ -618,8 +759,9 @@ int mood__keymap_from_names(mood_keymap **out, const mood_base_weight *w, size_t
     mood_buf_init(&m->names);
     if ((err = grow_slots(m, 8 * n)) != 0 || (err = mood_buf_reserve(&m->names, 64 * n)) != 0)
         goto done;
+    int ldm_ok = ldm_numbering_holds(&kl);
     for (size_t i = 0; i < n && !err; i++)
-        err = add_named(m, &kl, &w[i]);
+        err = add_named(m, &kl, &w[i], ldm_ok);
 done:
     mood_free(kl.keys);
     if (err)

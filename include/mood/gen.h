@@ -4,10 +4,21 @@
  * side paths, and the txt2img pipeline (A1111 prompt weighting, classifier-free guidance, a
  * sampler, VAE decode).
  *
- * The pipeline follows diffusers' StableDiffusionPipeline where the two agree (so its results
- * are checked against diffusers), and AUTOMATIC1111 where diffusers has nothing to say: prompt
- * emphasis "(word:1.3)" with A1111's mean restoration, 75-token chunks for long prompts, clip
- * skip, <lora:...> strengths split between UNet and text encoder.
+ * The pipeline follows diffusers' StableDiffusionPipeline (StableDiffusionXLPipeline for SDXL)
+ * where the two agree (so its results are checked against diffusers), and AUTOMATIC1111 where
+ * diffusers has nothing to say: prompt emphasis "(word:1.3)" with A1111's mean restoration,
+ * 75-token chunks for long prompts, clip skip, <lora:...> strengths split between UNet and text
+ * encoder.
+ *
+ * SDXL models (and Playground v2/v2.5): both text encoders' penultimate hidden states,
+ * concatenated; text encoder 2's pooled, projected embedding and the size conditioning
+ * (original size = target size = the image's, crop (0, 0)) go to the UNet's added embedding; an
+ * empty (or NULL) negative prompt conditions on zeros (diffusers' force_zeros_for_empty_prompt
+ * for a None negative prompt, A1111 for ""). Long prompts are chunked as A1111 does, with the
+ * pooled embedding of the first chunk. Playground v2.5 (an EDM scheduler in the folder, or
+ * edm_mean/edm_std in the single file) samples with EDM (mood/sampler.h) and denormalises the
+ * latents with the VAE's latents_mean/std before decoding. Clip skip for SDXL: see
+ * engine/conditioning.c (1 and 2: the penultimate layer, k > 2: hidden_states[-k]).
  *
  * Thread-safety: a mood_model is used by one generation at a time.
  */
@@ -42,15 +53,18 @@ typedef struct mood_model_options {
     const mood_clip_config *clip_hint;
     const mood_unet_config *unet_hint;
     const mood_vae_config *vae_hint;
+    const mood_clip_config *clip2_hint; /* SDXL's text encoder 2 (heads, act) */
 } mood_model_options;
 
 void mood_model_options_init(mood_model_options *o);
 
 /* Loads every part of a base model: `path` is a single-file checkpoint (A1111/Civitai layout,
- * fp16/bf16/fp32) or a diffusers pipeline folder (model_index.json, text_encoder/, unet/, vae/,
+ * SD1/SD2 LDM or SDXL SGM keys, fp8/fp16/bf16/fp32) or a diffusers pipeline folder
+ * (model_index.json, text_encoder/, [text_encoder_2/, tokenizer_2/ for SDXL,] unet/, vae/,
  * scheduler/). Weights are converted to float32 part by part from the mapped file.
- * Errors: MOOD_ENOTFOUND / MOOD_EIO (files), MOOD_EFORMAT (a part missing or malformed, named),
- * MOOD_EUNSUPPORTED (a family the engine does not run yet, e.g. SDXL), MOOD_ENOMEM. */
+ * Errors: MOOD_ENOTFOUND / MOOD_EIO (files), MOOD_EFORMAT (a part missing or malformed, or
+ * parts of mismatched widths, named), MOOD_EUNSUPPORTED (what the engine does not run yet, e.g.
+ * the SDXL refiner), MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_model_open(mood_model **out, const char *path,
                                      const mood_model_options *opts);
 void mood_model_free(mood_model *m);
@@ -104,7 +118,7 @@ typedef struct mood_gen_options {
     mood_sigma_schedule schedule;
     uint64_t seed;
     mood_rng_kind rng;
-    int clip_skip;             /* A1111 numbering, 1 = last layer */
+    int clip_skip;             /* A1111 numbering, 1 = last layer (SDXL: see above) */
     mood_progress_fn progress; /* phase "sample", one unit per step */
     void *progress_payload;
     mood_preview_fn preview; /* NULL, or called every preview_every steps */
@@ -115,7 +129,7 @@ typedef struct mood_gen_options {
 void mood_gen_options_init(mood_gen_options *o); /* 512x512, batch 1, 20 steps, cfg 7, Euler a */
 
 /* The size the model was trained at: its VAE config's sample_size (512 for SD1, 768 for SD2-v,
- * 64 for mood-tiny), or 512 when that is missing or not a usable image size. */
+ * 1024 for SDXL, 64 for mood-tiny), or 512 when that is missing or not a usable image size. */
 void mood_model_default_size(const mood_model *m, int *width, int *height);
 
 /* Runs txt2img. *images_out (batch x 3 x height x width floats, CHW per image, the VAE's output:

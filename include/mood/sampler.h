@@ -104,10 +104,21 @@ typedef struct mood_noise_schedule {
     int lower_order_final;        /* DPM++: 1 (default) */
     int euler_at_final;           /* DPM++: 0 (default) */
     double lambda_min_clipped;    /* DPM++: -INFINITY (default) */
+    /* EDM (Karras et al. 2022; Playground v2.5): diffusers' EDMEulerScheduler and
+     * EDMDPMSolverMultistepScheduler, chosen by a scheduler_config.json "_class_name" starting
+     * with "EDM". The model sees c_in(sigma) x at timestep 0.25 ln(sigma) and its output gives
+     * denoised = c_skip x + c_out F with sigma_data; sigmas follow Karras' rho schedule from
+     * sigma_max to sigma_min (always: A1111's "Karras" changes nothing). Euler, DPM++ 2M and
+     * DPM++ 2M SDE are diffusers' EDM schedulers; Euler a takes Euler's EDM sigmas with the
+     * ancestral step (k-diffusion's sample_euler_ancestral, as ComfyUI samples EDM models);
+     * DDIM and LCM are refused. The beta fields are then unused. */
+    int edm;
+    double sigma_min, sigma_max, sigma_data, rho; /* EDM: 0.002, 80, 0.5, 7 */
 } mood_noise_schedule;
 
 /* diffusers' defaults for an empty scheduler_config.json (beta 0.0001..0.02 linear, epsilon,
- * 1000 steps, offset 0, spacing by class, ...). */
+ * 1000 steps, offset 0, spacing by class, ...; not EDM, with the EDM schedulers' defaults in
+ * the sigma fields). */
 void mood_noise_schedule_init(mood_noise_schedule *s);
 /* SD1.x / SD2-base / SDXL: beta 0.00085..0.012 scaled_linear, 1000 steps, epsilon, "leading"
  * spacing with steps_offset 1, clip_sample and set_alpha_to_one off (SD's published
@@ -115,11 +126,13 @@ void mood_noise_schedule_init(mood_noise_schedule *s);
 void mood_noise_schedule_sd(mood_noise_schedule *s);
 /* Reads a diffusers scheduler_config.json into *s, starting from mood_noise_schedule_init's
  * defaults (so absent fields mean what they mean to diffusers' from_config). Fields that pick a
- * sampler (use_karras_sigmas, algorithm_type, solver_order, _class_name, ...) and unknown fields
- * are ignored: the sampler options choose those. Python's -Infinity/Infinity/NaN are accepted.
+ * sampler (use_karras_sigmas, algorithm_type, solver_order, ...) and unknown fields are ignored:
+ * the sampler options choose those; "_class_name" only tells EDM schedulers (edm, sigma_min,
+ * sigma_max, sigma_data, rho) from the others. Python's -Infinity/Infinity/NaN are accepted.
  * Errors: MOOD_ENOTFOUND / MOOD_EIO (file), MOOD_EFORMAT (not JSON, a field of the wrong type
  * or an unknown value, e.g. beta_schedule "cubic"), MOOD_EUNSUPPORTED (trained_betas,
- * prediction_type "sample" or "flow_prediction"); the message names the file and field. */
+ * prediction_type "sample" or "flow_prediction", an EDM sigma_schedule other than "karras");
+ * the message names the file and field. */
 MOOD_WARN_UNUSED int mood_noise_schedule_from_json(mood_noise_schedule *s, const char *path);
 
 /* Parses a sampler name, case-insensitively: A1111's ("Euler", "Euler a", "DPM++ 2M",

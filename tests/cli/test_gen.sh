@@ -4,7 +4,8 @@
 # image byte for byte, the PNG carries A1111 parameters that PIL reads, --from-png regenerates
 # the same bytes, styles from a registry under $tmp apply (inline tags, --style, templates and
 # trigger words), merge and runtime LoRA modes agree, an SDXL LoRA is refused, bad options fail
-# with exit 1 and a missing model with exit 2.
+# with exit 1 and a missing model with exit 2; an SDXL folder (with an SGM LoRA) and Playground
+# v2.5 generate.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -138,4 +139,23 @@ expect_rc 2 "missing model" "$MOOD" gen "$PROMPT" --model "$tmp/nope.safetensors
 expect_rc 1 "no prompt" "$MOOD" gen --model "$MODEL"
 printf 'not a png' >"$tmp/bad.png"
 expect_rc 1 "corrupt png for --from-png" "$MOOD" gen --from-png "$tmp/bad.png" --model "$MODEL"
+
+# ----- SDXL and Playground v2.5 (tests/fixtures/sdxl, tools/make_fixtures_sdxl.py): the size
+# comes from the VAE, an SGM LoRA applies, an EDM model refuses DDIM
+X=$FIX/sdxl
+expect_rc 0 "gen sdxl" "$MOOD" gen "$PROMPT" --model "$X/tiny-sdxl" --steps 4 --cfg 5 --seed 42 \
+    --lora "$X/lora_sgm.safetensors:0.7" -o "$tmp/x.png"
+check "sdxl parameters" py '
+import sys, struct
+d = open(sys.argv[1], "rb").read(); i = 8; s = ""
+while i < len(d):
+    n, = struct.unpack(">I", d[i:i+4]); t = d[i+4:i+8]; body = d[i+8:i+8+n]
+    if t in (b"tEXt", b"iTXt") and body.startswith(b"parameters\0"): s = body.decode("latin-1")
+    i += 12 + n
+for want in ("Steps: 4", "Sampler: Euler a,", "Size: 64x64", "Model: tiny-sdxl", "<lora:lora_sgm:0.7>"):
+    assert want in s, (want, s)' "$tmp/x.png"
+expect_rc 0 "gen playground v2.5" "$MOOD" gen "$PROMPT" --model "$X/pg25" --steps 4 --cfg 3 \
+    --sampler dpmpp_2m --seed 1 -o "$tmp/pg.png"
+expect_rc 1 "DDIM on an EDM model" "$MOOD" gen "$PROMPT" --model "$X/pg25" --steps 4 --sampler ddim
+check "says EDM" grep -q "EDM" "$tmp/err"
 finish
