@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/mood_tiny/train.sh: reproduces models/mood-tiny, the small base model mood ships.
+# tools/mood_tiny/train.sh: reproduces data/mood-tiny, the small base model mood ships.
 #
 #   1. tools/mood_tiny/init_model.py writes the untrained model (diffusers' / transformers' own
 #      initialisation, seed 0): see that file for the architecture;
@@ -9,11 +9,11 @@
 #      fp32 master weights, constant learning rate after a warmup) on them, checkpointing every
 #      200 steps: run this script again to continue an interrupted run (--resume; it ends with
 #      the same weights), or with more steps to train on;
-#   4. the result is written in float16 to models/mood-tiny (the folder `mood demo` registers).
+#   4. the result is written in float16 to data/mood-tiny (the folder `mood demo` registers).
 #
 # usage: tools/mood_tiny/train.sh [STEPS]   (default 8000; WORK=/path for the work folder,
 #        default /tmp/mood-tiny-work; MOOD=path/to/mood, default build/mood)
-# The command, seed and the time taken are recorded in models/mood-tiny/TRAINING.md.
+# The command, seed and the time taken are recorded in data/mood-tiny/TRAINING.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -22,7 +22,7 @@ WORK=${WORK:-/tmp/mood-tiny-work}
 MOOD=${MOOD:-build/mood}
 PY=${PYTHON:-tools/.venv/bin/python}
 DATA=${MOOD_DATA_EMOJI:-$root/../shared/data/emoji}
-out=models/mood-tiny
+out=data/mood-tiny
 
 mkdir -p "$WORK"
 [ -f "$WORK/init/model_index.json" ] || "$PY" tools/mood_tiny/init_model.py "$WORK/init" --seed 0
@@ -50,7 +50,7 @@ rm -rf "$out.new"
 cp -r "$WORK/model" "$out.new"
 cp "$WORK/model.loss.png" "$out.new/loss.png"
 cp "$WORK/model.loss.csv" "$out.new/loss.csv"
-[ -f "$WORK/TRAINING.md" ] || printf '# How models/mood-tiny was made\n\n' >"$WORK/TRAINING.md"
+[ -f "$WORK/TRAINING.md" ] || printf '# How data/mood-tiny was made\n\n' >"$WORK/TRAINING.md"
 {
     echo "- command: \`tools/mood_tiny/train.sh $STEPS\`, which ran:"
     echo "  \`${cmd[*]}\`"

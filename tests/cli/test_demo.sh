@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# test_demo.sh: `mood demo` end to end on the tiny random pipeline of tests/fixtures/pipeline in
+# place of mood-tiny (whose weights are not needed for the mechanics): it registers the model as
+# mood-tiny, trains the style from the bundled Twemoji board, writes eight before/after image
+# pairs (with the style: different images, same seeds), the grid and the report, and says where;
+# --json lists the files; a run again replaces the demo's style; a missing model exits 2 naming it.
+. "$(dirname "$0")/lib.sh"
+
+export MOOD_HOME=$tmp/home
+SRC=${MOOD_SOURCE:-$FIX/../..}
+BOARD=$SRC/examples/moodboards/twemoji
+cd "$tmp"
+
+expect_rc 0 "demo" "$MOOD" demo --model "$FIX/pipeline/tiny-sd" --board "$BOARD" --steps 3 \
+    --out d1 --json
+check "json lists the files" python3 -c '
+import json, os, sys
+d = json.load(open(sys.argv[1]))
+assert d["style"] == "twemoji-demo" and all(os.path.exists(d[k]) for k in ("grid", "report", "lora")), d
+assert d["train_seconds"] > 0 and d["generate_seconds"] > 0, d' "$tmp/out"
+check "sixteen images" test "$(ls d1/before-*.png d1/after-*.png | wc -l)" -eq 16
+check "the style changes the image" sh -c '! cmp -s d1/before-1.png d1/after-1.png'
+check "grid is 2 rows of 8" python3 -c '
+import struct, sys
+b = open(sys.argv[1], "rb").read(24)
+w, h = struct.unpack(">II", b[16:24])
+assert w == 8 * 64 and h == 2 * 64, (w, h)' d1/grid.png
+check "report shows the pairs" grep -q 'after-8.png' d1/report.html
+check "model registered" test -e "$MOOD_HOME/models/mood-tiny"
+expect_rc 0 "style listed" "$MOOD" list --json
+check "style in the registry" grep -q twemoji-demo "$tmp/out"
+expect_rc 0 "demo again (replaces the style)" "$MOOD" demo --model "$FIX/pipeline/tiny-sd" \
+    --board "$BOARD" --steps 2 --out d2
+check "prints the report" grep -q "d2/report.html" "$tmp/out"
+expect_rc 2 "missing model" "$MOOD" demo --model "$tmp/nowhere" --board "$BOARD"
+check "names it" grep -q nowhere "$tmp/err"
+finish
