@@ -16,11 +16,10 @@
 
 #include "common/common.h"
 
+#include "engine/sampler_internal.h"
 #include "mood/rng.h"
 #include "mood/safetensors.h"
 #include "mood/sampler.h"
-
-int mood__sampler_alphas_cumprod(float *out, const mood_noise_schedule *ns, mood_sampler_kind kind);
 
 enum { N_IMG = 4 * 5 * 7 };
 
