@@ -82,6 +82,19 @@ static inline int harness_run(const harness_test *tests, size_t n)
         return harness_run(tests, sizeof tests / sizeof tests[0]);                                 \
     }
 
+/* The largest |a[i] - b[i]| divided by max(floor, max |b[i]|): the error relative to the
+ * reference's scale. A NaN in a gives NaN, which fails every "< tolerance" check. */
+static inline double harness_rel_diff(const float *a, const float *b, size_t n, double floor)
+{
+    double d = 0, scale = floor;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        d = e > d || e != e ? e : d;
+        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
+    }
+    return d / scale;
+}
+
 /* Path of a fixture file: $MOOD_FIXTURES/rel (tests/fixtures when unset). Static buffer. */
 static inline const char *fixture(const char *rel)
 {

@@ -26,13 +26,7 @@ enum { N_IMG = 4 * 5 * 7 };
 /* Max |a - b| over n, divided by max(1e-3, max |b|). */
 static double rel_diff(const float *a, const float *b, size_t n)
 {
-    double d = 0, scale = 1e-3;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]);
-        d = e > d || isnan(e) ? e : d;
-        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
-    }
-    return d / scale;
+    return harness_rel_diff(a, b, n, 1e-3);
 }
 
 /* Reads tensor `name` of ref into a fresh float buffer (F64 through double). NULL if absent. */
