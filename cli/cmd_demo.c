@@ -33,7 +33,9 @@ const char cmd_demo_help[] =
     "  --model PATH  another base model folder (default: mood-tiny from mood's data folder)\n"
     "  --board DIR   another mood board (default: the bundled Twemoji board)\n"
     "  --json        print what was written as JSON\n\n"
-    "Afterwards: mood gen \"a cat face\" --model mood-tiny --style twemoji-demo\n";
+    "Afterwards: mood gen \"a cat face\" --model mood-tiny --style twemoji-demo\n\n"
+    "mood-tiny is made by tools/mood_tiny/train.sh; until data/mood-tiny is in your checkout,\n"
+    "give the demo another diffusers folder with --model.\n";
 
 #define DEMO_STYLE "twemoji-demo"
 #define N_PROMPTS  8
@@ -115,6 +117,13 @@ static int find_inputs(demo *d)
     }
     d->model = d->model ? d->model : d->model_buf;
     d->board = d->board ? d->board : d->board_buf;
+    if (d->model == d->model_buf && access(d->model, R_OK) != 0) {
+        fprintf(stderr,
+                "mood: error: demo: %s does not exist: mood-tiny is not in this checkout "
+                "(tools/mood_tiny/train.sh makes it); give --model DIR\n",
+                d->model);
+        return 2;
+    }
     if (access(d->model, R_OK) != 0 || access(d->board, R_OK) != 0) {
         fprintf(stderr,
                 "mood: error: demo: %s not found (set MOOD_DATA to mood's data folder, or "
