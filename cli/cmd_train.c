@@ -31,7 +31,7 @@ const char cmd_train_help[] =
     "  --res N              training resolution (default 512; SDXL 1024); --buckets for\n"
     "                       aspect-ratio buckets instead of centre crops\n"
     "  --targets T          attn, attn+ff (default), all, style-blocks\n"
-    "  --te                 train the text encoder too\n"
+    "  --te                 train the text encoder too (not on SDXL bases yet)\n"
     "  --schedule S         constant (default), cosine, linear; --warmup N steps\n"
     "  --min-snr G          min-SNR-gamma weighting (default 5; 0 off)\n"
     "  --noise-offset X     (default 0.05; 0 off)\n"

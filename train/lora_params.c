@@ -308,9 +308,18 @@ int mood__lora_params_for_model(mood__lora_params **out, mood_model *m, mood_tra
         err = te_specs(&l, m, km, te_layers);
     if (!err)
         err = unet_specs(&l, m, km, targets);
-    if (!err && l.n == 0)
+    if (!err && l.n == 0 && targets == MOOD_TRAIN_STYLE_BLOCKS) {
+        char style[64];
+        style_prefix(style, sizeof style, mood_unet_get_config(m->unet));
+        style[strlen(style) - 1] = '\0';
+        err = mood_error_set(MOOD_EINVAL,
+                             "%s: the UNet has no style block %s (the targets \"style-blocks\" "
+                             "train its attention); choose other targets",
+                             m->path, style);
+    } else if (!err && l.n == 0) {
         err = mood_error_set(MOOD_EINVAL, "%s: the model has no layers for the targets \"%s\"",
                              m->path, mood_train_targets_name(targets));
+    }
     if (!err)
         err = mood__lora_params_new(out, l.s, l.n, rank, alpha);
     for (size_t i = 0; i < l.n; i++) {

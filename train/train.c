@@ -6,6 +6,11 @@
  * encoder's output at the clip skip, with the final layer norm), run the trainer, then write the
  * LoRA with kohya's metadata and the loss curve.
  *
+ * SDXL (as kohya's sdxl_train_network.py): the cached conditioning is both text encoders'
+ * penultimate layer concatenated plus text encoder 2's pooled, projected embedding, and every
+ * item carries kohya's size ids (original size, crop top-left, target size); the UNet's LoRA
+ * alone is trained (check_sdxl lists what is refused).
+ *
  * The order of the random draws (mood/train.h "Randomness") is fixed here: LoRA init, then the
  * latent samples, then the trainer's.
  */
@@ -58,6 +63,7 @@ typedef struct run {
     float *latents; /* all cached latents, items point into it */
     int32_t *ids;   /* n x 77 */
     float *ctx;     /* n x 77 x D, or NULL */
+    float *pooled;  /* SDXL: n x P pooled text embeddings, else NULL */
     mood__train_data data;
     int clip_skip;
     int resolution; /* the board's training resolution */
@@ -90,10 +96,34 @@ static void run_dispose(run *r)
     mood_free(r->latents);
     mood_free(r->ids);
     mood_free(r->ctx);
+    mood_free(r->pooled);
     mood__train_samples_dispose(&r->samples);
 }
 
 /* ----- model and board -------------------------------------------------------------------- */
+
+/* What SDXL training does not do (yet): the text encoders (their pooled output has no backward
+ * pass), full-parameter training, and a clip skip (kohya's SDXL training ignores it and always
+ * takes the penultimate layers). */
+static int check_sdxl(const mood_train_options *o)
+{
+    if (o->train_te)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: training the text encoders of an SDXL model (--te) is not "
+                              "supported yet; train the UNet's LoRA alone (without --te)",
+                              o->model);
+    if (o->full)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: full-parameter training (--full) of an SDXL model is not "
+                              "supported yet; train a LoRA",
+                              o->model);
+    if (o->clip_skip > 2)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: clip skip %d: SDXL training always uses both text encoders' "
+                              "penultimate layer (clip skip 1 or 2), as kohya's",
+                              o->model, o->clip_skip);
+    return 0;
+}
 
 static int open_model(run *r)
 {
@@ -103,13 +133,16 @@ static int open_model(run *r)
     if ((err = phase(r, "load", 0, 1)) != 0 ||
         (err = mood_model_open(&r->m, o->model, o->model_options)) != 0)
         return err;
-    if (r->m->family == MOOD_FAMILY_SDXL)
-        return mood_error_set(MOOD_EUNSUPPORTED, "%s: training SDXL models is not supported yet",
-                              o->model);
+    if (r->m->family == MOOD_FAMILY_SDXL && (err = check_sdxl(o)) != 0)
+        return err;
     r->pred = o->prediction >= 0 ? (mood_prediction)o->prediction : r->m->sched.prediction;
     r->clip_skip = r->m->fixed_clip_skip ? r->m->fixed_clip_skip : o->clip_skip;
+    if (r->m->family == MOOD_FAMILY_SDXL)
+        r->clip_skip = 2; /* both encoders' hidden_states[-2], as kohya's SDXL training */
     if (bo.resolution == 0)
-        bo.resolution = r->m->family == MOOD_FAMILY_SD2 && r->pred == MOOD_PRED_V ? 768 : 512;
+        bo.resolution = r->m->family == MOOD_FAMILY_SDXL                            ? 1024
+                        : r->m->family == MOOD_FAMILY_SD2 && r->pred == MOOD_PRED_V ? 768
+                                                                                    : 512;
     r->resolution = bo.resolution;
     if ((err = phase(r, "board", 0, (int64_t)o->n_board)) != 0 ||
         (err = mood_board_load(&r->board, o->board, o->n_board, &bo)) != 0)
@@ -195,7 +228,7 @@ static int cache_latents(run *r)
 }
 
 /* kohya's tokenizer(caption, padding="max_length", truncation=True, max_length=77). */
-static int caption_ids(run *r, int32_t *ids, const char *caption)
+static int caption_ids(run *r, int32_t *ids, const char *caption, int32_t pad_id)
 {
     mood_token_ids t;
     int err;
@@ -211,37 +244,96 @@ static int caption_ids(run *r, int32_t *ids, const char *caption)
         ids[1 + k] = t.ids[k];
     ids[1 + k] = MOOD_CLIP_END;
     for (k += 2; k < MOOD_CLIP_CONTEXT; k++)
-        ids[k] = r->m->pad_id;
+        ids[k] = pad_id;
     mood_token_ids_dispose(&t);
     return 0;
+}
+
+/* SDXL's conditioning of one caption, as kohya's get_hidden_states_sdxl: text encoder 1's and
+ * text encoder 2's hidden_states[-2] (no final layer norm) concatenated per token into ctx
+ * (77 x (C1 + C2)), and text encoder 2's pooled output through its projection into pooled.
+ * Text encoder 2's ids are tokenizer_2's, padded with its "!" (pad_id2). */
+static int encode_sdxl(run *r, const int32_t *ids1, const char *caption, float *ctx, float *pooled)
+{
+    const mood_model *m = r->m;
+    size_t T = MOOD_CLIP_CONTEXT, C1 = (size_t)mood_clip_get_config(m->clip)->hidden;
+    size_t C2 = (size_t)mood_clip_get_config(m->clip2)->hidden;
+    int32_t ids2[MOOD_CLIP_CONTEXT];
+    float *z1 = mood_malloc(T * C1 * sizeof *z1), *z2 = mood_malloc(T * C2 * sizeof *z2);
+    float *p2 = mood_malloc(C2 * sizeof *p2);
+    int err = 0;
+    if (!z1 || !z2 || !p2)
+        err = mood_error_nomem();
+    err = err ? err : caption_ids(r, ids2, caption, m->pad_id2);
+    err = err ? err : mood_clip_forward(m->clip, ids1, 1, (int)T, 2, 0, z1, NULL);
+    err = err ? err : mood_clip_forward(m->clip2, ids2, 1, (int)T, 2, 0, z2, p2);
+    err = err ? err : mood_clip_project(m->clip2, p2, 1, pooled);
+    for (size_t t = 0; t < T && !err; t++) {
+        memcpy(ctx + t * (C1 + C2), z1 + t * C1, C1 * sizeof *ctx);
+        memcpy(ctx + t * (C1 + C2) + C1, z2 + t * C2, C2 * sizeof *ctx);
+    }
+    mood_free(z1);
+    mood_free(z2);
+    mood_free(p2);
+    return err;
+}
+
+/* kohya's SDXL size ids of an item (train_util.py: BucketManager.get_crop_ltrb on the bucket
+ * and the source size, then __getitem__): original size (h, w) = the source image's, crop
+ * (top, left) = where the source, fitted inside the bucket, would start (left from the right
+ * edge when flipped), target size (h, w) = the training size. In doubles, floored, as Python's
+ * float arithmetic and int(). */
+static void sdxl_time_ids(float out[2][6], const mood_board_item *it)
+{
+    double bw = it->width, bh = it->height, ar = (double)it->src_width / it->src_height;
+    double rw = bw / bh > ar ? bh * ar : bw, rh = bw / bh > ar ? bh : bw / ar;
+    double left = floor((bw - rw) / 2), top = floor((bh - rh) / 2), right = left + rw;
+    for (int f = 0; f < 2; f++) {
+        out[f][0] = (float)it->src_height;
+        out[f][1] = (float)it->src_width;
+        out[f][2] = (float)top;
+        out[f][3] = (float)(f ? floor(bw - right) : left);
+        out[f][4] = (float)it->height;
+        out[f][5] = (float)it->width;
+    }
 }
 
 static int cache_text(run *r)
 {
     size_t n = mood_board_count(r->board);
-    int D = mood_clip_get_config(r->m->clip)->hidden, err = 0;
+    int D = mood__context_width(r->m), P = mood__pooled_width(r->m), err = 0;
+    int sdxl = r->m->clip2 != NULL;
     size_t per = (size_t)MOOD_CLIP_CONTEXT * D;
     /* item i's ids and context at i; the empty caption's (caption dropout) at n */
     r->ids = mood_malloc((n + 1) * MOOD_CLIP_CONTEXT * sizeof *r->ids);
-    if (!r->ids || (!r->o->train_te && !(r->ctx = mood_malloc((n + 1) * per * sizeof *r->ctx))))
+    if (!r->ids || (!r->o->train_te && !(r->ctx = mood_malloc((n + 1) * per * sizeof *r->ctx))) ||
+        (sdxl && !(r->pooled = mood_malloc((n + 1) * (size_t)P * sizeof *r->pooled))))
         return mood_error_nomem();
     for (size_t i = 0; i <= n && !err; i++) {
         int32_t *ids = r->ids + i * MOOD_CLIP_CONTEXT;
+        const char *caption = i < n ? mood_board_item_at(r->board, i)->caption : "";
         if (i == n && r->o->caption_dropout <= 0)
             break;
-        err = caption_ids(r, ids, i < n ? mood_board_item_at(r->board, i)->caption : "");
-        if (!err && r->ctx)
+        err = caption_ids(r, ids, caption, r->m->pad_id);
+        if (!err && sdxl) /* no --te on SDXL: the context is always cached */
+            err = encode_sdxl(r, ids, caption, r->ctx + i * per, r->pooled + i * (size_t)P);
+        else if (!err && r->ctx)
             err = mood_clip_forward(r->m->clip, ids, 1, MOOD_CLIP_CONTEXT, r->clip_skip, 1,
                                     r->ctx + i * per, NULL);
         if (i < n) {
             r->items[i].ids = ids;
             r->items[i].context = r->ctx ? r->ctx + i * per : NULL;
+            r->items[i].pooled = sdxl ? r->pooled + i * (size_t)P : NULL;
+            if (sdxl)
+                sdxl_time_ids(r->items[i].time_ids, mood_board_item_at(r->board, i));
         }
     }
     r->data.empty_ids = r->ids + n * MOOD_CLIP_CONTEXT;
     r->data.empty_context = r->ctx ? r->ctx + n * per : NULL;
     r->data.ctx_len = MOOD_CLIP_CONTEXT;
     r->data.ctx_dim = D;
+    r->data.pooled_dim = sdxl ? P : 0;
+    r->data.empty_pooled = sdxl && r->o->caption_dropout > 0 ? r->pooled + n * (size_t)P : NULL;
     return err;
 }
 
@@ -488,7 +580,7 @@ static void put_training(meta *m, const run *r, int64_t steps, int64_t batches)
     put(m, "ss_min_snr_gamma",
         o->min_snr_gamma > 0 ? py_float(f, sizeof f, o->min_snr_gamma) : "None");
     put(m, "ss_v_parameterization", py_bool(r->pred == MOOD_PRED_V));
-    if (o->clip_skip > 1)
+    if (o->clip_skip > 1 && r->m->family != MOOD_FAMILY_SDXL)
         putf(m, "ss_clip_skip", "%d", o->clip_skip);
     else
         put(m, "ss_clip_skip", "None");

@@ -172,6 +172,8 @@ typedef struct mood__train_item {
     const float *lat[2];  /* C x h x w: as is, and flipped (NULL without flips) */
     const int32_t *ids;   /* 77 */
     const float *context; /* ctx_len x ctx_dim, or NULL (trained text encoder) */
+    const float *pooled;  /* SDXL: pooled_dim (the caption's pooled text embedding), else NULL */
+    float time_ids[2][6]; /* SDXL: the size ids, as is and flipped (kohya's crop left differs) */
 } mood__train_item;
 
 typedef struct mood__train_data {
@@ -183,6 +185,9 @@ typedef struct mood__train_data {
     /* caption dropout: the empty caption's ids (77) and context (NULL: trained text encoder) */
     const int32_t *empty_ids;
     const float *empty_context;
+    /* SDXL: the pooled embedding's width and the empty caption's; 0 / NULL otherwise */
+    int pooled_dim;
+    const float *empty_pooled;
 } mood__train_data;
 
 /* ----- checkpoint.c ----------------------------------------------------------------------- */

@@ -57,6 +57,7 @@ typedef struct loop {
     uint8_t *used;    /* scratch for regrouping */
     size_t max_elems; /* largest C x h x w */
     float *x0, *noise, *noisy, *target, *tmp, *tf, *w, *ctx;
+    float *pooled, *tids; /* SDXL: B x pooled_dim, B x 6 */
     int64_t *ts;
     int32_t *ids;
     double loss_avg;
@@ -117,16 +118,18 @@ static int alloc_buffers(loop *L)
     L->ts = mood_malloc(B * sizeof(int64_t));
     L->ids = mood_malloc(B * MOOD_CLIP_CONTEXT * sizeof(int32_t));
     L->ctx = mood_malloc((B * ctxn > 0 ? B * ctxn : 1) * sizeof(float));
+    L->pooled = mood_malloc((B * (size_t)d->pooled_dim + 1) * sizeof(float));
+    L->tids = mood_malloc(B * 6 * sizeof(float));
     if (!L->seq || !L->used || !L->x0 || !L->noise || !L->noisy || !L->target || !L->tmp ||
-        !L->tf || !L->w || !L->ts || !L->ids || !L->ctx)
+        !L->tf || !L->w || !L->ts || !L->ids || !L->ctx || !L->pooled || !L->tids)
         return mood_error_nomem();
     return 0;
 }
 
 static void free_buffers(loop *L)
 {
-    void *p[] = {L->seq, L->used, L->x0, L->noise, L->noisy, L->target,
-                 L->tmp, L->tf,   L->w,  L->ts,    L->ids,   L->ctx};
+    void *p[] = {L->seq, L->used, L->x0, L->noise, L->noisy, L->target, L->tmp,
+                 L->tf,  L->w,    L->ts, L->ids,   L->ctx,   L->pooled, L->tids};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         mood_free(p[i]);
 }
@@ -209,6 +212,10 @@ static void gather(loop *L, size_t first, int k)
                MOOD_CLIP_CONTEXT * sizeof(int32_t));
         if (it->context)
             memcpy(L->ctx + b * ctxn, it->context, ctxn * sizeof(float));
+        if (it->pooled) /* SDXL */
+            memcpy(L->pooled + (size_t)b * d->pooled_dim, it->pooled,
+                   (size_t)d->pooled_dim * sizeof(float));
+        memcpy(L->tids + (size_t)b * 6, it->time_ids[flip], 6 * sizeof(float));
     }
 }
 
@@ -248,6 +255,9 @@ static int drop_captions(loop *L, int k, int has_context)
                MOOD_CLIP_CONTEXT * sizeof(int32_t));
         if (has_context)
             memcpy(L->ctx + b * ctxn, d->empty_context, ctxn * sizeof(float));
+        if (d->empty_pooled) /* SDXL: the empty caption's pooled embedding too */
+            memcpy(L->pooled + (size_t)b * d->pooled_dim, d->empty_pooled,
+                   (size_t)d->pooled_dim * sizeof(float));
     }
     return 0;
 }
@@ -289,7 +299,10 @@ static int micro_batch(loop *L, double *loss)
                               d->ctx_len,
                               d->ctx_dim,
                               1.0f / (float)L->o->accum,
-                              L->o->clip_skip};
+                              L->o->clip_skip,
+                              it->pooled ? L->pooled : NULL,
+                              it->pooled ? L->tids : NULL,
+                              d->pooled_dim};
     return t->loss(t->loss_user, &batch, t->lp->mods, t->lp->n, loss);
 }
 

@@ -2,7 +2,8 @@
  * unet_loss.c: the model's part of a training step for a mood_model (mood_train_loss_fn, see
  * mood/train.h): the UNet forward with the LoRA side paths on a tape, the per-sample weighted
  * mean squared error against the target, and the UNet backward into the LoRA factors'
- * gradients (mood_unet_forward_train / mood_unet_backward in mood/unet.h).
+ * gradients (mood_unet_forward_train / mood_unet_backward in mood/unet.h). SDXL's added
+ * conditioning (the batch's pooled text embeddings and size ids) goes to the UNet as it is.
  *
  *   loss = mean_b( w_b · mean_{c,y,x} (pred_b − target_b)² )
  *   dL/dpred_b = w_b · 2 (pred_b − target_b) / (B · C·h·w), times grad_scale (1/accumulation)
@@ -109,7 +110,8 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
         grads[i] = (mood_side_grad){modules[i].down_grad, modules[i].up_grad};
     if (!err)
         err = mood_unet_forward_train(m->unet, tape, pred, batch->noisy, batch->timesteps, context,
-                                      batch->B, batch->h, batch->w, batch->ctx_len, NULL, NULL);
+                                      batch->B, batch->h, batch->w, batch->ctx_len,
+                                      batch->text_embeds, batch->time_ids);
     if (!err) {
         *loss_out = loss_and_grad(dout, pred, batch);
         err = mood_unet_backward_ex(m->unet, tape, dout, grads + n_te, n_modules - n_te, dctx,

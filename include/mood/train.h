@@ -141,6 +141,12 @@ typedef struct mood_train_batch {
     float grad_scale; /* multiply the gradients by this (1 / accumulation steps) */
     int clip_skip;    /* the options' clip skip (A1111 numbering; a model with a fixed one, SD2,
                          uses its own), for a loss that encodes the captions itself */
+    /* SDXL's added conditioning (NULL for other families): the pooled text embeddings
+       (B x pooled_dim, text encoder 2's projection) and the size ids (B x 6: original height,
+       width, crop top, left, target height, width, as kohya's SDXL training computes them) */
+    const float *text_embeds;
+    const float *time_ids;
+    int pooled_dim;
 } mood_train_batch;
 
 /* The model's part of a training step. Computes the batch's loss,
@@ -229,7 +235,11 @@ typedef struct mood_train_options {
     mood_train_targets targets;      /* ATTN_FF */
     int train_te;                    /* LoRA on the text encoder too (0): captions are then
                                         encoded at every step, not cached; with `full`, every
-                                        text-encoder weight */
+                                        text-encoder weight. SDXL: MOOD_EUNSUPPORTED (as
+                                        `full` and a clip skip above 2): its LoRA trains the
+                                        UNet, on the cached conditioning of both encoders
+                                        (kohya's: hidden_states[-2] of each, the pooled
+                                        embedding) and kohya's size ids per image */
     /* Full-parameter training (0): every weight of the UNet (and, with train_te, of the text
      * encoder) is trained instead of LoRA modules (rank, alpha and targets are unused), e.g. to
      * make a small base model. The base must be a diffusers folder (a single file is
