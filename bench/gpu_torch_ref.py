@@ -1,0 +1,160 @@
+"""gpu_torch_ref.py: the torch side of bench/gpu.sh, on the same GPU in the same run.
+
+Reads the result files bench_cuda_ops wrote (RESULT and LORASHAPE lines), times torch on the
+same shapes (warm-up, then the median of 5 batches of repeats, host clock around a device sync,
+as the C side)
+and prints one table row per op: mood ms, torch ms, achieved TFLOP/s of each and their fraction
+of the card's bf16 dense peak, and torch / mood.
+
+  python3 bench/gpu_torch_ref.py PEAK_TFLOPS RESULT_FILE...
+
+Ops: F.conv2d (cudnn.benchmark on), F.linear, F.scaled_dot_product_attention on bf16 tensors;
+the LoRA merge as W.addmm_(up, down, alpha=scale) per layer in fp32 (no TF32: mood's merge is
+fp32) and, for reference, in bf16.
+"""
+
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+torch.backends.cudnn.benchmark = True
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+# MOOD_BENCH_DEVICE=cpu checks this script on a machine without a GPU (tiny shapes only)
+dev = os.environ.get("MOOD_BENCH_DEVICE", "cuda")
+bf = torch.bfloat16
+
+
+def rand(*shape, dtype=bf):
+    # uniform [-1, 1), like the C side: never zeros
+    return (torch.rand(*shape, device=dev, dtype=torch.float32) * 2 - 1).to(dtype)
+
+
+def sync():
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def clock_ms(fn, reps):
+    """Mean ms per call of reps calls: host clock around a device sync, as the C side."""
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3 / reps
+
+
+def time_fn(fn):
+    """Median over 5 batches of the mean ms per call, each batch about 20 ms."""
+    for _ in range(3):
+        fn()
+    one = clock_ms(fn, 1)
+    reps = max(3, min(2000, int(20.0 / one) if one > 0 else 100))
+    return statistics.median(clock_ms(fn, reps) for _ in range(5))
+
+
+def torch_op(kind, spec):
+    v = [int(x) for x in spec.split(",")]
+    if kind == "conv":
+        B, IC, H, W, OC, k, stride, pad = v
+        x, w = rand(B, IC, H, W), rand(OC, IC, k, k)
+        return time_fn(lambda: F.conv2d(x, w, stride=stride, padding=pad))
+    if kind == "linear":
+        N, IC, OC = v
+        x, w = rand(N, IC), rand(OC, IC)
+        return time_fn(lambda: F.linear(x, w))
+    if kind in ("attn", "attn_flash"):
+        B, H, Tq, Tk, D = v
+        # mood's layout (B x T x H*D) seen as (B, H, T, D), as diffusers' attention processor
+        q = rand(B, Tq, H * D).view(B, Tq, H, D).transpose(1, 2)
+        k = rand(B, Tk, H * D).view(B, Tk, H, D).transpose(1, 2)
+        vv = rand(B, Tk, H * D).view(B, Tk, H, D).transpose(1, 2)
+        return time_fn(lambda: F.scaled_dot_product_attention(q, k, vv))
+    raise ValueError(kind)
+
+
+def empty_cache():
+    if dev == "cuda":
+        empty_cache()
+
+
+def torch_lora(shapes, dtype):
+    """Whole-UNet merge: W += scale * up @ down for every layer; median of 5 after a warm-up."""
+    layers = []
+    for rows, cols, count, rank in shapes:
+        for _ in range(count):
+            layers.append((rand(rows, cols, dtype=dtype), rand(rows, rank, dtype=dtype),
+                           rand(rank, cols, dtype=dtype)))
+
+    def merge():
+        for w, up, down in layers:
+            w.addmm_(up, down, alpha=0.5)
+
+    merge()
+    ts = [clock_ms(merge, 1) for _ in range(5)]
+    del layers
+    empty_cache()
+    return statistics.median(ts)
+
+
+def main():
+    peak = float(sys.argv[1])
+    rows, shapes = [], []
+    for path in sys.argv[2:]:
+        for line in open(path):
+            f = line.rstrip("\n").split("\t")
+            if f[0] == "RESULT":
+                rows.append(f[1:])
+            elif f[0] == "LORASHAPE":
+                shapes.append(tuple(int(x) for x in f[1:5]))
+    name = torch.cuda.get_device_name() if dev == "cuda" else dev
+    print(f"torch {torch.__version__}, {name}, bf16 peak {peak:.1f} TFLOP/s")
+    table = []
+    for kind, spec, ms, flop in rows:
+        flop = float(flop) if ms != "ERROR" else 0.0
+        if kind == "lora_merge":
+            t32 = torch_lora(shapes, torch.float32)
+            t16 = torch_lora(shapes, bf)
+            table.append((kind + " fp32", spec, ms, t32, flop))
+            table.append(("lora_merge torch-bf16", spec, "-", t16, flop))
+            continue
+        try:
+            t = torch_op(kind, spec)
+        except Exception as exc:  # a shape torch refuses: report, go on
+            print(f"torch {kind} {spec}: {exc}")
+            t = float("nan")
+        table.append((kind, spec, ms, t, flop))
+        empty_cache()
+    print()
+    print(f"{'op':22} {'sizes':24} {'mood ms':>9} {'TF/s':>7} {'%peak':>6} "
+          f"{'torch ms':>9} {'TF/s':>7} {'%peak':>6} {'torch/mood':>10}")
+    lora_notes = []
+    for kind, spec, ms, t, flop in table:
+        tt = flop / (t * 1e-3) / 1e12 if t == t and t > 0 else float("nan")
+        if kind.startswith("lora_merge"):
+            # memory-bound: every weight read and written once (fp32: 8 bytes, bf16: 4 each)
+            nbytes = int(spec.split(",")[1]) * (4 if "bf16" in kind else 8)
+            side = [("torch", t)] + ([("mood", float(ms))] if ms not in ("-", "ERROR") else [])
+            lora_notes += [f"{kind} {who}: {nbytes / (x * 1e-3) / 1e9:.0f} GB/s"
+                           for who, x in side]
+        if ms in ("-", "ERROR"):
+            print(f"{kind:22} {spec:24} {ms:>9} {'':>7} {'':>6} {t:9.3f} {tt:7.1f} "
+                  f"{100 * tt / peak:5.1f}% {'':>10}")
+            continue
+        m = float(ms)
+        mt = flop / (m * 1e-3) / 1e12
+        print(f"{kind:22} {spec:24} {m:9.3f} {mt:7.1f} {100 * mt / peak:5.1f}% {t:9.3f} "
+              f"{tt:7.1f} {100 * tt / peak:5.1f}% {t / m:10.2f}")
+    for n in lora_notes:
+        print(n)
+    print("(lora_merge: fp32 merge, memory-bound: %peak of the bf16 rate means little; "
+          "goal under 100 ms for the whole UNet)")
+
+
+if __name__ == "__main__":
+    main()
