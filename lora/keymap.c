@@ -637,7 +637,7 @@ static int diffusers_to_ldm(char *out, const key_list *kl, const char *d)
     };
     char sub[32], probe[NAME_MAX_LEN];
     const char *rest, *child;
-    int x, i, down = starts(d, "down_blocks."), up = starts(d, "up_blocks.");
+    int x = 0, i = 0, down = starts(d, "down_blocks."), up = starts(d, "up_blocks.");
     for (size_t k = 0; k < sizeof top / sizeof top[0]; k++)
         if (strcmp(d, top[k][0]) == 0)
             return nprintf(out, "%s", top[k][1]), 0;
