@@ -100,6 +100,13 @@ static const char *str_of(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* str_of, or `fallback` when absent (for printing). */
+static const char *str_or(const cJSON *o, const char *key, const char *fallback)
+{
+    const char *v = str_of(o, key);
+    return v ? v : fallback;
+}
+
 static void print_list(const cJSON *arr, const char *empty)
 {
     const cJSON *s, *t;
@@ -242,13 +249,13 @@ static void print_adapter(const cJSON *a)
     printf(", %s, %d modules\n", str_of(a, "dtype") ? str_of(a, "dtype") : "?",
            (int)cJSON_GetNumberValue(cJSON_GetObjectItem(a, "modules")));
     if (str_of(a, "autov3"))
-        printf("    %-12s%s  (AutoV3 %s)\n", "AutoV3", str_of(a, "autov3_short"),
-               str_of(a, "autov3"));
-    printf("    %-12s%s\n", "SHA-256", str_of(a, "sha256"));
-    printf("    %-12s%s\n", "stored at", str_of(a, "path"));
+        printf("    %-12s%s  (AutoV3 %s)\n", "AutoV3", str_or(a, "autov3_short", "?"),
+               str_or(a, "autov3", "?"));
+    printf("    %-12s%s\n", "SHA-256", str_or(a, "sha256", "?"));
+    printf("    %-12s%s\n", "stored at", str_or(a, "path", "?"));
     cJSON_ArrayForEach(src, cJSON_GetObjectItem(a, "sources"))
     {
-        printf("    %-12s%s %s%s%s\n", "source", str_of(src, "kind"),
+        printf("    %-12s%s %s%s%s\n", "source", str_or(src, "kind", "?"),
                str_of(src, "location") ? str_of(src, "location") : "",
                str_of(src, "model_name") ? "  Civitai: " : "",
                str_of(src, "model_name") ? str_of(src, "model_name") : "");
@@ -266,7 +273,7 @@ static void print_training(const cJSON *s)
     const cJSON *t = cJSON_GetObjectItem(s, "training"), *f, *samples;
     cJSON_ArrayForEach(f, cJSON_GetObjectItem(s, "board"))
     {
-        printf("%-14s%s (%s, %gx%g)\n", "Board:", str_of(f, "path"),
+        printf("%-14s%s (%s, %gx%g)\n", "Board:", str_or(f, "path", "?"),
                str_of(f, "name") ? str_of(f, "name") : "?", num_of(f, "width"),
                num_of(f, "height"));
     }
@@ -315,7 +322,7 @@ static void print_style(const cJSON *s)
     cJSON_ArrayForEach(a, cJSON_GetObjectItem(s, "adapters")) print_adapter(a);
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(s, "previews"))
     {
-        printf("%-14s%s (%s)\n", "Preview:", str_of(p, "path"), str_of(p, "media_type"));
+        printf("%-14s%s (%s)\n", "Preview:", str_or(p, "path", "?"), str_or(p, "media_type", "?"));
     }
     print_training(s);
     printf("%-14s%s, changed %s\n", "Created:", str_of(s, "created_at"), str_of(s, "updated_at"));

@@ -130,7 +130,7 @@ static int add_named(source *s, const mood_st_file *f, const char *prefix)
 
 static int add_diffusers_file(source *s, const char *path)
 {
-    mood_st_file *f;
+    mood_st_file *f = NULL;
     int err = src_open(s, path, &f);
     return err < 0 ? err : add_named(s, f, "");
 }

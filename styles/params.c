@@ -51,10 +51,12 @@ static int is_space(uint32_t c)
            c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-/* Text already validated: decoding cannot fail. */
+/* Text already validated: decoding cannot fail (a bad byte would read as U+FFFD, one byte). */
 size_t mood__params_next_cp(const char *s, size_t n, size_t i, uint32_t *cp)
 {
     size_t k = mood__params_utf8_at(s, n, i, cp);
+    if (!k)
+        *cp = 0xFFFD;
     return k ? k : 1;
 }
 
