@@ -47,10 +47,12 @@
  * whole JSON value) or have surrounding white space, so that they read back unchanged; a value that
  * is one whole JSON object or array on one line is written as it is (Civitai reads `Hashes: {...}`
  * only that way). format(parse(x)) == x for every text mood writes, and y = format(parse(x)) comes
- * back unchanged from another round when x ended in a details line that is written back and
+ * back unchanged from another round when x ended in a details line that is written back,
  * prompt_from_details is 0 (without details, a prompt's last line may read as details once format
- * has stripped what followed it, as in A1111); numbers are written in their shortest form (CFG
- * scale 7.0 -> 7).
+ * has stripped what followed it, as in A1111) and no line of the negative prompt but its first
+ * starts with "Negative prompt:" (A1111's layout has no way to write one: the next parse reads it
+ * as the start of the negative prompt and drops the marker, as A1111 does); numbers are written
+ * in their shortest form (CFG scale 7.0 -> 7).
  */
 #ifndef MOOD_PARAMS_H
 #define MOOD_PARAMS_H
