@@ -17,6 +17,8 @@
  */
 #include "harness.h"
 
+#include "fixture_tensors.h"
+
 #include "common/common.h"
 
 #include "mood/clip.h"
@@ -40,19 +42,6 @@ typedef struct cref {
     float **down, **up, **gdown, **gup;
     size_t *n_down, *n_up;
 } cref;
-
-static float *st_floats(mood_st_file *f, const char *name, size_t *n)
-{
-    const mood_st_tensor *t = mood_st_find(f, name);
-    float *out = t ? malloc((size_t)mood_st_numel(t) * sizeof *out + 1) : NULL;
-    if (out && mood_st_to_f32(out, t) != 0) {
-        free(out);
-        out = NULL;
-    }
-    if (n)
-        *n = t ? (size_t)mood_st_numel(t) : 0;
-    return out;
-}
 
 static const char *meta(const cref *r, const char *key)
 {
@@ -90,13 +79,13 @@ static int load_paths(cref *r)
         snprintf(k, sizeof k, "path.%zu.scale", i);
         p->scale = (float)atof(meta(r, k));
         snprintf(k, sizeof k, "path.%zu.down", i);
-        r->down[i] = st_floats(r->f, k, &r->n_down[i]);
+        r->down[i] = fixture_floats(r->f, k, &r->n_down[i]);
         snprintf(k, sizeof k, "path.%zu.up", i);
-        r->up[i] = st_floats(r->f, k, &r->n_up[i]);
+        r->up[i] = fixture_floats(r->f, k, &r->n_up[i]);
         snprintf(k, sizeof k, "grad.%zu.down", i);
-        r->gdown[i] = st_floats(r->f, k, NULL);
+        r->gdown[i] = fixture_floats(r->f, k, NULL);
         snprintf(k, sizeof k, "grad.%zu.up", i);
-        r->gup[i] = st_floats(r->f, k, NULL);
+        r->gup[i] = fixture_floats(r->f, k, NULL);
         p->down = r->down[i], p->up = r->up[i];
         if (!p->weight || !r->up[i] || !r->gup[i] || (p->rank > 0 && (!r->down[i] || !r->gdown[i])))
             return -1;
@@ -121,7 +110,8 @@ static int cref_load(cref *r, const char *name, mood_clip **m)
     if (!r->ids)
         return -1;
     memcpy(r->ids, ti->data, (size_t)r->B * r->T * sizeof *r->ids);
-    r->R = st_floats(r->f, "R", NULL), r->hidden = st_floats(r->f, "hidden", &r->n_hidden);
+    r->R = fixture_floats(r->f, "R", NULL),
+    r->hidden = fixture_floats(r->f, "hidden", &r->n_hidden);
     r->clip_skip = atoi(meta(r, "clip_skip")), r->final_norm = atoi(meta(r, "final_norm"));
     hint.heads = atoi(meta(r, "heads"));
     hint.act = strcmp(meta(r, "act"), "gelu") == 0 ? MOOD_CLIP_ACT_GELU : MOOD_CLIP_ACT_QUICK_GELU;
@@ -225,7 +215,7 @@ static void compare_weights(const char *label, const cref *r, mood_clip *m, cons
     for (size_t i = 0; d && scale && i < gs->nw; i++) {
         size_t n = 0;
         snprintf(k, sizeof k, "wgrad.%s", mood_clip_weight_name(m, i));
-        float *ref = st_floats(r->f, k, &n);
+        float *ref = fixture_floats(r->f, k, &n);
         MOOD_CHECK_MSG(ref && n == gs->n_w[i], "%s: %s missing or of another size", label, k);
         if (ref && n == gs->n_w[i])
             abs_err(gs->w[i], ref, n, &d[i], &scale[i]);
@@ -425,7 +415,7 @@ static void test_accumulate(void)
         if (!g.w[i])
             continue;
         snprintf(k, sizeof k, "wgrad.%s", mood_clip_weight_name(m, i));
-        if (!(ref = st_floats(r.f, k, &n)))
+        if (!(ref = fixture_floats(r.f, k, &n)))
             continue;
         for (size_t j = 0; j < n; j++)
             g.w[i][j] *= 0.5f;

@@ -17,6 +17,8 @@
  */
 #include "harness.h"
 
+#include "fixture_tensors.h"
+
 #include <errno.h>
 #include <sys/stat.h>
 
@@ -24,20 +26,6 @@
 
 #include "mood/safetensors.h"
 #include "mood/unet.h"
-
-/* Reads tensor `name` of f into a fresh float buffer (NULL when absent); n gets its length. */
-static float *st_floats(mood_st_file *f, const char *name, size_t *n)
-{
-    const mood_st_tensor *t = mood_st_find(f, name);
-    float *out = t ? malloc((size_t)mood_st_numel(t) * sizeof *out + 1) : NULL;
-    if (out && mood_st_to_f32(out, t) != 0) {
-        free(out);
-        out = NULL;
-    }
-    if (n)
-        *n = t ? (size_t)mood_st_numel(t) : 0;
-    return out;
-}
 
 /* Max |a - b| over n divided by max |b| (the tolerance is relative to the output's scale). */
 static double rel_err(const float *a, const float *b, size_t n)
@@ -64,10 +52,10 @@ static int ref_load(ref_case *r, mood_st_file *f, const char *pre)
     const mood_st_tensor *tx, *tc;
     memset(r, 0, sizeof *r);
 #define GET(field, name)                                                                           \
-    (snprintf(k, sizeof k, "%s%s", pre, name), r->field = st_floats(f, k, NULL))
+    (snprintf(k, sizeof k, "%s%s", pre, name), r->field = fixture_floats(f, k, NULL))
     GET(x, "x"), GET(t, "t"), GET(ctx, "context"), GET(te, "text_embeds"), GET(ids, "time_ids");
     snprintf(k, sizeof k, "%sout", pre);
-    r->out = st_floats(f, k, &r->n_out);
+    r->out = fixture_floats(f, k, &r->n_out);
 #undef GET
     snprintf(k, sizeof k, "%sx", pre);
     tx = mood_st_find(f, k);

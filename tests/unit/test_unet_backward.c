@@ -16,6 +16,8 @@
  */
 #include "harness.h"
 
+#include "fixture_tensors.h"
+
 #include "common/common.h"
 
 #include "mood/safetensors.h"
@@ -34,19 +36,6 @@ typedef struct bref {
     float **down, **up, **gdown, **gup;
     size_t *n_down, *n_up;
 } bref;
-
-static float *st_floats(mood_st_file *f, const char *name, size_t *n)
-{
-    const mood_st_tensor *t = mood_st_find(f, name);
-    float *out = t ? malloc((size_t)mood_st_numel(t) * sizeof *out + 1) : NULL;
-    if (out && mood_st_to_f32(out, t) != 0) {
-        free(out);
-        out = NULL;
-    }
-    if (n)
-        *n = t ? (size_t)mood_st_numel(t) : 0;
-    return out;
-}
 
 static void bref_free(bref *r)
 {
@@ -82,13 +71,13 @@ static int load_paths(bref *r)
         snprintf(k, sizeof k, "path.%zu.scale", i);
         p->scale = (float)atof(mood_st_meta_get(r->f, k) ? mood_st_meta_get(r->f, k) : "0");
         snprintf(k, sizeof k, "path.%zu.down", i);
-        r->down[i] = st_floats(r->f, k, &r->n_down[i]);
+        r->down[i] = fixture_floats(r->f, k, &r->n_down[i]);
         snprintf(k, sizeof k, "path.%zu.up", i);
-        r->up[i] = st_floats(r->f, k, &r->n_up[i]);
+        r->up[i] = fixture_floats(r->f, k, &r->n_up[i]);
         snprintf(k, sizeof k, "grad.%zu.down", i);
-        r->gdown[i] = st_floats(r->f, k, NULL);
+        r->gdown[i] = fixture_floats(r->f, k, NULL);
         snprintf(k, sizeof k, "grad.%zu.up", i);
-        r->gup[i] = st_floats(r->f, k, NULL);
+        r->gup[i] = fixture_floats(r->f, k, NULL);
         p->down = r->down[i], p->up = r->up[i];
         if (!p->weight || p->rank < 0 || !r->up[i] || !r->gup[i] ||
             (p->rank > 0 && (!r->down[i] || !r->gdown[i])))
@@ -103,11 +92,12 @@ static int bref_load(bref *r, const char *rel)
     memset(r, 0, sizeof *r);
     if (mood_st_open(&r->f, fixture(rel)) != 0)
         return -1;
-    r->x = st_floats(r->f, "x", NULL), r->t = st_floats(r->f, "t", NULL);
-    r->ctx = st_floats(r->f, "context", &r->n_ctx);
-    r->te = st_floats(r->f, "text_embeds", NULL), r->ids = st_floats(r->f, "time_ids", NULL);
-    r->R = st_floats(r->f, "R", NULL), r->out = st_floats(r->f, "out", &r->n_out);
-    r->dctx = st_floats(r->f, "dcontext", NULL);
+    r->x = fixture_floats(r->f, "x", NULL), r->t = fixture_floats(r->f, "t", NULL);
+    r->ctx = fixture_floats(r->f, "context", &r->n_ctx);
+    r->te = fixture_floats(r->f, "text_embeds", NULL),
+    r->ids = fixture_floats(r->f, "time_ids", NULL);
+    r->R = fixture_floats(r->f, "R", NULL), r->out = fixture_floats(r->f, "out", &r->n_out);
+    r->dctx = fixture_floats(r->f, "dcontext", NULL);
     tx = mood_st_find(r->f, "x"), tc = mood_st_find(r->f, "context");
     if (!r->x || !r->t || !r->ctx || !r->R || !r->out || !r->dctx || !tx || !tc || tx->ndim != 4 ||
         tc->ndim != 3)

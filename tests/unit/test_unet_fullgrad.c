@@ -20,6 +20,8 @@
  */
 #include "harness.h"
 
+#include "fixture_tensors.h"
+
 #include <omp.h>
 
 #include "common/common.h"
@@ -38,19 +40,6 @@ typedef struct fref {
     int B, H, W, L;
 } fref;
 
-static float *st_floats(mood_st_file *f, const char *name, size_t *n)
-{
-    const mood_st_tensor *t = mood_st_find(f, name);
-    float *out = t ? malloc((size_t)mood_st_numel(t) * sizeof *out + 1) : NULL;
-    if (out && mood_st_to_f32(out, t) != 0) {
-        free(out);
-        out = NULL;
-    }
-    if (n)
-        *n = t ? (size_t)mood_st_numel(t) : 0;
-    return out;
-}
-
 static void fref_free(fref *r)
 {
     free(r->x), free(r->t), free(r->ctx), free(r->te), free(r->ids), free(r->R), free(r->out);
@@ -64,11 +53,12 @@ static int fref_load(fref *r, const char *rel)
     memset(r, 0, sizeof *r);
     if (mood_st_open(&r->f, fixture(rel)) != 0)
         return -1;
-    r->x = st_floats(r->f, "x", NULL), r->t = st_floats(r->f, "t", NULL);
-    r->ctx = st_floats(r->f, "context", &r->n_ctx);
-    r->te = st_floats(r->f, "text_embeds", NULL), r->ids = st_floats(r->f, "time_ids", NULL);
-    r->R = st_floats(r->f, "R", NULL), r->out = st_floats(r->f, "out", &r->n_out);
-    r->dctx = st_floats(r->f, "dcontext", NULL);
+    r->x = fixture_floats(r->f, "x", NULL), r->t = fixture_floats(r->f, "t", NULL);
+    r->ctx = fixture_floats(r->f, "context", &r->n_ctx);
+    r->te = fixture_floats(r->f, "text_embeds", NULL),
+    r->ids = fixture_floats(r->f, "time_ids", NULL);
+    r->R = fixture_floats(r->f, "R", NULL), r->out = fixture_floats(r->f, "out", &r->n_out);
+    r->dctx = fixture_floats(r->f, "dcontext", NULL);
     tx = mood_st_find(r->f, "x"), tc = mood_st_find(r->f, "context");
     if (!r->x || !r->t || !r->ctx || !r->R || !r->out || !r->dctx || !tx || !tc || tx->ndim != 4 ||
         tc->ndim != 3)
@@ -173,7 +163,7 @@ static void compare_weights(const char *label, mood_unet *m, const fref *r, cons
         double d = 0, scale = 0, e;
         float *ref;
         snprintf(key, sizeof key, "grad.%s", name);
-        ref = st_floats(r->f, key, &n);
+        ref = fixture_floats(r->f, key, &n);
         MOOD_CHECK_MSG(ref && n == w->numel[i], "%s: %s: no reference gradient of %zu values",
                        label, name, w->numel[i]);
         if (!ref || n != w->numel[i]) {

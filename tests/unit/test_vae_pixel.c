@@ -7,6 +7,8 @@
  */
 #include "harness.h"
 
+#include "fixture_tensors.h"
+
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,18 +17,6 @@
 #include "mood/gen.h"
 #include "mood/safetensors.h"
 #include "mood/vae.h"
-
-static float *tensor(mood_st_file *f, const char *name, size_t *n)
-{
-    const mood_st_tensor *t = mood_st_find(f, name);
-    *n = t ? (size_t)mood_st_numel(t) : 0;
-    float *out = t ? malloc(*n * sizeof *out) : NULL;
-    if (out && mood_st_to_f32(out, t) != 0) {
-        free(out);
-        out = NULL;
-    }
-    return out;
-}
 
 static void test_round_trip(void)
 {
@@ -41,7 +31,7 @@ static void test_round_trip(void)
     MOOD_CHECK(c->patch_size == 4 && c->latent_channels == 48 && c->in_channels == 3);
     MOOD_CHECK(mood_vae_scale(m) == 4 && c->scaling_factor == 1.0f);
     size_t ni, nz;
-    float *img = tensor(ref, "image", &ni), *lat = tensor(ref, "latent", &nz);
+    float *img = fixture_floats(ref, "image", &ni), *lat = fixture_floats(ref, "latent", &nz);
     MOOD_CHECK(img && lat && ni == 2 * 3 * 8 * 12 && nz == ni);
     float *z = malloc(nz * sizeof *z), *lv = malloc(nz * sizeof *lv),
           *back = malloc(ni * sizeof *back);
