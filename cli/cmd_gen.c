@@ -46,7 +46,8 @@ const char cmd_gen_help[] =
     "                        with a CPU generator; a batch draws its noise together from SEED),\n"
     "                        torch-cuda (A1111's default GPU noise; image i uses SEED+i),\n"
     "                        mood (torch's CPU generator per image, SEED+i: A1111 'RNG: CPU')\n"
-    "  --prediction eps|v    override the model's prediction type (SD2 768-v models are v)\n\n"
+    "  --prediction eps|v|sample  override the model's prediction type (SD2 768-v models\n"
+    "                        are v; sample: the model predicts the image, as mood-tiny)\n\n"
     "Output:\n"
     "  -o FILE               the PNG to write (default mood-SEED.png; a batch adds -1, -2, ...)\n"
     "  --preview-every N     write FILE.preview.png with the current estimate every N steps\n"
@@ -142,6 +143,8 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
         a->prediction = MOOD_PRED_EPSILON;
     else if (strcmp(s, "--prediction") == 0 && strcmp(v, "v") == 0)
         a->prediction = MOOD_PRED_V;
+    else if (strcmp(s, "--prediction") == 0 && strcmp(v, "sample") == 0)
+        a->prediction = MOOD_PRED_SAMPLE;
     else if (strcmp(s, "--model") && strcmp(s, "--steps") && strcmp(s, "--batch") &&
              strcmp(s, "--clip-skip") && strcmp(s, "--cfg") && strcmp(s, "--seed") &&
              strcmp(s, "--size") && strcmp(s, "--rng") && strcmp(s, "--lora-mode") &&

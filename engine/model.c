@@ -113,6 +113,8 @@ static void set_prediction(mood_model *m, const mood_model_options *o)
         m->sched.prediction = MOOD_PRED_V;
     else if (p && strcmp(p, "epsilon") == 0)
         m->sched.prediction = MOOD_PRED_EPSILON;
+    else if (p && strcmp(p, "sample") == 0)
+        m->sched.prediction = MOOD_PRED_SAMPLE;
 }
 
 static int report(const mood_model_options *o, const char *phase, uint64_t done)

@@ -170,10 +170,10 @@ static int json_unsupported(const json_ctx *c)
     if ((v = jget(c, "trained_betas")))
         return mood_error_set(MOOD_EUNSUPPORTED, "%s: \"trained_betas\" is not supported", c->path);
     v = jget(c, "prediction_type");
-    if (cJSON_IsString(v) &&
-        (!strcmp(v->valuestring, "sample") || !strcmp(v->valuestring, "flow_prediction")))
+    if (cJSON_IsString(v) && !strcmp(v->valuestring, "flow_prediction"))
         return mood_error_set(MOOD_EUNSUPPORTED,
-                              "%s: prediction_type '%s' is not supported (epsilon, v_prediction)",
+                              "%s: prediction_type '%s' is not supported (epsilon, v_prediction, "
+                              "sample)",
                               c->path, v->valuestring);
     v = jget(c, "timestep_type");
     if (cJSON_IsString(v) && strcmp(v->valuestring, "discrete") != 0)
@@ -195,6 +195,10 @@ static int json_read_edm(mood_noise_schedule *s, const json_ctx *c)
     if (!cls || strncmp(cls, "EDM", 3) != 0)
         return 0;
     s->edm = 1;
+    if (s->prediction == MOOD_PRED_SAMPLE) /* diffusers' EDM schedulers have no such case */
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: prediction_type 'sample' is not supported on an EDM schedule",
+                              c->path);
     if (v && (!cJSON_IsString(v) || strcmp(v->valuestring, "karras") != 0))
         return mood_error_set(MOOD_EUNSUPPORTED,
                               "%s: sigma_schedule %s is not supported (\"karras\" expected)",
@@ -213,7 +217,7 @@ static int json_read_edm(mood_noise_schedule *s, const json_ctx *c)
 static int json_read_fields(mood_noise_schedule *s, const json_ctx *c)
 {
     static const char *const betas[] = {"scaled_linear", "linear", "squaredcos_cap_v2"};
-    static const char *const preds[] = {"epsilon", "v_prediction"};
+    static const char *const preds[] = {"epsilon", "v_prediction", "sample"};
     static const char *const spacings[] = {NULL, "leading", "trailing", "linspace"};
     static const char *const finals[] = {"zero", "sigma_min"};
     int beta = (int)s->beta_schedule, pred = (int)s->prediction;
@@ -224,7 +228,7 @@ static int json_read_fields(mood_noise_schedule *s, const json_ctx *c)
         (err = jnum(c, "beta_start", &s->beta_start, 0, 1)) != 0 ||
         (err = jnum(c, "beta_end", &s->beta_end, 0, 1)) != 0 ||
         (err = jenum(c, "beta_schedule", betas, 3, &beta)) != 0 ||
-        (err = jenum(c, "prediction_type", preds, 2, &pred)) != 0 ||
+        (err = jenum(c, "prediction_type", preds, 3, &pred)) != 0 ||
         (err = jenum(c, "timestep_spacing", spacings, 4, &spacing)) != 0 ||
         (err = jint(c, "steps_offset", &s->steps_offset, 0, 100000)) != 0 ||
         (err = jbool(c, "rescale_betas_zero_snr", &s->rescale_betas_zero_snr)) != 0 ||

@@ -582,10 +582,20 @@ static void scale_input(run *r, int i)
         r->x_in[j] = r->x[j] / d;
 }
 
+/* The model's output when it is the x0 prediction itself (MOOD_PRED_SAMPLE). */
+static void sample_x0(run *r)
+{
+    memcpy(r->x0, r->out, r->N * sizeof *r->x0);
+}
+
 /* EDM precondition_outputs: denoised = c_skip x + c_out F, c_skip = sd^2 / (sigma^2 + sd^2),
- * c_out = +-sigma sd / sqrt(sigma^2 + sd^2) (epsilon / v). */
+ * c_out = +-sigma sd / sqrt(sigma^2 + sd^2) (epsilon / v); an x0 prediction is taken as is. */
 static void edm_x0(run *r, float sigma)
 {
+    if (r->ns->prediction == MOOD_PRED_SAMPLE) {
+        sample_x0(r);
+        return;
+    }
     float sd2 = sigma_data2(r->ns), q = sigma * sigma + sd2;
     float c_skip = 1.0f / q * sd2;
     float c_out =
@@ -599,6 +609,8 @@ static void euler_x0(run *r, float sigma)
 {
     if (r->ns->edm) {
         edm_x0(r, sigma);
+    } else if (r->ns->prediction == MOOD_PRED_SAMPLE) {
+        sample_x0(r);
     } else if (r->ns->prediction == MOOD_PRED_EPSILON) {
         for (size_t j = 0; j < r->N; j++)
             r->x0[j] = r->x[j] - sigma * r->out[j];
@@ -679,6 +691,8 @@ static void dpm_x0(run *r, int i)
     vp s = vp_at(r, i);
     if (r->ns->edm) {
         edm_x0(r, r->p->sigma[i]);
+    } else if (r->ns->prediction == MOOD_PRED_SAMPLE) {
+        sample_x0(r);
     } else if (r->ns->prediction == MOOD_PRED_EPSILON) {
         for (size_t j = 0; j < r->N; j++)
             r->x0[j] = (r->x[j] - s.sigma * r->out[j]) / s.alpha;
@@ -767,6 +781,10 @@ static void ddim_x0(run *r, float a_t, int clip, float *eps)
             r->x0[j] = (x - sb * m) / sa;
             if (eps)
                 eps[j] = m;
+        } else if (r->ns->prediction == MOOD_PRED_SAMPLE) {
+            r->x0[j] = m;
+            if (eps)
+                eps[j] = (x - sa * m) / sb;
         } else {
             r->x0[j] = sa * x - sb * m;
             if (eps)

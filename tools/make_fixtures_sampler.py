@@ -35,7 +35,8 @@ Writes:
 The base configuration is SD1.x's (scaled_linear 0.00085..0.012, steps_offset 1, epsilon,
 clip_sample false, set_alpha_to_one false) with timestep_spacing "leading" (as SDXL's and mood's
 default); "v" cases use SD2-768's prediction_type v_prediction with "trailing" spacing; "zsnr"
-cases add rescale_betas_zero_snr. "Euler a" + Karras has no diffusers class: the case runs
+cases add rescale_betas_zero_snr; "x0" cases are mood-tiny's schedule (linear betas
+0.0001..0.02, prediction_type "sample": the model predicts x0). "Euler a" + Karras has no diffusers class: the case runs
 EulerAncestralDiscreteScheduler on the sigmas and timesteps of EulerDiscreteScheduler with
 use_karras_sigmas (which is what mood does).
 
@@ -81,6 +82,12 @@ SD = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 V = dict(SD, prediction_type="v_prediction", timestep_spacing="trailing")
 ZSNR = dict(V, rescale_betas_zero_snr=True)
 LINEAR = dict(SD, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+# mood-tiny's schedule: the model predicts x0 ("sample")
+X0 = dict(LINEAR, prediction_type="sample")
+# Euler and Euler a raise NotImplementedError on "sample" in diffusers; their "_x0" cases run the
+# epsilon scheduler on the model's x0 turned into the noise it implies, eps = (x - x0) / sigma,
+# which makes diffusers' own pred_original_sample the model's x0.
+X0_AS_EPS = ("euler_x0", "euler_a_x0")
 
 # name, A1111 sampler name, class, extra class arguments, base config, steps, seed, batch, eta
 CASES = [
@@ -111,6 +118,13 @@ CASES = [
     ("euler_a_b2", "Euler a", EulerAncestralDiscreteScheduler, {}, SD, 8, 20, 2, 0.0),
     ("dpmpp_2m_sde_b2", "DPM++ 2M SDE", DPMSolverMultistepScheduler,
      {"algorithm_type": "sde-dpmsolver++"}, SD, 8, 21, 2, 0.0),
+    ("ddim_x0", "DDIM", DDIMScheduler, {}, X0, 10, 22, 1, 0.0),
+    ("dpmpp_2m_x0", "DPM++ 2M", DPMSolverMultistepScheduler, {}, X0, 10, 23, 1, 0.0),
+    ("dpmpp_2m_sde_x0", "DPM++ 2M SDE", DPMSolverMultistepScheduler,
+     {"algorithm_type": "sde-dpmsolver++"}, X0, 10, 24, 1, 0.0),
+    ("lcm_x0", "LCM", LCMScheduler, {}, X0, 4, 25, 1, 0.0),
+    ("euler_x0", "Euler", EulerDiscreteScheduler, {}, X0, 10, 26, 1, 0.0),
+    ("euler_a_x0", "Euler a", EulerAncestralDiscreteScheduler, {}, X0, 10, 27, 2, 0.0),
 ]
 
 
@@ -136,7 +150,8 @@ def equivalent_sigmas(sched, steps: int) -> np.ndarray:
 
 
 def run_case(name, cls, extra, base, steps, seed, batch, eta, tensors, cfgdir):
-    sched = make_scheduler(cls, extra, base)
+    as_eps = name in X0_AS_EPS
+    sched = make_scheduler(cls, extra, dict(base, prediction_type="epsilon") if as_eps else base)
     sched.set_timesteps(steps)
     if name == "euler_a_karras":
         k = make_scheduler(EulerDiscreteScheduler, {"use_karras_sigmas": True}, base)
@@ -147,13 +162,17 @@ def run_case(name, cls, extra, base, steps, seed, batch, eta, tensors, cfgdir):
     init = torch.randn((batch,) + SHAPE, generator=g, dtype=torch.float32)
     latents = init * sched.init_noise_sigma
     x0s = []
-    for t in sched.timesteps:
+    for i, t in enumerate(sched.timesteps):
         x_in = sched.scale_model_input(latents, t)
-        out = model(x_in, t)
+        out = x0 = model(x_in, t)
+        if as_eps:
+            out = (latents - x0) / sched.sigmas[i]
         kw = {"eta": eta} if cls is DDIMScheduler else {}
         res = sched.step(out, t, latents, generator=g, **kw)
         latents = res.prev_sample
-        if cls is DPMSolverMultistepScheduler:
+        if as_eps:  # the model's own x0, free of the float32 round trip through eps
+            x0s.append(x0)
+        elif cls is DPMSolverMultistepScheduler:
             x0s.append(sched.model_outputs[-1].clone())
         elif cls is LCMScheduler:
             x0s.append(res.denoised)
@@ -173,7 +192,7 @@ def run_case(name, cls, extra, base, steps, seed, batch, eta, tensors, cfgdir):
     else:
         cfg = f"{name}.json"
         tmp = tempfile.mkdtemp()
-        sched.save_config(tmp)
+        (make_scheduler(cls, extra, base) if as_eps else sched).save_config(tmp)
         shutil.copy(os.path.join(tmp, "scheduler_config.json"), os.path.join(cfgdir, cfg))
         shutil.rmtree(tmp)
     print(f"{name:22s} t={[round(float(t), 3) for t in sched.timesteps][:5]}... "

@@ -91,8 +91,8 @@ void mood__train_add_noise(const mood__train_sched *s, float *noisy, const float
 void mood__train_target(const mood__train_sched *s, float *target, const float *x0,
                         const float *noise, const int64_t *t, int B, size_t n)
 {
-    if (s->pred != MOOD_PRED_V) {
-        memcpy(target, noise, (size_t)B * n * sizeof *target);
+    if (s->pred == MOOD_PRED_EPSILON || s->pred == MOOD_PRED_SAMPLE) {
+        memcpy(target, s->pred == MOOD_PRED_SAMPLE ? x0 : noise, (size_t)B * n * sizeof *target);
         return;
     }
     for (int b = 0; b < B; b++) {
@@ -117,6 +117,9 @@ void mood__train_snr_weights(const mood__train_sched *s, float *w, const int64_t
             w[b] = 1.0f;
         else if (s->pred == MOOD_PRED_V)
             w[b] = m / (snr + 1.0f);
+        else if (s->pred ==
+                 MOOD_PRED_SAMPLE) /* the x0 loss is the paper's own: weight min(snr, g) */
+            w[b] = m;
         else /* SNR 0 (zero terminal SNR) with epsilon: 0 / 0 in kohya; no weighting here */
             w[b] = snr > 0 ? m / snr : 1.0f;
     }

@@ -637,7 +637,10 @@ static void put_identity(meta *m, const run *r)
     putf(m, "ss_session_id", "%u", (unsigned)(o->seed * 2654435761u ^ (uint64_t)r->started));
     put(m, "ss_training_started_at", py_float(f, sizeof f, (double)r->started));
     put(m, "ss_training_finished_at", py_float(f, sizeof f, (double)time(NULL)));
-    put(m, "modelspec.prediction_type", r->pred == MOOD_PRED_V ? "v" : "epsilon");
+    put(m, "modelspec.prediction_type",
+        r->pred == MOOD_PRED_V        ? "v"
+        : r->pred == MOOD_PRED_SAMPLE ? "sample"
+                                      : "epsilon");
     if (r->m->family == MOOD_FAMILY_SD2 && r->pred != MOOD_PRED_V) {
         put(m, "ss_base_model_version", "sd_v2");
         put(m, "modelspec.architecture", "stable-diffusion-v2-512/lora");

@@ -65,7 +65,10 @@ typedef enum mood_sigma_schedule {
 
 typedef enum mood_prediction {
     MOOD_PRED_EPSILON = 0, /* the model predicts the noise */
-    MOOD_PRED_V            /* v = alpha_t * noise - sigma_t * x0 (SD2-768, zero-SNR models) */
+    MOOD_PRED_V,           /* v = alpha_t * noise - sigma_t * x0 (SD2-768, zero-SNR models) */
+    MOOD_PRED_SAMPLE       /* the model predicts x0 itself (diffusers' "sample"; mood-tiny: a
+                            * pixel-space model cannot carry 48 noise channels through 64-wide
+                            * layers, while clean images are low-dimensional) */
 } mood_prediction;
 
 typedef enum mood_beta_schedule {
@@ -131,7 +134,8 @@ void mood_noise_schedule_sd(mood_noise_schedule *s);
  * sigma_max, sigma_data, rho) from the others. Python's -Infinity/Infinity/NaN are accepted.
  * Errors: MOOD_ENOTFOUND / MOOD_EIO (file), MOOD_EFORMAT (not JSON, a field of the wrong type
  * or an unknown value, e.g. beta_schedule "cubic"), MOOD_EUNSUPPORTED (trained_betas,
- * prediction_type "sample" or "flow_prediction", an EDM sigma_schedule other than "karras");
+ * prediction_type "flow_prediction", "sample" on an EDM schedule, an EDM sigma_schedule other
+ * than "karras");
  * the message names the file and field. */
 MOOD_WARN_UNUSED int mood_noise_schedule_from_json(mood_noise_schedule *s, const char *path);
 

@@ -266,7 +266,7 @@ typedef struct mood_train_options {
     double max_grad_norm;         /* 1.0; 0: no clipping */
     double min_snr_gamma;         /* 5; 0: off */
     double noise_offset;          /* 0.05; 0: off */
-    int prediction;               /* -1: the model's; MOOD_PRED_EPSILON, MOOD_PRED_V */
+    int prediction;               /* -1: the model's; else a mood_prediction */
     int flip;                     /* horizontal flips: 1 */
     int clip_skip;                /* 1 (A1111 numbering) */
     uint64_t seed;                /* 0 */

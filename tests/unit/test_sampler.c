@@ -343,7 +343,12 @@ static void test_json(void)
     MOOD_CHECK(json_text(&ns, "{\"num_train_timesteps\": 0}") == MOOD_EFORMAT);
     MOOD_CHECK(json_text(&ns, "{\"clip_sample\": 1}") == MOOD_EFORMAT);
     MOOD_CHECK(json_text(&ns, "{\"timestep_spacing\": \"middle\"}") == MOOD_EFORMAT);
-    MOOD_CHECK(json_text(&ns, "{\"prediction_type\": \"sample\"}") == MOOD_EUNSUPPORTED);
+    MOOD_CHECK(json_text(&ns, "{\"prediction_type\": \"sample\"}") == 0 &&
+               ns.prediction == MOOD_PRED_SAMPLE);
+    MOOD_CHECK(json_text(&ns, "{\"prediction_type\": \"flow_prediction\"}") == MOOD_EUNSUPPORTED);
+    MOOD_CHECK(json_text(&ns, "{\"_class_name\": \"EDMEulerScheduler\", \"prediction_type\": "
+                              "\"sample\"}") == MOOD_EUNSUPPORTED);
+    MOOD_CHECK(strstr(mood_error_last(), "EDM") != NULL);
     MOOD_CHECK(json_text(&ns, "{\"trained_betas\": [0.1, 0.2]}") == MOOD_EUNSUPPORTED);
     MOOD_CHECK(json_text(&ns, "{\"timestep_type\": \"continuous\"}") == MOOD_EUNSUPPORTED);
     MOOD_CHECK(json_text(&ns, "[1, 2]") == MOOD_EFORMAT);

@@ -253,6 +253,34 @@ static void test_draws(void)
     mood__train_sched_dispose(&sv);
 }
 
+/* x0 prediction (mood-tiny's MOOD_PRED_SAMPLE): the target is x0 itself, and min-SNR-gamma's
+ * weight of the x0 loss is min(snr, gamma) (Hang et al. 2023, the weight the epsilon and v
+ * forms divide by snr and snr + 1): the epsilon weight times the SNR. */
+static void test_sample_prediction(void)
+{
+    mood_noise_schedule ne = sd_schedule(MOOD_PRED_EPSILON), nx = sd_schedule(MOOD_PRED_SAMPLE);
+    mood__train_sched se, sx;
+    int64_t t[4] = {0, 120, 500, 999};
+    float x0[8], noise[8], y[8], we[4], wx[4];
+    for (int i = 0; i < 8; i++)
+        x0[i] = 0.25f * (float)i - 1.0f, noise[i] = 0.5f - 0.125f * (float)i;
+    MOOD_CHECK_OK(mood__train_sched_init(&se, &ne));
+    MOOD_CHECK_OK(mood__train_sched_init(&sx, &nx));
+    mood__train_target(&sx, y, x0, noise, t, 4, 2);
+    MOOD_CHECK(memcmp(y, x0, sizeof y) == 0);
+    mood__train_snr_weights(&se, we, t, 4, 5.0);
+    mood__train_snr_weights(&sx, wx, t, 4, 5.0);
+    for (int b = 0; b < 4; b++) {
+        float snr = sx.snr[t[b]];
+        MOOD_CHECK_MSG(fabsf(wx[b] - we[b] * snr) <= 1e-5f * (1.0f + fabsf(wx[b])),
+                       "t %lld: x0 weight %g, epsilon weight %g x snr %g", (long long)t[b], wx[b],
+                       we[b], snr);
+    }
+    MOOD_CHECK(wx[0] == 5.0f && wx[3] < 1e-2f); /* capped at gamma; SD's last SNR is 0.0047 */
+    mood__train_sched_dispose(&se);
+    mood__train_sched_dispose(&sx);
+}
+
 /* ----- init, AdamW, clipping, schedules ----------------------------------------------------- */
 
 static void test_init(void)
@@ -1147,8 +1175,9 @@ static void test_train_te(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_rng_state), MOOD_T(test_schedule_tables), MOOD_T(test_draws),
-               MOOD_T(test_init), MOOD_T(test_adamw), MOOD_T(test_clip), MOOD_T(test_lr_schedules),
-               MOOD_T(test_fake_training), MOOD_T(test_resume), MOOD_T(test_nan_stop),
-               MOOD_T(test_webp_and_exif), MOOD_T(test_buckets), MOOD_T(test_board_pixels),
-               MOOD_T(test_board_folder), MOOD_T(test_board_errors), MOOD_T(test_alloc_failures),
-               MOOD_T(test_train_run), MOOD_T(test_train_te))
+               MOOD_T(test_sample_prediction), MOOD_T(test_init), MOOD_T(test_adamw),
+               MOOD_T(test_clip), MOOD_T(test_lr_schedules), MOOD_T(test_fake_training),
+               MOOD_T(test_resume), MOOD_T(test_nan_stop), MOOD_T(test_webp_and_exif),
+               MOOD_T(test_buckets), MOOD_T(test_board_pixels), MOOD_T(test_board_folder),
+               MOOD_T(test_board_errors), MOOD_T(test_alloc_failures), MOOD_T(test_train_run),
+               MOOD_T(test_train_te))
