@@ -1,9 +1,10 @@
 /*
  * bench_unet.c: times mood_unet_forward for bench/unet.sh. Loads a diffusers UNet folder (or any
  * path mood_unet_load takes), reads the inputs and diffusers' output from an io file written by
- * tools/unet_sd15_reference.py (x, t, context, out), runs one warm-up forward and then RUNS
- * timed ones, and prints the load time, the median forward time and the largest difference to
- * diffusers relative to its largest magnitude.
+ * tools/unet_sd15_reference.py (x, t, context, out) or tools/unet_sdxl_reference.py (also
+ * text_embeds and time_ids, SDXL's added conditioning, used when the file has them), runs one
+ * warm-up forward and then RUNS timed ones, and prints the load time, the median forward time
+ * and the largest difference to diffusers relative to its largest magnitude.
  *
  * usage: bench_unet MODEL IO.safetensors [RUNS]
  * Threads: OMP_NUM_THREADS (OpenMP and the OpenMP build of OpenBLAS). Like the mood command, it
@@ -64,6 +65,9 @@ int main(int argc, char **argv)
     load_ms = now_ms() - t0;
     float *x = read_tensor(io, "x", &tx), *t = read_tensor(io, "t", NULL);
     float *ctx = read_tensor(io, "context", &tc), *ref = read_tensor(io, "out", &to);
+    float *emb = NULL, *ids = NULL; /* SDXL */
+    if (mood_st_find(io, "text_embeds"))
+        emb = read_tensor(io, "text_embeds", NULL), ids = read_tensor(io, "time_ids", NULL);
     size_t n = (size_t)mood_st_numel(to);
     float *out = malloc(n * sizeof *out);
     int B = (int)tx->shape[0], H = (int)tx->shape[2], W = (int)tx->shape[3];
@@ -71,7 +75,7 @@ int main(int argc, char **argv)
     times = malloc((size_t)runs * sizeof *times);
     for (int r = -1; r < runs; r++) { /* r = -1: warm-up */
         t0 = now_ms();
-        if (mood_unet_forward(m, out, x, t, ctx, B, H, W, L, NULL, NULL) != 0) {
+        if (mood_unet_forward(m, out, x, t, ctx, B, H, W, L, emb, ids) != 0) {
             fprintf(stderr, "bench_unet: %s\n", mood_error_last());
             return 2;
         }
@@ -87,7 +91,7 @@ int main(int argc, char **argv)
     printf("mood_load_ms %.0f\n", load_ms);
     printf("mood_ms %.1f\n", times[runs / 2]);
     printf("mood_rel_err %.2e\n", scale > 0 ? err / scale : err);
-    free(x), free(t), free(ctx), free(ref), free(out), free(times);
+    free(x), free(t), free(ctx), free(ref), free(out), free(times), free(emb), free(ids);
     mood_st_close(io);
     mood_unet_free(m);
     return 0;

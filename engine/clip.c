@@ -605,16 +605,22 @@ int mood__clip_check_args(const mood_clip *m, const int32_t *ids, int batch, int
     return 0;
 }
 
+int mood__clip_pool_position(const int32_t *ids, int T)
+{
+    int best = 0;
+    for (int t = 1; t < T; t++)
+        if (ids[t] > ids[best])
+            best = t;
+    return best;
+}
+
 /* pooled (B x C) = last-normed row at the first position of each sequence's highest id. */
 static void pool_forward(float *pooled, const float *x, const mood_clip *m, const int32_t *ids,
                          int B, int T)
 {
     int C = m->cfg.hidden;
     for (int b = 0; b < B; b++) {
-        int best = 0;
-        for (int t = 1; t < T; t++)
-            if (ids[b * T + t] > ids[b * T + best])
-                best = t;
+        int best = mood__clip_pool_position(ids + (size_t)b * T, T);
         mood_op_layer_norm(pooled + (size_t)b * C, x + ((size_t)b * T + best) * C, m->lnf_w,
                            m->lnf_b, 1, C, m->cfg.layer_norm_eps, NULL, NULL);
     }

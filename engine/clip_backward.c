@@ -15,12 +15,18 @@
  *   pre = fc1(ln2), h = act(pre)
  *   x_out = x_mid + fc2(h)
  *
- * and the hidden state is x after `stop` layers (clip skip), through final_layer_norm when asked.
+ * and the hidden state is x after `hid` layers (clip skip), through final_layer_norm when asked.
+ * With the pooled output (SDXL's text encoder 2: its end token after the last layer and the final
+ * layer norm, the input of the text projection) every layer runs (`stop` = layers, past `hid`),
+ * and the pooled rows' norm statistics are kept too.
  * The backward pass reads that list in reverse with the backward ops of engine/cpu/ops.h: one
  * gradient buffer dx is carried down the residual stream and updated in place (d x_out -> d x_mid
  * -> d x_in), each Linear passes the gradient to its input and adds its weight's, bias's and side
- * paths' gradients; the embedding gradient is scattered last, in row order (no parallel sums).
+ * paths' gradients; the pooled output's gradient enters at its rows of the last layer's output,
+ * the hidden state's when the walk reaches layer `hid`; the embedding gradient is scattered last,
+ * in row order (no parallel sums).
  */
+#include <cblas.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -34,6 +40,8 @@ struct mood_clip_tape {
     unsigned side_gen;  /* its side paths' generation then */
     int valid;
     int B, T, stop, final_norm;
+    int hid;      /* layers before the hidden state (<= stop) */
+    int pooled;   /* the pooled output was recorded */
     int32_t *ids; /* B x T */
     size_t ids_cap;
     float *act; /* the activations (layout: acts_of) */
@@ -91,10 +99,11 @@ typedef struct layer_acts {
 } layer_acts;
 
 /* Layout: x_0 .. x_stop (N x C each), then per layer 7 N x C + 2 N x F + 4 N, then the final
- * norm's mean and rstd (2 N). */
-static uint64_t acts_floats(uint64_t N, uint64_t C, uint64_t F, int stop)
+ * norm's mean and rstd for the hidden state (2 N), then for the pooled rows (2 B). */
+static uint64_t acts_floats(uint64_t N, uint64_t C, uint64_t F, int stop, uint64_t B)
 {
-    return (uint64_t)(stop + 1) * N * C + (uint64_t)stop * (7 * N * C + 2 * N * F + 4 * N) + 2 * N;
+    return (uint64_t)(stop + 1) * N * C + (uint64_t)stop * (7 * N * C + 2 * N * F + 4 * N) + 2 * N +
+           2 * B;
 }
 
 static layer_acts acts_of(const mood_clip_tape *t, int l)
@@ -111,7 +120,7 @@ static layer_acts acts_of(const mood_clip_tape *t, int l)
     return a;
 }
 
-/* The final norm's mean and rstd (2 N). */
+/* The final norm's mean and rstd (2 N) of the hidden state, then of the pooled rows (2 B). */
 static float *final_stats(const mood_clip_tape *t)
 {
     const mood_clip_config *c = &t->m->cfg;
@@ -150,6 +159,27 @@ static void layer_forward_train(const mood_clip *m, const clip_layer *l, const l
 int mood_clip_forward_train(const mood_clip *m, mood_clip_tape *t, const int32_t *ids, int batch,
                             int seq, int clip_skip, int final_norm, float *hidden_out)
 {
+    return mood_clip_forward_train_ex(m, t, ids, batch, seq, clip_skip, final_norm, hidden_out,
+                                      NULL);
+}
+
+/* pooled (B x C) = the final layer norm of x's row at each sequence's pool position; its
+ * statistics into st (mean B, then rstd B). The same arithmetic as clip.c's pool_forward. */
+static void pool_forward_train(const mood_clip *m, const mood_clip_tape *t, float *pooled,
+                               const float *x, float *st)
+{
+    int C = m->cfg.hidden;
+    for (int b = 0; b < t->B; b++) {
+        size_t row = (size_t)b * t->T + (size_t)mood__clip_pool_position(t->ids + b * t->T, t->T);
+        mood_op_layer_norm(pooled + (size_t)b * C, x + row * C, m->lnf_w, m->lnf_b, 1, C,
+                           m->cfg.layer_norm_eps, st + b, st + t->B + b);
+    }
+}
+
+int mood_clip_forward_train_ex(const mood_clip *m, mood_clip_tape *t, const int32_t *ids, int batch,
+                               int seq, int clip_skip, int final_norm, float *hidden_out,
+                               float *pooled_out)
+{
     int err;
     if (!m || !t || !ids || !hidden_out)
         return mood_error_set(MOOD_EINVAL, "clip: forward_train needs the model, a tape, the ids "
@@ -159,29 +189,33 @@ int mood_clip_forward_train(const mood_clip *m, mood_clip_tape *t, const int32_t
         return err;
     const mood_clip_config *c = &m->cfg;
     uint64_t N = (uint64_t)batch * (uint64_t)seq;
-    int stop = c->layers - clip_skip + 1;
-    if ((err = ensure((void **)&t->act, &t->act_cap,
-                      acts_floats(N, (uint64_t)c->hidden, (uint64_t)c->intermediate, stop),
-                      sizeof(float))) < 0 ||
+    int hid = c->layers - clip_skip + 1, stop = pooled_out ? c->layers : hid;
+    if ((err = ensure(
+             (void **)&t->act, &t->act_cap,
+             acts_floats(N, (uint64_t)c->hidden, (uint64_t)c->intermediate, stop, (uint64_t)batch),
+             sizeof(float))) < 0 ||
         (err = ensure((void **)&t->ids, &t->ids_cap, N, sizeof(int32_t))) < 0 ||
         (err = ensure((void **)&t->work, &t->work_cap, mood_op_attention_scratch(seq, seq),
                       sizeof(float))) < 0)
         return err;
-    t->m = m, t->side_gen = m->side_gen, t->B = batch, t->T = seq, t->stop = stop;
+    t->m = m, t->side_gen = m->side_gen, t->B = batch, t->T = seq, t->stop = stop, t->hid = hid;
     t->final_norm = final_norm != 0;
+    t->pooled = pooled_out != NULL;
     memcpy(t->ids, ids, (size_t)N * sizeof *ids);
     mood__clip_embedding_forward(t->act, ids, m->tok_emb, m->pos_emb, batch, seq, c->hidden);
     for (int l = 0; l < stop; l++) {
         layer_acts a = acts_of(t, l);
         layer_forward_train(m, &m->layer[l], &a, t->work, batch, seq);
     }
-    const float *x = acts_of(t, stop - 1).x_out;
+    const float *x = acts_of(t, hid - 1).x_out;
     float *st = final_stats(t);
     if (t->final_norm)
         mood_op_layer_norm(hidden_out, x, m->lnf_w, m->lnf_b, (size_t)N, c->hidden,
                            c->layer_norm_eps, st, st + N);
     else
         memcpy(hidden_out, x, (size_t)N * (size_t)c->hidden * sizeof *x);
+    if (pooled_out)
+        pool_forward_train(m, t, pooled_out, acts_of(t, stop - 1).x_out, st + 2 * N);
     t->valid = 1;
     return 0;
 }
@@ -304,12 +338,57 @@ static uint64_t work_floats(const mood_clip_tape *t, int max_rank)
 int mood_clip_backward(const mood_clip *m, mood_clip_tape *t, const float *dhidden,
                        const mood_side_grad *grads, size_t n_grads, float *const *weight_grads)
 {
+    if (!dhidden)
+        return mood_error_set(MOOD_EINVAL, "clip: backward needs dhidden");
+    return mood_clip_backward_ex(m, t, dhidden, NULL, grads, n_grads, weight_grads);
+}
+
+/* dx (N x C) += the gradient of the hidden state's input (layer hid's output) from dhidden. */
+static void hidden_backward(const clip_bwd *g, const mood_clip_tape *t, float *dx,
+                            const float *dhidden)
+{
+    const mood_clip *m = g->m;
+    size_t nw = m->n_weights, N = g->N;
+    float *st = final_stats(t);
+    if (t->final_norm)
+        mood_op_layer_norm_backward(dx, wgrad(g, nw - 2), wgrad(g, nw - 1), dhidden,
+                                    acts_of(t, t->hid - 1).x_out, m->lnf_w, st, st + N, N,
+                                    m->cfg.hidden);
+    else
+        mood_op_add_inplace(dx, dhidden, N * (size_t)m->cfg.hidden);
+}
+
+/* dx (N x C) += the gradient of the last layer's output from dpooled (B x C): at each
+ * sequence's pool position, through the final layer norm. */
+static void pooled_backward(const clip_bwd *g, const mood_clip_tape *t, float *dx,
+                            const float *dpooled)
+{
+    const mood_clip *m = g->m;
+    size_t nw = m->n_weights, C = (size_t)m->cfg.hidden;
+    const float *x = acts_of(t, t->stop - 1).x_out;
+    float *st = final_stats(t) + 2 * g->N;
+    for (int b = 0; b < t->B; b++) {
+        size_t row = (size_t)b * t->T + (size_t)mood__clip_pool_position(t->ids + b * t->T, t->T);
+        mood_op_layer_norm_backward(dx + row * C, wgrad(g, nw - 2), wgrad(g, nw - 1),
+                                    dpooled + (size_t)b * C, x + row * C, m->lnf_w, st + b,
+                                    st + t->B + b, 1, (int)C);
+    }
+}
+
+int mood_clip_backward_ex(const mood_clip *m, mood_clip_tape *t, const float *dhidden,
+                          const float *dpooled, const mood_side_grad *grads, size_t n_grads,
+                          float *const *weight_grads)
+{
     int err, max_rank = 1;
-    if (!m || !t || !dhidden)
-        return mood_error_set(MOOD_EINVAL, "clip: backward needs the model, a tape and dhidden");
+    if (!m || !t || (!dhidden && !dpooled))
+        return mood_error_set(MOOD_EINVAL, "clip: backward needs the model, a tape and dhidden "
+                                           "or dpooled");
     if (!t->valid || t->m != m)
         return mood_error_set(MOOD_EINVAL, "clip: backward: the tape holds no forward_train of "
                                            "this model");
+    if (dpooled && !t->pooled)
+        return mood_error_set(MOOD_EINVAL, "clip: backward: dpooled for a forward_train that "
+                                           "recorded no pooled output");
     if (t->side_gen != m->side_gen)
         return mood_error_set(MOOD_EINVAL,
                               "clip: backward: the side paths changed since forward_train");
@@ -331,18 +410,29 @@ int mood_clip_backward(const mood_clip *m, mood_clip_tape *t, const float *dhidd
     g.tmp = d.att_scratch + mood_op_attention_backward_scratch(t->T, t->T);
     g.dtmp = g.tmp + N * (size_t)max_rank;
     g.scaled = g.dtmp + N * (size_t)max_rank;
-    if (t->final_norm) {
-        size_t nw = m->n_weights;
-        float *st = final_stats(t);
-        memset(dx, 0, NC * sizeof *dx);
-        mood_op_layer_norm_backward(dx, wgrad(&g, nw - 2), wgrad(&g, nw - 1), dhidden,
-                                    acts_of(t, t->stop - 1).x_out, m->lnf_w, st, st + N, N,
-                                    c->hidden);
-    } else {
-        memcpy(dx, dhidden, NC * sizeof *dx);
-    }
-    for (int l = t->stop - 1; l >= 0; l--)
+    memset(dx, 0, NC * sizeof *dx);
+    if (dpooled)
+        pooled_backward(&g, t, dx, dpooled);
+    for (int l = t->stop - 1; l >= 0; l--) {
+        if (l + 1 == t->hid && dhidden)
+            hidden_backward(&g, t, dx, dhidden);
         layer_backward(&g, t, l, dx, &d);
+    }
     embedding_backward(&g, t, dx);
+    return 0;
+}
+
+int mood_clip_project_backward(const mood_clip *m, const float *dembeds, int batch, float *dpooled)
+{
+    int C, P;
+    if (!m || !dembeds || !dpooled || batch < 1)
+        return mood_error_set(MOOD_EINVAL, "clip: project_backward needs the model, dembeds, "
+                                           "dpooled and batch >= 1");
+    if (!m->proj)
+        return mood_error_set(MOOD_EINVAL, "clip: the model has no text projection");
+    C = m->cfg.hidden, P = m->cfg.projection_dim;
+    /* out = pooled · W^T with W (P x C): dpooled += dout · W; with W (C x P): dout · W^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, m->proj_t ? CblasTrans : CblasNoTrans, batch, C, P,
+                1.0f, dembeds, P, m->proj, m->proj_t ? P : C, 1.0f, dpooled, C);
     return 0;
 }

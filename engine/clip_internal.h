@@ -64,6 +64,10 @@ void mood__clip_embedding_forward(float *out, const int32_t *ids, const float *t
 int mood__clip_check_args(const mood_clip *m, const int32_t *ids, int batch, int seq,
                           int clip_skip);
 
+/* The position the pooled output is taken at in a sequence of T ids: the first of its highest id
+ * (the end token), as transformers' pooler. */
+int mood__clip_pool_position(const int32_t *ids, int T);
+
 /* out (N x OC) = inp · w^T + b plus the side paths attached to w (the forward's Linear). */
 void mood__clip_linear(const mood_clip *m, float *out, const float *inp, const float *w,
                        const float *b, size_t N, int IC, int OC);

@@ -470,6 +470,7 @@ void mood_model_free(mood_model *m)
     mood__model_free_adapters(m);
     mood_unet_tape_free(m->tape);
     mood_clip_tape_free(m->clip_tape);
+    mood_clip_tape_free(m->clip2_tape);
     mood_clip_free(m->clip);
     mood_clip_free(m->clip2);
     mood_unet_free(m->unet);

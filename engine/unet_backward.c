@@ -1,7 +1,8 @@
 /*
  * unet_backward.c: the UNet's backward pass for training: from dL/d(out) and a training
  * forward's tape (unet_pass.h) to the gradients of every side path's factors (LoRA) and, when
- * asked, of the base weights and of the context (mood_unet_backward_ex in mood/unet.h).
+ * asked, of the base weights, of the context and of SDXL's text_embeds (mood_unet_backward_cond
+ * in mood/unet.h).
  *
  * It reads the network in reverse, in the manner of llm.c: head_backward, up_backward,
  * mid_backward, down_backward, time_backward, each a list of layer backwards
@@ -508,6 +509,27 @@ static void down_backward(unet_pass *g, const u_block *bl, float **dskip, int *s
     }
 }
 
+/* SDXL's added embedding: from d1 = d emb through add_embedding (linear_2, SiLU, linear_1) to
+ * its weights and side paths and, when wanted (g->dtext), to text_embeds, the first columns of
+ * its input [text_embeds | embedded time ids] (the time ids get none). d2, d3: B x T scratch. */
+static void add_embedding_backward(unet_pass *g, const time_acts *a, const float *d1, float *d2,
+                                   float *d3)
+{
+    const mood_unet *m = g->m;
+    const mood_unet_config *c = &m->cfg;
+    size_t B = (size_t)g->B, T = (size_t)c->time_embed_dim;
+    size_t Pd = (size_t)c->projection_class_embeddings_input_dim;
+    size_t E = Pd - 6 * (size_t)c->addition_time_embed_dim, mark = g->used;
+    float *din = push_zero(g, B * Pd);
+    zero(g, d2, B * T), zero(g, d3, B * T);
+    linear_backward(g, &m->add2, d2, d1, a->has, B);
+    RUN(g) mood_op_silu_backward(d3, d2, a->ha, B * T);
+    linear_backward(g, &m->add1, g->dtext ? din : NULL, d3, a->in, B);
+    for (size_t b = 0; g->dtext && !g->plan && b < B; b++)
+        mood_op_add_inplace(g->dtext + b * E, din + b * Pd, E);
+    g->used = mark;
+}
+
 /* The time embedding's (and SDXL's added embedding's) side paths and weights from g->demb, the
  * gradient of silu(emb). */
 static void time_backward(unet_pass *g)
@@ -518,12 +540,8 @@ static void time_backward(unet_pass *g)
     size_t B = (size_t)g->B, T = (size_t)m->cfg.time_embed_dim, mark = g->used;
     float *d1 = push_zero(g, B * T), *d2 = push(g, B * T), *d3 = push(g, B * T);
     RUN(g) mood_op_silu_backward(d1, g->demb, a->emb, B * T); /* d1 = d emb */
-    if (m->cfg.addition_embed_text_time) {
-        zero(g, d2, B * T), zero(g, d3, B * T);
-        linear_backward(g, &m->add2, d2, d1, a->has, B);
-        RUN(g) mood_op_silu_backward(d3, d2, a->ha, B * T);
-        linear_backward(g, &m->add1, NULL, d3, a->in, B);
-    }
+    if (m->cfg.addition_embed_text_time)
+        add_embedding_backward(g, a, d1, d2, d3);
     zero(g, d2, B * T), zero(g, d3, B * T);
     linear_backward(g, &m->time2, d2, d1, a->hs, B);
     RUN(g) mood_op_silu_backward(d3, d2, a->h, B * T);

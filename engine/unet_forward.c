@@ -735,6 +735,13 @@ int mood_unet_backward_ex(const mood_unet *m, mood_unet_tape *tape, const float 
                           const mood_side_grad *grads, size_t n_grads, float *dcontext,
                           float *const *weight_grads)
 {
+    return mood_unet_backward_cond(m, tape, dout, grads, n_grads, dcontext, NULL, weight_grads);
+}
+
+int mood_unet_backward_cond(const mood_unet *m, mood_unet_tape *tape, const float *dout,
+                            const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                            float *dtext_embeds, float *const *weight_grads)
+{
     unet_pass g;
     int err;
     if (!m || !tape || !dout)
@@ -748,6 +755,9 @@ int mood_unet_backward_ex(const mood_unet *m, mood_unet_tape *tape, const float 
     if (grads ? n_grads != m->n_sides : n_grads != 0)
         return mood_error_set(MOOD_EINVAL, "unet: backward: %zu gradients for %zu side paths",
                               n_grads, m->n_sides);
+    if (dtext_embeds && !m->cfg.addition_embed_text_time)
+        return mood_error_set(MOOD_EINVAL, "unet: backward: a text_embeds gradient asked of a "
+                                           "model without SDXL's \"text_time\" embedding");
     memset(&g, 0, sizeof g);
     g.plan = 1;
     mood__unet_backward_run(&g, &tape->f, dout);
@@ -757,7 +767,7 @@ int mood_unet_backward_ex(const mood_unet *m, mood_unet_tape *tape, const float 
         return err;
     memset(&g, 0, sizeof g);
     g.base = tape->scratch;
-    g.grads = grads, g.dctx = dcontext, g.wgrads = weight_grads;
+    g.grads = grads, g.dctx = dcontext, g.dtext = dtext_embeds, g.wgrads = weight_grads;
     mood__unet_backward_run(&g, &tape->f, dout);
     return g.err;
 }

@@ -123,6 +123,7 @@ typedef struct unet_pass {
     float *const *wgrads;        /* per parameter (mood_unet_weight order; NULL entries not
                                     wanted), or NULL: the base weights' gradients */
     float *dctx;                 /* B*L x cross_attention_dim, or NULL */
+    float *dtext;                /* SDXL: B x text_embeds width (the pooled embedding), or NULL */
     float *demb;                 /* B x time_embed_dim: gradient of emb_act */
     size_t cursor;               /* records not yet read */
 } unet_pass;

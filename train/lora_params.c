@@ -257,20 +257,31 @@ static int spec_add(spec_list *l, const mood_keymap *km, const char *weight, moo
     return 0;
 }
 
-static int te_specs(spec_list *l, mood_model *m, const mood_keymap *km, int layers)
+/* The attention and MLP Linear layers of a text encoder's first `layers` layers (part TE1: the
+ * model's only one or SDXL's first, TE2: SDXL's second), in kohya's module order. Their kohya
+ * names come from the key map under diffusers' component ("text_encoder.", "text_encoder_2.");
+ * the fallback prefix is kohya's for the family (lora_te_, SDXL lora_te1_ / lora_te2_). */
+static int te_specs(spec_list *l, mood_model *m, const mood_keymap *km, int layers, mood_part part)
 {
     static const char *const subs[] = {"self_attn.q_proj",   "self_attn.k_proj", "self_attn.v_proj",
                                        "self_attn.out_proj", "mlp.fc1",          "mlp.fc2"};
+    int sdxl = m->family == MOOD_FAMILY_SDXL || m->clip2 != NULL, te2 = part == MOOD_PART_TE2;
+    mood_clip *clip = te2 ? m->clip2 : m->clip;
+    const char *dotted = te2 ? "text_encoder_2." : "text_encoder.";
+    const char *prefix = te2 ? "lora_te2_" : sdxl ? "lora_te1_" : "lora_te_";
     int err = 0;
+    if (!clip)
+        return mood_error_set(MOOD_EINVAL, "%s: the model has no text encoder 2", m->path);
     for (int i = 0; i < layers && !err; i++) {
         for (int k = 0; k < 6 && !err; k++) {
             char name[256];
             int ndim = 0;
             int64_t shape[4] = {0};
             snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s.weight", i, subs[k]);
-            if (!mood_clip_weight(m->clip, name, &ndim, shape) || ndim != 2)
-                return mood_error_set(MOOD_EFORMAT, "text encoder: no Linear weight %s", name);
-            err = spec_add(l, km, name, MOOD_PART_TE1, 2, shape, "text_encoder.", "lora_te_");
+            if (!mood_clip_weight(clip, name, &ndim, shape) || ndim != 2)
+                return mood_error_set(MOOD_EFORMAT, "text encoder%s: no Linear weight %s",
+                                      te2 ? " 2" : "", name);
+            err = spec_add(l, km, name, part, 2, shape, dotted, prefix);
         }
     }
     return err;
@@ -296,7 +307,7 @@ static int unet_specs(spec_list *l, mood_model *m, const mood_keymap *km, mood_t
 }
 
 int mood__lora_params_for_model(mood__lora_params **out, mood_model *m, mood_train_targets targets,
-                                int te_layers, int rank, double alpha)
+                                int te_layers, int te2_layers, int rank, double alpha)
 {
     mood_keymap *km = NULL;
     spec_list l = {0};
@@ -305,7 +316,9 @@ int mood__lora_params_for_model(mood__lora_params **out, mood_model *m, mood_tra
     if (m->family != MOOD_FAMILY_UNKNOWN && (err = mood__keymap_for_family(&km, m->family)) != 0)
         return err;
     if (te_layers > 0)
-        err = te_specs(&l, m, km, te_layers);
+        err = te_specs(&l, m, km, te_layers, MOOD_PART_TE1);
+    if (!err && te2_layers > 0)
+        err = te_specs(&l, m, km, te2_layers, MOOD_PART_TE2);
     if (!err)
         err = unet_specs(&l, m, km, targets);
     if (!err && l.n == 0 && targets == MOOD_TRAIN_STYLE_BLOCKS) {
@@ -329,6 +342,24 @@ int mood__lora_params_for_model(mood__lora_params **out, mood_model *m, mood_tra
     mood_free(l.s);
     mood__keymap_free(km);
     return err;
+}
+
+int mood__lora_params_attach(const mood__lora_params *lp, mood_model *m)
+{
+    size_t n1 = 0, n2 = 0, n_te = lp->n_te;
+    int err;
+    while (n1 < n_te && lp->mods[n1].part == MOOD_PART_TE1)
+        n1++;
+    while (n1 + n2 < n_te && lp->mods[n1 + n2].part == MOOD_PART_TE2)
+        n2++;
+    if (n1 + n2 != n_te || (n2 && !m->clip2))
+        return mood_error_set(MOOD_EINVAL, "LoRA modules: text encoder 1's, then 2's, then the "
+                                           "UNet's expected");
+    if ((err = mood_unet_set_side_paths(m->unet, lp->paths + n_te, lp->n - n_te)) != 0 ||
+        (n1 && (err = mood_clip_set_side_paths(m->clip, lp->paths, n1)) != 0) ||
+        (n2 && (err = mood_clip_set_side_paths(m->clip2, lp->paths + n1, n2)) != 0))
+        return err;
+    return 0;
 }
 
 /* ----- names ------------------------------------------------------------------------------ */

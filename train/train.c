@@ -6,10 +6,11 @@
  * encoder's output at the clip skip, with the final layer norm), run the trainer, then write the
  * LoRA with kohya's metadata and the loss curve.
  *
- * SDXL (as kohya's sdxl_train_network.py): the cached conditioning is both text encoders'
- * penultimate layer concatenated plus text encoder 2's pooled, projected embedding, and every
- * item carries kohya's size ids (original size, crop top-left, target size); the UNet's LoRA
- * alone is trained (check_sdxl lists what is refused).
+ * SDXL (as kohya's sdxl_train_network.py): the conditioning is both text encoders' penultimate
+ * layer concatenated plus text encoder 2's pooled, projected embedding (cached, unless the text
+ * encoders are trained: then both encode every step from the ids of both tokenizers), and every
+ * item carries kohya's size ids (original size, crop top-left, target size); check_sdxl lists
+ * what is refused.
  *
  * The order of the random draws (mood/train.h "Randomness") is fixed here: LoRA init, then the
  * latent samples, then the trainer's.
@@ -62,6 +63,7 @@ typedef struct run {
     mood__train_item *items;
     float *latents; /* all cached latents, items point into it */
     int32_t *ids;   /* n x 77 */
+    int32_t *ids2;  /* SDXL: n x 77, text encoder 2's */
     float *ctx;     /* n x 77 x D, or NULL */
     float *pooled;  /* SDXL: n x P pooled text embeddings, else NULL */
     mood__train_data data;
@@ -84,7 +86,8 @@ static void run_dispose(run *r)
 {
     if (r->m && r->lp) { /* the side paths point into lp */
         if (mood_unet_set_side_paths(r->m->unet, NULL, 0) != 0 ||
-            mood_clip_set_side_paths(r->m->clip, NULL, 0) != 0)
+            mood_clip_set_side_paths(r->m->clip, NULL, 0) != 0 ||
+            (r->m->clip2 && mood_clip_set_side_paths(r->m->clip2, NULL, 0) != 0))
             mood_error_clear();
     }
     mood__lora_params_free(r->lp);
@@ -95,6 +98,7 @@ static void run_dispose(run *r)
     mood_free(r->items);
     mood_free(r->latents);
     mood_free(r->ids);
+    mood_free(r->ids2);
     mood_free(r->ctx);
     mood_free(r->pooled);
     mood__train_samples_dispose(&r->samples);
@@ -102,16 +106,10 @@ static void run_dispose(run *r)
 
 /* ----- model and board -------------------------------------------------------------------- */
 
-/* What SDXL training does not do (yet): the text encoders (their pooled output has no backward
- * pass), full-parameter training, and a clip skip (kohya's SDXL training ignores it and always
- * takes the penultimate layers). */
+/* What SDXL training does not do (yet): full-parameter training, and a clip skip (kohya's SDXL
+ * training ignores it and always takes the penultimate layers). */
 static int check_sdxl(const mood_train_options *o)
 {
-    if (o->train_te)
-        return mood_error_set(MOOD_EUNSUPPORTED,
-                              "%s: training the text encoders of an SDXL model (--te) is not "
-                              "supported yet; train the UNet's LoRA alone (without --te)",
-                              o->model);
     if (o->full)
         return mood_error_set(MOOD_EUNSUPPORTED,
                               "%s: full-parameter training (--full) of an SDXL model is not "
@@ -155,13 +153,17 @@ static int make_params(run *r)
 {
     const mood_train_options *o = r->o;
     int layers = mood_clip_get_config(r->m->clip)->layers, err;
+    /* the layers the conditioning uses: up to the clip skip's; SDXL's text encoder 2 all of them
+     * (the pooled embedding is its last layer's) */
     int te_layers = o->train_te ? layers - (r->clip_skip - 1) : 0;
+    int te2_layers = o->train_te && r->m->clip2 ? mood_clip_get_config(r->m->clip2)->layers : 0;
     mood_noise_schedule ns = r->m->sched;
     ns.prediction = r->pred;
     if (o->full) /* every weight, no init draws */
         err = mood__full_params_for_model(&r->lp, r->m, o->train_te);
     else
-        err = mood__lora_params_for_model(&r->lp, r->m, o->targets, te_layers, o->rank, o->alpha);
+        err = mood__lora_params_for_model(&r->lp, r->m, o->targets, te_layers, te2_layers, o->rank,
+                                          o->alpha);
     if (err || (err = mood_rng_torch_cpu_new(&r->g, o->seed)) != 0 ||
         (!o->full && (err = mood__lora_params_init(r->lp, r->g)) != 0))
         return err;
@@ -253,18 +255,16 @@ static int caption_ids(run *r, int32_t *ids, const char *caption, int32_t pad_id
  * text encoder 2's hidden_states[-2] (no final layer norm) concatenated per token into ctx
  * (77 x (C1 + C2)), and text encoder 2's pooled output through its projection into pooled.
  * Text encoder 2's ids are tokenizer_2's, padded with its "!" (pad_id2). */
-static int encode_sdxl(run *r, const int32_t *ids1, const char *caption, float *ctx, float *pooled)
+static int encode_sdxl(run *r, const int32_t *ids1, const int32_t *ids2, float *ctx, float *pooled)
 {
     const mood_model *m = r->m;
     size_t T = MOOD_CLIP_CONTEXT, C1 = (size_t)mood_clip_get_config(m->clip)->hidden;
     size_t C2 = (size_t)mood_clip_get_config(m->clip2)->hidden;
-    int32_t ids2[MOOD_CLIP_CONTEXT];
     float *z1 = mood_malloc(T * C1 * sizeof *z1), *z2 = mood_malloc(T * C2 * sizeof *z2);
     float *p2 = mood_malloc(C2 * sizeof *p2);
     int err = 0;
     if (!z1 || !z2 || !p2)
         err = mood_error_nomem();
-    err = err ? err : caption_ids(r, ids2, caption, m->pad_id2);
     err = err ? err : mood_clip_forward(m->clip, ids1, 1, (int)T, 2, 0, z1, NULL);
     err = err ? err : mood_clip_forward(m->clip2, ids2, 1, (int)T, 2, 0, z2, p2);
     err = err ? err : mood_clip_project(m->clip2, p2, 1, pooled);
@@ -303,37 +303,45 @@ static int cache_text(run *r)
     size_t n = mood_board_count(r->board);
     int D = mood__context_width(r->m), P = mood__pooled_width(r->m), err = 0;
     int sdxl = r->m->clip2 != NULL;
-    size_t per = (size_t)MOOD_CLIP_CONTEXT * D;
+    int cache = !r->o->train_te; /* a trained text encoder encodes at every step */
+    size_t per = (size_t)MOOD_CLIP_CONTEXT * D, ni = (n + 1) * MOOD_CLIP_CONTEXT;
     /* item i's ids and context at i; the empty caption's (caption dropout) at n */
-    r->ids = mood_malloc((n + 1) * MOOD_CLIP_CONTEXT * sizeof *r->ids);
-    if (!r->ids || (!r->o->train_te && !(r->ctx = mood_malloc((n + 1) * per * sizeof *r->ctx))) ||
-        (sdxl && !(r->pooled = mood_malloc((n + 1) * (size_t)P * sizeof *r->pooled))))
+    r->ids = mood_malloc(ni * sizeof *r->ids);
+    if (!r->ids || (cache && !(r->ctx = mood_malloc((n + 1) * per * sizeof *r->ctx))) ||
+        (sdxl && !(r->ids2 = mood_malloc(ni * sizeof *r->ids2))) ||
+        (sdxl && cache && !(r->pooled = mood_malloc((n + 1) * (size_t)P * sizeof *r->pooled))))
         return mood_error_nomem();
     for (size_t i = 0; i <= n && !err; i++) {
         int32_t *ids = r->ids + i * MOOD_CLIP_CONTEXT;
+        int32_t *ids2 = sdxl ? r->ids2 + i * MOOD_CLIP_CONTEXT : NULL;
         const char *caption = i < n ? mood_board_item_at(r->board, i)->caption : "";
         if (i == n && r->o->caption_dropout <= 0)
             break;
         err = caption_ids(r, ids, caption, r->m->pad_id);
-        if (!err && sdxl) /* no --te on SDXL: the context is always cached */
-            err = encode_sdxl(r, ids, caption, r->ctx + i * per, r->pooled + i * (size_t)P);
-        else if (!err && r->ctx)
+        if (!err && sdxl)
+            err = caption_ids(r, ids2, caption, r->m->pad_id2);
+        if (!err && sdxl && cache)
+            err = encode_sdxl(r, ids, ids2, r->ctx + i * per, r->pooled + i * (size_t)P);
+        else if (!err && cache)
             err = mood_clip_forward(r->m->clip, ids, 1, MOOD_CLIP_CONTEXT, r->clip_skip, 1,
                                     r->ctx + i * per, NULL);
         if (i < n) {
             r->items[i].ids = ids;
+            r->items[i].ids2 = ids2;
             r->items[i].context = r->ctx ? r->ctx + i * per : NULL;
-            r->items[i].pooled = sdxl ? r->pooled + i * (size_t)P : NULL;
+            r->items[i].pooled = r->pooled ? r->pooled + i * (size_t)P : NULL;
             if (sdxl)
                 sdxl_time_ids(r->items[i].time_ids, mood_board_item_at(r->board, i));
         }
     }
     r->data.empty_ids = r->ids + n * MOOD_CLIP_CONTEXT;
+    r->data.empty_ids2 = sdxl && r->o->caption_dropout > 0 ? r->ids2 + n * MOOD_CLIP_CONTEXT : NULL;
     r->data.empty_context = r->ctx ? r->ctx + n * per : NULL;
     r->data.ctx_len = MOOD_CLIP_CONTEXT;
     r->data.ctx_dim = D;
     r->data.pooled_dim = sdxl ? P : 0;
-    r->data.empty_pooled = sdxl && r->o->caption_dropout > 0 ? r->pooled + n * (size_t)P : NULL;
+    r->data.empty_pooled =
+        r->pooled && r->o->caption_dropout > 0 ? r->pooled + n * (size_t)P : NULL;
     return err;
 }
 
@@ -701,7 +709,7 @@ static int check_options(const mood_train_options *o)
 static int train(run *r)
 {
     const mood_train_options *o = r->o;
-    size_t n, n_te;
+    size_t n;
     mood__trainer t;
     int err;
     if ((err = open_model(r)) != 0 || (err = make_params(r)) != 0)
@@ -714,10 +722,8 @@ static int train(run *r)
         return mood_error_nomem();
     if ((err = cache_latents(r)) != 0 || (err = cache_text(r)) != 0)
         return err;
-    n_te = r->lp->n_te;
-    if (!r->lp->full && /* full training runs the weights themselves, no side paths */
-        ((err = mood_unet_set_side_paths(r->m->unet, r->lp->paths + n_te, r->lp->n - n_te)) != 0 ||
-         (n_te && (err = mood_clip_set_side_paths(r->m->clip, r->lp->paths, n_te)) != 0)))
+    /* full training runs the weights themselves, no side paths */
+    if (!r->lp->full && (err = mood__lora_params_attach(r->lp, r->m)) != 0)
         return err;
     r->data.items = r->items;
     r->data.n = n;

@@ -127,9 +127,14 @@ void mood__lora_params_free(mood__lora_params *lp);
 /* kohya's init: down = kaiming_uniform_(a = sqrt(5)) per module in order, up = 0. */
 int mood__lora_params_init(mood__lora_params *lp, mood_rng_torch_cpu *g);
 /* The modules of a model for a target set; te_layers > 0 adds the text encoder's attention
- * and MLP Linear layers of its first te_layers layers (the ones the conditioning uses), first. */
+ * and MLP Linear layers of its first te_layers layers (the ones the conditioning uses), first;
+ * te2_layers > 0 likewise SDXL's text encoder 2's (part MOOD_PART_TE2, lora_te2_ names), after
+ * text encoder 1's (kohya's order). */
 int mood__lora_params_for_model(mood__lora_params **out, mood_model *m, mood_train_targets targets,
-                                int te_layers, int rank, double alpha);
+                                int te_layers, int te2_layers, int rank, double alpha);
+/* Runs the modules through the model: the UNet's, text encoder 1's and 2's side paths (each
+ * part's modules, in order). */
+int mood__lora_params_attach(const mood__lora_params *lp, mood_model *m);
 /* Writes the kohya-format LoRA (mood__lora_write) with metadata pairs meta (NULL-terminated). */
 int mood__lora_params_write(const mood__lora_params *lp, const char *path, mood_family family,
                             mood_dtype dtype, const char *const *meta);
@@ -171,6 +176,7 @@ typedef struct mood__train_item {
     int h, w;             /* latent size */
     const float *lat[2];  /* C x h x w: as is, and flipped (NULL without flips) */
     const int32_t *ids;   /* 77 */
+    const int32_t *ids2;  /* SDXL: 77, text encoder 2's (tokenizer_2's padding), else NULL */
     const float *context; /* ctx_len x ctx_dim, or NULL (trained text encoder) */
     const float *pooled;  /* SDXL: pooled_dim (the caption's pooled text embedding), else NULL */
     float time_ids[2][6]; /* SDXL: the size ids, as is and flipped (kohya's crop left differs) */
@@ -184,6 +190,7 @@ typedef struct mood__train_data {
     int flip; /* items have flipped latents and epochs draw flips */
     /* caption dropout: the empty caption's ids (77) and context (NULL: trained text encoder) */
     const int32_t *empty_ids;
+    const int32_t *empty_ids2; /* SDXL */
     const float *empty_context;
     /* SDXL: the pooled embedding's width and the empty caption's; 0 / NULL otherwise */
     int pooled_dim;

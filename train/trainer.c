@@ -59,7 +59,7 @@ typedef struct loop {
     float *x0, *noise, *noisy, *target, *tmp, *tf, *w, *ctx;
     float *pooled, *tids; /* SDXL: B x pooled_dim, B x 6 */
     int64_t *ts;
-    int32_t *ids;
+    int32_t *ids, *ids2; /* B x 77: text encoder 1's, SDXL's text encoder 2's */
     double loss_avg;
     struct timespec t0;
     int64_t first_step; /* step this session started from */
@@ -117,19 +117,20 @@ static int alloc_buffers(loop *L)
     L->w = mood_malloc(B * sizeof(float));
     L->ts = mood_malloc(B * sizeof(int64_t));
     L->ids = mood_malloc(B * MOOD_CLIP_CONTEXT * sizeof(int32_t));
+    L->ids2 = mood_malloc(B * MOOD_CLIP_CONTEXT * sizeof(int32_t));
     L->ctx = mood_malloc((B * ctxn > 0 ? B * ctxn : 1) * sizeof(float));
     L->pooled = mood_malloc((B * (size_t)d->pooled_dim + 1) * sizeof(float));
     L->tids = mood_malloc(B * 6 * sizeof(float));
     if (!L->seq || !L->used || !L->x0 || !L->noise || !L->noisy || !L->target || !L->tmp ||
-        !L->tf || !L->w || !L->ts || !L->ids || !L->ctx || !L->pooled || !L->tids)
+        !L->tf || !L->w || !L->ts || !L->ids || !L->ids2 || !L->ctx || !L->pooled || !L->tids)
         return mood_error_nomem();
     return 0;
 }
 
 static void free_buffers(loop *L)
 {
-    void *p[] = {L->seq, L->used, L->x0, L->noise, L->noisy, L->target, L->tmp,
-                 L->tf,  L->w,    L->ts, L->ids,   L->ctx,   L->pooled, L->tids};
+    void *p[] = {L->seq, L->used, L->x0,  L->noise, L->noisy, L->target, L->tmp, L->tf,
+                 L->w,   L->ts,   L->ids, L->ids2,  L->ctx,   L->pooled, L->tids};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         mood_free(p[i]);
 }
@@ -210,6 +211,9 @@ static void gather(loop *L, size_t first, int k)
         memcpy(L->x0 + b * e, it->lat[flip], e * sizeof(float));
         memcpy(L->ids + (size_t)b * MOOD_CLIP_CONTEXT, it->ids,
                MOOD_CLIP_CONTEXT * sizeof(int32_t));
+        if (it->ids2) /* SDXL */
+            memcpy(L->ids2 + (size_t)b * MOOD_CLIP_CONTEXT, it->ids2,
+                   MOOD_CLIP_CONTEXT * sizeof(int32_t));
         if (it->context)
             memcpy(L->ctx + b * ctxn, it->context, ctxn * sizeof(float));
         if (it->pooled) /* SDXL */
@@ -253,6 +257,9 @@ static int drop_captions(loop *L, int k, int has_context)
             continue;
         memcpy(L->ids + (size_t)b * MOOD_CLIP_CONTEXT, d->empty_ids,
                MOOD_CLIP_CONTEXT * sizeof(int32_t));
+        if (d->empty_ids2) /* SDXL */
+            memcpy(L->ids2 + (size_t)b * MOOD_CLIP_CONTEXT, d->empty_ids2,
+                   MOOD_CLIP_CONTEXT * sizeof(int32_t));
         if (has_context)
             memcpy(L->ctx + b * ctxn, d->empty_context, ctxn * sizeof(float));
         if (d->empty_pooled) /* SDXL: the empty caption's pooled embedding too */
@@ -301,8 +308,9 @@ static int micro_batch(loop *L, double *loss)
                               1.0f / (float)L->o->accum,
                               L->o->clip_skip,
                               it->pooled ? L->pooled : NULL,
-                              it->pooled ? L->tids : NULL,
-                              d->pooled_dim};
+                              d->pooled_dim > 0 ? L->tids : NULL,
+                              d->pooled_dim,
+                              it->ids2 ? L->ids2 : NULL};
     return t->loss(t->loss_user, &batch, t->lp->mods, t->lp->n, loss);
 }
 

@@ -18,6 +18,15 @@
  * text encoder modules nothing of this runs. The tapes live with the model (model_impl.h) so
  * steps of one size allocate nothing; the UNet's gradient checkpointing is used from 32x32
  * latents (256-pixel images) up, where activations would otherwise dominate memory.
+ *
+ * SDXL (kohya's sdxl_train_network.py with the text encoders trained): both encoders run at
+ * clip skip 2 without the final norm (their hidden_states[-2], concatenated per token into the
+ * context), text encoder 2 on tokenizer_2's ids (batch->ids2) and with its pooled output, which
+ * the text projection turns into the UNet's text_embeds. The gradient comes back along both
+ * roads: the context's halves to each encoder's penultimate layer, and text_embeds' (the UNet's
+ * add_embedding, mood_unet_backward_cond) through the projection to text encoder 2's pooled end
+ * token after its last layer and final norm (mood_clip_backward_ex). The modules are text
+ * encoder 1's, then 2's, then the UNet's; an encoder without modules runs without a tape.
  */
 #include <string.h>
 
@@ -73,23 +82,113 @@ static int encode(mood_model *m, const mood_train_batch *b, int trained, float *
     return mood_clip_forward_train(m->clip, m->clip_tape, b->ids, b->B, b->ctx_len, skip, 1, ctx);
 }
 
+/* SDXL's conditioning made in the step, and its gradients: B x T x C1 and B x T x C2 (each
+ * encoder's hidden_states[-2]), B x C2 (text encoder 2's pooled output), B x P (its projection,
+ * the UNet's text_embeds); one allocation. */
+typedef struct xl_cond {
+    size_t B, T, C1, C2, P;
+    size_t n1, n2; /* modules of text encoder 1 and 2 (their tapes run when > 0) */
+    float *z1, *z2, *pooled, *embeds;
+    float *dz1, *dz2, *dpooled, *dembeds;
+} xl_cond;
+
+static int xl_init(xl_cond *x, mood_model *m, const mood_train_batch *b, size_t n1, size_t n2)
+{
+    size_t n, BT = (size_t)b->B * (size_t)b->ctx_len;
+    float *p;
+    memset(x, 0, sizeof *x);
+    x->B = (size_t)b->B, x->T = (size_t)b->ctx_len, x->n1 = n1, x->n2 = n2;
+    x->C1 = (size_t)mood_clip_get_config(m->clip)->hidden;
+    x->C2 = (size_t)mood_clip_get_config(m->clip2)->hidden;
+    x->P = (size_t)mood_clip_get_config(m->clip2)->projection_dim;
+    if (!b->ids || !b->ids2 || (size_t)b->ctx_dim != x->C1 + x->C2 ||
+        !mood_clip_has_projection(m->clip2))
+        return mood_error_set(MOOD_EINVAL, "training SDXL: the batch needs both encoders' token "
+                                           "ids and a context of their widths together");
+    n = 2 * (BT * (x->C1 + x->C2) + x->B * (x->C2 + x->P));
+    if (!(p = mood_calloc(n, sizeof *p)))
+        return mood_error_nomem();
+    x->z1 = p, x->z2 = x->z1 + BT * x->C1, x->pooled = x->z2 + BT * x->C2;
+    x->embeds = x->pooled + x->B * x->C2, x->dz1 = x->embeds + x->B * x->P;
+    x->dz2 = x->dz1 + BT * x->C1, x->dpooled = x->dz2 + BT * x->C2;
+    x->dembeds = x->dpooled + x->B * x->C2;
+    return 0;
+}
+
+static void xl_dispose(xl_cond *x)
+{
+    mood_free(x->z1);
+}
+
+/* Both encoders' forward (on their tapes when trained) into ctx (B x T x (C1 + C2)) and
+ * x->embeds. */
+static int xl_encode(mood_model *m, const mood_train_batch *b, xl_cond *x, float *ctx)
+{
+    int B = b->B, T = b->ctx_len, err;
+    if (x->n1 && !m->clip_tape && (err = mood_clip_tape_new(&m->clip_tape)) != 0)
+        return err;
+    if (x->n2 && !m->clip2_tape && (err = mood_clip_tape_new(&m->clip2_tape)) != 0)
+        return err;
+    err = x->n1 ? mood_clip_forward_train(m->clip, m->clip_tape, b->ids, B, T, 2, 0, x->z1)
+                : mood_clip_forward(m->clip, b->ids, B, T, 2, 0, x->z1, NULL);
+    if (!err)
+        err = x->n2 ? mood_clip_forward_train_ex(m->clip2, m->clip2_tape, b->ids2, B, T, 2, 0,
+                                                 x->z2, x->pooled)
+                    : mood_clip_forward(m->clip2, b->ids2, B, T, 2, 0, x->z2, x->pooled);
+    if (!err)
+        err = mood_clip_project(m->clip2, x->pooled, B, x->embeds);
+    for (size_t r = 0; !err && r < x->B * x->T; r++) {
+        memcpy(ctx + r * (x->C1 + x->C2), x->z1 + r * x->C1, x->C1 * sizeof *ctx);
+        memcpy(ctx + r * (x->C1 + x->C2) + x->C1, x->z2 + r * x->C2, x->C2 * sizeof *ctx);
+    }
+    return err;
+}
+
+/* The encoders' backward from the context's gradient dctx and x->dembeds (text_embeds'):
+ * grads holds text encoder 1's modules, then 2's. */
+static int xl_backward(mood_model *m, xl_cond *x, const float *dctx, const mood_side_grad *grads)
+{
+    int err = 0;
+    for (size_t r = 0; r < x->B * x->T; r++) {
+        memcpy(x->dz1 + r * x->C1, dctx + r * (x->C1 + x->C2), x->C1 * sizeof *dctx);
+        memcpy(x->dz2 + r * x->C2, dctx + r * (x->C1 + x->C2) + x->C1, x->C2 * sizeof *dctx);
+    }
+    if (x->n2) {
+        err = mood_clip_project_backward(m->clip2, x->dembeds, (int)x->B, x->dpooled);
+        if (!err)
+            err = mood_clip_backward_ex(m->clip2, m->clip2_tape, x->dz2, x->dpooled, grads + x->n1,
+                                        x->n2, NULL);
+    }
+    if (!err && x->n1)
+        err = mood_clip_backward(m->clip, m->clip_tape, x->dz1, grads, x->n1, NULL);
+    return err;
+}
+
 /* One step of the model: the loss, the gradients of the side paths' factors (modules) and,
  * when unet_wg / te_wg are given (full-parameter training), of every weight. */
 static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_module *modules,
                       size_t n_modules, float *const *unet_wg, float *const *te_wg,
                       double *loss_out)
 {
-    size_t n = (size_t)batch->B * batch->C * batch->h * batch->w, n_te = 0;
+    size_t n = (size_t)batch->B * batch->C * batch->h * batch->w, n1 = 0, n2 = 0, n_te;
     size_t n_ctx = (size_t)batch->B * batch->ctx_len * batch->ctx_dim;
     mood_side_grad *grads = NULL;
     mood_unet_tape *tape = NULL;
     float *pred = NULL, *dout = NULL, *ctx = NULL, *dctx = NULL;
-    const float *context = batch->context;
-    int err;
+    const float *context = batch->context, *text_embeds = batch->text_embeds;
+    int xl = m->clip2 != NULL, err;
+    xl_cond x;
+    memset(&x, 0, sizeof x);
     *loss_out = 0;
-    while (n_te < n_modules && modules[n_te].part != MOOD_PART_UNET)
-        n_te++;
+    while (n1 < n_modules && modules[n1].part == MOOD_PART_TE1)
+        n1++;
+    while (n1 + n2 < n_modules && modules[n1 + n2].part == MOOD_PART_TE2)
+        n2++;
+    n_te = n1 + n2;
     int te_trained = n_te > 0 || te_wg != NULL;
+    if (xl && te_wg)
+        return mood_error_set(MOOD_EUNSUPPORTED, "full-parameter training of SDXL's text "
+                                                 "encoders is not supported");
     if ((err = model_tape(m, batch->h, batch->w, &tape)) != 0)
         return err;
     pred = mood_malloc(n * sizeof *pred);
@@ -97,28 +196,36 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
     grads = mood_calloc(n_modules ? n_modules : 1, sizeof *grads);
     if (!pred || !dout || !grads)
         err = mood_error_nomem();
-    if (!err && (te_trained || !context)) { /* the conditioning comes from the text encoder now */
+    /* the conditioning comes from the text encoder(s) now */
+    if (!err && (te_trained || !context || (xl && !text_embeds))) {
         ctx = mood_malloc((n_ctx ? n_ctx : 1) * sizeof *ctx);
         dctx = te_trained ? mood_calloc(n_ctx ? n_ctx : 1, sizeof *dctx) : NULL;
         if (!ctx || (te_trained && !dctx))
             err = mood_error_nomem();
-        if (!err)
+        if (!err && xl && (err = xl_init(&x, m, batch, n1, n2)) == 0) {
+            err = xl_encode(m, batch, &x, ctx);
+            text_embeds = x.embeds;
+        } else if (!err && !xl) {
             err = encode(m, batch, te_trained, ctx);
+        }
         context = ctx;
     }
     for (size_t i = 0; i < n_modules && !err; i++)
         grads[i] = (mood_side_grad){modules[i].down_grad, modules[i].up_grad};
     if (!err)
         err = mood_unet_forward_train(m->unet, tape, pred, batch->noisy, batch->timesteps, context,
-                                      batch->B, batch->h, batch->w, batch->ctx_len,
-                                      batch->text_embeds, batch->time_ids);
+                                      batch->B, batch->h, batch->w, batch->ctx_len, text_embeds,
+                                      batch->time_ids);
     if (!err) {
         *loss_out = loss_and_grad(dout, pred, batch);
-        err = mood_unet_backward_ex(m->unet, tape, dout, grads + n_te, n_modules - n_te, dctx,
-                                    unet_wg);
+        err = mood_unet_backward_cond(m->unet, tape, dout, grads + n_te, n_modules - n_te, dctx,
+                                      xl && n2 ? x.dembeds : NULL, unet_wg);
     }
-    if (!err && te_trained)
+    if (!err && te_trained && xl)
+        err = xl_backward(m, &x, dctx, grads);
+    else if (!err && te_trained)
         err = mood_clip_backward(m->clip, m->clip_tape, dctx, grads, n_te, te_wg);
+    xl_dispose(&x);
     mood_free(pred);
     mood_free(dout);
     mood_free(grads);

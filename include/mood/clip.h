@@ -26,7 +26,8 @@
  *
  * Training: mood_clip_forward_train keeps the activations on a tape and mood_clip_backward
  * computes the gradients of the runtime side paths' (LoRA) factors and of any base weights from
- * it (see "training" below).
+ * it (see "training" below); the _ex variants take the pooled output too, and
+ * mood_clip_project_backward the text projection.
  *
  * Thread-safety: a loaded model is read-only; forward calls may run concurrently (so may training
  * steps with one tape each); mood_clip_weight (writes), mood_clip_set_side_paths and
@@ -167,6 +168,32 @@ MOOD_WARN_UNUSED int mood_clip_forward_train(const mood_clip *m, mood_clip_tape 
 MOOD_WARN_UNUSED int mood_clip_backward(const mood_clip *m, mood_clip_tape *tape,
                                         const float *dhidden, const mood_side_grad *grads,
                                         size_t n_grads, float *const *weight_grads);
+
+/* As mood_clip_forward_train, and the pooled output as mood_clip_forward's pooled_out when
+ * pooled_out (batch x hidden) is not NULL: then every layer runs and is recorded (past the one
+ * clip skip selects), with the pooled rows' final layer norm, so that mood_clip_backward_ex can
+ * take the pooled output's gradient too (SDXL's text encoder 2, whose pooled output goes through
+ * the text projection into the UNet's added conditioning). Same errors. */
+MOOD_WARN_UNUSED int mood_clip_forward_train_ex(const mood_clip *m, mood_clip_tape *tape,
+                                                const int32_t *ids, int batch, int seq,
+                                                int clip_skip, int final_norm, float *hidden_out,
+                                                float *pooled_out);
+
+/* As mood_clip_backward, from the gradients of both outputs of mood_clip_forward_train_ex:
+ * dhidden (batch x seq x hidden) and dpooled (batch x hidden, the pooled output's), either of
+ * them NULL (not both). With dhidden NULL and dpooled given, hidden_out takes no part (as if its
+ * gradient were zero). Errors: as mood_clip_backward; MOOD_EINVAL also for dpooled when the
+ * forward recorded no pooled output. */
+MOOD_WARN_UNUSED int mood_clip_backward_ex(const mood_clip *m, mood_clip_tape *tape,
+                                           const float *dhidden, const float *dpooled,
+                                           const mood_side_grad *grads, size_t n_grads,
+                                           float *const *weight_grads);
+
+/* The backward pass of mood_clip_project: dpooled (batch x hidden) += the gradient of the
+ * pooled input from dembeds (batch x projection_dim), the gradient of its output. The projection
+ * is frozen (it gets no gradient). Errors: MOOD_EINVAL (no projection, batch < 1, NULL). */
+MOOD_WARN_UNUSED int mood_clip_project_backward(const mood_clip *m, const float *dembeds, int batch,
+                                                float *dpooled);
 
 #ifdef __cplusplus
 }

@@ -142,11 +142,16 @@ typedef struct mood_train_batch {
     int clip_skip;    /* the options' clip skip (A1111 numbering; a model with a fixed one, SD2,
                          uses its own), for a loss that encodes the captions itself */
     /* SDXL's added conditioning (NULL for other families): the pooled text embeddings
-       (B x pooled_dim, text encoder 2's projection) and the size ids (B x 6: original height,
-       width, crop top, left, target height, width, as kohya's SDXL training computes them) */
+       (B x pooled_dim, text encoder 2's projection; NULL when the text encoders are trained,
+       like context) and the size ids (B x 6: original height, width, crop top, left, target
+       height, width, as kohya's SDXL training computes them) */
     const float *text_embeds;
     const float *time_ids;
     int pooled_dim;
+    /* SDXL: text encoder 2's token ids (B x 77: the captions as tokenizer_2 pads them, with its
+       pad id after the end token), for a loss that encodes the captions itself (a trained text
+       encoder); NULL for other families */
+    const int32_t *ids2;
 } mood_train_batch;
 
 /* The model's part of a training step. Computes the batch's loss,
@@ -235,11 +240,17 @@ typedef struct mood_train_options {
     mood_train_targets targets;      /* ATTN_FF */
     int train_te;                    /* LoRA on the text encoder too (0): captions are then
                                         encoded at every step, not cached; with `full`, every
-                                        text-encoder weight. SDXL: MOOD_EUNSUPPORTED (as
-                                        `full` and a clip skip above 2): its LoRA trains the
-                                        UNet, on the cached conditioning of both encoders
-                                        (kohya's: hidden_states[-2] of each, the pooled
-                                        embedding) and kohya's size ids per image */
+                                        text-encoder weight. SDXL (as kohya's
+                                        sdxl_train_network.py): both encoders' LoRA
+                                        (lora_te1_, lora_te2_) on the layers the conditioning
+                                        uses: text encoder 1's up to its penultimate layer,
+                                        all of text encoder 2's (its pooled output feeds the
+                                        UNet's added embedding through the projection).
+                                        Without it SDXL trains the UNet on the cached
+                                        conditioning of both encoders (hidden_states[-2] of
+                                        each, the pooled embedding). SDXL always takes the
+                                        penultimate layers: a clip skip above 2, and `full`,
+                                        are MOOD_EUNSUPPORTED; kohya's size ids per image */
     /* Full-parameter training (0): every weight of the UNet (and, with train_te, of the text
      * encoder) is trained instead of LoRA modules (rank, alpha and targets are unused), e.g. to
      * make a small base model. The base must be a diffusers folder (a single file is

@@ -157,9 +157,9 @@ MOOD_WARN_UNUSED int mood_unet_set_side_paths(mood_unet *m, const mood_side_path
  * with dL/d(out), which accumulates the gradients of the loss with respect to the factors of the
  * model's side paths (mood_unet_set_side_paths) and, when asked, to the context. For LoRA
  * training the base weights are frozen; mood_unet_backward_ex also gives the gradients of any
- * base weights the caller asks for (full-parameter training). Timesteps and SDXL's added
- * conditioning (text_embeds, time_ids) get no gradients, but the time and added embedding
- * layers' weights and side paths do.
+ * base weights the caller asks for (full-parameter training), mood_unet_backward_cond that of
+ * SDXL's text_embeds too (a trained text encoder 2). Timesteps and the time ids get no
+ * gradients, but the time and added embedding layers' weights and side paths do.
  *
  * Between the two calls the model's weights, side paths and factor values must not change (the
  * backward pass reads them). One tape serves one step at a time; it keeps its memory from step
@@ -217,6 +217,18 @@ MOOD_WARN_UNUSED int mood_unet_backward_ex(const mood_unet *m, mood_unet_tape *t
                                            const float *dout, const mood_side_grad *grads,
                                            size_t n_grads, float *dcontext,
                                            float *const *weight_grads);
+
+/* As mood_unet_backward_ex (same arguments, same results), and the gradient of SDXL's added
+ * conditioning text_embeds (the pooled text embedding, B x (projection_class_embeddings_input_dim
+ * - 6 * addition_time_embed_dim) as mood_unet_forward_train took it), ACCUMULATED (+=) into
+ * dtext_embeds when it is not NULL: through add_embedding into its first columns (the time ids
+ * get none). It lets a trained text encoder's pooled output (SDXL's text encoder 2) receive its
+ * share of the loss. Errors: as mood_unet_backward; MOOD_EINVAL for dtext_embeds on a model
+ * without addition_embed_type "text_time". */
+MOOD_WARN_UNUSED int mood_unet_backward_cond(const mood_unet *m, mood_unet_tape *tape,
+                                             const float *dout, const mood_side_grad *grads,
+                                             size_t n_grads, float *dcontext, float *dtext_embeds,
+                                             float *const *weight_grads);
 
 /* Memory a training step of this size takes: the tape's activations and the backward pass's
  * working memory, in bytes (either pointer may be NULL). Computes nothing but sizes. */

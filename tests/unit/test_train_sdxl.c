@@ -7,7 +7,7 @@
  * to 64x64, its crop left mirrored when flipped), diffusers' UNet with text_embeds / time_ids,
  * LoRA hooks on attn+ff, min-SNR-5, clipping, AdamW, flips. The per-step losses, the final LoRA
  * factors and the size ids the trainer hands the model must match; the LoRA must load back into
- * the model with every key used, and --te / --full / clip skip 3 are refused.
+ * the model with every key used, and clip skip 3 is refused. (--te on SDXL: test_train_sdxl_te.c.)
  *
  * Tolerances as tests/unit/test_train_steps.c (same float32 arithmetic, five steps): losses 1e-4
  * relative (the fixture's frozen-LoRA losses differ from the trained ones by over 100x that;
@@ -297,10 +297,6 @@ static void test_refusals(void)
         return;
     set_options(&o, c, board, &got);
     o.output = scratch_path("refused.safetensors");
-    o.train_te = 1;
-    MOOD_CHECK(mood_train_run(&o) == MOOD_EUNSUPPORTED);
-    MOOD_CHECK(strstr(mood_error_last(), "--te") != NULL);
-    o.train_te = 0;
     o.clip_skip = 3;
     MOOD_CHECK(mood_train_run(&o) == MOOD_EUNSUPPORTED);
     MOOD_CHECK(strstr(mood_error_last(), "clip skip 3") != NULL);
