@@ -9,7 +9,8 @@
 #      fp32 master weights, constant learning rate after a warmup) on them, checkpointing every
 #      200 steps: run this script again to continue an interrupted run (--resume; it ends with
 #      the same weights), or with more steps to train on;
-#   4. the result is written in float16 to data/mood-tiny (the folder `mood demo` registers).
+#   4. the result is written in float16 to data/mood-tiny (the folder `mood demo` registers),
+#      with its model card (tools/mood_tiny/MODEL_CARD.md: what it is, licences, attribution).
 #
 # usage: tools/mood_tiny/train.sh [STEPS]   (default 8000; WORK=/path for the work folder,
 #        default /tmp/mood-tiny-work; MOOD=path/to/mood, default build/mood)
@@ -38,26 +39,47 @@ fi
 resume=()
 [ -f "$WORK/model.checkpoint.safetensors" ] && resume=(--resume)
 # Constant learning rate after a warmup, so that a run can be stopped at any checkpoint or
-# continued past its planned steps (a cosine schedule fixes the length in advance).
+# continued past its planned steps (a cosine schedule fixes the length in advance). The loss is
+# the plain x0 error at every noise level (--min-snr 0): min-SNR-5 weighs the x0 error by the
+# SNR, which is under 0.1 for every t above 500 with these betas, so the noisy half of the steps,
+# where the layout and the prompt's subject are decided, would get almost no gradient (a run
+# with it still drew the same image for every prompt after 600 steps).
 cmd=("$MOOD" train --full --te --name mood-tiny --model "$WORK/init" --board "$WORK/noto"
     -o "$WORK/model" --res 64 --no-flip --batch 32 --steps "$STEPS" --lr 4e-4 --warmup 200
-    --noise-offset 0 --caption-dropout 0.1 --seed 0 --checkpoint-every 200 "${resume[@]}")
+    --noise-offset 0 --min-snr 0 --caption-dropout 0.1 --seed 0 --checkpoint-every 200 "${resume[@]}")
+# Every invocation, finished or stopped (Ctrl-C, SIGTERM: the trainer keeps a checkpoint), leaves
+# a line in the record: a model trained over several sittings shows each one's time.
+[ -f "$WORK/TRAINING.md" ] || printf '# How data/mood-tiny was made\n\n' >"$WORK/TRAINING.md"
 start=$(date +%s)
+record() {
+    local rc=$? step
+    step=$("$PY" -c 'import json, struct, sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]
+print(json.loads(f.read(n))["__metadata__"]["mood.train.step"])' \
+        "$WORK/model.checkpoint.safetensors" 2>/dev/null || echo "$STEPS")
+    echo "- $(date -u '+%Y-%m-%d %H:%M') UTC: \`tools/mood_tiny/train.sh $STEPS\` ran" \
+        "$(($(date +%s) - start)) s on $(lscpu | awk -F': +' '/Model name/ { print $2; exit }')" \
+        "($(nproc) threads) and $([ "$rc" = 0 ] && echo "finished at step $STEPS" ||
+            echo "stopped (exit $rc) at step $step")" >>"$WORK/TRAINING.md"
+}
+trap record EXIT
 "${cmd[@]}"
-took=$(($(date +%s) - start))
+trap - EXIT
+record
 
 rm -rf "$out.new"
 cp -r "$WORK/model" "$out.new"
 cp "$WORK/model.loss.png" "$out.new/loss.png"
 cp "$WORK/model.loss.csv" "$out.new/loss.csv"
-[ -f "$WORK/TRAINING.md" ] || printf '# How data/mood-tiny was made\n\n' >"$WORK/TRAINING.md"
+cp tools/mood_tiny/MODEL_CARD.md "$out.new/README.md"
 {
-    echo "- command: \`tools/mood_tiny/train.sh $STEPS\`, which ran:"
-    echo "  \`${cmd[*]}\`"
-    echo "- seed: 0 (initialisation and training)"
-    echo "- machine: $(lscpu | awk -F': +' '/Model name/ { print $2; exit }'), $(nproc) threads"
-    echo "- time: ${took} s for this invocation, which ended at step $STEPS ($(date -u +%Y-%m-%d))"
-} >>"$WORK/TRAINING.md"
-cp "$WORK/TRAINING.md" "$out.new/TRAINING.md"
+    echo
+    echo "Each line above is one sitting; the trainer command of the last (seed 0 for the"
+    echo "initialisation and the training; --resume continues a stopped run to the same weights):"
+    echo
+    echo "    ${cmd[*]}"
+} >"$out.new/TRAINING.md.tail"
+cat "$WORK/TRAINING.md" "$out.new/TRAINING.md.tail" >"$out.new/TRAINING.md"
+rm "$out.new/TRAINING.md.tail"
 rm -rf "$out" && mv "$out.new" "$out"
 echo "wrote $out"
