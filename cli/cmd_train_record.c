@@ -321,6 +321,19 @@ static int trained_resolution(const train_args *a)
     return res;
 }
 
+/* The min-SNR gamma the run used (its default follows the model's prediction), as the LoRA's
+ * ss_min_snr_gamma records it ("None": off). */
+static double trained_min_snr(const train_args *a)
+{
+    mood_st_file *f = NULL;
+    const char *v;
+    double g = a->o.min_snr_gamma;
+    if (mood_st_open(&f, a->output) == 0 && (v = mood_st_meta_get(f, "ss_min_snr_gamma")) != NULL)
+        g = strcmp(v, "None") == 0 ? 0 : atof(v);
+    mood_st_close(f);
+    return g;
+}
+
 static void add_settings(cJSON *o, const train_args *a)
 {
     const mood_train_options *t = &a->o;
@@ -339,7 +352,7 @@ static void add_settings(cJSON *o, const train_args *a)
     cJSON_AddBoolToObject(o, "buckets", t->board_opts.buckets);
     cJSON_AddStringToObject(o, "schedule", schedule_name(t->lr_schedule));
     cJSON_AddNumberToObject(o, "warmup", (double)t->warmup);
-    cJSON_AddNumberToObject(o, "min_snr_gamma", t->min_snr_gamma);
+    cJSON_AddNumberToObject(o, "min_snr_gamma", trained_min_snr(a));
     cJSON_AddNumberToObject(o, "noise_offset", t->noise_offset);
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);
     cJSON_AddBoolToObject(o, "flip", t->flip);

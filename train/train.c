@@ -45,7 +45,7 @@ void mood_train_options_init(mood_train_options *o)
     o->beta2 = 0.999;
     o->eps = 1e-8;
     o->max_grad_norm = 1.0;
-    o->min_snr_gamma = 5;
+    o->min_snr_gamma = -1;
     o->noise_offset = 0.05;
     o->prediction = -1;
     o->flip = 1;
@@ -54,7 +54,8 @@ void mood_train_options_init(mood_train_options *o)
 
 /* What the run holds; freed by run_dispose. */
 typedef struct run {
-    const mood_train_options *o;
+    const mood_train_options *o; /* the caller's, or resolved (defaults that follow the model) */
+    mood_train_options resolved;
     mood_model *m;
     mood_board *board;
     mood__lora_params *lp;
@@ -134,6 +135,11 @@ static int open_model(run *r)
     if (r->m->family == MOOD_FAMILY_SDXL && (err = check_sdxl(o)) != 0)
         return err;
     r->pred = o->prediction >= 0 ? (mood_prediction)o->prediction : r->m->sched.prediction;
+    if (o->min_snr_gamma < 0) { /* the default follows the prediction (mood/train.h) */
+        r->resolved = *o;
+        r->resolved.min_snr_gamma = r->pred == MOOD_PRED_SAMPLE ? 0 : 5;
+        r->o = &r->resolved;
+    }
     r->clip_skip = r->m->fixed_clip_skip ? r->m->fixed_clip_skip : o->clip_skip;
     if (r->m->family == MOOD_FAMILY_SDXL)
         r->clip_skip = 2; /* both encoders' hidden_states[-2], as kohya's SDXL training */
@@ -708,12 +714,13 @@ static int check_options(const mood_train_options *o)
 
 static int train(run *r)
 {
-    const mood_train_options *o = r->o;
+    const mood_train_options *o;
     size_t n;
     mood__trainer t;
     int err;
     if ((err = open_model(r)) != 0 || (err = make_params(r)) != 0)
         return err;
+    o = r->o; /* resolved by open_model */
     /* sample previews: bad options fail before the latents are cached */
     if ((err = mood__train_samples_init(&r->samples, o, r->m, r->resolution, r->clip_skip)) != 0)
         return err;

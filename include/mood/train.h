@@ -275,7 +275,9 @@ typedef struct mood_train_options {
     double weight_decay;          /* 1e-2 (torch's AdamW default) */
     double beta1, beta2, eps;     /* 0.9, 0.999, 1e-8 */
     double max_grad_norm;         /* 1.0; 0: no clipping */
-    double min_snr_gamma;         /* 5; 0: off */
+    double min_snr_gamma;         /* -1: by prediction: 5 (kohya's advice) for epsilon and v,
+                                     0 for x0, where min(snr, 5) weighs the x0 error and would
+                                     all but drop the noisy half of the schedule; 0: off */
     double noise_offset;          /* 0.05; 0: off */
     int prediction;               /* -1: the model's; else a mood_prediction */
     int flip;                     /* horizontal flips: 1 */

@@ -43,7 +43,8 @@ check "kohya metadata in the file" py '
 import json,struct,sys; f=open(sys.argv[1],"rb"); n,=struct.unpack("<Q",f.read(8))
 m=json.loads(f.read(n))["__metadata__"]
 assert m["ss_network_dim"]=="4" and m["ss_network_alpha"] in ("2","2.0") and m["ss_max_train_steps"]=="12", m
-assert m["ss_network_module"]=="networks.lora" and m["modelspec.architecture"]=="stable-diffusion-v1/lora", m' tinyink.safetensors
+assert m["ss_network_module"]=="networks.lora" and m["modelspec.architecture"]=="stable-diffusion-v1/lora", m
+assert m["ss_min_snr_gamma"]=="5.0" and m["modelspec.prediction_type"]=="epsilon", m' tinyink.safetensors
 expect_rc 0 "inspect the LoRA" "$MOOD" inspect tinyink.safetensors --json
 check "every key used" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert d["unmatched"]["count"]==0, d["unmatched"]' "$tmp/out"
@@ -88,6 +89,23 @@ expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --r
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
 expect_rc 1 "missing --model" "$MOOD" train --name x --board board
 expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "$MODEL" --device cuda
+
+# min-SNR's default follows the prediction: off for an x0-prediction model (mood-tiny's kind),
+# where min(snr, 5) would weigh the x0 error and drop the noisy steps; --min-snr still rules
+cp -r "$MODEL" x0model
+sed -i 's/"prediction_type": *"[a-z_]*"/"prediction_type": "sample"/' x0model/scheduler/scheduler_config.json
+for g in default 3; do
+    extra=(); [ "$g" = default ] || extra=(--min-snr "$g")
+    expect_rc 0 "train an x0 model, min-SNR $g" "$MOOD" train --name x0$g --board board \
+        --model x0model --res 64 --steps 2 --rank 4 --no-register "${extra[@]}"
+done
+check "x0: min-SNR off by default, as asked otherwise" py '
+import json,struct
+def meta(p):
+    f=open(p,"rb"); n,=struct.unpack("<Q",f.read(8)); return json.loads(f.read(n))["__metadata__"]
+a=meta("x0default.safetensors"); b=meta("x03.safetensors")
+assert a["ss_min_snr_gamma"]=="None" and a["modelspec.prediction_type"]=="sample", a
+assert b["ss_min_snr_gamma"]=="3.0", b'
 
 # --full: a new base model, written as a diffusers folder (NAME/ by default), not a style
 expect_rc 0 "train --full --te" "$MOOD" train --full --te --name tinybase --board board \
