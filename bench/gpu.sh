@@ -4,9 +4,11 @@
 # tools/gpu_check.sh, then times on the GPU (a) the LoRA merge of a rank-32 LoRA into an
 # SDXL-size UNet's 722 attention / feed-forward / proj Linear weights (mood_cuda_op_lora_merge
 # vs torch addmm_), (b) the SD1.5 UNet's heaviest ops at a 64x64 latent, batch 2 and 8, bf16
-# (mood's conv2d_ex / linear_ex / attention_ex vs F.conv2d / F.linear / SDPA), (c) placeholders
-# for the UNet forward and whole generation vs diffusers (not implemented yet). A short table is
-# printed last; logs and full figures go to $OUT (8 files at most: the device tool's limit).
+# (mood's conv2d_ex / linear_ex / attention_ex vs F.conv2d / F.linear / SDPA), (c) one SD1.5 UNet
+# forward (64x64 latent, batch 2, 77 tokens) in fp32 and bf16 (bench_cuda_unet, its output checked
+# against mood's CPU forward) vs diffusers' UNet2DConditionModel in the same dtype, (d) a
+# placeholder for whole generation vs diffusers (not implemented yet). A short table is printed
+# last; logs and full figures go to $OUT (8 files at most: the device tool's limit).
 #
 #   bench/gpu.sh [BUILD_DIR]      (default build-gpu-bench; OUT defaults to BUILD_DIR/out)
 #
@@ -20,7 +22,7 @@ cd "$(dirname "$0")/.." || exit 1
 B=${1:-build-gpu-bench}
 OUT=${OUT:-$B/out}
 WHEELS=${WHEELS:-.whl}
-JOBS=$(nproc)
+JOBS=${JOBS:-$(nproc)} # build jobs
 mkdir -p "$OUT"
 T0=$(date +%s)
 declare -a SUMMARY
@@ -80,7 +82,8 @@ if timeout "$(tmo 120)" cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     "-DCMAKE_C_FLAGS_RELEASE=-O2 -DNDEBUG" -DCMAKE_CUDA_ARCHITECTURES=90 -DMOOD_CUDA=ON \
     -DMOOD_WERROR=ON -DMOOD_BUILD_BENCH=ON "${CUDNN_ARGS[@]}" >"$OUT/build.log" 2>&1 &&
     timeout "$(tmo 300)" cmake --build "$B" -j"$JOBS" \
-        --target mood_cli test_cuda_ops test_device bench_cuda_ops >>"$OUT/build.log" 2>&1; then
+        --target mood_cli test_cuda_ops test_cuda_unet test_device bench_cuda_ops bench_cuda_unet \
+        >>"$OUT/build.log" 2>&1; then
     build_ok=1
     note build "ok ($(elapsed) s)"
 else
@@ -106,7 +109,7 @@ fi
 
 if [ $GPU = 0 ]; then
     for s in "${SUMMARY[@]}"; do echo "$s"; done
-    echo "no GPU: GPU steps skipped (gpu_check.sh, LoRA merge and op benchmarks, diffusers)"
+    echo "no GPU: GPU steps skipped (gpu_check.sh, LoRA merge, op and UNet benchmarks, diffusers)"
     [ $build_ok = 1 ] && exit 0
     exit 1
 fi
@@ -122,18 +125,34 @@ fi
 BENCH=$B/bench/bench_cuda_ops
 results=()
 if [ $build_ok = 1 ] && [ -x "$BENCH" ]; then
-    for run in "lora 32:lora.txt" "ops 2:ops_b2.txt" "ops 8:ops_b8.txt"; do
+    # both op batches go to one file (the device tool brings back 8 files at most)
+    rm -f "$OUT/lora.txt" "$OUT/ops.txt"
+    for run in "lora 32:lora.txt" "ops 2:ops.txt" "ops 8:ops.txt"; do
         args=${run%%:*} file=$OUT/${run##*:}
         # shellcheck disable=SC2086
-        timeout "$(tmo 90)" "$BENCH" $args >"$file" 2>&1
+        timeout "$(tmo 90)" "$BENCH" $args >"$OUT/run.tmp" 2>&1
         t=$?
-        grep -v "^RESULT\|^LORASHAPE" "$file"
+        grep -v "^RESULT\|^LORASHAPE" "$OUT/run.tmp"
+        cat "$OUT/run.tmp" >>"$file"
+        rm -f "$OUT/run.tmp"
         if [ $t -eq 0 ]; then note "bench_cuda_ops $args" "ok"; else
             note "bench_cuda_ops $args" "FAILED (rc $t, see ${run##*:})"
             rc=1
         fi
-        results+=("$file")
     done
+    results+=("$OUT/lora.txt" "$OUT/ops.txt")
+fi
+# the UNet forward: SD1.5 config, 64x64 latent, batch 2, 77 tokens; fp32 and bf16
+UBENCH=$B/bench/bench_cuda_unet
+if [ $build_ok = 1 ] && [ -x "$UBENCH" ]; then
+    timeout "$(tmo 150)" "$UBENCH" 2 64 77 >"$OUT/unet.txt" 2>&1
+    t=$?
+    grep -v "^RESULT" "$OUT/unet.txt"
+    if [ $t -eq 0 ]; then note "bench_cuda_unet 2 64 77" ok; else
+        note "bench_cuda_unet 2 64 77" "FAILED (rc $t, see unet.txt)"
+        rc=1
+    fi
+    results+=("$OUT/unet.txt")
 fi
 lora_ms=$(awk -F'\t' '$1 == "RESULT" && $2 == "lora_merge" {print $4}' "$OUT/lora.txt" 2>/dev/null)
 if [ -n "$lora_ms" ]; then
@@ -144,7 +163,7 @@ if [ -n "$lora_ms" ]; then
     fi
 fi
 
-# ----- diffusers: UNet forward and whole generation (placeholders) ---------------------------
+# ----- diffusers: the UNet forward's reference (the table) and whole generation (placeholder) --
 {
     have_diffusers=0
     if ls "$WHEELS"/diffusers-*.whl >/dev/null 2>&1; then
@@ -155,12 +174,16 @@ fi
     else
         echo "no diffusers wheel in $WHEELS/: diffusers parts skipped"
     fi
-    echo "UNet forward vs diffusers: not implemented yet (mood has no GPU UNet forward)"
     echo "whole generation vs diffusers: not implemented yet (mood has no GPU pipeline)"
     echo "have_diffusers=$have_diffusers"
 } >>"$OUT/env.log" 2>&1
 grep -E "diffusers|not implemented" "$OUT/env.log" | grep -v have_diffusers
-note "UNet forward vs diffusers" "not implemented yet"
+if [ "$have_diffusers" = 1 ]; then
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    note "UNet forward vs diffusers" "in the table (unet_sd15_*)"
+else
+    note "UNet forward vs diffusers" "no diffusers: torch column NaN"
+fi
 note "generation vs diffusers" "not implemented yet"
 
 # ----- torch on the same shapes, and the table -----------------------------------------------

@@ -10,7 +10,12 @@ of the card's bf16 dense peak, and torch / mood.
 
 Ops: F.conv2d (cudnn.benchmark on), F.linear, F.scaled_dot_product_attention on bf16 tensors;
 the LoRA merge as W.addmm_(up, down, alpha=scale) per layer in fp32 (no TF32: mood's merge is
-fp32) and, for reference, in bf16.
+fp32) and, for reference, in bf16. The UNet forward (RESULT unet_sd15_<f32|bf16> lines of
+bench_cuda_unet): diffusers' UNet2DConditionModel with runwayml/stable-diffusion-v1-5's config
+(random weights: timing only), in that dtype (fp32 without TF32), its default attention
+processor (SDPA), under torch.no_grad(), on the same batch, latent size and context length;
+its TFLOP/s use mood's count of the products' FLOPs. diffusers comes from PYTHONPATH (gpu.sh
+installs the wheel in .whl/); without it the row says so.
 """
 
 import os
@@ -78,9 +83,43 @@ def torch_op(kind, spec):
     raise ValueError(kind)
 
 
+# runwayml/stable-diffusion-v1-5's unet/config.json (as tools/unet_sd15_reference.py)
+SD15 = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
+    freq_shift=0, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
+    mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
+    cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False)
+
+
+def torch_unet(kind, spec):
+    """One diffusers UNet forward, SD1.5 config; on the CPU (a check of this script) narrow."""
+    from diffusers import UNet2DConditionModel  # noqa: PLC0415 (optional: gpu.sh's wheel)
+    from diffusers.utils import logging as dlog  # noqa: PLC0415
+
+    dlog.set_verbosity_error()  # no notes about .to(dtype)
+
+    dtype = torch.float32 if kind.endswith("_f32") else bf
+    B, H, W, L = (int(x) for x in spec.split(","))
+    cfg = dict(SD15)
+    if dev != "cuda":
+        cfg["block_out_channels"] = (32, 64, 64, 64)
+    with torch.device(dev):
+        unet = UNet2DConditionModel(**cfg).to(dtype).eval()
+    x = rand(B, 4, H, W, dtype=dtype)
+    t = torch.full((B,), 500.0, device=dev)
+    ctx = rand(B, L, 768, dtype=dtype)
+    with torch.no_grad():
+        ms = time_fn(lambda: unet(x, t, ctx).sample)
+    del unet
+    empty_cache()
+    return ms
+
+
 def empty_cache():
     if dev == "cuda":
-        empty_cache()
+        torch.cuda.empty_cache()
 
 
 def torch_lora(shapes, dtype):
@@ -124,8 +163,8 @@ def main():
             table.append(("lora_merge torch-bf16", spec, "-", t16, flop))
             continue
         try:
-            t = torch_op(kind, spec)
-        except Exception as exc:  # a shape torch refuses: report, go on
+            t = torch_unet(kind, spec) if kind.startswith("unet_") else torch_op(kind, spec)
+        except Exception as exc:  # a shape torch refuses, no diffusers: report, go on
             print(f"torch {kind} {spec}: {exc}")
             t = float("nan")
         table.append((kind, spec, ms, t, flop))
@@ -154,6 +193,10 @@ def main():
         print(n)
     print("(lora_merge: fp32 merge, memory-bound: %peak of the bf16 rate means little; "
           "goal under 100 ms for the whole UNet)")
+    if any(r[0].startswith("unet_") for r in table):
+        print("(unet_sd15: one SD1.5 UNet forward, sizes batch,H,W,tokens; torch = diffusers "
+              "UNet2DConditionModel in the same dtype; TF/s from mood's FLOP count of the "
+              "products; f32 without TF32, so %peak of the bf16 rate means little)")
 
 
 if __name__ == "__main__":

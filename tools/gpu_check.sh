@@ -9,8 +9,9 @@ set -u
 cd "$(dirname "$0")/.."
 B=${1:-build-gpu}
 cmake -S . -B "$B" -DMOOD_CUDA=ON -DMOOD_WERROR=ON -DMOOD_BUILD_BENCH=OFF >/dev/null || exit 1
-cmake --build "$B" -j"$(nproc)" --target mood_cli test_cuda_ops test_device >/dev/null || {
-    cmake --build "$B" --target mood_cli test_cuda_ops test_device 2>&1 | tail -40
+cmake --build "$B" -j"$(nproc)" --target mood_cli test_cuda_ops test_cuda_unet test_device \
+    >/dev/null || {
+    cmake --build "$B" --target mood_cli test_cuda_ops test_cuda_unet test_device 2>&1 | tail -40
     exit 1
 }
 "$B/mood" info
@@ -19,6 +20,10 @@ rc=0
 OMP_WAIT_POLICY=PASSIVE "$B/tests/test_cuda_ops"
 t=$?
 [ $t -eq 77 ] && echo "test_cuda_ops skipped: no GPU visible" && rc=1
+[ $t -ne 0 ] && [ $t -ne 77 ] && rc=1
+MOOD_FIXTURES=$PWD/tests/fixtures OMP_WAIT_POLICY=PASSIVE "$B/tests/test_cuda_unet"
+t=$?
+[ $t -eq 77 ] && echo "test_cuda_unet skipped: no GPU visible" && rc=1
 [ $t -ne 0 ] && [ $t -ne 77 ] && rc=1
 if [ "${SANITIZE:-0}" = 1 ]; then
     san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -151,6 +151,11 @@ int mood_cuda_op_nhwc_to_nchw(mood_cuda_ctx *ctx, float *out, const float *inp, 
 /* inp (BC x H x W) -> out (BC x 2H x 2W). */
 int mood_cuda_op_upsample_nearest2x(mood_cuda_ctx *ctx, float *out, const float *inp, int BC, int H,
                                     int W);
+/* inp (BC x H x W) -> out (BC x OH x OW), nearest as torch's interpolate(size=(OH, OW)): source
+ * row min(floor(oy * (H / OH)), H - 1) with the ratio in float32 (columns alike); the UNet's
+ * upsamplers when a size is odd (mood__unet_upsample, engine/unet_pass.h, is the CPU twin). */
+int mood_cuda_op_upsample_nearest(mood_cuda_ctx *ctx, float *out, const float *inp, int BC, int H,
+                                  int W, int OH, int OW);
 /* out (B x dim) from t (B, device); as mood_op_timestep_embedding. */
 int mood_cuda_op_timestep_embedding(mood_cuda_ctx *ctx, float *out, const float *t, int B, int dim,
                                     int flip_sin_to_cos, float shift, float max_period);

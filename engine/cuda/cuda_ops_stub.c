@@ -191,6 +191,12 @@ int mood_cuda_op_upsample_nearest2x(mood_cuda_ctx *ctx, float *out, const float 
     return no_cuda();
 }
 
+int mood_cuda_op_upsample_nearest(mood_cuda_ctx *ctx, float *out, const float *inp, int BC, int H,
+                                  int W, int OH, int OW)
+{
+    return no_cuda();
+}
+
 int mood_cuda_op_timestep_embedding(mood_cuda_ctx *ctx, float *out, const float *t, int B, int dim,
                                     int flip_sin_to_cos, float shift, float max_period)
 {

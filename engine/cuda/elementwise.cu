@@ -1,9 +1,10 @@
 /*
  * elementwise.cu: the CUDA backend's memory-bound layers and their backward passes: type
  * conversion, activations (silu, exact gelu, quick_gelu, GEGLU), additions and channel biases,
- * layout changes (NCHW <-> NHWC, nearest 2x upsampling, channel concatenation), the timestep
- * embedding, and the fixed-order column sums that bias gradients use. Mirrors engine/cpu/ops.c
- * and ops_backward.c function by function.
+ * layout changes (NCHW <-> NHWC, nearest 2x and any-size upsampling, channel concatenation),
+ * the timestep embedding, and the fixed-order column sums that bias gradients use. Mirrors
+ * engine/cpu/ops.c and ops_backward.c function by function (any-size upsampling: the UNet's
+ * mood__unet_upsample).
  *
  * Reductions run in a fixed order (one thread or one block per output, partial sums combined in
  * index order), so results are the same on every run.
@@ -574,6 +575,37 @@ int mood_cuda_op_upsample_nearest2x_backward(mood_cuda_ctx *ctx, float *dinp, co
     if (BC <= 0 || H <= 0 || W <= 0)
         return 0;
     upsample_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->stream>>>(dinp, dout, n, W);
+    LAUNCH_CHECK();
+    return 0;
+}
+
+/* out (BC x OH x OW), nearest: source index min(floor(dst * ratio), size - 1) with the ratio
+ * (in / out) in float32, as torch's upsample_nearest2d without scale factors and the CPU twin
+ * mood__unet_upsample; __fmul_rn keeps the product a plain rounded multiply */
+__global__ void upsample_any_kernel(float *out, const float *inp, size_t n, int H, int W, int OH,
+                                    int OW, float sy, float sx)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        int ox = (int)(i % OW), oy = (int)(i / OW % OH);
+        size_t bc = i / ((size_t)OH * OW);
+        int iy = (int)floorf(__fmul_rn((float)oy, sy)), ix = (int)floorf(__fmul_rn((float)ox, sx));
+        iy = iy < H ? iy : H - 1;
+        ix = ix < W ? ix : W - 1;
+        out[i] = inp[(bc * H + iy) * W + ix];
+    }
+}
+
+int mood_cuda_op_upsample_nearest(mood_cuda_ctx *ctx, float *out, const float *inp, int BC, int H,
+                                  int W, int OH, int OW)
+{
+    MOOD_TRY(mood__cuda_check_ctx(ctx, "mood_cuda_op_upsample_nearest"));
+    if (BC <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0)
+        return 0;
+    size_t n = (size_t)BC * OH * OW;
+    float sy = (float)H / (float)OH, sx = (float)W / (float)OW;
+    upsample_any_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->stream>>>(out, inp, n, H, W, OH,
+                                                                           OW, sy, sx);
     LAUNCH_CHECK();
     return 0;
 }

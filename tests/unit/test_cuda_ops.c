@@ -8,9 +8,11 @@
  * other orders), 2e-3 for bf16/fp16 inputs with fp32 outputs (inputs are rounded on the host
  * first and the CPU reference runs on the rounded values, so only the summation differs), 1e-2
  * for 16-bit outputs. Backward passes start from random gradient buffers on both sides, so a
- * kernel that overwrites instead of adding fails. Also: the attention kernels with small score
- * budgets (several blocks of query rows, causal masks offset by the block start), determinism
- * (two runs give the same bits), the memory pool (no cudaMalloc in steady state) and errors.
+ * kernel that overwrites instead of adding fails. Nearest upsampling to any size is checked
+ * against the UNet's (mood__unet_upsample, engine/unet_forward.c). Also: the attention kernels
+ * with small score budgets (several blocks of query rows, causal masks offset by the block
+ * start), determinism (two runs give the same bits), the memory pool (no cudaMalloc in steady
+ * state) and errors.
  *
  * Label `cuda`. Without the CUDA backend or a GPU, the checks that need none run (pool size
  * classes, the error of a context without a device) and the program exits 77 (skipped).
@@ -22,6 +24,7 @@
 #include "common/common.h"
 #include "engine/cpu/ops.h"
 #include "engine/cuda/cuda_ops.h"
+#include "engine/unet_pass.h" /* mood__unet_upsample: the any-size upsampling's CPU twin */
 
 #define TOL_F32      1e-5
 #define TOL_F32_GEMM 3e-5
@@ -742,6 +745,19 @@ static void test_layout(void)
     MOOD_CHECK_OK(
         mood_cuda_op_upsample_nearest2x_backward(ctx, dgx2, dup_dev(gu, 4 * n), B * C, H, W));
     compare("upsample nearest 2x backward (+=)", dup_host(dgx2, n), gx2, n, TOL_F32);
+
+    /* nearest to any size (the UNet's upsamplers on odd sizes): up, 2x, shrink, 1x1 */
+    int sizes[][2] = {{2 * H - 1, W + 3}, {2 * H, 2 * W}, {H / 3, 2 * W + 1}, {1, 1}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        int OH = sizes[i][0], OW = sizes[i][1];
+        size_t no = (size_t)B * C * OH * OW;
+        float *want = hbuf(no), *dout = dalloc(no * sizeof(float));
+        char what[64];
+        mood__unet_upsample(want, x, B * C, H, W, OH, OW);
+        MOOD_CHECK_OK(mood_cuda_op_upsample_nearest(ctx, dout, dx, B * C, H, W, OH, OW));
+        snprintf(what, sizeof what, "upsample nearest %dx%d -> %dx%d", H, W, OH, OW);
+        compare(what, dup_host(dout, no), want, no, 0.0);
+    }
 
     /* channel concatenation */
     int Ca = 5, Cb = 7;

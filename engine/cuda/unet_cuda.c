@@ -1,0 +1,741 @@
+/*
+ * unet_cuda.c: the UNet forward pass on the GPU (engine/cuda/unet_cuda.h): the CPU forward of
+ * engine/unet_forward.c (inference path) layer for layer, over the CPU model's layer descriptors
+ * (engine/unet_internal.h), with each layer's arithmetic done by the CUDA backend's functions
+ * (engine/cuda/cuda_ops.h). Plain C: no kernels of its own.
+ *
+ * Weights: two device blocks, one of float32 parameters and (16-bit mode) one of the Linear and
+ * Conv2d weights in bf16/fp16, each parameter 256-byte aligned; u->w[i] is parameter i's copy.
+ *
+ * Activations come from the context's memory pool, taken when a layer needs them and returned
+ * as soon as the layer is done (the pool hands a returned block out again at once, which is
+ * safe because all work runs on the context's one stream). A pass records every block it holds
+ * (cu_pass.live), so that a failure anywhere returns them all: the layer functions just return
+ * the error. The skip connections stay until their up-block resnet has read them.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "engine/cuda/unet_cuda.h"
+#include "engine/unet_internal.h"
+
+/* Skip connections a pass can hold: conv_in, then per down block its resnets and sampler (as
+ * UNET_MAX_SKIPS of engine/unet_pass.h). */
+#define CU_MAX_SKIPS (1 + MOOD_UNET_MAX_BLOCKS * UNET_MAX_LAYERS)
+/* Device blocks a pass holds at once: the skips and a layer's few temporaries. */
+#define CU_MAX_LIVE (CU_MAX_SKIPS + 32)
+#define ALIGN       256
+
+struct mood_cuda_unet {
+    mood_cuda_ctx *ctx;
+    const mood_unet *m;
+    mood_cuda_dtype dt; /* of the Linear / Conv2d weights and the products' inputs */
+    void *arena32;      /* float32 parameters */
+    void *arena16;      /* 16-bit weights (16-bit mode only) */
+    size_t bytes32, bytes16;
+    void **w;    /* per parameter: its device copy */
+    double flop; /* of the last forward */
+};
+
+/* One forward pass. */
+typedef struct cu_pass {
+    mood_cuda_unet *u;
+    mood_cuda_ctx *ctx;
+    const mood_unet *m;
+    mood_cuda_dtype dt;
+    int B, L;
+    const void *ctx_dt;   /* the context (B*L x cross_attention_dim) in dt */
+    const float *emb_act; /* silu(time embedding): B x time_embed_dim */
+    const void *emb_dt;   /* the same in dt */
+    int n_skip;
+    float *skip[CU_MAX_SKIPS];
+    int skip_c[CU_MAX_SKIPS], skip_h[CU_MAX_SKIPS], skip_w[CU_MAX_SKIPS];
+    void *live[CU_MAX_LIVE];
+    int n_live;
+    double flop;
+} cu_pass;
+
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        int try_err_ = (call);                                                                     \
+        if (try_err_ < 0)                                                                          \
+            return try_err_;                                                                       \
+    } while (0)
+
+/* ----- weights ------------------------------------------------------------------------------ */
+
+/* Whether parameter p is stored in the 16-bit type: Linear and Conv2d weights in 16-bit mode. */
+static int is16(const mood_cuda_unet *u, const unet_param *p)
+{
+    return u->dt != MOOD_CUDA_F32 && p->ndim >= 2;
+}
+
+static size_t align_up(size_t v)
+{
+    return (v + ALIGN - 1) / ALIGN * ALIGN;
+}
+
+/* The configurations the GPU forward runs (unet_cuda.h). */
+static int check_model(const mood_unet *m)
+{
+    const mood_unet_config *c = &m->cfg;
+    if (c->center_input_sample)
+        return mood_error_set(MOOD_EUNSUPPORTED, "cuda unet: center_input_sample is not "
+                                                 "implemented on the GPU");
+    if (c->mid_block && c->mid_block_scale_factor != 1.0f)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "cuda unet: mid_block_scale_factor %g is not implemented on the GPU "
+                              "(1 only)",
+                              (double)c->mid_block_scale_factor);
+    return 0;
+}
+
+/* Bytes parameter p takes in its arena. */
+static size_t param_bytes(const mood_cuda_unet *u, const unet_param *p)
+{
+    return align_up(p->numel * (is16(u, p) ? 2 : 4));
+}
+
+/* Allocates the arenas and places every parameter in its own (u->w). */
+static int alloc_arenas(mood_cuda_unet *u)
+{
+    size_t off32 = 0, off16 = 0;
+    for (size_t i = 0; i < u->m->n_params; i++)
+        *(is16(u, &u->m->params[i]) ? &u->bytes16 : &u->bytes32) +=
+            param_bytes(u, &u->m->params[i]);
+    if (u->bytes32)
+        TRY(mood_cuda_alloc(u->ctx, &u->arena32, u->bytes32));
+    if (u->bytes16)
+        TRY(mood_cuda_alloc(u->ctx, &u->arena16, u->bytes16));
+    for (size_t i = 0; i < u->m->n_params; i++) {
+        const unet_param *p = &u->m->params[i];
+        size_t *off = is16(u, p) ? &off16 : &off32;
+        u->w[i] = (char *)(is16(u, p) ? u->arena16 : u->arena32) + *off;
+        *off += param_bytes(u, p);
+    }
+    return 0;
+}
+
+/* Copies parameter i to the device; a 16-bit one goes through `staging` (fp32, large enough). */
+static int upload_param(mood_cuda_unet *u, size_t i, void *staging)
+{
+    const unet_param *p = &u->m->params[i];
+    if (!is16(u, p))
+        return mood_cuda_upload(u->ctx, u->w[i], p->data, p->numel * sizeof(float));
+    TRY(mood_cuda_upload(u->ctx, staging, p->data, p->numel * sizeof(float)));
+    return mood_cuda_op_convert(u->ctx, u->w[i], u->dt, staging, MOOD_CUDA_F32, p->numel);
+}
+
+/* Uploads parameters [first, first + n), then waits (a failed copy is reported here). */
+static int upload_range(mood_cuda_unet *u, size_t first, size_t n)
+{
+    size_t staging_n = 0;
+    void *staging = NULL;
+    int err = 0;
+    for (size_t i = first; i < first + n; i++)
+        if (is16(u, &u->m->params[i]) && u->m->params[i].numel > staging_n)
+            staging_n = u->m->params[i].numel;
+    if (staging_n && (err = mood_cuda_alloc(u->ctx, &staging, staging_n * sizeof(float))) < 0)
+        return err;
+    for (size_t i = first; i < first + n && err == 0; i++)
+        err = upload_param(u, i, staging);
+    if (err == 0)
+        err = mood_cuda_sync(u->ctx);
+    mood_cuda_free(u->ctx, staging);
+    return err;
+}
+
+void mood_cuda_unet_options_init(mood_cuda_unet_options *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->dtype = MOOD_CUDA_F32;
+}
+
+int mood_cuda_unet_new(mood_cuda_unet **out, mood_cuda_ctx *ctx, const mood_unet *m,
+                       const mood_cuda_unet_options *opts)
+{
+    mood_cuda_unet_options o;
+    mood_cuda_unet *u;
+    int err;
+    if (out)
+        *out = NULL;
+    if (!out || !ctx || !m)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: new needs out, a context and a model");
+    if (opts)
+        o = *opts;
+    else
+        mood_cuda_unet_options_init(&o);
+    if (o.dtype != MOOD_CUDA_F32 && o.dtype != MOOD_CUDA_BF16 && o.dtype != MOOD_CUDA_F16)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: unknown dtype %d", (int)o.dtype);
+    if ((err = check_model(m)) < 0)
+        return err;
+    if (!(u = mood_calloc(1, sizeof *u)) || !(u->w = mood_calloc(m->n_params, sizeof *u->w))) {
+        mood_free(u);
+        return mood_error_nomem();
+    }
+    u->ctx = ctx, u->m = m, u->dt = o.dtype;
+    if ((err = alloc_arenas(u)) < 0 || (err = upload_range(u, 0, m->n_params)) < 0) {
+        mood_cuda_unet_free(u);
+        return err;
+    }
+    *out = u;
+    return 0;
+}
+
+void mood_cuda_unet_free(mood_cuda_unet *u)
+{
+    if (!u)
+        return;
+    mood_cuda_free(u->ctx, u->arena32);
+    mood_cuda_free(u->ctx, u->arena16);
+    mood_free(u->w);
+    mood_free(u);
+}
+
+int mood_cuda_unet_reload(mood_cuda_unet *u, const char *name)
+{
+    long i;
+    if (!u)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: reload needs a model");
+    if (!name)
+        return upload_range(u, 0, u->m->n_params);
+    if ((i = mood__unet_find(u->m, name)) < 0)
+        return mood_error_set(MOOD_ENOTFOUND, "cuda unet: no weight \"%s\"", name);
+    return upload_range(u, (size_t)i, 1);
+}
+
+size_t mood_cuda_unet_bytes(const mood_cuda_unet *u)
+{
+    return u ? u->bytes32 + u->bytes16 : 0;
+}
+
+double mood_cuda_unet_flop(const mood_cuda_unet *u)
+{
+    return u ? u->flop : 0.0;
+}
+
+/* ----- a pass's device memory --------------------------------------------------------------- */
+
+static int get(cu_pass *f, void **out, size_t bytes)
+{
+    if (f->n_live == CU_MAX_LIVE)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: more than %d buffers at once", CU_MAX_LIVE);
+    TRY(mood_cuda_alloc(f->ctx, out, bytes ? bytes : 1));
+    f->live[f->n_live++] = *out;
+    return 0;
+}
+
+static int getf(cu_pass *f, float **out, size_t n)
+{
+    void *p = NULL;
+    TRY(get(f, &p, n * sizeof(float)));
+    *out = p;
+    return 0;
+}
+
+/* Returns a block of the pass to the pool (one the pass does not hold, such as NULL, is
+ * ignored). */
+static void put(cu_pass *f, const void *p)
+{
+    for (int i = f->n_live - 1; i >= 0; i--) {
+        if (f->live[i] == p) {
+            mood_cuda_free(f->ctx, f->live[i]);
+            f->live[i] = f->live[--f->n_live];
+            return;
+        }
+    }
+}
+
+static void put_all(cu_pass *f)
+{
+    while (f->n_live > 0)
+        mood_cuda_free(f->ctx, f->live[--f->n_live]);
+}
+
+static size_t dt_size(mood_cuda_dtype dt)
+{
+    return dt == MOOD_CUDA_F32 ? 4 : 2;
+}
+
+/* x (n floats) in the products' type: x itself in fp32 mode, else a converted copy (returned
+ * with put_dt). */
+static int in_dt(cu_pass *f, const void **out, const float *x, size_t n)
+{
+    void *p = NULL;
+    if (f->dt == MOOD_CUDA_F32) {
+        *out = x;
+        return 0;
+    }
+    TRY(get(f, &p, n * 2));
+    *out = p;
+    return mood_cuda_op_convert(f->ctx, p, f->dt, x, MOOD_CUDA_F32, n);
+}
+
+/* Returns what in_dt gave for x, unless that was x itself. */
+static void put_dt(cu_pass *f, const void *p, const float *x)
+{
+    if (p != (const void *)x)
+        put(f, p);
+}
+
+/* ----- Linear, Conv2d, norms ---------------------------------------------------------------- */
+
+static const float *P32(const cu_pass *f, int i)
+{
+    return i >= 0 ? f->u->w[i] : NULL;
+}
+
+/* out (N x l->out, of out_dt: fp32 or the pass's type; fp32 in fp32 mode) = inp (N x l->in, of
+ * the pass's type) W^T + b. */
+static int lin_dt(cu_pass *f, const u_lin *l, void *out, mood_cuda_dtype out_dt, const void *inp,
+                  size_t N)
+{
+    const void *w = f->u->w[l->w];
+    f->flop += 2.0 * (double)N * l->in * l->out;
+    if (f->dt == MOOD_CUDA_F32)
+        return mood_cuda_op_linear(f->ctx, out, inp, w, P32(f, l->b), N, l->in, l->out);
+    return mood_cuda_op_linear_ex(f->ctx, out, out_dt, inp, w, f->dt, P32(f, l->b), N, l->in,
+                                  l->out);
+}
+
+/* out (N x l->out) = Linear(inp (N x l->in)), both fp32. */
+static int lin(cu_pass *f, const u_lin *l, float *out, const float *inp, size_t N)
+{
+    const void *x = NULL;
+    TRY(in_dt(f, &x, inp, N * (size_t)l->in));
+    TRY(lin_dt(f, l, out, MOOD_CUDA_F32, x, N));
+    put_dt(f, x, inp);
+    return 0;
+}
+
+/* out (B x out x OH x OW) = conv(inp (B x in x H x W)) + b, fp32; in 16-bit mode the input is
+ * rounded and the output comes back from 16 bits. */
+static int conv(cu_pass *f, const u_conv *c, float *out, const float *inp, int H, int W)
+{
+    mood_conv2d_dims d = {f->B, c->in, H, W, c->out, c->k, c->stride, c->pad};
+    size_t n_in = (size_t)f->B * c->in * H * W;
+    size_t n_out = (size_t)f->B * c->out * mood_op_conv2d_out_h(&d) * mood_op_conv2d_out_w(&d);
+    const void *w = f->u->w[c->w], *x = NULL;
+    void *y = NULL;
+    f->flop += 2.0 * (double)n_out * c->in * c->k * c->k;
+    if (f->dt == MOOD_CUDA_F32)
+        return mood_cuda_op_conv2d(f->ctx, out, inp, w, P32(f, c->b), &d);
+    TRY(in_dt(f, &x, inp, n_in));
+    TRY(get(f, &y, n_out * 2));
+    TRY(mood_cuda_op_conv2d_ex(f->ctx, y, x, w, f->dt, P32(f, c->b), &d));
+    put_dt(f, x, inp);
+    TRY(mood_cuda_op_convert(f->ctx, out, MOOD_CUDA_F32, y, f->dt, n_out));
+    put(f, y);
+    return 0;
+}
+
+/* GroupNorm over B x C x HW (groups > 0) or LayerNorm over rows x C; out may be inp. */
+static int norm(cu_pass *f, const u_norm *nm, float *out, const float *inp, size_t rows, size_t HW)
+{
+    if (nm->groups)
+        return mood_cuda_op_group_norm(f->ctx, out, inp, P32(f, nm->w), P32(f, nm->b), f->B, nm->C,
+                                       HW, nm->groups, nm->eps, NULL, NULL);
+    return mood_cuda_op_layer_norm(f->ctx, out, inp, P32(f, nm->w), P32(f, nm->b), rows, nm->C,
+                                   nm->eps, NULL, NULL);
+}
+
+/* ----- ResnetBlock2D ------------------------------------------------------------------------ */
+
+/* out (B x out x H x W) = ResnetBlock2D(inp); out must not be inp. */
+static int resnet(cu_pass *f, const u_resnet *r, float *out, const float *inp, int H, int W)
+{
+    size_t HW = (size_t)H * W, B = (size_t)f->B;
+    size_t n_in = B * r->in * HW, n_out = B * r->out * HW;
+    float *n1 = NULL, *h = NULL, *tp = NULL, *sc = NULL;
+    TRY(getf(f, &n1, n_in));
+    TRY(norm(f, &r->norm1, n1, inp, 0, HW));
+    TRY(mood_cuda_op_silu(f->ctx, n1, n1, n_in));
+    TRY(getf(f, &h, n_out));
+    TRY(conv(f, &r->conv1, h, n1, H, W));
+    put(f, n1);
+    TRY(getf(f, &tp, B * r->out)); /* time_emb_proj(silu(emb)) */
+    TRY(lin_dt(f, &r->temb, tp, MOOD_CUDA_F32, f->emb_dt, B));
+    TRY(mood_cuda_op_add_channel_bias(f->ctx, h, tp, f->B, r->out, HW));
+    put(f, tp);
+    TRY(norm(f, &r->norm2, h, h, 0, HW));
+    TRY(mood_cuda_op_silu(f->ctx, h, h, n_out));
+    TRY(conv(f, &r->conv2, out, h, H, W));
+    put(f, h);
+    if (r->shortcut.w < 0)
+        return mood_cuda_op_add_inplace(f->ctx, out, inp, n_out);
+    TRY(getf(f, &sc, n_out));
+    TRY(conv(f, &r->shortcut, sc, inp, H, W));
+    TRY(mood_cuda_op_add_inplace(f->ctx, out, sc, n_out));
+    put(f, sc);
+    return 0;
+}
+
+/* ----- Transformer2DModel ------------------------------------------------------------------- */
+
+/* out (N x inner, fp32) = to_out(attention(to_q(xn), to_k(kv), to_v(kv))) for N = B*HW tokens
+ * xn (fp32). kv: the context in the pass's type (cross-attention), or NULL: xn (self). */
+static int attend(cu_pass *f, const u_transformer *t, const u_lin *lq, const u_lin *lk,
+                  const u_lin *lv, const u_lin *lo, float *out, const float *xn, const void *kv,
+                  size_t HW)
+{
+    size_t D = (size_t)t->inner, N = (size_t)f->B * HW, es = dt_size(f->dt);
+    size_t Tk = kv ? (size_t)f->L : HW, NK = (size_t)f->B * Tk;
+    int hd = t->inner / t->heads;
+    const void *x = NULL;
+    void *q = NULL, *k = NULL, *v = NULL, *a = NULL;
+    TRY(in_dt(f, &x, xn, N * D));
+    TRY(get(f, &q, N * D * es));
+    TRY(get(f, &k, NK * D * es));
+    TRY(get(f, &v, NK * D * es));
+    TRY(lin_dt(f, lq, q, f->dt, x, N));
+    TRY(lin_dt(f, lk, k, f->dt, kv ? kv : x, NK));
+    TRY(lin_dt(f, lv, v, f->dt, kv ? kv : x, NK));
+    put_dt(f, x, xn);
+    TRY(get(f, &a, N * D * es));
+    f->flop += 4.0 * (double)f->B * t->heads * (double)HW * (double)Tk * hd;
+    if (f->dt == MOOD_CUDA_F32)
+        TRY(mood_cuda_op_attention(f->ctx, a, q, k, v, f->B, t->heads, (int)HW, (int)Tk, hd, 0,
+                                   0.0f));
+    else
+        TRY(mood_cuda_op_attention_ex(f->ctx, a, q, k, v, f->dt, f->B, t->heads, (int)HW, (int)Tk,
+                                      hd, 0, 0.0f));
+    put(f, q), put(f, k), put(f, v);
+    TRY(lin_dt(f, lo, out, MOOD_CUDA_F32, a, N));
+    put(f, a);
+    return 0;
+}
+
+/* out (N x inner) = ff.net.2(geglu(ff.net.0.proj(xn))). */
+static int feed_forward(cu_pass *f, const u_transformer *t, const u_tblock *k, float *out,
+                        const float *xn, size_t N)
+{
+    size_t D = (size_t)t->inner;
+    float *h = NULL, *g = NULL;
+    TRY(getf(f, &h, N * 8 * D));
+    TRY(lin(f, &k->ff1, h, xn, N));
+    TRY(getf(f, &g, N * 4 * D));
+    TRY(mood_cuda_op_geglu(f->ctx, g, h, N, 4 * t->inner));
+    put(f, h);
+    TRY(lin(f, &k->ff2, out, g, N));
+    put(f, g);
+    return 0;
+}
+
+/* BasicTransformerBlock on x (N x inner tokens), in place: self-attention, cross-attention over
+ * the context, GEGLU feed-forward, each after its LayerNorm and added to the stream. */
+static int tblock(cu_pass *f, const u_transformer *t, const u_tblock *k, float *x, size_t HW)
+{
+    size_t N = (size_t)f->B * HW, n = N * (size_t)t->inner;
+    float *ln = NULL, *tmp = NULL;
+    TRY(getf(f, &ln, n));
+    TRY(getf(f, &tmp, n));
+    TRY(norm(f, &k->norm1, ln, x, N, 0));
+    TRY(attend(f, t, &k->q1, &k->k1, &k->v1, &k->o1, tmp, ln, NULL, HW));
+    TRY(mood_cuda_op_add_inplace(f->ctx, x, tmp, n));
+    TRY(norm(f, &k->norm2, ln, x, N, 0));
+    TRY(attend(f, t, &k->q2, &k->k2, &k->v2, &k->o2, tmp, ln, f->ctx_dt, HW));
+    TRY(mood_cuda_op_add_inplace(f->ctx, x, tmp, n));
+    TRY(norm(f, &k->norm3, ln, x, N, 0));
+    TRY(feed_forward(f, t, k, tmp, ln, N));
+    TRY(mood_cuda_op_add_inplace(f->ctx, x, tmp, n));
+    put(f, ln), put(f, tmp);
+    return 0;
+}
+
+/* h (B x C x H x W) = Transformer2DModel(h), in place: GroupNorm, proj_in on tokens, the
+ * blocks, proj_out, back to NCHW, plus the residual. */
+static int transformer(cu_pass *f, const u_transformer *t, float *h, int H, int W)
+{
+    size_t HW = (size_t)H * W, N = (size_t)f->B * HW, n = N * (size_t)t->C;
+    float *gn = NULL, *tok = NULL, *x = NULL;
+    TRY(getf(f, &gn, n));
+    TRY(norm(f, &t->norm, gn, h, 0, HW));
+    TRY(getf(f, &tok, n));
+    TRY(mood_cuda_op_nchw_to_nhwc(f->ctx, tok, gn, f->B, t->C, HW));
+    TRY(getf(f, &x, N * (size_t)t->inner));
+    TRY(lin(f, &t->proj_in, x, tok, N));
+    for (int d = 0; d < t->depth; d++)
+        TRY(tblock(f, t, &t->blocks[d], x, HW));
+    TRY(lin(f, &t->proj_out, tok, x, N));
+    put(f, x);
+    TRY(mood_cuda_op_nhwc_to_nchw(f->ctx, gn, tok, f->B, t->C, HW));
+    put(f, tok);
+    TRY(mood_cuda_op_add_inplace(f->ctx, h, gn, n));
+    put(f, gn);
+    return 0;
+}
+
+/* ----- blocks ------------------------------------------------------------------------------- */
+
+/* A new skip connection (B x C x H x W); it stays until an up block reads it. */
+static int push_skip(cu_pass *f, float **out, int C, int H, int W)
+{
+    int i = f->n_skip;
+    if (i == CU_MAX_SKIPS)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: more than %d skip connections",
+                              CU_MAX_SKIPS);
+    TRY(getf(f, out, (size_t)f->B * C * H * W));
+    f->skip[i] = *out, f->skip_c[i] = C, f->skip_h[i] = H, f->skip_w[i] = W;
+    f->n_skip++;
+    return 0;
+}
+
+/* Down block: each resnet (+ transformer) output and the downsampler's become skips; the input
+ * is the newest skip. *H, *W follow the downsampler. */
+static int down(cu_pass *f, const u_block *bl, int *H, int *W)
+{
+    float *out = NULL;
+    for (int j = 0; j < bl->n; j++) {
+        const float *in = f->skip[f->n_skip - 1];
+        TRY(push_skip(f, &out, bl->res[j].out, *H, *W));
+        TRY(resnet(f, &bl->res[j], out, in, *H, *W));
+        if (bl->has_attn)
+            TRY(transformer(f, &bl->attn[j], out, *H, *W));
+    }
+    if (bl->sampler.w >= 0) {
+        const u_conv *c = &bl->sampler;
+        mood_conv2d_dims d = {f->B, c->in, *H, *W, c->out, c->k, c->stride, c->pad};
+        const float *in = f->skip[f->n_skip - 1];
+        int OH = mood_op_conv2d_out_h(&d), OW = mood_op_conv2d_out_w(&d);
+        TRY(push_skip(f, &out, c->out, OH, OW));
+        TRY(conv(f, c, out, in, *H, *W));
+        *H = OH, *W = OW;
+    }
+    return 0;
+}
+
+/* Upsample2D: *h (B x C x H x W) -> nearest to (OH, OW) -> conv 3x3; *h is replaced. */
+static int upsample(cu_pass *f, const u_conv *c, float **h, int H, int W, int OH, int OW)
+{
+    int BC = f->B * c->in;
+    float *tmp = NULL, *out = NULL;
+    TRY(getf(f, &tmp, (size_t)BC * OH * OW));
+    if (OH == 2 * H && OW == 2 * W)
+        TRY(mood_cuda_op_upsample_nearest2x(f->ctx, tmp, *h, BC, H, W));
+    else
+        TRY(mood_cuda_op_upsample_nearest(f->ctx, tmp, *h, BC, H, W, OH, OW));
+    put(f, *h);
+    TRY(getf(f, &out, (size_t)f->B * c->out * OH * OW));
+    TRY(conv(f, c, out, tmp, OH, OW));
+    put(f, tmp);
+    *h = out;
+    return 0;
+}
+
+/* Up block: [*h | newest skip] through each resnet (+ transformer), then the upsampler to the
+ * next skip's size. *h and each skip are released once read. */
+static int up(cu_pass *f, const u_block *bl, float **h, int *H, int *W)
+{
+    for (int j = 0; j < bl->n && f->n_skip > 0; j++) {
+        int s = --f->n_skip, hc = bl->res[j].in - f->skip_c[s];
+        size_t HW = (size_t)*H * *W;
+        float *cat = NULL, *out = NULL;
+        TRY(getf(f, &cat, (size_t)f->B * bl->res[j].in * HW));
+        TRY(mood_cuda_op_concat_channels(f->ctx, cat, *h, hc, f->skip[s], f->skip_c[s], f->B, HW));
+        if (*h != f->skip[s]) /* without a mid block the first h is the newest skip */
+            put(f, *h);
+        put(f, f->skip[s]);
+        *h = NULL;
+        TRY(getf(f, &out, (size_t)f->B * bl->res[j].out * HW));
+        TRY(resnet(f, &bl->res[j], out, cat, *H, *W));
+        put(f, cat);
+        if (bl->has_attn)
+            TRY(transformer(f, &bl->attn[j], out, *H, *W));
+        *h = out;
+    }
+    if (bl->sampler.w >= 0 && f->n_skip > 0) {
+        int s = f->n_skip - 1;
+        TRY(upsample(f, &bl->sampler, h, *H, *W, f->skip_h[s], f->skip_w[s]));
+        *H = f->skip_h[s], *W = f->skip_w[s];
+    }
+    return 0;
+}
+
+/* The mid block on the newest skip, into *h (the skip itself when there is no mid block). */
+static int mid(cu_pass *f, float **h, int H, int W)
+{
+    const u_block *bl = &f->m->mid;
+    float *in = f->skip[f->n_skip - 1], *a = NULL, *b = NULL;
+    size_t n = (size_t)f->B * f->skip_c[f->n_skip - 1] * H * W;
+    if (!bl->n) {
+        *h = in;
+        return 0;
+    }
+    TRY(getf(f, &a, n));
+    TRY(resnet(f, &bl->res[0], a, in, H, W));
+    TRY(transformer(f, &bl->attn[0], a, H, W));
+    TRY(getf(f, &b, n));
+    TRY(resnet(f, &bl->res[1], b, a, H, W));
+    put(f, a);
+    *h = b;
+    return 0;
+}
+
+/* ----- time embedding and head -------------------------------------------------------------- */
+
+/* emb (B x T) += add_embedding([text_embeds | timestep_embedding(time_ids)]): SDXL's text_time. */
+static int added_embedding(cu_pass *f, float *emb, const float *text_embeds, const float *time_ids)
+{
+    const mood_unet_config *c = &f->m->cfg;
+    size_t B = (size_t)f->B, T = (size_t)c->time_embed_dim;
+    int A6 = 6 * c->addition_time_embed_dim, Pd = c->projection_class_embeddings_input_dim;
+    float *ids = NULL, *in = NULL, *h = NULL, *aug = NULL;
+    TRY(getf(f, &ids, B * A6));
+    TRY(mood_cuda_op_timestep_embedding(f->ctx, ids, time_ids, 6 * f->B, c->addition_time_embed_dim,
+                                        c->flip_sin_to_cos, c->freq_shift, 10000.0f));
+    TRY(getf(f, &in, B * Pd));
+    TRY(mood_cuda_op_concat_channels(f->ctx, in, text_embeds, Pd - A6, ids, A6, f->B, 1));
+    put(f, ids);
+    TRY(getf(f, &h, B * T));
+    TRY(lin(f, &f->m->add1, h, in, B));
+    put(f, in);
+    TRY(mood_cuda_op_silu(f->ctx, h, h, B * T));
+    TRY(getf(f, &aug, B * T));
+    TRY(lin(f, &f->m->add2, aug, h, B));
+    put(f, h);
+    TRY(mood_cuda_op_add_inplace(f->ctx, emb, aug, B * T));
+    put(f, aug);
+    return 0;
+}
+
+/* f->emb_act (B x T, kept for the pass) = silu(time embedding [+ added embedding]). */
+static int time_embedding(cu_pass *f, const float *t, const float *text_embeds,
+                          const float *time_ids)
+{
+    const mood_unet_config *c = &f->m->cfg;
+    size_t B = (size_t)f->B, T = (size_t)c->time_embed_dim;
+    int C0 = c->block_out_channels[0];
+    float *tp = NULL, *h = NULL, *emb = NULL;
+    TRY(getf(f, &tp, B * C0));
+    TRY(mood_cuda_op_timestep_embedding(f->ctx, tp, t, f->B, C0, c->flip_sin_to_cos, c->freq_shift,
+                                        10000.0f));
+    TRY(getf(f, &h, B * T));
+    TRY(lin(f, &f->m->time1, h, tp, B));
+    put(f, tp);
+    TRY(mood_cuda_op_silu(f->ctx, h, h, B * T));
+    TRY(getf(f, &emb, B * T));
+    TRY(lin(f, &f->m->time2, emb, h, B));
+    put(f, h);
+    if (c->addition_embed_text_time)
+        TRY(added_embedding(f, emb, text_embeds, time_ids));
+    TRY(mood_cuda_op_silu(f->ctx, emb, emb, B * T));
+    f->emb_act = emb;
+    return in_dt(f, &f->emb_dt, emb, B * T);
+}
+
+/* out = conv_out(silu(conv_norm_out(h))). */
+static int head(cu_pass *f, float *out, const float *h, int H, int W)
+{
+    const mood_unet *m = f->m;
+    size_t HW = (size_t)H * W, n = (size_t)f->B * m->cfg.block_out_channels[0] * HW;
+    float *g = NULL;
+    TRY(getf(f, &g, n));
+    TRY(norm(f, &m->norm_out, g, h, 0, HW));
+    TRY(mood_cuda_op_silu(f->ctx, g, g, n));
+    TRY(conv(f, &m->conv_out, out, g, H, W));
+    put(f, g);
+    return 0;
+}
+
+static int unet_run(cu_pass *f, float *out, const float *x, const float *t, const float *context,
+                    const float *text_embeds, const float *time_ids, int H, int W)
+{
+    const mood_unet *m = f->m;
+    const mood_unet_config *c = &m->cfg;
+    size_t n_ctx = (size_t)f->B * f->L * c->cross_attention_dim;
+    float *h = NULL;
+    TRY(time_embedding(f, t, text_embeds, time_ids));
+    TRY(in_dt(f, &f->ctx_dt, context, n_ctx));
+    TRY(push_skip(f, &h, c->block_out_channels[0], H, W));
+    TRY(conv(f, &m->conv_in, h, x, H, W));
+    for (int i = 0; i < c->n_blocks; i++)
+        TRY(down(f, &m->down[i], &H, &W));
+    TRY(mid(f, &h, H, W));
+    for (int i = 0; i < c->n_blocks; i++)
+        TRY(up(f, &m->up[i], &h, &H, &W));
+    return head(f, out, h, H, W);
+}
+
+/* ----- entry points ------------------------------------------------------------------------- */
+
+static int check_forward(const mood_cuda_unet *u, const float *out, const float *x, const float *t,
+                         const float *ctx, int B, int H, int W, int L, const float *text_embeds,
+                         const float *time_ids)
+{
+    if (!u || !out || !x || !t || !ctx)
+        return mood_error_set(MOOD_EINVAL,
+                              "cuda unet: forward needs out, x, timesteps and context");
+    if (u->m->cfg.addition_embed_text_time && (!text_embeds || !time_ids))
+        return mood_error_set(MOOD_EINVAL, "cuda unet: addition_embed_type \"text_time\" (SDXL) "
+                                           "needs text_embeds and time_ids");
+    if (B < 1 || H < 1 || W < 1 || L < 1 || (int64_t)B * H * W > INT32_MAX / 4 ||
+        (int64_t)B * L > INT32_MAX / 4)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: batch %d, size %dx%d, %d context tokens", B,
+                              H, W, L);
+    if (u->m->n_sides > 0)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "cuda unet: %zu runtime side paths are set on the model; the GPU "
+                              "forward does not run them yet (merge the adapters instead)",
+                              u->m->n_sides);
+    return 0;
+}
+
+int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
+                               const float *timesteps, const float *context, int B, int H, int W,
+                               int ctx_len, const float *text_embeds, const float *time_ids)
+{
+    cu_pass f;
+    int err = check_forward(u, out, x, timesteps, context, B, H, W, ctx_len, text_embeds, time_ids);
+    if (err < 0)
+        return err;
+    memset(&f, 0, sizeof f);
+    f.u = u, f.ctx = u->ctx, f.m = u->m, f.dt = u->dt, f.B = B, f.L = ctx_len;
+    err = unet_run(&f, out, x, timesteps, context, text_embeds, time_ids, H, W);
+    put_all(&f);
+    u->flop = f.flop;
+    return err;
+}
+
+/* Device copies of the host inputs: x, t, context[, text_embeds, time_ids] in d[0..4]. */
+static int upload_inputs(mood_cuda_unet *u, float *d[5], const float *const h[5], const size_t n[5])
+{
+    for (int i = 0; i < 5; i++) {
+        void *p = NULL;
+        if (!h[i])
+            continue;
+        TRY(mood_cuda_alloc(u->ctx, &p, n[i] * sizeof(float)));
+        d[i] = p;
+        TRY(mood_cuda_upload(u->ctx, p, h[i], n[i] * sizeof(float)));
+    }
+    return 0;
+}
+
+int mood_cuda_unet_forward(mood_cuda_unet *u, float *out, const float *x, const float *timesteps,
+                           const float *context, int B, int H, int W, int ctx_len,
+                           const float *text_embeds, const float *time_ids)
+{
+    const mood_unet_config *c;
+    float *d[5] = {NULL, NULL, NULL, NULL, NULL};
+    void *dout = NULL;
+    size_t n[5], n_out;
+    int err = check_forward(u, out, x, timesteps, context, B, H, W, ctx_len, text_embeds, time_ids);
+    if (err < 0)
+        return err;
+    c = &u->m->cfg;
+    const float *h[5] = {x, timesteps, context, c->addition_embed_text_time ? text_embeds : NULL,
+                         c->addition_embed_text_time ? time_ids : NULL};
+    n[0] = (size_t)B * c->in_channels * H * W, n[1] = (size_t)B;
+    n[2] = (size_t)B * ctx_len * c->cross_attention_dim;
+    n[3] = (size_t)B * (c->projection_class_embeddings_input_dim - 6 * c->addition_time_embed_dim);
+    n[4] = (size_t)B * 6;
+    n_out = (size_t)B * c->out_channels * H * W;
+    if ((err = upload_inputs(u, d, h, n)) == 0 &&
+        (err = mood_cuda_alloc(u->ctx, &dout, n_out * sizeof(float))) == 0 &&
+        (err = mood_cuda_unet_forward_dev(u, dout, d[0], d[1], d[2], B, H, W, ctx_len, d[3],
+                                          d[4])) == 0)
+        err = mood_cuda_download(u->ctx, out, dout, n_out * sizeof(float));
+    mood_cuda_free(u->ctx, dout);
+    for (int i = 0; i < 5; i++)
+        mood_cuda_free(u->ctx, d[i]);
+    return err;
+}

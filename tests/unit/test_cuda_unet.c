@@ -1,0 +1,456 @@
+/*
+ * test_cuda_unet.c: the GPU UNet forward (engine/cuda/unet_cuda.h) against diffusers and the CPU
+ * forward (mood_unet_forward, itself checked against diffusers in test_unet.c / test_sdxl.c).
+ *
+ * Fixtures: the tiny diffusers UNets of tests/fixtures/unet (SD1-like: conv proj_in, heads of 4;
+ * SD2-like: Linear projections, per-block heads, odd latent 12x10 so one upsampler is not 2x;
+ * SDXL-like: a block without attention, transformer depth 2, text_time conditioning) and
+ * tests/fixtures/sdxl's tiny-sdxl UNet (SDXL's three-level layout, 77 context tokens), each with
+ * diffusers' float32 output on fixed inputs.
+ *
+ * Checked per fixture, errors as max |a - b| / max |b|:
+ *   - fp32: GPU vs diffusers and GPU vs CPU within 1e-4 (the GPU sums in other orders);
+ *   - bf16 and fp16 weights with 16-bit products: GPU vs diffusers within 32 units of the
+ *     type's roundoff u (bf16 u = 2^-8: 0.125; fp16 u = 2^-11: 0.0156). Why: running this
+ *     file's checks on the CPU with each backend function replaced by its CPU twin plus the
+ *     backend's rounding points (16-bit weights, product inputs, q/k/v, softmax probabilities,
+ *     attention and convolution outputs; everything else fp32) gives bf16 1.2e-2 .. 1.7e-2 and
+ *     fp16 1.4e-3 .. 3.4e-3 on the three tests/fixtures/unet models, and bf16 8.7e-2, fp16 up to
+ *     8.1e-3 (about 20 u) on tiny-sdxl, whose 4-channel layers with 2 norm groups amplify
+ *     rounding; diffusers run wholly in bf16 is off by 1.4e-2 .. 4.7e-2. 32 u leaves the GPU's
+ *     other summation orders a margin of 1.4x over the worst; a wrong layer or a buffer read in
+ *     the wrong type gives errors of order 1 (the layer structure itself is pinned by fp32 at
+ *     1e-4).
+ * Also: other sizes (odd, 1x1, batch 3, other context lengths) GPU vs CPU in fp32; the host and
+ * device-buffer entry points give the same bits, two runs give the same bits, a repeated forward
+ * allocates no device memory; a weight edited on the CPU reaches the GPU only after
+ * mood_cuda_unet_reload; refusals (side paths, missing SDXL conditioning, bad options).
+ *
+ * Label `cuda`. Without the CUDA backend or a GPU, the refusals that need no device run and the
+ * program exits 77 (skipped).
+ */
+#include "harness.h"
+
+#include <stdint.h>
+
+#include "fixture_tensors.h"
+
+#include "common/common.h"
+#include "engine/cuda/cuda_ops.h"
+#include "engine/cuda/unet_cuda.h"
+#include "mood/safetensors.h"
+#include "mood/unet.h"
+
+#define TOL_F32      1e-4
+#define TOL_16_UNITS 32.0
+
+static mood_cuda_ctx *ctx;
+
+/* ----- fixtures ----------------------------------------------------------------------------- */
+
+typedef struct unet_case {
+    const char *label, *model, *ref;
+    const char *pre;     /* key prefix in the reference file */
+    const char *ctx_key; /* the context's key after the prefix */
+} unet_case;
+
+static const unet_case cases[] = {
+    {"sd1", "unet/sd1", "unet/ref_sd1.safetensors", "", "context"},
+    {"sd2", "unet/sd2", "unet/ref_sd2.safetensors", "", "context"},
+    {"sdxl", "unet/sdxl", "unet/ref_sdxl.safetensors", "", "context"},
+    {"tiny-sdxl", "sdxl/tiny-sdxl/unet", "sdxl/ref.safetensors", "unet.", "ctx"},
+};
+enum { N_CASES = sizeof cases / sizeof cases[0] };
+
+/* One set of inputs and diffusers' output (NULL te/ids for models without text_time). */
+typedef struct inputs {
+    float *x, *t, *ctx, *te, *ids, *ref;
+    size_t n_out;
+    int B, H, W, L;
+} inputs;
+
+static void inputs_free(inputs *in)
+{
+    free(in->x), free(in->t), free(in->ctx), free(in->te), free(in->ids), free(in->ref);
+    memset(in, 0, sizeof *in);
+}
+
+static float *ref_get(mood_st_file *f, const unet_case *c, const char *name, size_t *n)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s%s", c->pre, name);
+    return fixture_floats(f, key, n);
+}
+
+static int inputs_load(inputs *in, const unet_case *c)
+{
+    mood_st_file *f = NULL;
+    const mood_st_tensor *tx;
+    char key[128];
+    size_t n_ctx = 0;
+    memset(in, 0, sizeof *in);
+    if (mood_st_open(&f, fixture(c->ref)) != 0)
+        return -1;
+    in->x = ref_get(f, c, "x", NULL), in->t = ref_get(f, c, "t", NULL);
+    in->ctx = ref_get(f, c, c->ctx_key, &n_ctx);
+    in->te = ref_get(f, c, "text_embeds", NULL), in->ids = ref_get(f, c, "time_ids", NULL);
+    in->ref = ref_get(f, c, "out", &in->n_out);
+    snprintf(key, sizeof key, "%sx", c->pre);
+    tx = mood_st_find(f, key);
+    if (tx && tx->ndim == 4)
+        in->B = (int)tx->shape[0], in->H = (int)tx->shape[2], in->W = (int)tx->shape[3];
+    mood_st_close(f);
+    if (!in->x || !in->t || !in->ctx || !in->ref || !in->B)
+        return -1;
+    in->L = (int)(n_ctx / (size_t)in->B); /* divided by the width below */
+    return 0;
+}
+
+/* Loads the case's model and inputs; *m NULL on failure (reported). */
+static void case_open(const unet_case *c, mood_unet **m, inputs *in)
+{
+    *m = NULL;
+    MOOD_CHECK_OK(mood_unet_load(m, fixture(c->model)));
+    MOOD_CHECK_MSG(inputs_load(in, c) == 0, "%s: reference inputs", c->ref);
+    if (*m && in->x)
+        in->L /= mood_unet_get_config(*m)->cross_attention_dim;
+    else {
+        mood_unet_free(*m);
+        *m = NULL;
+    }
+}
+
+/* ----- helpers ------------------------------------------------------------------------------ */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static float rnd(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    uint64_t r = rng_state * 0x2545F4914F6CDD1Dull;
+    return (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static float *rand_buf(size_t n, float lo, float hi)
+{
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; p && i < n; i++)
+        p[i] = lo + (hi - lo) * 0.5f * (rnd() + 1.0f);
+    return p;
+}
+
+static const char *dt_name(mood_cuda_dtype dt)
+{
+    return dt == MOOD_CUDA_BF16 ? "bf16" : dt == MOOD_CUDA_F16 ? "f16" : "f32";
+}
+
+/* Checks max |got - want| / max |want| <= tol, printing the figure. */
+static void compare(const char *what, const float *got, const float *want, size_t n, double tol)
+{
+    double e = harness_rel_diff(got, want, n, 0.0);
+    int bad = !(e <= tol);
+    printf("  %-44s rel %.3g  (tol %.3g)%s\n", what, e, tol, bad ? "  FAIL" : "");
+    MOOD_CHECK_MSG(!bad, "%s: relative error %.3g > %.3g", what, e, tol);
+}
+
+/* The GPU forward of m in dtype dt on in's inputs; the output (malloc'd) or NULL (reported). */
+static float *gpu_run(const mood_unet *m, mood_cuda_dtype dt, const inputs *in)
+{
+    mood_cuda_unet_options o;
+    mood_cuda_unet *u = NULL;
+    float *y = calloc(in->n_out, sizeof *y);
+    int rc;
+    mood_cuda_unet_options_init(&o);
+    o.dtype = dt;
+    MOOD_CHECK_OK(rc = mood_cuda_unet_new(&u, ctx, m, &o));
+    if (rc == 0)
+        MOOD_CHECK_OK(rc = mood_cuda_unet_forward(u, y, in->x, in->t, in->ctx, in->B, in->H, in->W,
+                                                  in->L, in->te, in->ids));
+    mood_cuda_unet_free(u);
+    if (rc != 0) {
+        free(y);
+        return NULL;
+    }
+    return y;
+}
+
+static float *cpu_run(const mood_unet *m, const inputs *in)
+{
+    float *y = calloc(in->n_out, sizeof *y);
+    int rc =
+        mood_unet_forward(m, y, in->x, in->t, in->ctx, in->B, in->H, in->W, in->L, in->te, in->ids);
+    MOOD_CHECK_MSG(rc == 0, "cpu forward: %s", mood_error_last());
+    if (rc != 0) {
+        free(y);
+        return NULL;
+    }
+    return y;
+}
+
+/* ----- tests -------------------------------------------------------------------------------- */
+
+static void check_case(const unet_case *c)
+{
+    static const mood_cuda_dtype half[] = {MOOD_CUDA_BF16, MOOD_CUDA_F16};
+    mood_unet *m;
+    inputs in;
+    char what[96];
+    case_open(c, &m, &in);
+    if (!m) {
+        inputs_free(&in);
+        return;
+    }
+    float *cpu = cpu_run(m, &in), *g32 = gpu_run(m, MOOD_CUDA_F32, &in);
+    if (cpu && g32) {
+        snprintf(what, sizeof what, "%s f32: gpu vs diffusers", c->label);
+        compare(what, g32, in.ref, in.n_out, TOL_F32);
+        snprintf(what, sizeof what, "%s f32: gpu vs cpu", c->label);
+        compare(what, g32, cpu, in.n_out, TOL_F32);
+    }
+    for (int i = 0; i < 2; i++) {
+        float *g = gpu_run(m, half[i], &in);
+        double u = half[i] == MOOD_CUDA_BF16 ? 1.0 / 256 : 1.0 / 2048;
+        if (g) {
+            snprintf(what, sizeof what, "%s %s: gpu vs diffusers", c->label, dt_name(half[i]));
+            compare(what, g, in.ref, in.n_out, TOL_16_UNITS * u);
+        }
+        free(g);
+    }
+    free(cpu), free(g32);
+    inputs_free(&in);
+    mood_unet_free(m);
+}
+
+static void test_fixtures(void)
+{
+    for (int i = 0; i < N_CASES; i++)
+        check_case(&cases[i]);
+}
+
+/* Random inputs of another size for m (SDXL conditioning when it has text_time). */
+static void random_inputs(inputs *in, const mood_unet *m, int B, int H, int W, int L)
+{
+    const mood_unet_config *c = mood_unet_get_config(m);
+    int E = c->projection_class_embeddings_input_dim - 6 * c->addition_time_embed_dim;
+    memset(in, 0, sizeof *in);
+    in->B = B, in->H = H, in->W = W, in->L = L;
+    in->n_out = (size_t)B * c->out_channels * H * W;
+    in->x = rand_buf((size_t)B * c->in_channels * H * W, -2.0f, 2.0f);
+    in->t = rand_buf((size_t)B, 0.0f, 999.0f);
+    in->ctx = rand_buf((size_t)B * L * c->cross_attention_dim, -1.0f, 1.0f);
+    if (c->addition_embed_text_time) {
+        in->te = rand_buf((size_t)B * E, -1.0f, 1.0f);
+        in->ids = rand_buf((size_t)B * 6, 0.0f, 1024.0f);
+    }
+}
+
+static void test_sizes(void)
+{
+    static const int sizes[][4] = {{3, 13, 11, 9}, {1, 5, 3, 1}, {2, 1, 1, 4}}; /* B, H, W, L */
+    for (int k = 1; k < N_CASES; k++) { /* sd2, sdxl, tiny-sdxl */
+        mood_unet *m = NULL;
+        MOOD_CHECK_OK(mood_unet_load(&m, fixture(cases[k].model)));
+        for (size_t s = 0; m && s < sizeof sizes / sizeof sizes[0]; s++) {
+            inputs in;
+            char what[96];
+            random_inputs(&in, m, sizes[s][0], sizes[s][1], sizes[s][2], sizes[s][3]);
+            float *cpu = cpu_run(m, &in), *gpu = gpu_run(m, MOOD_CUDA_F32, &in);
+            snprintf(what, sizeof what, "%s f32 %dx%dx%d, %d tokens: gpu vs cpu", cases[k].label,
+                     in.B, in.H, in.W, in.L);
+            if (cpu && gpu)
+                compare(what, gpu, cpu, in.n_out, TOL_F32);
+            free(cpu), free(gpu);
+            inputs_free(&in);
+        }
+        mood_unet_free(m);
+    }
+}
+
+/* Device inputs for forward_dev: copies of in's buffers (d[0..4]: x, t, ctx, te, ids). */
+static int upload_all(void *d[5], const inputs *in, const mood_unet_config *c)
+{
+    const float *h[5] = {in->x, in->t, in->ctx, in->te, in->ids};
+    int E = c->projection_class_embeddings_input_dim - 6 * c->addition_time_embed_dim;
+    size_t n[5] = {(size_t)in->B * c->in_channels * in->H * in->W, (size_t)in->B,
+                   (size_t)in->B * in->L * c->cross_attention_dim, (size_t)in->B * E,
+                   (size_t)in->B * 6};
+    for (int i = 0; i < 5; i++) {
+        d[i] = NULL;
+        if (!h[i])
+            continue;
+        if (mood_cuda_alloc(ctx, &d[i], n[i] * sizeof(float)) != 0 ||
+            mood_cuda_upload(ctx, d[i], h[i], n[i] * sizeof(float)) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* forward and forward_dev agree bit for bit, runs repeat bit for bit, and the second forward
+ * takes every device block from the pool's cache. */
+static void test_device_buffers(void)
+{
+    mood_unet *m;
+    mood_cuda_unet *u = NULL;
+    inputs in;
+    void *d[5] = {0}, *dy = NULL;
+    float *y[3] = {NULL, NULL, NULL};
+    mood_cuda_pool_stats s0, s1;
+    case_open(&cases[2], &m, &in); /* sdxl: every input in use */
+    if (m) {
+        for (int i = 0; i < 3; i++)
+            y[i] = calloc(in.n_out, sizeof(float));
+        MOOD_CHECK_OK(mood_cuda_unet_new(&u, ctx, m, NULL));
+        MOOD_CHECK(upload_all(d, &in, mood_unet_get_config(m)) == 0);
+        MOOD_CHECK_OK(mood_cuda_alloc(ctx, &dy, in.n_out * sizeof(float)));
+    }
+    if (u && dy) {
+        MOOD_CHECK_OK(mood_cuda_unet_forward(u, y[0], in.x, in.t, in.ctx, in.B, in.H, in.W, in.L,
+                                             in.te, in.ids));
+        mood_cuda_pool_stats_get(ctx, &s0);
+        MOOD_CHECK_OK(mood_cuda_unet_forward(u, y[1], in.x, in.t, in.ctx, in.B, in.H, in.W, in.L,
+                                             in.te, in.ids));
+        mood_cuda_pool_stats_get(ctx, &s1);
+        MOOD_CHECK_MSG(s1.device_allocs == s0.device_allocs,
+                       "cudaMalloc in a repeated forward: %llu",
+                       (unsigned long long)(s1.device_allocs - s0.device_allocs));
+        MOOD_CHECK_OK(mood_cuda_unet_forward_dev(u, dy, d[0], d[1], d[2], in.B, in.H, in.W, in.L,
+                                                 d[3], d[4]));
+        MOOD_CHECK_OK(mood_cuda_download(ctx, y[2], dy, in.n_out * sizeof(float)));
+        MOOD_CHECK_MSG(memcmp(y[0], y[1], in.n_out * 4) == 0, "two forwards differ");
+        MOOD_CHECK_MSG(memcmp(y[0], y[2], in.n_out * 4) == 0, "forward_dev differs from forward");
+        printf("  %-44s %.3g MFLOP, %.2f MB of weights\n", "sdxl fixture forward",
+               mood_cuda_unet_flop(u) * 1e-6, (double)mood_cuda_unet_bytes(u) / 1e6);
+    }
+    mood_cuda_free(ctx, dy);
+    for (int i = 0; i < 5; i++)
+        mood_cuda_free(ctx, d[i]);
+    for (int i = 0; i < 3; i++)
+        free(y[i]);
+    mood_cuda_unet_free(u);
+    inputs_free(&in);
+    mood_unet_free(m);
+}
+
+/* A weight changed on the CPU reaches the GPU with mood_cuda_unet_reload (by name or all). */
+static void test_reload(void)
+{
+    static const char *name = "up_blocks.1.resnets.2.conv2.weight";
+    mood_unet *m;
+    mood_cuda_unet *u = NULL;
+    inputs in;
+    int ndim;
+    int64_t shape[4];
+    float *w = NULL, *y0 = NULL, *y1 = NULL, *cpu = NULL;
+    case_open(&cases[0], &m, &in); /* sd1 */
+    if (m && (w = mood_unet_weight(m, name, &ndim, shape)))
+        MOOD_CHECK_OK(mood_cuda_unet_new(&u, ctx, m, NULL));
+    MOOD_CHECK(!m || w);
+    if (u) {
+        size_t nw = (size_t)shape[0] * shape[1] * shape[2] * shape[3];
+        y0 = calloc(in.n_out, sizeof *y0), y1 = calloc(in.n_out, sizeof *y1);
+        MOOD_CHECK(mood_cuda_unet_reload(u, "no.such.weight") == MOOD_ENOTFOUND);
+        for (size_t i = 0; i < nw; i++)
+            w[i] *= 1.5f;
+        cpu = cpu_run(m, &in);
+        MOOD_CHECK_OK(
+            mood_cuda_unet_forward(u, y0, in.x, in.t, in.ctx, in.B, in.H, in.W, in.L, NULL, NULL));
+        MOOD_CHECK_OK(mood_cuda_unet_reload(u, name));
+        MOOD_CHECK_OK(
+            mood_cuda_unet_forward(u, y1, in.x, in.t, in.ctx, in.B, in.H, in.W, in.L, NULL, NULL));
+        if (cpu) {
+            double before = harness_rel_diff(y0, cpu, in.n_out, 0.0);
+            printf("  %-44s rel %.3g before reload\n", "edited weight", before);
+            MOOD_CHECK_MSG(before > 1e-3, "the edit reached the GPU without reload (%.3g)", before);
+            compare("edited weight: gpu after reload vs cpu", y1, cpu, in.n_out, TOL_F32);
+        }
+        for (size_t i = 0; i < nw; i++)
+            w[i] /= 1.5f;
+        MOOD_CHECK_OK(mood_cuda_unet_reload(u, NULL));
+        MOOD_CHECK_OK(
+            mood_cuda_unet_forward(u, y1, in.x, in.t, in.ctx, in.B, in.H, in.W, in.L, NULL, NULL));
+        compare("restored, reload all: gpu vs diffusers", y1, in.ref, in.n_out, TOL_F32);
+    }
+    mood_cuda_unet_free(u);
+    free(y0), free(y1), free(cpu);
+    inputs_free(&in);
+    mood_unet_free(m);
+}
+
+/* Refusals with a device: side paths, missing SDXL conditioning, bad arguments. */
+static void test_errors(void)
+{
+    mood_unet *m = NULL, *xl = NULL;
+    mood_cuda_unet *u = NULL, *uxl = NULL;
+    mood_cuda_unet_options o;
+    float y[4 * 8 * 8 * 2], x[4 * 8 * 8 * 2] = {0}, t[2] = {1, 2}, c[2 * 7 * 32] = {0};
+    static float down[2 * 16], upf[16 * 2];
+    mood_side_path sp = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight", down,
+                         upf, 2, 1.0f};
+    MOOD_CHECK_OK(mood_unet_load(&m, fixture("unet/sd1")));
+    MOOD_CHECK_OK(mood_unet_load(&xl, fixture("unet/sdxl")));
+    if (!m || !xl)
+        goto done;
+    mood_cuda_unet_options_init(&o);
+    o.dtype = (mood_cuda_dtype)7;
+    MOOD_CHECK(mood_cuda_unet_new(&u, ctx, m, &o) == MOOD_EINVAL && !u);
+    MOOD_CHECK(mood_cuda_unet_new(&u, NULL, m, NULL) == MOOD_EINVAL && !u);
+    MOOD_CHECK_OK(mood_cuda_unet_new(&u, ctx, m, NULL));
+    MOOD_CHECK_OK(mood_cuda_unet_new(&uxl, ctx, xl, NULL));
+    if (!u || !uxl)
+        goto done;
+    MOOD_CHECK(mood_cuda_unet_forward(u, y, x, t, c, 2, 8, 8, 0, NULL, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(mood_cuda_unet_forward(u, y, x, NULL, c, 2, 8, 8, 7, NULL, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(mood_cuda_unet_forward(uxl, y, x, t, c, 2, 8, 8, 6, NULL, NULL) == MOOD_EINVAL);
+    MOOD_CHECK_OK(mood_unet_set_side_paths(m, &sp, 1));
+    MOOD_CHECK(mood_cuda_unet_forward(u, y, x, t, c, 2, 8, 8, 7, NULL, NULL) == MOOD_EUNSUPPORTED);
+    printf("  side paths: %s\n", mood_error_last());
+    MOOD_CHECK_OK(mood_unet_set_side_paths(m, NULL, 0));
+    MOOD_CHECK_OK(mood_cuda_unet_forward(u, y, x, t, c, 2, 8, 8, 7, NULL, NULL));
+done:
+    mood_cuda_unet_free(u);
+    mood_cuda_unet_free(uxl);
+    mood_unet_free(m);
+    mood_unet_free(xl);
+}
+
+/* Without a device: no context opens, and the GPU UNet refuses a NULL one (or, without the
+ * backend, everything) with a message. */
+static void test_no_device(void)
+{
+    mood_unet *m = NULL;
+    mood_cuda_unet *u = (mood_cuda_unet *)1;
+    int rc;
+    MOOD_CHECK_OK(mood_unet_load(&m, fixture("unet/sd1")));
+    rc = mood_cuda_unet_new(&u, NULL, m, NULL);
+    MOOD_CHECK(rc == (mood_cuda_compiled() ? MOOD_EINVAL : MOOD_EUNSUPPORTED));
+    MOOD_CHECK(u == NULL && strlen(mood_error_last()) > 0);
+    mood_cuda_unet_free(NULL);
+    mood_unet_free(m);
+}
+
+int main(void)
+{
+    static const harness_test no_gpu[] = {MOOD_T(test_no_device)};
+    static const harness_test tests[] = {
+        MOOD_T(test_no_device),      MOOD_T(test_fixtures), MOOD_T(test_sizes),
+        MOOD_T(test_device_buffers), MOOD_T(test_reload),   MOOD_T(test_errors),
+    };
+    char name[256];
+    int gpus = mood_cuda_device_count(name, sizeof name), rc;
+    if (!mood_cuda_compiled() || gpus == 0) {
+        if (harness_run(no_gpu, sizeof no_gpu / sizeof no_gpu[0]))
+            return 1;
+        printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
+        return 77;
+    }
+    if (mood_cuda_ctx_new(&ctx, NULL) != 0) {
+        fprintf(stderr, "mood_cuda_ctx_new: %s\n", mood_error_last());
+        return 1;
+    }
+    printf("GPU 0: %s\n", name);
+    rc = harness_run(tests, sizeof tests / sizeof tests[0]);
+    mood_cuda_ctx_free(ctx);
+    return rc;
+}
