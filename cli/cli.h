@@ -59,6 +59,9 @@ extern const char *cli_device_request;
  * notice when the default fell back to the CPU; returns 0, or the exit status after printing
  * the error (asked for cuda where there is none: 2). */
 int cli_device_select(mood_device *out);
+/* The device main chose for the command that runs (the CPU until then, and for commands that do
+ * not compute). */
+extern mood_device cli_device;
 
 /* Parses a double strictly; returns 0 on success. */
 int cli_parse_double(const char *s, double *out);

@@ -21,6 +21,7 @@ int cli_fail(int code)
 }
 
 const char *cli_device_request;
+mood_device cli_device; /* zero: the CPU */
 
 int cli_device_select(mood_device *out)
 {

@@ -286,7 +286,15 @@ static int load_model(gen_run *r)
     mood_model_options_init(&mo);
     mo.prediction = r->args.prediction;
     mo.progress = cli_progress;
+    if (cli_device.kind == MOOD_DEVICE_CUDA)
+        mo.cuda_device = cli_device.index;
     rc = mood_model_open(&r->model, path, &mo);
+    if (rc == MOOD_EUNSUPPORTED && mo.cuda_device >= 0 && !cli_device.requested) {
+        /* the GPU was only the default: a model it cannot run yet runs on the CPU */
+        cli_warn("%s; running on the CPU", mood_error_last());
+        mo.cuda_device = -1;
+        rc = mood_model_open(&r->model, path, &mo);
+    }
     r->load_s = now_s() - t0;
     if (rc != 0) {
         free(path);

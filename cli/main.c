@@ -161,9 +161,12 @@ static int choose_device(const cli_command *c, int argc, char **argv)
     int rc = cli_device_select(&d);
     if (rc)
         return rc;
-    if (d.kind == MOOD_DEVICE_CUDA)
-        fprintf(stderr, "mood: note: 'mood %s' does not run on the GPU yet; running on the CPU\n",
-                c->name);
+    cli_device = d;
+    if (d.kind == MOOD_DEVICE_CUDA && c->run != cmd_gen)
+        fprintf(stderr,
+                "mood: note: 'mood %s' %s on the CPU (only generation's UNet runs on the "
+                "GPU yet)\n",
+                c->name, c->run == cmd_demo ? "trains" : "runs");
     return 0;
 }
 

@@ -28,6 +28,7 @@ void mood_model_options_init(mood_model_options *o)
 {
     memset(o, 0, sizeof *o);
     o->prediction = -1;
+    o->cuda_device = -1;
 }
 
 static int is_dir(const char *path)
@@ -424,6 +425,22 @@ static int open_folder(mood_model *m, const char *path, const mood_model_options
     return 0;
 }
 
+/* The UNet's copy on GPU `device`: bf16 matrices with fp32 accumulation, as diffusers users run
+ * SD on a GPU (fp32 there would only double the memory for no visible difference). */
+static int open_cuda(mood_model *m, int device)
+{
+    mood_cuda_options co;
+    mood_cuda_unet_options uo;
+    int err;
+    mood_cuda_options_init(&co);
+    co.device = device;
+    mood_cuda_unet_options_init(&uo);
+    uo.dtype = MOOD_CUDA_BF16;
+    if ((err = mood_cuda_ctx_new(&m->cuda, &co)) != 0)
+        return err;
+    return mood_cuda_unet_new(&m->cuda_unet, m->cuda, m->unet, &uo);
+}
+
 int mood_model_open(mood_model **out, const char *path, const mood_model_options *opts)
 {
     mood_model_options defaults;
@@ -455,6 +472,10 @@ int mood_model_open(mood_model **out, const char *path, const mood_model_options
             memcpy(m->latents_std, vc->latents_std, sizeof m->latents_std);
         }
         set_prediction(m, opts);
+    }
+    if (!err && opts->cuda_device >= 0)
+        err = open_cuda(m, opts->cuda_device);
+    if (!err) {
         *out = m;
         return 0;
     }
@@ -473,6 +494,8 @@ void mood_model_free(mood_model *m)
     mood_clip_tape_free(m->clip2_tape);
     mood_clip_free(m->clip);
     mood_clip_free(m->clip2);
+    mood_cuda_unet_free(m->cuda_unet); /* before its context, both before the CPU UNet */
+    mood_cuda_ctx_free(m->cuda);
     mood_unet_free(m->unet);
     mood_vae_free(m->vae);
     mood_tokenizer_free(m->tok);

@@ -7,6 +7,8 @@
 #define MOOD_ENGINE_MODEL_IMPL_H
 
 #include "common/common.h"
+#include "engine/cuda/cuda_ops.h"
+#include "engine/cuda/unet_cuda.h"
 #include "mood/clip.h"
 #include "mood/gen.h"
 #include "mood/safetensors.h"
@@ -44,6 +46,8 @@ struct mood_model {
     mood_clip *clip;
     mood_clip *clip2; /* SDXL: text encoder 2 (OpenCLIP bigG, with its projection), else NULL */
     mood_unet *unet;
+    mood_cuda_ctx *cuda;       /* the GPU the UNet runs on (mood_model_options.cuda_device) */
+    mood_cuda_unet *cuda_unet; /* its weights there, kept equal to unet's (merged adapters) */
     mood_vae *vae;
     mood_noise_schedule sched;
     int32_t pad_id;    /* 49407 (SD1, SDXL's CLIP-L), 0 (SD2's OpenCLIP tokenizer) */

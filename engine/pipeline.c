@@ -96,6 +96,9 @@ static int unet_pass(denoiser *d, float *eps, const float *xin, const float *ctx
     const float *pooled = d->pooled ? d->pooled + (size_t)row * d->P : NULL;
     for (int i = 0; i < NB; i++)
         d->tin[i] = (float)timestep;
+    if (d->m->cuda_unet)
+        return mood_cuda_unet_forward(d->m->cuda_unet, eps, xin, d->tin, ctx, NB, d->h, d->w, T,
+                                      pooled, d->pooled ? d->time_ids : NULL);
     return mood_unet_forward(d->m->unet, eps, xin, d->tin, ctx, NB, d->h, d->w, T, pooled,
                              d->pooled ? d->time_ids : NULL);
 }

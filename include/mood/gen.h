@@ -54,6 +54,10 @@ typedef struct mood_model_options {
     const mood_unet_config *unet_hint;
     const mood_vae_config *vae_hint;
     const mood_clip_config *clip2_hint; /* SDXL's text encoder 2 (heads, act) */
+    /* Where the UNet runs: -1 (default) the CPU; N >= 0 CUDA GPU N, with bf16 matrices and fp32
+     * accumulation (the text encoders, sampler and VAE stay on the CPU). Needs a build with the
+     * CUDA backend (MOOD_EUNSUPPORTED otherwise, MOOD_EBACKEND when the GPU fails). */
+    int cuda_device;
 } mood_model_options;
 
 void mood_model_options_init(mood_model_options *o);
