@@ -9,12 +9,14 @@
 # Needs: tools/.venv (numpy, Pillow; torch and diffusers for the untrained initialisation), the
 # emoji data set in ../shared/data/emoji. Prints one table; the JSON of each part goes to
 # ${MOOD_BENCH_CACHE:-/tmp/mood-bench}/style-transfer/.
-# Usage: bench/style_transfer.sh [MOOD_BINARY]   (default build/mood; N=100)
+# Usage: bench/style_transfer.sh [MOOD_BINARY]   (default build/mood; N=100, CFG=7, SEED=0)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 MOOD=${1:-${MOOD:-$root/build/mood}}
 N=${N:-100}
+CFG=${CFG:-7}   # the guidance scale mood demo generates at (DEMO_CFG in cli/cmd_demo.c)
+SEED=${SEED:-0} # picks the subjects and the generation seeds
 PY=${PYTHON:-$root/tools/.venv/bin/python}
 work=${MOOD_BENCH_CACHE:-/tmp/mood-bench}/style-transfer
 model=$root/data/mood-tiny
@@ -29,10 +31,11 @@ MOOD_HOME="$work/registry" "$MOOD" train --name twemoji-demo --board "$board" --
     -o "$work/twemoji-demo.safetensors" --no-register >/dev/null
 
 "$PY" "$root/tools/mood_tiny/evaluate.py" quality --mood "$MOOD" --model "$model" \
-    --init "$work/init" --n "$N" --work "$work/img" --json "$work/quality.json" >/dev/null
+    --init "$work/init" --n "$N" --seed "$SEED" --cfg "$CFG" --work "$work/img" \
+    --json "$work/quality.json" >/dev/null
 "$PY" "$root/tools/mood_tiny/evaluate.py" style --mood "$MOOD" --model "$model" \
-    --lora "$work/twemoji-demo.safetensors" --n "$N" --work "$work/img" \
-    --json "$work/style.json" >/dev/null
+    --lora "$work/twemoji-demo.safetensors" --n "$N" --seed "$SEED" --cfg "$CFG" \
+    --work "$work/img" --json "$work/style.json" >/dev/null
 
 "$PY" - "$work" <<'PYEOF'
 import json, sys

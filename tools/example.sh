@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# example.sh: the README's main-job command. Installs what the build needs, builds mood, then runs
+# example.sh: the README's tour of the LoRA file engine and the registry. Installs what the build needs, builds mood, then runs
 # it on the bundled example files: inspects and hashes a LoRA, bakes two LoRAs into the tiny
 # example checkpoint at chosen strengths, stacks them, inspects the result, then imports them
 # into a style registry (in examples/out/registry, not your own) and makes a style of both.
 # Last it generates: `mood gen` with a style on the tiny random-weight SD1 pipeline of the tests
-# (its images are noise: it shows the mechanics, PNG parameters and --from-png; a trained small
-# model to make real pictures with comes later), then regenerates the image from its PNG.
+# (its images are noise: it shows the mechanics, PNG parameters and --from-png; tools/demo.sh
+# makes real pictures with the trained small model mood-tiny), then regenerates the image from
+# its PNG.
 # Output goes to examples/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

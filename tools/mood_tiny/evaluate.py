@@ -16,8 +16,12 @@
    without the style is the control: Noto-like images must score low, or the metric would not
    measure style.
 
+Images are made as `mood demo` makes them: 30 steps of mood gen's default sampler (Euler a) at
+the guidance scale given (--cfg; the demo's is bench/style_transfer.sh's CFG).
+
 usage: tools/.venv/bin/python tools/mood_tiny/evaluate.py quality|style --mood build/mood
-       --model DIR [--init DIR] [--lora FILE] [--n 100] [--seed 0] [--work DIR] [--json OUT]
+       --model DIR [--init DIR] [--lora FILE] [--n 100] [--seed 0] [--cfg 7] [--work DIR]
+       [--json OUT]
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def blur(img: np.ndarray, sigma: float = 1.5) -> np.ndarray:
 
 def generate(a, model: str, prompt: str, seed: int, out: str, lora: str | None) -> None:
     cmd = [a.mood, "gen", prompt, "--model", model, "--seed", str(seed), "--steps", "30",
-           "--size", "64x64", "-o", out]
+           "--cfg", str(a.cfg), "--size", "64x64", "-o", out]
     if lora:
         cmd += ["--lora", lora]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -126,6 +130,7 @@ def main() -> None:
     ap.add_argument("--lora")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cfg", type=float, default=7.0, help="guidance scale (mood gen's default)")
     ap.add_argument("--work", default="/tmp/mood-eval")
     ap.add_argument("--json")
     a = ap.parse_args()
