@@ -224,9 +224,10 @@ static int generate(demo *d)
                             "--seed",  seed,
                             "--steps", "30",
                             "--cfg",   DEMO_CFG,
+                            "--json", /* its report goes to the silenced stdout, not stderr */
                             "-o",      path,
                             "--style", DEMO_STYLE};
-            int rc = run_quiet(cmd_gen, after ? 14 : 12, argv);
+            int rc = run_quiet(cmd_gen, after ? 15 : 13, argv);
             if (rc)
                 return rc;
             mood_progress p = {"generate", (uint64_t)(2 * i + after + 1), 2 * N_PROMPTS};
