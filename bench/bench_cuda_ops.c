@@ -24,36 +24,21 @@
 #include <time.h>
 
 #include "engine/cuda/cuda_ops.h"
+#include "bench/bench_util.h"
 #include "mood/core.h"
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
-/* Uniform in [-1, 1): random data, never zeros (zeros can run faster than real data). */
+/* Random data, never zeros (bench_util.h). */
 static float rnd(void)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) * (1.0 / 8388608.0) - 1.0);
+    return bench_rnd(&rng);
 }
 
 static int fail(const char *what)
 {
     fprintf(stderr, "bench_cuda_ops: %s: %s\n", what, mood_error_last());
     return 1;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* ----- timing --------------------------------------------------------------------------------- */
@@ -69,23 +54,23 @@ static int time_op(mood_cuda_ctx *ctx, op_fn fn, const void *args, double *ms)
             return -1;
     if (mood_cuda_sync(ctx) != 0)
         return -1;
-    double t0 = now_ms();
+    double t0 = bench_now_ms();
     if (fn(ctx, args) != 0 || mood_cuda_sync(ctx) != 0)
         return -1;
-    double one = now_ms() - t0;
+    double one = bench_now_ms() - t0;
     int reps = one > 0.0 ? (int)(20.0 / one) : 100;
     reps = reps < 3 ? 3 : reps > 2000 ? 2000 : reps;
     double med[5];
     for (int b = 0; b < 5; b++) {
-        t0 = now_ms();
+        t0 = bench_now_ms();
         for (int r = 0; r < reps; r++)
             if (fn(ctx, args) != 0)
                 return -1;
         if (mood_cuda_sync(ctx) != 0)
             return -1;
-        med[b] = (now_ms() - t0) / reps;
+        med[b] = (bench_now_ms() - t0) / reps;
     }
-    qsort(med, 5, sizeof med[0], cmp_double);
+    qsort(med, 5, sizeof med[0], bench_cmp_double);
     *ms = med[2];
     return 0;
 }
@@ -346,13 +331,13 @@ static int bench_lora(mood_cuda_ctx *ctx, int rank)
     if (rc == 0 && merge_all(ctx, L, nl, rank, scale) != 0) /* warm-up */
         rc = fail("lora_merge (all layers)");
     for (int r = 0; r < 5 && rc == 0; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         if (merge_all(ctx, L, nl, rank, scale) != 0)
             rc = fail("lora_merge (all layers)");
-        t[r] = now_ms() - t0;
+        t[r] = bench_now_ms() - t0;
     }
     if (rc == 0) {
-        qsort(t, 5, sizeof t[0], cmp_double);
+        qsort(t, 5, sizeof t[0], bench_cmp_double);
         printf("lora_merge: %d layers, %.3f G parameters (fp32), rank %d: median %.2f ms "
                "(min %.2f, max %.2f)\n",
                nl, params * 1e-9, rank, t[2], t[0], t[4]);

@@ -30,36 +30,21 @@
 
 #include "engine/cuda/unet_cuda.h"
 #include "engine/unet_internal.h"
+#include "bench/bench_util.h"
 #include "mood/core.h"
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
-/* Uniform in [-1, 1). */
+/* Random data, never zeros (bench_util.h). */
 static float rnd(void)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) * (1.0 / 8388608.0) - 1.0);
+    return bench_rnd(&rng);
 }
 
 static int fail(const char *what)
 {
     fprintf(stderr, "bench_cuda_unet: %s: %s\n", what, mood_error_last());
     return 1;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* ----- the model ------------------------------------------------------------------------------ */
@@ -186,22 +171,22 @@ static int time_forward(mood_cuda_ctx *ctx, mood_cuda_unet *u, const bench_io *i
             return -1;
     if (mood_cuda_sync(ctx) != 0)
         return -1;
-    t0 = now_ms();
+    t0 = bench_now_ms();
     if (forward(u, io, dout) != 0 || mood_cuda_sync(ctx) != 0)
         return -1;
-    one = now_ms() - t0;
+    one = bench_now_ms() - t0;
     reps = one > 0.0 ? (int)(200.0 / one) : 20;
     reps = reps < 3 ? 3 : reps > 200 ? 200 : reps;
     for (int b = 0; b < 5; b++) {
-        t0 = now_ms();
+        t0 = bench_now_ms();
         for (int r = 0; r < reps; r++)
             if (forward(u, io, dout) != 0)
                 return -1;
         if (mood_cuda_sync(ctx) != 0)
             return -1;
-        med[b] = (now_ms() - t0) / reps;
+        med[b] = (bench_now_ms() - t0) / reps;
     }
-    qsort(med, 5, sizeof med[0], cmp_double);
+    qsort(med, 5, sizeof med[0], bench_cmp_double);
     *ms = med[2];
     return 0;
 }
@@ -222,7 +207,7 @@ static int bench_dtype(mood_cuda_ctx *ctx, const mood_unet *m, const bench_io *i
                        mood_cuda_dtype dt)
 {
     const char *name = dt == MOOD_CUDA_F32 ? "f32" : "bf16";
-    double limit = dt == MOOD_CUDA_F32 ? 1e-3 : 0.2, t0 = now_ms(), ms = 0, err;
+    double limit = dt == MOOD_CUDA_F32 ? 1e-3 : 0.2, t0 = bench_now_ms(), ms = 0, err;
     mood_cuda_unet_options o;
     mood_cuda_unet *u = NULL;
     void *dout = NULL;
@@ -236,7 +221,7 @@ static int bench_dtype(mood_cuda_ctx *ctx, const mood_unet *m, const bench_io *i
         goto done;
     }
     printf("%s: weights %.2f GB uploaded in %.0f ms\n", name, mood_cuda_unet_bytes(u) / 1e9,
-           now_ms() - t0);
+           bench_now_ms() - t0);
     if (forward(u, io, dout) != 0 || mood_cuda_download(ctx, out, dout, io->nout * 4) != 0 ||
         time_forward(ctx, u, io, dout, &ms) != 0) {
         rc = fail(name);
@@ -286,20 +271,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_cuda_unet: no CUDA device: %s\n", mood_error_last());
         return 77;
     }
-    t0 = now_ms();
+    t0 = bench_now_ms();
     if (sd15_new(&m) != 0 || io_new(&io, ctx) != 0) {
         rc = fail("setup");
         goto done;
     }
     printf("SD1.5 UNet, %zu tensors, %.0f M parameters (random), latent %dx4x%dx%d, %d tokens; "
            "built in %.0f ms\n",
-           m->n_params, n_params(m) / 1e6, io.B, io.S, io.S, io.L, now_ms() - t0);
-    t0 = now_ms();
+           m->n_params, n_params(m) / 1e6, io.B, io.S, io.S, io.L, bench_now_ms() - t0);
+    t0 = bench_now_ms();
     if (mood_unet_forward(m, io.ref, io.x, io.t, io.ctx, io.B, io.S, io.S, io.L, NULL, NULL) != 0) {
         rc = fail("cpu forward");
         goto done;
     }
-    printf("cpu: forward %.0f ms (the reference)\n", now_ms() - t0);
+    printf("cpu: forward %.0f ms (the reference)\n", bench_now_ms() - t0);
     rc |= bench_dtype(ctx, m, &io, MOOD_CUDA_F32);
     rc |= bench_dtype(ctx, m, &io, MOOD_CUDA_BF16);
 done:

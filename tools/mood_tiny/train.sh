@@ -72,12 +72,17 @@ cp -r "$WORK/model" "$out.new"
 cp "$WORK/model.loss.png" "$out.new/loss.png"
 cp "$WORK/model.loss.csv" "$out.new/loss.csv"
 cp tools/mood_tiny/MODEL_CARD.md "$out.new/README.md"
+shown="${cmd[*]}" # the command without this machine's paths
+shown=${shown/#"$MOOD"/mood}
+# shellcheck disable=SC2016 # a literal $WORK
+shown=${shown//"$WORK"/'$WORK'}
 {
     echo
     echo "Each line above is one sitting; the trainer command of the last (seed 0 for the"
-    echo "initialisation and the training; --resume continues a stopped run to the same weights):"
+    echo "initialisation and the training; --resume continues a stopped run to the same weights;"
+    echo "\$WORK is the script's work folder):"
     echo
-    echo "    ${cmd[*]}"
+    echo "    $shown"
 } >"$out.new/TRAINING.md.tail"
 cat "$WORK/TRAINING.md" "$out.new/TRAINING.md.tail" >"$out.new/TRAINING.md"
 rm "$out.new/TRAINING.md.tail"
