@@ -51,19 +51,23 @@ cmd=("$MOOD" train --full --te --name mood-tiny --model "$WORK/init" --board "$W
 # a line in the record: a model trained over several sittings shows each one's time.
 [ -f "$WORK/TRAINING.md" ] || printf '# How data/mood-tiny was made\n\n' >"$WORK/TRAINING.md"
 start=$(date +%s)
+finished=0
 record() {
-    local rc=$? step
+    local step
     step=$("$PY" -c 'import json, struct, sys
 f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]
 print(json.loads(f.read(n))["__metadata__"]["mood.train.step"])' \
         "$WORK/model.checkpoint.safetensors" 2>/dev/null || echo "$STEPS")
     echo "- $(date -u '+%Y-%m-%d %H:%M') UTC: \`tools/mood_tiny/train.sh $STEPS\` ran" \
         "$(($(date +%s) - start)) s on $(lscpu | awk -F': +' '/Model name/ { print $2; exit }')" \
-        "($(nproc) threads) and $([ "$rc" = 0 ] && echo "finished at step $STEPS" ||
-            echo "stopped (exit $rc) at step $step")" >>"$WORK/TRAINING.md"
+        "($(nproc) threads) and $([ "$finished" = 1 ] && echo "finished" || echo "stopped")" \
+        "at step $step" >>"$WORK/TRAINING.md"
 }
+# the record is written however the script ends (a signal to it or to the trainer included)
 trap record EXIT
+trap 'exit 130' INT TERM
 "${cmd[@]}"
+finished=1
 trap - EXIT
 record
 
