@@ -130,6 +130,8 @@ int mood_cuda_op_geglu(mood_cuda_ctx *ctx, float *out, const float *inp, size_t 
 
 int mood_cuda_op_add_inplace(mood_cuda_ctx *ctx, float *out, const float *inp, size_t n);
 int mood_cuda_op_add(mood_cuda_ctx *ctx, float *out, const float *a, const float *b, size_t n);
+/* x[i] /= d for i < n (a resnet's output_scale_factor, divided as diffusers and the CPU do). */
+int mood_cuda_op_div_scalar(mood_cuda_ctx *ctx, float *x, float d, size_t n);
 /* x (B x C x HW) += v (B x C) broadcast over HW. */
 int mood_cuda_op_add_channel_bias(mood_cuda_ctx *ctx, float *x, const float *v, int B, int C,
                                   size_t HW);

@@ -148,6 +148,11 @@ int mood_cuda_op_add_inplace(mood_cuda_ctx *ctx, float *out, const float *inp, s
     return no_cuda();
 }
 
+int mood_cuda_op_div_scalar(mood_cuda_ctx *ctx, float *x, float d, size_t n)
+{
+    return no_cuda();
+}
+
 int mood_cuda_op_add(mood_cuda_ctx *ctx, float *out, const float *a, const float *b, size_t n)
 {
     return no_cuda();

@@ -390,6 +390,23 @@ __global__ void add_kernel(float *out, const float *a, const float *b, size_t n)
         out[i] = a[i] + b[i];
 }
 
+__global__ void div_scalar_kernel(float *x, float d, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] /= d;
+}
+
+int mood_cuda_op_div_scalar(mood_cuda_ctx *ctx, float *x, float d, size_t n)
+{
+    MOOD_TRY(mood__cuda_check_ctx(ctx, "mood_cuda_op_div_scalar"));
+    if (n == 0)
+        return 0;
+    div_scalar_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->stream>>>(x, d, n);
+    LAUNCH_CHECK();
+    return 0;
+}
+
 int mood_cuda_op_add_inplace(mood_cuda_ctx *ctx, float *out, const float *inp, size_t n)
 {
     return mood_cuda_op_add(ctx, out, out, inp, n);

@@ -82,11 +82,6 @@ static int check_model(const mood_unet *m)
     if (c->center_input_sample)
         return mood_error_set(MOOD_EUNSUPPORTED, "cuda unet: center_input_sample is not "
                                                  "implemented on the GPU");
-    if (c->mid_block && c->mid_block_scale_factor != 1.0f)
-        return mood_error_set(MOOD_EUNSUPPORTED,
-                              "cuda unet: mid_block_scale_factor %g is not implemented on the GPU "
-                              "(1 only)",
-                              (double)c->mid_block_scale_factor);
     return 0;
 }
 
@@ -361,13 +356,16 @@ static int resnet(cu_pass *f, const u_resnet *r, float *out, const float *inp, i
     TRY(mood_cuda_op_silu(f->ctx, h, h, n_out));
     TRY(conv(f, &r->conv2, out, h, H, W));
     put(f, h);
-    if (r->shortcut.w < 0)
-        return mood_cuda_op_add_inplace(f->ctx, out, inp, n_out);
-    TRY(getf(f, &sc, n_out));
-    TRY(conv(f, &r->shortcut, sc, inp, H, W));
-    TRY(mood_cuda_op_add_inplace(f->ctx, out, sc, n_out));
-    put(f, sc);
-    return 0;
+    if (r->shortcut.w < 0) {
+        TRY(mood_cuda_op_add_inplace(f->ctx, out, inp, n_out));
+    } else {
+        TRY(getf(f, &sc, n_out));
+        TRY(conv(f, &r->shortcut, sc, inp, H, W));
+        TRY(mood_cuda_op_add_inplace(f->ctx, out, sc, n_out));
+        put(f, sc);
+    }
+    /* output_scale_factor: the mid block's mid_block_scale_factor (down/up resnets keep 1) */
+    return r->out_scale != 1.0f ? mood_cuda_op_div_scalar(f->ctx, out, r->out_scale, n_out) : 0;
 }
 
 /* ----- Transformer2DModel ------------------------------------------------------------------- */

@@ -20,8 +20,7 @@
  *     and attention runs on 16-bit q, k, v with an fp32 softmax.
  *
  * Not yet on the GPU (MOOD_EUNSUPPORTED, named): runtime side paths (mood_unet_set_side_paths;
- * merge the adapters into the weights instead), center_input_sample and a mid block
- * output_scale_factor other than 1 (no SD release uses them).
+ * merge the adapters into the weights instead) and center_input_sample (no SD release uses it).
  *
  * A mood_cuda_unet belongs to its context's thread; activations come from the context's memory
  * pool, so repeated forwards of one size allocate nothing after the first.

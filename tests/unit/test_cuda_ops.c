@@ -698,6 +698,10 @@ static void test_adds(void)
     compare("add", dup_host(dy, n), ref, n, 0.0);
     MOOD_CHECK_OK(mood_cuda_op_add_inplace(ctx, da, db, n));
     compare("add in place", dup_host(da, n), ref, n, 0.0);
+    for (size_t i = 0; i < n; i++) /* as the CPU resnet applies its output_scale_factor */
+        ref[i] /= 1.7f;
+    MOOD_CHECK_OK(mood_cuda_op_div_scalar(ctx, da, 1.7f, n));
+    compare("divide by a scalar", dup_host(da, n), ref, n, 0.0);
 
     float *v = hrand((size_t)B * C, 1.0f), *x = hcopy(a, n), *dx = dup_dev(a, n);
     mood_op_add_channel_bias(x, v, B, C, HW);

@@ -38,6 +38,7 @@
 #include "common/common.h"
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/unet_cuda.h"
+#include "engine/unet_internal.h"
 #include "mood/safetensors.h"
 #include "mood/unet.h"
 
@@ -268,6 +269,27 @@ static void test_sizes(void)
     }
 }
 
+/* A mid block whose resnets scale their output (mid_block_scale_factor, as a config may ask):
+ * the GPU divides as the CPU does. */
+static void test_mid_scale(void)
+{
+    mood_unet *m = NULL;
+    inputs in;
+    MOOD_CHECK_OK(mood_unet_load(&m, fixture(cases[1].model)));
+    if (!m)
+        return;
+    m->cfg.mid_block_scale_factor = 1.5f;
+    for (int i = 0; i < m->mid.n; i++)
+        m->mid.res[i].out_scale = 1.5f;
+    random_inputs(&in, m, 2, 7, 9, 5);
+    float *cpu = cpu_run(m, &in), *gpu = gpu_run(m, MOOD_CUDA_F32, &in);
+    if (cpu && gpu)
+        compare("mid_block_scale_factor 1.5: gpu vs cpu", gpu, cpu, in.n_out, TOL_F32);
+    free(cpu), free(gpu);
+    inputs_free(&in);
+    mood_unet_free(m);
+}
+
 /* Device inputs for forward_dev: copies of in's buffers (d[0..4]: x, t, ctx, te, ids). */
 static int upload_all(void *d[5], const inputs *in, const mood_unet_config *c)
 {
@@ -434,8 +456,9 @@ int main(void)
 {
     static const harness_test no_gpu[] = {MOOD_T(test_no_device)};
     static const harness_test tests[] = {
-        MOOD_T(test_no_device),      MOOD_T(test_fixtures), MOOD_T(test_sizes),
-        MOOD_T(test_device_buffers), MOOD_T(test_reload),   MOOD_T(test_errors),
+        MOOD_T(test_no_device), MOOD_T(test_fixtures),       MOOD_T(test_sizes),
+        MOOD_T(test_mid_scale), MOOD_T(test_device_buffers), MOOD_T(test_reload),
+        MOOD_T(test_errors),
     };
     char name[256];
     int gpus = mood_cuda_device_count(name, sizeof name), rc;
