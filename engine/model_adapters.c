@@ -554,9 +554,6 @@ int mood_model_set_adapters(mood_model *m, const mood_weighted_adapter *adapters
             *unmatched_out = m->set_unmatched;
         return 0;
     }
-    if (m->cuda_unet && mode == MOOD_LORA_RUNTIME && n > 0)
-        return mood_error_set(MOOD_EUNSUPPORTED, "runtime LoRA side paths do not run on the GPU "
-                                                 "yet: merge the styles (--lora-mode merge)");
     if (n && !(ads = mood_calloc(n, sizeof *ads)))
         return mood_error_nomem();
     if ((err = open_all(ads, m, adapters, n)) == 0 && (err = mood__model_clear_adapters(m)) == 0 &&
@@ -573,7 +570,9 @@ int mood_model_set_adapters(mood_model *m, const mood_weighted_adapter *adapters
         (void)mood__model_clear_adapters(m);
         err = saved;
     }
-    if (m->cuda_unet) { /* the GPU copy follows the merged (or restored) weights */
+    /* the GPU copy follows the merged (or restored) weights; it copies the side paths by itself
+     * (engine/cuda/unet_cuda.h) */
+    if (m->cuda_unet) {
         int e = mood_cuda_unet_reload(m->cuda_unet, NULL);
         err = err ? err : e;
     }

@@ -299,6 +299,11 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
         *latents_out = NULL;
     if ((err = check_options(m, o)) != 0)
         return err;
+    /* The CPU forward reads the side paths' factors at every step; the GPU holds a copy, which
+     * is read again here, since the values may have changed in place (a training run's previews:
+     * its optimizer updates the very factors the paths point at). Without side paths: nothing. */
+    if (m->cuda_unet && (err = mood_cuda_unet_reload_side_paths(m->cuda_unet)) != 0)
+        return err;
     d.m = m;
     d.B = o->batch;
     d.h = o->height / mood_vae_scale(m->vae);

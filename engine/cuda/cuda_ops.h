@@ -132,6 +132,9 @@ int mood_cuda_op_add_inplace(mood_cuda_ctx *ctx, float *out, const float *inp, s
 int mood_cuda_op_add(mood_cuda_ctx *ctx, float *out, const float *a, const float *b, size_t n);
 /* x[i] /= d for i < n (a resnet's output_scale_factor, divided as diffusers and the CPU do). */
 int mood_cuda_op_div_scalar(mood_cuda_ctx *ctx, float *x, float d, size_t n);
+/* y[i] += a · x[i] for i < n (a side path's scaled output; the CPU twin is the UNet passes'
+ * axpy, engine/unet_pass.h, over cblas_saxpy). */
+int mood_cuda_op_axpy(mood_cuda_ctx *ctx, float *y, const float *x, float a, size_t n);
 /* x (B x C x HW) += v (B x C) broadcast over HW. */
 int mood_cuda_op_add_channel_bias(mood_cuda_ctx *ctx, float *x, const float *v, int B, int C,
                                   size_t HW);
@@ -198,6 +201,11 @@ int mood_cuda_op_attention_backward(mood_cuda_ctx *ctx, float *dq, float *dk, fl
                                     float scale);
 int mood_cuda_op_upsample_nearest2x_backward(mood_cuda_ctx *ctx, float *dinp, const float *dout,
                                              int BC, int H, int W);
+/* The backward of mood_cuda_op_upsample_nearest: dinp (BC x H x W) += the sum of dout
+ * (BC x OH x OW) over each input pixel's copies, added in the CPU twin's order (the UNet
+ * backward's upsample_nearest_backward, engine/unet_backward.c, for sizes other than 2x). */
+int mood_cuda_op_upsample_nearest_backward(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                           int BC, int H, int W, int OH, int OW);
 int mood_cuda_op_add_channel_bias_backward(mood_cuda_ctx *ctx, float *dv, const float *dout, int B,
                                            int C, size_t HW);
 int mood_cuda_op_nchw_to_nhwc_backward(mood_cuda_ctx *ctx, float *dinp, const float *dout, int B,

@@ -158,6 +158,11 @@ int mood_cuda_op_add(mood_cuda_ctx *ctx, float *out, const float *a, const float
     return no_cuda();
 }
 
+int mood_cuda_op_axpy(mood_cuda_ctx *ctx, float *y, const float *x, float a, size_t n)
+{
+    return no_cuda();
+}
+
 int mood_cuda_op_add_channel_bias(mood_cuda_ctx *ctx, float *x, const float *v, int B, int C,
                                   size_t HW)
 {
@@ -283,6 +288,12 @@ int mood_cuda_op_attention_backward(mood_cuda_ctx *ctx, float *dq, float *dk, fl
 
 int mood_cuda_op_upsample_nearest2x_backward(mood_cuda_ctx *ctx, float *dinp, const float *dout,
                                              int BC, int H, int W)
+{
+    return no_cuda();
+}
+
+int mood_cuda_op_upsample_nearest_backward(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                           int BC, int H, int W, int OH, int OW)
 {
     return no_cuda();
 }

@@ -4,7 +4,8 @@
  * layout changes (NCHW <-> NHWC, nearest 2x and any-size upsampling, channel concatenation),
  * the timestep embedding, and the fixed-order column sums that bias gradients use. Mirrors
  * engine/cpu/ops.c and ops_backward.c function by function (any-size upsampling: the UNet's
- * mood__unet_upsample).
+ * mood__unet_upsample, its backward the UNet backward's upsample_nearest_backward; the scaled
+ * add: the passes' axpy, engine/unet_pass.h).
  *
  * Reductions run in a fixed order (one thread or one block per output, partial sums combined in
  * index order), so results are the same on every run.
@@ -407,6 +408,23 @@ int mood_cuda_op_div_scalar(mood_cuda_ctx *ctx, float *x, float d, size_t n)
     return 0;
 }
 
+__global__ void axpy_kernel(float *y, const float *x, float a, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = fmaf(a, x[i], y[i]);
+}
+
+int mood_cuda_op_axpy(mood_cuda_ctx *ctx, float *y, const float *x, float a, size_t n)
+{
+    MOOD_TRY(mood__cuda_check_ctx(ctx, "mood_cuda_op_axpy"));
+    if (n == 0)
+        return 0;
+    axpy_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->stream>>>(y, x, a, n);
+    LAUNCH_CHECK();
+    return 0;
+}
+
 int mood_cuda_op_add_inplace(mood_cuda_ctx *ctx, float *out, const float *inp, size_t n)
 {
     return mood_cuda_op_add(ctx, out, out, inp, n);
@@ -623,6 +641,61 @@ int mood_cuda_op_upsample_nearest(mood_cuda_ctx *ctx, float *out, const float *i
     float sy = (float)H / (float)OH, sx = (float)W / (float)OW;
     upsample_any_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->stream>>>(out, inp, n, H, W, OH,
                                                                            OW, sy, sx);
+    LAUNCH_CHECK();
+    return 0;
+}
+
+/* The source index upsample_any_kernel reads for output index o (ratio s = in / out). */
+__device__ __forceinline__ int nearest_src(int o, float s, int in)
+{
+    int i = (int)floorf(__fmul_rn((float)o, s));
+    return i < in ? i : in - 1;
+}
+
+/* dinp (BC x H x W) += the sum of the dout (BC x OH x OW) values copied from each input pixel by
+ * upsample_any_kernel: one thread per input pixel, adding its copies row by row, left to right,
+ * to its running value, as the CPU twin does (the UNet backward's upsample_nearest_backward,
+ * engine/unet_backward.c), so the sums are the same. The source index does not decrease along a
+ * row or column, so each pixel scans from two rows (columns) before the first that can map to it
+ * (float rounding moves that one by far less) until one maps past it. */
+__global__ void upsample_any_backward_kernel(float *dinp, const float *dout, size_t n, int H, int W,
+                                             int OH, int OW, float sy, float sx)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        int ix = (int)(i % W), iy = (int)(i / W % H);
+        const float *plane = dout + i / ((size_t)H * W) * OH * OW;
+        int oy0 = (int)((long long)iy * OH / H) - 2, ox0 = (int)((long long)ix * OW / W) - 2;
+        float acc = dinp[i];
+        for (int oy = oy0 > 0 ? oy0 : 0; oy < OH; oy++) {
+            int sy_i = nearest_src(oy, sy, H);
+            if (sy_i < iy)
+                continue;
+            if (sy_i > iy)
+                break;
+            for (int ox = ox0 > 0 ? ox0 : 0; ox < OW; ox++) {
+                int sx_i = nearest_src(ox, sx, W);
+                if (sx_i < ix)
+                    continue;
+                if (sx_i > ix)
+                    break;
+                acc += plane[(size_t)oy * OW + ox];
+            }
+        }
+        dinp[i] = acc;
+    }
+}
+
+int mood_cuda_op_upsample_nearest_backward(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                           int BC, int H, int W, int OH, int OW)
+{
+    MOOD_TRY(mood__cuda_check_ctx(ctx, "mood_cuda_op_upsample_nearest_backward"));
+    if (BC <= 0 || H <= 0 || W <= 0 || OH <= 0 || OW <= 0)
+        return 0;
+    size_t n = (size_t)BC * H * W;
+    float sy = (float)H / (float)OH, sx = (float)W / (float)OW;
+    upsample_any_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, ctx->stream>>>(
+        dinp, dout, n, H, W, OH, OW, sy, sx);
     LAUNCH_CHECK();
     return 0;
 }

@@ -7,60 +7,29 @@
  * Weights: two device blocks, one of float32 parameters and (16-bit mode) one of the Linear and
  * Conv2d weights in bf16/fp16, each parameter 256-byte aligned; u->w[i] is parameter i's copy.
  *
+ * Runtime side paths (the CPU model's mood_unet.sides): their factors in a third block, float32
+ * in every mode; u->side_w[2k], [2k + 1] are the down and up factors of the model's side path k.
+ * Every Linear and Conv2d adds its paths as the CPU's linear_forward / conv_forward do (lin_sides,
+ * conv_sides), in fp32 on the input its product reads. The block is laid out again when the
+ * model's side_gen moves (mood_unet_set_side_paths) and refilled by
+ * mood_cuda_unet_reload_side_paths.
+ *
  * Activations come from the context's memory pool, taken when a layer needs them and returned
  * as soon as the layer is done (the pool hands a returned block out again at once, which is
  * safe because all work runs on the context's one stream). A pass records every block it holds
  * (cu_pass.live), so that a failure anywhere returns them all: the layer functions just return
  * the error. The skip connections stay until their up-block resnet has read them.
+ *
+ * The structures, the pool bookkeeping (get / put) and the layer forwards exported here
+ * (mood__cuda_unet_lin, _conv, _norm) are shared with the training passes
+ * (engine/cuda/unet_cuda_train.c) through engine/cuda/unet_cuda_internal.h.
  */
 #include <stdint.h>
 #include <string.h>
 
-#include "engine/cuda/unet_cuda.h"
-#include "engine/unet_internal.h"
+#include "engine/cuda/unet_cuda_internal.h"
 
-/* Skip connections a pass can hold: conv_in, then per down block its resnets and sampler (as
- * UNET_MAX_SKIPS of engine/unet_pass.h). */
-#define CU_MAX_SKIPS (1 + MOOD_UNET_MAX_BLOCKS * UNET_MAX_LAYERS)
-/* Device blocks a pass holds at once: the skips and a layer's few temporaries. */
-#define CU_MAX_LIVE (CU_MAX_SKIPS + 32)
-#define ALIGN       256
-
-struct mood_cuda_unet {
-    mood_cuda_ctx *ctx;
-    const mood_unet *m;
-    mood_cuda_dtype dt; /* of the Linear / Conv2d weights and the products' inputs */
-    void *arena32;      /* float32 parameters */
-    void *arena16;      /* 16-bit weights (16-bit mode only) */
-    size_t bytes32, bytes16;
-    void **w;    /* per parameter: its device copy */
-    double flop; /* of the last forward */
-};
-
-/* One forward pass. */
-typedef struct cu_pass {
-    mood_cuda_unet *u;
-    mood_cuda_ctx *ctx;
-    const mood_unet *m;
-    mood_cuda_dtype dt;
-    int B, L;
-    const void *ctx_dt;   /* the context (B*L x cross_attention_dim) in dt */
-    const float *emb_act; /* silu(time embedding): B x time_embed_dim */
-    const void *emb_dt;   /* the same in dt */
-    int n_skip;
-    float *skip[CU_MAX_SKIPS];
-    int skip_c[CU_MAX_SKIPS], skip_h[CU_MAX_SKIPS], skip_w[CU_MAX_SKIPS];
-    void *live[CU_MAX_LIVE];
-    int n_live;
-    double flop;
-} cu_pass;
-
-#define TRY(call)                                                                                  \
-    do {                                                                                           \
-        int try_err_ = (call);                                                                     \
-        if (try_err_ < 0)                                                                          \
-            return try_err_;                                                                       \
-    } while (0)
+#define ALIGN 256
 
 /* ----- weights ------------------------------------------------------------------------------ */
 
@@ -140,6 +109,101 @@ static int upload_range(mood_cuda_unet *u, size_t first, size_t n)
     return err;
 }
 
+/* ----- side paths' factors ----------------------------------------------------------------- */
+
+/* Floats of side path sp's down and up factors on parameter p (mood_side_path, mood/core.h):
+ * rank > 0: down rank x (in * kh * kw), up out x rank; rank 0: up in p's shape, no down. */
+static void side_numel(const unet_param *p, const mood_side_path *sp, size_t *nd, size_t *nu)
+{
+    size_t fan_in = p->numel / (size_t)p->shape[0];
+    *nd = sp->rank > 0 ? (size_t)sp->rank * fan_in : 0;
+    *nu = sp->rank > 0 ? (size_t)p->shape[0] * (size_t)sp->rank : p->numel;
+}
+
+static void drop_sides(mood_cuda_unet *u)
+{
+    mood_cuda_free(u->ctx, u->side_arena);
+    mood_free(u->side_w);
+    u->side_arena = NULL, u->side_w = NULL;
+    u->side_bytes = 0, u->n_sides = 0, u->sides_placed = 0;
+}
+
+/* Lays out the model's current side paths in a new block (none: no block). */
+static int place_sides(mood_cuda_unet *u)
+{
+    const mood_unet *m = u->m;
+    size_t bytes = 0, off = 0, nd, nu;
+    drop_sides(u);
+    if (m->n_sides == 0)
+        return 0;
+    for (size_t i = 0; i < m->n_params; i++)
+        for (int s = 0; s < m->params[i].side_n; s++) {
+            side_numel(&m->params[i], &m->sides[m->params[i].side_first + (size_t)s], &nd, &nu);
+            bytes += align_up(nd * sizeof(float)) + align_up(nu * sizeof(float));
+        }
+    if (!(u->side_w = mood_calloc(2 * m->n_sides, sizeof *u->side_w)))
+        return mood_error_nomem();
+    TRY(mood_cuda_alloc(u->ctx, &u->side_arena, bytes));
+    u->side_bytes = bytes;
+    for (size_t i = 0; i < m->n_params; i++)
+        for (int s = 0; s < m->params[i].side_n; s++) {
+            size_t k = m->params[i].side_first + (size_t)s;
+            side_numel(&m->params[i], &m->sides[k], &nd, &nu);
+            u->side_w[2 * k] = nd ? (const float *)((char *)u->side_arena + off) : NULL;
+            off += align_up(nd * sizeof(float));
+            u->side_w[2 * k + 1] = (const float *)((char *)u->side_arena + off);
+            off += align_up(nu * sizeof(float));
+        }
+    u->n_sides = m->n_sides;
+    return 0;
+}
+
+/* Copies every side path's factors from the host (placed for the current paths), then waits. */
+static int upload_sides(mood_cuda_unet *u)
+{
+    const mood_unet *m = u->m;
+    size_t nd, nu;
+    if (u->n_sides == 0)
+        return 0;
+    for (size_t i = 0; i < m->n_params; i++)
+        for (int s = 0; s < m->params[i].side_n; s++) {
+            size_t k = m->params[i].side_first + (size_t)s;
+            const mood_side_path *sp = &m->sides[k];
+            side_numel(&m->params[i], sp, &nd, &nu);
+            if (nd)
+                TRY(mood_cuda_upload(u->ctx, (void *)u->side_w[2 * k], sp->down,
+                                     nd * sizeof(float)));
+            TRY(mood_cuda_upload(u->ctx, (void *)u->side_w[2 * k + 1], sp->up, nu * sizeof(float)));
+        }
+    return mood_cuda_sync(u->ctx);
+}
+
+/* Whether the placed paths are the model's current ones (no mood_unet_set_side_paths since). */
+static int sides_current(const mood_cuda_unet *u)
+{
+    return u->sides_placed && u->side_gen == u->m->side_gen;
+}
+
+/* Places (when the model's paths changed) and uploads the side paths. */
+static int load_sides(mood_cuda_unet *u)
+{
+    if (!sides_current(u)) {
+        TRY(place_sides(u));
+        u->side_gen = u->m->side_gen;
+        u->sides_placed = 1;
+    }
+    int err = upload_sides(u);
+    if (err < 0) /* half copied: copy again before the next use */
+        u->sides_placed = 0;
+    return err;
+}
+
+/* Places and copies the side paths unless they are current (unet_cuda_internal.h). */
+int mood__cuda_unet_sides_ready(mood_cuda_unet *u)
+{
+    return sides_current(u) ? 0 : load_sides(u);
+}
+
 void mood_cuda_unet_options_init(mood_cuda_unet_options *opts)
 {
     memset(opts, 0, sizeof *opts);
@@ -169,7 +233,8 @@ int mood_cuda_unet_new(mood_cuda_unet **out, mood_cuda_ctx *ctx, const mood_unet
         return mood_error_nomem();
     }
     u->ctx = ctx, u->m = m, u->dt = o.dtype;
-    if ((err = alloc_arenas(u)) < 0 || (err = upload_range(u, 0, m->n_params)) < 0) {
+    if ((err = alloc_arenas(u)) < 0 || (err = upload_range(u, 0, m->n_params)) < 0 ||
+        (err = load_sides(u)) < 0) {
         mood_cuda_unet_free(u);
         return err;
     }
@@ -183,6 +248,7 @@ void mood_cuda_unet_free(mood_cuda_unet *u)
         return;
     mood_cuda_free(u->ctx, u->arena32);
     mood_cuda_free(u->ctx, u->arena16);
+    drop_sides(u);
     mood_free(u->w);
     mood_free(u);
 }
@@ -199,9 +265,16 @@ int mood_cuda_unet_reload(mood_cuda_unet *u, const char *name)
     return upload_range(u, (size_t)i, 1);
 }
 
+int mood_cuda_unet_reload_side_paths(mood_cuda_unet *u)
+{
+    if (!u)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: reload_side_paths needs a model");
+    return load_sides(u);
+}
+
 size_t mood_cuda_unet_bytes(const mood_cuda_unet *u)
 {
-    return u ? u->bytes32 + u->bytes16 : 0;
+    return u ? u->bytes32 + u->bytes16 + u->side_bytes : 0;
 }
 
 double mood_cuda_unet_flop(const mood_cuda_unet *u)
@@ -209,43 +282,7 @@ double mood_cuda_unet_flop(const mood_cuda_unet *u)
     return u ? u->flop : 0.0;
 }
 
-/* ----- a pass's device memory --------------------------------------------------------------- */
-
-static int get(cu_pass *f, void **out, size_t bytes)
-{
-    if (f->n_live == CU_MAX_LIVE)
-        return mood_error_set(MOOD_EINVAL, "cuda unet: more than %d buffers at once", CU_MAX_LIVE);
-    TRY(mood_cuda_alloc(f->ctx, out, bytes ? bytes : 1));
-    f->live[f->n_live++] = *out;
-    return 0;
-}
-
-static int getf(cu_pass *f, float **out, size_t n)
-{
-    void *p = NULL;
-    TRY(get(f, &p, n * sizeof(float)));
-    *out = p;
-    return 0;
-}
-
-/* Returns a block of the pass to the pool (one the pass does not hold, such as NULL, is
- * ignored). */
-static void put(cu_pass *f, const void *p)
-{
-    for (int i = f->n_live - 1; i >= 0; i--) {
-        if (f->live[i] == p) {
-            mood_cuda_free(f->ctx, f->live[i]);
-            f->live[i] = f->live[--f->n_live];
-            return;
-        }
-    }
-}
-
-static void put_all(cu_pass *f)
-{
-    while (f->n_live > 0)
-        mood_cuda_free(f->ctx, f->live[--f->n_live]);
-}
+/* ----- the products' type ------------------------------------------------------------------ */
 
 static size_t dt_size(mood_cuda_dtype dt)
 {
@@ -273,28 +310,129 @@ static void put_dt(cu_pass *f, const void *p, const float *x)
         put(f, p);
 }
 
+/* The input of a layer's side paths, fp32, from x (n values of the pass's type: the input the
+ * layer's product reads): x itself in fp32 mode, else x widened into a new buffer (release with
+ * put_side_in). The side paths thus read exactly the values the product reads. */
+static int side_in(cu_pass *f, const float **out, const void *x, size_t n)
+{
+    float *p = NULL;
+    if (f->dt == MOOD_CUDA_F32) {
+        *out = x;
+        return 0;
+    }
+    TRY(getf(f, &p, n));
+    *out = p;
+    return mood_cuda_op_convert(f->ctx, p, MOOD_CUDA_F32, x, f->dt, n);
+}
+
+static void put_side_in(cu_pass *f, const float *p, const void *x)
+{
+    if ((const void *)p != x)
+        put(f, p);
+}
+
 /* ----- Linear, Conv2d, norms ---------------------------------------------------------------- */
 
-static const float *P32(const cu_pass *f, int i)
+/* out (N x l->out, fp32) += the side paths of layer l on inp (N x l->in, of the pass's type), as
+ * the CPU's linear_forward: low rank through mood_cuda_op_lora_linear, dense (rank 0) as one more
+ * product scaled and added. */
+static int lin_sides(cu_pass *f, const u_lin *l, float *out, const void *inp, size_t N)
 {
-    return i >= 0 ? f->u->w[i] : NULL;
+    const unet_param *w = &f->m->params[l->w];
+    const float *x = NULL;
+    if (w->side_n == 0)
+        return 0;
+    TRY(side_in(f, &x, inp, N * (size_t)l->in));
+    for (int s = 0; s < w->side_n; s++) {
+        size_t k = w->side_first + (size_t)s;
+        const mood_side_path *sp = &f->m->sides[k];
+        const float *down = f->u->side_w[2 * k], *up = f->u->side_w[2 * k + 1];
+        float *t = NULL;
+        if (sp->rank > 0) {
+            f->flop += 2.0 * (double)N * sp->rank * (l->in + l->out);
+            TRY(mood_cuda_op_lora_linear(f->ctx, out, x, down, up, sp->rank, sp->scale, N, l->in,
+                                         l->out));
+            continue;
+        }
+        f->flop += 2.0 * (double)N * l->in * l->out;
+        TRY(getf(f, &t, N * (size_t)l->out));
+        TRY(mood_cuda_op_linear(f->ctx, t, x, up, NULL, N, l->in, l->out));
+        TRY(mood_cuda_op_axpy(f->ctx, out, t, sp->scale, N * (size_t)l->out));
+        put(f, t);
+    }
+    put_side_in(f, x, inp);
+    return 0;
+}
+
+/* out (B x c->out x OH x OW, fp32) += the side paths of convolution c on inp (B x c->in x H x W,
+ * of the pass's type), as the CPU's conv_forward: low rank as down (c's kernel, stride and
+ * padding, rank channels) then up (1x1), dense (rank 0) as one more convolution; each scaled and
+ * added. */
+static int conv_sides(cu_pass *f, const u_conv *c, float *out, const void *inp, int H, int W)
+{
+    const unet_param *w = &f->m->params[c->w];
+    mood_conv2d_dims d = {f->B, c->in, H, W, c->out, c->k, c->stride, c->pad};
+    int OH = mood_op_conv2d_out_h(&d), OW = mood_op_conv2d_out_w(&d);
+    size_t ohw = (size_t)OH * OW, n_out = (size_t)f->B * c->out * ohw;
+    const float *x = NULL;
+    if (w->side_n == 0)
+        return 0;
+    TRY(side_in(f, &x, inp, (size_t)f->B * c->in * H * W));
+    for (int s = 0; s < w->side_n; s++) {
+        size_t k = w->side_first + (size_t)s;
+        const mood_side_path *sp = &f->m->sides[k];
+        const float *down = f->u->side_w[2 * k], *up = f->u->side_w[2 * k + 1];
+        float *t1 = NULL, *t2 = NULL;
+        TRY(getf(f, &t2, n_out));
+        if (sp->rank > 0) {
+            mood_conv2d_dims dd = d, du = {f->B, sp->rank, OH, OW, c->out, 1, 1, 0};
+            dd.out_c = sp->rank;
+            f->flop += 2.0 * (double)f->B * ohw * sp->rank * ((double)c->in * c->k * c->k + c->out);
+            TRY(getf(f, &t1, (size_t)f->B * sp->rank * ohw));
+            TRY(mood_cuda_op_conv2d(f->ctx, t1, x, down, NULL, &dd));
+            TRY(mood_cuda_op_conv2d(f->ctx, t2, t1, up, NULL, &du));
+            put(f, t1);
+        } else {
+            f->flop += 2.0 * (double)n_out * c->in * c->k * c->k;
+            TRY(mood_cuda_op_conv2d(f->ctx, t2, x, up, NULL, &d));
+        }
+        TRY(mood_cuda_op_axpy(f->ctx, out, t2, sp->scale, n_out));
+        put(f, t2);
+    }
+    put_side_in(f, x, inp);
+    return 0;
 }
 
 /* out (N x l->out, of out_dt: fp32 or the pass's type; fp32 in fp32 mode) = inp (N x l->in, of
- * the pass's type) W^T + b. */
+ * the pass's type) W^T + b + the layer's side paths. A 16-bit output with side paths is summed
+ * in fp32 and rounded once. */
 static int lin_dt(cu_pass *f, const u_lin *l, void *out, mood_cuda_dtype out_dt, const void *inp,
                   size_t N)
 {
     const void *w = f->u->w[l->w];
+    size_t n = N * (size_t)l->out;
+    float *acc = NULL;
     f->flop += 2.0 * (double)N * l->in * l->out;
-    if (f->dt == MOOD_CUDA_F32)
-        return mood_cuda_op_linear(f->ctx, out, inp, w, P32(f, l->b), N, l->in, l->out);
-    return mood_cuda_op_linear_ex(f->ctx, out, out_dt, inp, w, f->dt, P32(f, l->b), N, l->in,
-                                  l->out);
+    if (f->dt == MOOD_CUDA_F32) {
+        TRY(mood_cuda_op_linear(f->ctx, out, inp, w, P32(f, l->b), N, l->in, l->out));
+        return lin_sides(f, l, out, inp, N);
+    }
+    if (out_dt == MOOD_CUDA_F32 || f->m->params[l->w].side_n == 0) {
+        TRY(mood_cuda_op_linear_ex(f->ctx, out, out_dt, inp, w, f->dt, P32(f, l->b), N, l->in,
+                                   l->out));
+        return out_dt == MOOD_CUDA_F32 ? lin_sides(f, l, out, inp, N) : 0;
+    }
+    TRY(getf(f, &acc, n));
+    TRY(mood_cuda_op_linear_ex(f->ctx, acc, MOOD_CUDA_F32, inp, w, f->dt, P32(f, l->b), N, l->in,
+                               l->out));
+    TRY(lin_sides(f, l, acc, inp, N));
+    TRY(mood_cuda_op_convert(f->ctx, out, out_dt, acc, MOOD_CUDA_F32, n));
+    put(f, acc);
+    return 0;
 }
 
-/* out (N x l->out) = Linear(inp (N x l->in)), both fp32. */
-static int lin(cu_pass *f, const u_lin *l, float *out, const float *inp, size_t N)
+/* out (N x l->out) = Linear(inp (N x l->in)), both fp32 (unet_cuda_internal.h). */
+int mood__cuda_unet_lin(cu_pass *f, const u_lin *l, float *out, const float *inp, size_t N)
 {
     const void *x = NULL;
     TRY(in_dt(f, &x, inp, N * (size_t)l->in));
@@ -303,9 +441,10 @@ static int lin(cu_pass *f, const u_lin *l, float *out, const float *inp, size_t 
     return 0;
 }
 
-/* out (B x out x OH x OW) = conv(inp (B x in x H x W)) + b, fp32; in 16-bit mode the input is
- * rounded and the output comes back from 16 bits. */
-static int conv(cu_pass *f, const u_conv *c, float *out, const float *inp, int H, int W)
+/* out (B x out x OH x OW) = conv(inp (B x in x H x W)) + b + the layer's side paths, fp32; in
+ * 16-bit mode the input is rounded and the convolution's output comes back from 16 bits (the
+ * side paths are added in fp32 after). */
+int mood__cuda_unet_conv(cu_pass *f, const u_conv *c, float *out, const float *inp, int H, int W)
 {
     mood_conv2d_dims d = {f->B, c->in, H, W, c->out, c->k, c->stride, c->pad};
     size_t n_in = (size_t)f->B * c->in * H * W;
@@ -313,25 +452,32 @@ static int conv(cu_pass *f, const u_conv *c, float *out, const float *inp, int H
     const void *w = f->u->w[c->w], *x = NULL;
     void *y = NULL;
     f->flop += 2.0 * (double)n_out * c->in * c->k * c->k;
-    if (f->dt == MOOD_CUDA_F32)
-        return mood_cuda_op_conv2d(f->ctx, out, inp, w, P32(f, c->b), &d);
+    if (f->dt == MOOD_CUDA_F32) {
+        TRY(mood_cuda_op_conv2d(f->ctx, out, inp, w, P32(f, c->b), &d));
+        return conv_sides(f, c, out, inp, H, W);
+    }
     TRY(in_dt(f, &x, inp, n_in));
     TRY(get(f, &y, n_out * 2));
     TRY(mood_cuda_op_conv2d_ex(f->ctx, y, x, w, f->dt, P32(f, c->b), &d));
-    put_dt(f, x, inp);
     TRY(mood_cuda_op_convert(f->ctx, out, MOOD_CUDA_F32, y, f->dt, n_out));
     put(f, y);
+    TRY(conv_sides(f, c, out, x, H, W));
+    put_dt(f, x, inp);
     return 0;
 }
 
-/* GroupNorm over B x C x HW (groups > 0) or LayerNorm over rows x C; out may be inp. */
-static int norm(cu_pass *f, const u_norm *nm, float *out, const float *inp, size_t rows, size_t HW)
+/* GroupNorm over B x C x HW (groups > 0) or LayerNorm over rows x C; out may be inp; stats NULL
+ * or mean then rstd (unet_cuda_internal.h). */
+int mood__cuda_unet_norm(cu_pass *f, const u_norm *nm, float *out, const float *inp, size_t rows,
+                         size_t HW, float *stats)
 {
+    size_t ns = nm->groups ? (size_t)f->B * (size_t)nm->groups : rows;
+    float *mean = stats, *rstd = stats ? stats + ns : NULL;
     if (nm->groups)
         return mood_cuda_op_group_norm(f->ctx, out, inp, P32(f, nm->w), P32(f, nm->b), f->B, nm->C,
-                                       HW, nm->groups, nm->eps, NULL, NULL);
+                                       HW, nm->groups, nm->eps, mean, rstd);
     return mood_cuda_op_layer_norm(f->ctx, out, inp, P32(f, nm->w), P32(f, nm->b), rows, nm->C,
-                                   nm->eps, NULL, NULL);
+                                   nm->eps, mean, rstd);
 }
 
 /* ----- ResnetBlock2D ------------------------------------------------------------------------ */
@@ -343,24 +489,24 @@ static int resnet(cu_pass *f, const u_resnet *r, float *out, const float *inp, i
     size_t n_in = B * r->in * HW, n_out = B * r->out * HW;
     float *n1 = NULL, *h = NULL, *tp = NULL, *sc = NULL;
     TRY(getf(f, &n1, n_in));
-    TRY(norm(f, &r->norm1, n1, inp, 0, HW));
+    TRY(mood__cuda_unet_norm(f, &r->norm1, n1, inp, 0, HW, NULL));
     TRY(mood_cuda_op_silu(f->ctx, n1, n1, n_in));
     TRY(getf(f, &h, n_out));
-    TRY(conv(f, &r->conv1, h, n1, H, W));
+    TRY(mood__cuda_unet_conv(f, &r->conv1, h, n1, H, W));
     put(f, n1);
     TRY(getf(f, &tp, B * r->out)); /* time_emb_proj(silu(emb)) */
     TRY(lin_dt(f, &r->temb, tp, MOOD_CUDA_F32, f->emb_dt, B));
     TRY(mood_cuda_op_add_channel_bias(f->ctx, h, tp, f->B, r->out, HW));
     put(f, tp);
-    TRY(norm(f, &r->norm2, h, h, 0, HW));
+    TRY(mood__cuda_unet_norm(f, &r->norm2, h, h, 0, HW, NULL));
     TRY(mood_cuda_op_silu(f->ctx, h, h, n_out));
-    TRY(conv(f, &r->conv2, out, h, H, W));
+    TRY(mood__cuda_unet_conv(f, &r->conv2, out, h, H, W));
     put(f, h);
     if (r->shortcut.w < 0) {
         TRY(mood_cuda_op_add_inplace(f->ctx, out, inp, n_out));
     } else {
         TRY(getf(f, &sc, n_out));
-        TRY(conv(f, &r->shortcut, sc, inp, H, W));
+        TRY(mood__cuda_unet_conv(f, &r->shortcut, sc, inp, H, W));
         TRY(mood_cuda_op_add_inplace(f->ctx, out, sc, n_out));
         put(f, sc);
     }
@@ -410,11 +556,11 @@ static int feed_forward(cu_pass *f, const u_transformer *t, const u_tblock *k, f
     size_t D = (size_t)t->inner;
     float *h = NULL, *g = NULL;
     TRY(getf(f, &h, N * 8 * D));
-    TRY(lin(f, &k->ff1, h, xn, N));
+    TRY(mood__cuda_unet_lin(f, &k->ff1, h, xn, N));
     TRY(getf(f, &g, N * 4 * D));
     TRY(mood_cuda_op_geglu(f->ctx, g, h, N, 4 * t->inner));
     put(f, h);
-    TRY(lin(f, &k->ff2, out, g, N));
+    TRY(mood__cuda_unet_lin(f, &k->ff2, out, g, N));
     put(f, g);
     return 0;
 }
@@ -427,13 +573,13 @@ static int tblock(cu_pass *f, const u_transformer *t, const u_tblock *k, float *
     float *ln = NULL, *tmp = NULL;
     TRY(getf(f, &ln, n));
     TRY(getf(f, &tmp, n));
-    TRY(norm(f, &k->norm1, ln, x, N, 0));
+    TRY(mood__cuda_unet_norm(f, &k->norm1, ln, x, N, 0, NULL));
     TRY(attend(f, t, &k->q1, &k->k1, &k->v1, &k->o1, tmp, ln, NULL, HW));
     TRY(mood_cuda_op_add_inplace(f->ctx, x, tmp, n));
-    TRY(norm(f, &k->norm2, ln, x, N, 0));
+    TRY(mood__cuda_unet_norm(f, &k->norm2, ln, x, N, 0, NULL));
     TRY(attend(f, t, &k->q2, &k->k2, &k->v2, &k->o2, tmp, ln, f->ctx_dt, HW));
     TRY(mood_cuda_op_add_inplace(f->ctx, x, tmp, n));
-    TRY(norm(f, &k->norm3, ln, x, N, 0));
+    TRY(mood__cuda_unet_norm(f, &k->norm3, ln, x, N, 0, NULL));
     TRY(feed_forward(f, t, k, tmp, ln, N));
     TRY(mood_cuda_op_add_inplace(f->ctx, x, tmp, n));
     put(f, ln), put(f, tmp);
@@ -447,14 +593,14 @@ static int transformer(cu_pass *f, const u_transformer *t, float *h, int H, int 
     size_t HW = (size_t)H * W, N = (size_t)f->B * HW, n = N * (size_t)t->C;
     float *gn = NULL, *tok = NULL, *x = NULL;
     TRY(getf(f, &gn, n));
-    TRY(norm(f, &t->norm, gn, h, 0, HW));
+    TRY(mood__cuda_unet_norm(f, &t->norm, gn, h, 0, HW, NULL));
     TRY(getf(f, &tok, n));
     TRY(mood_cuda_op_nchw_to_nhwc(f->ctx, tok, gn, f->B, t->C, HW));
     TRY(getf(f, &x, N * (size_t)t->inner));
-    TRY(lin(f, &t->proj_in, x, tok, N));
+    TRY(mood__cuda_unet_lin(f, &t->proj_in, x, tok, N));
     for (int d = 0; d < t->depth; d++)
         TRY(tblock(f, t, &t->blocks[d], x, HW));
-    TRY(lin(f, &t->proj_out, tok, x, N));
+    TRY(mood__cuda_unet_lin(f, &t->proj_out, tok, x, N));
     put(f, x);
     TRY(mood_cuda_op_nhwc_to_nchw(f->ctx, gn, tok, f->B, t->C, HW));
     put(f, tok);
@@ -496,7 +642,7 @@ static int down(cu_pass *f, const u_block *bl, int *H, int *W)
         const float *in = f->skip[f->n_skip - 1];
         int OH = mood_op_conv2d_out_h(&d), OW = mood_op_conv2d_out_w(&d);
         TRY(push_skip(f, &out, c->out, OH, OW));
-        TRY(conv(f, c, out, in, *H, *W));
+        TRY(mood__cuda_unet_conv(f, c, out, in, *H, *W));
         *H = OH, *W = OW;
     }
     return 0;
@@ -514,7 +660,7 @@ static int upsample(cu_pass *f, const u_conv *c, float **h, int H, int W, int OH
         TRY(mood_cuda_op_upsample_nearest(f->ctx, tmp, *h, BC, H, W, OH, OW));
     put(f, *h);
     TRY(getf(f, &out, (size_t)f->B * c->out * OH * OW));
-    TRY(conv(f, c, out, tmp, OH, OW));
+    TRY(mood__cuda_unet_conv(f, c, out, tmp, OH, OW));
     put(f, tmp);
     *h = out;
     return 0;
@@ -585,11 +731,11 @@ static int added_embedding(cu_pass *f, float *emb, const float *text_embeds, con
     TRY(mood_cuda_op_concat_channels(f->ctx, in, text_embeds, Pd - A6, ids, A6, f->B, 1));
     put(f, ids);
     TRY(getf(f, &h, B * T));
-    TRY(lin(f, &f->m->add1, h, in, B));
+    TRY(mood__cuda_unet_lin(f, &f->m->add1, h, in, B));
     put(f, in);
     TRY(mood_cuda_op_silu(f->ctx, h, h, B * T));
     TRY(getf(f, &aug, B * T));
-    TRY(lin(f, &f->m->add2, aug, h, B));
+    TRY(mood__cuda_unet_lin(f, &f->m->add2, aug, h, B));
     put(f, h);
     TRY(mood_cuda_op_add_inplace(f->ctx, emb, aug, B * T));
     put(f, aug);
@@ -608,11 +754,11 @@ static int time_embedding(cu_pass *f, const float *t, const float *text_embeds,
     TRY(mood_cuda_op_timestep_embedding(f->ctx, tp, t, f->B, C0, c->flip_sin_to_cos, c->freq_shift,
                                         10000.0f));
     TRY(getf(f, &h, B * T));
-    TRY(lin(f, &f->m->time1, h, tp, B));
+    TRY(mood__cuda_unet_lin(f, &f->m->time1, h, tp, B));
     put(f, tp);
     TRY(mood_cuda_op_silu(f->ctx, h, h, B * T));
     TRY(getf(f, &emb, B * T));
-    TRY(lin(f, &f->m->time2, emb, h, B));
+    TRY(mood__cuda_unet_lin(f, &f->m->time2, emb, h, B));
     put(f, h);
     if (c->addition_embed_text_time)
         TRY(added_embedding(f, emb, text_embeds, time_ids));
@@ -628,9 +774,9 @@ static int head(cu_pass *f, float *out, const float *h, int H, int W)
     size_t HW = (size_t)H * W, n = (size_t)f->B * m->cfg.block_out_channels[0] * HW;
     float *g = NULL;
     TRY(getf(f, &g, n));
-    TRY(norm(f, &m->norm_out, g, h, 0, HW));
+    TRY(mood__cuda_unet_norm(f, &m->norm_out, g, h, 0, HW, NULL));
     TRY(mood_cuda_op_silu(f->ctx, g, g, n));
-    TRY(conv(f, &m->conv_out, out, g, H, W));
+    TRY(mood__cuda_unet_conv(f, &m->conv_out, out, g, H, W));
     put(f, g);
     return 0;
 }
@@ -645,7 +791,7 @@ static int unet_run(cu_pass *f, float *out, const float *x, const float *t, cons
     TRY(time_embedding(f, t, text_embeds, time_ids));
     TRY(in_dt(f, &f->ctx_dt, context, n_ctx));
     TRY(push_skip(f, &h, c->block_out_channels[0], H, W));
-    TRY(conv(f, &m->conv_in, h, x, H, W));
+    TRY(mood__cuda_unet_conv(f, &m->conv_in, h, x, H, W));
     for (int i = 0; i < c->n_blocks; i++)
         TRY(down(f, &m->down[i], &H, &W));
     TRY(mid(f, &h, H, W));
@@ -656,9 +802,9 @@ static int unet_run(cu_pass *f, float *out, const float *x, const float *t, cons
 
 /* ----- entry points ------------------------------------------------------------------------- */
 
-static int check_forward(const mood_cuda_unet *u, const float *out, const float *x, const float *t,
-                         const float *ctx, int B, int H, int W, int L, const float *text_embeds,
-                         const float *time_ids)
+int mood__cuda_unet_check_forward(const mood_cuda_unet *u, const float *out, const float *x,
+                                  const float *t, const float *ctx, int B, int H, int W, int L,
+                                  const float *text_embeds, const float *time_ids)
 {
     if (!u || !out || !x || !t || !ctx)
         return mood_error_set(MOOD_EINVAL,
@@ -670,11 +816,6 @@ static int check_forward(const mood_cuda_unet *u, const float *out, const float 
         (int64_t)B * L > INT32_MAX / 4)
         return mood_error_set(MOOD_EINVAL, "cuda unet: batch %d, size %dx%d, %d context tokens", B,
                               H, W, L);
-    if (u->m->n_sides > 0)
-        return mood_error_set(MOOD_EUNSUPPORTED,
-                              "cuda unet: %zu runtime side paths are set on the model; the GPU "
-                              "forward does not run them yet (merge the adapters instead)",
-                              u->m->n_sides);
     return 0;
 }
 
@@ -683,8 +824,9 @@ int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
                                int ctx_len, const float *text_embeds, const float *time_ids)
 {
     cu_pass f;
-    int err = check_forward(u, out, x, timesteps, context, B, H, W, ctx_len, text_embeds, time_ids);
-    if (err < 0)
+    int err = mood__cuda_unet_check_forward(u, out, x, timesteps, context, B, H, W, ctx_len,
+                                            text_embeds, time_ids);
+    if (err < 0 || (err = mood__cuda_unet_sides_ready(u)) < 0)
         return err;
     memset(&f, 0, sizeof f);
     f.u = u, f.ctx = u->ctx, f.m = u->m, f.dt = u->dt, f.B = B, f.L = ctx_len;
@@ -716,7 +858,8 @@ int mood_cuda_unet_forward(mood_cuda_unet *u, float *out, const float *x, const 
     float *d[5] = {NULL, NULL, NULL, NULL, NULL};
     void *dout = NULL;
     size_t n[5], n_out;
-    int err = check_forward(u, out, x, timesteps, context, B, H, W, ctx_len, text_embeds, time_ids);
+    int err = mood__cuda_unet_check_forward(u, out, x, timesteps, context, B, H, W, ctx_len,
+                                            text_embeds, time_ids);
     if (err < 0)
         return err;
     c = &u->m->cfg;

@@ -1,9 +1,9 @@
 /*
- * unet_cuda.h: the UNet2DConditionModel forward pass on the GPU, for inference (internal to
- * libmood; no CUDA types, so C code calls it). It runs the model a CPU mood_unet holds (loaded
- * by mood_unet_load: SD1.x, SD2.x, SDXL and every configuration mood/unet.h accepts) with the
- * CUDA backend's layer functions (engine/cuda/cuda_ops.h), layer for layer as the CPU forward
- * (engine/unet_forward.c), with the same inputs, output and layout.
+ * unet_cuda.h: the UNet2DConditionModel forward pass on the GPU, for inference and (fp32, side
+ * paths) training (internal to libmood; no CUDA types, so C code calls it). It runs the model a CPU
+ * mood_unet holds (loaded by mood_unet_load: SD1.x, SD2.x, SDXL and every configuration mood/unet.h
+ * accepts) with the CUDA backend's layer functions (engine/cuda/cuda_ops.h), layer for layer as the
+ * CPU forward (engine/unet_forward.c), with the same inputs, output and layout.
  *
  * The model's weights are uploaded once (mood_cuda_unet_new) and stay on the device; the CPU
  * model's layer descriptors are read at every forward, so the CPU model must outlive the GPU one
@@ -19,8 +19,23 @@
  *     stay fp32 between layers (a layer's input is rounded to 16 bits just before its product),
  *     and attention runs on 16-bit q, k, v with an fp32 softmax.
  *
- * Not yet on the GPU (MOOD_EUNSUPPORTED, named): runtime side paths (mood_unet_set_side_paths;
- * merge the adapters into the weights instead) and center_input_sample (no SD release uses it).
+ * Runtime side paths (mood_unet_set_side_paths, mood_side_path in mood/core.h: LoRA run beside
+ * the weights, and dense ΔW paths) run on the GPU as the CPU forward runs them, on every Linear
+ * and Conv2d layer. Their factors are copied to the device in float32 whatever the dtype (small
+ * beside the weights; a 16-bit copy would round a trained LoRA's small updates away; training
+ * needs fp32 factors), and in 16-bit mode each path reads its layer's input as the layer's
+ * product does (rounded to 16 bits), with fp32 products, added to the layer's fp32 output before
+ * any rounding of it. How the GPU copy follows the CPU model's paths:
+ *   - mood_unet_set_side_paths (another set, other scales or ranks, none) is seen by the next
+ *     forward, which lays the factors out and copies them again (the model's side_gen moved);
+ *   - factor VALUES changed in place behind the same pointers (a trainer's optimizer step) are
+ *     not seen: call mood_cuda_unet_reload_side_paths, which copies them again (mood_generate
+ *     does so at the start of every generation).
+ *
+ * Not yet on the GPU (MOOD_EUNSUPPORTED, named): center_input_sample (no SD release uses it).
+ *
+ * Training (fp32, the full tape, side paths' and context's gradients): mood_cuda_unet_forward_train
+ * and mood_cuda_unet_backward, below.
  *
  * A mood_cuda_unet belongs to its context's thread; activations come from the context's memory
  * pool, so repeated forwards of one size allocate nothing after the first.
@@ -47,10 +62,10 @@ typedef struct mood_cuda_unet_options {
 
 void mood_cuda_unet_options_init(mood_cuda_unet_options *opts);
 
-/* Uploads m's weights to ctx's device (opts NULL: defaults). ctx and m are borrowed: both must
- * outlive the result. Errors: MOOD_EINVAL (arguments, an unknown dtype), MOOD_EUNSUPPORTED (a
- * configuration the GPU forward does not run, named; a build without the CUDA backend),
- * MOOD_ENOMEM (device memory), MOOD_EBACKEND. */
+/* Uploads m's weights and side paths' factors to ctx's device (opts NULL: defaults). ctx and m are
+ * borrowed: both must outlive the result. Errors: MOOD_EINVAL (arguments, an unknown dtype),
+ * MOOD_EUNSUPPORTED (a configuration the GPU forward does not run, named; a build without the CUDA
+ * backend), MOOD_ENOMEM (device memory), MOOD_EBACKEND. */
 int mood_cuda_unet_new(mood_cuda_unet **out, mood_cuda_ctx *ctx, const mood_unet *m,
                        const mood_cuda_unet_options *opts);
 /* Returns the weights' device memory to the context's pool. NULL is a no-op. */
@@ -62,23 +77,30 @@ void mood_cuda_unet_free(mood_cuda_unet *u);
  * MOOD_EBACKEND. */
 int mood_cuda_unet_reload(mood_cuda_unet *u, const char *name);
 
-/* Device bytes the weights take. */
+/* Copies the CPU model's side paths' factors to the device again (laying them out first when the
+ * paths were set again since the last copy), after the caller changed their values in place.
+ * Returns once the host factors may change again. The same copy happens by itself at the forward
+ * after a mood_unet_set_side_paths call. Errors: MOOD_EINVAL (u NULL), MOOD_ENOMEM (device
+ * memory), MOOD_EBACKEND; after a failure the next forward copies them again. */
+int mood_cuda_unet_reload_side_paths(mood_cuda_unet *u);
+
+/* Device bytes the weights and the side paths' factors take. */
 size_t mood_cuda_unet_bytes(const mood_cuda_unet *u);
 
 /* The UNet on B samples, as mood_unet_forward (mood/unet.h): same arguments, layout and output,
  * all buffers in HOST memory: out, x (B x channels x H x W, NCHW float32), timesteps (B),
  * context (B x ctx_len x cross_attention_dim), and for SDXL's "text_time" text_embeds and
  * time_ids (else NULL). Inputs are uploaded, the output downloaded; returns when out holds the
- * result. Errors: MOOD_EINVAL (sizes, missing SDXL conditioning), MOOD_EUNSUPPORTED (side paths
- * set on the CPU model), MOOD_ENOMEM, MOOD_EBACKEND. */
+ * result. Side paths set on the CPU model since the last forward are copied first (above).
+ * Errors: MOOD_EINVAL (sizes, missing SDXL conditioning), MOOD_ENOMEM, MOOD_EBACKEND. */
 int mood_cuda_unet_forward(mood_cuda_unet *u, float *out, const float *x, const float *timesteps,
                            const float *context, int B, int H, int W, int ctx_len,
                            const float *text_embeds, const float *time_ids);
 
 /* The same with every buffer in DEVICE memory (float32): the work is queued on the context's
  * stream and the call returns without waiting (mood_cuda_sync waits and reports an error raised
- * while it ran). out must not overlap the inputs. For a sampler that keeps its latents on the
- * GPU. */
+ * while it ran; only a copy of newly set side paths waits). out must not overlap the inputs. For
+ * a sampler that keeps its latents on the GPU. */
 int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
                                const float *timesteps, const float *context, int B, int H, int W,
                                int ctx_len, const float *text_embeds, const float *time_ids);
@@ -86,6 +108,64 @@ int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
 /* Floating-point operations of the last forward's products (Linear, Conv2d and attention's two
  * products, 2 per multiply-add), for benchmarks. */
 double mood_cuda_unet_flop(const mood_cuda_unet *u);
+
+/* ----- training: forward with a tape, backward into the side paths' factors ------------------
+ *
+ * The GPU twins of mood_unet_forward_train and mood_unet_backward (mood/unet.h, "training"; the
+ * CPU passes engine/unet_forward.c and engine/unet_backward.c, which engine/cuda/unet_cuda_train.c
+ * follows layer for layer), for LoRA training: mood_cuda_unet_forward_train computes the output
+ * of mood_cuda_unet_forward_dev and keeps on a tape what the backward pass needs, then
+ * mood_cuda_unet_backward, from dL/d(out), ACCUMULATES (+=) the gradients of the loss with
+ * respect to the factors of the CPU model's side paths (mood_unet_set_side_paths) and, when
+ * asked, to the context. Every buffer is in DEVICE memory (float32); the work is queued on the
+ * context's stream and the calls return without waiting (mood_cuda_sync or a download waits).
+ *
+ * What this step does not do yet:
+ *   - 16-bit models: the tape needs a mood_cuda_unet of dtype MOOD_CUDA_F32 (bf16 / fp16:
+ *     MOOD_EUNSUPPORTED, named);
+ *   - gradient checkpointing: the tape keeps every activation (MOOD_UNET_TAPE_CHECKPOINT:
+ *     MOOD_EUNSUPPORTED);
+ *   - base weights' gradients (mood_unet_backward_ex) and SDXL's text_embeds gradient
+ *     (mood_unet_backward_cond): the base weights are frozen, timesteps, time ids and
+ *     text_embeds get no gradient (the time and added embedding layers' side paths do).
+ *
+ * Between the forward and the backward call the model's weights, side paths and factor values
+ * (the device copy: mood_cuda_unet_reload_side_paths) must not change. A tape serves one step at
+ * a time; its device memory comes from the context's pool and goes back to it at the next
+ * forward_train (or mood_cuda_unet_tape_free), so steps of the same size allocate nothing after
+ * the first. A tape belongs to the thread of the context it was last used with. */
+typedef struct mood_cuda_unet_tape mood_cuda_unet_tape;
+
+/* Creates an empty tape; flags: 0 (MOOD_UNET_TAPE_CHECKPOINT: MOOD_EUNSUPPORTED here). Errors:
+ * MOOD_EINVAL (unknown flags), MOOD_EUNSUPPORTED, MOOD_ENOMEM. */
+int mood_cuda_unet_tape_new(mood_cuda_unet_tape **out, unsigned flags);
+/* Returns the tape's device memory to the pool of the context it was used with, which must still
+ * be open. NULL is a no-op. */
+void mood_cuda_unet_tape_free(mood_cuda_unet_tape *t);
+/* Device bytes the tape holds now (as requested, before the pool's rounding). */
+size_t mood_cuda_unet_tape_bytes(const mood_cuda_unet_tape *t);
+
+/* As mood_cuda_unet_forward_dev (same arguments, output and device buffers), recording onto
+ * `tape` (replacing what it held). x and context are copied onto the tape: the caller's buffers
+ * need not stay unchanged. Side paths set on the CPU model since the last forward are copied
+ * first (as for the forward). Errors: as mood_cuda_unet_forward_dev; MOOD_EUNSUPPORTED for a
+ * 16-bit model; the tape is then empty. */
+int mood_cuda_unet_forward_train(mood_cuda_unet *u, mood_cuda_unet_tape *tape, float *out,
+                                 const float *x, const float *timesteps, const float *context,
+                                 int B, int H, int W, int ctx_len, const float *text_embeds,
+                                 const float *time_ids);
+
+/* The backward pass of the tape's forward, as mood_unet_backward with DEVICE buffers. dout:
+ * dL/d(out), B x out_channels x H x W. grads: n_grads entries, one per side path in the order
+ * given to mood_unet_set_side_paths (n_grads must be that count), or NULL with n_grads 0: each a
+ * mood_side_grad (mood/core.h) whose ddown and dup are DEVICE pointers to float32 buffers of the
+ * factors' shapes (NULL: not wanted). dcontext: B x ctx_len x cross_attention_dim on the device,
+ * or NULL. Every gradient is ACCUMULATED (+=): the caller zeroes them (mood_cuda_memset0) before
+ * the first step of an accumulation. The tape stays valid (a second call adds the same
+ * gradients again). Errors: MOOD_EINVAL (an empty tape, another model, side paths changed since
+ * the forward, a wrong n_grads), MOOD_ENOMEM, MOOD_EBACKEND. */
+int mood_cuda_unet_backward(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                            const mood_side_grad *grads, size_t n_grads, float *dcontext);
 
 #ifdef __cplusplus
 }

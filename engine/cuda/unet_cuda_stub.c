@@ -41,6 +41,11 @@ int mood_cuda_unet_reload(mood_cuda_unet *u, const char *name)
     return no_cuda();
 }
 
+int mood_cuda_unet_reload_side_paths(mood_cuda_unet *u)
+{
+    return no_cuda();
+}
+
 size_t mood_cuda_unet_bytes(const mood_cuda_unet *u)
 {
     return 0;
@@ -63,4 +68,34 @@ int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
 double mood_cuda_unet_flop(const mood_cuda_unet *u)
 {
     return 0.0;
+}
+
+int mood_cuda_unet_tape_new(mood_cuda_unet_tape **out, unsigned flags)
+{
+    if (out)
+        *out = NULL;
+    return no_cuda();
+}
+
+void mood_cuda_unet_tape_free(mood_cuda_unet_tape *t)
+{
+}
+
+size_t mood_cuda_unet_tape_bytes(const mood_cuda_unet_tape *t)
+{
+    return 0;
+}
+
+int mood_cuda_unet_forward_train(mood_cuda_unet *u, mood_cuda_unet_tape *tape, float *out,
+                                 const float *x, const float *timesteps, const float *context,
+                                 int B, int H, int W, int ctx_len, const float *text_embeds,
+                                 const float *time_ids)
+{
+    return no_cuda();
+}
+
+int mood_cuda_unet_backward(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                            const mood_side_grad *grads, size_t n_grads, float *dcontext)
+{
+    return no_cuda();
 }

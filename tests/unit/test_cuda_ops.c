@@ -9,7 +9,8 @@
  * first and the CPU reference runs on the rounded values, so only the summation differs), 1e-2
  * for 16-bit outputs. Backward passes start from random gradient buffers on both sides, so a
  * kernel that overwrites instead of adding fails. Nearest upsampling to any size is checked
- * against the UNet's (mood__unet_upsample, engine/unet_forward.c). Also: the attention kernels
+ * against the UNet's (mood__unet_upsample, engine/unet_forward.c), its backward against a copy
+ * of the UNet backward's (static in engine/unet_backward.c). Also: the attention kernels
  * with small score budgets (several blocks of query rows, causal masks offset by the block
  * start), determinism (two runs give the same bits), the memory pool (no cudaMalloc in steady
  * state) and errors.
@@ -24,7 +25,7 @@
 #include "common/common.h"
 #include "engine/cpu/ops.h"
 #include "engine/cuda/cuda_ops.h"
-#include "engine/unet_pass.h" /* mood__unet_upsample: the any-size upsampling's CPU twin */
+#include "engine/unet_pass.h" /* CPU twins: mood__unet_upsample (any-size upsampling), axpy */
 
 #define TOL_F32      1e-5
 #define TOL_F32_GEMM 3e-5
@@ -702,6 +703,10 @@ static void test_adds(void)
         ref[i] /= 1.7f;
     MOOD_CHECK_OK(mood_cuda_op_div_scalar(ctx, da, 1.7f, n));
     compare("divide by a scalar", dup_host(da, n), ref, n, 0.0);
+    float *y = hcopy(b, n), *dyb = dup_dev(b, n); /* y += a x, as a side path is added */
+    axpy(y, a, -0.37f, n);
+    MOOD_CHECK_OK(mood_cuda_op_axpy(ctx, dyb, dup_dev(a, n), -0.37f, n));
+    compare("axpy", dup_host(dyb, n), y, n, TOL_F32);
 
     float *v = hrand((size_t)B * C, 1.0f), *x = hcopy(a, n), *dx = dup_dev(a, n);
     mood_op_add_channel_bias(x, v, B, C, HW);
@@ -716,6 +721,26 @@ static void test_adds(void)
 }
 
 /* ----- layout ------------------------------------------------------------------------------- */
+
+/* The CPU twin of mood_cuda_op_upsample_nearest_backward: the UNet backward's
+ * upsample_nearest_backward (static in engine/unet_backward.c), copied: each dout value added to
+ * the input pixel mood__unet_upsample read it from, row by row. */
+static void upsample_backward_ref(float *din, const float *dout, int BC, int H, int W, int OH,
+                                  int OW)
+{
+    float sy = (float)H / (float)OH, sx = (float)W / (float)OW;
+    for (int bc = 0; bc < BC; bc++) {
+        for (int oy = 0; oy < OH; oy++) {
+            int iy = (int)floorf((float)oy * sy);
+            float *dst = din + ((size_t)bc * H + (size_t)(iy < H ? iy : H - 1)) * W;
+            const float *src = dout + ((size_t)bc * OH + (size_t)oy) * OW;
+            for (int ox = 0; ox < OW; ox++) {
+                int ix = (int)floorf((float)ox * sx);
+                dst[ix < W ? ix : W - 1] += src[ox];
+            }
+        }
+    }
+}
 
 static void test_layout(void)
 {
@@ -761,6 +786,13 @@ static void test_layout(void)
         MOOD_CHECK_OK(mood_cuda_op_upsample_nearest(ctx, dout, dx, B * C, H, W, OH, OW));
         snprintf(what, sizeof what, "upsample nearest %dx%d -> %dx%d", H, W, OH, OW);
         compare(what, dup_host(dout, no), want, no, 0.0);
+        /* backward (+=): the same sums in the same order */
+        float *gy = hrand(no, 1.0f), *gxa = hrand(n, 1.0f), *dgxa = dup_dev(gxa, n);
+        upsample_backward_ref(gxa, gy, B * C, H, W, OH, OW);
+        MOOD_CHECK_OK(mood_cuda_op_upsample_nearest_backward(ctx, dgxa, dup_dev(gy, no), B * C, H,
+                                                             W, OH, OW));
+        snprintf(what, sizeof what, "upsample nearest %dx%d -> %dx%d backward (+=)", H, W, OH, OW);
+        compare(what, dup_host(dgxa, n), gxa, n, TOL_F32);
     }
 
     /* channel concatenation */

@@ -24,13 +24,25 @@
  * Also: other sizes (odd, 1x1, batch 3, other context lengths) GPU vs CPU in fp32; the host and
  * device-buffer entry points give the same bits, two runs give the same bits, a repeated forward
  * allocates no device memory; a weight edited on the CPU reaches the GPU only after
- * mood_cuda_unet_reload; refusals (side paths, missing SDXL conditioning, bad options).
+ * mood_cuda_unet_reload; refusals (missing SDXL conditioning, bad options).
+ *
+ * Runtime side paths (mood_unet_set_side_paths) on every Linear and Conv2d weight of the sd1
+ * (1x1 conv projections) and sdxl (text_time, depth 2) fixtures: low rank 1..3 and dense (rank
+ * 0), two paths on some weights, scales of both signs, sized so the paths change the output by
+ * order 1 (checked: more than twice the bf16 tolerance, so a GPU that skipped them fails every
+ * comparison). GPU vs the CPU forward with the same paths: fp32 within 1e-4; bf16 and fp16
+ * within the 32 u above (the paths run in fp32 on the same rounded inputs as their layers, so
+ * they add no rounding point of their own). Updates: paths set after the GPU copy was made, new
+ * scales, another set, none, all reach the next forward by themselves; factor values changed in
+ * place do not (the forward keeps the old ones) until mood_cuda_unet_reload_side_paths; each
+ * matches the CPU within 1e-4, and a repeated forward with paths allocates no device memory.
  *
  * Label `cuda`. Without the CUDA backend or a GPU, the refusals that need no device run and the
  * program exits 77 (skipped).
  */
 #include "harness.h"
 
+#include <math.h>
 #include <stdint.h>
 
 #include "fixture_tensors.h"
@@ -400,16 +412,239 @@ static void test_reload(void)
     mood_unet_free(m);
 }
 
-/* Refusals with a device: side paths, missing SDXL conditioning, bad arguments. */
+/* ----- runtime side paths ------------------------------------------------------------------ */
+
+/* Side paths and the factors they point at (owned). */
+typedef struct side_set {
+    mood_side_path *p;
+    size_t n;
+    float **bufs;
+    size_t *lens; /* floats in each buffer */
+    size_t n_bufs;
+} side_set;
+
+static void side_set_free(side_set *s)
+{
+    for (size_t i = 0; i < s->n_bufs; i++)
+        free(s->bufs[i]);
+    free(s->bufs), free(s->lens), free(s->p);
+    memset(s, 0, sizeof *s);
+}
+
+static float *side_buf(side_set *s, size_t n, float a)
+{
+    float *p = rand_buf(n, -a, a);
+    s->lens[s->n_bufs] = n;
+    s->bufs[s->n_bufs++] = p;
+    return p;
+}
+
+/* A path on every Linear and Conv2d weight of m, a second one on every fifth: rank (i + j) % 4
+ * (0: dense ΔW in the weight's shape), scale 0.6 or -0.8, factors drawn so that ΔW's entries
+ * have about `strength` times the weight's rms. */
+static void side_set_make(side_set *s, mood_unet *m, float strength)
+{
+    size_t nw = mood_unet_weight_count(m);
+    memset(s, 0, sizeof *s);
+    s->p = calloc(2 * nw, sizeof *s->p), s->bufs = calloc(4 * nw, sizeof *s->bufs);
+    s->lens = calloc(4 * nw, sizeof *s->lens);
+    for (size_t i = 0; s->p && s->bufs && s->lens && i < nw; i++) {
+        const char *name = mood_unet_weight_name(m, i);
+        int ndim = 0;
+        int64_t shape[4];
+        const float *w = mood_unet_weight(m, name, &ndim, shape);
+        size_t numel = 1;
+        double ss = 0.0;
+        if (!w || ndim < 2)
+            continue;
+        for (int d = 0; d < ndim; d++)
+            numel *= (size_t)shape[d];
+        for (size_t e = 0; e < numel; e++)
+            ss += (double)w[e] * w[e];
+        float rms = (float)sqrt(ss / (double)numel);
+        size_t out = (size_t)shape[0];
+        for (size_t j = 0; j < (i % 5 == 0 ? 2u : 1u); j++) {
+            mood_side_path *sp = &s->p[s->n++];
+            sp->weight = name;
+            sp->rank = (int)((i + j) % 4);
+            sp->scale = (i + j) % 3 == 0 ? -0.8f : 0.6f;
+            if (sp->rank == 0) { /* uniform (-a, a) has rms a / sqrt(3) */
+                sp->up = side_buf(s, numel, strength * rms * sqrtf(3.0f));
+                continue;
+            }
+            /* entries of up . down: rank products of rms a/sqrt(3) and 1/sqrt(3) */
+            sp->down = side_buf(s, (size_t)sp->rank * (numel / out), 1.0f);
+            sp->up =
+                side_buf(s, out * (size_t)sp->rank, strength * rms * 3.0f / sqrtf((float)sp->rank));
+        }
+    }
+    MOOD_CHECK(s->p && s->bufs && s->lens && s->n > 0);
+}
+
+/* The same paths with every scale multiplied by k (the factors shared with s). */
+static mood_side_path *side_scaled(const side_set *s, float k)
+{
+    mood_side_path *p = malloc((s->n ? s->n : 1) * sizeof *p);
+    for (size_t i = 0; p && i < s->n; i++) {
+        p[i] = s->p[i];
+        p[i].scale *= k;
+    }
+    return p;
+}
+
+/* Paths on every Linear and Conv2d layer, GPU vs CPU with the same paths, in each dtype. */
+static void test_side_paths(void)
+{
+    static const int which[] = {0, 2}; /* sd1, sdxl */
+    static const mood_cuda_dtype half[] = {MOOD_CUDA_BF16, MOOD_CUDA_F16};
+    for (size_t c = 0; c < sizeof which / sizeof which[0]; c++) {
+        const char *label = cases[which[c]].label;
+        mood_unet *m = NULL;
+        side_set ss;
+        inputs in;
+        char what[96];
+        MOOD_CHECK_OK(mood_unet_load(&m, fixture(cases[which[c]].model)));
+        if (!m)
+            continue;
+        random_inputs(&in, m, 2, 7, 9, 5);
+        side_set_make(&ss, m, 0.3f);
+        float *cpu0 = cpu_run(m, &in), *cpu1 = NULL, *g = NULL;
+        MOOD_CHECK_OK(mood_unet_set_side_paths(m, ss.p, ss.n));
+        cpu1 = cpu_run(m, &in);
+        if (cpu0 && cpu1) {
+            double effect = harness_rel_diff(cpu1, cpu0, in.n_out, 0.0);
+            printf("  %-44s rel %.3g (%zu paths)\n", "side paths' effect on the cpu output", effect,
+                   ss.n);
+            MOOD_CHECK_MSG(effect > 2.0 * TOL_16_UNITS / 256,
+                           "%s: the side paths change the output by %.3g only", label, effect);
+        }
+        if (cpu1 && (g = gpu_run(m, MOOD_CUDA_F32, &in))) {
+            snprintf(what, sizeof what, "%s f32 side paths: gpu vs cpu", label);
+            compare(what, g, cpu1, in.n_out, TOL_F32);
+        }
+        free(g);
+        for (int i = 0; cpu1 && i < 2; i++) {
+            double u = half[i] == MOOD_CUDA_BF16 ? 1.0 / 256 : 1.0 / 2048;
+            if ((g = gpu_run(m, half[i], &in))) {
+                snprintf(what, sizeof what, "%s %s side paths: gpu vs cpu", label,
+                         dt_name(half[i]));
+                compare(what, g, cpu1, in.n_out, TOL_16_UNITS * u);
+            }
+            free(g);
+        }
+        free(cpu0), free(cpu1);
+        inputs_free(&in);
+        mood_unet_free(m); /* before the factors it points at */
+        side_set_free(&ss);
+    }
+}
+
+/* The GPU forward of u on in into y (n_out floats), 0 or the error (reported). */
+static int gpu_fwd(mood_cuda_unet *u, float *y, const inputs *in)
+{
+    int rc;
+    MOOD_CHECK_OK(rc = mood_cuda_unet_forward(u, y, in->x, in->t, in->ctx, in->B, in->H, in->W,
+                                              in->L, in->te, in->ids));
+    return rc;
+}
+
+/* The GPU copy follows the model's side paths: set after it was made, new scales, factor values
+ * changed in place (only after mood_cuda_unet_reload_side_paths), another set, none. */
+static void test_side_path_updates(void)
+{
+    mood_unet *m = NULL;
+    mood_cuda_unet *u = NULL;
+    mood_side_path *scaled = NULL, *subset = NULL;
+    side_set ss = {0};
+    inputs in = {0};
+    mood_cuda_pool_stats s0, s1;
+    float *y = NULL, *cpu = NULL, *old = NULL;
+    size_t base_bytes = 0, n_sub = 0;
+    double stale;
+    MOOD_CHECK(mood_cuda_unet_reload_side_paths(NULL) == MOOD_EINVAL);
+    MOOD_CHECK_OK(mood_unet_load(&m, fixture(cases[0].model))); /* sd1 */
+    if (m)
+        MOOD_CHECK_OK(mood_cuda_unet_new(&u, ctx, m, NULL));
+    if (!u)
+        goto done;
+    base_bytes = mood_cuda_unet_bytes(u);
+    random_inputs(&in, m, 2, 8, 6, 7);
+    y = calloc(in.n_out, sizeof *y);
+    side_set_make(&ss, m, 0.3f);
+
+    /* paths set after the GPU copy was made: the next forward copies them */
+    MOOD_CHECK_OK(mood_unet_set_side_paths(m, ss.p, ss.n));
+    if (!(cpu = cpu_run(m, &in)) || gpu_fwd(u, y, &in) != 0)
+        goto done;
+    compare("paths set after new: gpu vs cpu", y, cpu, in.n_out, TOL_F32);
+    MOOD_CHECK_MSG(mood_cuda_unet_bytes(u) > base_bytes, "no device bytes for the factors");
+    mood_cuda_pool_stats_get(ctx, &s0);
+    if (gpu_fwd(u, y, &in) != 0)
+        goto done;
+    mood_cuda_pool_stats_get(ctx, &s1);
+    MOOD_CHECK_MSG(s1.device_allocs == s0.device_allocs,
+                   "cudaMalloc in a repeated forward with side paths: %llu",
+                   (unsigned long long)(s1.device_allocs - s0.device_allocs));
+
+    /* new scales (the same factors), set again: seen by the next forward */
+    scaled = side_scaled(&ss, -1.5f);
+    MOOD_CHECK_OK(mood_unet_set_side_paths(m, scaled, ss.n));
+    free(cpu);
+    if (!(cpu = cpu_run(m, &in)) || gpu_fwd(u, y, &in) != 0)
+        goto done;
+    compare("scales x -1.5, set again: gpu vs cpu", y, cpu, in.n_out, TOL_F32);
+
+    /* factor values changed in place (as an optimizer step does): the GPU keeps the old ones
+     * until reload_side_paths */
+    old = cpu;
+    for (size_t b = 0; b < ss.n_bufs; b++)
+        for (size_t e = 0; e < ss.lens[b]; e++)
+            ss.bufs[b][e] *= 0.7f;
+    if (!(cpu = cpu_run(m, &in)) || gpu_fwd(u, y, &in) != 0)
+        goto done;
+    stale = harness_rel_diff(y, cpu, in.n_out, 0.0);
+    printf("  %-44s rel %.3g before reload_side_paths\n", "factors edited in place", stale);
+    MOOD_CHECK_MSG(stale > 1e-3, "the in-place edit reached the GPU without a reload (%.3g)",
+                   stale);
+    compare("edited in place, not reloaded: gpu vs old cpu", y, old, in.n_out, TOL_F32);
+    MOOD_CHECK_OK(mood_cuda_unet_reload_side_paths(u));
+    if (gpu_fwd(u, y, &in) != 0)
+        goto done;
+    compare("edited in place, reloaded: gpu vs cpu", y, cpu, in.n_out, TOL_F32);
+
+    /* another set (every third path, other weights and fewer of them) */
+    subset = malloc(ss.n * sizeof *subset);
+    for (size_t i = 1; subset && i < ss.n; i += 3)
+        subset[n_sub++] = ss.p[i];
+    MOOD_CHECK_OK(mood_unet_set_side_paths(m, subset, n_sub));
+    free(cpu);
+    if (!(cpu = cpu_run(m, &in)) || gpu_fwd(u, y, &in) != 0)
+        goto done;
+    compare("another set of paths: gpu vs cpu", y, cpu, in.n_out, TOL_F32);
+
+    /* none */
+    MOOD_CHECK_OK(mood_unet_set_side_paths(m, NULL, 0));
+    free(cpu);
+    if (!(cpu = cpu_run(m, &in)) || gpu_fwd(u, y, &in) != 0)
+        goto done;
+    compare("paths cleared: gpu vs cpu", y, cpu, in.n_out, TOL_F32);
+    MOOD_CHECK_MSG(mood_cuda_unet_bytes(u) == base_bytes, "factors still held: %zu bytes",
+                   mood_cuda_unet_bytes(u) - base_bytes);
+done:
+    mood_cuda_unet_free(u);
+    mood_unet_free(m); /* before the factors it points at */
+    free(scaled), free(subset), free(y), free(cpu), free(old);
+    side_set_free(&ss);
+    inputs_free(&in);
+}
+
+/* Refusals with a device: missing SDXL conditioning, bad arguments. */
 static void test_errors(void)
 {
     mood_unet *m = NULL, *xl = NULL;
     mood_cuda_unet *u = NULL, *uxl = NULL;
     mood_cuda_unet_options o;
     float y[4 * 8 * 8 * 2], x[4 * 8 * 8 * 2] = {0}, t[2] = {1, 2}, c[2 * 7 * 32] = {0};
-    static float down[2 * 16], upf[16 * 2];
-    mood_side_path sp = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight", down,
-                         upf, 2, 1.0f};
     MOOD_CHECK_OK(mood_unet_load(&m, fixture("unet/sd1")));
     MOOD_CHECK_OK(mood_unet_load(&xl, fixture("unet/sdxl")));
     if (!m || !xl)
@@ -425,10 +660,6 @@ static void test_errors(void)
     MOOD_CHECK(mood_cuda_unet_forward(u, y, x, t, c, 2, 8, 8, 0, NULL, NULL) == MOOD_EINVAL);
     MOOD_CHECK(mood_cuda_unet_forward(u, y, x, NULL, c, 2, 8, 8, 7, NULL, NULL) == MOOD_EINVAL);
     MOOD_CHECK(mood_cuda_unet_forward(uxl, y, x, t, c, 2, 8, 8, 6, NULL, NULL) == MOOD_EINVAL);
-    MOOD_CHECK_OK(mood_unet_set_side_paths(m, &sp, 1));
-    MOOD_CHECK(mood_cuda_unet_forward(u, y, x, t, c, 2, 8, 8, 7, NULL, NULL) == MOOD_EUNSUPPORTED);
-    printf("  side paths: %s\n", mood_error_last());
-    MOOD_CHECK_OK(mood_unet_set_side_paths(m, NULL, 0));
     MOOD_CHECK_OK(mood_cuda_unet_forward(u, y, x, t, c, 2, 8, 8, 7, NULL, NULL));
 done:
     mood_cuda_unet_free(u);
@@ -456,9 +687,9 @@ int main(void)
 {
     static const harness_test no_gpu[] = {MOOD_T(test_no_device)};
     static const harness_test tests[] = {
-        MOOD_T(test_no_device), MOOD_T(test_fixtures),       MOOD_T(test_sizes),
-        MOOD_T(test_mid_scale), MOOD_T(test_device_buffers), MOOD_T(test_reload),
-        MOOD_T(test_errors),
+        MOOD_T(test_no_device),  MOOD_T(test_fixtures),          MOOD_T(test_sizes),
+        MOOD_T(test_mid_scale),  MOOD_T(test_device_buffers),    MOOD_T(test_reload),
+        MOOD_T(test_side_paths), MOOD_T(test_side_path_updates), MOOD_T(test_errors),
     };
     char name[256];
     int gpus = mood_cuda_device_count(name, sizeof name), rc;
