@@ -82,7 +82,9 @@ if timeout "$(tmo 120)" cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     "-DCMAKE_C_FLAGS_RELEASE=-O2 -DNDEBUG" -DCMAKE_CUDA_ARCHITECTURES=90 -DMOOD_CUDA=ON \
     -DMOOD_WERROR=ON -DMOOD_BUILD_BENCH=ON "${CUDNN_ARGS[@]}" >"$OUT/build.log" 2>&1 &&
     timeout "$(tmo 300)" cmake --build "$B" -j"$JOBS" \
-        --target mood_cli test_cuda_ops test_cuda_unet test_device bench_cuda_ops bench_cuda_unet \
+        --target mood_cli test_cuda_ops test_cuda_unet test_cuda_unet_train test_device \
+        test_train_steps \
+        bench_cuda_ops bench_cuda_unet \
         >>"$OUT/build.log" 2>&1; then
     build_ok=1
     note build "ok ($(elapsed) s)"

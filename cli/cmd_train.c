@@ -52,7 +52,8 @@ const char cmd_train_help[] =
     "  --sample-prompt P    a preview prompt; repeat for more (default: \"TRIGGER, a portrait\"\n"
     "                       and \"TRIGGER, a landscape\"; {trigger} is replaced)\n"
     "  --sample-steps S     sampler steps of a preview (default 20)\n"
-    "  --device cpu|cuda    (cpu; the CUDA backend is not built yet)\n"
+    "  --device cpu|cuda    where the UNet trains (default: the GPU when there is one;\n"
+    "                       a LoRA's, in fp32; --full trains on the CPU only so far)\n"
     "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
     "  --no-register        do not add the style to the registry\n"
     "  --json               print what was written as JSON\n\n"
@@ -234,6 +235,33 @@ static int parse_valued(train_args *a, const char *s, const char *v)
     return 0;
 }
 
+/* Where the UNet trains: --device when given, else the command's device (main.c: the default
+ * rule, $MOOD_DEVICE, the global --device). On a GPU a LoRA's UNet forward and backward run there
+ * in fp32 (the text encoder, the loss and the optimizer stay on the CPU: train/unet_step_cuda.c).
+ * Full-parameter training runs on the CPU only so far: an error when the GPU was asked for, a
+ * notice when it was the default. Returns 0 or the exit status. */
+static int choose_device(train_args *a)
+{
+    mood_device d = cli_device;
+    int rc;
+    if (a->device && (rc = mood_device_select(&d, a->device)) < 0)
+        return cli_fail(rc);
+    mood_model_options_init(&a->mo);
+    a->o.model_options = &a->mo;
+    if (d.kind != MOOD_DEVICE_CUDA)
+        return 0;
+    if (a->o.full && d.requested)
+        return cli_usage_error("train", "--full: full-parameter training runs on the CPU only so "
+                                        "far (--device cpu)");
+    if (a->o.full) {
+        fprintf(stderr, "mood: note: full-parameter training runs on the CPU only so far\n");
+        return 0;
+    }
+    a->mo.cuda_device = d.index;
+    a->mo.cuda_fp32 = 1; /* the GPU backward runs fp32 only so far */
+    return 0;
+}
+
 static int parse_args(train_args *a, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
@@ -269,14 +297,7 @@ static int parse_args(train_args *a, int argc, char **argv)
         return cli_usage_error("train", "--name, --board and --model are needed");
     if (mood_registry_name_check(a->o.name) != 0)
         return cli_usage_error("train", "%s", mood_error_last());
-    if (a->device && strcmp(a->device, "cpu") != 0) {
-        fprintf(stderr,
-                "mood: error: --device %s: this build trains on the CPU only (the CUDA "
-                "backend is not built yet)\n",
-                a->device);
-        return strcmp(a->device, "cuda") == 0 ? 2 : 1;
-    }
-    return 0;
+    return choose_device(a);
 }
 
 /* ----- files --------------------------------------------------------------------------------- */

@@ -21,6 +21,7 @@ typedef struct train_sample_file {
 
 typedef struct train_args {
     mood_train_options o;
+    mood_model_options mo; /* o.model_options: where the UNet trains */
     const char **board;
     size_t n_board;
     const char *output, *trigger, *device;

@@ -162,11 +162,6 @@ static int choose_device(const cli_command *c, int argc, char **argv)
     if (rc)
         return rc;
     cli_device = d;
-    if (d.kind == MOOD_DEVICE_CUDA && c->run != cmd_gen)
-        fprintf(stderr,
-                "mood: note: 'mood %s' %s on the CPU (only generation's UNet runs on the "
-                "GPU yet)\n",
-                c->name, c->run == cmd_demo ? "trains" : "runs");
     return 0;
 }
 

@@ -426,8 +426,9 @@ static int open_folder(mood_model *m, const char *path, const mood_model_options
 }
 
 /* The UNet's copy on GPU `device`: bf16 matrices with fp32 accumulation, as diffusers users run
- * SD on a GPU (fp32 there would only double the memory for no visible difference). */
-static int open_cuda(mood_model *m, int device)
+ * SD on a GPU (fp32 there would only double the memory for no visible difference); fp32 when
+ * asked (training: the GPU backward runs fp32 only so far). */
+static int open_cuda(mood_model *m, int device, int fp32)
 {
     mood_cuda_options co;
     mood_cuda_unet_options uo;
@@ -435,7 +436,7 @@ static int open_cuda(mood_model *m, int device)
     mood_cuda_options_init(&co);
     co.device = device;
     mood_cuda_unet_options_init(&uo);
-    uo.dtype = MOOD_CUDA_BF16;
+    uo.dtype = fp32 ? MOOD_CUDA_F32 : MOOD_CUDA_BF16;
     if ((err = mood_cuda_ctx_new(&m->cuda, &co)) != 0)
         return err;
     return mood_cuda_unet_new(&m->cuda_unet, m->cuda, m->unet, &uo);
@@ -474,7 +475,7 @@ int mood_model_open(mood_model **out, const char *path, const mood_model_options
         set_prediction(m, opts);
     }
     if (!err && opts->cuda_device >= 0)
-        err = open_cuda(m, opts->cuda_device);
+        err = open_cuda(m, opts->cuda_device, opts->cuda_fp32);
     if (!err) {
         *out = m;
         return 0;
@@ -494,7 +495,8 @@ void mood_model_free(mood_model *m)
     mood_clip_tape_free(m->clip2_tape);
     mood_clip_free(m->clip);
     mood_clip_free(m->clip2);
-    mood_cuda_unet_free(m->cuda_unet); /* before its context, both before the CPU UNet */
+    mood_cuda_unet_tape_free(m->cuda_tape); /* device memory: before the context */
+    mood_cuda_unet_free(m->cuda_unet);      /* before its context, both before the CPU UNet */
     mood_cuda_ctx_free(m->cuda);
     mood_unet_free(m->unet);
     mood_vae_free(m->vae);

@@ -68,10 +68,11 @@ struct mood_model {
     mood_side_path *paths; /* runtime side paths (UNet and text encoders together) */
     mood_part *path_part;  /* the part each path belongs to */
     size_t n_paths, cap_paths, cap_path_part;
-    float **owned;              /* factor buffers the side paths point into */
-    mood_unet_tape *tape;       /* training: the UNet's activations, kept between steps */
-    mood_clip_tape *clip_tape;  /* training the text encoder: likewise */
-    mood_clip_tape *clip2_tape; /* training SDXL's text encoder 2: likewise */
+    float **owned;                  /* factor buffers the side paths point into */
+    mood_unet_tape *tape;           /* training: the UNet's activations, kept between steps */
+    mood_cuda_unet_tape *cuda_tape; /* training on the GPU (cuda_unet): likewise, there */
+    mood_clip_tape *clip_tape;      /* training the text encoder: likewise */
+    mood_clip_tape *clip2_tape;     /* training SDXL's text encoder 2: likewise */
     size_t n_owned, cap_owned;
 };
 

@@ -10,6 +10,7 @@
  *   trainer.c      the loop: batches, accumulation, NaN stop, signals, progress
  *   plot.c         loss curve CSV and PNG
  *   unet_loss.c    the model's part of a step (mood_train_loss_fn) for a mood_model
+ *   unet_step_cuda.c  that step's UNet forward and backward on the model's GPU copy
  *   sample.c       sample previews during a run (mood_train_options.sample_every)
  *   thumbnail.c    mood board thumbnails (mood_board_thumbnail)
  *   train.c        mood_train_run: model + board -> latents -> trainer -> LoRA file
@@ -292,5 +293,20 @@ int mood__train_model_loss(void *user, const mood_train_batch *batch, mood_train
  * mood__full_params_for_model): the gradients of every weight into its grads. */
 int mood__train_full_loss(void *user, const mood_train_batch *batch, mood_train_module *modules,
                           size_t n_modules, double *loss_out);
+
+/* ----- unet_step_cuda.c -------------------------------------------------------------------- */
+
+/* The UNet's part of a LoRA step on the model's GPU copy (m->cuda_unet, fp32): forward uploads
+ * the batch's input with context and text_embeds (either may be the batch's or the step's own),
+ * runs the forward with the model's GPU tape and writes the prediction to the host's pred; backward
+ * takes the host's dL/dpred and ADDS the gradients of every module's factors (the UNet's modules,
+ * in the order of the model's side paths) and, when dctx is not NULL, of the context into the host
+ * buffers. The step's device memory goes back with mood__cuda_step_free. */
+typedef struct mood__cuda_step mood__cuda_step;
+int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_train_batch *b,
+                            const float *context, const float *text_embeds, float *pred);
+int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dout,
+                             const mood_train_module *modules, size_t n_modules, float *dctx);
+void mood__cuda_step_free(mood__cuda_step *s);
 
 #endif /* MOOD_TRAIN_INTERNAL_H */

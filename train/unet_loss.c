@@ -19,6 +19,9 @@
  * steps of one size allocate nothing; the UNet's gradient checkpointing is used from 32x32
  * latents (256-pixel images) up, where activations would otherwise dominate memory.
  *
+ * With the UNet on a GPU (the model opened with cuda_device and cuda_fp32) its forward and backward
+ * run there (unet_step_cuda.c); everything else of the step is the same code on the CPU.
+ *
  * SDXL (kohya's sdxl_train_network.py with the text encoders trained): both encoders run at
  * clip skip 2 without the final norm (their hidden_states[-2], concatenated per token into the
  * context), text encoder 2 on tokenizer_2's ids (batch->ids2) and with its pooled output, which
@@ -164,6 +167,36 @@ static int xl_backward(mood_model *m, xl_cond *x, const float *dctx, const mood_
     return err;
 }
 
+/* What the GPU step does not do yet (unet_step_cuda.c): MOOD_EUNSUPPORTED, named. */
+static int gpu_supported(int full, int xl_te2)
+{
+    if (full)
+        return mood_error_set(MOOD_EUNSUPPORTED, "full-parameter training runs on the CPU only "
+                                                 "so far (--device cpu)");
+    if (xl_te2)
+        return mood_error_set(MOOD_EUNSUPPORTED, "training SDXL's text encoders runs on the CPU "
+                                                 "only so far (--device cpu, or train without "
+                                                 "--te)");
+    return 0;
+}
+
+/* The UNet's forward, loss and backward with the UNet on the GPU (unet_step_cuda.c); the loss
+ * and its gradient are the CPU step's (loss_and_grad). modules: the UNet's. */
+static int gpu_unet_step(mood_model *m, const mood_train_batch *b, const float *context,
+                         const float *text_embeds, float *pred, float *dout,
+                         const mood_train_module *modules, size_t n_modules, float *dctx,
+                         double *loss_out)
+{
+    mood__cuda_step *s = NULL;
+    int err = mood__cuda_step_forward(&s, m, b, context, text_embeds, pred);
+    if (!err) {
+        *loss_out = loss_and_grad(dout, pred, b);
+        err = mood__cuda_step_backward(s, m, dout, modules, n_modules, dctx);
+    }
+    mood__cuda_step_free(s);
+    return err;
+}
+
 /* One step of the model: the loss, the gradients of the side paths' factors (modules) and,
  * when unet_wg / te_wg are given (full-parameter training), of every weight. */
 static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_module *modules,
@@ -189,7 +222,9 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
     if (xl && te_wg)
         return mood_error_set(MOOD_EUNSUPPORTED, "full-parameter training of SDXL's text "
                                                  "encoders is not supported");
-    if ((err = model_tape(m, batch->h, batch->w, &tape)) != 0)
+    if (m->cuda_unet && (err = gpu_supported(unet_wg != NULL, xl && n2)) != 0)
+        return err;
+    if (!m->cuda_unet && (err = model_tape(m, batch->h, batch->w, &tape)) != 0)
         return err;
     pred = mood_malloc(n * sizeof *pred);
     dout = mood_malloc(n * sizeof *dout);
@@ -212,14 +247,18 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
     }
     for (size_t i = 0; i < n_modules && !err; i++)
         grads[i] = (mood_side_grad){modules[i].down_grad, modules[i].up_grad};
-    if (!err)
+    if (!err && m->cuda_unet) {
+        err = gpu_unet_step(m, batch, context, text_embeds, pred, dout, modules + n_te,
+                            n_modules - n_te, dctx, loss_out);
+    } else if (!err) {
         err = mood_unet_forward_train(m->unet, tape, pred, batch->noisy, batch->timesteps, context,
                                       batch->B, batch->h, batch->w, batch->ctx_len, text_embeds,
                                       batch->time_ids);
-    if (!err) {
-        *loss_out = loss_and_grad(dout, pred, batch);
-        err = mood_unet_backward_cond(m->unet, tape, dout, grads + n_te, n_modules - n_te, dctx,
-                                      xl && n2 ? x.dembeds : NULL, unet_wg);
+        if (!err) {
+            *loss_out = loss_and_grad(dout, pred, batch);
+            err = mood_unet_backward_cond(m->unet, tape, dout, grads + n_te, n_modules - n_te, dctx,
+                                          xl && n2 ? x.dembeds : NULL, unet_wg);
+        }
     }
     if (!err && te_trained && xl)
         err = xl_backward(m, &x, dctx, grads);

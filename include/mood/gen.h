@@ -58,6 +58,9 @@ typedef struct mood_model_options {
      * accumulation (the text encoders, sampler and VAE stay on the CPU). Needs a build with the
      * CUDA backend (MOOD_EUNSUPPORTED otherwise, MOOD_EBACKEND when the GPU fails). */
     int cuda_device;
+    /* With cuda_device >= 0: 1 keeps the GPU UNet's weights and products in float32 (0, default:
+     * bf16). Training on the GPU needs it (mood_train_options.model_options). */
+    int cuda_fp32;
 } mood_model_options;
 
 void mood_model_options_init(mood_model_options *o);

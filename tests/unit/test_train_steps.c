@@ -19,8 +19,11 @@
  * 2e-6), largest where an element's gradient is small, as AdamW's first steps divide by sqrt(v)
  * and so magnify its relative error; 5e-4 leaves 7x room and still catches weight decay left
  * out (1e-3 off) or alpha 2.1 instead of 2 (0.13 off).
+ *
+ * The same program with --cuda runs the UNet on the GPU (test_train_steps_cuda, label cuda).
  */
 #include "harness.h"
+#include "mood/gen.h"
 #include "mood/safetensors.h"
 #include "mood/train.h"
 
@@ -69,9 +72,16 @@ static double *ref_values(mood_st_file *f, const char *name, size_t *n)
     return out;
 }
 
+static int use_cuda; /* main: --cuda */
+
 static void set_options(mood_train_options *o, const cJSON *c, const char **board, losses *l)
 {
+    static mood_model_options mo;
     mood_train_options_init(o);
+    mood_model_options_init(&mo);
+    if (use_cuda)
+        mo.cuda_device = 0, mo.cuda_fp32 = 1;
+    o->model_options = &mo;
     o->model = fixture("pipeline/tiny-sd");
     board[0] = fixture("train/steps/board");
     o->board = board;
@@ -189,4 +199,20 @@ static void test_run_matches_torch(void)
     cJSON_Delete(c);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_run_matches_torch))
+/* With --cuda (ctest's test_train_steps_cuda, label cuda): the same run with the UNet's forward and
+ * backward on GPU 0 (train/unet_step_cuda.c, fp32 without TF32) against the same torch fixture
+ * and tolerances; exits 77 (skipped) without the CUDA backend or a GPU. */
+int main(int argc, char **argv)
+{
+    static const harness_test tests[] = {MOOD_T(test_run_matches_torch)};
+    if (argc > 1 && strcmp(argv[1], "--cuda") == 0) {
+        char name[256];
+        if (!mood_cuda_compiled() || mood_cuda_device_count(name, sizeof name) == 0) {
+            printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
+            return 77;
+        }
+        printf("UNet on GPU 0: %s\n", name);
+        use_cuda = 1;
+    }
+    return harness_run(tests, sizeof tests / sizeof tests[0]);
+}

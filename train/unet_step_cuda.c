@@ -1,0 +1,152 @@
+/*
+ * unet_step_cuda.c: the UNet's part of a LoRA training step on the GPU, for train/unet_loss.c,
+ * when the model's UNet has a GPU copy (mood_model_options.cuda_device; engine/cuda/unet_cuda.h):
+ * the step's inputs go up, the forward with its tape and the backward run there, and the
+ * prediction and the gradients of the factors (and of the context, for a trained text encoder)
+ * come back and are added to the host's.
+ *
+ * The loss, the optimizer and the text encoder stay on the CPU, and the factors live on the host
+ * as in a CPU run (the trainer's code is the same for both backends). Why that costs little: a
+ * LoRA's factors are a few MB (SD1.5 rank 16: 13 MB), so copying them up after each optimizer
+ * step (mood_cuda_unet_reload_side_paths) and their gradients down takes about a millisecond on
+ * PCIe, against a UNet forward and backward that are the step's whole cost.
+ *
+ * What runs on the GPU so far is what engine/cuda/unet_cuda_train.c runs: fp32 weights (the model
+ * opened with cuda_fp32), the whole tape (no checkpointing), the side paths' and the context's
+ * gradients. Full-parameter training and SDXL's trained text encoder 2 (whose pooled output
+ * needs the gradient of text_embeds) are refused by the caller with MOOD_EUNSUPPORTED.
+ */
+#include <string.h>
+
+#include "engine/model_impl.h"
+#include "train/train_internal.h"
+
+/* Device buffers of one step, from the context's pool (steps of one size reuse its blocks). */
+struct mood__cuda_step {
+    mood_cuda_ctx *ctx;
+    float *x, *t, *ctxt, *embeds, *ids, *pred, *dout, *dctx, *grads;
+    size_t n, n_ctx, n_grad;
+};
+
+static int alloc_f(mood_cuda_ctx *ctx, float **out, size_t n)
+{
+    *out = NULL;
+    return n ? mood_cuda_alloc(ctx, (void **)out, n * sizeof(float)) : 0;
+}
+
+static int up_f(mood_cuda_ctx *ctx, float **out, const float *src, size_t n)
+{
+    int err = alloc_f(ctx, out, n);
+    return err || !src ? err : mood_cuda_upload(ctx, *out, src, n * sizeof(float));
+}
+
+void mood__cuda_step_free(mood__cuda_step *s)
+{
+    if (!s)
+        return;
+    float *bufs[] = {s->x, s->t, s->ctxt, s->embeds, s->ids, s->pred, s->dout, s->dctx, s->grads};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        mood_cuda_free(s->ctx, bufs[i]);
+    mood_free(s);
+}
+
+/* Floats of a module's down and up factors. */
+static size_t down_n(const mood_train_module *mod)
+{
+    return (size_t)mod->rank * (size_t)(mod->in * mod->kh * mod->kw);
+}
+
+static size_t up_n(const mood_train_module *mod)
+{
+    return (size_t)mod->out * (size_t)mod->rank;
+}
+
+int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_train_batch *b,
+                            const float *context, const float *text_embeds, float *pred)
+{
+    mood__cuda_step *s;
+    const mood_unet_config *uc = mood_unet_get_config(m->unet);
+    size_t n = (size_t)b->B * b->C * b->h * b->w;
+    size_t n_ctx = (size_t)b->B * b->ctx_len * b->ctx_dim;
+    size_t n_emb = text_embeds ? (size_t)b->B * (size_t)(uc->projection_class_embeddings_input_dim -
+                                                         6 * uc->addition_time_embed_dim)
+                               : 0;
+    int err;
+    *out = NULL;
+    if (!(s = mood_calloc(1, sizeof *s)))
+        return mood_error_nomem();
+    s->ctx = m->cuda, s->n = n, s->n_ctx = n_ctx;
+    if (!m->cuda_tape && (err = mood_cuda_unet_tape_new(&m->cuda_tape, 0)) != 0)
+        goto fail;
+    /* the optimizer changed the host factors in place since the last step */
+    if ((err = mood_cuda_unet_reload_side_paths(m->cuda_unet)) != 0 ||
+        (err = up_f(m->cuda, &s->x, b->noisy, n)) != 0 ||
+        (err = up_f(m->cuda, &s->t, b->timesteps, (size_t)b->B)) != 0 ||
+        (err = up_f(m->cuda, &s->ctxt, context, n_ctx)) != 0 ||
+        (err = up_f(m->cuda, &s->embeds, text_embeds, n_emb)) != 0 ||
+        (err = up_f(m->cuda, &s->ids, b->time_ids, b->time_ids ? (size_t)b->B * 6 : 0)) != 0 ||
+        (err = alloc_f(m->cuda, &s->pred, n)) != 0)
+        goto fail;
+    err = mood_cuda_unet_forward_train(m->cuda_unet, m->cuda_tape, s->pred, s->x, s->t, s->ctxt,
+                                       b->B, b->h, b->w, b->ctx_len, s->embeds, s->ids);
+    if (!err)
+        err = mood_cuda_download(m->cuda, pred, s->pred, n * sizeof *pred);
+    if (!err) {
+        *out = s;
+        return 0;
+    }
+fail:
+    mood__cuda_step_free(s);
+    return err;
+}
+
+/* dst[i] += src[i]: the host gradients ACCUMULATE, as the CPU backward's do. */
+static void add_into(float *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] += src[i];
+}
+
+int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dout,
+                             const mood_train_module *modules, size_t n_modules, float *dctx)
+{
+    mood_side_grad *dev = NULL;
+    float *host = NULL;
+    size_t total = 0, off = 0;
+    int err;
+    for (size_t i = 0; i < n_modules; i++)
+        total += down_n(&modules[i]) + up_n(&modules[i]);
+    s->n_grad = total;
+    if (!(dev = mood_calloc(n_modules ? n_modules : 1, sizeof *dev)) ||
+        !(host = mood_malloc((total > s->n_ctx ? total : s->n_ctx) * sizeof *host + 1))) {
+        mood_free(dev);
+        return mood_error_nomem();
+    }
+    err = up_f(m->cuda, &s->dout, dout, s->n);
+    if (!err && (err = alloc_f(m->cuda, &s->grads, total)) == 0 && total)
+        err = mood_cuda_memset0(m->cuda, s->grads, total * sizeof(float));
+    if (!err && dctx && (err = alloc_f(m->cuda, &s->dctx, s->n_ctx)) == 0 && s->n_ctx)
+        err = mood_cuda_memset0(m->cuda, s->dctx, s->n_ctx * sizeof(float));
+    for (size_t i = 0; i < n_modules; i++) { /* one device block, module after module */
+        dev[i].ddown = s->grads + off;
+        dev[i].dup = s->grads + off + down_n(&modules[i]);
+        off += down_n(&modules[i]) + up_n(&modules[i]);
+    }
+    if (!err)
+        err = mood_cuda_unet_backward(m->cuda_unet, m->cuda_tape, s->dout, dev, n_modules,
+                                      dctx ? s->dctx : NULL);
+    if (!err && total)
+        err = mood_cuda_download(m->cuda, host, s->grads, total * sizeof *host);
+    for (size_t i = 0, o = 0; !err && i < n_modules; i++) {
+        add_into(modules[i].down_grad, host + o, down_n(&modules[i]));
+        o += down_n(&modules[i]);
+        add_into(modules[i].up_grad, host + o, up_n(&modules[i]));
+        o += up_n(&modules[i]);
+    }
+    if (!err && dctx && s->n_ctx &&
+        (err = mood_cuda_download(m->cuda, host, s->dctx, s->n_ctx * sizeof *host)) == 0)
+        add_into(dctx, host, s->n_ctx);
+    mood_free(dev);
+    mood_free(host);
+    return err;
+}
