@@ -50,4 +50,7 @@ if "untrained" in q:
 print(f"Twemoji style on {s['styled']['n']} held-out subjects, image closer to the Twemoji drawing:")
 print(f"  with the style     {s['styled']['closer_to_twemoji']:.0%}")
 print(f"  without (control)  {s['base']['closer_to_twemoji']:.0%}")
+r = s["reference"]
+print(f"  reference: another subject's real Twemoji drawing {r['other_subject_twemoji']:.0%},"
+      f" average of the two real drawings {r['average_of_both']:.0%}")
 PYEOF

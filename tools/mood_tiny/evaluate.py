@@ -14,7 +14,11 @@
    keeps exactly those (shape, colour masses, shading) and forgives pixel-level misalignment:
    the fraction of subjects with d(g, T(s)) < d(g, N(s)). The same fraction for the base model
    without the style is the control: Noto-like images must score low, or the metric would not
-   measure style.
+   measure style. Reference lines, real drawings in place of g (`reference` in the JSON): another
+   held-out subject's Twemoji drawing (a perfect Twemoji-style picture of the wrong subject) and
+   the pixel average of T(s) and N(s). They show what this metric grants a style alone: the two
+   drawings of a subject differ in pose and composition as much as in rendering, so a picture
+   with the Twemoji look but not Twemoji's composition of that subject scores near 50%.
 
 Images are made as `mood demo` makes them: 30 steps of mood gen's default sampler (Euler a) at
 the guidance scale given (--cfg; the demo's is bench/style_transfer.sh's CFG).
@@ -102,20 +106,43 @@ def quality(a) -> dict:
     return res
 
 
+def closer_to_twemoji(g: np.ndarray, code: str) -> tuple[bool, float]:
+    """Whether image g is closer to the Twemoji drawing of `code` than to its Noto drawing (the
+    style metric above), and by how much (d(g, Noto) - d(g, Twemoji))."""
+    g = blur(g)
+    dt = np.sqrt(((g - blur(load(os.path.join(DATA, "twemoji", f"{code}.png"))))**2).sum())
+    dn = np.sqrt(((g - blur(load(os.path.join(DATA, "noto", f"{code}.png"))))**2).sum())
+    return bool(dt < dn), float(dn - dt)
+
+
+def ceiling(sample) -> dict:
+    """What the metric gives real drawings in place of generated images, as a scale for the
+    measured fractions: another subject's Twemoji drawing (a perfect Twemoji-style picture that
+    does not show the subject: what a style alone can reach if it cannot know how Twemoji drew
+    this subject), and the pixel average of the subject's two drawings (halfway: 50% would mean
+    the metric has no bias)."""
+    other = mean = 0
+    for i, (code, _) in enumerate(sample):
+        nxt = sample[(i + 1) % len(sample)][0]
+        other += closer_to_twemoji(load(os.path.join(DATA, "twemoji", f"{nxt}.png")), code)[0]
+        avg = 0.5 * (load(os.path.join(DATA, "twemoji", f"{code}.png")) +
+                     load(os.path.join(DATA, "noto", f"{code}.png")))
+        mean += closer_to_twemoji(avg, code)[0]
+    return {"other_subject_twemoji": other / len(sample), "average_of_both": mean / len(sample)}
+
+
 def style(a) -> dict:
     rows = [r for r in captions() if r[0] not in BOARD]
     sample = random.Random(a.seed).sample(rows, a.n)
-    res = {}
+    res = {"reference": ceiling(sample)}
     for tag, lora in (("base", None), ("styled", a.lora)):
         closer, margins = 0, []
         for i, (code, caption) in enumerate(sample):
             out = os.path.join(a.work, f"{tag}-{code}.png")
             generate(a, a.model, caption, a.seed + i, out, lora)
-            g = blur(load(out))
-            dt = np.sqrt(((g - blur(load(os.path.join(DATA, "twemoji", f"{code}.png")))) ** 2).sum())
-            dn = np.sqrt(((g - blur(load(os.path.join(DATA, "noto", f"{code}.png")))) ** 2).sum())
-            closer += dt < dn
-            margins.append(float(dn - dt))
+            is_closer, margin = closer_to_twemoji(load(out), code)
+            closer += is_closer
+            margins.append(margin)
         res[tag] = {"closer_to_twemoji": closer / len(sample), "n": len(sample),
                     "mean_margin": float(np.mean(margins))}
     return res
