@@ -10,15 +10,20 @@
  * BATCH x TOKENS x 768), runs the CPU forward once as the reference, then for fp32 and bf16
  * weights: uploads them, checks the GPU output against the CPU's (max |gpu - cpu| / max |cpu|)
  * and times mood_cuda_unet_forward_dev on device buffers (no transfers): median over 5 batches
- * of repeats after a warm-up, host clock around a stream sync, as bench_cuda_ops. bf16 is timed
- * once more with attention forced onto the flash kernel (mood__cuda_attention_path), which the
- * backend picks for fp32 only, to see which path 16-bit attention should take.
+ * of repeats after a warm-up, host clock around a stream sync, as bench_cuda_ops; once with the
+ * forward replayed from its CUDA graph (the default: unet_cuda.h, "CUDA graphs") and once
+ * without (mood_cuda_unet_set_graphs(u, 0): every kernel launched by the host), to show what
+ * the graphs save; the graph's output must equal the uncaptured forward's bit for bit. bf16 is
+ * timed once more with attention forced onto the flash kernel (mood__cuda_attention_path),
+ * which the backend picks for fp32 only, to see which path 16-bit attention should take.
  *
- * Prints, besides readable lines, one tab-separated line per precision for
+ * Prints, besides readable lines, two tab-separated lines per precision for
  * bench/gpu_torch_ref.py, which times diffusers' UNet2DConditionModel on the same shapes:
- *   RESULT unet_sd15_<f32|bf16> <B>,<S>,<S>,<L> <ms> <flop>
- * Exits 77 when no CUDA device can be opened, 1 on any error or when the fp32 output is off by
- * more than 1e-3 (bf16: 0.2) of the CPU's largest magnitude.
+ *   RESULT unet_sd15_<f32|bf16> <B>,<S>,<S>,<L> <ms> <flop>            (with CUDA graphs)
+ *   RESULT unet_sd15_<f32|bf16>_nograph <B>,<S>,<S>,<L> <ms> <flop>    (without)
+ * Exits 77 when no CUDA device can be opened, 1 on any error, when the fp32 output is off by
+ * more than 1e-3 (bf16: 0.2) of the CPU's largest magnitude, when recording the graph failed
+ * (the reason is printed) or when the graph's output differs from the uncaptured forward's.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -202,6 +207,45 @@ static double rel_err(const float *a, const float *b, size_t n)
     return scale > 0 ? d / scale : d;
 }
 
+/* Times the forward with graphs (already timed: ms) and without, checks the graph's output (in
+ * dout) against the uncaptured one (ref, the first forward's), prints the lines. 0 or 1. */
+static int bench_graphs(mood_cuda_ctx *ctx, mood_cuda_unet *u, const bench_io *io, float *dout,
+                        const char *name, double ms, const float *ref)
+{
+    mood_cuda_unet_graph_stats st;
+    double ms_ng = 0;
+    float *got = malloc(io->nout * 4);
+    int rc = 0, same;
+    mood_cuda_unet_graph_stats_get(u, &st);
+    if (!got || mood_cuda_download(ctx, got, dout, io->nout * 4) != 0) {
+        free(got);
+        return fail(name);
+    }
+    same = memcmp(got, ref, io->nout * 4) == 0;
+    free(got);
+    mood_cuda_unet_set_graphs(u, 0);
+    if (time_forward(ctx, u, io, dout, &ms_ng) != 0)
+        return fail(name);
+    mood_cuda_unet_set_graphs(u, 1);
+    printf("%s: forward %.2f ms with CUDA graphs, %.2f ms without (%.1f%% saved); graph output "
+           "%s the uncaptured forward's; %llu recorded, %llu replays, %.2f GB reserved\n",
+           name, ms, ms_ng, 100.0 * (ms_ng - ms) / ms_ng, same ? "equals" : "DIFFERS from",
+           (unsigned long long)st.captures, (unsigned long long)st.replays, st.bytes / 1e9);
+    printf("RESULT\tunet_sd15_%s_nograph\t%d,%d,%d,%d\t%.4f\t%.6g\n", name, io->B, io->S, io->S,
+           io->L, ms_ng, mood_cuda_unet_flop(u));
+    if (!st.enabled || st.replays == 0) {
+        fprintf(stderr, "bench_cuda_unet: %s: the forward ran without CUDA graphs: %s\n", name,
+                st.failed ? st.error : "never replayed");
+        rc = 1;
+    }
+    if (!same) {
+        fprintf(stderr, "bench_cuda_unet: %s: the graph's output differs from the forward's\n",
+                name);
+        rc = 1;
+    }
+    return rc;
+}
+
 /* One precision: upload, check against the CPU output, time; prints its lines. */
 static int bench_dtype(mood_cuda_ctx *ctx, const mood_unet *m, const bench_io *io,
                        mood_cuda_dtype dt)
@@ -212,7 +256,7 @@ static int bench_dtype(mood_cuda_ctx *ctx, const mood_unet *m, const bench_io *i
     mood_cuda_unet *u = NULL;
     void *dout = NULL;
     float *out = malloc(io->nout * 4);
-    int rc = 1;
+    int rc = 1, graph_rc;
     mood_cuda_unet_options_init(&o);
     o.dtype = dt;
     if (!out || mood_cuda_unet_new(&u, ctx, m, &o) != 0 ||
@@ -228,10 +272,12 @@ static int bench_dtype(mood_cuda_ctx *ctx, const mood_unet *m, const bench_io *i
         goto done;
     }
     err = rel_err(out, io->ref, io->nout);
-    printf("%s: forward %.2f ms, %.1f TFLOP/s; max |gpu - cpu| / max |cpu| = %.2e (limit %.0e)\n",
+    printf("%s: forward %.2f ms (CUDA graphs), %.1f TFLOP/s; max |gpu - cpu| / max |cpu| = %.2e "
+           "(limit %.0e)\n",
            name, ms, mood_cuda_unet_flop(u) / (ms * 1e-3) / 1e12, err, limit);
     printf("RESULT\tunet_sd15_%s\t%d,%d,%d,%d\t%.4f\t%.6g\n", name, io->B, io->S, io->S, io->L, ms,
            mood_cuda_unet_flop(u));
+    graph_rc = bench_graphs(ctx, u, io, dout, name, ms, out);
     if (dt != MOOD_CUDA_F32) { /* 16-bit attention: the GEMM path by default; the flash one? */
         double flash_ms = 0;
         int prev = mood__cuda_attention_path(ctx, 1);
@@ -243,8 +289,8 @@ static int bench_dtype(mood_cuda_ctx *ctx, const mood_unet *m, const bench_io *i
         printf("%s: forward with attention on the flash kernel %.2f ms (default path %.2f ms)\n",
                name, flash_ms, ms);
     }
-    rc = err <= limit ? 0 : 1;
-    if (rc)
+    rc = err <= limit ? graph_rc : 1;
+    if (err > limit)
         fprintf(stderr, "bench_cuda_unet: %s output off by %.2e\n", name, err);
 done:
     mood_cuda_free(ctx, dout);

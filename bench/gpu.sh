@@ -5,8 +5,9 @@
 # SDXL-size UNet's 722 attention / feed-forward / proj Linear weights (mood_cuda_op_lora_merge
 # vs torch addmm_), (b) the SD1.5 UNet's heaviest ops at a 64x64 latent, batch 2 and 8, bf16
 # (mood's conv2d_ex / linear_ex / attention_ex vs F.conv2d / F.linear / SDPA), (c) one SD1.5 UNet
-# forward (64x64 latent, batch 2, 77 tokens) in fp32 and bf16 (bench_cuda_unet, its output checked
-# against mood's CPU forward) vs diffusers' UNet2DConditionModel in the same dtype, (d) a
+# forward (64x64 latent, batch 2, 77 tokens) in fp32 and bf16, with and without CUDA graphs
+# (bench_cuda_unet, its output checked against mood's CPU forward) vs diffusers'
+# UNet2DConditionModel in the same dtype, (d) a
 # placeholder for whole generation vs diffusers (not implemented yet). A short table is printed
 # last; logs and full figures go to $OUT (8 files at most: the device tool's limit).
 #

@@ -11,7 +11,8 @@ of the card's bf16 dense peak, and torch / mood.
 Ops: F.conv2d (cudnn.benchmark on), F.linear, F.scaled_dot_product_attention on bf16 tensors;
 the LoRA merge as W.addmm_(up, down, alpha=scale) per layer in fp32 (no TF32: mood's merge is
 fp32) and, for reference, in bf16. The UNet forward (RESULT unet_sd15_<f32|bf16> lines of
-bench_cuda_unet): diffusers' UNet2DConditionModel with runwayml/stable-diffusion-v1-5's config
+bench_cuda_unet, mood's forward replayed from a CUDA graph; unet_sd15_<f32|bf16>_nograph: the
+same without graphs, compared with the same torch timing): diffusers' UNet2DConditionModel with runwayml/stable-diffusion-v1-5's config
 (random weights: timing only), in that dtype (fp32 without TF32), its default attention
 processor (SDPA), under torch.no_grad(), on the same batch, latent size and context length;
 its TFLOP/s use mood's count of the products' FLOPs. diffusers comes from PYTHONPATH (gpu.sh
@@ -154,6 +155,7 @@ def main():
     name = torch.cuda.get_device_name() if dev == "cuda" else dev
     print(f"torch {torch.__version__}, {name}, bf16 peak {peak:.1f} TFLOP/s")
     table = []
+    torch_ms = {}  # (kind, spec): diffusers timed once for a row and its _nograph twin
     for kind, spec, ms, flop in rows:
         flop = float(flop) if ms != "ERROR" else 0.0
         if kind == "lora_merge":
@@ -162,11 +164,17 @@ def main():
             table.append((kind + " fp32", spec, ms, t32, flop))
             table.append(("lora_merge torch-bf16", spec, "-", t16, flop))
             continue
+        # unet_sd15_<dtype>_nograph: mood's forward without CUDA graphs, the same torch run
+        base = kind[: -len("_nograph")] if kind.endswith("_nograph") else kind
         try:
-            t = torch_unet(kind, spec) if kind.startswith("unet_") else torch_op(kind, spec)
+            if (base, spec) in torch_ms:
+                t = torch_ms[(base, spec)]
+            else:
+                t = torch_unet(base, spec) if base.startswith("unet_") else torch_op(base, spec)
         except Exception as exc:  # a shape torch refuses, no diffusers: report, go on
             print(f"torch {kind} {spec}: {exc}")
             t = float("nan")
+        torch_ms[(base, spec)] = t
         table.append((kind, spec, ms, t, flop))
         empty_cache()
     print()
@@ -196,7 +204,8 @@ def main():
     if any(r[0].startswith("unet_") for r in table):
         print("(unet_sd15: one SD1.5 UNet forward, sizes batch,H,W,tokens; torch = diffusers "
               "UNet2DConditionModel in the same dtype; TF/s from mood's FLOP count of the "
-              "products; f32 without TF32, so %peak of the bf16 rate means little)")
+              "products; f32 without TF32, so %peak of the bf16 rate means little; mood's "
+              "forward replayed from a CUDA graph, _nograph: every kernel launched by the host)")
 
 
 if __name__ == "__main__":

@@ -362,10 +362,9 @@ static void transformer_backward(unet_pass *g, float *dh)
 
 /* ----- sampling ----------------------------------------------------------------------------- */
 
-/* The backward of mood__unet_upsample: din (BC x H x W) += the sum of dout (BC x OH x OW) over
- * each source pixel's copies; one thread per plane, in a fixed order. */
-static void upsample_nearest_backward(float *din, const float *dout, int BC, int H, int W, int OH,
-                                      int OW)
+/* The backward of mood__unet_upsample (unet_pass.h): one thread per plane, in a fixed order. */
+void mood__unet_upsample_backward(float *din, const float *dout, int BC, int H, int W, int OH,
+                                  int OW)
 {
     float sy = (float)H / (float)OH, sx = (float)W / (float)OW;
     if (OH == 2 * H && OW == 2 * W) {
@@ -399,7 +398,7 @@ static void upsample_backward(unet_pass *g, const unet_rec *rec, float *din, con
     tmp = push(g, n), dtmp = push_zero(g, n);
     RUN(g) mood__unet_upsample(tmp, rec->in, BC, rec->H, rec->W, rec->OH, rec->OW);
     conv_backward(g, c, dtmp, dout, tmp, rec->OH, rec->OW);
-    RUN(g) upsample_nearest_backward(din, dtmp, BC, rec->H, rec->W, rec->OH, rec->OW);
+    RUN(g) mood__unet_upsample_backward(din, dtmp, BC, rec->H, rec->W, rec->OH, rec->OW);
     g->used = mark;
 }
 

@@ -193,6 +193,10 @@ void mood__unet_tblock_forward(unet_pass *f, const u_transformer *t, const u_tbl
 void mood__unet_up_buffers(const unet_pass *f, size_t *cat_n, size_t *cur_n);
 /* Nearest-neighbour resize as torch's interpolate (2x or to any size): BC planes. */
 void mood__unet_upsample(float *out, const float *inp, int BC, int H, int W, int OH, int OW);
+/* Its backward (engine/unet_backward.c): din (BC x H x W) += the sum of dout (BC x OH x OW) over
+ * each source pixel's copies (also the CPU twin of mood_cuda_op_upsample_nearest_backward). */
+void mood__unet_upsample_backward(float *din, const float *dout, int BC, int H, int W, int OH,
+                                  int OW);
 
 /* The backward pass of a recorded forward (engine/unet_backward.c): dout B x out x H x W. */
 void mood__unet_backward_run(unet_pass *g, const unet_pass *f, const float *dout);

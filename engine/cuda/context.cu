@@ -164,6 +164,7 @@ int mood__cuda_attention_path(mood_cuda_ctx *ctx, int which)
 {
     int prev = ctx->attention_path;
     ctx->attention_path = which;
+    ctx->config_gen += prev != which; /* CUDA graphs recorded before run the other kernels */
     return prev;
 }
 
@@ -171,6 +172,7 @@ size_t mood__cuda_attention_budget(mood_cuda_ctx *ctx, size_t bytes)
 {
     size_t prev = ctx->attention_budget;
     ctx->attention_budget = bytes;
+    ctx->config_gen += prev != bytes;
     return prev;
 }
 
@@ -212,6 +214,14 @@ int mood_cuda_memset0(mood_cuda_ctx *ctx, void *dst, size_t bytes)
     MOOD_TRY(mood__cuda_check_ctx(ctx, "mood_cuda_memset0"));
     if (bytes)
         CUDA_TRY(cudaMemsetAsync(dst, 0, bytes, ctx->stream));
+    return 0;
+}
+
+int mood_cuda_copy(mood_cuda_ctx *ctx, void *dst, const void *src, size_t bytes)
+{
+    MOOD_TRY(mood__cuda_check_ctx(ctx, "mood_cuda_copy"));
+    if (bytes)
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
     return 0;
 }
 

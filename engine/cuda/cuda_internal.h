@@ -67,6 +67,29 @@ int mood__cuda_pool_release(mood_cuda_pool *p, void *ptr);
 void mood__cuda_pool_trim(mood_cuda_pool *p);
 void mood__cuda_pool_stats(const mood_cuda_pool *p, mood_cuda_pool_stats *out);
 
+/* A CUDA graph's reservation (graph.cu, cuda_ops.h): while it is the pool's active one, every
+ * block the pool hands out is recorded here and stays the graph's; a block freed meanwhile is
+ * marked idle and handed out again only to later requests of the same reservation. Until
+ * mood__cuda_pool_resv_release the blocks stay in the pool's table of blocks in use (counted in
+ * stats.in_use), so neither the shared free lists nor a trim ever see them. */
+typedef struct pool_resv_block {
+    void *ptr;
+    int cls;  /* the pool's size class */
+    int idle; /* freed by the recorded code: free for its next request of this class */
+} pool_resv_block;
+typedef struct mood_cuda_pool_resv {
+    pool_resv_block *blocks;
+    size_t n, cap;
+    size_t bytes; /* of the blocks, by size class */
+} mood_cuda_pool_resv;
+/* Makes r (zeroed by the caller) the active reservation; MOOD_EINVAL when one is active. */
+int mood__cuda_pool_resv_begin(mood_cuda_pool *p, mood_cuda_pool_resv *r);
+/* No reservation is active any more (r keeps its blocks). */
+void mood__cuda_pool_resv_end(mood_cuda_pool *p);
+/* Returns r's blocks to the pool's free lists (the caller has made sure no queued work still uses
+ * them, or that any that does runs before the next user: stream order) and frees r's table. */
+void mood__cuda_pool_resv_release(mood_cuda_pool *p, mood_cuda_pool_resv *r);
+
 /* ----- context ------------------------------------------------------------------------------ */
 
 #define MOOD_CUDA_CONV_CACHE 64
@@ -98,6 +121,9 @@ struct mood_cuda_ctx {
     int sm_count;
     conv_algos conv_cache[MOOD_CUDA_CONV_CACHE];
     int conv_next; /* round-robin slot to overwrite when the cache is full */
+    /* moves when a setting that decides which kernels run changes (attention_path, _budget):
+     * a CUDA graph recorded before is stale (graph.cu) */
+    unsigned long config_gen;
 };
 
 /* A pool block freed when it goes out of scope (temporaries of one op). */

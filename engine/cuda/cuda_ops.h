@@ -75,6 +75,8 @@ void mood_cuda_free(mood_cuda_ctx *ctx, void *ptr);
 int mood_cuda_upload(mood_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
 int mood_cuda_download(mood_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
 int mood_cuda_memset0(mood_cuda_ctx *ctx, void *dst, size_t bytes);
+/* Device-to-device copy on the stream (queued; returns at once). */
+int mood_cuda_copy(mood_cuda_ctx *ctx, void *dst, const void *src, size_t bytes);
 
 typedef struct mood_cuda_pool_stats {
     size_t in_use;          /* bytes handed out (rounded to their size class) */
@@ -90,6 +92,55 @@ int mood_cuda_pool_trim(mood_cuda_ctx *ctx);
 /* Element conversion: out (n of out_dt) = inp (n of in_dt), round to nearest even. */
 int mood_cuda_op_convert(mood_cuda_ctx *ctx, void *out, mood_cuda_dtype out_dt, const void *inp,
                          mood_cuda_dtype in_dt, size_t n);
+
+/* ----- CUDA graphs (graph.cu) --------------------------------------------------------------- *
+ *
+ * A graph records the work a piece of code queues on the context's stream and replays it with
+ * one launch (no per-kernel launch cost). Pointers, sizes and scalars are baked into the graph,
+ * so a replay reads and writes exactly the buffers the recorded run did:
+ *   - every block the context's pool hands out between mood_cuda_graph_new and
+ *     mood_cuda_graph_finish (temporaries of the layer functions included) is RESERVED for the
+ *     graph: a block the recorded code frees goes back to the graph's own list (handed out again
+ *     only to that code), never to the pool's shared lists, and all of them return to the pool
+ *     only in mood_cuda_graph_free. So no other code is handed (and writes into) a block the
+ *     graph uses between its replays; the reserved bytes count as in use in the pool's stats;
+ *   - the caller copies its inputs into reserved blocks before each launch and its output out of
+ *     one after (mood_cuda_copy), all in stream order.
+ * Recording: mood_cuda_graph_new (reservation starts: allocate the graph's own input and output
+ * buffers now), mood_cuda_graph_capture (capture starts; nothing queued from here runs), the code
+ * to record, mood_cuda_graph_finish (capture and reservation end; the graph is instantiated).
+ * The recorded code must only queue work on the stream: no waiting (mood_cuda_sync, download),
+ * no host <-> device copies. cuBLAS and cuDNN run on the context's fixed workspace (pool blocks
+ * when a convolution needs more, reserved like the rest); a pool block the driver must supply
+ * during the capture comes from cudaMalloc in relaxed capture mode, for that call only.
+ * Run the code once uncaptured first (a warm-up): the pool then holds its blocks, the libraries
+ * have chosen their algorithms and every kernel is loaded. A graph replays on the context's one
+ * stream, in order with everything else; a graph belongs to the context's thread. */
+typedef struct mood_cuda_graph mood_cuda_graph;
+
+/* Starts a graph and the reservation of the pool blocks handed out from now on. One graph at a
+ * time per context records (MOOD_EINVAL while another one does). */
+int mood_cuda_graph_new(mood_cuda_ctx *ctx, mood_cuda_graph **out);
+/* Starts capturing the stream (cudaStreamCaptureModeThreadLocal: a call of this thread that is
+ * unsafe during a capture fails, which ends in a failed capture rather than a wrong graph; other
+ * threads' contexts are not disturbed). */
+int mood_cuda_graph_capture(mood_cuda_graph *g);
+/* Ends the capture and the reservation and, when rc is 0 (the recorded code succeeded),
+ * instantiates the graph. Returns rc when it is negative, else 0 or the capture's or
+ * instantiation's error. However it ends, the stream is no longer capturing and no CUDA error is
+ * left pending; after a failure g cannot be launched (only freed). */
+int mood_cuda_graph_finish(mood_cuda_graph *g, int rc);
+/* Queues one replay on the stream (returns at once). */
+int mood_cuda_graph_launch(mood_cuda_graph *g);
+/* 1 when a setting of the context that decides which kernels run (mood__cuda_attention_path,
+ * mood__cuda_attention_budget) changed since the capture: the graph no longer does what the code
+ * would; record it again. */
+int mood_cuda_graph_stale(const mood_cuda_graph *g);
+/* Bytes of pool blocks reserved for g (their size classes). */
+size_t mood_cuda_graph_bytes(const mood_cuda_graph *g);
+/* Waits for the stream (a pending replay finishes), destroys the graph and returns its reserved
+ * blocks to the pool. NULL is a no-op. */
+void mood_cuda_graph_free(mood_cuda_graph *g);
 
 /* ----- forward ------------------------------------------------------------------------------ */
 
@@ -203,7 +254,7 @@ int mood_cuda_op_upsample_nearest2x_backward(mood_cuda_ctx *ctx, float *dinp, co
                                              int BC, int H, int W);
 /* The backward of mood_cuda_op_upsample_nearest: dinp (BC x H x W) += the sum of dout
  * (BC x OH x OW) over each input pixel's copies, added in the CPU twin's order (the UNet
- * backward's upsample_nearest_backward, engine/unet_backward.c, for sizes other than 2x). */
+ * backward's mood__unet_upsample_backward, engine/unet_pass.h, for sizes other than 2x). */
 int mood_cuda_op_upsample_nearest_backward(mood_cuda_ctx *ctx, float *dinp, const float *dout,
                                            int BC, int H, int W, int OH, int OW);
 int mood_cuda_op_add_channel_bias_backward(mood_cuda_ctx *ctx, float *dv, const float *dout, int B,

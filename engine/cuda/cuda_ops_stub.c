@@ -68,6 +68,47 @@ int mood_cuda_memset0(mood_cuda_ctx *ctx, void *dst, size_t bytes)
     return no_cuda();
 }
 
+int mood_cuda_copy(mood_cuda_ctx *ctx, void *dst, const void *src, size_t bytes)
+{
+    return no_cuda();
+}
+
+int mood_cuda_graph_new(mood_cuda_ctx *ctx, mood_cuda_graph **out)
+{
+    if (out)
+        *out = NULL;
+    return no_cuda();
+}
+
+int mood_cuda_graph_capture(mood_cuda_graph *g)
+{
+    return no_cuda();
+}
+
+int mood_cuda_graph_finish(mood_cuda_graph *g, int rc)
+{
+    return rc < 0 ? rc : no_cuda();
+}
+
+int mood_cuda_graph_launch(mood_cuda_graph *g)
+{
+    return no_cuda();
+}
+
+int mood_cuda_graph_stale(const mood_cuda_graph *g)
+{
+    return 0;
+}
+
+size_t mood_cuda_graph_bytes(const mood_cuda_graph *g)
+{
+    return 0;
+}
+
+void mood_cuda_graph_free(mood_cuda_graph *g)
+{
+}
+
 void mood_cuda_pool_stats_get(mood_cuda_ctx *ctx, mood_cuda_pool_stats *out)
 {
     memset(out, 0, sizeof *out);

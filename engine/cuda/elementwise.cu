@@ -4,7 +4,7 @@
  * layout changes (NCHW <-> NHWC, nearest 2x and any-size upsampling, channel concatenation),
  * the timestep embedding, and the fixed-order column sums that bias gradients use. Mirrors
  * engine/cpu/ops.c and ops_backward.c function by function (any-size upsampling: the UNet's
- * mood__unet_upsample, its backward the UNet backward's upsample_nearest_backward; the scaled
+ * mood__unet_upsample, its backward mood__unet_upsample_backward; the scaled
  * add: the passes' axpy, engine/unet_pass.h).
  *
  * Reductions run in a fixed order (one thread or one block per output, partial sums combined in
@@ -654,7 +654,7 @@ __device__ __forceinline__ int nearest_src(int o, float s, int in)
 
 /* dinp (BC x H x W) += the sum of the dout (BC x OH x OW) values copied from each input pixel by
  * upsample_any_kernel: one thread per input pixel, adding its copies row by row, left to right,
- * to its running value, as the CPU twin does (the UNet backward's upsample_nearest_backward,
+ * to its running value, as the CPU twin does (mood__unet_upsample_backward,
  * engine/unet_backward.c), so the sums are the same. The source index does not decrease along a
  * row or column, so each pixel scans from two rows (columns) before the first that can map to it
  * (float rounding moves that one by far less) until one maps past it. */

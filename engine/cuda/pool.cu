@@ -10,6 +10,14 @@
  * a free list per class and a hash table from pointer to class for the blocks in use. All work
  * of a context runs on its one stream, so a block freed by the host can be handed out again at
  * once: kernels using it before and after run in stream order.
+ *
+ * A CUDA graph's reservation (mood_cuda_pool_resv, cuda_internal.h) diverts the pool while a graph
+ * is recorded: blocks handed out then belong to the graph until it is freed, because its replays
+ * read and write them at times the host does not see; freeing one during the recording only
+ * makes it available to the recording's next request of its class. A block the driver must
+ * supply during a stream capture is asked for in relaxed capture mode (cudaMalloc is not a
+ * stream operation: the graph just gets the address, as PyTorch's allocator does), and no
+ * cached block is returned to the driver then (cudaFree may synchronise: a capture forbids it).
  */
 #include <stdint.h>
 #include <string.h>
@@ -37,6 +45,7 @@ struct mood_cuda_pool {
     used_slot *used; /* open addressing, linear probing, power-of-two size */
     size_t used_cap, used_n;
     mood_cuda_pool_stats stats;
+    mood_cuda_pool_resv *resv; /* the recording graph's reservation, or NULL */
 };
 
 static size_t round_up(size_t v, size_t step)
@@ -190,6 +199,75 @@ static void note_peak(mood_cuda_pool *p)
         p->stats.peak = total;
 }
 
+/* cudaMalloc, allowed during a stream capture of this thread when a reservation is active (the
+ * call is not captured; the thread's capture mode is relaxed for it and restored). */
+static cudaError_t device_malloc(mood_cuda_pool *p, void **ptr, size_t size)
+{
+    if (!p->resv)
+        return cudaMalloc(ptr, size);
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaError_t e = cudaThreadExchangeStreamCaptureMode(&mode);
+    if (e != cudaSuccess)
+        return e;
+    e = cudaMalloc(ptr, size);
+    cudaThreadExchangeStreamCaptureMode(&mode);
+    return e;
+}
+
+/* An idle block of class cls in the active reservation, marked busy; NULL when there is none. */
+static void *resv_take(mood_cuda_pool *p, int cls)
+{
+    mood_cuda_pool_resv *r = p->resv;
+    for (size_t i = r ? r->n : 0; i-- > 0;)
+        if (r->blocks[i].idle && r->blocks[i].cls == cls) {
+            r->blocks[i].idle = 0;
+            p->stats.hits++;
+            return r->blocks[i].ptr;
+        }
+    return NULL;
+}
+
+/* Records a new block in the active reservation. */
+static int resv_add(mood_cuda_pool *p, void *ptr, int cls, size_t size)
+{
+    mood_cuda_pool_resv *r = p->resv;
+    if (!r)
+        return 0;
+    MOOD_TRY(mood_array_reserve(&r->blocks, &r->cap, r->n, sizeof *r->blocks, 64));
+    r->blocks[r->n].ptr = ptr, r->blocks[r->n].cls = cls, r->blocks[r->n].idle = 0;
+    r->n++;
+    r->bytes += size;
+    return 0;
+}
+
+/* A block of class cls (size bytes) from the free list or the driver, not yet recorded as in
+ * use. */
+static int obtain(mood_cuda_pool *p, void **out, int cls, size_t size)
+{
+    free_list *l = &p->lists[cls];
+    if (l->n) {
+        *out = l->ptrs[--l->n];
+        p->stats.cached -= size;
+        p->stats.hits++;
+        return 0;
+    }
+    cudaError_t e = device_malloc(p, out, size);
+    if (e == cudaErrorMemoryAllocation && !p->resv) { /* no trim while a graph records */
+        cudaGetLastError(); /* not sticky, but keep the next check clean */
+        mood__cuda_pool_trim(p);
+        e = device_malloc(p, out, size);
+    }
+    if (e != cudaSuccess) {
+        *out = NULL;
+        int rc = mood__cuda_fail(e, "cudaMalloc", __FILE__, __LINE__);
+        mood_error_prefix("cuda pool: %zu bytes (%zu in use, %zu cached)", size, p->stats.in_use,
+                          p->stats.cached);
+        return rc;
+    }
+    p->stats.device_allocs++;
+    return 0;
+}
+
 int mood__cuda_pool_alloc(mood_cuda_pool *p, void **out, size_t bytes)
 {
     size_t size;
@@ -197,27 +275,12 @@ int mood__cuda_pool_alloc(mood_cuda_pool *p, void **out, size_t bytes)
     *out = NULL;
     if (cls >= NUM_CLASSES)
         return mood_error_set(MOOD_ENOMEM, "cuda pool: request of %zu bytes is too large", bytes);
-    free_list *l = &p->lists[cls];
-    void *ptr = NULL;
-    if (l->n) {
-        ptr = l->ptrs[--l->n];
-        p->stats.cached -= size;
-        p->stats.hits++;
-    } else {
-        cudaError_t e = cudaMalloc(&ptr, size);
-        if (e == cudaErrorMemoryAllocation) {
-            cudaGetLastError(); /* not sticky, but keep the next check clean */
-            mood__cuda_pool_trim(p);
-            e = cudaMalloc(&ptr, size);
-        }
-        if (e != cudaSuccess) {
-            int rc = mood__cuda_fail(e, "cudaMalloc", __FILE__, __LINE__);
-            mood_error_prefix("cuda pool: %zu bytes (%zu in use, %zu cached)", size,
-                              p->stats.in_use, p->stats.cached);
-            return rc;
-        }
-        p->stats.device_allocs++;
+    void *ptr = resv_take(p, cls);
+    if (ptr) { /* already in the table and in in_use */
+        *out = ptr;
+        return 0;
     }
+    MOOD_TRY(obtain(p, &ptr, cls, size));
     int rc = used_insert(p, ptr, cls);
     if (rc < 0) {
         cudaFree(ptr);
@@ -225,13 +288,29 @@ int mood__cuda_pool_alloc(mood_cuda_pool *p, void **out, size_t bytes)
     }
     p->stats.in_use += size;
     note_peak(p);
+    if ((rc = resv_add(p, ptr, cls, size)) < 0) {
+        mood__cuda_pool_release(p, ptr); /* not recorded: back to the shared list */
+        return rc;
+    }
     *out = ptr;
+    return 0;
+}
+
+/* Marks ptr idle when the active reservation holds it; 1 if so. */
+static int resv_idle(mood_cuda_pool *p, void *ptr)
+{
+    mood_cuda_pool_resv *r = p->resv;
+    for (size_t i = r ? r->n : 0; i-- > 0;)
+        if (r->blocks[i].ptr == ptr) {
+            r->blocks[i].idle = 1;
+            return 1;
+        }
     return 0;
 }
 
 int mood__cuda_pool_release(mood_cuda_pool *p, void *ptr)
 {
-    if (!ptr)
+    if (!ptr || resv_idle(p, ptr))
         return 0;
     int cls = used_remove(p, ptr);
     if (cls < 0)
@@ -251,4 +330,27 @@ int mood__cuda_pool_release(mood_cuda_pool *p, void *ptr)
 void mood__cuda_pool_stats(const mood_cuda_pool *p, mood_cuda_pool_stats *out)
 {
     *out = p->stats;
+}
+
+int mood__cuda_pool_resv_begin(mood_cuda_pool *p, mood_cuda_pool_resv *r)
+{
+    if (p->resv)
+        return mood_error_set(MOOD_EINVAL, "cuda pool: a CUDA graph is already being recorded");
+    p->resv = r;
+    return 0;
+}
+
+void mood__cuda_pool_resv_end(mood_cuda_pool *p)
+{
+    p->resv = NULL;
+}
+
+void mood__cuda_pool_resv_release(mood_cuda_pool *p, mood_cuda_pool_resv *r)
+{
+    if (p->resv == r)
+        p->resv = NULL;
+    for (size_t i = 0; i < r->n; i++)
+        mood__cuda_pool_release(p, r->blocks[i].ptr);
+    mood_free(r->blocks);
+    memset(r, 0, sizeof *r);
 }

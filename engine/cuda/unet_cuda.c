@@ -20,11 +20,21 @@
  * (cu_pass.live), so that a failure anywhere returns them all: the layer functions just return
  * the error. The skip connections stay until their up-block resnet has read them.
  *
+ * CUDA graphs (unet_cuda.h, "CUDA graphs"): forward_dev keeps up to MOOD_CUDA_UNET_GRAPHS
+ * entries (cu_graph, one per shape): a shape's first forward runs the pass and records the
+ * entry (warm-up), its second records the pass into a graph (cuda_ops.h: every pool block the
+ * pass takes, temporaries of the layer functions included, is reserved for the graph, so the
+ * addresses baked into it belong to nobody else between replays) reading and writing the
+ * entry's own staging buffers (reserved too), and launches it; later ones copy the inputs in,
+ * launch, copy the output out. Dropped when what a graph computes may change (graphs_drop).
+ *
  * The structures, the pool bookkeeping (get / put) and the layer forwards exported here
  * (mood__cuda_unet_lin, _conv, _norm) are shared with the training passes
  * (engine/cuda/unet_cuda_train.c) through engine/cuda/unet_cuda_internal.h.
  */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/cuda/unet_cuda_internal.h"
@@ -120,8 +130,11 @@ static void side_numel(const unet_param *p, const mood_side_path *sp, size_t *nd
     *nu = sp->rank > 0 ? (size_t)p->shape[0] * (size_t)sp->rank : p->numel;
 }
 
+static void graphs_drop(mood_cuda_unet *u);
+
 static void drop_sides(mood_cuda_unet *u)
 {
+    graphs_drop(u); /* they read the factors at the addresses about to go, with their scales */
     mood_cuda_free(u->ctx, u->side_arena);
     mood_free(u->side_w);
     u->side_arena = NULL, u->side_w = NULL;
@@ -233,6 +246,8 @@ int mood_cuda_unet_new(mood_cuda_unet **out, mood_cuda_ctx *ctx, const mood_unet
         return mood_error_nomem();
     }
     u->ctx = ctx, u->m = m, u->dt = o.dtype;
+    const char *env = getenv("MOOD_CUDA_GRAPHS");
+    u->graphs_off = o.no_graphs || (env && strcmp(env, "0") == 0);
     if ((err = alloc_arenas(u)) < 0 || (err = upload_range(u, 0, m->n_params)) < 0 ||
         (err = load_sides(u)) < 0) {
         mood_cuda_unet_free(u);
@@ -246,6 +261,7 @@ void mood_cuda_unet_free(mood_cuda_unet *u)
 {
     if (!u)
         return;
+    graphs_drop(u);
     mood_cuda_free(u->ctx, u->arena32);
     mood_cuda_free(u->ctx, u->arena16);
     drop_sides(u);
@@ -258,6 +274,7 @@ int mood_cuda_unet_reload(mood_cuda_unet *u, const char *name)
     long i;
     if (!u)
         return mood_error_set(MOOD_EINVAL, "cuda unet: reload needs a model");
+    graphs_drop(u); /* the simplest rule: any weight change drops them (recorded again) */
     if (!name)
         return upload_range(u, 0, u->m->n_params);
     if ((i = mood__unet_find(u->m, name)) < 0)
@@ -800,6 +817,190 @@ static int unet_run(cu_pass *f, float *out, const float *x, const float *t, cons
     return head(f, out, h, H, W);
 }
 
+/* One forward of the model's layers on device buffers (the pass, uncaptured or recorded). */
+static int run_pass(mood_cuda_unet *u, float *out, const float *x, const float *t,
+                    const float *context, int B, int H, int W, int L, const float *text_embeds,
+                    const float *time_ids)
+{
+    cu_pass f;
+    memset(&f, 0, sizeof f);
+    f.u = u, f.ctx = u->ctx, f.m = u->m, f.dt = u->dt, f.B = B, f.L = L;
+    int err = unet_run(&f, out, x, t, context, text_embeds, time_ids, H, W);
+    put_all(&f);
+    u->flop = f.flop;
+    return err;
+}
+
+/* Floats of the forward's inputs x, t, context, text_embeds, time_ids (the last two 0 without
+ * text_time) and of its output. */
+static void io_sizes(const mood_unet *m, int B, int H, int W, int L, size_t n[5], size_t *n_out)
+{
+    const mood_unet_config *c = &m->cfg;
+    int sdxl = c->addition_embed_text_time;
+    n[0] = (size_t)B * c->in_channels * H * W, n[1] = (size_t)B;
+    n[2] = (size_t)B * L * c->cross_attention_dim;
+    n[3] = sdxl ? (size_t)B *
+                      (c->projection_class_embeddings_input_dim - 6 * c->addition_time_embed_dim)
+                : 0;
+    n[4] = sdxl ? (size_t)B * 6 : 0;
+    *n_out = (size_t)B * c->out_channels * H * W;
+}
+
+/* ----- CUDA graphs ------------------------------------------------------------------------- */
+
+static int graphs_usable(const mood_cuda_unet *u)
+{
+    return !u->graphs_off && !u->graphs_failed;
+}
+
+/* Frees e's graph (waiting for a pending replay) with its reserved blocks, staging included. */
+static void graph_clear(cu_graph *e)
+{
+    mood_cuda_graph_free(e->g);
+    memset(e, 0, sizeof *e);
+}
+
+static void graphs_drop(mood_cuda_unet *u)
+{
+    for (int i = 0; i < MOOD_CUDA_UNET_GRAPHS; i++)
+        if (u->graphs[i].used)
+            graph_clear(&u->graphs[i]);
+}
+
+/* The entry of a shape, or NULL. */
+static cu_graph *graph_find(mood_cuda_unet *u, int B, int H, int W, int L, int sdxl)
+{
+    for (int i = 0; i < MOOD_CUDA_UNET_GRAPHS; i++) {
+        cu_graph *e = &u->graphs[i];
+        if (e->used && e->B == B && e->H == H && e->W == W && e->L == L && e->sdxl == sdxl)
+            return e;
+    }
+    return NULL;
+}
+
+/* A free entry, making one by dropping the least recently used. */
+static cu_graph *graph_slot(mood_cuda_unet *u)
+{
+    cu_graph *lru = &u->graphs[0];
+    for (int i = 0; i < MOOD_CUDA_UNET_GRAPHS; i++) {
+        cu_graph *e = &u->graphs[i];
+        if (!e->used)
+            return e;
+        if (e->last < lru->last)
+            lru = e;
+    }
+    graph_clear(lru);
+    return lru;
+}
+
+/* Records the pass of e's shape into a graph that reads e's inputs and writes its output, all
+ * reserved blocks of the graph (allocated here, inside the reservation). */
+static int graph_record(mood_cuda_unet *u, cu_graph *e)
+{
+    mood_cuda_graph *g = NULL;
+    void *p = NULL;
+    int err = mood_cuda_graph_new(u->ctx, &g);
+    if (err < 0)
+        return err;
+    for (int i = 0; i < 5 && err == 0; i++)
+        if (e->n_in[i] && (err = mood_cuda_alloc(u->ctx, &p, e->n_in[i] * sizeof(float))) == 0)
+            e->in[i] = p;
+    if (err == 0 && (err = mood_cuda_alloc(u->ctx, &p, e->n_out * sizeof(float))) == 0)
+        e->out = p;
+    if (err == 0 && (err = mood_cuda_graph_capture(g)) == 0)
+        err = run_pass(u, e->out, e->in[0], e->in[1], e->in[2], e->B, e->H, e->W, e->L, e->in[3],
+                       e->in[4]);
+    if ((err = mood_cuda_graph_finish(g, err)) < 0) {
+        mood_cuda_graph_free(g); /* its staging blocks with it */
+        memset(e->in, 0, sizeof e->in);
+        e->out = NULL;
+        return err;
+    }
+    e->g = g;
+    e->flop = u->flop;
+    u->graph_captures++;
+    return 0;
+}
+
+/* One replay: the inputs into e's buffers, the graph, the output out of e's buffer. */
+static int graph_launch(mood_cuda_unet *u, cu_graph *e, float *out, const float *const src[5])
+{
+    for (int i = 0; i < 5; i++)
+        if (e->n_in[i])
+            TRY(mood_cuda_copy(u->ctx, e->in[i], src[i], e->n_in[i] * sizeof(float)));
+    TRY(mood_cuda_graph_launch(e->g));
+    TRY(mood_cuda_copy(u->ctx, out, e->out, e->n_out * sizeof(float)));
+    u->flop = e->flop;
+    u->graph_replays++;
+    return 0;
+}
+
+/* Remembers a failure (graphs off for good) and drops the graphs. */
+static void graphs_fail(mood_cuda_unet *u, int err)
+{
+    u->graphs_failed = err;
+    snprintf(u->graphs_error, sizeof u->graphs_error, "%s", mood_error_last());
+    graphs_drop(u);
+}
+
+/* The forward through the shape's graph: 0 when it ran, 1 when the caller runs the pass (the
+ * shape's warm-up, or a failure: graphs are then off). src: x, t, context, text_embeds and
+ * time_ids (NULL when not used) on the device. */
+static int graph_forward(mood_cuda_unet *u, float *out, const float *const src[5], int B, int H,
+                         int W, int L)
+{
+    int sdxl = src[3] != NULL, err = 0;
+    cu_graph *e = graph_find(u, B, H, W, L, sdxl);
+    if (e && e->g && mood_cuda_graph_stale(e->g)) /* other kernels now: warm up, record again */
+        graph_clear(e), e = NULL;
+    if (!e) { /* the shape's first forward: the warm-up runs uncaptured */
+        e = graph_slot(u);
+        e->used = 1, e->B = B, e->H = H, e->W = W, e->L = L, e->sdxl = sdxl;
+        io_sizes(u->m, B, H, W, L, e->n_in, &e->n_out);
+        e->last = ++u->graph_tick;
+        return 1;
+    }
+    e->last = ++u->graph_tick;
+    if ((!e->g && (err = graph_record(u, e)) < 0) || (err = graph_launch(u, e, out, src)) < 0) {
+        graphs_fail(u, err);
+        return 1;
+    }
+    return 0;
+}
+
+void mood_cuda_unet_graph_stats_get(const mood_cuda_unet *u, mood_cuda_unet_graph_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!u)
+        return;
+    out->enabled = graphs_usable(u);
+    out->failed = u->graphs_failed;
+    snprintf(out->error, sizeof out->error, "%s", u->graphs_error);
+    for (int i = 0; i < MOOD_CUDA_UNET_GRAPHS; i++)
+        if (u->graphs[i].g) {
+            out->cached++;
+            out->bytes += mood_cuda_graph_bytes(u->graphs[i].g);
+        }
+    out->captures = u->graph_captures, out->replays = u->graph_replays;
+}
+
+int mood_cuda_unet_set_graphs(mood_cuda_unet *u, int on)
+{
+    if (!u)
+        return 0;
+    int prev = !u->graphs_off;
+    u->graphs_off = !on;
+    if (!on)
+        graphs_drop(u);
+    return prev;
+}
+
+void mood_cuda_unet_drop_graphs(mood_cuda_unet *u)
+{
+    if (u)
+        graphs_drop(u);
+}
+
 /* ----- entry points ------------------------------------------------------------------------- */
 
 int mood__cuda_unet_check_forward(const mood_cuda_unet *u, const float *out, const float *x,
@@ -823,17 +1024,16 @@ int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
                                const float *timesteps, const float *context, int B, int H, int W,
                                int ctx_len, const float *text_embeds, const float *time_ids)
 {
-    cu_pass f;
     int err = mood__cuda_unet_check_forward(u, out, x, timesteps, context, B, H, W, ctx_len,
                                             text_embeds, time_ids);
     if (err < 0 || (err = mood__cuda_unet_sides_ready(u)) < 0)
         return err;
-    memset(&f, 0, sizeof f);
-    f.u = u, f.ctx = u->ctx, f.m = u->m, f.dt = u->dt, f.B = B, f.L = ctx_len;
-    err = unet_run(&f, out, x, timesteps, context, text_embeds, time_ids, H, W);
-    put_all(&f);
-    u->flop = f.flop;
-    return err;
+    int sdxl = u->m->cfg.addition_embed_text_time;
+    const float *src[5] = {x, timesteps, context, sdxl ? text_embeds : NULL,
+                           sdxl ? time_ids : NULL};
+    if (graphs_usable(u) && graph_forward(u, out, src, B, H, W, ctx_len) == 0)
+        return 0;
+    return run_pass(u, out, x, timesteps, context, B, H, W, ctx_len, src[3], src[4]);
 }
 
 /* Device copies of the host inputs: x, t, context[, text_embeds, time_ids] in d[0..4]. */
@@ -865,11 +1065,7 @@ int mood_cuda_unet_forward(mood_cuda_unet *u, float *out, const float *x, const 
     c = &u->m->cfg;
     const float *h[5] = {x, timesteps, context, c->addition_embed_text_time ? text_embeds : NULL,
                          c->addition_embed_text_time ? time_ids : NULL};
-    n[0] = (size_t)B * c->in_channels * H * W, n[1] = (size_t)B;
-    n[2] = (size_t)B * ctx_len * c->cross_attention_dim;
-    n[3] = (size_t)B * (c->projection_class_embeddings_input_dim - 6 * c->addition_time_embed_dim);
-    n[4] = (size_t)B * 6;
-    n_out = (size_t)B * c->out_channels * H * W;
+    io_sizes(u->m, B, H, W, ctx_len, n, &n_out);
     if ((err = upload_inputs(u, d, h, n)) == 0 &&
         (err = mood_cuda_alloc(u->ctx, &dout, n_out * sizeof(float))) == 0 &&
         (err = mood_cuda_unet_forward_dev(u, dout, d[0], d[1], d[2], B, H, W, ctx_len, d[3],

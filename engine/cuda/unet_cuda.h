@@ -39,11 +39,39 @@
  *
  * A mood_cuda_unet belongs to its context's thread; activations come from the context's memory
  * pool, so repeated forwards of one size allocate nothing after the first.
+ *
+ * CUDA graphs (the inference forward only; the training passes are never captured). A sampler
+ * calls the UNet 20-50 times per image with the same shape; launching the forward's thousands
+ * of kernels one by one costs host time the GPU may wait on. So, per shape (B, H, W, ctx_len and
+ * whether SDXL conditioning is used), the forward's kernel sequence is recorded into a CUDA
+ * graph (engine/cuda/cuda_ops.h, "CUDA graphs") and replayed with one launch:
+ *   - the first forward of a shape runs normally (a warm-up: the pool then holds its blocks,
+ *     cuBLAS / cuDNN have chosen their algorithms, the kernels are loaded); the second records
+ *     the graph and launches it; later ones launch it. Each launch copies the inputs into the
+ *     graph's own device buffers first and the output out of its own buffer after (in stream
+ *     order, device to device), so the caller's buffers may differ from call to call;
+ *   - every device block the recorded forward uses is reserved for its graph until the graph is
+ *     dropped: about one forward's working set per shape held. At most MOOD_CUDA_UNET_GRAPHS
+ *     shapes are kept; a new shape beyond that evicts the least recently used;
+ *   - a replay computes what the normal forward would, bit for bit: the same kernels on the same
+ *     data (the weights and the side paths' factors are read from device memory at each replay,
+ *     so mood_cuda_unet_reload_side_paths with unchanged paths keeps the graphs);
+ *   - the graphs are dropped (recorded again when the shape comes back) by mood_cuda_unet_reload
+ *     (simplest rule: any weight change), by side paths laid out again (mood_unet_set_side_paths
+ *     seen at the next forward: their addresses and scales are baked into the graphs), by a change
+ *     of the context's attention settings, and by mood_cuda_unet_set_graphs(u, 0),
+ *     mood_cuda_unet_drop_graphs and mood_cuda_unet_free;
+ *   - a failed capture, instantiation or launch never fails the forward: the capture is ended,
+ *     the error cleared, graphs are turned off for this model for good (the failure is kept:
+ *     mood_cuda_unet_graph_stats_get) and the forward runs normally.
+ * Turned off by mood_cuda_unet_options.no_graphs, by MOOD_CUDA_GRAPHS=0 in the environment (read
+ * by mood_cuda_unet_new) or by mood_cuda_unet_set_graphs; results are identical either way.
  */
 #ifndef MOOD_ENGINE_CUDA_UNET_CUDA_H
 #define MOOD_ENGINE_CUDA_UNET_CUDA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/cuda/cuda_ops.h"
 #include "mood/unet.h"
@@ -58,7 +86,12 @@ typedef struct mood_cuda_unet_options {
     /* The type of the Linear and Conv2d weights on the device and of their products' inputs:
      * MOOD_CUDA_F32 (default), MOOD_CUDA_BF16 or MOOD_CUDA_F16. Norms and biases are fp32. */
     mood_cuda_dtype dtype;
+    /* 1: never record the forward into CUDA graphs (above); MOOD_CUDA_GRAPHS=0 does the same. */
+    int no_graphs;
 } mood_cuda_unet_options;
+
+/* Shapes whose CUDA graph a mood_cuda_unet keeps at once. */
+#define MOOD_CUDA_UNET_GRAPHS 4
 
 void mood_cuda_unet_options_init(mood_cuda_unet_options *opts);
 
@@ -99,11 +132,28 @@ int mood_cuda_unet_forward(mood_cuda_unet *u, float *out, const float *x, const 
 
 /* The same with every buffer in DEVICE memory (float32): the work is queued on the context's
  * stream and the call returns without waiting (mood_cuda_sync waits and reports an error raised
- * while it ran; only a copy of newly set side paths waits). out must not overlap the inputs. For
- * a sampler that keeps its latents on the GPU. */
+ * while it ran; only a copy of newly set side paths, and dropping graphs, wait). out must not
+ * overlap the inputs. For a sampler that keeps its latents on the GPU. */
 int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
                                const float *timesteps, const float *context, int B, int H, int W,
                                int ctx_len, const float *text_embeds, const float *time_ids);
+
+/* The CUDA graphs of the forward (above). */
+typedef struct mood_cuda_unet_graph_stats {
+    int enabled;     /* graphs in use: not turned off and no failure */
+    int failed;      /* 0, or the MOOD_E* code of the capture or launch that turned them off */
+    char error[256]; /* that failure's message */
+    int cached;      /* shapes with a recorded graph now */
+    uint64_t captures, replays; /* graphs recorded, forwards run by a graph launch, so far */
+    size_t bytes;               /* device bytes reserved for the graphs now (pool size classes) */
+} mood_cuda_unet_graph_stats;
+void mood_cuda_unet_graph_stats_get(const mood_cuda_unet *u, mood_cuda_unet_graph_stats *out);
+/* Turns the graphs on (1) or off (0; the graphs held are dropped); returns the previous
+ * setting. A failure's turning off stays (stats.failed). */
+int mood_cuda_unet_set_graphs(mood_cuda_unet *u, int on);
+/* Drops the graphs held, returning their reserved device memory to the pool (before work that
+ * needs it, such as the VAE decode after sampling); they are recorded again as needed. */
+void mood_cuda_unet_drop_graphs(mood_cuda_unet *u);
 
 /* Floating-point operations of the last forward's products (Linear, Conv2d and attention's two
  * products, 2 per multiply-add), for benchmarks. */

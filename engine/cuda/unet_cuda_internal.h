@@ -22,6 +22,18 @@
  * few temporaries. */
 #define CU_MAX_LIVE (CU_MAX_SKIPS + 32)
 
+/* One shape's CUDA graph of the inference forward (unet_cuda.c, "CUDA graphs"). An entry
+ * without a graph marks a shape whose warm-up forward ran: its next forward records. */
+typedef struct cu_graph {
+    int used;              /* 0: free slot */
+    int B, H, W, L, sdxl;  /* the shape */
+    unsigned long last;    /* u->graph_tick at its last use (least recently used goes) */
+    mood_cuda_graph *g;    /* NULL until recorded */
+    float *in[5], *out;    /* its own x, t, context, text_embeds, time_ids; output */
+    size_t n_in[5], n_out; /* their floats (0: input not used) */
+    double flop;           /* of the recorded forward */
+} cu_graph;
+
 struct mood_cuda_unet {
     mood_cuda_ctx *ctx;
     const mood_unet *m;
@@ -40,6 +52,13 @@ struct mood_cuda_unet {
     size_t n_sides;         /* paths placed in side_arena */
     unsigned long side_gen; /* the model's side_gen they were placed for */
     int sides_placed;       /* 0 until placed (and after a failure): place again */
+    /* CUDA graphs of the inference forward, per shape */
+    cu_graph graphs[MOOD_CUDA_UNET_GRAPHS];
+    unsigned long graph_tick;
+    int graphs_off;    /* no_graphs, MOOD_CUDA_GRAPHS=0, mood_cuda_unet_set_graphs(u, 0) */
+    int graphs_failed; /* MOOD_E* code of the failure that turned them off for good, or 0 */
+    char graphs_error[256];
+    uint64_t graph_captures, graph_replays;
 };
 
 /* One pass (inference forward, training forward or backward). */

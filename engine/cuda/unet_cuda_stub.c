@@ -65,6 +65,20 @@ int mood_cuda_unet_forward_dev(mood_cuda_unet *u, float *out, const float *x,
     return no_cuda();
 }
 
+void mood_cuda_unet_graph_stats_get(const mood_cuda_unet *u, mood_cuda_unet_graph_stats *out)
+{
+    memset(out, 0, sizeof *out);
+}
+
+int mood_cuda_unet_set_graphs(mood_cuda_unet *u, int on)
+{
+    return 0;
+}
+
+void mood_cuda_unet_drop_graphs(mood_cuda_unet *u)
+{
+}
+
 double mood_cuda_unet_flop(const mood_cuda_unet *u)
 {
     return 0.0;

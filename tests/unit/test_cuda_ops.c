@@ -25,7 +25,7 @@
 #include "common/common.h"
 #include "engine/cpu/ops.h"
 #include "engine/cuda/cuda_ops.h"
-#include "engine/unet_pass.h" /* CPU twins: mood__unet_upsample (any-size upsampling), axpy */
+#include "engine/unet_pass.h" /* CPU twins: mood__unet_upsample and its backward, axpy */
 
 #define TOL_F32      1e-5
 #define TOL_F32_GEMM 3e-5
@@ -722,26 +722,6 @@ static void test_adds(void)
 
 /* ----- layout ------------------------------------------------------------------------------- */
 
-/* The CPU twin of mood_cuda_op_upsample_nearest_backward: the UNet backward's
- * upsample_nearest_backward (static in engine/unet_backward.c), copied: each dout value added to
- * the input pixel mood__unet_upsample read it from, row by row. */
-static void upsample_backward_ref(float *din, const float *dout, int BC, int H, int W, int OH,
-                                  int OW)
-{
-    float sy = (float)H / (float)OH, sx = (float)W / (float)OW;
-    for (int bc = 0; bc < BC; bc++) {
-        for (int oy = 0; oy < OH; oy++) {
-            int iy = (int)floorf((float)oy * sy);
-            float *dst = din + ((size_t)bc * H + (size_t)(iy < H ? iy : H - 1)) * W;
-            const float *src = dout + ((size_t)bc * OH + (size_t)oy) * OW;
-            for (int ox = 0; ox < OW; ox++) {
-                int ix = (int)floorf((float)ox * sx);
-                dst[ix < W ? ix : W - 1] += src[ox];
-            }
-        }
-    }
-}
-
 static void test_layout(void)
 {
     rng_seed(14);
@@ -788,7 +768,7 @@ static void test_layout(void)
         compare(what, dup_host(dout, no), want, no, 0.0);
         /* backward (+=): the same sums in the same order */
         float *gy = hrand(no, 1.0f), *gxa = hrand(n, 1.0f), *dgxa = dup_dev(gxa, n);
-        upsample_backward_ref(gxa, gy, B * C, H, W, OH, OW);
+        mood__unet_upsample_backward(gxa, gy, B * C, H, W, OH, OW);
         MOOD_CHECK_OK(mood_cuda_op_upsample_nearest_backward(ctx, dgxa, dup_dev(gy, no), B * C, H,
                                                              W, OH, OW));
         snprintf(what, sizeof what, "upsample nearest %dx%d -> %dx%d backward (+=)", H, W, OH, OW);

@@ -37,6 +37,20 @@
  * place do not (the forward keeps the old ones) until mood_cuda_unet_reload_side_paths; each
  * matches the CPU within 1e-4, and a repeated forward with paths allocates no device memory.
  *
+ * CUDA graphs (unet_cuda.h, "CUDA graphs"): the sdxl fixture (text_time inputs too) in fp32 and
+ * bf16, and sd1 in fp32, each made twice on the device, with graphs and without (no_graphs);
+ * every forward of the one is compared BIT FOR BIT with the other's on the same new random
+ * inputs, and the graph counts (recorded, replayed, held) are checked after each event: several
+ * calls of one shape, alternating with a second shape; forward_dev from other device buffers
+ * each call, with the pool untouched by the replays (no cudaMalloc, no block handed out, the
+ * same bytes in use); pool blocks of every size class up to 2 MiB held and filled meanwhile,
+ * unchanged by the replays (the graphs' blocks are reserved); a weight reloaded (graphs dropped,
+ * recorded again); side paths set (dropped), their values changed in place and reloaded (kept:
+ * the replay reads them), cleared (dropped); the context's attention path changed (stale:
+ * recorded again); graphs off and on again; more shapes than the cache holds (least recently
+ * used evicted). MOOD_CUDA_GRAPHS=0 turns them off. On the CPU emulation (tests/cuda_emu) graphs
+ * are unsupported: the forwards fall back to the uncaptured pass and only the comparisons run.
+ *
  * Label `cuda`. Without the CUDA backend or a GPU, the refusals that need no device run and the
  * program exits 77 (skipped).
  */
@@ -321,8 +335,9 @@ static int upload_all(void *d[5], const inputs *in, const mood_unet_config *c)
     return 0;
 }
 
-/* forward and forward_dev agree bit for bit, runs repeat bit for bit, and the second forward
- * takes every device block from the pool's cache. */
+/* forward and forward_dev agree bit for bit, runs repeat bit for bit, and once the shape's
+ * CUDA graph is recorded (its second forward) a forward takes every device block from the pool's
+ * cache. */
 static void test_device_buffers(void)
 {
     mood_unet *m;
@@ -340,8 +355,10 @@ static void test_device_buffers(void)
         MOOD_CHECK_OK(mood_cuda_alloc(ctx, &dy, in.n_out * sizeof(float)));
     }
     if (u && dy) {
-        MOOD_CHECK_OK(mood_cuda_unet_forward(u, y[0], in.x, in.t, in.ctx, in.B, in.H, in.W, in.L,
-                                             in.te, in.ids));
+        for (int i = 0; i < 2; i++) /* warm-up, then the graph's recording */
+            MOOD_CHECK_OK(mood_cuda_unet_forward(u, y[i], in.x, in.t, in.ctx, in.B, in.H, in.W,
+                                                 in.L, in.te, in.ids));
+        MOOD_CHECK_MSG(memcmp(y[0], y[1], in.n_out * 4) == 0, "the recording forward differs");
         mood_cuda_pool_stats_get(ctx, &s0);
         MOOD_CHECK_OK(mood_cuda_unet_forward(u, y[1], in.x, in.t, in.ctx, in.B, in.H, in.W, in.L,
                                              in.te, in.ids));
@@ -578,6 +595,8 @@ static void test_side_path_updates(void)
         goto done;
     compare("paths set after new: gpu vs cpu", y, cpu, in.n_out, TOL_F32);
     MOOD_CHECK_MSG(mood_cuda_unet_bytes(u) > base_bytes, "no device bytes for the factors");
+    if (gpu_fwd(u, y, &in) != 0) /* the shape's CUDA graph is recorded */
+        goto done;
     mood_cuda_pool_stats_get(ctx, &s0);
     if (gpu_fwd(u, y, &in) != 0)
         goto done;
@@ -638,6 +657,375 @@ done:
     inputs_free(&in);
 }
 
+/* ----- CUDA graphs -------------------------------------------------------------------------- */
+
+/* The model twice on the device: with its forward recorded into CUDA graphs (g) and without (e,
+ * mood_cuda_unet_options.no_graphs), so every forward of g can be compared bit for bit with the
+ * uncaptured forward on the same inputs. */
+typedef struct twin {
+    mood_unet *m;
+    mood_cuda_unet *g, *e;
+    mood_cuda_dtype dt;
+    const char *label;
+    int on; /* g's graphs work (0 after the CPU emulation's MOOD_EUNSUPPORTED) */
+} twin;
+
+static mood_cuda_unet_graph_stats gstats(const mood_cuda_unet *u)
+{
+    mood_cuda_unet_graph_stats st;
+    mood_cuda_unet_graph_stats_get(u, &st);
+    return st;
+}
+
+static int twin_open(twin *t, const unet_case *c, mood_cuda_dtype dt)
+{
+    mood_cuda_unet_options o;
+    memset(t, 0, sizeof *t);
+    t->dt = dt, t->label = c->label, t->on = 1;
+    MOOD_CHECK_OK(mood_unet_load(&t->m, fixture(c->model)));
+    if (!t->m)
+        return -1;
+    mood_cuda_unet_options_init(&o);
+    o.dtype = dt;
+    MOOD_CHECK_OK(mood_cuda_unet_new(&t->g, ctx, t->m, &o));
+    o.no_graphs = 1;
+    MOOD_CHECK_OK(mood_cuda_unet_new(&t->e, ctx, t->m, &o));
+    if (t->e) {
+        mood_cuda_unet_graph_stats st = gstats(t->e);
+        MOOD_CHECK_MSG(!st.enabled, "no_graphs: graphs still on");
+    }
+    return t->g && t->e ? 0 : -1;
+}
+
+static void twin_close(twin *t)
+{
+    mood_cuda_unet_free(t->g);
+    mood_cuda_unet_free(t->e);
+    mood_unet_free(t->m);
+    memset(t, 0, sizeof *t);
+}
+
+/* Whether g's graphs still work. A failure fails the test, except MOOD_EUNSUPPORTED, which only
+ * the CPU emulation of the backend (tests/cuda_emu) gives: reported once, then the checks of
+ * graph counts are skipped and the bit comparisons run on the uncaptured fallback. */
+static int twin_graphs_on(twin *t)
+{
+    mood_cuda_unet_graph_stats st = gstats(t->g);
+    if (!t->on)
+        return 0;
+    if (st.failed == MOOD_EUNSUPPORTED) {
+        printf("  %-44s %s\n", "graphs unsupported here: counts not checked", st.error);
+        t->on = 0;
+        return 0;
+    }
+    MOOD_CHECK_MSG(st.enabled, "%s %s: graphs turned off (failure %d: %s)", t->label,
+                   dt_name(t->dt), st.failed, st.error);
+    t->on = st.enabled;
+    return t->on;
+}
+
+/* One forward of g and of e on new random inputs of a shape: the same bits. */
+static void twin_call(twin *t, int B, int H, int W, int L, const char *what)
+{
+    inputs in;
+    random_inputs(&in, t->m, B, H, W, L);
+    float *yg = calloc(in.n_out, sizeof *yg), *ye = calloc(in.n_out, sizeof *ye);
+    if (yg && ye && gpu_fwd(t->g, yg, &in) == 0 && gpu_fwd(t->e, ye, &in) == 0)
+        MOOD_CHECK_MSG(memcmp(yg, ye, in.n_out * sizeof *yg) == 0,
+                       "%s %s, %s, %dx%dx%d, %d tokens: graph forward differs from the "
+                       "uncaptured one (rel %.3g)",
+                       t->label, dt_name(t->dt), what, B, H, W, L,
+                       harness_rel_diff(yg, ye, in.n_out, 0.0));
+    free(yg), free(ye);
+    inputs_free(&in);
+}
+
+/* g recorded `captures` graphs and ran `replays` forwards through one since `base`, and holds
+ * `cached` graphs now. */
+static void twin_expect(twin *t, const mood_cuda_unet_graph_stats *base, uint64_t captures,
+                        uint64_t replays, int cached, const char *what)
+{
+    mood_cuda_unet_graph_stats st = gstats(t->g);
+    char line[96];
+    if (!twin_graphs_on(t))
+        return;
+    snprintf(line, sizeof line, "%s %s %s", t->label, dt_name(t->dt), what);
+    printf("  %-44s %llu recorded, %llu replays, %d held (%.1f kB)\n", line,
+           (unsigned long long)(st.captures - base->captures),
+           (unsigned long long)(st.replays - base->replays), st.cached, st.bytes / 1e3);
+    MOOD_CHECK_MSG(st.captures - base->captures == captures &&
+                       st.replays - base->replays == replays && st.cached == cached,
+                   "%s: expected %llu recorded, %llu replays, %d held", line,
+                   (unsigned long long)captures, (unsigned long long)replays, cached);
+    MOOD_CHECK_MSG(cached == 0 || st.bytes > 0, "%s: graphs held but no bytes reserved", line);
+}
+
+enum { SA_B = 2, SA_H = 8, SA_W = 6, SA_L = 7 }; /* shape A */
+enum { SB_B = 1, SB_H = 5, SB_W = 7, SB_L = 3 }; /* shape B: odd sizes, one sample */
+
+/* Several calls of one shape with different inputs, alternating with a second shape. */
+static void graphs_shapes(twin *t)
+{
+    static const int seq[] = {0, 0, 0, 1, 0, 1, 1, 0}; /* A A A B A B B A */
+    mood_cuda_unet_graph_stats base = gstats(t->g), e;
+    for (size_t i = 0; i < sizeof seq / sizeof seq[0]; i++) {
+        if (seq[i] == 0)
+            twin_call(t, SA_B, SA_H, SA_W, SA_L, "shape A");
+        else
+            twin_call(t, SB_B, SB_H, SB_W, SB_L, "shape B");
+    }
+    /* each shape: a warm-up, a recording (launched), then replays */
+    twin_expect(t, &base, 2, 6, 2, "A,A,A,B,A,B,B,A");
+    e = gstats(t->e);
+    MOOD_CHECK_MSG(!e.enabled && e.captures == 0 && e.replays == 0 && e.cached == 0,
+                   "no_graphs model recorded %llu graphs", (unsigned long long)e.captures);
+}
+
+/* forward_dev replays from other device buffers each time (the graph copies them in), and a
+ * replay takes nothing from the pool: no cudaMalloc, no block handed out. */
+static void graphs_device_buffers(twin *t)
+{
+    const mood_unet_config *c = mood_unet_get_config(t->m);
+    mood_cuda_unet_graph_stats base = gstats(t->g);
+    mood_cuda_pool_stats s0, s1;
+    inputs in[2];
+    void *d[2][5] = {{0}}, *dy[2] = {0};
+    float *yg[2] = {0}, *ye[2] = {0};
+    int ok = 1;
+    for (int k = 0; k < 2; k++) {
+        random_inputs(&in[k], t->m, SA_B, SA_H, SA_W, SA_L);
+        yg[k] = calloc(in[k].n_out, sizeof(float)), ye[k] = calloc(in[k].n_out, sizeof(float));
+        ok = ok && yg[k] && ye[k] && upload_all(d[k], &in[k], c) == 0 &&
+             mood_cuda_alloc(ctx, &dy[k], in[k].n_out * sizeof(float)) == 0;
+    }
+    MOOD_CHECK(ok);
+    mood_cuda_pool_stats_get(ctx, &s0);
+    for (int k = 0; ok && k < 2; k++)
+        MOOD_CHECK_OK(mood_cuda_unet_forward_dev(t->g, dy[k], d[k][0], d[k][1], d[k][2], SA_B, SA_H,
+                                                 SA_W, SA_L, d[k][3], d[k][4]));
+    mood_cuda_pool_stats_get(ctx, &s1);
+    for (int k = 0; ok && k < 2; k++) {
+        MOOD_CHECK_OK(mood_cuda_download(ctx, yg[k], dy[k], in[k].n_out * sizeof(float)));
+        if (gpu_fwd(t->e, ye[k], &in[k]) == 0)
+            MOOD_CHECK_MSG(memcmp(yg[k], ye[k], in[k].n_out * sizeof(float)) == 0,
+                           "%s %s forward_dev, inputs %d: graph forward differs (rel %.3g)",
+                           t->label, dt_name(t->dt), k,
+                           harness_rel_diff(yg[k], ye[k], in[k].n_out, 0.0));
+    }
+    if (ok && t->on) {
+        twin_expect(t, &base, 0, 2, 2, "forward_dev, 2 input sets");
+        MOOD_CHECK_MSG(s1.device_allocs == s0.device_allocs && s1.hits == s0.hits &&
+                           s1.in_use == s0.in_use,
+                       "replays used the pool: %llu cudaMalloc, %llu blocks from the cache",
+                       (unsigned long long)(s1.device_allocs - s0.device_allocs),
+                       (unsigned long long)(s1.hits - s0.hits));
+    }
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 5; i++)
+            mood_cuda_free(ctx, d[k][i]);
+        mood_cuda_free(ctx, dy[k]);
+        free(yg[k]), free(ye[k]);
+        inputs_free(&in[k]);
+    }
+}
+
+/* Blocks taken from the pool between replays keep what their owner wrote, and the replays'
+ * results stay right: no block a graph uses is handed out. Two blocks of every pool size class
+ * from 256 bytes to 2 MiB (the tiny models' activations are smaller), each filled with its own
+ * value; the pool hands out its most recently freed block of a class first, so an unreserved
+ * graph block would be among them. */
+static void graphs_reserved(twin *t)
+{
+    enum { N_BLK = 2 * (16 + 4 * 9) };
+    void *blk[N_BLK] = {0};
+    size_t len[N_BLK], n = 0, bad = 0;
+    mood_cuda_unet_graph_stats base = gstats(t->g);
+    for (int i = 0; i < 16; i++) /* 256-byte classes up to 4 KiB */
+        len[n++] = (size_t)256 * (i + 1), len[n++] = (size_t)256 * (i + 1);
+    for (int k = 12; k < 21; k++) /* then 1.25, 1.5, 1.75, 2 x 2^k */
+        for (int q = 5; q <= 8; q++)
+            len[n++] = ((size_t)1 << (k - 2)) * q, len[n++] = ((size_t)1 << (k - 2)) * q;
+    for (size_t i = 0; i < n; i++) {
+        size_t nf = len[i] / sizeof(float);
+        float *h = malloc(len[i]);
+        for (size_t j = 0; h && j < nf; j++)
+            h[j] = (float)i + 0.25f;
+        MOOD_CHECK_OK(mood_cuda_alloc(ctx, &blk[i], len[i]));
+        if (h && blk[i])
+            MOOD_CHECK_OK(mood_cuda_upload(ctx, blk[i], h, len[i]));
+        free(h);
+    }
+    twin_call(t, SA_B, SA_H, SA_W, SA_L, "shape A, pool blocks held meanwhile");
+    twin_call(t, SB_B, SB_H, SB_W, SB_L, "shape B, pool blocks held meanwhile");
+    for (size_t i = 0; i < n; i++) {
+        size_t nf = len[i] / sizeof(float);
+        float *h = calloc(nf, sizeof *h);
+        if (h && blk[i] && mood_cuda_download(ctx, h, blk[i], len[i]) == 0)
+            for (size_t j = 0; j < nf; j++)
+                bad += h[j] != (float)i + 0.25f;
+        free(h);
+        mood_cuda_free(ctx, blk[i]);
+    }
+    MOOD_CHECK_MSG(bad == 0, "%zu floats of blocks held outside the graphs were overwritten", bad);
+    twin_expect(t, &base, 0, 2, 2, "replays beside held blocks");
+}
+
+/* A weight changed and reloaded: the graphs go, and the next ones compute with the new weight. */
+static void graphs_reload(twin *t)
+{
+    static const char *name = "conv_in.weight";
+    mood_cuda_unet_graph_stats base = gstats(t->g);
+    int ndim;
+    int64_t shape[4];
+    float *w = mood_unet_weight(t->m, name, &ndim, shape);
+    size_t nw = 1;
+    MOOD_CHECK(w != NULL);
+    if (!w)
+        return;
+    for (int d = 0; d < ndim; d++)
+        nw *= (size_t)shape[d];
+    for (size_t i = 0; i < nw; i++)
+        w[i] *= 1.5f;
+    MOOD_CHECK_OK(mood_cuda_unet_reload(t->g, name));
+    MOOD_CHECK_OK(mood_cuda_unet_reload(t->e, name));
+    twin_expect(t, &base, 0, 0, 0, "weight reloaded: graphs dropped");
+    for (int i = 0; i < 3; i++)
+        twin_call(t, SA_B, SA_H, SA_W, SA_L, "after a weight reload");
+    twin_expect(t, &base, 1, 2, 1, "after a weight reload");
+    for (size_t i = 0; i < nw; i++)
+        w[i] /= 1.5f;
+    MOOD_CHECK_OK(mood_cuda_unet_reload(t->g, NULL));
+    MOOD_CHECK_OK(mood_cuda_unet_reload(t->e, NULL));
+    for (int i = 0; i < 2; i++)
+        twin_call(t, SA_B, SA_H, SA_W, SA_L, "after reloading every weight");
+    twin_expect(t, &base, 2, 3, 1, "after reloading every weight");
+}
+
+/* Side paths set (the graphs go: their factors' addresses and scales change), their values
+ * changed in place and reloaded (the graphs stay: they read the factors at each replay), and
+ * cleared. */
+static void graphs_side_paths(twin *t)
+{
+    side_set ss;
+    mood_cuda_unet_graph_stats base = gstats(t->g);
+    side_set_make(&ss, t->m, 0.3f);
+    MOOD_CHECK_OK(mood_unet_set_side_paths(t->m, ss.p, ss.n));
+    for (int i = 0; i < 3; i++)
+        twin_call(t, SA_B, SA_H, SA_W, SA_L, "side paths set");
+    twin_expect(t, &base, 1, 2, 1, "side paths set");
+    for (size_t b = 0; b < ss.n_bufs; b++)
+        for (size_t e = 0; e < ss.lens[b]; e++)
+            ss.bufs[b][e] *= 0.7f;
+    MOOD_CHECK_OK(mood_cuda_unet_reload_side_paths(t->g));
+    MOOD_CHECK_OK(mood_cuda_unet_reload_side_paths(t->e));
+    twin_call(t, SA_B, SA_H, SA_W, SA_L, "factors edited in place, reloaded");
+    twin_expect(t, &base, 1, 3, 1, "factor values reloaded: graph kept");
+    MOOD_CHECK_OK(mood_unet_set_side_paths(t->m, NULL, 0));
+    side_set_free(&ss); /* the model points at the factors no more */
+    for (int i = 0; i < 2; i++)
+        twin_call(t, SA_B, SA_H, SA_W, SA_L, "side paths cleared");
+    twin_expect(t, &base, 2, 4, 1, "side paths cleared");
+}
+
+/* Another attention kernel chosen on the context: the graph is stale, recorded again after a
+ * warm-up. */
+static void graphs_attention_path(twin *t)
+{
+    mood_cuda_unet_graph_stats base = gstats(t->g);
+    int prev = mood__cuda_attention_path(ctx, 2);
+    for (int i = 0; i < 2; i++)
+        twin_call(t, SA_B, SA_H, SA_W, SA_L, "attention on the GEMM path");
+    mood__cuda_attention_path(ctx, prev);
+    for (int i = 0; i < 2; i++)
+        twin_call(t, SA_B, SA_H, SA_W, SA_L, "attention path restored");
+    twin_expect(t, &base, 2, 2, 1, "attention path changed twice");
+}
+
+/* Graphs off and on again; dropped on request. */
+static void graphs_toggle(twin *t)
+{
+    mood_cuda_unet_graph_stats base = gstats(t->g), st;
+    MOOD_CHECK(mood_cuda_unet_set_graphs(t->g, 0) == 1);
+    st = gstats(t->g);
+    MOOD_CHECK(!st.enabled && st.cached == 0 && st.bytes == 0);
+    twin_call(t, SA_B, SA_H, SA_W, SA_L, "graphs turned off");
+    twin_call(t, SA_B, SA_H, SA_W, SA_L, "graphs turned off");
+    MOOD_CHECK(mood_cuda_unet_set_graphs(t->g, 1) == 0);
+    for (int i = 0; i < 2; i++)
+        twin_call(t, SA_B, SA_H, SA_W, SA_L, "graphs on again");
+    twin_expect(t, &base, 1, 1, 1, "off, then on again");
+    mood_cuda_unet_drop_graphs(t->g);
+    st = gstats(t->g);
+    MOOD_CHECK(st.cached == 0 && st.bytes == 0);
+}
+
+/* More shapes than the cache keeps: the least recently used goes, and comes back by a warm-up
+ * and a recording. */
+static void graphs_eviction(twin *t)
+{
+    mood_cuda_unet_graph_stats base = gstats(t->g);
+    for (int k = 0; k <= MOOD_CUDA_UNET_GRAPHS; k++)
+        for (int i = 0; i < 2; i++)
+            twin_call(t, 1, 2 + k, 3, 2, "one shape more than the cache holds");
+    twin_expect(t, &base, MOOD_CUDA_UNET_GRAPHS + 1, MOOD_CUDA_UNET_GRAPHS + 1,
+                MOOD_CUDA_UNET_GRAPHS, "5 shapes, each twice");
+    for (int i = 0; i < 2; i++)
+        twin_call(t, 1, 2, 3, 2, "the evicted shape again");
+    twin_expect(t, &base, MOOD_CUDA_UNET_GRAPHS + 2, MOOD_CUDA_UNET_GRAPHS + 2,
+                MOOD_CUDA_UNET_GRAPHS, "the evicted shape, twice more");
+}
+
+/* The forward through CUDA graphs gives the uncaptured forward's bits, in fp32 and bf16, through
+ * every event that keeps or drops the graphs. */
+static void test_graphs(void)
+{
+    static const mood_cuda_dtype dts[] = {MOOD_CUDA_F32, MOOD_CUDA_BF16};
+    twin t;
+    for (size_t i = 0; i < sizeof dts / sizeof dts[0]; i++) {
+        if (twin_open(&t, &cases[2], dts[i]) == 0) { /* sdxl: text_time inputs too */
+            graphs_shapes(&t);
+            graphs_device_buffers(&t);
+            graphs_reserved(&t);
+            graphs_reload(&t);
+            graphs_side_paths(&t);
+            graphs_attention_path(&t);
+            graphs_toggle(&t);
+            graphs_eviction(&t);
+        }
+        twin_close(&t);
+    }
+    if (twin_open(&t, &cases[0], MOOD_CUDA_F32) == 0) /* sd1: no text_time inputs */
+        graphs_shapes(&t);
+    twin_close(&t);
+}
+
+/* MOOD_CUDA_GRAPHS=0 in the environment turns the graphs off for the models made then. */
+static void test_graphs_env(void)
+{
+    mood_unet *m = NULL;
+    mood_cuda_unet *u = NULL;
+    inputs in;
+    MOOD_CHECK_OK(mood_unet_load(&m, fixture(cases[0].model)));
+    if (!m)
+        return;
+    setenv("MOOD_CUDA_GRAPHS", "0", 1);
+    MOOD_CHECK_OK(mood_cuda_unet_new(&u, ctx, m, NULL));
+    unsetenv("MOOD_CUDA_GRAPHS");
+    random_inputs(&in, m, 1, 4, 4, 3);
+    float *y = calloc(in.n_out, sizeof *y);
+    for (int i = 0; u && y && i < 3; i++)
+        gpu_fwd(u, y, &in);
+    if (u) {
+        mood_cuda_unet_graph_stats st = gstats(u);
+        MOOD_CHECK_MSG(!st.enabled && st.captures == 0 && st.replays == 0,
+                       "MOOD_CUDA_GRAPHS=0: %llu graphs recorded", (unsigned long long)st.captures);
+    }
+    free(y);
+    inputs_free(&in);
+    mood_cuda_unet_free(u);
+    mood_unet_free(m);
+}
+
 /* Refusals with a device: missing SDXL conditioning, bad arguments. */
 static void test_errors(void)
 {
@@ -687,9 +1075,12 @@ int main(void)
 {
     static const harness_test no_gpu[] = {MOOD_T(test_no_device)};
     static const harness_test tests[] = {
-        MOOD_T(test_no_device),  MOOD_T(test_fixtures),          MOOD_T(test_sizes),
-        MOOD_T(test_mid_scale),  MOOD_T(test_device_buffers),    MOOD_T(test_reload),
-        MOOD_T(test_side_paths), MOOD_T(test_side_path_updates), MOOD_T(test_errors),
+        MOOD_T(test_no_device),      MOOD_T(test_fixtures),
+        MOOD_T(test_sizes),          MOOD_T(test_mid_scale),
+        MOOD_T(test_device_buffers), MOOD_T(test_reload),
+        MOOD_T(test_side_paths),     MOOD_T(test_side_path_updates),
+        MOOD_T(test_graphs),         MOOD_T(test_graphs_env),
+        MOOD_T(test_errors),
     };
     char name[256];
     int gpus = mood_cuda_device_count(name, sizeof name), rc;
