@@ -20,6 +20,13 @@
  *        bench_train_step encode MODEL SIZE RUNS HEADS
  *          the VAE encode of one SIZE x SIZE image and one text-encoder pass of 77 tokens
  *          (HEADS attention heads, 0: inferred), a warm-up then the median of RUNS
+ * Device (train): MOOD_BENCH_DEVICE=cuda (or cuda:N) puts the UNet's forward and backward on GPU N
+ * in float32 (mood_model_options.cuda_device = N, cuda_fp32 = 1: what `mood train --device cuda`
+ * runs; the loss, clipping and AdamW stay on the CPU, so each step ends with its gradients on the
+ * host and the step times need no extra synchronisation); unset or "cpu": the CPU. Memory: the
+ * GPU's pool (mood_cuda_pool_stats) belongs to the model that mood_train_run opens and frees
+ * inside itself, out of reach of the public API, so only the peak RSS is printed here; gpu.sh
+ * samples the GPU's used memory from outside for both sides.
  * Threads: OMP_NUM_THREADS. Restarts itself with OPENBLAS_CORETYPE set when OpenBLAS does not
  * recognise the CPU (mood_blas_tune_process).
  */
@@ -116,9 +123,25 @@ static int count_lora(const char *path, size_t *modules, int64_t *values)
     return 0;
 }
 
+/* MOOD_BENCH_DEVICE: -1 the CPU (unset, "", "cpu"), N for "cuda" (0) or "cuda:N"; -2 another
+ * value. */
+static int bench_device(void)
+{
+    const char *d = getenv("MOOD_BENCH_DEVICE");
+    if (!d || !*d || strcmp(d, "cpu") == 0)
+        return -1;
+    if (strcmp(d, "cuda") == 0)
+        return 0;
+    if (strncmp(d, "cuda:", 5) == 0 && d[5] >= '0' && d[5] <= '9')
+        return atoi(d + 5);
+    return -2;
+}
+
 static int run_train(char **argv)
 {
     static clock_marks c;
+    mood_model_options mo;
+    int device = bench_device();
     const char *board[1] = {argv[3]};
     int runs = atoi(argv[5]);
     mood_train_options o;
@@ -129,8 +152,19 @@ static int run_train(char **argv)
         fprintf(stderr, "bench_train_step: RUNS must be 1 to %d\n", MAX_STEPS - 1);
         return 1;
     }
+    if (device == -2) {
+        fprintf(stderr,
+                "bench_train_step: MOOD_BENCH_DEVICE must be cpu, cuda or cuda:N, not "
+                "'%s'\n",
+                getenv("MOOD_BENCH_DEVICE"));
+        return 1;
+    }
+    mood_model_options_init(&mo);
+    mo.cuda_device = device;
+    mo.cuda_fp32 = device >= 0; /* GPU training needs the fp32 UNet */
     mood_train_options_init(&o);
     o.model = argv[2];
+    o.model_options = &mo;
     o.board = board;
     o.n_board = 1;
     o.board_opts.resolution = atoi(argv[6]);
@@ -156,6 +190,10 @@ static int run_train(char **argv)
         steps[i] = c.step_end[i + 2] - c.step_end[i + 1];
     if (count_lora(o.output, &modules, &values) != 0)
         return die(o.output);
+    if (device >= 0)
+        printf("mood_device cuda:%d fp32\n", device);
+    else
+        printf("mood_device cpu\n");
     printf("mood_step_ms %.1f\nmood_steps_ms ", median(steps, runs));
     for (int i = 0; i < runs; i++)
         printf("%s%.0f", i ? "," : "", steps[i]);

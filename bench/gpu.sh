@@ -8,8 +8,16 @@
 # forward (64x64 latent, batch 2, 77 tokens) in fp32 and bf16, with and without CUDA graphs
 # (bench_cuda_unet, its output checked against mood's CPU forward) vs diffusers'
 # UNet2DConditionModel in the same dtype, (d) a
-# placeholder for whole generation vs diffusers (not implemented yet). A short table is printed
-# last; logs and full figures go to $OUT (8 files at most: the device tool's limit).
+# placeholder for whole generation vs diffusers (not implemented yet), (e) one LoRA training step
+# at SD1.5's config (random weights, bench/train_inputs.sh's folder and board, as train_step.sh),
+# 512x512, batch 1, rank 16 on to_q/k/v/out.0: mood's (bench_train_step with
+# MOOD_BENCH_DEVICE=cuda: the UNet forward and backward on the GPU in fp32, loss and AdamW on the
+# CPU) against diffusers' train_text_to_image_lora recipe with PEFT (train_step_reference.py
+# --device cuda) in fp32 (TF32 off) and in bf16 (--mixed_precision bf16), a warm-up and the
+# median of TRAIN_RUNS (3) steps each, the GPU memory each process used sampled by nvidia-smi;
+# needs transformers and peft beside torch (else skipped; their wheels may go in .whl/ too),
+# TRAIN_STEP=0 skips it. A short table is printed last; logs and full figures go to $OUT (8
+# files at most: the device tool's limit).
 #
 #   bench/gpu.sh [BUILD_DIR]      (default build-gpu-bench; OUT defaults to BUILD_DIR/out)
 #
@@ -85,7 +93,7 @@ if timeout "$(tmo 120)" cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     timeout "$(tmo 300)" cmake --build "$B" -j"$JOBS" \
         --target mood_cli test_cuda_ops test_cuda_unet test_cuda_unet_train test_device \
         test_train_steps \
-        bench_cuda_ops bench_cuda_unet \
+        bench_cuda_ops bench_cuda_unet bench_train_step \
         >>"$OUT/build.log" 2>&1; then
     build_ok=1
     note build "ok ($(elapsed) s)"
@@ -112,7 +120,8 @@ fi
 
 if [ $GPU = 0 ]; then
     for s in "${SUMMARY[@]}"; do echo "$s"; done
-    echo "no GPU: GPU steps skipped (gpu_check.sh, LoRA merge, op and UNet benchmarks, diffusers)"
+    echo "no GPU: GPU steps skipped (gpu_check.sh, LoRA merge, op and UNet benchmarks, diffusers," \
+        "training step)"
     [ $build_ok = 1 ] && exit 0
     exit 1
 fi
@@ -201,8 +210,135 @@ if [ ${#results[@]} -gt 0 ]; then
     PYTHONUNBUFFERED=1 timeout "$(tmo 200)" python3 bench/gpu_torch_ref.py "$PEAK" "${results[@]}" \
         >"$OUT/table.txt" 2>&1 || { note "torch reference" "FAILED (see table.txt)"; rc=1; }
 fi
+
+# ----- one LoRA training step vs diffusers + PEFT (train_text_to_image_lora) ------------------
+# Its raw output goes to the end of table.txt, after a marker (the 8-file limit); the rows it
+# adds to the printed table are in $TRAIN_ROWS.
+TRAIN_ROWS=()
+TRAIN_RUNS=${TRAIN_RUNS:-3}
+TRAIN_SIZE=${TRAIN_SIZE:-512} # smaller only to check the plumbing
+TRAIN_STEP=${TRAIN_STEP:-1}
+# with_gpu_mem FILE CMD...: runs CMD (its status returned) while nvidia-smi samples the GPU's used
+# memory every 100 ms, and writes to FILE the peak above what was in use before it started (MiB):
+# the CUDA context and every library's workspace included, measured alike for both sides.
+with_gpu_mem() {
+    local f=$1 base pid t
+    shift
+    base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$f.samples" \
+        2>/dev/null &
+    pid=$!
+    "$@"
+    t=$?
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    awk -v b="$base" '$1 + 0 > m { m = $1 + 0 } END { print m - b }' "$f.samples" >"$f"
+    rm -f "$f.samples"
+    return $t
+}
+train_step() {
+    local tmp py=python3 threads log=$OUT/table.txt m t32 t16 f model board ms
+    tmp=$(mktemp -d) threads=$(nproc)
+    field() { awk -v k="$1" '$1 == k { v = $2 } END { print v }' "$2"; }
+    val() { # field, or "-" where the run did not print it
+        local v
+        v=$(field "$1" "$2")
+        echo "${v:--}"
+    }
+    echo "== training step raw output ==" >>"$log"
+    # train_inputs (a function) in a child shell, so that timeout can bound it
+    # shellcheck disable=SC2016
+    MODEL="" timeout "$(tmo 150)" bash -c '. bench/train_inputs.sh && train_inputs "$@" &&
+        echo "MODEL=$MODEL BOARD=$BOARD"' _ "$py" "${MOOD_BENCH_CACHE:-/tmp/mood-bench}" \
+        "$TRAIN_SIZE" \
+        >"$tmp/inputs" 2>&1
+    f=$?
+    cat "$tmp/inputs" >>"$log"
+    if [ $f -ne 0 ]; then
+        note "train step" "FAILED making the model (rc $f, see table.txt)"
+        rc=1
+        return
+    fi
+    model=$(sed -n 's/^MODEL=\([^ ]*\) BOARD=.*/\1/p' "$tmp/inputs")
+    board=$(sed -n 's/.* BOARD=//p' "$tmp/inputs")
+    m=$tmp/mood.txt
+    echo "-- mood (bench_train_step, MOOD_BENCH_DEVICE=cuda, fp32)" >>"$log"
+    OMP_NUM_THREADS=$threads MOOD_BENCH_DEVICE=cuda with_gpu_mem "$tmp/mood.gpu" \
+        timeout "$(tmo 150)" "$B/bench/bench_train_step" train "$model" "$board" \
+        "$tmp/lora.safetensors" "$TRAIN_RUNS" "$TRAIN_SIZE" 16 16 >"$m" 2>&1
+    f=$?
+    cat "$m" >>"$log"
+    [ $f -eq 0 ] || { note "train step mood" "FAILED (rc $f, see table.txt)"; rc=1; }
+    for p in fp32 bf16; do
+        local o=$tmp/torch_$p.txt
+        echo "-- torch (train_step_reference.py --device cuda --precision $p)" >>"$log"
+        with_gpu_mem "$tmp/torch_$p.gpu" timeout "$(tmo 120)" \
+            python3 bench/train_step_reference.py time "$model" "$board" --device cuda \
+            --precision "$p" --size "$TRAIN_SIZE" --rank 16 \
+            --alpha 16 --threads "$threads" --runs "$TRAIN_RUNS" >"$o" 2>&1
+        f=$?
+        grep -v "Loading weights\|should be kept in float32" "$o" >>"$log"
+        [ $f -eq 0 ] || { note "train step torch $p" "FAILED (rc $f, see table.txt)"; rc=1; }
+    done
+    t32=$tmp/torch_fp32.txt t16=$tmp/torch_bf16.txt
+    if [ -n "$(field mood_lora_params "$m")" ] && [ -n "$(field torch_lora_params "$t32")" ] &&
+        [ "$(field mood_lora_params "$m")" != "$(field torch_lora_params "$t32")" ]; then
+        note "train step" "LoRA sizes differ: mood $(field mood_lora_params "$m"), PEFT" \
+            "$(field torch_lora_params "$t32") values"
+        rc=1
+    fi
+    ms=$(field mood_step_ms "$m")
+    # each element of TRAIN_ROWS is one printed line
+    TRAIN_ROWS+=("LoRA training step, SD1.5 config, ${TRAIN_SIZE}x$TRAIN_SIZE, batch 1, rank 16 on \
+to_q/k/v/out.0 ($(field mood_lora_modules "$m") modules), AdamW, median of $TRAIN_RUNS \
+after a warm-up")
+    TRAIN_ROWS+=("  (GPU MiB: nvidia-smi's used memory at its peak during the process, above the \
+idle GPU's, CUDA context included)")
+    TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' side "step ms" "GPU MiB" "RSS MB" \
+        "torch alloc")")
+    TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' "mood fp32 (UNet on the GPU)" "${ms:--}" \
+        "$(cat "$tmp/mood.gpu" 2>/dev/null)" "$(val mood_rss_mb "$m")" "-")")
+    for p in fp32 bf16; do
+        f=$tmp/torch_$p.txt
+        TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' "diffusers+PEFT $p$([ $p = fp32 ] &&
+            echo ", no TF32")" "$(val torch_step_ms "$f")" \
+            "$(cat "$tmp/torch_$p.gpu" 2>/dev/null)" "$(val torch_rss_mb "$f")" \
+            "$(val torch_gpu_peak_mb "$f")")")
+    done
+    TRAIN_ROWS+=("  (torch alloc: torch.cuda.max_memory_allocated, MiB. The recipe's full step, \
+with its per-step VAE encode")
+    TRAIN_ROWS+=("  and text encoder: fp32 $(val torch_full_ms "$t32") ms, bf16 \
+$(val torch_full_ms "$t16") ms; mood caches both once per image)")
+    for p in fp32 bf16; do
+        local ts mg tg
+        ts=$(field torch_step_ms "$tmp/torch_$p.txt")
+        mg=$(cat "$tmp/mood.gpu" 2>/dev/null) tg=$(cat "$tmp/torch_$p.gpu" 2>/dev/null)
+        if [ -z "$ms" ] || [ -z "$ts" ]; then continue; fi
+        TRAIN_ROWS+=("$(awk -v ms="$ms" -v ts="$ts" -v mg="$mg" -v tg="$tg" -v p="$p" 'BEGIN {
+            printf "  mood fp32 / torch %s: step %.2fx (goal <= 0.70x: %s)", p, ms / ts,
+                ms / ts <= 0.7 ? "met" : "MISSED"
+            if (mg != "" && tg > 0)
+                printf ", GPU memory %.2fx (goal <= 1: %s)", mg / tg, mg <= tg ? "met" : "MISSED"
+            printf "\n" }')")
+    done
+    [ -n "$ms" ] && note "train step vs diffusers" "ran (rows below the table)"
+    rm -rf "$tmp"
+}
+if [ "$TRAIN_STEP" = 0 ]; then
+    note "train step vs diffusers" "skipped (TRAIN_STEP=0)"
+elif [ $build_ok != 1 ] || [ "$have_diffusers" != 1 ]; then
+    note "train step vs diffusers" "skipped (needs the build and diffusers)"
+elif ! python3 -c 'import transformers, peft, PIL, numpy' >/dev/null 2>&1; then
+    note "train step vs diffusers" "skipped (no transformers/peft/PIL for python3)"
+elif [ "$(elapsed)" -gt $((BUDGET_S - 200)) ]; then
+    note "train step vs diffusers" "skipped (time budget: $(elapsed) s used)"
+else
+    train_step
+fi
+
 echo
 echo "== gpu.sh summary ($GPU_NAME, $(elapsed) s) =="
 for s in "${SUMMARY[@]}"; do echo "$s"; done
-[ -e "$OUT/table.txt" ] && cat "$OUT/table.txt"
+[ -e "$OUT/table.txt" ] && sed '/^== training step raw output ==$/,$d' "$OUT/table.txt"
+for s in "${TRAIN_ROWS[@]}"; do echo "$s"; done
 exit $rc

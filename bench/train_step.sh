@@ -19,9 +19,10 @@
 # Gradient checkpointing: mood's trainer turns it on from 32x32 latents up (train/unet_loss.c),
 # the recipe's default is off; with TORCH_CKPT=1 (default) the recipe is also timed with its
 # --gradient_checkpointing.
-# The model is bench/gen.sh's (tools/sd15_pipeline_reference.py make, under
-# ${MOOD_BENCH_CACHE:-/tmp/mood-bench}/sd15); MODEL=DIR takes another diffusers SD1-layout folder
-# (e.g. MODEL=tests/fixtures/pipeline/tiny-sd SIZE=64 RUNS=2 to check the plumbing in seconds).
+# The model is bench/gen.sh's (tools/sd15_pipeline_reference.py's pipeline, under
+# ${MOOD_BENCH_CACHE:-/tmp/mood-bench}/sd15, made by bench/train_inputs.sh, which gpu.sh's
+# training step shares); MODEL=DIR takes another diffusers SD1-layout folder (e.g.
+# MODEL=tests/fixtures/pipeline/tiny-sd SIZE=64 RUNS=2 to check the plumbing in seconds).
 # Needs tools/.venv (torch, diffusers, peft); at 512x512 about 10 GB of memory and ~5 minutes.
 # Usage: bench/train_step.sh [MOOD_BINARY]   (default build/mood; bench_train_step beside it)
 set -euo pipefail
@@ -38,12 +39,10 @@ BENCH=$(dirname "$MOOD")/bench/bench_train_step
 PY=${PYTHON:-$root/tools/.venv/bin/python}
 REF=$here/train_step_reference.py
 cache=${MOOD_BENCH_CACHE:-/tmp/mood-bench}
-if [ -z "${MODEL:-}" ]; then
-    MODEL=$cache/sd15
-    "$PY" "$root/tools/sd15_pipeline_reference.py" make "$cache" 2>/dev/null
-fi
-board=$cache/train-board-$SIZE
-"$PY" "$REF" board "$board" --size "$SIZE"
+# shellcheck source=bench/train_inputs.sh
+. "$here/train_inputs.sh"
+train_inputs "$PY" "$cache" "$SIZE" # sets MODEL (unless given) and BOARD
+board=$BOARD
 heads=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_attention_heads"])' \
     "$MODEL/text_encoder/config.json")
 cat "$MODEL"/*/*.safetensors >/dev/null # warm the page cache for both sides' loading

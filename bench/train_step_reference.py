@@ -32,8 +32,24 @@ bwd + opt (the part mood's trainer also does at every step, its latents and text
 being cached), torch_full_ms (the whole recipe step), each part, torch_rss_mb (the process's peak
 resident memory, loading included), torch_load_s, and the LoRA's module and parameter count.
 --checkpointing: the recipe's --gradient_checkpointing (unet.enable_gradient_checkpointing()).
+
+On a GPU (bench/gpu.sh): --device cuda puts the models and every tensor of the step on GPU 0 (the
+data part includes the batch's copy to the device, as accelerate's dataloader does) and calls
+torch.cuda.synchronize() before every perf_counter read, so each part is its GPU time; it also
+prints torch_gpu_peak_mb (torch.cuda.max_memory_allocated over the whole run, loading included)
+and torch_gpu_reserved_mb (max_memory_reserved: what the caching allocator took from the driver).
+--precision fp32 (default) is the recipe's --mixed_precision no; on the GPU TF32 is then off
+(torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32 False, the recipe's --allow_tf32
+not given) unless --tf32. --precision bf16 is its --mixed_precision bf16: the frozen UNet, VAE
+and text encoder cast to bfloat16 (weight_dtype), the pixels given to the VAE in bfloat16, and
+the UNet forward under torch.autocast("cuda", bfloat16) (what accelerate wraps the prepared
+model's forward in); the loss on .float() outputs. The LoRA factors: --lora-dtype fp32 (default)
+keeps them float32 as cast_training_params(unet, torch.float32) does; note that the recipe calls
+it only for --mixed_precision fp16, so with bf16 its LoRA factors stay in the bfloat16 that
+PEFT's add_adapter gives them (checked with peft 0.21): --lora-dtype weight reproduces that.
 """
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -96,6 +112,17 @@ def example(board, size, tokenizer):
     return x[None].contiguous().float(), ids
 
 
+def gpu_clock(device):
+    """perf_counter, after the GPU's queued work is done when the step runs there."""
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def clock():
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return clock
+
+
 def time_steps(a):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.optimization import get_scheduler
@@ -106,7 +133,14 @@ def time_steps(a):
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    t0 = time.perf_counter()
+    device = torch.device("cuda:0" if a.device == "cuda" else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+        torch.cuda.reset_peak_memory_stats(device)
+    weight_dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    clock = gpu_clock(device)
+    t0 = clock()
     sched = DDPMScheduler.from_pretrained(a.model, subfolder="scheduler")
     tokenizer = load_tokenizer(a.model)
     text_encoder = CLIPTextModel.from_pretrained(a.model, subfolder="text_encoder")
@@ -117,10 +151,13 @@ def time_steps(a):
     text_encoder.requires_grad_(False)
     config = LoraConfig(r=a.rank, lora_alpha=a.alpha, init_lora_weights="gaussian",
                         target_modules=["to_k", "to_q", "to_v", "to_out.0"])
-    unet.to(dtype=torch.float32)
-    vae.to(dtype=torch.float32)
-    text_encoder.to(dtype=torch.float32)
+    unet.to(device, dtype=weight_dtype)
+    vae.to(device, dtype=weight_dtype)
+    text_encoder.to(device, dtype=weight_dtype)
     unet.add_adapter(config)
+    if a.lora_dtype == "fp32":
+        from diffusers.training_utils import cast_training_params
+        cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
     if a.checkpointing:
         unet.enable_gradient_checkpointing()
@@ -128,38 +165,45 @@ def time_steps(a):
                                   eps=1e-8)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0,
                                  num_training_steps=a.runs + 1)
-    load_s = time.perf_counter() - t0
+    load_s = clock() - t0
     modules = sum(1 for m in unet.modules() if isinstance(m, LoraLayer))
     n_params = sum(p.numel() for p in params)
     unet.train()
 
     parts = {k: [] for k in ("data", "vae", "noise", "te", "fwd", "bwd", "opt")}
+    # accelerate runs the prepared UNet's forward under autocast with --mixed_precision bf16
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if a.precision == "bf16"
+                else contextlib.nullcontext())
     for i in range(a.runs + 1):
-        t = [time.perf_counter()]
+        t = [clock()]
         pixel_values, input_ids = example(a.board, a.size, tokenizer)
-        t.append(time.perf_counter())
-        latents = vae.encode(pixel_values).latent_dist.sample()
+        pixel_values, input_ids = pixel_values.to(device), input_ids.to(device)
+        t.append(clock())
+        latents = vae.encode(pixel_values.to(dtype=weight_dtype)).latent_dist.sample()
         latents = latents * vae.config.scaling_factor
-        t.append(time.perf_counter())
+        t.append(clock())
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],))
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],),
+                                  device=latents.device)
         timesteps = timesteps.long()
         noisy_latents = sched.add_noise(latents, noise, timesteps)
-        t.append(time.perf_counter())
+        t.append(clock())
         encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
-        t.append(time.perf_counter())
+        t.append(clock())
         target = noise  # epsilon prediction
-        model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+        with autocast:
+            model_pred = unet(noisy_latents, timesteps, encoder_hidden_states,
+                              return_dict=False)[0]
         loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
         loss.detach().item()  # the recipe's logged train_loss
-        t.append(time.perf_counter())
+        t.append(clock())
         loss.backward()
-        t.append(time.perf_counter())
+        t.append(clock())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad()
-        t.append(time.perf_counter())
+        t.append(clock())
         if i == 0:
             continue  # warm-up
         for k, (b, e) in zip(parts, zip(t, t[1:])):
@@ -175,6 +219,13 @@ def time_steps(a):
     print("torch_steps_ms %s" % ",".join("%.0f" % s for s in step))
     print("torch_rss_mb %.0f" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     print("torch_load_s %.2f" % load_s)
+    print("torch_device %s" % device)
+    print("torch_precision %s" % a.precision)
+    print("torch_lora_dtype %s" % str(params[0].dtype).replace("torch.", ""))
+    if device.type == "cuda":
+        print("torch_tf32 %d" % int(a.tf32))
+        print("torch_gpu_peak_mb %.0f" % (torch.cuda.max_memory_allocated(device) / 2**20))
+        print("torch_gpu_reserved_mb %.0f" % (torch.cuda.max_memory_reserved(device) / 2**20))
     print("torch_lora_modules %d" % modules)
     print("torch_lora_params %d" % n_params)
 
@@ -190,7 +241,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="the recipe's --mixed_precision no / bf16 (bf16: --device cuda)")
+    ap.add_argument("--lora-dtype", choices=["fp32", "weight"], default="fp32",
+                    help="fp32: cast_training_params; weight: as PEFT makes them (bf16 with bf16)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="allow TF32 matmuls and convolutions on the GPU (default: off)")
     a = ap.parse_args()
+    if a.precision == "bf16" and a.device != "cuda":
+        ap.error("--precision bf16 needs --device cuda (the recipe's autocast is CUDA's)")
     if a.what == "board":
         make_board(a.dir, a.size)
         return
