@@ -9,13 +9,13 @@
 # Needs: tools/.venv (numpy, Pillow; torch and diffusers for the untrained initialisation), the
 # emoji data set in ../shared/data/emoji. Prints one table; the JSON of each part goes to
 # ${MOOD_BENCH_CACHE:-/tmp/mood-bench}/style-transfer/.
-# Usage: bench/style_transfer.sh [MOOD_BINARY]   (default build/mood; N=100, CFG=7, SEED=0)
+# Usage: bench/style_transfer.sh [MOOD_BINARY]   (default build/mood; N=100, CFG=3, SEED=0)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 MOOD=${1:-${MOOD:-$root/build/mood}}
 N=${N:-100}
-CFG=${CFG:-7}   # the guidance scale mood demo generates at (DEMO_CFG in cli/cmd_demo.c)
+CFG=${CFG:-3}   # the guidance scale mood demo generates at (DEMO_CFG in cli/cmd_demo.c)
 SEED=${SEED:-0} # picks the subjects and the generation seeds
 PY=${PYTHON:-$root/tools/.venv/bin/python}
 work=${MOOD_BENCH_CACHE:-/tmp/mood-bench}/style-transfer
