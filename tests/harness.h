@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,24 @@ static int harness_failures;
             harness_failures++;                                                                    \
         }                                                                                          \
     } while (0)
+
+/* Random test inputs: a seeded xorshift64* generator, the same values on every machine. */
+static uint64_t harness_rng_state = 0x9E3779B97F4A7C15ull;
+
+static inline void harness_rng_seed(uint64_t seed)
+{
+    harness_rng_state = seed * 0x9E3779B97F4A7C15ull + 1;
+}
+
+/* Uniform in [-1, 1). */
+static inline float harness_rnd(void)
+{
+    harness_rng_state ^= harness_rng_state >> 12;
+    harness_rng_state ^= harness_rng_state << 25;
+    harness_rng_state ^= harness_rng_state >> 27;
+    uint64_t r = harness_rng_state * 0x2545F4914F6CDD1Dull;
+    return (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
 
 typedef struct {
     const char *name;

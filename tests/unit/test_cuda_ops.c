@@ -36,23 +36,6 @@ static mood_cuda_ctx *ctx;
 
 /* ----- host helpers ------------------------------------------------------------------------- */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static void rng_seed(uint64_t seed)
-{
-    rng_state = seed * 0x9E3779B97F4A7C15ull + 1;
-}
-
-/* Uniform in [-1, 1) (xorshift64*). */
-static float rnd(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    uint64_t r = rng_state * 0x2545F4914F6CDD1Dull;
-    return (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
 /* A fresh host buffer of n values uniform in [-amp, amp). Freed by free_all. */
 #define MAX_BUFS 256
 static void *host_bufs[MAX_BUFS];
@@ -75,7 +58,7 @@ static float *hrand(size_t n, float amp)
 {
     float *p = hbuf(n);
     for (size_t i = 0; i < n; i++)
-        p[i] = amp * rnd();
+        p[i] = amp * harness_rnd();
     return p;
 }
 
@@ -287,7 +270,7 @@ static void test_pool_reuse(void)
 
 static void test_convert(void)
 {
-    rng_seed(1);
+    harness_rng_seed(1);
     size_t n = 3 * 37 * 29;
     float *x = hrand(n, 3.0f);
     x[0] = 1.00390625f; /* a bf16 tie: rounds to even (1.0) */
@@ -326,7 +309,7 @@ static void linear_case(size_t N, int IC, int OC, int with_bias)
 
 static void test_linear(void)
 {
-    rng_seed(2);
+    harness_rng_seed(2);
     linear_case(37, 29, 43, 1);
     linear_case(37, 29, 43, 0);
     linear_case(301, 67, 129, 1);
@@ -356,7 +339,7 @@ static void linear_ex_case(mood_cuda_dtype in_dt, mood_cuda_dtype out_dt, size_t
 
 static void test_linear_16(void)
 {
-    rng_seed(3);
+    harness_rng_seed(3);
     mood_cuda_dtype types[] = {MOOD_CUDA_BF16, MOOD_CUDA_F16};
     for (int t = 0; t < 2; t++) {
         linear_ex_case(types[t], MOOD_CUDA_F32, 37, 29, 43, 1);
@@ -373,7 +356,7 @@ static void test_linear_16(void)
 
 static void test_linear_backward(void)
 {
-    rng_seed(4);
+    harness_rng_seed(4);
     size_t N = 41;
     int IC = 37, OC = 29;
     float *x = hrand(N * IC, 1.0f), *w = hrand((size_t)OC * IC, 0.5f), *g = hrand(N * OC, 1.0f);
@@ -399,7 +382,7 @@ static void test_linear_backward(void)
 
 static void test_lora_linear(void)
 {
-    rng_seed(5);
+    harness_rng_seed(5);
     size_t N = 43;
     int IC = 37, OC = 29, rank = 5;
     float scale = 0.75f;
@@ -429,7 +412,7 @@ static void test_lora_linear(void)
 
 static void test_lora_merge(void)
 {
-    rng_seed(6);
+    harness_rng_seed(6);
     int rows = 37, rank = 7;
     size_t cols = 29 * 9; /* a 3x3 convolution's (in * kh * kw) */
     float scale = -1.25f;
@@ -494,7 +477,7 @@ static void conv_case(mood_conv2d_dims d, int with_bias)
 
 static void test_conv2d(void)
 {
-    rng_seed(7);
+    harness_rng_seed(7);
     mood_conv2d_dims cases[] = {
         {3, 5, 37, 29, 7, 3, 1, 1}, /* batch, in_c, h, w, out_c, k, stride, pad */
         {3, 5, 37, 29, 7, 3, 2, 1}, {2, 13, 17, 23, 11, 1, 1, 0}, {2, 6, 15, 21, 9, 3, 1, 0},
@@ -508,7 +491,7 @@ static void test_conv2d(void)
 
 static void test_conv2d_16(void)
 {
-    rng_seed(8);
+    harness_rng_seed(8);
     mood_conv2d_dims cases[] = {
         {3, 5, 37, 29, 7, 3, 1, 1}, {2, 32, 16, 16, 64, 3, 1, 1}, {2, 13, 17, 23, 11, 1, 1, 0}};
     mood_cuda_dtype types[] = {MOOD_CUDA_BF16, MOOD_CUDA_F16};
@@ -577,7 +560,7 @@ static void group_norm_case(int B, int C, size_t HW, int groups, int affine)
 
 static void test_group_norm(void)
 {
-    rng_seed(9);
+    harness_rng_seed(9);
     group_norm_case(3, 12, 37 * 29, 4, 1);
     group_norm_case(2, 10, 37, 5, 0);
     group_norm_case(1, 64, 13 * 11, 32, 1);
@@ -620,7 +603,7 @@ static void layer_norm_case(size_t N, int C, int affine)
 
 static void test_layer_norm(void)
 {
-    rng_seed(10);
+    harness_rng_seed(10);
     layer_norm_case(37, 29, 1);
     layer_norm_case(37, 29, 0);
     layer_norm_case(517, 320, 1); /* more rows than a chunk of the affine sums */
@@ -660,7 +643,7 @@ static void act_case(const char *name, cpu_act_fn cf, gpu_act_fn gf, cpu_actb_fn
 
 static void test_activations(void)
 {
-    rng_seed(11);
+    harness_rng_seed(11);
     act_case("silu", mood_op_silu, mood_cuda_op_silu, mood_op_silu_backward,
              mood_cuda_op_silu_backward);
     act_case("gelu", mood_op_gelu, mood_cuda_op_gelu, mood_op_gelu_backward,
@@ -672,7 +655,7 @@ static void test_activations(void)
 
 static void test_geglu(void)
 {
-    rng_seed(12);
+    harness_rng_seed(12);
     size_t N = 37;
     int F = 29;
     float *x = hrand(N * 2 * F, 4.0f), *ref = hbuf(N * F);
@@ -689,7 +672,7 @@ static void test_geglu(void)
 
 static void test_adds(void)
 {
-    rng_seed(13);
+    harness_rng_seed(13);
     int B = 3, C = 37;
     size_t HW = 29, n = (size_t)B * C * HW;
     float *a = hrand(n, 1.0f), *b = hrand(n, 1.0f), *ref = hbuf(n);
@@ -724,7 +707,7 @@ static void test_adds(void)
 
 static void test_layout(void)
 {
-    rng_seed(14);
+    harness_rng_seed(14);
     int B = 3, C = 37, H = 29, W = 31;
     size_t HW = (size_t)H * W, n = (size_t)B * C * HW;
     float *x = hrand(n, 1.0f), *ref = hbuf(n), *dx = dup_dev(x, n), *dy = dalloc(n * 4);
@@ -797,7 +780,7 @@ static void test_layout(void)
 
 static void test_timestep_embedding(void)
 {
-    rng_seed(15);
+    harness_rng_seed(15);
     int B = 5;
     float t[5] = {0.0f, 1.0f, 999.0f, 500.5f, 37.25f};
     int dims[] = {32, 33, 320, 1};
@@ -866,7 +849,7 @@ static void attention_forward_case(const att_case *c, mood_cuda_dtype dt, int pa
 
 static void test_attention(void)
 {
-    rng_seed(16);
+    harness_rng_seed(16);
     mood_cuda_dtype types[] = {MOOD_CUDA_F32, MOOD_CUDA_BF16, MOOD_CUDA_F16};
     for (int t = 0; t < 3; t++)
         for (size_t i = 0; i < sizeof att_cases / sizeof att_cases[0]; i++) {
@@ -929,7 +912,7 @@ static void attention_backward_case(const att_case *c, size_t budget, int all_gr
 
 static void test_attention_backward(void)
 {
-    rng_seed(17);
+    harness_rng_seed(17);
     for (size_t i = 0; i < sizeof att_cases / sizeof att_cases[0]; i++) {
         const att_case *c = &att_cases[i];
         attention_backward_case(c, 0, 1);

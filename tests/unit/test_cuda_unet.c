@@ -149,22 +149,11 @@ static void case_open(const unet_case *c, mood_unet **m, inputs *in)
 
 /* ----- helpers ------------------------------------------------------------------------------ */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static float rnd(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    uint64_t r = rng_state * 0x2545F4914F6CDD1Dull;
-    return (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
 static float *rand_buf(size_t n, float lo, float hi)
 {
     float *p = malloc((n ? n : 1) * sizeof *p);
     for (size_t i = 0; p && i < n; i++)
-        p[i] = lo + (hi - lo) * 0.5f * (rnd() + 1.0f);
+        p[i] = lo + (hi - lo) * 0.5f * (harness_rnd() + 1.0f);
     return p;
 }
 
