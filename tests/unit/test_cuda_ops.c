@@ -18,7 +18,7 @@
  * Label `cuda`. Without the CUDA backend or a GPU, the checks that need none run (pool size
  * classes, the error of a context without a device) and the program exits 77 (skipped).
  */
-#include "harness.h"
+#include "cuda_harness.h"
 
 #include <stdint.h>
 
@@ -949,23 +949,9 @@ int main(void)
         MOOD_T(test_attention),
         MOOD_T(test_attention_backward),
     };
-    char name[256];
-    int gpus = mood_cuda_device_count(name, sizeof name);
+    static const harness_test no_gpu[] = {MOOD_T(test_no_device_error)};
     if (mood_cuda_compiled() && harness_run(cpu_side, sizeof cpu_side / sizeof cpu_side[0]))
         return 1;
-    if (!mood_cuda_compiled() || gpus == 0) {
-        test_no_device_error();
-        if (harness_failures)
-            return 1;
-        printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
-        return 77;
-    }
-    if (mood_cuda_ctx_new(&ctx, NULL) != 0) {
-        fprintf(stderr, "mood_cuda_ctx_new: %s\n", mood_error_last());
-        return 1;
-    }
-    printf("GPU 0: %s\n", name);
-    int rc = harness_run(tests, sizeof tests / sizeof tests[0]);
-    mood_cuda_ctx_free(ctx);
-    return rc;
+    return harness_run_cuda(&ctx, no_gpu, sizeof no_gpu / sizeof no_gpu[0], tests,
+                            sizeof tests / sizeof tests[0]);
 }

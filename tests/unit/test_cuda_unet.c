@@ -54,7 +54,7 @@
  * Label `cuda`. Without the CUDA backend or a GPU, the refusals that need no device run and the
  * program exits 77 (skipped).
  */
-#include "harness.h"
+#include "cuda_harness.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -1071,20 +1071,6 @@ int main(void)
         MOOD_T(test_graphs),         MOOD_T(test_graphs_env),
         MOOD_T(test_errors),
     };
-    char name[256];
-    int gpus = mood_cuda_device_count(name, sizeof name), rc;
-    if (!mood_cuda_compiled() || gpus == 0) {
-        if (harness_run(no_gpu, sizeof no_gpu / sizeof no_gpu[0]))
-            return 1;
-        printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
-        return 77;
-    }
-    if (mood_cuda_ctx_new(&ctx, NULL) != 0) {
-        fprintf(stderr, "mood_cuda_ctx_new: %s\n", mood_error_last());
-        return 1;
-    }
-    printf("GPU 0: %s\n", name);
-    rc = harness_run(tests, sizeof tests / sizeof tests[0]);
-    mood_cuda_ctx_free(ctx);
-    return rc;
+    return harness_run_cuda(&ctx, no_gpu, sizeof no_gpu / sizeof no_gpu[0], tests,
+                            sizeof tests / sizeof tests[0]);
 }
