@@ -5,7 +5,9 @@
 #      untrained initialisation (tools/mood_tiny/init_model.py, seed 0) and chance (1/1417);
 #   2. the Twemoji style trained as `mood demo` trains it (same board and settings), applied to
 #      $N subjects the board does not show: the fraction whose image is closer to the subject's
-#      Twemoji drawing than to its Noto drawing, with the style and without it (the control).
+#      Twemoji drawing than to its Noto drawing, with the style and without it (the control), on
+#      the style axis (the metric) and in blurred pixels (the earlier one), with the reference
+#      lines of real drawings that show what each metric can grant.
 # Needs: tools/.venv (numpy, Pillow; torch and diffusers for the untrained initialisation), the
 # emoji data set in ../shared/data/emoji. Prints one table; the JSON of each part goes to
 # ${MOOD_BENCH_CACHE:-/tmp/mood-bench}/style-transfer/.
@@ -47,10 +49,16 @@ print(f"  trained    top-1 {q['trained']['top1']:.0%}  top-5 {q['trained']['top5
 if "untrained" in q:
     print(f"  untrained  top-1 {q['untrained']['top1']:.0%}  top-5 {q['untrained']['top5']:.0%}"
           f"  (chance {q['chance_top1']:.2%})")
-print(f"Twemoji style on {s['styled']['n']} held-out subjects, image closer to the Twemoji drawing:")
-print(f"  with the style     {s['styled']['closer_to_twemoji']:.0%}")
-print(f"  without (control)  {s['base']['closer_to_twemoji']:.0%}")
+print(f"Twemoji style on {s['styled']['n']} held-out subjects, image closer to the subject's Twemoji"
+      f" drawing than to its Noto drawing:")
 r = s["reference"]
-print(f"  reference: another subject's real Twemoji drawing {r['other_subject_twemoji']:.0%},"
-      f" average of the two real drawings {r['average_of_both']:.0%}")
+print("                            style axis   blurred pixels")
+print(f"  with the style              {s['styled']['closer_to_twemoji']:4.0%}"
+      f"        {s['styled']['closer_in_pixels']:4.0%}")
+print(f"  without (control)           {s['base']['closer_to_twemoji']:4.0%}"
+      f"        {s['base']['closer_in_pixels']:4.0%}")
+print(f"  another subject's Twemoji   {r['style_axis']['other_subject_twemoji']:4.0%}"
+      f"        {r['pixels']['other_subject_twemoji']:4.0%}   (real drawings: what a perfect style scores)")
+print(f"  another subject's Noto      {r['style_axis']['other_subject_noto']:4.0%}"
+      f"        {r['pixels']['other_subject_noto']:4.0%}   (what the base style scores)")
 PYEOF

@@ -9,16 +9,22 @@
 #      fp32 master weights, constant learning rate after a warmup) on them, checkpointing every
 #      200 steps: run this script again to continue an interrupted run (--resume; it ends with
 #      the same weights), or with more steps to train on;
-#   4. the result is written in float16 to data/mood-tiny (the folder `mood demo` registers),
+#   4. with COOLDOWN (a second argument), a cooldown follows: a new run of COOLDOWN steps from the
+#      weights step 3 wrote, its learning rate decaying linearly from the same 4e-4 to zero
+#      (the warmup-stable-decay recipe: a constant rate finds the basin, the decay settles into
+#      it, and the small per-patch errors of the constant-rate weights, a visible 4-pixel grid in
+#      the images, fade); it checkpoints and resumes like step 3;
+#   5. the result is written in float16 to data/mood-tiny (the folder `mood demo` registers),
 #      with its model card (tools/mood_tiny/MODEL_CARD.md: what it is, licences, attribution).
 #
-# usage: tools/mood_tiny/train.sh [STEPS]   (default 8000; WORK=/path for the work folder,
+# usage: tools/mood_tiny/train.sh [STEPS [COOLDOWN]]   (default 8000, no cooldown; WORK=/path for the work folder,
 #        default /tmp/mood-tiny-work; MOOD=path/to/mood, default build/mood)
 # The command, seed and the time taken are recorded in data/mood-tiny/TRAINING.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 STEPS=${1:-8000}
+COOLDOWN=${2:-0}
 WORK=${WORK:-/tmp/mood-tiny-work}
 MOOD=${MOOD:-build/mood}
 PY=${PYTHON:-tools/.venv/bin/python}
@@ -52,39 +58,60 @@ cmd=("$MOOD" train --full --te --name mood-tiny --model "$WORK/init" --board "$W
 [ -f "$WORK/TRAINING.md" ] || printf '# How data/mood-tiny was made\n\n' >"$WORK/TRAINING.md"
 start=$(date +%s)
 finished=0
+stage=model
 record() {
     local step
     step=$("$PY" -c 'import json, struct, sys
 f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]
 print(json.loads(f.read(n))["__metadata__"]["mood.train.step"])' \
-        "$WORK/model.checkpoint.safetensors" 2>/dev/null || echo "$STEPS")
-    echo "- $(date -u '+%Y-%m-%d %H:%M') UTC: \`tools/mood_tiny/train.sh $STEPS\` ran" \
+        "$WORK/$stage.checkpoint.safetensors" 2>/dev/null || echo "the end")
+    echo "- $(date -u '+%Y-%m-%d %H:%M') UTC: \`tools/mood_tiny/train.sh $*\` ran" \
         "$(($(date +%s) - start)) s on $(lscpu | awk -F': +' '/Model name/ { print $2; exit }')" \
         "($(nproc) threads) and $([ "$finished" = 1 ] && echo "finished" || echo "stopped")" \
-        "at step $step" >>"$WORK/TRAINING.md"
+        "at step $step$([ "$stage" = cooled ] && echo " of the cooldown")" >>"$WORK/TRAINING.md"
 }
 # the record is written however the script ends (a signal to it or to the trainer included)
-trap record EXIT
+args="$STEPS$([ "$COOLDOWN" -gt 0 ] && echo " $COOLDOWN")"
+trap 'record "$args"' EXIT
 trap 'exit 130' INT TERM
 "${cmd[@]}"
+result=model
+shown="${cmd[*]}"
+if [ "$COOLDOWN" -gt 0 ]; then
+    # the cooldown's own run, from the weights above (seed 1: other draws than the first steps')
+    resume=()
+    [ -f "$WORK/cooled.checkpoint.safetensors" ] && resume=(--resume)
+    stage=cooled
+    cmd=("$MOOD" train --full --te --name mood-tiny --model "$WORK/model" --board "$WORK/noto"
+        -o "$WORK/cooled" --res 64 --no-flip --batch 32 --steps "$COOLDOWN" --lr 4e-4
+        --schedule linear --warmup 100 --noise-offset 0 --min-snr 0 --caption-dropout 0.1
+        --seed 1 --checkpoint-every 200 "${resume[@]}")
+    "${cmd[@]}"
+    shown="$shown"$'\n\n    '"${cmd[*]}"
+    result=cooled
+fi
 finished=1
 trap - EXIT
-record
+record "$args"
 
 rm -rf "$out.new"
-cp -r "$WORK/model" "$out.new"
+cp -r "$WORK/$result" "$out.new"
 cp "$WORK/model.loss.png" "$out.new/loss.png"
 cp "$WORK/model.loss.csv" "$out.new/loss.csv"
+if [ "$result" = cooled ]; then
+    cp "$WORK/cooled.loss.png" "$out.new/cooldown-loss.png"
+    cp "$WORK/cooled.loss.csv" "$out.new/cooldown-loss.csv"
+fi
 cp tools/mood_tiny/MODEL_CARD.md "$out.new/README.md"
-shown="${cmd[*]}" # the command without this machine's paths
-shown=${shown/#"$MOOD"/mood}
+shown=${shown//"$MOOD "/"mood "} # the commands without this machine's paths
 # shellcheck disable=SC2016 # a literal $WORK
 shown=${shown//"$WORK"/'$WORK'}
 {
     echo
-    echo "Each line above is one sitting; the trainer command of the last (seed 0 for the"
+    echo "Each line above is one sitting; the trainer commands of the last (seed 0 for the"
     echo "initialisation and the training; --resume continues a stopped run to the same weights;"
-    echo "\$WORK is the script's work folder):"
+    echo "\$WORK is the script's work folder; a cooldown's run, second, starts from the first's"
+    echo "weights):"
     echo
     echo "    $shown"
 } >"$out.new/TRAINING.md.tail"
