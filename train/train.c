@@ -603,7 +603,7 @@ static void put_training(meta *m, const run *r, int64_t steps, int64_t batches)
 static void put_data(meta *m, const run *r, const char *tags, const char *dirs, const char *buckets)
 {
     const mood_train_options *o = r->o;
-    int res = r->resolution;
+    int res = r->resolution, vae_scale = mood_vae_scale(r->m->vae);
     putf(m, "ss_num_train_images", "%zu", mood_board_count(r->board));
     put(m, "ss_num_reg_images", "0");
     putf(m, "ss_resolution", "(%d, %d)", res, res);
@@ -623,7 +623,8 @@ static void put_data(meta *m, const run *r, const char *tags, const char *dirs, 
     put(m, "ss_caption_dropout_every_n_epochs", "0");
     put(m, "ss_caption_tag_dropout_rate", "0.0");
     put(m, "ss_cache_latents", "True");
-    put(m, "ss_gradient_checkpointing", "False");
+    put(m, "ss_gradient_checkpointing",
+        py_bool(mood__train_tape_flags(r->resolution / vae_scale, r->resolution / vae_scale) != 0));
     put(m, "ss_mixed_precision", "no");
     put(m, "ss_full_fp16", "False");
     put(m, "ss_max_token_length", "None");

@@ -23,6 +23,7 @@
 #include "mood/rng.h"
 #include "mood/sampler.h"
 #include "mood/train.h"
+#include "mood/unet.h"
 
 /* ----- resize_stb.c ----------------------------------------------------------------------- */
 
@@ -285,6 +286,15 @@ int mood__train_samples_render(mood__train_samples *s, int64_t step, int final);
 int mood__train_samples_after_step(void *user, int64_t step);
 
 /* ----- unet_loss.c ------------------------------------------------------------------------ */
+
+/* The UNet tape's flags for h x w latents, on either backend: gradient checkpointing from 32 x 32
+ * (SD's 256 x 256 images) up, where the activations a tape keeps (SD1.5 at 512 x 512: gigabytes)
+ * cost more than computing the resnets' and transformer blocks' again in the backward pass (about
+ * a third more forward work). */
+static inline unsigned mood__train_tape_flags(int h, int w)
+{
+    return h * w >= 32 * 32 ? MOOD_UNET_TAPE_CHECKPOINT : 0;
+}
 
 /* The built-in mood_train_loss_fn for a mood_model (user = the mood_model). */
 int mood__train_model_loss(void *user, const mood_train_batch *batch, mood_train_module *modules,

@@ -40,7 +40,7 @@
 static int model_tape(mood_model *m, int h, int w, mood_unet_tape **out)
 {
     if (!m->tape) {
-        int err = mood_unet_tape_new(&m->tape, h * w >= 32 * 32 ? MOOD_UNET_TAPE_CHECKPOINT : 0);
+        int err = mood_unet_tape_new(&m->tape, mood__train_tape_flags(h, w));
         if (err)
             return err;
     }

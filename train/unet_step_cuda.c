@@ -12,9 +12,10 @@
  * PCIe, against a UNet forward and backward that are the step's whole cost.
  *
  * What runs on the GPU so far is what engine/cuda/unet_cuda_train.c runs: fp32 weights (the model
- * opened with cuda_fp32), the whole tape (no checkpointing), the side paths' and the context's
- * gradients. Full-parameter training and SDXL's trained text encoder 2 (whose pooled output
- * needs the gradient of text_embeds) are refused by the caller with MOOD_EUNSUPPORTED.
+ * opened with cuda_fp32), gradient checkpointing as on the CPU (mood__train_tape_flags), the
+ * side paths' and the context's gradients. Full-parameter training and SDXL's trained text encoder
+ * 2 (whose pooled output needs the gradient of text_embeds) are refused by the caller with
+ * MOOD_EUNSUPPORTED.
  */
 #include <string.h>
 
@@ -76,7 +77,8 @@ int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_tra
     if (!(s = mood_calloc(1, sizeof *s)))
         return mood_error_nomem();
     s->ctx = m->cuda, s->n = n, s->n_ctx = n_ctx;
-    if (!m->cuda_tape && (err = mood_cuda_unet_tape_new(&m->cuda_tape, 0)) != 0)
+    if (!m->cuda_tape &&
+        (err = mood_cuda_unet_tape_new(&m->cuda_tape, mood__train_tape_flags(b->h, b->w))) != 0)
         goto fail;
     /* the optimizer changed the host factors in place since the last step */
     if ((err = mood_cuda_unet_reload_side_paths(m->cuda_unet)) != 0 ||

@@ -173,8 +173,6 @@ double mood_cuda_unet_flop(const mood_cuda_unet *u);
  * What this step does not do yet:
  *   - 16-bit models: the tape needs a mood_cuda_unet of dtype MOOD_CUDA_F32 (bf16 / fp16:
  *     MOOD_EUNSUPPORTED, named);
- *   - gradient checkpointing: the tape keeps every activation (MOOD_UNET_TAPE_CHECKPOINT:
- *     MOOD_EUNSUPPORTED);
  *   - base weights' gradients (mood_unet_backward_ex) and SDXL's text_embeds gradient
  *     (mood_unet_backward_cond): the base weights are frozen, timesteps, time ids and
  *     text_embeds get no gradient (the time and added embedding layers' side paths do).
@@ -186,8 +184,11 @@ double mood_cuda_unet_flop(const mood_cuda_unet *u);
  * the first. A tape belongs to the thread of the context it was last used with. */
 typedef struct mood_cuda_unet_tape mood_cuda_unet_tape;
 
-/* Creates an empty tape; flags: 0 (MOOD_UNET_TAPE_CHECKPOINT: MOOD_EUNSUPPORTED here). Errors:
- * MOOD_EINVAL (unknown flags), MOOD_EUNSUPPORTED, MOOD_ENOMEM. */
+/* Creates an empty tape; flags: 0 (every activation kept) or MOOD_UNET_TAPE_CHECKPOINT (gradient
+ * checkpointing, as the CPU's: a resnet's and a transformer block's activations are computed
+ * again in the backward pass from the unit's kept input; the same gradients from a tape several
+ * times smaller, for about a third more forward work). Errors: MOOD_EINVAL (unknown flags),
+ * MOOD_EUNSUPPORTED (no CUDA backend), MOOD_ENOMEM. */
 int mood_cuda_unet_tape_new(mood_cuda_unet_tape **out, unsigned flags);
 /* Returns the tape's device memory to the pool of the context it was used with, which must still
  * be open. NULL is a no-op. */

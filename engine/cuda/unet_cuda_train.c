@@ -1,7 +1,8 @@
 /*
  * unet_cuda_train.c: the UNet's training passes on the GPU (engine/cuda/unet_cuda.h,
  * "training"): mood_cuda_unet_forward_train, the CPU forward of engine/unet_forward.c in its
- * recording mode (the tape keeps everything, TAPE_KEEP), and mood_cuda_unet_backward, the CPU
+ * recording mode (the tape keeps everything, TAPE_KEEP, or under gradient checkpointing only the
+ * layers' inputs and outputs, TAPE_CHECKPOINT), and mood_cuda_unet_backward, the CPU
  * backward of engine/unet_backward.c; both layer for layer over the CPU model's descriptors, with
  * the CUDA backend's forward and backward functions (engine/cuda/cuda_ops.h). Plain C: no kernels
  * of its own.
@@ -20,7 +21,10 @@
  *     gradient is a fresh buffer per layer instead of two ping-pong buffers;
  *   - errors: each function returns the first error (TRY), and the entry points return every
  *     temporary (put_all); the CPU's pop stops a pass out of step, here it returns MOOD_EBACKEND;
- *   - only fp32, the full tape, and the side paths' and context's gradients (unet_cuda.h).
+ *   - gradient checkpointing: as the CPU's, a resnet's and a transformer block's activations are
+ *     temporaries of the forward pass (act_buf) and are computed again, from the unit's kept
+ *     input, just before the unit's backward (resnet_unit_backward, tblock_unit_backward);
+ *   - only fp32, and the side paths' and context's gradients (unet_cuda.h).
  *
  * Scaling a buffer (a side path's scale, a resnet's 1 / output_scale_factor), which the CPU does
  * with cblas_sscal or an axpy into zeros, is an axpy into zeros here (scaled): the same
@@ -35,6 +39,7 @@ struct mood_cuda_unet_tape {
     mood_cuda_unet *u;  /* the model of the recorded forward (NULL: none yet) */
     mood_cuda_ctx *ctx; /* whose pool the blocks come from */
     int valid;
+    int checkpoint; /* MOOD_UNET_TAPE_CHECKPOINT: resnets' and blocks' activations not kept */
     unsigned long side_gen; /* the model's side paths when recorded */
     int B, L;
     const float *context; /* the tape's copy: B*L x cross_attention_dim */
@@ -83,6 +88,13 @@ static int keep(cu_train *g, float **out, size_t n)
     t->bytes += n * sizeof(float);
     *out = p;
     return 0;
+}
+
+/* *out: n floats of a layer's activations: kept on the tape, or under checkpointing a temporary
+ * (returned with put once the layer's forward is done; the backward pass makes its own). */
+static int act_buf(cu_train *g, float **out, size_t n)
+{
+    return g->t->checkpoint ? getf(&g->f, out, n) : keep(g, out, n);
 }
 
 /* Appends a record (*out; valid until the next record). */
@@ -160,14 +172,25 @@ static int norm_forward(cu_train *g, const u_norm *nm, float *out, const float *
 
 /* ----- ResnetBlock2D ------------------------------------------------------------------------ */
 
-static int resnet_acts_keep(cu_train *g, const u_resnet *r, size_t HW, resnet_acts *a)
+static int resnet_acts_get(cu_train *g, const u_resnet *r, size_t HW, resnet_acts *a)
 {
     size_t B = (size_t)g->f.B;
-    TRY(keep(g, &a->n1, B * (size_t)r->in * HW));
-    TRY(keep(g, &a->h1, B * (size_t)r->out * HW));
-    TRY(keep(g, &a->n2, B * (size_t)r->out * HW));
-    TRY(keep(g, &a->tp, B * (size_t)r->out));
-    return keep(g, &a->stats, 4 * B * (size_t)r->norm1.groups);
+    memset(a, 0, sizeof *a);
+    TRY(act_buf(g, &a->n1, B * (size_t)r->in * HW));
+    TRY(act_buf(g, &a->h1, B * (size_t)r->out * HW));
+    TRY(act_buf(g, &a->n2, B * (size_t)r->out * HW));
+    TRY(act_buf(g, &a->tp, B * (size_t)r->out));
+    return act_buf(g, &a->stats, 4 * B * (size_t)r->norm1.groups);
+}
+
+/* Returns a resnet's activations if they are temporaries (put ignores the tape's blocks). */
+static void resnet_acts_put(cu_train *g, resnet_acts *a)
+{
+    if (g->t->checkpoint) {
+        put(&g->f, a->n1), put(&g->f, a->h1), put(&g->f, a->n2), put(&g->f, a->tp);
+        put(&g->f, a->stats);
+        memset(a, 0, sizeof *a);
+    }
 }
 
 /* out (B x out x H x W) = ResnetBlock2D(inp); out must not alias inp. */
@@ -202,28 +225,42 @@ static int resnet_step(cu_train *g, const u_resnet *r, float *out, const float *
                        unet_rec **rec)
 {
     resnet_acts a;
-    TRY(resnet_acts_keep(g, r, (size_t)H * W, &a));
+    TRY(resnet_acts_get(g, r, (size_t)H * W, &a));
     TRY(resnet_forward(g, r, &a, out, inp, H, W));
     TRY(record(g, rec, REC_RESNET, r, inp, out, H, W));
-    (*rec)->a.r = a;
+    resnet_acts_put(g, &a);
+    (*rec)->a.r = a; /* zeroed under checkpointing */
     return 0;
 }
 
 /* ----- Transformer2DModel ------------------------------------------------------------------- */
 
 /* A transformer block's activations for N tokens, the residual stream's x1, x2 included. */
-static int tblock_acts_keep(cu_train *g, const u_transformer *t, size_t N, tblock_acts *a)
+static int tblock_acts_get(cu_train *g, const u_transformer *t, size_t N, tblock_acts *a)
 {
     size_t D = (size_t)t->inner, NL = (size_t)g->f.B * (size_t)g->f.L;
     float **nd[] = {&a->ln1, &a->q1, &a->k1,  &a->v1, &a->a1, &a->ln2,
                     &a->q2,  &a->a2, &a->ln3, &a->x1, &a->x2};
+    memset(a, 0, sizeof *a);
     for (size_t i = 0; i < sizeof nd / sizeof nd[0]; i++)
-        TRY(keep(g, nd[i], N * D));
-    TRY(keep(g, &a->k2, NL * D));
-    TRY(keep(g, &a->v2, NL * D));
-    TRY(keep(g, &a->ff_h, N * 8 * D));
-    TRY(keep(g, &a->ff_g, N * 4 * D));
-    return keep(g, &a->stats, 6 * N);
+        TRY(act_buf(g, nd[i], N * D));
+    TRY(act_buf(g, &a->k2, NL * D));
+    TRY(act_buf(g, &a->v2, NL * D));
+    TRY(act_buf(g, &a->ff_h, N * 8 * D));
+    TRY(act_buf(g, &a->ff_g, N * 4 * D));
+    return act_buf(g, &a->stats, 6 * N);
+}
+
+/* Returns a block's activations if they are temporaries. */
+static void tblock_acts_put(cu_train *g, tblock_acts *a)
+{
+    const float *all[] = {a->ln1, a->q1, a->k1, a->v1, a->a1, a->ln2,  a->q2,   a->a2,
+                          a->ln3, a->x1, a->x2, a->k2, a->v2, a->ff_h, a->ff_g, a->stats};
+    if (!g->t->checkpoint)
+        return;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        put(&g->f, all[i]);
+    memset(a, 0, sizeof *a);
 }
 
 /* xout (N x inner) = BasicTransformerBlock(xin); xout must not alias xin. */
@@ -274,10 +311,11 @@ static int tblocks_forward(cu_train *g, const u_transformer *t, float **x, size_
         tblock_acts a;
         unet_rec *rec;
         TRY(keep(g, &y, N * (size_t)t->inner));
-        TRY(tblock_acts_keep(g, t, N, &a));
+        TRY(tblock_acts_get(g, t, N, &a));
         TRY(tblock_forward(g, t, &t->blocks[d], &a, y, *x, HW));
         TRY(record(g, &rec, REC_TBLOCK, &t->blocks[d], *x, y, (int)HW, 1));
-        rec->a.t = a;
+        tblock_acts_put(g, &a);
+        rec->a.t = a; /* zeroed under checkpointing */
         *x = y;
     }
     return 0;
@@ -749,11 +787,23 @@ static int resnet_backward(cu_train *g, const u_resnet *r, const resnet_acts *a,
     return 0;
 }
 
-/* The recorded resnet `rec` with input inp (rebuilt by the caller for up blocks). */
+/* The recorded resnet `rec` with input inp (rebuilt by the caller for up blocks); its
+ * activations computed again under checkpointing. */
 static int resnet_unit_backward(cu_train *g, const unet_rec *rec, float *din, const float *dout,
                                 const float *inp)
 {
-    return resnet_backward(g, rec->layer, &rec->a.r, din, dout, inp, rec->H, rec->W);
+    const u_resnet *r = rec->layer;
+    resnet_acts a = rec->a.r;
+    float *out = NULL;
+    if (g->t->checkpoint) {
+        TRY(getf(&g->f, &out, (size_t)g->f.B * (size_t)r->out * (size_t)rec->H * rec->W));
+        TRY(resnet_acts_get(g, r, (size_t)rec->H * rec->W, &a));
+        TRY(resnet_forward(g, r, &a, out, inp, rec->H, rec->W));
+        put(&g->f, out);
+    }
+    TRY(resnet_backward(g, r, &a, din, dout, inp, rec->H, rec->W));
+    resnet_acts_put(g, &a);
+    return 0;
 }
 
 /* ----- Transformer2DModel ------------------------------------------------------------------- */
@@ -812,8 +862,20 @@ static int tblock_backward(cu_train *g, const u_transformer *t, const u_tblock *
 static int tblock_unit_backward(cu_train *g, const u_transformer *t, float *dx)
 {
     const unet_rec *rec;
+    tblock_acts a;
+    float *y = NULL;
     TRY(pop(g, REC_TBLOCK, &rec));
-    return tblock_backward(g, t, rec->layer, &rec->a.t, dx, rec->in, (size_t)rec->H);
+    a = rec->a.t;
+    if (g->t->checkpoint) { /* the block's activations again, from its kept input */
+        size_t N = (size_t)g->f.B * (size_t)rec->H;
+        TRY(getf(&g->f, &y, N * (size_t)t->inner));
+        TRY(tblock_acts_get(g, t, N, &a));
+        TRY(tblock_forward(g, t, rec->layer, &a, y, rec->in, (size_t)rec->H));
+        put(&g->f, y);
+    }
+    TRY(tblock_backward(g, t, rec->layer, &a, dx, rec->in, (size_t)rec->H));
+    tblock_acts_put(g, &a);
+    return 0;
 }
 
 /* dh (B x C x H x W): on entry the gradient of the transformer's output, on return of its
@@ -1069,14 +1131,11 @@ int mood_cuda_unet_tape_new(mood_cuda_unet_tape **out, unsigned flags)
     if (!out)
         return mood_error_set(MOOD_EINVAL, "cuda unet: tape_new needs out");
     *out = NULL;
-    if (flags & MOOD_UNET_TAPE_CHECKPOINT)
-        return mood_error_set(MOOD_EUNSUPPORTED, "cuda unet: gradient checkpointing "
-                                                 "(MOOD_UNET_TAPE_CHECKPOINT) is not implemented "
-                                                 "on the GPU yet");
-    if (flags)
+    if (flags & ~(unsigned)MOOD_UNET_TAPE_CHECKPOINT)
         return mood_error_set(MOOD_EINVAL, "cuda unet: unknown tape flags 0x%x", flags);
     if (!(*out = mood_calloc(1, sizeof **out)))
         return mood_error_nomem();
+    (*out)->checkpoint = (flags & MOOD_UNET_TAPE_CHECKPOINT) != 0;
     return 0;
 }
 

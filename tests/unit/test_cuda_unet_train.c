@@ -18,12 +18,15 @@
  *   - the factor gradients of every side path: all of them within 1e-4 of the largest CPU factor
  *     gradient, and each factor within 5e-4 of its own largest (the scheme test_unet_backward.c
  *     uses against torch); dL/d(context) within 1e-4;
+ *   - gradient checkpointing (MOOD_UNET_TAPE_CHECKPOINT): the same output and gradients as the
+ *     full tape within 1e-5 (the activations computed again are the same operations on the same
+ *     inputs), from a tape of less than half the bytes;
  *   - gradients accumulate: a second backward on the same tape doubles them (vs 2x the CPU's);
  *   - NULL entries are skipped: with half of the factors' entries and the context's NULL, the
  *     others get the same gradients;
  *   - a training step (forward_train + backward) of the same size as the last makes no
  *     cudaMalloc: the tape's and the backward pass's blocks come back from the pool;
- *   - refusals: a bf16 model, a checkpointing tape, an empty tape, another model's tape, side
+ *   - refusals: a bf16 model, unknown tape flags, an empty tape, another model's tape, side
  *     paths set again since the forward, a wrong gradient count.
  * Why these tolerances hold a real GPU's other summation orders: this file run on the CPU with
  * every backend function replaced by its CPU twin, each product's, norm's and attention's output
@@ -257,6 +260,26 @@ static void compare_grads(const char *label, const side_set *s, const grad_set *
     MOOD_CHECK(compared > 0);
 }
 
+/* max |a - b| over every factor gradient of two device sets / the largest |b|. */
+static double dev_grads_diff(const side_set *s, const grad_set *a, const grad_set *b)
+{
+    double d = 0.0, big = 1e-30;
+    for (size_t i = 0; i < s->n; i++) {
+        for (int f = 0; f < 2; f++) {
+            size_t n = f ? s->n_up[i] : s->n_down[i];
+            float *ha = n ? host_of(f ? a->g[i].dup : a->g[i].ddown, n) : NULL;
+            float *hb = n ? host_of(f ? b->g[i].dup : b->g[i].ddown, n) : NULL;
+            for (size_t e = 0; ha && hb && e < n; e++) {
+                double de = fabs((double)ha[e] - hb[e]);
+                d = de > d || de != de ? de : d;
+                big = fmax(big, fabs((double)hb[e]));
+            }
+            free(ha), free(hb);
+        }
+    }
+    return d / big;
+}
+
 /* ----- a model and a step ------------------------------------------------------------------- */
 
 /* Random inputs of a step, on the host and the device (x, t, ctx, te, ids, dout). */
@@ -328,6 +351,50 @@ static int gpu_forward_train(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const
 
 /* ----- tests -------------------------------------------------------------------------------- */
 
+/* Gradient checkpointing against the full tape's step (its output `out` on the host, factor
+ * gradients `full`, context gradient `dctx_full` on the device, `full_bytes` on its tape). */
+static void check_checkpointing(const char *rel, mood_cuda_unet *u, const step_in *in,
+                                const side_set *ss, const grad_set *full, const float *out,
+                                const float *dctx_full, size_t full_bytes)
+{
+    mood_cuda_unet_tape *tape = NULL;
+    grad_set gk = {0};
+    float *gout = NULL, *dctx = NULL, *h = NULL, *hd = NULL, *hf = NULL;
+    size_t n_ctx = in->n[IN_CTX], bytes;
+    double e;
+    char what[128];
+    MOOD_CHECK_OK(mood_cuda_unet_tape_new(&tape, MOOD_UNET_TAPE_CHECKPOINT));
+    gout = dev_new(NULL, in->n[IN_DOUT]);
+    dctx = dev_new(NULL, n_ctx);
+    grad_set_make(&gk, ss, 1);
+    if (!tape || !gout || !dctx || !gk.g || gpu_forward_train(u, tape, in, gout) != 0)
+        goto done;
+    bytes = mood_cuda_unet_tape_bytes(tape);
+    printf("  %-52s %.2f MB on the tape (full: %.2f MB)\n", "checkpointing", (double)bytes / 1e6,
+           (double)full_bytes / 1e6);
+    MOOD_CHECK_MSG(bytes > 0 && 2 * bytes < full_bytes,
+                   "%s: checkpointing tape %zu bytes, full %zu", rel, bytes, full_bytes);
+    if ((h = host_of(gout, in->n[IN_DOUT]))) {
+        snprintf(what, sizeof what, "%s checkpointing: output vs full tape", rel);
+        compare(what, h, out, in->n[IN_DOUT], TOL_SAME_GPU);
+    }
+    MOOD_CHECK_OK(mood_cuda_unet_backward(u, tape, in->d[IN_DOUT], gk.g, gk.n, dctx));
+    e = dev_grads_diff(ss, &gk, full);
+    snprintf(what, sizeof what, "%s checkpointing: gradients vs full tape", rel);
+    printf("  %-52s rel %.3g  (tol %.0e)%s\n", what, e, TOL_SAME_GPU,
+           e <= TOL_SAME_GPU ? "" : "  FAIL");
+    MOOD_CHECK_MSG(e <= TOL_SAME_GPU, "%s: checkpointing gradients off by %.3g", rel, e);
+    if ((hd = host_of(dctx, n_ctx)) && (hf = host_of(dctx_full, n_ctx))) {
+        snprintf(what, sizeof what, "%s checkpointing: dL/d(context) vs full", rel);
+        compare(what, hd, hf, n_ctx, TOL_SAME_GPU);
+    }
+done:
+    free(h), free(hd), free(hf);
+    mood_cuda_free(ctx, gout), mood_cuda_free(ctx, dctx);
+    grad_set_free(&gk);
+    mood_cuda_unet_tape_free(tape);
+}
+
 /* Everything on one model: forward, gradients, accumulation, NULL entries, the pool. */
 static void check_model(const char *rel)
 {
@@ -388,6 +455,8 @@ static void check_model(const char *rel)
         snprintf(what, sizeof what, "%s backward: dL/d(context)", rel);
         compare(what, h2, cpu_dctx, n_ctx, TOL_OUT);
     }
+    if (h)
+        check_checkpointing(rel, u, &in, &ss, &gg, h, gdctx, mood_cuda_unet_tape_bytes(tape));
 
     /* a second backward on the same tape adds the same again */
     MOOD_CHECK_OK(mood_cuda_unet_backward(u, tape, in.d[IN_DOUT], gg.g, gg.n, gdctx));
@@ -477,8 +546,6 @@ static void test_errors(void)
     MOOD_CHECK_OK(mood_cuda_unet_new(&u, ctx, m, NULL));
     MOOD_CHECK_OK(mood_cuda_unet_new(&u2, ctx, m2, NULL));
     MOOD_CHECK_OK(mood_cuda_unet_new(&u16, ctx, m, &o));
-    MOOD_CHECK(mood_cuda_unet_tape_new(&bad, MOOD_UNET_TAPE_CHECKPOINT) == MOOD_EUNSUPPORTED);
-    MOOD_CHECK(bad == NULL);
     MOOD_CHECK(mood_cuda_unet_tape_new(&bad, 0x80) == MOOD_EINVAL && bad == NULL);
     MOOD_CHECK_OK(mood_cuda_unet_tape_new(&tape, 0));
     if (!u || !u2 || !u16 || !tape || !gout)
@@ -514,15 +581,16 @@ done:
     step_in_free(&in);
 }
 
-/* Without a device: the tape refuses checkpointing, the passes refuse a NULL model (or, without
- * the backend, everything) with a message. */
+/* Without a device: tapes are made (without the backend: refused), the passes refuse a NULL
+ * model (or, without the backend, everything) with a message. */
 static void test_no_device(void)
 {
     mood_cuda_unet_tape *tape = (mood_cuda_unet_tape *)1;
     float y[4], x[4] = {0}, t[1] = {1}, c[24] = {0};
     int compiled = mood_cuda_compiled(), rc;
-    MOOD_CHECK(mood_cuda_unet_tape_new(&tape, MOOD_UNET_TAPE_CHECKPOINT) == MOOD_EUNSUPPORTED);
-    MOOD_CHECK(tape == NULL);
+    rc = mood_cuda_unet_tape_new(&tape, MOOD_UNET_TAPE_CHECKPOINT);
+    MOOD_CHECK(compiled ? rc == 0 && tape != NULL : rc == MOOD_EUNSUPPORTED && tape == NULL);
+    mood_cuda_unet_tape_free(tape);
     rc = mood_cuda_unet_tape_new(&tape, 0);
     MOOD_CHECK(compiled ? rc == 0 && tape != NULL : rc == MOOD_EUNSUPPORTED && tape == NULL);
     rc = mood_cuda_unet_forward_train(NULL, tape, y, x, t, c, 1, 1, 1, 1, NULL, NULL);
