@@ -7,8 +7,7 @@
 # (mood's conv2d_ex / linear_ex / attention_ex vs F.conv2d / F.linear / SDPA), (c) one SD1.5 UNet
 # forward (64x64 latent, batch 2, 77 tokens) in fp32 and bf16, with and without CUDA graphs
 # (bench_cuda_unet, its output checked against mood's CPU forward) vs diffusers'
-# UNet2DConditionModel in the same dtype, (d) a
-# placeholder for whole generation vs diffusers (not implemented yet), (e) one LoRA training step
+# UNet2DConditionModel in the same dtype, (e) one LoRA training step
 # at SD1.5's config (random weights, bench/train_inputs.sh's folder and board, as train_step.sh),
 # 512x512, batch 1, rank 16 on to_q/k/v/out.0: mood's (bench_train_step with
 # MOOD_BENCH_DEVICE=cuda: the UNet forward and backward on the GPU in fp32, loss and AdamW on the
@@ -16,7 +15,12 @@
 # --device cuda) in fp32 (TF32 off) and in bf16 (--mixed_precision bf16), a warm-up and the
 # median of TRAIN_RUNS (3) steps each, the GPU memory each process used sampled by nvidia-smi;
 # needs transformers and peft beside torch (else skipped; their wheels may go in .whl/ too),
-# TRAIN_STEP=0 skips it. A short table is printed last; logs and full figures go to $OUT (8
+# TRAIN_STEP=0 skips it, (d) last, one whole generation at SD1.5's config (the same random model),
+# 512x512, 20 steps Euler a, CFG 7: `mood gen` with MOOD_DEVICE=cuda (the UNet in bf16 on the
+# GPU; the text encoder and the VAE decode on the CPU so far) against diffusers'
+# StableDiffusionPipeline in bf16 on the GPU (tools/sd15_pipeline_reference.py time --device
+# cuda): mood's first generation in its process against torch's first and warm (median of
+# GEN_RUNS - 1 after it) ones, GPU memory as for (e); GEN=0 skips it. A short table is printed last; logs and full figures go to $OUT (8
 # files at most: the device tool's limit).
 #
 #   bench/gpu.sh [BUILD_DIR]      (default build-gpu-bench; OUT defaults to BUILD_DIR/out)
@@ -175,7 +179,7 @@ if [ -n "$lora_ms" ]; then
     fi
 fi
 
-# ----- diffusers: the UNet forward's reference (the table) and whole generation (placeholder) --
+# ----- diffusers: the UNet forward's reference (the table), the generation's and training's ------
 {
     have_diffusers=0
     if ls "$WHEELS"/diffusers-*.whl >/dev/null 2>&1; then
@@ -186,17 +190,15 @@ fi
     else
         echo "no diffusers wheel in $WHEELS/: diffusers parts skipped"
     fi
-    echo "whole generation vs diffusers: not implemented yet (mood has no GPU pipeline)"
     echo "have_diffusers=$have_diffusers"
 } >>"$OUT/env.log" 2>&1
-grep -E "diffusers|not implemented" "$OUT/env.log" | grep -v have_diffusers
+grep -E "diffusers" "$OUT/env.log" | grep -v have_diffusers
 if [ "$have_diffusers" = 1 ]; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     note "UNet forward vs diffusers" "in the table (unet_sd15_*)"
 else
     note "UNet forward vs diffusers" "no diffusers: torch column NaN"
 fi
-note "generation vs diffusers" "not implemented yet"
 
 # ----- torch on the same shapes, and the table -----------------------------------------------
 # bf16 dense peak (shared/docs/engine-anchors.md §0/§6.1): H100 SXM and H200 989.4, H100 PCIe 756.
@@ -336,9 +338,76 @@ else
     train_step
 fi
 
+# ----- one whole generation vs diffusers' StableDiffusionPipeline ------------------------------
+# Raw output to the end of table.txt after its marker, as the training step's; rows in GEN_ROWS.
+GEN_ROWS=()
+GEN=${GEN:-1}
+GEN_RUNS=${GEN_RUNS:-3}
+GEN_SIZE=${GEN_SIZE:-512}     # smaller only to check the plumbing,
+GEN_DEVICE=${GEN_DEVICE:-cuda} # and cpu with it (diffusers then in fp32)
+gen_step() {
+    local tmp log=$OUT/table.txt f model m t ms ls ts tw
+    tmp=$(mktemp -d)
+    field() { awk -v k="$1" '$1 == k { v = $2 } END { print v }' "$2"; }
+    echo "== generation raw output ==" >>"$log"
+    # shellcheck disable=SC2016
+    MODEL="" timeout "$(tmo 150)" bash -c '. bench/train_inputs.sh && sd15_model "$@" &&
+        echo "MODEL=$MODEL"' _ python3 "${MOOD_BENCH_CACHE:-/tmp/mood-bench}" >"$tmp/inputs" 2>&1
+    f=$?
+    cat "$tmp/inputs" >>"$log"
+    model=$(sed -n 's/^MODEL=//p' "$tmp/inputs")
+    if [ $f -ne 0 ] || [ -z "$model" ]; then
+        note "generation" "FAILED making the model (rc $f, see table.txt)"
+        rc=1
+        return
+    fi
+    m=$tmp/mood.json t=$tmp/torch.txt
+    echo "-- mood gen (MOOD_DEVICE=$GEN_DEVICE)" >>"$log"
+    MOOD_DEVICE=$GEN_DEVICE OMP_NUM_THREADS=$(nproc) with_gpu_mem "$tmp/mood.gpu" timeout "$(tmo 150)" \
+        "$B/mood" gen "a lighthouse at dusk" --model "$model" --steps 20 --cfg 7 --seed 1 \
+        --size "${GEN_SIZE}x$GEN_SIZE" -o "$tmp/mood.png" --json >"$m" 2>>"$log"
+    f=$?
+    cat "$m" >>"$log"
+    [ $f -eq 0 ] || { note "generation mood" "FAILED (rc $f, see table.txt)"; rc=1; }
+    read -r ms ls < <(python3 -c 'import json, sys; d = json.load(open(sys.argv[1]))
+print("%.3f %.3f" % (d["generate_s"], d["load_s"]))' "$m" 2>/dev/null)
+    echo "-- diffusers (sd15_pipeline_reference.py time --device $GEN_DEVICE)" >>"$log"
+    with_gpu_mem "$tmp/torch.gpu" timeout "$(tmo 150)" python3 tools/sd15_pipeline_reference.py \
+        time "$(dirname "$model")" --device "$GEN_DEVICE" --runs "$GEN_RUNS" \
+        --threads "$(nproc)" --size "$GEN_SIZE" >"$t" 2>&1
+    f=$?
+    grep -v "Loading\|it/s\]" "$t" >>"$log"
+    [ $f -eq 0 ] || { note "generation torch" "FAILED (rc $f, see table.txt)"; rc=1; }
+    ts=$(field torch_s "$t") tw=$(field torch_warm_s "$t")
+    GEN_ROWS+=("Generation, SD1.5 config, ${GEN_SIZE}x$GEN_SIZE, 20 steps Euler a, CFG 7 (text \
+encoder, 20 UNet calls of batch 2, VAE decode), seconds, loading apart")
+    GEN_ROWS+=("$(printf '  %-50s %8s %8s %9s' side first warm "GPU MiB")")
+    GEN_ROWS+=("$(printf '  %-50s %8s %8s %9s' "mood (UNet bf16 on the GPU, TE and VAE on CPU)" \
+        "${ms:--}" - "$(cat "$tmp/mood.gpu" 2>/dev/null)")")
+    GEN_ROWS+=("$(printf '  %-50s %8s %8s %9s' "diffusers bf16 (all on the GPU)" "${ts:--}" \
+        "${tw:--}" "$(cat "$tmp/torch.gpu" 2>/dev/null)")")
+    if [ -n "$ms" ] && [ -n "$ts" ]; then
+        GEN_ROWS+=("$(awk -v m="$ms" -v t="$ts" -v w="$tw" -v l="${ls:--}" 'BEGIN {
+            printf "  mood / diffusers: %.2fx its first generation", m / t
+            if (w > 0) printf ", %.2fx its warm one", m / w
+            printf " (mood model load: %s s)\n", l }')")
+        note "generation vs diffusers" "ran (rows below the table)"
+    fi
+    rm -rf "$tmp"
+}
+if [ "$GEN" = 0 ]; then
+    note "generation vs diffusers" "skipped (GEN=0)"
+elif [ $GPU != 1 ] || [ $build_ok != 1 ] || [ "$have_diffusers" != 1 ]; then
+    note "generation vs diffusers" "skipped (needs a GPU, the build and diffusers)"
+elif [ "$(elapsed)" -gt $((BUDGET_S - 120)) ]; then
+    note "generation vs diffusers" "skipped (time budget: $(elapsed) s used)"
+else
+    gen_step
+fi
+
 echo
 echo "== gpu.sh summary ($GPU_NAME, $(elapsed) s) =="
 for s in "${SUMMARY[@]}"; do echo "$s"; done
-[ -e "$OUT/table.txt" ] && sed '/^== training step raw output ==$/,$d' "$OUT/table.txt"
-for s in "${TRAIN_ROWS[@]}"; do echo "$s"; done
+[ -e "$OUT/table.txt" ] && sed '/^== .* raw output ==$/,$d' "$OUT/table.txt"
+for s in "${TRAIN_ROWS[@]}" "${GEN_ROWS[@]}"; do echo "$s"; done
 exit $rc

@@ -13,7 +13,10 @@
                 prints `torch_first_set_ms` and `torch_switch_ms`.
   time DIR      one 512x512, 20-step Euler a generation with diffusers on torch CPU (float32,
                 --threads threads), printing `torch_s`, `torch_rss_mb` (peak resident memory)
-                and the time per step.
+                and the time per step. With --device cuda (bench/gpu.sh) on the GPU in --dtype
+                (bf16 by default there), and with --runs N the same generation N times:
+                `torch_s` is the first (as a new process does it), `torch_warm_s` the median of
+                the others, `torch_gpu_peak_mb` torch.cuda.max_memory_allocated.
 
 The weights are random, so the images are noise; the work per step is exactly SD1.5's.
 """
@@ -114,22 +117,37 @@ def make_loras(out, n=6, rank=32):
                                       "ss_base_model_version": "sd_v1"})
 
 
-def time_pipeline(path, threads, steps, size):
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def time_pipeline(path, threads, steps, size, device="cpu", dtype="fp32", runs=1):
     from diffusers import StableDiffusionPipeline
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32,
-                                                   safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=DTYPES[dtype],
+                                                   safety_checker=None).to(device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
     print("torch_load_s %.3f" % (time.perf_counter() - t0))
     pipe.tokenizer.model_max_length = 77  # the offline tokenizer is saved without it
     pipe.set_progress_bar_config(disable=True)
-    t0 = time.perf_counter()
-    pipe("a lighthouse at dusk", num_inference_steps=steps, guidance_scale=7.0, height=size,
-         width=size, generator=torch.Generator("cpu").manual_seed(1), output_type="np")
-    t = time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        pipe("a lighthouse at dusk", num_inference_steps=steps, guidance_scale=7.0, height=size,
+             width=size, generator=torch.Generator("cpu").manual_seed(1), output_type="np")
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    t = times[0]
     print("torch_s %.3f" % t)
     print("torch_step_s %.3f" % (t / steps))
+    if runs > 1:
+        print("torch_warm_s %.3f" % sorted(times[1:])[(runs - 1) // 2])
     print("torch_rss_mb %.0f" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    if cuda:
+        print("torch_gpu_peak_mb %.0f" % (torch.cuda.max_memory_allocated() / 2**20))
 
 
 def switch(path, threads):
@@ -165,6 +183,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--device", default="cpu", help="time: cpu or cuda")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), help="time: fp32 on the CPU, bf16 on cuda")
+    ap.add_argument("--runs", type=int, default=1, help="time: generations (the first is torch_s)")
     a = ap.parse_args()
     if a.what == "make":
         make_pipeline(os.path.join(a.dir, "sd15"))
@@ -172,7 +193,9 @@ def main():
     elif a.what == "switch":
         switch(a.dir, a.threads)
     else:
-        time_pipeline(os.path.join(a.dir, "sd15"), a.threads, a.steps, a.size)
+        dtype = a.dtype or ("fp32" if a.device == "cpu" else "bf16")
+        time_pipeline(os.path.join(a.dir, "sd15"), a.threads, a.steps, a.size, a.device, dtype,
+                      a.runs)
 
 
 if __name__ == "__main__":
