@@ -405,15 +405,28 @@ static char *training_json(const train_args *a)
 /* ----- registering --------------------------------------------------------------------------- */
 
 /* A1111's sidecar (NAME.json: "activation text", "preferred weight") beside the LoRA, so the
- * import takes the trigger word as any A1111 user's file would give it. */
+ * import takes the trigger word as any A1111 user's file would give it: the trainer's
+ * modelspec.trigger_phrase, empty when the captions never held the word
+ * (mood_board_uses_trigger). */
 static int write_sidecar(const train_args *a)
 {
     char *path = train_beside(a->output, ".json");
     cJSON *j = cJSON_CreateObject();
+    mood_st_file *st = NULL;
     char *text;
     FILE *f;
     int rc = 2;
-    cJSON_AddStringToObject(j, "activation text", a->o.board_opts.trigger);
+    if (mood_st_open(&st, a->output) != 0)
+        cli_warn("%s", mood_error_last());
+    const char *phrase = st ? mood_st_meta_get(st, "modelspec.trigger_phrase") : NULL;
+    int none = phrase && !*phrase;
+    cJSON_AddStringToObject(j, "activation text", phrase ? phrase : a->o.board_opts.trigger);
+    mood_st_close(st); /* phrase is gone with it */
+    if (none)
+        fprintf(stderr,
+                "mood: note: no caption of the board holds the trigger word '%s': the "
+                "style needs none and gets none\n",
+                a->o.board_opts.trigger);
     cJSON_AddNumberToObject(j, "preferred weight", 1.0);
     cJSON_AddStringToObject(j, "description", "trained by mood train");
     text = cJSON_Print(j);

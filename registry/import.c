@@ -12,7 +12,8 @@
  *   NAME.txt           trigger words;
  *   NAME.preview.png, NAME.png (and .jpg/.jpeg/.webp): previews, stored as blobs.
  * Trigger words of the new style: the sidecars' and modelspec.trigger_phrase; when there are none,
- * the most frequent ss_tag_frequency tags (those used as often as the top one, at most 3).
+ * the most frequent ss_tag_frequency tags (those used as often as the top one, at most 3),
+ * unless modelspec.trigger_phrase is there and empty: the file's own word that it needs none.
  *
  * A program that made the LoRA (mood train) adds extras (mood_import_extras): its own previews
  * (first), files of other roles (mood board thumbnails, the loss curve) and how it trained the
@@ -340,7 +341,8 @@ static int read_sidecars(import_job *j, const char *trigger_phrase)
     if ((err = add_triggers(&s->triggers, s->txt)) != 0 ||
         (err = add_triggers(&s->triggers, trigger_phrase)) != 0)
         return err;
-    if (s->triggers.len == 0)
+    /* guessed from the tags only when nothing says; an empty modelspec.trigger_phrase says none */
+    if (s->triggers.len == 0 && !(trigger_phrase && !*trigger_phrase))
         err = add_triggers(&s->triggers, j->facts.top_tags.data);
     return err;
 }

@@ -477,6 +477,18 @@ const mood_board_item *mood_board_item_at(const mood_board *b, size_t i)
     return b && i < b->n ? &b->items[i] : NULL;
 }
 
+int mood_board_uses_trigger(const mood_board *b, const char *trigger)
+{
+    if (!trigger || !*trigger)
+        return 0;
+    for (size_t i = 0; b && i < b->n; i++) {
+        const mood_board_item *it = &b->items[i];
+        if (!it->caption_from_file || (it->caption && strstr(it->caption, trigger)))
+            return 1;
+    }
+    return 0;
+}
+
 void mood_board_item_tensor(float *out, const mood_board_item *it, int flip)
 {
     size_t hw = (size_t)it->width * it->height;

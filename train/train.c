@@ -646,8 +646,10 @@ static void put_identity(meta *m, const run *r)
     put(m, "modelspec.title", o->name ? o->name : title);
     if (o->comment)
         put(m, "ss_training_comment", o->comment);
+    /* an empty phrase says "no trigger" (importers then add none; mood's does not guess one) */
     if (o->board_opts.trigger && o->board_opts.trigger[0])
-        put(m, "modelspec.trigger_phrase", o->board_opts.trigger);
+        put(m, "modelspec.trigger_phrase",
+            mood_board_uses_trigger(r->board, o->board_opts.trigger) ? o->board_opts.trigger : "");
     put(m, "ss_sd_model_name", mood_path_basename(o->model));
     putf(m, "ss_session_id", "%u", (unsigned)(o->seed * 2654435761u ^ (uint64_t)r->started));
     put(m, "ss_training_started_at", py_float(f, sizeof f, (double)r->started));

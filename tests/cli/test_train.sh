@@ -3,7 +3,8 @@
 # a few steps on a small board write a kohya LoRA (ss_* metadata, every key used), a loss curve and
 # sample previews every 6 steps (PNGs with A1111 parameters), register the style with its trigger
 # word, board thumbnails, final previews, loss curve and training record (shown by mood show,
-# carried by a style pack), and the style generates; a board with images that do not decode
+# carried by a style pack), and the style generates; a board whose sidecar captions never name
+# the trigger gives a style without one (the prompt is left as written); a board with images that do not decode
 # fails before training and names each; bad options exit 1; --device cuda exits 2 in a CPU
 # build; --full writes a diffusers folder that generates, prints where and registers nothing, and
 # refuses a single-file base and an output folder that is not a model. (Correctness of the steps
@@ -78,6 +79,22 @@ expect_rc 0 "generate with it" "$MOOD" gen "a cat" --model "$MODEL" --style tiny
     --steps 4 --seed 1 -o cat.png --json
 check "trigger in the prompt" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert d["prompt"]=="a cat, tinyink", d' "$tmp/out"
+
+# captions that never name the trigger: the style needs none, and gets none (no guessed tags)
+mkdir capboard
+cp "$FIX/train/board/a.png" "$FIX/train/board/e.png" capboard/
+echo "red fox" >capboard/a.txt
+echo "blue bird, sketch" >capboard/e.txt
+expect_rc 0 "train on captions without the trigger" "$MOOD" train --name capstyle --board capboard \
+    --model "$MODEL" --res 64 --steps 2 --rank 4 --alpha 2 --json
+check "says the style gets no trigger" grep -q "no caption of the board holds the trigger word 'capstyle'" "$tmp/err"
+check "empty trigger phrase in the file" py '
+import json,struct,sys; f=open(sys.argv[1],"rb"); n,=struct.unpack("<Q",f.read(8))
+m=json.loads(f.read(n))["__metadata__"]; assert m["modelspec.trigger_phrase"]=="", m' capstyle.safetensors
+expect_rc 0 "generate with it" "$MOOD" gen "a cat" --model "$MODEL" --style capstyle --size 64x64 \
+    --steps 2 --seed 1 -o cap.png --json
+check "prompt left as written" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["prompt"]=="a cat", d' "$tmp/out"
 
 mkdir badboard
 cp "$FIX/train/bad/"* badboard/
