@@ -95,6 +95,12 @@ expect_rc 0 "generate with it" "$MOOD" gen "a cat" --model "$MODEL" --style caps
     --steps 2 --seed 1 -o cap.png --json
 check "prompt left as written" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert d["prompt"]=="a cat", d' "$tmp/out"
+echo "Capstyle, a red fox" >capboard/a.txt
+expect_rc 0 "a caption naming it, in another case" "$MOOD" train --name capstyle --board capboard \
+    --model "$MODEL" --res 64 --steps 2 --rank 4 --alpha 2 -o capstyle2.safetensors --no-register
+check "keeps the trigger" py '
+import json,struct,sys; f=open(sys.argv[1],"rb"); n,=struct.unpack("<Q",f.read(8))
+m=json.loads(f.read(n))["__metadata__"]; assert m["modelspec.trigger_phrase"]=="capstyle", m' capstyle2.safetensors
 
 mkdir badboard
 cp "$FIX/train/bad/"* badboard/
