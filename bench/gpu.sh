@@ -42,6 +42,8 @@ declare -a SUMMARY
 rc=0
 note() { SUMMARY+=("$(printf '%-28s %s' "$1" "$2")"); }
 elapsed() { echo $(($(date +%s) - T0)); }
+# field KEY FILE: the value of the last "KEY value" line of FILE
+field() { awk -v k="$1" '$1 == k { v = $2 } END { print v }' "$2"; }
 # The device tool stops a command after 600 s: every step's timeout is cut to what is left of
 # BUDGET_S, so a hung step still leaves the summary printed.
 BUDGET_S=${BUDGET_S:-570}
@@ -241,7 +243,6 @@ with_gpu_mem() {
 train_step() {
     local tmp py=python3 threads log=$OUT/table.txt m t32 t16 f model board ms
     tmp=$(mktemp -d) threads=$(nproc)
-    field() { awk -v k="$1" '$1 == k { v = $2 } END { print v }' "$2"; }
     val() { # field, or "-" where the run did not print it
         local v
         v=$(field "$1" "$2")
@@ -348,7 +349,6 @@ GEN_DEVICE=${GEN_DEVICE:-cuda} # and cpu with it (diffusers then in fp32)
 gen_step() {
     local tmp log=$OUT/table.txt f model m t ms ls ts tw
     tmp=$(mktemp -d)
-    field() { awk -v k="$1" '$1 == k { v = $2 } END { print v }' "$2"; }
     echo "== generation raw output ==" >>"$log"
     # shellcheck disable=SC2016
     MODEL="" timeout "$(tmo 150)" bash -c '. bench/train_inputs.sh && sd15_model "$@" &&

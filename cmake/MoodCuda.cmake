@@ -35,10 +35,11 @@ endif()
 function(mood_add_cuda target)
   if(MOOD_HAVE_CUDA)
     file(GLOB cuda_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/engine/cuda/*.cu)
-    # unet_cuda.c, unet_cuda_train.c: plain C over the backend's functions (the GPU UNet
-    # forward; its training passes)
+    # unet_cuda.c, unet_cuda_train.c, unet_cuda_backward.c: plain C over the backend's functions
+    # (the GPU UNet forward; its training passes: the recording forward, the backward)
     target_sources(${target} PRIVATE ${cuda_sources} ${CMAKE_SOURCE_DIR}/engine/cuda/unet_cuda.c
-                                     ${CMAKE_SOURCE_DIR}/engine/cuda/unet_cuda_train.c)
+                                     ${CMAKE_SOURCE_DIR}/engine/cuda/unet_cuda_train.c
+                                     ${CMAKE_SOURCE_DIR}/engine/cuda/unet_cuda_backward.c)
     target_include_directories(${target} PRIVATE ${MOOD_CUDNN_INCLUDE_DIR})
     target_link_libraries(${target} PUBLIC CUDA::cudart_static ${CMAKE_DL_LIBS})
     set_target_properties(${target} PROPERTIES CUDA_STANDARD 17)

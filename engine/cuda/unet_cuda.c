@@ -30,7 +30,7 @@
  *
  * The structures, the pool bookkeeping (get / put) and the layer forwards exported here
  * (mood__cuda_unet_lin, _conv, _norm) are shared with the training passes
- * (engine/cuda/unet_cuda_train.c) through engine/cuda/unet_cuda_internal.h.
+ * (engine/cuda/unet_cuda_train.c, unet_cuda_backward.c) through engine/cuda/unet_cuda_internal.h.
  */
 #include <stdint.h>
 #include <stdio.h>

@@ -163,10 +163,10 @@ double mood_cuda_unet_flop(const mood_cuda_unet *u);
  *
  * The GPU twins of mood_unet_forward_train and mood_unet_backward (mood/unet.h, "training"; the
  * CPU passes engine/unet_forward.c and engine/unet_backward.c, which engine/cuda/unet_cuda_train.c
- * follows layer for layer), for LoRA training: mood_cuda_unet_forward_train computes the output
- * of mood_cuda_unet_forward_dev and keeps on a tape what the backward pass needs, then
- * mood_cuda_unet_backward, from dL/d(out), ACCUMULATES (+=) the gradients of the loss with
- * respect to the factors of the CPU model's side paths (mood_unet_set_side_paths) and, when
+ * and unet_cuda_backward.c follow layer for layer), for LoRA training: mood_cuda_unet_forward_train
+ * computes the output of mood_cuda_unet_forward_dev and keeps on a tape what the backward pass
+ * needs, then mood_cuda_unet_backward, from dL/d(out), ACCUMULATES (+=) the gradients of the loss
+ * with respect to the factors of the CPU model's side paths (mood_unet_set_side_paths) and, when
  * asked, to the context. Every buffer is in DEVICE memory (float32); the work is queued on the
  * context's stream and the calls return without waiting (mood_cuda_sync or a download waits).
  *

@@ -1,6 +1,7 @@
 /*
- * unet_cuda_internal.h: what the GPU UNet's two files share: the inference forward
- * (engine/cuda/unet_cuda.c) and the training passes (engine/cuda/unet_cuda_train.c). The model's
+ * unet_cuda_internal.h: what the GPU UNet's files share: the inference forward
+ * (engine/cuda/unet_cuda.c) and the training passes (engine/cuda/unet_cuda_train.c,
+ * unet_cuda_backward.c). The model's
  * device copy (mood_cuda_unet), one pass over it (cu_pass) with its pool bookkeeping (get / put),
  * and the layer forwards both files run: Linear and Conv2d with their runtime side paths, the
  * norms. Plain C (no CUDA types). Not installed.

@@ -1,11 +1,11 @@
 /*
  * cuda_ops_emu.c: a CPU emulation of the CUDA backend's layer functions (engine/cuda/cuda_ops.h),
  * for tests only. Linked in place of the kernels into a test variant of libmood
- * (tests/cuda_emu/CMakeLists.txt), it lets the GPU orchestration code, engine/cuda/unet_cuda.c
- * and unet_cuda_train.c, run on a machine without a GPU: every mood_cuda_op_* runs its CPU twin
- * (engine/cpu/ops.h), so test_cuda_unet, test_cuda_unet_train and test_train_steps --cuda check
- * the orchestration (which op runs on which buffer with which sizes, scales and flags) against
- * the CPU passes.
+ * (tests/cuda_emu/CMakeLists.txt), it lets the GPU orchestration code, engine/cuda/unet_cuda.c,
+ * unet_cuda_train.c and unet_cuda_backward.c, run on a machine without a GPU: every mood_cuda_op_*
+ * runs its CPU twin (engine/cpu/ops.h), so test_cuda_unet, test_cuda_unet_train and
+ * test_train_steps --cuda check the orchestration (which op runs on which buffer with which sizes,
+ * scales and flags) against the CPU passes.
  *
  * What it models:
  *   - Device memory is host memory: one block per mood_cuda_alloc, of exactly the bytes asked

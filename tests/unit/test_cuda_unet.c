@@ -455,20 +455,11 @@ static void side_set_make(side_set *s, mood_unet *m, float strength)
     s->p = calloc(2 * nw, sizeof *s->p), s->bufs = calloc(4 * nw, sizeof *s->bufs);
     s->lens = calloc(4 * nw, sizeof *s->lens);
     for (size_t i = 0; s->p && s->bufs && s->lens && i < nw; i++) {
-        const char *name = mood_unet_weight_name(m, i);
-        int ndim = 0;
-        int64_t shape[4];
-        const float *w = mood_unet_weight(m, name, &ndim, shape);
-        size_t numel = 1;
-        double ss = 0.0;
-        if (!w || ndim < 2)
+        size_t numel, out;
+        float rms;
+        const char *name = harness_unet_layer_weight(m, i, &numel, &out, &rms);
+        if (!name)
             continue;
-        for (int d = 0; d < ndim; d++)
-            numel *= (size_t)shape[d];
-        for (size_t e = 0; e < numel; e++)
-            ss += (double)w[e] * w[e];
-        float rms = (float)sqrt(ss / (double)numel);
-        size_t out = (size_t)shape[0];
         for (size_t j = 0; j < (i % 5 == 0 ? 2u : 1u); j++) {
             mood_side_path *sp = &s->p[s->n++];
             sp->weight = name;

@@ -138,20 +138,12 @@ static void side_set_make(side_set *s, mood_unet *m)
     s->down = calloc(cap, sizeof *s->down), s->up = calloc(cap, sizeof *s->up);
     s->n_down = calloc(cap, sizeof *s->n_down), s->n_up = calloc(cap, sizeof *s->n_up);
     for (size_t i = 0; s->p && s->down && s->up && s->n_down && s->n_up && i < nw; i++) {
-        const char *name = mood_unet_weight_name(m, i);
-        int ndim = 0;
-        int64_t shape[4];
-        const float *w = mood_unet_weight(m, name, &ndim, shape);
-        size_t numel = 1, out;
-        double ss = 0.0;
-        if (!w || ndim < 2)
+        size_t numel, out;
+        float rms;
+        const char *name = harness_unet_layer_weight(m, i, &numel, &out, &rms);
+        if (!name)
             continue;
-        for (int d = 0; d < ndim; d++)
-            numel *= (size_t)shape[d];
-        for (size_t e = 0; e < numel; e++)
-            ss += (double)w[e] * w[e];
-        float a = 0.3f * (float)sqrt(ss / (double)numel) * sqrtf(3.0f);
-        out = (size_t)shape[0];
+        float a = 0.3f * rms * sqrtf(3.0f);
         for (size_t j = 0; j < (i % 5 == 0 ? 2u : 1u); j++) {
             size_t k = s->n++;
             mood_side_path *sp = &s->p[k];
