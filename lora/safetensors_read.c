@@ -257,6 +257,19 @@ static int parse_header(mood_st_file *f, const char *json, uint64_t len)
     const cJSON *item;
     size_t n = 0;
     int err = 0;
+    /* JSON allows no raw control character but whitespace (serde_json, the reference reader's
+     * parser, refuses one in a string too); cJSON would take it, and a NUL would cut a tensor's
+     * name short of what the file says */
+    for (uint64_t i = 0; root && i < len; i++) {
+        unsigned char c = (unsigned char)json[i];
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+            cJSON_Delete(root);
+            return mood_error_set(MOOD_EFORMAT,
+                                  "%s: not a valid safetensors file: header holds the control "
+                                  "character 0x%02x at byte %llu",
+                                  f->path, c, (unsigned long long)i);
+        }
+    }
     if (!root) {
         return mood_error_set(MOOD_EFORMAT,
                               "%s: not a valid safetensors file: header is not valid JSON "

@@ -55,7 +55,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mood_st_meta_get(f, key) == NULL || mood_st_meta_value(f, i) == NULL)
             abort();
     }
-    if (mood_st_at(f, mood_st_count(f)) != NULL || mood_st_find(f, "\x01 not a name") != NULL)
+    /* a name no tensor has is not found (JSON escapes can spell any name, so look first) */
+    const char *absent = "\x01 not a name";
+    int present = 0;
+    for (size_t i = 0; i < mood_st_count(f); i++)
+        present |= strcmp(mood_st_at(f, i)->name, absent) == 0;
+    if (mood_st_at(f, mood_st_count(f)) != NULL || (!present && mood_st_find(f, absent) != NULL))
         abort();
     mood_st_close(f);
     return 0;

@@ -66,6 +66,12 @@ static void test_reject_container(void)
     expect_reject(craft("overlong.safetensors", "{\"\xc0\xaf\":1}", 0, 0), "UTF-8");
     expect_reject(craft("json.safetensors", "{\"t\":{\"dtype\":\"F32\",}", 0, 0), "JSON");
     expect_reject(craft("trailing.safetensors", "{}  x", 0, 0), "trailing");
+    /* a raw control character (here in a name, which it would also have cut short) */
+    expect_reject(craft("control.safetensors",
+                        "{\"a\x01"
+                        "b\":{}}",
+                        0, 0),
+                  "control character 0x01");
     expect_reject(craft("entry.safetensors", "{\"t\":5}", 0, 0), "not an object");
     expect_reject(craft("metaobj.safetensors", "{\"__metadata__\":[\"a\"]}", 0, 0), "__metadata__");
     expect_reject(craft("metastr.safetensors", "{\"__metadata__\":{\"a\":1}}", 0, 0),
