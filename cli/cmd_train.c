@@ -38,6 +38,10 @@ const char cmd_train_help[] =
     "  --min-snr G          min-SNR-gamma weighting (default 5; 0 off, the default for\n"
     "                       x0-prediction models such as mood-tiny)\n"
     "  --noise-offset X     (default 0.05; 0 off)\n"
+    "  --ip-noise-gamma X   input perturbation (kohya's --ip_noise_gamma; about 0.1): the\n"
+    "                       UNet sees extra noise the target leaves out, which counters the\n"
+    "                       drift of a model fed its own predictions when sampling\n"
+    "                       (default 0, off)\n"
     "  --seed N             (default 0)\n"
     "  --resume             continue from the checkpoint a stopped run left\n"
     "  --checkpoint-every N save the training state every N steps (default 100; 0: on stop)\n"
@@ -175,6 +179,8 @@ static int parse_number(train_args *a, const char *s, const char *v)
         o->min_snr_gamma = d;
     else if (strcmp(s, "--noise-offset") == 0 && is_num && d >= 0 && d < 1)
         o->noise_offset = d;
+    else if (strcmp(s, "--ip-noise-gamma") == 0 && is_num && d >= 0 && d < 1)
+        o->ip_noise_gamma = d;
     else if (strcmp(s, "--seed") == 0 && is_int && n >= 0)
         o->seed = (uint64_t)n;
     else if (strcmp(s, "--sample-every") == 0 && is_int && n >= 0 && n <= INT_MAX)
@@ -189,8 +195,9 @@ static int parse_number(train_args *a, const char *s, const char *v)
              strcmp(s, "--lr") && strcmp(s, "--te-lr") && strcmp(s, "--batch") &&
              strcmp(s, "--accum") && strcmp(s, "--res") && strcmp(s, "--warmup") &&
              strcmp(s, "--min-snr") && strcmp(s, "--noise-offset") && strcmp(s, "--seed") &&
-             strcmp(s, "--sample-every") && strcmp(s, "--sample-steps") &&
-             strcmp(s, "--caption-dropout") && strcmp(s, "--checkpoint-every"))
+             strcmp(s, "--ip-noise-gamma") && strcmp(s, "--sample-every") &&
+             strcmp(s, "--sample-steps") && strcmp(s, "--caption-dropout") &&
+             strcmp(s, "--checkpoint-every"))
         return -1;
     else
         return cli_usage_error("train", "%s %s: not a valid value", s, v);

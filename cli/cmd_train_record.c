@@ -354,6 +354,7 @@ static void add_settings(cJSON *o, const train_args *a)
     cJSON_AddNumberToObject(o, "warmup", (double)t->warmup);
     cJSON_AddNumberToObject(o, "min_snr_gamma", trained_min_snr(a));
     cJSON_AddNumberToObject(o, "noise_offset", t->noise_offset);
+    cJSON_AddNumberToObject(o, "ip_noise_gamma", t->ip_noise_gamma);
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);
     cJSON_AddBoolToObject(o, "flip", t->flip);
 }

@@ -3,7 +3,8 @@
 What it checks against, and how each part is made:
 
   * draws: the random numbers of a training step as kohya's get_noise_noisy_latents_and_timesteps
-    draws them on the CPU generator (randn_like, noise offset randn(B, C, 1, 1), randint), the
+    draws them on the CPU generator (randn_like, noise offset randn(B, C, 1, 1), randint, then
+    input perturbation randn_like when ip_noise_gamma is set), the
     epoch draws (randperm, rand), diffusers' DDPMScheduler.add_noise / get_velocity and kohya's
     apply_snr_weight (library/custom_train_functions.py, imported from the sd-scripts checkout).
   * init: torch.nn.init.kaiming_uniform_(a=sqrt(5)) on a generator, as kohya's LoRAModule.
@@ -34,7 +35,7 @@ What it checks against, and how each part is made:
     weights whole and the token-embedding rows the captions use, for tests/unit/test_train_full.c.
 
 Run from the repository root (kohya sd-scripts checkout as for tools/tiny_models.py):
-    tools/.venv/bin/python tools/make_fixtures_train.py [--sd-scripts DIR] [--only steps|full]
+    tools/.venv/bin/python tools/make_fixtures_train.py [--sd-scripts DIR] [--only ref|steps|full]
     (--dump-full FILE also writes every final weight of the full/ runs, to study tolerances)
 Made with torch 2.15.0, diffusers 0.42.1, transformers 5.24.0, Pillow 13.0.0, numpy 2.4.6,
 safetensors 0.8.0, kohya sd-scripts 48d368fa (CPU, x86-64).
@@ -234,8 +235,9 @@ def batches(g, sizes, batch, flip):
 
 def train_loop(g, case, ctf, sched, params, sizes, latent, predict, norms=None):
     """mood's training loop (include/mood/train.h) in torch: per optimizer step `accum`
-    micro-batches of kohya's draws (noise, noise offset, timesteps, then with caption dropout
-    rand(k): sample b's caption dropped when its value < the rate), add_noise / v target, MSE per
+    micro-batches of kohya's draws (noise, noise offset, timesteps, input perturbation
+    randn(x0.shape) when case["ip"], then with caption dropout rand(k): sample b's caption
+    dropped when its value < the rate), add_noise / v target (of the unperturbed noise), MSE per
     sample, min-SNR-γ, backward of loss / accum; clip_grad_norm_, AdamW, get_scheduler.
     params: tensors, or AdamW parameter groups (dicts with their own "lr").
     latent(i, flipped) -> C x h x w; predict(noisy, t, items, dropped) -> the model's output.
@@ -259,10 +261,13 @@ def train_loop(g, case, ctf, sched, params, sizes, latent, predict, norms=None):
             if case["offset"]:
                 noise = noise + case["offset"] * torch.randn((k, x0.shape[1], 1, 1), generator=g)
             t = torch.randint(0, 1000, (k,), generator=g)
+            noise_in = noise  # kohya's ip_noise_gamma: the input's noise only, drawn after t
+            if case.get("ip"):
+                noise_in = noise + case["ip"] * torch.randn(x0.shape, generator=g)
             dropped = [False] * k
             if case.get("dropout"):
                 dropped = (torch.rand(k, generator=g) < case["dropout"]).tolist()
-            noisy = sched.add_noise(x0, noise, t)
+            noisy = sched.add_noise(x0, noise_in, t)
             target = sched.get_velocity(x0, noise, t) if case["v"] else noise
             pred = predict(noisy, t, [i for i, _ in items], dropped)
             loss = torch.nn.functional.mse_loss(pred, target, reduction="none").mean([1, 2, 3])
@@ -318,6 +323,8 @@ FAKE_CASES = [
          warmup=2, max_norm=1.0, gamma=5.0, offset=0.05, v=False, flip=True),
     dict(name="v", seed=5, steps=6, batch=1, accum=1, lr=5e-2, wd=0.0, schedule="constant",
          warmup=0, max_norm=0.1, gamma=0.0, offset=0.0, v=True, flip=False),
+    dict(name="ip", seed=12, steps=5, batch=2, accum=1, lr=2e-2, wd=1e-2, schedule="linear",
+         warmup=1, max_norm=1.0, gamma=5.0, offset=0.05, v=False, flip=True, ip=0.1),
 ]
 
 
@@ -748,9 +755,10 @@ def bucket_cases(k):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sd-scripts", default=None)
-    ap.add_argument("--only", choices=["steps", "full"], default=None,
-                    help="rewrite only this part (steps/: the LoRA run on the tiny SD1 model; "
-                         "full/: the full-parameter runs, on steps/'s board)")
+    ap.add_argument("--only", choices=["ref", "steps", "full"], default=None,
+                    help="rewrite only this part (ref: ref.safetensors, cases.json and the "
+                         "images; steps/: the LoRA run on the tiny SD1 model; full/: the "
+                         "full-parameter runs, on steps/'s board)")
     ap.add_argument("--dump-full", default=None,
                     help="also write every final weight of the full/ runs to this file")
     args = ap.parse_args()
@@ -758,12 +766,15 @@ def main():
         tm.set_sd_scripts(args.sd_scripts)
     torch.set_num_threads(1)
     k, ctf = kohya_ctf()
-    if args.only:
+    if args.only in ("steps", "full"):
         (steps if args.only == "steps" else lambda c: full(c, args.dump_full))(ctf)
         print("wrote", os.path.join(OUT, args.only))
         return
-    if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
+    if os.path.isdir(OUT):  # all of it, but steps/ and full/ under --only ref
+        for entry in os.listdir(OUT):
+            if not (args.only and entry in ("steps", "full")):
+                path = os.path.join(OUT, entry)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(os.path.join(OUT, "ref"))
     out = {}
     meta = {"draws": draws(out, ctf)}
@@ -785,8 +796,9 @@ def main():
     save_file(out, os.path.join(OUT, "ref.safetensors"))
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    steps(ctf)
-    full(ctf, args.dump_full)
+    if not args.only:
+        steps(ctf)
+        full(ctf, args.dump_full)
     print("wrote", OUT)
 
 

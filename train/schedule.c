@@ -10,7 +10,8 @@
  * gets the same bits (tests/unit/test_train.c).
  *
  * Draws (kohya get_noise_noisy_latents_and_timesteps, on the CPU generator): randn_like(latents),
- * then noise + offset * randn(B, C, 1, 1) when a noise offset is set, then randint(0, T, (B,)).
+ * then noise + offset * randn(B, C, 1, 1) when a noise offset is set, then randint(0, T, (B,)),
+ * then, with input perturbation, randn_like(latents) for the UNet's input only.
  */
 #include <math.h>
 #include <string.h>
@@ -70,6 +71,18 @@ int mood__train_draw(mood_rng_torch_cpu *g, float *noise, int64_t *t, float *tmp
     }
     if (!err)
         err = mood_rng_torch_cpu_randint(g, t, (size_t)B, 0, T);
+    return err;
+}
+
+int mood__train_perturb(mood_rng_torch_cpu *g, float *out, const float *noise, size_t n,
+                        double gamma)
+{
+    float s = (float)gamma; /* a Python float times a float32 tensor: float32 op */
+    int err = mood_rng_torch_cpu_randn(g, out, n);
+    for (size_t i = 0; !err && i < n; i++) {
+        float d = s * out[i];
+        out[i] = noise[i] + d;
+    }
     return err;
 }
 

@@ -591,6 +591,9 @@ static void put_training(meta *m, const run *r, int64_t steps, int64_t batches)
     putf(m, "ss_seed", "%llu", (unsigned long long)o->seed);
     put(m, "ss_noise_offset",
         o->noise_offset != 0 ? py_float(f, sizeof f, o->noise_offset) : "None");
+    put(m, "ss_ip_noise_gamma",
+        o->ip_noise_gamma != 0 ? py_float(f, sizeof f, o->ip_noise_gamma) : "None");
+    put(m, "ss_ip_noise_gamma_random_strength", "False");
     put(m, "ss_min_snr_gamma",
         o->min_snr_gamma > 0 ? py_float(f, sizeof f, o->min_snr_gamma) : "None");
     put(m, "ss_v_parameterization", py_bool(r->pred == MOOD_PRED_V));

@@ -57,6 +57,10 @@ void mood__train_sched_dispose(mood__train_sched *s);
 /* The draws of one micro-batch, in kohya's order: noise (B x n) = randn; with offset != 0,
  * noise += offset * randn(B, C, 1, 1) (n = C * hw); t = randint(0, T, (B,)). `tmp` holds B*C
  * floats. */
+/* Input perturbation (kohya's ip_noise_gamma, after the timesteps are drawn): out = noise +
+ * gamma * randn_like(noise), n values, as torch's float32 ops. */
+int mood__train_perturb(mood_rng_torch_cpu *g, float *out, const float *noise, size_t n,
+                        double gamma);
 int mood__train_draw(mood_rng_torch_cpu *g, float *noise, int64_t *t, float *tmp, int B, int C,
                      size_t hw, double offset, int T);
 /* DDPMScheduler.add_noise: noisy = sqrt(ac[t]) * x0 + sqrt(1 - ac[t]) * noise, float32. */

@@ -88,10 +88,11 @@ static int check(const mood__trainer *t)
                               "(got %lld, %d, %d)",
                               (long long)o->steps, o->batch, o->accum);
     if (!(o->lr > 0) || !(o->te_lr >= 0) || o->warmup < 0 || !(o->max_grad_norm >= 0) ||
-        !(o->min_snr_gamma >= 0) || !isfinite(o->noise_offset))
+        !(o->min_snr_gamma >= 0) || !isfinite(o->noise_offset) ||
+        !(o->ip_noise_gamma >= 0 && o->ip_noise_gamma < 1))
         return mood_error_set(MOOD_EINVAL,
                               "learning rate must be > 0; warmup, max_grad_norm, min_snr_gamma "
-                              ">= 0");
+                              ">= 0; input perturbation in [0, 1)");
     if (o->resume && !o->checkpoint)
         return mood_error_set(MOOD_EINVAL, "resume needs a checkpoint path");
     return 0;
@@ -278,13 +279,19 @@ static int micro_batch(loop *L, double *loss)
     if ((err = next_batch(L, &first, &k)) != 0)
         return err;
     const mood__train_item *it = &d->items[L->seq[first]];
+    const float *input_noise = L->noise;
     hw = (size_t)it->h * it->w;
     e = (size_t)d->C * hw;
     gather(L, first, k);
     if ((err = mood__train_draw(t->g, L->noise, L->ts, L->tmp, k, d->C, hw, L->o->noise_offset,
                                 t->sched->T)) != 0)
         return err;
-    mood__train_add_noise(t->sched, L->noisy, L->x0, L->noise, L->ts, k, e);
+    if (L->o->ip_noise_gamma != 0) { /* input perturbation: the UNet's input only */
+        if ((err = mood__train_perturb(t->g, L->noisy, L->noise, k * e, L->o->ip_noise_gamma)) != 0)
+            return err;
+        input_noise = L->noisy; /* noised in place below */
+    }
+    mood__train_add_noise(t->sched, L->noisy, L->x0, input_noise, L->ts, k, e);
     mood__train_target(t->sched, L->target, L->x0, L->noise, L->ts, k, e);
     mood__train_snr_weights(t->sched, L->w, L->ts, k, L->o->min_snr_gamma);
     if ((err = drop_captions(L, k, it->context != NULL)) != 0)

@@ -284,6 +284,9 @@ typedef struct mood_train_options {
                                      0 for x0, where min(snr, 5) weighs the x0 error and would
                                      all but drop the noisy half of the schedule; 0: off */
     double noise_offset;          /* 0.05; 0: off */
+    double ip_noise_gamma;        /* input perturbation (DDPM-IP, kohya's --ip_noise_gamma): the
+                                     UNet's input is noised with noise + gamma * N(0, 1) while the
+                                     target keeps the noise, against exposure bias; 0: off */
     int prediction;               /* -1: the model's; else a mood_prediction */
     int flip;                     /* horizontal flips: 1 */
     int clip_skip;                /* 1 (A1111 numbering) */

@@ -110,6 +110,7 @@ check "names the other one" grep -q "text.jpg" "$tmp/err"
 check "nothing written" test ! -e bad.safetensors
 expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --rank 0
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
+expect_rc 1 "bad --ip-noise-gamma" "$MOOD" train --name x --board board --model "$MODEL" --ip-noise-gamma 1.5
 expect_rc 1 "missing --model" "$MOOD" train --name x --board board
 expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "$MODEL" --device cuda
 
@@ -118,17 +119,18 @@ expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "
 cp -r "$MODEL" x0model
 sed -i 's/"prediction_type": *"[a-z_]*"/"prediction_type": "sample"/' x0model/scheduler/scheduler_config.json
 for g in default 3; do
-    extra=(); [ "$g" = default ] || extra=(--min-snr "$g")
+    extra=(); [ "$g" = default ] || extra=(--min-snr "$g" --ip-noise-gamma 0.1)
     expect_rc 0 "train an x0 model, min-SNR $g" "$MOOD" train --name x0$g --board board \
         --model x0model --res 64 --steps 2 --rank 4 --no-register "${extra[@]}"
 done
-check "x0: min-SNR off by default, as asked otherwise" py '
+check "x0: min-SNR off by default, as asked otherwise; input perturbation recorded" py '
 import json,struct
 def meta(p):
     f=open(p,"rb"); n,=struct.unpack("<Q",f.read(8)); return json.loads(f.read(n))["__metadata__"]
 a=meta("x0default.safetensors"); b=meta("x03.safetensors")
 assert a["ss_min_snr_gamma"]=="None" and a["modelspec.prediction_type"]=="sample", a
-assert b["ss_min_snr_gamma"]=="3.0", b'
+assert b["ss_min_snr_gamma"]=="3.0", b
+assert a["ss_ip_noise_gamma"]=="None" and b["ss_ip_noise_gamma"]=="0.1", (a, b)'
 
 # --full: a new base model, written as a diffusers folder (NAME/ by default), not a style
 expect_rc 0 "train --full --te" "$MOOD" train --full --te --name tinybase --board board \

@@ -532,6 +532,7 @@ static int fake_prepare(fake_setup *s, const cJSON *c)
     s->o.max_grad_norm = jnum(c, "max_norm");
     s->o.min_snr_gamma = jnum(c, "gamma");
     s->o.noise_offset = jnum(c, "offset");
+    s->o.ip_noise_gamma = jnum(c, "ip");
     s->o.flip = (int)jnum(c, "flip");
     s->o.seed = (uint64_t)jnum(c, "seed");
     return mood_lr_schedule_parse(&s->o.lr_schedule, json_str(c, "schedule"));
