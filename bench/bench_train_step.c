@@ -21,14 +21,14 @@
  *          the VAE encode of one SIZE x SIZE image and one text-encoder pass of 77 tokens
  *          (HEADS attention heads, 0: inferred), a warm-up then the median of RUNS
  * Device (train): MOOD_BENCH_DEVICE=cuda (or cuda:N) puts the UNet's forward and backward on GPU N
- * in float32 (mood_model_options.cuda_device = N, cuda_fp32 = 1: what `mood train --device cuda`
- * runs; the loss, clipping and AdamW stay on the CPU, so each step ends with its gradients on the
- * host and the step times need no extra synchronisation); unset or "cpu": the CPU. Memory: the
- * GPU's pool (mood_cuda_pool_stats) belongs to the model that mood_train_run opens and frees
- * inside itself, out of reach of the public API, so only the peak RSS is printed here; gpu.sh
- * samples the GPU's used memory from outside for both sides.
- * Threads: OMP_NUM_THREADS. Restarts itself with OPENBLAS_CORETYPE set when OpenBLAS does not
- * recognise the CPU (mood_blas_tune_process).
+ * in bf16 mixed precision, or float32 with MOOD_BENCH_PRECISION=fp32 (mood_model_options
+ * .cuda_device = N, cuda_fp32: what `mood train --device cuda [--precision fp32]` runs; the loss,
+ * clipping and AdamW stay on the CPU, so each step ends with its gradients on the host and the step
+ * times need no extra synchronisation); unset or "cpu": the CPU. Memory: the GPU's pool
+ * (mood_cuda_pool_stats) belongs to the model that mood_train_run opens and frees inside itself,
+ * out of reach of the public API, so only the peak RSS is printed here; gpu.sh samples the GPU's
+ * used memory from outside for both sides. Threads: OMP_NUM_THREADS. Restarts itself with
+ * OPENBLAS_CORETYPE set when OpenBLAS does not recognise the CPU (mood_blas_tune_process).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,6 +137,15 @@ static int bench_device(void)
     return -2;
 }
 
+/* MOOD_BENCH_PRECISION: 1 for "fp32", 0 for bf16 (unset, "", "bf16"), -1 another value. */
+static int bench_fp32(void)
+{
+    const char *p = getenv("MOOD_BENCH_PRECISION");
+    if (!p || !*p || strcmp(p, "bf16") == 0)
+        return 0;
+    return strcmp(p, "fp32") == 0 ? 1 : -1;
+}
+
 static int run_train(char **argv)
 {
     static clock_marks c;
@@ -152,6 +161,10 @@ static int run_train(char **argv)
         fprintf(stderr, "bench_train_step: RUNS must be 1 to %d\n", MAX_STEPS - 1);
         return 1;
     }
+    if (bench_fp32() < 0) {
+        fprintf(stderr, "bench_train_step: MOOD_BENCH_PRECISION must be bf16 or fp32\n");
+        return 1;
+    }
     if (device == -2) {
         fprintf(stderr,
                 "bench_train_step: MOOD_BENCH_DEVICE must be cpu, cuda or cuda:N, not "
@@ -161,7 +174,7 @@ static int run_train(char **argv)
     }
     mood_model_options_init(&mo);
     mo.cuda_device = device;
-    mo.cuda_fp32 = device >= 0; /* GPU training needs the fp32 UNet */
+    mo.cuda_fp32 = device >= 0 && bench_fp32(); /* default bf16, as mood train's */
     mood_train_options_init(&o);
     o.model = argv[2];
     o.model_options = &mo;
@@ -191,7 +204,7 @@ static int run_train(char **argv)
     if (count_lora(o.output, &modules, &values) != 0)
         return die(o.output);
     if (device >= 0)
-        printf("mood_device cuda:%d fp32\n", device);
+        printf("mood_device cuda:%d %s\n", device, mo.cuda_fp32 ? "fp32" : "bf16");
     else
         printf("mood_device cpu\n");
     printf("mood_step_ms %.1f\nmood_steps_ms ", median(steps, runs));

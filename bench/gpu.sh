@@ -10,9 +10,10 @@
 # UNet2DConditionModel in the same dtype, (e) one LoRA training step
 # at SD1.5's config (random weights, bench/train_inputs.sh's folder and board, as train_step.sh),
 # 512x512, batch 1, rank 16 on to_q/k/v/out.0: mood's (bench_train_step with
-# MOOD_BENCH_DEVICE=cuda: the UNet forward and backward on the GPU in fp32, loss and AdamW on the
-# CPU) against diffusers' train_text_to_image_lora recipe with PEFT (train_step_reference.py
-# --device cuda) in fp32 (TF32 off) and in bf16 (--mixed_precision bf16), a warm-up and the
+# MOOD_BENCH_DEVICE=cuda: the UNet forward and backward on the GPU, in fp32 and in bf16 mixed
+# precision, MOOD_BENCH_PRECISION; loss and AdamW on the CPU) against diffusers'
+# train_text_to_image_lora recipe with PEFT (train_step_reference.py --device cuda) in fp32 (TF32
+# off) and in bf16 (--mixed_precision bf16), each against the other's same precision, a warm-up and the
 # median of TRAIN_RUNS (3) steps each, the GPU memory each process used sampled by nvidia-smi;
 # needs transformers and peft beside torch (else skipped; their wheels may go in .whl/ too),
 # TRAIN_STEP=0 skips it, (d) last, one whole generation at SD1.5's config (the same random model),
@@ -264,14 +265,17 @@ train_step() {
     fi
     model=$(sed -n 's/^MODEL=\([^ ]*\) BOARD=.*/\1/p' "$tmp/inputs")
     board=$(sed -n 's/.* BOARD=//p' "$tmp/inputs")
-    m=$tmp/mood.txt
-    echo "-- mood (bench_train_step, MOOD_BENCH_DEVICE=cuda, fp32)" >>"$log"
-    OMP_NUM_THREADS=$threads MOOD_BENCH_DEVICE=cuda with_gpu_mem "$tmp/mood.gpu" \
-        timeout "$(tmo 150)" "$B/bench/bench_train_step" train "$model" "$board" \
-        "$tmp/lora.safetensors" "$TRAIN_RUNS" "$TRAIN_SIZE" 16 16 >"$m" 2>&1
-    f=$?
-    cat "$m" >>"$log"
-    [ $f -eq 0 ] || { note "train step mood" "FAILED (rc $f, see table.txt)"; rc=1; }
+    for p in fp32 bf16; do
+        m=$tmp/mood_$p.txt
+        echo "-- mood (bench_train_step, MOOD_BENCH_DEVICE=cuda, MOOD_BENCH_PRECISION=$p)" >>"$log"
+        OMP_NUM_THREADS=$threads MOOD_BENCH_DEVICE=cuda MOOD_BENCH_PRECISION=$p \
+            with_gpu_mem "$tmp/mood_$p.gpu" timeout "$(tmo 150)" "$B/bench/bench_train_step" \
+            train "$model" "$board" "$tmp/lora.safetensors" "$TRAIN_RUNS" "$TRAIN_SIZE" 16 16 \
+            >"$m" 2>&1
+        f=$?
+        cat "$m" >>"$log"
+        [ $f -eq 0 ] || { note "train step mood $p" "FAILED (rc $f, see table.txt)"; rc=1; }
+    done
     for p in fp32 bf16; do
         local o=$tmp/torch_$p.txt
         echo "-- torch (train_step_reference.py --device cuda --precision $p)" >>"$log"
@@ -283,14 +287,14 @@ train_step() {
         grep -v "Loading weights\|should be kept in float32" "$o" >>"$log"
         [ $f -eq 0 ] || { note "train step torch $p" "FAILED (rc $f, see table.txt)"; rc=1; }
     done
-    t32=$tmp/torch_fp32.txt t16=$tmp/torch_bf16.txt
+    m=$tmp/mood_fp32.txt t32=$tmp/torch_fp32.txt t16=$tmp/torch_bf16.txt
     if [ -n "$(field mood_lora_params "$m")" ] && [ -n "$(field torch_lora_params "$t32")" ] &&
         [ "$(field mood_lora_params "$m")" != "$(field torch_lora_params "$t32")" ]; then
         note "train step" "LoRA sizes differ: mood $(field mood_lora_params "$m"), PEFT" \
             "$(field torch_lora_params "$t32") values"
         rc=1
     fi
-    ms=$(field mood_step_ms "$m")
+    ms=$(field mood_step_ms "$tmp/mood_bf16.txt")
     # each element of TRAIN_ROWS is one printed line
     TRAIN_ROWS+=("LoRA training step, SD1.5 config, ${TRAIN_SIZE}x$TRAIN_SIZE, batch 1, rank 16 on \
 to_q/k/v/out.0 ($(field mood_lora_modules "$m") modules), AdamW, median of $TRAIN_RUNS \
@@ -299,8 +303,12 @@ after a warm-up")
 idle GPU's, CUDA context included)")
     TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' side "step ms" "GPU MiB" "RSS MB" \
         "torch alloc")")
-    TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' "mood fp32 (UNet on the GPU)" "${ms:--}" \
-        "$(cat "$tmp/mood.gpu" 2>/dev/null)" "$(val mood_rss_mb "$m")" "-")")
+    for p in fp32 bf16; do
+        f=$tmp/mood_$p.txt
+        TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' "mood $p (UNet on the GPU)" \
+            "$(val mood_step_ms "$f")" "$(cat "$tmp/mood_$p.gpu" 2>/dev/null)" \
+            "$(val mood_rss_mb "$f")" "-")")
+    done
     for p in fp32 bf16; do
         f=$tmp/torch_$p.txt
         TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' "diffusers+PEFT $p$([ $p = fp32 ] &&
@@ -312,13 +320,13 @@ idle GPU's, CUDA context included)")
 with its per-step VAE encode")
     TRAIN_ROWS+=("  and text encoder: fp32 $(val torch_full_ms "$t32") ms, bf16 \
 $(val torch_full_ms "$t16") ms; mood caches both once per image)")
-    for p in fp32 bf16; do
-        local ts mg tg
-        ts=$(field torch_step_ms "$tmp/torch_$p.txt")
-        mg=$(cat "$tmp/mood.gpu" 2>/dev/null) tg=$(cat "$tmp/torch_$p.gpu" 2>/dev/null)
-        if [ -z "$ms" ] || [ -z "$ts" ]; then continue; fi
-        TRAIN_ROWS+=("$(awk -v ms="$ms" -v ts="$ts" -v mg="$mg" -v tg="$tg" -v p="$p" 'BEGIN {
-            printf "  mood fp32 / torch %s: step %.2fx (goal <= 0.70x: %s)", p, ms / ts,
+    for p in fp32 bf16; do # each precision against torch's in the same one
+        local ts mp mg tg
+        mp=$(field mood_step_ms "$tmp/mood_$p.txt") ts=$(field torch_step_ms "$tmp/torch_$p.txt")
+        mg=$(cat "$tmp/mood_$p.gpu" 2>/dev/null) tg=$(cat "$tmp/torch_$p.gpu" 2>/dev/null)
+        if [ -z "$mp" ] || [ -z "$ts" ]; then continue; fi
+        TRAIN_ROWS+=("$(awk -v ms="$mp" -v ts="$ts" -v mg="$mg" -v tg="$tg" -v p="$p" 'BEGIN {
+            printf "  mood %s / torch %s: step %.2fx (goal <= 0.70x: %s)", p, p, ms / ts,
                 ms / ts <= 0.7 ? "met" : "MISSED"
             if (mg != "" && tg > 0)
                 printf ", GPU memory %.2fx (goal <= 1: %s)", mg / tg, mg <= tg ? "met" : "MISSED"

@@ -58,7 +58,10 @@ const char cmd_train_help[] =
     "                       and \"TRIGGER, a landscape\"; {trigger} is replaced)\n"
     "  --sample-steps S     sampler steps of a preview (default 20)\n"
     "  --device cpu|cuda    where the UNet trains (default: the GPU when there is one;\n"
-    "                       a LoRA's, in fp32; --full trains on the CPU only so far)\n"
+    "                       --full trains on the CPU only so far)\n"
+    "  --precision P        on the GPU: bf16 (default: bf16 weights and products, fp32\n"
+    "                       LoRA weights, optimizer and gradients, as diffusers' and kohya's\n"
+    "                       --mixed_precision bf16) or fp32; the CPU trains in fp32\n"
     "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
     "  --no-register        do not add the style to the registry\n"
     "  --json               print what was written as JSON\n\n"
@@ -232,6 +235,10 @@ static int parse_valued(train_args *a, const char *s, const char *v)
         a->output = v;
     else if (strcmp(s, "--device") == 0)
         a->device = v;
+    else if (strcmp(s, "--precision") == 0 && (strcmp(v, "bf16") == 0 || strcmp(v, "fp32") == 0))
+        a->precision = v;
+    else if (strcmp(s, "--precision") == 0)
+        return cli_usage_error("train", "--precision %s: bf16 or fp32", v);
     else if (strcmp(s, "--sample-prompt") == 0)
         return add_prompt(a, v);
     else if (strcmp(s, "--targets") == 0 && mood_train_targets_parse(&a->o.targets, v) != 0)
@@ -244,8 +251,9 @@ static int parse_valued(train_args *a, const char *s, const char *v)
 }
 
 /* Where the UNet trains: --device when given, else the command's device (main.c: the default
- * rule, $MOOD_DEVICE, the global --device). On a GPU a LoRA's UNet forward and backward run there
- * in fp32 (the text encoder, the loss and the optimizer stay on the CPU: train/unet_step_cuda.c).
+ * rule, $MOOD_DEVICE, the global --device). On a GPU a LoRA's UNet forward and backward run there,
+ * in bf16 mixed precision unless --precision fp32 (the text encoder, the loss and the optimizer
+ * stay on the CPU in fp32: train/unet_step_cuda.c).
  * Full-parameter training runs on the CPU only so far: an error when the GPU was asked for, a
  * notice when it was the default. Returns 0 or the exit status. */
 static int choose_device(train_args *a)
@@ -256,6 +264,9 @@ static int choose_device(train_args *a)
         return cli_fail(rc);
     mood_model_options_init(&a->mo);
     a->o.model_options = &a->mo;
+    if (d.kind != MOOD_DEVICE_CUDA && a->precision && strcmp(a->precision, "bf16") == 0)
+        return cli_usage_error("train", "--precision bf16 trains on a GPU (--device cuda); the "
+                                        "CPU trains in fp32");
     if (d.kind != MOOD_DEVICE_CUDA)
         return 0;
     if (a->o.full && d.requested)
@@ -266,7 +277,7 @@ static int choose_device(train_args *a)
         return 0;
     }
     a->mo.cuda_device = d.index;
-    a->mo.cuda_fp32 = 1; /* the GPU backward runs fp32 only so far */
+    a->mo.cuda_fp32 = a->precision && strcmp(a->precision, "fp32") == 0;
     return 0;
 }
 

@@ -25,6 +25,7 @@ typedef struct train_args {
     const char **board;
     size_t n_board;
     const char *output, *trigger, *device;
+    const char *precision; /* --precision bf16|fp32; NULL: bf16 on a GPU */
     int json, no_register;
     char *ckpt, *csv, *png, *out_default;
     /* sample previews */

@@ -355,6 +355,8 @@ static void add_settings(cJSON *o, const train_args *a)
     cJSON_AddNumberToObject(o, "min_snr_gamma", trained_min_snr(a));
     cJSON_AddNumberToObject(o, "noise_offset", t->noise_offset);
     cJSON_AddNumberToObject(o, "ip_noise_gamma", t->ip_noise_gamma);
+    cJSON_AddStringToObject(o, "precision",
+                            a->mo.cuda_device >= 0 && !a->mo.cuda_fp32 ? "bf16" : "fp32");
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);
     cJSON_AddBoolToObject(o, "flip", t->flip);
 }

@@ -628,7 +628,7 @@ static void put_data(meta *m, const run *r, const char *tags, const char *dirs, 
     put(m, "ss_cache_latents", "True");
     put(m, "ss_gradient_checkpointing",
         py_bool(mood__train_tape_flags(r->resolution / vae_scale, r->resolution / vae_scale) != 0));
-    put(m, "ss_mixed_precision", "no");
+    put(m, "ss_mixed_precision", mood__train_bf16(r->o) ? "bf16" : "no");
     put(m, "ss_full_fp16", "False");
     put(m, "ss_max_token_length", "None");
     put(m, "ss_prior_loss_weight", "1.0");

@@ -300,6 +300,13 @@ static inline unsigned mood__train_tape_flags(int h, int w)
     return h * w >= 32 * 32 ? MOOD_UNET_TAPE_CHECKPOINT : 0;
 }
 
+/* Whether a run with options o trains in bf16 mixed precision: its UNet opened on a GPU in bf16
+ * (mood_model_options.cuda_fp32 = 0; engine/cuda/unet_cuda.h, "Precision"). */
+static inline int mood__train_bf16(const mood_train_options *o)
+{
+    return o->model_options && o->model_options->cuda_device >= 0 && !o->model_options->cuda_fp32;
+}
+
 /* The built-in mood_train_loss_fn for a mood_model (user = the mood_model). */
 int mood__train_model_loss(void *user, const mood_train_batch *batch, mood_train_module *modules,
                            size_t n_modules, double *loss_out);

@@ -19,8 +19,9 @@
  * steps of one size allocate nothing; the UNet's gradient checkpointing is used from 32x32
  * latents (256-pixel images) up, where activations would otherwise dominate memory.
  *
- * With the UNet on a GPU (the model opened with cuda_device and cuda_fp32) its forward and backward
- * run there (unet_step_cuda.c); everything else of the step is the same code on the CPU.
+ * With the UNet on a GPU (the model opened with cuda_device: bf16 mixed precision, or fp32 with
+ * cuda_fp32) its forward and backward run there (unet_step_cuda.c); everything else of the step is
+ * the same code on the CPU.
  *
  * SDXL (kohya's sdxl_train_network.py with the text encoders trained): both encoders run at
  * clip skip 2 without the final norm (their hidden_states[-2], concatenated per token into the

@@ -12,7 +12,8 @@
  * PCIe, against a UNet forward and backward that are the step's whole cost.
  *
  * What runs on the GPU so far is what engine/cuda/unet_cuda_train.c and unet_cuda_backward.c run:
- * fp32 weights (the model opened with cuda_fp32), gradient checkpointing as on the CPU
+ * fp32 weights (the model opened with cuda_fp32) or bf16 mixed precision (without: bf16 frozen
+ * weights and products, fp32 activations and gradients), gradient checkpointing as on the CPU
  * (mood__train_tape_flags), the side paths' and the context's gradients. Full-parameter training
  * and SDXL's trained text encoder 2 (whose pooled output needs the gradient of text_embeds) are
  * refused by the caller with MOOD_EUNSUPPORTED.

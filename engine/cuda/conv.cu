@@ -236,6 +236,40 @@ int mood_cuda_op_conv2d_ex(mood_cuda_ctx *ctx, void *out, const void *inp, const
     return conv_forward(ctx, out, inp, w, dt, bias, d, "mood_cuda_op_conv2d_ex");
 }
 
+/* The input gradient of mood_cuda_op_conv2d_ex: dinp (fp32) += conv_backward_data(dout rounded
+ * to dt, w of dt), computed by cuDNN in dt (fp32 accumulation) and rounded there once. */
+int mood_cuda_op_conv2d_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, const mood_conv2d_dims *d)
+{
+    const char *fn = "mood_cuda_op_conv2d_backward_ex";
+    MOOD_TRY(mood__cuda_check_ctx(ctx, fn));
+    MOOD_TRY(check_dims(d, fn));
+    if (dt != MOOD_CUDA_BF16 && dt != MOOD_CUDA_F16)
+        return mood_error_set(MOOD_EINVAL, "%s: weights of %s (bf16 or fp16)", fn,
+                              mood__cuda_dtype_name(dt));
+    if (!dinp || conv_empty(d))
+        return 0;
+    size_t n_in = (size_t)d->batch * d->in_c * d->h * d->w;
+    size_t n_out = (size_t)d->batch * d->out_c * mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
+    pool_tmp dy(ctx), dx(ctx), dxf(ctx), extra(ctx);
+    MOOD_TRY(dy.alloc(n_out * dtype_size(dt)));
+    MOOD_TRY(dx.alloc(n_in * dtype_size(dt)));
+    MOOD_TRY(dxf.alloc(n_in * sizeof(float)));
+    MOOD_TRY(mood_cuda_op_convert(ctx, dy.ptr, dt, dout, MOOD_CUDA_F32, n_out));
+    conv_desc c;
+    MOOD_TRY(conv_setup(ctx, &c, d, dt));
+    conv_algos *e = conv_cache_entry(ctx, d, dt);
+    MOOD_TRY(algo_bwd_data(ctx, &c, e, dt));
+    MOOD_TRY(set_math(&c, e->bwd_data_math));
+    void *ws;
+    MOOD_TRY(workspace(ctx, &extra, e->bwd_data_ws, &ws));
+    float alpha = 1.0f, beta = 0.0f;
+    CUDNN_TRY(cudnnConvolutionBackwardData(ctx->dnn, &alpha, c.w, w, c.y, dy.ptr, c.conv,
+                                           e->bwd_data, ws, e->bwd_data_ws, &beta, c.x, dx.ptr));
+    MOOD_TRY(mood_cuda_op_convert(ctx, dxf.ptr, MOOD_CUDA_F32, dx.ptr, dt, n_in));
+    return mood_cuda_op_add_inplace(ctx, dinp, dxf.f(), n_in);
+}
+
 /* dbias[o] += dout summed over samples and positions: one block per output channel */
 __global__ void conv_bias_backward_kernel(float *dbias, const float *dout, int B, int C, size_t ohw)
 {

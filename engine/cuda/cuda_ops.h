@@ -230,6 +230,14 @@ int mood_cuda_op_linear_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, flo
 int mood_cuda_op_conv2d_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, float *dbias,
                                  const float *dout, const float *inp, const float *w,
                                  const mood_conv2d_dims *d);
+/* The input gradients of the _ex layers (bf16 training: the frozen weights w of dt, bf16 or
+ * fp16): dinp (fp32) += dout (fp32, rounded to dt for the product) through w, with fp32
+ * accumulation. The convolution's comes out of cuDNN in dt and is rounded there once before it
+ * is added (as torch's autocast gives a bf16 convolution's input gradient in bf16). */
+int mood_cuda_op_linear_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, size_t N, int IC, int OC);
+int mood_cuda_op_conv2d_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, const mood_conv2d_dims *d);
 int mood_cuda_op_group_norm_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, float *db,
                                      const float *dout, const float *inp, const float *w,
                                      const float *mean, const float *rstd, int B, int C, size_t HW,

@@ -273,6 +273,18 @@ int mood_cuda_op_linear_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, flo
     return no_cuda();
 }
 
+int mood_cuda_op_linear_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, size_t N, int IC, int OC)
+{
+    return no_cuda();
+}
+
+int mood_cuda_op_conv2d_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, const mood_conv2d_dims *d)
+{
+    return no_cuda();
+}
+
 int mood_cuda_op_conv2d_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, float *dbias,
                                  const float *dout, const float *inp, const float *w,
                                  const mood_conv2d_dims *d)

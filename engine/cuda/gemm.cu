@@ -222,6 +222,27 @@ int mood_cuda_op_linear_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, flo
     return 0;
 }
 
+/* The input gradient of mood_cuda_op_linear_ex: dinp += dout w with dout rounded to dt, w of dt,
+ * fp32 accumulation into dinp. */
+int mood_cuda_op_linear_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, size_t N, int IC, int OC)
+{
+    const char *fn = "mood_cuda_op_linear_backward_ex";
+    MOOD_TRY(mood__cuda_check_ctx(ctx, fn));
+    MOOD_TRY(mood__cuda_check_int(N, "N", fn));
+    if (dt != MOOD_CUDA_BF16 && dt != MOOD_CUDA_F16)
+        return mood_error_set(MOOD_EINVAL, "%s: weights of %s (bf16 or fp16)", fn,
+                              mood__cuda_dtype_name(dt));
+    if (!dinp || N == 0 || IC <= 0 || OC <= 0)
+        return 0;
+    int n = (int)N;
+    pool_tmp d16(ctx);
+    MOOD_TRY(d16.alloc(N * (size_t)OC * dtype_size(dt)));
+    MOOD_TRY(mood_cuda_op_convert(ctx, d16.ptr, dt, dout, MOOD_CUDA_F32, N * (size_t)OC));
+    return mood__cuda_gemm(ctx, 0, 0, n, IC, OC, 1.0f, d16.ptr, OC, 0, w, IC, 0, dt, 1.0f, dinp, IC,
+                           0, MOOD_CUDA_F32, 1);
+}
+
 /* out += scale (inp down^T) up^T; with tmp = inp down^T and dtmp = scale dout up:
  * dup += scale dout^T tmp, ddown += dtmp^T inp, dinp += dtmp down. */
 int mood_cuda_op_lora_linear_backward(mood_cuda_ctx *ctx, float *dinp, float *ddown, float *dup,

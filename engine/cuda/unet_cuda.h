@@ -1,6 +1,6 @@
 /*
- * unet_cuda.h: the UNet2DConditionModel forward pass on the GPU, for inference and (fp32, side
- * paths) training (internal to libmood; no CUDA types, so C code calls it). It runs the model a CPU
+ * unet_cuda.h: the UNet2DConditionModel forward pass on the GPU, for inference and (fp32 or bf16,
+ * side paths) training (internal to libmood; no CUDA types, so C code calls it). It runs the model a CPU
  * mood_unet holds (loaded by mood_unet_load: SD1.x, SD2.x, SDXL and every configuration mood/unet.h
  * accepts) with the CUDA backend's layer functions (engine/cuda/cuda_ops.h), layer for layer as the
  * CPU forward (engine/unet_forward.c), with the same inputs, output and layout.
@@ -34,7 +34,7 @@
  *
  * Not yet on the GPU (MOOD_EUNSUPPORTED, named): center_input_sample (no SD release uses it).
  *
- * Training (fp32, the full tape, side paths' and context's gradients): mood_cuda_unet_forward_train
+ * Training (fp32 or bf16, the full tape, side paths' and context's gradients): mood_cuda_unet_forward_train
  * and mood_cuda_unet_backward, below.
  *
  * A mood_cuda_unet belongs to its context's thread; activations come from the context's memory
@@ -170,9 +170,13 @@ double mood_cuda_unet_flop(const mood_cuda_unet *u);
  * asked, to the context. Every buffer is in DEVICE memory (float32); the work is queued on the
  * context's stream and the calls return without waiting (mood_cuda_sync or a download waits).
  *
+ * Precision: a MOOD_CUDA_F32 model trains in fp32; a MOOD_CUDA_BF16 one in mixed precision, as
+ * torch's bf16 autocast with fp32 trainable weights: the frozen weights are bf16 and every
+ * product's inputs are rounded to bf16 (forward and the input gradients, fp32 accumulation);
+ * activations, the tape, the side paths and every gradient stay fp32. fp16 (which would need loss
+ * scaling) is MOOD_EUNSUPPORTED.
+ *
  * What this step does not do yet:
- *   - 16-bit models: the tape needs a mood_cuda_unet of dtype MOOD_CUDA_F32 (bf16 / fp16:
- *     MOOD_EUNSUPPORTED, named);
  *   - base weights' gradients (mood_unet_backward_ex) and SDXL's text_embeds gradient
  *     (mood_unet_backward_cond): the base weights are frozen, timesteps, time ids and
  *     text_embeds get no gradient (the time and added embedding layers' side paths do).

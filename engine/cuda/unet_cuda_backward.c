@@ -88,7 +88,10 @@ static int linear_backward(cu_train *g, const u_lin *l, float *dinp, const float
 {
     cu_pass *f = &g->f;
     const unet_param *w = &f->m->params[l->w];
-    if (dinp)
+    if (dinp && f->dt != MOOD_CUDA_F32) /* bf16 training: the frozen weight in 16 bits */
+        TRY(mood_cuda_op_linear_backward_ex(f->ctx, dinp, dout, f->u->w[l->w], f->dt, N, l->in,
+                                            l->out));
+    else if (dinp)
         TRY(mood_cuda_op_linear_backward(f->ctx, dinp, NULL, NULL, dout, inp, P32(f, l->w), N,
                                          l->in, l->out));
     for (int s = 0; s < w->side_n; s++) {
@@ -147,7 +150,9 @@ static int conv_backward(cu_train *g, const u_conv *c, float *dinp, const float 
     mood_conv2d_dims d = {f->B, c->in, H, W, c->out, c->k, c->stride, c->pad};
     size_t n_out = (size_t)f->B * (size_t)c->out * (size_t)mood_op_conv2d_out_h(&d) *
                    (size_t)mood_op_conv2d_out_w(&d);
-    if (dinp)
+    if (dinp && f->dt != MOOD_CUDA_F32)
+        TRY(mood_cuda_op_conv2d_backward_ex(f->ctx, dinp, dout, f->u->w[c->w], f->dt, &d));
+    else if (dinp)
         TRY(mood_cuda_op_conv2d_backward(f->ctx, dinp, NULL, NULL, dout, inp, P32(f, c->w), &d));
     for (int s = 0; s < w->side_n; s++) {
         side_in_backward p;

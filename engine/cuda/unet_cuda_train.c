@@ -26,7 +26,9 @@
  *     temporaries of the forward pass (act_buf) and are computed again, from the unit's kept
  *     input, just before the unit's backward (unet_cuda_backward.c: resnet_unit_backward,
  *     tblock_unit_backward);
- *   - only fp32, and the side paths' and context's gradients (unet_cuda.h).
+ *   - fp32 or bf16 weights (unet_cuda.h, "Precision": a bf16 model's products round their
+ *     inputs to bf16, in the backward too: mood_cuda_op_*_backward_ex), and only the side paths'
+ *     and context's gradients.
  *
  * Scaling a buffer (a side path's scale, a resnet's 1 / output_scale_factor), which the CPU does
  * with cblas_sscal or an axpy into zeros, is an axpy into zeros here (scaled): the same
@@ -571,11 +573,9 @@ int mood_cuda_unet_forward_train(mood_cuda_unet *u, mood_cuda_unet_tape *tape, f
                                         text_embeds, time_ids);
     if (err < 0)
         return err;
-    if (u->dt != MOOD_CUDA_F32)
+    if (u->dt == MOOD_CUDA_F16) /* fp16 would need loss scaling; bf16 has fp32's range */
         return mood_error_set(MOOD_EUNSUPPORTED,
-                              "cuda unet: training runs on float32 models "
-                              "only so far (this one has %s weights)",
-                              u->dt == MOOD_CUDA_BF16 ? "bf16" : "fp16");
+                              "cuda unet: training runs on float32 or bf16 models, not fp16");
     if ((err = mood__cuda_unet_sides_ready(u)) < 0)
         return err;
     tape->u = u, tape->ctx = u->ctx, tape->B = B, tape->L = ctx_len;

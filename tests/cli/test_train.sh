@@ -110,6 +110,8 @@ check "names the other one" grep -q "text.jpg" "$tmp/err"
 check "nothing written" test ! -e bad.safetensors
 expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --rank 0
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
+expect_rc 1 "bf16 on the CPU" "$MOOD" train --name x --board board --model "$MODEL" --device cpu --precision bf16
+expect_rc 1 "bad --precision" "$MOOD" train --name x --board board --model "$MODEL" --precision fp8
 expect_rc 1 "bad --ip-noise-gamma" "$MOOD" train --name x --board board --model "$MODEL" --ip-noise-gamma 1.5
 expect_rc 1 "missing --model" "$MOOD" train --name x --board board
 expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "$MODEL" --device cuda
@@ -130,7 +132,8 @@ def meta(p):
 a=meta("x0default.safetensors"); b=meta("x03.safetensors")
 assert a["ss_min_snr_gamma"]=="None" and a["modelspec.prediction_type"]=="sample", a
 assert b["ss_min_snr_gamma"]=="3.0", b
-assert a["ss_ip_noise_gamma"]=="None" and b["ss_ip_noise_gamma"]=="0.1", (a, b)'
+assert a["ss_ip_noise_gamma"]=="None" and b["ss_ip_noise_gamma"]=="0.1", (a, b)
+assert a["ss_mixed_precision"]=="no", a'
 
 # --full: a new base model, written as a diffusers folder (NAME/ by default), not a style
 expect_rc 0 "train --full --te" "$MOOD" train --full --te --name tinybase --board board \

@@ -770,6 +770,66 @@ int mood_cuda_op_conv2d_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, flo
     return 0;
 }
 
+/* n floats of x rounded to dt and back (NULL: out of memory): what a product reads of an fp32
+ * tensor converted to dt first. */
+static float *rounded(const float *x, size_t n, mood_cuda_dtype dt)
+{
+    void *h = mood_malloc(dt_bytes(dt, n ? n : 1));
+    float *f = NULL;
+    if (h && mood_dtype_from_f32(h, x, st_dtype(dt), n) == 0)
+        f = widen(h, n, dt);
+    mood_free(h);
+    return f;
+}
+
+int mood_cuda_op_linear_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, size_t N, int IC, int OC)
+{
+    float *d16, *wf;
+    if (dt != MOOD_CUDA_BF16 && dt != MOOD_CUDA_F16)
+        return mood_error_set(MOOD_EINVAL, "%s: weights of dtype %d", __func__, (int)dt);
+    CHECK_ARGS(ctx, ARG(dinp, F32(N * IC)), ARG(dout, F32(N * OC)),
+               ARG(w, dt_bytes(dt, (size_t)OC * IC)));
+    if (!dinp)
+        return 0;
+    d16 = rounded(dout, N * OC, dt), wf = widen(w, (size_t)OC * IC, dt);
+    if (d16 && wf)
+        mood_op_linear_backward(dinp, NULL, NULL, d16, NULL, wf, N, IC, OC);
+    mood_free(d16), mood_free(wf);
+    if (!d16 || !wf)
+        return mood_error_nomem();
+    noise(ctx, dinp, N * (size_t)IC);
+    return 0;
+}
+
+int mood_cuda_op_conv2d_backward_ex(mood_cuda_ctx *ctx, float *dinp, const float *dout,
+                                    const void *w, mood_cuda_dtype dt, const mood_conv2d_dims *d)
+{
+    float *d16, *wf, *dx, *dx16 = NULL, *sc;
+    int err = 0;
+    if (dt != MOOD_CUDA_BF16 && dt != MOOD_CUDA_F16)
+        return mood_error_set(MOOD_EINVAL, "%s: weights of dtype %d", __func__, (int)dt);
+    CHECK_ARGS(ctx, ARG(dinp, F32(conv_in(d))), ARG(dout, F32(conv_out(d))),
+               ARG(w, dt_bytes(dt, conv_w(d))));
+    if (!dinp)
+        return 0;
+    d16 = rounded(dout, conv_out(d), dt), wf = widen(w, conv_w(d), dt);
+    dx = mood_calloc(conv_in(d) ? conv_in(d) : 1, sizeof *dx);
+    sc = scratch(mood_op_conv2d_backward_scratch(d));
+    if (!d16 || !wf || !dx || !sc)
+        err = mood_error_nomem();
+    else {
+        mood_op_conv2d_backward(dx, NULL, NULL, d16, NULL, wf, d, sc);
+        noise(ctx, dx, conv_in(d));
+        if (!(dx16 = rounded(dx, conv_in(d), dt))) /* cuDNN's output, in dt */
+            err = mood_error_nomem();
+        else
+            mood_op_add_inplace(dinp, dx16, conv_in(d));
+    }
+    mood_free(d16), mood_free(wf), mood_free(dx), mood_free(dx16), mood_free(sc);
+    return err;
+}
+
 int mood_cuda_op_group_norm_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, float *db,
                                      const float *dout, const float *inp, const float *w,
                                      const float *mean, const float *rstd, int B, int C, size_t HW,

@@ -519,6 +519,58 @@ static void test_conv2d_16(void)
     free_all();
 }
 
+/* The input gradients of bf16 training (mood_cuda_op_linear_backward_ex, conv2d_backward_ex):
+ * dout fp32 (the op rounds it), w of dt, dinp fp32 += ; against the CPU backward of the rounded
+ * operands (for the convolution, its result rounded to dt as cuDNN gives it: TOL_16_OUT). */
+static void test_backward_16(void)
+{
+    harness_rng_seed(9);
+    mood_cuda_dtype types[] = {MOOD_CUDA_BF16, MOOD_CUDA_F16};
+    mood_conv2d_dims cases[] = {{3, 5, 37, 29, 7, 3, 1, 1}, {2, 6, 15, 21, 9, 3, 2, 1}};
+    for (int t = 0; t < 2; t++) {
+        mood_cuda_dtype dt = types[t];
+        char what[128];
+        size_t N = 41;
+        int IC = 37, OC = 29;
+        float *w = hrand((size_t)OC * IC, 0.5f), *g = hrand(N * OC, 1.0f);
+        float *dx = hrand(N * IC, 1.0f), *ddx = dup_dev(dx, N * IC), *gr = hbuf(N * OC);
+        memcpy(gr, g, N * OC * sizeof *g);
+        round_to(gr, N * OC, dt);
+        round_to(w, (size_t)OC * IC, dt);
+        mood_op_linear_backward(dx, NULL, NULL, gr, NULL, w, N, IC, OC);
+        MOOD_CHECK_OK(mood_cuda_op_linear_backward_ex(
+            ctx, ddx, dup_dev(g, N * OC), dup_dev_as(w, (size_t)OC * IC, dt), dt, N, IC, OC));
+        snprintf(what, sizeof what, "linear backward_ex %s dinp (+=)", dt_name(dt));
+        compare(what, dup_host(ddx, N * IC), dx, N * IC, TOL_16_IN);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            mood_conv2d_dims d = cases[i];
+            size_t nx = (size_t)d.batch * d.in_c * d.h * d.w;
+            size_t nw = (size_t)d.out_c * d.in_c * d.k * d.k;
+            size_t ny =
+                (size_t)d.batch * d.out_c * mood_op_conv2d_out_h(&d) * mood_op_conv2d_out_w(&d);
+            float *cw = hrand(nw, 0.3f), *cg = hrand(ny, 1.0f), *cgr = hbuf(ny);
+            float *x0 = hrand(nx, 1.0f), *dxc = hbuf(nx), *dd = dup_dev(x0, nx);
+            float *scratch = hbuf(mood_op_conv2d_backward_scratch(&d));
+            memcpy(cgr, cg, ny * sizeof *cg);
+            round_to(cgr, ny, dt);
+            round_to(cw, nw, dt);
+            memset(dxc, 0, nx * sizeof *dxc);
+            mood_op_conv2d_backward(dxc, NULL, NULL, cgr, NULL, cw, &d, scratch);
+            round_to(dxc, nx, dt);
+            mood_op_add_inplace(dxc, x0, nx);
+            MOOD_CHECK_OK(mood_cuda_op_conv2d_backward_ex(ctx, dd, dup_dev(cg, ny),
+                                                          dup_dev_as(cw, nw, dt), dt, &d));
+            snprintf(what, sizeof what, "conv2d backward_ex %s %dx%dx%dx%d k%d s%d dinp (+=)",
+                     dt_name(dt), d.batch, d.in_c, d.h, d.w, d.k, d.stride);
+            compare(what, dup_host(dd, nx), dxc, nx, TOL_16_OUT);
+        }
+    }
+    /* fp32 weights are refused (the plain backward takes them) */
+    MOOD_CHECK(mood_cuda_op_linear_backward_ex(ctx, NULL, NULL, NULL, MOOD_CUDA_F32, 1, 1, 1) ==
+               MOOD_EINVAL);
+    free_all();
+}
+
 /* ----- normalisation ------------------------------------------------------------------------ */
 
 static void group_norm_case(int B, int C, size_t HW, int groups, int affine)
@@ -929,25 +981,16 @@ int main(void)
 {
     static const harness_test cpu_side[] = {MOOD_T(test_pool_classes)};
     static const harness_test tests[] = {
-        MOOD_T(test_no_device_error),
-        MOOD_T(test_pool_reuse),
-        MOOD_T(test_convert),
-        MOOD_T(test_linear),
-        MOOD_T(test_linear_16),
-        MOOD_T(test_linear_backward),
-        MOOD_T(test_lora_linear),
-        MOOD_T(test_lora_merge),
-        MOOD_T(test_conv2d),
-        MOOD_T(test_conv2d_16),
-        MOOD_T(test_group_norm),
-        MOOD_T(test_layer_norm),
-        MOOD_T(test_activations),
-        MOOD_T(test_geglu),
-        MOOD_T(test_adds),
-        MOOD_T(test_layout),
-        MOOD_T(test_timestep_embedding),
-        MOOD_T(test_attention),
-        MOOD_T(test_attention_backward),
+        MOOD_T(test_no_device_error), MOOD_T(test_pool_reuse),
+        MOOD_T(test_convert),         MOOD_T(test_linear),
+        MOOD_T(test_linear_16),       MOOD_T(test_linear_backward),
+        MOOD_T(test_lora_linear),     MOOD_T(test_lora_merge),
+        MOOD_T(test_conv2d),          MOOD_T(test_conv2d_16),
+        MOOD_T(test_backward_16),     MOOD_T(test_group_norm),
+        MOOD_T(test_layer_norm),      MOOD_T(test_activations),
+        MOOD_T(test_geglu),           MOOD_T(test_adds),
+        MOOD_T(test_layout),          MOOD_T(test_timestep_embedding),
+        MOOD_T(test_attention),       MOOD_T(test_attention_backward),
     };
     static const harness_test no_gpu[] = {MOOD_T(test_no_device_error)};
     if (mood_cuda_compiled() && harness_run(cpu_side, sizeof cpu_side / sizeof cpu_side[0]))
