@@ -1,9 +1,9 @@
 /*
  * unet_cuda.h: the UNet2DConditionModel forward pass on the GPU, for inference and (fp32 or bf16,
- * side paths) training (internal to libmood; no CUDA types, so C code calls it). It runs the model a CPU
- * mood_unet holds (loaded by mood_unet_load: SD1.x, SD2.x, SDXL and every configuration mood/unet.h
- * accepts) with the CUDA backend's layer functions (engine/cuda/cuda_ops.h), layer for layer as the
- * CPU forward (engine/unet_forward.c), with the same inputs, output and layout.
+ * side paths) training (internal to libmood; no CUDA types, so C code calls it). It runs the model
+ * a CPU mood_unet holds (loaded by mood_unet_load: SD1.x, SD2.x, SDXL and every configuration
+ * mood/unet.h accepts) with the CUDA backend's layer functions (engine/cuda/cuda_ops.h), layer for
+ * layer as the CPU forward (engine/unet_forward.c), with the same inputs, output and layout.
  *
  * The model's weights are uploaded once (mood_cuda_unet_new) and stay on the device; the CPU
  * model's layer descriptors are read at every forward, so the CPU model must outlive the GPU one
@@ -34,8 +34,8 @@
  *
  * Not yet on the GPU (MOOD_EUNSUPPORTED, named): center_input_sample (no SD release uses it).
  *
- * Training (fp32 or bf16, the full tape, side paths' and context's gradients): mood_cuda_unet_forward_train
- * and mood_cuda_unet_backward, below.
+ * Training (fp32 or bf16, the full tape, side paths' and context's gradients):
+ * mood_cuda_unet_forward_train and mood_cuda_unet_backward, below.
  *
  * A mood_cuda_unet belongs to its context's thread; activations come from the context's memory
  * pool, so repeated forwards of one size allocate nothing after the first.
@@ -176,10 +176,12 @@ double mood_cuda_unet_flop(const mood_cuda_unet *u);
  * activations, the tape, the side paths and every gradient stay fp32. fp16 (which would need loss
  * scaling) is MOOD_EUNSUPPORTED.
  *
- * What this step does not do yet:
- *   - base weights' gradients (mood_unet_backward_ex) and SDXL's text_embeds gradient
- *     (mood_unet_backward_cond): the base weights are frozen, timesteps, time ids and
- *     text_embeds get no gradient (the time and added embedding layers' side paths do).
+ * The base weights' gradients (full-parameter training, mood_unet_backward_ex's): fp32 models,
+ * mood_cuda_unet_backward_ex.
+ *
+ * What this step does not do yet: SDXL's text_embeds gradient (mood_unet_backward_cond):
+ * timesteps, time ids and text_embeds get no gradient (the time and added embedding layers' side
+ * paths and weights do).
  *
  * Between the forward and the backward call the model's weights, side paths and factor values
  * (the device copy: mood_cuda_unet_reload_side_paths) must not change. A tape serves one step at
@@ -221,6 +223,14 @@ int mood_cuda_unet_forward_train(mood_cuda_unet *u, mood_cuda_unet_tape *tape, f
  * the forward, a wrong n_grads), MOOD_ENOMEM, MOOD_EBACKEND. */
 int mood_cuda_unet_backward(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
                             const mood_side_grad *grads, size_t n_grads, float *dcontext);
+
+/* As mood_cuda_unet_backward, and the base weights' gradients as mood_unet_backward_ex gives
+ * them: weight_grads is NULL (none) or has mood_unet_weight_count entries, entry i for weight i:
+ * NULL when not wanted, else a DEVICE buffer of the weight's size, ACCUMULATED (+=). Weights'
+ * gradients need a float32 model (MOOD_EUNSUPPORTED for bf16). */
+int mood_cuda_unet_backward_ex(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                               const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                               float *const *weight_grads);
 
 #ifdef __cplusplus
 }

@@ -3,8 +3,9 @@
  * twin of the CPU backward pass of engine/unet_backward.c, layer for layer over the records that
  * mood_cuda_unet_forward_train (unet_cuda_train.c, which says what differs from the CPU) left on
  * the tape: from dL/d(out) it accumulates the side paths' factor gradients and, when asked, the
- * context's. Under gradient checkpointing a resnet's and a transformer block's activations are
- * computed again here, by the forward's own functions, just before the unit's backward.
+ * context's and the base weights' (mood_cuda_unet_backward_ex). Under gradient checkpointing a
+ * resnet's and a transformer block's activations are computed again here, by the forward's own
+ * functions, just before the unit's backward.
  */
 #include "engine/cuda/unet_cuda_train_internal.h"
 
@@ -81,19 +82,27 @@ static int side_wanted(const cu_train *g, const unet_param *w, int s, int with_d
 
 /* ----- Linear and Conv2d with side paths ---------------------------------------------------- */
 
+/* Base weight i's gradient buffer, NULL when it is frozen (or i is -1). */
+static float *weight_grad(const cu_train *g, int i)
+{
+    return g->wg && i >= 0 ? g->wg[i] : NULL;
+}
+
 /* For out = inp W^T + b + Σ scale up(down(inp)) (mood__cuda_unet_lin): dinp (N x in, may be
- * NULL) += dout (N x out) through W and the side paths; the side paths' factor gradients. */
+ * NULL) += dout (N x out) through W and the side paths; the side paths' factor gradients, and
+ * W's and b's when they train. */
 static int linear_backward(cu_train *g, const u_lin *l, float *dinp, const float *dout,
                            const float *inp, size_t N)
 {
     cu_pass *f = &g->f;
     const unet_param *w = &f->m->params[l->w];
+    float *dw = weight_grad(g, l->w), *db = weight_grad(g, l->b);
     if (dinp && f->dt != MOOD_CUDA_F32) /* bf16 training: the frozen weight in 16 bits */
         TRY(mood_cuda_op_linear_backward_ex(f->ctx, dinp, dout, f->u->w[l->w], f->dt, N, l->in,
                                             l->out));
-    else if (dinp)
-        TRY(mood_cuda_op_linear_backward(f->ctx, dinp, NULL, NULL, dout, inp, P32(f, l->w), N,
-                                         l->in, l->out));
+    else if (dinp || dw || db)
+        TRY(mood_cuda_op_linear_backward(f->ctx, dinp, dw, db, dout, inp, P32(f, l->w), N, l->in,
+                                         l->out));
     for (int s = 0; s < w->side_n; s++) {
         side_in_backward p;
         float *sd = NULL;
@@ -141,7 +150,8 @@ static int conv_side_backward(cu_train *g, const side_in_backward *p, const mood
 }
 
 /* For out = conv(inp) + b + Σ side paths (mood__cuda_unet_conv): dinp (B x in x H x W, may be
- * NULL) += dout's gradient; the side paths' factor gradients. */
+ * NULL) += dout's gradient; the side paths' factor gradients, and the kernel's and bias's when
+ * they train. */
 static int conv_backward(cu_train *g, const u_conv *c, float *dinp, const float *dout,
                          const float *inp, int H, int W)
 {
@@ -150,10 +160,11 @@ static int conv_backward(cu_train *g, const u_conv *c, float *dinp, const float 
     mood_conv2d_dims d = {f->B, c->in, H, W, c->out, c->k, c->stride, c->pad};
     size_t n_out = (size_t)f->B * (size_t)c->out * (size_t)mood_op_conv2d_out_h(&d) *
                    (size_t)mood_op_conv2d_out_w(&d);
+    float *dw = weight_grad(g, c->w), *db = weight_grad(g, c->b);
     if (dinp && f->dt != MOOD_CUDA_F32)
         TRY(mood_cuda_op_conv2d_backward_ex(f->ctx, dinp, dout, f->u->w[c->w], f->dt, &d));
-    else if (dinp)
-        TRY(mood_cuda_op_conv2d_backward(f->ctx, dinp, NULL, NULL, dout, inp, P32(f, c->w), &d));
+    else if (dinp || dw || db)
+        TRY(mood_cuda_op_conv2d_backward(f->ctx, dinp, dw, db, dout, inp, P32(f, c->w), &d));
     for (int s = 0; s < w->side_n; s++) {
         side_in_backward p;
         float *sd = NULL;
@@ -179,21 +190,23 @@ static int gn_again(cu_train *g, const u_norm *nm, float *out, const float *inp,
     return mood__cuda_train_norm_forward(g, nm, out, inp, 0, HW, stats);
 }
 
-/* dinp += GroupNorm backward of dout; stats as the forward wrote them. */
+/* dinp += GroupNorm backward of dout (and the scale's and shift's gradients when they train);
+ * stats as the forward wrote them. */
 static int gn_backward(cu_train *g, const u_norm *nm, float *dinp, const float *dout,
                        const float *inp, const float *stats, size_t HW)
 {
     size_t ns = (size_t)g->f.B * (size_t)nm->groups;
-    return mood_cuda_op_group_norm_backward(g->f.ctx, dinp, NULL, NULL, dout, inp,
-                                            P32(&g->f, nm->w), stats, stats + ns, g->f.B, nm->C, HW,
-                                            nm->groups);
+    return mood_cuda_op_group_norm_backward(g->f.ctx, dinp, weight_grad(g, nm->w),
+                                            weight_grad(g, nm->b), dout, inp, P32(&g->f, nm->w),
+                                            stats, stats + ns, g->f.B, nm->C, HW, nm->groups);
 }
 
 static int ln_backward(cu_train *g, const u_norm *nm, float *dinp, const float *dout,
                        const float *inp, const float *stats, size_t N)
 {
-    return mood_cuda_op_layer_norm_backward(g->f.ctx, dinp, NULL, NULL, dout, inp,
-                                            P32(&g->f, nm->w), stats, stats + N, N, nm->C);
+    return mood_cuda_op_layer_norm_backward(g->f.ctx, dinp, weight_grad(g, nm->w),
+                                            weight_grad(g, nm->b), dout, inp, P32(&g->f, nm->w),
+                                            stats, stats + N, N, nm->C);
 }
 
 /* ----- ResnetBlock2D ------------------------------------------------------------------------ */
@@ -582,6 +595,13 @@ static int backward_run(cu_train *g, const float *dout)
 int mood_cuda_unet_backward(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
                             const mood_side_grad *grads, size_t n_grads, float *dcontext)
 {
+    return mood_cuda_unet_backward_ex(u, tape, dout, grads, n_grads, dcontext, NULL);
+}
+
+int mood_cuda_unet_backward_ex(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                               const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                               float *const *weight_grads)
+{
     cu_train g;
     int err;
     if (!u || !tape || !dout)
@@ -595,8 +615,12 @@ int mood_cuda_unet_backward(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const 
     if (grads ? n_grads != u->m->n_sides : n_grads != 0)
         return mood_error_set(MOOD_EINVAL, "cuda unet: backward: %zu gradients for %zu side paths",
                               n_grads, u->m->n_sides);
+    if (weight_grads && u->dt != MOOD_CUDA_F32)
+        return mood_error_set(MOOD_EUNSUPPORTED, "cuda unet: backward: the weights' gradients "
+                                                 "need a float32 model (full-parameter training "
+                                                 "runs in fp32)");
     train_init(&g, u, tape, tape->B, tape->L);
-    g.grads = grads, g.dctx = dcontext;
+    g.grads = grads, g.dctx = dcontext, g.wg = weight_grads;
     err = backward_run(&g, dout);
     put_all(&g.f);
     return err;

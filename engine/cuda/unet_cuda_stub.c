@@ -113,3 +113,10 @@ int mood_cuda_unet_backward(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const 
 {
     return no_cuda();
 }
+
+int mood_cuda_unet_backward_ex(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                               const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                               float *const *weight_grads)
+{
+    return no_cuda();
+}

@@ -30,15 +30,17 @@
  *     and gradients) against the CPU's fp32 step: output and factor gradients within 5e-2 of
  *     the largest, each factor within 0.3 of its own largest, the context's within 0.15 (the
  *     scale of bf16's rounding here: at TOL_BF16_OUT);
- *   - refusals: an fp16 model, unknown tape flags, an empty tape, another model's tape, side
- *     paths set again since the forward, a wrong gradient count.
- * Why these tolerances hold a real GPU's other summation orders: this file run on the CPU with
- * every backend function replaced by its CPU twin, each product's, norm's and attention's output
- * (forward and backward) then given a random relative error up to 3e-7 (a few fp32 roundings),
- * gives at most 2.6e-6 overall and 2.6e-5 for a factor against its own largest (1.5e-6 for the
- * output, 5e-6 for the context gradient); the CPU against torch in float64 (test_unet_backward.c)
- * is off by up to 2.3e-5 and 9.9e-5. A wrong buffer, record or scale gives errors of order 1e-3
- * to 1 (checked the same way, with such bugs put in).
+ *   - full-parameter training (mood_cuda_unet_backward_ex, from a checkpointing tape): every base
+ *     weight's gradient against the CPU's mood_unet_backward_ex, with the factors' tolerances;
+ *   - refusals: an fp16 model, the weights' gradients of a bf16 model, unknown tape flags, an empty
+ * tape, another model's tape, side paths set again since the forward, a wrong gradient count. Why
+ * these tolerances hold a real GPU's other summation orders: this file run on the CPU with every
+ * backend function replaced by its CPU twin, each product's, norm's and attention's output (forward
+ * and backward) then given a random relative error up to 3e-7 (a few fp32 roundings), gives at
+ * most 2.6e-6 overall and 2.6e-5 for a factor against its own largest (1.5e-6 for the output, 5e-6
+ * for the context gradient); the CPU against torch in float64 (test_unet_backward.c) is off by up
+ * to 2.3e-5 and 9.9e-5. A wrong buffer, record or scale gives errors of order 1e-3 to 1 (checked
+ * the same way, with such bugs put in).
  *
  * Label `cuda`. Without the CUDA backend or a GPU, the refusals that need no device run and the
  * program exits 77 (skipped).
@@ -448,6 +450,86 @@ done:
     mood_cuda_unet_free(u);
 }
 
+/* The number of floats of weight i of m. */
+static size_t weight_numel(mood_unet *m, size_t i)
+{
+    int nd = 0;
+    int64_t shape[4] = {0};
+    size_t n = 1;
+    if (!mood_unet_weight(m, mood_unet_weight_name(m, i), &nd, shape))
+        return 0;
+    for (int d = 0; d < nd; d++)
+        n *= (size_t)shape[d];
+    return n;
+}
+
+/* Full-parameter training (mood_cuda_unet_backward_ex): every base weight's gradient against the
+ * CPU's mood_unet_backward_ex on the same step, and a bf16 model refused. Each weight's gradient
+ * within TOL_OUT of the largest of all and TOL_FACTOR of its own largest (as the factors). */
+static void check_weight_grads(const char *rel, mood_unet *m, mood_cuda_unet *u, const step_in *in)
+{
+    size_t nw = mood_unet_weight_count(m), worst_i = 0, compared = 0;
+    float **cw = calloc(nw, sizeof *cw), **gw = calloc(nw, sizeof *gw), *out = NULL, *gout = NULL;
+    mood_unet_tape *ct = NULL;
+    mood_cuda_unet_tape *tape = NULL;
+    double big = 1e-30, worst_all = 0, worst_own = 0;
+    char what[128];
+    for (size_t i = 0; cw && gw && i < nw; i++) {
+        cw[i] = calloc(weight_numel(m, i) + 1, sizeof **cw);
+        gw[i] = dev_new(NULL, weight_numel(m, i) + 1);
+    }
+    out = calloc(in->n[IN_DOUT], sizeof *out);
+    MOOD_CHECK_OK(mood_unet_tape_new(&ct, 0));
+    MOOD_CHECK_OK(mood_cuda_unet_tape_new(&tape, MOOD_UNET_TAPE_CHECKPOINT));
+    gout = dev_new(NULL, in->n[IN_DOUT]);
+    if (!cw || !gw || !out || !ct || !tape || !gout)
+        goto done;
+    MOOD_CHECK_OK(mood_unet_forward_train(m, ct, out, in->h[IN_X], in->h[IN_T], in->h[IN_CTX],
+                                          in->B, in->H, in->W, in->L, in->h[IN_TE], in->h[IN_IDS]));
+    MOOD_CHECK_OK(mood_unet_backward_ex(m, ct, in->h[IN_DOUT], NULL, 0, NULL, cw));
+    if (gpu_forward_train(u, tape, in, gout) != 0)
+        goto done;
+    MOOD_CHECK_OK(mood_cuda_unet_backward_ex(u, tape, in->d[IN_DOUT], NULL, 0, NULL, gw));
+    for (size_t i = 0; i < nw; i++)
+        for (size_t e = 0; e < weight_numel(m, i); e++)
+            big = fmax(big, fabs(cw[i][e]));
+    for (size_t i = 0; i < nw; i++) {
+        size_t n = weight_numel(m, i);
+        float *h = host_of(gw[i], n + 1);
+        double d = 0, own = 1e-30;
+        if (!h)
+            continue;
+        for (size_t e = 0; e < n; e++) {
+            double de = fabs((double)h[e] - cw[i][e]);
+            d = de > d || de != de ? de : d;
+            own = fmax(own, fabs(cw[i][e]));
+        }
+        free(h);
+        compared++;
+        worst_all = fmax(worst_all, d / big);
+        if (!(d / own <= worst_own))
+            worst_own = d / own, worst_i = i;
+        MOOD_CHECK_MSG(d / big <= TOL_OUT && d / own <= TOL_FACTOR,
+                       "%s: weight %s: %.3g of the largest gradient, %.3g of its own", rel,
+                       mood_unet_weight_name(m, i), d / big, d / own);
+    }
+    snprintf(what, sizeof what, "%s backward_ex: %zu weights' gradients", rel, compared);
+    printf("  %-52s rel %.3g  (tol %.0e); each %.3g (tol %.0e, %s)\n", what, worst_all, TOL_OUT,
+           worst_own, TOL_FACTOR, nw ? mood_unet_weight_name(m, worst_i) : "");
+    MOOD_CHECK(compared == nw && nw > 0);
+done:
+    for (size_t i = 0; i < nw; i++) {
+        if (cw)
+            free(cw[i]);
+        if (gw)
+            mood_cuda_free(ctx, gw[i]);
+    }
+    free(cw), free(gw), free(out);
+    mood_cuda_free(ctx, gout);
+    mood_unet_tape_free(ct);
+    mood_cuda_unet_tape_free(tape);
+}
+
 /* Everything on one model: forward, gradients, accumulation, NULL entries, the pool. */
 static void check_model(const char *rel)
 {
@@ -511,6 +593,7 @@ static void check_model(const char *rel)
     if (h)
         check_checkpointing(rel, u, &in, &ss, &gg, h, gdctx, mood_cuda_unet_tape_bytes(tape));
     check_bf16(rel, m, &in, &ss, cpu_out, &cg, cpu_dctx);
+    check_weight_grads(rel, m, u, &in);
 
     /* a second backward on the same tape adds the same again */
     MOOD_CHECK_OK(mood_cuda_unet_backward(u, tape, in.d[IN_DOUT], gg.g, gg.n, gdctx));
@@ -609,6 +692,22 @@ static void test_errors(void)
                                             in.B, in.H, in.W, in.L, NULL,
                                             NULL) == MOOD_EUNSUPPORTED);
     printf("  fp16 model: %s\n", mood_error_last());
+    /* weights' gradients from a bf16 model */
+    {
+        mood_cuda_unet *ub = NULL;
+        mood_cuda_unet_options ob;
+        float *wg[1] = {NULL};
+        mood_cuda_unet_options_init(&ob);
+        ob.dtype = MOOD_CUDA_BF16;
+        MOOD_CHECK_OK(mood_cuda_unet_new(&ub, ctx, m, &ob));
+        if (ub && mood_cuda_unet_forward_train(ub, tape, gout, in.d[IN_X], in.d[IN_T], in.d[IN_CTX],
+                                               in.B, in.H, in.W, in.L, NULL, NULL) == 0) {
+            MOOD_CHECK(mood_cuda_unet_backward_ex(ub, tape, in.d[IN_DOUT], gg.g, gg.n, NULL, wg) ==
+                       MOOD_EUNSUPPORTED);
+            printf("  bf16 model, weights' gradients: %s\n", mood_error_last());
+        }
+        mood_cuda_unet_free(ub);
+    }
     /* an empty tape (also after a refused forward) */
     MOOD_CHECK(mood_cuda_unet_backward(u, tape, in.d[IN_DOUT], gg.g, gg.n, NULL) == MOOD_EINVAL);
     if (gpu_forward_train(u, tape, &in, gout) != 0)
