@@ -57,11 +57,10 @@ const char cmd_train_help[] =
     "  --sample-prompt P    a preview prompt; repeat for more (default: \"TRIGGER, a portrait\"\n"
     "                       and \"TRIGGER, a landscape\"; {trigger} is replaced)\n"
     "  --sample-steps S     sampler steps of a preview (default 20)\n"
-    "  --device cpu|cuda    where the UNet trains (default: the GPU when there is one;\n"
-    "                       --full trains on the CPU only so far)\n"
+    "  --device cpu|cuda    where the UNet trains (default: the GPU when there is one)\n"
     "  --precision P        on the GPU: bf16 (default: bf16 weights and products, fp32\n"
     "                       LoRA weights, optimizer and gradients, as diffusers' and kohya's\n"
-    "                       --mixed_precision bf16) or fp32; the CPU trains in fp32\n"
+    "                       --mixed_precision bf16) or fp32; the CPU and --full train in fp32\n"
     "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
     "  --no-register        do not add the style to the registry\n"
     "  --json               print what was written as JSON\n\n"
@@ -251,11 +250,10 @@ static int parse_valued(train_args *a, const char *s, const char *v)
 }
 
 /* Where the UNet trains: --device when given, else the command's device (main.c: the default
- * rule, $MOOD_DEVICE, the global --device). On a GPU a LoRA's UNet forward and backward run there,
- * in bf16 mixed precision unless --precision fp32 (the text encoder, the loss and the optimizer
- * stay on the CPU in fp32: train/unet_step_cuda.c).
- * Full-parameter training runs on the CPU only so far: an error when the GPU was asked for, a
- * notice when it was the default. Returns 0 or the exit status. */
+ * rule, $MOOD_DEVICE, the global --device). On a GPU the UNet's forward and backward run there,
+ * a LoRA's in bf16 mixed precision unless --precision fp32, full-parameter training's in fp32
+ * (the text encoder, the loss and the optimizer stay on the CPU in fp32: train/unet_step_cuda.c).
+ * Returns 0 or the exit status. */
 static int choose_device(train_args *a)
 {
     mood_device d = cli_device;
@@ -264,20 +262,15 @@ static int choose_device(train_args *a)
         return cli_fail(rc);
     mood_model_options_init(&a->mo);
     a->o.model_options = &a->mo;
+    if (a->o.full && a->precision && strcmp(a->precision, "bf16") == 0)
+        return cli_usage_error("train", "--full trains in fp32 (--precision fp32)");
     if (d.kind != MOOD_DEVICE_CUDA && a->precision && strcmp(a->precision, "bf16") == 0)
         return cli_usage_error("train", "--precision bf16 trains on a GPU (--device cuda); the "
                                         "CPU trains in fp32");
     if (d.kind != MOOD_DEVICE_CUDA)
         return 0;
-    if (a->o.full && d.requested)
-        return cli_usage_error("train", "--full: full-parameter training runs on the CPU only so "
-                                        "far (--device cpu)");
-    if (a->o.full) {
-        fprintf(stderr, "mood: note: full-parameter training runs on the CPU only so far\n");
-        return 0;
-    }
     a->mo.cuda_device = d.index;
-    a->mo.cuda_fp32 = a->precision && strcmp(a->precision, "fp32") == 0;
+    a->mo.cuda_fp32 = a->o.full || (a->precision && strcmp(a->precision, "fp32") == 0);
     return 0;
 }
 

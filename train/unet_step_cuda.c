@@ -64,7 +64,7 @@ static size_t up_n(const mood_train_module *mod)
 }
 
 int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_train_batch *b,
-                            const float *context, const float *text_embeds, float *pred)
+                            const float *context, const float *text_embeds, int full, float *pred)
 {
     mood__cuda_step *s;
     const mood_unet_config *uc = mood_unet_get_config(m->unet);
@@ -81,8 +81,9 @@ int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_tra
     if (!m->cuda_tape &&
         (err = mood_cuda_unet_tape_new(&m->cuda_tape, mood__train_tape_flags(b->h, b->w))) != 0)
         goto fail;
-    /* the optimizer changed the host factors in place since the last step */
-    if ((err = mood_cuda_unet_reload_side_paths(m->cuda_unet)) != 0 ||
+    /* the optimizer changed the host factors (or, full, weights) in place since the last step */
+    if ((full && (err = mood_cuda_unet_reload(m->cuda_unet, NULL)) != 0) ||
+        (err = mood_cuda_unet_reload_side_paths(m->cuda_unet)) != 0 ||
         (err = up_f(m->cuda, &s->x, b->noisy, n)) != 0 ||
         (err = up_f(m->cuda, &s->t, b->timesteps, (size_t)b->B)) != 0 ||
         (err = up_f(m->cuda, &s->ctxt, context, n_ctx)) != 0 ||
@@ -110,13 +111,71 @@ static void add_into(float *dst, const float *src, size_t n)
         dst[i] += src[i];
 }
 
+/* The floats of UNet weight i. */
+static size_t weight_numel(mood_model *m, size_t i)
+{
+    int nd = 0;
+    int64_t shape[4] = {0};
+    size_t n = 1;
+    if (!mood_unet_weight(m->unet, mood_unet_weight_name(m->unet, i), &nd, shape))
+        return 0;
+    for (int d = 0; d < nd; d++)
+        n *= (size_t)shape[d];
+    return n;
+}
+
+/* Full-parameter training: the base weights' gradients of the step's tape, ADDED to the host's
+ * unet_wg (mood_unet_backward_ex's layout), through one zeroed device block. The factors' and
+ * context's gradients: none here (a full run has no side paths). */
+static int weight_grads_backward(mood__cuda_step *s, mood_model *m, float *dctx,
+                                 float *const *unet_wg)
+{
+    size_t nw = mood_unet_weight_count(m->unet), total = 0;
+    float **dev = mood_calloc(nw ? nw : 1, sizeof *dev), *block = NULL, *host = NULL;
+    int err = dev ? 0 : mood_error_nomem();
+    for (size_t i = 0; i < nw; i++)
+        total += unet_wg[i] ? weight_numel(m, i) : 0;
+    if (!err && (err = alloc_f(m->cuda, &block, total)) == 0 && total)
+        err = mood_cuda_memset0(m->cuda, block, total * sizeof(float));
+    if (!err && dctx && (err = alloc_f(m->cuda, &s->dctx, s->n_ctx)) == 0 && s->n_ctx)
+        err = mood_cuda_memset0(m->cuda, s->dctx, s->n_ctx * sizeof(float));
+    for (size_t i = 0, off = 0; !err && i < nw; i++)
+        if (unet_wg[i])
+            dev[i] = block + off, off += weight_numel(m, i);
+    if (!err)
+        err = mood_cuda_unet_backward_ex(m->cuda_unet, m->cuda_tape, s->dout, NULL, 0,
+                                         dctx ? s->dctx : NULL, dev);
+    if (!err && !(host = mood_malloc((total > s->n_ctx ? total : s->n_ctx) * sizeof *host + 1)))
+        err = mood_error_nomem();
+    if (!err && total)
+        err = mood_cuda_download(m->cuda, host, block, total * sizeof *host);
+    for (size_t i = 0, off = 0; !err && i < nw; i++)
+        if (unet_wg[i])
+            add_into(unet_wg[i], host + off, weight_numel(m, i)), off += weight_numel(m, i);
+    if (!err && dctx && s->n_ctx &&
+        (err = mood_cuda_download(m->cuda, host, s->dctx, s->n_ctx * sizeof *host)) == 0)
+        add_into(dctx, host, s->n_ctx);
+    mood_cuda_free(m->cuda, block);
+    mood_free(dev);
+    mood_free(host);
+    return err;
+}
+
 int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dout,
-                             const mood_train_module *modules, size_t n_modules, float *dctx)
+                             const mood_train_module *modules, size_t n_modules, float *dctx,
+                             float *const *unet_wg)
 {
     mood_side_grad *dev = NULL;
     float *host = NULL;
     size_t total = 0, off = 0;
     int err;
+    if (unet_wg) {
+        if (n_modules)
+            return mood_error_set(MOOD_EINVAL, "full-parameter training with side paths");
+        if ((err = up_f(m->cuda, &s->dout, dout, s->n)) != 0)
+            return err;
+        return weight_grads_backward(s, m, dctx, unet_wg);
+    }
     for (size_t i = 0; i < n_modules; i++)
         total += down_n(&modules[i]) + up_n(&modules[i]);
     s->n_grad = total;

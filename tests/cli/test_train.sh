@@ -112,6 +112,8 @@ expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --r
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
 expect_rc 1 "bf16 on the CPU" "$MOOD" train --name x --board board --model "$MODEL" --device cpu --precision bf16
 expect_rc 1 "bad --precision" "$MOOD" train --name x --board board --model "$MODEL" --precision fp8
+expect_rc 1 "--full in bf16" "$MOOD" train --full --name x --board board --model "$MODEL" --precision bf16
+check "--full in bf16: says why" grep -q "trains in fp32" "$tmp/err"
 expect_rc 1 "bad --ip-noise-gamma" "$MOOD" train --name x --board board --model "$MODEL" --ip-noise-gamma 1.5
 expect_rc 1 "missing --model" "$MOOD" train --name x --board board
 expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "$MODEL" --device cuda

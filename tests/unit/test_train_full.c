@@ -28,6 +28,7 @@
  * replaces it; a run stopped at step 3 and resumed ends bit for bit as the uninterrupted one; a
  * single-file base and an output that is not a model folder are refused before training; caption
  * dropout outside [0, 1) is refused.
+ * With --cuda the conformance runs again with the UNet on the GPU (main).
  */
 #include <dirent.h>
 #include <sys/stat.h>
@@ -100,14 +101,21 @@ static mood_st_file *the_ref(void)
 }
 
 /* The fixture's run: train_te as given, saved in F32 to `output`. */
+static int use_cuda; /* main: --cuda */
+
 static void set_options(mood_train_options *o, int train_te, const char *output, run_log *l,
                         const char **board)
 {
     static char model[4096], board_dir[4096]; /* fixture() reuses its buffers */
+    static mood_model_options mo;
     const cJSON *c = the_case();
     snprintf(model, sizeof model, "%s", fixture("pipeline/tiny-sd"));
     snprintf(board_dir, sizeof board_dir, "%s", fixture("train/steps/board"));
     mood_train_options_init(o);
+    mood_model_options_init(&mo);
+    if (use_cuda) /* the UNet's forward and backward on GPU 0, in fp32 */
+        mo.cuda_device = 0, mo.cuda_fp32 = 1;
+    o->model_options = &mo;
     o->model = model;
     board[0] = board_dir;
     o->board = board;
@@ -659,6 +667,32 @@ static void test_cleanup(void)
         remove_tree(scratch_dir());
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_full_te_matches_torch), MOOD_T(test_full_unet_matches_torch),
-               MOOD_T(test_output_folder), MOOD_T(test_resume_bit_identical),
-               MOOD_T(test_replace_only_when_complete), MOOD_T(test_refusals), MOOD_T(test_cleanup))
+/* With --cuda (ctest's test_train_full_cuda, label cuda; emu_test_train_full_cuda on the
+ * emulation): the two conformance runs with the UNet's forward and backward on GPU 0
+ * (train/unet_step_cuda.c: the weights' gradients come down, the updated weights go up each step)
+ * against the same torch fixture and tolerances; exits 77 (skipped) without the CUDA backend or a
+ * GPU. */
+int main(int argc, char **argv)
+{
+    static const harness_test tests[] = {MOOD_T(test_full_te_matches_torch),
+                                         MOOD_T(test_full_unet_matches_torch),
+                                         MOOD_T(test_output_folder),
+                                         MOOD_T(test_resume_bit_identical),
+                                         MOOD_T(test_replace_only_when_complete),
+                                         MOOD_T(test_refusals),
+                                         MOOD_T(test_cleanup)};
+    static const harness_test cuda_tests[] = {MOOD_T(test_full_te_matches_torch),
+                                              MOOD_T(test_full_unet_matches_torch),
+                                              MOOD_T(test_cleanup)};
+    if (argc > 1 && strcmp(argv[1], "--cuda") == 0) {
+        char name[256];
+        if (!mood_cuda_compiled() || mood_cuda_device_count(name, sizeof name) == 0) {
+            printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
+            return 77;
+        }
+        printf("UNet on GPU 0: %s\n", name);
+        use_cuda = 1;
+        return harness_run(cuda_tests, sizeof cuda_tests / sizeof cuda_tests[0]);
+    }
+    return harness_run(tests, sizeof tests / sizeof tests[0]);
+}
