@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mood/core.h"
+
 static int harness_failures;
 
 #define MOOD_CHECK(cond)                                                                           \
@@ -92,6 +94,22 @@ static inline int harness_run(const harness_test *tests, size_t n)
     }
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
+}
+
+/* main's --cuda mode, for a test that runs again with the UNet on GPU 0: 0 when argv[1] is not
+ * --cuda; else 1 when there is a CUDA GPU (named on stdout), or 77 (skipped, saying why) when the
+ * build has no CUDA backend or there is no GPU. */
+static inline int harness_cuda_mode(int argc, char **argv)
+{
+    char name[256];
+    if (argc < 2 || strcmp(argv[1], "--cuda") != 0)
+        return 0;
+    if (!mood_cuda_compiled() || mood_cuda_device_count(name, sizeof name) == 0) {
+        printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
+        return 77;
+    }
+    printf("UNet on GPU 0: %s\n", name);
+    return 1;
 }
 
 #define MOOD_TEST_MAIN(...)                                                                        \

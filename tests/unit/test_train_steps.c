@@ -242,13 +242,10 @@ int main(int argc, char **argv)
     static const harness_test tests[] = {MOOD_T(test_run_matches_torch)};
     static const harness_test cuda_tests[] = {MOOD_T(test_run_matches_torch),
                                               MOOD_T(test_bf16_run)};
-    if (argc > 1 && strcmp(argv[1], "--cuda") == 0) {
-        char name[256];
-        if (!mood_cuda_compiled() || mood_cuda_device_count(name, sizeof name) == 0) {
-            printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
-            return 77;
-        }
-        printf("UNet on GPU 0: %s\n", name);
+    int mode = harness_cuda_mode(argc, argv);
+    if (mode == 77)
+        return 77;
+    if (mode) {
         use_cuda = 1;
         return harness_run(cuda_tests, sizeof cuda_tests / sizeof cuda_tests[0]);
     }
