@@ -88,8 +88,8 @@ static double compare(const char *what, const float *got, const float *want, siz
 {
     double e = harness_rel_diff(got, want, n, 1e-30);
     int bad = !(e <= tol);
-    printf("  %-52s rel %.3g  (tol %.0e)%s\n", what, e, tol, bad ? "  FAIL" : "");
-    MOOD_CHECK_MSG(!bad, "%s: relative error %.3g > %.0e", what, e, tol);
+    printf("  %-52s rel %.3g  (tol %.2g)%s\n", what, e, tol, bad ? "  FAIL" : "");
+    MOOD_CHECK_MSG(!bad, "%s: relative error %.3g > %.2g", what, e, tol);
     return e;
 }
 
