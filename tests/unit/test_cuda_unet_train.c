@@ -27,7 +27,8 @@
  *   - a training step (forward_train + backward) of the same size as the last makes no
  *     cudaMalloc: the tape's and the backward pass's blocks come back from the pool;
  *   - bf16 training (a MOOD_CUDA_BF16 model: bf16 weights and product inputs, fp32 activations
- *     and gradients) against the CPU's fp32 step: output and factor gradients within 5e-2 of
+ *     and gradients, with the full tape and under checkpointing, which must agree within 1e-5)
+ *     against the CPU's fp32 step: output and factor gradients within 5e-2 of
  *     the largest, each factor within 0.3 of its own largest, the context's within 0.15 (the
  *     scale of bf16's rounding here: at TOL_BF16_OUT);
  *   - full-parameter training (mood_cuda_unet_backward_ex, from a checkpointing tape): every base
@@ -419,8 +420,8 @@ static void check_bf16(const char *rel, mood_unet *m, const step_in *in, const s
     mood_cuda_unet *u = NULL;
     mood_cuda_unet_tape *tape = NULL;
     grad_set gb = {0};
-    float *gout = NULL, *dctx = NULL, *h = NULL;
-    char what[128];
+    float *gout = NULL, *dctx = NULL, *h = NULL, *hout = NULL;
+    char what[128], label[96];
     mood_cuda_unet_options_init(&o);
     o.dtype = MOOD_CUDA_BF16;
     MOOD_CHECK_OK(mood_cuda_unet_new(&u, ctx, m, &o));
@@ -430,20 +431,23 @@ static void check_bf16(const char *rel, mood_unet *m, const step_in *in, const s
     grad_set_make(&gb, ss, 1);
     if (!u || !tape || !gout || !dctx || !gb.g || gpu_forward_train(u, tape, in, gout) != 0)
         goto done;
-    if ((h = host_of(gout, in->n[IN_DOUT]))) {
+    if ((hout = host_of(gout, in->n[IN_DOUT]))) {
         snprintf(what, sizeof what, "%s bf16 forward_train vs cpu fp32", rel);
-        compare(what, h, cpu_out, in->n[IN_DOUT], TOL_BF16_OUT);
+        compare(what, hout, cpu_out, in->n[IN_DOUT], TOL_BF16_OUT);
     }
     MOOD_CHECK_OK(mood_cuda_unet_backward(u, tape, in->d[IN_DOUT], gb.g, gb.n, dctx));
     snprintf(what, sizeof what, "%s bf16 backward vs cpu fp32", rel);
     compare_grads_tol(what, ss, &gb, cg, 1.0f, TOL_BF16_OUT, TOL_BF16_FACTOR);
-    free(h);
     if ((h = host_of(dctx, in->n[IN_CTX]))) {
         snprintf(what, sizeof what, "%s bf16 backward: dL/d(context)", rel);
         compare(what, h, cpu_dctx, in->n[IN_CTX], TOL_BF16_CTX);
     }
+    /* gradient checkpointing in bf16: the same as the full tape (the same rounded products) */
+    snprintf(label, sizeof label, "%s bf16", rel);
+    if (hout)
+        check_checkpointing(label, u, in, ss, &gb, hout, dctx, mood_cuda_unet_tape_bytes(tape));
 done:
-    free(h);
+    free(h), free(hout);
     mood_cuda_free(ctx, gout), mood_cuda_free(ctx, dctx);
     grad_set_free(&gb);
     mood_cuda_unet_tape_free(tape);
