@@ -3,7 +3,9 @@
 # (tools/mood_tiny/evaluate.py says how each is defined and why):
 #   1. mood-tiny's nearest-neighbour accuracy on $N training captions (top-1, top-5) against the
 #      untrained initialisation (tools/mood_tiny/init_model.py, seed 0) and chance (1/1417);
-#   2. the Twemoji style trained as `mood demo` trains it (same board and settings), applied to
+#   2. prompts outside the captions ($NOVEL_N "<colour> <object>" phrases): whether the colour word
+#      and the object are followed, against the untrained initialisation;
+#   3. the Twemoji style trained as `mood demo` trains it (same board and settings), applied to
 #      $N subjects the board does not show: the fraction whose image is closer to the subject's
 #      Twemoji drawing than to its Noto drawing, with the style and without it (the control), on
 #      the style axis (the metric) and in blurred pixels (the earlier one), with the reference
@@ -19,6 +21,7 @@ MOOD=${1:-${MOOD:-$root/build/mood}}
 N=${N:-100}
 CFG=${CFG:-3}   # the guidance scale mood demo generates at (DEMO_CFG in cli/cmd_demo.c)
 SEED=${SEED:-0} # picks the subjects and the generation seeds
+NOVEL_N=${NOVEL_N:-48} # prompts outside the captions
 PY=${PYTHON:-$root/tools/.venv/bin/python}
 work=${MOOD_BENCH_CACHE:-/tmp/mood-bench}/style-transfer
 model=$root/data/mood-tiny
@@ -35,6 +38,9 @@ MOOD_HOME="$work/registry" "$MOOD" train --name twemoji-demo --board "$board" --
 "$PY" "$root/tools/mood_tiny/evaluate.py" quality --mood "$MOOD" --model "$model" \
     --init "$work/init" --n "$N" --seed "$SEED" --cfg "$CFG" --work "$work/img" \
     --json "$work/quality.json" >/dev/null
+"$PY" "$root/tools/mood_tiny/evaluate.py" novel --mood "$MOOD" --model "$model" \
+    --init "$work/init" --n "$NOVEL_N" --seed "$SEED" --cfg "$CFG" --work "$work/img" \
+    --json "$work/novel.json" >/dev/null
 "$PY" "$root/tools/mood_tiny/evaluate.py" style --mood "$MOOD" --model "$model" \
     --lora "$work/twemoji-demo.safetensors" --n "$N" --seed "$SEED" --cfg "$CFG" \
     --work "$work/img" --json "$work/style.json" >/dev/null
@@ -49,6 +55,15 @@ print(f"  trained    top-1 {q['trained']['top1']:.0%}  top-5 {q['trained']['top5
 if "untrained" in q:
     print(f"  untrained  top-1 {q['untrained']['top1']:.0%}  top-5 {q['untrained']['top5']:.0%}"
           f"  (chance {q['chance_top1']:.2%})")
+v = json.load(open(f"{w}/novel.json"))
+print(f"{v['n']} prompts outside the captions ('<colour> <object>', each word in some caption, "
+      f"never the pair):")
+for tag in ("trained", "untrained"):
+    if tag in v:
+        t = v[tag]
+        print(f"  {tag:9}  colour word followed {t['colour_raised']:4.0%} (colour's share "
+              f"{t['colour_share']:.2f}, bare object {t['bare_colour_share']:.2f});  object "
+              f"among the 5 nearest {t['object_top5']:4.0%} (chance {v['object_top5_chance']:.0%})")
 print(f"Twemoji style on {s['styled']['n']} held-out subjects, image closer to the subject's Twemoji"
       f" drawing than to its Noto drawing:")
 r = s["reference"]

@@ -34,10 +34,21 @@
    in pose and composition as much as in rendering, so it mostly asks whether g copies Twemoji's
    composition of that subject, which five images of other subjects cannot teach.
 
+3. Prompts outside the captions (`novel`): "<colour> <object>" phrases that are no caption, built
+   from NOVEL_COLOURS and the NOVEL_OBJECTS words that some caption holds (so the text encoder
+   has seen each word, never the pair), N of them at random, each also generated as the bare
+   object word with the same seed. Two measures, for the trained model and the untrained one:
+   - the colour word is followed: the share of the image's coloured pixels (HSV saturation and
+     value >= 0.35) whose hue is the named colour's (NOVEL_HUES) is higher than in the bare
+     object's image; reported: the share of prompts where it is, and the mean shares;
+   - the object is drawn: a Noto image whose caption holds the object word is among the five
+     nearest (the 32 x 32 pixels of `quality`); reported with its chance level (the share of
+     captions holding the word, over five draws).
+
 Images are made as `mood demo` makes them: 30 steps of mood gen's default sampler (Euler a) at
 the guidance scale given (--cfg; the demo's is bench/style_transfer.sh's CFG).
 
-usage: tools/.venv/bin/python tools/mood_tiny/evaluate.py quality|style --mood build/mood
+usage: tools/.venv/bin/python tools/mood_tiny/evaluate.py quality|style|novel --mood build/mood
        --model DIR [--init DIR] [--lora FILE] [--n 100] [--seed 0] [--cfg 7] [--work DIR]
        [--json OUT]
 """
@@ -46,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
@@ -117,6 +129,88 @@ def quality(a) -> dict:
     if a.init:
         res["untrained"] = nn_accuracy(a, a.init, sample, refs, codes, "u")
     res["chance_top1"] = 1 / len(rows)
+    return res
+
+
+NOVEL_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
+NOVEL_OBJECTS = ["apple", "cat", "car", "balloon", "fish", "star", "flower", "book", "house",
+                 "umbrella", "heart", "bird", "hat", "ball", "cup", "tree"]
+# hue ranges in degrees (red wraps around 0)
+NOVEL_HUES = {"red": ((0, 15), (340, 360)), "orange": ((15, 40),), "yellow": ((40, 70),),
+              "green": ((70, 170),), "blue": ((190, 250),), "purple": ((250, 320),)}
+
+
+def novel_prompts(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """n (prompt, colour, object) with the object a word of some caption and the prompt none."""
+    caps = [c for _, c in captions()]
+    words = {w.strip(",:") for c in caps for w in c.split()}
+    taken = set(caps)
+    pool = [(f"{c} {o}", c, o) for c in NOVEL_COLOURS for o in NOVEL_OBJECTS
+            if o in words and f"{c} {o}" not in taken]
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def colour_share(img: np.ndarray, colour: str) -> float:
+    """The share of img's coloured pixels (saturation and value >= 0.35) of the colour's hue."""
+    hi, lo = img.max(axis=2), img.min(axis=2)
+    sat = (hi - lo) / np.maximum(hi, 1e-6)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    d = np.maximum(hi - lo, 1e-6)
+    h = np.where(hi == r, (g - b) / d % 6, np.where(hi == g, (b - r) / d + 2, (r - g) / d + 4))
+    h = h * 60.0
+    mask = (sat >= 0.35) & (hi >= 0.35)
+    if not mask.any():
+        return 0.0
+    inside = np.zeros_like(mask)
+    for a, z in NOVEL_HUES[colour]:
+        inside |= (h >= a) & (h < z)
+    return float((inside & mask).sum() / mask.sum())
+
+
+def novel(a) -> dict:
+    rows = captions()
+    caps = [c for _, c in rows]
+    refs = np.stack([small(load(os.path.join(DATA, "noto", f"{c}.png"))) for c, _ in rows])
+
+    def has_word(caption, word):
+        return word in {w.strip(",:") for w in caption.split()}
+
+    def object_in_top5(img, obj):
+        top = np.argsort(((refs - small(img)) ** 2).sum(axis=1))[:5]
+        return any(has_word(caps[j], obj) for j in top)
+
+    models = {"trained": a.model, **({"untrained": a.init} if a.init else {})}
+    res = {"prompts": []}
+    tally = {m: {"object": 0, "raised": 0, "share": [], "bare_share": []} for m in models}
+    chance = []
+    prompts = novel_prompts(a.n, a.seed)
+    for i, (prompt, colour, obj) in enumerate(prompts):
+        k = sum(has_word(c, obj) for c in caps)
+        chance.append(1 - math.comb(len(caps) - k, 5) / math.comb(len(caps), 5))
+        row = {"prompt": prompt}
+        for tag, model in models.items():
+            out = os.path.join(a.work, f"novel-{tag}-{i}.png")
+            bare = os.path.join(a.work, f"novel-{tag}-bare-{i}.png")
+            generate(a, model, prompt, a.seed + i, out, None)
+            generate(a, model, obj, a.seed + i, bare, None)
+            img = load(out)
+            cw, cb = colour_share(img, colour), colour_share(load(bare), colour)
+            t = tally[tag]
+            drawn = object_in_top5(img, obj)
+            t["object"] += drawn
+            t["raised"] += cw > cb
+            t["share"].append(cw)
+            t["bare_share"].append(cb)
+            row[tag] = {"object_in_top5": bool(drawn), "colour_share": cw,
+                        "bare_colour_share": cb}
+        res["prompts"].append(row)
+    n = len(prompts)
+    res["n"] = n
+    res["object_top5_chance"] = float(np.mean(chance))
+    for tag, t in tally.items():
+        res[tag] = {"object_top5": t["object"] / n, "colour_raised": t["raised"] / n,
+                    "colour_share": float(np.mean(t["share"])),
+                    "bare_colour_share": float(np.mean(t["bare_share"]))}
     return res
 
 
@@ -231,7 +325,7 @@ def style(a) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["quality", "style"])
+    ap.add_argument("what", choices=["quality", "style", "novel"])
     ap.add_argument("--mood", default="build/mood")
     ap.add_argument("--model", required=True)
     ap.add_argument("--init")
@@ -245,7 +339,7 @@ def main() -> None:
     os.makedirs(a.work, exist_ok=True)
     if a.what == "style" and not a.lora:
         sys.exit("style needs --lora")
-    res = quality(a) if a.what == "quality" else style(a)
+    res = {"quality": quality, "style": style, "novel": novel}[a.what](a)
     text = json.dumps(res, indent=2)
     print(text)
     if a.json:
