@@ -99,7 +99,7 @@ if timeout "$(tmo 120)" cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DMOOD_WERROR=ON -DMOOD_BUILD_BENCH=ON "${CUDNN_ARGS[@]}" >"$OUT/build.log" 2>&1 &&
     timeout "$(tmo 300)" cmake --build "$B" -j"$JOBS" \
         --target mood_cli test_cuda_ops test_cuda_unet test_cuda_unet_train test_device \
-        test_train_steps test_train_full \
+        test_train_steps test_train_full test_train_sdxl_te \
         bench_cuda_ops bench_cuda_unet bench_train_step \
         >>"$OUT/build.log" 2>&1; then
     build_ok=1

@@ -322,15 +322,16 @@ int mood__train_full_loss(void *user, const mood_train_batch *batch, mood_train_
  * runs the forward with the model's GPU tape and writes the prediction to the host's pred (full:
  * full-parameter training, whose optimizer changed the host weights: they are copied up first);
  * backward takes the host's dL/dpred and ADDS the gradients of every module's factors (the UNet's
- * modules, in the order of the model's side paths), of the context when dctx is not NULL and of
- * the base weights when unet_wg is not NULL (mood_unet_backward_ex's layout) into the host
- * buffers. The step's device memory goes back with mood__cuda_step_free. */
+ * modules, in the order of the model's side paths), of the context when dctx is not NULL, of
+ * SDXL's text_embeds when dembeds is not NULL and of the base weights when unet_wg is not NULL
+ * (mood_unet_backward_ex's layout) into the host buffers. The step's device memory goes back with
+ * mood__cuda_step_free. */
 typedef struct mood__cuda_step mood__cuda_step;
 int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_train_batch *b,
                             const float *context, const float *text_embeds, int full, float *pred);
 int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dout,
                              const mood_train_module *modules, size_t n_modules, float *dctx,
-                             float *const *unet_wg);
+                             float *dembeds, float *const *unet_wg);
 void mood__cuda_step_free(mood__cuda_step *s);
 
 #endif /* MOOD_TRAIN_INTERNAL_H */

@@ -168,28 +168,18 @@ static int xl_backward(mood_model *m, xl_cond *x, const float *dctx, const mood_
     return err;
 }
 
-/* What the GPU step does not do yet (unet_step_cuda.c): MOOD_EUNSUPPORTED, named. */
-static int gpu_supported(int xl_te2)
-{
-    if (xl_te2)
-        return mood_error_set(MOOD_EUNSUPPORTED, "training SDXL's text encoders runs on the CPU "
-                                                 "only so far (--device cpu, or train without "
-                                                 "--te)");
-    return 0;
-}
-
 /* The UNet's forward, loss and backward with the UNet on the GPU (unet_step_cuda.c); the loss
  * and its gradient are the CPU step's (loss_and_grad). modules: the UNet's. */
 static int gpu_unet_step(mood_model *m, const mood_train_batch *b, const float *context,
                          const float *text_embeds, float *pred, float *dout,
                          const mood_train_module *modules, size_t n_modules, float *dctx,
-                         float *const *unet_wg, double *loss_out)
+                         float *dembeds, float *const *unet_wg, double *loss_out)
 {
     mood__cuda_step *s = NULL;
     int err = mood__cuda_step_forward(&s, m, b, context, text_embeds, unet_wg != NULL, pred);
     if (!err) {
         *loss_out = loss_and_grad(dout, pred, b);
-        err = mood__cuda_step_backward(s, m, dout, modules, n_modules, dctx, unet_wg);
+        err = mood__cuda_step_backward(s, m, dout, modules, n_modules, dctx, dembeds, unet_wg);
     }
     mood__cuda_step_free(s);
     return err;
@@ -220,8 +210,6 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
     if (xl && te_wg)
         return mood_error_set(MOOD_EUNSUPPORTED, "full-parameter training of SDXL's text "
                                                  "encoders is not supported");
-    if (m->cuda_unet && (err = gpu_supported(xl && n2)) != 0)
-        return err;
     if (!m->cuda_unet && (err = model_tape(m, batch->h, batch->w, &tape)) != 0)
         return err;
     pred = mood_malloc(n * sizeof *pred);
@@ -247,7 +235,7 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
         grads[i] = (mood_side_grad){modules[i].down_grad, modules[i].up_grad};
     if (!err && m->cuda_unet) {
         err = gpu_unet_step(m, batch, context, text_embeds, pred, dout, modules + n_te,
-                            n_modules - n_te, dctx, unet_wg, loss_out);
+                            n_modules - n_te, dctx, xl && n2 ? x.dembeds : NULL, unet_wg, loss_out);
     } else if (!err) {
         err = mood_unet_forward_train(m->unet, tape, pred, batch->noisy, batch->timesteps, context,
                                       batch->B, batch->h, batch->w, batch->ctx_len, text_embeds,

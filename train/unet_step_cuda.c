@@ -14,9 +14,9 @@
  * What runs on the GPU so far is what engine/cuda/unet_cuda_train.c and unet_cuda_backward.c run:
  * fp32 weights (the model opened with cuda_fp32) or bf16 mixed precision (without: bf16 frozen
  * weights and products, fp32 activations and gradients), gradient checkpointing as on the CPU
- * (mood__train_tape_flags), the side paths' and the context's gradients. Full-parameter training
- * and SDXL's trained text encoder 2 (whose pooled output needs the gradient of text_embeds) are
- * refused by the caller with MOOD_EUNSUPPORTED.
+ * (mood__train_tape_flags), the side paths', the context's and SDXL's text_embeds' gradients
+ * (a trained text encoder 2's pooled output), and full-parameter training's weight gradients
+ * (fp32; the updated weights go up before each step).
  */
 #include <string.h>
 
@@ -27,7 +27,7 @@
 struct mood__cuda_step {
     mood_cuda_ctx *ctx;
     float *x, *t, *ctxt, *embeds, *ids, *pred, *dout, *dctx, *grads;
-    size_t n, n_ctx, n_grad;
+    size_t n, n_ctx, n_emb;
 };
 
 static int alloc_f(mood_cuda_ctx *ctx, float **out, size_t n)
@@ -77,7 +77,7 @@ int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_tra
     *out = NULL;
     if (!(s = mood_calloc(1, sizeof *s)))
         return mood_error_nomem();
-    s->ctx = m->cuda, s->n = n, s->n_ctx = n_ctx;
+    s->ctx = m->cuda, s->n = n, s->n_ctx = n_ctx, s->n_emb = n_emb;
     if (!m->cuda_tape &&
         (err = mood_cuda_unet_tape_new(&m->cuda_tape, mood__train_tape_flags(b->h, b->w))) != 0)
         goto fail;
@@ -124,91 +124,92 @@ static size_t weight_numel(mood_model *m, size_t i)
     return n;
 }
 
-/* Full-parameter training: the base weights' gradients of the step's tape, ADDED to the host's
- * unet_wg (mood_unet_backward_ex's layout), through one zeroed device block. The factors' and
- * context's gradients: none here (a full run has no side paths). */
-static int weight_grads_backward(mood__cuda_step *s, mood_model *m, float *dctx,
-                                 float *const *unet_wg)
+/* *out: a zeroed device buffer of n floats (NULL for 0). */
+static int zeroed(mood_cuda_ctx *ctx, float **out, size_t n)
 {
-    size_t nw = mood_unet_weight_count(m->unet), total = 0;
-    float **dev = mood_calloc(nw ? nw : 1, sizeof *dev), *block = NULL, *host = NULL;
-    int err = dev ? 0 : mood_error_nomem();
-    for (size_t i = 0; i < nw; i++)
-        total += unet_wg[i] ? weight_numel(m, i) : 0;
-    if (!err && (err = alloc_f(m->cuda, &block, total)) == 0 && total)
-        err = mood_cuda_memset0(m->cuda, block, total * sizeof(float));
-    if (!err && dctx && (err = alloc_f(m->cuda, &s->dctx, s->n_ctx)) == 0 && s->n_ctx)
-        err = mood_cuda_memset0(m->cuda, s->dctx, s->n_ctx * sizeof(float));
-    for (size_t i = 0, off = 0; !err && i < nw; i++)
-        if (unet_wg[i])
-            dev[i] = block + off, off += weight_numel(m, i);
+    int err = alloc_f(ctx, out, n);
+    return err || !n ? err : mood_cuda_memset0(ctx, *out, n * sizeof(float));
+}
+
+/* dst (n host floats) += the device buffer src, through the host scratch `host`. */
+static int add_from_device(mood_cuda_ctx *ctx, float *dst, const float *src, size_t n, float *host)
+{
+    int err = n ? mood_cuda_download(ctx, host, src, n * sizeof *host) : 0;
     if (!err)
-        err = mood_cuda_unet_backward_ex(m->cuda_unet, m->cuda_tape, s->dout, NULL, 0,
-                                         dctx ? s->dctx : NULL, dev);
-    if (!err && !(host = mood_malloc((total > s->n_ctx ? total : s->n_ctx) * sizeof *host + 1)))
-        err = mood_error_nomem();
-    if (!err && total)
-        err = mood_cuda_download(m->cuda, host, block, total * sizeof *host);
-    for (size_t i = 0, off = 0; !err && i < nw; i++)
-        if (unet_wg[i])
-            add_into(unet_wg[i], host + off, weight_numel(m, i)), off += weight_numel(m, i);
-    if (!err && dctx && s->n_ctx &&
-        (err = mood_cuda_download(m->cuda, host, s->dctx, s->n_ctx * sizeof *host)) == 0)
-        add_into(dctx, host, s->n_ctx);
-    mood_cuda_free(m->cuda, block);
-    mood_free(dev);
-    mood_free(host);
+        add_into(dst, host, n);
     return err;
+}
+
+static size_t max4(size_t a, size_t b, size_t c, size_t d)
+{
+    size_t m = a > b ? a : b;
+    m = m > c ? m : c;
+    return m > d ? m : d;
 }
 
 int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dout,
                              const mood_train_module *modules, size_t n_modules, float *dctx,
-                             float *const *unet_wg)
+                             float *dembeds, float *const *unet_wg)
 {
+    size_t nw = unet_wg ? mood_unet_weight_count(m->unet) : 0, n_fac = 0, n_w = 0;
     mood_side_grad *dev = NULL;
-    float *host = NULL;
-    size_t total = 0, off = 0;
-    int err;
-    if (unet_wg) {
-        if (n_modules)
-            return mood_error_set(MOOD_EINVAL, "full-parameter training with side paths");
-        if ((err = up_f(m->cuda, &s->dout, dout, s->n)) != 0)
-            return err;
-        return weight_grads_backward(s, m, dctx, unet_wg);
-    }
+    float **wdev = NULL, *wblock = NULL, *demb = NULL, *host = NULL;
+    int err = 0;
     for (size_t i = 0; i < n_modules; i++)
-        total += down_n(&modules[i]) + up_n(&modules[i]);
-    s->n_grad = total;
-    if (!(dev = mood_calloc(n_modules ? n_modules : 1, sizeof *dev)) ||
-        !(host = mood_malloc((total > s->n_ctx ? total : s->n_ctx) * sizeof *host + 1))) {
-        mood_free(dev);
-        return mood_error_nomem();
-    }
-    err = up_f(m->cuda, &s->dout, dout, s->n);
-    if (!err && (err = alloc_f(m->cuda, &s->grads, total)) == 0 && total)
-        err = mood_cuda_memset0(m->cuda, s->grads, total * sizeof(float));
-    if (!err && dctx && (err = alloc_f(m->cuda, &s->dctx, s->n_ctx)) == 0 && s->n_ctx)
-        err = mood_cuda_memset0(m->cuda, s->dctx, s->n_ctx * sizeof(float));
-    for (size_t i = 0; i < n_modules; i++) { /* one device block, module after module */
+        n_fac += down_n(&modules[i]) + up_n(&modules[i]);
+    for (size_t i = 0; i < nw; i++)
+        n_w += unet_wg[i] ? weight_numel(m, i) : 0;
+    dev = mood_calloc(n_modules ? n_modules : 1, sizeof *dev);
+    wdev = mood_calloc(nw ? nw : 1, sizeof *wdev);
+    host = mood_malloc(max4(n_fac, n_w, s->n_ctx, s->n_emb) * sizeof *host + 1);
+    if (!dev || !wdev || !host)
+        err = mood_error_nomem();
+    /* the gradients wanted, zeroed on the device: factors module after module in one block,
+     * weights in another */
+    if (!err)
+        err = up_f(m->cuda, &s->dout, dout, s->n);
+    if (!err)
+        err = zeroed(m->cuda, &s->grads, n_fac);
+    if (!err)
+        err = zeroed(m->cuda, &wblock, n_w);
+    if (!err && dctx)
+        err = zeroed(m->cuda, &s->dctx, s->n_ctx);
+    if (!err && dembeds)
+        err = zeroed(m->cuda, &demb, s->n_emb);
+    for (size_t i = 0, off = 0; !err && i < n_modules; i++) {
         dev[i].ddown = s->grads + off;
         dev[i].dup = s->grads + off + down_n(&modules[i]);
         off += down_n(&modules[i]) + up_n(&modules[i]);
     }
+    for (size_t i = 0, off = 0; !err && i < nw; i++)
+        if (unet_wg[i])
+            wdev[i] = wblock + off, off += weight_numel(m, i);
     if (!err)
-        err = mood_cuda_unet_backward(m->cuda_unet, m->cuda_tape, s->dout, dev, n_modules,
-                                      dctx ? s->dctx : NULL);
-    if (!err && total)
-        err = mood_cuda_download(m->cuda, host, s->grads, total * sizeof *host);
+        err = mood_cuda_unet_backward_cond(m->cuda_unet, m->cuda_tape, s->dout,
+                                           n_modules ? dev : NULL, n_modules, dctx ? s->dctx : NULL,
+                                           dembeds ? demb : NULL, unet_wg ? wdev : NULL);
+    /* ... and added to the host's */
+    if (!err && n_fac)
+        err = mood_cuda_download(m->cuda, host, s->grads, n_fac * sizeof *host);
     for (size_t i = 0, o = 0; !err && i < n_modules; i++) {
         add_into(modules[i].down_grad, host + o, down_n(&modules[i]));
         o += down_n(&modules[i]);
         add_into(modules[i].up_grad, host + o, up_n(&modules[i]));
         o += up_n(&modules[i]);
     }
-    if (!err && dctx && s->n_ctx &&
-        (err = mood_cuda_download(m->cuda, host, s->dctx, s->n_ctx * sizeof *host)) == 0)
-        add_into(dctx, host, s->n_ctx);
+    if (!err && n_w)
+        err = mood_cuda_download(m->cuda, host, wblock, n_w * sizeof *host);
+    for (size_t i = 0, off = 0; !err && i < nw; i++)
+        if (unet_wg[i])
+            add_into(unet_wg[i], host + off, weight_numel(m, i)), off += weight_numel(m, i);
+    if (!err && dctx)
+        err = add_from_device(m->cuda, dctx, s->dctx, s->n_ctx, host);
+    if (!err && dembeds)
+        err = add_from_device(m->cuda, dembeds, demb, s->n_emb, host);
+    mood_cuda_free(m->cuda, wblock);
+    mood_cuda_free(m->cuda, demb);
     mood_free(dev);
+    mood_free(wdev);
     mood_free(host);
     return err;
 }

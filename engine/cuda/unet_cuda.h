@@ -179,9 +179,8 @@ double mood_cuda_unet_flop(const mood_cuda_unet *u);
  * The base weights' gradients (full-parameter training, mood_unet_backward_ex's): fp32 models,
  * mood_cuda_unet_backward_ex.
  *
- * What this step does not do yet: SDXL's text_embeds gradient (mood_unet_backward_cond):
- * timesteps, time ids and text_embeds get no gradient (the time and added embedding layers' side
- * paths and weights do).
+ * SDXL's text_embeds gradient (a trained text encoder 2): mood_cuda_unet_backward_cond. Timesteps
+ * and time ids get no gradient (the time and added embedding layers' side paths and weights do).
  *
  * Between the forward and the backward call the model's weights, side paths and factor values
  * (the device copy: mood_cuda_unet_reload_side_paths) must not change. A tape serves one step at
@@ -231,6 +230,15 @@ int mood_cuda_unet_backward(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const 
 int mood_cuda_unet_backward_ex(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
                                const mood_side_grad *grads, size_t n_grads, float *dcontext,
                                float *const *weight_grads);
+
+/* As mood_cuda_unet_backward_ex, and the gradient of SDXL's text_embeds as
+ * mood_unet_backward_cond gives it, ACCUMULATED into dtext_embeds (DEVICE, B x
+ * (projection_class_embeddings_input_dim - 6 * addition_time_embed_dim)) when not NULL: what a
+ * trained text encoder 2's pooled output receives. MOOD_EINVAL for it on a model without
+ * text_time conditioning. */
+int mood_cuda_unet_backward_cond(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                                 const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                                 float *dtext_embeds, float *const *weight_grads);
 
 #ifdef __cplusplus
 }

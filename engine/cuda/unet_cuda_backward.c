@@ -3,7 +3,8 @@
  * twin of the CPU backward pass of engine/unet_backward.c, layer for layer over the records that
  * mood_cuda_unet_forward_train (unet_cuda_train.c, which says what differs from the CPU) left on
  * the tape: from dL/d(out) it accumulates the side paths' factor gradients and, when asked, the
- * context's and the base weights' (mood_cuda_unet_backward_ex). Under gradient checkpointing a
+ * context's, the base weights' (mood_cuda_unet_backward_ex) and SDXL's text_embeds'
+ * (mood_cuda_unet_backward_cond). Under gradient checkpointing a
  * resnet's and a transformer block's activations are computed again here, by the forward's own
  * functions, just before the unit's backward.
  */
@@ -518,18 +519,29 @@ static int down_backward(cu_train *g, const u_block *bl, float **dskip, int *s)
 }
 
 /* SDXL's added embedding: from d1 = d emb through add_embedding (linear_2, SiLU, linear_1) to
- * its side paths (text_embeds gets no gradient in this step). d2, d3: B x T scratch. */
+ * its side paths and weights and, when wanted (g->dtext), to text_embeds, the first columns of
+ * its input [text_embeds | embedded time ids] (the time ids get none). d2, d3: B x T scratch. */
 static int add_embedding_backward(cu_train *g, const time_acts *a, const float *d1, float *d2,
                                   float *d3)
 {
     cu_pass *f = &g->f;
     const mood_unet *m = f->m;
-    size_t B = (size_t)f->B, T = (size_t)m->cfg.time_embed_dim;
+    const mood_unet_config *c = &m->cfg;
+    size_t B = (size_t)f->B, T = (size_t)c->time_embed_dim;
+    int Pd = c->projection_class_embeddings_input_dim, A6 = 6 * c->addition_time_embed_dim;
+    float *din = NULL;
     TRY(zero(g, d2, B * T));
     TRY(zero(g, d3, B * T));
     TRY(linear_backward(g, &m->add2, d2, d1, a->has, B));
     TRY(mood_cuda_op_silu_backward(f->ctx, d3, d2, a->ha, B * T));
-    return linear_backward(g, &m->add1, NULL, d3, a->in, B);
+    if (g->dtext)
+        TRY(zeros(g, &din, B * (size_t)Pd));
+    TRY(linear_backward(g, &m->add1, din, d3, a->in, B));
+    if (g->dtext) /* the forward's concat_channels(in, text_embeds, ids), backward */
+        TRY(mood_cuda_op_concat_channels_backward(f->ctx, g->dtext, NULL, din, Pd - A6, A6, f->B,
+                                                  1));
+    put(f, din);
+    return 0;
 }
 
 /* The time embedding's (and SDXL's added embedding's) side paths from g->demb, the gradient of
@@ -602,6 +614,14 @@ int mood_cuda_unet_backward_ex(mood_cuda_unet *u, mood_cuda_unet_tape *tape, con
                                const mood_side_grad *grads, size_t n_grads, float *dcontext,
                                float *const *weight_grads)
 {
+    return mood_cuda_unet_backward_cond(u, tape, dout, grads, n_grads, dcontext, NULL,
+                                        weight_grads);
+}
+
+int mood_cuda_unet_backward_cond(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                                 const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                                 float *dtext_embeds, float *const *weight_grads)
+{
     cu_train g;
     int err;
     if (!u || !tape || !dout)
@@ -619,8 +639,11 @@ int mood_cuda_unet_backward_ex(mood_cuda_unet *u, mood_cuda_unet_tape *tape, con
         return mood_error_set(MOOD_EUNSUPPORTED, "cuda unet: backward: the weights' gradients "
                                                  "need a float32 model (full-parameter training "
                                                  "runs in fp32)");
+    if (dtext_embeds && !u->m->cfg.addition_embed_text_time)
+        return mood_error_set(MOOD_EINVAL, "cuda unet: backward: a text_embeds gradient for a "
+                                           "model without text_time conditioning");
     train_init(&g, u, tape, tape->B, tape->L);
-    g.grads = grads, g.dctx = dcontext, g.wg = weight_grads;
+    g.grads = grads, g.dctx = dcontext, g.wg = weight_grads, g.dtext = dtext_embeds;
     err = backward_run(&g, dout);
     put_all(&g.f);
     return err;

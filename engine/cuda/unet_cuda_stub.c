@@ -120,3 +120,10 @@ int mood_cuda_unet_backward_ex(mood_cuda_unet *u, mood_cuda_unet_tape *tape, con
 {
     return no_cuda();
 }
+
+int mood_cuda_unet_backward_cond(mood_cuda_unet *u, mood_cuda_unet_tape *tape, const float *dout,
+                                 const mood_side_grad *grads, size_t n_grads, float *dcontext,
+                                 float *dtext_embeds, float *const *weight_grads)
+{
+    return no_cuda();
+}

@@ -40,6 +40,7 @@ typedef struct cu_train {
                                     mood_unet_set_side_paths, or NULL */
     float *dctx;                 /* backward: B*L x cross_attention_dim, or NULL */
     float *const *wg;            /* backward: per base weight its gradient, or NULL (frozen) */
+    float *dtext;                /* backward: SDXL's text_embeds' gradient, or NULL */
     float *demb;                 /* backward: B x time_embed_dim, the gradient of t->emb_act */
     size_t cursor;               /* backward: records not yet read */
 } cu_train;

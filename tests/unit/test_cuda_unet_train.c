@@ -33,7 +33,9 @@
  *     scale of bf16's rounding here: at TOL_BF16_OUT);
  *   - full-parameter training (mood_cuda_unet_backward_ex, from a checkpointing tape): every base
  *     weight's gradient against the CPU's mood_unet_backward_ex, with the factors' tolerances;
- *   - refusals: an fp16 model, the weights' gradients of a bf16 model, unknown tape flags, an empty
+ *   - SDXL's text_embeds gradient (mood_cuda_unet_backward_cond) against the CPU's, within 1e-4;
+ *   - refusals: an fp16 model, the weights' gradients of a bf16 model, a text_embeds gradient
+ *     without text_time conditioning, unknown tape flags, an empty
  * tape, another model's tape, side paths set again since the forward, a wrong gradient count. Why
  * these tolerances hold a real GPU's other summation orders: this file run on the CPU with every
  * backend function replaced by its CPU twin, each product's, norm's and attention's output (forward
@@ -534,6 +536,46 @@ done:
     mood_cuda_unet_tape_free(tape);
 }
 
+/* SDXL's text_embeds gradient (mood_cuda_unet_backward_cond, a trained text encoder 2's share)
+ * against the CPU's mood_unet_backward_cond on the same step; refused on a model without
+ * text_time conditioning. */
+static void check_text_embeds(const char *rel, mood_unet *m, mood_cuda_unet *u, const step_in *in)
+{
+    mood_unet_tape *ct = NULL;
+    mood_cuda_unet_tape *tape = NULL;
+    float *out = NULL, *gout = NULL, *cd = NULL, *gd = NULL, *h = NULL;
+    size_t n = in->n[IN_TE] ? in->n[IN_TE] : 1;
+    char what[128];
+    MOOD_CHECK_OK(mood_cuda_unet_tape_new(&tape, 0));
+    gout = dev_new(NULL, in->n[IN_DOUT]);
+    gd = dev_new(NULL, n);
+    if (!tape || !gout || !gd || gpu_forward_train(u, tape, in, gout) != 0)
+        goto done;
+    if (!in->n[IN_TE]) {
+        MOOD_CHECK(mood_cuda_unet_backward_cond(u, tape, in->d[IN_DOUT], NULL, 0, NULL, gd, NULL) ==
+                   MOOD_EINVAL);
+        goto done;
+    }
+    out = calloc(in->n[IN_DOUT], sizeof *out);
+    cd = calloc(n, sizeof *cd);
+    MOOD_CHECK_OK(mood_unet_tape_new(&ct, 0));
+    if (!out || !cd || !ct)
+        goto done;
+    MOOD_CHECK_OK(mood_unet_forward_train(m, ct, out, in->h[IN_X], in->h[IN_T], in->h[IN_CTX],
+                                          in->B, in->H, in->W, in->L, in->h[IN_TE], in->h[IN_IDS]));
+    MOOD_CHECK_OK(mood_unet_backward_cond(m, ct, in->h[IN_DOUT], NULL, 0, NULL, cd, NULL));
+    MOOD_CHECK_OK(mood_cuda_unet_backward_cond(u, tape, in->d[IN_DOUT], NULL, 0, NULL, gd, NULL));
+    if ((h = host_of(gd, n))) {
+        snprintf(what, sizeof what, "%s backward_cond: dL/d(text_embeds)", rel);
+        compare(what, h, cd, n, TOL_OUT);
+    }
+done:
+    free(out), free(cd), free(h);
+    mood_cuda_free(ctx, gout), mood_cuda_free(ctx, gd);
+    mood_unet_tape_free(ct);
+    mood_cuda_unet_tape_free(tape);
+}
+
 /* Everything on one model: forward, gradients, accumulation, NULL entries, the pool. */
 static void check_model(const char *rel)
 {
@@ -598,6 +640,7 @@ static void check_model(const char *rel)
         check_checkpointing(rel, u, &in, &ss, &gg, h, gdctx, mood_cuda_unet_tape_bytes(tape));
     check_bf16(rel, m, &in, &ss, cpu_out, &cg, cpu_dctx);
     check_weight_grads(rel, m, u, &in);
+    check_text_embeds(rel, m, u, &in);
 
     /* a second backward on the same tape adds the same again */
     MOOD_CHECK_OK(mood_cuda_unet_backward(u, tape, in.d[IN_DOUT], gg.g, gg.n, gdctx));

@@ -15,6 +15,7 @@
  * 108% (its last layer's get none): the test checks from the fixture that this is far beyond the
  * tolerance, and it fails when mood's pooled-road gradient is dropped (checked by passing no
  * text_embeds gradient in unet_loss.c: te2 off by 1.08).
+ * With --cuda the step runs again with the UNet on the GPU (main).
  */
 #include "harness.h"
 
@@ -26,6 +27,8 @@
 
 #define LOSS_RTOL 1e-5
 #define GRAD_RTOL 2e-4
+
+static int use_cuda; /* main: --cuda */
 
 static double jnum(const cJSON *o, const char *key)
 {
@@ -122,6 +125,7 @@ typedef struct step_case {
 /* Model, modules with the fixture's factors attached, and the batch. 0 when ready. */
 static int setup(step_case *s, const cJSON *c)
 {
+    mood_model_options mo;
     size_t n = 0;
     float *f;
     memset(s, 0, sizeof *s);
@@ -129,7 +133,10 @@ static int setup(step_case *s, const cJSON *c)
         MOOD_CHECK_MSG(0, "train_sdxl_te fixture missing: %s", mood_error_last());
         return -1;
     }
-    MOOD_CHECK_OK(mood_model_open(&s->m, fixture("sdxl/tiny-sdxl"), NULL));
+    mood_model_options_init(&mo);
+    if (use_cuda) /* the UNet's forward and backward on GPU 0, in fp32 */
+        mo.cuda_device = 0, mo.cuda_fp32 = 1;
+    MOOD_CHECK_OK(mood_model_open(&s->m, fixture("sdxl/tiny-sdxl"), &mo));
     if (!s->m)
         return -1;
     MOOD_CHECK_OK(mood__lora_params_for_model(
@@ -377,5 +384,21 @@ static void test_trainer_batches(void)
     MOOD_CHECK(mood_train_run(&o) == MOOD_EUNSUPPORTED);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_step_matches_torch), MOOD_T(test_pooled_api),
-               MOOD_T(test_trainer_batches))
+/* With --cuda (test_train_sdxl_te_cuda, label cuda; emu_test_train_sdxl_te_cuda on the
+ * emulation): the step with the UNet on GPU 0, text_embeds' gradient included
+ * (mood_cuda_unet_backward_cond), against the same torch fixture and tolerances; exits 77
+ * (skipped) without the CUDA backend or a GPU. */
+int main(int argc, char **argv)
+{
+    static const harness_test tests[] = {MOOD_T(test_step_matches_torch), MOOD_T(test_pooled_api),
+                                         MOOD_T(test_trainer_batches)};
+    static const harness_test cuda_tests[] = {MOOD_T(test_step_matches_torch)};
+    int mode = harness_cuda_mode(argc, argv);
+    if (mode == 77)
+        return 77;
+    if (mode) {
+        use_cuda = 1;
+        return harness_run(cuda_tests, sizeof cuda_tests / sizeof cuda_tests[0]);
+    }
+    return harness_run(tests, sizeof tests / sizeof tests[0]);
+}
