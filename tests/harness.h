@@ -112,6 +112,19 @@ static inline int harness_cuda_mode(int argc, char **argv)
     return 1;
 }
 
+/* main of a test program with a --cuda mode: runs `tests`, or with --cuda sets *use_cuda and runs
+ * `cuda_tests` (harness_cuda_mode: 77 when there is no GPU). */
+static inline int harness_run_cuda_mode(int argc, char **argv, const harness_test *tests, size_t n,
+                                        const harness_test *cuda_tests, size_t n_cuda,
+                                        int *use_cuda)
+{
+    int mode = harness_cuda_mode(argc, argv);
+    if (mode == 77)
+        return 77;
+    *use_cuda = mode;
+    return mode ? harness_run(cuda_tests, n_cuda) : harness_run(tests, n);
+}
+
 #define MOOD_TEST_MAIN(...)                                                                        \
     int main(void)                                                                                 \
     {                                                                                              \

@@ -393,12 +393,6 @@ int main(int argc, char **argv)
     static const harness_test tests[] = {MOOD_T(test_step_matches_torch), MOOD_T(test_pooled_api),
                                          MOOD_T(test_trainer_batches)};
     static const harness_test cuda_tests[] = {MOOD_T(test_step_matches_torch)};
-    int mode = harness_cuda_mode(argc, argv);
-    if (mode == 77)
-        return 77;
-    if (mode) {
-        use_cuda = 1;
-        return harness_run(cuda_tests, sizeof cuda_tests / sizeof cuda_tests[0]);
-    }
-    return harness_run(tests, sizeof tests / sizeof tests[0]);
+    return harness_run_cuda_mode(argc, argv, tests, sizeof tests / sizeof tests[0], cuda_tests,
+                                 sizeof cuda_tests / sizeof cuda_tests[0], &use_cuda);
 }
