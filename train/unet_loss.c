@@ -197,7 +197,7 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
     mood_unet_tape *tape = NULL;
     float *pred = NULL, *dout = NULL, *ctx = NULL, *dctx = NULL;
     const float *context = batch->context, *text_embeds = batch->text_embeds;
-    int xl = m->clip2 != NULL, err;
+    int xl = m->clip2 != NULL, err = 0;
     xl_cond x;
     memset(&x, 0, sizeof x);
     *loss_out = 0;
