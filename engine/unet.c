@@ -384,6 +384,11 @@ const char *mood_unet_weight_name(const mood_unet *m, size_t i)
     return i < m->n_params ? m->params[i].name : NULL;
 }
 
+size_t mood_unet_weight_numel(const mood_unet *m, size_t i)
+{
+    return i < m->n_params ? m->params[i].numel : 0;
+}
+
 /* The parameter index of each path, checked: a Linear or Conv2d weight, usable factors. */
 static int resolve_sides(const mood_unet *m, const mood_side_path *paths, size_t n, long *idx)
 {

@@ -111,19 +111,6 @@ static void add_into(float *dst, const float *src, size_t n)
         dst[i] += src[i];
 }
 
-/* The floats of UNet weight i. */
-static size_t weight_numel(mood_model *m, size_t i)
-{
-    int nd = 0;
-    int64_t shape[4] = {0};
-    size_t n = 1;
-    if (!mood_unet_weight(m->unet, mood_unet_weight_name(m->unet, i), &nd, shape))
-        return 0;
-    for (int d = 0; d < nd; d++)
-        n *= (size_t)shape[d];
-    return n;
-}
-
 /* *out: a zeroed device buffer of n floats (NULL for 0). */
 static int zeroed(mood_cuda_ctx *ctx, float **out, size_t n)
 {
@@ -158,7 +145,7 @@ int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dou
     for (size_t i = 0; i < n_modules; i++)
         n_fac += down_n(&modules[i]) + up_n(&modules[i]);
     for (size_t i = 0; i < nw; i++)
-        n_w += unet_wg[i] ? weight_numel(m, i) : 0;
+        n_w += unet_wg[i] ? mood_unet_weight_numel(m->unet, i) : 0;
     dev = mood_calloc(n_modules ? n_modules : 1, sizeof *dev);
     wdev = mood_calloc(nw ? nw : 1, sizeof *wdev);
     host = mood_malloc(max4(n_fac, n_w, s->n_ctx, s->n_emb) * sizeof *host + 1);
@@ -183,7 +170,7 @@ int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dou
     }
     for (size_t i = 0, off = 0; !err && i < nw; i++)
         if (unet_wg[i])
-            wdev[i] = wblock + off, off += weight_numel(m, i);
+            wdev[i] = wblock + off, off += mood_unet_weight_numel(m->unet, i);
     if (!err)
         err = mood_cuda_unet_backward_cond(m->cuda_unet, m->cuda_tape, s->dout,
                                            n_modules ? dev : NULL, n_modules, dctx ? s->dctx : NULL,
@@ -199,9 +186,12 @@ int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dou
     }
     if (!err && n_w)
         err = mood_cuda_download(m->cuda, host, wblock, n_w * sizeof *host);
-    for (size_t i = 0, off = 0; !err && i < nw; i++)
-        if (unet_wg[i])
-            add_into(unet_wg[i], host + off, weight_numel(m, i)), off += weight_numel(m, i);
+    for (size_t i = 0, off = 0; !err && i < nw; i++) {
+        size_t k = unet_wg[i] ? mood_unet_weight_numel(m->unet, i) : 0;
+        if (k)
+            add_into(unet_wg[i], host + off, k);
+        off += k;
+    }
     if (!err && dctx)
         err = add_from_device(m->cuda, dctx, s->dctx, s->n_ctx, host);
     if (!err && dembeds)

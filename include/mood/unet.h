@@ -141,6 +141,9 @@ float *mood_unet_weight(mood_unet *m, const char *name, int *ndim, int64_t shape
 /* Every weight, in module order: i in [0, count). */
 size_t mood_unet_weight_count(const mood_unet *m);
 const char *mood_unet_weight_name(const mood_unet *m, size_t i);
+/* Weight i's number of elements (the product of its shape; 0 for i out of range): the size of
+ * its gradient buffer for mood_unet_backward_ex. */
+size_t mood_unet_weight_numel(const mood_unet *m, size_t i);
 
 /* Replaces the model's runtime adapter side paths (mood_side_path, mood/core.h) with `paths`
  * (n = 0 clears them). Each names a Linear or Conv2d weight; several may name the same weight.

@@ -456,19 +456,6 @@ done:
     mood_cuda_unet_free(u);
 }
 
-/* The number of floats of weight i of m. */
-static size_t weight_numel(mood_unet *m, size_t i)
-{
-    int nd = 0;
-    int64_t shape[4] = {0};
-    size_t n = 1;
-    if (!mood_unet_weight(m, mood_unet_weight_name(m, i), &nd, shape))
-        return 0;
-    for (int d = 0; d < nd; d++)
-        n *= (size_t)shape[d];
-    return n;
-}
-
 /* Full-parameter training (mood_cuda_unet_backward_ex): every base weight's gradient against the
  * CPU's mood_unet_backward_ex on the same step, and a bf16 model refused. Each weight's gradient
  * within TOL_OUT of the largest of all and TOL_FACTOR of its own largest (as the factors). */
@@ -481,8 +468,8 @@ static void check_weight_grads(const char *rel, mood_unet *m, mood_cuda_unet *u,
     double big = 1e-30, worst_all = 0, worst_own = 0;
     char what[128];
     for (size_t i = 0; cw && gw && i < nw; i++) {
-        cw[i] = calloc(weight_numel(m, i) + 1, sizeof **cw);
-        gw[i] = dev_new(NULL, weight_numel(m, i) + 1);
+        cw[i] = calloc(mood_unet_weight_numel(m, i) + 1, sizeof **cw);
+        gw[i] = dev_new(NULL, mood_unet_weight_numel(m, i) + 1);
     }
     out = calloc(in->n[IN_DOUT], sizeof *out);
     MOOD_CHECK_OK(mood_unet_tape_new(&ct, 0));
@@ -497,10 +484,10 @@ static void check_weight_grads(const char *rel, mood_unet *m, mood_cuda_unet *u,
         goto done;
     MOOD_CHECK_OK(mood_cuda_unet_backward_ex(u, tape, in->d[IN_DOUT], NULL, 0, NULL, gw));
     for (size_t i = 0; i < nw; i++)
-        for (size_t e = 0; e < weight_numel(m, i); e++)
+        for (size_t e = 0; e < mood_unet_weight_numel(m, i); e++)
             big = fmax(big, fabs(cw[i][e]));
     for (size_t i = 0; i < nw; i++) {
-        size_t n = weight_numel(m, i);
+        size_t n = mood_unet_weight_numel(m, i);
         float *h = host_of(gw[i], n + 1);
         double d = 0, own = 1e-30;
         if (!h)

@@ -75,18 +75,6 @@ typedef struct wgrads {
     size_t *numel;
 } wgrads;
 
-static size_t weight_numel(mood_unet *m, size_t i)
-{
-    int ndim = 0;
-    int64_t shape[4] = {0};
-    size_t n = 1;
-    if (!mood_unet_weight(m, mood_unet_weight_name(m, i), &ndim, shape))
-        return 0;
-    for (int d = 0; d < ndim; d++)
-        n *= (size_t)shape[d];
-    return n;
-}
-
 static int wgrads_new(wgrads *w, mood_unet *m, const int *wanted)
 {
     w->n = mood_unet_weight_count(m);
@@ -94,7 +82,7 @@ static int wgrads_new(wgrads *w, mood_unet *m, const int *wanted)
     if (!w->g || !w->numel)
         return -1;
     for (size_t i = 0; i < w->n; i++) {
-        w->numel[i] = weight_numel(m, i);
+        w->numel[i] = mood_unet_weight_numel(m, i);
         if (wanted && !wanted[i])
             continue;
         if (!w->numel[i] || !(w->g[i] = calloc(w->numel[i], sizeof(float))))
