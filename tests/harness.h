@@ -96,33 +96,23 @@ static inline int harness_run(const harness_test *tests, size_t n)
     return failed ? 1 : 0;
 }
 
-/* main's --cuda mode, for a test that runs again with the UNet on GPU 0: 0 when argv[1] is not
- * --cuda; else 1 when there is a CUDA GPU (named on stdout), or 77 (skipped, saying why) when the
- * build has no CUDA backend or there is no GPU. */
-static inline int harness_cuda_mode(int argc, char **argv)
+/* main of a test program with a --cuda mode (it runs again with the UNet on GPU 0): runs
+ * `tests`, or with argv[1] "--cuda" sets *use_cuda and runs `cuda_tests`, naming the GPU; 77
+ * (skipped, saying why) when the build has no CUDA backend or there is no GPU. */
+static inline int harness_run_cuda_mode(int argc, char **argv, const harness_test *tests, size_t n,
+                                        const harness_test *cuda_tests, size_t n_cuda,
+                                        int *use_cuda)
 {
     char name[256];
-    if (argc < 2 || strcmp(argv[1], "--cuda") != 0)
-        return 0;
+    *use_cuda = argc > 1 && strcmp(argv[1], "--cuda") == 0;
+    if (!*use_cuda)
+        return harness_run(tests, n);
     if (!mood_cuda_compiled() || mood_cuda_device_count(name, sizeof name) == 0) {
         printf("skipped: %s\n", mood_cuda_compiled() ? "no CUDA GPU" : "built without CUDA");
         return 77;
     }
     printf("UNet on GPU 0: %s\n", name);
-    return 1;
-}
-
-/* main of a test program with a --cuda mode: runs `tests`, or with --cuda sets *use_cuda and runs
- * `cuda_tests` (harness_cuda_mode: 77 when there is no GPU). */
-static inline int harness_run_cuda_mode(int argc, char **argv, const harness_test *tests, size_t n,
-                                        const harness_test *cuda_tests, size_t n_cuda,
-                                        int *use_cuda)
-{
-    int mode = harness_cuda_mode(argc, argv);
-    if (mode == 77)
-        return 77;
-    *use_cuda = mode;
-    return mode ? harness_run(cuda_tests, n_cuda) : harness_run(tests, n);
+    return harness_run(cuda_tests, n_cuda);
 }
 
 #define MOOD_TEST_MAIN(...)                                                                        \

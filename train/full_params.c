@@ -6,7 +6,8 @@
  * The trainer works on flat fp32 buffers (llm.c's one-allocation idea, as for LoRA): the text
  * encoder's weights in its weight order, then the UNet's. The model keeps its own copy of the
  * weights, which it runs; mood__full_params_sync copies the updated parameters into it after each
- * optimizer step (a memcpy of the model's size, small next to a step). The backward passes write
+ * optimizer step (a memcpy of the model's size, small next to a step), and up to the UNet's GPU
+ * copy when it trains there. The backward passes write
  * each weight's gradient straight into its slice of the flat gradient buffer.
  *
  * Output: a copy of the base's diffusers folder (configs, scheduler, tokenizer, VAE) with the
@@ -134,12 +135,14 @@ done:
     return err;
 }
 
-void mood__full_params_sync(const mood__lora_params *lp)
+int mood__full_params_sync(const mood__lora_params *lp)
 {
     const mood__full_params *fp = lp->full;
     for (size_t i = 0; i < fp->n_te + fp->n_unet; i++)
         memcpy(fp->model_w[i], lp->params + lp->tensor_off[i],
                (lp->tensor_off[i + 1] - lp->tensor_off[i]) * sizeof *lp->params);
+    /* the UNet's GPU copy (train/unet_step_cuda.c) runs the new weights too */
+    return fp->m->cuda_unet ? mood_cuda_unet_reload(fp->m->cuda_unet, NULL) : 0;
 }
 
 float *const *mood__full_params_unet_grads(const mood__lora_params *lp)

@@ -154,8 +154,8 @@ void mood__lora_params_layout(const mood__lora_params *lp, char hex_out[65]);
  * a parameter; the flat buffers hold copies of them in each model's weight order, copied back
  * into the model after every optimizer step (mood__full_params_sync). *out has no modules (n 0). */
 int mood__full_params_for_model(mood__lora_params **out, mood_model *m, int with_te);
-/* params -> the model's weights. */
-void mood__full_params_sync(const mood__lora_params *lp);
+/* params -> the model's weights (and its UNet's GPU copy). Errors: the GPU copy's. */
+int mood__full_params_sync(const mood__lora_params *lp);
 /* The gradient buffers of every UNet / text-encoder weight inside lp->grads, as
  * mood_unet_backward_ex / mood_clip_backward take them (te: NULL without the text encoder). */
 float *const *mood__full_params_unet_grads(const mood__lora_params *lp);
@@ -319,8 +319,7 @@ int mood__train_full_loss(void *user, const mood_train_batch *batch, mood_train_
 
 /* The UNet's part of a training step on the model's GPU copy (m->cuda_unet): forward uploads
  * the batch's input with context and text_embeds (either may be the batch's or the step's own),
- * runs the forward with the model's GPU tape and writes the prediction to the host's pred (full:
- * full-parameter training, whose optimizer changed the host weights: they are copied up first);
+ * runs the forward with the model's GPU tape and writes the prediction to the host's pred;
  * backward takes the host's dL/dpred and ADDS the gradients of every module's factors (the UNet's
  * modules, in the order of the model's side paths), of the context when dctx is not NULL, of
  * SDXL's text_embeds when dembeds is not NULL and of the base weights when unet_wg is not NULL
@@ -328,7 +327,7 @@ int mood__train_full_loss(void *user, const mood_train_batch *batch, mood_train_
  * mood__cuda_step_free. */
 typedef struct mood__cuda_step mood__cuda_step;
 int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_train_batch *b,
-                            const float *context, const float *text_embeds, int full, float *pred);
+                            const float *context, const float *text_embeds, float *pred);
 int mood__cuda_step_backward(mood__cuda_step *s, mood_model *m, const float *dout,
                              const mood_train_module *modules, size_t n_modules, float *dctx,
                              float *dembeds, float *const *unet_wg);

@@ -346,8 +346,8 @@ static int step(loop *L)
     mood__adamw_update(&L->opt, lp->params, lp->grads, 0, te_end,
                        (o->te_lr > 0 ? o->te_lr : o->lr) * f, L->st.step + 1);
     mood__adamw_update(&L->opt, lp->params, lp->grads, te_end, lp->n_params, lr, L->st.step + 1);
-    if (lp->full) /* the model runs its own copy of the weights */
-        mood__full_params_sync(lp);
+    if (lp->full && (err = mood__full_params_sync(lp)) != 0) /* the model runs its own copy */
+        return err;
     L->st.losses[L->st.step] = (float)loss;
     L->st.step++;
     L->loss_avg = L->st.step == 1 ? loss : 0.9 * L->loss_avg + 0.1 * loss;
@@ -433,8 +433,8 @@ static int start(loop *L)
         }
         L->st = st;
         t->checkpoint_step = st.step;
-        if (t->lp->full) /* the model runs its own copy of the weights: the checkpoint's */
-            mood__full_params_sync(t->lp);
+        if (t->lp->full && (err = mood__full_params_sync(t->lp)) != 0) /* the checkpoint's */
+            return err;
         if (L->st.epoch > 0)
             regroup(L);
     } else {

@@ -176,7 +176,7 @@ static int gpu_unet_step(mood_model *m, const mood_train_batch *b, const float *
                          float *dembeds, float *const *unet_wg, double *loss_out)
 {
     mood__cuda_step *s = NULL;
-    int err = mood__cuda_step_forward(&s, m, b, context, text_embeds, unet_wg != NULL, pred);
+    int err = mood__cuda_step_forward(&s, m, b, context, text_embeds, pred);
     if (!err) {
         *loss_out = loss_and_grad(dout, pred, b);
         err = mood__cuda_step_backward(s, m, dout, modules, n_modules, dctx, dembeds, unet_wg);

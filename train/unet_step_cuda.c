@@ -16,7 +16,7 @@
  * weights and products, fp32 activations and gradients), gradient checkpointing as on the CPU
  * (mood__train_tape_flags), the side paths', the context's and SDXL's text_embeds' gradients
  * (a trained text encoder 2's pooled output), and full-parameter training's weight gradients
- * (fp32; the updated weights go up before each step).
+ * (fp32; the updated weights go up after each optimizer step, mood__full_params_sync).
  */
 #include <string.h>
 
@@ -64,7 +64,7 @@ static size_t up_n(const mood_train_module *mod)
 }
 
 int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_train_batch *b,
-                            const float *context, const float *text_embeds, int full, float *pred)
+                            const float *context, const float *text_embeds, float *pred)
 {
     mood__cuda_step *s;
     const mood_unet_config *uc = mood_unet_get_config(m->unet);
@@ -81,9 +81,9 @@ int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_tra
     if (!m->cuda_tape &&
         (err = mood_cuda_unet_tape_new(&m->cuda_tape, mood__train_tape_flags(b->h, b->w))) != 0)
         goto fail;
-    /* the optimizer changed the host factors (or, full, weights) in place since the last step */
-    if ((full && (err = mood_cuda_unet_reload(m->cuda_unet, NULL)) != 0) ||
-        (err = mood_cuda_unet_reload_side_paths(m->cuda_unet)) != 0 ||
+    /* the optimizer changed the host factors in place since the last step (a full run's weights
+     * went up in mood__full_params_sync) */
+    if ((err = mood_cuda_unet_reload_side_paths(m->cuda_unet)) != 0 ||
         (err = up_f(m->cuda, &s->x, b->noisy, n)) != 0 ||
         (err = up_f(m->cuda, &s->t, b->timesteps, (size_t)b->B)) != 0 ||
         (err = up_f(m->cuda, &s->ctxt, context, n_ctx)) != 0 ||
