@@ -42,6 +42,10 @@ const char cmd_train_help[] =
     "                       UNet sees extra noise the target leaves out, which counters the\n"
     "                       drift of a model fed its own predictions when sampling\n"
     "                       (default 0, off)\n"
+    "  --min-timestep N, --max-timestep N\n"
+    "                       train on timesteps in [N, M) only (kohya's options; default\n"
+    "                       the whole schedule, 0 to 1000): low ones carry texture and\n"
+    "                       rendering, high ones layout and composition\n"
     "  --seed N             (default 0)\n"
     "  --resume             continue from the checkpoint a stopped run left\n"
     "  --checkpoint-every N save the training state every N steps (default 100; 0: on stop)\n"
@@ -183,6 +187,10 @@ static int parse_number(train_args *a, const char *s, const char *v)
         o->noise_offset = d;
     else if (strcmp(s, "--ip-noise-gamma") == 0 && is_num && d >= 0 && d < 1)
         o->ip_noise_gamma = d;
+    else if (strcmp(s, "--min-timestep") == 0 && is_int && n >= 0 && n < 100000)
+        o->min_timestep = (int)n;
+    else if (strcmp(s, "--max-timestep") == 0 && is_int && n > 0 && n <= 100000)
+        o->max_timestep = (int)n;
     else if (strcmp(s, "--seed") == 0 && is_int && n >= 0)
         o->seed = (uint64_t)n;
     else if (strcmp(s, "--sample-every") == 0 && is_int && n >= 0 && n <= INT_MAX)
@@ -198,6 +206,7 @@ static int parse_number(train_args *a, const char *s, const char *v)
              strcmp(s, "--accum") && strcmp(s, "--res") && strcmp(s, "--warmup") &&
              strcmp(s, "--min-snr") && strcmp(s, "--noise-offset") && strcmp(s, "--seed") &&
              strcmp(s, "--ip-noise-gamma") && strcmp(s, "--sample-every") &&
+             strcmp(s, "--min-timestep") && strcmp(s, "--max-timestep") &&
              strcmp(s, "--sample-steps") && strcmp(s, "--caption-dropout") &&
              strcmp(s, "--checkpoint-every"))
         return -1;

@@ -355,6 +355,11 @@ static void add_settings(cJSON *o, const train_args *a)
     cJSON_AddNumberToObject(o, "min_snr_gamma", trained_min_snr(a));
     cJSON_AddNumberToObject(o, "noise_offset", t->noise_offset);
     cJSON_AddNumberToObject(o, "ip_noise_gamma", t->ip_noise_gamma);
+    if (t->min_timestep || t->max_timestep) {
+        cJSON_AddNumberToObject(o, "min_timestep", t->min_timestep);
+        if (t->max_timestep)
+            cJSON_AddNumberToObject(o, "max_timestep", t->max_timestep);
+    }
     cJSON_AddStringToObject(o, "precision",
                             a->mo.cuda_device >= 0 && !a->mo.cuda_fp32 ? "bf16" : "fp32");
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);

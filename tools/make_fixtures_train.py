@@ -3,8 +3,9 @@
 What it checks against, and how each part is made:
 
   * draws: the random numbers of a training step as kohya's get_noise_noisy_latents_and_timesteps
-    draws them on the CPU generator (randn_like, noise offset randn(B, C, 1, 1), randint, then
-    input perturbation randn_like when ip_noise_gamma is set), the
+    draws them on the CPU generator (randn_like, noise offset randn(B, C, 1, 1), randint (over
+    [min, max) with --min_timestep / --max_timestep), then input perturbation randn_like when
+    ip_noise_gamma is set), the
     epoch draws (randperm, rand), diffusers' DDPMScheduler.add_noise / get_velocity and kohya's
     apply_snr_weight (library/custom_train_functions.py, imported from the sd-scripts checkout).
   * init: torch.nn.init.kaiming_uniform_(a=sqrt(5)) on a generator, as kohya's LoRAModule.
@@ -260,7 +261,8 @@ def train_loop(g, case, ctf, sched, params, sizes, latent, predict, norms=None):
             noise = torch.randn(x0.shape, generator=g)
             if case["offset"]:
                 noise = noise + case["offset"] * torch.randn((k, x0.shape[1], 1, 1), generator=g)
-            t = torch.randint(0, 1000, (k,), generator=g)
+            # kohya's --min_timestep / --max_timestep (get_timesteps: randint(min, max))
+            t = torch.randint(case.get("tmin", 0), case.get("tmax", 1000), (k,), generator=g)
             noise_in = noise  # kohya's ip_noise_gamma: the input's noise only, drawn after t
             if case.get("ip"):
                 noise_in = noise + case["ip"] * torch.randn(x0.shape, generator=g)
@@ -325,6 +327,8 @@ FAKE_CASES = [
          warmup=0, max_norm=0.1, gamma=0.0, offset=0.0, v=True, flip=False),
     dict(name="ip", seed=12, steps=5, batch=2, accum=1, lr=2e-2, wd=1e-2, schedule="linear",
          warmup=1, max_norm=1.0, gamma=5.0, offset=0.05, v=False, flip=True, ip=0.1),
+    dict(name="trange", seed=3, steps=5, batch=2, accum=1, lr=2e-2, wd=1e-2, schedule="constant",
+         warmup=0, max_norm=1.0, gamma=5.0, offset=0.0, v=True, flip=True, tmin=700, tmax=950),
 ]
 
 

@@ -10,7 +10,7 @@
  * gets the same bits (tests/unit/test_train.c).
  *
  * Draws (kohya get_noise_noisy_latents_and_timesteps, on the CPU generator): randn_like(latents),
- * then noise + offset * randn(B, C, 1, 1) when a noise offset is set, then randint(0, T, (B,)),
+ * then noise + offset * randn(B, C, 1, 1) when a noise offset is set, then randint(min, max, (B,)),
  * then, with input perturbation, randn_like(latents) for the UNet's input only.
  */
 #include <math.h>
@@ -56,7 +56,7 @@ void mood__train_sched_dispose(mood__train_sched *s)
 }
 
 int mood__train_draw(mood_rng_torch_cpu *g, float *noise, int64_t *t, float *tmp, int B, int C,
-                     size_t hw, double offset, int T)
+                     size_t hw, double offset, int t_min, int t_max)
 {
     size_t n = (size_t)C * hw;
     int err = mood_rng_torch_cpu_randn(g, noise, (size_t)B * n);
@@ -70,7 +70,7 @@ int mood__train_draw(mood_rng_torch_cpu *g, float *noise, int64_t *t, float *tmp
         }
     }
     if (!err)
-        err = mood_rng_torch_cpu_randint(g, t, (size_t)B, 0, T);
+        err = mood_rng_torch_cpu_randint(g, t, (size_t)B, t_min, t_max);
     return err;
 }
 

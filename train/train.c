@@ -594,6 +594,9 @@ static void put_training(meta *m, const run *r, int64_t steps, int64_t batches)
     put(m, "ss_ip_noise_gamma",
         o->ip_noise_gamma != 0 ? py_float(f, sizeof f, o->ip_noise_gamma) : "None");
     put(m, "ss_ip_noise_gamma_random_strength", "False");
+    if (o->min_timestep || o->max_timestep) /* kohya sai_model_spec: "min,max" when either is set */
+        putf(m, "modelspec.timestep_range", "%d,%d", o->min_timestep,
+             mood__train_t_max(o, r->m->sched.train_timesteps));
     put(m, "ss_min_snr_gamma",
         o->min_snr_gamma > 0 ? py_float(f, sizeof f, o->min_snr_gamma) : "None");
     put(m, "ss_v_parameterization", py_bool(r->pred == MOOD_PRED_V));

@@ -55,14 +55,19 @@ int mood__train_sched_init(mood__train_sched *s, const mood_noise_schedule *ns);
 void mood__train_sched_dispose(mood__train_sched *s);
 
 /* The draws of one micro-batch, in kohya's order: noise (B x n) = randn; with offset != 0,
- * noise += offset * randn(B, C, 1, 1) (n = C * hw); t = randint(0, T, (B,)). `tmp` holds B*C
- * floats. */
+ * noise += offset * randn(B, C, 1, 1) (n = C * hw); t = randint(t_min, t_max, (B,)) (kohya: 0 and
+ * T unless --min_timestep / --max_timestep). `tmp` holds B*C floats. */
 /* Input perturbation (kohya's ip_noise_gamma, after the timesteps are drawn): out = noise +
  * gamma * randn_like(noise), n values, as torch's float32 ops. */
 int mood__train_perturb(mood_rng_torch_cpu *g, float *out, const float *noise, size_t n,
                         double gamma);
+/* The end (exclusive) of the timestep range: o->max_timestep, 0 meaning the schedule's T. */
+static inline int mood__train_t_max(const mood_train_options *o, int T)
+{
+    return o->max_timestep > 0 ? o->max_timestep : T;
+}
 int mood__train_draw(mood_rng_torch_cpu *g, float *noise, int64_t *t, float *tmp, int B, int C,
-                     size_t hw, double offset, int T);
+                     size_t hw, double offset, int t_min, int t_max);
 /* DDPMScheduler.add_noise: noisy = sqrt(ac[t]) * x0 + sqrt(1 - ac[t]) * noise, float32. */
 void mood__train_add_noise(const mood__train_sched *s, float *noisy, const float *x0,
                            const float *noise, const int64_t *t, int B, size_t n);

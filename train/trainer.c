@@ -93,6 +93,11 @@ static int check(const mood__trainer *t)
         return mood_error_set(MOOD_EINVAL,
                               "learning rate must be > 0; warmup, max_grad_norm, min_snr_gamma "
                               ">= 0; input perturbation in [0, 1)");
+    if (o->min_timestep < 0 || o->max_timestep < 0 || o->max_timestep > t->sched->T ||
+        mood__train_t_max(o, t->sched->T) <= o->min_timestep)
+        return mood_error_set(MOOD_EINVAL,
+                              "timestep range [%d, %d) is empty or outside the schedule's 0 to %d",
+                              o->min_timestep, mood__train_t_max(o, t->sched->T), t->sched->T);
     if (o->resume && !o->checkpoint)
         return mood_error_set(MOOD_EINVAL, "resume needs a checkpoint path");
     return 0;
@@ -284,7 +289,7 @@ static int micro_batch(loop *L, double *loss)
     e = (size_t)d->C * hw;
     gather(L, first, k);
     if ((err = mood__train_draw(t->g, L->noise, L->ts, L->tmp, k, d->C, hw, L->o->noise_offset,
-                                t->sched->T)) != 0)
+                                L->o->min_timestep, mood__train_t_max(L->o, t->sched->T))) != 0)
         return err;
     if (L->o->ip_noise_gamma != 0) { /* input perturbation: the UNet's input only */
         if ((err = mood__train_perturb(t->g, L->noisy, L->noise, k * e, L->o->ip_noise_gamma)) != 0)

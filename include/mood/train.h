@@ -287,6 +287,8 @@ typedef struct mood_train_options {
     double ip_noise_gamma;        /* input perturbation (DDPM-IP, kohya's --ip_noise_gamma): the
                                      UNet's input is noised with noise + gamma * N(0, 1) while the
                                      target keeps the noise, against exposure bias; 0: off */
+    int min_timestep;             /* timesteps are drawn from [min_timestep, max_timestep) */
+    int max_timestep;             /* (kohya's --min_timestep, --max_timestep); 0 and 0: all */
     int prediction;               /* -1: the model's; else a mood_prediction */
     int flip;                     /* horizontal flips: 1 */
     int clip_skip;                /* 1 (A1111 numbering) */

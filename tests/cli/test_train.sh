@@ -115,6 +115,12 @@ expect_rc 1 "bad --precision" "$MOOD" train --name x --board board --model "$MOD
 expect_rc 1 "--full in bf16" "$MOOD" train --full --name x --board board --model "$MODEL" --precision bf16
 check "--full in bf16: says why" grep -q "trains in fp32" "$tmp/err"
 expect_rc 1 "bad --ip-noise-gamma" "$MOOD" train --name x --board board --model "$MODEL" --ip-noise-gamma 1.5
+expect_rc 1 "empty timestep range" "$MOOD" train --name x --board board --model "$MODEL" --res 64 \
+    --steps 2 --min-timestep 600 --max-timestep 600
+check "empty timestep range: says which" grep -q "timestep range \[600, 600) is empty" "$tmp/err"
+expect_rc 1 "timestep range past the schedule" "$MOOD" train --name x --board board --model "$MODEL" \
+    --res 64 --steps 2 --max-timestep 1001
+check "nothing written for a bad range" test ! -e x.safetensors
 expect_rc 1 "missing --model" "$MOOD" train --name x --board board
 expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "$MODEL" --device cuda
 
@@ -123,11 +129,11 @@ expect_rc 2 "cuda in a CPU build" "$MOOD" train --name x --board board --model "
 cp -r "$MODEL" x0model
 sed -i 's/"prediction_type": *"[a-z_]*"/"prediction_type": "sample"/' x0model/scheduler/scheduler_config.json
 for g in default 3; do
-    extra=(); [ "$g" = default ] || extra=(--min-snr "$g" --ip-noise-gamma 0.1)
+    extra=(); [ "$g" = default ] || extra=(--min-snr "$g" --ip-noise-gamma 0.1 --max-timestep 400)
     expect_rc 0 "train an x0 model, min-SNR $g" "$MOOD" train --name x0$g --board board \
         --model x0model --res 64 --steps 2 --rank 4 --no-register "${extra[@]}"
 done
-check "x0: min-SNR off by default, as asked otherwise; input perturbation recorded" py '
+check "x0: min-SNR off by default, as asked otherwise; input perturbation, timesteps recorded" py '
 import json,struct
 def meta(p):
     f=open(p,"rb"); n,=struct.unpack("<Q",f.read(8)); return json.loads(f.read(n))["__metadata__"]
@@ -135,6 +141,7 @@ a=meta("x0default.safetensors"); b=meta("x03.safetensors")
 assert a["ss_min_snr_gamma"]=="None" and a["modelspec.prediction_type"]=="sample", a
 assert b["ss_min_snr_gamma"]=="3.0", b
 assert a["ss_ip_noise_gamma"]=="None" and b["ss_ip_noise_gamma"]=="0.1", (a, b)
+assert "modelspec.timestep_range" not in a and b["modelspec.timestep_range"]=="0,400", (a, b)
 assert a["ss_mixed_precision"]=="no", a'
 
 # --full: a new base model, written as a diffusers folder (NAME/ by default), not a style

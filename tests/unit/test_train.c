@@ -191,7 +191,8 @@ static void check_draw_case(const cJSON *c, const mood__train_sched *se,
     MOOD_CHECK_OK(mood_rng_torch_cpu_new(&g, (uint64_t)jnum(c, "seed")));
     MOOD_CHECK_OK(mood__train_randperm(g, perm, 7));
     MOOD_CHECK_OK(mood_rng_torch_cpu_rand(g, u, 7));
-    MOOD_CHECK_OK(mood__train_draw(g, noise, t, tmp, B, 4, (size_t)h * w, jnum(c, "offset"), 1000));
+    MOOD_CHECK_OK(
+        mood__train_draw(g, noise, t, tmp, B, 4, (size_t)h * w, jnum(c, "offset"), 0, 1000));
     MOOD_CHECK_OK(mood_rng_torch_cpu_randn(g, tail, 3));
     if ((r = draw_ref(name, "perm", &n)) != NULL)
         for (int i = 0; i < 7; i++)
@@ -533,6 +534,8 @@ static int fake_prepare(fake_setup *s, const cJSON *c)
     s->o.min_snr_gamma = jnum(c, "gamma");
     s->o.noise_offset = jnum(c, "offset");
     s->o.ip_noise_gamma = jnum(c, "ip");
+    s->o.min_timestep = (int)jnum(c, "tmin");
+    s->o.max_timestep = (int)jnum(c, "tmax");
     s->o.flip = (int)jnum(c, "flip");
     s->o.seed = (uint64_t)jnum(c, "seed");
     return mood_lr_schedule_parse(&s->o.lr_schedule, json_str(c, "schedule"));
