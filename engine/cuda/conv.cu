@@ -51,6 +51,13 @@ static int conv_empty(const mood_conv2d_dims *d)
            d->out_c == 0 || d->in_c == 0;
 }
 
+/* An output to write but no input channel: only the bias contributes (and gets a gradient). */
+static int bias_only(const mood_conv2d_dims *d)
+{
+    return d->in_c == 0 && mood_op_conv2d_out_h(d) > 0 && mood_op_conv2d_out_w(d) > 0 &&
+           d->batch > 0 && d->out_c > 0;
+}
+
 static int conv_setup(const mood_cuda_ctx *ctx, conv_desc *c, const mood_conv2d_dims *d,
                       mood_cuda_dtype dt)
 {
@@ -205,6 +212,11 @@ static int conv_forward(mood_cuda_ctx *ctx, void *out, const void *inp, const vo
 {
     MOOD_TRY(mood__cuda_check_ctx(ctx, fn));
     MOOD_TRY(check_dims(d, fn));
+    size_t ohw = (size_t)mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
+    if (bias_only(d)) { /* no input channel: the output is the bias (or zeros), as on the CPU */
+        MOOD_TRY(mood_cuda_memset0(ctx, out, (size_t)d->batch * d->out_c * ohw * dtype_size(dt)));
+        return bias ? mood__cuda_add_nchw_bias(ctx, out, dt, bias, d->batch, d->out_c, ohw) : 0;
+    }
     if (conv_empty(d))
         return 0;
     conv_desc c;
@@ -220,7 +232,6 @@ static int conv_forward(mood_cuda_ctx *ctx, void *out, const void *inp, const vo
                                       e->fwd_ws, &beta, c.y, out));
     if (!bias)
         return 0;
-    size_t ohw = (size_t)mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
     return mood__cuda_add_nchw_bias(ctx, out, dt, bias, d->batch, d->out_c, ohw);
 }
 
@@ -294,6 +305,17 @@ __global__ void conv_bias_backward_kernel(float *dbias, const float *dout, int B
     }
 }
 
+/* dbias[o] += the sum of dout's channel o. */
+static int bias_backward(mood_cuda_ctx *ctx, float *dbias, const float *dout,
+                         const mood_conv2d_dims *d)
+{
+    size_t ohw = (size_t)mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
+    conv_bias_backward_kernel<<<(unsigned)d->out_c, THREADS, 0, ctx->stream>>>(
+        dbias, dout, d->batch, d->out_c, ohw);
+    LAUNCH_CHECK();
+    return 0;
+}
+
 int mood_cuda_op_conv2d_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, float *dbias,
                                  const float *dout, const float *inp, const float *w,
                                  const mood_conv2d_dims *d)
@@ -302,6 +324,8 @@ int mood_cuda_op_conv2d_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, flo
     const mood_cuda_dtype dt = MOOD_CUDA_F32;
     MOOD_TRY(mood__cuda_check_ctx(ctx, fn));
     MOOD_TRY(check_dims(d, fn));
+    if (bias_only(d))
+        return dbias ? bias_backward(ctx, dbias, dout, d) : 0;
     if (conv_empty(d))
         return 0;
     conv_desc c;
@@ -327,11 +351,5 @@ int mood_cuda_op_conv2d_backward(mood_cuda_ctx *ctx, float *dinp, float *dw, flo
                                                  e->bwd_filter, ws, e->bwd_filter_ws, &beta, c.w,
                                                  dw));
     }
-    if (dbias) {
-        size_t ohw = (size_t)mood_op_conv2d_out_h(d) * mood_op_conv2d_out_w(d);
-        conv_bias_backward_kernel<<<(unsigned)d->out_c, THREADS, 0, ctx->stream>>>(
-            dbias, dout, d->batch, d->out_c, ohw);
-        LAUNCH_CHECK();
-    }
-    return 0;
+    return dbias ? bias_backward(ctx, dbias, dout, d) : 0;
 }

@@ -92,7 +92,7 @@ void mood__cuda_pool_resv_release(mood_cuda_pool *p, mood_cuda_pool_resv *r);
 
 /* ----- context ------------------------------------------------------------------------------ */
 
-#define MOOD_CUDA_CONV_CACHE 64
+#define MOOD_CUDA_CONV_CACHE 256
 
 /* Algorithms chosen for one convolution shape and data type (conv.cu). */
 typedef struct conv_algos {

@@ -43,21 +43,22 @@ static const mood_dynlib_symbol dnn_symbols[] = {MOOD__CUDNN_FUNCTIONS(SYMBOL_DN
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int load_rc;
-static char reason[768];
+static char reason[1200];
 
-/* Loads one library by soname, else from dir; 0 or -1 with the reason in `reason`. */
+/* Loads one library by soname, else from dir; 0 or -1 with both attempts' reasons in `reason`. */
 static int load_one(const char *soname, const char *dir, const mood_dynlib_symbol *symbols,
                     size_t n, void *fns, size_t size)
 {
-    char why[512], path[1024];
+    char why[512], why_dir[512] = "", path[1024];
     if (mood_dynlib_load(soname, symbols, n, fns, size, why, sizeof why) == 0)
         return 0;
     if (dir[0]) {
         snprintf(path, sizeof path, "%s/%s", dir, soname);
-        if (mood_dynlib_load(path, symbols, n, fns, size, reason, sizeof reason) == 0)
+        if (mood_dynlib_load(path, symbols, n, fns, size, why_dir, sizeof why_dir) == 0)
             return 0;
     }
-    snprintf(reason, sizeof reason, "%s", why);
+    snprintf(reason, sizeof reason, "%s%s%s", why, why_dir[0] ? "; from the build's folder: " : "",
+             why_dir);
     return -1;
 }
 

@@ -270,8 +270,9 @@ static int obtain(mood_cuda_pool *p, void **out, int cls, size_t size)
 
 int mood__cuda_pool_alloc(mood_cuda_pool *p, void **out, size_t bytes)
 {
-    size_t size;
-    int cls = class_of(bytes, &size);
+    size_t size = 0;
+    /* past 2^62 bytes the class arithmetic would wrap to a small class */
+    int cls = bytes > ((size_t)1 << 62) ? NUM_CLASSES : class_of(bytes, &size);
     *out = NULL;
     if (cls >= NUM_CLASSES)
         return mood_error_set(MOOD_ENOMEM, "cuda pool: request of %zu bytes is too large", bytes);

@@ -348,6 +348,18 @@ static void put_side_in(cu_pass *f, const float *p, const void *x)
         put(f, p);
 }
 
+int mood__cuda_unet_side_input(cu_pass *f, const float **out, const float *x, size_t n)
+{
+    const void *r = NULL;
+    *out = x;
+    if (f->dt == MOOD_CUDA_F32)
+        return 0;
+    TRY(in_dt(f, &r, x, n));
+    TRY(side_in(f, out, r, n));
+    put_dt(f, r, x);
+    return 0;
+}
+
 /* ----- Linear, Conv2d, norms ---------------------------------------------------------------- */
 
 /* out (N x l->out, fp32) += the side paths of layer l on inp (N x l->in, of the pass's type), as

@@ -98,6 +98,7 @@ static int linear_backward(cu_train *g, const u_lin *l, float *dinp, const float
     cu_pass *f = &g->f;
     const unet_param *w = &f->m->params[l->w];
     float *dw = weight_grad(g, l->w), *db = weight_grad(g, l->b);
+    const float *xs = inp;              /* what the side paths read in the forward */
     if (dinp && f->dt != MOOD_CUDA_F32) /* bf16 training: the frozen weight in 16 bits */
         TRY(mood_cuda_op_linear_backward_ex(f->ctx, dinp, dout, f->u->w[l->w], f->dt, N, l->in,
                                             l->out));
@@ -109,18 +110,22 @@ static int linear_backward(cu_train *g, const u_lin *l, float *dinp, const float
         float *sd = NULL;
         if (!side_wanted(g, w, s, dinp != NULL, &p))
             continue;
+        if (xs == inp && (p.gr.ddown || p.gr.dup))
+            TRY(mood__cuda_unet_side_input(f, &xs, inp, N * (size_t)l->in));
         if (p.sp->rank > 0) {
-            TRY(mood_cuda_op_lora_linear_backward(f->ctx, dinp, p.gr.ddown, p.gr.dup, dout, inp,
+            TRY(mood_cuda_op_lora_linear_backward(f->ctx, dinp, p.gr.ddown, p.gr.dup, dout, xs,
                                                   p.down, p.up, p.sp->rank, p.sp->scale, N, l->in,
                                                   l->out));
             continue;
         }
         /* dense ΔW: the gradients of scale · inp ΔW^T */
         TRY(scaled(g, &sd, dout, p.sp->scale, N * (size_t)l->out));
-        TRY(mood_cuda_op_linear_backward(f->ctx, dinp, p.gr.dup, NULL, sd, inp, p.up, N, l->in,
+        TRY(mood_cuda_op_linear_backward(f->ctx, dinp, p.gr.dup, NULL, sd, xs, p.up, N, l->in,
                                          l->out));
         put(f, sd);
     }
+    if (xs != inp) /* inp itself may be a block of the pass */
+        put(f, xs);
     return 0;
 }
 
@@ -162,6 +167,7 @@ static int conv_backward(cu_train *g, const u_conv *c, float *dinp, const float 
     size_t n_out = (size_t)f->B * (size_t)c->out * (size_t)mood_op_conv2d_out_h(&d) *
                    (size_t)mood_op_conv2d_out_w(&d);
     float *dw = weight_grad(g, c->w), *db = weight_grad(g, c->b);
+    const float *xs = inp; /* what the side paths read in the forward */
     if (dinp && f->dt != MOOD_CUDA_F32)
         TRY(mood_cuda_op_conv2d_backward_ex(f->ctx, dinp, dout, f->u->w[c->w], f->dt, &d));
     else if (dinp || dw || db)
@@ -171,15 +177,19 @@ static int conv_backward(cu_train *g, const u_conv *c, float *dinp, const float 
         float *sd = NULL;
         if (!side_wanted(g, w, s, dinp != NULL, &p))
             continue;
+        if (xs == inp && (p.gr.ddown || p.gr.dup))
+            TRY(mood__cuda_unet_side_input(f, &xs, inp, (size_t)f->B * c->in * H * W));
         if (p.sp->rank > 0) {
-            TRY(conv_side_backward(g, &p, &d, dinp, dout, inp));
+            TRY(conv_side_backward(g, &p, &d, dinp, dout, xs));
             continue;
         }
         /* dense ΔW in the weight's shape */
         TRY(scaled(g, &sd, dout, p.sp->scale, n_out));
-        TRY(mood_cuda_op_conv2d_backward(f->ctx, dinp, p.gr.dup, NULL, sd, inp, p.up, &d));
+        TRY(mood_cuda_op_conv2d_backward(f->ctx, dinp, p.gr.dup, NULL, sd, xs, p.up, &d));
         put(f, sd);
     }
+    if (xs != inp) /* inp itself may be a block of the pass */
+        put(f, xs);
     return 0;
 }
 

@@ -136,6 +136,11 @@ static inline const float *P32(const cu_pass *f, int i)
 /* out (N x l->out) = Linear(inp (N x l->in)) + the layer's side paths, both fp32 (in 16-bit mode
  * the input is rounded for the product; the side paths read the same rounded values). */
 int mood__cuda_unet_lin(cu_pass *f, const u_lin *l, float *out, const float *inp, size_t N);
+/* The fp32 values the side paths of a layer read for its fp32 input x (n values): x itself in
+ * fp32 mode, else x rounded to the pass's 16-bit type and widened back, as the forward gives
+ * them; the backward takes the factors' gradients at these values (torch's autocast saves the
+ * rounded input too). Release with put() when it is not x. */
+int mood__cuda_unet_side_input(cu_pass *f, const float **out, const float *x, size_t n);
 /* out (B x out x OH x OW) = conv(inp (B x in x H x W)) + b + the layer's side paths, fp32. */
 int mood__cuda_unet_conv(cu_pass *f, const u_conv *c, float *out, const float *inp, int H, int W);
 /* GroupNorm over B x C x HW (groups > 0) or LayerNorm over rows x C; out may be inp. stats: NULL,
