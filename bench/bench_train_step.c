@@ -5,11 +5,12 @@
  * runs, mood_train_run, with the same kind of options and its own progress callback, which the
  * trainer calls after every optimizer step: the time between two calls is one step. A step is
  * (train/trainer.c): the noise and timestep draws, the noisy latents and target, the UNet
- * forward on its tape with the LoRA side paths (gradient checkpointing from 32x32 latents up,
- * unet_loss.c), the loss, the backward pass into the LoRA factors' gradients, the NaN check,
- * clipping by global norm and AdamW. The latents and the caption's text conditioning were cached
- * before the first step (one VAE encode per image, one text-encoder pass per caption), as
- * mood train always does; `encode` times those two separately.
+ * forward on its tape with the LoRA side paths (gradient checkpointing when memory is short,
+ * mood__train_tape_flags, or as MOOD_BENCH_CHECKPOINTING=on|off|auto says), the loss, the backward
+ * pass into the LoRA factors' gradients, the NaN check, clipping by global norm and AdamW. The
+ * latents and the caption's text conditioning were cached before the first step (one VAE encode per
+ * image, one text-encoder pass per caption), as mood train always does; `encode` times those two
+ * separately.
  *
  * usage: bench_train_step train MODEL BOARD OUT.safetensors RUNS SIZE RANK ALPHA
  *          one warm-up step then RUNS timed ones (mood_train_run, targets attn, AdamW lr 1e-4,
@@ -104,12 +105,15 @@ static int on_progress(const mood_train_progress *p, void *payload)
     return 0;
 }
 
-/* The LoRA file's module count (lora_down tensors) and trained values (down and up). */
-static int count_lora(const char *path, size_t *modules, int64_t *values)
+/* The LoRA file's module count (lora_down tensors) and trained values (down and up), and whether
+ * the run checkpointed (its ss_gradient_checkpointing, "True" or "False"). */
+static int count_lora(const char *path, size_t *modules, int64_t *values, char *ckpt, size_t n)
 {
     mood_st_file *f = NULL;
     if (mood_st_open(&f, path) != 0)
         return -1;
+    const char *c = mood_st_meta_get(f, "ss_gradient_checkpointing");
+    snprintf(ckpt, n, "%s", c ? c : "?");
     *modules = 0;
     *values = 0;
     for (size_t i = 0; i < mood_st_count(f); i++) {
@@ -137,6 +141,16 @@ static int bench_device(void)
     return -2;
 }
 
+/* MOOD_BENCH_CHECKPOINTING: mood_train_options.checkpointing: -1 for "auto" (unset, ""), 1 "on",
+ * 0 "off"; -2 another value. */
+static int bench_checkpointing(void)
+{
+    const char *c = getenv("MOOD_BENCH_CHECKPOINTING");
+    if (!c || !*c || strcmp(c, "auto") == 0)
+        return -1;
+    return strcmp(c, "on") == 0 ? 1 : strcmp(c, "off") == 0 ? 0 : -2;
+}
+
 /* MOOD_BENCH_PRECISION: 1 for "fp32", 0 for bf16 (unset, "", "bf16"), -1 another value. */
 static int bench_fp32(void)
 {
@@ -157,12 +171,17 @@ static int run_train(char **argv)
     double steps[MAX_STEPS];
     size_t modules = 0;
     int64_t values = 0;
+    char ckpt[16];
     if (runs < 1 || runs >= MAX_STEPS) {
         fprintf(stderr, "bench_train_step: RUNS must be 1 to %d\n", MAX_STEPS - 1);
         return 1;
     }
     if (bench_fp32() < 0) {
         fprintf(stderr, "bench_train_step: MOOD_BENCH_PRECISION must be bf16 or fp32\n");
+        return 1;
+    }
+    if (bench_checkpointing() == -2) {
+        fprintf(stderr, "bench_train_step: MOOD_BENCH_CHECKPOINTING must be auto, on or off\n");
         return 1;
     }
     if (device == -2) {
@@ -190,6 +209,7 @@ static int run_train(char **argv)
     o.min_snr_gamma = 0; /* the recipe's defaults: no snr_gamma, noise offset or flips */
     o.noise_offset = 0;
     o.flip = 0;
+    o.checkpointing = bench_checkpointing();
     o.progress = on_progress;
     o.progress_payload = &c;
     if (mood_train_run(&o) != 0)
@@ -201,7 +221,7 @@ static int run_train(char **argv)
     }
     for (int i = 0; i < runs; i++) /* step 1 is the warm-up */
         steps[i] = c.step_end[i + 2] - c.step_end[i + 1];
-    if (count_lora(o.output, &modules, &values) != 0)
+    if (count_lora(o.output, &modules, &values, ckpt, sizeof ckpt) != 0)
         return die(o.output);
     if (device >= 0)
         printf("mood_device cuda:%d %s\n", device, mo.cuda_fp32 ? "fp32" : "bf16");
@@ -217,6 +237,7 @@ static int run_train(char **argv)
     printf("mood_first_step_ms %.0f\n", c.step_end[1] - c.cache_end);
     printf("mood_rss_mb %.0f\n", rss);
     printf("mood_lora_modules %zu\nmood_lora_params %lld\n", modules, (long long)values);
+    printf("mood_checkpointing %s\n", ckpt);
     return 0;
 }
 

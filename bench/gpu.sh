@@ -11,7 +11,8 @@
 # at SD1.5's config (random weights, bench/train_inputs.sh's folder and board, as train_step.sh),
 # 512x512, batch 1, rank 16 on to_q/k/v/out.0: mood's (bench_train_step with
 # MOOD_BENCH_DEVICE=cuda: the UNet forward and backward on the GPU, in fp32 and in bf16 mixed
-# precision, MOOD_BENCH_PRECISION; loss and AdamW on the CPU) against diffusers'
+# precision, MOOD_BENCH_PRECISION; bf16 also with gradient checkpointing forced on,
+# MOOD_BENCH_CHECKPOINTING=on; loss and AdamW on the CPU) against diffusers'
 # train_text_to_image_lora recipe with PEFT (train_step_reference.py --device cuda) in fp32 (TF32
 # off) and in bf16 (--mixed_precision bf16), each against the other's same precision, a warm-up and the
 # median of TRAIN_RUNS (3) steps each, the GPU memory each process used sampled by nvidia-smi;
@@ -265,11 +266,16 @@ train_step() {
     fi
     model=$(sed -n 's/^MODEL=\([^ ]*\) BOARD=.*/\1/p' "$tmp/inputs")
     board=$(sed -n 's/.* BOARD=//p' "$tmp/inputs")
-    for p in fp32 bf16; do
+    # mood's default keeps the activations where the GPU has room, as the recipe does; bf16-ckpt:
+    # with gradient checkpointing on (less memory, more time)
+    for p in fp32 bf16 bf16-ckpt; do
         m=$tmp/mood_$p.txt
-        echo "-- mood (bench_train_step, MOOD_BENCH_DEVICE=cuda, MOOD_BENCH_PRECISION=$p)" >>"$log"
-        OMP_NUM_THREADS=$threads MOOD_BENCH_DEVICE=cuda MOOD_BENCH_PRECISION=$p \
-            with_gpu_mem "$tmp/mood_$p.gpu" timeout "$(tmo 150)" "$B/bench/bench_train_step" \
+        local ck=auto
+        [ "$p" = bf16-ckpt ] && ck=on
+        echo "-- mood (bench_train_step, MOOD_BENCH_DEVICE=cuda, MOOD_BENCH_PRECISION=${p%-ckpt}," \
+            "MOOD_BENCH_CHECKPOINTING=$ck)" >>"$log"
+        OMP_NUM_THREADS=$threads MOOD_BENCH_DEVICE=cuda MOOD_BENCH_PRECISION=${p%-ckpt} \
+            MOOD_BENCH_CHECKPOINTING=$ck with_gpu_mem "$tmp/mood_$p.gpu" timeout "$(tmo 150)" "$B/bench/bench_train_step" \
             train "$model" "$board" "$tmp/lora.safetensors" "$TRAIN_RUNS" "$TRAIN_SIZE" 16 16 \
             >"$m" 2>&1
         f=$?
@@ -303,7 +309,7 @@ after a warm-up")
 idle GPU's, CUDA context included)")
     TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' side "step ms" "GPU MiB" "RSS MB" \
         "torch alloc")")
-    for p in fp32 bf16; do
+    for p in fp32 bf16 bf16-ckpt; do
         f=$tmp/mood_$p.txt
         TRAIN_ROWS+=("$(printf '  %-34s %9s %9s %9s %12s' "mood $p (UNet on the GPU)" \
             "$(val mood_step_ms "$f")" "$(cat "$tmp/mood_$p.gpu" 2>/dev/null)" \
@@ -320,13 +326,14 @@ idle GPU's, CUDA context included)")
 with its per-step VAE encode")
     TRAIN_ROWS+=("  and text encoder: fp32 $(val torch_full_ms "$t32") ms, bf16 \
 $(val torch_full_ms "$t16") ms; mood caches both once per image)")
-    for p in fp32 bf16; do # each precision against torch's in the same one
+    for p in fp32 bf16 bf16-ckpt; do # each precision against torch's in the same one
         local ts mp mg tg
-        mp=$(field mood_step_ms "$tmp/mood_$p.txt") ts=$(field torch_step_ms "$tmp/torch_$p.txt")
-        mg=$(cat "$tmp/mood_$p.gpu" 2>/dev/null) tg=$(cat "$tmp/torch_$p.gpu" 2>/dev/null)
+        mp=$(field mood_step_ms "$tmp/mood_$p.txt")
+        ts=$(field torch_step_ms "$tmp/torch_${p%-ckpt}.txt")
+        mg=$(cat "$tmp/mood_$p.gpu" 2>/dev/null) tg=$(cat "$tmp/torch_${p%-ckpt}.gpu" 2>/dev/null)
         if [ -z "$mp" ] || [ -z "$ts" ]; then continue; fi
-        TRAIN_ROWS+=("$(awk -v ms="$mp" -v ts="$ts" -v mg="$mg" -v tg="$tg" -v p="$p" 'BEGIN {
-            printf "  mood %s / torch %s: step %.2fx (goal <= 0.70x: %s)", p, p, ms / ts,
+        TRAIN_ROWS+=("$(awk -v ms="$mp" -v ts="$ts" -v mg="$mg" -v tg="$tg" -v p="$p" -v tp="${p%-ckpt}" 'BEGIN {
+            printf "  mood %s / torch %s: step %.2fx (goal <= 0.70x: %s)", p, tp, ms / ts,
                 ms / ts <= 0.7 ? "met" : "MISSED"
             if (mg != "" && tg > 0)
                 printf ", GPU memory %.2fx (goal <= 1: %s)", mg / tg, mg <= tg ? "met" : "MISSED"

@@ -16,9 +16,9 @@
 # and transforms the image); mood caches both once per image before training. Those parts are
 # timed apart: the recipe's inside its step, mood's with bench_train_step encode (one VAE encode,
 # one text-encoder pass). "full" = step + those per-step extras.
-# Gradient checkpointing: mood's trainer turns it on from 32x32 latents up (train/unet_loss.c),
-# the recipe's default is off; with TORCH_CKPT=1 (default) the recipe is also timed with its
-# --gradient_checkpointing.
+# Gradient checkpointing: off by default on both sides (mood turns it on when memory is short,
+# mood__train_tape_flags); with TORCH_CKPT=1 (default) each side is also timed with it (the
+# recipe's --gradient_checkpointing, mood train --gradient-checkpointing on).
 # The model is bench/gen.sh's (tools/sd15_pipeline_reference.py's pipeline, under
 # ${MOOD_BENCH_CACHE:-/tmp/mood-bench}/sd15, made by bench/train_inputs.sh, which gpu.sh's
 # training step shares); MODEL=DIR takes another diffusers SD1-layout folder (e.g.
@@ -54,6 +54,11 @@ field() { awk -v k="$1" '$1 == k { v = $2 } END { print v }'; }
 args=(--size "$SIZE" --rank "$RANK" --alpha "$ALPHA" --threads "$THREADS" --runs "$RUNS")
 
 m=$("$BENCH" train "$MODEL" "$board" "$out/lora.safetensors" "$RUNS" "$SIZE" "$RANK" "$ALPHA")
+mood_ckpt=$(field mood_checkpointing <<<"$m") # mood's own choice
+mo=""                                          # and the other way, beside the recipe's two
+[ "$TORCH_CKPT" = 0 ] ||
+    mo=$(MOOD_BENCH_CHECKPOINTING=$([ "$mood_ckpt" = True ] && echo off || echo on) "$BENCH" \
+        train "$MODEL" "$board" "$out/lora.safetensors" "$RUNS" "$SIZE" "$RANK" "$ALPHA")
 e=$("$BENCH" encode "$MODEL" "$SIZE" "$RUNS" "$heads")
 t=$("$PY" "$REF" time "$MODEL" "$board" "${args[@]}" 2>/dev/null)
 tc=""
@@ -70,19 +75,20 @@ done
 ms=$(field mood_step_ms <<<"$m") mv=$(field mood_vae_ms <<<"$e") mt=$(field mood_te_ms <<<"$e")
 mm=$(field mood_rss_mb <<<"$m")
 ts=$(field torch_step_ms <<<"$t") tf=$(field torch_full_ms <<<"$t") tm=$(field torch_rss_mb <<<"$t")
-lat=$((SIZE / 8))
-mood_ckpt=$([ $((lat * lat)) -ge 1024 ] && echo "on" || echo "off")
 
 echo "LoRA training step, $(basename "$MODEL") (SD1.5 layout), ${SIZE}x$SIZE, batch 1, rank $RANK" \
     "alpha $ALPHA on to_q/k/v/out.0 ($(field mood_lora_modules <<<"$m") modules," \
     "$(field mood_lora_params <<<"$m") values, both), AdamW, float32, $THREADS threads" \
     "($(lscpu | awk -F': +' '/Model name/ { print $2; exit }'))"
-printf 'mood (mood_train_run), checkpointing %s:\n' "$mood_ckpt"
+printf 'mood (mood_train_run, its default), gradient checkpointing %s:\n' "$mood_ckpt"
 printf '  step %9.1f ms (steps %s; warm-up %s ms incl. the text cache)   peak RSS %6.0f MB\n' \
     "$ms" "$(field mood_steps_ms <<<"$m")" "$(field mood_first_step_ms <<<"$m")" "$mm"
 printf '  cached once per image, not per step: VAE encode %.1f ms, text encoder %.1f ms' "$mv" "$mt"
 printf ' (load %s ms, cache phase %s ms)\n' "$(field mood_load_ms <<<"$m")" \
     "$(field mood_cache_ms <<<"$m")"
+[ -z "$mo" ] || printf 'mood, gradient checkpointing %s:\n  step %9.1f ms (steps %s)   peak RSS %6.0f MB\n' \
+    "$(field mood_checkpointing <<<"$mo")" "$(field mood_step_ms <<<"$mo")" \
+    "$(field mood_steps_ms <<<"$mo")" "$(field mood_rss_mb <<<"$mo")"
 show_torch() { # label, output
     printf '%s:\n  step %9.1f ms (noise %s, forward+loss %s, backward %s, clip+AdamW %s; steps %s)' \
         "$1" "$(field torch_step_ms <<<"$2")" "$(field torch_noise_ms <<<"$2")" \
@@ -99,9 +105,16 @@ awk -v ms="$ms" -v ts="$ts" -v mm="$mm" -v tm="$tm" -v mv="$mv" -v mt="$mt" -v t
     printf "mood / torch: step %.2fx, peak memory %.2fx;", ms / ts, mm / tm
     printf " mood encoding at every step as the recipe (step + VAE + text) %.0f ms vs %.0f ms: %.2fx\n",
         ms + mv + mt, tf, (ms + mv + mt) / tf }'
-[ -z "$tc" ] || awk -v ms="$ms" -v mm="$mm" -v ts="$(field torch_step_ms <<<"$tc")" \
-    -v tm="$(field torch_rss_mb <<<"$tc")" \
-    'BEGIN { printf "mood / torch with checkpointing: step %.2fx, peak memory %.2fx\n", ms / ts, mm / tm }'
+# like against like: each side without checkpointing, then each with it
+pair() { # label, mood output, torch output
+    [ -n "$2" ] && [ -n "$3" ] || return 0
+    awk -v l="$1" -v ms="$(field mood_step_ms <<<"$2")" -v mm="$(field mood_rss_mb <<<"$2")" \
+        -v ts="$(field torch_step_ms <<<"$3")" -v tm="$(field torch_rss_mb <<<"$3")" \
+        'BEGIN { printf "both %s checkpointing: mood / torch step %.2fx, peak memory %.2fx\n", l, ms / ts, mm / tm }'
+}
+if [ "$mood_ckpt" = True ]; then m_on=$m m_off=$mo; else m_on=$mo m_off=$m; fi
+pair without "$m_off" "$t"
+pair with "$m_on" "$tc"
 # one line for bench/RESULTS.md
 awk -v d="$(date +%Y-%m-%d\ %H:%M)" -v s="$SIZE" -v r="$RANK" -v ms="$ms" -v ts="$ts" -v tf="$tf" \
     -v mm="$mm" -v tm="$tm" -v tcs="$(field torch_step_ms <<<"$tc")" \

@@ -355,6 +355,10 @@ static void add_settings(cJSON *o, const train_args *a)
     cJSON_AddNumberToObject(o, "min_snr_gamma", trained_min_snr(a));
     cJSON_AddNumberToObject(o, "noise_offset", t->noise_offset);
     cJSON_AddNumberToObject(o, "ip_noise_gamma", t->ip_noise_gamma);
+    cJSON_AddStringToObject(o, "gradient_checkpointing",
+                            t->checkpointing < 0 ? "auto"
+                            : t->checkpointing   ? "on"
+                                                 : "off");
     if (t->min_timestep || t->max_timestep) {
         cJSON_AddNumberToObject(o, "min_timestep", t->min_timestep);
         if (t->max_timestep)

@@ -1,9 +1,12 @@
 /*
  * alloc.c: the library's allocator wrappers, with failure injection for tests
- * (c-style.md rule 16: every heap allocation goes through here).
+ * (c-style.md rule 16: every heap allocation goes through here), and the memory the system has
+ * to give (what the trainer's choice of gradient checkpointing weighs).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/common.h"
 
@@ -96,4 +99,20 @@ int mood_array_reserve(void *items_ptr, size_t *cap, size_t n, size_t elem, size
     memcpy(items_ptr, &grown, sizeof grown);
     *cap = want;
     return 0;
+}
+
+uint64_t mood_memory_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
+    if (f)
+        fclose(f);
+    if (found)
+        return (uint64_t)kb * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }

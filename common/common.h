@@ -25,6 +25,9 @@ char *mood_strdup(const char *s);
 char *mood_strndup(const char *s, size_t n);
 /* Makes the n-th allocation from now fail (n >= 1); 0 turns injection off. For tests. */
 void mood__alloc_fail_at(long n);
+/* The memory the system could give this process now without swapping, in bytes: Linux's
+ * MemAvailable, else the free pages; 0 when unknown. */
+uint64_t mood_memory_available(void);
 
 /* ----- errors and logging -------------------------------------------------------------------- */
 /* Records a message for mood_error_last() and returns `code`, so callers can write

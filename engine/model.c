@@ -454,6 +454,7 @@ int mood_model_open(mood_model **out, const char *path, const mood_model_options
     }
     if (!(m = mood_calloc(1, sizeof *m)))
         return mood_error_nomem();
+    m->train_checkpointing = -1;
     if ((err = set_name(m, path)) == 0 && !(m->path = mood_strdup(path)))
         err = mood_error_nomem();
     if (!err)

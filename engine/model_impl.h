@@ -73,6 +73,8 @@ struct mood_model {
     mood_cuda_unet_tape *cuda_tape; /* training on the GPU (cuda_unet): likewise, there */
     mood_clip_tape *clip_tape;      /* training the text encoder: likewise */
     mood_clip_tape *clip2_tape;     /* training SDXL's text encoder 2: likewise */
+    int train_checkpointing;        /* the UNet tape's gradient checkpointing, as
+                                       mood_train_options.checkpointing (-1 by the latent size) */
     size_t n_owned, cap_owned;
 };
 

@@ -47,6 +47,7 @@ void mood_train_options_init(mood_train_options *o)
     o->max_grad_norm = 1.0;
     o->min_snr_gamma = -1;
     o->noise_offset = 0.05;
+    o->checkpointing = -1;
     o->prediction = -1;
     o->flip = 1;
     o->clip_skip = 1;
@@ -134,6 +135,7 @@ static int open_model(run *r)
         return err;
     if (r->m->family == MOOD_FAMILY_SDXL && (err = check_sdxl(o)) != 0)
         return err;
+    r->m->train_checkpointing = o->checkpointing < 0 ? -1 : o->checkpointing != 0;
     r->pred = o->prediction >= 0 ? (mood_prediction)o->prediction : r->m->sched.prediction;
     if (o->min_snr_gamma < 0) { /* the default follows the prediction (mood/train.h) */
         r->resolved = *o;
@@ -609,7 +611,7 @@ static void put_training(meta *m, const run *r, int64_t steps, int64_t batches)
 static void put_data(meta *m, const run *r, const char *tags, const char *dirs, const char *buckets)
 {
     const mood_train_options *o = r->o;
-    int res = r->resolution, vae_scale = mood_vae_scale(r->m->vae);
+    int res = r->resolution;
     putf(m, "ss_num_train_images", "%zu", mood_board_count(r->board));
     put(m, "ss_num_reg_images", "0");
     putf(m, "ss_resolution", "(%d, %d)", res, res);
@@ -629,8 +631,7 @@ static void put_data(meta *m, const run *r, const char *tags, const char *dirs, 
     put(m, "ss_caption_dropout_every_n_epochs", "0");
     put(m, "ss_caption_tag_dropout_rate", "0.0");
     put(m, "ss_cache_latents", "True");
-    put(m, "ss_gradient_checkpointing",
-        py_bool(mood__train_tape_flags(r->resolution / vae_scale, r->resolution / vae_scale) != 0));
+    put(m, "ss_gradient_checkpointing", py_bool(r->m->train_checkpointing == 1));
     put(m, "ss_mixed_precision", mood__train_bf16(r->o) ? "bf16" : "no");
     put(m, "ss_full_fp16", "False");
     put(m, "ss_max_token_length", "None");

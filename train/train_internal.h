@@ -296,14 +296,15 @@ int mood__train_samples_after_step(void *user, int64_t step);
 
 /* ----- unet_loss.c ------------------------------------------------------------------------ */
 
-/* The UNet tape's flags for h x w latents, on either backend: gradient checkpointing from 32 x 32
- * (SD's 256 x 256 images) up, where the activations a tape keeps (SD1.5 at 512 x 512: gigabytes)
- * cost more than computing the resnets' and transformer blocks' again in the backward pass (about
- * a third more forward work). */
-static inline unsigned mood__train_tape_flags(int h, int w)
-{
-    return h * w >= 32 * 32 ? MOOD_UNET_TAPE_CHECKPOINT : 0;
-}
+/* The UNet tape's flags for a step of B samples of h x w latents and ctx_len tokens, on either
+ * backend: gradient checkpointing as the run asked (m->train_checkpointing, from
+ * mood_train_options.checkpointing), or, where it left the choice to mood (-1), decided here the
+ * first time and kept: on only when the activations a kept tape holds and the backward pass's
+ * working memory (mood_unet_train_memory) pass half the memory free now (the system's, or the
+ * GPU's with the UNet on it). Checkpointing computes the resnets and transformer blocks again in
+ * the backward pass, 40% more time a step for SD1.5 at 512 x 512 on a CPU (bench/RESULTS.md), for
+ * a gigabyte less there; the weights come out the same either way. */
+unsigned mood__train_tape_flags(mood_model *m, int B, int h, int w, int ctx_len);
 
 /* Whether a run with options o trains in bf16 mixed precision: its UNet opened on a GPU in bf16
  * (mood_model_options.cuda_fp32 = 0; engine/cuda/unet_cuda.h, "Precision"). */

@@ -37,11 +37,26 @@
 #include "engine/model_impl.h"
 #include "train/train_internal.h"
 
-/* The tape of this model, made on first use (checkpointing chosen by the latent size). */
-static int model_tape(mood_model *m, int h, int w, mood_unet_tape **out)
+unsigned mood__train_tape_flags(mood_model *m, int B, int h, int w, int ctx_len)
+{
+    if (m->train_checkpointing < 0) {
+        uint64_t tape = 0, backward = 0, budget = mood_memory_available() / 2;
+        size_t free_bytes = 0, total = 0;
+        if (m->cuda)
+            budget = mood_cuda_mem_info(m->cuda, &free_bytes, &total) == 0 ? free_bytes / 2 : 0;
+        if (mood_unet_train_memory(m->unet, B, h, w, ctx_len, 0, &tape, &backward) != 0)
+            tape = UINT64_MAX / 2; /* cannot tell: the frugal choice */
+        m->train_checkpointing = tape + backward > budget;
+    }
+    return m->train_checkpointing ? MOOD_UNET_TAPE_CHECKPOINT : 0;
+}
+
+/* The tape of this model, made on first use (checkpointing: mood__train_tape_flags). */
+static int model_tape(mood_model *m, const mood_train_batch *b, mood_unet_tape **out)
 {
     if (!m->tape) {
-        int err = mood_unet_tape_new(&m->tape, mood__train_tape_flags(h, w));
+        int err =
+            mood_unet_tape_new(&m->tape, mood__train_tape_flags(m, b->B, b->h, b->w, b->ctx_len));
         if (err)
             return err;
     }
@@ -210,7 +225,7 @@ static int model_step(mood_model *m, const mood_train_batch *batch, mood_train_m
     if (xl && te_wg)
         return mood_error_set(MOOD_EUNSUPPORTED, "full-parameter training of SDXL's text "
                                                  "encoders is not supported");
-    if (!m->cuda_unet && (err = model_tape(m, batch->h, batch->w, &tape)) != 0)
+    if (!m->cuda_unet && (err = model_tape(m, batch, &tape)) != 0)
         return err;
     pred = mood_malloc(n * sizeof *pred);
     dout = mood_malloc(n * sizeof *dout);

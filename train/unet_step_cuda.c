@@ -79,7 +79,8 @@ int mood__cuda_step_forward(mood__cuda_step **out, mood_model *m, const mood_tra
         return mood_error_nomem();
     s->ctx = m->cuda, s->n = n, s->n_ctx = n_ctx, s->n_emb = n_emb;
     if (!m->cuda_tape &&
-        (err = mood_cuda_unet_tape_new(&m->cuda_tape, mood__train_tape_flags(b->h, b->w))) != 0)
+        (err = mood_cuda_unet_tape_new(
+             &m->cuda_tape, mood__train_tape_flags(m, b->B, b->h, b->w, b->ctx_len))) != 0)
         goto fail;
     /* the optimizer changed the host factors in place since the last step (a full run's weights
      * went up in mood__full_params_sync) */

@@ -160,6 +160,14 @@ int mood_cuda_sync(mood_cuda_ctx *ctx)
     return 0;
 }
 
+int mood_cuda_mem_info(mood_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    MOOD_TRY(mood__cuda_check_ctx(ctx, "mood_cuda_mem_info"));
+    CUDA_TRY(cudaSetDevice(ctx->device));
+    CUDA_TRY(cudaMemGetInfo(free_bytes, total_bytes));
+    return 0;
+}
+
 int mood__cuda_attention_path(mood_cuda_ctx *ctx, int which)
 {
     int prev = ctx->attention_path;

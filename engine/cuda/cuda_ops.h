@@ -63,6 +63,9 @@ void mood_cuda_ctx_free(mood_cuda_ctx *ctx);
 void *mood_cuda_ctx_stream(mood_cuda_ctx *ctx);
 /* Waits until the queued work is done; reports an error a kernel raised. */
 int mood_cuda_sync(mood_cuda_ctx *ctx);
+/* The device's free and total memory in bytes (cudaMemGetInfo; the pool's cached blocks count as
+ * used). */
+int mood_cuda_mem_info(mood_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes);
 
 /* Device memory from the context's pool (size classes, cached after free: no cudaMalloc in
  * steady state). Blocks are 256-byte aligned. mood_cuda_free(ctx, NULL) is a no-op. A freed

@@ -44,6 +44,11 @@ int mood_cuda_sync(mood_cuda_ctx *ctx)
     return no_cuda();
 }
 
+int mood_cuda_mem_info(mood_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    return no_cuda();
+}
+
 int mood_cuda_alloc(mood_cuda_ctx *ctx, void **out, size_t bytes)
 {
     return no_cuda();

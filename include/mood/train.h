@@ -289,6 +289,10 @@ typedef struct mood_train_options {
                                      target keeps the noise, against exposure bias; 0: off */
     int min_timestep;             /* timesteps are drawn from [min_timestep, max_timestep) */
     int max_timestep;             /* (kohya's --min_timestep, --max_timestep); 0 and 0: all */
+    int checkpointing;            /* gradient checkpointing (the UNet's activations computed again
+                                     in the backward pass: less memory, more time): 1 on, 0 off,
+                                     -1 (default) on when keeping them would take more than half
+                                     the free memory (the GPU's, training there) */
     int prediction;               /* -1: the model's; else a mood_prediction */
     int flip;                     /* horizontal flips: 1 */
     int clip_skip;                /* 1 (A1111 numbering) */

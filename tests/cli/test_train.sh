@@ -142,7 +142,24 @@ assert a["ss_min_snr_gamma"]=="None" and a["modelspec.prediction_type"]=="sample
 assert b["ss_min_snr_gamma"]=="3.0", b
 assert a["ss_ip_noise_gamma"]=="None" and b["ss_ip_noise_gamma"]=="0.1", (a, b)
 assert "modelspec.timestep_range" not in a and b["modelspec.timestep_range"]=="0,400", (a, b)
+assert a["ss_gradient_checkpointing"]=="False", a  # auto: a tiny model keeps its activations
 assert a["ss_mixed_precision"]=="no", a'
+
+# gradient checkpointing changes the memory a step needs, not what it computes
+for c in on off; do
+    expect_rc 0 "train, gradient checkpointing $c" "$MOOD" train --name ck$c --board board \
+        --model "$MODEL" --res 64 --steps 3 --rank 4 --no-register --gradient-checkpointing $c \
+        --trigger ck
+done
+check "checkpointing on and off: the same weights, each recorded" py '
+import json,struct
+def load(p):
+    f=open(p,"rb"); n,=struct.unpack("<Q",f.read(8)); return json.loads(f.read(n))["__metadata__"], f.read()
+(a,da),(b,db)=load("ckon.safetensors"),load("ckoff.safetensors")
+assert a["ss_gradient_checkpointing"]=="True" and b["ss_gradient_checkpointing"]=="False", (a,b)
+assert da==db, "the weights differ"'
+expect_rc 1 "bad --gradient-checkpointing" "$MOOD" train --name x --board board --model "$MODEL" \
+    --gradient-checkpointing sometimes
 
 # --full: a new base model, written as a diffusers folder (NAME/ by default), not a style
 expect_rc 0 "train --full --te" "$MOOD" train --full --te --name tinybase --board board \

@@ -153,6 +153,16 @@ int mood_cuda_sync(mood_cuda_ctx *ctx)
     return ctx ? 0 : mood_error_set(MOOD_EINVAL, "mood_cuda_sync: no context");
 }
 
+/* The emulated device is an 80 GiB one (an H100's), its pool's blocks in use. */
+int mood_cuda_mem_info(mood_cuda_ctx *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    if (!ctx)
+        return mood_error_set(MOOD_EINVAL, "mood_cuda_mem_info: no context");
+    *total_bytes = (size_t)80 << 30;
+    *free_bytes = *total_bytes - ctx->stats.in_use - ctx->stats.cached;
+    return 0;
+}
+
 /* ----- memory ------------------------------------------------------------------------------ */
 
 size_t mood__cuda_pool_class_size(size_t bytes)
