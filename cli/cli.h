@@ -52,6 +52,11 @@ void cli_adapters_dispose(cli_adapters *l);
 /* "f32"/"fp32"/"float", "f16"/"fp16" or "bf16"; returns 0 on success. */
 int cli_parse_dtype(mood_dtype *out, const char *s);
 
+/* The base model a --model argument names (malloc'd into *out): a file or folder as given, else a
+ * name under $MOOD_HOME/models/ (NAME, NAME.safetensors: what mood demo registers), else, with
+ * no argument, $MOOD_MODEL. Returns 0, or the exit status after printing why. */
+int cli_find_model(char **out, const char *arg);
+
 /* The compute device: the global option `mood --device cpu|cuda[:N]|auto <command>` (NULL when
  * not given; $MOOD_DEVICE is the fallback, read by the library). */
 extern const char *cli_device_request;

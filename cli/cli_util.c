@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -224,4 +225,45 @@ int cli_parse_dtype(mood_dtype *out, const char *s)
     else
         return -1;
     return 0;
+}
+
+static int path_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+int cli_find_model(char **out, const char *arg)
+{
+    char *home = NULL;
+    const char *exts[] = {"", ".safetensors"};
+    if (!arg)
+        arg = getenv("MOOD_MODEL");
+    if (!arg || !*arg) {
+        fprintf(stderr, "mood: error: no model: give --model PATH_OR_NAME (or set MOOD_MODEL)\n");
+        return 1;
+    }
+    if (path_exists(arg)) {
+        *out = strdup(arg);
+        return *out ? 0 : 2;
+    }
+    if (!strchr(arg, '/') && mood_registry_default_home(&home) == 0) {
+        for (int i = 0; i < 2; i++) {
+            size_t n = strlen(home) + strlen(arg) + 32;
+            char *p = malloc(n);
+            if (!p)
+                break;
+            snprintf(p, n, "%s/models/%s%s", home, arg, exts[i]);
+            if (path_exists(p)) {
+                mood_registry_free_string(home);
+                *out = p;
+                return 0;
+            }
+            free(p);
+        }
+        mood_registry_free_string(home);
+    }
+    fprintf(stderr, "mood: error: model '%s': no such file, folder or name in $MOOD_HOME/models\n",
+            arg);
+    return 2;
 }

@@ -139,11 +139,14 @@ static int find_inputs(demo *d)
     return 0;
 }
 
-/* $MOOD_HOME/models/mood-tiny -> the model (a link, replaced when it points elsewhere), so that
- * `--model mood-tiny` finds it. */
+/* $MOOD_HOME/models/mood-tiny -> the bundled model (a link, replaced when it points elsewhere),
+ * so that `--model mood-tiny` finds it. A model given with --model is used where it is and not
+ * registered under mood-tiny's name. */
 static int register_model(const demo *d)
 {
     char *home = NULL, dir[4200], link[4300], target[4096];
+    if (d->model != d->model_buf)
+        return 0;
     int err = mood_registry_default_home(&home);
     if (err)
         return cli_fail(err);
@@ -180,17 +183,37 @@ static int run_quiet(int (*cmd)(int, char **), int argc, char **argv)
     return rc;
 }
 
-/* Trains the style (replacing the demo's style of an earlier run). */
+/* The demo's style of an earlier run is kept under this name while the new one trains: put back
+ * if training fails or is stopped, removed once the new style is registered. */
+#define DEMO_STYLE_KEPT DEMO_STYLE "-previous"
+
+/* Moves an earlier run's style aside (keep != 0), or after training puts it back (the run
+ * failed) or removes it (the run succeeded). Registry errors here lose nothing and are ignored:
+ * a first run has no earlier style. */
+static void earlier_style(int keep, int trained)
+{
+    mood_registry *r = NULL;
+    int err = 0;
+    if (mood_registry_open(&r, NULL) != 0)
+        return;
+    if (keep) {
+        err = mood_registry_rm(r, DEMO_STYLE_KEPT); /* a stale one from a killed run */
+        err = mood_registry_rename(r, DEMO_STYLE, DEMO_STYLE_KEPT);
+    } else if (trained) {
+        err = mood_registry_rm(r, DEMO_STYLE_KEPT);
+    } else if (mood_registry_rename(r, DEMO_STYLE_KEPT, DEMO_STYLE) == 0) {
+        fprintf(stderr, "the style %s of the earlier run is kept\n", DEMO_STYLE);
+    }
+    (void)err;
+    mood_registry_close(r);
+}
+
+/* Trains the style (replacing the demo's style of an earlier run once the new one is in). */
 static int train_style(demo *d)
 {
     char steps[32], *argv[32];
     int n = 0;
-    mood_registry *r = NULL;
-    if (mood_registry_open(&r, NULL) == 0) {
-        int gone = mood_registry_rm(r, DEMO_STYLE); /* absent on a first run: nothing to do */
-        (void)gone;
-        mood_registry_close(r);
-    }
+    earlier_style(1, 0);
     snprintf(d->lora, sizeof d->lora, "%s/%s.safetensors", d->out, DEMO_STYLE);
     snprintf(steps, sizeof steps, "%ld", d->steps);
     const char *args[] = {"train",  "--name", DEMO_STYLE, "--board", d->board, "--model",
@@ -203,6 +226,9 @@ static int train_style(demo *d)
     double t0 = now_s();
     int rc = run_quiet(cmd_train, n, argv);
     d->train_s = now_s() - t0;
+    earlier_style(0, rc == 0);
+    if (rc == 130)
+        fprintf(stderr, "stopped: run mood demo again to start over\n");
     return rc;
 }
 

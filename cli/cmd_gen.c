@@ -187,48 +187,6 @@ static int parse_args(gen_args *a, int argc, char **argv)
 
 /* ----- model ------------------------------------------------------------------------------- */
 
-static int path_exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
-/* --model as given, or a name under $MOOD_HOME/models/, or $MOOD_MODEL. */
-static int find_model(char **out, const char *arg)
-{
-    char *home = NULL;
-    const char *exts[] = {"", ".safetensors"};
-    if (!arg)
-        arg = getenv("MOOD_MODEL");
-    if (!arg || !*arg) {
-        fprintf(stderr, "mood: error: no model: give --model PATH_OR_NAME (or set MOOD_MODEL)\n");
-        return 1;
-    }
-    if (path_exists(arg)) {
-        *out = strdup(arg);
-        return *out ? 0 : 2;
-    }
-    if (!strchr(arg, '/') && mood_registry_default_home(&home) == 0) {
-        for (int i = 0; i < 2; i++) {
-            size_t n = strlen(home) + strlen(arg) + 32;
-            char *p = malloc(n);
-            if (!p)
-                break;
-            snprintf(p, n, "%s/models/%s%s", home, arg, exts[i]);
-            if (path_exists(p)) {
-                mood_registry_free_string(home);
-                *out = p;
-                return 0;
-            }
-            free(p);
-        }
-        mood_registry_free_string(home);
-    }
-    fprintf(stderr, "mood: error: model '%s': no such file, folder or name in $MOOD_HOME/models\n",
-            arg);
-    return 2;
-}
-
 /* ----- running ----------------------------------------------------------------------------- */
 
 static double now_s(void)
@@ -279,7 +237,7 @@ static int load_model(gen_run *r)
 {
     mood_model_options mo;
     char *path = NULL;
-    int rc = find_model(&path, r->args.model);
+    int rc = cli_find_model(&path, r->args.model);
     if (rc)
         return rc;
     double t0 = now_s();
@@ -373,6 +331,10 @@ int cmd_gen(int argc, char **argv)
     r.args.keep_index = -1;
     if ((rc = parse_args(&r.args, argc, argv)) == 0 && r.args.from_png)
         rc = gen_apply_png(&r.args);
+    if (rc == 0 && r.args.output) { /* before the model loads and the images are made */
+        int err = mood_output_path_check(r.args.output);
+        rc = err ? cli_fail(err) : 0;
+    }
     if (rc == 0 && (rc = resolve_styles(&r)) == 0 && (rc = load_model(&r)) == 0 &&
         (rc = apply_styles(&r)) == 0 && (rc = generate(&r)) == 0)
         rc = gen_write_outputs(&r);

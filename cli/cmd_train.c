@@ -22,14 +22,15 @@ const char cmd_train_help[] =
     "LoRA (A1111, ComfyUI and diffusers load it) registered as style NAME.\n\n"
     "  --name NAME          the style's name (and the file's)\n"
     "  --board PATH         an image or a folder of images; repeat or list several\n"
-    "  --model BASE         the base model (as for mood gen)\n"
+    "  --model BASE         the base model: a file, a folder or a name mood gen knows\n"
     "  --trigger WORD       the style's trigger word (default: NAME): in the template captions;\n"
     "                       sidecar captions that never hold it give a style without one\n"
     "  --steps N            optimizer steps (default 600)\n"
     "  --rank N, --alpha A  LoRA rank and alpha (default 16 and 8: scale 0.5)\n"
     "  --lr X               learning rate (default 1e-4), --te-lr for the text encoder\n"
     "  --batch N            images per step (default 1); --accum N micro-batches per step\n"
-    "  --res N              training resolution (default 512; SDXL 1024); --buckets for\n"
+    "  --res N              training resolution (default: the model's own size, as mood\n"
+    "                       gen's: 512, SDXL 1024, mood-tiny 64); --buckets for\n"
     "                       aspect-ratio buckets instead of centre crops\n"
     "  --targets T          attn, attn+ff (default), all, style-blocks\n"
     "  --te                 train the text encoder too (SDXL: both encoders; captions are\n"
@@ -368,6 +369,7 @@ static int set_files(train_args *a)
     if (!a->ckpt || !a->csv || !a->png || !a->samples_dir)
         return 2;
     a->o.output = a->output;
+    a->o.model = a->model_path;
     a->o.checkpoint = a->ckpt;
     if (!a->checkpoint_every_set)
         a->o.checkpoint_every = 100;
@@ -422,7 +424,8 @@ int cmd_train(int argc, char **argv)
     a.o.steps = 600;
     a.o.handle_signals = 1;
     a.o.progress = progress;
-    if ((rc = parse_args(&a, argc, argv)) == 0 && (rc = set_files(&a)) == 0) {
+    if ((rc = parse_args(&a, argc, argv)) == 0 &&
+        (rc = cli_find_model(&a.model_path, a.o.model)) == 0 && (rc = set_files(&a)) == 0) {
         err = mood_train_run(&a.o);
         if (err == MOOD_ECANCELLED) {
             fprintf(stderr, "\nmood: stopped; the checkpoint %s continues with --resume\n", a.ckpt);
@@ -442,5 +445,6 @@ int cmd_train(int argc, char **argv)
     free(a.csv);
     free(a.png);
     free(a.out_default);
+    free(a.model_path);
     return rc;
 }

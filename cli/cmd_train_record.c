@@ -434,7 +434,7 @@ static int write_sidecar(const train_args *a)
     int none = phrase && !*phrase;
     cJSON_AddStringToObject(j, "activation text", phrase ? phrase : a->o.board_opts.trigger);
     mood_st_close(st); /* phrase is gone with it */
-    if (none)
+    if (none && a->o.board_opts.trigger[0]) /* an empty --trigger asked for none */
         fprintf(stderr,
                 "mood: note: no caption of the board holds the trigger word '%s': the "
                 "style needs none and gets none\n",
@@ -479,6 +479,11 @@ int train_register(train_args *a, mood_import_result *res)
     x = (mood_import_extras){rec.previews, rec.n_previews, rec.files, rec.n_files, rec.training};
     if ((rc = cli_registry_open(&reg)) == 0) {
         err = mood_registry_import_file_ex(reg, res, a->output, &x, NULL, NULL);
+        /* the registry names a style after its file; the style is NAME (-o may name the file
+         * otherwise), unless NAME is taken, where it keeps the free name the import chose */
+        if (!err && !res->already && strcmp(res->name, a->o.name) != 0 &&
+            mood_registry_rename(reg, res->name, a->o.name) == 0)
+            snprintf(res->name, sizeof res->name, "%s", a->o.name);
         mood_registry_close(reg);
         rc = err ? cli_fail(err) : 0;
         if (!err && res->already)

@@ -17,7 +17,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -193,6 +195,27 @@ static int is_model_folder(const char *dir)
     return is_dir(p);
 }
 
+/* Whether path is dir or lies inside it (path need not exist: its nearest existing parent
+ * decides). */
+static int inside(const char *path, const char *dir)
+{
+    char d[PATH_MAX], p[PATH_MAX], probe[PATH_MAX];
+    snprintf(probe, sizeof probe, "%s", path);
+    if (!realpath(dir, d))
+        return 0;
+    while (!realpath(probe, p)) { /* the nearest parent that exists */
+        char *slash = strrchr(probe, '/');
+        if (slash == probe)
+            return 0;
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(probe, sizeof probe, ".");
+    }
+    size_t n = strlen(d);
+    return strncmp(p, d, n) == 0 && (p[n] == '\0' || p[n] == '/');
+}
+
 int mood__full_params_check(const char *model, const char *out_dir)
 {
     struct stat st;
@@ -202,6 +225,11 @@ int mood__full_params_check(const char *model, const char *out_dir)
                               "(the trained model is written as a copy of it), not a single-file "
                               "checkpoint",
                               model);
+    if (inside(out_dir, model))
+        return mood_error_set(MOOD_EINVAL,
+                              "%s is the base model's folder (or inside it): the trained model is "
+                              "written as a new folder; choose another path",
+                              out_dir);
     if (stat(out_dir, &st) != 0)
         return 0;
     if (!S_ISDIR(st.st_mode) || !is_model_folder(out_dir))

@@ -144,11 +144,15 @@ static int open_model(run *r)
     }
     r->clip_skip = r->m->fixed_clip_skip ? r->m->fixed_clip_skip : o->clip_skip;
     if (r->m->family == MOOD_FAMILY_SDXL)
-        r->clip_skip = 2; /* both encoders' hidden_states[-2], as kohya's SDXL training */
-    if (bo.resolution == 0)
-        bo.resolution = r->m->family == MOOD_FAMILY_SDXL                            ? 1024
+        r->clip_skip = 2;     /* both encoders' hidden_states[-2], as kohya's SDXL training */
+    if (bo.resolution == 0) { /* the model's own size (mood gen's default): mood-tiny's 64 */
+        int w = 0, h = 0;
+        mood_model_default_size(r->m, &w, &h);
+        bo.resolution = w != 512 && w % 64 == 0                                     ? w
+                        : r->m->family == MOOD_FAMILY_SDXL                          ? 1024
                         : r->m->family == MOOD_FAMILY_SD2 && r->pred == MOOD_PRED_V ? 768
                                                                                     : 512;
+    }
     r->resolution = bo.resolution;
     if ((err = phase(r, "board", 0, (int64_t)o->n_board)) != 0 ||
         (err = mood_board_load(&r->board, o->board, o->n_board, &bo)) != 0)
@@ -653,10 +657,13 @@ static void put_identity(meta *m, const run *r)
     put(m, "modelspec.title", o->name ? o->name : title);
     if (o->comment)
         put(m, "ss_training_comment", o->comment);
-    /* an empty phrase says "no trigger" (importers then add none; mood's does not guess one) */
-    if (o->board_opts.trigger && o->board_opts.trigger[0])
+    /* an empty phrase says "no trigger" (importers then add none; mood's does not guess one):
+     * an empty --trigger, or one no caption holds */
+    if (o->board_opts.trigger)
         put(m, "modelspec.trigger_phrase",
-            mood_board_uses_trigger(r->board, o->board_opts.trigger) ? o->board_opts.trigger : "");
+            o->board_opts.trigger[0] && mood_board_uses_trigger(r->board, o->board_opts.trigger)
+                ? o->board_opts.trigger
+                : "");
     put(m, "ss_sd_model_name", mood_path_basename(o->model));
     putf(m, "ss_session_id", "%u", (unsigned)(o->seed * 2654435761u ^ (uint64_t)r->started));
     put(m, "ss_training_started_at", py_float(f, sizeof f, (double)r->started));
@@ -719,7 +726,9 @@ static int check_options(const mood_train_options *o)
     if (!(o->caption_dropout >= 0 && o->caption_dropout < 1))
         return mood_error_set(MOOD_EINVAL, "caption dropout %g: from 0 up to (not including) 1",
                               o->caption_dropout);
-    return o->full ? mood__full_params_check(o->model, o->output) : 0;
+    /* where the results go, before any work (a full run's folder: its own rules) */
+    return o->full ? mood__full_params_check(o->model, o->output)
+                   : mood_output_path_check(o->output);
 }
 
 static int train(run *r)

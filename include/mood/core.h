@@ -46,6 +46,11 @@ const char *mood_error_name(int code);
  * (missing file, I/O, memory: exit status 2). */
 int mood_error_is_user(int code);
 
+/* Whether an output file can be written at path, checked before the work that fills it:
+ * MOOD_EINVAL when path is a folder or has no file name, MOOD_ENOTFOUND when its folder does not
+ * exist, MOOD_EIO when the folder cannot be written. */
+int mood_output_path_check(const char *path);
+
 /* Log sink. Levels: 0 error, 1 warning, 2 info, 3 debug. The default sink drops everything, so
  * the library stays silent unless the application installs one. */
 typedef void (*mood_log_fn)(int level, const char *message, void *payload);

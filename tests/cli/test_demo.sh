@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # test_demo.sh: `mood demo` end to end on the tiny random pipeline of tests/fixtures/pipeline in
-# place of mood-tiny (whose weights are not needed for the mechanics): it registers the model as
-# mood-tiny, trains the style from the bundled Twemoji board, writes eight before/after image
+# place of mood-tiny (whose weights are not needed for the mechanics): it trains the style from the bundled Twemoji board, writes eight before/after image
 # pairs (with the style: different images, same seeds), the grid and the report, and says where;
-# --json lists the files; a run again replaces the demo's style; a missing model exits 2 naming it.
+# --json lists the files; a run again replaces the demo's style, a failed run keeps it; a model
+# given with --model is not registered as mood-tiny; a missing model exits 2 naming it.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -26,12 +26,33 @@ b = open(sys.argv[1], "rb").read(24)
 w, h = struct.unpack(">II", b[16:24])
 assert w == 8 * 64 and h == 2 * 64, (w, h)' d1/grid.png
 check "report shows the pairs" grep -q 'after-8.png' d1/report.html
-check "model registered" test -e "$MOOD_HOME/models/mood-tiny"
+check "a model given with --model is not registered as mood-tiny" \
+    test ! -e "$MOOD_HOME/models/mood-tiny"
 expect_rc 0 "style listed" "$MOOD" list --json
 check "style in the registry" grep -q twemoji-demo "$tmp/out"
 expect_rc 0 "demo again (replaces the style)" "$MOOD" demo --model "$FIX/pipeline/tiny-sd" \
     --board "$BOARD" --steps 2 --out d2
 check "prints the report" grep -q "d2/report.html" "$tmp/out"
+expect_rc 0 "styles after the second run" "$MOOD" list --json
+check "one demo style, the earlier one gone" python3 -c '
+import json, sys
+names = sorted(s["name"] for s in json.load(open(sys.argv[1])))
+assert names == ["twemoji-demo"], names' "$tmp/out"
+# a run that fails (a broken image on the board) keeps the style of the earlier run
+mkdir badboard
+cp "$BOARD"/* badboard/
+head -c 100 "$BOARD/1f34e.png" >badboard/1f34e.png
+sha_before=$("$MOOD" show twemoji-demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["adapters"][0]["sha256"])')
+expect_rc 1 "demo with a broken board" "$MOOD" demo --model "$FIX/pipeline/tiny-sd" \
+    --board badboard --steps 2 --out d3
+check "names the image" grep -q "1f34e.png" "$tmp/err"
+check "the earlier style is still there, unchanged" test "$("$MOOD" show twemoji-demo --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["adapters"][0]["sha256"])')" = "$sha_before"
+expect_rc 0 "styles after the failed run" "$MOOD" list --json
+check "and nothing else" python3 -c '
+import json, sys
+names = sorted(s["name"] for s in json.load(open(sys.argv[1])))
+assert names == ["twemoji-demo"], names' "$tmp/out"
 expect_rc 2 "missing model" "$MOOD" demo --model "$tmp/nowhere" --board "$BOARD"
 check "names it" grep -q nowhere "$tmp/err"
 finish

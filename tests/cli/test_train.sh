@@ -145,6 +145,34 @@ assert "modelspec.timestep_range" not in a and b["modelspec.timestep_range"]=="0
 assert a["ss_gradient_checkpointing"]=="False", a  # auto: a tiny model keeps its activations
 assert a["ss_mixed_precision"]=="no", a'
 
+# where the results go is checked before any work; the style is NAME whatever -o calls the file;
+# an empty --trigger gives a style without one; --model takes a name registered in
+# $MOOD_HOME/models, and the default size is the model's own
+expect_rc 2 "output in a missing folder" "$MOOD" train --name nodir --board board --model "$MODEL" \
+    --res 64 --steps 2 -o nowhere/nodir.safetensors
+check "says which folder" grep -q "the folder nowhere/ does not exist" "$tmp/err"
+check "before the model loads" sh -c '! grep -q "loading\|caching" "$1"' _ "$tmp/err"
+mkdir isdir.safetensors
+expect_rc 1 "output is a folder" "$MOOD" train --name isdir --board board --model "$MODEL" \
+    --res 64 --steps 2 -o isdir.safetensors
+check "says so" grep -q "isdir.safetensors is a folder" "$tmp/err"
+expect_rc 0 "train with -o another file name" "$MOOD" train --name watercolor --board board \
+    --model "$MODEL" --res 64 --steps 2 --rank 4 -o my_lora_v1.safetensors --trigger "" --json
+check "registered as NAME" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["style"]=="watercolor", d' "$tmp/out"
+expect_rc 0 "show it" "$MOOD" show watercolor --json
+check "an empty --trigger: no trigger word" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert not d["trigger_words"], d["trigger_words"]' "$tmp/out"
+mkdir -p "$MOOD_HOME/models"
+ln -s "$MODEL" "$MOOD_HOME/models/tinybase-name"
+expect_rc 0 "--model by its registered name" "$MOOD" train --name byname --board board \
+    --model tinybase-name --steps 1 --rank 4 --no-register
+check "trained at the model's own size" py '
+import json,struct,sys
+f=open("byname.safetensors","rb"); n,=struct.unpack("<Q",f.read(8)); m=json.loads(f.read(n))["__metadata__"]
+w=json.load(open(sys.argv[1]+"/vae/config.json"))["sample_size"]
+assert m["ss_resolution"]=="(%d, %d)" % (w, w), (m["ss_resolution"], w)' "$MODEL"
+
 # gradient checkpointing changes the memory a step needs, not what it computes
 for c in on off; do
     expect_rc 0 "train, gradient checkpointing $c" "$MOOD" train --name ck$c --board board \
@@ -179,6 +207,14 @@ expect_rc 1 "not registered as a style" "$MOOD" show tinybase
 expect_rc 0 "generate with it" "$MOOD" gen "a cat" --model tinybase --size 64x64 --steps 2 --seed 1 \
     -o base.png
 check "an image" test -s base.png
+cp -r "$MODEL" ownbase
+expect_rc 1 "--full into its own base" "$MOOD" train --full --name ownbase --board board \
+    --model ownbase --res 64 --steps 1 -o ownbase
+check "says so" grep -q "is the base model's folder" "$tmp/err"
+check "the base untouched" cmp -s ownbase/unet/diffusion_pytorch_model.safetensors \
+    "$MODEL/unet/diffusion_pytorch_model.safetensors"
+expect_rc 1 "--full into a folder inside its base" "$MOOD" train --full --name ownbase \
+    --board board --model ownbase --res 64 --steps 1 -o ownbase/unet/new
 expect_rc 0 "train --full again, --json" "$MOOD" train --full --name tinybase --board board \
     --model "$MODEL" --res 64 --steps 1 --json
 check "json names the model, no style" py '
