@@ -266,6 +266,24 @@ static int load_model(gen_run *r)
     return 0;
 }
 
+/* Reports a failure to apply the styles. A registry blob's path in the message means nothing to
+ * the user: it is replaced by the style's name. */
+static int adapters_failed(const gen_run *r, int err)
+{
+    const char *msg = mood_error_last(), *at = NULL;
+    const mood_resolved_adapter *a = NULL;
+    for (size_t i = 0; i < r->styles.n && !at; i++)
+        if (strstr(r->styles.adapters[i].path, "/blobs/") &&
+            (at = strstr(msg, r->styles.adapters[i].path)))
+            a = &r->styles.adapters[i];
+    if (!at)
+        return cli_fail(err);
+    cli_progress_done();
+    fprintf(stderr, "mood: error: %.*sstyle '%s' (its LoRA)%s\n", (int)(at - msg), msg, a->name,
+            at + strlen(a->path));
+    return mood_error_is_user(err) ? 1 : 2;
+}
+
 static int apply_styles(gen_run *r)
 {
     mood_weighted_adapter *w = NULL;
@@ -279,7 +297,7 @@ static int apply_styles(gen_run *r)
     err = mood_model_set_adapters(r->model, w, r->styles.n, r->args.mode, &unmatched);
     free(w);
     if (err)
-        return cli_fail(err);
+        return adapters_failed(r, err);
     if (unmatched)
         cli_warn("%zu LoRA keys match nothing in the model (ignored)", unmatched);
     return 0;

@@ -24,6 +24,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "engine/unicode_tables.h"
 #include "mood/image.h"
 #include "train/train_internal.h"
 
@@ -306,7 +307,13 @@ static int sidecar_caption(char **out, const char *image, const char *ext)
             char *line = trimmed(p, len);
             if (!line)
                 err = mood_error_nomem();
-            else if (line[0])
+            else if (line[0] && mood__utf8_validate(line, strlen(line)) != 0) {
+                /* kohya reads captions as UTF-8 too; a Latin-1 file's bytes name no word */
+                err = mood_error_set(MOOD_EINVAL,
+                                     "caption file %s is not UTF-8 text: save it as UTF-8",
+                                     path.data);
+                mood_free(line);
+            } else if (line[0])
                 *out = line;
             else
                 mood_free(line);

@@ -115,6 +115,10 @@ check "template, trigger and negative applied" py '
 import json,sys; d=json.load(open(sys.argv[1]))
 assert d["prompt"]=="a lighthouse at dusk, oil painting, in tiny style, tinytrig", d["prompt"]
 assert d["negative"]=="ugly", d["negative"]' "$tmp/out"
+cp "$FIX/kohya/sdxl_lora.safetensors" "$tmp/xlstyle.safetensors"
+expect_rc 0 "import an SDXL style" "$MOOD" import "$tmp/xlstyle.safetensors"
+expect_rc 1 "an SDXL style on an SD1 model" "$MOOD" gen "$PROMPT" "${common[@]}" --style xlstyle
+check "names the style, not the stored file" sh -c 'grep -q "style .xlstyle." "$1" && ! grep -q blobs "$1"' _ "$tmp/err"
 expect_rc 0 "inline <style:>" "$MOOD" gen "$PROMPT <style:tinystyle:0.7>" "${common[@]}" --seed 42 -o "$tmp/s2.png"
 check "inline equals --style" cmp -s "$tmp/s.png" "$tmp/s2.png"
 expect_rc 0 "--from-png of a styled image" "$MOOD" gen --from-png "$tmp/s.png" --model "$MODEL" -o "$tmp/s3.png"

@@ -108,6 +108,12 @@ expect_rc 1 "undecodable images" "$MOOD" train --name bad --board badboard --mod
 check "names the broken image" grep -q "broken.png" "$tmp/err"
 check "names the other one" grep -q "text.jpg" "$tmp/err"
 check "nothing written" test ! -e bad.safetensors
+mkdir latin1board
+cp "$FIX/train/bad/good1.png" latin1board/caf.png
+printf 'caf\xe9 au lait\n' >latin1board/caf.txt
+expect_rc 1 "a caption that is not UTF-8" "$MOOD" train --name latin --board latin1board \
+    --model "$MODEL" --res 64 --steps 2
+check "names the caption file" grep -q "caption file latin1board/caf.txt is not UTF-8" "$tmp/err"
 expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --rank 0
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
 expect_rc 1 "bf16 on the CPU" "$MOOD" train --name x --board board --model "$MODEL" --device cpu --precision bf16
