@@ -30,6 +30,7 @@
 
 #define DEFAULT_TEMPLATE "{trigger}, a picture"
 #define MAX_BUCKETS      2048
+#define MAX_COVER        16 /* the most a board image's resize may exceed its crop, in area */
 
 struct mood_board {
     mood_board_item *items;
@@ -386,6 +387,13 @@ static int prepare(mood_board_item *it, const mood_image *img, const mood_board_
     it->src_width = img->width;
     it->src_height = img->height;
     mood__board_bucket(o, img->width, img->height, &it->width, &it->height, &rw, &rh);
+    /* the image is resized to cover its training size before the crop: a sliver (1 x 60000)
+     * would need gigabytes at 512 for a picture that is all crop */
+    if ((double)rw * rh > MAX_COVER * (double)it->width * it->height)
+        return mood_error_set(MOOD_EINVAL,
+                              "%s is %d x %d pixels: more than %d times as long as wide; crop it "
+                              "to the part to train on",
+                              it->path, img->width, img->height, MAX_COVER);
     if (!(rgb = mood__board_flatten(img)))
         return mood_error_nomem();
     err = fit(it, rgb, img->width, img->height, rw, rh);

@@ -108,6 +108,14 @@ expect_rc 1 "undecodable images" "$MOOD" train --name bad --board badboard --mod
 check "names the broken image" grep -q "broken.png" "$tmp/err"
 check "names the other one" grep -q "text.jpg" "$tmp/err"
 check "nothing written" test ! -e bad.safetensors
+mkdir sliverboard
+py 'import struct, zlib
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+raw = b"".join(b"\0\xff\0\0" for _ in range(4000))  # 1 x 4000, red
+open("sliverboard/sliver.png", "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 4000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))'
+expect_rc 1 "a sliver of an image" "$MOOD" train --name sliver --board sliverboard \
+    --model "$MODEL" --res 64 --steps 1
+check "names it and its size" grep -q "sliverboard/sliver.png is 1 x 4000 pixels" "$tmp/err"
 mkdir latin1board
 cp "$FIX/train/bad/good1.png" latin1board/caf.png
 printf 'caf\xe9 au lait\n' >latin1board/caf.txt
