@@ -24,6 +24,7 @@
  *   mood        like torch-cuda with torch's CPU generator: every image of a batch is the image
  *               that batch 1 with seed + i gives.
  */
+#include <math.h>
 #include <string.h>
 
 #include "engine/model_impl.h"
@@ -286,6 +287,19 @@ static int decode(mood_model *m, float *images, const float *latents, int B, int
     return err;
 }
 
+/* A1111's NansException: a sampler's result with a NaN or infinity would decode to a black or
+ * garbage picture; say so instead. */
+static int check_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return mood_error_set(MOOD_EINVAL,
+                                  "the sampled image holds NaN or infinite values: an adapter or "
+                                  "style weight far outside the usual -2 to 2, or a model whose "
+                                  "weights overflow, does that");
+    return 0;
+}
+
 int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, float **latents_out)
 {
     denoiser d = {0};
@@ -336,6 +350,8 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
         }
         err = mood_sample(&m->sched, &so, latents, d.B, d.n, denoise, &d);
     }
+    if (!err)
+        err = check_finite(latents, (size_t)d.B * d.n);
     if (!err)
         err = decode(m, images, latents, d.B, d.h, d.w);
     noise_close(&ns);
