@@ -162,63 +162,99 @@ static int add_board(train_args *a, const char *path)
     return 0;
 }
 
+/* A numeric option: where it goes and what it takes. Whole numbers (NUM_INT) fit in a long;
+ * bounds are inclusive unless marked open. */
+typedef enum { NUM_INT, NUM_I64, NUM_U64, NUM_REAL } num_kind;
+typedef struct num_opt {
+    const char *name;
+    num_kind kind;
+    void *dst;     /* int, int64_t, uint64_t or double, as kind says */
+    double lo, hi; /* the range */
+    int lo_open, hi_open;
+    int multiple;        /* the value is a multiple of this (0: any) */
+    int *given, *given2; /* set to 1 when the option is given (may be NULL) */
+    const char *says;    /* what it takes, for the error */
+} num_opt;
+
+/* The table of train's numeric options (built per call: the destinations are a's fields). */
+static size_t num_opts(train_args *a, num_opt *t)
+{
+    mood_train_options *o = &a->o;
+    const double big = 1e15;
+    num_opt list[] = {
+        {"--steps", NUM_I64, &o->steps, 1, big, 0, 0, 0, NULL, NULL, "a whole number >= 1"},
+        {"--rank", NUM_INT, &o->rank, 1, 1024, 0, 0, 0, NULL, NULL, "1 to 1024"},
+        {"--alpha", NUM_REAL, &o->alpha, 0, big, 1, 0, 0, NULL, NULL, "a number > 0"},
+        {"--lr", NUM_REAL, &o->lr, 0, big, 1, 0, 0, NULL, NULL, "a number > 0"},
+        {"--te-lr", NUM_REAL, &o->te_lr, 0, big, 0, 0, 0, NULL, NULL, "a number >= 0"},
+        {"--batch", NUM_INT, &o->batch, 1, 64, 0, 0, 0, NULL, NULL, "1 to 64"},
+        {"--accum", NUM_INT, &o->accum, 1, 1024, 0, 0, 0, NULL, NULL, "1 to 1024"},
+        {"--res", NUM_INT, &o->board_opts.resolution, 64, 2048, 0, 0, 64, NULL, NULL,
+         "64 to 2048, a multiple of 64"},
+        {"--warmup", NUM_I64, &o->warmup, 0, big, 0, 0, 0, NULL, NULL, "a whole number >= 0"},
+        {"--min-snr", NUM_REAL, &o->min_snr_gamma, 0, big, 0, 0, 0, NULL, NULL, "a number >= 0"},
+        {"--noise-offset", NUM_REAL, &o->noise_offset, 0, 1, 0, 1, 0, NULL, NULL,
+         "from 0 up to (not including) 1"},
+        {"--ip-noise-gamma", NUM_REAL, &o->ip_noise_gamma, 0, 1, 0, 1, 0, NULL, NULL,
+         "from 0 up to (not including) 1"},
+        {"--min-timestep", NUM_INT, &o->min_timestep, 0, 99999, 0, 0, 0, NULL, NULL,
+         "a timestep, 0 to 999 for SD's schedules"},
+        {"--max-timestep", NUM_INT, &o->max_timestep, 1, 100000, 0, 0, 0, NULL, NULL,
+         "a timestep, 1 to 1000 for SD's schedules"},
+        {"--seed", NUM_U64, &o->seed, 0, 1e19, 0, 0, 0, NULL, NULL, "a whole number >= 0"},
+        {"--sample-every", NUM_INT, &o->sample_every, 0, INT_MAX, 0, 0, 0, &a->sample_every_set,
+         &a->sample_asked, "a number of steps >= 0 (0: off)"},
+        {"--sample-steps", NUM_INT, &o->sample_steps, 1, 1000, 0, 0, 0, &a->sample_asked, NULL,
+         "1 to 1000"},
+        {"--caption-dropout", NUM_REAL, &o->caption_dropout, 0, 1, 0, 1, 0, NULL, NULL,
+         "from 0 up to (not including) 1"},
+        {"--checkpoint-every", NUM_INT, &o->checkpoint_every, 0, INT_MAX, 0, 0, 0,
+         &a->checkpoint_every_set, NULL, "a number of steps >= 0 (0: only when stopped)"},
+    };
+    memcpy(t, list, sizeof list);
+    return sizeof list / sizeof list[0];
+}
+
+#define MAX_NUM_OPTS 32
+
+/* Whether v is a valid value of option t: *n holds it for whole numbers (exact, as a seed needs),
+ * *d for the rest. */
+static int num_ok(const num_opt *t, const char *v, long *n, double *d)
+{
+    if (t->kind == NUM_REAL ? cli_parse_double(v, d) != 0 : cli_parse_int(v, n) != 0)
+        return 0;
+    double x = t->kind == NUM_REAL ? *d : (double)*n;
+    return (t->lo_open ? x > t->lo : x >= t->lo) && (t->hi_open ? x < t->hi : x <= t->hi) &&
+           (!t->multiple || *n % t->multiple == 0);
+}
+
 /* Options with a number; returns 0, 1 (bad value) or -1 (not one of them). */
 static int parse_number(train_args *a, const char *s, const char *v)
 {
-    mood_train_options *o = &a->o;
-    long n = 0;
+    num_opt t[MAX_NUM_OPTS];
+    size_t count = num_opts(a, t);
     double d = 0;
-    int is_int = cli_parse_int(v, &n) == 0, is_num = cli_parse_double(v, &d) == 0;
-    if (strcmp(s, "--steps") == 0 && is_int && n > 0)
-        o->steps = n;
-    else if (strcmp(s, "--rank") == 0 && is_int && n > 0 && n <= 1024)
-        o->rank = (int)n;
-    else if (strcmp(s, "--alpha") == 0 && is_num && d > 0)
-        o->alpha = d;
-    else if (strcmp(s, "--lr") == 0 && is_num && d > 0)
-        o->lr = d;
-    else if (strcmp(s, "--te-lr") == 0 && is_num && d >= 0)
-        o->te_lr = d;
-    else if (strcmp(s, "--batch") == 0 && is_int && n > 0 && n <= 64)
-        o->batch = (int)n;
-    else if (strcmp(s, "--accum") == 0 && is_int && n > 0 && n <= 1024)
-        o->accum = (int)n;
-    else if (strcmp(s, "--res") == 0 && is_int && n >= 64 && n % 64 == 0 && n <= 2048)
-        o->board_opts.resolution = (int)n;
-    else if (strcmp(s, "--warmup") == 0 && is_int && n >= 0)
-        o->warmup = n;
-    else if (strcmp(s, "--min-snr") == 0 && is_num && d >= 0)
-        o->min_snr_gamma = d;
-    else if (strcmp(s, "--noise-offset") == 0 && is_num && d >= 0 && d < 1)
-        o->noise_offset = d;
-    else if (strcmp(s, "--ip-noise-gamma") == 0 && is_num && d >= 0 && d < 1)
-        o->ip_noise_gamma = d;
-    else if (strcmp(s, "--min-timestep") == 0 && is_int && n >= 0 && n < 100000)
-        o->min_timestep = (int)n;
-    else if (strcmp(s, "--max-timestep") == 0 && is_int && n > 0 && n <= 100000)
-        o->max_timestep = (int)n;
-    else if (strcmp(s, "--seed") == 0 && is_int && n >= 0)
-        o->seed = (uint64_t)n;
-    else if (strcmp(s, "--sample-every") == 0 && is_int && n >= 0 && n <= INT_MAX)
-        o->sample_every = (int)n, a->sample_every_set = a->sample_asked = 1;
-    else if (strcmp(s, "--sample-steps") == 0 && is_int && n > 0 && n <= 1000)
-        o->sample_steps = (int)n, a->sample_asked = 1;
-    else if (strcmp(s, "--caption-dropout") == 0 && is_num && d >= 0 && d < 1)
-        o->caption_dropout = d;
-    else if (strcmp(s, "--checkpoint-every") == 0 && is_int && n >= 0 && n <= INT_MAX)
-        o->checkpoint_every = (int)n, a->checkpoint_every_set = 1;
-    else if (strcmp(s, "--steps") && strcmp(s, "--rank") && strcmp(s, "--alpha") &&
-             strcmp(s, "--lr") && strcmp(s, "--te-lr") && strcmp(s, "--batch") &&
-             strcmp(s, "--accum") && strcmp(s, "--res") && strcmp(s, "--warmup") &&
-             strcmp(s, "--min-snr") && strcmp(s, "--noise-offset") && strcmp(s, "--seed") &&
-             strcmp(s, "--ip-noise-gamma") && strcmp(s, "--sample-every") &&
-             strcmp(s, "--min-timestep") && strcmp(s, "--max-timestep") &&
-             strcmp(s, "--sample-steps") && strcmp(s, "--caption-dropout") &&
-             strcmp(s, "--checkpoint-every"))
-        return -1;
-    else
-        return cli_usage_error("train", "%s %s: not a valid value", s, v);
-    return 0;
+    long n = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(s, t[i].name) != 0)
+            continue;
+        if (!num_ok(&t[i], v, &n, &d))
+            return cli_usage_error("train", "%s %s: takes %s", s, v, t[i].says);
+        if (t[i].kind == NUM_INT)
+            *(int *)t[i].dst = (int)n;
+        else if (t[i].kind == NUM_I64)
+            *(int64_t *)t[i].dst = (int64_t)n;
+        else if (t[i].kind == NUM_U64)
+            *(uint64_t *)t[i].dst = (uint64_t)n;
+        else
+            *(double *)t[i].dst = d;
+        if (t[i].given)
+            *t[i].given = 1;
+        if (t[i].given2)
+            *t[i].given2 = 1;
+        return 0;
+    }
+    return -1;
 }
 
 static int add_prompt(train_args *a, const char *prompt)

@@ -123,6 +123,9 @@ expect_rc 1 "a caption that is not UTF-8" "$MOOD" train --name latin --board lat
     --model "$MODEL" --res 64 --steps 2
 check "names the caption file" grep -q "caption file latin1board/caf.txt is not UTF-8" "$tmp/err"
 expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --rank 0
+check "says what it takes" grep -q -- "--rank 0: takes 1 to 1024" "$tmp/err"
+expect_rc 1 "bad --res" "$MOOD" train --name x --board board --model "$MODEL" --res 65
+check "says what it takes" grep -q -- "--res 65: takes 64 to 2048, a multiple of 64" "$tmp/err"
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
 expect_rc 1 "bf16 on the CPU" "$MOOD" train --name x --board board --model "$MODEL" --device cpu --precision bf16
 expect_rc 1 "bad --precision" "$MOOD" train --name x --board board --model "$MODEL" --precision fp8
