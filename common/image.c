@@ -619,6 +619,17 @@ static int starts_like(const mood_map *m, const void *magic, size_t n)
 
 static int check_decodable(const mood_map *m, const char *path)
 {
+    /* a PNG's size is in its header; stb_image refuses a side past MAX_SIDE with only "unknown
+     * image type" */
+    if (starts_like(m, png_signature, 8) && m->size >= 24) {
+        const uint8_t *d = m->data;
+        uint32_t w = (uint32_t)d[16] << 24 | (uint32_t)d[17] << 16 | (uint32_t)d[18] << 8 | d[19];
+        uint32_t h = (uint32_t)d[20] << 24 | (uint32_t)d[21] << 16 | (uint32_t)d[22] << 8 | d[23];
+        if (w > MAX_SIDE || h > MAX_SIDE)
+            return mood_error_set(MOOD_EUNSUPPORTED,
+                                  "%s: %u x %u pixels; mood reads images up to %d pixels a side",
+                                  path, w, h, MAX_SIDE);
+    }
     if (starts_like(m, png_signature, 8) || starts_like(m, "\xFF\xD8\xFF", 3) ||
         starts_like(m, "BM", 2))
         return 0; /* stb_image decodes it or says what is wrong */

@@ -346,6 +346,13 @@ static void test_corrupt_files(void)
     check_fails(fixture("image/rgb.jpg"), MOOD_EUNSUPPORTED, "JPEG");
     check_fails(scratch_path("missing.png"), MOOD_ENOTFOUND, "missing");
     MOOD_CHECK(mood_image_load(&dec, scratch_path("missing.png")) == MOOD_ENOTFOUND);
+    if (d && n > 24) { /* a header of 1 x 70000 pixels: said so, not "unknown image type" */
+        memcpy(d, "\x89PNG", 4);
+        memcpy(d + 16, "\0\0\0\x01\0\x01\x11\x70", 8);
+        MOOD_CHECK(write_file(bad, d, n) == 0);
+        MOOD_CHECK(mood_image_load(&dec, bad) == MOOD_EUNSUPPORTED && !dec);
+        MOOD_CHECK_MSG(strstr(mood_error_last(), "1 x 70000 pixels"), "%s", mood_error_last());
+    }
     free(d);
     mood_image_free(img);
 }
