@@ -11,27 +11,89 @@ const char cmd_doctor_help[] =
     "Checks your style registry: the database's own integrity check, LoRA files and previews\n"
     "whose stored file is missing, and stored files nothing refers to (orphans). Leftovers of\n"
     "an interrupted import are removed automatically the next time the registry is opened;\n"
-    "doctor finds anything else.\n\n"
+    "doctor finds anything else. For a LoRA whose file is missing or damaged it names every\n"
+    "style that uses it and says what --fix would do to each.\n\n"
     "  --deep    also re-hash every stored file and report those whose content no longer\n"
     "            matches their SHA-256 (reads everything: slow on a big registry)\n"
-    "  --fix     repair: delete orphans; remove previews and styles whose file is missing or\n"
-    "            damaged (re-import the LoRA to get such a style back)\n"
+    "  --fix     repair: delete orphans; remove previews whose file is missing or damaged, and\n"
+    "            LoRAs whose file is missing or damaged. A style that combines such a LoRA\n"
+    "            with others ('mood style create') keeps them, its template, negative prompt\n"
+    "            and weights, and loses only that LoRA. A style left with no LoRA is removed.\n"
+    "            Every style removed or changed is named. To get a LoRA back, import its file\n"
+    "            again ('imported from' in the report): that brings back the style it was\n"
+    "            imported as; 'mood style edit NAME --lora ...' puts it in your styles again.\n"
     "  --json    print the report as JSON: {registry, integrity [], missing [{sha256, kind,\n"
-    "            path}], orphans [paths], corrupt [{sha256, kind, path}], problems, fixed}\n\n"
+    "            path, file_name, imported_from, styles [names]}], orphans [paths], corrupt\n"
+    "            [same as missing], styles [{name, action (\"remove\" or \"drop\"), loras,\n"
+    "            kept, lost [{sha256, file_name, problem}], fixed}], problems, fixed}\n"
+    "            (file_name, imported_from and styles for LoRAs only)\n\n"
     "Exit status: 0 nothing wrong, 1 problems were found (with --fix: and repaired; run again\n"
     "to confirm), 2 the registry could not be read.\n";
+
+static const char *str_of(const cJSON *o, const char *key)
+{
+    return cJSON_GetStringValue(cJSON_GetObjectItem(o, key));
+}
 
 static void print_list(const cJSON *arr, const char *what)
 {
     const cJSON *v;
     cJSON_ArrayForEach(v, arr)
     {
-        if (cJSON_IsString(v))
+        if (cJSON_IsString(v)) {
             printf("  %s: %s\n", what, v->valuestring);
-        else
-            printf("  %s %s: %s\n", what, cJSON_GetStringValue(cJSON_GetObjectItem(v, "kind")),
-                   cJSON_GetStringValue(cJSON_GetObjectItem(v, "path")));
+            continue;
+        }
+        printf("  %s %s: %s", what, str_of(v, "kind"), str_of(v, "path"));
+        if (str_of(v, "file_name"))
+            printf(" (%s%s%s)", str_of(v, "file_name"),
+                   str_of(v, "imported_from") ? ", imported from " : "",
+                   str_of(v, "imported_from") ? str_of(v, "imported_from") : "");
+        printf("\n");
     }
+}
+
+/* "a.safetensors (damaged), b.safetensors (missing)" */
+static void print_lost(const cJSON *style)
+{
+    const cJSON *l;
+    int first = 1;
+    cJSON_ArrayForEach(l, cJSON_GetObjectItem(style, "lost"))
+    {
+        const char *problem = str_of(l, "problem");
+        printf("%s%s (%s)", first ? "" : ", ",
+               str_of(l, "file_name") ? str_of(l, "file_name") : "?",
+               problem && strcmp(problem, "corrupt") == 0 ? "damaged" : "missing");
+        first = 0;
+    }
+}
+
+/* One line per style that uses a lost LoRA: what --fix does to it, or did. */
+static void print_styles(const cJSON *styles)
+{
+    const cJSON *s;
+    int removed = 0;
+    cJSON_ArrayForEach(s, styles)
+    {
+        const char *action = str_of(s, "action");
+        int fixed = cJSON_IsTrue(cJSON_GetObjectItem(s, "fixed"));
+        int kept = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(s, "kept"));
+        printf("  style %s: ", str_of(s, "name"));
+        if (action && strcmp(action, "remove") == 0) {
+            printf("%s no other LoRA than ", fixed ? "removed, it used" : "uses");
+            print_lost(s);
+            printf("%s\n", fixed ? "" : "; --fix removes the style");
+            removed = 1;
+            continue;
+        }
+        printf("%s LoRA ", fixed ? "dropped" : "--fix drops");
+        print_lost(s);
+        printf("; %s its other %d LoRA%s, template, negative prompt and weights\n",
+               fixed ? "kept" : "it keeps", kept, kept == 1 ? "" : "s");
+    }
+    if (removed)
+        printf("  (importing a LoRA file again, from where it was imported, brings its own style "
+               "back)\n");
 }
 
 int cmd_doctor(int argc, char **argv)
@@ -65,6 +127,7 @@ int cmd_doctor(int argc, char **argv)
     print_list(cJSON_GetObjectItem(rep, "missing"), "missing");
     print_list(cJSON_GetObjectItem(rep, "corrupt"), "damaged");
     print_list(cJSON_GetObjectItem(rep, "orphans"), "orphan");
+    print_styles(cJSON_GetObjectItem(rep, "styles"));
     if (problems == 0)
         printf("registry %s: no problems found%s\n",
                cJSON_GetStringValue(cJSON_GetObjectItem(rep, "registry")),

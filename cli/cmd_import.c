@@ -6,8 +6,16 @@
  * images) are read with their LoRA and otherwise passed over, anything else is reported and
  * skipped. Each file is imported all or nothing; one failing file does not stop the others, and
  * the exit status is the worst seen (0 ok, 1 a file was refused, 2 environment).
+ *
+ * Links are followed, but each folder is searched once (by device and inode), so a link back up
+ * the tree ends the walk instead of repeating it until the path is too long. Named pipes, devices
+ * and sockets are skipped without being opened: opening a pipe would wait for a writer forever.
+ * Sidecars the library leaves out (a link out of the LoRA's folder, a preview that is no image)
+ * are listed as skipped too: its warnings are caught while a file is imported. The --json
+ * summary is UTF-8 even for file names that are not (read as Windows-1252, as the registry does).
  */
 #include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -33,7 +41,11 @@ const char cmd_import_help[] =
     "  NAME.json            A1111: activation text, preferred weight, notes, description\n"
     "  NAME.civitai.info    Civitai Helper: trained words, model name, base model, ids\n"
     "  NAME.txt             trigger words\n"
-    "  NAME.preview.png, NAME.png (.jpg, .webp)   preview images\n\n"
+    "  NAME.preview.png, NAME.png (.jpg, .webp)   preview images\n"
+    "A preview is kept only when it is a PNG, JPEG or WebP image (its type read from its\n"
+    "content), and a sidecar that is a link to a file outside the LoRA's folder is not read:\n"
+    "both are listed as skipped. Folders reached again through links are searched once; named\n"
+    "pipes, devices and sockets are skipped without being opened.\n\n"
     "Refused: checkpoints (use them as base models instead), and pickle files (.ckpt, .pt,\n"
     ".pth, .bin), which can run code when loaded and are never opened.\n\n"
     "From the web: an http(s) URL is downloaded (resuming an interrupted download, file name\n"
@@ -49,15 +61,23 @@ const char cmd_import_help[] =
     "  --nsfw LEVEL  previews kept from Civitai: none, pg (default), pg13, r, x, xxx\n"
     "  --json    print a summary object: imported [{file, name, wanted, renamed, sha256,\n"
     "            autov3, family, previews, sidecars}], already [{file, name, sha256}],\n"
-    "            skipped [{file, reason}], failed [{file, error}]\n\n"
+    "            skipped [{file, reason}] (files and sidecars left out), failed [{file, error}]\n\n"
     "Exit status: 0 all imported (or already there), 1 a file was refused, 2 a file could not\n"
     "be read or the registry could not be written.\n";
+
+/* A folder already searched. */
+typedef struct visited_dir {
+    dev_t dev;
+    ino_t ino;
+} visited_dir;
 
 typedef struct import_run {
     mood_registry *r;
     int json, status;
     cJSON *imported, *already, *skipped, *failed;
     cli_civitai_flags cf; /* --offline, --nsfw (cmd_civitai.c) */
+    visited_dir *dirs;
+    size_t n_dirs, cap_dirs;
 } import_run;
 
 int cli_registry_open(mood_registry **out)
@@ -77,14 +97,70 @@ static int has_suffix(const char *s, const char *suffix)
     return n >= k && strcasecmp(s + n - k, suffix) == 0;
 }
 
+/* Whether path is in the skipped list already: a named pipe beside a LoRA is skipped by the walk
+ * and, as its sidecar, by the import. */
+static int listed(const import_run *run, const char *path)
+{
+    const cJSON *o;
+    cJSON_ArrayForEach(o, run->skipped)
+    {
+        const char *file = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "file"));
+        if (file && strcmp(file, path) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* The strings of v and below in UTF-8: file names made on Windows (and messages quoting them)
+ * may be Windows-1252, and --json must stay JSON. */
+static void json_utf8(cJSON *v)
+{
+    for (; v; v = v->next) {
+        char *s = NULL;
+        if (cJSON_IsString(v) && mood_registry_text_to_utf8(&s, v->valuestring) == 0 &&
+            strcmp(s, v->valuestring) != 0)
+            cJSON_SetValuestring(v, s);
+        mood_registry_free_string(s);
+        json_utf8(v->child);
+    }
+}
+
 static void skip(import_run *run, const char *path, const char *reason)
 {
-    cJSON *o = cJSON_CreateObject();
+    cJSON *o;
+    if (listed(run, path))
+        return;
+    o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "file", path);
     cJSON_AddStringToObject(o, "reason", reason);
     cJSON_AddItemToArray(run->skipped, o);
     if (!run->json)
         fprintf(stderr, "mood: skipped %s: %s\n", path, reason);
+}
+
+enum { LOG_WARNING = 1 }; /* mood_log_fn's levels: 0 error, 1 warning, 2 info, 3 debug */
+
+/* The library's log while a file is imported: printed as main's sink does, and a sidecar it left
+ * out ("PATH: sidecar skipped: REASON", registry/import.c) also goes to the skipped list. */
+static void import_log(int level, const char *message, void *payload)
+{
+    static const char marker[] = ": sidecar skipped: ";
+    import_run *run = payload;
+    const char *m = strstr(message, marker);
+    if (level <= LOG_WARNING)
+        fprintf(stderr, "mood: %s: %s\n", level == 0 ? "error" : "warning", message);
+    else if (getenv("MOOD_VERBOSE"))
+        fprintf(stderr, "mood: %s\n", message);
+    if (level == LOG_WARNING && m && run) {
+        char *file = strndup(message, (size_t)(m - message));
+        if (file && !listed(run, file)) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "file", file);
+            cJSON_AddStringToObject(o, "reason", m + sizeof marker - 1);
+            cJSON_AddItemToArray(run->skipped, o);
+        }
+        free(file);
+    }
 }
 
 static void report_rename(const import_run *run, const mood_import_result *res)
@@ -163,12 +239,32 @@ static int is_pickle(const char *name)
 
 static void walk(import_run *run, const char *path, int top);
 
+/* Records the folder as searched; false when it was already (a link back up the tree, or the
+ * same folder given twice). Out of memory: searched again rather than not at all. */
+static int first_visit(import_run *run, const struct stat *st)
+{
+    visited_dir *grown;
+    for (size_t i = 0; i < run->n_dirs; i++) {
+        if (run->dirs[i].dev == st->st_dev && run->dirs[i].ino == st->st_ino)
+            return 0;
+    }
+    if (run->n_dirs == run->cap_dirs) {
+        size_t cap = run->cap_dirs ? 2 * run->cap_dirs : 16;
+        if (!(grown = realloc(run->dirs, cap * sizeof *grown)))
+            return 1;
+        run->dirs = grown;
+        run->cap_dirs = cap;
+    }
+    run->dirs[run->n_dirs++] = (visited_dir){st->st_dev, st->st_ino};
+    return 1;
+}
+
 static void walk_dir(import_run *run, const char *dir)
 {
     struct dirent **list = NULL;
     int n = scandir(dir, &list, NULL, alphasort);
     if (n < 0) {
-        fprintf(stderr, "mood: error: %s: cannot read the folder\n", dir);
+        fprintf(stderr, "mood: error: %s: cannot read the folder: %s\n", dir, strerror(errno));
         run->status = worse(run->status, 2);
         return;
     }
@@ -186,18 +282,46 @@ static void walk_dir(import_run *run, const char *dir)
     free(list);
 }
 
+/* A path stat() refused: ENOENT (a dangling link too) said plainly, anything else (ELOOP,
+ * EACCES) as the system says it. */
+static void unreadable(import_run *run, const char *path, int e)
+{
+    const char *why = e == ENOENT ? "no such file or folder" : strerror(e);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "file", path);
+    cJSON_AddStringToObject(o, "error", why);
+    cJSON_AddItemToArray(run->failed, o);
+    fprintf(stderr, "mood: error: %s: %s\n", path, why);
+    run->status = worse(run->status, 2);
+}
+
+/* Neither a file nor a folder: a named pipe (opening it would wait forever), device or socket. */
+static const char *special_kind(mode_t mode)
+{
+    if (S_ISFIFO(mode))
+        return "a named pipe (FIFO), not a regular file";
+    if (S_ISSOCK(mode))
+        return "a socket, not a regular file";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "a device, not a regular file";
+    return "not a regular file";
+}
+
 static void walk(import_run *run, const char *path, int top)
 {
     struct stat st;
     if (stat(path, &st) != 0) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "file", path);
-        cJSON_AddStringToObject(o, "error", "no such file or folder");
-        cJSON_AddItemToArray(run->failed, o);
-        fprintf(stderr, "mood: error: %s: no such file or folder\n", path);
-        run->status = worse(run->status, 2);
+        unreadable(run, path, errno);
     } else if (S_ISDIR(st.st_mode)) {
-        walk_dir(run, path);
+        if (first_visit(run, &st))
+            walk_dir(run, path);
+        else
+            skip(run, path,
+                 top ? "a folder already searched" : "a link to a folder already searched");
+    } else if (!S_ISREG(st.st_mode)) {
+        skip(run, path, special_kind(st.st_mode));
+        if (top)
+            run->status = worse(run->status, 1);
     } else if (has_suffix(path, ".safetensors") || (top && is_pickle(path))) {
         import_one(run, path);
     } else if (is_pickle(path)) {
@@ -237,6 +361,7 @@ int cmd_import(int argc, char **argv)
     run.skipped = cJSON_CreateArray();
     run.failed = cJSON_CreateArray();
     run.cf.json = run.json;
+    mood_log_set(import_log, &run);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--nsfw") == 0)
             i++;
@@ -248,12 +373,15 @@ int cmd_import(int argc, char **argv)
             walk(&run, argv[i], 1);
     }
     mood_registry_close(run.r);
+    mood_log_set(import_log, NULL); /* run is about to go */
+    free(run.dirs);
     if (run.json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToObject(o, "imported", run.imported);
         cJSON_AddItemToObject(o, "already", run.already);
         cJSON_AddItemToObject(o, "skipped", run.skipped);
         cJSON_AddItemToObject(o, "failed", run.failed);
+        json_utf8(o);
         return worse(run.status, cli_print_json(o));
     }
     cJSON_Delete(run.imported);

@@ -405,6 +405,20 @@ static int resolve_lora(style_args *a, mood_registry *r, const char *arg)
     return rc;
 }
 
+/* Text that is not UTF-8 (a Latin-1 terminal) is refused before anything is imported, naming
+ * the option it came with. */
+static int check_text_options(const style_args *a, const char *name)
+{
+    const char *const what[] = {"NAME", "--trigger", "--template", "--negative", "--description"};
+    const char *const text[] = {name, a->spec.trigger_words, a->spec.template_text,
+                                a->spec.negative, a->spec.description};
+    for (size_t i = 0; i < sizeof what / sizeof what[0]; i++) {
+        if (mood_registry_text_check(text[i], what[i]) != 0)
+            return cli_fail(MOOD_EINVAL);
+    }
+    return 0;
+}
+
 /* Options shared by create and edit; --lora arguments are collected in lora_args. */
 static int parse_style_options(style_args *a, const char ***lora_args, size_t *n_lora, int argc,
                                char **argv, const char *cmd, const char **name)
@@ -442,7 +456,7 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
     }
     if (!*name)
         return cli_usage_error(cmd, "missing NAME");
-    return 0;
+    return check_text_options(a, *name);
 }
 
 static int style_run(int argc, char **argv, int create)
@@ -507,8 +521,10 @@ int cmd_tag(int argc, char **argv)
     int rc, err = 0;
     if (argc < 3)
         return cli_usage_error("tag", "usage: mood tag NAME +TAG -TAG ...");
-    for (int i = 2; i < argc; i++) {
-        if ((argv[i][0] != '+' && argv[i][0] != '-') || !argv[i][1])
+    for (int i = 1; i < argc; i++) {
+        if (mood_registry_text_check(argv[i], i == 1 ? "NAME" : "tag") != 0)
+            return cli_fail(MOOD_EINVAL); /* before quoting it below */
+        if (i > 1 && ((argv[i][0] != '+' && argv[i][0] != '-') || !argv[i][1]))
             return cli_usage_error("tag", "'%s': write +TAG to add a tag, -TAG to remove one",
                                    argv[i]);
     }

@@ -78,7 +78,8 @@ typedef struct mood_map {
     uint64_t size;
 } mood_map;
 
-/* Maps a whole file read-only. Missing file: MOOD_ENOTFOUND; other failures MOOD_EIO. */
+/* Maps a whole file read-only. Missing file: MOOD_ENOTFOUND; not a regular file (a FIFO, device,
+ * socket or folder; refused without blocking): MOOD_EINVAL; other failures MOOD_EIO. */
 int mood_map_file(mood_map *out, const char *path);
 void mood_unmap(mood_map *m);
 /* Tells the kernel that [offset, offset+len) of a mapping will not be needed soon. */

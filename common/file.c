@@ -1,6 +1,10 @@
 /*
  * file.c: read-only file mappings and atomic file writes.
  *
+ * Every file a user names (a LoRA, a checkpoint, a sidecar) is read through mood_map_file, which
+ * refuses anything but a regular file without blocking: a FIFO would hang the command, a device
+ * would be read forever.
+ *
  * Atomic writes create "<dir>/.<name>.tmp-<pid>-<n>" with O_EXCL beside the destination, fsync it,
  * rename it over the destination and fsync the directory. Temporary paths in flight are kept in a
  * small table so that a signal handler (Ctrl-C) can remove them with mood_atomic_cleanup_all():
@@ -17,20 +21,55 @@
 
 #include "common/common.h"
 
+/* What a path that is not a regular file is, for the message refusing it. */
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "a folder";
+    if (S_ISFIFO(mode))
+        return "a named pipe (FIFO)";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "a device";
+    return "a special file";
+}
+
+static int not_regular(const char *path, mode_t mode)
+{
+    return mood_error_set(MOOD_EINVAL, "%s: not a regular file but %s; mood reads only plain files",
+                          path, file_kind(mode));
+}
+
+static int open_failed(const char *path, int e)
+{
+    struct stat st;
+    /* a socket cannot be opened at all (ENXIO): say what it is rather than "no such device" */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return not_regular(path, st.st_mode);
+    return mood_error_set(e == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO, "%s: cannot open: %s", path,
+                          strerror(e));
+}
+
 int mood_map_file(mood_map *out, const char *path)
 {
     struct stat st;
     void *data;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever, before
+     * fstat could tell it apart; it changes nothing for the regular files that are mapped. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     out->data = NULL;
     out->size = 0;
-    if (fd < 0) {
-        int code = errno == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO;
-        return mood_error_set(code, "%s: cannot open: %s", path, strerror(errno));
-    }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fd < 0)
+        return open_failed(path, errno);
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
         close(fd);
-        return mood_error_set(MOOD_EIO, "%s: not a regular file", path);
+        return mood_error_set(MOOD_EIO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return not_regular(path, st.st_mode);
     }
     if (st.st_size > 0) {
         data = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);

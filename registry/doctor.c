@@ -5,10 +5,17 @@
  *   - files under blobs/sha256 that no row uses ("orphans"), and stray files there whose name is
  *     not a SHA-256;
  *   - with --deep, every referenced blob re-hashed against its name ("corrupt").
- * With --fix: orphans are deleted; styles that lose an adapter (missing or corrupt) are removed
- * with it, previews and style files whose blob is missing or corrupt are removed, the FTS index
- * is rebuilt.
- * Checks and fixes run under the exclusive registry lock, so no import is half-way meanwhile.
+ * Every lost adapter (missing or corrupt) is reported with its file name, where it was imported
+ * from, and the styles that use it; the report's "styles" says, per style, what --fix does.
+ * With --fix: orphans are deleted; a lost adapter's row goes (and a corrupt blob with it). A style
+ * that keeps other adapters only loses the lost ones: a combined style (style create/edit) keeps
+ * its other LoRAs, template, negative prompt and weights. A style left with no adapter is removed,
+ * because a style needs at least one (style create and edit refuse zero), and the report names
+ * it; importing the file again brings a style that was just that LoRA back. Previews and style
+ * files whose blob is missing or corrupt are removed, the FTS index is rebuilt, and blobs that
+ * only removed styles used are deleted, so that the next run finds no new orphans.
+ * Checks and fixes run under the exclusive registry lock, so no import is half-way meanwhile; the
+ * styles to change are worked out again inside the transaction that changes them.
  */
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -24,6 +31,8 @@ typedef struct doctor {
     mood_registry *r;
     const mood_doctor_options *o;
     cJSON *report, *missing, *orphans, *corrupt;
+    cJSON *styles;  /* [{name, action, loras, kept, lost [{sha256, file_name, problem}], fixed}] */
+    mood_buf freed; /* SHA-256s (64 characters each) of the previews and files of removed styles */
     int problems, fixed;
 } doctor;
 
@@ -66,7 +75,34 @@ static void hash_blob(char hex[65], const char *path)
     mood_error_clear();
 }
 
-/* Every referenced blob: present? (deep: intact?) Problems are listed as {sha256, kind, path}. */
+/* A lost adapter's file name and where it was first imported from: what to import again. */
+static int describe_adapter(doctor *d, cJSON *item, const char *sha)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(d->r, &st,
+                                "SELECT file_name, (SELECT location FROM sources WHERE"
+                                " adapter_sha256 = ?1 ORDER BY id LIMIT 1)"
+                                " FROM adapters WHERE sha256 = ?1"),
+        rc;
+    if (err)
+        return err;
+    mood__reg_bind_text(st, 1, sha);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *from = (const char *)sqlite3_column_text(st, 1);
+        cJSON_AddItemToObject(item, "file_name",
+                              name ? cJSON_CreateString(name) : cJSON_CreateNull());
+        cJSON_AddItemToObject(item, "imported_from",
+                              from ? cJSON_CreateString(from) : cJSON_CreateNull());
+    } else if (rc != SQLITE_DONE) {
+        err = mood__reg_sqlerr(d->r, rc, "reading an adapter");
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* Every referenced blob: present? (deep: intact?) Problems are listed as {sha256, kind, path};
+ * adapters also with {file_name, imported_from}. */
 static int check_referenced(doctor *d)
 {
     sqlite3_stmt *st = NULL;
@@ -97,6 +133,8 @@ static int check_referenced(doctor *d)
             cJSON_AddStringToObject(item, "sha256", sha);
             cJSON_AddStringToObject(item, "kind", kind);
             cJSON_AddStringToObject(item, "path", path);
+            if (strcmp(kind, "adapter") == 0)
+                err = describe_adapter(d, item, sha);
             d->problems++;
         }
         mood_free(path);
@@ -171,32 +209,216 @@ static int check_orphans(doctor *d)
     return err;
 }
 
-/* Rows that lost their file: previews go; a style without one of its adapters cannot be used,
- * so it goes with the adapter. */
-static int fix_rows(doctor *d)
+/* ----- styles that use a lost adapter ----------------------------------------------------- */
+
+static cJSON *style_entry(doctor *d, const char *name, long long loras)
 {
+    cJSON *e;
+    cJSON_ArrayForEach(e, d->styles)
+    {
+        if (strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(e, "name")), name) == 0)
+            return e;
+    }
+    e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "name", name);
+    cJSON_AddStringToObject(e, "action", "drop");
+    cJSON_AddNumberToObject(e, "loras", (double)loras);
+    cJSON_AddNumberToObject(e, "kept", (double)loras);
+    cJSON_AddArrayToObject(e, "lost");
+    cJSON_AddBoolToObject(e, "fixed", 0);
+    cJSON_AddItemToArray(d->styles, e);
+    return e;
+}
+
+/* One lost adapter (an item of missing or corrupt): the styles using it, by name, into the item
+ * and into d->styles with how many of their adapter links it takes. */
+static int plan_adapter(doctor *d, cJSON *item, const char *problem)
+{
+    const char *sha = cJSON_GetStringValue(cJSON_GetObjectItem(item, "sha256"));
+    const cJSON *file = cJSON_GetObjectItem(item, "file_name");
+    cJSON *names = cJSON_AddArrayToObject(item, "styles");
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(d->r, &st,
+                                "SELECT s.name, (SELECT count(*) FROM style_adapters x WHERE"
+                                " x.style_id = s.id), count(*) FROM style_adapters sa JOIN"
+                                " styles s ON s.id = sa.style_id WHERE sa.adapter_sha256 = ?1"
+                                " GROUP BY s.id ORDER BY s.name"),
+        rc;
+    if (err)
+        return err;
+    mood__reg_bind_text(st, 1, sha);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        cJSON *e = style_entry(d, name, sqlite3_column_int64(st, 1)), *lost = cJSON_CreateObject();
+        cJSON *kept = cJSON_GetObjectItem(e, "kept");
+        cJSON_SetNumberValue(kept, kept->valuedouble - (double)sqlite3_column_int64(st, 2));
+        cJSON_AddStringToObject(lost, "sha256", sha);
+        cJSON_AddItemToObject(lost, "file_name", cJSON_Duplicate(file, 0));
+        cJSON_AddStringToObject(lost, "problem", problem);
+        cJSON_AddItemToArray(cJSON_GetObjectItem(e, "lost"), lost);
+        cJSON_AddItemToArray(names, cJSON_CreateString(name));
+    }
+    if (rc != SQLITE_DONE)
+        err = mood__reg_sqlerr(d->r, rc, "reading the styles of an adapter");
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* Which styles use a lost adapter and what --fix does with each: a style that keeps another
+ * adapter only drops the lost ones; one left with none is removed (a style needs a LoRA). */
+static int plan_styles(doctor *d)
+{
+    const cJSON *lists[2] = {d->missing, d->corrupt};
+    static const char *const problem[2] = {"missing", "corrupt"};
+    cJSON *item, *e;
+    int err = 0;
+    cJSON_DeleteItemFromObject(d->report, "styles"); /* planned again inside the fix */
+    d->styles = cJSON_AddArrayToObject(d->report, "styles");
+    for (int l = 0; l < 2 && !err; l++) {
+        cJSON_ArrayForEach(item, lists[l])
+        {
+            const char *kind = cJSON_GetStringValue(cJSON_GetObjectItem(item, "kind"));
+            cJSON_DeleteItemFromObject(item, "styles");
+            if (kind && strcmp(kind, "adapter") == 0 && (err = plan_adapter(d, item, problem[l])))
+                break;
+        }
+    }
+    cJSON_ArrayForEach(e, d->styles)
+    {
+        if (cJSON_GetNumberValue(cJSON_GetObjectItem(e, "kept")) <= 0)
+            cJSON_ReplaceItemInObject(e, "action", cJSON_CreateString("remove"));
+    }
+    return err;
+}
+
+/* SHA-256s of a style's previews and files, to delete their blobs once the style is gone. */
+static int collect_files(doctor *d, long long id)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(d->r, &st,
+                                "SELECT blob_sha256 FROM previews WHERE style_id = ?1"
+                                " UNION SELECT blob_sha256 FROM style_files WHERE style_id = ?1"),
+        rc;
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *sha = (const char *)sqlite3_column_text(st, 0);
+        if (sha && mood__blob_valid_hex(sha))
+            err = mood_buf_append(&d->freed, sha, 64);
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = mood__reg_sqlerr(d->r, rc, "reading a style's files");
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* Closes the gaps that dropped adapters leave in a style's positions (0, 1, ...): position 0 is
+ * the adapter list and show report first. Each move goes down to a free position. */
+static int renumber(doctor *d, long long id)
+{
+    sqlite3_stmt *next = NULL, *move = NULL;
+    int err = mood__reg_prepare(d->r, &next,
+                                "SELECT min(position) FROM style_adapters"
+                                " WHERE style_id = ?1 AND position >= ?2"),
+        rc;
+    if (!err)
+        err = mood__reg_prepare(d->r, &move,
+                                "UPDATE style_adapters SET position = ?3"
+                                " WHERE style_id = ?1 AND position = ?2");
+    for (long long k = 0; !err; k++) {
+        sqlite3_reset(next);
+        sqlite3_bind_int64(next, 1, id);
+        sqlite3_bind_int64(next, 2, k);
+        if ((rc = sqlite3_step(next)) != SQLITE_ROW) {
+            err = mood__reg_sqlerr(d->r, rc, "reordering a style's adapters");
+            break;
+        }
+        if (sqlite3_column_type(next, 0) == SQLITE_NULL)
+            break;
+        if (sqlite3_column_int64(next, 0) == k)
+            continue;
+        sqlite3_reset(move);
+        sqlite3_bind_int64(move, 1, id);
+        sqlite3_bind_int64(move, 2, sqlite3_column_int64(next, 0));
+        sqlite3_bind_int64(move, 3, k);
+        if ((rc = sqlite3_step(move)) != SQLITE_DONE)
+            err = mood__reg_sqlerr(d->r, rc, "reordering a style's adapters");
+    }
+    sqlite3_finalize(next);
+    sqlite3_finalize(move);
+    return err;
+}
+
+/* Runs sql with ?1 = id and ?2 = text (may be unused). */
+static int exec_id_text(doctor *d, const char *sql, long long id, const char *text)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(d->r, &st, sql);
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    if (text)
+        mood__reg_bind_text(st, 2, text);
+    return mood__reg_step_done(d->r, st, "repairing a style");
+}
+
+/* Takes the lost adapters out of one style, or removes the style when none would be left. */
+static int fix_style(doctor *d, cJSON *e)
+{
+    const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
+    const char *action = cJSON_GetStringValue(cJSON_GetObjectItem(e, "action"));
+    const cJSON *lost;
+    long long id;
+    int err = mood__reg_style_id(d->r, &id, name);
+    if (err)
+        return err;
+    if (strcmp(action, "remove") == 0) {
+        if ((err = collect_files(d, id)) == 0)
+            err = exec_id_text(d, "DELETE FROM styles WHERE id = ?1", id, NULL);
+    } else {
+        cJSON_ArrayForEach(lost, cJSON_GetObjectItem(e, "lost"))
+        {
+            const char *sha = cJSON_GetStringValue(cJSON_GetObjectItem(lost, "sha256"));
+            if ((err = exec_id_text(d,
+                                    "DELETE FROM style_adapters WHERE style_id = ?1 AND"
+                                    " adapter_sha256 = ?2",
+                                    id, sha)) != 0)
+                return err;
+        }
+        if ((err = renumber(d, id)) == 0)
+            err = exec_id_text(d,
+                               "UPDATE styles SET updated_at ="
+                               " strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE id = ?1",
+                               id, NULL);
+    }
+    if (!err)
+        cJSON_ReplaceItemInObject(e, "fixed", cJSON_CreateBool(1));
+    return err;
+}
+
+/* Rows that lost their file: previews and style files go, and so does a lost adapter's row once
+ * no style uses it (fix_style ran first). */
+static int fix_items(doctor *d)
+{
+    static const char *const sql[] = {
+        "DELETE FROM previews WHERE blob_sha256 = ?1",
+        "DELETE FROM style_files WHERE blob_sha256 = ?1",
+        "DELETE FROM adapters WHERE sha256 = ?1",
+    };
     const cJSON *lists[2] = {d->missing, d->corrupt}, *item;
-    int err = mood__reg_begin(d->r);
+    int err = 0;
     for (int l = 0; l < 2 && !err; l++) {
         cJSON_ArrayForEach(item, lists[l])
         {
             const char *sha = cJSON_GetStringValue(cJSON_GetObjectItem(item, "sha256"));
             char *path = NULL;
             sqlite3_stmt *st = NULL;
-            static const char *const sql[] = {
-                "DELETE FROM previews WHERE blob_sha256 = ?1",
-                "DELETE FROM style_files WHERE blob_sha256 = ?1",
-                ("DELETE FROM styles WHERE id IN (SELECT style_id FROM style_adapters WHERE"
-                 " adapter_sha256 = ?1)"),
-                "DELETE FROM adapters WHERE sha256 = ?1",
-            };
             for (size_t i = 0; i < sizeof sql / sizeof sql[0] && !err; i++) {
                 if ((err = mood__reg_prepare(d->r, &st, sql[i])) != 0)
                     break;
                 mood__reg_bind_text(st, 1, sha);
-                if (sqlite3_step(st) != SQLITE_DONE)
-                    err = mood__reg_sqlerr(d->r, sqlite3_errcode(d->r->db), "repairing");
-                sqlite3_finalize(st);
+                err = mood__reg_step_done(d->r, st, "repairing");
             }
             if (!err && l == 1 && mood__blob_path(&path, d->r, sha) == 0)
                 unlink(path); /* the damaged file: its content is not what its name says */
@@ -206,11 +428,47 @@ static int fix_rows(doctor *d)
             d->fixed++;
         }
     }
-    if (!err)
+    return err;
+}
+
+/* Blobs only the removed styles used (previews, mood board thumbnails): deleted now, else the
+ * next run would report them as orphans. */
+static int delete_freed(doctor *d)
+{
+    int err = d->freed.len ? mood__reg_begin(d->r) : 0, deleted;
+    for (size_t at = 0; !err && at + 64 <= d->freed.len; at += 64) {
+        char sha[65];
+        memcpy(sha, d->freed.data + at, 64);
+        sha[64] = '\0';
+        err = mood__blob_delete_if_unused(d->r, sha, &deleted);
+    }
+    if (!err && d->freed.len)
         err = mood__reg_commit(d->r);
     if (err)
         mood__reg_rollback(d->r);
     return err;
+}
+
+/* The repair, in one transaction: styles first (so that no link to a lost adapter is left),
+ * then the rows of lost files. */
+static int fix_rows(doctor *d)
+{
+    cJSON *e;
+    int err = mood__reg_begin(d->r);
+    if (!err)
+        err = plan_styles(d);
+    cJSON_ArrayForEach(e, d->styles)
+    {
+        if (err || (err = fix_style(d, e)) != 0)
+            break;
+    }
+    if (!err)
+        err = fix_items(d);
+    if (!err)
+        err = mood__reg_commit(d->r);
+    if (err)
+        mood__reg_rollback(d->r);
+    return err ? err : delete_freed(d);
 }
 
 static int run(doctor *d)
@@ -221,17 +479,20 @@ static int run(doctor *d)
         return err;
     if (d->o->fix && (cJSON_GetArraySize(d->missing) || cJSON_GetArraySize(d->corrupt)))
         err = fix_rows(d);
+    else
+        err = plan_styles(d);
     return err;
 }
 
 int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                          const mood_doctor_options *o)
 {
-    doctor d = {r, o, cJSON_CreateObject(), NULL, NULL, NULL, 0, 0};
+    doctor d = {r, o, cJSON_CreateObject(), NULL, NULL, NULL, NULL, {NULL, 0, 0}, 0, 0};
     char *text = NULL;
     int err;
     *out = NULL;
     *problems_out = 0;
+    mood_buf_init(&d.freed);
     d.missing = cJSON_AddArrayToObject(d.report, "missing");
     d.orphans = cJSON_AddArrayToObject(d.report, "orphans");
     d.corrupt = cJSON_AddArrayToObject(d.report, "corrupt");
@@ -252,5 +513,6 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
 done:
     cJSON_free(text);
     cJSON_Delete(d.report);
+    mood_buf_dispose(&d.freed);
     return err;
 }

@@ -110,9 +110,22 @@ static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
     return err;
 }
 
+/* Before anything is written: the fields are shown in --json reports, which must stay JSON. */
+static int check_spec_text(const mood_style_spec *s)
+{
+    int err;
+    if ((err = mood__reg_text_check(s->trigger_words, "trigger words")) != 0 ||
+        (err = mood__reg_text_check(s->template_text, "template")) != 0 ||
+        (err = mood__reg_text_check(s->negative, "negative prompt")) != 0)
+        return err;
+    return mood__reg_text_check(s->description, "description");
+}
+
 static int apply_spec(mood_registry *r, long long id, const mood_style_spec *s)
 {
-    int err = 0;
+    int err = check_spec_text(s);
+    if (err)
+        return err;
     if (s->trigger_words && (err = set_text(r, id, "trigger_words", s->trigger_words)) != 0)
         return err;
     if (s->template_text && !strstr(s->template_text, "{prompt}") && s->template_text[0])
@@ -266,6 +279,9 @@ done:
 static int valid_tag(const char *tag)
 {
     size_t n = strlen(tag);
+    int err = mood__reg_text_check(tag, "tag");
+    if (err)
+        return err;
     if (n == 0 || n > TAG_MAX)
         return mood_error_set(MOOD_EINVAL, "tag '%s': expected 1 to %d characters", tag, TAG_MAX);
     for (size_t i = 0; i < n; i++) {

@@ -11,9 +11,17 @@
  *                      baseModel, description, ids);
  *   NAME.txt           trigger words;
  *   NAME.preview.png, NAME.png (and .jpg/.jpeg/.webp): previews, stored as blobs.
+ * A sidecar is read only when it is a regular file really in the LoRA's folder: a link out of it
+ * is not followed (a folder from the web could otherwise have /etc/passwd or ~/.ssh stored as a
+ * preview, and `mood pack export` ship it). A preview is kept only when its content is a PNG, JPEG
+ * or WebP image whose header parses, and its type is what the content says, not the name.
+ * Sidecars left out are named in a warning "PATH: sidecar skipped: REASON" (cmd_import.c lists
+ * them as skipped).
  * Trigger words of the new style: the sidecars' and modelspec.trigger_phrase; when there are none,
  * the most frequent ss_tag_frequency tags (those used as often as the top one, at most 3),
  * unless modelspec.trigger_phrase is there and empty: the file's own word that it needs none.
+ * Sidecar text that is not UTF-8 (Windows tools write Windows-1252) is read as Windows-1252 and
+ * stored as UTF-8, with a warning; the import goes on (utf8.c).
  *
  * A program that made the LoRA (mood train) adds extras (mood_import_extras): its own previews
  * (first), files of other roles (mood board thumbnails, the loss curve) and how it trained the
@@ -21,13 +29,17 @@
  */
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
+#include "common/image_decode.h"
+#include "common/image_stb.h"
 #include "mood/hash.h"
 #include "mood/lora.h"
 #include "registry/registry_impl.h"
@@ -37,6 +49,8 @@
 #define MAX_PREVIEWS       8
 #define MAX_EXTRA_PREVIEWS 64
 #define MAX_EXTRA_FILES    1024
+/* the start of the warning for a sidecar left out, which cmd_import.c looks for */
+#define SKIPPED ": sidecar skipped: "
 
 typedef struct sidecars {
     char *a1111_raw, *civitai_raw;
@@ -75,6 +89,7 @@ typedef struct import_job {
     mood__blob_tx *extra;        /* x's previews then files, n_extra of them stored */
     size_t n_extra;
     char *name;
+    char folder[PATH_MAX]; /* the LoRA's folder, links resolved; "" until a sidecar needs it */
 } import_job;
 
 /* ----- file checks ----------------------------------------------------------------------- */
@@ -242,19 +257,78 @@ done:
 
 /* ----- sidecars ---------------------------------------------------------------------------- */
 
-/* Reads stem+suffix when it exists (NULL otherwise); too big → error. */
-static int read_text(char **out, const char *stem, const char *suffix)
+/* The LoRA's folder (where the path given says it is) with every link resolved. */
+static int lora_folder(import_job *j)
+{
+    const char *slash = strrchr(j->path, '/');
+    char *dir;
+    int err = 0;
+    if (j->folder[0])
+        return 0;
+    dir = !slash             ? mood_strdup(".")
+          : slash == j->path ? mood_strdup("/")
+                             : mood_strndup(j->path, (size_t)(slash - j->path));
+    if (!dir)
+        return mood_error_nomem();
+    if (!realpath(dir, j->folder)) {
+        err = mood_error_set(MOOD_EIO, "%s: cannot resolve the LoRA's folder: %s", dir,
+                             strerror(errno));
+        j->folder[0] = '\0';
+    }
+    mood_free(dir);
+    return err;
+}
+
+/* Whether the resolved path `real` lies in `folder` (resolved too) or below it. */
+static int inside(const char *real, const char *folder)
+{
+    size_t n = strlen(folder);
+    return strncmp(real, folder, n) == 0 && (real[n] == '/' || folder[n - 1] == '/');
+}
+
+/* Maps the sidecar at path when there is one that may be read: *found 0 and m left empty when
+ * there is none (a dangling link included) or when it is left out with a warning: a link to a
+ * file outside the LoRA's folder, or not a regular file (a named pipe would block the read). */
+static int sidecar_map(import_job *j, mood_map *m, int *found, const char *path)
+{
+    char real[PATH_MAX];
+    struct stat st;
+    int err;
+    *found = 0;
+    if (lstat(path, &st) != 0)
+        return 0;
+    if (!realpath(path, real)) {
+        if (errno != ENOENT)
+            mood_log(MOOD_LOG_WARN, "%s" SKIPPED "%s", path, strerror(errno));
+        return 0;
+    }
+    if ((err = lora_folder(j)) != 0)
+        return err;
+    if (!inside(real, j->folder)) {
+        mood_log(MOOD_LOG_WARN, "%s" SKIPPED "a link to %s, outside the LoRA's folder", path, real);
+        return 0;
+    }
+    if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
+        mood_log(MOOD_LOG_WARN, "%s" SKIPPED "not a regular file", path);
+        return 0;
+    }
+    /* the resolved path: what was checked is what is read */
+    if ((err = mood_map_file(m, real)) != 0)
+        return err;
+    *found = 1;
+    return 0;
+}
+
+/* Reads stem+suffix when there is one to read (NULL otherwise); too big → error. */
+static int read_text(char **out, import_job *j, const char *suffix)
 {
     mood_buf p;
     mood_map m = {0};
-    int err;
+    int err, found = 0;
     *out = NULL;
     mood_buf_init(&p);
-    if ((err = mood_buf_printf(&p, "%s%s", stem, suffix)) != 0)
-        return err;
-    if (!mood_path_exists(p.data))
-        goto done;
-    if ((err = mood_map_file(&m, p.data)) != 0)
+    if ((err = mood_buf_printf(&p, "%s%s", j->stem_path, suffix)) != 0 ||
+        (err = sidecar_map(j, &m, &found, p.data)) != 0 || !found)
         goto done;
     if (m.size > MAX_SIDECAR)
         err = mood_error_set(MOOD_EFORMAT, "%s: sidecar file too large (%llu bytes)", p.data,
@@ -319,14 +393,28 @@ static void parse_sidecar_json(cJSON **out, char **raw, const char *stem, const 
     }
 }
 
+/* Sidecars made on Windows are often Windows-1252 (or carry a UTF-8 byte-order mark): their
+ * text is stored and reported as UTF-8, so it is converted before anything reads it. */
+static int sidecar_utf8(char **text, const char *stem, const char *suffix)
+{
+    int converted = 0, err = mood__reg_utf8_in_place(text, &converted);
+    if (!err && converted)
+        mood_log(MOOD_LOG_WARN, "%s%s: not UTF-8; read as Windows-1252 (Latin-1)", stem, suffix);
+    return err;
+}
+
 static int read_sidecars(import_job *j, const char *trigger_phrase)
 {
     sidecars *s = &j->side;
     const cJSON *words;
     int err;
-    if ((err = read_text(&s->a1111_raw, j->stem_path, ".json")) != 0 ||
-        (err = read_text(&s->civitai_raw, j->stem_path, ".civitai.info")) != 0 ||
-        (err = read_text(&s->txt, j->stem_path, ".txt")) != 0)
+    if ((err = read_text(&s->a1111_raw, j, ".json")) != 0 ||
+        (err = read_text(&s->civitai_raw, j, ".civitai.info")) != 0 ||
+        (err = read_text(&s->txt, j, ".txt")) != 0)
+        return err;
+    if ((err = sidecar_utf8(&s->a1111_raw, j->stem_path, ".json")) != 0 ||
+        (err = sidecar_utf8(&s->civitai_raw, j->stem_path, ".civitai.info")) != 0 ||
+        (err = sidecar_utf8(&s->txt, j->stem_path, ".txt")) != 0)
         return err;
     parse_sidecar_json(&s->a1111, &s->a1111_raw, j->stem_path, ".json");
     parse_sidecar_json(&s->civitai, &s->civitai_raw, j->stem_path, ".civitai.info");
@@ -349,18 +437,62 @@ static int read_sidecars(import_job *j, const char *trigger_phrase)
 
 /* ----- previews ---------------------------------------------------------------------------- */
 
-static int add_preview(import_job *j, mood_registry *r, const char *suffix, const char *type)
+static int starts_with(const mood_map *m, const void *magic, size_t n)
+{
+    return m->size >= n && memcmp(m->data, magic, n) == 0;
+}
+
+/* WebP's first chunk as image_webp.c reads it: "VP8 " with its start code, "VP8L" with its
+ * signature byte, or "VP8X". */
+static int webp_header_ok(const mood_map *m)
+{
+    const uint8_t *d = m->data;
+    if (m->size < 30)
+        return 0;
+    if (memcmp(d + 12, "VP8 ", 4) == 0)
+        return d[23] == 0x9d && d[24] == 0x01 && d[25] == 0x2a;
+    if (memcmp(d + 12, "VP8L", 4) == 0)
+        return d[20] == 0x2f;
+    return memcmp(d + 12, "VP8X", 4) == 0;
+}
+
+/* The MIME type of a preview by what it holds, not by its name: PNG and JPEG when stb_image
+ * parses the header (common/image_stb.c), WebP when its first chunk is one libwebp decodes.
+ * Anything else: *type NULL and a warning naming the file. */
+static int preview_type(const char **type, const mood_map *m, const char *path)
+{
+    const char *why = "not a PNG, JPEG or WebP image", *stb = "";
+    int w, h, c, png = starts_with(m, "\x89PNG\r\n\x1a\n", 8);
+    *type = NULL;
+    if (m->size == 0 || m->size > MAX_PREVIEW) {
+        why = m->size ? "an image larger than 64 MiB" : "an empty file";
+    } else if (mood__webp_is(m->data, (size_t)m->size)) {
+        *type = webp_header_ok(m) ? "image/webp" : NULL;
+        why = "a damaged WebP image";
+    } else if (png || starts_with(m, "\xFF\xD8\xFF", 3)) {
+        if (mood__stb_info(m->data, (size_t)m->size, &w, &h, &c, &stb) == 0)
+            *type = png ? "image/png" : "image/jpeg";
+        else if (strcmp(stb, "outofmem") == 0)
+            return mood_error_nomem();
+        why = png ? "a damaged PNG image: " : "a damaged JPEG image: ";
+    }
+    if (!*type)
+        mood_log(MOOD_LOG_WARN, "%s" SKIPPED "%s%s", path, why, stb);
+    return 0;
+}
+
+static int add_preview(import_job *j, mood_registry *r, const char *suffix)
 {
     mood_buf p;
     mood_map m = {0};
     preview *pv = &j->previews[j->n_previews];
-    int err = 0;
+    const char *type = NULL;
+    int err = 0, found = 0;
     mood_buf_init(&p);
     if (j->n_previews >= MAX_PREVIEWS || (err = mood_buf_printf(&p, "%s%s", j->stem_path, suffix)))
         goto done;
-    if (!mood_path_exists(p.data) || (err = mood_map_file(&m, p.data)) != 0)
-        goto done;
-    if (m.size == 0 || m.size > MAX_PREVIEW)
+    if ((err = sidecar_map(j, &m, &found, p.data)) != 0 || !found ||
+        (err = preview_type(&type, &m, p.data)) != 0 || !type)
         goto done; /* not a usable image: left out, not fatal */
     for (int i = 0; i < j->n_previews; i++) {
         char hex[65];
@@ -379,16 +511,14 @@ done:
     return err;
 }
 
+/* The names a preview goes by; its type comes from its content (preview_type). */
 static int store_previews(import_job *j, mood_registry *r)
 {
-    static const char *const kinds[][2] = {
-        {".preview.png", "image/png"}, {".png", "image/png"},   {".preview.jpg", "image/jpeg"},
-        {".jpg", "image/jpeg"},        {".jpeg", "image/jpeg"}, {".preview.webp", "image/webp"},
-        {".webp", "image/webp"},
-    };
+    static const char *const suffixes[] = {".preview.png", ".png",          ".preview.jpg", ".jpg",
+                                           ".jpeg",        ".preview.webp", ".webp"};
     int err = 0;
-    for (size_t i = 0; !err && i < sizeof kinds / sizeof kinds[0]; i++)
-        err = add_preview(j, r, kinds[i][0], kinds[i][1]);
+    for (size_t i = 0; !err && i < sizeof suffixes / sizeof suffixes[0]; i++)
+        err = add_preview(j, r, suffixes[i]);
     return err;
 }
 
@@ -471,7 +601,7 @@ static int insert_extra_file(mood_registry *r, const mood_style_file *f, const c
     mood__reg_bind_text(st, 2, f->role);
     mood__reg_bind_text(st, 3, sha);
     mood__reg_bind_text(st, 4, f->media_type);
-    mood__reg_bind_text(st, 5, f->name);
+    mood__reg_bind_utf8(st, 5, f->name);
     if (f->width > 0 && f->height > 0) {
         sqlite3_bind_int(st, 6, f->width);
         sqlite3_bind_int(st, 7, f->height);
@@ -496,7 +626,7 @@ static int insert_extras(mood_registry *r, const import_job *j, long long style_
         sqlite3_bind_int64(st, 1, style_id);
         mood__reg_bind_text(st, 2, j->extra[i].sha256);
         mood__reg_bind_text(st, 3, x->previews[i].media_type);
-        mood__reg_bind_text(st, 4, x->previews[i].name);
+        mood__reg_bind_utf8(st, 4, x->previews[i].name);
         sqlite3_bind_int(st, 5, (int)i);
         err = mood__reg_step_done(r, st, "storing a preview");
     }
@@ -549,21 +679,21 @@ int mood__reg_insert_adapter(mood_registry *r, const mood__reg_adapter *a, const
     if (err)
         return err;
     mood__reg_bind_text(st, 1, a->sha256);
-    mood__reg_bind_text(st, 2, a->autov3);
+    mood__reg_bind_utf8(st, 2, a->autov3);
     sqlite3_bind_int64(st, 3, (long long)a->size);
-    mood__reg_bind_text(st, 4, a->family);
-    mood__reg_bind_text(st, 5, a->family_source);
-    mood__reg_bind_text(st, 6, a->algorithm);
+    mood__reg_bind_utf8(st, 4, a->family);
+    mood__reg_bind_utf8(st, 5, a->family_source);
+    mood__reg_bind_utf8(st, 6, a->algorithm);
     if (a->has_rank)
         sqlite3_bind_int64(st, 7, a->rank);
     if (a->has_alpha)
         sqlite3_bind_double(st, 8, a->alpha);
-    mood__reg_bind_text(st, 9, a->dtype);
+    mood__reg_bind_utf8(st, 9, a->dtype);
     if (a->has_modules)
         sqlite3_bind_int64(st, 10, a->modules);
-    mood__reg_bind_text(st, 11, a->metadata_json);
-    mood__reg_bind_text(st, 12, a->trigger_words_json);
-    mood__reg_bind_text(st, 13, a->file_name);
+    mood__reg_bind_utf8(st, 11, a->metadata_json);
+    mood__reg_bind_utf8(st, 12, a->trigger_words_json);
+    mood__reg_bind_utf8(st, 13, a->file_name);
     return mood__reg_step_done(r, st, what);
 }
 
@@ -617,7 +747,7 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
     /* A1111: 0 means "use the global default" */
     if (cJSON_IsNumber(w) && w->valuedouble > 0 && isfinite(w->valuedouble))
         sqlite3_bind_double(st, 6, w->valuedouble);
-    mood__reg_bind_text(st, 7, j->x ? j->x->training_json : NULL);
+    mood__reg_bind_utf8(st, 7, j->x ? j->x->training_json : NULL);
     if ((err = mood__reg_step_done(r, st, "creating the style")) != 0)
         return err;
     *id = sqlite3_last_insert_rowid(r->db);
@@ -651,8 +781,8 @@ static int insert_source(mood_registry *r, const import_job *j)
         " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
     if (!err) {
         mood__reg_bind_text(st, 1, j->h.sha256);
-        mood__reg_bind_text(st, 2, abs ? abs : j->path);
-        mood__reg_bind_text(st, 3, j->side.a1111_raw);
+        mood__reg_bind_utf8(st, 2, abs ? abs : j->path); /* a file name */
+        mood__reg_bind_text(st, 3, j->side.a1111_raw);   /* UTF-8 by now */
         mood__reg_bind_text(st, 4, j->side.civitai_raw);
         if (json_id(c, "modelId"))
             sqlite3_bind_int64(st, 5, json_id(c, "modelId"));
@@ -680,7 +810,7 @@ static int insert_previews(mood_registry *r, const import_job *j, long long styl
         sqlite3_bind_int64(st, 1, style_id);
         mood__reg_bind_text(st, 2, j->previews[i].tx.sha256);
         mood__reg_bind_text(st, 3, j->previews[i].media_type);
-        mood__reg_bind_text(st, 4, j->previews[i].origin);
+        mood__reg_bind_utf8(st, 4, j->previews[i].origin);
         sqlite3_bind_int(st, 5, first + i);
         err = mood__reg_step_done(r, st, "storing a preview");
     }
@@ -757,6 +887,27 @@ static void job_dispose(import_job *j, mood_registry *r, int failed)
     mood_buf_dispose(&j->side.triggers);
 }
 
+/* The file's stem as out->wanted: in UTF-8 (a name made on Windows may be Windows-1252), and
+ * cut, when too long, before a character rather than inside one. */
+static int wanted_name(mood_import_result *out, const char *stem)
+{
+    char *utf8 = NULL;
+    size_t n;
+    int err = mood__reg_utf8_copy(&utf8, stem, NULL);
+    if (err)
+        return err;
+    n = strlen(utf8);
+    if (n >= sizeof out->wanted) {
+        n = sizeof out->wanted - 1;
+        while (n > 0 && ((unsigned char)utf8[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(out->wanted, utf8, n);
+    out->wanted[n] = '\0';
+    mood_free(utf8);
+    return 0;
+}
+
 /* Everything but the hashes: the adapter's facts, metadata and sidecars. */
 static int prepare_facts(import_job *j, mood_import_result *out)
 {
@@ -767,13 +918,14 @@ static int prepare_facts(import_job *j, mood_import_result *out)
         return err;
     if (!(j->stem_path = mood_strndup(j->path, strlen(j->path) - strlen(".safetensors"))))
         return mood_error_nomem();
-    snprintf(out->wanted, sizeof out->wanted, "%s", mood_path_basename(j->stem_path));
+    if ((err = wanted_name(out, mood_path_basename(j->stem_path))) != 0)
+        return err;
     snprintf(out->family, sizeof out->family, "%s", j->facts.family);
     if ((err = mood_st_open(&st, j->path)) != 0)
         return err;
-    if (mood_st_meta_get(st, "modelspec.trigger_phrase") &&
-        !(phrase = mood_strdup(mood_st_meta_get(st, "modelspec.trigger_phrase"))))
-        err = mood_error_nomem();
+    /* the header is strict UTF-8 already (safetensors_read.c); converting costs nothing and
+     * keeps the rule in one place should that reader ever relax */
+    err = mood__reg_utf8_copy(&phrase, mood_st_meta_get(st, "modelspec.trigger_phrase"), NULL);
     mood_st_close(st);
     if (!err)
         err = read_sidecars(j, phrase);

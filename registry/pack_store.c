@@ -2,7 +2,8 @@
  * pack_store.c: storing an imported style pack (pack_store.h), with the same all-or-nothing
  * protocol as a file import (blob.c): journal row and verified blob first, then every row of the
  * pack in one transaction that also deletes the journal rows; on any failure the transaction is
- * rolled back and the blobs this import created are removed.
+ * rolled back and the blobs this import created are removed. A manifest's text that is not
+ * valid UTF-8 is stored converted (utf8.c): packs may come from other programs.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -106,9 +107,9 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
                                  " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
         return err;
     mood__reg_bind_text(st, 1, a->sha256);
-    mood__reg_bind_text(st, 2, pack);
-    mood__reg_bind_text(st, 3, a->air);
-    mood__reg_bind_text(st, 4, a->license);
+    mood__reg_bind_utf8(st, 2, pack);
+    mood__reg_bind_utf8(st, 3, a->air);
+    mood__reg_bind_utf8(st, 4, a->license);
     return mood__reg_step_done(r, st, "recording where the adapter came from");
 }
 
@@ -134,7 +135,7 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
                                      " VALUES (?1, ?2)")) != 0)
             break;
         sqlite3_bind_int64(st, 1, id);
-        mood__reg_bind_text(st, 2, s->tags[i]);
+        mood__reg_bind_utf8(st, 2, s->tags[i]);
         err = mood__reg_step_done(r, st, "tagging a style");
     }
     for (size_t i = 0; !err && i < s->n_previews; i++) {
@@ -144,7 +145,7 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
             break;
         sqlite3_bind_int64(st, 1, id);
         mood__reg_bind_text(st, 2, s->previews[i].sha256);
-        mood__reg_bind_text(st, 3, s->previews[i].media_type);
+        mood__reg_bind_utf8(st, 3, s->previews[i].media_type);
         sqlite3_bind_int(st, 4, (int)i);
         err = mood__reg_step_done(r, st, "storing a preview");
     }
@@ -157,8 +158,8 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
             break;
         sqlite3_bind_int64(st, 1, id);
         mood__reg_bind_text(st, 2, b->sha256);
-        mood__reg_bind_text(st, 3, b->media_type);
-        mood__reg_bind_text(st, 4, b->name);
+        mood__reg_bind_utf8(st, 3, b->media_type);
+        mood__reg_bind_utf8(st, 4, b->name);
         if (b->width > 0 && b->height > 0) {
             sqlite3_bind_int(st, 5, b->width);
             sqlite3_bind_int(st, 6, b->height);
@@ -186,11 +187,11 @@ static int insert_style(mood_registry *r, const mood__pack_style_row *s)
                                  " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
         return err;
     mood__reg_bind_text(st, 1, s->name);
-    mood__reg_bind_text(st, 2, s->description);
-    mood__reg_bind_text(st, 3, s->notes);
-    mood__reg_bind_text(st, 4, s->trigger_words);
-    mood__reg_bind_text(st, 5, s->template_text);
-    mood__reg_bind_text(st, 6, s->negative);
+    mood__reg_bind_utf8(st, 2, s->description);
+    mood__reg_bind_utf8(st, 3, s->notes);
+    mood__reg_bind_utf8(st, 4, s->trigger_words);
+    mood__reg_bind_utf8(st, 5, s->template_text);
+    mood__reg_bind_utf8(st, 6, s->negative);
     if (s->has_weight)
         sqlite3_bind_double(st, 7, s->weight);
     if ((err = mood__reg_step_done(r, st, "creating a style of the pack")) != 0)

@@ -543,27 +543,35 @@ static int name_char(int c)
 int mood_registry_name_check(const char *name)
 {
     size_t n = strlen(name);
+    int err = mood__reg_text_check(name, "style name"); /* before quoting it in a message */
+    if (err)
+        return err;
     if (n == 0)
         return mood_error_set(MOOD_EINVAL, "a style name cannot be empty");
-    if (n > NAME_MAX_LEN)
-        return mood_error_set(MOOD_EINVAL,
-                              "style name '%.40s...' is too long (%zu characters, at "
-                              "most %d)",
-                              name, n, NAME_MAX_LEN);
     if (name[0] == '-' || name[0] == '.')
         return mood_error_set(MOOD_EINVAL,
                               "style name '%s' cannot start with '%c' (it would read as an option "
                               "or a hidden file)",
                               name, name[0]);
     for (size_t i = 0; i < n; i++) {
-        if (!name_char((unsigned char)name[i]))
-            return mood_error_set(
-                MOOD_EINVAL,
-                "style name '%s' has '%c' at position %zu: names may only use "
-                "letters, digits, '_', '-' and '.' so that <lora:NAME:W> works in "
-                "A1111 and Civitai",
-                name, name[i], i + 1);
+        char what[32] = "a non-ASCII character";
+        if (name_char((unsigned char)name[i]))
+            continue;
+        /* one byte of a multi-byte character is not quoted: the message must stay UTF-8 */
+        if ((unsigned char)name[i] < 0x80)
+            snprintf(what, sizeof what, "'%c'", name[i]);
+        return mood_error_set(MOOD_EINVAL,
+                              "style name '%s' has %s at position %zu: names may only use "
+                              "letters, digits, '_', '-' and '.' so that <lora:NAME:W> works in "
+                              "A1111 and Civitai",
+                              name, what, i + 1);
     }
+    /* after the character check: the name is ASCII, so cutting it for the message is safe */
+    if (n > NAME_MAX_LEN)
+        return mood_error_set(MOOD_EINVAL,
+                              "style name '%.40s...' is too long (%zu characters, at "
+                              "most %d)",
+                              name, n, NAME_MAX_LEN);
     return 0;
 }
 

@@ -99,6 +99,24 @@ typedef struct mood__reg_adapter {
     double alpha;
     int has_alpha;
 } mood__reg_adapter;
+/* Text fields that are not valid UTF-8 (a file name, a pack's metadata) are stored converted. */
 int mood__reg_insert_adapter(mood_registry *r, const mood__reg_adapter *a, const char *what);
+
+/* ----- UTF-8 (utf8.c) ------------------------------------------------------------------------
+ */
+
+/* 1 when text is strict UTF-8. */
+int mood__reg_is_utf8(const char *text);
+/* Text a person typed: 0 when NULL or valid UTF-8, else MOOD_EINVAL naming `what` ("tag",
+ * "template") and showing the value with its non-ASCII bytes as \xNN. */
+int mood__reg_text_check(const char *text, const char *what);
+/* Text from a file another program made, as UTF-8: a leading byte-order mark is dropped, and
+ * text that is not valid UTF-8 is read as Windows-1252. *out is a copy (NULL for NULL text);
+ * *converted (may be NULL) tells whether it had to be decoded. */
+int mood__reg_utf8_copy(char **out, const char *text, int *converted);
+/* The same, replacing the mood_malloc'd string *text. */
+int mood__reg_utf8_in_place(char **text, int *converted);
+/* mood__reg_bind_text of mood__reg_utf8_copy(s): for text other programs wrote. */
+int mood__reg_bind_utf8(sqlite3_stmt *st, int i, const char *s);
 
 #endif /* MOOD_REGISTRY_REGISTRY_IMPL_H */

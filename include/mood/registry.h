@@ -49,6 +49,18 @@ MOOD_WARN_UNUSED int mood_registry_name_check(const char *name);
 /* A valid name close to `wanted` that no style has yet (wanted itself when it is both). */
 MOOD_WARN_UNUSED int mood_registry_name_suggest(char **out, mood_registry *r, const char *wanted);
 
+/* ----- text ------------------------------------------------------------------------------------
+ * Everything the registry stores and reports is UTF-8. Text a person types that is not is refused
+ * (MOOD_EINVAL); text from other programs' files (sidecars, packs, file names) is converted. */
+
+/* 0 when `text` is valid UTF-8 (or NULL); MOOD_EINVAL with a message naming `what` (e.g.
+ * "--template") and showing the bad bytes as \xNN otherwise. */
+MOOD_WARN_UNUSED int mood_registry_text_check(const char *text, const char *what);
+/* A UTF-8 copy of `text` for showing or storing: text that is not valid UTF-8 is read as
+ * Windows-1252 (what files and names made on Windows hold); a leading byte-order mark is
+ * dropped. Free with mood_registry_free_string. */
+MOOD_WARN_UNUSED int mood_registry_text_to_utf8(char **out, const char *text);
+
 /* ----- import -----------------------------------------------------------------------------------
  */
 
@@ -142,7 +154,8 @@ typedef struct mood_style_spec {
     size_t n_loras;
 } mood_style_spec;
 
-/* Creates a style (name must be valid and free) or changes one. */
+/* Creates a style (name must be valid and free) or changes one. Text fields that are not valid
+ * UTF-8 are refused (MOOD_EINVAL naming the field) before anything is written. */
 MOOD_WARN_UNUSED int mood_registry_style_create(mood_registry *r, const char *name,
                                                 const mood_style_spec *spec);
 MOOD_WARN_UNUSED int mood_registry_style_edit(mood_registry *r, const char *name,
@@ -154,7 +167,7 @@ MOOD_WARN_UNUSED int mood_registry_style_loras(mood_style_lora **out, size_t *n_
 
 MOOD_WARN_UNUSED int mood_registry_rename(mood_registry *r, const char *old_name,
                                           const char *new_name);
-/* Adds (add != 0) or removes a tag of a style. Tags: 1..64 characters, no spaces or commas. */
+/* Adds (add != 0) or removes a tag of a style. Tags: UTF-8, 1..64 bytes, no spaces or commas. */
 MOOD_WARN_UNUSED int mood_registry_tag(mood_registry *r, const char *name, const char *tag,
                                        int add);
 /* Removes a style; adapters and previews no other style uses go with it, and so do their blobs. */
@@ -164,14 +177,21 @@ MOOD_WARN_UNUSED int mood_registry_rm(mood_registry *r, const char *name);
 
 typedef struct mood_doctor_options {
     int deep; /* re-hash every blob */
-    int fix;  /* remove orphan blobs and rows whose blob is missing or corrupt */
+    int fix;  /* remove orphan blobs and rows whose blob is missing or corrupt; a style loses the
+                 adapters whose blob is, and is removed only when none would be left */
     mood_progress_fn progress;
     void *payload;
 } mood_doctor_options;
 
 /* Checks the registry: SQLite integrity, rows whose blob is missing, blobs no row uses, and with
  * `deep` blobs whose content no longer matches their name. *problems_out counts what was found
- * (before fixing). *out is a JSON report {integrity, missing[], orphans[], corrupt[], fixed}. */
+ * (before fixing). *out is a JSON report {integrity, missing[], orphans[], corrupt[], styles[],
+ * problems, fixed}; an adapter in missing or corrupt carries its file_name, imported_from (where
+ * to import it again) and styles (the names of the styles using it). styles[] has one entry per
+ * such style: {name, action, loras, kept, lost [{sha256, file_name, problem}], fixed}, where action
+ * is "drop" (the style keeps its other adapters, template, negative prompt and weights and loses
+ * the lost ones) or "remove" (no adapter would be left: a style needs one), kept counts the
+ * adapter links left, and fixed tells whether this run did it. */
 MOOD_WARN_UNUSED int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                                           const mood_doctor_options *o);
 

@@ -3,7 +3,8 @@
 # summary line and --json, the exit codes (2 missing base, 1 corrupt LoRA, 1 SDXL LoRA on an SD1
 # base with both families named, 1 usage), a bake that runs out of space (file-size limit) failing
 # with exit 2 and leaving neither the output nor a temporary file, and an existing output left
-# intact by a failed bake; stack output that bakes like its inputs, and DoRA refused by stack.
+# intact by a failed bake; stack output that bakes like its inputs, DoRA refused by stack, and
+# FIFOs given as base or LoRA refused at once (1).
 . "$(dirname "$0")/lib.sh"
 
 base="$FIX/bases/sd1_base.safetensors"
@@ -123,5 +124,17 @@ if [ -e "$dora" ]; then
 fi
 expect_rc 1 "stack bad dtype" "$MOOD" lora stack "$lora" -o "$tmp/x.safetensors" --dtype f8
 expect_rc 2 "stack missing input" "$MOOD" lora stack "$tmp/none.safetensors" -o "$tmp/x.safetensors"
+
+# inputs that are named pipes: refused at once (exit 1), naming the file
+# timeout: a regression (an open that waits for a writer) fails here instead of hanging
+mkfifo "$tmp/pipe.safetensors"
+expect_rc 1 "bake --model FIFO" timeout -k 5 30 "$MOOD" bake --model "$tmp/pipe.safetensors" \
+    --lora "$lora" -o "$tmp/x.safetensors"
+grep -q "pipe.safetensors: not a regular file" "$tmp/err" || fail "bake FIFO: $(cat "$tmp/err")"
+expect_rc 1 "bake --lora FIFO" timeout -k 5 30 "$MOOD" bake --model "$base" \
+    --lora "$tmp/pipe.safetensors" -o "$tmp/x.safetensors"
+expect_rc 1 "stack FIFO" timeout -k 5 30 "$MOOD" lora stack "$tmp/pipe.safetensors" \
+    -o "$tmp/x.safetensors"
+[ -e "$tmp/x.safetensors" ] && fail "a refused FIFO left an output file"
 
 finish

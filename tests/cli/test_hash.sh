@@ -1,7 +1,8 @@
 #!/bin/bash
 # test_hash.sh: `mood hash` end to end: text and --json output for the Civitai mock file
 # (values from ecosystem.md, computed with hashlib/zlib), the sshs_model_hash check for a
-# matching, stale, LyCORIS "0x" and empty-input value, and the exit codes (1 usage, 2 missing).
+# matching, stale, LyCORIS "0x" and empty-input value, and the exit codes (1 usage, 2 missing;
+# 1 for a FIFO or device, refused without blocking).
 . "$(dirname "$0")/lib.sh"
 
 mock="$FIX/st/mock_ink_style.safetensors"
@@ -72,5 +73,17 @@ rc=$?
 rc=$?
 [ $rc -eq 1 ] || fail "unknown option: exit $rc, want 1"
 "$MOOD" help hash | grep -q "AutoV3" || fail "help text"
+
+# not a regular file: refused at once with exit 1, naming it
+# timeout: a regression (an open that waits for a writer) fails here instead of hanging
+mkfifo "$tmp/pipe.safetensors"
+err=$(timeout -k 5 30 "$MOOD" hash "$tmp/pipe.safetensors" 2>&1 >/dev/null)
+rc=$?
+[ $rc -eq 1 ] || fail "FIFO: exit $rc, want 1 ($err)"
+grep -q "pipe.safetensors: not a regular file but a named pipe" <<<"$err" || fail "FIFO message: $err"
+err=$("$MOOD" hash /dev/null 2>&1 >/dev/null)
+rc=$?
+[ $rc -eq 1 ] || fail "/dev/null: exit $rc, want 1"
+grep -q "/dev/null: not a regular file but a device" <<<"$err" || fail "device message: $err"
 
 finish

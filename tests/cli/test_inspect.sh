@@ -3,7 +3,8 @@
 # base checkpoints), human and --json output, against what the reference tools recorded: kohya's
 # sshs_model_hash (AutoV3 computed by kohya), module counts from tests/fixtures/kohya/cases.json,
 # SHA-256 / AutoV3 / parameter counts recomputed here with Python's hashlib; a file with training
-# tags; and the exit codes for corrupt (1) and missing (2) files.
+# tags; and the exit codes for corrupt (1) and missing (2) files, and for a FIFO or folder (1,
+# refused without blocking).
 . "$(dirname "$0")/lib.sh"
 F=$FIX
 
@@ -119,5 +120,13 @@ check "corrupt file names the file" grep -q "corrupt.safetensors" <<<"$err"
 "$MOOD" inspect --frob x 2>/dev/null; check "unknown option exits 1" test $? -eq 1
 printf '{"a":1}' >"$tmp/not.json"
 "$MOOD" inspect "$tmp/not.json" 2>/dev/null; check "non-safetensors exits 1" test $? -eq 1
+
+# --- not a regular file: refused at once, naming the file and what it is (exit 1) ------------
+# timeout: a regression (an open that waits for a writer) fails here instead of hanging
+mkfifo "$tmp/pipe.safetensors"
+expect_rc 1 "a FIFO is refused" timeout -k 5 30 "$MOOD" inspect "$tmp/pipe.safetensors"
+check "FIFO message" grep -q "pipe.safetensors: not a regular file but a named pipe" "$tmp/err"
+expect_rc 1 "a folder is refused" "$MOOD" inspect "$tmp"
+check "folder message" grep -q "not a regular file but a folder" "$tmp/err"
 
 finish

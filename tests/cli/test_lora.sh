@@ -3,7 +3,8 @@
 # fixture LoRAs and tiny base models: summaries and --json, the written files (keys, ranks,
 # alphas, metadata read back with a stdlib-only header reader), ranks equal to those kohya chose
 # for the same commands (tests/fixtures/svd, when present), and the exit codes: 1 for bad input
-# (corrupt file, bad rank or method, families that do not match, usage) and 2 for a missing file.
+# (corrupt file, bad rank or method, families that do not match, usage, a FIFO) and 2 for a
+# missing file.
 . "$(dirname "$0")/lib.sh"
 # header FILE: prints the safetensors header as JSON (python3 stdlib only).
 header() {
@@ -85,6 +86,14 @@ expect_rc 1 "bad method" "$MOOD" lora resize "$lora" --dynamic sv_foo=0.5 -o "$t
 expect_rc 1 "bad fraction" "$MOOD" lora resize "$lora" --dynamic sv_fro=1.5 -o "$tmp/x.safetensors"
 expect_rc 1 "bad dtype" "$MOOD" lora merge "$lora" --rank 2 --dtype f8 -o "$tmp/x.safetensors"
 [ -e "$tmp/x.safetensors" ] && fail "a failed command left an output file"
+# timeout: a regression (an open that waits for a writer) fails here instead of hanging
+mkfifo "$tmp/pipe.safetensors"
+expect_rc 1 "merge a FIFO" timeout -k 5 30 "$MOOD" lora merge "$tmp/pipe.safetensors" "$lora" --rank 2 \
+    -o "$tmp/x.safetensors"
+grep -q "pipe.safetensors: not a regular file" "$tmp/err" || fail "merge FIFO: $(cat "$tmp/err")"
+expect_rc 1 "resize a FIFO" timeout -k 5 30 "$MOOD" lora resize "$tmp/pipe.safetensors" --rank 2 \
+    -o "$tmp/x.safetensors"
+[ -e "$tmp/x.safetensors" ] && fail "a refused FIFO left an output file"
 expect_rc 0 "help" "$MOOD" help lora resize
 grep -q "sv_fro" "$tmp/out" || fail "resize help"
 

@@ -1,7 +1,9 @@
 # test_pack.sh: `mood pack export` / `mood pack import` through the command: a round trip into an
 # empty registry gives identical styles and blobs, exports are byte-for-byte reproducible,
 # --reference-only packs need their adapters in the registry (and say which are missing),
-# and tampered packs are refused with nothing imported.
+# and tampered packs are refused with nothing imported. A LoRA whose preview and .txt are links to
+# files outside its folder (/etc/passwd) exports a pack without them; a FIFO given to pack import
+# is refused at once (under `timeout`: a regression fails instead of hanging).
 source "$(dirname "$0")/lib.sh"
 SRC=${MOOD_SOURCE:?set MOOD_SOURCE to the source tree}
 
@@ -101,5 +103,24 @@ check "nothing imported from bad packs" test "$("$MOOD" list --json | tr -d ' \n
 check "no blobs from bad packs" test -z "$(find "$tmp/e/blobs" -type f 2>/dev/null)"
 check "no temporary directory left" test -z "$(find "$tmp/e" -name '.moodpack-*')"
 expect_rc 2 "missing pack" "$MOOD" pack import "$tmp/nonexistent.moodpack"
+
+# --- sidecars that link out of the LoRA's folder never reach a pack ---------------------------
+export MOOD_HOME=$tmp/f
+mkdir -p "$tmp/sl"
+cp "$SRC/examples/loras/inkwash.safetensors" "$tmp/sl/evil.safetensors"
+ln -s /etc/passwd "$tmp/sl/evil.preview.png"
+ln -s /etc/passwd "$tmp/sl/evil.txt"
+expect_rc 0 "import with links out" "$MOOD" import "$tmp/sl/evil.safetensors"
+expect_rc 0 "export it" "$MOOD" pack export evil -o "$tmp/evil.moodpack"
+check "no preview stored" test "$(show evil "$MOOD_HOME" | tr -d ' \n\t' | grep -o '"previews":\[\]')" = '"previews":[]'
+if [ $have_zstd = 1 ]; then
+    check "the pack carries no preview" test -z "$(zstd -dc "$tmp/evil.moodpack" | tar tf - | grep '^previews/')"
+    check "nor anything of /etc/passwd" bash -c '! zstd -dc "$1" | grep -aq "root:"' _ "$tmp/evil.moodpack"
+fi
+mkfifo "$tmp/pipe.moodpack"
+timeout -k 5 30 "$MOOD" pack import "$tmp/pipe.moodpack" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "a FIFO pack is refused at once (exit $rc)" test $rc -eq 1 -o $rc -eq 2
+check "FIFO message" grep -q "pipe.moodpack: not a regular file" "$tmp/err"
 
 finish

@@ -2,7 +2,9 @@
 # test_registry.sh: the registry commands end to end (import, list, show, search, style create/
 # edit, tag, rename, rm, doctor) in a registry under $tmp: --json parsed with python3, exit codes,
 # two imports running at once, and imports killed with SIGKILL at random moments, after which
-# `mood doctor` must find the registry clean.
+# `mood doctor` must find the registry clean. What import leaves alone: sidecars linking out of the
+# LoRA's folder, previews that are no image, named pipes (under `timeout`: a regression fails
+# instead of hanging), folders reached again through a link loop.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -13,7 +15,10 @@ cp "$SRC/examples/loras/inkwash.safetensors" "$SRC/examples/loras/film-grain.saf
 cp "$FIX/kohya/sdxl_lora.safetensors" "$lib/sub/"
 cp "$FIX/kohya/sd2_locon.safetensors" "$lib/sub/Old Style!.safetensors"
 echo '{"activation text": "ink wash, sumi-e", "preferred weight": 0.8, "notes": "n"}' >"$lib/inkwash.json"
-printf 'not really a png' >"$lib/inkwash.preview.png"
+# a 1x1 PNG, and a text file that only has the name of one
+echo 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==' |
+    base64 -d >"$lib/inkwash.preview.png"
+printf 'not really a png' >"$lib/film-grain.preview.png"
 echo "readme" >"$lib/README.md"
 echo "stray" >"$lib/notes.xyz"
 py() { python3 -c "$@"; }
@@ -25,8 +30,12 @@ import json,sys; d=json.load(open(sys.argv[1]))
 names=sorted(i["name"] for i in d["imported"]); assert names==["Old_Style","film-grain","inkwash","sdxl_lora"], names
 ink=[i for i in d["imported"] if i["name"]=="inkwash"][0]; assert ink["previews"]==1 and ink["sidecars"]==1
 old=[i for i in d["imported"] if i["name"]=="Old_Style"][0]; assert old["renamed"] and old["wanted"]=="Old Style!"
-assert [s["file"].endswith("notes.xyz") for s in d["skipped"]]==[True], d["skipped"]
+fg=[i for i in d["imported"] if i["name"]=="film-grain"][0]; assert fg["previews"]==0
+sk=sorted((s["file"].rsplit("/",1)[1], s["reason"]) for s in d["skipped"])
+assert [f for f, _ in sk]==["film-grain.preview.png","notes.xyz"], sk
+assert sk[0][1]=="not a PNG, JPEG or WebP image", sk
 assert d["failed"]==[]' "$tmp/out"
+check "the preview is named in a warning" grep -q "film-grain.preview.png: sidecar skipped" "$tmp/err"
 expect_rc 0 "same file again" "$MOOD" import "$lib/inkwash.safetensors"
 check "says already there" grep -q "already in the registry as inkwash" "$tmp/out"
 cp "$lib/inkwash.safetensors" "$tmp/model.ckpt"
@@ -37,6 +46,55 @@ expect_rc 1 "a checkpoint is refused" "$MOOD" import "$tmp/base.safetensors"
 check "checkpoint message" grep -q "this is a checkpoint, not a LoRA" "$tmp/err"
 expect_rc 2 "a missing file" "$MOOD" import "$tmp/nope.safetensors"
 expect_rc 1 "import without paths" "$MOOD" import
+
+# ----- what import leaves alone (in a registry of its own)
+h2=$tmp/home2 ev=$tmp/evil
+mkdir -p "$ev" "$tmp/elsewhere"
+cp "$SRC/examples/loras/inkwash.safetensors" "$ev/evil.safetensors"
+echo "secret words" >"$tmp/elsewhere/secret.txt"
+ln -s /etc/passwd "$ev/evil.preview.png"
+ln -s "$tmp/elsewhere/secret.txt" "$ev/evil.txt"
+ln -s ../../../../../../../../../../etc/passwd "$ev/evil.json"
+expect_rc 0 "import with links out of its folder" env MOOD_HOME="$h2" "$MOOD" import "$ev/evil.safetensors" --json
+check "links out of the folder are skipped, not read" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+i=d["imported"][0]; assert i["previews"]==0 and i["sidecars"]==0, i
+sk=sorted((s["file"].rsplit("/",1)[1], s["reason"]) for s in d["skipped"])
+assert [f for f, _ in sk]==["evil.json","evil.preview.png","evil.txt"], sk
+assert all("outside the LoRA" in r for _, r in sk), sk' "$tmp/out"
+check "named in warnings" grep -q "evil.preview.png: sidecar skipped: a link to /etc/passwd" "$tmp/err"
+expect_rc 0 "show evil" env MOOD_HOME="$h2" "$MOOD" show evil --json
+check "nothing of /etc/passwd stored" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["previews"]==[] and "secret" not in (d["trigger_words"] or ""), d' "$tmp/out"
+
+fifo=$tmp/fifo
+mkdir -p "$fifo"
+cp "$SRC/examples/loras/film-grain.safetensors" "$fifo/ok.safetensors"
+mkfifo "$fifo/pipe.safetensors" "$fifo/ok.txt"
+expect_rc 1 "import a FIFO" timeout -k 5 30 env MOOD_HOME="$h2" "$MOOD" import "$fifo/pipe.safetensors"
+check "FIFO message" grep -q "pipe.safetensors: a named pipe (FIFO), not a regular file" "$tmp/err"
+expect_rc 0 "import a folder holding FIFOs" timeout -k 5 30 env MOOD_HOME="$h2" "$MOOD" import "$fifo" --json
+check "FIFOs skipped once each, the LoRA imported" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [i["name"] for i in d["imported"]]==["ok"] and d["imported"][0]["sidecars"]==0, d
+assert sorted(s["file"].rsplit("/",1)[1] for s in d["skipped"])==["ok.txt","pipe.safetensors"], d
+assert d["failed"]==[]' "$tmp/out"
+
+civ=$tmp/civ
+mkdir -p "$civ/Lora" "$civ/sub/deeper"
+cp "$SRC/examples/loras/inkwash.safetensors" "$civ/Lora/a.safetensors"
+ln -s ../Lora/a.safetensors "$civ/sub/alink.safetensors"
+ln -s .. "$civ/sub/deeper/loop"
+ln -s self.safetensors "$civ/self.safetensors"
+expect_rc 2 "import a folder with a link loop" timeout -k 5 60 env MOOD_HOME="$tmp/home3" "$MOOD" import "$civ" --json
+check "each folder searched once, the error says what it is" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [i["file"].rsplit("/",1)[1] for i in d["imported"]]==["a.safetensors"], d
+assert [i["file"].rsplit("/",1)[1] for i in d["already"]]==["alink.safetensors"], d
+assert [s["file"].rsplit("/",1)[1] for s in d["skipped"]]==["loop"], d
+f=d["failed"]; assert len(f)==1 and f[0]["file"].endswith("self.safetensors"), f
+assert "symbolic links" in f[0]["error"], f' "$tmp/out"
 
 # ----- list / show / search
 expect_rc 0 "list --json" "$MOOD" list --json
@@ -52,7 +110,7 @@ assert d["trigger_words"]=="ink wash, sumi-e" and d["weight"]==0.8
 a=d["adapters"][0]; assert a["family"]=="sd1" and a["algorithm"]=="lora" and a["rank"]==4
 assert len(a["sha256"])==64 and len(a["autov3_short"])==12 and os.path.exists(a["path"])
 assert a["sources"][0]["kind"]=="file" and a["sources"][0]["location"].endswith("inkwash.safetensors")
-assert os.path.exists(d["previews"][0]["path"])' "$tmp/out"
+assert os.path.exists(d["previews"][0]["path"]) and d["previews"][0]["media_type"]=="image/png"' "$tmp/out"
 expect_rc 0 "show (text)" "$MOOD" show INKWASH
 check "show text has AutoV3" grep -q "AutoV3" "$tmp/out"
 expect_rc 1 "show unknown" "$MOOD" show nothing-here

@@ -4,9 +4,11 @@
  * two generated files from the recipes in hashes.json (1.05 MiB: AutoV1 over a clipped range;
  * 2.2 MB: AutoV1 recorded by Civitai), the literal values ecosystem.md gives for
  * mock_ink_style.safetensors, the embedded sshs_* values, non-safetensors input, progress and
- * cancellation, and a missing file.
+ * cancellation, a missing file, and inputs that are not regular files (a FIFO, a folder, a
+ * device) refused without blocking.
  */
 #include <cjson/cJSON.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "harness.h"
@@ -163,6 +165,25 @@ static void test_not_safetensors(void)
     MOOD_CHECK(strstr(mood_error_last(), "missing.bin") != NULL);
 }
 
+/* A named pipe, a folder and a device are refused with MOOD_EINVAL, naming the file and what it
+ * is. Opening a FIFO for reading waits for a writer: alarm() fails the test instead of hanging. */
+static void test_not_regular(void)
+{
+    mood_file_hashes h;
+    const char *fifo = scratch_path("pipe.safetensors");
+    MOOD_CHECK(mkfifo(fifo, 0644) == 0);
+    alarm(30);
+    MOOD_CHECK(mood_hash_file(&h, fifo, NULL, NULL) == MOOD_EINVAL);
+    alarm(0);
+    MOOD_CHECK_MSG(
+        strstr(mood_error_last(), "pipe.safetensors: not a regular file but a named pipe"), "%s",
+        mood_error_last());
+    MOOD_CHECK(mood_hash_file(&h, scratch_dir(), NULL, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "not a regular file but a folder") != NULL);
+    MOOD_CHECK(mood_hash_file(&h, "/dev/null", NULL, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "/dev/null: not a regular file but a device") != NULL);
+}
+
 typedef struct {
     uint64_t last, total;
     int calls, cancel_after;
@@ -211,4 +232,4 @@ static void test_progress_and_cancel(void)
 
 MOOD_TEST_MAIN(MOOD_T(test_against_python), MOOD_T(test_mock_ink_style_literals),
                MOOD_T(test_sha256_hex), MOOD_T(test_embedded), MOOD_T(test_not_safetensors),
-               MOOD_T(test_progress_and_cancel))
+               MOOD_T(test_not_regular), MOOD_T(test_progress_and_cancel))

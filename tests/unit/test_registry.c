@@ -1,8 +1,9 @@
 /*
  * test_registry.c: the style registry (registry/): schema creation, import and de-duplication,
  * sidecars, style names, rm and blob reference counting, doctor (orphan, missing and damaged
- * blobs), clean-up of a half-done import, a damaged registry.db, and what mood train registers
- * with its LoRA (previews, board thumbnails, loss curve, training record; migration 4).
+ * blobs), clean-up of a half-done import, a damaged registry.db, what mood train registers
+ * with its LoRA (previews, board thumbnails, loss curve, training record; migration 4), and the
+ * sidecars that are not read (links out of the LoRA's folder, previews that are no image, pipes).
  *
  * Every test works in its own registry under the scratch directory, on copies of the fixture
  * LoRAs (tests/fixtures/kohya, examples/loras) with sidecars written here. Fault injection writes
@@ -55,6 +56,21 @@ static void write_text(const char *dir, const char *name, const char *text)
     MOOD_CHECK(write_file(path, text, strlen(text)) == 0);
 }
 
+/* A 1x1 RGBA PNG: a preview sidecar that really is an image. */
+static const unsigned char tiny_png[] = {
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48,
+    0x44, 0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00,
+    0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78,
+    0xda, 0x63, 0x64, 0x60, 0xf8, 0x5f, 0x0f, 0x00, 0x02, 0x87, 0x01, 0x80, 0xeb, 0x47,
+    0xba, 0x92, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
+
+static void write_png(const char *dir, const char *name)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    MOOD_CHECK(write_file(path, tiny_png, sizeof tiny_png) == 0);
+}
+
 /* dir/name as a copy of src; returns the path (static, 2 slots). */
 static const char *place(const char *dir, const char *name, const char *src)
 {
@@ -87,6 +103,13 @@ static int blob_exists(mood_registry *r, const char *sha)
     char path[1200];
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), sha, sha + 2);
     return access(path, F_OK) == 0;
+}
+
+static int unlink_blob(mood_registry *r, const char *sha)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), sha, sha + 2);
+    return unlink(path);
 }
 
 static int doctor(mood_registry *r, int deep, int fix, char **report)
@@ -184,7 +207,7 @@ static void test_sidecars(void)
         " \"trainedWords\": [\"kodak portra\", \"35mm\"], \"model\": {\"name\": \"Film "
         "Grain\", \"nsfw\": false}}");
     write_text(src, "grain.txt", "halation\n");
-    write_text(src, "grain.preview.png", "\x89PNG\r\n\x1a\nnot really");
+    write_png(src, "grain.preview.png");
     MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
     MOOD_CHECK(res.sidecars == 3 && res.previews == 1);
@@ -223,6 +246,92 @@ static void test_sidecars(void)
     MOOD_CHECK_OK(mood_registry_search_json(&hits, r, "nothing-like-it"));
     MOOD_CHECK(hits && strcmp(hits, "[]") == 0);
     mood_registry_free_string(hits);
+    mood_registry_close(r);
+}
+
+/* dir/name as a symbolic link to target. */
+static void link_at(const char *dir, const char *name, const char *target)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    MOOD_CHECK_MSG(symlink(target, path) == 0, "symlink %s", path);
+}
+
+/* Sidecars that are links out of the LoRA's folder are not read: a folder from the web must not
+ * get /etc/passwd stored as a preview (and shipped by pack export) or a secret read as trigger
+ * words. Links within the folder are fine. */
+static void test_sidecar_links(void)
+{
+    const char *src = fresh_dir("src"), *outside = fresh_dir("outside");
+    const char *p = place(src, "out.safetensors", example_lora("inkwash.safetensors"));
+    char target[1200];
+    mood_registry *r = NULL;
+    mood_import_result res;
+    cJSON *o;
+    write_text(outside, "secret.txt", "secret words");
+    write_png(outside, "secret.png");
+    snprintf(target, sizeof target, "%s/secret.txt", outside);
+    link_at(src, "out.txt", target);
+    snprintf(target, sizeof target, "%s/secret.png", outside);
+    link_at(src, "out.preview.png", target);
+    link_at(src, "out.json", "../../../../../../../../../../../../etc/passwd");
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
+    MOOD_CHECK_MSG(res.sidecars == 0 && res.previews == 0, "%d sidecars, %d previews", res.sidecars,
+                   res.previews);
+    if ((o = show(r, "out")) != NULL) {
+        const char *words = str(o, "trigger_words");
+        MOOD_CHECK(!words || !strstr(words, "secret"));
+        MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "previews")) == 0);
+        cJSON_Delete(o);
+    }
+    /* links to files in the same folder are read */
+    p = place(src, "in.safetensors", example_lora("film-grain.safetensors"));
+    write_text(src, "words.txt", "inner words");
+    write_png(src, "pic.png");
+    link_at(src, "in.txt", "words.txt");
+    link_at(src, "in.preview.png", "pic.png");
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
+    MOOD_CHECK_MSG(res.sidecars == 1 && res.previews == 1, "%d sidecars, %d previews", res.sidecars,
+                   res.previews);
+    if ((o = show(r, "in")) != NULL) {
+        MOOD_CHECK(str(o, "trigger_words") && !strcmp(str(o, "trigger_words"), "inner words"));
+        cJSON_Delete(o);
+    }
+    mood_registry_close(r);
+}
+
+/* A preview is kept only when its content is an image, with the type the content says; a text
+ * file named .png, a PNG signature with a broken header and a named pipe (whose read would wait
+ * forever: alarm() fails the test instead) are left out and the LoRA imported anyway. */
+static void test_preview_content(void)
+{
+    const char *src = fresh_dir("src");
+    const char *p = place(src, "pv.safetensors", example_lora("inkwash.safetensors"));
+    char fifo[1200];
+    mood_registry *r = NULL;
+    mood_import_result res;
+    const cJSON *pv;
+    cJSON *o;
+    write_text(src, "pv.preview.png", "just some text, not an image");
+    write_text(src, "pv.png", "\x89PNG\r\n\x1a\nnot really");
+    write_png(src, "pv.jpg"); /* a PNG named .jpg */
+    snprintf(fifo, sizeof fifo, "%s/pv.webp", src);
+    MOOD_CHECK(mkfifo(fifo, 0644) == 0);
+    snprintf(fifo, sizeof fifo, "%s/pv.txt", src);
+    MOOD_CHECK(mkfifo(fifo, 0644) == 0);
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    alarm(60);
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
+    alarm(0);
+    MOOD_CHECK_MSG(res.previews == 1 && res.sidecars == 0, "%d previews, %d sidecars", res.previews,
+                   res.sidecars);
+    if ((o = show(r, "pv")) != NULL) {
+        pv = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "previews"), 0);
+        MOOD_CHECK(pv && str(pv, "media_type") && !strcmp(str(pv, "media_type"), "image/png"));
+        MOOD_CHECK(pv && str(pv, "origin") && strstr(str(pv, "origin"), "pv.jpg"));
+        cJSON_Delete(o);
+    }
     mood_registry_close(r);
 }
 
@@ -269,7 +378,7 @@ static void test_rm_and_refcount(void)
     mood_style_lora l;
     mood_style_spec spec = {0};
     char *list = NULL;
-    write_text(src, "ink.png", "png bytes");
+    write_png(src, "ink.png");
     MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
@@ -358,6 +467,305 @@ static void test_doctor(void)
     mood_registry_close(r);
 }
 
+/* The string at o[key] is `want` / holds `part`; false when there is none (no crash). */
+static int str_is(const cJSON *o, const char *key, const char *want)
+{
+    const char *v = str(o, key);
+    return v && strcmp(v, want) == 0;
+}
+
+static int str_has(const cJSON *o, const char *key, const char *part)
+{
+    const char *v = str(o, key);
+    return v && strstr(v, part) != NULL;
+}
+
+static void damage_blob(mood_registry *r, const char *sha)
+{
+    char path[1200];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), sha, sha + 2);
+    f = fopen(path, "r+b");
+    MOOD_CHECK(f != NULL);
+    if (f) {
+        fseek(f, -3, SEEK_END); /* in the tensor data: the file still parses */
+        fputc(0x55, f);
+        fclose(f);
+    }
+}
+
+static cJSON *doctor_json(mood_registry *r, int deep, int fix, int *problems)
+{
+    char *text = NULL;
+    cJSON *o;
+    *problems = doctor(r, deep, fix, &text);
+    o = text ? cJSON_Parse(text) : NULL;
+    mood_registry_free_string(text);
+    MOOD_CHECK(o != NULL);
+    return o;
+}
+
+/* The report's entry for style `name` (NULL when none). */
+static const cJSON *report_style(const cJSON *report, const char *name)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(report, "styles"))
+    {
+        if (str_is(e, "name", name))
+            return e;
+    }
+    return NULL;
+}
+
+static int entry_is(const cJSON *e, const char *action, int kept, int fixed)
+{
+    return e && str_is(e, "action", action) &&
+           cJSON_GetNumberValue(cJSON_GetObjectItem(e, "kept")) == kept &&
+           cJSON_IsTrue(cJSON_GetObjectItem(e, "fixed")) == fixed;
+}
+
+/* A combined style (style create) with several LoRAs, one of them damaged: doctor names every
+ * style using it; --fix removes the styles that are that LoRA alone and only drops it from the
+ * combined one, which keeps its other LoRAs (in order, from position 0), weights, template,
+ * negative prompt and tags. A style whose every link is lost goes, by name. The removed styles'
+ * previews go with them (no orphans afterwards), and importing the file again brings its style
+ * back. Then a missing blob does the same. */
+static void test_doctor_keeps_combined_styles(void)
+{
+    const char *src = fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result a, b, c;
+    mood_style_lora mix[3], twice[2];
+    mood_style_spec spec = {0};
+    cJSON *rep, *o, *ad;
+    const cJSON *item;
+    char *list = NULL;
+    int problems = 0;
+    write_png(src, "grain.png"); /* a preview of the damaged LoRA */
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
+        NULL));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &c, place(src, "locon.safetensors", fixture("kohya/sd1_locon_fp16.safetensors")), NULL,
+        NULL));
+    MOOD_CHECK(b.previews == 1);
+    mix[0] = (mood_style_lora){a.sha256, 0.6, 0.5};
+    mix[1] = (mood_style_lora){b.sha256, 0.3, 0.3};
+    mix[2] = (mood_style_lora){c.sha256, 0.2, 0.1};
+    spec = (mood_style_spec){.template_text = "{prompt}, my recipe",
+                             .negative = "ugly",
+                             .weight = 0.7,
+                             .has_weight = 1,
+                             .loras = mix,
+                             .n_loras = 3};
+    MOOD_CHECK_OK(mood_registry_style_create(r, "mymix", &spec));
+    MOOD_CHECK_OK(mood_registry_tag(r, "mymix", "keep", 1));
+    twice[0] = (mood_style_lora){b.sha256, 0.5, 0.5};
+    twice[1] = (mood_style_lora){b.sha256, 0.2, 0.2};
+    spec = (mood_style_spec){.loras = twice, .n_loras = 2};
+    MOOD_CHECK_OK(mood_registry_style_create(r, "grain-twice", &spec));
+    damage_blob(r, b.sha256);
+
+    /* without --fix: every style that uses the damaged LoRA, and what --fix would do */
+    rep = doctor_json(r, 1, 0, &problems);
+    MOOD_CHECK(problems == 1);
+    item = cJSON_GetArrayItem(cJSON_GetObjectItem(rep, "corrupt"), 0);
+    MOOD_CHECK(item && str_is(item, "file_name", "grain.safetensors"));
+    MOOD_CHECK(item && str_has(item, "imported_from", "grain.safetensors"));
+    list = item ? cJSON_PrintUnformatted(cJSON_GetObjectItem(item, "styles")) : NULL;
+    MOOD_CHECK(list && strcmp(list, "[\"grain\",\"grain-twice\",\"mymix\"]") == 0);
+    cJSON_free(list);
+    MOOD_CHECK(entry_is(report_style(rep, "grain"), "remove", 0, 0));
+    MOOD_CHECK(entry_is(report_style(rep, "grain-twice"), "remove", 0, 0));
+    MOOD_CHECK(entry_is(report_style(rep, "mymix"), "drop", 2, 0));
+    cJSON_Delete(rep);
+    o = show(r, "mymix"); /* nothing changed yet */
+    MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 3);
+    cJSON_Delete(o);
+
+    /* --fix */
+    rep = doctor_json(r, 1, 1, &problems);
+    MOOD_CHECK(problems == 1);
+    MOOD_CHECK(entry_is(report_style(rep, "grain"), "remove", 0, 1));
+    MOOD_CHECK(entry_is(report_style(rep, "grain-twice"), "remove", 0, 1));
+    MOOD_CHECK(entry_is(report_style(rep, "mymix"), "drop", 2, 1));
+    cJSON_Delete(rep);
+    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0); /* the preview went with its style: no orphan */
+    MOOD_CHECK(mood_registry_show_json(&list, r, "grain") == MOOD_ENOTFOUND);
+    MOOD_CHECK(mood_registry_show_json(&list, r, "grain-twice") == MOOD_ENOTFOUND);
+    o = show(r, "mymix");
+    MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 2);
+    ad = o ? cJSON_GetObjectItem(o, "adapters") : NULL;
+    MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 0), "sha256", a.sha256));
+    MOOD_CHECK(ad && cJSON_GetNumberValue(
+                         cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 0), "te_weight")) == 0.5);
+    MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 1), "sha256", c.sha256));
+    MOOD_CHECK(ad && cJSON_GetNumberValue(
+                         cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 1), "unet_weight")) == 0.2);
+    MOOD_CHECK(o && str_is(o, "template", "{prompt}, my recipe"));
+    MOOD_CHECK(o && str_is(o, "negative", "ugly"));
+    MOOD_CHECK(o && cJSON_GetNumberValue(cJSON_GetObjectItem(o, "weight")) == 0.7);
+    MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tags")) == 1);
+    cJSON_Delete(o);
+    MOOD_CHECK_OK(mood_registry_list_json(&list, r, "keep", NULL));
+    MOOD_CHECK(list && strstr(list, "\"adapters\":2") && strstr(list, "\"family\":\"sd1\""));
+    mood_registry_free_string(list);
+
+    /* as the help says: importing the file again brings its style back */
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
+        NULL));
+    MOOD_CHECK(!b.already && strcmp(b.name, "grain") == 0);
+
+    /* a missing blob: the same, and the style keeps its last LoRA */
+    MOOD_CHECK(unlink_blob(r, c.sha256) == 0);
+    rep = doctor_json(r, 0, 1, &problems);
+    MOOD_CHECK(problems == 1);
+    MOOD_CHECK(entry_is(report_style(rep, "mymix"), "drop", 1, 1));
+    MOOD_CHECK(entry_is(report_style(rep, "locon"), "remove", 0, 1));
+    cJSON_Delete(rep);
+    o = show(r, "mymix");
+    ad = o ? cJSON_GetObjectItem(o, "adapters") : NULL;
+    MOOD_CHECK(ad && cJSON_GetArraySize(ad) == 1);
+    MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 0), "sha256", a.sha256));
+    cJSON_Delete(o);
+    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
+    mood_registry_close(r);
+}
+
+/* The conversion helper: Windows-1252 (0x80..0x9F included, the undefined bytes as their C1
+ * code points), a byte-order mark dropped, valid UTF-8 kept as it is. */
+static void test_text_to_utf8(void)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"caf\xe9", "caf\xc3\xa9"},
+        {"\x93quoted\x94 5\x80 \x85", "\xe2\x80\x9cquoted\xe2\x80\x9d 5\xe2\x82\xac \xe2\x80\xa6"},
+        {"\x81\x8d\x8f\x90\x9d", "\xc2\x81\xc2\x8d\xc2\x8f\xc2\x90\xc2\x9d"},
+        {"\xff\xa0", "\xc3\xbf\xc2\xa0"},
+        {"caf\xc3\xa9 \xe2\x80\x94 ok", "caf\xc3\xa9 \xe2\x80\x94 ok"}, /* UTF-8 already */
+        {"\xef\xbb\xbf"
+         "bom",
+         "bom"},
+        {"\xed\xa0\x80", "\xc3\xad\xc2\xa0\xe2\x82\xac"}, /* a surrogate is not UTF-8 */
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = NULL;
+        MOOD_CHECK_OK(mood_registry_text_to_utf8(&out, cases[i].in));
+        MOOD_CHECK_MSG(out && strcmp(out, cases[i].out) == 0, "case %zu: '%s'", i,
+                       out ? out : "(null)");
+        mood_registry_free_string(out);
+    }
+    MOOD_CHECK_OK(mood_registry_text_check("sch\xc3\xb6n", "tag"));
+    MOOD_CHECK_OK(mood_registry_text_check(NULL, "tag"));
+    MOOD_CHECK(mood_registry_text_check("sch\xf6n", "--template") == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "--template 'sch\\xF6n': not valid UTF-8"));
+}
+
+/* Sidecars in Windows-1252 (what Windows tools write) and with a byte-order mark are imported,
+ * their text stored as UTF-8; a Windows-1252 file name too. Every report stays valid JSON. */
+static void test_sidecars_not_utf8(void)
+{
+    const char *src = fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result res;
+    char *text = NULL, name[64];
+    cJSON *o, *src0;
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    write_text(src, "latin1.txt", "caf\xe9 style, ink\n");
+    write_text(src, "latin1.json",
+               "{\"activation text\": \"\x93sumi\x94\", \"notes\": \"5\x80 on Civitai\","
+               " \"negative text\": \"fl\xfb\"}");
+    write_text(src, "latin1.civitai.info",
+               "\xef\xbb\xbf{\"id\": 7, \"trainedWords\": [\"na\xc3\xafve\"],"
+               " \"model\": {\"name\": \"Cr\xc3\xa8me\"}}");
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &res, place(src, "latin1.safetensors", example_lora("inkwash.safetensors")), NULL,
+        NULL));
+    MOOD_CHECK(res.sidecars == 3);
+    o = show(r, "latin1"); /* cJSON_Parse refuses nothing, so check the bytes themselves */
+    MOOD_CHECK(o && str_is(o, "trigger_words",
+                           "\xe2\x80\x9csumi\xe2\x80\x9d, na\xc3\xafve, caf\xc3\xa9 style, ink"));
+    MOOD_CHECK(o && str_is(o, "notes", "5\xe2\x82\xac on Civitai"));
+    MOOD_CHECK(o && str_is(o, "negative", "fl\xc3\xbb"));
+    src0 = o ? cJSON_GetArrayItem(
+                   cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0),
+                                       "sources"),
+                   0)
+             : NULL;
+    MOOD_CHECK(src0 && str_is(src0, "model_name", "Cr\xc3\xa8me")); /* BOM dropped */
+    MOOD_CHECK(src0 && cJSON_IsObject(cJSON_GetObjectItem(src0, "sidecar")));
+    cJSON_Delete(o);
+    MOOD_CHECK_OK(mood_registry_show_json(&text, r, "latin1"));
+    MOOD_CHECK(text && mood_registry_text_check(text, "show") == 0);
+    mood_registry_free_string(text);
+    MOOD_CHECK_OK(mood_registry_list_json(&text, r, NULL, NULL));
+    MOOD_CHECK(text && mood_registry_text_check(text, "list") == 0);
+    mood_registry_free_string(text);
+    /* a file name made on Windows */
+    snprintf(name, sizeof name, "caf\xe9.safetensors");
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &res, place(src, name, example_lora("film-grain.safetensors")), NULL, NULL));
+    MOOD_CHECK(strcmp(res.wanted, "caf\xc3\xa9") == 0 && strcmp(res.name, "caf") == 0);
+    MOOD_CHECK_OK(mood_registry_show_json(&text, r, "caf"));
+    MOOD_CHECK(text && mood_registry_text_check(text, "show") == 0);
+    MOOD_CHECK(text && strstr(text, "\"file_name\":\"caf\xc3\xa9.safetensors\""));
+    mood_registry_free_string(text);
+    mood_registry_close(r);
+}
+
+/* Text a person types that is not UTF-8 is refused, naming the field, and changes nothing. */
+static void test_typed_text_not_utf8(void)
+{
+    const char *src = fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result a;
+    mood_style_lora l;
+    mood_style_spec spec = {0};
+    cJSON *o;
+    char *text;
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK(mood_registry_tag(r, "ink", "sch\xf6n", 1) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "tag 'sch\\xF6n': not valid UTF-8"));
+    MOOD_CHECK_OK(mood_registry_tag(r, "ink", "sch\xc3\xb6n", 1));
+    l = (mood_style_lora){a.sha256, 1, 1};
+    spec.loras = &l;
+    spec.n_loras = 1;
+    spec.template_text = "{prompt}, caf\xe9";
+    MOOD_CHECK(mood_registry_style_create(r, "ink-cafe", &spec) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "template '{prompt}, caf\\xE9'"));
+    MOOD_CHECK(mood_registry_show_json(&(char *){NULL}, r, "ink-cafe") == MOOD_ENOTFOUND);
+    spec = (mood_style_spec){.trigger_words = "caf\xe9", .negative = "ok"};
+    MOOD_CHECK(mood_registry_style_edit(r, "ink", &spec) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "trigger words 'caf\\xE9'"));
+    spec = (mood_style_spec){.negative = "fl\xfb"};
+    MOOD_CHECK(mood_registry_style_edit(r, "ink", &spec) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "negative prompt"));
+    spec = (mood_style_spec){.description = "\x93x\x94"};
+    MOOD_CHECK(mood_registry_style_edit(r, "ink", &spec) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "description"));
+    MOOD_CHECK(mood_registry_name_check("sch\xf6n") == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "style name 'sch\\xF6n': not valid UTF-8"));
+    MOOD_CHECK(mood_registry_name_check("sch\xc3\xb6n") == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "a non-ASCII character at position 4"));
+    MOOD_CHECK(mood_registry_rename(r, "ink", "sch\xf6n") == MOOD_EINVAL);
+    o = show(r, "ink"); /* nothing of the refused edits was written */
+    MOOD_CHECK(o && cJSON_IsNull(cJSON_GetObjectItem(o, "negative")));
+    text = o ? cJSON_PrintUnformatted(o) : NULL;
+    MOOD_CHECK(text && !strstr(text, "caf") && !strstr(text, "fl"));
+    MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tags")) == 1);
+    cJSON_free(text);
+    cJSON_Delete(o);
+    mood_registry_close(r);
+}
+
 /* What a kill -9 between "blob linked" and "rows committed" leaves: a journal row, the temporary
  * file and the blob, no rows. The next open removes all three and keeps everything else. */
 static void test_half_done_import_cleaned(void)
@@ -438,7 +846,7 @@ static void test_alloc_failures(void)
     mood_import_result res;
     int ok_seen = 0;
     write_text(src, "ink.json", "{\"activation text\": \"ink\"}");
-    write_text(src, "ink.png", "png");
+    write_png(src, "ink.png");
     MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
     for (long n = 1; n < 100000 && !ok_seen && r; n += n < 400 ? 1 : 53) {
         int err;
@@ -494,7 +902,7 @@ static void test_import_extras(void)
     const cJSON *b, *f;
     char shas[5][65];
     cJSON *o;
-    write_text(src, "ink.png", "sidecar preview");
+    write_png(src, "ink.png");
     extras_init(&x, pv, files);
     MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
     MOOD_CHECK(r && mood_registry_schema_version(r) == 4);
@@ -617,7 +1025,10 @@ static void test_migration_4(void)
 
 MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_schema),
                MOOD_T(test_import_and_dedupe), MOOD_T(test_refusals), MOOD_T(test_sidecars),
-               MOOD_T(test_names), MOOD_T(test_rm_and_refcount), MOOD_T(test_doctor),
+               MOOD_T(test_sidecar_links), MOOD_T(test_preview_content), MOOD_T(test_names),
+               MOOD_T(test_rm_and_refcount), MOOD_T(test_doctor),
+               MOOD_T(test_doctor_keeps_combined_styles), MOOD_T(test_text_to_utf8),
+               MOOD_T(test_sidecars_not_utf8), MOOD_T(test_typed_text_not_utf8),
                MOOD_T(test_half_done_import_cleaned), MOOD_T(test_corrupt_database),
                MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
                MOOD_T(test_migration_4))

@@ -1,0 +1,157 @@
+/*
+ * utf8.c: text that enters the registry is UTF-8, because every report (--json, pack manifests)
+ * is JSON, and one stray byte makes the whole document unreadable.
+ *
+ *   - Text a person types (tags, trigger words, templates, names) is refused when it is not
+ *     valid UTF-8, with a message that names the argument and shows the bytes as \xNN.
+ *   - Text from files other programs made (sidecars, pack manifests, file names) is converted:
+ *     what is not valid UTF-8 is read as Windows-1252, the code page Windows tools write and a
+ *     superset of Latin-1 for printable text, and a leading UTF-8 byte-order mark is dropped.
+ *
+ * Validity is decided by mood__utf8_validate (engine/tokenizer.c, strict: no overlongs, no
+ * surrogates), the check the prompt parser uses, so the registry accepts exactly what
+ * generation accepts. The other UTF-8 scanners (common/image.c, lora/safetensors_read.c,
+ * styles/params.c) are private to their files.
+ */
+#include <string.h>
+
+#include "engine/unicode_tables.h"
+#include "registry/registry_impl.h"
+
+#define SHOWN_MAX 60 /* bytes of a refused value quoted in the message */
+
+/* Windows-1252 0x80..0x9F; the five bytes it leaves undefined keep their Latin-1 (C1) value,
+ * as the WHATWG encoding standard decodes them. 0xA0..0xFF are Latin-1. */
+static const uint16_t cp1252_high[32] = {
+    0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+    0x2039, 0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+    0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
+};
+
+int mood__reg_is_utf8(const char *text)
+{
+    /* the validator sets an error message for the prompt; here invalid text is not an error */
+    int ok = mood__utf8_validate(text, strlen(text)) == 0;
+    if (!ok)
+        mood_error_clear();
+    return ok;
+}
+
+int mood__reg_text_check(const char *text, const char *what)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char shown[4 * SHOWN_MAX + 4]; /* each byte as \xNN at most, then "..." */
+    size_t n = 0, i;
+    if (!text || mood__reg_is_utf8(text))
+        return 0;
+    /* the refused bytes are not echoed as they are: the message itself must stay UTF-8 */
+    for (i = 0; text[i] && i < SHOWN_MAX; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 0x80) {
+            shown[n++] = (char)c;
+            continue;
+        }
+        shown[n++] = '\\';
+        shown[n++] = 'x';
+        shown[n++] = hex[c >> 4];
+        shown[n++] = hex[c & 15];
+    }
+    snprintf(shown + n, sizeof shown - n, "%s", text[i] ? "..." : "");
+    return mood_error_set(MOOD_EINVAL,
+                          "%s '%s': not valid UTF-8 (non-ASCII bytes shown as \\xNN); text in "
+                          "the registry must be UTF-8: set your terminal or editor to UTF-8",
+                          what, shown);
+}
+
+static size_t put_utf8(char *out, uint32_t cp)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    out[0] = (char)(0xE0 | (cp >> 12));
+    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[2] = (char)(0x80 | (cp & 0x3F));
+    return 3;
+}
+
+/* text read as Windows-1252, in UTF-8 (at most 3 bytes per byte: the table stays below
+ * U+10000). */
+static char *cp1252_to_utf8(const char *text)
+{
+    size_t n = strlen(text), j = 0;
+    char *out = n <= (SIZE_MAX - 1) / 3 ? mood_malloc(3 * n + 1) : NULL;
+    if (!out)
+        return NULL;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+        uint32_t cp = *p >= 0x80 && *p < 0xA0 ? cp1252_high[*p - 0x80] : *p;
+        j += put_utf8(out + j, cp);
+    }
+    out[j] = '\0';
+    return out;
+}
+
+int mood__reg_utf8_copy(char **out, const char *text, int *converted)
+{
+    static const char bom[] = "\xEF\xBB\xBF";
+    *out = NULL;
+    if (converted)
+        *converted = 0;
+    if (!text)
+        return 0;
+    if (strncmp(text, bom, 3) == 0)
+        text += 3; /* Notepad's mark that a file is UTF-8: not part of the text */
+    if (mood__reg_is_utf8(text)) {
+        *out = mood_strdup(text);
+    } else {
+        *out = cp1252_to_utf8(text);
+        if (converted)
+            *converted = 1;
+    }
+    return *out ? 0 : mood_error_nomem();
+}
+
+int mood__reg_utf8_in_place(char **text, int *converted)
+{
+    char *copy = NULL;
+    int err;
+    if (converted)
+        *converted = 0;
+    if (!*text)
+        return 0;
+    if ((err = mood__reg_utf8_copy(&copy, *text, converted)) != 0)
+        return err;
+    mood_free(*text);
+    *text = copy;
+    return 0;
+}
+
+int mood__reg_bind_utf8(sqlite3_stmt *st, int i, const char *s)
+{
+    char *copy = NULL;
+    int err, rc;
+    if (!s || mood__reg_is_utf8(s))
+        return mood__reg_bind_text(st, i, s);
+    if ((err = mood__reg_utf8_copy(&copy, s, NULL)) != 0)
+        return err;
+    rc = sqlite3_bind_text(st, i, copy, -1, SQLITE_TRANSIENT);
+    mood_free(copy);
+    return rc == SQLITE_OK ? 0 : mood_error_nomem();
+}
+
+/* ----- public ---------------------------------------------------------------------------- */
+
+int mood_registry_text_check(const char *text, const char *what)
+{
+    return mood__reg_text_check(text, what);
+}
+
+int mood_registry_text_to_utf8(char **out, const char *text)
+{
+    return mood__reg_utf8_copy(out, text ? text : "", NULL);
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# test_doctor.sh: `mood doctor` on a LoRA whose stored file is damaged or missing, when a style
+# built by hand (style create) combines it with other LoRAs: without --fix every style that uses
+# it is named (text and --json) with what --fix would do; --fix removes the styles that are that
+# LoRA alone and drops it from the combined style, which keeps its other LoRAs, template,
+# negative prompt, weights and tags; the report names each style. As `mood help doctor` says,
+# importing the file again brings its style back and `style edit` puts it back in the mix.
+. "$(dirname "$0")/lib.sh"
+
+export MOOD_HOME=$tmp/home
+L=$FIX/lycoris
+py() { python3 -c "$@"; }
+
+# blob_of STYLE: the stored file of the style's first LoRA
+blob_of() {
+    local sha
+    sha=$("$MOOD" show "$1" --json | py 'import json,sys; print(json.load(sys.stdin)["adapters"][0]["sha256"])')
+    echo "$MOOD_HOME/blobs/sha256/${sha:0:2}/${sha:2}"
+}
+
+expect_rc 0 "import three flavours" "$MOOD" import "$L/lokr.safetensors" "$L/ia3.safetensors" "$L/boft.safetensors"
+expect_rc 0 "style create mymix" "$MOOD" style create mymix --lora lokr:0.6 --lora ia3:0.3 \
+    --lora boft:0.2:0.1 --template "{prompt}, my recipe" --negative ugly --weight 0.7
+expect_rc 0 "style create solo" "$MOOD" style create solo --lora ia3:0.5
+expect_rc 0 "tag mymix" "$MOOD" tag mymix +mine
+ia3=$(blob_of ia3)
+size=$(stat -c %s "$ia3")
+printf '\x55' | dd of="$ia3" bs=1 seek=$((size - 3)) conv=notrunc 2>/dev/null
+
+# ----- without --fix: every style that uses it, and what --fix would do
+expect_rc 1 "doctor --deep finds the damage" "$MOOD" doctor --deep
+check "text names the LoRA and where it came from" grep -q "damaged adapter: .*(ia3.safetensors, imported from $L/ia3.safetensors)" "$tmp/out"
+check "text: mymix keeps its other LoRAs" grep -q "style mymix: --fix drops LoRA ia3.safetensors (damaged); it keeps its other 2 LoRAs" "$tmp/out"
+check "text: ia3 goes" grep -q "style ia3: uses no other LoRA than ia3.safetensors (damaged); --fix removes the style" "$tmp/out"
+check "text: solo goes" grep -q "style solo: uses no other LoRA" "$tmp/out"
+expect_rc 1 "doctor --deep --json" "$MOOD" doctor --deep --json
+check "json: styles per LoRA and per style" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+c=d["corrupt"]; assert len(c)==1 and c[0]["file_name"]=="ia3.safetensors", c
+assert c[0]["styles"]==["ia3","mymix","solo"], c
+s={e["name"]:e for e in d["styles"]}; assert sorted(s)==["ia3","mymix","solo"], s
+assert s["mymix"]["action"]=="drop" and s["mymix"]["kept"]==2 and s["mymix"]["loras"]==3, s
+assert s["ia3"]["action"]=="remove" and s["solo"]["action"]=="remove", s
+assert not any(e["fixed"] for e in d["styles"]), s
+assert s["mymix"]["lost"]==[{"sha256":c[0]["sha256"],"file_name":"ia3.safetensors","problem":"corrupt"}]' "$tmp/out"
+expect_rc 0 "nothing changed without --fix" "$MOOD" show mymix --json
+check "mymix still has three LoRAs" py 'import json,sys; assert len(json.load(open(sys.argv[1]))["adapters"])==3' "$tmp/out"
+
+# ----- --fix
+expect_rc 1 "doctor --deep --fix --json" "$MOOD" doctor --deep --fix --json
+check "json: what was done, per style" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+s={e["name"]:(e["action"],e["fixed"]) for e in d["styles"]}
+assert s=={"ia3":("remove",True),"mymix":("drop",True),"solo":("remove",True)}, s' "$tmp/out"
+expect_rc 0 "doctor clean after the fix" "$MOOD" doctor --deep
+expect_rc 0 "show mymix" "$MOOD" show mymix --json
+check "mymix kept the rest of the recipe" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+w=[(a["file_name"],a["unet_weight"],a["te_weight"]) for a in d["adapters"]]
+assert w==[("lokr.safetensors",0.6,0.6),("boft.safetensors",0.2,0.1)], w
+assert d["template"]=="{prompt}, my recipe" and d["negative"]=="ugly" and d["weight"]==0.7, d
+assert d["tags"]==["mine"], d' "$tmp/out"
+expect_rc 1 "ia3 is gone" "$MOOD" show ia3
+expect_rc 1 "solo is gone" "$MOOD" show solo
+expect_rc 0 "list" "$MOOD" list --json
+check "list: mymix summarised from its new first LoRA" py '
+import json,sys; d={s["name"]:s for s in json.load(open(sys.argv[1]))}
+assert sorted(d)==["boft","lokr","mymix"], d
+assert d["mymix"]["adapters"]==2 and d["mymix"]["algorithm"]=="lokr", d["mymix"]' "$tmp/out"
+
+# ----- what the help promises
+check "help says how to get a style back" grep -q "To get a LoRA back, import its file" <("$MOOD" help doctor)
+expect_rc 0 "re-import the LoRA" "$MOOD" import "$L/ia3.safetensors"
+check "its style is back" grep -q "as ia3" "$tmp/out"
+expect_rc 0 "put it back in the mix" "$MOOD" style edit mymix --lora lokr:0.6 --lora ia3:0.3 --lora boft:0.2:0.1
+expect_rc 0 "doctor clean at the end" "$MOOD" doctor --deep
+
+# ----- a missing file: the same, in text
+rm -f "$(blob_of boft)"
+expect_rc 1 "doctor --fix, a missing LoRA" "$MOOD" doctor --fix
+check "text: boft removed" grep -q "style boft: removed, it used no other LoRA than boft.safetensors (missing)" "$tmp/out"
+check "text: mymix keeps two" grep -q "style mymix: dropped LoRA boft.safetensors (missing); kept its other 2 LoRAs, template, negative prompt and weights" "$tmp/out"
+expect_rc 0 "doctor clean after the second fix" "$MOOD" doctor --deep
+
+finish
