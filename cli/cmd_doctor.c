@@ -27,6 +27,11 @@ const char cmd_doctor_help[] =
     "            [same as missing], styles [{name, action (\"remove\" or \"drop\"), loras,\n"
     "            kept, lost [{sha256, file_name, problem}], fixed}], problems, fixed}\n"
     "            (file_name, imported_from and styles for LoRAs only)\n\n"
+    "Where there is no registry yet, doctor says so and creates nothing. When registry.db is\n"
+    "gone (or holds no LoRAs) while stored files remain under blobs/, those files are not\n"
+    "orphans: doctor counts them, and --fix refuses to delete them; restore registry.db from\n"
+    "a backup, or import the LoRA files again. (--json: database is \"ok\", \"none\", or\n"
+    "\"missing\" / \"empty\" with stored_files and blobs.)\n\n"
     "Exit status: 0 nothing wrong, 1 problems were found (with --fix: and repaired; run again\n"
     "to confirm), 2 the registry could not be read.\n";
 
@@ -96,11 +101,32 @@ static void print_styles(const cJSON *styles)
                "back)\n");
 }
 
+/* No usable database (report's "database" other than "ok"): what there is, and what to do.
+ * Returns the exit status. */
+static int print_database(const cJSON *rep, const char *state)
+{
+    const char *home = str_of(rep, "registry");
+    int n = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(rep, "stored_files"));
+    if (strcmp(state, "none") == 0) {
+        printf("no registry at %s yet: 'mood import FILE' or 'mood train' creates one\n", home);
+        return 0;
+    }
+    printf("registry %s: registry.db %s, but %d stored file%s remain%s in %s\n", home,
+           strcmp(state, "missing") == 0 ? "is missing" : "holds no LoRAs", n, n == 1 ? "" : "s",
+           n == 1 ? "s" : "", str_of(rep, "blobs"));
+    printf("  they are what was imported (for LoRAs from a pack or a URL perhaps the only "
+           "copies), not orphans: 'mood doctor --fix' does not delete them\n"
+           "  restore registry.db from a backup, or import the LoRA files again ('mood import "
+           "FILE')\n");
+    return 1;
+}
+
 int cmd_doctor(int argc, char **argv)
 {
     mood_doctor_options o = {0, 0, NULL, NULL};
     mood_registry *r = NULL;
     char *text = NULL;
+    const char *state;
     int json = 0, problems = 0, rc, err;
     cJSON *rep;
     for (int i = 1; i < argc; i++) {
@@ -123,6 +149,12 @@ int cmd_doctor(int argc, char **argv)
     mood_registry_free_string(text);
     if (json)
         return cli_print_json(rep) ? 2 : problems > 0;
+    state = str_of(rep, "database");
+    if (state && strcmp(state, "ok") != 0) {
+        rc = print_database(rep, state);
+        cJSON_Delete(rep);
+        return rc;
+    }
     print_list(cJSON_GetObjectItem(rep, "integrity"), "database");
     print_list(cJSON_GetObjectItem(rep, "missing"), "missing");
     print_list(cJSON_GetObjectItem(rep, "corrupt"), "damaged");

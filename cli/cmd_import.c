@@ -13,15 +13,19 @@
  * Sidecars the library leaves out (a link out of the LoRA's folder, a preview that is no image)
  * are listed as skipped too: its warnings are caught while a file is imported. The --json
  * summary is UTF-8 even for file names that are not (read as Windows-1252, as the registry does).
+ * The human output shows file names and messages with their control characters as escapes
+ * (cli_text.h): a folder from the web may name a file so as to drive the terminal.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 #include "cli/cmd_civitai.h"
 
 const char cmd_import_help[] =
@@ -35,7 +39,9 @@ const char cmd_import_help[] =
     "imported as 'Ink_Wash_v2', a second 'inkwash' as 'inkwash-2'; a note says so, and\n"
     "'mood rename' changes it.\n\n"
     "What is kept: the file itself (stored once by its SHA-256: importing the same file again\n"
-    "changes nothing and says which style has it), its base family (sd1, sd2, sdxl),\n"
+    "changes nothing and says which style is that file; when none is any more - it was removed\n"
+    "or its LoRA replaced while another style kept the file - the style is made again from the\n"
+    "file and its sidecars, reusing the stored copy), its base family (sd1, sd2, sdxl),\n"
     "algorithm, rank, alpha, the training metadata (ss_*, modelspec.*), trigger words, and\n"
     "what other tools left beside it:\n"
     "  NAME.json            A1111: activation text, preferred weight, notes, description\n"
@@ -125,6 +131,14 @@ static void json_utf8(cJSON *v)
     }
 }
 
+/* Prints "mood: WHAT: TEXT" to stderr with TEXT's control characters made visible. */
+static void say(const char *what, const char *text)
+{
+    char *shown = cli_text_visible(text, 0);
+    fprintf(stderr, "mood: %s%s%s\n", what, what[0] ? ": " : "", shown ? shown : "?");
+    free(shown);
+}
+
 static void skip(import_run *run, const char *path, const char *reason)
 {
     cJSON *o;
@@ -134,8 +148,11 @@ static void skip(import_run *run, const char *path, const char *reason)
     cJSON_AddStringToObject(o, "file", path);
     cJSON_AddStringToObject(o, "reason", reason);
     cJSON_AddItemToArray(run->skipped, o);
-    if (!run->json)
-        fprintf(stderr, "mood: skipped %s: %s\n", path, reason);
+    if (!run->json) {
+        char *shown = cli_text_visible(path, 0);
+        fprintf(stderr, "mood: skipped %s: %s\n", shown ? shown : "?", reason);
+        free(shown);
+    }
 }
 
 enum { LOG_WARNING = 1 }; /* mood_log_fn's levels: 0 error, 1 warning, 2 info, 3 debug */
@@ -148,9 +165,9 @@ static void import_log(int level, const char *message, void *payload)
     import_run *run = payload;
     const char *m = strstr(message, marker);
     if (level <= LOG_WARNING)
-        fprintf(stderr, "mood: %s: %s\n", level == 0 ? "error" : "warning", message);
+        say(level == 0 ? "error" : "warning", message);
     else if (getenv("MOOD_VERBOSE"))
-        fprintf(stderr, "mood: %s\n", message);
+        say("", message);
     if (level == LOG_WARNING && m && run) {
         char *file = strndup(message, (size_t)(m - message));
         if (file && !listed(run, file)) {
@@ -165,13 +182,37 @@ static void import_log(int level, const char *message, void *payload)
 
 static void report_rename(const import_run *run, const mood_import_result *res)
 {
+    char why[1024];
     if (run->json || !res->renamed)
         return;
+    cli_progress_done();
     if (mood_registry_name_check(res->wanted) != 0)
-        cli_warn("%s; imported as '%s'", mood_error_last(), res->name);
+        snprintf(why, sizeof why, "%s; imported as '%s'", mood_error_last(), res->name);
     else
-        cli_warn("a style named '%s' exists already; imported as '%s' ('mood rename' changes it)",
+        snprintf(why, sizeof why,
+                 "a style named '%s' exists already; imported as '%s' ('mood rename' changes it)",
                  res->wanted, res->name);
+    say("warning", why); /* the wanted name is the file's, as it came */
+}
+
+/* What a person reads about one file (--json: nothing). */
+static void report_import(const import_run *run, const char *path, int err,
+                          const mood_import_result *res)
+{
+    char *shown = cli_text_visible(path, 0);
+    const char *p = shown ? shown : "?";
+    if (run->json) {
+        free(shown);
+        return;
+    }
+    if (err)
+        say("error", mood_error_last());
+    else if (res->already)
+        printf("%s: already in the registry as %s\n", p, res->name);
+    else
+        printf("imported %s as %s (%s%s%s)\n", p, res->name, res->family,
+               res->previews ? ", with previews" : "", res->sidecars ? ", sidecars read" : "");
+    free(shown);
 }
 
 static void import_one(import_run *run, const char *path)
@@ -184,8 +225,7 @@ static void import_one(import_run *run, const char *path)
     if (err) {
         cJSON_AddStringToObject(o, "error", mood_error_last());
         cJSON_AddItemToArray(run->failed, o);
-        if (!run->json)
-            fprintf(stderr, "mood: error: %s\n", mood_error_last());
+        report_import(run, path, err, &res);
         run->status = worse(run->status, mood_error_is_user(err) ? 1 : 2);
         return;
     }
@@ -193,8 +233,7 @@ static void import_one(import_run *run, const char *path)
     cJSON_AddStringToObject(o, "sha256", res.sha256);
     if (res.already) {
         cJSON_AddItemToArray(run->already, o);
-        if (!run->json)
-            printf("%s: already in the registry as %s\n", path, res.name);
+        report_import(run, path, 0, &res);
         return;
     }
     cJSON_AddStringToObject(o, "wanted", res.wanted);
@@ -205,9 +244,7 @@ static void import_one(import_run *run, const char *path)
     cJSON_AddNumberToObject(o, "sidecars", res.sidecars);
     cJSON_AddItemToArray(run->imported, o);
     report_rename(run, &res);
-    if (!run->json)
-        printf("imported %s as %s (%s%s%s)\n", path, res.name, res.family,
-               res.previews ? ", with previews" : "", res.sidecars ? ", sidecars read" : "");
+    report_import(run, path, 0, &res);
     cli_civitai_after_import(run->r, res.name, &run->cf, o);
 }
 
@@ -264,7 +301,9 @@ static void walk_dir(import_run *run, const char *dir)
     struct dirent **list = NULL;
     int n = scandir(dir, &list, NULL, alphasort);
     if (n < 0) {
-        fprintf(stderr, "mood: error: %s: cannot read the folder: %s\n", dir, strerror(errno));
+        char why[PATH_MAX + 256];
+        snprintf(why, sizeof why, "%s: cannot read the folder: %s", dir, strerror(errno));
+        say("error", why);
         run->status = worse(run->status, 2);
         return;
     }
@@ -288,10 +327,12 @@ static void unreadable(import_run *run, const char *path, int e)
 {
     const char *why = e == ENOENT ? "no such file or folder" : strerror(e);
     cJSON *o = cJSON_CreateObject();
+    char line[PATH_MAX + 256];
     cJSON_AddStringToObject(o, "file", path);
     cJSON_AddStringToObject(o, "error", why);
     cJSON_AddItemToArray(run->failed, o);
-    fprintf(stderr, "mood: error: %s: %s\n", path, why);
+    snprintf(line, sizeof line, "%s: %s", path, why);
+    say("error", line);
     run->status = worse(run->status, 2);
 }
 

@@ -5,7 +5,9 @@
  * was decided, ranks, alphas, modules per model part, DoRA/Tucker use, dtypes, keys mood could not
  * place, a summary of the training metadata (kohya ss_*, modelspec.*, most frequent training
  * tags) and the hashes A1111/Civitai use. For a checkpoint: family, tensors per part, dtypes,
- * parameter count, metadata size and hashes. Human output and --json carry the same facts.
+ * parameter count, metadata size and hashes. Human output and --json carry the same facts; the
+ * human one shows the control characters of the file's own text (metadata, tensor names) as
+ * escapes (cli_text.h), so that a downloaded file cannot drive the terminal.
  */
 #include <math.h>
 #include <pthread.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 
 const char cmd_inspect_help[] =
     "usage: mood inspect FILE [--json] [--no-hash]\n\n"
@@ -642,6 +645,7 @@ int cmd_inspect(int argc, char **argv)
         return cli_fail(err);
     if (json)
         return cli_print_json(report);
+    cli_text_clean_json(report, NULL);
     if (adapter)
         print_adapter(report);
     else

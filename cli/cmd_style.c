@@ -2,13 +2,15 @@
  * cmd_style.c: the registry's styles: `mood list`, `mood show`, `mood search`,
  * `mood style create`, `mood style edit`, `mood tag`, `mood rename`, `mood rm`.
  * The library returns reports as JSON; --json prints them as they are, the human output is made
- * from the same objects.
+ * from the same objects, with the control characters of their text made visible first
+ * (cli_text.h): descriptions, notes and file names come from sidecars and packs others made.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 
 const char cmd_list_help[] =
     "usage: mood list [--tag TAG] [--base sd1|sd2|sdxl] [--json]\n\n"
@@ -48,12 +50,15 @@ const char cmd_style_create_help[] =
     "Example:\n"
     "  mood style create ink-film --lora inkwash:0.8 --lora film-grain:0.3 \\\n"
     "      --template \"{prompt}, ink wash, film grain\"\n\n"
+    "All the LoRAs of a style must be made for one base family (sd1, sd2 or sdxl): a style is\n"
+    "used with one base model. A LoRA whose family is unknown goes with any.\n\n"
     "Names: letters, digits, '_', '-', '.'; unique regardless of case.\n";
 
 const char cmd_style_edit_help[] =
     "usage: mood style edit NAME [options]\n\n"
     "Changes a style. Options as for 'mood style create'; only what you give changes. --lora\n"
-    "replaces the whole list of LoRAs. An empty value (--negative \"\") clears a field.\n";
+    "replaces the whole list of LoRAs (all for one base family). An empty value (--negative \"\")\n"
+    "clears a field.\n";
 
 const char cmd_tag_help[] =
     "usage: mood tag NAME +TAG... -TAG...\n\n"
@@ -164,6 +169,9 @@ static int parse_simple(int argc, char **argv, const char *cmd, int *json, const
 
 static void print_style(const cJSON *s);
 
+/* Fields `show` prints as they are written, on several lines when they have several. */
+static const char *const multiline_fields[] = {"description", "notes", NULL};
+
 /* The end of list, search and show: the query's JSON as it is (--json), or for people. */
 static int finish_query(int err, char *text, int json, int pretty, const char *empty)
 {
@@ -174,6 +182,7 @@ static int finish_query(int err, char *text, int json, int pretty, const char *e
         return print_text_json(text, pretty);
     v = cJSON_Parse(text);
     mood_registry_free_string(text);
+    cli_text_clean_json(v, multiline_fields);
     if (empty)
         print_list(v, empty);
     else

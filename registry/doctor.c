@@ -16,6 +16,9 @@
  * only removed styles used are deleted, so that the next run finds no new orphans.
  * Checks and fixes run under the exclusive registry lock, so no import is half-way meanwhile; the
  * styles to change are worked out again inside the transaction that changes them.
+ * A registry.db that is missing or holds no rows while blobs/ holds files has lost its database,
+ * not its files: every stored file would look like an orphan, and for a LoRA that came from a
+ * pack or a URL it may be the only copy. That is reported as one problem; --fix refuses.
  */
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -53,7 +56,8 @@ static int check_integrity(doctor *d)
     if (rc != SQLITE_DONE)
         err = mood__reg_sqlerr(d->r, rc, "integrity check");
     sqlite3_finalize(st);
-    if (!err &&
+    /* the search index's own check is an INSERT: a read-only registry cannot run it */
+    if (!err && !d->r->readonly &&
         sqlite3_exec(d->r->db, "INSERT INTO styles_fts(styles_fts) VALUES('integrity-check')", NULL,
                      NULL, NULL) != SQLITE_OK) {
         cJSON_AddItemToArray(msgs, cJSON_CreateString("search index out of sync"));
@@ -471,9 +475,58 @@ static int fix_rows(doctor *d)
     return err ? err : delete_freed(d);
 }
 
+/* registry.db missing or without rows while blobs/ holds n files: one problem, nothing else is
+ * checked (every file would be an orphan), and --fix refuses. */
+static int lost_database(doctor *d, size_t n)
+{
+    mood_registry *r = d->r;
+    cJSON_AddStringToObject(d->report, "database", r->absent ? "missing" : "empty");
+    cJSON_AddNumberToObject(d->report, "stored_files", (double)n);
+    cJSON_AddStringToObject(d->report, "blobs", r->blob_dir);
+    d->problems++;
+    r->noted = 1; /* the report says it: no warning at close */
+    if (!d->o->fix)
+        return 0;
+    return mood_error_set(MOOD_EINVAL,
+                          "%s %s, but %zu stored file%s remain%s in %s: doctor --fix deletes none "
+                          "of them (for LoRAs that came from a pack or a URL they may be the only "
+                          "copies); restore registry.db from a backup, or import the LoRA files "
+                          "again ('mood import FILE')",
+                          r->db_path, r->absent ? "is missing" : "holds no LoRAs", n,
+                          n == 1 ? "" : "s", n == 1 ? "s" : "", r->blob_dir);
+}
+
+/* Is there a usable database? Sets *done when the report is complete without the other checks:
+ * no registry yet (nothing stored: nothing to check, no problem), or a lost database. */
+static int check_database(doctor *d, int *done)
+{
+    mood_registry *r = d->r;
+    size_t n = 0;
+    int rows = 0, err;
+    *done = 0;
+    if (!r->absent && (err = mood__reg_has_rows(r, &rows)) != 0)
+        return err;
+    if (!rows && (err = mood__reg_count_blobs(r, &n)) != 0)
+        return err;
+    if (rows || (!r->absent && n == 0)) {
+        cJSON_AddStringToObject(d->report, "database", "ok");
+        return 0;
+    }
+    *done = 1; /* with the report's usual lists, empty */
+    cJSON_AddArrayToObject(d->report, "integrity");
+    cJSON_AddArrayToObject(d->report, "styles");
+    if (n > 0)
+        return lost_database(d, n);
+    cJSON_AddStringToObject(d->report, "database", "none");
+    r->noted = 1; /* the report says it: no warning at close */
+    return 0;
+}
+
 static int run(doctor *d)
 {
-    int err;
+    int err, done;
+    if ((err = check_database(d, &done)) != 0 || done)
+        return err;
     if ((err = check_integrity(d)) != 0 || (err = check_referenced(d)) != 0 ||
         (err = check_orphans(d)) != 0)
         return err;
@@ -496,7 +549,10 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
     d.missing = cJSON_AddArrayToObject(d.report, "missing");
     d.orphans = cJSON_AddArrayToObject(d.report, "orphans");
     d.corrupt = cJSON_AddArrayToObject(d.report, "corrupt");
-    if ((err = mood__reg_lock_exclusive(r, 1)) != 0)
+    /* before anything is deleted: a read-only registry refuses --fix (an absent one is not
+     * created for it: check_database) */
+    if ((o->fix && !r->absent && (err = mood__reg_writable(r)) != 0) ||
+        (err = mood__reg_lock_exclusive(r, 1)) != 0)
         goto done;
     err = run(&d);
     mood__reg_unlock_exclusive(r);

@@ -1,6 +1,9 @@
 /*
  * edit.c: changing the registry: style create/edit, rename, tags, rm.
  *
+ * A style's adapters are all made for one base family (an adapter of unknown family goes with
+ * any): create and edit refuse a mix with MOOD_EFAMILY, naming the files and their families.
+ *
  * Removing a style removes, in the same transaction, its adapters and previews that no other
  * style uses; their blobs are deleted afterwards in a second transaction that checks again that
  * nothing (no row, no import in progress) refers to them. A crash between the two leaves an
@@ -78,9 +81,64 @@ static int set_text(mood_registry *r, long long id, const char *column, const ch
     return mood__reg_step_done(r, st, "changing the style");
 }
 
+/* What a stored adapter is called in messages, and its base family ("" when unknown or when
+ * there is no such adapter: set_loras reports that). */
+typedef struct lora_family {
+    char file[128];
+    char family[16];
+} lora_family;
+
+static int family_of(mood_registry *r, const char *sha256, lora_family *out)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st, "SELECT family, file_name FROM adapters WHERE sha256 = ?1"),
+        rc;
+    memset(out, 0, sizeof *out);
+    if (err)
+        return err;
+    mood__reg_bind_text(st, 1, sha256);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *f = (const char *)sqlite3_column_text(st, 0);
+        const char *file = (const char *)sqlite3_column_text(st, 1);
+        if (f && strcmp(f, "unknown") != 0)
+            snprintf(out->family, sizeof out->family, "%s", f);
+        if (file && *file)
+            snprintf(out->file, sizeof out->file, "%s", file);
+        else
+            snprintf(out->file, sizeof out->file, "adapter %.12s", sha256);
+    } else if (rc != SQLITE_DONE) {
+        err = mood__reg_sqlerr(r, rc, "reading an adapter");
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* A style is applied to one base model: LoRAs made for different families could never be used
+ * together (lora stack, merge and bake refuse the mix), and the style would be listed under
+ * both. An adapter whose family is unknown goes with any. */
+static int check_families(mood_registry *r, const mood_style_spec *s)
+{
+    lora_family first = {{0}, {0}}, other;
+    int err = 0;
+    for (size_t i = 0; !err && i < s->n_loras; i++) {
+        if ((err = family_of(r, s->loras[i].sha256, &other)) != 0 || !other.family[0])
+            continue;
+        if (!first.family[0])
+            first = other;
+        else if (strcmp(first.family, other.family) != 0)
+            err = mood_error_set(MOOD_EFAMILY,
+                                 "LoRAs for different base families: %s is for %s but %s is for "
+                                 "%s; a style's LoRAs must all be made for one base model",
+                                 first.file, first.family, other.file, other.family);
+    }
+    return err;
+}
+
 static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
 {
-    int err = exec_id(r, "DELETE FROM style_adapters WHERE style_id = ?1", id, "changing adapters");
+    int err = check_families(r, s);
+    if (!err)
+        err = exec_id(r, "DELETE FROM style_adapters WHERE style_id = ?1", id, "changing adapters");
     for (size_t i = 0; !err && i < s->n_loras; i++) {
         sqlite3_stmt *st = NULL;
         long long known = 0;

@@ -23,6 +23,12 @@
  * Sidecar text that is not UTF-8 (Windows tools write Windows-1252) is read as Windows-1252 and
  * stored as UTF-8, with a warning; the import goes on (utf8.c).
  *
+ * The file is in the registry already when a style is that file alone (its adapter, weights 1
+ * and 1): nothing changes. When its adapter is stored but no such style is left (it was removed
+ * while a composition uses the adapter, or `mood style edit` replaced its LoRA), the style is
+ * made again from the file and its sidecars around the stored adapter row and blob, with a
+ * warning that says so.
+ *
  * A program that made the LoRA (mood train) adds extras (mood_import_extras): its own previews
  * (first), files of other roles (mood board thumbnails, the loss curve) and how it trained the
  * style, stored in the same transaction as the rest.
@@ -89,6 +95,7 @@ typedef struct import_job {
     mood__blob_tx *extra;        /* x's previews then files, n_extra of them stored */
     size_t n_extra;
     char *name;
+    int stored;            /* the adapter row was there already (no style was the file alone) */
     char folder[PATH_MAX]; /* the LoRA's folder, links resolved; "" until a sidecar needs it */
 } import_job;
 
@@ -642,27 +649,91 @@ static int insert_extras(mood_registry *r, const import_job *j, long long style_
 
 /* ----- the transaction --------------------------------------------------------------------- */
 
-/* Name of the style holding sha256 (the adapter row exists): *name_out NULL when none. */
+/* The style that is the file as its import made it: this adapter alone, at weights 1 and 1 (the
+ * oldest such style); *found 0 when there is none. A style that uses the adapter with others or
+ * at other weights is not it: importing the file again then makes its own style again. */
 static int holder_of(mood_registry *r, const char *sha256, char *name_out, size_t cap, int *found)
 {
     sqlite3_stmt *st = NULL;
     int err, rc;
     *found = 0;
     if ((err = mood__reg_prepare(r, &st,
-                                 "SELECT a.sha256, s.name FROM adapters a LEFT JOIN style_adapters "
-                                 "sa ON sa.adapter_sha256 = a.sha256 LEFT JOIN styles s ON s.id = "
-                                 "sa.style_id WHERE a.sha256 = ?1 ORDER BY s.id LIMIT 1")) != 0)
+                                 "SELECT s.name FROM styles s JOIN style_adapters sa ON"
+                                 " sa.style_id = s.id WHERE sa.adapter_sha256 = ?1 AND"
+                                 " sa.unet_weight = 1 AND sa.te_weight = 1 AND (SELECT count(*)"
+                                 " FROM style_adapters x WHERE x.style_id = s.id) = 1"
+                                 " ORDER BY s.id LIMIT 1")) != 0)
         return err;
     if ((err = mood__reg_bind_text(st, 1, sha256)) == 0) {
         rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
-            const char *n = (const char *)sqlite3_column_text(st, 1);
             *found = 1;
-            snprintf(name_out, cap, "%s", n ? n : "(no style)");
+            snprintf(name_out, cap, "%s", (const char *)sqlite3_column_text(st, 0));
         } else if (rc != SQLITE_DONE) {
             err = mood__reg_sqlerr(r, rc, "looking up the file");
         }
     }
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* Whether the adapter row exists already (kept by a style that uses it with others, or by none
+ * since `mood style edit` replaced it): then the style is made again around that row and blob. */
+static int adapter_stored(mood_registry *r, const char *sha256, int *stored)
+{
+    long long n = 0;
+    int err = mood__reg_query_int(r, &n, "SELECT count(*) FROM adapters WHERE sha256 = ?1", sha256);
+    *stored = n > 0;
+    return err;
+}
+
+/* Says that the style is made again though the file was stored, and which styles use it (a
+ * note only: a failure to read them does not stop the import). */
+static void note_restored(mood_registry *r, const import_job *j)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st,
+                                "SELECT group_concat(name, ', ') FROM (SELECT DISTINCT s.name FROM"
+                                " styles s JOIN style_adapters sa ON sa.style_id = s.id WHERE"
+                                " sa.adapter_sha256 = ?1 AND s.name <> ?2"
+                                " ORDER BY s.name COLLATE NOCASE)");
+    const char *users;
+    if (err) {
+        mood_error_clear();
+        return;
+    }
+    mood__reg_bind_text(st, 1, j->h.sha256);
+    mood__reg_bind_text(st, 2, j->name);
+    if (sqlite3_step(st) == SQLITE_ROW && (users = (const char *)sqlite3_column_text(st, 0)))
+        mood_log(MOOD_LOG_WARN,
+                 "%s: the LoRA was stored already (used by %s) but no style was this file alone; "
+                 "made the style '%s' from it again",
+                 j->path, users, j->name);
+    else
+        mood_log(MOOD_LOG_WARN,
+                 "%s: the LoRA was stored already but no style used it; made the style '%s' "
+                 "from it again",
+                 j->path, j->name);
+    sqlite3_finalize(st);
+}
+
+/* A source row for this file, unless one from the same place is there already. */
+static int source_known(mood_registry *r, const char *sha256, const char *location, int *known)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st,
+                                "SELECT count(*) FROM sources WHERE adapter_sha256 = ?1 AND"
+                                " kind = 'file' AND location = ?2"),
+        rc;
+    *known = 0;
+    if (err)
+        return err;
+    mood__reg_bind_text(st, 1, sha256);
+    mood__reg_bind_utf8(st, 2, location);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        *known = sqlite3_column_int(st, 0) > 0;
+    else
+        err = mood__reg_sqlerr(r, rc, "looking up where the file came from");
     sqlite3_finalize(st);
     return err;
 }
@@ -773,7 +844,10 @@ static int insert_source(mood_registry *r, const import_job *j)
     sqlite3_stmt *st = NULL;
     char absbuf[PATH_MAX];
     const char *abs = realpath(j->path, absbuf);
-    int err = mood__reg_prepare(
+    int known = 0, err = j->stored ? source_known(r, j->h.sha256, abs ? abs : j->path, &known) : 0;
+    if (err || known)
+        return err;
+    err = mood__reg_prepare(
         r, &st,
         "INSERT INTO sources(adapter_sha256, kind, location, sidecar_json, civitai_info_json,"
         " civitai_model_id, civitai_version_id, model_name, version_name, base_model, nsfw,"
@@ -841,7 +915,8 @@ static int commit_rows(mood_registry *r, import_job *j, mood_import_result *out)
         out->already = found;
         goto done; /* another process imported it meanwhile */
     }
-    if ((err = choose_name(r, j, out)) != 0 || (err = insert_adapter(r, j)) != 0 ||
+    if ((err = adapter_stored(r, j->h.sha256, &j->stored)) != 0 ||
+        (err = choose_name(r, j, out)) != 0 || (!j->stored && (err = insert_adapter(r, j)) != 0) ||
         (err = insert_style(r, j, &style_id)) != 0 || (err = insert_previews(r, j, style_id)) ||
         (err = insert_extras(r, j, style_id)) != 0 || (err = insert_source(r, j)) != 0)
         goto done;
@@ -1004,6 +1079,8 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
         (err = commit_rows(r, &j, out)) != 0)
         goto done;
     if (!out->already) {
+        if (j.stored)
+            note_restored(r, &j);
         out->previews = j.n_previews + (x ? (int)x->n_previews : 0);
         for (size_t i = 0; i < j.n_extra; i++)
             mood__blob_tx_end(&j.extra[i]);

@@ -7,7 +7,12 @@
  * below runs once, in order, inside one IMMEDIATE transaction together with the version bump, so
  * two processes opening a new registry at once migrate it once. A database newer than this
  * program is refused rather than misread.
+ *
+ * Reading creates nothing: a folder without registry.db reads as an empty registry (the schema in
+ * memory) until the first change creates it, so that `mood list` with a mistyped MOOD_HOME makes
+ * no folders. A registry.db that cannot be written is read read-only (registry_impl.h).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -219,12 +224,42 @@ int mood__reg_sqlerr(mood_registry *r, int rc, const char *what)
                               r->db_path, what, msg, r->blob_dir);
     if (primary == SQLITE_NOMEM)
         return mood_error_nomem();
+    if (primary == SQLITE_READONLY)
+        return mood_error_set(MOOD_EIO,
+                              "%s is read-only (%s: %s): make it, its folder and its -wal and -shm "
+                              "files writable, or set MOOD_HOME to a registry you can write",
+                              r->db_path, what, msg);
     return mood_error_set(MOOD_EIO, "%s: %s: %s", r->db_path, what, msg);
+}
+
+/* SQL for an absent or read-only registry: when a statement of it writes, the absent registry is
+ * created first and the read-only one refuses. Reads pass, and are remembered: close tells that
+ * there is no registry. (Statements that do not compile are left to run and report themselves.) */
+static int guard_sql(mood_registry *r, const char *sql)
+{
+    const char *tail = sql;
+    while (tail && *tail) {
+        sqlite3_stmt *st = NULL;
+        int writes;
+        if (sqlite3_prepare_v2(r->db, tail, -1, &st, &tail) != SQLITE_OK || !st) {
+            sqlite3_finalize(st);
+            return 0;
+        }
+        writes = !sqlite3_stmt_readonly(st);
+        sqlite3_finalize(st);
+        if (writes)
+            return mood__reg_writable(r);
+    }
+    r->read_absent |= r->absent;
+    return 0;
 }
 
 int mood__reg_exec(mood_registry *r, const char *sql)
 {
-    int rc = sqlite3_exec(r->db, sql, NULL, NULL, NULL);
+    int err = r->absent || r->readonly ? guard_sql(r, sql) : 0, rc;
+    if (err)
+        return err;
+    rc = sqlite3_exec(r->db, sql, NULL, NULL, NULL);
     return rc == SQLITE_OK ? 0 : mood__reg_sqlerr(r, rc, "query failed");
 }
 
@@ -246,7 +281,20 @@ void mood__reg_rollback(mood_registry *r)
 
 int mood__reg_prepare(mood_registry *r, sqlite3_stmt **st, const char *sql)
 {
-    int rc = sqlite3_prepare_v2(r->db, sql, -1, st, NULL);
+    int rc = sqlite3_prepare_v2(r->db, sql, -1, st, NULL), err;
+    if (rc != SQLITE_OK)
+        return mood__reg_sqlerr(r, rc, "preparing a query");
+    if (!(r->absent || r->readonly) || sqlite3_stmt_readonly(*st)) {
+        r->read_absent |= r->absent;
+        return 0;
+    }
+    /* a write: the registry is created (or the change refused), then the statement is prepared
+     * again on the new connection */
+    sqlite3_finalize(*st);
+    *st = NULL;
+    if ((err = mood__reg_writable(r)) != 0)
+        return err;
+    rc = sqlite3_prepare_v2(r->db, sql, -1, st, NULL);
     return rc == SQLITE_OK ? 0 : mood__reg_sqlerr(r, rc, "preparing a query");
 }
 
@@ -282,9 +330,44 @@ done:
     return err;
 }
 
+/* Files in the blobs/sha256/xx folders; -1 (errno set) when blobs/sha256 cannot be read. */
+static long count_files(const char *blob_dir)
+{
+    DIR *top = opendir(blob_dir);
+    struct dirent *e;
+    char path[4096];
+    long n = 0;
+    if (!top)
+        return errno == ENOENT ? 0 : -1;
+    while ((e = readdir(top)) != NULL) {
+        DIR *sub;
+        struct dirent *f;
+        if (strlen(e->d_name) != 2 || e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", blob_dir, e->d_name);
+        if (!(sub = opendir(path)))
+            continue;
+        while ((f = readdir(sub)) != NULL)
+            n += f->d_name[0] != '.';
+        closedir(sub);
+    }
+    closedir(top);
+    return n;
+}
+
 int mood__reg_style_id(mood_registry *r, long long *id, const char *name)
 {
     int err = mood__reg_query_int(r, id, "SELECT id FROM styles WHERE name = ?1", name);
+    if (!err && *id == 0 && r->absent) {
+        r->read_absent = 0; /* said here; a lost database is still told at close */
+        if (count_files(r->blob_dir) > 0)
+            return mood_error_set(MOOD_ENOTFOUND, "no style named '%s': %s is missing", name,
+                                  r->db_path);
+        return mood_error_set(MOOD_ENOTFOUND,
+                              "no style named '%s': there is no registry at %s yet ('mood import "
+                              "FILE' or 'mood train' creates one)",
+                              name, r->home);
+    }
     if (!err && *id == 0)
         err = mood_error_set(MOOD_ENOTFOUND,
                              "no style named '%s' in the registry %s ('mood list' "
@@ -297,6 +380,9 @@ int mood__reg_style_id(mood_registry *r, long long *id, const char *name)
 
 int mood__reg_lock_shared(mood_registry *r)
 {
+    int err;
+    if (r->lock_depth == 0 && (err = mood__reg_writable(r)) != 0)
+        return err;
     if (r->lock_depth++ > 0)
         return 0;
     while (flock(r->lock_fd, LOCK_SH) != 0) {
@@ -317,6 +403,8 @@ void mood__reg_unlock_shared(mood_registry *r)
 
 int mood__reg_lock_exclusive(mood_registry *r, int wait)
 {
+    if (r->lock_fd < 0)
+        return 0;
     while (flock(r->lock_fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
         if (errno == EWOULDBLOCK && !wait)
             return 1;
@@ -329,7 +417,8 @@ int mood__reg_lock_exclusive(mood_registry *r, int wait)
 
 void mood__reg_unlock_exclusive(mood_registry *r)
 {
-    flock(r->lock_fd, LOCK_UN);
+    if (r->lock_fd >= 0)
+        flock(r->lock_fd, LOCK_UN);
 }
 
 /* ----- opening ------------------------------------------------------------------------------- */
@@ -391,20 +480,55 @@ static int set_paths(mood_registry *r, const char *home)
         !(r->tmp_dir = mood_buf_detach(&b)))
         err = err ? err : mood_error_nomem();
     mood_buf_dispose(&b);
-    if (!err && !(err = make_dirs(r->blob_dir)))
-        err = make_dirs(r->tmp_dir);
     return err;
 }
 
-static int open_lock(mood_registry *r)
+/* stat() of registry.db's -wal or -shm file (suffix); 0 when it exists. */
+static int stat_side(const mood_registry *r, const char *suffix, struct stat *st)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s%s", r->db_path, suffix) >= sizeof path)
+        return -1;
+    return stat(path, st);
+}
+
+/* No registry.db, or an empty file with no -wal (SQLite reads both as an empty database). */
+static int db_absent(const mood_registry *r)
+{
+    struct stat st, wal;
+    if (stat(r->db_path, &st) != 0)
+        return errno == ENOENT;
+    return S_ISREG(st.st_mode) && st.st_size == 0 &&
+           (stat_side(r, "-wal", &wal) != 0 || wal.st_size == 0);
+}
+
+/* Whether this process may change the registry: registry.db and its folder (where SQLite keeps
+ * the -wal and -shm files) writable. */
+static int db_writable(const mood_registry *r)
+{
+    return access(r->db_path, W_OK) == 0 && access(r->home, W_OK) == 0;
+}
+
+static int readonly_error(const mood_registry *r)
+{
+    int file = access(r->db_path, W_OK) != 0;
+    return mood_error_set(MOOD_EIO,
+                          "%s is read-only: the registry can be read but not changed; make %s "
+                          "writable (chmod u+w), or set MOOD_HOME to a registry you can write",
+                          file ? r->db_path : r->home, file ? "it" : "the folder");
+}
+
+/* With readonly, a lock file that cannot be opened for writing is opened for reading (flock
+ * works on it), and none at all leaves lock_fd at -1: a read-only registry has no writer here. */
+static int open_lock(mood_registry *r, int readonly)
 {
     mood_buf b;
-    int err;
+    int err = 0;
     mood_buf_init(&b);
     if ((err = mood_buf_printf(&b, "%s/registry.lock", r->home)) != 0)
         return err;
-    r->lock_fd = open(b.data, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (r->lock_fd < 0)
+    r->lock_fd = open(b.data, readonly ? O_RDONLY | O_CLOEXEC : O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (r->lock_fd < 0 && !readonly)
         err = mood_error_set(MOOD_EIO, "%s: cannot open: %s", b.data, strerror(errno));
     mood_buf_dispose(&b);
     return err;
@@ -472,30 +596,233 @@ static int cleanup(mood_registry *r)
     return err;
 }
 
+/* A -wal or -shm file this user owns but cannot write (an older mood that read a read-only
+ * registry.db made them, and SQLite gives them the database's mode) would keep the registry
+ * unwritable after registry.db is made writable again: they get registry.db's mode back. */
+static void repair_side_files(const mood_registry *r)
+{
+    static const char *const suffix[] = {"-wal", "-shm"};
+    struct stat db, st;
+    char path[4096];
+    if (stat(r->db_path, &db) != 0)
+        return;
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        snprintf(path, sizeof path, "%s%s", r->db_path, suffix[i]);
+        if (stat(path, &st) == 0 && st.st_uid == geteuid() && access(path, W_OK) != 0)
+            (void)chmod(path, db.st_mode & 0666);
+    }
+}
+
+/* registry.db for reading and writing, created with the folders when missing; what interrupted
+ * imports left is removed. */
+static int open_disk(mood_registry *r)
+{
+    int err, rc;
+    if ((err = make_dirs(r->blob_dir)) != 0 || (err = make_dirs(r->tmp_dir)) != 0 ||
+        (err = open_lock(r, 0)) != 0)
+        return err;
+    repair_side_files(r);
+    rc = sqlite3_open_v2(r->db_path, &r->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        return mood__reg_sqlerr(r, rc, "cannot open");
+    if ((err = configure(r)) != 0 || (err = migrate(r)) != 0)
+        return err;
+    return cleanup(r);
+}
+
+/* The empty registry that a folder without registry.db reads as: the schema in memory. */
+static int open_absent(mood_registry *r)
+{
+    int rc = sqlite3_open_v2(":memory:", &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    int err;
+    if (rc != SQLITE_OK)
+        return mood__reg_sqlerr(r, rc, "cannot open");
+    if ((err = migrate(r)) != 0)
+        return err;
+    r->absent = 1; /* only now: the migration's writes must not create the registry */
+    return 0;
+}
+
+/* "file:" URI of path with a query: bytes other than unreserved ones are percent-encoded, so
+ * that a '?', '#' or '%' in a folder name stays part of the path. */
+static int file_uri(char **out, const char *path, const char *query)
+{
+    mood_buf b;
+    int err;
+    mood_buf_init(&b);
+    err = mood_buf_puts(&b, "file:");
+    for (const unsigned char *p = (const unsigned char *)path; !err && *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("/._~-", *p))
+            err = mood_buf_append(&b, p, 1);
+        else
+            err = mood_buf_printf(&b, "%%%02X", *p);
+    }
+    if (!err)
+        err = mood_buf_printf(&b, "?%s", query);
+    *out = err ? NULL : mood_buf_detach(&b);
+    mood_buf_dispose(&b);
+    return err;
+}
+
+/* A read-only registry must have this mood's schema: migrating it would write. */
+static int check_version(mood_registry *r)
+{
+    long long v;
+    int err = mood__reg_query_int(r, &v, "PRAGMA user_version", NULL);
+    if (err)
+        return err;
+    if (v > N_MIGRATIONS)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: schema version %lld is newer than this mood understands (%d); "
+                              "use a newer mood",
+                              r->db_path, v, N_MIGRATIONS);
+    if (v < N_MIGRATIONS)
+        return mood_error_set(MOOD_EIO,
+                              "%s is read-only, and its schema (version %lld) must be brought to "
+                              "version %d by a mood that can write it: make it writable (chmod "
+                              "u+w) and run 'mood list' once",
+                              r->db_path, v, N_MIGRATIONS);
+    r->version = (int)v;
+    return 0;
+}
+
+/* registry.db when it or its folder cannot be written: read-only, no clean-up (the next open that
+ * can write does it). SQLite reads a WAL database it cannot write through its -wal and -shm when
+ * they exist, but would otherwise create them, with registry.db's read-only mode, and so leave a
+ * registry that no writer can open once registry.db is writable again (sqlite.org/wal.html,
+ * "Read-Only Databases"). Without a -wal (or with an empty one), registry.db holds every commit:
+ * it is opened immutable, which reads it alone and creates nothing. A writer starting meanwhile
+ * (another user who can write) is not seen by this short read. */
+static int open_readonly(mood_registry *r)
+{
+    struct stat wal;
+    char *uri = NULL;
+    int in_wal = stat_side(r, "-wal", &wal) == 0 && wal.st_size > 0, err, rc;
+    r->readonly = 1;
+    if ((err = open_lock(r, 1)) != 0 ||
+        (err = file_uri(&uri, r->db_path, in_wal ? "mode=ro" : "immutable=1")) != 0)
+        return err;
+    rc = sqlite3_open_v2(uri, &r->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
+                         NULL);
+    mood_free(uri);
+    if (rc != SQLITE_OK)
+        return mood__reg_sqlerr(r, rc, "cannot open");
+    sqlite3_busy_timeout(r->db, BUSY_TIMEOUT_MS);
+    rc = sqlite3_exec(r->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return mood__reg_sqlerr(r, rc, "reading the schema");
+    return check_version(r);
+}
+
+/* The absent registry is created on disk: the in-memory one goes once that worked, and stays
+ * (absent) when it did not. */
+static int create_on_disk(mood_registry *r)
+{
+    sqlite3 *mem = r->db;
+    int err;
+    r->db = NULL;
+    r->absent = 0;
+    if ((err = open_disk(r)) == 0) {
+        sqlite3_close_v2(mem);
+        return 0;
+    }
+    sqlite3_close_v2(r->db);
+    if (r->lock_fd >= 0)
+        close(r->lock_fd);
+    r->lock_fd = -1;
+    r->db = mem;
+    r->absent = 1;
+    return err;
+}
+
+int mood__reg_writable(mood_registry *r)
+{
+    if (r->readonly)
+        return readonly_error(r);
+    return r->absent ? create_on_disk(r) : 0;
+}
+
+#define HAS_ROWS_SQL                                                                               \
+    "SELECT EXISTS(SELECT 1 FROM adapters) OR EXISTS(SELECT 1 FROM previews) OR"                   \
+    " EXISTS(SELECT 1 FROM style_files) OR EXISTS(SELECT 1 FROM imports_in_progress)"
+
+int mood__reg_has_rows(mood_registry *r, int *yes)
+{
+    long long n = 0;
+    int err = mood__reg_query_int(r, &n, HAS_ROWS_SQL, NULL);
+    *yes = n != 0;
+    return err;
+}
+
+int mood__reg_count_blobs(const mood_registry *r, size_t *n)
+{
+    long k = count_files(r->blob_dir);
+    *n = k > 0 ? (size_t)k : 0;
+    return k >= 0 ? 0
+                  : mood_error_set(MOOD_EIO, "%s: cannot read: %s", r->blob_dir, strerror(errno));
+}
+
+/* Stored files when no row refers to any (0 otherwise). Touches no error message: close runs
+ * before the caller prints its own. */
+static long unreferenced_files(mood_registry *r)
+{
+    sqlite3_stmt *st = NULL;
+    int rows = 1;
+    if (sqlite3_prepare_v2(r->db, HAS_ROWS_SQL, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        rows = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return rows ? 0 : count_files(r->blob_dir);
+}
+
+/* What the caller (a command) has not been told: registry.db gone or without rows while
+ * blobs/ holds files (whatever the command: they may be the only copies of what was imported),
+ * or, after a query, that there is no registry here (a mistyped MOOD_HOME reads as empty). */
+static void tell_state(mood_registry *r)
+{
+    long n = r->noted || !r->db ? 0 : unreferenced_files(r);
+    if (n > 0)
+        mood_log(MOOD_LOG_WARN,
+                 "%s %s, but %ld stored file%s remain%s in %s: restore registry.db from a "
+                 "backup, or import the LoRA files again ('mood import FILE'); 'mood doctor' "
+                 "says more",
+                 r->db_path, r->absent ? "is missing" : "holds no LoRAs", n, n == 1 ? "" : "s",
+                 n == 1 ? "s" : "", r->blob_dir);
+    else if (!r->noted && r->absent && r->read_absent)
+        mood_log(MOOD_LOG_WARN,
+                 "no registry at %s yet (nothing was created): 'mood import FILE' or 'mood "
+                 "train' creates one",
+                 r->home);
+}
+
 int mood_registry_open(mood_registry **out, const char *home)
 {
     mood_registry *r = mood_calloc(1, sizeof *r);
     char *def = NULL;
-    int err = 0, rc;
+    int err = 0;
     *out = NULL;
     if (!r)
         return mood_error_nomem();
     r->lock_fd = -1;
     if (!home && (err = mood_registry_default_home(&def)) != 0)
         goto done;
-    if ((err = set_paths(r, home ? home : def)) != 0 || (err = open_lock(r)) != 0)
+    if ((err = set_paths(r, home ? home : def)) != 0)
         goto done;
-    rc = sqlite3_open_v2(r->db_path, &r->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        err = mood__reg_sqlerr(r, rc, "cannot open");
-        goto done;
-    }
-    if ((err = configure(r)) != 0 || (err = migrate(r)) != 0 || (err = cleanup(r)) != 0)
+    if (db_absent(r))
+        err = open_absent(r);
+    else if (!db_writable(r))
+        err = open_readonly(r);
+    else
+        err = open_disk(r);
+    if (err)
         goto done;
     *out = r;
     r = NULL;
 done:
+    if (r)
+        r->noted = 1; /* nothing to tell about a registry that did not open */
     mood_free(def);
     mood_registry_close(r);
     return err;
@@ -505,6 +832,7 @@ void mood_registry_close(mood_registry *r)
 {
     if (!r)
         return;
+    tell_state(r);
     sqlite3_close_v2(r->db);
     if (r->lock_fd >= 0)
         close(r->lock_fd);
@@ -515,9 +843,23 @@ void mood_registry_close(mood_registry *r)
     mood_free(r);
 }
 
+/* Callers put files in the folder (downloads, a pack being read): an absent registry's folder is
+ * made here; a failure shows in the caller's own error. */
 const char *mood_registry_home(const mood_registry *r)
 {
+    if (r->absent && make_dirs(r->home) != 0)
+        mood_error_clear();
     return r->home;
+}
+
+int mood_registry_exists(const mood_registry *r)
+{
+    return !r->absent;
+}
+
+int mood_registry_read_only(const mood_registry *r)
+{
+    return r->readonly;
 }
 
 int mood_registry_schema_version(const mood_registry *r)

@@ -3,6 +3,12 @@
  * that turn rc + sqlite3_errmsg() into mood errors naming registry.db, the registry-wide lock and
  * the blob store. Only registry/ includes sqlite3.h.
  *
+ * States: a folder without registry.db (or with an empty file) is "absent": open creates nothing
+ * and queries run on an empty schema in memory; the first change (a statement that writes, the
+ * shared lock an import takes) creates the folders and registry.db. A registry.db this process
+ * cannot write (or whose folder it cannot write) is "read-only": it is opened read-only, without
+ * the clean-up of interrupted imports, and changes are refused naming the file.
+ *
  * Locking: HOME/registry.lock is held shared (flock) by every import from before its journal row
  * is written until its temporary file is gone, and exclusively by the clean-up of interrupted
  * imports and by `doctor --fix`, so clean-up never sees the temporary file of a live import.
@@ -24,6 +30,10 @@ struct mood_registry {
     int lock_fd;    /* HOME/registry.lock */
     int lock_depth; /* nested shared holds */
     int version;
+    int absent;      /* no registry.db yet: db is an empty in-memory one (see above) */
+    int readonly;    /* registry.db or HOME cannot be written: db is opened read-only */
+    int read_absent; /* a query ran on the absent registry: close says that there is none */
+    int noted;       /* doctor told there is no usable database: close adds no warning */
 };
 
 /* Prefix of the temporary files of imports: "import-PID-N.part" in tmp_dir. Only files matching
@@ -46,7 +56,18 @@ int mood__reg_bind_text(sqlite3_stmt *st, int i, const char *s);
 /* Runs a statement that returns one integer (0 when no row). */
 int mood__reg_query_int(mood_registry *r, long long *out, const char *sql, const char *arg);
 
-/* Registry-wide lock (see above). */
+/* Before a change made other than through SQL: creates an absent registry; MOOD_EIO naming the
+ * file for a read-only one. (Statements that write do this themselves.) */
+int mood__reg_writable(mood_registry *r);
+/* Whether any row refers to a stored file (adapters, previews, style files, imports in
+ * progress). */
+int mood__reg_has_rows(mood_registry *r, int *yes);
+/* How many files blobs/sha256 holds (0 when it does not exist). */
+int mood__reg_count_blobs(const mood_registry *r, size_t *n);
+
+/* Registry-wide lock (see above). The shared lock is taken only by writers: it creates an absent
+ * registry and refuses a read-only one. Without a lock file (an absent registry, a read-only
+ * folder without one) the exclusive lock is a no-op: no writer of ours can run there. */
 int mood__reg_lock_shared(mood_registry *r);
 void mood__reg_unlock_shared(mood_registry *r);
 /* Exclusive; with wait 0 returns 1 (and holds nothing) when someone else holds the lock. */

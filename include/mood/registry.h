@@ -31,13 +31,24 @@ typedef struct mood_registry mood_registry;
  * $HOME/.local/share/mood. Caller frees with mood_registry_free_string. */
 MOOD_WARN_UNUSED int mood_registry_default_home(char **out);
 
-/* Opens (creating when needed) the registry in `home` (NULL: the default home), migrates its
- * schema to the current version and removes what interrupted imports left behind. A file that
- * is not a usable SQLite database gives MOOD_EFORMAT naming the file; the blobs are not touched. */
+/* Opens the registry in `home` (NULL: the default home), migrates its schema to the current
+ * version and removes what interrupted imports left behind. A file that is not a usable SQLite
+ * database gives MOOD_EFORMAT naming the file; the blobs are not touched.
+ * Opening creates nothing: where there is no registry.db yet, queries find an empty registry and
+ * the first change (an import, a new style) creates the folder and the database. Closing a handle
+ * logs a warning (mood_log_set) when registry.db is missing or holds no rows while HOME/blobs
+ * still holds stored files (restore registry.db, or import the files again), or when a query found
+ * no registry at all, unless doctor or an error said so already. A registry.db (or folder) this
+ * process cannot write is opened read-only: queries work, and changes fail with MOOD_EIO saying
+ * that the file is read-only. */
 MOOD_WARN_UNUSED int mood_registry_open(mood_registry **out, const char *home);
 void mood_registry_close(mood_registry *r);
-/* The registry's directory (borrowed). */
+/* The registry's directory (borrowed); made when missing, since callers put files there. */
 const char *mood_registry_home(const mood_registry *r);
+/* 1 when the registry has a database; 0 when there is none yet (see mood_registry_open). */
+int mood_registry_exists(const mood_registry *r);
+/* 1 when the registry can be read but not changed (registry.db or its folder is read-only). */
+int mood_registry_read_only(const mood_registry *r);
 /* Schema version of the open database. */
 int mood_registry_schema_version(const mood_registry *r);
 void mood_registry_free_string(char *s);
@@ -185,13 +196,17 @@ typedef struct mood_doctor_options {
 
 /* Checks the registry: SQLite integrity, rows whose blob is missing, blobs no row uses, and with
  * `deep` blobs whose content no longer matches their name. *problems_out counts what was found
- * (before fixing). *out is a JSON report {integrity, missing[], orphans[], corrupt[], styles[],
- * problems, fixed}; an adapter in missing or corrupt carries its file_name, imported_from (where
- * to import it again) and styles (the names of the styles using it). styles[] has one entry per
- * such style: {name, action, loras, kept, lost [{sha256, file_name, problem}], fixed}, where action
- * is "drop" (the style keeps its other adapters, template, negative prompt and weights and loses
- * the lost ones) or "remove" (no adapter would be left: a style needs one), kept counts the
- * adapter links left, and fixed tells whether this run did it. */
+ * (before fixing). *out is a JSON report {registry, database, integrity, missing[], orphans[],
+ * corrupt[], styles[], problems, fixed}. database is "ok"; "none" where there is no registry yet
+ * (nothing to check, no problem); or "missing" (registry.db is gone) or "empty" (it holds no
+ * rows) while blobs/ still holds stored_files files, under blobs: one problem, the files are not
+ * orphans, and with `fix` nothing is deleted and MOOD_EINVAL says how to get them back. An adapter
+ * in missing or corrupt carries its file_name, imported_from (where to import it again) and styles
+ * (the names of the styles using it). styles[] has one entry per such style: {name, action, loras,
+ * kept, lost [{sha256, file_name, problem}], fixed}, where action is "drop" (the style keeps its
+ * other adapters, template, negative prompt and weights and loses the lost ones) or "remove" (no
+ * adapter would be left: a style needs one), kept counts the adapter links left, and fixed tells
+ * whether this run did it. */
 MOOD_WARN_UNUSED int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                                           const mood_doctor_options *o);
 

@@ -5,6 +5,8 @@
 # LoRA alone and drops it from the combined style, which keeps its other LoRAs, template,
 # negative prompt, weights and tags; the report names each style. As `mood help doctor` says,
 # importing the file again brings its style back and `style edit` puts it back in the mix.
+# Reading a registry that does not exist creates nothing; a registry.db that is gone (or empty)
+# while stored files remain is reported as such, and --fix deletes none of those files.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -81,5 +83,44 @@ expect_rc 1 "doctor --fix, a missing LoRA" "$MOOD" doctor --fix
 check "text: boft removed" grep -q "style boft: removed, it used no other LoRA than boft.safetensors (missing)" "$tmp/out"
 check "text: mymix keeps two" grep -q "style mymix: dropped LoRA boft.safetensors (missing); kept its other 2 LoRAs, template, negative prompt and weights" "$tmp/out"
 expect_rc 0 "doctor clean after the second fix" "$MOOD" doctor --deep
+
+# ----- a mistyped MOOD_HOME: reading creates nothing, and says there is no registry there
+typo=$tmp/typo/regsitry
+for cmd in list "search ink" doctor "doctor --fix"; do
+    # shellcheck disable=SC2086
+    MOOD_HOME=$typo "$MOOD" $cmd >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    check "$cmd on a missing registry: exit 0 ($rc)" [ "$rc" -eq 0 ]
+    check "$cmd on a missing registry says so" grep -q "no registry at $typo" "$tmp/out" "$tmp/err"
+done
+MOOD_HOME=$typo expect_rc 1 "show on a missing registry" "$MOOD" show mymix
+check "show says there is no registry" grep -q "no registry at $typo" "$tmp/err"
+check "nothing was created" [ ! -e "$tmp/typo" ]
+
+# ----- registry.db gone, the stored files left: not orphans; --fix deletes none of them
+stored=$(find "$MOOD_HOME/blobs/sha256" -type f | wc -l)
+rm -f "$MOOD_HOME"/registry.db*
+expect_rc 0 "list without registry.db" "$MOOD" list
+check "list warns that the database is missing" grep -q "registry.db is missing, but $stored stored files remain" "$tmp/err"
+check "list did not create registry.db" [ ! -e "$MOOD_HOME/registry.db" ]
+expect_rc 1 "doctor without registry.db" "$MOOD" doctor
+check "doctor: the database is gone, N files remain" grep -q "registry.db is missing, but $stored stored files remain" "$tmp/out"
+check "doctor lists no orphans and offers no --fix" sh -c '! grep -q "orphan:\|repairs them" "$1"' _ "$tmp/out"
+expect_rc 1 "doctor --fix refuses" "$MOOD" doctor --fix
+check "--fix says what to do instead" grep -q "restore registry.db from a backup, or import the LoRA files again" "$tmp/err"
+check "--fix names where the files are" grep -q "$MOOD_HOME/blobs/sha256" "$tmp/err"
+check "--fix deleted nothing" [ "$(find "$MOOD_HOME/blobs/sha256" -type f | wc -l)" -eq "$stored" ]
+expect_rc 1 "doctor --json without registry.db" "$MOOD" doctor --json
+check "json: database missing, stored_files" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["database"]=="missing" and d["stored_files"]==int(sys.argv[2]) and d["orphans"]==[], d' "$tmp/out" "$stored"
+# an empty registry.db in its place (what `mood list` made before): the same
+sqlite3 "$MOOD_HOME/registry.db" "PRAGMA journal_mode = WAL" >/dev/null 2>&1 ||
+    python3 -c 'import sqlite3,sys; sqlite3.connect(sys.argv[1]).execute("PRAGMA journal_mode = WAL")' "$MOOD_HOME/registry.db"
+expect_rc 1 "doctor --fix, registry.db empty" "$MOOD" doctor --fix
+check "--fix refuses on an empty registry.db" grep -q "holds no LoRAs, but $stored stored files remain" "$tmp/err"
+check "nothing deleted" [ "$(find "$MOOD_HOME/blobs/sha256" -type f | wc -l)" -eq "$stored" ]
+expect_rc 0 "import again" "$MOOD" import "$L/lokr.safetensors"
+expect_rc 0 "its style is back" "$MOOD" show lokr
 
 finish

@@ -4,7 +4,8 @@
 # two imports running at once, and imports killed with SIGKILL at random moments, after which
 # `mood doctor` must find the registry clean. What import leaves alone: sidecars linking out of the
 # LoRA's folder, previews that are no image, named pipes (under `timeout`: a regression fails
-# instead of hanging), folders reached again through a link loop.
+# instead of hanging), folders reached again through a link loop. A read-only registry.db can be
+# read, not changed, and works again once writable.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -199,6 +200,49 @@ for i in 1 2 3 4 5 6 7 8; do
 done
 expect_rc 0 "import after the kills" "$MOOD" import "$tmp/victim.safetensors"
 expect_rc 0 "doctor --deep at the end" "$MOOD" doctor --deep
+
+# ----- a read-only registry.db: the reading commands work and write nothing (no clean-up, no
+# -wal/-shm made with the database's read-only mode), the changing ones say it is read-only, and
+# the registry works again once it is writable. Run as an ordinary user: root writes anyway.
+ro=$tmp/ro
+read_only_checks() {
+    chmod 444 "$ro/registry.db"
+    MOOD_HOME=$ro expect_rc 0 "list a read-only registry" as_user "$MOOD" list
+    check "list shows its styles" grep -q "sd1_lora" "$tmp/out"
+    MOOD_HOME=$ro expect_rc 0 "show in a read-only registry" as_user "$MOOD" show sd1_lora
+    MOOD_HOME=$ro expect_rc 0 "search a read-only registry" as_user "$MOOD" search sd1
+    MOOD_HOME=$ro expect_rc 0 "doctor on a read-only registry" as_user "$MOOD" doctor
+    check "doctor: no problems" grep -q "no problems found" "$tmp/out"
+    check "no -shm or -wal left with a read-only mode" test ! -e "$ro/registry.db-shm" -a ! -e "$ro/registry.db-wal"
+    MOOD_HOME=$ro expect_rc 2 "tag in a read-only registry" as_user "$MOOD" tag sd1_lora +x
+    check "tag says registry.db is read-only" grep -q "$ro/registry.db is read-only" "$tmp/err"
+    cp "$FIX/lycoris/ia3.safetensors" "$tmp/new.safetensors" && chmod 644 "$tmp/new.safetensors"
+    MOOD_HOME=$ro expect_rc 2 "import into a read-only registry" as_user "$MOOD" import "$tmp/new.safetensors"
+    check "import says registry.db is read-only" grep -q "$ro/registry.db is read-only" "$tmp/err"
+    MOOD_HOME=$ro expect_rc 2 "doctor --fix on a read-only registry" as_user "$MOOD" doctor --fix
+    check "doctor --fix says it is read-only" grep -q "is read-only" "$tmp/err"
+    # what another SQLite program (or an older mood) reading it leaves: -wal and -shm of mode 444
+    if command -v sqlite3 >/dev/null; then
+        as_user sqlite3 -readonly "$ro/registry.db" "SELECT count(*) FROM styles" >/dev/null
+    fi
+    chmod 644 "$ro/registry.db"
+    MOOD_HOME=$ro expect_rc 0 "tag once registry.db is writable again" as_user "$MOOD" tag sd1_lora +x
+    MOOD_HOME=$ro expect_rc 0 "show the tag" as_user "$MOOD" show sd1_lora --json
+    check "the tag is stored" py 'import json,sys; assert "x" in json.load(open(sys.argv[1]))["tags"]' "$tmp/out"
+}
+cp -a "$MOOD_HOME" "$ro"
+rm -f "$ro"/registry.db-*
+if [ "$(id -u)" -ne 0 ]; then
+    as_user() { "$@"; }
+    read_only_checks
+elif command -v setpriv >/dev/null; then
+    chmod 755 "$tmp" # the user below must reach $ro
+    chown -R 65534:65534 "$ro"
+    as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+    read_only_checks
+else
+    echo "read-only registry: skipped (root without setpriv)"
+fi
 
 # ----- help texts
 for c in import list show search "style create" "style edit" tag rename rm doctor; do

@@ -125,25 +125,80 @@ static int doctor(mood_registry *r, int deep, int fix, char **report)
     return problems;
 }
 
+static cJSON *doctor_json(mood_registry *r, int deep, int fix, int *problems)
+{
+    char *text = NULL;
+    cJSON *o;
+    *problems = doctor(r, deep, fix, &text);
+    o = text ? cJSON_Parse(text) : NULL;
+    mood_registry_free_string(text);
+    MOOD_CHECK(o != NULL);
+    return o;
+}
+
 /* ----- tests --------------------------------------------------------------------------------- */
 
-static void test_open_creates_schema(void)
+/* What the library logged (warnings and errors), for the checks below. */
+static char logged[4096];
+
+static void log_capture(int level, const char *message, void *payload)
 {
-    const char *home = fresh_dir("home");
-    char path[1200];
+    size_t n = strlen(logged);
+    (void)payload;
+    if (level <= 1)
+        snprintf(logged + n, sizeof logged - n, "%s\n", message);
+}
+
+/* Reading a registry that does not exist (a mistyped MOOD_HOME) creates nothing: queries find no
+ * style, doctor says there is no registry, and closing says so; the first import creates the
+ * folders and registry.db with the whole schema. */
+static void test_open_creates_nothing_until_a_change(void)
+{
+    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    char path[1200], sub[1100], *text = NULL;
     mood_registry *r = NULL;
-    char sub[1100];
+    mood_import_result a;
+    cJSON *rep;
+    int problems = -1;
     snprintf(sub, sizeof sub, "%s/deeper/registry", home);
     MOOD_CHECK_OK(mood_registry_open(&r, sub));
-    MOOD_CHECK(r && mood_registry_schema_version(r) >= 1);
-    snprintf(path, sizeof path, "%s/registry.db", sub);
-    MOOD_CHECK(access(path, F_OK) == 0);
-    snprintf(path, sizeof path, "%s/blobs/sha256", sub);
-    MOOD_CHECK(access(path, F_OK) == 0);
+    MOOD_CHECK(r && mood_registry_schema_version(r) >= 1 && !mood_registry_exists(r));
+    MOOD_CHECK(mood_registry_show_json(&text, r, "ink") == MOOD_ENOTFOUND);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "no registry at"), "%s", mood_error_last());
+    rep = doctor_json(r, 1, 1, &problems);
+    MOOD_CHECK(problems == 0 && rep && str(rep, "database") &&
+               strcmp(str(rep, "database"), "none") == 0);
+    cJSON_Delete(rep);
     mood_registry_close(r);
     r = NULL;
+    /* a listing finds nothing, and closing says why */
+    logged[0] = '\0';
+    mood_log_set(log_capture, NULL);
+    MOOD_CHECK_OK(mood_registry_open(&r, sub));
+    MOOD_CHECK(r && mood_registry_list_json(&text, r, NULL, NULL) == 0);
+    MOOD_CHECK(text && strcmp(text, "[]") == 0);
+    mood_registry_free_string(text);
+    mood_registry_close(r);
+    mood_log_set(NULL, NULL);
+    r = NULL;
+    MOOD_CHECK_MSG(strstr(logged, "no registry at") && strstr(logged, sub), "%s", logged);
+    snprintf(path, sizeof path, "%s/deeper", home);
+    MOOD_CHECK_MSG(access(path, F_OK) != 0, "reading created %s", path);
+    /* the first change creates it */
+    MOOD_CHECK_OK(mood_registry_open(&r, sub));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK(r && mood_registry_exists(r) && blob_exists(r, a.sha256));
+    mood_registry_close(r);
+    r = NULL;
+    snprintf(path, sizeof path, "%s/registry.db", sub);
+    MOOD_CHECK(access(path, F_OK) == 0);
+    snprintf(path, sizeof path, "%s/blobs/tmp", sub);
+    MOOD_CHECK(access(path, F_OK) == 0);
     MOOD_CHECK_OK(mood_registry_open(&r, sub)); /* second open: nothing to migrate */
-    MOOD_CHECK(r && mood_registry_schema_version(r) >= 1);
+    MOOD_CHECK(r && mood_registry_schema_version(r) >= 1 && mood_registry_exists(r));
+    MOOD_CHECK(r && (rep = show(r, "ink")) != NULL);
+    cJSON_Delete(rep);
     mood_registry_close(r);
 }
 
@@ -494,17 +549,6 @@ static void damage_blob(mood_registry *r, const char *sha)
     }
 }
 
-static cJSON *doctor_json(mood_registry *r, int deep, int fix, int *problems)
-{
-    char *text = NULL;
-    cJSON *o;
-    *problems = doctor(r, deep, fix, &text);
-    o = text ? cJSON_Parse(text) : NULL;
-    mood_registry_free_string(text);
-    MOOD_CHECK(o != NULL);
-    return o;
-}
-
 /* The report's entry for style `name` (NULL when none). */
 static const cJSON *report_style(const cJSON *report, const char *name)
 {
@@ -804,6 +848,79 @@ static void test_half_done_import_cleaned(void)
     mood_registry_close(r);
 }
 
+/* registry.db gone (deleted, a wrong backup restored, MOOD_HOME pointing at a copy without it)
+ * while blobs/ still holds what was imported: those files are no orphans. Doctor reports the
+ * lost database once and --fix deletes nothing (MOOD_EINVAL saying how to get them back); the
+ * same for a registry.db that holds no rows (what an older mood's `list` created in its place). */
+static void test_lost_database(void)
+{
+    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result a, b;
+    char db[1200], side[1300], *text = NULL;
+    sqlite3 *h = NULL;
+    cJSON *rep;
+    int problems = -1;
+    write_png(src, "ink.png");
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
+        NULL));
+    mood_registry_close(r);
+    r = NULL;
+    snprintf(db, sizeof db, "%s/registry.db", home);
+    for (int empty = 0; empty < 2; empty++) {
+        const char *suffix[] = {"", "-wal", "-shm"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(side, sizeof side, "%s%s", db, suffix[i]);
+            unlink(side);
+        }
+        if (empty) { /* an empty database in its place */
+            MOOD_CHECK(sqlite3_open(db, &h) == SQLITE_OK);
+            MOOD_CHECK(sqlite3_exec(h, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) == SQLITE_OK);
+            sqlite3_close(h);
+        }
+        logged[0] = '\0';
+        mood_log_set(log_capture, NULL);
+        MOOD_CHECK_OK(mood_registry_open(&r, home));
+        MOOD_CHECK(r && mood_registry_exists(r) == empty);
+        MOOD_CHECK(r && mood_registry_list_json(&text, r, NULL, NULL) == 0);
+        mood_registry_free_string(text);
+        mood_registry_close(r); /* says so, whatever the command */
+        mood_log_set(NULL, NULL);
+        MOOD_CHECK_MSG(strstr(logged, empty ? "holds no LoRAs" : "is missing") &&
+                           strstr(logged, "3 stored files remain"),
+                       "%s", logged);
+        MOOD_CHECK_OK(mood_registry_open(&r, home));
+        rep = doctor_json(r, 0, 0, &problems);
+        MOOD_CHECK(problems == 1 && rep);
+        MOOD_CHECK(rep && str(rep, "database") &&
+                   strcmp(str(rep, "database"), empty ? "empty" : "missing") == 0);
+        MOOD_CHECK(rep && cJSON_GetNumberValue(cJSON_GetObjectItem(rep, "stored_files")) == 3);
+        MOOD_CHECK(rep && cJSON_GetArraySize(cJSON_GetObjectItem(rep, "orphans")) == 0);
+        cJSON_Delete(rep);
+        {
+            mood_doctor_options o = {0, 1, NULL, NULL};
+            MOOD_CHECK(mood_registry_doctor(&text, &problems, r, &o) == MOOD_EINVAL);
+            MOOD_CHECK_MSG(strstr(mood_error_last(), "restore registry.db from a backup") &&
+                               strstr(mood_error_last(), "blobs/sha256"),
+                           "%s", mood_error_last());
+        }
+        MOOD_CHECK(blob_exists(r, a.sha256) && blob_exists(r, b.sha256));
+        mood_registry_close(r);
+        r = NULL;
+    }
+    /* importing again brings the style back; the registry has rows: the usual checks apply */
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK(doctor(r, 0, 0, NULL) == 1); /* grain's file, an orphan now */
+    MOOD_CHECK(blob_exists(r, b.sha256));
+    mood_registry_close(r);
+}
+
 static void test_corrupt_database(void)
 {
     const char *home = fresh_dir("home"), *src = fresh_dir("src");
@@ -1023,12 +1140,12 @@ static void test_migration_4(void)
     mood_registry_close(r);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_schema),
+MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_until_a_change),
                MOOD_T(test_import_and_dedupe), MOOD_T(test_refusals), MOOD_T(test_sidecars),
                MOOD_T(test_sidecar_links), MOOD_T(test_preview_content), MOOD_T(test_names),
                MOOD_T(test_rm_and_refcount), MOOD_T(test_doctor),
                MOOD_T(test_doctor_keeps_combined_styles), MOOD_T(test_text_to_utf8),
                MOOD_T(test_sidecars_not_utf8), MOOD_T(test_typed_text_not_utf8),
-               MOOD_T(test_half_done_import_cleaned), MOOD_T(test_corrupt_database),
-               MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
-               MOOD_T(test_migration_4))
+               MOOD_T(test_half_done_import_cleaned), MOOD_T(test_lost_database),
+               MOOD_T(test_corrupt_database), MOOD_T(test_import_extras),
+               MOOD_T(test_import_extras_refused), MOOD_T(test_migration_4))

@@ -1,0 +1,110 @@
+/*
+ * cli_text.c: control characters in text from files made visible before a person's terminal
+ * interprets them (cli_text.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli_text.h"
+
+/* Length of the UTF-8 sequence at s (1-4), or 0 when s does not start a valid one. */
+static size_t utf8_len(const unsigned char *s)
+{
+    size_t n = s[0] < 0xC2 ? 0 : s[0] < 0xE0 ? 2 : s[0] < 0xF0 ? 3 : s[0] < 0xF5 ? 4 : 0;
+    unsigned cp;
+    if (!n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    }
+    cp = s[0] & (0x7Fu >> n);
+    for (size_t i = 1; i < n; i++)
+        cp = cp << 6 | (s[i] & 0x3Fu);
+    /* overlong forms and surrogates would slip a control character past the check */
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) ||
+        cp > 0x10FFFF)
+        return 0;
+    return n;
+}
+
+char *cli_text_visible(const char *s, int multiline)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s), at = 0;
+    /* the worst case, every byte a 4-character \xNN */
+    char *out = malloc(4 * len + 1);
+    if (!out)
+        return NULL;
+    while (*p) {
+        size_t n = *p < 0x80 ? 1 : utf8_len(p);
+        if (*p == 0x7F || (*p < 0x20 && !(multiline && (*p == '\n' || *p == '\t'))) || n == 0) {
+            at += (size_t)sprintf(out + at, "\\x%02x", *p);
+            p++;
+        } else if (n == 2 && p[0] == 0xC2 && p[1] < 0xA0) { /* C1: U+0080-U+009F */
+            at += (size_t)sprintf(out + at, "\\u%04x", p[1]);
+            p += 2;
+        } else {
+            memcpy(out + at, p, n);
+            at += n;
+            p += n;
+        }
+    }
+    out[at] = '\0';
+    return out;
+}
+
+static int listed(const char *key, const char *const *keys)
+{
+    for (; key && keys && *keys; keys++) {
+        if (strcmp(key, *keys) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Out of memory: what is not printable ASCII becomes '?' in place (the string never grows), so
+ * that nothing is printed raw. */
+static void blank(char *s)
+{
+    for (; *s; s++) {
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7F)
+            *s = '?';
+    }
+}
+
+/* The key of an object member (a tensor name in inspect's unmatched groups, say). */
+static void clean_key(cJSON *item)
+{
+    char *v, *copy = NULL;
+    if (!item->string || (item->type & cJSON_StringIsConst))
+        return;
+    v = cli_text_visible(item->string, 0);
+    if (v && strcmp(v, item->string) == 0) {
+        free(v);
+        return;
+    }
+    if (v && (copy = cJSON_malloc(strlen(v) + 1)) != NULL) {
+        strcpy(copy, v);
+        cJSON_free(item->string);
+        item->string = copy;
+    } else {
+        blank(item->string);
+    }
+    free(v);
+}
+
+void cli_text_clean_json(cJSON *v, const char *const *multiline)
+{
+    for (; v; v = v->next) {
+        clean_key(v);
+        if (cJSON_IsString(v) && v->valuestring) {
+            char *shown = cli_text_visible(v->valuestring, listed(v->string, multiline));
+            if (!shown || (strcmp(shown, v->valuestring) != 0 && !cJSON_SetValuestring(v, shown)))
+                blank(v->valuestring);
+            free(shown);
+        }
+        cli_text_clean_json(v->child, multiline);
+    }
+}

@@ -1,0 +1,22 @@
+/*
+ * cli_text.h: showing text that other programs wrote (sidecars, packs, safetensors metadata,
+ * file names) on a terminal. Such text may hold escape sequences that clear or retitle the
+ * terminal, or move the cursor to forge lines; the human output of a command passes it through
+ * here first. --json output needs none of this: the JSON writer escapes control characters.
+ */
+#ifndef MOOD_CLI_CLI_TEXT_H
+#define MOOD_CLI_CLI_TEXT_H
+
+#include <cjson/cJSON.h>
+
+/* A copy of s (malloc'd; NULL when out of memory) with every control character made visible:
+ * C0 and DEL as \xNN (tab and newline kept when multiline is non-zero: a field printed on several
+ * lines), C1 (U+0080-U+009F) as \u00NN, and bytes that are not UTF-8 as \xNN. */
+char *cli_text_visible(const char *s, int multiline);
+
+/* Applies cli_text_visible to every string value and key of v and below, in place. Values of
+ * the keys named in multiline (a NULL-terminated list; NULL: none) keep their tabs and newlines.
+ * Out of memory, what is not printable ASCII in a string becomes '?' instead (never shown raw). */
+void cli_text_clean_json(cJSON *v, const char *const *multiline);
+
+#endif /* MOOD_CLI_CLI_TEXT_H */

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# test_registry_more.sh: registry rules the other registry tests leave out. A style's LoRAs are
+# all for one base family (style create/edit refuse sd1 with sdxl, exit 1, naming both; a LoRA of
+# unknown family goes with any). Text from sidecars and file metadata reaches the terminal with
+# its control characters as visible escapes (show, list, search, inspect; --json stays exact).
+# Importing a file whose LoRA is stored but which no style is any more (removed while a
+# composition uses it, or replaced by `style edit`) makes its style again from the same blob.
+. "$(dirname "$0")/lib.sh"
+
+export MOOD_HOME=$tmp/home
+lib=$tmp/loras
+mkdir -p "$lib"
+cp "$FIX/kohya/sd1_lora.safetensors" "$FIX/kohya/sdxl_lora.safetensors" "$FIX/kohya/sd2_locon.safetensors" \
+    "$FIX/lycoris/lokr.safetensors" "$FIX/lycoris/ia3.safetensors" "$lib/"
+py() { python3 -c "$@"; }
+esc=$(printf '\033') bel=$(printf '\007') csi=$(printf '\302\233')
+# raw_free FILE: passes when FILE holds no ESC, BEL or C1 CSI (U+009B) byte sequence.
+raw_free() {
+    ! grep -q -e "$esc" -e "$bel" -e "$csi" "$1"
+}
+
+expect_rc 0 "import the LoRAs" "$MOOD" import "$lib"
+
+# ----- one base family per style
+expect_rc 1 "style create of an sd1 and an sdxl LoRA is refused" \
+    "$MOOD" style create mixed --lora sd1_lora --lora sdxl_lora:0.5
+check "the message names both LoRAs and families" \
+    grep -q "sd1_lora.safetensors is for sd1 but sdxl_lora.safetensors is for sdxl" "$tmp/err"
+expect_rc 0 "list --base sdxl" "$MOOD" list --base sdxl --json
+check "no style 'mixed' was made" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert [s["name"] for s in d]==["sdxl_lora"], d' "$tmp/out"
+expect_rc 1 "sd2 with sd1 is refused too" "$MOOD" style create mixed2 --lora sd2_locon --lora lokr
+check "names sd2 and sd1" grep -q "sd2_locon.safetensors is for sd2 but lokr.safetensors is for sd1" "$tmp/err"
+expect_rc 0 "LoRAs of one family make a style" "$MOOD" style create ink --lora sd1_lora:0.7 --lora ia3:0.3
+expect_rc 1 "style edit refuses an sdxl LoRA in an sd1 style" "$MOOD" style edit ink --lora ink --lora sdxl_lora
+check "edit message" grep -q "is for sd1 but sdxl_lora.safetensors is for sdxl" "$tmp/err"
+expect_rc 0 "show ink" "$MOOD" show ink --json
+check "the refused edit changed nothing" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [a["file_name"] for a in d["adapters"]]==["sd1_lora.safetensors","ia3.safetensors"], d["adapters"]' "$tmp/out"
+# an adapter of unknown family (what a LoRA without metadata or telling keys is) goes with any
+py '
+import sqlite3,sys; db=sqlite3.connect(sys.argv[1])
+db.execute("UPDATE adapters SET family = ? WHERE file_name = ?", ("unknown", "ia3.safetensors")); db.commit()' \
+    "$MOOD_HOME/registry.db"
+expect_rc 0 "an unknown-family LoRA goes with sdxl" "$MOOD" style create xl-mix --lora sdxl_lora --lora ia3
+expect_rc 0 "and with sd1" "$MOOD" style edit ink --lora sd1_lora --lora ia3
+
+# ----- control characters from sidecars and metadata are shown as escapes
+ev=$tmp/evil
+mkdir -p "$ev"
+python3 - "$FIX/kohya/sd1_lora.safetensors" "$ev/evil.safetensors" <<'EOF'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+h["__metadata__"].update({"ss_output_name": "\x1b[2J\x1b]0;pwned\x07", "modelspec.title": "t\x9b31m",
+                          "ss_network_args": "{\"a\": \"\x1b[31m\"}"})
+nh = json.dumps(h).encode(); nh += b" " * (-len(nh) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(nh)) + nh + b[8 + n:])
+EOF
+printf '%s' '{"description": "\u001b[2J\u001b]0;pwned\u0007 first\nsecond\u009b", "notes": "n\u001b[31m",
+ "activation text": "trig\u001b[1m"}' >"$ev/evil.json"
+expect_rc 0 "import a LoRA with escape sequences" "$MOOD" import "$ev/evil.safetensors"
+expect_rc 0 "show it" "$MOOD" show evil
+check "show prints no raw escape" raw_free "$tmp/out"
+check "show prints the escapes visibly" grep -qF 'Description:  \x1b[2J\x1b]0;pwned\x07 first' "$tmp/out"
+check "a multi-line description keeps its lines" grep -qxF 'second\u009b' "$tmp/out"
+check "notes and triggers too" grep -qF 'trig\x1b[1m' "$tmp/out"
+expect_rc 0 "list" "$MOOD" list
+check "list prints no raw escape" raw_free "$tmp/out"
+check "list shows the trigger escaped" grep -qF 'trig\x1b[1m' "$tmp/out"
+expect_rc 0 "search" "$MOOD" search trig
+check "search prints no raw escape" raw_free "$tmp/out"
+expect_rc 0 "show --json" "$MOOD" show evil --json
+check "--json keeps the text exact" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["description"]=="\x1b[2J\x1b]0;pwned\x07 first\nsecond\x9b", repr(d["description"])' "$tmp/out"
+expect_rc 0 "inspect it" "$MOOD" inspect --no-hash "$ev/evil.safetensors"
+check "inspect prints no raw escape" raw_free "$tmp/out"
+check "inspect shows the name escaped" grep -qF 'Name            \x1b[2J\x1b]0;pwned\x07' "$tmp/out"
+check "inspect shows C1 escaped" grep -qF 'Title           t\u009b31m' "$tmp/out"
+expect_rc 0 "inspect --json" "$MOOD" inspect --no-hash --json "$ev/evil.safetensors"
+check "inspect --json keeps the text exact" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["metadata"]["output_name"]=="\x1b[2J\x1b]0;pwned\x07", d["metadata"]' "$tmp/out"
+odd="$ev/odd$(printf '\033')]0;x$(printf '\007')"
+cp "$FIX/lycoris/loha.safetensors" "$odd.safetensors"
+printf 'not an image' >"$odd.preview.png"
+expect_rc 0 "import a file whose name holds an escape" "$MOOD" import "$ev"
+check "import prints no raw escape" raw_free "$tmp/out"
+check "nor on stderr" raw_free "$tmp/err"
+check "the skipped preview is named escaped" grep -qF 'odd\x1b]0;x\x07.preview.png: sidecar skipped' "$tmp/err"
+
+# ----- a file whose style is gone is imported again as a style
+h3=$tmp/home3
+export MOOD_HOME=$h3
+cp "$FIX/kohya/sd1_lora.safetensors" "$lib/good.safetensors"
+expect_rc 0 "import good and lokr" "$MOOD" import "$lib/good.safetensors" "$lib/lokr.safetensors" "$lib/ia3.safetensors"
+expect_rc 0 "a style of good at 0.5" "$MOOD" style create mix --lora good:0.5
+expect_rc 0 "rm good" "$MOOD" rm good
+blobs() { find "$h3/blobs/sha256" -type f | wc -l; }
+before=$(blobs)
+expect_rc 0 "import good again" "$MOOD" import "$lib/good.safetensors" --json
+check "good is imported again, not 'already'" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["already"]==[] and [i["name"] for i in d["imported"]]==["good"], d' "$tmp/out"
+check "it says the LoRA was stored already" grep -q "stored already (used by mix)" "$tmp/err"
+check "the blob is reused, not stored twice" test "$(blobs)" -eq "$before"
+expect_rc 0 "show good" "$MOOD" show good --json
+check "good is the file alone at weight 1" py '
+import json,sys; d=json.load(open(sys.argv[1])); a=d["adapters"]
+assert len(a)==1 and a[0]["unet_weight"]==1 and a[0]["te_weight"]==1, a
+assert len(a[0]["sources"])==1, a[0]["sources"]' "$tmp/out"
+expect_rc 0 "a third import" "$MOOD" import "$lib/good.safetensors"
+check "says already, as good" grep -q "already in the registry as good$" "$tmp/out"
+expect_rc 0 "mix is unchanged" "$MOOD" show mix --json
+check "mix still holds good at 0.5" py '
+import json,sys; d=json.load(open(sys.argv[1])); a=d["adapters"]
+assert len(a)==1 and a[0]["unet_weight"]==0.5, a' "$tmp/out"
+
+expect_rc 0 "lokr's LoRA replaced" "$MOOD" style edit lokr --lora ia3
+expect_rc 0 "import lokr again" "$MOOD" import "$lib/lokr.safetensors" --json
+check "a style of the file is made again, never '(no style)'" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["already"]==[] and [i["name"] for i in d["imported"]]==["lokr-2"], d' "$tmp/out"
+check "it says no style used it" grep -q "stored already but no style used it" "$tmp/err"
+expect_rc 0 "import lokr once more" "$MOOD" import "$lib/lokr.safetensors"
+check "already, as lokr-2" grep -q "already in the registry as lokr-2$" "$tmp/out"
+no_placeholder() { ! grep -q "(no style)" "$1"; }
+check "never (no style)" no_placeholder "$tmp/out"
+expect_rc 0 "doctor finds it clean" "$MOOD" doctor --deep
+
+finish

@@ -1,0 +1,197 @@
+/*
+ * test_registry_more.c: registry rules test_registry.c leaves out: a style's LoRAs are all made
+ * for one base family (create and edit refuse a mix with MOOD_EFAMILY, naming the files; an
+ * adapter of unknown family goes with any), and importing a file whose LoRA is stored but which
+ * no style is any more (removed while a composition uses it, or replaced by style edit) makes
+ * its style again around the same adapter row and blob, while a style that is the file alone
+ * keeps the "already" answer.
+ *
+ * Each test works in its own registry under the scratch directory, on copies of the kohya and
+ * LyCORIS fixtures.
+ */
+#include <cjson/cJSON.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include "harness.h"
+#include "mood/mood.h"
+
+static int counter;
+
+/* A new empty directory under the scratch dir. Static buffer (4 slots). */
+static const char *fresh_dir(const char *what)
+{
+    static char path[4][1024];
+    static int slot;
+    char name[128];
+    slot = (slot + 1) % 4;
+    snprintf(name, sizeof name, "%s-%d", what, ++counter);
+    snprintf(path[slot], sizeof path[slot], "%s", scratch_path(name));
+    mkdir(path[slot], 0755);
+    return path[slot];
+}
+
+/* dir/name as a copy of the fixture rel; returns the path (static, 4 slots). */
+static const char *place(const char *dir, const char *name, const char *rel)
+{
+    static char path[4][1200];
+    static int slot;
+    size_t n;
+    unsigned char *data = read_file(fixture(rel), &n);
+    slot = (slot + 1) % 4;
+    snprintf(path[slot], sizeof path[slot], "%s/%s", dir, name);
+    MOOD_CHECK(data && write_file(path[slot], data, n) == 0);
+    free(data);
+    return path[slot];
+}
+
+/* Imports the fixture rel as dir/name into r; out receives the result. */
+static void import_as(mood_registry *r, mood_import_result *out, const char *dir, const char *name,
+                      const char *rel)
+{
+    memset(out, 0, sizeof *out);
+    MOOD_CHECK_OK(mood_registry_import_file(r, out, place(dir, name, rel), NULL, NULL));
+}
+
+static cJSON *show(mood_registry *r, const char *name)
+{
+    char *text = NULL;
+    cJSON *o = NULL;
+    MOOD_CHECK_OK(mood_registry_show_json(&text, r, name));
+    if (text)
+        o = cJSON_Parse(text);
+    mood_registry_free_string(text);
+    return o;
+}
+
+/* Runs one SQL statement on the registry's database, as another program could. */
+static void sql(mood_registry *r, const char *text)
+{
+    char path[1200];
+    sqlite3 *db = NULL;
+    snprintf(path, sizeof path, "%s/registry.db", mood_registry_home(r));
+    MOOD_CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    MOOD_CHECK_MSG(sqlite3_exec(db, text, NULL, NULL, NULL) == SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+}
+
+static size_t count_files(const char *dir)
+{
+    char cmd[1400];
+    size_t n = 0;
+    FILE *p;
+    snprintf(cmd, sizeof cmd, "find '%s' -type f | wc -l", dir);
+    if ((p = popen(cmd, "r")) != NULL) {
+        if (fscanf(p, "%zu", &n) != 1)
+            n = 0;
+        pclose(p);
+    }
+    return n;
+}
+
+/* ----- one base family per style ----------------------------------------------------------- */
+
+static void test_families_not_mixed(void)
+{
+    const char *src = fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result a, b, c;
+    mood_style_lora l[2];
+    mood_style_spec spec = {0};
+    char *list = NULL;
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    import_as(r, &a, src, "one.safetensors", "kohya/sd1_lora.safetensors");
+    import_as(r, &b, src, "xl.safetensors", "kohya/sdxl_lora.safetensors");
+    import_as(r, &c, src, "three.safetensors", "lycoris/ia3.safetensors");
+    l[0] = (mood_style_lora){a.sha256, 1, 1};
+    l[1] = (mood_style_lora){b.sha256, 0.5, 0.5};
+    spec.loras = l;
+    spec.n_loras = 2;
+    MOOD_CHECK(mood_registry_style_create(r, "mixed", &spec) == MOOD_EFAMILY);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "one.safetensors is for sd1") &&
+                       strstr(mood_error_last(), "xl.safetensors is for sdxl"),
+                   "%s", mood_error_last());
+    MOOD_CHECK_OK(mood_registry_list_json(&list, r, NULL, "sdxl"));
+    MOOD_CHECK_MSG(list && !strstr(list, "mixed"), "%s", list ? list : "");
+    mood_registry_free_string(list);
+    /* edit: the style keeps its LoRAs */
+    MOOD_CHECK(mood_registry_style_edit(r, "one", &spec) == MOOD_EFAMILY);
+    cJSON *o = show(r, "one");
+    MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 1);
+    cJSON_Delete(o);
+    /* an adapter of unknown family goes with any */
+    sql(r, "UPDATE adapters SET family = 'unknown' WHERE file_name = 'three.safetensors'");
+    l[0] = (mood_style_lora){c.sha256, 1, 1};
+    MOOD_CHECK_OK(mood_registry_style_create(r, "xl-mix", &spec));
+    l[1] = (mood_style_lora){a.sha256, 1, 1};
+    MOOD_CHECK_OK(mood_registry_style_edit(r, "xl-mix", &spec));
+    mood_registry_close(r);
+}
+
+/* ----- importing a file whose style is gone -------------------------------------------------- */
+
+static void test_import_restores_removed_style(void)
+{
+    const char *src = fresh_dir("src"), *home = fresh_dir("home");
+    mood_registry *r = NULL;
+    mood_import_result a, again;
+    mood_style_lora l;
+    mood_style_spec spec = {0};
+    size_t blobs;
+    char blob_dir[1200];
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    snprintf(blob_dir, sizeof blob_dir, "%s/blobs/sha256", home);
+    import_as(r, &a, src, "good.safetensors", "kohya/sd1_lora.safetensors");
+    l = (mood_style_lora){a.sha256, 0.5, 0.5};
+    spec.loras = &l;
+    spec.n_loras = 1;
+    MOOD_CHECK_OK(mood_registry_style_create(r, "mix", &spec));
+    MOOD_CHECK_OK(mood_registry_rm(r, "good"));
+    blobs = count_files(blob_dir);
+    import_as(r, &again, src, "good.safetensors", "kohya/sd1_lora.safetensors");
+    MOOD_CHECK_MSG(!again.already && strcmp(again.name, "good") == 0, "already %d, name %s",
+                   again.already, again.name);
+    MOOD_CHECK(count_files(blob_dir) == blobs);
+    cJSON *o = show(r, "good");
+    const cJSON *ad = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0);
+    MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 1);
+    MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(ad, "unet_weight")) == 1);
+    MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(ad, "sources")) == 1);
+    cJSON_Delete(o);
+    /* now a style is the file alone: the answer is "already" */
+    import_as(r, &again, src, "good.safetensors", "kohya/sd1_lora.safetensors");
+    MOOD_CHECK(again.already && strcmp(again.name, "good") == 0);
+    mood_registry_close(r);
+}
+
+static void test_import_after_lora_replaced(void)
+{
+    const char *src = fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result k, i, again;
+    mood_style_lora l;
+    mood_style_spec spec = {0};
+    int problems = -1;
+    char *report = NULL;
+    mood_doctor_options d = {1, 0, NULL, NULL};
+    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    import_as(r, &k, src, "lokr.safetensors", "lycoris/lokr.safetensors");
+    import_as(r, &i, src, "ia3.safetensors", "lycoris/ia3.safetensors");
+    l = (mood_style_lora){i.sha256, 1, 1};
+    spec.loras = &l;
+    spec.n_loras = 1;
+    MOOD_CHECK_OK(mood_registry_style_edit(r, "lokr", &spec));
+    import_as(r, &again, src, "lokr.safetensors", "lycoris/lokr.safetensors");
+    MOOD_CHECK_MSG(!again.already && strcmp(again.name, "lokr-2") == 0 && again.renamed,
+                   "already %d, name %s", again.already, again.name);
+    MOOD_CHECK(strcmp(again.sha256, k.sha256) == 0);
+    import_as(r, &again, src, "lokr.safetensors", "lycoris/lokr.safetensors");
+    MOOD_CHECK_MSG(again.already && strcmp(again.name, "lokr-2") == 0, "name %s", again.name);
+    MOOD_CHECK_OK(mood_registry_doctor(&report, &problems, r, &d));
+    MOOD_CHECK_MSG(problems == 0, "%s", report ? report : "");
+    mood_registry_free_string(report);
+    mood_registry_close(r);
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_families_not_mixed), MOOD_T(test_import_restores_removed_style),
+               MOOD_T(test_import_after_lora_replaced))
