@@ -108,3 +108,10 @@ void cli_text_clean_json(cJSON *v, const char *const *multiline)
         cli_text_clean_json(v->child, multiline);
     }
 }
+
+void cli_text_report(const char *kind, const char *message)
+{
+    char *v = cli_text_visible(message, 1);
+    fprintf(stderr, "mood: %s: %s\n", kind, v ? v : "(message not shown: out of memory)");
+    free(v);
+}

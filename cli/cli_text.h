@@ -19,4 +19,8 @@ char *cli_text_visible(const char *s, int multiline);
  * Out of memory, what is not printable ASCII in a string becomes '?' instead (never shown raw). */
 void cli_text_clean_json(cJSON *v, const char *const *multiline);
 
+/* Prints "mood: KIND: MESSAGE\n" on stderr with the message made visible (cli_text_visible,
+ * newlines kept): errors and warnings quote file names and metadata. */
+void cli_text_report(const char *kind, const char *message);
+
 #endif /* MOOD_CLI_CLI_TEXT_H */

@@ -12,12 +12,12 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 
 int cli_fail(int code)
 {
     cli_progress_done();
-    fprintf(stderr, "mood: error: %s\n",
-            mood_error_last()[0] ? mood_error_last() : mood_error_name(code));
+    cli_text_report("error", mood_error_last()[0] ? mood_error_last() : mood_error_name(code));
     return mood_error_is_user(code) ? 1 : 2;
 }
 
@@ -48,12 +48,12 @@ int cli_usage_error(const char *command, const char *fmt, ...)
 void cli_warn(const char *fmt, ...)
 {
     va_list ap;
+    char msg[4096];
     cli_progress_done();
-    fprintf(stderr, "mood: warning: ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n");
+    cli_text_report("warning", msg);
 }
 
 static int bar_drawn;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 #include "cli/cmd_civitai.h"
 
 const cli_command cli_commands[] = {
@@ -69,9 +70,9 @@ static void log_to_stderr(int level, const char *message, void *payload)
 {
     (void)payload;
     if (level <= 1)
-        fprintf(stderr, "mood: %s: %s\n", level == 0 ? "error" : "warning", message);
+        cli_text_report(level == 0 ? "error" : "warning", message);
     else if (getenv("MOOD_VERBOSE"))
-        fprintf(stderr, "mood: %s\n", message);
+        cli_text_report("info", message);
 }
 
 static void print_overview(FILE *out)
