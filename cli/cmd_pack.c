@@ -79,6 +79,8 @@ int cmd_pack_export(int argc, char **argv)
         rc = cli_usage_error("pack export", "name at least one style to export");
     if (!rc && !out)
         rc = cli_usage_error("pack export", "say where to write the pack: -o FILE.moodpack");
+    if (!rc && (err = mood_output_path_check(out)) != 0) /* a missing folder: exit 2, first */
+        rc = cli_fail(err);
     if (!rc && (rc = cli_registry_open(&r)) == 0) {
         o.progress = cli_progress;
         err = mood_pack_export(r, (const char *const *)argv, n, out, &o);

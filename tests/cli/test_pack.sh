@@ -44,6 +44,8 @@ expect_rc 1 "export unknown style" "$MOOD" pack export nosuch -o "$tmp/x.moodpac
 check "unknown style named" grep -q nosuch "$tmp/err"
 check "no partial pack" test ! -e "$tmp/x.moodpack"
 expect_rc 1 "export without -o" "$MOOD" pack export inkwash
+expect_rc 2 "export into a missing folder" "$MOOD" pack export inkwash -o "$tmp/nowhere/x.moodpack"
+check "says which folder" grep -q "nowhere/ does not exist" "$tmp/err"
 expect_rc 1 "pack without subcommand" "$MOOD" pack
 
 # --- round trip into an empty registry ---------------------------------------------------------
