@@ -285,7 +285,7 @@ static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
     return n;
 }
 
-static size_t utf8_encode(uint32_t cp, char *out)
+size_t mood__utf8_encode(uint32_t cp, char *out)
 {
     if (cp < 0x80) {
         out[0] = (char)cp;
@@ -420,7 +420,7 @@ static int build_pieces(mood_tokenizer *t, char **lines, const uint32_t cps[256]
         return mood_error_nomem();
     for (int i = 0; i < 512; i++) {
         char *p = t->pool + used;
-        size_t n = utf8_encode(cps[i % 256], p);
+        size_t n = mood__utf8_encode(cps[i % 256], p);
         if (i >= 256) {
             memcpy(p + n, "</w>", 4);
             n += 4;
@@ -853,7 +853,7 @@ static int encode_normalized(mood_tokenizer *t, mood_token_ids *out, const uint3
         word->len = 0;
         for (size_t k = i; k < j; k++) {
             char b[4];
-            if ((err = mood_buf_append(word, b, utf8_encode(cps[k], b))) < 0)
+            if ((err = mood_buf_append(word, b, mood__utf8_encode(cps[k], b))) < 0)
                 return err;
         }
         err = encode_word(t, out, word->data, word->len);

@@ -49,5 +49,8 @@ int mood__uc_is_word(uint32_t cp);
 /* 0 when text[0..len) is strict UTF-8, else MOOD_EINVAL with the byte offset in the message
  * (engine/tokenizer.c). The prompt parser checks first: its scanner steps by lead bytes. */
 int mood__utf8_validate(const char *text, size_t len);
+/* Writes code point cp (at most U+10FFFF) as UTF-8 into out (4 bytes room); returns the length
+ * (engine/tokenizer.c). */
+size_t mood__utf8_encode(uint32_t cp, char *out);
 
 #endif /* MOOD_ENGINE_UNICODE_TABLES_H */

@@ -63,23 +63,6 @@ int mood__reg_text_check(const char *text, const char *what)
                           what, shown);
 }
 
-static size_t put_utf8(char *out, uint32_t cp)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    out[0] = (char)(0xE0 | (cp >> 12));
-    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
-}
-
 /* text read as Windows-1252, in UTF-8 (at most 3 bytes per byte: the table stays below
  * U+10000). */
 static char *cp1252_to_utf8(const char *text)
@@ -90,7 +73,7 @@ static char *cp1252_to_utf8(const char *text)
         return NULL;
     for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
         uint32_t cp = *p >= 0x80 && *p < 0xA0 ? cp1252_high[*p - 0x80] : *p;
-        j += put_utf8(out + j, cp);
+        j += mood__utf8_encode(cp, out + j);
     }
     out[j] = '\0';
     return out;
