@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "mood/core.h"
@@ -168,6 +169,18 @@ static inline const char *scratch_path(const char *name)
     slot = (slot + 1) % 4;
     snprintf(path[slot], sizeof path[slot], "%s/%s", scratch_dir(), name);
     return path[slot];
+}
+
+/* A new empty directory under the scratch dir: `what` and a counter, so every call gives another
+ * (the path in scratch_path's slots). */
+static inline const char *scratch_fresh_dir(const char *what)
+{
+    static int counter;
+    char name[128];
+    snprintf(name, sizeof name, "%s-%d", what, ++counter);
+    const char *path = scratch_path(name);
+    mkdir(path, 0755);
+    return path;
 }
 
 /* Writes bytes to a file; returns 0 on success. */

@@ -17,21 +17,6 @@
 #include "harness.h"
 #include "mood/mood.h"
 
-static int counter;
-
-/* A new empty directory under the scratch dir. Static buffer (4 slots). */
-static const char *fresh_dir(const char *what)
-{
-    static char path[4][1024];
-    static int slot;
-    char name[128];
-    slot = (slot + 1) % 4;
-    snprintf(name, sizeof name, "%s-%d", what, ++counter);
-    snprintf(path[slot], sizeof path[slot], "%s", scratch_path(name));
-    mkdir(path[slot], 0755);
-    return path[slot];
-}
-
 static int copy_file(const char *from, const char *to)
 {
     size_t n;
@@ -154,7 +139,7 @@ static void log_capture(int level, const char *message, void *payload)
  * folders and registry.db with the whole schema. */
 static void test_open_creates_nothing_until_a_change(void)
 {
-    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
     char path[1200], sub[1100], *text = NULL;
     mood_registry *r = NULL;
     mood_import_result a;
@@ -204,11 +189,11 @@ static void test_open_creates_nothing_until_a_change(void)
 
 static void test_import_and_dedupe(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a, b, c;
     const char *p = place(src, "inkwash.safetensors", example_lora("inkwash.safetensors"));
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(r, &a, p, NULL, NULL));
     MOOD_CHECK(!a.already && strcmp(a.name, "inkwash") == 0 && strcmp(a.family, "sd1") == 0);
     MOOD_CHECK(strlen(a.sha256) == 64 && strlen(a.autov3) == 64 && blob_exists(r, a.sha256));
@@ -230,11 +215,11 @@ static void test_import_and_dedupe(void)
 
 static void test_refusals(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result res;
     const char *p;
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     p = place(src, "model.ckpt", example_lora("inkwash.safetensors"));
     MOOD_CHECK(mood_registry_import_file(r, &res, p, NULL, NULL) == MOOD_EUNSUPPORTED);
     MOOD_CHECK(strstr(mood_error_last(), "pickle") != NULL);
@@ -247,7 +232,7 @@ static void test_refusals(void)
 
 static void test_sidecars(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result res;
     const char *p = place(src, "grain.safetensors", example_lora("film-grain.safetensors"));
@@ -263,7 +248,7 @@ static void test_sidecars(void)
         "Grain\", \"nsfw\": false}}");
     write_text(src, "grain.txt", "halation\n");
     write_png(src, "grain.preview.png");
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
     MOOD_CHECK(res.sidecars == 3 && res.previews == 1);
     o = show(r, "grain");
@@ -317,7 +302,7 @@ static void link_at(const char *dir, const char *name, const char *target)
  * words. Links within the folder are fine. */
 static void test_sidecar_links(void)
 {
-    const char *src = fresh_dir("src"), *outside = fresh_dir("outside");
+    const char *src = scratch_fresh_dir("src"), *outside = scratch_fresh_dir("outside");
     const char *p = place(src, "out.safetensors", example_lora("inkwash.safetensors"));
     char target[1200];
     mood_registry *r = NULL;
@@ -330,7 +315,7 @@ static void test_sidecar_links(void)
     snprintf(target, sizeof target, "%s/secret.png", outside);
     link_at(src, "out.preview.png", target);
     link_at(src, "out.json", "../../../../../../../../../../../../etc/passwd");
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
     MOOD_CHECK_MSG(res.sidecars == 0 && res.previews == 0, "%d sidecars, %d previews", res.sidecars,
                    res.previews);
@@ -361,7 +346,7 @@ static void test_sidecar_links(void)
  * forever: alarm() fails the test instead) are left out and the LoRA imported anyway. */
 static void test_preview_content(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     const char *p = place(src, "pv.safetensors", example_lora("inkwash.safetensors"));
     char fifo[1200];
     mood_registry *r = NULL;
@@ -375,7 +360,7 @@ static void test_preview_content(void)
     MOOD_CHECK(mkfifo(fifo, 0644) == 0);
     snprintf(fifo, sizeof fifo, "%s/pv.txt", src);
     MOOD_CHECK(mkfifo(fifo, 0644) == 0);
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     alarm(60);
     MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
     alarm(0);
@@ -392,7 +377,7 @@ static void test_preview_content(void)
 
 static void test_names(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result res;
     char *s = NULL;
@@ -403,7 +388,7 @@ static void test_names(void)
     MOOD_CHECK(mood_registry_name_check("") == MOOD_EINVAL);
     MOOD_CHECK(mood_registry_name_check("-x") == MOOD_EINVAL);
     MOOD_CHECK(mood_registry_name_check("Ünïcode") == MOOD_EINVAL);
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_name_suggest(&s, r, "My Style (v2)"));
     MOOD_CHECK(s && strcmp(s, "My_Style_v2") == 0);
     mood_registry_free_string(s);
@@ -427,14 +412,14 @@ static void test_names(void)
 
 static void test_rm_and_refcount(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a;
     mood_style_lora l;
     mood_style_spec spec = {0};
     char *list = NULL;
     write_png(src, "ink.png");
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     l = (mood_style_lora){a.sha256, 0.8, 0.5};
@@ -463,12 +448,12 @@ static void test_rm_and_refcount(void)
 
 static void test_doctor(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a, b;
     char path[1200], *report = NULL;
     const char *orphan = "00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa";
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK_OK(mood_registry_import_file(
@@ -576,7 +561,7 @@ static int entry_is(const cJSON *e, const char *action, int kept, int fixed)
  * back. Then a missing blob does the same. */
 static void test_doctor_keeps_combined_styles(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a, b, c;
     mood_style_lora mix[3], twice[2];
@@ -586,7 +571,7 @@ static void test_doctor_keeps_combined_styles(void)
     char *list = NULL;
     int problems = 0;
     write_png(src, "grain.png"); /* a preview of the damaged LoRA */
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK_OK(mood_registry_import_file(
@@ -715,12 +700,12 @@ static void test_text_to_utf8(void)
  * their text stored as UTF-8; a Windows-1252 file name too. Every report stays valid JSON. */
 static void test_sidecars_not_utf8(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result res;
     char *text = NULL, name[64];
     cJSON *o, *src0;
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     write_text(src, "latin1.txt", "caf\xe9 style, ink\n");
     write_text(src, "latin1.json",
                "{\"activation text\": \"\x93sumi\x94\", \"notes\": \"5\x80 on Civitai\","
@@ -766,14 +751,14 @@ static void test_sidecars_not_utf8(void)
 /* Text a person types that is not UTF-8 is refused, naming the field, and changes nothing. */
 static void test_typed_text_not_utf8(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a;
     mood_style_lora l;
     mood_style_spec spec = {0};
     cJSON *o;
     char *text;
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK(mood_registry_tag(r, "ink", "sch\xf6n", 1) == MOOD_EINVAL);
@@ -814,7 +799,7 @@ static void test_typed_text_not_utf8(void)
  * file and the blob, no rows. The next open removes all three and keeps everything else. */
 static void test_half_done_import_cleaned(void)
 {
-    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
     const char *sha = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
     mood_registry *r = NULL;
     mood_import_result a;
@@ -854,7 +839,7 @@ static void test_half_done_import_cleaned(void)
  * same for a registry.db that holds no rows (what an older mood's `list` created in its place). */
 static void test_lost_database(void)
 {
-    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a, b;
     char db[1200], side[1300], *text = NULL;
@@ -923,7 +908,7 @@ static void test_lost_database(void)
 
 static void test_corrupt_database(void)
 {
-    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a;
     char db[1200], garbage[4096];
@@ -957,14 +942,14 @@ static void test_corrupt_database(void)
  * registry stays clean (doctor) and the same import then succeeds. */
 static void test_alloc_failures(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
     mood_registry *r = NULL;
     mood_import_result res;
     int ok_seen = 0;
     write_text(src, "ink.json", "{\"activation text\": \"ink\"}");
     write_png(src, "ink.png");
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     for (long n = 1; n < 100000 && !ok_seen && r; n += n < 400 ? 1 : 53) {
         int err;
         mood__alloc_fail_at(n);
@@ -1010,7 +995,7 @@ static void check_blob(const cJSON *o, const void *data, size_t size)
  * record as JSON; all of it in doctor's and rm's reference counting. */
 static void test_import_extras(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
     mood_registry *r = NULL;
     mood_import_result res;
@@ -1021,7 +1006,7 @@ static void test_import_extras(void)
     cJSON *o;
     write_png(src, "ink.png");
     extras_init(&x, pv, files);
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK(r && mood_registry_schema_version(r) == 4);
     MOOD_CHECK_OK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL));
     MOOD_CHECK(res.previews == 3 && !res.already);
@@ -1069,7 +1054,7 @@ static void test_import_extras(void)
 
 static void test_import_extras_refused(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
     mood_registry *r = NULL;
     mood_import_result res;
@@ -1077,7 +1062,7 @@ static void test_import_extras_refused(void)
     mood_style_file pv[2], files[3];
     char *list = NULL;
     int ok = 0;
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     extras_init(&x, pv, files);
     files[2].role = "Board Image";
     MOOD_CHECK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL) == MOOD_EINVAL);
@@ -1112,7 +1097,7 @@ static void test_import_extras_refused(void)
 /* A registry of schema 3 (before style files) gains them on open, its styles kept. */
 static void test_migration_4(void)
 {
-    const char *home = fresh_dir("home"), *src = fresh_dir("src");
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
     char db_path[1200];
     mood_registry *r = NULL;
     mood_import_result res;

@@ -16,21 +16,6 @@
 #include "harness.h"
 #include "mood/mood.h"
 
-static int counter;
-
-/* A new empty directory under the scratch dir. Static buffer (4 slots). */
-static const char *fresh_dir(const char *what)
-{
-    static char path[4][1024];
-    static int slot;
-    char name[128];
-    slot = (slot + 1) % 4;
-    snprintf(name, sizeof name, "%s-%d", what, ++counter);
-    snprintf(path[slot], sizeof path[slot], "%s", scratch_path(name));
-    mkdir(path[slot], 0755);
-    return path[slot];
-}
-
 /* dir/name as a copy of the fixture rel; returns the path (static, 4 slots). */
 static const char *place(const char *dir, const char *name, const char *rel)
 {
@@ -93,13 +78,13 @@ static size_t count_files(const char *dir)
 
 static void test_families_not_mixed(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a, b, c;
     mood_style_lora l[2];
     mood_style_spec spec = {0};
     char *list = NULL;
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     import_as(r, &a, src, "one.safetensors", "kohya/sd1_lora.safetensors");
     import_as(r, &b, src, "xl.safetensors", "kohya/sdxl_lora.safetensors");
     import_as(r, &c, src, "three.safetensors", "lycoris/ia3.safetensors");
@@ -132,7 +117,7 @@ static void test_families_not_mixed(void)
 
 static void test_import_restores_removed_style(void)
 {
-    const char *src = fresh_dir("src"), *home = fresh_dir("home");
+    const char *src = scratch_fresh_dir("src"), *home = scratch_fresh_dir("home");
     mood_registry *r = NULL;
     mood_import_result a, again;
     mood_style_lora l;
@@ -166,7 +151,7 @@ static void test_import_restores_removed_style(void)
 
 static void test_import_after_lora_replaced(void)
 {
-    const char *src = fresh_dir("src");
+    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result k, i, again;
     mood_style_lora l;
@@ -174,7 +159,7 @@ static void test_import_after_lora_replaced(void)
     int problems = -1;
     char *report = NULL;
     mood_doctor_options d = {1, 0, NULL, NULL};
-    MOOD_CHECK_OK(mood_registry_open(&r, fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     import_as(r, &k, src, "lokr.safetensors", "lycoris/lokr.safetensors");
     import_as(r, &i, src, "ia3.safetensors", "lycoris/ia3.safetensors");
     l = (mood_style_lora){i.sha256, 1, 1};
