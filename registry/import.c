@@ -177,6 +177,11 @@ typedef struct tag_count {
     double count;
 } tag_count;
 
+static int cmp_tag(const void *a, const void *b)
+{
+    return strcmp(((const tag_count *)a)->tag, ((const tag_count *)b)->tag);
+}
+
 static int cmp_count(const void *a, const void *b)
 {
     const tag_count *x = a, *y = b;
@@ -202,16 +207,22 @@ static int top_tags(adapter_facts *f, const mood_st_file *st)
     {
         cJSON_ArrayForEach(tag, dir)
         {
-            size_t j = 0;
-            if (!tags || !cJSON_IsNumber(tag) || !tag->string)
-                continue;
-            while (j < m && strcmp(tags[j].tag, tag->string) != 0)
-                j++;
-            if (j == m)
-                tags[m++] = (tag_count){tag->string, 0};
-            tags[j].count += tag->valuedouble;
+            if (tags && cJSON_IsNumber(tag) && tag->string)
+                tags[m++] = (tag_count){tag->string, tag->valuedouble};
         }
     }
+    /* one entry per tag, summed over the folders: sorted by name, equal neighbours merged (a
+     * file can hold many thousands of tags; comparing each with all was quadratic) */
+    if (m)
+        qsort(tags, m, sizeof *tags, cmp_tag);
+    size_t k = 0;
+    for (size_t i = 0; i < m; i++) {
+        if (k && strcmp(tags[k - 1].tag, tags[i].tag) == 0)
+            tags[k - 1].count += tags[i].count;
+        else
+            tags[k++] = tags[i];
+    }
+    m = k;
     if (m)
         qsort(tags, m, sizeof *tags, cmp_count);
     for (size_t i = 0; !err && i < m && i < 10; i++) {

@@ -130,4 +130,22 @@ no_placeholder() { ! grep -q "(no style)" "$1"; }
 check "never (no style)" no_placeholder "$tmp/out"
 expect_rc 0 "doctor finds it clean" "$MOOD" doctor --deep
 
+# trigger words from ss_tag_frequency: a tag's counts are summed over the folders (ink 2 + 2 beats
+# wash 3), ties go by name
+export MOOD_HOME=$tmp/h-tags
+py 'import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n, = struct.unpack("<Q", b[:8])
+h = json.loads(b[8:8 + n])
+h["__metadata__"] = {"ss_tag_frequency": json.dumps({"1_a": {"wash": 3, "ink": 2},
+                                                     "2_b": {"sky": 1, "ink": 2}})}
+t = json.dumps(h).encode()
+t += b" " * (-len(t) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(t)) + t + b[8 + n:])' \
+    "$FIX/kohya/sd1_lora.safetensors" "$tmp/tagged.safetensors"
+expect_rc 0 "import a LoRA with tags in two folders" "$MOOD" import "$tmp/tagged.safetensors"
+expect_rc 0 "show it" "$MOOD" show tagged --json
+check "the summed top tag is the trigger word" py '
+import json, sys; d = json.load(open(sys.argv[1])); assert d["trigger_words"] == "ink", d["trigger_words"]' "$tmp/out"
+
 finish
