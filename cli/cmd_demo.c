@@ -193,18 +193,18 @@ static int run_quiet(int (*cmd)(int, char **), int argc, char **argv)
 static void earlier_style(int keep, int trained)
 {
     mood_registry *r = NULL;
-    int err = 0;
     if (mood_registry_open(&r, NULL) != 0)
         return;
     if (keep) {
-        err = mood_registry_rm(r, DEMO_STYLE_KEPT); /* a stale one from a killed run */
-        err = mood_registry_rename(r, DEMO_STYLE, DEMO_STYLE_KEPT);
+        int stale = mood_registry_rm(r, DEMO_STYLE_KEPT); /* left by a killed run, if any */
+        int moved = mood_registry_rename(r, DEMO_STYLE, DEMO_STYLE_KEPT); /* none at first */
+        (void)stale, (void)moved;
     } else if (trained) {
-        err = mood_registry_rm(r, DEMO_STYLE_KEPT);
+        int gone = mood_registry_rm(r, DEMO_STYLE_KEPT);
+        (void)gone;
     } else if (mood_registry_rename(r, DEMO_STYLE_KEPT, DEMO_STYLE) == 0) {
         fprintf(stderr, "the style %s of the earlier run is kept\n", DEMO_STYLE);
     }
-    (void)err;
     mood_registry_close(r);
 }
 

@@ -231,7 +231,14 @@ void mood_gen_options_init(mood_gen_options *o)
 void mood_model_default_size(const mood_model *m, int *width, int *height)
 {
     int s = mood_vae_scale(m->vae), n = mood_vae_get_config(m->vae)->sample_size;
-    *width = *height = n >= 64 && n <= 2048 && n % s == 0 ? n : 512;
+    if (!(n >= 64 && n <= 2048 && n % s == 0))
+        n = 512;
+    /* a single-file checkpoint's VAE says 512 whatever the family trained at */
+    if (n == 512 && m->family == MOOD_FAMILY_SDXL)
+        n = 1024;
+    else if (n == 512 && m->family == MOOD_FAMILY_SD2 && m->sched.prediction == MOOD_PRED_V)
+        n = 768;
+    *width = *height = n;
 }
 
 static int check_options(const mood_model *m, const mood_gen_options *o)

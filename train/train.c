@@ -146,12 +146,8 @@ static int open_model(run *r)
     if (r->m->family == MOOD_FAMILY_SDXL)
         r->clip_skip = 2;     /* both encoders' hidden_states[-2], as kohya's SDXL training */
     if (bo.resolution == 0) { /* the model's own size (mood gen's default): mood-tiny's 64 */
-        int w = 0, h = 0;
-        mood_model_default_size(r->m, &w, &h);
-        bo.resolution = w != 512 && w % 64 == 0                                     ? w
-                        : r->m->family == MOOD_FAMILY_SDXL                          ? 1024
-                        : r->m->family == MOOD_FAMILY_SD2 && r->pred == MOOD_PRED_V ? 768
-                                                                                    : 512;
+        int h = 0;
+        mood_model_default_size(r->m, &bo.resolution, &h);
     }
     r->resolution = bo.resolution;
     if ((err = phase(r, "board", 0, (int64_t)o->n_board)) != 0 ||

@@ -136,7 +136,8 @@ typedef struct mood_gen_options {
 void mood_gen_options_init(mood_gen_options *o); /* 512x512, batch 1, 20 steps, cfg 7, Euler a */
 
 /* The size the model was trained at: its VAE config's sample_size (512 for SD1, 768 for SD2-v,
- * 1024 for SDXL, 64 for mood-tiny), or 512 when that is missing or not a usable image size. */
+ * 1024 for SDXL, 64 for mood-tiny); where that says 512 or is missing or unusable (single-file
+ * checkpoints), the family's: 1024 for SDXL, 768 for SD2 v-prediction, else 512. */
 void mood_model_default_size(const mood_model *m, int *width, int *height);
 
 /* Runs txt2img. *images_out (batch x 3 x height x width floats, CHW per image, the VAE's output:

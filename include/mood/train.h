@@ -233,8 +233,8 @@ typedef struct mood_train_options {
     const mood_model_options *model_options; /* may be NULL */
     const char *const *board;                /* image files and folders */
     size_t n_board;
-    mood_board_options board_opts; /* resolution 0: the model's own size (mood gen's default;
-                                      else the family's: 512, SD2-v 768, SDXL 1024) */
+    mood_board_options board_opts; /* resolution 0: the model's own size
+                                      (mood_model_default_size, as mood gen's) */
     const char *name;              /* ss_output_name, modelspec.title */
     const char *output;            /* the LoRA file written at the end */
     mood_dtype save_dtype;         /* F16 (F32, BF16) */

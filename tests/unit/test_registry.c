@@ -16,6 +16,7 @@
 #include "common/common.h"
 #include "harness.h"
 #include "mood/mood.h"
+#include "registry_test.h"
 
 static int copy_file(const char *from, const char *to)
 {
@@ -65,17 +66,6 @@ static const char *place(const char *dir, const char *name, const char *src)
     snprintf(path[slot], sizeof path[slot], "%s/%s", dir, name);
     MOOD_CHECK(copy_file(src, path[slot]) == 0);
     return path[slot];
-}
-
-static cJSON *show(mood_registry *r, const char *name)
-{
-    char *text = NULL;
-    cJSON *o = NULL;
-    MOOD_CHECK_OK(mood_registry_show_json(&text, r, name));
-    if (text)
-        o = cJSON_Parse(text);
-    mood_registry_free_string(text);
-    return o;
 }
 
 static const char *str(const cJSON *o, const char *key)

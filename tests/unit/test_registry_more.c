@@ -15,6 +15,7 @@
 
 #include "harness.h"
 #include "mood/mood.h"
+#include "registry_test.h"
 
 /* dir/name as a copy of the fixture rel; returns the path (static, 4 slots). */
 static const char *place(const char *dir, const char *name, const char *rel)
@@ -36,17 +37,6 @@ static void import_as(mood_registry *r, mood_import_result *out, const char *dir
 {
     memset(out, 0, sizeof *out);
     MOOD_CHECK_OK(mood_registry_import_file(r, out, place(dir, name, rel), NULL, NULL));
-}
-
-static cJSON *show(mood_registry *r, const char *name)
-{
-    char *text = NULL;
-    cJSON *o = NULL;
-    MOOD_CHECK_OK(mood_registry_show_json(&text, r, name));
-    if (text)
-        o = cJSON_Parse(text);
-    mood_registry_free_string(text);
-    return o;
 }
 
 /* Runs one SQL statement on the registry's database, as another program could. */
