@@ -214,6 +214,23 @@ void cli_adapters_dispose(cli_adapters *l)
     l->n = 0;
 }
 
+int cli_output_check(const char *out, const cli_adapters *adapters, const char *in1,
+                     const char *in2)
+{
+    size_t n = adapters ? adapters->n : 0, k = 0;
+    const char **inputs = malloc((n + 2) * sizeof *inputs);
+    int err;
+    if (!inputs)
+        return cli_fail(MOOD_ENOMEM);
+    for (size_t i = 0; i < n; i++)
+        inputs[k++] = adapters->items[i].path;
+    inputs[k++] = in1;
+    inputs[k++] = in2;
+    err = mood_output_path_check_inputs(out, inputs, k);
+    free(inputs);
+    return err ? cli_fail(err) : 0;
+}
+
 int cli_parse_dtype(mood_dtype *out, const char *s)
 {
     if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0 || strcmp(s, "float") == 0)

@@ -1,6 +1,7 @@
 /*
  * output_path.c: checks an output file's path before the work that fills it starts, so that a
- * long run (training, generation) does not end on a path it could never write.
+ * long run (training, generation) does not end on a path it could never write, and a command
+ * never writes over a file it reads (a bake into its own base checkpoint would replace it).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -29,4 +30,24 @@ int mood_output_path_check(const char *path)
         return mood_error_set(MOOD_EIO, "%s: the folder %s cannot be written: %s", path, dir,
                               strerror(errno));
     return 0;
+}
+
+/* Same file by device and inode: catches every spelling of one path, links included. */
+static int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+int mood_output_path_check_inputs(const char *path, const char *const *inputs, size_t n)
+{
+    int err = mood_output_path_check(path);
+    for (size_t i = 0; !err && i < n; i++) {
+        if (inputs[i] && same_file(path, inputs[i]))
+            return mood_error_set(MOOD_EINVAL,
+                                  "%s is also an input (%s): write the output to another file",
+                                  path, inputs[i]);
+    }
+    return err;
 }

@@ -50,6 +50,10 @@ int mood_error_is_user(int code);
  * MOOD_EINVAL when path is a folder or has no file name, MOOD_ENOTFOUND when its folder does not
  * exist, MOOD_EIO when the folder cannot be written. */
 int mood_output_path_check(const char *path);
+/* mood_output_path_check, and MOOD_EINVAL when path is the same file as one of the n inputs
+ * (however spelled: links and relative paths included), so that no command writes over what it
+ * reads. NULL inputs are skipped. */
+int mood_output_path_check_inputs(const char *path, const char *const *inputs, size_t n);
 
 /* Log sink. Levels: 0 error, 1 warning, 2 info, 3 debug. The default sink drops everything, so
  * the library stays silent unless the application installs one. */

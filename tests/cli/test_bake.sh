@@ -4,7 +4,7 @@
 # base with both families named, 1 usage), a bake that runs out of space (file-size limit) failing
 # with exit 2 and leaving neither the output nor a temporary file, and an existing output left
 # intact by a failed bake; stack output that bakes like its inputs, DoRA refused by stack, and
-# FIFOs given as base or LoRA refused at once (1).
+# FIFOs given as base or LoRA refused at once (1), and an output that is one of the inputs refused.
 . "$(dirname "$0")/lib.sh"
 
 base="$FIX/bases/sd1_base.safetensors"
@@ -25,6 +25,16 @@ d = json.load(open(sys.argv[1]))
 assert d["tensors_patched"] > 0 and d["unmatched_keys"] == 0, d
 assert [a["unet"] for a in d["adapters"]] == [1, 0.7] and d["adapters"][1]["te"] == 0.7, d
 EOF
+
+# --- baking into the base itself (or into a LoRA) is refused, the base left as it was ---
+cp "$base" "$tmp/own.safetensors"
+expect_rc 1 "bake into its base" "$MOOD" bake --model "$tmp/own.safetensors" --lora "$lora" \
+    -o "$tmp/own.safetensors"
+grep -q "own.safetensors is also an input" "$tmp/err" || fail "bake into base: $(cat "$tmp/err")"
+cmp -s "$base" "$tmp/own.safetensors" || fail "a refused bake changed its base"
+cp "$lora" "$tmp/l.safetensors"
+expect_rc 1 "bake into a LoRA" "$MOOD" bake --model "$base" --lora "$tmp/l.safetensors" \
+    -o "$tmp/l.safetensors"
 
 # --- a key that matches nothing is reported (count and prefix), the rest still applies ---
 python3 - "$lora" "$tmp/extra.safetensors" <<'EOF'

@@ -94,6 +94,25 @@ grep -q "pipe.safetensors: not a regular file" "$tmp/err" || fail "merge FIFO: $
 expect_rc 1 "resize a FIFO" timeout -k 5 30 "$MOOD" lora resize "$tmp/pipe.safetensors" --rank 2 \
     -o "$tmp/x.safetensors"
 [ -e "$tmp/x.safetensors" ] && fail "a refused FIFO left an output file"
+# --- an output that is one of the inputs (any spelling) is refused before anything is written ---
+cp "$lora" "$tmp/mine.safetensors"
+ln -s mine.safetensors "$tmp/link.safetensors"
+expect_rc 1 "merge into its input" "$MOOD" lora merge "$tmp/mine.safetensors:0.5" --rank 2 \
+    -o "$tmp/mine.safetensors"
+grep -q "is also an input" "$tmp/err" || fail "merge into input: $(cat "$tmp/err")"
+expect_rc 1 "resize into its input, via a link" "$MOOD" lora resize "$tmp/mine.safetensors" \
+    --rank 2 -o "$tmp/link.safetensors"
+expect_rc 1 "stack into its input" "$MOOD" lora stack "$lora" "$tmp/mine.safetensors" \
+    -o "$tmp/./mine.safetensors"
+cp "$base" "$tmp/base.safetensors"
+expect_rc 1 "extract into its base" "$MOOD" lora extract --base "$tmp/base.safetensors" \
+    --tuned "$FIX/bases/sd1_base_fp16.safetensors" --rank 2 -o "$tmp/base.safetensors"
+cmp -s "$lora" "$tmp/mine.safetensors" || fail "a refused output changed its input LoRA"
+cmp -s "$base" "$tmp/base.safetensors" || fail "a refused output changed its input checkpoint"
+expect_rc 1 "output is a folder" "$MOOD" lora stack "$lora" -o "$tmp"
+grep -q "is a folder" "$tmp/err" || fail "stack into a folder: $(cat "$tmp/err")"
+expect_rc 2 "output folder missing" "$MOOD" lora merge "$lora" --rank 2 -o "$tmp/no/x.safetensors"
+
 expect_rc 0 "help" "$MOOD" help lora resize
 grep -q "sv_fro" "$tmp/out" || fail "resize help"
 
