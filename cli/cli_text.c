@@ -1,6 +1,6 @@
 /*
  * cli_text.c: control characters in text from files made visible before a person's terminal
- * interprets them (cli_text.h).
+ * interprets them, and --json text written with the ones JSON leaves raw escaped (cli_text.h).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,4 +114,38 @@ void cli_text_report(const char *kind, const char *message)
     char *v = cli_text_visible(message, 1);
     fprintf(stderr, "mood: %s: %s\n", kind, v ? v : "(message not shown: out of memory)");
     free(v);
+}
+
+/* The whole text, not string by string: outside its strings JSON text is ASCII (punctuation,
+ * numbers, literals), so these bytes can only be inside a string, where \uXXXX stands for the
+ * same character. cJSON passes them through (it escapes only below U+0020, " and \). */
+int cli_text_json_puts(const char *json)
+{
+    const unsigned char *p = (const unsigned char *)json, *run = p;
+    int err = 0;
+    for (; *p; p++) {
+        unsigned cp;
+        size_t n;
+        if (p[0] == 0x7F) {
+            cp = 0x7F;
+            n = 1;
+        } else if (p[0] == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F) { /* C1 */
+            cp = p[1];
+            n = 2;
+        } else if (p[0] == 0xE2 && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9)) {
+            /* the line and paragraph separators */
+            cp = 0x2000u | (p[2] & 0x3Fu);
+            n = 3;
+        } else {
+            continue;
+        }
+        if (fwrite(run, 1, (size_t)(p - run), stdout) != (size_t)(p - run) ||
+            printf("\\u%04x", cp) < 0)
+            err = EOF;
+        p += n - 1;
+        run = p + 1;
+    }
+    if (fputs((const char *)run, stdout) == EOF || putchar('\n') == EOF)
+        err = EOF;
+    return err;
 }

@@ -2,7 +2,8 @@
  * cli_text.h: showing text that other programs wrote (sidecars, packs, safetensors metadata,
  * file names) on a terminal. Such text may hold escape sequences that clear or retitle the
  * terminal, or move the cursor to forge lines; the human output of a command passes it through
- * here first. --json output needs none of this: the JSON writer escapes control characters.
+ * here first. --json output keeps the text exact; cli_text_json_puts writes it with the
+ * characters JSON allows raw but terminals and JavaScript do not take as text escaped.
  */
 #ifndef MOOD_CLI_CLI_TEXT_H
 #define MOOD_CLI_CLI_TEXT_H
@@ -22,5 +23,11 @@ void cli_text_clean_json(cJSON *v, const char *const *multiline);
 /* Prints "mood: KIND: MESSAGE\n" on stderr with the message made visible (cli_text_visible,
  * newlines kept): errors and warnings quote file names and metadata. */
 void cli_text_report(const char *kind, const char *message);
+
+/* Writes JSON text (as cJSON prints it) and a newline to stdout, like puts, with DEL, the C1
+ * controls (U+0080-U+009F) and U+2028/U+2029 as \u escapes: JSON allows them raw, but terminals
+ * act on C1 and JavaScript before ES2019 ends a string at U+2028. Every consumer decodes the
+ * escapes back to the same characters. Returns 0, or EOF when writing failed. */
+int cli_text_json_puts(const char *json);
 
 #endif /* MOOD_CLI_CLI_TEXT_H */

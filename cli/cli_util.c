@@ -114,7 +114,7 @@ int cli_print_json(cJSON *value)
         fprintf(stderr, "mood: error: out of memory\n");
         return 2;
     }
-    puts(text);
+    cli_text_json_puts(text); /* C1, DEL, U+2028/9 escaped: cJSON prints them raw */
     cJSON_free(text);
     return 0;
 }

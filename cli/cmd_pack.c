@@ -34,11 +34,13 @@ const char cmd_pack_import_help[] =
     "LoRAs the pack only references (made with --reference-only) must already be in the\n"
     "registry; otherwise the import stops and lists each missing one with its SHA-256 and\n"
     "AIR (import it with 'mood import'). A style whose name is taken is refused: rename or\n"
-    "remove yours first.\n\n"
+    "remove yours first. So is a style whose LoRAs are made for different base families\n"
+    "(as 'mood style create' refuses one).\n\n"
     "  --json    print {pack, styles, adapters_added, adapters_present, previews,\n"
     "            attribution, license, created_by}\n\n"
-    "Exit status: 0 imported, 1 the pack was refused or needs missing LoRAs, 2 it could not\n"
-    "be read or the registry could not be written.\n";
+    "Exit status: 0 imported, 1 the pack was refused (also when FILE is not a regular file:\n"
+    "a folder, a named pipe) or needs missing LoRAs, 2 it is missing or could not be read, or\n"
+    "the registry could not be written.\n";
 
 /* A style or adapter that is not in the registry is a problem of the input (exit 1); a pack file
  * that does not exist is one of the environment (exit 2). */

@@ -91,7 +91,7 @@ static int print_text_json(char *text, int pretty)
 {
     cJSON *v = pretty ? cJSON_Parse(text) : NULL;
     if (!pretty || !v) {
-        puts(text);
+        cli_text_json_puts(text);
         mood_registry_free_string(text);
         return 0;
     }
@@ -468,6 +468,17 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
     return check_text_options(a, *name);
 }
 
+/* The style edit changes, looked up before any --lora FILE is imported: editing a style that is
+ * not there (a typo, a mistyped MOOD_HOME) must leave the registry as it was, or not make one. */
+static int edited_exists(mood_registry *r, const char *name)
+{
+    mood_style_lora *list = NULL;
+    size_t n = 0;
+    int err = mood_registry_style_loras(&list, &n, r, name);
+    mood_registry_free_string((char *)list);
+    return err ? fail(err) : 0;
+}
+
 static int style_run(int argc, char **argv, int create)
 {
     const char *cmd = create ? "style create" : "style edit", *name = NULL, **lora_args = NULL;
@@ -486,7 +497,7 @@ static int style_run(int argc, char **argv, int create)
         rc = cli_fail(MOOD_EINVAL); /* before importing anything */
         goto done;
     }
-    if ((rc = cli_registry_open(&r)) != 0)
+    if ((rc = cli_registry_open(&r)) != 0 || (!create && n_lora && (rc = edited_exists(r, name))))
         goto done;
     for (size_t i = 0; i < n_lora && !rc; i++)
         rc = resolve_lora(&a, r, lora_args[i]);

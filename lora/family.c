@@ -5,7 +5,9 @@
  * Adapters are decided in the order the spec recommends: modelspec.architecture, then
  * ss_base_model_version / ss_v2, then key names (SDXL-only prefixes and blocks, text-encoder
  * layer indices only SD2 has), then shapes (the width attn2.to_k reads: 768 / 1024 / 2048 is the
- * cross-attention context of SD1 / SD2 / SDXL; a 4-D proj_in factor is SD1's 1x1 conv).
+ * cross-attention context of SD1 / SD2 / SDXL; a 4-D proj_in factor is SD1's 1x1 conv). When the
+ * keys and shapes prove another family than the metadata names, they win and the source says
+ * what the metadata claimed ("shapes (metadata says sdxl)"): the file is mislabeled.
  * Checkpoints are decided by their text-encoder layout, which differs in every family.
  */
 #include <stdlib.h>
@@ -208,6 +210,7 @@ static void look_at_shape(evidence *e, const mood_st_tensor *t, size_t module_le
         e->proj_in_4d = 1;
 }
 
+/* What shapes alone say (the widths the cross-attention and the single text encoder read). */
 static mood_family family_of_shapes(const evidence *e)
 {
     if (e->ctx_width == 2048)
@@ -221,12 +224,83 @@ static mood_family family_of_shapes(const evidence *e)
     return MOOD_FAMILY_UNKNOWN;
 }
 
+/* What keys and shapes say without metadata, and from which ("keys" or "shapes"). */
+static mood_family family_of_evidence(const evidence *e, const char **source)
+{
+    mood_family fam;
+    *source = "keys";
+    if (e->sdxl_keys && !e->not_sdxl_keys)
+        return MOOD_FAMILY_SDXL;
+    if (e->te_layer_max >= 12 && !e->sdxl_keys)
+        return MOOD_FAMILY_SD2;
+    *source = "shapes";
+    if ((fam = family_of_shapes(e)) != MOOD_FAMILY_UNKNOWN)
+        return fam;
+    *source = "unknown";
+    return MOOD_FAMILY_UNKNOWN;
+}
+
+/* Adds a family one piece of evidence proves to the set seen (a bit per family). */
+static void saw(unsigned *set, mood_family f)
+{
+    *set |= 1u << f;
+}
+
+static mood_family width_family(int64_t w)
+{
+    return w == 768 ? MOOD_FAMILY_SD1 : w == 1024 ? MOOD_FAMILY_SD2 : MOOD_FAMILY_UNKNOWN;
+}
+
+/*
+ * The family keys and shapes prove, strongly enough to overrule metadata, or UNKNOWN. Proof is
+ * SDXL-only names (with no name SDXL lacks), a text-encoder layer index only SD2 has, or the
+ * width attn2.to_k or a single text encoder's q_proj reads; every such piece must agree. A 4-D
+ * proj_in is left out: it only says the LoRA was made on a conv proj_in, which §3 applies to
+ * either layout.
+ */
+static mood_family proven_family(const evidence *e)
+{
+    unsigned set = 0;
+    mood_family only = MOOD_FAMILY_UNKNOWN;
+    if (e->sdxl_keys && !e->not_sdxl_keys)
+        saw(&set, MOOD_FAMILY_SDXL);
+    if (e->te_layer_max >= 12 && !e->sdxl_keys)
+        saw(&set, MOOD_FAMILY_SD2);
+    if (e->ctx_width == 2048)
+        saw(&set, MOOD_FAMILY_SDXL);
+    else if (width_family(e->ctx_width) != MOOD_FAMILY_UNKNOWN)
+        saw(&set, width_family(e->ctx_width));
+    /* with two text encoders, a te q_proj width is CLIP-L's 768 in every family */
+    if (!e->sdxl_keys && width_family(e->te_width) != MOOD_FAMILY_UNKNOWN)
+        saw(&set, width_family(e->te_width));
+    for (int f = MOOD_FAMILY_SD1; f <= MOOD_FAMILY_SDXL; f++) {
+        if (set == 1u << f)
+            only = (mood_family)f;
+    }
+    return only;
+}
+
+/* "keys (metadata says sdxl)": the source of a family the keys proved against the metadata. */
+static const char *overruled_source(const char *by, mood_family meta)
+{
+    static const char *const keys[] = {"keys (metadata says sd1)", "keys (metadata says sd2)",
+                                       "keys (metadata says sdxl)"};
+    static const char *const shapes[] = {"shapes (metadata says sd1)", "shapes (metadata says sd2)",
+                                         "shapes (metadata says sdxl)"};
+    size_t i = (size_t)(meta - MOOD_FAMILY_SD1);
+    return strcmp(by, "keys") == 0 ? keys[i] : shapes[i];
+}
+
+/*
+ * Metadata decides unless keys and shapes prove another family: then they win, and the source
+ * names what the metadata said, so a mislabeled file shows as one (§6.4 puts metadata first, but
+ * a file that would fail on every base of its labeled family is better taken for what it is).
+ */
 mood_family mood__family_of_adapter(const mood_st_file *f, const char **source_out)
 {
     evidence e = {0, 0, -1, 0, 0, 0};
-    mood_family fam = family_of_metadata(f, source_out);
-    if (fam != MOOD_FAMILY_UNKNOWN)
-        return fam;
+    const char *meta_source, *by;
+    mood_family meta = family_of_metadata(f, &meta_source), fam, proven;
     for (size_t i = 0; i < mood_st_count(f); i++) {
         const mood_st_tensor *t = mood_st_at(f, i);
         int role;
@@ -235,14 +309,17 @@ mood_family mood__family_of_adapter(const mood_st_file *f, const char **source_o
         if (n)
             look_at_shape(&e, t, strlen(t->name) - n, role);
     }
-    *source_out = "keys";
-    if (e.sdxl_keys && !e.not_sdxl_keys)
-        return MOOD_FAMILY_SDXL;
-    if (e.te_layer_max >= 12 && !e.sdxl_keys)
-        return MOOD_FAMILY_SD2;
-    *source_out = "shapes";
-    if ((fam = family_of_shapes(&e)) != MOOD_FAMILY_UNKNOWN)
+    fam = family_of_evidence(&e, &by);
+    if (meta == MOOD_FAMILY_UNKNOWN) {
+        *source_out = by;
         return fam;
-    *source_out = "unknown";
-    return MOOD_FAMILY_UNKNOWN;
+    }
+    proven = proven_family(&e);
+    if (proven == MOOD_FAMILY_UNKNOWN || proven == meta) {
+        *source_out = meta_source;
+        return meta;
+    }
+    /* name what proved it: the keys when names alone do, else the shapes */
+    *source_out = overruled_source(fam == proven ? by : "shapes", meta);
+    return proven;
 }

@@ -63,6 +63,24 @@ static int valid_name(mood_registry *r, const char *name)
     return err;
 }
 
+/* A change to an existing style where there is no registry (a mistyped MOOD_HOME): the style
+ * cannot be there, and the change's BEGIN IMMEDIATE, a write, would create an empty registry in
+ * that folder before the style was found missing. Refused before it, creating nothing. (A folder
+ * whose registry.db is gone but whose blobs remain gets the lookup's own message.) */
+static int style_must_exist(mood_registry *r, const char *name, const char *change)
+{
+    size_t blobs = 0;
+    long long id;
+    if (!r->absent)
+        return 0;
+    if (mood__reg_count_blobs(r, &blobs) != 0 || blobs > 0)
+        return mood__reg_style_id(r, &id, name);
+    return mood_error_set(MOOD_ENOTFOUND,
+                          "no registry at %s (MOOD_HOME): no style '%s' to %s; nothing was "
+                          "created ('mood import FILE' or 'mood train' creates a registry)",
+                          r->home, name, change);
+}
+
 /* ----- create / edit ------------------------------------------------------------------------ */
 
 static int set_text(mood_registry *r, long long id, const char *column, const char *value)
@@ -113,15 +131,12 @@ static int family_of(mood_registry *r, const char *sha256, lora_family *out)
     return err;
 }
 
-/* A style is applied to one base model: LoRAs made for different families could never be used
- * together (lora stack, merge and bake refuse the mix), and the style would be listed under
- * both. An adapter whose family is unknown goes with any. */
-static int check_families(mood_registry *r, const mood_style_spec *s)
+int mood__reg_check_families(mood_registry *r, const mood_style_lora *loras, size_t n)
 {
     lora_family first = {{0}, {0}}, other;
     int err = 0;
-    for (size_t i = 0; !err && i < s->n_loras; i++) {
-        if ((err = family_of(r, s->loras[i].sha256, &other)) != 0 || !other.family[0])
+    for (size_t i = 0; !err && i < n; i++) {
+        if ((err = family_of(r, loras[i].sha256, &other)) != 0 || !other.family[0])
             continue;
         if (!first.family[0])
             first = other;
@@ -136,7 +151,7 @@ static int check_families(mood_registry *r, const mood_style_spec *s)
 
 static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
 {
-    int err = check_families(r, s);
+    int err = mood__reg_check_families(r, s->loras, s->n_loras);
     if (!err)
         err = exec_id(r, "DELETE FROM style_adapters WHERE style_id = ?1", id, "changing adapters");
     for (size_t i = 0; !err && i < s->n_loras; i++) {
@@ -248,7 +263,7 @@ int mood_registry_style_edit(mood_registry *r, const char *name, const mood_styl
     int err;
     if (spec->loras && spec->n_loras == 0)
         return mood_error_set(MOOD_EINVAL, "style '%s' needs at least one LoRA", name);
-    if ((err = mood__reg_begin(r)) != 0)
+    if ((err = style_must_exist(r, name, "edit")) != 0 || (err = mood__reg_begin(r)) != 0)
         return err;
     if ((err = mood__reg_style_id(r, &id, name)) == 0 && (err = apply_spec(r, id, spec)) == 0)
         err = mood__reg_commit(r);
@@ -310,9 +325,8 @@ int mood_registry_rename(mood_registry *r, const char *old_name, const char *new
     long long id;
     sqlite3_stmt *st = NULL;
     int err;
-    if ((err = valid_name(r, new_name)) != 0)
-        return err;
-    if ((err = mood__reg_begin(r)) != 0)
+    if ((err = valid_name(r, new_name)) != 0 ||
+        (err = style_must_exist(r, old_name, "rename")) != 0 || (err = mood__reg_begin(r)) != 0)
         return err;
     if ((err = mood__reg_style_id(r, &id, old_name)) != 0)
         goto done;
@@ -358,7 +372,8 @@ int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int a
     long long id;
     sqlite3_stmt *st = NULL;
     int err;
-    if ((err = valid_tag(tag)) != 0 || (err = mood__reg_begin(r)) != 0)
+    if ((err = valid_tag(tag)) != 0 || (err = style_must_exist(r, name, "tag")) != 0 ||
+        (err = mood__reg_begin(r)) != 0)
         return err;
     if ((err = mood__reg_style_id(r, &id, name)) != 0)
         goto done;
@@ -418,7 +433,7 @@ int mood_registry_rm(mood_registry *r, const char *name)
     long long id;
     int err, deleted;
     mood_buf_init(&shas);
-    if ((err = mood__reg_begin(r)) != 0)
+    if ((err = style_must_exist(r, name, "remove")) != 0 || (err = mood__reg_begin(r)) != 0)
         return err;
     if ((err = mood__reg_style_id(r, &id, name)) != 0 || (err = collect_shas(r, id, &shas)) != 0 ||
         (err = delete_rows(r, id)) != 0 || (err = mood__reg_commit(r)) != 0)

@@ -262,6 +262,9 @@ static int read_adapter(import_job *j)
         goto done;
     }
     summarize_modules(&j->facts, a);
+    if (strstr(j->facts.family_source, "metadata says")) /* mislabeled: the keys won */
+        mood_log(MOOD_LOG_WARN, "%s: registered as %s, from its %s", j->path, j->facts.family,
+                 j->facts.family_source);
     if (!(j->facts.metadata_json = metadata_json(st))) {
         err = mood_error_nomem();
         goto done;

@@ -170,9 +170,23 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
     return err;
 }
 
+/* A style of the pack whose LoRAs are for different families is refused (the rule of style
+ * create/edit), checked after its rows are in, inside the transaction: adapters the registry
+ * already had count with their stored family, and a refusal rolls the whole pack back. */
+static int check_families(mood_registry *r, const mood__pack_style_row *s)
+{
+    char why[512];
+    int err = mood__reg_check_families(r, s->loras, s->n_loras);
+    if (err != MOOD_EFAMILY)
+        return err;
+    snprintf(why, sizeof why, "%s", mood_error_last());
+    return mood_error_set(err, "style '%s' of the pack: %s", s->name, why);
+}
+
 static int insert_style(mood_registry *r, const mood__pack_style_row *s)
 {
     sqlite3_stmt *st = NULL;
+    long long id;
     int err;
     if (s->template_text && s->template_text[0] && !strstr(s->template_text, "{prompt}"))
         return mood_error_set(MOOD_EFORMAT, "style '%s': template has no {prompt}", s->name);
@@ -196,7 +210,10 @@ static int insert_style(mood_registry *r, const mood__pack_style_row *s)
         sqlite3_bind_double(st, 7, s->weight);
     if ((err = mood__reg_step_done(r, st, "creating a style of the pack")) != 0)
         return err;
-    return insert_children(r, s, sqlite3_last_insert_rowid(r->db));
+    id = sqlite3_last_insert_rowid(r->db);
+    if ((err = insert_children(r, s, id)) != 0)
+        return err;
+    return check_families(r, s);
 }
 
 static int commit_rows(store *s, const char *pack, const mood__pack_adapter_row *a, size_t na,

@@ -5,9 +5,11 @@
  *
  * States: a folder without registry.db (or with an empty file) is "absent": open creates nothing
  * and queries run on an empty schema in memory; the first change (a statement that writes, the
- * shared lock an import takes) creates the folders and registry.db. A registry.db this process
- * cannot write (or whose folder it cannot write) is "read-only": it is opened read-only, without
- * the clean-up of interrupted imports, and changes are refused naming the file.
+ * shared lock an import takes) creates the folders and registry.db; changes to a style that
+ * must exist already (edit, rename, tag, rm: edit.c) are refused before their first write, so a
+ * mistyped MOOD_HOME gets no empty registry. A registry.db this process cannot write (or whose
+ * folder it cannot write) is "read-only": it is opened read-only, without the clean-up of
+ * interrupted imports, and changes are refused naming the file.
  *
  * Locking: HOME/registry.lock is held shared (flock) by every import from before its journal row
  * is written until its temporary file is gone, and exclusively by the clean-up of interrupted
@@ -109,6 +111,12 @@ int mood__blob_cleanup(mood_registry *r);
 
 /* id of the style called name (case-insensitive), MOOD_ENOTFOUND with a message otherwise. */
 int mood__reg_style_id(mood_registry *r, long long *id, const char *name);
+
+/* A style is applied to one base model: LoRAs made for different families could never be used
+ * together (lora stack, merge and bake refuse the mix), and the style would be listed under
+ * both. MOOD_EFAMILY naming two files of different families; an adapter whose family is unknown
+ * goes with any. The adapters are looked up in the registry (style create/edit, pack import). */
+int mood__reg_check_families(mood_registry *r, const mood_style_lora *loras, size_t n);
 
 /* One row of the adapters table (import.c), as file import and pack import fill it. */
 typedef struct mood__reg_adapter {

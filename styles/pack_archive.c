@@ -494,14 +494,16 @@ static int read_entries(reader *rd)
 static int open_reader(reader *rd, const char *dest_dir)
 {
     mood_buf dir;
-    struct stat st;
+    mood_map map;
     int err = 0;
-    if (stat(rd->path, &st) != 0)
-        return mood_error_set(errno == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO, "%s: cannot open: %s",
-                              rd->path, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return mood_error_set(MOOD_EIO, "%s: not a regular file", rd->path);
-    rd->p.total = (uint64_t)st.st_size;
+    /* mood_map_file, which every file a user names goes through: a FIFO, folder, device or
+     * socket is the wrong input (MOOD_EINVAL, saying which it is), refused without blocking where
+     * libarchive's open would wait for a FIFO's writer; a missing file is MOOD_ENOTFOUND. Mapping
+     * reads nothing. */
+    if ((err = mood_map_file(&map, rd->path)) != 0)
+        return err;
+    rd->p.total = map.size;
+    mood_unmap(&map);
     if ((err = mood__archive_load()) != 0)
         return err;
     if (!(rd->buf = mood_malloc(CHUNK)) || !(rd->a = archive_read_new()))

@@ -2,8 +2,9 @@
 # empty registry gives identical styles and blobs, exports are byte-for-byte reproducible,
 # --reference-only packs need their adapters in the registry (and say which are missing),
 # and tampered packs are refused with nothing imported. A LoRA whose preview and .txt are links to
-# files outside its folder (/etc/passwd) exports a pack without them; a FIFO given to pack import
-# is refused at once (under `timeout`: a regression fails instead of hanging).
+# files outside its folder (/etc/passwd) exports a pack without them; a FIFO or a folder given to
+# pack import is refused at once with exit 1 (under `timeout`: a regression fails instead of
+# hanging). A manifest edited to mix base families in one style is refused with nothing imported.
 source "$(dirname "$0")/lib.sh"
 SRC=${MOOD_SOURCE:?set MOOD_SOURCE to the source tree}
 
@@ -98,6 +99,38 @@ if [ $have_zstd = 1 ]; then
     expect_rc 1 "tampered adapter refused" "$MOOD" pack import "$D/tampered.moodpack"
     check "hash mismatch named" grep -q "adapters/$f': SHA-256 .* does not match" "$tmp/err"
 fi
+# a hand-edited manifest that mixes base families in one style (combo: two SD1 LoRAs, plus the
+# SDXL one): refused like `mood style create` would, naming the style and both families, and
+# nothing of the pack stored, nothing already stored lost
+if [ $have_zstd = 1 ]; then
+    export MOOD_HOME=$A
+    expect_rc 0 "import an sdxl LoRA" "$MOOD" import "$FIX/kohya/sdxl_lora.safetensors"
+    expect_rc 0 "export sd1 and sdxl styles" "$MOOD" pack export combo sdxl_lora -o "$tmp/mix.moodpack"
+    mkdir -p "$D/mix"
+    zstd -dc "$tmp/mix.moodpack" | tar -C "$D/mix" -xf -
+    check "mix the families in combo" python3 - "$D/mix/manifest.json" <<'EOF2'
+import json, sys
+m = json.load(open(sys.argv[1]))
+xl = [a["sha256"] for a in m["adapters"] if a["family"] == "sdxl"]
+combo = [s for s in m["styles"] if s["name"] == "combo"][0]
+assert len(xl) == 1 and all(a["family"] == "sd1" for a in m["adapters"] if a["sha256"] != xl[0])
+combo["adapters"].append({"sha256": xl[0], "unet": 1.0, "te": 1.0})
+json.dump(m, open(sys.argv[1], "w"), indent=2)
+EOF2
+    (cd "$D/mix" && tar --zstd --no-recursion -cf "$D/mixed.moodpack" manifest.json $(find . -type f ! -name manifest.json | sed 's|^\./||' | sort))
+    export MOOD_HOME=$tmp/g
+    expect_rc 0 "a registry with a style" "$MOOD" import "$tmp/src/film-grain.safetensors"
+    "$MOOD" list --json >"$tmp/g-list-before"
+    blobs "$MOOD_HOME" >"$tmp/g-blobs-before"
+    expect_rc 1 "mixed families refused" "$MOOD" pack import "$D/mixed.moodpack"
+    check "names the style and both families" grep -q "style 'combo' of the pack: LoRAs for different base families: .* is for sd1 but .* is for sdxl" "$tmp/err"
+    check "nothing of the mixed pack imported" cmp -s "$tmp/g-list-before" <("$MOOD" list --json)
+    check "no blob of the mixed pack kept" cmp -s "$tmp/g-blobs-before" <(blobs "$MOOD_HOME")
+    check "no temporary directory left (mixed)" test -z "$(find "$MOOD_HOME" -name '.moodpack-*')"
+    expect_rc 0 "doctor after the refusal" "$MOOD" doctor --deep
+    expect_rc 0 "the unedited pack imports" "$MOOD" pack import "$tmp/mix.moodpack"
+fi
+
 export MOOD_HOME=$tmp/e
 head -c 100000 "$tmp/p.moodpack" >"$D/cut.moodpack"
 expect_rc 1 "truncated pack refused" "$MOOD" pack import "$D/cut.moodpack"
@@ -119,10 +152,14 @@ if [ $have_zstd = 1 ]; then
     check "the pack carries no preview" test -z "$(zstd -dc "$tmp/evil.moodpack" | tar tf - | grep '^previews/')"
     check "nor anything of /etc/passwd" bash -c '! zstd -dc "$1" | grep -aq "root:"' _ "$tmp/evil.moodpack"
 fi
+# what is not a regular file is the wrong input (exit 1, as for any file mood reads), said at once
 mkfifo "$tmp/pipe.moodpack"
 timeout -k 5 30 "$MOOD" pack import "$tmp/pipe.moodpack" >"$tmp/out" 2>"$tmp/err"
 rc=$?
-check "a FIFO pack is refused at once (exit $rc)" test $rc -eq 1 -o $rc -eq 2
-check "FIFO message" grep -q "pipe.moodpack: not a regular file" "$tmp/err"
+check "a FIFO pack is refused at once (exit $rc, expected 1)" test $rc -eq 1
+check "FIFO message" grep -q "pipe.moodpack: not a regular file but a named pipe (FIFO)" "$tmp/err"
+mkdir "$tmp/dir.moodpack"
+expect_rc 1 "a folder as the pack" "$MOOD" pack import "$tmp/dir.moodpack"
+check "folder message" grep -q "dir.moodpack: not a regular file but a folder" "$tmp/err"
 
 finish

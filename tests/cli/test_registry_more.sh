@@ -5,6 +5,10 @@
 # its control characters as visible escapes (show, list, search, inspect; --json stays exact).
 # Importing a file whose LoRA is stored but which no style is any more (removed while a
 # composition uses it, or replaced by `style edit`) makes its style again from the same blob.
+# With a mistyped MOOD_HOME, rm, rename, tag and style edit fail (exit 1) naming the folder and
+# create nothing there; style edit of a missing style imports none of its --lora files. A LoRA
+# whose metadata names another family than its shapes prove is registered as the shapes say, with
+# a warning naming both.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -130,6 +134,26 @@ no_placeholder() { ! grep -q "(no style)" "$1"; }
 check "never (no style)" no_placeholder "$tmp/out"
 expect_rc 0 "doctor finds it clean" "$MOOD" doctor --deep
 
+# ----- a mistyped MOOD_HOME: commands that change an existing style fail naming the folder and
+# create no registry there (their transaction would have made an empty one before the lookup)
+typo=$tmp/fresh/typo
+for cmd in "rm good" "rm good lokr" "rename good better" "tag good +ink" "style edit good --weight 0.5" \
+    "style edit good --lora $lib/ia3.safetensors"; do
+    # shellcheck disable=SC2086
+    MOOD_HOME=$typo expect_rc 1 "$cmd on a missing registry" "$MOOD" $cmd
+    check "$cmd names the folder" grep -q "no registry at $typo" "$tmp/err"
+    check "$cmd created nothing" [ ! -e "$typo" ]
+done
+check "rm says there is nothing to remove" grep -q "no registry at $typo (MOOD_HOME): no style 'good' to remove; nothing was created" \
+    <(MOOD_HOME=$typo "$MOOD" rm good 2>&1)
+check "and the parent folder stays empty" [ -z "$(ls -A "$tmp/fresh" 2>/dev/null)" ]
+# a registry there: editing a style it lacks imports none of the --lora files first
+expect_rc 1 "style edit of a missing style with a --lora file" "$MOOD" style edit nosuch --lora "$FIX/lycoris/loha.safetensors"
+check "names the missing style" grep -q "no style named 'nosuch'" "$tmp/err"
+expect_rc 0 "list after it" "$MOOD" list --json
+check "the --lora file was not imported" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert "loha" not in [s["name"] for s in d], d' "$tmp/out"
+
 # trigger words from ss_tag_frequency: a tag's counts are summed over the folders (ink 2 + 2 beats
 # wash 3), ties go by name
 export MOOD_HOME=$tmp/h-tags
@@ -147,5 +171,24 @@ expect_rc 0 "import a LoRA with tags in two folders" "$MOOD" import "$tmp/tagged
 expect_rc 0 "show it" "$MOOD" show tagged --json
 check "the summed top tag is the trigger word" py '
 import json, sys; d = json.load(open(sys.argv[1])); assert d["trigger_words"] == "ink", d["trigger_words"]' "$tmp/out"
+
+# --- mislabeled: SD1 shapes (attn2.to_k reads 768 wide) under an SDXL label ---
+python3 -c '
+import json, struct, sys
+k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+parts = [(k + ".lora_down.weight", [4, 768]), (k + ".lora_up.weight", [320, 4]), (k + ".alpha", [])]
+h, data = {"__metadata__": {"ss_base_model_version": "sdxl_base_v1-0"}}, b""
+for name, shape in parts:
+    n = 1
+    for d in shape:
+        n *= d
+    h[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 4 * n]}
+    data += struct.pack("<%df" % n, *([0.01] * n))
+t = json.dumps(h).encode()
+t += b" " * (-len(t) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(t)) + t + data)' "$tmp/mislabeled.safetensors"
+expect_rc 0 "import a mislabeled LoRA" "$MOOD" import --offline "$tmp/mislabeled.safetensors"
+check "registered for its shapes' family" grep -q "as mislabeled (sd1)" "$tmp/out"
+check "the label is named" grep -q "registered as sd1, from its shapes (metadata says sdxl)" "$tmp/err"
 
 finish

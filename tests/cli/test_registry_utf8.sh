@@ -4,7 +4,8 @@
 # byte-order mark) are imported with their text converted, and so are file names in
 # Windows-1252 (in the registry and in import --json); text typed in another encoding (tag,
 # style name, --trigger, --template, --negative, --description) is refused with exit 1, naming
-# the argument, before anything is imported.
+# the argument, before anything is imported. --json writes C1 controls, DEL and U+2028/U+2029
+# escaped (\u0085), never raw.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -65,6 +66,46 @@ expect_rc 0 "show after the refusals" "$MOOD" show latin1 --json
 check "show is valid JSON, with the UTF-8 tag" python3 -c '
 import json,sys; d=json.loads(open(sys.argv[1],"rb").read().decode("utf-8"))
 assert d["tags"]==["sch\u00f6n"] and d["negative"] is None, d' "$tmp/out"
+
+# ----- characters JSON allows raw but terminals (C1: U+0085 is NEL, U+009B a CSI) and JavaScript
+# (U+2028/U+2029 end its string literals) do not take as text: --json writes them as \uXXXX, DEL too
+python3 - "$FIX/kohya/sd1_lora.safetensors" "$u8/c1.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+h["__metadata__"].update({"ss_output_name": "out\u0085put\u009b\u2028x\u2029y\x7fz",
+                          "ss_tag_frequency": json.dumps({"1_a": {"ta\u0085g\u2028": 3}})})
+nh = json.dumps(h, ensure_ascii=False).encode(); nh += b" " * (-len(nh) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(nh)) + nh + b[8 + n:])
+PY
+# escaped_json FILE: valid JSON holding the text exact, with no raw C1, DEL, U+2028 or U+2029
+escaped_json() {
+    python3 -c '
+import json, re, sys
+raw = open(sys.argv[1], "rb").read()
+bad = re.findall(rb"\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]", raw)
+assert not bad, bad
+text = raw.decode("utf-8")
+assert "\\u0085" in text and "\\u2028" in text, text[:300]
+def walk(v):
+    if isinstance(v, dict): return [x for k, w in v.items() for x in [k] + walk(w)]
+    if isinstance(v, list): return [x for w in v for x in walk(w)]
+    return [v]
+got = [s for s in walk(json.loads(text)) if isinstance(s, str)]
+assert "ta\u0085g\u2028" in got, "tag not exact"
+if sys.argv[2:]: assert "out\u0085put\u009b\u2028x\u2029y\x7fz" in got, "ss_output_name not exact"' "$@"
+}
+expect_rc 0 "import a LoRA with C1 and U+2028 in its metadata" "$MOOD" import "$u8/c1.safetensors"
+for cmd in "list --json" "search ta --json"; do
+    # shellcheck disable=SC2086
+    expect_rc 0 "$cmd" "$MOOD" $cmd
+    check "$cmd escapes them" escaped_json "$tmp/out"
+done
+expect_rc 0 "show --json" "$MOOD" show c1 --json
+check "show --json escapes them, metadata too" escaped_json "$tmp/out" metadata
+expect_rc 0 "inspect --json" "$MOOD" inspect --no-hash --json "$u8/c1.safetensors"
+check "inspect --json escapes them" escaped_json "$tmp/out" metadata
+expect_rc 0 "rm it" "$MOOD" rm c1
 
 # ----- a pack made of it: its manifest is valid JSON too
 expect_rc 0 "pack export" "$MOOD" pack export latin1 -o "$tmp/p.moodpack"

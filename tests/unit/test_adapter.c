@@ -676,7 +676,67 @@ static void test_family_detection(void)
     mood_adapter_close(a);
 }
 
+/* Opens p without a base; checks the family and its source. */
+static void check_family(const char *p, mood_family want, const char *source)
+{
+    mood_adapter *a = NULL;
+    MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
+    MOOD_CHECK_MSG(a && a->family == want && strcmp(a->family_source, source) == 0,
+                   "%s: %s from '%s', expected %s from '%s'", p,
+                   a ? mood_family_name(a->family) : "-", a ? a->family_source : "-",
+                   mood_family_name(want), source);
+    mood_adapter_close(a);
+}
+
+/* Metadata that names another family than the keys and shapes prove is overruled, and the
+ * source says so (§6.4); metadata that agrees, or that nothing contradicts, still decides. */
+static void test_mislabeled_family(void)
+{
+#define SD1_K "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+#define ATTN1 "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+#define TE2   "lora_te2_text_model_encoder_layers_0_mlp_fc1"
+    /* attn2.to_k reads 768 wide: SD1's cross-attention context */
+    const craft sd1[] = {{SD1_K ".lora_up.weight", MOOD_DTYPE_F32, 2, {320, 2}, 0.01f},
+                         {SD1_K ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 768}, 0.01f}};
+    const craft xl[] = {{TE2 ".lora_up.weight", MOOD_DTYPE_F32, 2, {48, 2}, 0},
+                        {TE2 ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 24}, 0}};
+    /* no evidence: a self-attention module reads the block's own width in every family */
+    const craft none[] = {{ATTN1 ".lora_up.weight", MOOD_DTYPE_F32, 2, {640, 2}, 0},
+                          {ATTN1 ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 640}, 0}};
+    static const char *const xl_meta[] = {"ss_base_model_version", "sdxl_base_v1-0", NULL};
+    static const char *const xl_arch[] = {"modelspec.architecture",
+                                          "stable-diffusion-xl-v1-base/lora", NULL};
+    mood_checkpoint *sdxl = NULL;
+    const char *p = write_adapter("mislabeled.safetensors", sd1, 2, xl_meta);
+    int err;
+    check_family(p, MOOD_FAMILY_SD1, "shapes (metadata says sdxl)");
+    /* against an SDXL base the refusal shows the label is wrong, not only that it is SD1 */
+    MOOD_CHECK_OK(mood_checkpoint_open(&sdxl, fixture("bases/sdxl_base.safetensors")));
+    err = open_err(p, sdxl);
+    MOOD_CHECK_MSG(err == MOOD_EFAMILY && strstr(mood_error_last(), "is an sd1 LoRA") &&
+                       strstr(mood_error_last(), "metadata says sdxl"),
+                   "%d %s", err, mood_error_last());
+    mood_checkpoint_close(sdxl);
+    check_family(write_adapter("mislabeled_arch.safetensors", sd1, 2, xl_arch), MOOD_FAMILY_SD1,
+                 "shapes (metadata says sdxl)");
+    check_family(write_adapter("labeled_sd1.safetensors", sd1, 2, sd1_meta), MOOD_FAMILY_SD1,
+                 "ss_base_model_version");
+    /* SDXL-only key names against an SD1 label */
+    check_family(write_adapter("mislabeled_xl.safetensors", xl, 2, sd1_meta), MOOD_FAMILY_SDXL,
+                 "keys (metadata says sd1)");
+    check_family(write_adapter("labeled_xl.safetensors", xl, 2, xl_meta), MOOD_FAMILY_SDXL,
+                 "ss_base_model_version");
+    check_family(write_adapter("unproven_xl.safetensors", none, 2, xl_meta), MOOD_FAMILY_SDXL,
+                 "ss_base_model_version");
+    check_family(write_adapter("unproven_sd1.safetensors", none, 2, sd1_meta), MOOD_FAMILY_SD1,
+                 "ss_base_model_version");
+#undef SD1_K
+#undef ATTN1
+#undef TE2
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_base_from_names), MOOD_T(test_fixture_cases), MOOD_T(test_svd_fixtures),
                MOOD_T(test_kohya_recipes), MOOD_T(test_bad_adapters),
                MOOD_T(test_unmatched_and_alpha), MOOD_T(test_sparse_and_two_spellings),
-               MOOD_T(test_peft_alpha), MOOD_T(test_alloc_failures), MOOD_T(test_family_detection))
+               MOOD_T(test_peft_alpha), MOOD_T(test_alloc_failures), MOOD_T(test_family_detection),
+               MOOD_T(test_mislabeled_family))

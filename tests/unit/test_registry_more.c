@@ -4,7 +4,8 @@
  * adapter of unknown family goes with any), and importing a file whose LoRA is stored but which
  * no style is any more (removed while a composition uses it, or replaced by style edit) makes
  * its style again around the same adapter row and blob, while a style that is the file alone
- * keeps the "already" answer.
+ * keeps the "already" answer. Changes to a style where there is no registry yet (rm, rename, tag,
+ * edit) fail with MOOD_ENOTFOUND naming the folder and create nothing there.
  *
  * Each test works in its own registry under the scratch directory, on copies of the kohya and
  * LyCORIS fixtures.
@@ -168,5 +169,32 @@ static void test_import_after_lora_replaced(void)
     mood_registry_close(r);
 }
 
+/* ----- changes to a style where there is no registry --------------------------------------- */
+
+/* rm, rename, tag and edit on a folder without a registry (a mistyped MOOD_HOME) fail naming it
+ * and create nothing: their transaction is a write that would have made an empty registry. */
+static void test_changes_without_registry(void)
+{
+    char home[1200];
+    struct stat st;
+    mood_registry *r = NULL;
+    mood_style_spec spec = {0};
+    snprintf(home, sizeof home, "%s/typo", scratch_fresh_dir("parent"));
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    spec.has_weight = 1;
+    spec.weight = 0.5;
+    int errs[] = {mood_registry_rm(r, "ink"), mood_registry_rename(r, "ink", "wash"),
+                  mood_registry_tag(r, "ink", "sumi", 1),
+                  mood_registry_style_edit(r, "ink", &spec)};
+    for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++)
+        MOOD_CHECK_MSG(errs[i] == MOOD_ENOTFOUND, "change %zu: %d", i, errs[i]);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "no registry at") && strstr(mood_error_last(), home) &&
+                       strstr(mood_error_last(), "no style 'ink' to edit"),
+                   "%s", mood_error_last());
+    MOOD_CHECK(!mood_registry_exists(r));
+    mood_registry_close(r);
+    MOOD_CHECK_MSG(stat(home, &st) != 0, "%s was created", home);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_families_not_mixed), MOOD_T(test_import_restores_removed_style),
-               MOOD_T(test_import_after_lora_replaced))
+               MOOD_T(test_import_after_lora_replaced), MOOD_T(test_changes_without_registry))
