@@ -29,6 +29,15 @@ static size_t utf8_len(const unsigned char *s)
     return n;
 }
 
+/* Whether the 3-byte sequence at p is a line or paragraph separator (U+2028/9) or a bidi
+ * embedding, override or isolate (U+202A-U+202E, U+2066-U+2069): characters that move or break
+ * the text around them, so a name could pass for another line or read backwards. */
+static int layout_control(const unsigned char *p)
+{
+    return p[0] == 0xE2 && ((p[1] == 0x80 && p[2] >= 0xA8 && p[2] <= 0xAE) ||
+                            (p[1] == 0x81 && p[2] >= 0xA6 && p[2] <= 0xA9));
+}
+
 char *cli_text_visible(const char *s, int multiline)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -45,6 +54,10 @@ char *cli_text_visible(const char *s, int multiline)
         } else if (n == 2 && p[0] == 0xC2 && p[1] < 0xA0) { /* C1: U+0080-U+009F */
             at += (size_t)sprintf(out + at, "\\u%04x", p[1]);
             p += 2;
+        } else if (n == 3 && layout_control(p)) {
+            at += (size_t)sprintf(out + at, "\\u%04x",
+                                  0x2000u | (p[1] & 0x3Fu) << 6 | (p[2] & 0x3Fu));
+            p += 3;
         } else {
             memcpy(out + at, p, n);
             at += n;

@@ -12,7 +12,8 @@
 
 /* A copy of s (malloc'd; NULL when out of memory) with every control character made visible:
  * C0 and DEL as \xNN (tab and newline kept when multiline is non-zero: a field printed on several
- * lines), C1 (U+0080-U+009F) as \u00NN, and bytes that are not UTF-8 as \xNN. */
+ * lines), C1 (U+0080-U+009F) as \u00NN, the line separators and bidi controls (U+2028/9,
+ * U+202A-U+202E, U+2066-U+2069) as \uNNNN, and bytes that are not UTF-8 as \xNN. */
 char *cli_text_visible(const char *s, int multiline);
 
 /* Applies cli_text_visible to every string value and key of v and below, in place. Values of
