@@ -3,7 +3,8 @@
  * format with its loss curve and, when asked, sample previews every N steps; then registered as
  * a style with its trigger word, board thumbnails, final previews, loss curve and training
  * record (cmd_train_record.c) unless --no-register. Ctrl-C saves a checkpoint that --resume
- * continues.
+ * continues. The library's warnings (a board's skipped folders) are said once and listed in
+ * --json.
  */
 #include <limits.h>
 #include <stdlib.h>
@@ -12,14 +13,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/cli_text.h"
 #include "cli/cmd_train.h"
 
 const char cmd_train_help[] =
     "usage: mood train --name NAME --board DIR_OR_FILE... --model BASE [options]\n\n"
     "Trains a style LoRA from a mood board: a folder of images (PNG, JPEG, WebP, BMP) or a list\n"
     "of files that share a look. About five images are enough. Captions come from NAME.txt\n"
-    "beside an image (kohya's convention), else \"TRIGGER, a picture\". The result is a kohya\n"
-    "LoRA (A1111, ComfyUI and diffusers load it) registered as style NAME.\n\n"
+    "beside an image (kohya's convention), else \"TRIGGER, a picture\". A folder laid out for\n"
+    "kohya (no images of its own, subfolders N_name such as 10_mystyle/) gives the images of\n"
+    "its N_name subfolders, each seen N times per epoch; other subfolders are skipped with a\n"
+    "warning. The result is a kohya LoRA (A1111, ComfyUI and diffusers load it) registered as\n"
+    "style NAME.\n\n"
     "  --name NAME          the style's name (and the file's)\n"
     "  --board PATH         an image or a folder of images; repeat or list several\n"
     "  --model BASE         the base model: a file, a folder or a name mood gen knows\n"
@@ -29,9 +34,11 @@ const char cmd_train_help[] =
     "  --rank N, --alpha A  LoRA rank and alpha (default 16 and 8: scale 0.5)\n"
     "  --lr X               learning rate (default 1e-4), --te-lr for the text encoder\n"
     "  --batch N            images per step (default 1); --accum N micro-batches per step\n"
-    "  --res N              training resolution (default: the model's own size, as mood\n"
-    "                       gen's: 512, SDXL 1024, mood-tiny 64); --buckets for\n"
-    "                       aspect-ratio buckets instead of centre crops\n"
+    "  --res N              training resolution (or --resolution; default: the model's own\n"
+    "                       size, as mood gen's: 512, SDXL 1024, mood-tiny 64)\n"
+    "  --buckets            aspect-ratio buckets instead of centre crops (kohya's: sides\n"
+    "                       256 to 1024 in steps of 64; below 256, half to twice the\n"
+    "                       resolution in steps of a quarter of it: 32 to 128 by 16 at 64)\n"
     "  --targets T          attn, attn+ff (default), all, style-blocks\n"
     "  --te                 train the text encoder too (SDXL: both encoders; captions are\n"
     "                       then encoded at every step, not cached)\n"
@@ -73,7 +80,7 @@ const char cmd_train_help[] =
     "                       than half the free memory\n"
     "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
     "  --no-register        do not add the style to the registry\n"
-    "  --json               print what was written as JSON\n\n"
+    "  --json               print what was written as JSON (with the warnings given)\n\n"
     "Why these defaults: rank 16 with alpha 8 and lr 1e-4 are kohya's documented LoRA settings\n"
     "(docs/train_network.md) with its recommended alpha of half the rank; attention and\n"
     "feed-forward layers carry style (OneTrainer's attn-mlp preset); min-SNR 5 and a small noise\n"
@@ -152,6 +159,31 @@ static int progress(const mood_train_progress *p, void *payload)
     return 0;
 }
 
+/* ----- warnings ------------------------------------------------------------------------------ */
+
+/* The library's log sink during a run: warnings on stderr (main.c's format), each once, and kept
+ * for --json. The board is read twice (to train, then for the style's thumbnails), and a folder
+ * it skipped needs saying once. payload: the train_args, NULL once the run is over. */
+static void train_log(int level, const char *message, void *payload)
+{
+    train_args *a = payload;
+    char **grown;
+    if (level > 1) {
+        if (getenv("MOOD_VERBOSE"))
+            cli_text_report("info", message);
+        return;
+    }
+    for (size_t i = 0; a && i < a->n_warnings; i++)
+        if (strcmp(a->warnings[i], message) == 0)
+            return;
+    cli_text_report(level == 0 ? "error" : "warning", message);
+    if (a && (grown = realloc(a->warnings, (a->n_warnings + 1) * sizeof *grown)) != NULL) {
+        a->warnings = grown;
+        if ((a->warnings[a->n_warnings] = strdup(message)) != NULL)
+            a->n_warnings++;
+    }
+}
+
 /* ----- arguments ----------------------------------------------------------------------------- */
 
 static int add_board(train_args *a, const char *path)
@@ -193,6 +225,8 @@ static size_t num_opts(train_args *a, num_opt *t)
         {"--accum", NUM_INT, &o->accum, 1, 1024, 0, 0, 0, NULL, NULL, "1 to 1024"},
         {"--res", NUM_INT, &o->board_opts.resolution, 64, 2048, 0, 0, 64, NULL, NULL,
          "64 to 2048, a multiple of 64"},
+        {"--resolution", NUM_INT, &o->board_opts.resolution, 64, 2048, 0, 0, 64, NULL, NULL,
+         "64 to 2048, a multiple of 64"}, /* kohya's name */
         {"--warmup", NUM_I64, &o->warmup, 0, big, 0, 0, 0, NULL, NULL, "a whole number >= 0"},
         {"--min-snr", NUM_REAL, &o->min_snr_gamma, 0, big, 0, 0, 0, NULL, NULL, "a number >= 0"},
         {"--noise-offset", NUM_REAL, &o->noise_offset, 0, 1, 0, 1, 0, NULL, NULL,
@@ -439,6 +473,11 @@ static int report(const train_args *a, const mood_import_result *res)
     cJSON_AddStringToObject(o, a->o.full ? "model" : "lora", a->output);
     cJSON_AddStringToObject(o, "loss_csv", a->csv);
     cJSON_AddStringToObject(o, "loss_png", a->png);
+    if (a->n_warnings) {
+        cJSON *list = cJSON_AddArrayToObject(o, "warnings");
+        for (size_t i = 0; i < a->n_warnings; i++)
+            cJSON_AddItemToArray(list, cJSON_CreateString(a->warnings[i]));
+    }
     if (a->n_samples) {
         cJSON *list = cJSON_AddArrayToObject(o, "samples");
         for (size_t i = 0; i < a->n_samples; i++)
@@ -462,6 +501,7 @@ int cmd_train(int argc, char **argv)
     a.o.steps = 600;
     a.o.handle_signals = 1;
     a.o.progress = progress;
+    mood_log_set(train_log, &a);
     if ((rc = parse_args(&a, argc, argv)) == 0 &&
         (rc = cli_find_model(&a.model_path, a.o.model)) == 0 && (rc = set_files(&a)) == 0) {
         err = mood_train_run(&a.o);
@@ -476,6 +516,10 @@ int cmd_train(int argc, char **argv)
             rc = report(&a, &res);
         }
     }
+    mood_log_set(train_log, NULL); /* a is about to go */
+    for (size_t i = 0; i < a.n_warnings; i++)
+        free(a.warnings[i]);
+    free(a.warnings);
     free(a.board);
     free(a.prompts);
     train_samples_dispose(&a);

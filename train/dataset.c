@@ -5,12 +5,18 @@
  *   - files: each folder's PNG, JPEG, WebP and BMP files in name order (kohya's glob of image
  *     extensions), or the files given; every one is decoded before anything else, and all that
  *     fail are reported in one error (a board of five images should not need five runs to fix);
+ *   - kohya's DreamBooth layout: a folder with no images of its own whose subfolders are named
+ *     N_name (train_data_dir/10_mystyle/) gives the images of those subfolders, each N times per
+ *     epoch (kohya's num_repeats); other subfolders are skipped with a warning, as kohya skips
+ *     them (extract_dreambooth_params), and so is a folder with 0 repeats;
  *   - pixels: upright by EXIF (mood_image_load), alpha composited over white (a transparent PNG
  *     would otherwise train on whatever colour its invisible pixels hold), then resized with an
  *     antialiased bilinear filter (stb_image_resize's triangle filter, what torchvision's
  *     Resize(BILINEAR) does on PIL images in diffusers' scripts; kohya uses cv2 INTER_AREA) to
  *     the size kohya's BucketManager.select_bucket picks and centre-cropped as kohya's
- *     trim_and_resize_if_required does (random_crop off, which caching latents requires);
+ *     trim_and_resize_if_required does (random_crop off, which caching latents requires); kohya's
+ *     default bucket sizes, made for SD's 512, follow the resolution below 256
+ *     (mood__board_options_resolve);
  *   - captions: the first non-empty line of NAME.txt beside the image (kohya's caption_extension
  *     convention), else the template with the trigger word.
  */
@@ -30,10 +36,16 @@
 
 #define DEFAULT_TEMPLATE "{trigger}, a picture"
 #define MAX_BUCKETS      2048
-#define MAX_COVER        16 /* the most a board image's resize may exceed its crop, in area */
+#define MAX_COVER        16    /* the most a board image's resize may exceed its crop, in area */
+#define MAX_REPEATS      10000 /* of a kohya N_name folder: "20240101_trip" is a date, not N */
+/* kohya's bucket defaults (min_bucket_reso, max_bucket_reso, bucket_reso_steps) */
+#define KOHYA_MIN_BUCKET  256
+#define KOHYA_MAX_BUCKET  1024
+#define KOHYA_BUCKET_STEP 64
 
 struct mood_board {
     mood_board_item *items;
+    int *repeats; /* per item: times per epoch */
     size_t n;
 };
 
@@ -41,11 +53,28 @@ void mood_board_options_init(mood_board_options *o)
 {
     memset(o, 0, sizeof *o);
     o->resolution = 512;
-    o->min_bucket = 256;
-    o->max_bucket = 1024;
-    o->bucket_step = 64;
+    o->min_bucket = KOHYA_MIN_BUCKET;
+    o->max_bucket = KOHYA_MAX_BUCKET;
+    o->bucket_step = KOHYA_BUCKET_STEP;
     o->caption_template = DEFAULT_TEMPLATE;
     o->caption_ext = ".txt";
+}
+
+/* kohya's default bucket sizes hold no resolution below their minimum of 256, which a small
+ * model trains at (mood-tiny: 64). There the defaults scale with the resolution as they relate to
+ * SD's 512 (half to twice it), in steps of a quarter of it: at 64, 32 to 128 in steps of 16, the
+ * granularity of mood-tiny's latents (4-pixel patches, two downsamplings in the UNet) and a
+ * multiple of SD's VAE factor 8; at 128, 64 to 256 in steps of 32. Sizes a caller chose are kept.
+ */
+void mood__board_options_resolve(mood_board_options *o)
+{
+    if (o->buckets && o->resolution >= 64 && o->resolution < KOHYA_MIN_BUCKET &&
+        o->min_bucket == KOHYA_MIN_BUCKET && o->max_bucket == KOHYA_MAX_BUCKET &&
+        o->bucket_step == KOHYA_BUCKET_STEP) {
+        o->min_bucket = o->resolution / 2;
+        o->max_bucket = o->resolution * 2;
+        o->bucket_step = o->resolution / 4;
+    }
 }
 
 static int check_options(const mood_board_options *o)
@@ -56,7 +85,7 @@ static int check_options(const mood_board_options *o)
                               "64..8192, not %d",
                               o->resolution);
     if (o->buckets &&
-        (o->bucket_step < 8 || o->bucket_step % 8 != 0 || o->min_bucket < 64 ||
+        (o->bucket_step < 8 || o->bucket_step % 8 != 0 || o->min_bucket < o->bucket_step ||
          o->min_bucket > o->max_bucket || o->max_bucket > 8192 || o->resolution > o->max_bucket ||
          o->min_bucket % o->bucket_step != 0 || o->min_bucket > o->resolution))
         return mood_error_set(MOOD_EINVAL,
@@ -148,20 +177,51 @@ int mood__board_bucket(const mood_board_options *o, int w, int h, int *bw, int *
 
 /* ----- files ------------------------------------------------------------------------------ */
 
+/* The files to load, each with its repeats per epoch; the subfolders skipped on the way. */
 typedef struct path_list {
     char **p;
-    size_t n, cap;
+    int *rep;
+    size_t n, cap, rep_cap;
+    char **skipped; /* "FOLDER/: why", for the warnings or the "no images" error */
+    size_t n_skipped, skipped_cap;
 } path_list;
 
-static int push_path(path_list *l, char *owned)
+static int push_path(path_list *l, char *owned, int repeats)
 {
     if (!owned)
         return mood_error_nomem();
-    if (mood_array_reserve(&l->p, &l->cap, l->n + 1, sizeof *l->p, 16) != 0) {
+    if (mood_array_reserve(&l->p, &l->cap, l->n + 1, sizeof *l->p, 16) != 0 ||
+        mood_array_reserve(&l->rep, &l->rep_cap, l->n + 1, sizeof *l->rep, 16) != 0) {
         mood_free(owned);
         return mood_error_nomem();
     }
+    l->rep[l->n] = repeats;
     l->p[l->n++] = owned;
+    return 0;
+}
+
+static void path_list_dispose(path_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        mood_free(l->p[i]);
+    mood_free(l->p);
+    mood_free(l->rep);
+    for (size_t i = 0; i < l->n_skipped; i++)
+        mood_free(l->skipped[i]);
+    mood_free(l->skipped);
+}
+
+static int skip_folder(path_list *l, const char *dir, const char *why)
+{
+    size_t need = l->n_skipped + 1;
+    mood_buf b;
+    mood_buf_init(&b);
+    if (mood_array_reserve(&l->skipped, &l->skipped_cap, need, sizeof *l->skipped, 8) != 0 ||
+        mood_buf_printf(&b, "%s/: %s", dir, why) != 0) {
+        mood_buf_dispose(&b);
+        return mood_error_nomem();
+    }
+    l->skipped[l->n_skipped++] = mood_buf_detach(&b);
     return 0;
 }
 
@@ -182,7 +242,20 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int add_folder(path_list *l, const char *dir)
+/* The repeats of a kohya DreamBooth folder named N_name (kohya's extract_dreambooth_params takes
+ * what comes before the first "_" as N), -1 for any other name; MAX_REPEATS + 1 for more. */
+static long folder_repeats(const char *name)
+{
+    long n = 0;
+    const char *p = name;
+    for (; isdigit((unsigned char)*p); p++)
+        n = n > MAX_REPEATS ? n : n * 10 + (*p - '0');
+    return p > name && *p == '_' ? n : -1;
+}
+
+/* The images directly in dir (regular files with an image extension), in name order, with
+ * `repeats`; the names of its subfolders (not hidden ones) into subdirs when not NULL. */
+static int list_folder(path_list *l, const char *dir, int repeats, path_list *subdirs)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
@@ -194,20 +267,75 @@ static int add_folder(path_list *l, const char *dir)
     while (!err && (e = readdir(d)) != NULL) {
         mood_buf b;
         struct stat st;
-        if (!is_image_name(e->d_name))
+        int image = is_image_name(e->d_name);
+        if (!image && (!subdirs || e->d_name[0] == '.'))
             continue;
         mood_buf_init(&b);
         if ((err = mood_buf_printf(&b, "%s/%s", dir, e->d_name)) != 0)
             break;
-        if (stat(b.data, &st) != 0 || !S_ISREG(st.st_mode)) {
-            mood_buf_dispose(&b);
-            continue;
-        }
-        err = push_path(l, mood_buf_detach(&b));
+        if (stat(b.data, &st) != 0)
+            st.st_mode = 0; /* gone since the listing, or a broken link: not taken */
+        if (image && S_ISREG(st.st_mode))
+            err = push_path(l, mood_buf_detach(&b), repeats);
+        else if (subdirs && S_ISDIR(st.st_mode))
+            err = push_path(subdirs, mood_strdup(e->d_name), 1);
+        mood_buf_dispose(&b);
     }
     closedir(d);
     if (!err && l->n > first)
         qsort(l->p + first, l->n - first, sizeof *l->p, cmp_str);
+    return err;
+}
+
+/* kohya's layout: the images of dir's N_name subfolders (in name order), N times each. */
+static int add_kohya_folders(path_list *l, const char *dir, path_list *subdirs)
+{
+    int err = 0;
+    qsort(subdirs->p, subdirs->n, sizeof *subdirs->p, cmp_str);
+    for (size_t i = 0; i < subdirs->n && !err; i++) {
+        long n = folder_repeats(subdirs->p[i]);
+        size_t before = l->n;
+        mood_buf sub;
+        mood_buf_init(&sub);
+        if ((err = mood_buf_printf(&sub, "%s/%s", dir, subdirs->p[i])) != 0)
+            break;
+        if (n < 0)
+            err = skip_folder(
+                l, sub.data,
+                "not named as kohya's N_name folders are (N repeats per epoch, e.g. 10_mystyle)");
+        else if (n == 0)
+            err = skip_folder(l, sub.data, "0 repeats");
+        else if (n > MAX_REPEATS)
+            err = mood_error_set(MOOD_EINVAL,
+                                 "%s/: %.*s repeats per epoch (kohya's N_name folder)? At most %d: "
+                                 "rename the folder",
+                                 sub.data, (int)strspn(subdirs->p[i], "0123456789"), subdirs->p[i],
+                                 MAX_REPEATS);
+        else if ((err = list_folder(l, sub.data, (int)n, NULL)) == 0 && l->n == before)
+            err = skip_folder(l, sub.data, "no images (PNG, JPEG, WebP, BMP)");
+        mood_buf_dispose(&sub);
+    }
+    return err;
+}
+
+/* A folder's images; with none of its own, those of its kohya N_name subfolders. */
+static int add_folder(path_list *l, const char *dir)
+{
+    path_list subdirs = {0};
+    size_t before = l->n;
+    int err = list_folder(l, dir, 1, &subdirs), own = l->n > before;
+    if (!err && !own && subdirs.n)
+        err = add_kohya_folders(l, dir, &subdirs);
+    for (size_t i = 0; !err && own && i < subdirs.n; i++) {
+        if (folder_repeats(subdirs.p[i]) >= 0) { /* a layout half one way, half the other */
+            mood_log(MOOD_LOG_WARN,
+                     "mood board: %s/ has images of its own, so its kohya N_name subfolders "
+                     "(%s/, ...) are not read; give them as boards of their own",
+                     dir, subdirs.p[i]);
+            break;
+        }
+    }
+    path_list_dispose(&subdirs);
     return err;
 }
 
@@ -221,7 +349,7 @@ static int collect(path_list *l, const char *const *paths, size_t n)
         if (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode))
             err = add_folder(l, paths[i]);
         else /* a missing file is reported with the undecodable ones */
-            err = push_path(l, mood_strdup(paths[i]));
+            err = push_path(l, mood_strdup(paths[i]), 1);
     }
     return err;
 }
@@ -310,9 +438,8 @@ static int sidecar_caption(char **out, const char *image, const char *ext)
                 err = mood_error_nomem();
             else if (line[0] && mood__utf8_validate(line, strlen(line)) != 0) {
                 /* kohya reads captions as UTF-8 too; a Latin-1 file's bytes name no word */
-                err = mood_error_set(MOOD_EINVAL,
-                                     "caption file %s is not UTF-8 text: save it as UTF-8",
-                                     path.data);
+                err = mood_error_set(
+                    MOOD_EINVAL, "caption file %s is not UTF-8 text: save it as UTF-8", path.data);
                 mood_free(line);
             } else if (line[0])
                 *out = line;
@@ -375,6 +502,7 @@ void mood_board_free(mood_board *b)
         mood_free((uint8_t *)b->items[i].rgb);
     }
     mood_free(b->items);
+    mood_free(b->repeats);
     mood_free(b);
 }
 
@@ -436,7 +564,7 @@ static int decode_all(mood_board *b, const path_list *l, const mood_board_option
             memset(it, 0, sizeof *it);
             if (!(it->path = mood_strdup(l->p[i])))
                 err = mood_error_nomem();
-            b->n++;
+            b->repeats[b->n++] = l->rep[i];
             err = err ? err : prepare(it, img, o);
         }
         mood_image_free(img);
@@ -448,38 +576,65 @@ static int decode_all(mood_board *b, const path_list *l, const mood_board_option
     return err;
 }
 
+/* The error of a board without images, naming the subfolders skipped. */
+static int no_images(const path_list *l, const char *const *paths, size_t n)
+{
+    mood_buf why;
+    int err;
+    mood_buf_init(&why);
+    for (size_t i = 0; i < l->n_skipped; i++)
+        if (mood_buf_printf(&why, "\n  %s", l->skipped[i]) != 0) {
+            mood_buf_dispose(&why);
+            return mood_error_nomem();
+        }
+    err = mood_error_set(MOOD_EINVAL, "%s%s: no images (PNG, JPEG, WebP, BMP) found%s%s", paths[0],
+                         n > 1 ? " ..." : "", l->n_skipped ? "; subfolders skipped:" : "",
+                         l->n_skipped ? why.data : "");
+    mood_buf_dispose(&why);
+    return err;
+}
+
 int mood_board_load(mood_board **out, const char *const *paths, size_t n,
-                    const mood_board_options *o)
+                    const mood_board_options *opts)
 {
     path_list l = {0};
     mood_board *b = NULL;
+    mood_board_options o;
     int err;
     *out = NULL;
-    if (!o || !paths || n == 0)
+    if (!opts || !paths || n == 0)
         return mood_error_set(MOOD_EINVAL, "mood board: no paths given");
-    if ((err = check_options(o)) != 0)
+    o = *opts;
+    mood__board_options_resolve(&o);
+    if ((err = check_options(&o)) != 0)
         return err;
     if ((err = collect(&l, paths, n)) != 0)
         goto done;
     if (l.n == 0) {
-        err = mood_error_set(MOOD_EINVAL, "%s%s: no images (PNG, JPEG, WebP, BMP) found", paths[0],
-                             n > 1 ? " ..." : "");
+        err = no_images(&l, paths, n);
         goto done;
     }
-    if (!(b = mood_calloc(1, sizeof *b)) || !(b->items = mood_calloc(l.n, sizeof *b->items))) {
+    /* kohya warns of the folders it skips and trains on the rest */
+    for (size_t i = 0; i < l.n_skipped; i++)
+        mood_log(MOOD_LOG_WARN, "mood board: skipped %s", l.skipped[i]);
+    if (!(b = mood_calloc(1, sizeof *b)) || !(b->items = mood_calloc(l.n, sizeof *b->items)) ||
+        !(b->repeats = mood_calloc(l.n, sizeof *b->repeats))) {
         err = mood_error_nomem();
         goto done;
     }
-    err = decode_all(b, &l, o);
+    err = decode_all(b, &l, &o);
 done:
-    for (size_t i = 0; i < l.n; i++)
-        mood_free(l.p[i]);
-    mood_free(l.p);
+    path_list_dispose(&l);
     if (err)
         mood_board_free(b);
     else
         *out = b;
     return err;
+}
+
+int mood__board_repeats(const mood_board *b, size_t i)
+{
+    return b && i < b->n ? b->repeats[i] : 0;
 }
 
 size_t mood_board_count(const mood_board *b)

@@ -62,12 +62,14 @@ typedef struct run {
     mood__lora_params *lp;
     mood_rng_torch_cpu *g;
     mood__train_sched sched;
-    mood__train_item *items;
-    float *latents; /* all cached latents, items point into it */
-    int32_t *ids;   /* n x 77 */
-    int32_t *ids2;  /* SDXL: n x 77, text encoder 2's */
-    float *ctx;     /* n x 77 x D, or NULL */
-    float *pooled;  /* SDXL: n x P pooled text embeddings, else NULL */
+    mood__train_item *items;       /* one per board image */
+    mood__train_item *epoch_items; /* with kohya's repeats: image i's item repeats times */
+    mood_board_options bo;         /* the board's options as resolved (size, bucket sizes) */
+    float *latents;                /* all cached latents, items point into it */
+    int32_t *ids;                  /* n x 77 */
+    int32_t *ids2;                 /* SDXL: n x 77, text encoder 2's */
+    float *ctx;                    /* n x 77 x D, or NULL */
+    float *pooled;                 /* SDXL: n x P pooled text embeddings, else NULL */
     mood__train_data data;
     int clip_skip;
     int resolution; /* the board's training resolution */
@@ -98,6 +100,7 @@ static void run_dispose(run *r)
     mood_rng_torch_cpu_free(r->g);
     mood__train_sched_dispose(&r->sched);
     mood_free(r->items);
+    mood_free(r->epoch_items);
     mood_free(r->latents);
     mood_free(r->ids);
     mood_free(r->ids2);
@@ -150,6 +153,8 @@ static int open_model(run *r)
         mood_model_default_size(r->m, &bo.resolution, &h);
     }
     r->resolution = bo.resolution;
+    mood__board_options_resolve(&bo); /* the bucket sizes the board loads with, for the metadata */
+    r->bo = bo;
     if ((err = phase(r, "board", 0, (int64_t)o->n_board)) != 0 ||
         (err = mood_board_load(&r->board, o->board, o->n_board, &bo)) != 0)
         return err;
@@ -464,11 +469,12 @@ static int folder_json(const run *r, const char *key, mood_buf *tags, mood_buf *
 {
     tag_count tc = {0};
     char other[256];
-    int count = 0, err = 0;
+    int count = 0, repeats = 1, err = 0;
     for (size_t j = 0; j < mood_board_count(r->board) && !err; j++) {
         const mood_board_item *it = mood_board_item_at(r->board, j);
         dir_key(other, sizeof other, it->path);
         if (strcmp(key, other) == 0) {
+            repeats = mood__board_repeats(r->board, j); /* a folder's images share theirs */
             count++;
             err = count_caption(&tc, it->caption);
         }
@@ -482,7 +488,8 @@ static int folder_json(const run *r, const char *key, mood_buf *tags, mood_buf *
     }
     err = err ? err : mood_buf_puts(tags, "}");
     err = err ? err : mood_buf_json_string(dirs, key);
-    err = err ? err : mood_buf_printf(dirs, ": {\"n_repeats\": 1, \"img_count\": %d}", count);
+    err = err ? err
+              : mood_buf_printf(dirs, ": {\"n_repeats\": %d, \"img_count\": %d}", repeats, count);
     for (size_t i = 0; i < tc.n; i++)
         mood_free(tc.tag[i]);
     mood_free(tc.tag);
@@ -490,8 +497,9 @@ static int folder_json(const run *r, const char *key, mood_buf *tags, mood_buf *
     return err;
 }
 
-/* ss_tag_frequency {dir: {tag: count}} and ss_dataset_dirs {dir: {"n_repeats": 1,
- * "img_count": n}}, as json.dumps writes them. */
+/* ss_tag_frequency {dir: {tag: count}} (each image's caption once) and ss_dataset_dirs
+ * {dir: {"n_repeats": N of kohya's N_name folder, else 1, "img_count": images}}, as json.dumps
+ * writes them. */
 static int tag_json(const run *r, mood_buf *tags, mood_buf *dirs)
 {
     size_t n = mood_board_count(r->board);
@@ -516,7 +524,8 @@ static int tag_json(const run *r, mood_buf *tags, mood_buf *dirs)
     return err ? err : mood_buf_puts(dirs, "}");
 }
 
-/* Batches per epoch (per size group, ceil(count / batch)) and ss_bucket_info. */
+/* Batches per epoch (per size group, ceil(count / batch)) and ss_bucket_info; an image counts
+ * its repeats (kohya's BucketManager.add_image per repeat). */
 static int bucket_json(const run *r, mood_buf *out, int64_t *batches)
 {
     size_t n = mood_board_count(r->board);
@@ -535,7 +544,8 @@ static int bucket_json(const run *r, mood_buf *out, int64_t *batches)
             continue;
         for (size_t j = i; j < n; j++) {
             const mood_board_item *o = mood_board_item_at(r->board, j);
-            count += o->width == it->width && o->height == it->height;
+            if (o->width == it->width && o->height == it->height)
+                count += mood__board_repeats(r->board, j);
         }
         *batches += (count + r->o->batch - 1) / r->o->batch;
         err = mood_buf_printf(out, "%s\"%d\": {\"resolution\": [%d, %d], \"count\": %d}",
@@ -612,12 +622,15 @@ static void put_data(meta *m, const run *r, const char *tags, const char *dirs, 
 {
     const mood_train_options *o = r->o;
     int res = r->resolution;
-    putf(m, "ss_num_train_images", "%zu", mood_board_count(r->board));
+    size_t images = 0; /* with repeats, as kohya's num_train_images */
+    for (size_t i = 0; i < mood_board_count(r->board); i++)
+        images += (size_t)mood__board_repeats(r->board, i);
+    putf(m, "ss_num_train_images", "%zu", images);
     put(m, "ss_num_reg_images", "0");
     putf(m, "ss_resolution", "(%d, %d)", res, res);
     put(m, "ss_enable_bucket", py_bool(o->board_opts.buckets));
-    putf(m, "ss_min_bucket_reso", "%d", o->board_opts.min_bucket);
-    putf(m, "ss_max_bucket_reso", "%d", o->board_opts.max_bucket);
+    putf(m, "ss_min_bucket_reso", "%d", r->bo.min_bucket);
+    putf(m, "ss_max_bucket_reso", "%d", r->bo.max_bucket);
     put(m, "ss_bucket_no_upscale", "False");
     put(m, "ss_bucket_info", buckets);
     put(m, "ss_tag_frequency", tags);
@@ -727,6 +740,26 @@ static int check_options(const mood_train_options *o)
                    : mood_output_path_check(o->output);
 }
 
+/* The items an epoch goes through: image i's repeats times (kohya's N_name folders), sharing
+ * its cached latents and conditioning as kohya's repeats share an ImageInfo. *n: their count. */
+static int repeat_items(run *r, size_t *n)
+{
+    size_t images = mood_board_count(r->board), k = 0;
+    *n = 0;
+    for (size_t i = 0; i < images; i++)
+        *n += (size_t)mood__board_repeats(r->board, i);
+    r->data.items = r->items;
+    if (*n == images)
+        return 0;
+    if (!(r->epoch_items = mood_calloc(*n, sizeof *r->epoch_items)))
+        return mood_error_nomem();
+    for (size_t i = 0; i < images; i++)
+        for (int j = 0; j < mood__board_repeats(r->board, i); j++)
+            r->epoch_items[k++] = r->items[i];
+    r->data.items = r->epoch_items;
+    return 0;
+}
+
 static int train(run *r)
 {
     const mood_train_options *o;
@@ -747,7 +780,8 @@ static int train(run *r)
     /* full training runs the weights themselves, no side paths */
     if (!r->lp->full && (err = mood__lora_params_attach(r->lp, r->m)) != 0)
         return err;
-    r->data.items = r->items;
+    if ((err = repeat_items(r, &n)) != 0)
+        return err;
     r->data.n = n;
     r->data.flip = o->flip != 0;
     memset(&t, 0, sizeof t);

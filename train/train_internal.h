@@ -1,7 +1,8 @@
 /*
  * train_internal.h: the parts of the trainer shared by the files of train/ (not installed).
  *
- *   dataset.c      mood boards: decode, flatten, buckets, resize + crop, captions
+ *   dataset.c      mood boards: files (kohya's N_name folders), decode, flatten, buckets,
+ *                  resize + crop, captions
  *   resize_stb.c   the one translation unit compiling stb_image_resize
  *   schedule.c     training noise schedule: draws, noisy latents, targets, min-SNR weights
  *   optim.c        AdamW (torch.optim.AdamW), learning-rate schedules, gradient clipping
@@ -40,6 +41,12 @@ int mood__board_bucket(const mood_board_options *o, int w, int h, int *bw, int *
                        int *rh);
 /* A decoded image as packed RGB composited over white (malloc'd), or NULL (out of memory). */
 uint8_t *mood__board_flatten(const mood_image *img);
+/* The bucket sizes a board loads with (o->buckets on): kohya's defaults (256, 1024, 64), which
+ * hold no resolution below 256, scaled to one there (half to twice it, in steps of a quarter);
+ * sizes a caller chose are kept. What ss_min_bucket_reso and ss_max_bucket_reso record. */
+void mood__board_options_resolve(mood_board_options *o);
+/* How many times item i is seen per epoch: N of a kohya N_name folder, else 1 (0: no item i). */
+int mood__board_repeats(const mood_board *b, size_t i);
 
 /* ----- schedule.c ------------------------------------------------------------------------- */
 

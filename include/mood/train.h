@@ -64,8 +64,10 @@ typedef struct mood_board_options {
      * max_bucket in steps of bucket_step, area at most resolution²), each image resized to cover
      * the bucket of the nearest aspect ratio and centre-cropped to it. */
     int buckets;
-    int min_bucket, max_bucket, bucket_step; /* 256, 1024, 64 */
-    const char *trigger;                     /* replaces "{trigger}" in the template; may be NULL */
+    /* 256, 1024, 64 (kohya's); left at those, a resolution below 256 gets half to twice it in
+     * steps of a quarter of it (64: 32 to 128 by 16) */
+    int min_bucket, max_bucket, bucket_step;
+    const char *trigger; /* replaces "{trigger}" in the template; may be NULL */
     /* Caption of an image without a sidecar caption file: "{trigger}, a picture" (without a
      * trigger: "a picture"). */
     const char *caption_template;
@@ -87,7 +89,9 @@ typedef struct mood_board_item {
 typedef struct mood_board mood_board;
 
 /* Loads a board from n paths, each an image file or a folder (whose PNG, JPEG, WebP and BMP
- * files are taken, in name order; other files are ignored). Every image is decoded before
+ * files are taken, in name order; other files are ignored). A folder with no images of its own
+ * but kohya's N_name subfolders (10_mystyle/) gives their images, each N times per epoch in the
+ * trainer; other subfolders are skipped with a warning (mood_log). Every image is decoded before
  * anything else happens; when some cannot be, the one error (MOOD_EFORMAT, or the code of the
  * first failure when all share it) names each of them with its reason. Errors also: MOOD_EINVAL
  * (bad options, no images), MOOD_ENOTFOUND (a path that does not exist), MOOD_ENOMEM. */

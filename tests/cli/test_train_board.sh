@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# test_train_board.sh: how `mood train` reads a board, on mood-tiny (data/mood-tiny, 64 px), a few
+# steps each: --buckets at a resolution below kohya's 256 (its default bucket sizes scale to
+# 32..128 by 16 at 64, so a 5:3 image trains in an 80 x 48 bucket; --resolution is --res); kohya's
+# DreamBooth layout (a folder of N_name subfolders: their images with captions beside them, other
+# subfolders skipped with one warning naming them, also in --json; N repeats per epoch, in
+# ss_dataset_dirs, ss_num_train_images and the buckets as kohya writes them; one thumbnail per
+# image in the style); a folder whose only subfolder is not N_name, and an N_name folder whose N
+# is a date, exit 1 naming the folder; a folder with images of its own and N_name subfolders
+# trains on its images and says the subfolders are not read.
+. "$(dirname "$0")/lib.sh"
+
+export MOOD_HOME=$tmp/home
+SRC=${MOOD_SOURCE:-$FIX/../..}
+MODEL=$SRC/data/mood-tiny
+cd "$tmp"
+py() { python3 -c "$@"; }
+# meta FILE: the LoRA's metadata as a Python dict, for the checks below
+META='import json,struct,sys
+def meta(p):
+    f=open(p,"rb"); n,=struct.unpack("<Q",f.read(8)); return json.loads(f.read(n))["__metadata__"]
+'
+
+# --buckets at mood-tiny's own 64 px (was: "bucket sizes: min 256, max 1024, step 64 do not fit")
+mkdir board
+cp "$FIX/train/board/"* board/
+expect_rc 0 "--buckets at the model's 64 px" "$MOOD" train --name b64 --board board --model "$MODEL" \
+    --buckets --steps 2 --rank 4 --no-register
+check "buckets of 16 px steps: e.png (150 x 90) in 80 x 48" py "$META"'
+m=meta("b64.safetensors"); b=json.loads(m["ss_bucket_info"])["buckets"]
+assert m["ss_enable_bucket"]=="True" and m["ss_resolution"]=="(64, 64)", m
+assert m["ss_min_bucket_reso"]=="32" and m["ss_max_bucket_reso"]=="128", m
+assert sorted(tuple(v["resolution"]) for v in b.values())==[(64, 64), (80, 48)], b
+assert sum(v["count"] for v in b.values())==4, b'
+expect_rc 0 "--buckets --resolution 64 (kohya's name)" "$MOOD" train --name r64 --board board \
+    --model "$MODEL" --buckets --resolution 64 --steps 1 --rank 4 --no-register
+check "trained at 64" py "$META"'
+m=meta("r64.safetensors"); assert m["ss_resolution"]=="(64, 64)" and m["ss_enable_bucket"]=="True", m'
+
+# kohya's layout: train/2_a/ (two images, one caption), train/1_b/ (one image), train/notes/
+mkdir -p kohya/2_a kohya/1_b kohya/notes kohya/.cache
+cp "$FIX/train/board/a.png" "$FIX/train/board/a.txt" "$FIX/train/board/e.png" kohya/2_a/
+cp "$FIX/train/board/d.bmp" kohya/1_b/
+echo "blue square" >kohya/1_b/d.txt
+cp "$FIX/train/board/c.webp" kohya/notes/
+expect_rc 0 "train on kohya's N_name folders" "$MOOD" train --name kstyle --board kohya \
+    --model "$MODEL" --steps 2 --rank 4 --checkpoint-every 2 --json
+check "warns once of the folder it skipped" test "$(grep -c 'skipped kohya/notes/: not named' "$tmp/err")" -eq 1
+check "no warning of hidden folders" sh -c '! grep -q "\.cache" "$1"' _ "$tmp/err"
+check "--json lists the warning" py '
+import json,sys; d=json.load(open(sys.argv[1])); w=d["warnings"]
+assert len(w)==1 and "kohya/notes/" in w[0] and "N_name" in w[0], w' "$tmp/out"
+check "the images of 1_b and 2_a, with their captions and repeats" py "$META"'
+m=meta("kstyle.safetensors")
+d=json.loads(m["ss_dataset_dirs"]); t=json.loads(m["ss_tag_frequency"])
+assert d=={"1_b": {"n_repeats": 1, "img_count": 1}, "2_a": {"n_repeats": 2, "img_count": 2}}, d
+assert m["ss_num_train_images"]=="5" and m["ss_num_batches_per_epoch"]=="5", m
+assert json.loads(m["ss_bucket_info"])["buckets"]["0"]["count"]==5, m["ss_bucket_info"]
+assert t["1_b"]=={"blue square": 1} and t["2_a"]["red fox"]==1 and t["2_a"]["kstyle"]==1, t'
+check "an epoch goes through 5 items" py "$META"'
+m=meta("kstyle.checkpoint.safetensors"); assert m["mood.train.images"]=="5", m'
+expect_rc 0 "show the style" "$MOOD" show kstyle --json
+check "one thumbnail per image" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [x["name"] for x in d["board"]]==["d.bmp","a.png","e.png"], d["board"]' "$tmp/out"
+
+mkdir -p flat/photos
+cp "$FIX/train/board/a.png" flat/photos/
+expect_rc 1 "a folder whose only subfolder is not N_name" "$MOOD" train --name flat --board flat \
+    --model "$MODEL" --steps 1 --no-register
+check "names the folder and the layout" grep -q "flat/photos/: not named as kohya's N_name" "$tmp/err"
+check "says there are no images" grep -q "flat: no images" "$tmp/err"
+mkdir -p dated/20240101_trip
+cp "$FIX/train/board/a.png" dated/20240101_trip/
+expect_rc 1 "an N_name folder whose N is a date" "$MOOD" train --name dated --board dated \
+    --model "$MODEL" --steps 1 --no-register
+check "names it" grep -q "dated/20240101_trip/: 20240101 repeats per epoch" "$tmp/err"
+check "nothing written" test ! -e flat.safetensors -a ! -e dated.safetensors
+# images of its own and N_name subfolders: the images are the board, the subfolders are named
+mkdir -p mixed/3_more
+cp "$FIX/train/board/a.png" mixed/
+cp "$FIX/train/board/e.png" mixed/3_more/
+expect_rc 0 "a folder with images and N_name subfolders" "$MOOD" train --name mixed --board mixed \
+    --model "$MODEL" --steps 1 --rank 4 --no-register
+check "says the N_name subfolders are not read" grep -q "mixed/ has images of its own, so its kohya N_name subfolders (3_more/, ...) are not read" "$tmp/err"
+finish
