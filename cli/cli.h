@@ -76,6 +76,27 @@ extern mood_device cli_device;
 /* Parses a double strictly; returns 0 on success. */
 int cli_parse_double(const char *s, double *out);
 int cli_parse_int(const char *s, long *out);
+/* A whole number from 0 to 2^64-1, digits only (no sign, no spaces). 0 or -1. */
+int cli_parse_u64(const char *s, uint64_t *out);
+
+/* A numeric option of a command: where its value goes and what it takes. Whole numbers fit in a
+ * long, except CLI_NUM_U64's (0 to 2^64-1, lo and hi not used); the bounds are inclusive unless
+ * marked open. */
+typedef enum { CLI_NUM_INT, CLI_NUM_I64, CLI_NUM_U64, CLI_NUM_REAL } cli_num_kind;
+typedef struct cli_num_opt {
+    const char *name;
+    cli_num_kind kind;
+    void *dst;     /* int, int64_t, uint64_t or double, as kind says */
+    double lo, hi; /* the range */
+    int lo_open, hi_open;
+    int multiple;        /* the value is a multiple of this (0: any) */
+    int *given, *given2; /* set to 1 when the option is given (may be NULL) */
+    const char *says;    /* what it takes, for the error */
+} cli_num_opt;
+/* Option s with value v, looked up in the table t of count options: 0 stored, 1 a bad value
+ * (reported for cmd, saying what the option takes), -1 not an option of the table. */
+int cli_parse_number(const char *cmd, const cli_num_opt *t, size_t count, const char *s,
+                     const char *v);
 
 extern const cli_command cli_commands[];
 

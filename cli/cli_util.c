@@ -147,6 +147,20 @@ int cli_parse_int(const char *s, long *out)
     return 0;
 }
 
+int cli_parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    if (!s || *s < '0' || *s > '9') /* strtoull would take "-1" as 2^64-1 */
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
 int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1, double *w2,
                        int *has_w2)
 {
@@ -229,6 +243,47 @@ int cli_output_check(const char *out, const cli_adapters *adapters, const char *
     err = mood_output_path_check_inputs(out, inputs, k);
     free(inputs);
     return err ? cli_fail(err) : 0;
+}
+
+/* Whether v is a valid value of option t: *n holds it for whole numbers (exact, as a seed needs),
+ * *d for the rest. */
+static int num_ok(const cli_num_opt *t, const char *v, long *n, uint64_t *u, double *d)
+{
+    if (t->kind == CLI_NUM_U64) /* the whole range, as torch.manual_seed and ComfyUI take */
+        return cli_parse_u64(v, u) == 0;
+    if (t->kind == CLI_NUM_REAL ? cli_parse_double(v, d) != 0 : cli_parse_int(v, n) != 0)
+        return 0;
+    double x = t->kind == CLI_NUM_REAL ? *d : (double)*n;
+    return (t->lo_open ? x > t->lo : x >= t->lo) && (t->hi_open ? x < t->hi : x <= t->hi) &&
+           (!t->multiple || *n % t->multiple == 0);
+}
+
+int cli_parse_number(const char *cmd, const cli_num_opt *t, size_t count, const char *s,
+                     const char *v)
+{
+    double d = 0;
+    long n = 0;
+    uint64_t u = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(s, t[i].name) != 0)
+            continue;
+        if (!num_ok(&t[i], v, &n, &u, &d))
+            return cli_usage_error(cmd, "%s %s: takes %s", s, v, t[i].says);
+        if (t[i].kind == CLI_NUM_INT)
+            *(int *)t[i].dst = (int)n;
+        else if (t[i].kind == CLI_NUM_I64)
+            *(int64_t *)t[i].dst = (int64_t)n;
+        else if (t[i].kind == CLI_NUM_U64)
+            *(uint64_t *)t[i].dst = u;
+        else
+            *(double *)t[i].dst = d;
+        if (t[i].given)
+            *t[i].given = 1;
+        if (t[i].given2)
+            *t[i].given2 = 1;
+        return 0;
+    }
+    return -1;
 }
 
 int cli_parse_dtype(mood_dtype *out, const char *s)

@@ -35,7 +35,8 @@ const char cmd_gen_help[] =
     "  --cfg X               classifier-free guidance scale (default 7)\n"
     "  --sampler NAME        euler, euler_a (default), dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde,\n"
     "                        ddim, lcm; A1111 names work too (\"DPM++ 2M Karras\")\n"
-    "  --seed N              the seed (default: random; printed and stored in the PNG)\n"
+    "  --seed N              the seed, 0 to 2^64-1 (default, or -1: random; printed and\n"
+    "                        stored in the PNG)\n"
     "  --size WxH            image size, multiples of 8 (4 for mood-tiny); default: the\n"
     "                        model's training size (512x512 for SD1, 1024x1024 for SDXL,\n"
     "                        64x64 for mood-tiny)\n"
@@ -98,10 +99,38 @@ static int add_style_arg(gen_args *a, const char *arg)
     return 0;
 }
 
+/* gen's numeric options; the ranges are mood_generate's, said here by option name. */
+static size_t num_opts(gen_args *a, cli_num_opt *t)
+{
+    mood_gen_options *o = &a->opts;
+    cli_num_opt list[] = {
+        {"--steps", CLI_NUM_INT, &o->steps, 1, 1000, 0, 0, 0, &a->set.steps, NULL, "1 to 1000"},
+        {"--batch", CLI_NUM_INT, &o->batch, 1, 64, 0, 0, 0, NULL, NULL, "1 to 64"},
+        {"--clip-skip", CLI_NUM_INT, &o->clip_skip, 1, 12, 0, 0, 0, &a->set.clip_skip, NULL,
+         "1 to 12"},
+        {"--preview-every", CLI_NUM_INT, &a->preview_every, 1, 1000, 0, 0, 0, NULL, NULL,
+         "a number of steps, 1 to 1000"},
+        {"--cfg", CLI_NUM_REAL, &o->cfg, 0, 100, 0, 0, 0, &a->set.cfg, NULL, "a number, 0 to 100"},
+        {"--seed", CLI_NUM_U64, &a->seed, 0, 0, 0, 0, 0, &a->set.seed, NULL,
+         "a whole number from 0 to 18446744073709551615, or -1 for a random one"},
+    };
+    memcpy(t, list, sizeof list);
+    return sizeof list / sizeof list[0];
+}
+
 /* One option with a value; returns 0, 1 (usage error) or -1 (not this option). */
 static int parse_valued(gen_args *a, const char *s, const char *v)
 {
-    long n;
+    cli_num_opt t[8];
+    int rc;
+    if (strcmp(s, "--seed") == 0 && strcmp(v, "-1") == 0) { /* A1111's "random" */
+        a->seed_random = 1, a->set.seed = 1;
+        return 0;
+    }
+    if ((rc = cli_parse_number("gen", t, num_opts(a, t), s, v)) >= 0) {
+        a->seed_random &= strcmp(s, "--seed") != 0;
+        return rc;
+    }
     if (strcmp(s, "--model") == 0)
         a->model = v;
     else if (strcmp(s, "--negative") == 0)
@@ -114,18 +143,6 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
         return add_style_arg(a, v);
     else if (strcmp(s, "--lora") == 0)
         return cli_adapters_add(&a->loras, v);
-    else if (strcmp(s, "--steps") == 0 && cli_parse_int(v, &n) == 0)
-        a->opts.steps = (int)n, a->set.steps = 1;
-    else if (strcmp(s, "--batch") == 0 && cli_parse_int(v, &n) == 0)
-        a->opts.batch = (int)n;
-    else if (strcmp(s, "--clip-skip") == 0 && cli_parse_int(v, &n) == 0)
-        a->opts.clip_skip = (int)n, a->set.clip_skip = 1;
-    else if (strcmp(s, "--preview-every") == 0 && cli_parse_int(v, &n) == 0 && n > 0)
-        a->preview_every = (int)n;
-    else if (strcmp(s, "--cfg") == 0 && cli_parse_double(v, &a->opts.cfg) == 0)
-        a->set.cfg = 1;
-    else if (strcmp(s, "--seed") == 0 && cli_parse_int(v, &n) == 0)
-        a->seed = n, a->set.seed = 1;
     else if (strcmp(s, "--size") == 0 && parse_size(v, &a->opts.width, &a->opts.height) == 0)
         a->set.size = 1;
     else if (strcmp(s, "--sampler") == 0 &&
@@ -145,10 +162,8 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
         a->prediction = MOOD_PRED_V;
     else if (strcmp(s, "--prediction") == 0 && strcmp(v, "sample") == 0)
         a->prediction = MOOD_PRED_SAMPLE;
-    else if (strcmp(s, "--model") && strcmp(s, "--steps") && strcmp(s, "--batch") &&
-             strcmp(s, "--clip-skip") && strcmp(s, "--cfg") && strcmp(s, "--seed") &&
-             strcmp(s, "--size") && strcmp(s, "--rng") && strcmp(s, "--lora-mode") &&
-             strcmp(s, "--prediction") && strcmp(s, "--preview-every"))
+    else if (strcmp(s, "--model") && strcmp(s, "--size") && strcmp(s, "--rng") &&
+             strcmp(s, "--lora-mode") && strcmp(s, "--prediction"))
         return -1;
     else
         return cli_usage_error("gen", "%s %s: not a valid value", s, v);
@@ -308,7 +323,7 @@ static int generate(gen_run *r)
     mood_gen_options *o = &r->args.opts;
     o->prompt = r->styles.prompt;
     o->negative = r->styles.negative;
-    o->seed = r->args.set.seed && r->args.seed >= 0 ? (uint64_t)r->args.seed : random_seed();
+    o->seed = r->args.set.seed && !r->args.seed_random ? r->args.seed : random_seed();
     o->progress = cli_progress;
     if (r->args.preview_every) {
         o->preview = gen_write_preview;
@@ -345,7 +360,6 @@ int cmd_gen(int argc, char **argv)
     mood_gen_options_init(&r.args.opts);
     r.args.opts.width = r.args.opts.height = 0; /* the model's own size unless --size says */
     r.args.prediction = -1;
-    r.args.seed = -1;
     r.args.keep_index = -1;
     if ((rc = parse_args(&r.args, argc, argv)) == 0 && r.args.from_png)
         rc = gen_apply_png(&r.args);

@@ -18,8 +18,9 @@ typedef struct gen_args {
     cli_adapters loras;
     mood_gen_options opts;
     mood_lora_mode mode;
-    long seed;      /* -1: random */
-    int prediction; /* -1: the model's */
+    uint64_t seed;   /* when set.seed and not seed_random */
+    int seed_random; /* --seed -1 (A1111's "random"), also over --from-png's seed */
+    int prediction;  /* -1: the model's */
     int preview_every;
     int json;
     int keep_index; /* >= 0: write only this image of the batch (--from-png of a batch image) */

@@ -68,6 +68,14 @@ static int set_num(mood_params *p, const char *key, const char *fmt, double v)
     return mood_params_set(p, key, buf);
 }
 
+/* Exact: a seed past 2^53 would change as a double, and the image with it. */
+static int set_seed(mood_params *p, uint64_t seed)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)seed);
+    return mood_params_set(p, "Seed", buf);
+}
+
 /* The prompt with one <lora:NAME:W[:W_TE]> tag per adapter. */
 static char *tagged_prompt(const gen_run *r)
 {
@@ -106,7 +114,7 @@ int gen_params_fill(mood_params *p, const mood_gen_options *o, const mood_model 
     if (!err)
         err = set_num(p, "CFG scale", "%g", o->cfg);
     if (!err)
-        err = set_num(p, "Seed", "%.0f", (double)seed);
+        err = set_seed(p, seed);
     if (!err)
         err = mood_params_set(p, "Size", size);
     if (!err && (err = mood_model_short_hash(model, hash)) == 0)
@@ -169,10 +177,12 @@ static int write_one(gen_run *r, int i, cJSON *list)
     if (!err && list) {
         cJSON *e = cJSON_CreateObject();
         cJSON_AddStringToObject(e, "path", path);
-        cJSON_AddNumberToObject(e, "seed",
-                                (double)(o->rng == MOOD_RNG_TORCH_CPU && o->batch > 1
-                                             ? o->seed
-                                             : o->seed + (uint64_t)i));
+        char seed[24]; /* a raw number: exact past 2^53, where a double is not */
+        snprintf(seed, sizeof seed, "%llu",
+                 (unsigned long long)(o->rng == MOOD_RNG_TORCH_CPU && o->batch > 1
+                                          ? o->seed
+                                          : o->seed + (uint64_t)i));
+        cJSON_AddRawToObject(e, "seed", seed);
         cJSON_AddStringToObject(e, "parameters", text);
         cJSON_AddItemToArray(list, e);
     } else if (!err) {
@@ -280,7 +290,7 @@ static void png_fill(gen_args *a, const mood_params *p)
     if (!a->set.cfg && !isnan(p->cfg_scale))
         a->opts.cfg = p->cfg_scale;
     if (!a->set.seed && p->has_seed)
-        a->seed = (long)p->seed, a->set.seed = 1;
+        a->seed = p->seed, a->set.seed = 1;
     if (!a->set.size && p->width > 0 && p->height > 0)
         a->opts.width = p->width, a->opts.height = p->height;
     if (!a->set.clip_skip && p->clip_skip > 0)

@@ -196,55 +196,42 @@ static int add_board(train_args *a, const char *path)
     return 0;
 }
 
-/* A numeric option: where it goes and what it takes. Whole numbers (NUM_INT) fit in a long;
- * bounds are inclusive unless marked open. */
-typedef enum { NUM_INT, NUM_I64, NUM_U64, NUM_REAL } num_kind;
-typedef struct num_opt {
-    const char *name;
-    num_kind kind;
-    void *dst;     /* int, int64_t, uint64_t or double, as kind says */
-    double lo, hi; /* the range */
-    int lo_open, hi_open;
-    int multiple;        /* the value is a multiple of this (0: any) */
-    int *given, *given2; /* set to 1 when the option is given (may be NULL) */
-    const char *says;    /* what it takes, for the error */
-} num_opt;
-
 /* The table of train's numeric options (built per call: the destinations are a's fields). */
-static size_t num_opts(train_args *a, num_opt *t)
+static size_t num_opts(train_args *a, cli_num_opt *t)
 {
     mood_train_options *o = &a->o;
     const double big = 1e15;
-    num_opt list[] = {
-        {"--steps", NUM_I64, &o->steps, 1, big, 0, 0, 0, NULL, NULL, "a whole number >= 1"},
-        {"--rank", NUM_INT, &o->rank, 1, 1024, 0, 0, 0, NULL, NULL, "1 to 1024"},
-        {"--alpha", NUM_REAL, &o->alpha, 0, big, 1, 0, 0, NULL, NULL, "a number > 0"},
-        {"--lr", NUM_REAL, &o->lr, 0, big, 1, 0, 0, NULL, NULL, "a number > 0"},
-        {"--te-lr", NUM_REAL, &o->te_lr, 0, big, 0, 0, 0, NULL, NULL, "a number >= 0"},
-        {"--batch", NUM_INT, &o->batch, 1, 64, 0, 0, 0, NULL, NULL, "1 to 64"},
-        {"--accum", NUM_INT, &o->accum, 1, 1024, 0, 0, 0, NULL, NULL, "1 to 1024"},
-        {"--res", NUM_INT, &o->board_opts.resolution, 64, 2048, 0, 0, 64, NULL, NULL,
+    cli_num_opt list[] = {
+        {"--steps", CLI_NUM_I64, &o->steps, 1, big, 0, 0, 0, NULL, NULL, "a whole number >= 1"},
+        {"--rank", CLI_NUM_INT, &o->rank, 1, 1024, 0, 0, 0, NULL, NULL, "1 to 1024"},
+        {"--alpha", CLI_NUM_REAL, &o->alpha, 0, big, 1, 0, 0, NULL, NULL, "a number > 0"},
+        {"--lr", CLI_NUM_REAL, &o->lr, 0, big, 1, 0, 0, NULL, NULL, "a number > 0"},
+        {"--te-lr", CLI_NUM_REAL, &o->te_lr, 0, big, 0, 0, 0, NULL, NULL, "a number >= 0"},
+        {"--batch", CLI_NUM_INT, &o->batch, 1, 64, 0, 0, 0, NULL, NULL, "1 to 64"},
+        {"--accum", CLI_NUM_INT, &o->accum, 1, 1024, 0, 0, 0, NULL, NULL, "1 to 1024"},
+        {"--res", CLI_NUM_INT, &o->board_opts.resolution, 64, 2048, 0, 0, 64, NULL, NULL,
          "64 to 2048, a multiple of 64"},
-        {"--resolution", NUM_INT, &o->board_opts.resolution, 64, 2048, 0, 0, 64, NULL, NULL,
+        {"--resolution", CLI_NUM_INT, &o->board_opts.resolution, 64, 2048, 0, 0, 64, NULL, NULL,
          "64 to 2048, a multiple of 64"}, /* kohya's name */
-        {"--warmup", NUM_I64, &o->warmup, 0, big, 0, 0, 0, NULL, NULL, "a whole number >= 0"},
-        {"--min-snr", NUM_REAL, &o->min_snr_gamma, 0, big, 0, 0, 0, NULL, NULL, "a number >= 0"},
-        {"--noise-offset", NUM_REAL, &o->noise_offset, 0, 1, 0, 1, 0, NULL, NULL,
+        {"--warmup", CLI_NUM_I64, &o->warmup, 0, big, 0, 0, 0, NULL, NULL, "a whole number >= 0"},
+        {"--min-snr", CLI_NUM_REAL, &o->min_snr_gamma, 0, big, 0, 0, 0, NULL, NULL,
+         "a number >= 0"},
+        {"--noise-offset", CLI_NUM_REAL, &o->noise_offset, 0, 1, 0, 1, 0, NULL, NULL,
          "from 0 up to (not including) 1"},
-        {"--ip-noise-gamma", NUM_REAL, &o->ip_noise_gamma, 0, 1, 0, 1, 0, NULL, NULL,
+        {"--ip-noise-gamma", CLI_NUM_REAL, &o->ip_noise_gamma, 0, 1, 0, 1, 0, NULL, NULL,
          "from 0 up to (not including) 1"},
-        {"--min-timestep", NUM_INT, &o->min_timestep, 0, 99999, 0, 0, 0, NULL, NULL,
+        {"--min-timestep", CLI_NUM_INT, &o->min_timestep, 0, 99999, 0, 0, 0, NULL, NULL,
          "a timestep, 0 to 999 for SD's schedules"},
-        {"--max-timestep", NUM_INT, &o->max_timestep, 1, 100000, 0, 0, 0, NULL, NULL,
+        {"--max-timestep", CLI_NUM_INT, &o->max_timestep, 1, 100000, 0, 0, 0, NULL, NULL,
          "a timestep, 1 to 1000 for SD's schedules"},
-        {"--seed", NUM_U64, &o->seed, 0, 1e19, 0, 0, 0, NULL, NULL, "a whole number >= 0"},
-        {"--sample-every", NUM_INT, &o->sample_every, 0, INT_MAX, 0, 0, 0, &a->sample_every_set,
+        {"--seed", CLI_NUM_U64, &o->seed, 0, 1e19, 0, 0, 0, NULL, NULL, "a whole number >= 0"},
+        {"--sample-every", CLI_NUM_INT, &o->sample_every, 0, INT_MAX, 0, 0, 0, &a->sample_every_set,
          &a->sample_asked, "a number of steps >= 0 (0: off)"},
-        {"--sample-steps", NUM_INT, &o->sample_steps, 1, 1000, 0, 0, 0, &a->sample_asked, NULL,
+        {"--sample-steps", CLI_NUM_INT, &o->sample_steps, 1, 1000, 0, 0, 0, &a->sample_asked, NULL,
          "1 to 1000"},
-        {"--caption-dropout", NUM_REAL, &o->caption_dropout, 0, 1, 0, 1, 0, NULL, NULL,
+        {"--caption-dropout", CLI_NUM_REAL, &o->caption_dropout, 0, 1, 0, 1, 0, NULL, NULL,
          "from 0 up to (not including) 1"},
-        {"--checkpoint-every", NUM_INT, &o->checkpoint_every, 0, INT_MAX, 0, 0, 0,
+        {"--checkpoint-every", CLI_NUM_INT, &o->checkpoint_every, 0, INT_MAX, 0, 0, 0,
          &a->checkpoint_every_set, NULL, "a number of steps >= 0 (0: only when stopped)"},
     };
     memcpy(t, list, sizeof list);
@@ -253,44 +240,11 @@ static size_t num_opts(train_args *a, num_opt *t)
 
 #define MAX_NUM_OPTS 32
 
-/* Whether v is a valid value of option t: *n holds it for whole numbers (exact, as a seed needs),
- * *d for the rest. */
-static int num_ok(const num_opt *t, const char *v, long *n, double *d)
-{
-    if (t->kind == NUM_REAL ? cli_parse_double(v, d) != 0 : cli_parse_int(v, n) != 0)
-        return 0;
-    double x = t->kind == NUM_REAL ? *d : (double)*n;
-    return (t->lo_open ? x > t->lo : x >= t->lo) && (t->hi_open ? x < t->hi : x <= t->hi) &&
-           (!t->multiple || *n % t->multiple == 0);
-}
-
 /* Options with a number; returns 0, 1 (bad value) or -1 (not one of them). */
 static int parse_number(train_args *a, const char *s, const char *v)
 {
-    num_opt t[MAX_NUM_OPTS];
-    size_t count = num_opts(a, t);
-    double d = 0;
-    long n = 0;
-    for (size_t i = 0; i < count; i++) {
-        if (strcmp(s, t[i].name) != 0)
-            continue;
-        if (!num_ok(&t[i], v, &n, &d))
-            return cli_usage_error("train", "%s %s: takes %s", s, v, t[i].says);
-        if (t[i].kind == NUM_INT)
-            *(int *)t[i].dst = (int)n;
-        else if (t[i].kind == NUM_I64)
-            *(int64_t *)t[i].dst = (int64_t)n;
-        else if (t[i].kind == NUM_U64)
-            *(uint64_t *)t[i].dst = (uint64_t)n;
-        else
-            *(double *)t[i].dst = d;
-        if (t[i].given)
-            *t[i].given = 1;
-        if (t[i].given2)
-            *t[i].given2 = 1;
-        return 0;
-    }
-    return -1;
+    cli_num_opt t[MAX_NUM_OPTS];
+    return cli_parse_number("train", t, num_opts(a, t), s, v);
 }
 
 static int add_prompt(train_args *a, const char *prompt)

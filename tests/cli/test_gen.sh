@@ -2,7 +2,7 @@
 # test_gen.sh: `mood gen` end to end on the tiny diffusers pipeline of tests/fixtures/pipeline
 # (made by tools/make_fixtures_pipeline.py with diffusers): the image equals diffusers' decoded
 # image byte for byte, the PNG carries A1111 parameters that PIL reads, --from-png regenerates
-# the same bytes, styles from a registry under $tmp apply (inline tags, --style, templates and
+# the same bytes (also with the largest seed, 2^64-1), styles from a registry under $tmp apply (inline tags, --style, templates and
 # trigger words), merge and runtime LoRA modes agree, an SDXL LoRA is refused, bad options fail
 # with exit 1 and a missing model with exit 2; an SDXL folder (with an SGM LoRA) and Playground
 # v2.5 generate.
@@ -83,6 +83,21 @@ check "same bytes" cmp -s "$tmp/a.png" "$tmp/b.png"
 expect_rc 0 "from-png with an override" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" \
     --seed 7 -o "$tmp/c.png"
 check "override changes the image" bash -c "! cmp -s '$tmp/a.png' '$tmp/c.png'"
+# a seed past 2^53 (ComfyUI's go to 2^64-1) is stored exactly, so it reproduces too
+expect_rc 0 "the largest seed" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 18446744073709551615 \
+    -o "$tmp/big.png" --json
+check "exact in --json and the PNG" py '
+import json,sys; d=json.load(open(sys.argv[1])); im=d["images"][0]
+assert im["seed"]==18446744073709551615 and "Seed: 18446744073709551615," in im["parameters"], im' "$tmp/out"
+expect_rc 0 "gen --from-png of it" "$MOOD" gen --from-png "$tmp/big.png" --model "$MODEL" -o "$tmp/big2.png"
+check "same bytes (largest seed)" cmp -s "$tmp/big.png" "$tmp/big2.png"
+expect_rc 0 "--seed -1 over a PNG's seed: random" "$MOOD" gen --from-png "$tmp/big.png" \
+    --model "$MODEL" --seed -1 -o "$tmp/big3.png"
+check "a new seed" bash -c "! grep -q 'seed 18446744073709551615' '$tmp/err'"
+expect_rc 1 "a negative seed other than -1" "$MOOD" gen "$PROMPT" "${common[@]}" --seed -5
+check "says what --seed takes" grep -q -- "--seed -5: takes a whole number from 0 to 18446744073709551615, or -1" "$tmp/err"
+expect_rc 1 "a CFG that is not a number" "$MOOD" gen "$PROMPT" "${common[@]}" --cfg nan
+check "says what --cfg takes" grep -q -- "--cfg nan: takes a number, 0 to 100" "$tmp/err"
 
 # ----- batch and json
 expect_rc 0 "batch 2 --json" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 5 --batch 2 -o "$tmp/batch.png" --json
