@@ -13,6 +13,9 @@ unset CIVITAI_TOKEN MOOD_CIVITAI_URL
 fails=0
 passes=0
 
+# py CODE ARGS...: runs a Python snippet (the checks' reader of JSON, PNG and safetensors files)
+py() { python3 -c "$@"; }
+
 # fail MESSAGE: records a failed check.
 fail() {
     echo "FAIL: $*" >&2

@@ -11,7 +11,6 @@
 
 export MOOD_HOME=$tmp/home
 L=$FIX/lycoris
-py() { python3 -c "$@"; }
 
 # blob_of STYLE: the stored file of the style's first LoRA
 blob_of() {

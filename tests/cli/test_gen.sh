@@ -12,7 +12,6 @@ export MOOD_HOME=$tmp/home
 P=$FIX/pipeline
 MODEL=$P/tiny-sd
 PROMPT="a lighthouse at dusk, oil painting"
-py() { python3 -c "$@"; }
 VENV_PY=${MOOD_SOURCE:-$(dirname "$0")/../..}/tools/.venv/bin/python
 common=(--model "$MODEL" --size 64x64 --steps 8 --cfg 7.5)
 # pixels.py A B MAXDIFF: the RGB pixels of two 8-bit PNGs differ by at most MAXDIFF (a minimal

@@ -22,7 +22,6 @@ echo 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60
 printf 'not really a png' >"$lib/film-grain.preview.png"
 echo "readme" >"$lib/README.md"
 echo "stray" >"$lib/notes.xyz"
-py() { python3 -c "$@"; }
 
 # ----- import
 expect_rc 0 "import a folder" "$MOOD" import "$lib" --json

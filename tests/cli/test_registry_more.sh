@@ -16,7 +16,6 @@ lib=$tmp/loras
 mkdir -p "$lib"
 cp "$FIX/kohya/sd1_lora.safetensors" "$FIX/kohya/sdxl_lora.safetensors" "$FIX/kohya/sd2_locon.safetensors" \
     "$FIX/lycoris/lokr.safetensors" "$FIX/lycoris/ia3.safetensors" "$lib/"
-py() { python3 -c "$@"; }
 esc=$(printf '\033') bel=$(printf '\007') csi=$(printf '\302\233')
 # raw_free FILE: passes when FILE holds no ESC, BEL or C1 CSI (U+009B) byte sequence.
 raw_free() {

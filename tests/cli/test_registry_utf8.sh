@@ -108,7 +108,7 @@ check "inspect --json escapes them" escaped_json "$tmp/out" metadata
 # a person's terminal gets them visible too (\uNNNN)
 expect_rc 0 "inspect" "$MOOD" inspect --no-hash "$u8/c1.safetensors"
 check "inspect shows U+2028/9 escaped" grep -q 'out\\u0085put\\u009b\\u2028x\\u2029y' "$tmp/out"
-check "no raw U+2028 in human output" python3 -c 'import sys; assert "\u2028" not in open(sys.argv[1], encoding="utf-8").read()' "$tmp/out"
+check "no raw U+2028 in human output" py 'import sys; assert "\u2028" not in open(sys.argv[1], encoding="utf-8").read()' "$tmp/out"
 expect_rc 0 "rm it" "$MOOD" rm c1
 
 # ----- a pack made of it: its manifest is valid JSON too

@@ -18,7 +18,6 @@ cd "$tmp"
 mkdir board
 cp "$FIX/train/board/"* board/
 cp "$FIX/train/bad/good1.png" board/
-py() { python3 -c "$@"; }
 
 expect_rc 0 "train" "$MOOD" train --name tinyink --board board --model "$MODEL" --res 64 \
     --steps 12 --rank 4 --alpha 2 --trigger tinyink --sample-every 6 --sample-steps 2 --json

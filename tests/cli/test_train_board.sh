@@ -14,7 +14,6 @@ export MOOD_HOME=$tmp/home
 SRC=${MOOD_SOURCE:-$FIX/../..}
 MODEL=$SRC/data/mood-tiny
 cd "$tmp"
-py() { python3 -c "$@"; }
 # meta FILE: the LoRA's metadata as a Python dict, for the checks below
 META='import json,struct,sys
 def meta(p):

@@ -14,7 +14,6 @@ MODEL=$FIX/sdxl/tiny-sdxl
 cd "$tmp"
 mkdir board
 cp "$FIX/train/board/"* board/
-py() { python3 -c "$@"; }
 meta='
 import json,struct,sys
 def meta(path):
