@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -352,6 +353,21 @@ static void run_dispose(gen_run *r)
     gen_from_png_dispose(&r->args);
 }
 
+/* -o names a PNG: the parameters travel in a PNG text chunk, and x.jpg holding PNG bytes would
+ * mislead every program that trusts the name. */
+static int check_output(const char *path)
+{
+    const char *slash = strrchr(path, '/'), *dot = strrchr(slash ? slash : path, '.');
+    int err;
+    if (!dot || strcasecmp(dot, ".png") != 0)
+        return cli_usage_error("gen",
+                               "-o %s: mood writes PNG images (with A1111's parameters in "
+                               "them); give a name ending in .png",
+                               path);
+    err = mood_output_path_check(path);
+    return err ? cli_fail(err) : 0;
+}
+
 int cmd_gen(int argc, char **argv)
 {
     gen_run r;
@@ -363,10 +379,8 @@ int cmd_gen(int argc, char **argv)
     r.args.keep_index = -1;
     if ((rc = parse_args(&r.args, argc, argv)) == 0 && r.args.from_png)
         rc = gen_apply_png(&r.args);
-    if (rc == 0 && r.args.output) { /* before the model loads and the images are made */
-        int err = mood_output_path_check(r.args.output);
-        rc = err ? cli_fail(err) : 0;
-    }
+    if (rc == 0 && r.args.output) /* before the model loads and the images are made */
+        rc = check_output(r.args.output);
     if (rc == 0 && (rc = resolve_styles(&r)) == 0 && (rc = load_model(&r)) == 0 &&
         (rc = apply_styles(&r)) == 0 && (rc = generate(&r)) == 0)
         rc = gen_write_outputs(&r);

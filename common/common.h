@@ -93,6 +93,11 @@ typedef struct mood_atomic_file {
     char *path;
 } mood_atomic_file;
 
+/* The file a write to path replaces (malloc'd into *out): path, or the regular file its symbolic
+ * link leads to. MOOD_EINVAL when that exists and is not a regular file (a device, a FIFO, a
+ * folder), MOOD_ENOTFOUND for a link to nothing. */
+int mood_output_target(char **out, const char *path);
+/* Opens a write to the file mood_output_target names. */
 int mood_atomic_open(mood_atomic_file *af, const char *path);
 /* fwrite with an error that names the destination (disk full, ...). */
 int mood_atomic_write(mood_atomic_file *af, const void *data, size_t n);

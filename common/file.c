@@ -6,9 +6,11 @@
  * would be read forever.
  *
  * Atomic writes create "<dir>/.<name>.tmp-<pid>-<n>" with O_EXCL beside the destination, fsync it,
- * rename it over the destination and fsync the directory. Temporary paths in flight are kept in a
- * small table so that a signal handler (Ctrl-C) can remove them with mood_atomic_cleanup_all():
- * no partial file is ever left under either name.
+ * rename it over the destination and fsync the directory. A destination that is a symbolic link
+ * is written through (its target replaced, the link kept); one that is a device, a FIFO or a
+ * socket is refused: the rename would replace /dev/null itself with a file. Temporary paths in
+ * flight are kept in a small table so that a signal handler (Ctrl-C) can remove them with
+ * mood_atomic_cleanup_all(): no partial file is ever left under either name.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +41,37 @@ static int not_regular(const char *path, mode_t mode)
 {
     return mood_error_set(MOOD_EINVAL, "%s: not a regular file but %s; mood reads only plain files",
                           path, file_kind(mode));
+}
+
+int mood_output_target(char **out, const char *path)
+{
+    struct stat st;
+    char *real;
+    *out = NULL;
+    if (lstat(path, &st) != 0) /* nothing there yet (or the folder is missing: open says) */
+        return (*out = mood_strdup(path)) ? 0 : mood_error_nomem();
+    if (S_ISREG(st.st_mode))
+        return (*out = mood_strdup(path)) ? 0 : mood_error_nomem();
+    if (!S_ISLNK(st.st_mode))
+        return mood_error_set(MOOD_EINVAL,
+                              "%s: not a regular file but %s; mood writes only plain files", path,
+                              file_kind(st.st_mode));
+    /* a link is written through, as cp and PIL do; the rename then replaces its target */
+    if (!(real = realpath(path, NULL)))
+        return mood_error_set(errno == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO,
+                              "%s: a link whose target cannot be reached: %s", path,
+                              strerror(errno));
+    if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int err = mood_error_set(MOOD_EINVAL,
+                                 "%s: a link to %s, which is not a regular file; mood writes "
+                                 "only plain files",
+                                 path, real);
+        free(real);
+        return err;
+    }
+    *out = mood_strdup(real);
+    free(real);
+    return *out ? 0 : mood_error_nomem();
 }
 
 static int open_failed(const char *path, int e)
@@ -157,14 +190,17 @@ int mood_atomic_open(mood_atomic_file *af, const char *path)
     int fd = -1, err = 0;
     memset(af, 0, sizeof *af);
     mood_buf_init(&name);
-    if (!(dir = dir_of(path)) || !(af->path = mood_strdup(path))) {
+    if ((err = mood_output_target(&af->path, path)) != 0)
+        goto done;
+    if (!(dir = dir_of(af->path))) {
         err = mood_error_nomem();
         goto done;
     }
     for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
         name.len = 0;
-        if ((err = mood_buf_printf(&name, "%s/.%s.tmp-%ld-%u", dir, mood_path_basename(path),
-                                   (long)getpid(), counter++)) != 0)
+        /* the name cut to 100 bytes: a destination name near the 255-byte limit must still fit */
+        if ((err = mood_buf_printf(&name, "%s/.%.100s.tmp-%ld-%u", dir,
+                                   mood_path_basename(af->path), (long)getpid(), counter++)) != 0)
             goto done;
         fd = open(name.data, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0 && errno != EEXIST) {

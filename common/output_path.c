@@ -18,8 +18,13 @@ int mood_output_path_check(const char *path)
     const char *base = mood_path_basename(path);
     if (!path || !*base)
         return mood_error_set(MOOD_EINVAL, "%s: an output needs a file name", path ? path : "");
+    char *target = NULL;
+    int err;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return mood_error_set(MOOD_EINVAL, "%s is a folder: the output needs a file name", path);
+    if ((err = mood_output_target(&target, path)) != 0) /* a device, a FIFO, a broken link */
+        return err;
+    mood_free(target);
     if (base > path)
         snprintf(dir, sizeof dir, "%.*s", (int)(base - path), path);
     else

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# test_outputs.sh: what commands do with the file -o names, on mood-tiny (gen) and the fixture
+# checkpoint (bake): a named pipe or a device is refused before any work (exit 1; the rename of
+# an atomic write would otherwise replace /dev/null itself with a file), a symbolic link is
+# written through (its target replaced, the link kept, as cp and PIL do), a name close to the
+# 255-byte limit works (the temporary file's name is cut to fit), and gen's -o must end in .png.
+. "$(dirname "$0")/lib.sh"
+
+SRC=${MOOD_SOURCE:-$FIX/../..}
+MODEL=$SRC/data/mood-tiny
+cd "$tmp"
+gen=(gen "a red apple" --model "$MODEL" --steps 2 --seed 1)
+
+mkfifo pipe.png
+expect_rc 1 "gen into a FIFO" timeout -k 5 60 "$MOOD" "${gen[@]}" -o pipe.png
+check "says it is a named pipe" grep -q "pipe.png: not a regular file but a named pipe" "$tmp/err"
+check "the FIFO is still one" test -p pipe.png
+expect_rc 1 "bake into a FIFO" timeout -k 5 60 "$MOOD" bake --model "$FIX/bases/sd1_base.safetensors" \
+    --lora "$FIX/kohya/sd1_lora.safetensors" -o pipe.png
+check "still a FIFO after bake" test -p pipe.png
+if [ "$(id -u)" = 0 ]; then # mknod needs root
+    mknod -m 666 null c 1 3
+    expect_rc 1 "gen into a device" "$MOOD" "${gen[@]}" -o null
+    check "the device is still one" test -c null
+fi
+
+echo old >target.png
+ln -s target.png link.png
+expect_rc 0 "gen through a symbolic link" "$MOOD" "${gen[@]}" -o link.png
+check "the link is kept" test -L link.png
+check "its target holds the image" py 'import sys; assert open(sys.argv[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"' target.png
+
+long=$(printf 'a%.0s' $(seq 1 247)).png # 251 bytes: the old temporary name passed 255
+expect_rc 0 "a name near the length limit" "$MOOD" "${gen[@]}" -o "$long"
+check "written" test -s "$long"
+
+expect_rc 1 "gen -o x.jpg" "$MOOD" "${gen[@]}" -o x.jpg
+check "says it writes PNG" grep -q "mood writes PNG images" "$tmp/err"
+check "nothing written" test ! -e x.jpg
+finish
