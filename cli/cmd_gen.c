@@ -51,7 +51,8 @@ const char cmd_gen_help[] =
     "  --prediction eps|v|sample  override the model's prediction type (SD2 768-v models\n"
     "                        are v; sample: the model predicts the image, as mood-tiny)\n\n"
     "Output:\n"
-    "  -o FILE               the PNG to write (default mood-SEED.png; a batch adds -1, -2, ...)\n"
+    "  -o FILE               the PNG to write (default mood-SEED.png, mood-SEED-v2.png and so\n"
+    "                        on when taken: never over an earlier image); a batch adds -1, -2\n"
     "  --preview-every N     write FILE.preview.png with the current estimate every N steps\n"
     "  --from-png IMAGE      take prompt, negative prompt, steps, sampler, CFG, seed, size, clip\n"
     "                        skip and LoRAs from IMAGE's parameters text (options given after it\n"
@@ -325,6 +326,8 @@ static int generate(gen_run *r)
     o->prompt = r->styles.prompt;
     o->negative = r->styles.negative;
     o->seed = r->args.set.seed && !r->args.seed_random ? r->args.seed : random_seed();
+    if (!r->args.output)
+        gen_pick_default_output(r);
     o->progress = cli_progress;
     if (r->args.preview_every) {
         o->preview = gen_write_preview;

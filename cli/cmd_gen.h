@@ -39,7 +39,12 @@ typedef struct gen_run {
     mood_model *model;
     float *images;             /* batch x 3 x H x W in [-1, 1] */
     double load_s, generate_s; /* wall times, reported by --json */
+    char default_output[64];   /* without -o: mood-SEED.png, or the first free mood-SEED-vN.png */
+    int preview_failed;        /* a preview could not be written: said once, sampling goes on */
 } gen_run;
+
+/* Picks r->default_output once the seed is known (no -o given): never an existing file's name. */
+void gen_pick_default_output(gen_run *r);
 
 /* "torch-cpu", "torch-cuda", "mood" (also A1111's "CPU" / "GPU"). 0, or -1 when unknown. */
 int gen_parse_rng(mood_rng_kind *out, const char *s);

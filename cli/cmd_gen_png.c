@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 #include <unistd.h>
 
@@ -39,14 +40,10 @@ int gen_parse_rng(mood_rng_kind *out, const char *s)
 /* "out.png" -> "out-3.png" for image i of a batch (i counts from 1). */
 static char *image_path(const gen_run *r, int i)
 {
-    const char *o = r->args.output;
-    char def[64], *p;
+    const char *o = r->args.output ? r->args.output : r->default_output;
+    char *p;
     size_t n;
     const char *dot;
-    if (!o) {
-        snprintf(def, sizeof def, "mood-%llu.png", (unsigned long long)r->args.opts.seed);
-        o = def;
-    }
     n = strlen(o) + 32;
     if (!(p = malloc(n)))
         return NULL;
@@ -59,6 +56,29 @@ static char *image_path(const gen_run *r, int i)
         dot = o + strlen(o);
     snprintf(p, n, "%.*s-%d%s", (int)(dot - o), o, i, dot);
     return p;
+}
+
+/* Whether any image of the run would land on an existing file. */
+static int output_taken(const gen_run *r)
+{
+    struct stat st;
+    int taken = 0;
+    for (int i = 1; i <= r->args.opts.batch && !taken; i++) {
+        char *p = image_path(r, i);
+        taken = !p || lstat(p, &st) == 0;
+        free(p);
+    }
+    return taken;
+}
+
+/* Comparing styles at one seed is the everyday use: without -o, a second run must not replace
+ * the first's image (A1111 and ComfyUI number theirs). An explicit -o is replaced, as asked. */
+void gen_pick_default_output(gen_run *r)
+{
+    unsigned long long seed = (unsigned long long)r->args.opts.seed;
+    snprintf(r->default_output, sizeof r->default_output, "mood-%llu.png", seed);
+    for (int v = 2; output_taken(r) && v < 100000; v++)
+        snprintf(r->default_output, sizeof r->default_output, "mood-%llu-v%d.png", seed, v);
 }
 
 static int set_num(mood_params *p, const char *key, const char *fmt, double v)
@@ -212,8 +232,12 @@ int gen_write_outputs(gen_run *r)
         err = write_one(r, i, list);
     }
     if (err) {
-        cJSON_Delete(root);
-        return cli_fail(err);
+        int rc = cli_fail(err);
+        if (root) { /* a script still learns which images of the batch were written */
+            cJSON_AddStringToObject(root, "error", mood_error_last());
+            cli_print_json(root);
+        }
+        return rc;
     }
     if (!r->args.json)
         fprintf(stderr, "seed %llu\n", (unsigned long long)r->args.opts.seed);
@@ -237,10 +261,15 @@ int gen_write_preview(const float *images, int batch, int width, int height, int
         return MOOD_ENOMEM;
     }
     snprintf(pv, n, "%s.preview.png", path);
-    err = gen_write_png(pv, images, width, height, NULL);
+    /* a preview is a convenience: one that cannot be written (disk full) is said once, with
+     * its cause, and the image is still made */
+    if ((err = gen_write_png(pv, images, width, height, NULL)) != 0 && !r->preview_failed) {
+        cli_warn("preview not written (the image still will be): %s", mood_error_last());
+        r->preview_failed = 1;
+    }
     free(path);
     free(pv);
-    return err;
+    return 0;
 }
 
 /* ----- --from-png --------------------------------------------------------------------------- */

@@ -4,6 +4,9 @@
 # an atomic write would otherwise replace /dev/null itself with a file), a symbolic link is
 # written through (its target replaced, the link kept, as cp and PIL do), a name close to the
 # 255-byte limit works (the temporary file's name is cut to fit), and gen's -o must end in .png.
+# Without -o, gen never replaces an earlier image (mood-SEED-vN.png); a preview that cannot be
+# written is a warning, not the end of the run; a batch that fails half-way lists in --json the
+# images it wrote.
 . "$(dirname "$0")/lib.sh"
 
 SRC=${MOOD_SOURCE:-$FIX/../..}
@@ -37,4 +40,25 @@ check "written" test -s "$long"
 expect_rc 1 "gen -o x.jpg" "$MOOD" "${gen[@]}" -o x.jpg
 check "says it writes PNG" grep -q "mood writes PNG images" "$tmp/err"
 check "nothing written" test ! -e x.jpg
+
+# without -o, a second run at the same seed keeps the first image (mood-1.png, then mood-1-v2.png)
+expect_rc 0 "gen without -o" "$MOOD" "${gen[@]}"
+expect_rc 0 "again, another prompt" "$MOOD" gen "a blue car" --model "$MODEL" --steps 2 --seed 1 --json
+check "a new name" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["images"][0]["path"]=="mood-1-v2.png", d' "$tmp/out"
+check "the first image kept" py 'import sys; assert b"a red apple" in open("mood-1.png","rb").read()'
+expect_rc 0 "a batch of 2 without -o" "$MOOD" "${gen[@]}" --batch 2
+check "its own names" test -s mood-1-1.png -a -s mood-1-2.png
+
+# a preview that cannot be written is said once and the image still made
+mkdir -p pv.png.preview.png
+expect_rc 0 "gen with an unwritable preview" "$MOOD" "${gen[@]}" --preview-every 1 -o pv.png
+check "warned once, with the cause" test "$(grep -c 'preview not written.*pv.png.preview.png' "$tmp/err")" -eq 1
+check "the image written" test -s pv.png
+
+# a batch that fails half-way still tells --json which images were written
+mkdir -p b-2.png
+expect_rc 1 "a batch whose second image cannot be written" "$MOOD" "${gen[@]}" --batch 2 -o b.png --json
+check "--json lists the first and the error" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [i["path"] for i in d["images"]]==["b-1.png"] and "b-2.png" in d["error"], d' "$tmp/out"
 finish
