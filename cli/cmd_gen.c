@@ -4,6 +4,7 @@
  * runtime side paths), generates (mood/gen.h) and writes PNGs carrying the AUTOMATIC1111
  * `parameters` text (cmd_gen_png.c), so A1111, Civitai and `mood gen --from-png` read them back.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -57,7 +58,8 @@ const char cmd_gen_help[] =
     "  --from-png IMAGE      take prompt, negative prompt, steps, sampler, CFG, seed, size, clip\n"
     "                        skip and LoRAs from IMAGE's parameters text (options given after it\n"
     "                        override); says what it could not match\n"
-    "  --json                print what was written as JSON\n\n"
+    "  --json                print what was written as JSON\n"
+    "  --device D            cpu, cuda, cuda:N or auto (also before the command)\n\n"
     "Example:\n"
     "  mood gen \"a lighthouse at dusk\" --model sd15.safetensors --style inkwash:0.8 \\\n"
     "           --style film-grain:0.3 --seed 42 -o lighthouse.png\n\n"
@@ -230,10 +232,30 @@ static int needs_registry(const gen_args *a)
     return a->n_styles > 0 || strstr(p, "<style:") || strstr(p, "<lora:") || strstr(p, "<lyco:");
 }
 
+/* --lora takes files; a registry name there ("--lora inkwash") is a common slip: say where the
+ * registry's styles go instead of "cannot open". Exit 2: a missing file. */
+static int check_lora_files(const gen_args *a)
+{
+    struct stat st;
+    for (size_t i = 0; i < a->loras.n; i++) {
+        const char *p = a->loras.items[i].path;
+        if (stat(p, &st) == 0 || errno != ENOENT)
+            continue; /* other problems are said when the file is read */
+        fprintf(stderr, "mood: error: --lora %s: no such file%s\n", p,
+                strchr(p, '/') ? ""
+                               : "; a style or LoRA of the registry is --style NAME[:W] or "
+                                 "<lora:NAME:W> in the prompt");
+        return 2;
+    }
+    return 0;
+}
+
 static int resolve_styles(gen_run *r)
 {
     gen_args *a = &r->args;
     int rc;
+    if ((rc = check_lora_files(a)) != 0)
+        return rc;
     if (needs_registry(a) && (rc = cli_registry_open(&r->reg)) != 0)
         return rc;
     if (a->from_png && (rc = gen_remap_png_loras(r)) != 0)
@@ -296,8 +318,11 @@ static int adapters_failed(const gen_run *r, int err)
     if (!at)
         return cli_fail(err);
     cli_progress_done();
-    fprintf(stderr, "mood: error: %.*sstyle '%s' (its LoRA)%s\n", (int)(at - msg), msg, a->name,
-            at + strlen(a->path));
+    fprintf(stderr, "mood: error: %.*sstyle '%s' (its LoRA)%s%s\n", (int)(at - msg), msg, a->name,
+            at + strlen(a->path),
+            err == MOOD_ENOTFOUND ? "; the registry's copy of the file is missing: 'mood doctor' "
+                                    "checks the registry and says how to repair it"
+                                  : "");
     return mood_error_is_user(err) ? 1 : 2;
 }
 

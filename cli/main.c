@@ -109,32 +109,60 @@ static const cli_command *find_command(int argc, char **argv, int *words)
     return NULL;
 }
 
-/* Takes the global options before the command (`--device X`, `--device=X`) off argv; returns 0,
- * or the exit status after printing a usage error. */
+/* One `--device X` / `--device=X` at argv[i] (checked for spelling only: whether the device
+ * exists is asked when it is used); *used: how many words it took, 0 when argv[i] is not one.
+ * Returns 0, or the exit status after printing a usage error. */
+static int device_option(int argc, char **argv, int i, int *used)
+{
+    const char *arg = argv[i], *value;
+    mood_device d;
+    *used = 0;
+    if (strncmp(arg, "--device", 8) != 0 || (arg[8] != '\0' && arg[8] != '='))
+        return 0;
+    if (arg[8] == '=') {
+        value = arg + 9;
+        *used = 1;
+    } else if (i + 1 < argc) {
+        value = argv[i + 1];
+        *used = 2;
+    } else {
+        fprintf(stderr, "mood: error: %s needs a value: cpu, cuda, cuda:N or auto\n", arg);
+        return 1;
+    }
+    if (mood_device_resolve(&d, value, NULL, 1, 1024) == MOOD_EINVAL) {
+        fprintf(stderr, "mood: error: %s\n", mood_error_last());
+        return 1;
+    }
+    cli_device_request = value;
+    return 0;
+}
+
+/* Takes the global options before the command off argv; returns 0, or the exit status after
+ * printing a usage error. */
 static int global_options(int *argc, char ***argv)
 {
-    while (*argc >= 2 && strncmp((*argv)[1], "--device", 8) == 0 &&
-           ((*argv)[1][8] == '\0' || (*argv)[1][8] == '=')) {
-        const char *arg = (*argv)[1], *value;
-        int used = 1;
-        if (arg[8] == '=') {
-            value = arg + 9;
-        } else if (*argc >= 3) {
-            value = (*argv)[2];
-            used = 2;
-        } else {
-            fprintf(stderr, "mood: error: %s needs a value: cpu, cuda, cuda:N or auto\n", arg);
-            return 1;
-        }
-        mood_device d;
-        /* the value's spelling only: whether the device exists is asked when it is used */
-        if (mood_device_resolve(&d, value, NULL, 1, 1024) == MOOD_EINVAL) {
-            fprintf(stderr, "mood: error: %s\n", mood_error_last());
-            return 1;
-        }
-        cli_device_request = value;
+    int used = 0, rc;
+    while (*argc >= 2 && (rc = device_option(*argc, *argv, 1, &used)) == 0 && used) {
         (*argv)[used] = (*argv)[0];
         *argv += used;
+        *argc -= used;
+    }
+    return *argc >= 2 ? rc : 0;
+}
+
+/* gen and demo also take --device after the command (`mood gen ... --device cpu`, where people
+ * put it): it is taken off their arguments from `from` on. */
+static int device_after_command(int *argc, char **argv, int from)
+{
+    for (int i = from; i < *argc;) {
+        int used, rc = device_option(*argc, argv, i, &used);
+        if (rc)
+            return rc;
+        if (!used) {
+            i++;
+            continue;
+        }
+        memmove(argv + i, argv + i + used, (size_t)(*argc - i - used + 1) * sizeof *argv);
         *argc -= used;
     }
     return 0;
@@ -233,6 +261,9 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    if ((c->run == cmd_gen || c->run == cmd_demo) &&
+        (grc = device_after_command(&argc, argv, 1 + words)) != 0)
+        return grc;
     int drc = choose_device(c, argc - words, argv + words);
     if (drc)
         return drc;

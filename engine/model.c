@@ -481,7 +481,8 @@ int mood_model_open(mood_model **out, const char *path, const mood_model_options
         *out = m;
         return 0;
     }
-    mood_error_prefix("%s", path);
+    if (strncmp(mood_error_last(), path, strlen(path)) != 0) /* say the path once */
+        mood_error_prefix("%s", path);
     mood_model_free(m);
     return err;
 }

@@ -153,11 +153,6 @@ typedef struct parse_ctx {
     unsigned flags; /* MOOD_ADAPTER_* */
 } parse_ctx;
 
-static const char *family_word(mood_family f)
-{
-    return f == MOOD_FAMILY_UNKNOWN ? "an unknown" : mood_family_name(f);
-}
-
 static int bad(const parse_ctx *c, const mood_module *m, const char *what)
 {
     int code = (c->from_base && c->detected == MOOD_FAMILY_UNKNOWN) ? MOOD_EFAMILY : MOOD_EFORMAT;
@@ -573,9 +568,16 @@ static int mismatch(const parse_ctx *c, const mood_module *m, const geom *g, con
 {
     char target[96], fam[128] = "", what[512];
     shape_text(target, sizeof target, m);
-    if (c->from_base)
-        snprintf(fam, sizeof fam, " (the adapter is %s file, the base is %s)",
-                 family_word(c->detected), mood_family_name(c->a->family));
+    if (c->from_base && c->detected == c->a->family)
+        snprintf(fam, sizeof fam,
+                 " (both are %s, but the LoRA was made for a model of other sizes than this "
+                 "base)",
+                 mood_family_name(c->detected));
+    else if (c->from_base)
+        snprintf(fam, sizeof fam, " (the file looks %s, the base is %s)",
+                 c->detected == MOOD_FAMILY_UNKNOWN ? "like no family mood knows"
+                                                    : mood_family_name(c->detected),
+                 mood_family_name(c->a->family));
     if (extra)
         snprintf(what, sizeof what, "%s but the target %s has shape %s%s", extra, m->target->key,
                  target, fam);
