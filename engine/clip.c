@@ -297,8 +297,10 @@ static int infer_rest(mood_clip_config *c, const mood_clip_config *hint, const c
         c->act = c->hidden == 768 ? MOOD_CLIP_ACT_QUICK_GELU : MOOD_CLIP_ACT_GELU;
     if (c->heads <= 0)
         return mood_error_set(MOOD_EINVAL,
-                              "%s: cannot infer the attention heads of a %d-wide text encoder; "
-                              "give them in the config",
+                              "%s: cannot infer the attention heads of a %d-wide text encoder "
+                              "(768, 1024 and 1280 are known): not a text encoder of SD 1.x, "
+                              "2.x or XL; as a diffusers folder, its text_encoder/config.json "
+                              "would say num_attention_heads",
                               path, c->hidden);
     if (c->hidden % c->heads)
         return mood_error_set(MOOD_EINVAL, "%s: %d heads do not divide the width %d", path,
