@@ -52,7 +52,7 @@ static const char *const prompts[N_PROMPTS] = {"dog face", "banana", "bicycle", 
 
 typedef struct demo {
     const char *out, *model, *board;
-    long steps;
+    int steps;
     int json;
     char data[4096], model_buf[4200], board_buf[4200], lora[4200];
     double train_s, gen_s;
@@ -94,18 +94,30 @@ static int parse_args(demo *d, int argc, char **argv)
         if (!strcmp(s, "--json"))
             d->json = 1;
         else if (!v)
-            return cli_usage_error("demo", "%s needs a value (or is unknown)", s);
+            return cli_usage_error("demo", "%s: unknown, or an option without its value", s);
         else if (!strcmp(s, "--out"))
             d->out = v, i++;
         else if (!strcmp(s, "--model"))
             d->model = v, i++;
         else if (!strcmp(s, "--board"))
             d->board = v, i++;
-        else if (!strcmp(s, "--steps") && cli_parse_int(v, &d->steps) == 0 && d->steps > 0 &&
-                 d->steps <= 100000)
+        else if (!strcmp(s, "--steps")) {
+            const cli_num_opt steps = {"--steps",
+                                       CLI_NUM_INT,
+                                       &d->steps,
+                                       1,
+                                       100000,
+                                       0,
+                                       0,
+                                       0,
+                                       NULL,
+                                       NULL,
+                                       "a number of steps, 1 to 100000"};
+            if (cli_parse_number("demo", &steps, 1, s, v) != 0)
+                return 1;
             i++;
-        else
-            return cli_usage_error("demo", "unknown argument or bad value: %s %s", s, v);
+        } else
+            return cli_usage_error("demo", "unknown argument '%s'", s);
     }
     return 0;
 }
@@ -215,14 +227,14 @@ static int train_style(demo *d)
     int n = 0;
     earlier_style(1, 0);
     snprintf(d->lora, sizeof d->lora, "%s/%s.safetensors", d->out, DEMO_STYLE);
-    snprintf(steps, sizeof steps, "%ld", d->steps);
+    snprintf(steps, sizeof steps, "%d", d->steps);
     const char *args[] = {"train",  "--name", DEMO_STYLE, "--board", d->board, "--model",
                           d->model, "--res",  "64",       "--steps", steps,    "--batch",
                           "5",      "--rank", "8",        "--alpha", "8",      "--lr",
                           "1e-3",   "--seed", "0",        "-o",      d->lora};
     for (size_t i = 0; i < sizeof args / sizeof args[0]; i++)
         argv[n++] = (char *)args[i];
-    fprintf(stderr, "\ntraining style %s from %s (%ld steps)\n", DEMO_STYLE, d->board, d->steps);
+    fprintf(stderr, "\ntraining style %s from %s (%d steps)\n", DEMO_STYLE, d->board, d->steps);
     double t0 = now_s();
     int rc = run_quiet(cmd_train, n, argv);
     d->train_s = now_s() - t0;
@@ -300,7 +312,7 @@ static int write_report(const demo *d, char *report, size_t size)
             "img{image-rendering:pixelated;width:128px}td{text-align:center}</style>\n"
             "<h1>mood demo: a style from five images</h1>\n"
             "<p>Base model <b>mood-tiny</b> (trained on 1,417 Noto emoji). Style <b>%s</b>, a "
-            "LoRA trained in %.0f s on the CPU for %ld steps from this mood board "
+            "LoRA trained in %.0f s on the CPU for %d steps from this mood board "
             "(Twemoji, CC-BY 4.0, Twitter):</p><p>\n",
             DEMO_STYLE, d->train_s, d->steps);
     const char *board[] = {"1f600", "1f431", "1f34e", "1f680", "2615"};

@@ -458,10 +458,14 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
             a->spec.negative = v;
         else if (strcmp(opt, "--description") == 0)
             a->spec.description = v;
-        else if (strcmp(opt, "--weight") == 0 && cli_parse_double(v, &a->spec.weight) == 0)
-            a->spec.has_weight = 1;
-        else
-            return cli_usage_error(cmd, "unknown option or bad value: %s %s", opt, v);
+        else if (strcmp(opt, "--weight") == 0) {
+            const cli_num_opt weight = {
+                "--weight",          CLI_NUM_REAL, &a->spec.weight,        -100, 100, 0, 0, 0,
+                &a->spec.has_weight, NULL,         "a number, -100 to 100"};
+            if (cli_parse_number(cmd, &weight, 1, opt, v) != 0)
+                return 1;
+        } else
+            return cli_usage_error(cmd, "unknown option '%s'", opt);
     }
     if (!*name)
         return cli_usage_error(cmd, "missing NAME");

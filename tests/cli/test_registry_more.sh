@@ -171,6 +171,12 @@ expect_rc 0 "show it" "$MOOD" show tagged --json
 check "the summed top tag is the trigger word" py '
 import json, sys; d = json.load(open(sys.argv[1])); assert d["trigger_words"] == "ink", d["trigger_words"]' "$tmp/out"
 
+# --- a weight that is no number, or out of range, says what --weight takes ---
+expect_rc 1 "style create --weight nan" "$MOOD" style create wnan --lora sd1_lora --weight nan
+check "says what it takes" grep -q -- "--weight nan: takes a number, -100 to 100" "$tmp/err"
+expect_rc 1 "style create --weight 1e9" "$MOOD" style create wbig --lora sd1_lora --weight 1e9
+check "out of range said" grep -q -- "--weight 1e9: takes" "$tmp/err"
+
 # --- mislabeled: SD1 shapes (attn2.to_k reads 768 wide) under an SDXL label ---
 python3 -c '
 import json, struct, sys
