@@ -8,30 +8,39 @@
 #include <strings.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 #include "cli/cmd_civitai.h"
 
 const char cmd_civitai_link_help[] =
     "usage: mood civitai link NAME... [--nsfw LEVEL] [--json]\n\n"
-    "Looks the LoRA files of each style up on Civitai by their SHA-256 and stores what Civitai\n"
-    "knows about them: model and version ids and names, base model, trained words (used as the\n"
+    "Looks each LoRA file of each style up on Civitai by its SHA-256 and stores what Civitai\n"
+    "knows about it: model and version ids and names, base model, trained words (used as the\n"
     "style's trigger words when it has none), description, NSFW level, licence and permission\n"
-    "flags, AIR, and preview images.\n\n"
+    "flags, AIR, and preview images. Every LoRA of a style is tried: one Civitai does not know\n"
+    "does not stop the others, and those linked stay linked.\n\n"
     "  --nsfw LEVEL  previews kept: none, pg (default), pg13, r, x, xxx\n"
-    "  --json        print [{name, model_id, version_id, model_name, version_name, base_model,\n"
-    "                air}] (or {name, error} for a style that could not be linked)\n\n"
+    "  --json        print one object per LoRA: [{name, file, sha256, status, model_id,\n"
+    "                version_id, model_name, version_name, base_model, air}], status \"linked\",\n"
+    "                \"not_found\" (Civitai does not know the file) or \"error\" (with error);\n"
+    "                {name, status \"error\", error} for a style that is not in the registry\n\n"
     "Environment: MOOD_CIVITAI_URL (API base, default https://civitai.com), CIVITAI_TOKEN (an\n"
     "API key, sent to Civitai only; never stored).\n"
-    "Exit status: 0 all linked, 2 a style is unknown to Civitai or the network failed.\n";
+    "Exit status: 0 every LoRA linked, 1 a style is not in the registry, 2 a LoRA is unknown to\n"
+    "Civitai or the network failed (the other LoRAs are linked).\n";
 
 const char cmd_update_check_help[] =
     "usage: mood update-check [--json]\n\n"
     "Lists the styles whose Civitai model has a newer version than the one in the registry, for\n"
     "the same base family (a new SDXL version of a model is not an update of its SD 1.5 style).\n"
-    "Styles without Civitai data are not checked ('mood civitai link NAME' adds it).\n\n"
-    "  --json   print {checked, updates [{name, model_id, model_name, version_id, version_name,\n"
-    "           latest_version_id, latest_version_name, latest_base_model,\n"
-    "           latest_published_at, url}], errors [{name, model_id, error}]}\n\n"
-    "Exit status: 0 (updates or not), 2 a model could not be checked.\n";
+    "Each LoRA of a style linked to Civitai is checked; styles without Civitai data are not\n"
+    "('mood civitai link NAME' adds it). When Civitai cannot be reached, it says how many styles\n"
+    "could not be checked, and why, instead of \"no updates\".\n\n"
+    "  --json   print {styles, checked, not_checked (styles counted once however many LoRAs\n"
+    "           they have), updates [{name, file, sha256, model_id, model_name, version_id,\n"
+    "           version_name, latest_version_id, latest_version_name, latest_base_model,\n"
+    "           latest_published_at, url}], errors [{name, file, sha256, model_id, error}]}\n"
+    "           (one update or error per LoRA)\n\n"
+    "Exit status: 0 every style checked (updates or not), 2 a style could not be checked.\n";
 
 void cli_civitai_flags_init(cli_civitai_flags *f)
 {
@@ -161,6 +170,86 @@ void cli_civitai_after_import(mood_registry *r, const char *name, const cli_civi
     mood_civitai_version_free(v);
 }
 
+/* "linked NAME[ (FILE)] to Civitai: ..." with the text Civitai and the file's importer chose made
+ * visible (cli_text_visible). The file is named only for a style of several LoRAs. */
+static void print_linked(const char *name, const mood_civitai_link_result *res, int several)
+{
+    const mood_civitai_version *v = res->version;
+    char *file =
+        several ? cli_text_visible(res->file_name ? res->file_name : res->sha256, 0) : NULL;
+    char *model = cli_text_visible(v->model_name ? v->model_name : "?", 0);
+    char *version = cli_text_visible(v->name ? v->name : "", 0);
+    char *air = cli_text_visible(v->air ? v->air : "no AIR", 0);
+    printf("linked %s%s%s%s to Civitai: %s %s (model %lld, version %lld, %s)\n", name,
+           file ? " (" : "", file ? file : "", file ? ")" : "", model ? model : "?",
+           version ? version : "", v->model_id, v->id, air ? air : "");
+    free(file);
+    free(model);
+    free(version);
+    free(air);
+}
+
+/* "mood: error: ..." for a LoRA that was not linked. The "not found" message names the style and
+ * the file already; a failed request names only its URL, so the LoRA is put before it. */
+static void report_failure(const char *name, const mood_civitai_link_result *res, const char *why)
+{
+    char msg[4096];
+    if (res->status == MOOD_ENOTFOUND)
+        snprintf(msg, sizeof msg, "%s", why);
+    else
+        snprintf(msg, sizeof msg, "linking style '%s' (%s): %s", name,
+                 res->file_name ? res->file_name : res->sha256, why);
+    cli_text_report("error", msg);
+}
+
+/* Links the LoRAs of one style: one entry per LoRA in `list` ({name, file, sha256, status, and
+ * the version or the error}), a line per LoRA unless json. Returns the exit status for it: 0 all
+ * linked, 1 no such style, 2 a LoRA Civitai does not know or could not be asked about. */
+static int link_style(cJSON *list, mood_registry *r, mood_civitai *c, const char *name,
+                      const mood_civitai_import_options *opts, int json)
+{
+    mood_civitai_link_result *res = NULL;
+    size_t n = 0;
+    int rc = 0, err = mood_civitai_link_each(&res, &n, r, c, name, opts);
+    if (err) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", name);
+        cJSON_AddStringToObject(o, "status", "error");
+        cJSON_AddStringToObject(o, "error", mood_error_last());
+        cJSON_AddItemToArray(list, o);
+        if (!json)
+            cli_text_report("error", mood_error_last());
+        /* a style that is not in the registry is a mistyped name: bad input, as for show, rm */
+        return err == MOOD_ENOTFOUND || mood_error_is_user(err) ? 1 : 2;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *why = res[i].error ? res[i].error : "Civitai lookup failed";
+        cJSON *o = res[i].status ? cJSON_CreateObject() : version_json(res[i].version);
+        cJSON_AddStringToObject(o, "name", name);
+        if (res[i].file_name)
+            cJSON_AddStringToObject(o, "file", res[i].file_name);
+        cJSON_AddStringToObject(o, "sha256", res[i].sha256);
+        cJSON_AddStringToObject(o, "status",
+                                !res[i].status                    ? "linked"
+                                : res[i].status == MOOD_ENOTFOUND ? "not_found"
+                                                                  : "error");
+        if (res[i].status) {
+            cJSON_AddStringToObject(o, "error", why);
+            /* Civitai's answer or the network, not what was typed: always the environment */
+            rc = 2;
+        }
+        cJSON_AddItemToArray(list, o);
+        if (json)
+            continue;
+        if (!res[i].status)
+            print_linked(name, &res[i], n > 1);
+        else
+            report_failure(name, &res[i], why);
+    }
+    mood_civitai_link_results_free(res, n);
+    return rc;
+}
+
 int cmd_civitai_link(int argc, char **argv)
 {
     mood_registry *r = NULL;
@@ -191,28 +280,13 @@ int cmd_civitai_link(int argc, char **argv)
     }
     list = cJSON_CreateArray();
     for (int i = 1; i < argc; i++) {
-        mood_civitai_version *v = NULL;
-        cJSON *o;
-        int err;
+        int src;
         if (argv[i][0] == '-') {
             i += strcmp(argv[i], "--nsfw") == 0;
             continue;
         }
-        err = mood_civitai_link(&v, r, c, argv[i], &opts);
-        o = err ? cJSON_CreateObject() : version_json(v);
-        cJSON_AddStringToObject(o, "name", argv[i]);
-        if (err) {
-            cJSON_AddStringToObject(o, "error", mood_error_last());
-            if (!json)
-                fprintf(stderr, "mood: error: %s\n", mood_error_last());
-            rc = mood_error_is_user(err) && rc < 2 ? 1 : 2;
-        } else if (!json) {
-            printf("linked %s to Civitai: %s %s (model %lld, version %lld, %s)\n", argv[i],
-                   v->model_name ? v->model_name : "?", v->name ? v->name : "", v->model_id, v->id,
-                   v->air ? v->air : "no AIR");
-        }
-        cJSON_AddItemToArray(list, o);
-        mood_civitai_version_free(v);
+        src = link_style(list, r, c, argv[i], &opts, json);
+        rc = src > rc ? src : rc;
     }
     mood_civitai_close(c);
     mood_registry_close(r);
@@ -224,13 +298,93 @@ int cmd_civitai_link(int argc, char **argv)
     return rc;
 }
 
+static int json_int(const cJSON *o, const char *key)
+{
+    return (int)cJSON_GetNumberValue(cJSON_GetObjectItem(o, key));
+}
+
+/* The string at key, "" when there is none. */
+static const char *json_str(const cJSON *o, const char *key)
+{
+    const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(o, key));
+    return v ? v : "";
+}
+
+/* The reason of an update-check error without the URL it starts with ("URL: reason"), so that
+ * one failure reads the same for every Civitai model it stopped. */
+static const char *reason_of(const char *msg)
+{
+    const char *p = strstr(msg, ": ");
+    int url = strncmp(msg, "http://", 7) == 0 || strncmp(msg, "https://", 8) == 0;
+    return url && p ? p + 2 : msg;
+}
+
+#define REASONS_SHOWN 4
+
+typedef struct reason_group {
+    const char *first;  /* the group's first message */
+    const char *reason; /* reason_of(first) */
+    int same;           /* every message of the group is `first` (one URL) */
+    const char *last;   /* the style named last */
+    char names[1024];
+    size_t len;
+} reason_group;
+
+/* One warning per reason, naming each style it stopped once: with the network down every style
+ * fails for the same reason, not one line per LoRA or per model. A style's errors are
+ * consecutive (update-check's order), so comparing with the style named last is enough. A few
+ * reasons are shown; the rest are counted (--json lists every error). */
+static void warn_errors(const cJSON *errors, const char *base)
+{
+    reason_group g[REASONS_SHOWN];
+    int n = 0, more = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, errors)
+    {
+        const char *msg = json_str(e, "error"), *name = json_str(e, "name");
+        const char *why = reason_of(msg);
+        int i = 0;
+        while (i < n && strcmp(g[i].reason, why) != 0)
+            i++;
+        if (i == REASONS_SHOWN) {
+            more++;
+            continue;
+        }
+        if (i == n) {
+            memset(&g[i], 0, sizeof g[i]);
+            g[i].first = msg;
+            g[i].reason = why;
+            g[i].same = 1;
+            n++;
+        }
+        g[i].same = g[i].same && strcmp(g[i].first, msg) == 0;
+        if (g[i].last && strcmp(g[i].last, name) == 0)
+            continue;
+        g[i].last = name;
+        if (g[i].len < sizeof g[i].names)
+            g[i].len += (size_t)snprintf(g[i].names + g[i].len, sizeof g[i].names - g[i].len,
+                                         "%s%s", g[i].len ? ", " : "", name);
+    }
+    for (int i = 0; i < n; i++) {
+        if (g[i].len >= sizeof g[i].names) /* cut off: say so */
+            memcpy(g[i].names + sizeof g[i].names - 4, "...", 4);
+        if (g[i].same)
+            cli_warn("not checked: %s: %s", g[i].names, g[i].first);
+        else /* the URLs name different models; the server and the reason are what they share */
+            cli_warn("not checked: %s: %s: %s", g[i].names, base, g[i].reason);
+    }
+    if (more)
+        cli_warn("%d more error%s ('mood update-check --json' lists them all)", more,
+                 more == 1 ? "" : "s");
+}
+
 int cmd_update_check(int argc, char **argv)
 {
     mood_registry *r = NULL;
     mood_civitai *c = NULL;
-    char *text = NULL;
+    char *text = NULL, base[512];
     cJSON *rep, *u;
-    int json = 0, rc, err, n_errors;
+    int json = 0, rc, err, styles, checked, not_checked, n_updates;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
@@ -244,6 +398,7 @@ int cmd_update_check(int argc, char **argv)
         return rc;
     }
     err = mood_civitai_update_check(&text, r, c);
+    snprintf(base, sizeof base, "%s", mood_civitai_base(c));
     mood_civitai_close(c);
     mood_registry_close(r);
     if (err)
@@ -251,25 +406,36 @@ int cmd_update_check(int argc, char **argv)
     rep = cJSON_Parse(text);
     mood_civitai_free_string(text);
     if (!rep)
-        return 2;
-    n_errors = cJSON_GetArraySize(cJSON_GetObjectItem(rep, "errors"));
+        return cli_fail(MOOD_ENOMEM);
+    styles = json_int(rep, "styles");
+    checked = json_int(rep, "checked");
+    not_checked = json_int(rep, "not_checked");
+    n_updates = cJSON_GetArraySize(cJSON_GetObjectItem(rep, "updates"));
     if (json)
-        return cli_print_json(rep) ? 2 : (n_errors ? 2 : 0);
-    cJSON_ArrayForEach(u, cJSON_GetObjectItem(rep, "errors"))
-        cli_warn("%s: %s", cJSON_GetStringValue(cJSON_GetObjectItem(u, "name")),
-                 cJSON_GetStringValue(cJSON_GetObjectItem(u, "error")));
+        return cli_print_json(rep) ? 2 : (not_checked ? 2 : 0);
+    cli_text_clean_json(rep, NULL); /* names and errors come from Civitai and the registry */
+    warn_errors(cJSON_GetObjectItem(rep, "errors"), base);
     cJSON_ArrayForEach(u, cJSON_GetObjectItem(rep, "updates"))
     {
-        const char *bm = cJSON_GetStringValue(cJSON_GetObjectItem(u, "latest_base_model"));
-        const char *vn = cJSON_GetStringValue(cJSON_GetObjectItem(u, "version_name"));
-        printf("%s: %s -> %s (%s) %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(u, "name")),
-               vn ? vn : "?", cJSON_GetStringValue(cJSON_GetObjectItem(u, "latest_version_name")),
-               bm ? bm : "?", cJSON_GetStringValue(cJSON_GetObjectItem(u, "url")));
+        const char *bm = json_str(u, "latest_base_model");
+        const char *vn = json_str(u, "version_name");
+        printf("%s: %s -> %s (%s) %s\n", json_str(u, "name"), *vn ? vn : "?",
+               json_str(u, "latest_version_name"), *bm ? bm : "?", json_str(u, "url"));
     }
-    if (cJSON_GetArraySize(cJSON_GetObjectItem(rep, "updates")) == 0)
-        printf("no updates (%d style%s with Civitai data checked)\n",
-               (int)cJSON_GetNumberValue(cJSON_GetObjectItem(rep, "checked")),
-               cJSON_GetNumberValue(cJSON_GetObjectItem(rep, "checked")) == 1 ? "" : "s");
+    /* "no updates" only about styles that were checked: a style that could not be checked may
+     * have one */
+    if (!styles)
+        printf("nothing to check: no style has Civitai data ('mood civitai link NAME' adds it)\n");
+    else if (!not_checked && !n_updates)
+        printf("no updates (%d style%s with Civitai data checked)\n", checked,
+               checked == 1 ? "" : "s");
+    else if (not_checked && !checked)
+        printf("nothing checked: none of the %d style%s with Civitai data could be checked\n",
+               styles, styles == 1 ? "" : "s");
+    else if (not_checked)
+        printf("%s%d of %d style%s with Civitai data checked, %d could not be\n",
+               n_updates ? "" : "no updates: ", checked, styles, styles == 1 ? "" : "s",
+               not_checked);
     cJSON_Delete(rep);
-    return n_errors ? 2 : 0;
+    return not_checked ? 2 : 0;
 }

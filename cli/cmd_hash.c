@@ -23,9 +23,11 @@ const char cmd_hash_help[] =
     "           addnet hash, A1111 LoRA hash; survives metadata edits)\n"
     "  CRC32    in Civitai's byte order (zlib's order shown beside it)\n"
     "and shows the sshs_model_hash / sshs_legacy_hash stored in the metadata, flagging an\n"
-    "sshs_model_hash that differs from the computed AutoV3 (A1111 reports the stored value).\n\n"
+    "sshs_model_hash that differs from the computed AutoV3 (A1111 reports the stored value).\n"
+    "Hashes are lower-case hex, as A1111 and kohya write them (Civitai finds them in any case).\n\n"
     "  --json    print the same as a JSON object\n\n"
-    "Exit status: 0 ok, 1 bad usage, 2 file missing or unreadable.\n";
+    "Exit status: 0 ok, 1 bad usage or FILE not a regular file (a folder, a pipe, a device),\n"
+    "2 file missing or unreadable.\n";
 
 #define BAR_MIN_BYTES (64u << 20)
 
@@ -35,11 +37,19 @@ static int hash_progress(const mood_progress *p, void *payload)
     return p->total >= BAR_MIN_BYTES ? cli_progress(p, payload) : 0;
 }
 
-static void upper(char *dst, const char *src, size_t n)
+/* Hex case: one rule for every hash mood computes, in the text and in --json: lower-case. That
+ * is how A1111 writes them into infotext ("Model hash: 3b4b65d642", "Lora hashes"), how kohya
+ * stores sshs_* in metadata (Python hexdigest(), lora-formats.md section 7), how sha256sum and
+ * `mood inspect` / `mood show` print them, and what the registry stores. Civitai's pages and its
+ * files[].hashes show them upper-case, but its by-hash lookup upper-cases what it is given
+ * (ecosystem.md section 1.6): a lower-case hash finds the same file, so matching Civitai's
+ * display is not worth a second rule. The sshs_* values are shown as the file stores them:
+ * they are the file's text, and A1111 reports them verbatim. */
+static void lower(char *dst, const char *src, size_t n)
 {
     size_t i = 0;
     for (; i < n && src[i]; i++)
-        dst[i] = (char)toupper((unsigned char)src[i]);
+        dst[i] = (char)tolower((unsigned char)src[i]);
     dst[i] = '\0';
 }
 
@@ -99,19 +109,24 @@ static int print_json(const char *path, const mood_file_hashes *h)
     const char *why, *status = sshs_status(h, &why);
     cJSON_AddStringToObject(o, "file", path);
     cJSON_AddNumberToObject(o, "size", (double)h->size);
-    cJSON_AddStringToObject(o, "autov1", h->autov1);
+    lower(buf, h->autov1, 8);
+    cJSON_AddStringToObject(o, "autov1", buf);
     cJSON_AddBoolToObject(o, "autov1_civitai", h->autov1_civitai);
-    upper(buf, h->sha256, 10);
+    lower(buf, h->sha256, 10);
     cJSON_AddStringToObject(o, "autov2", buf);
-    cJSON_AddStringToObject(o, "sha256", h->sha256);
+    lower(buf, h->sha256, 64);
+    cJSON_AddStringToObject(o, "sha256", buf);
     cJSON_AddBoolToObject(o, "is_safetensors", h->is_safetensors);
     if (h->is_safetensors) {
-        upper(buf, h->autov3, 12);
+        lower(buf, h->autov3, 12);
         cJSON_AddStringToObject(o, "autov3", buf);
-        cJSON_AddStringToObject(o, "autov3_sha256", h->autov3);
+        lower(buf, h->autov3, 64);
+        cJSON_AddStringToObject(o, "autov3_sha256", buf);
     }
-    cJSON_AddStringToObject(o, "crc32", h->crc32);
-    cJSON_AddStringToObject(o, "crc32_zlib", h->crc32_zlib);
+    lower(buf, h->crc32, 8);
+    cJSON_AddStringToObject(o, "crc32", buf);
+    lower(buf, h->crc32_zlib, 8);
+    cJSON_AddStringToObject(o, "crc32_zlib", buf);
     if (h->sshs_model_hash[0])
         cJSON_AddStringToObject(o, "sshs_model_hash", h->sshs_model_hash);
     if (h->sshs_legacy_hash[0])
@@ -124,26 +139,29 @@ static int print_json(const char *path, const mood_file_hashes *h)
 
 static void print_text(const char *path, const mood_file_hashes *h)
 {
-    char buf[65], a1111[13];
+    char buf[65], zlib[9], a1111[13];
     const char *why;
     (void)sshs_status(h, &why);
     printf("file:             %s\n", path);
     printf("size:             %llu bytes\n", (unsigned long long)h->size);
-    printf("AutoV1:           %s%s\n", h->autov1,
+    lower(buf, h->autov1, 8);
+    printf("AutoV1:           %s%s\n", buf,
            h->autov1_civitai ? "" : "  (Civitai lists AutoV1 only for files >= 2 MiB)");
-    upper(buf, h->sha256, 10);
+    lower(buf, h->sha256, 10);
     printf("AutoV2:           %s\n", buf);
-    upper(buf, h->sha256, 64);
+    lower(buf, h->sha256, 64);
     printf("SHA256:           %s\n", buf);
     if (h->is_safetensors) {
-        upper(buf, h->autov3, 12);
+        lower(buf, h->autov3, 12);
         printf("AutoV3:           %s\n", buf);
-        upper(buf, h->autov3, 64);
+        lower(buf, h->autov3, 64);
         printf("AutoV3 (full):    %s\n", buf);
     } else {
         printf("AutoV3:           (not a safetensors file)\n");
     }
-    printf("CRC32:            %s  (zlib order %s)\n", h->crc32, h->crc32_zlib);
+    lower(buf, h->crc32, 8);
+    lower(zlib, h->crc32_zlib, 8);
+    printf("CRC32:            %s  (zlib order %s)\n", buf, zlib);
     printf("sshs_model_hash:  %s%s%s\n", h->sshs_model_hash[0] ? h->sshs_model_hash : "(none)",
            why[0] ? "  " : "", why);
     printf("sshs_legacy_hash: %s\n", h->sshs_legacy_hash[0] ? h->sshs_legacy_hash : "(none)");

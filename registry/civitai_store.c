@@ -489,55 +489,140 @@ done:
 /* ----- link ------------------------------------------------------------------------------------
  */
 
-int mood_civitai_link(mood_civitai_version **version_out, mood_registry *r, mood_civitai *c,
-                      const char *name, const mood_civitai_import_options *o_in)
+/* The file name the LoRA was imported under (NULL when the registry has none, or on failure:
+ * it only labels a result). */
+static char *adapter_file_name(mood_registry *r, const char *sha256)
+{
+    sqlite3_stmt *st = NULL;
+    char *name = NULL;
+    if (mood__reg_prepare(r, &st, "SELECT file_name FROM adapters WHERE sha256 = ?1") != 0) {
+        mood_error_clear();
+        return NULL;
+    }
+    mood__reg_bind_text(st, 1, sha256);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+        name = mood_strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return name;
+}
+
+/* Looks one LoRA up and stores its record; res->status and res->error say how it went. */
+static void link_one(mood_civitai_link_result *res, mood_registry *r, mood_civitai *c,
+                     const char *name, const mood_civitai_import_options *o)
+{
+    mood_civitai_version *v = NULL;
+    mood_civitai_model *m = NULL;
+    char *location = NULL;
+    const char *file = res->file_name ? res->file_name : res->sha256;
+    int err = mood_civitai_version_by_hash(&v, c, res->sha256);
+    if (err == MOOD_ENOTFOUND)
+        /* the client's message names only the URL; say which LoRA of which style it was */
+        mood_error_set(MOOD_ENOTFOUND,
+                       "Civitai does not know the file %s of style '%s' (looked up by SHA-256 at "
+                       "%s)",
+                       file, name, mood_civitai_base(c));
+    if (!err && v->model_id && (err = mood_civitai_model_get(&m, c, v->model_id)) == 0)
+        err = mood_civitai_version_add_model(v, m);
+    if (!err && (err = version_page(&location, c, v)) == 0)
+        err = store(r, name, res->sha256, v, "civitai", location, NULL, o);
+    res->status = err;
+    if (err) {
+        res->error = mood_strdup(mood_error_last());
+        mood_civitai_version_free(v);
+    } else {
+        res->version = v;
+    }
+    mood_error_clear();
+    mood_free(location);
+    mood_civitai_model_free(m);
+}
+
+int mood_civitai_link_each(mood_civitai_link_result **out, size_t *n_out, mood_registry *r,
+                           mood_civitai *c, const char *name,
+                           const mood_civitai_import_options *o_in)
 {
     mood_civitai_import_options o;
     mood_style_lora *loras = NULL;
-    mood_civitai_version *first = NULL;
-    size_t n = 0;
-    int err, linked = 0;
-    if (version_out)
-        *version_out = NULL;
+    mood_civitai_link_result *res = NULL;
+    size_t n = 0, k = 0;
+    int err;
+    *out = NULL;
+    *n_out = 0;
     if (o_in)
         o = *o_in;
     else
         mood_civitai_import_options_init(&o);
     if ((err = mood_registry_style_loras(&loras, &n, r, name)) != 0)
         return err;
-    for (size_t i = 0; i < n && !err; i++) {
-        mood_civitai_version *v = NULL;
-        mood_civitai_model *m = NULL;
-        char *location = NULL;
-        err = mood_civitai_version_by_hash(&v, c, loras[i].sha256);
-        if (err == MOOD_ENOTFOUND) {
-            mood_error_clear();
-            err = 0;
-            continue;
-        }
-        if (!err && v->model_id && (err = mood_civitai_model_get(&m, c, v->model_id)) == 0)
-            err = mood_civitai_version_add_model(v, m);
-        if (!err && (err = version_page(&location, c, v)) == 0 &&
-            (err = store(r, name, loras[i].sha256, v, "civitai", location, NULL, &o)) == 0)
-            linked++;
-        mood_free(location);
-        mood_civitai_model_free(m);
-        if (!err && !first)
-            first = v;
-        else
-            mood_civitai_version_free(v);
+    if (n && !(res = mood_calloc(n, sizeof *res))) {
+        err = mood_error_nomem();
+        goto done;
     }
-    if (!err && !linked)
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        /* a style may list one LoRA twice (at two weights): it is looked up once */
+        while (j < k && strcmp(res[j].sha256, loras[i].sha256) != 0)
+            j++;
+        if (j < k)
+            continue;
+        if (!(res[k].sha256 = mood_strdup(loras[i].sha256))) {
+            err = mood_error_nomem();
+            goto done;
+        }
+        res[k].file_name = adapter_file_name(r, loras[i].sha256);
+        link_one(&res[k++], r, c, name, &o);
+    }
+done:
+    if (err) {
+        mood_civitai_link_results_free(res, k);
+    } else {
+        *out = res;
+        *n_out = k;
+    }
+    mood_registry_free_string((char *)loras);
+    return err;
+}
+
+void mood_civitai_link_results_free(mood_civitai_link_result *res, size_t n)
+{
+    for (size_t i = 0; res && i < n; i++) {
+        mood_free(res[i].sha256);
+        mood_free(res[i].file_name);
+        mood_free(res[i].error);
+        mood_civitai_version_free(res[i].version);
+    }
+    mood_free(res);
+}
+
+int mood_civitai_link(mood_civitai_version **version_out, mood_registry *r, mood_civitai *c,
+                      const char *name, const mood_civitai_import_options *o)
+{
+    mood_civitai_link_result *res = NULL;
+    size_t n = 0, linked, failed;
+    int err;
+    if (version_out)
+        *version_out = NULL;
+    if ((err = mood_civitai_link_each(&res, &n, r, c, name, o)) != 0)
+        return err;
+    for (linked = 0; linked < n && res[linked].status; linked++) {
+    }
+    for (failed = 0; failed < n && res[failed].status == MOOD_ENOTFOUND; failed++) {
+    }
+    if (linked < n) {
+        if (version_out) {
+            *version_out = res[linked].version;
+            res[linked].version = NULL;
+        }
+    } else if (failed < n) {
+        err = mood_error_set(res[failed].status, "%s",
+                             res[failed].error ? res[failed].error : "Civitai lookup failed");
+    } else {
         err = mood_error_set(MOOD_ENOTFOUND,
                              "Civitai does not know the file%s of style '%s' (looked up by "
                              "SHA-256 at %s)",
                              n == 1 ? "" : "s", name, mood_civitai_base(c));
-    if (!err && version_out) {
-        *version_out = first;
-        first = NULL;
     }
-    mood_civitai_version_free(first);
-    mood_registry_free_string((char *)loras);
+    mood_civitai_link_results_free(res, n);
     return err;
 }
 
@@ -611,6 +696,15 @@ static const mood_civitai_version *newer_version(const mood_civitai_model *m, lo
     return NULL;
 }
 
+/* The style and the LoRA a row of the update check is about: name, sha256, file. */
+static void add_lora(cJSON *o, sqlite3_stmt *st)
+{
+    cJSON_AddStringToObject(o, "name", (const char *)sqlite3_column_text(st, 0));
+    cJSON_AddStringToObject(o, "sha256", (const char *)sqlite3_column_text(st, 5));
+    if (sqlite3_column_text(st, 6))
+        cJSON_AddStringToObject(o, "file", (const char *)sqlite3_column_text(st, 6));
+}
+
 static void add_update(cJSON *arr, const mood_civitai *c, sqlite3_stmt *st,
                        const mood_civitai_model *m, const mood_civitai_version *x)
 {
@@ -618,7 +712,7 @@ static void add_update(cJSON *arr, const mood_civitai *c, sqlite3_stmt *st,
     char url[512];
     snprintf(url, sizeof url, "%s/models/%lld?modelVersionId=%lld", mood_civitai_base(c), m->id,
              x->id);
-    cJSON_AddStringToObject(o, "name", (const char *)sqlite3_column_text(st, 0));
+    add_lora(o, st);
     cJSON_AddNumberToObject(o, "model_id", (double)m->id);
     if (m->name)
         cJSON_AddStringToObject(o, "model_name", m->name);
@@ -636,38 +730,67 @@ static void add_update(cJSON *arr, const mood_civitai *c, sqlite3_stmt *st,
     cJSON_AddItemToArray(arr, o);
 }
 
+/* Counts the style that a run of rows was about, once however many LoRAs it has: checked when
+ * every one of its Civitai models could be fetched. */
+typedef struct style_tally {
+    long long id; /* the style of the rows seen last; 0 before the first */
+    int failed;   /* a model of that style could not be fetched */
+    int styles, checked;
+} style_tally;
+
+static void tally_row(style_tally *t, long long style_id, int failed)
+{
+    if (style_id != t->id) {
+        t->id = style_id;
+        t->failed = 0;
+        t->styles++;
+        t->checked++;
+    }
+    if (failed && !t->failed) {
+        t->failed = 1;
+        t->checked--;
+    }
+}
+
 int mood_civitai_update_check(char **out, mood_registry *r, mood_civitai *c)
 {
     cJSON *root = cJSON_CreateObject(), *updates, *errors;
     model_cache k;
+    style_tally t;
     sqlite3_stmt *st = NULL;
-    int err, rc, checked = 0;
+    int err, rc;
     *out = NULL;
     memset(&k, 0, sizeof k);
+    memset(&t, 0, sizeof t);
     updates = cJSON_AddArrayToObject(root, "updates");
     errors = cJSON_AddArrayToObject(root, "errors");
-    /* the newest Civitai source of each style's adapters */
+    /* one row per (style, LoRA) with the newest Civitai source of that LoRA; a LoRA a style
+     * lists twice is one row. Rows of a style are consecutive (names are unique regardless of
+     * case), which is what style_tally relies on. */
     if ((err = mood__reg_prepare(
              r, &st,
              "SELECT s.name, src.civitai_model_id, src.civitai_version_id, src.version_name,"
-             " src.base_model FROM styles s JOIN style_adapters sa ON sa.style_id = s.id"
+             " src.base_model, sa.adapter_sha256, a.file_name, s.id FROM styles s"
+             " JOIN style_adapters sa ON sa.style_id = s.id"
+             " JOIN adapters a ON a.sha256 = sa.adapter_sha256"
              " JOIN sources src ON src.adapter_sha256 = sa.adapter_sha256"
              " WHERE src.civitai_model_id IS NOT NULL AND src.civitai_version_id IS NOT NULL"
              " AND src.id = (SELECT MAX(id) FROM sources WHERE adapter_sha256 = sa.adapter_sha256"
              " AND civitai_version_id IS NOT NULL)"
-             " ORDER BY s.name COLLATE NOCASE, sa.position")) != 0)
+             " GROUP BY s.id, sa.adapter_sha256"
+             " ORDER BY s.name COLLATE NOCASE, s.id, MIN(sa.position)")) != 0)
         goto done;
     while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         mood_civitai_model *m = NULL;
         const mood_civitai_version *x;
         const char *why = NULL;
         long long mid = sqlite3_column_int64(st, 1);
-        checked++;
         if ((err = cache_get(&m, &why, &k, c, mid)) != 0)
             break;
+        tally_row(&t, sqlite3_column_int64(st, 7), !m);
         if (!m) {
             cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "name", (const char *)sqlite3_column_text(st, 0));
+            add_lora(o, st);
             cJSON_AddNumberToObject(o, "model_id", (double)mid);
             cJSON_AddStringToObject(o, "error", why ? why : "lookup failed");
             cJSON_AddItemToArray(errors, o);
@@ -678,7 +801,9 @@ int mood_civitai_update_check(char **out, mood_registry *r, mood_civitai *c)
     }
     if (!err && rc != SQLITE_DONE)
         err = mood__reg_sqlerr(r, rc, "reading the Civitai sources");
-    cJSON_AddNumberToObject(root, "checked", checked);
+    cJSON_AddNumberToObject(root, "styles", t.styles);
+    cJSON_AddNumberToObject(root, "checked", t.checked);
+    cJSON_AddNumberToObject(root, "not_checked", t.styles - t.checked);
     if (!err) {
         char *text = cJSON_PrintUnformatted(root);
         *out = text ? mood_strdup(text) : NULL;

@@ -195,16 +195,45 @@ MOOD_WARN_UNUSED int mood_civitai_import(mood_registry *r, mood_import_result *o
                                          mood_civitai_version **version_out, mood_civitai *c,
                                          const char *what, const mood_civitai_import_options *o);
 
-/* Looks the adapters of style `name` up on Civitai by SHA-256 and stores what it knows, as an
- * import does. MOOD_ENOTFOUND when Civitai knows none of them. *version_out as above. */
+/* What mood_civitai_link_each found for one LoRA of a style. */
+typedef struct mood_civitai_link_result {
+    char *sha256;    /* the LoRA's SHA-256 (lower-case hex) */
+    char *file_name; /* the name it was imported under; NULL when the registry has none */
+    int status;      /* 0 linked, MOOD_ENOTFOUND Civitai does not know it, else the failure */
+    char *error;     /* what went wrong, naming the style and the file, when status != 0 */
+    mood_civitai_version *version; /* the record stored, when linked */
+} mood_civitai_link_result;
+
+/* Looks each LoRA of style `name` up on Civitai by SHA-256 and stores what Civitai knows about
+ * it, as an import does (one transaction per LoRA: a LoRA linked stays linked when another
+ * fails). *out receives one result per distinct LoRA, in the style's order, whatever happened to
+ * it: a LoRA Civitai does not know or a failed request does not stop the others. Returns 0 once
+ * every LoRA was tried; else what kept it from starting: MOOD_ENOTFOUND when there is no style
+ * `name` (the message says so), MOOD_ENOMEM, a registry error. Free the results with
+ * mood_civitai_link_results_free. */
+MOOD_WARN_UNUSED int mood_civitai_link_each(mood_civitai_link_result **out, size_t *n_out,
+                                            mood_registry *r, mood_civitai *c, const char *name,
+                                            const mood_civitai_import_options *o);
+void mood_civitai_link_results_free(mood_civitai_link_result *res, size_t n);
+
+/* mood_civitai_link_each reduced to one record: *version_out receives the first LoRA linked.
+ * When none was linked: the first failure other than "unknown to Civitai", else MOOD_ENOTFOUND
+ * (Civitai knows none of them); MOOD_ENOTFOUND also when there is no style `name`. */
 MOOD_WARN_UNUSED int mood_civitai_link(mood_civitai_version **version_out, mood_registry *r,
                                        mood_civitai *c, const char *name,
                                        const mood_civitai_import_options *o);
 
-/* Styles whose Civitai model has a newer version for the same base family, as JSON:
- * {"checked": N, "updates": [{name, model_id, model_name, version_id, version_name,
- *  latest_version_id, latest_version_name, latest_base_model, latest_published_at, url}],
- *  "errors": [{name, model_id, error}]}. Free with mood_civitai_free_string. */
+/* Checks each style with Civitai data: for each of its LoRAs linked to a Civitai model, whether
+ * that model has a newer version for the same base family. A model is fetched once however many
+ * LoRAs use it. JSON:
+ * {"styles": N (styles with Civitai data, each counted once however many LoRAs it has),
+ *  "checked": styles whose every Civitai model could be fetched, "not_checked": N - checked,
+ *  "updates": [{name, sha256, file, model_id, model_name, version_id, version_name,
+ *               latest_version_id, latest_version_name, latest_base_model,
+ *               latest_published_at, url}] (one per LoRA with a newer version),
+ *  "errors": [{name, sha256, file, model_id, error}] (one per LoRA whose model could not be
+ *            fetched)}; "file" is left out when the registry has no file name.
+ * Free with mood_civitai_free_string. */
 MOOD_WARN_UNUSED int mood_civitai_update_check(char **out, mood_registry *r, mood_civitai *c);
 
 #ifdef __cplusplus

@@ -3,7 +3,9 @@
 # `mood update-check` against tests/mock_civitai.py (started here on 127.0.0.1, stopped on exit):
 # token handling (401 without, never stored), early access (403), archived (410), unknown hash
 # (404), 429 then success, a download cut off half-way and resumed with Range, bytes that do not
-# match the published SHA-256 (rejected, nothing stored), --nsfw preview filtering.
+# match the published SHA-256 (rejected, nothing stored), --nsfw preview filtering, styles of
+# several LoRAs (link reports each LoRA, update-check counts each style once and says what it
+# could not check), exit status 1 for a style not in the registry.
 # Skips (77) when python3 is missing.
 . "$(dirname "$0")/lib.sh"
 
@@ -146,5 +148,73 @@ import json,sys; d=json.load(open(sys.argv[1])); s=[s for a in d["adapters"] for
 assert [x["kind"] for x in s]==["url"] and "/storage/norange/" in s[0]["location"], s' "$tmp/out"
 expect_rc 2 "URL 404" "$MOOD" import "$URL/storage/noauth/missing.safetensors"
 check "404 names the URL" grep -q "missing.safetensors: 404" "$tmp/err"
+
+# ----- styles of several LoRAs: link reports each LoRA; update-check counts each style once
+home h7
+cp "$V1" "$tmp/a.safetensors" # Civitai: 900101 (v1.0, v2.0 exists)
+cp "$V2" "$tmp/b.safetensors" # Civitai: 900107 (the latest)
+MOOD_OFFLINE=1 expect_rc 0 "import a, b, unknown offline" "$MOOD" import "$tmp/a.safetensors" "$tmp/b.safetensors" "$tmp/unknown.safetensors"
+expect_rc 0 "update-check with no Civitai data" "$MOOD" update-check
+check "nothing to check is not \"no updates\"" grep -q "^nothing to check: no style has Civitai data" "$tmp/out"
+"$MOOD" style create combo --lora a --lora b >/dev/null 2>&1 || fail "style create combo"
+"$MOOD" style create half --lora a --lora unknown >/dev/null 2>&1 || fail "style create half"
+expect_rc 0 "link a style of two LoRAs" "$MOOD" civitai link combo --json
+check "link: one result per LoRA, each with its version" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [(x["name"], x["file"], x["status"], x["version_id"]) for x in d]==[("combo","a.safetensors","linked",900101),("combo","b.safetensors","linked",900107)], d
+assert all(len(x["sha256"])==64 for x in d), d' "$tmp/out"
+expect_rc 2 "link: a LoRA Civitai does not know is exit 2" "$MOOD" civitai link half --json
+check "link: the unknown LoRA is reported, the other linked" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [(x["file"], x["status"]) for x in d]==[("a.safetensors","linked"),("unknown.safetensors","not_found")], d
+assert d[0]["version_id"]==900101 and "Civitai does not know the file unknown.safetensors of style" in d[1]["error"], d' "$tmp/out"
+expect_rc 2 "link (human): a LoRA unknown" "$MOOD" civitai link half
+check "human: each LoRA named" py '
+import sys; o=open(sys.argv[1]).read(); e=open(sys.argv[2]).read()
+assert "linked half (a.safetensors) to Civitai" in o, o
+assert "unknown.safetensors of style '"'"'half'"'"'" in e, e' "$tmp/out" "$tmp/err"
+expect_rc 0 "show after link" "$MOOD" show combo --json
+check "both LoRAs of combo linked in the registry" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+v=sorted(s["civitai_version_id"] for a in d["adapters"] for s in a["sources"] if s["kind"]=="civitai")
+assert v==[900101,900107], d["adapters"]' "$tmp/out"
+expect_rc 1 "link of a style not in the registry: bad input" "$MOOD" civitai link nosuch
+check "the message names the style" grep -q "no style named 'nosuch'" "$tmp/err"
+expect_rc 1 "link --json of a style not in the registry" "$MOOD" civitai link nosuch --json
+check "--json: the style's error" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert len(d)==1 and d[0]["name"]=="nosuch" and d[0]["status"]=="error" and "nosuch" in d[0]["error"], d' "$tmp/out"
+# a, b, combo, half have Civitai data (unknown has none): four styles, combo counted once
+expect_rc 0 "update-check, several LoRAs" "$MOOD" update-check --json
+check "styles counted once; updates per LoRA" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert (d["styles"], d["checked"], d["not_checked"], d["errors"])==(4, 4, 0, []), d
+u=sorted((x["name"], x["file"]) for x in d["updates"])
+assert u==[("a","a.safetensors"),("combo","a.safetensors"),("half","a.safetensors")], u' "$tmp/out"
+# nothing reachable: never "no updates"; how many could not be checked, and why once
+MOOD_CIVITAI_URL=http://127.0.0.1:1 expect_rc 2 "update-check, Civitai unreachable" "$MOOD" update-check
+check "unreachable: no claim of no updates, the count, the reason once" py '
+import sys; o=open(sys.argv[1]).read(); e=open(sys.argv[2]).read()
+assert "no updates" not in o and "none of the 4 styles with Civitai data could be checked" in o, o
+w=[l for l in e.splitlines() if "warning" in l]
+assert len(w)==1 and "a, b, combo, half: " in w[0] and "127.0.0.1:1" in w[0], e' "$tmp/out" "$tmp/err"
+MOOD_CIVITAI_URL=http://127.0.0.1:1 expect_rc 2 "update-check --json, Civitai unreachable" "$MOOD" update-check --json
+check "unreachable --json: counts, one error per LoRA" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert (d["styles"], d["checked"], d["not_checked"], d["updates"])==(4, 0, 4, []), d
+e=sorted((x["name"], x["file"]) for x in d["errors"])
+assert e==[("a","a.safetensors"),("b","b.safetensors"),("combo","a.safetensors"),("combo","b.safetensors"),("half","a.safetensors")], e' "$tmp/out"
+# one model of combo cannot be fetched (a model id Civitai answers 404 for): b and combo are
+# not checked, a and half are
+py 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("UPDATE sources SET civitai_model_id=424242 WHERE civitai_version_id=900107"); c.commit()' "$MOOD_HOME/registry.db"
+expect_rc 2 "update-check, one model missing" "$MOOD" update-check
+check "partly checked: updates of the checked, the count of the others" py '
+import sys; o=open(sys.argv[1]).read(); e=open(sys.argv[2]).read()
+assert o.count(": v1.0 -> v2.0")==3 and "2 of 4 styles with Civitai data checked, 2 could not be" in o, o
+assert "not checked: b, combo: " in e and "424242" in e, e' "$tmp/out" "$tmp/err"
+# the network down, two models: the reason once, each style named once
+MOOD_CIVITAI_URL=http://127.0.0.1:1 expect_rc 2 "update-check, two models unreachable" "$MOOD" update-check
+check "two models, one reason: one warning" py '
+import sys; e=open(sys.argv[1]).read(); w=[l for l in e.splitlines() if "warning" in l]
+assert len(w)==1 and "not checked: a, b, combo, half: http://127.0.0.1:1: " in w[0], e' "$tmp/err"
 
 finish

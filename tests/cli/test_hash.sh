@@ -1,24 +1,26 @@
 #!/bin/bash
 # test_hash.sh: `mood hash` end to end: text and --json output for the Civitai mock file
 # (values from ecosystem.md, computed with hashlib/zlib), the sshs_model_hash check for a
-# matching, stale, LyCORIS "0x" and empty-input value, and the exit codes (1 usage, 2 missing;
-# 1 for a FIFO or device, refused without blocking).
+# matching, stale, LyCORIS "0x" and empty-input value, lower-case hex in every hash field, and
+# the exit codes (1 usage, 2 missing; 1 for a folder, FIFO or device, refused without blocking).
 . "$(dirname "$0")/lib.sh"
 
 mock="$FIX/st/mock_ink_style.safetensors"
 out=$("$MOOD" hash "$mock") || fail "hash exited $?"
-for want in "AutoV2: *3B4B65D642" "AutoV3: *E00E5EB94441" "CRC32: *D04AE41E" \
-    "SHA256: *3B4B65D6428F8F873A91DB79353C66EA470C0DE01E159CD805DFC4527EA37A59" \
+for want in "AutoV2: *3b4b65d642$" "AutoV3: *e00e5eb94441$" "CRC32: *d04ae41e  (zlib order 1ee44ad0)" \
+    "SHA256: *3b4b65d6428f8f873a91db79353c66ea470c0de01e159cd805dfc4527ea37a59" \
     "size: *220 bytes" "AutoV1: *e3b0c442" "sshs_model_hash: *(none)"; do
     grep -q "$want" <<<"$out" || fail "text output lacks '$want'"
 done
+# one case for every hash (lower-case, as A1111, kohya and `mood inspect` write them)
+grep -oE '[0-9A-Fa-f]{8,}' <<<"$out" | grep -q '[A-F]' && fail "text output: upper-case hex"
 
 "$MOOD" hash --json "$mock" >"$tmp/mock.json" || fail "hash --json exited $?"
 python3 - "$tmp/mock.json" <<'EOF' || fail "--json output"
 import json, sys
 d = json.load(open(sys.argv[1]))
-want = {"size": 220, "autov2": "3B4B65D642", "autov3": "E00E5EB94441", "crc32": "D04AE41E",
-        "crc32_zlib": "1EE44AD0", "autov1": "e3b0c442", "autov1_civitai": False,
+want = {"size": 220, "autov2": "3b4b65d642", "autov3": "e00e5eb94441", "crc32": "d04ae41e",
+        "crc32_zlib": "1ee44ad0", "autov1": "e3b0c442", "autov1_civitai": False,
         "is_safetensors": True, "sshs_model_hash_status": "absent",
         "a1111_shorthash": "e00e5eb94441",
         "sha256": "3b4b65d6428f8f873a91db79353c66ea470c0de01e159cd805dfc4527ea37a59",
@@ -26,6 +28,9 @@ want = {"size": 220, "autov2": "3B4B65D642", "autov3": "E00E5EB94441", "crc32": 
 bad = {k: (d.get(k), v) for k, v in want.items() if d.get(k) != v}
 if bad:
     sys.exit("mismatch: %r" % bad)
+upper = [k for k, v in d.items() if isinstance(v, str) and k != "file" and v != v.lower()]
+if upper:
+    sys.exit("upper-case hex in %r (one rule: lower-case)" % upper)
 EOF
 
 # Files carrying an embedded sshs_model_hash; the data section is float32 1.0, whose AutoV3 is
@@ -85,5 +90,14 @@ err=$("$MOOD" hash /dev/null 2>&1 >/dev/null)
 rc=$?
 [ $rc -eq 1 ] || fail "/dev/null: exit $rc, want 1"
 grep -q "/dev/null: not a regular file but a device" <<<"$err" || fail "device message: $err"
+# a folder: bad input (exit 1) as for `mood inspect` (mood_map_file refuses it with MOOD_EINVAL)
+mkdir "$tmp/dir.safetensors"
+err=$("$MOOD" hash "$tmp/dir.safetensors" 2>&1 >/dev/null)
+rc=$?
+[ $rc -eq 1 ] || fail "folder: exit $rc, want 1"
+grep -q "dir.safetensors: not a regular file but a folder" <<<"$err" || fail "folder message: $err"
+"$MOOD" inspect "$tmp/dir.safetensors" >/dev/null 2>&1
+rc=$?
+[ $rc -eq 1 ] || fail "inspect of a folder: exit $rc, want 1 (as hash)"
 
 finish
