@@ -135,10 +135,15 @@ int cli_import_remote(mood_registry *r, const char *what, const cli_civitai_flag
     if (!f->json && res.already)
         printf("%s: already in the registry as %s%s\n", what, res.name,
                v ? " (Civitai data updated)" : "");
-    else if (!f->json)
+    else if (!f->json) { /* names from Civitai are made visible as any text from outside */
+        char *model = cli_text_visible(v && v->model_name ? v->model_name : "", 0);
+        char *version = cli_text_visible(v && v->name ? v->name : "", 0);
         printf("imported %s as %s (%s%s%s%s%s)\n", what, res.name, res.family,
-               v ? ", Civitai: " : "", v && v->model_name ? v->model_name : "",
-               v && v->name ? " " : "", v && v->name ? v->name : "");
+               v ? ", Civitai: " : "", model ? model : "?", v && v->name ? " " : "",
+               version ? version : "?");
+        free(model);
+        free(version);
+    }
     mood_civitai_version_free(v);
     return 0;
 }
@@ -159,9 +164,14 @@ void cli_civitai_after_import(mood_registry *r, const char *name, const cli_civi
     mood_civitai_close(c);
     if (err == 0) {
         cJSON_AddItemToObject(o, "civitai", version_json(v));
-        if (!f->json)
-            printf("  found on Civitai: %s %s (%s)\n", v->model_name ? v->model_name : "?",
-                   v->name ? v->name : "", v->air ? v->air : "");
+        if (!f->json) {
+            char *model = cli_text_visible(v->model_name ? v->model_name : "?", 0);
+            char *version = cli_text_visible(v->name ? v->name : "", 0);
+            printf("  found on Civitai: %s %s (%s)\n", model ? model : "?", version ? version : "?",
+                   v->air ? v->air : "");
+            free(model);
+            free(version);
+        }
     } else if (err != MOOD_ENOTFOUND && !f->json) {
         cli_warn("Civitai lookup of %s skipped: %s ('mood civitai link %s' tries again; "
                  "--offline skips it)",
