@@ -29,7 +29,7 @@ typedef struct gen_args {
     } set;
     char *png_text; /* --from-png: the parameters text, and strings taken from it */
     void *png_params;
-    char *png_prompt; /* its prompt with LoRA names found by hash (owned), or NULL */
+    char *png_prompt; /* its prompt with the LoRA tags' hashes added (owned), or NULL */
 } gen_args;
 
 typedef struct gen_run {
@@ -48,15 +48,18 @@ void gen_pick_default_output(gen_run *r);
 
 /* "torch-cpu", "torch-cuda", "mood" (also A1111's "CPU" / "GPU"). 0, or -1 when unknown. */
 int gen_parse_rng(mood_rng_kind *out, const char *s);
-/* --from-png: fills what the command line did not set from the image's parameters and warns
- * about what cannot be matched. Returns 0 or an exit status. */
+/* --from-png: fills what the command line did not set from the image's parameters and warns,
+ * naming key and value, about each setting that changes the image and that mood does not
+ * reproduce (variation seeds, a separate VAE, hires fix, prompt editing, ...). Returns 0 or an
+ * exit status. */
 int gen_apply_png(gen_args *a);
 void gen_from_png_dispose(gen_args *a);
-/* --from-png, registry open: LoRA tags whose name is neither a file nor a style but whose hash
- * is in the registry are renamed to that style (with a notice); others are warned about.
+/* --from-png, registry open: adds "hash=H" to each LoRA tag whose name "Lora hashes" gives a
+ * hash for, so that the registry's LoRA of that hash is applied at the tag's weights (the name
+ * is the fallback); notes a LoRA found under another style name, warns about one found nowhere.
  * Returns 0 or an exit status. */
 int gen_remap_png_loras(gen_run *r);
-/* --from-png, styles resolved: warns about adapters whose hash differs from the image's. */
+/* --from-png, styles resolved: warns about LoRAs found by name whose hash is not the image's. */
 void gen_check_png_hashes(const gen_run *r);
 /* After loading: warns when the model's hash is not the image's. */
 void gen_check_png_model(gen_run *r);

@@ -4,13 +4,19 @@
  * those parameters back and fills every option the command line did not set.
  *
  * The prompt written is the final prompt (templates and trigger words applied) followed by one
- * <lora:NAME:W> tag per adapter, as A1111 writes its own prompts, so A1111 with files of those
- * names, Civitai (through "Lora hashes") and `mood gen --from-png` all find the same adapters.
+ * tag per LoRA applied, as A1111 writes and reads them: <lora:ALIAS:W>, or <lora:ALIAS:TE:UNET>
+ * when the text encoder's multiplier differs (the effective ones: a style's weight times its
+ * LoRA's), ALIAS the LoRA's own name made safe (mood/styles.h), with one "Lora hashes" entry per
+ * LoRA under the same ALIAS. So A1111 with files of those names, Civitai and `mood gen
+ * --from-png` all find the same LoRAs at the same weights: --from-png applies the registry's
+ * LoRA of each recorded hash directly (the name is the fallback), and warns, naming key and
+ * value, about each setting of the image that changes it and that mood does not reproduce.
  *
  * "RNG": absent means A1111's GPU noise (--rng torch-cuda); "CPU" is A1111's per-image CPU noise,
  * which is mood's --rng mood, and for one image also torch-cpu; a torch-cpu batch, whose images
  * share one noise draw, writes "RNG: torch-cpu" with "Batch size" and "Batch pos".
  */
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,23 +102,34 @@ static int set_seed(mood_params *p, uint64_t seed)
     return mood_params_set(p, "Seed", buf);
 }
 
-/* The prompt with one <lora:NAME:W[:W_TE]> tag per adapter. */
+/* The shortest decimal that reads back as the same float: the engine applies multipliers as
+ * floats, so --from-png of it applies the same ones, and 0.7 x 0.6 is written 0.42. */
+static void format_weight(char out[32], double v)
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, 32, "%.*g", prec, v);
+        if ((float)strtod(out, NULL) == (float)v)
+            return;
+    }
+}
+
+/* The prompt with one tag per adapter as A1111 writes and reads it: <lora:ALIAS:W> when the
+ * text encoder and the UNet take the same multiplier, else <lora:ALIAS:TE:UNET>. */
 static char *tagged_prompt(const gen_run *r)
 {
     size_t n = strlen(r->styles.prompt) + 1;
-    char *s, *end;
+    char *s, *end, te[32], unet[32];
     for (size_t i = 0; i < r->styles.n; i++)
-        n += strlen(r->styles.adapters[i].name) + 64;
+        n += strlen(r->styles.adapters[i].alias) + 80;
     if (!(s = malloc(n)))
         return NULL;
     end = s + snprintf(s, n, "%s", r->styles.prompt);
     for (size_t i = 0; i < r->styles.n; i++) {
         const mood_resolved_adapter *a = &r->styles.adapters[i];
-        if (a->te == a->unet)
-            end += snprintf(end, n - (size_t)(end - s), " <lora:%s:%g>", a->name, a->unet);
-        else
-            end +=
-                snprintf(end, n - (size_t)(end - s), " <lora:%s:%g:%g>", a->name, a->unet, a->te);
+        format_weight(te, a->te);
+        format_weight(unet, a->unet);
+        end += snprintf(end, n - (size_t)(end - s), " <lora:%s:%s%s%s>", a->alias, te,
+                        strcmp(te, unet) ? ":" : "", strcmp(te, unet) ? unet : "");
     }
     return s;
 }
@@ -164,10 +181,15 @@ static int build_params(mood_params *p, const gen_run *r, int i)
         return MOOD_ENOMEM;
     err = gen_params_fill(p, &r->args.opts, r->model, prompt, r->styles.negative, i);
     free(prompt);
-    for (size_t k = 0; k < r->styles.n && !err; k++)
-        if (r->styles.adapters[k].hash[0])
-            err = mood_params_add_lora_hash(p, r->styles.adapters[k].name,
-                                            r->styles.adapters[k].hash);
+    /* one entry per LoRA, under the alias its tags carry (a LoRA applied twice has one alias) */
+    for (size_t k = 0; k < r->styles.n && !err; k++) {
+        const mood_resolved_adapter *a = &r->styles.adapters[k];
+        size_t j = 0;
+        while (j < k && strcmp(r->styles.adapters[j].alias, a->alias) != 0)
+            j++;
+        if (a->hash[0] && j == k)
+            err = mood_params_add_lora_hash(p, a->alias, a->hash);
+    }
     return err;
 }
 
@@ -290,10 +312,22 @@ static void png_sampler(gen_args *a, const mood_params *p)
         cli_warn("schedule type '%s' of the image is not one mood has; using the default", sched);
 }
 
+/* A whole number from 0 to max ("Batch size: abc" is not one). */
+static int png_int(int *out, const char *s, long max)
+{
+    char *end;
+    long v = s ? strtol(s, &end, 10) : -1;
+    if (!s || end == s || *end || v < 0 || v > max)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
 static void png_rng(gen_args *a, const mood_params *p)
 {
     const char *rng = mood_params_get(p, "RNG"), *pos = mood_params_get(p, "Batch pos"),
                *bs = mood_params_get(p, "Batch size");
+    int batch, keep;
     if (a->set.rng)
         return;
     if (!rng || gen_parse_rng(&a->opts.rng, rng) != 0) {
@@ -301,14 +335,264 @@ static void png_rng(gen_args *a, const mood_params *p)
             cli_warn("RNG '%s' of the image is not one mood has; using torch-cuda", rng);
         a->opts.rng = MOOD_RNG_TORCH_CUDA;
     }
-    if (a->opts.rng == MOOD_RNG_TORCH_CPU && pos && bs) {
-        /* the image is one of a batch drawn together: draw the batch, keep that one */
-        a->opts.batch = atoi(bs);
-        a->keep_index = atoi(pos);
+    if (a->opts.rng != MOOD_RNG_TORCH_CPU || !pos || !bs)
+        return;
+    /* the image is one of a batch drawn together: draw the batch, keep that one */
+    if (png_int(&batch, bs, 64) != 0 || batch < 1 || png_int(&keep, pos, batch - 1) != 0) {
+        cli_warn("\"Batch size: %s, Batch pos: %s\" of the image is not a batch mood can draw; "
+                 "drawing one image: the image will differ",
+                 bs, pos);
+        return;
+    }
+    a->opts.batch = batch;
+    a->keep_index = keep;
+}
+
+/* A1111 settings that change the image and that mood does not reproduce (modules/processing.py
+ * create_infotext, the samplers' extra_generation_params; ecosystem.md section 4.1). `off`:
+ * the value that means "not used" (no warning); NULL: any value is used. `with`: a key shown in
+ * the same warning; `unless`: no warning of its own when that key is there (it has one). */
+static const struct png_unmatched {
+    const char *key, *off, *with, *unless, *what;
+} png_unmatched[] = {
+    {"Variation seed strength", "0", "Variation seed", NULL, "variation seeds"},
+    {"Seed resize from", NULL, NULL, NULL, "seed resizing"},
+    {"ENSD", "0", NULL, NULL, "an eta noise seed delta"},
+    {"Eta", "1", NULL, NULL, "an ancestral sampler's eta"},
+    {"Eta DDIM", "0", NULL, NULL, "a DDIM eta"},
+    {"VAE", NULL, "VAE hash", NULL, "a separate VAE"},
+    {"VAE hash", NULL, NULL, "VAE", "a separate VAE"},
+    {"VAE Decoder", "Full", NULL, NULL, "an approximate VAE decoder"},
+    {"Noise multiplier", "1", NULL, NULL, "a noise multiplier"},
+    {"Hypernet", NULL, "Hypernet strength", NULL, "a hypernetwork"},
+    {"Hypernet hash", NULL, NULL, "Hypernet", "a hypernetwork"},
+    {"Face restoration", NULL, NULL, NULL, "face restoration"},
+    {"Tiling", "False", NULL, NULL, "tiling"},
+    {"Token merging ratio", "0", NULL, NULL, "token merging"},
+    {"NGMS", "0", NULL, NULL, "a negative guidance minimum sigma"},
+    {"Skip Early CFG", "0", NULL, NULL, "skipping early CFG"},
+    {"Refiner", NULL, "Refiner switch at", NULL, "a refiner model"},
+    {"FP8 weight", "Disable", NULL, NULL, "FP8 weights"},
+    {"Sigma churn", "0", NULL, NULL, "a sampler setting"},
+    {"Sigma tmin", "0", NULL, NULL, "a sampler setting"},
+    {"Sigma tmax", NULL, NULL, NULL, "a sampler setting"},
+    {"Sigma noise", "1", NULL, NULL, "a sampler setting"},
+    {"Schedule max sigma", NULL, NULL, NULL, "a custom noise schedule"},
+    {"Schedule min sigma", NULL, NULL, NULL, "a custom noise schedule"},
+    {"Schedule rho", NULL, NULL, NULL, "a custom noise schedule"},
+    {"Beta schedule alpha", NULL, NULL, NULL, "a custom noise schedule"},
+    {"Beta schedule beta", NULL, NULL, NULL, "a custom noise schedule"},
+    {"Discard penultimate sigma", "False", NULL, NULL, "a custom noise schedule"},
+    {"SGM noise multiplier", "False", NULL, NULL, "SGM's noise multiplier"},
+    {"Downcast alphas_cumprod", "False", NULL, NULL, "downcast alphas_cumprod"},
+    {"Emphasis", "Original", NULL, NULL, "another emphasis mode"},
+    {"Old emphasis implementation", "False", NULL, NULL, "another emphasis mode"},
+    {"Old prompt editing timelines", "False", NULL, NULL, "old prompt editing timelines"},
+    {"Pad conds", "False", NULL, NULL, "padded conditionings"},
+    {"Pad conds v0", "False", NULL, NULL, "padded conditionings"},
+};
+
+/* Whether an image's value is the "not used" one: equal as numbers, else as text (any case). */
+static int png_is_off(const char *v, const char *off)
+{
+    char *e1, *e2;
+    double x = strtod(v, &e1), y = strtod(off, &e2);
+    if (e1 != v && !*e1 && e2 != off && !*e2)
+        return x == y;
+    return strcasecmp(v, off) == 0;
+}
+
+/* The settings of the table above. */
+static void png_warn_settings(const mood_params *p)
+{
+    for (size_t i = 0; i < sizeof png_unmatched / sizeof png_unmatched[0]; i++) {
+        const struct png_unmatched *u = &png_unmatched[i];
+        const mood_params_extra *x = NULL, *w = NULL;
+        for (size_t k = 0; k < p->n_extras; k++) {
+            if (!strcmp(p->extras[k].key, u->key))
+                x = &p->extras[k];
+            if (u->with && !strcmp(p->extras[k].key, u->with))
+                w = &p->extras[k];
+        }
+        if (!x || (u->off && png_is_off(x->value, u->off)) ||
+            (u->unless && mood_params_get(p, u->unless)))
+            continue;
+        cli_warn("the image was made with \"%s: %s\"%s%s%s%s%s (%s), which mood does not do: "
+                 "the image will differ",
+                 x->key, x->value, w ? " and \"" : "", w ? w->key : "", w ? ": " : "",
+                 w ? w->value : "", w ? "\"" : "", u->what);
     }
 }
 
-static void png_fill(gen_args *a, const mood_params *p)
+/* One warning for every key starting with `prefix` (hires fix, ADetailer, ControlNet): their
+ * pairs, and `also` ("Denoising strength: 0.5") when given. 1 when there was one. */
+static int png_warn_group(const mood_params *p, const char *prefix, const char *also,
+                          const char *what)
+{
+    char list[512] = "";
+    size_t n = 0, len = strlen(prefix);
+    for (size_t k = 0; k < p->n_extras; k++) {
+        if (strncmp(p->extras[k].key, prefix, len) != 0 || n >= sizeof list - 1)
+            continue;
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s: %s", n ? ", " : "",
+                              p->extras[k].key, p->extras[k].value);
+    }
+    if (!n)
+        return 0;
+    if (also && n < sizeof list - 1)
+        snprintf(list + n, sizeof list - n, ", %s", also);
+    cli_warn("the image was made with %s (%s), which mood does not do: the image will differ", what,
+             list);
+    return 1;
+}
+
+/* Hires fix and img2img (Denoising strength, unless it does not parse), ADetailer, ControlNet. */
+static void png_warn_passes(const mood_params *p)
+{
+    char den[96] = "";
+    const char *raw = NULL;
+    for (size_t k = 0; k < p->n_extras; k++)
+        if (!strcmp(p->extras[k].key, "Denoising strength"))
+            raw = p->extras[k].value;
+    if (!isnan(p->denoising_strength))
+        snprintf(den, sizeof den, "Denoising strength: %g", p->denoising_strength);
+    else if (raw)
+        snprintf(den, sizeof den, "Denoising strength: %.60s", raw);
+    if (!png_warn_group(p, "Hires ", *den ? den : NULL, "hires fix, a second upscaled pass,") &&
+        *den)
+        cli_warn("the image was made with img2img (%s), which mood does not do (it regenerates "
+                 "from noise): the image will differ",
+                 den);
+    png_warn_group(p, "ADetailer ", NULL, "ADetailer (inpainted details)");
+    png_warn_group(p, "ControlNet", NULL, "ControlNet (a control image)");
+}
+
+/* Known keys whose value did not parse (they stay among the extras): "Steps: abc". */
+static void png_warn_unparsed(const gen_args *a, const mood_params *p)
+{
+    static const char *const keys[] = {"Steps", "CFG scale", "Seed", "Size", "Clip skip"};
+    const int set[] = {a->set.steps, a->set.cfg, a->set.seed, a->set.size, a->set.clip_skip};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        for (size_t k = 0; k < p->n_extras && !set[i]; k++)
+            if (!strcmp(p->extras[k].key, keys[i]))
+                cli_warn("\"%s: %s\" of the image is not a value mood can use; using the "
+                         "default: the image will differ",
+                         keys[i], p->extras[k].value);
+}
+
+/* Textual inversions: their words reach the text encoder as plain words. */
+static void png_warn_embeddings(const mood_params *p)
+{
+    for (size_t i = 0; i < p->n_ti_hashes; i++)
+        cli_warn("the image used the textual inversion (embedding) %s (hash %s), which mood does "
+                 "not load (its name is read as plain words): the image will differ",
+                 p->ti_hashes[i].name, p->ti_hashes[i].hash);
+}
+
+/* Whether s..end is a number ([+-] digits and dots, white space around): A1111's "when". */
+static int png_is_when(const char *s, const char *end)
+{
+    int digits = 0;
+    while (s < end && isspace((unsigned char)*s))
+        s++;
+    s += s < end && (*s == '+' || *s == '-');
+    for (; s < end && (isdigit((unsigned char)*s) || *s == '.'); s++)
+        digits += isdigit((unsigned char)*s) != 0;
+    while (s < end && isspace((unsigned char)*s))
+        s++;
+    return digits && s == end;
+}
+
+/* A1111's prompt editing [from:to:when] / [to:when] and alternation [a|b] (modules/
+ * prompt_parser.py), which mood's prompt syntax does not have: one warning for each. */
+static void png_warn_editing(const char *prompt, const char *which)
+{
+    for (const char *p = prompt; *p; p++) {
+        const char *q, *colon = NULL;
+        int depth = 0, parens = 0, bar = 0;
+        if (*p == '\\' && p[1]) {
+            p++;
+            continue;
+        }
+        if (*p != '[')
+            continue;
+        for (q = p; *q; q++) {
+            if (*q == '\\' && q[1])
+                q++;
+            else if (*q == '[')
+                depth++;
+            else if (*q == ']' && --depth == 0)
+                break;
+            else if (*q == '(' || *q == ')')
+                parens += *q == '(' ? 1 : -1;
+            else if (depth == 1 && parens == 0 && *q == '|')
+                bar = 1;
+            else if (depth == 1 && parens == 0 && *q == ':')
+                colon = q;
+        }
+        if (!*q)
+            return;
+        if (bar || (colon && png_is_when(colon + 1, q)))
+            cli_warn("the image's %s has %s \"%.*s\", which mood does not have (it reads the "
+                     "text as it stands): the image will differ",
+                     which, bar ? "alternation" : "prompt editing", (int)(q - p + 1), p);
+        p = q;
+    }
+}
+
+/* A1111 removes every extra-network tag <word:...> from the prompt (modules/extra_networks.py):
+ * the tags mood has no network for (<hypernet:...>) are removed too, each with a warning. The
+ * prompt without them into a->png_prompt (unchanged: nothing done). */
+static int png_strip_networks(gen_args *a)
+{
+    const char *s = a->prompt, *p = s;
+    char *out = malloc(strlen(s) + 1), *o = out;
+    int changed = 0;
+    if (!out)
+        return 2;
+    while (*p) {
+        const char *w = p + 1, *close;
+        while (isalnum((unsigned char)*w) || *w == '_' || (unsigned char)*w >= 0x80)
+            w++;
+        if (*p != '<' || w == p + 1 || *w != ':' || !(close = strchr(w + 1, '>')) ||
+            close == w + 1 || !strncasecmp(p, "<lora:", 6) || !strncasecmp(p, "<lyco:", 6) ||
+            !strncasecmp(p, "<style:", 7)) {
+            *o++ = *p++;
+            continue;
+        }
+        cli_warn("the image's prompt tag %.*s is %s mood does not have; left out: the image "
+                 "will differ",
+                 (int)(close - p + 1), p,
+                 strncmp(p, "<hypernet:", 10) ? "an extra network" : "a hypernetwork, which");
+        p = close + 1;
+        changed = 1;
+    }
+    *o = '\0';
+    if (!changed) {
+        free(out);
+        return 0;
+    }
+    free(a->png_prompt);
+    a->png_prompt = out;
+    a->prompt = out;
+    return 0;
+}
+
+/* Everything of the image mood does not reproduce, each named with its value. */
+static int png_warn_unmatched(gen_args *a, const mood_params *p)
+{
+    png_warn_unparsed(a, p);
+    png_warn_settings(p);
+    png_warn_passes(p);
+    png_warn_embeddings(p);
+    if (!a->set.prompt)
+        png_warn_editing(p->prompt, "prompt");
+    if (!a->set.negative)
+        png_warn_editing(p->negative_prompt, "negative prompt");
+    return a->set.prompt ? 0 : png_strip_networks(a);
+}
+
+static int png_fill(gen_args *a, const mood_params *p)
 {
     if (!a->set.prompt)
         a->prompt = p->prompt;
@@ -328,9 +612,7 @@ static void png_fill(gen_args *a, const mood_params *p)
         a->model = p->model;
     png_sampler(a, p);
     png_rng(a, p);
-    if (!isnan(p->denoising_strength))
-        cli_warn("the image was made with img2img or hires fix (Denoising strength); mood "
-                 "regenerates the txt2img pass only");
+    return png_warn_unmatched(a, p);
 }
 
 int gen_apply_png(gen_args *a)
@@ -347,29 +629,96 @@ int gen_apply_png(gen_args *a)
     a->png_text = text;
     if ((err = mood_params_parse(p, text)) != 0)
         return cli_fail(err);
-    png_fill(a, p);
+    return png_fill(a, p);
+}
+
+/* Whether the tag name s[0..n) is `name` as "Lora hashes" writes it (A1111 drops ',' and ':'). */
+static int png_same_name(const char *s, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ',')
+            continue;
+        if (*name++ != s[i])
+            return 0;
+    }
+    return *name == '\0';
+}
+
+/* The hash the image records for the k-th (0-based) tag named s[0..n): the k-th entry of that
+ * name (images mood made before names were unique hold several), else the last; NULL: none. */
+static const char *png_hash_for(const mood_params *p, const char *s, size_t n, size_t k)
+{
+    const char *last = NULL;
+    for (size_t i = 0; i < p->n_lora_hashes; i++) {
+        if (!png_same_name(s, n, p->lora_hashes[i].name))
+            continue;
+        last = p->lora_hashes[i].hash;
+        if (k-- == 0)
+            break;
+    }
+    return last;
+}
+
+/* The <lora:NAME...> / <lyco:NAME...> tag at s (its '>' at *close), else 0; *name_len: NAME's. */
+static int png_lora_tag(const char *s, const char **close, size_t *name_len)
+{
+    if (strncasecmp(s, "<lora:", 6) != 0 && strncasecmp(s, "<lyco:", 6) != 0)
+        return 0;
+    if (!(*close = strchr(s, '>')))
+        return 0;
+    *name_len = strcspn(s + 6, ":>");
+    return 1;
+}
+
+/* 8 to 64 hex digits: a hash the registry can look up (not LyCORIS's "0x..."). */
+static int png_is_hex(const char *h)
+{
+    size_t n = strspn(h, "0123456789abcdefABCDEF");
+    return n >= 8 && n <= 64 && !h[n];
+}
+
+/* Whether the tag s..close has the argument `arg` (":hash=") already. */
+static int png_has_arg(const char *s, const char *close, const char *arg)
+{
+    size_t n = strlen(arg);
+    for (; s + n <= close; s++)
+        if (!strncmp(s, arg, n))
+            return 1;
     return 0;
 }
 
-/* Replaces every "<lora:old:" / "<lora:old>" of `prompt` with the new name; a malloc'd copy. */
-static char *rename_tag(const char *prompt, const char *old, const char *new_name)
+/* The prompt with ":hash=H" added to every LoRA tag whose name the image gives a hash for, so
+ * that the registry's LoRA of that hash is applied at the tag's weights (mood/styles.h); NULL:
+ * out of memory. */
+static char *png_add_hashes(const char *prompt, const mood_params *p)
 {
-    size_t lo = strlen(old), n = strlen(prompt) + 1, extra = strlen(new_name) + 8;
-    const char *p = prompt;
+    size_t n = strlen(prompt) + 1;
     char *out, *o;
-    for (const char *q = prompt; (q = strstr(q, "<lora:")); q++)
-        n += extra;
+    const char *close, *h;
+    size_t len;
+    for (const char *q = prompt; (q = strchr(q, '<')); q++)
+        n += 80; /* ":hash=" and at most 64 hex digits */
     if (!(out = malloc(n)))
         return NULL;
     o = out;
-    while (*p) {
-        if (strncmp(p, "<lora:", 6) == 0 && strncmp(p + 6, old, lo) == 0 &&
-            (p[6 + lo] == ':' || p[6 + lo] == '>')) {
-            o += sprintf(o, "<lora:%s", new_name);
-            p += 6 + lo;
+    for (const char *q = prompt; *q;) {
+        size_t k = 0;
+        if (!png_lora_tag(q, &close, &len)) {
+            *o++ = *q++;
             continue;
         }
-        *o++ = *p++;
+        for (const char *e = prompt; e < q; e++) { /* earlier tags of the same name */
+            const char *c2;
+            size_t l2;
+            k += png_lora_tag(e, &c2, &l2) && l2 == len && !strncmp(e + 6, q + 6, len);
+        }
+        h = png_hash_for(p, q + 6, len, k);
+        memcpy(o, q, (size_t)(close - q));
+        o += close - q;
+        if (h && png_is_hex(h) && !png_has_arg(q, close, ":hash="))
+            o += sprintf(o, ":hash=%s", h);
+        *o++ = '>';
+        q = close + 1;
     }
     *o = '\0';
     return out;
@@ -392,44 +741,58 @@ static int lora_name_known(mood_registry *reg, const char *name)
 int gen_remap_png_loras(gen_run *r)
 {
     const mood_params *p = r->args.png_params;
+    char *tagged;
     for (size_t i = 0; p && i < p->n_lora_hashes; i++) {
         const mood_params_hash *h = &p->lora_hashes[i];
-        char *style = NULL, *renamed;
-        if (lora_name_known(r->reg, h->name))
-            continue;
-        if (!r->reg || mood_registry_style_by_hash(&style, r->reg, h->hash) != 0) {
+        char *style = NULL;
+        if (r->reg && mood_registry_style_by_hash(&style, r->reg, h->hash) == 0) {
+            if (strcasecmp(style, h->name) != 0)
+                cli_warn("LoRA %s of the image found in the registry by its hash %s: style %s",
+                         h->name, h->hash, style);
+        } else if (!lora_name_known(r->reg, h->name)) {
             cli_warn("LoRA %s (hash %s) of the image is neither a file nor in the registry; "
                      "left out",
                      h->name, h->hash);
-            continue;
         }
-        if (!(renamed = rename_tag(r->args.prompt, h->name, style))) {
-            mood_registry_free_string(style);
-            return 2;
-        }
-        cli_warn("LoRA %s of the image found in the registry by its hash %s: style %s", h->name,
-                 h->hash, style);
         mood_registry_free_string(style);
-        free(r->args.png_prompt);
-        r->args.png_prompt = renamed;
-        r->args.prompt = renamed;
     }
+    if (!p || !p->n_lora_hashes || !r->args.prompt)
+        return 0;
+    /* the hash wins over the name: the resolver applies the registry's LoRA of that hash */
+    if (!(tagged = png_add_hashes(r->args.prompt, p)))
+        return 2;
+    free(r->args.png_prompt);
+    r->args.png_prompt = tagged;
+    r->args.prompt = tagged;
     return 0;
 }
 
-/* After resolving: warns about adapters whose hash is not the one the image records. */
+/* Whether an adapter's hash is the one the image records (as long as both are). */
+static int png_hash_is(const mood_resolved_adapter *a, const char *hash)
+{
+    size_t n = strlen(hash);
+    return a->hash[0] && strncasecmp(a->hash, hash, n < 12 ? n : 12) == 0;
+}
+
+/* After resolving: warns about LoRAs of the image that were found by name only, with another
+ * hash than the image records. */
 void gen_check_png_hashes(const gen_run *r)
 {
     const mood_params *p = r->args.png_params;
-    for (size_t i = 0; p && i < p->n_lora_hashes; i++)
-        for (size_t k = 0; k < r->styles.n; k++) {
+    for (size_t i = 0; p && i < p->n_lora_hashes; i++) {
+        const mood_params_hash *h = &p->lora_hashes[i];
+        size_t k = 0;
+        while (k < r->styles.n && !png_hash_is(&r->styles.adapters[k], h->hash))
+            k++;
+        if (k < r->styles.n)
+            continue; /* the image's LoRA is applied */
+        for (k = 0; k < r->styles.n; k++) {
             const mood_resolved_adapter *a = &r->styles.adapters[k];
-            size_t n = strlen(p->lora_hashes[i].hash);
-            if (strcmp(a->name, p->lora_hashes[i].name) == 0 && a->hash[0] &&
-                strncasecmp(a->hash, p->lora_hashes[i].hash, n < 12 ? n : 12) != 0)
+            if (a->hash[0] && (!strcmp(a->alias, h->name) || !strcmp(a->name, h->name)))
                 cli_warn("LoRA %s: the image used hash %s, this one is %s: the result will differ",
-                         a->name, p->lora_hashes[i].hash, a->hash);
+                         h->name, h->hash, a->hash);
         }
+    }
 }
 
 /* After loading: warns when the model is not the one the image names. */

@@ -5,6 +5,7 @@
  */
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -28,8 +29,8 @@ typedef struct resolver {
 
 /* ----- adapters ---------------------------------------------------------------------------- */
 
-static int add_adapter(resolver *r, const char *path, const char *name, double unet, double te,
-                       const char *hash)
+static int add_adapter(resolver *r, const char *path, const char *name, const char *alias,
+                       double unet, double te, const char *hash)
 {
     mood_resolved_adapter *a;
     if (mood_array_reserve(&r->out->adapters, &r->cap_adapters, r->out->n + 1, sizeof *a, 8) != 0)
@@ -38,11 +39,12 @@ static int add_adapter(resolver *r, const char *path, const char *name, double u
     memset(a, 0, sizeof *a);
     a->path = mood_strdup(path);
     a->name = mood_strdup(name);
+    a->alias = mood_strdup(alias); /* made safe and unique by name_aliases */
     a->unet = unet;
     a->te = te;
     snprintf(a->hash, sizeof a->hash, "%.12s", hash ? hash : "");
     r->out->n++;
-    return a->path && a->name ? 0 : mood_error_nomem();
+    return a->path && a->name && a->alias ? 0 : mood_error_nomem();
 }
 
 /* "dir/inkwash.safetensors" -> "inkwash" into buf. */
@@ -62,7 +64,7 @@ static int add_file(resolver *r, const char *path, double unet, double te)
     if (err)
         return err;
     file_stem(stem, sizeof stem, path);
-    return add_adapter(r, path, stem, unet, te, h.is_safetensors ? h.autov3 : "");
+    return add_adapter(r, path, stem, stem, unet, te, h.is_safetensors ? h.autov3 : "");
 }
 
 /* ----- registry styles --------------------------------------------------------------------- */
@@ -83,6 +85,16 @@ static const char *json_str(const cJSON *o, const char *key)
     return s && *s ? s : NULL;
 }
 
+/* A registry adapter's A1111 name: the stem of the file it was imported from, else `style`. */
+static void adapter_alias(char *buf, size_t size, const cJSON *a, const char *style)
+{
+    const char *file = json_str(a, "file_name");
+    if (file)
+        file_stem(buf, size, file);
+    if (!file || !*buf)
+        snprintf(buf, size, "%s", style);
+}
+
 static int style_adapters(resolver *r, const cJSON *style, const char *name, double w, double w_te)
 {
     const cJSON *a, *list = cJSON_GetObjectItemCaseSensitive(style, "adapters");
@@ -92,12 +104,15 @@ static int style_adapters(resolver *r, const cJSON *style, const char *name, dou
         const char *path = json_str(a, "path");
         double u = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(a, "unet_weight"));
         double t = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(a, "te_weight"));
+        char alias[256];
         if (!path)
             return mood_error_set(MOOD_EFORMAT,
                                   "style \"%s\": an adapter without a stored file "
                                   "(run `mood doctor`)",
                                   name);
-        if ((err = add_adapter(r, path, name, u * w, t * w_te, json_str(a, "autov3_short"))) != 0)
+        adapter_alias(alias, sizeof alias, a, name);
+        if ((err = add_adapter(r, path, name, alias, u * w, t * w_te,
+                               json_str(a, "autov3_short"))) != 0)
             break;
     }
     return err;
@@ -150,74 +165,213 @@ static int add_style(resolver *r, const char *name, double w, double w_te, int h
 
 /* ----- prompt tags ------------------------------------------------------------------------- */
 
-/* Reads the parameters of a tag body "name:W:W_TE" / "name:unet=W:te=W" (body is modified). */
-static int tag_weights(char *body, const char *tag, char **name, double *w, double *w_te,
-                       int *has_w)
+/* What a tag's arguments ask for (lora-formats.md section 4.2). */
+typedef struct tag_args {
+    char *name;
+    double unet, te;
+    int has_w;        /* a weight was given (else a style's preferred weight applies) */
+    const char *hash; /* hash=, or NULL */
+} tag_args;
+
+/* A1111's float(): a finite number, white space around it allowed. */
+static int parse_weight(double *out, const char *s)
 {
-    char *save = NULL, *p;
-    int positional = 0, has_te = 0;
-    *name = strtok_r(body, ":", &save);
-    *w = *w_te = 1.0;
-    *has_w = 0;
-    if (!*name || !**name)
-        return mood_error_set(MOOD_EINVAL, "prompt tag \"%s\" names nothing", tag);
-    while ((p = strtok_r(NULL, ":", &save))) {
-        char *eq = strchr(p, '='), *end;
-        double v = strtod(eq ? eq + 1 : p, &end);
-        if (end == (eq ? eq + 1 : p) || *end)
-            return mood_error_set(MOOD_EINVAL, "prompt tag \"%s\": \"%s\" is not a weight", tag, p);
-        if (eq && strncmp(p, "te=", 3) == 0) {
-            *w_te = v;
-            has_te = 1;
-        } else if (eq && strncmp(p, "unet=", 5) == 0) {
-            *w = v;
-            *has_w = 1;
-        } else if (!eq && positional == 0) {
-            *w = v;
-            *has_w = 1;
-            positional++;
-        } else if (!eq && positional == 1) {
-            *w_te = v;
-            has_te = 1;
-            positional++;
-        } else {
-            return mood_error_set(MOOD_EINVAL, "prompt tag \"%s\": unexpected \"%s\"", tag, p);
-        }
-    }
-    if (!has_te)
-        *w_te = *w;
+    char *end;
+    double v = strtod(s, &end);
+    while (end != s && isspace((unsigned char)*end))
+        end++;
+    if (end == s || *end || !isfinite(v))
+        return -1;
+    *out = v;
     return 0;
 }
 
-/* A lora tag's target: an existing file (as given, or NAME.safetensors), else a style. */
-static int add_lora_tag(resolver *r, const char *name, double w, double w_te, int has_w)
+/* A1111's int(): [+-]digits, white space around them allowed. */
+static int parse_rank(const char *s)
+{
+    const char *p = s;
+    while (isspace((unsigned char)*p))
+        p++;
+    p += *p == '+' || *p == '-';
+    if (!isdigit((unsigned char)*p))
+        return -1;
+    while (isdigit((unsigned char)*p))
+        p++;
+    while (isspace((unsigned char)*p))
+        p++;
+    return *p ? -1 : 0;
+}
+
+/* One named argument KEY=VALUE (eq at the '='). Returns 0, or an error naming the tag. */
+static int tag_named(tag_args *t, const char *tag, char *arg, char *eq, int lora, double *te,
+                     int *has_te, double *unet, int *has_unet)
+{
+    const char *v = eq + 1;
+    *eq = '\0';
+    if (!strcmp(arg, "te") || !strcmp(arg, "unet")) {
+        int te_key = arg[0] == 't';
+        if (parse_weight(te_key ? te : unet, v) != 0)
+            return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: \"%s=%s\" is not a weight", tag,
+                                  arg, v);
+        *(te_key ? has_te : has_unet) = 1;
+    } else if (!strcmp(arg, "dyn")) {
+        if (parse_rank(v) != 0)
+            return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: dyn=%s is not a whole number", tag,
+                                  v);
+        mood_log(MOOD_LOG_WARN,
+                 "prompt tag <%s>: dyn=%s (DyLoRA rank truncation) is ignored: mood applies %s "
+                 "at its full rank, so the image may differ from A1111's",
+                 tag, v, t->name);
+    } else if (!strcmp(arg, "hash") && lora) {
+        t->hash = v;
+    } else {
+        mood_log(MOOD_LOG_WARN, "prompt tag <%s>: \"%s=%s\" is not an argument mood knows; ignored",
+                 tag, arg, v);
+    }
+    return 0;
+}
+
+/* Reads a tag body "name:TE:UNET:DYN" / "name:W:te=T:unet=U:dyn=D:hash=H" as A1111's
+ * extra_networks_lora.py does (body is modified; tag is the whole text, for messages). */
+static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
+{
+    char *p = body, *next;
+    double te = 1.0, unet = 1.0;
+    int positional = 0, has_te = 0, has_unet = 0, err = 0;
+    memset(t, 0, sizeof *t);
+    next = strchr(p, ':');
+    if (next)
+        *next++ = '\0';
+    t->name = p;
+    if (!*t->name)
+        return mood_error_set(MOOD_EINVAL, "prompt tag <%s> names nothing", tag);
+    for (p = next; p && !err; p = next) {
+        char *eq;
+        if ((next = strchr(p, ':')))
+            *next++ = '\0';
+        eq = strchr(p, '=');
+        if (eq && !strchr(eq + 1, '=')) { /* A1111: split('=', 2) gives exactly two parts */
+            err = tag_named(t, tag, p, eq, lora, &te, &has_te, &unet, &has_unet);
+            continue;
+        }
+        positional++;
+        if (positional <= 2 && parse_weight(positional == 1 ? &te : &unet, p) != 0)
+            err = mood_error_set(MOOD_EINVAL, "prompt tag <%s>: \"%s\" is not a weight", tag, p);
+        else if (positional <= 2)
+            *(positional == 1 ? &has_te : &has_unet) = 1;
+        else if (positional == 3 && parse_rank(p) != 0)
+            err = mood_error_set(MOOD_EINVAL,
+                                 "prompt tag <%s>: \"%s\" (the fourth argument, DyLoRA's rank) is "
+                                 "not a whole number",
+                                 tag, p);
+        else if (positional == 3)
+            mood_log(MOOD_LOG_WARN,
+                     "prompt tag <%s>: rank %s (DyLoRA rank truncation) is ignored: mood applies "
+                     "%s at its full rank, so the image may differ from A1111's",
+                     tag, p, t->name);
+        else
+            mood_log(MOOD_LOG_WARN, "prompt tag <%s>: \"%s\" is one argument too many; ignored",
+                     tag, p);
+    }
+    if (err)
+        return err;
+    /* A1111: te = positional 1 (else 1), te= overrides; unet = positional 2 (else te), unet=
+     * overrides */
+    t->te = te;
+    t->unet = has_unet ? unet : te;
+    t->has_w = has_te || has_unet;
+    return 0;
+}
+
+/* Whether `full` (a hex hash) starts with `prefix`, ignoring case. */
+static int hash_starts(const char *full, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return full && n && strlen(full) >= n && strncasecmp(full, prefix, n) == 0;
+}
+
+/* The registry LoRA whose AutoV3 or SHA-256 starts with t->hash, at the tag's weights. Returns
+ * 1 when the registry has none (the tag's name is then the fallback). */
+static int add_by_hash(resolver *r, const tag_args *t)
+{
+    char *style = NULL, *json = NULL;
+    cJSON *st = NULL;
+    const cJSON *a, *list = NULL;
+    int err = mood_registry_style_by_hash(&style, r->reg, t->hash);
+    if (err == MOOD_ENOTFOUND || err == MOOD_EINVAL) { /* not there, or not a hash mood reads */
+        mood_error_clear();
+        return 1;
+    }
+    if (!err && (err = mood_registry_show_json(&json, r->reg, style)) == 0 &&
+        !(st = cJSON_Parse(json)))
+        err = mood_error_set(MOOD_EFORMAT, "style \"%s\": unreadable registry record", style);
+    if (!err) {
+        list = cJSON_GetObjectItemCaseSensitive(st, "adapters");
+        err = 1; /* unless an adapter of the style has the hash (it should: the query found it) */
+    }
+    cJSON_ArrayForEach(a, list)
+    {
+        if (!hash_starts(json_str(a, "autov3"), t->hash) &&
+            !hash_starts(json_str(a, "sha256"), t->hash))
+            continue;
+        if (!json_str(a, "path")) {
+            err = mood_error_set(MOOD_EFORMAT,
+                                 "style \"%s\": an adapter without a stored file "
+                                 "(run `mood doctor`)",
+                                 style);
+            break;
+        }
+        /* the name the tag gave it (an image's), so that the image's text comes back as well */
+        err = add_adapter(r, json_str(a, "path"), style, t->name, t->unet, t->te,
+                          json_str(a, "autov3_short"));
+        if (!err)
+            err = mood_buf_printf(&r->used, "%s%s:%g", r->used.len ? ", " : "", style, t->unet);
+        break;
+    }
+    cJSON_Delete(st);
+    mood_registry_free_string(json);
+    mood_registry_free_string(style);
+    return err;
+}
+
+/* A lora tag's target: with hash=, the registry LoRA of that hash; else (or when there is none)
+ * an existing file (as given, or NAME.safetensors), else a style. */
+static int add_lora_tag(resolver *r, const tag_args *t)
 {
     char path[4096];
-    if (mood_path_exists(name) && !strchr(name, '\n'))
-        return add_file(r, name, w, w_te);
-    snprintf(path, sizeof path, "%s.safetensors", name);
+    int err;
+    if (t->hash && r->reg && (err = add_by_hash(r, t)) <= 0)
+        return err;
+    if (mood_path_exists(t->name) && !strchr(t->name, '\n'))
+        return add_file(r, t->name, t->unet, t->te);
+    snprintf(path, sizeof path, "%s.safetensors", t->name);
     if (mood_path_exists(path))
-        return add_file(r, path, w, w_te);
+        return add_file(r, path, t->unet, t->te);
     if (!r->reg)
-        return skip_missing(r, name,
-                            mood_error_set(MOOD_ENOTFOUND, "<lora:%s>: no such file", name));
-    return add_style(r, name, w, w_te, has_w);
+        return skip_missing(r, t->name,
+                            mood_error_set(MOOD_ENOTFOUND, "<lora:%s>: no such file", t->name));
+    return add_style(r, t->name, t->unet, t->te, t->has_w);
 }
 
 /* One tag "<kind:body>" (text between the brackets given). */
 static int handle_tag(resolver *r, const char *inner, size_t len)
 {
-    char *copy = mood_malloc(len + 1), *name;
-    double w, w_te;
-    int has_w, err, style = strncasecmp(inner, "style:", 6) == 0;
-    if (!copy)
+    char *copy = mood_malloc(len + 1), *tag = mood_malloc(len + 1);
+    tag_args t;
+    int err, style = strncasecmp(inner, "style:", 6) == 0;
+    if (!copy || !tag) {
+        mood_free(copy);
+        mood_free(tag);
         return mood_error_nomem();
+    }
     memcpy(copy, inner, len);
     copy[len] = '\0';
-    err = tag_weights(copy + (style ? 6 : 5), inner, &name, &w, &w_te, &has_w);
+    memcpy(tag, copy, len + 1);
+    err = tag_parse(&t, copy + (style ? 6 : 5), tag, !style);
     if (!err)
-        err = style ? add_style(r, name, w, w_te, has_w) : add_lora_tag(r, name, w, w_te, has_w);
+        err = style ? add_style(r, t.name, t.unet, t.te, t.has_w) : add_lora_tag(r, &t);
     mood_free(copy);
+    mood_free(tag);
     return err;
 }
 
@@ -313,6 +467,73 @@ static int assemble(resolver *r, const char *negative)
     return err;
 }
 
+/* ----- A1111 names ------------------------------------------------------------------------ */
+
+/* s with every character but [A-Za-z0-9_.-] as one '_' (a UTF-8 sequence counts as one): what
+ * <lora:NAME:W> carries through A1111 (no ':' or '>') and Civitai's resource pattern, and what
+ * "Lora hashes" keeps (no ',' or ':'). */
+static char *safe_alias(const char *s)
+{
+    char *out = mood_malloc(strlen(s) + 2), *o = out;
+    if (!out)
+        return NULL;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c & 0xC0) == 0x80)
+            continue; /* the rest of a character already written as '_' */
+        *o++ = isalnum(c) || c == '_' || c == '.' || c == '-' ? (char)c : '_';
+    }
+    if (o == out)
+        *o++ = '_';
+    *o = '\0';
+    return out;
+}
+
+/* Whether two adapters are the same LoRA: the same content hash, else the same file. */
+static int same_lora(const mood_resolved_adapter *a, const mood_resolved_adapter *b)
+{
+    if (a->hash[0] && b->hash[0])
+        return strcasecmp(a->hash, b->hash) == 0;
+    return strcmp(a->path, b->path) == 0;
+}
+
+/* Whether an adapter before adapters[i] has the alias `cand` (without case, as Civitai's keys). */
+static int alias_taken(const mood_resolved_styles *out, size_t i, const char *cand)
+{
+    for (size_t j = 0; j < i; j++)
+        if (strcasecmp(out->adapters[j].alias, cand) == 0)
+            return 1;
+    return 0;
+}
+
+/* Makes every alias safe, and unique per LoRA: a LoRA met before keeps its alias, another LoRA
+ * whose alias is taken gets "_2", "_3", ... */
+static int name_aliases(mood_resolved_styles *out)
+{
+    for (size_t i = 0; i < out->n; i++) {
+        mood_resolved_adapter *a = &out->adapters[i];
+        char *base = NULL, *cand = NULL;
+        size_t j, n;
+        for (j = 0; j < i && !same_lora(a, &out->adapters[j]); j++)
+            ;
+        if (j < i) {
+            cand = mood_strdup(out->adapters[j].alias);
+        } else if ((base = safe_alias(a->alias))) {
+            n = strlen(base) + 24;
+            if ((cand = mood_malloc(n)))
+                snprintf(cand, n, "%s", base);
+            for (size_t k = 2; cand && alias_taken(out, i, cand); k++)
+                snprintf(cand, n, "%s_%zu", base, k);
+        }
+        mood_free(base);
+        if (!cand)
+            return mood_error_nomem();
+        mood_free(a->alias);
+        a->alias = cand;
+    }
+    return 0;
+}
+
 static void free_strings(char **items, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -343,6 +564,8 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
     for (size_t i = 0; i < n_loras && !err; i++)
         err = add_file(&r, loras[i].path, loras[i].unet, loras[i].te);
     if (!err)
+        err = name_aliases(out);
+    if (!err)
         err = assemble(&r, negative);
     if (!err) {
         out->prompt = mood_buf_detach(&r.prompt);
@@ -367,6 +590,7 @@ void mood_resolved_styles_dispose(mood_resolved_styles *s)
     for (size_t i = 0; i < s->n; i++) {
         mood_free(s->adapters[i].path);
         mood_free(s->adapters[i].name);
+        mood_free(s->adapters[i].alias);
     }
     mood_free(s->adapters);
     mood_free(s->prompt);

@@ -3,17 +3,28 @@
  * to what the engine runs: the final prompt and negative prompt, and the adapter files with
  * their UNet and text-encoder multipliers.
  *
- * Inline tags, removed from the prompt text:
- *   <style:NAME[:W]>               a style of the registry at strength W (default: the style's
- *                                  preferred weight, else 1)
- *   <lora:NAME_OR_FILE[:W[:W_TE]]> a LoRA file (a path, or NAME.safetensors beside the working
- *                                  directory) or else a registry style of that name; W applies
- *                                  to the UNet and, unless W_TE is given, to the text encoder.
- *                                  Named forms "unet=W" and "te=W" are read too. <lyco:...> is
- *                                  the same tag (A1111's LyCORIS spelling).
- *                                  Note: AUTOMATIC1111 reads a second number as the UNet
- *                                  strength and the first as the text encoder's; mood's order
- *                                  matches its --lora FILE:W:W_TE. With one number they agree.
+ * Inline tags, removed from the prompt text, read as AUTOMATIC1111 reads its extra-network tags
+ * (extensions-builtin/Lora/extra_networks_lora.py; lora-formats.md section 4.2): the arguments
+ * are split at ':', an argument holding '=' is a named one, the others are positional:
+ *   <lora:NAME_OR_FILE>               a LoRA file (a path, or NAME.safetensors beside the working
+ *                                     directory) or else a registry style of that name, at 1
+ *                                     (a style: at its preferred weight)
+ *   <lora:NAME:W>                     text encoder and UNet at W
+ *   <lora:NAME:TE:UNET>               text encoder at TE, UNet at UNET (A1111's order; mood's
+ *                                     own --lora FILE:W:W_TE gives the UNet's first)
+ *   <lora:NAME:TE:UNET:DYN>           DYN: DyLoRA rank truncation, which mood does not do: the
+ *                                     full rank is applied and a warning logged
+ *   named forms te=T, unet=U, dyn=D   override the positional ones; UNET defaults to TE
+ *   hash=HASH                         (mood's own; A1111 ignores it) the LoRA whose AutoV3 or
+ *                                     SHA-256 starts with HASH (8 to 64 hex digits, what "Lora
+ *                                     hashes" records), applied at TE/UNET itself rather than
+ *                                     through a style; the name is the fallback when the
+ *                                     registry has no such LoRA
+ *   <lyco:...>                        the same tag (A1111's LyCORIS spelling)
+ *   <style:NAME[:W]>                  a style of the registry at strength W (default: its
+ *                                     preferred weight, else 1); TE:UNET and te=/unet= as above
+ * Other named arguments and positional ones past DYN are ignored, as A1111 does, with a warning
+ * logged (mood_log_set).
  *
  * A registry style contributes its adapters (each adapter's own multipliers times W), its
  * prompt template ("{prompt}" replaced by the prompt; a template without it is appended after
@@ -43,7 +54,12 @@ typedef struct mood_style_arg {
 /* One adapter to apply, with what the image's parameters text records about it. */
 typedef struct mood_resolved_adapter {
     char *path;      /* the file to open (a registry blob or the user's file) */
-    char *name;      /* A1111's name for it: the style name or the file's stem */
+    char *name;      /* what the user named: the style, or the file's stem (for messages) */
+    char *alias;     /* A1111's name for the LoRA itself: its file's stem (as imported, for a
+                        registry LoRA) with every character but [A-Za-z0-9_.-] as '_' (what
+                        <lora:...> and "Lora hashes" carry through A1111 and Civitai, ecosystem.md
+                        section 4.3); unique among the adapters of one result: two different
+                        LoRAs never share one (the second gets "_2"), the same LoRA twice does */
     double unet, te; /* multipliers */
     char hash[13];   /* first 12 hex of AutoV3 (A1111 "Lora hashes"), "" when unknown */
 } mood_resolved_adapter;

@@ -3,7 +3,10 @@
 # (made by tools/make_fixtures_pipeline.py with diffusers): the image equals diffusers' decoded
 # image byte for byte, the PNG carries A1111 parameters that PIL reads, --from-png regenerates
 # the same bytes (also with the largest seed, 2^64-1), styles from a registry under $tmp apply (inline tags, --style, templates and
-# trigger words), merge and runtime LoRA modes agree, an SDXL LoRA is refused, bad options fail
+# trigger words), <lora:NAME:TE:UNET:DYN> reads and writes as A1111's, a style is written as its
+# LoRAs at their effective weights under safe names and --from-png (which finds each LoRA by its
+# hash first) gives the same bytes, --from-png names each setting of an image it cannot
+# reproduce, merge and runtime LoRA modes agree, an SDXL LoRA is refused, bad options fail
 # with exit 1 and a missing model with exit 2; an SDXL folder (with an SGM LoRA) and Playground
 # v2.5 generate.
 . "$(dirname "$0")/lib.sh"
@@ -122,6 +125,27 @@ check "says the image is not finite, writes none" sh -c 'grep -q "NaN or infinit
 expect_rc 1 "an SDXL LoRA on an SD1 model" "$MOOD" gen "$PROMPT" "${common[@]}" --lora "$FIX/kohya/sdxl_lora.safetensors"
 check "family message" grep -q "sdxl" "$tmp/err"
 
+# ----- A1111's <lora:NAME:TE:UNET[:DYN]> (lora-formats.md 4.2), read and written: the first
+# number is the text encoder's; mood's own --lora FILE:W:W_TE gives the UNet's first
+cp "$P/lora.safetensors" "$tmp/l1.safetensors"
+expect_rc 0 "--lora FILE:W:W_TE" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 \
+    --lora "$tmp/l1.safetensors:0.9:0.3" -o "$tmp/te1.png"
+check "written as A1111 reads it: <lora:l1:0.3:0.9>" grep -qa "<lora:l1:0.3:0.9>" "$tmp/te1.png"
+expect_rc 0 "<lora:NAME:TE:UNET>" "$MOOD" gen "$PROMPT <lora:$tmp/l1:0.3:0.9>" "${common[@]}" \
+    --seed 42 -o "$tmp/te2.png"
+check "read as A1111 does: the same image" cmp -s "$tmp/te1.png" "$tmp/te2.png"
+expect_rc 0 "<lora:NAME:TE:UNET:DYN>" "$MOOD" gen "$PROMPT <lora:$tmp/l1:0.3:0.9:8>" \
+    "${common[@]}" --seed 42 -o "$tmp/te3.png"
+check "DyLoRA's rank accepted, the rest applied" cmp -s "$tmp/te1.png" "$tmp/te3.png"
+check "says the rank is ignored" grep -q "rank 8 (DyLoRA rank truncation) is ignored.*$tmp/l1" "$tmp/err"
+expect_rc 0 "named forms" "$MOOD" gen "$PROMPT <lora:$tmp/l1:dyn=8:unet=0.9:te=0.3>" \
+    "${common[@]}" --seed 42 -o "$tmp/te4.png"
+check "named forms: the same image" cmp -s "$tmp/te1.png" "$tmp/te4.png"
+check "says dyn= is ignored" grep -q "dyn=8 (DyLoRA rank truncation) is ignored" "$tmp/err"
+expect_rc 1 "a fourth argument that is not a rank" "$MOOD" gen "$PROMPT <lora:$tmp/l1:0.3:0.9:x>" \
+    "${common[@]}"
+check "names it" grep -q '"x" (the fourth argument, DyLoRA' "$tmp/err"
+
 # ----- registry styles
 cp "$P/lora.safetensors" "$tmp/tinystyle.safetensors"
 expect_rc 0 "import the style" "$MOOD" import "$tmp/tinystyle.safetensors"
@@ -151,6 +175,83 @@ expect_rc 0 "--from-png still generates" "$MOOD" gen --from-png "$tmp/s.png" --m
 check "warns what it left out" grep -q "neither a file nor in the registry" "$tmp/err"
 expect_rc 1 "unknown style" "$MOOD" gen "$PROMPT" "${common[@]}" --style nosuchstyle
 check "names the style" grep -q "nosuchstyle" "$tmp/err"
+
+# ----- a style is written as its LoRAs, each under its own name at its effective weight (style
+# weight x LoRA weight), one "Lora hashes" entry each; --from-png gives the same image
+cp "$P/lora.safetensors" "$tmp/ink.safetensors"
+expect_rc 0 "a second LoRA" "$MOOD" lora stack "$P/lora.safetensors:-0.8" -o "$tmp/grain.safetensors"
+expect_rc 0 "import both" "$MOOD" import "$tmp/ink.safetensors" "$tmp/grain.safetensors"
+expect_rc 0 "a one-LoRA style, its LoRA at 0.6" "$MOOD" style create tstyle --lora ink:0.6
+expect_rc 0 "a two-LoRA style" "$MOOD" style create two --lora ink:0.6 --lora grain:0.3:0.5
+expect_rc 0 "--style tstyle:0.7" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 \
+    --style tstyle:0.7 -o "$tmp/t1.png"
+check "written as its LoRA at 0.42" py '
+import sys; d=open(sys.argv[1],"rb").read()
+assert b"oil painting <lora:ink:0.42>\n" in d and b"Lora hashes: \"ink: " in d and b"tstyle" not in d, d[:500]' "$tmp/t1.png"
+expect_rc 0 "--from-png of it" "$MOOD" gen --from-png "$tmp/t1.png" --model "$MODEL" -o "$tmp/t2.png"
+check "the same image (one-LoRA style)" cmp -s "$tmp/t1.png" "$tmp/t2.png"
+expect_rc 0 "--style two:0.8" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --style two:0.8 \
+    -o "$tmp/w1.png"
+check "written as two LoRAs (A1111's TE:UNET), one hash each" py '
+import re, sys; d=open(sys.argv[1],"rb").read()
+assert b"oil painting <lora:ink:0.48> <lora:grain:0.4:0.24>\n" in d, d[:500]
+assert re.search(rb"Lora hashes: \"ink: [0-9a-f]{12}, grain: [0-9a-f]{12}\"", d), d[:500]' "$tmp/w1.png"
+expect_rc 0 "--from-png of it" "$MOOD" gen --from-png "$tmp/w1.png" --model "$MODEL" -o "$tmp/w2.png"
+check "the same image (two-LoRA style)" cmp -s "$tmp/w1.png" "$tmp/w2.png"
+# the image's hash wins over its name: style ink holds another LoRA than the image's "ink"
+mkdir "$tmp/other" && cp "$tmp/grain.safetensors" "$tmp/other/ink.safetensors"
+expect_rc 0 "an image of another LoRA named ink" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 \
+    --lora "$tmp/other/ink.safetensors:0.5" -o "$tmp/h1.png"
+expect_rc 0 "--from-png of it" "$MOOD" gen --from-png "$tmp/h1.png" --model "$MODEL" -o "$tmp/h2.png"
+check "the LoRA of the image's hash is used: the same image" cmp -s "$tmp/h1.png" "$tmp/h2.png"
+check "says where it found it" grep -q "LoRA ink of the image found in the registry by its hash .*: style grain" "$tmp/err"
+check "and no 'will differ'" bash -c "! grep -q 'will differ' '$tmp/err'"
+# a name that would break the tag or the hash list is written as a safe alias
+cp "$tmp/grain.safetensors" "$tmp/my:lo,ra.safetensors"
+expect_rc 0 "a LoRA file named my:lo,ra" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 \
+    --lora "$tmp/my:lo,ra.safetensors:0.5" -o "$tmp/n1.png"
+check "written as my_lo_ra in the tag and the hashes" py '
+import sys; d=open(sys.argv[1],"rb").read()
+assert b"<lora:my_lo_ra:0.5>" in d and b"Lora hashes: \"my_lo_ra: " in d, d[:500]' "$tmp/n1.png"
+expect_rc 0 "--from-png of it" "$MOOD" gen --from-png "$tmp/n1.png" --model "$MODEL" -o "$tmp/n2.png"
+check "the same image (safe alias)" cmp -s "$tmp/n1.png" "$tmp/n2.png"
+
+# ----- --from-png names every setting of the image that changes it and that mood does not do
+cat >"$tmp/setparams.py" <<'PYEOF'
+import struct, sys, zlib
+src, dst, text = sys.argv[1], sys.argv[2], sys.argv[3]
+d = open(src, "rb").read(); out = d[:8]; i = 8
+while i < len(d):
+    n, = struct.unpack(">I", d[i:i + 4]); t = d[i + 4:i + 8]; body = d[i + 8:i + 8 + n]
+    if t in (b"tEXt", b"iTXt") and body.startswith(b"parameters\0"):
+        t, body = b"tEXt", b"parameters\0" + text.encode("latin-1")
+        out += struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body))
+    else:
+        out += d[i:i + 12 + n]
+    i += 12 + n
+open(dst, "wb").write(out)
+PYEOF
+details="Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/odd.png" "a [cat:dog:0.5] in [red|blue] <hypernet:foo:1>
+Negative prompt: [ugly::3], (plain:1.2) [plain]
+Steps: abc, $details, VAE hash: 0123abcd, VAE: vae-ft-mse, Variation seed: 7, Variation seed strength: 0.3, ENSD: 31337, Eta: 0.67, Noise multiplier: 0.9, Hypernet: foo, Hires upscale: 2, Hires upscaler: Latent, Denoising strength: 0.5, Emphasis: Original, Foo bar: baz, TI hashes: \"emb1: abcdef123456\", Version: v1.10.1"
+expect_rc 0 "--from-png of an image with settings mood lacks" "$MOOD" gen --from-png "$tmp/odd.png" \
+    --model "$MODEL" -o "$tmp/odd2.png"
+for want in '"Steps: abc" of the image is not a value' '"Variation seed strength: 0.3" and "Variation seed: 7"' \
+    '"ENSD: 31337"' '"Eta: 0.67"' '"VAE: vae-ft-mse" and "VAE hash: 0123abcd"' '"Noise multiplier: 0.9"' \
+    '"Hypernet: foo"' 'hires fix.*Hires upscale: 2, Hires upscaler: Latent, Denoising strength: 0.5' \
+    'textual inversion (embedding) emb1 (hash abcdef123456)' 'prompt editing "\[cat:dog:0.5\]"' \
+    'alternation "\[red|blue\]"' 'negative prompt has prompt editing "\[ugly::3\]"' \
+    'prompt tag <hypernet:foo:1> is a hypernetwork'; do
+    check "warns: $want" grep -q "$want" "$tmp/err"
+done
+check "one warning each, none for Version, Emphasis: Original or unknown keys" \
+    test "$(grep -c 'warning' "$tmp/err")" -eq 13
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/off.png" "a cat
+Steps: 8, $details, Variation seed: 7, Variation seed strength: 0, ENSD: 0, Eta: 1, Noise multiplier: 1, Version: v1.10.1"
+expect_rc 0 "--from-png with those settings off" "$MOOD" gen --from-png "$tmp/off.png" \
+    --model "$MODEL" -o "$tmp/off2.png"
+check "no warning when they are off" bash -c "! grep -q warning '$tmp/err'"
 
 # ----- bad input
 expect_rc 1 "bad size" "$MOOD" gen "$PROMPT" "${common[@]}" --size 60x64

@@ -1,0 +1,203 @@
+/*
+ * test_resolve.c: prompt tags and LoRA names (styles/resolve.c). <lora:NAME:TE:UNET:DYN> is read
+ * as AUTOMATIC1111's extra_networks_lora.py reads it (lora-formats.md section 4.2): the first
+ * number is the text encoder's, the second the UNet's (the text encoder's when absent), a fourth
+ * is DyLoRA's rank (accepted, warned about as ignored), te=/unet=/dyn= override. Each adapter's
+ * alias is its LoRA's own name made safe for A1111's tag and "Lora hashes" ([A-Za-z0-9_.-]),
+ * unique per LoRA. hash=H applies the registry's LoRA of that hash at the tag's weights, before
+ * the name (an image's LoRA found by the hash "Lora hashes" recorded).
+ */
+#include "harness.h"
+#include "mood/hash.h"
+#include "mood/registry.h"
+#include "mood/styles.h"
+
+/* The fixture LoRA (text encoder and UNet modules) copied to the scratch folder as NAME; with
+ * `flip`, its last tensor byte changed: another LoRA (another AutoV3). Returns the path. */
+static const char *lora_copy(const char *name, int flip)
+{
+    size_t n = 0;
+    unsigned char *d = read_file(fixture("pipeline/lora.safetensors"), &n);
+    const char *path = scratch_path(name);
+    MOOD_CHECK(d && n > 0);
+    if (!d)
+        return path;
+    if (flip)
+        d[n - 1] ^= 0x01;
+    MOOD_CHECK(write_file(path, d, n) == 0);
+    free(d);
+    return path;
+}
+
+static char warnings[2048];
+
+static void collect(int level, const char *message, void *payload)
+{
+    size_t n = strlen(warnings);
+    (void)payload;
+    if (level == 1)
+        snprintf(warnings + n, sizeof warnings - n, "%s\n", message);
+}
+
+/* Resolves `prompt` (no registry) into *s; returns the error. */
+static int resolve(mood_resolved_styles *s, const char *prompt)
+{
+    warnings[0] = '\0';
+    mood_log_set(collect, NULL);
+    int err = mood_styles_resolve(s, NULL, prompt, NULL, NULL, 0, NULL, 0, 0);
+    mood_log_set(NULL, NULL);
+    return err;
+}
+
+/* The weights one tag body (after "<lora:PATH") gives: te, unet. */
+static void check_tag(const char *args, double te, double unet)
+{
+    char prompt[2048];
+    mood_resolved_styles s;
+    const char *path = lora_copy("a.safetensors", 0);
+    snprintf(prompt, sizeof prompt, "a cat <lora:%.*s%s>", (int)(strlen(path) - 12), path, args);
+    MOOD_CHECK_OK(resolve(&s, prompt));
+    MOOD_CHECK_MSG(s.n == 1, "%s", args);
+    if (s.n == 1)
+        MOOD_CHECK_MSG(s.adapters[0].te == te && s.adapters[0].unet == unet,
+                       "%s: te %g unet %g, expected %g %g", args, s.adapters[0].te,
+                       s.adapters[0].unet, te, unet);
+    MOOD_CHECK(s.prompt && strcmp(s.prompt, "a cat") == 0);
+    mood_resolved_styles_dispose(&s);
+}
+
+static void test_a1111_order(void)
+{
+    check_tag("", 1, 1);
+    check_tag(":0.5", 0.5, 0.5);
+    check_tag(":0.3:0.9", 0.3, 0.9); /* A1111: <lora:NAME:TE:UNET> */
+    check_tag(":te=0.4", 0.4, 0.4);  /* UNET defaults to TE, te= included */
+    check_tag(":unet=0.4", 1, 0.4);
+    check_tag(":0.5:unet=0.2", 0.5, 0.2);
+    check_tag(":0.5:0.6:te=0.1", 0.1, 0.6);
+    check_tag(":unet=0.7:0.2", 0.2, 0.7);
+    check_tag(": 0.25 : 0.75 ", 0.25, 0.75); /* float() strips white space */
+}
+
+static void test_dyn(void)
+{
+    static const char *const tags[] = {":0.3:0.9:4", ":0.3:0.9:dyn=4", ":dyn=4:te=0.3:unet=0.9"};
+    for (size_t i = 0; i < 3; i++) {
+        check_tag(tags[i], 0.3, 0.9);
+        MOOD_CHECK_MSG(strstr(warnings, "DyLoRA") && strstr(warnings, "ignored") &&
+                           strstr(warnings, "4"),
+                       "%s: warnings \"%s\"", tags[i], warnings);
+    }
+    check_tag(":0.3:0.9:4:5", 0.3, 0.9); /* A1111 ignores what follows */
+    MOOD_CHECK(strstr(warnings, "\"5\" is one argument too many"));
+}
+
+static void test_bad_tags(void)
+{
+    static const char *const bad[] = {":abc", ":0.3:x", ":0.3:0.9:x", ":te=x", ":dyn=1.5", ":nan"};
+    const char *path = lora_copy("a.safetensors", 0);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char prompt[2048];
+        mood_resolved_styles s;
+        snprintf(prompt, sizeof prompt, "<lora:%.*s%s>", (int)(strlen(path) - 12), path, bad[i]);
+        MOOD_CHECK_MSG(resolve(&s, prompt) == MOOD_EINVAL, "%s", bad[i]);
+        MOOD_CHECK_MSG(strstr(mood_error_last(), "prompt tag <lora:"), "%s: %s", bad[i],
+                       mood_error_last());
+    }
+}
+
+/* A name that would break <lora:NAME:W> or "Lora hashes" gets a safe alias; the name stays. */
+static void test_alias_safe(void)
+{
+    const char *path = lora_copy("my:lo,ra x\xc3\xa9<1>.safetensors", 0);
+    mood_weighted_adapter w = {path, 0.5, 0.5};
+    mood_resolved_styles s;
+    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, "a cat", NULL, NULL, 0, &w, 1, 0));
+    MOOD_CHECK(s.n == 1);
+    if (s.n == 1) {
+        MOOD_CHECK_MSG(strcmp(s.adapters[0].alias, "my_lo_ra_x__1_") == 0, "alias %s",
+                       s.adapters[0].alias);
+        MOOD_CHECK(strcmp(s.adapters[0].name, "my:lo,ra x\xc3\xa9<1>") == 0);
+    }
+    mood_resolved_styles_dispose(&s);
+}
+
+/* Two LoRAs never share an alias; one LoRA applied twice keeps one. */
+static void test_alias_unique(void)
+{
+    const char *dir1 = scratch_fresh_dir("one"), *dir2 = scratch_fresh_dir("two");
+    char p1[1024], p2[1024], *prompt;
+    mood_resolved_styles s;
+    size_t n = 0;
+    unsigned char *d = read_file(fixture("pipeline/lora.safetensors"), &n);
+    snprintf(p1, sizeof p1, "%s/lora.safetensors", dir1);
+    snprintf(p2, sizeof p2, "%s/LoRA.safetensors", dir2);
+    MOOD_CHECK(d && write_file(p1, d, n) == 0);
+    if (d)
+        d[n - 1] ^= 1;
+    MOOD_CHECK(d && write_file(p2, d, n) == 0);
+    free(d);
+    mood_weighted_adapter w[3] = {{p1, 1, 1}, {p2, 1, 1}, {p1, 0.5, 0.5}};
+    prompt = malloc(strlen(p2) + 64);
+    snprintf(prompt, strlen(p2) + 64, "x <lora:%.*s:0.2>", (int)(strlen(p2) - 12), p2);
+    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, w, 3, 0));
+    MOOD_CHECK(s.n == 4);
+    if (s.n == 4) {
+        /* the tag first (p2), then the files in order */
+        MOOD_CHECK_MSG(strcmp(s.adapters[0].alias, "LoRA") == 0, "%s", s.adapters[0].alias);
+        MOOD_CHECK_MSG(strcmp(s.adapters[1].alias, "lora_2") == 0, "%s", s.adapters[1].alias);
+        MOOD_CHECK_MSG(strcmp(s.adapters[2].alias, "LoRA") == 0, "%s", s.adapters[2].alias);
+        MOOD_CHECK_MSG(strcmp(s.adapters[3].alias, "lora_2") == 0, "%s", s.adapters[3].alias);
+        MOOD_CHECK(strcmp(s.adapters[0].hash, s.adapters[1].hash) != 0);
+    }
+    mood_resolved_styles_dispose(&s);
+    free(prompt);
+}
+
+/* hash=H: the registry's LoRA of that hash, at the tag's weights, over a style of the tag's name
+ * that holds another LoRA; a hash the registry lacks leaves the name to decide. */
+static void test_hash_wins(void)
+{
+    const char *home = scratch_fresh_dir("home");
+    mood_registry *reg = NULL;
+    mood_import_result ra, rb;
+    mood_file_hashes hb;
+    mood_resolved_styles s;
+    char prompt[256];
+    const char *pa = lora_copy("alpha.safetensors", 0), *pb = lora_copy("beta.safetensors", 1);
+    MOOD_CHECK_OK(mood_registry_open(&reg, home));
+    if (!reg)
+        return;
+    MOOD_CHECK_OK(mood_registry_import_file(reg, &ra, pa, NULL, NULL));
+    MOOD_CHECK_OK(mood_registry_import_file(reg, &rb, pb, NULL, NULL));
+    MOOD_CHECK_OK(mood_hash_file_ex(&hb, pb, MOOD_HASH_SKIP_CRC32, NULL, NULL));
+    /* style alpha at 0.6: by its name, a tag's weight is multiplied by it */
+    mood_style_lora l = {ra.sha256, 0.6, 0.6};
+    mood_style_spec spec = {.loras = &l, .n_loras = 1};
+    MOOD_CHECK_OK(mood_registry_style_edit(reg, "alpha", &spec));
+
+    snprintf(prompt, sizeof prompt, "a cat <lora:alpha:0.3:0.9:hash=%.12s>", hb.autov3);
+    MOOD_CHECK_OK(mood_styles_resolve(&s, reg, prompt, NULL, NULL, 0, NULL, 0, 0));
+    MOOD_CHECK(s.n == 1);
+    if (s.n == 1) {
+        MOOD_CHECK_MSG(strncmp(s.adapters[0].hash, hb.autov3, 12) == 0, "hash %s",
+                       s.adapters[0].hash);
+        MOOD_CHECK(s.adapters[0].te == 0.3 && s.adapters[0].unet == 0.9);
+        MOOD_CHECK(strcmp(s.adapters[0].alias, "alpha") == 0); /* the image's name */
+        MOOD_CHECK(strcmp(s.adapters[0].name, "beta") == 0);   /* the style holding it */
+    }
+    mood_resolved_styles_dispose(&s);
+
+    MOOD_CHECK_OK(mood_styles_resolve(&s, reg, "<lora:alpha:0.5:hash=0123456789ab>", NULL, NULL, 0,
+                                      NULL, 0, 0));
+    MOOD_CHECK(s.n == 1);
+    if (s.n == 1) {
+        MOOD_CHECK(strncmp(s.adapters[0].hash, ra.autov3, 12) == 0);
+        MOOD_CHECK(fabs(s.adapters[0].unet - 0.3) < 1e-12); /* 0.5 x the style's 0.6 */
+    }
+    mood_resolved_styles_dispose(&s);
+    mood_registry_close(reg);
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_a1111_order), MOOD_T(test_dyn), MOOD_T(test_bad_tags),
+               MOOD_T(test_alias_safe), MOOD_T(test_alias_unique), MOOD_T(test_hash_wins))
