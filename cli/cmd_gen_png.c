@@ -615,6 +615,25 @@ static int png_fill(gen_args *a, const mood_params *p)
     return png_warn_unmatched(a, p);
 }
 
+/* A PNG without A1111's text is bad input (exit 1), not a missing file; ComfyUI's graph in it
+ * (its "prompt" text) is worth naming, since it is the usual reason. */
+static int no_parameters(const char *path, int err)
+{
+    struct stat st;
+    char *graph = NULL;
+    if (err != MOOD_ENOTFOUND || stat(path, &st) != 0)
+        return cli_fail(err);
+    int comfy = mood_image_read_png_text(&graph, path, "prompt") == 0;
+    mood_image_free_string(graph);
+    fprintf(stderr,
+            "mood: error: %s has no A1111 \"parameters\" text%s; --from-png reads the parameters "
+            "AUTOMATIC1111, Forge and mood write\n",
+            path,
+            comfy ? " but a ComfyUI workflow (its \"prompt\" graph), which mood does not run"
+                  : " (not made by A1111, Forge or mood, or its metadata was removed)");
+    return 1;
+}
+
 int gen_apply_png(gen_args *a)
 {
     mood_params *p = calloc(1, sizeof *p);
@@ -625,7 +644,7 @@ int gen_apply_png(gen_args *a)
     mood_params_init(p);
     a->png_params = p;
     if ((err = mood_image_read_png_text(&text, a->from_png, "parameters")) != 0)
-        return cli_fail(err);
+        return no_parameters(a->from_png, err);
     a->png_text = text;
     if ((err = mood_params_parse(p, text)) != 0)
         return cli_fail(err);

@@ -3,7 +3,8 @@
 # tests/fixtures/pipeline: --device after the command works as before it; a registry name given
 # to --lora (a file option) is missing-file exit 2 with the registry's syntax named; a LoRA given
 # as the model names the path once; a LoRA of the right family for a model of other sizes says
-# so; a style whose stored file was deleted points at `mood doctor`.
+# so; a style whose stored file was deleted points at `mood doctor`; --from-png of a PNG without
+# A1111's parameters is bad input (1), naming a ComfyUI workflow when the PNG holds one.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -33,4 +34,19 @@ expect_rc 0 "import a LoRA" "$MOOD" import tiny.safetensors
 rm -f "$MOOD_HOME"/blobs/sha256/*/*
 expect_rc 2 "a style whose stored file is gone" "$MOOD" gen "a cat" "${common[@]}" --style tiny
 check "points at mood doctor" grep -q "style 'tiny' (its LoRA).*'mood doctor'" "$tmp/err"
+
+# --from-png of a PNG without A1111's text: bad input (1), naming ComfyUI's graph when it is there
+py '
+import struct, sys, zlib
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+raw = b"".join(b"\x00" + b"\x00\x00\x00" * 4 for _ in range(4))
+head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+tail = chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+open("plain.png", "wb").write(head + tail)
+open("comfy.png", "wb").write(head + chunk(b"tEXt", b"prompt\x00{\"3\": {}}") + tail)'
+expect_rc 1 "--from-png of a PNG without parameters" "$MOOD" gen --from-png plain.png --model "$MODEL"
+check "says it has none" grep -q 'plain.png has no A1111 "parameters" text' "$tmp/err"
+expect_rc 1 "--from-png of a ComfyUI PNG" "$MOOD" gen --from-png comfy.png --model "$MODEL"
+check "names ComfyUI's workflow" grep -q "but a ComfyUI workflow" "$tmp/err"
+expect_rc 2 "--from-png of a missing file" "$MOOD" gen --from-png nothere.png --model "$MODEL"
 finish
