@@ -122,7 +122,8 @@ static int parse_args(demo *d, int argc, char **argv)
     return 0;
 }
 
-/* The bundled model and board: <data>/mood-tiny and <data>/../examples/moodboards/twemoji. */
+/* The bundled model and board: <data>/mood-tiny, and <data>/moodboards/twemoji where mood is
+ * installed (share/mood) or <data>/../examples/moodboards/twemoji in the source tree. */
 static int find_inputs(demo *d)
 {
     int err = mood_data_dir(d->data, sizeof d->data);
@@ -130,7 +131,10 @@ static int find_inputs(demo *d)
         if (err)
             return cli_fail(err);
         snprintf(d->model_buf, sizeof d->model_buf, "%s/mood-tiny", d->data);
-        snprintf(d->board_buf, sizeof d->board_buf, "%s/../examples/moodboards/twemoji", d->data);
+        snprintf(d->board_buf, sizeof d->board_buf, "%s/moodboards/twemoji", d->data);
+        if (access(d->board_buf, R_OK) != 0)
+            snprintf(d->board_buf, sizeof d->board_buf, "%s/../examples/moodboards/twemoji",
+                     d->data);
     }
     d->model = d->model ? d->model : d->model_buf;
     d->board = d->board ? d->board : d->board_buf;

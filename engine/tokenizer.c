@@ -541,12 +541,15 @@ int mood_tokenizer_default_path(char *buf, size_t size)
                 return 0;
         }
     }
-    if (candidate(buf, size, MOOD_DATA_DIR, ""))
+    /* a program of its own linking an installed libmood: the installed data, then the source
+     * tree's (a build that was never installed) */
+    if (candidate(buf, size, MOOD_INSTALL_DATA_DIR, "") || candidate(buf, size, MOOD_DATA_DIR, ""))
         return 0;
     return mood_error_set(MOOD_ENOTFOUND,
                           "the CLIP vocabulary %s was found neither in <executable>/../share/"
-                          "mood/clip nor in %s/clip; set MOOD_DATA to the folder holding clip/",
-                          VOCAB_FILENAME, MOOD_DATA_DIR);
+                          "mood/clip nor in %s/clip nor in %s/clip; set MOOD_DATA to the folder "
+                          "holding clip/",
+                          VOCAB_FILENAME, MOOD_INSTALL_DATA_DIR, MOOD_DATA_DIR);
 }
 
 int mood_tokenizer_load(mood_tokenizer **out, const char *path)

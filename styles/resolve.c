@@ -350,7 +350,13 @@ static int add_lora_tag(resolver *r, const tag_args *t)
     if (!r->reg)
         return skip_missing(r, t->name,
                             mood_error_set(MOOD_ENOTFOUND, "<lora:%s>: no such file", t->name));
-    return add_style(r, t->name, t->unet, t->te, t->has_w);
+    if ((err = add_style(r, t->name, t->unet, t->te, t->has_w)) == MOOD_EINVAL &&
+        strncmp(mood_error_last(), "no style named", 14) == 0) {
+        char why[512]; /* a <lora:> tag names a file first: say both places were looked in */
+        snprintf(why, sizeof why, "%s", mood_error_last());
+        err = mood_error_set(MOOD_EINVAL, "<lora:%s>: no such file here, and %s", t->name, why);
+    }
+    return err;
 }
 
 /* One tag "<kind:body>" (text between the brackets given). */

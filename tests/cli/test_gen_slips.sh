@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_gen_slips.sh: what `mood gen` says to the common slips, on the tiny diffusers pipeline of
 # tests/fixtures/pipeline: --device after the command works as before it; a registry name given
-# to --lora (a file option) is missing-file exit 2 with the registry's syntax named; a LoRA given
+# to --lora (a file option) is missing-file exit 2 with the registry's syntax named; a <lora:>
+# tag naming neither a file nor a style says both were looked for; a LoRA given
 # as the model names the path once; a LoRA of the right family for a model of other sizes says
 # so; a style whose stored file was deleted points at `mood doctor`; --from-png of a PNG without
 # A1111's parameters is bad input (1), naming a ComfyUI workflow when the PNG holds one.
@@ -31,6 +32,8 @@ expect_rc 1 "an SD1 LoRA of other sizes" "$MOOD" gen "a cat" "${common[@]}" \
 check "says both are sd1 at other sizes" grep -q "both are sd1, but the LoRA was made for a model of other sizes" "$tmp/err"
 
 expect_rc 0 "import a LoRA" "$MOOD" import tiny.safetensors
+expect_rc 1 "a <lora:> tag naming nothing" "$MOOD" gen "a cat <lora:nothere:1>" "${common[@]}"
+check "says both places were looked in" grep -q "<lora:nothere>: no such file here, and no style named 'nothere' in the registry" "$tmp/err"
 rm -f "$MOOD_HOME"/blobs/sha256/*/*
 expect_rc 2 "a style whose stored file is gone" "$MOOD" gen "a cat" "${common[@]}" --style tiny
 check "points at mood doctor" grep -q "style 'tiny' (its LoRA).*'mood doctor'" "$tmp/err"
