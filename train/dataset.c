@@ -8,7 +8,8 @@
  *   - kohya's DreamBooth layout: a folder with no images of its own whose subfolders are named
  *     N_name (train_data_dir/10_mystyle/) gives the images of those subfolders, each N times per
  *     epoch (kohya's num_repeats); other subfolders are skipped with a warning, as kohya skips
- *     them (extract_dreambooth_params), and so is a folder with 0 repeats;
+ *     them (extract_dreambooth_params), and so is a folder with 0 repeats; an image there
+ *     without a caption file is captioned with the folder's name part, as kohya does;
  *   - pixels: upright by EXIF (mood_image_load), alpha composited over white (a transparent PNG
  *     would otherwise train on whatever colour its invisible pixels hold), then resized with an
  *     antialiased bilinear filter (stb_image_resize's triangle filter, what torchvision's
@@ -181,21 +182,25 @@ int mood__board_bucket(const mood_board_options *o, int w, int h, int *bw, int *
 typedef struct path_list {
     char **p;
     int *rep;
-    size_t n, cap, rep_cap;
+    unsigned char *kohya; /* 1: from a kohya N_name folder, whose name part captions it */
+    size_t n, cap, rep_cap, kohya_cap;
     char **skipped; /* "FOLDER/: why", for the warnings or the "no images" error */
     size_t n_skipped, skipped_cap;
 } path_list;
 
-static int push_path(path_list *l, char *owned, int repeats)
+/* kohya: the path is an image of a kohya N_name folder (repeats is its N). */
+static int push_path(path_list *l, char *owned, int repeats, int kohya)
 {
     if (!owned)
         return mood_error_nomem();
     if (mood_array_reserve(&l->p, &l->cap, l->n + 1, sizeof *l->p, 16) != 0 ||
-        mood_array_reserve(&l->rep, &l->rep_cap, l->n + 1, sizeof *l->rep, 16) != 0) {
+        mood_array_reserve(&l->rep, &l->rep_cap, l->n + 1, sizeof *l->rep, 16) != 0 ||
+        mood_array_reserve(&l->kohya, &l->kohya_cap, l->n + 1, sizeof *l->kohya, 16) != 0) {
         mood_free(owned);
         return mood_error_nomem();
     }
     l->rep[l->n] = repeats;
+    l->kohya[l->n] = (unsigned char)(kohya != 0);
     l->p[l->n++] = owned;
     return 0;
 }
@@ -206,6 +211,7 @@ static void path_list_dispose(path_list *l)
         mood_free(l->p[i]);
     mood_free(l->p);
     mood_free(l->rep);
+    mood_free(l->kohya);
     for (size_t i = 0; i < l->n_skipped; i++)
         mood_free(l->skipped[i]);
     mood_free(l->skipped);
@@ -276,9 +282,9 @@ static int list_folder(path_list *l, const char *dir, int repeats, path_list *su
         if (stat(b.data, &st) != 0)
             st.st_mode = 0; /* gone since the listing, or a broken link: not taken */
         if (image && S_ISREG(st.st_mode))
-            err = push_path(l, mood_buf_detach(&b), repeats);
+            err = push_path(l, mood_buf_detach(&b), repeats, !subdirs); /* kohya's subfolder */
         else if (subdirs && S_ISDIR(st.st_mode))
-            err = push_path(subdirs, mood_strdup(e->d_name), 1);
+            err = push_path(subdirs, mood_strdup(e->d_name), 1, 0);
         mood_buf_dispose(&b);
     }
     closedir(d);
@@ -349,7 +355,7 @@ static int collect(path_list *l, const char *const *paths, size_t n)
         if (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode))
             err = add_folder(l, paths[i]);
         else /* a missing file is reported with the undecodable ones */
-            err = push_path(l, mood_strdup(paths[i]), 1);
+            err = push_path(l, mood_strdup(paths[i]), 1, 0);
     }
     return err;
 }
@@ -506,8 +512,20 @@ void mood_board_free(mood_board *b)
     mood_free(b);
 }
 
-/* Prepares item `it` from its decoded image. */
-static int prepare(mood_board_item *it, const mood_image *img, const mood_board_options *o)
+/* The caption kohya gives an image of folder N_name without a caption file: name (its
+ * extract_dreambooth_params: what follows the first "_", e.g. "mystyle" of 10_mystyle/). */
+static char *folder_caption(const char *image_path)
+{
+    const char *slash = strrchr(image_path, '/'), *start = slash;
+    while (start > image_path && start[-1] != '/')
+        start--;
+    const char *us = slash ? memchr(start, '_', (size_t)(slash - start)) : NULL;
+    return us ? mood_strndup(us + 1, (size_t)(slash - us - 1)) : NULL;
+}
+
+/* Prepares item `it` from its decoded image; kohya: it comes from a kohya N_name folder. */
+static int prepare(mood_board_item *it, const mood_image *img, const mood_board_options *o,
+                   int kohya)
 {
     int rw, rh, err;
     uint8_t *rgb;
@@ -528,6 +546,11 @@ static int prepare(mood_board_item *it, const mood_image *img, const mood_board_
     mood_free(rgb);
     if (!err)
         err = sidecar_caption(&cap, it->path, o->caption_ext ? o->caption_ext : ".txt");
+    if (!err && !cap && kohya && (cap = folder_caption(it->path)) != NULL && !*cap) {
+        mood_free(cap); /* "10_/": no name to caption with */
+        cap = NULL;
+    }
+    /* the folder's name is the user's caption as much as a file is (the trigger check) */
     it->caption_from_file = cap != NULL;
     if (!err && !cap && !(cap = template_caption(o)))
         err = mood_error_nomem();
@@ -565,7 +588,7 @@ static int decode_all(mood_board *b, const path_list *l, const mood_board_option
             if (!(it->path = mood_strdup(l->p[i])))
                 err = mood_error_nomem();
             b->repeats[b->n++] = l->rep[i];
-            err = err ? err : prepare(it, img, o);
+            err = err ? err : prepare(it, img, o, l->kohya[i]);
         }
         mood_image_free(img);
     }

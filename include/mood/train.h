@@ -80,7 +80,8 @@ void mood_board_options_init(mood_board_options *o);
 typedef struct mood_board_item {
     const char *path;          /* the image file */
     const char *caption;       /* the sidecar's first non-empty line, or the template */
-    int caption_from_file;     /* 1 when the caption came from a sidecar file */
+    int caption_from_file;     /* 1 when the caption came from a sidecar file (or, for an image
+                                  of a kohya N_name folder without one, from the folder's name) */
     int src_width, src_height; /* the decoded (upright) image */
     int width, height;         /* training size: its bucket, or resolution x resolution */
     const uint8_t *rgb;        /* width x height x 3 bytes (RGB, rows top first) */
@@ -91,10 +92,11 @@ typedef struct mood_board mood_board;
 /* Loads a board from n paths, each an image file or a folder (whose PNG, JPEG, WebP and BMP
  * files are taken, in name order; other files are ignored). A folder with no images of its own
  * but kohya's N_name subfolders (10_mystyle/) gives their images, each N times per epoch in the
- * trainer; other subfolders are skipped with a warning (mood_log). Every image is decoded before
- * anything else happens; when some cannot be, the one error (MOOD_EFORMAT, or the code of the
- * first failure when all share it) names each of them with its reason. Errors also: MOOD_EINVAL
- * (bad options, no images), MOOD_ENOTFOUND (a path that does not exist), MOOD_ENOMEM. */
+ * trainer, captioned "mystyle" where they have no caption file, as kohya does; other subfolders are
+ * skipped with a warning (mood_log). Every image is decoded before anything else happens; when some
+ * cannot be, the one error (MOOD_EFORMAT, or the code of the first failure when all share it) names
+ * each of them with its reason. Errors also: MOOD_EINVAL (bad options, no images), MOOD_ENOTFOUND
+ * (a path that does not exist), MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_board_load(mood_board **out, const char *const *paths, size_t n,
                                      const mood_board_options *o);
 void mood_board_free(mood_board *b);
