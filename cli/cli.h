@@ -48,11 +48,6 @@ typedef struct cli_adapters {
  * 2 out of memory) after printing the error. */
 int cli_adapters_add(cli_adapters *l, const char *arg);
 void cli_adapters_dispose(cli_adapters *l);
-/* Checks -o OUT before any work (mood_output_path_check_inputs): writable, and not one of the
- * adapters' files nor in1 / in2 (a base or tuned checkpoint; either may be NULL). Returns 0, or
- * the exit status after reporting the error. */
-int cli_output_check(const char *out, const cli_adapters *adapters, const char *in1,
-                     const char *in2);
 
 /* "f32"/"fp32"/"float", "f16"/"fp16" or "bf16"; returns 0 on success. */
 int cli_parse_dtype(mood_dtype *out, const char *s);

@@ -228,23 +228,6 @@ void cli_adapters_dispose(cli_adapters *l)
     l->n = 0;
 }
 
-int cli_output_check(const char *out, const cli_adapters *adapters, const char *in1,
-                     const char *in2)
-{
-    size_t n = adapters ? adapters->n : 0, k = 0;
-    const char **inputs = malloc((n + 2) * sizeof *inputs);
-    int err;
-    if (!inputs)
-        return cli_fail(MOOD_ENOMEM);
-    for (size_t i = 0; i < n; i++)
-        inputs[k++] = adapters->items[i].path;
-    inputs[k++] = in1;
-    inputs[k++] = in2;
-    err = mood_output_path_check_inputs(out, inputs, k);
-    free(inputs);
-    return err ? cli_fail(err) : 0;
-}
-
 /* Whether v is a valid value of option t: *n holds it for whole numbers (exact, as a seed needs),
  * *d for the rest. */
 static int num_ok(const cli_num_opt *t, const char *v, long *n, uint64_t *u, double *d)

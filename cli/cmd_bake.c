@@ -160,8 +160,7 @@ int cmd_bake(int argc, char **argv)
     memset(&a, 0, sizeof a);
     memset(&s, 0, sizeof s);
     memset(&o, 0, sizeof o);
-    if ((rc = parse_args(&a, argc, argv)) != 0 ||
-        (rc = cli_output_check(a.output, &a.loras, a.base, NULL)) != 0)
+    if ((rc = parse_args(&a, argc, argv)) != 0)
         goto done;
     o.base = a.base;
     o.adapters = a.loras.items;

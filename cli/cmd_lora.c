@@ -309,8 +309,6 @@ int cmd_lora_merge(int argc, char **argv)
                                     "options");
     for (int i = 0; !rc && i < a.n_files; i++)
         rc = cli_adapters_add(&inputs, a.files[i]);
-    if (!rc)
-        rc = cli_output_check(a.output, &inputs, NULL, NULL);
     if (!rc) {
         write_options(&o, &a);
         err = mood_lora_merge(inputs.items, inputs.n, (int)a.rank,
@@ -360,8 +358,6 @@ int cmd_lora_resize(int argc, char **argv)
         rc = cli_usage_error(a.cmd, "give --rank R or --dynamic METHOD=X");
     if (!rc && a.dynamic)
         rc = parse_dynamic(&method, &param, &a);
-    if (!rc) /* also keeps the summary honest: it compares the output with the input */
-        rc = cli_output_check(a.output, NULL, a.files[0], NULL);
     if (!rc) {
         write_options(&o, &a);
         err = mood_lora_resize(a.files[0], method, param, a.has_rank ? (int)a.rank : 256,
@@ -388,8 +384,6 @@ int cmd_lora_extract(int argc, char **argv)
         rc = cli_usage_error(a.cmd, "--dynamic is a resize option");
     if (!rc && !a.has_rank)
         rc = cli_usage_error(a.cmd, "--rank is required");
-    if (!rc)
-        rc = cli_output_check(a.output, NULL, a.base, a.tuned);
     if (!rc) {
         write_options(&o, &a);
         err = mood_lora_extract(a.base, a.tuned, (int)a.rank,

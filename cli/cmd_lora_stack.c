@@ -95,9 +95,7 @@ int cmd_lora_stack(int argc, char **argv)
     memset(&a, 0, sizeof a);
     memset(&o, 0, sizeof o);
     a.dtype = MOOD_DTYPE_F32;
-    if ((rc = parse_args(&a, argc, argv)) == 0)
-        rc = cli_output_check(a.output, &a.inputs, NULL, NULL);
-    if (rc == 0) {
+    if ((rc = parse_args(&a, argc, argv)) == 0) {
         o.output = a.output;
         o.dtype = a.dtype;
         o.progress = cli_progress;

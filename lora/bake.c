@@ -370,7 +370,9 @@ int mood_bake(const mood_bake_options *o)
     plan pl;
     int err;
     memset(&pl, 0, sizeof pl);
-    if ((err = check_options(o)) != 0 || (err = mood_checkpoint_open(&ck, o->base)) != 0)
+    if ((err = check_options(o)) != 0 ||
+        (err = mood__output_check(o->output, o->adapters, o->n_adapters, o->base, NULL)) != 0 ||
+        (err = mood_checkpoint_open(&ck, o->base)) != 0)
         goto done;
     base = mood_checkpoint_file(ck);
     if (!(ads = mood_calloc(o->n_adapters, sizeof *ads))) {

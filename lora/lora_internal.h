@@ -183,4 +183,10 @@ void mood__lora_out_module_dispose(mood_lora_out_module *m);
  * values with str(). */
 void mood__lora_py_float(char *buf, size_t size, double v);
 
+/* The output of a write (bake, stack, merge, resize, extract) checked before any work:
+ * writable (mood_output_path_check) and not one of the inputs: the n adapters' files and `also`
+ * (a checkpoint; up to two, NULL when none), so that no operation writes over what it reads. */
+int mood__output_check(const char *output, const mood_weighted_adapter *adapters, size_t n,
+                       const char *also, const char *also2);
+
 #endif /* MOOD_LORA_INTERNAL_H */

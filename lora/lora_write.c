@@ -402,6 +402,25 @@ void mood__lora_out_module_dispose(mood_lora_out_module *m)
 
 void mood_lora_write_options_init(mood_lora_write_options *o)
 {
+    if (!o)
+        return;
     memset(o, 0, sizeof *o);
     o->dtype = MOOD_DTYPE_F32;
+}
+
+int mood__output_check(const char *output, const mood_weighted_adapter *adapters, size_t n,
+                       const char *also, const char *also2)
+{
+    const char **inputs = mood_calloc(n + 2, sizeof *inputs);
+    size_t k = 0;
+    int err;
+    if (!inputs)
+        return mood_error_nomem();
+    for (size_t i = 0; i < n; i++)
+        inputs[k++] = adapters[i].path;
+    inputs[k++] = also;
+    inputs[k++] = also2;
+    err = mood_output_path_check_inputs(output, inputs, k);
+    mood_free(inputs);
+    return err;
 }

@@ -371,6 +371,8 @@ int mood_lora_stack(const mood_weighted_adapter *inputs, size_t n, const mood_lo
     memset(&gs, 0, sizeof gs);
     if (!o || !o->output || !inputs || n == 0)
         return mood_error_set(MOOD_EINVAL, "stack: no inputs or no output given");
+    if ((err = mood__output_check(o->output, inputs, n, NULL, NULL)) != 0)
+        return err;
     if (!(ads = mood_calloc(n, sizeof *ads)))
         return mood_error_nomem();
     if ((err = open_inputs(ads, &family, inputs, n)) != 0)

@@ -621,6 +621,8 @@ int mood_lora_merge(const mood_weighted_adapter *inputs, size_t n, int rank, int
     int err = check_options(o, rank);
     if (!err && (n == 0 || !inputs))
         err = mood_error_set(MOOD_EINVAL, "no LoRA to merge");
+    if (!err)
+        err = mood__output_check(o->output, inputs, n, NULL, NULL);
     if (err)
         return err;
     if (conv_rank <= 0)
@@ -885,6 +887,10 @@ int mood_lora_resize(const char *input, mood_resize_method method, double param,
     if (!err && method != MOOD_RESIZE_FIXED && !(param > 0 && isfinite(param)))
         err =
             mood_error_set(MOOD_EINVAL, "the dynamic resize parameter must be > 0 (got %g)", param);
+    if (!err && !input)
+        err = mood_error_set(MOOD_EINVAL, "resize: no input LoRA given");
+    if (!err) /* also keeps the kept-fraction honest: it compares the output with the input */
+        err = mood__output_check(o->output, NULL, 0, input, NULL);
     if (err)
         return err;
     if ((err = mood_adapter_open(&a, input, NULL)) != 0 || (err = check_adapter(a, input)) != 0)
@@ -1050,6 +1056,8 @@ int mood_lora_extract(const char *base, const char *tuned, int rank, int conv_ra
         err = mood_error_set(MOOD_EINVAL, "extract needs a base and a tuned checkpoint");
     if (!err && !(min_diff >= 0))
         err = mood_error_set(MOOD_EINVAL, "min_diff must be >= 0 (got %g)", min_diff);
+    if (!err)
+        err = mood__output_check(o->output, NULL, 0, base, tuned);
     if (err)
         return err;
     if (conv_rank < 0)

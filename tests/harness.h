@@ -217,6 +217,27 @@ static inline unsigned char *read_file(const char *path, size_t *size)
     return data;
 }
 
+/* Copies a file (a fixture into the scratch dir, to be changed there); 0 or -1. */
+static inline int copy_file(const char *from, const char *to)
+{
+    size_t n;
+    unsigned char *data = read_file(from, &n);
+    int rc = data ? write_file(to, data, n) : -1;
+    free(data);
+    return rc;
+}
+
+/* Whether two files hold the same bytes. */
+static inline int same_bytes(const char *a, const char *b)
+{
+    size_t na = 0, nb = 0;
+    unsigned char *x = read_file(a, &na), *y = read_file(b, &nb);
+    int same = x && y && na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
 /* Parses a JSON file; NULL when it is missing or malformed. Free with cJSON_Delete. */
 static inline cJSON *load_json(const char *path)
 {

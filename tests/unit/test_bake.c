@@ -312,5 +312,40 @@ static void test_family_mismatch(void)
     MOOD_CHECK(!mood_path_exists(o.output));
 }
 
+/* No write operation writes over what it reads (a bake into its own base replaced the checkpoint):
+ * the output is checked against the inputs first, by file identity, and nothing is changed. */
+static void test_output_is_an_input(void)
+{
+    char base[1024], lora[1024];
+    mood_weighted_adapter a = {NULL, 1, 1};
+    mood_bake_options o;
+    mood_lora_write_options w;
+    snprintf(base, sizeof base, "%s", scratch_path("own_base.safetensors"));
+    snprintf(lora, sizeof lora, "%s", scratch_path("own_lora.safetensors"));
+    MOOD_CHECK(copy_file(fixture("bases/sd1_base.safetensors"), base) == 0);
+    MOOD_CHECK(copy_file(fixture("kohya/sd1_lora.safetensors"), lora) == 0);
+    a.path = lora;
+    memset(&o, 0, sizeof o);
+    o.base = base;
+    o.adapters = &a;
+    o.n_adapters = 1;
+    o.output = base;
+    MOOD_CHECK(mood_bake(&o) == MOOD_EINVAL && strstr(mood_error_last(), "is also an input"));
+    o.output = lora;
+    MOOD_CHECK(mood_bake(&o) == MOOD_EINVAL);
+    mood_lora_write_options_init(&w);
+    w.output = lora;
+    MOOD_CHECK(mood_lora_stack(&a, 1, &w) == MOOD_EINVAL);
+    MOOD_CHECK(mood_lora_merge(&a, 1, 2, 0, &w) == MOOD_EINVAL);
+    MOOD_CHECK(mood_lora_resize(lora, MOOD_RESIZE_FIXED, 0, 2, 0, &w) == MOOD_EINVAL);
+    w.output = base;
+    MOOD_CHECK(mood_lora_extract(base, fixture("bases/sd1_base_fp16.safetensors"), 2, 0, 0.01,
+                                 &w) == MOOD_EINVAL);
+    MOOD_CHECK(same_bytes(base, fixture("bases/sd1_base.safetensors")));
+    MOOD_CHECK(same_bytes(lora, fixture("kohya/sd1_lora.safetensors")));
+    mood_lora_write_options_init(NULL); /* takes NULL, as every init and dispose does */
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_kohya_cases), MOOD_T(test_lycoris_cases), MOOD_T(test_peft_cases),
-               MOOD_T(test_non_finite_refused), MOOD_T(test_family_mismatch))
+               MOOD_T(test_non_finite_refused), MOOD_T(test_family_mismatch),
+               MOOD_T(test_output_is_an_input))

@@ -18,15 +18,6 @@
 #include "mood/mood.h"
 #include "registry_test.h"
 
-static int copy_file(const char *from, const char *to)
-{
-    size_t n;
-    unsigned char *data = read_file(from, &n);
-    int rc = data ? write_file(to, data, n) : -1;
-    free(data);
-    return rc;
-}
-
 static const char *example_lora(const char *name)
 {
     static char path[1024];
