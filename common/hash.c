@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <zlib.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "mood/hash.h"
 
@@ -201,6 +202,8 @@ static int run_streams(stream *whole, stream *data, const char *path, mood_progr
 int mood_hash_file(mood_file_hashes *out, const char *path, mood_progress_fn progress,
                    void *payload)
 {
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(path);
     return mood_hash_file_ex(out, path, 0, progress, payload);
 }
 
@@ -213,7 +216,9 @@ int mood_hash_file_ex(mood_file_hashes *out, const char *path, unsigned flags,
     stream whole = {0}, data = {0};
     uint64_t n;
     int err;
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
+    MOOD_ARG_NONNULL(path);
     if ((err = mood_map_file(&m, path)) != 0)
         goto done;
     if (m.data)

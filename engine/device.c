@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "mood/device.h"
 
@@ -69,6 +70,7 @@ int mood_device_resolve(mood_device *out, const char *request, const char *env, 
 {
     const char *value = NULL, *source = NULL;
     int kind = -1, index = 0;
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
     if (request && *request)
         value = request, source = "--device";
@@ -102,6 +104,7 @@ int mood_device_select(mood_device *out, const char *request)
     const char *env = getenv("MOOD_DEVICE");
     const char *value = request && *request ? request : env;
     int compiled = mood_cuda_compiled(), gpus = 0;
+    MOOD_ARG_NONNULL(out);
     /* asking the driver costs time: not when the CPU was asked for */
     if (compiled && !(value && strcasecmp(value, "cpu") == 0))
         gpus = mood_cuda_device_count(NULL, 0);

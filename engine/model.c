@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/args.h"
 #include "engine/model_impl.h"
 #include "mood/hash.h"
 
@@ -447,7 +448,9 @@ int mood_model_open(mood_model **out, const char *path, const mood_model_options
     mood_model_options defaults;
     mood_model *m;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(path);
     if (!opts) {
         mood_model_options_init(&defaults);
         opts = &defaults;

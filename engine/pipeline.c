@@ -27,6 +27,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "engine/model_impl.h"
 #include "mood/rng.h"
 
@@ -258,6 +259,12 @@ static int check_options(const mood_model *m, const mood_gen_options *o)
         return mood_error_set(MOOD_EINVAL, "CFG scale %g: between 0 and 100", o->cfg);
     if (o->clip_skip < 1 || o->clip_skip > 12)
         return mood_error_set(MOOD_EINVAL, "clip skip %d: between 1 and 12", o->clip_skip);
+    /* noise_open would read any other value as MOOD_RNG_MOOD: a wrong value must not pass */
+    if ((unsigned)o->rng > MOOD_RNG_MOOD)
+        return mood_error_set(MOOD_EINVAL,
+                              "rng %d: unknown noise source (MOOD_RNG_TORCH_CPU, "
+                              "MOOD_RNG_TORCH_CUDA or MOOD_RNG_MOOD)",
+                              (int)o->rng);
     return 0;
 }
 
@@ -315,9 +322,12 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
     mood_sample_opts so;
     float *latents = NULL, *images = NULL;
     int err;
+    MOOD_ARG_NONNULL(images_out);
     *images_out = NULL;
     if (latents_out)
         *latents_out = NULL;
+    MOOD_ARG_NONNULL(m);
+    MOOD_ARG_NONNULL(o);
     if ((err = check_options(m, o)) != 0)
         return err;
     /* The CPU forward reads the side paths' factors at every step; the GPU holds a copy, which

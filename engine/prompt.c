@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "engine/unicode_tables.h"
 #include "mood/tokenizer.h"
@@ -249,8 +250,10 @@ int mood_prompt_parse(mood_prompt_fragments *out, const char *prompt)
     pos_stack round = {NULL, 0, 0}, square = {NULL, 0, 0};
     size_t i = 0;
     int err = 0;
+    MOOD_ARG_NONNULL(out);
     out->items = NULL;
     out->n = 0;
+    MOOD_ARG_NONNULL(prompt);
     if ((err = mood__utf8_validate(prompt, strlen(prompt))) != 0)
         return err;
     while (prompt[i]) {
@@ -395,7 +398,10 @@ int mood_prompt_tokenize(mood_prompt_tokens *out, mood_tokenizer *t, const char 
     mood_prompt_fragment whole;
     chunker c;
     int err;
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
+    MOOD_ARG_NONNULL(t);
+    MOOD_ARG_NONNULL(prompt);
     if (!opts) {
         mood_prompt_options_init(&defaults);
         opts = &defaults;

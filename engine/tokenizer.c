@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "engine/unicode_tables.h"
 #include "mood/tokenizer.h"
@@ -503,23 +504,15 @@ static int split_lines(char **lines, char *text, const char *path)
     return 0;
 }
 
-int mood_data_dir(char *buf, size_t size)
-{
-    int err = mood_tokenizer_default_path(buf, size);
-    size_t n = strlen(buf), tail = strlen("/clip/" VOCAB_FILENAME);
-    if (err)
-        return err;
-    buf[n > tail ? n - tail : 0] = '\0';
-    return 0;
-}
-
 static int candidate(char *buf, size_t size, const char *dir, const char *sub)
 {
     int n = snprintf(buf, size, "%s%s/clip/" VOCAB_FILENAME, dir, sub);
     return n > 0 && (size_t)n < size && mood_path_exists(buf);
 }
 
-int mood_tokenizer_default_path(char *buf, size_t size)
+/* The path of the vocabulary mood_tokenizer_load(NULL) reads into buf (size bytes); MOOD_ENOTFOUND
+ * naming the places searched. */
+static int find_vocab(char *buf, size_t size)
 {
     const char *env = getenv("MOOD_DATA");
     char exe[4096];
@@ -552,6 +545,47 @@ int mood_tokenizer_default_path(char *buf, size_t size)
                           VOCAB_FILENAME, MOOD_INSTALL_DATA_DIR, MOOD_DATA_DIR);
 }
 
+/* path into the caller's buf of `size` bytes: MOOD_EINVAL when it does not fit (buf left ""), not
+ * a cut path that names another file. */
+static int copy_out(char *buf, size_t size, const char *path, const char *func)
+{
+    size_t n = strlen(path);
+    if (n >= size) {
+        if (size)
+            buf[0] = '\0';
+        return mood_error_set(MOOD_EINVAL, "%s: buffer too small (%zu bytes needed)", func, n + 1);
+    }
+    memcpy(buf, path, n + 1);
+    return 0;
+}
+
+int mood_data_dir(char *buf, size_t size)
+{
+    char found[4096];
+    size_t n, tail = strlen("/clip/" VOCAB_FILENAME);
+    int err;
+    MOOD_ARG_NONNULL(buf);
+    if (size)
+        buf[0] = '\0';
+    if ((err = find_vocab(found, sizeof found)) != 0)
+        return err;
+    n = strlen(found);
+    found[n > tail ? n - tail : 0] = '\0';
+    return copy_out(buf, size, found, __func__);
+}
+
+int mood_tokenizer_default_path(char *buf, size_t size)
+{
+    char found[4096];
+    int err;
+    MOOD_ARG_NONNULL(buf);
+    if (size)
+        buf[0] = '\0';
+    if ((err = find_vocab(found, sizeof found)) != 0)
+        return err;
+    return copy_out(buf, size, found, __func__);
+}
+
 int mood_tokenizer_load(mood_tokenizer **out, const char *path)
 {
     char found[4096];
@@ -560,10 +594,11 @@ int mood_tokenizer_load(mood_tokenizer **out, const char *path)
     mood_buf text;
     mood_tokenizer *t = NULL;
     int err = 0;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
     mood_buf_init(&text);
     if (!path) {
-        if ((err = mood_tokenizer_default_path(found, sizeof found)) < 0)
+        if ((err = find_vocab(found, sizeof found)) < 0)
             goto done;
         path = found;
     }
@@ -654,6 +689,8 @@ void mood_token_ids_init(mood_token_ids *l)
 
 void mood_token_ids_dispose(mood_token_ids *l)
 {
+    if (!l)
+        return;
     mood_free(l->ids);
     mood_token_ids_init(l);
 }
@@ -936,10 +973,12 @@ int mood__utf8_validate(const char *text, size_t len)
 
 int mood_tokenizer_encode(mood_tokenizer *t, mood_token_ids *out, const char *text, size_t len)
 {
-    size_t before = out->n, i;
+    size_t before, i;
     int err = 0;
-    if (!t || !text)
-        return mood_error_set(MOOD_EINVAL, "mood_tokenizer_encode: NULL argument");
+    MOOD_ARG_NONNULL(t);
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(text);
+    before = out->n;
     if ((err = mood__utf8_validate(text, len)) != 0)
         return err;
     for (i = 0; i < len && !err;) {

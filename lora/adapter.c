@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "lora/lora_internal.h"
 
 #define ROLE_SPARSE (-1) /* LyCORIS sparse bias: consumed with a warning, never applied */
@@ -1062,8 +1063,11 @@ static void load_peft_config(parse_ctx *c)
 int mood_adapter_open(mood_adapter **out, const char *path, const mood_checkpoint *base)
 {
     mood_st_file *f = NULL;
-    int err = mood_st_open(&f, path);
+    int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(path);
+    err = mood_st_open(&f, path);
     return err ? err : mood_adapter_open_file(out, f, base, 0);
 }
 
@@ -1071,11 +1075,15 @@ int mood_adapter_open_file(mood_adapter **out, mood_st_file *f, const mood_check
                            unsigned flags)
 {
     parse_ctx c;
-    mood_adapter *a = mood_calloc(1, sizeof *a);
+    mood_adapter *a;
     int err = 0;
+    if (!out || !f) {
+        mood_st_close(f); /* taken over, also on this failure */
+        return mood_error_set(MOOD_EINVAL, "%s: %s is NULL", __func__, out ? "f" : "out");
+    }
     *out = NULL;
     memset(&c, 0, sizeof c);
-    if (!a) {
+    if (!(a = mood_calloc(1, sizeof *a))) {
         mood_st_close(f);
         return mood_error_nomem();
     }
@@ -1145,8 +1153,18 @@ size_t mood_adapter_module_count(const mood_adapter *a)
 
 void mood_adapter_module(const mood_adapter *a, size_t i, mood_module_info *out)
 {
-    const mood_module *m = &a->modules[i];
+    const mood_module *m;
+    if (!out) {
+        mood_error_set(MOOD_EINVAL, "mood_adapter_module: out is NULL");
+        return;
+    }
     memset(out, 0, sizeof *out);
+    if (!a || i >= a->n_modules) {
+        mood_error_set(MOOD_EINVAL, "module index %zu out of range (%zu modules)", i,
+                       a ? a->n_modules : 0);
+        return;
+    }
+    m = &a->modules[i];
     out->name = m->name;
     out->target = m->target->key;
     out->kohya_name = m->target->kohya_name;

@@ -860,8 +860,9 @@ int64_t mood_adapter_target_numel(const mood_adapter *a, size_t i)
 int mood_adapter_target_shape(const mood_adapter *a, size_t i, int64_t shape_out[4])
 {
     const mood_module *m;
-    if (check_index(a, i) != 0)
-        return 0;
+    int err = check_index(a, i);
+    if (err)
+        return err;
     m = &a->modules[i];
     shape_out[0] = m->out;
     shape_out[1] = m->ndim >= 2 ? m->in : 1;

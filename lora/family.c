@@ -12,7 +12,9 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "common/args.h"
 #include "lora/lora_internal.h"
 
 const char *mood_family_name(mood_family f)
@@ -36,14 +38,17 @@ int mood_family_from_name(mood_family *out, const char *name)
         mood_family f;
     } names[] = {{"sd1", MOOD_FAMILY_SD1}, {"sd15", MOOD_FAMILY_SD1}, {"sd1.5", MOOD_FAMILY_SD1},
                  {"sd2", MOOD_FAMILY_SD2}, {"sd21", MOOD_FAMILY_SD2}, {"sdxl", MOOD_FAMILY_SDXL}};
-    for (size_t i = 0; name && i < sizeof names / sizeof names[0]; i++) {
-        if (strcmp(name, names[i].name) == 0) {
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(name);
+    /* people write "SDXL" and "SD1.5" as often as the lower-case names mood prints */
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcasecmp(name, names[i].name) == 0) {
             *out = names[i].f;
             return 0;
         }
     }
     return mood_error_set(MOOD_EINVAL, "unknown base family '%s' (expected sd1, sd2 or sdxl)",
-                          name ? name : "(null)");
+                          name);
 }
 
 const char *mood_part_name(mood_part p)

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "mood/safetensors.h"
 
@@ -363,10 +364,12 @@ static int open_common(mood_st_file **out, mood_st_file *f)
 
 int mood_st_open(mood_st_file **out, const char *path)
 {
-    mood_st_file *f = mood_calloc(1, sizeof *f);
+    mood_st_file *f;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
-    if (!f || !(f->path = mood_strdup(path))) {
+    MOOD_ARG_NONNULL(path);
+    if (!(f = mood_calloc(1, sizeof *f)) || !(f->path = mood_strdup(path))) {
         mood_free(f);
         return mood_error_nomem();
     }

@@ -12,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/args.h"
 #include "mood/civitai.h"
 #include "registry/civitai_impl.h"
 #include "registry/http.h"
@@ -507,14 +508,17 @@ int mood_civitai_license(char **out, const mood_civitai_permissions *p)
 int mood_civitai_open(mood_civitai **out, const char *base_url)
 {
     const char *base = base_url ? base_url : getenv("MOOD_CIVITAI_URL");
+    /* where the URL came from, for the message: the caller's argument or the environment */
+    const char *source = base_url ? "mood_civitai_open: base_url" : "MOOD_CIVITAI_URL";
     mood_civitai *c;
     size_t n;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
     if (!base || !*base)
         base = DEFAULT_BASE;
     if (strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0)
-        return mood_error_set(MOOD_EINVAL,
-                              "MOOD_CIVITAI_URL: '%s' is not an http:// or https:// URL", base);
+        return mood_error_set(MOOD_EINVAL, "%s: '%s' is not an http:// or https:// URL", source,
+                              base);
     if (!(c = mood_calloc(1, sizeof *c)) || !(c->base = mood_strdup(base))) {
         mood_free(c);
         return mood_error_nomem();

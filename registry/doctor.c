@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/args.h"
 #include "mood/hash.h"
 #include "registry/registry_impl.h"
 
@@ -540,18 +541,23 @@ static int run(doctor *d)
 int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                          const mood_doctor_options *o)
 {
-    doctor d = {r, o, cJSON_CreateObject(), NULL, NULL, NULL, NULL, {NULL, 0, 0}, 0, 0};
+    static const mood_doctor_options check_only; /* o NULL: no deep hashing, no fixing */
+    doctor d = {r, o ? o : &check_only, NULL, NULL, NULL, NULL, NULL, {NULL, 0, 0}, 0, 0};
     char *text = NULL;
     int err;
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(problems_out);
     *out = NULL;
     *problems_out = 0;
+    MOOD_ARG_NONNULL(r);
+    d.report = cJSON_CreateObject();
     mood_buf_init(&d.freed);
     d.missing = cJSON_AddArrayToObject(d.report, "missing");
     d.orphans = cJSON_AddArrayToObject(d.report, "orphans");
     d.corrupt = cJSON_AddArrayToObject(d.report, "corrupt");
     /* before anything is deleted: a read-only registry refuses --fix (an absent one is not
      * created for it: check_database) */
-    if ((o->fix && !r->absent && (err = mood__reg_writable(r)) != 0) ||
+    if ((d.o->fix && !r->absent && (err = mood__reg_writable(r)) != 0) ||
         (err = mood__reg_lock_exclusive(r, 1)) != 0)
         goto done;
     err = run(&d);
@@ -559,7 +565,7 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
     if (err)
         goto done;
     cJSON_AddStringToObject(d.report, "registry", r->home);
-    cJSON_AddBoolToObject(d.report, "deep", o->deep);
+    cJSON_AddBoolToObject(d.report, "deep", d.o->deep);
     cJSON_AddNumberToObject(d.report, "problems", d.problems);
     cJSON_AddNumberToObject(d.report, "fixed", d.fixed);
     text = cJSON_PrintUnformatted(d.report);

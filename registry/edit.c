@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/args.h"
 #include "registry/registry_impl.h"
 
 #define TAG_MAX 64
@@ -233,6 +234,9 @@ int mood_registry_style_create(mood_registry *r, const char *name, const mood_st
 {
     sqlite3_stmt *st = NULL;
     int err;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
+    MOOD_ARG_NONNULL(spec);
     if ((err = valid_name(r, name)) != 0)
         return err;
     if (!spec->loras || spec->n_loras == 0)
@@ -261,6 +265,9 @@ int mood_registry_style_edit(mood_registry *r, const char *name, const mood_styl
 {
     long long id;
     int err;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
+    MOOD_ARG_NONNULL(spec);
     if (spec->loras && spec->n_loras == 0)
         return mood_error_set(MOOD_EINVAL, "style '%s' needs at least one LoRA", name);
     if ((err = style_must_exist(r, name, "edit")) != 0 || (err = mood__reg_begin(r)) != 0)
@@ -279,8 +286,12 @@ int mood_registry_style_loras(mood_style_lora **out, size_t *n_out, mood_registr
     sqlite3_stmt *st = NULL;
     long long id, n = 0;
     int err, rc;
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(n_out);
     *out = NULL;
     *n_out = 0;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
     if ((err = mood__reg_style_id(r, &id, name)) != 0)
         return err;
     {
@@ -325,6 +336,9 @@ int mood_registry_rename(mood_registry *r, const char *old_name, const char *new
     long long id;
     sqlite3_stmt *st = NULL;
     int err;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(old_name);
+    MOOD_ARG_NONNULL(new_name);
     if ((err = valid_name(r, new_name)) != 0 ||
         (err = style_must_exist(r, old_name, "rename")) != 0 || (err = mood__reg_begin(r)) != 0)
         return err;
@@ -372,6 +386,9 @@ int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int a
     long long id;
     sqlite3_stmt *st = NULL;
     int err;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
+    MOOD_ARG_NONNULL(tag);
     if ((err = valid_tag(tag)) != 0 || (err = style_must_exist(r, name, "tag")) != 0 ||
         (err = mood__reg_begin(r)) != 0)
         return err;
@@ -432,6 +449,8 @@ int mood_registry_rm(mood_registry *r, const char *name)
     mood_buf shas;
     long long id;
     int err, deleted;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
     mood_buf_init(&shas);
     if ((err = style_must_exist(r, name, "remove")) != 0 || (err = mood__reg_begin(r)) != 0)
         return err;

@@ -48,6 +48,7 @@
 #include "common/image_stb.h"
 #include "mood/hash.h"
 #include "mood/lora.h"
+#include "common/args.h"
 #include "registry/registry_impl.h"
 
 #define MAX_SIDECAR        (16u << 20)
@@ -1064,6 +1065,9 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
 int mood_registry_import_file(mood_registry *r, mood_import_result *out, const char *path,
                               mood_progress_fn progress, void *payload)
 {
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(path);
     return mood_registry_import_file_ex(r, out, path, NULL, progress, payload);
 }
 
@@ -1073,6 +1077,9 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
 {
     import_job j;
     int err, found = 0, locked = 0;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(path);
     memset(&j, 0, sizeof j);
     memset(out, 0, sizeof *out);
     j.path = path;

@@ -7,6 +7,8 @@
 #include <ctype.h>
 #include <string.h>
 
+#include "common/args.h"
+#include "mood/lora.h"
 #include "registry/registry_impl.h"
 
 /* One row per style with what list and search show: the sum_* columns are kept up to date by
@@ -56,6 +58,20 @@ static int put_tags(mood_buf *b, const char *s)
     return err ? err : mood_buf_puts(b, "]");
 }
 
+/* A number as show's cJSON writes it (0.7, where %.17g gives 0.69999999999999996), so that list,
+ * search and show print a style's weight alike. A cJSON item on the stack: nothing allocated. */
+static int put_number(mood_buf *b, const char *key, double v)
+{
+    char text[64];
+    cJSON n;
+    memset(&n, 0, sizeof n);
+    n.type = cJSON_Number;
+    cJSON_SetNumberHelper(&n, v);
+    if (!cJSON_PrintPreallocated(&n, text, (int)sizeof text, 0))
+        snprintf(text, sizeof text, "%.17g", v);
+    return mood_buf_printf(b, ",\"%s\":%s", key, text);
+}
+
 static int summary_row(mood_buf *b, sqlite3_stmt *st, int first)
 {
     int err = mood_buf_puts(b, first ? "{\"name\":" : ",{\"name\":");
@@ -70,7 +86,7 @@ static int summary_row(mood_buf *b, sqlite3_stmt *st, int first)
     else if (!err)
         err = mood_buf_puts(b, ",\"rank\":null");
     if (!err && sqlite3_column_type(st, 4) != SQLITE_NULL)
-        err = mood_buf_printf(b, ",\"weight\":%.17g", sqlite3_column_double(st, 4));
+        err = put_number(b, "weight", sqlite3_column_double(st, 4));
     else if (!err)
         err = mood_buf_puts(b, ",\"weight\":null");
     if (!err)
@@ -124,6 +140,15 @@ done:
 int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const char *base)
 {
     const char *args[2] = {tag, base};
+    mood_family family;
+    MOOD_ARG_NONNULL(out);
+    *out = NULL;
+    MOOD_ARG_NONNULL(r);
+    /* the rows hold mood_family_name's spelling; "SDXL" or "sd1.5" mean the same family */
+    if (base && mood_family_from_name(&family, base) == 0)
+        args[1] = mood_family_name(family);
+    else if (base)
+        mood_error_clear(); /* another name is matched as it is */
     return run_summaries(out, r,
                          SUMMARY_COLUMNS " FROM styles s"
                                          " WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
@@ -159,7 +184,10 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
     mood_buf q;
     const char *args[1];
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(query);
     mood_buf_init(&q);
     if ((err = fts_query(&q, query)) != 0)
         goto done;
@@ -315,10 +343,14 @@ static int style_fields(mood_registry *r, cJSON *o, long long id)
 
 int mood_registry_show_json(char **out, mood_registry *r, const char *name)
 {
-    cJSON *o = cJSON_CreateObject(), *tags, *adapters, *previews, *t;
+    cJSON *o, *tags, *adapters, *previews, *t;
     long long id;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
+    o = cJSON_CreateObject();
     if ((err = mood__reg_style_id(r, &id, name)) != 0 || (err = style_fields(r, o, id)) != 0)
         goto done;
     adapters = cJSON_AddArrayToObject(o, "adapters");
@@ -370,12 +402,14 @@ int mood_registry_style_by_hash(char **name_out, mood_registry *r, const char *h
 {
     char prefix[72];
     sqlite3_stmt *st = NULL;
-    size_t n = hash ? strlen(hash) : 0;
+    size_t n;
     int err, rc;
+    MOOD_ARG_NONNULL(name_out);
     *name_out = NULL;
-    if (n < 8 || n > 64)
-        return mood_error_set(MOOD_EINVAL, "hash \"%s\": 8 to 64 hex digits expected",
-                              hash ? hash : "");
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(hash);
+    if ((n = strlen(hash)) < 8 || n > 64)
+        return mood_error_set(MOOD_EINVAL, "hash \"%s\": 8 to 64 hex digits expected", hash);
     for (size_t i = 0; i < n; i++) {
         if (!isxdigit((unsigned char)hash[i]))
             return mood_error_set(MOOD_EINVAL, "hash \"%s\": not hexadecimal", hash);

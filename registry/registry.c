@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/args.h"
 #include "registry/registry_impl.h"
 
 #define BUSY_TIMEOUT_MS 30000
@@ -428,6 +429,7 @@ int mood_registry_default_home(char **out)
     const char *home = getenv("MOOD_HOME"), *xdg = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
     mood_buf b;
     int err;
+    MOOD_ARG_NONNULL(out);
     mood_buf_init(&b);
     if (home && *home)
         err = mood_buf_puts(&b, home);
@@ -440,14 +442,14 @@ int mood_registry_default_home(char **out)
     return err;
 }
 
-/* mkdir -p */
+/* mkdir -p. A leading '/' is the root, not a folder to make; "" fails in mkdir (ENOENT). */
 static int make_dirs(const char *path)
 {
     char *p = mood_strdup(path);
     int err = 0;
     if (!p)
         return mood_error_nomem();
-    for (char *s = p + 1;; s++) {
+    for (char *s = p + (p[0] == '/');; s++) {
         if (*s == '/' || *s == '\0') {
             char c = *s;
             *s = '\0';
@@ -799,11 +801,16 @@ static void tell_state(mood_registry *r)
 
 int mood_registry_open(mood_registry **out, const char *home)
 {
-    mood_registry *r = mood_calloc(1, sizeof *r);
+    mood_registry *r;
     char *def = NULL;
     int err = 0;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
-    if (!r)
+    /* "" would put registry.db and blobs/ at the filesystem's root ("/registry.db") */
+    if (home && !home[0])
+        return mood_error_set(MOOD_EINVAL, "mood_registry_open: home is \"\": give a folder, or "
+                                           "NULL for the default home");
+    if (!(r = mood_calloc(1, sizeof *r)))
         return mood_error_nomem();
     r->lock_fd = -1;
     if (!home && (err = mood_registry_default_home(&def)) != 0)
@@ -884,8 +891,11 @@ static int name_char(int c)
 
 int mood_registry_name_check(const char *name)
 {
-    size_t n = strlen(name);
-    int err = mood__reg_text_check(name, "style name"); /* before quoting it in a message */
+    size_t n;
+    int err;
+    MOOD_ARG_NONNULL(name);
+    n = strlen(name);
+    err = mood__reg_text_check(name, "style name"); /* before quoting it in a message */
     if (err)
         return err;
     if (n == 0)
@@ -947,7 +957,10 @@ int mood_registry_name_suggest(char **out, mood_registry *r, const char *wanted)
     char base[NAME_MAX_LEN + 1], cand[NAME_MAX_LEN + 16];
     long long taken = 0;
     int err = 0;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(wanted);
     sanitize(base, sizeof base, wanted);
     snprintf(cand, sizeof cand, "%s", base);
     for (int i = 2; i < 100000; i++) {

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "engine/unicode_tables.h"
+#include "common/args.h"
 #include "registry/registry_impl.h"
 
 #define SHOWN_MAX 60 /* bytes of a refused value quoted in the message */
@@ -60,7 +61,7 @@ int mood__reg_text_check(const char *text, const char *what)
     return mood_error_set(MOOD_EINVAL,
                           "%s '%s': not valid UTF-8 (non-ASCII bytes shown as \\xNN); text in "
                           "the registry must be UTF-8: set your terminal or editor to UTF-8",
-                          what, shown);
+                          what ? what : "text", shown);
 }
 
 /* text read as Windows-1252, in UTF-8 (at most 3 bytes per byte: the table stays below
@@ -136,5 +137,6 @@ int mood_registry_text_check(const char *text, const char *what)
 
 int mood_registry_text_to_utf8(char **out, const char *text)
 {
+    MOOD_ARG_NONNULL(out);
     return mood__reg_utf8_copy(out, text ? text : "", NULL);
 }

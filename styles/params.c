@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "styles/params_internal.h"
 
 /* ----- code points ------------------------------------------------------------------------- */
@@ -502,6 +503,8 @@ void mood_params_init(mood_params *p)
 
 void mood_params_dispose(mood_params *p)
 {
+    if (!p)
+        return;
     mood__params_free_text(p->prompt);
     mood__params_free_text(p->negative_prompt);
     mood_free(p->sampler);
@@ -539,6 +542,7 @@ int mood_params_set_prompt(mood_params *p, const char *prompt, const char *negat
 {
     char *a, *b;
     int err;
+    MOOD_ARG_NONNULL(p);
     prompt = prompt ? prompt : "";
     negative_prompt = negative_prompt ? negative_prompt : "";
     if ((err = mood__params_check_utf8(prompt, "the prompt")) != 0 ||
@@ -562,8 +566,9 @@ int mood_params_set(mood_params *p, const char *key, const char *value)
 {
     enum field f;
     int err;
-    if (!p || !key || !value)
-        return mood_error_set(MOOD_EINVAL, "mood_params_set: NULL argument");
+    MOOD_ARG_NONNULL(p);
+    MOOD_ARG_NONNULL(key);
+    MOOD_ARG_NONNULL(value);
     if ((err = mood__params_check_utf8(key, "a key")) != 0 ||
         (err = mood__params_check_utf8(value, key)) != 0)
         return err;
@@ -607,6 +612,7 @@ static int add_hash(mood_params_hash **list, size_t *n, size_t *cap, const char 
 
 int mood_params_add_lora_hash(mood_params *p, const char *name, const char *hash)
 {
+    MOOD_ARG_NONNULL(p);
     p->from_hashes &= ~(unsigned)MOOD_PARAMS_FROM_HASHES_LORA;
     remove_extra(p, "Lora hashes");
     return add_hash(&p->lora_hashes, &p->n_lora_hashes, &p->cap_lora_hashes, name, hash);
@@ -614,6 +620,7 @@ int mood_params_add_lora_hash(mood_params *p, const char *name, const char *hash
 
 int mood_params_add_ti_hash(mood_params *p, const char *name, const char *hash)
 {
+    MOOD_ARG_NONNULL(p);
     p->from_hashes &= ~(unsigned)MOOD_PARAMS_FROM_HASHES_TI;
     remove_extra(p, "TI hashes");
     return add_hash(&p->ti_hashes, &p->n_ti_hashes, &p->cap_ti_hashes, name, hash);

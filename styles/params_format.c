@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "styles/params_internal.h"
 
 /* ----- formatting -------------------------------------------------------------------------- */
@@ -169,10 +170,9 @@ int mood_params_format(char **text_out, const mood_params *p)
     mood_buf b;
     span s;
     int err = 0;
-    if (text_out)
-        *text_out = NULL;
-    if (!text_out || !p)
-        return mood_error_set(MOOD_EINVAL, "mood_params_format: NULL argument");
+    MOOD_ARG_NONNULL(text_out);
+    *text_out = NULL;
+    MOOD_ARG_NONNULL(p);
     mood_buf_init(&b);
     err = mood_buf_puts(&b, p->prompt ? p->prompt : "");
     if (!err && p->negative_prompt && p->negative_prompt[0])

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "engine/unicode_tables.h"
 #include "styles/params_internal.h"
 
@@ -412,9 +413,9 @@ int mood_params_parse(mood_params *out, const char *text)
     size_t n_pairs = 0, n, nl;
     span all, last;
     int err, prev_rank = -1;
+    MOOD_ARG_NONNULL(out);
     mood_params_init(out);
-    if (!text)
-        return mood_error_set(MOOD_EINVAL, "mood_params_parse: NULL text");
+    MOOD_ARG_NONNULL(text);
     n = strlen(text);
     if ((err = mood__params_check_utf8(text, "the text")) != 0)
         return err;

@@ -5,6 +5,11 @@
  * Errors: every fallible function returns an int, 0 (MOOD_OK) on success or a negative MOOD_E*
  * code; the human-readable detail (naming the file, tensor or key and what was expected) is kept
  * per thread and read with mood_error_last(). The library never prints and never exits.
+ *
+ * Arguments: a pointer may be NULL only where its function's comment says so (an optional
+ * output, default options). NULL where a value is needed is MOOD_EINVAL with a message naming the
+ * function and the argument ("mood_hash_file: path is NULL"), not a crash. Every _free, _close
+ * and _dispose function accepts NULL and does nothing with it.
  */
 #ifndef MOOD_CORE_H
 #define MOOD_CORE_H

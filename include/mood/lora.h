@@ -29,6 +29,8 @@ typedef enum mood_family {
 
 /* "sd1", "sd2", "sdxl" or "unknown". */
 const char *mood_family_name(mood_family f);
+/* The family a name gives, in any case: "sd1" (or "sd15", "sd1.5"), "sd2" (or "sd21"), "sdxl".
+ * MOOD_EINVAL naming the name and the known ones otherwise (*out unchanged). */
 int mood_family_from_name(mood_family *out, const char *name);
 
 /* Which model component a module patches; multipliers are given per component. */
@@ -137,6 +139,9 @@ typedef struct mood_module_info {
 } mood_module_info;
 
 size_t mood_adapter_module_count(const mood_adapter *a);
+/* Describes module i (0 <= i < mood_adapter_module_count). An index out of range zeroes *out
+ * (name NULL) and sets the error (MOOD_EINVAL, "module index out of range") for
+ * mood_error_last(). */
 void mood_adapter_module(const mood_adapter *a, size_t i, mood_module_info *out);
 
 /* File keys not consumed by any module, in file order. */
@@ -157,7 +162,9 @@ MOOD_WARN_UNUSED int mood_adapter_lowrank(const mood_adapter *a, size_t i, float
                                           int *rank);
 /* Number of float32 elements of module i's target (the slice, for fused in_proj). */
 int64_t mood_adapter_target_numel(const mood_adapter *a, size_t i);
-/* The target's shape (ndim 2 for Linear, 4 for Conv). */
+/* The target's shape (out, in, kh, kw; 1 where the target has fewer dimensions) and its number of
+ * dimensions as the return value: 2 for Linear, 4 for Conv. MOOD_EINVAL (negative) for an index
+ * out of range, with shape_out unwritten. */
 int mood_adapter_target_shape(const mood_adapter *a, size_t i, int64_t shape_out[4]);
 
 /* Applies module i to the float32 weight w (target shape) in place with multiplier m, using the

@@ -31,7 +31,8 @@ typedef struct mood_registry mood_registry;
  * $HOME/.local/share/mood. Caller frees with mood_registry_free_string. */
 MOOD_WARN_UNUSED int mood_registry_default_home(char **out);
 
-/* Opens the registry in `home` (NULL: the default home), migrates its schema to the current
+/* Opens the registry in `home` (NULL: the default home; "" is MOOD_EINVAL, not the filesystem's
+ * root), migrates its schema to the current
  * version and removes what interrupted imports left behind. A file that is not a usable SQLite
  * database gives MOOD_EFORMAT naming the file; the blobs are not touched.
  * Opening creates nothing: where there is no registry.db yet, queries find an empty registry and
@@ -65,7 +66,7 @@ MOOD_WARN_UNUSED int mood_registry_name_suggest(char **out, mood_registry *r, co
  * (MOOD_EINVAL); text from other programs' files (sidecars, packs, file names) is converted. */
 
 /* 0 when `text` is valid UTF-8 (or NULL); MOOD_EINVAL with a message naming `what` (e.g.
- * "--template") and showing the bad bytes as \xNN otherwise. */
+ * "--template"; NULL: "text") and showing the bad bytes as \xNN otherwise. */
 MOOD_WARN_UNUSED int mood_registry_text_check(const char *text, const char *what);
 /* A UTF-8 copy of `text` for showing or storing: text that is not valid UTF-8 is read as
  * Windows-1252 (what files and names made on Windows hold); a leading byte-order mark is
@@ -125,7 +126,9 @@ MOOD_WARN_UNUSED int mood_registry_import_file_ex(mood_registry *r, mood_import_
 /* ----- queries (JSON text) -------------------------------------------------------------------- */
 
 /* [{name, family, algorithm, rank, weight, trigger_words, tags, description, adapters}] sorted by
- * name; `tag` and `base` ("sd1", "sd2", "sdxl") filter when non-NULL. */
+ * name; `tag` and `base` ("sd1", "sd2", "sdxl", or another spelling mood_family_from_name reads,
+ * such as "SDXL") filter when non-NULL. Numbers are written as show's are (a weight of 0.7 is
+ * 0.7 in both). */
 MOOD_WARN_UNUSED int mood_registry_list_json(char **out, mood_registry *r, const char *tag,
                                              const char *base);
 /* Everything known about one style (MOOD_ENOTFOUND when there is none of that name): its fields,
@@ -206,7 +209,7 @@ typedef struct mood_doctor_options {
  * kept, lost [{sha256, file_name, problem}], fixed}, where action is "drop" (the style keeps its
  * other adapters, template, negative prompt and weights and loses the lost ones) or "remove" (no
  * adapter would be left: a style needs one), kept counts the adapter links left, and fixed tells
- * whether this run did it. */
+ * whether this run did it. o NULL: the default options (no deep, no fix, no progress). */
 MOOD_WARN_UNUSED int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                                           const mood_doctor_options *o);
 

@@ -40,8 +40,9 @@ typedef struct mood_tokenizer mood_tokenizer;
 MOOD_WARN_UNUSED int mood_tokenizer_load(mood_tokenizer **out, const char *path);
 void mood_tokenizer_free(mood_tokenizer *t);
 
-/* Path of the vocabulary mood_tokenizer_load(NULL) would read, into buf. MOOD_ENOTFOUND when
- * none exists. */
+/* Path of the vocabulary mood_tokenizer_load(NULL) would read, into buf (`size` bytes).
+ * MOOD_ENOTFOUND when none exists; MOOD_EINVAL "buffer too small (N bytes needed)" when the path
+ * does not fit, with buf left empty (""), never a cut path. */
 MOOD_WARN_UNUSED int mood_tokenizer_default_path(char *buf, size_t size);
 
 /* The folder of mood's data (the one holding clip/ and mood-tiny/), found as the vocabulary is.
