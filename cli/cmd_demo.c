@@ -95,6 +95,8 @@ static int parse_args(demo *d, int argc, char **argv)
             d->json = 1;
         else if (!v)
             return cli_usage_error("demo", "%s: unknown, or an option without its value", s);
+        else if (!strcmp(s, "--out") && !*v)
+            return cli_usage_error("demo", "--out needs a folder name");
         else if (!strcmp(s, "--out"))
             d->out = v, i++;
         else if (!strcmp(s, "--model"))

@@ -38,6 +38,7 @@ check "one demo style, the earlier one gone" python3 -c '
 import json, sys
 names = sorted(s["name"] for s in json.load(open(sys.argv[1])))
 assert names == ["twemoji-demo"], names' "$tmp/out"
+expect_rc 1 "demo --out ''" "$MOOD" demo --out ""
 expect_rc 1 "demo --steps 0" "$MOOD" demo --steps 0
 check "says what --steps takes" grep -q -- "--steps 0: takes a number of steps, 1 to 100000" "$tmp/err"
 # a run that fails (a broken image on the board) keeps the style of the earlier run
