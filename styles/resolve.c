@@ -411,17 +411,21 @@ static void trim_end(mood_buf *b)
         b->data[--b->len] = '\0';
 }
 
-/* "{prompt}" in template t replaced by the prompt so far; without it, ", t" appended. */
+/* Every "{prompt}" in template t replaced by the prompt so far, as A1111's
+ * style.replace("{prompt}", prompt); without one, ", t" appended. */
 static int apply_template(mood_buf *prompt, const char *t)
 {
-    const char *at = strstr(t, "{prompt}");
+    static const char key[] = "{prompt}";
+    const char *at = strstr(t, key), *p = t;
     mood_buf nb;
-    int err;
+    int err = 0;
     if (!at)
         return mood_buf_printf(prompt, "%s%s", prompt->len ? ", " : "", t);
     mood_buf_init(&nb);
-    err = mood_buf_printf(&nb, "%.*s%s%s", (int)(at - t), t, prompt->data ? prompt->data : "",
-                          at + 8);
+    for (; at && !err; p = at + sizeof key - 1, at = strstr(p, key))
+        err = mood_buf_printf(&nb, "%.*s%s", (int)(at - p), p, prompt->data ? prompt->data : "");
+    if (!err)
+        err = mood_buf_puts(&nb, p);
     if (!err) {
         mood_buf_dispose(prompt);
         *prompt = nb;
@@ -431,21 +435,47 @@ static int apply_template(mood_buf *prompt, const char *t)
     return err;
 }
 
-/* Whether needle occurs in hay, ignoring ASCII case. */
-static int contains_nocase(const char *hay, const char *needle)
+/* A byte that continues a word: a letter, digit or '_' (ASCII), or part of a UTF-8 character. */
+static int word_byte(char c)
 {
-    size_t n = strlen(needle);
-    for (; *hay; hay++)
-        if (strncasecmp(hay, needle, n) == 0)
+    unsigned char u = (unsigned char)c;
+    return isalnum(u) || u == '_' || u >= 0x80;
+}
+
+/* Whether hay holds the n bytes of `phrase` as whole words, ignoring ASCII case: CLIP lower-cases
+ * its input, so "INKWASH" in a prompt is the trigger "inkwash", while "inkwashes" is not. */
+static int has_phrase(const char *hay, const char *phrase, size_t n)
+{
+    for (const char *h = hay; *h; h++)
+        if (strncasecmp(h, phrase, n) == 0 && (h == hay || !word_byte(h[-1])) && !word_byte(h[n]))
             return 1;
     return 0;
 }
 
+/* Appends each of the style's trigger words (a ", "-separated list) that the prompt does not
+ * already hold, in their order. */
 static int apply_triggers(mood_buf *prompt, const char *triggers)
 {
-    if (prompt->data && contains_nocase(prompt->data, triggers))
-        return 0;
-    return mood_buf_printf(prompt, "%s%s", prompt->len ? ", " : "", triggers);
+    const char *p = triggers;
+    mood_buf add;
+    int err = 0;
+    mood_buf_init(&add);
+    while (*p && !err) {
+        size_t n = strcspn(p, ",");
+        const char *next = p + n + (p[n] == ',');
+        while (n && isspace((unsigned char)*p))
+            p++, n--;
+        while (n && isspace((unsigned char)p[n - 1]))
+            n--;
+        if (n && !(prompt->data && has_phrase(prompt->data, p, n)) &&
+            !(add.data && has_phrase(add.data, p, n)))
+            err = mood_buf_printf(&add, "%s%.*s", add.len ? ", " : "", (int)n, p);
+        p = next;
+    }
+    if (!err && add.len)
+        err = mood_buf_printf(prompt, "%s%s", prompt->len ? ", " : "", add.data);
+    mood_buf_dispose(&add);
+    return err;
 }
 
 static int assemble(resolver *r, const char *negative)
@@ -593,6 +623,8 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
 
 void mood_resolved_styles_dispose(mood_resolved_styles *s)
 {
+    if (!s)
+        return;
     for (size_t i = 0; i < s->n; i++) {
         mood_free(s->adapters[i].path);
         mood_free(s->adapters[i].name);

@@ -78,7 +78,7 @@ void mood__board_options_resolve(mood_board_options *o)
     }
 }
 
-static int check_options(const mood_board_options *o)
+int mood__board_options_check(const mood_board_options *o)
 {
     if (o->resolution < 64 || o->resolution > 8192 || o->resolution % 64 != 0)
         return mood_error_set(MOOD_EINVAL,
@@ -625,11 +625,14 @@ int mood_board_load(mood_board **out, const char *const *paths, size_t n,
     mood_board_options o;
     int err;
     *out = NULL;
-    if (!opts || !paths || n == 0)
+    if (!paths || n == 0)
         return mood_error_set(MOOD_EINVAL, "mood board: no paths given");
+    if (!opts)
+        return mood_error_set(MOOD_EINVAL, "mood board: no options given (NULL; "
+                                           "mood_board_options_init gives the defaults)");
     o = *opts;
     mood__board_options_resolve(&o);
-    if ((err = check_options(&o)) != 0)
+    if ((err = mood__board_options_check(&o)) != 0)
         return err;
     if ((err = collect(&l, paths, n)) != 0)
         goto done;

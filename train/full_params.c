@@ -195,14 +195,12 @@ static int is_model_folder(const char *dir)
     return is_dir(p);
 }
 
-/* Whether path is dir or lies inside it (path need not exist: its nearest existing parent
- * decides). */
-static int inside(const char *path, const char *dir)
+/* Whether path, resolved (links followed; a path that does not exist: its nearest existing
+ * parent), is dir or lies inside it. */
+static int resolved_inside(const char *path, const char *d)
 {
-    char d[PATH_MAX], p[PATH_MAX], probe[PATH_MAX];
+    char p[PATH_MAX], probe[PATH_MAX];
     snprintf(probe, sizeof probe, "%s", path);
-    if (!realpath(dir, d))
-        return 0;
     while (!realpath(probe, p)) { /* the nearest parent that exists */
         char *slash = strrchr(probe, '/');
         if (slash == probe)
@@ -216,6 +214,23 @@ static int inside(const char *path, const char *dir)
     return strncmp(p, d, n) == 0 && (p[n] == '\0' || p[n] == '/');
 }
 
+int mood__path_inside(const char *path, const char *dir)
+{
+    char d[PATH_MAX], parent[PATH_MAX];
+    const char *base;
+    if (!path || !dir || !realpath(dir, d))
+        return 0;
+    base = mood_path_basename(path);
+    if (resolved_inside(path, d))
+        return 1;
+    /* the entry itself, where the path is a link out of dir (a model folder of links to blobs,
+     * as Hugging Face's cache has): writing it replaces the entry in dir */
+    if (base == path)
+        return 0;
+    snprintf(parent, sizeof parent, "%.*s", (int)(base - path), path);
+    return resolved_inside(parent, d);
+}
+
 int mood__full_params_check(const char *model, const char *out_dir)
 {
     struct stat st;
@@ -225,7 +240,7 @@ int mood__full_params_check(const char *model, const char *out_dir)
                               "(the trained model is written as a copy of it), not a single-file "
                               "checkpoint",
                               model);
-    if (inside(out_dir, model))
+    if (mood__path_inside(out_dir, model))
         return mood_error_set(MOOD_EINVAL,
                               "%s is the base model's folder (or inside it): the trained model is "
                               "written as a new folder; choose another path",

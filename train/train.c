@@ -1,10 +1,11 @@
 /*
  * train.c: mood_train_run, a whole training run from a model path and a mood board to a LoRA
- * file: open the model, load the board, make the LoRA modules and initialise them, cache the
- * latents (VAE, latent_dist.sample() * scaling_factor, unflipped then flipped) and the text
- * conditioning (the caption as kohya tokenizes it: start, at most 75 tokens, end, padding; the
- * encoder's output at the clip skip, with the final layer norm), run the trainer, then write the
- * LoRA with kohya's metadata and the loss curve.
+ * file: check every option and output path that needs no model (no output may be the model, a
+ * board file or the checkpoint resumed from), open the model, load the board, make the LoRA modules
+ * and initialise them, cache the latents (VAE, latent_dist.sample() * scaling_factor, unflipped
+ * then flipped) and the text conditioning (the caption as kohya tokenizes it: start, at most 75
+ * tokens, end, padding; the encoder's output at the clip skip, with the final layer norm), run the
+ * trainer, then write the LoRA with kohya's metadata and the loss curve.
  *
  * SDXL (as kohya's sdxl_train_network.py): the conditioning is both text encoders' penultimate
  * layer concatenated plus text encoder 2's pooled, projected embedding (cached, unless the text
@@ -20,6 +21,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "engine/model_impl.h"
@@ -723,21 +725,90 @@ static int write_output(run *r, int64_t steps)
 
 /* ----- the run ---------------------------------------------------------------------------- */
 
+/* An output of the run that would write over the base model: a file of the model's folder, or
+ * the model's own file or the board's or the checkpoint resumed from (inputs: n of them). */
+static int check_output(const char *what, const char *path, const mood_train_options *o,
+                        const char *const *inputs, size_t n)
+{
+    struct stat st;
+    int err;
+    if (stat(o->model, &st) == 0 && S_ISDIR(st.st_mode) && mood__path_inside(path, o->model))
+        return mood_error_set(MOOD_EINVAL,
+                              "%s %s is inside the base model's folder %s: the run would write "
+                              "over the model it trains on; choose a path outside it",
+                              what, path, o->model);
+    if ((err = mood_output_path_check_inputs(path, inputs, n)) != 0 && strcmp(what, "output"))
+        mood_error_prefix("training option %s", what); /* the message names only the path */
+    return err;
+}
+
+/* Where the results go, before any work: every file the run writes is writable and none is
+ * what it reads (the base model, the board's files, the checkpoint it resumes from). */
+static int check_outputs(const mood_train_options *o)
+{
+    const char **in = mood_calloc(o->n_board + 2, sizeof *in);
+    size_t n = 0;
+    int err = 0;
+    if (!in)
+        return mood_error_nomem();
+    in[n++] = o->model; /* a single-file checkpoint; a folder never equals a file */
+    for (size_t i = 0; i < o->n_board; i++)
+        in[n++] = o->board[i];
+    if (o->resume && o->checkpoint) /* last: the checkpoint itself is written again */
+        in[n++] = o->checkpoint;
+    if (o->full) /* the output is a model folder, with its own rules */
+        err = mood__full_params_check(o->model, o->output);
+    else
+        err = check_output("output", o->output, o, in, n);
+    if (!err && o->checkpoint)
+        err = check_output("checkpoint", o->checkpoint, o, in, o->resume ? n - 1 : n);
+    if (!err && o->loss_csv)
+        err = check_output("loss_csv", o->loss_csv, o, in, n);
+    if (!err && o->loss_png)
+        err = check_output("loss_png", o->loss_png, o, in, n);
+    mood_free(in);
+    return err;
+}
+
+/* Every check that needs neither the model nor the board's images, made before any work: the
+ * options' ranges, the board options (when the resolution is given), the previews' options, the
+ * checkpoint to resume from, and where the results go. */
 static int check_options(const mood_train_options *o)
 {
-    if (!o || !o->model || !o->board || o->n_board == 0 || !o->output)
-        return mood_error_set(MOOD_EINVAL, "training needs a model, a mood board and an output");
-    if (o->save_dtype != MOOD_DTYPE_F16 && o->save_dtype != MOOD_DTYPE_F32 &&
-        o->save_dtype != MOOD_DTYPE_BF16)
-        return mood_error_set(MOOD_EINVAL, "the LoRA is saved as F16, BF16 or F32");
-    if (o->clip_skip < 1)
-        return mood_error_set(MOOD_EINVAL, "clip skip must be >= 1 (A1111 numbering)");
-    if (!(o->caption_dropout >= 0 && o->caption_dropout < 1))
-        return mood_error_set(MOOD_EINVAL, "caption dropout %g: from 0 up to (not including) 1",
-                              o->caption_dropout);
-    /* where the results go, before any work (a full run's folder: its own rules) */
-    return o->full ? mood__full_params_check(o->model, o->output)
-                   : mood_output_path_check(o->output);
+    mood__train_samples samples;
+    int err;
+    if (!o)
+        return mood_error_set(MOOD_EINVAL, "training: no options (NULL; mood_train_options_init "
+                                           "gives the defaults)");
+    if (!o->model || !o->board || o->n_board == 0 || !o->output)
+        return mood_error_set(MOOD_EINVAL, "training needs a model, a mood board and an output: %s",
+                              !o->model                  ? "option model is NULL"
+                              : !o->board || !o->n_board ? "option board is NULL or n_board 0"
+                                                         : "option output is NULL");
+    for (size_t i = 0; i < o->n_board; i++)
+        if (!o->board[i])
+            return mood_error_set(MOOD_EINVAL, "training option board[%zu] is NULL", i);
+    if ((err = mood__train_options_check(o)) != 0)
+        return err;
+    if (o->board_opts.resolution != 0) { /* else the model's size, known once it is open */
+        mood_board_options bo = o->board_opts;
+        mood__board_options_resolve(&bo);
+        if ((err = mood__board_options_check(&bo)) != 0) {
+            mood_error_prefix("training option board_opts");
+            return err;
+        }
+    }
+    /* the previews' options; their size once more when the model gives the resolution */
+    err = mood__train_samples_init(&samples, o, NULL,
+                                   o->board_opts.resolution ? o->board_opts.resolution : 64, 1);
+    mood__train_samples_dispose(&samples);
+    if (err)
+        return err;
+    if (o->resume && !mood_path_exists(o->checkpoint))
+        return mood_error_set(MOOD_ENOTFOUND,
+                              "%s: no checkpoint to resume from (training option resume)",
+                              o->checkpoint);
+    return check_outputs(o);
 }
 
 /* The items an epoch goes through: image i's repeats times (kohya's N_name folders), sharing

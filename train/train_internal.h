@@ -45,6 +45,8 @@ uint8_t *mood__board_flatten(const mood_image *img);
  * hold no resolution below 256, scaled to one there (half to twice it, in steps of a quarter);
  * sizes a caller chose are kept. What ss_min_bucket_reso and ss_max_bucket_reso record. */
 void mood__board_options_resolve(mood_board_options *o);
+/* MOOD_EINVAL naming what is wrong with resolved board options (resolution, bucket sizes). */
+int mood__board_options_check(const mood_board_options *o);
 /* How many times item i is seen per epoch: N of a kohya N_name folder, else 1 (0: no item i). */
 int mood__board_repeats(const mood_board *b, size_t i);
 
@@ -181,6 +183,10 @@ void mood__full_params_layout(const mood__lora_params *lp, char hex_out[65]);
  * mood_model_open), and an output that exists must be a model folder (model_index.json or unet/),
  * since it is replaced as a whole (MOOD_EINVAL). */
 int mood__full_params_check(const char *model, const char *out_dir);
+/* Whether path is dir or lies inside it, links followed (a path that does not exist: its nearest
+ * existing parent decides), or its entry does (a link in dir pointing elsewhere). 0 when dir does
+ * not exist. What keeps a run from writing into its base model's folder. */
+int mood__path_inside(const char *path, const char *dir);
 /* Writes the trained model: a copy of the diffusers folder src (configs, scheduler, VAE, ...)
  * with the UNet's (and text encoder's) weights replaced by the trained ones in dtype, written in
  * a temporary folder renamed to out_dir when complete (an existing out_dir is replaced only
@@ -267,6 +273,10 @@ typedef struct mood__trainer {
     void *after_user;
 } mood__trainer;
 
+/* The checks of a run's options that need no model or data: each plain option's range
+ * (MOOD_EINVAL naming the option, its value and what it takes). mood_train_run makes them before
+ * any work, the trainer again for its direct callers. */
+int mood__train_options_check(const mood_train_options *o);
 /* Runs o->steps optimizer steps (resuming from o->checkpoint when o->resume). The losses are
  * left in t->losses (free with mood_free). */
 int mood__trainer_run(mood__trainer *t);

@@ -76,30 +76,89 @@ static double now_s(void)
 
 /* ----- setup ------------------------------------------------------------------------------ */
 
+/* A bad option: MOOD_EINVAL naming it, its value and what it takes. */
+#define BAD_OPTION(...) mood_error_set(MOOD_EINVAL, "training option " __VA_ARGS__)
+
+int mood__train_options_check(const mood_train_options *o)
+{
+    if (o->steps < 1)
+        return BAD_OPTION("steps = %lld: takes 1 or more", (long long)o->steps);
+    if (o->batch < 1 || o->batch > 4096)
+        return BAD_OPTION("batch = %d: takes 1 to 4096", o->batch);
+    if (o->accum < 1 || o->accum > 4096)
+        return BAD_OPTION("accum = %d: takes 1 to 4096", o->accum);
+    if (!o->full && (o->rank < 1 || o->rank > 4096))
+        return BAD_OPTION("rank = %d: takes 1 to 4096", o->rank);
+    if (!o->full && !(o->alpha > 0 && isfinite(o->alpha)))
+        return BAD_OPTION("alpha = %g: takes a number > 0", o->alpha);
+    if ((unsigned)o->targets > MOOD_TRAIN_STYLE_BLOCKS)
+        return BAD_OPTION("targets = %d: takes a mood_train_targets (0 to %d)", (int)o->targets,
+                          (int)MOOD_TRAIN_STYLE_BLOCKS);
+    if (!(o->lr > 0 && isfinite(o->lr)))
+        return BAD_OPTION("lr = %g: takes a number > 0", o->lr);
+    if (!(o->te_lr >= 0 && isfinite(o->te_lr)))
+        return BAD_OPTION("te_lr = %g: takes a number >= 0 (0: lr)", o->te_lr);
+    if ((unsigned)o->lr_schedule > MOOD_LR_LINEAR)
+        return BAD_OPTION("lr_schedule = %d: takes a mood_lr_schedule (0 to %d)",
+                          (int)o->lr_schedule, (int)MOOD_LR_LINEAR);
+    if (o->warmup < 0)
+        return BAD_OPTION("warmup = %lld: takes 0 or more steps", (long long)o->warmup);
+    if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1))
+        return BAD_OPTION("beta1, beta2 = %g, %g: take numbers from 0 up to (not including) 1",
+                          o->beta1, o->beta2);
+    if (!(o->eps >= 0) || !(o->weight_decay >= 0))
+        return BAD_OPTION("eps, weight_decay = %g, %g: take numbers >= 0", o->eps, o->weight_decay);
+    if (!(o->max_grad_norm >= 0))
+        return BAD_OPTION("max_grad_norm = %g: takes a number >= 0 (0: no clipping)",
+                          o->max_grad_norm);
+    if (isnan(o->min_snr_gamma))
+        return BAD_OPTION("min_snr_gamma = %g: takes a number >= 0 (0: off; < 0: by prediction)",
+                          o->min_snr_gamma);
+    if (!isfinite(o->noise_offset))
+        return BAD_OPTION("noise_offset = %g: takes a finite number (0: off)", o->noise_offset);
+    if (!(o->ip_noise_gamma >= 0 && o->ip_noise_gamma < 1))
+        return BAD_OPTION("ip_noise_gamma = %g: takes a number from 0 up to (not including) 1",
+                          o->ip_noise_gamma);
+    if (o->min_timestep < 0 || o->max_timestep < 0 ||
+        (o->max_timestep > 0 && o->max_timestep <= o->min_timestep))
+        return BAD_OPTION("min_timestep, max_timestep = %d, %d: the timestep range [%d, %d) is "
+                          "empty or negative: they take 0 <= min < max (max 0: the schedule's end)",
+                          o->min_timestep, o->max_timestep, o->min_timestep, o->max_timestep);
+    if (!(o->caption_dropout >= 0 && o->caption_dropout < 1))
+        return BAD_OPTION("caption_dropout = %g: takes a number from 0 up to (not including) 1",
+                          o->caption_dropout);
+    if (o->clip_skip < 1)
+        return BAD_OPTION("clip_skip = %d: takes 1 or more (A1111 numbering)", o->clip_skip);
+    if (o->prediction < -1 || o->prediction > MOOD_PRED_SAMPLE)
+        return BAD_OPTION("prediction = %d: takes -1 (the model's) or a mood_prediction (0 to %d)",
+                          o->prediction, (int)MOOD_PRED_SAMPLE);
+    if (o->save_dtype != MOOD_DTYPE_F16 && o->save_dtype != MOOD_DTYPE_F32 &&
+        o->save_dtype != MOOD_DTYPE_BF16)
+        return BAD_OPTION("save_dtype = %d: takes MOOD_DTYPE_F16, BF16 or F32", (int)o->save_dtype);
+    if (o->checkpoint_every < 0)
+        return BAD_OPTION("checkpoint_every = %d: takes 0 or more steps (0: only when stopped)",
+                          o->checkpoint_every);
+    if (o->resume && !o->checkpoint)
+        return BAD_OPTION("resume: needs the checkpoint's path in `checkpoint`");
+    return 0;
+}
+
 static int check(const mood__trainer *t)
 {
     const mood_train_options *o = t->o;
     const mood__train_data *d = t->data;
+    int err;
     if (!t->loss || !t->lp || !d || d->n == 0 || !t->sched || !t->g)
         return mood_error_set(MOOD_EINVAL, "trainer: missing model, data or loss");
-    if (o->steps < 1 || o->batch < 1 || o->accum < 1 || o->batch > 4096 || o->accum > 4096)
-        return mood_error_set(MOOD_EINVAL,
-                              "steps, batch and accumulation must be >= 1 "
-                              "(got %lld, %d, %d)",
-                              (long long)o->steps, o->batch, o->accum);
-    if (!(o->lr > 0) || !(o->te_lr >= 0) || o->warmup < 0 || !(o->max_grad_norm >= 0) ||
-        !(o->min_snr_gamma >= 0) || !isfinite(o->noise_offset) ||
-        !(o->ip_noise_gamma >= 0 && o->ip_noise_gamma < 1))
-        return mood_error_set(MOOD_EINVAL,
-                              "learning rate must be > 0; warmup, max_grad_norm, min_snr_gamma "
-                              ">= 0; input perturbation in [0, 1)");
-    if (o->min_timestep < 0 || o->max_timestep < 0 || o->max_timestep > t->sched->T ||
-        mood__train_t_max(o, t->sched->T) <= o->min_timestep)
+    if ((err = mood__train_options_check(o)) != 0)
+        return err;
+    if (!(o->min_snr_gamma >= 0)) /* mood_train_run resolves the default by the prediction */
+        return BAD_OPTION("min_snr_gamma = %g: the trainer takes a number >= 0 (0: off)",
+                          o->min_snr_gamma);
+    if (o->max_timestep > t->sched->T || mood__train_t_max(o, t->sched->T) <= o->min_timestep)
         return mood_error_set(MOOD_EINVAL,
                               "timestep range [%d, %d) is empty or outside the schedule's 0 to %d",
                               o->min_timestep, mood__train_t_max(o, t->sched->T), t->sched->T);
-    if (o->resume && !o->checkpoint)
-        return mood_error_set(MOOD_EINVAL, "resume needs a checkpoint path");
     return 0;
 }
 

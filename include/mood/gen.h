@@ -117,7 +117,8 @@ typedef int (*mood_preview_fn)(const float *images, int batch, int width, int he
 typedef struct mood_gen_options {
     const char *prompt;   /* A1111 syntax: (word:1.2), [word], BREAK */
     const char *negative; /* may be NULL */
-    int width, height;    /* multiples of the VAE scale (8 for SD, 4 for mood-tiny) */
+    int width, height;    /* multiples of the VAE scale (8 for SD, 4 for mood-tiny; mood/vae.h
+                             mood_vae_scale) */
     int batch;            /* images from one run */
     int steps;
     double cfg; /* classifier-free guidance scale; 1 disables the negative pass */
@@ -142,8 +143,15 @@ void mood_model_default_size(const mood_model *m, int *width, int *height);
 
 /* Runs txt2img. *images_out (batch x 3 x height x width floats, CHW per image, the VAE's output:
  * about [-1, 1], not clamped; mood_image_from_float clamps as diffusers does) is malloc'd; free
- * it with free(). *latents_out (may be NULL) receives the final latents
- * (batch x 4 x height/8 x width/8) before decoding, also malloc'd.
+ * it with free(). *latents_out (may be NULL) receives the final latents before decoding, as the
+ * sampler leaves them (the UNet's space: the VAE's latents times its scaling_factor, Playground
+ * v2.5's also normalised by its latents_mean/std), also malloc'd:
+ * batch x C x height/s x width/s floats, where C is the model's VAE's latent channels and s its
+ * scale (mood/vae.h): 4 and 8 for SD1, SD2 and SDXL; 48 and 4 for mood-tiny, whose pixel-space
+ * "VAE" stacks 4 x 4 patches of the 3 colours as channels. A program asks for them with
+ * mood_vae_load(&vae, model_path) (a pipeline folder or a single-file checkpoint), then
+ * mood_vae_get_config(vae)->latent_channels and mood_vae_scale(vae); mood_model has no accessor
+ * of its own.
  * Errors: MOOD_EINVAL (sizes, steps, cfg), MOOD_ECANCELLED (a callback stopped it), MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out,
                                    float **latents_out);

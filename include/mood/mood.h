@@ -7,6 +7,9 @@
  *   hash.h         AutoV1/V2/V3, SHA-256 and CRC32 of model files
  *   lora.h         every LoRA flavour: parsing, base families, ΔW, bake, stack, merge, resize,
  *                  extract
+ *   registry.h     the style registry in $MOOD_HOME: import, styles, previews, search
+ *   civitai.h      the Civitai client: look-ups by hash, records, checked downloads
+ *   pack.h         style packs (.moodpack): export and import styles with their files
  *   tokenizer.h    the CLIP BPE tokenizer, A1111 emphasis and 75-token chunks
  *   rng.h          torch-identical random numbers (CPU mt19937, CUDA Philox)
  *   clip.h, unet.h, vae.h   the models' forward passes on the CPU
@@ -15,6 +18,7 @@
  *   image.h        PNG/JPEG/BMP images, PNG text chunks
  *   params.h       AUTOMATIC1111's generation parameters text
  *   styles.h       from prompt tags, --style and --lora to adapters and prompts
+ *   train.h        mood boards and training a style LoRA (or a whole base model) from one
  */
 #ifndef MOOD_MOOD_H
 #define MOOD_MOOD_H
@@ -37,5 +41,6 @@
 #include "mood/image.h"
 #include "mood/params.h"
 #include "mood/styles.h"
+#include "mood/train.h"
 
 #endif /* MOOD_MOOD_H */

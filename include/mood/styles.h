@@ -27,9 +27,10 @@
  * logged (mood_log_set).
  *
  * A registry style contributes its adapters (each adapter's own multipliers times W), its
- * prompt template ("{prompt}" replaced by the prompt; a template without it is appended after
- * ", "), its trigger words (appended unless the prompt already contains them) and its negative
- * prompt (appended to the negative prompt).
+ * prompt template (every "{prompt}" replaced by the prompt, as A1111's styles; a template
+ * without it is appended after ", "), its trigger words (each word or phrase of its
+ * ","-separated list appended unless the prompt already holds it as whole words, in any case:
+ * CLIP lower-cases the prompt) and its negative prompt (appended to the negative prompt).
  */
 #ifndef MOOD_STYLES_H
 #define MOOD_STYLES_H
@@ -76,18 +77,31 @@ typedef struct mood_resolved_styles {
 /* Flags of mood_styles_resolve. ADAPTERS_ONLY: styles contribute their adapters but not their
  * template, trigger words or negative prompt (for a prompt that already has them applied, such
  * as one read back from an image's parameters). */
-/* SKIP_MISSING: a style or LoRA that does not exist is listed in `missing` instead of failing. */
+/* SKIP_MISSING: a style or a prompt tag's LoRA that does not exist is listed in `missing` instead
+ * of failing (see mood_styles_resolve). */
 enum { MOOD_STYLES_ADAPTERS_ONLY = 1, MOOD_STYLES_SKIP_MISSING = 2 };
 
 /* Resolves prompt tags, then `styles` (in order), then `loras` (files, in order). `registry` may
  * be NULL when nothing names a registry style. A file LoRA's hash is computed from the file.
- * Errors: MOOD_ENOTFOUND (a style or file that does not exist, named), MOOD_EINVAL (a malformed
- * tag or weight, quoted), MOOD_ENOMEM. Free with mood_resolved_styles_dispose. */
+ * Errors, each with a message naming what was asked for:
+ *   MOOD_EINVAL     a malformed tag or weight (quoted); a name the registry does not have: a
+ *                   <style:NAME> or --style NAME, or a <lora:NAME> that is no file either (the
+ *                   user's input, as a typo is: exit 1 in the CLI)
+ *   MOOD_ENOTFOUND  what the environment lacks: a --lora file that does not exist, a <lora:NAME>
+ *                   that is no file when `registry` is NULL, a style named when `registry` is
+ *                   NULL ("no registry is open")
+ *   MOOD_EFORMAT    a registry style that cannot be read, or one of its adapters without its
+ *                   stored file (`mood doctor` repairs it)
+ *   MOOD_EIO        a --lora file that cannot be read; MOOD_ENOMEM.
+ * With MOOD_STYLES_SKIP_MISSING, a style or a prompt tag's LoRA that is not there (either code
+ * above) is listed in `missing` instead; a missing --lora file still fails.
+ * On an error *out is left empty (zeroed). Free with mood_resolved_styles_dispose. */
 MOOD_WARN_UNUSED int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry,
                                          const char *prompt, const char *negative,
                                          const mood_style_arg *styles, size_t n_styles,
                                          const mood_weighted_adapter *loras, size_t n_loras,
                                          unsigned flags);
+/* Frees what s holds and zeroes it; s may be NULL, or already disposed. */
 void mood_resolved_styles_dispose(mood_resolved_styles *s);
 
 #ifdef __cplusplus

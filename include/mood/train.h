@@ -95,8 +95,8 @@ typedef struct mood_board mood_board;
  * trainer, captioned "mystyle" where they have no caption file, as kohya does; other subfolders are
  * skipped with a warning (mood_log). Every image is decoded before anything else happens; when some
  * cannot be, the one error (MOOD_EFORMAT, or the code of the first failure when all share it) names
- * each of them with its reason. Errors also: MOOD_EINVAL (bad options, no images), MOOD_ENOTFOUND
- * (a path that does not exist), MOOD_ENOMEM. */
+ * each of them with its reason. Errors also: MOOD_EINVAL (no paths, NULL options, bad options,
+ * no images: each said as such), MOOD_ENOTFOUND (a path that does not exist), MOOD_ENOMEM. */
 MOOD_WARN_UNUSED int mood_board_load(mood_board **out, const char *const *paths, size_t n,
                                      const mood_board_options *o);
 void mood_board_free(mood_board *b);
@@ -342,10 +342,19 @@ void mood_train_options_init(mood_train_options *o);
 
 /* Trains a LoRA: opens the model, loads the board, caches latents and text conditioning,
  * initialises (or, with resume, restores) the LoRA and optimizer, runs the steps, writes the
- * LoRA to `output` and the loss curve. Errors: MOOD_EINVAL (options; a NaN or infinite loss: the
- * message gives the step and the last checkpoint kept), MOOD_ECANCELLED (a signal or the
- * callback; a checkpoint was written when `checkpoint` is set), MOOD_EUNSUPPORTED (a model the
- * trainer cannot train yet), and those of mood_model_open, mood_board_load and the file writes. */
+ * LoRA to `output` and the loss curve.
+ * Before any of that (no progress phase yet, the model not opened), every check that needs
+ * neither the model nor the images: each option's range (MOOD_EINVAL naming the option, its
+ * value and what it takes; the board options when board_opts.resolution is given, the
+ * previews' when previews are on), the checkpoint to resume from (MOOD_ENOTFOUND when missing),
+ * and every file the run writes (output, checkpoint, loss_csv, loss_png): writable
+ * (mood_output_path_check), and never what the run reads: the base model's single file, any
+ * path inside its folder (links followed, and a link there to a file elsewhere), a board file
+ * named in `board`, the checkpoint resumed from (MOOD_EINVAL naming both).
+ * Errors: MOOD_EINVAL (options; a NaN or infinite loss: the message gives the step and the last
+ * checkpoint kept), MOOD_ECANCELLED (a signal or the callback; a checkpoint was written when
+ * `checkpoint` is set), MOOD_EUNSUPPORTED (a model the trainer cannot train yet), and those of
+ * mood_model_open, mood_board_load and the file writes. */
 MOOD_WARN_UNUSED int mood_train_run(const mood_train_options *o);
 
 /* Asks a running training to save a checkpoint and stop at the end of its current step.

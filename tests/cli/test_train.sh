@@ -7,7 +7,8 @@
 # the trigger gives a style without one (the prompt is left as written); a board with images that do not decode
 # fails before training and names each; bad options exit 1; --device cuda exits 2 in a CPU
 # build; --full writes a diffusers folder that generates, prints where and registers nothing, and
-# refuses a single-file base and an output folder that is not a model. (Correctness of the steps
+# refuses a single-file base and an output folder that is not a model; no run writes over the
+# model it trains on (a file of its folder, its single file). (Correctness of the steps
 # themselves: tests/unit/test_train.c and tests/unit/test_unet_backward.c, against torch; full
 # training: tests/unit/test_train_full.c.)
 . "$(dirname "$0")/lib.sh"
@@ -231,6 +232,19 @@ check "the base untouched" cmp -s ownbase/unet/diffusion_pytorch_model.safetenso
     "$MODEL/unet/diffusion_pytorch_model.safetensors"
 expect_rc 1 "--full into a folder inside its base" "$MOOD" train --full --name ownbase \
     --board board --model ownbase --res 64 --steps 1 -o ownbase/unet/new
+# a LoRA run never writes over the model it trains on: not a file of its folder (its UNet's), not
+# the single-file checkpoint; refused before any work, the model left byte for byte
+TINY=${MOOD_SOURCE:-$FIX/../..}/data/mood-tiny
+cp -r "$TINY" tinycopy
+expect_rc 1 "-o the base's own UNet file" "$MOOD" train --name own --board board --model tinycopy \
+    --steps 1 --rank 4 --no-register -o tinycopy/unet/diffusion_pytorch_model.safetensors
+check "says so" grep -q "inside the base model's folder" "$tmp/err"
+check "the base as it was, nothing added" diff -r "$TINY" tinycopy
+cp "$FIX/bases/sd1_base.safetensors" single.safetensors
+expect_rc 1 "-o the single-file base" "$MOOD" train --name single --board board \
+    --model ./single.safetensors --res 64 --steps 1 --rank 4 --no-register -o single.safetensors
+check "says so" grep -q "is also an input" "$tmp/err"
+check "the single file as it was" cmp -s single.safetensors "$FIX/bases/sd1_base.safetensors"
 expect_rc 0 "train --full again, --json" "$MOOD" train --full --name tinybase --board board \
     --model "$MODEL" --res 64 --steps 1 --json
 check "json names the model, no style" py '

@@ -5,7 +5,9 @@
  * is DyLoRA's rank (accepted, warned about as ignored), te=/unet=/dyn= override. Each adapter's
  * alias is its LoRA's own name made safe for A1111's tag and "Lora hashes" ([A-Za-z0-9_.-]),
  * unique per LoRA. hash=H applies the registry's LoRA of that hash at the tag's weights, before
- * the name (an image's LoRA found by the hash "Lora hashes" recorded).
+ * the name (an image's LoRA found by the hash "Lora hashes" recorded). A style's template has
+ * every "{prompt}" replaced, its trigger words are added unless the prompt holds them (whole
+ * words, any case); the error codes of what is not there are those mood/styles.h gives.
  */
 #include "harness.h"
 #include "mood/hash.h"
@@ -199,5 +201,101 @@ static void test_hash_wins(void)
     mood_registry_close(reg);
 }
 
+/* The prompt `prompt` gives with registry style `style` (NULL: none); "" on an error. */
+static char *styled(mood_registry *reg, const char *prompt, const char *style)
+{
+    static char out[512];
+    mood_style_arg a = {style, 1, 1};
+    mood_resolved_styles s;
+    out[0] = '\0';
+    MOOD_CHECK_OK(mood_styles_resolve(&s, reg, prompt, NULL, &a, style ? 1 : 0, NULL, 0, 0));
+    if (s.prompt)
+        snprintf(out, sizeof out, "%s", s.prompt);
+    mood_resolved_styles_dispose(&s);
+    return out;
+}
+
+#define PROMPT_IS(reg, prompt, style, want)                                                        \
+    do {                                                                                           \
+        const char *got_ = styled(reg, prompt, style);                                             \
+        MOOD_CHECK_MSG(strcmp(got_, want) == 0, "\"%s\" with %s: \"%s\", expected \"%s\"", prompt, \
+                       (const char *)(style) ? (const char *)(style) : "no style", got_, want);    \
+    } while (0)
+
+/* A template's every "{prompt}" is the prompt (A1111's str.replace); each trigger word of a
+ * style is added unless the prompt holds it as whole words, in any case (CLIP lower-cases). */
+static void test_template_and_triggers(void)
+{
+    const char *home = scratch_fresh_dir("home-tpl");
+    mood_registry *reg = NULL;
+    mood_import_result ra;
+    const char *pa = lora_copy("ink.safetensors", 0);
+    MOOD_CHECK_OK(mood_registry_open(&reg, home));
+    if (!reg)
+        return;
+    MOOD_CHECK_OK(mood_registry_import_file(reg, &ra, pa, NULL, NULL));
+    mood_style_lora l = {ra.sha256, 1, 1};
+    mood_style_spec twice = {
+        .template_text = "{prompt}, and again {prompt}!", .loras = &l, .n_loras = 1};
+    mood_style_spec words = {.trigger_words = "inkwash, sumi", .loras = &l, .n_loras = 1};
+    MOOD_CHECK_OK(mood_registry_style_create(reg, "twice", &twice));
+    MOOD_CHECK_OK(mood_registry_style_create(reg, "words", &words));
+
+    PROMPT_IS(reg, "a cat", "twice", "a cat, and again a cat!");
+    PROMPT_IS(reg, "", "twice", ", and again !");
+    PROMPT_IS(reg, "a cat", "words", "a cat, inkwash, sumi");
+    PROMPT_IS(reg, "a cat, INKWASH", "words", "a cat, INKWASH, sumi");
+    PROMPT_IS(reg, "(Inkwash:1.2) cat, SUMI", "words", "(Inkwash:1.2) cat, SUMI");
+    /* whole words only: another word that starts or ends with it is not the trigger */
+    PROMPT_IS(reg, "inkwashes, tsumi", "words", "inkwashes, tsumi, inkwash, sumi");
+    PROMPT_IS(reg, "a cat, Inkwash <style:words>", NULL, "a cat, Inkwash, sumi");
+    mood_registry_close(reg);
+}
+
+/* Which code says what is not there (mood/styles.h): a name the registry lacks is the user's
+ * input (MOOD_EINVAL); a missing file, or no registry to look in, is MOOD_ENOTFOUND. */
+static void test_not_found_codes(void)
+{
+    const char *home = scratch_fresh_dir("home-codes");
+    mood_registry *reg = NULL;
+    mood_resolved_styles s;
+    mood_style_arg nope = {"no-such-style", 1, 1};
+    mood_weighted_adapter w = {scratch_path("no-such-file.safetensors"), 1, 1};
+    MOOD_CHECK_OK(mood_registry_open(&reg, home));
+    MOOD_CHECK(mood_styles_resolve(&s, reg, "a <style:no-such-style>", NULL, NULL, 0, NULL, 0, 0) ==
+               MOOD_EINVAL);
+    MOOD_CHECK(s.prompt == NULL && s.n == 0);
+    MOOD_CHECK(mood_styles_resolve(&s, reg, "a", NULL, &nope, 1, NULL, 0, 0) == MOOD_EINVAL);
+    MOOD_CHECK(mood_styles_resolve(&s, reg, "a <lora:no-such-lora>", NULL, NULL, 0, NULL, 0, 0) ==
+               MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "no such file here") != NULL);
+    MOOD_CHECK(mood_styles_resolve(&s, NULL, "a <style:no-such-style>", NULL, NULL, 0, NULL, 0,
+                                   0) == MOOD_ENOTFOUND);
+    MOOD_CHECK(mood_styles_resolve(&s, NULL, "a <lora:no-such-lora>", NULL, NULL, 0, NULL, 0, 0) ==
+               MOOD_ENOTFOUND);
+    MOOD_CHECK(mood_styles_resolve(&s, reg, "a", NULL, NULL, 0, &w, 1, 0) == MOOD_ENOTFOUND);
+    MOOD_CHECK(mood_styles_resolve(&s, reg, "a", NULL, NULL, 0, &w, 1, MOOD_STYLES_SKIP_MISSING) ==
+               MOOD_ENOTFOUND);
+    MOOD_CHECK_OK(mood_styles_resolve(&s, reg, "a <lora:no-such-lora> <style:gone>", NULL, &nope, 1,
+                                      NULL, 0, MOOD_STYLES_SKIP_MISSING));
+    MOOD_CHECK_MSG(s.missing && strcmp(s.missing, "no-such-lora, gone, no-such-style") == 0,
+                   "missing: %s", s.missing ? s.missing : "(null)");
+    mood_resolved_styles_dispose(&s);
+    mood_registry_close(reg);
+}
+
+/* Dispose takes NULL, and a result twice. */
+static void test_dispose(void)
+{
+    mood_resolved_styles s;
+    mood_resolved_styles_dispose(NULL);
+    MOOD_CHECK_OK(resolve(&s, "a cat"));
+    mood_resolved_styles_dispose(&s);
+    mood_resolved_styles_dispose(&s);
+    MOOD_CHECK(s.prompt == NULL && s.n == 0);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_a1111_order), MOOD_T(test_dyn), MOOD_T(test_bad_tags),
-               MOOD_T(test_alias_safe), MOOD_T(test_alias_unique), MOOD_T(test_hash_wins))
+               MOOD_T(test_alias_safe), MOOD_T(test_alias_unique), MOOD_T(test_hash_wins),
+               MOOD_T(test_template_and_triggers), MOOD_T(test_not_found_codes),
+               MOOD_T(test_dispose))

@@ -632,7 +632,7 @@ static void test_refusals(void)
         set_options(&o, 0, scratch_keep("full-dropout"), &l, board);
         o.caption_dropout = bad_rates[i];
         MOOD_CHECK(mood_train_run(&o) == MOOD_EINVAL);
-        MOOD_CHECK_MSG(strstr(mood_error_last(), "caption dropout") != NULL, "message: %s",
+        MOOD_CHECK_MSG(strstr(mood_error_last(), "caption_dropout") != NULL, "message: %s",
                        mood_error_last());
     }
 }
