@@ -559,21 +559,6 @@ static int copy_out(char *buf, size_t size, const char *path, const char *func)
     return 0;
 }
 
-int mood_data_dir(char *buf, size_t size)
-{
-    char found[4096];
-    size_t n, tail = strlen("/clip/" VOCAB_FILENAME);
-    int err;
-    MOOD_ARG_NONNULL(buf);
-    if (size)
-        buf[0] = '\0';
-    if ((err = find_vocab(found, sizeof found)) != 0)
-        return err;
-    n = strlen(found);
-    found[n > tail ? n - tail : 0] = '\0';
-    return copy_out(buf, size, found, __func__);
-}
-
 int mood_tokenizer_default_path(char *buf, size_t size)
 {
     char found[4096];
@@ -583,6 +568,22 @@ int mood_tokenizer_default_path(char *buf, size_t size)
         buf[0] = '\0';
     if ((err = find_vocab(found, sizeof found)) != 0)
         return err;
+    return copy_out(buf, size, found, __func__);
+}
+
+/* The vocabulary's path less its "/clip/<file>": the folder that holds mood's data. */
+int mood_data_dir(char *buf, size_t size)
+{
+    char found[4096];
+    size_t n, tail = strlen("/clip/" VOCAB_FILENAME);
+    int err;
+    MOOD_ARG_NONNULL(buf);
+    if (size)
+        buf[0] = '\0';
+    if ((err = mood_tokenizer_default_path(found, sizeof found)) != 0)
+        return err;
+    n = strlen(found);
+    found[n > tail ? n - tail : 0] = '\0';
     return copy_out(buf, size, found, __func__);
 }
 

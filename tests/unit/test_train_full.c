@@ -240,16 +240,6 @@ static int count_in(const char *dir, const char *part)
     return n;
 }
 
-static int same_file(const char *a, const char *b)
-{
-    size_t na = 0, nb = 0;
-    unsigned char *x = read_file(a, &na), *y = read_file(b, &nb);
-    int same = x && y && na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
 /* A scratch path that stays valid (scratch_path reuses four buffers). */
 static const char *scratch_keep(const char *name)
 {
@@ -483,7 +473,7 @@ static void test_full_unet_matches_torch(void)
     const char *out = scratch_keep("full-unet");
     run_conformance("unet", 0, out, &l);
     /* the text encoder is copied as it was */
-    MOOD_CHECK(same_file(in_dir(out, "text_encoder/model.safetensors"),
+    MOOD_CHECK(same_bytes(in_dir(out, "text_encoder/model.safetensors"),
                          in_dir(fixture("pipeline/tiny-sd"), "text_encoder/model.safetensors")));
 }
 
@@ -503,7 +493,7 @@ static void test_output_folder(void)
     double diff = 0;
     MOOD_CHECK(te_done);
     for (size_t i = 0; i < sizeof copied / sizeof copied[0]; i++)
-        MOOD_CHECK_MSG(same_file(in_dir(out, copied[i]), in_dir(base, copied[i])),
+        MOOD_CHECK_MSG(same_bytes(in_dir(out, copied[i]), in_dir(base, copied[i])),
                        "%s not copied as it was", copied[i]);
     MOOD_CHECK_OK(mood_model_open(&m, out, NULL));
     MOOD_CHECK_OK(mood_model_open(&b, base, NULL));
@@ -548,10 +538,10 @@ static void test_resume_bit_identical(void)
     MOOD_CHECK_OK(mood_train_run(&o));
     MOOD_CHECK_MSG(l.n == te_log.n && !memcmp(l.loss, te_log.loss, sizeof l.loss),
                    "the resumed run's losses differ from the uninterrupted run's");
-    MOOD_CHECK_MSG(same_file(in_dir(out, "unet/diffusion_pytorch_model.safetensors"),
+    MOOD_CHECK_MSG(same_bytes(in_dir(out, "unet/diffusion_pytorch_model.safetensors"),
                              in_dir(ref, "unet/diffusion_pytorch_model.safetensors")),
                    "the resumed run's UNet differs from the uninterrupted run's");
-    MOOD_CHECK_MSG(same_file(in_dir(out, "text_encoder/model.safetensors"),
+    MOOD_CHECK_MSG(same_bytes(in_dir(out, "text_encoder/model.safetensors"),
                              in_dir(ref, "text_encoder/model.safetensors")),
                    "the resumed run's text encoder differs from the uninterrupted run's");
 }
