@@ -20,6 +20,13 @@ typedef struct cli_command {
 
 /* Prints "mood: error: <mood_error_last()>" and returns the exit status for `code`. */
 int cli_fail(int code);
+
+/* Empty files a command claimed (gen's default image names) that a signal must not leave
+ * behind: cli_claim_add records one (at most 64), cli_claims_remove (async-signal-safe, called by
+ * the signal handler) removes those still empty, cli_claims_clear forgets them all. */
+void cli_claim_add(const char *path);
+void cli_claims_remove(void);
+void cli_claims_clear(void);
 /* Prints "mood: error: ..." for a usage problem and returns 1. */
 int cli_usage_error(const char *command, const char *fmt, ...) MOOD_PRINTF(2, 3);
 /* Prints a warning line to stderr. */

@@ -167,10 +167,12 @@ void cli_civitai_after_import(mood_registry *r, const char *name, const cli_civi
         if (!f->json) {
             char *model = cli_text_visible(v->model_name ? v->model_name : "?", 0);
             char *version = cli_text_visible(v->name ? v->name : "", 0);
+            char *air = cli_text_visible(v->air ? v->air : "", 0);
             printf("  found on Civitai: %s %s (%s)\n", model ? model : "?", version ? version : "?",
-                   v->air ? v->air : "");
+                   air ? air : "?");
             free(model);
             free(version);
+            free(air);
         }
     } else if (err != MOOD_ENOTFOUND && !f->json) {
         cli_warn("Civitai lookup of %s skipped: %s ('mood civitai link %s' tries again; "

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 #include "cli/cmd_gen.h"
 
 const char cmd_gen_help[] =
@@ -320,11 +321,13 @@ static int adapters_failed(const gen_run *r, int err)
     if (!at)
         return cli_fail(err);
     cli_progress_done();
-    fprintf(stderr, "mood: error: %.*sstyle '%s' (its LoRA)%s%s\n", (int)(at - msg), msg, a->name,
-            at + strlen(a->path),
-            err == MOOD_ENOTFOUND ? "; the registry's copy of the file is missing: 'mood doctor' "
-                                    "checks the registry and says how to repair it"
-                                  : "");
+    char line[2048]; /* module names in it come from the file: shown through cli_text_report */
+    snprintf(line, sizeof line, "%.*sstyle '%s' (its LoRA)%s%s", (int)(at - msg), msg, a->name,
+             at + strlen(a->path),
+             err == MOOD_ENOTFOUND ? "; the registry's copy of the file is missing: 'mood doctor' "
+                                     "checks the registry and says how to repair it"
+                                   : "");
+    cli_text_report("error", line);
     return mood_error_is_user(err) ? 1 : 2;
 }
 
@@ -372,6 +375,7 @@ static int generate(gen_run *r)
 
 static void run_dispose(gen_run *r)
 {
+    gen_release_default_output(r);
     mood_resolved_styles_dispose(&r->styles);
     mood_model_free(r->model);
     mood_registry_close(r->reg);

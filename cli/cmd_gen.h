@@ -41,10 +41,14 @@ typedef struct gen_run {
     double load_s, generate_s; /* wall times, reported by --json */
     char default_output[64];   /* without -o: mood-SEED.png, or the first free mood-SEED-vN.png */
     int preview_failed;        /* a preview could not be written: said once, sampling goes on */
+    int reserved;              /* default_output's names are claimed (empty files until written) */
 } gen_run;
 
-/* Picks r->default_output once the seed is known (no -o given): never an existing file's name. */
+/* Picks r->default_output once the seed is known (no -o given): never an existing file's name,
+ * claimed by creating its files empty, so a run at the same time takes another. */
 void gen_pick_default_output(gen_run *r);
+/* Removes the claims no image replaced (a failed or stopped run). */
+void gen_release_default_output(gen_run *r);
 
 /* "torch-cpu", "torch-cuda", "mood" (also A1111's "CPU" / "GPU"). 0, or -1 when unknown. */
 int gen_parse_rng(mood_rng_kind *out, const char *s);

@@ -17,6 +17,7 @@
  * share one noise draw, writes "RNG: torch-cpu" with "Batch size" and "Batch pos".
  */
 #include <ctype.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,27 +65,55 @@ static char *image_path(const gen_run *r, int i)
     return p;
 }
 
-/* Whether any image of the run would land on an existing file. */
-static int output_taken(const gen_run *r)
+/* Removes the empty files gen_reserve_names made for images 1..n (the rest when a run fails). */
+static void release_names(const gen_run *r, int n)
 {
     struct stat st;
-    int taken = 0;
-    for (int i = 1; i <= r->args.opts.batch && !taken; i++) {
+    for (int i = 1; i <= n; i++) {
         char *p = image_path(r, i);
-        taken = !p || lstat(p, &st) == 0;
+        if (p && stat(p, &st) == 0 && st.st_size == 0) /* not written: still the placeholder */
+            unlink(p);
         free(p);
     }
-    return taken;
+}
+
+/* Claims every image name of the run by creating it empty and exclusively: 1 when all were
+ * free, 0 when one was taken (those claimed are released again). */
+static int reserve_names(const gen_run *r)
+{
+    for (int i = 1; i <= r->args.opts.batch; i++) {
+        char *p = image_path(r, i);
+        int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
+        if (fd >= 0)
+            cli_claim_add(p);
+        free(p);
+        if (fd < 0) {
+            release_names(r, i - 1);
+            return 0;
+        }
+        close(fd);
+    }
+    return 1;
 }
 
 /* Comparing styles at one seed is the everyday use: without -o, a second run must not replace
- * the first's image (A1111 and ComfyUI number theirs). An explicit -o is replaced, as asked. */
+ * the first's image (A1111 and ComfyUI number theirs). The names are claimed before sampling,
+ * so two runs at once take different ones; the images then replace the empty claims. An
+ * explicit -o is replaced, as asked. */
 void gen_pick_default_output(gen_run *r)
 {
     unsigned long long seed = (unsigned long long)r->args.opts.seed;
     snprintf(r->default_output, sizeof r->default_output, "mood-%llu.png", seed);
-    for (int v = 2; output_taken(r) && v < 100000; v++)
+    for (int v = 2; !(r->reserved = reserve_names(r)) && v < 100000; v++)
         snprintf(r->default_output, sizeof r->default_output, "mood-%llu-v%d.png", seed, v);
+}
+
+void gen_release_default_output(gen_run *r)
+{
+    if (r->reserved)
+        release_names(r, r->args.opts.batch);
+    r->reserved = 0;
+    cli_claims_clear();
 }
 
 static int set_num(mood_params *p, const char *key, const char *fmt, double v)

@@ -60,8 +60,9 @@ const cli_command cli_commands[] = {
 
 static void on_signal(int sig)
 {
-    /* Remove temporary output files, then die of the same signal. */
+    /* Remove temporary output files and empty claims, then die of the same signal. */
     mood_atomic_cleanup_all();
+    cli_claims_remove();
     signal(sig, SIG_DFL);
     raise(sig);
 }

@@ -43,6 +43,23 @@ static int not_regular(const char *path, mode_t mode)
                           path, file_kind(mode));
 }
 
+static char *dir_of(const char *path);
+
+/* The kernel's fs.protected_symlinks rule, applied here because realpath() reads links without
+ * the kernel's check: a link in a sticky world-writable folder (/tmp) is followed only when its
+ * owner is the follower or the folder's owner, so that nobody can plant /tmp/out.png pointing at
+ * another user's file for mood to replace. */
+static int link_may_be_followed(const char *path, const struct stat *link)
+{
+    struct stat dir;
+    char *parent = dir_of(path);
+    int ok = parent && stat(parent, &dir) == 0 &&
+             (link->st_uid == geteuid() || !(dir.st_mode & S_ISVTX) || !(dir.st_mode & S_IWOTH) ||
+              dir.st_uid == link->st_uid);
+    mood_free(parent);
+    return ok;
+}
+
 int mood_output_target(char **out, const char *path)
 {
     struct stat st;
@@ -57,6 +74,11 @@ int mood_output_target(char **out, const char *path)
                               "%s: not a regular file but %s; mood writes only plain files", path,
                               file_kind(st.st_mode));
     /* a link is written through, as cp and PIL do; the rename then replaces its target */
+    if (!link_may_be_followed(path, &st))
+        return mood_error_set(MOOD_EINVAL,
+                              "%s: a link another user made in a shared folder; mood does not "
+                              "write through it (name another file)",
+                              path);
     if (!(real = realpath(path, NULL)))
         return mood_error_set(errno == ENOENT ? MOOD_ENOTFOUND : MOOD_EIO,
                               "%s: a link whose target cannot be reached: %s", path,

@@ -14,27 +14,28 @@
 int mood_output_path_check(const char *path)
 {
     struct stat st;
-    char dir[4096];
-    const char *base = mood_path_basename(path);
-    if (!path || !*base)
-        return mood_error_set(MOOD_EINVAL, "%s: an output needs a file name", path ? path : "");
-    char *target = NULL;
+    char dir[4096], *target = NULL;
+    const char *base;
     int err;
+    if (!path || !*(base = mood_path_basename(path)))
+        return mood_error_set(MOOD_EINVAL, "%s: an output needs a file name", path ? path : "");
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return mood_error_set(MOOD_EINVAL, "%s is a folder: the output needs a file name", path);
-    if ((err = mood_output_target(&target, path)) != 0) /* a device, a FIFO, a broken link */
+    /* a device, a FIFO, a broken link; a link's target is what gets written, beside it */
+    if ((err = mood_output_target(&target, path)) != 0)
         return err;
-    mood_free(target);
-    if (base > path)
-        snprintf(dir, sizeof dir, "%.*s", (int)(base - path), path);
+    base = mood_path_basename(target);
+    if (base > target)
+        snprintf(dir, sizeof dir, "%.*s", (int)(base - target), target);
     else
         snprintf(dir, sizeof dir, ".");
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return mood_error_set(MOOD_ENOTFOUND, "%s: the folder %s does not exist", path, dir);
-    if (access(dir, W_OK) != 0)
-        return mood_error_set(MOOD_EIO, "%s: the folder %s cannot be written: %s", path, dir,
-                              strerror(errno));
-    return 0;
+        err = mood_error_set(MOOD_ENOTFOUND, "%s: the folder %s does not exist", path, dir);
+    else if (access(dir, W_OK) != 0)
+        err = mood_error_set(MOOD_EIO, "%s: the folder %s cannot be written: %s", path, dir,
+                             strerror(errno));
+    mood_free(target);
+    return err;
 }
 
 /* Same file by device and inode: catches every spelling of one path, links included. */

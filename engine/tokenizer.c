@@ -534,15 +534,16 @@ static int find_vocab(char *buf, size_t size)
                 return 0;
         }
     }
-    /* a program of its own linking an installed libmood: the installed data, then the source
-     * tree's (a build that was never installed) */
-    if (candidate(buf, size, MOOD_INSTALL_DATA_DIR, "") || candidate(buf, size, MOOD_DATA_DIR, ""))
+    /* the source tree this library was built from (a build, its tests, a program linking the
+     * build), then where `cmake --install` puts the data with the configured prefix (a program
+     * linking an installed libmood; after --prefix elsewhere, $MOOD_DATA says where) */
+    if (candidate(buf, size, MOOD_DATA_DIR, "") || candidate(buf, size, MOOD_INSTALL_DATA_DIR, ""))
         return 0;
     return mood_error_set(MOOD_ENOTFOUND,
                           "the CLIP vocabulary %s was found neither in <executable>/../share/"
                           "mood/clip nor in %s/clip nor in %s/clip; set MOOD_DATA to the folder "
                           "holding clip/",
-                          VOCAB_FILENAME, MOOD_INSTALL_DATA_DIR, MOOD_DATA_DIR);
+                          VOCAB_FILENAME, MOOD_DATA_DIR, MOOD_INSTALL_DATA_DIR);
 }
 
 /* path into the caller's buf of `size` bytes: MOOD_EINVAL when it does not fit (buf left ""), not

@@ -19,6 +19,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/args.h"
 #include "registry/civitai_impl.h"
 #include "registry/http.h"
 #include "registry/registry_impl.h"
@@ -546,6 +547,11 @@ int mood_civitai_link_each(mood_civitai_link_result **out, size_t *n_out, mood_r
     mood_civitai_link_result *res = NULL;
     size_t n = 0, k = 0;
     int err;
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(n_out);
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(c);
+    MOOD_ARG_NONNULL(name);
     *out = NULL;
     *n_out = 0;
     if (o_in)
@@ -754,6 +760,9 @@ static void tally_row(style_tally *t, long long style_id, int failed)
 
 int mood_civitai_update_check(char **out, mood_registry *r, mood_civitai *c)
 {
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(c);
     cJSON *root = cJSON_CreateObject(), *updates, *errors;
     model_cache k;
     style_tally t;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "mood/hash.h"
 #include "mood/styles.h"
@@ -236,8 +237,9 @@ static int tag_named(tag_args *t, const char *tag, char *arg, char *eq, int lora
 static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
 {
     char *p = body, *next;
-    double te = 1.0, unet = 1.0;
-    int positional = 0, has_te = 0, has_unet = 0, err = 0;
+    /* positional and named values apart: a named one wins wherever it stands */
+    double te = 1.0, unet = 1.0, named_te = 0, named_unet = 0;
+    int positional = 0, has_te = 0, has_unet = 0, has_named_te = 0, has_named_unet = 0, err = 0;
     memset(t, 0, sizeof *t);
     next = strchr(p, ':');
     if (next)
@@ -251,7 +253,8 @@ static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
             *next++ = '\0';
         eq = strchr(p, '=');
         if (eq && !strchr(eq + 1, '=')) { /* A1111: split('=', 2) gives exactly two parts */
-            err = tag_named(t, tag, p, eq, lora, &te, &has_te, &unet, &has_unet);
+            err = tag_named(t, tag, p, eq, lora, &named_te, &has_named_te, &named_unet,
+                            &has_named_unet);
             continue;
         }
         positional++;
@@ -275,11 +278,11 @@ static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
     }
     if (err)
         return err;
-    /* A1111: te = positional 1 (else 1), te= overrides; unet = positional 2 (else te), unet=
-     * overrides */
-    t->te = te;
-    t->unet = has_unet ? unet : te;
-    t->has_w = has_te || has_unet;
+    /* A1111: te = positional 1 (else 1), te= overrides; unet = positional 2 (else that te),
+     * unet= overrides */
+    t->te = has_named_te ? named_te : te;
+    t->unet = has_named_unet ? named_unet : has_unet ? unet : t->te;
+    t->has_w = has_te || has_unet || has_named_te || has_named_unet;
     return 0;
 }
 
@@ -583,6 +586,7 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
 {
     resolver r;
     int err;
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
     memset(&r, 0, sizeof r);
     r.reg = registry;

@@ -31,6 +31,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "common/args.h"
 #include "engine/unicode_tables.h"
 #include "mood/image.h"
 #include "train/train_internal.h"
@@ -624,6 +625,7 @@ int mood_board_load(mood_board **out, const char *const *paths, size_t n,
     mood_board *b = NULL;
     mood_board_options o;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
     if (!paths || n == 0)
         return mood_error_set(MOOD_EINVAL, "mood board: no paths given");

@@ -30,6 +30,8 @@ flags=(-std=c11 -Wall -Wextra -Werror)
 expect_rc 0 "compile examples/c/styled_image.c with pkg-config" cc "${flags[@]}" \
     "$SRC/examples/c/styled_image.c" \
     $(PKG_CONFIG_PATH=$P/lib/pkgconfig pkg-config --cflags --libs --static mood) -o styled_image
+# a program installed elsewhere than the configured prefix is told where the data is
+export MOOD_DATA=$P/share/mood
 expect_rc 0 "it generates with the LoRA" ./styled_image "$P/share/mood/mood-tiny" \
     d/twemoji-demo.safetensors 0.8 "a red apple" apple.png
 check "says what it wrote" grep -q "apple.png: 64x64, seed 42" "$tmp/out"

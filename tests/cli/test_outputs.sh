@@ -2,7 +2,8 @@
 # test_outputs.sh: what commands do with the file -o names, on mood-tiny (gen) and the fixture
 # checkpoint (bake): a named pipe or a device is refused before any work (exit 1; the rename of
 # an atomic write would otherwise replace /dev/null itself with a file), a symbolic link is
-# written through (its target replaced, the link kept, as cp and PIL do), a name close to the
+# written through (its target replaced, the link kept, as cp and PIL do) unless another user
+# planted it in a sticky shared folder, a name close to the
 # 255-byte limit works (the temporary file's name is cut to fit), and gen's -o must end in .png.
 # Without -o, gen never replaces an earlier image (mood-SEED-vN.png); a preview that cannot be
 # written is a warning, not the end of the run; a batch that fails half-way lists in --json the
@@ -32,6 +33,18 @@ ln -s target.png link.png
 expect_rc 0 "gen through a symbolic link" "$MOOD" "${gen[@]}" -o link.png
 check "the link is kept" test -L link.png
 check "its target holds the image" py 'import sys; assert open(sys.argv[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"' target.png
+
+# ... but not a link another user planted in a shared sticky folder (/tmp's kind): that is the
+# classic attack on a program that writes through links (the kernel's protected_symlinks rule)
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
+    mkdir -m 1777 shared
+    ln -s "$tmp/target.png" shared/planted.png
+    chown -h nobody shared/planted.png
+    cp target.png target.before
+    expect_rc 1 "gen through another user's link in a sticky folder" "$MOOD" "${gen[@]}" -o shared/planted.png
+    check "says why" grep -q "a link another user made in a shared folder" "$tmp/err"
+    check "its target untouched" cmp -s target.png target.before
+fi
 
 long=$(printf 'a%.0s' $(seq 1 247)).png # 251 bytes: the old temporary name passed 255
 expect_rc 0 "a name near the length limit" "$MOOD" "${gen[@]}" -o "$long"

@@ -157,6 +157,20 @@ static void test_other_null_arguments(void)
     mood_params_init(&p);
     CHECK_NULL_ARG(mood_params_set(&p, "Steps", NULL), "mood_params_set", "value");
     mood_params_dispose(&p);
+    CHECK_NULL_ARG(mood_styles_resolve(NULL, NULL, "a cat", NULL, NULL, 0, NULL, 0, 0),
+                   "mood_styles_resolve", "out");
+    const char *board = fixture("train/board");
+    mood_board_options bo;
+    mood_board_options_init(&bo);
+    CHECK_NULL_ARG(mood_board_load(NULL, &board, 1, &bo), "mood_board_load", "out");
+    mood_civitai_link_result *links = NULL;
+    size_t n_links = 0;
+    char *updates = NULL;
+    CHECK_NULL_ARG(mood_civitai_link_each(&links, &n_links, NULL, NULL, "x", NULL),
+                   "mood_civitai_link_each", "r");
+    CHECK_NULL_ARG(mood_civitai_update_check(&updates, NULL, NULL), "mood_civitai_update_check",
+                   "r");
+    MOOD_CHECK(mood_output_path_check(NULL) == MOOD_EINVAL);
 }
 
 static void test_generate_arguments(void)

@@ -78,6 +78,8 @@ static void test_a1111_order(void)
     check_tag(":0.5:unet=0.2", 0.5, 0.2);
     check_tag(":0.5:0.6:te=0.1", 0.1, 0.6);
     check_tag(":unet=0.7:0.2", 0.2, 0.7);
+    check_tag(":te=0.5:0.8", 0.5, 0.5); /* a named value wins wherever it stands */
+    check_tag(":unet=0.3:0.1:0.9", 0.1, 0.3);
     check_tag(": 0.25 : 0.75 ", 0.25, 0.75); /* float() strips white space */
 }
 
