@@ -433,7 +433,7 @@ static int write_sidecar(const train_args *a)
     const char *phrase = st ? mood_st_meta_get(st, "modelspec.trigger_phrase") : NULL;
     int none = phrase && !*phrase;
     cJSON_AddStringToObject(j, "activation text", phrase ? phrase : a->o.board_opts.trigger);
-    mood_st_close(st); /* phrase is gone with it */
+    mood_st_close(st);                      /* phrase is gone with it */
     if (none && a->o.board_opts.trigger[0]) /* an empty --trigger asked for none */
         fprintf(stderr,
                 "mood: note: no caption of the board holds the trigger word '%s': the "
