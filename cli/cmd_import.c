@@ -348,6 +348,17 @@ static const char *special_kind(mode_t mode)
     return "not a regular file";
 }
 
+/* mood train's NAME.checkpoint.safetensors beside the LoRA: found in a folder, it is passed over
+ * as sidecars are (named on its own, import says what it is). */
+static int is_training_state(const char *path)
+{
+    mood_st_file *f = NULL;
+    int state = has_suffix(path, ".checkpoint.safetensors") && mood_st_open(&f, path) == 0 &&
+                mood_st_meta_get(f, "mood.train.version") != NULL;
+    mood_st_close(f);
+    return state;
+}
+
 static void walk(import_run *run, const char *path, int top)
 {
     struct stat st;
@@ -363,6 +374,8 @@ static void walk(import_run *run, const char *path, int top)
         skip(run, path, special_kind(st.st_mode));
         if (top)
             run->status = worse(run->status, 1);
+    } else if (!top && is_training_state(path)) {
+        skip(run, path, "a mood training checkpoint (the state --resume continues), not a LoRA");
     } else if (has_suffix(path, ".safetensors") || (top && is_pickle(path))) {
         import_one(run, path);
     } else if (is_pickle(path)) {

@@ -195,6 +195,21 @@ static int choose_device(const cli_command *c, int argc, char **argv)
     return 0;
 }
 
+/* `mood help lora`: the commands of a two-word group, with their summaries. 0 when none. */
+static int print_group(const char *group)
+{
+    size_t n = strlen(group), found = 0;
+    for (const cli_command *c = cli_commands; c->name; c++) {
+        if (strncmp(c->name, group, n) != 0 || c->name[n] != ' ')
+            continue;
+        if (!found++)
+            printf("'mood %s' has these commands ('mood help %s COMMAND' explains one):\n", group,
+                   group);
+        printf("  %-14s %s\n", c->name, c->summary);
+    }
+    return found > 0;
+}
+
 static int help(int argc, char **argv)
 {
     int words;
@@ -204,6 +219,8 @@ static int help(int argc, char **argv)
         return 0;
     }
     c = find_command(argc, argv, &words);
+    if (!c && print_group(argv[0]))
+        return 0;
     if (!c) {
         fprintf(stderr, "mood: error: no command '%s'; try 'mood help'\n", argv[0]);
         return 1;

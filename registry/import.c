@@ -255,6 +255,14 @@ static int read_adapter(import_job *j)
                              j->path);
         goto done;
     }
+    if (mood_st_meta_get(st, "mood.train.version")) { /* mood train's NAME.checkpoint file */
+        err = mood_error_set(MOOD_EUNSUPPORTED,
+                             "%s: a mood training checkpoint (the state --resume continues), not a "
+                             "LoRA; the LoRA is the .safetensors file beside it without "
+                             "'.checkpoint'",
+                             j->path);
+        goto done;
+    }
     if ((err = mood_adapter_open(&a, j->path, NULL)) != 0)
         goto done;
     if (mood_adapter_module_count(a) == 0) {

@@ -2,7 +2,8 @@
 # example.sh: the README's tour of the LoRA file engine and the registry. Installs what the build needs, builds mood, then runs
 # it on the bundled example files: inspects and hashes a LoRA, bakes two LoRAs into the tiny
 # example checkpoint at chosen strengths, stacks them, inspects the result, then imports them
-# into a style registry (in examples/out/registry, not your own) and makes a style of both.
+# into a style registry (in examples/out/example-registry, not your own, nor the one tools/demo.sh
+# uses) and makes a style of both.
 # Last it generates: `mood gen` with a style on the tiny random-weight SD1 pipeline of the tests
 # (its images are noise: it shows the mechanics, PNG parameters and --from-png; tools/demo.sh
 # makes real pictures with the trained small model mood-tiny), then regenerates the image from
@@ -17,7 +18,8 @@ mood=build/mood
 out=examples/out
 mkdir -p "$out"
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+# shows each command quoted as a shell would need it (to paste), then runs it
+step() { printf '\n\033[1m$'; printf ' %q' "$@"; printf '\033[0m\n'; "$@"; }
 step "$mood" inspect examples/loras/inkwash.safetensors
 step "$mood" hash examples/loras/film-grain.safetensors
 step "$mood" bake --model examples/models/tiny-sd1.safetensors \
@@ -27,7 +29,7 @@ step "$mood" lora stack examples/loras/inkwash.safetensors:0.8 \
     examples/loras/film-grain.safetensors:0.3 -o "$out/inkwash+grain.safetensors"
 step "$mood" inspect "$out/tiny-sd1-baked.safetensors"
 
-export MOOD_HOME="$out/registry" MOOD_OFFLINE=1
+export MOOD_HOME="$out/example-registry" MOOD_OFFLINE=1
 rm -rf "$MOOD_HOME"
 step "$mood" import examples/loras
 step "$mood" style create ink-and-grain --lora inkwash:0.8 --lora film-grain:0.3 \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# setup-deps.sh: installs the Debian packages mood builds against (DESIGN.md "Dependencies").
+# setup-deps.sh: installs the Debian packages mood builds against (the design's "Dependencies").
 # Idempotent: installs only what is missing. Runs apt-get directly as root, through sudo
 # otherwise. Extra arguments name optional groups: "fuzz" adds clang's libFuzzer runtime.
 set -euo pipefail

@@ -3,7 +3,9 @@
 # place of mood-tiny (whose weights are not needed for the mechanics): it trains the style from the bundled Twemoji board, writes eight before/after image
 # pairs (with the style: different images, same seeds), the grid and the report, and says where;
 # --json lists the files; a run again replaces the demo's style, a failed run keeps it; a model
-# given with --model is not registered as mood-tiny; a missing model exits 2 naming it.
+# given with --model is not registered as mood-tiny; a missing model exits 2 naming it; the
+# command it prints to try next names this binary and this MOOD_HOME; its output folder
+# imports with the training checkpoint passed over.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -33,6 +35,10 @@ check "style in the registry" grep -q twemoji-demo "$tmp/out"
 expect_rc 0 "demo again (replaces the style)" "$MOOD" demo --model "$FIX/pipeline/tiny-sd" \
     --board "$BOARD" --steps 2 --out d2
 check "prints the report" grep -q "d2/report.html" "$tmp/out"
+check "the command to try names this registry and this mood" grep -q "^try: *MOOD_HOME=$MOOD_HOME .*mood gen \"a cat face\" --model mood-tiny --style twemoji-demo" "$tmp/out"
+check "the report says what to expect" grep -q "What to expect" d2/report.html
+expect_rc 0 "the demo's folder imports, its training checkpoint passed over" "$MOOD" import --offline d2
+check "the checkpoint named as such" grep -q "twemoji-demo.checkpoint.safetensors: a mood training checkpoint" "$tmp/err"
 expect_rc 0 "styles after the second run" "$MOOD" list --json
 check "one demo style, the earlier one gone" python3 -c '
 import json, sys

@@ -33,5 +33,7 @@ done
 "$MOOD" lora 2>/dev/null; check "'mood lora' alone exits 1" test $? -eq 1
 "$MOOD" info --bogus 2>/dev/null; check "unknown option exits 1" test $? -eq 1
 "$MOOD" 2>/dev/null; check "no command exits 1" test $? -eq 1
+out=$("$MOOD" help lora); check "'mood help lora' lists the lora commands" grep -q "lora resize" <<<"$out"
+"$MOOD" help nosuch 2>/dev/null; check "help of no command exits 1" test $? -eq 1
 
 finish
