@@ -185,6 +185,22 @@ static void train_log(int level, const char *message, void *payload)
     }
 }
 
+/* Said before the run, not after it: a style NAME that exists already means this one will be
+ * registered under another name (as an import of a file with a taken name is). */
+static void say_name_taken(const train_args *a)
+{
+    mood_registry *r = NULL;
+    char *free_name = NULL;
+    if (mood_registry_open(&r, NULL) == 0 &&
+        mood_registry_name_suggest(&free_name, r, a->o.name) == 0 && strcmp(free_name, a->o.name))
+        fprintf(stderr,
+                "mood: note: a style named '%s' exists already; this one will be registered as "
+                "'%s' (stop now and give another --name, or 'mood rm %s' first, to choose)\n",
+                a->o.name, free_name, a->o.name);
+    mood_registry_free_string(free_name);
+    mood_registry_close(r);
+}
+
 /* ----- arguments ----------------------------------------------------------------------------- */
 
 static int add_board(train_args *a, const char *path)
@@ -459,6 +475,8 @@ int cmd_train(int argc, char **argv)
     mood_log_set(train_log, &a);
     if ((rc = parse_args(&a, argc, argv)) == 0 &&
         (rc = cli_find_model(&a.model_path, a.o.model)) == 0 && (rc = set_files(&a)) == 0) {
+        if (!a.no_register)
+            say_name_taken(&a);
         err = mood_train_run(&a.o);
         if (err == MOOD_ECANCELLED) {
             fprintf(stderr, "\nmood: stopped; the checkpoint %s continues with --resume\n", a.ckpt);

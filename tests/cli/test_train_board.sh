@@ -8,7 +8,8 @@
 # ss_dataset_dirs, ss_num_train_images and the buckets as kohya writes them; one thumbnail per
 # image in the style); a folder whose only subfolder is not N_name, and an N_name folder whose N
 # is a date, exit 1 naming the folder; a folder with images of its own and N_name subfolders
-# trains on its images and says the subfolders are not read.
+# trains on its images and says the subfolders are not read; training a taken style name says
+# before the run which name the style will get.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -83,4 +84,8 @@ cp "$FIX/train/board/e.png" mixed/3_more/
 expect_rc 0 "a folder with images and N_name subfolders" "$MOOD" train --name mixed --board mixed \
     --model "$MODEL" --steps 1 --rank 4 --no-register
 check "says the N_name subfolders are not read" grep -q "mixed/ has images of its own, so its kohya N_name subfolders (3_more/, ...) are not read" "$tmp/err"
+# a second style of a taken name: said before training, not only in the last line
+expect_rc 0 "train kstyle again" "$MOOD" train --name kstyle --board board --model "$MODEL" \
+    --steps 1 --rank 4 -o kstyle2.safetensors
+check "said up front" grep -q "a style named 'kstyle' exists already; this one will be registered as 'kstyle-2'" "$tmp/err"
 finish
