@@ -191,6 +191,7 @@ static void say_name_taken(const train_args *a)
 {
     mood_registry *r = NULL;
     char *free_name = NULL;
+    mood_log_set(NULL, NULL); /* "no registry yet" is no news here: training makes it */
     if (mood_registry_open(&r, NULL) == 0 &&
         mood_registry_name_suggest(&free_name, r, a->o.name) == 0 && strcmp(free_name, a->o.name))
         fprintf(stderr,
@@ -199,6 +200,7 @@ static void say_name_taken(const train_args *a)
                 a->o.name, free_name, a->o.name);
     mood_registry_free_string(free_name);
     mood_registry_close(r);
+    mood_log_set(train_log, (void *)a);
 }
 
 /* ----- arguments ----------------------------------------------------------------------------- */
