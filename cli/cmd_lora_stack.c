@@ -65,10 +65,22 @@ static int print_summary(const stack_args *a)
     mood_st_file *f = NULL;
     int err = mood_st_open(&f, a->output);
     size_t modules = 0;
+    int64_t lo = 0, hi = 0; /* the ranks (kohya's ss_network_dim says "Dynamic" when they differ) */
+    char ranks[64];
     if (err)
         return cli_fail(err);
-    for (size_t i = 0; i < mood_st_count(f); i++)
-        modules += strstr(mood_st_at(f, i)->name, ".lora_up.weight") != NULL;
+    for (size_t i = 0; i < mood_st_count(f); i++) {
+        const mood_st_tensor *t = mood_st_at(f, i);
+        modules += strstr(t->name, ".lora_up.weight") != NULL;
+        if (strstr(t->name, ".lora_down.weight") && t->ndim >= 1) {
+            lo = lo && lo < t->shape[0] ? lo : t->shape[0];
+            hi = hi > t->shape[0] ? hi : t->shape[0];
+        }
+    }
+    if (lo == hi)
+        snprintf(ranks, sizeof ranks, "rank %lld", (long long)hi);
+    else
+        snprintf(ranks, sizeof ranks, "ranks %lld to %lld", (long long)lo, (long long)hi);
     if (a->json) {
         cJSON *o = cJSON_CreateObject();
         const char *dim = mood_st_meta_get(f, "ss_network_dim");
@@ -80,8 +92,7 @@ static int print_summary(const stack_args *a)
         mood_st_close(f);
         return cli_print_json(o);
     }
-    printf("wrote %s: %zu modules (rank %s, %s) from %zu LoRA%s\n", a->output, modules,
-           mood_st_meta_get(f, "ss_network_dim") ? mood_st_meta_get(f, "ss_network_dim") : "?",
+    printf("wrote %s: %zu modules (%s, %s) from %zu LoRA%s\n", a->output, modules, ranks,
            mood_dtype_name(a->dtype), a->inputs.n, a->inputs.n == 1 ? "" : "s");
     mood_st_close(f);
     return 0;

@@ -119,6 +119,6 @@ const char *mood_version(void)
 
 const char *mood_build_info(void)
 {
-    return "build " MOOD_BUILD_TYPE ", sanitizers [" MOOD_SANITIZE_STRING
-           "], cuda archs [" MOOD_CUDA_ARCHS "]";
+    return MOOD_BUILD_TYPE " build, sanitizers [" MOOD_SANITIZE_STRING
+                           "], cuda archs [" MOOD_CUDA_ARCHS "]";
 }
