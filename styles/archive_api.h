@@ -29,6 +29,7 @@
     X(read_free)                                                                                   \
     X(read_new)                                                                                    \
     X(read_next_header)                                                                            \
+    X(read_open_fd)                                                                                \
     X(read_open_filename)                                                                          \
     X(read_support_filter_zstd)                                                                    \
     X(read_support_format_tar)                                                                     \
@@ -89,6 +90,7 @@ const mood__archive_fns *mood__archive_api(void);
 #define archive_read_free                     (mood__archive_api()->read_free)
 #define archive_read_new                      (mood__archive_api()->read_new)
 #define archive_read_next_header              (mood__archive_api()->read_next_header)
+#define archive_read_open_fd                  (mood__archive_api()->read_open_fd)
 #define archive_read_open_filename            (mood__archive_api()->read_open_filename)
 #define archive_read_support_filter_zstd      (mood__archive_api()->read_support_filter_zstd)
 #define archive_read_support_format_tar       (mood__archive_api()->read_support_format_tar)

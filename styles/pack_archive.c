@@ -201,6 +201,7 @@ static void remove_extracted(const char *dir)
 
 typedef struct reader {
     struct archive *a;
+    int fd; /* the pack, opened once: what was checked is what is read */
     const char *path;
     const mood__pack_limits *lim;
     mood__pack_extract *x;
@@ -495,22 +496,30 @@ static int open_reader(reader *rd, const char *dest_dir)
 {
     mood_buf dir;
     mood_map map;
+    struct stat st;
     int err = 0;
-    /* mood_map_file, which every file a user names goes through: a FIFO, folder, device or
-     * socket is the wrong input (MOOD_EINVAL, saying which it is), refused without blocking where
-     * libarchive's open would wait for a FIFO's writer; a missing file is MOOD_ENOTFOUND. Mapping
-     * reads nothing. */
-    if ((err = mood_map_file(&map, rd->path)) != 0)
+    /* Opened once, without blocking, and checked on the descriptor libarchive then reads: a FIFO,
+     * folder, device or socket is the wrong input, and a name checked then opened again could
+     * have become one in between (libarchive would wait for a FIFO's writer forever). */
+    rd->fd = open(rd->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (rd->fd < 0 || fstat(rd->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        /* mood_map_file says what is wrong as for every file a user names (MOOD_EINVAL saying
+         * which kind of file, MOOD_ENOTFOUND for a missing one) */
+        if ((err = mood_map_file(&map, rd->path)) == 0) {
+            mood_unmap(&map);
+            err = mood_error_set(MOOD_EIO, "%s: cannot open: %s", rd->path, strerror(errno));
+        }
         return err;
-    rd->p.total = map.size;
-    mood_unmap(&map);
+    }
+    fcntl(rd->fd, F_SETFL, fcntl(rd->fd, F_GETFL) & ~O_NONBLOCK);
+    rd->p.total = (uint64_t)st.st_size;
     if ((err = mood__archive_load()) != 0)
         return err;
     if (!(rd->buf = mood_malloc(CHUNK)) || !(rd->a = archive_read_new()))
         return mood_error_nomem();
     archive_read_support_filter_zstd(rd->a);
     archive_read_support_format_tar(rd->a);
-    if (archive_read_open_filename(rd->a, rd->path, 1 << 16) != ARCHIVE_OK)
+    if (archive_read_open_fd(rd->a, rd->fd, 1 << 16) != ARCHIVE_OK)
         return corrupt(rd);
     mood_buf_init(&dir);
     if ((err = mood_buf_printf(&dir, "%s/" STALE_PREFIX "%ld-XXXXXX", dest_dir, (long)getpid())) ==
@@ -560,6 +569,7 @@ int mood__pack_read(mood__pack_extract *out, const char *path, const char *dest_
     int err;
     memset(out, 0, sizeof *out);
     memset(&rd, 0, sizeof rd);
+    rd.fd = -1;
     if (!limits) {
         mood__pack_limits_init(&defaults);
         limits = &defaults;
@@ -575,6 +585,8 @@ int mood__pack_read(mood__pack_extract *out, const char *path, const char *dest_
         err = read_entries(&rd);
     if (rd.a)
         archive_read_free(rd.a);
+    if (rd.fd >= 0)
+        close(rd.fd);
     mood_free(rd.buf);
     mood_free(rd.got);
     if (err)
