@@ -6,10 +6,12 @@
  * before/after grid and a one-page HTML report. It runs the same code as `mood train` and
  * `mood gen` (their commands are called with the demo's arguments).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -319,6 +321,46 @@ static void try_command(char *buf, size_t size)
              exe, DEMO_STYLE);
 }
 
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Copies the board's images (the folder's PNG, JPEG, WebP and BMP files in name order, at most
+ * MAX_BOARD) into the output folder as board-N.png, so that the report travels with its folder;
+ * returns how many. */
+enum { MAX_BOARD = 12 };
+static int copy_board(const demo *d)
+{
+    static const char *const ext[] = {".png", ".jpg", ".jpeg", ".webp", ".bmp"};
+    char *names[256], path[8400];
+    int n = 0, copied = 0;
+    DIR *dir = opendir(d->board);
+    struct dirent *e;
+    while (dir && (e = readdir(dir)) != NULL && n < 256) {
+        const char *dot = strrchr(e->d_name, '.');
+        for (size_t k = 0; dot && k < sizeof ext / sizeof ext[0]; k++)
+            if (strcasecmp(dot, ext[k]) == 0 && (names[n] = strdup(e->d_name)) != NULL) {
+                n++;
+                break;
+            }
+    }
+    if (dir)
+        closedir(dir);
+    qsort(names, (size_t)n, sizeof names[0], by_name);
+    for (int i = 0; i < n; i++) {
+        mood_image *img = NULL;
+        snprintf(path, sizeof path, "%s/%s", d->board, names[i]);
+        if (copied < MAX_BOARD && mood_image_load(&img, path) == 0) {
+            snprintf(path, sizeof path, "%s/board-%d.png", d->out, copied + 1);
+            copied += mood_image_write_png(path, img, NULL, NULL, 0) == 0;
+        }
+        mood_image_free(img);
+        free(names[i]);
+    }
+    return copied;
+}
+
 /* report.html: one page with the board, the before/after pairs, the loss curve and timings. */
 static int write_report(const demo *d, char *report, size_t size)
 {
@@ -332,14 +374,14 @@ static int write_report(const demo *d, char *report, size_t size)
             "<!doctype html><meta charset=utf-8><title>mood demo</title>\n"
             "<style>body{font:15px sans-serif;max-width:60em;margin:2em auto}"
             "img{image-rendering:pixelated;width:128px}td{text-align:center}</style>\n"
-            "<h1>mood demo: a style from five images</h1>\n"
-            "<p>Base model <b>mood-tiny</b> (trained on 1,417 Noto emoji). Style <b>%s</b>, a "
-            "LoRA trained in %.0f s on the CPU for %d steps from this mood board "
-            "(Twemoji, CC-BY 4.0, Twitter):</p><p>\n",
-            DEMO_STYLE, d->train_s, d->steps);
-    const char *board[] = {"1f600", "1f431", "1f34e", "1f680", "2615"};
-    for (int i = 0; i < 5; i++)
-        fprintf(f, "<img src=\"%s/%s.png\"> ", d->board, board[i]);
+            "<h1>mood demo: a style from a mood board</h1>\n"
+            "<p>Base model <b>%s</b>. Style <b>%s</b>, a LoRA trained in %.0f s on the CPU for "
+            "%d steps from this mood board%s:</p><p>\n",
+            d->model == d->model_buf ? "mood-tiny</b> (trained on 1,417 Noto emoji)<b>" : d->model,
+            DEMO_STYLE, d->train_s, d->steps,
+            d->board == d->board_buf ? " (Twemoji, CC-BY 4.0, Twitter)" : "");
+    for (int i = 0, n = copy_board(d); i < n; i++)
+        fprintf(f, "<img src=\"board-%d.png\"> ", i + 1);
     fprintf(f, "</p>\n<h2>Subjects the board does not show</h2>\n<table><tr><th></th>");
     for (int i = 0; i < N_PROMPTS; i++)
         fprintf(f, "<th>%s</th>", prompts[i]);

@@ -5,7 +5,8 @@
 # --json lists the files; a run again replaces the demo's style, a failed run keeps it; a model
 # given with --model is not registered as mood-tiny; a missing model exits 2 naming it; the
 # command it prints to try next names this binary and this MOOD_HOME; its output folder
-# imports with the training checkpoint passed over.
+# imports with the training checkpoint passed over; the report travels with its folder (the
+# board copied into it).
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -28,6 +29,8 @@ b = open(sys.argv[1], "rb").read(24)
 w, h = struct.unpack(">II", b[16:24])
 assert w == 8 * 64 and h == 2 * 64, (w, h)' d1/grid.png
 check "report shows the pairs" grep -q 'after-8.png' d1/report.html
+check "the board's five images copied beside the report" test -s d1/board-5.png -a ! -e d1/board-6.png
+check "the report names no file outside its folder" sh -c '! grep -q "src=\"/" d1/report.html'
 check "a model given with --model is not registered as mood-tiny" \
     test ! -e "$MOOD_HOME/models/mood-tiny"
 expect_rc 0 "style listed" "$MOOD" list --json
