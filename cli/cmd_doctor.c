@@ -1,8 +1,15 @@
 /*
  * cmd_doctor.c: `mood doctor [--deep] [--fix] [--json]`: checks that the registry is whole
- * (registry/doctor.c lists the checks) and repairs it on request.
+ * (registry/doctor.c lists the checks) and repairs it on request; also the base models named in
+ * $MOOD_HOME/models (links `mood demo` makes, or yours), whose targets can move away.
  */
+#include <dirent.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 
@@ -26,7 +33,10 @@ const char cmd_doctor_help[] =
     "            path, file_name, imported_from, styles [names]}], orphans [paths], corrupt\n"
     "            [same as missing], styles [{name, action (\"remove\" or \"drop\"), loras,\n"
     "            kept, lost [{sha256, file_name, problem}], fixed}], problems, fixed}\n"
-    "            (file_name, imported_from and styles for LoRAs only)\n\n"
+    "            (file_name, imported_from and styles for LoRAs only), models [{name,\n"
+    "            target, fixed}] (broken links in $MOOD_HOME/models)\n\n"
+    "The names 'mood gen --model NAME' knows are the entries of $MOOD_HOME/models (mood demo\n"
+    "links mood-tiny there); a link whose target is gone is a problem, removed by --fix.\n\n"
     "Where there is no registry yet, doctor says so and creates nothing. When registry.db is\n"
     "gone (or holds no LoRAs) while stored files remain under blobs/, those files are not\n"
     "orphans: doctor counts them, and --fix refuses to delete them; restore registry.db from\n"
@@ -38,6 +48,44 @@ const char cmd_doctor_help[] =
 static const char *str_of(const cJSON *o, const char *key)
 {
     return cJSON_GetStringValue(cJSON_GetObjectItem(o, key));
+}
+
+/* Broken links in <home>/models into rep's "models" list (removed with fix); counts problems. */
+static void check_models(cJSON *rep, int fix, int *problems)
+{
+    const char *home = str_of(rep, "registry");
+    char dir[PATH_MAX], path[PATH_MAX + 256], target[PATH_MAX];
+    cJSON *list = cJSON_AddArrayToObject(rep, "models");
+    struct dirent *e;
+    struct stat st;
+    DIR *d;
+    snprintf(dir, sizeof dir, "%s/models", home ? home : ".");
+    if (!home || !(d = opendir(dir)))
+        return;
+    while ((e = readdir(d)) != NULL) {
+        ssize_t n;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (e->d_name[0] == '.' || lstat(path, &st) != 0 || !S_ISLNK(st.st_mode) ||
+            stat(path, &st) == 0 || (n = readlink(path, target, sizeof target - 1)) < 0)
+            continue;
+        target[n] = '\0';
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", e->d_name);
+        cJSON_AddStringToObject(o, "target", target);
+        cJSON_AddBoolToObject(o, "fixed", fix && unlink(path) == 0);
+        cJSON_AddItemToArray(list, o);
+        (*problems)++;
+    }
+    closedir(d);
+}
+
+static void print_models(const cJSON *arr)
+{
+    const cJSON *v;
+    cJSON_ArrayForEach(v, arr)
+        printf("  model %s: its link leads to %s, which is gone%s\n", str_of(v, "name"),
+               str_of(v, "target"),
+               cJSON_IsTrue(cJSON_GetObjectItem(v, "fixed")) ? " (link removed)" : "");
 }
 
 static void print_list(const cJSON *arr, const char *what)
@@ -147,6 +195,8 @@ int cmd_doctor(int argc, char **argv)
         return cli_fail(err);
     rep = cJSON_Parse(text);
     mood_registry_free_string(text);
+    check_models(rep, o.fix, &problems);
+    cJSON_SetNumberValue(cJSON_GetObjectItem(rep, "problems"), problems);
     if (json)
         return cli_print_json(rep) ? 2 : problems > 0;
     state = str_of(rep, "database");
@@ -160,6 +210,7 @@ int cmd_doctor(int argc, char **argv)
     print_list(cJSON_GetObjectItem(rep, "corrupt"), "damaged");
     print_list(cJSON_GetObjectItem(rep, "orphans"), "orphan");
     print_styles(cJSON_GetObjectItem(rep, "styles"));
+    print_models(cJSON_GetObjectItem(rep, "models"));
     if (problems == 0)
         printf("registry %s: no problems found%s\n",
                cJSON_GetStringValue(cJSON_GetObjectItem(rep, "registry")),

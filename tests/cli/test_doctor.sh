@@ -6,7 +6,8 @@
 # negative prompt, weights and tags; the report names each style. As `mood help doctor` says,
 # importing the file again brings its style back and `style edit` puts it back in the mix.
 # Reading a registry that does not exist creates nothing; a registry.db that is gone (or empty)
-# while stored files remain is reported as such, and --fix deletes none of those files.
+# while stored files remain is reported as such, and --fix deletes none of those files. A broken
+# link in $MOOD_HOME/models is reported and removed by --fix.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -121,5 +122,15 @@ check "--fix refuses on an empty registry.db" grep -q "holds no LoRAs, but $stor
 check "nothing deleted" [ "$(find "$MOOD_HOME/blobs/sha256" -type f | wc -l)" -eq "$stored" ]
 expect_rc 0 "import again" "$MOOD" import "$L/lokr.safetensors"
 expect_rc 0 "its style is back" "$MOOD" show lokr
+
+# a model name whose link leads nowhere (the folder it pointed at moved) is a problem; --fix
+# removes that link and keeps the others
+mkdir -p "$MOOD_HOME/models" "$tmp/somemodel"
+ln -s "$tmp/gone-model" "$MOOD_HOME/models/gone"
+ln -s "$tmp/somemodel" "$MOOD_HOME/models/kept"
+expect_rc 1 "doctor with a broken model link" "$MOOD" doctor
+check "names it" grep -q "model gone: its link leads to $tmp/gone-model, which is gone" "$tmp/out"
+expect_rc 1 "doctor --fix" "$MOOD" doctor --fix
+check "the broken link removed, the other kept" test ! -L "$MOOD_HOME/models/gone" -a -L "$MOOD_HOME/models/kept"
 
 finish
