@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "cli/cli_text.h"
@@ -641,6 +642,14 @@ int cmd_inspect(int argc, char **argv)
     }
     if (!path)
         return cli_usage_error("inspect", "missing FILE");
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) { /* a diffusers model is a folder of files */
+        fprintf(stderr,
+                "mood: error: %s is a folder: inspect reads one .safetensors file (of a diffusers "
+                "model, e.g. %s/unet/diffusion_pytorch_model.safetensors)\n",
+                path, path);
+        return 1;
+    }
     if ((err = inspect_file(&report, path, &adapter, hash)) != 0)
         return cli_fail(err);
     if (json)
