@@ -195,6 +195,28 @@ static void report_rename(const import_run *run, const mood_import_result *res)
     say("warning", why); /* the wanted name is the file's, as it came */
 }
 
+/* The A1111 / Civitai Helper sidecars beside path (NAME.json, NAME.civitai.info, NAME.txt,
+ * NAME.preview.png) that exist, as ", "-joined names into buf; 0 when none. */
+static int sidecars_beside(char *buf, size_t size, const char *path)
+{
+    static const char *const kinds[] = {".json", ".civitai.info", ".txt", ".preview.png"};
+    size_t stem = strlen(path) - strlen(".safetensors"), used = 0;
+    int n = 0;
+    struct stat st;
+    char probe[4200];
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        snprintf(probe, sizeof probe, "%.*s%s", (int)stem, path, kinds[i]);
+        if (stat(probe, &st) == 0 && S_ISREG(st.st_mode) && used < size) {
+            const char *slash = strrchr(probe, '/');
+            used += (size_t)snprintf(buf + used, size - used, "%s%s", n ? ", " : "",
+                                     slash ? slash + 1 : probe);
+            n++;
+        }
+    }
+    return n;
+}
+
 /* What a person reads about one file (--json: nothing). */
 static void report_import(const import_run *run, const char *path, int err,
                           const mood_import_result *res)
@@ -207,9 +229,18 @@ static void report_import(const import_run *run, const char *path, int err,
     }
     if (err)
         say("error", mood_error_last());
-    else if (res->already)
+    else if (res->already) {
+        char sidecars[1024], why[2048];
         printf("%s: already in the registry as %s\n", p, res->name);
-    else
+        /* the same file under another name came first: its sidecars are this copy's */
+        if (sidecars_beside(sidecars, sizeof sidecars, path)) {
+            snprintf(why, sizeof why,
+                     "%s: its sidecars (%s) were not read: the same file is stored already as "
+                     "style '%s'; 'mood rm %s' and import this copy to take them",
+                     path, sidecars, res->name, res->name);
+            say("warning", why);
+        }
+    } else
         printf("imported %s as %s (%s%s%s)\n", p, res->name, res->family,
                res->previews ? ", with previews" : "", res->sidecars ? ", sidecars read" : "");
     free(shown);

@@ -196,4 +196,12 @@ expect_rc 0 "import a mislabeled LoRA" "$MOOD" import --offline "$tmp/mislabeled
 check "registered for its shapes' family" grep -q "as mislabeled (sd1)" "$tmp/out"
 check "the label is named" grep -q "registered as sd1, from its shapes (metadata says sdxl)" "$tmp/err"
 
+# --- the same file twice, the second copy with sidecars: they are said to be unread ---
+mkdir -p "$tmp/dup"
+cp "$FIX/kohya/sd1_lora_bf16.safetensors" "$tmp/dup/b_plain.safetensors"
+cp "$FIX/kohya/sd1_lora_bf16.safetensors" "$tmp/dup/c_sidecar.safetensors"
+echo '{"activation text": "dupword"}' >"$tmp/dup/c_sidecar.json"
+expect_rc 0 "import a folder holding one file twice" "$MOOD" import --offline "$tmp/dup"
+check "the unread sidecars named" grep -q "c_sidecar.safetensors: its sidecars (c_sidecar.json) were not read: the same file is stored already as style 'b_plain'" "$tmp/err"
+
 finish
