@@ -147,7 +147,7 @@ int cli_parse_double(const char *s, double *out)
 {
     char *end;
     double v;
-    if (!s || !*s)
+    if (!s || !*s || strpbrk(s, "xX")) /* decimal only: strtod would read 0x10 as 16 */
         return -1;
     errno = 0;
     v = strtod(s, &end);
@@ -218,6 +218,12 @@ int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1
         cli_parse_double(fields[1], w1);
         cli_parse_double(fields[0], w2);
         *has_w1 = *has_w2 = 1;
+    }
+    /* the range of a style's weight (style create --weight): beyond it no image survives */
+    if ((*has_w1 && fabs(*w1) > 100) || (*has_w2 && fabs(*w2) > 100)) {
+        fprintf(stderr, "mood: error: '%s': a weight takes a number from -100 to 100\n", arg);
+        free(copy);
+        return 1;
     }
     *path_out = copy;
     return 0;

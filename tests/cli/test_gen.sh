@@ -119,8 +119,11 @@ check "lora changes the image" bash -c "! cmp -s '$tmp/a.png' '$tmp/m.png'"
 check "merge and runtime agree within 2/255" python3 "$tmp/pixels.py" "$tmp/m.png" "$tmp/r.png" 2
 check "Lora hashes written" py '
 import sys; d=open(sys.argv[1],"rb").read(); assert b"Lora hashes: \"lora: " in d and b"<lora:lora:0.7>" in d, d[:600]' "$tmp/m.png"
-expect_rc 1 "a weight that overflows" "$MOOD" gen "$PROMPT" "${common[@]}" \
+expect_rc 1 "--lora with a weight past 100" "$MOOD" gen "$PROMPT" "${common[@]}" \
     --lora "$P/lora.safetensors:1e30" -o "$tmp/nan.png"
+check "says the range" grep -q "a weight takes a number from -100 to 100" "$tmp/err"
+expect_rc 1 "a weight that overflows (inline tag)" "$MOOD" gen "$PROMPT <lora:$P/lora.safetensors:1e30>" \
+    "${common[@]}" -o "$tmp/nan.png"
 check "says the image is not finite, writes none" sh -c 'grep -q "NaN or infinite" "$1" && test ! -e "$2"' _ "$tmp/err" "$tmp/nan.png"
 expect_rc 1 "an SDXL LoRA on an SD1 model" "$MOOD" gen "$PROMPT" "${common[@]}" --lora "$FIX/kohya/sdxl_lora.safetensors"
 check "family message" grep -q "sdxl" "$tmp/err"

@@ -113,6 +113,10 @@ expect_rc 1 "output is a folder" "$MOOD" lora stack "$lora" -o "$tmp"
 grep -q "is a folder" "$tmp/err" || fail "stack into a folder: $(cat "$tmp/err")"
 expect_rc 2 "output folder missing" "$MOOD" lora merge "$lora" --rank 2 -o "$tmp/no/x.safetensors"
 
+expect_rc 1 "a hexadecimal weight" "$MOOD" lora stack "$lora:0x10" -o "$tmp/x.safetensors"
+check "is not a number" grep -q "weight '0x10' is not a number" "$tmp/err"
+expect_rc 1 "a weight past 100" "$MOOD" lora stack "$lora:1e308" -o "$tmp/x.safetensors"
+
 expect_rc 0 "help" "$MOOD" help lora resize
 grep -q "sv_fro" "$tmp/out" || fail "resize help"
 
