@@ -183,16 +183,22 @@ static int is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* A folder a model was (or could have been) written to: what may be replaced. */
-static int is_model_folder(const char *dir)
+/* Marks the weights full training writes, so that only a folder it wrote is ever replaced. */
+#define WRITTEN_BY_MOOD "mood.full_training"
+
+/* A folder full training wrote before (its UNet's weights carry the mark): the only kind of
+ * existing folder it replaces. A downloaded model, a ComfyUI models/ folder with a unet/ among
+ * others, any folder of the user's: never. */
+static int written_by_full_training(const char *dir)
 {
     char p[4200];
-    struct stat st;
-    snprintf(p, sizeof p, "%s/model_index.json", dir);
-    if (stat(p, &st) == 0 && S_ISREG(st.st_mode))
-        return 1;
-    snprintf(p, sizeof p, "%s/unet", dir);
-    return is_dir(p);
+    mood_st_file *f = NULL;
+    int marked;
+    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    marked = mood_st_open(&f, p) == 0 && mood_st_meta_get(f, WRITTEN_BY_MOOD) != NULL;
+    mood_st_close(f);
+    mood_error_clear();
+    return marked;
 }
 
 /* Whether path, resolved (links followed; a path that does not exist: its nearest existing
@@ -247,11 +253,12 @@ int mood__full_params_check(const char *model, const char *out_dir)
                               out_dir);
     if (stat(out_dir, &st) != 0)
         return 0;
-    if (!S_ISDIR(st.st_mode) || !is_model_folder(out_dir))
+    if (!S_ISDIR(st.st_mode) || !written_by_full_training(out_dir))
         return mood_error_set(MOOD_EINVAL,
-                              "%s exists and is not a model folder (no model_index.json or unet/): "
-                              "full-parameter training replaces its output folder as a whole; "
-                              "choose a new path",
+                              "%s exists and is not a model an earlier 'mood train --full' wrote: "
+                              "full-parameter training replaces its output folder as a whole, "
+                              "so it writes only a new path or its own earlier output; choose "
+                              "another path",
                               out_dir);
     return 0;
 }
@@ -345,6 +352,8 @@ static int write_weights(const mood__lora_params *lp, size_t i0, size_t i1, cons
                                      lp->params + lp->tensor_off[i]);
     if (!err)
         err = mood_st_writer_set_meta(w, "format", "pt");
+    if (!err)
+        err = mood_st_writer_set_meta(w, WRITTEN_BY_MOOD, "1");
     if (!err)
         err = mood_st_writer_write(w, path, NULL, NULL);
     mood_st_writer_free(w);

@@ -255,5 +255,17 @@ check "says it needs a folder" grep -q "needs a diffusers folder" "$tmp/err"
 expect_rc 1 "--full over a folder that is not a model" "$MOOD" train --full --name x --board board \
     --model "$MODEL" --res 64 --steps 1 -o badboard
 check "that folder untouched" test -f badboard/broken.png
+# a folder with a unet/ among other things (ComfyUI's models/), and a diffusers model mood did not
+# write: full training would replace the whole folder, so it refuses both and deletes nothing
+mkdir -p comfy/models/checkpoints comfy/models/loras comfy/models/unet
+echo keep >comfy/models/checkpoints/sd15.safetensors
+expect_rc 1 "--full over ComfyUI's models/ folder" "$MOOD" train --full --name x --board board \
+    --model "$MODEL" --res 64 --steps 1 -o comfy/models
+check "says it writes only its own earlier output" grep -q "is not a model an earlier 'mood train --full' wrote" "$tmp/err"
+check "nothing deleted" test -f comfy/models/checkpoints/sd15.safetensors
+cp -r "$MODEL" downloaded
+expect_rc 1 "--full over a diffusers model it did not write" "$MOOD" train --full --name x \
+    --board board --model "$MODEL" --res 64 --steps 1 -o downloaded
+check "that model untouched" diff -r "$MODEL" downloaded
 expect_rc 1 "caption dropout 1" "$MOOD" train --name x --board board --model "$MODEL" --caption-dropout 1
 finish
