@@ -572,7 +572,7 @@ static int run_steps(loop *L)
 int mood__trainer_run(mood__trainer *t)
 {
     loop L;
-    struct sigaction sa, old_int, old_term;
+    struct sigaction sa, old_int, old_term, old_hup;
     int err;
     memset(&L, 0, sizeof L);
     L.t = t;
@@ -590,12 +590,14 @@ int mood__trainer_run(mood__trainer *t)
         sigemptyset(&sa.sa_mask);
         sigaction(SIGINT, &sa, &old_int);
         sigaction(SIGTERM, &sa, &old_term);
+        sigaction(SIGHUP, &sa, &old_hup); /* a closed terminal or ssh session, as Ctrl-C */
     }
     if ((err = start(&L)) == 0)
         err = run_steps(&L);
     if (L.o->handle_signals) {
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
+        sigaction(SIGHUP, &old_hup, NULL);
     }
     t->losses = L.st.losses;
     t->n_losses = L.st.step;

@@ -305,8 +305,8 @@ typedef struct mood_train_options {
     int clip_skip;                /* 1 (A1111 numbering) */
     uint64_t seed;                /* 0 */
     const char *comment;          /* ss_training_comment; may be NULL */
-    /* Install SIGINT/SIGTERM handlers for the run (restored after): a signal saves a checkpoint
-     * and stops with MOOD_ECANCELLED. Programs with their own handler call
+    /* Install SIGINT/SIGTERM/SIGHUP handlers for the run (restored after): a signal saves a
+     * checkpoint and stops with MOOD_ECANCELLED. Programs with their own handler call
      * mood_train_request_stop instead. */
     int handle_signals;
     mood_train_progress_fn progress;

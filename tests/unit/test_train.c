@@ -464,7 +464,7 @@ static int fake_loss(void *user, const mood_train_batch *b, mood_train_module *m
         return mood_error_set(MOOD_EINVAL, "fake model: 2 modules, 4 channels");
     if (f->stop_at && f->calls == f->stop_at) {
         if (f->use_signal)
-            raise(SIGINT);
+            raise(f->use_signal);
         else
             mood_train_request_stop();
     }
@@ -666,8 +666,13 @@ static void test_resume(void)
     s.o.handle_signals = 1;
     s.f.calls = 0;
     s.f.stop_at = 2 * s.o.accum;
-    s.f.use_signal = 1;
+    s.f.use_signal = SIGINT;
     MOOD_CHECK(fake_train(&s, &b, &lb, &nb) == MOOD_ECANCELLED && nb == 5);
+    mood__lora_params_free(b), mood_free(lb);
+    /* resumed, then SIGHUP (a closed terminal or ssh session) the same way */
+    s.f.calls = 0;
+    s.f.use_signal = SIGHUP;
+    MOOD_CHECK(fake_train(&s, &b, &lb, &nb) == MOOD_ECANCELLED && nb == 7);
     mood__lora_params_free(b), mood_free(lb);
     /* resumed to the end */
     s.f.stop_at = 0;
