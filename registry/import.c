@@ -349,7 +349,9 @@ static int sidecar_map(import_job *j, mood_map *m, int *found, const char *path)
     return 0;
 }
 
-/* Reads stem+suffix when there is one to read (NULL otherwise); too big → error. */
+/* Reads stem+suffix when there is one to read (NULL otherwise). One over the size limit is left
+ * out with a warning, as a malformed one is: it is another tool's file, and the LoRA itself is
+ * still good. */
 static int read_text(char **out, import_job *j, const char *suffix)
 {
     mood_buf p;
@@ -361,8 +363,8 @@ static int read_text(char **out, import_job *j, const char *suffix)
         (err = sidecar_map(j, &m, &found, p.data)) != 0 || !found)
         goto done;
     if (m.size > MAX_SIDECAR)
-        err = mood_error_set(MOOD_EFORMAT, "%s: sidecar file too large (%llu bytes)", p.data,
-                             (unsigned long long)m.size);
+        mood_log(MOOD_LOG_WARN, "%s" SKIPPED "%g MB, more than the %u MB limit", p.data,
+                 ceil((double)m.size / (1 << 20) * 10) / 10, MAX_SIDECAR >> 20);
     else if (!(*out = mood_strndup(m.data ? (const char *)m.data : "", (size_t)m.size)))
         err = mood_error_nomem();
 done:
@@ -419,7 +421,7 @@ static void parse_sidecar_json(cJSON **out, char **raw, const char *stem, const 
         *out = NULL;
         mood_free(*raw);
         *raw = NULL;
-        mood_log(MOOD_LOG_WARN, "%s%s: not a JSON object; sidecar ignored", stem, suffix);
+        mood_log(MOOD_LOG_WARN, "%s%s" SKIPPED "not a JSON object", stem, suffix);
     }
 }
 

@@ -103,13 +103,28 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
         return err;
     if ((err = mood__reg_prepare(r, &st,
                                  "INSERT INTO sources(adapter_sha256, kind, location, air, license,"
-                                 " added_at) VALUES (?1, 'pack', ?2, ?3, ?4,"
+                                 " civitai_model_id, civitai_version_id, model_name,"
+                                 " version_name, base_model, nsfw, nsfw_level, added_at)"
+                                 " VALUES (?1, 'pack', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
                                  " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
         return err;
     mood__reg_bind_text(st, 1, a->sha256);
     mood__reg_bind_utf8(st, 2, pack);
     mood__reg_bind_utf8(st, 3, a->air);
     mood__reg_bind_utf8(st, 4, a->license);
+    /* the columns a Civitai import fills (civitai_store.c), so that update-check and show see
+     * the same record after a pack round trip */
+    if (a->civitai_model_id > 0)
+        sqlite3_bind_int64(st, 5, a->civitai_model_id);
+    if (a->civitai_version_id > 0)
+        sqlite3_bind_int64(st, 6, a->civitai_version_id);
+    mood__reg_bind_utf8(st, 7, a->model_name);
+    mood__reg_bind_utf8(st, 8, a->version_name);
+    mood__reg_bind_utf8(st, 9, a->base_model);
+    if (a->nsfw >= 0)
+        sqlite3_bind_int(st, 10, a->nsfw);
+    if (a->nsfw_level >= 0)
+        sqlite3_bind_int(st, 11, a->nsfw_level);
     return mood__reg_step_done(r, st, "recording where the adapter came from");
 }
 
@@ -141,12 +156,15 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
     for (size_t i = 0; !err && i < s->n_previews; i++) {
         if ((err = mood__reg_prepare(r, &st,
                                      "INSERT INTO previews(style_id, blob_sha256, media_type, "
-                                     "origin, position) VALUES (?1, ?2, ?3, 'pack', ?4)")) != 0)
+                                     "origin, position, nsfw_level) VALUES (?1, ?2, ?3, 'pack', "
+                                     "?4, ?5)")) != 0)
             break;
         sqlite3_bind_int64(st, 1, id);
         mood__reg_bind_text(st, 2, s->previews[i].sha256);
         mood__reg_bind_utf8(st, 3, s->previews[i].media_type);
         sqlite3_bind_int(st, 4, (int)i);
+        if (s->previews[i].nsfw_level >= 0)
+            sqlite3_bind_int(st, 5, s->previews[i].nsfw_level);
         err = mood__reg_step_done(r, st, "storing a preview");
     }
     for (size_t i = 0; !err && i < s->n_board; i++) {

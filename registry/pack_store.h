@@ -20,12 +20,18 @@ typedef struct mood__pack_adapter_row {
     int has_alpha;
     const char *metadata_json, *trigger_words_json; /* JSON text or NULL */
     const char *air, *license;
+    /* the Civitai record (0 / NULL / -1 where unknown); ids come from the AIR when the pack has
+     * no record */
+    long long civitai_model_id, civitai_version_id;
+    const char *model_name, *version_name, *base_model;
+    int nsfw, nsfw_level; /* -1: unknown */
 } mood__pack_adapter_row;
 
 typedef struct mood__pack_preview_row {
     const char *sha256;
     const char *path; /* extracted file */
     const char *media_type;
+    int nsfw_level; /* -1: unknown */
 } mood__pack_preview_row;
 
 /* A mood board thumbnail of a style of the pack. */

@@ -8,6 +8,7 @@
  * collide; the original name travels in the manifest as file_name.
  */
 #include <cjson/cJSON.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -114,6 +115,30 @@ static void add_provenance(cJSON *entry, const cJSON *adapter)
     }
 }
 
+/* The Civitai record of the adapter (the newest source that has one), so that a pack imported
+ * elsewhere still links its styles to Civitai (update-check, show). */
+static void add_civitai(cJSON *entry, const cJSON *adapter)
+{
+    static const char *const keys[][2] = {
+        {"civitai_model_id", "model_id"}, {"civitai_version_id", "version_id"},
+        {"model_name", "model_name"},     {"version_name", "version_name"},
+        {"base_model", "base_model"},     {"nsfw_level", "nsfw_level"}};
+    const cJSON *s, *found = NULL;
+    cJSON *c;
+    cJSON_ArrayForEach(s, get(adapter, "sources"))
+    {
+        if (cJSON_IsNumber(get(s, "civitai_version_id")))
+            found = s;
+    }
+    if (!found)
+        return;
+    c = cJSON_AddObjectToObject(entry, "civitai");
+    for (size_t k = 0; c && k < sizeof keys / sizeof keys[0]; k++)
+        copy_field(c, keys[k][1], found, keys[k][0]);
+    if (c && cJSON_IsNumber(get(found, "nsfw"))) /* stored as 0/1 */
+        cJSON_AddBoolToObject(c, "nsfw", get(found, "nsfw")->valuedouble != 0);
+}
+
 static int export_adapter(exporter *x, const cJSON *a)
 {
     const char *sha = get_str(a, "sha256");
@@ -145,6 +170,7 @@ static int export_adapter(exporter *x, const cJSON *a)
                get(a, "training_tags") ? "training_tags" : "trigger_words_json");
     copy_field(e, "metadata", a, get(a, "metadata") ? "metadata" : "metadata_json");
     add_provenance(e, a);
+    add_civitai(e, a);
     if (!get(e, "size"))
         return mood_error_set(MOOD_EFORMAT, "registry: adapter %s has no size", sha);
     cJSON_AddBoolToObject(e, "embedded", !x->o->reference_only);
@@ -206,6 +232,7 @@ static int export_previews(exporter *x, cJSON *style, const cJSON *shown)
         cJSON_AddStringToObject(e, "file", file);
         if (type)
             cJSON_AddStringToObject(e, "media_type", type);
+        copy_field(e, "nsfw_level", p, "nsfw_level");
         if ((err = add_src(x, file, get_str(p, "path"))) != 0)
             break;
     }
@@ -455,6 +482,58 @@ static int check_adapter_file(const mood__pack_adapter_row *row)
     return err;
 }
 
+/* A whole number in [1, 9e15] from the manifest (validated there), else 0. */
+static long long id_of(const cJSON *o, const char *key)
+{
+    double v = 0;
+    return num(o, key, &v) && v >= 1 && v <= 9.0e15 ? (long long)v : 0;
+}
+
+/* Model and version ids from an AIR "urn:air:FAMILY:TYPE:civitai:MODEL@VERSION" (packs made
+ * before the manifest carried the Civitai record still link their adapters to Civitai). */
+static void ids_from_air(mood__pack_adapter_row *row)
+{
+    const char *p = row->air ? strstr(row->air, ":civitai:") : NULL;
+    char *end;
+    long long model, version;
+    if (!p || strncmp(row->air, "urn:air:", 8) != 0)
+        return;
+    p += strlen(":civitai:");
+    if (*p < '0' || *p > '9')
+        return;
+    model = strtoll(p, &end, 10);
+    if (*end != '@' || end[1] < '0' || end[1] > '9')
+        return;
+    version = strtoll(end + 1, &end, 10);
+    if (*end != '\0' && *end != '.') /* a ".format" may follow the version */
+        return;
+    if (model > 0 && version > 0) {
+        row->civitai_model_id = model;
+        row->civitai_version_id = version;
+    }
+}
+
+/* The adapter's Civitai record from the manifest; the AIR's ids when it has none. */
+static void civitai_row(mood__pack_adapter_row *row, const cJSON *a)
+{
+    const cJSON *c = get(a, "civitai");
+    double v = 0;
+    row->nsfw = row->nsfw_level = -1;
+    if (!cJSON_IsObject(c) || !id_of(c, "version_id")) {
+        ids_from_air(row);
+        return;
+    }
+    row->civitai_model_id = id_of(c, "model_id");
+    row->civitai_version_id = id_of(c, "version_id");
+    row->model_name = get_str(c, "model_name");
+    row->version_name = get_str(c, "version_name");
+    row->base_model = get_str(c, "base_model");
+    if (cJSON_IsBool(get(c, "nsfw")))
+        row->nsfw = cJSON_IsTrue(get(c, "nsfw"));
+    if (num(c, "nsfw_level", &v) && v <= 1e6)
+        row->nsfw_level = (int)v;
+}
+
 static int adapter_rows(importer *m)
 {
     const cJSON *arr = get(m->ex.manifest.json, "adapters"), *a;
@@ -477,6 +556,7 @@ static int adapter_rows(importer *m)
         row->autov3 = get_str(a, "autov3");
         row->air = get_str(a, "air");
         row->license = get_str(a, "license");
+        civitai_row(row, a);
         num(a, "size", &v);
         row->size = (uint64_t)v;
         if ((row->has_rank = num(a, "rank", &v)) != 0)
@@ -585,8 +665,11 @@ static int style_row(importer *m, mood__pack_style_row *row, const cJSON *s)
     k = 0;
     cJSON_ArrayForEach(v, arr)
     {
+        double level = -1;
+        num(v, "nsfw_level", &level);
         previews[k++] = (mood__pack_preview_row){
-            get_str(v, "sha256"), extracted(m, get_str(v, "file")), get_str(v, "media_type")};
+            get_str(v, "sha256"), extracted(m, get_str(v, "file")), get_str(v, "media_type"),
+            level >= 0 && level <= 1e6 ? (int)level : -1};
     }
     row->previews = previews;
     row->n_previews = k;

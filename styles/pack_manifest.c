@@ -11,10 +11,11 @@
  *   {schema_version, created_by, license?, attribution?,
  *    styles: [{name, description?, notes?, template?, negative?, weight?, trigger_words: [str],
  *              tags: [str], adapters: [{sha256, unet, te}], previews: [{sha256, file,
- *              media_type?}]}],
+ *              media_type?, nsfw_level?}]}],
  *    adapters: [{sha256, file_name, size, family, air?, license?, embedded, file (when embedded),
  *                autov3?, family_source?, algorithm?, rank?, alpha?, dtype?, modules?,
- *                metadata?, trigger_words?}],
+ *                metadata?, trigger_words?, civitai?: {model_id?, version_id?, model_name?,
+ *                version_name?, base_model?, nsfw?, nsfw_level?}}],
  *    board: [{sha256, file, media_type?, style?, name?, width?, height?}]}
  * board lists mood board thumbnails; "style" names the style of the pack they belong to (without
  * it, the only style of a one-style pack).
@@ -167,6 +168,39 @@ static int add_file(mood__pack_manifest *m, const char *where, const char *name,
     return 0;
 }
 
+/* The adapter's Civitai record (optional; packs made before it existed have none). */
+static int check_civitai(const cJSON *a, const char *adapter)
+{
+    const cJSON *c = field(a, "civitai");
+    const char *s;
+    char where[80];
+    int err;
+    if (!c || cJSON_IsNull(c))
+        return 0;
+    snprintf(where, sizeof where, "%s.civitai", adapter);
+    if (!cJSON_IsObject(c))
+        return mood_error_set(MOOD_EFORMAT, "manifest.json: %s must be an object", where);
+    if ((err = need_number(c, where, "model_id", 0, 1)) ||
+        (err = need_number(c, where, "version_id", 0, 1)) ||
+        (err = need_number(c, where, "nsfw_level", 0, 0)) ||
+        (err = need_string(&s, c, where, "model_name", 0)) ||
+        (err = need_string(&s, c, where, "version_name", 0)) ||
+        (err = need_string(&s, c, where, "base_model", 0)))
+        return err;
+    for (int k = 0; k < 3; k++) {
+        static const char *const ids[] = {"model_id", "version_id", "nsfw_level"};
+        const cJSON *v = field(c, ids[k]);
+        if (cJSON_IsNumber(v) &&
+            (v->valuedouble > 9.0e15 || v->valuedouble != floor(v->valuedouble)))
+            return mood_error_set(MOOD_EFORMAT, "manifest.json: %s: \"%s\" must be a whole number",
+                                  where, ids[k]);
+    }
+    if (field(c, "nsfw") && !cJSON_IsBool(field(c, "nsfw")) && !cJSON_IsNull(field(c, "nsfw")))
+        return mood_error_set(MOOD_EFORMAT, "manifest.json: %s: \"nsfw\" must be true or false",
+                              where);
+    return 0;
+}
+
 static int check_adapter(mood__pack_manifest *m, const cJSON *a, size_t i)
 {
     char where[64];
@@ -188,7 +222,7 @@ static int check_adapter(mood__pack_manifest *m, const cJSON *a, size_t i)
         (err = need_number(a, where, "rank", 0, 0)) ||
         (err = need_number(a, where, "modules", 0, 0)) ||
         (err = need_number(a, where, "alpha", 0, -INFINITY)) ||
-        (err = string_array(a, where, "trigger_words")))
+        (err = string_array(a, where, "trigger_words")) || (err = check_civitai(a, where)))
         return err;
     if (field(a, "metadata") && !cJSON_IsObject(field(a, "metadata")) &&
         !cJSON_IsNull(field(a, "metadata")))
@@ -266,6 +300,7 @@ static int check_files(mood__pack_manifest *m, const cJSON *o, const char *where
         }
         if ((err = need_hex(&sha, x, w)) || (err = need_string(&file, x, w, "file", 1)) ||
             (err = need_string(&type, x, w, "media_type", 0)) ||
+            (err = need_number(x, w, "nsfw_level", 0, 0)) ||
             (err = add_file(m, w, file, sha, NULL)))
             break;
     }

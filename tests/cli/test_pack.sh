@@ -5,6 +5,8 @@
 # files outside its folder (/etc/passwd) exports a pack without them; a FIFO or a folder given to
 # pack import is refused at once with exit 1 (under `timeout`: a regression fails instead of
 # hanging). A manifest edited to mix base families in one style is refused with nothing imported.
+# A style imported from (mock) Civitai keeps its Civitai record through a pack (and an older pack
+# without the record gets the ids from the AIR).
 source "$(dirname "$0")/lib.sh"
 SRC=${MOOD_SOURCE:?set MOOD_SOURCE to the source tree}
 
@@ -161,5 +163,63 @@ check "FIFO message" grep -q "pipe.moodpack: not a regular file but a named pipe
 mkdir "$tmp/dir.moodpack"
 expect_rc 1 "a folder as the pack" "$MOOD" pack import "$tmp/dir.moodpack"
 check "folder message" grep -q "dir.moodpack: not a regular file but a folder" "$tmp/err"
+
+# --- Civitai data survives a round trip ------------------------------------------------------
+# a LoRA imported from (mock) Civitai, packed and imported into a fresh registry keeps its model
+# and version ids, names, base model and NSFW flags, and update-check against the mock sees it;
+# a pack made before the manifest carried the Civitai record still gets the ids from its AIR.
+if command -v python3 >/dev/null 2>&1; then
+    python3 "$SRC/tests/mock_civitai.py" --port-file "$tmp/port" --log "$tmp/server.log" \
+        --lifetime 120 --lora "$FIX/kohya/sd1_lora_bf16.safetensors" \
+        --lora-v2 "$FIX/kohya/sd1_lora.safetensors" &
+    srv=$!
+    trap 'kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null; rm -rf "$tmp"' EXIT
+    for _ in $(seq 100); do [ -s "$tmp/port" ] && break; sleep 0.1; done
+    # civitai ids, names and base model of the style's first LoRA's newest Civitai source
+    civ() {
+        MOOD_HOME=$2 "$MOOD" show "$1" --json | python3 -c '
+import json, sys
+s = [x for x in json.load(sys.stdin)["adapters"][0]["sources"] if x["civitai_version_id"]][-1]
+print(*(s[k] for k in ("civitai_model_id", "civitai_version_id", "model_name", "version_name",
+                       "base_model", "nsfw", "nsfw_level")))'
+    }
+    (
+        export MOOD_CIVITAI_URL=http://127.0.0.1:$(cat "$tmp/port") CIVITAI_TOKEN=good-key \
+            MOOD_HTTP_RETRY_MS=20 no_proxy=127.0.0.1 NO_PROXY=127.0.0.1
+        unset MOOD_OFFLINE
+        export MOOD_HOME=$tmp/cv1
+        expect_rc 0 "import civitai:900101" "$MOOD" import civitai:900101
+        expect_rc 0 "export the Civitai style" "$MOOD" pack export mock_ink_style -o "$tmp/cv.moodpack"
+        export MOOD_HOME=$tmp/cv2
+        expect_rc 0 "import the Civitai pack" "$MOOD" pack import "$tmp/cv.moodpack"
+        check "Civitai ids and names kept" test "$(civ mock_ink_style "$tmp/cv2")" = "$(civ mock_ink_style "$tmp/cv1")"
+        check "ids not null" grep -q "^900001 900101 " <(civ mock_ink_style "$tmp/cv2")
+        check "preview NSFW levels kept" test "$(show mock_ink_style "$tmp/cv2" | grep -c nsfw_level)" = "$(show mock_ink_style "$tmp/cv1" | grep -c nsfw_level)"
+        check "previews NSFW level not null" bash -c '! grep -q "\"nsfw_level\":\s*null" <<<"$1"' _ "$(MOOD_HOME=$tmp/cv2 "$MOOD" show mock_ink_style --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["previews"]))')"
+        expect_rc 0 "update-check after the round trip" "$MOOD" update-check --json
+        check "update-check sees the style" grep -q '"checked":\s*1' "$tmp/out"
+        check "and its newer version" grep -q '"latest_version_id":\s*900107' "$tmp/out"
+        if [ $have_zstd = 1 ]; then
+            # an older pack: no "civitai" object, only the AIR
+            mkdir -p "$D/old"
+            zstd -dc "$tmp/cv.moodpack" | tar -C "$D/old" -xf -
+            python3 - "$D/old/manifest.json" <<'EOF2'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for a in m["adapters"]:
+    assert a.pop("civitai")["version_id"] == 900101 and a["air"].endswith(":civitai:900001@900101")
+json.dump(m, open(sys.argv[1], "w"), indent=2)
+EOF2
+            (cd "$D/old" && tar --zstd --no-recursion -cf "$D/old.moodpack" manifest.json $(find . -type f ! -name manifest.json | sed 's|^\./||' | sort))
+            export MOOD_HOME=$tmp/cv3
+            expect_rc 0 "import a pack without the Civitai record" "$MOOD" pack import "$D/old.moodpack"
+            check "ids from the AIR" grep -q "^900001 900101 " <(civ mock_ink_style "$tmp/cv3")
+            expect_rc 0 "update-check (ids from the AIR)" "$MOOD" update-check --json
+            check "update-check sees it" grep -q '"checked":\s*1' "$tmp/out"
+        fi
+        echo "$passes $fails" >"$tmp/civ-counts"
+    )
+    read -r passes fails <"$tmp/civ-counts"
+fi
 
 finish

@@ -204,4 +204,13 @@ echo '{"activation text": "dupword"}' >"$tmp/dup/c_sidecar.json"
 expect_rc 0 "import a folder holding one file twice" "$MOOD" import --offline "$tmp/dup"
 check "the unread sidecars named" grep -q "c_sidecar.safetensors: its sidecars (c_sidecar.json) were not read: the same file is stored already as style 'b_plain'" "$tmp/err"
 
+# --- sidecars too big or malformed are skipped (and listed so in --json); the LoRA imports ---
+mkdir -p "$tmp/sk"
+cp "$MOOD_SOURCE/examples/loras/inkwash.safetensors" "$tmp/sk/big.safetensors"
+cp "$tmp/sk/big.safetensors" "$tmp/sk/bad.safetensors"
+head -c 20971520 /dev/zero >"$tmp/sk/big.json"
+echo '[1,2' >"$tmp/sk/bad.civitai.info"
+expect_rc 0 "oversized and malformed sidecars are skipped" "$MOOD" import --offline "$tmp/sk" --json
+check "both listed as skipped" py 'import json,sys; s={x["file"].rsplit("/",1)[1]:x["reason"] for x in json.load(open(sys.argv[1]))["skipped"]}; assert s["big.json"]=="20 MB, more than the 16 MB limit" and s["bad.civitai.info"]=="not a JSON object", s' "$tmp/out"
+
 finish
