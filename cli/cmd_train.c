@@ -205,6 +205,45 @@ static void say_name_taken(const train_args *a)
 
 /* ----- arguments ----------------------------------------------------------------------------- */
 
+/* kohya sd-scripts' names of the options mood has under another name (its users type them). */
+static const char *kohya_name(const char *s)
+{
+    static const char *const map[][2] = {
+        {"--network_dim", "--rank"},
+        {"--network_alpha", "--alpha"},
+        {"--learning_rate", "--lr"},
+        {"--unet_lr", "--lr"},
+        {"--text_encoder_lr", "--te-lr (with --te)"},
+        {"--max_train_steps", "--steps"},
+        {"--train_batch_size", "--batch"},
+        {"--gradient_accumulation_steps", "--accum"},
+        {"--output_name", "--name"},
+        {"--output_dir", "-o"},
+        {"--train_data_dir", "--board"},
+        {"--pretrained_model_name_or_path", "--model"},
+        {"--enable_bucket", "--buckets"},
+        {"--lr_warmup_steps", "--warmup"},
+        {"--lr_scheduler", "--schedule"},
+        {"--min_snr_gamma", "--min-snr"},
+        {"--noise_offset", "--noise-offset"},
+        {"--ip_noise_gamma", "--ip-noise-gamma"},
+        {"--min_timestep", "--min-timestep"},
+        {"--max_timestep", "--max-timestep"},
+        {"--caption_dropout_rate", "--caption-dropout"},
+        {"--save_every_n_steps", "--checkpoint-every"},
+        {"--mixed_precision", "--precision"},
+        {"--gradient_checkpointing", "--gradient-checkpointing on"},
+        {"--network_train_unet_only", "(the default: --te trains the text encoder too)"},
+        {"--flip_aug", "(the default: --no-flip turns it off)"},
+        {"--sample_every_n_steps", "--sample-every"},
+        {"--sample_prompts", "--sample-prompt (one per prompt)"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(s, map[i][0]) == 0)
+            return map[i][1];
+    return NULL;
+}
+
 static int add_board(train_args *a, const char *path)
 {
     const char **grown = realloc(a->board, (a->n_board + 1) * sizeof *grown);
@@ -367,8 +406,11 @@ static int parse_args(train_args *a, int argc, char **argv)
         else if (s[0] != '-' && a->n_board > 0) { /* more files after --board */
             if ((rc = add_board(a, s)) != 0)
                 return rc;
-        } else if (i + 1 >= argc)
-            return cli_usage_error("train", "%s needs a value (or is unknown)", s);
+        } else if (kohya_name(s))
+            return cli_usage_error("train", "%s is kohya's spelling; in mood: %s", s,
+                                   kohya_name(s));
+        else if (i + 1 >= argc)
+            return cli_usage_error("train", "%s: unknown, or an option without its value", s);
         else if ((rc = parse_valued(a, s, argv[i + 1])) < 0)
             return cli_usage_error("train", "unknown argument '%s'", s);
         else if (rc > 0)

@@ -88,4 +88,7 @@ check "says the N_name subfolders are not read" grep -q "mixed/ has images of it
 expect_rc 0 "train kstyle again" "$MOOD" train --name kstyle --board board --model "$MODEL" \
     --steps 1 --rank 4 -o kstyle2.safetensors
 check "said up front" grep -q "a style named 'kstyle' exists already; this one will be registered as 'kstyle-2'" "$tmp/err"
+# kohya's option names say mood's
+expect_rc 1 "kohya's --network_dim" "$MOOD" train --network_dim 8
+check "names mood's --rank" grep -q -- "--network_dim is kohya's spelling; in mood: --rank" "$tmp/err"
 finish
