@@ -91,4 +91,9 @@ check "said up front" grep -q "a style named 'kstyle' exists already; this one w
 # kohya's option names say mood's
 expect_rc 1 "kohya's --network_dim" "$MOOD" train --network_dim 8
 check "names mood's --rank" grep -q -- "--network_dim is kohya's spelling; in mood: --rank" "$tmp/err"
+# a LoRA is a .safetensors file: -o doc.txt is refused, doc.txt kept
+echo important >doc.txt
+expect_rc 1 "-o doc.txt" "$MOOD" train --name lo --board board --model "$MODEL" --steps 1 -o doc.txt
+check "says why" grep -q -- "-o doc.txt: the LoRA is a .safetensors file" "$tmp/err"
+check "doc.txt kept" grep -q important doc.txt
 finish
