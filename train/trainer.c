@@ -431,6 +431,17 @@ static int save(loop *L)
     return err;
 }
 
+/* A checkpoint on the way or at the end is insurance, not the result: one that cannot be written
+ * (a full disk) is said, and training goes on to write the LoRA, which is smaller. */
+static void save_or_warn(loop *L)
+{
+    if (save(L) != 0) {
+        mood_log(MOOD_LOG_WARN, "step %lld: the training checkpoint was not written: %s",
+                 (long long)L->st.step, mood_error_last());
+        mood_error_clear();
+    }
+}
+
 /* Rounds of sample previews still to come after this step (sample.c: at the multiples of
  * sample_every before the last step, and one after it). */
 static int64_t rounds_left(const loop *L)
@@ -562,10 +573,10 @@ static int run_steps(loop *L)
         }
         if (o->checkpoint_every > 0 && L->st.step % o->checkpoint_every == 0 &&
             L->st.step < o->steps)
-            err = save(L);
+            save_or_warn(L);
     }
     if (!err)
-        err = save(L);
+        save_or_warn(L);
     return err;
 }
 

@@ -96,4 +96,12 @@ echo important >doc.txt
 expect_rc 1 "-o doc.txt" "$MOOD" train --name lo --board board --model "$MODEL" --steps 1 -o doc.txt
 check "says why" grep -q -- "-o doc.txt: the LoRA is a .safetensors file" "$tmp/err"
 check "doc.txt kept" grep -q important doc.txt
+# a checkpoint that does not fit (a full disk: here a file-size limit of 1000 blocks, under the
+# checkpoint's 2.8 MB and over the LoRA's 0.5 MB) is a warning, and the LoRA is still written
+mkdir fd
+expect_rc 0 "a checkpoint that cannot be written" bash -c 'ulimit -f 1000; exec "$0" "$@"' \
+    "$MOOD" train --name fd --board board --model "$MODEL" --steps 2 --checkpoint-every 0 \
+    -o fd/fd.safetensors --no-register
+check "warned" grep -q "the training checkpoint was not written" "$tmp/err"
+check "the LoRA written" test -s fd/fd.safetensors
 finish
