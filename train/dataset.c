@@ -18,8 +18,8 @@
  *     trim_and_resize_if_required does (random_crop off, which caching latents requires); kohya's
  *     default bucket sizes, made for SD's 512, follow the resolution below 256
  *     (mood__board_options_resolve);
- *   - captions: the first non-empty line of NAME.txt beside the image (kohya's caption_extension
- *     convention), else the template with the trigger word.
+ *   - captions: the first non-empty line of NAME.txt (else NAME.caption, kohya's default
+ *     caption_extension) beside the image, else the template with the trigger word.
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -547,6 +547,9 @@ static int prepare(mood_board_item *it, const mood_image *img, const mood_board_
     mood_free(rgb);
     if (!err)
         err = sidecar_caption(&cap, it->path, o->caption_ext ? o->caption_ext : ".txt");
+    /* NAME.caption is kohya's default caption extension: read where there is no NAME.txt */
+    if (!err && !cap && (!o->caption_ext || strcmp(o->caption_ext, ".txt") == 0))
+        err = sidecar_caption(&cap, it->path, ".caption");
     if (!err && !cap && kohya && (cap = folder_caption(it->path)) != NULL && !*cap) {
         mood_free(cap); /* "10_/": no name to caption with */
         cap = NULL;

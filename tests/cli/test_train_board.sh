@@ -104,4 +104,12 @@ expect_rc 0 "a checkpoint that cannot be written" bash -c 'ulimit -f 1000; exec 
     -o fd/fd.safetensors --no-register
 check "warned" grep -q "the training checkpoint was not written" "$tmp/err"
 check "the LoRA written" test -s fd/fd.safetensors
+# kohya's default caption extension, .caption, is read where there is no .txt
+mkdir -p capb
+cp "$FIX/train/board/a.png" capb/x.png
+echo "inky, apple drawing" >capb/x.caption
+expect_rc 0 "train on a .caption caption" "$MOOD" train --name capst --board capb --model "$MODEL" \
+    --steps 1 --rank 4 --no-register
+check "the .caption caption used" py "$META"'
+m=meta("capst.safetensors"); t=json.loads(m["ss_tag_frequency"]); assert t["capb"]=={"inky": 1, "apple drawing": 1}, t'
 finish
