@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -409,18 +410,15 @@ static const char *py_bool(int v)
 /* The directory part of path ("board" when it has none), as kohya's dataset keys. */
 static void dir_key(char *out, size_t size, const char *path)
 {
+    /* the real name of the image's folder, however it was typed ("b1/", ".", "../b1": b1) */
     const char *slash = strrchr(path, '/');
-    const char *start = path;
-    if (!slash) {
-        snprintf(out, size, "board");
-        return;
-    }
-    for (const char *p = path; p < slash; p++)
-        if (*p == '/')
-            start = p + 1;
-    snprintf(out, size, "%.*s", (int)(slash - start), start);
+    char dir[4096], *real;
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    real = realpath(dir[0] ? dir : "/", NULL);
+    snprintf(out, size, "%s", real ? mood_path_basename(real) : "board");
     if (!out[0])
         snprintf(out, size, "board");
+    free(real);
 }
 
 /* Tags of one folder in first-seen order, as kohya counts them. */

@@ -112,4 +112,9 @@ expect_rc 0 "train on a .caption caption" "$MOOD" train --name capst --board cap
     --steps 1 --rank 4 --no-register
 check "the .caption caption used" py "$META"'
 m=meta("capst.safetensors"); t=json.loads(m["ss_tag_frequency"]); assert t["capb"]=={"inky": 1, "apple drawing": 1}, t'
+# the folder's key in ss_dataset_dirs is its real name however the path was typed
+(cd capb && "$MOOD" train --name dotb --board . --model "$MODEL" --steps 1 --rank 4 --no-register \
+    -o ../dotb.safetensors >/dev/null 2>&1)
+check "--board . is keyed by the folder's name" py "$META"'
+m=meta("dotb.safetensors"); assert list(json.loads(m["ss_dataset_dirs"]))==["capb"], m["ss_dataset_dirs"]'
 finish
