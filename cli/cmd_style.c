@@ -589,6 +589,12 @@ int cmd_rm(int argc, char **argv)
     }
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
+    /* every name first: a mistyped one among several removes none, not the ones before it */
+    for (int i = 1; argc > 2 && i < argc && !err; i++) {
+        char *json = NULL;
+        err = mood_registry_show_json(&json, r, argv[i]);
+        mood_registry_free_string(json);
+    }
     for (int i = 1; i < argc && !err; i++) {
         if ((err = mood_registry_rm(r, argv[i])) == 0)
             printf("removed %s\n", argv[i]);

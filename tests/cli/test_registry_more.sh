@@ -213,4 +213,11 @@ echo '[1,2' >"$tmp/sk/bad.civitai.info"
 expect_rc 0 "oversized and malformed sidecars are skipped" "$MOOD" import --offline "$tmp/sk" --json
 check "both listed as skipped" py 'import json,sys; s={x["file"].rsplit("/",1)[1]:x["reason"] for x in json.load(open(sys.argv[1]))["skipped"]}; assert s["big.json"]=="20 MB, more than the 16 MB limit" and s["bad.civitai.info"]=="not a JSON object", s' "$tmp/out"
 
+# --- rm of several names, one mistyped: none removed ---
+export MOOD_HOME=$tmp/h-rm
+expect_rc 0 "two styles" "$MOOD" import --offline "$FIX/lycoris/loha.safetensors" "$FIX/lycoris/lokr.safetensors"
+expect_rc 1 "rm with a mistyped name among others" "$MOOD" rm loha nosuchstyle lokr
+check "names the mistyped one" grep -q "nosuchstyle" "$tmp/err"
+expect_rc 0 "the first is still there" "$MOOD" show loha
+
 finish
