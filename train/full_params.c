@@ -312,6 +312,8 @@ static int copy_tree(const char *src, const char *dst, const char *rel, int with
             continue;
         else if (is_dir(from))
             err = copy_tree(src, dst, r, with_te);
+        else if (!*rel && strcmp(e->d_name, "model_index.json") != 0)
+            continue; /* the base's README, training notes, loss curves: not the new model's */
         else
             err = copy_file(from, to);
     }

@@ -220,6 +220,10 @@ for f in ("tinybase/unet/diffusion_pytorch_model.safetensors", "tinybase/text_en
     assert h and all(t["dtype"]=="F16" for t in h.values()), f'
 check "loss curve beside it" test "$(wc -l <tinybase.loss.csv)" -eq 3
 check "no temporary folders left" test -z "$(ls -d tinybase.tmp-* tinybase.old-* 2>/dev/null)"
+mkdir -p documented && cp -r "$MODEL"/. documented/ && echo "the base's story" >documented/README.md
+expect_rc 0 "train --full from a base with a README" "$MOOD" train --full --name fromdoc \
+    --board board --model documented --res 64 --steps 1
+check "the base's README not copied as the new model's" test ! -e fromdoc/README.md -a -f fromdoc/model_index.json
 expect_rc 1 "not registered as a style" "$MOOD" show tinybase
 expect_rc 0 "generate with it" "$MOOD" gen "a cat" --model tinybase --size 64x64 --steps 2 --seed 1 \
     -o base.png

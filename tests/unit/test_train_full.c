@@ -558,7 +558,9 @@ static const char *broken_base(void)
         MOOD_CHECK(realpath(in_dir(fixture("pipeline/tiny-sd"), parts[i]), src) != NULL);
         MOOD_CHECK(symlink(src, in_dir(dir, parts[i])) == 0);
     }
-    MOOD_CHECK(symlink("/nonexistent/mood-test", in_dir(dir, "zz-missing.json")) == 0);
+    /* in a folder of the model (top-level files but model_index.json are not copied) */
+    MOOD_CHECK(mkdir(in_dir(dir, "zz-extra"), 0755) == 0);
+    MOOD_CHECK(symlink("/nonexistent/mood-test", in_dir(dir, "zz-extra/missing.json")) == 0);
     return dir;
 }
 
