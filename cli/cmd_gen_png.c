@@ -17,6 +17,7 @@
  * share one noise draw, writes "RNG: torch-cpu" with "Batch size" and "Batch pos".
  */
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
@@ -78,7 +79,8 @@ static void release_names(const gen_run *r, int n)
 }
 
 /* Claims every image name of the run by creating it empty and exclusively: 1 when all were
- * free, 0 when one was taken (those claimed are released again). */
+ * free, 0 when one was taken, -1 when one cannot be created at all (an unwritable folder: the
+ * write says why); those claimed are released again. */
 static int reserve_names(const gen_run *r)
 {
     for (int i = 1; i <= r->args.opts.batch; i++) {
@@ -88,8 +90,9 @@ static int reserve_names(const gen_run *r)
             cli_claim_add(p);
         free(p);
         if (fd < 0) {
+            int taken = errno == EEXIST;
             release_names(r, i - 1);
-            return 0;
+            return taken ? 0 : -1;
         }
         close(fd);
     }
@@ -104,8 +107,11 @@ void gen_pick_default_output(gen_run *r)
 {
     unsigned long long seed = (unsigned long long)r->args.opts.seed;
     snprintf(r->default_output, sizeof r->default_output, "mood-%llu.png", seed);
-    for (int v = 2; !(r->reserved = reserve_names(r)) && v < 100000; v++)
+    int got;
+    /* another name only when this one is taken: any other failure would fail every name */
+    for (int v = 2; (got = reserve_names(r)) == 0 && v < 100000; v++)
         snprintf(r->default_output, sizeof r->default_output, "mood-%llu-v%d.png", seed, v);
+    r->reserved = got > 0;
 }
 
 void gen_release_default_output(gen_run *r)

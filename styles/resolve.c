@@ -203,6 +203,15 @@ static int parse_rank(const char *s)
     return *p ? -1 : 0;
 }
 
+/* A DyLoRA rank (4th positional or dyn=) is taken and said to be ignored: mood has no rank cut. */
+static void warn_dyn(const char *tag, const char *how, const char *rank, const char *name)
+{
+    mood_log(MOOD_LOG_WARN,
+             "prompt tag <%s>: %s%s (DyLoRA rank truncation) is ignored: mood applies %s at its "
+             "full rank, so the image may differ from A1111's",
+             tag, how, rank, name);
+}
+
 /* One named argument KEY=VALUE (eq at the '='). Returns 0, or an error naming the tag. */
 static int tag_named(tag_args *t, const char *tag, char *arg, char *eq, int lora, double *te,
                      int *has_te, double *unet, int *has_unet)
@@ -219,10 +228,7 @@ static int tag_named(tag_args *t, const char *tag, char *arg, char *eq, int lora
         if (parse_rank(v) != 0)
             return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: dyn=%s is not a whole number", tag,
                                   v);
-        mood_log(MOOD_LOG_WARN,
-                 "prompt tag <%s>: dyn=%s (DyLoRA rank truncation) is ignored: mood applies %s "
-                 "at its full rank, so the image may differ from A1111's",
-                 tag, v, t->name);
+        warn_dyn(tag, "dyn=", v, t->name);
     } else if (!strcmp(arg, "hash") && lora) {
         t->hash = v;
     } else {
@@ -268,10 +274,7 @@ static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
                                  "not a whole number",
                                  tag, p);
         else if (positional == 3)
-            mood_log(MOOD_LOG_WARN,
-                     "prompt tag <%s>: rank %s (DyLoRA rank truncation) is ignored: mood applies "
-                     "%s at its full rank, so the image may differ from A1111's",
-                     tag, p, t->name);
+            warn_dyn(tag, "rank ", p, t->name);
         else
             mood_log(MOOD_LOG_WARN, "prompt tag <%s>: \"%s\" is one argument too many; ignored",
                      tag, p);

@@ -62,6 +62,13 @@ check "the first image kept" py 'import sys; assert b"a red apple" in open("mood
 expect_rc 0 "a batch of 2 without -o" "$MOOD" "${gen[@]}" --batch 2
 check "its own names" test -s mood-1-1.png -a -s mood-1-2.png
 
+# without -o in a folder that cannot be written: one clear failure, not a search through names
+if [ "$(id -u)" != 0 ]; then # root writes anyway
+    mkdir ro && chmod 555 ro
+    expect_rc 2 "gen without -o in a read-only folder" sh -c 'cd ro && exec timeout 60 "$@"' _ "$MOOD" "${gen[@]}"
+    chmod 755 ro
+fi
+
 # a preview that cannot be written is said once and the image still made
 mkdir -p pv.png.preview.png
 expect_rc 0 "gen with an unwritable preview" "$MOOD" "${gen[@]}" --preview-every 1 -o pv.png
