@@ -25,7 +25,8 @@ const char cmd_hash_help[] =
     "and shows the sshs_model_hash / sshs_legacy_hash stored in the metadata, flagging an\n"
     "sshs_model_hash that differs from the computed AutoV3 (A1111 reports the stored value).\n"
     "Hashes are lower-case hex, as A1111 and kohya write them (Civitai finds them in any case).\n\n"
-    "  --json    print the same as a JSON object\n\n"
+    "  --json    print the same as a JSON object (autov3: all 64 hex, as mood inspect and\n"
+    "            the registry give it; autov3_short: the 12 shown)\n\n"
     "Exit status: 0 ok, 1 bad usage or FILE not a regular file (a folder, a pipe, a device),\n"
     "2 file missing or unreadable.\n";
 
@@ -118,10 +119,12 @@ static int print_json(const char *path, const mood_file_hashes *h)
     cJSON_AddStringToObject(o, "sha256", buf);
     cJSON_AddBoolToObject(o, "is_safetensors", h->is_safetensors);
     if (h->is_safetensors) {
-        lower(buf, h->autov3, 12);
-        cJSON_AddStringToObject(o, "autov3", buf);
+        /* the field names of mood inspect --json and the registry's: full hash, then the 12 hex
+         * A1111 and Civitai show */
         lower(buf, h->autov3, 64);
-        cJSON_AddStringToObject(o, "autov3_sha256", buf);
+        cJSON_AddStringToObject(o, "autov3", buf);
+        lower(buf, h->autov3, 12);
+        cJSON_AddStringToObject(o, "autov3_short", buf);
     }
     lower(buf, h->crc32, 8);
     cJSON_AddStringToObject(o, "crc32", buf);

@@ -19,12 +19,12 @@ grep -oE '[0-9A-Fa-f]{8,}' <<<"$out" | grep -q '[A-F]' && fail "text output: upp
 python3 - "$tmp/mock.json" <<'EOF' || fail "--json output"
 import json, sys
 d = json.load(open(sys.argv[1]))
-want = {"size": 220, "autov2": "3b4b65d642", "autov3": "e00e5eb94441", "crc32": "d04ae41e",
+want = {"size": 220, "autov2": "3b4b65d642", "autov3_short": "e00e5eb94441", "crc32": "d04ae41e",
         "crc32_zlib": "1ee44ad0", "autov1": "e3b0c442", "autov1_civitai": False,
         "is_safetensors": True, "sshs_model_hash_status": "absent",
         "a1111_shorthash": "e00e5eb94441",
         "sha256": "3b4b65d6428f8f873a91db79353c66ea470c0de01e159cd805dfc4527ea37a59",
-        "autov3_sha256": "e00e5eb9444182f352323374ef4e08ebcb784725fdd4fd612d7730540b3e0c8c"}
+        "autov3": "e00e5eb9444182f352323374ef4e08ebcb784725fdd4fd612d7730540b3e0c8c"}
 bad = {k: (d.get(k), v) for k, v in want.items() if d.get(k) != v}
 if bad:
     sys.exit("mismatch: %r" % bad)
