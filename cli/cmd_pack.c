@@ -3,6 +3,7 @@
  * `mood pack import FILE [--json]`: sharing styles as one file (include/mood/pack.h).
  */
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -50,6 +51,22 @@ static int fail(int err, const char *pack)
     return err == MOOD_ENOTFOUND && (!pack || access(pack, F_OK) == 0) ? 1 : rc;
 }
 
+/* Keeps the first of names that the registry takes for one style (its names are unique up to
+ * ASCII case: SQLite's NOCASE), so that `pack export a A a` reports the one style it writes.
+ * Returns the new count. */
+static size_t drop_repeated_names(char **names, size_t n)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < kept && strcasecmp(names[j], names[i]) != 0)
+            j++;
+        if (j == kept)
+            names[kept++] = names[i];
+    }
+    return kept;
+}
+
 int cmd_pack_export(int argc, char **argv)
 {
     mood_pack_export_options o;
@@ -77,6 +94,7 @@ int cmd_pack_export(int argc, char **argv)
         else
             argv[n++] = argv[i];
     }
+    n = drop_repeated_names(argv, n);
     if (!rc && !n)
         rc = cli_usage_error("pack export", "name at least one style to export");
     if (!rc && !out)

@@ -42,6 +42,11 @@ expect_rc 0 "export" "$MOOD" pack export inkwash combo film-grain sd1_locon_fp16
 check "export json" grep -q '"reference_only":.*false' "$tmp/out"
 expect_rc 0 "export again" "$MOOD" pack export inkwash combo film-grain sd1_locon_fp16 -o "$tmp/p2.moodpack"
 check "export is reproducible" cmp -s "$tmp/p.moodpack" "$tmp/p2.moodpack"
+# one style named three ways (names are unique up to case) is one style, written and reported once
+expect_rc 0 "export a name repeated" "$MOOD" pack export inkwash INKWASH inkwash -o "$tmp/one.moodpack" --json
+check "repeated name reported once" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["styles"]==["inkwash"], d' "$tmp/out"
+expect_rc 0 "export a name repeated (text)" "$MOOD" pack export inkwash Inkwash -o "$tmp/one.moodpack"
+check "repeated name counted once" grep -q "(1 style)" "$tmp/out"
 [ $have_zstd = 1 ] && check "zstd tar, manifest first" test "$(zstd -dc "$tmp/p.moodpack" | tar tf - | head -1)" = manifest.json
 expect_rc 1 "export unknown style" "$MOOD" pack export nosuch -o "$tmp/x.moodpack"
 check "unknown style named" grep -q nosuch "$tmp/err"
