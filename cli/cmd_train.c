@@ -64,7 +64,7 @@ const char cmd_train_help[] =
     "                       encoder) instead of a LoRA: a new base model, written as a\n"
     "                       diffusers folder (-o, default NAME/) and not registered as a style;\n"
     "                       the base must be a diffusers folder (tools/mood_tiny/train.sh), not\n"
-    "                       SDXL\n"
+    "                       SDXL; --rank, --alpha and --targets (a LoRA's) are refused\n"
     "  --sample-every N     render sample previews every N steps and at the end (default: off,\n"
     "                       see below; 0 off)\n"
     "  --sample-prompt P    a preview prompt; repeat for more (default: \"TRIGGER, a portrait\"\n"
@@ -389,6 +389,9 @@ static int parse_args(train_args *a, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         int rc;
+        if (!a->lora_option &&
+            (strcmp(s, "--rank") == 0 || strcmp(s, "--alpha") == 0 || strcmp(s, "--targets") == 0))
+            a->lora_option = s; /* and read below */
         if (strcmp(s, "--json") == 0)
             a->json = 1;
         else if (strcmp(s, "--te") == 0)
@@ -420,6 +423,12 @@ static int parse_args(train_args *a, int argc, char **argv)
     }
     if (!a->o.name || !a->n_board || !a->o.model)
         return cli_usage_error("train", "--name, --board and --model are needed");
+    /* they shape a LoRA; full-parameter training has none, and ignoring them would leave the
+     * user believing a rank or targets chose what was trained */
+    if (a->o.full && a->lora_option)
+        return cli_usage_error("train", "%s shapes a LoRA; --full trains every weight and makes "
+                                        "none (leave %s out)",
+                               a->lora_option, a->lora_option);
     if (mood_registry_name_check(a->o.name) != 0)
         return cli_usage_error("train", "%s", mood_error_last());
     return choose_device(a);

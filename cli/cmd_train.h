@@ -34,6 +34,7 @@ typedef struct train_args {
     size_t n_prompts;
     int sample_every_set, sample_asked; /* --sample-every given; any --sample-* given */
     int checkpoint_every_set;           /* --checkpoint-every given */
+    const char *lora_option;            /* the first of --rank, --alpha, --targets given */
     char *samples_dir;                  /* OUT.samples */
     char **sample_prompts_used;         /* the prompts as rendered (trigger filled in) */
     size_t n_sample_prompts_used;

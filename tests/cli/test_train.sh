@@ -131,6 +131,9 @@ expect_rc 1 "bf16 on the CPU" "$MOOD" train --name x --board board --model "$MOD
 expect_rc 1 "bad --precision" "$MOOD" train --name x --board board --model "$MODEL" --precision fp8
 expect_rc 1 "--full in bf16" "$MOOD" train --full --name x --board board --model "$MODEL" --precision bf16
 check "--full in bf16: says why" grep -q "trains in fp32" "$tmp/err"
+expect_rc 1 "--full with a LoRA's --targets" "$MOOD" train --full --name x --board board --model "$MODEL" \
+    --targets all
+check "--full with --targets: says why" grep -q -- "--targets shapes a LoRA; --full trains every weight" "$tmp/err"
 expect_rc 1 "bad --ip-noise-gamma" "$MOOD" train --name x --board board --model "$MODEL" --ip-noise-gamma 1.5
 expect_rc 1 "empty timestep range" "$MOOD" train --name x --board board --model "$MODEL" --res 64 \
     --steps 2 --min-timestep 600 --max-timestep 600
