@@ -185,22 +185,38 @@ static void train_log(int level, const char *message, void *payload)
     }
 }
 
-/* Said before the run, not after it: a style NAME that exists already means this one will be
- * registered under another name (as an import of a file with a taken name is). */
-static void say_name_taken(const train_args *a)
+/* The registry, checked before the run rather than after it (minutes of training lost to a
+ * registry that cannot take the style): one that cannot be opened (not a database, a newer
+ * schema) or is read-only stops here with what to do; a style NAME that exists already is said,
+ * as this one will be registered under another name (as an import of a file with a taken name
+ * is). Returns 0 or the exit status. */
+static int check_registry_first(const train_args *a)
 {
     mood_registry *r = NULL;
     char *free_name = NULL;
+    int err, rc = 0;
     mood_log_set(NULL, NULL); /* "no registry yet" is no news here: training makes it */
-    if (mood_registry_open(&r, NULL) == 0 &&
-        mood_registry_name_suggest(&free_name, r, a->o.name) == 0 && strcmp(free_name, a->o.name))
+    if ((err = mood_registry_open(&r, NULL)) != 0) {
+        rc = cli_fail(err);
+        fprintf(stderr, "mood: nothing trained: the style could not be registered (repair or move "
+                        "the registry, or train with --no-register and import the file later)\n");
+    } else if (mood_registry_read_only(r)) {
+        fprintf(stderr,
+                "mood: error: the registry %s is read-only: the style could not be registered "
+                "(make it writable, or train with --no-register and import the file later)\n",
+                mood_registry_home(r));
+        rc = 2;
+    } else if (mood_registry_name_suggest(&free_name, r, a->o.name) == 0 &&
+               strcmp(free_name, a->o.name)) {
         fprintf(stderr,
                 "mood: note: a style named '%s' exists already; this one will be registered as "
                 "'%s' (stop now and give another --name, or 'mood rm %s' first, to choose)\n",
                 a->o.name, free_name, a->o.name);
+    }
     mood_registry_free_string(free_name);
     mood_registry_close(r);
     mood_log_set(train_log, (void *)a);
+    return rc;
 }
 
 /* ----- arguments ----------------------------------------------------------------------------- */
@@ -536,17 +552,16 @@ int cmd_train(int argc, char **argv)
     mood_log_set(train_log, &a);
     if ((rc = parse_args(&a, argc, argv)) == 0 &&
         (rc = cli_find_model(&a.model_path, a.o.model)) == 0 && (rc = set_files(&a)) == 0) {
-        if (!a.no_register)
-            say_name_taken(&a);
-        err = mood_train_run(&a.o);
+        rc = a.no_register ? 0 : check_registry_first(&a);
+        err = rc ? 0 : mood_train_run(&a.o);
         if (err == MOOD_ECANCELLED) {
             fprintf(stderr, "\nmood: stopped; the checkpoint %s continues with --resume\n", a.ckpt);
             rc = 130;
         } else if (err) {
             rc = cli_fail(err);
-        } else if (!a.no_register && (rc = train_register(&a, &res)) == 0) {
+        } else if (!rc && !a.no_register && (rc = train_register(&a, &res)) == 0) {
             rc = report(&a, &res);
-        } else if (a.no_register) {
+        } else if (!rc && a.no_register) {
             rc = report(&a, &res);
         }
     }
