@@ -68,7 +68,10 @@ const char cmd_train_help[] =
     "  --sample-every N     render sample previews every N steps and at the end (default: off,\n"
     "                       see below; 0 off)\n"
     "  --sample-prompt P    a preview prompt; repeat for more (default: \"TRIGGER, a portrait\"\n"
-    "                       and \"TRIGGER, a landscape\"; {trigger} is replaced)\n"
+    "                       and \"TRIGGER, a landscape\"; {trigger} is replaced); kohya's\n"
+    "                       per-prompt options work: \"a cat --n blurry --w 512 --h 768\n"
+    "                       --d 1 --s 28 --l 7 --ss euler_a\" (negative, size, seed, steps,\n"
+    "                       cfg, sampler)\n"
     "  --sample-steps S     sampler steps of a preview (default 20)\n"
     "  --device cpu|cuda    where the UNet trains (default: the GPU when there is one)\n"
     "  --precision P        on the GPU: bf16 (default: bf16 weights and products, fp32\n"
@@ -442,8 +445,9 @@ static int parse_args(train_args *a, int argc, char **argv)
     /* they shape a LoRA; full-parameter training has none, and ignoring them would leave the
      * user believing a rank or targets chose what was trained */
     if (a->o.full && a->lora_option)
-        return cli_usage_error("train", "%s shapes a LoRA; --full trains every weight and makes "
-                                        "none (leave %s out)",
+        return cli_usage_error("train",
+                               "%s shapes a LoRA; --full trains every weight and makes "
+                               "none (leave %s out)",
                                a->lora_option, a->lora_option);
     if (mood_registry_name_check(a->o.name) != 0)
         return cli_usage_error("train", "%s", mood_error_last());

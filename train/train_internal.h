@@ -292,11 +292,23 @@ int mood__loss_png(const char *path, const float *losses, int64_t n, const char 
 
 /* ----- sample.c --------------------------------------------------------------------------- */
 
+/* One preview prompt as rendered: its text with the trigger word filled in and kohya's per-prompt
+ * options (--n, --w, ...) taken out into the fields they set (0 / NULL: the run's setting). */
+typedef struct mood__sample_prompt {
+    char *text, *negative;
+    int width, height, steps;
+    double cfg; /* < 0: the run's */
+    int has_seed, has_sampler;
+    uint64_t seed;
+    mood_sampler_kind sampler;
+    mood_sigma_schedule schedule;
+} mood__sample_prompt;
+
 typedef struct mood__train_samples {
     const mood_train_options *o;
-    mood_model *m;  /* with the side paths of the LoRA being trained */
-    char **prompts; /* the prompts with the trigger word filled in */
-    size_t n;       /* 0: previews off */
+    mood_model *m; /* with the side paths of the LoRA being trained */
+    mood__sample_prompt *prompts;
+    size_t n; /* 0: previews off */
     int size, clip_skip;
 } mood__train_samples;
 

@@ -326,7 +326,11 @@ typedef struct mood_train_options {
     int sample_every;
     const char *const *sample_prompts; /* "{trigger}" is replaced by the board's trigger word
                                           (without one, with the ", " after it); none (n 0):
-                                          "{trigger}, a portrait", "{trigger}, a landscape" */
+                                          "{trigger}, a portrait", "{trigger}, a landscape".
+                                          A prompt may end with kohya's per-prompt options
+                                          (its sample_prompts lines): --n NEGATIVE, --w W,
+                                          --h H, --d SEED, --s STEPS, --l CFG, --ss SAMPLER;
+                                          they win over the settings below for that prompt */
     size_t n_sample_prompts;           /* at most 64 */
     const char *sample_negative;       /* may be NULL */
     int sample_steps;                  /* sampler steps (Euler a); 0: 20 */

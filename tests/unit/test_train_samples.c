@@ -48,8 +48,8 @@ typedef struct seen_sample {
     int64_t step;
     int final;
     size_t index, count;
-    char prompt[128];
-    mood_gen_options gen; /* prompt pointing at `prompt` */
+    char prompt[128], negative[64];
+    mood_gen_options gen; /* prompt and negative pointing at `prompt` and `negative` */
     float *image;         /* copy, 3 x h x w */
 } seen_sample;
 
@@ -75,7 +75,8 @@ static int on_sample(const mood_train_sample *s, void *payload)
     snprintf(x->prompt, sizeof x->prompt, "%s", s->gen->prompt);
     x->gen = *s->gen;
     x->gen.prompt = x->prompt;
-    x->gen.negative = NULL;
+    snprintf(x->negative, sizeof x->negative, "%s", s->gen->negative ? s->gen->negative : "");
+    x->gen.negative = x->negative;
     if ((x->image = malloc(px * sizeof(float))) != NULL)
         memcpy(x->image, s->image, px * sizeof(float));
     MOOD_CHECK(s->model != NULL);
@@ -264,6 +265,52 @@ static void test_preview_stop_and_options(void)
     MOOD_CHECK(v.n == 0);
 }
 
+/* kohya's per-prompt options in a preview prompt (its sample_prompts lines) set that prompt's
+ * negative prompt, size, seed, steps, guidance and sampler, and are not part of the prompt. */
+static void test_preview_kohya_options(void)
+{
+    mood_train_options o;
+    const char *board[1];
+    seen v;
+    const char *prompts[2] = {
+        "{trigger}, a cat --n blurry, low quality --W 72 --h 60 --d 18446744073709551615 --s 2 "
+        "--l 2.5 --ss k_euler",
+        "a dog --g 3.5"};
+    const char *bad[1] = {"a cat --zz 1"};
+    memset(&v, 0, sizeof v);
+    base_options(&o, board, "kohya-prompts.safetensors");
+    o.sample_every = 100; /* the end only */
+    o.sample_steps = 3;
+    o.sample_negative = "the run's negative";
+    o.sample_prompts = prompts;
+    o.n_sample_prompts = 2;
+    o.sample = on_sample;
+    o.sample_payload = &v;
+    MOOD_CHECK_OK(mood_train_run(&o));
+    MOOD_CHECK_MSG(v.n == 2, "%d previews", v.n);
+    if (v.n == 2) {
+        const mood_gen_options *a = &v.s[0].gen, *b = &v.s[1].gen;
+        MOOD_CHECK_MSG(strcmp(v.s[0].prompt, "sks, a cat") == 0, "prompt '%s'", v.s[0].prompt);
+        MOOD_CHECK(strcmp(v.s[0].negative, "blurry, low quality") == 0);
+        /* 60 rounds down to 56 (a multiple of 8), at least 64: 64 */
+        MOOD_CHECK_MSG(a->width == 72 && a->height == 64, "%dx%d", a->width, a->height);
+        MOOD_CHECK(a->seed == UINT64_MAX && a->steps == 2 && a->cfg == 2.5);
+        MOOD_CHECK(a->sampler == MOOD_SAMPLER_EULER);
+        /* the second prompt keeps the run's settings; Flux's --g is ignored */
+        MOOD_CHECK_MSG(strcmp(v.s[1].prompt, "a dog") == 0, "prompt '%s'", v.s[1].prompt);
+        MOOD_CHECK(strcmp(v.s[1].negative, "the run's negative") == 0);
+        MOOD_CHECK(b->width == 64 && b->height == 64 && b->steps == 3 && b->seed == 1);
+        MOOD_CHECK(b->sampler == MOOD_SAMPLER_EULER_A && b->cfg == 7.0);
+    }
+    seen_dispose(&v);
+    /* an option kohya does not have fails before any work, naming it */
+    o.sample_prompts = bad;
+    o.n_sample_prompts = 1;
+    MOOD_CHECK(mood_train_run(&o) == MOOD_EINVAL);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "--zz") != NULL, "%s", mood_error_last());
+    MOOD_CHECK(v.n == 0);
+}
+
 /* ----- thumbnails ------------------------------------------------------------------------------
  */
 
@@ -375,4 +422,4 @@ static void test_thumbnails(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_thumbnails), MOOD_T(test_previews),
-               MOOD_T(test_preview_stop_and_options))
+               MOOD_T(test_preview_stop_and_options), MOOD_T(test_preview_kohya_options))
