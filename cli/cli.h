@@ -60,8 +60,9 @@ void cli_adapters_dispose(cli_adapters *l);
 int cli_parse_dtype(mood_dtype *out, const char *s);
 
 /* The base model a --model argument names (malloc'd into *out): a file or folder as given, else a
- * name under $MOOD_HOME/models/ (NAME, NAME.safetensors: what mood demo registers), else, with
- * no argument, $MOOD_MODEL. Returns 0, or the exit status after printing why. */
+ * name under $MOOD_HOME/models/ (NAME, NAME.safetensors: what mood demo registers), else
+ * "mood-tiny" is the bundled model in mood's data folder; with no argument, $MOOD_MODEL.
+ * Returns 0, or the exit status after printing why. */
 int cli_find_model(char **out, const char *arg);
 
 /* The compute device: the global option `mood --device cpu|cuda[:N]|auto <command>` (NULL when

@@ -348,6 +348,21 @@ int cli_find_model(char **out, const char *arg)
         }
         mood_registry_free_string(home);
     }
+    if (strcmp(arg, "mood-tiny") == 0) { /* the bundled model, before `mood demo` links it */
+        char data[4096];
+        if (mood_data_dir(data, sizeof data) == 0) {
+            size_t n = strlen(data) + sizeof "/mood-tiny";
+            char *p = malloc(n);
+            if (!p)
+                return 2;
+            snprintf(p, n, "%s/mood-tiny", data);
+            if (path_exists(p)) {
+                *out = p;
+                return 0;
+            }
+            free(p);
+        }
+    }
     fprintf(stderr, "mood: error: model '%s': no such file, folder or name in $MOOD_HOME/models\n",
             arg);
     return 2;

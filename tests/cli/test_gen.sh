@@ -8,7 +8,7 @@
 # hash first) gives the same bytes, --from-png names each setting of an image it cannot
 # reproduce, merge and runtime LoRA modes agree, an SDXL LoRA is refused, bad options fail
 # with exit 1 and a missing model with exit 2; an SDXL folder (with an SGM LoRA) and Playground
-# v2.5 generate.
+# v2.5 generate; --model mood-tiny finds the shipped model without a registry.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -283,4 +283,8 @@ expect_rc 0 "gen playground v2.5" "$MOOD" gen "$PROMPT" --model "$X/pg25" --step
     --sampler dpmpp_2m --seed 1 -o "$tmp/pg.png"
 expect_rc 1 "DDIM on an EDM model" "$MOOD" gen "$PROMPT" --model "$X/pg25" --steps 4 --sampler ddim
 check "says EDM" grep -q "EDM" "$tmp/err"
+# the shipped model answers to its name before `mood demo` has registered anything
+expect_rc 0 "--model mood-tiny with an empty registry" env MOOD_HOME="$tmp/nohome" "$MOOD" gen \
+    "a red apple" --model mood-tiny --steps 2 --seed 1 -o "$tmp/tiny.png"
+check "--model mood-tiny: an image" test -s "$tmp/tiny.png"
 finish
