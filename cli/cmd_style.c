@@ -32,8 +32,9 @@ const char cmd_show_help[] =
 
 const char cmd_search_help[] =
     "usage: mood search QUERY [--json]\n\n"
-    "Finds styles whose name, trigger words, tags or description contain every word of QUERY\n"
-    "(as a word or the start of one: 'ink' finds 'inkwash'), best match first.\n\n"
+    "Finds styles whose name, trigger words, tags, description, notes or Civitai model and\n"
+    "version names contain every word of QUERY (as a word or the start of one: 'ink' finds\n"
+    "'inkwash'), best match first.\n\n"
     "  --json    print a JSON array, as 'mood list --json'\n";
 
 const char cmd_style_create_help[] =

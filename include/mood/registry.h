@@ -136,8 +136,9 @@ MOOD_WARN_UNUSED int mood_registry_list_json(char **out, mood_registry *r, const
  * "tags", "previews" [{sha256, media_type, origin, nsfw_level, path}], "board" (mood board
  * thumbnails) and "files" (other roles) [{role, sha256, media_type, name, width, height, path}]. */
 MOOD_WARN_UNUSED int mood_registry_show_json(char **out, mood_registry *r, const char *name);
-/* Full-text search over names, trigger words, tags and descriptions; every word of `query` is
- * matched as a prefix. Same shape as list, best match first. */
+/* Full-text search over names, trigger words, tags, descriptions, notes and the Civitai model
+ * and version names of the styles' LoRAs; every word of `query` is matched as a prefix. Same
+ * shape as list, best match first. */
 MOOD_WARN_UNUSED int mood_registry_search_json(char **out, mood_registry *r, const char *query);
 
 /* The style holding the adapter whose SHA-256 (AutoV2) or AutoV3 starts with `hash` (8 to 64 hex

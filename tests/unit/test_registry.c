@@ -226,7 +226,7 @@ static void test_sidecars(void)
         src, "grain.civitai.info",
         "{\"id\": 900101, \"modelId\": 900001, \"name\": \"v1.0\", \"baseModel\": \"SD 1.5\","
         " \"trainedWords\": [\"kodak portra\", \"35mm\"], \"model\": {\"name\": \"Film "
-        "Grain\", \"nsfw\": false}}");
+        "Grain Deluxe\", \"nsfw\": false}}");
     write_text(src, "grain.txt", "halation\n");
     write_png(src, "grain.preview.png");
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
@@ -242,7 +242,7 @@ static void test_sidecars(void)
     src0 = cJSON_GetArrayItem(
         cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0), "sources"),
         0);
-    MOOD_CHECK(src0 && strcmp(str(src0, "model_name"), "Film Grain") == 0);
+    MOOD_CHECK(src0 && strcmp(str(src0, "model_name"), "Film Grain Deluxe") == 0);
     MOOD_CHECK(src0 && strcmp(str(src0, "base_model"), "SD 1.5") == 0);
     MOOD_CHECK(src0 &&
                cJSON_GetNumberValue(cJSON_GetObjectItem(src0, "civitai_version_id")) == 900101);
@@ -256,6 +256,13 @@ static void test_sidecars(void)
     MOOD_CHECK(hits && strstr(hits, "\"grain\""));
     mood_registry_free_string(hits);
     MOOD_CHECK_OK(mood_registry_search_json(&hits, r, "halat"));
+    MOOD_CHECK(hits && strstr(hits, "\"grain\""));
+    mood_registry_free_string(hits);
+    /* ... the notes, and the Civitai model's name (words in none of the style's own fields) */
+    MOOD_CHECK_OK(mood_registry_search_json(&hits, r, "best"));
+    MOOD_CHECK(hits && strstr(hits, "\"grain\""));
+    mood_registry_free_string(hits);
+    MOOD_CHECK_OK(mood_registry_search_json(&hits, r, "delux"));
     MOOD_CHECK(hits && strstr(hits, "\"grain\""));
     mood_registry_free_string(hits);
     /* a damaged sidecar is left out; the LoRA is imported anyway */
@@ -988,7 +995,7 @@ static void test_import_extras(void)
     write_png(src, "ink.png");
     extras_init(&x, pv, files);
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 4);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 5);
     MOOD_CHECK_OK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL));
     MOOD_CHECK(res.previews == 3 && !res.already);
     if (!(o = show(r, "ink"))) {
@@ -1093,15 +1100,23 @@ static void test_migration_4(void)
     MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
     MOOD_CHECK(sqlite3_exec(db,
                             "DROP TABLE style_files; ALTER TABLE styles DROP COLUMN training_json;"
-                            " PRAGMA user_version = 3",
+                            " DROP TRIGGER style_adapters_fts_ai; DROP TRIGGER style_adapters_fts_ad;"
+                            " DROP TRIGGER sources_fts_ai; DROP TRIGGER sources_fts_au;"
+                            " DROP TRIGGER sources_fts_ad; PRAGMA user_version = 3",
                             NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 4);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 5);
     if (r && (o = show(r, "ink")) != NULL) {
         MOOD_CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "training")));
         MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "board")) == 0);
         cJSON_Delete(o);
+    }
+    if (r) { /* migration 5 made the search index again, with the styles already there */
+        char *hits = NULL;
+        MOOD_CHECK_OK(mood_registry_search_json(&hits, r, "ink"));
+        MOOD_CHECK_MSG(hits && strstr(hits, "\"ink\""), "%s", hits ? hits : "(null)");
+        mood_registry_free_string(hits);
     }
     mood_registry_close(r);
 }
