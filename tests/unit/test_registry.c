@@ -1098,12 +1098,13 @@ static void test_migration_4(void)
     r = NULL;
     snprintf(db_path, sizeof db_path, "%s/registry.db", home);
     MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
-    MOOD_CHECK(sqlite3_exec(db,
-                            "DROP TABLE style_files; ALTER TABLE styles DROP COLUMN training_json;"
-                            " DROP TRIGGER style_adapters_fts_ai; DROP TRIGGER style_adapters_fts_ad;"
-                            " DROP TRIGGER sources_fts_ai; DROP TRIGGER sources_fts_au;"
-                            " DROP TRIGGER sources_fts_ad; PRAGMA user_version = 3",
-                            NULL, NULL, NULL) == SQLITE_OK);
+    MOOD_CHECK(
+        sqlite3_exec(db,
+                     "DROP TABLE style_files; ALTER TABLE styles DROP COLUMN training_json;"
+                     " DROP TRIGGER style_adapters_fts_ai; DROP TRIGGER style_adapters_fts_ad;"
+                     " DROP TRIGGER sources_fts_ai; DROP TRIGGER sources_fts_au;"
+                     " DROP TRIGGER sources_fts_ad; PRAGMA user_version = 3",
+                     NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK(r && mood_registry_schema_version(r) == 5);
