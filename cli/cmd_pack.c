@@ -34,10 +34,14 @@ const char cmd_pack_import_help[] =
     "is added and the message says which file of the pack was refused.\n\n"
     "LoRAs the pack only references (made with --reference-only) must already be in the\n"
     "registry; otherwise the import stops and lists each missing one with its SHA-256 and\n"
-    "AIR (import it with 'mood import'). A style whose name is taken is refused: rename or\n"
-    "remove yours first. So is a style whose LoRAs are made for different base families\n"
+    "AIR (import it with 'mood import'). A style whose name is taken by one of yours with\n"
+    "the same LoRAs (as 'mood import' of a referenced LoRA makes, or the same pack imported\n"
+    "again) is merged into yours: yours keeps its text, weights and board, and gains what\n"
+    "it lacks (description, notes, trigger words, template, negative prompt, weight) and the\n"
+    "pack's tags and previews. A name taken by a style with other LoRAs is refused: rename\n"
+    "or remove yours first. So is a style whose LoRAs are made for different base families\n"
     "(as 'mood style create' refuses one).\n\n"
-    "  --json    print {pack, styles, adapters_added, adapters_present, previews,\n"
+    "  --json    print {pack, styles, merged, adapters_added, adapters_present, previews,\n"
     "            attribution, license, created_by}\n\n"
     "Exit status: 0 imported, 1 the pack was refused (also when FILE is not a regular file:\n"
     "a folder, a named pipe) or needs missing LoRAs, 2 it is missing or could not be read, or\n"
@@ -170,6 +174,15 @@ int cmd_pack_import(int argc, char **argv)
         }
         printf(" (%d LoRA file%s added)\n", added ? (int)added->valuedouble : 0,
                added && added->valuedouble == 1 ? "" : "s");
+        if (cJSON_GetArraySize(cJSON_GetObjectItem(rep, "merged")) > 0) {
+            printf("merged into the styles of the same name and LoRAs you had (kept what they "
+                   "had, added what they lacked):");
+            cJSON_ArrayForEach(s, cJSON_GetObjectItem(rep, "merged"))
+            {
+                printf(" %s", s->valuestring);
+            }
+            printf("\n");
+        }
         cJSON_Delete(rep);
     }
     mood_registry_free_string(text);

@@ -49,21 +49,50 @@ static int check_adapters(store *s, const mood__pack_adapter_row *a, size_t n)
     return err;
 }
 
-static int check_names(mood_registry *r, const mood__pack_style_row *s, size_t n)
+/* Whether the registry's style `name` holds the LoRAs of pack style s: the same files in the same
+ * order, whatever their weights (*same_weights says whether those agree too). */
+static int same_loras(mood_registry *r, const mood__pack_style_row *s, int *same, int *same_weights)
+{
+    mood_style_lora *have = NULL;
+    size_t n = 0;
+    int err = mood_registry_style_loras(&have, &n, r, s->name);
+    *same = *same_weights = 0;
+    if (err)
+        return err;
+    *same = n == s->n_loras;
+    *same_weights = *same;
+    for (size_t i = 0; i < n && *same; i++) {
+        *same = strcmp(have[i].sha256, s->loras[i].sha256) == 0;
+        *same_weights = *same && *same_weights && have[i].unet == s->loras[i].unet &&
+                        have[i].te == s->loras[i].te;
+    }
+    mood_registry_free_string((char *)have);
+    return 0;
+}
+
+/* A pack style whose name is taken is refused, unless the style of that name holds the same LoRAs
+ * (a reference-only pack's LoRA imported with `mood import` first, which names its style after
+ * the file, as the pack does): then merge[i] is set and the pack's style is merged into it. */
+static int check_names(mood_registry *r, const mood__pack_style_row *s, size_t n,
+                       unsigned char *merge)
 {
     for (size_t i = 0; i < n; i++) {
         long long taken = 0;
-        int err;
+        int err, same = 0, same_weights = 0;
+        merge[i] = 0;
         if ((err = mood_registry_name_check(s[i].name)) != 0)
             return err;
         if ((err = mood__reg_query_int(r, &taken, "SELECT count(*) FROM styles WHERE name = ?1",
                                        s[i].name)) != 0)
             return err;
-        if (taken)
+        if (taken && (err = same_loras(r, &s[i], &same, &same_weights)) != 0)
+            return err;
+        if (taken && !same)
             return mood_error_set(MOOD_EINVAL,
-                                  "a style named '%s' exists already; rename or remove it "
-                                  "(mood rename, mood rm) before importing this pack",
+                                  "a style named '%s' exists already, with other LoRAs; rename or "
+                                  "remove it (mood rename, mood rm) before importing this pack",
                                   s[i].name);
+        merge[i] = (unsigned char)(taken ? 1 + !same_weights : 0);
     }
     return 0;
 }
@@ -128,7 +157,7 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
     return mood__reg_step_done(r, st, "recording where the adapter came from");
 }
 
-static int insert_children(mood_registry *r, const mood__pack_style_row *s, long long id)
+static int link_adapters(mood_registry *r, const mood__pack_style_row *s, long long id)
 {
     sqlite3_stmt *st = NULL;
     int err = 0;
@@ -144,6 +173,18 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
         sqlite3_bind_int(st, 5, (int)i);
         err = mood__reg_step_done(r, st, "linking an adapter");
     }
+    return err;
+}
+
+/* The pack style's tags, previews and board thumbnails, added to style `id`: tags and previews
+ * it has already are not added twice, new previews go after its own, and the board only when it
+ * has none (a style merged into one of the registry's keeps what that one had). */
+static int insert_children(mood_registry *r, const mood__pack_style_row *s, long long id)
+{
+    sqlite3_stmt *st = NULL;
+    long long boards = 0;
+    char idtext[32];
+    int err = 0;
     for (size_t i = 0; !err && i < s->n_tags; i++) {
         if ((err = mood__reg_prepare(r, &st,
                                      "INSERT OR IGNORE INTO tags(style_id, tag)"
@@ -154,20 +195,27 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
         err = mood__reg_step_done(r, st, "tagging a style");
     }
     for (size_t i = 0; !err && i < s->n_previews; i++) {
-        if ((err = mood__reg_prepare(r, &st,
-                                     "INSERT INTO previews(style_id, blob_sha256, media_type, "
-                                     "origin, position, nsfw_level) VALUES (?1, ?2, ?3, 'pack', "
-                                     "?4, ?5)")) != 0)
+        if ((err = mood__reg_prepare(
+                 r, &st,
+                 "INSERT INTO previews(style_id, blob_sha256, media_type, origin, position,"
+                 " nsfw_level) SELECT ?1, ?2, ?3, 'pack', (SELECT coalesce(max(position) + 1, 0)"
+                 " FROM previews WHERE style_id = ?1), ?4 WHERE NOT EXISTS (SELECT 1 FROM"
+                 " previews WHERE style_id = ?1 AND blob_sha256 = ?2)")) != 0)
             break;
         sqlite3_bind_int64(st, 1, id);
         mood__reg_bind_text(st, 2, s->previews[i].sha256);
         mood__reg_bind_utf8(st, 3, s->previews[i].media_type);
-        sqlite3_bind_int(st, 4, (int)i);
         if (s->previews[i].nsfw_level >= 0)
-            sqlite3_bind_int(st, 5, s->previews[i].nsfw_level);
+            sqlite3_bind_int(st, 4, s->previews[i].nsfw_level);
         err = mood__reg_step_done(r, st, "storing a preview");
     }
-    for (size_t i = 0; !err && i < s->n_board; i++) {
+    snprintf(idtext, sizeof idtext, "%lld", id);
+    if (!err)
+        err = mood__reg_query_int(r, &boards,
+                                  "SELECT count(*) FROM style_files WHERE role = 'board' AND"
+                                  " style_id = CAST(?1 AS INTEGER)",
+                                  idtext);
+    for (size_t i = 0; !err && !boards && i < s->n_board; i++) {
         const mood__pack_board_row *b = &s->board[i];
         if ((err = mood__reg_prepare(r, &st,
                                      "INSERT INTO style_files(style_id, role, blob_sha256,"
@@ -201,16 +249,23 @@ static int check_families(mood_registry *r, const mood__pack_style_row *s)
     return mood_error_set(err, "style '%s' of the pack: %s", s->name, why);
 }
 
-static int insert_style(mood_registry *r, const mood__pack_style_row *s)
+static int check_fields(const mood__pack_style_row *s)
 {
-    sqlite3_stmt *st = NULL;
-    long long id;
-    int err;
     if (s->template_text && s->template_text[0] && !strstr(s->template_text, "{prompt}"))
         return mood_error_set(MOOD_EFORMAT, "style '%s': template has no {prompt}", s->name);
     if (s->has_weight && (!isfinite(s->weight) || s->weight < -10 || s->weight > 10))
         return mood_error_set(MOOD_EFORMAT, "style '%s': weight %g is not from -10 to 10", s->name,
                               s->weight);
+    return 0;
+}
+
+static int insert_style(mood_registry *r, const mood__pack_style_row *s)
+{
+    sqlite3_stmt *st = NULL;
+    long long id;
+    int err;
+    if ((err = check_fields(s)) != 0)
+        return err;
     if ((err = mood__reg_prepare(r, &st,
                                  "INSERT INTO styles(name, description, notes, trigger_words,"
                                  " template, negative, weight, created_at, updated_at) VALUES"
@@ -229,19 +284,58 @@ static int insert_style(mood_registry *r, const mood__pack_style_row *s)
     if ((err = mood__reg_step_done(r, st, "creating a style of the pack")) != 0)
         return err;
     id = sqlite3_last_insert_rowid(r->db);
-    if ((err = insert_children(r, s, id)) != 0)
+    if ((err = link_adapters(r, s, id)) != 0 || (err = insert_children(r, s, id)) != 0)
         return err;
     return check_families(r, s);
 }
 
+/* Pack style s into the registry's style of its name, which holds the same LoRAs: what that style
+ * has is kept (its text, weights and board); what it lacks is filled from the pack (description,
+ * notes, trigger words, template, negative prompt, weight), and the pack's tags and previews are
+ * added. Its own LoRA weights stay, with a warning when the pack's differ. */
+static int merge_style(mood_registry *r, const mood__pack_style_row *s, int weights_differ)
+{
+    sqlite3_stmt *st = NULL;
+    long long id = 0;
+    int err;
+    if ((err = check_fields(s)) != 0 || (err = mood__reg_style_id(r, &id, s->name)) != 0)
+        return err;
+    if ((err = mood__reg_prepare(
+             r, &st,
+             "UPDATE styles SET description = coalesce(nullif(description, ''), ?2),"
+             " notes = coalesce(nullif(notes, ''), ?3),"
+             " trigger_words = coalesce(nullif(trigger_words, ''), ?4),"
+             " template = coalesce(nullif(template, ''), ?5),"
+             " negative = coalesce(nullif(negative, ''), ?6), weight = coalesce(weight, ?7),"
+             " updated_at = strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE id = ?1")) != 0)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    mood__reg_bind_utf8(st, 2, s->description);
+    mood__reg_bind_utf8(st, 3, s->notes);
+    mood__reg_bind_utf8(st, 4, s->trigger_words);
+    mood__reg_bind_utf8(st, 5, s->template_text);
+    mood__reg_bind_utf8(st, 6, s->negative);
+    if (s->has_weight)
+        sqlite3_bind_double(st, 7, s->weight);
+    if ((err = mood__reg_step_done(r, st, "merging a style of the pack")) != 0 ||
+        (err = insert_children(r, s, id)) != 0)
+        return err;
+    if (weights_differ)
+        mood_log(MOOD_LOG_WARN,
+                 "style '%s' was in the registry with the pack's LoRAs at other weights: kept its "
+                 "own ('mood show %s'; 'mood style edit' to change them)",
+                 s->name, s->name);
+    return 0;
+}
+
 static int commit_rows(store *s, const char *pack, const mood__pack_adapter_row *a, size_t na,
-                       const mood__pack_style_row *st, size_t ns, int *added)
+                       const mood__pack_style_row *st, size_t ns, int *added, unsigned char *merged)
 {
     int err;
     if ((err = mood__reg_begin(s->r)) != 0)
         return err;
     /* checked again inside the transaction: another process may have changed the registry */
-    if ((err = check_adapters(s, a, na)) != 0 || (err = check_names(s->r, st, ns)) != 0)
+    if ((err = check_adapters(s, a, na)) != 0 || (err = check_names(s->r, st, ns, merged)) != 0)
         goto done;
     for (size_t i = 0; i < na && !err; i++) {
         if (!s->present[i]) {
@@ -250,7 +344,7 @@ static int commit_rows(store *s, const char *pack, const mood__pack_adapter_row 
         }
     }
     for (size_t i = 0; i < ns && !err; i++)
-        err = insert_style(s->r, &st[i]);
+        err = merged[i] ? merge_style(s->r, &st[i], merged[i] == 2) : insert_style(s->r, &st[i]);
     for (size_t i = 0; i < s->n_txs && !err; i++)
         err = mood__blob_journal_delete(s->r, &s->txs[i]);
 done:
@@ -261,9 +355,9 @@ done:
     return err;
 }
 
-int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path,
-                         const mood__pack_adapter_row *adapters, size_t n_adapters,
-                         const mood__pack_style_row *styles, size_t n_styles,
+int mood__reg_pack_store(int *added_out, unsigned char *merged_out, mood_registry *r,
+                         const char *pack_path, const mood__pack_adapter_row *adapters,
+                         size_t n_adapters, const mood__pack_style_row *styles, size_t n_styles,
                          mood_progress_fn progress, void *payload)
 {
     store s;
@@ -281,7 +375,8 @@ int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path
         goto done;
     }
     if ((err = check_adapters(&s, adapters, n_adapters)) != 0 ||
-        (err = check_names(r, styles, n_styles)) != 0 || (err = mood__reg_lock_shared(r)) != 0)
+        (err = check_names(r, styles, n_styles, merged_out)) != 0 ||
+        (err = mood__reg_lock_shared(r)) != 0)
         goto done;
     locked = 1;
     for (size_t i = 0; i < n_adapters && !err; i++) {
@@ -297,7 +392,7 @@ int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path
     }
     if (!err)
         err = commit_rows(&s, abs ? abs : pack_path, adapters, n_adapters, styles, n_styles,
-                          added_out);
+                          added_out, merged_out);
 done:
     for (size_t i = s.n_txs; i-- > 0;) {
         if (err)

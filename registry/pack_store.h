@@ -58,12 +58,15 @@ typedef struct mood__pack_style_row {
 
 /* Stores a pack: refuses (MOOD_ENOTFOUND) when an adapter that is not embedded is missing from
  * the registry, listing every such adapter with its AIR; refuses (MOOD_EINVAL) a style name that
- * is invalid or taken. Then copies the blobs (each verified against its SHA-256) and commits all
- * rows in one transaction: everything or nothing. Adapters already in the registry are kept as
- * they are. *added_out counts the adapters added. `pack_path` is recorded as their source. */
-int mood__reg_pack_store(int *added_out, mood_registry *r, const char *pack_path,
-                         const mood__pack_adapter_row *adapters, size_t n_adapters,
-                         const mood__pack_style_row *styles, size_t n_styles,
+ * is invalid, or taken by a style with other LoRAs. A style of the pack whose name is taken by
+ * one with the same LoRAs is merged into it (merged_out[i] non-zero, n_styles entries): the
+ * registry's style keeps what it has and gains what it lacks. Then copies the blobs (each
+ * verified against its SHA-256) and commits all rows in one transaction: everything or nothing.
+ * Adapters already in the registry are kept as they are. *added_out counts the adapters added.
+ * `pack_path` is recorded as their source. */
+int mood__reg_pack_store(int *added_out, unsigned char *merged_out, mood_registry *r,
+                         const char *pack_path, const mood__pack_adapter_row *adapters,
+                         size_t n_adapters, const mood__pack_style_row *styles, size_t n_styles,
                          mood_progress_fn progress, void *payload);
 
 #endif /* MOOD_REGISTRY_PACK_STORE_H */

@@ -720,15 +720,19 @@ static int report_prepare(report *rep, const importer *m, const char *path)
     copy_field(o, "created_by", json, "created_by");
     if (!(t = cJSON_Print(o)))
         return mood_error_nomem();
-    rep->size = (int)strlen(t) + 128; /* room for the two counts, however large */
+    rep->size = (int)strlen(t) * 2 + 160; /* room for the two counts and the merged names */
     cJSON_free(t);
     if (!(rep->text = mood_malloc((size_t)rep->size)))
         return mood_error_nomem();
     return 0;
 }
 
-static void report_finish(report *rep, const importer *m, int added)
+static void report_finish(report *rep, const importer *m, int added, const unsigned char *merged)
 {
+    cJSON *names = cJSON_AddArrayToObject(rep->json, "merged");
+    for (size_t i = 0; names && i < m->n_styles; i++)
+        if (merged[i])
+            cJSON_AddItemToArray(names, cJSON_CreateString(m->styles[i].name));
     cJSON_SetNumberValue(cJSON_GetObjectItem(rep->json, "adapters_added"), added);
     cJSON_SetNumberValue(cJSON_GetObjectItem(rep->json, "adapters_present"),
                          (double)m->n_adapters - added);
@@ -743,6 +747,7 @@ int mood_pack_import(char **report_out, mood_registry *r, const char *path,
     mood__pack_limits lim;
     importer m;
     report rep = {NULL, NULL, 0};
+    unsigned char *merged = NULL; /* per style: merged into the registry's style of its name */
     int err, added = 0;
     memset(&m, 0, sizeof m);
     *report_out = NULL;
@@ -761,13 +766,17 @@ int mood_pack_import(char **report_out, mood_registry *r, const char *path,
         goto done;
     if ((err = report_prepare(&rep, &m, path)) != 0)
         goto done;
-    if ((err = mood__reg_pack_store(&added, r, path, m.adapters, m.n_adapters, m.styles, m.n_styles,
-                                    o->progress, o->payload)) != 0) {
+    if (!(merged = mood_calloc(m.n_styles + 1, 1))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    if ((err = mood__reg_pack_store(&added, merged, r, path, m.adapters, m.n_adapters, m.styles,
+                                    m.n_styles, o->progress, o->payload)) != 0) {
         if (!strstr(mood_error_last(), path))
             mood_error_prefix("%s", path);
         goto done;
     }
-    report_finish(&rep, &m, added);
+    report_finish(&rep, &m, added, merged);
     *report_out = rep.text;
     rep.text = NULL;
 done:
@@ -779,5 +788,6 @@ done:
     mood_free(m.owned);
     mood_free(m.adapters);
     mood_free(m.styles);
+    mood_free(merged);
     return err;
 }

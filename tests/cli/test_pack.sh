@@ -66,11 +66,21 @@ done
 check "identical blobs" cmp -s <(blobs "$A") <(blobs "$B")
 expect_rc 0 "doctor after import" "$MOOD" doctor --deep
 
-# importing again: refused, nothing changed
+# importing again: every style merged into itself, nothing changed
 blobs "$B" >"$tmp/blobs-before"
-expect_rc 1 "import twice" "$MOOD" pack import "$tmp/p.moodpack"
-check "says the name is taken" grep -q "exists already" "$tmp/err"
+for s in inkwash combo film-grain sd1_locon_fp16; do show $s "$B" | grep -v updated_at; done >"$tmp/shown-before"
+expect_rc 0 "import twice" "$MOOD" pack import "$tmp/p.moodpack"
+check "says the styles were merged" grep -q "merged into the styles of the same name and LoRAs you had.* inkwash" "$tmp/out"
 check "blobs unchanged" cmp -s "$tmp/blobs-before" <(blobs "$B")
+check "styles unchanged" cmp -s "$tmp/shown-before" <(for s in inkwash combo film-grain sd1_locon_fp16; do show $s "$B" | grep -v updated_at; done)
+# a style of that name with other LoRAs: refused, nothing changed
+expect_rc 0 "rename one" "$MOOD" rename film-grain film-grain-mine
+expect_rc 0 "another LoRA under its name" "$MOOD" rename inkwash film-grain
+expect_rc 1 "import over a style with other LoRAs" "$MOOD" pack import "$tmp/p.moodpack"
+check "says the name is taken" grep -q "a style named 'film-grain' exists already, with other LoRAs" "$tmp/err"
+check "blobs unchanged" cmp -s "$tmp/blobs-before" <(blobs "$B")
+expect_rc 0 "rename back" "$MOOD" rename film-grain inkwash
+expect_rc 0 "rename back" "$MOOD" rename film-grain-mine film-grain
 check "no temporary directory left" test -z "$(find "$B" -name '.moodpack-*')"
 
 # --- reference-only ----------------------------------------------------------------------------
@@ -86,6 +96,15 @@ check "nothing imported" test "$(MOOD_HOME=$C "$MOOD" list --json | tr -d ' \n\t
 expect_rc 0 "import the adapters" "$MOOD" import "$tmp/src/inkwash.safetensors" "$tmp/src/film-grain.safetensors"
 expect_rc 0 "reference-only import" "$MOOD" pack import "$tmp/r.moodpack"
 check "identical referencing style" cmp -s <(show combo "$A") <(show combo "$C")
+# the usual order for a pack of one LoRA's style: the LoRA imported first (its style named after
+# the file, as the pack's is), then the pack: merged into that style, which gains the pack's tag
+expect_rc 0 "export inkwash reference-only" env MOOD_HOME="$A" "$MOOD" pack export inkwash \
+    -o "$tmp/ri.moodpack" --reference-only
+expect_rc 0 "import its LoRA" env MOOD_HOME="$tmp/f" "$MOOD" import "$tmp/src/inkwash.safetensors"
+expect_rc 0 "then the pack" env MOOD_HOME="$tmp/f" "$MOOD" pack import "$tmp/ri.moodpack" --json
+check "reported as merged" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["merged"]==["inkwash"], d' "$tmp/out"
+MOOD_HOME="$tmp/f" "$MOOD" show inkwash --json >"$tmp/shown.json"
+check "the pack's tag added" py 'import json,sys; d=json.load(open(sys.argv[1])); assert "ink" in d["tags"], d["tags"]' "$tmp/shown.json"
 
 # --- tampered packs ----------------------------------------------------------------------------
 D=$tmp/d

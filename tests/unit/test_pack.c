@@ -195,12 +195,63 @@ static void test_round_trip_identical(void)
         mood_registry_free_string(ta);
         mood_registry_free_string(tb);
     }
-    /* the reference-only pack now finds its adapter, but the style exists: refused */
-    MOOD_CHECK(mood_pack_import(&report, b, ref_pack, NULL) == MOOD_EINVAL);
-    MOOD_CHECK(strstr(mood_error_last(), "exists already") != NULL);
+    /* the reference-only pack now finds its adapter, and its style exists with the same LoRA:
+     * merged into it, nothing to add */
+    MOOD_CHECK_OK(mood_pack_import(&report, b, ref_pack, NULL));
+    MOOD_CHECK_MSG(report && strstr(report, "\"merged\":\t[\"combo\"]"), "%s", report);
+    mood_registry_free_string(report);
 done:
     mood_registry_close(a);
     mood_registry_close(b);
+}
+
+/* A reference-only pack's LoRA imported with `mood import` first gets a style of its own; the
+ * pack's style of the same name and LoRA is merged into it: what the registry's style has is
+ * kept (its weights, with a warning), what it lacks comes from the pack. A style of the name
+ * with another LoRA is refused, and nothing changes. */
+static void test_merge_into_imported_style(void)
+{
+    mood_registry *r = NULL;
+    mood_import_result res;
+    char *report = NULL, *before = NULL, *after = NULL;
+    cJSON *o = NULL;
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_path("merge-home")));
+    if (!r)
+        return;
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, fixture("kohya/sd1_locon_fp16.safetensors"),
+                                            NULL, NULL));
+    MOOD_CHECK_OK(mood_registry_rename(r, "sd1_locon_fp16", "combo"));
+    MOOD_CHECK_OK(mood_pack_import(&report, r, ref_pack, NULL));
+    MOOD_CHECK_MSG(report && strstr(report, "\"merged\":\t[\"combo\"]"), "%s", report);
+    mood_registry_free_string(report);
+    report = NULL;
+    if ((o = cJSON_Parse((before = show(r, "combo")) ? before : "")) != NULL) {
+        const cJSON *ad = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0);
+        MOOD_CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(o, "template")),
+                          "{prompt}, test") == 0);
+        MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "weight")) == 0.75);
+        MOOD_CHECK(
+            cJSON_GetArraySize(cJSON_GetObjectItem(o, "tags")) == 1 &&
+            strcmp(cJSON_GetStringValue(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tags"), 0)),
+                   "mixed") == 0);
+        /* its own LoRA weights (1, from the import) stay */
+        MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(ad, "unet_weight")) == 1.0);
+        cJSON_Delete(o);
+    }
+    /* the name taken by a style with another LoRA: refused, the style unchanged */
+    MOOD_CHECK_OK(mood_registry_rename(r, "combo", "combo-mine"));
+    MOOD_CHECK_OK(
+        mood_registry_import_file(r, &res, fixture("kohya/sd1_lora.safetensors"), NULL, NULL));
+    MOOD_CHECK_OK(mood_registry_rename(r, res.name, "combo"));
+    mood_registry_free_string(before);
+    before = show(r, "combo");
+    MOOD_CHECK(mood_pack_import(&report, r, ref_pack, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "exists already, with other LoRAs") != NULL);
+    after = show(r, "combo");
+    MOOD_CHECK(before && after && strcmp(before, after) == 0);
+    mood_registry_free_string(before);
+    mood_registry_free_string(after);
+    mood_registry_close(r);
 }
 
 /* A pack whose single adapter is `path`, declared as `family`. */
@@ -276,4 +327,5 @@ static void test_cleanup(void)
 
 MOOD_TEST_MAIN(MOOD_T(test_export), MOOD_T(test_reference_only_missing),
                MOOD_T(test_import_alloc_failures), MOOD_T(test_round_trip_identical),
-               MOOD_T(test_adapter_checked), MOOD_T(test_cleanup))
+               MOOD_T(test_merge_into_imported_style), MOOD_T(test_adapter_checked),
+               MOOD_T(test_cleanup))
