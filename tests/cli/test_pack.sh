@@ -100,10 +100,10 @@ check "identical referencing style" cmp -s <(show combo "$A") <(show combo "$C")
 # the file, as the pack's is), then the pack: merged into that style, which gains the pack's tag
 expect_rc 0 "export inkwash reference-only" env MOOD_HOME="$A" "$MOOD" pack export inkwash \
     -o "$tmp/ri.moodpack" --reference-only
-expect_rc 0 "import its LoRA" env MOOD_HOME="$tmp/f" "$MOOD" import "$tmp/src/inkwash.safetensors"
-expect_rc 0 "then the pack" env MOOD_HOME="$tmp/f" "$MOOD" pack import "$tmp/ri.moodpack" --json
+expect_rc 0 "import its LoRA" env MOOD_HOME="$tmp/refi" "$MOOD" import "$tmp/src/inkwash.safetensors"
+expect_rc 0 "then the pack" env MOOD_HOME="$tmp/refi" "$MOOD" pack import "$tmp/ri.moodpack" --json
 check "reported as merged" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["merged"]==["inkwash"], d' "$tmp/out"
-MOOD_HOME="$tmp/f" "$MOOD" show inkwash --json >"$tmp/shown.json"
+MOOD_HOME="$tmp/refi" "$MOOD" show inkwash --json >"$tmp/shown.json"
 check "the pack's tag added" py 'import json,sys; d=json.load(open(sys.argv[1])); assert "ink" in d["tags"], d["tags"]' "$tmp/shown.json"
 
 # --- tampered packs ----------------------------------------------------------------------------
