@@ -63,7 +63,8 @@ typedef struct sidecars {
     char *a1111_raw, *civitai_raw;
     cJSON *a1111, *civitai;
     char *txt;
-    mood_buf triggers; /* comma-separated */
+    char *trigger_phrase; /* the file's modelspec.trigger_phrase (UTF-8), NULL when absent */
+    mood_buf triggers;    /* comma-separated */
     int count;
 } sidecars;
 
@@ -435,22 +436,15 @@ static int sidecar_utf8(char **text, const char *stem, const char *suffix)
     return err;
 }
 
-static int read_sidecars(import_job *j, const char *trigger_phrase)
+/* The style's trigger words from the sidecars and the file's metadata (read_sidecars). */
+static int collect_triggers(import_job *j)
 {
     sidecars *s = &j->side;
+    const char *trigger_phrase = s->trigger_phrase;
     const cJSON *words;
     int err;
-    if ((err = read_text(&s->a1111_raw, j, ".json")) != 0 ||
-        (err = read_text(&s->civitai_raw, j, ".civitai.info")) != 0 ||
-        (err = read_text(&s->txt, j, ".txt")) != 0)
-        return err;
-    if ((err = sidecar_utf8(&s->a1111_raw, j->stem_path, ".json")) != 0 ||
-        (err = sidecar_utf8(&s->civitai_raw, j->stem_path, ".civitai.info")) != 0 ||
-        (err = sidecar_utf8(&s->txt, j->stem_path, ".txt")) != 0)
-        return err;
-    parse_sidecar_json(&s->a1111, &s->a1111_raw, j->stem_path, ".json");
-    parse_sidecar_json(&s->civitai, &s->civitai_raw, j->stem_path, ".civitai.info");
-    s->count = !!s->a1111 + !!s->civitai + !!s->txt;
+    mood_buf_dispose(&s->triggers);
+    mood_buf_init(&s->triggers);
     if ((err = add_triggers(&s->triggers, jstr(s->a1111, "activation text"))) != 0)
         return err;
     cJSON_ArrayForEach(words, cJSON_GetObjectItemCaseSensitive(s->civitai, "trainedWords"))
@@ -465,6 +459,58 @@ static int read_sidecars(import_job *j, const char *trigger_phrase)
     if (s->triggers.len == 0 && !(trigger_phrase && !*trigger_phrase))
         err = add_triggers(&s->triggers, j->facts.top_tags.data);
     return err;
+}
+
+static int read_sidecars(import_job *j)
+{
+    sidecars *s = &j->side;
+    int err;
+    if ((err = read_text(&s->a1111_raw, j, ".json")) != 0 ||
+        (err = read_text(&s->civitai_raw, j, ".civitai.info")) != 0 ||
+        (err = read_text(&s->txt, j, ".txt")) != 0)
+        return err;
+    if ((err = sidecar_utf8(&s->a1111_raw, j->stem_path, ".json")) != 0 ||
+        (err = sidecar_utf8(&s->civitai_raw, j->stem_path, ".civitai.info")) != 0 ||
+        (err = sidecar_utf8(&s->txt, j->stem_path, ".txt")) != 0)
+        return err;
+    parse_sidecar_json(&s->a1111, &s->a1111_raw, j->stem_path, ".json");
+    parse_sidecar_json(&s->civitai, &s->civitai_raw, j->stem_path, ".civitai.info");
+    s->count = !!s->a1111 + !!s->civitai + !!s->txt;
+    return collect_triggers(j);
+}
+
+/* A .civitai.info is the record of one Civitai file: when it lists its files' SHA-256 and none
+ * is this file's, it describes another file (a LoRA replaced by another version, or renamed
+ * over another's sidecars), and its ids, trigger words and licence would be recorded against
+ * the wrong LoRA: it is left out with a warning, and the trigger words are collected again. */
+static int check_civitai_sidecar(import_job *j)
+{
+    sidecars *s = &j->side;
+    const cJSON *f, *listed = NULL;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(s->civitai, "files"))
+    {
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(f, "hashes"), "SHA256");
+        if (!cJSON_IsString(h))
+            continue;
+        if (strcasecmp(h->valuestring, j->h.sha256) == 0)
+            return 0;
+        listed = listed ? listed : h;
+    }
+    if (!listed)
+        return 0;
+    mood_log(MOOD_LOG_WARN,
+             "%s.civitai.info" SKIPPED
+             "it describes another file (Civitai's SHA-256 %.12s..., this "
+             "file's %.12s...): the LoRA was replaced or renamed; 'mood civitai link' looks this "
+             "one up",
+             j->stem_path, listed->valuestring, j->h.sha256);
+    cJSON_Delete(s->civitai);
+    s->civitai = NULL;
+    mood_free(s->civitai_raw);
+    s->civitai_raw = NULL;
+    s->count--;
+    return collect_triggers(j);
 }
 
 /* ----- previews ---------------------------------------------------------------------------- */
@@ -985,6 +1031,7 @@ static void job_dispose(import_job *j, mood_registry *r, int failed)
     cJSON_Delete(j->side.a1111);
     cJSON_Delete(j->side.civitai);
     mood_buf_dispose(&j->side.triggers);
+    mood_free(j->side.trigger_phrase);
 }
 
 /* The file's stem as out->wanted: in UTF-8 (a name made on Windows may be Windows-1252), and
@@ -1012,7 +1059,6 @@ static int wanted_name(mood_import_result *out, const char *stem)
 static int prepare_facts(import_job *j, mood_import_result *out)
 {
     mood_st_file *st = NULL;
-    char *phrase = NULL;
     int err;
     if ((err = read_adapter(j)) != 0)
         return err;
@@ -1025,12 +1071,11 @@ static int prepare_facts(import_job *j, mood_import_result *out)
         return err;
     /* the header is strict UTF-8 already (safetensors_read.c); converting costs nothing and
      * keeps the rule in one place should that reader ever relax */
-    err = mood__reg_utf8_copy(&phrase, mood_st_meta_get(st, "modelspec.trigger_phrase"), NULL);
+    err = mood__reg_utf8_copy(&j->side.trigger_phrase,
+                              mood_st_meta_get(st, "modelspec.trigger_phrase"), NULL);
     mood_st_close(st);
     if (!err)
-        err = read_sidecars(j, phrase);
-    mood_free(phrase);
-    out->sidecars = j->side.count;
+        err = read_sidecars(j);
     return err;
 }
 
@@ -1065,9 +1110,12 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
         hash_thread(&hj);
     if (!err && hj.err) /* again on this thread, for its error message */
         err = mood_hash_file_ex(&j->h, j->path, MOOD_HASH_SKIP_CRC32, NULL, NULL);
+    if (!err)
+        err = check_civitai_sidecar(j);
     if (!err) {
         snprintf(out->sha256, sizeof out->sha256, "%s", j->h.sha256);
         snprintf(out->autov3, sizeof out->autov3, "%s", j->h.autov3);
+        out->sidecars = j->side.count;
     }
     return err;
 }

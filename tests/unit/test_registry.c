@@ -686,6 +686,51 @@ static void test_text_to_utf8(void)
 
 /* Sidecars in Windows-1252 (what Windows tools write) and with a byte-order mark are imported,
  * their text stored as UTF-8; a Windows-1252 file name too. Every report stays valid JSON. */
+/* A .civitai.info that lists its files' SHA-256 and not this file's is another file's record
+ * (a LoRA replaced by another version beside the old sidecars): left out, its trigger words and
+ * Civitai names not taken; one that lists this file's (in Civitai's upper case) is read. */
+static void test_civitai_sidecar_of_another_file(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    const char *ink = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    const char *grain = place(src, "grain.safetensors", example_lora("film-grain.safetensors"));
+    mood_registry *r = NULL;
+    mood_import_result res;
+    mood_file_hashes h;
+    char text[512], upper[65];
+    cJSON *o;
+    MOOD_CHECK_OK(mood_hash_file(&h, grain, NULL, NULL));
+    for (int i = 0; i < 65; i++)
+        upper[i] =
+            (char)(h.sha256[i] >= 'a' && h.sha256[i] <= 'f' ? h.sha256[i] - 32 : h.sha256[i]);
+    snprintf(text, sizeof text,
+             "{\"id\": 11, \"modelId\": 12, \"trainedWords\": [\"zebra stripes\"],"
+             " \"model\": {\"name\": \"Zebra Deluxe\"}, \"files\": [{\"hashes\":"
+             " {\"AutoV2\": \"0123456789\", \"SHA256\": \"%s\"}}]}",
+             upper);
+    write_text(src, "ink.civitai.info", text);
+    write_text(src, "grain.civitai.info", text);
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, ink, NULL, NULL));
+    MOOD_CHECK_MSG(res.sidecars == 0, "%d sidecars read", res.sidecars);
+    if ((o = show(r, "ink")) != NULL) {
+        const cJSON *src0 = cJSON_GetArrayItem(
+            cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0),
+                                "sources"),
+            0);
+        MOOD_CHECK(!strstr(str(o, "trigger_words") ? str(o, "trigger_words") : "", "zebra"));
+        MOOD_CHECK(src0 && !str(src0, "model_name"));
+        cJSON_Delete(o);
+    }
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, grain, NULL, NULL));
+    MOOD_CHECK_MSG(res.sidecars == 1, "%d sidecars read", res.sidecars);
+    if ((o = show(r, "grain")) != NULL) {
+        MOOD_CHECK(strstr(str(o, "trigger_words") ? str(o, "trigger_words") : "", "zebra stripes"));
+        cJSON_Delete(o);
+    }
+    mood_registry_close(r);
+}
+
 static void test_sidecars_not_utf8(void)
 {
     const char *src = scratch_fresh_dir("src");
@@ -1127,7 +1172,8 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_sidecar_links), MOOD_T(test_preview_content), MOOD_T(test_names),
                MOOD_T(test_rm_and_refcount), MOOD_T(test_doctor),
                MOOD_T(test_doctor_keeps_combined_styles), MOOD_T(test_text_to_utf8),
-               MOOD_T(test_sidecars_not_utf8), MOOD_T(test_typed_text_not_utf8),
-               MOOD_T(test_half_done_import_cleaned), MOOD_T(test_lost_database),
-               MOOD_T(test_corrupt_database), MOOD_T(test_import_extras),
-               MOOD_T(test_import_extras_refused), MOOD_T(test_migration_4))
+               MOOD_T(test_sidecars_not_utf8), MOOD_T(test_civitai_sidecar_of_another_file),
+               MOOD_T(test_typed_text_not_utf8), MOOD_T(test_half_done_import_cleaned),
+               MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
+               MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
+               MOOD_T(test_migration_4))
