@@ -1017,6 +1017,31 @@ static int guess_family(mood_adapter *a)
     return err;
 }
 
+/* Without a base, kohya UNet modules the family's release architecture lacks (a LoRA trained on
+ * a UNet of another layout, such as mood-tiny's CrossAttnUpBlock2D at up_blocks.0) join the
+ * family's table by the diffusers path their names spell, so that inspect, show and the lora
+ * tools see every module that gen applies on the LoRA's own base. */
+static int add_unlisted_unet_modules(mood_adapter *a)
+{
+    int err = 0;
+    for (size_t i = 0; i < mood_st_count(a->file) && !err; i++) {
+        const char *key = mood_st_at(a->file, i)->name;
+        const suffix_def *found[N_SUFFIXES];
+        size_t n = suffix_matches(key, found), len;
+        char module[512];
+        if (strncmp(key, "lora_unet_", 10) != 0 || n == 0)
+            continue;
+        len = strlen(key) - found[0]->len;
+        if (len >= sizeof module)
+            continue;
+        memcpy(module, key, len);
+        module[len] = '\0';
+        if (!mood__keymap_find(a->own_keymap, module))
+            err = mood__keymap_add_unet_module(a->own_keymap, module);
+    }
+    return err;
+}
+
 /* Picks the key map: the base's (families must agree) or the adapter's family's. */
 static int choose_keymap(parse_ctx *c, const mood_checkpoint *base)
 {
@@ -1041,6 +1066,8 @@ static int choose_keymap(parse_ctx *c, const mood_checkpoint *base)
         err = mood__keymap_for_family(&a->own_keymap, c->detected);
     else if ((err = guess_family(a)) == 0 && a->family != MOOD_FAMILY_UNKNOWN)
         a->family_source = "keys";
+    if (!err && a->own_keymap)
+        err = add_unlisted_unet_modules(a);
     a->keymap = a->own_keymap;
     return err;
 }

@@ -771,6 +771,110 @@ done:
     return err;
 }
 
+/* ----- modules of a UNet other than the family's release one -------------------------------- */
+
+/* The UNet2DConditionModel's module-name words, multi-word ones first so that the longest wins:
+ * kohya writes a module "down_blocks.1.attentions.0.proj_in" as
+ * "lora_unet_down_blocks_1_attentions_0_proj_in", and these put the dots back. */
+static const char *const unet_words[] = {"transformer_blocks",
+                                         "conv_shortcut",
+                                         "time_emb_proj",
+                                         "time_embedding",
+                                         "add_embedding",
+                                         "downsamplers",
+                                         "upsamplers",
+                                         "down_blocks",
+                                         "up_blocks",
+                                         "mid_block",
+                                         "attentions",
+                                         "resnets",
+                                         "proj_in",
+                                         "proj_out",
+                                         "linear_1",
+                                         "linear_2",
+                                         "conv_in",
+                                         "conv_out",
+                                         "to_out",
+                                         "to_q",
+                                         "to_k",
+                                         "to_v",
+                                         "attn1",
+                                         "attn2",
+                                         "conv1",
+                                         "conv2",
+                                         "conv",
+                                         "net",
+                                         "ff",
+                                         "proj"};
+
+/* The leaves a LoRA can patch (Linear and Conv layers), as the path's last words. */
+static const char *const unet_leaves[] = {
+    ".to_q",          ".to_k",          ".to_v",     ".to_out.0", ".ff.net.0.proj",
+    ".ff.net.2",      ".proj_in",       ".proj_out", ".conv1",    ".conv2",
+    ".conv_shortcut", ".time_emb_proj", ".conv",     ".linear_1", ".linear_2"};
+
+/* kohya's underscored UNet module path (after "lora_unet_") -> the diffusers path, or -1 when it
+ * is not one of a UNet2DConditionModel's Linear or Conv layers. */
+static int unet_path_from_kohya(char *out, size_t size, const char *rest)
+{
+    size_t n = 0;
+    const char *p = rest;
+    int leaf = 0;
+    if (strncmp(rest, "down_blocks_", 12) && strncmp(rest, "up_blocks_", 10) &&
+        strncmp(rest, "mid_block_", 10) && strcmp(rest, "conv_in") && strcmp(rest, "conv_out") &&
+        strncmp(rest, "time_embedding_", 15) && strncmp(rest, "add_embedding_", 14))
+        return -1;
+    while (*p) {
+        size_t len = 0;
+        if (*p >= '0' && *p <= '9') {
+            while (p[len] >= '0' && p[len] <= '9')
+                len++;
+        } else {
+            for (size_t i = 0; i < sizeof unet_words / sizeof unet_words[0] && !len; i++) {
+                size_t k = strlen(unet_words[i]);
+                if (strncmp(p, unet_words[i], k) == 0 && (p[k] == '_' || p[k] == '\0'))
+                    len = k;
+            }
+        }
+        if (!len || n + len + 2 > size)
+            return -1;
+        if (n)
+            out[n++] = '.';
+        memcpy(out + n, p, len);
+        n += len;
+        p += len;
+        if (*p == '_')
+            p++;
+    }
+    out[n] = '\0';
+    if (strcmp(out, "conv_in") == 0 || strcmp(out, "conv_out") == 0)
+        return 0;
+    for (size_t i = 0; i < sizeof unet_leaves / sizeof unet_leaves[0]; i++)
+        leaf |= ends(out, unet_leaves[i]);
+    return leaf ? 0 : -1;
+}
+
+int mood__keymap_add_unet_module(mood_keymap *m, const char *kohya_module)
+{
+    char d[NAME_MAX_LEN], key[NAME_MAX_LEN];
+    base_key k = {key, 0, {0}};
+    size_t ti;
+    int err;
+    if (strncmp(kohya_module, "lora_unet_", 10) != 0 || strlen(kohya_module) >= NAME_MAX_LEN - 8 ||
+        unet_path_from_kohya(d, sizeof d, kohya_module + 10) != 0)
+        return 0;
+    nprintf(key, "%s.weight", d);
+    k.ndim = ends(d, ".conv") || ends(d, ".conv1") || ends(d, ".conv2") || !strcmp(d, "conv_in") ||
+                     !strcmp(d, "conv_out")
+                 ? 4
+                 : 0; /* a Linear, or a 1x1 convolution where the model uses them: unknown */
+    if ((err = new_target(m, &ti, &k, NULL, kohya_module, MOOD_PART_UNET, -1)) != 0)
+        return err;
+    if (!(m->targets[ti].model_name = mood_strdup(d)))
+        return mood_error_nomem();
+    return add_diffusers_aliases(m, d, ti);
+}
+
 void mood__keymap_free(mood_keymap *m)
 {
     if (!m)

@@ -44,6 +44,11 @@ int mood__keymap_for_family(mood_keymap **out, mood_family family);
  * naming, text-encoder names in transformers naming with "text_model."), shapes known. */
 int mood__keymap_from_names(mood_keymap **out, const mood_base_weight *w, size_t n,
                             mood_family family);
+/* Adds to a family's table a UNet module its release architecture lacks, from its kohya name
+ * ("lora_unet_up_blocks_0_attentions_0_proj_in": a LoRA trained on a UNet of another layout,
+ * such as mood-tiny's): the diffusers path it spells, with its aliases, shape unknown. Names
+ * that spell no Linear or Conv layer of a UNet2DConditionModel are left out (returns 0). */
+int mood__keymap_add_unet_module(mood_keymap *m, const char *kohya_module);
 void mood__keymap_free(mood_keymap *m);
 /* Looks a module name up (e.g. "lora_unet_down_blocks_0_attentions_0_proj_in",
  * "unet.down_blocks.0.attentions.0.proj_in", "text_encoder.text_model.encoder.layers.0.mlp.fc1").

@@ -506,10 +506,40 @@ static void test_base_from_names(void)
     }
     mood_adapter_close(a);
     a = NULL;
-    /* without the base, the SD1 release table does not know the UNet module */
+    /* without the base, the module the SD1 release table lacks joins it by the diffusers path
+     * its kohya name spells (inspect, show and the lora tools see what gen applies) */
     MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
-    MOOD_CHECK(a && mood_adapter_unmatched_count(a) == 3);
+    MOOD_CHECK(a && mood_adapter_module_count(a) == 2 && mood_adapter_unmatched_count(a) == 0);
+    for (size_t i = 0; a && i < mood_adapter_module_count(a); i++) {
+        mood_module_info mi;
+        mood_adapter_module(a, i, &mi);
+        if (mi.part == MOOD_PART_UNET)
+            MOOD_CHECK_MSG(mi.model_name &&
+                               strcmp(mi.model_name, "up_blocks.0.attentions.0."
+                                                     "transformer_blocks.0.attn1.to_k") == 0 &&
+                               strcmp(mi.kohya_name, TINY_K) == 0,
+                           "model name %s", mi.model_name ? mi.model_name : "(none)");
+    }
     mood_adapter_close(a);
+    /* a kohya UNet name that spells no layer of a UNet stays unmatched */
+    {
+        const craft odd[] = {{"lora_unet_up_blocks_0_widgets_0_to_k.lora_up.weight",
+                              MOOD_DTYPE_F32,
+                              2,
+                              {8, 2},
+                              0.5f},
+                             {"lora_unet_up_blocks_0_widgets_0_to_k.lora_down.weight",
+                              MOOD_DTYPE_F32,
+                              2,
+                              {2, 8},
+                              0.5f},
+                             {TINY_FC ".lora_up.weight", MOOD_DTYPE_F32, 2, {16, 1}, 0.25f},
+                             {TINY_FC ".lora_down.weight", MOOD_DTYPE_F32, 2, {1, 4}, 0.25f}};
+        MOOD_CHECK_OK(
+            mood_adapter_open(&a, write_adapter("odd.safetensors", odd, 4, sd1_meta), NULL));
+        MOOD_CHECK(a && mood_adapter_module_count(a) == 1 && mood_adapter_unmatched_count(a) == 2);
+        mood_adapter_close(a);
+    }
     /* a factor that does not fit the base's shape is refused */
     const craft bad[] = {{TINY_K ".lora_up.weight", MOOD_DTYPE_F32, 2, {6, 2}, 0.5f},
                          {TINY_K ".lora_down.weight", MOOD_DTYPE_F32, 2, {2, 8}, 0.5f}};
