@@ -77,17 +77,27 @@ int mood__dgesvdx(int m, int n, double *a, int lda, int il, int iu, int *ns, dou
 {
     const double vl = 0, vu = 0;
     int info = 0, lwork = -1, *iwork = mood_malloc((size_t)(12 * imin(m, n) + 1) * sizeof *iwork);
-    double query = 0, *work = NULL;
-    if (!iwork)
+    /* S is documented as min(m, n) long, but dbdsvdx hands it to dstevx as the eigenvalues of its
+     * 2·min(m, n) matrix, which with clustered values (a zero difference) writes past min(m, n)
+     * (seen with OpenBLAS's LAPACK: a heap overwrite, then an abort in free): a buffer of twice
+     * that, copied out. */
+    double query = 0, *work = NULL, *sw = mood_malloc((size_t)(2 * imin(m, n) + 1) * sizeof *sw);
+    if (!iwork || !sw) {
+        mood_free(iwork);
+        mood_free(sw);
         return MOOD_LAPACK_NOMEM;
-    dgesvdx_("V", "V", "I", &m, &n, a, &lda, &vl, &vu, &il, &iu, ns, s, u, &ldu, vt, &ldvt, &query,
-             &lwork, iwork, &info, 1, 1, 1);
+    }
+    dgesvdx_("V", "V", "I", &m, &n, a, &lda, &vl, &vu, &il, &iu, ns, sw, u, &ldu, vt, &ldvt,
+             &query, &lwork, iwork, &info, 1, 1, 1);
     lwork = (int)query + 1;
     if (info == 0 && !(work = mood_malloc((size_t)lwork * sizeof *work)))
         info = MOOD_LAPACK_NOMEM;
     if (info == 0)
-        dgesvdx_("V", "V", "I", &m, &n, a, &lda, &vl, &vu, &il, &iu, ns, s, u, &ldu, vt, &ldvt,
+        dgesvdx_("V", "V", "I", &m, &n, a, &lda, &vl, &vu, &il, &iu, ns, sw, u, &ldu, vt, &ldvt,
                  work, &lwork, iwork, &info, 1, 1, 1);
+    for (int i = 0; info == 0 && i < *ns && i < iu - il + 1; i++)
+        s[i] = sw[i];
+    mood_free(sw);
     mood_free(work);
     mood_free(iwork);
     return info;

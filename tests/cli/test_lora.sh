@@ -62,6 +62,14 @@ expect_rc 0 "extract" "$MOOD" lora extract --base "$base" --tuned "$FIX/bases/sd
     --rank 2 --conv-rank 1 -o "$tmp/e.safetensors"
 check_lora "$tmp/e.safetensors" 'ranks and not any(k.startswith("lora_te") for k in ranks) and m["ss_network_args"] == "{\"conv_dim\": \"1\", \"conv_alpha\": \"1.0\"}" and m["ss_network_alpha"] == "2.0"'
 
+# layers whose difference is zero (a checkpoint against itself; a merge whose text-encoder sum is
+# zero): the partial SVD of a matrix of equal singular values wrote past its output (LAPACK's
+# dbdsvdx), which aborted in free() with exit 134
+expect_rc 0 "extract where nothing changed" "$MOOD" lora extract --base "$base" --tuned "$base" \
+    --rank 2 -o "$tmp/e0.safetensors"
+expect_rc 0 "merge to a zero sum" "$MOOD" lora merge "$FIX/pipeline/lora.safetensors:1:0" \
+    "$FIX/pipeline/lora.safetensors:0.5:0" --rank 2 -o "$tmp/m0.safetensors"
+
 # --- the same ranks as kohya for the conformance fixtures (when present) ---
 svd="$FIX/svd"
 if [ -f "$svd/cases.json" ]; then
