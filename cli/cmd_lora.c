@@ -29,7 +29,9 @@ const char cmd_lora_merge_help[] =
     "  --json           print the summary as JSON\n\n"
     "example: mood lora merge ink.safetensors:0.7 grain.safetensors:0.3 --rank 16 -o "
     "mix.safetensors\n"
-    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
+    "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
+    "per-layer alphas wrongly for U-Net attention layers (its alpha_pattern); for diffusers,\n"
+    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n"    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
 
 const char cmd_lora_resize_help[] =
     "usage: mood lora resize FILE (--rank R | --dynamic METHOD=X [--rank MAX]) [--conv-rank R]\n"
@@ -50,7 +52,9 @@ const char cmd_lora_resize_help[] =
     "The summary gives the ranks chosen and the mean fraction of each layer's change kept\n"
     "(Frobenius norm). example: mood lora resize big.safetensors --dynamic sv_fro=0.9 -o "
     "small.safetensors\n"
-    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
+    "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
+    "per-layer alphas wrongly for U-Net attention layers (its alpha_pattern); for diffusers,\n"
+    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n"    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
 
 const char cmd_lora_extract_help[] =
     "usage: mood lora extract --base A --tuned B --rank R [--conv-rank R] [--min-diff X] -o OUT\n"
@@ -66,7 +70,9 @@ const char cmd_lora_extract_help[] =
     "  --json           print the summary as JSON\n\n"
     "example: mood lora extract --base sd15.safetensors --tuned myfinetune.safetensors --rank 32 "
     "-o style.safetensors\n"
-    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
+    "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
+    "per-layer alphas wrongly for U-Net attention layers (its alpha_pattern); for diffusers,\n"
+    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n"    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
 
 /* ----- shared option parsing --------------------------------------------------------------- */
 
