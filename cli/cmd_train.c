@@ -99,10 +99,11 @@ const char cmd_train_help[] =
     "writes. They are off by default because on the CPU one SD1.5 preview costs minutes (a\n"
     "few training steps' time); --sample-every N turns them on, and --sample-prompt or\n"
     "--sample-steps alone render the end only. Their time is not counted in it/s.\n\n"
-    "Files beside the output: NAME.checkpoint.safetensors (the training state: --resume\n"
-    "continues a stopped run from it, or a finished one with more --steps; delete it when\n"
-    "done), NAME.loss.csv and NAME.loss.png (the loss curve), NAME.samples/ (previews),\n"
-    "NAME.json (A1111's sidecar).\n"
+    "Files beside the output OUT.safetensors (-o; default NAME.safetensors):\n"
+    "OUT.checkpoint.safetensors (the training state: --resume continues a stopped run from\n"
+    "it, or a finished one with more --steps; delete it when done, as A1111 and ComfyUI would\n"
+    "list it as a LoRA), OUT.loss.csv and OUT.loss.png (the loss curve), OUT.samples/\n"
+    "(previews), OUT.json (A1111's sidecar: trigger word and weight).\n"
     "The registered style keeps the trigger word, thumbnails of the board, the final previews,\n"
     "the loss curve and a record of the training ('mood show NAME').\n"
     "Exit status: 0 trained, 1 bad input (an image that does not decode, bad option), 2\n"
@@ -566,6 +567,8 @@ int cmd_train(int argc, char **argv)
         } else if (!rc && !a.no_register && (rc = train_register(&a, &res)) == 0) {
             rc = report(&a, &res);
         } else if (!rc && a.no_register) {
+            if (!a.o.full && train_write_sidecar(&a) != 0) /* A1111 reads it beside the file */
+                cli_warn("could not write the sidecar beside %s", a.output);
             rc = report(&a, &res);
         }
     }

@@ -55,6 +55,9 @@ int train_write_sample(const mood_train_sample *s, void *payload);
 /* Imports the LoRA with its sidecar, board thumbnails, final previews, loss curve and training
  * record (one all-or-nothing import). Returns 0 or an exit status. */
 int train_register(train_args *a, mood_import_result *res);
+/* Writes A1111's sidecar OUT.json beside the LoRA (activation text: the trainer's trigger phrase,
+ * preferred weight 1). Returns 0 or 2 (warned about by the caller). */
+int train_write_sidecar(const train_args *a);
 void train_samples_dispose(train_args *a);
 
 #endif /* MOOD_CLI_CMD_TRAIN_H */

@@ -420,7 +420,7 @@ static char *training_json(const train_args *a)
  * import takes the trigger word as any A1111 user's file would give it: the trainer's
  * modelspec.trigger_phrase, empty when the captions never held the word
  * (mood_board_uses_trigger). */
-static int write_sidecar(const train_args *a)
+int train_write_sidecar(const train_args *a)
 {
     char *path = train_beside(a->output, ".json");
     cJSON *j = cJSON_CreateObject();
@@ -469,7 +469,7 @@ int train_register(train_args *a, mood_import_result *res)
     record rec;
     int rc, err;
     memset(&rec, 0, sizeof rec);
-    if (write_sidecar(a) != 0)
+    if (train_write_sidecar(a) != 0)
         cli_warn("could not write the sidecar beside %s; the style gets no trigger word",
                  a->output);
     if ((err = build_record(&rec, a)) != 0) {

@@ -142,6 +142,7 @@ check "a damaged registry: says so before training" grep -q "nothing trained: th
 check "a damaged registry: nothing written" test ! -e "$tmp/badreg.safetensors" -a ! -e "$tmp/badreg.loss.csv"
 expect_rc 0 "a damaged registry, --no-register" env MOOD_HOME="$tmp/badhome" "$MOOD" train --name x \
     --board board --model "$MODEL" --res 64 --steps 2 -o "$tmp/badreg.safetensors" --no-register
+check "--no-register still writes A1111's sidecar beside the file" test -s "$tmp/badreg.json"
 expect_rc 1 "bad --ip-noise-gamma" "$MOOD" train --name x --board board --model "$MODEL" --ip-noise-gamma 1.5
 expect_rc 1 "empty timestep range" "$MOOD" train --name x --board board --model "$MODEL" --res 64 \
     --steps 2 --min-timestep 600 --max-timestep 600
