@@ -295,8 +295,14 @@ static int set_metadata(mood_st_writer *w, const mood_st_file *base, mood_adapte
     int err = 0;
     mood_buf_init(&titles);
     mood_buf_init(&rec);
-    for (size_t i = 0; i < mood_st_meta_count(base) && !err; i++)
-        err = mood_st_writer_set_meta(w, mood_st_meta_key(base, i), mood_st_meta_value(base, i));
+    for (size_t i = 0; i < mood_st_meta_count(base) && !err; i++) {
+        const char *key = mood_st_meta_key(base, i);
+        /* hashes of the base's bytes would name the new file wrongly (mood hash: "stale") */
+        if (strcmp(key, "sshs_model_hash") == 0 || strcmp(key, "sshs_legacy_hash") == 0 ||
+            strcmp(key, "modelspec.hash_sha256") == 0)
+            continue;
+        err = mood_st_writer_set_meta(w, key, mood_st_meta_value(base, i));
+    }
     err = err ? err : append_title(&titles, base);
     for (size_t k = 0; k < n && !err; k++)
         err = append_title(&titles, ads[k]->file);

@@ -26,6 +26,29 @@ assert d["tensors_patched"] > 0 and d["unmatched_keys"] == 0, d
 assert [a["unet"] for a in d["adapters"]] == [1, 0.7] and d["adapters"][1]["te"] == 0.7, d
 EOF
 
+# --- the base's own hashes in its metadata are not carried into the new file (they would name
+# it wrongly: mood hash called them stale); its other metadata is ---
+python3 - "$base" "$tmp/hashed.safetensors" <<'EOF'
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+head = json.loads(data[8:8 + n])
+head.setdefault("__metadata__", {}).update({"sshs_model_hash": "de" * 32, "sshs_legacy_hash": "ab" * 4,
+                                            "modelspec.hash_sha256": "0x" + "cd" * 32,
+                                            "modelspec.title": "my base"})
+text = json.dumps(head, separators=(",", ":")).encode()
+text += b" " * (-len(text) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(text)) + text + data[8 + n:])
+EOF
+expect_rc 0 "bake a base with hashes in its metadata" "$MOOD" bake --model "$tmp/hashed.safetensors" \
+    --lora "$lora" -o "$tmp/hashed_out.safetensors"
+check "no stale hash in the baked file" python3 -c '
+import json, struct, sys
+d = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", d[:8])[0]
+m = json.loads(d[8:8 + n]).get("__metadata__", {})
+assert not {"sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256"} & set(m), m
+assert m.get("modelspec.title") == "my base", m' "$tmp/hashed_out.safetensors"
+
 # --- baking into the base itself (or into a LoRA) is refused, the base left as it was ---
 cp "$base" "$tmp/own.safetensors"
 expect_rc 1 "bake into its base" "$MOOD" bake --model "$tmp/own.safetensors" --lora "$lora" \
