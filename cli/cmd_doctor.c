@@ -16,13 +16,16 @@
 const char cmd_doctor_help[] =
     "usage: mood doctor [--deep] [--fix] [--json]\n\n"
     "Checks your style registry: the database's own integrity check, LoRA files and previews\n"
-    "whose stored file is missing, and stored files nothing refers to (orphans). Leftovers of\n"
+    "whose stored file is missing, damaged (a LoRA's size differs) or unreadable (permissions:\n"
+    "reported, never repaired), and stored files nothing refers to (orphans). Leftovers of\n"
     "an interrupted import are removed automatically the next time the registry is opened;\n"
     "doctor finds anything else. For a LoRA whose file is missing or damaged it names every\n"
     "style that uses it and says what --fix would do to each.\n\n"
     "  --deep    also re-hash every stored file and report those whose content no longer\n"
     "            matches their SHA-256 (reads everything: slow on a big registry)\n"
-    "  --fix     repair: delete orphans; remove previews whose file is missing or damaged, and\n"
+    "  --fix     repair: delete orphans (an orphan holding a LoRA is moved to\n"
+    "            $MOOD_HOME/lost+found/ instead: 'mood import' takes it back); remove previews\n"
+    "            whose file is missing or damaged, and\n"
     "            LoRAs whose file is missing or damaged. A style that combines such a LoRA\n"
     "            with others ('mood style create') keeps them, its template, negative prompt\n"
     "            and weights, and loses only that LoRA. A style left with no LoRA is removed.\n"
@@ -31,7 +34,8 @@ const char cmd_doctor_help[] =
     "            imported as; 'mood style edit NAME --lora ...' puts it in your styles again.\n"
     "  --json    print the report as JSON: {registry, integrity [], missing [{sha256, kind,\n"
     "            path, file_name, imported_from, styles [names]}], orphans [paths], corrupt\n"
-    "            [same as missing], styles [{name, action (\"remove\" or \"drop\"), loras,\n"
+    "            and unreadable [same as missing; unreadable with error], rescued [{path,\n"
+    "            to}], styles [{name, action (\"remove\" or \"drop\"), loras,\n"
     "            kept, lost [{sha256, file_name, problem}], fixed}], problems, fixed}\n"
     "            (file_name, imported_from and styles for LoRAs only), models [{name,\n"
     "            target, fixed}] (broken links in $MOOD_HOME/models)\n\n"
@@ -88,6 +92,14 @@ static void print_models(const cJSON *arr)
                cJSON_IsTrue(cJSON_GetObjectItem(v, "fixed")) ? " (link removed)" : "");
 }
 
+static void print_rescued(const cJSON *arr)
+{
+    const cJSON *v;
+    cJSON_ArrayForEach(v, arr)
+        printf("  an orphan holding a LoRA, kept: moved to %s ('mood import' it to use it)\n",
+               str_of(v, "to"));
+}
+
 static void print_list(const cJSON *arr, const char *what)
 {
     const cJSON *v;
@@ -98,6 +110,8 @@ static void print_list(const cJSON *arr, const char *what)
             continue;
         }
         printf("  %s %s: %s", what, str_of(v, "kind"), str_of(v, "path"));
+        if (str_of(v, "error"))
+            printf(" [%s: fix its permissions; --fix leaves it alone]", str_of(v, "error"));
         if (str_of(v, "file_name"))
             printf(" (%s%s%s)", str_of(v, "file_name"),
                    str_of(v, "imported_from") ? ", imported from " : "",
@@ -208,7 +222,9 @@ int cmd_doctor(int argc, char **argv)
     print_list(cJSON_GetObjectItem(rep, "integrity"), "database");
     print_list(cJSON_GetObjectItem(rep, "missing"), "missing");
     print_list(cJSON_GetObjectItem(rep, "corrupt"), "damaged");
+    print_list(cJSON_GetObjectItem(rep, "unreadable"), "unreadable");
     print_list(cJSON_GetObjectItem(rep, "orphans"), "orphan");
+    print_rescued(cJSON_GetObjectItem(rep, "rescued"));
     print_styles(cJSON_GetObjectItem(rep, "styles"));
     print_models(cJSON_GetObjectItem(rep, "models"));
     if (problems == 0)

@@ -7,7 +7,11 @@
  *   - with --deep, every referenced blob re-hashed against its name ("corrupt").
  * Every lost adapter (missing or corrupt) is reported with its file name, where it was imported
  * from, and the styles that use it; the report's "styles" says, per style, what --fix does.
- * With --fix: orphans are deleted; a lost adapter's row goes (and a corrupt blob with it). A style
+ * A stored file that is there but cannot be read (permissions, an I/O error) is "unreadable":
+ * reported with the reason, never counted as missing or damaged, and never touched by --fix. An
+ * adapter's file whose size differs from the stored one is damaged without --deep.
+ * With --fix: orphans are deleted, but those holding a LoRA are moved to HOME/lost+found/ (they
+ * may be the only copy); a lost adapter's row goes (and a corrupt blob with it). A style
  * that keeps other adapters only loses the lost ones: a combined style (style create/edit) keeps
  * its other LoRAs, template, negative prompt and weights. A style left with no adapter is removed,
  * because a style needs at least one (style create and edit refuse zero), and the report names
@@ -29,12 +33,15 @@
 
 #include "common/args.h"
 #include "mood/hash.h"
+#include "mood/safetensors.h"
 #include "registry/registry_impl.h"
 
 typedef struct doctor {
     mood_registry *r;
     const mood_doctor_options *o;
     cJSON *report, *missing, *orphans, *corrupt;
+    cJSON *unreadable; /* [{sha256, kind, path, error}]: there but not readable: never fixed */
+    cJSON *rescued;    /* [{path, to}]: orphan LoRA files --fix moved to lost+found/ */
     cJSON *styles;  /* [{name, action, loras, kept, lost [{sha256, file_name, problem}], fixed}] */
     mood_buf freed; /* SHA-256s (64 characters each) of the previews and files of removed styles */
     int problems, fixed;
@@ -70,14 +77,49 @@ static int check_integrity(doctor *d)
     return err;
 }
 
-/* SHA-256 of a blob file; "" when unreadable. */
-static void hash_blob(char hex[65], const char *path)
+/* SHA-256 of a blob file into hex; -1 (errno set) when it cannot be read. */
+static int hash_blob(char hex[65], const char *path)
 {
     mood_file_hashes h;
+    int err = mood_hash_file(&h, path, NULL, NULL);
     hex[0] = '\0';
-    if (mood_hash_file(&h, path, NULL, NULL) == 0)
+    if (!err)
         memcpy(hex, h.sha256, 65);
     mood_error_clear();
+    if (err && !errno)
+        errno = EIO;
+    return err ? -1 : 0;
+}
+
+/* What is wrong with a referenced blob at path: NULL (nothing), "missing", "unreadable" (with
+ * *why), or "corrupt": its size is not the stored one (`size`, -1 unknown), or with --deep its
+ * content does not hash to its name. A file that is there but cannot be read (permissions, an
+ * I/O error) is not damaged: it is reported, and --fix leaves it alone. */
+static const char *blob_problem(doctor *d, const char *path, const char *sha, long long size,
+                                const char **why)
+{
+    struct stat sb;
+    char hex[65];
+    *why = NULL;
+    if (stat(path, &sb) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return "missing";
+        *why = strerror(errno);
+        return "unreadable";
+    }
+    if (access(path, R_OK) != 0) {
+        *why = strerror(errno);
+        return "unreadable";
+    }
+    if (size >= 0 && (long long)sb.st_size != size)
+        return "corrupt";
+    if (!d->o->deep)
+        return NULL;
+    if (hash_blob(hex, path) != 0) {
+        *why = strerror(errno);
+        return "unreadable";
+    }
+    return strcmp(hex, sha) != 0 ? "corrupt" : NULL;
 }
 
 /* A lost adapter's file name and where it was first imported from: what to import again. */
@@ -112,32 +154,34 @@ static int check_referenced(doctor *d)
 {
     sqlite3_stmt *st = NULL;
     int err = mood__reg_prepare(d->r, &st,
-                                "SELECT sha256, 'adapter' FROM adapters"
-                                " UNION SELECT blob_sha256, 'preview' FROM previews"
-                                " UNION SELECT blob_sha256, role FROM style_files"),
+                                "SELECT sha256, 'adapter', size FROM adapters"
+                                " UNION SELECT blob_sha256, 'preview', NULL FROM previews"
+                                " UNION SELECT blob_sha256, role, NULL FROM style_files"),
         rc;
     if (err)
         return err;
     while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *sha = (const char *)sqlite3_column_text(st, 0);
-        const char *kind = (const char *)sqlite3_column_text(st, 1);
-        char *path = NULL, hex[65];
-        cJSON *item;
+        const char *kind = (const char *)sqlite3_column_text(st, 1), *problem, *why;
+        long long size =
+            sqlite3_column_type(st, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 2);
+        char *path = NULL;
+        cJSON *item = NULL;
         if (!sha || !mood__blob_valid_hex(sha) || (err = mood__blob_path(&path, d->r, sha)) != 0)
             continue;
-        if (!mood_path_exists(path)) {
+        if ((problem = blob_problem(d, path, sha, size, &why)) != NULL) {
             item = cJSON_CreateObject();
-            cJSON_AddItemToArray(d->missing, item);
-        } else if (d->o->deep && (hash_blob(hex, path), strcmp(hex, sha) != 0)) {
-            item = cJSON_CreateObject();
-            cJSON_AddItemToArray(d->corrupt, item);
-        } else {
-            item = NULL;
+            cJSON_AddItemToArray(strcmp(problem, "missing") == 0   ? d->missing
+                                 : strcmp(problem, "corrupt") == 0 ? d->corrupt
+                                                                   : d->unreadable,
+                                 item);
         }
         if (item) {
             cJSON_AddStringToObject(item, "sha256", sha);
             cJSON_AddStringToObject(item, "kind", kind);
             cJSON_AddStringToObject(item, "path", path);
+            if (why)
+                cJSON_AddStringToObject(item, "error", why);
             if (strcmp(kind, "adapter") == 0)
                 err = describe_adapter(d, item, sha);
             d->problems++;
@@ -159,6 +203,41 @@ static int is_used(doctor *d, const char *sha, int *used)
                                   " (SELECT count(*) FROM style_files WHERE blob_sha256 = ?1)",
                                   sha);
     *used = n > 0;
+    return err;
+}
+
+/* An orphan that holds a LoRA (a safetensors file) may be the only copy of one whose row was
+ * lost (a registry.db restored from an old backup, or lost and then imported into again): --fix
+ * moves it to HOME/lost+found/SHA256.safetensors, where 'mood import' takes it back, instead of
+ * deleting it. Anything else (a preview, a stray file) is deleted. */
+static int fix_orphan(doctor *d, const char *path, const char *name)
+{
+    mood_st_file *f = NULL;
+    mood_buf dir, to;
+    int err = 0;
+    if (mood_st_open(&f, path) != 0) {
+        mood_error_clear();
+        return unlink(path) == 0
+                   ? 0
+                   : mood_error_set(MOOD_EIO, "%s: cannot delete: %s", path, strerror(errno));
+    }
+    mood_st_close(f);
+    mood_buf_init(&dir);
+    mood_buf_init(&to);
+    if ((err = mood_buf_printf(&dir, "%s/lost+found", d->r->home)) == 0 &&
+        (err = mood_buf_printf(&to, "%s/%.64s.safetensors", dir.data, name)) == 0) {
+        if ((mkdir(dir.data, 0777) != 0 && errno != EEXIST) || rename(path, to.data) != 0)
+            err = mood_error_set(MOOD_EIO, "%s: cannot move it to %s: %s", path, dir.data,
+                                 strerror(errno));
+    }
+    if (!err) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "path", path);
+        cJSON_AddStringToObject(o, "to", to.data);
+        cJSON_AddItemToArray(d->rescued, o);
+    }
+    mood_buf_dispose(&dir);
+    mood_buf_dispose(&to);
     return err;
 }
 
@@ -189,7 +268,7 @@ static int scan_dir(doctor *d, const char *prefix)
             continue;
         cJSON_AddItemToArray(d->orphans, cJSON_CreateString(path.data));
         d->problems++;
-        if (d->o->fix && unlink(path.data) == 0)
+        if (d->o->fix && (err = fix_orphan(d, path.data, sha)) == 0)
             d->fixed++;
     }
     closedir(dp);
@@ -542,7 +621,8 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                          const mood_doctor_options *o)
 {
     static const mood_doctor_options check_only; /* o NULL: no deep hashing, no fixing */
-    doctor d = {r, o ? o : &check_only, NULL, NULL, NULL, NULL, NULL, {NULL, 0, 0}, 0, 0};
+    doctor d = {r,    o ? o : &check_only, NULL, NULL, NULL, NULL, NULL, NULL,
+                NULL, {NULL, 0, 0},        0,    0};
     char *text = NULL;
     int err;
     MOOD_ARG_NONNULL(out);
@@ -555,6 +635,8 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
     d.missing = cJSON_AddArrayToObject(d.report, "missing");
     d.orphans = cJSON_AddArrayToObject(d.report, "orphans");
     d.corrupt = cJSON_AddArrayToObject(d.report, "corrupt");
+    d.unreadable = cJSON_AddArrayToObject(d.report, "unreadable");
+    d.rescued = cJSON_AddArrayToObject(d.report, "rescued");
     /* before anything is deleted: a read-only registry refuses --fix (an absent one is not
      * created for it: check_database) */
     if ((d.o->fix && !r->absent && (err = mood__reg_writable(r)) != 0) ||

@@ -434,6 +434,66 @@ static void test_rm_and_refcount(void)
     mood_registry_close(r);
 }
 
+/* A stored file doctor cannot read is "unreadable", never "missing" or "damaged": --fix leaves the
+ * style and the file alone (a registry restored with the wrong owner lost LoRAs to --fix). A
+ * LoRA file whose size is not the stored one is damaged without --deep. An orphan that holds a
+ * LoRA (its row lost) is moved to lost+found/ by --fix, not deleted. */
+static void test_doctor_keeps_what_it_cannot_judge(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result a, b;
+    char path[1200], rescued[1200], *report = NULL;
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
+        NULL));
+    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), a.sha256,
+             a.sha256 + 2);
+    if (geteuid() != 0) { /* root reads anything */
+        MOOD_CHECK(chmod(path, 0) == 0);
+        MOOD_CHECK(doctor(r, 1, 1, &report) == 1);
+        MOOD_CHECK_MSG(report && strstr(report, "\"unreadable\":[{\"sha256\":\"") &&
+                           strstr(report, "\"missing\":[]") && strstr(report, "\"corrupt\":[]"),
+                       "%s", report ? report : "(null)");
+        mood_registry_free_string(report);
+        MOOD_CHECK(chmod(path, 0644) == 0);
+        MOOD_CHECK(doctor(r, 1, 0, NULL) == 0); /* style and file still there */
+    }
+    /* a truncated LoRA file: damaged by its size alone */
+    MOOD_CHECK(truncate(path, 1000) == 0);
+    MOOD_CHECK(doctor(r, 0, 0, &report) == 1);
+    MOOD_CHECK(report && strstr(report, "\"corrupt\":[{\"sha256\":\"") && strstr(report, a.sha256));
+    mood_registry_free_string(report);
+    /* b's rows lost, its file kept: --fix moves it to lost+found/, whence it imports again */
+    MOOD_CHECK_OK(mood_registry_rm(r, "ink"));
+    {
+        sqlite3 *db = NULL;
+        char db_path[1200];
+        snprintf(db_path, sizeof db_path, "%s/registry.db", mood_registry_home(r));
+        MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+        MOOD_CHECK(sqlite3_exec(db,
+                                "PRAGMA foreign_keys = ON; DELETE FROM styles WHERE name = 'grain';"
+                                " DELETE FROM sources; DELETE FROM adapters;",
+                                NULL, NULL, NULL) == SQLITE_OK);
+        sqlite3_close(db);
+    }
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK(doctor(r, 0, 1, &report) == 1);
+    snprintf(rescued, sizeof rescued, "%s/lost+found/%s.safetensors", mood_registry_home(r),
+             b.sha256);
+    MOOD_CHECK_MSG(report && strstr(report, "\"rescued\":[{"), "%s", report ? report : "(null)");
+    mood_registry_free_string(report);
+    MOOD_CHECK(access(rescued, F_OK) == 0 && !blob_exists(r, b.sha256));
+    MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
+    MOOD_CHECK_OK(mood_registry_import_file(r, &b, rescued, NULL, NULL));
+    MOOD_CHECK(!b.already);
+    mood_registry_close(r);
+}
+
 static void test_doctor(void)
 {
     const char *src = scratch_fresh_dir("src");
@@ -1171,6 +1231,7 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_import_and_dedupe), MOOD_T(test_refusals), MOOD_T(test_sidecars),
                MOOD_T(test_sidecar_links), MOOD_T(test_preview_content), MOOD_T(test_names),
                MOOD_T(test_rm_and_refcount), MOOD_T(test_doctor),
+               MOOD_T(test_doctor_keeps_what_it_cannot_judge),
                MOOD_T(test_doctor_keeps_combined_styles), MOOD_T(test_text_to_utf8),
                MOOD_T(test_sidecars_not_utf8), MOOD_T(test_civitai_sidecar_of_another_file),
                MOOD_T(test_typed_text_not_utf8), MOOD_T(test_half_done_import_cleaned),
