@@ -5,6 +5,10 @@
  * Content-Range and Content-Disposition of the last response (redirect responses reset them), and
  * the write callback sends a 2xx body to its sink (memory or the .part file) and anything else to
  * a small error buffer whose JSON "error"/"message" ends up in the error message.
+ * A download resumes from its .part only when the part is provably the start of the same file:
+ * the first answer's ETag or Last-Modified (kept in PART.valid) goes out as If-Range, and a file
+ * that changed comes back whole; without a validator it starts over, unless the caller checks
+ * the finished file's SHA-256 (Civitai publishes it).
  */
 #include <ctype.h>
 #include <errno.h>
@@ -52,6 +56,13 @@ typedef struct transfer {
     FILE *fp; /* download */
     uint64_t offset;
     int started;
+    /* resuming a download safely: the response's validator (a strong ETag, else Last-Modified),
+     * the one the part was started with (kept in valid_path beside it, for a later run), sent
+     * as If-Range so that a changed file comes whole instead of spliced onto the old start */
+    char *validator, *if_range;
+    const char *valid_path;
+    int verified; /* the caller checks the finished file's SHA-256: a resume needs no validator */
+    struct curl_slist *headers, *attempt_headers;
     mood_buf errbody;
     /* what went wrong inside a callback */
     int too_big, nomem, bad_range, write_errno, cancelled;
@@ -286,6 +297,8 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
         t->range_start = -1;
         mood_free(t->disposition);
         t->disposition = NULL;
+        mood_free(t->validator);
+        t->validator = NULL;
         return len;
     }
     if (!(colon = memchr(data, ':', len)))
@@ -308,15 +321,42 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
         mood_free(t->disposition);
         t->disposition = value;
         value = NULL;
+    } else if ((klen == 4 && strncasecmp(data, "etag", 4) == 0 && value[0] == '"') ||
+               (klen == 13 && strncasecmp(data, "last-modified", 13) == 0 && !t->validator)) {
+        /* a weak ETag (W/"...") may not validate a range (RFC 9110 13.1.5) */
+        mood_free(t->validator);
+        t->validator = value;
+        value = NULL;
     }
     mood_free(value);
     return len;
 }
 
-/* The first body bytes of a download: start over when the server ignored the Range. */
+/* The validator of a download that starts from its first byte: kept (memory and valid_path), so
+ * that a resume asks for the rest of this very file; none known: the file is removed. */
+static int keep_validator(transfer *t)
+{
+    FILE *f;
+    mood_free(t->if_range);
+    t->if_range = NULL;
+    if (!t->valid_path)
+        return 0;
+    if (!t->validator)
+        return unlink(t->valid_path) == 0 || errno == ENOENT ? 0 : -1;
+    if (!(t->if_range = mood_strdup(t->validator)) || !(f = fopen(t->valid_path, "w")))
+        return -1;
+    return (fputs(t->validator, f) < 0) | (fclose(f) != 0) ? -1 : 0;
+}
+
+/* The first body bytes of a download: start over when the server ignored the Range (or, asked
+ * with If-Range, sent the whole file because it changed). */
 static int start_body(transfer *t)
 {
     t->started = 1;
+    if (t->status == 200 && keep_validator(t) != 0) {
+        t->write_errno = errno ? errno : EIO;
+        return -1;
+    }
     if (t->status == 200 && t->offset > 0) {
         if (fflush(t->fp) || ftruncate(fileno(t->fp), 0) || fseek(t->fp, 0, SEEK_SET)) {
             t->write_errno = errno ? errno : EIO;
@@ -374,6 +414,57 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
         t->cancelled = 1;
         return 1;
     }
+    return 0;
+}
+
+/* Headers of one download attempt: the request's, and If-Range with the part's validator. */
+static int set_attempt_headers(CURL *h, transfer *t)
+{
+    struct curl_slist *l = NULL, *l2;
+    char *line = NULL;
+    curl_slist_free_all(t->attempt_headers);
+    t->attempt_headers = NULL;
+    for (const struct curl_slist *p = t->headers; p; p = p->next) {
+        if (!(l2 = curl_slist_append(l, p->data)))
+            goto nomem;
+        l = l2;
+    }
+    if (!(line = mood_malloc(strlen(t->if_range) + 16)))
+        goto nomem;
+    sprintf(line, "If-Range: %s", t->if_range);
+    if (!(l2 = curl_slist_append(l, line)))
+        goto nomem;
+    mood_free(line);
+    t->attempt_headers = l2;
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, l2);
+    return 0;
+nomem:
+    mood_free(line);
+    curl_slist_free_all(l);
+    return mood_error_nomem();
+}
+
+/* Where a download attempt starts: at the end of the part when the part can be proven to be the
+ * start of the same file (its validator goes as If-Range) or when the finished file's SHA-256
+ * is checked; else from the first byte (a server that gave neither ETag nor Last-Modified may
+ * have changed the file, and the two halves of two versions would be imported as one). */
+static int resume_from_part(CURL *h, transfer *t, const char *url)
+{
+    long pos;
+    if (fflush(t->fp) || fseek(t->fp, 0, SEEK_END) || (pos = ftell(t->fp)) < 0)
+        return mood_error_set(MOOD_EIO, "%s: cannot read the partial download: %s", url,
+                              strerror(errno));
+    if (pos > 0 && !t->if_range && !t->verified) {
+        if (ftruncate(fileno(t->fp), 0) || fseek(t->fp, 0, SEEK_SET))
+            return mood_error_set(MOOD_EIO, "%s: cannot restart the download: %s", url,
+                                  strerror(errno));
+        pos = 0;
+    }
+    t->offset = (uint64_t)pos;
+    curl_easy_setopt(h, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)t->offset);
+    if (pos > 0 && t->if_range)
+        return set_attempt_headers(h, t);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, t->headers);
     return 0;
 }
 
@@ -526,14 +617,8 @@ static int run(CURL *h, transfer *t, const char *url, const mood__http_options *
         CURLcode rc;
         long wait;
         reset_attempt(t);
-        if (t->fp) {
-            long pos;
-            if (fflush(t->fp) || fseek(t->fp, 0, SEEK_END) || (pos = ftell(t->fp)) < 0)
-                return mood_error_set(MOOD_EIO, "%s: cannot read the partial download: %s", url,
-                                      strerror(errno));
-            t->offset = (uint64_t)pos;
-            curl_easy_setopt(h, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)t->offset);
-        }
+        if (t->fp && (err = resume_from_part(h, t, url)) != 0)
+            return err;
         curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
         rc = curl_easy_perform(h);
         if (t->cancelled)
@@ -652,6 +737,20 @@ static int join_path(char **out, const char *dir, const char *name)
     return 0;
 }
 
+/* The validator a part was started with (PART.valid), NULL when none was kept. */
+static char *read_validator(const char *path)
+{
+    char line[512];
+    FILE *f = fopen(path, "r");
+    char *v = NULL;
+    if (!f)
+        return NULL;
+    if (fgets(line, sizeof line, f) && line[0] && line[strcspn(line, "\r\n")] == '\0')
+        v = mood_strdup(line);
+    fclose(f);
+    return v;
+}
+
 /* Opens and locks DIR/.mood-dl-<hash>.part. */
 static int open_part(FILE **fp_out, char **part_out, const char *url, const char *shown,
                      const char *dir)
@@ -714,6 +813,7 @@ int mood__http_download(char **path_out, const char *url, const char *dir,
     mood_buf unused;
     char errbuf[CURL_ERROR_SIZE];
     char *shown = mood__http_redact(url), *part = NULL, *name = NULL, *effective = NULL;
+    char *valid = NULL; /* the part's validator file */
     FILE *fp = NULL;
     int err;
     *path_out = NULL;
@@ -728,7 +828,18 @@ int mood__http_download(char **path_out, const char *url, const char *dir,
     if ((err = open_part(&fp, &part, url, shown, dir)) != 0)
         goto done;
     t.fp = fp;
-    if ((err = begin(&h, &headers, &t, url, o, errbuf)) != 0 || (err = run(h, &t, shown, o)) != 0)
+    t.verified = o && o->expected_sha256;
+    if (!(valid = mood_malloc(strlen(part) + 8))) {
+        err = mood_error_nomem();
+        goto done;
+    }
+    sprintf(valid, "%s.valid", part);
+    t.valid_path = valid;
+    t.if_range = read_validator(valid);
+    if ((err = begin(&h, &headers, &t, url, o, errbuf)) != 0)
+        goto done;
+    t.headers = headers;
+    if ((err = run(h, &t, shown, o)) != 0)
         goto done;
     if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
         err = mood_error_set(MOOD_EIO, "%s: writing %s failed: %s", shown, part, strerror(errno));
@@ -749,8 +860,14 @@ done:
         /* an empty part (nothing received) is not worth keeping for a resume */
         if (err && part && fseek(fp, 0, SEEK_END) == 0 && ftell(fp) == 0)
             unlink(part);
+        if (valid && (!err || access(part, F_OK) != 0))
+            unlink(valid); /* its part is finished or gone */
         fclose(fp);
     }
+    curl_slist_free_all(t.attempt_headers);
+    mood_free(t.validator);
+    mood_free(t.if_range);
+    mood_free(valid);
     if (headers) /* NULL too when libcurl could not be loaded */
         curl_slist_free_all(headers);
     if (h)

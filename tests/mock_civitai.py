@@ -12,7 +12,14 @@ Serves on 127.0.0.1 (an ephemeral port, written to --port-file once listening) t
                                               (`localhost`, not 127.0.0.1, so that the client
                                               must not forward the token there)
   GET /storage/{mode}/{name}                  the file; honours Range unless mode is "norange";
-                                              "noauth" rejects any Authorization header (403)
+                                              "noauth" rejects any Authorization header (403);
+                                              "cut" sends half the body to a request without
+                                              Range; "cutflip" does that once, then serves the
+                                              file with one byte changed (another version of
+                                              the same size: a new ETag); "cutbare" is "cut"
+                                              without ETag (every other mode sends one, and
+                                              honours If-Range: a stale validator gets the
+                                              whole file, 200)
   GET /images/{name}.png                      a tiny PNG preview
 
 Versions of model 900001 (each one has the same kind of record):
@@ -316,14 +323,27 @@ class Handler(BaseHTTPRequestHandler):
         data = FILES[fname]
         if mode == "bad":
             data = data[:-1] + b"\x41"
+        served = self.server.storage_served
+        if mode == "cutflip" and served.get((mode, fname)):
+            # the first byte of tensor data (a low mantissa byte): in the part sent first, so
+            # that a splice of the old start and the new end is the old version
+            at = 8 + struct.unpack("<Q", data[:8])[0]
+            data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
+        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
         rng = self.headers.get("Range", "")
+        if_range = self.headers.get("If-Range")
         start = 0
-        if rng.startswith("bytes=") and rng.endswith("-") and mode != "norange":
+        if rng.startswith("bytes=") and rng.endswith("-") and mode != "norange" and \
+                (if_range is None or if_range == etag):
             start = int(rng[6:-1])
             if start >= len(data):
                 return self.send(416, b"", headers=[("Content-Range", "bytes */%d" % len(data))])
         headers = [("Accept-Ranges", "bytes"),
                    ("Content-Disposition", 'attachment; filename="%s"' % fname)]
+        if mode != "cutbare":
+            headers.append(("ETag", etag))
+        first = not served.get((mode, fname))
+        served[(mode, fname)] = True
         if start:
             headers.append(("Content-Range", "bytes %d-%d/%d" % (start, len(data) - 1, len(data))))
         body = data[start:]
@@ -333,8 +353,10 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         self.end_headers()
-        if mode == "cut" and not start:
-            self.wfile.write(body[:len(body) // 2])
+        if (mode in ("cut", "cutbare") or (mode == "cutflip" and first)) and not start:
+            # half the body; cutflip past the byte its next version changes
+            at = 8 + struct.unpack("<Q", data[:8])[0] + 64 if mode == "cutflip" else len(body) // 2
+            self.wfile.write(body[:min(at, len(body) - 1)])
             self.wfile.flush()
             self.close_connection = True
             return
@@ -354,6 +376,7 @@ def main():
     if args.lora_v2:
         serve_instead("mock_ink_style_v2.safetensors", args.lora_v2)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.storage_served = {}  # (mode, name) -> served once: cutflip and cutbare change after it
     server.daemon_threads = True
     server.state = State(args.log)
     timer = threading.Timer(args.lifetime, lambda: os._exit(3))

@@ -105,6 +105,25 @@ expect_rc 0 "the next run resumes" "$MOOD" import civitai:900105
 check "resumed with Range" grep -q "GET /storage/cut/mock_ink_style.safetensors auth=no range=bytes=" "$tmp/server.log"
 check "resumed file is whole" [ -f "$MOOD_HOME/blobs/sha256/$(sha "$V1" | cut -c1-2)/$(sha "$V1" | cut -c3-)" ]
 
+# ----- a plain URL (no published hash) cut off, and the file changed on the server before the
+# next run: the resume sends If-Range with the first answer's ETag and gets the new file whole
+# (it spliced the new end onto the old start and imported that); without any validator the next
+# run starts from the first byte
+home hflip
+expect_rc 2 "URL cut off" env -u CIVITAI_TOKEN MOOD_HTTP_RETRIES=0 "$MOOD" import "$URL/storage/cutflip/mock_ink_style.safetensors"
+expect_rc 0 "the next run, after the file changed" env -u CIVITAI_TOKEN "$MOOD" import "$URL/storage/cutflip/mock_ink_style.safetensors" --json
+check "asked with If-Range" grep -q "GET /storage/cutflip/mock_ink_style.safetensors auth=no range=bytes=" "$tmp/server.log"
+check "the changed file, whole" py '
+import hashlib, json, sys, urllib.request
+want = hashlib.sha256(urllib.request.urlopen(sys.argv[2] + "/storage/cutflip/mock_ink_style.safetensors").read()).hexdigest()
+got = json.load(open(sys.argv[1]))["imported"][0]["sha256"]
+assert got == want, (got, want)' "$tmp/out" "$URL"
+home hbare
+expect_rc 2 "URL cut off, no validator" env -u CIVITAI_TOKEN MOOD_HTTP_RETRIES=0 "$MOOD" import "$URL/storage/cutbare/mock_ink_style.safetensors"
+before=$(wc -l <"$tmp/server.log")
+expect_rc 2 "the next run starts over (and is cut again)" env -u CIVITAI_TOKEN MOOD_HTTP_RETRIES=0 "$MOOD" import "$URL/storage/cutbare/mock_ink_style.safetensors"
+check "no Range without a validator" bash -c "tail -n +$((before + 1)) '$tmp/server.log' | grep -q 'GET /storage/cutbare/mock_ink_style.safetensors auth=no range=- '"
+
 # ----- 429 then success; --nsfw x keeps both previews
 home h3
 expect_rc 0 "429 then success" "$MOOD" import civitai:900106 --nsfw x --json
