@@ -67,6 +67,13 @@ static int own(exporter *x, char *s)
 }
 
 /* Adds an archive entry from the blob at path (once per archive name). */
+/* The SHA-256 a pack file named "DIR/SHA256.EXT" (a registry blob) holds (malloc'd). */
+static char *blob_sha(const char *name)
+{
+    const char *slash = strrchr(name, '/');
+    return mood_strndup(slash ? slash + 1 : name, 64);
+}
+
 static int add_src(exporter *x, const char *name, const char *path)
 {
     mood__pack_src *p;
@@ -84,10 +91,12 @@ static int add_src(exporter *x, const char *name, const char *path)
         return mood_error_nomem();
     x->src = p;
     memset(&x->src[x->n_src], 0, sizeof *p);
-    if ((err = own(x, mood_strdup(name))) != 0 || (err = own(x, mood_strdup(path))) != 0)
+    if ((err = own(x, mood_strdup(name))) != 0 || (err = own(x, mood_strdup(path))) != 0 ||
+        (err = own(x, blob_sha(name))) != 0)
         return err;
-    x->src[x->n_src].name = x->owned[x->n_owned - 2];
-    x->src[x->n_src].path = x->owned[x->n_owned - 1];
+    x->src[x->n_src].name = x->owned[x->n_owned - 3];
+    x->src[x->n_src].path = x->owned[x->n_owned - 2];
+    x->src[x->n_src].sha256 = x->owned[x->n_owned - 1];
     x->n_src++;
     return 0;
 }
@@ -377,7 +386,7 @@ int mood_pack_export(mood_registry *r, const char *const *names, size_t n, const
             goto done;
         }
         x.src = p;
-        x.src[x.n_src++] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, text, strlen(text)};
+        x.src[x.n_src++] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, text, strlen(text), NULL};
     }
     err = mood__pack_write(path, x.src, x.n_src, o->progress, o->payload);
 done:

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mood/hash.h"
 #include "styles/archive_api.h"
 #include "styles/pack_archive.h"
 
@@ -82,10 +83,19 @@ static int write_entry(writer *w, const mood__pack_src *s)
     if (!e)
         return mood_error_nomem();
     if (s->path) {
+        char hex[65];
         if ((err = mood_map_file(&m, s->path)) != 0)
             goto done;
         data = m.data;
         size = m.size;
+        /* a damaged stored file would make a pack every importer refuses */
+        if (s->sha256 && (mood_sha256_hex(hex, data, (size_t)size), strcmp(hex, s->sha256) != 0)) {
+            err = mood_error_set(MOOD_EFORMAT,
+                                 "%s (for %s) is damaged: its SHA-256 is %s, not %s; nothing "
+                                 "was written ('mood doctor --deep' lists what else is)",
+                                 s->path, s->name, hex, s->sha256);
+            goto done;
+        }
     }
     archive_entry_set_pathname(e, s->name);
     archive_entry_set_filetype(e, AE_IFREG);

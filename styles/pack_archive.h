@@ -63,6 +63,8 @@ typedef struct mood__pack_src {
     const char *path;
     const void *data;
     size_t size;
+    const char *sha256; /* with path: what the file must hash to (a registry blob's name), or
+                           NULL; a file that does not is refused, not packed */
 } mood__pack_src;
 
 /* Writes the archive at out_path atomically. Progress in bytes of entry data. */

@@ -106,6 +106,16 @@ check "reported as merged" py 'import json,sys; d=json.load(open(sys.argv[1])); 
 MOOD_HOME="$tmp/refi" "$MOOD" show inkwash --json >"$tmp/shown.json"
 check "the pack's tag added" py 'import json,sys; d=json.load(open(sys.argv[1])); assert "ink" in d["tags"], d["tags"]' "$tmp/shown.json"
 
+# --- a damaged stored file is not packed (every importer would refuse the pack): the export
+# fails naming it, and writes nothing
+expect_rc 0 "import for a damaged blob" env MOOD_HOME="$tmp/dmg" "$MOOD" import "$tmp/src/inkwash.safetensors"
+blob=$(find "$tmp/dmg/blobs/sha256" -type f -size +100k | head -1)
+printf 'X' | dd of="$blob" bs=1 seek=5000 conv=notrunc status=none
+expect_rc 1 "export with a damaged stored file" env MOOD_HOME="$tmp/dmg" "$MOOD" pack export inkwash \
+    -o "$tmp/dmg.moodpack"
+check "names the damaged file" grep -q "is damaged: its SHA-256 is" "$tmp/err"
+check "no pack written" test ! -e "$tmp/dmg.moodpack"
+
 # --- tampered packs ----------------------------------------------------------------------------
 D=$tmp/d
 mkdir -p "$D/x"

@@ -270,8 +270,8 @@ static int write_pack(const char *out, const char *path, const char *family)
              " \"embedded\": true, \"file\": \"%s\"}], \"styles\": [{\"name\": \"x\","
              " \"adapters\": [{\"sha256\": \"%s\", \"unet\": 1, \"te\": 1}]}]}",
              h.sha256, (unsigned long long)h.size, family, file, h.sha256);
-    src[0] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, manifest, strlen(manifest)};
-    src[1] = (mood__pack_src){file, path, NULL, 0};
+    src[0] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, manifest, strlen(manifest), NULL};
+    src[1] = (mood__pack_src){file, path, NULL, 0, NULL};
     return mood__pack_write(out, src, 2, NULL, NULL);
 }
 

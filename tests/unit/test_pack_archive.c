@@ -170,12 +170,12 @@ static void test_round_trip(void)
     size_t na = 0, nb = 0;
     init_data();
     /* given out of order: the writer puts manifest.json first and sorts the rest */
-    src[0] = (mood__pack_src){preview_file, NULL, preview, sizeof preview};
-    src[1] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, m, strlen(m)};
-    src[2] = (mood__pack_src){adapter_file, NULL, adapter, sizeof adapter};
+    src[0] = (mood__pack_src){preview_file, NULL, preview, sizeof preview, NULL};
+    src[1] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, m, strlen(m), NULL};
+    src[2] = (mood__pack_src){adapter_file, NULL, adapter, sizeof adapter, NULL};
     MOOD_CHECK_OK(mood__pack_write(a, src, 3, NULL, NULL));
-    src[0] = (mood__pack_src){adapter_file, NULL, adapter, sizeof adapter};
-    src[2] = (mood__pack_src){preview_file, NULL, preview, sizeof preview};
+    src[0] = (mood__pack_src){adapter_file, NULL, adapter, sizeof adapter, NULL};
+    src[2] = (mood__pack_src){preview_file, NULL, preview, sizeof preview, NULL};
     MOOD_CHECK_OK(mood__pack_write(b, src, 3, NULL, NULL));
     da = read_file(a, &na);
     db = read_file(b, &nb);
@@ -496,9 +496,9 @@ static void test_alloc_failures(void)
 {
     const char *m = manifest_text(sizeof adapter);
     char out[1024];
-    mood__pack_src src[3] = {{MOOD__PACK_MANIFEST, NULL, m, strlen(m)},
-                             {adapter_file, NULL, adapter, sizeof adapter},
-                             {preview_file, NULL, preview, sizeof preview}};
+    mood__pack_src src[3] = {{MOOD__PACK_MANIFEST, NULL, m, strlen(m), NULL},
+                             {adapter_file, NULL, adapter, sizeof adapter, NULL},
+                             {preview_file, NULL, preview, sizeof preview, NULL}};
     int done = 0;
     snprintf(out, sizeof out, "%s", scratch_path("alloc.moodpack")); /* scratch_path rotates */
     for (long n = 1; n < 200 && !done; n++) {
