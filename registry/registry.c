@@ -465,6 +465,12 @@ int mood__reg_lock_exclusive(mood_registry *r, int wait)
 {
     if (r->lock_fd < 0)
         return 0;
+    /* a wait with no word looks like a hang (an import paused with Ctrl-Z holds the lock) */
+    if (wait && flock(r->lock_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK)
+        mood_log(MOOD_LOG_WARN,
+                 "%s: another mood process is using the registry (an import, a pack import or a "
+                 "training's registration); waiting for it to finish...",
+                 r->home);
     while (flock(r->lock_fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
         if (errno == EWOULDBLOCK && !wait)
             return 1;

@@ -133,4 +133,14 @@ check "names it" grep -q "model gone: its link leads to $tmp/gone-model, which i
 expect_rc 1 "doctor --fix" "$MOOD" doctor --fix
 check "the broken link removed, the other kept" test ! -L "$MOOD_HOME/models/gone" -a -L "$MOOD_HOME/models/kept"
 
+# another process holding the registry (an import paused with Ctrl-Z): doctor says it waits,
+# then runs when the lock is free (flock(1) takes the same lock as mood)
+if command -v flock >/dev/null; then
+    flock "$MOOD_HOME/registry.lock" sleep 2 &
+    sleep 0.5
+    expect_rc 0 "doctor while another process holds the registry" timeout 30 "$MOOD" doctor
+    check "says it waits" grep -q "another mood process is using the registry.*waiting" "$tmp/err"
+    wait
+fi
+
 finish
