@@ -120,6 +120,15 @@ typedef struct mood_dynlib_symbol {
 int mood_dynlib_load(const char *library, const mood_dynlib_symbol *symbols, size_t n, void *fns,
                      size_t size, char *reason, size_t reason_size);
 
+/* Where a pack import extracts its files: HOME/.moodpack-PID-XXXXXX (styles/pack_archive.c). */
+#define MOOD_PACK_TEMP_PREFIX ".moodpack-"
+/* Removes the directories DIR/PREFIX<pid>-* of processes that no longer exist (a run killed
+ * before it could clean up), with the files in them named by digits only (as their makers name
+ * them; anything else is left, and so is the directory then). */
+void mood_remove_dead_temp_dirs(const char *dir, const char *prefix);
+/* DIR's files named by digits only, then DIR itself when that leaves it empty. */
+void mood_remove_digit_named_dir(const char *dir);
+
 /* True when path names an existing file or directory. */
 int mood_path_exists(const char *path);
 /* Pointer to the last path component of path. */

@@ -12,6 +12,7 @@
  * flight are kept in a small table so that a signal handler (Ctrl-C) can remove them with
  * mood_atomic_cleanup_all(): no partial file is ever left under either name.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -316,6 +317,51 @@ void mood_atomic_abort(mood_atomic_file *af)
     mood_free(af->tmp_path);
     mood_free(af->path);
     memset(af, 0, sizeof *af);
+}
+
+void mood_remove_digit_named_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    mood_buf path;
+    if (!d)
+        return;
+    mood_buf_init(&path);
+    while ((e = readdir(d)) != NULL) {
+        if (!e->d_name[0] || strspn(e->d_name, "0123456789") != strlen(e->d_name))
+            continue;
+        path.len = 0;
+        if (mood_buf_printf(&path, "%s/%s", dir, e->d_name) == 0)
+            unlink(path.data);
+    }
+    closedir(d);
+    mood_buf_dispose(&path);
+    rmdir(dir);
+}
+
+void mood_remove_dead_temp_dirs(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    mood_buf path;
+    size_t k = strlen(prefix);
+    if (!d)
+        return;
+    mood_buf_init(&path);
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        long pid;
+        if (strncmp(e->d_name, prefix, k) != 0)
+            continue;
+        pid = strtol(e->d_name + k, &end, 10);
+        if (pid <= 0 || *end != '-' || (kill((pid_t)pid, 0) != 0 ? errno != ESRCH : 1))
+            continue; /* alive, or not ours to judge */
+        path.len = 0;
+        if (mood_buf_printf(&path, "%s/%s", dir, e->d_name) == 0)
+            mood_remove_digit_named_dir(path.data);
+    }
+    closedir(d);
+    mood_buf_dispose(&path);
 }
 
 int mood_path_exists(const char *path)

@@ -652,12 +652,15 @@ done:
     return err;
 }
 
-/* Clean-up needs no import running; when one is, the next open does it. */
+/* Clean-up needs no import running; when one is, the next open does it. A pack import killed
+ * before it could clean up leaves its extracted pack (HOME/.moodpack-PID-...: gigabytes for a
+ * big pack); it goes too once its process is gone. */
 static int cleanup(mood_registry *r)
 {
     int err = mood__reg_lock_exclusive(r, 0);
     if (err)
         return err < 0 ? err : 0;
+    mood_remove_dead_temp_dirs(r->home, MOOD_PACK_TEMP_PREFIX);
     err = mood__blob_cleanup(r);
     mood__reg_unlock_exclusive(r);
     return err;

@@ -8,11 +8,9 @@
  * or a header that understates its data stops at the limit, not at the end of the disk. Only
  * after the last entry are the hashes compared and the list checked for missing files.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -23,7 +21,7 @@
 #include "styles/pack_archive.h"
 
 #define CHUNK        (1u << 20)
-#define STALE_PREFIX ".moodpack-"
+#define STALE_PREFIX MOOD_PACK_TEMP_PREFIX
 
 void mood__pack_limits_init(mood__pack_limits *l)
 {
@@ -187,27 +185,6 @@ done:
 }
 
 /* ----- reading ------------------------------------------------------------------------------- */
-
-/* Removes a temporary directory of the reader: its files are named by digits only. */
-static void remove_extracted(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    mood_buf path;
-    if (!d)
-        return;
-    mood_buf_init(&path);
-    while ((e = readdir(d)) != NULL) {
-        if (!e->d_name[0] || strspn(e->d_name, "0123456789") != strlen(e->d_name))
-            continue;
-        path.len = 0;
-        if (mood_buf_printf(&path, "%s/%s", dir, e->d_name) == 0)
-            unlink(path.data);
-    }
-    closedir(d);
-    mood_buf_dispose(&path);
-    rmdir(dir);
-}
 
 typedef struct reader {
     struct archive *a;
@@ -545,32 +522,6 @@ static int open_reader(reader *rd, const char *dest_dir)
     return err;
 }
 
-/* Removes DIR/.moodpack-PID-XXXXXX directories whose process is gone (a reader killed before it
- * could clean up). Only files named by digits, as the reader names them, are removed. */
-static void remove_stale(const char *dest_dir)
-{
-    DIR *d = opendir(dest_dir);
-    struct dirent *e;
-    mood_buf path;
-    if (!d)
-        return;
-    mood_buf_init(&path);
-    while ((e = readdir(d)) != NULL) {
-        char *end;
-        long pid;
-        if (strncmp(e->d_name, STALE_PREFIX, strlen(STALE_PREFIX)) != 0)
-            continue;
-        pid = strtol(e->d_name + strlen(STALE_PREFIX), &end, 10);
-        if (pid <= 0 || *end != '-' || (kill((pid_t)pid, 0) != 0 ? errno != ESRCH : 1))
-            continue; /* alive, or not ours to judge */
-        path.len = 0;
-        if (mood_buf_printf(&path, "%s/%s", dest_dir, e->d_name) == 0)
-            remove_extracted(path.data);
-    }
-    closedir(d);
-    mood_buf_dispose(&path);
-}
-
 int mood__pack_read(mood__pack_extract *out, const char *path, const char *dest_dir,
                     const mood__pack_limits *limits, mood_progress_fn progress, void *payload)
 {
@@ -590,7 +541,7 @@ int mood__pack_read(mood__pack_extract *out, const char *path, const char *dest_
     rd.progress = progress;
     rd.payload = payload;
     rd.p.phase = "reading the pack";
-    remove_stale(dest_dir);
+    mood_remove_dead_temp_dirs(dest_dir, STALE_PREFIX);
     if ((err = open_reader(&rd, dest_dir)) == 0)
         err = read_entries(&rd);
     if (rd.a)

@@ -106,6 +106,17 @@ check "reported as merged" py 'import json,sys; d=json.load(open(sys.argv[1])); 
 MOOD_HOME="$tmp/refi" "$MOOD" show inkwash --json >"$tmp/shown.json"
 check "the pack's tag added" py 'import json,sys; d=json.load(open(sys.argv[1])); assert "ink" in d["tags"], d["tags"]' "$tmp/shown.json"
 
+# --- what a pack import killed before its clean-up left (its extracted files) goes the next time
+# the registry is opened for a change; a live process's is kept
+dead=$(sh -c 'echo $$')
+mkdir -p "$tmp/dmg/.moodpack-$dead-abc123" "$tmp/dmg/.moodpack-$$-def456"
+echo x >"$tmp/dmg/.moodpack-$dead-abc123/0"
+echo x >"$tmp/dmg/.moodpack-$$-def456/0"
+expect_rc 0 "a registry with a killed pack import's files" env MOOD_HOME="$tmp/dmg" "$MOOD" import "$tmp/src/inkwash.safetensors"
+check "the dead import's files removed" test ! -e "$tmp/dmg/.moodpack-$dead-abc123"
+check "a live process's kept" test -e "$tmp/dmg/.moodpack-$$-def456/0"
+rm -r "$tmp/dmg"
+
 # --- a damaged stored file is not packed (every importer would refuse the pack): the export
 # fails naming it, and writes nothing
 expect_rc 0 "import for a damaged blob" env MOOD_HOME="$tmp/dmg" "$MOOD" import "$tmp/src/inkwash.safetensors"
