@@ -253,9 +253,16 @@ void mood__blob_tx_end(mood__blob_tx *tx)
  * open finishes the job). */
 void mood__blob_tx_abort(mood__blob_tx *tx, mood_registry *r)
 {
+    char why[2048]; /* the failure being undone is what the user must read, not the clean-up's */
     int deleted = 0;
     if (!tx->tmp_name)
         return;
+    snprintf(why, sizeof why, "%s", mood_error_last());
+    /* the temporary file first: on a full disk, its space is what the journal's write needs */
+    if (tx->tmp_path && unlink(tx->tmp_path) == 0) {
+        mood_free(tx->tmp_path);
+        tx->tmp_path = NULL;
+    }
     mood__reg_rollback(r);
     if (mood__reg_begin(r) == 0) {
         /* The journal row goes first: the blob is in use while any journal row names it. */
@@ -266,6 +273,7 @@ void mood__blob_tx_abort(mood__blob_tx *tx, mood_registry *r)
             mood__reg_rollback(r);
     }
     mood__blob_tx_end(tx);
+    mood_error_set(0, "%s", why);
 }
 
 int mood__blob_delete_if_unused(mood_registry *r, const char *sha256, int *deleted)
