@@ -322,12 +322,20 @@ static int adapters_failed(const gen_run *r, int err)
     if (!at)
         return cli_fail(err);
     cli_progress_done();
-    char line[2048]; /* module names in it come from the file: shown through cli_text_report */
+    char line[3072], why[1200] = ""; /* module names in it come from the file: cli_text_report */
+    /* the file was whole when it was imported: a file that cannot be read or parsed now is the
+     * registry's problem (another family, say, is not) */
+    if (err == MOOD_ENOTFOUND)
+        snprintf(why, sizeof why,
+                 "; the registry's copy of the file is missing: 'mood doctor' "
+                 "checks the registry and says how to repair it");
+    else if (err == MOOD_EFORMAT || err == MOOD_EIO)
+        snprintf(why, sizeof why,
+                 "; the registry's copy of the file, %s, is damaged or unreadable: 'mood doctor "
+                 "--deep' checks every stored file",
+                 a->path);
     snprintf(line, sizeof line, "%.*sstyle '%s' (its LoRA)%s%s", (int)(at - msg), msg, a->name,
-             at + strlen(a->path),
-             err == MOOD_ENOTFOUND ? "; the registry's copy of the file is missing: 'mood doctor' "
-                                     "checks the registry and says how to repair it"
-                                   : "");
+             at + strlen(a->path), why);
     cli_text_report("error", line);
     return mood_error_is_user(err) ? 1 : 2;
 }

@@ -283,6 +283,15 @@ expect_rc 0 "gen playground v2.5" "$MOOD" gen "$PROMPT" --model "$X/pg25" --step
     --sampler dpmpp_2m --seed 1 -o "$tmp/pg.png"
 expect_rc 1 "DDIM on an EDM model" "$MOOD" gen "$PROMPT" --model "$X/pg25" --steps 4 --sampler ddim
 check "says EDM" grep -q "EDM" "$tmp/err"
+# a style whose stored file was damaged after its import: the message says it is the registry's
+# copy, where it is, and what checks it (it read like a bad download)
+expect_rc 0 "a style to damage" env MOOD_HOME="$tmp/dmghome" "$MOOD" import "$P/lora.safetensors"
+blob=$(find "$tmp/dmghome/blobs/sha256" -type f | head -1)
+truncate -s 100 "$blob"
+expect_rc 1 "gen with a damaged stored file" env MOOD_HOME="$tmp/dmghome" "$MOOD" gen "$PROMPT" \
+    "${common[@]}" --style lora -o "$tmp/dmg.png"
+check "says the registry's copy is damaged" grep -q "the registry's copy of the file, .*blobs/sha256/.*, is damaged or unreadable: 'mood doctor --deep'" "$tmp/err"
+
 # the shipped model answers to its name before `mood demo` has registered anything
 expect_rc 0 "--model mood-tiny with an empty registry" env MOOD_HOME="$tmp/nohome" "$MOOD" gen \
     "a red apple" --model mood-tiny --steps 2 --seed 1 -o "$tmp/tiny.png"
