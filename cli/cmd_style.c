@@ -262,7 +262,10 @@ static void print_adapter(const cJSON *a)
         printf("    %-12s%s  (AutoV3 %s)\n", "AutoV3", str_or(a, "autov3_short", "?"),
                str_or(a, "autov3", "?"));
     printf("    %-12s%s\n", "SHA-256", str_or(a, "sha256", "?"));
-    printf("    %-12s%s\n", "stored at", str_or(a, "path", "?"));
+    printf("    %-12s%s%s\n", "stored at", str_or(a, "path", "?"),
+           str_of(a, "path") && access(str_of(a, "path"), F_OK) != 0
+               ? "  (MISSING: 'mood doctor' says how to repair it)"
+               : "");
     cJSON_ArrayForEach(src, cJSON_GetObjectItem(a, "sources"))
     {
         printf("    %-12s%s %s%s%s\n", "source", str_or(src, "kind", "?"),

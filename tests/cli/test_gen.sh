@@ -291,6 +291,9 @@ truncate -s 100 "$blob"
 expect_rc 1 "gen with a damaged stored file" env MOOD_HOME="$tmp/dmghome" "$MOOD" gen "$PROMPT" \
     "${common[@]}" --style lora -o "$tmp/dmg.png"
 check "says the registry's copy is damaged" grep -q "the registry's copy of the file, .*blobs/sha256/.*, is damaged or unreadable: 'mood doctor --deep'" "$tmp/err"
+rm "$blob"
+expect_rc 0 "show a style whose stored file is gone" env MOOD_HOME="$tmp/dmghome" "$MOOD" show lora
+check "show says the file is missing" grep -q "stored at .*(MISSING: 'mood doctor'" "$tmp/out"
 
 # the shipped model answers to its name before `mood demo` has registered anything
 expect_rc 0 "--model mood-tiny with an empty registry" env MOOD_HOME="$tmp/nohome" "$MOOD" gen \
