@@ -318,10 +318,38 @@ done:
     return err;
 }
 
+/* What a file that is not safetensors at all is, from its first bytes: a web page saved in its
+ * place (a download that got a login or error page), a PyTorch/pickle checkpoint, an archive.
+ * NULL when it looks like none of those. */
+static const char *other_kind(const uint8_t *p, uint64_t size)
+{
+    size_t i = 0;
+    while (i < size && i < 64 && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'))
+        i++;
+    if (size - i >= 5 &&
+        (p[i] == '<' && (p[i + 1] == '!' || p[i + 1] == 'h' || p[i + 1] == 'H' || p[i + 1] == '?')))
+        return "it is a web page (HTML or XML): the download got a page (a login, an error or "
+               "a 'file not found' page) instead of the file";
+    if (size - i >= 1 && (p[i] == '{' || p[i] == '['))
+        return "it is JSON text (an API or error answer saved as the file?)";
+    if (size >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5)
+        return "it is a Python pickle (a PyTorch .ckpt/.pt/.bin): mood reads safetensors only, "
+               "which cannot run code; convert it with a trusted tool first";
+    if (size >= 4 && p[0] == 'P' && p[1] == 'K' && p[2] == 3 && p[3] == 4)
+        return "it is a ZIP archive (a PyTorch .ckpt/.pt, or a zipped download): mood reads "
+               "safetensors only; unzip it, or convert a checkpoint with a trusted tool first";
+    return NULL;
+}
+
 static int validate(mood_st_file *f)
 {
     const uint8_t *p = f->map.data;
     uint64_t n = 0, header_end;
+    /* only a file that fails as safetensors is named as something else: a header length's
+     * bytes may look like anything */
+    const char *kind = f->size < 9 || p[8] != '{' ? other_kind(p, f->size) : NULL;
+    if (kind)
+        return fail(f, "%s", kind, NULL);
     if (f->size < 8) {
         char sz[32];
         snprintf(sz, sizeof sz, "%llu", (unsigned long long)f->size);

@@ -56,8 +56,21 @@ static void expect_reject(const char *path, const char *word)
 static void test_reject_container(void)
 {
     const char *p = scratch_path("short.safetensors");
+    static const char html[] =
+        "<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>\n";
+    static const char pickle[] = "\x80\x02\x8a\x0alZ\xd0\x0c\x00\x00\x00\x00\x00\x00";
     MOOD_CHECK(write_file(p, "\x02\0\0\0", 4) == 0);
     expect_reject(p, "too short");
+    /* files that are something else name it (a 'header length' out of a page's bytes did not) */
+    p = scratch_path("page.safetensors");
+    MOOD_CHECK(write_file(p, html, sizeof html - 1) == 0);
+    expect_reject(p, "web page");
+    p = scratch_path("pickle.safetensors");
+    MOOD_CHECK(write_file(p, pickle, sizeof pickle - 1) == 0);
+    expect_reject(p, "pickle");
+    p = scratch_path("zip.safetensors");
+    MOOD_CHECK(write_file(p, "PK\x03\x04\x14\0\0\0\x08\0", 10) == 0);
+    expect_reject(p, "ZIP");
     expect_reject(craft("huge.safetensors", "{}", 100000001, 0), "100 MB");
     expect_reject(craft("pasteof.safetensors", "{}", 64, 0), "past the end");
     expect_reject(craft("nobrace.safetensors", " {}     ", 0, 0), "'{'");
