@@ -96,6 +96,33 @@ static int open_client(mood_civitai **c)
     return err ? cli_fail(err) : 0;
 }
 
+/* The previews style `name` has now (sidecars' and Civitai's), or -1 when unknown. */
+static int preview_count(mood_registry *r, const char *name)
+{
+    char *text = NULL;
+    cJSON *j;
+    int n = -1;
+    if (mood_registry_show_json(&text, r, name) != 0)
+        return -1;
+    if ((j = cJSON_Parse(text)) != NULL)
+        n = cJSON_GetArraySize(cJSON_GetObjectItem(j, "previews"));
+    cJSON_Delete(j);
+    mood_registry_free_string(text);
+    return n;
+}
+
+/* --json's "previews" of an imported style: what it holds after the Civitai lookup too. */
+static void set_previews(cJSON *o, mood_registry *r, const char *name)
+{
+    int n = preview_count(r, name);
+    if (n < 0)
+        return;
+    if (cJSON_GetObjectItem(o, "previews"))
+        cJSON_SetNumberValue(cJSON_GetObjectItem(o, "previews"), n);
+    else
+        cJSON_AddNumberToObject(o, "previews", n);
+}
+
 int cli_import_remote(mood_registry *r, const char *what, const cli_civitai_flags *f, cJSON *o,
                       int *already)
 {
@@ -124,11 +151,13 @@ int cli_import_remote(mood_registry *r, const char *what, const cli_civitai_flag
     *already = res.already;
     cJSON_AddStringToObject(o, "name", res.name);
     cJSON_AddStringToObject(o, "sha256", res.sha256);
-    if (!res.already) {
+    if (!res.already) { /* the fields of a local file's import (cmd_import.c) */
         cJSON_AddStringToObject(o, "wanted", res.wanted);
         cJSON_AddBoolToObject(o, "renamed", res.renamed);
         cJSON_AddStringToObject(o, "autov3", res.autov3);
         cJSON_AddStringToObject(o, "family", res.family);
+        set_previews(o, r, res.name);
+        cJSON_AddNumberToObject(o, "sidecars", res.sidecars);
     }
     if (v)
         cJSON_AddItemToObject(o, "civitai", version_json(v));
@@ -163,6 +192,7 @@ void cli_civitai_after_import(mood_registry *r, const char *name, const cli_civi
     err = mood_civitai_link(&v, r, c, name, &opts);
     mood_civitai_close(c);
     if (err == 0) {
+        set_previews(o, r, name);
         cJSON_AddItemToObject(o, "civitai", version_json(v));
         if (!f->json) {
             char *model = cli_text_visible(v->model_name ? v->model_name : "?", 0);

@@ -66,7 +66,8 @@ const char cmd_import_help[] =
     "  --offline   no Civitai lookups (MOOD_OFFLINE=1 does the same)\n"
     "  --nsfw LEVEL  previews kept from Civitai: none, pg (default), pg13, r, x, xxx\n"
     "  --json    print a summary object: imported [{file, name, wanted, renamed, sha256,\n"
-    "            autov3, family, previews, sidecars}], already [{file, name, sha256}],\n"
+    "            autov3, family, previews (the style's, Civitai's included), sidecars,\n"
+    "            civitai {version_id, ...} when found there}], already [{file, name, sha256}],\n"
     "            skipped [{file, reason}] (files and sidecars left out), failed [{file, error}]\n\n"
     "Exit status: 0 all imported (or already there), 1 a file was refused, 2 a file could not\n"
     "be read or the registry could not be written.\n";

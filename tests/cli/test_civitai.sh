@@ -55,7 +55,8 @@ check "import --json: style and Civitai ids" py '
 import json,sys; d=json.load(open(sys.argv[1])); i=d["imported"][0]
 assert i["name"]=="mock_ink_style" and i["family"]=="sd1", i
 assert i["civitai"]["version_id"]==900101 and i["civitai"]["model_id"]==900001, i
-assert i["civitai"]["air"]=="urn:air:sd1:lora:civitai:900001@900101", i' "$tmp/out"
+assert i["civitai"]["air"]=="urn:air:sd1:lora:civitai:900001@900101", i
+assert i["previews"]==1 and i["sidecars"]==0, i' "$tmp/out"
 check "the stored file is the published one" [ "$(blobs)" -ge 2 ] && [ -f "$MOOD_HOME/blobs/sha256/$(sha "$V1" | cut -c1-2)/$(sha "$V1" | cut -c3-)" ]
 expect_rc 0 "show --json" "$MOOD" show mock_ink_style --json
 check "show: trigger words, description, AIR, licence, one PG preview" py '
@@ -147,7 +148,7 @@ MOOD_OFFLINE=1 expect_rc 0 "MOOD_OFFLINE=1 import" "$MOOD" import "$tmp/other.sa
 check "MOOD_OFFLINE: no lookup" [ "$(grep -c "by-hash/$(sha "$V2" | tr a-f A-F)" "$tmp/server.log")" = 0 ]
 home h5
 expect_rc 0 "local import looks up by hash" "$MOOD" import "$tmp/mine.safetensors" --json
-check "found by hash on import" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert i["civitai"]["version_id"]==900101, i' "$tmp/out"
+check "found by hash on import" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert i["civitai"]["version_id"]==900101 and i["previews"]==1, i' "$tmp/out"
 "$PY" -c 'import sys; d=open(sys.argv[1],"rb").read(); open(sys.argv[2],"wb").write(d[:-2]+bytes([d[-2]^1,d[-1]]))' "$V1" "$tmp/unknown.safetensors"
 expect_rc 0 "unknown file: imported without Civitai data" "$MOOD" import "$tmp/unknown.safetensors" --json
 check "unknown hash: 404 from by-hash" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert "civitai" not in i, i' "$tmp/out"
