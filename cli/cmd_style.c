@@ -59,7 +59,7 @@ const char cmd_style_edit_help[] =
     "usage: mood style edit NAME [options]\n\n"
     "Changes a style. Options as for 'mood style create'; only what you give changes. --lora\n"
     "replaces the whole list of LoRAs (all for one base family). An empty value (--negative \"\")\n"
-    "clears a field.\n";
+    "clears a field (--weight \"\": back to 1).\n";
 
 const char cmd_tag_help[] =
     "usage: mood tag NAME +TAG... -TAG...\n\n"
@@ -462,7 +462,10 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
             a->spec.negative = v;
         else if (strcmp(opt, "--description") == 0)
             a->spec.description = v;
-        else if (strcmp(opt, "--weight") == 0) {
+        else if (strcmp(opt, "--weight") == 0 && !*v) { /* cleared: the default, 1 */
+            a->spec.weight = 1.0;
+            a->spec.has_weight = 1;
+        } else if (strcmp(opt, "--weight") == 0) {
             const cli_num_opt weight = {
                 "--weight",          CLI_NUM_REAL, &a->spec.weight,        -100, 100, 0, 0, 0,
                 &a->spec.has_weight, NULL,         "a number, -100 to 100"};
@@ -473,6 +476,9 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
     }
     if (!*name)
         return cli_usage_error(cmd, "missing NAME");
+    if (argc == 2 && strcmp(cmd, "style edit") == 0) /* it would say it changed the style */
+        return cli_usage_error(cmd, "nothing to change: give --lora, --trigger, --template, "
+                                    "--negative, --description or --weight");
     return check_text_options(a, *name);
 }
 

@@ -125,6 +125,11 @@ check "taken name suggests" grep -q "try 'INK-FILM-2'" "$tmp/err"
 expect_rc 1 "style create, bad name" "$MOOD" style create "ink film" --lora inkwash
 expect_rc 1 "style create, unknown lora" "$MOOD" style create x --lora no-such-style
 expect_rc 0 "style edit" "$MOOD" style edit ink-film --negative "blurry" --trigger "ink, film"
+expect_rc 1 "style edit with nothing to change" "$MOOD" style edit ink-film
+check "says there is nothing to change" grep -q "nothing to change" "$tmp/err"
+expect_rc 0 "style edit --weight 0.5" "$MOOD" style edit ink-film --weight 0.5
+expect_rc 0 "style edit --weight \"\" (cleared)" "$MOOD" style edit ink-film --weight ""
+check "weight back to 1" py 'import json,sys,subprocess; d=json.loads(subprocess.check_output([sys.argv[1],"show","ink-film","--json"])); assert d["weight"]==1, d["weight"]' "$MOOD"
 expect_rc 0 "tag" "$MOOD" tag ink-film +mono +painting
 expect_rc 0 "untag" "$MOOD" tag ink-film -painting
 expect_rc 0 "show ink-film" "$MOOD" show ink-film --json
