@@ -141,18 +141,33 @@ static int push_text(frag_list *l, const char *s, size_t len)
     return frag_push(l, s + i, len - i, 1.0);
 }
 
-/* Length of ":NUMBER)" at s (NUMBER as [+-]?[.0-9]+), or 0. */
-static size_t weight_token(const char *s)
+static int is_space(char c)
 {
-    size_t i = 1, digits;
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Length of ":NUMBER)" at s, with white space allowed around NUMBER as A1111 (>= 1.6) allows it
+ * (its re_attention: ":\s*([+-]?[.\d]+)\s*\)"), or 0; *num and *num_len get NUMBER. */
+static size_t weight_token(const char *s, const char **num, size_t *num_len)
+{
+    size_t i = 1, start, digits;
     if (s[0] != ':')
         return 0;
+    while (is_space(s[i]))
+        i++;
+    start = i;
     if (s[i] == '+' || s[i] == '-')
         i++;
     digits = i;
     while (s[i] == '.' || (s[i] >= '0' && s[i] <= '9'))
         i++;
-    return i > digits && s[i] == ')' ? i + 1 : 0;
+    *num = s + start;
+    *num_len = i - start;
+    if (i == digits)
+        return 0;
+    while (is_space(s[i]))
+        i++;
+    return s[i] == ')' ? i + 1 : 0;
 }
 
 static int join_equal(frag_list *l)
@@ -208,7 +223,8 @@ static int parse_weight(double *out, const char *s, size_t len)
 /* One step of the scan at prompt[i]: returns the bytes consumed, or a negative error. */
 static long parse_step(frag_list *l, pos_stack *round, pos_stack *square, const char *p)
 {
-    size_t n = weight_token(p);
+    const char *num = NULL;
+    size_t num_len = 0, n = weight_token(p, &num, &num_len);
     int err = 0;
     if (p[0] == '\\') {
         int escaped = p[1] == '(' || p[1] == ')' || p[1] == '[' || p[1] == ']' || p[1] == '\\';
@@ -221,7 +237,7 @@ static long parse_step(frag_list *l, pos_stack *round, pos_stack *square, const 
     }
     if (n && round->n) {
         double w = 0;
-        if ((err = parse_weight(&w, p + 1, n - 2)) < 0)
+        if ((err = parse_weight(&w, num, num_len)) < 0)
             return err;
         multiply_from(l, round->items[--round->n], w);
         return (long)n;

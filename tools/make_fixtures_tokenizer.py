@@ -13,7 +13,9 @@ References:
     (torch devices, the hijack, the lark schedule parser, shared options) are stubbed: only the
     pure-Python parsing and chunking run, with opts.emphasis "Original" and
     opts.comma_padding_backtrack 20 (the defaults), no textual-inversion embeddings, and the
-    tokenizer above (A1111 itself uses the same ids from the slow CLIPTokenizer).
+    tokenizer above (A1111 itself uses the same ids from the slow CLIPTokenizer). The checkout
+    must be A1111 1.6 or later (commit 28bd8e14 was used): its re_attention reads a weight with
+    white space around the number, "(red: 1.5)", which older ones take as text.
 
 Usage: tools/.venv/bin/python tools/make_fixtures_tokenizer.py --a1111 /path/to/webui
 Needs transformers (5.x was used; the version is recorded in the output).
@@ -152,7 +154,7 @@ def corpus():
         "masterpiece, best quality, (1girl:1.2), solo, long hair, looking at viewer",
         "a (red) car", "a ((red)) car", "a (((red))) car", "a [red] car", "a [[red]] car",
         "a (red:1.5) car", "a (red:0.5) car", "a (red:-1) car", "a (red:+2) car", "a (red: 1.5) car",
-        "a (red:1.5 ) car", "(red:.5)", "(red:5.)", "(red:1e3)", "(word:1.3)",
+        "a (red:1.5 ) car", "a (red : 1.5 ) car", "a (red:\t2\n) car", "a (red:  ) car", "(red:.5)", "(red:5.)", "(red:1e3)", "(word:1.3)",
         "(masterpiece:1.2), [blurry], (photorealistic:1.4), ((sharp focus))",
         "(unbalanced", "unbalanced)", "[unbalanced", "unbalanced]", "((a)", "(a))", "[(a])",
         "\\(escaped\\)", "\\[escaped\\]", "a \\\\ backslash", "lone \\ backslash", "\\a",
