@@ -410,11 +410,20 @@ static int strip_tags(resolver *r, const char *prompt)
 
 /* ----- prompt assembly --------------------------------------------------------------------- */
 
-/* Trims spaces and dangling commas the removed tags left at the end of the prompt. */
+/* Trims the spaces the removed tags left at the end of the prompt. A comma stays: A1111 and
+ * ComfyUI encode "1girl, solo, <lora:x:0.5>" as "1girl, solo, ", whose comma is a token. */
 static void trim_end(mood_buf *b)
 {
-    while (b->len && (isspace((unsigned char)b->data[b->len - 1]) || b->data[b->len - 1] == ','))
+    while (b->len && isspace((unsigned char)b->data[b->len - 1]))
         b->data[--b->len] = '\0';
+}
+
+/* What goes between the prompt and text appended to it: ", ", or " " after a comma it ends with. */
+static const char *joiner(const mood_buf *prompt)
+{
+    if (!prompt->len)
+        return "";
+    return prompt->data[prompt->len - 1] == ',' ? " " : ", ";
 }
 
 /* Every "{prompt}" in template t replaced by the prompt so far, as A1111's
@@ -426,7 +435,7 @@ static int apply_template(mood_buf *prompt, const char *t)
     mood_buf nb;
     int err = 0;
     if (!at)
-        return mood_buf_printf(prompt, "%s%s", prompt->len ? ", " : "", t);
+        return mood_buf_printf(prompt, "%s%s", joiner(prompt), t);
     mood_buf_init(&nb);
     for (; at && !err; p = at + sizeof key - 1, at = strstr(p, key))
         err = mood_buf_printf(&nb, "%.*s%s", (int)(at - p), p, prompt->data ? prompt->data : "");
@@ -479,7 +488,7 @@ static int apply_triggers(mood_buf *prompt, const char *triggers)
         p = next;
     }
     if (!err && add.len)
-        err = mood_buf_printf(prompt, "%s%s", prompt->len ? ", " : "", add.data);
+        err = mood_buf_printf(prompt, "%s%s", joiner(prompt), add.data);
     mood_buf_dispose(&add);
     return err;
 }
