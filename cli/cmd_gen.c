@@ -17,7 +17,8 @@
 
 const char cmd_gen_help[] =
     "usage: mood gen PROMPT [--model PATH_OR_NAME] [--style NAME[:W]]... [options]\n"
-    "       mood gen --from-png IMAGE [options]\n\n"
+    "       mood gen --from-png IMAGE [options]\n"
+    "       mood gen [options] -- PROMPT   (a prompt that starts with '-')\n\n"
     "Generates images from PROMPT with a Stable Diffusion 1.x/2.x/XL model (Playground v2 and\n"
     "v2.5 too) and writes PNGs whose 'parameters' text (AUTOMATIC1111's format, with Model hash\n"
     "and Lora hashes) lets A1111, Civitai and `mood gen --from-png` reproduce them.\n\n"
@@ -187,21 +188,26 @@ static int parse_args(gen_args *a, int argc, char **argv)
             a->json = 1;
             continue;
         }
-        if (s[0] != '-' || strcmp(s, "-") == 0) {
-            if (a->prompt)
-                return cli_usage_error("gen", "two prompts given ('%s'); quote the prompt", s);
-            a->prompt = s;
-            a->set.prompt = 1;
+        if (strcmp(s, "--") == 0 && i + 1 < argc && !a->prompt) { /* a prompt that starts with - */
+            s = argv[++i];
+            if (i + 1 < argc)
+                return cli_usage_error("gen", "after --, only the prompt ('%s' follows it)",
+                                       argv[i + 1]);
+        } else if (s[0] == '-' && strcmp(s, "-") != 0) {
+            if (i + 1 >= argc)
+                return cli_usage_error("gen", "%s: unknown, or an option without its value", s);
+            rc = parse_valued(a, s, argv[i + 1]);
+            if (rc < 0)
+                return cli_usage_error("gen", "unknown argument '%s'", s);
+            if (rc > 0)
+                return rc;
+            i++;
             continue;
         }
-        if (i + 1 >= argc)
-            return cli_usage_error("gen", "%s needs a value (or is unknown)", s);
-        rc = parse_valued(a, s, argv[i + 1]);
-        if (rc < 0)
-            return cli_usage_error("gen", "unknown argument '%s'", s);
-        if (rc > 0)
-            return rc;
-        i++;
+        if (a->prompt)
+            return cli_usage_error("gen", "two prompts given ('%s'); quote the prompt", s);
+        a->prompt = s;
+        a->set.prompt = 1;
     }
     if (!a->prompt && !a->from_png)
         return cli_usage_error("gen", "no prompt given");
@@ -232,8 +238,15 @@ static uint64_t random_seed(void)
 
 static int needs_registry(const gen_args *a)
 {
+    static const char *const tags[] = {"<style:", "<lora:", "<lyco:"};
     const char *p = a->prompt ? a->prompt : "";
-    return a->n_styles > 0 || strstr(p, "<style:") || strstr(p, "<lora:") || strstr(p, "<lyco:");
+    if (a->n_styles > 0)
+        return 1;
+    for (; *p; p++) /* tags in any case, as the resolver reads them (<LORA:x>, <Lora:x>) */
+        for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
+            if (strncasecmp(p, tags[i], strlen(tags[i])) == 0)
+                return 1;
+    return 0;
 }
 
 /* --lora takes files; a registry name there ("--lora inkwash") is a common slip: say where the

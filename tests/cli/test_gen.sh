@@ -295,6 +295,12 @@ rm "$blob"
 expect_rc 0 "show a style whose stored file is gone" env MOOD_HOME="$tmp/dmghome" "$MOOD" show lora
 check "show says the file is missing" grep -q "stored at .*(MISSING: 'mood doctor'" "$tmp/out"
 
+# a prompt that starts with '-' comes after --; a tag in capitals (<LORA:name>) finds the registry
+expect_rc 0 "-- then a prompt starting with -" "$MOOD" gen "${common[@]}" -o "$tmp/dash.png" -- "-blurry cat"
+check "the prompt as given" grep -qa "parameters.-blurry cat" "$tmp/dash.png"
+expect_rc 0 "<LORA:NAME> in capitals" env MOOD_HOME="$tmp/caphome" sh -c '"$0" import "$1" >/dev/null && "$0" gen "a cat <LORA:lora:0.5>" --model "$2" --size 64x64 --steps 2 -o "$3"' \
+    "$MOOD" "$P/lora.safetensors" "$MODEL" "$tmp/cap.png"
+
 # the shipped model answers to its name before `mood demo` has registered anything
 expect_rc 0 "--model mood-tiny with an empty registry" env MOOD_HOME="$tmp/nohome" "$MOOD" gen \
     "a red apple" --model mood-tiny --steps 2 --seed 1 -o "$tmp/tiny.png"
