@@ -433,8 +433,14 @@ int cmd_gen(int argc, char **argv)
     r.args.opts.width = r.args.opts.height = 0; /* the model's own size unless --size says */
     r.args.prediction = -1;
     r.args.keep_index = -1;
-    if ((rc = parse_args(&r.args, argc, argv)) == 0 && r.args.from_png)
+    if ((rc = parse_args(&r.args, argc, argv)) == 0 && r.args.from_png) {
         rc = gen_apply_png(&r.args);
+    } else if (rc == 0) {
+        gen_warn_a1111_syntax(&r.args);
+        rc = gen_strip_networks(&r.args, "the",
+                                ": the image is made, and its PNG written, "
+                                "without it");
+    }
     if (rc == 0 && r.args.output) /* before the model loads and the images are made */
         rc = check_output(r.args.output);
     if (rc == 0 && (rc = resolve_styles(&r)) == 0 && (rc = load_model(&r)) == 0 &&

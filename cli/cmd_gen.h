@@ -57,6 +57,13 @@ int gen_parse_rng(mood_rng_kind *out, const char *s);
  * reproduce (variation seeds, a separate VAE, hires fix, prompt editing, ...). Returns 0 or an
  * exit status. */
 int gen_apply_png(gen_args *a);
+/* A typed prompt's A1111 syntax that mood reads as plain text (prompt editing, alternation, AND):
+ * a warning each, as --from-png gives for an image's. */
+void gen_warn_a1111_syntax(const gen_args *a);
+/* A1111 removes every extra-network tag <word:...> from the prompt: the ones mood has no network
+ * for (<hypernet:...>) are removed too, each with a warning naming `whose` prompt and ending in
+ * `then`. The prompt without them goes to a->png_prompt. Returns 0 or an exit status. */
+int gen_strip_networks(gen_args *a, const char *whose, const char *then);
 void gen_from_png_dispose(gen_args *a);
 /* --from-png, registry open: adds "hash=H" to each LoRA tag whose name "Lora hashes" gives a
  * hash for, so that the registry's LoRA of that hash is applied at the tag's weights (the name

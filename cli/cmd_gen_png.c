@@ -540,7 +540,24 @@ static int png_is_when(const char *s, const char *end)
 
 /* A1111's prompt editing [from:to:when] / [to:when] and alternation [a|b] (modules/
  * prompt_parser.py), which mood's prompt syntax does not have: one warning for each. */
-static void png_warn_editing(const char *prompt, const char *which)
+/* A1111's composable diffusion: "a cat AND a dog" (AND as a word in capitals, its
+ * prompt_parser's re_AND) conditions on each part and mixes them. */
+static void warn_and(const char *prompt, const char *whose, const char *which, const char *then)
+{
+    for (const char *p = prompt; (p = strstr(p, "AND")) != NULL; p += 3) {
+        int start = p == prompt || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
+        int end = !(isalnum((unsigned char)p[3]) || p[3] == '_');
+        if (start && end) {
+            cli_warn("%s %s has AND (A1111's composable diffusion), which mood does not have: it "
+                     "reads the text as it stands%s",
+                     whose, which, then);
+            return;
+        }
+    }
+}
+
+/* whose: "the image's" (--from-png) or "the"; then: what follows for the image. */
+static void warn_editing(const char *prompt, const char *whose, const char *which, const char *then)
 {
     for (const char *p = prompt; *p; p++) {
         const char *q, *colon = NULL;
@@ -568,17 +585,37 @@ static void png_warn_editing(const char *prompt, const char *which)
         if (!*q)
             return;
         if (bar || (colon && png_is_when(colon + 1, q)))
-            cli_warn("the image's %s has %s \"%.*s\", which mood does not have (it reads the "
-                     "text as it stands): the image will differ",
-                     which, bar ? "alternation" : "prompt editing", (int)(q - p + 1), p);
+            cli_warn("%s %s has %s \"%.*s\", which mood does not have (it reads the text as it "
+                     "stands)%s",
+                     whose, which, bar ? "alternation" : "prompt editing", (int)(q - p + 1), p,
+                     then);
         p = q;
     }
+}
+
+/* Prompt syntax of A1111's that mood reads as plain text: said for the image (--from-png) and
+ * for a prompt typed with it, whose PNG A1111 would run differently. */
+static void warn_a1111_only(const char *prompt, const char *whose, const char *which,
+                            const char *then)
+{
+    warn_editing(prompt, whose, which, then);
+    warn_and(prompt, whose, which, then);
+}
+
+void gen_warn_a1111_syntax(const gen_args *a)
+{
+    static const char then[] =
+        "; A1111 would run this text differently from the image mood makes of it";
+    if (a->prompt)
+        warn_a1111_only(a->prompt, "the", "prompt", then);
+    if (a->negative)
+        warn_a1111_only(a->negative, "the", "negative prompt", then);
 }
 
 /* A1111 removes every extra-network tag <word:...> from the prompt (modules/extra_networks.py):
  * the tags mood has no network for (<hypernet:...>) are removed too, each with a warning. The
  * prompt without them into a->png_prompt (unchanged: nothing done). */
-static int png_strip_networks(gen_args *a)
+int gen_strip_networks(gen_args *a, const char *whose, const char *then)
 {
     const char *s = a->prompt, *p = s;
     char *out = malloc(strlen(s) + 1), *o = out;
@@ -595,10 +632,9 @@ static int png_strip_networks(gen_args *a)
             *o++ = *p++;
             continue;
         }
-        cli_warn("the image's prompt tag %.*s is %s mood does not have; left out: the image "
-                 "will differ",
+        cli_warn("%s prompt tag %.*s is %s mood does not have; left out%s", whose,
                  (int)(close - p + 1), p,
-                 strncmp(p, "<hypernet:", 10) ? "an extra network" : "a hypernetwork, which");
+                 strncmp(p, "<hypernet:", 10) ? "an extra network" : "a hypernetwork, which", then);
         p = close + 1;
         changed = 1;
     }
@@ -621,10 +657,11 @@ static int png_warn_unmatched(gen_args *a, const mood_params *p)
     png_warn_passes(p);
     png_warn_embeddings(p);
     if (!a->set.prompt)
-        png_warn_editing(p->prompt, "prompt");
+        warn_a1111_only(p->prompt, "the image's", "prompt", ": the image will differ");
     if (!a->set.negative)
-        png_warn_editing(p->negative_prompt, "negative prompt");
-    return a->set.prompt ? 0 : png_strip_networks(a);
+        warn_a1111_only(p->negative_prompt, "the image's", "negative prompt",
+                        ": the image will differ");
+    return a->set.prompt ? 0 : gen_strip_networks(a, "the image's", ": the image will differ");
 }
 
 static int png_fill(gen_args *a, const mood_params *p)

@@ -235,7 +235,7 @@ while i < len(d):
 open(dst, "wb").write(out)
 PYEOF
 details="Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd"
-python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/odd.png" "a [cat:dog:0.5] in [red|blue] <hypernet:foo:1>
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/odd.png" "a [cat:dog:0.5] in [red|blue] AND a dog <hypernet:foo:1>
 Negative prompt: [ugly::3], (plain:1.2) [plain]
 Steps: abc, $details, VAE hash: 0123abcd, VAE: vae-ft-mse, Variation seed: 7, Variation seed strength: 0.3, ENSD: 31337, Eta: 0.67, Noise multiplier: 0.9, Hypernet: foo, Hires upscale: 2, Hires upscaler: Latent, Denoising strength: 0.5, Emphasis: Original, Foo bar: baz, TI hashes: \"emb1: abcdef123456\", Version: v1.10.1"
 expect_rc 0 "--from-png of an image with settings mood lacks" "$MOOD" gen --from-png "$tmp/odd.png" \
@@ -245,11 +245,21 @@ for want in '"Steps: abc" of the image is not a value' '"Variation seed strength
     '"Hypernet: foo"' 'hires fix.*Hires upscale: 2, Hires upscaler: Latent, Denoising strength: 0.5' \
     'textual inversion (embedding) emb1 (hash abcdef123456)' 'prompt editing "\[cat:dog:0.5\]"' \
     'alternation "\[red|blue\]"' 'negative prompt has prompt editing "\[ugly::3\]"' \
-    'prompt tag <hypernet:foo:1> is a hypernetwork'; do
+    'prompt tag <hypernet:foo:1> is a hypernetwork' "image's prompt has AND (A1111's composable diffusion)"; do
     check "warns: $want" grep -q "$want" "$tmp/err"
 done
 check "one warning each, none for Version, Emphasis: Original or unknown keys" \
-    test "$(grep -c 'warning' "$tmp/err")" -eq 13
+    test "$(grep -c 'warning' "$tmp/err")" -eq 14
+# the same syntax typed: said too (A1111 would run the image's PNG text differently)
+expect_rc 0 "a typed prompt with A1111-only syntax" "$MOOD" gen \
+    "a [cat:dog:0.5] in [red|blue] AND a dog <hypernet:foo:1>" "${common[@]}" -o "$tmp/typed.png"
+for want in 'the prompt has prompt editing "\[cat:dog:0.5\]"' 'the prompt has alternation "\[red|blue\]"' \
+    'the prompt has AND' 'the prompt tag <hypernet:foo:1> is a hypernetwork'; do
+    check "typed, warns: $want" grep -q "$want" "$tmp/err"
+done
+check "typed: the PNG's prompt has no hypernet tag" bash -c "! grep -qa 'hypernet:foo' '$tmp/typed.png'"
+expect_rc 0 "ANDROID is no AND" "$MOOD" gen "an ANDROID, SAND" "${common[@]}" -o "$tmp/android.png"
+check "no AND warning for ANDROID" bash -c "! grep -q 'has AND' '$tmp/err'"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/off.png" "a cat
 Steps: 8, $details, Variation seed: 7, Variation seed strength: 0, ENSD: 0, Eta: 1, Noise multiplier: 1, Version: v1.10.1"
 expect_rc 0 "--from-png with those settings off" "$MOOD" gen --from-png "$tmp/off.png" \
