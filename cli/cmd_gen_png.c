@@ -345,6 +345,14 @@ static void png_sampler(gen_args *a, const mood_params *p)
     if (sched && strcmp(sched, "Automatic") != 0 &&
         mood_sigma_schedule_parse(&a->opts.schedule, sched) != 0)
         cli_warn("schedule type '%s' of the image is not one mood has; using the default", sched);
+    /* A1111 shows the schedule for every sampler; mood's DDIM and LCM follow their own */
+    if (a->opts.schedule == MOOD_SCHEDULE_KARRAS &&
+        (a->opts.sampler == MOOD_SAMPLER_DDIM || a->opts.sampler == MOOD_SAMPLER_LCM)) {
+        cli_warn("the image's schedule type Karras does not apply to %s in mood (it follows its "
+                 "own timesteps); using that",
+                 mood_sampler_a1111_name(a->opts.sampler));
+        a->opts.schedule = MOOD_SCHEDULE_DEFAULT;
+    }
 }
 
 /* A whole number from 0 to max ("Batch size: abc" is not one). */

@@ -265,6 +265,11 @@ Steps: 8, $details, Variation seed: 7, Variation seed strength: 0, ENSD: 0, Eta:
 expect_rc 0 "--from-png with those settings off" "$MOOD" gen --from-png "$tmp/off.png" \
     --model "$MODEL" -o "$tmp/off2.png"
 check "no warning when they are off" bash -c "! grep -q warning '$tmp/err'"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/ddimk.png" "a cat
+Steps: 4, Sampler: DDIM, Schedule type: Karras, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd"
+expect_rc 0 "--from-png of DDIM with Schedule type Karras (A1111 writes it)" "$MOOD" gen \
+    --from-png "$tmp/ddimk.png" --model "$MODEL" -o "$tmp/ddimk2.png"
+check "says Karras does not apply to DDIM" grep -q "schedule type Karras does not apply to DDIM" "$tmp/err"
 
 # ----- bad input
 expect_rc 1 "bad size" "$MOOD" gen "$PROMPT" "${common[@]}" --size 60x64
