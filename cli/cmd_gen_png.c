@@ -726,8 +726,16 @@ int gen_apply_png(gen_args *a)
     if ((err = mood_image_read_png_text(&text, a->from_png, "parameters")) != 0)
         return no_parameters(a->from_png, err);
     a->png_text = text;
-    if ((err = mood_params_parse(p, text)) != 0)
+    if ((err = mood_params_parse_lenient(p, text)) != 0)
         return cli_fail(err);
+    if (!p->has_details)
+        cli_warn("%s: its parameters have no settings line (\"Steps: ..., Seed: ...\"): only the "
+                 "prompt is taken from it; the settings are mood's defaults or the options given",
+                 a->from_png);
+    else if (p->civitai_layout)
+        cli_warn("%s: its parameters are not in A1111's layout (one line, or lines such as "
+                 "\"Template:\" after the settings); read as Civitai reads them",
+                 a->from_png);
     return png_fill(a, p);
 }
 

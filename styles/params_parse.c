@@ -13,6 +13,7 @@
  * linear time.
  */
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <string.h>
 
 #include "common/args.h"
@@ -407,18 +408,15 @@ static int derive_from_hashes(mood_params *p)
     return err;
 }
 
-int mood_params_parse(mood_params *out, const char *text)
+/* A1111's reading of text (the last line as the details, see params.h). */
+static int parse_a1111(mood_params *out, const char *text)
 {
     pair *pairs = NULL;
     size_t n_pairs = 0, n, nl;
     span all, last;
     int err, prev_rank = -1;
-    MOOD_ARG_NONNULL(out);
     mood_params_init(out);
-    MOOD_ARG_NONNULL(text);
     n = strlen(text);
-    if ((err = mood__params_check_utf8(text, "the text")) != 0)
-        return err;
     all = mood__params_strip(text, (span){0, n});
     for (nl = all.e; nl > all.b && text[nl - 1] != '\n';)
         nl--;
@@ -441,5 +439,93 @@ done:
         if (err == MOOD_ENOMEM)
             err = mood_error_nomem();
     }
+    return err;
+}
+
+/* Whether s[i] starts `word` after ", " / "," / ". " / "." (one-line infotext, as Civitai splits
+ * it). */
+static int after_punct(const char *s, size_t i, const char *word)
+{
+    size_t j = i;
+    if (strncmp(s + i, word, strlen(word)) != 0 || i == 0)
+        return 0;
+    if (s[j - 1] == ' ')
+        j--;
+    return j > 0 && (s[j - 1] == ',' || s[j - 1] == '.');
+}
+
+/* Civitai's reading of a text A1111's finds no details in (ecosystem.md 4.2): a one-line text is
+ * broken before "Negative prompt:" and "Steps:" that follow ',' or '.'; the details line is the
+ * first line that starts with "Steps: ", and what follows it (Dynamic Prompts' "Template:" and
+ * "Negative Template:" lines) is left out. NULL when there is no such line, else malloc'd. */
+static char *civitai_layout(const char *text)
+{
+    size_t n = strlen(text), o = 0;
+    char *t = mood_malloc(2 * n + 1), *line;
+    if (!t)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (after_punct(text, i, "Negative prompt:") || after_punct(text, i, "Steps: ")) {
+            while (o > 0 && t[o - 1] == ' ')
+                o--;
+            t[o++] = '\n';
+        }
+        t[o++] = text[i];
+    }
+    t[o] = '\0';
+    for (line = t; line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, "Steps: ", 7) == 0) {
+            char *end = strchr(line, '\n');
+            if (end)
+                *end = '\0';
+            return t;
+        }
+    }
+    mood_free(t);
+    return NULL;
+}
+
+/* Whether the text's last non-blank line starts with "Steps: ", as every A1111 details line does.
+ */
+static int steps_last(const char *text)
+{
+    size_t n = strlen(text);
+    while (n > 0 && isspace((unsigned char)text[n - 1]))
+        n--;
+    while (n > 0 && text[n - 1] != '\n')
+        n--;
+    while (isspace((unsigned char)text[n]) && text[n] != '\0')
+        n++;
+    return strncmp(text + n, "Steps: ", 7) == 0;
+}
+
+int mood_params_parse(mood_params *out, const char *text)
+{
+    int err;
+    MOOD_ARG_NONNULL(out);
+    mood_params_init(out);
+    MOOD_ARG_NONNULL(text);
+    if ((err = mood__params_check_utf8(text, "the text")) != 0)
+        return err;
+    return parse_a1111(out, text);
+}
+
+int mood_params_parse_lenient(mood_params *out, const char *text)
+{
+    char *civitai = NULL;
+    int err = mood_params_parse(out, text);
+    if (err || (out->has_details && steps_last(text)))
+        return err;
+    if (!strstr(text, "Steps: ") || !(civitai = civitai_layout(text)))
+        return 0;
+    mood_params_dispose(out);
+    err = parse_a1111(out, civitai);
+    if (!err && out->has_details)
+        out->civitai_layout = 1;
+    else if (!err) { /* none there either: as A1111 reads it */
+        mood_params_dispose(out);
+        err = parse_a1111(out, text);
+    }
+    mood_free(civitai);
     return err;
 }

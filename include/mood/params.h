@@ -107,7 +107,9 @@ typedef struct mood_params {
     char *version; /* "Version"; NULL: absent */
     mood_params_extra *extras;
     size_t n_extras;
-    int has_details; /* parse: the text had a details line */
+    int has_details;    /* parse: the text had a details line */
+    int civitai_layout; /* parse_lenient: read as Civitai reads it (a one-line text, or lines
+                           such as "Template:" after the details), not as A1111 would */
     /* parse: a "Prompt" or "Negative prompt" key of the details line replaced a prompt (as in
      * A1111); such a text may not come back unchanged from another format(parse()) */
     int prompt_from_details;
@@ -143,6 +145,13 @@ const char *mood_params_get(const mood_params *p, const char *key);
 /* Parses an A1111 parameters text (UTF-8) into *out, which this function initializes (any
  * previous content is not freed). MOOD_EINVAL when text is NULL or not UTF-8; out is then empty. */
 MOOD_WARN_UNUSED int mood_params_parse(mood_params *out, const char *text);
+/* mood_params_parse, but a text whose last line is no A1111 details line ("Steps: ...") while
+ * Civitai would find one is read as Civitai reads it (ecosystem.md 4.2; civitai_layout = 1): a
+ * one-line text is broken before "Negative prompt:" and "Steps:" that follow ',' or '.'; the
+ * details are the first line starting with "Steps: ", and lines after it (Dynamic Prompts'
+ * "Template:" and "Negative Template:") are left out. A1111 would take the one line for the
+ * details and lose the prompt. For reading an image to make it again (mood gen --from-png). */
+MOOD_WARN_UNUSED int mood_params_parse_lenient(mood_params *out, const char *text);
 /* Writes the parameters text; *text_out is freed with mood_params_free_string. */
 MOOD_WARN_UNUSED int mood_params_format(char **text_out, const mood_params *p);
 void mood_params_free_string(char *s);

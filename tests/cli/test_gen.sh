@@ -265,6 +265,15 @@ Steps: 8, $details, Variation seed: 7, Variation seed strength: 0, ENSD: 0, Eta:
 expect_rc 0 "--from-png with those settings off" "$MOOD" gen --from-png "$tmp/off.png" \
     --model "$MODEL" -o "$tmp/off2.png"
 check "no warning when they are off" bash -c "! grep -q warning '$tmp/err'"
+# Dynamic Prompts' Template lines after the settings: read as Civitai reads them, said
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/tpl.png" "a cat
+Steps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 4242, Size: 64x64, Model: tiny-sd
+Template: a {cat|dog}
+Negative Template: ugly"
+expect_rc 0 "--from-png with Template lines after the settings" "$MOOD" gen --from-png "$tmp/tpl.png" \
+    --model "$MODEL" -o "$tmp/tpl2.png" --json
+check "its seed and steps, not defaults" py 'import json,sys; i=json.load(open(sys.argv[1]))["images"][0]; assert i["seed"]==4242 and "Steps: 3," in i["parameters"], i' "$tmp/out"
+check "says it read it as Civitai does" grep -q "not in A1111's layout.*read as Civitai reads them" "$tmp/err"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/ddimk.png" "a cat
 Steps: 4, Sampler: DDIM, Schedule type: Karras, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd"
 expect_rc 0 "--from-png of DDIM with Schedule type Karras (A1111 writes it)" "$MOOD" gen \

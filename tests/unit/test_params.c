@@ -367,6 +367,45 @@ static void test_not_parameters(void)
     mood_params_dispose(&p);
 }
 
+/* Texts A1111's parser finds no details in but Civitai reads (ecosystem.md 4.2): one line, and
+ * Dynamic Prompts' "Template:" lines after the details. A1111's layout is not touched. */
+static void test_civitai_layouts(void)
+{
+    mood_params p;
+    MOOD_CHECK_OK(
+        mood_params_parse_lenient(&p, "a lighthouse, at dusk. Negative prompt: blurry, lowres. "
+                                      "Steps: 2, Sampler: Euler a, CFG scale: 7, Seed: 5, "
+                                      "Size: 64x64"));
+    MOOD_CHECK(p.has_details && p.civitai_layout);
+    MOOD_CHECK_MSG(!strcmp(p.prompt, "a lighthouse, at dusk."), "prompt '%s'", p.prompt);
+    MOOD_CHECK_MSG(!strcmp(p.negative_prompt, "blurry, lowres."), "negative '%s'",
+                   p.negative_prompt);
+    MOOD_CHECK(p.steps == 2 && p.has_seed && p.seed == 5 && p.width == 64);
+    mood_params_dispose(&p);
+    MOOD_CHECK_OK(
+        mood_params_parse_lenient(&p, "a cat\nNegative prompt: ugly\nSteps: 4, Sampler: Euler a, "
+                                      "CFG scale: 7, Seed: 9, Size: 64x64\nTemplate: a "
+                                      "{cat|dog}\nNegative Template: ugly"));
+    MOOD_CHECK(p.has_details && p.civitai_layout && p.steps == 4 && p.seed == 9);
+    MOOD_CHECK_MSG(!strcmp(p.prompt, "a cat") && !strcmp(p.negative_prompt, "ugly"), "'%s' / '%s'",
+                   p.prompt, p.negative_prompt);
+    mood_params_dispose(&p);
+    /* A1111's own layout: read as A1111 reads it */
+    MOOD_CHECK_OK(mood_params_parse_lenient(&p, "a cat\nSteps: 4, Sampler: Euler a, CFG scale: 7, "
+                                                "Seed: 9, Size: 64x64"));
+    MOOD_CHECK(p.has_details && !p.civitai_layout);
+    mood_params_dispose(&p);
+    /* "Steps: " in a text that is still no parameters: all prompt */
+    MOOD_CHECK_OK(mood_params_parse_lenient(&p, "my notes. Steps: later"));
+    MOOD_CHECK(!p.has_details && !strcmp(p.prompt, "my notes. Steps: later"));
+    mood_params_dispose(&p);
+    /* the strict parser stays A1111's: the one line is its details, the prompt lost */
+    MOOD_CHECK_OK(mood_params_parse(&p, "a cat, Negative prompt: ugly, Steps: 20, Sampler: Euler "
+                                        "a, CFG scale: 7"));
+    MOOD_CHECK(p.has_details && !p.civitai_layout && !p.prompt[0]);
+    mood_params_dispose(&p);
+}
+
 static void test_defaults(void)
 {
     mood_params p;
@@ -520,6 +559,6 @@ static void test_alloc_failures(void)
 MOOD_TEST_MAIN(MOOD_T(test_reference_parse), MOOD_T(test_reference_random),
                MOOD_T(test_own_round_trip), MOOD_T(test_fixed_point), MOOD_T(test_build_layout),
                MOOD_T(test_quoting), MOOD_T(test_multiline_and_unicode),
-               MOOD_T(test_not_parameters), MOOD_T(test_defaults), MOOD_T(test_civitai_hashes),
-               MOOD_T(test_fields_from_text), MOOD_T(test_errors), MOOD_T(test_hash_helpers),
-               MOOD_T(test_alloc_failures))
+               MOOD_T(test_not_parameters), MOOD_T(test_civitai_layouts), MOOD_T(test_defaults),
+               MOOD_T(test_civitai_hashes), MOOD_T(test_fields_from_text), MOOD_T(test_errors),
+               MOOD_T(test_hash_helpers), MOOD_T(test_alloc_failures))
