@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
+#include <regex.h>
 #include <string.h>
 
 #include "common/args.h"
@@ -688,14 +689,65 @@ static const cJSON *peft_field(const parse_ctx *c, const char *comp, const char 
     return c->peft_config ? cJSON_GetObjectItemCaseSensitive(c->peft_config, key) : NULL;
 }
 
-/* PEFT's pattern rule: the module path equals the pattern or ends with "." + pattern. */
+/* A PEFT pattern (a Python regular expression) as POSIX ERE: the escapes Python has and ERE
+ * lacks (\d \w \s and their negations) spelled out, (?:...) as (...). 0, or -1 when it does
+ * not fit `size`. */
+static int python_re_to_ere(char *out, size_t size, const char *re)
+{
+    static const char *const esc[][2] = {{"d", "[0-9]"},        {"D", "[^0-9]"},
+                                         {"w", "[A-Za-z0-9_]"}, {"W", "[^A-Za-z0-9_]"},
+                                         {"s", "[[:space:]]"},  {"S", "[^[:space:]]"}};
+    size_t o = 0;
+    for (const char *p = re; *p; p++) {
+        const char *rep = NULL;
+        char one[3] = {p[0], 0, 0};
+        if (p[0] == '\\' && p[1]) {
+            for (size_t i = 0; i < sizeof esc / sizeof esc[0] && !rep; i++)
+                if (p[1] == esc[i][0][0])
+                    rep = esc[i][1];
+            if (!rep) {
+                one[1] = p[1];
+                rep = one;
+            }
+            p++;
+        } else if (p[0] == '(' && p[1] == '?' && p[2] == ':') {
+            rep = "(";
+            p += 2;
+        } else {
+            rep = one;
+        }
+        if (o + strlen(rep) + 1 > size)
+            return -1;
+        memcpy(out + o, rep, strlen(rep));
+        o += strlen(rep);
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* PEFT's pattern rule (get_pattern_key: re.match(rf"(.*\.)?({key})$", path), the first key in
+ * the file's order that matches): a key is a regular expression, "attn\d\.to_(q|v)" as much as
+ * "to_k". A key that is no regular expression POSIX takes is compared as text: the path equals
+ * it or ends with "." + it. */
 static const cJSON *peft_pattern(const cJSON *patterns, const char *path)
 {
     const cJSON *p;
     size_t n = strlen(path);
     cJSON_ArrayForEach(p, patterns)
     {
+        char ere[1024], full[1100];
+        regex_t re;
         size_t k = strlen(p->string);
+        if (python_re_to_ere(ere, sizeof ere, p->string) == 0) {
+            snprintf(full, sizeof full, "^(.*\\.)?(%s)$", ere);
+            if (regcomp(&re, full, REG_EXTENDED | REG_NOSUB) == 0) {
+                int hit = regexec(&re, path, 0, NULL, 0) == 0;
+                regfree(&re);
+                if (hit)
+                    return p;
+                continue;
+            }
+        }
         if (strcmp(path, p->string) == 0 ||
             (n > k && path[n - k - 1] == '.' && strcmp(path + n - k, p->string) == 0))
             return p;
