@@ -169,9 +169,12 @@ static int64_t numel(const mood_st_tensor *t)
 /* A scalar tensor ([] or [1]) of any numeric dtype, finite. */
 static int read_scalar(double *out, const parse_ctx *c, const mood_st_tensor *t)
 {
-    if (!(t->ndim == 0 || (t->ndim == 1 && t->shape[0] == 1)) || !mood_dtype_is_numeric(t->dtype))
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) /* [], [1], [1, 1], ...: one number (ComfyUI's .item()) */
+        n *= t->shape[i];
+    if (n != 1 || !mood_dtype_is_numeric(t->dtype))
         return mood_error_set(MOOD_EFORMAT,
-                              "%s: tensor %s must be a numeric scalar of shape [] or [1], not "
+                              "%s: tensor %s must be one number (shape [], [1], [1, 1]...), not "
                               "%s with %d dimension(s)",
                               c->path, t->name, mood_dtype_name(t->dtype), t->ndim);
     if (mood_dtype_read_f64(out, t->data, t->dtype) != 0 || !isfinite(*out))

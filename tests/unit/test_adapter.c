@@ -465,6 +465,24 @@ static void test_unmatched_and_alpha(void)
         MOOD_CHECK(strcmp(mood_adapter_family_source(a), "ss_base_model_version") == 0);
     }
     mood_adapter_close(a);
+    /* alpha as a [1, 1] tensor is one number too (ComfyUI and A1111 take its .item()); two are not
+     */
+    {
+        const craft a11[] = {{PROJ_IN ".lora_up.weight", MOOD_DTYPE_F32, 4, {4, 2, 1, 1}, 0.5f},
+                             {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F32, 4, {2, 4, 1, 1}, 0.5f},
+                             {PROJ_IN ".alpha", MOOD_DTYPE_F32, 2, {1, 1}, 1.0f}};
+        const craft a2[] = {{PROJ_IN ".lora_up.weight", MOOD_DTYPE_F32, 4, {4, 2, 1, 1}, 0.5f},
+                            {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F32, 4, {2, 4, 1, 1}, 0.5f},
+                            {PROJ_IN ".alpha", MOOD_DTYPE_F32, 1, {2}, 1.0f}};
+        a = NULL;
+        MOOD_CHECK_OK(
+            mood_adapter_open(&a, write_adapter("alpha11.safetensors", a11, 3, sd1_meta), sd1));
+        MOOD_CHECK(a && a->n_modules == 1 && a->modules[0].alpha == 1.0 &&
+                   a->modules[0].scale == 0.5);
+        mood_adapter_close(a);
+        MOOD_CHECK(open_err(write_adapter("alpha2.safetensors", a2, 3, sd1_meta), sd1) ==
+                   MOOD_EFORMAT);
+    }
     mood_checkpoint_close(sd1);
 }
 
