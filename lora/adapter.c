@@ -131,7 +131,16 @@ static void resolve_key(key_res *r, const mood_keymap *km, const char *key)
             continue;
         memcpy(module, key, len);
         module[len] = '\0';
-        if ((r->target = mood__keymap_find(km, module)) != NULL) {
+        r->target = mood__keymap_find(km, module);
+        /* diffusers' convert_state_dict_to_kohya leaves dots in DoRA magnitudes' names
+         * ("lora_unet_down_blocks_1_attentions_0.proj_in.lora_magnitude_vector"): a kohya name
+         * has none (lora-formats.md 8, #5) */
+        if (!r->target && strncmp(module, "lora_", 5) == 0 && strchr(module, '.')) {
+            for (char *d = strchr(module, '.'); d; d = strchr(d, '.'))
+                *d = '_';
+            r->target = mood__keymap_find(km, module);
+        }
+        if (r->target) {
             r->role = found[i]->role;
             r->peft = found[i]->peft;
             r->module_len = len;
@@ -862,9 +871,19 @@ static int finish_module(parse_ctx *c, size_t mi)
     return err ? err : check_factors(c, m);
 }
 
+/* Whether module m is named key[0..len). In kohya names a '.' is a '_' (resolve_key: diffusers'
+ * converter leaves dots in DoRA magnitudes' names), so the two spellings are one module. */
 static int same_name(const mood_module *m, const char *key, size_t len)
 {
-    return strlen(m->name) == len && strncmp(m->name, key, len) == 0;
+    int kohya = strncmp(key, "lora_", 5) == 0;
+    if (strlen(m->name) != len)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char a = m->name[i], b = key[i];
+        if (a != b && !(kohya && (a == '.' || a == '_') && (b == '.' || b == '_')))
+            return 0;
+    }
+    return 1;
 }
 
 /* The module of (target, name): usually the one recorded for the target; a second spelling of

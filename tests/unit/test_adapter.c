@@ -483,6 +483,23 @@ static void test_unmatched_and_alpha(void)
         MOOD_CHECK(open_err(write_adapter("alpha2.safetensors", a2, 3, sd1_meta), sd1) ==
                    MOOD_EFORMAT);
     }
+    /* diffusers' convert_state_dict_to_kohya leaves dots in a DoRA magnitude's name
+     * ("lora_unet_..._attentions_0.proj_in.lora_magnitude_vector"): it is the same module's */
+    {
+        const craft dk[] = {{PROJ_IN ".lora_up.weight", MOOD_DTYPE_F32, 4, {4, 2, 1, 1}, 0.5f},
+                            {PROJ_IN ".lora_down.weight", MOOD_DTYPE_F32, 4, {2, 4, 1, 1}, 0.5f},
+                            {"lora_unet_down_blocks_0_attentions_0.proj_in.lora_magnitude_vector",
+                             MOOD_DTYPE_F32,
+                             4,
+                             {1, 4, 1, 1},
+                             1.0f}};
+        a = NULL;
+        MOOD_CHECK_OK(
+            mood_adapter_open(&a, write_adapter("dora_dots.safetensors", dk, 3, sd1_meta), sd1));
+        MOOD_CHECK(a && a->n_modules == 1 && a->modules[0].dora == 2 &&
+                   mood_adapter_unmatched_count(a) == 0);
+        mood_adapter_close(a);
+    }
     mood_checkpoint_close(sd1);
 }
 
