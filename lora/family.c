@@ -145,6 +145,9 @@ typedef struct evidence {
     int64_t ctx_width; /* input width of attn2.to_k's down factor, 0 if none */
     int64_t te_width;  /* input width of a single-TE q_proj down factor */
     int proj_in_4d;
+    /* LoKr's input width is the product of its two factors' (w1 or w1_b, w2 or w2_b), seen
+     * one tensor at a time: [0] attn2.to_k's, [1] the TE q_proj's */
+    int64_t kron_in1[2], kron_in2[2];
 } evidence;
 
 static const char *find_any(const char *s, const char *const *needles, size_t n)
@@ -191,10 +194,11 @@ static void look_at_name(evidence *e, const char *name)
     }
 }
 
-/* Input width of a down-projection factor (role DOWN / LoHa w1_b), 0 if not one. */
+/* Input width of the layer a factor belongs to, when the factor alone gives it: LoRA's down,
+ * LoHa's w1_b, a full diff (Linear: [out, in]); 0 otherwise. */
 static int64_t down_width(const mood_st_tensor *t, int role)
 {
-    if ((role == ROLE_DOWN || role == ROLE_HADA_W1B) && t->ndim >= 2)
+    if ((role == ROLE_DOWN || role == ROLE_HADA_W1B || role == ROLE_DIFF) && t->ndim >= 2)
         return t->shape[1];
     return 0;
 }
@@ -203,16 +207,37 @@ static void look_at_shape(evidence *e, const mood_st_tensor *t, size_t module_le
 {
     char name[512];
     int64_t w = down_width(t, role);
-    if (!w || module_len >= sizeof name)
+    int k, te, kron1 = role == ROLE_LOKR_W1 || role == ROLE_LOKR_W1B,
+               kron2 = role == ROLE_LOKR_W2 || role == ROLE_LOKR_W2B;
+    if ((!w && !kron1 && !kron2) || module_len >= sizeof name)
         return;
     memcpy(name, t->name, module_len);
     name[module_len] = '\0';
-    if (strstr(name, "attn2_to_k") || strstr(name, "attn2.to_k"))
-        e->ctx_width = w;
-    if ((starts(name, "lora_te_") || starts(name, "text_encoder.")) && (strstr(name, "q_proj")))
-        e->te_width = w;
     if (strstr(name, "proj_in") && role == ROLE_DOWN && t->ndim == 4)
         e->proj_in_4d = 1;
+    if (t->ndim != 2) /* the widths below are Linear layers' */
+        return;
+    k = strstr(name, "attn2_to_k") || strstr(name, "attn2.to_k");
+    te = (starts(name, "lora_te_") || starts(name, "text_encoder.")) && strstr(name, "q_proj");
+    if (kron1 || kron2) { /* Linear LoKr factors only (a conv's w2 is 4-D) */
+        int64_t *slot = kron1 ? e->kron_in1 : e->kron_in2;
+        if (k || te)
+            slot[te] = t->shape[1];
+        return;
+    }
+    if (k)
+        e->ctx_width = w;
+    if (te)
+        e->te_width = w;
+}
+
+/* The LoKr widths, once both factors of a module were seen. */
+static void kron_widths(evidence *e)
+{
+    if (!e->ctx_width && e->kron_in1[0] && e->kron_in2[0])
+        e->ctx_width = e->kron_in1[0] * e->kron_in2[0];
+    if (!e->te_width && e->kron_in1[1] && e->kron_in2[1])
+        e->te_width = e->kron_in1[1] * e->kron_in2[1];
 }
 
 /* What shapes alone say (the widths the cross-attention and the single text encoder read). */
@@ -303,7 +328,7 @@ static const char *overruled_source(const char *by, mood_family meta)
  */
 mood_family mood__family_of_adapter(const mood_st_file *f, const char **source_out)
 {
-    evidence e = {0, 0, -1, 0, 0, 0};
+    evidence e = {0, 0, -1, 0, 0, 0, {0, 0}, {0, 0}};
     const char *meta_source, *by;
     mood_family meta = family_of_metadata(f, &meta_source), fam, proven;
     for (size_t i = 0; i < mood_st_count(f); i++) {
@@ -314,6 +339,7 @@ mood_family mood__family_of_adapter(const mood_st_file *f, const char **source_o
         if (n)
             look_at_shape(&e, t, strlen(t->name) - n, role);
     }
+    kron_widths(&e);
     fam = family_of_evidence(&e, &by);
     if (meta == MOOD_FAMILY_UNKNOWN) {
         *source_out = by;

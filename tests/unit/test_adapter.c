@@ -739,6 +739,29 @@ static void test_family_detection(void)
     MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
     MOOD_CHECK(a && a->family == MOOD_FAMILY_SD1 && strcmp(a->family_source, "shapes") == 0);
     mood_adapter_close(a);
+    /* LoKr and full-diff files tell their family by the width cross-attention reads too: a LoKr's
+     * is the product of its two factors' (8 x 256 = SDXL's 2048), a diff's its second side
+     * (SD2's 1024); they were guessed SD1 */
+    {
+#define XK "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"
+        const craft lokr[] = {{XK ".lokr_w1", MOOD_DTYPE_F32, 2, {8, 8}, 0.1f},
+                              {XK ".lokr_w2_a", MOOD_DTYPE_F32, 2, {80, 4}, 0.1f},
+                              {XK ".lokr_w2_b", MOOD_DTYPE_F32, 2, {4, 256}, 0.1f}};
+        const craft diff[] = {{XK ".diff", MOOD_DTYPE_F32, 2, {2, 1024}, 0.01f}}; /* 4096 at most */
+#undef XK
+        p = write_adapter("fam_xl_lokr.safetensors", lokr, 3, NULL);
+        MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
+        MOOD_CHECK_MSG(
+            a && a->family == MOOD_FAMILY_SDXL && strcmp(a->family_source, "shapes") == 0,
+            "LoKr: %s by %s", a ? mood_family_name(a->family) : "?", a ? a->family_source : "?");
+        mood_adapter_close(a);
+        p = write_adapter("fam_sd2_diff.safetensors", diff, 1, NULL);
+        MOOD_CHECK_OK(mood_adapter_open(&a, p, NULL));
+        MOOD_CHECK_MSG(a && a->family == MOOD_FAMILY_SD2 && strcmp(a->family_source, "shapes") == 0,
+                       "diff: %s by %s", a ? mood_family_name(a->family) : "?",
+                       a ? a->family_source : "?");
+        mood_adapter_close(a);
+    }
 }
 
 /* Opens p without a base; checks the family and its source. */
