@@ -178,7 +178,7 @@ static int check(const mood_train_options *o, int size)
 }
 
 int mood__train_samples_init(mood__train_samples *s, const mood_train_options *o, mood_model *m,
-                             int size, int clip_skip)
+                             int size, int clip_skip, const char *trigger)
 {
     const char *const *src = o->n_sample_prompts ? o->sample_prompts : default_prompts;
     size_t n = o->n_sample_prompts ? o->n_sample_prompts : 2;
@@ -195,7 +195,7 @@ int mood__train_samples_init(mood__train_samples *s, const mood_train_options *o
     if (!(s->prompts = mood_calloc(n, sizeof *s->prompts)))
         return mood_error_nomem();
     for (; s->n < n; s->n++) {
-        char *line = fill_trigger(src[s->n], o->board_opts.trigger);
+        char *line = fill_trigger(src[s->n], trigger);
         err = line ? parse_prompt(&s->prompts[s->n], line) : mood_error_nomem();
         mood_free(line);
         if (err) {

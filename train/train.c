@@ -798,7 +798,8 @@ static int check_options(const mood_train_options *o)
     }
     /* the previews' options; their size once more when the model gives the resolution */
     err = mood__train_samples_init(&samples, o, NULL,
-                                   o->board_opts.resolution ? o->board_opts.resolution : 64, 1);
+                                   o->board_opts.resolution ? o->board_opts.resolution : 64, 1,
+                                   o->board_opts.trigger);
     mood__train_samples_dispose(&samples);
     if (err)
         return err;
@@ -839,7 +840,13 @@ static int train(run *r)
         return err;
     o = r->o; /* resolved by open_model */
     /* sample previews: bad options fail before the latents are cached */
-    if ((err = mood__train_samples_init(&r->samples, o, r->m, r->resolution, r->clip_skip)) != 0)
+    /* "{trigger}" is the style's trigger word: none when the board's captions never hold it */
+    if ((err = mood__train_samples_init(
+             &r->samples, o, r->m, r->resolution, r->clip_skip,
+             o->board_opts.trigger && o->board_opts.trigger[0] &&
+                     mood_board_uses_trigger(r->board, o->board_opts.trigger)
+                 ? o->board_opts.trigger
+                 : NULL)) != 0)
         return err;
     n = mood_board_count(r->board);
     if (!(r->items = mood_calloc(n, sizeof *r->items)))

@@ -313,9 +313,11 @@ typedef struct mood__train_samples {
 } mood__train_samples;
 
 /* The previews of a run (off when o->sample_every is 0 or o->sample is NULL): size is the
- * training resolution (o->sample_size wins), clip_skip the one the captions were encoded with. */
+ * training resolution (o->sample_size wins), clip_skip the one the captions were encoded with,
+ * trigger what "{trigger}" becomes (NULL or "": the style has none, as when the board's
+ * captions never hold it). */
 int mood__train_samples_init(mood__train_samples *s, const mood_train_options *o, mood_model *m,
-                             int size, int clip_skip);
+                             int size, int clip_skip, const char *trigger);
 void mood__train_samples_dispose(mood__train_samples *s);
 /* Renders every prompt after `step` optimizer steps (final: after the last one, the LoRA written)
  * and hands each to o->sample. Returns 1 when it rendered, 0 when off, or an error. */

@@ -256,6 +256,16 @@ expect_rc 1 "-o the base's own UNet file" "$MOOD" train --name own --board board
     --steps 1 --rank 4 --no-register -o tinycopy/unet/diffusion_pytorch_model.safetensors
 check "says so" grep -q "inside the base model's folder" "$tmp/err"
 check "the base as it was, nothing added" diff -r "$TINY" tinycopy
+# a board whose captions never hold the trigger word gives a style with none: "{trigger}" in a
+# preview prompt is then nothing (it rendered "sp, a dog" for a style without "sp")
+SRCDIR=${MOOD_SOURCE:-$FIX/../..}
+expect_rc 0 "previews of a style without a trigger" "$MOOD" train --name sp --board \
+    "$SRCDIR/examples/moodboards/twemoji" --model "$TINY" --steps 1 --rank 4 --no-register \
+    --sample-prompt "{trigger}, a dog" -o sp.safetensors
+check "the preview's prompt has no trigger" py '
+import glob, sys
+d = open(glob.glob("sp.samples/*.png")[0], "rb").read()
+assert b"parameters\x00a dog" in d, d[:300]'
 cp "$FIX/bases/sd1_base.safetensors" single.safetensors
 expect_rc 1 "-o the single-file base" "$MOOD" train --name single --board board \
     --model ./single.safetensors --res 64 --steps 1 --rank 4 --no-register -o single.safetensors
