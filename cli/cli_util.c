@@ -210,6 +210,18 @@ int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1
         fields[n++] = colon + 1;
         *colon = '\0';
     }
+    if (n == 2) { /* a third number is no part of a file name either: FILE:0.5:0.2:0.1 */
+        char *colon = strrchr(copy, ':');
+        double v;
+        if (colon && cli_parse_double(colon + 1, &v) == 0 && access(copy, F_OK) != 0) {
+            fprintf(stderr,
+                    "mood: error: '%s': at most two weights, FILE:W (UNet) and FILE:W:W_TE "
+                    "(text encoder)\n",
+                    arg);
+            free(copy);
+            return 1;
+        }
+    }
     /* fields were collected right to left */
     if (n == 1) {
         cli_parse_double(fields[0], w1);

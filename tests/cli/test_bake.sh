@@ -79,6 +79,10 @@ grep -q "1 unmatched key" "$tmp/out" || fail "summary does not count the unmatch
 grep -q "warning:.*extra.safetensors.*1 key.*lora_unet_" "$tmp/err" ||
     fail "no warning naming the unmatched key's prefix: $(cat "$tmp/err")"
 
+# three weights: a usage error naming the form, not a missing file "...:0.5" (exit 2)
+expect_rc 1 "FILE:W:W:W" "$MOOD" bake --model "$base" --lora "$lora:0.5:0.2:0.1" -o "$tmp/three.safetensors"
+check "says at most two weights" grep -q "at most two weights" "$tmp/err"
+
 # --- exit codes ---
 expect_rc 2 "missing base" "$MOOD" bake --model "$tmp/nope.safetensors" --lora "$lora" \
     -o "$tmp/x.safetensors"
