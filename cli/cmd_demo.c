@@ -150,10 +150,16 @@ static int find_inputs(demo *d)
         return 2;
     }
     if (access(d->model, R_OK) != 0 || access(d->board, R_OK) != 0) {
-        fprintf(stderr,
-                "mood: error: demo: %s not found (set MOOD_DATA to mood's data folder, or "
-                "give --model and --board)\n",
-                access(d->model, R_OK) != 0 ? d->model : d->board);
+        int model = access(d->model, R_OK) != 0,
+            given = model ? d->model != d->model_buf : d->board != d->board_buf;
+        if (given) /* what the user typed: no hint about mood's own data */
+            fprintf(stderr, "mood: error: demo: --%s %s: %s\n", model ? "model" : "board",
+                    model ? d->model : d->board, strerror(errno));
+        else
+            fprintf(stderr,
+                    "mood: error: demo: %s not found (set MOOD_DATA to mood's data folder, or "
+                    "give --model and --board)\n",
+                    model ? d->model : d->board);
         return 2;
     }
     return 0;

@@ -257,20 +257,26 @@ int main(int argc, char **argv)
     }
     c = find_command(argc - 1, argv + 1, &words);
     if (!c) {
-        if (strcmp(argv[1], "pack") == 0)
-            fprintf(stderr, "mood: error: 'mood pack' needs a subcommand: export or import; see "
-                            "'mood help'\n");
-        else if (strcmp(argv[1], "style") == 0)
-            fprintf(stderr, "mood: error: 'mood style' needs a subcommand: create or edit; see "
-                            "'mood help'\n");
-        else if (strcmp(argv[1], "civitai") == 0)
-            fprintf(stderr, "mood: error: 'mood civitai' needs a subcommand: link; see "
-                            "'mood help'\n");
-        else if (strcmp(argv[1], "lora") == 0)
-            fprintf(stderr, "mood: error: 'mood lora' needs a subcommand: stack, merge, resize "
-                            "or extract; see 'mood help'\n");
-        else
-            fprintf(stderr, "mood: error: unknown command '%s'; see 'mood help'\n", argv[1]);
+        static const char *const groups[][2] = {{"pack", "export or import"},
+                                                {"style", "create or edit"},
+                                                {"civitai", "link"},
+                                                {"lora", "stack, merge, resize or extract"}};
+        for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
+            if (strcmp(argv[1], groups[i][0]) != 0)
+                continue;
+            if (argc > 2 && argv[2][0] != '-') /* a word that is none of them */
+                fprintf(stderr,
+                        "mood: error: 'mood %s %s': unknown; 'mood %s' takes %s; see "
+                        "'mood help %s'\n",
+                        groups[i][0], argv[2], groups[i][0], groups[i][1], groups[i][0]);
+            else
+                fprintf(stderr,
+                        "mood: error: 'mood %s' needs a subcommand: %s; see 'mood help "
+                        "%s'\n",
+                        groups[i][0], groups[i][1], groups[i][0]);
+            return 1;
+        }
+        fprintf(stderr, "mood: error: unknown command '%s'; see 'mood help'\n", argv[1]);
         return 1;
     }
     for (int i = 1 + words; i < argc; i++) {

@@ -65,6 +65,8 @@ check "and nothing else" python3 -c '
 import json, sys
 names = sorted(s["name"] for s in json.load(open(sys.argv[1])))
 assert names == ["twemoji-demo"], names' "$tmp/out"
+expect_rc 2 "missing board" "$MOOD" demo --model "$FIX/pipeline/tiny-sd" --board "$tmp/noboard"
+check "names the board given" grep -q -- "--board $tmp/noboard: No such file or directory" "$tmp/err"
 expect_rc 2 "missing model" "$MOOD" demo --model "$tmp/nowhere" --board "$BOARD"
 check "names it" grep -q nowhere "$tmp/err"
 finish

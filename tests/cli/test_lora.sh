@@ -80,6 +80,9 @@ if [ -f "$svd/cases.json" ]; then
 fi
 
 # --- errors ---
+expect_rc 1 "an unknown lora subcommand" "$MOOD" lora bogus
+check "names it and the subcommands" grep -q "'mood lora bogus': unknown; 'mood lora' takes stack, merge, resize or extract" "$tmp/err"
+
 expect_rc 2 "missing input" "$MOOD" lora merge "$tmp/nope.safetensors" --rank 2 -o "$tmp/x.safetensors"
 expect_rc 2 "missing base" "$MOOD" lora extract --base "$tmp/nope.safetensors" --tuned "$base" --rank 2 -o "$tmp/x.safetensors"
 head -c 100 /dev/urandom >"$tmp/bad.safetensors"
