@@ -80,7 +80,7 @@ static void print_overview(FILE *out)
 {
     fprintf(out,
             "mood %s: image styles for Stable Diffusion (LoRA files, bake, merge)\n\n"
-            "usage: mood [--device cpu|cuda] <command> [arguments]\n\ncommands:\n",
+            "usage: mood [--device cpu|cuda[:N]|auto] <command> [arguments]\n\ncommands:\n",
             mood_version());
     for (const cli_command *c = cli_commands; c->name; c++)
         fprintf(out, "  %-14s %s\n", c->name, c->summary);
