@@ -804,6 +804,7 @@ static int create_on_disk(mood_registry *r)
     r->lock_fd = -1;
     r->db = mem;
     r->absent = 1;
+    r->noted = 1; /* the error says why there is none: no "... creates one" at close */
     return err;
 }
 

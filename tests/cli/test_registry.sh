@@ -255,4 +255,10 @@ for c in import list show search "style create" "style edit" tag rename rm docto
 done
 expect_rc 1 "'mood style' alone" "$MOOD" style
 
+# a registry that cannot be created: the error says why, and no "... creates one" note follows
+expect_rc 2 "import into a MOOD_HOME that cannot be made" env MOOD_HOME=/proc/no-such/home "$MOOD" \
+    import "$lib/inkwash.safetensors" --offline
+check "says it cannot create it" grep -q "cannot create the registry directory" "$tmp/err"
+check "no note that import creates one" bash -c "! grep -q 'creates one' '$tmp/err'"
+
 finish
