@@ -874,11 +874,34 @@ int gen_remap_png_loras(gen_run *r)
     return 0;
 }
 
-/* Whether an adapter's hash is the one the image records (as long as both are). */
+/* The SHA-256 of an adapter's file (hex): a registry blob's is its name; a file of the user's is
+ * hashed (only when an image's hash did not match its AutoV3). "" when it cannot be read. */
+static void adapter_sha256(char out[65], const mood_resolved_adapter *a)
+{
+    const char *b = strstr(a->path, "/blobs/sha256/");
+    mood_file_hashes h;
+    out[0] = '\0';
+    if (b && strlen(b) == 14 + 2 + 1 + 62) {
+        snprintf(out, 65, "%.2s%s", b + 14, b + 17);
+        return;
+    }
+    if (mood_hash_file(&h, a->path, NULL, NULL) == 0)
+        memcpy(out, h.sha256, 65);
+}
+
+/* Whether an adapter is the LoRA of the hash the image records (as long as both are): its AutoV3
+ * (A1111's "Lora hashes", 12 hex), or its SHA-256 or AutoV2 (its first 10 hex: Fooocus' "Lora
+ * hashes", the Civitai extension's "Hashes"). */
 static int png_hash_is(const mood_resolved_adapter *a, const char *hash)
 {
     size_t n = strlen(hash);
-    return a->hash[0] && strncasecmp(a->hash, hash, n < 12 ? n : 12) == 0;
+    char sha[65];
+    if (a->hash[0] && strncasecmp(a->hash, hash, n < 12 ? n : 12) == 0)
+        return 1;
+    if (n != 10 && n != 64)
+        return 0;
+    adapter_sha256(sha, a);
+    return sha[0] && strncasecmp(sha, hash, n) == 0;
 }
 
 /* After resolving: warns about LoRAs of the image that were found by name only, with another
@@ -909,6 +932,13 @@ void gen_check_png_model(gen_run *r)
     char hash[11];
     if (!p || !p->model_hash || mood_model_short_hash(r->model, hash) != 0)
         return;
+    if (strlen(p->model_hash) == 8) { /* A1111 before 2022: AutoV1, of a single-file model */
+        mood_file_hashes h;
+        int same = mood_hash_file(&h, mood_model_path(r->model), NULL, NULL) == 0 &&
+                   strcasecmp(h.autov1, p->model_hash) == 0;
+        if (same)
+            return;
+    }
     if (strcasecmp(hash, p->model_hash) != 0)
         cli_warn("the image was made with model hash %s (%s); %s has %s: the result will differ",
                  p->model_hash, p->model ? p->model : "?", mood_model_name(r->model), hash);

@@ -274,6 +274,14 @@ expect_rc 0 "--from-png with Template lines after the settings" "$MOOD" gen --fr
     --model "$MODEL" -o "$tmp/tpl2.png" --json
 check "its seed and steps, not defaults" py 'import json,sys; i=json.load(open(sys.argv[1]))["images"][0]; assert i["seed"]==4242 and "Steps: 3," in i["parameters"], i' "$tmp/out"
 check "says it read it as Civitai does" grep -q "not in A1111's layout.*read as Civitai reads them" "$tmp/err"
+# a LoRA recorded by its AutoV2 (the first 10 hex of its SHA-256), as the Civitai extension's
+# "Hashes" and Fooocus write it: the same file, so no "will differ"
+v2=$(sha256sum "$tmp/ink.safetensors" | cut -c1-10)
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/v2.png" "oil painting <lora:ink:0.42>
+Steps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd, Hashes: {\"lora:ink\": \"$v2\"}"
+expect_rc 0 "--from-png of a LoRA recorded by its AutoV2" "$MOOD" gen --from-png "$tmp/v2.png" \
+    --model "$MODEL" -o "$tmp/v2b.png"
+check "no 'will differ' for the same LoRA" bash -c "! grep -q 'will differ' '$tmp/err'"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/ddimk.png" "a cat
 Steps: 4, Sampler: DDIM, Schedule type: Karras, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd"
 expect_rc 0 "--from-png of DDIM with Schedule type Karras (A1111 writes it)" "$MOOD" gen \
