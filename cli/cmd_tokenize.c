@@ -3,6 +3,7 @@
  * CLIP token ids with their vocabulary pieces, the A1111 emphasis weight of each, and the chunks
  * of 75 tokens with the count A1111 shows above its prompt box ("12/75").
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,8 @@ const char cmd_tokenize_help[] =
     "  (word:1.3)    weight x1.3\n"
     "  \\( \\) \\[ \\]   literal brackets\n"
     "  BREAK         start a new chunk here\n"
+    "  <lora:...>    extra-network tags (<lora:>, <lyco:>, <style:>, <hypernet:>...) are no\n"
+    "                text: left out, as gen and A1111 leave them out before encoding\n"
     "The encoder takes 75 tokens at a time (77 with its start and end tokens); a longer prompt\n"
     "is cut into chunks of 75, moving the words after a comma near the end of a full chunk to\n"
     "the next one. The count is shown as A1111 shows it, e.g. '12/75' or '80/150'.\n\n"
@@ -31,6 +34,24 @@ const char cmd_tokenize_help[] =
     "                shipped with mood ($MOOD_DATA/clip/ overrides)\n\n"
     "Example: mood tokenize \"a (red:1.3) fox, [blurry]\"\n"
     "Exit status: 0 ok, 1 bad prompt (not UTF-8, unreadable weight), 2 vocabulary missing.\n";
+
+/* Removes every extra-network tag <word:...> (A1111's re_extra_net "<(\w+):([^>]+)>"), in place:
+ * they are no text to the encoder (styles/resolve.c takes them out before gen encodes). */
+static void strip_network_tags(char *s)
+{
+    char *o = s;
+    for (const char *p = s; *p;) {
+        const char *w = p + 1, *close;
+        while (isalnum((unsigned char)*w) || *w == '_')
+            w++;
+        if (*p == '<' && w > p + 1 && *w == ':' && (close = strchr(w + 1, '>')) && close > w + 1) {
+            p = close + 1;
+            continue;
+        }
+        *o++ = *p++;
+    }
+    *o = '\0';
+}
 
 /* A JSON number that reads back as exactly d (cJSON prints 15 digits, which loses 1/1.1). */
 static cJSON *exact_number(double d)
@@ -160,6 +181,8 @@ int cmd_tokenize(int argc, char **argv)
         goto done;
     }
     prompt = join_words(words, n_words);
+    if (prompt)
+        strip_network_tags(prompt);
     if (!prompt) {
         fprintf(stderr, "mood: error: out of memory\n");
         rc = 2;

@@ -71,6 +71,9 @@ mkdir -p "$tmp/data/clip"
 cp "$MOOD_SOURCE/data/clip/bpe_simple_vocab_16e6.txt.gz" "$tmp/data/clip/"
 expect_rc 0 "MOOD_DATA with the vocabulary" env MOOD_DATA="$tmp/data" "$MOOD" tokenize cat
 expect_rc 2 "--vocab missing" "$MOOD" tokenize --vocab "$tmp/nope.gz" cat
+# extra-network tags are no text: counted as gen encodes the prompt (A1111's counter strips them)
+expect_rc 0 "a prompt with LoRA tags" "$MOOD" tokenize "1girl, solo, <lora:add_detail:0.5> <hypernet:x:1>"
+check "tags not counted" grep -q "^5/75 tokens" "$tmp/out"
 "$MOOD" help tokenize | grep -q "BREAK" || fail "help text"
 "$MOOD" help | grep -q "tokenize" || fail "listed in mood help"
 
