@@ -21,9 +21,11 @@ typedef struct cli_command {
 /* Prints "mood: error: <mood_error_last()>" and returns the exit status for `code`. */
 int cli_fail(int code);
 
-/* Empty files a command claimed (gen's default image names) that a signal must not leave
- * behind: cli_claim_add records one (at most 64), cli_claims_remove (async-signal-safe, called by
- * the signal handler) removes those still empty, cli_claims_clear forgets them all. */
+/* Placeholder files a command claimed (gen's default image names; their text starts with
+ * CLI_CLAIM_TEXT and the process id) that a signal must not leave behind: cli_claim_add records
+ * one (at most 64), cli_claims_remove (async-signal-safe, called by the signal handler) removes
+ * those still placeholders, cli_claims_clear forgets them all. */
+#define CLI_CLAIM_TEXT "mood gen: this name is taken for an image being made by process "
 void cli_claim_add(const char *path);
 void cli_claims_remove(void);
 void cli_claims_clear(void);

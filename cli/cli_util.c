@@ -3,6 +3,7 @@
  * JSON output, and strict parsing of numbers and "FILE:W" arguments.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -132,10 +133,17 @@ void cli_claim_add(const char *path)
 
 void cli_claims_remove(void)
 {
-    struct stat st;
-    for (int i = 0; i < n_claims; i++)
-        if (stat(claims[i], &st) == 0 && st.st_size == 0) /* not replaced by the image yet */
+    static const char text[] = CLI_CLAIM_TEXT;
+    for (int i = 0; i < n_claims; i++) {
+        char buf[sizeof text - 1];
+        int fd = open(claims[i], O_RDONLY | O_CLOEXEC); /* open, read, close, unlink: all safe
+                                                            in a signal handler */
+        ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (n == (ssize_t)sizeof buf && memcmp(buf, text, sizeof buf) == 0) /* not the image yet */
             unlink(claims[i]);
+    }
 }
 
 void cli_claims_clear(void)

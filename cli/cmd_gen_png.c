@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -66,35 +67,76 @@ static char *image_path(const gen_run *r, int i)
     return p;
 }
 
-/* Removes the empty files gen_reserve_names made for images 1..n (the rest when a run fails). */
+#define CLAIM CLI_CLAIM_TEXT
+
+/* The process whose claim the file at p is (its placeholder text), 0 when it is none: an image,
+ * or anything else, is never taken for a claim. */
+static long claim_owner(const char *p)
+{
+    char buf[128];
+    long pid = 0;
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n > (ssize_t)strlen(CLAIM) && memcmp(buf, CLAIM, strlen(CLAIM)) == 0) {
+        buf[n] = '\0';
+        pid = strtol(buf + strlen(CLAIM), NULL, 10);
+    }
+    return pid > 0 ? pid : 0;
+}
+
+/* Removes the placeholders reserve_names made for images 1..n (the rest when a run fails). */
 static void release_names(const gen_run *r, int n)
 {
-    struct stat st;
     for (int i = 1; i <= n; i++) {
         char *p = image_path(r, i);
-        if (p && stat(p, &st) == 0 && st.st_size == 0) /* not written: still the placeholder */
+        if (p && claim_owner(p) == (long)getpid()) /* not written: still the placeholder */
             unlink(p);
         free(p);
     }
 }
 
-/* Claims every image name of the run by creating it empty and exclusively: 1 when all were
- * free, 0 when one was taken, -1 when one cannot be created at all (an unwritable folder: the
- * write says why); those claimed are released again. */
+/* Creates p exclusively with a placeholder naming this process; a placeholder left by a process
+ * that is gone (killed with -9, out of memory: no clean-up ran) is taken over. -1 with errno. */
+static int claim_name(const char *p)
+{
+    for (int tries = 0; tries < 2; tries++) {
+        int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        long owner;
+        if (fd >= 0) {
+            char text[128];
+            int n = snprintf(text, sizeof text, CLAIM "%ld\n", (long)getpid());
+            ssize_t w = write(fd, text, (size_t)n);
+            close(fd);
+            return w == n ? 0 : (unlink(p), -1);
+        }
+        if (errno != EEXIST || (owner = claim_owner(p)) == 0 ||
+            !(kill((pid_t)owner, 0) != 0 && errno == ESRCH) || unlink(p) != 0) {
+            errno = EEXIST;
+            return -1;
+        }
+    }
+    errno = EEXIST;
+    return -1;
+}
+
+/* Claims every image name of the run (claim_name): 1 when all were free, 0 when one was taken,
+ * -1 when one cannot be created at all (an unwritable folder: the write says why); those claimed
+ * are released again. */
 static int reserve_names(const gen_run *r)
 {
     for (int i = 1; i <= r->args.opts.batch; i++) {
         char *p = image_path(r, i);
-        int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
-        if (fd >= 0)
+        int ok = p ? claim_name(p) : -1;
+        if (ok == 0)
             cli_claim_add(p);
         free(p);
-        if (fd < 0) {
+        if (ok != 0) {
             int taken = errno == EEXIST;
             release_names(r, i - 1);
             return taken ? 0 : -1;
         }
-        close(fd);
     }
     return 1;
 }

@@ -62,6 +62,17 @@ check "the first image kept" py 'import sys; assert b"a red apple" in open("mood
 expect_rc 0 "a batch of 2 without -o" "$MOOD" "${gen[@]}" --batch 2
 check "its own names" test -s mood-1-1.png -a -s mood-1-2.png
 
+# a placeholder a killed run left (kill -9: no clean-up) is taken over once its process is gone;
+# a live run's is not (it rendered mood-5-v2.png forever after)
+dead=$(sh -c 'echo $$')
+printf 'mood gen: this name is taken for an image being made by process %s\n' "$dead" >mood-5.png
+expect_rc 0 "gen over a dead run's placeholder" "$MOOD" gen "a cat" --model "$MODEL" --steps 2 --seed 5 --json
+check "the name taken over" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["images"][0]["path"]=="mood-5.png", d' "$tmp/out"
+check "an image now" py 'import sys; assert open("mood-5.png","rb").read(8)==b"\x89PNG\r\n\x1a\n"'
+printf 'mood gen: this name is taken for an image being made by process %s\n' "$$" >mood-6.png
+expect_rc 0 "gen beside a live run's placeholder" "$MOOD" gen "a cat" --model "$MODEL" --steps 2 --seed 6 --json
+check "another name" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["images"][0]["path"]=="mood-6-v2.png", d' "$tmp/out"
+
 # without -o in a folder that cannot be written: one clear failure, not a search through names
 if [ "$(id -u)" != 0 ]; then # root writes anyway
     mkdir ro && chmod 555 ro
