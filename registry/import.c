@@ -886,9 +886,14 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
     mood__reg_bind_text(st, 3, jstr(a, "notes"));
     mood__reg_bind_text(st, 4, j->side.triggers.len ? j->side.triggers.data : NULL);
     mood__reg_bind_text(st, 5, jstr(a, "negative text"));
-    /* A1111: 0 means "use the global default" */
-    if (cJSON_IsNumber(w) && w->valuedouble > 0 && isfinite(w->valuedouble))
+    /* A1111: 0 means "use the global default"; beyond a style's range (style edit refuses it) no
+     * image survives: a typo in another tool's file, left out with a warning */
+    if (cJSON_IsNumber(w) && w->valuedouble > 0 && w->valuedouble <= 10)
         sqlite3_bind_double(st, 6, w->valuedouble);
+    else if (cJSON_IsNumber(w) && w->valuedouble != 0)
+        mood_log(MOOD_LOG_WARN,
+                 "%s.json: preferred weight %g left out (a style's weight is 0 to 10)",
+                 j->stem_path, w->valuedouble);
     mood__reg_bind_utf8(st, 7, j->x ? j->x->training_json : NULL);
     if ((err = mood__reg_step_done(r, st, "creating the style")) != 0)
         return err;

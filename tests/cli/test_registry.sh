@@ -255,6 +255,14 @@ for c in import list show search "style create" "style edit" tag rename rm docto
 done
 expect_rc 1 "'mood style' alone" "$MOOD" style
 
+# a sidecar's preferred weight beyond a style's range (a typo) is left out, with a warning
+mkdir -p "$tmp/pw"
+cp "$lib/inkwash.safetensors" "$tmp/pw/heavy.safetensors"
+echo '{"preferred weight": 50}' >"$tmp/pw/heavy.json"
+expect_rc 0 "import with preferred weight 50" env MOOD_HOME="$tmp/pwhome" "$MOOD" import "$tmp/pw/heavy.safetensors" --offline
+check "warns of the weight" grep -q "preferred weight 50 left out" "$tmp/err"
+check "not stored" py 'import json,sys,subprocess,os; d=json.loads(subprocess.check_output([sys.argv[1],"show","heavy","--json"],env=dict(os.environ,MOOD_HOME=sys.argv[2]))); assert d["weight"] in (None, 1), d["weight"]' "$MOOD" "$tmp/pwhome"
+
 # a registry that cannot be created: the error says why, and no "... creates one" note follows
 expect_rc 2 "import into a MOOD_HOME that cannot be made" env MOOD_HOME=/proc/no-such/home "$MOOD" \
     import "$lib/inkwash.safetensors" --offline
