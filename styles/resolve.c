@@ -410,8 +410,8 @@ static int strip_tags(resolver *r, const char *prompt)
 
 /* ----- prompt assembly --------------------------------------------------------------------- */
 
-/* Trims the spaces the removed tags left at the end of the prompt. A comma stays: A1111 and
- * ComfyUI encode "1girl, solo, <lora:x:0.5>" as "1girl, solo, ", whose comma is a token. */
+/* Trims white space at the end of the prompt. A comma stays: A1111 and ComfyUI encode
+ * "1girl, solo, <lora:x:0.5>" as "1girl, solo, ", whose comma is a token. */
 static void trim_end(mood_buf *b)
 {
     while (b->len && isspace((unsigned char)b->data[b->len - 1]))
@@ -426,19 +426,28 @@ static const char *joiner(const mood_buf *prompt)
     return prompt->data[prompt->len - 1] == ',' ? " " : ", ";
 }
 
-/* Every "{prompt}" in template t replaced by the prompt so far, as A1111's
- * style.replace("{prompt}", prompt); without one, ", t" appended. */
+/* Template t applied to the prompt as A1111 applies a style (modules/styles.py merge_prompts):
+ * every "{prompt}" replaced by the prompt. White space is no token, so the prompt comes without
+ * the spaces a removed tag left at its end ("a cat <style:x>" is "a cat", as with --style x),
+ * but where A1111 keeps two comma tokens, "1girl, solo, <lora:x>" into "{prompt}, ink" giving
+ * "1girl, solo, , ink", one space stays between them: ",," would be one other token. A template
+ * without "{prompt}" (the registry refuses those) would follow the prompt after ", ". */
 static int apply_template(mood_buf *prompt, const char *t)
 {
     static const char key[] = "{prompt}";
     const char *at = strstr(t, key), *p = t;
     mood_buf nb;
     int err = 0;
+    trim_end(prompt);
     if (!at)
-        return mood_buf_printf(prompt, "%s%s", joiner(prompt), t);
+        return mood_buf_printf(prompt, "%s%s", prompt->len ? ", " : "", t);
     mood_buf_init(&nb);
-    for (; at && !err; p = at + sizeof key - 1, at = strstr(p, key))
-        err = mood_buf_printf(&nb, "%.*s%s", (int)(at - p), p, prompt->data ? prompt->data : "");
+    for (; at && !err; p = at + sizeof key - 1, at = strstr(p, key)) {
+        const char *after = at + sizeof key - 1;
+        int keep_apart = prompt->len && prompt->data[prompt->len - 1] == ',' && *after == ',';
+        err = mood_buf_printf(&nb, "%.*s%s%s", (int)(at - p), p, prompt->data ? prompt->data : "",
+                              keep_apart ? " " : "");
+    }
     if (!err)
         err = mood_buf_puts(&nb, p);
     if (!err) {
@@ -496,9 +505,9 @@ static int apply_triggers(mood_buf *prompt, const char *triggers)
 static int assemble(resolver *r, const char *negative)
 {
     int err = 0;
-    trim_end(&r->prompt);
     for (size_t i = 0; i < r->n_templates && !err; i++)
         err = apply_template(&r->prompt, r->templates[i]);
+    trim_end(&r->prompt); /* white space is no token: the PNG's text is cleaner */
     for (size_t i = 0; i < r->n_triggers && !err; i++)
         err = apply_triggers(&r->prompt, r->triggers[i]);
     if (!err && negative)

@@ -252,8 +252,11 @@ static void test_template_and_triggers(void)
     PROMPT_IS(reg, "inkwashes, tsumi", "words", "inkwashes, tsumi, inkwash, sumi");
     PROMPT_IS(reg, "a cat, Inkwash <style:words>", NULL, "a cat, Inkwash, sumi");
     /* a comma before a tag stays, as A1111 encodes it ("1girl, solo, <lora:x>" is "1girl, solo,
-     * "); what is appended after it gets no second comma */
-    PROMPT_IS(reg, "1girl, solo, <style:twice>", NULL, "1girl, solo,, and again 1girl, solo,!");
+     * "); templates join as A1111's styles do on the prompt with its tags (merge_prompts), so the
+     * tokens are A1111's (", ," two commas, never the one token ",,"); trigger words after a
+     * comma get no second one */
+    PROMPT_IS(reg, "1girl, solo, <style:twice>", NULL, "1girl, solo, , and again 1girl, solo,!");
+    PROMPT_IS(reg, "a cat <style:twice>", NULL, "a cat, and again a cat!");
     PROMPT_IS(reg, "1girl, solo, <style:words>", NULL, "1girl, solo, inkwash, sumi");
     PROMPT_IS(reg, "1girl, solo,", NULL, "1girl, solo,");
     mood_registry_close(reg);
