@@ -24,9 +24,9 @@ const char cmd_doctor_help[] =
     "  --deep    also re-hash every stored file and report those whose content no longer\n"
     "            matches their SHA-256 (reads everything: slow on a big registry)\n"
     "  --fix     repair: delete orphans (an orphan holding a LoRA is moved to\n"
-    "            $MOOD_HOME/lost+found/ instead: 'mood import' takes it back); remove previews\n"
-    "            whose file is missing or damaged, and\n"
-    "            LoRAs whose file is missing or damaged. A style that combines such a LoRA\n"
+    "            $MOOD_HOME/blobs/lost+found/ instead: 'mood import' takes it back); remove\n"
+    "            previews whose file is missing or damaged, and LoRAs whose file is missing\n"
+    "            or damaged. A style that combines such a LoRA\n"
     "            with others ('mood style create') keeps them, its template, negative prompt\n"
     "            and weights, and loses only that LoRA. A style left with no LoRA is removed.\n"
     "            Every style removed or changed is named. To get a LoRA back, import its file\n"
@@ -111,7 +111,9 @@ static void print_list(const cJSON *arr, const char *what)
         }
         printf("  %s %s: %s", what, str_of(v, "kind"), str_of(v, "path"));
         if (str_of(v, "error"))
-            printf(" [%s: fix its permissions; --fix leaves it alone]", str_of(v, "error"));
+            printf(" [%s: %s; --fix leaves it alone]", str_of(v, "error"),
+                   strstr(str_of(v, "error"), "ermission") ? "fix its permissions"
+                                                           : "check the disk and the file");
         if (str_of(v, "file_name"))
             printf(" (%s%s%s)", str_of(v, "file_name"),
                    str_of(v, "imported_from") ? ", imported from " : "",

@@ -10,8 +10,8 @@
  * A stored file that is there but cannot be read (permissions, an I/O error) is "unreadable":
  * reported with the reason, never counted as missing or damaged, and never touched by --fix. An
  * adapter's file whose size differs from the stored one is damaged without --deep.
- * With --fix: orphans are deleted, but those holding a LoRA are moved to HOME/lost+found/ (they
- * may be the only copy); a lost adapter's row goes (and a corrupt blob with it). A style
+ * With --fix: orphans are deleted, but those holding a LoRA are moved to HOME/blobs/lost+found/
+ * (they may be the only copy); a lost adapter's row goes (and a corrupt blob with it). A style
  * that keeps other adapters only loses the lost ones: a combined style (style create/edit) keeps
  * its other LoRAs, template, negative prompt and weights. A style left with no adapter is removed,
  * because a style needs at least one (style create and edit refuse zero), and the report names
@@ -208,29 +208,44 @@ static int is_used(doctor *d, const char *sha, int *used)
 
 /* An orphan that holds a LoRA (a safetensors file) may be the only copy of one whose row was
  * lost (a registry.db restored from an old backup, or lost and then imported into again): --fix
- * moves it to HOME/lost+found/SHA256.safetensors, where 'mood import' takes it back, instead of
- * deleting it. Anything else (a preview, a stray file) is deleted. */
+ * moves it to blobs/lost+found/SHA256.safetensors (beside blobs/sha256, so on its file system),
+ * where 'mood import' takes it back, instead of deleting it. Anything else (a preview, a stray
+ * file) is deleted. Best effort, as the rest of the repair must go on: an orphan that cannot be
+ * read, moved or deleted stays, with a warning. Returns 1 when it was dealt with. */
 static int fix_orphan(doctor *d, const char *path, const char *name)
 {
     mood_st_file *f = NULL;
     mood_buf dir, to;
-    int err = 0;
+    int moved = 0;
+    if (access(path, R_OK) != 0) { /* unknown content: a LoRA, perhaps */
+        mood_log(MOOD_LOG_WARN, "%s: an orphan that cannot be read (%s): left as it is", path,
+                 strerror(errno));
+        return 0;
+    }
     if (mood_st_open(&f, path) != 0) {
         mood_error_clear();
-        return unlink(path) == 0
-                   ? 0
-                   : mood_error_set(MOOD_EIO, "%s: cannot delete: %s", path, strerror(errno));
+        if (unlink(path) == 0)
+            return 1;
+        mood_log(MOOD_LOG_WARN, "%s: cannot delete it: %s", path, strerror(errno));
+        return 0;
     }
     mood_st_close(f);
     mood_buf_init(&dir);
     mood_buf_init(&to);
-    if ((err = mood_buf_printf(&dir, "%s/lost+found", d->r->home)) == 0 &&
-        (err = mood_buf_printf(&to, "%s/%.64s.safetensors", dir.data, name)) == 0) {
-        if ((mkdir(dir.data, 0777) != 0 && errno != EEXIST) || rename(path, to.data) != 0)
-            err = mood_error_set(MOOD_EIO, "%s: cannot move it to %s: %s", path, dir.data,
-                                 strerror(errno));
+    const char *slash = strrchr(d->r->blob_dir, '/'); /* HOME/blobs/sha256 -> HOME/blobs */
+    if (slash &&
+        mood_buf_printf(&dir, "%.*s/lost+found", (int)(slash - d->r->blob_dir), d->r->blob_dir) ==
+            0 &&
+        mood_buf_printf(&to, "%s/%.64s.safetensors", dir.data, name) == 0) {
+        if ((mkdir(dir.data, 0777) == 0 || errno == EEXIST) && rename(path, to.data) == 0)
+            moved = 1;
+        else
+            mood_log(MOOD_LOG_WARN,
+                     "%s: a LoRA file in no style; cannot move it to %s (%s): "
+                     "left as it is",
+                     path, dir.data, strerror(errno));
     }
-    if (!err) {
+    if (moved) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "path", path);
         cJSON_AddStringToObject(o, "to", to.data);
@@ -238,7 +253,7 @@ static int fix_orphan(doctor *d, const char *path, const char *name)
     }
     mood_buf_dispose(&dir);
     mood_buf_dispose(&to);
-    return err;
+    return moved;
 }
 
 /* One blobs/sha256/ab directory. */
@@ -268,7 +283,7 @@ static int scan_dir(doctor *d, const char *prefix)
             continue;
         cJSON_AddItemToArray(d->orphans, cJSON_CreateString(path.data));
         d->problems++;
-        if (d->o->fix && (err = fix_orphan(d, path.data, sha)) == 0)
+        if (d->o->fix && fix_orphan(d, path.data, sha))
             d->fixed++;
     }
     closedir(dp);

@@ -133,6 +133,22 @@ check "names it" grep -q "model gone: its link leads to $tmp/gone-model, which i
 expect_rc 1 "doctor --fix" "$MOOD" doctor --fix
 check "the broken link removed, the other kept" test ! -L "$MOOD_HOME/models/gone" -a -L "$MOOD_HOME/models/kept"
 
+# --fix repairs what it can: an orphan LoRA it cannot move (lost+found blocked by a file) stays,
+# with a warning, and a missing LoRA is still repaired in the same run
+H2=$tmp/home2
+expect_rc 0 "two LoRAs" env MOOD_HOME="$H2" "$MOOD" import "$L/lokr.safetensors" "$L/ia3.safetensors"
+orphan="$H2/blobs/sha256/aa/$(printf 'b%.0s' $(seq 62))"
+mkdir -p "$(dirname "$orphan")" && cp "$L/boft.safetensors" "$orphan"
+rm "$(MOOD_HOME=$H2 blob_of ia3)"
+: >"$H2/blobs/lost+found" # a file: no folder can be made there
+expect_rc 1 "doctor --fix with an orphan it cannot move" env MOOD_HOME="$H2" "$MOOD" doctor --fix
+check "warns it is left" grep -q "a LoRA file in no style; cannot move it to .*lost+found.*left as it is" "$tmp/err"
+check "the orphan kept" test -s "$orphan"
+expect_rc 1 "the missing LoRA's style repaired (removed)" env MOOD_HOME="$H2" "$MOOD" show ia3
+rm "$H2/blobs/lost+found"
+expect_rc 1 "doctor --fix again" env MOOD_HOME="$H2" "$MOOD" doctor --fix
+check "now moved to blobs/lost+found" test -s "$H2/blobs/lost+found/aa$(printf 'b%.0s' $(seq 62)).safetensors"
+
 # another process holding the registry (an import paused with Ctrl-Z): doctor says it waits,
 # then runs when the lock is free (flock(1) takes the same lock as mood)
 if command -v flock >/dev/null; then

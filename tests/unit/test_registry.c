@@ -483,7 +483,7 @@ static void test_doctor_keeps_what_it_cannot_judge(void)
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK(doctor(r, 0, 1, &report) == 1);
-    snprintf(rescued, sizeof rescued, "%s/lost+found/%s.safetensors", mood_registry_home(r),
+    snprintf(rescued, sizeof rescued, "%s/blobs/lost+found/%s.safetensors", mood_registry_home(r),
              b.sha256);
     MOOD_CHECK_MSG(report && strstr(report, "\"rescued\":[{"), "%s", report ? report : "(null)");
     mood_registry_free_string(report);
