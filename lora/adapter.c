@@ -154,12 +154,13 @@ static void resolve_key(key_res *r, const mood_keymap *km, const char *key)
 typedef struct parse_ctx {
     mood_adapter *a;
     const char *path;
-    int from_base;            /* target shapes are the base's, not generated */
-    mood_family detected;     /* the adapter's own family, if known */
-    cJSON *peft_config;       /* lora_adapter_metadata, or NULL */
-    unsigned char *unmatched; /* per file tensor */
-    int32_t *role_idx;        /* n_modules x ROLE_COUNT file tensor indices, -1 absent */
-    unsigned char *peft_mag;  /* per module: lora_magnitude_vector */
+    int from_base;               /* target shapes are the base's, not generated */
+    mood_family detected;        /* the adapter's own family, if known */
+    cJSON *peft_config;          /* lora_adapter_metadata, or NULL */
+    struct peft_keys *peft_keys; /* its alpha_pattern keys, compiled when first needed */
+    unsigned char *unmatched;    /* per file tensor */
+    int32_t *role_idx;           /* n_modules x ROLE_COUNT file tensor indices, -1 absent */
+    unsigned char *peft_mag;     /* per module: lora_magnitude_vector */
     size_t cap;
     unsigned flags; /* MOOD_ADAPTER_* */
 } parse_ctx;
@@ -702,30 +703,44 @@ static const cJSON *peft_field(const parse_ctx *c, const char *comp, const char 
 }
 
 /* A PEFT pattern (a Python regular expression) as POSIX ERE: the escapes Python has and ERE
- * lacks (\d \w \s and their negations) spelled out, (?:...) as (...). 0, or -1 when it does
- * not fit `size`. */
+ * lacks (\d \w \s and their negations) spelled out, inside a bracket expression too, (?:...) as
+ * (...). 0, or -1 when it does not fit `size` or has what ERE cannot say (\D inside [...]). */
 static int python_re_to_ere(char *out, size_t size, const char *re)
 {
-    static const char *const esc[][2] = {{"d", "[0-9]"},        {"D", "[^0-9]"},
-                                         {"w", "[A-Za-z0-9_]"}, {"W", "[^A-Za-z0-9_]"},
-                                         {"s", "[[:space:]]"},  {"S", "[^[:space:]]"}};
+    static const char *const esc[][3] = {
+        /* escape, outside a bracket expression, inside one (NULL: none) */
+        {"d", "[0-9]", "0-9"},
+        {"D", "[^0-9]", NULL},
+        {"w", "[A-Za-z0-9_]", "A-Za-z0-9_"},
+        {"W", "[^A-Za-z0-9_]", NULL},
+        {"s", "[[:space:]]", "[:space:]"},
+        {"S", "[^[:space:]]", NULL}};
     size_t o = 0;
+    int in_class = 0;
     for (const char *p = re; *p; p++) {
         const char *rep = NULL;
         char one[3] = {p[0], 0, 0};
         if (p[0] == '\\' && p[1]) {
             for (size_t i = 0; i < sizeof esc / sizeof esc[0] && !rep; i++)
-                if (p[1] == esc[i][0][0])
-                    rep = esc[i][1];
-            if (!rep) {
-                one[1] = p[1];
+                if (p[1] == esc[i][0][0]) {
+                    if (in_class && !esc[i][2])
+                        return -1;
+                    rep = esc[i][in_class ? 2 : 1];
+                }
+            if (!rep) { /* an escaped character: itself (in a class, without the backslash) */
+                one[0] = in_class ? p[1] : '\\';
+                one[1] = in_class ? 0 : p[1];
                 rep = one;
             }
             p++;
-        } else if (p[0] == '(' && p[1] == '?' && p[2] == ':') {
+        } else if (!in_class && p[0] == '(' && p[1] == '?' && p[2] == ':') {
             rep = "(";
             p += 2;
         } else {
+            if (p[0] == '[' && !in_class)
+                in_class = 1;
+            else if (p[0] == ']' && in_class && p[-1] != '[' && !(p[-1] == '^' && p[-2] == '['))
+                in_class = 0;
             rep = one;
         }
         if (o + strlen(rep) + 1 > size)
@@ -734,35 +749,71 @@ static int python_re_to_ere(char *out, size_t size, const char *re)
         o += strlen(rep);
     }
     out[o] = '\0';
-    return 0;
+    return in_class ? -1 : 0;
+}
+
+/* A file's alpha_pattern keys, compiled once (a file of every module has one key per module:
+ * compiling them for each module cost seconds); ok 0: compared as text. */
+typedef struct peft_key {
+    const cJSON *item;
+    regex_t re;
+    int ok;
+} peft_key;
+
+struct peft_keys {
+    peft_key *k[3]; /* per component: unet, text_encoder, text_encoder_2 */
+    size_t n[3];
+    int built[3];
+};
+
+static void peft_keys_free(struct peft_keys *pk)
+{
+    for (int c = 0; pk && c < 3; c++) {
+        for (size_t i = 0; i < pk->n[c]; i++)
+            if (pk->k[c][i].ok)
+                regfree(&pk->k[c][i].re);
+        mood_free(pk->k[c]);
+    }
+}
+
+static void peft_keys_build(struct peft_keys *pk, int comp, const cJSON *patterns)
+{
+    const cJSON *p;
+    size_t n = (size_t)cJSON_GetArraySize(patterns), i = 0;
+    pk->built[comp] = 1;
+    if (!n || !(pk->k[comp] = mood_calloc(n, sizeof *pk->k[comp])))
+        return; /* out of memory: no pattern applies, as with none */
+    cJSON_ArrayForEach(p, patterns)
+    {
+        char ere[1024], full[1100];
+        peft_key *k = &pk->k[comp][i++];
+        k->item = p;
+        if (python_re_to_ere(ere, sizeof ere, p->string) == 0) {
+            snprintf(full, sizeof full, "^(.*\\.)?(%s)$", ere);
+            k->ok = regcomp(&k->re, full, REG_EXTENDED | REG_NOSUB) == 0;
+        }
+    }
+    pk->n[comp] = i;
 }
 
 /* PEFT's pattern rule (get_pattern_key: re.match(rf"(.*\.)?({key})$", path), the first key in
  * the file's order that matches): a key is a regular expression, "attn\d\.to_(q|v)" as much as
  * "to_k". A key that is no regular expression POSIX takes is compared as text: the path equals
  * it or ends with "." + it. */
-static const cJSON *peft_pattern(const cJSON *patterns, const char *path)
+static const cJSON *peft_pattern(struct peft_keys *pk, int comp, const cJSON *patterns,
+                                 const char *path)
 {
-    const cJSON *p;
     size_t n = strlen(path);
-    cJSON_ArrayForEach(p, patterns)
-    {
-        char ere[1024], full[1100];
-        regex_t re;
-        size_t k = strlen(p->string);
-        if (python_re_to_ere(ere, sizeof ere, p->string) == 0) {
-            snprintf(full, sizeof full, "^(.*\\.)?(%s)$", ere);
-            if (regcomp(&re, full, REG_EXTENDED | REG_NOSUB) == 0) {
-                int hit = regexec(&re, path, 0, NULL, 0) == 0;
-                regfree(&re);
-                if (hit)
-                    return p;
-                continue;
-            }
-        }
-        if (strcmp(path, p->string) == 0 ||
-            (n > k && path[n - k - 1] == '.' && strcmp(path + n - k, p->string) == 0))
-            return p;
+    if (!pk->built[comp])
+        peft_keys_build(pk, comp, patterns);
+    for (size_t i = 0; i < pk->n[comp]; i++) {
+        const peft_key *k = &pk->k[comp][i];
+        size_t m = strlen(k->item->string);
+        if (k->ok
+                ? regexec(&k->re, path, 0, NULL, 0) == 0
+                : (strcmp(path, k->item->string) == 0 ||
+                   (n > m && path[n - m - 1] == '.' && strcmp(path + n - m, k->item->string) == 0)))
+            return k->item;
     }
     return NULL;
 }
@@ -773,15 +824,17 @@ static void peft_scale(const parse_ctx *c, mood_module *m)
     static const char *const comps[] = {"unet", "text_encoder", "text_encoder_2"};
     const char *comp = comps[m->target->part], *path = m->name;
     const cJSON *alpha, *pat, *rs;
+    int ci = (int)m->target->part;
     for (size_t i = 0; i < 3; i++) {
         size_t k = strlen(comps[i]);
         if (strncmp(m->name, comps[i], k) == 0 && m->name[k] == '.') {
             comp = comps[i];
+            ci = (int)i;
             path = m->name + k + 1;
         }
     }
     alpha = peft_field(c, comp, "lora_alpha");
-    pat = peft_pattern(peft_field(c, comp, "alpha_pattern"), path);
+    pat = peft_pattern(c->peft_keys, ci, peft_field(c, comp, "alpha_pattern"), path);
     if (pat && cJSON_IsNumber(pat))
         alpha = pat;
     if (!alpha || !cJSON_IsNumber(alpha) || m->rank <= 0)
@@ -1176,14 +1229,17 @@ int mood_adapter_open_file(mood_adapter **out, mood_st_file *f, const mood_check
                            unsigned flags)
 {
     parse_ctx c;
+    struct peft_keys keys;
     mood_adapter *a;
     int err = 0;
+    memset(&keys, 0, sizeof keys);
     if (!out || !f) {
         mood_st_close(f); /* taken over, also on this failure */
         return mood_error_set(MOOD_EINVAL, "%s: %s is NULL", __func__, out ? "f" : "out");
     }
     *out = NULL;
     memset(&c, 0, sizeof c);
+    c.peft_keys = &keys;
     if (!(a = mood_calloc(1, sizeof *a))) {
         mood_st_close(f);
         return mood_error_nomem();
@@ -1204,6 +1260,7 @@ int mood_adapter_open_file(mood_adapter **out, mood_st_file *f, const mood_check
     if (a->n_modules == 0)
         err = no_module_error(&c);
 done:
+    peft_keys_free(&keys); /* before the config its items point into */
     cJSON_Delete(c.peft_config);
     mood_free(c.role_idx);
     mood_free(c.peft_mag);
