@@ -462,10 +462,12 @@ static char *civitai_layout(const char *text)
 {
     size_t n = strlen(text), o = 0;
     char *t = mood_malloc(2 * n + 1), *line;
+    int one_line = !strchr(text, '\n'); /* only a one-line text is broken up */
     if (!t)
         return NULL;
     for (size_t i = 0; i < n; i++) {
-        if (after_punct(text, i, "Negative prompt:") || after_punct(text, i, "Steps: ")) {
+        if (one_line &&
+            (after_punct(text, i, "Negative prompt:") || after_punct(text, i, "Steps: "))) {
             while (o > 0 && t[o - 1] == ' ')
                 o--;
             t[o++] = '\n';

@@ -395,6 +395,12 @@ static void test_civitai_layouts(void)
                                                 "Seed: 9, Size: 64x64"));
     MOOD_CHECK(p.has_details && !p.civitai_layout);
     mood_params_dispose(&p);
+    /* a multi-line text A1111 reads (its details do not start with Steps) stays A1111's */
+    MOOD_CHECK_OK(mood_params_parse_lenient(&p, "a cat\nNegative prompt: ugly\nSampler: Euler a, "
+                                                "Steps: 20, Seed: 1, Size: 64x64"));
+    MOOD_CHECK(p.has_details && !p.civitai_layout && p.steps == 20 && p.sampler &&
+               !strcmp(p.sampler, "Euler a") && !strcmp(p.negative_prompt, "ugly"));
+    mood_params_dispose(&p);
     /* "Steps: " in a text that is still no parameters: all prompt */
     MOOD_CHECK_OK(mood_params_parse_lenient(&p, "my notes. Steps: later"));
     MOOD_CHECK(!p.has_details && !strcmp(p.prompt, "my notes. Steps: later"));
