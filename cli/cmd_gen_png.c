@@ -644,12 +644,14 @@ static void warn_editing(const char *prompt, const char *whose, const char *whic
 }
 
 /* Prompt syntax of A1111's that mood reads as plain text: said for the image (--from-png) and
- * for a prompt typed with it, whose PNG A1111 would run differently. */
+ * for a prompt typed with it, whose PNG A1111 would run differently. A1111 splits only the
+ * prompt at AND (get_multicond_learned_conditioning); its negative is one text there too. */
 static void warn_a1111_only(const char *prompt, const char *whose, const char *which,
                             const char *then)
 {
     warn_editing(prompt, whose, which, then);
-    warn_and(prompt, whose, which, then);
+    if (strcmp(which, "prompt") == 0)
+        warn_and(prompt, whose, which, then);
 }
 
 void gen_warn_a1111_syntax(const gen_args *a)

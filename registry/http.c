@@ -717,6 +717,7 @@ done:
         curl_slist_free_all(headers);
     if (h)
         curl_easy_cleanup(h);
+    mood_free(t.validator); /* the answer's ETag, kept by the header callback */
     mood_free(t.disposition);
     mood_buf_dispose(&t.errbody);
     mood_free(shown);

@@ -150,6 +150,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        # every answer has a validator, as real servers' do: the client keeps it (If-Range)
+        self.send_header("ETag", '"%s"' % hashlib.sha256(body).hexdigest()[:16])
         for k, v in headers:
             self.send_header(k, v)
         self.end_headers()

@@ -258,6 +258,9 @@ for want in 'the prompt has prompt editing "\[cat:dog:0.5\]"' 'the prompt has al
     check "typed, warns: $want" grep -q "$want" "$tmp/err"
 done
 check "typed: the PNG's prompt has no hypernet tag" bash -c "! grep -qa 'hypernet:foo' '$tmp/typed.png'"
+expect_rc 0 "AND in a negative prompt is text in A1111 too" "$MOOD" gen "a cat" --negative "cats AND dogs" \
+    "${common[@]}" -o "$tmp/negand.png"
+check "no AND warning for the negative" bash -c "! grep -q 'has AND' '$tmp/err'"
 expect_rc 0 "ANDROID is no AND" "$MOOD" gen "an ANDROID, SAND" "${common[@]}" -o "$tmp/android.png"
 check "no AND warning for ANDROID" bash -c "! grep -q 'has AND' '$tmp/err'"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/off.png" "a cat
