@@ -387,7 +387,16 @@ int mood__reg_pack_store(int *added_out, unsigned char *merged_out, mood_registr
         for (size_t j = 0; j < styles[i].n_previews && !err; j++)
             err =
                 put_blob(&s, styles[i].previews[j].path, styles[i].previews[j].sha256, NULL, NULL);
-        for (size_t j = 0; j < styles[i].n_board && !err; j++)
+        /* a style merged into one that has its own board keeps that board (insert_children):
+         * the pack's would be stored files no row uses */
+        long long boards = 0;
+        if (merged_out[i] &&
+            (err = mood__reg_query_int(r, &boards,
+                                       "SELECT count(*) FROM style_files f JOIN styles s ON"
+                                       " s.id = f.style_id WHERE f.role = 'board' AND s.name = ?1",
+                                       styles[i].name)) != 0)
+            break;
+        for (size_t j = 0; j < styles[i].n_board && !boards && !err; j++)
             err = put_blob(&s, styles[i].board[j].path, styles[i].board[j].sha256, NULL, NULL);
     }
     if (!err)

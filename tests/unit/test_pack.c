@@ -275,6 +275,67 @@ static int write_pack(const char *out, const char *path, const char *family)
     return mood__pack_write(out, src, 2, NULL, NULL);
 }
 
+/* A pack of style "x" (the LoRA at `path`) with one mood board thumbnail, the PNG `png`. */
+static int write_pack_board(const char *out, const char *path, const char *png, size_t n)
+{
+    mood_file_hashes h;
+    mood__pack_src src[3];
+    char manifest[4096], file[128], bfile[128], bsha[65];
+    int err = mood_hash_file(&h, path, NULL, NULL);
+    if (err)
+        return err;
+    mood_sha256_hex(bsha, png, n);
+    snprintf(file, sizeof file, "adapters/%s.safetensors", h.sha256);
+    snprintf(bfile, sizeof bfile, "board/%s.png", bsha);
+    snprintf(manifest, sizeof manifest,
+             "{\"schema_version\": 1, \"created_by\": \"test\", \"adapters\": [{\"sha256\": "
+             "\"%s\", \"file_name\": \"x.safetensors\", \"size\": %llu, \"family\": \"sd1\","
+             " \"embedded\": true, \"file\": \"%s\"}], \"styles\": [{\"name\": \"x\","
+             " \"adapters\": [{\"sha256\": \"%s\", \"unet\": 1, \"te\": 1}]}], \"board\": "
+             "[{\"sha256\": \"%s\", \"file\": \"%s\", \"media_type\": \"image/png\", \"style\": "
+             "\"x\", \"width\": 1, \"height\": 1}]}",
+             h.sha256, (unsigned long long)h.size, file, h.sha256, bsha, bfile);
+    src[0] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, manifest, strlen(manifest), NULL};
+    src[1] = (mood__pack_src){file, path, NULL, 0, NULL};
+    src[2] = (mood__pack_src){bfile, NULL, png, n, NULL};
+    return mood__pack_write(out, src, 3, NULL, NULL);
+}
+
+/* A pack merged into a style that has its own mood board keeps that board, and stores none of
+ * the pack's: no stored file without a row (doctor called the pack's an orphan). */
+static void test_merge_keeps_board(void)
+{
+    static const char red[] = "\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52"
+                              "\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90\x77\x53"
+                              "\xde\x00\x00\x00\x0c\x49\x44\x41\x54\x78\x9c\x63\xf8\xcf\xc0\x00"
+                              "\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00\x00\x00\x49\x45\x4e"
+                              "\x44\xae\x42\x60\x82";
+    static const char blue[] = "\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52"
+                               "\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90\x77\x53"
+                               "\xde\x00\x00\x00\x0c\x49\x44\x41\x54\x78\x9c\x63\x60\x60\xf8\x0f"
+                               "\x00\x01\x03\x01\x00\x08\x89\xc2\xec\x00\x00\x00\x00\x49\x45\x4e"
+                               "\x44\xae\x42\x60\x82";
+    mood_registry *r = NULL;
+    mood_doctor_options d = {0, 0, NULL, NULL};
+    char *report = NULL, *doc = NULL;
+    int problems = -1;
+    const char *lora = fixture("kohya/sd1_locon_fp16.safetensors");
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_path("board-home")));
+    if (!r)
+        return;
+    MOOD_CHECK_OK(write_pack_board(pack, lora, red, sizeof red - 1));
+    MOOD_CHECK_OK(mood_pack_import(&report, r, pack, NULL));
+    mood_registry_free_string(report);
+    MOOD_CHECK_OK(write_pack_board(pack, lora, blue, sizeof blue - 1));
+    MOOD_CHECK_OK(mood_pack_import(&report, r, pack, NULL));
+    MOOD_CHECK(report && strstr(report, "\"merged\":\t[\"x\"]"));
+    mood_registry_free_string(report);
+    MOOD_CHECK_OK(mood_registry_doctor(&doc, &problems, r, &d));
+    MOOD_CHECK_MSG(problems == 0, "%s", doc ? doc : "(null)");
+    mood_registry_free_string(doc);
+    mood_registry_close(r);
+}
+
 /* The hash proves which file it is, not what it is: the adapter itself is checked too. */
 static void test_adapter_checked(void)
 {
@@ -327,5 +388,5 @@ static void test_cleanup(void)
 
 MOOD_TEST_MAIN(MOOD_T(test_export), MOOD_T(test_reference_only_missing),
                MOOD_T(test_import_alloc_failures), MOOD_T(test_round_trip_identical),
-               MOOD_T(test_merge_into_imported_style), MOOD_T(test_adapter_checked),
-               MOOD_T(test_cleanup))
+               MOOD_T(test_merge_into_imported_style), MOOD_T(test_merge_keeps_board),
+               MOOD_T(test_adapter_checked), MOOD_T(test_cleanup))
