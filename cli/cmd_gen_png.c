@@ -98,11 +98,15 @@ static void release_names(const gen_run *r, int n)
 }
 
 /* Creates p exclusively with a placeholder naming this process; a placeholder left by a process
- * that is gone (killed with -9, out of memory: no clean-up ran) is taken over. -1 with errno. */
+ * that is gone (killed with -9, out of memory: no clean-up ran) is taken over. Two runs may find
+ * the same dead one: each moves it aside under a name of its own first (rename is atomic), and
+ * deletes it only when what it moved is still that placeholder; a fresh claim it moved by
+ * mistake goes back. -1 with errno (EEXIST: taken). */
 static int claim_name(const char *p)
 {
-    for (int tries = 0; tries < 2; tries++) {
+    for (int tries = 0; tries < 3; tries++) {
         int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        char aside[4200];
         long owner;
         if (fd >= 0) {
             char text[128];
@@ -112,10 +116,17 @@ static int claim_name(const char *p)
             return w == n ? 0 : (unlink(p), -1);
         }
         if (errno != EEXIST || (owner = claim_owner(p)) == 0 ||
-            !(kill((pid_t)owner, 0) != 0 && errno == ESRCH) || unlink(p) != 0) {
-            errno = EEXIST;
-            return -1;
+            !(kill((pid_t)owner, 0) != 0 && errno == ESRCH))
+            break;
+        snprintf(aside, sizeof aside, "%s.stale-%ld", p, (long)getpid());
+        if (rename(p, aside) != 0)
+            continue;                      /* another run moved it: try the name again */
+        if (claim_owner(aside) != owner) { /* not the dead claim any more: put it back */
+            (void)!link(aside, p);         /* fails only when a third run took the name meanwhile */
+            unlink(aside);
+            break;
         }
+        unlink(aside);
     }
     errno = EEXIST;
     return -1;
