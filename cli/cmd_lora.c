@@ -31,7 +31,8 @@ const char cmd_lora_merge_help[] =
     "mix.safetensors\n"
     "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
     "per-layer alphas wrongly for U-Net attention layers (its alpha_pattern); for diffusers,\n"
-    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n"    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
+    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n\n"
+    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
 
 const char cmd_lora_resize_help[] =
     "usage: mood lora resize FILE (--rank R | --dynamic METHOD=X [--rank MAX]) [--conv-rank R]\n"
@@ -54,7 +55,8 @@ const char cmd_lora_resize_help[] =
     "small.safetensors\n"
     "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
     "per-layer alphas wrongly for U-Net attention layers (its alpha_pattern); for diffusers,\n"
-    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n"    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
+    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n\n"
+    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
 
 const char cmd_lora_extract_help[] =
     "usage: mood lora extract --base A --tuned B --rank R [--conv-rank R] [--min-diff X] -o OUT\n"
@@ -72,7 +74,8 @@ const char cmd_lora_extract_help[] =
     "-o style.safetensors\n"
     "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
     "per-layer alphas wrongly for U-Net attention layers (its alpha_pattern); for diffusers,\n"
-    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n"    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
+    "'mood lora stack OUT -o OUT2' writes exactly the same change with one alpha.\n\n"
+    "Exit status: 0 ok, 1 bad input, 2 missing file or I/O error.\n";
 
 /* ----- shared option parsing --------------------------------------------------------------- */
 

@@ -892,7 +892,7 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
         sqlite3_bind_double(st, 6, w->valuedouble);
     else if (cJSON_IsNumber(w) && w->valuedouble != 0)
         mood_log(MOOD_LOG_WARN,
-                 "%s.json: preferred weight %g left out (a style's weight is 0 to 10)",
+                 "%s.json: preferred weight %g left out (mood keeps one above 0, up to 10)",
                  j->stem_path, w->valuedouble);
     mood__reg_bind_utf8(st, 7, j->x ? j->x->training_json : NULL);
     if ((err = mood__reg_step_done(r, st, "creating the style")) != 0)
