@@ -87,8 +87,8 @@ int mood__dgesvdx(int m, int n, double *a, int lda, int il, int iu, int *ns, dou
         mood_free(sw);
         return MOOD_LAPACK_NOMEM;
     }
-    dgesvdx_("V", "V", "I", &m, &n, a, &lda, &vl, &vu, &il, &iu, ns, sw, u, &ldu, vt, &ldvt,
-             &query, &lwork, iwork, &info, 1, 1, 1);
+    dgesvdx_("V", "V", "I", &m, &n, a, &lda, &vl, &vu, &il, &iu, ns, sw, u, &ldu, vt, &ldvt, &query,
+             &lwork, iwork, &info, 1, 1, 1);
     lwork = (int)query + 1;
     if (info == 0 && !(work = mood_malloc((size_t)lwork * sizeof *work)))
         info = MOOD_LAPACK_NOMEM;

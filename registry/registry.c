@@ -863,8 +863,7 @@ static void tell_state(mood_registry *r)
                  n == 1 ? "s" : "", r->blob_dir);
     else if (!r->noted && r->absent && r->read_absent)
         mood_log(MOOD_LOG_WARN,
-                 "no registry at %s yet%s: 'mood import FILE' or 'mood train' creates one",
-                 r->home,
+                 "no registry at %s yet%s: 'mood import FILE' or 'mood train' creates one", r->home,
                  /* a failed download keeps its part in HOME/downloads for the next try */
                  mood_path_exists(r->home) ? "" : " (nothing was created)");
 }
