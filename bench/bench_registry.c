@@ -10,9 +10,9 @@
 
 #include "mood/mood.h"
 
-static const char *const words[] = {"ink",    "wash",  "film",  "grain",  "neon",   "pastel",
-                                    "comic",  "noir",  "gouache", "pixel", "retro", "anime",
-                                    "sketch", "oil",   "matte", "glossy", "dreamy", "gothic"};
+static const char *const words[] = {"ink",    "wash", "film",    "grain",  "neon",   "pastel",
+                                    "comic",  "noir", "gouache", "pixel",  "retro",  "anime",
+                                    "sketch", "oil",  "matte",   "glossy", "dreamy", "gothic"};
 #define N_WORDS (sizeof words / sizeof words[0])
 
 static int create_styles(mood_registry *r, const char *sha, long n)
@@ -25,8 +25,8 @@ static int create_styles(mood_registry *r, const char *sha, long n)
         int err;
         snprintf(name, sizeof name, "style-%05ld", i);
         snprintf(triggers, sizeof triggers, "%s%ld, %s style", a, i, b);
-        snprintf(description, sizeof description, "A %s %s look, number %ld of the benchmark", a,
-                 b, i);
+        snprintf(description, sizeof description, "A %s %s look, number %ld of the benchmark", a, b,
+                 i);
         spec.trigger_words = triggers;
         spec.description = description;
         spec.loras = &lora;

@@ -27,7 +27,7 @@ void mood_op_linear(float *out, const float *inp, const float *w, const float *b
 
 /* Sizes of a 2-D convolution; output height = (h + 2 pad - k) / stride + 1, likewise width. */
 typedef struct mood_conv2d_dims {
-    int batch, in_c, h, w;  /* input */
+    int batch, in_c, h, w; /* input */
     int out_c, k, stride, pad;
 } mood_conv2d_dims;
 
@@ -43,9 +43,8 @@ void mood_op_conv2d(float *out, const float *inp, const float *w, const float *b
 /* GroupNorm as torch: per sample and group of C/groups channels, statistics over the group's
  * channels x HW values (biased variance), then per-channel affine. inp, out (B x C x HW); out
  * may alias inp. mean_out, rstd_out (B x groups) may be NULL. */
-void mood_op_group_norm(float *out, const float *inp, const float *w, const float *b, int B,
-                        int C, size_t HW, int groups, float eps, float *mean_out,
-                        float *rstd_out);
+void mood_op_group_norm(float *out, const float *inp, const float *w, const float *b, int B, int C,
+                        size_t HW, int groups, float eps, float *mean_out, float *rstd_out);
 
 /* LayerNorm over the last dimension: inp, out (N x C); out may alias inp. mean_out, rstd_out
  * (N) may be NULL. */
@@ -97,8 +96,8 @@ void mood_op_concat_channels(float *out, const float *a, int Ca, const float *b,
 /* Runtime LoRA side path of a Linear layer: out (N x OC) += scale · (inp (N x IC) · down^T) · up^T
  * with down (rank x IC), up (OC x rank); tmp holds N x rank floats. (A convolution's side path
  * is two mood_op_conv2d calls: down with the layer's kernel, stride and padding, up 1x1.) */
-void mood_op_lora_linear(float *out, const float *inp, const float *down, const float *up,
-                         int rank, float scale, size_t N, int IC, int OC, float *tmp);
+void mood_op_lora_linear(float *out, const float *inp, const float *down, const float *up, int rank,
+                         float scale, size_t N, int IC, int OC, float *tmp);
 
 /* ----- backward ------------------------------------------------------------------------------
  * (engine/cpu/ops_backward.c) For training. Every gradient output is ACCUMULATED (+=), as in
@@ -131,9 +130,9 @@ void mood_op_geglu_backward(float *dinp, const float *dout, const float *inp, si
 
 /* Recomputes the softmax from q and k (nothing of the forward pass is kept but its inputs). */
 size_t mood_op_attention_backward_scratch(int Tq, int Tk);
-void mood_op_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                                const float *q, const float *k, const float *v, int B, int H,
-                                int Tq, int Tk, int D, int causal, float scale, float *scratch);
+void mood_op_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                const float *k, const float *v, int B, int H, int Tq, int Tk, int D,
+                                int causal, float scale, float *scratch);
 
 void mood_op_upsample_nearest2x_backward(float *dinp, const float *dout, int BC, int H, int W);
 /* dv (B x C) += dout (B x C x HW) summed over HW (the gradient of x itself is dout, which the

@@ -474,7 +474,7 @@ static void test_full_unet_matches_torch(void)
     run_conformance("unet", 0, out, &l);
     /* the text encoder is copied as it was */
     MOOD_CHECK(same_bytes(in_dir(out, "text_encoder/model.safetensors"),
-                         in_dir(fixture("pipeline/tiny-sd"), "text_encoder/model.safetensors")));
+                          in_dir(fixture("pipeline/tiny-sd"), "text_encoder/model.safetensors")));
 }
 
 /* ----- behaviour -------------------------------------------------------------------------- */
@@ -539,10 +539,10 @@ static void test_resume_bit_identical(void)
     MOOD_CHECK_MSG(l.n == te_log.n && !memcmp(l.loss, te_log.loss, sizeof l.loss),
                    "the resumed run's losses differ from the uninterrupted run's");
     MOOD_CHECK_MSG(same_bytes(in_dir(out, "unet/diffusion_pytorch_model.safetensors"),
-                             in_dir(ref, "unet/diffusion_pytorch_model.safetensors")),
+                              in_dir(ref, "unet/diffusion_pytorch_model.safetensors")),
                    "the resumed run's UNet differs from the uninterrupted run's");
     MOOD_CHECK_MSG(same_bytes(in_dir(out, "text_encoder/model.safetensors"),
-                             in_dir(ref, "text_encoder/model.safetensors")),
+                              in_dir(ref, "text_encoder/model.safetensors")),
                    "the resumed run's text encoder differs from the uninterrupted run's");
 }
 
