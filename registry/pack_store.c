@@ -259,6 +259,18 @@ static int check_fields(const mood__pack_style_row *s)
     return 0;
 }
 
+/* A pack style's text fields and weight as ?2 .. ?7, the order both statements below take. */
+static void bind_fields(sqlite3_stmt *st, const mood__pack_style_row *s)
+{
+    mood__reg_bind_utf8(st, 2, s->description);
+    mood__reg_bind_utf8(st, 3, s->notes);
+    mood__reg_bind_utf8(st, 4, s->trigger_words);
+    mood__reg_bind_utf8(st, 5, s->template_text);
+    mood__reg_bind_utf8(st, 6, s->negative);
+    if (s->has_weight)
+        sqlite3_bind_double(st, 7, s->weight);
+}
+
 static int insert_style(mood_registry *r, const mood__pack_style_row *s)
 {
     sqlite3_stmt *st = NULL;
@@ -274,13 +286,7 @@ static int insert_style(mood_registry *r, const mood__pack_style_row *s)
                                  " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
         return err;
     mood__reg_bind_text(st, 1, s->name);
-    mood__reg_bind_utf8(st, 2, s->description);
-    mood__reg_bind_utf8(st, 3, s->notes);
-    mood__reg_bind_utf8(st, 4, s->trigger_words);
-    mood__reg_bind_utf8(st, 5, s->template_text);
-    mood__reg_bind_utf8(st, 6, s->negative);
-    if (s->has_weight)
-        sqlite3_bind_double(st, 7, s->weight);
+    bind_fields(st, s);
     if ((err = mood__reg_step_done(r, st, "creating a style of the pack")) != 0)
         return err;
     id = sqlite3_last_insert_rowid(r->db);
@@ -310,13 +316,7 @@ static int merge_style(mood_registry *r, const mood__pack_style_row *s, int weig
              " updated_at = strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE id = ?1")) != 0)
         return err;
     sqlite3_bind_int64(st, 1, id);
-    mood__reg_bind_utf8(st, 2, s->description);
-    mood__reg_bind_utf8(st, 3, s->notes);
-    mood__reg_bind_utf8(st, 4, s->trigger_words);
-    mood__reg_bind_utf8(st, 5, s->template_text);
-    mood__reg_bind_utf8(st, 6, s->negative);
-    if (s->has_weight)
-        sqlite3_bind_double(st, 7, s->weight);
+    bind_fields(st, s);
     if ((err = mood__reg_step_done(r, st, "merging a style of the pack")) != 0 ||
         (err = insert_children(r, s, id)) != 0)
         return err;
