@@ -1,7 +1,7 @@
 /*
  * test_registry.c: the style registry (registry/): schema creation, import and de-duplication,
- * sidecars, style names, rm and blob reference counting, doctor (orphan, missing and damaged
- * blobs), clean-up of a half-done import, a damaged registry.db, what mood train registers
+ * sidecars, style names, rm and blob reference counting (doctor: test_registry_doctor.c),
+ * clean-up of a half-done import, a damaged registry.db, what mood train registers
  * with its LoRA (previews, board thumbnails, loss curve, training record; migration 4), and the
  * sidecars that are not read (links out of the LoRA's folder, previews that are no image, pipes).
  *
@@ -17,90 +17,6 @@
 #include "harness.h"
 #include "mood/mood.h"
 #include "registry_test.h"
-
-static const char *example_lora(const char *name)
-{
-    static char path[1024];
-    snprintf(path, sizeof path, "%s/../../examples/loras/%s",
-             getenv("MOOD_FIXTURES") ? getenv("MOOD_FIXTURES") : "tests/fixtures", name);
-    return path;
-}
-
-static void write_text(const char *dir, const char *name, const char *text)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    MOOD_CHECK(write_file(path, text, strlen(text)) == 0);
-}
-
-/* A 1x1 RGBA PNG: a preview sidecar that really is an image. */
-static const unsigned char tiny_png[] = {
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48,
-    0x44, 0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00,
-    0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78,
-    0xda, 0x63, 0x64, 0x60, 0xf8, 0x5f, 0x0f, 0x00, 0x02, 0x87, 0x01, 0x80, 0xeb, 0x47,
-    0xba, 0x92, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
-
-static void write_png(const char *dir, const char *name)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    MOOD_CHECK(write_file(path, tiny_png, sizeof tiny_png) == 0);
-}
-
-/* dir/name as a copy of src; returns the path (static, 2 slots). */
-static const char *place(const char *dir, const char *name, const char *src)
-{
-    static char path[2][1200];
-    static int slot;
-    slot = (slot + 1) % 2;
-    snprintf(path[slot], sizeof path[slot], "%s/%s", dir, name);
-    MOOD_CHECK(copy_file(src, path[slot]) == 0);
-    return path[slot];
-}
-
-static const char *str(const cJSON *o, const char *key)
-{
-    return cJSON_GetStringValue(cJSON_GetObjectItem(o, key));
-}
-
-static int blob_exists(mood_registry *r, const char *sha)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), sha, sha + 2);
-    return access(path, F_OK) == 0;
-}
-
-static int unlink_blob(mood_registry *r, const char *sha)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), sha, sha + 2);
-    return unlink(path);
-}
-
-static int doctor(mood_registry *r, int deep, int fix, char **report)
-{
-    mood_doctor_options o = {deep, fix, NULL, NULL};
-    int problems = -1;
-    char *text = NULL;
-    MOOD_CHECK_OK(mood_registry_doctor(&text, &problems, r, &o));
-    if (report)
-        *report = text;
-    else
-        mood_registry_free_string(text);
-    return problems;
-}
-
-static cJSON *doctor_json(mood_registry *r, int deep, int fix, int *problems)
-{
-    char *text = NULL;
-    cJSON *o;
-    *problems = doctor(r, deep, fix, &text);
-    o = text ? cJSON_Parse(text) : NULL;
-    mood_registry_free_string(text);
-    MOOD_CHECK(o != NULL);
-    return o;
-}
 
 /* ----- tests --------------------------------------------------------------------------------- */
 
@@ -153,7 +69,7 @@ static void test_open_creates_nothing_until_a_change(void)
     /* the first change creates it */
     MOOD_CHECK_OK(mood_registry_open(&r, sub));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK(r && mood_registry_exists(r) && blob_exists(r, a.sha256));
     mood_registry_close(r);
     r = NULL;
@@ -173,7 +89,7 @@ static void test_import_and_dedupe(void)
     const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result a, b, c;
-    const char *p = place(src, "inkwash.safetensors", example_lora("inkwash.safetensors"));
+    const char *p = copy_into(src, "inkwash.safetensors", example_lora("inkwash.safetensors"));
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(r, &a, p, NULL, NULL));
     MOOD_CHECK(!a.already && strcmp(a.name, "inkwash") == 0 && strcmp(a.family, "sd1") == 0);
@@ -181,7 +97,7 @@ static void test_import_and_dedupe(void)
     MOOD_CHECK_OK(mood_registry_import_file(r, &b, p, NULL, NULL));
     MOOD_CHECK(b.already && strcmp(b.name, "inkwash") == 0);
     /* the same bytes under another name: still the same file */
-    p = place(src, "copy.safetensors", example_lora("inkwash.safetensors"));
+    p = copy_into(src, "copy.safetensors", example_lora("inkwash.safetensors"));
     MOOD_CHECK_OK(mood_registry_import_file(r, &c, p, NULL, NULL));
     MOOD_CHECK(c.already && strcmp(c.name, "inkwash") == 0);
     cJSON *o = show(r, "INKWASH"); /* names are found regardless of case */
@@ -201,10 +117,10 @@ static void test_refusals(void)
     mood_import_result res;
     const char *p;
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    p = place(src, "model.ckpt", example_lora("inkwash.safetensors"));
+    p = copy_into(src, "model.ckpt", example_lora("inkwash.safetensors"));
     MOOD_CHECK(mood_registry_import_file(r, &res, p, NULL, NULL) == MOOD_EUNSUPPORTED);
     MOOD_CHECK(strstr(mood_error_last(), "pickle") != NULL);
-    p = place(src, "base.safetensors", fixture("bases/sd1_base.safetensors"));
+    p = copy_into(src, "base.safetensors", fixture("bases/sd1_base.safetensors"));
     MOOD_CHECK(mood_registry_import_file(r, &res, p, NULL, NULL) == MOOD_EUNSUPPORTED);
     MOOD_CHECK(strstr(mood_error_last(), "this is a checkpoint, not a LoRA") != NULL);
     MOOD_CHECK(strstr(mood_error_last(), "base.safetensors") != NULL);
@@ -216,7 +132,7 @@ static void test_sidecars(void)
     const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
     mood_import_result res;
-    const char *p = place(src, "grain.safetensors", example_lora("film-grain.safetensors"));
+    const char *p = copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors"));
     cJSON *o, *src0, *pv;
     write_text(src, "grain.json",
                "{\"activation text\": \"grainy film, 35mm\", \"preferred weight\": 0.6,"
@@ -268,7 +184,7 @@ static void test_sidecars(void)
     /* a damaged sidecar is left out; the LoRA is imported anyway */
     write_text(src, "broken.json", "{not json");
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, place(src, "broken.safetensors", example_lora("inkwash.safetensors")), NULL,
+        r, &res, copy_into(src, "broken.safetensors", example_lora("inkwash.safetensors")), NULL,
         NULL));
     MOOD_CHECK(res.sidecars == 0 && strcmp(res.name, "broken") == 0);
     MOOD_CHECK_OK(mood_registry_search_json(&hits, r, "nothing-like-it"));
@@ -291,7 +207,7 @@ static void link_at(const char *dir, const char *name, const char *target)
 static void test_sidecar_links(void)
 {
     const char *src = scratch_fresh_dir("src"), *outside = scratch_fresh_dir("outside");
-    const char *p = place(src, "out.safetensors", example_lora("inkwash.safetensors"));
+    const char *p = copy_into(src, "out.safetensors", example_lora("inkwash.safetensors"));
     char target[1200];
     mood_registry *r = NULL;
     mood_import_result res;
@@ -314,7 +230,7 @@ static void test_sidecar_links(void)
         cJSON_Delete(o);
     }
     /* links to files in the same folder are read */
-    p = place(src, "in.safetensors", example_lora("film-grain.safetensors"));
+    p = copy_into(src, "in.safetensors", example_lora("film-grain.safetensors"));
     write_text(src, "words.txt", "inner words");
     write_png(src, "pic.png");
     link_at(src, "in.txt", "words.txt");
@@ -335,7 +251,7 @@ static void test_sidecar_links(void)
 static void test_preview_content(void)
 {
     const char *src = scratch_fresh_dir("src");
-    const char *p = place(src, "pv.safetensors", example_lora("inkwash.safetensors"));
+    const char *p = copy_into(src, "pv.safetensors", example_lora("inkwash.safetensors"));
     char fifo[1200];
     mood_registry *r = NULL;
     mood_import_result res;
@@ -381,12 +297,12 @@ static void test_names(void)
     MOOD_CHECK(s && strcmp(s, "My_Style_v2") == 0);
     mood_registry_free_string(s);
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, place(src, "My Style (v2).safetensors", example_lora("inkwash.safetensors")), NULL,
-        NULL));
+        r, &res, copy_into(src, "My Style (v2).safetensors", example_lora("inkwash.safetensors")),
+        NULL, NULL));
     MOOD_CHECK(res.renamed && strcmp(res.name, "My_Style_v2") == 0);
     /* a taken name, in another case: the next free suggestion */
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, place(src, "my_style_V2.safetensors", example_lora("film-grain.safetensors")),
+        r, &res, copy_into(src, "my_style_V2.safetensors", example_lora("film-grain.safetensors")),
         NULL, NULL));
     MOOD_CHECK(res.renamed && strcmp(res.name, "my_style_V2-2") == 0);
     MOOD_CHECK(mood_registry_rename(r, "my_style_V2-2", "MY_STYLE_v2") == MOOD_EINVAL);
@@ -409,7 +325,7 @@ static void test_rm_and_refcount(void)
     write_png(src, "ink.png");
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     l = (mood_style_lora){a.sha256, 0.8, 0.5};
     spec.loras = &l;
     spec.n_loras = 1;
@@ -431,285 +347,6 @@ static void test_rm_and_refcount(void)
     MOOD_CHECK(!blob_exists(r, a.sha256));
     MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
     MOOD_CHECK(mood_registry_rm(r, "ink") == MOOD_ENOTFOUND);
-    mood_registry_close(r);
-}
-
-/* A stored file doctor cannot read is "unreadable", never "missing" or "damaged": --fix leaves the
- * style and the file alone (a registry restored with the wrong owner lost LoRAs to --fix). A
- * LoRA file whose size is not the stored one is damaged without --deep. An orphan that holds a
- * LoRA (its row lost) is moved to lost+found/ by --fix, not deleted. */
-static void test_doctor_keeps_what_it_cannot_judge(void)
-{
-    const char *src = scratch_fresh_dir("src");
-    mood_registry *r = NULL;
-    mood_import_result a, b;
-    char path[1200], rescued[1200], *report = NULL;
-    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
-        NULL));
-    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), a.sha256,
-             a.sha256 + 2);
-    if (geteuid() != 0) { /* root reads anything */
-        MOOD_CHECK(chmod(path, 0) == 0);
-        MOOD_CHECK(doctor(r, 1, 1, &report) == 1);
-        MOOD_CHECK_MSG(report && strstr(report, "\"unreadable\":[{\"sha256\":\"") &&
-                           strstr(report, "\"missing\":[]") && strstr(report, "\"corrupt\":[]"),
-                       "%s", report ? report : "(null)");
-        mood_registry_free_string(report);
-        MOOD_CHECK(chmod(path, 0644) == 0);
-        MOOD_CHECK(doctor(r, 1, 0, NULL) == 0); /* style and file still there */
-    }
-    /* a truncated LoRA file: damaged by its size alone */
-    MOOD_CHECK(truncate(path, 1000) == 0);
-    MOOD_CHECK(doctor(r, 0, 0, &report) == 1);
-    MOOD_CHECK(report && strstr(report, "\"corrupt\":[{\"sha256\":\"") && strstr(report, a.sha256));
-    mood_registry_free_string(report);
-    /* b's rows lost, its file kept: --fix moves it to lost+found/, whence it imports again */
-    MOOD_CHECK_OK(mood_registry_rm(r, "ink"));
-    {
-        sqlite3 *db = NULL;
-        char db_path[1200];
-        snprintf(db_path, sizeof db_path, "%s/registry.db", mood_registry_home(r));
-        MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
-        MOOD_CHECK(sqlite3_exec(db,
-                                "PRAGMA foreign_keys = ON; DELETE FROM styles WHERE name = 'grain';"
-                                " DELETE FROM sources; DELETE FROM adapters;",
-                                NULL, NULL, NULL) == SQLITE_OK);
-        sqlite3_close(db);
-    }
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK(doctor(r, 0, 1, &report) == 1);
-    snprintf(rescued, sizeof rescued, "%s/blobs/lost+found/%s.safetensors", mood_registry_home(r),
-             b.sha256);
-    MOOD_CHECK_MSG(report && strstr(report, "\"rescued\":[{"), "%s", report ? report : "(null)");
-    mood_registry_free_string(report);
-    MOOD_CHECK(access(rescued, F_OK) == 0 && !blob_exists(r, b.sha256));
-    MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
-    MOOD_CHECK_OK(mood_registry_import_file(r, &b, rescued, NULL, NULL));
-    MOOD_CHECK(!b.already);
-    mood_registry_close(r);
-}
-
-static void test_doctor(void)
-{
-    const char *src = scratch_fresh_dir("src");
-    mood_registry *r = NULL;
-    mood_import_result a, b;
-    char path[1200], *report = NULL;
-    const char *orphan = "00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa";
-    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
-        NULL));
-    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
-    /* an orphan */
-    snprintf(path, sizeof path, "%s/blobs/sha256/00", mood_registry_home(r));
-    mkdir(path, 0755);
-    snprintf(path, sizeof path, "%s/blobs/sha256/00/%s", mood_registry_home(r), orphan + 2);
-    MOOD_CHECK(write_file(path, "x", 1) == 0);
-    MOOD_CHECK(doctor(r, 0, 0, &report) == 1);
-    MOOD_CHECK(report && strstr(report, orphan + 2));
-    mood_registry_free_string(report);
-    MOOD_CHECK(doctor(r, 0, 1, NULL) == 1);
-    MOOD_CHECK(access(path, F_OK) != 0);
-    MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
-    /* a damaged blob: found only by --deep, fixed by removing its style */
-    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), b.sha256,
-             b.sha256 + 2);
-    {
-        FILE *f = fopen(path, "r+b");
-        MOOD_CHECK(f != NULL);
-        if (f) {
-            fseek(f, 100, SEEK_SET);
-            fputc(0x5a, f);
-            fclose(f);
-        }
-    }
-    MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
-    MOOD_CHECK(doctor(r, 1, 0, &report) == 1);
-    MOOD_CHECK(report && strstr(report, "\"corrupt\":[{\"sha256\":\"") && strstr(report, b.sha256));
-    mood_registry_free_string(report);
-    MOOD_CHECK(doctor(r, 1, 1, NULL) == 1);
-    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
-    MOOD_CHECK(mood_registry_show_json(&report, r, "grain") == MOOD_ENOTFOUND);
-    /* a missing blob */
-    MOOD_CHECK(blob_exists(r, a.sha256));
-    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), a.sha256,
-             a.sha256 + 2);
-    unlink(path);
-    MOOD_CHECK(doctor(r, 0, 0, &report) == 1);
-    MOOD_CHECK(report && strstr(report, "\"missing\":[{\"sha256\":\"") && strstr(report, a.sha256));
-    mood_registry_free_string(report);
-    MOOD_CHECK(doctor(r, 0, 1, NULL) == 1);
-    MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
-    /* re-import works after the repair */
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK(!a.already && blob_exists(r, a.sha256));
-    mood_registry_close(r);
-}
-
-/* The string at o[key] is `want` / holds `part`; false when there is none (no crash). */
-static int str_is(const cJSON *o, const char *key, const char *want)
-{
-    const char *v = str(o, key);
-    return v && strcmp(v, want) == 0;
-}
-
-static int str_has(const cJSON *o, const char *key, const char *part)
-{
-    const char *v = str(o, key);
-    return v && strstr(v, part) != NULL;
-}
-
-static void damage_blob(mood_registry *r, const char *sha)
-{
-    char path[1200];
-    FILE *f;
-    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), sha, sha + 2);
-    f = fopen(path, "r+b");
-    MOOD_CHECK(f != NULL);
-    if (f) {
-        fseek(f, -3, SEEK_END); /* in the tensor data: the file still parses */
-        fputc(0x55, f);
-        fclose(f);
-    }
-}
-
-/* The report's entry for style `name` (NULL when none). */
-static const cJSON *report_style(const cJSON *report, const char *name)
-{
-    const cJSON *e;
-    cJSON_ArrayForEach(e, cJSON_GetObjectItem(report, "styles"))
-    {
-        if (str_is(e, "name", name))
-            return e;
-    }
-    return NULL;
-}
-
-static int entry_is(const cJSON *e, const char *action, int kept, int fixed)
-{
-    return e && str_is(e, "action", action) &&
-           cJSON_GetNumberValue(cJSON_GetObjectItem(e, "kept")) == kept &&
-           cJSON_IsTrue(cJSON_GetObjectItem(e, "fixed")) == fixed;
-}
-
-/* A combined style (style create) with several LoRAs, one of them damaged: doctor names every
- * style using it; --fix removes the styles that are that LoRA alone and only drops it from the
- * combined one, which keeps its other LoRAs (in order, from position 0), weights, template,
- * negative prompt and tags. A style whose every link is lost goes, by name. The removed styles'
- * previews go with them (no orphans afterwards), and importing the file again brings its style
- * back. Then a missing blob does the same. */
-static void test_doctor_keeps_combined_styles(void)
-{
-    const char *src = scratch_fresh_dir("src");
-    mood_registry *r = NULL;
-    mood_import_result a, b, c;
-    mood_style_lora mix[3], twice[2];
-    mood_style_spec spec = {0};
-    cJSON *rep, *o, *ad;
-    const cJSON *item;
-    char *list = NULL;
-    int problems = 0;
-    write_png(src, "grain.png"); /* a preview of the damaged LoRA */
-    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
-        NULL));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &c, place(src, "locon.safetensors", fixture("kohya/sd1_locon_fp16.safetensors")), NULL,
-        NULL));
-    MOOD_CHECK(b.previews == 1);
-    mix[0] = (mood_style_lora){a.sha256, 0.6, 0.5};
-    mix[1] = (mood_style_lora){b.sha256, 0.3, 0.3};
-    mix[2] = (mood_style_lora){c.sha256, 0.2, 0.1};
-    spec = (mood_style_spec){.template_text = "{prompt}, my recipe",
-                             .negative = "ugly",
-                             .weight = 0.7,
-                             .has_weight = 1,
-                             .loras = mix,
-                             .n_loras = 3};
-    MOOD_CHECK_OK(mood_registry_style_create(r, "mymix", &spec));
-    MOOD_CHECK_OK(mood_registry_tag(r, "mymix", "keep", 1));
-    twice[0] = (mood_style_lora){b.sha256, 0.5, 0.5};
-    twice[1] = (mood_style_lora){b.sha256, 0.2, 0.2};
-    spec = (mood_style_spec){.loras = twice, .n_loras = 2};
-    MOOD_CHECK_OK(mood_registry_style_create(r, "grain-twice", &spec));
-    damage_blob(r, b.sha256);
-
-    /* without --fix: every style that uses the damaged LoRA, and what --fix would do */
-    rep = doctor_json(r, 1, 0, &problems);
-    MOOD_CHECK(problems == 1);
-    item = cJSON_GetArrayItem(cJSON_GetObjectItem(rep, "corrupt"), 0);
-    MOOD_CHECK(item && str_is(item, "file_name", "grain.safetensors"));
-    MOOD_CHECK(item && str_has(item, "imported_from", "grain.safetensors"));
-    list = item ? cJSON_PrintUnformatted(cJSON_GetObjectItem(item, "styles")) : NULL;
-    MOOD_CHECK(list && strcmp(list, "[\"grain\",\"grain-twice\",\"mymix\"]") == 0);
-    cJSON_free(list);
-    MOOD_CHECK(entry_is(report_style(rep, "grain"), "remove", 0, 0));
-    MOOD_CHECK(entry_is(report_style(rep, "grain-twice"), "remove", 0, 0));
-    MOOD_CHECK(entry_is(report_style(rep, "mymix"), "drop", 2, 0));
-    cJSON_Delete(rep);
-    o = show(r, "mymix"); /* nothing changed yet */
-    MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 3);
-    cJSON_Delete(o);
-
-    /* --fix */
-    rep = doctor_json(r, 1, 1, &problems);
-    MOOD_CHECK(problems == 1);
-    MOOD_CHECK(entry_is(report_style(rep, "grain"), "remove", 0, 1));
-    MOOD_CHECK(entry_is(report_style(rep, "grain-twice"), "remove", 0, 1));
-    MOOD_CHECK(entry_is(report_style(rep, "mymix"), "drop", 2, 1));
-    cJSON_Delete(rep);
-    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0); /* the preview went with its style: no orphan */
-    MOOD_CHECK(mood_registry_show_json(&list, r, "grain") == MOOD_ENOTFOUND);
-    MOOD_CHECK(mood_registry_show_json(&list, r, "grain-twice") == MOOD_ENOTFOUND);
-    o = show(r, "mymix");
-    MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 2);
-    ad = o ? cJSON_GetObjectItem(o, "adapters") : NULL;
-    MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 0), "sha256", a.sha256));
-    MOOD_CHECK(ad && cJSON_GetNumberValue(
-                         cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 0), "te_weight")) == 0.5);
-    MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 1), "sha256", c.sha256));
-    MOOD_CHECK(ad && cJSON_GetNumberValue(
-                         cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 1), "unet_weight")) == 0.2);
-    MOOD_CHECK(o && str_is(o, "template", "{prompt}, my recipe"));
-    MOOD_CHECK(o && str_is(o, "negative", "ugly"));
-    MOOD_CHECK(o && cJSON_GetNumberValue(cJSON_GetObjectItem(o, "weight")) == 0.7);
-    MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tags")) == 1);
-    cJSON_Delete(o);
-    MOOD_CHECK_OK(mood_registry_list_json(&list, r, "keep", NULL));
-    MOOD_CHECK(list && strstr(list, "\"adapters\":2") && strstr(list, "\"family\":\"sd1\""));
-    mood_registry_free_string(list);
-
-    /* as the help says: importing the file again brings its style back */
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
-        NULL));
-    MOOD_CHECK(!b.already && strcmp(b.name, "grain") == 0);
-
-    /* a missing blob: the same, and the style keeps its last LoRA */
-    MOOD_CHECK(unlink_blob(r, c.sha256) == 0);
-    rep = doctor_json(r, 0, 1, &problems);
-    MOOD_CHECK(problems == 1);
-    MOOD_CHECK(entry_is(report_style(rep, "mymix"), "drop", 1, 1));
-    MOOD_CHECK(entry_is(report_style(rep, "locon"), "remove", 0, 1));
-    cJSON_Delete(rep);
-    o = show(r, "mymix");
-    ad = o ? cJSON_GetObjectItem(o, "adapters") : NULL;
-    MOOD_CHECK(ad && cJSON_GetArraySize(ad) == 1);
-    MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 0), "sha256", a.sha256));
-    cJSON_Delete(o);
-    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
     mood_registry_close(r);
 }
 
@@ -752,8 +389,8 @@ static void test_text_to_utf8(void)
 static void test_civitai_sidecar_of_another_file(void)
 {
     const char *src = scratch_fresh_dir("src");
-    const char *ink = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
-    const char *grain = place(src, "grain.safetensors", example_lora("film-grain.safetensors"));
+    const char *ink = copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    const char *grain = copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors"));
     mood_registry *r = NULL;
     mood_import_result res;
     mood_file_hashes h;
@@ -807,7 +444,7 @@ static void test_sidecars_not_utf8(void)
                "\xef\xbb\xbf{\"id\": 7, \"trainedWords\": [\"na\xc3\xafve\"],"
                " \"model\": {\"name\": \"Cr\xc3\xa8me\"}}");
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, place(src, "latin1.safetensors", example_lora("inkwash.safetensors")), NULL,
+        r, &res, copy_into(src, "latin1.safetensors", example_lora("inkwash.safetensors")), NULL,
         NULL));
     MOOD_CHECK(res.sidecars == 3);
     o = show(r, "latin1"); /* cJSON_Parse refuses nothing, so check the bytes themselves */
@@ -832,7 +469,7 @@ static void test_sidecars_not_utf8(void)
     /* a file name made on Windows */
     snprintf(name, sizeof name, "caf\xe9.safetensors");
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, place(src, name, example_lora("film-grain.safetensors")), NULL, NULL));
+        r, &res, copy_into(src, name, example_lora("film-grain.safetensors")), NULL, NULL));
     MOOD_CHECK(strcmp(res.wanted, "caf\xc3\xa9") == 0 && strcmp(res.name, "caf") == 0);
     MOOD_CHECK_OK(mood_registry_show_json(&text, r, "caf"));
     MOOD_CHECK(text && mood_registry_text_check(text, "show") == 0);
@@ -853,7 +490,7 @@ static void test_typed_text_not_utf8(void)
     char *text;
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK(mood_registry_tag(r, "ink", "sch\xf6n", 1) == MOOD_EINVAL);
     MOOD_CHECK(strstr(mood_error_last(), "tag 'sch\\xF6n': not valid UTF-8"));
     MOOD_CHECK_OK(mood_registry_tag(r, "ink", "sch\xc3\xb6n", 1));
@@ -900,7 +537,7 @@ static void test_half_done_import_cleaned(void)
     sqlite3 *h = NULL;
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     mood_registry_close(r);
     r = NULL;
     snprintf(db, sizeof db, "%s/registry.db", home);
@@ -942,9 +579,9 @@ static void test_lost_database(void)
     write_png(src, "ink.png");
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, place(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
+        r, &b, copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
         NULL));
     mood_registry_close(r);
     r = NULL;
@@ -993,7 +630,7 @@ static void test_lost_database(void)
     /* importing again brings the style back; the registry has rows: the usual checks apply */
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     MOOD_CHECK(doctor(r, 0, 0, NULL) == 1); /* grain's file, an orphan now */
     MOOD_CHECK(blob_exists(r, b.sha256));
     mood_registry_close(r);
@@ -1007,7 +644,7 @@ static void test_corrupt_database(void)
     char db[1200], garbage[4096];
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
     mood_registry_close(r);
     r = NULL;
     snprintf(db, sizeof db, "%s/registry.db", home);
@@ -1036,7 +673,7 @@ static void test_corrupt_database(void)
 static void test_alloc_failures(void)
 {
     const char *src = scratch_fresh_dir("src");
-    const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    const char *p = copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors"));
     mood_registry *r = NULL;
     mood_import_result res;
     int ok_seen = 0;
@@ -1089,7 +726,7 @@ static void check_blob(const cJSON *o, const void *data, size_t size)
 static void test_import_extras(void)
 {
     const char *src = scratch_fresh_dir("src");
-    const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    const char *p = copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors"));
     mood_registry *r = NULL;
     mood_import_result res;
     mood_import_extras x;
@@ -1148,7 +785,7 @@ static void test_import_extras(void)
 static void test_import_extras_refused(void)
 {
     const char *src = scratch_fresh_dir("src");
-    const char *p = place(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    const char *p = copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors"));
     mood_registry *r = NULL;
     mood_import_result res;
     mood_import_extras x;
@@ -1198,7 +835,8 @@ static void test_migration_4(void)
     cJSON *o;
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, place(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+        r, &res, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL,
+        NULL));
     mood_registry_close(r);
     r = NULL;
     snprintf(db_path, sizeof db_path, "%s/registry.db", home);
@@ -1230,9 +868,7 @@ static void test_migration_4(void)
 MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_until_a_change),
                MOOD_T(test_import_and_dedupe), MOOD_T(test_refusals), MOOD_T(test_sidecars),
                MOOD_T(test_sidecar_links), MOOD_T(test_preview_content), MOOD_T(test_names),
-               MOOD_T(test_rm_and_refcount), MOOD_T(test_doctor),
-               MOOD_T(test_doctor_keeps_what_it_cannot_judge),
-               MOOD_T(test_doctor_keeps_combined_styles), MOOD_T(test_text_to_utf8),
+               MOOD_T(test_rm_and_refcount), MOOD_T(test_text_to_utf8),
                MOOD_T(test_sidecars_not_utf8), MOOD_T(test_civitai_sidecar_of_another_file),
                MOOD_T(test_typed_text_not_utf8), MOOD_T(test_half_done_import_cleaned),
                MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
