@@ -12,7 +12,6 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
-#include <regex.h>
 #include <string.h>
 
 #include "common/args.h"
@@ -154,13 +153,13 @@ static void resolve_key(key_res *r, const mood_keymap *km, const char *key)
 typedef struct parse_ctx {
     mood_adapter *a;
     const char *path;
-    int from_base;               /* target shapes are the base's, not generated */
-    mood_family detected;        /* the adapter's own family, if known */
-    cJSON *peft_config;          /* lora_adapter_metadata, or NULL */
-    struct peft_keys *peft_keys; /* its alpha_pattern keys, compiled when first needed */
-    unsigned char *unmatched;    /* per file tensor */
-    int32_t *role_idx;           /* n_modules x ROLE_COUNT file tensor indices, -1 absent */
-    unsigned char *peft_mag;     /* per module: lora_magnitude_vector */
+    int from_base;              /* target shapes are the base's, not generated */
+    mood_family detected;       /* the adapter's own family, if known */
+    cJSON *peft_config;         /* lora_adapter_metadata, or NULL */
+    mood__peft_keys *peft_keys; /* its alpha_pattern keys, compiled when first needed */
+    unsigned char *unmatched;   /* per file tensor */
+    int32_t *role_idx;          /* n_modules x ROLE_COUNT file tensor indices, -1 absent */
+    unsigned char *peft_mag;    /* per module: lora_magnitude_vector */
     size_t cap;
     unsigned flags; /* MOOD_ADAPTER_* */
 } parse_ctx;
@@ -193,99 +192,6 @@ static int read_scalar(double *out, const parse_ctx *c, const mood_st_tensor *t)
     return 0;
 }
 
-/* Largest |x| bit pattern of n 16-bit floats: blocks of 64 so the compiler vectorizes the
- * max-reduction (a factor scan must not dominate `mood inspect`). */
-static uint16_t max_abs_bits16(const uint8_t *p, int64_t n)
-{
-    /* The magnitudes fit in int16_t, whose max SSE2 computes 8 at a time (pmaxsw): a signed max
-     * lets the compiler vectorize this loop on any x86-64. */
-    int16_t buf[64], smx = 0;
-    uint16_t mx;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        memcpy(buf, p + 2 * i, sizeof buf);
-        for (int k = 0; k < 64; k++) {
-            int16_t v = (int16_t)(buf[k] & 0x7FFF);
-            smx = v > smx ? v : smx;
-        }
-    }
-    mx = (uint16_t)smx;
-    for (; i < n; i++) {
-        uint16_t v;
-        memcpy(&v, p + 2 * i, 2);
-        v &= 0x7FFF;
-        mx = v > mx ? v : mx;
-    }
-    return mx;
-}
-
-static uint32_t max_abs_bits32(const uint8_t *p, int64_t n)
-{
-    uint32_t buf[64], mx = 0;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        memcpy(buf, p + 4 * i, sizeof buf);
-        for (int k = 0; k < 64; k++) {
-            uint32_t v = buf[k] & 0x7FFFFFFFu;
-            mx = v > mx ? v : mx;
-        }
-    }
-    for (; i < n; i++) {
-        uint32_t v;
-        memcpy(&v, p + 4 * i, 4);
-        v &= 0x7FFFFFFFu;
-        mx = v > mx ? v : mx;
-    }
-    return mx;
-}
-
-/* An IEEE-style value is not finite when its exponent bits are all ones, i.e. when its
- * magnitude bits are at least the infinity pattern. */
-static int f8_finite(const uint8_t *p, int64_t n, mood_dtype dt)
-{
-    for (int64_t i = 0; i < n; i++) {
-        uint8_t v = p[i];
-        if ((dt == MOOD_DTYPE_F8_E4M3 && (v & 0x7F) == 0x7F) ||
-            (dt == MOOD_DTYPE_F8_E5M2 && (v & 0x7C) == 0x7C) ||
-            (dt == MOOD_DTYPE_F8_E8M0 && v == 0xFF) ||
-            ((dt == MOOD_DTYPE_F8_E4M3FNUZ || dt == MOOD_DTYPE_F8_E5M2FNUZ) && v == 0x80))
-            return 0;
-    }
-    return 1;
-}
-
-/* Whether every element is finite, read from the raw bits (no conversion): 1, 0, or -1 for a
- * dtype that cannot hold factors. */
-static int all_finite(const mood_st_tensor *t)
-{
-    const uint8_t *p = t->data;
-    int64_t n = mood_st_numel(t);
-    switch (t->dtype) {
-    case MOOD_DTYPE_F32:
-        return max_abs_bits32(p, n) < 0x7F800000u;
-    case MOOD_DTYPE_F16:
-        return max_abs_bits16(p, n) < 0x7C00;
-    case MOOD_DTYPE_BF16:
-        return max_abs_bits16(p, n) < 0x7F80;
-    case MOOD_DTYPE_F64:
-        for (int64_t i = 0; i < n; i++) {
-            uint64_t v;
-            memcpy(&v, p + 8 * i, 8);
-            if ((v & 0x7FF0000000000000ull) == 0x7FF0000000000000ull)
-                return 0;
-        }
-        return 1;
-    case MOOD_DTYPE_F8_E4M3:
-    case MOOD_DTYPE_F8_E5M2:
-    case MOOD_DTYPE_F8_E4M3FNUZ:
-    case MOOD_DTYPE_F8_E5M2FNUZ:
-    case MOOD_DTYPE_F8_E8M0:
-        return f8_finite(p, n, t->dtype);
-    default:
-        return mood_dtype_is_numeric(t->dtype) ? 1 : -1;
-    }
-}
-
 static int check_factor(const parse_ctx *c, const mood_st_tensor *t)
 {
     int ok;
@@ -295,7 +201,7 @@ static int check_factor(const parse_ctx *c, const mood_st_tensor *t)
                    : mood_error_set(MOOD_EUNSUPPORTED,
                                     "%s: tensor %s has dtype %s, which mood cannot use", c->path,
                                     t->name, mood_dtype_name(t->dtype));
-    ok = all_finite(t);
+    ok = mood__dtype_all_finite(t->data, mood_st_numel(t), t->dtype);
     if (ok < 0)
         return mood_error_set(MOOD_EUNSUPPORTED,
                               "%s: tensor %s has dtype %s, which mood cannot use", c->path, t->name,
@@ -702,122 +608,6 @@ static const cJSON *peft_field(const parse_ctx *c, const char *comp, const char 
     return c->peft_config ? cJSON_GetObjectItemCaseSensitive(c->peft_config, key) : NULL;
 }
 
-/* A PEFT pattern (a Python regular expression) as POSIX ERE: the escapes Python has and ERE
- * lacks (\d \w \s and their negations) spelled out, inside a bracket expression too, (?:...) as
- * (...). 0, or -1 when it does not fit `size` or has what ERE cannot say (\D inside [...]). */
-static int python_re_to_ere(char *out, size_t size, const char *re)
-{
-    static const char *const esc[][3] = {
-        /* escape, outside a bracket expression, inside one (NULL: none) */
-        {"d", "[0-9]", "0-9"},
-        {"D", "[^0-9]", NULL},
-        {"w", "[A-Za-z0-9_]", "A-Za-z0-9_"},
-        {"W", "[^A-Za-z0-9_]", NULL},
-        {"s", "[[:space:]]", "[:space:]"},
-        {"S", "[^[:space:]]", NULL}};
-    size_t o = 0;
-    int in_class = 0;
-    for (const char *p = re; *p; p++) {
-        const char *rep = NULL;
-        char one[3] = {p[0], 0, 0};
-        if (p[0] == '\\' && p[1]) {
-            for (size_t i = 0; i < sizeof esc / sizeof esc[0] && !rep; i++)
-                if (p[1] == esc[i][0][0]) {
-                    if (in_class && !esc[i][2])
-                        return -1;
-                    rep = esc[i][in_class ? 2 : 1];
-                }
-            if (!rep) { /* an escaped character: itself (in a class, without the backslash) */
-                one[0] = in_class ? p[1] : '\\';
-                one[1] = in_class ? 0 : p[1];
-                rep = one;
-            }
-            p++;
-        } else if (!in_class && p[0] == '(' && p[1] == '?' && p[2] == ':') {
-            rep = "(";
-            p += 2;
-        } else {
-            if (p[0] == '[' && !in_class)
-                in_class = 1;
-            else if (p[0] == ']' && in_class && p[-1] != '[' && !(p[-1] == '^' && p[-2] == '['))
-                in_class = 0;
-            rep = one;
-        }
-        if (o + strlen(rep) + 1 > size)
-            return -1;
-        memcpy(out + o, rep, strlen(rep));
-        o += strlen(rep);
-    }
-    out[o] = '\0';
-    return in_class ? -1 : 0;
-}
-
-/* A file's alpha_pattern keys, compiled once (a file of every module has one key per module:
- * compiling them for each module cost seconds); ok 0: compared as text. */
-typedef struct peft_key {
-    const cJSON *item;
-    regex_t re;
-    int ok;
-} peft_key;
-
-struct peft_keys {
-    peft_key *k[3]; /* per component: unet, text_encoder, text_encoder_2 */
-    size_t n[3];
-    int built[3];
-};
-
-static void peft_keys_free(struct peft_keys *pk)
-{
-    for (int c = 0; pk && c < 3; c++) {
-        for (size_t i = 0; i < pk->n[c]; i++)
-            if (pk->k[c][i].ok)
-                regfree(&pk->k[c][i].re);
-        mood_free(pk->k[c]);
-    }
-}
-
-static void peft_keys_build(struct peft_keys *pk, int comp, const cJSON *patterns)
-{
-    const cJSON *p;
-    size_t n = (size_t)cJSON_GetArraySize(patterns), i = 0;
-    pk->built[comp] = 1;
-    if (!n || !(pk->k[comp] = mood_calloc(n, sizeof *pk->k[comp])))
-        return; /* out of memory: no pattern applies, as with none */
-    cJSON_ArrayForEach(p, patterns)
-    {
-        char ere[1024], full[1100];
-        peft_key *k = &pk->k[comp][i++];
-        k->item = p;
-        if (python_re_to_ere(ere, sizeof ere, p->string) == 0) {
-            snprintf(full, sizeof full, "^(.*\\.)?(%s)$", ere);
-            k->ok = regcomp(&k->re, full, REG_EXTENDED | REG_NOSUB) == 0;
-        }
-    }
-    pk->n[comp] = i;
-}
-
-/* PEFT's pattern rule (get_pattern_key: re.match(rf"(.*\.)?({key})$", path), the first key in
- * the file's order that matches): a key is a regular expression, "attn\d\.to_(q|v)" as much as
- * "to_k". A key that is no regular expression POSIX takes is compared as text: the path equals
- * it or ends with "." + it. */
-static const cJSON *peft_pattern(struct peft_keys *pk, int comp, const cJSON *patterns,
-                                 const char *path)
-{
-    size_t n = strlen(path);
-    if (!pk->built[comp])
-        peft_keys_build(pk, comp, patterns);
-    for (size_t i = 0; i < pk->n[comp]; i++) {
-        const peft_key *k = &pk->k[comp][i];
-        size_t m = strlen(k->item->string);
-        if (k->ok
-                ? regexec(&k->re, path, 0, NULL, 0) == 0
-                : (strcmp(path, k->item->string) == 0 ||
-                   (n > m && path[n - m - 1] == '.' && strcmp(path + n - m, k->item->string) == 0)))
-            return k->item;
-    }
-    return NULL;
-}
-
 /* PEFT files have no alpha tensors: lora_alpha (or its pattern) / r, or / √r with rsLoRA. */
 static void peft_scale(const parse_ctx *c, mood_module *m)
 {
@@ -834,7 +624,7 @@ static void peft_scale(const parse_ctx *c, mood_module *m)
         }
     }
     alpha = peft_field(c, comp, "lora_alpha");
-    pat = peft_pattern(c->peft_keys, ci, peft_field(c, comp, "alpha_pattern"), path);
+    pat = mood__peft_pattern(c->peft_keys, ci, peft_field(c, comp, "alpha_pattern"), path);
     if (pat && cJSON_IsNumber(pat))
         alpha = pat;
     if (!alpha || !cJSON_IsNumber(alpha) || m->rank <= 0)
@@ -1229,7 +1019,7 @@ int mood_adapter_open_file(mood_adapter **out, mood_st_file *f, const mood_check
                            unsigned flags)
 {
     parse_ctx c;
-    struct peft_keys keys;
+    mood__peft_keys keys;
     mood_adapter *a;
     int err = 0;
     memset(&keys, 0, sizeof keys);
@@ -1260,7 +1050,7 @@ int mood_adapter_open_file(mood_adapter **out, mood_st_file *f, const mood_check
     if (a->n_modules == 0)
         err = no_module_error(&c);
 done:
-    peft_keys_free(&keys); /* before the config its items point into */
+    mood__peft_keys_free(&keys); /* before the config its items point into */
     cJSON_Delete(c.peft_config);
     mood_free(c.role_idx);
     mood_free(c.peft_mag);

@@ -37,6 +37,31 @@ typedef struct mood_keymap mood_keymap;
 
 /* Alias table of a real checkpoint (shapes known). */
 int mood__keymap_from_checkpoint(mood_keymap **out, const mood_st_file *f, mood_family family);
+/* ----- dtype.c ----------------------------------------------------------------------------------
+ */
+
+/* Whether all n elements of dtype dt at data are finite, read from the raw bits (no conversion,
+ * vectorized: a factor scan must not dominate `mood inspect`): 1, 0, or -1 for a dtype that
+ * cannot hold factors. */
+int mood__dtype_all_finite(const void *data, int64_t n, mood_dtype dt);
+
+/* ----- peft_patterns.c ------------------------------------------------------------------------ */
+
+/* A file's PEFT alpha_pattern keys, per component (unet, text_encoder, text_encoder_2), compiled
+ * when first needed; zeroed before use, freed with mood__peft_keys_free. */
+typedef struct mood__peft_key mood__peft_key;
+typedef struct mood__peft_keys {
+    mood__peft_key *k[3];
+    size_t n[3];
+    int built[3];
+} mood__peft_keys;
+void mood__peft_keys_free(mood__peft_keys *pk);
+/* The first key of `patterns` (component comp's alpha_pattern object) that matches module path
+ * `path` as PEFT's get_pattern_key matches it (re.match(rf"(.*\.)?({key})$", path)); a key POSIX
+ * cannot compile is compared as text (the path equals it or ends with "." + it). NULL: none. */
+const struct cJSON *mood__peft_pattern(mood__peft_keys *pk, int comp, const struct cJSON *patterns,
+                                       const char *path);
+
 /* Alias table of a family's architecture, from generated names (shapes unknown except ndim and
  * kernel size): used when no base is given (inspect, stack, merge, resize). */
 int mood__keymap_for_family(mood_keymap **out, mood_family family);
