@@ -339,13 +339,13 @@ static int adapters_failed(const gen_run *r, int err)
         return cli_fail(err);
     cli_progress_done();
     char line[3072], why[1200] = ""; /* module names in it come from the file: cli_text_report */
-    /* the file was whole when it was imported: a file that cannot be read or parsed now is the
-     * registry's problem (another family, say, is not) */
+    /* the file was whole when it was imported: a file that cannot be read, or is no safetensors
+     * file any more, is the registry's problem (a LoRA for another model's sizes is not) */
     if (err == MOOD_ENOTFOUND)
         snprintf(why, sizeof why,
                  "; the registry's copy of the file is missing: 'mood doctor' "
                  "checks the registry and says how to repair it");
-    else if (err == MOOD_EFORMAT || err == MOOD_EIO)
+    else if (err == MOOD_EIO || (err == MOOD_EFORMAT && strstr(msg, "not a valid safetensors")))
         snprintf(why, sizeof why,
                  "; the registry's copy of the file, %s, is damaged or unreadable: 'mood doctor "
                  "--deep' checks every stored file",

@@ -326,6 +326,12 @@ truncate -s 100 "$blob"
 expect_rc 1 "gen with a damaged stored file" env MOOD_HOME="$tmp/dmghome" "$MOOD" gen "$PROMPT" \
     "${common[@]}" --style lora -o "$tmp/dmg.png"
 check "says the registry's copy is damaged" grep -q "the registry's copy of the file, .*blobs/sha256/.*, is damaged or unreadable: 'mood doctor --deep'" "$tmp/err"
+SRC=${MOOD_SOURCE:-$FIX/../..}
+# a whole stored file for a model of other sizes is no damage: not blamed on the registry's copy
+expect_rc 0 "a LoRA for other sizes" env MOOD_HOME="$tmp/sizehome" "$MOOD" import "$SRC/examples/loras/inkwash.safetensors"
+expect_rc 1 "gen with it on mood-tiny" env MOOD_HOME="$tmp/sizehome" "$MOOD" gen "a cat" --model \
+    "$SRC/data/mood-tiny" --style inkwash --steps 1 -o "$tmp/sizes.png"
+check "says other sizes, not damage" sh -c 'grep -q "other sizes" "$1" && ! grep -q "damaged or unreadable" "$1"' _ "$tmp/err"
 rm "$blob"
 expect_rc 0 "show a style whose stored file is gone" env MOOD_HOME="$tmp/dmghome" "$MOOD" show lora
 check "show says the file is missing" grep -q "stored at .*(MISSING: 'mood doctor'" "$tmp/out"
