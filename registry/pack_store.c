@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "registry/pack_store.h"
 #include "registry/registry_impl.h"
@@ -106,9 +107,10 @@ static int put_blob(store *s, const char *path, const char *sha, mood_progress_f
     return err;
 }
 
+static int insert_source(mood_registry *r, const mood__pack_adapter_row *a, const char *pack);
+
 static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, const char *pack)
 {
-    sqlite3_stmt *st = NULL;
     mood__reg_adapter row = {
         .sha256 = a->sha256,
         .autov3 = a->autov3,
@@ -128,8 +130,14 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
         .has_alpha = a->has_alpha,
     };
     int err = mood__reg_insert_adapter(r, &row, "storing an adapter of the pack");
-    if (err)
-        return err;
+    return err ? err : insert_source(r, a, pack);
+}
+
+/* The pack as a source of adapter a, with the Civitai record the manifest carries. */
+static int insert_source(mood_registry *r, const mood__pack_adapter_row *a, const char *pack)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
     if ((err = mood__reg_prepare(r, &st,
                                  "INSERT INTO sources(adapter_sha256, kind, location, air, license,"
                                  " civitai_model_id, civitai_version_id, model_name,"
@@ -295,30 +303,85 @@ static int insert_style(mood_registry *r, const mood__pack_style_row *s)
     return check_families(r, s);
 }
 
+/* Whether the ", "-separated list `list` holds the word w[0..n) (ASCII case ignored, as CLIP). */
+static int has_word(const char *list, const char *w, size_t n)
+{
+    for (const char *p = list; p && *p;) {
+        size_t k = strcspn(p, ",");
+        const char *e = p + k;
+        while (p < e && *p == ' ')
+            p++;
+        while (e > p && e[-1] == ' ')
+            e--;
+        if ((size_t)(e - p) == n && strncasecmp(p, w, n) == 0)
+            return 1;
+        p += strcspn(p, ",");
+        p += *p == ',';
+    }
+    return 0;
+}
+
+/* The style's trigger words with the pack's that it lacks appended: its own may have been guessed
+ * from the file's tags by the import, while the pack's are its author's. */
+static int merged_triggers(mood_registry *r, long long id, const char *pack, mood_buf *out)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st, "SELECT trigger_words FROM styles WHERE id = ?1"), rc;
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && sqlite3_column_text(st, 0))
+        err = mood_buf_puts(out, (const char *)sqlite3_column_text(st, 0));
+    else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = mood__reg_sqlerr(r, rc, "reading a style's trigger words");
+    sqlite3_finalize(st);
+    for (const char *p = pack; !err && p && *p;) {
+        size_t k = strcspn(p, ",");
+        const char *b = p, *e = p + k;
+        while (b < e && *b == ' ')
+            b++;
+        while (e > b && e[-1] == ' ')
+            e--;
+        if (e > b && !has_word(out->data, b, (size_t)(e - b)))
+            err = mood_buf_printf(out, "%s%.*s", out->len ? ", " : "", (int)(e - b), b);
+        p += k + (p[k] == ',');
+    }
+    return err;
+}
+
 /* Pack style s into the registry's style of its name, which holds the same LoRAs: what that style
  * has is kept (its text, weights and board); what it lacks is filled from the pack (description,
- * notes, trigger words, template, negative prompt, weight), and the pack's tags and previews are
- * added. Its own LoRA weights stay, with a warning when the pack's differ. */
+ * notes, template, negative prompt, weight), the pack's trigger words it lacks are added
+ * (merged_triggers), and so are the pack's tags and previews. Its own LoRA weights stay, with a
+ * warning when the pack's differ. */
 static int merge_style(mood_registry *r, const mood__pack_style_row *s, int weights_differ)
 {
     sqlite3_stmt *st = NULL;
+    mood_buf words;
     long long id = 0;
     int err;
+    mood_buf_init(&words);
     if ((err = check_fields(s)) != 0 || (err = mood__reg_style_id(r, &id, s->name)) != 0)
         return err;
     if ((err = mood__reg_prepare(
              r, &st,
              "UPDATE styles SET description = coalesce(nullif(description, ''), ?2),"
-             " notes = coalesce(nullif(notes, ''), ?3),"
-             " trigger_words = coalesce(nullif(trigger_words, ''), ?4),"
+             " notes = coalesce(nullif(notes, ''), ?3), trigger_words = ?4,"
              " template = coalesce(nullif(template, ''), ?5),"
              " negative = coalesce(nullif(negative, ''), ?6), weight = coalesce(weight, ?7),"
              " updated_at = strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE id = ?1")) != 0)
         return err;
     sqlite3_bind_int64(st, 1, id);
     bind_fields(st, s);
-    if ((err = mood__reg_step_done(r, st, "merging a style of the pack")) != 0 ||
-        (err = insert_children(r, s, id)) != 0)
+    if ((err = merged_triggers(r, id, s->trigger_words, &words)) != 0) {
+        sqlite3_finalize(st);
+        return err;
+    }
+    mood__reg_bind_utf8(st, 4, words.len ? words.data : NULL);
+    err = mood__reg_step_done(r, st, "merging a style of the pack");
+    mood_buf_dispose(&words);
+    if (err || (err = insert_children(r, s, id)) != 0)
         return err;
     if (weights_differ)
         mood_log(MOOD_LOG_WARN,
@@ -341,6 +404,16 @@ static int commit_rows(store *s, const char *pack, const mood__pack_adapter_row 
         if (!s->present[i]) {
             err = insert_adapter(s->r, &a[i], pack);
             *added += !err;
+        } else if (a[i].civitai_version_id > 0) {
+            /* a LoRA the registry had without its Civitai record (a plain 'mood import') gets
+             * the pack's: show, search and update-check see it */
+            long long known = 0;
+            err = mood__reg_query_int(s->r, &known,
+                                      "SELECT count(*) FROM sources WHERE adapter_sha256 = ?1"
+                                      " AND civitai_version_id IS NOT NULL",
+                                      a[i].sha256);
+            if (!err && !known)
+                err = insert_source(s->r, &a[i], pack);
         }
     }
     for (size_t i = 0; i < ns && !err; i++)

@@ -241,6 +241,19 @@ print(*(s[k] for k in ("civitai_model_id", "civitai_version_id", "model_name", "
         check "ids not null" grep -q "^900001 900101 " <(civ mock_ink_style "$tmp/cv2")
         check "preview NSFW levels kept" test "$(show mock_ink_style "$tmp/cv2" | grep -c nsfw_level)" = "$(show mock_ink_style "$tmp/cv1" | grep -c nsfw_level)"
         check "previews NSFW level not null" bash -c '! grep -q "\"nsfw_level\":\s*null" <<<"$1"' _ "$(MOOD_HOME=$tmp/cv2 "$MOOD" show mock_ink_style --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["previews"]))')"
+        # the same LoRA imported plainly first (offline: no record), then the pack merged into it:
+        # the style gains the pack's Civitai record and trigger words
+        cp "$FIX/kohya/sd1_lora_bf16.safetensors" "$tmp/mock_ink_style.safetensors"
+        expect_rc 0 "plain import of the pack's LoRA" env MOOD_HOME="$tmp/cv3" MOOD_OFFLINE=1 "$MOOD" \
+            import "$tmp/mock_ink_style.safetensors"
+        expect_rc 0 "its own trigger word (as an import may guess one)" env MOOD_HOME="$tmp/cv3" \
+            "$MOOD" style edit mock_ink_style --trigger "myguess"
+        expect_rc 0 "then the pack (merged)" env MOOD_HOME="$tmp/cv3" MOOD_OFFLINE=1 "$MOOD" pack import "$tmp/cv.moodpack"
+        check "merged: the Civitai record gained" grep -q "^900001 900101 " <(civ mock_ink_style "$tmp/cv3")
+        check "merged: the pack's trigger words gained" py '
+import json, subprocess, sys, os
+d = json.loads(subprocess.check_output([sys.argv[1], "show", "mock_ink_style", "--json"], env=dict(os.environ, MOOD_HOME=sys.argv[2])))
+assert d["trigger_words"] == "myguess, inkwash style", d["trigger_words"]' "$MOOD" "$tmp/cv3"
         expect_rc 0 "update-check after the round trip" "$MOOD" update-check --json
         check "update-check sees the style" grep -q '"checked":\s*1' "$tmp/out"
         check "and its newer version" grep -q '"latest_version_id":\s*900107' "$tmp/out"
