@@ -149,6 +149,13 @@ rm "$H2/blobs/lost+found"
 expect_rc 1 "doctor --fix again" env MOOD_HOME="$H2" "$MOOD" doctor --fix
 check "now moved to blobs/lost+found" test -s "$H2/blobs/lost+found/aa$(printf 'b%.0s' $(seq 62)).safetensors"
 
+# a registry of a newer mood (schema 6) could not be read: exit 2, not 1 ("problems found")
+H3=$tmp/home3
+expect_rc 0 "a registry" env MOOD_HOME="$H3" "$MOOD" import "$L/lokr.safetensors"
+python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("pragma user_version=6"); c.commit()' "$H3/registry.db"
+expect_rc 2 "doctor on a newer schema" env MOOD_HOME="$H3" "$MOOD" doctor
+check "says use a newer mood" grep -q "newer than this mood understands" "$tmp/err"
+
 # another process holding the registry (an import paused with Ctrl-Z): doctor says it waits,
 # then runs when the lock is free (flock(1) takes the same lock as mood)
 if command -v flock >/dev/null; then
