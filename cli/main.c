@@ -35,7 +35,7 @@ const cli_command cli_commands[] = {
      cmd_import},
     {"list", "list the styles in the registry", cmd_list_help, cmd_list},
     {"show", "everything the registry knows about a style", cmd_show_help, cmd_show},
-    {"search", "find styles by name, trigger words, tags, description", cmd_search_help,
+    {"search", "find styles by name, trigger words, tags, notes, Civitai names", cmd_search_help,
      cmd_search},
     {"style create", "make a style from LoRAs with weights, triggers, template",
      cmd_style_create_help, cmd_style_create},

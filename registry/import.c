@@ -1060,6 +1060,20 @@ static int wanted_name(mood_import_result *out, const char *stem)
     return 0;
 }
 
+/* The name a file's style gets: its file name, unless that is a stored file's SHA-256 (a LoRA
+ * rescued to blobs/lost+found by doctor, or copied out of blobs/): then the name its trainer
+ * gave it (kohya's ss_output_name, else modelspec.title), where it has one. */
+static const char *style_name_of(const char *stem_path, const mood_st_file *st)
+{
+    const char *stem = mood_path_basename(stem_path), *given;
+    if (strlen(stem) != 64 || strspn(stem, "0123456789abcdef") != 64)
+        return stem;
+    given = mood_st_meta_get(st, "ss_output_name");
+    if (!given || !*given)
+        given = mood_st_meta_get(st, "modelspec.title");
+    return given && *given ? given : stem;
+}
+
 /* Everything but the hashes: the adapter's facts, metadata and sidecars. */
 static int prepare_facts(import_job *j, mood_import_result *out)
 {
@@ -1069,11 +1083,13 @@ static int prepare_facts(import_job *j, mood_import_result *out)
         return err;
     if (!(j->stem_path = mood_strndup(j->path, strlen(j->path) - strlen(".safetensors"))))
         return mood_error_nomem();
-    if ((err = wanted_name(out, mood_path_basename(j->stem_path))) != 0)
-        return err;
     snprintf(out->family, sizeof out->family, "%s", j->facts.family);
     if ((err = mood_st_open(&st, j->path)) != 0)
         return err;
+    if ((err = wanted_name(out, style_name_of(j->stem_path, st))) != 0) {
+        mood_st_close(st);
+        return err;
+    }
     /* the header is strict UTF-8 already (safetensors_read.c); converting costs nothing and
      * keeps the rule in one place should that reader ever relax */
     err = mood__reg_utf8_copy(&j->side.trigger_phrase,
