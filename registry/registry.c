@@ -748,11 +748,13 @@ static int check_version(mood_registry *r)
                               "%s: schema version %lld is newer than this mood understands (%d); "
                               "use a newer mood",
                               r->db_path, v, N_MIGRATIONS);
-    if (v < N_MIGRATIONS)
+    /* migration 5 only made the search index again (notes and Civitai names in it): a schema-4
+     * registry reads as it is, its search without those until a writer opens it */
+    if (v < 4)
         return mood_error_set(MOOD_EIO,
                               "%s is read-only, and its schema (version %lld) must be brought to "
-                              "version %d by a mood that can write it: make it writable (chmod "
-                              "u+w) and run 'mood list' once",
+                              "version %d by a mood that can write it: its owner (or a user who "
+                              "can write it) runs 'mood list' once",
                               r->db_path, v, N_MIGRATIONS);
     r->version = (int)v;
     return 0;

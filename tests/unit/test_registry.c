@@ -825,6 +825,38 @@ static void test_import_extras_refused(void)
 }
 
 /* A registry of schema 3 (before style files) gains them on open, its styles kept. */
+/* A schema-4 registry its reader cannot write (another user's): read as it is, as migration 5
+ * only made the search index again (list, show and gen were refused until its owner ran mood). */
+static void test_read_only_schema_4(void)
+{
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
+    char db_path[1200], *list = NULL;
+    mood_registry *r = NULL;
+    mood_import_result res;
+    sqlite3 *db = NULL;
+    if (geteuid() == 0) /* root writes anything: no read-only registry to test */
+        return;
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &res, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL,
+        NULL));
+    mood_registry_close(r);
+    r = NULL;
+    snprintf(db_path, sizeof db_path, "%s/registry.db", home);
+    MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    MOOD_CHECK(sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    MOOD_CHECK(chmod(db_path, 0444) == 0 && chmod(home, 0555) == 0);
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK(r && mood_registry_read_only(r));
+    if (r)
+        MOOD_CHECK_OK(mood_registry_list_json(&list, r, NULL, NULL));
+    MOOD_CHECK(list && strstr(list, "\"ink\""));
+    mood_registry_free_string(list);
+    mood_registry_close(r);
+    MOOD_CHECK(chmod(home, 0755) == 0 && chmod(db_path, 0644) == 0);
+}
+
 static void test_migration_4(void)
 {
     const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
@@ -873,4 +905,4 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_typed_text_not_utf8), MOOD_T(test_half_done_import_cleaned),
                MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
                MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
-               MOOD_T(test_migration_4))
+               MOOD_T(test_migration_4), MOOD_T(test_read_only_schema_4))
