@@ -204,7 +204,7 @@ int cmd_doctor(int argc, char **argv)
             return cli_usage_error("doctor", "unknown option '%s'", argv[i]);
     }
     if (cli_registry_open(&r) != 0)
-        return 2; /* the help's "could not be read", also for a newer schema (not a problem found) */
+        return 2; /* the help's "could not be read", a newer schema too (no problem found) */
     err = mood_registry_doctor(&text, &problems, r, &o);
     mood_registry_close(r);
     if (err)
