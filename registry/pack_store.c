@@ -370,7 +370,13 @@ static int merge_style(mood_registry *r, const mood__pack_style_row *s, int weig
              " notes = coalesce(nullif(notes, ''), ?3), trigger_words = ?4,"
              " template = coalesce(nullif(template, ''), ?5),"
              " negative = coalesce(nullif(negative, ''), ?6), weight = coalesce(weight, ?7),"
-             " updated_at = strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE id = ?1")) != 0)
+             " updated_at = strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE id = ?1"
+             /* only when something changes: a pack imported again leaves the time as it was */
+             " AND (description IS NOT coalesce(nullif(description, ''), ?2)"
+             " OR notes IS NOT coalesce(nullif(notes, ''), ?3) OR trigger_words IS NOT ?4"
+             " OR template IS NOT coalesce(nullif(template, ''), ?5)"
+             " OR negative IS NOT coalesce(nullif(negative, ''), ?6)"
+             " OR weight IS NOT coalesce(weight, ?7))")) != 0)
         return err;
     sqlite3_bind_int64(st, 1, id);
     bind_fields(st, s);

@@ -69,7 +69,11 @@ expect_rc 0 "doctor after import" "$MOOD" doctor --deep
 # importing again: every style merged into itself, nothing changed
 blobs "$B" >"$tmp/blobs-before"
 for s in inkwash combo film-grain sd1_locon_fp16; do show $s "$B" | grep -v updated_at; done >"$tmp/shown-before"
+times() { for s in inkwash combo film-grain sd1_locon_fp16; do MOOD_HOME=$B "$MOOD" show $s --json | grep '"updated_at"'; done; }
+times >"$tmp/times-before"
+sleep 1 # the times have seconds: a changed one would show
 expect_rc 0 "import twice" "$MOOD" pack import "$tmp/p.moodpack"
+check "no style's time changed" cmp -s "$tmp/times-before" <(times)
 check "says the styles were merged" grep -q "merged into the styles of the same name and LoRAs you had.* inkwash" "$tmp/out"
 check "blobs unchanged" cmp -s "$tmp/blobs-before" <(blobs "$B")
 check "styles unchanged" cmp -s "$tmp/shown-before" <(for s in inkwash combo film-grain sd1_locon_fp16; do show $s "$B" | grep -v updated_at; done)
