@@ -92,6 +92,16 @@ static void print_models(const cJSON *arr)
                cJSON_IsTrue(cJSON_GetObjectItem(v, "fixed")) ? " (link removed)" : "");
 }
 
+/* What --fix repaired: the library's count and the model links removed here. */
+static int repaired(const cJSON *rep)
+{
+    const cJSON *v;
+    int n = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(rep, "fixed"));
+    cJSON_ArrayForEach(v, cJSON_GetObjectItem(rep, "models")) n +=
+        cJSON_IsTrue(cJSON_GetObjectItem(v, "fixed"));
+    return n;
+}
+
 static void print_rescued(const cJSON *arr)
 {
     const cJSON *v;
@@ -233,9 +243,15 @@ int cmd_doctor(int argc, char **argv)
         printf("registry %s: no problems found%s\n",
                cJSON_GetStringValue(cJSON_GetObjectItem(rep, "registry")),
                o.deep ? " (every file re-hashed)" : "");
-    else
-        printf("%d problem%s found%s\n", problems, problems == 1 ? "" : "s",
-               o.fix ? ", repaired" : "; 'mood doctor --fix' repairs them");
+    else if (!o.fix)
+        printf("%d problem%s found; 'mood doctor --fix' repairs them\n", problems,
+               problems == 1 ? "" : "s");
+    else if (repaired(rep) >= problems)
+        printf("%d problem%s found, repaired\n", problems, problems == 1 ? "" : "s");
+    else /* unreadable files, orphans that could not be moved: said above, left as they are */
+        printf("%d problem%s found, %d repaired, %d left as %s (see above)\n", problems,
+               problems == 1 ? "" : "s", repaired(rep), problems - repaired(rep),
+               problems - repaired(rep) == 1 ? "it is" : "they are");
     cJSON_Delete(rep);
     return problems > 0;
 }

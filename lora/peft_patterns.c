@@ -106,6 +106,8 @@ const cJSON *mood__peft_pattern(mood__peft_keys *pk, int comp, const cJSON *patt
                                 const char *path)
 {
     size_t n = strlen(path);
+    if (!cJSON_IsObject(patterns)) /* absent, or not PEFT's {key: alpha} (a list has no keys) */
+        return NULL;
     if (!pk->built[comp])
         peft_keys_build(pk, comp, patterns);
     for (size_t i = 0; i < pk->n[comp]; i++) {

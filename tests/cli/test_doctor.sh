@@ -143,6 +143,7 @@ rm "$(MOOD_HOME=$H2 blob_of ia3)"
 : >"$H2/blobs/lost+found" # a file: no folder can be made there
 expect_rc 1 "doctor --fix with an orphan it cannot move" env MOOD_HOME="$H2" "$MOOD" doctor --fix
 check "warns it is left" grep -q "a LoRA file in no style; cannot move it to .*lost+found.*left as it is" "$tmp/err"
+check "the summary counts it as left" grep -q "problems found, [0-9]* repaired, 1 left as it is" "$tmp/out"
 check "the orphan kept" test -s "$orphan"
 expect_rc 1 "the missing LoRA's style repaired (removed)" env MOOD_HOME="$H2" "$MOOD" show ia3
 rm "$H2/blobs/lost+found"

@@ -675,6 +675,22 @@ static void test_peft_alpha(void)
     }
     MOOD_CHECK(a && a->n_modules == 3 && a->n_unmatched == 0);
     mood_adapter_close(a);
+    /* an alpha_pattern that is no {key: alpha} object (a list: keys without names) is none; it
+     * crashed the key matching */
+    {
+        const char *const odd[] = {"lora_adapter_metadata",
+                                   "{\"unet.r\": 4, \"unet.lora_alpha\": 8, \"unet.alpha_pattern\":"
+                                   " [\"proj_out\"], \"text_encoder.r\": 4, "
+                                   "\"text_encoder.lora_alpha\": 8}",
+                                   NULL};
+        a = NULL;
+        MOOD_CHECK_OK(
+            mood_adapter_open(&a, write_adapter("peft_list.safetensors", t, 7, odd), sd1));
+        for (size_t i = 0; a && i < a->n_modules; i++)
+            if (strstr(a->modules[i].name, "proj_out"))
+                MOOD_CHECK(a->modules[i].scale == 2.0); /* lora_alpha / r: no pattern applies */
+        mood_adapter_close(a);
+    }
     mood_checkpoint_close(sd1);
 }
 
