@@ -825,6 +825,20 @@ static void test_import_extras_refused(void)
 }
 
 /* A registry of schema 3 (before style files) gains them on open, its styles kept. */
+/* A registry at home holding the example LoRA inkwash as style ink (copied into src first),
+ * closed again; its registry.db's path into db_path, for SQLite to change by hand. */
+static void ink_registry(const char *home, const char *src, char *db_path, size_t size)
+{
+    mood_registry *r = NULL;
+    mood_import_result res;
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &res, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL,
+        NULL));
+    mood_registry_close(r);
+    snprintf(db_path, size, "%s/registry.db", home);
+}
+
 /* A schema-4 registry its reader cannot write (another user's): read as it is, as migration 5
  * only made the search index again (list, show and gen were refused until its owner ran mood). */
 static void test_read_only_schema_4(void)
@@ -832,17 +846,10 @@ static void test_read_only_schema_4(void)
     const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
     char db_path[1200], *list = NULL;
     mood_registry *r = NULL;
-    mood_import_result res;
     sqlite3 *db = NULL;
     if (geteuid() == 0) /* root writes anything: no read-only registry to test */
         return;
-    MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL,
-        NULL));
-    mood_registry_close(r);
-    r = NULL;
-    snprintf(db_path, sizeof db_path, "%s/registry.db", home);
+    ink_registry(home, src, db_path, sizeof db_path);
     MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
     MOOD_CHECK(sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
@@ -862,16 +869,9 @@ static void test_migration_4(void)
     const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
     char db_path[1200];
     mood_registry *r = NULL;
-    mood_import_result res;
     sqlite3 *db = NULL;
     cJSON *o;
-    MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &res, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL,
-        NULL));
-    mood_registry_close(r);
-    r = NULL;
-    snprintf(db_path, sizeof db_path, "%s/registry.db", home);
+    ink_registry(home, src, db_path, sizeof db_path);
     MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
     MOOD_CHECK(
         sqlite3_exec(db,

@@ -17,6 +17,20 @@
 #include "mood/mood.h"
 #include "registry_test.h"
 
+/* A fresh registry holding the two example LoRAs, as styles ink (*a) and grain (*b), copied into
+ * src first. */
+static mood_registry *ink_and_grain(const char *src, mood_import_result *a, mood_import_result *b)
+{
+    mood_registry *r = NULL;
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, b, copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
+        NULL));
+    return r;
+}
+
 /* A stored file doctor cannot read is "unreadable", never "missing" or "damaged": --fix leaves the
  * style and the file alone (a registry restored with the wrong owner lost LoRAs to --fix). A
  * LoRA file whose size is not the stored one is damaged without --deep. An orphan that holds a
@@ -24,15 +38,10 @@
 static void test_doctor_keeps_what_it_cannot_judge(void)
 {
     const char *src = scratch_fresh_dir("src");
-    mood_registry *r = NULL;
+    mood_registry *r;
     mood_import_result a, b;
     char path[1200], rescued[1200], *report = NULL;
-    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
-        NULL));
+    r = ink_and_grain(src, &a, &b);
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), a.sha256,
              a.sha256 + 2);
     if (geteuid() != 0) { /* root reads anything */
@@ -81,16 +90,11 @@ static void test_doctor_keeps_what_it_cannot_judge(void)
 static void test_doctor(void)
 {
     const char *src = scratch_fresh_dir("src");
-    mood_registry *r = NULL;
+    mood_registry *r;
     mood_import_result a, b;
     char path[1200], *report = NULL;
     const char *orphan = "00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa";
-    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
-        NULL));
+    r = ink_and_grain(src, &a, &b);
     MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
     /* an orphan */
     snprintf(path, sizeof path, "%s/blobs/sha256/00", mood_registry_home(r));
@@ -191,12 +195,7 @@ static void test_doctor_keeps_combined_styles(void)
     char *list = NULL;
     int problems = 0;
     write_png(src, "grain.png"); /* a preview of the damaged LoRA */
-    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &a, copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors")), NULL, NULL));
-    MOOD_CHECK_OK(mood_registry_import_file(
-        r, &b, copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors")), NULL,
-        NULL));
+    r = ink_and_grain(src, &a, &b);
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &c, copy_into(src, "locon.safetensors", fixture("kohya/sd1_locon_fp16.safetensors")),
         NULL, NULL));
