@@ -26,7 +26,7 @@ static int timed_set(mood_model *m, char **paths, mood_lora_mode mode, const cha
     size_t unmatched = 0;
     double t0;
     for (int i = 0; i < 3; i++)
-        set[i] = (mood_weighted_adapter){paths[i], w[i], w[i]};
+        set[i] = (mood_weighted_adapter){.path = paths[i], .unet = w[i], .te = w[i]};
     t0 = now_ms();
     if (mood_model_set_adapters(m, set, 3, mode, &unmatched) != 0) {
         fprintf(stderr, "bench_style_switch: %s\n", mood_error_last());

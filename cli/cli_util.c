@@ -262,8 +262,7 @@ int cli_adapters_add(cli_adapters *l, const char *arg)
     l->items = grown;
     if ((rc = cli_parse_weighted(arg, &path, &w, &has_w, &wte, &has_wte)) != 0)
         return rc;
-    l->items[l->n].path = path;
-    l->items[l->n].unet = has_w ? w : 1.0;
+    l->items[l->n] = (mood_weighted_adapter){.path = path, .unet = has_w ? w : 1.0};
     l->items[l->n].te = has_wte ? wte : l->items[l->n].unet;
     l->n++;
     return 0;

@@ -35,8 +35,8 @@ const char cmd_gen_help[] =
     "  --lora FILE[:W[:W_TE]]  a LoRA file at UNet strength W and text-encoder strength W_TE\n"
     "  In the prompt: <style:NAME:W> and <lora:NAME_OR_FILE:W> do the same inline;\n"
     "                        <lora:NAME:TE:UNET> is A1111's two-number form (text encoder\n"
-    "                        first), te=, unet= and dyn= its named ones (dyn=, DyLoRA's rank\n"
-    "                        cut, is read but not applied: the full rank is, with a warning)\n"
+    "                        first), te=, unet= and dyn= its named ones; <lora:NAME:W:dyn=N>\n"
+    "                        uses a DyLoRA file's first N ranks only, as A1111 does\n"
     "  --lora-mode merge|runtime  merge the adapters into the weights (default; fastest per\n"
     "                        step) or run them as side paths beside the weights\n\n"
     "Sampling:\n"
@@ -364,8 +364,10 @@ static int apply_styles(gen_run *r)
     if (r->styles.n && !(w = calloc(r->styles.n, sizeof *w)))
         return 2;
     for (size_t i = 0; i < r->styles.n; i++)
-        w[i] = (mood_weighted_adapter){r->styles.adapters[i].path, r->styles.adapters[i].unet,
-                                       r->styles.adapters[i].te};
+        w[i] = (mood_weighted_adapter){.path = r->styles.adapters[i].path,
+                                       .unet = r->styles.adapters[i].unet,
+                                       .te = r->styles.adapters[i].te,
+                                       .dyn = r->styles.adapters[i].dyn};
     err = mood_model_set_adapters(r->model, w, r->styles.n, r->args.mode, &unmatched);
     free(w);
     if (err)

@@ -202,7 +202,8 @@ static void format_weight(char out[32], double v)
 }
 
 /* The prompt with one tag per adapter as A1111 writes and reads it: <lora:ALIAS:W> when the
- * text encoder and the UNet take the same multiplier, else <lora:ALIAS:TE:UNET>. */
+ * text encoder and the UNet take the same multiplier, else <lora:ALIAS:TE:UNET>; a DyLoRA cut
+ * adds :dyn=N. */
 static char *tagged_prompt(const gen_run *r)
 {
     size_t n = strlen(r->styles.prompt) + 1;
@@ -216,8 +217,11 @@ static char *tagged_prompt(const gen_run *r)
         const mood_resolved_adapter *a = &r->styles.adapters[i];
         format_weight(te, a->te);
         format_weight(unet, a->unet);
-        end += snprintf(end, n - (size_t)(end - s), " <lora:%s:%s%s%s>", a->alias, te,
+        end += snprintf(end, n - (size_t)(end - s), " <lora:%s:%s%s%s", a->alias, te,
                         strcmp(te, unet) ? ":" : "", strcmp(te, unet) ? unet : "");
+        if (a->dyn)
+            end += snprintf(end, n - (size_t)(end - s), ":dyn=%d", a->dyn);
+        end += snprintf(end, n - (size_t)(end - s), ">");
     }
     return s;
 }

@@ -193,7 +193,7 @@ static int same_set(const mood_model *m, const mood_weighted_adapter *a, size_t 
         return 0;
     for (size_t i = 0; i < n; i++)
         if (strcmp(a[i].path, m->set[i].path) != 0 || a[i].unet != m->set[i].unet ||
-            a[i].te != m->set[i].te)
+            a[i].te != m->set[i].te || a[i].dyn != m->set[i].dyn)
             return 0;
     return 1;
 }
@@ -205,6 +205,7 @@ static int keep_set(mood_model *m, const mood_weighted_adapter *a, size_t n, moo
     for (size_t i = 0; i < n; i++) {
         m->set[i].unet = a[i].unet;
         m->set[i].te = a[i].te;
+        m->set[i].dyn = a[i].dyn;
         if (!(m->set[i].path = mood_strdup(a[i].path))) {
             forget_set(m);
             return mood_error_nomem();
@@ -258,7 +259,7 @@ static int open_all(mood_adapter **ads, mood_model *m, const mood_weighted_adapt
     int err = adapter_base(m, &base);
     for (size_t i = 0; i < n && !err; i++) {
         mood_family f;
-        if ((err = mood_adapter_open(&ads[i], a[i].path, base)) != 0)
+        if ((err = mood_adapter_open_weighted(&ads[i], &a[i], base)) != 0)
             break;
         f = mood_adapter_family(ads[i]);
         if (f != m->family && f != MOOD_FAMILY_UNKNOWN)

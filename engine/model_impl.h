@@ -27,6 +27,7 @@ typedef struct model_patch {
 typedef struct model_adapter_ref {
     char *path;
     double unet, te;
+    int dyn; /* DyLoRA rank cut, 0: none */
 } model_adapter_ref;
 
 struct mood_model {

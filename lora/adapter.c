@@ -61,6 +61,7 @@ static const suffix_def suffixes[] = {
     {SFX(".on_input"), ROLE_IA3_ON_INPUT, 0},
     {SFX(".weight"), ROLE_IA3_W, 0},
     {SFX(".oft_blocks"), ROLE_OFT_BLOCKS, 0},
+    {SFX(".oft_diag"), ROLE_OFT_BLOCKS, 0}, /* old LyCORIS: R itself (oft_direct) */
     {SFX(".rescale"), ROLE_OFT_RESCALE, 0},
     {SFX(".a1.weight"), ROLE_GLORA_A1, 0},
     {SFX(".a2.weight"), ROLE_GLORA_A2, 0},
@@ -697,6 +698,11 @@ static int finish_module(parse_ctx *c, size_t mi)
         return 0;
     }
     m->algo = (mood_algo)algo;
+    if (m->t[ROLE_OFT_BLOCKS]) {
+        const char *k = m->t[ROLE_OFT_BLOCKS]->name;
+        size_t n = strlen(k);
+        m->oft_direct = n >= 9 && strcmp(k + n - 9, ".oft_diag") == 0;
+    }
     mark_module_unmatched(c, mi, ~algo_roles(m->algo));
     if ((missing = missing_factor(m)) != NULL) {
         char what[160];

@@ -386,7 +386,7 @@ int mood_bake(const mood_bake_options *o)
         goto done;
     }
     for (size_t k = 0; k < o->n_adapters && !err; k++) {
-        if ((err = mood_adapter_open(&ads[k], o->adapters[k].path, ck)) == 0)
+        if ((err = mood_adapter_open_weighted(&ads[k], &o->adapters[k], ck)) == 0)
             warn_unmatched(ads[k]);
     }
     if (err || (err = plan_build(&pl, base, ads, o->adapters, o->n_adapters)) != 0 ||

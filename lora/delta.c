@@ -119,10 +119,25 @@ static int shape_error(const mood_module *m, const char *what, int64_t got, int6
 
 /* ----- products: plain and Tucker ----------------------------------------------------------- */
 
+/* Keeps the first `keep` of the k columns of the row-major (rows x k) matrix a, packed in place
+ * (a DyLoRA cut of an up factor). */
+static void keep_columns(float *a, int64_t rows, int64_t k, int64_t keep)
+{
+    for (int64_t r = 1; r < rows; r++)
+        memmove(a + r * keep, a + r * k, (size_t)keep * sizeof *a);
+}
+
+/* The ranks a plain LoRA module uses: the DyLoRA cut where one is set and smaller. */
+static int64_t ranks_used(const mood_module *m, int64_t k)
+{
+    return m->dyn > 0 && m->dyn < k ? m->dyn : k;
+}
+
 /* out (rows(U) × cols(D)) = flat(U) · flat(D), or the transposed-U variant (U stored (r, out)).
- * `numel` is the size out must have. */
+ * `numel` is the size out must have. `cut` (not with trans_u): only the first ranks_used(m, K)
+ * ranks, as A1111's rebuild_conventional with dyn_dim. */
 static int product(float *out, const mood_module *m, mood_role ru, mood_role rd, int trans_u,
-                   int64_t numel, int64_t *rows_out)
+                   int cut, int64_t numel, int64_t *rows_out)
 {
     const mood_st_tensor *tu = m->t[ru], *td = m->t[rd];
     float *u = NULL, *d = NULL;
@@ -141,8 +156,12 @@ static int product(float *out, const mood_module *m, mood_role ru, mood_role rd,
                               m->name, tu->name, td->name, (long long)K, (long long)rows_of(td));
     if (M * N != numel)
         return shape_error(m, "the factor product", M * N, numel);
-    if ((err = load(&u, m, ru, "up factor")) == 0 && (err = load(&d, m, rd, "down factor")) == 0)
-        gemm(out, u, trans_u, d, 0, M, N, K);
+    if ((err = load(&u, m, ru, "up factor")) == 0 && (err = load(&d, m, rd, "down factor")) == 0) {
+        int64_t used = cut && !trans_u ? ranks_used(m, K) : K;
+        if (used < K)
+            keep_columns(u, M, K, used); /* D's first `used` rows are its first used·N values */
+        gemm(out, u, trans_u, d, 0, M, N, used);
+    }
     if (rows_out)
         *rows_out = M;
     mood_free(u);
@@ -197,7 +216,7 @@ static int delta_lora(float *out, const mood_module *m, int64_t numel)
 {
     if (m->t[ROLE_MID])
         return tucker(out, m, ROLE_UP, ROLE_MID, ROLE_DOWN, 0, numel, NULL);
-    return product(out, m, ROLE_UP, ROLE_DOWN, 0, numel, NULL);
+    return product(out, m, ROLE_UP, ROLE_DOWN, 0, 1, numel, NULL);
 }
 
 static int delta_loha(float *out, const mood_module *m, int64_t numel)
@@ -209,11 +228,11 @@ static int delta_loha(float *out, const mood_module *m, int64_t numel)
     if (tuck)
         err = tucker(out, m, ROLE_HADA_W1A, ROLE_HADA_T1, ROLE_HADA_W1B, 1, numel, NULL);
     else
-        err = product(out, m, ROLE_HADA_W1A, ROLE_HADA_W1B, 0, numel, NULL);
+        err = product(out, m, ROLE_HADA_W1A, ROLE_HADA_W1B, 0, 0, numel, NULL);
     if (!err && tuck)
         err = tucker(second, m, ROLE_HADA_W2A, ROLE_HADA_T2, ROLE_HADA_W2B, 1, numel, NULL);
     else if (!err)
-        err = product(second, m, ROLE_HADA_W2A, ROLE_HADA_W2B, 0, numel, NULL);
+        err = product(second, m, ROLE_HADA_W2A, ROLE_HADA_W2B, 0, 0, numel, NULL);
     for (int64_t i = 0; !err && i < numel; i++)
         out[i] *= second[i];
     mood_free(second);
@@ -250,7 +269,7 @@ static int lokr_factor(float **out, int64_t *rows, int64_t *cols, const mood_mod
     *cols = cols_of(m->t[rb]);
     n = *rows * *cols;
     if ((err = alloc_f32(out, n)) == 0)
-        err = product(*out, m, ra, rb, 0, n, NULL);
+        err = product(*out, m, ra, rb, 0, 0, n, NULL);
     return err;
 }
 
@@ -340,7 +359,7 @@ static int delta_glora_old(float *out, const mood_module *m, const float *w, int
                               "do not fit a target of %lld columns",
                               m->name, (long long)wc);
     }
-    if ((err = product(out, m, ROLE_GLORA_B2, ROLE_GLORA_B1, 0, numel, NULL)) ||
+    if ((err = product(out, m, ROLE_GLORA_B2, ROLE_GLORA_B1, 0, 0, numel, NULL)) ||
         (err = load(&a1, m, ROLE_GLORA_A1, "a1")) || (err = load(&a2, m, ROLE_GLORA_A2, "a2")) ||
         (err = alloc_f32(&wa, m->out * r)) || (err = alloc_f32(&wa2, numel)))
         goto done;
@@ -369,9 +388,9 @@ static int delta_glora(float *out, const mood_module *m, const float *w, int64_t
                               "module \"%s\": GLoRA a1/a2 do not match the "
                               "target's %lld input channels",
                               m->name, (long long)in);
-    if ((err = product(out, m, ROLE_GLORA_B1, ROLE_GLORA_B2, 0, numel, NULL)) ||
+    if ((err = product(out, m, ROLE_GLORA_B1, ROLE_GLORA_B2, 0, 0, numel, NULL)) ||
         (err = alloc_f32(&a, in * in)) || (err = alloc_f32(&wa, numel)) ||
-        (err = product(a, m, ROLE_GLORA_A1, ROLE_GLORA_A2, 0, in * in, NULL)) ||
+        (err = product(a, m, ROLE_GLORA_A1, ROLE_GLORA_A2, 0, 0, in * in, NULL)) ||
         (err = contract_in(wa, w, a, m->out, in, kk)))
         goto done;
     for (int64_t i = 0; i < numel; i++)
@@ -466,6 +485,18 @@ static double oft_constraint(const mood_module *m)
     return m->alpha > 0 ? m->alpha * (double)m->out : 0;
 }
 
+/* The rotation blocks of an OFT/BOFT module at strength mult: the Cayley transform of the stored
+ * blocks, or (old oft_diag) the stored blocks themselves, whose strength transformed() applies. */
+static int rotations(float *r, const float *blocks, int64_t n, int64_t bs, float mult,
+                     const mood_module *m)
+{
+    if (m->oft_direct) {
+        memcpy(r, blocks, (size_t)(n * bs * bs) * sizeof *r);
+        return 0;
+    }
+    return cayley(r, blocks, n, bs, oft_constraint(m), mult, m);
+}
+
 /* Multiplies rows of dst by rescale (out entries), as LyCORIS does after the rotation. */
 static int oft_rescale(float *dst, const mood_module *m, int64_t numel)
 {
@@ -499,8 +530,7 @@ static int oft_transform(float *dst, const mood_module *m, const float *w, float
     n = tb->shape[0];
     bs = tb->shape[1];
     if ((err = load(&blocks, m, ROLE_OFT_BLOCKS, "oft_blocks")) ||
-        (err = alloc_f32(&r, n * bs * bs)) ||
-        (err = cayley(r, blocks, n, bs, oft_constraint(m), mult, m)))
+        (err = alloc_f32(&r, n * bs * bs)) || (err = rotations(r, blocks, n, bs, mult, m)))
         goto done;
     for (int64_t k = 0; k < n; k++)
         gemm(dst + k * bs * row, r + k * bs * bs, 1, w + k * bs * row, 0, bs, row, bs);
@@ -552,8 +582,7 @@ static int boft_transform(float *dst, const mood_module *m, const float *w, floa
     }
     if ((err = load(&blocks, m, ROLE_OFT_BLOCKS, "oft_blocks")) ||
         (err = alloc_f32(&r, stages * n * b * b)) || (err = alloc_f32(&y, numel)) ||
-        (err = alloc_f32(&z, numel)) ||
-        (err = cayley(r, blocks, stages * n, b, oft_constraint(m), mult, m)))
+        (err = alloc_f32(&z, numel)) || (err = rotations(r, blocks, stages * n, b, mult, m)))
         goto done;
     memcpy(dst, w, (size_t)numel * sizeof *dst);
     for (int64_t i = 0; i < stages; i++)
@@ -669,6 +698,14 @@ static int transformed(float *dst, const mood_module *m, const float *w, float m
 {
     int64_t numel = module_numel(m);
     int err;
+    if ((m->algo == MOOD_ALGO_OFT || m->algo == MOOD_ALGO_BOFT) && m->oft_direct) {
+        /* A1111: W' = W + mult·(T(W) − W), T the whole transform (rotation, then rescale) */
+        err = m->algo == MOOD_ALGO_OFT ? oft_transform(dst, m, w, 1.0f)
+                                       : boft_transform(dst, m, w, 1.0f);
+        for (int64_t i = 0; !err && i < numel; i++)
+            dst[i] = w[i] + mult * (dst[i] - w[i]);
+        return err;
+    }
     if (m->algo == MOOD_ALGO_OFT)
         return oft_transform(dst, m, w, mult);
     if (m->algo == MOOD_ALGO_BOFT)
@@ -837,9 +874,11 @@ int mood_adapter_lowrank(const mood_adapter *a, size_t i, float **down, float **
                               m->name);
     if ((err = load(down, m, ROLE_DOWN, "down factor")) == 0 &&
         (err = load(up, m, ROLE_UP, "up factor")) == 0) {
-        for (int64_t j = 0; j < o * k; j++)
+        int64_t used = ranks_used(m, k); /* down's first `used` rows lead it already */
+        keep_columns(*up, o, k, used);
+        for (int64_t j = 0; j < o * used; j++)
             (*up)[j] = (float)((*up)[j] * m->scale);
-        *rank = (int)k;
+        *rank = (int)used;
     }
     if (err) {
         mood_free(*down);
@@ -848,6 +887,39 @@ int mood_adapter_lowrank(const mood_adapter *a, size_t i, float **down, float **
         mood_error_prefix("%s", mood_st_path(a->file));
     }
     return err;
+}
+
+int mood_adapter_limit_rank(mood_adapter *a, int rank)
+{
+    int n = 0;
+    if (rank < 0)
+        return mood_error_set(MOOD_EINVAL, "a negative DyLoRA rank cut (%d)", rank);
+    for (size_t i = 0; i < a->n_modules; i++) {
+        mood_module *m = &a->modules[i];
+        if (m->algo != MOOD_ALGO_LORA || m->t[ROLE_MID] || !m->t[ROLE_UP] || !m->t[ROLE_DOWN])
+            continue; /* A1111 cuts only the conventional pairs of network_lora */
+        m->dyn = rank;
+        n++;
+    }
+    return n;
+}
+
+int mood_adapter_open_weighted(mood_adapter **out, const mood_weighted_adapter *w,
+                               const mood_checkpoint *base)
+{
+    int err = mood_adapter_open(out, w->path, base), cut;
+    if (err || !w->dyn)
+        return err;
+    if ((cut = mood_adapter_limit_rank(*out, w->dyn)) < 0) {
+        mood_adapter_close(*out);
+        *out = NULL;
+        return cut;
+    }
+    if (cut == 0)
+        mood_log(MOOD_LOG_WARN,
+                 "%s has no plain LoRA modules, so the DyLoRA rank cut (dyn=%d) changes nothing",
+                 w->path, w->dyn);
+    return 0;
 }
 
 int64_t mood_adapter_target_numel(const mood_adapter *a, size_t i)

@@ -158,8 +158,11 @@ typedef struct mood_module {
     double scale; /* what ΔW is multiplied by: alpha/rank, ROLE_SCALE, or 1 */
     int dora;     /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
     int tucker;
-    int old_glora; /* GLoRA in the old LyCORIS layout (§3.4) */
-    int peft_dora; /* magnitude from PEFT: norm of W + m·s·ΔW (§3.5 PEFT row) */
+    int old_glora;  /* GLoRA in the old LyCORIS layout (§3.4) */
+    int peft_dora;  /* magnitude from PEFT: norm of W + m·s·ΔW (§3.5 PEFT row) */
+    int dyn;        /* plain LoRA: ranks used (mood_adapter_limit_rank); 0 = all */
+    int oft_direct; /* OFT/BOFT under the old LyCORIS key oft_diag: the blocks are R itself, no
+                       Cayley transform, strength linear in W (A1111 network_oft.py, §3.7) */
     /* Target shape, from the base (or inferred from the factors when no base): out, in, kh, kw;
      * ndim 2 for Linear (kh = kw = 1), 4 for Conv, 1 for norms. */
     int ndim;

@@ -286,6 +286,9 @@ static int open_inputs(mood_adapter **ads, mood_family *family, const mood_weigh
                                   "stack: input %zu has no path or a non-finite "
                                   "multiplier",
                                   k + 1);
+        if (in[k].dyn) /* stacking copies the factors whole */
+            return mood_error_set(MOOD_EINVAL, "stack: %s: a DyLoRA rank cut is not supported here",
+                                  in[k].path);
         if ((err = mood_adapter_open(&ads[k], in[k].path, NULL)) != 0)
             break;
         f = mood_adapter_family(ads[k]);

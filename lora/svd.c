@@ -424,7 +424,7 @@ static int open_inputs(mood_adapter **ads, const mood_weighted_adapter *in, size
 {
     int err = 0;
     for (size_t i = 0; !err && i < n; i++) {
-        if ((err = mood_adapter_open(&ads[i], in[i].path, NULL)) == 0)
+        if ((err = mood_adapter_open_weighted(&ads[i], &in[i], NULL)) == 0)
             err = check_adapter(ads[i], in[i].path);
         if (!err && i && ads[i]->family != ads[0]->family)
             err = mood_error_set(MOOD_EFAMILY, "%s is a %s LoRA but %s is %s", in[i].path,

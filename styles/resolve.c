@@ -5,6 +5,7 @@
  */
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,6 +172,7 @@ typedef struct tag_args {
     char *name;
     double unet, te;
     int has_w;        /* a weight was given (else a style's preferred weight applies) */
+    int dyn;          /* DyLoRA rank cut (4th positional or dyn=), 0: none */
     const char *hash; /* hash=, or NULL */
 } tag_args;
 
@@ -187,29 +189,28 @@ static int parse_weight(double *out, const char *s)
     return 0;
 }
 
-/* A1111's int(): [+-]digits, white space around them allowed. */
-static int parse_rank(const char *s)
+/* A DyLoRA rank as A1111's int() reads it ([+-]digits, white space around them allowed), and
+ * at least 1 (A1111 would slice a negative one from the end). Returns 0, or MOOD_EINVAL naming
+ * the tag and the value, given as dyn= when `named`, else as the fourth argument. */
+static int parse_rank(int *out, const char *s, const char *tag, int named)
 {
+    char *end, what[256];
+    long v;
     const char *p = s;
+    snprintf(what, sizeof what, named ? "dyn=%s" : "\"%s\" (the fourth argument, DyLoRA's rank)",
+             s);
     while (isspace((unsigned char)*p))
         p++;
-    p += *p == '+' || *p == '-';
-    if (!isdigit((unsigned char)*p))
-        return -1;
-    while (isdigit((unsigned char)*p))
-        p++;
-    while (isspace((unsigned char)*p))
-        p++;
-    return *p ? -1 : 0;
-}
-
-/* A DyLoRA rank (4th positional or dyn=) is taken and said to be ignored: mood has no rank cut. */
-static void warn_dyn(const char *tag, const char *how, const char *rank, const char *name)
-{
-    mood_log(MOOD_LOG_WARN,
-             "prompt tag <%s>: %s%s (DyLoRA rank truncation) is ignored: mood applies %s at its "
-             "full rank, so the image may differ from A1111's",
-             tag, how, rank, name);
+    v = strtol(p, &end, 10);
+    while (end != p && isspace((unsigned char)*end))
+        end++;
+    if (end == p || *end || !isdigit((unsigned char)p[*p == '+' || *p == '-']))
+        return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: %s is not a whole number", tag, what);
+    if (v < 1 || v > INT_MAX)
+        return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: %s is no rank (DyLoRA's start at 1)",
+                              tag, what);
+    *out = (int)v;
+    return 0;
 }
 
 /* One named argument KEY=VALUE (eq at the '='). Returns 0, or an error naming the tag. */
@@ -225,10 +226,7 @@ static int tag_named(tag_args *t, const char *tag, char *arg, char *eq, int lora
                                   arg, v);
         *(te_key ? has_te : has_unet) = 1;
     } else if (!strcmp(arg, "dyn")) {
-        if (parse_rank(v) != 0)
-            return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: dyn=%s is not a whole number", tag,
-                                  v);
-        warn_dyn(tag, "dyn=", v, t->name);
+        return parse_rank(&t->dyn, v, tag, 1);
     } else if (!strcmp(arg, "hash") && lora) {
         t->hash = v;
     } else {
@@ -246,6 +244,7 @@ static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
     /* positional and named values apart: a named one wins wherever it stands */
     double te = 1.0, unet = 1.0, named_te = 0, named_unet = 0;
     int positional = 0, has_te = 0, has_unet = 0, has_named_te = 0, has_named_unet = 0, err = 0;
+    int pos_dyn = 0;
     memset(t, 0, sizeof *t);
     next = strchr(p, ':');
     if (next)
@@ -268,14 +267,9 @@ static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
             err = mood_error_set(MOOD_EINVAL, "prompt tag <%s>: \"%s\" is not a weight", tag, p);
         else if (positional <= 2)
             *(positional == 1 ? &has_te : &has_unet) = 1;
-        else if (positional == 3 && parse_rank(p) != 0)
-            err = mood_error_set(MOOD_EINVAL,
-                                 "prompt tag <%s>: \"%s\" (the fourth argument, DyLoRA's rank) is "
-                                 "not a whole number",
-                                 tag, p);
         else if (positional == 3)
-            warn_dyn(tag, "rank ", p, t->name);
-        else
+            err = parse_rank(&pos_dyn, p, tag, 0);
+        else if (positional > 3)
             mood_log(MOOD_LOG_WARN, "prompt tag <%s>: \"%s\" is one argument too many; ignored",
                      tag, p);
     }
@@ -286,6 +280,8 @@ static int tag_parse(tag_args *t, char *body, const char *tag, int lora)
     t->te = has_named_te ? named_te : te;
     t->unet = has_named_unet ? named_unet : has_unet ? unet : t->te;
     t->has_w = has_te || has_unet || has_named_te || has_named_unet;
+    if (!t->dyn) /* dyn= (set when given) wins over the fourth argument */
+        t->dyn = pos_dyn;
     return 0;
 }
 
@@ -370,6 +366,7 @@ static int handle_tag(resolver *r, const char *inner, size_t len)
 {
     char *copy = mood_malloc(len + 1), *tag = mood_malloc(len + 1);
     tag_args t;
+    size_t first = r->out->n;
     int err, style = strncasecmp(inner, "style:", 6) == 0;
     if (!copy || !tag) {
         mood_free(copy);
@@ -382,6 +379,8 @@ static int handle_tag(resolver *r, const char *inner, size_t len)
     err = tag_parse(&t, copy + (style ? 6 : 5), tag, !style);
     if (!err)
         err = style ? add_style(r, t.name, t.unet, t.te, t.has_w) : add_lora_tag(r, &t);
+    for (size_t i = first; !err && i < r->out->n; i++)
+        r->out->adapters[i].dyn = t.dyn; /* every adapter the tag brought (a style's too) */
     mood_free(copy);
     mood_free(tag);
     return err;

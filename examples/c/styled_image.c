@@ -31,7 +31,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: styled_image MODEL LORA STRENGTH PROMPT OUT.png\n");
         return 2;
     }
-    const mood_weighted_adapter lora = {argv[2], atof(argv[3]), atof(argv[3])};
+    const mood_weighted_adapter lora = {
+        .path = argv[2], .unet = atof(argv[3]), .te = atof(argv[3])};
     if (mood_model_open(&model, argv[1], NULL) != 0)
         return fail("opening the model");
     /* checked against the model first: a LoRA for another family is refused, naming both */

@@ -117,6 +117,14 @@ mood_family mood_adapter_family(const mood_adapter *a);
 /* How the family was decided: "modelspec.architecture", "ss_base_model_version", "ss_v2", "keys",
  * "shapes", "base" or "unknown". */
 const char *mood_adapter_family_source(const mood_adapter *a);
+/* DyLoRA rank truncation (A1111's <lora:NAME:TE:UNET:DYN> and dyn=, lora-formats.md section 3.1):
+ * from now on every plain LoRA/LoCon module (DoRA included, Tucker not: A1111 cuts only
+ * network_lora's conventional pairs) uses only its first `rank` ranks (columns of up, rows of
+ * down) at its full-rank scale alpha/r, so a DyLoRA file serves any rank it was trained at.
+ * rank 0 restores every rank; a rank above a module's own changes nothing there. Returns the
+ * number of modules the cut applies to (0: the file has none, so it changes nothing), or
+ * MOOD_EINVAL (negative) for a negative rank. */
+int mood_adapter_limit_rank(mood_adapter *a, int rank);
 
 typedef struct mood_module_info {
     const char *name;       /* module name as written in the file */
@@ -175,12 +183,19 @@ MOOD_WARN_UNUSED int mood_adapter_apply(const mood_adapter *a, size_t i, float *
 
 /* ----- operations --------------------------------------------------------------------------- */
 
-/* An adapter with its multipliers for the UNet and the text encoders. */
+/* An adapter with its multipliers for the UNet and the text encoders. Initialise it whole
+ * (designated initialisers or memset): a field left out is then 0, its default. */
 typedef struct mood_weighted_adapter {
     const char *path;
     double unet; /* multiplier for UNet modules */
     double te;   /* multiplier for text-encoder modules */
+    int dyn;     /* DyLoRA rank truncation (mood_adapter_limit_rank); 0: every rank */
 } mood_weighted_adapter;
+
+/* mood_adapter_open of w->path, cut to w->dyn ranks when that is set (mood_adapter_limit_rank;
+ * a file the cut does not apply to is warned of through mood_log). */
+MOOD_WARN_UNUSED int mood_adapter_open_weighted(mood_adapter **out, const mood_weighted_adapter *w,
+                                                const mood_checkpoint *base);
 
 typedef struct mood_bake_options {
     const char *base;

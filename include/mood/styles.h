@@ -12,8 +12,9 @@
  *   <lora:NAME:W>                     text encoder and UNet at W
  *   <lora:NAME:TE:UNET>               text encoder at TE, UNet at UNET (A1111's order; mood's
  *                                     own --lora FILE:W:W_TE gives the UNet's first)
- *   <lora:NAME:TE:UNET:DYN>           DYN: DyLoRA rank truncation, which mood does not do: the
- *                                     full rank is applied and a warning logged
+ *   <lora:NAME:TE:UNET:DYN>           DYN: DyLoRA rank truncation, a whole number from 1: each
+ *                                     plain LoRA module uses its first DYN ranks at its full-rank
+ *                                     scale (mood_adapter_limit_rank; A1111's dyn_dim)
  *   named forms te=T, unet=U, dyn=D   override the positional ones; UNET defaults to TE
  *   hash=HASH                         (mood's own; A1111 ignores it) the LoRA whose AutoV3 or
  *                                     SHA-256 starts with HASH (8 to 64 hex digits, what "Lora
@@ -62,7 +63,8 @@ typedef struct mood_resolved_adapter {
                         section 4.3); unique among the adapters of one result: two different
                         LoRAs never share one (the second gets "_2"), the same LoRA twice does */
     double unet, te; /* multipliers */
-    char hash[13];   /* first 12 hex of AutoV3 (A1111 "Lora hashes"), "" when unknown */
+    int dyn;       /* DyLoRA rank cut of the tag that brought it (mood_weighted_adapter), 0: none */
+    char hash[13]; /* first 12 hex of AutoV3 (A1111 "Lora hashes"), "" when unknown */
 } mood_resolved_adapter;
 
 typedef struct mood_resolved_styles {

@@ -500,6 +500,26 @@ static void test_unmatched_and_alpha(void)
                    mood_adapter_unmatched_count(a) == 0);
         mood_adapter_close(a);
     }
+    /* the old LyCORIS OFT key oft_diag: an OFT module whose blocks are R itself */
+    {
+        const craft od[] = {{PROJ_IN ".oft_diag", MOOD_DTYPE_F32, 3, {2, 2, 2}, 0.5f},
+                            {PROJ_IN ".alpha", MOOD_DTYPE_F32, 0, {0}, 0.0f}};
+        float w[16], d[16];
+        a = NULL;
+        MOOD_CHECK_OK(
+            mood_adapter_open(&a, write_adapter("oft_diag.safetensors", od, 2, sd1_meta), sd1));
+        MOOD_CHECK(a && a->n_modules == 1 && a->modules[0].algo == MOOD_ALGO_OFT &&
+                   a->modules[0].oft_direct && mood_adapter_unmatched_count(a) == 0);
+        for (int i = 0; i < 16; i++)
+            w[i] = i / 4 == i % 4;
+        /* W = I: W' = blockdiag(R)ᵀ, every entry of the two 2 x 2 blocks 0.5 */
+        MOOD_CHECK(a && mood_adapter_target_numel(a, 0) == 16);
+        MOOD_CHECK_OK(a ? mood_adapter_delta(d, a, 0, w) : MOOD_EINVAL);
+        for (int i = 0; a && i < 16; i++)
+            MOOD_CHECK_MSG(close_enough(d[i], (i / 8 == (i % 4) / 2) * 0.5 - w[i], 1e-7, 0),
+                           "element %d: %g", i, d[i]);
+        mood_adapter_close(a);
+    }
     mood_checkpoint_close(sd1);
 }
 
@@ -612,6 +632,84 @@ static void test_sparse_and_two_spellings(void)
     }
     mood_adapter_close(a);
     mood_checkpoint_close(sd1);
+}
+
+/* ΔW of module 0 of a (plain LoRA) adapter from its raw factors, using the first `ranks` ranks
+ * at the module's full-rank scale: A1111's rebuild_conventional with dyn_dim, written out. */
+static void cut_by_hand(float *want, const mood_adapter *a, int ranks)
+{
+    const mood_module *m = &a->modules[0];
+    int64_t R = m->t[ROLE_UP]->shape[1], cols = mood_st_numel(m->t[ROLE_DOWN]) / R;
+    float *u = NULL, *d = NULL;
+    MOOD_CHECK_OK(mood__tensor_f32(&u, m->t[ROLE_UP], NULL));
+    MOOD_CHECK_OK(mood__tensor_f32(&d, m->t[ROLE_DOWN], NULL));
+    for (int64_t o = 0; u && d && o < m->out; o++)
+        for (int64_t j = 0; j < cols; j++) {
+            double sum = 0;
+            for (int64_t r = 0; r < ranks && r < R; r++)
+                sum += (double)u[o * R + r] * d[r * cols + j];
+            want[o * cols + j] = (float)(m->scale * sum);
+        }
+    mood_free(u);
+    mood_free(d);
+}
+
+static char dylora_warning[1024];
+
+static void keep_warning(int level, const char *message, void *payload)
+{
+    (void)level;
+    (void)payload;
+    snprintf(dylora_warning, sizeof dylora_warning, "%s", message);
+}
+
+/* A DyLoRA rank cut through the public API: every plain pair is cut; ΔW and the runtime pair
+ * agree with the file's first ranks; 0 restores every rank; LoHa has nothing to cut. */
+static void test_dylora_limit_rank(void)
+{
+    mood_adapter *a = NULL, *h = NULL;
+    mood_weighted_adapter w = {.path = fixture("kohya/sd1_lora.safetensors"), .dyn = 1};
+    float *got, *want, *down = NULL, *up = NULL;
+    int64_t n;
+    int rank = 0;
+    MOOD_CHECK_OK(mood_adapter_open_weighted(&a, &w, NULL));
+    if (!a)
+        return;
+    n = mood_adapter_target_numel(a, 0);
+    got = calloc((size_t)n, sizeof *got);
+    want = calloc((size_t)n, sizeof *want);
+    MOOD_CHECK(a->modules[0].rank >= 2); /* so that a cut to 1 changes something */
+    MOOD_CHECK_OK(mood_adapter_delta(got, a, 0, NULL));
+    cut_by_hand(want, a, 1);
+    MOOD_CHECK(harness_rel_diff(got, want, (size_t)n, 1e-3) < 1e-5);
+    MOOD_CHECK_OK(mood_adapter_lowrank(a, 0, &down, &up, &rank));
+    MOOD_CHECK(rank == 1);
+    for (int64_t o = 0; up && down && o < a->modules[0].out; o++)
+        for (int64_t j = 0; j < n / a->modules[0].out; j++)
+            got[o * (n / a->modules[0].out) + j] = up[o] * down[j];
+    MOOD_CHECK(harness_rel_diff(got, want, (size_t)n, 1e-3) < 1e-5);
+    free(down);
+    free(up);
+    /* every rank again, and the cut of every module */
+    MOOD_CHECK(mood_adapter_limit_rank(a, 0) == (int)a->n_modules);
+    MOOD_CHECK_OK(mood_adapter_delta(got, a, 0, NULL));
+    cut_by_hand(want, a, a->modules[0].rank);
+    MOOD_CHECK(harness_rel_diff(got, want, (size_t)n, 1e-3) < 1e-5);
+    MOOD_CHECK(mood_adapter_limit_rank(a, -2) == MOOD_EINVAL);
+    MOOD_CHECK_OK(mood_adapter_open(&h, fixture("lycoris/loha.safetensors"), NULL));
+    MOOD_CHECK(h && mood_adapter_limit_rank(h, 2) == 0);
+    mood_adapter_close(h);
+    /* opened for a cut it cannot make: it opens, and the log says the cut changes nothing */
+    w.path = fixture("lycoris/loha.safetensors");
+    dylora_warning[0] = '\0';
+    mood_log_set(keep_warning, NULL);
+    MOOD_CHECK_OK(mood_adapter_open_weighted(&h, &w, NULL));
+    mood_log_set(NULL, NULL);
+    MOOD_CHECK_MSG(strstr(dylora_warning, "changes nothing"), "%s", dylora_warning);
+    mood_adapter_close(h);
+    mood_adapter_close(a);
+    free(got);
+    free(want);
 }
 
 /* PEFT: alpha from lora_adapter_metadata (lora_alpha, alpha_pattern, use_rslora); magnitude is
@@ -843,4 +941,4 @@ MOOD_TEST_MAIN(MOOD_T(test_base_from_names), MOOD_T(test_fixture_cases), MOOD_T(
                MOOD_T(test_kohya_recipes), MOOD_T(test_bad_adapters),
                MOOD_T(test_unmatched_and_alpha), MOOD_T(test_sparse_and_two_spellings),
                MOOD_T(test_peft_alpha), MOOD_T(test_alloc_failures), MOOD_T(test_family_detection),
-               MOOD_T(test_mislabeled_family))
+               MOOD_T(test_mislabeled_family), MOOD_T(test_dylora_limit_rank))

@@ -148,6 +148,7 @@ static int run_case(const char *dir, const cJSON *c)
     char paths[8][1024], base_path[1024], exp_path[1024], out[1024];
     mood_bake_options o;
     size_t n = 0;
+    memset(ads, 0, sizeof ads);
     int ok;
     if (!name || !base || !exp || !cJSON_IsArray(loras)) {
         fprintf(stderr, "  malformed case in %s/cases.json\n", dir);
@@ -267,7 +268,7 @@ static int write_huge_lora(const char *path, float value)
  * adapter (like diffusers' safe_fusing), and leave no output. */
 static void bake_refused(const char *base, const char *lora, double mult, const char *words)
 {
-    mood_weighted_adapter a = {NULL, mult, mult};
+    mood_weighted_adapter a = {.path = NULL, .unet = mult, .te = mult};
     mood_bake_options o;
     char base_path[1024];
     snprintf(base_path, sizeof base_path, "%s", base);
@@ -298,7 +299,7 @@ static void test_non_finite_refused(void)
 /* An SDXL LoRA on an SD1 base is refused as a family mismatch. */
 static void test_family_mismatch(void)
 {
-    mood_weighted_adapter a = {NULL, 1, 1};
+    mood_weighted_adapter a = {.path = NULL, .unet = 1, .te = 1};
     mood_bake_options o;
     char lora[1024];
     snprintf(lora, sizeof lora, "%s", fixture("kohya/sdxl_lora.safetensors"));
@@ -317,7 +318,7 @@ static void test_family_mismatch(void)
 static void test_output_is_an_input(void)
 {
     char base[1024], lora[1024];
-    mood_weighted_adapter a = {NULL, 1, 1};
+    mood_weighted_adapter a = {.path = NULL, .unet = 1, .te = 1};
     mood_bake_options o;
     mood_lora_write_options w;
     snprintf(base, sizeof base, "%s", scratch_path("own_base.safetensors"));

@@ -151,6 +151,41 @@ static void test_lora_tucker(void)
     MOOD_CHECK(all_close(got, want, O * I * K, 1e-6));
 }
 
+/* A DyLoRA cut (A1111's dyn_dim): the first `dyn` ranks only, at the full-rank scale. */
+static void test_dylora_cut(void)
+{
+    enum { O = 3, R = 4, I = 2, K = 9 };
+    float u[O * R], d[R * I * K], got[O * I * K], want[O * I * K], w[O * I * K], before[O * I * K];
+    mood_module m = module(MOOD_ALGO_LORA, 4, O, I, 3, 3, 0.5); /* alpha 2 / rank 4 */
+    fill(u, O * R, 11);
+    fill(d, R * I * K, 12);
+    memcpy(before, u, sizeof u);
+    m.t[ROLE_UP] = tensor("up", u, O, R, 1, 1);
+    m.t[ROLE_DOWN] = tensor("down", d, R, I, 3, 3);
+    for (int dyn = 1; dyn <= R + 2; dyn++) {
+        for (int o = 0; o < O; o++)
+            for (int j = 0; j < I * K; j++) {
+                double s = 0;
+                for (int r = 0; r < dyn && r < R; r++)
+                    s += u[o * R + r] * d[r * I * K + j];
+                want[o * I * K + j] = (float)(0.5 * s);
+            }
+        m.dyn = dyn;
+        MOOD_CHECK_OK(mood__module_delta(got, &m, NULL));
+        MOOD_CHECK_MSG(all_close(got, want, O * I * K, 1e-6), "dyn %d", dyn);
+        MOOD_CHECK(memcmp(u, before, sizeof u) == 0); /* the file's factors are not touched */
+    }
+    /* apply with a multiplier: W + m·ΔW of the cut */
+    m.dyn = 1;
+    fill(w, O * I * K, 13);
+    memcpy(got, w, sizeof w);
+    MOOD_CHECK_OK(mood__module_apply(&m, got, NULL, 0.8f));
+    for (int o = 0; o < O; o++)
+        for (int j = 0; j < I * K; j++)
+            want[o * I * K + j] = w[o * I * K + j] + 0.8f * 0.5f * u[o * R] * d[j];
+    MOOD_CHECK(all_close(got, want, O * I * K, 1e-6));
+}
+
 /* ----- LoHa --------------------------------------------------------------------------------- */
 
 static void test_loha(void)
@@ -470,6 +505,32 @@ static void test_oft(void)
         }
 }
 
+/* The old LyCORIS key oft_diag, as A1111 applies it (lora-formats.md §3.7): the blocks are R
+ * itself (no Cayley transform, no constraint, any matrix), W' = W + m·(rescale ⊙ Rᵀ·W − W). */
+static void test_oft_diag(void)
+{
+    enum { O = 4, I = 3 };
+    float blocks[2 * 2 * 2], w[O * I], got[O * I], want[O * I], rescale[O] = {1, 2, 0.5f, -1};
+    mood_module m = module(MOOD_ALGO_OFT, 2, O, I, 1, 1, 1.0);
+    fill(blocks, 8, 36);
+    fill(w, O * I, 37);
+    m.t[ROLE_OFT_BLOCKS] = tensor("oft_diag", blocks, 2, 2, 2, 0);
+    m.t[ROLE_OFT_RESCALE] = tensor("rescale", rescale, O, 1, 0, 0);
+    m.oft_direct = 1;
+    m.alpha = 1e-6; /* a constraint, which oft_diag ignores */
+    for (int k = 0; k < 2; k++)
+        for (int p = 0; p < 2; p++)
+            for (int c = 0; c < I; c++) {
+                const float *r = blocks + 4 * k; /* W'_k[p] = Σ_n R_k[n, p] · W_k[n] */
+                float rot = r[p] * w[(2 * k) * I + c] + r[2 + p] * w[(2 * k + 1) * I + c];
+                float v = w[(2 * k + p) * I + c];
+                want[(2 * k + p) * I + c] = v + 0.6f * (rescale[2 * k + p] * rot - v);
+            }
+    memcpy(got, w, sizeof got);
+    MOOD_CHECK_OK(mood__module_apply(&m, got, NULL, 0.6f));
+    MOOD_CHECK(all_close(got, want, O * I, 1e-6));
+}
+
 static void test_boft(void)
 {
     enum { O = 4, I = 3 };
@@ -517,6 +578,20 @@ static void test_boft(void)
     MOOD_CHECK_OK(mood__module_delta(got, &m, w));
     for (int i = 0; i < O * I; i++)
         want[i] -= w[i];
+    MOOD_CHECK(all_close(got, want, O * I, 1e-5));
+
+    /* old LyCORIS oft_diag (A1111): the same rotations stored as R give the same W' at
+     * strength 1, and W + m·(W' − W) at strength m */
+    for (int s = 0; s < 2; s++)
+        for (int t = 0; t < 2; t++)
+            memcpy(blocks + (s * 2 + t) * 4, r[s][t], sizeof r[s][t]);
+    m.oft_direct = 1;
+    MOOD_CHECK_OK(mood__module_delta(got, &m, w));
+    MOOD_CHECK(all_close(got, want, O * I, 1e-5));
+    memcpy(got, w, sizeof got);
+    MOOD_CHECK_OK(mood__module_apply(&m, got, NULL, 0.5f));
+    for (int i = 0; i < O * I; i++)
+        want[i] = w[i] + 0.5f * want[i];
     MOOD_CHECK(all_close(got, want, O * I, 1e-5));
 }
 
@@ -652,7 +727,7 @@ static void test_tensor_f32(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_lora_linear), MOOD_T(test_lora_conv_and_reshape),
-               MOOD_T(test_lora_tucker), MOOD_T(test_loha), MOOD_T(test_lokr),
-               MOOD_T(test_full_norm_bias), MOOD_T(test_ia3), MOOD_T(test_glora), MOOD_T(test_oft),
-               MOOD_T(test_boft), MOOD_T(test_dora), MOOD_T(test_transposed_target),
-               MOOD_T(test_tensor_f32))
+               MOOD_T(test_lora_tucker), MOOD_T(test_dylora_cut), MOOD_T(test_loha),
+               MOOD_T(test_lokr), MOOD_T(test_full_norm_bias), MOOD_T(test_ia3), MOOD_T(test_glora),
+               MOOD_T(test_oft), MOOD_T(test_oft_diag), MOOD_T(test_boft), MOOD_T(test_dora),
+               MOOD_T(test_transposed_target), MOOD_T(test_tensor_f32))

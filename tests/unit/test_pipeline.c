@@ -381,7 +381,7 @@ static int set_lora(mood_model *m, const fixture_set *f, mood_lora_mode mode, do
                     size_t *unmatched)
 {
     char path[512];
-    mood_weighted_adapter a;
+    mood_weighted_adapter a = {0};
     snprintf(path, sizeof path, "pipeline/%s", json_str(member(f->man, "lora"), "file"));
     a.path = fixture(path);
     a.unet = mult;
@@ -455,7 +455,7 @@ static void lora_model(int single)
     /* an SDXL LoRA: MOOD_EFAMILY, and the merged set stays */
     {
         char path[512];
-        mood_weighted_adapter x = {NULL, 1.0, 1.0};
+        mood_weighted_adapter x = {.path = NULL, .unet = 1.0, .te = 1.0};
         int rc;
         snprintf(path, sizeof path, "pipeline/%s", json_str(member(f.man, "lora"), "other_family"));
         x.path = fixture(path);

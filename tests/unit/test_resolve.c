@@ -2,12 +2,12 @@
  * test_resolve.c: prompt tags and LoRA names (styles/resolve.c). <lora:NAME:TE:UNET:DYN> is read
  * as AUTOMATIC1111's extra_networks_lora.py reads it (lora-formats.md section 4.2): the first
  * number is the text encoder's, the second the UNet's (the text encoder's when absent), a fourth
- * is DyLoRA's rank (accepted, warned about as ignored), te=/unet=/dyn= override. Each adapter's
- * alias is its LoRA's own name made safe for A1111's tag and "Lora hashes" ([A-Za-z0-9_.-]),
- * unique per LoRA. hash=H applies the registry's LoRA of that hash at the tag's weights, before
- * the name (an image's LoRA found by the hash "Lora hashes" recorded). A style's template has
- * every "{prompt}" replaced, its trigger words are added unless the prompt holds them (whole
- * words, any case); the error codes of what is not there are those mood/styles.h gives.
+ * is DyLoRA's rank (a whole number from 1, carried to the adapter), te=/unet=/dyn= override. Each
+ * adapter's alias is its LoRA's own name made safe for A1111's tag and "Lora hashes"
+ * ([A-Za-z0-9_.-]), unique per LoRA. hash=H applies the registry's LoRA of that hash at the tag's
+ * weights, before the name (an image's LoRA found by the hash "Lora hashes" recorded). A style's
+ * template has every "{prompt}" replaced, its trigger words are added unless the prompt holds them
+ * (whole words, any case); the error codes of what is not there are those mood/styles.h gives.
  */
 #include "harness.h"
 #include "mood/hash.h"
@@ -51,6 +51,8 @@ static int resolve(mood_resolved_styles *s, const char *prompt)
     return err;
 }
 
+static int last_dyn; /* the DyLoRA rank cut of check_tag's adapter */
+
 /* The weights one tag body (after "<lora:PATH") gives: te, unet. */
 static void check_tag(const char *args, double te, double unet)
 {
@@ -60,6 +62,7 @@ static void check_tag(const char *args, double te, double unet)
     snprintf(prompt, sizeof prompt, "a cat <lora:%.*s%s>", (int)(strlen(path) - 12), path, args);
     MOOD_CHECK_OK(resolve(&s, prompt));
     MOOD_CHECK_MSG(s.n == 1, "%s", args);
+    last_dyn = s.n == 1 ? s.adapters[0].dyn : -1;
     if (s.n == 1)
         MOOD_CHECK_MSG(s.adapters[0].te == te && s.adapters[0].unet == unet,
                        "%s: te %g unet %g, expected %g %g", args, s.adapters[0].te,
@@ -85,20 +88,25 @@ static void test_a1111_order(void)
 
 static void test_dyn(void)
 {
-    static const char *const tags[] = {":0.3:0.9:4", ":0.3:0.9:dyn=4", ":dyn=4:te=0.3:unet=0.9"};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const tags[] = {":0.3:0.9:4", ":0.3:0.9:dyn=4", ":dyn=4:te=0.3:unet=0.9",
+                                       ":0.3:0.9:8:dyn=4", ":0.3:0.9: +4 "};
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++) {
         check_tag(tags[i], 0.3, 0.9);
-        MOOD_CHECK_MSG(strstr(warnings, "DyLoRA") && strstr(warnings, "ignored") &&
-                           strstr(warnings, "4"),
-                       "%s: warnings \"%s\"", tags[i], warnings);
+        MOOD_CHECK_MSG(last_dyn == 4, "%s: dyn %d", tags[i], last_dyn); /* dyn= wins */
+        MOOD_CHECK_MSG(!strstr(warnings, "DyLoRA"), "%s: warnings \"%s\"", tags[i], warnings);
     }
+    check_tag(":0.3:0.9", 0.3, 0.9);
+    MOOD_CHECK(last_dyn == 0);
     check_tag(":0.3:0.9:4:5", 0.3, 0.9); /* A1111 ignores what follows */
+    MOOD_CHECK(last_dyn == 4);
     MOOD_CHECK(strstr(warnings, "\"5\" is one argument too many"));
 }
 
 static void test_bad_tags(void)
 {
-    static const char *const bad[] = {":abc", ":0.3:x", ":0.3:0.9:x", ":te=x", ":dyn=1.5", ":nan"};
+    static const char *const bad[] = {":abc",  ":0.3:x",      ":0.3:0.9:x",
+                                      ":te=x", ":dyn=1.5",    ":dyn=0",
+                                      ":nan",  ":0.3:0.9:-2", ":dyn=99999999999"};
     const char *path = lora_copy("a.safetensors", 0);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char prompt[2048];
@@ -114,7 +122,7 @@ static void test_bad_tags(void)
 static void test_alias_safe(void)
 {
     const char *path = lora_copy("my:lo,ra x\xc3\xa9<1>.safetensors", 0);
-    mood_weighted_adapter w = {path, 0.5, 0.5};
+    mood_weighted_adapter w = {.path = path, .unet = 0.5, .te = 0.5};
     mood_resolved_styles s;
     MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, "a cat", NULL, NULL, 0, &w, 1, 0));
     MOOD_CHECK(s.n == 1);
@@ -141,7 +149,9 @@ static void test_alias_unique(void)
         d[n - 1] ^= 1;
     MOOD_CHECK(d && write_file(p2, d, n) == 0);
     free(d);
-    mood_weighted_adapter w[3] = {{p1, 1, 1}, {p2, 1, 1}, {p1, 0.5, 0.5}};
+    mood_weighted_adapter w[3] = {{.path = p1, .unet = 1, .te = 1},
+                                  {.path = p2, .unet = 1, .te = 1},
+                                  {.path = p1, .unet = 0.5, .te = 0.5}};
     prompt = malloc(strlen(p2) + 64);
     snprintf(prompt, strlen(p2) + 64, "x <lora:%.*s:0.2>", (int)(strlen(p2) - 12), p2);
     MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, w, 3, 0));
@@ -270,7 +280,8 @@ static void test_not_found_codes(void)
     mood_registry *reg = NULL;
     mood_resolved_styles s;
     mood_style_arg nope = {"no-such-style", 1, 1};
-    mood_weighted_adapter w = {scratch_path("no-such-file.safetensors"), 1, 1};
+    mood_weighted_adapter w = {
+        .path = scratch_path("no-such-file.safetensors"), .unet = 1, .te = 1};
     MOOD_CHECK_OK(mood_registry_open(&reg, home));
     MOOD_CHECK(mood_styles_resolve(&s, reg, "a <style:no-such-style>", NULL, NULL, 0, NULL, 0, 0) ==
                MOOD_EINVAL);

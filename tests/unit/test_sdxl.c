@@ -643,6 +643,7 @@ static int set_run_loras(mood_model *m, const cJSON *run, mood_lora_mode mode, s
 {
     mood_weighted_adapter a[4];
     char path[4][512];
+    memset(a, 0, sizeof a);
     size_t n = 0;
     const cJSON *l;
     cJSON_ArrayForEach(l, member(run, "loras"))
@@ -663,7 +664,7 @@ static int set_lora(mood_model *m, const fixture_set *f, mood_lora_mode mode, do
                     size_t *unmatched)
 {
     char path[512];
-    mood_weighted_adapter a;
+    mood_weighted_adapter a = {0};
     snprintf(path, sizeof path, "sdxl/%s", json_str(member(f->man, "lora"), "file"));
     a.path = fixture(path);
     a.unet = mult;
@@ -740,7 +741,7 @@ static void lora_model(int single)
     /* an SD1 LoRA: MOOD_EFAMILY, and the merged set stays */
     {
         char path[512];
-        mood_weighted_adapter x = {NULL, 1.0, 1.0};
+        mood_weighted_adapter x = {.path = NULL, .unet = 1.0, .te = 1.0};
         int rc;
         snprintf(path, sizeof path, "sdxl/%s", json_str(member(f.man, "lora"), "other_family"));
         x.path = fixture(path);

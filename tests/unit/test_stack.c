@@ -57,7 +57,9 @@ static void check_stack_equivalent(const char *base, const char *fa, double ua, 
                                    const char *fb, double ub, double tb)
 {
     char pa[1024], pb[1024], base_path[1024];
-    mood_weighted_adapter in[2] = {{pa, ua, ta}, {pb, ub, tb}}, stacked = {NULL, 1, 1};
+    mood_weighted_adapter in[2] = {{.path = pa, .unet = ua, .te = ta},
+                                   {.path = pb, .unet = ub, .te = tb}},
+                          stacked = {.path = NULL, .unet = 1, .te = 1};
     mood_lora_write_options o;
     const char *lora = scratch_path("stacked.safetensors");
     char lora_path[1024], direct[1024], via[1024];
@@ -108,7 +110,8 @@ static void test_stack_lycoris(void)
 static void test_stack_is_plain_lora(void)
 {
     char pa[1024], out[1024];
-    mood_weighted_adapter in[2] = {{pa, 0.7, 0.7}, {pa, -0.4, -0.4}};
+    mood_weighted_adapter in[2] = {{.path = pa, .unet = 0.7, .te = 0.7},
+                                   {.path = pa, .unet = -0.4, .te = -0.4}};
     mood_lora_write_options o;
     mood_adapter *a = NULL;
     snprintf(pa, sizeof pa, "%s", fixture("kohya/sd1_lora.safetensors"));
@@ -134,7 +137,8 @@ static void test_stack_is_plain_lora(void)
 static void test_stack_uniform_alpha(void)
 {
     char pa[1024], pb[1024], out[1024];
-    mood_weighted_adapter in[2] = {{pa, 0.7, 0.7}, {pb, -0.4, -0.4}};
+    mood_weighted_adapter in[2] = {{.path = pa, .unet = 0.7, .te = 0.7},
+                                   {.path = pb, .unet = -0.4, .te = -0.4}};
     mood_lora_write_options o;
     mood_adapter *a = NULL;
     int lo = 1 << 30, hi = 0;
@@ -161,7 +165,8 @@ static void test_stack_uniform_alpha(void)
 static void check_refused(const char *file, const char *words)
 {
     char p[1024], out[1024];
-    mood_weighted_adapter in[2] = {{NULL, 1, 1}, {p, 0.5, 0.5}};
+    mood_weighted_adapter in[2] = {{.path = NULL, .unet = 1, .te = 1},
+                                   {.path = p, .unet = 0.5, .te = 0.5}};
     mood_lora_write_options o;
     char first[1024];
     snprintf(first, sizeof first, "%s", fixture("lycoris/locon.safetensors"));
@@ -184,6 +189,21 @@ static void test_stack_refuses_base_dependent(void)
     check_refused("lycoris/full.safetensors", "bias"); /* diff_b: a LoRA holds no bias */
 }
 
+/* Stacking copies factors whole: a DyLoRA rank cut is refused, not silently dropped. */
+static void test_stack_refuses_rank_cut(void)
+{
+    mood_weighted_adapter in[1] = {{.path = NULL, .unet = 1, .te = 1, .dyn = 2}};
+    mood_lora_write_options o;
+    char path[1024];
+    snprintf(path, sizeof path, "%s", fixture("lycoris/locon.safetensors"));
+    in[0].path = path;
+    memset(&o, 0, sizeof o);
+    o.output = scratch_path("cut.safetensors");
+    MOOD_CHECK(mood_lora_stack(in, 1, &o) == MOOD_EINVAL);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "DyLoRA"), "%s", mood_error_last());
+    MOOD_CHECK(!mood_path_exists(o.output));
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_stack_lora_and_locon), MOOD_T(test_stack_lycoris),
                MOOD_T(test_stack_is_plain_lora), MOOD_T(test_stack_uniform_alpha),
-               MOOD_T(test_stack_refuses_base_dependent))
+               MOOD_T(test_stack_refuses_base_dependent), MOOD_T(test_stack_refuses_rank_cut))

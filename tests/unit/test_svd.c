@@ -179,6 +179,7 @@ static void test_merge_cases(void)
         mood_weighted_adapter w[8];
         mood_lora_write_options o;
         size_t n = 0;
+        memset(w, 0, sizeof w);
         cJSON_ArrayForEach(in, ins)
         {
             double ratio = cJSON_GetObjectItemCaseSensitive(in, "ratio")->valuedouble;
@@ -259,8 +260,9 @@ static void test_extract_cases(void)
 static void test_errors(void)
 {
     mood_lora_write_options o;
-    mood_weighted_adapter w[2] = {{fixture("kohya/sd1_lora.safetensors"), 1, 1},
-                                  {fixture("kohya/sdxl_lora.safetensors"), 1, 1}};
+    mood_weighted_adapter w[2] = {
+        {.path = fixture("kohya/sd1_lora.safetensors"), .unet = 1, .te = 1},
+        {.path = fixture("kohya/sdxl_lora.safetensors"), .unet = 1, .te = 1}};
     mood_lora_write_options_init(&o);
     o.output = scratch_path("err.safetensors");
     MOOD_CHECK(mood_lora_merge(w, 2, 4, 0, &o) == MOOD_EFAMILY);

@@ -1101,7 +1101,7 @@ static void test_train_run(void)
     /* the file loads back onto the model with every key matched */
     MOOD_CHECK_OK(mood_model_open(&m, o.model, NULL));
     if (m) {
-        mood_weighted_adapter wa = {o.output, 1.0, 1.0};
+        mood_weighted_adapter wa = {.path = o.output, .unet = 1.0, .te = 1.0};
         MOOD_CHECK_OK(mood_model_set_adapters(m, &wa, 1, MOOD_LORA_RUNTIME, &unmatched));
         MOOD_CHECK_MSG(unmatched == 0, "%zu keys unmatched", unmatched);
     }
@@ -1176,7 +1176,7 @@ static void test_train_te(void)
     mood_st_close(f);
     MOOD_CHECK_OK(mood_model_open(&m, o.model, NULL));
     if (m) {
-        mood_weighted_adapter wa = {o.output, 1.0, 1.0};
+        mood_weighted_adapter wa = {.path = o.output, .unet = 1.0, .te = 1.0};
         MOOD_CHECK_OK(mood_model_set_adapters(m, &wa, 1, MOOD_LORA_RUNTIME, &unmatched));
         MOOD_CHECK_MSG(unmatched == 0, "%zu keys unmatched", unmatched);
     }

@@ -139,7 +139,7 @@ static void check_final_preview(const seen_sample *x, const char *lora)
     mood_model *m = NULL;
     float *with = NULL, *without = NULL;
     size_t n = (size_t)3 * x->gen.width * x->gen.height;
-    mood_weighted_adapter wa = {lora, 1.0, 1.0};
+    mood_weighted_adapter wa = {.path = lora, .unet = 1.0, .te = 1.0};
     double d_with, d_without, scale = 0;
     MOOD_CHECK_OK(mood_model_open(&m, fixture("pipeline/tiny-sd"), NULL));
     if (!m || !x->image)

@@ -194,7 +194,7 @@ static void test_run_matches_torch(void)
     /* the LoRA loads back with every key used */
     MOOD_CHECK_OK(mood_model_open(&m, fixture("sdxl/tiny-sdxl"), NULL));
     if (m) {
-        mood_weighted_adapter a = {o.output, 1.0, 1.0};
+        mood_weighted_adapter a = {.path = o.output, .unet = 1.0, .te = 1.0};
         MOOD_CHECK_OK(mood_model_set_adapters(m, &a, 1, MOOD_LORA_MERGE, &unmatched));
         MOOD_CHECK_MSG(unmatched == 0, "%zu keys of the trained LoRA matched nothing", unmatched);
     }

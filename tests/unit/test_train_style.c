@@ -259,7 +259,7 @@ static int moves_towards_board(const effect *lora, const effect *base)
 static void with_lora(effect *e, mood_model *m, const char *path, const double *board,
                       const double *contrast)
 {
-    mood_weighted_adapter wa = {path, 1.0, 1.0};
+    mood_weighted_adapter wa = {.path = path, .unet = 1.0, .te = 1.0};
     size_t unmatched = 99;
     MOOD_CHECK_OK(mood_model_set_adapters(m, &wa, 1, MOOD_LORA_RUNTIME, &unmatched));
     MOOD_CHECK(unmatched == 0);
