@@ -427,6 +427,13 @@ static void print_size(double bytes)
         printf(" (%.1f KiB)\n", bytes / 1024);
 }
 
+/* kohya's networks.dylora, or LyCORIS with algo=dylora (its network args) */
+static int is_dylora(const cJSON *meta)
+{
+    const char *module = str_of(meta, "network_module"), *args = str_of(meta, "network_args");
+    return (module && strstr(module, "dylora")) || (args && strstr(args, "dylora"));
+}
+
 static void print_ranks(const cJSON *o)
 {
     const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(o, "ranks");
@@ -443,6 +450,9 @@ static void print_ranks(const cJSON *o)
         printf("none stored (scale 1)");
     print_numbers(alphas);
     printf("\n");
+    if (is_dylora(cJSON_GetObjectItemCaseSensitive(o, "metadata")))
+        printf("%-14strained to work at lower ranks too: <lora:NAME:W:dyn=N> uses the first N\n",
+               "DyLoRA:");
 }
 
 static void print_unmatched(const cJSON *o)
