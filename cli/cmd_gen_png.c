@@ -328,6 +328,26 @@ static int write_one(gen_run *r, int i, cJSON *list)
     return err;
 }
 
+/* The adapters applied, for scripts: each LoRA file with the multipliers it was applied at. */
+static void add_adapters_json(cJSON *root, const gen_run *r)
+{
+    cJSON *list = cJSON_AddArrayToObject(root, "adapters");
+    for (size_t i = 0; i < r->styles.n; i++) {
+        const mood_resolved_adapter *a = &r->styles.adapters[i];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "name", a->name);
+        cJSON_AddStringToObject(e, "alias", a->alias);
+        cJSON_AddStringToObject(e, "path", a->path);
+        cJSON_AddNumberToObject(e, "unet", a->unet);
+        cJSON_AddNumberToObject(e, "te", a->te);
+        if (a->dyn)
+            cJSON_AddNumberToObject(e, "dyn", a->dyn);
+        if (a->hash[0])
+            cJSON_AddStringToObject(e, "autov3_short", a->hash);
+        cJSON_AddItemToArray(list, e);
+    }
+}
+
 int gen_write_outputs(gen_run *r)
 {
     cJSON *root = r->args.json ? cJSON_CreateObject() : NULL, *list = NULL;
@@ -337,6 +357,7 @@ int gen_write_outputs(gen_run *r)
         cJSON_AddStringToObject(root, "prompt", r->styles.prompt);
         cJSON_AddStringToObject(root, "negative", r->styles.negative);
         cJSON_AddStringToObject(root, "styles", r->styles.styles_used);
+        add_adapters_json(root, r);
         cJSON_AddNumberToObject(root, "load_s", r->load_s);
         cJSON_AddNumberToObject(root, "generate_s", r->generate_s);
     }

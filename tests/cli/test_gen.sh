@@ -172,7 +172,15 @@ expect_rc 0 "--style" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --style tin
 check "template, trigger and negative applied" py '
 import json,sys; d=json.load(open(sys.argv[1]))
 assert d["prompt"]=="a lighthouse at dusk, oil painting, in tiny style, tinytrig", d["prompt"]
-assert d["negative"]=="ugly", d["negative"]' "$tmp/out"
+assert d["negative"]=="ugly", d["negative"]
+a=d["adapters"]; assert len(a)==1 and a[0]["name"]=="tinystyle" and a[0]["unet"]==a[0]["te"]==0.7, a
+assert "dyn" not in a[0] and len(a[0]["autov3_short"])==12 and a[0]["path"], a' "$tmp/out"
+expect_rc 0 "--json with a cut and a TE weight" "$MOOD" gen "$PROMPT <lora:$tmp/l1:0.3:0.9:dyn=2>" \
+    "${common[@]}" --seed 42 -o "$tmp/j.png" --json
+check "the adapters as applied" py '
+import json,sys; a=json.load(open(sys.argv[1]))["adapters"]
+assert len(a)==1 and a[0]["alias"]=="l1" and a[0]["te"]==0.3 and a[0]["unet"]==0.9 and a[0]["dyn"]==2, a
+assert a[0]["path"].endswith("l1.safetensors"), a' "$tmp/out"
 cp "$FIX/kohya/sdxl_lora.safetensors" "$tmp/xlstyle.safetensors"
 expect_rc 0 "import an SDXL style" "$MOOD" import "$tmp/xlstyle.safetensors"
 expect_rc 1 "an SDXL style on an SD1 model" "$MOOD" gen "$PROMPT" "${common[@]}" --style xlstyle
