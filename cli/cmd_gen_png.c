@@ -115,8 +115,9 @@ static int claim_name(const char *p)
             close(fd);
             return w == n ? 0 : (unlink(p), -1);
         }
-        if (errno != EEXIST || (owner = claim_owner(p)) == 0 ||
-            !(kill((pid_t)owner, 0) != 0 && errno == ESRCH))
+        if (errno != EEXIST)
+            return -1; /* the name cannot be created at all (errno says why): no other would */
+        if ((owner = claim_owner(p)) == 0 || !(kill((pid_t)owner, 0) != 0 && errno == ESRCH))
             break;
         snprintf(aside, sizeof aside, "%s.stale-%ld", p, (long)getpid());
         if (rename(p, aside) != 0)

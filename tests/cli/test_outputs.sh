@@ -74,9 +74,17 @@ expect_rc 0 "gen beside a live run's placeholder" "$MOOD" gen "a cat" --model "$
 check "another name" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["images"][0]["path"]=="mood-6-v2.png", d' "$tmp/out"
 
 # without -o in a folder that cannot be written: one clear failure, not a search through names
-if [ "$(id -u)" != 0 ]; then # root writes anyway
+as_user=() # root writes anyway: as root the check runs as nobody
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
+    chmod 755 "$tmp"
+    as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+fi
+if [ "$(id -u)" != 0 ] || [ ${#as_user[@]} -gt 0 ]; then
     mkdir ro && chmod 555 ro
-    expect_rc 2 "gen without -o in a read-only folder" sh -c 'cd ro && exec timeout 60 "$@"' _ "$MOOD" "${gen[@]}"
+    expect_rc 2 "gen without -o in a read-only folder" "${as_user[@]}" sh -c \
+        'cd ro && exec timeout 60 "$@"' _ "$MOOD" "${gen[@]}"
+    check "names the first name, not one found by searching" \
+        grep -q "mood-1.png: cannot create output file: Permission denied" "$tmp/err"
     chmod 755 ro
 fi
 

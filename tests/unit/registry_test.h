@@ -6,8 +6,11 @@
 #define MOOD_TESTS_REGISTRY_TEST_H
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <grp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -119,6 +122,75 @@ static inline int str_has(const cJSON *o, const char *key, const char *part)
 {
     const char *v = str(o, key);
     return v && strstr(v, part) != NULL;
+}
+
+/* ----- permissions: tests of files a user cannot read or write ---------------------------------
+ */
+
+#define NOBODY_ID 65534 /* the user and group "nobody" of Debian and most Linux systems */
+
+/* chown -R path to uid:gid (links themselves, not what they point to). 0 or -1. */
+static inline int chown_tree(const char *path, uid_t uid, gid_t gid)
+{
+    struct stat st;
+    DIR *d;
+    struct dirent *e;
+    int err = lchown(path, uid, gid);
+    if (err || lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return err;
+    if (!(d = opendir(path)))
+        return -1;
+    while (!err && (e = readdir(d)) != NULL) {
+        char child[4096];
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if ((size_t)snprintf(child, sizeof child, "%s/%s", path, e->d_name) >= sizeof child)
+            err = -1;
+        else
+            err = chown_tree(child, uid, gid);
+    }
+    closedir(d);
+    return err;
+}
+
+/* Runs fn(arg) where file permissions hold. An ordinary user runs it here. Root (CI runs the
+ * tests as root) reads and writes anything, so it runs in a child process switched to nobody,
+ * after `tree` (may be NULL), a folder the test made, is given to nobody. Returns 1 when fn ran
+ * (its failed checks are counted), 0 when nobody cannot reach the scratch folder (a TMPDIR
+ * under /root): then the caller's checks did not run, and it says so. */
+static inline int run_unprivileged(const char *tree, void (*fn)(void *), void *arg)
+{
+    pid_t pid;
+    int status = 0;
+    if (geteuid() != 0) {
+        fn(arg);
+        return 1;
+    }
+    MOOD_CHECK(chmod(scratch_dir(), 0755) == 0); /* mkdtemp made it 0700 */
+    if (tree)
+        MOOD_CHECK(chown_tree(tree, NOBODY_ID, NOBODY_ID) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    if ((pid = fork()) == 0) {
+        if (setgroups(0, NULL) != 0 || setgid(NOBODY_ID) != 0 || setuid(NOBODY_ID) != 0)
+            _exit(3);
+        if (access(scratch_dir(), X_OK) != 0)
+            _exit(77);
+        harness_failures = 0;
+        fn(arg);
+        fflush(stdout);
+        fflush(stderr);
+        _exit(harness_failures ? 1 : 0);
+    }
+    MOOD_CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    if (pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+        fprintf(stderr, "  note: user nobody cannot reach %s: a permission check not run\n",
+                scratch_dir());
+        return 0;
+    }
+    MOOD_CHECK_MSG(pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                   "the checks run as user nobody failed (wait status %d)", status);
+    return 1;
 }
 
 #endif /* MOOD_TESTS_REGISTRY_TEST_H */

@@ -841,19 +841,10 @@ static void ink_registry(const char *home, const char *src, char *db_path, size_
 
 /* A schema-4 registry its reader cannot write (another user's): read as it is, as migration 5
  * only made the search index again (list, show and gen were refused until its owner ran mood). */
-static void test_read_only_schema_4(void)
+static void list_read_only(void *home)
 {
-    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
-    char db_path[1200], *list = NULL;
     mood_registry *r = NULL;
-    sqlite3 *db = NULL;
-    if (geteuid() == 0) /* root writes anything: no read-only registry to test */
-        return;
-    ink_registry(home, src, db_path, sizeof db_path);
-    MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
-    MOOD_CHECK(sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, NULL) == SQLITE_OK);
-    sqlite3_close(db);
-    MOOD_CHECK(chmod(db_path, 0444) == 0 && chmod(home, 0555) == 0);
+    char *list = NULL;
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK(r && mood_registry_read_only(r));
     if (r)
@@ -861,6 +852,19 @@ static void test_read_only_schema_4(void)
     MOOD_CHECK(list && strstr(list, "\"ink\""));
     mood_registry_free_string(list);
     mood_registry_close(r);
+}
+
+static void test_read_only_schema_4(void)
+{
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
+    char db_path[1200];
+    sqlite3 *db = NULL;
+    ink_registry(home, src, db_path, sizeof db_path);
+    MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    MOOD_CHECK(sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    MOOD_CHECK(chmod(db_path, 0444) == 0 && chmod(home, 0555) == 0);
+    run_unprivileged(NULL, list_read_only, (void *)home); /* root would write anything */
     MOOD_CHECK(chmod(home, 0755) == 0 && chmod(db_path, 0644) == 0);
 }
 
