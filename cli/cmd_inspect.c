@@ -40,7 +40,8 @@ const char cmd_inspect_help[] =
     "            tucker (modules), unmatched {count, keys (first 20), groups {prefix: count}},\n"
     "            metadata {output_name, base_model_version, architecture, title, resolution,\n"
     "            steps, epochs, network_module, network_dim, network_alpha, network_args,\n"
-    "            trigger_phrase, sshs_model_hash}, trigger_words [{tag, count}] (top 10 of\n"
+    "            trigger_phrase, sshs_model_hash}, dylora (true for a DyLoRA: gen's dyn=N\n"
+    "            cuts it to its first N ranks), trigger_words [{tag, count}] (top 10 of\n"
     "            ss_tag_frequency); checkpoints: parts {unet, te1, te2, other}, parameters,\n"
     "            metadata_keys.\n\n"
     "Exit status: 0 ok, 1 not a usable safetensors file, 2 missing/unreadable file.\n";
@@ -256,6 +257,17 @@ static cJSON *metadata_summary(const mood_st_file *f)
     return o;
 }
 
+/* kohya's networks.dylora, or LyCORIS's algo dylora (its network args: {"algo": "dylora", ...}
+ * or algo=dylora), from the metadata summary. */
+static int is_dylora(const cJSON *meta)
+{
+    const char *module =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "network_module"));
+    const char *args = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "network_args"));
+    return (module && strstr(module, "dylora")) ||
+           (args && (strstr(args, "\"dylora\"") || strstr(args, "=dylora")));
+}
+
 /* Hashing reads the whole file while parsing reads the header and the factors: the two run in
  * parallel (the hash on its own thread) so that inspect costs about the longer of the two. */
 typedef struct hash_job {
@@ -352,6 +364,7 @@ static cJSON *adapter_json(const mood_adapter *a, const char *path)
         cJSON_AddItemToArray(keys, cJSON_CreateString(mood_adapter_unmatched(a, i)));
     cJSON_AddItemToObject(un, "groups", unmatched_groups(a));
     cJSON_AddItemToObject(o, "metadata", metadata_summary(f));
+    cJSON_AddBoolToObject(o, "dylora", is_dylora(cJSON_GetObjectItemCaseSensitive(o, "metadata")));
     cJSON_AddItemToObject(o, "trigger_words", trigger_words(f));
     return o;
 }
@@ -427,13 +440,6 @@ static void print_size(double bytes)
         printf(" (%.1f KiB)\n", bytes / 1024);
 }
 
-/* kohya's networks.dylora, or LyCORIS with algo=dylora (its network args) */
-static int is_dylora(const cJSON *meta)
-{
-    const char *module = str_of(meta, "network_module"), *args = str_of(meta, "network_args");
-    return (module && strstr(module, "dylora")) || (args && strstr(args, "dylora"));
-}
-
 static void print_ranks(const cJSON *o)
 {
     const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(o, "ranks");
@@ -450,8 +456,9 @@ static void print_ranks(const cJSON *o)
         printf("none stored (scale 1)");
     print_numbers(alphas);
     printf("\n");
-    if (is_dylora(cJSON_GetObjectItemCaseSensitive(o, "metadata")))
-        printf("%-14strained to work at lower ranks too: <lora:NAME:W:dyn=N> uses the first N\n",
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "dylora")))
+        printf("%-14strained to work at lower ranks too: <lora:NAME:W:dyn=N> uses the first N "
+               "ranks\n",
                "DyLoRA:");
 }
 

@@ -63,6 +63,12 @@ char *mood_strndup(const char *s, size_t n)
     return copy;
 }
 
+int mood_str_ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
 char *mood_strdup(const char *s)
 {
     return mood_strndup(s, strlen(s));

@@ -23,6 +23,8 @@ void *mood_realloc(void *ptr, size_t size);
 void mood_free(void *ptr);
 char *mood_strdup(const char *s);
 char *mood_strndup(const char *s, size_t n);
+/* Whether s ends with suffix. */
+int mood_str_ends_with(const char *s, const char *suffix);
 /* Makes the n-th allocation from now fail (n >= 1); 0 turns injection off. For tests. */
 void mood__alloc_fail_at(long n);
 /* The memory the system could give this process now without swapping, in bytes: Linux's

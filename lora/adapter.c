@@ -698,11 +698,8 @@ static int finish_module(parse_ctx *c, size_t mi)
         return 0;
     }
     m->algo = (mood_algo)algo;
-    if (m->t[ROLE_OFT_BLOCKS]) {
-        const char *k = m->t[ROLE_OFT_BLOCKS]->name;
-        size_t n = strlen(k);
-        m->oft_direct = n >= 9 && strcmp(k + n - 9, ".oft_diag") == 0;
-    }
+    if (m->t[ROLE_OFT_BLOCKS])
+        m->oft_direct = mood_str_ends_with(m->t[ROLE_OFT_BLOCKS]->name, ".oft_diag");
     mark_module_unmatched(c, mi, ~algo_roles(m->algo));
     if ((missing = missing_factor(m)) != NULL) {
         char what[160];
@@ -1019,6 +1016,25 @@ int mood_adapter_open(mood_adapter **out, const char *path, const mood_checkpoin
     MOOD_ARG_NONNULL(path);
     err = mood_st_open(&f, path);
     return err ? err : mood_adapter_open_file(out, f, base, 0);
+}
+
+int mood_adapter_open_weighted(mood_adapter **out, const mood_weighted_adapter *w,
+                               const mood_checkpoint *base)
+{
+    int err = mood_adapter_open(out, w->path, base), cut;
+    if (err || !w->dyn)
+        return err;
+    if ((cut = mood_adapter_limit_rank(*out, w->dyn)) < 0) {
+        mood_error_prefix("%s", w->path);
+        mood_adapter_close(*out);
+        *out = NULL;
+        return cut;
+    }
+    if (cut == 0)
+        mood_log(MOOD_LOG_WARN,
+                 "%s has no plain LoRA modules, so the DyLoRA rank cut (dyn=%d) changes nothing",
+                 w->path, w->dyn);
+    return 0;
 }
 
 int mood_adapter_open_file(mood_adapter **out, mood_st_file *f, const mood_checkpoint *base,

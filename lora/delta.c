@@ -127,15 +127,14 @@ static void keep_columns(float *a, int64_t rows, int64_t k, int64_t keep)
         memmove(a + r * keep, a + r * k, (size_t)keep * sizeof *a);
 }
 
-/* The ranks a plain LoRA module uses: the DyLoRA cut where one is set and smaller. */
-static int64_t ranks_used(const mood_module *m, int64_t k)
+int64_t mood__module_ranks_used(const mood_module *m, int64_t k)
 {
     return m->dyn > 0 && m->dyn < k ? m->dyn : k;
 }
 
 /* out (rows(U) × cols(D)) = flat(U) · flat(D), or the transposed-U variant (U stored (r, out)).
- * `numel` is the size out must have. `cut` (not with trans_u): only the first ranks_used(m, K)
- * ranks, as A1111's rebuild_conventional with dyn_dim. */
+ * `numel` is the size out must have. `cut` (not with trans_u): only the first
+ * mood__module_ranks_used(m, K) ranks, as A1111's rebuild_conventional with dyn_dim. */
 static int product(float *out, const mood_module *m, mood_role ru, mood_role rd, int trans_u,
                    int cut, int64_t numel, int64_t *rows_out)
 {
@@ -157,7 +156,7 @@ static int product(float *out, const mood_module *m, mood_role ru, mood_role rd,
     if (M * N != numel)
         return shape_error(m, "the factor product", M * N, numel);
     if ((err = load(&u, m, ru, "up factor")) == 0 && (err = load(&d, m, rd, "down factor")) == 0) {
-        int64_t used = cut && !trans_u ? ranks_used(m, K) : K;
+        int64_t used = cut && !trans_u ? mood__module_ranks_used(m, K) : K;
         if (used < K)
             keep_columns(u, M, K, used); /* D's first `used` rows are its first used·N values */
         gemm(out, u, trans_u, d, 0, M, N, used);
@@ -480,6 +479,12 @@ static int cayley(float *r, const float *blocks, int64_t n, int64_t bs, double c
     return err;
 }
 
+/* The name the file gives the blocks, for messages. */
+static const char *oft_key(const mood_module *m)
+{
+    return m->oft_direct ? "oft_diag" : "oft_blocks";
+}
+
 static double oft_constraint(const mood_module *m)
 {
     return m->alpha > 0 ? m->alpha * (double)m->out : 0;
@@ -524,9 +529,9 @@ static int oft_transform(float *dst, const mood_module *m, const float *w, float
     if (!tb || tb->ndim != 3 || tb->shape[1] != tb->shape[2] ||
         tb->shape[0] * tb->shape[1] != m->out)
         return mood_error_set(MOOD_EFORMAT,
-                              "module \"%s\" (oft): oft_blocks must be (n, bs, bs) "
+                              "module \"%s\" (oft): %s must be (n, bs, bs) "
                               "with n·bs = %lld output channels",
-                              m->name, (long long)m->out);
+                              m->name, oft_key(m), (long long)m->out);
     n = tb->shape[0];
     bs = tb->shape[1];
     if ((err = load(&blocks, m, ROLE_OFT_BLOCKS, "oft_blocks")) ||
@@ -567,9 +572,9 @@ static int boft_transform(float *dst, const mood_module *m, const float *w, floa
     if (!tb || tb->ndim != 4 || tb->shape[2] != tb->shape[3] || tb->shape[3] % 2 != 0 ||
         tb->shape[1] * tb->shape[2] != m->out)
         return mood_error_set(MOOD_EFORMAT,
-                              "module \"%s\" (boft): oft_blocks must be "
+                              "module \"%s\" (boft): %s must be "
                               "(stages, n, b, b) with b even and n·b = %lld output channels",
-                              m->name, (long long)m->out);
+                              m->name, oft_key(m), (long long)m->out);
     stages = tb->shape[0];
     n = tb->shape[1];
     b = tb->shape[2];
@@ -874,7 +879,7 @@ int mood_adapter_lowrank(const mood_adapter *a, size_t i, float **down, float **
                               m->name);
     if ((err = load(down, m, ROLE_DOWN, "down factor")) == 0 &&
         (err = load(up, m, ROLE_UP, "up factor")) == 0) {
-        int64_t used = ranks_used(m, k); /* down's first `used` rows lead it already */
+        int64_t used = mood__module_ranks_used(m, k); /* down's first `used` rows lead it already */
         keep_columns(*up, o, k, used);
         for (int64_t j = 0; j < o * used; j++)
             (*up)[j] = (float)((*up)[j] * m->scale);
@@ -902,24 +907,6 @@ int mood_adapter_limit_rank(mood_adapter *a, int rank)
         n++;
     }
     return n;
-}
-
-int mood_adapter_open_weighted(mood_adapter **out, const mood_weighted_adapter *w,
-                               const mood_checkpoint *base)
-{
-    int err = mood_adapter_open(out, w->path, base), cut;
-    if (err || !w->dyn)
-        return err;
-    if ((cut = mood_adapter_limit_rank(*out, w->dyn)) < 0) {
-        mood_adapter_close(*out);
-        *out = NULL;
-        return cut;
-    }
-    if (cut == 0)
-        mood_log(MOOD_LOG_WARN,
-                 "%s has no plain LoRA modules, so the DyLoRA rank cut (dyn=%d) changes nothing",
-                 w->path, w->dyn);
-    return 0;
 }
 
 int64_t mood_adapter_target_numel(const mood_adapter *a, size_t i)

@@ -503,12 +503,6 @@ static int add_hf_clip(mood_keymap *m, const key_list *kl, const base_key *k, co
     return add_te(m, k, bias_of(bias, kl, k->name, stem), hf, part, -1, gen);
 }
 
-static int ends(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
 /* The builder: one checkpoint key -> target(s) and aliases; other keys are ignored. */
 static int add_key(mood_keymap *m, const key_list *kl, const base_key *k)
 {
@@ -516,16 +510,16 @@ static int add_key(mood_keymap *m, const key_list *kl, const base_key *k)
     char ldm[NAME_MAX_LEN];
     if (k->ndim < 1 || k->ndim > 4)
         return 0;
-    if (starts(s, "model.diffusion_model.") && ends(s, ".weight")) {
+    if (starts(s, "model.diffusion_model.") && mood_str_ends_with(s, ".weight")) {
         nprintf(ldm, "%.*s", (int)(strlen(s) - 29), s + 22);
         return add_unet(m, kl, k, ldm);
     }
     if (starts(s, "cond_stage_model.transformer."))
-        return ends(s, ".weight") ? add_hf_clip(m, kl, k, s + 29, MOOD_PART_TE1) : 0;
+        return mood_str_ends_with(s, ".weight") ? add_hf_clip(m, kl, k, s + 29, MOOD_PART_TE1) : 0;
     if (starts(s, "cond_stage_model.model."))
         return add_openclip(m, kl, k, s + 23, MOOD_PART_TE1);
     if (starts(s, "conditioner.embedders.0.transformer."))
-        return ends(s, ".weight") ? add_hf_clip(m, kl, k, s + 36, MOOD_PART_TE1) : 0;
+        return mood_str_ends_with(s, ".weight") ? add_hf_clip(m, kl, k, s + 36, MOOD_PART_TE1) : 0;
     if (starts(s, "conditioner.embedders.1.model."))
         return add_openclip(m, kl, k, s + 30, MOOD_PART_TE2);
     return 0;
@@ -713,7 +707,7 @@ static int add_named(mood_keymap *m, const key_list *kl, const mood_base_weight 
     size_t n = strlen(w->name), ti;
     base_key k = {w->name, w->ndim, {0}};
     int err, has_ldm;
-    if (n < 8 || n >= NAME_MAX_LEN || !ends(w->name, ".weight"))
+    if (n < 8 || n >= NAME_MAX_LEN || !mood_str_ends_with(w->name, ".weight"))
         return 0; /* biases and buffers are found through their weight */
     nprintf(stem, "%.*s", (int)(n - 7), w->name);
     memcpy(k.shape, w->shape, sizeof k.shape);
@@ -850,7 +844,7 @@ static int unet_path_from_kohya(char *out, size_t size, const char *rest)
     if (strcmp(out, "conv_in") == 0 || strcmp(out, "conv_out") == 0)
         return 0;
     for (size_t i = 0; i < sizeof unet_leaves / sizeof unet_leaves[0]; i++)
-        leaf |= ends(out, unet_leaves[i]);
+        leaf |= mood_str_ends_with(out, unet_leaves[i]);
     return leaf ? 0 : -1;
 }
 
@@ -864,7 +858,8 @@ int mood__keymap_add_unet_module(mood_keymap *m, const char *kohya_module)
         unet_path_from_kohya(d, sizeof d, kohya_module + 10) != 0)
         return 0;
     nprintf(key, "%s.weight", d);
-    k.ndim = ends(d, ".conv") || ends(d, ".conv1") || ends(d, ".conv2") || !strcmp(d, "conv_in") ||
+    k.ndim = mood_str_ends_with(d, ".conv") || mood_str_ends_with(d, ".conv1") ||
+                     mood_str_ends_with(d, ".conv2") || !strcmp(d, "conv_in") ||
                      !strcmp(d, "conv_out")
                  ? 4
                  : 0; /* a Linear, or a 1x1 convolution where the model uses them: unknown */

@@ -184,6 +184,8 @@ struct mood_adapter {
 /* delta.c: ΔW of one module (scaled by m->scale, not by a user multiplier) into out, with the
  * module's target shape. `w` is the current base weight (float32) for algorithms that need it. */
 int mood__module_delta(float *out, const mood_module *m, const float *w);
+/* The ranks of its k a plain LoRA module uses: its DyLoRA cut (m->dyn) where set and smaller. */
+int64_t mood__module_ranks_used(const mood_module *m, int64_t k);
 /* In-place application with multiplier mult (ComfyUI/A1111 semantics). */
 int mood__module_apply(const mood_module *m, float *w, float *bias, float mult);
 /* True when ΔW does not depend on W (LoRA, LoHa, LoKr, full, norm without DoRA). */

@@ -204,18 +204,25 @@ static int is_plain_lora(const mood_module *m)
            mood_st_numel(d) == m->rank * m->in * m->kh * m->kw;
 }
 
-/* Writes c·U into columns [off, off + r) of lr->a and D into rows [off, off + r) of lr->b. */
+/* The ranks of a plain LoRA module the merge takes: its DyLoRA cut's. */
+static int used_rank(const mood_module *m)
+{
+    return (int)mood__module_ranks_used(m, m->rank);
+}
+
+/* Writes c·U into columns [off, off + r) of lr->a and D into rows [off, off + r) of lr->b, r the
+ * ranks used (the first r of U's columns and of D's rows). */
 static int lowrank_add(lowrank *lr, const mood_module *m, double c, int off, const char *file)
 {
     int64_t rows = m->out, cols = m->in * m->kh * m->kw;
-    int r = m->rank;
+    int r = used_rank(m);
     float *u = NULL, *d = NULL;
     int err = mood__tensor_f32(&u, m->t[ROLE_UP], file);
     if (!err)
         err = mood__tensor_f32(&d, m->t[ROLE_DOWN], file);
     for (int64_t i = 0; !err && i < rows; i++)
         for (int j = 0; j < r; j++)
-            lr->a[i * lr->R + off + j] = c * u[i * r + j];
+            lr->a[i * lr->R + off + j] = c * u[i * m->rank + j];
     for (int j = 0; !err && j < r; j++)
         for (int64_t k = 0; k < cols; k++)
             lr->b[(off + j) * cols + k] = d[j * cols + k];
@@ -467,7 +474,7 @@ static int plain_rank(const merge_item *items, size_t n, mood_adapter *const *ad
         const mood_module *m = &ads[items[i].ai]->modules[items[i].mi];
         if (!is_plain_lora(m) || R > INT_MAX / 2 - m->rank)
             return 0;
-        R += m->rank;
+        R += used_rank(m);
     }
     return R;
 }
@@ -491,7 +498,7 @@ static int merge_lowrank(svd_result *r, const merge_item *items, size_t n, mood_
                                  w->path, m->name);
         if (!err)
             err = lowrank_add(&lr, m, mult * m->scale, off, w->path);
-        off += m->rank;
+        off += used_rank(m);
     }
     if (err) {
         lowrank_dispose(&lr);

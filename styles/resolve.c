@@ -190,8 +190,9 @@ static int parse_weight(double *out, const char *s)
 }
 
 /* A DyLoRA rank as A1111's int() reads it ([+-]digits, white space around them allowed), and
- * at least 1 (A1111 would slice a negative one from the end). Returns 0, or MOOD_EINVAL naming
- * the tag and the value, given as dyn= when `named`, else as the fourth argument. */
+ * at least 1 (A1111 would slice a negative one from the end); one past INT_MAX keeps every rank,
+ * as A1111's slice does. Returns 0, or MOOD_EINVAL naming the tag and the value, given as dyn=
+ * when `named`, else as the fourth argument. */
 static int parse_rank(int *out, const char *s, const char *tag, int named)
 {
     char *end, what[256];
@@ -206,10 +207,10 @@ static int parse_rank(int *out, const char *s, const char *tag, int named)
         end++;
     if (end == p || *end || !isdigit((unsigned char)p[*p == '+' || *p == '-']))
         return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: %s is not a whole number", tag, what);
-    if (v < 1 || v > INT_MAX)
-        return mood_error_set(MOOD_EINVAL, "prompt tag <%s>: %s is no rank (DyLoRA's start at 1)",
-                              tag, what);
-    *out = (int)v;
+    if (v < 1) /* strtol's overflow is LONG_MAX, a rank past every file's: all of them */
+        return mood_error_set(
+            MOOD_EINVAL, "prompt tag <%s>: %s is not a DyLoRA rank (ranks start at 1)", tag, what);
+    *out = v > INT_MAX ? INT_MAX : (int)v;
     return 0;
 }
 
@@ -621,8 +622,13 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
     for (size_t i = 0; i < n_styles && !err; i++)
         err =
             add_style(&r, styles[i].name, styles[i].weight, styles[i].weight, styles[i].has_weight);
-    for (size_t i = 0; i < n_loras && !err; i++)
-        err = add_file(&r, loras[i].path, loras[i].unet, loras[i].te);
+    for (size_t i = 0; i < n_loras && !err; i++) {
+        if (loras[i].dyn < 0)
+            err = mood_error_set(MOOD_EINVAL, "%s: a negative DyLoRA rank cut (%d)", loras[i].path,
+                                 loras[i].dyn);
+        else if ((err = add_file(&r, loras[i].path, loras[i].unet, loras[i].te)) == 0)
+            out->adapters[out->n - 1].dyn = loras[i].dyn;
+    }
     if (!err)
         err = name_aliases(out);
     if (!err)

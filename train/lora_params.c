@@ -151,29 +151,24 @@ enum {
     K_SAMP = 16 /* down/upsampler convs */
 };
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
 /* What kind of layer UNet module `mod` (without ".weight") is; 0 for the others. */
 static int classify(const char *mod)
 {
     static const char *const attn[] = {".to_q", ".to_k", ".to_v", ".to_out.0"};
     if (strstr(mod, ".attentions.")) {
         for (int i = 0; i < 4; i++)
-            if (ends_with(mod, attn[i]) && (strstr(mod, ".attn1.") || strstr(mod, ".attn2.")))
+            if (mood_str_ends_with(mod, attn[i]) &&
+                (strstr(mod, ".attn1.") || strstr(mod, ".attn2.")))
                 return K_ATTN;
-        if (ends_with(mod, ".ff.net.0.proj") || ends_with(mod, ".ff.net.2"))
+        if (mood_str_ends_with(mod, ".ff.net.0.proj") || mood_str_ends_with(mod, ".ff.net.2"))
             return K_FF;
-        if (ends_with(mod, ".proj_in") || ends_with(mod, ".proj_out"))
+        if (mood_str_ends_with(mod, ".proj_in") || mood_str_ends_with(mod, ".proj_out"))
             return K_PROJ;
         return 0;
     }
     if (strstr(mod, ".resnets.") &&
-        (ends_with(mod, ".conv1") || ends_with(mod, ".conv2") || ends_with(mod, ".conv_shortcut") ||
-         ends_with(mod, ".time_emb_proj")))
+        (mood_str_ends_with(mod, ".conv1") || mood_str_ends_with(mod, ".conv2") ||
+         mood_str_ends_with(mod, ".conv_shortcut") || mood_str_ends_with(mod, ".time_emb_proj")))
         return K_RES;
     if (strstr(mod, "samplers.0.conv"))
         return K_SAMP;
@@ -296,8 +291,8 @@ static int unet_specs(spec_list *l, mood_model *m, const mood_keymap *km, mood_t
         const char *name = mood_unet_weight_name(m->unet, i);
         int ndim = 0;
         int64_t shape[4] = {0};
-        if (!ends_with(name, ".weight") || !mood_unet_weight(m->unet, name, &ndim, shape) ||
-            (ndim != 2 && ndim != 4))
+        if (!mood_str_ends_with(name, ".weight") ||
+            !mood_unet_weight(m->unet, name, &ndim, shape) || (ndim != 2 && ndim != 4))
             continue;
         snprintf(mod, sizeof mod, "%.*s", (int)(strlen(name) - 7), name);
         if (wanted(mod, t, style))

@@ -120,7 +120,9 @@ const char *mood_adapter_family_source(const mood_adapter *a);
 /* DyLoRA rank truncation (A1111's <lora:NAME:TE:UNET:DYN> and dyn=, lora-formats.md section 3.1):
  * from now on every plain LoRA/LoCon module (DoRA included, Tucker not: A1111 cuts only
  * network_lora's conventional pairs) uses only its first `rank` ranks (columns of up, rows of
- * down) at its full-rank scale alpha/r, so a DyLoRA file serves any rank it was trained at.
+ * down) at its full-rank scale alpha/r, as A1111 applies it (kohya trained each rank b at a
+ * larger scale, so lower ranks come out weaker than in training; A1111's images are the
+ * reference).
  * rank 0 restores every rank; a rank above a module's own changes nothing there. Returns the
  * number of modules the cut applies to (0: the file has none, so it changes nothing), or
  * MOOD_EINVAL (negative) for a negative rank. */

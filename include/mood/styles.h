@@ -23,7 +23,8 @@
  *                                     registry has no such LoRA
  *   <lyco:...>                        the same tag (A1111's LyCORIS spelling)
  *   <style:NAME[:W]>                  a style of the registry at strength W (default: its
- *                                     preferred weight, else 1); TE:UNET and te=/unet= as above
+ *                                     preferred weight, else 1); TE:UNET and te=/unet= as above,
+ *                                     and a DYN cut applies to each of its LoRAs
  * Other named arguments and positional ones past DYN are ignored, as A1111 does, with a warning
  * logged (mood_log_set).
  *

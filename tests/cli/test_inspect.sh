@@ -133,19 +133,29 @@ expect_rc 2 "a missing file whose name holds an escape sequence" "$MOOD" inspect
 check "the error shows it, does not send it" sh -c 'grep -q "x.x1b\[2Jy" "$1" && ! grep -q "$(printf "\033")" "$1"' _ "$tmp/err"
 
 # a DyLoRA (kohya's networks.dylora): inspect says how to use its lower ranks
+dylora_file() { # PATH NETWORK_MODULE NETWORK_ARGS
 py '
 import json, struct, sys
-meta = {"ss_network_module": "networks.dylora", "ss_base_model_version": "sd_v1"}
+meta = {"ss_network_module": sys.argv[2], "ss_network_args": sys.argv[3], "ss_base_model_version": "sd_v1"}
 hdr, data = {"__metadata__": meta}, b""
 for name, shape in (("lora_up.weight", [320, 4, 1, 1]), ("lora_down.weight", [4, 320, 1, 1])):
     hdr["lora_unet_down_blocks_0_attentions_0_proj_in." + name] = {
         "dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 5120]}
     data += struct.pack("<1280f", *[0.01] * 1280)
 h = json.dumps(hdr).encode()
-open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + data)' "$tmp/dylora.safetensors"
-expect_rc 0 "inspect a DyLoRA" "$MOOD" inspect "$tmp/dylora.safetensors"
-check "says dyn= uses its lower ranks" grep -q "DyLoRA: .*dyn=N> uses the first N" "$tmp/out"
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + data)' "$@"
+}
+dylora_file "$tmp/dylora.safetensors" networks.dylora '{"unit": "2"}'
+dylora_file "$tmp/lyco_dylora.safetensors" lycoris.kohya '{"algo": "dylora", "block_size": "2"}'
+for f in dylora lyco_dylora; do
+    expect_rc 0 "inspect a DyLoRA ($f)" "$MOOD" inspect "$tmp/$f.safetensors"
+    check "says dyn= uses its lower ranks ($f)" grep -q "DyLoRA: .*dyn=N> uses the first N ranks" "$tmp/out"
+    expect_rc 0 "inspect --json a DyLoRA ($f)" "$MOOD" inspect "$tmp/$f.safetensors" --json
+    check "dylora true ($f)" py 'import json,sys; assert json.load(open(sys.argv[1]))["dylora"] is True' "$tmp/out"
+done
 expect_rc 0 "inspect a plain LoRA" "$MOOD" inspect "$FIX/kohya/sd1_lora.safetensors"
 check "no DyLoRA line" bash -c "! grep -q DyLoRA '$tmp/out'"
+expect_rc 0 "inspect --json a plain LoRA" "$MOOD" inspect "$FIX/kohya/sd1_lora.safetensors" --json
+check "dylora false" py 'import json,sys; assert json.load(open(sys.argv[1]))["dylora"] is False' "$tmp/out"
 
 finish

@@ -9,6 +9,8 @@
  * template has every "{prompt}" replaced, its trigger words are added unless the prompt holds them
  * (whole words, any case); the error codes of what is not there are those mood/styles.h gives.
  */
+#include <limits.h>
+
 #include "harness.h"
 #include "mood/hash.h"
 #include "mood/registry.h"
@@ -97,6 +99,8 @@ static void test_dyn(void)
     }
     check_tag(":0.3:0.9", 0.3, 0.9);
     MOOD_CHECK(last_dyn == 0);
+    check_tag(":0.3:0.9:dyn=99999999999", 0.3, 0.9); /* A1111's slice: every rank */
+    MOOD_CHECK(last_dyn == INT_MAX);
     check_tag(":0.3:0.9:4:5", 0.3, 0.9); /* A1111 ignores what follows */
     MOOD_CHECK(last_dyn == 4);
     MOOD_CHECK(strstr(warnings, "\"5\" is one argument too many"));
@@ -104,9 +108,8 @@ static void test_dyn(void)
 
 static void test_bad_tags(void)
 {
-    static const char *const bad[] = {":abc",  ":0.3:x",      ":0.3:0.9:x",
-                                      ":te=x", ":dyn=1.5",    ":dyn=0",
-                                      ":nan",  ":0.3:0.9:-2", ":dyn=99999999999"};
+    static const char *const bad[] = {":abc",     ":0.3:x", ":0.3:0.9:x", ":te=x",
+                                      ":dyn=1.5", ":dyn=0", ":nan",       ":0.3:0.9:-2"};
     const char *path = lora_copy("a.safetensors", 0);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char prompt[2048];
@@ -116,6 +119,22 @@ static void test_bad_tags(void)
         MOOD_CHECK_MSG(strstr(mood_error_last(), "prompt tag <lora:"), "%s: %s", bad[i],
                        mood_error_last());
     }
+}
+
+/* A --lora file's cut (mood_weighted_adapter.dyn) reaches its resolved adapter; a negative one is
+ * refused, naming the file. */
+static void test_file_dyn(void)
+{
+    const char *path = lora_copy("a.safetensors", 0);
+    mood_weighted_adapter w = {.path = path, .unet = 0.5, .te = 0.5, .dyn = 2};
+    mood_resolved_styles s;
+    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, "a cat", NULL, NULL, 0, &w, 1, 0));
+    MOOD_CHECK(s.n == 1 && s.adapters[0].dyn == 2);
+    mood_resolved_styles_dispose(&s);
+    w.dyn = -1;
+    MOOD_CHECK(mood_styles_resolve(&s, NULL, "a cat", NULL, NULL, 0, &w, 1, 0) == MOOD_EINVAL);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "a.safetensors: a negative DyLoRA"), "%s",
+                   mood_error_last());
 }
 
 /* A name that would break <lora:NAME:W> or "Lora hashes" gets a safe alias; the name stays. */
@@ -316,7 +335,7 @@ static void test_dispose(void)
     MOOD_CHECK(s.prompt == NULL && s.n == 0);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_a1111_order), MOOD_T(test_dyn), MOOD_T(test_bad_tags),
-               MOOD_T(test_alias_safe), MOOD_T(test_alias_unique), MOOD_T(test_hash_wins),
-               MOOD_T(test_template_and_triggers), MOOD_T(test_not_found_codes),
-               MOOD_T(test_dispose))
+MOOD_TEST_MAIN(MOOD_T(test_a1111_order), MOOD_T(test_dyn), MOOD_T(test_file_dyn),
+               MOOD_T(test_bad_tags), MOOD_T(test_alias_safe), MOOD_T(test_alias_unique),
+               MOOD_T(test_hash_wins), MOOD_T(test_template_and_triggers),
+               MOOD_T(test_not_found_codes), MOOD_T(test_dispose))

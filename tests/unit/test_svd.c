@@ -82,6 +82,17 @@ static double *module_delta(const mood_st_file *f, const char *m, int *rank, dou
     return D;
 }
 
+/* The relative Frobenius distance |a - b| / |b| of two n-element deltas. */
+static double rel_dist(const double *a, const double *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / den);
+}
+
 /* Compares one module of ours against kohya's; returns rel Frobenius error (or -1). */
 static double compare_module(const mood_st_file *mine, const mood_st_file *ref, const char *m,
                              int want_rank, const cJSON *alphas)
@@ -284,6 +295,90 @@ static void test_errors(void)
     MOOD_CHECK(!mood_path_exists(o.output));
 }
 
+/* A copy of the LoRA at src keeping the first `keep` ranks of every module, alpha scaled by
+ * keep/r so that its scale stays the full file's: what a DyLoRA cut applies, as a file. */
+static const char *write_first_ranks(const char *src, int keep)
+{
+    const char *path = scratch_path("first_ranks.safetensors");
+    mood_st_file *f = NULL;
+    mood_st_writer *w = NULL;
+    MOOD_CHECK_OK(mood_st_open(&f, src));
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    for (size_t i = 0; f && w && i < mood_st_count(f); i++) {
+        const mood_st_tensor *t = mood_st_at(f, i);
+        int64_t n = mood_st_numel(t), shape[4];
+        float *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+        char down[512];
+        const mood_st_tensor *d;
+        snprintf(down, sizeof down, "%.*s.lora_down.weight", (int)(strchr(t->name, '.') - t->name),
+                 t->name);
+        d = mood_st_find(f, down);
+        memcpy(shape, t->shape, sizeof shape);
+        MOOD_CHECK_OK(mood_st_to_f32(v, t));
+        if (d && strstr(t->name, ".lora_up.")) { /* (out, r, ...): the first keep columns */
+            int64_t r = t->shape[1], out = t->shape[0];
+            for (int64_t o = 0; o < out; o++)
+                memmove(v + o * keep, v + o * r, (size_t)keep * sizeof *v);
+            shape[1] = keep;
+        } else if (d && strstr(t->name, ".lora_down.")) { /* (r, ...): the first keep rows */
+            shape[0] = keep;
+        } else if (d && strstr(t->name, ".alpha")) {
+            v[0] = v[0] * (float)keep / (float)d->shape[0];
+        }
+        MOOD_CHECK_OK(mood_st_writer_add_f32(w, t->name, MOOD_DTYPE_F32, t->ndim, shape, v));
+        free(v);
+    }
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    mood_st_close(f);
+    return path;
+}
+
+/* The ΔW of module m of the merge of w at rank (out × cols); NULL when it failed. */
+static double *merged_delta(const mood_weighted_adapter *w, int rank, const char *m, int64_t *n)
+{
+    mood_lora_write_options o;
+    mood_st_file *f = NULL;
+    int r = 0;
+    double a = 0, *d = NULL;
+    int64_t out = 0, cols = 0;
+    mood_lora_write_options_init(&o);
+    o.output = scratch_path("dyn_merge.safetensors");
+    MOOD_CHECK_OK(mood_lora_merge(w, 1, rank, 0, &o));
+    MOOD_CHECK_OK(mood_st_open(&f, o.output));
+    if (f)
+        d = module_delta(f, m, &r, &a, &out, &cols);
+    mood_st_close(f);
+    *n = out * cols;
+    return d;
+}
+
+/* A DyLoRA cut is merged as the file cut to those ranks is, by the factorised route (the kept
+ * rank within the cut's) and by the dense one (above it), and far from the whole file. */
+static void test_merge_dylora_cut(void)
+{
+    static const char *const m = "lora_te_text_model_encoder_layers_0_mlp_fc1"; /* 32 x 16 */
+    char path[1024], cut_path[1024];
+    mood_weighted_adapter w = {.path = path, .unet = 1, .te = 1, .dyn = 1};
+    mood_weighted_adapter cut = {.path = cut_path, .unet = 1, .te = 1};
+    mood_weighted_adapter whole = {.path = path, .unet = 1, .te = 1};
+    snprintf(path, sizeof path, "%s", fixture("kohya/sd1_lora.safetensors"));
+    snprintf(cut_path, sizeof cut_path, "%s", write_first_ranks(path, 1));
+    for (int rank = 1; rank <= 64; rank *= 64) {
+        int64_t n1 = 0, n2 = 0, n3 = 0;
+        double *got = merged_delta(&w, rank, m, &n1), *want = merged_delta(&cut, rank, m, &n2);
+        double *all = merged_delta(&whole, rank, m, &n3);
+        MOOD_CHECK_MSG(got && want && all && n1 == n2 && n1 == n3 && n1 == 32 * 16 &&
+                           rel_dist(got, want, n1) < 1e-5 && rel_dist(got, all, n1) > 0.3,
+                       "rank %d: %g from the cut file's merge, %g from the whole's", rank,
+                       got && want ? rel_dist(got, want, n1) : -1,
+                       got && all ? rel_dist(got, all, n1) : -1);
+        free(got);
+        free(want);
+        free(all);
+    }
+}
+
 static void test_cleanup(void)
 {
     cJSON_Delete(cases_json);
@@ -291,4 +386,4 @@ static void test_cleanup(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_merge_cases), MOOD_T(test_resize_cases), MOOD_T(test_extract_cases),
-               MOOD_T(test_errors), MOOD_T(test_cleanup))
+               MOOD_T(test_errors), MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
