@@ -736,12 +736,29 @@ static int report_prepare(report *rep, const importer *m, const char *path)
     return 0;
 }
 
-static void report_finish(report *rep, const importer *m, int added, const unsigned char *merged)
+/* The registry's spelling of a style's name (names match without regard to case), else `name`. */
+static cJSON *registry_spelling(mood_registry *r, const char *name)
+{
+    char *json = NULL;
+    cJSON *o = NULL, *out;
+    const char *own = NULL;
+    if (mood_registry_show_json(&json, r, name) == 0 && (o = cJSON_Parse(json)) != NULL)
+        own = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "name"));
+    else
+        mood_error_clear();
+    out = cJSON_CreateString(own ? own : name);
+    cJSON_Delete(o);
+    mood_registry_free_string(json);
+    return out;
+}
+
+static void report_finish(report *rep, mood_registry *r, const importer *m, int added,
+                          const unsigned char *merged)
 {
     cJSON *names = cJSON_AddArrayToObject(rep->json, "merged");
     for (size_t i = 0; names && i < m->n_styles; i++)
         if (merged[i])
-            cJSON_AddItemToArray(names, cJSON_CreateString(m->styles[i].name));
+            cJSON_AddItemToArray(names, registry_spelling(r, m->styles[i].name));
     cJSON_SetNumberValue(cJSON_GetObjectItem(rep->json, "adapters_added"), added);
     cJSON_SetNumberValue(cJSON_GetObjectItem(rep->json, "adapters_present"),
                          (double)m->n_adapters - added);
@@ -785,7 +802,7 @@ int mood_pack_import(char **report_out, mood_registry *r, const char *path,
             mood_error_prefix("%s", path);
         goto done;
     }
-    report_finish(&rep, &m, added, merged);
+    report_finish(&rep, r, &m, added, merged);
     *report_out = rep.text;
     rep.text = NULL;
 done:

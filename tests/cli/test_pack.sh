@@ -109,6 +109,11 @@ expect_rc 0 "then the pack" env MOOD_HOME="$tmp/refi" "$MOOD" pack import "$tmp/
 check "reported as merged" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["merged"]==["inkwash"], d' "$tmp/out"
 MOOD_HOME="$tmp/refi" "$MOOD" show inkwash --json >"$tmp/shown.json"
 check "the pack's tag added" py 'import json,sys; d=json.load(open(sys.argv[1])); assert "ink" in d["tags"], d["tags"]' "$tmp/shown.json"
+# names match in any case: merged into "InkWash", it is reported under the name you gave it
+expect_rc 0 "import its LoRA again" env MOOD_HOME="$tmp/refi2" "$MOOD" import "$tmp/src/inkwash.safetensors"
+expect_rc 0 "renamed in other capitals" env MOOD_HOME="$tmp/refi2" "$MOOD" rename inkwash InkWash
+expect_rc 0 "then the pack" env MOOD_HOME="$tmp/refi2" "$MOOD" pack import "$tmp/ri.moodpack" --json
+check "reported under the registry's spelling" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["merged"]==["InkWash"], d' "$tmp/out"
 
 # --- what a pack import killed before its clean-up left (its extracted files) goes the next time
 # the registry is opened for a change; a live process's is kept
