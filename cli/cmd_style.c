@@ -34,7 +34,8 @@ const char cmd_search_help[] =
     "usage: mood search QUERY [--json]\n\n"
     "Finds styles whose name, trigger words, tags, description, notes or Civitai model and\n"
     "version names contain every word of QUERY (as a word or the start of one: 'ink' finds\n"
-    "'inkwash'), best match first.\n\n"
+    "'inkwash'), best match first. Emoji and other symbols are matched anywhere in those\n"
+    "fields ('\xf0\x9f\x8e\xa8' finds a style tagged \xf0\x9f\x8e\xa8).\n\n"
     "  --json    print a JSON array, as 'mood list --json'\n";
 
 const char cmd_style_create_help[] =

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/args.h"
+#include "engine/unicode_tables.h"
 #include "mood/lora.h"
 #include "registry/registry_impl.h"
 
@@ -160,48 +161,126 @@ int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const
                          args, 2);
 }
 
-/* Each word (letters, digits and anything not FTS5-special) becomes "word"*; words are ANDed. */
-static int fts_query(mood_buf *q, const char *text)
+/* The search index's tokenizer (unicode61) keeps letters and digits and takes every other
+ * character for a separator, emoji included: a query of "🎨" would find nothing. So a query is
+ * split into words, each "word"* in the FTS5 query (ANDed), and runs of other characters outside
+ * ASCII (symbols, emoji with their joiners and variation selectors), each looked for as text in
+ * the indexed columns. At most this many of those: */
+#define SEARCH_SYMBOL_RUNS 8
+
+typedef struct search_query {
+    mood_buf fts;                      /* the FTS5 query ("" when no words) */
+    char *symbols[SEARCH_SYMBOL_RUNS]; /* LIKE patterns: %run% */
+    int n_symbols;
+} search_query;
+
+/* The code point at s (strict UTF-8, checked first) and its length in *len. */
+static uint32_t utf8_at(const unsigned char *s, int *len)
 {
-    int err = 0;
-    const char *s = text;
-    while (*s && !err) {
-        size_t n;
-        while (*s && !isalnum((unsigned char)*s) && !((unsigned char)*s & 0x80))
-            s++;
-        n = 0;
-        while (s[n] && (isalnum((unsigned char)s[n]) || ((unsigned char)s[n] & 0x80)))
-            n++;
-        if (n)
-            err = mood_buf_printf(q, "%s\"%.*s\"*", q->len ? " " : "", (int)n, s);
-        s += n;
+    if (s[0] < 0x80)
+        return *len = 1, s[0];
+    if (s[0] < 0xE0)
+        return *len = 2, (uint32_t)(s[0] & 0x1F) << 6 | (s[1] & 0x3F);
+    if (s[0] < 0xF0)
+        return *len = 3,
+               (uint32_t)(s[0] & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
+    return *len = 4, (uint32_t)(s[0] & 0x07) << 18 | (uint32_t)(s[1] & 0x3F) << 12 |
+                         (uint32_t)(s[2] & 0x3F) << 6 | (s[3] & 0x3F);
+}
+
+/* 0 separator, 1 word character, 2 symbol (outside ASCII, not a letter or digit). */
+static int char_kind(uint32_t c)
+{
+    if (c < 0x80)
+        return isalnum((int)c) ? 1 : 0;
+    return mood__uc_is_word(c) ? 1 : 2;
+}
+
+/* Ends the run of kind `kind` (1 or 2) at text[from, to) into q. */
+static int end_run(search_query *q, int kind, const char *text, size_t from, size_t to)
+{
+    int n = (int)(to - from);
+    if (kind == 1)
+        return mood_buf_printf(&q->fts, "%s\"%.*s\"*", q->fts.len ? " " : "", n, text + from);
+    if (kind != 2 || q->n_symbols == SEARCH_SYMBOL_RUNS)
+        return 0;
+    if (!(q->symbols[q->n_symbols] = mood_malloc((size_t)n + 3)))
+        return mood_error_nomem();
+    snprintf(q->symbols[q->n_symbols++], (size_t)n + 3, "%%%.*s%%", n, text + from);
+    return 0;
+}
+
+static int search_parse(search_query *q, const char *text)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0, from = 0;
+    int kind = 0, err = 0, utf8 = mood__utf8_validate(text, strlen(text)) == 0;
+    if (!utf8)
+        mood_error_clear(); /* not UTF-8: its high bytes count as word characters */
+    while (!err) {
+        int len = 1, k = 0;
+        if (s[i])
+            k = utf8 ? char_kind(utf8_at(s + i, &len)) : (s[i] >= 0x80 || isalnum(s[i]));
+        if (k != kind) {
+            err = end_run(q, kind, text, from, i);
+            kind = k;
+            from = i;
+        }
+        if (!s[i])
+            break;
+        i += (size_t)len;
     }
     return err;
 }
 
+static void search_dispose(search_query *q)
+{
+    mood_buf_dispose(&q->fts);
+    for (int i = 0; i < q->n_symbols; i++)
+        mood_free(q->symbols[i]);
+}
+
 int mood_registry_search_json(char **out, mood_registry *r, const char *query)
 {
-    mood_buf q;
-    const char *args[1];
-    int err;
+    search_query q;
+    mood_buf sql;
+    const char *args[1 + SEARCH_SYMBOL_RUNS];
+    int err, n = 0;
     MOOD_ARG_NONNULL(out);
     *out = NULL;
     MOOD_ARG_NONNULL(r);
     MOOD_ARG_NONNULL(query);
-    mood_buf_init(&q);
-    if ((err = fts_query(&q, query)) != 0)
+    memset(&q, 0, sizeof q);
+    mood_buf_init(&q.fts);
+    mood_buf_init(&sql);
+    if ((err = search_parse(&q, query)) != 0)
         goto done;
-    if (q.len == 0) {
+    if (q.fts.len == 0 && q.n_symbols == 0) {
         err = mood_error_set(MOOD_EINVAL, "search '%s': give at least one word to look for", query);
         goto done;
     }
-    args[0] = q.data;
-    err = run_summaries(out, r,
-                        SUMMARY_COLUMNS " FROM styles_fts f JOIN styles s ON s.id = f.rowid"
-                                        " WHERE styles_fts MATCH ?1 ORDER BY f.rank, s.name",
-                        args, 1);
+    err = mood_buf_puts(&sql, SUMMARY_COLUMNS " FROM styles_fts f JOIN styles s ON s.id = f.rowid"
+                                              " WHERE 1");
+    if (!err && q.fts.len) {
+        args[n++] = q.fts.data;
+        err = mood_buf_printf(&sql, " AND styles_fts MATCH ?%d", n);
+    }
+    for (int i = 0; !err && i < q.n_symbols; i++) {
+        args[n++] = q.symbols[i];
+        err = mood_buf_printf(&sql,
+                              " AND (ifnull(f.name, '') || ' ' || ifnull(f.trigger_words, '') ||"
+                              " ' ' || ifnull(f.tags, '') || ' ' || ifnull(f.description, '') ||"
+                              " ' ' || ifnull(f.notes, '') || ' ' || ifnull(f.civitai, ''))"
+                              " LIKE ?%d",
+                              n);
+    }
+    if (!err)
+        err = mood_buf_puts(&sql, q.fts.len ? " ORDER BY f.rank, s.name" : " ORDER BY s.name");
+    if (!err)
+        err = run_summaries(out, r, sql.data, args, n);
 done:
-    mood_buf_dispose(&q);
+    search_dispose(&q);
+    mood_buf_dispose(&sql);
     return err;
 }
 

@@ -868,6 +868,40 @@ static void test_read_only_schema_4(void)
     MOOD_CHECK(chmod(home, 0755) == 0 && chmod(db_path, 0644) == 0);
 }
 
+/* Emoji and other symbols, which the search index's tokenizer drops, are found as text: alone, in
+ * a tag, beside a word (both must match), with a variation selector. */
+static void test_search_symbols(void)
+{
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
+    char db_path[1200];
+    mood_registry *r = NULL;
+    mood_style_spec spec = {.description =
+                                "ink \xf0\x9f\x8e\xa8 painting \xe2\x9d\xa4\xef\xb8\x8f"};
+    static const struct {
+        const char *query;
+        int found;
+    } cases[] = {{"\xf0\x9f\x8e\xa8", 1},         /* 🎨, in the description */
+                 {"\xf0\x9f\x94\xa5", 1},         /* 🔥, a tag */
+                 {"\xe2\x9d\xa4\xef\xb8\x8f", 1}, /* ❤️ */
+                 {"ink\xf0\x9f\x8e\xa8", 1},      /* a word and a symbol, both there */
+                 {"grain \xf0\x9f\x8e\xa8", 0},   /* a word that is not */
+                 {"\xf0\x9f\x9a\x80", 0}};        /* 🚀, nowhere */
+    ink_registry(home, src, db_path, sizeof db_path);
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    if (!r)
+        return;
+    MOOD_CHECK_OK(mood_registry_style_edit(r, "ink", &spec));
+    MOOD_CHECK_OK(mood_registry_tag(r, "ink", "\xf0\x9f\x94\xa5", 1));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *hits = NULL;
+        MOOD_CHECK_OK(mood_registry_search_json(&hits, r, cases[i].query));
+        MOOD_CHECK_MSG(hits && (strstr(hits, "\"ink\"") != NULL) == cases[i].found, "%s: %s",
+                       cases[i].query, hits ? hits : "(null)");
+        mood_registry_free_string(hits);
+    }
+    mood_registry_close(r);
+}
+
 static void test_migration_4(void)
 {
     const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
@@ -909,4 +943,5 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_typed_text_not_utf8), MOOD_T(test_half_done_import_cleaned),
                MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
                MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
-               MOOD_T(test_migration_4), MOOD_T(test_read_only_schema_4))
+               MOOD_T(test_migration_4), MOOD_T(test_read_only_schema_4),
+               MOOD_T(test_search_symbols))
