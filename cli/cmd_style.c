@@ -31,11 +31,16 @@ const char cmd_show_help[] =
     "  --json    print it as one JSON object (same facts)\n";
 
 const char cmd_search_help[] =
-    "usage: mood search QUERY [--json]\n\n"
+    "usage: mood search QUERY... [--json]\n\n"
     "Finds styles whose name, trigger words, tags, description, notes or Civitai model and\n"
     "version names contain every word of QUERY (as a word or the start of one: 'ink' finds\n"
-    "'inkwash'), best match first. Emoji and other symbols are matched anywhere in those\n"
-    "fields ('\xf0\x9f\x8e\xa8' finds a style tagged \xf0\x9f\x8e\xa8).\n\n"
+    "'inkwash'; case and accents do not matter), best match first: a match in the name before\n"
+    "one in the trigger words or tags, before one in the description. Emoji and other symbols,\n"
+    "and Chinese, Japanese or Korean text, are found anywhere in those fields ('\xf0\x9f\x8e\xa8' "
+    "finds\n"
+    "a style tagged \xf0\x9f\x8e\xa8, '\xe6\xb0\xb4\xe5\xa2\xa8' finds "
+    "'\xe6\xb0\xb4\xe5\xa2\xa8\xe7\x94\xbb'); punctuation separates words. Several\n"
+    "arguments are one query; after --, words may start with '-'.\n\n"
     "  --json    print a JSON array, as 'mood list --json'\n";
 
 const char cmd_style_create_help[] =
@@ -221,18 +226,41 @@ int cmd_list(int argc, char **argv)
                                     : "no styles yet: 'mood import FILE' adds one");
 }
 
+/* The words of a search, as one query (malloc'd into *q): `mood search ink wash` is "ink wash";
+ * after --, words that start with '-' are words too. */
+static int search_words(int argc, char **argv, int *json, char **q)
+{
+    size_t size = 1, len = 0;
+    int words = 1;
+    for (int i = 1; i < argc; i++)
+        size += strlen(argv[i]) + 1;
+    if (!(*q = malloc(size)))
+        return fail(MOOD_ENOMEM);
+    for (int i = 1; i < argc; i++) {
+        if (words && strcmp(argv[i], "--") == 0)
+            words = 0;
+        else if (words && strcmp(argv[i], "--json") == 0)
+            *json = 1;
+        else if (words && argv[i][0] == '-' && argv[i][1])
+            return cli_usage_error("search", "unknown option '%s'", argv[i]);
+        else
+            len += (size_t)snprintf(*q + len, size - len, "%s%s", len ? " " : "", argv[i]);
+    }
+    return len ? -1 : cli_usage_error("search", "missing QUERY");
+}
+
 int cmd_search(int argc, char **argv)
 {
-    const char *q[1] = {NULL};
     mood_registry *r = NULL;
-    char *text = NULL;
+    char *q = NULL, *text = NULL;
     int json = 0, rc, err;
-    if ((rc = parse_simple(argc, argv, "search", &json, q, 1)) >= 0)
+    if ((rc = search_words(argc, argv, &json, &q)) >= 0 || (rc = cli_registry_open(&r)) != 0) {
+        free(q);
         return rc;
-    if ((rc = cli_registry_open(&r)) != 0)
-        return rc;
-    err = mood_registry_search_json(&text, r, q[0]);
+    }
+    err = mood_registry_search_json(&text, r, q);
     mood_registry_close(r);
+    free(q);
     return finish_query(err, text, json, 0, "no styles match");
 }
 

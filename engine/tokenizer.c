@@ -95,7 +95,7 @@ static int is_space(uint32_t cp)
            cp == 0x205F || cp == 0x3000;
 }
 
-static uint32_t ccc_of(uint32_t cp)
+uint32_t mood__uc_ccc_of(uint32_t cp)
 {
     size_t lo = 0, hi = mood__uc_ccc_count;
     if (cp < 0x300)
@@ -193,20 +193,20 @@ static void nfc(uint32_t *cps, size_t *n, uint32_t *work)
         m += decompose(cps[i], work + m);
     /* Canonical ordering: stable insertion sort of each run of non-starters by class. */
     for (size_t i = 1; i < m; i++) {
-        uint32_t c = work[i], cc = ccc_of(c);
+        uint32_t c = work[i], cc = mood__uc_ccc_of(c);
         size_t j = i;
         if (!cc)
             continue;
-        while (j > 0 && ccc_of(work[j - 1]) > cc) {
+        while (j > 0 && mood__uc_ccc_of(work[j - 1]) > cc) {
             work[j] = work[j - 1];
             j--;
         }
         work[j] = c;
     }
     /* Canonical composition (the algorithm of UAX #15's sample code). */
-    last = ccc_of(work[0]) ? 256 : 0;
+    last = mood__uc_ccc_of(work[0]) ? 256 : 0;
     for (size_t i = 1; i < m; i++) {
-        uint32_t c = work[i], cc = ccc_of(c), comp = compose(work[starter], c);
+        uint32_t c = work[i], cc = mood__uc_ccc_of(c), comp = compose(work[starter], c);
         if (comp && (last < cc || last == 0)) {
             work[starter] = comp;
             continue;
@@ -250,9 +250,7 @@ static size_t to_lower(uint32_t cp, uint32_t *out)
     return 1;
 }
 
-/* Decodes strict UTF-8 (no overlongs, surrogates or values past U+10FFFF). Returns the number
- * of bytes of the character at s (len > 0), or 0 when it is invalid. */
-static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
+size_t mood__utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
 {
     uint32_t c = s[0];
     size_t n, i;
@@ -667,7 +665,7 @@ int mood_tokenizer_piece_text(const mood_tokenizer *t, int32_t id, char *buf, si
         len -= 4;
     while (i < len) {
         uint32_t cp = 0;
-        size_t k = utf8_decode((const unsigned char *)p + i, len - i, &cp);
+        size_t k = mood__utf8_decode((const unsigned char *)p + i, len - i, &cp);
         int byte = k && cp < 324 ? t->cp_byte[cp] : -1;
         if (!k)
             break;
@@ -921,7 +919,7 @@ static int encode_segment(mood_tokenizer *t, mood_token_ids *out, const char *ra
         goto done;
     }
     while (i < len)
-        i += utf8_decode((const unsigned char *)raw + i, len - i, &cps[n++]);
+        i += mood__utf8_decode((const unsigned char *)raw + i, len - i, &cps[n++]);
     nfc(cps, &n, work);
     /* Runs of whitespace become one space, then lower case, into work (3 per input at most). */
     for (i = 0; i < n; i++) {
@@ -964,7 +962,7 @@ int mood__utf8_validate(const char *text, size_t len)
 {
     for (size_t i = 0; i < len;) {
         uint32_t cp;
-        size_t k = utf8_decode((const unsigned char *)text + i, len - i, &cp);
+        size_t k = mood__utf8_decode((const unsigned char *)text + i, len - i, &cp);
         if (!k)
             return mood_error_set(MOOD_EINVAL, "prompt is not valid UTF-8 (byte %zu: 0x%02X)", i,
                                   (unsigned)(unsigned char)text[i]);

@@ -49,6 +49,11 @@ int mood__uc_is_word(uint32_t cp);
 /* 0 when text[0..len) is strict UTF-8, else MOOD_EINVAL with the byte offset in the message
  * (engine/tokenizer.c). The prompt parser checks first: its scanner steps by lead bytes. */
 int mood__utf8_validate(const char *text, size_t len);
+/* Decodes strict UTF-8 (no overlongs, surrogates or values past U+10FFFF). Returns the number
+ * of bytes of the character at s (len > 0), or 0 when it is invalid (engine/tokenizer.c). */
+size_t mood__utf8_decode(const unsigned char *s, size_t len, uint32_t *cp);
+/* The canonical combining class of cp (0 for starters; engine/tokenizer.c). */
+uint32_t mood__uc_ccc_of(uint32_t cp);
 /* Writes code point cp (at most U+10FFFF) as UTF-8 into out (4 bytes room); returns the length
  * (engine/tokenizer.c). */
 size_t mood__utf8_encode(uint32_t cp, char *out);

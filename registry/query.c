@@ -161,90 +161,125 @@ int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const
                          args, 2);
 }
 
-/* The search index's tokenizer (unicode61) keeps letters and digits and takes every other
- * character for a separator, emoji included: a query of "🎨" would find nothing. So a query is
- * split into words, each "word"* in the FTS5 query (ANDed), and runs of other characters outside
- * ASCII (symbols, emoji with their joiners and variation selectors), each looked for as text in
- * the indexed columns. At most this many of those: */
-#define SEARCH_SYMBOL_RUNS 8
+/* The search index's tokenizer (unicode61) keeps letters, digits and marks of a word and takes
+ * every other character for a separator, emoji included, and it does not split Chinese or
+ * Japanese text, which is written without spaces. So a query is read in runs:
+ *   - words (letters, digits, their combining marks): "word"* in the FTS5 query, ANDed;
+ *   - Han, kana and hangul: found as text anywhere in the indexed columns ('水墨' in '水墨画');
+ *   - emoji and other symbols: each found as text (its variation selectors and joiners left
+ *     out, so '❤️' finds '❤' and '🎨🖌' finds both apart);
+ *   - punctuation and spaces, ASCII or not: separators.
+ * Text found "as text" is LIKE '%run%' on the indexed columns. Limits keep the statement small. */
+#define SEARCH_MAX_BYTES 1000
+#define SEARCH_MAX_TEXT  32 /* runs found as text */
+
+enum { RUN_NONE, RUN_WORD, RUN_TEXT, RUN_SYMBOL };
 
 typedef struct search_query {
-    mood_buf fts;                      /* the FTS5 query ("" when no words) */
-    char *symbols[SEARCH_SYMBOL_RUNS]; /* LIKE patterns: %run% */
-    int n_symbols;
+    mood_buf fts;                /* the FTS5 query ("" when no words) */
+    char *text[SEARCH_MAX_TEXT]; /* LIKE patterns: %run% */
+    int n_text;
 } search_query;
 
-/* The code point at s (strict UTF-8, checked first) and its length in *len. */
-static uint32_t utf8_at(const unsigned char *s, int *len)
+static int in_range(uint32_t c, uint32_t lo, uint32_t hi)
 {
-    if (s[0] < 0x80)
-        return *len = 1, s[0];
-    if (s[0] < 0xE0)
-        return *len = 2, (uint32_t)(s[0] & 0x1F) << 6 | (s[1] & 0x3F);
-    if (s[0] < 0xF0)
-        return *len = 3,
-               (uint32_t)(s[0] & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
-    return *len = 4, (uint32_t)(s[0] & 0x07) << 18 | (uint32_t)(s[1] & 0x3F) << 12 |
-                         (uint32_t)(s[2] & 0x3F) << 6 | (s[3] & 0x3F);
+    return c >= lo && c <= hi;
 }
 
-/* 0 separator, 1 word character, 2 symbol (outside ASCII, not a letter or digit). */
+static int is_cjk(uint32_t c)
+{
+    return in_range(c, 0x3040, 0x30FF) || in_range(c, 0x31F0, 0x31FF) || /* kana */
+           in_range(c, 0x3400, 0x4DBF) || in_range(c, 0x4E00, 0x9FFF) || /* Han */
+           in_range(c, 0xF900, 0xFAFF) || in_range(c, 0x20000, 0x3FFFF) ||
+           in_range(c, 0x1100, 0x11FF) || in_range(c, 0x3130, 0x318F) || /* hangul */
+           in_range(c, 0xAC00, 0xD7AF) || in_range(c, 0xFF66, 0xFF9F);   /* half-width kana */
+}
+
+/* Symbol blocks: Latin-1's © ®, letterlike symbols to miscellaneous symbols and arrows (not the
+ * general punctuation before them), enclosed CJK, the emoji planes. */
+static int is_symbol(uint32_t c)
+{
+    return c == 0xA9 || c == 0xAE || in_range(c, 0x2100, 0x2BFF) || in_range(c, 0x3200, 0x33FF) ||
+           in_range(c, 0x1F000, 0x1FAFF);
+}
+
 static int char_kind(uint32_t c)
 {
     if (c < 0x80)
-        return isalnum((int)c) ? 1 : 0;
-    return mood__uc_is_word(c) ? 1 : 2;
+        return isalnum((int)c) ? RUN_WORD : RUN_NONE;
+    if (is_cjk(c))
+        return RUN_TEXT;
+    if (is_symbol(c))
+        return RUN_SYMBOL;
+    /* letters and digits, combining marks (é written e + U+0301) and the spacing vowel signs
+     * of the Indic and Southeast Asian scripts, which belong to their word */
+    if (mood__uc_is_word(c) || mood__uc_ccc_of(c) || in_range(c, 0x0900, 0x109F))
+        return RUN_WORD;
+    return RUN_NONE;
 }
 
-/* Ends the run of kind `kind` (1 or 2) at text[from, to) into q. */
+static int add_text(search_query *q, const char *s, size_t n)
+{
+    if (q->n_text == SEARCH_MAX_TEXT)
+        return mood_error_set(MOOD_EINVAL,
+                              "search: at most %d symbols and runs of Chinese, Japanese or "
+                              "Korean text in one query",
+                              SEARCH_MAX_TEXT);
+    if (!(q->text[q->n_text] = mood_malloc(n + 3)))
+        return mood_error_nomem();
+    snprintf(q->text[q->n_text++], n + 3, "%%%.*s%%", (int)n, s);
+    return 0;
+}
+
+/* Ends the run of `kind` at text[from, to) into q. */
 static int end_run(search_query *q, int kind, const char *text, size_t from, size_t to)
 {
-    int n = (int)(to - from);
-    if (kind == 1)
-        return mood_buf_printf(&q->fts, "%s\"%.*s\"*", q->fts.len ? " " : "", n, text + from);
-    if (kind != 2 || q->n_symbols == SEARCH_SYMBOL_RUNS)
-        return 0;
-    if (!(q->symbols[q->n_symbols] = mood_malloc((size_t)n + 3)))
-        return mood_error_nomem();
-    snprintf(q->symbols[q->n_symbols++], (size_t)n + 3, "%%%.*s%%", n, text + from);
-    return 0;
+    if (kind == RUN_WORD)
+        return mood_buf_printf(&q->fts, "%s\"%.*s\"*", q->fts.len ? " " : "", (int)(to - from),
+                               text + from);
+    return kind == RUN_TEXT ? add_text(q, text + from, to - from) : 0;
 }
 
 static int search_parse(search_query *q, const char *text)
 {
     const unsigned char *s = (const unsigned char *)text;
-    size_t i = 0, from = 0;
-    int kind = 0, err = 0, utf8 = mood__utf8_validate(text, strlen(text)) == 0;
-    if (!utf8)
-        mood_error_clear(); /* not UTF-8: its high bytes count as word characters */
-    while (!err) {
-        int len = 1, k = 0;
-        if (s[i])
-            k = utf8 ? char_kind(utf8_at(s + i, &len)) : (s[i] >= 0x80 || isalnum(s[i]));
-        if (k != kind) {
-            err = end_run(q, kind, text, from, i);
+    size_t i = 0, from = 0, len = strlen(text);
+    int kind = RUN_NONE, err;
+    if ((err = mood_registry_text_check(text, "the search query")) != 0)
+        return err;
+    if (len > SEARCH_MAX_BYTES)
+        return mood_error_set(MOOD_EINVAL, "search: a query of %zu bytes; at most %d", len,
+                              SEARCH_MAX_BYTES);
+    for (;;) {
+        uint32_t c = 0;
+        size_t n = i < len ? mood__utf8_decode(s + i, len - i, &c) : 0;
+        int k = i < len ? char_kind(c) : RUN_NONE;
+        if (k != kind || k == RUN_SYMBOL) { /* a symbol is a run of its own */
+            if ((err = end_run(q, kind, text, from, i)) != 0)
+                return err;
             kind = k;
             from = i;
         }
-        if (!s[i])
-            break;
-        i += (size_t)len;
+        if (k == RUN_SYMBOL && (err = add_text(q, text + i, n)) != 0)
+            return err;
+        if (i >= len)
+            return 0;
+        i += n;
     }
-    return err;
 }
 
 static void search_dispose(search_query *q)
 {
     mood_buf_dispose(&q->fts);
-    for (int i = 0; i < q->n_symbols; i++)
-        mood_free(q->symbols[i]);
+    for (int i = 0; i < q->n_text; i++)
+        mood_free(q->text[i]);
 }
 
 int mood_registry_search_json(char **out, mood_registry *r, const char *query)
 {
     search_query q;
     mood_buf sql;
-    const char *args[1 + SEARCH_SYMBOL_RUNS];
+    const char *args[1 + SEARCH_MAX_TEXT];
     int err, n = 0;
     MOOD_ARG_NONNULL(out);
     *out = NULL;
@@ -255,8 +290,9 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
     mood_buf_init(&sql);
     if ((err = search_parse(&q, query)) != 0)
         goto done;
-    if (q.fts.len == 0 && q.n_symbols == 0) {
-        err = mood_error_set(MOOD_EINVAL, "search '%s': give at least one word to look for", query);
+    if (q.fts.len == 0 && q.n_text == 0) {
+        err =
+            mood_error_set(MOOD_EINVAL, "search \"%s\": give at least one word to look for", query);
         goto done;
     }
     err = mood_buf_puts(&sql, SUMMARY_COLUMNS " FROM styles_fts f JOIN styles s ON s.id = f.rowid"
@@ -265,8 +301,8 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
         args[n++] = q.fts.data;
         err = mood_buf_printf(&sql, " AND styles_fts MATCH ?%d", n);
     }
-    for (int i = 0; !err && i < q.n_symbols; i++) {
-        args[n++] = q.symbols[i];
+    for (int i = 0; !err && i < q.n_text; i++) {
+        args[n++] = q.text[i];
         err = mood_buf_printf(&sql,
                               " AND (ifnull(f.name, '') || ' ' || ifnull(f.trigger_words, '') ||"
                               " ' ' || ifnull(f.tags, '') || ' ' || ifnull(f.description, '') ||"
@@ -274,8 +310,12 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
                               " LIKE ?%d",
                               n);
     }
+    /* a match in the name counts most, then trigger words and tags, then Civitai's names, then
+     * the description and notes (bm25's weights per column, in the index's order) */
     if (!err)
-        err = mood_buf_puts(&sql, q.fts.len ? " ORDER BY f.rank, s.name" : " ORDER BY s.name");
+        err = mood_buf_puts(&sql, q.fts.len ? " ORDER BY bm25(styles_fts, 10, 4, 4, 1, 1, 2), "
+                                              "s.name COLLATE NOCASE"
+                                            : " ORDER BY s.name COLLATE NOCASE");
     if (!err)
         err = run_summaries(out, r, sql.data, args, n);
 done:

@@ -140,6 +140,13 @@ assert w==[("inkwash.safetensors",0.8,0.8),("film-grain.safetensors",0.3,0.2)], 
 assert d["tags"]==["mono"] and d["negative"]=="blurry" and d["template"]=="{prompt}, ink"' "$tmp/out"
 expect_rc 0 "list --tag" "$MOOD" list --tag mono --json
 check "tag filter" py 'import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["ink-film"]' "$tmp/out"
+expect_rc 0 "several words are one query" "$MOOD" search ink wash --json
+check "both words must match" py 'import json,sys; json.load(open(sys.argv[1]))' "$tmp/out"
+expect_rc 0 "after --, a word may start with -" "$MOOD" search -- -ink
+expect_rc 1 "no query" "$MOOD" search
+check "says QUERY is missing" grep -q "missing QUERY" "$tmp/err"
+expect_rc 1 "a query that is not UTF-8" "$MOOD" search $'\xff'
+check "says so" grep -q "not valid UTF-8" "$tmp/err"
 expect_rc 0 "search a tag" "$MOOD" search mon --json
 check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
 # list reads summary columns that triggers keep in sync (migration 3): they must follow edits

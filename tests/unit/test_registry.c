@@ -868,24 +868,34 @@ static void test_read_only_schema_4(void)
     MOOD_CHECK(chmod(home, 0755) == 0 && chmod(db_path, 0644) == 0);
 }
 
-/* Emoji and other symbols, which the search index's tokenizer drops, are found as text: alone, in
- * a tag, beside a word (both must match), with a variation selector. */
-static void test_search_symbols(void)
+/* What the search index's tokenizer cannot find by words: emoji and symbols (alone, in a tag,
+ * beside a word, with a variation selector the text lacks, adjacent in the query but apart in
+ * the text), Chinese and Japanese text inside a longer run; non-ASCII punctuation and spaces
+ * separate words; a name match ranks first; bad queries are refused. */
+static void test_search_beyond_words(void)
 {
     const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
-    char db_path[1200];
+    char db_path[1200], long_query[1100];
     mood_registry *r = NULL;
     mood_style_spec spec = {.description =
-                                "ink \xf0\x9f\x8e\xa8 painting \xe2\x9d\xa4\xef\xb8\x8f"};
+                                "ink \xf0\x9f\x8e\xa8 painting \xe2\x9d\xa4 "
+                                "\xe6\x97\xa5\xe6\x9c\xac\xe3\x81\xae\xe6\xb0\xb4\xe5\xa2\xa8"
+                                "\xe7\x94\xbb artist's"};
     static const struct {
         const char *query;
         int found;
-    } cases[] = {{"\xf0\x9f\x8e\xa8", 1},         /* 🎨, in the description */
-                 {"\xf0\x9f\x94\xa5", 1},         /* 🔥, a tag */
-                 {"\xe2\x9d\xa4\xef\xb8\x8f", 1}, /* ❤️ */
-                 {"ink\xf0\x9f\x8e\xa8", 1},      /* a word and a symbol, both there */
-                 {"grain \xf0\x9f\x8e\xa8", 0},   /* a word that is not */
-                 {"\xf0\x9f\x9a\x80", 0}};        /* 🚀, nowhere */
+    } cases[] = {{"\xf0\x9f\x8e\xa8", 1},                 /* 🎨, in the description */
+                 {"\xf0\x9f\x94\xa5", 1},                 /* 🔥, a tag */
+                 {"\xe2\x9d\xa4\xef\xb8\x8f", 1},         /* ❤️ finds ❤ */
+                 {"\xf0\x9f\x94\xa5\xf0\x9f\x8e\xa8", 1}, /* 🔥🎨: both, apart in the text */
+                 {"ink\xf0\x9f\x8e\xa8", 1},              /* a word and a symbol, both there */
+                 {"grain \xf0\x9f\x8e\xa8", 0},           /* a word that is not */
+                 {"\xf0\x9f\x9a\x80", 0},                 /* 🚀, nowhere */
+                 {"\xe6\xb0\xb4\xe5\xa2\xa8", 1},         /* 水墨, inside 日本の水墨画 */
+                 {"\xe5\xa2\xa8ink", 1},                  /* 墨 and ink */
+                 {"artist\xe2\x80\x99s", 1},              /* artist’s: the apostrophe separates */
+                 {"ink\xe3\x80\x80painting", 1},          /* a full-width space */
+                 {"\xe2\x80\x9cink\xe2\x80\x9d", 1}};     /* “ink” */
     ink_registry(home, src, db_path, sizeof db_path);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     if (!r)
@@ -898,6 +908,35 @@ static void test_search_symbols(void)
         MOOD_CHECK_MSG(hits && (strstr(hits, "\"ink\"") != NULL) == cases[i].found, "%s: %s",
                        cases[i].query, hits ? hits : "(null)");
         mood_registry_free_string(hits);
+    }
+    /* refused: not UTF-8, too long, nothing to look for */
+    memset(long_query, 'a', 1050);
+    long_query[1050] = '\0';
+    {
+        const char *bad[] = {"\xff", long_query, "\xe3\x80\x80 --"};
+        for (size_t i = 0; i < 3; i++) {
+            char *hits = NULL;
+            MOOD_CHECK(mood_registry_search_json(&hits, r, bad[i]) == MOOD_EINVAL && !hits);
+        }
+    }
+    /* a name match first: "painting" is ink's description and the name of another style */
+    {
+        mood_style_lora l = {NULL, 1, 1};
+        mood_style_lora *loras = NULL;
+        size_t n = 0;
+        char *hits = NULL;
+        MOOD_CHECK_OK(mood_registry_style_loras(&loras, &n, r, "ink"));
+        if (loras) {
+            l.sha256 = loras[0].sha256;
+            mood_style_spec p = {.loras = &l, .n_loras = 1};
+            MOOD_CHECK_OK(mood_registry_style_create(r, "painting", &p));
+        }
+        MOOD_CHECK_OK(mood_registry_search_json(&hits, r, "painting"));
+        MOOD_CHECK_MSG(hits && strstr(hits, "\"painting\"") && strstr(hits, "\"ink\"") &&
+                           strstr(hits, "\"painting\"") < strstr(hits, "\"ink\""),
+                       "%s", hits ? hits : "(null)");
+        mood_registry_free_string(hits);
+        mood_registry_free_string((char *)loras);
     }
     mood_registry_close(r);
 }
@@ -944,4 +983,4 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
                MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
                MOOD_T(test_migration_4), MOOD_T(test_read_only_schema_4),
-               MOOD_T(test_search_symbols))
+               MOOD_T(test_search_beyond_words))
