@@ -66,6 +66,9 @@ int cli_parse_dtype(mood_dtype *out, const char *s);
  * "mood-tiny" is the bundled model in mood's data folder; with no argument, $MOOD_MODEL.
  * Returns 0, or the exit status after printing why. */
 int cli_find_model(char **out, const char *arg);
+/* A model mood knows by name alone (malloc'd): $MOOD_HOME/models/NAME[.safetensors], or the
+ * bundled mood-tiny; NULL when none, or when `name` is a path (holds '/' or starts with '.'). */
+char *cli_model_by_name(const char *name);
 
 /* The compute device: the global option `mood --device cpu|cuda[:N]|auto <command>` (NULL when
  * not given; $MOOD_DEVICE is the fallback, read by the library). */

@@ -337,10 +337,44 @@ static int path_exists(const char *p)
     return stat(p, &st) == 0;
 }
 
-int cli_find_model(char **out, const char *arg)
+char *cli_model_by_name(const char *name)
 {
     char *home = NULL;
     const char *exts[] = {"", ".safetensors"};
+    if (!*name || strchr(name, '/') || name[0] == '.')
+        return NULL; /* a path, not a name */
+    if (mood_registry_default_home(&home) == 0) {
+        for (int i = 0; i < 2; i++) {
+            size_t n = strlen(home) + strlen(name) + 32;
+            char *p = malloc(n);
+            if (!p)
+                break;
+            snprintf(p, n, "%s/models/%s%s", home, name, exts[i]);
+            if (path_exists(p)) {
+                mood_registry_free_string(home);
+                return p;
+            }
+            free(p);
+        }
+        mood_registry_free_string(home);
+    }
+    if (strcmp(name, "mood-tiny") == 0) { /* the bundled model, before `mood demo` links it */
+        char data[4096];
+        if (mood_data_dir(data, sizeof data) == 0) {
+            size_t n = strlen(data) + sizeof "/mood-tiny";
+            char *p = malloc(n);
+            if (p)
+                snprintf(p, n, "%s/mood-tiny", data);
+            if (p && path_exists(p))
+                return p;
+            free(p);
+        }
+    }
+    return NULL;
+}
+
+int cli_find_model(char **out, const char *arg)
+{
     if (!arg)
         arg = getenv("MOOD_MODEL");
     if (!arg || !*arg) {
@@ -351,37 +385,8 @@ int cli_find_model(char **out, const char *arg)
         *out = strdup(arg);
         return *out ? 0 : 2;
     }
-    if (!strchr(arg, '/') && mood_registry_default_home(&home) == 0) {
-        for (int i = 0; i < 2; i++) {
-            size_t n = strlen(home) + strlen(arg) + 32;
-            char *p = malloc(n);
-            if (!p)
-                break;
-            snprintf(p, n, "%s/models/%s%s", home, arg, exts[i]);
-            if (path_exists(p)) {
-                mood_registry_free_string(home);
-                *out = p;
-                return 0;
-            }
-            free(p);
-        }
-        mood_registry_free_string(home);
-    }
-    if (strcmp(arg, "mood-tiny") == 0) { /* the bundled model, before `mood demo` links it */
-        char data[4096];
-        if (mood_data_dir(data, sizeof data) == 0) {
-            size_t n = strlen(data) + sizeof "/mood-tiny";
-            char *p = malloc(n);
-            if (!p)
-                return 2;
-            snprintf(p, n, "%s/mood-tiny", data);
-            if (path_exists(p)) {
-                *out = p;
-                return 0;
-            }
-            free(p);
-        }
-    }
+    if ((*out = cli_model_by_name(arg)) != NULL)
+        return 0;
     fprintf(stderr, "mood: error: model '%s': no such file, folder or name in $MOOD_HOME/models\n",
             arg);
     return 2;

@@ -22,7 +22,8 @@ const char cmd_gen_help[] =
     "Generates images from PROMPT with a Stable Diffusion 1.x/2.x/XL model (Playground v2 and\n"
     "v2.5 too) and writes PNGs whose 'parameters' text (AUTOMATIC1111's format, with Model hash\n"
     "and Lora hashes) A1111 and Civitai read (prompt, settings, model and LoRAs by hash) and\n"
-    "`mood gen --from-png` reproduces exactly. mood's samplers are diffusers' (step for step),\n"
+    "`mood gen --from-png` reproduces exactly (an image of a batch drawn with --rng mood or\n"
+    "torch-cuda: within a level of 255). mood's samplers are diffusers' (step for step),\n"
     "not A1111's k-diffusion ones: the same settings in A1111 make a close image, not the same.\n\n"
     "Model and styles:\n"
     "  --model PATH_OR_NAME  a single-file checkpoint (.safetensors), a diffusers folder, or a\n"
@@ -64,8 +65,9 @@ const char cmd_gen_help[] =
     "                        on when taken: never over an earlier image); a batch adds -1, -2\n"
     "  --preview-every N     write FILE.preview.png with the current estimate every N steps\n"
     "  --from-png IMAGE      take prompt, negative prompt, steps, sampler, CFG, seed, size, clip\n"
-    "                        skip and LoRAs from IMAGE's parameters text (options given after it\n"
-    "                        override); says what it could not match\n"
+    "                        skip, model (by name, from $MOOD_HOME/models) and LoRAs (tagged in\n"
+    "                        its prompt, by hash) from IMAGE's parameters text; options given\n"
+    "                        with it override (each named); says what it could not match\n"
     "  --json                print what was written as JSON: the images (path, seed,\n"
     "                        parameters text), the prompts as run, and the adapters\n"
     "                        applied (path, unet and te multipliers, dyn, AutoV3)\n"
@@ -298,7 +300,9 @@ static int load_model(gen_run *r)
 {
     mood_model_options mo;
     char *path = NULL;
-    int rc = cli_find_model(&path, r->args.model);
+    int rc = gen_find_png_model(&r->args, &path);
+    if (rc < 0)
+        rc = cli_find_model(&path, r->args.model);
     if (rc)
         return rc;
     double t0 = now_s();

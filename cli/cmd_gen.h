@@ -72,6 +72,11 @@ void gen_from_png_dispose(gen_args *a);
 int gen_remap_png_loras(gen_run *r);
 /* --from-png, styles resolved: warns about LoRAs found by name whose hash is not the image's. */
 void gen_check_png_hashes(const gen_run *r);
+/* --from-png without --model: the model the image names ("Model: NAME"), looked up as a name
+ * only (cli_model_by_name: never as a path, which a file's text must not choose); when mood
+ * does not have it, $MOOD_MODEL with a warning. Returns 0 with *path set, -1 when the usual
+ * lookup applies, or an exit status after an error message. */
+int gen_find_png_model(const gen_args *a, char **path);
 /* After loading: warns when the model's hash is not the image's. */
 void gen_check_png_model(gen_run *r);
 /* The A1111 parameters of image i (0-based, of o->batch) made with o on model from prompt and

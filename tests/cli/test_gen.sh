@@ -269,8 +269,32 @@ for want in '"Steps: abc" of the image is not a value' '"Variation seed strength
     'prompt tag <hypernet:foo:1> is a hypernetwork' "image's prompt has AND (A1111's composable diffusion)"; do
     check "warns: $want" grep -q "$want" "$tmp/err"
 done
-check "one warning each, none for Version, Emphasis: Original or unknown keys" \
-    test "$(grep -c 'warning' "$tmp/err")" -eq 14
+check "keys mood does not know named together" grep -q "settings hold Foo bar: baz, which mood does not know" "$tmp/err"
+check "one warning each, none for Version or Emphasis: Original" \
+    test "$(grep -c 'warning' "$tmp/err")" -eq 15
+# other tools' texts and what the command line changes
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/swarm.png" '{"sui_image_params": {"prompt": "a cat", "seed": 1}}'
+expect_rc 1 "--from-png of SwarmUI's JSON" "$MOOD" gen --from-png "$tmp/swarm.png" --model "$MODEL" -o "$tmp/x.png"
+check "says it is JSON, not A1111's" grep -q "parameters\" text is JSON" "$tmp/err"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/fooocus.png" "a lighthouse
+Steps: 8, $details, Lora hashes: \"tinystyle: 0123456789ab\", Lora weights: \"tinystyle: 0.5\""
+expect_rc 0 "--from-png with a LoRA beside the prompt, not tagged (Fooocus)" "$MOOD" gen \
+    --from-png "$tmp/fooocus.png" --model "$MODEL" -o "$tmp/x.png" --json
+check "says it is not applied, and why" grep -q "LoRA tinystyle (hash 0123456789ab) is in the image's Lora hashes but its prompt has no <lora:tinystyle> tag" "$tmp/err"
+expect_rc 0 "--from-png with options over it" "$MOOD" gen --steps 3 --from-png "$tmp/a.png" \
+    --model "$MODEL" --seed 7 --size 32x32 -o "$tmp/x.png"
+check "names what they replace" grep -q "the options given replace the image's Steps: 8, Seed: 42, Size: 64x64" "$tmp/err"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/m1.png" "a cat
+Steps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64, Model: $MODEL"
+expect_rc 2 "an image's Model: is a name, never a path" env -u MOOD_MODEL "$MOOD" gen --from-png "$tmp/m1.png" -o "$tmp/x.png"
+check "says mood does not have it and to give --model" grep -q "which mood does not have (not in \$MOOD_HOME/models): give --model" "$tmp/err"
+expect_rc 0 "\$MOOD_MODEL when mood does not have the image's model" env MOOD_MODEL="$MODEL" "$MOOD" gen \
+    --from-png "$tmp/m1.png" -o "$tmp/x.png"
+check "said" grep -q "is not in \$MOOD_HOME/models; using \$MOOD_MODEL" "$tmp/err"
+expect_rc 0 "a prompt line starting as A1111's negative prompt does" "$MOOD" gen "a cat
+Negative prompt: a trick" "${common[@]}" -o "$tmp/x.png"
+check "warned" grep -q 'the prompt has a line starting with "Negative prompt:"' "$tmp/err"
+
 # the same syntax typed: said too (A1111 would run the image's PNG text differently)
 expect_rc 0 "a typed prompt with A1111-only syntax" "$MOOD" gen \
     "a [cat:dog:0.5] in [red|blue] AND a dog <hypernet:foo:1>" "${common[@]}" -o "$tmp/typed.png"
