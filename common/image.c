@@ -617,8 +617,68 @@ static int starts_like(const mood_map *m, const void *magic, size_t n)
     return k > 0 && !memcmp(m->data, magic, k);
 }
 
+/* Formats mood does not decode, by their first bytes, for a message that names them. */
+static const char *other_format(const mood_map *m)
+{
+    const uint8_t *d = m->data;
+    if (starts_like(m, "GIF8", 4))
+        return "a GIF image";
+    if (starts_like(m, "II*\0", 4) || starts_like(m, "MM\0*", 4))
+        return "a TIFF image";
+    if (starts_like(m, "8BPS", 4))
+        return "a Photoshop file";
+    if (starts_like(m, "\xFF\x0A", 2) || (m->size >= 12 && !memcmp(d + 4, "JXL ", 4)))
+        return "a JPEG XL image";
+    if (m->size >= 12 && !memcmp(d + 4, "ftyp", 4)) {
+        if (!memcmp(d + 8, "avif", 4) || !memcmp(d + 8, "avis", 4))
+            return "an AVIF image";
+        if (!memcmp(d + 8, "heic", 4) || !memcmp(d + 8, "heix", 4) || !memcmp(d + 8, "mif1", 4))
+            return "a HEIC image";
+    }
+    return NULL;
+}
+
+/* An uncompressed BMP shorter than its pixel rows: stb_image would fill the missing rows with
+ * black and say nothing. */
+static int bmp_cut_short(const mood_map *m)
+{
+    const uint8_t *d = m->data;
+    uint32_t offset, compression;
+    int32_t w, h;
+    uint16_t bpp;
+    uint64_t row, need;
+    if (m->size < 34)
+        return 0;
+    offset = (uint32_t)d[10] | (uint32_t)d[11] << 8 | (uint32_t)d[12] << 16 | (uint32_t)d[13] << 24;
+    w = (int32_t)((uint32_t)d[18] | (uint32_t)d[19] << 8 | (uint32_t)d[20] << 16 |
+                  (uint32_t)d[21] << 24);
+    h = (int32_t)((uint32_t)d[22] | (uint32_t)d[23] << 8 | (uint32_t)d[24] << 16 |
+                  (uint32_t)d[25] << 24);
+    bpp = (uint16_t)(d[28] | d[29] << 8);
+    compression =
+        (uint32_t)d[30] | (uint32_t)d[31] << 8 | (uint32_t)d[32] << 16 | (uint32_t)d[33] << 24;
+    if ((compression != 0 && compression != 3) || w <= 0 || h == 0 || h == INT32_MIN || !bpp)
+        return 0; /* compressed rows have no fixed size: the decoder checks them */
+    row = ((uint64_t)w * bpp + 31) / 32 * 4;
+    need = (uint64_t)offset + row * (uint64_t)(h < 0 ? -(int64_t)h : h);
+    return (uint64_t)m->size < need;
+}
+
 static int check_decodable(const mood_map *m, const char *path)
 {
+    const char *other;
+    if (m->size == 0)
+        return mood_error_set(MOOD_EFORMAT, "%s: an empty file, not an image", path);
+    if ((other = other_format(m)) != NULL)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: %s, which mood does not read (it reads PNG, JPEG, WebP and "
+                              "BMP): convert it",
+                              path, other);
+    if (starts_like(m, "BM", 2) && bmp_cut_short(m))
+        return mood_error_set(MOOD_EFORMAT,
+                              "%s: the BMP file is cut short (its pixel rows end "
+                              "early): a broken copy or download",
+                              path);
     /* a PNG's size is in its header; stb_image refuses a side past MAX_SIDE with only "unknown
      * image type" */
     if (starts_like(m, png_signature, 8) && m->size >= 24) {
@@ -634,6 +694,39 @@ static int check_decodable(const mood_map *m, const char *path)
         starts_like(m, "BM", 2))
         return 0; /* stb_image decodes it or says what is wrong */
     return mood_error_set(MOOD_EUNSUPPORTED, "%s: not a PNG, JPEG, WebP or BMP image", path);
+}
+
+/* What a failed decode says: stb_image's terse reasons in words. Its "outofmem" is also its
+ * own size limit (2^31 bytes of decoded pixels, 16-bit ones counted twice): an image that large
+ * is named as too large, not as the machine out of memory. */
+static int decode_failed(const char *path, const char *reason, int w, int h, int c)
+{
+    static const char *const damaged[] = {
+        "outofdata",       "expected marker", "read past buffer",  "bad huffman code",
+        "bad zlib header", "zlib corrupt",    "bad codelengths",   "bad code lengths",
+        "bad dist",        "no IDAT",         "not enough pixels", "no SOF",
+        "bad AC huff",     "bad DC huff",     "bad DHT header",    "unknown marker"};
+    if (!strcmp(reason, "outofmem")) {
+        if ((uint64_t)w * (uint64_t)h * (uint64_t)(c < 3 ? 4 : c) * 2 >= (1ull << 31))
+            return mood_error_set(MOOD_EUNSUPPORTED,
+                                  "%s: %dx%d pixels with %d channels is too large for mood's "
+                                  "decoder: scale it down (or save it with 8 bits a channel)",
+                                  path, w, h, c);
+        return mood_error_set(MOOD_ENOMEM, "%s: out of memory decoding %dx%d pixels", path, w, h);
+    }
+    for (size_t i = 0; i < sizeof damaged / sizeof damaged[0]; i++)
+        if (!strncmp(reason, damaged[i], strlen(damaged[i])))
+            return mood_error_set(MOOD_EFORMAT,
+                                  "%s: the image data is damaged or cut short (the decoder "
+                                  "says: %s): a broken copy or download",
+                                  path, reason);
+    if (!strcmp(reason, "unknown image type"))
+        return mood_error_set(MOOD_EFORMAT,
+                              "%s: a variant of its format mood's decoder does not read "
+                              "(compressed BMP, arithmetic-coded, 12-bit or lossless JPEG): "
+                              "save it again as an ordinary PNG or JPEG",
+                              path);
+    return mood_error_set(MOOD_EFORMAT, "%s: cannot decode the image: %s", path, reason);
 }
 
 int mood_image_load(mood_image **out, const char *path)
@@ -655,7 +748,7 @@ int mood_image_load(mood_image **out, const char *path)
     if ((err = check_decodable(&m, path)) != 0)
         goto done;
     if (mood__stb_info(m.data, m.size, &w, &h, &c, &reason) != 0) {
-        err = mood_error_set(MOOD_EFORMAT, "%s: cannot decode the image: %s", path, reason);
+        err = decode_failed(path, reason, w, h, c);
         goto done;
     }
     if ((uint64_t)w * (uint64_t)h > MAX_PIXELS) {
@@ -673,10 +766,7 @@ int mood_image_load(mood_image **out, const char *path)
     img->pixels =
         mood__stb_decode(m.data, m.size, img->channels, &img->width, &img->height, &reason);
     if (!img->pixels) {
-        if (!strcmp(reason, "outofmem"))
-            err = mood_error_nomem();
-        else
-            err = mood_error_set(MOOD_EFORMAT, "%s: cannot decode the image: %s", path, reason);
+        err = decode_failed(path, reason, w, h, c);
         goto done;
     }
 orient:

@@ -53,10 +53,12 @@ static int tiff_orientation(const uint8_t *p, size_t n)
             return 1;
         if (rd16(&t, e) != 0x0112)
             continue;
-        /* SHORT (3), one value, stored in the first two bytes of the value field */
-        if (rd16(&t, e + 2) != 3 || rd32(&t, e + 4) < 1)
+        /* SHORT (3), one value, stored in the first two bytes of the value field; some writers
+         * store it as a LONG (4), which Pillow reads too */
+        uint32_t type = rd16(&t, e + 2), v;
+        if ((type != 3 && type != 4) || rd32(&t, e + 4) < 1)
             return 1;
-        uint32_t v = rd16(&t, e + 8);
+        v = type == 3 ? rd16(&t, e + 8) : rd32(&t, e + 8);
         return v >= 1 && v <= 8 ? (int)v : 1;
     }
     return 1;

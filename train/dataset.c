@@ -218,13 +218,14 @@ static void path_list_dispose(path_list *l)
     mood_free(l->skipped);
 }
 
-static int skip_folder(path_list *l, const char *dir, const char *why)
+/* Records a folder ("DIR/: why") or a file ("FILE: why") left out, for the warnings. */
+static int skip_entry(path_list *l, const char *dir, const char *slash, const char *why)
 {
     size_t need = l->n_skipped + 1;
     mood_buf b;
     mood_buf_init(&b);
     if (mood_array_reserve(&l->skipped, &l->skipped_cap, need, sizeof *l->skipped, 8) != 0 ||
-        mood_buf_printf(&b, "%s/: %s", dir, why) != 0) {
+        mood_buf_printf(&b, "%s%s: %s", dir, slash, why) != 0) {
         mood_buf_dispose(&b);
         return mood_error_nomem();
     }
@@ -232,17 +233,46 @@ static int skip_folder(path_list *l, const char *dir, const char *why)
     return 0;
 }
 
-static int is_image_name(const char *name)
+static int skip_folder(path_list *l, const char *dir, const char *why)
 {
-    static const char *const ext[] = {".png", ".jpg", ".jpeg", ".webp", ".bmp"};
+    return skip_entry(l, dir, "/", why);
+}
+
+static int has_ext(const char *name, const char *const *ext, size_t n)
+{
     const char *dot = strrchr(name, '.');
     if (!dot || name[0] == '.')
         return 0;
-    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++)
+    for (size_t i = 0; i < n; i++)
         if (strcasecmp(dot, ext[i]) == 0)
             return 1;
     return 0;
 }
+
+static int is_image_name(const char *name)
+{
+    static const char *const ext[] = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp"};
+    return has_ext(name, ext, sizeof ext / sizeof ext[0]);
+}
+
+/* Pictures in formats mood does not decode: named when skipped, not passed over in silence. */
+static int is_other_picture(const char *name)
+{
+    static const char *const ext[] = {".gif", ".tif", ".tiff", ".heic", ".heif", ".avif",
+                                      ".jxl", ".psd", ".svg",  ".tga",  ".ico",  ".dng"};
+    return has_ext(name, ext, sizeof ext / sizeof ext[0]);
+}
+
+/* Files that go with images but are none: captions, kohya's and tools' settings, the system's
+ * (given among the images when a shell expands board/ *). */
+static int is_companion(const char *path)
+{
+    static const char *const ext[] = {".txt", ".caption", ".json", ".toml", ".npz", ".db", ".ini"};
+    return has_ext(mood_path_basename(path), ext, sizeof ext / sizeof ext[0]);
+}
+
+#define OTHER_PICTURE                                                                              \
+    "a picture in a format mood does not read (it reads PNG, JPEG, WebP, BMP): convert it"
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -274,8 +304,8 @@ static int list_folder(path_list *l, const char *dir, int repeats, path_list *su
     while (!err && (e = readdir(d)) != NULL) {
         mood_buf b;
         struct stat st;
-        int image = is_image_name(e->d_name);
-        if (!image && (!subdirs || e->d_name[0] == '.'))
+        int image = is_image_name(e->d_name), other = is_other_picture(e->d_name);
+        if (!image && !other && (!subdirs || e->d_name[0] == '.'))
             continue;
         mood_buf_init(&b);
         if ((err = mood_buf_printf(&b, "%s/%s", dir, e->d_name)) != 0)
@@ -284,6 +314,8 @@ static int list_folder(path_list *l, const char *dir, int repeats, path_list *su
             st.st_mode = 0; /* gone since the listing, or a broken link: not taken */
         if (image && S_ISREG(st.st_mode))
             err = push_path(l, mood_buf_detach(&b), repeats, !subdirs); /* kohya's subfolder */
+        else if (other && S_ISREG(st.st_mode))
+            err = skip_entry(l, b.data, "", OTHER_PICTURE);
         else if (subdirs && S_ISDIR(st.st_mode))
             err = push_path(subdirs, mood_strdup(e->d_name), 1, 0);
         mood_buf_dispose(&b);
@@ -355,6 +387,8 @@ static int collect(path_list *l, const char *const *paths, size_t n)
             return mood_error_set(MOOD_EINVAL, "mood board: NULL path");
         if (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode))
             err = add_folder(l, paths[i]);
+        else if (is_companion(paths[i]))
+            err = skip_entry(l, paths[i], "", "not an image (a caption or settings file)");
         else /* a missing file is reported with the undecodable ones */
             err = push_path(l, mood_strdup(paths[i]), 1, 0);
     }
@@ -437,8 +471,17 @@ static int sidecar_caption(char **out, const char *image, const char *ext)
         const char *p = (const char *)m.data, *end = p + m.size;
         if (m.size >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) /* UTF-8 BOM */
             p += 3;
-        while (p < end && !*out) {
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (memchr(p, '\0', (size_t)(end - p))) /* UTF-16 without its BOM: one letter each */
+            err = mood_error_set(MOOD_EINVAL,
+                                 "caption file %s holds NUL bytes (UTF-16 text?): save it as "
+                                 "UTF-8",
+                                 path.data);
+        while (!err && p < end && !*out) {
+            const char *nl = p; /* a line ends at \n, \r\n or (old Mac) \r */
+            while (nl < end && *nl != '\n' && *nl != '\r')
+                nl++;
+            if (nl == end)
+                nl = NULL;
             size_t len = (size_t)((nl ? nl : end) - p);
             char *line = trimmed(p, len);
             if (!line)
@@ -615,7 +658,7 @@ static int no_images(const path_list *l, const char *const *paths, size_t n)
             return mood_error_nomem();
         }
     err = mood_error_set(MOOD_EINVAL, "%s%s: no images (PNG, JPEG, WebP, BMP) found%s%s", paths[0],
-                         n > 1 ? " ..." : "", l->n_skipped ? "; subfolders skipped:" : "",
+                         n > 1 ? " ..." : "", l->n_skipped ? "; skipped:" : "",
                          l->n_skipped ? why.data : "");
     mood_buf_dispose(&why);
     return err;

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "engine/model_impl.h"
+#include "mood/registry.h"
 #include "lora/lora_internal.h"
 #include "train/train_internal.h"
 
@@ -412,12 +413,19 @@ static void dir_key(char *out, size_t size, const char *path)
 {
     /* the real name of the image's folder, however it was typed ("b1/", ".", "../b1": b1) */
     const char *slash = strrchr(path, '/');
-    char dir[4096], *real;
+    char dir[4096], *real, *utf8 = NULL;
     snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
     real = realpath(dir[0] ? dir : "/", NULL);
-    snprintf(out, size, "%s", real ? mood_path_basename(real) : "board");
+    /* the metadata is JSON in a safetensors header, which must be UTF-8: a folder named in
+     * another encoding (an old archive's Latin-1) is read as Windows-1252, as the registry
+     * reads names */
+    if (real && mood_registry_text_to_utf8(&utf8, mood_path_basename(real)) == 0)
+        snprintf(out, size, "%s", utf8);
+    else
+        snprintf(out, size, "%s", real ? mood_path_basename(real) : "board");
     if (!out[0])
         snprintf(out, size, "board");
+    mood_registry_free_string(utf8);
     free(real);
 }
 

@@ -117,4 +117,42 @@ m=meta("capst.safetensors"); t=json.loads(m["ss_tag_frequency"]); assert t["capb
     -o ../dotb.safetensors >/dev/null 2>&1)
 check "--board . is keyed by the folder's name" py "$META"'
 m=meta("dotb.safetensors"); assert list(json.loads(m["ss_dataset_dirs"]))==["capb"], m["ss_dataset_dirs"]'
+# a folder named in another encoding (an old archive's Latin-1): its metadata key is UTF-8
+latin=$(printf 'caf\xe9')
+mkdir -p "$latin"
+cp "$FIX/train/board/a.png" "$latin/x.png"
+expect_rc 0 "a board folder whose name is not UTF-8" "$MOOD" train --name lat --board "$latin" \
+    --model "$MODEL" --steps 1 --rank 4 --no-register
+check "the key read as Windows-1252" py "$META"'
+m=meta("lat.safetensors"); assert list(json.loads(m["ss_dataset_dirs"]))==["caf\u00e9"], m["ss_dataset_dirs"]'
+# captions: UTF-16 without its byte-order mark is refused (it read as one letter); an old Mac
+# file's \r ends the first line
+mkdir -p c16 ccr
+cp "$FIX/train/board/a.png" c16/x.png
+cp "$FIX/train/board/a.png" ccr/x.png
+printf 'i\0n\0k\0' >c16/x.txt
+printf 'inky, first line\rsecond line\r' >ccr/x.txt
+expect_rc 1 "a UTF-16 caption without BOM" "$MOOD" train --name c16 --board c16 --model "$MODEL" \
+    --steps 1 --no-register
+check "says UTF-16 and to save as UTF-8" grep -q "c16/x.txt holds NUL bytes (UTF-16 text?): save it as UTF-8" "$tmp/err"
+expect_rc 0 "a caption with old Mac line ends" "$MOOD" train --name ccr --board ccr --model "$MODEL" \
+    --steps 1 --rank 4 --no-register
+check "its first line only" py "$META"'
+m=meta("ccr.safetensors"); t=json.loads(m["ss_tag_frequency"]); assert t["ccr"]=={"inky": 1, "first line": 1}, t'
+# pictures in formats mood does not read are named, beside the images it trains on; a caption
+# given among the images (board/*) is not taken for an image
+mkdir -p mixf
+cp "$FIX/train/board/a.png" mixf/x.png
+printf 'GIF89a\1\0\1\0\0\0\0' >mixf/y.gif
+printf 'II*\0\10\0\0\0' >mixf/z.tiff
+echo "inky" >mixf/x.txt
+expect_rc 0 "a folder with a GIF and a TIFF" "$MOOD" train --name mixf --board mixf --model "$MODEL" \
+    --steps 1 --rank 4 --no-register
+check "both named as skipped" sh -c 'grep -q "skipped mixf/y.gif: a picture in a format mood does not read" "$1" && grep -q "skipped mixf/z.tiff" "$1"' _ "$tmp/err"
+expect_rc 0 "board/* with its caption" "$MOOD" train --name mixs --board mixf/x.png mixf/x.txt \
+    --model "$MODEL" --steps 1 --rank 4 --no-register
+check "the caption skipped, not an error" grep -q "skipped mixf/x.txt: not an image" "$tmp/err"
+expect_rc 1 "a GIF named .png" sh -c 'cp mixf/y.gif g.png && exec "$0" train --name g --board g.png --model "$1" --steps 1 --no-register' "$MOOD" "$MODEL"
+check "named as a GIF" grep -q "g.png: a GIF image, which mood does not read" "$tmp/err"
+
 finish

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "common/common.h"
+#include "common/image_decode.h"
 #include "harness.h"
 #include "mood/image.h"
 
@@ -357,6 +358,59 @@ static void test_corrupt_files(void)
     mood_image_free(img);
 }
 
+/* Writes `n` bytes and checks that loading them fails with `code` and a message holding `words`. */
+static void check_load_fails(const char *name, const void *bytes, size_t n, int code,
+                             const char *words)
+{
+    const char *path = scratch_path(name);
+    mood_image *img = NULL;
+    MOOD_CHECK(write_file(path, bytes, n) == 0);
+    MOOD_CHECK_MSG(mood_image_load(&img, path) == code && !img, "%s: %s", name, mood_error_last());
+    MOOD_CHECK_MSG(strstr(mood_error_last(), words), "%s: %s", name, mood_error_last());
+}
+
+/* Pictures mood does not decode are named by their format (whatever their file is called); an
+ * empty file is said to be one; an uncompressed BMP cut short is refused (its missing rows were
+ * read as black); an EXIF orientation stored as a LONG is read, as Pillow reads it. */
+static void test_other_formats_and_short_files(void)
+{
+    static const uint8_t heic[] = {0, 0, 0, 0x18, 'f', 't', 'y', 'p', 'h', 'e', 'i', 'c', 0, 0};
+    static const uint8_t avif[] = {0, 0, 0, 0x1c, 'f', 't', 'y', 'p', 'a', 'v', 'i', 'f', 0, 0};
+    uint8_t bmp[54 + 2 * 12] = {'B', 'M'}, exif[40];
+    mood_image *img = NULL;
+    check_load_fails("empty.png", "", 0, MOOD_EFORMAT, "an empty file");
+    check_load_fails("a.png", "GIF89a\x01\0\x01\0\0\0\0", 13, MOOD_EUNSUPPORTED, "a GIF image");
+    check_load_fails("b.jpg", heic, sizeof heic, MOOD_EUNSUPPORTED, "a HEIC image");
+    check_load_fails("c.png", avif, sizeof avif, MOOD_EUNSUPPORTED, "an AVIF image");
+    check_load_fails("d.png", "II*\0\x08\0\0\0", 8, MOOD_EUNSUPPORTED, "a TIFF image");
+    /* a 4 x 2 24-bit BMP: rows of 12 bytes from offset 54 */
+    bmp[10] = 54, bmp[14] = 40, bmp[18] = 4, bmp[22] = 2, bmp[26] = 1, bmp[28] = 24;
+    for (size_t i = 54; i < sizeof bmp; i++)
+        bmp[i] = (uint8_t)(40 + i);
+    MOOD_CHECK(write_file(scratch_path("whole.bmp"), bmp, sizeof bmp) == 0);
+    MOOD_CHECK_OK(mood_image_load(&img, scratch_path("whole.bmp")));
+    MOOD_CHECK(img && img->width == 4 && img->height == 2 && img->pixels[0] == 40 + 54 + 12 + 2);
+    mood_image_free(img);
+    check_load_fails("cut.bmp", bmp, sizeof bmp - 5, MOOD_EFORMAT, "cut short");
+    /* JPEG APP1 "Exif": II, 42, IFD0 at 8, one entry: 0x0112, type, count 1, value 6 */
+    {
+        static const uint8_t head[] = {0xFF, 0xD8, 0xFF, 0xE1, 0,   36,  'E',  'x',
+                                       'i',  'f',  0,    0,    'I', 'I', 42,   0,
+                                       8,    0,    0,    0,    1,   0,   0x12, 0x01};
+        const int types[] = {3, 4, 5}, want[] = {6, 6, 1}; /* SHORT, LONG; RATIONAL: none */
+        for (int k = 0; k < 3; k++) {
+            memset(exif, 0, sizeof exif);
+            memcpy(exif, head, sizeof head);
+            exif[24] = (uint8_t)types[k];
+            exif[26] = 1; /* count */
+            exif[30] = 6; /* the value's first byte (little-endian) */
+            exif[38] = 0xFF, exif[39] = 0xD9;
+            MOOD_CHECK_MSG(mood__exif_orientation(exif, sizeof exif) == want[k], "type %d: %d",
+                           types[k], mood__exif_orientation(exif, sizeof exif));
+        }
+    }
+}
+
 /* Failed writes leave nothing: a missing directory, a read-only one, a full disk. */
 static void test_failed_writes(void)
 {
@@ -472,5 +526,5 @@ static void test_alloc_failures(void)
 
 MOOD_TEST_MAIN(MOOD_T(test_float_edges), MOOD_T(test_png_text_round_trip),
                MOOD_T(test_pillow_texts), MOOD_T(test_decode), MOOD_T(test_grid),
-               MOOD_T(test_corrupt_files), MOOD_T(test_failed_writes), MOOD_T(test_bad_arguments),
-               MOOD_T(test_alloc_failures))
+               MOOD_T(test_corrupt_files), MOOD_T(test_other_formats_and_short_files),
+               MOOD_T(test_failed_writes), MOOD_T(test_bad_arguments), MOOD_T(test_alloc_failures))
