@@ -527,6 +527,10 @@ int gen_apply_png(gen_args *a)
     if ((err = mood_image_read_png_text(&text, a->from_png, "parameters")) != 0)
         return no_parameters(a->from_png, err);
     a->png_text = text;
+    if (!text[strspn(text, " \t\r\n")]) {
+        fprintf(stderr, "mood: error: %s: its \"parameters\" text is empty\n", a->from_png);
+        return 1;
+    }
     if (png_is_json(text)) {
         fprintf(stderr,
                 "mood: error: %s: its \"parameters\" text is JSON (SwarmUI and Fooocus write "

@@ -276,6 +276,14 @@ check "one warning each, none for Version or Emphasis: Original" \
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/swarm.png" '{"sui_image_params": {"prompt": "a cat", "seed": 1}}'
 expect_rc 1 "--from-png of SwarmUI's JSON" "$MOOD" gen --from-png "$tmp/swarm.png" --model "$MODEL" -o "$tmp/x.png"
 check "says it is JSON, not A1111's" grep -q "parameters\" text is JSON" "$tmp/err"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/empty.png" '  '
+expect_rc 1 "--from-png of an empty parameters text" "$MOOD" gen --from-png "$tmp/empty.png" --model "$MODEL"
+check "says it is empty" grep -q 'its "parameters" text is empty' "$tmp/err"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/nv.png" "a cat
+Steps: 2, $details, RNG: NV"
+expect_rc 0 "RNG: NV (A1111's GPU noise drawn on the CPU)" "$MOOD" gen --from-png "$tmp/nv.png" \
+    --model "$MODEL" -o "$tmp/x.png" --json
+check "read as torch-cuda, without a warning" sh -c '! grep -q "RNG" "$1" && grep -q "RNG: GPU\|Steps: 2" "$2"' _ "$tmp/err" "$tmp/out"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/fooocus.png" "a lighthouse
 Steps: 8, $details, Lora hashes: \"tinystyle: 0123456789ab\", Lora weights: \"tinystyle: 0.5\""
 expect_rc 0 "--from-png with a LoRA beside the prompt, not tagged (Fooocus)" "$MOOD" gen \
