@@ -489,13 +489,15 @@ static int no_parameters(const char *path, int err)
     char *graph = NULL;
     if (err != MOOD_ENOTFOUND || stat(path, &st) != 0)
         return cli_fail(err);
-    int comfy = mood_image_read_png_text(&graph, path, "prompt") == 0;
+    int comfy = mood_image_read_png_text(&graph, path, "prompt") == 0 ||
+                mood_image_read_png_text(&graph, path, "workflow") == 0;
     mood_image_free_string(graph);
     fprintf(stderr,
-            "mood: error: %s has no A1111 \"parameters\" text%s; --from-png reads the parameters "
-            "AUTOMATIC1111, Forge and mood write\n",
+            "mood: error: %s has no A1111 parameters (a PNG's \"parameters\" text or the EXIF "
+            "UserComment of a JPEG or WebP)%s; --from-png reads the parameters AUTOMATIC1111, "
+            "Forge and mood write\n",
             path,
-            comfy ? " but a ComfyUI workflow (its \"prompt\" graph), which mood does not run"
+            comfy ? " but a ComfyUI workflow, which mood does not run"
                   : " (not made by A1111, Forge or mood, or its metadata was removed)");
     return 1;
 }
@@ -524,7 +526,7 @@ int gen_apply_png(gen_args *a)
         return 2;
     mood_params_init(p);
     a->png_params = p;
-    if ((err = mood_image_read_png_text(&text, a->from_png, "parameters")) != 0)
+    if ((err = mood_image_read_parameters(&text, a->from_png)) != 0)
         return no_parameters(a->from_png, err);
     a->png_text = text;
     if (!text[strspn(text, " \t\r\n")]) {

@@ -521,13 +521,13 @@ static int not_png(const mood_map *m, const char *path)
 {
     if (m->size >= 3 && m->data[0] == 0xFF && m->data[1] == 0xD8 && m->data[2] == 0xFF)
         return mood_error_set(MOOD_EUNSUPPORTED,
-                              "%s: a JPEG file; reading its parameters (EXIF "
-                              "UserComment) is not supported yet",
+                              "%s: a JPEG file, not a PNG (its generation parameters are in its "
+                              "EXIF, which mood_image_read_parameters reads)",
                               path);
     if (m->size >= 12 && !memcmp(m->data, "RIFF", 4) && !memcmp(m->data + 8, "WEBP", 4))
         return mood_error_set(MOOD_EUNSUPPORTED,
-                              "%s: a WebP file; reading its parameters (EXIF "
-                              "UserComment) is not supported yet",
+                              "%s: a WebP file, not a PNG (its generation parameters are in its "
+                              "EXIF, which mood_image_read_parameters reads)",
                               path);
     return mood_error_set(MOOD_EFORMAT, "%s: not a PNG file", path);
 }
@@ -596,6 +596,39 @@ int mood_image_read_png_text(char **value_out, const char *path, const char *key
     mood_unmap(&m);
     if (!err && !value)
         err = mood_error_set(MOOD_ENOTFOUND, "%s: no \"%s\" text in this PNG", path, key);
+    if (err)
+        mood_free(value);
+    else
+        *value_out = value;
+    return err;
+}
+
+int mood_image_read_parameters(char **value_out, const char *path)
+{
+    mood_map m = {0};
+    char *value = NULL;
+    int err, png;
+    if (value_out)
+        *value_out = NULL;
+    if (!value_out || !path)
+        return mood_error_set(MOOD_EINVAL, "mood_image_read_parameters: NULL argument");
+    if ((err = mood_map_file(&m, path)) != 0)
+        return err;
+    png = m.size >= 8 && memcmp(m.data, png_signature, 8) == 0;
+    /* A1111's read_info_from_image: an EXIF UserComment wins over the PNG text when not empty */
+    if ((err = mood__exif_user_comment(m.data, m.size, &value)) == 0 && value && !*value) {
+        mood_free(value);
+        value = NULL;
+    }
+    if (!err && !value && png)
+        err = walk_chunks(&value, &m, path, "parameters");
+    else if (!err && !value && !mood__webp_is(m.data, m.size) &&
+             !(m.size >= 3 && !memcmp(m.data, "\xFF\xD8\xFF", 3)))
+        err = mood_error_set(MOOD_EFORMAT, "%s: not a PNG, JPEG or WebP file", path);
+    mood_unmap(&m);
+    if (!err && !value)
+        err = mood_error_set(MOOD_ENOTFOUND, "%s: no parameters text (%s)", path,
+                             png ? "PNG \"parameters\" or EXIF UserComment" : "EXIF UserComment");
     if (err)
         mood_free(value);
     else

@@ -24,6 +24,10 @@ int mood__webp_decode(mood_image **out, const uint8_t *data, size_t size, const 
  * chunk) file; 1 when there is none or the EXIF data is malformed (as Pillow, which then leaves
  * the image alone). */
 int mood__exif_orientation(const uint8_t *data, size_t size);
+/* The EXIF UserComment of a JPEG, PNG or WebP file (where AUTOMATIC1111 stores the parameters of
+ * the JPEG and WebP images it saves, through piexif: "UNICODE\0" then UTF-16BE), as UTF-8 in
+ * *text_out (mood_free); *text_out NULL when there is none. 0 or MOOD_ENOMEM. */
+int mood__exif_user_comment(const uint8_t *data, size_t size, char **text_out);
 /* Transforms img in place into the upright image for EXIF orientation o (2..8; 1 and values
  * out of range do nothing), as ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip,
  * 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise.

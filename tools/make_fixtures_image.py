@@ -22,6 +22,12 @@ Fixtures (tools/.venv/bin/python tools/make_fixtures_image.py; deterministic):
                      small images for decoding, with Pillow's own decode (converted to RGB or
                      RGBA as mood returns it) in expected.json; gray16.png holds 16-bit values,
                      which stb_image reduces to their high byte (expected.json has that too).
+  a1111.jpg a1111.webp
+                     images saved as AUTOMATIC1111 saves JPEG and WebP (modules/images.py
+                     save_image_with_geninfo: the image saved, then piexif.insert of an EXIF
+                     block whose UserComment is piexif.helper.UserComment.dump(text,
+                     encoding="unicode")); expected.json has the text A1111's
+                     read_info_from_image gets back (piexif.load, UserComment.load).
   expected.json      the texts Pillow reads from each PNG (Image.text after load) and the pixels.
 
 Check mode: tools/.venv/bin/python tools/make_fixtures_image.py --check DIR reads the PNGs that
@@ -128,6 +134,22 @@ def write_pngs():
     return files
 
 
+def write_exif_params():
+    import piexif
+    import piexif.helper
+    files = {}
+    text = PARAMS_JA
+    for name, fmt in (("a1111.jpg", "JPEG"), ("a1111.webp", "WEBP")):
+        path = os.path.join(OUT, name)
+        Image.fromarray(pattern(8, 8, 3)).save(path, format=fmt, quality=90)
+        exif = piexif.dump({"Exif": {piexif.ExifIFD.UserComment:
+                                     piexif.helper.UserComment.dump(text, encoding="unicode")}})
+        piexif.insert(exif, path)
+        back = piexif.load(open(path, "rb").read())["Exif"][piexif.ExifIFD.UserComment]
+        files[name] = {"parameters": piexif.helper.UserComment.load(back)}
+    return files
+
+
 def write_decodables():
     files = {}
     Image.fromarray(pattern(5, 3, 3)).save(os.path.join(OUT, "rgb.png"))
@@ -197,6 +219,7 @@ def main():
                 "pillow": PngImagePlugin.Image.__version__, "files": {}}
     expected["files"].update(write_pngs())
     expected["files"].update(write_decodables())
+    expected["files"].update(write_exif_params())
     with open(os.path.join(OUT, "expected.json"), "w", encoding="utf-8") as f:
         json.dump(expected, f, ensure_ascii=False, indent=1)
         f.write("\n")

@@ -52,9 +52,16 @@ MOOD_WARN_UNUSED int mood_image_write_png(const char *path, const mood_image *im
  * Pillow's Image.text). *value_out is UTF-8, freed with mood_image_free_string. MOOD_ENOTFOUND
  * when the file or the key does not exist; MOOD_EFORMAT, naming the file, when it is not a PNG or
  * is truncated or corrupt (bad signature, chunk lengths, CRC of a text chunk, compressed text);
- * MOOD_EUNSUPPORTED for JPEG and WebP files (their parameters live in EXIF UserComment, which is
- * not read yet). An iTXt chunk whose text is not UTF-8 is skipped, as Pillow does. */
+ * MOOD_EUNSUPPORTED for JPEG and WebP files (their generation parameters live in EXIF
+ * UserComment: mood_image_read_parameters). An iTXt chunk whose text is not UTF-8 is skipped, as
+ * Pillow does. */
 MOOD_WARN_UNUSED int mood_image_read_png_text(char **value_out, const char *path, const char *key);
+/* The generation parameters of an image as AUTOMATIC1111 reads them (read_info_from_image): the
+ * EXIF UserComment of a JPEG, WebP or PNG (where A1111 stores them for JPEG and WebP, through
+ * piexif: UTF-16 after "UNICODE\0"), when not empty, else a PNG's "parameters" text. UTF-8 in
+ * *value_out (mood_image_free_string). MOOD_ENOTFOUND when the file or the text does not exist;
+ * MOOD_EFORMAT when it is not a PNG, JPEG or WebP file, or a damaged PNG. */
+MOOD_WARN_UNUSED int mood_image_read_parameters(char **value_out, const char *path);
 void mood_image_free_string(char *s);
 
 /* Decodes a PNG, JPEG or BMP file (stb_image) or a still WebP file (libwebp, loaded on first

@@ -276,6 +276,9 @@ check "one warning each, none for Version or Emphasis: Original" \
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/swarm.png" '{"sui_image_params": {"prompt": "a cat", "seed": 1}}'
 expect_rc 1 "--from-png of SwarmUI's JSON" "$MOOD" gen --from-png "$tmp/swarm.png" --model "$MODEL" -o "$tmp/x.png"
 check "says it is JSON, not A1111's" grep -q "parameters\" text is JSON" "$tmp/err"
+expect_rc 0 "--from-png of A1111's JPEG (EXIF UserComment)" "$MOOD" gen --from-png \
+    "$FIX/image/a1111.jpg" --model "$MODEL" --size 64x64 -o "$tmp/x.png" --json
+check "its prompt and seed read" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["images"][0]["seed"]==2 and d["prompt"].startswith("\u591c\u306e\u706f\u53f0"), d' "$tmp/out"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/empty.png" '  '
 expect_rc 1 "--from-png of an empty parameters text" "$MOOD" gen --from-png "$tmp/empty.png" --model "$MODEL"
 check "says it is empty" grep -q 'its "parameters" text is empty' "$tmp/err"

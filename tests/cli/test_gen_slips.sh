@@ -48,7 +48,7 @@ tail = chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 open("plain.png", "wb").write(head + tail)
 open("comfy.png", "wb").write(head + chunk(b"tEXt", b"prompt\x00{\"3\": {}}") + tail)'
 expect_rc 1 "--from-png of a PNG without parameters" "$MOOD" gen --from-png plain.png --model "$MODEL"
-check "says it has none" grep -q 'plain.png has no A1111 "parameters" text' "$tmp/err"
+check "says it has none" grep -q 'plain.png has no A1111 parameters (a PNG.s "parameters" text or the EXIF UserComment' "$tmp/err"
 expect_rc 1 "--from-png of a ComfyUI PNG" "$MOOD" gen --from-png comfy.png --model "$MODEL"
 check "names ComfyUI's workflow" grep -q "but a ComfyUI workflow" "$tmp/err"
 expect_rc 2 "--from-png of a missing file" "$MOOD" gen --from-png nothere.png --model "$MODEL"

@@ -218,6 +218,34 @@ static void test_pillow_texts(void)
     cJSON_Delete(root);
 }
 
+/* A1111's parameters of its JPEG and WebP images (EXIF UserComment, UTF-16 through piexif), as
+ * A1111 reads them back (tools/make_fixtures_image.py); a PNG's "parameters" text as before. */
+static void test_a1111_parameters(void)
+{
+    cJSON *root = load_json(fixture("image/expected.json")), *f;
+    int n = 0;
+    char *text = NULL;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(root, "files"))
+    {
+        char rel[256];
+        const char *want = json_str(f, "parameters");
+        if (!want)
+            continue;
+        snprintf(rel, sizeof rel, "image/%s", f->string);
+        MOOD_CHECK_OK(mood_image_read_parameters(&text, fixture(rel)));
+        MOOD_CHECK_MSG(text && !strcmp(text, want), "%s: %s", f->string, text ? text : "(null)");
+        mood_image_free_string(text);
+        n++;
+    }
+    MOOD_CHECK(n == 2);
+    MOOD_CHECK_OK(mood_image_read_parameters(&text, fixture("image/pil_dup.png")));
+    MOOD_CHECK(text && !strcmp(text, "second"));
+    mood_image_free_string(text);
+    MOOD_CHECK(mood_image_read_parameters(&text, fixture("image/rgb.jpg")) == MOOD_ENOTFOUND);
+    MOOD_CHECK(mood_image_read_parameters(&text, fixture("image/rgb.bmp")) == MOOD_EFORMAT);
+    cJSON_Delete(root);
+}
+
 static void test_decode(void)
 {
     cJSON *root = load_json(fixture("image/expected.json")), *f;
@@ -525,6 +553,7 @@ static void test_alloc_failures(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_float_edges), MOOD_T(test_png_text_round_trip),
-               MOOD_T(test_pillow_texts), MOOD_T(test_decode), MOOD_T(test_grid),
-               MOOD_T(test_corrupt_files), MOOD_T(test_other_formats_and_short_files),
-               MOOD_T(test_failed_writes), MOOD_T(test_bad_arguments), MOOD_T(test_alloc_failures))
+               MOOD_T(test_pillow_texts), MOOD_T(test_a1111_parameters), MOOD_T(test_decode),
+               MOOD_T(test_grid), MOOD_T(test_corrupt_files),
+               MOOD_T(test_other_formats_and_short_files), MOOD_T(test_failed_writes),
+               MOOD_T(test_bad_arguments), MOOD_T(test_alloc_failures))
