@@ -70,7 +70,8 @@ const char cmd_style_edit_help[] =
 const char cmd_tag_help[] =
     "usage: mood tag NAME +TAG... -TAG...\n\n"
     "Adds (+TAG) or removes (-TAG) tags of a style. Tags group styles ('mood list --tag T')\n"
-    "and are searched by 'mood search'. A tag is one word: no spaces or commas.\n\n"
+    "and are searched by 'mood search'. A tag is one word: no spaces or commas; a leading '#'\n"
+    "is dropped (+#mono is mono).\n\n"
     "Example: mood tag inkwash +painting +monochrome -old\n";
 
 const char cmd_rename_help[] =

@@ -14,6 +14,7 @@
 #include <strings.h>
 
 #include "common/args.h"
+#include "engine/unicode_tables.h"
 #include "registry/registry_impl.h"
 
 #define TAG_MAX 64
@@ -362,6 +363,16 @@ done:
     return err;
 }
 
+/* Spaces, invisible separators and control characters outside ASCII: a tag holding one looks
+ * like two words, or like another tag, and search cannot find it (the zero-width joiner of emoji
+ * sequences is allowed). */
+static int is_unicode_space(uint32_t c)
+{
+    return (c >= 0x80 && c <= 0xA0) || c == 0x1680 || (c >= 0x2000 && c <= 0x200B) || c == 0x200E ||
+           c == 0x200F || (c >= 0x2028 && c <= 0x202F) || (c >= 0x205F && c <= 0x2064) ||
+           c == 0x3000 || c == 0xFEFF;
+}
+
 static int valid_tag(const char *tag)
 {
     size_t n = strlen(tag);
@@ -370,13 +381,15 @@ static int valid_tag(const char *tag)
         return err;
     if (n == 0 || n > TAG_MAX)
         return mood_error_set(MOOD_EINVAL, "tag '%s': expected 1 to %d characters", tag, TAG_MAX);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)tag[i];
-        if (c <= ' ' || c == ',' || c == 0x7f)
+    for (size_t i = 0; i < n;) {
+        uint32_t c = (unsigned char)tag[i];
+        size_t len = mood__utf8_decode((const unsigned char *)tag + i, n - i, &c);
+        if (c <= ' ' || c == ',' || c == 0x7f || is_unicode_space(c))
             return mood_error_set(MOOD_EINVAL,
                                   "tag '%s': spaces, commas and control characters are not allowed "
                                   "(use '-' or '_' between words)",
                                   tag);
+        i += len ? len : 1;
     }
     return 0;
 }
@@ -389,6 +402,8 @@ int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int a
     MOOD_ARG_NONNULL(r);
     MOOD_ARG_NONNULL(name);
     MOOD_ARG_NONNULL(tag);
+    if (tag[0] == '#' && tag[1])
+        tag++; /* a hashtag's '#' is how tags are shown, not part of them */
     if ((err = valid_tag(tag)) != 0 || (err = style_must_exist(r, name, "tag")) != 0 ||
         (err = mood__reg_begin(r)) != 0)
         return err;

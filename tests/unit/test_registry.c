@@ -494,6 +494,27 @@ static void test_typed_text_not_utf8(void)
     MOOD_CHECK(mood_registry_tag(r, "ink", "sch\xf6n", 1) == MOOD_EINVAL);
     MOOD_CHECK(strstr(mood_error_last(), "tag 'sch\\xF6n': not valid UTF-8"));
     MOOD_CHECK_OK(mood_registry_tag(r, "ink", "sch\xc3\xb6n", 1));
+    /* spaces and invisible separators outside ASCII are refused as ASCII spaces are (no-break,
+     * zero-width, ideographic); an emoji sequence's joiner is not one; a hashtag's '#' goes */
+    MOOD_CHECK(mood_registry_tag(r, "ink",
+                                 "a\xc2\xa0"
+                                 "b",
+                                 1) == MOOD_EINVAL);
+    MOOD_CHECK(mood_registry_tag(r, "ink", "zw\xe2\x80\x8bj", 1) == MOOD_EINVAL);
+    MOOD_CHECK(mood_registry_tag(r, "ink",
+                                 "a\xe3\x80\x80"
+                                 "b",
+                                 1) == MOOD_EINVAL);
+    MOOD_CHECK_OK(mood_registry_tag(r, "ink", "\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x8e\xa8", 1));
+    MOOD_CHECK_OK(mood_registry_tag(r, "ink", "#hash", 1));
+    if ((o = show(r, "ink")) != NULL) {
+        char *tags = cJSON_PrintUnformatted(cJSON_GetObjectItem(o, "tags"));
+        MOOD_CHECK_MSG(tags && strstr(tags, "\"hash\"") && !strstr(tags, "#hash"), "%s", tags);
+        cJSON_free(tags);
+        cJSON_Delete(o);
+    }
+    MOOD_CHECK_OK(mood_registry_tag(r, "ink", "#hash", 0));
+    MOOD_CHECK_OK(mood_registry_tag(r, "ink", "\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x8e\xa8", 0));
     l = (mood_style_lora){a.sha256, 1, 1};
     spec.loras = &l;
     spec.n_loras = 1;
