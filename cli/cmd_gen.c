@@ -401,6 +401,14 @@ static int generate(gen_run *r)
     double t0 = now_s();
     int err = mood_generate(r->model, o, &r->images, NULL);
     r->generate_s = now_s() - t0;
+    if (err == MOOD_EINVAL && r->args.from_png) { /* a size, step count... the image gave */
+        int rc = cli_fail(err);
+        fprintf(stderr,
+                "(settings not given as options come from %s's parameters: give the "
+                "option to replace one)\n",
+                r->args.from_png);
+        return rc;
+    }
     if (err)
         return cli_fail(err);
     cli_progress_done();

@@ -502,6 +502,10 @@ static int no_parameters(const char *path, int err)
     return 1;
 }
 
+/* Long prompts are chunked 75 tokens at a time: a megabyte is thousands of chunks, minutes of
+ * text encoding and gigabytes of conditioning for nothing any tool writes. */
+#define PNG_TEXT_MAX (1 << 20)
+
 /* Whether the parameters text is a JSON object or array (another tool's format). */
 static int png_is_json(const char *text)
 {
@@ -529,6 +533,13 @@ int gen_apply_png(gen_args *a)
     if ((err = mood_image_read_parameters(&text, a->from_png)) != 0)
         return no_parameters(a->from_png, err);
     a->png_text = text;
+    if (strlen(text) > PNG_TEXT_MAX) {
+        fprintf(stderr,
+                "mood: error: %s: its parameters text is %zu bytes, more than A1111 writes (a "
+                "prompt of this size is not one): at most %d\n",
+                a->from_png, strlen(text), PNG_TEXT_MAX);
+        return 1;
+    }
     if (!text[strspn(text, " \t\r\n")]) {
         fprintf(stderr, "mood: error: %s: its \"parameters\" text is empty\n", a->from_png);
         return 1;

@@ -279,6 +279,13 @@ check "says it is JSON, not A1111's" grep -q "parameters\" text is JSON" "$tmp/e
 expect_rc 0 "--from-png of A1111's JPEG (EXIF UserComment)" "$MOOD" gen --from-png \
     "$FIX/image/a1111.jpg" --model "$MODEL" --size 64x64 -o "$tmp/x.png" --json
 check "its prompt and seed read" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["images"][0]["seed"]==2 and d["prompt"].startswith("\u591c\u306e\u706f\u53f0"), d' "$tmp/out"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/huge.png" "$(head -c 1100000 /dev/zero | tr '\0' 'a')"
+expect_rc 1 "--from-png of a megabyte of parameters" "$MOOD" gen --from-png "$tmp/huge.png" --model "$MODEL"
+check "refused, with the size" grep -q "its parameters text is 1100000 bytes, more than A1111 writes" "$tmp/err"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/odd-size.png" "a cat
+Steps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 63x64"
+expect_rc 1 "--from-png of a size mood cannot make" "$MOOD" gen --from-png "$tmp/odd-size.png" --model "$MODEL"
+check "says the settings came from the image" grep -q "settings not given as options come from .*odd-size.png's parameters" "$tmp/err"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/empty.png" '  '
 expect_rc 1 "--from-png of an empty parameters text" "$MOOD" gen --from-png "$tmp/empty.png" --model "$MODEL"
 check "says it is empty" grep -q 'its "parameters" text is empty' "$tmp/err"
