@@ -244,6 +244,8 @@ check "the same image (safe alias)" cmp -s "$tmp/n1.png" "$tmp/n2.png"
 cat >"$tmp/setparams.py" <<'PYEOF'
 import struct, sys, zlib
 src, dst, text = sys.argv[1], sys.argv[2], sys.argv[3]
+if text.startswith("@"):  # @FILE: the text of a file (one too long for the command line)
+    text = open(text[1:]).read()
 d = open(src, "rb").read(); out = d[:8]; i = 8
 while i < len(d):
     n, = struct.unpack(">I", d[i:i + 4]); t = d[i + 4:i + 8]; body = d[i + 8:i + 8 + n]
@@ -279,7 +281,8 @@ check "says it is JSON, not A1111's" grep -q "parameters\" text is JSON" "$tmp/e
 expect_rc 0 "--from-png of A1111's JPEG (EXIF UserComment)" "$MOOD" gen --from-png \
     "$FIX/image/a1111.jpg" --model "$MODEL" --size 64x64 -o "$tmp/x.png" --json
 check "its prompt and seed read" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["images"][0]["seed"]==2 and d["prompt"].startswith("\u591c\u306e\u706f\u53f0"), d' "$tmp/out"
-python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/huge.png" "$(head -c 1100000 /dev/zero | tr '\0' 'a')"
+head -c 1100000 /dev/zero | tr '\0' 'a' >"$tmp/huge.txt"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/huge.png" "@$tmp/huge.txt"
 expect_rc 1 "--from-png of a megabyte of parameters" "$MOOD" gen --from-png "$tmp/huge.png" --model "$MODEL"
 check "refused, with the size" grep -q "its parameters text is 1100000 bytes, more than A1111 writes" "$tmp/err"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/odd-size.png" "a cat
