@@ -58,7 +58,14 @@ typedef struct cli_adapters {
 int cli_adapters_add(cli_adapters *l, const char *arg);
 void cli_adapters_dispose(cli_adapters *l);
 
-/* "f32"/"fp32"/"float", "f16"/"fp16" or "bf16"; returns 0 on success. */
+/* The mood option for a kohya script's spelling (--new_rank: "--rank"), NULL when none. */
+const char *cli_kohya_lora_option(const char *opt);
+/* The usage error of an option `cmd` does not have, naming mood's for a kohya spelling. */
+int cli_unknown_option(const char *cmd, const char *opt);
+/* 0 when the output path ends in .safetensors, else a usage error naming `what` it holds. */
+int cli_check_safetensors_output(const char *cmd, const char *path, const char *what);
+/* "f32"/"fp32"/"float", "f16"/"fp16" or "bf16" (and torch's and safetensors' names: float16,
+ * bfloat16, half, F16, ...); returns 0 on success. */
 int cli_parse_dtype(mood_dtype *out, const char *s);
 
 /* The base model a --model argument names (malloc'd into *out): a file or folder as given, else a

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -318,17 +319,73 @@ int cli_parse_number(const char *cmd, const cli_num_opt *t, size_t count, const 
     return -1;
 }
 
+const char *cli_kohya_lora_option(const char *opt)
+{
+    /* kohya sd-scripts' networks/{svd_merge_lora,resize_lora,extract_lora_from_models,
+     * merge_lora}.py */
+    static const char *const map[][2] = {
+        {"--new_rank", "--rank"},
+        {"--new-rank", "--rank"},
+        {"--new_conv_rank", "--conv-rank"},
+        {"--dim", "--rank"},
+        {"--conv_dim", "--conv-rank"},
+        {"--save_to", "-o"},
+        {"--save_precision", "--dtype"},
+        {"--precision", "--dtype (the output's: mood computes in float32)"},
+        {"--dynamic_method", "--dynamic METHOD=X"},
+        {"--dynamic_param", "--dynamic METHOD=X"},
+        {"--models", "the input files, each FILE[:W]"},
+        {"--ratios", "FILE:W, the weight after each input"},
+        {"--model_org", "--base"},
+        {"--model_tuned", "--tuned"},
+        {"--sd_model", "--model (bake)"},
+        {"--clamp_quantile", "none (kohya's 0.99 is fixed)"},
+        {"--no_metadata", "none (the metadata is always written)"},
+        {"--device", "mood --device D COMMAND ... (before the command)"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(opt, map[i][0]) == 0)
+            return map[i][1];
+    return NULL;
+}
+
+int cli_unknown_option(const char *cmd, const char *opt)
+{
+    const char *mood = cli_kohya_lora_option(opt);
+    if (mood)
+        return cli_usage_error(cmd, "%s is kohya's spelling; in mood: %s", opt, mood);
+    return cli_usage_error(cmd, "unknown option '%s'", opt);
+}
+
+int cli_check_safetensors_output(const char *cmd, const char *path, const char *what)
+{
+    size_t n = strlen(path), ext = strlen(".safetensors");
+    /* A1111 and ComfyUI list only .safetensors; a .ckpt or .pt name holding safetensors bytes
+     * would be torch.load()ed, and -o doc.txt would replace doc.txt */
+    if (n > ext && strcasecmp(path + n - ext, ".safetensors") == 0)
+        return 0;
+    return cli_usage_error(cmd,
+                           "-o %s: the %s is a .safetensors file; give a name ending in "
+                           ".safetensors",
+                           path, what);
+}
+
 int cli_parse_dtype(mood_dtype *out, const char *s)
 {
-    if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0 || strcmp(s, "float") == 0)
-        *out = MOOD_DTYPE_F32;
-    else if (strcmp(s, "f16") == 0 || strcmp(s, "fp16") == 0)
-        *out = MOOD_DTYPE_F16;
-    else if (strcmp(s, "bf16") == 0)
-        *out = MOOD_DTYPE_BF16;
-    else
-        return -1;
-    return 0;
+    /* mood's and kohya's names, torch's (float16, bfloat16, half) and safetensors' (F16, ...) */
+    static const struct {
+        const char *name;
+        mood_dtype dt;
+    } names[] = {{"f32", MOOD_DTYPE_F32},      {"fp32", MOOD_DTYPE_F32}, {"float", MOOD_DTYPE_F32},
+                 {"float32", MOOD_DTYPE_F32},  {"f16", MOOD_DTYPE_F16},  {"fp16", MOOD_DTYPE_F16},
+                 {"float16", MOOD_DTYPE_F16},  {"half", MOOD_DTYPE_F16}, {"bf16", MOOD_DTYPE_BF16},
+                 {"bfloat16", MOOD_DTYPE_BF16}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(s, names[i].name) == 0) {
+            *out = names[i].dt;
+            return 0;
+        }
+    return -1;
 }
 
 static int path_exists(const char *p)

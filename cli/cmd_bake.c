@@ -54,6 +54,8 @@ static int parse_args(bake_args *a, int argc, char **argv)
         } else if (strcmp(s, "--model") == 0 || strcmp(s, "--base") == 0 || strcmp(s, "-o") == 0 ||
                    strcmp(s, "--output") == 0 || strcmp(s, "--lora") == 0) {
             return cli_usage_error("bake", "%s needs a value", s);
+        } else if (s[0] == '-' && s[1] != '\0') {
+            return cli_unknown_option("bake", s);
         } else {
             return cli_usage_error("bake", "unknown argument '%s'", s);
         }
@@ -64,7 +66,7 @@ static int parse_args(bake_args *a, int argc, char **argv)
         return cli_usage_error("bake", "no LoRA given (--lora FILE[:W[:W_TE]])");
     if (!a->output)
         return cli_usage_error("bake", "no output file given (-o OUT)");
-    return 0;
+    return cli_check_safetensors_output("bake", a->output, "model");
 }
 
 /* What the summary reports: counted again from the inputs through the public API. */

@@ -46,7 +46,7 @@ const char cmd_inspect_help[] =
     "            metadata_keys.\n\n"
     "Exit status: 0 ok, 1 not a usable safetensors file, 2 missing/unreadable file.\n";
 
-#define MAX_DISTINCT 64
+#define MAX_DISTINCT 4096 /* more than any adapter has modules */
 
 /* Everything inspect reports about an adapter, gathered once for both outputs. */
 typedef struct summary {

@@ -150,20 +150,22 @@ static int parse_args(lora_args *a, int argc, char **argv, const char *cmd)
         if (strcmp(argv[i], "--json") == 0)
             a->json = 1;
         else if (argv[i][0] == '-' && argv[i][1] != '\0')
-            return cli_usage_error(cmd, "unknown option '%s'", argv[i]);
+            return cli_unknown_option(cmd, argv[i]);
         else
             a->files[a->n_files++] = argv[i];
     }
     if (!a->output)
         return cli_usage_error(cmd, "no output file: give -o OUT");
-    return 0;
+    return cli_check_safetensors_output(cmd, a->output, "LoRA");
 }
 
 /* ----- summary ----------------------------------------------------------------------------- */
 
+#define MAX_RANKS 4096 /* distinct ranks: more than any adapter has modules */
+
 typedef struct summary {
     size_t modules;
-    long ranks[64][2]; /* (rank, count), distinct ranks in order of appearance */
+    long ranks[MAX_RANKS][2]; /* (rank, count), distinct ranks in order of appearance */
     int n_ranks;
     double fro_sum;
     size_t fro_n;
@@ -177,7 +179,7 @@ static void count_rank(summary *s, long r)
             return;
         }
     }
-    if (s->n_ranks < 64) {
+    if (s->n_ranks < MAX_RANKS) {
         s->ranks[s->n_ranks][0] = r;
         s->ranks[s->n_ranks++][1] = 1;
     }

@@ -476,14 +476,10 @@ static void set_samples(train_args *a)
 
 static int set_files(train_args *a)
 {
-    size_t n = a->output ? strlen(a->output) : 0, ext = strlen(".safetensors");
-    /* a LoRA is a .safetensors file (A1111 and ComfyUI list no other); -o doc.txt would replace
-     * doc.txt with one */
-    if (a->output && !a->o.full && (n <= ext || strcmp(a->output + n - ext, ".safetensors") != 0))
-        return cli_usage_error("train",
-                               "-o %s: the LoRA is a .safetensors file; give a name "
-                               "ending in .safetensors",
-                               a->output);
+    int rc;
+    if (a->output && !a->o.full &&
+        (rc = cli_check_safetensors_output("train", a->output, "LoRA")) != 0)
+        return rc;
     if (!a->output) { /* full training writes a model folder */
         if (!(a->out_default = train_beside(a->o.name, a->o.full ? "" : ".safetensors")))
             return 2;

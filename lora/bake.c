@@ -160,27 +160,9 @@ static void plan_dispose(plan *pl)
 
 /* ----- producing tensors -------------------------------------------------------------------- */
 
-/* Largest finite value of the dtypes mood writes patched tensors in (a larger one would turn
- * into inf or NaN when cast). */
-static double dtype_max(mood_dtype dt)
-{
-    switch (dt) {
-    case MOOD_DTYPE_F16:
-        return 65504.0;
-    case MOOD_DTYPE_BF16:
-        return 3.3895313892515355e38;
-    case MOOD_DTYPE_F8_E4M3:
-        return 448.0;
-    case MOOD_DTYPE_F8_E5M2:
-        return 57344.0;
-    default:
-        return 3.4028234663852886e38;
-    }
-}
-
 static int check_finite(const float *w, int64_t n, const job *j, const patch *p)
 {
-    double max = dtype_max(j->t->dtype);
+    double max = mood__dtype_max(j->t->dtype);
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(w[i]) || fabs(w[i]) > max)
             return mood_error_set(MOOD_EFORMAT,

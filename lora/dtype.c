@@ -510,6 +510,22 @@ static int f8_finite(const uint8_t *p, int64_t n, mood_dtype dt)
     return 1;
 }
 
+double mood__dtype_max(mood_dtype dt)
+{
+    switch (dt) {
+    case MOOD_DTYPE_F16:
+        return 65504.0;
+    case MOOD_DTYPE_BF16:
+        return 3.3895313892515355e38;
+    case MOOD_DTYPE_F8_E4M3:
+        return 448.0;
+    case MOOD_DTYPE_F8_E5M2:
+        return 57344.0;
+    default:
+        return 3.4028234663852886e38;
+    }
+}
+
 int mood__dtype_all_finite(const void *data, int64_t n, mood_dtype dt)
 {
     const uint8_t *p = data;

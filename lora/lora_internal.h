@@ -44,6 +44,8 @@ int mood__keymap_from_checkpoint(mood_keymap **out, const mood_st_file *f, mood_
  * vectorized: a factor scan must not dominate `mood inspect`): 1, 0, or -1 for a dtype that
  * cannot hold factors. */
 int mood__dtype_all_finite(const void *data, int64_t n, mood_dtype dt);
+/* The largest finite value of a floating dtype mood writes (a larger one becomes inf when cast). */
+double mood__dtype_max(mood_dtype dt);
 
 /* ----- peft_patterns.c ------------------------------------------------------------------------ */
 

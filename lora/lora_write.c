@@ -272,6 +272,23 @@ static int check_module(const mood_lora_out_module *md)
     return 0;
 }
 
+/* A factor that the output dtype cannot hold (inf or NaN once cast) is refused before anything is
+ * written, as bake refuses such a weight: the file would be a broken LoRA. */
+static int check_range(const float *v, int64_t n, const mood_lora_out_module *md, const char *what,
+                       mood_dtype dt)
+{
+    double max = mood__dtype_max(dt);
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i]) || fabs(v[i]) > max)
+            return mood_error_set(MOOD_EFORMAT,
+                                  "module \"%s\": its %s factor holds %g, %s; refusing to write "
+                                  "a broken LoRA (a lower weight or --dtype f32 keeps it)",
+                                  md->name, what, (double)v[i],
+                                  isfinite(v[i]) ? "past the range of the output dtype"
+                                                 : "not a finite number");
+    return 0;
+}
+
 static int add_module(mood_st_writer *w, const mood_lora_out_module *md, mood_dtype dt)
 {
     char key[512];
@@ -279,6 +296,10 @@ static int add_module(mood_st_writer *w, const mood_lora_out_module *md, mood_dt
     int64_t down_shape[4] = {md->rank, md->in, md->kh, md->kw};
     float alpha = (float)md->alpha;
     int err = check_module(md);
+    if (!err)
+        err = check_range(md->up, md->out * md->rank, md, "up", dt);
+    if (!err)
+        err = check_range(md->down, md->rank * md->in * md->kh * md->kw, md, "down", dt);
     if (err)
         return err;
     if (strlen(md->name) + 20 >= sizeof key)

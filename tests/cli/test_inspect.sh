@@ -158,4 +158,24 @@ check "no DyLoRA line" bash -c "! grep -q DyLoRA '$tmp/out'"
 expect_rc 0 "inspect --json a plain LoRA" "$MOOD" inspect "$FIX/kohya/sd1_lora.safetensors" --json
 check "dylora false" py 'import json,sys; assert json.load(open(sys.argv[1]))["dylora"] is False' "$tmp/out"
 
+# more distinct ranks than the old table's 64 (a dynamically resized SDXL LoRA has as many)
+py '
+import json, struct, sys
+d = open(sys.argv[1], "rb").read(); n, = struct.unpack("<Q", d[:8]); h = json.loads(d[8:8 + n])
+mods = sorted({k.rsplit(".", 2)[0] for k in h if k.endswith("lora_up.weight")})
+hdr, off = {}, 0
+for i, m in enumerate(mods):
+    r = i % 90 + 1
+    for name, shape in ((".lora_up.weight", [h[m + ".lora_up.weight"]["shape"][0], r] + h[m + ".lora_up.weight"]["shape"][2:]),
+                        (".lora_down.weight", [r] + h[m + ".lora_down.weight"]["shape"][1:]), (".alpha", [])):
+        size = 4
+        for x in shape:
+            size *= x
+        hdr[m + name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + size]}
+        off += size
+b = json.dumps(hdr).encode()
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(b)) + b + bytes(off))' "$FIX/kohya/sd1_lora.safetensors" "$tmp/manyranks.safetensors"
+expect_rc 0 "inspect a LoRA of 90 distinct ranks" "$MOOD" inspect "$tmp/manyranks.safetensors" --json
+check "all 90 counted" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["rank_max"]==90 and len(d["ranks"])==90, (d["rank_max"], len(d["ranks"]))' "$tmp/out"
+
 finish

@@ -131,4 +131,13 @@ expect_rc 1 "a weight past 100" "$MOOD" lora stack "$lora:1e308" -o "$tmp/x.safe
 expect_rc 0 "help" "$MOOD" help lora resize
 grep -q "sv_fro" "$tmp/out" || fail "resize help"
 
+# kohya's spellings are answered with mood's; an output must be a .safetensors name
+expect_rc 1 "kohya's --new_rank" "$MOOD" lora resize "$lora" --new_rank 2 -o "$tmp/x.safetensors"
+check "names --rank" grep -q -- "--new_rank is kohya's spelling; in mood: --rank" "$tmp/err"
+expect_rc 1 "-o out.ckpt" "$MOOD" lora resize "$lora" --rank 2 -o "$tmp/out.ckpt"
+check "says a LoRA is a .safetensors file" grep -q "the LoRA is a .safetensors file" "$tmp/err"
+check "nothing written" test ! -e "$tmp/out.ckpt"
+expect_rc 0 "torch's dtype names" "$MOOD" lora resize "$lora" --rank 2 --dtype bfloat16 -o "$tmp/bf.safetensors"
+check "bf16 written" py 'import json,struct,sys; d=open(sys.argv[1],"rb").read(); n,=struct.unpack("<Q",d[:8]); h=json.loads(d[8:8+n]); assert all(v["dtype"]=="BF16" for k,v in h.items() if k!="__metadata__")' "$tmp/bf.safetensors"
+
 finish

@@ -257,6 +257,21 @@ static void test_bad_input(void)
     MOOD_CHECK(!mood_path_exists(path));
     MOOD_CHECK_OK(
         mood__lora_write(path, &m, 1, MOOD_FAMILY_UNKNOWN, MOOD_DTYPE_F32, NULL, NULL, NULL));
+    /* a factor past float16's range: refused before writing, the file already there kept */
+    m.up[1] = 1e6f;
+    MOOD_CHECK(write_file(path, "precious", 8) == 0);
+    MOOD_CHECK(mood__lora_write(path, &m, 1, MOOD_FAMILY_SD1, MOOD_DTYPE_F16, NULL, NULL, NULL) ==
+               MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "lora_unet_x") &&
+                       strstr(mood_error_last(), "past the range of the output dtype"),
+                   "%s", mood_error_last());
+    {
+        size_t n = 0;
+        unsigned char *kept = read_file(path, &n);
+        MOOD_CHECK(kept && n == 8 && !memcmp(kept, "precious", 8));
+        free(kept);
+    }
+    MOOD_CHECK_OK(mood__lora_write(path, &m, 1, MOOD_FAMILY_SD1, MOOD_DTYPE_F32, NULL, NULL, NULL));
     mood__lora_out_module_dispose(&m);
     MOOD_CHECK(m.up == NULL && m.name == NULL);
 }
