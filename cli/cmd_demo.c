@@ -315,16 +315,19 @@ static int write_grid(const demo *d, char *grid_path, size_t size)
 
 /* The command to try next, as it works from here: this executable by its path (it need not be
  * on PATH) and the registry the demo used when $MOOD_HOME chose it (tools/demo.sh does). */
-static void try_command(char *buf, size_t size)
+/* The command to try the style: on the model it was trained on (mood-tiny, or --model's). */
+static void try_command(const demo *d, char *buf, size_t size)
 {
     char exe[4096];
     const char *home = getenv("MOOD_HOME");
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     snprintf(exe + (n > 0 ? n : 0), sizeof exe - (size_t)(n > 0 ? n : 0), "%s",
              n > 0 ? "" : "mood");
-    snprintf(buf, size, "%s%s%s%s gen \"a cat face\" --model mood-tiny --style %s",
+    snprintf(buf, size, "%s%s%s%s gen \"a cat face\" --model %s%s%s --style %s",
              home && *home ? "MOOD_HOME=" : "", home && *home ? home : "", home && *home ? " " : "",
-             exe, DEMO_STYLE);
+             exe, d->model == d->model_buf ? "" : "'",
+             d->model == d->model_buf ? "mood-tiny" : d->model, d->model == d->model_buf ? "" : "'",
+             DEMO_STYLE);
 }
 
 static int by_name(const void *a, const void *b)
@@ -371,7 +374,7 @@ static int copy_board(const demo *d)
 static int write_report(const demo *d, char *report, size_t size)
 {
     char try_line[8400];
-    try_command(try_line, sizeof try_line);
+    try_command(d, try_line, sizeof try_line);
     snprintf(report, size, "%s/report.html", d->out);
     FILE *f = fopen(report, "w");
     if (!f)
@@ -429,7 +432,7 @@ static int print_result(const demo *d, const char *grid, const char *report)
            "%s/after-*.png\n",
            grid, report, d->out, d->out);
     char try_line[8400];
-    try_command(try_line, sizeof try_line);
+    try_command(d, try_line, sizeof try_line);
     printf("try:               %s\n", try_line);
     return 0;
 }

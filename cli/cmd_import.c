@@ -63,7 +63,8 @@ const char cmd_import_help[] =
     "and permissions, AIR, previews. Every imported file is also looked up on Civitai by its\n"
     "SHA-256 ('mood civitai link' does it later). CIVITAI_TOKEN (an API key, needed for most\n"
     "downloads) is sent to Civitai only and never stored; MOOD_CIVITAI_URL changes the site.\n\n"
-    "  --offline   no Civitai lookups (MOOD_OFFLINE=1 does the same)\n"
+    "  --offline   no Civitai lookups (MOOD_OFFLINE=1 does the same): civitai: references,\n"
+    "              AIRs and Civitai URLs are refused\n"
     "  --nsfw LEVEL  previews kept from Civitai: none, pg (default), pg13, r, x, xxx\n"
     "  --json    print a summary object: imported [{file, name, wanted, renamed, sha256,\n"
     "            autov3, family, previews (the style's, Civitai's included), sidecars,\n"
@@ -440,6 +441,12 @@ int cmd_import(int argc, char **argv)
     }
     if (!any)
         return cli_usage_error("import", "give the LoRA files or folders to import");
+    for (int i = 1; i < argc && run.cf.offline; i++)
+        if (strcmp(argv[i - 1], "--nsfw") != 0 && mood_civitai_is_ref(argv[i]))
+            return cli_usage_error("import",
+                                   "%s is looked up on Civitai, which --offline (or "
+                                   "MOOD_OFFLINE) rules out; import it without",
+                                   argv[i]);
     if ((rc = cli_registry_open(&run.r)) != 0)
         return rc;
     run.imported = cJSON_CreateArray();

@@ -264,6 +264,8 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
             if (strcmp(argv[1], groups[i][0]) != 0)
                 continue;
+            if (argc > 2 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h")))
+                return help(1, argv + 1);      /* `mood lora --help`: the group's help */
             if (argc > 2 && argv[2][0] != '-') /* a word that is none of them */
                 fprintf(stderr,
                         "mood: error: 'mood %s %s': unknown; 'mood %s' takes %s; see "

@@ -38,7 +38,9 @@ check "style in the registry" grep -q twemoji-demo "$tmp/out"
 expect_rc 0 "demo again (replaces the style)" "$MOOD" demo --model "$FIX/pipeline/tiny-sd" \
     --board "$BOARD" --steps 2 --out d2
 check "prints the report" grep -q "d2/report.html" "$tmp/out"
-check "the command to try names this registry and this mood" grep -q "^try: *MOOD_HOME=$MOOD_HOME .*mood gen \"a cat face\" --model mood-tiny --style twemoji-demo" "$tmp/out"
+check "the command to try names this registry, this mood and the model trained on" grep -q "^try: *MOOD_HOME=$MOOD_HOME .*mood gen \"a cat face\" --model '$FIX/pipeline/tiny-sd' --style twemoji-demo" "$tmp/out"
+try=$(sed -n 's/^try: *//p' "$tmp/out")
+expect_rc 0 "the command to try works as printed" bash -c "cd '$tmp' && $try -o '$tmp/try.png'"
 check "the report says what to expect" grep -q "What to expect" d2/report.html
 expect_rc 0 "the demo's folder imports, its training checkpoint passed over" "$MOOD" import --offline d2
 check "the checkpoint named as such" grep -q "twemoji-demo.checkpoint.safetensors: a mood training checkpoint" "$tmp/err"

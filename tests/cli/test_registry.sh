@@ -147,6 +147,8 @@ expect_rc 1 "no query" "$MOOD" search
 check "says QUERY is missing" grep -q "missing QUERY" "$tmp/err"
 expect_rc 1 "a query that is not UTF-8" "$MOOD" search $'\xff'
 check "says so" grep -q "not valid UTF-8" "$tmp/err"
+expect_rc 1 "a Civitai reference with --offline" "$MOOD" import civitai:128713 --offline
+check "refused before any lookup" grep -q "civitai:128713 is looked up on Civitai, which --offline" "$tmp/err"
 expect_rc 0 "search a tag" "$MOOD" search mon --json
 check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
 # list reads summary columns that triggers keep in sync (migration 3): they must follow edits
