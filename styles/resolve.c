@@ -339,6 +339,22 @@ static int add_by_hash(resolver *r, const tag_args *t)
 
 /* A lora tag's target: with hash=, the registry LoRA of that hash; else (or when there is none)
  * an existing file (as given, or NAME.safetensors), else a style. */
+/* A file named by a <lora:NAME> tag is taken before a registry style of that NAME (A1111's tag
+ * names a file): when both exist, the style's template and trigger words are not applied, which
+ * is said. */
+static int add_tag_file(resolver *r, const tag_args *t, const char *path)
+{
+    char *json = NULL;
+    if (r->reg && mood_registry_show_json(&json, r->reg, t->name) == 0)
+        mood_log(MOOD_LOG_WARN,
+                 "<lora:%s>: the file %s is used, not the registry style of that name "
+                 "(<style:%s> applies the style)",
+                 t->name, path, t->name);
+    mood_error_clear();
+    mood_registry_free_string(json);
+    return add_file(r, path, t->unet, t->te);
+}
+
 static int add_lora_tag(resolver *r, const tag_args *t)
 {
     char path[4096];
@@ -346,10 +362,10 @@ static int add_lora_tag(resolver *r, const tag_args *t)
     if (t->hash && r->reg && (err = add_by_hash(r, t)) <= 0)
         return err;
     if (mood_path_exists(t->name) && !strchr(t->name, '\n'))
-        return add_file(r, t->name, t->unet, t->te);
+        return add_tag_file(r, t, t->name);
     snprintf(path, sizeof path, "%s.safetensors", t->name);
     if (mood_path_exists(path))
-        return add_file(r, path, t->unet, t->te);
+        return add_tag_file(r, t, path);
     if (!r->reg)
         return skip_missing(r, t->name,
                             mood_error_set(MOOD_ENOTFOUND, "<lora:%s>: no such file", t->name));

@@ -184,6 +184,8 @@ cp "$FIX/kohya/sdxl_lora.safetensors" "$tmp/xlstyle.safetensors"
 expect_rc 0 "import an SDXL style" "$MOOD" import "$tmp/xlstyle.safetensors"
 expect_rc 1 "an SDXL style on an SD1 model" "$MOOD" gen "$PROMPT" "${common[@]}" --style xlstyle
 check "names the style, not the stored file" sh -c 'grep -q "style .xlstyle." "$1" && ! grep -q blobs "$1"' _ "$tmp/err"
+expect_rc 0 "<lora:NAME> beside a file of that name" sh -c 'cd "$1" && exec "$0" gen "a cat <lora:tinystyle:0.5>" --model "$2" --size 64x64 --steps 2 -o x.png' "$MOOD" "$tmp" "$MODEL"
+check "says the file is used, not the style" grep -q "<lora:tinystyle>: the file tinystyle.safetensors is used, not the registry style" "$tmp/err"
 expect_rc 0 "inline <style:>" "$MOOD" gen "$PROMPT <style:tinystyle:0.7>" "${common[@]}" --seed 42 -o "$tmp/s2.png"
 check "inline equals --style" cmp -s "$tmp/s.png" "$tmp/s2.png"
 expect_rc 0 "--from-png of a styled image" "$MOOD" gen --from-png "$tmp/s.png" --model "$MODEL" -o "$tmp/s3.png"
