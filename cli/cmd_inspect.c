@@ -662,9 +662,10 @@ int cmd_inspect(int argc, char **argv)
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) { /* a diffusers model is a folder of files */
         fprintf(stderr,
-                "mood: error: %s is a folder: inspect reads one .safetensors file (of a diffusers "
-                "model, e.g. %s/unet/diffusion_pytorch_model.safetensors)\n",
-                path, path);
+                "mood: error: %s is a folder: inspect reads one .safetensors file, a LoRA or a "
+                "single-file checkpoint (a diffusers model's folder is given as it is to --model "
+                "and --base)\n",
+                path);
         return 1;
     }
     if ((err = inspect_file(&report, path, &adapter, hash)) != 0)

@@ -887,6 +887,17 @@ static int no_module_error(const parse_ctx *c)
 {
     mood_buf b;
     int err;
+    if (mood_file_kind_of(c->a->file) == MOOD_KIND_CHECKPOINT)
+        return mood_error_set(MOOD_EFORMAT,
+                              "%s is a model checkpoint (a base model), not a LoRA: give it as the "
+                              "base (--model, --base)",
+                              c->path);
+    if (mood_st_find(c->a->file, "conv_in.weight") ||
+        mood_st_find(c->a->file, "text_model.embeddings.token_embedding.weight"))
+        return mood_error_set(MOOD_EFORMAT,
+                              "%s holds the weights of a diffusers model's part (its UNet or text "
+                              "encoder), not a LoRA: give the model's folder as the base",
+                              c->path);
     mood_buf_init(&b);
     describe_keys(&b, c->a->file);
     err = mood_error_set(MOOD_EFORMAT, "%s: none of its %zu keys names a module of an %s model: %s",

@@ -127,7 +127,7 @@ mkfifo "$tmp/pipe.safetensors"
 expect_rc 1 "a FIFO is refused" timeout -k 5 30 "$MOOD" inspect "$tmp/pipe.safetensors"
 check "FIFO message" grep -q "pipe.safetensors: not a regular file but a named pipe" "$tmp/err"
 expect_rc 1 "a folder is refused" "$MOOD" inspect "$tmp"
-check "folder message" grep -q "is a folder: inspect reads one .safetensors file (of a diffusers model" "$tmp/err"
+check "folder message" grep -q "is a folder: inspect reads one .safetensors file, a LoRA or a single-file checkpoint" "$tmp/err"
 expect_rc 2 "a missing file whose name holds an escape sequence" "$MOOD" inspect \
     "$tmp/x$(printf '\033')[2Jy.safetensors"
 check "the error shows it, does not send it" sh -c 'grep -q "x.x1b\[2Jy" "$1" && ! grep -q "$(printf "\033")" "$1"' _ "$tmp/err"

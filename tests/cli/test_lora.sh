@@ -140,4 +140,10 @@ check "nothing written" test ! -e "$tmp/out.ckpt"
 expect_rc 0 "torch's dtype names" "$MOOD" lora resize "$lora" --rank 2 --dtype bfloat16 -o "$tmp/bf.safetensors"
 check "bf16 written" py 'import json,struct,sys; d=open(sys.argv[1],"rb").read(); n,=struct.unpack("<Q",d[:8]); h=json.loads(d[8:8+n]); assert all(v["dtype"]=="BF16" for k,v in h.items() if k!="__metadata__")' "$tmp/bf.safetensors"
 
+# a base model given where a LoRA goes is named as one
+expect_rc 1 "a checkpoint given as a LoRA" "$MOOD" lora resize "$FIX/bases/sd1_base.safetensors" --rank 2 -o "$tmp/c.safetensors"
+check "says it is a checkpoint, to give as the base" grep -q "is a model checkpoint (a base model), not a LoRA" "$tmp/err"
+expect_rc 1 "a diffusers UNet file given as a LoRA" "$MOOD" lora resize "$FIX/pipeline/tiny-sd/unet/diffusion_pytorch_model.safetensors" --rank 2 -o "$tmp/c.safetensors"
+check "says it is a diffusers model's part" grep -q "holds the weights of a diffusers model's part" "$tmp/err"
+
 finish
