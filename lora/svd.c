@@ -659,8 +659,9 @@ done:
 
 /* ----- resize ------------------------------------------------------------------------------ */
 
-/* Index rules of resize_lora.py on float32 singular values; returns kohya's new_rank before
- * the MIN_SV / max-rank adjustments. */
+/* Index rules of resize_lora.py on float32 singular values (after kohya's PR #2194, "fix the off
+ * by 1 problem": the smallest rank that reaches the target, where the older rule kept one more);
+ * returns kohya's new_rank before the MIN_SV / max-rank adjustments. */
 static int dynamic_rank(const float *s, int k, mood_resize_method method, double param)
 {
     int index = 0;
@@ -668,23 +669,23 @@ static int dynamic_rank(const float *s, int k, mood_resize_method method, double
         float min_sv = s[0] / (float)param;
         for (int i = 0; i < k; i++)
             index += s[i] > min_sv;
+        index -= 1; /* the singular values above S[0] / param, counted from 0 */
     } else {
         int fro = method == MOOD_RESIZE_SV_FRO;
         float sum = 0, c = 0, target = (float)(fro ? param * param : param);
         for (int i = 0; i < k; i++)
             sum += fro ? s[i] * s[i] : s[i];
-        /* searchsorted (left) on cumsum / sum, then + 1 */
+        /* searchsorted (left) on cumsum / sum */
         for (index = 0; index < k; index++) {
             c += fro ? s[index] * s[index] : s[index];
             if (c / sum >= target)
                 break;
         }
-        index += 1;
     }
     if (index > k - 1)
         index = k - 1;
-    if (index < 1)
-        index = 1;
+    if (index < 0)
+        index = 0;
     return index + 1;
 }
 

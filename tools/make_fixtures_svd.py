@@ -20,8 +20,14 @@ imported from --sd-scripts, never copied.  What this script does around them:
   * analyses the results (ranks, alphas, metadata, clamp / singular-vector-sign sensitivity) and
     writes tests/fixtures/svd/cases.json.
 
+resize_lora.py's rank rules for --dynamic_method are those of kohya's PR #2194 ("fix the off by
+1 problem", in sd-scripts from commit 063ef100): the smallest rank that reaches the target, where
+48d368fa kept one rank more. The checkout used is 48d368fa with the three index_sv_* functions of
+networks/resize_lora.py changed as that PR changes them (no "+ 1", clamped to [0, len(S) - 1],
+sv_ratio's count "- 1"); nothing else of the script differs on these inputs.
+
 How to run (from the repository root; needs tests/fixtures/bases/READY from tools/tiny_models.py):
-    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa + PR #2194
     tools/.venv/bin/python tools/make_fixtures_svd.py --sd-scripts /tmp/sd-scripts
 
 Deterministic: all inputs are seeded, kohya runs single-threaded on CPU with a fixed timestamp.
