@@ -15,6 +15,7 @@
 
 #include "common/common.h"
 #include "common/image_decode.h"
+#include "engine/unicode_tables.h"
 
 typedef struct tiff {
     const uint8_t *p;
@@ -179,36 +180,23 @@ int mood__exif_orientation(const uint8_t *data, size_t size)
     return t ? tiff_orientation(t, n) : 1;
 }
 
-/* UTF-16 (big- or little-endian) to UTF-8, as Python's decode with errors="replace": unpaired
+/* UTF-16BE (piexif's "unicode") to UTF-8, as Python's decode with errors="replace": unpaired
  * surrogates become U+FFFD. */
-static char *utf16_to_utf8(const uint8_t *s, size_t n, int big)
+static char *utf16be_to_utf8(const uint8_t *s, size_t n)
 {
     char *out = mood_malloc(n / 2 * 3 + 1), *o = out;
     if (!out)
         return NULL;
     for (size_t i = 0; i + 1 < n; i += 2) {
-        uint32_t c = big ? (uint32_t)s[i] << 8 | s[i + 1] : (uint32_t)s[i + 1] << 8 | s[i];
+        uint32_t c = (uint32_t)s[i] << 8 | s[i + 1];
         if (c >= 0xD800 && c <= 0xDBFF && i + 3 < n) {
-            uint32_t lo =
-                big ? (uint32_t)s[i + 2] << 8 | s[i + 3] : (uint32_t)s[i + 3] << 8 | s[i + 2];
+            uint32_t lo = (uint32_t)s[i + 2] << 8 | s[i + 3];
             if (lo >= 0xDC00 && lo <= 0xDFFF) {
                 c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
                 i += 2;
             }
         }
-        if (c >= 0xD800 && c <= 0xDFFF)
-            c = 0xFFFD;
-        if (c < 0x80) {
-            *o++ = (char)c;
-        } else if (c < 0x800) {
-            *o++ = (char)(0xC0 | c >> 6), *o++ = (char)(0x80 | (c & 0x3F));
-        } else if (c < 0x10000) {
-            *o++ = (char)(0xE0 | c >> 12), *o++ = (char)(0x80 | (c >> 6 & 0x3F));
-            *o++ = (char)(0x80 | (c & 0x3F));
-        } else {
-            *o++ = (char)(0xF0 | c >> 18), *o++ = (char)(0x80 | (c >> 12 & 0x3F));
-            *o++ = (char)(0x80 | (c >> 6 & 0x3F)), *o++ = (char)(0x80 | (c & 0x3F));
-        }
+        o += mood__utf8_encode(c >= 0xD800 && c <= 0xDFFF ? 0xFFFD : c, o);
     }
     *o = '\0';
     return out;
@@ -233,7 +221,7 @@ int mood__exif_user_comment(const uint8_t *data, size_t size, char **text_out)
         return 0;
     v = t.p + at;
     if (!memcmp(v, "UNICODE\0", 8)) /* piexif's "unicode", as A1111 writes: UTF-16BE */
-        *text_out = utf16_to_utf8(v + 8, count - 8, 1);
+        *text_out = utf16be_to_utf8(v + 8, count - 8);
     else if (!memcmp(v, "ASCII\0\0\0", 8) || !memcmp(v, "\0\0\0\0\0\0\0\0", 8))
         *text_out = mood_strndup((const char *)v + 8, count - 8);
     else /* no code: A1111 falls back to the bytes as UTF-8 */
