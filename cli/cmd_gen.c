@@ -287,15 +287,17 @@ static int resolve_styles(gen_run *r)
         return rc;
     if (a->from_png && (rc = gen_remap_png_loras(r)) != 0)
         return rc;
-    if ((rc = mood_styles_resolve(
-             &r->styles, r->reg, a->prompt, a->negative, a->styles, a->n_styles, a->loras.items,
-             a->loras.n, a->from_png ? MOOD_STYLES_ADAPTERS_ONLY | MOOD_STYLES_SKIP_MISSING : 0)) !=
-        0)
+    if ((rc = mood_styles_resolve(&r->styles, r->reg, a->prompt, a->negative, a->styles,
+                                  a->n_styles, a->loras.items, a->loras.n,
+                                  a->from_png
+                                      ? MOOD_STYLES_ADAPTERS_ONLY | MOOD_STYLES_SKIP_MISSING |
+                                            MOOD_STYLES_A1111_REPEATS
+                                      : 0)) != 0)
         return cli_fail(rc);
-    if (r->styles.missing && *r->styles.missing)
-        cli_warn("not in the registry and not a file, left out: %s", r->styles.missing);
     if (a->from_png)
-        gen_check_png_hashes(r);
+        gen_check_png_hashes(r); /* names what is missing with the image's hashes */
+    else if (r->styles.missing && *r->styles.missing)
+        cli_warn("not in the registry and not a file, left out: %s", r->styles.missing);
     return 0;
 }
 

@@ -67,10 +67,11 @@ int gen_strip_networks(gen_args *a, const char *whose, const char *then);
 void gen_from_png_dispose(gen_args *a);
 /* --from-png, registry open: adds "hash=H" to each LoRA tag whose name "Lora hashes" gives a
  * hash for, so that the registry's LoRA of that hash is applied at the tag's weights (the name
- * is the fallback); notes a LoRA found under another style name, warns about one found nowhere.
+ * is the fallback); notes a LoRA found under another style name.
  * Returns 0 or an exit status. */
 int gen_remap_png_loras(gen_run *r);
-/* --from-png, styles resolved: warns about LoRAs found by name whose hash is not the image's. */
+/* --from-png, styles resolved: warns about LoRAs found nowhere (with the image's hash for each)
+ * and about LoRAs found by name whose hash is not the image's. */
 void gen_check_png_hashes(const gen_run *r);
 /* --from-png without --model: the model the image names ("Model: NAME"), looked up as a name
  * only (cli_model_by_name: never as a path, which a file's text must not choose); when mood

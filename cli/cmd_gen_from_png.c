@@ -656,20 +656,6 @@ static char *png_add_hashes(const char *prompt, const mood_params *p)
     return out;
 }
 
-/* Whether <lora:name> resolves as it is: a file, or a style of that name. */
-static int lora_name_known(mood_registry *reg, const char *name)
-{
-    char path[4096];
-    char *json = NULL;
-    int known;
-    snprintf(path, sizeof path, "%s.safetensors", name);
-    if (access(name, R_OK) == 0 || access(path, R_OK) == 0)
-        return 1;
-    known = reg && mood_registry_show_json(&json, reg, name) == 0;
-    mood_registry_free_string(json);
-    return known;
-}
-
 /* Whether the prompt has a <lora:NAME...> (or <lyco:>) tag of that name. */
 static int png_prompt_tags(const char *prompt, const char *name)
 {
@@ -700,11 +686,7 @@ int gen_remap_png_loras(gen_run *r)
             if (strcasecmp(style, h->name) != 0)
                 cli_warn("LoRA %s of the image found in the registry by its hash %s: style %s",
                          h->name, h->hash, style);
-        } else if (!lora_name_known(r->reg, h->name)) {
-            cli_warn("LoRA %s (hash %s) of the image is neither a file nor in the registry; "
-                     "left out",
-                     h->name, h->hash);
-        }
+        } /* one found nowhere is named with its hash by gen_check_png_hashes */
         mood_registry_free_string(style);
     }
     if (!p || !p->n_lora_hashes || !r->args.prompt)
@@ -750,9 +732,36 @@ static int png_hash_is(const mood_resolved_adapter *a, const char *hash)
 
 /* After resolving: warns about LoRAs of the image that were found by name only, with another
  * hash than the image records. */
+/* The LoRAs and styles the resolver found nowhere, one warning each: with the hash the image
+ * records for it (to look it up on Civitai), the rest together. */
+static void png_warn_missing(const gen_run *r)
+{
+    const mood_params *p = r->args.png_params;
+    const char *m = r->styles.missing;
+    char *rest = m && *m ? malloc(strlen(m) + 1) : NULL;
+    size_t len = 0;
+    while (rest && *m) {
+        size_t n = strcspn(m, ","), i = 0;
+        while (p && i < p->n_lora_hashes && !png_same_name(m, n, p->lora_hashes[i].name))
+            i++;
+        if (p && i < p->n_lora_hashes)
+            cli_warn("LoRA %.*s (hash %s) of the image is neither a file nor in the registry; "
+                     "left out",
+                     (int)n, m, p->lora_hashes[i].hash);
+        else
+            len += (size_t)sprintf(rest + len, "%s%.*s", len ? ", " : "", (int)n, m);
+        m += n;
+        m += strspn(m, ", ");
+    }
+    if (rest && len)
+        cli_warn("not in the registry and not a file, left out: %s", rest);
+    free(rest);
+}
+
 void gen_check_png_hashes(const gen_run *r)
 {
     const mood_params *p = r->args.png_params;
+    png_warn_missing(r);
     for (size_t i = 0; p && i < p->n_lora_hashes; i++) {
         const mood_params_hash *h = &p->lora_hashes[i];
         size_t k = 0;

@@ -126,6 +126,12 @@ static int skip_missing(resolver *r, const char *name, int err)
     if (!(r->flags & MOOD_STYLES_SKIP_MISSING))
         return err;
     mood_error_clear();
+    for (const char *m = r->missing.len ? r->missing.data : ""; *m; m += strspn(m, ", ")) {
+        size_t n = strcspn(m, ",");
+        if (n == strlen(name) && strncmp(m, name, n) == 0)
+            return 0; /* listed once */
+        m += n;
+    }
     return mood_buf_printf(&r->missing, "%s%s", r->missing.len ? ", " : "", name);
 }
 
@@ -610,6 +616,60 @@ static int name_aliases(mood_resolved_styles *out)
     return 0;
 }
 
+/* Whether `a` repeats `first`: the same LoRA with the same DyLoRA cut; `a1111`: also by the same
+ * name (A1111 keeps one network object per name, so two names of one file are two there). */
+static int repeats(const mood_resolved_adapter *a, const mood_resolved_adapter *first, int a1111)
+{
+    return same_lora(a, first) && a->dyn == first->dyn &&
+           (!a1111 || strcmp(a->name, first->name) == 0);
+}
+
+/* Folds each repeat into the first entry: its multipliers added up, or (`a1111`) as A1111
+ * applies a repeated tag, count times the last one's, with a warning saying so. */
+static int fold_repeats(mood_resolved_styles *out, int a1111)
+{
+    size_t kept = 0, *count = mood_calloc(out->n ? out->n : 1, sizeof *count);
+    if (!count)
+        return mood_error_nomem();
+    for (size_t i = 0; i < out->n; i++) {
+        mood_resolved_adapter *a = &out->adapters[i];
+        size_t j = 0;
+        while (j < kept && !repeats(a, &out->adapters[j], a1111))
+            j++;
+        if (j == kept) {
+            out->adapters[kept] = *a;
+            count[kept++] = 1;
+            continue;
+        }
+        mood_resolved_adapter *first = &out->adapters[j];
+        count[j]++;
+        first->unet = a1111 ? (double)count[j] * a->unet : first->unet + a->unet;
+        first->te = a1111 ? (double)count[j] * a->te : first->te + a->te;
+        mood_free(a->path);
+        mood_free(a->name);
+        mood_free(a->alias);
+    }
+    out->n = kept;
+    for (size_t j = 0; j < kept && a1111; j++)
+        if (count[j] > 1)
+            mood_log(MOOD_LOG_WARN,
+                     "LoRA %s is tagged %zu times: applied as A1111 applies that, each time at "
+                     "the last tag's multiplier, %g in all",
+                     out->adapters[j].name, count[j], out->adapters[j].unet);
+    mood_free(count);
+    return 0;
+}
+
+/* One adapter per LoRA (and DyLoRA cut), so that the one <lora:> tag written for it reproduces
+ * the image in A1111; MOOD_STYLES_A1111_REPEATS first folds repeats of a name as A1111 does. */
+static int combine_repeats(mood_resolved_styles *out, unsigned flags)
+{
+    int err = 0;
+    if (flags & MOOD_STYLES_A1111_REPEATS)
+        err = fold_repeats(out, 1);
+    return err ? err : fold_repeats(out, 0);
+}
+
 static void free_strings(char **items, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -647,6 +707,8 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
     }
     if (!err)
         err = name_aliases(out);
+    if (!err)
+        err = combine_repeats(out, flags);
     if (!err)
         err = assemble(&r, negative);
     if (!err) {

@@ -82,7 +82,13 @@ typedef struct mood_resolved_styles {
  * as one read back from an image's parameters). */
 /* SKIP_MISSING: a style or a prompt tag's LoRA that does not exist is listed in `missing` instead
  * of failing (see mood_styles_resolve). */
-enum { MOOD_STYLES_ADAPTERS_ONLY = 1, MOOD_STYLES_SKIP_MISSING = 2 };
+/* A1111_REPEATS: a LoRA that several tags (or styles, or --lora) apply is applied as A1111 applies
+ * a LoRA its prompt tags more than once: every time at the last one's multipliers (A1111 keeps
+ * one network object per LoRA and sets its multipliers from each tag in turn), so in all at
+ * count times those (for an image read back from A1111's parameters). Without it, their
+ * multipliers add up (as two LoRA loaders in a row do in ComfyUI). Either way the result lists
+ * the LoRA once, so that the one <lora:> tag written for it gives the same image in A1111. */
+enum { MOOD_STYLES_ADAPTERS_ONLY = 1, MOOD_STYLES_SKIP_MISSING = 2, MOOD_STYLES_A1111_REPEATS = 4 };
 
 /* Resolves prompt tags, then `styles` (in order), then `loras` (files, in order). `registry` may
  * be NULL when nothing names a registry style. A file LoRA's hash is computed from the file.

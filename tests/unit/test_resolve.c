@@ -153,7 +153,8 @@ static void test_alias_safe(void)
     mood_resolved_styles_dispose(&s);
 }
 
-/* Two LoRAs never share an alias; one LoRA applied twice keeps one. */
+/* Two LoRAs never share an alias; one LoRA applied twice is one adapter, its multipliers added up
+ * (A1111 reads the one tag written for it as the same weights). */
 static void test_alias_unique(void)
 {
     const char *dir1 = scratch_fresh_dir("one"), *dir2 = scratch_fresh_dir("two");
@@ -168,23 +169,55 @@ static void test_alias_unique(void)
         d[n - 1] ^= 1;
     MOOD_CHECK(d && write_file(p2, d, n) == 0);
     free(d);
-    mood_weighted_adapter w[3] = {{.path = p1, .unet = 1, .te = 1},
+    mood_weighted_adapter w[4] = {{.path = p1, .unet = 1, .te = 1},
                                   {.path = p2, .unet = 1, .te = 1},
-                                  {.path = p1, .unet = 0.5, .te = 0.5}};
+                                  {.path = p1, .unet = 0.5, .te = 0.25},
+                                  {.path = p1, .unet = 0.5, .te = 0.5, .dyn = 2}};
     prompt = malloc(strlen(p2) + 64);
     snprintf(prompt, strlen(p2) + 64, "x <lora:%.*s:0.2>", (int)(strlen(p2) - 12), p2);
-    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, w, 3, 0));
-    MOOD_CHECK(s.n == 4);
-    if (s.n == 4) {
-        /* the tag first (p2), then the files in order */
+    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, w, 4, 0));
+    MOOD_CHECK_MSG(s.n == 3, "%zu adapters", s.n);
+    if (s.n == 3) {
+        /* the tag first (p2), then the files in order; another DyLoRA cut is another entry */
         MOOD_CHECK_MSG(strcmp(s.adapters[0].alias, "LoRA") == 0, "%s", s.adapters[0].alias);
         MOOD_CHECK_MSG(strcmp(s.adapters[1].alias, "lora_2") == 0, "%s", s.adapters[1].alias);
-        MOOD_CHECK_MSG(strcmp(s.adapters[2].alias, "LoRA") == 0, "%s", s.adapters[2].alias);
-        MOOD_CHECK_MSG(strcmp(s.adapters[3].alias, "lora_2") == 0, "%s", s.adapters[3].alias);
+        MOOD_CHECK_MSG(strcmp(s.adapters[2].alias, "lora_2") == 0, "%s", s.adapters[2].alias);
         MOOD_CHECK(strcmp(s.adapters[0].hash, s.adapters[1].hash) != 0);
+        MOOD_CHECK(fabs(s.adapters[0].unet - 1.2) < 1e-12 && fabs(s.adapters[0].te - 1.2) < 1e-12);
+        MOOD_CHECK(s.adapters[1].unet == 1.5 && s.adapters[1].te == 1.25);
+        MOOD_CHECK(s.adapters[2].unet == 0.5 && s.adapters[2].dyn == 2);
     }
     mood_resolved_styles_dispose(&s);
     free(prompt);
+}
+
+/* An image's prompt that tags one LoRA twice: A1111 applies it twice at the last tag's weights
+ * (one network object per name, its multipliers set by each tag in turn), and says so; two
+ * names of one file are two networks there, added up (then written as one tag, as the same
+ * LoRA always is). A LoRA found nowhere is listed once. */
+static void test_a1111_repeats(void)
+{
+    const char *p1 = lora_copy("rep.safetensors", 0), *p2 = lora_copy("rep2.safetensors", 0);
+    char prompt[4096];
+    mood_resolved_styles s;
+    int n1 = (int)(strlen(p1) - 12), n2 = (int)(strlen(p2) - 12);
+    snprintf(prompt, sizeof prompt,
+             "x <lora:%.*s:0.5:0.1> <lora:%.*s:0.3> <lora:%.*s:0.25> <lora:gone> <lora:gone:2>", n1,
+             p1, n1, p1, n2, p2);
+    warnings[0] = '\0';
+    mood_log_set(collect, NULL);
+    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, NULL, 0,
+                                      MOOD_STYLES_A1111_REPEATS | MOOD_STYLES_SKIP_MISSING));
+    mood_log_set(NULL, NULL);
+    MOOD_CHECK_MSG(s.n == 1, "%zu adapters", s.n);
+    if (s.n == 1) /* twice 0.3, and 0.25 of the same file under another name: added up */
+        MOOD_CHECK_MSG(fabs(s.adapters[0].unet - 0.85) < 1e-12 &&
+                           fabs(s.adapters[0].te - 0.85) < 1e-12,
+                       "te %g unet %g", s.adapters[0].te, s.adapters[0].unet);
+    MOOD_CHECK_MSG(strstr(warnings, "tagged 2 times") && strstr(warnings, "0.6 in all"), "%s",
+                   warnings);
+    MOOD_CHECK_MSG(s.missing && strcmp(s.missing, "gone") == 0, "missing \"%s\"", s.missing);
+    mood_resolved_styles_dispose(&s);
 }
 
 /* hash=H: the registry's LoRA of that hash, at the tag's weights, over a style of the tag's name
@@ -337,5 +370,6 @@ static void test_dispose(void)
 
 MOOD_TEST_MAIN(MOOD_T(test_a1111_order), MOOD_T(test_dyn), MOOD_T(test_file_dyn),
                MOOD_T(test_bad_tags), MOOD_T(test_alias_safe), MOOD_T(test_alias_unique),
-               MOOD_T(test_hash_wins), MOOD_T(test_template_and_triggers),
-               MOOD_T(test_not_found_codes), MOOD_T(test_dispose))
+               MOOD_T(test_a1111_repeats), MOOD_T(test_hash_wins),
+               MOOD_T(test_template_and_triggers), MOOD_T(test_not_found_codes),
+               MOOD_T(test_dispose))
