@@ -196,11 +196,13 @@ static void train_log(int level, const char *message, void *payload)
  * registry that cannot take the style): one that cannot be opened (not a database, a newer
  * schema) or is read-only stops here with what to do; a style NAME that exists already is said,
  * as this one will be registered under another name (as an import of a file with a taken name
- * is). Returns 0 or the exit status. */
+ * is), or, for a --resume of the run that made it, will take NAME over (train_register).
+ * Returns 0 or the exit status. */
 static int check_registry_first(const train_args *a)
 {
     mood_registry *r = NULL;
     char *free_name = NULL;
+    long long before;
     int err, rc = 0;
     mood_log_set(NULL, NULL); /* "no registry yet" is no news here: training makes it */
     if ((err = mood_registry_open(&r, NULL)) != 0) {
@@ -213,6 +215,11 @@ static int check_registry_first(const train_args *a)
                 "(make it writable, or train with --no-register and import the file later)\n",
                 mood_registry_home(r));
         rc = 2;
+    } else if ((before = train_style_steps_of_run(r, a, a->o.name)) > 0) {
+        fprintf(stderr,
+                "mood: note: style '%s' is this run's result at step %lld; it will hold "
+                "the continued run, and the earlier result becomes style '%s-step%lld'\n",
+                a->o.name, before, a->o.name, before);
     } else if (mood_registry_name_suggest(&free_name, r, a->o.name) == 0 &&
                strcmp(free_name, a->o.name)) {
         fprintf(stderr,

@@ -53,8 +53,13 @@ char *train_beside(const char *out, const char *suffix);
  * "Lora hashes") and records it. A file that cannot be written is warned about once, not fatal. */
 int train_write_sample(const mood_train_sample *s, void *payload);
 /* Imports the LoRA with its sidecar, board thumbnails, final previews, loss curve and training
- * record (one all-or-nothing import). Returns 0 or an exit status. */
+ * record (one all-or-nothing import) as style NAME; when NAME is taken, under a free name, except
+ * for a --resume of the run that made style NAME: NAME then gets the continued run and the
+ * earlier result keeps its style under NAME-stepN. Returns 0 or an exit status. */
 int train_register(train_args *a, mood_import_result *res);
+/* With --resume: the steps of style `name` when the registry has it from this run (its training
+ * record names this run's output file), else 0. */
+long long train_style_steps_of_run(mood_registry *reg, const train_args *a, const char *name);
 /* Writes A1111's sidecar OUT.json beside the LoRA (activation text: the trainer's trigger phrase,
  * preferred weight 1). Returns 0 or 2 (warned about by the caller). */
 int train_write_sidecar(const train_args *a);

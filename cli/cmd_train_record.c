@@ -462,6 +462,52 @@ static int build_record(record *rec, const train_args *a)
     return (rec->training = training_json(a)) ? 0 : MOOD_ENOMEM;
 }
 
+long long train_style_steps_of_run(mood_registry *reg, const train_args *a, const char *name)
+{
+    char *json = NULL, *out = a->o.resume ? realpath(a->output, NULL) : NULL;
+    long long steps = 0;
+    if (out && mood_registry_show_json(&json, reg, name) == 0) {
+        cJSON *root = cJSON_Parse(json), *t = cJSON_GetObjectItemCaseSensitive(root, "training");
+        const char *lora = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(t, "lora"));
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(t, "steps");
+        if (lora && strcmp(lora, out) == 0 && cJSON_IsNumber(n) && n->valuedouble >= 1)
+            steps = (long long)n->valuedouble;
+        cJSON_Delete(root);
+    }
+    mood_registry_free_string(json);
+    free(out);
+    return steps;
+}
+
+/* Renames the style just imported (res->name) to NAME, or when NAME is taken to the free name
+ * check_registry_first announced; a --resume of the run that made NAME takes NAME over, the
+ * earlier result moving to NAME-stepN (nothing of it is lost: its tags and notes go with it). */
+static void name_registered(mood_registry *reg, train_args *a, mood_import_result *res)
+{
+    const char *name = a->o.name;
+    long long before = train_style_steps_of_run(reg, a, name);
+    char *free_name = NULL, wanted[600];
+    if (strcmp(res->name, name) == 0)
+        return;
+    if (before > 0) {
+        snprintf(wanted, sizeof wanted, "%s-step%lld", name, before);
+        if (mood_registry_name_suggest(&free_name, reg, wanted) == 0 &&
+            mood_registry_rename(reg, name, free_name) == 0)
+            fprintf(stderr, "mood: note: the run's earlier result (step %lld) is style '%s' now\n",
+                    before, free_name);
+        mood_registry_free_string(free_name);
+        free_name = NULL;
+    }
+    if (mood_registry_rename(reg, res->name, name) == 0) {
+        snprintf(res->name, sizeof res->name, "%s", name);
+    } else if (mood_registry_name_suggest(&free_name, reg, name) == 0 &&
+               strcmp(free_name, res->name) != 0 &&
+               mood_registry_rename(reg, res->name, free_name) == 0) {
+        snprintf(res->name, sizeof res->name, "%s", free_name);
+    }
+    mood_registry_free_string(free_name);
+}
+
 int train_register(train_args *a, mood_import_result *res)
 {
     mood_registry *reg = NULL;
@@ -480,10 +526,9 @@ int train_register(train_args *a, mood_import_result *res)
     if ((rc = cli_registry_open(&reg)) == 0) {
         err = mood_registry_import_file_ex(reg, res, a->output, &x, NULL, NULL);
         /* the registry names a style after its file; the style is NAME (-o may name the file
-         * otherwise), unless NAME is taken, where it keeps the free name the import chose */
-        if (!err && !res->already && strcmp(res->name, a->o.name) != 0 &&
-            mood_registry_rename(reg, res->name, a->o.name) == 0)
-            snprintf(res->name, sizeof res->name, "%s", a->o.name);
+         * otherwise) */
+        if (!err && !res->already)
+            name_registered(reg, a, res);
         mood_registry_close(reg);
         rc = err ? cli_fail(err) : 0;
         if (!err && res->already)

@@ -1,11 +1,14 @@
 /*
  * alloc.c: the library's allocator wrappers, with failure injection for tests
- * (c-style.md rule 16: every heap allocation goes through here), and the memory the system has
- * to give (what the trainer's choice of gradient checkpointing weighs).
+ * (c-style.md rule 16: every heap allocation goes through here), the string helpers that
+ * allocate or compare, and the memory the system has to give (what the trainer's choice of
+ * gradient checkpointing weighs).
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "common/common.h"
@@ -67,6 +70,21 @@ int mood_str_ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* A byte that continues a word: a letter, digit or '_' (ASCII), or part of a UTF-8 character. */
+static int word_byte(char c)
+{
+    unsigned char u = (unsigned char)c;
+    return isalnum(u) || u == '_' || u >= 0x80;
+}
+
+int mood_str_has_words(const char *hay, const char *phrase, size_t n)
+{
+    for (const char *h = hay; h && *h; h++)
+        if (strncasecmp(h, phrase, n) == 0 && (h == hay || !word_byte(h[-1])) && !word_byte(h[n]))
+            return 1;
+    return 0;
 }
 
 char *mood_strdup(const char *s)

@@ -25,6 +25,10 @@ char *mood_strdup(const char *s);
 char *mood_strndup(const char *s, size_t n);
 /* Whether s ends with suffix. */
 int mood_str_ends_with(const char *s, const char *suffix);
+/* Whether hay holds the n bytes of `phrase` as whole words (no letter, digit, '_' or UTF-8 byte
+ * right before or after it), ignoring ASCII case: CLIP lower-cases its input, so "INKWASH" in a
+ * prompt or caption is the trigger "inkwash", while "inkwashes" is not. */
+int mood_str_has_words(const char *hay, const char *phrase, size_t n);
 /* Makes the n-th allocation from now fail (n >= 1); 0 turns injection off. For tests. */
 void mood__alloc_fail_at(long n);
 /* The memory the system could give this process now without swapping, in bytes: Linux's

@@ -481,25 +481,6 @@ static int apply_template(mood_buf *prompt, const char *t)
     return err;
 }
 
-/* A byte that continues a word: a letter, digit or '_' (ASCII), or part of a UTF-8 character. */
-static int word_byte(char c)
-{
-    unsigned char u = (unsigned char)c;
-    return isalnum(u) || u == '_' || u >= 0x80;
-}
-
-/* Whether hay holds the n bytes of `phrase` as whole words, ignoring ASCII case: CLIP lower-cases
- * its input, so "INKWASH" in a prompt is the trigger "inkwash", while "inkwashes" is not. */
-static int has_phrase(const char *hay, const char *phrase, size_t n)
-{
-    for (const char *h = hay; *h; h++)
-        if (strncasecmp(h, phrase, n) == 0 && (h == hay || !word_byte(h[-1])) && !word_byte(h[n]))
-            return 1;
-    return 0;
-}
-
-/* Appends each of the style's trigger words (a ", "-separated list) that the prompt does not
- * already hold, in their order. */
 static int apply_triggers(mood_buf *prompt, const char *triggers)
 {
     const char *p = triggers;
@@ -513,8 +494,8 @@ static int apply_triggers(mood_buf *prompt, const char *triggers)
             p++, n--;
         while (n && isspace((unsigned char)p[n - 1]))
             n--;
-        if (n && !(prompt->data && has_phrase(prompt->data, p, n)) &&
-            !(add.data && has_phrase(add.data, p, n)))
+        if (n && !(prompt->data && mood_str_has_words(prompt->data, p, n)) &&
+            !(add.data && mood_str_has_words(add.data, p, n)))
             err = mood_buf_printf(&add, "%s%.*s", add.len ? ", " : "", (int)n, p);
         p = next;
     }

@@ -6,10 +6,10 @@
  * Tensors: "lora.params" (F32, the flat LoRA parameters), "adam.m" and "adam.v" (F32),
  * "epoch.order" (I32, this epoch's image order), "epoch.flips" (U8), "rng" (U8, the generator,
  * mood_rng_torch_cpu_get_state), "loss" (F32, one value per step done). Metadata: format
- * version, step, epoch, cursor and what must not change between the saving and the resuming run
- * (layout digest of the modules, seed, batch, accumulation, flips, number of images); a resumed
- * run restores every value bit for bit, so it continues to the same weights as an uninterrupted
- * one.
+ * version, step, the planned steps, epoch, cursor and what must not change between the saving and
+ * the resuming run (layout digest of the modules, seed, batch, accumulation, flips, number of
+ * images); a resumed run restores every value bit for bit, so it continues to the same weights as
+ * an uninterrupted one.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -52,6 +52,7 @@ static int write_meta(mood_st_writer *w, const mood__train_fingerprint *fp,
         (err = meta_i64(w, "mood.train.flip", fp->flip)) != 0 ||
         (err = meta_i64(w, "mood.train.images", (int64_t)fp->n_items)) != 0 ||
         (err = meta_i64(w, "mood.train.step", st->step)) != 0 ||
+        (err = meta_i64(w, "mood.train.steps", fp->steps)) != 0 ||
         (err = meta_i64(w, "mood.train.epoch", st->epoch)) != 0)
         return err;
     return meta_i64(w, "mood.train.cursor", st->cursor);
@@ -101,6 +102,21 @@ static int get_i64(const mood_st_file *f, const char *key, int64_t *out)
     if (*end)
         return mood_error_set(MOOD_EFORMAT, "%s: bad %s \"%s\"", mood_st_path(f), key, v);
     return 0;
+}
+
+int mood__checkpoint_unfinished(const char *path, int64_t *step, int64_t *planned)
+{
+    mood_st_file *f = NULL;
+    int stopped = 0;
+    if (!mood_path_exists(path) || mood_st_open(&f, path) != 0) {
+        mood_error_clear(); /* not there or not readable: nothing to lose, or check_outputs says */
+        return 0;
+    }
+    if (get_i64(f, "mood.train.step", step) == 0 && get_i64(f, "mood.train.steps", planned) == 0)
+        stopped = *step < *planned;
+    mood_error_clear();
+    mood_st_close(f);
+    return stopped;
 }
 
 /* The file's settings must be this run's. */

@@ -721,23 +721,13 @@ const mood_board_item *mood_board_item_at(const mood_board *b, size_t i)
     return b && i < b->n ? &b->items[i] : NULL;
 }
 
-/* Whether s holds w, letters in any case (captions write "Inkwash" for the trigger "inkwash"). */
-static int contains_nocase(const char *s, const char *w)
-{
-    size_t n = strlen(w);
-    for (; s && *s; s++)
-        if (strncasecmp(s, w, n) == 0)
-            return 1;
-    return 0;
-}
-
 int mood_board_uses_trigger(const mood_board *b, const char *trigger)
 {
     if (!trigger || !*trigger)
         return 0;
     for (size_t i = 0; b && i < b->n; i++) {
         const mood_board_item *it = &b->items[i];
-        if (!it->caption_from_file || contains_nocase(it->caption, trigger))
+        if (!it->caption_from_file || mood_str_has_words(it->caption, trigger, strlen(trigger)))
             return 1;
     }
     return 0;

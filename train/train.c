@@ -782,6 +782,7 @@ static int check_outputs(const mood_train_options *o)
 static int check_options(const mood_train_options *o)
 {
     mood__train_samples samples;
+    int64_t step, planned;
     int err;
     if (!o)
         return mood_error_set(MOOD_EINVAL, "training: no options (NULL; mood_train_options_init "
@@ -815,6 +816,12 @@ static int check_options(const mood_train_options *o)
         return mood_error_set(MOOD_ENOTFOUND,
                               "%s: no checkpoint to resume from (training option resume)",
                               o->checkpoint);
+    if (!o->resume && o->checkpoint && mood__checkpoint_unfinished(o->checkpoint, &step, &planned))
+        return mood_error_set(MOOD_EINVAL,
+                              "%s is the checkpoint of a run stopped at step %lld of %lld, which "
+                              "this run would overwrite: continue it with --resume (training "
+                              "option resume), or delete it to start again",
+                              o->checkpoint, (long long)step, (long long)planned);
     return check_outputs(o);
 }
 

@@ -241,6 +241,7 @@ typedef struct mood__train_fingerprint {
     uint64_t seed;
     int batch, accum, flip;
     size_t n_items;
+    int64_t steps; /* the run's planned steps: recorded, never compared (a resumed run may go on) */
 } mood__train_fingerprint;
 
 int mood__checkpoint_save(const char *path, const mood__train_fingerprint *fp,
@@ -251,6 +252,10 @@ int mood__checkpoint_save(const char *path, const mood__train_fingerprint *fp,
 int mood__checkpoint_load(const char *path, const mood__train_fingerprint *fp,
                           mood__lora_params *lp, mood__adamw *opt, mood__train_state *st);
 void mood__train_state_dispose(mood__train_state *st);
+/* Whether `path` is the checkpoint of a run stopped before its planned steps (*step of *planned):
+ * what a new run of the same output must not overwrite. 0 for no file, a finished run's, or one
+ * written before the plan was recorded. */
+int mood__checkpoint_unfinished(const char *path, int64_t *step, int64_t *planned);
 
 /* ----- trainer.c -------------------------------------------------------------------------- */
 

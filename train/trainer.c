@@ -487,6 +487,7 @@ static int start(loop *L)
     L->fp.accum = L->o->accum;
     L->fp.flip = L->d->flip;
     L->fp.n_items = n;
+    L->fp.steps = L->o->steps;
     if ((err = mood__adamw_init(&L->opt, t->lp->n_params, L->o->beta1, L->o->beta2, L->o->eps,
                                 L->o->weight_decay)) != 0 ||
         (err = alloc_buffers(L)) != 0)

@@ -103,10 +103,11 @@ void mood_board_free(mood_board *b);
 size_t mood_board_count(const mood_board *b);
 /* Borrowed, valid while b lives; NULL for i out of range. */
 const mood_board_item *mood_board_item_at(const mood_board *b, size_t i);
-/* Whether a LoRA trained on b learns `trigger`: some image's caption holds it (a caption from the
- * template always does). A board whose sidecar captions never name it teaches a style that needs
- * no word in the prompt, and the word, never seen in training, would only change the prompt
- * (on a small text encoder such as mood-tiny's, into noise). 0 for a NULL or empty trigger. */
+/* Whether a LoRA trained on b learns `trigger`: some image's caption holds it as whole words, in
+ * any case ("app" is not in "red apple"); a caption from the template always does. A board whose
+ * sidecar captions never name it teaches a style that needs no word in the prompt, and the word,
+ * never seen in training, would only change the prompt (on a small text encoder such as
+ * mood-tiny's, into noise). 0 for a NULL or empty trigger. */
 int mood_board_uses_trigger(const mood_board *b, const char *trigger);
 /* The item as the VAE takes it: out (3 x height x width floats) = (px / 255 - 0.5) / 0.5 in
  * float32 (torchvision ToTensor + Normalize([0.5], [0.5])), mirrored left-right when flip. */

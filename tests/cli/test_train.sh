@@ -8,7 +8,9 @@
 # fails before training and names each; bad options exit 1; --device cuda exits 2 in a CPU
 # build; --full writes a diffusers folder that generates, prints where and registers nothing, and
 # refuses a single-file base and an output folder that is not a model; no run writes over the
-# model it trains on (a file of its folder, its single file). (Correctness of the steps
+# model it trains on (a file of its folder, its single file); --resume of a finished run updates
+# its style (the earlier result kept as NAME-stepN); a taken NAME registers under the free name
+# announced; a new run refuses to overwrite a stopped run's checkpoint. (Correctness of the steps
 # themselves: tests/unit/test_train.c and tests/unit/test_unet_backward.c, against torch; full
 # training: tests/unit/test_train_full.c.)
 . "$(dirname "$0")/lib.sh"
@@ -294,4 +296,33 @@ expect_rc 1 "--full over a diffusers model it did not write" "$MOOD" train --ful
     --board board --model "$MODEL" --res 64 --steps 1 -o downloaded
 check "that model untouched" diff -r "$MODEL" downloaded
 expect_rc 1 "caption dropout 1" "$MOOD" train --name x --board board --model "$MODEL" --caption-dropout 1
+# --resume of a finished run with more steps: the style takes the continued run, the earlier
+# result stays as NAME-stepN (was: a new style 'cont-2' each time, the old one never updated)
+steps_of() { "$MOOD" show "$1" --json | py 'import json,sys; print(json.load(sys.stdin)["training"]["steps"])'; }
+expect_rc 0 "train cont" "$MOOD" train --name cont --board board --model "$MODEL" --res 64 \
+    --steps 2 --rank 4
+expect_rc 0 "continue it" "$MOOD" train --name cont --board board --model "$MODEL" --res 64 \
+    --steps 3 --rank 4 --resume
+check "announced before training" grep -q "style 'cont' is this run's result at step 2" "$tmp/err"
+check "cont is the continued run" test "$(steps_of cont)" = 3
+check "the earlier result kept" test "$(steps_of cont-step2)" = 2
+# a taken NAME with -o elsewhere: registered under the free name announced, not the file's stem
+expect_rc 0 "train a taken name to another file" "$MOOD" train --name cont --board board \
+    --model "$MODEL" --res 64 --steps 1 --rank 4 -o other.safetensors --json
+check "announced as cont-2" grep -q "will be registered as 'cont-2'" "$tmp/err"
+check "registered as cont-2" py 'import json,sys; assert json.load(open(sys.argv[1]))["style"]=="cont-2"' "$tmp/out"
+# a new run never overwrites the checkpoint of a stopped one (hours of work on a CPU): its plan
+# (mood.train.steps) is made larger than its step, as a Ctrl-C leaves it
+py '
+import json, struct
+p = "cont.checkpoint.safetensors"; b = open(p, "rb").read(); n, = struct.unpack("<Q", b[:8])
+h = json.loads(b[8:8 + n]); assert h["__metadata__"]["mood.train.steps"] == "3", h["__metadata__"]
+h["__metadata__"]["mood.train.steps"] = "500"
+t = json.dumps(h).encode(); t += b" " * (-len(t) % 8)
+open(p, "wb").write(struct.pack("<Q", len(t)) + t + b[8 + n:])'
+cp cont.checkpoint.safetensors stopped.copy
+expect_rc 1 "a new run over a stopped run's checkpoint" "$MOOD" train --name cont --board board \
+    --model "$MODEL" --res 64 --steps 1 --rank 4 --no-register
+check "says so" grep -q "checkpoint of a run stopped at step 3 of 500" "$tmp/err"
+check "the checkpoint untouched" cmp -s cont.checkpoint.safetensors stopped.copy
 finish

@@ -899,6 +899,35 @@ static void test_board_pixels(void)
            worst[1]);
 }
 
+/* The trigger counts as learnt when a caption holds it as whole words, in any case. */
+static void test_board_trigger_words(void)
+{
+    const char *dir = scratch_fresh_dir("trigger-board");
+    char img[1024], txt[1024];
+    size_t n = 0;
+    unsigned char *d = read_file(fixture("train/board/a.png"), &n);
+    mood_board_options o;
+    mood_board *b = NULL;
+    snprintf(img, sizeof img, "%s/a.png", dir);
+    snprintf(txt, sizeof txt, "%s/a.txt", dir);
+    MOOD_CHECK(d && write_file(img, d, n) == 0);
+    MOOD_CHECK(write_file(txt, "Red apple, inkwash-style\n", 25) == 0);
+    free(d);
+    mood_board_options_init(&o);
+    o.resolution = 64;
+    const char *paths[1] = {dir};
+    MOOD_CHECK_OK(mood_board_load(&b, paths, 1, &o));
+    static const struct {
+        const char *trigger;
+        int used;
+    } cases[] = {{"apple", 1}, {"APPLE", 1}, {"red apple", 1}, {"inkwash", 1}, {"inkwash-style", 1},
+                 {"app", 0},   {"pple", 0},  {"style", 1},     {"ink", 0},     {"", 0}};
+    for (size_t i = 0; b && i < sizeof cases / sizeof cases[0]; i++)
+        MOOD_CHECK_MSG(mood_board_uses_trigger(b, cases[i].trigger) == cases[i].used, "'%s'",
+                       cases[i].trigger);
+    mood_board_free(b);
+}
+
 static void test_board_folder(void)
 {
     mood_board_options o;
@@ -1188,5 +1217,5 @@ MOOD_TEST_MAIN(MOOD_T(test_rng_state), MOOD_T(test_schedule_tables), MOOD_T(test
                MOOD_T(test_clip), MOOD_T(test_lr_schedules), MOOD_T(test_fake_training),
                MOOD_T(test_resume), MOOD_T(test_nan_stop), MOOD_T(test_webp_and_exif),
                MOOD_T(test_buckets), MOOD_T(test_board_pixels), MOOD_T(test_board_folder),
-               MOOD_T(test_board_errors), MOOD_T(test_alloc_failures), MOOD_T(test_train_run),
-               MOOD_T(test_train_te))
+               MOOD_T(test_board_trigger_words), MOOD_T(test_board_errors),
+               MOOD_T(test_alloc_failures), MOOD_T(test_train_run), MOOD_T(test_train_te))
