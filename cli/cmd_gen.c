@@ -60,7 +60,8 @@ const char cmd_gen_help[] =
     "                        torch-cuda (A1111's default GPU noise; image i uses SEED+i),\n"
     "                        mood (torch's CPU generator per image, SEED+i: A1111 'RNG: CPU')\n"
     "  --prediction eps|v|sample  override the model's prediction type (SD2 768-v models\n"
-    "                        are v; sample: the model predicts the image, as mood-tiny)\n\n"
+    "                        are v; sample: the model predicts the image, as mood-tiny);\n"
+    "                        recorded in the PNG as \"Prediction: v\" for --from-png\n\n"
     "Output:\n"
     "  -o FILE               the PNG to write (default mood-SEED.png, mood-SEED-v2.png and so\n"
     "                        on when taken: never over an earlier image); a batch adds -1, -2\n"
@@ -175,12 +176,8 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
         a->mode = MOOD_LORA_MERGE;
     else if (strcmp(s, "--lora-mode") == 0 && strcmp(v, "runtime") == 0)
         a->mode = MOOD_LORA_RUNTIME;
-    else if (strcmp(s, "--prediction") == 0 && (strcmp(v, "eps") == 0 || strcmp(v, "epsilon") == 0))
-        a->prediction = MOOD_PRED_EPSILON;
-    else if (strcmp(s, "--prediction") == 0 && strcmp(v, "v") == 0)
-        a->prediction = MOOD_PRED_V;
-    else if (strcmp(s, "--prediction") == 0 && strcmp(v, "sample") == 0)
-        a->prediction = MOOD_PRED_SAMPLE;
+    else if (strcmp(s, "--prediction") == 0 && gen_parse_prediction(v) >= 0)
+        a->prediction = gen_parse_prediction(v);
     else if (strcmp(s, "--model") && strcmp(s, "--size") && strcmp(s, "--rng") &&
              strcmp(s, "--lora-mode") && strcmp(s, "--prediction"))
         return -1;

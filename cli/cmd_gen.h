@@ -52,6 +52,10 @@ void gen_release_default_output(gen_run *r);
 
 /* "torch-cpu", "torch-cuda", "mood" (also A1111's "CPU" / "GPU"). 0, or -1 when unknown. */
 int gen_parse_rng(mood_rng_kind *out, const char *s);
+/* --prediction's and the image key "Prediction"'s values: "eps" (or "epsilon"), "v", "sample" as
+ * MOOD_PRED_*; -1 when unknown. gen_prediction_name gives the spelling written. */
+int gen_parse_prediction(const char *s);
+const char *gen_prediction_name(int prediction);
 /* --from-png: fills what the command line did not set from the image's parameters and warns,
  * naming key and value, about each setting that changes the image and that mood does not
  * reproduce (variation seeds, a separate VAE, hires fix, prompt editing, ...). Returns 0 or an

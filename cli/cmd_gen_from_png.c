@@ -232,6 +232,7 @@ static const char *const png_known_keys[] = {"Steps",
                                              "Civitai metadata",
                                              "Lora weights",
                                              "Schedule type",
+                                             "Prediction",
                                              "Model",
                                              "Model hash",
                                              "Lora hashes",
@@ -459,6 +460,23 @@ static void png_note_overrides(const gen_args *a, const mood_params *p)
         cli_warn("the options given replace the image's %s: the image will differ", list);
 }
 
+/* "Prediction: v", mood's key for a --prediction that overrode the model's type. */
+static void png_prediction(gen_args *a, const mood_params *p)
+{
+    const char *v = mood_params_get(p, "Prediction");
+    int pred = v ? gen_parse_prediction(v) : -1;
+    if (!v)
+        return;
+    if (pred < 0)
+        cli_warn("\"Prediction: %s\" of the image is not a value mood can use; using the "
+                 "model's type: the image will differ",
+                 v);
+    else if (a->prediction >= 0 && a->prediction != pred)
+        cli_warn("the options given replace the image's Prediction: %s: the image will differ", v);
+    else
+        a->prediction = pred;
+}
+
 static int png_fill(gen_args *a, const mood_params *p)
 {
     png_note_overrides(a, p);
@@ -478,6 +496,7 @@ static int png_fill(gen_args *a, const mood_params *p)
         a->opts.clip_skip = p->clip_skip;
     png_sampler(a, p);
     png_rng(a, p);
+    png_prediction(a, p);
     return png_warn_unmatched(a, p);
 }
 

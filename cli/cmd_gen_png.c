@@ -44,6 +44,23 @@ int gen_parse_rng(mood_rng_kind *out, const char *s)
     return 0;
 }
 
+static const char *const prediction_names[] = {"eps", "v", "sample"}; /* MOOD_PRED_* order */
+
+int gen_parse_prediction(const char *s)
+{
+    if (strcmp(s, "epsilon") == 0)
+        return MOOD_PRED_EPSILON;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, prediction_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *gen_prediction_name(int prediction)
+{
+    return prediction >= 0 && prediction < 3 ? prediction_names[prediction] : "?";
+}
+
 /* ----- writing ------------------------------------------------------------------------------ */
 
 /* "out.png" -> "out-3.png" for image i of a batch (i counts from 1). */
@@ -274,6 +291,10 @@ static int build_params(mood_params *p, const gen_run *r, int i)
         return MOOD_ENOMEM;
     err = gen_params_fill(p, &r->args.opts, r->model, prompt, r->styles.negative, i);
     free(prompt);
+    /* --prediction: mood's own key (A1111 has none; it shows it and keeps it), so that
+     * --from-png overrides the model's type again */
+    if (!err && r->args.prediction >= 0)
+        err = mood_params_set(p, "Prediction", gen_prediction_name(r->args.prediction));
     /* one entry per LoRA, under the alias its tags carry (a LoRA applied twice has one alias) */
     for (size_t k = 0; k < r->styles.n && !err; k++) {
         const mood_resolved_adapter *a = &r->styles.adapters[k];

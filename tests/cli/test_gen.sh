@@ -241,6 +241,22 @@ import sys; d=open(sys.argv[1],"rb").read()
 assert b"<lora:my_lo_ra:0.5>" in d and b"Lora hashes: \"my_lo_ra: " in d, d[:500]' "$tmp/n1.png"
 expect_rc 0 "--from-png of it" "$MOOD" gen --from-png "$tmp/n1.png" --model "$MODEL" -o "$tmp/n2.png"
 check "the same image (safe alias)" cmp -s "$tmp/n1.png" "$tmp/n2.png"
+# one LoRA given twice is applied once at the summed weights and written as one tag (A1111 would
+# apply two tags of one name twice at the last one's weight), the same image as the one tag gives
+expect_rc 0 "one LoRA twice" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 \
+    --lora "$tmp/ink.safetensors:0.5" --lora "$tmp/ink.safetensors:0.3:0.2" -o "$tmp/d1.png"
+check "written as one tag of the sums" py '
+import sys; d=open(sys.argv[1],"rb").read()
+assert b"oil painting <lora:ink:0.7:0.8>\n" in d, d[:500]  # A1111: TE first' "$tmp/d1.png"
+expect_rc 0 "the one tag" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 \
+    --lora "$tmp/ink.safetensors:0.8:0.7" -o "$tmp/d2.png"
+check "the same image" cmp -s "$tmp/d1.png" "$tmp/d2.png"
+# --prediction is recorded ("Prediction: v"), so --from-png overrides the model's type again
+expect_rc 0 "gen --prediction v" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --prediction v \
+    -o "$tmp/v1.png"
+check "recorded" grep -qa "Prediction: v," "$tmp/v1.png"
+expect_rc 0 "--from-png of it" "$MOOD" gen --from-png "$tmp/v1.png" --model "$MODEL" -o "$tmp/v2.png"
+check "the same image (v-prediction)" cmp -s "$tmp/v1.png" "$tmp/v2.png"
 
 # ----- --from-png names every setting of the image that changes it and that mood does not do
 cat >"$tmp/setparams.py" <<'PYEOF'
