@@ -24,7 +24,7 @@ const char cmd_civitai_link_help[] =
     "                \"not_found\" (Civitai does not know the file) or \"error\" (with error);\n"
     "                {name, status \"error\", error} for a style that is not in the registry\n\n"
     "Environment: MOOD_CIVITAI_URL (API base, default https://civitai.com), CIVITAI_TOKEN (an\n"
-    "API key, sent to Civitai only; never stored).\n"
+    "API key, sent to Civitai only; never stored); MOOD_OFFLINE=1 refuses the command (exit 2).\n"
     "Exit status: 0 every LoRA linked, 1 a style is not in the registry, 2 a LoRA is unknown to\n"
     "Civitai or the network failed (the other LoRAs are linked).\n";
 
@@ -40,7 +40,8 @@ const char cmd_update_check_help[] =
     "           version_name, latest_version_id, latest_version_name, latest_base_model,\n"
     "           latest_published_at, url}], errors [{name, file, sha256, model_id, error}]}\n"
     "           (one update or error per LoRA)\n\n"
-    "Exit status: 0 every style checked (updates or not), 2 a style could not be checked.\n";
+    "Exit status: 0 every style checked (updates or not), 2 a style could not be checked (or\n"
+    "MOOD_OFFLINE is set: it asks Civitai, so it is refused).\n";
 
 void cli_civitai_flags_init(cli_civitai_flags *f)
 {
@@ -90,8 +91,20 @@ static cJSON *version_json(const mood_civitai_version *v)
     return o;
 }
 
-static int open_client(mood_civitai **c)
+/* The Civitai client. For civitai link and update-check (`cmd`), whose whole job is to ask
+ * Civitai, refused under MOOD_OFFLINE (exit 2, the environment's), which promises no network;
+ * an import (`cmd` NULL) of a download link is a download, not a lookup, as import's help says. */
+static int open_client(mood_civitai **c, const char *cmd)
 {
+    cli_civitai_flags f;
+    cli_civitai_flags_init(&f);
+    if (cmd && f.offline) {
+        fprintf(stderr,
+                "mood: error: %s asks Civitai, which MOOD_OFFLINE=%s in the environment rules "
+                "out; unset it (or set it to 0) to run it\n",
+                cmd, getenv("MOOD_OFFLINE"));
+        return 2;
+    }
     int err = mood_civitai_open(c, NULL);
     return err ? cli_fail(err) : 0;
 }
@@ -133,7 +146,7 @@ int cli_import_remote(mood_registry *r, const char *what, const cli_civitai_flag
     int err, rc;
     *already = 0;
     cJSON_AddStringToObject(o, "file", what);
-    if ((rc = open_client(&c)) != 0)
+    if ((rc = open_client(&c, NULL)) != 0)
         return rc;
     mood_civitai_import_options_init(&opts);
     opts.offline = f->offline;
@@ -316,7 +329,7 @@ int cmd_civitai_link(int argc, char **argv)
         return cli_usage_error("civitai link", "give the names of the styles to link");
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
-    if ((rc = open_client(&c)) != 0) {
+    if ((rc = open_client(&c, "civitai link")) != 0) {
         mood_registry_close(r);
         return rc;
     }
@@ -435,7 +448,7 @@ int cmd_update_check(int argc, char **argv)
     }
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
-    if ((rc = open_client(&c)) != 0) {
+    if ((rc = open_client(&c, "update-check")) != 0) {
         mood_registry_close(r);
         return rc;
     }

@@ -421,6 +421,15 @@ static void walk(import_run *run, const char *path, int top)
     }
 }
 
+/* What made an import offline (`fix`: how to undo it). */
+static const char *offline_cause(int argc, char **argv, int fix)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--offline") == 0)
+            return fix ? "drop --offline" : "--offline";
+    return fix ? "unset it, or set it to 0," : "MOOD_OFFLINE in the environment";
+}
+
 int cmd_import(int argc, char **argv)
 {
     import_run run = {0};
@@ -444,9 +453,10 @@ int cmd_import(int argc, char **argv)
     for (int i = 1; i < argc && run.cf.offline; i++)
         if (strcmp(argv[i - 1], "--nsfw") != 0 && mood_civitai_is_ref(argv[i]))
             return cli_usage_error("import",
-                                   "%s is looked up on Civitai, which --offline (or "
-                                   "MOOD_OFFLINE) rules out; import it without",
-                                   argv[i]);
+                                   "%s is looked up on Civitai, and %s rules that out (%s to "
+                                   "import it)",
+                                   argv[i], offline_cause(argc, argv, 0),
+                                   offline_cause(argc, argv, 1));
     if ((rc = cli_registry_open(&run.r)) != 0)
         return rc;
     run.imported = cJSON_CreateArray();

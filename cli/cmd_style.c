@@ -462,6 +462,17 @@ static int check_text_options(const style_args *a, const char *name)
     return 0;
 }
 
+/* The options of style create and edit (each takes a value). */
+static int style_option_known(const char *opt)
+{
+    static const char *const known[] = {"--lora",     "--trigger",     "--template",
+                                        "--negative", "--description", "--weight"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(opt, known[i]) == 0)
+            return 1;
+    return 0;
+}
+
 /* Options shared by create and edit; --lora arguments are collected in lora_args. */
 static int parse_style_options(style_args *a, const char ***lora_args, size_t *n_lora, int argc,
                                char **argv, const char *cmd, const char **name)
@@ -479,6 +490,8 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
             *name = opt;
             continue;
         }
+        if (!style_option_known(opt))
+            return cli_unknown_option(cmd, opt);
         if (!v)
             return cli_usage_error(cmd, "option '%s' needs a value", opt);
         i++;
@@ -501,8 +514,7 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
                 &a->spec.has_weight, NULL,         "a number, -100 to 100"};
             if (cli_parse_number(cmd, &weight, 1, opt, v) != 0)
                 return 1;
-        } else
-            return cli_usage_error(cmd, "unknown option '%s'", opt);
+        }
     }
     if (!*name)
         return cli_usage_error(cmd, "missing NAME");
@@ -590,6 +602,11 @@ int cmd_tag(int argc, char **argv)
             return cli_fail(MOOD_EINVAL); /* before quoting it below */
         if (i > 1 && ((argv[i][0] != '+' && argv[i][0] != '-') || !argv[i][1]))
             return cli_usage_error("tag", "'%s': write +TAG to add a tag, -TAG to remove one",
+                                   argv[i]);
+        if (i > 1 && argv[i][1] == '-') /* --json, --help: an option, not "remove tag -json" */
+            return cli_usage_error("tag",
+                                   "'%s': tag takes no options, and a tag does not start "
+                                   "with '-'",
                                    argv[i]);
     }
     if ((rc = cli_registry_open(&r)) != 0)

@@ -146,6 +146,12 @@ assert any(s.get("air")=="urn:air:sd1:lora:civitai:900001@900101" for a in d["ad
 cp "$V2" "$tmp/other.safetensors"
 MOOD_OFFLINE=1 expect_rc 0 "MOOD_OFFLINE=1 import" "$MOOD" import "$tmp/other.safetensors"
 check "MOOD_OFFLINE: no lookup" [ "$(grep -c "by-hash/$(sha "$V2" | tr a-f A-F)" "$tmp/server.log")" = 0 ]
+# civitai link and update-check only ask Civitai: MOOD_OFFLINE refuses them (they went online)
+lines=$(wc -l <"$tmp/server.log")
+MOOD_OFFLINE=1 expect_rc 2 "MOOD_OFFLINE=1 civitai link" "$MOOD" civitai link mine
+check "says MOOD_OFFLINE rules it out" grep -q "civitai link asks Civitai, which MOOD_OFFLINE=1" "$tmp/err"
+MOOD_OFFLINE=1 expect_rc 2 "MOOD_OFFLINE=1 update-check" "$MOOD" update-check
+check "no request made" [ "$(wc -l <"$tmp/server.log")" = "$lines" ]
 home h5
 expect_rc 0 "local import looks up by hash" "$MOOD" import "$tmp/mine.safetensors" --json
 check "found by hash on import" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert i["civitai"]["version_id"]==900101 and i["previews"]==1, i' "$tmp/out"

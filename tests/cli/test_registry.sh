@@ -132,6 +132,11 @@ expect_rc 0 "style edit --weight \"\" (cleared)" "$MOOD" style edit ink-film --w
 check "weight back to 1" py 'import json,sys,subprocess; d=json.loads(subprocess.check_output([sys.argv[1],"show","ink-film","--json"])); assert d["weight"]==1, d["weight"]' "$MOOD"
 expect_rc 0 "tag" "$MOOD" tag ink-film +mono +painting
 expect_rc 0 "untag" "$MOOD" tag ink-film -painting
+# an option is no tag: "--json" was read as "remove tag -json" (exit 0, nothing said)
+expect_rc 1 "tag --json" "$MOOD" tag ink-film --json
+check "says tag takes no options" grep -q "tag takes no options" "$tmp/err"
+expect_rc 1 "style edit --json" "$MOOD" style edit ink-film --json
+check "an unknown option, not one that needs a value" grep -q "unknown option '--json'" "$tmp/err"
 expect_rc 0 "show ink-film" "$MOOD" show ink-film --json
 check "composed style" py '
 import json,sys; d=json.load(open(sys.argv[1]))
@@ -148,7 +153,7 @@ check "says QUERY is missing" grep -q "missing QUERY" "$tmp/err"
 expect_rc 1 "a query that is not UTF-8" "$MOOD" search $'\xff'
 check "says so" grep -q "not valid UTF-8" "$tmp/err"
 expect_rc 1 "a Civitai reference with --offline" "$MOOD" import civitai:128713 --offline
-check "refused before any lookup" grep -q "civitai:128713 is looked up on Civitai, which --offline" "$tmp/err"
+check "refused before any lookup" grep -q "civitai:128713 is looked up on Civitai, and --offline rules that out (drop --offline" "$tmp/err"
 expect_rc 0 "search a tag" "$MOOD" search mon --json
 check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
 # list reads summary columns that triggers keep in sync (migration 3): they must follow edits
