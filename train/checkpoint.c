@@ -5,13 +5,16 @@
  *
  * Tensors: "lora.params" (F32, the flat LoRA parameters), "adam.m" and "adam.v" (F32),
  * "epoch.order" (I32, this epoch's image order), "epoch.flips" (U8), "rng" (U8, the generator,
- * mood_rng_torch_cpu_get_state), "loss" (F32, one value per step done). Metadata: format
- * version, step, the planned steps, epoch, cursor and what must not change between the saving and
+ * mood_rng_torch_cpu_get_state), "loss" and "lr" (F32, one value per step done: the loss, the
+ * learning rate it ran at). Metadata: format version, step, epoch, cursor, the settings a resumed
+ * run may change but is told about (planned steps, learning rate and schedule, the board's
+ * digest), and what must not change between the saving and
  * the resuming run (layout digest of the modules, seed, batch, accumulation, flips, number of
  * images); a resumed run restores every value bit for bit, so it continues to the same weights as
  * an uninterrupted one.
  */
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,15 +29,24 @@ void mood__train_state_dispose(mood__train_state *st)
     mood_free(st->order);
     mood_free(st->flips);
     mood_free(st->losses);
+    mood_free(st->lrs);
     st->order = NULL;
     st->flips = NULL;
     st->losses = NULL;
+    st->lrs = NULL;
 }
 
 static int meta_i64(mood_st_writer *w, const char *key, int64_t v)
 {
     char buf[32];
     snprintf(buf, sizeof buf, "%" PRId64, v);
+    return mood_st_writer_set_meta(w, key, buf);
+}
+
+static int meta_f64(mood_st_writer *w, const char *key, double v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.17g", v);
     return mood_st_writer_set_meta(w, key, buf);
 }
 
@@ -53,6 +65,10 @@ static int write_meta(mood_st_writer *w, const mood__train_fingerprint *fp,
         (err = meta_i64(w, "mood.train.images", (int64_t)fp->n_items)) != 0 ||
         (err = meta_i64(w, "mood.train.step", st->step)) != 0 ||
         (err = meta_i64(w, "mood.train.steps", fp->steps)) != 0 ||
+        (err = meta_f64(w, "mood.train.lr", fp->lr)) != 0 ||
+        (err = meta_i64(w, "mood.train.schedule", fp->schedule)) != 0 ||
+        (err = meta_i64(w, "mood.train.warmup", fp->warmup)) != 0 ||
+        (fp->data[0] && (err = mood_st_writer_set_meta(w, "mood.train.data", fp->data)) != 0) ||
         (err = meta_i64(w, "mood.train.epoch", st->epoch)) != 0)
         return err;
     return meta_i64(w, "mood.train.cursor", st->cursor);
@@ -77,7 +93,8 @@ int mood__checkpoint_save(const char *path, const mood__train_fingerprint *fp,
         ((err = mood_st_writer_add(w, "epoch.order", MOOD_DTYPE_I32, 1, &ni, st->order)) != 0 ||
          (err = mood_st_writer_add(w, "epoch.flips", MOOD_DTYPE_U8, 1, &ni, st->flips)) != 0))
         goto done;
-    if (ns > 0 && (err = mood_st_writer_add(w, "loss", MOOD_DTYPE_F32, 1, &ns, st->losses)) != 0)
+    if (ns > 0 && ((err = mood_st_writer_add(w, "loss", MOOD_DTYPE_F32, 1, &ns, st->losses)) != 0 ||
+                   (err = mood_st_writer_add(w, "lr", MOOD_DTYPE_F32, 1, &ns, st->lrs)) != 0))
         goto done;
     if ((err = write_meta(w, fp, st)) != 0)
         goto done;
@@ -209,7 +226,37 @@ static int load_arrays(const mood_st_file *f, mood__lora_params *lp, mood__adamw
             return err;
         err = mood_st_to_f32(st->losses, t);
     }
+    if (!err && st->step > 0 && mood_st_find(f, "lr")) {
+        if (!(t = tensor(f, "lr", MOOD_DTYPE_F32, st->step, &err)))
+            return err;
+        err = mood_st_to_f32(st->lrs, t);
+    } else {
+        for (int64_t i = 0; i < st->step; i++) /* an earlier version's: the trainer fills them */
+            st->lrs[i] = NAN;
+    }
     return err;
+}
+
+/* Tells of each setting a resumed run changes (the loss record keeps what each step ran at). */
+static void note_changes(const mood_st_file *f, const mood__train_fingerprint *fp)
+{
+    static const char *const schedules[] = {"constant", "cosine", "linear"};
+    const char *lr = mood_st_meta_get(f, "mood.train.lr"), *data;
+    const char *sched = mood_st_meta_get(f, "mood.train.schedule");
+    const char *warmup = mood_st_meta_get(f, "mood.train.warmup");
+    if (lr && strtod(lr, NULL) != fp->lr)
+        mood_log(MOOD_LOG_WARN, "resuming with learning rate %g; the stopped run had %g", fp->lr,
+                 strtod(lr, NULL));
+    if (sched && atoi(sched) != fp->schedule && atoi(sched) >= 0 && atoi(sched) < 3 &&
+        fp->schedule >= 0 && fp->schedule < 3)
+        mood_log(MOOD_LOG_WARN, "resuming with the %s schedule; the stopped run had %s",
+                 schedules[fp->schedule], schedules[atoi(sched)]);
+    if (warmup && atoll(warmup) != fp->warmup)
+        mood_log(MOOD_LOG_WARN, "resuming with %lld warmup steps; the stopped run had %s",
+                 (long long)fp->warmup, warmup);
+    if ((data = mood_st_meta_get(f, "mood.train.data")) && fp->data[0] && strcmp(data, fp->data))
+        mood_log(MOOD_LOG_WARN, "resuming on other pictures, captions or resolution than the "
+                                "stopped run's (the board changed since)");
 }
 
 int mood__checkpoint_load(const char *path, const mood__train_fingerprint *fp,
@@ -233,11 +280,13 @@ int mood__checkpoint_load(const char *path, const mood__train_fingerprint *fp,
     st->order = mood_calloc(st->n_items ? st->n_items : 1, sizeof *st->order);
     st->flips = mood_calloc(st->n_items ? st->n_items : 1, 1);
     st->losses = mood_calloc(st->step ? (size_t)st->step : 1, sizeof *st->losses);
-    if (!st->order || !st->flips || !st->losses) {
+    st->lrs = mood_calloc(st->step ? (size_t)st->step : 1, sizeof *st->lrs);
+    if (!st->order || !st->flips || !st->losses || !st->lrs) {
         err = mood_error_nomem();
         goto done;
     }
-    err = load_arrays(f, lp, opt, st);
+    if ((err = load_arrays(f, lp, opt, st)) == 0)
+        note_changes(f, fp);
 done:
     mood_st_close(f);
     if (err)

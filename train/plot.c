@@ -1,6 +1,6 @@
 /*
- * plot.c: the loss curve of a run, as a CSV table (step, loss, its moving average, learning
- * rate) and as a PNG line plot: each step's loss in light blue, the exponential moving average
+ * plot.c: the loss curve of a run, as a CSV table (step, loss, its moving average, the learning
+ * rate the step ran at) and as a PNG line plot: each step's loss in light blue, the exponential moving average
  * (0.9, what the progress bar shows) in dark blue, on a white field with a frame and four grid
  * lines. There is no font: the PNG's text chunks carry the title and the range of the axes.
  */
@@ -16,7 +16,7 @@
 #define PH     400
 #define MARGIN 24
 
-int mood__loss_csv(const char *path, const float *losses, int64_t n, const mood_train_options *o)
+int mood__loss_csv(const char *path, const float *losses, const float *lrs, int64_t n)
 {
     mood_atomic_file af;
     mood_buf b;
@@ -25,9 +25,10 @@ int mood__loss_csv(const char *path, const float *losses, int64_t n, const mood_
     mood_buf_init(&b);
     err = mood_buf_puts(&b, "step,loss,loss_avg,lr\n");
     for (int64_t i = 0; !err && i < n; i++) {
-        double lr = o->lr * mood_lr_factor(o->lr_schedule, i, o->warmup, o->steps);
+        double lr = lrs[i]; /* as run: a resumed run may have changed the rate */
         avg = i == 0 ? losses[i] : 0.9 * avg + 0.1 * losses[i];
-        err = mood_buf_printf(&b, "%lld,%.9g,%.9g,%.9g\n", (long long)i + 1, (double)losses[i], avg,
+        /* the rate was kept as a float: 7 digits give 0.0001 back, not 9.99999975e-05 */
+        err = mood_buf_printf(&b, "%lld,%.9g,%.9g,%.7g\n", (long long)i + 1, (double)losses[i], avg,
                               lr);
     }
     if (!err && (err = mood_atomic_open(&af, path)) == 0) {

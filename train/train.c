@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "engine/model_impl.h"
+#include "mood/hash.h"
 #include "mood/registry.h"
 #include "lora/lora_internal.h"
 #include "train/train_internal.h"
@@ -825,6 +826,24 @@ static int check_options(const mood_train_options *o)
     return check_outputs(o);
 }
 
+/* The board as this run trains on it, for a resumed run to tell whether it changed: SHA-256 of
+ * each image's size, caption, repeats and pixels (as resized), one image at a time. */
+static void board_digest(const mood_board *b, char hex[65])
+{
+    mood_buf lines;
+    char px[65];
+    mood_buf_init(&lines);
+    for (size_t i = 0; i < mood_board_count(b); i++) {
+        const mood_board_item *it = mood_board_item_at(b, i);
+        mood_sha256_hex(px, it->rgb, (size_t)it->width * it->height * 3);
+        if (mood_buf_printf(&lines, "%d %d %d %s %s\n", it->width, it->height,
+                            mood__board_repeats(b, i), px, it->caption) != 0)
+            break;
+    }
+    mood_sha256_hex(hex, lines.data ? lines.data : "", lines.len);
+    mood_buf_dispose(&lines);
+}
+
 /* The items an epoch goes through: image i's repeats times (kohya's N_name folders), sharing
  * its cached latents and conditioning as kohya's repeats share an ImageInfo. *n: their count. */
 static int repeat_items(run *r, size_t *n)
@@ -850,6 +869,7 @@ static int train(run *r)
     const mood_train_options *o;
     size_t n;
     mood__trainer t;
+    char digest[65];
     int err;
     if ((err = open_model(r)) != 0 || (err = make_params(r)) != 0)
         return err;
@@ -883,19 +903,22 @@ static int train(run *r)
     t.g = r->g;
     t.loss = o->loss ? o->loss : o->full ? mood__train_full_loss : mood__train_model_loss;
     t.loss_user = o->loss ? o->loss_user : o->full ? (void *)r->lp : (void *)r->m;
+    board_digest(r->board, digest);
+    t.data_digest = digest;
     t.after_step = mood__train_samples_after_step; /* previews every sample_every steps */
     t.after_user = &r->samples;
     err = mood__trainer_run(&t);
     if (!err)
         err = write_output(r, t.n_losses);
     if (!err && o->loss_csv)
-        err = mood__loss_csv(o->loss_csv, t.losses, t.n_losses, o);
+        err = mood__loss_csv(o->loss_csv, t.losses, t.lrs, t.n_losses);
     if (!err && o->loss_png)
         err = mood__loss_png(o->loss_png, t.losses, t.n_losses, o->name);
     /* the final previews, once the LoRA file is written */
     if (!err && (err = mood__train_samples_render(&r->samples, t.n_losses, 1)) > 0)
         err = 0;
     mood_free(t.losses);
+    mood_free(t.lrs);
     return err;
 }
 

@@ -232,6 +232,7 @@ typedef struct mood__train_state {
     size_t n_items;
     int64_t cursor; /* items of this epoch's order already used */
     float *losses;  /* step values */
+    float *lrs;     /* step values: the learning rate each step ran at (the UNet's) */
     uint8_t rng[MOOD_RNG_TORCH_CPU_STATE_SIZE];
 } mood__train_state;
 
@@ -241,7 +242,13 @@ typedef struct mood__train_fingerprint {
     uint64_t seed;
     int batch, accum, flip;
     size_t n_items;
-    int64_t steps; /* the run's planned steps: recorded, never compared (a resumed run may go on) */
+    /* recorded, never compared: a resumed run may change them (and is told when it does) */
+    int64_t steps; /* the run's planned steps */
+    double lr;
+    int schedule;
+    int64_t warmup;
+    char
+        data[65]; /* the board as trained: SHA-256 of its images' pixels and captions, "" unknown */
 } mood__train_fingerprint;
 
 int mood__checkpoint_save(const char *path, const mood__train_fingerprint *fp,
@@ -267,8 +274,10 @@ typedef struct mood__trainer {
     mood_rng_torch_cpu *g; /* in the state after init and latent draws (or to be restored) */
     mood_train_loss_fn loss;
     void *loss_user;
-    /* out: the loss of every optimizer step (o->steps values, owned by the trainer) */
-    float *losses;
+    const char *data_digest; /* in: the board's mood__train_fingerprint.data (NULL: unknown) */
+    /* out: the loss and learning rate of every optimizer step (o->steps values each, owned by
+     * the trainer) */
+    float *losses, *lrs;
     int64_t n_losses;
     int64_t checkpoint_step; /* step of the last checkpoint written or loaded, -1: none */
     /* Called after each optimizer step with the steps done (NULL: none): returns 1 when it did
@@ -291,7 +300,7 @@ int mood__train_stop_requested(void);
 /* ----- plot.c ----------------------------------------------------------------------------- */
 
 /* step,loss,loss_avg,lr lines. */
-int mood__loss_csv(const char *path, const float *losses, int64_t n, const mood_train_options *o);
+int mood__loss_csv(const char *path, const float *losses, const float *lrs, int64_t n);
 /* A line plot of the losses (light) and their moving average (dark) as a PNG. */
 int mood__loss_png(const char *path, const float *losses, int64_t n, const char *title);
 

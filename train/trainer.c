@@ -413,6 +413,7 @@ static int step(loop *L)
     if (lp->full && (err = mood__full_params_sync(lp)) != 0) /* the model runs its own copy */
         return err;
     L->st.losses[L->st.step] = (float)loss;
+    L->st.lrs[L->st.step] = (float)lr;
     L->st.step++;
     L->loss_avg = L->st.step == 1 ? loss : 0.9 * L->loss_avg + 0.1 * loss;
     return 0;
@@ -488,6 +489,10 @@ static int start(loop *L)
     L->fp.flip = L->d->flip;
     L->fp.n_items = n;
     L->fp.steps = L->o->steps;
+    L->fp.lr = L->o->lr;
+    L->fp.schedule = (int)L->o->lr_schedule;
+    L->fp.warmup = L->o->warmup;
+    snprintf(L->fp.data, sizeof L->fp.data, "%s", t->data_digest ? t->data_digest : "");
     if ((err = mood__adamw_init(&L->opt, t->lp->n_params, L->o->beta1, L->o->beta2, L->o->eps,
                                 L->o->weight_decay)) != 0 ||
         (err = alloc_buffers(L)) != 0)
@@ -519,14 +524,22 @@ static int start(loop *L)
         L->st.order = mood_calloc(n, sizeof *L->st.order);
         L->st.flips = mood_calloc(n, 1);
         L->st.losses = NULL;
+        L->st.lrs = NULL;
         if (!L->st.order || !L->st.flips)
             return mood_error_nomem();
     }
-    /* room for every step's loss */
+    /* room for every step's loss and learning rate */
     float *grown = mood_realloc(L->st.losses, (size_t)L->o->steps * sizeof *grown);
     if (!grown)
         return mood_error_nomem();
     L->st.losses = grown;
+    if (!(grown = mood_realloc(L->st.lrs, (size_t)L->o->steps * sizeof *grown)))
+        return mood_error_nomem();
+    L->st.lrs = grown;
+    for (int64_t i = 0; i < L->st.step; i++) /* a checkpoint of an earlier version has none */
+        if (isnan(L->st.lrs[i]))
+            L->st.lrs[i] =
+                (float)(L->o->lr * mood_lr_factor(L->o->lr_schedule, i, L->o->warmup, L->o->steps));
     L->first_step = L->st.step;
     if (L->st.step > 0)
         L->loss_avg = L->st.losses[L->st.step - 1];
@@ -591,6 +604,7 @@ int mood__trainer_run(mood__trainer *t)
     L.o = t->o;
     L.d = t->data;
     t->losses = NULL;
+    t->lrs = NULL;
     t->n_losses = 0;
     t->checkpoint_step = -1;
     if ((err = check(t)) != 0)
@@ -612,8 +626,10 @@ int mood__trainer_run(mood__trainer *t)
         sigaction(SIGHUP, &old_hup, NULL);
     }
     t->losses = L.st.losses;
+    t->lrs = L.st.lrs;
     t->n_losses = L.st.step;
     L.st.losses = NULL;
+    L.st.lrs = NULL;
     mood__train_state_dispose(&L.st);
     mood__adamw_dispose(&L.opt);
     free_buffers(&L);

@@ -325,4 +325,19 @@ expect_rc 1 "a new run over a stopped run's checkpoint" "$MOOD" train --name con
     --model "$MODEL" --res 64 --steps 1 --rank 4 --no-register
 check "says so" grep -q "checkpoint of a run stopped at step 3 of 500" "$tmp/err"
 check "the checkpoint untouched" cmp -s cont.checkpoint.safetensors stopped.copy
+# a resumed run that changes the learning rate, its schedule or the board is told so, and the loss
+# record keeps the rate each earlier step ran at (it was recomputed from the new options)
+expect_rc 0 "train rl, lr 1e-4" "$MOOD" train --name rl --board board --model "$MODEL" --res 64 \
+    --steps 2 --rank 4 --lr 1e-4 --no-register
+cp board/good1.png good1.keep
+cp board/e.png board/good1.png
+expect_rc 0 "resume with lr 5e-4, cosine, another picture" "$MOOD" train --name rl --board board \
+    --model "$MODEL" --res 64 --steps 4 --rank 4 --lr 5e-4 --schedule cosine --no-register --resume
+check "says the rate changed" grep -q "resuming with learning rate 0.0005; the stopped run had 0.0001" "$tmp/err"
+check "says the schedule changed" grep -q "resuming with the cosine schedule; the stopped run had constant" "$tmp/err"
+check "says the board changed" grep -q "the board changed since" "$tmp/err"
+check "the record keeps each step's rate" py '
+rows = [l.split(",") for l in open("rl.loss.csv").read().split()[1:]]
+assert [r[3] for r in rows[:2]] == ["0.0001", "0.0001"] and float(rows[2][3]) < 5e-4, rows'
+cp good1.keep board/good1.png
 finish

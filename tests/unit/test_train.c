@@ -573,6 +573,7 @@ static int fake_train(fake_setup *s, mood__lora_params **lp_out, float **losses,
     if (!err)
         err = mood__trainer_run(&t);
     *losses = t.losses;
+    mood_free(t.lrs);
     *n = t.n_losses;
     *lp_out = lp;
     mood_rng_torch_cpu_free(g);
