@@ -27,7 +27,8 @@ const char cmd_lora_merge_help[] =
     "  --conv-rank R    rank of 3x3 conv layers (default: --rank)\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
-    "  --json           print the summary as JSON\n\n"
+    "  --json           print the summary as JSON: output, modules, ranks [distinct ranks],\n"
+    "                   rank_min, rank_max, rank_counts [{rank, modules}], fro_retained_mean\n\n"
     "example: mood lora merge ink.safetensors:0.7 grain.safetensors:0.3 --rank 16 -o "
     "mix.safetensors\n"
     "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
@@ -42,15 +43,16 @@ const char cmd_lora_resize_help[] =
     "resize_lora.py does. alpha is scaled so that alpha/rank, the LoRA's strength, stays the\n"
     "same. With a fixed --rank every layer gets that rank (above a layer's own rank the extra\n"
     "components are zero, as kohya's are); with --dynamic each layer gets kohya's rank for\n"
-    "METHOD, one more than the smallest that keeps what it asks for (capped by --rank,\n"
-    "default 256), so that files match kohya's:\n"
+    "METHOD, the smallest that keeps what it asks for (capped by --rank, default 256), so\n"
+    "that files match those of kohya's current script (before its PR #2194, one rank more):\n"
     "  sv_ratio=X        keep singular values larger than the largest / X\n"
     "  sv_fro=X          keep a fraction X (0..1) of the Frobenius norm\n"
     "  sv_cumulative=X   keep a fraction X (0..1) of the sum of singular values\n\n"
     "  --conv-rank R    rank (or cap) for layers on convolutions (default: --rank)\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
-    "  --json           print the summary as JSON\n\n"
+    "  --json           print the summary as JSON: output, modules, ranks [distinct ranks],\n"
+    "                   rank_min, rank_max, rank_counts [{rank, modules}], fro_retained_mean\n\n"
     "The summary gives the ranks chosen and the mean fraction of each layer's change kept\n"
     "(Frobenius norm). example: mood lora resize big.safetensors --dynamic sv_fro=0.9 -o "
     "small.safetensors\n"
@@ -70,7 +72,8 @@ const char cmd_lora_extract_help[] =
     "no weight of it differs by more than --min-diff (default 0.01).\n\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
-    "  --json           print the summary as JSON\n\n"
+    "  --json           print the summary as JSON: output, modules, ranks [distinct ranks],\n"
+    "                   rank_min, rank_max, rank_counts [{rank, modules}], fro_retained_mean\n\n"
     "example: mood lora extract --base sd15.safetensors --tuned myfinetune.safetensors --rank 32 "
     "-o style.safetensors\n"
     "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
@@ -257,15 +260,23 @@ static int fro_retained(summary *s, const mood_adapter *in, const mood_adapter *
 static int print_summary(const lora_args *a, const summary *s)
 {
     if (a->json) {
-        cJSON *o = cJSON_CreateObject(), *r = cJSON_CreateObject();
-        char key[24];
+        /* "ranks", "rank_min", "rank_max" as inspect gives them; how many modules took each */
+        cJSON *o = cJSON_CreateObject(), *r = cJSON_CreateArray(), *c = cJSON_CreateArray();
         cJSON_AddStringToObject(o, "output", a->output);
         cJSON_AddNumberToObject(o, "modules", (double)s->modules);
         for (int i = 0; i < s->n_ranks; i++) {
-            snprintf(key, sizeof key, "%ld", s->ranks[i][0]);
-            cJSON_AddNumberToObject(r, key, (double)s->ranks[i][1]);
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddItemToArray(r, cJSON_CreateNumber((double)s->ranks[i][0]));
+            cJSON_AddNumberToObject(e, "rank", (double)s->ranks[i][0]);
+            cJSON_AddNumberToObject(e, "modules", (double)s->ranks[i][1]);
+            cJSON_AddItemToArray(c, e);
         }
         cJSON_AddItemToObject(o, "ranks", r);
+        if (s->n_ranks > 0) {
+            cJSON_AddNumberToObject(o, "rank_min", (double)s->ranks[0][0]);
+            cJSON_AddNumberToObject(o, "rank_max", (double)s->ranks[s->n_ranks - 1][0]);
+        }
+        cJSON_AddItemToObject(o, "rank_counts", c);
         if (s->fro_n)
             cJSON_AddNumberToObject(o, "fro_retained_mean", s->fro_sum / (double)s->fro_n);
         return cli_print_json(o);

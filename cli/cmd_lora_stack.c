@@ -19,7 +19,8 @@ const char cmd_lora_stack_help[] =
     "change depends on the base (DoRA, OFT, IA3, GLoRA) is refused; 'mood bake' applies those.\n\n"
     "  -o, --output OUT   the file to write\n"
     "  --dtype D          dtype of the written factors: f32 (default), f16 or bf16\n"
-    "  --json             print the summary as JSON\n\n"
+    "  --json             print the summary as JSON: output, inputs, modules, rank_min,\n"
+    "                     rank_max, dtype\n\n"
     "Example:\n"
     "  mood lora stack inkwash.safetensors:0.7 film-grain.safetensors:-0.4 -o combo.safetensors\n\n"
     "All inputs must be for the same base family. LoRAs whose effect depends on the base weights\n"
@@ -88,11 +89,11 @@ static int print_summary(const stack_args *a)
         snprintf(ranks, sizeof ranks, "ranks %lld to %lld", (long long)lo, (long long)hi);
     if (a->json) {
         cJSON *o = cJSON_CreateObject();
-        const char *dim = mood_st_meta_get(f, "ss_network_dim");
         cJSON_AddStringToObject(o, "output", a->output);
         cJSON_AddNumberToObject(o, "inputs", (double)a->inputs.n);
         cJSON_AddNumberToObject(o, "modules", (double)modules);
-        cJSON_AddStringToObject(o, "rank", dim ? dim : "");
+        cJSON_AddNumberToObject(o, "rank_min", (double)lo); /* numbers, as inspect gives them */
+        cJSON_AddNumberToObject(o, "rank_max", (double)hi);
         cJSON_AddStringToObject(o, "dtype", mood_dtype_name(a->dtype));
         mood_st_close(f);
         return cli_print_json(o);

@@ -276,8 +276,8 @@ static void print_adapter(const cJSON *a)
     const cJSON *src;
     const cJSON *alpha = cJSON_GetObjectItem(a, "alpha"), *rank = cJSON_GetObjectItem(a, "rank");
     printf("  %s  (unet %g, te %g)\n", str_of(a, "file_name") ? str_of(a, "file_name") : "?",
-           cJSON_GetNumberValue(cJSON_GetObjectItem(a, "unet_weight")),
-           cJSON_GetNumberValue(cJSON_GetObjectItem(a, "te_weight")));
+           cJSON_GetNumberValue(cJSON_GetObjectItem(a, "unet")),
+           cJSON_GetNumberValue(cJSON_GetObjectItem(a, "te")));
     printf("    %-12s%s (decided by %s)\n", "family", str_of(a, "family"),
            str_of(a, "family_source") ? str_of(a, "family_source") : "?");
     printf("    %-12s%s, rank %d, alpha ", "algorithm", str_of(a, "algorithm"),

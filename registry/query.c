@@ -425,7 +425,8 @@ static int add_sources(mood_registry *r, cJSON *adapters)
         const char *sha = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "sha256"));
         int rc;
         if ((err = mood__reg_prepare(r, &st,
-                                     "SELECT kind, location, civitai_model_id, civitai_version_id,"
+                                     "SELECT kind, location, civitai_model_id AS model_id,"
+                                     " civitai_version_id AS version_id,"
                                      " model_name, version_name, base_model, air, license, nsfw,"
                                      " nsfw_level, added_at, sidecar_json, civitai_info_json"
                                      " FROM sources WHERE adapter_sha256 = ?1 ORDER BY id")) != 0)
@@ -474,7 +475,8 @@ int mood_registry_show_json(char **out, mood_registry *r, const char *name)
         goto done;
     adapters = cJSON_AddArrayToObject(o, "adapters");
     err = rows_json(r, adapters,
-                    "SELECT a.sha256, a.autov3, sa.unet_weight, sa.te_weight, a.size, a.family,"
+                    "SELECT a.sha256, a.autov3, sa.unet_weight AS unet, sa.te_weight AS te, a.size,"
+                    " a.family,"
                     " a.family_source, a.algorithm, a.rank, a.alpha, a.dtype, a.modules,"
                     " a.file_name, a.imported_at, a.trigger_words_json AS training_tags_json,"
                     " a.metadata_json"

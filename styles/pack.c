@@ -129,14 +129,14 @@ static void add_provenance(cJSON *entry, const cJSON *adapter)
 static void add_civitai(cJSON *entry, const cJSON *adapter)
 {
     static const char *const keys[][2] = {
-        {"civitai_model_id", "model_id"}, {"civitai_version_id", "version_id"},
-        {"model_name", "model_name"},     {"version_name", "version_name"},
-        {"base_model", "base_model"},     {"nsfw_level", "nsfw_level"}};
+        {"model_id", "model_id"},     {"version_id", "version_id"},
+        {"model_name", "model_name"}, {"version_name", "version_name"},
+        {"base_model", "base_model"}, {"nsfw_level", "nsfw_level"}};
     const cJSON *s, *found = NULL;
     cJSON *c;
     cJSON_ArrayForEach(s, get(adapter, "sources"))
     {
-        if (cJSON_IsNumber(get(s, "civitai_version_id")))
+        if (cJSON_IsNumber(get(s, "version_id")))
             found = s;
     }
     if (!found)
@@ -305,8 +305,8 @@ static int export_style(exporter *x, const char *name)
         cJSON *l = cJSON_CreateObject();
         cJSON_AddItemToArray(loras, l);
         cJSON_AddStringToObject(l, "sha256", get_str(a, "sha256") ? get_str(a, "sha256") : "");
-        copy_field(l, "unet", a, "unet_weight");
-        copy_field(l, "te", a, "te_weight");
+        copy_field(l, "unet", a, "unet");
+        copy_field(l, "te", a, "te");
         if ((err = export_adapter(x, a)) != 0)
             goto done;
     }

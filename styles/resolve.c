@@ -104,8 +104,8 @@ static int style_adapters(resolver *r, const cJSON *style, const char *name, dou
     cJSON_ArrayForEach(a, list)
     {
         const char *path = json_str(a, "path");
-        double u = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(a, "unet_weight"));
-        double t = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(a, "te_weight"));
+        double u = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(a, "unet"));
+        double t = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(a, "te"));
         char alias[256];
         if (!path)
             return mood_error_set(MOOD_EFORMAT,

@@ -65,7 +65,7 @@ assert d["trigger_words"]=="inkwash style", d["trigger_words"]
 assert "Test LoRA." in (d["description"] or ""), d["description"]
 src=[s for a in d["adapters"] for s in a["sources"] if s["kind"]=="civitai"]
 assert len(src)==1, d["adapters"]
-s=src[0]; assert s["air"]=="urn:air:sd1:lora:civitai:900001@900101" and s["civitai_version_id"]==900101
+s=src[0]; assert s["air"]=="urn:air:sd1:lora:civitai:900001@900101" and s["version_id"]==900101
 assert s["model_name"]=="Mock Ink Wash Style" and s["version_name"]=="v1.0" and s["base_model"]=="SD 1.5"
 assert "credit not required" in s["license"] and s["nsfw_level"]==1, s
 assert not any(x["kind"]=="file" for a in d["adapters"] for x in a["sources"]), "temp path kept"
@@ -202,7 +202,7 @@ assert "unknown.safetensors of style '"'"'half'"'"'" in e, e' "$tmp/out" "$tmp/e
 expect_rc 0 "show after link" "$MOOD" show combo --json
 check "both LoRAs of combo linked in the registry" py '
 import json,sys; d=json.load(open(sys.argv[1]))
-v=sorted(s["civitai_version_id"] for a in d["adapters"] for s in a["sources"] if s["kind"]=="civitai")
+v=sorted(s["version_id"] for a in d["adapters"] for s in a["sources"] if s["kind"]=="civitai")
 assert v==[900101,900107], d["adapters"]' "$tmp/out"
 expect_rc 1 "link of a style not in the registry: bad input" "$MOOD" civitai link nosuch
 check "the message names the style" grep -q "no style named 'nosuch'" "$tmp/err"

@@ -58,7 +58,7 @@ expect_rc 0 "doctor clean after the fix" "$MOOD" doctor --deep
 expect_rc 0 "show mymix" "$MOOD" show mymix --json
 check "mymix kept the rest of the recipe" py '
 import json,sys; d=json.load(open(sys.argv[1]))
-w=[(a["file_name"],a["unet_weight"],a["te_weight"]) for a in d["adapters"]]
+w=[(a["file_name"],a["unet"],a["te"]) for a in d["adapters"]]
 assert w==[("lokr.safetensors",0.6,0.6),("boft.safetensors",0.2,0.1)], w
 assert d["template"]=="{prompt}, my recipe" and d["negative"]=="ugly" and d["weight"]==0.7, d
 assert d["tags"]==["mine"], d' "$tmp/out"

@@ -43,7 +43,7 @@ grep -q "^ranks: " "$tmp/out" || fail "merge ranks line: $(cat "$tmp/out")"
 check_lora "$tmp/m.safetensors" 'set(ranks.values()) <= {2, 3} and m["ss_network_dim"] == "3" and m["ss_network_args"] == "{\"conv_dim\": 2, \"conv_alpha\": 2}" and m["modelspec.merged_from"] == "sd1_lora, sd1_locon_fp16" and all(h[k + ".lora_up.weight"]["dtype"] == "F32" for k in ranks)'
 expect_rc 0 "merge --json --dtype bf16" "$MOOD" lora merge "$lora" --rank 2 --dtype bf16 \
     -o "$tmp/mb.safetensors" --json
-python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["modules"] > 0 and list(d["ranks"]) == ["2"], d' "$tmp/out" ||
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["modules"] > 0 and d["ranks"] == [2] and d["rank_min"] == d["rank_max"] == 2 and d["rank_counts"] == [{"rank": 2, "modules": d["modules"]}], d' "$tmp/out" ||
     fail "merge --json: $(cat "$tmp/out")"
 check_lora "$tmp/mb.safetensors" 'all(v["dtype"] == "BF16" for v in h.values())'
 
@@ -53,7 +53,7 @@ check_lora "$tmp/r.safetensors" 'set(ranks.values()) == {2} and m["ss_training_c
 grep -q "^mean Frobenius norm of each layer's change kept: [0-9.]*%" "$tmp/out" || fail "resize summary: $(cat "$tmp/out")"
 expect_rc 0 "resize dynamic" "$MOOD" lora resize "$locon" --dynamic sv_fro=0.9 --rank 3 \
     -o "$tmp/rd.safetensors" --json
-python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["fro_retained_mean"] >= 0.9 and max(map(int, d["ranks"])) <= 3, d' "$tmp/out" ||
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["fro_retained_mean"] >= 0.9 and d["rank_max"] <= 3 and sum(c["modules"] for c in d["rank_counts"]) == d["modules"], d' "$tmp/out" ||
     fail "resize --json: $(cat "$tmp/out")"
 check_lora "$tmp/rd.safetensors" 'm["ss_network_dim"] == "Dynamic" and m["ss_training_comment"].startswith("Dynamic resize with sv_fro: 0.9 from 4; ")'
 
@@ -145,5 +145,11 @@ expect_rc 1 "a checkpoint given as a LoRA" "$MOOD" lora resize "$FIX/bases/sd1_b
 check "says it is a checkpoint, to give as the base" grep -q "is a model checkpoint (a base model), not a LoRA" "$tmp/err"
 expect_rc 1 "a diffusers UNet file given as a LoRA" "$MOOD" lora resize "$FIX/pipeline/tiny-sd/unet/diffusion_pytorch_model.safetensors" --rank 2 -o "$tmp/c.safetensors"
 check "says it is a diffusers model's part" grep -q "holds the weights of a diffusers model's part" "$tmp/err"
+# lora stack's JSON gives the ranks as numbers (was the string of ss_network_dim: "8", "Dynamic")
+expect_rc 0 "stack two ranks, --json" "$MOOD" lora stack "$locon" "$tmp/rd.safetensors:0.5" \
+    -o "$tmp/st.safetensors" --json
+check "rank_min and rank_max are numbers" python3 -c '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert isinstance(d["rank_min"], int) and d["rank_max"] > d["rank_min"] and "rank" not in d, d' "$tmp/out"
 
 finish

@@ -233,8 +233,8 @@ if command -v python3 >/dev/null 2>&1; then
     civ() {
         MOOD_HOME=$2 "$MOOD" show "$1" --json | python3 -c '
 import json, sys
-s = [x for x in json.load(sys.stdin)["adapters"][0]["sources"] if x["civitai_version_id"]][-1]
-print(*(s[k] for k in ("civitai_model_id", "civitai_version_id", "model_name", "version_name",
+s = [x for x in json.load(sys.stdin)["adapters"][0]["sources"] if x["version_id"]][-1]
+print(*(s[k] for k in ("model_id", "version_id", "model_name", "version_name",
                        "base_model", "nsfw", "nsfw_level")))'
     }
     (

@@ -140,7 +140,7 @@ check "an unknown option, not one that needs a value" grep -q "unknown option '-
 expect_rc 0 "show ink-film" "$MOOD" show ink-film --json
 check "composed style" py '
 import json,sys; d=json.load(open(sys.argv[1]))
-w=[(a["file_name"],a["unet_weight"],a["te_weight"]) for a in d["adapters"]]
+w=[(a["file_name"],a["unet"],a["te"]) for a in d["adapters"]]
 assert w==[("inkwash.safetensors",0.8,0.8),("film-grain.safetensors",0.3,0.2)], w
 assert d["tags"]==["mono"] and d["negative"]=="blurry" and d["template"]=="{prompt}, ink"' "$tmp/out"
 expect_rc 0 "list --tag" "$MOOD" list --tag mono --json

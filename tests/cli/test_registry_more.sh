@@ -112,14 +112,14 @@ check "the blob is reused, not stored twice" test "$(blobs)" -eq "$before"
 expect_rc 0 "show good" "$MOOD" show good --json
 check "good is the file alone at weight 1" py '
 import json,sys; d=json.load(open(sys.argv[1])); a=d["adapters"]
-assert len(a)==1 and a[0]["unet_weight"]==1 and a[0]["te_weight"]==1, a
+assert len(a)==1 and a[0]["unet"]==1 and a[0]["te"]==1, a
 assert len(a[0]["sources"])==1, a[0]["sources"]' "$tmp/out"
 expect_rc 0 "a third import" "$MOOD" import "$lib/good.safetensors"
 check "says already, as good" grep -q "already in the registry as good$" "$tmp/out"
 expect_rc 0 "mix is unchanged" "$MOOD" show mix --json
 check "mix still holds good at 0.5" py '
 import json,sys; d=json.load(open(sys.argv[1])); a=d["adapters"]
-assert len(a)==1 and a[0]["unet_weight"]==0.5, a' "$tmp/out"
+assert len(a)==1 and a[0]["unet"]==0.5, a' "$tmp/out"
 
 expect_rc 0 "lokr's LoRA replaced" "$MOOD" style edit lokr --lora ia3
 expect_rc 0 "import lokr again" "$MOOD" import "$lib/lokr.safetensors" --json

@@ -183,9 +183,9 @@ static void test_round_trip_identical(void)
                                          cJSON_GetObjectItem(jb, keys[k]), 1),
                            "%s: %s differs", names[i], keys[k]);
         MOOD_CHECK(cJSON_GetArraySize(aa) == 1 && cJSON_GetArraySize(ab) == 1);
-        static const char *const akeys[] = {
-            "sha256", "autov3", "unet_weight", "te_weight", "size",      "family",  "algorithm",
-            "rank",   "alpha",  "dtype",       "modules",   "file_name", "metadata"};
+        static const char *const akeys[] = {"sha256",  "autov3",    "unet",    "te",    "size",
+                                            "family",  "algorithm", "rank",    "alpha", "dtype",
+                                            "modules", "file_name", "metadata"};
         for (size_t k = 0; k < sizeof akeys / sizeof akeys[0]; k++)
             MOOD_CHECK_MSG(cJSON_Compare(cJSON_GetObjectItem(aa->child, akeys[k]),
                                          cJSON_GetObjectItem(ab->child, akeys[k]), 1),
@@ -235,7 +235,7 @@ static void test_merge_into_imported_style(void)
             strcmp(cJSON_GetStringValue(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tags"), 0)),
                    "mixed") == 0);
         /* its own LoRA weights (1, from the import) stay */
-        MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(ad, "unet_weight")) == 1.0);
+        MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(ad, "unet")) == 1.0);
         cJSON_Delete(o);
     }
     /* the name taken by a style with another LoRA: refused, the style unchanged */

@@ -160,8 +160,7 @@ static void test_sidecars(void)
         0);
     MOOD_CHECK(src0 && strcmp(str(src0, "model_name"), "Film Grain Deluxe") == 0);
     MOOD_CHECK(src0 && strcmp(str(src0, "base_model"), "SD 1.5") == 0);
-    MOOD_CHECK(src0 &&
-               cJSON_GetNumberValue(cJSON_GetObjectItem(src0, "civitai_version_id")) == 900101);
+    MOOD_CHECK(src0 && cJSON_GetNumberValue(cJSON_GetObjectItem(src0, "version_id")) == 900101);
     MOOD_CHECK(src0 && cJSON_IsObject(cJSON_GetObjectItem(src0, "civitai_info")));
     pv = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "previews"), 0);
     MOOD_CHECK(pv && str(pv, "path") && access(str(pv, "path"), F_OK) == 0);

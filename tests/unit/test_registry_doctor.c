@@ -262,11 +262,11 @@ static void test_doctor_keeps_combined_styles(void)
     MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 2);
     ad = o ? cJSON_GetObjectItem(o, "adapters") : NULL;
     MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 0), "sha256", a.sha256));
-    MOOD_CHECK(ad && cJSON_GetNumberValue(
-                         cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 0), "te_weight")) == 0.5);
+    MOOD_CHECK(ad &&
+               cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 0), "te")) == 0.5);
     MOOD_CHECK(ad && str_is(cJSON_GetArrayItem(ad, 1), "sha256", c.sha256));
-    MOOD_CHECK(ad && cJSON_GetNumberValue(
-                         cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 1), "unet_weight")) == 0.2);
+    MOOD_CHECK(ad &&
+               cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetArrayItem(ad, 1), "unet")) == 0.2);
     MOOD_CHECK(o && str_is(o, "template", "{prompt}, my recipe"));
     MOOD_CHECK(o && str_is(o, "negative", "ugly"));
     MOOD_CHECK(o && cJSON_GetNumberValue(cJSON_GetObjectItem(o, "weight")) == 0.7);

@@ -131,7 +131,7 @@ static void test_import_restores_removed_style(void)
     cJSON *o = show(r, "good");
     const cJSON *ad = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0);
     MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 1);
-    MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(ad, "unet_weight")) == 1);
+    MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(ad, "unet")) == 1);
     MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(ad, "sources")) == 1);
     cJSON_Delete(o);
     /* now a style is the file alone: the answer is "already" */
