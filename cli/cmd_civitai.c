@@ -35,7 +35,7 @@ const char cmd_update_check_help[] =
     "Each LoRA of a style linked to Civitai is checked; styles without Civitai data are not\n"
     "('mood civitai link NAME' adds it). When Civitai cannot be reached, it says how many styles\n"
     "could not be checked, and why, instead of \"no updates\".\n\n"
-    "  --json   print {styles, checked, not_checked (styles counted once however many LoRAs\n"
+    "  --json   print {n_styles, checked, not_checked (styles counted once however many LoRAs\n"
     "           they have), updates [{name, file, sha256, model_id, model_name, version_id,\n"
     "           version_name, latest_version_id, latest_version_name, latest_base_model,\n"
     "           latest_published_at, url}], errors [{name, file, sha256, model_id, error}]}\n"
@@ -124,16 +124,16 @@ static int preview_count(mood_registry *r, const char *name)
     return n;
 }
 
-/* --json's "previews" of an imported style: what it holds after the Civitai lookup too. */
+/* --json's "n_previews" of an imported style: what it holds after the Civitai lookup too. */
 static void set_previews(cJSON *o, mood_registry *r, const char *name)
 {
     int n = preview_count(r, name);
     if (n < 0)
         return;
-    if (cJSON_GetObjectItem(o, "previews"))
-        cJSON_SetNumberValue(cJSON_GetObjectItem(o, "previews"), n);
+    if (cJSON_GetObjectItem(o, "n_previews"))
+        cJSON_SetNumberValue(cJSON_GetObjectItem(o, "n_previews"), n);
     else
-        cJSON_AddNumberToObject(o, "previews", n);
+        cJSON_AddNumberToObject(o, "n_previews", n);
 }
 
 int cli_import_remote(mood_registry *r, const char *what, const cli_civitai_flags *f, cJSON *o,
@@ -462,7 +462,7 @@ int cmd_update_check(int argc, char **argv)
     mood_civitai_free_string(text);
     if (!rep)
         return cli_fail(MOOD_ENOMEM);
-    styles = json_int(rep, "styles");
+    styles = json_int(rep, "n_styles");
     checked = json_int(rep, "checked");
     not_checked = json_int(rep, "not_checked");
     n_updates = cJSON_GetArraySize(cJSON_GetObjectItem(rep, "updates"));

@@ -72,7 +72,7 @@ const char cmd_gen_help[] =
     "                        its prompt, by hash) from IMAGE's parameters text; options given\n"
     "                        with it override (each named); says what it could not match\n"
     "  --json                print what was written as JSON: images [{path, seed, parameters}],\n"
-    "                        prompt and negative as run, styles (\"name:W, ...\"), adapters\n"
+    "                        prompt and negative as run, styles [{name, weight}], adapters\n"
     "                        [{name, alias, path, unet, te, dyn (when cut), autov3_short}],\n"
     "                        load_s and generate_s (seconds)\n"
     "  --device D            cpu, cuda, cuda:N or auto (also before the command)\n\n"

@@ -350,6 +350,26 @@ static int write_one(gen_run *r, int i, cJSON *list)
     return err;
 }
 
+/* The registry styles applied, for scripts: [{name, weight}] from the resolver's
+ * "inkwash:0.8, film-grain:0.3" (a style name holds neither ',' nor ':'). */
+static void add_styles_json(cJSON *root, const char *used)
+{
+    cJSON *list = cJSON_AddArrayToObject(root, "styles");
+    while (used && *used) {
+        size_t n = strcspn(used, ","), colon = n;
+        while (colon > 0 && used[colon - 1] != ':')
+            colon--;
+        cJSON *e = cJSON_CreateObject();
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)(colon ? colon - 1 : n), used);
+        cJSON_AddStringToObject(e, "name", name);
+        cJSON_AddNumberToObject(e, "weight", colon ? strtod(used + colon, NULL) : 1.0);
+        cJSON_AddItemToArray(list, e);
+        used += n;
+        used += strspn(used, ", ");
+    }
+}
+
 /* The adapters applied, for scripts: each LoRA file with the multipliers it was applied at. */
 static void add_adapters_json(cJSON *root, const gen_run *r)
 {
@@ -378,7 +398,7 @@ int gen_write_outputs(gen_run *r)
         list = cJSON_AddArrayToObject(root, "images");
         cJSON_AddStringToObject(root, "prompt", r->styles.prompt);
         cJSON_AddStringToObject(root, "negative", r->styles.negative);
-        cJSON_AddStringToObject(root, "styles", r->styles.styles_used);
+        add_styles_json(root, r->styles.styles_used);
         add_adapters_json(root, r);
         cJSON_AddNumberToObject(root, "load_s", r->load_s);
         cJSON_AddNumberToObject(root, "generate_s", r->generate_s);

@@ -67,7 +67,7 @@ const char cmd_import_help[] =
     "              AIRs and Civitai URLs are refused\n"
     "  --nsfw LEVEL  previews kept from Civitai: none, pg (default), pg13, r, x, xxx\n"
     "  --json    print a summary object: imported [{file, name, wanted, renamed, sha256,\n"
-    "            autov3, family, previews (the style's, Civitai's included), sidecars,\n"
+    "            autov3, family, n_previews (the style's, Civitai's included), sidecars,\n"
     "            civitai {version_id, ...} when found there}], already [{file, name, sha256}],\n"
     "            skipped [{file, reason}] (files and sidecars left out), failed [{file, error}]\n\n"
     "Exit status: 0 all imported (or already there), 1 a file was refused, 2 a file could not\n"
@@ -273,7 +273,7 @@ static void import_one(import_run *run, const char *path)
     cJSON_AddBoolToObject(o, "renamed", res.renamed);
     cJSON_AddStringToObject(o, "autov3", res.autov3);
     cJSON_AddStringToObject(o, "family", res.family);
-    cJSON_AddNumberToObject(o, "previews", res.previews);
+    cJSON_AddNumberToObject(o, "n_previews", res.previews);
     cJSON_AddNumberToObject(o, "sidecars", res.sidecars);
     cJSON_AddItemToArray(run->imported, o);
     report_rename(run, &res);

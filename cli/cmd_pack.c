@@ -41,7 +41,7 @@ const char cmd_pack_import_help[] =
     "pack's tags and previews. A name taken by a style with other LoRAs is refused: rename\n"
     "or remove yours first. So is a style whose LoRAs are made for different base families\n"
     "(as 'mood style create' refuses one).\n\n"
-    "  --json    print {pack, styles, merged, adapters_added, adapters_present, previews,\n"
+    "  --json    print {pack, styles, merged, adapters_added, adapters_present, n_previews,\n"
     "            attribution, license, created_by}\n\n"
     "Exit status: 0 imported, 1 the pack was refused (also when FILE is not a regular file:\n"
     "a folder, a named pipe) or needs missing LoRAs, 2 it is missing or could not be read, or\n"

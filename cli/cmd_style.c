@@ -19,7 +19,7 @@ const char cmd_list_help[] =
     "  --tag TAG    only styles with this tag ('mood tag' adds tags)\n"
     "  --base B     only styles with a LoRA made for this base family\n"
     "  --json       print a JSON array: [{name, family, algorithm, rank, weight,\n"
-    "               trigger_words, tags, description, adapters, previews}]\n";
+    "               trigger_words, tags, description, n_adapters, n_previews}]\n";
 
 const char cmd_show_help[] =
     "usage: mood show NAME [--json]\n\n"

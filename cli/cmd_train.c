@@ -544,7 +544,7 @@ static int report(const train_args *a, const mood_import_result *res)
     }
     if (!a->no_register) {
         cJSON_AddStringToObject(o, "style", res->name);
-        cJSON_AddNumberToObject(o, "previews", res->previews);
+        cJSON_AddNumberToObject(o, "n_previews", res->previews);
     }
     return cli_print_json(o);
 }

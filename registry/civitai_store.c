@@ -810,7 +810,7 @@ int mood_civitai_update_check(char **out, mood_registry *r, mood_civitai *c)
     }
     if (!err && rc != SQLITE_DONE)
         err = mood__reg_sqlerr(r, rc, "reading the Civitai sources");
-    cJSON_AddNumberToObject(root, "styles", t.styles);
+    cJSON_AddNumberToObject(root, "n_styles", t.styles);
     cJSON_AddNumberToObject(root, "checked", t.checked);
     cJSON_AddNumberToObject(root, "not_checked", t.styles - t.checked);
     if (!err) {

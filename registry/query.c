@@ -97,7 +97,7 @@ static int summary_row(mood_buf *b, sqlite3_stmt *st, int first)
     if (!err)
         err = put_string(b, "description", col_text(st, 2));
     if (!err)
-        err = mood_buf_printf(b, ",\"adapters\":%d,\"previews\":%d}", sqlite3_column_int(st, 9),
+        err = mood_buf_printf(b, ",\"n_adapters\":%d,\"n_previews\":%d}", sqlite3_column_int(st, 9),
                               sqlite3_column_int(st, 10));
     return err;
 }

@@ -723,7 +723,7 @@ static int report_prepare(report *rep, const importer *m, const char *path)
         cJSON_AddItemToArray(names, cJSON_CreateString(m->styles[i].name));
     cJSON_AddNumberToObject(o, "adapters_added", 0);
     cJSON_AddNumberToObject(o, "adapters_present", 0);
-    cJSON_AddNumberToObject(o, "previews", m->previews);
+    cJSON_AddNumberToObject(o, "n_previews", m->previews);
     copy_field(o, "attribution", json, "attribution");
     copy_field(o, "license", json, "license");
     copy_field(o, "created_by", json, "created_by");

@@ -56,7 +56,7 @@ import json,sys; d=json.load(open(sys.argv[1])); i=d["imported"][0]
 assert i["name"]=="mock_ink_style" and i["family"]=="sd1", i
 assert i["civitai"]["version_id"]==900101 and i["civitai"]["model_id"]==900001, i
 assert i["civitai"]["air"]=="urn:air:sd1:lora:civitai:900001@900101", i
-assert i["previews"]==1 and i["sidecars"]==0, i' "$tmp/out"
+assert i["n_previews"]==1 and i["sidecars"]==0, i' "$tmp/out"
 check "the stored file is the published one" [ "$(blobs)" -ge 2 ] && [ -f "$MOOD_HOME/blobs/sha256/$(sha "$V1" | cut -c1-2)/$(sha "$V1" | cut -c3-)" ]
 expect_rc 0 "show --json" "$MOOD" show mock_ink_style --json
 check "show: trigger words, description, AIR, licence, one PG preview" py '
@@ -154,7 +154,7 @@ MOOD_OFFLINE=1 expect_rc 2 "MOOD_OFFLINE=1 update-check" "$MOOD" update-check
 check "no request made" [ "$(wc -l <"$tmp/server.log")" = "$lines" ]
 home h5
 expect_rc 0 "local import looks up by hash" "$MOOD" import "$tmp/mine.safetensors" --json
-check "found by hash on import" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert i["civitai"]["version_id"]==900101 and i["previews"]==1, i' "$tmp/out"
+check "found by hash on import" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert i["civitai"]["version_id"]==900101 and i["n_previews"]==1, i' "$tmp/out"
 "$PY" -c 'import sys; d=open(sys.argv[1],"rb").read(); open(sys.argv[2],"wb").write(d[:-2]+bytes([d[-2]^1,d[-1]]))' "$V1" "$tmp/unknown.safetensors"
 expect_rc 0 "unknown file: imported without Civitai data" "$MOOD" import "$tmp/unknown.safetensors" --json
 check "unknown hash: 404 from by-hash" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert "civitai" not in i, i' "$tmp/out"
@@ -213,7 +213,7 @@ import json,sys; d=json.load(open(sys.argv[1])); assert len(d)==1 and d[0]["name
 expect_rc 0 "update-check, several LoRAs" "$MOOD" update-check --json
 check "styles counted once; updates per LoRA" py '
 import json,sys; d=json.load(open(sys.argv[1]))
-assert (d["styles"], d["checked"], d["not_checked"], d["errors"])==(4, 4, 0, []), d
+assert (d["n_styles"], d["checked"], d["not_checked"], d["errors"])==(4, 4, 0, []), d
 u=sorted((x["name"], x["file"]) for x in d["updates"])
 assert u==[("a","a.safetensors"),("combo","a.safetensors"),("half","a.safetensors")], u' "$tmp/out"
 # nothing reachable: never "no updates"; how many could not be checked, and why once
@@ -226,7 +226,7 @@ assert len(w)==1 and "a, b, combo, half: " in w[0] and "127.0.0.1:1" in w[0], e'
 MOOD_CIVITAI_URL=http://127.0.0.1:1 expect_rc 2 "update-check --json, Civitai unreachable" "$MOOD" update-check --json
 check "unreachable --json: counts, one error per LoRA" py '
 import json,sys; d=json.load(open(sys.argv[1]))
-assert (d["styles"], d["checked"], d["not_checked"], d["updates"])==(4, 0, 4, []), d
+assert (d["n_styles"], d["checked"], d["not_checked"], d["updates"])==(4, 0, 4, []), d
 e=sorted((x["name"], x["file"]) for x in d["errors"])
 assert e==[("a","a.safetensors"),("b","b.safetensors"),("combo","a.safetensors"),("combo","b.safetensors"),("half","a.safetensors")], e' "$tmp/out"
 # one model of combo cannot be fetched (a model id Civitai answers 404 for): b and combo are

@@ -68,7 +68,7 @@ expect_rc 0 "list" "$MOOD" list --json
 check "list: mymix summarised from its new first LoRA" py '
 import json,sys; d={s["name"]:s for s in json.load(open(sys.argv[1]))}
 assert sorted(d)==["boft","lokr","mymix"], d
-assert d["mymix"]["adapters"]==2 and d["mymix"]["algorithm"]=="lokr", d["mymix"]' "$tmp/out"
+assert d["mymix"]["n_adapters"]==2 and d["mymix"]["algorithm"]=="lokr", d["mymix"]' "$tmp/out"
 
 # ----- what the help promises
 check "help says how to get a style back" grep -q "To get a LoRA back, import its file" <("$MOOD" help doctor)

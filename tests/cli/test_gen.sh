@@ -173,7 +173,8 @@ import json,sys; d=json.load(open(sys.argv[1]))
 assert d["prompt"]=="a lighthouse at dusk, oil painting, in tiny style, tinytrig", d["prompt"]
 assert d["negative"]=="ugly", d["negative"]
 a=d["adapters"]; assert len(a)==1 and a[0]["name"]=="tinystyle" and a[0]["unet"]==a[0]["te"]==0.7, a
-assert "dyn" not in a[0] and len(a[0]["autov3_short"])==12 and a[0]["path"], a' "$tmp/out"
+assert "dyn" not in a[0] and len(a[0]["autov3_short"])==12 and a[0]["path"], a
+assert d["styles"]==[{"name": "tinystyle", "weight": 0.7}], d["styles"]' "$tmp/out"
 expect_rc 0 "--json with a cut and a TE weight" "$MOOD" gen "$PROMPT <lora:$tmp/l1:0.3:0.9:dyn=2>" \
     "${common[@]}" --seed 42 -o "$tmp/j.png" --json
 check "the adapters as applied" py '

@@ -28,9 +28,9 @@ expect_rc 0 "import a folder" "$MOOD" import "$lib" --json
 check "import --json: 4 imported, renamed, sidecars" py '
 import json,sys; d=json.load(open(sys.argv[1]))
 names=sorted(i["name"] for i in d["imported"]); assert names==["Old_Style","film-grain","inkwash","sdxl_lora"], names
-ink=[i for i in d["imported"] if i["name"]=="inkwash"][0]; assert ink["previews"]==1 and ink["sidecars"]==1
+ink=[i for i in d["imported"] if i["name"]=="inkwash"][0]; assert ink["n_previews"]==1 and ink["sidecars"]==1
 old=[i for i in d["imported"] if i["name"]=="Old_Style"][0]; assert old["renamed"] and old["wanted"]=="Old Style!"
-fg=[i for i in d["imported"] if i["name"]=="film-grain"][0]; assert fg["previews"]==0
+fg=[i for i in d["imported"] if i["name"]=="film-grain"][0]; assert fg["n_previews"]==0
 sk=sorted((s["file"].rsplit("/",1)[1], s["reason"]) for s in d["skipped"])
 assert [f for f, _ in sk]==["film-grain.preview.png","notes.xyz"], sk
 assert sk[0][1]=="not a PNG, JPEG or WebP image", sk
@@ -58,7 +58,7 @@ ln -s ../../../../../../../../../../etc/passwd "$ev/evil.json"
 expect_rc 0 "import with links out of its folder" env MOOD_HOME="$h2" "$MOOD" import "$ev/evil.safetensors" --json
 check "links out of the folder are skipped, not read" py '
 import json,sys; d=json.load(open(sys.argv[1]))
-i=d["imported"][0]; assert i["previews"]==0 and i["sidecars"]==0, i
+i=d["imported"][0]; assert i["n_previews"]==0 and i["sidecars"]==0, i
 sk=sorted((s["file"].rsplit("/",1)[1], s["reason"]) for s in d["skipped"])
 assert [f for f, _ in sk]==["evil.json","evil.preview.png","evil.txt"], sk
 assert all("outside the LoRA" in r for _, r in sk), sk' "$tmp/out"
@@ -160,13 +160,13 @@ check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
 expect_rc 0 "list --json" "$MOOD" list --json
 check "list summary" py '
 import json,sys; d={s["name"]:s for s in json.load(open(sys.argv[1]))}["ink-film"]
-assert d["tags"]==["mono"] and d["adapters"]==2 and d["family"]=="sd1" and d["rank"]==4, d' "$tmp/out"
+assert d["tags"]==["mono"] and d["n_adapters"]==2 and d["family"]=="sd1" and d["rank"]==4, d' "$tmp/out"
 expect_rc 0 "style edit loras" "$MOOD" style edit ink-film --lora "$lib/film-grain.safetensors:0.5"
 expect_rc 0 "tag again" "$MOOD" tag ink-film +zeta
 expect_rc 0 "list --json after edits" "$MOOD" list --json
 check "list summary follows edits" py '
 import json,sys; d={s["name"]:s for s in json.load(open(sys.argv[1]))}["ink-film"]
-assert d["adapters"]==1 and d["tags"]==["mono","zeta"], d' "$tmp/out"
+assert d["n_adapters"]==1 and d["tags"]==["mono","zeta"], d' "$tmp/out"
 expect_rc 0 "untag zeta" "$MOOD" tag ink-film -zeta
 expect_rc 0 "style edit loras back" "$MOOD" style edit ink-film --lora inkwash:0.8 --lora "$lib/film-grain.safetensors:0.3:0.2"
 expect_rc 0 "rename" "$MOOD" rename ink-film ink_film

@@ -273,7 +273,7 @@ static void test_doctor_keeps_combined_styles(void)
     MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tags")) == 1);
     cJSON_Delete(o);
     MOOD_CHECK_OK(mood_registry_list_json(&list, r, "keep", NULL));
-    MOOD_CHECK(list && strstr(list, "\"adapters\":2") && strstr(list, "\"family\":\"sd1\""));
+    MOOD_CHECK(list && strstr(list, "\"n_adapters\":2") && strstr(list, "\"family\":\"sd1\""));
     mood_registry_free_string(list);
 
     /* as the help says: importing the file again brings its style back */
