@@ -136,9 +136,14 @@ static int find_inputs(demo *d)
             return cli_fail(err);
         snprintf(d->model_buf, sizeof d->model_buf, "%s/mood-tiny", d->data);
         snprintf(d->board_buf, sizeof d->board_buf, "%s/moodboards/twemoji", d->data);
-        if (access(d->board_buf, R_OK) != 0)
+        if (access(d->board_buf, R_OK) != 0) {
+            char *src = NULL; /* the source tree: printed without the "data/.." detour */
             snprintf(d->board_buf, sizeof d->board_buf, "%s/../examples/moodboards/twemoji",
                      d->data);
+            if ((src = realpath(d->board_buf, NULL)) != NULL)
+                snprintf(d->board_buf, sizeof d->board_buf, "%s", src);
+            free(src);
+        }
     }
     d->model = d->model ? d->model : d->model_buf;
     d->board = d->board ? d->board : d->board_buf;

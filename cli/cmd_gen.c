@@ -47,8 +47,8 @@ const char cmd_gen_help[] =
     "  --sampler NAME        euler, euler_a (default), dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde,\n"
     "                        dpmpp_2m_sde_karras, ddim, lcm; A1111 names work too (\"DPM++ 2M\n"
     "                        Karras\")\n"
-    "  --seed N              the seed, 0 to 2^64-1 (default, or -1: random; printed and\n"
-    "                        stored in the PNG)\n"
+    "  --seed N              the seed, 0 to 2^64-1, or -1 for a random one (the default);\n"
+    "                        printed and stored in the PNG\n"
     "  --size WxH            image size, multiples of 8 (4 for mood-tiny); default: the\n"
     "                        model's training size (512x512 for SD1, 1024x1024 for SDXL,\n"
     "                        64x64 for mood-tiny)\n"
@@ -138,6 +138,20 @@ static size_t num_opts(gen_args *a, cli_num_opt *t)
     return sizeof list / sizeof list[0];
 }
 
+/* What the word options of gen take, for the message that refuses another value. */
+static const char *accepted_values(const char *opt)
+{
+    if (strcmp(opt, "--size") == 0)
+        return "give WIDTHxHEIGHT, such as 512x768";
+    if (strcmp(opt, "--rng") == 0)
+        return "torch-cpu, torch-cuda or mood (A1111's CPU, GPU and NV too)";
+    if (strcmp(opt, "--lora-mode") == 0)
+        return "merge or runtime";
+    if (strcmp(opt, "--prediction") == 0)
+        return "eps, v or sample";
+    return "see the help";
+}
+
 /* One option with a value; returns 0, 1 (usage error) or -1 (not this option). */
 static int parse_valued(gen_args *a, const char *s, const char *v)
 {
@@ -182,7 +196,7 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
              strcmp(s, "--lora-mode") && strcmp(s, "--prediction"))
         return -1;
     else
-        return cli_usage_error("gen", "%s %s: not a valid value", s, v);
+        return cli_usage_error("gen", "%s %s: not a valid value; %s", s, v, accepted_values(s));
     return 0;
 }
 

@@ -394,6 +394,8 @@ typedef struct style_args {
     char (*shas)[65];
     size_t n, cap;
     int has_loras;
+    char **imported; /* styles this command imported from --lora FILE: undone when it fails */
+    size_t n_imported;
 } style_args;
 
 static int add_lora(style_args *a, const char *sha, double unet, double te)
@@ -417,6 +419,31 @@ static int add_lora(style_args *a, const char *sha, double unet, double te)
 }
 
 /* STYLE_OR_FILE[:W[:W_TE]]: a style's LoRAs (weights multiplied) or a file, imported first. */
+static int note_imported(style_args *a, const char *file, const char *style)
+{
+    char **list = realloc(a->imported, (a->n_imported + 1) * sizeof *list);
+    if (!list || !(list[a->n_imported] = strdup(style))) {
+        a->imported = list ? list : a->imported;
+        return cli_fail(MOOD_ENOMEM);
+    }
+    a->imported = list;
+    a->n_imported++;
+    fprintf(stderr, "mood: imported %s as style %s\n", file, style);
+    return 0;
+}
+
+/* A command that failed leaves the registry as it was: the styles it imported go again. */
+static void undo_imports(style_args *a, mood_registry *r, int failed)
+{
+    for (size_t i = 0; i < a->n_imported; i++) {
+        if (failed && r && mood_registry_rm(r, a->imported[i]) == 0)
+            fprintf(stderr, "mood: removed style %s again (imported for this command)\n",
+                    a->imported[i]);
+        free(a->imported[i]);
+    }
+    free(a->imported);
+}
+
 static int resolve_lora(style_args *a, mood_registry *r, const char *arg)
 {
     double w = 1, wte = 1;
@@ -437,7 +464,7 @@ static int resolve_lora(style_args *a, mood_registry *r, const char *arg)
         if ((err = mood_registry_import_file(r, &res, what, cli_progress, NULL)) != 0)
             rc = fail(err);
         else if (!res.already)
-            fprintf(stderr, "mood: imported %s as style %s\n", what, res.name);
+            rc = note_imported(a, what, res.name);
         if (!rc)
             rc = add_lora(a, res.sha256, w, wte);
     } else {
@@ -572,6 +599,7 @@ static int style_run(int argc, char **argv, int create)
     else
         printf("%s style %s\n", create ? "created" : "changed", name);
 done:
+    undo_imports(&a, r, rc != 0);
     mood_registry_close(r);
     free(lora_args);
     free(a.loras);

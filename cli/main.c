@@ -219,6 +219,10 @@ static int help(int argc, char **argv)
         return 0;
     }
     c = find_command(argc, argv, &words);
+    if (!c && argc > 1 && print_group(argv[0])) { /* `mood help lora bogus` */
+        fprintf(stderr, "mood: error: no command '%s %s'\n", argv[0], argv[1]);
+        return 1;
+    }
     if (!c && print_group(argv[0]))
         return 0;
     if (!c) {

@@ -124,6 +124,12 @@ expect_rc 1 "style create, taken name" "$MOOD" style create INK-FILM --lora inkw
 check "taken name suggests" grep -q "try 'INK-FILM-2'" "$tmp/err"
 expect_rc 1 "style create, bad name" "$MOOD" style create "ink film" --lora inkwash
 expect_rc 1 "style create, unknown lora" "$MOOD" style create x --lora no-such-style
+# a failed create leaves the registry as it was: the file it imported for it goes again
+cp "$FIX/lycoris/sdxl_locon.safetensors" "$tmp/xl.safetensors"
+expect_rc 1 "style create of an SDXL file and an SD1 style" "$MOOD" style create mixed \
+    --lora "$tmp/xl.safetensors" --lora inkwash
+check "says it removed the import again" grep -q "removed style xl again" "$tmp/err"
+expect_rc 1 "no style xl left" "$MOOD" show xl
 expect_rc 0 "style edit" "$MOOD" style edit ink-film --negative "blurry" --trigger "ink, film"
 expect_rc 1 "style edit with nothing to change" "$MOOD" style edit ink-film
 check "says there is nothing to change" grep -q "nothing to change" "$tmp/err"
