@@ -5,6 +5,7 @@
  * from the same objects, with the control characters of their text made visible first
  * (cli_text.h): descriptions, notes and file names come from sidecars and packs others made.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -65,7 +66,7 @@ const char cmd_style_edit_help[] =
     "usage: mood style edit NAME [options]\n\n"
     "Changes a style. Options as for 'mood style create'; only what you give changes. --lora\n"
     "replaces the whole list of LoRAs (all for one base family). An empty value (--negative \"\")\n"
-    "clears a field (--weight \"\": back to 1).\n";
+    "clears a field (--weight \"\": no preferred weight, so 1 applies).\n";
 
 const char cmd_tag_help[] =
     "usage: mood tag NAME +TAG... -TAG...\n\n"
@@ -532,13 +533,21 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
             a->spec.negative = v;
         else if (strcmp(opt, "--description") == 0)
             a->spec.description = v;
-        else if (strcmp(opt, "--weight") == 0 && !*v) { /* cleared: the default, 1 */
-            a->spec.weight = 1.0;
+        else if (strcmp(opt, "--weight") == 0 && !*v) { /* cleared: null, applied as 1 */
+            a->spec.weight = NAN;
             a->spec.has_weight = 1;
         } else if (strcmp(opt, "--weight") == 0) {
-            const cli_num_opt weight = {
-                "--weight",          CLI_NUM_REAL, &a->spec.weight,        -100, 100, 0, 0, 0,
-                &a->spec.has_weight, NULL,         "a number, -100 to 100"};
+            const cli_num_opt weight = {"--weight",
+                                        CLI_NUM_REAL,
+                                        &a->spec.weight,
+                                        -10,
+                                        10,
+                                        0,
+                                        0,
+                                        0,
+                                        &a->spec.has_weight,
+                                        NULL,
+                                        "a number, -10 to 10 (the registry's range)"};
             if (cli_parse_number(cmd, &weight, 1, opt, v) != 0)
                 return 1;
         }

@@ -216,13 +216,16 @@ static int apply_spec(mood_registry *r, long long id, const mood_style_spec *s)
         return err;
     if (s->has_weight) {
         sqlite3_stmt *st = NULL;
-        if (!isfinite(s->weight) || s->weight < -10 || s->weight > 10)
+        if (!isnan(s->weight) && (!isfinite(s->weight) || s->weight < -10 || s->weight > 10))
             return mood_error_set(MOOD_EINVAL, "weight %g: expected a number from -10 to 10",
                                   s->weight);
         if ((err = mood__reg_prepare(r, &st, "UPDATE styles SET weight = ?2 WHERE id = ?1")) != 0)
             return err;
         sqlite3_bind_int64(st, 1, id);
-        sqlite3_bind_double(st, 2, s->weight);
+        if (isnan(s->weight)) /* cleared: null, as an imported style without a preferred one */
+            sqlite3_bind_null(st, 2);
+        else
+            sqlite3_bind_double(st, 2, s->weight);
         if ((err = mood__reg_step_done(r, st, "changing the weight")) != 0)
             return err;
     }

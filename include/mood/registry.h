@@ -125,7 +125,8 @@ MOOD_WARN_UNUSED int mood_registry_import_file_ex(mood_registry *r, mood_import_
 
 /* ----- queries (JSON text) -------------------------------------------------------------------- */
 
-/* [{name, family, algorithm, rank, weight, trigger_words, tags, description, adapters}] sorted by
+/* [{name, family, algorithm, rank, weight, trigger_words, tags, description, n_adapters,
+ * n_previews}] sorted by
  * name; `tag` and `base` ("sd1", "sd2", "sdxl", or another spelling mood_family_from_name reads,
  * such as "SDXL") filter when non-NULL. Numbers are written as show's are (a weight of 0.7 is
  * 0.7 in both). */
@@ -163,7 +164,7 @@ typedef struct mood_style_spec {
     const char *template_text; /* "{prompt}, ..." */
     const char *negative;
     const char *description;
-    double weight;
+    double weight; /* the preferred weight; NAN with has_weight clears it (weight null: 1) */
     int has_weight;
     const mood_style_lora *loras;
     size_t n_loras;

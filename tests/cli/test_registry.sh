@@ -135,7 +135,7 @@ expect_rc 1 "style edit with nothing to change" "$MOOD" style edit ink-film
 check "says there is nothing to change" grep -q "nothing to change" "$tmp/err"
 expect_rc 0 "style edit --weight 0.5" "$MOOD" style edit ink-film --weight 0.5
 expect_rc 0 "style edit --weight \"\" (cleared)" "$MOOD" style edit ink-film --weight ""
-check "weight back to 1" py 'import json,sys,subprocess; d=json.loads(subprocess.check_output([sys.argv[1],"show","ink-film","--json"])); assert d["weight"]==1, d["weight"]' "$MOOD"
+check "weight cleared: null, as an imported style's (applied as 1)" py 'import json,sys,subprocess; d=json.loads(subprocess.check_output([sys.argv[1],"show","ink-film","--json"])); assert d["weight"] is None, d["weight"]' "$MOOD"
 expect_rc 0 "tag" "$MOOD" tag ink-film +mono +painting
 expect_rc 0 "untag" "$MOOD" tag ink-film -painting
 # an option is no tag: "--json" was read as "remove tag -json" (exit 0, nothing said)

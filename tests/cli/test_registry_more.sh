@@ -173,7 +173,7 @@ import json, sys; d = json.load(open(sys.argv[1])); assert d["trigger_words"] ==
 
 # --- a weight that is no number, or out of range, says what --weight takes ---
 expect_rc 1 "style create --weight nan" "$MOOD" style create wnan --lora sd1_lora --weight nan
-check "says what it takes" grep -q -- "--weight nan: takes a number, -100 to 100" "$tmp/err"
+check "says what it takes" grep -q -- "--weight nan: takes a number, -10 to 10" "$tmp/err"
 expect_rc 1 "style create --weight 1e9" "$MOOD" style create wbig --lora sd1_lora --weight 1e9
 check "out of range said" grep -q -- "--weight 1e9: takes" "$tmp/err"
 
