@@ -86,7 +86,9 @@ const char cmd_train_help[] =
     "                       than half the free memory\n"
     "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
     "  --no-register        do not add the style to the registry\n"
-    "  --json               print what was written as JSON (with the warnings given)\n\n"
+    "  --json               print what was written as JSON: lora (or model), loss_csv,\n"
+    "                       loss_plot, checkpoint, trigger, samples, style, n_previews,\n"
+    "                       warnings\n\n"
     "Why these defaults: rank 16 with alpha 8 and lr 1e-4 are kohya's documented LoRA settings\n"
     "(docs/train_network.md) with its recommended alpha of half the rank; attention and\n"
     "feed-forward layers carry style (OneTrainer's attn-mlp preset); min-SNR 5 and a small noise\n"
@@ -531,7 +533,13 @@ static int report(const train_args *a, const mood_import_result *res)
     o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, a->o.full ? "model" : "lora", a->output);
     cJSON_AddStringToObject(o, "loss_csv", a->csv);
-    cJSON_AddStringToObject(o, "loss_png", a->png);
+    cJSON_AddStringToObject(o, "loss_plot", a->png); /* show's name for it */
+    cJSON_AddStringToObject(o, "checkpoint", a->ckpt);
+    if (!a->o.full) {
+        char *trigger = train_trigger(a);
+        cJSON_AddStringToObject(o, "trigger", trigger ? trigger : "");
+        free(trigger);
+    }
     if (a->n_warnings) {
         cJSON *list = cJSON_AddArrayToObject(o, "warnings");
         for (size_t i = 0; i < a->n_warnings; i++)

@@ -63,6 +63,9 @@ long long train_style_steps_of_run(mood_registry *reg, const train_args *a, cons
 /* Writes A1111's sidecar OUT.json beside the LoRA (activation text: the trainer's trigger phrase,
  * preferred weight 1). Returns 0 or 2 (warned about by the caller). */
 int train_write_sidecar(const train_args *a);
+/* The trigger word the written LoRA learnt (its modelspec.trigger_phrase: "" when the board's
+ * captions never hold it), malloc'd; NULL when out of memory. */
+char *train_trigger(const train_args *a);
 void train_samples_dispose(train_args *a);
 
 #endif /* MOOD_CLI_CMD_TRAIN_H */

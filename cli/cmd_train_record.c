@@ -420,20 +420,29 @@ static char *training_json(const train_args *a)
  * import takes the trigger word as any A1111 user's file would give it: the trainer's
  * modelspec.trigger_phrase, empty when the captions never held the word
  * (mood_board_uses_trigger). */
+char *train_trigger(const train_args *a)
+{
+    mood_st_file *st = NULL;
+    const char *phrase;
+    char *out;
+    if (mood_st_open(&st, a->output) != 0)
+        cli_warn("%s", mood_error_last());
+    phrase = st ? mood_st_meta_get(st, "modelspec.trigger_phrase") : NULL;
+    out = strdup(phrase ? phrase : a->o.board_opts.trigger);
+    mood_st_close(st);
+    return out;
+}
+
 int train_write_sidecar(const train_args *a)
 {
     char *path = train_beside(a->output, ".json");
     cJSON *j = cJSON_CreateObject();
-    mood_st_file *st = NULL;
-    char *text;
+    char *text, *phrase = train_trigger(a);
     FILE *f;
     int rc = 2;
-    if (mood_st_open(&st, a->output) != 0)
-        cli_warn("%s", mood_error_last());
-    const char *phrase = st ? mood_st_meta_get(st, "modelspec.trigger_phrase") : NULL;
     int none = phrase && !*phrase;
-    cJSON_AddStringToObject(j, "activation text", phrase ? phrase : a->o.board_opts.trigger);
-    mood_st_close(st);                      /* phrase is gone with it */
+    cJSON_AddStringToObject(j, "activation text", phrase ? phrase : "");
+    free(phrase);
     if (none && a->o.board_opts.trigger[0]) /* an empty --trigger asked for none */
         fprintf(stderr,
                 "mood: note: no caption of the board holds the trigger word '%s': the "

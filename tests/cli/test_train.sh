@@ -26,7 +26,8 @@ expect_rc 0 "train" "$MOOD" train --name tinyink --board board --model "$MODEL" 
     --steps 12 --rank 4 --alpha 2 --trigger tinyink --sample-every 6 --sample-steps 2 --json
 check "json lists the files" py '
 import json,sys,os; d=json.load(open(sys.argv[1]))
-assert d["style"]=="tinyink" and all(os.path.exists(d[k]) for k in ("lora","loss_csv","loss_png")), d
+assert d["style"]=="tinyink" and all(os.path.exists(d[k]) for k in ("lora","loss_csv","loss_plot","checkpoint")), d
+assert d["trigger"]=="tinyink", d
 assert d["samples"]==["tinyink.samples/step-%06d-%d.png" % (s, i) for s in (6, 12) for i in (0, 1)], d
 assert all(os.path.exists(p) for p in d["samples"]) and d["n_previews"]==2, d' "$tmp/out"
 check "previews carry A1111 parameters" py '

@@ -900,7 +900,18 @@ static void test_board_pixels(void)
            worst[1]);
 }
 
-/* The trigger counts as learnt when a caption holds it as whole words, in any case. */
+static char board_warnings[1024];
+
+static void collect_warnings(int level, const char *message, void *payload)
+{
+    size_t n = strlen(board_warnings);
+    (void)payload;
+    if (level == 1)
+        snprintf(board_warnings + n, sizeof board_warnings - n, "%s\n", message);
+}
+
+/* The trigger counts as learnt when a caption holds it as whole words, in any case; a picture
+ * that is on the board twice is said. */
 static void test_board_trigger_words(void)
 {
     const char *dir = scratch_fresh_dir("trigger-board");
@@ -913,11 +924,21 @@ static void test_board_trigger_words(void)
     snprintf(txt, sizeof txt, "%s/a.txt", dir);
     MOOD_CHECK(d && write_file(img, d, n) == 0);
     MOOD_CHECK(write_file(txt, "Red apple, inkwash-style\n", 25) == 0);
+    snprintf(img, sizeof img, "%s/copy.png", dir);
+    MOOD_CHECK(d && write_file(img, d, n) == 0);
+    snprintf(txt, sizeof txt, "%s/copy.txt", dir);
+    MOOD_CHECK(write_file(txt, "red apple\n", 10) == 0);
     free(d);
     mood_board_options_init(&o);
     o.resolution = 64;
     const char *paths[1] = {dir};
+    board_warnings[0] = '\0';
+    mood_log_set(collect_warnings, NULL);
     MOOD_CHECK_OK(mood_board_load(&b, paths, 1, &o));
+    mood_log_set(NULL, NULL);
+    MOOD_CHECK_MSG(strstr(board_warnings, "copy.png is the same picture as") &&
+                       strstr(board_warnings, "a.png"),
+                   "%s", board_warnings);
     static const struct {
         const char *trigger;
         int used;
