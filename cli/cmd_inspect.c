@@ -40,7 +40,9 @@ const char cmd_inspect_help[] =
     "            tucker (modules), unmatched {count, keys (first 20), groups {prefix: count}},\n"
     "            metadata {output_name, base_model_version, architecture, title, resolution,\n"
     "            steps, epochs, network_module, network_dim, network_alpha, network_args,\n"
-    "            trigger_phrase, sshs_model_hash}, dylora (true for a DyLoRA: gen's dyn=N\n"
+    "            trigger_phrase, sshs_model_hash} (steps, epochs, network_dim and\n"
+    "            network_alpha as numbers; kohya's \"Dynamic\" as text), dylora (true for a\n"
+    "            DyLoRA: gen's dyn=N\n"
     "            cuts it to its first N ranks), trigger_words [{tag, count}] (top 10 of\n"
     "            ss_tag_frequency); checkpoints: parts {unet, te1, te2, other}, parameters,\n"
     "            metadata_keys.\n\n"
@@ -238,6 +240,25 @@ static void add_meta(cJSON *o, const mood_st_file *f, const char *field, const c
         cJSON_AddStringToObject(o, field, v);
 }
 
+/* A count or size from the metadata as a JSON number when it is one ("4", "2.0"); kohya's
+ * "Dynamic" (ranks or alphas that differ by layer) and other words stay text. */
+static void add_meta_number(cJSON *o, const mood_st_file *f, const char *field, const char *key,
+                            const char *fallback)
+{
+    const char *v = mood_st_meta_get(f, key);
+    char *end = NULL;
+    double d;
+    if (!v && fallback)
+        v = mood_st_meta_get(f, fallback);
+    if (!v || !*v || strcmp(v, "None") == 0)
+        return;
+    d = strtod(v, &end);
+    if (*end == '\0' && isfinite(d))
+        cJSON_AddNumberToObject(o, field, d);
+    else
+        cJSON_AddStringToObject(o, field, v);
+}
+
 static cJSON *metadata_summary(const mood_st_file *f)
 {
     cJSON *o = cJSON_CreateObject();
@@ -246,11 +267,11 @@ static cJSON *metadata_summary(const mood_st_file *f)
     add_meta(o, f, "architecture", "modelspec.architecture", NULL);
     add_meta(o, f, "title", "modelspec.title", NULL);
     add_meta(o, f, "resolution", "ss_resolution", "modelspec.resolution");
-    add_meta(o, f, "steps", "ss_steps", "ss_max_train_steps");
-    add_meta(o, f, "epochs", "ss_epoch", "ss_num_epochs");
+    add_meta_number(o, f, "steps", "ss_steps", "ss_max_train_steps");
+    add_meta_number(o, f, "epochs", "ss_epoch", "ss_num_epochs");
     add_meta(o, f, "network_module", "ss_network_module", NULL);
-    add_meta(o, f, "network_dim", "ss_network_dim", NULL);
-    add_meta(o, f, "network_alpha", "ss_network_alpha", NULL);
+    add_meta_number(o, f, "network_dim", "ss_network_dim", NULL);
+    add_meta_number(o, f, "network_alpha", "ss_network_alpha", NULL);
     add_meta(o, f, "network_args", "ss_network_args", NULL);
     add_meta(o, f, "trigger_phrase", "modelspec.trigger_phrase", NULL);
     add_meta(o, f, "sshs_model_hash", "sshs_model_hash", NULL);
@@ -506,9 +527,11 @@ static void print_metadata(const cJSON *o)
     printf("Training metadata:%s\n",
            cJSON_GetArraySize(meta) == 0 && cJSON_GetArraySize(tags) == 0 ? " none" : "");
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        const char *v = str_of(meta, fields[i][0]);
-        if (v)
-            printf("  %-16s%s\n", fields[i][1], v);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, fields[i][0]);
+        if (cJSON_IsString(v))
+            printf("  %-16s%s\n", fields[i][1], v->valuestring);
+        else if (cJSON_IsNumber(v))
+            printf("  %-16s%g\n", fields[i][1], v->valuedouble);
     }
     if (cJSON_GetArraySize(tags) == 0)
         return;

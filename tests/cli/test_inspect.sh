@@ -101,7 +101,7 @@ j=$("$MOOD" inspect --json "$tmp/tags.safetensors")
 check "trigger words" python3 -c '
 import json,sys; d=json.loads(sys.argv[1])
 assert d["trigger_words"] == [{"tag": "ink", "count": 8}, {"tag": "sky", "count": 4}, {"tag": "wash", "count": 2}], d["trigger_words"]
-assert d["metadata"]["steps"] == "1200" and d["metadata"]["output_name"] == "inkwash"
+assert d["metadata"]["steps"] == 1200 and d["metadata"]["output_name"] == "inkwash"  # a number
 assert d["family"] == "sd1" and d["family_source"] == "ss_base_model_version"' "$j"
 out=$("$MOOD" inspect "$tmp/tags.safetensors")
 check "human trigger words" grep -q "ink (8), sky (4), wash (2)" <<<"$out"
