@@ -26,7 +26,7 @@ const char cmd_civitai_link_help[] =
     "Environment: MOOD_CIVITAI_URL (API base, default https://civitai.com), CIVITAI_TOKEN (an\n"
     "API key, sent to Civitai only; never stored); MOOD_OFFLINE=1 refuses the command (exit 2).\n"
     "Exit status: 0 every LoRA linked, 1 a style is not in the registry, 2 a LoRA is unknown to\n"
-    "Civitai or the network failed (the other LoRAs are linked).\n";
+    "Civitai or the network failed (the other LoRAs are linked); with both, 2.\n";
 
 const char cmd_update_check_help[] =
     "usage: mood update-check [--json]\n\n"

@@ -225,13 +225,13 @@ static void report_import(const import_run *run, const char *path, int err,
 {
     char *shown = cli_text_visible(path, 0);
     const char *p = shown ? shown : "?";
-    if (run->json) {
+    if (err) /* on stderr with --json too, as every command's errors (and failed[] lists it) */
+        say("error", mood_error_last());
+    if (run->json || err) {
         free(shown);
         return;
     }
-    if (err)
-        say("error", mood_error_last());
-    else if (res->already) {
+    if (res->already) {
         char sidecars[1024], why[2048];
         printf("%s: already in the registry as %s\n", p, res->name);
         /* the same file under another name came first: its sidecars are this copy's */
