@@ -122,11 +122,44 @@ void cli_text_clean_json(cJSON *v, const char *const *multiline)
     }
 }
 
+static char **warnings_said; /* every warning reported, for --json */
+static size_t n_warnings_said;
+
+static void remember_warning(const char *message)
+{
+    char **grown;
+    for (size_t i = 0; i < n_warnings_said; i++)
+        if (strcmp(warnings_said[i], message) == 0)
+            return;
+    if ((grown = realloc(warnings_said, (n_warnings_said + 1) * sizeof *grown)) == NULL)
+        return; /* out of memory: said on stderr, not listed */
+    warnings_said = grown;
+    if ((warnings_said[n_warnings_said] = strdup(message)) != NULL)
+        n_warnings_said++;
+}
+
 void cli_text_report(const char *kind, const char *message)
 {
     char *v = cli_text_visible(message, 1);
     fprintf(stderr, "mood: %s: %s\n", kind, v ? v : "(message not shown: out of memory)");
     free(v);
+    if (strcmp(kind, "warning") == 0)
+        remember_warning(message);
+}
+
+size_t cli_warnings_said(const char *const **list)
+{
+    *list = (const char *const *)warnings_said;
+    return n_warnings_said;
+}
+
+void cli_warnings_json(cJSON *o)
+{
+    cJSON *arr;
+    if (n_warnings_said == 0 || !(arr = cJSON_AddArrayToObject(o, "warnings")))
+        return;
+    for (size_t i = 0; i < n_warnings_said; i++)
+        cJSON_AddItemToArray(arr, cJSON_CreateString(warnings_said[i]));
 }
 
 /* The whole text, not string by string: outside its strings JSON text is ASCII (punctuation,

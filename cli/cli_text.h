@@ -24,6 +24,11 @@ void cli_text_clean_json(cJSON *v, const char *const *multiline);
 /* Prints "mood: KIND: MESSAGE\n" on stderr with the message made visible (cli_text_visible,
  * newlines kept): errors and warnings quote file names and metadata. */
 void cli_text_report(const char *kind, const char *message);
+/* The warnings reported so far by this process (KIND "warning"), each once and in order, for a
+ * command's --json "warnings"; borrowed, valid until the next report. */
+size_t cli_warnings_said(const char *const **list);
+/* Adds them to o as "warnings" [text] when there are any. */
+void cli_warnings_json(cJSON *o);
 
 /* Writes JSON text (as cJSON prints it) and a newline to stdout, like puts, with DEL, the C1
  * controls (U+0080-U+009F) and U+2028/U+2029 as \u escapes: JSON allows them raw, but terminals

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 
 const char cmd_bake_help[] =
     "usage: mood bake --model BASE --lora FILE[:W[:W_TE]] [--lora ...] -o OUT [--json]\n\n"
@@ -144,6 +145,7 @@ static int print_summary(const bake_summary *s, const bake_args *a)
         }
         cJSON_AddNumberToObject(o, "tensors_patched", (double)s->patched);
         cJSON_AddNumberToObject(o, "unmatched_keys", (double)s->unmatched);
+        cli_warnings_json(o);
         return cli_print_json(o);
     }
     printf("wrote %s: %zu tensor%s patched by %zu module%s of %zu LoRA%s, %zu unmatched key%s\n",

@@ -74,7 +74,7 @@ const char cmd_gen_help[] =
     "  --json                print what was written as JSON: images [{path, seed, parameters}],\n"
     "                        prompt and negative as run, styles [{name, weight}], adapters\n"
     "                        [{name, alias, path, unet, te, dyn (when cut), autov3_short}],\n"
-    "                        load_s and generate_s (seconds)\n"
+    "                        load_s and generate_s (seconds), warnings [text] (those said)\n"
     "  --device D            cpu, cuda, cuda:N or auto (also before the command)\n\n"
     "Example:\n"
     "  mood gen \"a lighthouse at dusk\" --model sd15.safetensors --style inkwash:0.8 \\\n"

@@ -27,6 +27,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "cli/cli_text.h"
 #include "cli/cmd_gen.h"
 #include "mood/image.h"
 #include "mood/params.h"
@@ -418,6 +419,8 @@ int gen_write_outputs(gen_run *r)
     }
     if (!r->args.json)
         fprintf(stderr, "seed %llu\n", (unsigned long long)r->args.opts.seed);
+    if (root)
+        cli_warnings_json(root); /* what was said on stderr (an unmatched key, a missing LoRA) */
     return root ? cli_print_json(root) : 0;
 }
 

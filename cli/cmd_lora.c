@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 
 const char cmd_lora_merge_help[] =
     "usage: mood lora merge FILE[:W[:W_TE]] ... --rank R [--conv-rank R] -o OUT\n"
@@ -279,6 +280,7 @@ static int print_summary(const lora_args *a, const summary *s)
         cJSON_AddItemToObject(o, "rank_counts", c);
         if (s->fro_n)
             cJSON_AddNumberToObject(o, "fro_retained_mean", s->fro_sum / (double)s->fro_n);
+        cli_warnings_json(o);
         return cli_print_json(o);
     }
     printf("wrote %s: %zu modules\n", a->output, s->modules);

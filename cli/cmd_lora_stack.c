@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/cli_text.h"
 
 const char cmd_lora_stack_help[] =
     "usage: mood lora stack FILE[:W[:W_TE]] ... -o OUT [--dtype f16|bf16|f32] [--json]\n\n"
@@ -96,6 +97,7 @@ static int print_summary(const stack_args *a)
         cJSON_AddNumberToObject(o, "rank_max", (double)hi);
         cJSON_AddStringToObject(o, "dtype", mood_dtype_name(a->dtype));
         mood_st_close(f);
+        cli_warnings_json(o);
         return cli_print_json(o);
     }
     printf("wrote %s: %zu modules (%s, %s) from %zu LoRA%s\n", a->output, modules, ranks,

@@ -176,22 +176,18 @@ static int progress(const mood_train_progress *p, void *payload)
  * it skipped needs saying once. payload: the train_args, NULL once the run is over. */
 static void train_log(int level, const char *message, void *payload)
 {
-    train_args *a = payload;
-    char **grown;
+    const char *const *said;
+    size_t n = cli_warnings_said(&said);
+    (void)payload;
     if (level > 1) {
         if (getenv("MOOD_VERBOSE"))
             cli_text_report("info", message);
         return;
     }
-    for (size_t i = 0; a && i < a->n_warnings; i++)
-        if (strcmp(a->warnings[i], message) == 0)
-            return;
+    for (size_t i = 0; i < n && level == 1; i++)
+        if (strcmp(said[i], message) == 0)
+            return; /* the board is read twice: its warnings are said once */
     cli_text_report(level == 0 ? "error" : "warning", message);
-    if (a && (grown = realloc(a->warnings, (a->n_warnings + 1) * sizeof *grown)) != NULL) {
-        a->warnings = grown;
-        if ((a->warnings[a->n_warnings] = strdup(message)) != NULL)
-            a->n_warnings++;
-    }
 }
 
 /* The registry, checked before the run rather than after it (minutes of training lost to a
@@ -540,11 +536,7 @@ static int report(const train_args *a, const mood_import_result *res)
         cJSON_AddStringToObject(o, "trigger", trigger ? trigger : "");
         free(trigger);
     }
-    if (a->n_warnings) {
-        cJSON *list = cJSON_AddArrayToObject(o, "warnings");
-        for (size_t i = 0; i < a->n_warnings; i++)
-            cJSON_AddItemToArray(list, cJSON_CreateString(a->warnings[i]));
-    }
+    cli_warnings_json(o);
     if (a->n_samples) {
         cJSON *list = cJSON_AddArrayToObject(o, "samples");
         for (size_t i = 0; i < a->n_samples; i++)
@@ -587,9 +579,6 @@ int cmd_train(int argc, char **argv)
         }
     }
     mood_log_set(train_log, NULL); /* a is about to go */
-    for (size_t i = 0; i < a.n_warnings; i++)
-        free(a.warnings[i]);
-    free(a.warnings);
     free(a.board);
     free(a.prompts);
     train_samples_dispose(&a);

@@ -42,8 +42,6 @@ typedef struct train_args {
     size_t n_samples, cap_samples;
     int sample_failed;  /* a preview could not be written (warned once) */
     char lora_hash[13]; /* AutoV3 (12 digits) of the written LoRA, for the final previews */
-    char **warnings;    /* the library's warnings of the run, each once (cmd_train.c: train_log) */
-    size_t n_warnings;
 } train_args;
 
 /* OUT.safetensors -> OUT<suffix> (malloc'd), NULL when out of memory. */

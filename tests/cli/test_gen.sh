@@ -198,8 +198,12 @@ check "says it matched by hash" grep -q "found in the registry by its hash" "$tm
 check "same pixels" python3 "$tmp/pixels.py" "$tmp/s.png" "$tmp/s4.png" 0
 expect_rc 0 "--from-png with the style gone" "$MOOD" rm renamed
 expect_rc 0 "--from-png still generates" "$MOOD" gen --from-png "$tmp/s.png" --model "$MODEL" \
-    -o "$tmp/s5.png"
+    -o "$tmp/s5.png" --json
 check "warns what it left out" grep -q "neither a file nor in the registry" "$tmp/err"
+check "once, and in the JSON's warnings too" py '
+import json,sys; w=json.load(open(sys.argv[1]))["warnings"]
+assert len([x for x in w if "neither a file nor in the registry" in x])==1, w' "$tmp/out"
+check "said once on stderr" test "$(grep -c "neither a file nor in the registry" "$tmp/err")" = 1
 expect_rc 1 "unknown style" "$MOOD" gen "$PROMPT" "${common[@]}" --style nosuchstyle
 check "names the style" grep -q "nosuchstyle" "$tmp/err"
 
