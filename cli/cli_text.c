@@ -1,6 +1,8 @@
 /*
  * cli_text.c: control characters in text from files made visible before a person's terminal
- * interprets them, and --json text written with the ones JSON leaves raw escaped (cli_text.h).
+ * interprets them, and --json text written with the ones JSON leaves raw escaped (cli_text.h);
+ * the errors and warnings every command reports through here (each warning once, all of them
+ * kept for --json's "warnings").
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,26 +127,38 @@ void cli_text_clean_json(cJSON *v, const char *const *multiline)
 static char **warnings_said; /* every warning reported, for --json */
 static size_t n_warnings_said;
 
-static void remember_warning(const char *message)
+/* Whether the warning was said before; else it is remembered. */
+static int warning_said(const char *message)
 {
     char **grown;
     for (size_t i = 0; i < n_warnings_said; i++)
         if (strcmp(warnings_said[i], message) == 0)
-            return;
+            return 1;
     if ((grown = realloc(warnings_said, (n_warnings_said + 1) * sizeof *grown)) == NULL)
-        return; /* out of memory: said on stderr, not listed */
+        return 0; /* out of memory: said on stderr, not listed */
     warnings_said = grown;
     if ((warnings_said[n_warnings_said] = strdup(message)) != NULL)
         n_warnings_said++;
+    return 0;
 }
 
 void cli_text_report(const char *kind, const char *message)
 {
-    char *v = cli_text_visible(message, 1);
+    char *v;
+    if (strcmp(kind, "warning") == 0 && warning_said(message))
+        return; /* each warning once: two tags of one LoRA, a board read twice */
+    v = cli_text_visible(message, 1);
     fprintf(stderr, "mood: %s: %s\n", kind, v ? v : "(message not shown: out of memory)");
     free(v);
-    if (strcmp(kind, "warning") == 0)
-        remember_warning(message);
+}
+
+void cli_log_sink(int level, const char *message, void *payload)
+{
+    (void)payload;
+    if (level <= 1)
+        cli_text_report(level == 0 ? "error" : "warning", message);
+    else if (getenv("MOOD_VERBOSE"))
+        cli_text_report("info", message);
 }
 
 size_t cli_warnings_said(const char *const **list)

@@ -22,8 +22,12 @@ char *cli_text_visible(const char *s, int multiline);
 void cli_text_clean_json(cJSON *v, const char *const *multiline);
 
 /* Prints "mood: KIND: MESSAGE\n" on stderr with the message made visible (cli_text_visible,
- * newlines kept): errors and warnings quote file names and metadata. */
+ * newlines kept): errors and warnings quote file names and metadata. A warning said before in
+ * this process is not said again. */
 void cli_text_report(const char *kind, const char *message);
+/* The library's log sink (mood_log_set): errors and warnings on stderr through cli_text_report
+ * (so each warning once), the rest only with MOOD_VERBOSE set. */
+void cli_log_sink(int level, const char *message, void *payload);
 /* The warnings reported so far by this process (KIND "warning"), each once and in order, for a
  * command's --json "warnings"; borrowed, valid until the next report. */
 size_t cli_warnings_said(const char *const **list);

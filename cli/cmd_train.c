@@ -169,27 +169,6 @@ static int progress(const mood_train_progress *p, void *payload)
     return 0;
 }
 
-/* ----- warnings ------------------------------------------------------------------------------ */
-
-/* The library's log sink during a run: warnings on stderr (main.c's format), each once, and kept
- * for --json. The board is read twice (to train, then for the style's thumbnails), and a folder
- * it skipped needs saying once. payload: the train_args, NULL once the run is over. */
-static void train_log(int level, const char *message, void *payload)
-{
-    const char *const *said;
-    size_t n = cli_warnings_said(&said);
-    (void)payload;
-    if (level > 1) {
-        if (getenv("MOOD_VERBOSE"))
-            cli_text_report("info", message);
-        return;
-    }
-    for (size_t i = 0; i < n && level == 1; i++)
-        if (strcmp(said[i], message) == 0)
-            return; /* the board is read twice: its warnings are said once */
-    cli_text_report(level == 0 ? "error" : "warning", message);
-}
-
 /* The registry, checked before the run rather than after it (minutes of training lost to a
  * registry that cannot take the style): one that cannot be opened (not a database, a newer
  * schema) or is read-only stops here with what to do; a style NAME that exists already is said,
@@ -227,7 +206,7 @@ static int check_registry_first(const train_args *a)
     }
     mood_registry_free_string(free_name);
     mood_registry_close(r);
-    mood_log_set(train_log, (void *)a);
+    mood_log_set(cli_log_sink, NULL);
     return rc;
 }
 
@@ -560,7 +539,6 @@ int cmd_train(int argc, char **argv)
     a.o.steps = 600;
     a.o.handle_signals = 1;
     a.o.progress = progress;
-    mood_log_set(train_log, &a);
     if ((rc = parse_args(&a, argc, argv)) == 0 &&
         (rc = cli_find_model(&a.model_path, a.o.model)) == 0 && (rc = set_files(&a)) == 0) {
         rc = a.no_register ? 0 : check_registry_first(&a);
@@ -578,7 +556,6 @@ int cmd_train(int argc, char **argv)
             rc = report(&a, &res);
         }
     }
-    mood_log_set(train_log, NULL); /* a is about to go */
     free(a.board);
     free(a.prompts);
     train_samples_dispose(&a);

@@ -67,15 +67,6 @@ static void on_signal(int sig)
     raise(sig);
 }
 
-static void log_to_stderr(int level, const char *message, void *payload)
-{
-    (void)payload;
-    if (level <= 1)
-        cli_text_report(level == 0 ? "error" : "warning", message);
-    else if (getenv("MOOD_VERBOSE"))
-        cli_text_report("info", message);
-}
-
 static void print_overview(FILE *out)
 {
     fprintf(out,
@@ -244,7 +235,7 @@ int main(int argc, char **argv)
     /* With a file-size limit, a write past it must fail with EFBIG (and a clean error), not kill
      * the process before it can remove its temporary file. */
     signal(SIGXFSZ, SIG_IGN);
-    mood_log_set(log_to_stderr, NULL);
+    mood_log_set(cli_log_sink, NULL);
     int grc = global_options(&argc, &argv);
     if (grc)
         return grc;

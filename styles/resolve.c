@@ -27,6 +27,8 @@ typedef struct resolver {
     mood_resolved_styles *out;
     size_t cap_adapters;
     unsigned flags;
+    char **tag_of; /* per adapter: the name of the <lora:> tag that brought it, or NULL */
+    size_t n_tag_of, cap_tag_of;
 } resolver;
 
 /* ----- adapters ---------------------------------------------------------------------------- */
@@ -384,6 +386,19 @@ static int add_lora_tag(resolver *r, const tag_args *t)
     return err;
 }
 
+/* Adapters first..n came from the <lora:> tag `name`: A1111 keeps one network per tag name. */
+static int note_tag(resolver *r, size_t first, const char *name)
+{
+    if (mood_array_reserve(&r->tag_of, &r->cap_tag_of, r->out->n, sizeof *r->tag_of, 8) != 0)
+        return mood_error_nomem();
+    for (; r->n_tag_of < r->out->n; r->n_tag_of++) /* a style's adapters between: none */
+        r->tag_of[r->n_tag_of] = NULL;
+    for (size_t i = first; i < r->out->n; i++)
+        if (!(r->tag_of[i] = mood_strdup(name)))
+            return mood_error_nomem();
+    return 0;
+}
+
 /* One tag "<kind:body>" (text between the brackets given). */
 static int handle_tag(resolver *r, const char *inner, size_t len)
 {
@@ -404,6 +419,8 @@ static int handle_tag(resolver *r, const char *inner, size_t len)
         err = style ? add_style(r, t.name, t.unet, t.te, t.has_w) : add_lora_tag(r, &t);
     for (size_t i = first; !err && i < r->out->n; i++)
         r->out->adapters[i].dyn = t.dyn; /* every adapter the tag brought (a style's too) */
+    if (!err && !style && r->out->n > first)
+        err = note_tag(r, first, t.name);
     mood_free(copy);
     mood_free(tag);
     return err;
@@ -597,58 +614,97 @@ static int name_aliases(mood_resolved_styles *out)
     return 0;
 }
 
-/* Whether `a` repeats `first`: the same LoRA with the same DyLoRA cut; `a1111`: also by the same
- * name (A1111 keeps one network object per name, so two names of one file are two there). */
-static int repeats(const mood_resolved_adapter *a, const mood_resolved_adapter *first, int a1111)
+/* Drops entry i (folded into another): its strings go. */
+static void drop_adapter(mood_resolved_adapter *a)
 {
-    return same_lora(a, first) && a->dyn == first->dyn &&
-           (!a1111 || strcmp(a->name, first->name) == 0);
+    mood_free(a->path);
+    mood_free(a->name);
+    mood_free(a->alias);
 }
 
-/* Folds each repeat into the first entry: its multipliers added up, or (`a1111`) as A1111
- * applies a repeated tag, count times the last one's, with a warning saying so. */
-static int fold_repeats(mood_resolved_styles *out, int a1111)
+/* An image's <lora:> tags as A1111 applies them: one network object per tag name, whose
+ * multipliers (and DyLoRA cut) each tag sets in turn, applied once per tag: a name tagged k
+ * times is applied at k times the last tag's multipliers, which is said. Only adapters that
+ * tags brought (tag_of[i]) take part; the rest keep their places. */
+static int fold_a1111_tags(mood_resolved_styles *out, char **tag_of, size_t n_tagged)
 {
     size_t kept = 0, *count = mood_calloc(out->n ? out->n : 1, sizeof *count);
     if (!count)
         return mood_error_nomem();
     for (size_t i = 0; i < out->n; i++) {
         mood_resolved_adapter *a = &out->adapters[i];
+        const char *tag = i < n_tagged ? tag_of[i] : NULL;
         size_t j = 0;
-        while (j < kept && !repeats(a, &out->adapters[j], a1111))
+        while (tag && j < kept &&
+               !(j < n_tagged && tag_of[j] && strcmp(tag_of[j], tag) == 0 &&
+                 same_lora(a, &out->adapters[j])))
             j++;
-        if (j == kept) {
+        if (!tag || j == kept) {
             out->adapters[kept] = *a;
+            if (kept < n_tagged && i < n_tagged) {
+                char *keep = tag_of[i];
+                tag_of[i] = NULL;
+                tag_of[kept] = keep;
+            }
             count[kept++] = 1;
             continue;
         }
         mood_resolved_adapter *first = &out->adapters[j];
         count[j]++;
-        first->unet = a1111 ? (double)count[j] * a->unet : first->unet + a->unet;
-        first->te = a1111 ? (double)count[j] * a->te : first->te + a->te;
-        mood_free(a->path);
-        mood_free(a->name);
-        mood_free(a->alias);
+        first->unet = (double)count[j] * a->unet;
+        first->te = (double)count[j] * a->te;
+        first->dyn = a->dyn;
+        drop_adapter(a);
+        mood_free(tag_of[i]);
+        tag_of[i] = NULL;
     }
     out->n = kept;
-    for (size_t j = 0; j < kept && a1111; j++)
-        if (count[j] > 1)
-            mood_log(MOOD_LOG_WARN,
-                     "LoRA %s is tagged %zu times: applied as A1111 applies that, each time at "
-                     "the last tag's multiplier, %g in all",
-                     out->adapters[j].name, count[j], out->adapters[j].unet);
+    for (size_t j = 0; j < kept; j++) {
+        char te[64] = "";
+        if (count[j] < 2)
+            continue;
+        if (out->adapters[j].te != out->adapters[j].unet)
+            snprintf(te, sizeof te, " (text encoder %g)", out->adapters[j].te);
+        mood_log(MOOD_LOG_WARN,
+                 "<lora:%s> is tagged %zu times: applied as A1111 applies that, each time at the "
+                 "last tag's multiplier, %g in all%s",
+                 tag_of[j], count[j], out->adapters[j].unet, te);
+    }
     mood_free(count);
     return 0;
 }
 
-/* One adapter per LoRA (and DyLoRA cut), so that the one <lora:> tag written for it reproduces
- * the image in A1111; MOOD_STYLES_A1111_REPEATS first folds repeats of a name as A1111 does. */
-static int combine_repeats(mood_resolved_styles *out, unsigned flags)
+/* One adapter per LoRA and DyLoRA cut: a repeat's multipliers are added to the first entry's
+ * (as two LoRA loaders in a row do in ComfyUI), so that the one <lora:> tag written for it
+ * reproduces the image in A1111. */
+static void fold_repeats(mood_resolved_styles *out)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < out->n; i++) {
+        mood_resolved_adapter *a = &out->adapters[i];
+        size_t j = 0;
+        while (j < kept && !(same_lora(a, &out->adapters[j]) && a->dyn == out->adapters[j].dyn))
+            j++;
+        if (j == kept) {
+            out->adapters[kept++] = *a;
+            continue;
+        }
+        out->adapters[j].unet += a->unet;
+        out->adapters[j].te += a->te;
+        drop_adapter(a);
+    }
+    out->n = kept;
+}
+
+/* MOOD_STYLES_A1111_REPEATS first folds an image's repeated tags as A1111 applied them. */
+static int combine_repeats(resolver *r)
 {
     int err = 0;
-    if (flags & MOOD_STYLES_A1111_REPEATS)
-        err = fold_repeats(out, 1);
-    return err ? err : fold_repeats(out, 0);
+    if (r->flags & MOOD_STYLES_A1111_REPEATS)
+        err = fold_a1111_tags(r->out, r->tag_of, r->n_tag_of);
+    if (!err)
+        fold_repeats(r->out);
+    return err;
 }
 
 static void free_strings(char **items, size_t n)
@@ -689,7 +745,7 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
     if (!err)
         err = name_aliases(out);
     if (!err)
-        err = combine_repeats(out, flags);
+        err = combine_repeats(&r);
     if (!err)
         err = assemble(&r, negative);
     if (!err) {
@@ -705,6 +761,7 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
     mood_buf_dispose(&r.suffix_neg);
     free_strings(r.templates, r.n_templates);
     free_strings(r.triggers, r.n_triggers);
+    free_strings(r.tag_of, r.n_tag_of);
     if (err)
         mood_resolved_styles_dispose(out);
     return err;

@@ -436,4 +436,19 @@ expect_rc 0 "<LORA:NAME> in capitals" env MOOD_HOME="$tmp/caphome" sh -c '"$0" i
 expect_rc 0 "--model mood-tiny with an empty registry" env MOOD_HOME="$tmp/nohome" "$MOOD" gen \
     "a red apple" --model mood-tiny --steps 2 --seed 1 -o "$tmp/tiny.png"
 check "--model mood-tiny: an image" test -s "$tmp/tiny.png"
+
+# an image's repeated tag is applied as A1111 applied it (one network per name: twice the last
+# weight, said); two names of one LoRA (found by hash) and a --lora of it add up
+h=$("$MOOD" hash --json "$tmp/ink.safetensors" | py 'import json,sys; print(json.load(sys.stdin)["autov3"][:12])')
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/rep.png" "a cat <lora:ink:0.5> <lora:ink:0.3>
+Steps: 2, $details, Lora hashes: \"ink: $h\""
+expect_rc 0 "--from-png of a tag given twice" "$MOOD" gen --from-png "$tmp/rep.png" --model "$MODEL" \
+    -o "$tmp/rep2.png"
+check "applied twice at the last weight, said" grep -q "<lora:ink> is tagged 2 times.*0.6 in all" "$tmp/err"
+check "written as one tag" grep -qa "a cat <lora:ink:0.6>" "$tmp/rep2.png"
+python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/two.png" "a cat <lora:foo:0.3> <lora:bar:0.8>
+Steps: 2, $details, Lora hashes: \"foo: $h, bar: $h\""
+expect_rc 0 "--from-png of one LoRA under two names" "$MOOD" gen --from-png "$tmp/two.png" \
+    --model "$MODEL" --lora "$tmp/ink.safetensors:0.1" -o "$tmp/two2.png"
+check "added up, no repeat said" bash -c '! grep -q "tagged" "$1" && grep -qa "a cat <lora:foo:1.2>" "$2"' _ "$tmp/err" "$tmp/two2.png"
 finish

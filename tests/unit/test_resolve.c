@@ -218,6 +218,24 @@ static void test_a1111_repeats(void)
                    warnings);
     MOOD_CHECK_MSG(s.missing && strcmp(s.missing, "gone") == 0, "missing \"%s\"", s.missing);
     mood_resolved_styles_dispose(&s);
+    /* only the image's tags follow A1111: a --lora of the same file adds up; a tag's repeat at
+     * another DyLoRA cut is the same network (the last tag's cut) */
+    snprintf(prompt, sizeof prompt, "x <lora:%.*s:0.5:dyn=2> <lora:%.*s:0.3:0.2:dyn=4>", n1, p1, n1,
+             p1);
+    mood_weighted_adapter w = {.path = p1, .unet = 0.15, .te = 0.15};
+    mood_log_set(collect, NULL);
+    MOOD_CHECK_OK(
+        mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, &w, 1, MOOD_STYLES_A1111_REPEATS));
+    mood_log_set(NULL, NULL);
+    MOOD_CHECK_MSG(s.n == 2, "%zu adapters", s.n);
+    if (s.n == 2) {
+        MOOD_CHECK_MSG(s.adapters[0].dyn == 4 && fabs(s.adapters[0].te - 0.6) < 1e-12 &&
+                           fabs(s.adapters[0].unet - 0.4) < 1e-12,
+                       "dyn %d te %g unet %g", s.adapters[0].dyn, s.adapters[0].te,
+                       s.adapters[0].unet);
+        MOOD_CHECK(s.adapters[1].dyn == 0 && s.adapters[1].unet == 0.15); /* another cut */
+    }
+    mood_resolved_styles_dispose(&s);
 }
 
 /* hash=H: the registry's LoRA of that hash, at the tag's weights, over a style of the tag's name
