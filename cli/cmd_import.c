@@ -424,9 +424,13 @@ static void walk(import_run *run, const char *path, int top)
 /* What made an import offline (`fix`: how to undo it). */
 static const char *offline_cause(int argc, char **argv, int fix)
 {
+    const char *env = getenv("MOOD_OFFLINE");
+    int both = env && *env && strcmp(env, "0") != 0;
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--offline") == 0)
-            return fix ? "drop --offline" : "--offline";
+            return fix    ? (both ? "drop --offline and unset MOOD_OFFLINE" : "drop --offline")
+                   : both ? "--offline (and MOOD_OFFLINE)"
+                          : "--offline";
     return fix ? "unset it, or set it to 0," : "MOOD_OFFLINE in the environment";
 }
 

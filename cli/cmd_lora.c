@@ -22,7 +22,7 @@ const char cmd_lora_merge_help[] =
     "flavour whose change does not depend on the base model works as input (LoRA, LoCon, LoHa,\n"
     "LoKr, full diff); DoRA, OFT, IA3 and GLoRA need a base: use 'mood bake' for those.\n"
     "For an exact merge without loss, see 'mood lora stack'.\n\n"
-    "  FILE[:W[:W_TE]]   input LoRA, its UNet weight W (default 1) and text-encoder weight W_TE\n"
+    "  FILE[:W[:W_TE]] input LoRA, its UNet weight W (default 1) and text-encoder weight W_TE\n"
     "                   (default W)\n"
     "  --rank R         rank of Linear and 1x1 conv layers in the output\n"
     "  --conv-rank R    rank of 3x3 conv layers (default: --rank)\n"

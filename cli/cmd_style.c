@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -54,7 +55,8 @@ const char cmd_style_create_help[] =
     "                       e.g. \"{prompt}, ink wash painting, muted colours\"\n"
     "  --negative TEXT      negative prompt\n"
     "  --description TEXT   a note for yourself (searchable)\n"
-    "  --weight W           the weight used when you give none (<lora:NAME> or --style NAME)\n\n"
+    "  --weight W           the weight used when you give none (<lora:NAME> or --style NAME),\n"
+    "                       -10 to 10\n\n"
     "Example:\n"
     "  mood style create ink-film --lora inkwash:0.8 --lora film-grain:0.3 \\\n"
     "      --template \"{prompt}, ink wash, film grain\"\n\n"
@@ -433,6 +435,30 @@ static int note_imported(style_args *a, const char *file, const char *style)
     return 0;
 }
 
+/* style create NAME --lora NAME.safetensors: the file's import took NAME (a style is named after
+ * its file); it moves to a free name so that NAME is the style being made. */
+static int free_created_name(style_args *a, mood_registry *r, const char *name)
+{
+    for (size_t i = 0; i < a->n_imported; i++) {
+        char *other = NULL;
+        if (strcasecmp(a->imported[i], name) != 0)
+            continue;
+        if (mood_registry_name_suggest(&other, r, name) != 0 ||
+            mood_registry_rename(r, a->imported[i], other) != 0) {
+            mood_registry_free_string(other);
+            return fail(MOOD_EINVAL);
+        }
+        fprintf(stderr, "mood: the file's own style is named %s (%s is the style made here)\n",
+                other, name);
+        free(a->imported[i]);
+        a->imported[i] = strdup(other);
+        mood_registry_free_string(other);
+        if (!a->imported[i])
+            return fail(MOOD_ENOMEM);
+    }
+    return 0;
+}
+
 /* A command that failed leaves the registry as it was: the styles it imported go again. */
 static void undo_imports(style_args *a, mood_registry *r, int failed)
 {
@@ -593,6 +619,8 @@ static int style_run(int argc, char **argv, int create)
         goto done;
     for (size_t i = 0; i < n_lora && !rc; i++)
         rc = resolve_lora(&a, r, lora_args[i]);
+    if (!rc && create)
+        rc = free_created_name(&a, r, name);
     if (rc)
         goto done;
     for (size_t i = 0; i < a.n; i++)

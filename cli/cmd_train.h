@@ -58,6 +58,9 @@ int train_register(train_args *a, mood_import_result *res);
 /* With --resume: the steps of style `name` when the registry has it from this run (its training
  * record names this run's output file), else 0. */
 long long train_style_steps_of_run(mood_registry *reg, const train_args *a, const char *name);
+/* The free name the earlier result of run NAME at `steps` moves to: NAME-stepN (NAME cut to
+ * fit), malloc'd (mood_registry_free_string); NULL on error. */
+char *train_earlier_name(mood_registry *reg, const char *name, long long steps);
 /* Writes A1111's sidecar OUT.json beside the LoRA (activation text: the trainer's trigger phrase,
  * preferred weight 1). Returns 0 or 2 (warned about by the caller). */
 int train_write_sidecar(const train_args *a);

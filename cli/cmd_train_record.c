@@ -488,33 +488,38 @@ long long train_style_steps_of_run(mood_registry *reg, const train_args *a, cons
     return steps;
 }
 
-/* Renames the style just imported (res->name) to NAME, or when NAME is taken to the free name
- * check_registry_first announced; a --resume of the run that made NAME takes NAME over, the
- * earlier result moving to NAME-stepN (nothing of it is lost: its tags and notes go with it). */
-static void name_registered(mood_registry *reg, train_args *a, mood_import_result *res)
+char *train_earlier_name(mood_registry *reg, const char *name, long long steps)
+{
+    char wanted[128], *out = NULL;
+    int suffix = snprintf(wanted, sizeof wanted, "-step%lld", steps);
+    /* NAME cut so that NAME-stepN is a valid name (100 characters at most) */
+    snprintf(wanted, sizeof wanted, "%.*s-step%lld", 100 - suffix, name, steps);
+    return mood_registry_name_suggest(&out, reg, wanted) == 0 ? out : NULL;
+}
+
+/* Renames the style just imported (res->name, named after its file) to NAME, or when NAME is
+ * taken to `announced`, the free name check_registry_first said (the import may have chosen it
+ * already); a --resume of the run that made NAME takes NAME over, the earlier result moving to
+ * NAME-stepN (nothing of it is lost: its tags and notes go with it). */
+static void name_registered(mood_registry *reg, train_args *a, mood_import_result *res,
+                            const char *announced)
 {
     const char *name = a->o.name;
     long long before = train_style_steps_of_run(reg, a, name);
-    char *free_name = NULL, wanted[600];
+    char *earlier;
     if (strcmp(res->name, name) == 0)
         return;
-    if (before > 0) {
-        snprintf(wanted, sizeof wanted, "%s-step%lld", name, before);
-        if (mood_registry_name_suggest(&free_name, reg, wanted) == 0 &&
-            mood_registry_rename(reg, name, free_name) == 0)
+    if (before > 0 && (earlier = train_earlier_name(reg, name, before)) != NULL) {
+        if (mood_registry_rename(reg, name, earlier) == 0)
             fprintf(stderr, "mood: note: the run's earlier result (step %lld) is style '%s' now\n",
-                    before, free_name);
-        mood_registry_free_string(free_name);
-        free_name = NULL;
+                    before, earlier);
+        mood_registry_free_string(earlier);
     }
-    if (mood_registry_rename(reg, res->name, name) == 0) {
+    if (mood_registry_rename(reg, res->name, name) == 0)
         snprintf(res->name, sizeof res->name, "%s", name);
-    } else if (mood_registry_name_suggest(&free_name, reg, name) == 0 &&
-               strcmp(free_name, res->name) != 0 &&
-               mood_registry_rename(reg, res->name, free_name) == 0) {
-        snprintf(res->name, sizeof res->name, "%s", free_name);
-    }
-    mood_registry_free_string(free_name);
+    else if (announced && strcmp(announced, res->name) != 0 &&
+             mood_registry_rename(reg, res->name, announced) == 0)
+        snprintf(res->name, sizeof res->name, "%s", announced);
 }
 
 int train_register(train_args *a, mood_import_result *res)
@@ -533,11 +538,15 @@ int train_register(train_args *a, mood_import_result *res)
     }
     x = (mood_import_extras){rec.previews, rec.n_previews, rec.files, rec.n_files, rec.training};
     if ((rc = cli_registry_open(&reg)) == 0) {
+        char *announced = NULL; /* NAME, or the free name said when NAME was taken */
+        if (mood_registry_name_suggest(&announced, reg, a->o.name) != 0)
+            announced = NULL; /* then NAME or the import's own choice */
         err = mood_registry_import_file_ex(reg, res, a->output, &x, NULL, NULL);
         /* the registry names a style after its file; the style is NAME (-o may name the file
          * otherwise) */
         if (!err && !res->already)
-            name_registered(reg, a, res);
+            name_registered(reg, a, res, announced);
+        mood_registry_free_string(announced);
         mood_registry_close(reg);
         rc = err ? cli_fail(err) : 0;
         if (!err && res->already)

@@ -1032,6 +1032,14 @@ int mood_registry_name_suggest(char **out, mood_registry *r, const char *wanted)
     *out = NULL;
     MOOD_ARG_NONNULL(r);
     MOOD_ARG_NONNULL(wanted);
+    if (mood_registry_name_check(wanted) == 0) { /* valid: itself when free (even 100 long) */
+        if ((err = mood__reg_query_int(r, &taken, "SELECT count(*) FROM styles WHERE name = ?1",
+                                       wanted)) != 0)
+            return err;
+        if (!taken)
+            return (*out = mood_strdup(wanted)) ? 0 : mood_error_nomem();
+    }
+    mood_error_clear();
     sanitize(base, sizeof base, wanted);
     snprintf(cand, sizeof cand, "%s", base);
     for (int i = 2; i < 100000; i++) {

@@ -245,18 +245,18 @@ static void note_changes(const mood_st_file *f, const mood__train_fingerprint *f
     const char *sched = mood_st_meta_get(f, "mood.train.schedule");
     const char *warmup = mood_st_meta_get(f, "mood.train.warmup");
     if (lr && strtod(lr, NULL) != fp->lr)
-        mood_log(MOOD_LOG_WARN, "resuming with learning rate %g; the stopped run had %g", fp->lr,
-                 strtod(lr, NULL));
+        mood_log(MOOD_LOG_WARN, "resuming with learning rate %g; the checkpoint's run had %g",
+                 fp->lr, strtod(lr, NULL));
     if (sched && atoi(sched) != fp->schedule && atoi(sched) >= 0 && atoi(sched) < 3 &&
         fp->schedule >= 0 && fp->schedule < 3)
-        mood_log(MOOD_LOG_WARN, "resuming with the %s schedule; the stopped run had %s",
+        mood_log(MOOD_LOG_WARN, "resuming with the %s schedule; the checkpoint's run had %s",
                  schedules[fp->schedule], schedules[atoi(sched)]);
     if (warmup && atoll(warmup) != fp->warmup)
-        mood_log(MOOD_LOG_WARN, "resuming with %lld warmup steps; the stopped run had %s",
+        mood_log(MOOD_LOG_WARN, "resuming with %lld warmup steps; the checkpoint's run had %s",
                  (long long)fp->warmup, warmup);
     if ((data = mood_st_meta_get(f, "mood.train.data")) && fp->data[0] && strcmp(data, fp->data))
         mood_log(MOOD_LOG_WARN, "resuming on other pictures, captions or resolution than the "
-                                "stopped run's (the board changed since)");
+                                "checkpoint's run (the board changed since)");
 }
 
 int mood__checkpoint_load(const char *path, const mood__train_fingerprint *fp,

@@ -130,6 +130,16 @@ expect_rc 1 "style create of an SDXL file and an SD1 style" "$MOOD" style create
     --lora "$tmp/xl.safetensors" --lora inkwash
 check "says it removed the import again" grep -q "removed style xl again" "$tmp/err"
 expect_rc 1 "no style xl left" "$MOOD" show xl
+# style create NAME --lora NAME.safetensors: the file's own style moves aside for NAME
+cp "$FIX/lycoris/sdxl_locon.safetensors" "$tmp/s6.safetensors"
+expect_rc 0 "style create s6 of s6.safetensors" "$MOOD" style create s6 --lora "$tmp/s6.safetensors:0.5"
+check "the file's style is s6-2" grep -q "the file's own style is named s6-2" "$tmp/err"
+check "s6 holds it at 0.5" py 'import json,sys,subprocess; d=json.loads(subprocess.check_output([sys.argv[1],"show","s6","--json"])); assert d["adapters"][0]["unet"]==0.5, d["adapters"]' "$MOOD"
+expect_rc 0 "rm them" "$MOOD" rm s6 s6-2
+# a valid name is suggested as it is when free, whatever its length (100 at most)
+long=$(printf 'n%.0s' $(seq 100))
+expect_rc 0 "import under a 100-character stem" sh -c 'cp "$1" "$2/$3.safetensors" && "$0" import "$2/$3.safetensors" --offline' "$MOOD" "$FIX/peft/sdxl_peft_plain.safetensors" "$tmp" "$long"
+check "named in full" py 'import json,sys,subprocess; d=json.loads(subprocess.check_output([sys.argv[1],"show",sys.argv[2],"--json"])); assert d["name"]==sys.argv[2]' "$MOOD" "$long"
 expect_rc 0 "style edit" "$MOOD" style edit ink-film --negative "blurry" --trigger "ink, film"
 expect_rc 1 "style edit with nothing to change" "$MOOD" style edit ink-film
 check "says there is nothing to change" grep -q "nothing to change" "$tmp/err"
@@ -159,7 +169,7 @@ check "says QUERY is missing" grep -q "missing QUERY" "$tmp/err"
 expect_rc 1 "a query that is not UTF-8" "$MOOD" search $'\xff'
 check "says so" grep -q "not valid UTF-8" "$tmp/err"
 expect_rc 1 "a Civitai reference with --offline" "$MOOD" import civitai:128713 --offline
-check "refused before any lookup" grep -q "civitai:128713 is looked up on Civitai, and --offline rules that out (drop --offline" "$tmp/err"
+check "refused before any lookup" grep -q "civitai:128713 is looked up on Civitai, and --offline.* rules that out (drop --offline" "$tmp/err"
 expect_rc 0 "search a tag" "$MOOD" search mon --json
 check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
 # list reads summary columns that triggers keep in sync (migration 3): they must follow edits

@@ -312,6 +312,12 @@ expect_rc 0 "train a taken name to another file" "$MOOD" train --name cont --boa
     --model "$MODEL" --res 64 --steps 1 --rank 4 -o other.safetensors --json
 check "announced as cont-2" grep -q "will be registered as 'cont-2'" "$tmp/err"
 check "registered as cont-2" py 'import json,sys; assert json.load(open(sys.argv[1]))["style"]=="cont-2"' "$tmp/out"
+mkdir again && cd again
+expect_rc 0 "a taken name, default -o" "$MOOD" train --name cont --board ../board --model "$MODEL" \
+    --res 64 --steps 1 --rank 4 --json
+check "announced as cont-3" grep -q "will be registered as 'cont-3'" "$tmp/err"
+check "registered as cont-3 (the import's own choice was that too)" py 'import json,sys; assert json.load(open(sys.argv[1]))["style"]=="cont-3"' "$tmp/out"
+cd ..
 # a new run never overwrites the checkpoint of a stopped one (hours of work on a CPU): its plan
 # (mood.train.steps) is made larger than its step, as a Ctrl-C leaves it
 py '
@@ -334,8 +340,8 @@ cp board/good1.png good1.keep
 cp board/e.png board/good1.png
 expect_rc 0 "resume with lr 5e-4, cosine, another picture" "$MOOD" train --name rl --board board \
     --model "$MODEL" --res 64 --steps 4 --rank 4 --lr 5e-4 --schedule cosine --no-register --resume
-check "says the rate changed" grep -q "resuming with learning rate 0.0005; the stopped run had 0.0001" "$tmp/err"
-check "says the schedule changed" grep -q "resuming with the cosine schedule; the stopped run had constant" "$tmp/err"
+check "says the rate changed" grep -q "resuming with learning rate 0.0005; the checkpoint's run had 0.0001" "$tmp/err"
+check "says the schedule changed" grep -q "resuming with the cosine schedule; the checkpoint's run had constant" "$tmp/err"
 check "says the board changed" grep -q "the board changed since" "$tmp/err"
 check "the record keeps each step's rate" py '
 rows = [l.split(",") for l in open("rl.loss.csv").read().split()[1:]]
