@@ -21,7 +21,8 @@ const char cmd_bake_help[] =
     "                       strength W for the UNet (default 1) and W_TE for the text encoders\n"
     "                       (default W); repeat for several, applied in the order given\n"
     "  -o, --output OUT     the file to write (replaced only when the bake succeeds)\n"
-    "  --json               print the summary as JSON\n\n"
+    "  --json               print the summary as JSON: output, base, adapters [{path, unet,\n"
+    "                       te, modules, n_unmatched}], tensors_patched, n_unmatched, warnings\n\n"
     "Example:\n"
     "  mood bake --model sd15.safetensors --lora inkwash.safetensors:0.8 \\\n"
     "            --lora film-grain.safetensors:0.3:0 -o sd15-inkwash.safetensors\n\n"
@@ -140,11 +141,11 @@ static int print_summary(const bake_summary *s, const bake_args *a)
             cJSON_AddNumberToObject(e, "unet", a->loras.items[k].unet);
             cJSON_AddNumberToObject(e, "te", a->loras.items[k].te);
             cJSON_AddNumberToObject(e, "modules", (double)s->per_modules[k]);
-            cJSON_AddNumberToObject(e, "unmatched_keys", (double)s->per_unmatched[k]);
+            cJSON_AddNumberToObject(e, "n_unmatched", (double)s->per_unmatched[k]);
             cJSON_AddItemToArray(list, e);
         }
         cJSON_AddNumberToObject(o, "tensors_patched", (double)s->patched);
-        cJSON_AddNumberToObject(o, "unmatched_keys", (double)s->unmatched);
+        cJSON_AddNumberToObject(o, "n_unmatched", (double)s->unmatched);
         cli_warnings_json(o);
         return cli_print_json(o);
     }

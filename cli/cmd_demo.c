@@ -34,7 +34,8 @@ const char cmd_demo_help[] =
     "  --steps N     training steps of the style (default 300)\n"
     "  --model PATH  another base model folder (default: mood-tiny from mood's data folder)\n"
     "  --board DIR   another mood board (default: the bundled Twemoji board)\n"
-    "  --json        print what was written as JSON\n\n"
+    "  --json        print what was written as JSON: out, grid, report, lora, style,\n"
+    "                train_s, generate_s (seconds)\n\n"
     "Afterwards: mood gen \"a cat face\" --model mood-tiny --style twemoji-demo\n\n"
     "mood-tiny (data/mood-tiny: what it is, its licence and how well it draws in its README)\n"
     "is made by tools/mood_tiny/train.sh, with mood's own trainer.\n";
@@ -427,8 +428,8 @@ static int print_result(const demo *d, const char *grid, const char *report)
         cJSON_AddStringToObject(o, "report", report);
         cJSON_AddStringToObject(o, "lora", d->lora);
         cJSON_AddStringToObject(o, "style", DEMO_STYLE);
-        cJSON_AddNumberToObject(o, "train_seconds", d->train_s);
-        cJSON_AddNumberToObject(o, "generate_seconds", d->gen_s);
+        cJSON_AddNumberToObject(o, "train_s", d->train_s); /* seconds, as gen's load_s */
+        cJSON_AddNumberToObject(o, "generate_s", d->gen_s);
         return cli_print_json(o);
     }
     printf("\nstyle %s trained in %.0f s; %d images in %.1f s\n", DEMO_STYLE, d->train_s,

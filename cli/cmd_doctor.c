@@ -35,7 +35,7 @@ const char cmd_doctor_help[] =
     "  --json    print the report as JSON: {registry, integrity [], missing [{sha256, kind,\n"
     "            path, file_name, imported_from, styles [names]}], orphans [paths], corrupt\n"
     "            and unreadable [same as missing; unreadable with error], rescued [{path,\n"
-    "            to}], styles [{name, action (\"remove\" or \"drop\"), loras,\n"
+    "            to}], styles [{name, action (\"remove\" or \"drop\"), n_adapters,\n"
     "            kept, lost [{sha256, file_name, problem}], fixed}], problems, fixed}\n"
     "            (file_name, imported_from and styles for LoRAs only), models [{name,\n"
     "            target, fixed}] (broken links in $MOOD_HOME/models)\n\n"

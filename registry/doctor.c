@@ -321,7 +321,7 @@ static cJSON *style_entry(doctor *d, const char *name, long long loras)
     e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "name", name);
     cJSON_AddStringToObject(e, "action", "drop");
-    cJSON_AddNumberToObject(e, "loras", (double)loras);
+    cJSON_AddNumberToObject(e, "n_adapters", (double)loras); /* as list's */
     cJSON_AddNumberToObject(e, "kept", (double)loras);
     cJSON_AddArrayToObject(e, "lost");
     cJSON_AddBoolToObject(e, "fixed", 0);

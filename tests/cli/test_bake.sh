@@ -22,7 +22,7 @@ expect_rc 0 "bake --json" "$MOOD" bake --model "$base" --lora "$lora" --lora "$l
 python3 - "$tmp/out" <<'EOF' || fail "bake --json output"
 import json, sys
 d = json.load(open(sys.argv[1]))
-assert d["tensors_patched"] > 0 and d["unmatched_keys"] == 0, d
+assert d["tensors_patched"] > 0 and d["n_unmatched"] == 0, d
 assert [a["unet"] for a in d["adapters"]] == [1, 0.7] and d["adapters"][1]["te"] == 0.7, d
 EOF
 

@@ -20,7 +20,7 @@ check "json lists the files" python3 -c '
 import json, os, sys
 d = json.load(open(sys.argv[1]))
 assert d["style"] == "twemoji-demo" and all(os.path.exists(d[k]) for k in ("grid", "report", "lora")), d
-assert d["train_seconds"] > 0 and d["generate_seconds"] > 0, d' "$tmp/out"
+assert d["train_s"] > 0 and d["generate_s"] > 0, d' "$tmp/out"
 check "sixteen images" test "$(ls d1/before-*.png d1/after-*.png | wc -l)" -eq 16
 check "the style changes the image" sh -c '! cmp -s d1/before-1.png d1/after-1.png'
 check "grid is 2 rows of 8" python3 -c '

@@ -41,7 +41,7 @@ import json,sys; d=json.load(open(sys.argv[1]))
 c=d["corrupt"]; assert len(c)==1 and c[0]["file_name"]=="ia3.safetensors", c
 assert c[0]["styles"]==["ia3","mymix","solo"], c
 s={e["name"]:e for e in d["styles"]}; assert sorted(s)==["ia3","mymix","solo"], s
-assert s["mymix"]["action"]=="drop" and s["mymix"]["kept"]==2 and s["mymix"]["loras"]==3, s
+assert s["mymix"]["action"]=="drop" and s["mymix"]["kept"]==2 and s["mymix"]["n_adapters"]==3, s
 assert s["ia3"]["action"]=="remove" and s["solo"]["action"]=="remove", s
 assert not any(e["fixed"] for e in d["styles"]), s
 assert s["mymix"]["lost"]==[{"sha256":c[0]["sha256"],"file_name":"ia3.safetensors","problem":"corrupt"}]' "$tmp/out"
