@@ -192,8 +192,9 @@ static int check_registry_first(const train_args *a)
                 "(make it writable, or train with --no-register and import the file later)\n",
                 mood_registry_home(r));
         rc = 2;
-    } else if ((before = train_style_steps_of_run(r, a, a->o.name)) > 0 &&
-               (free_name = train_earlier_name(r, a->o.name, before)) != NULL) {
+    } else if ((before = train_style_steps_of_run(r, a, a->o.name)) == a->o.steps) {
+        /* nothing to train past the checkpoint: train_register says so */
+    } else if (before > 0 && (free_name = train_earlier_name(r, a->o.name, before)) != NULL) {
         fprintf(stderr,
                 "mood: note: style '%s' is this run's result at step %lld; it will hold "
                 "the continued run, and the earlier result becomes style '%s'\n",

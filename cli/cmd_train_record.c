@@ -537,7 +537,14 @@ int train_register(train_args *a, mood_import_result *res)
         return cli_fail(err);
     }
     x = (mood_import_extras){rec.previews, rec.n_previews, rec.files, rec.n_files, rec.training};
-    if ((rc = cli_registry_open(&reg)) == 0) {
+    if ((rc = cli_registry_open(&reg)) == 0 &&
+        train_style_steps_of_run(reg, a, a->o.name) == a->o.steps) {
+        /* --resume of a finished run without more --steps: style NAME is this result already */
+        fprintf(stderr, "mood: note: style '%s' is this run at step %lld already; nothing added\n",
+                a->o.name, (long long)a->o.steps);
+        snprintf(res->name, sizeof res->name, "%s", a->o.name);
+        mood_registry_close(reg);
+    } else if (rc == 0) {
         char *announced = NULL; /* NAME, or the free name said when NAME was taken */
         if (mood_registry_name_suggest(&announced, reg, a->o.name) != 0)
             announced = NULL; /* then NAME or the import's own choice */
