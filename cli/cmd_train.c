@@ -75,7 +75,7 @@ const char cmd_train_help[] =
     "                       --d 1 --s 28 --l 7 --ss euler_a\" (negative, size, seed, steps,\n"
     "                       cfg, sampler)\n"
     "  --sample-steps S     sampler steps of a preview (default 20)\n"
-    "  --device cpu|cuda    where the UNet trains (default: the GPU when there is one)\n"
+    "  --device cpu|cuda|cuda:N  where the UNet trains (default: the GPU when there is one)\n"
     "  --precision P        on the GPU: bf16 (default: bf16 weights and products, fp32\n"
     "                       LoRA weights, optimizer and gradients, as diffusers' and kohya's\n"
     "                       --mixed_precision bf16) or fp32; the CPU and --full train in fp32\n"
