@@ -399,10 +399,40 @@ static int apply_styles(gen_run *r)
     return 0;
 }
 
+/* A1111 reads a final ":N" of the prompt as its weight, which multiplies the guidance of that
+ * prompt (CFG x N): the text without it is encoded and the scale multiplied for the sampler,
+ * while the PNG keeps both as given (A1111's infotext does), so --from-png does it again. */
+static char *prompt_weight(gen_run *r, double *cfg)
+{
+    double w = 1.0;
+    size_t n = mood_prompt_trailing_weight(r->styles.prompt, &w);
+    char *text = strndup(r->styles.prompt, n);
+    *cfg = r->args.opts.cfg;
+    if (w == 1.0)
+        return text;
+    if (w * *cfg < 0 || w * *cfg > 100) {
+        cli_warn("the prompt ends in \":%g\", which A1111 reads as its weight (CFG x %g); mood's "
+                 "guidance takes 0 to 100, so it is not applied: the image will differ from "
+                 "A1111's",
+                 w, w);
+        return text;
+    }
+    cli_warn("the prompt ends in \":%g\", which A1111 reads as the prompt's weight: CFG %g x %g "
+             "= %g, as A1111 does (put it in parentheses, (word:%g), to weight a word)",
+             w, *cfg, w, *cfg * w, w);
+    *cfg *= w;
+    return text;
+}
+
 static int generate(gen_run *r)
 {
     mood_gen_options *o = &r->args.opts;
-    o->prompt = r->styles.prompt;
+    double cfg_given = o->cfg, cfg;
+    char *text = prompt_weight(r, &cfg);
+    if (!text)
+        return cli_fail(MOOD_ENOMEM);
+    o->prompt = text;
+    o->cfg = cfg;
     o->negative = r->styles.negative;
     o->seed = r->args.set.seed && !r->args.seed_random ? r->args.seed : random_seed();
     if (!r->args.output)
@@ -416,6 +446,9 @@ static int generate(gen_run *r)
     double t0 = now_s();
     int err = mood_generate(r->model, o, &r->images, NULL);
     r->generate_s = now_s() - t0;
+    o->cfg = cfg_given; /* what the PNG records */
+    o->prompt = r->styles.prompt;
+    free(text);
     if (err == MOOD_EINVAL && r->args.from_png) { /* a size, step count... the image gave */
         int rc = cli_fail(err);
         fprintf(stderr,
@@ -442,6 +475,29 @@ static void run_dispose(gen_run *r)
     free(r->args.styles);
     cli_adapters_dispose(&r->args.loras);
     gen_from_png_dispose(&r->args);
+    mood_prompt_free_string(r->args.uncommented[0]);
+    mood_prompt_free_string(r->args.uncommented[1]);
+}
+
+/* A1111 (1.8 and later, by default) leaves out '#' and the rest of its line, in the prompt and
+ * the negative prompt, before anything else reads them: so does mood, saying so. */
+static int strip_comments(gen_args *a)
+{
+    const char **text[2] = {&a->prompt, &a->negative};
+    static const char *const what[2] = {"prompt", "negative prompt"};
+    for (int i = 0; i < 2; i++) {
+        int removed = 0;
+        if (!*text[i])
+            continue;
+        if (!(a->uncommented[i] = mood_prompt_strip_comments(*text[i], &removed)))
+            return cli_fail(MOOD_ENOMEM);
+        if (removed)
+            cli_warn("the %s has '#' comments: left out to the end of their lines, as A1111 "
+                     "does",
+                     what[i]);
+        *text[i] = a->uncommented[i];
+    }
+    return 0;
 }
 
 /* -o names a PNG: the parameters travel in a PNG text chunk, and x.jpg holding PNG bytes would
@@ -470,7 +526,9 @@ int cmd_gen(int argc, char **argv)
     r.args.keep_index = -1;
     if ((rc = parse_args(&r.args, argc, argv)) == 0 && r.args.from_png) {
         rc = gen_apply_png(&r.args);
-    } else if (rc == 0) {
+        if (rc == 0)
+            rc = strip_comments(&r.args);
+    } else if (rc == 0 && (rc = strip_comments(&r.args)) == 0) {
         gen_warn_a1111_syntax(&r.args);
         rc = gen_strip_networks(&r.args, "the",
                                 ": the image is made, and its PNG written, "

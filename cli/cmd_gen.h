@@ -10,6 +10,7 @@
 #include "mood/gen.h"
 #include "mood/params.h"
 #include "mood/styles.h"
+#include "mood/tokenizer.h"
 
 typedef struct gen_args {
     const char *prompt, *negative, *model, *output, *from_png;
@@ -29,7 +30,8 @@ typedef struct gen_args {
     } set;
     char *png_text; /* --from-png: the parameters text, and strings taken from it */
     void *png_params;
-    char *png_prompt; /* its prompt with the LoRA tags' hashes added (owned), or NULL */
+    char *png_prompt;     /* its prompt with the LoRA tags' hashes added (owned), or NULL */
+    char *uncommented[2]; /* the prompt and negative prompt without '#' comments (owned) */
 } gen_args;
 
 typedef struct gen_run {

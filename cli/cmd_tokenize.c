@@ -23,6 +23,8 @@ const char cmd_tokenize_help[] =
     "  BREAK         start a new chunk here\n"
     "  <lora:...>    extra-network tags (<lora:>, <lyco:>, <style:>, <hypernet:>...) are no\n"
     "                text: left out, as gen and A1111 leave them out before encoding\n"
+    "  # comment     '#' and the rest of its line are left out (A1111 1.8 and later)\n"
+    "  text:1.3      a final :N is the prompt's weight, no text: gen multiplies CFG by it\n"
     "The encoder takes 75 tokens at a time (77 with its start and end tokens); a longer prompt\n"
     "is cut into chunks of 75, moving the words after a comma near the end of a full chunk to\n"
     "the next one. The count is shown as A1111 shows it, e.g. '12/75' or '80/150'.\n\n"
@@ -90,12 +92,32 @@ static cJSON *chunk_json(const mood_tokenizer *t, const mood_prompt_chunk *k)
     return o;
 }
 
-static int print_json(const mood_tokenizer *t, const char *prompt, const mood_prompt_tokens *p)
+/* What A1111 does before it parses the prompt: '#' comments left out (said), and a final ":N"
+ * taken as the prompt's weight (gen multiplies CFG by it). Takes prompt over; NULL when out of
+ * memory. */
+static char *a1111_text(char *prompt, double *weight)
+{
+    int removed = 0;
+    char *plain = mood_prompt_strip_comments(prompt, &removed), *out;
+    free(prompt);
+    if (!plain)
+        return NULL;
+    if (removed)
+        cli_warn("the prompt has '#' comments: left out to the end of their lines, as A1111 "
+                 "does");
+    out = strndup(plain, mood_prompt_trailing_weight(plain, weight));
+    mood_prompt_free_string(plain);
+    return out;
+}
+
+static int print_json(const mood_tokenizer *t, const char *prompt, const mood_prompt_tokens *p,
+                      double weight)
 {
     cJSON *o = cJSON_CreateObject(), *chunks = cJSON_CreateArray();
     char count[32];
     snprintf(count, sizeof count, "%d/%d", p->token_count, p->target_count);
     cJSON_AddStringToObject(o, "prompt", prompt);
+    cJSON_AddNumberToObject(o, "prompt_weight", weight); /* a final ":N": CFG x N */
     cJSON_AddNumberToObject(o, "token_count", p->token_count);
     cJSON_AddNumberToObject(o, "target_count", p->target_count);
     cJSON_AddStringToObject(o, "count", count);
@@ -150,6 +172,7 @@ int cmd_tokenize(int argc, char **argv)
     mood_tokenizer *t = NULL;
     mood_prompt_tokens p = {0};
     char *prompt = NULL;
+    double weight = 1.0;
     mood_prompt_options_init(&opts);
     if (!words)
         return 2;
@@ -181,7 +204,7 @@ int cmd_tokenize(int argc, char **argv)
         goto done;
     }
     prompt = join_words(words, n_words);
-    if (prompt)
+    if (prompt && (prompt = a1111_text(prompt, &weight)) != NULL)
         strip_network_tags(prompt);
     if (!prompt) {
         fprintf(stderr, "mood: error: out of memory\n");
@@ -193,10 +216,13 @@ int cmd_tokenize(int argc, char **argv)
         rc = cli_fail(err);
         goto done;
     }
-    if (json)
-        rc = print_json(t, prompt, &p);
-    else
+    if (json) {
+        rc = print_json(t, prompt, &p, weight);
+    } else {
         print_text(t, &p);
+        if (weight != 1.0)
+            printf("prompt weight %g: A1111 multiplies the guidance scale (CFG) by it\n", weight);
+    }
 done:
     mood_prompt_tokens_dispose(&p);
     mood_tokenizer_free(t);

@@ -11,6 +11,7 @@
  * BREAK (whitespace around it dropped), which becomes the fragment ("BREAK", -1). Finally
  * neighbours with equal weights are joined (so "(a)(b)" is one fragment "ab").
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -453,4 +454,77 @@ void mood_prompt_tokens_dispose(mood_prompt_tokens *p)
         return;
     mood_free(p->chunks);
     memset(p, 0, sizeof *p);
+}
+
+/* ----- comments and a prompt's weight (A1111) ---------------------------------------------- */
+
+/* a copy of s with every match of the comment pattern replaced by "\n"; whole: the pattern
+ * "(^|\n)#[^\n]*(\n|$)" (a line that is a comment), else "#[^\n]*(\n|$)" */
+static size_t comment_pass(char *out, const char *s, int whole, int *removed)
+{
+    size_t n = 0;
+    for (size_t i = 0; s[i];) {
+        int at_line = whole && ((i == 0 && s[0] == '#') || (s[i] == '\n' && s[i + 1] == '#'));
+        if (at_line || (!whole && s[i] == '#')) {
+            i += s[i] == '\n'; /* the newline before it is part of the match */
+            while (s[i] && s[i] != '\n')
+                i++;
+            i += s[i] == '\n';
+            out[n++] = '\n';
+            *removed = 1;
+            continue;
+        }
+        out[n++] = s[i++];
+    }
+    out[n] = '\0';
+    return n;
+}
+
+char *mood_prompt_strip_comments(const char *prompt, int *removed)
+{
+    size_t len = strlen(prompt ? prompt : "");
+    char *a = mood_malloc(len + 1), *b = mood_malloc(len + 1);
+    *removed = 0;
+    if (!a || !b) {
+        mood_free(a);
+        mood_free(b);
+        return NULL;
+    }
+    comment_pass(a, prompt ? prompt : "", 1, removed);
+    comment_pass(b, a, 0, removed);
+    mood_free(a);
+    return b;
+}
+
+void mood_prompt_free_string(char *s)
+{
+    mood_free(s);
+}
+
+size_t mood_prompt_trailing_weight(const char *prompt, double *weight)
+{
+    size_t end = strlen(prompt), e = end, d, digits = 0, point = 0;
+    *weight = 1.0;
+    while (e > 0 && isspace((unsigned char)prompt[e - 1]))
+        e--;
+    d = e; /* [-+]?(\d+\.?|\d*\.\d+) just before e */
+    while (d > 0 && (isdigit((unsigned char)prompt[d - 1]) || prompt[d - 1] == '.')) {
+        digits += prompt[d - 1] != '.';
+        point += prompt[d - 1] == '.';
+        d--;
+    }
+    if (digits == 0 || point > 1 || (point && prompt[d] == '.' && e - d == 1))
+        return e;
+    if (d > 0 && (prompt[d - 1] == '-' || prompt[d - 1] == '+'))
+        d--;
+    size_t c = d;
+    while (c > 0 && isspace((unsigned char)prompt[c - 1]))
+        c--;
+    if (c == 0 || prompt[c - 1] != ':')
+        return e;
+    *weight = strtod(prompt + d, NULL);
+    c--; /* the colon, then the white space before it */
+    while (c > 0 && isspace((unsigned char)prompt[c - 1]))
+        c--;
+    return c;
 }

@@ -95,6 +95,19 @@ typedef struct mood_prompt_fragments {
 MOOD_WARN_UNUSED int mood_prompt_parse(mood_prompt_fragments *out, const char *prompt);
 void mood_prompt_fragments_dispose(mood_prompt_fragments *f);
 
+/* A1111's prompt comments (1.8 and later, on by default; modules/processing_scripts/comments.py):
+ * a line that starts with '#' goes with its newline, then every other '#' up to the end of its
+ * line, each replaced by a newline. A copy (free with mood_prompt_free_string), NULL when out of
+ * memory; *removed says whether there was one. */
+char *mood_prompt_strip_comments(const char *prompt, int *removed);
+void mood_prompt_free_string(char *s);
+
+/* A1111's weight of a whole prompt (prompt_parser.get_multicond_prompt_list): a final ":N"
+ * (digits with an optional point, white space around the colon allowed) is no text; it
+ * multiplies the prompt's guidance, so that a lone prompt runs at CFG x N. Returns the length of
+ * the text before it, trailing white space left out; *weight is N, or 1 when there is none. */
+size_t mood_prompt_trailing_weight(const char *prompt, double *weight);
+
 typedef struct mood_prompt_options {
     int emphasis;        /* parse emphasis and BREAK (default 1); 0 takes the text as is */
     int comma_backtrack; /* A1111 "comma_padding_backtrack" (default 20; 0 turns it off) */

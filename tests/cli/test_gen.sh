@@ -451,4 +451,26 @@ Steps: 2, $details, Lora hashes: \"foo: $h, bar: $h\""
 expect_rc 0 "--from-png of one LoRA under two names" "$MOOD" gen --from-png "$tmp/two.png" \
     --model "$MODEL" --lora "$tmp/ink.safetensors:0.1" -o "$tmp/two2.png"
 check "added up, no repeat said" bash -c '! grep -q "tagged" "$1" && grep -qa "a cat <lora:foo:1.2>" "$2"' _ "$tmp/err" "$tmp/two2.png"
+
+# A1111's reading of a prompt's end ":N" (the prompt's weight: CFG x N) and of '#' comments
+expect_rc 0 "a prompt ending in :1.5" "$MOOD" gen "a cat:1.5" "${common[@]}" --seed 3 --cfg 4 -o "$tmp/wt1.png"
+check "says CFG 4 x 1.5" grep -q 'ends in ":1.5", which A1111 reads as the prompt.s weight: CFG 4 x 1.5 = 6' "$tmp/err"
+expect_rc 0 "the same at CFG 6" "$MOOD" gen "a cat" "${common[@]}" --seed 3 --cfg 6 -o "$tmp/wt2.png"
+check "the same image" py '
+import sys, zlib, struct
+def idat(p):
+    b = open(p, "rb").read(); i = 8; out = b""
+    while i < len(b):
+        n, = struct.unpack(">I", b[i:i+4]); t = b[i+4:i+8]
+        if t == b"IDAT": out += b[i+8:i+8+n]
+        i += 12 + n
+    return zlib.decompress(out)
+assert idat(sys.argv[1]) == idat(sys.argv[2])' "$tmp/wt1.png" "$tmp/wt2.png"
+check "the PNG keeps the prompt and CFG as given" py '
+import sys; d = open(sys.argv[1], "rb").read(); assert b"a cat:1.5\nSteps: 8, Sampler: Euler a, CFG scale: 4," in d, d[:300]' "$tmp/wt1.png"
+expect_rc 0 "a prompt with a comment" "$MOOD" gen "$(printf 'a cat # not this\nsitting')" "${common[@]}" \
+    --seed 3 -o "$tmp/cm.png"
+check "says comments are left out" grep -q "the prompt has '#' comments" "$tmp/err"
+check "the PNG has the text A1111 encodes" py '
+import sys; d = open(sys.argv[1], "rb").read(); assert b"a cat \nsitting\nSteps" in d and b"not this" not in d, d[:300]' "$tmp/cm.png"
 finish

@@ -76,5 +76,11 @@ expect_rc 0 "a prompt with LoRA tags" "$MOOD" tokenize "1girl, solo, <lora:add_d
 check "tags not counted" grep -q "^5/75 tokens" "$tmp/out"
 "$MOOD" help tokenize | grep -q "BREAK" || fail "help text"
 "$MOOD" help | grep -q "tokenize" || fail "listed in mood help"
+# what A1111 reads before the emphasis: '#' comments left out, a final ":N" the prompt's weight
+expect_rc 0 "comment and weight" "$MOOD" tokenize --json "$(printf 'a cat # no\nsitting:1.3')"
+check "prompt, weight, 3 tokens" python3 -c '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["prompt"]=="a cat \nsitting" and d["prompt_weight"]==1.3 and d["token_count"]==3, d' "$tmp/out"
+check "says comments are left out" grep -q "has '#' comments" "$tmp/err"
 
 finish

@@ -301,6 +301,56 @@ static void test_cleanup(void)
     mood_tokenizer_free(NULL);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_ids_match_reference), MOOD_T(test_a1111_match_reference),
-               MOOD_T(test_pieces), MOOD_T(test_bad_utf8), MOOD_T(test_options),
-               MOOD_T(test_data_lookup), MOOD_T(test_alloc_failures), MOOD_T(test_cleanup))
+/* '#' comments and a prompt's final ":N" weight as A1111's own regular expressions give them
+ * (the table is what tools/make_cases_a1111_prompt.py prints: Python's re on A1111's patterns). */
+static void test_a1111_comments_and_weight(void)
+{
+    static const struct {
+        const char *prompt, *uncommented;
+        size_t text_len;
+        double weight;
+    } cases[] = {
+        {"a cat", "a cat", 5, 1.0},
+        {"a cat # a comment\nsitting", "a cat \nsitting", 25, 1.0},
+        {"# whole line\na cat", "\na cat", 18, 1.0},
+        {"a\n#b\n#c\nd", "a\n\nd", 9, 1.0},
+        {"#only", "\n", 5, 1.0},
+        {"a # b # c", "a \n", 9, 1.0},
+        {"x#y\nz", "x\nz", 5, 1.0},
+        {"", "", 0, 1.0},
+        {"a cat:1.3", "a cat:1.3", 5, 1.3},
+        {"a cat: 1.3  ", "a cat: 1.3  ", 5, 1.3},
+        {"ratio 16:9", "ratio 16:9", 8, 9.0},
+        {"(a:1.2", "(a:1.2", 2, 1.2},
+        {"a:1.2:1.3", "a:1.2:1.3", 5, 1.3},
+        {"a:.5", "a:.5", 1, 0.5},
+        {"a:1.", "a:1.", 1, 1.0},
+        {"a:.", "a:.", 3, 1.0},
+        {"a:1.5.", "a:1.5.", 6, 1.0},
+        {"a: -2", "a: -2", 1, -2.0},
+        {"a:+0.5", "a:+0.5", 1, 0.5},
+        {"no weight here", "no weight here", 14, 1.0},
+        {"a (cat):1.3", "a (cat):1.3", 7, 1.3},
+        {"a cat\n:1.3", "a cat\n:1.3", 5, 1.3},
+        {":5", ":5", 0, 5.0},
+        {"a:1e1", "a:1e1", 5, 1.0},
+        {"a:1.5x", "a:1.5x", 6, 1.0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int removed = -1;
+        double w = 0;
+        char *u = mood_prompt_strip_comments(cases[i].prompt, &removed);
+        size_t n = mood_prompt_trailing_weight(cases[i].prompt, &w);
+        MOOD_CHECK_MSG(u && strcmp(u, cases[i].uncommented) == 0, "'%s': '%s'", cases[i].prompt,
+                       u ? u : "(null)");
+        MOOD_CHECK(removed == (strcmp(cases[i].prompt, cases[i].uncommented) != 0));
+        MOOD_CHECK_MSG(n == cases[i].text_len && w == cases[i].weight, "'%s': %zu, %g",
+                       cases[i].prompt, n, w);
+        mood_prompt_free_string(u);
+    }
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_a1111_comments_and_weight), MOOD_T(test_ids_match_reference),
+               MOOD_T(test_a1111_match_reference), MOOD_T(test_pieces), MOOD_T(test_bad_utf8),
+               MOOD_T(test_options), MOOD_T(test_data_lookup), MOOD_T(test_alloc_failures),
+               MOOD_T(test_cleanup))
