@@ -147,15 +147,33 @@ static int is_space(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
+/* Bytes of the white space character at s as Python's \s matches it in a str (ASCII's, the
+ * separators U+001C-U+001F, U+0085, no-break and typographic spaces, U+2028/9, U+3000), or 0. */
+static size_t space_len(const char *s)
+{
+    uint32_t cp = 0;
+    size_t n;
+    if (is_space(s[0]) || (s[0] >= 0x1C && s[0] <= 0x1F))
+        return 1;
+    if ((unsigned char)s[0] < 0x80 ||
+        !(n = mood__utf8_decode((const unsigned char *)s, strnlen(s, 4), &cp)))
+        return 0;
+    return cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) ||
+                   cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000
+               ? n
+               : 0;
+}
+
 /* Length of ":NUMBER)" at s, with white space allowed around NUMBER as A1111 (>= 1.6) allows it
- * (its re_attention: ":\s*([+-]?[.\d]+)\s*\)"), or 0; *num and *num_len get NUMBER. */
+ * (its re_attention: ":\s*([+-]?[.\d]+)\s*\)", \s of Unicode), or 0; *num and *num_len get
+ * NUMBER. */
 static size_t weight_token(const char *s, const char **num, size_t *num_len)
 {
-    size_t i = 1, start, digits;
+    size_t i = 1, start, digits, n;
     if (s[0] != ':')
         return 0;
-    while (is_space(s[i]))
-        i++;
+    while ((n = space_len(s + i)) > 0)
+        i += n;
     start = i;
     if (s[i] == '+' || s[i] == '-')
         i++;
@@ -166,8 +184,8 @@ static size_t weight_token(const char *s, const char **num, size_t *num_len)
     *num_len = i - start;
     if (i == digits)
         return 0;
-    while (is_space(s[i]))
-        i++;
+    while ((n = space_len(s + i)) > 0)
+        i += n;
     return s[i] == ')' ? i + 1 : 0;
 }
 

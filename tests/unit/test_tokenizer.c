@@ -350,7 +350,37 @@ static void test_a1111_comments_and_weight(void)
     }
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_a1111_comments_and_weight), MOOD_T(test_ids_match_reference),
-               MOOD_T(test_a1111_match_reference), MOOD_T(test_pieces), MOOD_T(test_bad_utf8),
-               MOOD_T(test_options), MOOD_T(test_data_lookup), MOOD_T(test_alloc_failures),
-               MOOD_T(test_cleanup))
+/* A1111 1.6+'s re_attention reads ":\s*N\s*)", and Python's \s in a str is Unicode's white
+ * space (no-break space, U+3000...; not U+200B, which is no white space to it). */
+static void test_weight_unicode_space(void)
+{
+    static const struct {
+        const char *prompt;
+        size_t n;
+        double w0;
+    } cases[] = {{"(a:\xc2\xa0"
+                  "1.5)",
+                  1, 1.5},
+                 {"(a:\xe3\x80\x80"
+                  "1.5\xe3\x80\x80)",
+                  1, 1.5},
+                 {"(a:\xe2\x80\xaf"
+                  "2)",
+                  1, 2},
+                 {"(a:\xe2\x80\x8b"
+                  "1.5)",
+                  1, 1.1}}; /* U+200B: text "a:<ZWSP>1.5" at 1.1 */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mood_prompt_fragments f;
+        MOOD_CHECK_OK(mood_prompt_parse(&f, cases[i].prompt));
+        MOOD_CHECK_MSG(f.n == cases[i].n && f.n && fabs(f.items[0].weight - cases[i].w0) < 1e-12,
+                       "case %zu: %zu fragments, '%s' at %g", i, f.n, f.n ? f.items[0].text : "",
+                       f.n ? f.items[0].weight : 0);
+        mood_prompt_fragments_dispose(&f);
+    }
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_weight_unicode_space), MOOD_T(test_a1111_comments_and_weight),
+               MOOD_T(test_ids_match_reference), MOOD_T(test_a1111_match_reference),
+               MOOD_T(test_pieces), MOOD_T(test_bad_utf8), MOOD_T(test_options),
+               MOOD_T(test_data_lookup), MOOD_T(test_alloc_failures), MOOD_T(test_cleanup))
