@@ -288,6 +288,14 @@ static int png_is_when(const char *s, const char *end)
     s += s < end && (*s == '+' || *s == '-');
     for (; s < end && (isdigit((unsigned char)*s) || *s == '.'); s++)
         digits += isdigit((unsigned char)*s) != 0;
+    if (digits && s + 1 < end && (*s == 'e' || *s == 'E')) { /* lark's NUMBER: 1e1 */
+        const char *e = s + 1 + (s[1] == '+' || s[1] == '-');
+        if (e < end && isdigit((unsigned char)*e)) {
+            s = e;
+            while (s < end && isdigit((unsigned char)*s))
+                s++;
+        }
+    }
     while (s < end && isspace((unsigned char)*s))
         s++;
     return digits && s == end;
@@ -339,12 +347,13 @@ static void warn_editing(const char *prompt, const char *whose, const char *whic
         }
         if (!*q)
             return;
-        if (bar || (colon && png_is_when(colon + 1, q)))
+        if (bar || (colon && png_is_when(colon + 1, q))) {
             cli_warn("%s %s has %s \"%.*s\", which mood does not have (it reads the text as it "
                      "stands)%s",
                      whose, which, bar ? "alternation" : "prompt editing", (int)(q - p + 1), p,
                      then);
-        p = q;
+            p = q; /* said for the whole: not again for what it holds */
+        }          /* else its inner brackets are looked at next: [[cat:dog:0.5]], [x [a:b:2] y] */
     }
 }
 

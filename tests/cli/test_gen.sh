@@ -348,6 +348,10 @@ for want in 'the prompt has prompt editing "\[cat:dog:0.5\]"' 'the prompt has al
     check "typed, warns: $want" grep -q "$want" "$tmp/err"
 done
 check "typed: the PNG's prompt has no hypernet tag" bash -c "! grep -qa 'hypernet:foo' '$tmp/typed.png'"
+# editing inside other brackets, and lark's exponent numbers, are A1111's editing too
+expect_rc 0 "nested editing" "$MOOD" gen "a [[cat:dog:0.5]] b [x [c:d:1e1] y]" "${common[@]}" \
+    -o "$tmp/nested.png"
+check "both said" test "$(grep -c "prompt editing" "$tmp/err")" -eq 2
 expect_rc 0 "AND in a negative prompt is text in A1111 too" "$MOOD" gen "a cat" --negative "cats AND dogs" \
     "${common[@]}" -o "$tmp/negand.png"
 check "no AND warning for the negative" bash -c "! grep -q 'has AND' '$tmp/err'"
