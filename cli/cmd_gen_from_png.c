@@ -308,8 +308,10 @@ static int png_is_when(const char *s, const char *end)
 static void warn_and(const char *prompt, const char *whose, const char *which, const char *then)
 {
     for (const char *p = prompt; (p = strstr(p, "AND")) != NULL; p += 3) {
-        int start = p == prompt || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
-        int end = !(isalnum((unsigned char)p[3]) || p[3] == '_');
+        /* \b of a Unicode str: a letter such as É before it is a word character too */
+        int start = p == prompt || !(isalnum((unsigned char)p[-1]) || p[-1] == '_' ||
+                                     (unsigned char)p[-1] >= 0x80);
+        int end = !(isalnum((unsigned char)p[3]) || p[3] == '_' || (unsigned char)p[3] >= 0x80);
         if (start && end) {
             cli_warn("%s %s has AND (A1111's composable diffusion), which mood does not have: it "
                      "reads the text as it stands%s",

@@ -357,6 +357,8 @@ expect_rc 0 "AND in a negative prompt is text in A1111 too" "$MOOD" gen "a cat" 
 check "no AND warning for the negative" bash -c "! grep -q 'has AND' '$tmp/err'"
 expect_rc 0 "ANDROID is no AND" "$MOOD" gen "an ANDROID, SAND" "${common[@]}" -o "$tmp/android.png"
 check "no AND warning for ANDROID" bash -c "! grep -q 'has AND' '$tmp/err'"
+expect_rc 0 "ÉAND is no AND either" "$MOOD" gen "un ÉAND" "${common[@]}" -o "$tmp/eand.png"
+check "no AND warning for ÉAND" bash -c "! grep -q 'has AND' '$tmp/err'"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/off.png" "a cat
 Steps: 8, $details, Variation seed: 7, Variation seed strength: 0, ENSD: 0, Eta: 1, Noise multiplier: 1, Version: v1.10.1"
 expect_rc 0 "--from-png with those settings off" "$MOOD" gen --from-png "$tmp/off.png" \
