@@ -318,7 +318,7 @@ check "announced as cont-2" grep -q "will be registered as 'cont-2'" "$tmp/err"
 check "registered as cont-2" py 'import json,sys; assert json.load(open(sys.argv[1]))["style"]=="cont-2"' "$tmp/out"
 mkdir again && cd again
 expect_rc 0 "a taken name, default -o" "$MOOD" train --name cont --board ../board --model "$MODEL" \
-    --res 64 --steps 1 --rank 4 --json
+    --res 64 --steps 1 --rank 4 --seed 5 --json # another seed: the run just before made the same file
 check "announced as cont-3" grep -q "will be registered as 'cont-3'" "$tmp/err"
 check "registered as cont-3 (the import's own choice was that too)" py 'import json,sys; assert json.load(open(sys.argv[1]))["style"]=="cont-3"' "$tmp/out"
 cd ..
