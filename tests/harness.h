@@ -263,4 +263,27 @@ static inline int close_enough(double a, double b, double atol, double rtol)
     return fabs(a - b) <= atol + rtol * fabs(b);
 }
 
+/* What the library logs as errors and warnings between harness_log_start() and
+ * harness_log_stop(), one message per line, for checks on what a call said. */
+static char harness_logged[4096];
+
+static inline void harness_log_collect(int level, const char *message, void *payload)
+{
+    size_t n = strlen(harness_logged);
+    (void)payload;
+    if (level <= 1)
+        snprintf(harness_logged + n, sizeof harness_logged - n, "%s\n", message);
+}
+
+static inline void harness_log_start(void)
+{
+    harness_logged[0] = '\0';
+    mood_log_set(harness_log_collect, NULL);
+}
+
+static inline void harness_log_stop(void)
+{
+    mood_log_set(NULL, NULL);
+}
+
 #endif /* MOOD_TESTS_HARNESS_H */

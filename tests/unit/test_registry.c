@@ -20,17 +20,6 @@
 
 /* ----- tests --------------------------------------------------------------------------------- */
 
-/* What the library logged (warnings and errors), for the checks below. */
-static char logged[4096];
-
-static void log_capture(int level, const char *message, void *payload)
-{
-    size_t n = strlen(logged);
-    (void)payload;
-    if (level <= 1)
-        snprintf(logged + n, sizeof logged - n, "%s\n", message);
-}
-
 /* Reading a registry that does not exist (a mistyped MOOD_HOME) creates nothing: queries find no
  * style, doctor says there is no registry, and closing says so; the first import creates the
  * folders and registry.db with the whole schema. */
@@ -54,16 +43,16 @@ static void test_open_creates_nothing_until_a_change(void)
     mood_registry_close(r);
     r = NULL;
     /* a listing finds nothing, and closing says why */
-    logged[0] = '\0';
-    mood_log_set(log_capture, NULL);
+    harness_log_start();
     MOOD_CHECK_OK(mood_registry_open(&r, sub));
     MOOD_CHECK(r && mood_registry_list_json(&text, r, NULL, NULL) == 0);
     MOOD_CHECK(text && strcmp(text, "[]") == 0);
     mood_registry_free_string(text);
     mood_registry_close(r);
-    mood_log_set(NULL, NULL);
+    harness_log_stop();
     r = NULL;
-    MOOD_CHECK_MSG(strstr(logged, "no registry at") && strstr(logged, sub), "%s", logged);
+    MOOD_CHECK_MSG(strstr(harness_logged, "no registry at") && strstr(harness_logged, sub), "%s",
+                   harness_logged);
     snprintf(path, sizeof path, "%s/deeper", home);
     MOOD_CHECK_MSG(access(path, F_OK) != 0, "reading created %s", path);
     /* the first change creates it */
@@ -617,17 +606,16 @@ static void test_lost_database(void)
             MOOD_CHECK(sqlite3_exec(h, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) == SQLITE_OK);
             sqlite3_close(h);
         }
-        logged[0] = '\0';
-        mood_log_set(log_capture, NULL);
+        harness_log_start();
         MOOD_CHECK_OK(mood_registry_open(&r, home));
         MOOD_CHECK(r && mood_registry_exists(r) == empty);
         MOOD_CHECK(r && mood_registry_list_json(&text, r, NULL, NULL) == 0);
         mood_registry_free_string(text);
         mood_registry_close(r); /* says so, whatever the command */
-        mood_log_set(NULL, NULL);
-        MOOD_CHECK_MSG(strstr(logged, empty ? "holds no LoRAs" : "is missing") &&
-                           strstr(logged, "3 stored files remain"),
-                       "%s", logged);
+        harness_log_stop();
+        MOOD_CHECK_MSG(strstr(harness_logged, empty ? "holds no LoRAs" : "is missing") &&
+                           strstr(harness_logged, "3 stored files remain"),
+                       "%s", harness_logged);
         MOOD_CHECK_OK(mood_registry_open(&r, home));
         rep = doctor_json(r, 0, 0, &problems);
         MOOD_CHECK(problems == 1 && rep);

@@ -33,23 +33,12 @@ static const char *lora_copy(const char *name, int flip)
     return path;
 }
 
-static char warnings[2048];
-
-static void collect(int level, const char *message, void *payload)
-{
-    size_t n = strlen(warnings);
-    (void)payload;
-    if (level == 1)
-        snprintf(warnings + n, sizeof warnings - n, "%s\n", message);
-}
-
 /* Resolves `prompt` (no registry) into *s; returns the error. */
 static int resolve(mood_resolved_styles *s, const char *prompt)
 {
-    warnings[0] = '\0';
-    mood_log_set(collect, NULL);
+    harness_log_start();
     int err = mood_styles_resolve(s, NULL, prompt, NULL, NULL, 0, NULL, 0, 0);
-    mood_log_set(NULL, NULL);
+    harness_log_stop();
     return err;
 }
 
@@ -95,7 +84,8 @@ static void test_dyn(void)
     for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++) {
         check_tag(tags[i], 0.3, 0.9);
         MOOD_CHECK_MSG(last_dyn == 4, "%s: dyn %d", tags[i], last_dyn); /* dyn= wins */
-        MOOD_CHECK_MSG(!strstr(warnings, "DyLoRA"), "%s: warnings \"%s\"", tags[i], warnings);
+        MOOD_CHECK_MSG(!strstr(harness_logged, "DyLoRA"), "%s: warnings \"%s\"", tags[i],
+                       harness_logged);
     }
     check_tag(":0.3:0.9", 0.3, 0.9);
     MOOD_CHECK(last_dyn == 0);
@@ -103,7 +93,7 @@ static void test_dyn(void)
     MOOD_CHECK(last_dyn == INT_MAX);
     check_tag(":0.3:0.9:4:5", 0.3, 0.9); /* A1111 ignores what follows */
     MOOD_CHECK(last_dyn == 4);
-    MOOD_CHECK(strstr(warnings, "\"5\" is one argument too many"));
+    MOOD_CHECK(strstr(harness_logged, "\"5\" is one argument too many"));
 }
 
 static void test_bad_tags(void)
@@ -204,18 +194,17 @@ static void test_a1111_repeats(void)
     snprintf(prompt, sizeof prompt,
              "x <lora:%.*s:0.5:0.1> <lora:%.*s:0.3> <lora:%.*s:0.25> <lora:gone> <lora:gone:2>", n1,
              p1, n1, p1, n2, p2);
-    warnings[0] = '\0';
-    mood_log_set(collect, NULL);
+    harness_log_start();
     MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, NULL, 0,
                                       MOOD_STYLES_A1111_REPEATS | MOOD_STYLES_SKIP_MISSING));
-    mood_log_set(NULL, NULL);
+    harness_log_stop();
     MOOD_CHECK_MSG(s.n == 1, "%zu adapters", s.n);
     if (s.n == 1) /* twice 0.3, and 0.25 of the same file under another name: added up */
         MOOD_CHECK_MSG(fabs(s.adapters[0].unet - 0.85) < 1e-12 &&
                            fabs(s.adapters[0].te - 0.85) < 1e-12,
                        "te %g unet %g", s.adapters[0].te, s.adapters[0].unet);
-    MOOD_CHECK_MSG(strstr(warnings, "tagged 2 times") && strstr(warnings, "0.6 in all"), "%s",
-                   warnings);
+    MOOD_CHECK_MSG(strstr(harness_logged, "tagged 2 times") && strstr(harness_logged, "0.6 in all"),
+                   "%s", harness_logged);
     MOOD_CHECK_MSG(s.missing && strcmp(s.missing, "gone") == 0, "missing \"%s\"", s.missing);
     mood_resolved_styles_dispose(&s);
     /* only the image's tags follow A1111: a --lora of the same file adds up; a tag's repeat at
@@ -223,10 +212,10 @@ static void test_a1111_repeats(void)
     snprintf(prompt, sizeof prompt, "x <lora:%.*s:0.5:dyn=2> <lora:%.*s:0.3:0.2:dyn=4>", n1, p1, n1,
              p1);
     mood_weighted_adapter w = {.path = p1, .unet = 0.15, .te = 0.15};
-    mood_log_set(collect, NULL);
+    harness_log_start();
     MOOD_CHECK_OK(
         mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, &w, 1, MOOD_STYLES_A1111_REPEATS));
-    mood_log_set(NULL, NULL);
+    harness_log_stop();
     MOOD_CHECK_MSG(s.n == 2, "%zu adapters", s.n);
     if (s.n == 2) {
         MOOD_CHECK_MSG(s.adapters[0].dyn == 4 && fabs(s.adapters[0].te - 0.6) < 1e-12 &&

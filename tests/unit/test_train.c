@@ -900,16 +900,6 @@ static void test_board_pixels(void)
            worst[1]);
 }
 
-static char board_warnings[1024];
-
-static void collect_warnings(int level, const char *message, void *payload)
-{
-    size_t n = strlen(board_warnings);
-    (void)payload;
-    if (level == 1)
-        snprintf(board_warnings + n, sizeof board_warnings - n, "%s\n", message);
-}
-
 /* The trigger counts as learnt when a caption holds it as whole words, in any case; a picture
  * that is on the board twice is said. */
 static void test_board_trigger_words(void)
@@ -932,13 +922,12 @@ static void test_board_trigger_words(void)
     mood_board_options_init(&o);
     o.resolution = 64;
     const char *paths[1] = {dir};
-    board_warnings[0] = '\0';
-    mood_log_set(collect_warnings, NULL);
+    harness_log_start();
     MOOD_CHECK_OK(mood_board_load(&b, paths, 1, &o));
-    mood_log_set(NULL, NULL);
-    MOOD_CHECK_MSG(strstr(board_warnings, "copy.png is the same picture as") &&
-                       strstr(board_warnings, "a.png"),
-                   "%s", board_warnings);
+    harness_log_stop();
+    MOOD_CHECK_MSG(strstr(harness_logged, "copy.png is the same picture as") &&
+                       strstr(harness_logged, "a.png"),
+                   "%s", harness_logged);
     static const struct {
         const char *trigger;
         int used;
