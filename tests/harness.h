@@ -255,6 +255,13 @@ static inline const char *json_str(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* The number at key (true counts as 1), 0 when absent: the fixtures' case settings. */
+static inline double json_num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : (cJSON_IsTrue(v) ? 1 : 0);
+}
+
 /* |a-b| <= atol + rtol*|b| */
 static inline int close_enough(double a, double b, double atol, double rtol)
 {

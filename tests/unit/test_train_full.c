@@ -77,12 +77,6 @@ static int on_progress(const mood_train_progress *p, void *payload)
     return l->stop_at > 0 && p->done == l->stop_at;
 }
 
-static double jnum(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : (cJSON_IsTrue(v) ? 1 : 0);
-}
-
 static cJSON *the_case(void)
 {
     static cJSON *c;
@@ -124,22 +118,22 @@ static void set_options(mood_train_options *o, int train_te, const char *output,
     o->save_dtype = MOOD_DTYPE_F32;
     o->full = 1;
     o->train_te = train_te;
-    o->board_opts.resolution = (int)jnum(c, "resolution");
+    o->board_opts.resolution = (int)json_num(c, "resolution");
     o->board_opts.trigger = json_str(c, "trigger");
-    o->steps = (int64_t)jnum(c, "steps");
-    o->batch = (int)jnum(c, "batch");
-    o->accum = (int)jnum(c, "accum");
-    o->lr = jnum(c, "lr");
-    o->te_lr = jnum(c, "te_lr");
+    o->steps = (int64_t)json_num(c, "steps");
+    o->batch = (int)json_num(c, "batch");
+    o->accum = (int)json_num(c, "accum");
+    o->lr = json_num(c, "lr");
+    o->te_lr = json_num(c, "te_lr");
     MOOD_CHECK_OK(mood_lr_schedule_parse(&o->lr_schedule, json_str(c, "schedule")));
-    o->warmup = (int64_t)jnum(c, "warmup");
-    o->weight_decay = jnum(c, "wd");
-    o->max_grad_norm = jnum(c, "max_norm");
-    o->min_snr_gamma = jnum(c, "gamma");
-    o->noise_offset = jnum(c, "offset");
-    o->flip = (int)jnum(c, "flip");
-    o->caption_dropout = jnum(c, "dropout");
-    o->seed = (uint64_t)jnum(c, "seed");
+    o->warmup = (int64_t)json_num(c, "warmup");
+    o->weight_decay = json_num(c, "wd");
+    o->max_grad_norm = json_num(c, "max_norm");
+    o->min_snr_gamma = json_num(c, "gamma");
+    o->noise_offset = json_num(c, "offset");
+    o->flip = (int)json_num(c, "flip");
+    o->caption_dropout = json_num(c, "dropout");
+    o->seed = (uint64_t)json_num(c, "seed");
     o->progress = on_progress;
     o->progress_payload = l;
 }
@@ -369,7 +363,7 @@ static void check_stats(const files *f, const char *key)
         n_te += !strncmp(it->valuestring, "text_model.", 11);
         if (strstr(it->valuestring, "self_attn.k_proj.bias")) {
             e = zero_grad_move(f, it->valuestring);
-            MOOD_CHECK_MSG(e <= ZERO_GRAD_MOVE * jnum(the_case(), "te_lr"),
+            MOOD_CHECK_MSG(e <= ZERO_GRAD_MOVE * json_num(the_case(), "te_lr"),
                            "%s (zero gradient) moved by %.3g", it->valuestring, e);
             printf("     %s (zero gradient): moved by %.3g (torch: %.3g)\n", it->valuestring, e,
                    stats[4 * k + 3]);

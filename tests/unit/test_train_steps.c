@@ -50,12 +50,6 @@ static int on_progress(const mood_train_progress *p, void *payload)
     return 0;
 }
 
-static double jnum(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : (cJSON_IsTrue(v) ? 1 : 0);
-}
-
 /* A tensor of the reference file as floats (F32 or F64); NULL and a failed check if absent. */
 static double *ref_values(mood_st_file *f, const char *name, size_t *n)
 {
@@ -93,25 +87,25 @@ static void set_options(mood_train_options *o, const cJSON *c, const char **boar
     board[0] = fixture("train/steps/board");
     o->board = board;
     o->n_board = 1;
-    o->board_opts.resolution = (int)jnum(c, "resolution");
+    o->board_opts.resolution = (int)json_num(c, "resolution");
     o->board_opts.trigger = json_str(c, "trigger");
     o->output = scratch_path("steps.safetensors");
     o->save_dtype = MOOD_DTYPE_F32;
     MOOD_CHECK_OK(mood_train_targets_parse(&o->targets, json_str(c, "targets")));
-    o->rank = (int)jnum(c, "rank");
-    o->alpha = jnum(c, "alpha");
-    o->steps = (int64_t)jnum(c, "steps");
-    o->batch = (int)jnum(c, "batch");
-    o->accum = (int)jnum(c, "accum");
-    o->lr = jnum(c, "lr");
+    o->rank = (int)json_num(c, "rank");
+    o->alpha = json_num(c, "alpha");
+    o->steps = (int64_t)json_num(c, "steps");
+    o->batch = (int)json_num(c, "batch");
+    o->accum = (int)json_num(c, "accum");
+    o->lr = json_num(c, "lr");
     MOOD_CHECK_OK(mood_lr_schedule_parse(&o->lr_schedule, json_str(c, "schedule")));
-    o->warmup = (int64_t)jnum(c, "warmup");
-    o->weight_decay = jnum(c, "wd");
-    o->max_grad_norm = jnum(c, "max_norm");
-    o->min_snr_gamma = jnum(c, "gamma");
-    o->noise_offset = jnum(c, "offset");
-    o->flip = (int)jnum(c, "flip");
-    o->seed = (uint64_t)jnum(c, "seed");
+    o->warmup = (int64_t)json_num(c, "warmup");
+    o->weight_decay = json_num(c, "wd");
+    o->max_grad_norm = json_num(c, "max_norm");
+    o->min_snr_gamma = json_num(c, "gamma");
+    o->noise_offset = json_num(c, "offset");
+    o->flip = (int)json_num(c, "flip");
+    o->seed = (uint64_t)json_num(c, "seed");
     o->progress = on_progress;
     o->progress_payload = l;
 }
@@ -201,7 +195,7 @@ static void test_run_matches_torch(void)
     set_options(&o, c, board, &got);
     MOOD_CHECK_OK(mood_train_run(&o));
     check_losses(ref, &got, (int)o.steps, LOSS_RTOL);
-    check_factors(ref, o.output, (int)jnum(c, "modules"));
+    check_factors(ref, o.output, (int)json_num(c, "modules"));
     mood_st_close(ref);
     cJSON_Delete(c);
 }
