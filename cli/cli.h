@@ -80,10 +80,13 @@ char *cli_model_by_name(const char *name);
 /* The compute device: the global option `mood --device cpu|cuda[:N]|auto <command>` (NULL when
  * not given; $MOOD_DEVICE is the fallback, read by the library). */
 extern const char *cli_device_request;
-/* Chooses the device (mood_device_select) for a command that computes: prints the one-line
- * notice when the default fell back to the CPU; returns 0, or the exit status after printing
- * the error (asked for cuda where there is none: 2). */
+/* Chooses the device (mood_device_select) for a command that computes; returns 0, or the exit
+ * status after printing the error (asked for cuda where there is none: 2). The notice of a
+ * default that fell back to the CPU waits for cli_device_note. */
 int cli_device_select(mood_device *out);
+/* Prints cli_device's notice ("no CUDA GPU found; running on the CPU"), once: the commands call
+ * it when their arguments are accepted and work begins, so that a usage error comes alone. */
+void cli_device_note(void);
 /* The device main chose for the command that runs (the CPU until then, and for commands that do
  * not compute). */
 extern mood_device cli_device;

@@ -31,9 +31,14 @@ int cli_device_select(mood_device *out)
     int rc = mood_device_select(out, cli_device_request);
     if (rc < 0)
         return cli_fail(rc);
-    if (out->notice[0])
-        fprintf(stderr, "mood: note: %s\n", out->notice);
     return 0;
+}
+
+void cli_device_note(void)
+{
+    static int said;
+    if (cli_device.notice[0] && !said++)
+        fprintf(stderr, "mood: note: %s\n", cli_device.notice);
 }
 
 int cli_usage_error(const char *command, const char *fmt, ...)

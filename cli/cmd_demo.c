@@ -453,6 +453,7 @@ int cmd_demo(int argc, char **argv)
         return rc;
     if (make_dirs(d.out) != 0)
         return 2;
+    cli_device_note();
     if ((rc = register_model(&d)) != 0 || (rc = train_style(&d)) != 0 || (rc = generate(&d)) != 0 ||
         (rc = write_grid(&d, grid, sizeof grid)) != 0 ||
         (rc = write_report(&d, report, sizeof report)) != 0)

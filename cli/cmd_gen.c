@@ -322,6 +322,7 @@ static int load_model(gen_run *r)
     if (rc)
         return rc;
     double t0 = now_s();
+    cli_device_note();
     mood_model_options_init(&mo);
     mo.prediction = r->args.prediction;
     mo.progress = cli_progress;

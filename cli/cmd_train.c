@@ -386,6 +386,8 @@ static int choose_device(train_args *a)
     if (d.kind != MOOD_DEVICE_CUDA && a->precision && strcmp(a->precision, "bf16") == 0)
         return cli_usage_error("train", "--precision bf16 trains on a GPU (--device cuda); the "
                                         "CPU trains in fp32");
+    if (!a->device)
+        cli_device_note();
     if (d.kind != MOOD_DEVICE_CUDA)
         return 0;
     a->mo.cuda_device = d.index;

@@ -52,6 +52,7 @@ assert names == ["twemoji-demo"], names' "$tmp/out"
 expect_rc 1 "demo --out ''" "$MOOD" demo --out ""
 expect_rc 1 "demo --steps 0" "$MOOD" demo --steps 0
 check "says what --steps takes" grep -q -- "--steps 0: takes a number of steps, 1 to 100000" "$tmp/err"
+check "a usage error comes alone, without the CPU note" sh -c '! grep -q "running on the CPU" "$1"' _ "$tmp/err"
 # a run that fails (a broken image on the board) keeps the style of the earlier run
 mkdir badboard
 cp "$BOARD"/* badboard/

@@ -127,6 +127,7 @@ expect_rc 1 "a caption that is not UTF-8" "$MOOD" train --name latin --board lat
 check "names the caption file" grep -q "caption file latin1board/caf.txt is not UTF-8" "$tmp/err"
 expect_rc 1 "bad rank" "$MOOD" train --name x --board board --model "$MODEL" --rank 0
 check "says what it takes" grep -q -- "--rank 0: takes 1 to 1024" "$tmp/err"
+check "a usage error comes alone, without the CPU note" sh -c '! grep -q "running on the CPU" "$1"' _ "$tmp/err"
 expect_rc 1 "bad --res" "$MOOD" train --name x --board board --model "$MODEL" --res 65
 check "says what it takes" grep -q -- "--res 65: takes 64 to 2048, a multiple of 64" "$tmp/err"
 expect_rc 1 "bad --sample-every" "$MOOD" train --name x --board board --model "$MODEL" --sample-every -1
