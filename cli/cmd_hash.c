@@ -8,7 +8,6 @@
  */
 #include <ctype.h>
 #include <string.h>
-#include <strings.h>
 
 #include "cli/cli.h"
 #include "mood/hash.h"
@@ -54,46 +53,6 @@ static void lower(char *dst, const char *src, size_t n)
     dst[i] = '\0';
 }
 
-static int is_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (!isxdigit((unsigned char)s[i]))
-            return 0;
-    }
-    return s[n] == '\0';
-}
-
-/* Classifies the embedded sshs_model_hash against the computed AutoV3: returns a status word
- * for --json and sets *why to the line shown beside the value. */
-static const char *sshs_status(const mood_file_hashes *h, const char **why)
-{
-    static const char empty_sha[] =
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-    const char *v = h->sshs_model_hash;
-    const char *status;
-    if (!v[0]) {
-        status = "absent";
-        *why = "";
-    } else if (h->is_safetensors && is_hex(v, 64) && strcasecmp(v, h->autov3) == 0) {
-        status = "match";
-        *why = "matches the computed AutoV3";
-    } else if (strcasecmp(v, empty_sha) == 0) {
-        status = "empty_input";
-        *why = "MISMATCH: SHA-256 of empty input (a bogus value some trainers write)";
-    } else if (v[0] == '0' && (v[1] == 'x' || v[1] == 'X') && is_hex(v + 2, strlen(v + 2))) {
-        status = "per_tensor_0x";
-        *why = "MISMATCH: LyCORIS/kohya per-tensor \"0x\" hash, not AutoV3 (A1111 shows it, "
-               "Civitai does not know it)";
-    } else if (!is_hex(v, 64)) {
-        status = "malformed";
-        *why = "MISMATCH: not a SHA-256 hex digest";
-    } else {
-        status = "mismatch";
-        *why = "MISMATCH: differs from the computed AutoV3 (stale after re-saving?)";
-    }
-    return status;
-}
-
 /* The 12 characters A1111 shows as the LoRA's hash: the embedded value when present. */
 static void a1111_shorthash(char out[13], const mood_file_hashes *h)
 {
@@ -107,7 +66,7 @@ static int print_json(const char *path, const mood_file_hashes *h)
 {
     cJSON *o = cJSON_CreateObject();
     char buf[65], a1111[13];
-    const char *why, *status = sshs_status(h, &why);
+    const char *why, *status = mood_sshs_status(h, &why);
     cJSON_AddStringToObject(o, "file", path);
     cJSON_AddNumberToObject(o, "size", (double)h->size);
     lower(buf, h->autov1, 8);
@@ -144,7 +103,7 @@ static void print_text(const char *path, const mood_file_hashes *h)
 {
     char buf[65], zlib[9], a1111[13];
     const char *why;
-    (void)sshs_status(h, &why);
+    (void)mood_sshs_status(h, &why);
     printf("file:             %s\n", path);
     printf("size:             %llu bytes\n", (unsigned long long)h->size);
     lower(buf, h->autov1, 8);

@@ -33,7 +33,7 @@ const char cmd_inspect_help[] =
     "  --json    print a JSON object instead. Fields:\n"
     "            file, size, kind (\"adapter\" or \"checkpoint\"), family, hashes {sha256, "
     "autov2,\n"
-    "            autov3, autov1, sshs_model_hash, sshs_matches_autov3}, tensors, dtypes\n"
+    "            autov3, autov1, sshs_model_hash, sshs_model_hash_status}, tensors, dtypes\n"
     "            {DTYPE: tensor count}; adapters: family_source, modules, algorithms {algo:\n"
     "            modules}, parts {unet, te1, te2}, ranks [distinct], rank_min, rank_max, alphas\n"
     "            [distinct], dora (modules with DoRA), dora_per_input (of those, per-input norm),\n"
@@ -317,12 +317,11 @@ static void add_hashes(cJSON *o, const mood_file_hashes *hp)
         cJSON_AddStringToObject(j, "autov3", h.autov3);
     cJSON_AddStringToObject(j, "autov1", h.autov1);
     if (h.sshs_model_hash[0]) {
-        const char *embedded = h.sshs_model_hash;
-        if (strncmp(embedded, "0x", 2) == 0)
-            embedded += 2;
+        const char *why, *status = mood_sshs_status(&h, &why);
         cJSON_AddStringToObject(j, "sshs_model_hash", h.sshs_model_hash);
-        cJSON_AddBoolToObject(j, "sshs_matches_autov3",
-                              h.is_safetensors && strcmp(embedded, h.autov3) == 0);
+        /* `mood hash --json`'s word and sentence for it */
+        cJSON_AddStringToObject(j, "sshs_model_hash_status", status);
+        cJSON_AddStringToObject(j, "sshs_model_hash_note", why);
     }
 }
 
@@ -544,15 +543,6 @@ static void print_metadata(const cJSON *o)
     printf("\n  %-16s(the most frequent training tags are usually the trigger words)\n", "");
 }
 
-static const char *sshs_verdict(const cJSON *h, const char *sshs)
-{
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "sshs_matches_autov3")))
-        return "embedded, matches AutoV3";
-    if (strncmp(sshs, "0x", 2) == 0)
-        return "embedded LyCORIS/ModelSpec per-tensor hash: another algorithm than AutoV3";
-    return "embedded, does NOT match AutoV3: the file was re-saved or the value is wrong";
-}
-
 static void print_hashes(const cJSON *o, int adapter)
 {
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(o, "hashes");
@@ -565,7 +555,7 @@ static void print_hashes(const cJSON *o, int adapter)
     printf("  SHA-256         %s\n", str_of(h, "sha256"));
     printf("  AutoV2          %s%s\n", str_of(h, "autov2"), adapter ? "" : "  (A1111 model hash)");
     if (sshs)
-        printf("  sshs_model_hash %s  (%s)\n", sshs, sshs_verdict(h, sshs));
+        printf("  sshs_model_hash %s  (embedded; %s)\n", sshs, str_of(h, "sshs_model_hash_note"));
 }
 
 static void print_adapter(const cJSON *o)

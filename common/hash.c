@@ -14,11 +14,13 @@
  * from disk once even when the file is not cached.
  */
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <zlib.h>
 
@@ -273,4 +275,43 @@ void mood_sha256_hex(char hex_out[65], const void *data, size_t size)
         return;
     }
     to_hex(hex_out, digest, 32);
+}
+
+/* Whether s[0..n) are hex digits and s ends there. */
+static int is_hex_digits(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!isxdigit((unsigned char)s[i]))
+            return 0;
+    }
+    return s[n] == '\0';
+}
+
+const char *mood_sshs_status(const mood_file_hashes *h, const char **why)
+{
+    static const char empty_sha[] =
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const char *v = h->sshs_model_hash;
+    const char *status;
+    if (!v[0]) {
+        status = "absent";
+        *why = "";
+    } else if (h->is_safetensors && is_hex_digits(v, 64) && strcasecmp(v, h->autov3) == 0) {
+        status = "match";
+        *why = "matches the computed AutoV3";
+    } else if (strcasecmp(v, empty_sha) == 0) {
+        status = "empty_input";
+        *why = "MISMATCH: SHA-256 of empty input (a bogus value some trainers write)";
+    } else if (v[0] == '0' && (v[1] == 'x' || v[1] == 'X') && is_hex_digits(v + 2, strlen(v + 2))) {
+        status = "per_tensor_0x";
+        *why = "MISMATCH: LyCORIS/kohya per-tensor \"0x\" hash, not AutoV3 (A1111 shows it, "
+               "Civitai does not know it)";
+    } else if (!is_hex_digits(v, 64)) {
+        status = "malformed";
+        *why = "MISMATCH: not a SHA-256 hex digest";
+    } else {
+        status = "mismatch";
+        *why = "MISMATCH: differs from the computed AutoV3 (stale after re-saving?)";
+    }
+    return status;
 }

@@ -36,6 +36,12 @@ enum { MOOD_HASH_SKIP_CRC32 = 1 };
 MOOD_WARN_UNUSED int mood_hash_file_ex(mood_file_hashes *out, const char *path, unsigned flags,
                                        mood_progress_fn progress, void *payload);
 
+/* What the embedded sshs_model_hash is, against the computed AutoV3: "absent", "match",
+ * "empty_input" (the SHA-256 of nothing, which some trainers write), "per_tensor_0x" (the
+ * LyCORIS/kohya per-tensor "0x" hash), "malformed" or "mismatch"; *why gets the sentence `mood
+ * hash` and `mood inspect` show beside the value ("" when absent). */
+const char *mood_sshs_status(const mood_file_hashes *h, const char **why);
+
 /* SHA-256 of a buffer as 64 lowercase hex characters. */
 void mood_sha256_hex(char hex_out[65], const void *data, size_t size);
 
