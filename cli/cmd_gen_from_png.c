@@ -401,19 +401,15 @@ int gen_strip_networks(gen_args *a, const char *whose, const char *then)
     if (!out)
         return 2;
     while (*p) {
-        const char *w = p + 1, *close;
-        while (isalnum((unsigned char)*w) || *w == '_' || (unsigned char)*w >= 0x80)
-            w++;
-        if (*p != '<' || w == p + 1 || *w != ':' || !(close = strchr(w + 1, '>')) ||
-            close == w + 1 || !strncasecmp(p, "<lora:", 6) || !strncasecmp(p, "<lyco:", 6) ||
+        size_t tag = mood_prompt_network_tag(p, NULL);
+        if (!tag || !strncasecmp(p, "<lora:", 6) || !strncasecmp(p, "<lyco:", 6) ||
             !strncasecmp(p, "<style:", 7)) {
             *o++ = *p++;
             continue;
         }
-        cli_warn("%s prompt tag %.*s is %s mood does not have; left out%s", whose,
-                 (int)(close - p + 1), p,
+        cli_warn("%s prompt tag %.*s is %s mood does not have; left out%s", whose, (int)tag, p,
                  strncmp(p, "<hypernet:", 10) ? "an extra network" : "a hypernetwork, which", then);
-        p = close + 1;
+        p += tag;
         changed = 1;
     }
     *o = '\0';

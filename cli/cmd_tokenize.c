@@ -3,7 +3,6 @@
  * CLIP token ids with their vocabulary pieces, the A1111 emphasis weight of each, and the chunks
  * of 75 tokens with the count A1111 shows above its prompt box ("12/75").
  */
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,11 +42,9 @@ static void strip_network_tags(char *s)
 {
     char *o = s;
     for (const char *p = s; *p;) {
-        const char *w = p + 1, *close;
-        while (isalnum((unsigned char)*w) || *w == '_')
-            w++;
-        if (*p == '<' && w > p + 1 && *w == ':' && (close = strchr(w + 1, '>')) && close > w + 1) {
-            p = close + 1;
+        size_t tag = mood_prompt_network_tag(p, NULL);
+        if (tag) {
+            p += tag;
             continue;
         }
         *o++ = *p++;

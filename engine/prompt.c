@@ -519,6 +519,31 @@ void mood_prompt_free_string(char *s)
     mood_free(s);
 }
 
+size_t mood_prompt_network_tag(const char *s, size_t *kind_len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 1, k;
+    if (u[0] != '<')
+        return 0;
+    while (u[i]) {
+        uint32_t c = peek_cp(u + i, &k);
+        for (size_t j = 1; j < k; j++)
+            if ((u[i + j] & 0xC0) != 0x80)
+                return 0; /* a broken sequence is no word character */
+        if (!mood__uc_is_word(c))
+            break;
+        i += k;
+    }
+    if (i == 1 || u[i] != ':' || u[i + 1] == '>' || u[i + 1] == '\0')
+        return 0;
+    const char *close = strchr(s + i + 1, '>');
+    if (!close)
+        return 0;
+    if (kind_len)
+        *kind_len = i - 1;
+    return (size_t)(close - s) + 1;
+}
+
 size_t mood_prompt_trailing_weight(const char *prompt, double *weight)
 {
     size_t end = strlen(prompt), e = end, d, digits = 0, point = 0;

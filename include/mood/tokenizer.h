@@ -108,6 +108,12 @@ void mood_prompt_free_string(char *s);
  * the text before it, trailing white space left out; *weight is N, or 1 when there is none. */
 size_t mood_prompt_trailing_weight(const char *prompt, double *weight);
 
+/* The length of the A1111 extra-network tag that starts at s ("<lora:x:0.8>", "<hypernet:y>":
+ * re_extra_net "<(\w+):([^>]+)>", \w as Python's: Unicode letters, digits and '_'), 0 when s
+ * starts none; *kind_len gets the length of the word after '<' (NULL: not wanted). A1111 takes
+ * every such tag out of the prompt, whatever the word ("<😀:1>" is no tag: an emoji is no \w). */
+size_t mood_prompt_network_tag(const char *s, size_t *kind_len);
+
 typedef struct mood_prompt_options {
     int emphasis;        /* parse emphasis and BREAK (default 1); 0 takes the text as is */
     int comma_backtrack; /* A1111 "comma_padding_backtrack" (default 20; 0 turns it off) */

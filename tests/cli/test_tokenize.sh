@@ -74,6 +74,11 @@ expect_rc 2 "--vocab missing" "$MOOD" tokenize --vocab "$tmp/nope.gz" cat
 # extra-network tags are no text: counted as gen encodes the prompt (A1111's counter strips them)
 expect_rc 0 "a prompt with LoRA tags" "$MOOD" tokenize "1girl, solo, <lora:add_detail:0.5> <hypernet:x:1>"
 check "tags not counted" grep -q "^5/75 tokens" "$tmp/out"
+# re_extra_net's \w is Python's: <é:2> and <٣:x> are tags (gone), <😀:1> and <a_1:> are text
+expect_rc 0 "tags of Unicode words" "$MOOD" tokenize --json "cat <é:2> <٣:x> <😀:1> <a_1:>"
+check "only the tags of \\w words left out" python3 -c '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["prompt"] == "cat   <😀:1> <a_1:>", d["prompt"]' "$tmp/out"
 "$MOOD" help tokenize | grep -q "BREAK" || fail "help text"
 "$MOOD" help | grep -q "tokenize" || fail "listed in mood help"
 # what A1111 reads before the emphasis: '#' comments left out, a final ":N" the prompt's weight
