@@ -380,7 +380,36 @@ static void test_weight_unicode_space(void)
     }
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_weight_unicode_space), MOOD_T(test_a1111_comments_and_weight),
-               MOOD_T(test_ids_match_reference), MOOD_T(test_a1111_match_reference),
-               MOOD_T(test_pieces), MOOD_T(test_bad_utf8), MOOD_T(test_options),
-               MOOD_T(test_data_lookup), MOOD_T(test_alloc_failures), MOOD_T(test_cleanup))
+/* A1111's re_extra_net "<(\w+):([^>]+)>" with Python's \w (Unicode letters and digits, '_'),
+ * as python3 -c 're.match(...)' says for each case. */
+static void test_network_tags(void)
+{
+    static const struct {
+        const char *s;
+        size_t len, kind;
+    } cases[] = {
+        {"<lora:x:0.8> rest", 12, 4},
+        {"<hypernet:y>", 12, 8},
+        {"<\xc3\xa9:2>", 6, 2},         /* é is \w */
+        {"<\xd9\xa3:x>", 6, 2},         /* ARABIC-INDIC DIGIT THREE is \w */
+        {"<\xf0\x9f\x98\x80:1>", 0, 0}, /* an emoji is not */
+        {"<a_1:>", 0, 0},               /* [^>]+ needs a character */
+        {"<:x>", 0, 0},
+        {"<a b:x>", 0, 0},
+        {"<lora:x", 0, 0},
+        {"<lora:a\nb>", 10, 4}, /* [^>] takes a newline */
+        {"<\xc3:x>", 0, 0},    /* a broken sequence */
+        {"x<lora:y>", 0, 0},   /* only at the start */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t kind = 0, n = mood_prompt_network_tag(cases[i].s, &kind);
+        MOOD_CHECK_MSG(n == cases[i].len && (!n || kind == cases[i].kind), "case %zu: %zu, %zu", i,
+                       n, kind);
+    }
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_network_tags), MOOD_T(test_weight_unicode_space),
+               MOOD_T(test_a1111_comments_and_weight), MOOD_T(test_ids_match_reference),
+               MOOD_T(test_a1111_match_reference), MOOD_T(test_pieces), MOOD_T(test_bad_utf8),
+               MOOD_T(test_options), MOOD_T(test_data_lookup), MOOD_T(test_alloc_failures),
+               MOOD_T(test_cleanup))
