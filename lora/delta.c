@@ -648,6 +648,20 @@ int mood__module_is_additive(const mood_module *m)
            m->algo == MOOD_ALGO_FULL || m->algo == MOOD_ALGO_NORM;
 }
 
+int mood__module_same_shape(const mood_module *m, const char *path, const mood_module *other,
+                            const char *other_path)
+{
+    int64_t cols = m->ndim == 1 ? 1 : module_numel(m) / m->out;
+    int64_t other_cols = other->ndim == 1 ? 1 : module_numel(other) / other->out;
+    if (m->out == other->out && cols == other_cols)
+        return 0;
+    return mood_error_set(MOOD_EFORMAT,
+                          "%s: module \"%s\" changes a %lld x %lld weight, but the same target in "
+                          "%s is %lld x %lld: these LoRAs are not for one model",
+                          path, m->name, (long long)m->out, (long long)cols, other_path,
+                          (long long)other->out, (long long)other_cols);
+}
+
 static int needs_w(const mood_module *m, const float *w)
 {
     if (w || mood__module_is_additive(m))

@@ -192,6 +192,12 @@ int64_t mood__module_ranks_used(const mood_module *m, int64_t k);
 int mood__module_apply(const mood_module *m, float *w, float *bias, float mult);
 /* True when ΔW does not depend on W (LoRA, LoHa, LoKr, full, norm without DoRA). */
 int mood__module_is_additive(const mood_module *m);
+/* For two inputs' modules of one target: 0 when their ΔW have one shape (out rows, in·kh·kw
+ * columns: a 2-D LoRA and a 1x1 conv's agree), else an error naming m (of file `path`), both
+ * shapes and `other_path`. Equal element counts are not enough: 8x16 and 16x8 would be summed
+ * as one another. */
+int mood__module_same_shape(const mood_module *m, const char *path, const mood_module *other,
+                            const char *other_path);
 
 /* Loads a factor tensor as float32 (caller frees with mood_free); checks it is finite. */
 int mood__tensor_f32(float **out, const mood_st_tensor *t, const char *file);

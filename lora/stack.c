@@ -34,6 +34,7 @@ typedef struct contrib {
 typedef struct group {
     const char *name; /* kohya name (borrowed from the first module's target) */
     const mood_module *first;
+    const char *path; /* the file of the first module (for messages) */
     contrib *c;
     size_t n, cap;
 } group;
@@ -63,7 +64,7 @@ static int refuse(const mood_adapter *a, const mood_module *m)
                           mood_st_path(a->file), m->name, why);
 }
 
-static int group_add(groups *gs, const mood_module *m, double mult)
+static int group_add(groups *gs, const mood_module *m, const char *path, double mult)
 {
     group *g = NULL;
     for (size_t i = 0; i < gs->n && !g; i++) {
@@ -77,6 +78,7 @@ static int group_add(groups *gs, const mood_module *m, double mult)
         memset(g, 0, sizeof *g);
         g->name = m->target->kohya_name;
         g->first = m;
+        g->path = path;
     }
     if (mood_array_reserve(&g->c, &g->cap, g->n, sizeof *g->c, 4) != 0)
         return MOOD_ENOMEM;
@@ -107,14 +109,12 @@ static int group_module(groups *gs, const mood_adapter *a, const mood_module *m,
         return 0; /* no effect: no rank spent on it */
     for (size_t i = 0; i < gs->n; i++) {
         const mood_module *f = gs->g[i].first;
-        if (strcmp(gs->g[i].name, m->target->kohya_name) == 0 && numel_of(f) != numel_of(m))
-            return mood_error_set(MOOD_EFORMAT,
-                                  "%s: module \"%s\" has %lld elements where "
-                                  "another input has %lld for the same target",
-                                  mood_st_path(a->file), m->name, (long long)numel_of(m),
-                                  (long long)numel_of(f));
+        int err;
+        if (strcmp(gs->g[i].name, m->target->kohya_name) == 0 &&
+            (err = mood__module_same_shape(m, mood_st_path(a->file), f, gs->g[i].path)) != 0)
+            return err;
     }
-    return group_add(gs, m, mult);
+    return group_add(gs, m, mood_st_path(a->file), mult);
 }
 
 static void groups_dispose(groups *gs)

@@ -453,11 +453,8 @@ static int merge_sum(float *acc, float *tmp, const merge_item *items, size_t n,
         const mood_module *m = &ads[items[i].ai]->modules[items[i].mi];
         const mood_weighted_adapter *w = &in[items[i].ai];
         float mult = (float)(m->target->part == MOOD_PART_UNET ? w->unet : w->te);
-        if (module_numel(m) != numel)
-            return mood_error_set(MOOD_EFORMAT,
-                                  "%s: module \"%s\" has %lld elements but the same target in "
-                                  "another input has %lld",
-                                  w->path, m->name, (long long)module_numel(m), (long long)numel);
+        if ((err = mood__module_same_shape(m, w->path, first, in[items[0].ai].path)) != 0)
+            return err;
         if ((err = mood__module_delta(tmp, m, NULL)) != 0)
             mood_error_prefix("%s", w->path);
         for (int64_t e = 0; !err && e < numel; e++)
@@ -491,11 +488,7 @@ static int merge_lowrank(svd_result *r, const merge_item *items, size_t n, mood_
         const mood_module *m = &ads[items[i].ai]->modules[items[i].mi];
         const mood_weighted_adapter *w = &in[items[i].ai];
         double mult = m->target->part == MOOD_PART_UNET ? w->unet : w->te;
-        if (module_numel(m) != module_numel(m0))
-            err = mood_error_set(MOOD_EFORMAT,
-                                 "%s: module \"%s\" does not have the shape of the same target "
-                                 "in another input",
-                                 w->path, m->name);
+        err = mood__module_same_shape(m, w->path, m0, in[items[0].ai].path);
         if (!err)
             err = lowrank_add(&lr, m, mult * m->scale, off, w->path);
         off += used_rank(m);

@@ -334,6 +334,73 @@ static const char *write_first_ranks(const char *src, int keep)
     return path;
 }
 
+/* A copy of the LoRA at src whose 2-D module `m` changes the transposed weight: up = downᵀ,
+ * down = upᵀ, so ΔW becomes ΔWᵀ (as many elements as the target has, the wrong shape). */
+static const char *write_transposed(const char *src, const char *m)
+{
+    const char *path = scratch_path("transposed.safetensors");
+    mood_st_file *f = NULL;
+    mood_st_writer *w = NULL;
+    size_t n = strlen(m);
+    MOOD_CHECK_OK(mood_st_open(&f, src));
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    for (size_t i = 0; f && w && i < mood_st_count(f); i++) {
+        const mood_st_tensor *t = mood_st_at(f, i), *from = t;
+        int64_t shape[4];
+        char other[512];
+        int swap = strncmp(t->name, m, n) == 0 && t->name[n] == '.' && t->ndim == 2 &&
+                   (strstr(t->name, ".lora_up.") || strstr(t->name, ".lora_down."));
+        if (swap) {
+            snprintf(other, sizeof other, "%s.%s.weight", m,
+                     strstr(t->name, ".lora_up.") ? "lora_down" : "lora_up");
+            from = mood_st_find(f, other);
+        }
+        float *v = malloc((size_t)mood_st_numel(from) * sizeof *v), *tv = v;
+        MOOD_CHECK_OK(mood_st_to_f32(v, from));
+        memcpy(shape, from->shape, sizeof shape);
+        if (swap) {
+            tv = malloc((size_t)mood_st_numel(from) * sizeof *tv);
+            for (int64_t r = 0; r < from->shape[0]; r++)
+                for (int64_t c = 0; c < from->shape[1]; c++)
+                    tv[c * from->shape[0] + r] = v[r * from->shape[1] + c];
+            shape[0] = from->shape[1];
+            shape[1] = from->shape[0];
+        }
+        MOOD_CHECK_OK(mood_st_writer_add_f32(w, t->name, MOOD_DTYPE_F32, t->ndim, shape, tv));
+        if (tv != v)
+            free(tv);
+        free(v);
+    }
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    mood_st_close(f);
+    return path;
+}
+
+/* A module that changes the transposed weight of its target (8 x 16 for 16 x 8: as many
+ * elements) is refused by merge, by both of its routes, and by stack, naming both shapes;
+ * summing it as the other shape would write a wrong LoRA (or, factorised, overrun a buffer). */
+static void test_transposed_module_refused(void)
+{
+    static const char *const m = "lora_te_text_model_encoder_layers_0_mlp_fc1"; /* 32 x 16 */
+    char bad[1024];
+    mood_lora_write_options o;
+    mood_weighted_adapter w[2] = {
+        {.path = fixture("kohya/sd1_lora.safetensors"), .unet = 1, .te = 1},
+        {.path = bad, .unet = 1, .te = 1}};
+    snprintf(bad, sizeof bad, "%s", write_transposed(fixture("kohya/sd1_lora.safetensors"), m));
+    mood_lora_write_options_init(&o);
+    o.output = scratch_path("transposed_out.safetensors");
+    for (int rank = 2; rank <= 64; rank *= 32) { /* factorised (low rank) and dense */
+        MOOD_CHECK(mood_lora_merge(w, 2, rank, 0, &o) == MOOD_EFORMAT);
+        MOOD_CHECK_MSG(strstr(mood_error_last(), "16 x 32") && strstr(mood_error_last(), "32 x 16"),
+                       "%s", mood_error_last());
+    }
+    MOOD_CHECK(mood_lora_stack(w, 2, &o) == MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "16 x 32"), "%s", mood_error_last());
+    MOOD_CHECK(!mood_path_exists(o.output));
+}
+
 /* The ΔW of module m of the merge of w at rank (out × cols); NULL when it failed. */
 static double *merged_delta(const mood_weighted_adapter *w, int rank, const char *m, int64_t *n)
 {
@@ -385,5 +452,6 @@ static void test_cleanup(void)
     cases_json = NULL;
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_merge_cases), MOOD_T(test_resize_cases), MOOD_T(test_extract_cases),
-               MOOD_T(test_errors), MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
+MOOD_TEST_MAIN(MOOD_T(test_transposed_module_refused), MOOD_T(test_merge_cases),
+               MOOD_T(test_resize_cases), MOOD_T(test_extract_cases), MOOD_T(test_errors),
+               MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
