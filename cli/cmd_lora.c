@@ -14,11 +14,12 @@
 
 const char cmd_lora_merge_help[] =
     "usage: mood lora merge FILE[:W[:W_TE]] ... --rank R [--conv-rank R] -o OUT\n"
-    "                       [--dtype f32|f16|bf16] [--json]\n\n"
+    "                       [--clamp-quantile Q] [--dtype f32|f16|bf16] [--json]\n\n"
     "Merges several LoRAs into one of a chosen rank. For every layer the exact sum of the\n"
     "inputs' weight changes (each times its weight W, or W for the UNet and W_TE for the text\n"
     "encoder) is computed and re-factorised with an SVD to the requested rank, as kohya's\n"
-    "svd_merge_lora.py does (values clamped at the 0.99 quantile, alpha = rank). Any LoRA\n"
+    "svd_merge_lora.py does (alpha = rank; the factors' values clamped at their 0.99 quantile,\n"
+    "which trims outliers and can cost part of a layer's change even at full rank). Any LoRA\n"
     "flavour whose change does not depend on the base model works as input (LoRA, LoCon, LoHa,\n"
     "LoKr, full diff); DoRA, OFT, IA3 and GLoRA need a base: use 'mood bake' for those.\n"
     "For an exact merge without loss, see 'mood lora stack'.\n\n"
@@ -26,10 +27,12 @@ const char cmd_lora_merge_help[] =
     "                   (default W)\n"
     "  --rank R         rank of Linear and 1x1 conv layers in the output\n"
     "  --conv-rank R    rank of 3x3 conv layers (default: --rank)\n"
+    "  --clamp-quantile Q  clamp the factors at their quantile Q, 0 < Q <= 1 (default 0.99,\n"
+    "                   kohya's; 1: no clamp)\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
     "  --json           print the summary as JSON: output, modules, ranks [distinct ranks],\n"
-    "                   rank_min, rank_max, rank_counts [{rank, modules}], fro_retained_mean\n\n"
+    "                   rank_min, rank_max, rank_counts [{rank, modules}]\n\n"
     "example: mood lora merge ink.safetensors:0.7 grain.safetensors:0.3 --rank 16 -o "
     "mix.safetensors\n"
     "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
@@ -64,17 +67,20 @@ const char cmd_lora_resize_help[] =
 
 const char cmd_lora_extract_help[] =
     "usage: mood lora extract --base A --tuned B --rank R [--conv-rank R] [--min-diff X] -o OUT\n"
-    "                         [--dtype f32|f16|bf16] [--json]\n\n"
+    "                         [--clamp-quantile Q] [--dtype f32|f16|bf16] [--json]\n\n"
     "Extracts a LoRA from the difference between a fine-tuned checkpoint B and its base A (both\n"
     "single-file .safetensors checkpoints of the same family), as kohya's\n"
     "extract_lora_from_models.py does: the attention and feed-forward layers of the UNet and\n"
     "the text encoder(s) get rank R; with --conv-rank the UNet's resnet, down- and upsampling\n"
     "convolutions are extracted too (3x3 ones at that rank). The text encoder is left out when\n"
-    "no weight of it differs by more than --min-diff (default 0.01).\n\n"
+    "no weight of it differs by more than --min-diff (default 0.01). As kohya's, each layer's\n"
+    "factors are clamped at their 0.99 quantile (alpha = rank): outliers are trimmed, which\n"
+    "can cost part of the change even at a rank that holds it all.\n\n"
+    "  --clamp-quantile Q  clamp at the quantile Q, 0 < Q <= 1 (default 0.99; 1: no clamp)\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
     "  --json           print the summary as JSON: output, modules, ranks [distinct ranks],\n"
-    "                   rank_min, rank_max, rank_counts [{rank, modules}], fro_retained_mean\n\n"
+    "                   rank_min, rank_max, rank_counts [{rank, modules}]\n\n"
     "example: mood lora extract --base sd15.safetensors --tuned myfinetune.safetensors --rank 32 "
     "-o style.safetensors\n"
     "Like kohya's, the file gives each layer its own alpha. diffusers (0.42 and older) reads\n"
@@ -90,8 +96,8 @@ typedef struct lora_args {
     int n_files;
     const char *output, *base, *tuned, *dynamic;
     long rank, conv_rank;
-    int has_rank, has_conv_rank, has_min_diff, json;
-    double min_diff;
+    int has_rank, has_conv_rank, has_min_diff, has_clamp, json;
+    double min_diff, clamp_quantile;
     mood_dtype dtype;
 } lora_args;
 
@@ -100,9 +106,9 @@ typedef struct lora_args {
 static int parse_value_option(lora_args *a, int argc, char **argv, int *i)
 {
     const char *opt = argv[*i], *v = *i + 1 < argc ? argv[*i + 1] : NULL;
-    static const char *const with_value[] = {"-o",        "--output", "--rank",  "--conv-rank",
-                                             "--dtype",   "--base",   "--tuned", "--min-diff",
-                                             "--dynamic", NULL};
+    static const char *const with_value[] = {
+        "-o",      "--output",   "--rank",    "--conv-rank",      "--dtype", "--base",
+        "--tuned", "--min-diff", "--dynamic", "--clamp-quantile", NULL};
     int known = 0;
     for (int k = 0; with_value[k]; k++)
         known |= strcmp(opt, with_value[k]) == 0;
@@ -131,6 +137,12 @@ static int parse_value_option(lora_args *a, int argc, char **argv, int *i)
         if (cli_parse_double(v, &a->min_diff) != 0 || a->min_diff < 0)
             return -cli_usage_error(a->cmd, "--min-diff must be a number >= 0, not '%s'", v);
         a->has_min_diff = 1;
+    } else if (strcmp(opt, "--clamp-quantile") == 0) {
+        if (cli_parse_double(v, &a->clamp_quantile) != 0 || !(a->clamp_quantile > 0) ||
+            a->clamp_quantile > 1)
+            return -cli_usage_error(a->cmd, "--clamp-quantile must be a number in (0, 1], not '%s'",
+                                    v);
+        a->has_clamp = 1;
     }
     return 1;
 }
@@ -314,6 +326,8 @@ static void write_options(mood_lora_write_options *o, const lora_args *a)
     mood_lora_write_options_init(o);
     o->output = a->output;
     o->dtype = a->dtype;
+    if (a->has_clamp)
+        o->clamp_quantile = a->clamp_quantile;
     o->progress = cli_progress;
 }
 
@@ -377,8 +391,9 @@ int cmd_lora_resize(int argc, char **argv)
     int rc = parse_args(&a, argc, argv, "lora resize"), err;
     if (!rc && a.n_files != 1)
         rc = cli_usage_error(a.cmd, "give exactly one input LoRA (got %d)", a.n_files);
-    if (!rc && (a.base || a.tuned || a.has_min_diff))
-        rc = cli_usage_error(a.cmd, "--base, --tuned and --min-diff are not resize options");
+    if (!rc && (a.base || a.tuned || a.has_min_diff || a.has_clamp))
+        rc = cli_usage_error(a.cmd, "--base, --tuned, --min-diff and --clamp-quantile are not "
+                                    "resize options (resize clamps nothing, as kohya's)");
     if (!rc && !a.dynamic && !a.has_rank)
         rc = cli_usage_error(a.cmd, "give --rank R or --dynamic METHOD=X");
     if (!rc && a.dynamic)

@@ -427,6 +427,7 @@ void mood_lora_write_options_init(mood_lora_write_options *o)
         return;
     memset(o, 0, sizeof *o);
     o->dtype = MOOD_DTYPE_F32;
+    o->clamp_quantile = 0.99;
 }
 
 int mood__output_check(const char *output, const mood_weighted_adapter *adapters, size_t n,

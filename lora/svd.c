@@ -4,7 +4,7 @@
  *
  *   merge    networks/svd_merge_lora.py: ΔW = Σ mᵢ·sᵢ·ΔWᵢ per target (exact, float32), SVD,
  *            rank r' = min(rank (conv_rank for kxk), in, out), up = U·diag(S), down = Vh, both
- *            clamped to the 0.99 quantile of their values, alpha = r'.
+ *            clamped to the 0.99 quantile of their values (o->clamp_quantile), alpha = r'.
  *   resize   networks/resize_lora.py: the *unscaled* product up·down, SVD, fixed or dynamic rank
  *            (sv_ratio / sv_fro / sv_cumulative with kohya's index rules), alpha = s_old·r'
  *            (so α/r is kept), no clamp.
@@ -25,8 +25,7 @@
 #include "lora/lapack.h"
 #include "lora/lora_internal.h"
 
-#define CLAMP_QUANTILE 0.99f
-#define MIN_SV         1e-6
+#define MIN_SV 1e-6
 
 /* ----- SVD and factors --------------------------------------------------------------------- */
 
@@ -273,8 +272,9 @@ static void clamp_all(float *x, size_t n, float hi)
         x[i] = x[i] > hi ? hi : (x[i] < -hi ? -hi : x[i]);
 }
 
-/* Fills o->up = U[:, :r]·diag(S[:r]) and o->down = Vh[:r] (float32), clamped when asked. */
-static int svd_take(mood_lora_out_module *o, const svd_result *r, int rank, int clamp)
+/* Fills o->up = U[:, :r]·diag(S[:r]) and o->down = Vh[:r] (float32), clamped at their
+ * quantile q when 0 < q < 1 (0: no clamp). */
+static int svd_take(mood_lora_out_module *o, const svd_result *r, int rank, double q)
 {
     size_t nu = (size_t)(r->rows * rank), nd = (size_t)(rank * r->cols);
     float hi = 0;
@@ -292,7 +292,7 @@ static int svd_take(mood_lora_out_module *o, const svd_result *r, int rank, int 
             o->down[j * r->cols + c] = (float)r->vt[j * r->cols + c];
     }
     o->rank = rank;
-    if (clamp && (err = quantile_f32(&hi, o->up, nu, o->down, nd, CLAMP_QUANTILE)) == 0) {
+    if (q > 0 && q < 1 && (err = quantile_f32(&hi, o->up, nu, o->down, nd, (float)q)) == 0) {
         clamp_all(o->up, nu, hi);
         clamp_all(o->down, nd, hi);
     }
@@ -323,16 +323,16 @@ static int out_init(mood_lora_out_module *o, const char *name, int ndim, const i
     return (o->name = mood_strdup(name)) ? 0 : mood_error_nomem();
 }
 
-/* SVD + clamp of `mat`, the target's ΔW as (out, in·kh·kw). */
+/* SVD + clamp at quantile q of `mat`, the target's ΔW as (out, in·kh·kw). */
 static int factor_clamped(mood_lora_out_module *o, const char *name, const float *mat, int ndim,
-                          const int64_t geom[4], int rank)
+                          const int64_t geom[4], int rank, double q)
 {
     svd_result r;
     int err = out_init(o, name, ndim, geom, &rank, 1);
     if (!err)
         err = svd_run(&r, mat, geom[0], geom[1] * geom[2] * geom[3], rank, name);
     if (!err) {
-        err = svd_take(o, &r, rank, 1);
+        err = svd_take(o, &r, rank, q);
         svd_dispose(&r);
     }
     return err;
@@ -501,7 +501,7 @@ static int merge_lowrank(svd_result *r, const merge_item *items, size_t n, mood_
 }
 
 static int merge_group(out_list *out, const merge_item *items, size_t n, mood_adapter *const *ads,
-                       const mood_weighted_adapter *in, int rank, int conv_rank)
+                       const mood_weighted_adapter *in, int rank, int conv_rank, double q)
 {
     const mood_module *m = &ads[items[0].ai]->modules[items[0].mi];
     int64_t geom[4] = {m->out, m->in, m->kh, m->kw}, cols = m->in * m->kh * m->kw;
@@ -516,7 +516,7 @@ static int merge_group(out_list *out, const merge_item *items, size_t n, mood_ad
      * kohya's null-space vectors enter the clamp's quantile. */
     if (R > 0 && want <= R && R < m->out && R < cols) {
         if ((err = merge_lowrank(&r, items, n, ads, in, R)) == 0) {
-            err = svd_take(o, &r, want, 1);
+            err = svd_take(o, &r, want, q);
             svd_dispose(&r);
         }
         return err;
@@ -525,7 +525,7 @@ static int merge_group(out_list *out, const merge_item *items, size_t n, mood_ad
     tmp = mood_malloc((size_t)module_numel(m) * sizeof *tmp);
     err = (!acc || !tmp) ? mood_error_nomem() : merge_sum(acc, tmp, items, n, ads, in);
     if (!err && (err = svd_run(&r, acc, m->out, cols, want, items[0].name)) == 0) {
-        err = svd_take(o, &r, want, 1);
+        err = svd_take(o, &r, want, q);
         svd_dispose(&r);
     }
     mood_free(acc);
@@ -635,7 +635,7 @@ int mood_lora_merge(const mood_weighted_adapter *inputs, size_t n, int rank, int
     for (size_t i = 0, j; !err && i < count; i = j) {
         for (j = i + 1; j < count && strcmp(items[j].name, items[i].name) == 0; j++)
             ;
-        err = merge_group(&out, items + i, j - i, ads, inputs, rank, conv_rank);
+        err = merge_group(&out, items + i, j - i, ads, inputs, rank, conv_rank, o->clamp_quantile);
         if (!err)
             err = report(o, "svd", j, count);
     }
@@ -1022,7 +1022,7 @@ static int extract_write(const out_list *out, mood_family family, int rank, int 
 }
 
 static int extract_target(out_list *out, const mood_target *t, const mood_checkpoint *base,
-                          const mood_checkpoint *tuned, int r)
+                          const mood_checkpoint *tuned, int r, double q)
 {
     int64_t geom[4] = {t->shape[0], t->shape[1], t->ndim == 4 ? t->shape[2] : 1,
                        t->ndim == 4 ? t->shape[3] : 1};
@@ -1030,7 +1030,7 @@ static int extract_target(out_list *out, const mood_target *t, const mood_checkp
     float *d = NULL;
     int err = extract_diff(&d, t, base, tuned);
     if (!err && (err = out_push(out, &o)) == 0)
-        err = factor_clamped(o, t->kohya_name, d, t->ndim, geom, r);
+        err = factor_clamped(o, t->kohya_name, d, t->ndim, geom, r, q);
     mood_free(d);
     return err;
 }
@@ -1071,7 +1071,7 @@ int mood_lora_extract(const char *base, const char *tuned, int rank, int conv_ra
         const mood_target *t = mood__keymap_target(cb->keymap, i);
         int kind = extract_kind(t, cb->family, conv_rank);
         if (kind && (t->part == MOOD_PART_UNET || te))
-            err = extract_target(&out, t, cb, ct, kind == 2 ? conv_rank : rank);
+            err = extract_target(&out, t, cb, ct, kind == 2 ? conv_rank : rank, o->clamp_quantile);
         if (!err)
             err = report(o, "svd", i + 1, n);
     }

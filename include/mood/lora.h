@@ -215,6 +215,10 @@ MOOD_WARN_UNUSED int mood_bake(const mood_bake_options *opts);
 typedef struct mood_lora_write_options {
     const char *output;
     mood_dtype dtype; /* dtype of the written factors (F32 default via init) */
+    /* merge and extract: the SVD factors' values are clamped to [-q, q] for q their
+     * clamp_quantile quantile, as kohya's scripts do (0.99 via init, their default); 1 leaves
+     * them whole (kohya's 1 would still cut negative values beyond the largest one) */
+    double clamp_quantile;
     mood_progress_fn progress;
     void *payload;
 } mood_lora_write_options;

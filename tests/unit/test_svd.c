@@ -334,6 +334,52 @@ static const char *write_first_ranks(const char *src, int keep)
     return path;
 }
 
+/* The largest |ΔW_merged - ΔW_input| of module m, relative to the largest |ΔW_input|, for a
+ * merge of the one input at full rank with clamp quantile q. */
+static double full_rank_merge_error(const char *input, const char *m, double q)
+{
+    mood_lora_write_options o;
+    mood_weighted_adapter w[1] = {{.path = input, .unet = 1, .te = 1}};
+    mood_st_file *fin = NULL, *fout = NULL;
+    int r = 0;
+    double a = 0, *din = NULL, *dout = NULL, worst = -1, big = 0;
+    int64_t out = 0, cols = 0;
+    mood_lora_write_options_init(&o);
+    MOOD_CHECK(o.clamp_quantile == 0.99); /* kohya's default */
+    o.output = scratch_path("unclamped.safetensors");
+    o.clamp_quantile = q;
+    MOOD_CHECK_OK(mood_lora_merge(w, 1, 64, 0, &o));
+    MOOD_CHECK_OK(mood_st_open(&fin, input));
+    MOOD_CHECK_OK(mood_st_open(&fout, o.output));
+    if (fin && fout && (din = module_delta(fin, m, &r, &a, &out, &cols)) &&
+        (dout = module_delta(fout, m, &r, &a, &out, &cols))) {
+        worst = 0;
+        for (int64_t i = 0; i < out * cols; i++) {
+            worst = fmax(worst, fabs(dout[i] - din[i]));
+            big = fmax(big, fabs(din[i]));
+        }
+        worst /= big;
+    }
+    free(din);
+    free(dout);
+    mood_st_close(fin);
+    mood_st_close(fout);
+    return worst;
+}
+
+/* At full rank a merge without the clamp (quantile 1) gives the input's ΔW back; kohya's clamp
+ * at 0.99 trims its outliers. */
+static void test_merge_clamp_quantile(void)
+{
+    static const char *const m = "lora_te_text_model_encoder_layers_0_mlp_fc1"; /* 32 x 16 */
+    char input[1024];
+    snprintf(input, sizeof input, "%s", fixture("kohya/sd1_lora.safetensors"));
+    double whole = full_rank_merge_error(input, m, 1.0);
+    double clamped = full_rank_merge_error(input, m, 0.99);
+    MOOD_CHECK_MSG(whole >= 0 && whole < 1e-5, "unclamped: %g", whole);
+    MOOD_CHECK_MSG(clamped > 1e-3, "clamped: %g", clamped);
+}
+
 /* A copy of the LoRA at src whose 2-D module `m` changes the transposed weight: up = downᵀ,
  * down = upᵀ, so ΔW becomes ΔWᵀ (as many elements as the target has, the wrong shape). */
 static const char *write_transposed(const char *src, const char *m)
@@ -452,6 +498,6 @@ static void test_cleanup(void)
     cases_json = NULL;
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_transposed_module_refused), MOOD_T(test_merge_cases),
-               MOOD_T(test_resize_cases), MOOD_T(test_extract_cases), MOOD_T(test_errors),
-               MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
+MOOD_TEST_MAIN(MOOD_T(test_merge_clamp_quantile), MOOD_T(test_transposed_module_refused),
+               MOOD_T(test_merge_cases), MOOD_T(test_resize_cases), MOOD_T(test_extract_cases),
+               MOOD_T(test_errors), MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
