@@ -94,7 +94,7 @@ expect_rc 1 "rank 0" "$MOOD" lora merge "$lora" --rank 0 -o "$tmp/x.safetensors"
 expect_rc 1 "clamp quantile 0" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 0 -o "$tmp/x.safetensors"
 check "says what it takes" grep -q -- "--clamp-quantile must be a number in (0, 1], not '0'" "$tmp/err"
 expect_rc 1 "resize clamps nothing" "$MOOD" lora resize "$lora" --rank 2 --clamp-quantile 0.9 -o "$tmp/x.safetensors"
-expect_rc 0 "merge without the clamp" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 1 -o "$tmp/x.safetensors"
+expect_rc 0 "merge without the clamp" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 1 -o "$tmp/unclamped.safetensors"
 expect_rc 1 "no rank" "$MOOD" lora merge "$lora" -o "$tmp/x.safetensors"
 expect_rc 1 "no output" "$MOOD" lora resize "$lora" --rank 2
 expect_rc 1 "bad method" "$MOOD" lora resize "$lora" --dynamic sv_foo=0.5 -o "$tmp/x.safetensors"
