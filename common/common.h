@@ -39,7 +39,8 @@ uint64_t mood_memory_available(void);
 /* Records a message for mood_error_last() and returns `code`, so callers can write
  * `return mood_error_set(MOOD_EFORMAT, "%s: ...", path);`. */
 int mood_error_set(int code, const char *fmt, ...) MOOD_PRINTF(2, 3);
-/* Prepends "prefix: " to the current message (adds context on the way up). */
+/* Prepends "prefix: " to the current message (adds context on the way up), unless the message
+ * already starts with it: a file named by the error's source is not named twice. */
 void mood_error_prefix(const char *fmt, ...) MOOD_PRINTF(1, 2);
 void mood_error_clear(void);
 /* Shorthand for an allocation failure. */

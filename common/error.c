@@ -40,6 +40,8 @@ void mood_error_prefix(const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     size_t plen = strlen(prefix);
+    if (strncmp(last_error, prefix, plen) == 0 && last_error[plen] == ':')
+        return;
     memcpy(old, last_error, sizeof old);
     /* Built by hand: truncation of an over-long message is intended. */
     if (plen > sizeof last_error - 3)

@@ -4,6 +4,7 @@
  * dispose takes NULL), indexes out of range, buffers too small, an empty registry folder, values
  * outside an enum, names in another case, and a number printed alike by list, search and show.
  */
+#include "common/common.h"
 #include "harness.h"
 #include "mood/mood.h"
 
@@ -235,6 +236,16 @@ static void test_messages(void)
     /* `what` NULL was printed through %s */
     MOOD_CHECK(mood_registry_text_check("caf\xe9", NULL) == MOOD_EINVAL);
     MOOD_CHECK_MSG(strncmp(mood_error_last(), "text 'caf\\xE9'", 14) == 0, "%s", mood_error_last());
+    /* context added on the way up names a file once, however many callers add it */
+    mood_error_set(MOOD_EFORMAT, "a.safetensors: key \"x\" matches no module");
+    mood_error_prefix("%s", "a.safetensors");
+    MOOD_CHECK_MSG(strcmp(mood_error_last(), "a.safetensors: key \"x\" matches no module") == 0,
+                   "%s", mood_error_last());
+    mood_error_prefix("%s", "a.safe");
+    mood_error_prefix("%s", "lora merge");
+    MOOD_CHECK_MSG(strcmp(mood_error_last(),
+                          "lora merge: a.safe: a.safetensors: key \"x\" matches no module") == 0,
+                   "%s", mood_error_last());
 }
 
 static void test_family_names_any_case(void)
