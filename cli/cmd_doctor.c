@@ -16,8 +16,10 @@
 const char cmd_doctor_help[] =
     "usage: mood doctor [--deep] [--fix] [--json]\n\n"
     "Checks your style registry: the database's own integrity check, LoRA files and previews\n"
-    "whose stored file is missing, damaged (a LoRA's size differs) or unreadable (permissions:\n"
-    "reported, never repaired), and stored files nothing refers to (orphans). Leftovers of\n"
+    "whose stored file is missing, damaged (a LoRA's size differs and its content no longer\n"
+    "matches its SHA-256) or unreadable (permissions: reported, never repaired), LoRA files\n"
+    "intact under a wrong record of their size (--fix corrects the record), and stored files\n"
+    "nothing refers to (orphans). Leftovers of\n"
     "an interrupted import are removed automatically the next time the registry is opened;\n"
     "doctor finds anything else. For a LoRA whose file is missing or damaged it names every\n"
     "style that uses it and says what --fix would do to each.\n\n"
@@ -35,7 +37,8 @@ const char cmd_doctor_help[] =
     "  --json    print the report as JSON: {registry, integrity [], missing [{sha256, kind,\n"
     "            path, file_name, imported_from, styles [names]}], orphans [paths], corrupt\n"
     "            and unreadable [same as missing; unreadable with error], rescued [{path,\n"
-    "            to}], styles [{name, action (\"remove\" or \"drop\"), n_adapters,\n"
+    "            to}], wrong_size [{sha256, path, stored_size, size, fixed}], styles\n"
+    "            [{name, action (\"remove\" or \"drop\"), n_adapters,\n"
     "            kept, lost [{sha256, file_name, problem}], fixed}], problems, fixed}\n"
     "            (file_name, imported_from and styles for LoRAs only), models [{name,\n"
     "            target, fixed}] (broken links in $MOOD_HOME/models)\n\n"
@@ -108,6 +111,18 @@ static void print_rescued(const cJSON *arr)
     cJSON_ArrayForEach(v, arr)
         printf("  an orphan holding a LoRA, kept: moved to %s ('mood import' it to use it)\n",
                str_of(v, "to"));
+}
+
+static void print_wrong_sizes(const cJSON *arr)
+{
+    const cJSON *v;
+    cJSON_ArrayForEach(v, arr)
+        printf("  wrong record: %s is intact (its SHA-256 matches) but the registry records %.0f "
+               "bytes for it, not its %.0f%s\n",
+               str_of(v, "path"), cJSON_GetNumberValue(cJSON_GetObjectItem(v, "stored_size")),
+               cJSON_GetNumberValue(cJSON_GetObjectItem(v, "size")),
+               cJSON_IsTrue(cJSON_GetObjectItem(v, "fixed")) ? " (record corrected)"
+                                                             : "; --fix corrects the record");
 }
 
 static void print_list(const cJSON *arr, const char *what)
@@ -235,6 +250,7 @@ int cmd_doctor(int argc, char **argv)
     print_list(cJSON_GetObjectItem(rep, "missing"), "missing");
     print_list(cJSON_GetObjectItem(rep, "corrupt"), "damaged");
     print_list(cJSON_GetObjectItem(rep, "unreadable"), "unreadable");
+    print_wrong_sizes(cJSON_GetObjectItem(rep, "wrong_size"));
     print_list(cJSON_GetObjectItem(rep, "orphans"), "orphan");
     print_rescued(cJSON_GetObjectItem(rep, "rescued"));
     print_styles(cJSON_GetObjectItem(rep, "styles"));

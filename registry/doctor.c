@@ -9,7 +9,9 @@
  * from, and the styles that use it; the report's "styles" says, per style, what --fix does.
  * A stored file that is there but cannot be read (permissions, an I/O error) is "unreadable":
  * reported with the reason, never counted as missing or damaged, and never touched by --fix. An
- * adapter's file whose size differs from the stored one is damaged without --deep.
+ * adapter's file whose size differs from the stored one is re-hashed: damaged when its content is
+ * not its SHA-256, else intact under a wrong record ("wrong_size"), which --fix corrects (the
+ * file may be the only copy of a LoRA: a damaged database row must not cost it).
  * With --fix: orphans are deleted, but those holding a LoRA are moved to HOME/blobs/lost+found/
  * (they may be the only copy); a lost adapter's row goes (and a corrupt blob with it). A style
  * that keeps other adapters only loses the lost ones: a combined style (style create/edit) keeps
@@ -42,6 +44,7 @@ typedef struct doctor {
     cJSON *report, *missing, *orphans, *corrupt;
     cJSON *unreadable; /* [{sha256, kind, path, error}]: there but not readable: never fixed */
     cJSON *rescued;    /* [{path, to}]: orphan LoRA files --fix moved to lost+found/ */
+    cJSON *wrong_size; /* [{sha256, path, stored_size, size, fixed}]: intact file, wrong row */
     cJSON *styles;  /* [{name, action, loras, kept, lost [{sha256, file_name, problem}], fixed}] */
     mood_buf freed; /* SHA-256s (64 characters each) of the previews and files of removed styles */
     int problems, fixed;
@@ -92,11 +95,13 @@ static int hash_blob(char hex[65], const char *path)
 }
 
 /* What is wrong with a referenced blob at path: NULL (nothing), "missing", "unreadable" (with
- * *why), or "corrupt": its size is not the stored one (`size`, -1 unknown), or with --deep its
- * content does not hash to its name. A file that is there but cannot be read (permissions, an
- * I/O error) is not damaged: it is reported, and --fix leaves it alone. */
+ * *why), "corrupt": its content does not hash to its name (checked when its size is not the
+ * stored one, `size`, -1 unknown, and for every file with --deep), or "wrong_size": its size is
+ * not the stored one but its content is intact (*actual gets its size). A file that is there but
+ * cannot be read (permissions, an I/O error) is not damaged: it is reported, and --fix leaves it
+ * alone. */
 static const char *blob_problem(doctor *d, const char *path, const char *sha, long long size,
-                                const char **why)
+                                const char **why, long long *actual)
 {
     struct stat sb;
     char hex[65];
@@ -111,15 +116,17 @@ static const char *blob_problem(doctor *d, const char *path, const char *sha, lo
         *why = strerror(errno);
         return "unreadable";
     }
-    if (size >= 0 && (long long)sb.st_size != size)
-        return "corrupt";
-    if (!d->o->deep)
+    *actual = (long long)sb.st_size;
+    int wrong_size = size >= 0 && (long long)sb.st_size != size;
+    if (!wrong_size && !d->o->deep)
         return NULL;
     if (hash_blob(hex, path) != 0) {
         *why = strerror(errno);
         return "unreadable";
     }
-    return strcmp(hex, sha) != 0 ? "corrupt" : NULL;
+    if (strcmp(hex, sha) != 0)
+        return "corrupt";
+    return wrong_size ? "wrong_size" : NULL;
 }
 
 /* A lost adapter's file name and where it was first imported from: what to import again. */
@@ -165,11 +172,25 @@ static int check_referenced(doctor *d)
         const char *kind = (const char *)sqlite3_column_text(st, 1), *problem, *why;
         long long size =
             sqlite3_column_type(st, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 2);
+        long long actual = -1;
         char *path = NULL;
         cJSON *item = NULL;
         if (!sha || !mood__blob_valid_hex(sha) || (err = mood__blob_path(&path, d->r, sha)) != 0)
             continue;
-        if ((problem = blob_problem(d, path, sha, size, &why)) != NULL) {
+        problem = blob_problem(d, path, sha, size, &why, &actual);
+        if (problem && strcmp(problem, "wrong_size") == 0) {
+            item = cJSON_CreateObject();
+            cJSON_AddStringToObject(item, "sha256", sha);
+            cJSON_AddStringToObject(item, "path", path);
+            cJSON_AddNumberToObject(item, "stored_size", (double)size);
+            cJSON_AddNumberToObject(item, "size", (double)actual);
+            cJSON_AddBoolToObject(item, "fixed", 0);
+            cJSON_AddItemToArray(d->wrong_size, item);
+            d->problems++;
+            mood_free(path);
+            continue;
+        }
+        if (problem) {
             item = cJSON_CreateObject();
             cJSON_AddItemToArray(strcmp(problem, "missing") == 0   ? d->missing
                                  : strcmp(problem, "corrupt") == 0 ? d->corrupt
@@ -530,6 +551,27 @@ static int fix_items(doctor *d)
     return err;
 }
 
+/* An intact LoRA file under a row with a wrong size: the row takes the file's size. */
+static int fix_sizes(doctor *d)
+{
+    cJSON *item;
+    int err = 0;
+    cJSON_ArrayForEach(item, d->wrong_size)
+    {
+        sqlite3_stmt *st = NULL;
+        if ((err = mood__reg_prepare(d->r, &st, "UPDATE adapters SET size = ?2 WHERE sha256 = ?1")))
+            break;
+        mood__reg_bind_text(st, 1, cJSON_GetStringValue(cJSON_GetObjectItem(item, "sha256")));
+        sqlite3_bind_int64(st, 2,
+                           (sqlite3_int64)cJSON_GetNumberValue(cJSON_GetObjectItem(item, "size")));
+        if ((err = mood__reg_step_done(d->r, st, "correcting a LoRA's size")) != 0)
+            break;
+        cJSON_ReplaceItemInObject(item, "fixed", cJSON_CreateBool(1));
+        d->fixed++;
+    }
+    return err;
+}
+
 /* Blobs only the removed styles used (previews, mood board thumbnails): deleted now, else the
  * next run would report them as orphans. */
 static int delete_freed(doctor *d)
@@ -563,6 +605,8 @@ static int fix_rows(doctor *d)
     }
     if (!err)
         err = fix_items(d);
+    if (!err)
+        err = fix_sizes(d);
     if (!err)
         err = mood__reg_commit(d->r);
     if (err)
@@ -625,7 +669,8 @@ static int run(doctor *d)
     if ((err = check_integrity(d)) != 0 || (err = check_referenced(d)) != 0 ||
         (err = check_orphans(d)) != 0)
         return err;
-    if (d->o->fix && (cJSON_GetArraySize(d->missing) || cJSON_GetArraySize(d->corrupt)))
+    if (d->o->fix && (cJSON_GetArraySize(d->missing) || cJSON_GetArraySize(d->corrupt) ||
+                      cJSON_GetArraySize(d->wrong_size)))
         err = fix_rows(d);
     else
         err = plan_styles(d);
@@ -636,7 +681,7 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                          const mood_doctor_options *o)
 {
     static const mood_doctor_options check_only; /* o NULL: no deep hashing, no fixing */
-    doctor d = {r,    o ? o : &check_only, NULL, NULL, NULL, NULL, NULL, NULL,
+    doctor d = {r,    o ? o : &check_only, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                 NULL, {NULL, 0, 0},        0,    0};
     char *text = NULL;
     int err;
@@ -652,6 +697,7 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
     d.corrupt = cJSON_AddArrayToObject(d.report, "corrupt");
     d.unreadable = cJSON_AddArrayToObject(d.report, "unreadable");
     d.rescued = cJSON_AddArrayToObject(d.report, "rescued");
+    d.wrong_size = cJSON_AddArrayToObject(d.report, "wrong_size");
     /* before anything is deleted: a read-only registry refuses --fix (an absent one is not
      * created for it: check_database) */
     if ((d.o->fix && !r->absent && (err = mood__reg_writable(r)) != 0) ||

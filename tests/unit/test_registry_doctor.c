@@ -2,8 +2,9 @@
  * test_registry_doctor.c: `mood doctor` through the library (registry/doctor.c): orphans, missing
  * and damaged blobs and what --fix does with them; a style built by hand that combines a lost
  * LoRA with others keeps the others; a stored file that cannot be read is reported, never
- * repaired; a LoRA file of the wrong size is damaged without --deep; an orphan that holds a LoRA
- * is moved to blobs/lost+found, not deleted.
+ * repaired; a LoRA file of the wrong size is damaged without --deep, but an intact one under a
+ * row that records the wrong size keeps its file (the row is corrected); an orphan that holds a
+ * LoRA is moved to blobs/lost+found, not deleted.
  *
  * Every test works in its own registry under the scratch directory, on copies of the example
  * LoRAs; blobs are damaged, deleted or orphaned by hand, rows with SQLite directly.
@@ -98,6 +99,38 @@ static void test_doctor_keeps_what_it_cannot_judge(void)
     MOOD_CHECK_OK(mood_registry_import_file(r, &b, rescued, NULL, NULL));
     /* named as its trainer named it, not by the SHA-256 its rescued file is called */
     MOOD_CHECK_MSG(!b.already && strcmp(b.name, "film-grain") == 0, "style %s", b.name);
+    mood_registry_close(r);
+}
+
+/* A damaged row, not a damaged file: the size recorded for ink is wrong, its file intact. doctor
+ * reports the record, --fix corrects it and keeps the file and the style (it removed both, and
+ * the file may be a LoRA's only copy). */
+static void test_doctor_corrects_a_wrong_size(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    mood_registry *r;
+    mood_import_result a, b;
+    char *report = NULL, db_path[1200];
+    sqlite3 *db = NULL;
+    r = ink_and_grain(src, &a, &b);
+    snprintf(db_path, sizeof db_path, "%s/registry.db", mood_registry_home(r));
+    MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    MOOD_CHECK(sqlite3_exec(db, "UPDATE adapters SET size = size + 7", NULL, NULL, NULL) ==
+               SQLITE_OK);
+    sqlite3_close(db);
+    MOOD_CHECK(doctor(r, 0, 0, &report) == 2); /* both rows */
+    MOOD_CHECK_MSG(report && strstr(report, "\"wrong_size\":[{\"sha256\":\"") &&
+                       strstr(report, "\"corrupt\":[]") && strstr(report, "\"missing\":[]"),
+                   "%s", report ? report : "(null)");
+    mood_registry_free_string(report);
+    MOOD_CHECK(doctor(r, 0, 1, NULL) == 2);
+    MOOD_CHECK(blob_exists(r, a.sha256) && blob_exists(r, b.sha256));
+    MOOD_CHECK(doctor(r, 1, 0, NULL) == 0); /* re-hashed too */
+    for (int i = 0; i < 2; i++) {
+        cJSON *o = show(r, i ? "grain" : "ink"); /* each style still there, with its LoRA */
+        MOOD_CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "adapters")) == 1);
+        cJSON_Delete(o);
+    }
     mood_registry_close(r);
 }
 
@@ -298,5 +331,6 @@ static void test_doctor_keeps_combined_styles(void)
     mood_registry_close(r);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_doctor), MOOD_T(test_doctor_keeps_what_it_cannot_judge),
+MOOD_TEST_MAIN(MOOD_T(test_doctor_corrects_a_wrong_size), MOOD_T(test_doctor),
+               MOOD_T(test_doctor_keeps_what_it_cannot_judge),
                MOOD_T(test_doctor_keeps_combined_styles))
