@@ -10,8 +10,10 @@
  * orphan blob that `mood doctor` reports, never a row without its file.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "common/args.h"
 #include "engine/unicode_tables.h"
@@ -452,30 +454,72 @@ static int collect_shas(mood_registry *r, long long id, mood_buf *shas)
     return err;
 }
 
-static int delete_rows(mood_registry *r, long long id)
+/* Runs sql with ?1 = sha, ?2 = key, ?3 = this process's id, as far as sql uses them. */
+static int exec_sha(mood_registry *r, const char *sql, const char *sha, const char *key)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st, sql), n;
+    if (err)
+        return err;
+    n = sqlite3_bind_parameter_count(st);
+    if (n >= 1)
+        mood__reg_bind_text(st, 1, sha);
+    if (n >= 2)
+        mood__reg_bind_text(st, 2, key);
+    if (n >= 3)
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)getpid());
+    return mood__reg_step_done(r, st, "removing the style");
+}
+
+/* The style's rows, and the rows of its LoRAs that no other style uses (a LoRA that `style edit`
+ * took out of some style keeps its row and file: only what this style held goes). Every blob
+ * the style held gets a journal row (imports_in_progress, "KEY-N") in the same transaction: if
+ * the process dies before its files are deleted, the next open's clean-up (blob.c) deletes those
+ * nothing uses, where they would otherwise stay behind as orphans. */
+static int delete_rows(mood_registry *r, long long id, const mood_buf *shas, const char *key)
 {
     int err = exec_id(r, "DELETE FROM styles WHERE id = ?1", id, "removing the style");
-    /* cascades removed style_adapters, tags, previews and files; now the adapters nobody uses */
-    if (!err)
-        err = mood__reg_exec(r, "DELETE FROM adapters WHERE sha256 NOT IN"
-                                " (SELECT adapter_sha256 FROM style_adapters)");
+    /* cascades removed style_adapters, tags, previews and files */
+    for (size_t at = 0; !err && at + 64 <= shas->len; at += 64) {
+        char sha[65], name[128];
+        memcpy(sha, shas->data + at, 64);
+        sha[64] = '\0';
+        snprintf(name, sizeof name, "%s-%zu", key, at / 64);
+        err = exec_sha(r,
+                       "DELETE FROM adapters WHERE sha256 = ?1 AND"
+                       " NOT EXISTS (SELECT 1 FROM style_adapters WHERE adapter_sha256 = ?1)",
+                       sha, name);
+        if (!err)
+            err = exec_sha(r,
+                           "INSERT OR REPLACE INTO imports_in_progress(tmp_name, sha256, pid,"
+                           " started_at) VALUES (?2, ?1, ?3, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
+                           sha, name);
+    }
     return err;
 }
 
 int mood_registry_rm(mood_registry *r, const char *name)
 {
+    static atomic_uint counter;
     mood_buf shas;
+    char key[64], like[80];
     long long id;
     int err, deleted;
     MOOD_ARG_NONNULL(r);
     MOOD_ARG_NONNULL(name);
     mood_buf_init(&shas);
+    snprintf(key, sizeof key, "rm-%ld-%u", (long)getpid(), atomic_fetch_add(&counter, 1));
+    snprintf(like, sizeof like, "%s-%%", key);
     if ((err = style_must_exist(r, name, "remove")) != 0 || (err = mood__reg_begin(r)) != 0)
         return err;
     if ((err = mood__reg_style_id(r, &id, name)) != 0 || (err = collect_shas(r, id, &shas)) != 0 ||
-        (err = delete_rows(r, id)) != 0 || (err = mood__reg_commit(r)) != 0)
+        (err = delete_rows(r, id, &shas, key)) != 0 || (err = mood__reg_commit(r)) != 0)
         goto done;
-    if ((err = mood__reg_begin(r)) != 0)
+    /* the journal rows go in the transaction that deletes the files (a blob is in use while a
+     * journal row names it) */
+    if ((err = mood__reg_begin(r)) != 0 ||
+        (err = exec_sha(r, "DELETE FROM imports_in_progress WHERE tmp_name LIKE ?2", NULL, like)) !=
+            0)
         goto done;
     for (size_t at = 0; !err && at + 64 <= shas.len; at += 64) {
         char sha[65];

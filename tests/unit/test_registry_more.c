@@ -169,6 +169,51 @@ static void test_import_after_lora_replaced(void)
     mood_registry_close(r);
 }
 
+/* rm of one style leaves the LoRA another style's edit took out (its row and file are kept on
+ * purpose) whole: rm deleted every unused adapter row, and the kept file became an orphan. rm
+ * leaves no journal rows behind either (it holds the blobs it frees in the journal until their
+ * files are gone, so that a crash between the two steps leaves no orphans). */
+static void test_rm_keeps_a_replaced_lora(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result k, i, g;
+    mood_style_lora l;
+    mood_style_spec spec = {0};
+    int problems = -1;
+    char *report = NULL;
+    long long journal = -1;
+    mood_doctor_options d = {1, 0, NULL, NULL};
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    import_as(r, &k, src, "lokr.safetensors", "lycoris/lokr.safetensors");
+    import_as(r, &i, src, "ia3.safetensors", "lycoris/ia3.safetensors");
+    import_as(r, &g, src, "good.safetensors", "kohya/sd1_lora.safetensors");
+    l = (mood_style_lora){i.sha256, 1, 1};
+    spec.loras = &l;
+    spec.n_loras = 1;
+    MOOD_CHECK_OK(mood_registry_style_edit(r, "lokr", &spec)); /* lokr's LoRA kept, unused */
+    MOOD_CHECK_OK(mood_registry_rm(r, "good"));
+    MOOD_CHECK(blob_exists(r, k.sha256) && !blob_exists(r, g.sha256));
+    MOOD_CHECK_OK(mood_registry_doctor(&report, &problems, r, &d));
+    MOOD_CHECK_MSG(problems == 0, "%s", report ? report : "");
+    mood_registry_free_string(report);
+    {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *st = NULL;
+        char db_path[1200];
+        snprintf(db_path, sizeof db_path, "%s/registry.db", mood_registry_home(r));
+        MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+        MOOD_CHECK(sqlite3_prepare_v2(db, "SELECT count(*) FROM imports_in_progress", -1, &st,
+                                      NULL) == SQLITE_OK);
+        if (st && sqlite3_step(st) == SQLITE_ROW)
+            journal = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+    }
+    MOOD_CHECK_MSG(journal == 0, "%lld journal rows", journal);
+    mood_registry_close(r);
+}
+
 /* ----- changes to a style where there is no registry --------------------------------------- */
 
 /* rm, rename, tag and edit on a folder without a registry (a mistyped MOOD_HOME) fail naming it
@@ -196,5 +241,6 @@ static void test_changes_without_registry(void)
     MOOD_CHECK_MSG(stat(home, &st) != 0, "%s was created", home);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_families_not_mixed), MOOD_T(test_import_restores_removed_style),
-               MOOD_T(test_import_after_lora_replaced), MOOD_T(test_changes_without_registry))
+MOOD_TEST_MAIN(MOOD_T(test_rm_keeps_a_replaced_lora), MOOD_T(test_families_not_mixed),
+               MOOD_T(test_import_restores_removed_style), MOOD_T(test_import_after_lora_replaced),
+               MOOD_T(test_changes_without_registry))
