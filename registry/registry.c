@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/args.h"
@@ -273,15 +274,30 @@ static const char *const migrations[] = {
 
 /* ----- SQLite helpers --------------------------------------------------------------------- */
 
+/* Whether the file system holding `dir` has (almost) no room left: SQLite reports a full disk
+ * as SQLITE_FULL, but as a plain I/O error where its -wal or -shm file cannot grow. */
+static int disk_full(const char *dir)
+{
+    struct statvfs fs;
+    return statvfs(dir, &fs) == 0 && (unsigned long long)fs.f_bavail * fs.f_frsize < (1u << 20);
+}
+
 int mood__reg_sqlerr(mood_registry *r, int rc, const char *what)
 {
     int primary = rc & 0xff;
     const char *msg = r->db ? sqlite3_errmsg(r->db) : sqlite3_errstr(rc);
+    /* the file is damaged, not the user's input: an environment error (exit 2), as doctor's */
     if (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT)
-        return mood_error_set(MOOD_EFORMAT,
+        return mood_error_set(MOOD_EIO,
                               "%s: the registry database is damaged (%s: %s); the stored files in "
-                              "%s are untouched: move the damaged file away to start a new one",
+                              "%s are untouched: restore registry.db from a backup, or move it "
+                              "away to start a new one",
                               r->db_path, what, msg, r->blob_dir);
+    if (primary == SQLITE_FULL || (primary == SQLITE_IOERR && disk_full(r->home)))
+        return mood_error_set(MOOD_EIO,
+                              "%s: no space left on the device that holds the registry (%s: %s): "
+                              "free some space there and run the command again",
+                              r->db_path, what, msg);
     if (primary == SQLITE_NOMEM)
         return mood_error_nomem();
     if (primary == SQLITE_READONLY)
