@@ -156,7 +156,7 @@ static void summarize_modules(adapter_facts *f, const mood_adapter *a)
     snprintf(f->family_source, sizeof f->family_source, "%s", mood_adapter_family_source(a));
 }
 
-static char *metadata_json(const mood_st_file *st)
+char *mood__reg_metadata_json(const mood_st_file *st)
 {
     cJSON *o = cJSON_CreateObject();
     char *text, *out;
@@ -275,7 +275,7 @@ static int read_adapter(import_job *j)
     if (strstr(j->facts.family_source, "metadata says")) /* mislabeled: the keys won */
         mood_log(MOOD_LOG_WARN, "%s: registered as %s, from its %s", j->path, j->facts.family,
                  j->facts.family_source);
-    if (!(j->facts.metadata_json = metadata_json(st))) {
+    if (!(j->facts.metadata_json = mood__reg_metadata_json(st))) {
         err = mood_error_nomem();
         goto done;
     }

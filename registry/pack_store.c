@@ -109,8 +109,29 @@ static int put_blob(store *s, const char *path, const char *sha, mood_progress_f
 
 static int insert_source(mood_registry *r, const mood__pack_adapter_row *a, const char *pack);
 
+/* Packs leave an embedded LoRA's metadata out of the manifest (it is in the file, and a big
+ * ss_tag_frequency made manifests that no importer takes): the row gets the file's. */
+static int file_metadata(char **out, const mood__pack_adapter_row *a)
+{
+    mood_st_file *st = NULL;
+    int err;
+    *out = NULL;
+    if (a->metadata_json || !a->path)
+        return 0;
+    if ((err = mood_st_open(&st, a->path)) != 0)
+        return err;
+    if (!(*out = mood__reg_metadata_json(st)))
+        err = mood_error_nomem();
+    mood_st_close(st);
+    return err;
+}
+
 static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, const char *pack)
 {
+    char *from_file = NULL;
+    int err = file_metadata(&from_file, a);
+    if (err)
+        return err;
     mood__reg_adapter row = {
         .sha256 = a->sha256,
         .autov3 = a->autov3,
@@ -119,7 +140,7 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
         .algorithm = a->algorithm,
         .dtype = a->dtype,
         .file_name = a->file_name,
-        .metadata_json = a->metadata_json,
+        .metadata_json = a->metadata_json ? a->metadata_json : from_file,
         .trigger_words_json = a->trigger_words_json,
         .size = a->size,
         .rank = a->rank,
@@ -129,7 +150,8 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
         .alpha = a->alpha,
         .has_alpha = a->has_alpha,
     };
-    int err = mood__reg_insert_adapter(r, &row, "storing an adapter of the pack");
+    err = mood__reg_insert_adapter(r, &row, "storing an adapter of the pack");
+    mood_free(from_file);
     return err ? err : insert_source(r, a, pack);
 }
 

@@ -22,6 +22,7 @@
 
 #include "common/common.h"
 #include "mood/registry.h"
+#include "mood/safetensors.h"
 
 struct mood_registry {
     sqlite3 *db;
@@ -128,6 +129,11 @@ typedef struct mood__reg_adapter {
     double alpha;
     int has_alpha;
 } mood__reg_adapter;
+
+/* A LoRA file's __metadata__ as the registry stores it (a JSON object of strings), without the
+ * embedded images (modelspec.thumbnail, ssmd_cover_images: large and shown nowhere); NULL when
+ * out of memory. */
+char *mood__reg_metadata_json(const mood_st_file *st);
 /* Text fields that are not valid UTF-8 (a file name, a pack's metadata) are stored converted. */
 int mood__reg_insert_adapter(mood_registry *r, const mood__reg_adapter *a, const char *what);
 

@@ -177,7 +177,9 @@ static int export_adapter(exporter *x, const cJSON *a)
     /* show_json names stored JSON columns without their _json suffix */
     copy_field(e, "trigger_words", a,
                get(a, "training_tags") ? "training_tags" : "trigger_words_json");
-    copy_field(e, "metadata", a, get(a, "metadata") ? "metadata" : "metadata_json");
+    /* no "metadata": an embedded LoRA's file holds it, a referenced one's row in the importer's
+     * registry (import needs it there), and a kohya ss_tag_frequency of megabytes per LoRA made
+     * manifests past the importer's limit */
     add_provenance(e, a);
     add_civitai(e, a);
     if (!get(e, "size"))
