@@ -149,18 +149,24 @@ static int write_tmp(mood__blob_tx *tx, const uint8_t *data, uint64_t size, char
     return err;
 }
 
-/* Steps 2 and 3 for content already in memory (a mapped file or a buffer). */
+/* Steps 2 and 3 for content already in memory (a mapped file or a buffer). A stored file of the
+ * name whose size is not this content's is damaged (truncated, overwritten): the verified copy
+ * takes its place, so that importing the original again repairs it. */
 static int put(mood__blob_tx *tx, mood_registry *r, const uint8_t *data, uint64_t size,
                const char *what, mood_progress_fn progress, void *payload)
 {
     char *final = NULL, hex[65], *dir = NULL;
     mood_buf b;
-    int err;
+    struct stat sb;
+    int err, damaged = 0;
     mood_buf_init(&b);
     if ((err = mood__blob_path(&final, r, tx->sha256)) != 0)
         goto done;
-    if (mood_path_exists(final))
-        goto done; /* stored already (content-addressed: same bytes) */
+    if (stat(final, &sb) == 0) {
+        if ((uint64_t)sb.st_size == size)
+            goto done; /* stored already (content-addressed: same bytes) */
+        damaged = 1;
+    }
     if ((err = mood_buf_printf(&b, "%s/%s", r->tmp_dir, tx->tmp_name)) != 0)
         goto done;
     tx->tmp_path = mood_buf_detach(&b);
@@ -181,10 +187,20 @@ static int put(mood__blob_tx *tx, mood_registry *r, const uint8_t *data, uint64_
         err = mood_error_set(MOOD_EIO, "%s: cannot create: %s", dir, strerror(errno));
         goto done;
     }
-    if (link(tx->tmp_path, final) == 0)
+    if (damaged) {
+        if (rename(tx->tmp_path, final) != 0)
+            err = mood_error_set(MOOD_EIO, "%s: cannot replace the damaged stored copy: %s", final,
+                                 strerror(errno));
+        else
+            mood_log(MOOD_LOG_WARN,
+                     "%s: the registry's copy of this file was damaged (%lld bytes, not %llu): "
+                     "replaced by this one",
+                     what, (long long)sb.st_size, (unsigned long long)size);
+    } else if (link(tx->tmp_path, final) == 0) {
         tx->created = 1;
-    else if (errno != EEXIST)
+    } else if (errno != EEXIST) {
         err = mood_error_set(MOOD_EIO, "%s: cannot store the file: %s", final, strerror(errno));
+    }
     if (!err)
         sync_dir(dir);
 done:

@@ -1141,6 +1141,37 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
     return err;
 }
 
+/* A file imported again whose LoRA the registry has: its stored copy, when missing or of the
+ * wrong size (deleted or truncated by hand, a disk error), is stored again from this file (put
+ * verifies its SHA-256), so that importing the original repairs what doctor reports. */
+static int restore_stored_copy(mood_registry *r, import_job *j, mood_progress_fn progress,
+                               void *payload)
+{
+    char *final = NULL;
+    struct stat sb;
+    int err = mood__blob_path(&final, r, j->h.sha256), missing;
+    if (err)
+        return err;
+    missing = stat(final, &sb) != 0;
+    mood_free(final);
+    if (!missing && (uint64_t)sb.st_size == j->h.size)
+        return 0;
+    if ((err = mood__reg_lock_shared(r)) != 0)
+        return err;
+    if ((err = mood__blob_put_file(&j->blob, r, j->path, j->h.sha256, progress, payload)) == 0) {
+        if ((err = mood__reg_begin(r)) == 0 && (err = mood__blob_journal_delete(r, &j->blob)) == 0)
+            err = mood__reg_commit(r);
+        if (err)
+            mood__reg_rollback(r);
+        else if (missing)
+            mood_log(MOOD_LOG_WARN,
+                     "%s: the registry's copy of this file was missing: stored again", j->path);
+        mood__blob_tx_end(&j->blob);
+    }
+    mood__reg_unlock_shared(r);
+    return err;
+}
+
 int mood_registry_import_file(mood_registry *r, mood_import_result *out, const char *path,
                               mood_progress_fn progress, void *payload)
 {
@@ -1169,6 +1200,8 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
         goto done;
     if ((err = holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
         out->already = found;
+        if (!err)
+            err = restore_stored_copy(r, &j, progress, payload);
         goto done;
     }
     if ((err = mood__reg_lock_shared(r)) != 0)

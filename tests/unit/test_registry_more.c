@@ -214,6 +214,31 @@ static void test_rm_keeps_a_replaced_lora(void)
     mood_registry_close(r);
 }
 
+/* Importing the original file again restores a stored copy that was deleted or truncated (the
+ * import said "already there" and left it lost; doctor's only remedy removed the style). */
+static void test_import_again_restores_stored_copy(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result g, again;
+    char blob[1200];
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    import_as(r, &g, src, "good.safetensors", "kohya/sd1_lora.safetensors");
+    snprintf(blob, sizeof blob, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), g.sha256,
+             g.sha256 + 2);
+    for (int round = 0; round < 2; round++) {
+        if (round == 0)
+            MOOD_CHECK(unlink(blob) == 0);
+        else
+            MOOD_CHECK(truncate(blob, 100) == 0);
+        MOOD_CHECK(doctor(r, 0, 0, NULL) == 1);
+        import_as(r, &again, src, "good.safetensors", "kohya/sd1_lora.safetensors");
+        MOOD_CHECK(again.already && strcmp(again.name, "good") == 0);
+        MOOD_CHECK_MSG(doctor(r, 1, 0, NULL) == 0, "round %d", round);
+    }
+    mood_registry_close(r);
+}
+
 /* ----- changes to a style where there is no registry --------------------------------------- */
 
 /* rm, rename, tag and edit on a folder without a registry (a mistyped MOOD_HOME) fail naming it
@@ -241,6 +266,7 @@ static void test_changes_without_registry(void)
     MOOD_CHECK_MSG(stat(home, &st) != 0, "%s was created", home);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_rm_keeps_a_replaced_lora), MOOD_T(test_families_not_mixed),
+MOOD_TEST_MAIN(MOOD_T(test_import_again_restores_stored_copy),
+               MOOD_T(test_rm_keeps_a_replaced_lora), MOOD_T(test_families_not_mixed),
                MOOD_T(test_import_restores_removed_style), MOOD_T(test_import_after_lora_replaced),
                MOOD_T(test_changes_without_registry))
