@@ -300,6 +300,12 @@ int mood__reg_sqlerr(mood_registry *r, int rc, const char *what)
                               r->db_path, what, msg);
     if (primary == SQLITE_NOMEM)
         return mood_error_nomem();
+    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
+        return mood_error_set(MOOD_EIO,
+                              "%s: another process kept the registry locked for %d s (%s: %s): a "
+                              "long import or a stopped mood command (Ctrl-Z) may hold it; run the "
+                              "command again when it has finished",
+                              r->db_path, BUSY_TIMEOUT_MS / 1000, what, msg);
     if (primary == SQLITE_READONLY)
         return mood_error_set(MOOD_EIO,
                               "%s is read-only (%s: %s): make it, its folder and its -wal and -shm "
