@@ -571,12 +571,12 @@ static void print_adapter(const cJSON *o)
     print_ranks(o);
     printf("%-14s%s", "DoRA:", num_of(o, "dora") ? "" : "no\n");
     if (num_of(o, "dora"))
-        printf("yes, %.0f modules (%.0f with per-input norms, the LyCORIS < 3.2 layout; the rest "
+        printf("yes, %.0f module%s (%.0f with per-input norms, the LyCORIS < 3.2 layout; the rest "
                "per-output)\n",
-               num_of(o, "dora"), num_of(o, "dora_per_input"));
+               num_of(o, "dora"), num_of(o, "dora") == 1 ? "" : "s", num_of(o, "dora_per_input"));
     printf("%-14s%s", "Tucker:", num_of(o, "tucker") ? "" : "no\n");
     if (num_of(o, "tucker"))
-        printf("yes, %.0f modules\n", num_of(o, "tucker"));
+        printf("yes, %.0f module%s\n", num_of(o, "tucker"), num_of(o, "tucker") == 1 ? "" : "s");
     print_counts("Dtypes:", cJSON_GetObjectItemCaseSensitive(o, "dtypes"), " tensors");
     print_unmatched(o);
     print_metadata(o);
