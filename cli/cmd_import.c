@@ -51,7 +51,9 @@ const char cmd_import_help[] =
     "A preview is kept only when it is a PNG, JPEG or WebP image (its type read from its\n"
     "content), and a sidecar that is a link to a file outside the LoRA's folder is not read:\n"
     "both are listed as skipped. Folders reached again through links are searched once; named\n"
-    "pipes, devices and sockets are skipped without being opened.\n\n"
+    "pipes, devices and sockets are skipped without being opened. Hidden files and folders\n"
+    "(names starting with '.') are passed over; a hidden .safetensors file is listed as\n"
+    "skipped.\n\n"
     "Refused: checkpoints (use them as base models instead), and pickle files (.ckpt, .pt,\n"
     ".pth, .bin), which can run code when loaded and are never opened.\n\n"
     "From the web: an http(s) URL is downloaded (resuming an interrupted download, file name\n"
@@ -344,10 +346,14 @@ static void walk_dir(import_run *run, const char *dir)
         const char *name = list[i]->d_name;
         size_t len = strlen(dir) + strlen(name) + 2;
         char *child = malloc(len);
-        if (name[0] != '.' && child) {
+        if (child)
             snprintf(child, len, "%s%s%s", dir, has_suffix(dir, "/") ? "" : "/", name);
+        if (name[0] != '.' && child)
             walk(run, child, 0);
-        }
+        else if (child && has_suffix(name, ".safetensors")) /* said, not silently passed over */
+            skip(run, child,
+                 "a hidden file (its name starts with '.', as macOS's ._ copies do): name it "
+                 "to import it");
         free(child);
         free(list[i]);
     }

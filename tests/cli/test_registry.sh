@@ -22,6 +22,8 @@ echo 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60
 printf 'not really a png' >"$lib/film-grain.preview.png"
 echo "readme" >"$lib/README.md"
 echo "stray" >"$lib/notes.xyz"
+printf 'AppleDouble' >"$lib/._inkwash.safetensors" # macOS's copy junk: hidden, listed as skipped
+mkdir -p "$lib/.cache" && printf 'x' >"$lib/.cache/hidden.txt"
 
 # ----- import
 expect_rc 0 "import a folder" "$MOOD" import "$lib" --json
@@ -32,8 +34,9 @@ ink=[i for i in d["imported"] if i["name"]=="inkwash"][0]; assert ink["n_preview
 old=[i for i in d["imported"] if i["name"]=="Old_Style"][0]; assert old["renamed"] and old["wanted"]=="Old Style!"
 fg=[i for i in d["imported"] if i["name"]=="film-grain"][0]; assert fg["n_previews"]==0
 sk=sorted((s["file"].rsplit("/",1)[1], s["reason"]) for s in d["skipped"])
-assert [f for f, _ in sk]==["film-grain.preview.png","notes.xyz"], sk
-assert sk[0][1]=="not a PNG, JPEG or WebP image", sk
+assert [f for f, _ in sk]==["._inkwash.safetensors","film-grain.preview.png","notes.xyz"], sk
+assert sk[0][1].startswith("a hidden file"), sk
+assert sk[1][1]=="not a PNG, JPEG or WebP image", sk
 assert d["failed"]==[]' "$tmp/out"
 check "the preview is named in a warning" grep -q "film-grain.preview.png: sidecar skipped" "$tmp/err"
 expect_rc 0 "same file again" "$MOOD" import "$lib/inkwash.safetensors"
