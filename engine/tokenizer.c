@@ -127,6 +127,14 @@ static const mood__uc_decomp *find_decomp(uint32_t cp)
     return NULL;
 }
 
+uint32_t mood__uc_base_letter(uint32_t cp)
+{
+    const mood__uc_decomp *d;
+    while ((d = find_decomp(cp)) != NULL)
+        cp = d->a;
+    return cp;
+}
+
 /* Hangul syllables decompose and compose by arithmetic (Unicode §3.12). */
 enum { SBASE = 0xAC00, LBASE = 0x1100, VBASE = 0x1161, TBASE = 0x11A7 };
 enum { LCOUNT = 19, VCOUNT = 21, TCOUNT = 28, NCOUNT = VCOUNT * TCOUNT, SCOUNT = LCOUNT * NCOUNT };

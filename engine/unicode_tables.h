@@ -52,6 +52,9 @@ int mood__utf8_validate(const char *text, size_t len);
 /* Decodes strict UTF-8 (no overlongs, surrogates or values past U+10FFFF). Returns the number
  * of bytes of the character at s (len > 0), or 0 when it is invalid (engine/tokenizer.c). */
 size_t mood__utf8_decode(const unsigned char *s, size_t len, uint32_t *cp);
+/* The first code point of cp's full canonical decomposition: the letter under its accents
+ * (ñ -> n, ấ -> a), cp itself when it has none (engine/tokenizer.c). */
+uint32_t mood__uc_base_letter(uint32_t cp);
 /* The canonical combining class of cp (0 for starters; engine/tokenizer.c). */
 uint32_t mood__uc_ccc_of(uint32_t cp);
 /* Writes code point cp (at most U+10FFFF) as UTF-8 into out (4 bytes room); returns the length

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "common/args.h"
+#include "engine/unicode_tables.h"
 #include "registry/registry_impl.h"
 
 #define BUSY_TIMEOUT_MS 30000
@@ -1020,18 +1021,24 @@ int mood_registry_name_check(const char *name)
     return 0;
 }
 
-/* Runs of other characters become one '_'; leading/trailing '_', '-', '.' go. */
+/* A letter with accents gives its ASCII letter (ñandú -> nandu: Civitai's file names are often
+ * Spanish, French, Vietnamese); runs of other characters become one '_'; leading/trailing '_',
+ * '-', '.' go. */
 static void sanitize(char *dst, size_t cap, const char *src)
 {
-    size_t n = 0;
+    size_t n = 0, len = strlen(src), k;
     int gap = 0;
-    for (const char *s = src; *s && n + 1 < cap && n < NAME_MAX_LEN - 8; s++) {
-        if (name_char((unsigned char)*s)) {
+    for (size_t i = 0; i < len && n + 1 < cap && n < NAME_MAX_LEN - 8; i += k ? k : 1) {
+        uint32_t cp = (unsigned char)src[i];
+        k = mood__utf8_decode((const unsigned char *)src + i, len - i, &cp);
+        if (k > 1)
+            cp = mood__uc_base_letter(cp);
+        if (k && cp < 0x80 && name_char((int)cp)) {
             if (gap && n > 0)
                 dst[n++] = '_';
             gap = 0;
             if (n + 1 < cap)
-                dst[n++] = *s;
+                dst[n++] = (char)cp;
         } else {
             gap = 1;
         }

@@ -41,10 +41,10 @@ cp "$FIX/kohya/sd1_locon_fp16.safetensors" "$u8/na$(printf '\xef')ve.safetensors
 expect_rc 0 "import another" "$MOOD" import "$u8/na$(printf '\xef')ve.safetensors" --json
 check "wanted is UTF-8" python3 -c '
 import json,sys; d=json.loads(open(sys.argv[1],"rb").read().decode("utf-8"))
-i=d["imported"][0]; assert i["wanted"]=="na\u00efve" and i["name"]=="na_ve", d' "$tmp/out"
-expect_rc 0 "show it" "$MOOD" show na_ve --json
+i=d["imported"][0]; assert i["wanted"]=="na\u00efve" and i["name"]=="naive", d' "$tmp/out"
+expect_rc 0 "show it" "$MOOD" show naive --json
 check "show --json is valid" valid_json "$tmp/out"
-expect_rc 0 "rm it" "$MOOD" rm na_ve
+expect_rc 0 "rm it" "$MOOD" rm naive
 
 # ----- typed text
 expect_rc 1 "tag in Latin-1" "$MOOD" tag latin1 "+sch$(printf '\xf6')n"
