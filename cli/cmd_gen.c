@@ -348,11 +348,28 @@ static int load_model(gen_run *r)
     return 0;
 }
 
+/* Whether the registry has no style `name` any more (removed by another process since gen read
+ * it; its LoRA's file went with it). 0 when it has, or when that cannot be told. */
+static int style_removed_since(const char *name)
+{
+    mood_registry *reg = NULL;
+    char *text = NULL;
+    int gone = 0;
+    if (mood_registry_open(&reg, NULL) != 0)
+        return 0;
+    gone = mood_registry_show_json(&text, reg, name) == MOOD_ENOTFOUND;
+    mood_registry_free_string(text);
+    mood_registry_close(reg);
+    return gone;
+}
+
 /* Reports a failure to apply the styles. A registry blob's path in the message means nothing to
  * the user: it is replaced by the style's name. */
 static int adapters_failed(const gen_run *r, int err)
 {
-    const char *msg = mood_error_last(), *at = NULL;
+    char msg[2048]; /* a copy: looking the style up again sets the library's message */
+    const char *at = NULL;
+    snprintf(msg, sizeof msg, "%s", mood_error_last());
     const mood_resolved_adapter *a = NULL;
     for (size_t i = 0; i < r->styles.n && !at; i++)
         if (strstr(r->styles.adapters[i].path, "/blobs/") &&
@@ -364,7 +381,11 @@ static int adapters_failed(const gen_run *r, int err)
     char line[3072], why[1200] = ""; /* module names in it come from the file: cli_text_report */
     /* the file was whole when it was imported: a file that cannot be read, or is no safetensors
      * file any more, is the registry's problem (a LoRA for another model's sizes is not) */
-    if (err == MOOD_ENOTFOUND)
+    if (err == MOOD_ENOTFOUND && style_removed_since(a->name))
+        snprintf(why, sizeof why,
+                 "; the style was removed from the registry while gen ran ('mood rm' in another "
+                 "process)");
+    else if (err == MOOD_ENOTFOUND)
         snprintf(why, sizeof why,
                  "; the registry's copy of the file is missing: 'mood doctor' "
                  "checks the registry and says how to repair it");
