@@ -209,17 +209,6 @@ static int set_seed(mood_params *p, uint64_t seed)
     return mood_params_set(p, "Seed", buf);
 }
 
-/* The shortest decimal that reads back as the same float: the engine applies multipliers as
- * floats, so --from-png of it applies the same ones, and 0.7 x 0.6 is written 0.42. */
-static void format_weight(char out[32], double v)
-{
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(out, 32, "%.*g", prec, v);
-        if ((float)strtod(out, NULL) == (float)v)
-            return;
-    }
-}
-
 /* The prompt with one tag per adapter as A1111 writes and reads it: <lora:ALIAS:W> when the
  * text encoder and the UNet take the same multiplier, else <lora:ALIAS:TE:UNET>; a DyLoRA cut
  * adds :dyn=N. */
@@ -234,8 +223,10 @@ static char *tagged_prompt(const gen_run *r)
     end = s + snprintf(s, n, "%s", r->styles.prompt);
     for (size_t i = 0; i < r->styles.n; i++) {
         const mood_resolved_adapter *a = &r->styles.adapters[i];
-        format_weight(te, a->te);
-        format_weight(unet, a->unet);
+        /* as floats, which the engine applies: --from-png applies the same multipliers, and
+         * 0.7 x 0.6 is written 0.42 */
+        mood_params_format_number(te, a->te, 1);
+        mood_params_format_number(unet, a->unet, 1);
         end += snprintf(end, n - (size_t)(end - s), " <lora:%s:%s%s%s", a->alias, te,
                         strcmp(te, unet) ? ":" : "", strcmp(te, unet) ? unet : "");
         if (a->dyn)
@@ -259,8 +250,11 @@ int gen_params_fill(mood_params *p, const mood_gen_options *o, const mood_model 
         err = mood_params_set(p, "Sampler", mood_sampler_a1111_name(o->sampler));
     if (!err && o->schedule == MOOD_SCHEDULE_KARRAS)
         err = mood_params_set(p, "Schedule type", "Karras");
-    if (!err)
-        err = set_num(p, "CFG scale", "%g", o->cfg);
+    if (!err) {
+        char cfg[32];
+        mood_params_format_number(cfg, o->cfg, 0);
+        err = mood_params_set(p, "CFG scale", cfg);
+    }
     if (!err)
         err = set_seed(p, seed);
     if (!err)

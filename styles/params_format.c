@@ -5,6 +5,7 @@
  */
 #include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,11 +30,27 @@ static int item_cmp(const void *a, const void *b)
 }
 
 /* The shortest decimal that reads back as v (Python's repr, without its ".0"). */
-static void format_double(char *out, size_t size, double v)
+/* Whether text reads back as v (as a float when single). */
+static int reads_back(const char *text, double v, int single)
 {
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(out, size, "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
+    double r = strtod(text, NULL);
+    return single ? (float)r == (float)v : r == v;
+}
+
+void mood_params_format_number(char out[32], double v, int single)
+{
+    double a = fabs(v);
+    int prec;
+    for (prec = 1; prec <= 17; prec++) {
+        snprintf(out, 32, "%.*g", prec, v);
+        if (reads_back(out, v, single))
+            break;
+    }
+    if (!strchr(out, 'e') || !(a >= 1e-4 && a < 1e16))
+        return;
+    for (int decimals = 0; decimals <= 20; decimals++) { /* the same digits, written out */
+        snprintf(out, 32, "%.*f", decimals, v);
+        if (reads_back(out, v, single))
             return;
     }
 }
@@ -80,8 +97,8 @@ static char *dup_size(int width, int height)
 
 static char *dup_double(double v)
 {
-    char buf[40];
-    format_double(buf, sizeof buf, v);
+    char buf[32];
+    mood_params_format_number(buf, v, 0);
     return mood_strdup(buf);
 }
 

@@ -132,6 +132,11 @@ MOOD_WARN_UNUSED int mood_params_set_prompt(mood_params *p, const char *prompt,
  * (a letter, digit or '_' then one or more of those, ' ', '-', '/') or when the value does not
  * parse for a known key; nothing changes then. */
 MOOD_WARN_UNUSED int mood_params_set(mood_params *p, const char *key, const char *value);
+
+/* A number as the parameters text writes it: the shortest decimal that reads back as v (as a
+ * float when `single`: the engine's multipliers are floats), in plain notation as Python's repr
+ * writes 1e-4 <= |v| < 1e16 ("10", "0.42", not "1e+01"); out holds 32 bytes. */
+void mood_params_format_number(char out[32], double v, int single);
 /* Appends one "Lora hashes" / "TI hashes" entry. ':' and ',' are removed from the name as A1111
  * does; the hash must not hold a ','. Clears the matching from_hashes bit. */
 MOOD_WARN_UNUSED int mood_params_add_lora_hash(mood_params *p, const char *name, const char *hash);

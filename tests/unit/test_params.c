@@ -562,9 +562,31 @@ static void test_alloc_failures(void)
     free(text);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_reference_parse), MOOD_T(test_reference_random),
-               MOOD_T(test_own_round_trip), MOOD_T(test_fixed_point), MOOD_T(test_build_layout),
-               MOOD_T(test_quoting), MOOD_T(test_multiline_and_unicode),
+/* Numbers as Python's repr writes them (what A1111's text holds): the shortest that reads back,
+ * plain between 1e-4 and 1e16 ("10", never "1e+01"). */
+static void test_number_format(void)
+{
+    static const struct {
+        double v;
+        int single;
+        const char *want;
+    } cases[] = {
+        {10, 0, "10"},          {100, 0, "100"},    {30, 1, "30"},
+        {7.5, 0, "7.5"},        {-2, 1, "-2"},      {1234567, 0, "1234567"},
+        {0.0001, 0, "0.0001"},  {1e-5, 0, "1e-05"}, {1e20, 0, "1e+20"},
+        {0.7 * 0.6, 1, "0.42"}, {0.1, 0, "0.1"},    {1e15, 0, "1000000000000000"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[32];
+        mood_params_format_number(out, cases[i].v, cases[i].single);
+        MOOD_CHECK_MSG(strcmp(out, cases[i].want) == 0, "%.17g: '%s', not '%s'", cases[i].v, out,
+                       cases[i].want);
+    }
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_number_format), MOOD_T(test_reference_parse),
+               MOOD_T(test_reference_random), MOOD_T(test_own_round_trip), MOOD_T(test_fixed_point),
+               MOOD_T(test_build_layout), MOOD_T(test_quoting), MOOD_T(test_multiline_and_unicode),
                MOOD_T(test_not_parameters), MOOD_T(test_civitai_layouts), MOOD_T(test_defaults),
                MOOD_T(test_civitai_hashes), MOOD_T(test_fields_from_text), MOOD_T(test_errors),
                MOOD_T(test_hash_helpers), MOOD_T(test_alloc_failures))
