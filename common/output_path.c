@@ -4,12 +4,29 @@
  * never writes over a file it reads (a bake into its own base checkpoint would replace it).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/common.h"
+
+/* Whether a file can be created in dir, tried: access() grants root every folder, also those
+ * it cannot write (a read-only mount, /sys), where the work would be lost at its end. */
+static int can_create_in(const char *dir)
+{
+    char probe[4200];
+    int fd, e;
+    snprintf(probe, sizeof probe, "%s/.mood-write-check-%ld", dir, (long)getpid());
+    if ((fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
+        return errno == EEXIST; /* EEXIST: a leftover of this pid's; the folder takes files */
+    e = errno;
+    close(fd);
+    unlink(probe);
+    errno = e;
+    return 1;
+}
 
 int mood_output_path_check(const char *path)
 {
@@ -31,7 +48,7 @@ int mood_output_path_check(const char *path)
         snprintf(dir, sizeof dir, ".");
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         err = mood_error_set(MOOD_ENOTFOUND, "%s: the folder %s does not exist", path, dir);
-    else if (access(dir, W_OK) != 0)
+    else if (access(dir, W_OK) != 0 || !can_create_in(dir))
         err = mood_error_set(MOOD_EIO, "%s: the folder %s cannot be written: %s", path, dir,
                              strerror(errno));
     mood_free(target);
