@@ -140,7 +140,7 @@ expect_rc 1 "--full with a LoRA's --targets" "$MOOD" train --full --name x --boa
 check "--full with --targets: says why" grep -q -- "--targets shapes a LoRA; --full trains every weight" "$tmp/err"
 # a registry that cannot take the style stops the run before it trains (not after)
 mkdir -p "$tmp/badhome" && echo "not a database" >"$tmp/badhome/registry.db"
-expect_rc 1 "a damaged registry" env MOOD_HOME="$tmp/badhome" "$MOOD" train --name x --board board \
+expect_rc 2 "a damaged registry" env MOOD_HOME="$tmp/badhome" "$MOOD" train --name x --board board \
     --model "$MODEL" --res 64 --steps 2 -o "$tmp/badreg.safetensors"
 check "a damaged registry: says so before training" grep -q "nothing trained: the style could not be registered" "$tmp/err"
 check "a damaged registry: nothing written" test ! -e "$tmp/badreg.safetensors" -a ! -e "$tmp/badreg.loss.csv"
