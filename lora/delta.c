@@ -651,8 +651,9 @@ int mood__module_is_additive(const mood_module *m)
 int mood__module_same_shape(const mood_module *m, const char *path, const mood_module *other,
                             const char *other_path)
 {
-    int64_t cols = m->ndim == 1 ? 1 : module_numel(m) / m->out;
-    int64_t other_cols = other->ndim == 1 ? 1 : module_numel(other) / other->out;
+    /* no division: a module of zero rows has a shape too (refused elsewhere as empty) */
+    int64_t cols = m->ndim == 1 ? 1 : m->in * m->kh * m->kw;
+    int64_t other_cols = other->ndim == 1 ? 1 : other->in * other->kh * other->kw;
     if (m->out == other->out && cols == other_cols)
         return 0;
     return mood_error_set(MOOD_EFORMAT,

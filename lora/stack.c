@@ -105,6 +105,12 @@ static int group_module(groups *gs, const mood_adapter *a, const mood_module *m,
                               mood_st_path(a->file), m->name);
     if (m->ndim != 2 && m->ndim != 4)
         return refuse(a, m);
+    if (numel_of(m) <= 0)
+        return mood_error_set(
+            MOOD_EFORMAT,
+            "%s: module \"%s\" changes an empty weight (%lld x %lld): its factors "
+            "have a zero-sized dimension",
+            mood_st_path(a->file), m->name, (long long)m->out, (long long)(m->in * m->kh * m->kw));
     if (mult == 0)
         return 0; /* no effect: no rank spent on it */
     for (size_t i = 0; i < gs->n; i++) {

@@ -412,6 +412,12 @@ static int check_adapter(const mood_adapter *a, const char *path)
         const mood_module *m = &a->modules[j];
         if (!m->target || !m->target->kohya_name)
             return mood_error_set(MOOD_EFORMAT, "%s: module \"%s\" has no target", path, m->name);
+        if (module_numel(m) <= 0)
+            return mood_error_set(MOOD_EFORMAT,
+                                  "%s: module \"%s\" changes an empty weight (%lld x %lld): its "
+                                  "factors have a zero-sized dimension",
+                                  path, m->name, (long long)m->out,
+                                  (long long)(m->in * m->kh * m->kw));
         if (m->ndim < 2 || m->t[ROLE_DIFF_B] || m->t[ROLE_B_NORM])
             return mood_error_set(MOOD_EUNSUPPORTED,
                                   "%s: module \"%s\" (%s) holds a %s delta, which a LoRA cannot "

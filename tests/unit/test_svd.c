@@ -423,6 +423,36 @@ static const char *write_transposed(const char *src, const char *m)
     return path;
 }
 
+/* A LoRA of one module (fc1 of the first text encoder layer) whose up factor has no rows: an
+ * empty change, which merge and stack refuse by name (they divided by its zero rows). */
+static void test_empty_module_refused(void)
+{
+    static const char *const m = "lora_te_text_model_encoder_layers_0_mlp_fc1";
+    const char *path = scratch_path("empty_rows.safetensors");
+    char key[256];
+    float down[2 * 16] = {0}, alpha = 2;
+    int64_t up_shape[4] = {0, 2}, down_shape[4] = {2, 16}, none[4] = {0};
+    mood_st_writer *w = NULL;
+    mood_lora_write_options o;
+    mood_weighted_adapter in[1] = {{.path = path, .unet = 1, .te = 1}};
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    snprintf(key, sizeof key, "%s.lora_up.weight", m);
+    MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 2, up_shape, down));
+    snprintf(key, sizeof key, "%s.lora_down.weight", m);
+    MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 2, down_shape, down));
+    snprintf(key, sizeof key, "%s.alpha", m);
+    MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 0, none, &alpha));
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    mood_lora_write_options_init(&o);
+    o.output = scratch_path("empty_out.safetensors");
+    MOOD_CHECK(mood_lora_merge(in, 1, 2, 0, &o) == MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "empty weight"), "%s", mood_error_last());
+    MOOD_CHECK(mood_lora_stack(in, 1, &o) == MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "empty weight"), "%s", mood_error_last());
+    MOOD_CHECK(!mood_path_exists(o.output));
+}
+
 /* A module that changes the transposed weight of its target (8 x 16 for 16 x 8: as many
  * elements) is refused by merge, by both of its routes, and by stack, naming both shapes;
  * summing it as the other shape would write a wrong LoRA (or, factorised, overrun a buffer). */
@@ -498,6 +528,7 @@ static void test_cleanup(void)
     cases_json = NULL;
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_merge_clamp_quantile), MOOD_T(test_transposed_module_refused),
-               MOOD_T(test_merge_cases), MOOD_T(test_resize_cases), MOOD_T(test_extract_cases),
-               MOOD_T(test_errors), MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
+MOOD_TEST_MAIN(MOOD_T(test_empty_module_refused), MOOD_T(test_merge_clamp_quantile),
+               MOOD_T(test_transposed_module_refused), MOOD_T(test_merge_cases),
+               MOOD_T(test_resize_cases), MOOD_T(test_extract_cases), MOOD_T(test_errors),
+               MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
