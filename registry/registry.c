@@ -1024,7 +1024,7 @@ int mood_registry_name_check(const char *name)
 /* A letter with accents gives its ASCII letter (ñandú -> nandu: Civitai's file names are often
  * Spanish, French, Vietnamese); runs of other characters become one '_'; leading/trailing '_',
  * '-', '.' go. */
-static void sanitize(char *dst, size_t cap, const char *src)
+void mood_registry_name_sanitize(char *dst, size_t cap, const char *src)
 {
     size_t n = 0, len = strlen(src), k;
     int gap = 0;
@@ -1069,7 +1069,7 @@ int mood_registry_name_suggest(char **out, mood_registry *r, const char *wanted)
             return (*out = mood_strdup(wanted)) ? 0 : mood_error_nomem();
     }
     mood_error_clear();
-    sanitize(base, sizeof base, wanted);
+    mood_registry_name_sanitize(base, sizeof base, wanted);
     snprintf(cand, sizeof cand, "%s", base);
     for (int i = 2; i < 100000; i++) {
         if ((err = mood__reg_query_int(r, &taken, "SELECT count(*) FROM styles WHERE name = ?1",

@@ -24,6 +24,8 @@ typedef struct resolver {
     size_t n_templates, cap_templates;
     char **triggers;
     size_t n_triggers, cap_triggers;
+    char **styles_texted; /* styles whose template, triggers and negative are applied already */
+    size_t n_styles_texted, cap_styles_texted;
     mood_resolved_styles *out;
     size_t cap_adapters;
     unsigned flags;
@@ -137,6 +139,15 @@ static int skip_missing(resolver *r, const char *name, int err)
     return mood_buf_printf(&r->missing, "%s%s", r->missing.len ? ", " : "", name);
 }
 
+/* Whether style `name`'s words (template, triggers, negative) are in the prompt already. */
+static int style_texted(const resolver *r, const char *name)
+{
+    for (size_t i = 0; i < r->n_styles_texted; i++)
+        if (strcasecmp(r->styles_texted[i], name) == 0)
+            return 1;
+    return 0;
+}
+
 /* Applies registry style `name` at (w, w_te); has_w 0: the style's preferred weight. */
 static int add_style(resolver *r, const char *name, double w, double w_te, int has_w)
 {
@@ -158,7 +169,23 @@ static int add_style(resolver *r, const char *name, double w, double w_te, int h
         cJSON *pw = cJSON_GetObjectItemCaseSensitive(st, "weight");
         w = w_te = cJSON_IsNumber(pw) ? pw->valuedouble : 1.0;
     }
+    if (w == 0 && w_te == 0) { /* switched off: none of its LoRAs, none of its words */
+        cJSON_Delete(st);
+        return mood_buf_printf(&r->used, "%s%s:0", r->used.len ? ", " : "", name);
+    }
     err = style_adapters(r, st, name, w, w_te);
+    if (!err && !(r->flags & MOOD_STYLES_ADAPTERS_ONLY) && style_texted(r, name)) {
+        /* a style given twice: its LoRAs' weights add up (fold_repeats), its words go in once */
+        mood_log(MOOD_LOG_WARN,
+                 "style '%s' is given twice: its LoRAs apply at the sum of the weights, its "
+                 "template, trigger words and negative prompt once",
+                 name);
+        err = mood_buf_printf(&r->used, "%s%s:%g", r->used.len ? ", " : "", name, w);
+        cJSON_Delete(st);
+        return err;
+    }
+    if (!err && !(r->flags & MOOD_STYLES_ADAPTERS_ONLY))
+        err = push_string(&r->styles_texted, &r->n_styles_texted, &r->cap_styles_texted, name);
     if (r->flags & MOOD_STYLES_ADAPTERS_ONLY)
         s = NULL;
     else if (!err && (s = json_str(st, "template")))
@@ -377,6 +404,22 @@ static int add_lora_tag(resolver *r, const tag_args *t)
     if (!r->reg)
         return skip_missing(r, t->name,
                             mood_error_set(MOOD_ENOTFOUND, "<lora:%s>: no such file", t->name));
+    {
+        /* A1111 names a LoRA by its file's stem ("<lora:Ink Wash (v2):0.8>", copied from an
+         * image): its style has the name import made of that stem */
+        char alt[128], *json = NULL;
+        mood_registry_name_sanitize(alt, sizeof alt, t->name);
+        if (strcmp(alt, t->name) != 0 && mood_registry_show_json(&json, r->reg, t->name) != 0 &&
+            mood_registry_show_json(&json, r->reg, alt) == 0) {
+            mood_registry_free_string(json);
+            mood_error_clear();
+            mood_log(MOOD_LOG_INFO, "<lora:%s> is style '%s' (the name of its file's style)",
+                     t->name, alt);
+            return add_style(r, alt, t->unet, t->te, t->has_w);
+        }
+        mood_registry_free_string(json);
+        mood_error_clear();
+    }
     if ((err = add_style(r, t->name, t->unet, t->te, t->has_w)) == MOOD_EINVAL &&
         strncmp(mood_error_last(), "no style named", 14) == 0) {
         char why[512]; /* a <lora:> tag names a file first: say both places were looked in */
@@ -549,24 +592,14 @@ static int assemble(resolver *r, const char *negative)
 
 /* ----- A1111 names ------------------------------------------------------------------------ */
 
-/* s with every character but [A-Za-z0-9_.-] as one '_' (a UTF-8 sequence counts as one): what
- * <lora:NAME:W> carries through A1111 (no ':' or '>') and Civitai's resource pattern, and what
- * "Lora hashes" keeps (no ',' or ':'). */
+/* s as a style name ([A-Za-z0-9_.-] only): what <lora:NAME:W> carries through A1111 (no ':' or
+ * '>') and Civitai's resource pattern, and what "Lora hashes" keeps (no ',' or ':'); the name
+ * `mood import` gives the file's style, so that the image's tags name the styles again. */
 static char *safe_alias(const char *s)
 {
-    char *out = mood_malloc(strlen(s) + 2), *o = out;
-    if (!out)
-        return NULL;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c & 0xC0) == 0x80)
-            continue; /* the rest of a character already written as '_' */
-        *o++ = isalnum(c) || c == '_' || c == '.' || c == '-' ? (char)c : '_';
-    }
-    if (o == out)
-        *o++ = '_';
-    *o = '\0';
-    return out;
+    char name[128];
+    mood_registry_name_sanitize(name, sizeof name, s);
+    return mood_strdup(name);
 }
 
 /* Whether two adapters are the same LoRA: the same content hash, else the same file. */
@@ -761,6 +794,7 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
     mood_buf_dispose(&r.suffix_neg);
     free_strings(r.templates, r.n_templates);
     free_strings(r.triggers, r.n_triggers);
+    free_strings(r.styles_texted, r.n_styles_texted);
     free_strings(r.tag_of, r.n_tag_of);
     if (err)
         mood_resolved_styles_dispose(out);

@@ -58,6 +58,12 @@ void mood_registry_free_string(char *s);
 
 /* 0 when `name` is a valid style name; MOOD_EINVAL with a message saying why otherwise. */
 MOOD_WARN_UNUSED int mood_registry_name_check(const char *name);
+/* The valid style name `text` gives (what an imported file's stem becomes before it is made
+ * unique, and the A1111 alias mood writes for a LoRA): letters keep their letter under accents
+ * (café -> cafe), runs of other characters become one '_' ("Ink Wash (v2)" -> Ink_Wash_v2), and
+ * '_', '-', '.' go from either end; "style" when nothing is left. out: `size` bytes, at most
+ * 100 characters written. */
+void mood_registry_name_sanitize(char *out, size_t size, const char *text);
 /* A valid name close to `wanted` that no style has yet (wanted itself when it is both). */
 MOOD_WARN_UNUSED int mood_registry_name_suggest(char **out, mood_registry *r, const char *wanted);
 
