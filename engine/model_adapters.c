@@ -23,6 +23,8 @@
  */
 #include <cblas.h>
 #include <stdlib.h>
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "engine/model_impl.h"
@@ -414,6 +416,13 @@ static int merge_group(const contrib *c, size_t n, lowrank_run *run)
     }
     if (!err)
         run_flush(run, c[0].r.w);
+    /* as bake refuses to write it: a change that overflows float32 would draw garbage */
+    for (int64_t e = 0, numel = mood_adapter_target_numel(c[0].a, c[0].i); !err && e < numel; e++)
+        if (!isfinite(c[0].r.w[e]))
+            err = mood_error_set(MOOD_EFORMAT,
+                                 "weight \"%s\" is not finite (%g at element %lld) with the "
+                                 "LoRAs applied: a LoRA's change to it overflows",
+                                 c[0].r.name, (double)c[0].r.w[e], (long long)e);
     return err;
 }
 
@@ -475,6 +484,7 @@ static int merge_all(mood_model *m, contrib *c, size_t nc)
 {
     size_t *start = mood_malloc((nc + 1) * sizeof *start), ng = 0;
     int err = start ? 0 : mood_error_nomem();
+    char why[2048] = ""; /* the failing thread's message: messages are per thread */
     qsort(c, nc, sizeof *c, by_weight_then_order);
     for (size_t j = 0; j < nc && !err; j++) {
         if (j == 0 || c[j].r.w != c[j - 1].r.w) {
@@ -494,7 +504,10 @@ static int merge_all(mood_model *m, contrib *c, size_t nc)
                 int e = err ? 0 : merge_group(c + start[g], start[g + 1] - start[g], &run);
                 if (e) {
 #pragma omp critical(mood_merge_error)
-                    err = err ? err : e;
+                    if (!err) {
+                        err = e;
+                        snprintf(why, sizeof why, "%s", mood_error_last());
+                    }
                 }
             }
             mood_free(run.up);
@@ -502,6 +515,8 @@ static int merge_all(mood_model *m, contrib *c, size_t nc)
         }
     }
     mood_free(start);
+    if (err && why[0])
+        mood_error_set(err, "%s", why);
     return err;
 }
 

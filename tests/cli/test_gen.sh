@@ -126,6 +126,24 @@ expect_rc 1 "a weight that overflows (inline tag)" "$MOOD" gen "$PROMPT <lora:$P
 check "says the image is not finite, writes none" sh -c 'grep -q "NaN or infinite" "$1" && test ! -e "$2"' _ "$tmp/err" "$tmp/nan.png"
 expect_rc 1 "an SDXL LoRA on an SD1 model" "$MOOD" gen "$PROMPT" "${common[@]}" --lora "$FIX/kohya/sdxl_lora.safetensors"
 check "family message" grep -q "sdxl" "$tmp/err"
+# a LoRA whose change overflows float32 (factors of 1e20, as bake refuses to write): refused by
+# name in merge mode, where weights are merged on worker threads whose message must come through
+python3 - "$tmp/overflow.safetensors" <<'PYEOF'
+import json, struct, sys
+m = "lora_te_text_model_encoder_layers_0_mlp_fc1"
+t = {m + ".alpha": ([], [4.0]), m + ".lora_down.weight": ([4, 8], [1e20] * 32),
+     m + ".lora_up.weight": ([32, 4], [1e20] * 128)}
+head, data = {}, b""
+for k, (shape, vals) in t.items():
+    head[k] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 4 * len(vals)]}
+    data += struct.pack("<%df" % len(vals), *vals)
+h = json.dumps(head).encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + data)
+PYEOF
+expect_rc 1 "a LoRA whose change overflows" "$MOOD" gen "$PROMPT" "${common[@]}" --lora "$tmp/overflow.safetensors" -o "$tmp/overflow.png"
+check "names the weight and says it overflows" grep -q 'weight "text_model.encoder.layers.0.mlp.fc1.weight" is not finite .*overflows' "$tmp/err"
+check "no image" test ! -e "$tmp/overflow.png"
 
 # ----- A1111's <lora:NAME:TE:UNET[:DYN]> (lora-formats.md 4.2), read and written: the first
 # number is the text encoder's; mood's own --lora FILE:W:W_TE gives the UNet's first
