@@ -282,10 +282,13 @@ static int check_range(const float *v, int64_t n, const mood_lora_out_module *md
         if (!isfinite(v[i]) || fabs(v[i]) > max)
             return mood_error_set(MOOD_EFORMAT,
                                   "module \"%s\": its %s factor holds %g, %s; refusing to write "
-                                  "a broken LoRA (a lower weight or --dtype f32 keeps it)",
+                                  "a broken LoRA (%s)",
                                   md->name, what, (double)v[i],
                                   isfinite(v[i]) ? "past the range of the output dtype"
-                                                 : "not a finite number");
+                                                 : "not a finite number",
+                                  dt == MOOD_DTYPE_F32 ? "its change overflows float32: a lower "
+                                                         "weight keeps it"
+                                                       : "a lower weight or --dtype f32 keeps it");
     return 0;
 }
 

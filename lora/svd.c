@@ -85,8 +85,16 @@ static int svd_run(svd_result *r, const float *m, int64_t rows, int64_t cols, in
         err = mood_error_nomem();
         goto done;
     }
-    for (int64_t i = 0; i < rows * cols; i++)
+    for (int64_t i = 0; i < rows * cols; i++) {
+        if (!isfinite(m[i])) { /* LAPACK would fail with an info number nobody can read */
+            err = mood_error_set(MOOD_EFORMAT,
+                                 "module \"%s\": its change is not finite (%g at element %lld): "
+                                 "its change overflows float32",
+                                 name, (double)m[i], (long long)i);
+            goto done;
+        }
         a[i] = m[i];
+    }
     if (top > 0 && top < k && lapack_svd(r, a, top) == 0) {
         r->k = top;
         goto done;
@@ -533,6 +541,8 @@ static int merge_group(out_list *out, const merge_item *items, size_t n, mood_ad
     if (!err && (err = svd_run(&r, acc, m->out, cols, want, items[0].name)) == 0) {
         err = svd_take(o, &r, want, q);
         svd_dispose(&r);
+    } else if (err && n == 1) {
+        mood_error_prefix("%s", in[items[0].ai].path); /* one input: the file to blame */
     }
     mood_free(acc);
     mood_free(tmp);

@@ -423,33 +423,56 @@ static const char *write_transposed(const char *src, const char *m)
     return path;
 }
 
-/* A LoRA of one module (fc1 of the first text encoder layer) whose up factor has no rows: an
- * empty change, which merge and stack refuse by name (they divided by its zero rows). */
-static void test_empty_module_refused(void)
+/* Writes a LoRA of one module, fc1 of the first text encoder layer (32 x 16), whose up factor
+ * has up_rows rows and every factor value is v. */
+static const char *write_fc1_lora(const char *name, int64_t up_rows, float v)
 {
     static const char *const m = "lora_te_text_model_encoder_layers_0_mlp_fc1";
-    const char *path = scratch_path("empty_rows.safetensors");
+    const char *path = scratch_path(name);
     char key[256];
-    float down[2 * 16] = {0}, alpha = 2;
-    int64_t up_shape[4] = {0, 2}, down_shape[4] = {2, 16}, none[4] = {0};
+    float vals[32 * 2], alpha = 2;
+    int64_t up_shape[4] = {up_rows, 2}, down_shape[4] = {2, 16}, none[4] = {0};
     mood_st_writer *w = NULL;
-    mood_lora_write_options o;
-    mood_weighted_adapter in[1] = {{.path = path, .unet = 1, .te = 1}};
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++)
+        vals[i] = v;
     MOOD_CHECK_OK(mood_st_writer_new(&w));
     snprintf(key, sizeof key, "%s.lora_up.weight", m);
-    MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 2, up_shape, down));
+    MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 2, up_shape, vals));
     snprintf(key, sizeof key, "%s.lora_down.weight", m);
-    MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 2, down_shape, down));
+    MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 2, down_shape, vals));
     snprintf(key, sizeof key, "%s.alpha", m);
     MOOD_CHECK_OK(mood_st_writer_add_f32(w, key, MOOD_DTYPE_F32, 0, none, &alpha));
     MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
     mood_st_writer_free(w);
+    return path;
+}
+
+/* A module whose up factor has no rows changes an empty weight, which merge and stack refuse by
+ * name (they divided by its zero rows); one whose factors (1e20) overflow float32 in their
+ * product is refused by merge and resize as not finite, an input error (it was LAPACK's info
+ * number, exit 2). */
+static void test_empty_or_overflowing_module_refused(void)
+{
+    char empty[1024], big[1024];
+    mood_lora_write_options o;
+    snprintf(empty, sizeof empty, "%s", write_fc1_lora("empty_rows.safetensors", 0, 0));
+    snprintf(big, sizeof big, "%s", write_fc1_lora("overflow.safetensors", 32, 1e20f));
+    mood_weighted_adapter in[1] = {{.path = empty, .unet = 1, .te = 1}};
     mood_lora_write_options_init(&o);
     o.output = scratch_path("empty_out.safetensors");
     MOOD_CHECK(mood_lora_merge(in, 1, 2, 0, &o) == MOOD_EFORMAT);
     MOOD_CHECK_MSG(strstr(mood_error_last(), "empty weight"), "%s", mood_error_last());
     MOOD_CHECK(mood_lora_stack(in, 1, &o) == MOOD_EFORMAT);
     MOOD_CHECK_MSG(strstr(mood_error_last(), "empty weight"), "%s", mood_error_last());
+    in[0].path = big;
+    for (int rank = 1; rank <= 16; rank += 15) { /* the factorised route, and the dense one */
+        MOOD_CHECK(mood_lora_merge(in, 1, rank, 0, &o) == MOOD_EFORMAT);
+        MOOD_CHECK_MSG(strstr(mood_error_last(), "overflows float32") &&
+                           !strstr(mood_error_last(), "--dtype f32"),
+                       "%s", mood_error_last());
+    }
+    MOOD_CHECK(mood_lora_resize(big, MOOD_RESIZE_FIXED, 0, 1, 0, &o) == MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "overflow"), "%s", mood_error_last());
     MOOD_CHECK(!mood_path_exists(o.output));
 }
 
@@ -528,7 +551,7 @@ static void test_cleanup(void)
     cases_json = NULL;
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_empty_module_refused), MOOD_T(test_merge_clamp_quantile),
+MOOD_TEST_MAIN(MOOD_T(test_empty_or_overflowing_module_refused), MOOD_T(test_merge_clamp_quantile),
                MOOD_T(test_transposed_module_refused), MOOD_T(test_merge_cases),
                MOOD_T(test_resize_cases), MOOD_T(test_extract_cases), MOOD_T(test_errors),
                MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
