@@ -300,6 +300,15 @@ static void test_names(void)
         r, &res, copy_into(src, "My Style (v2).safetensors", example_lora("inkwash.safetensors")),
         NULL, NULL));
     MOOD_CHECK(res.renamed && strcmp(res.name, "My_Style_v2") == 0);
+    {
+        /* a slip in a name (two letters swapped, another case) gets the style it meant */
+        char *text = NULL;
+        MOOD_CHECK(mood_registry_show_json(&text, r, "my_styel_v2") == MOOD_ENOTFOUND);
+        MOOD_CHECK_MSG(strstr(mood_error_last(), "did you mean 'My_Style_v2'?"), "%s",
+                       mood_error_last());
+        MOOD_CHECK(mood_registry_show_json(&text, r, "entirely_else") == MOOD_ENOTFOUND);
+        MOOD_CHECK_MSG(!strstr(mood_error_last(), "did you mean"), "%s", mood_error_last());
+    }
     /* a taken name, in another case: the next free suggestion */
     MOOD_CHECK_OK(mood_registry_import_file(
         r, &res, copy_into(src, "my_style_V2.safetensors", example_lora("film-grain.safetensors")),
