@@ -448,9 +448,9 @@ static void png_note_overrides(const gen_args *a, const mood_params *p)
 #define OVERRIDE(cond, ...)                                                                        \
     if ((cond) && n < sizeof list - 1)                                                             \
     n += (size_t)snprintf(list + n, sizeof list - n, __VA_ARGS__)
-    OVERRIDE(a->set.prompt && strcmp(a->prompt, p->prompt), "%sits prompt", n ? ", " : "");
+    OVERRIDE(a->set.prompt && strcmp(a->prompt, p->prompt), "%sprompt", n ? ", " : "");
     OVERRIDE(a->set.negative && strcmp(a->negative ? a->negative : "", p->negative_prompt),
-             "%sits negative prompt", n ? ", " : "");
+             "%snegative prompt", n ? ", " : "");
     OVERRIDE(a->set.steps && p->steps > 0 && a->opts.steps != p->steps, "%sSteps: %d",
              n ? ", " : "", p->steps);
     OVERRIDE(a->set.cfg && !isnan(p->cfg_scale) && a->opts.cfg != p->cfg_scale, "%sCFG scale: %g",
@@ -465,6 +465,8 @@ static void png_note_overrides(const gen_args *a, const mood_params *p)
 #undef OVERRIDE
     if (n)
         cli_warn("the options given replace the image's %s: the image will differ", list);
+    if (a->n_styles || a->loras.n)
+        cli_warn("--style and --lora add to the image's LoRAs: the image will differ");
 }
 
 /* "Prediction: v", mood's key for a --prediction that overrode the model's type. */
