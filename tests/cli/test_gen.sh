@@ -349,7 +349,7 @@ expect_rc 0 "--from-png with options over it" "$MOOD" gen --steps 3 --from-png "
 check "names what they replace" grep -q "the options given replace the image's Steps: 8, Seed: 42, Size: 64x64" "$tmp/err"
 expect_rc 0 "--from-png with a prompt and a LoRA over it" "$MOOD" gen --from-png "$tmp/a.png" \
     "another prompt" --lora "$P/lora.safetensors:0.3" --model "$MODEL" --steps 2 -o "$tmp/x.png"
-check "says the prompt is replaced" grep -q "the options given replace the image's prompt: the image will differ" "$tmp/err"
+check "says the prompt is replaced" grep -q "the options given replace the image's prompt, Steps: " "$tmp/err"
 check "says the LoRA is added" grep -q -- "--style and --lora add to the image's LoRAs: the image will differ" "$tmp/err"
 python3 "$tmp/setparams.py" "$tmp/a.png" "$tmp/m1.png" "a cat
 Steps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64, Model: $MODEL"
