@@ -176,10 +176,11 @@ static int add_style(resolver *r, const char *name, double w, double w_te, int h
     err = style_adapters(r, st, name, w, w_te);
     if (!err && !(r->flags & MOOD_STYLES_ADAPTERS_ONLY) && style_texted(r, name)) {
         /* a style given twice: its LoRAs' weights add up (fold_repeats), its words go in once */
-        mood_log(MOOD_LOG_WARN,
-                 "style '%s' is given twice: its LoRAs apply at the sum of the weights, its "
-                 "template, trigger words and negative prompt once",
-                 name);
+        if (json_str(st, "template") || json_str(st, "trigger_words") || json_str(st, "negative"))
+            mood_log(MOOD_LOG_WARN,
+                     "style '%s' is given twice: its LoRAs apply at the sum of the weights, its "
+                     "template, trigger words and negative prompt once",
+                     name);
         err = mood_buf_printf(&r->used, "%s%s:%g", r->used.len ? ", " : "", name, w);
         cJSON_Delete(st);
         return err;
@@ -729,12 +730,37 @@ static void fold_repeats(mood_resolved_styles *out)
     out->n = kept;
 }
 
+/* A <lora:> tag name given more than once (for one LoRA) in a prompt typed for mood: its
+ * multipliers are added up (fold_repeats), which A1111 does not do: said once per name. */
+static void note_summed_tags(const mood_resolved_styles *out, char *const *tag_of, size_t n_tagged)
+{
+    for (size_t i = 0; i < out->n && i < n_tagged; i++) {
+        size_t count = 1, k;
+        if (!tag_of[i])
+            continue;
+        for (k = 0; k < i && !(tag_of[k] && strcmp(tag_of[k], tag_of[i]) == 0); k++)
+            ;
+        if (k < i)
+            continue; /* said at its first tag */
+        for (size_t j = i + 1; j < out->n && j < n_tagged; j++)
+            count += tag_of[j] && strcmp(tag_of[j], tag_of[i]) == 0 &&
+                     same_lora(&out->adapters[i], &out->adapters[j]);
+        if (count > 1)
+            mood_log(MOOD_LOG_WARN,
+                     "<lora:%s> is tagged %zu times: mood applies the sum of their multipliers (as "
+                     "LoRA loaders in a row do in ComfyUI); A1111 applies %zu times the last one",
+                     tag_of[i], count, count);
+    }
+}
+
 /* MOOD_STYLES_A1111_REPEATS first folds an image's repeated tags as A1111 applied them. */
 static int combine_repeats(resolver *r)
 {
     int err = 0;
     if (r->flags & MOOD_STYLES_A1111_REPEATS)
         err = fold_a1111_tags(r->out, r->tag_of, r->n_tag_of);
+    else
+        note_summed_tags(r->out, r->tag_of, r->n_tag_of);
     if (!err)
         fold_repeats(r->out);
     return err;

@@ -226,6 +226,16 @@ static void test_a1111_repeats(void)
         MOOD_CHECK(s.adapters[1].dyn == 0 && s.adapters[1].unet == 0.15); /* another cut */
     }
     mood_resolved_styles_dispose(&s);
+    /* a prompt typed for mood adds a repeated tag's multipliers up, and says A1111 would not */
+    snprintf(prompt, sizeof prompt, "x <lora:%.*s:0.5> <lora:%.*s:0.25>", n1, p1, n1, p1);
+    harness_log_start();
+    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, prompt, NULL, NULL, 0, NULL, 0, 0));
+    harness_log_stop();
+    MOOD_CHECK(s.n == 1 && s.adapters[0].unet == 0.75);
+    MOOD_CHECK_MSG(strstr(harness_logged, "tagged 2 times: mood applies the sum") &&
+                       strstr(harness_logged, "A1111 applies 2 times the last one"),
+                   "%s", harness_logged);
+    mood_resolved_styles_dispose(&s);
 }
 
 /* hash=H: the registry's LoRA of that hash, at the tag's weights, over a style of the tag's name
