@@ -47,7 +47,7 @@ const char cmd_gen_help[] =
     "  --cfg X               classifier-free guidance scale (default 7)\n"
     "  --sampler NAME        euler, euler_a (default), dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde,\n"
     "                        dpmpp_2m_sde_karras, ddim, lcm; A1111 names work too (\"DPM++ 2M\n"
-    "                        Karras\")\n"
+    "                        Karras\"), and \" Karras\" after Euler or Euler a as well\n"
     "  --seed N              the seed, 0 to 2^64-1, or -1 for a random one (the default);\n"
     "                        printed and stored in the PNG\n"
     "  --size WxH            image size, multiples of 8 (4 for mood-tiny); default: the\n"
@@ -143,7 +143,7 @@ static size_t num_opts(gen_args *a, cli_num_opt *t)
 static const char *accepted_values(const char *opt)
 {
     if (strcmp(opt, "--size") == 0)
-        return "give WIDTHxHEIGHT, such as 512x768";
+        return "give WIDTHxHEIGHT, each 1 to 8192, such as 512x768";
     if (strcmp(opt, "--rng") == 0)
         return "torch-cpu, torch-cuda or mood (A1111's CPU, GPU and NV too)";
     if (strcmp(opt, "--lora-mode") == 0)

@@ -36,9 +36,9 @@ int gen_parse_rng(mood_rng_kind *out, const char *s)
 {
     if (strcmp(s, "torch-cpu") == 0)
         *out = MOOD_RNG_TORCH_CPU;
-    else if (strcmp(s, "torch-cuda") == 0 || strcmp(s, "GPU") == 0 || strcmp(s, "NV") == 0)
+    else if (strcmp(s, "torch-cuda") == 0 || strcasecmp(s, "GPU") == 0 || strcasecmp(s, "NV") == 0)
         *out = MOOD_RNG_TORCH_CUDA; /* A1111's "NV": the GPU's Philox noise drawn on the CPU */
-    else if (strcmp(s, "mood") == 0 || strcmp(s, "CPU") == 0)
+    else if (strcmp(s, "mood") == 0 || strcasecmp(s, "CPU") == 0)
         *out = MOOD_RNG_MOOD;
     else
         return -1;
