@@ -441,6 +441,21 @@ static int check_adapter(const mood_adapter *a, const char *path)
     return 0;
 }
 
+/* Resize keeps a file's modules one for one: a file that names one layer twice (kohya's and
+ * LyCORIS's names side by side) would write two modules of one name. Merge adds them up. */
+static int check_one_module_per_target(const mood_adapter *a)
+{
+    for (size_t i = 0; i < a->n_modules; i++)
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(a->modules[i].target->kohya_name, a->modules[j].target->kohya_name) == 0)
+                return mood_error_set(MOOD_EFORMAT,
+                                      "modules \"%s\" and \"%s\" both change the layer %s: "
+                                      "'mood lora merge FILE --rank R' adds them up into one",
+                                      a->modules[j].name, a->modules[i].name,
+                                      a->modules[i].target->kohya_name);
+    return 0;
+}
+
 static int open_inputs(mood_adapter **ads, const mood_weighted_adapter *in, size_t n)
 {
     int err = 0;
@@ -910,7 +925,8 @@ int mood_lora_resize(const char *input, mood_resize_method method, double param,
         err = mood__output_check(o->output, NULL, 0, input, NULL);
     if (err)
         return err;
-    if ((err = mood_adapter_open(&a, input, NULL)) != 0 || (err = check_adapter(a, input)) != 0)
+    if ((err = mood_adapter_open(&a, input, NULL)) != 0 || (err = check_adapter(a, input)) != 0 ||
+        (err = check_one_module_per_target(a)) != 0)
         goto done;
     for (size_t i = 0; !err && i < a->n_modules; i++) {
         err = resize_module(&out, &c, &a->modules[i], input);

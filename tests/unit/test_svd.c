@@ -476,6 +476,51 @@ static void test_empty_or_overflowing_module_refused(void)
     MOOD_CHECK(!mood_path_exists(o.output));
 }
 
+/* A copy of sd1_lora.safetensors whose first UNet module is there twice: also under LyCORIS's
+ * name for the layer. resize keeps modules one for one, so it refuses, naming both (it failed
+ * writing the second); merge adds the two up. */
+static void test_resize_refuses_a_layer_named_twice(void)
+{
+    const char *src = fixture("kohya/sd1_lora.safetensors"),
+               *path = scratch_path("twice.safetensors");
+    mood_st_file *f = NULL;
+    mood_st_writer *w = NULL;
+    mood_lora_write_options o;
+    char first[256] = "";
+    MOOD_CHECK_OK(mood_st_open(&f, src));
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    for (int pass = 0; pass < 2 && f && w; pass++)
+        for (size_t i = 0; i < mood_st_count(f); i++) {
+            const mood_st_tensor *t = mood_st_at(f, i);
+            char name[512];
+            float *v = malloc((size_t)(mood_st_numel(t) ? mood_st_numel(t) : 1) * sizeof *v);
+            const char *dot = strchr(t->name, '.');
+            if (!first[0] && strncmp(t->name, "lora_unet_", 10) == 0)
+                snprintf(first, sizeof first, "%.*s", (int)(dot - t->name), t->name);
+            if (pass == 1 && !(first[0] && strncmp(t->name, first, strlen(first)) == 0 &&
+                               t->name[strlen(first)] == '.')) {
+                free(v);
+                continue;
+            }
+            snprintf(name, sizeof name, pass ? "lycoris_%s" : "%s", pass ? t->name + 10 : t->name);
+            MOOD_CHECK_OK(mood_st_to_f32(v, t));
+            MOOD_CHECK_OK(mood_st_writer_add_f32(w, name, MOOD_DTYPE_F32, t->ndim, t->shape, v));
+            free(v);
+        }
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    mood_st_close(f);
+    mood_lora_write_options_init(&o);
+    o.output = scratch_path("twice_out.safetensors");
+    MOOD_CHECK(mood_lora_resize(path, MOOD_RESIZE_FIXED, 0, 2, 0, &o) == MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "both change the layer") &&
+                       strstr(mood_error_last(), first) && strstr(mood_error_last(), "lycoris_"),
+                   "%s", mood_error_last());
+    MOOD_CHECK(!mood_path_exists(o.output));
+    mood_weighted_adapter in[1] = {{.path = path, .unet = 1, .te = 1}};
+    MOOD_CHECK_OK(mood_lora_merge(in, 1, 2, 0, &o));
+}
+
 /* A module that changes the transposed weight of its target (8 x 16 for 16 x 8: as many
  * elements) is refused by merge, by both of its routes, and by stack, naming both shapes;
  * summing it as the other shape would write a wrong LoRA (or, factorised, overrun a buffer). */
@@ -551,7 +596,8 @@ static void test_cleanup(void)
     cases_json = NULL;
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_empty_or_overflowing_module_refused), MOOD_T(test_merge_clamp_quantile),
+MOOD_TEST_MAIN(MOOD_T(test_resize_refuses_a_layer_named_twice),
+               MOOD_T(test_empty_or_overflowing_module_refused), MOOD_T(test_merge_clamp_quantile),
                MOOD_T(test_transposed_module_refused), MOOD_T(test_merge_cases),
                MOOD_T(test_resize_cases), MOOD_T(test_extract_cases), MOOD_T(test_errors),
                MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
