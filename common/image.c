@@ -813,3 +813,39 @@ done:
         *out = img;
     return err;
 }
+
+/* WebP's first chunk as mood__webp_decode reads it: "VP8 " with its start code, "VP8L" with its
+ * signature byte, or "VP8X". */
+static int webp_header_ok(const uint8_t *d, size_t size)
+{
+    if (size < 30)
+        return 0;
+    if (memcmp(d + 12, "VP8 ", 4) == 0)
+        return d[23] == 0x9d && d[24] == 0x01 && d[25] == 0x2a;
+    if (memcmp(d + 12, "VP8L", 4) == 0)
+        return d[20] == 0x2f;
+    return memcmp(d + 12, "VP8X", 4) == 0;
+}
+
+const char *mood__image_media_type(const uint8_t *data, size_t size, const char **why)
+{
+    static _Thread_local char reason[160];
+    const char *stb = "";
+    int w, h, c, png = size >= 8 && memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0;
+    *why = size ? "not a PNG, JPEG or WebP image" : "an empty file";
+    if (mood__webp_is(data, size)) {
+        *why = "a damaged WebP image";
+        return webp_header_ok(data, size) ? "image/webp" : NULL;
+    }
+    if (!png && !(size >= 3 && memcmp(data, "\xFF\xD8\xFF", 3) == 0))
+        return NULL;
+    if (mood__stb_info(data, size, &w, &h, &c, &stb) == 0)
+        return png ? "image/png" : "image/jpeg";
+    if (strcmp(stb, "outofmem") == 0) {
+        *why = "outofmem";
+        return NULL;
+    }
+    snprintf(reason, sizeof reason, "a damaged %s image: %s", png ? "PNG" : "JPEG", stb);
+    *why = reason;
+    return NULL;
+}

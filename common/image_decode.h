@@ -12,6 +12,11 @@
 
 #include "mood/image.h"
 
+/* The MIME type of an image file by what it holds, not by its name: "image/png" and
+ * "image/jpeg" when stb_image parses the header, "image/webp" when its first chunk is one
+ * libwebp decodes; NULL otherwise, with *why saying what it is ("an empty file", "a damaged PNG
+ * image: ...", "outofmem" when out of memory; valid until the thread's next call). */
+const char *mood__image_media_type(const uint8_t *data, size_t size, const char **why);
 /* True when data starts like a WebP file ("RIFF" size "WEBP"). */
 int mood__webp_is(const uint8_t *data, size_t size);
 /* Decodes a still WebP image (lossy or lossless, with or without alpha) into a new image: 4

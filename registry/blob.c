@@ -230,6 +230,35 @@ int mood__blob_put_file(mood__blob_tx *tx, mood_registry *r, const char *src, co
     return err;
 }
 
+int mood__blob_restore_file(mood_registry *r, const char *sha256, uint64_t size, const char *src,
+                            mood_progress_fn progress, void *payload)
+{
+    mood__blob_tx tx;
+    char *final = NULL;
+    struct stat sb;
+    int err = mood__blob_path(&final, r, sha256), missing;
+    if (err)
+        return err;
+    missing = stat(final, &sb) != 0;
+    mood_free(final);
+    if (!missing && (uint64_t)sb.st_size == size)
+        return 0;
+    if ((err = mood__reg_lock_shared(r)) != 0)
+        return err;
+    if ((err = mood__blob_put_file(&tx, r, src, sha256, progress, payload)) == 0) {
+        if ((err = mood__reg_begin(r)) == 0 && (err = mood__blob_journal_delete(r, &tx)) == 0)
+            err = mood__reg_commit(r);
+        if (err)
+            mood__reg_rollback(r);
+        else if (missing)
+            mood_log(MOOD_LOG_WARN,
+                     "%s: the registry's copy of this file was missing: stored again", src);
+        mood__blob_tx_end(&tx);
+    }
+    mood__reg_unlock_shared(r);
+    return err;
+}
+
 int mood__blob_put_mem(mood__blob_tx *tx, mood_registry *r, const void *data, size_t size)
 {
     char hex[65];

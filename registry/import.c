@@ -45,7 +45,6 @@
 #include <sys/stat.h>
 
 #include "common/image_decode.h"
-#include "common/image_stb.h"
 #include "mood/hash.h"
 #include "mood/lora.h"
 #include "common/args.h"
@@ -515,47 +514,18 @@ static int check_civitai_sidecar(import_job *j)
 
 /* ----- previews ---------------------------------------------------------------------------- */
 
-static int starts_with(const mood_map *m, const void *magic, size_t n)
-{
-    return m->size >= n && memcmp(m->data, magic, n) == 0;
-}
-
-/* WebP's first chunk as image_webp.c reads it: "VP8 " with its start code, "VP8L" with its
- * signature byte, or "VP8X". */
-static int webp_header_ok(const mood_map *m)
-{
-    const uint8_t *d = m->data;
-    if (m->size < 30)
-        return 0;
-    if (memcmp(d + 12, "VP8 ", 4) == 0)
-        return d[23] == 0x9d && d[24] == 0x01 && d[25] == 0x2a;
-    if (memcmp(d + 12, "VP8L", 4) == 0)
-        return d[20] == 0x2f;
-    return memcmp(d + 12, "VP8X", 4) == 0;
-}
-
-/* The MIME type of a preview by what it holds, not by its name: PNG and JPEG when stb_image
- * parses the header (common/image_stb.c), WebP when its first chunk is one libwebp decodes.
+/* The MIME type of a preview by what it holds, not by its name (mood__image_media_type).
  * Anything else: *type NULL and a warning naming the file. */
 static int preview_type(const char **type, const mood_map *m, const char *path)
 {
-    const char *why = "not a PNG, JPEG or WebP image", *stb = "";
-    int w, h, c, png = starts_with(m, "\x89PNG\r\n\x1a\n", 8);
+    const char *why = "an image larger than 64 MiB";
     *type = NULL;
-    if (m->size == 0 || m->size > MAX_PREVIEW) {
-        why = m->size ? "an image larger than 64 MiB" : "an empty file";
-    } else if (mood__webp_is(m->data, (size_t)m->size)) {
-        *type = webp_header_ok(m) ? "image/webp" : NULL;
-        why = "a damaged WebP image";
-    } else if (png || starts_with(m, "\xFF\xD8\xFF", 3)) {
-        if (mood__stb_info(m->data, (size_t)m->size, &w, &h, &c, &stb) == 0)
-            *type = png ? "image/png" : "image/jpeg";
-        else if (strcmp(stb, "outofmem") == 0)
-            return mood_error_nomem();
-        why = png ? "a damaged PNG image: " : "a damaged JPEG image: ";
-    }
+    if (m->size <= MAX_PREVIEW &&
+        (*type = mood__image_media_type(m->data, (size_t)m->size, &why)) == NULL &&
+        strcmp(why, "outofmem") == 0)
+        return mood_error_nomem();
     if (!*type)
-        mood_log(MOOD_LOG_WARN, "%s" SKIPPED "%s%s", path, why, stb);
+        mood_log(MOOD_LOG_WARN, "%s" SKIPPED "%s", path, why);
     return 0;
 }
 
@@ -1141,37 +1111,6 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
     return err;
 }
 
-/* A file imported again whose LoRA the registry has: its stored copy, when missing or of the
- * wrong size (deleted or truncated by hand, a disk error), is stored again from this file (put
- * verifies its SHA-256), so that importing the original repairs what doctor reports. */
-static int restore_stored_copy(mood_registry *r, import_job *j, mood_progress_fn progress,
-                               void *payload)
-{
-    char *final = NULL;
-    struct stat sb;
-    int err = mood__blob_path(&final, r, j->h.sha256), missing;
-    if (err)
-        return err;
-    missing = stat(final, &sb) != 0;
-    mood_free(final);
-    if (!missing && (uint64_t)sb.st_size == j->h.size)
-        return 0;
-    if ((err = mood__reg_lock_shared(r)) != 0)
-        return err;
-    if ((err = mood__blob_put_file(&j->blob, r, j->path, j->h.sha256, progress, payload)) == 0) {
-        if ((err = mood__reg_begin(r)) == 0 && (err = mood__blob_journal_delete(r, &j->blob)) == 0)
-            err = mood__reg_commit(r);
-        if (err)
-            mood__reg_rollback(r);
-        else if (missing)
-            mood_log(MOOD_LOG_WARN,
-                     "%s: the registry's copy of this file was missing: stored again", j->path);
-        mood__blob_tx_end(&j->blob);
-    }
-    mood__reg_unlock_shared(r);
-    return err;
-}
-
 int mood_registry_import_file(mood_registry *r, mood_import_result *out, const char *path,
                               mood_progress_fn progress, void *payload)
 {
@@ -1201,7 +1140,7 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
     if ((err = holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
         out->already = found;
         if (!err)
-            err = restore_stored_copy(r, &j, progress, payload);
+            err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
         goto done;
     }
     if ((err = mood__reg_lock_shared(r)) != 0)

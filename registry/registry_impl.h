@@ -98,6 +98,12 @@ typedef struct mood__blob_tx {
 int mood__blob_put_file(mood__blob_tx *tx, mood_registry *r, const char *src, const char *expected,
                         mood_progress_fn progress, void *payload);
 int mood__blob_put_mem(mood__blob_tx *tx, mood_registry *r, const void *data, size_t size);
+/* A file imported again whose content the registry has: the stored copy, when missing or of the
+ * wrong size (deleted or truncated by hand, a disk error), is stored again from src (its SHA-256
+ * verified), so that importing the original repairs what doctor reports. 0 when there was
+ * nothing to do. */
+int mood__blob_restore_file(mood_registry *r, const char *sha256, uint64_t size, const char *src,
+                            mood_progress_fn progress, void *payload);
 /* Deletes the tx's journal row (call inside the transaction that commits the rows). */
 int mood__blob_journal_delete(mood_registry *r, const mood__blob_tx *tx);
 void mood__blob_tx_end(mood__blob_tx *tx);
