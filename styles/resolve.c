@@ -485,6 +485,17 @@ static int strip_tags(resolver *r, const char *prompt)
             p = close + 1;
             continue;
         }
+        if (*p == '<' && !strchr(p, '>') &&
+            (strncasecmp(p + 1, "lora:", 5) == 0 || strncasecmp(p + 1, "lyco:", 5) == 0 ||
+             strncasecmp(p + 1, "style:", 6) == 0)) {
+            size_t n = strlen(p) < 40 ? strlen(p) : 40;
+            while (n > 0 && ((unsigned char)p[n] & 0xC0) == 0x80)
+                n--; /* whole characters only */
+            mood_log(MOOD_LOG_WARN,
+                     "'%.*s' has no closing '>': it is no tag but text of the prompt (as in "
+                     "A1111); close it to apply the LoRA",
+                     (int)n, p);
+        }
         err = mood_buf_append(&r->prompt, p, 1);
         p++;
     }

@@ -226,6 +226,14 @@ static void test_a1111_repeats(void)
         MOOD_CHECK(s.adapters[1].dyn == 0 && s.adapters[1].unet == 0.15); /* another cut */
     }
     mood_resolved_styles_dispose(&s);
+    /* a tag left open is text, as in A1111, and said */
+    harness_log_start();
+    MOOD_CHECK_OK(mood_styles_resolve(&s, NULL, "x <lora:nope:0.5", NULL, NULL, 0, NULL, 0, 0));
+    harness_log_stop();
+    MOOD_CHECK(s.n == 0 && strcmp(s.prompt, "x <lora:nope:0.5") == 0);
+    MOOD_CHECK_MSG(strstr(harness_logged, "'<lora:nope:0.5' has no closing '>'"), "%s",
+                   harness_logged);
+    mood_resolved_styles_dispose(&s);
     /* a prompt typed for mood adds a repeated tag's multipliers up, and says A1111 would not */
     snprintf(prompt, sizeof prompt, "x <lora:%.*s:0.5> <lora:%.*s:0.25>", n1, p1, n1, p1);
     harness_log_start();
