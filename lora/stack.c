@@ -28,6 +28,7 @@
 /* One input module contributing to a target, with its effective multiplier. */
 typedef struct contrib {
     const mood_module *m;
+    const char *path; /* its file (for messages) */
     double mult;
 } contrib;
 
@@ -83,6 +84,7 @@ static int group_add(groups *gs, const mood_module *m, const char *path, double 
     if (mood_array_reserve(&g->c, &g->cap, g->n, sizeof *g->c, 4) != 0)
         return MOOD_ENOMEM;
     g->c[g->n].m = m;
+    g->c[g->n].path = path;
     g->c[g->n].mult = mult;
     g->n++;
     return 0;
@@ -205,9 +207,10 @@ static int exact(mood_lora_out_module *o, const group *g)
         (err = alloc_f32(&eye, r * r)))
         goto done;
     for (size_t i = 0; i < g->n && !err; i++) {
-        if ((err = mood__module_delta(one, g->c[i].m, NULL)) == 0)
-            for (int64_t k = 0; k < numel; k++)
-                sum[k] += (float)(g->c[i].mult * one[k]);
+        if ((err = mood__module_delta(one, g->c[i].m, NULL)) != 0)
+            mood_error_prefix("%s", g->c[i].path);
+        for (int64_t k = 0; !err && k < numel; k++)
+            sum[k] += (float)(g->c[i].mult * one[k]);
     }
     if (err)
         goto done;
