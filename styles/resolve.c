@@ -391,6 +391,34 @@ static int add_tag_file(resolver *r, const tag_args *t, const char *path)
     return add_file(r, path, t->unet, t->te);
 }
 
+/* A1111 names a LoRA by its file's stem ("<lora:Ink Wash (v2):0.8>", copied from an image); its
+ * style has the name import made of that stem. Whether `name` is no style but the stem of the
+ * file of style `*alt` (set), which holds that file: only then, since several stems give one
+ * name ("水墨画" and "ゴッホ風" both give "style"). */
+static int is_file_stem_style(resolver *r, const char *name, char *alt, size_t size)
+{
+    char *json = NULL, stem[512];
+    cJSON *st = NULL;
+    const cJSON *a;
+    int found = 0;
+    mood_registry_name_sanitize(alt, size, name);
+    if (strcmp(alt, name) != 0 && mood_registry_show_json(&json, r->reg, name) != 0 &&
+        mood_registry_show_json(&json, r->reg, alt) == 0 && (st = cJSON_Parse(json)) != NULL) {
+        cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(st, "adapters"))
+        {
+            const char *file = json_str(a, "file_name");
+            if (file) {
+                file_stem(stem, sizeof stem, file);
+                found |= strcmp(stem, name) == 0;
+            }
+        }
+    }
+    cJSON_Delete(st);
+    mood_registry_free_string(json);
+    mood_error_clear();
+    return found;
+}
+
 static int add_lora_tag(resolver *r, const tag_args *t)
 {
     char path[4096];
@@ -405,22 +433,8 @@ static int add_lora_tag(resolver *r, const tag_args *t)
     if (!r->reg)
         return skip_missing(r, t->name,
                             mood_error_set(MOOD_ENOTFOUND, "<lora:%s>: no such file", t->name));
-    {
-        /* A1111 names a LoRA by its file's stem ("<lora:Ink Wash (v2):0.8>", copied from an
-         * image): its style has the name import made of that stem */
-        char alt[128], *json = NULL;
-        mood_registry_name_sanitize(alt, sizeof alt, t->name);
-        if (strcmp(alt, t->name) != 0 && mood_registry_show_json(&json, r->reg, t->name) != 0 &&
-            mood_registry_show_json(&json, r->reg, alt) == 0) {
-            mood_registry_free_string(json);
-            mood_error_clear();
-            mood_log(MOOD_LOG_INFO, "<lora:%s> is style '%s' (the name of its file's style)",
-                     t->name, alt);
-            return add_style(r, alt, t->unet, t->te, t->has_w);
-        }
-        mood_registry_free_string(json);
-        mood_error_clear();
-    }
+    if (is_file_stem_style(r, t->name, path, sizeof path))
+        return add_style(r, path, t->unet, t->te, t->has_w);
     if ((err = add_style(r, t->name, t->unet, t->te, t->has_w)) == MOOD_EINVAL &&
         strncmp(mood_error_last(), "no style named", 14) == 0) {
         char why[512]; /* a <lora:> tag names a file first: say both places were looked in */
@@ -574,6 +588,33 @@ static int apply_triggers(mood_buf *prompt, const char *triggers)
     if (!err && add.len)
         err = mood_buf_printf(prompt, "%s%s", joiner(prompt), add.data);
     mood_buf_dispose(&add);
+    return err;
+}
+
+/* A style's template may hold tags ("{prompt}, <lora:watercolor:0.6>"): A1111 puts a style's
+ * text into the prompt before it reads the tags, so they apply. Each template's tags are handled
+ * (their LoRAs added, a <style:> one's template queued: a style's words go in once, so a cycle
+ * ends) and the template keeps the rest of its text. */
+static int template_tags(resolver *r)
+{
+    int err = 0;
+    for (size_t i = 0; i < r->n_templates && !err; i++) {
+        mood_buf outer = r->prompt; /* strip_tags writes to r->prompt */
+        mood_buf_init(&r->prompt);
+        if (!strchr(r->templates[i], '<')) {
+            r->prompt = outer;
+            continue;
+        }
+        err = strip_tags(r, r->templates[i]);
+        if (!err)
+            err = mood_buf_puts(&r->prompt, "");
+        if (!err) {
+            mood_free(r->templates[i]);
+            r->templates[i] = mood_buf_detach(&r->prompt);
+        }
+        mood_buf_dispose(&r->prompt);
+        r->prompt = outer;
+    }
     return err;
 }
 
@@ -812,6 +853,8 @@ int mood_styles_resolve(mood_resolved_styles *out, mood_registry *registry, cons
         else if ((err = add_file(&r, loras[i].path, loras[i].unet, loras[i].te)) == 0)
             out->adapters[out->n - 1].dyn = loras[i].dyn;
     }
+    if (!err)
+        err = template_tags(&r);
     if (!err)
         err = name_aliases(out);
     if (!err)

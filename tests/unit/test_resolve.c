@@ -26,8 +26,7 @@ static const char *lora_copy(const char *name, int flip)
     MOOD_CHECK(d && n > 0);
     if (!d)
         return path;
-    if (flip)
-        d[n - 1] ^= 0x01;
+    d[n - 1] ^= (unsigned char)flip; /* another flip, another file */
     MOOD_CHECK(write_file(path, d, n) == 0);
     free(d);
     return path;
@@ -386,6 +385,32 @@ static void test_twice_zero_and_file_names(void)
         mood_styles_resolve(&s, reg, "a cat <lora:Ink Wash (v2):0.5>", NULL, NULL, 0, NULL, 0, 0));
     MOOD_CHECK(s.n == 1 && s.adapters[0].unet == 0.5 &&
                strcmp(s.adapters[0].alias, "Ink_Wash_v2") == 0);
+    mood_resolved_styles_dispose(&s);
+    /* two file names that give one style name ("style", "style-2"): a tag of the second file's
+     * stem is not the first file's style (it ran another LoRA) */
+    mood_import_result rb, rc;
+    MOOD_CHECK_OK(
+        mood_registry_import_file(reg, &rb, lora_copy("\xe6\xb0\xb4.safetensors", 1), NULL, NULL));
+    MOOD_CHECK_OK(
+        mood_registry_import_file(reg, &rc, lora_copy("\xe5\xa2\xa8.safetensors", 2), NULL, NULL));
+    MOOD_CHECK(strcmp(rb.name, "style") == 0 && strcmp(rc.name, "style-2") == 0);
+    MOOD_CHECK(mood_styles_resolve(&s, reg, "a cat <lora:\xe5\xa2\xa8:0.5>", NULL, NULL, 0, NULL, 0,
+                                   0) == MOOD_EINVAL);
+    MOOD_CHECK_OK(
+        mood_styles_resolve(&s, reg, "a cat <lora:\xe6\xb0\xb4:0.5>", NULL, NULL, 0, NULL, 0, 0));
+    MOOD_CHECK(s.n == 1 && strncmp(s.adapters[0].hash, rb.autov3, 12) == 0);
+    mood_resolved_styles_dispose(&s);
+    /* a tag in a style's template applies, as A1111 reads a style's text before its tags */
+    mood_style_lora l2 = {ra.sha256, 1, 1};
+    mood_style_spec tagged = {
+        .template_text = "{prompt}, <lora:style:0.25> inked", .loras = &l2, .n_loras = 1};
+    MOOD_CHECK_OK(mood_registry_style_create(reg, "tagged", &tagged));
+    mood_style_arg t1 = {"tagged", 1, 1};
+    MOOD_CHECK_OK(mood_styles_resolve(&s, reg, "a cat", NULL, &t1, 1, NULL, 0, 0));
+    MOOD_CHECK_MSG(strcmp(s.prompt, "a cat,  inked") == 0 && s.n == 2, "%s, %zu LoRAs", s.prompt,
+                   s.n);
+    if (s.n == 2)
+        MOOD_CHECK(s.adapters[1].unet == 0.25 && strncmp(s.adapters[1].hash, rb.autov3, 12) == 0);
     mood_resolved_styles_dispose(&s);
     mood_registry_close(reg);
 }
