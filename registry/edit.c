@@ -407,8 +407,10 @@ int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int a
     MOOD_ARG_NONNULL(r);
     MOOD_ARG_NONNULL(name);
     MOOD_ARG_NONNULL(tag);
-    if (tag[0] == '#' && tag[1])
+    if (tag[0] == '#')
         tag++; /* a hashtag's '#' is how tags are shown, not part of them */
+    if (tag[0] == '#' || (!tag[0] && add))
+        return mood_error_set(MOOD_EINVAL, "tag '#%s': a tag needs a word after its one '#'", tag);
     if ((err = valid_tag(tag)) != 0 || (err = style_must_exist(r, name, "tag")) != 0 ||
         (err = mood__reg_begin(r)) != 0)
         return err;

@@ -523,6 +523,9 @@ static void test_typed_text_not_utf8(void)
         cJSON_Delete(o);
     }
     MOOD_CHECK_OK(mood_registry_tag(r, "ink", "#hash", 0));
+    /* one '#' is dropped; a bare '#' or a second one is no tag (it was stored as '#') */
+    MOOD_CHECK(mood_registry_tag(r, "ink", "#", 1) == MOOD_EINVAL);
+    MOOD_CHECK(mood_registry_tag(r, "ink", "##double", 1) == MOOD_EINVAL);
     MOOD_CHECK_OK(mood_registry_tag(r, "ink", "\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x8e\xa8", 0));
     l = (mood_style_lora){a.sha256, 1, 1};
     spec.loras = &l;
