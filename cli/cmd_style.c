@@ -319,9 +319,12 @@ static void print_training(const cJSON *s)
     const cJSON *t = cJSON_GetObjectItem(s, "training"), *f, *samples;
     cJSON_ArrayForEach(f, cJSON_GetObjectItem(s, "board"))
     {
-        printf("%-14s%s (%s, %gx%g)\n", "Board:", str_or(f, "path", "?"),
-               str_of(f, "name") ? str_of(f, "name") : "?", num_of(f, "width"),
-               num_of(f, "height"));
+        double w = num_of(f, "width"), h = num_of(f, "height");
+        printf("%-14s%s (%s", "Board:", str_or(f, "path", "?"),
+               str_of(f, "name") ? str_of(f, "name") : "?");
+        if (w > 0 && h > 0) /* a pack from another program may leave the size out */
+            printf(", %gx%g", w, h);
+        printf(")\n");
     }
     if (cJSON_IsObject(t)) {
         printf("%-14s%g steps, rank %g, alpha %g, lr %g, %s, %g px, on %s\n",

@@ -68,13 +68,10 @@ typedef struct sidecars {
 } sidecars;
 
 typedef struct adapter_facts {
-    char family[16], family_source[32], algorithm[16], dtype[16];
-    int rank, modules;
-    double alpha;
-    int has_alpha;
-    char *metadata_json; /* __metadata__ without thumbnails */
-    char *file_triggers; /* JSON array of the file's own trigger candidates */
-    mood_buf top_tags;   /* comma-separated fallback triggers */
+    mood__reg_lora_summary s; /* family, algorithm, rank, ...: what the registry lists */
+    char *metadata_json;      /* __metadata__ without thumbnails */
+    char *file_triggers;      /* JSON array of the file's own trigger candidates */
+    mood_buf top_tags;        /* comma-separated fallback triggers */
 } adapter_facts;
 
 typedef struct preview {
@@ -128,9 +125,10 @@ static int check_extension(const char *path)
 
 /* ----- what the adapter says about itself ---------------------------------------------------- */
 
-static void summarize_modules(adapter_facts *f, const mood_adapter *a)
+void mood__reg_summarize(mood__reg_lora_summary *f, const mood_adapter *a)
 {
     size_t algos[MOOD_ALGO_COUNT] = {0}, best = 0;
+    memset(f, 0, sizeof *f);
     f->modules = (int)mood_adapter_module_count(a);
     for (size_t i = 0; i < (size_t)f->modules; i++) {
         mood_module_info m;
@@ -270,10 +268,10 @@ static int read_adapter(import_job *j)
                              j->path);
         goto done;
     }
-    summarize_modules(&j->facts, a);
-    if (strstr(j->facts.family_source, "metadata says")) /* mislabeled: the keys won */
-        mood_log(MOOD_LOG_WARN, "%s: registered as %s, from its %s", j->path, j->facts.family,
-                 j->facts.family_source);
+    mood__reg_summarize(&j->facts.s, a);
+    if (strstr(j->facts.s.family_source, "metadata says")) /* mislabeled: the keys won */
+        mood_log(MOOD_LOG_WARN, "%s: registered as %s, from its %s", j->path, j->facts.s.family,
+                 j->facts.s.family_source);
     if (!(j->facts.metadata_json = mood__reg_metadata_json(st))) {
         err = mood_error_nomem();
         goto done;
@@ -815,20 +813,20 @@ static int insert_adapter(mood_registry *r, const import_job *j)
     mood__reg_adapter a = {
         .sha256 = j->h.sha256,
         .autov3 = j->h.is_safetensors ? j->h.autov3 : NULL,
-        .family = f->family,
-        .family_source = f->family_source,
-        .algorithm = f->algorithm,
-        .dtype = f->dtype,
+        .family = f->s.family,
+        .family_source = f->s.family_source,
+        .algorithm = f->s.algorithm,
+        .dtype = f->s.dtype,
         .file_name = mood_path_basename(j->path),
         .metadata_json = f->metadata_json,
         .trigger_words_json = f->file_triggers,
         .size = j->h.size,
-        .rank = f->rank,
+        .rank = f->s.rank,
         .has_rank = 1,
-        .modules = f->modules,
+        .modules = f->s.modules,
         .has_modules = 1,
-        .alpha = f->alpha,
-        .has_alpha = f->has_alpha,
+        .alpha = f->s.alpha,
+        .has_alpha = f->s.has_alpha,
     };
     return mood__reg_insert_adapter(r, &a, "storing the adapter");
 }
@@ -1053,7 +1051,7 @@ static int prepare_facts(import_job *j, mood_import_result *out)
         return err;
     if (!(j->stem_path = mood_strndup(j->path, strlen(j->path) - strlen(".safetensors"))))
         return mood_error_nomem();
-    snprintf(out->family, sizeof out->family, "%s", j->facts.family);
+    snprintf(out->family, sizeof out->family, "%s", j->facts.s.family);
     if ((err = mood_st_open(&st, j->path)) != 0)
         return err;
     if ((err = wanted_name(out, style_name_of(j->stem_path, st))) != 0) {

@@ -129,26 +129,37 @@ static int file_metadata(char **out, const mood__pack_adapter_row *a)
 static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, const char *pack)
 {
     char *from_file = NULL;
-    int err = file_metadata(&from_file, a);
-    if (err)
+    mood__reg_lora_summary s;
+    mood_adapter *ad = NULL;
+    int err = file_metadata(&from_file, a), own = 0;
+    /* an embedded LoRA's algorithm, rank, alpha, dtype and module count are its file's (the
+     * manifest's are a pack's word: they are what `mood show` and search list) */
+    if (!err && a->path && (err = mood_adapter_open(&ad, a->path, NULL)) == 0) {
+        mood__reg_summarize(&s, ad);
+        mood_adapter_close(ad);
+        own = 1;
+    }
+    if (err) {
+        mood_free(from_file);
         return err;
+    }
     mood__reg_adapter row = {
         .sha256 = a->sha256,
         .autov3 = a->autov3,
         .family = a->family,
-        .family_source = a->family_source,
-        .algorithm = a->algorithm,
-        .dtype = a->dtype,
+        .family_source = own ? s.family_source : a->family_source,
+        .algorithm = own ? s.algorithm : a->algorithm,
+        .dtype = own ? s.dtype : a->dtype,
         .file_name = a->file_name,
         .metadata_json = a->metadata_json ? a->metadata_json : from_file,
         .trigger_words_json = a->trigger_words_json,
         .size = a->size,
-        .rank = a->rank,
-        .has_rank = a->has_rank,
-        .modules = a->modules,
-        .has_modules = a->has_modules,
-        .alpha = a->alpha,
-        .has_alpha = a->has_alpha,
+        .rank = own ? s.rank : a->rank,
+        .has_rank = own || a->has_rank,
+        .modules = own ? s.modules : a->modules,
+        .has_modules = own || a->has_modules,
+        .alpha = own ? s.alpha : a->alpha,
+        .has_alpha = own ? s.has_alpha : a->has_alpha,
     };
     err = mood__reg_insert_adapter(r, &row, "storing an adapter of the pack");
     mood_free(from_file);

@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "common/common.h"
+#include "mood/lora.h"
 #include "mood/registry.h"
 #include "mood/safetensors.h"
 
@@ -135,6 +136,15 @@ typedef struct mood__reg_adapter {
     double alpha;
     int has_alpha;
 } mood__reg_adapter;
+
+/* What the registry lists of a LoRA, as its file says (import, and a pack's embedded LoRAs). */
+typedef struct mood__reg_lora_summary {
+    char family[16], family_source[32], algorithm[16], dtype[16];
+    int rank, modules; /* the largest rank; modules */
+    double alpha;      /* the first module's alpha, when has_alpha */
+    int has_alpha;
+} mood__reg_lora_summary;
+void mood__reg_summarize(mood__reg_lora_summary *s, const mood_adapter *a);
 
 /* A LoRA file's __metadata__ as the registry stores it (a JSON object of strings), without the
  * embedded images (modelspec.thumbnail, ssmd_cover_images: large and shown nowhere); NULL when

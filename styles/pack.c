@@ -12,6 +12,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/common.h"
+#include "common/image_decode.h"
+#include "mood/hash.h"
 #include "mood/lora.h"
 #include "mood/pack.h"
 #include "registry/pack_store.h"
@@ -493,6 +496,23 @@ static int check_adapter_file(const mood__pack_adapter_row *row)
     return err;
 }
 
+/* What an embedded LoRA's file says of itself wins over the manifest: its AutoV3 (which the
+ * images made with it name, and Civitai finds it by) and a plain file name (no folders). */
+static int file_facts(importer *m, mood__pack_adapter_row *row)
+{
+    mood_file_hashes h;
+    const char *base = row->file_name ? mood_path_basename(row->file_name) : NULL;
+    int err = mood_hash_file_ex(&h, row->path, MOOD_HASH_SKIP_CRC32, NULL, NULL);
+    if (err)
+        return err;
+    if (h.is_safetensors && !(row->autov3 = own_str(m, mood_strdup(h.autov3))))
+        return mood_error_nomem();
+    if (base && (!*base || *base == '.'))
+        base = NULL;
+    row->file_name = base ? base : "adapter.safetensors";
+    return 0;
+}
+
 /* A whole number in [1, 9e15] from the manifest (validated there), else 0. */
 static long long id_of(const cJSON *o, const char *key)
 {
@@ -577,7 +597,8 @@ static int adapter_rows(importer *m)
         row->has_alpha = num(a, "alpha", &row->alpha);
         if ((err = own_json(m, &row->metadata_json, get(a, "metadata"))) != 0 ||
             (err = own_json(m, &row->trigger_words_json, get(a, "trigger_words"))) != 0 ||
-            (row->path && (err = check_adapter_file(row)) != 0))
+            (row->path && (err = check_adapter_file(row)) != 0) ||
+            (row->path && (err = file_facts(m, row)) != 0))
             break;
     }
     return err;
@@ -631,6 +652,27 @@ static int board_rows(importer *m, mood__pack_style_row *row, const char *name)
     return 0;
 }
 
+/* A preview of the pack is what `mood import` keeps of a LoRA's folder: a PNG, JPEG or WebP image
+ * (by its content: a pack's media type is the pack's word) of at most 64 MiB. */
+static int check_preview(mood__pack_preview_row *p, const char *style)
+{
+    mood_map map = {0};
+    const char *type = NULL, *why = "an image larger than 64 MiB";
+    int err = p->path ? mood_map_file(&map, p->path) : 0;
+    if (err || !p->path)
+        return err;
+    if (map.size <= (64u << 20))
+        type = mood__image_media_type(map.data, (size_t)map.size, &why);
+    mood_unmap(&map);
+    if (!type)
+        return strcmp(why, "outofmem") == 0
+                   ? mood_error_nomem()
+                   : mood_error_set(MOOD_EFORMAT, "style '%s': preview %s in the pack is %s", style,
+                                    p->sha256, why);
+    p->media_type = type;
+    return 0;
+}
+
 static int style_row(importer *m, mood__pack_style_row *row, const cJSON *s)
 {
     const cJSON *arr, *v;
@@ -678,9 +720,11 @@ static int style_row(importer *m, mood__pack_style_row *row, const cJSON *s)
     {
         double level = -1;
         num(v, "nsfw_level", &level);
-        previews[k++] = (mood__pack_preview_row){
+        previews[k] = (mood__pack_preview_row){
             get_str(v, "sha256"), extracted(m, get_str(v, "file")), get_str(v, "media_type"),
             level >= 0 && level <= 1e6 ? (int)level : -1};
+        if ((err = check_preview(&previews[k++], row->name)) != 0)
+            return err;
     }
     row->previews = previews;
     row->n_previews = k;

@@ -78,17 +78,27 @@ static int need_string(const char **out, const cJSON *o, const char *where, cons
     return 0;
 }
 
-static int need_number(const cJSON *o, const char *where, const char *key, int required, double min)
+/* A number in [min, max] (what mood itself would store: a LoRA weight within -100..100, a rank
+ * a long long holds). */
+static int need_number_in(const cJSON *o, const char *where, const char *key, int required,
+                          double min, double max)
 {
     const cJSON *v = field(o, key);
     if (!v || cJSON_IsNull(v))
         return required
                    ? mood_error_set(MOOD_EFORMAT, "manifest.json: %s: missing \"%s\"", where, key)
                    : 0;
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < min)
-        return mood_error_set(MOOD_EFORMAT, "manifest.json: %s: \"%s\" must be a number >= %g",
-                              where, key, min);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < min ||
+        v->valuedouble > max)
+        return mood_error_set(MOOD_EFORMAT,
+                              "manifest.json: %s: \"%s\" must be a number from %g to %g", where,
+                              key, min, max);
     return 0;
+}
+
+static int need_number(const cJSON *o, const char *where, const char *key, int required, double min)
+{
+    return need_number_in(o, where, key, required, min, INFINITY);
 }
 
 static int need_array(const cJSON **out, const cJSON *o, const char *where, const char *key,
@@ -219,8 +229,8 @@ static int check_adapter(mood__pack_manifest *m, const cJSON *a, size_t i)
         (err = need_string(&s, a, where, "algorithm", 0)) ||
         (err = need_string(&s, a, where, "dtype", 0)) ||
         (err = need_string(&s, a, where, "family_source", 0)) ||
-        (err = need_number(a, where, "rank", 0, 0)) ||
-        (err = need_number(a, where, "modules", 0, 0)) ||
+        (err = need_number_in(a, where, "rank", 0, 0, 1e9)) ||
+        (err = need_number_in(a, where, "modules", 0, 0, 1e9)) ||
         (err = need_number(a, where, "alpha", 0, -INFINITY)) ||
         (err = string_array(a, where, "trigger_words")) || (err = check_civitai(a, where)))
         return err;
@@ -269,8 +279,8 @@ static int check_style_adapters(const mood__pack_manifest *m, const cJSON *s, co
             err = mood_error_set(MOOD_EFORMAT, "manifest.json: %s must be an object", w);
             break;
         }
-        if ((err = need_hex(&sha, x, w)) || (err = need_number(x, w, "unet", 1, -INFINITY)) ||
-            (err = need_number(x, w, "te", 1, -INFINITY)))
+        if ((err = need_hex(&sha, x, w)) || (err = need_number_in(x, w, "unet", 1, -100, 100)) ||
+            (err = need_number_in(x, w, "te", 1, -100, 100)))
             break;
         cJSON_ArrayForEach(a, field(m->json, "adapters"))
         {
@@ -307,18 +317,23 @@ static int check_files(mood__pack_manifest *m, const cJSON *o, const char *where
     return err;
 }
 
-/* Tags as the registry allows them: 1..64 characters, no spaces or commas. */
+/* Tags as the registry allows them: 1..64 characters, no spaces, commas or control characters,
+ * no '#' in front (`mood tag` drops it: a tag is shown with it). */
 static int check_tags(const cJSON *s, const char *where)
 {
     const cJSON *t;
     cJSON_ArrayForEach(t, field(s, "tags"))
     {
+        const unsigned char *c = (const unsigned char *)t->valuestring;
         size_t n = strlen(t->valuestring);
-        if (n == 0 || n > 64 || strpbrk(t->valuestring, " ,\t\n"))
+        int control = 0;
+        for (size_t i = 0; i < n; i++)
+            control |= c[i] < 0x20 || c[i] == 0x7f;
+        if (n == 0 || n > 64 || strpbrk(t->valuestring, " ,") || control || c[0] == '#')
             return mood_error_set(MOOD_EFORMAT,
-                                  "manifest.json: %s: tag '%.64s' is not allowed (1 to 64 "
-                                  "characters, no spaces or commas)",
-                                  where, t->valuestring);
+                                  "manifest.json: %s: a tag is not allowed (1 to 64 characters, no "
+                                  "spaces, commas, control characters or '#' in front)",
+                                  where);
     }
     return 0;
 }

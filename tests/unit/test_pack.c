@@ -360,6 +360,74 @@ static void test_adapter_checked(void)
     mood_registry_close(r);
 }
 
+/* A pack of style "x" (the LoRA at `path`) whose manifest says what the file is not (a path for a
+ * file name, another AutoV3, rank, algorithm and module count); with `preview`, a preview of n
+ * bytes declared as a PNG. */
+static int write_lying_pack(const char *out, const char *path, const char *preview, size_t n)
+{
+    mood_file_hashes h;
+    mood__pack_src src[3];
+    char manifest[4096], file[128], pfile[128], psha[65], previews[512] = "";
+    int err = mood_hash_file(&h, path, NULL, NULL);
+    if (err)
+        return err;
+    snprintf(file, sizeof file, "adapters/%s.safetensors", h.sha256);
+    if (preview) {
+        mood_sha256_hex(psha, preview, n);
+        snprintf(pfile, sizeof pfile, "previews/%s.png", psha);
+        snprintf(previews, sizeof previews,
+                 ", \"previews\": [{\"sha256\": \"%s\", \"media_type\": \"image/png\", "
+                 "\"file\": \"%s\"}]",
+                 psha, pfile);
+    }
+    snprintf(manifest, sizeof manifest,
+             "{\"schema_version\": 1, \"created_by\": \"test\", \"adapters\": [{\"sha256\": "
+             "\"%s\", \"file_name\": \"../../evil.safetensors\", \"size\": %llu, \"family\": "
+             "\"sd1\", \"autov3\": \"%064d\", \"rank\": 99, \"algorithm\": \"loha\", "
+             "\"modules\": 3, \"embedded\": true, \"file\": \"%s\"}], \"styles\": [{\"name\": "
+             "\"x\", \"adapters\": [{\"sha256\": \"%s\", \"unet\": 1, \"te\": 1}]%s}]}",
+             h.sha256, (unsigned long long)h.size, 0, file, h.sha256, previews);
+    src[0] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, manifest, strlen(manifest), NULL};
+    src[1] = (mood__pack_src){file, path, NULL, 0, NULL};
+    src[2] = (mood__pack_src){pfile, NULL, preview, n, NULL};
+    return mood__pack_write(out, src, preview ? 3 : 2, NULL, NULL);
+}
+
+/* What the registry lists of an embedded LoRA is what its file says, not the manifest (its
+ * AutoV3 is what images made with it name); a preview that is no image is refused. */
+static void test_manifest_facts_not_trusted(void)
+{
+    mood_registry *r = NULL;
+    mood_file_hashes h;
+    char *report = NULL, home[1024], *text;
+    const char *lora = fixture("kohya/sd1_locon_fp16.safetensors");
+    cJSON *o;
+    snprintf(home, sizeof home, "%s", scratch_path("lies"));
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK_OK(mood_hash_file(&h, lora, NULL, NULL));
+    if (!r)
+        return;
+    MOOD_CHECK_OK(write_lying_pack(pack, lora, "<html>not a png</html>", 22));
+    MOOD_CHECK(mood_pack_import(&report, r, pack, NULL) == MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "is not a PNG, JPEG or WebP image"), "%s",
+                   mood_error_last());
+    MOOD_CHECK_OK(write_lying_pack(pack, lora, NULL, 0));
+    MOOD_CHECK_OK(mood_pack_import(&report, r, pack, NULL));
+    mood_registry_free_string(report);
+    text = show(r, "x");
+    if ((o = cJSON_Parse(text ? text : "")) != NULL) {
+        const cJSON *a = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0);
+        MOOD_CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(a, "file_name")),
+                          "evil.safetensors") == 0);
+        MOOD_CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(a, "autov3")), h.autov3) == 0);
+        MOOD_CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(a, "algorithm")), "loha") != 0);
+        MOOD_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(a, "rank")) != 99);
+        cJSON_Delete(o);
+    }
+    mood_registry_free_string(text);
+    mood_registry_close(r);
+}
+
 static void remove_tree(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -389,4 +457,5 @@ static void test_cleanup(void)
 MOOD_TEST_MAIN(MOOD_T(test_export), MOOD_T(test_reference_only_missing),
                MOOD_T(test_import_alloc_failures), MOOD_T(test_round_trip_identical),
                MOOD_T(test_merge_into_imported_style), MOOD_T(test_merge_keeps_board),
-               MOOD_T(test_adapter_checked), MOOD_T(test_cleanup))
+               MOOD_T(test_adapter_checked), MOOD_T(test_manifest_facts_not_trusted),
+               MOOD_T(test_cleanup))
