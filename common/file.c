@@ -205,6 +205,36 @@ static char *dir_of(const char *path)
     return mood_strndup(path, (size_t)(slash - path));
 }
 
+/* Temporary files of earlier writes to this destination whose process is gone (killed before it
+ * could remove them: a pack or a model's worth of hidden bytes each) go first. */
+static void remove_dead_leftovers(const char *dir, const char *base)
+{
+    char prefix[128];
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    mood_buf path;
+    size_t k;
+    if (!d)
+        return;
+    snprintf(prefix, sizeof prefix, ".%.100s.tmp-", base);
+    k = strlen(prefix);
+    mood_buf_init(&path);
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        long pid;
+        if (strncmp(e->d_name, prefix, k) != 0)
+            continue;
+        pid = strtol(e->d_name + k, &end, 10);
+        if (pid <= 0 || *end != '-' || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* alive, or not ours to judge */
+        path.len = 0;
+        if (mood_buf_printf(&path, "%s/%s", dir, e->d_name) == 0)
+            unlink(path.data);
+    }
+    closedir(d);
+    mood_buf_dispose(&path);
+}
+
 int mood_atomic_open(mood_atomic_file *af, const char *path)
 {
     static unsigned counter;
@@ -219,6 +249,7 @@ int mood_atomic_open(mood_atomic_file *af, const char *path)
         err = mood_error_nomem();
         goto done;
     }
+    remove_dead_leftovers(dir, mood_path_basename(af->path));
     for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
         name.len = 0;
         /* the name cut to 100 bytes: a destination name near the 255-byte limit must still fit */

@@ -4,6 +4,9 @@
  * dispose takes NULL), indexes out of range, buffers too small, an empty registry folder, values
  * outside an enum, names in another case, and a number printed alike by list, search and show.
  */
+#include <errno.h>
+#include <signal.h>
+
 #include "common/common.h"
 #include "harness.h"
 #include "mood/mood.h"
@@ -248,6 +251,26 @@ static void test_messages(void)
                    "%s", mood_error_last());
 }
 
+/* A write to a file removes the temporary files that killed writes to it left (their process is
+ * gone), and keeps those of a live process. */
+static void test_atomic_write_removes_dead_leftovers(void)
+{
+    const char *dir = scratch_fresh_dir("atomic");
+    char out[1100], dead[1200], live[1200];
+    mood_atomic_file af;
+    long pid = 999999;
+    while (pid > 2 && !(kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+        pid--; /* a process id no process has */
+    snprintf(out, sizeof out, "%s/out.bin", dir);
+    snprintf(dead, sizeof dead, "%s/.out.bin.tmp-%ld-0", dir, pid);
+    snprintf(live, sizeof live, "%s/.out.bin.tmp-%ld-0", dir, (long)getpid());
+    MOOD_CHECK(write_file(dead, "x", 1) == 0 && write_file(live, "y", 1) == 0);
+    MOOD_CHECK_OK(mood_atomic_open(&af, out));
+    MOOD_CHECK_OK(mood_atomic_write(&af, "data", 4));
+    MOOD_CHECK_OK(mood_atomic_commit(&af));
+    MOOD_CHECK(access(dead, F_OK) != 0 && access(live, F_OK) == 0 && access(out, F_OK) == 0);
+}
+
 static void test_family_names_any_case(void)
 {
     mood_family f = MOOD_FAMILY_UNKNOWN;
@@ -296,8 +319,9 @@ static void test_weight_printed_alike(void)
     mood_registry_close(r);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_registry_home_empty), MOOD_T(test_adapter_index_out_of_range),
-               MOOD_T(test_free_and_dispose_take_null), MOOD_T(test_registry_null_arguments),
-               MOOD_T(test_other_null_arguments), MOOD_T(test_generate_arguments),
-               MOOD_T(test_buffer_too_small), MOOD_T(test_messages),
-               MOOD_T(test_family_names_any_case), MOOD_T(test_weight_printed_alike))
+MOOD_TEST_MAIN(MOOD_T(test_atomic_write_removes_dead_leftovers), MOOD_T(test_registry_home_empty),
+               MOOD_T(test_adapter_index_out_of_range), MOOD_T(test_free_and_dispose_take_null),
+               MOOD_T(test_registry_null_arguments), MOOD_T(test_other_null_arguments),
+               MOOD_T(test_generate_arguments), MOOD_T(test_buffer_too_small),
+               MOOD_T(test_messages), MOOD_T(test_family_names_any_case),
+               MOOD_T(test_weight_printed_alike))
