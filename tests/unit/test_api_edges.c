@@ -2,7 +2,9 @@
  * test_api_edges.c: the public API at its edges, as a program linking libmood meets them: NULL
  * arguments (MOOD_EINVAL naming the function and the argument, never a crash; every free and
  * dispose takes NULL), indexes out of range, buffers too small, an empty registry folder, values
- * outside an enum, names in another case, and a number printed alike by list, search and show.
+ * outside an enum, names in another case, and a number printed alike by list, search and show;
+ * and two internals every command rests on: error context added once, atomic writes that clean
+ * up after killed ones.
  */
 #include <errno.h>
 #include <signal.h>
