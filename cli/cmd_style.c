@@ -716,8 +716,13 @@ int cmd_rm(int argc, char **argv)
         return rc;
     /* every name first: a mistyped one among several removes none, not the ones before it */
     for (int i = 1; argc > 2 && i < argc && !err; i++) {
-        char *json = NULL;
-        err = mood_registry_show_json(&json, r, argv[i]);
+        char *json = NULL, line[2200];
+        if ((err = mood_registry_show_json(&json, r, argv[i])) != 0) {
+            snprintf(line, sizeof line, "nothing removed: %s", mood_error_last());
+            cli_text_report("error", line);
+            mood_registry_close(r);
+            return err == MOOD_ENOTFOUND || mood_error_is_user(err) ? 1 : 2; /* as fail() */
+        }
         mood_registry_free_string(json);
     }
     for (int i = 1; i < argc && !err; i++) {

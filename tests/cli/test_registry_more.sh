@@ -217,7 +217,7 @@ check "both listed as skipped" py 'import json,sys; s={x["file"].rsplit("/",1)[1
 export MOOD_HOME=$tmp/h-rm
 expect_rc 0 "two styles" "$MOOD" import --offline "$FIX/lycoris/loha.safetensors" "$FIX/lycoris/lokr.safetensors"
 expect_rc 1 "rm with a mistyped name among others" "$MOOD" rm loha nosuchstyle lokr
-check "names the mistyped one" grep -q "nosuchstyle" "$tmp/err"
+check "names the mistyped one, and that nothing was removed" grep -q "nothing removed: no style named 'nosuchstyle'" "$tmp/err"
 expect_rc 0 "the first is still there" "$MOOD" show loha
 
 finish
