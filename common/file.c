@@ -205,19 +205,15 @@ static char *dir_of(const char *path)
     return mood_strndup(path, (size_t)(slash - path));
 }
 
-/* Temporary files of earlier writes to this destination whose process is gone (killed before it
- * could remove them: a pack or a model's worth of hidden bytes each) go first. */
-static void remove_dead_leftovers(const char *dir, const char *base)
+/* Removes (with `remove`) each entry of dir named PREFIX<pid>-... whose process is gone. */
+static void remove_dead_entries(const char *dir, const char *prefix, void (*remove)(const char *))
 {
-    char prefix[128];
     DIR *d = opendir(dir);
     struct dirent *e;
     mood_buf path;
-    size_t k;
+    size_t k = strlen(prefix);
     if (!d)
         return;
-    snprintf(prefix, sizeof prefix, ".%.100s.tmp-", base);
-    k = strlen(prefix);
     mood_buf_init(&path);
     while ((e = readdir(d)) != NULL) {
         char *end;
@@ -229,10 +225,24 @@ static void remove_dead_leftovers(const char *dir, const char *base)
             continue; /* alive, or not ours to judge */
         path.len = 0;
         if (mood_buf_printf(&path, "%s/%s", dir, e->d_name) == 0)
-            unlink(path.data);
+            remove(path.data);
     }
     closedir(d);
     mood_buf_dispose(&path);
+}
+
+/* Temporary files of earlier writes to this destination whose process is gone (killed before it
+ * could remove them: a pack or a model's worth of hidden bytes each) go first. */
+static void unlink_path(const char *path)
+{
+    unlink(path);
+}
+
+static void remove_dead_leftovers(const char *dir, const char *base)
+{
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, ".%.100s.tmp-", base);
+    remove_dead_entries(dir, prefix, unlink_path);
 }
 
 int mood_atomic_open(mood_atomic_file *af, const char *path)
@@ -372,27 +382,7 @@ void mood_remove_digit_named_dir(const char *dir)
 
 void mood_remove_dead_temp_dirs(const char *dir, const char *prefix)
 {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    mood_buf path;
-    size_t k = strlen(prefix);
-    if (!d)
-        return;
-    mood_buf_init(&path);
-    while ((e = readdir(d)) != NULL) {
-        char *end;
-        long pid;
-        if (strncmp(e->d_name, prefix, k) != 0)
-            continue;
-        pid = strtol(e->d_name + k, &end, 10);
-        if (pid <= 0 || *end != '-' || (kill((pid_t)pid, 0) != 0 ? errno != ESRCH : 1))
-            continue; /* alive, or not ours to judge */
-        path.len = 0;
-        if (mood_buf_printf(&path, "%s/%s", dir, e->d_name) == 0)
-            mood_remove_digit_named_dir(path.data);
-    }
-    closedir(d);
-    mood_buf_dispose(&path);
+    remove_dead_entries(dir, prefix, mood_remove_digit_named_dir);
 }
 
 int mood_path_exists(const char *path)
