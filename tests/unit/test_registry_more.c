@@ -140,32 +140,47 @@ static void test_import_restores_removed_style(void)
     mood_registry_close(r);
 }
 
-static void test_import_after_lora_replaced(void)
+/* A fresh registry with styles lokr (*k) and ia3, lokr edited to hold ia3's LoRA: lokr's own
+ * LoRA is kept, used by no style. */
+static mood_registry *lokr_replaced(const char *src, mood_import_result *k)
 {
-    const char *src = scratch_fresh_dir("src");
     mood_registry *r = NULL;
-    mood_import_result k, i, again;
+    mood_import_result i;
     mood_style_lora l;
     mood_style_spec spec = {0};
-    int problems = -1;
-    char *report = NULL;
-    mood_doctor_options d = {1, 0, NULL, NULL};
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    import_as(r, &k, src, "lokr.safetensors", "lycoris/lokr.safetensors");
+    import_as(r, k, src, "lokr.safetensors", "lycoris/lokr.safetensors");
     import_as(r, &i, src, "ia3.safetensors", "lycoris/ia3.safetensors");
     l = (mood_style_lora){i.sha256, 1, 1};
     spec.loras = &l;
     spec.n_loras = 1;
     MOOD_CHECK_OK(mood_registry_style_edit(r, "lokr", &spec));
+    return r;
+}
+
+/* mood doctor --deep finds nothing. */
+static void check_doctor_clean(mood_registry *r)
+{
+    int problems = -1;
+    char *report = NULL;
+    mood_doctor_options d = {1, 0, NULL, NULL};
+    MOOD_CHECK_OK(mood_registry_doctor(&report, &problems, r, &d));
+    MOOD_CHECK_MSG(problems == 0, "%s", report ? report : "");
+    mood_registry_free_string(report);
+}
+
+static void test_import_after_lora_replaced(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    mood_import_result k, again;
+    mood_registry *r = lokr_replaced(src, &k);
     import_as(r, &again, src, "lokr.safetensors", "lycoris/lokr.safetensors");
     MOOD_CHECK_MSG(!again.already && strcmp(again.name, "lokr-2") == 0 && again.renamed,
                    "already %d, name %s", again.already, again.name);
     MOOD_CHECK(strcmp(again.sha256, k.sha256) == 0);
     import_as(r, &again, src, "lokr.safetensors", "lycoris/lokr.safetensors");
     MOOD_CHECK_MSG(again.already && strcmp(again.name, "lokr-2") == 0, "name %s", again.name);
-    MOOD_CHECK_OK(mood_registry_doctor(&report, &problems, r, &d));
-    MOOD_CHECK_MSG(problems == 0, "%s", report ? report : "");
-    mood_registry_free_string(report);
+    check_doctor_clean(r);
     mood_registry_close(r);
 }
 
@@ -176,27 +191,13 @@ static void test_import_after_lora_replaced(void)
 static void test_rm_keeps_a_replaced_lora(void)
 {
     const char *src = scratch_fresh_dir("src");
-    mood_registry *r = NULL;
-    mood_import_result k, i, g;
-    mood_style_lora l;
-    mood_style_spec spec = {0};
-    int problems = -1;
-    char *report = NULL;
+    mood_import_result k, g;
     long long journal = -1;
-    mood_doctor_options d = {1, 0, NULL, NULL};
-    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    import_as(r, &k, src, "lokr.safetensors", "lycoris/lokr.safetensors");
-    import_as(r, &i, src, "ia3.safetensors", "lycoris/ia3.safetensors");
+    mood_registry *r = lokr_replaced(src, &k); /* lokr's LoRA kept, unused */
     import_as(r, &g, src, "good.safetensors", "kohya/sd1_lora.safetensors");
-    l = (mood_style_lora){i.sha256, 1, 1};
-    spec.loras = &l;
-    spec.n_loras = 1;
-    MOOD_CHECK_OK(mood_registry_style_edit(r, "lokr", &spec)); /* lokr's LoRA kept, unused */
     MOOD_CHECK_OK(mood_registry_rm(r, "good"));
     MOOD_CHECK(blob_exists(r, k.sha256) && !blob_exists(r, g.sha256));
-    MOOD_CHECK_OK(mood_registry_doctor(&report, &problems, r, &d));
-    MOOD_CHECK_MSG(problems == 0, "%s", report ? report : "");
-    mood_registry_free_string(report);
+    check_doctor_clean(r);
     {
         sqlite3 *db = NULL;
         sqlite3_stmt *st = NULL;
