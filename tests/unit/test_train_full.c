@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "train_test.h"
 #include "mood/gen.h"
 #include "mood/safetensors.h"
 #include "mood/train.h"
@@ -118,22 +119,9 @@ static void set_options(mood_train_options *o, int train_te, const char *output,
     o->save_dtype = MOOD_DTYPE_F32;
     o->full = 1;
     o->train_te = train_te;
-    o->board_opts.resolution = (int)json_num(c, "resolution");
-    o->board_opts.trigger = json_str(c, "trigger");
-    o->steps = (int64_t)json_num(c, "steps");
-    o->batch = (int)json_num(c, "batch");
-    o->accum = (int)json_num(c, "accum");
-    o->lr = json_num(c, "lr");
+    train_case_options(o, c);
     o->te_lr = json_num(c, "te_lr");
-    MOOD_CHECK_OK(mood_lr_schedule_parse(&o->lr_schedule, json_str(c, "schedule")));
-    o->warmup = (int64_t)json_num(c, "warmup");
-    o->weight_decay = json_num(c, "wd");
-    o->max_grad_norm = json_num(c, "max_norm");
-    o->min_snr_gamma = json_num(c, "gamma");
-    o->noise_offset = json_num(c, "offset");
-    o->flip = (int)json_num(c, "flip");
     o->caption_dropout = json_num(c, "dropout");
-    o->seed = (uint64_t)json_num(c, "seed");
     o->progress = on_progress;
     o->progress_payload = l;
 }

@@ -25,6 +25,7 @@
  * ones).
  */
 #include "harness.h"
+#include "train_test.h"
 #include "mood/gen.h"
 #include "mood/safetensors.h"
 #include "mood/train.h"
@@ -87,25 +88,12 @@ static void set_options(mood_train_options *o, const cJSON *c, const char **boar
     board[0] = fixture("train/steps/board");
     o->board = board;
     o->n_board = 1;
-    o->board_opts.resolution = (int)json_num(c, "resolution");
-    o->board_opts.trigger = json_str(c, "trigger");
     o->output = scratch_path("steps.safetensors");
     o->save_dtype = MOOD_DTYPE_F32;
     MOOD_CHECK_OK(mood_train_targets_parse(&o->targets, json_str(c, "targets")));
     o->rank = (int)json_num(c, "rank");
     o->alpha = json_num(c, "alpha");
-    o->steps = (int64_t)json_num(c, "steps");
-    o->batch = (int)json_num(c, "batch");
-    o->accum = (int)json_num(c, "accum");
-    o->lr = json_num(c, "lr");
-    MOOD_CHECK_OK(mood_lr_schedule_parse(&o->lr_schedule, json_str(c, "schedule")));
-    o->warmup = (int64_t)json_num(c, "warmup");
-    o->weight_decay = json_num(c, "wd");
-    o->max_grad_norm = json_num(c, "max_norm");
-    o->min_snr_gamma = json_num(c, "gamma");
-    o->noise_offset = json_num(c, "offset");
-    o->flip = (int)json_num(c, "flip");
-    o->seed = (uint64_t)json_num(c, "seed");
+    train_case_options(o, c);
     o->progress = on_progress;
     o->progress_payload = l;
 }
