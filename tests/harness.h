@@ -1,7 +1,7 @@
 /*
  * harness.h: the tiny test harness used by every test program: MOOD_TEST functions registered
  * in a table, MOOD_CHECK assertions that report file:line and keep going, and helpers to find
- * fixtures (MOOD_FIXTURES, set by CTest) and scratch directories.
+ * fixtures (MOOD_FIXTURES, set by CTest) and a scratch directory, removed when all passed.
  *
  * A test program's main() is MOOD_TEST_MAIN(tests...). It prints one line per test, then
  * "N passed, N failed" and exits 0 only when nothing failed.
@@ -10,6 +10,7 @@
 #define MOOD_TESTS_HARNESS_H
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -69,6 +70,61 @@ static inline float harness_rnd(void)
     return (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
+/* The scratch directory of this test program, made on first use (empty until then). */
+static char harness_scratch[512];
+
+/* A fresh scratch directory under $TMPDIR for this test program, removed when every test passed
+ * (kept to look at otherwise, or with MOOD_TEST_KEEP set). Static buffer. */
+static inline const char *scratch_dir(void)
+{
+    if (!harness_scratch[0]) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(harness_scratch, sizeof harness_scratch, "%s/mood-test-XXXXXX",
+                 tmp ? tmp : "/tmp");
+        if (!mkdtemp(harness_scratch)) {
+            perror("mkdtemp");
+            exit(2);
+        }
+    }
+    return harness_scratch;
+}
+
+/* Removes the tree at path, links not followed. */
+static inline void harness_remove_tree(const char *path)
+{
+    struct stat st;
+    DIR *d;
+    if (lstat(path, &st) != 0)
+        return;
+    if (!S_ISDIR(st.st_mode) || (d = opendir(path)) == NULL) {
+        unlink(path);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char p[4096];
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if ((size_t)snprintf(p, sizeof p, "%s/%s", path, e->d_name) < sizeof p)
+            harness_remove_tree(p);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+/* At the end of a run: the scratch directory goes when nothing failed (test programs write
+ * models and checkpoints there; left behind, runs filled /tmp by gigabytes). */
+static inline void harness_scratch_done(int failed)
+{
+    if (!harness_scratch[0])
+        return;
+    if (failed || getenv("MOOD_TEST_KEEP"))
+        fprintf(stderr, "scratch files kept in %s\n", harness_scratch);
+    else
+        harness_remove_tree(harness_scratch);
+    harness_scratch[0] = '\0'; /* a second run in the program makes a new one */
+}
+
 typedef struct {
     const char *name;
     void (*fn)(void);
@@ -94,6 +150,7 @@ static inline int harness_run(const harness_test *tests, size_t n)
         }
     }
     printf("%d passed, %d failed\n", passed, failed);
+    harness_scratch_done(failed);
     return failed ? 1 : 0;
 }
 
@@ -145,21 +202,6 @@ static inline const char *fixture(const char *rel)
     slot = (slot + 1) % 4;
     snprintf(path[slot], sizeof path[slot], "%s/%s", root ? root : "tests/fixtures", rel);
     return path[slot];
-}
-
-/* A fresh scratch directory under $TMPDIR for this test program. Static buffer. */
-static inline const char *scratch_dir(void)
-{
-    static char dir[512];
-    if (!dir[0]) {
-        const char *tmp = getenv("TMPDIR");
-        snprintf(dir, sizeof dir, "%s/mood-test-XXXXXX", tmp ? tmp : "/tmp");
-        if (!mkdtemp(dir)) {
-            perror("mkdtemp");
-            exit(2);
-        }
-    }
-    return dir;
 }
 
 static inline const char *scratch_path(const char *name)

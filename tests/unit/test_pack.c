@@ -428,34 +428,7 @@ static void test_manifest_facts_not_trusted(void)
     mood_registry_close(r);
 }
 
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d)) != NULL) {
-        char path[2048];
-        struct stat st;
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(path);
-        else
-            unlink(path);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
-}
-
-static void test_cleanup(void)
-{
-    remove_tree(scratch_dir());
-    MOOD_CHECK(!mood_path_exists(scratch_dir()));
-}
-
 MOOD_TEST_MAIN(MOOD_T(test_export), MOOD_T(test_reference_only_missing),
                MOOD_T(test_import_alloc_failures), MOOD_T(test_round_trip_identical),
                MOOD_T(test_merge_into_imported_style), MOOD_T(test_merge_keeps_board),
-               MOOD_T(test_adapter_checked), MOOD_T(test_manifest_facts_not_trusted),
-               MOOD_T(test_cleanup))
+               MOOD_T(test_adapter_checked), MOOD_T(test_manifest_facts_not_trusted))

@@ -611,36 +611,6 @@ static void test_refusals(void)
     }
 }
 
-/* Removes the tree at path (the scratch folder holds ~16 MB of models and checkpoints). */
-static void remove_tree(const char *path)
-{
-    struct stat st;
-    DIR *d;
-    struct dirent *e;
-    char p[4096];
-    if (lstat(path, &st) != 0)
-        return;
-    if (S_ISDIR(st.st_mode) && (d = opendir(path)) != NULL) {
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-                remove_tree(p);
-            }
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
-/* Last: the scratch folder goes when everything passed (kept to look at otherwise). */
-static void test_cleanup(void)
-{
-    if (harness_failures == 0)
-        remove_tree(scratch_dir());
-}
-
 /* With --cuda (ctest's test_train_full_cuda, label cuda; emu_test_train_full_cuda on the
  * emulation): the two conformance runs with the UNet's forward and backward on GPU 0
  * (train/unet_step_cuda.c: the weights' gradients come down, the updated weights go up each step)
@@ -653,11 +623,9 @@ int main(int argc, char **argv)
                                          MOOD_T(test_output_folder),
                                          MOOD_T(test_resume_bit_identical),
                                          MOOD_T(test_replace_only_when_complete),
-                                         MOOD_T(test_refusals),
-                                         MOOD_T(test_cleanup)};
+                                         MOOD_T(test_refusals)};
     static const harness_test cuda_tests[] = {MOOD_T(test_full_te_matches_torch),
-                                              MOOD_T(test_full_unet_matches_torch),
-                                              MOOD_T(test_cleanup)};
+                                              MOOD_T(test_full_unet_matches_torch)};
     return harness_run_cuda_mode(argc, argv, tests, sizeof tests / sizeof tests[0], cuda_tests,
                                  sizeof cuda_tests / sizeof cuda_tests[0], &use_cuda);
 }
