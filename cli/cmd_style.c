@@ -34,13 +34,13 @@ const char cmd_show_help[] =
 
 const char cmd_search_help[] =
     "usage: mood search QUERY... [--json]\n\n"
-    "Finds styles whose name, trigger words, tags, description, notes or Civitai model and\n"
-    "version names contain every word of QUERY (as a word or the start of one: 'ink' finds\n"
-    "'inkwash'; case and accents do not matter), best match first: a match in the name before\n"
-    "one in the trigger words or tags, before one in the description. Emoji and other symbols,\n"
-    "and Chinese, Japanese or Korean text, are found anywhere in those fields ('\xf0\x9f\x8e\xa8' "
-    "finds\n"
-    "a style tagged \xf0\x9f\x8e\xa8, '\xe6\xb0\xb4\xe5\xa2\xa8' finds "
+    "Finds styles whose name, trigger words, tags, description, notes, LoRA file names or\n"
+    "Civitai model and version names contain every word of QUERY (as a word or the start of\n"
+    "one: 'ink' finds 'inkwash', 'gbl' a style made from gbl_v3.safetensors; case and accents\n"
+    "do not matter), best match first: a match in the name before one in the trigger words or\n"
+    "tags, before one in the file or Civitai names, before one in the description. Emoji and\n"
+    "other symbols, and Chinese, Japanese or Korean text, are found anywhere in those fields\n"
+    "('\xf0\x9f\x8e\xa8' finds a style tagged \xf0\x9f\x8e\xa8, '\xe6\xb0\xb4\xe5\xa2\xa8' finds "
     "'\xe6\xb0\xb4\xe5\xa2\xa8\xe7\x94\xbb'); punctuation separates words. Several\n"
     "arguments are one query; after --, words may start with '-'.\n\n"
     "  --json    print a JSON array, as 'mood list --json'\n";

@@ -310,7 +310,8 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
                               " LIKE ?%d",
                               n);
     }
-    /* a match in the name counts most, then trigger words and tags, then Civitai's names, then
+    /* a match in the name counts most, then trigger words and tags, then the LoRA files' and
+     * Civitai's names (the column civitai), then
      * the description and notes (bm25's weights per column, in the index's order) */
     if (!err)
         err = mood_buf_puts(&sql, q.fts.len ? " ORDER BY bm25(styles_fts, 10, 4, 4, 1, 1, 2), "

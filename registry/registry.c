@@ -30,6 +30,10 @@
 #define BUSY_TIMEOUT_MS 30000
 #define NAME_MAX_LEN    100
 
+/* The words a style's LoRAs came from (migration 6's view), for the search index row `id`. */
+#define ORIGIN_WORDS(id)                                                                           \
+    "(SELECT group_concat(words, ' ') FROM style_origin_words WHERE style_id = " id ")"
+
 /* Schema steps; step i brings user_version from i to i + 1. Never edit a step that has shipped:
  * add one. Columns for Civitai (model/version ids, AIR, licence, NSFW) are there from the start
  * so that linking fills them without a migration. */
@@ -271,6 +275,137 @@ static const char *const migrations[] = {
     " styles.id), description, notes, (SELECT group_concat(coalesce(so.model_name, '') || ' ' ||"
     " coalesce(so.version_name, ''), ' ') FROM style_adapters sa JOIN sources so ON"
     " so.adapter_sha256 = sa.adapter_sha256 WHERE sa.style_id = styles.id) FROM styles;",
+    /* 6: search also finds a style by its LoRA files' names ("gbl_v3" finds the style made from
+     * gbl_v3.safetensors, as a folder of downloads is known by them). The index's column keeps
+     * its name, civitai (a read-only schema-5 registry is searched as it is), and now holds what
+     * the style's LoRAs came from: the files' names without ".safetensors", and Civitai's model
+     * and version names, gathered by one view for every trigger that fills it. */
+    "CREATE VIEW style_origin_words AS"
+    " SELECT sa.style_id AS style_id, replace(coalesce(a.file_name, ''), '.safetensors', '')"
+    " AS words FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"
+    " UNION ALL SELECT sa.style_id, coalesce(so.model_name, '') || ' ' ||"
+    " coalesce(so.version_name, '') FROM style_adapters sa JOIN sources so ON"
+    " so.adapter_sha256 = sa.adapter_sha256;"
+    "DROP TRIGGER styles_fts_au;"
+    "DROP TRIGGER style_adapters_fts_ai;"
+    "DROP TRIGGER style_adapters_fts_ad;"
+    "DROP TRIGGER sources_fts_ai;"
+    "DROP TRIGGER sources_fts_au;"
+    "DROP TRIGGER sources_fts_ad;"
+    "CREATE TRIGGER styles_fts_au AFTER UPDATE OF name, trigger_words, description, notes ON"
+    " styles BEGIN DELETE FROM styles_fts WHERE rowid = old.id; INSERT INTO styles_fts(rowid,"
+    " name, trigger_words, tags, description, notes, civitai) VALUES (new.id, new.name,"
+    " new.trigger_words, (SELECT group_concat(tag, ' ') FROM tags WHERE style_id = new.id),"
+    " new.description, new.notes, " ORIGIN_WORDS(
+        "new.id") "); END;"
+                  "CREATE TRIGGER style_adapters_fts_ai AFTER INSERT ON style_adapters BEGIN "
+                  "UPDATE styles_fts"
+                  " SET civitai = " ORIGIN_WORDS(
+                      "new.style_id") " WHERE rowid = new.style_id; END;"
+                                      "CREATE TRIGGER style_adapters_fts_ad AFTER DELETE ON "
+                                      "style_adapters BEGIN UPDATE styles_fts"
+                                      " SET civitai = " ORIGIN_WORDS(
+                                          "old.style_id") " WHERE rowid = old.style_id; END;"
+                                                          "CREATE TRIGGER sources_fts_ai AFTER "
+                                                          "INSERT ON sources BEGIN UPDATE "
+                                                          "styles_fts SET civitai ="
+                                                          " " ORIGIN_WORDS(
+                                                              "styles_fts.rowid") " WHERE rowid IN "
+                                                                                  "(SELECT "
+                                                                                  "style_id FROM "
+                                                                                  "style_adapters"
+                                                                                  " WHERE "
+                                                                                  "adapter_sha256 "
+                                                                                  "= "
+                                                                                  "new.adapter_"
+                                                                                  "sha256); END;"
+                                                                                  "CREATE TRIGGER "
+                                                                                  "sources_fts_au "
+                                                                                  "AFTER UPDATE OF "
+                                                                                  "model_name, "
+                                                                                  "version_name ON "
+                                                                                  "sources BEGIN"
+                                                                                  " UPDATE "
+                                                                                  "styles_fts SET "
+                                                                                  "civitai "
+                                                                                  "= " ORIGIN_WORDS(
+                                                                                      "styles_fts."
+                                                                                      "rowid") " WH"
+                                                                                               "ERE"
+                                                                                               " ro"
+                                                                                               "wid"
+                                                                                               " IN"
+                                                                                               " ("
+                                                                                               "SEL"
+                                                                                               "ECT"
+                                                                                               " st"
+                                                                                               "yle"
+                                                                                               "_id"
+                                                                                               " FR"
+                                                                                               "OM "
+                                                                                               "sty"
+                                                                                               "le_"
+                                                                                               "ada"
+                                                                                               "pte"
+                                                                                               "rs "
+                                                                                               "WHE"
+                                                                                               "RE "
+                                                                                               "ada"
+                                                                                               "pte"
+                                                                                               "r_"
+                                                                                               "sha"
+                                                                                               "256"
+                                                                                               " = "
+                                                                                               "new"
+                                                                                               ".ad"
+                                                                                               "apt"
+                                                                                               "er_"
+                                                                                               "sha"
+                                                                                               "256"
+                                                                                               "); "
+                                                                                               "END"
+                                                                                               ";"
+                                                                                               "CRE"
+                                                                                               "ATE"
+                                                                                               " TR"
+                                                                                               "IGG"
+                                                                                               "ER "
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               "s_"
+                                                                                               "fts"
+                                                                                               "_ad"
+                                                                                               " AF"
+                                                                                               "TER"
+                                                                                               " DE"
+                                                                                               "LET"
+                                                                                               "E "
+                                                                                               "ON "
+                                                                                               "sou"
+                                                                                               "rce"
+                                                                                               "s "
+                                                                                               "BEG"
+                                                                                               "IN "
+                                                                                               "UPD"
+                                                                                               "ATE"
+                                                                                               " st"
+                                                                                               "yle"
+                                                                                               "s_"
+                                                                                               "fts"
+                                                                                               " SE"
+                                                                                               "T "
+                                                                                               "civ"
+                                                                                               "ita"
+                                                                                               "i ="
+                                                                                               " " ORIGIN_WORDS(
+                                                                                                   "styles_fts.rowid") " WHERE rowid IN (SELECT style_id FROM style_adapters"
+                                                                                                                       " WHERE adapter_sha256 = old.adapter_sha256); END;"
+                                                                                                                       "CREATE TRIGGER adapters_fts_au AFTER UPDATE OF file_name ON adapters BEGIN UPDATE styles_fts"
+                                                                                                                       " SET civitai = " ORIGIN_WORDS(
+                                                                                                                           "styles_fts.rowid") " WHERE rowid IN (SELECT style_id FROM"
+                                                                                                                                               " style_adapters WHERE adapter_sha256 = new.sha256); END;"
+                                                                                                                                               "UPDATE styles_fts SET civitai = " ORIGIN_WORDS(
+                                                                                                                                                   "styles_fts.rowid") ";",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

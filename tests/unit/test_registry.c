@@ -771,7 +771,7 @@ static void test_import_extras(void)
     write_png(src, "ink.png");
     extras_init(&x, pv, files);
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 5);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 6);
     MOOD_CHECK_OK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL));
     MOOD_CHECK(res.previews == 3 && !res.already);
     if (!(o = show(r, "ink"))) {
@@ -989,11 +989,12 @@ static void test_migration_4(void)
                      "DROP TABLE style_files; ALTER TABLE styles DROP COLUMN training_json;"
                      " DROP TRIGGER style_adapters_fts_ai; DROP TRIGGER style_adapters_fts_ad;"
                      " DROP TRIGGER sources_fts_ai; DROP TRIGGER sources_fts_au;"
-                     " DROP TRIGGER sources_fts_ad; PRAGMA user_version = 3",
+                     " DROP TRIGGER sources_fts_ad; DROP TRIGGER adapters_fts_au;"
+                     " DROP VIEW style_origin_words; PRAGMA user_version = 3",
                      NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 5);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 6);
     if (r && (o = show(r, "ink")) != NULL) {
         MOOD_CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "training")));
         MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "board")) == 0);
@@ -1008,6 +1009,51 @@ static void test_migration_4(void)
     mood_registry_close(r);
 }
 
+/* Search finds a style by its LoRA file's name (without ".safetensors"), also in a registry made
+ * before the index held it (schema 5), once opened. */
+static int finds(mood_registry *r, const char *query, const char *name)
+{
+    char *hits = NULL, want[128];
+    int found;
+    snprintf(want, sizeof want, "\"%s\"", name);
+    if (mood_registry_search_json(&hits, r, query) != 0)
+        return -1;
+    found = strstr(hits, want) != NULL;
+    mood_registry_free_string(hits);
+    return found;
+}
+
+static void test_search_by_file_name(void)
+{
+    const char *home = scratch_fresh_dir("home"), *src = scratch_fresh_dir("src");
+    char db_path[1200];
+    mood_registry *r = NULL;
+    mood_import_result res;
+    sqlite3 *db = NULL;
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &res, copy_into(src, "gbl_v3.safetensors", example_lora("inkwash.safetensors")), NULL,
+        NULL));
+    MOOD_CHECK_OK(mood_registry_rename(r, "gbl_v3", "Studio_look"));
+    MOOD_CHECK(finds(r, "gbl", "Studio_look") == 1);
+    MOOD_CHECK(finds(r, "gbl_v3", "Studio_look") == 1);
+    MOOD_CHECK(finds(r, "safetensors", "Studio_look") == 0);
+    mood_registry_close(r);
+    snprintf(db_path, sizeof db_path, "%s/registry.db", home);
+    /* back to schema 5: the view and the trigger gone, the index without the file's name */
+    MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    MOOD_CHECK(sqlite3_exec(db,
+                            "DROP TRIGGER adapters_fts_au; DROP VIEW style_origin_words;"
+                            " UPDATE styles_fts SET civitai = ''; PRAGMA user_version = 5",
+                            NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 6);
+    if (r)
+        MOOD_CHECK(finds(r, "gbl", "Studio_look") == 1);
+    mood_registry_close(r);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_until_a_change),
                MOOD_T(test_import_and_dedupe), MOOD_T(test_refusals), MOOD_T(test_sidecars),
                MOOD_T(test_sidecar_links), MOOD_T(test_preview_content), MOOD_T(test_names),
@@ -1017,4 +1063,4 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
                MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
                MOOD_T(test_migration_4), MOOD_T(test_read_only_schema_4),
-               MOOD_T(test_search_beyond_words))
+               MOOD_T(test_search_beyond_words), MOOD_T(test_search_by_file_name))
