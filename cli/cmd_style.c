@@ -679,8 +679,8 @@ int cmd_tag(int argc, char **argv)
     }
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
-    for (int i = 2; i < argc && !err; i++)
-        err = mood_registry_tag(r, argv[1], argv[i] + 1, argv[i][0] == '+');
+    /* all or none: "-old +new" must not lose old when new cannot be stored */
+    err = mood_registry_tags(r, argv[1], (const char *const *)argv + 2, (size_t)argc - 2);
     mood_registry_close(r);
     return err ? fail(err) : 0;
 }

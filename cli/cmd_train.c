@@ -186,12 +186,10 @@ static int check_registry_first(const train_args *a)
         rc = cli_fail(err);
         fprintf(stderr, "mood: nothing trained: the style could not be registered (repair or move "
                         "the registry, or train with --no-register and import the file later)\n");
-    } else if (mood_registry_read_only(r)) {
-        fprintf(stderr,
-                "mood: error: the registry %s is read-only: the style could not be registered "
-                "(make it writable, or train with --no-register and import the file later)\n",
-                mood_registry_home(r));
-        rc = 2;
+    } else if ((err = mood_registry_read_only_error(r)) != 0) {
+        rc = cli_fail(err);
+        fprintf(stderr, "mood: nothing trained: the style could not be registered (train with "
+                        "--no-register and import the file later)\n");
     } else if ((before = train_style_steps_of_run(r, a, a->o.name)) == a->o.steps) {
         /* nothing to train past the checkpoint: train_register says so */
     } else if (before > 0 && (free_name = train_earlier_name(r, a->o.name, before)) != NULL) {

@@ -399,35 +399,81 @@ static int valid_tag(const char *tag)
     return 0;
 }
 
-int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int add)
+/* The tag as stored ('#' dropped: a hashtag's '#' is how tags are shown), or NULL with the
+ * error set. */
+static const char *stored_tag(const char *tag, int add)
+{
+    if (tag[0] == '#')
+        tag++;
+    if (tag[0] == '#' || (!tag[0] && add)) {
+        mood_error_set(MOOD_EINVAL, "tag '#%s': a tag needs a word after its one '#'", tag);
+        return NULL;
+    }
+    return valid_tag(tag) == 0 ? tag : NULL;
+}
+
+/* Applies n tag changes to style `name` in one transaction (tags and adds in pairs). */
+static int edit_tags(mood_registry *r, const char *name, const char *const *tags, const int *adds,
+                     size_t n)
 {
     long long id;
-    sqlite3_stmt *st = NULL;
     int err;
-    MOOD_ARG_NONNULL(r);
-    MOOD_ARG_NONNULL(name);
-    MOOD_ARG_NONNULL(tag);
-    if (tag[0] == '#')
-        tag++; /* a hashtag's '#' is how tags are shown, not part of them */
-    if (tag[0] == '#' || (!tag[0] && add))
-        return mood_error_set(MOOD_EINVAL, "tag '#%s': a tag needs a word after its one '#'", tag);
-    if ((err = valid_tag(tag)) != 0 || (err = style_must_exist(r, name, "tag")) != 0 ||
-        (err = mood__reg_begin(r)) != 0)
+    for (size_t i = 0; i < n; i++) {
+        if (!stored_tag(tags[i], adds[i]))
+            return MOOD_EINVAL;
+    }
+    if ((err = style_must_exist(r, name, "tag")) != 0 || (err = mood__reg_begin(r)) != 0)
         return err;
-    if ((err = mood__reg_style_id(r, &id, name)) != 0)
-        goto done;
-    if ((err = mood__reg_prepare(r, &st,
-                                 add ? "INSERT OR IGNORE INTO tags(style_id, tag) VALUES (?1, ?2)"
-                                     : "DELETE FROM tags WHERE style_id = ?1 AND tag = ?2")) != 0)
-        goto done;
-    sqlite3_bind_int64(st, 1, id);
-    mood__reg_bind_text(st, 2, tag);
-    err = mood__reg_step_done(r, st, "changing tags");
-done:
+    err = mood__reg_style_id(r, &id, name);
+    for (size_t i = 0; i < n && !err; i++) {
+        sqlite3_stmt *st = NULL;
+        if ((err = mood__reg_prepare(
+                 r, &st,
+                 adds[i] ? "INSERT OR IGNORE INTO tags(style_id, tag) VALUES (?1, ?2)"
+                         : "DELETE FROM tags WHERE style_id = ?1 AND tag = ?2")) != 0)
+            break;
+        sqlite3_bind_int64(st, 1, id);
+        mood__reg_bind_text(st, 2, stored_tag(tags[i], adds[i]));
+        err = mood__reg_step_done(r, st, "changing tags");
+    }
     if (!err)
         err = mood__reg_commit(r);
     if (err)
         mood__reg_rollback(r);
+    return err;
+}
+
+int mood_registry_tag(mood_registry *r, const char *name, const char *tag, int add)
+{
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
+    MOOD_ARG_NONNULL(tag);
+    return edit_tags(r, name, &tag, &add, 1);
+}
+
+int mood_registry_tags(mood_registry *r, const char *name, const char *const *changes, size_t n)
+{
+    const char **tags;
+    int *adds, err;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(name);
+    MOOD_ARG_NONNULL(changes);
+    tags = mood_calloc(n ? n : 1, sizeof *tags);
+    adds = mood_calloc(n ? n : 1, sizeof *adds);
+    err = tags && adds ? 0 : mood_error_nomem();
+    for (size_t i = 0; i < n && !err; i++) {
+        if (!changes[i] || (changes[i][0] != '+' && changes[i][0] != '-'))
+            err = mood_error_set(MOOD_EINVAL, "tag change '%s': write +TAG to add, -TAG to remove",
+                                 changes[i] ? changes[i] : "(null)");
+        else {
+            tags[i] = changes[i] + 1;
+            adds[i] = changes[i][0] == '+';
+        }
+    }
+    if (!err)
+        err = edit_tags(r, name, tags, adds, n);
+    mood_free(tags);
+    mood_free(adds);
     return err;
 }
 
@@ -531,6 +577,15 @@ int mood_registry_rm(mood_registry *r, const char *name)
     }
     if (!err)
         err = mood__reg_commit(r);
+    if (err) { /* the style is gone (committed); its journal rows free the files at next open */
+        mood__reg_rollback(r);
+        mood_log(MOOD_LOG_WARN,
+                 "%s removed, but its stored files could not be deleted yet (%s); the next "
+                 "mood command that opens the registry deletes them",
+                 name, mood_error_last());
+        mood_error_clear();
+        err = 0;
+    }
 done:
     if (err)
         mood__reg_rollback(r);

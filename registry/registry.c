@@ -790,6 +790,11 @@ static int db_writable(const mood_registry *r)
 
 static int readonly_error(const mood_registry *r)
 {
+    if (r->disk_full)
+        return mood_error_set(MOOD_EIO,
+                              "%s: no space left on the device that holds the registry: it can "
+                              "be read but not changed; free some space and try again",
+                              r->home);
     int file = access(r->db_path, W_OK) != 0;
     return mood_error_set(MOOD_EIO,
                           "%s is read-only: the registry can be read but not changed; make %s "
@@ -1082,6 +1087,33 @@ static void tell_state(mood_registry *r)
                  mood_path_exists(r->home) ? "" : " (nothing was created)");
 }
 
+/* After open_disk failed: on a full disk, SQLite cannot make its 32 KiB -shm file, and so could
+ * not even read; when registry.db holds every commit (no -wal, or an empty one) it is read alone,
+ * immutable, and only changes are refused (list, show, gen and doctor still work). 0 when it
+ * could be read so; the open's error stays otherwise. */
+static int read_on_full_disk(mood_registry *r)
+{
+    struct stat wal;
+    char *why;
+    int err;
+    if (!disk_full(r->home) || (stat_side(r, "-wal", &wal) == 0 && wal.st_size > 0))
+        return -1;
+    if (!(why = mood_strdup(mood_error_last())))
+        return -1;
+    sqlite3_close_v2(r->db);
+    r->db = NULL;
+    if (r->lock_fd >= 0)
+        close(r->lock_fd);
+    r->lock_fd = -1;
+    r->disk_full = 1;
+    if ((err = open_readonly(r)) != 0) {
+        mood_error_set(MOOD_EIO, "%s", why); /* the first reason is the one to tell */
+        r->readonly = r->disk_full = 0;
+    }
+    mood_free(why);
+    return err;
+}
+
 int mood_registry_open(mood_registry **out, const char *home)
 {
     mood_registry *r;
@@ -1104,8 +1136,8 @@ int mood_registry_open(mood_registry **out, const char *home)
         err = open_absent(r);
     else if (!db_writable(r))
         err = open_readonly(r);
-    else
-        err = open_disk(r);
+    else if ((err = open_disk(r)) != 0 && read_on_full_disk(r) == 0)
+        err = 0;
     if (err)
         goto done;
     *out = r;
@@ -1150,6 +1182,11 @@ int mood_registry_exists(const mood_registry *r)
 int mood_registry_read_only(const mood_registry *r)
 {
     return r->readonly;
+}
+
+int mood_registry_read_only_error(const mood_registry *r)
+{
+    return r->readonly ? readonly_error(r) : 0;
 }
 
 int mood_registry_schema_version(const mood_registry *r)

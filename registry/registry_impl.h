@@ -36,6 +36,7 @@ struct mood_registry {
     int version;
     int absent;      /* no registry.db yet: db is an empty in-memory one (see above) */
     int readonly;    /* registry.db or HOME cannot be written: db is opened read-only */
+    int disk_full;   /* with readonly: writable, but no room for SQLite's -shm (see open) */
     int read_absent; /* a query ran on the absent registry: close says that there is none */
     int noted;       /* doctor told there is no usable database: close adds no warning */
 };

@@ -48,8 +48,11 @@ void mood_registry_close(mood_registry *r);
 const char *mood_registry_home(const mood_registry *r);
 /* 1 when the registry has a database; 0 when there is none yet (see mood_registry_open). */
 int mood_registry_exists(const mood_registry *r);
-/* 1 when the registry can be read but not changed (registry.db or its folder is read-only). */
+/* 1 when the registry can be read but not changed (registry.db or its folder is read-only, or
+ * the disk that holds it is full). */
 int mood_registry_read_only(const mood_registry *r);
+/* 0 when the registry can be changed; else MOOD_EIO with the message that says why not. */
+MOOD_WARN_UNUSED int mood_registry_read_only_error(const mood_registry *r);
 /* Schema version of the open database. */
 int mood_registry_schema_version(const mood_registry *r);
 void mood_registry_free_string(char *s);
@@ -192,6 +195,9 @@ MOOD_WARN_UNUSED int mood_registry_rename(mood_registry *r, const char *old_name
 /* Adds (add != 0) or removes a tag of a style. Tags: UTF-8, 1..64 bytes, no spaces or commas. */
 MOOD_WARN_UNUSED int mood_registry_tag(mood_registry *r, const char *name, const char *tag,
                                        int add);
+/* Several tag changes, all or none: each of changes[0..n) is "+TAG" (add) or "-TAG" (remove). */
+MOOD_WARN_UNUSED int mood_registry_tags(mood_registry *r, const char *name,
+                                        const char *const *changes, size_t n);
 /* Removes a style; adapters and previews no other style uses go with it, and so do their blobs. */
 MOOD_WARN_UNUSED int mood_registry_rm(mood_registry *r, const char *name);
 

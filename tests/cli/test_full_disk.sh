@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# test_full_disk.sh: the registry on a disk that fills up, at every amount of room left from none
+# to a few hundred KiB (a 2 MiB tmpfs, mounted in a private mount namespace: `unshare -rm`, so no
+# root is needed; skipped where the system refuses it):
+#   - a full disk still reads: list, show and search work, and a change is refused saying why;
+#   - `mood tag NAME -old +new ...` changes all its tags or none (each change was committed on its
+#     own, and "-keep +new" lost #keep when #new could not be stored);
+#   - `mood rm A B C` says "removed" for every style it removed, whatever failed after (a style whose
+#     files could not be deleted yet was removed without a word, and the command failed).
+if [ -z "${MOOD_FULL_DISK_NS:-}" ]; then
+    if unshare -rm true 2>/dev/null; then
+        MOOD_FULL_DISK_NS=1 exec unshare -rm bash "$0" "$@"
+    fi
+    echo "skipped: no private mount namespace here (unshare -rm refused)"
+    exit 77
+fi
+. "$(dirname "$0")/lib.sh"
+
+disk=$tmp/disk
+mkdir "$disk"
+if ! mount -t tmpfs -o size=2m tmpfs "$disk" 2>/dev/null; then
+    echo "skipped: cannot mount a tmpfs"
+    exit 77
+fi
+trap 'umount "$disk" 2>/dev/null; rm -rf "$tmp"' EXIT
+export MOOD_HOME=$disk/home
+L=$FIX/lycoris
+
+# fill KIB: a file takes the disk's room but about KIB KiB (0: all of it)
+fill() {
+    local avail
+    rm -f "$disk/filler"
+    avail=$(df -k --output=avail "$disk" | tail -1)
+    [ "$avail" -gt "$1" ] && dd if=/dev/zero of="$disk/filler" bs=1k count=$((avail - $1)) \
+        status=none 2>/dev/null
+    return 0
+}
+
+# tags NAME: the style's tags, sorted, on one line
+tags() {
+    "$MOOD" show "$1" --json | py 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["tags"])))'
+}
+
+expect_rc 0 "import two LoRAs" "$MOOD" import "$L/lokr.safetensors" "$L/ia3.safetensors"
+expect_rc 0 "tag lokr" "$MOOD" tag lokr +keep
+expect_rc 0 "a style of both" "$MOOD" style create combo --lora lokr:0.5 --lora ia3:0.5
+cp -a "$MOOD_HOME" "$tmp/snapshot"
+
+# a full disk reads
+fill 0
+expect_rc 0 "list on a full disk" "$MOOD" list
+check "list names both styles" grep -q "ia3" "$tmp/out"
+check "... lokr too" grep -q "lokr" "$tmp/out"
+expect_rc 0 "show on a full disk" "$MOOD" show lokr
+expect_rc 0 "search on a full disk" "$MOOD" search lok
+check "search finds lokr" grep -q "lokr" "$tmp/out"
+expect_rc 2 "tag on a full disk" "$MOOD" tag lokr +more
+check "says the disk is full" grep -q "no space left" "$tmp/err"
+rm -f "$disk/filler"
+check "the tags unchanged" test "$(tags lokr)" = "keep"
+
+# tag: all or none, at every room left
+bad=0
+for kib in $(seq 0 8 256); do
+    fill "$kib"
+    "$MOOD" tag lokr -keep +new1 +new2 >/dev/null 2>"$tmp/err"
+    rc=$?
+    rm -f "$disk/filler"
+    got=$(tags lokr)
+    if [ "$rc" -eq 0 ] && [ "$got" = "new1 new2" ]; then
+        "$MOOD" tag lokr +keep -new1 -new2 >/dev/null 2>&1 || bad=1
+    elif [ "$rc" -ne 0 ] && [ "$got" = "keep" ]; then
+        :
+    else
+        fail "tag with $kib KiB left: exit $rc, tags now '$got' ($(head -c 200 "$tmp/err"))"
+        bad=1
+        break
+    fi
+done
+check "tag changed all or none at every room left" test "$bad" -eq 0
+
+# rm: every style removed is said to be
+bad=0
+for kib in $(seq 0 4 256); do
+    rm -rf "$MOOD_HOME"
+    cp -a "$tmp/snapshot" "$MOOD_HOME"
+    fill "$kib"
+    "$MOOD" rm combo ia3 lokr >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    rm -f "$disk/filler"
+    listed=$("$MOOD" list --json | py 'import json,sys; print(" ".join(sorted(s["name"] for s in json.load(sys.stdin))))')
+    for name in combo ia3 lokr; do
+        said=0
+        grep -qx "removed $name" "$tmp/out" && said=1
+        case " $listed " in
+        *" $name "*) gone=0 ;;
+        *) gone=1 ;;
+        esac
+        if [ "$said" -ne "$gone" ]; then
+            fail "rm with $kib KiB left: $name $([ "$gone" -eq 1 ] && echo removed || echo kept), said $([ "$said" -eq 1 ] && echo removed || echo nothing) (exit $rc: $(head -c 200 "$tmp/err"))"
+            bad=1
+        fi
+    done
+    [ "$rc" -eq 0 ] && [ -n "$listed" ] && fail "rm with $kib KiB left: exit 0, but '$listed' still listed" && bad=1
+    [ "$bad" -ne 0 ] && break
+done
+check "rm said what it removed at every room left" test "$bad" -eq 0
+expect_rc 0 "doctor afterwards" "$MOOD" doctor
+
+finish
