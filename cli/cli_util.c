@@ -344,7 +344,7 @@ const char *cli_kohya_lora_option(const char *opt)
         {"--model_org", "--base"},
         {"--model_tuned", "--tuned"},
         {"--sd_model", "--model (bake)"},
-        {"--clamp_quantile", "none (kohya's 0.99 is fixed)"},
+        {"--clamp_quantile", "--clamp-quantile Q (merge and extract; default 0.99)"},
         {"--no_metadata", "none (the metadata is always written)"},
         {"--device", "mood --device D COMMAND ... (before the command)"},
     };

@@ -59,7 +59,7 @@ static int parse_args(bake_args *a, int argc, char **argv)
         } else if (s[0] == '-' && s[1] != '\0') {
             return cli_unknown_option("bake", s);
         } else {
-            return cli_usage_error("bake", "unknown argument '%s'", s);
+            return cli_usage_error("bake", "unexpected argument '%s'", s);
         }
     }
     if (!a->base)

@@ -444,7 +444,9 @@ int cmd_update_check(int argc, char **argv)
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
         else
-            return cli_usage_error("update-check", "unexpected argument '%s'", argv[i]);
+            return argv[i][0] == '-'
+                       ? cli_usage_error("update-check", "unknown option '%s'", argv[i])
+                       : cli_usage_error("update-check", "unexpected argument '%s'", argv[i]);
     }
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;

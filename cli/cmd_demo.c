@@ -22,7 +22,7 @@
 #include "mood/tokenizer.h"
 
 const char cmd_demo_help[] =
-    "usage: mood demo [--out DIR] [--steps N] [--model DIR --board DIR] [--json]\n\n"
+    "usage: mood demo [--out DIR] [--steps N] [--model PATH] [--board DIR] [--json]\n\n"
     "Shows what mood is for, on the CPU, in a few minutes:\n"
     "  1. registers mood-tiny, the small base model that ships with mood (it learnt 1,417 emoji\n"
     "     in Google's glossy Noto style), as model 'mood-tiny' in your registry;\n"
@@ -122,7 +122,8 @@ static int parse_args(demo *d, int argc, char **argv)
                 return 1;
             i++;
         } else
-            return cli_usage_error("demo", "unknown argument '%s'", s);
+            return s[0] == '-' ? cli_usage_error("demo", "unknown option '%s'", s)
+                               : cli_usage_error("demo", "unexpected argument '%s'", s);
     }
     return 0;
 }
@@ -254,7 +255,8 @@ static int train_style(demo *d)
                           "1e-3",   "--seed", "0",        "-o",      d->lora};
     for (size_t i = 0; i < sizeof args / sizeof args[0]; i++)
         argv[n++] = (char *)args[i];
-    fprintf(stderr, "\ntraining style %s from %s (%d steps)\n", DEMO_STYLE, d->board, d->steps);
+    fprintf(stderr, "\ntraining style %s from %s (%d step%s)\n", DEMO_STYLE, d->board, d->steps,
+            d->steps == 1 ? "" : "s");
     double t0 = now_s();
     int rc = run_quiet(cmd_train, n, argv);
     d->train_s = now_s() - t0;

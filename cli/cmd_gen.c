@@ -64,7 +64,7 @@ const char cmd_gen_help[] =
     "                        are v; sample: the model predicts the image, as mood-tiny);\n"
     "                        recorded in the PNG as \"Prediction: v\" for --from-png\n\n"
     "Output:\n"
-    "  -o FILE               the PNG to write (default mood-SEED.png, mood-SEED-v2.png and so\n"
+    "  -o, --output FILE     the PNG to write (default mood-SEED.png, mood-SEED-v2.png and so\n"
     "                        on when taken: never over an earlier image); a batch adds -1, -2\n"
     "  --preview-every N     write FILE.preview.png with the current estimate every N steps\n"
     "  --from-png IMAGE      (a PNG, or A1111's JPEG or WebP: its EXIF UserComment)\n"
@@ -220,7 +220,7 @@ static int parse_args(gen_args *a, int argc, char **argv)
                 return cli_usage_error("gen", "%s: unknown, or an option without its value", s);
             rc = parse_valued(a, s, argv[i + 1]);
             if (rc < 0)
-                return cli_usage_error("gen", "unknown argument '%s'", s);
+                return cli_usage_error("gen", "unknown option '%s'", s);
             if (rc > 0)
                 return rc;
             i++;

@@ -75,7 +75,8 @@ const char cmd_train_help[] =
     "                       --d 1 --s 28 --l 7 --ss euler_a\" (negative, size, seed, steps,\n"
     "                       cfg, sampler)\n"
     "  --sample-steps S     sampler steps of a preview (default 20)\n"
-    "  --device cpu|cuda|cuda:N  where the UNet trains (default: the GPU when there is one)\n"
+    "  --device D           cpu, cuda, cuda:N or auto: where the UNet trains (default auto:\n"
+    "                       the GPU when there is one)\n"
     "  --precision P        on the GPU: bf16 (default: bf16 weights and products, fp32\n"
     "                       LoRA weights, optimizer and gradients, as diffusers' and kohya's\n"
     "                       --mixed_precision bf16) or fp32; the CPU and --full train in fp32\n"
@@ -84,7 +85,7 @@ const char cmd_train_help[] =
     "                       instead of keeping them: less memory, about 40% more time a\n"
     "                       step; auto (default): on when keeping them would take more\n"
     "                       than half the free memory\n"
-    "  -o FILE              where to write the LoRA (default NAME.safetensors)\n"
+    "  -o, --output FILE    where to write the LoRA (default NAME.safetensors)\n"
     "  --no-register        do not add the style to the registry\n"
     "  --json               print what was written as JSON: lora (or model), loss_csv,\n"
     "                       loss_plot, checkpoint, trigger, samples, style, n_previews,\n"
@@ -424,7 +425,7 @@ static int parse_args(train_args *a, int argc, char **argv)
         else if (i + 1 >= argc)
             return cli_usage_error("train", "%s: unknown, or an option without its value", s);
         else if ((rc = parse_valued(a, s, argv[i + 1])) < 0)
-            return cli_usage_error("train", "unknown argument '%s'", s);
+            return cli_usage_error("train", "unknown option '%s'", s);
         else if (rc > 0)
             return rc;
         else

@@ -186,35 +186,72 @@ static int choose_device(const cli_command *c, int argc, char **argv)
     return 0;
 }
 
-/* `mood help lora`: the commands of a two-word group, with their summaries. 0 when none. */
-static int print_group(const char *group)
+/* `mood help lora`: the commands of a two-word group, with their summaries (to `out`, NULL:
+ * only counted). 0 when none. */
+static int print_group(FILE *out, const char *group)
 {
     size_t n = strlen(group), found = 0;
     for (const cli_command *c = cli_commands; c->name; c++) {
         if (strncmp(c->name, group, n) != 0 || c->name[n] != ' ')
             continue;
-        if (!found++)
-            printf("'mood %s' has these commands ('mood help %s COMMAND' explains one):\n", group,
-                   group);
-        printf("  %-14s %s\n", c->name, c->summary);
+        if (!out)
+            found++;
+        else if (!found++)
+            fprintf(out, "'mood %s' has these commands ('mood help %s COMMAND' explains one):\n",
+                    group, group);
+        if (out)
+            fprintf(out, "  %-14s %s\n", c->name, c->summary);
     }
     return found > 0;
+}
+
+/* GNU's "--option=value" for every command: each such word before "--" (from `from` on) becomes
+ * "--option" "value" in a new argv, which lives as long as the process. 0, or the exit status. */
+static int split_equals(int *argc, char ***argv, int from)
+{
+    static char **split; /* kept reachable: the strings are the command's arguments */
+    int n = 0, k = 0;
+    for (int i = from; i < *argc && strcmp((*argv)[i], "--") != 0; i++)
+        n += strncmp((*argv)[i], "--", 2) == 0 && strchr((*argv)[i] + 2, '=') != NULL;
+    if (n == 0)
+        return 0;
+    if (!(split = calloc((size_t)(*argc + n + 1), sizeof *split))) {
+        fprintf(stderr, "mood: error: out of memory\n");
+        return 2;
+    }
+    for (int i = 0, opts = 1; i < *argc; i++) {
+        char *a = (*argv)[i], *eq = strchr(a, '=');
+        opts &= !(i >= from && strcmp(a, "--") == 0);
+        if (i < from || !opts || strncmp(a, "--", 2) != 0 || !eq || eq == a + 2) {
+            split[k++] = a;
+            continue;
+        }
+        if (!(split[k++] = strndup(a, (size_t)(eq - a)))) {
+            fprintf(stderr, "mood: error: out of memory\n");
+            return 2;
+        }
+        split[k++] = eq + 1;
+    }
+    *argc = k;
+    *argv = split;
+    return 0;
 }
 
 static int help(int argc, char **argv)
 {
     int words;
     const cli_command *c;
-    if (argc == 0) {
+    if (argc == 0 || strcmp(argv[0], "help") == 0) {
         print_overview(stdout);
         return 0;
     }
     c = find_command(argc, argv, &words);
-    if (!c && argc > 1 && print_group(argv[0])) { /* `mood help lora bogus` */
-        fprintf(stderr, "mood: error: no command '%s %s'\n", argv[0], argv[1]);
+    if (!c && argc > 1 && print_group(NULL, argv[0])) { /* `mood help lora bogus` */
+        fprintf(stderr, "mood: error: no command '%s %s'; 'mood help %s' lists them\n", argv[0],
+                argv[1], argv[0]);
         return 1;
     }
-    if (!c && print_group(argv[0]))
+    if (!c && print_group(stdout, argv[0]))
         return 0;
     if (!c) {
         fprintf(stderr, "mood: error: no command '%s'; try 'mood help'\n", argv[0]);
@@ -276,7 +313,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "mood: error: unknown command '%s'; see 'mood help'\n", argv[1]);
         return 1;
     }
-    for (int i = 1 + words; i < argc; i++) {
+    if ((grc = split_equals(&argc, &argv, 1 + words)) != 0)
+        return grc;
+    /* after "--" come prompts and queries, which may be "-h" */
+    for (int i = 1 + words; i < argc && strcmp(argv[i], "--") != 0; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(c->help, stdout);
             return 0;

@@ -35,5 +35,27 @@ done
 "$MOOD" 2>/dev/null; check "no command exits 1" test $? -eq 1
 out=$("$MOOD" help lora); check "'mood help lora' lists the lora commands" grep -q "lora resize" <<<"$out"
 "$MOOD" help nosuch 2>/dev/null; check "help of no command exits 1" test $? -eq 1
+expect_rc 0 "help help" "$MOOD" help help
+check "is the overview" grep -q "mood help <command>" "$tmp/out"
+expect_rc 1 "help of no lora command" "$MOOD" help lora nosuch
+check "only the error, on stderr" test ! -s "$tmp/out"
+check "... naming the command" grep -q "no command 'lora nosuch'" "$tmp/err"
+# after --, "-h" is a query or a prompt, not a request for help
+MOOD_HOME=$tmp/home expect_rc 0 "search -- -h" "$MOOD" search -- -h
+check "searched" grep -qi "no styles match" "$tmp/out"
+expect_rc 0 "tokenize -- -h" "$MOOD" tokenize -- -h
+check "tokenized" grep -q "tokens" "$tmp/out"
+# --option=value as GNU tools take it, for every command; -- ends the options
+MOOD_HOME=$tmp/home expect_rc 0 "gen --model=M --steps=1 -o=F" "$MOOD" gen "a cat" \
+    --model="${MOOD_SOURCE:-.}/data/mood-tiny" --steps=1 --output="$tmp/eq.png"
+check "wrote the image" test -s "$tmp/eq.png"
+MOOD_HOME=$tmp/home expect_rc 0 "train --steps=1 --device=cpu" "$MOOD" train --name=eq \
+    --board="${MOOD_SOURCE:-.}/examples/moodboards/twemoji" --model=mood-tiny --steps=1 \
+    --device=cpu --no-register -o "$tmp/eq.safetensors"
+check "wrote the LoRA" test -s "$tmp/eq.safetensors"
+expect_rc 1 "an unknown --option=value named" "$MOOD" gen "a prompt" --bogus=1
+check "as an unknown option" grep -q "unknown option '--bogus'" "$tmp/err"
+expect_rc 1 "a kohya spelling: says mood's" "$MOOD" lora merge a.safetensors --clamp_quantile 0.9
+check "--clamp-quantile" grep -q "in mood: --clamp-quantile" "$tmp/err"
 
 finish
