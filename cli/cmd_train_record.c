@@ -556,6 +556,11 @@ int train_register(train_args *a, mood_import_result *res)
         mood_registry_free_string(announced);
         mood_registry_close(reg);
         rc = err ? cli_fail(err) : 0;
+        if (err) /* the training is done: its file stays, to be imported once the cause is gone */
+            fprintf(stderr,
+                    "mood: the style was trained and written to %s, but not registered; "
+                    "'mood import %s' adds it later\n",
+                    a->output, a->output);
         if (!err && res->already)
             cli_warn("%s is in the registry already, as style '%s': nothing added", a->output,
                      res->name);

@@ -43,14 +43,20 @@ void mood_error_prefix(const char *fmt, ...)
     if (strncmp(last_error, prefix, plen) == 0 && last_error[plen] == ':')
         return;
     memcpy(old, last_error, sizeof old);
+    /* "training checkpoint P" before "P: no space left": P once, not "...P: P: no space" */
+    const char *colon = strstr(old, ": ");
+    size_t head = colon ? (size_t)(colon - old) : 0, skip = 0;
+    if (head > 0 && head <= plen && memcmp(prefix + plen - head, old, head) == 0 &&
+        (head == plen || prefix[plen - head - 1] == ' '))
+        skip = head + 2;
     /* Built by hand: truncation of an over-long message is intended. */
     if (plen > sizeof last_error - 3)
         plen = sizeof last_error - 3;
     memcpy(last_error, prefix, plen);
     memcpy(last_error + plen, ": ", 2);
     size_t rest = sizeof last_error - plen - 3;
-    size_t olen = strnlen(old, rest);
-    memcpy(last_error + plen + 2, old, olen);
+    size_t olen = strnlen(old + skip, rest);
+    memcpy(last_error + plen + 2, old + skip, olen);
     last_error[plen + 2 + olen] = '\0';
 }
 

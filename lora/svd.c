@@ -913,7 +913,7 @@ int mood_lora_resize(const char *input, mood_resize_method method, double param,
     mood_adapter *a = NULL;
     out_list out = {0};
     resize_ctx c = {method, param, rank, conv_rank > 0 ? conv_rank : rank, 0, 0, 0, 0, NULL};
-    int err = check_options(o, rank);
+    int err = check_options(o, rank), a_blamed = 1;
     if (!err && (method < MOOD_RESIZE_FIXED || method > MOOD_RESIZE_SV_CUMULATIVE))
         err = mood_error_set(MOOD_EINVAL, "unknown resize method %d", (int)method);
     if (!err && method != MOOD_RESIZE_FIXED && !(param > 0 && isfinite(param)))
@@ -933,10 +933,10 @@ int mood_lora_resize(const char *input, mood_resize_method method, double param,
         if (!err)
             err = report(o, "svd", i + 1, a->n_modules);
     }
-    if (!err)
-        err = resize_write(&out, a, &c, o);
+    if (!err && (err = resize_write(&out, a, &c, o)) != 0)
+        a_blamed = 0; /* the output's error names the output */
 done:
-    if (err && a)
+    if (err && a && a_blamed)
         mood_error_prefix("%s", input);
     out_dispose(&out);
     mood_adapter_close(a);

@@ -54,6 +54,9 @@ static la_ssize_t write_cb(struct archive *a, void *client, const void *buf, siz
 static int archive_fail(struct archive *a, const char *path, const char *what)
 {
     const char *msg = archive_error_string(a);
+    size_t n = strlen(path);
+    if (msg && strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
+        msg += n + 2; /* our write callback's error names the pack already */
     return mood_error_set(MOOD_EIO, "%s: %s: %s", path, what, msg ? msg : "libarchive error");
 }
 

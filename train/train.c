@@ -908,8 +908,15 @@ static int train(run *r)
     t.after_step = mood__train_samples_after_step; /* previews every sample_every steps */
     t.after_user = &r->samples;
     err = mood__trainer_run(&t);
-    if (!err)
-        err = write_output(r, t.n_losses);
+    if (!err && (err = write_output(r, t.n_losses)) != 0 && o->checkpoint &&
+        t.checkpoint_step >= 0) { /* say what is kept (a full disk fails the file, not the run) */
+        char msg[768];
+        snprintf(msg, sizeof msg, "%s", mood_error_last());
+        mood_error_set(err,
+                       "%s; the checkpoint %s (step %lld of %lld) is kept: the same command with "
+                       "--resume continues from it and writes the file",
+                       msg, o->checkpoint, (long long)t.checkpoint_step, (long long)o->steps);
+    }
     if (!err && o->loss_csv)
         err = mood__loss_csv(o->loss_csv, t.losses, t.lrs, t.n_losses);
     if (!err && o->loss_png)

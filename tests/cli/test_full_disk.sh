@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # test_full_disk.sh: the registry on a disk that fills up, at every amount of room left from none
-# to a few hundred KiB (a 2 MiB tmpfs, mounted in a private mount namespace: `unshare -rm`, so no
+# to a few hundred KiB (a 4 MiB tmpfs, mounted in a private mount namespace: `unshare -rm`, so no
 # root is needed; skipped where the system refuses it):
 #   - a full disk still reads: list, show and search work, and a change is refused saying why;
 #   - `mood tag NAME -old +new ...` changes all its tags or none (each change was committed on its
 #     own, and "-keep +new" lost #keep when #new could not be stored);
 #   - `mood rm A B C` says "removed" for every style it removed, whatever failed after (a style whose
-#     files could not be deleted yet was removed without a word, and the command failed).
+#     files could not be deleted yet was removed without a word, and the command failed);
+#   - `mood train` with room for its final checkpoint but not the LoRA says the checkpoint is kept,
+#     and --resume writes the LoRA from it.
 if [ -z "${MOOD_FULL_DISK_NS:-}" ]; then
     if unshare -rm true 2>/dev/null; then
         MOOD_FULL_DISK_NS=1 exec unshare -rm bash "$0" "$@"
@@ -18,7 +20,7 @@ fi
 
 disk=$tmp/disk
 mkdir "$disk"
-if ! mount -t tmpfs -o size=2m tmpfs "$disk" 2>/dev/null; then
+if ! mount -t tmpfs -o size=4m tmpfs "$disk" 2>/dev/null; then
     echo "skipped: cannot mount a tmpfs"
     exit 77
 fi
@@ -106,5 +108,23 @@ for kib in $(seq 0 4 256); do
 done
 check "rm said what it removed at every room left" test "$bad" -eq 0
 expect_rc 0 "doctor afterwards" "$MOOD" doctor
+
+# train: room for the final checkpoint but not the LoRA after it: the error says the checkpoint
+# is kept, and --resume writes the file from it once there is room
+rm -rf "$MOOD_HOME"
+board=${MOOD_SOURCE:-.}/examples/moodboards/twemoji
+train() { "$MOOD" train --name t --board "$board" --model mood-tiny --steps 3 --no-register "$@"; }
+expect_rc 0 "a training run elsewhere" train -o "$tmp/t.safetensors"
+ck=$(( $(stat -c %s "$tmp/t.checkpoint.safetensors") / 1024 ))
+fill $((ck + 200))
+expect_rc 2 "train with no room for the LoRA" train -o "$disk/t.safetensors"
+check "says the disk is full" grep -q "no space left" "$tmp/err"
+check "... and that --resume writes it" grep -q "checkpoint $disk/t.checkpoint.safetensors (step 3 of 3) is kept" "$tmp/err"
+check "no LoRA written" test ! -e "$disk/t.safetensors"
+rm -f "$disk/filler"
+expect_rc 0 "--resume once there is room" train -o "$disk/t.safetensors" --resume
+# AutoV3: the tensors' bytes (the metadata holds the run's times)
+autov3() { "$MOOD" hash "$1" --json | py 'import json,sys; print(json.load(sys.stdin)["autov3"])'; }
+check "the LoRA is the run's" test "$(autov3 "$disk/t.safetensors")" = "$(autov3 "$tmp/t.safetensors")"
 
 finish

@@ -251,6 +251,16 @@ static void test_messages(void)
     MOOD_CHECK_MSG(strcmp(mood_error_last(),
                           "lora merge: a.safe: a.safetensors: key \"x\" matches no module") == 0,
                    "%s", mood_error_last());
+    /* a context that ends with the file the message starts with names it once */
+    mood_error_set(MOOD_EIO, "/d/x.ckpt: no space left on device");
+    mood_error_prefix("training checkpoint %s", "/d/x.ckpt");
+    MOOD_CHECK_MSG(
+        strcmp(mood_error_last(), "training checkpoint /d/x.ckpt: no space left on device") == 0,
+        "%s", mood_error_last());
+    mood_error_set(MOOD_EIO, "b/x.ckpt: full"); /* another file whose name ends so: kept */
+    mood_error_prefix("copy of %s", "ab/x.ckpt");
+    MOOD_CHECK_MSG(strcmp(mood_error_last(), "copy of ab/x.ckpt: b/x.ckpt: full") == 0, "%s",
+                   mood_error_last());
 }
 
 /* A write to a file removes the temporary files that killed writes to it left (their process is
