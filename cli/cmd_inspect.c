@@ -43,8 +43,8 @@ const char cmd_inspect_help[] =
     "            trigger_phrase, sshs_model_hash} (steps, epochs, network_dim and\n"
     "            network_alpha as numbers; kohya's \"Dynamic\" as text), dylora (true for a\n"
     "            DyLoRA: gen's dyn=N cuts it to its first N ranks), trigger_words [{tag,\n"
-    "            count}] (top 10 of ss_tag_frequency); checkpoints: parts {unet, te1, te2, other}, parameters,\n"
-    "            metadata_keys.\n\n"
+    "            count}] (top 10 of ss_tag_frequency); checkpoints: parts {unet, te1, te2,\n"
+    "            other}, parameters, metadata_keys.\n\n"
     "Exit status: 0 ok, 1 not a usable safetensors file, 2 missing/unreadable file.\n";
 
 #define MAX_DISTINCT 4096 /* more than any adapter has modules */
