@@ -29,6 +29,13 @@ for c in info inspect hash bake "lora stack" "lora merge" "lora resize" "lora ex
     # shellcheck disable=SC2086
     text=$("$MOOD" help $c); check "help $c has usage" grep -q "^usage: mood $c" <<<"$text"
 done
+# every help page fits a 100-column terminal (awk counts bytes: UTF-8 examples count wider)
+wide=""
+while read -r c; do
+    # shellcheck disable=SC2086
+    [ -n "$("$MOOD" help $c 2>/dev/null | LC_ALL=C.UTF-8 awk 'length > 100')" ] && wide="$wide $c"
+done < <("$MOOD" help | awk '/^  [a-z]/{print $1} /^  (lora|style|pack|civitai) [a-z]/{print $1" "$2}')
+check "help pages within 100 columns (too wide:$wide)" test -z "$wide"
 "$MOOD" frobnicate 2>/dev/null; check "unknown command exits 1" test $? -eq 1
 "$MOOD" lora 2>/dev/null; check "'mood lora' alone exits 1" test $? -eq 1
 "$MOOD" info --bogus 2>/dev/null; check "unknown option exits 1" test $? -eq 1
