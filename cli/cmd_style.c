@@ -67,8 +67,10 @@ const char cmd_style_create_help[] =
 const char cmd_style_edit_help[] =
     "usage: mood style edit NAME [options]\n\n"
     "Changes a style. Options as for 'mood style create'; only what you give changes. --lora\n"
-    "replaces the whole list of LoRAs (all for one base family). An empty value (--negative \"\")\n"
-    "clears a field (--weight \"\": no preferred weight, so 1 applies).\n";
+    "replaces the whole list of LoRAs (all for one base family); a LoRA it takes out that no\n"
+    "other style uses becomes a style of its own again, named after its file, as an import\n"
+    "names it (a warning says which; 'mood rm' of it deletes the LoRA). An empty value\n"
+    "(--negative \"\") clears a field (--weight \"\": no preferred weight, so 1 applies).\n";
 
 const char cmd_tag_help[] =
     "usage: mood tag NAME +TAG... -TAG...\n\n"

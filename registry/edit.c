@@ -153,9 +153,98 @@ int mood__reg_check_families(mood_registry *r, const mood_style_lora *loras, siz
     return err;
 }
 
+/* A LoRA that `style edit` took out of its last style gets a style of its own again, named after
+ * its file as an import names it: a LoRA in no style is listed nowhere, and the registry may
+ * hold its only copy (a Civitai download, a pack). `mood rm` of that style deletes it. */
+static int keep_in_a_style(mood_registry *r, const char *sha, const char *left)
+{
+    sqlite3_stmt *st = NULL;
+    char stem[128], *name = NULL, *file = NULL;
+    long long used = 0;
+    int err = mood__reg_query_int(
+        r, &used, "SELECT count(*) FROM style_adapters WHERE adapter_sha256 = ?1", sha);
+    if (err || used)
+        return err;
+    if ((err = mood__reg_prepare(r, &st, "SELECT file_name FROM adapters WHERE sha256 = ?1")) != 0)
+        return err;
+    mood__reg_bind_text(st, 1, sha);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+        file = mood_strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    snprintf(stem, sizeof stem, "%.*s",
+             file && strrchr(file, '.') ? (int)(strrchr(file, '.') - file) : 100,
+             file ? file : sha);
+    mood_registry_name_sanitize(stem, sizeof stem, stem);
+    if ((err = mood_registry_name_suggest(&name, r, stem)) == 0 &&
+        (err = mood__reg_prepare(r, &st,
+                                 "INSERT INTO styles(name, created_at, updated_at) VALUES (?1,"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'),"
+                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) == 0) {
+        mood__reg_bind_text(st, 1, name);
+        err = mood__reg_step_done(r, st, "giving a LoRA its own style");
+    }
+    if (!err && (err = mood__reg_prepare(r, &st,
+                                         "INSERT INTO style_adapters(style_id, adapter_sha256,"
+                                         " unet_weight, te_weight, position) VALUES (?1, ?2, 1,"
+                                         " 1, 0)")) == 0) {
+        sqlite3_bind_int64(st, 1, sqlite3_last_insert_rowid(r->db));
+        mood__reg_bind_text(st, 2, sha);
+        err = mood__reg_step_done(r, st, "giving a LoRA its own style");
+    }
+    if (!err)
+        mood_log(MOOD_LOG_WARN,
+                 "%s left style '%s' and no other style uses it: it is style '%s' now (as "
+                 "imported; 'mood rm %s' deletes it)",
+                 file ? file : sha, left, name, name);
+    mood_free(file);
+    mood_registry_free_string(name);
+    return err;
+}
+
+/* The name of style id (mood_malloc'd). */
+static int style_name(mood_registry *r, long long id, char **out)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st, "SELECT name FROM styles WHERE id = ?1");
+    *out = NULL;
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
+        !(*out = mood_strdup((const char *)sqlite3_column_text(st, 0))))
+        err = mood_error_nomem();
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* The adapters of style id before a change (SHA-256s, 64 characters each). */
+static int style_adapter_shas(mood_registry *r, long long id, mood_buf *shas)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st,
+                                "SELECT adapter_sha256 FROM style_adapters WHERE"
+                                " style_id = ?1"),
+        rc;
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *sha = (const char *)sqlite3_column_text(st, 0);
+        if (sha && strlen(sha) == 64)
+            err = mood_buf_append(shas, sha, 64);
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
 static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
 {
+    mood_buf before;
+    char *name = NULL;
     int err = mood__reg_check_families(r, s->loras, s->n_loras);
+    mood_buf_init(&before);
+    if (!err)
+        err = style_adapter_shas(r, id, &before);
     if (!err)
         err = exec_id(r, "DELETE FROM style_adapters WHERE style_id = ?1", id, "changing adapters");
     for (size_t i = 0; !err && i < s->n_loras; i++) {
@@ -184,6 +273,16 @@ static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
         sqlite3_bind_int(st, 5, (int)i);
         err = mood__reg_step_done(r, st, "linking an adapter");
     }
+    if (!err && before.len && (err = style_name(r, id, &name)) == 0) {
+        for (size_t at = 0; !err && at + 64 <= before.len; at += 64) {
+            char sha[65];
+            memcpy(sha, before.data + at, 64);
+            sha[64] = '\0';
+            err = keep_in_a_style(r, sha, name);
+        }
+    }
+    mood_free(name);
+    mood_buf_dispose(&before);
     return err;
 }
 
@@ -282,7 +381,6 @@ int mood_registry_style_edit(mood_registry *r, const char *name, const mood_styl
         err = mood__reg_commit(r);
     if (err)
         mood__reg_rollback(r);
-    /* adapters a style no longer uses stay: `mood rm` of the last user removes them */
     return err;
 }
 
@@ -519,8 +617,8 @@ static int exec_sha(mood_registry *r, const char *sql, const char *sha, const ch
     return mood__reg_step_done(r, st, "removing the style");
 }
 
-/* The style's rows, and the rows of its LoRAs that no other style uses (a LoRA that `style edit`
- * took out of some style keeps its row and file: only what this style held goes). Every blob
+/* The style's rows, and the rows of its LoRAs that no other style uses (only what this style
+ * held goes). Every blob
  * the style held gets a journal row (imports_in_progress, "KEY-N") in the same transaction: if
  * the process dies before its files are deleted, the next open's clean-up (blob.c) deletes those
  * nothing uses, where they would otherwise stay behind as orphans. */

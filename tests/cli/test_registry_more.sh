@@ -122,12 +122,11 @@ import json,sys; d=json.load(open(sys.argv[1])); a=d["adapters"]
 assert len(a)==1 and a[0]["unet"]==0.5, a' "$tmp/out"
 
 expect_rc 0 "lokr's LoRA replaced" "$MOOD" style edit lokr --lora ia3
-expect_rc 0 "import lokr again" "$MOOD" import "$lib/lokr.safetensors" --json
-check "a style of the file is made again, never '(no style)'" py '
-import json,sys; d=json.load(open(sys.argv[1]))
-assert d["already"]==[] and [i["name"] for i in d["imported"]]==["lokr-2"], d' "$tmp/out"
-check "it says no style used it" grep -q "stored already but no style used it" "$tmp/err"
-expect_rc 0 "import lokr once more" "$MOOD" import "$lib/lokr.safetensors"
+check "says lokr's own LoRA is a style of its own now" grep -q \
+    "lokr.safetensors left style 'lokr' and no other style uses it: it is style 'lokr-2' now" "$tmp/err"
+expect_rc 0 "listed" "$MOOD" list
+check "as lokr-2" grep -q "^lokr-2 " "$tmp/out"
+expect_rc 0 "import lokr again" "$MOOD" import "$lib/lokr.safetensors"
 check "already, as lokr-2" grep -q "already in the registry as lokr-2$" "$tmp/out"
 no_placeholder() { ! grep -q "(no style)" "$1"; }
 check "never (no style)" no_placeholder "$tmp/out"

@@ -141,7 +141,7 @@ static void test_import_restores_removed_style(void)
 }
 
 /* A fresh registry with styles lokr (*k) and ia3, lokr edited to hold ia3's LoRA: lokr's own
- * LoRA is kept, used by no style. */
+ * LoRA, which left its last style, is style lokr-2 now. */
 static mood_registry *lokr_replaced(const char *src, mood_import_result *k)
 {
     mood_registry *r = NULL;
@@ -169,11 +169,28 @@ static void check_doctor_clean(mood_registry *r)
     mood_registry_free_string(report);
 }
 
+/* A LoRA that `style edit` took out of its last style is a style of its own again (it was listed
+ * nowhere, and the registry may hold its only copy); one that an older mood left in no style is
+ * given one by importing its file again. */
 static void test_import_after_lora_replaced(void)
 {
     const char *src = scratch_fresh_dir("src");
     mood_import_result k, again;
     mood_registry *r = lokr_replaced(src, &k);
+    mood_style_lora *loras = NULL;
+    size_t n = 0;
+    sqlite3 *db = NULL;
+    char db_path[1200];
+    MOOD_CHECK_OK(mood_registry_style_loras(&loras, &n, r, "lokr-2"));
+    MOOD_CHECK(n == 1 && loras && strcmp(loras[0].sha256, k.sha256) == 0);
+    mood_registry_free_string((char *)loras);
+    /* as an older mood left it: the LoRA in no style */
+    snprintf(db_path, sizeof db_path, "%s/registry.db", mood_registry_home(r));
+    MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    MOOD_CHECK(sqlite3_exec(db,
+                            "PRAGMA foreign_keys = ON; DELETE FROM styles WHERE name = 'lokr-2'",
+                            NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
     import_as(r, &again, src, "lokr.safetensors", "lycoris/lokr.safetensors");
     MOOD_CHECK_MSG(!again.already && strcmp(again.name, "lokr-2") == 0 && again.renamed,
                    "already %d, name %s", again.already, again.name);
@@ -193,7 +210,7 @@ static void test_rm_keeps_a_replaced_lora(void)
     const char *src = scratch_fresh_dir("src");
     mood_import_result k, g;
     long long journal = -1;
-    mood_registry *r = lokr_replaced(src, &k); /* lokr's LoRA kept, unused */
+    mood_registry *r = lokr_replaced(src, &k); /* lokr's LoRA is style lokr-2 */
     import_as(r, &g, src, "good.safetensors", "kohya/sd1_lora.safetensors");
     MOOD_CHECK_OK(mood_registry_rm(r, "good"));
     MOOD_CHECK(blob_exists(r, k.sha256) && !blob_exists(r, g.sha256));
