@@ -228,7 +228,7 @@ static void nfc(uint32_t *cps, size_t *n, uint32_t *work)
     *n = out;
 }
 
-static size_t to_lower(uint32_t cp, uint32_t *out)
+size_t mood__uc_to_lower(uint32_t cp, uint32_t *out)
 {
     size_t lo = 0, hi = mood__uc_lower_count;
     if (cp < 0x80) {
@@ -936,7 +936,7 @@ static int encode_segment(mood_tokenizer *t, mood_token_ids *out, const char *ra
                 i++;
             work[m++] = ' ';
         } else {
-            m += to_lower(cps[i], work + m);
+            m += mood__uc_to_lower(cps[i], work + m);
         }
     }
     err = encode_normalized(t, out, work, m, &word);

@@ -55,6 +55,9 @@ size_t mood__utf8_decode(const unsigned char *s, size_t len, uint32_t *cp);
 /* The first code point of cp's full canonical decomposition: the letter under its accents
  * (ñ -> n, ấ -> a), cp itself when it has none (engine/tokenizer.c). */
 uint32_t mood__uc_base_letter(uint32_t cp);
+/* Unicode's full lower-case mapping of cp into out (3 code points room; returns how many: "İ"
+ * lowers to two), cp itself when it has none (engine/tokenizer.c). */
+size_t mood__uc_to_lower(uint32_t cp, uint32_t *out);
 /* The canonical combining class of cp (0 for starters; engine/tokenizer.c). */
 uint32_t mood__uc_ccc_of(uint32_t cp);
 /* Writes code point cp (at most U+10FFFF) as UTF-8 into out (4 bytes room); returns the length

@@ -294,8 +294,7 @@ static int fill_style(mood_registry *r, const store_job *j)
         const char *t = j->v->tags[i];
         if (!*t || strlen(t) > 64 || strpbrk(t, " ,\t\n"))
             continue;
-        err = exec3(r, "INSERT OR IGNORE INTO tags(style_id, tag) VALUES (CAST(?1 AS INTEGER), ?2)",
-                    id, t, NULL, "storing tags");
+        err = exec3(r, MOOD__REG_ADD_TAG_SQL, id, t, NULL, "storing tags");
     }
     mood_free(words);
     mood_free(text);

@@ -526,9 +526,7 @@ static int edit_tags(mood_registry *r, const char *name, const char *const *tags
     for (size_t i = 0; i < n && !err; i++) {
         sqlite3_stmt *st = NULL;
         if ((err = mood__reg_prepare(
-                 r, &st,
-                 adds[i] ? "INSERT OR IGNORE INTO tags(style_id, tag) VALUES (?1, ?2)"
-                         : "DELETE FROM tags WHERE style_id = ?1 AND tag = ?2")) != 0)
+                 r, &st, adds[i] ? MOOD__REG_ADD_TAG_SQL : MOOD__REG_REMOVE_TAG_SQL)) != 0)
             break;
         sqlite3_bind_int64(st, 1, id);
         mood__reg_bind_text(st, 2, stored_tag(tags[i], adds[i]));

@@ -227,9 +227,7 @@ static int insert_children(mood_registry *r, const mood__pack_style_row *s, long
     char idtext[32];
     int err = 0;
     for (size_t i = 0; !err && i < s->n_tags; i++) {
-        if ((err = mood__reg_prepare(r, &st,
-                                     "INSERT OR IGNORE INTO tags(style_id, tag)"
-                                     " VALUES (?1, ?2)")) != 0)
+        if ((err = mood__reg_prepare(r, &st, MOOD__REG_ADD_TAG_SQL)) != 0)
             break;
         sqlite3_bind_int64(st, 1, id);
         mood__reg_bind_utf8(st, 2, s->tags[i]);

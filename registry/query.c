@@ -150,15 +150,16 @@ int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const
         args[1] = mood_family_name(family);
     else if (base)
         mood_error_clear(); /* another name is matched as it is */
-    return run_summaries(out, r,
-                         SUMMARY_COLUMNS " FROM styles s"
-                                         " WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
-                                         "FROM tags t WHERE t.style_id = s.id AND t.tag = ?1))"
-                                         " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters "
-                                         "sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE "
-                                         "sa.style_id = s.id AND a.family = ?2))"
-                                         " ORDER BY s.name COLLATE NOCASE",
-                         args, 2);
+    return run_summaries(
+        out, r,
+        SUMMARY_COLUMNS " FROM styles s"
+                        " WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
+                        "FROM tags t WHERE t.style_id = s.id AND mood_fold(t.tag) = mood_fold(?1)))"
+                        " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters "
+                        "sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE "
+                        "sa.style_id = s.id AND a.family = ?2))"
+                        " ORDER BY s.name COLLATE NOCASE",
+        args, 2);
 }
 
 /* The search index's tokenizer (unicode61) keeps letters, digits and marks of a word and takes

@@ -913,6 +913,8 @@ static int open_disk(mood_registry *r)
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK)
         return mood__reg_sqlerr(r, rc, "cannot open");
+    if ((err = mood__reg_functions(r->db)) != 0)
+        return err;
     if ((err = configure(r)) != 0 || (err = migrate(r)) != 0)
         return err;
     return cleanup(r);
@@ -925,6 +927,8 @@ static int open_absent(mood_registry *r)
     int err;
     if (rc != SQLITE_OK)
         return mood__reg_sqlerr(r, rc, "cannot open");
+    if ((err = mood__reg_functions(r->db)) != 0)
+        return err;
     if ((err = migrate(r)) != 0)
         return err;
     r->absent = 1; /* only now: the migration's writes must not create the registry */
@@ -998,6 +1002,8 @@ static int open_readonly(mood_registry *r)
     mood_free(uri);
     if (rc != SQLITE_OK)
         return mood__reg_sqlerr(r, rc, "cannot open");
+    if ((err = mood__reg_functions(r->db)) != 0)
+        return err;
     sqlite3_busy_timeout(r->db, BUSY_TIMEOUT_MS);
     rc = sqlite3_exec(r->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
     if (rc != SQLITE_OK)

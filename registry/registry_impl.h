@@ -41,6 +41,18 @@ struct mood_registry {
     int noted;       /* doctor told there is no usable database: close adds no warning */
 };
 
+/* Adds tag ?2 to style ?1 unless it has it in any case (mood_fold: Unicode lower case, "Ölbild"
+ * is "ölbild"; SQLite's NOCASE folds ASCII only), and removes it so. mood_fold is registered on
+ * every connection (registry.c) and used in no schema object, so other tools still open the
+ * database. */
+/* Registers the registry's SQL functions (mood_fold) on a new connection (utf8.c). */
+int mood__reg_functions(sqlite3 *db);
+#define MOOD__REG_ADD_TAG_SQL                                                                      \
+    "INSERT INTO tags(style_id, tag) SELECT CAST(?1 AS INTEGER), ?2 WHERE NOT EXISTS (SELECT 1"    \
+    " FROM tags WHERE style_id = CAST(?1 AS INTEGER) AND mood_fold(tag) = mood_fold(?2))"
+#define MOOD__REG_REMOVE_TAG_SQL                                                                   \
+    "DELETE FROM tags WHERE style_id = CAST(?1 AS INTEGER) AND mood_fold(tag) = mood_fold(?2)"
+
 /* Prefix of the temporary files of imports: "import-PID-N.part" in tmp_dir. Only files matching
  * it are ever deleted from tmp_dir. */
 #define MOOD__REG_TMP_PREFIX "import-"

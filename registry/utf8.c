@@ -140,3 +140,48 @@ int mood_registry_text_to_utf8(char **out, const char *text)
     MOOD_ARG_NONNULL(out);
     return mood__reg_utf8_copy(out, text ? text : "", NULL);
 }
+
+/* SQL mood_fold(text): text in Unicode lower case (full mappings), for comparing tags; text that
+ * is not valid UTF-8 is returned as it is, NULL as NULL. */
+static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    const unsigned char *s = sqlite3_value_text(argv[0]);
+    size_t n = (size_t)sqlite3_value_bytes(argv[0]), at = 0, k;
+    mood_buf b;
+    (void)argc;
+    if (!s) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    mood_buf_init(&b);
+    while (at < n) {
+        uint32_t cp, low[3];
+        char enc[4];
+        size_t len = mood__utf8_decode(s + at, n - at, &cp);
+        if (!len) { /* not UTF-8: compared byte for byte */
+            mood_buf_dispose(&b);
+            sqlite3_result_text(ctx, (const char *)s, (int)n, SQLITE_TRANSIENT);
+            return;
+        }
+        at += len;
+        k = mood__uc_to_lower(cp, low);
+        for (size_t i = 0; i < k; i++) {
+            if (mood_buf_append(&b, enc, mood__utf8_encode(low[i], enc)) != 0) {
+                mood_buf_dispose(&b);
+                sqlite3_result_error_nomem(ctx);
+                return;
+            }
+        }
+    }
+    sqlite3_result_text(ctx, b.data ? b.data : "", (int)b.len, SQLITE_TRANSIENT);
+    mood_buf_dispose(&b);
+}
+
+int mood__reg_functions(sqlite3 *db)
+{
+    return sqlite3_create_function(db, "mood_fold", 1,
+                                   SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, NULL,
+                                   sql_fold, NULL, NULL) == SQLITE_OK
+               ? 0
+               : mood_error_nomem();
+}
