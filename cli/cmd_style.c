@@ -56,7 +56,8 @@ const char cmd_style_create_help[] =
     "  --negative TEXT      negative prompt\n"
     "  --description TEXT   a note for yourself (searchable)\n"
     "  --weight W           the weight used when you give none (<lora:NAME> or --style NAME),\n"
-    "                       -10 to 10\n\n"
+    "                       -10 to 10\n"
+    "  --json               print the style made, as 'mood show --json'\n\n"
     "Example:\n"
     "  mood style create ink-film --lora inkwash:0.8 --lora film-grain:0.3 \\\n"
     "      --template \"{prompt}, ink wash, film grain\"\n\n"
@@ -73,23 +74,40 @@ const char cmd_style_edit_help[] =
     "(--negative \"\") clears a field (--weight \"\": no preferred weight, so 1 applies).\n";
 
 const char cmd_tag_help[] =
-    "usage: mood tag NAME +TAG... -TAG...\n\n"
+    "usage: mood tag NAME +TAG... -TAG... [--json]\n\n"
     "Adds (+TAG) or removes (-TAG) tags of a style. Tags group styles ('mood list --tag T')\n"
     "and are searched by 'mood search'. A tag is one word: no spaces or commas; a leading '#'\n"
-    "is dropped (+#mono is mono).\n\n"
+    "is dropped (+#mono is mono). Case does not matter (+Anime and +anime are one tag: the\n"
+    "first spelling stays). All the changes are made, or none.\n\n"
+    "  --json    print the style afterwards, as 'mood show --json'\n\n"
     "Example: mood tag inkwash +painting +monochrome -old\n";
 
 const char cmd_rename_help[] =
-    "usage: mood rename OLD NEW\n\n"
+    "usage: mood rename OLD NEW [--json]\n\n"
     "Renames a style. NEW must be free (regardless of case) and use only letters, digits, '_',\n"
-    "'-' and '.'. Prompts that use <lora:OLD:W> must be changed by you.\n";
+    "'-' and '.'. Prompts that use <lora:OLD:W> must be changed by you.\n\n"
+    "  --json    print the style afterwards, as 'mood show --json'\n";
 
 const char cmd_rm_help[] =
-    "usage: mood rm NAME...\n\n"
+    "usage: mood rm NAME... [--json]\n\n"
     "Removes styles. A LoRA file or preview no other style uses is deleted from the registry's\n"
-    "store with it; the original files you imported from are not touched.\n";
+    "store with it; the original files you imported from are not touched. A name that is not\n"
+    "a style removes none of them.\n\n"
+    "  --json    print {removed [names], error (when one failed)}\n";
 
 /* ----- small helpers ---------------------------------------------------------------------- */
+
+/* --json of the commands that change a style: the style as 'mood show --json' prints it. */
+static int print_style_json(mood_registry *r, const char *name)
+{
+    char *json = NULL;
+    int err = mood_registry_show_json(&json, r, name);
+    if (err)
+        return cli_fail(err);
+    err = cli_print_json(cJSON_Parse(json));
+    mood_registry_free_string(json);
+    return err;
+}
 
 /* A style name that does not exist is the user's mistake (exit 1), not the environment's. */
 static int fail(int err)
@@ -404,6 +422,7 @@ typedef struct style_args {
     int has_loras;
     char **imported; /* styles this command imported from --lora FILE: undone when it fails */
     size_t n_imported;
+    int json; /* --json: the style as 'mood show --json' prints it, once changed */
 } style_args;
 
 static int add_lora(style_args *a, const char *sha, double unet, double te)
@@ -549,6 +568,10 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
             *name = opt;
             continue;
         }
+        if (strcmp(opt, "--json") == 0) {
+            a->json = 1;
+            continue;
+        }
         if (!style_option_known(opt))
             return cli_unknown_option(cmd, opt);
         if (!v)
@@ -585,7 +608,7 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
     }
     if (!*name)
         return cli_usage_error(cmd, "missing NAME");
-    if (argc == 2 && strcmp(cmd, "style edit") == 0) /* it would say it changed the style */
+    if (argc == 2 + a->json && strcmp(cmd, "style edit") == 0) /* it would say it changed it */
         return cli_usage_error(cmd, "nothing to change: give --lora, --trigger, --template, "
                                     "--negative, --description or --weight");
     return check_text_options(a, *name);
@@ -638,6 +661,8 @@ static int style_run(int argc, char **argv, int create)
                  : mood_registry_style_edit(r, name, &a.spec);
     if (err)
         rc = fail(err);
+    else if (a.json)
+        rc = print_style_json(r, name);
     else
         printf("%s style %s\n", create ? "created" : "changed", name);
 done:
@@ -664,73 +689,107 @@ int cmd_style_edit(int argc, char **argv)
 int cmd_tag(int argc, char **argv)
 {
     mood_registry *r = NULL;
-    int rc, err = 0;
-    if (argc < 3)
-        return cli_usage_error("tag", "usage: mood tag NAME +TAG -TAG ...");
-    for (int i = 1; i < argc; i++) {
-        if (mood_registry_text_check(argv[i], i == 1 ? "NAME" : "tag") != 0)
-            return cli_fail(MOOD_EINVAL); /* before quoting it below */
-        if (i > 1 && ((argv[i][0] != '+' && argv[i][0] != '-') || !argv[i][1]))
-            return cli_usage_error("tag", "'%s': write +TAG to add a tag, -TAG to remove one",
-                                   argv[i]);
-        if (i > 1 && argv[i][1] == '-') /* --json, --help: an option, not "remove tag -json" */
-            return cli_usage_error("tag",
-                                   "'%s': tag takes no options, and a tag does not start "
-                                   "with '-'",
-                                   argv[i]);
+    const char *name = NULL, **changes = calloc((size_t)argc, sizeof *changes);
+    size_t n = 0;
+    int rc = -1, err, json = 0;
+    for (int i = 1; i < argc && rc < 0 && changes; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (mood_registry_text_check(argv[i], name ? "tag" : "NAME") != 0)
+            rc = cli_fail(MOOD_EINVAL); /* before quoting it below */
+        else if (!name)
+            name = argv[i];
+        else if ((argv[i][0] != '+' && argv[i][0] != '-') || !argv[i][1])
+            rc = cli_usage_error("tag", "'%s': write +TAG to add a tag, -TAG to remove one",
+                                 argv[i]);
+        else if (argv[i][1] == '-') /* --help, --jsn: an option, not "remove tag -jsn" */
+            rc = cli_usage_error("tag",
+                                 "'%s': tag takes only --json, and a tag does not start "
+                                 "with '-'",
+                                 argv[i]);
+        else
+            changes[n++] = argv[i];
     }
-    if ((rc = cli_registry_open(&r)) != 0)
-        return rc;
-    /* all or none: "-old +new" must not lose old when new cannot be stored */
-    err = mood_registry_tags(r, argv[1], (const char *const *)argv + 2, (size_t)argc - 2);
+    if (rc < 0 && !changes)
+        rc = cli_fail(MOOD_ENOMEM);
+    if (rc < 0 && n == 0)
+        rc = cli_usage_error("tag", "usage: mood tag NAME +TAG -TAG ... [--json]");
+    if (rc < 0 && (rc = cli_registry_open(&r)) == 0) {
+        /* all or none: "-old +new" must not lose old when new cannot be stored */
+        err = mood_registry_tags(r, name, changes, n);
+        rc = err ? fail(err) : json ? print_style_json(r, name) : 0;
+    }
     mood_registry_close(r);
-    return err ? fail(err) : 0;
+    free(changes);
+    return rc;
 }
 
 int cmd_rename(int argc, char **argv)
 {
     const char *names[2] = {NULL, NULL};
     mood_registry *r = NULL;
-    int rc, err;
-    if ((rc = parse_simple(argc, argv, "rename", NULL, names, 2)) >= 0)
+    int rc, err, json = 0;
+    if ((rc = parse_simple(argc, argv, "rename", &json, names, 2)) >= 0)
         return rc;
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
     err = mood_registry_rename(r, names[0], names[1]);
+    rc = err ? fail(err) : json ? print_style_json(r, names[1]) : 0;
     mood_registry_close(r);
-    if (err)
-        return fail(err);
-    printf("renamed %s to %s\n", names[0], names[1]);
-    return 0;
+    if (!err && !json)
+        printf("renamed %s to %s\n", names[0], names[1]);
+    return rc;
 }
 
 int cmd_rm(int argc, char **argv)
 {
     mood_registry *r = NULL;
-    int rc, err = 0;
-    if (argc < 2)
-        return cli_usage_error("rm", "missing NAME");
-    for (int i = 1; i < argc; i++) {
-        if (argv[i][0] == '-')
-            return cli_usage_error("rm", "unknown option '%s'", argv[i]);
+    const char **names = calloc((size_t)argc, sizeof *names);
+    cJSON *removed = cJSON_CreateArray();
+    size_t n = 0;
+    int rc = 0, err = 0, json = 0;
+    for (int i = 1; i < argc && !rc && names; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (argv[i][0] == '-')
+            rc = cli_usage_error("rm", "unknown option '%s'", argv[i]);
+        else
+            names[n++] = argv[i];
     }
-    if ((rc = cli_registry_open(&r)) != 0)
-        return rc;
+    if (!rc && (!names || !removed))
+        rc = cli_fail(MOOD_ENOMEM);
+    if (!rc && n == 0)
+        rc = cli_usage_error("rm", "missing NAME");
+    if (!rc)
+        rc = cli_registry_open(&r);
     /* every name first: a mistyped one among several removes none, not the ones before it */
-    for (int i = 1; argc > 2 && i < argc && !err; i++) {
-        char *json = NULL, line[2200];
-        if ((err = mood_registry_show_json(&json, r, argv[i])) != 0) {
+    for (size_t i = 0; n > 1 && !rc && i < n; i++) {
+        char *shown = NULL, line[2200];
+        if ((err = mood_registry_show_json(&shown, r, names[i])) != 0) {
             snprintf(line, sizeof line, "nothing removed: %s", mood_error_last());
             cli_text_report("error", line);
-            mood_registry_close(r);
-            return err == MOOD_ENOTFOUND || mood_error_is_user(err) ? 1 : 2; /* as fail() */
+            rc = err == MOOD_ENOTFOUND || mood_error_is_user(err) ? 1 : 2; /* as fail() */
         }
-        mood_registry_free_string(json);
+        mood_registry_free_string(shown);
     }
-    for (int i = 1; i < argc && !err; i++) {
-        if ((err = mood_registry_rm(r, argv[i])) == 0)
-            printf("removed %s\n", argv[i]);
+    for (size_t i = 0; !rc && i < n && !err; i++) {
+        if ((err = mood_registry_rm(r, names[i])) != 0)
+            rc = fail(err);
+        else if (json)
+            cJSON_AddItemToArray(removed, cJSON_CreateString(names[i]));
+        else
+            printf("removed %s\n", names[i]);
+    }
+    if (json && r) { /* what was removed, also when a later name failed */
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "removed", removed);
+        removed = NULL;
+        if (err)
+            cJSON_AddStringToObject(o, "error", mood_error_last());
+        cli_print_json(o);
     }
     mood_registry_close(r);
-    return err ? fail(err) : 0;
+    cJSON_Delete(removed);
+    free(names);
+    return rc;
 }

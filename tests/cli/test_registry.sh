@@ -151,11 +151,21 @@ expect_rc 0 "style edit --weight \"\" (cleared)" "$MOOD" style edit ink-film --w
 check "weight cleared: null, as an imported style's (applied as 1)" py 'import json,sys,subprocess; d=json.loads(subprocess.check_output([sys.argv[1],"show","ink-film","--json"])); assert d["weight"] is None, d["weight"]' "$MOOD"
 expect_rc 0 "tag" "$MOOD" tag ink-film +mono +painting
 expect_rc 0 "untag" "$MOOD" tag ink-film -painting
-# an option is no tag: "--json" was read as "remove tag -json" (exit 0, nothing said)
-expect_rc 1 "tag --json" "$MOOD" tag ink-film --json
-check "says tag takes no options" grep -q "tag takes no options" "$tmp/err"
-expect_rc 1 "style edit --json" "$MOOD" style edit ink-film --json
-check "an unknown option, not one that needs a value" grep -q "unknown option '--json'" "$tmp/err"
+# an option is no tag: "--json" was read as "remove tag -json" (exit 0, nothing said); it is the
+# option for scripts now, as for style edit, rename and rm: the style afterwards
+expect_rc 1 "tag --jsn" "$MOOD" tag ink-film --jsn
+check "says tag takes only --json" grep -q "tag takes only --json" "$tmp/err"
+expect_rc 1 "tag --json alone" "$MOOD" tag ink-film --json
+expect_rc 0 "tag +x --json" "$MOOD" tag ink-film +x --json
+check "prints the style with its tags" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["name"]=="ink-film" and "x" in d["tags"], d' "$tmp/out"
+expect_rc 0 "tag --json -x (in any place)" "$MOOD" tag --json ink-film -x
+check "without x" py 'import json,sys; assert "x" not in json.load(open(sys.argv[1]))["tags"]' "$tmp/out"
+expect_rc 1 "style edit --json alone" "$MOOD" style edit ink-film --json
+check "nothing to change" grep -q "nothing to change" "$tmp/err"
+expect_rc 0 "style edit --weight 0.4 --json" "$MOOD" style edit ink-film --weight 0.4 --json
+check "prints the style" py 'import json,sys; assert json.load(open(sys.argv[1]))["weight"]==0.4' "$tmp/out"
+expect_rc 0 "weight back" "$MOOD" style edit ink-film --weight ""
 expect_rc 0 "show ink-film" "$MOOD" show ink-film --json
 check "composed style" py '
 import json,sys; d=json.load(open(sys.argv[1]))
@@ -188,13 +198,18 @@ import json,sys; d={s["name"]:s for s in json.load(open(sys.argv[1]))}["ink-film
 assert d["n_adapters"]==1 and d["tags"]==["mono","zeta"], d' "$tmp/out"
 expect_rc 0 "untag zeta" "$MOOD" tag ink-film -zeta
 expect_rc 0 "style edit loras back" "$MOOD" style edit ink-film --lora inkwash:0.8 --lora "$lib/film-grain.safetensors:0.3:0.2"
-expect_rc 0 "rename" "$MOOD" rename ink-film ink_film
+expect_rc 0 "rename --json" "$MOOD" rename ink-film ink_film --json
+check "prints the style under its new name" py 'import json,sys; assert json.load(open(sys.argv[1]))["name"]=="ink_film"' "$tmp/out"
 expect_rc 1 "rename to a bad name" "$MOOD" rename ink_film "a<b"
 expect_rc 0 "rm inkwash (still used)" "$MOOD" rm inkwash
 sha=$("$MOOD" show ink_film --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["adapters"][0]["sha256"])')
 blob=$MOOD_HOME/blobs/sha256/${sha:0:2}/${sha:2}
 check "blob kept while used" test -f "$blob"
-expect_rc 0 "rm ink_film" "$MOOD" rm ink_film
+expect_rc 1 "rm --json with an unknown name" "$MOOD" rm ink_film nosuch --json
+check "nothing removed, said in the JSON" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["removed"]==[] and "nosuch" in d["error"], d' "$tmp/out"
+expect_rc 0 "rm ink_film --json" "$MOOD" rm ink_film --json
+check "says it removed ink_film" py 'import json,sys; assert json.load(open(sys.argv[1]))=={"removed":["ink_film"]}' "$tmp/out"
 check "blob gone with its last user" test ! -e "$blob"
 
 # ----- doctor
