@@ -70,7 +70,8 @@ const char cmd_import_help[] =
     "  --nsfw LEVEL  previews kept from Civitai: none, pg (default), pg13, r, x, xxx\n"
     "  --json    print a summary object: imported [{file, name, wanted, renamed, sha256,\n"
     "            autov3, family, n_previews (the style's, Civitai's included), sidecars,\n"
-    "            civitai {version_id, ...} when found there}], already [{file, name, sha256}],\n"
+    "            civitai {version_id, ...} when found there}], already [{file, name, sha256,\n"
+    "            warning (when its sidecars were not read)}],\n"
     "            skipped [{file, reason}] (files and sidecars left out), failed [{file, error}]\n\n"
     "Exit status: 0 all imported (or already there), 1 a file was refused, 2 a file could not\n"
     "be read or the registry could not be written.\n";
@@ -222,6 +223,21 @@ static int sidecars_beside(char *buf, size_t size, const char *path)
 }
 
 /* What a person reads about one file (--json: nothing). */
+/* The warning for a copy of a stored file whose own sidecars were not read (a copy of the same
+ * bytes, elsewhere, came first: its sidecars made the style); 0 when there is none to give. A
+ * second import of the same file read them the first time. */
+static int unread_sidecars(char *why, size_t size, const char *path, const mood_import_result *res)
+{
+    char sidecars[1024];
+    if (!res->already || !res->elsewhere || !sidecars_beside(sidecars, sizeof sidecars, path))
+        return 0;
+    snprintf(why, size,
+             "%s: its sidecars (%s) were not read: the same file is stored already as style "
+             "'%s', imported from another copy; 'mood style edit %s' sets its trigger words",
+             path, sidecars, res->name, res->name);
+    return 1;
+}
+
 static void report_import(const import_run *run, const char *path, int err,
                           const mood_import_result *res)
 {
@@ -234,16 +250,10 @@ static void report_import(const import_run *run, const char *path, int err,
         return;
     }
     if (res->already) {
-        char sidecars[1024], why[2048];
+        char why[2048];
         printf("%s: already in the registry as %s\n", p, res->name);
-        /* the same file under another name came first: its sidecars are this copy's */
-        if (sidecars_beside(sidecars, sizeof sidecars, path)) {
-            snprintf(why, sizeof why,
-                     "%s: its sidecars (%s) were not read: the same file is stored already as "
-                     "style '%s'; 'mood rm %s' and import this copy to take them",
-                     path, sidecars, res->name, res->name);
+        if (unread_sidecars(why, sizeof why, path, res))
             say("warning", why);
-        }
     } else
         printf("imported %s as %s (%s%s%s)\n", p, res->name, res->family,
                res->previews ? ", with previews" : "", res->sidecars ? ", sidecars read" : "");
@@ -267,6 +277,9 @@ static void import_one(import_run *run, const char *path)
     cJSON_AddStringToObject(o, "name", res.name);
     cJSON_AddStringToObject(o, "sha256", res.sha256);
     if (res.already) {
+        char why[2048];
+        if (run->json && unread_sidecars(why, sizeof why, path, &res)) /* text mode says it */
+            cJSON_AddStringToObject(o, "warning", why);
         cJSON_AddItemToArray(run->already, o);
         report_import(run, path, 0, &res);
         return;

@@ -1136,7 +1136,12 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
     if ((err = check_extras(x)) != 0 || (err = prepare(&j, out, progress, payload)) != 0)
         goto done;
     if ((err = holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
+        char abs[PATH_MAX];
+        int here = 0;
         out->already = found;
+        if (!err)
+            err = source_known(r, j.h.sha256, realpath(path, abs) ? abs : path, &here);
+        out->elsewhere = !here; /* the same bytes, first imported from another file */
         if (!err)
             err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
         goto done;

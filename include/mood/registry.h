@@ -94,6 +94,7 @@ typedef struct mood_import_result {
     int renamed;      /* the stem was not a valid or free name: `name` is the suggestion used */
     int previews;     /* preview images stored */
     int sidecars;     /* sidecar files read */
+    int elsewhere;    /* already, as a copy from another place: this file's sidecars not read */
     char family[16];
 } mood_import_result;
 

@@ -202,6 +202,18 @@ cp "$FIX/kohya/sd1_lora_bf16.safetensors" "$tmp/dup/c_sidecar.safetensors"
 echo '{"activation text": "dupword"}' >"$tmp/dup/c_sidecar.json"
 expect_rc 0 "import a folder holding one file twice" "$MOOD" import --offline "$tmp/dup"
 check "the unread sidecars named" grep -q "c_sidecar.safetensors: its sidecars (c_sidecar.json) were not read: the same file is stored already as style 'b_plain'" "$tmp/err"
+expect_rc 0 "the folder again, --json" "$MOOD" import --offline "$tmp/dup" --json
+check "the warning is in the JSON, for the copy only" py '
+import json,sys; d={a["file"].rsplit("/",1)[1]:a for a in json.load(open(sys.argv[1]))["already"]}
+assert "warning" not in d["b_plain.safetensors"], d
+assert "c_sidecar.json) were not read" in d["c_sidecar.safetensors"]["warning"], d' "$tmp/out"
+# a file imported with its sidecars, imported again: they were read the first time
+mkdir -p "$tmp/dup2"
+cp "$FIX/lycoris/loha.safetensors" "$tmp/dup2/ink.safetensors"
+echo sumi >"$tmp/dup2/ink.txt"
+expect_rc 0 "import with a sidecar" "$MOOD" import --offline "$tmp/dup2"
+expect_rc 0 "the same again" "$MOOD" import --offline "$tmp/dup2"
+check "no warning about its sidecars" test ! -s "$tmp/err"
 
 # --- sidecars too big or malformed are skipped (and listed so in --json); the LoRA imports ---
 mkdir -p "$tmp/sk"
