@@ -1256,21 +1256,52 @@ int mood_registry_name_check(const char *name)
 /* A letter with accents gives its ASCII letter (ñandú -> nandu: Civitai's file names are often
  * Spanish, French, Vietnamese); runs of other characters become one '_'; leading/trailing '_',
  * '-', '.' go. */
+/* The ASCII spelling of a letter with no decomposition to a base letter (Æ, ø, ß: the usual
+ * transliterations, as in file names people type without them), of a full-width ASCII character
+ * (ｆｕｌｌ), or NULL. */
+static const char *ascii_spelling(uint32_t cp, char one[2])
+{
+    static const struct {
+        uint32_t cp;
+        const char *ascii;
+    } letters[] = {{0xC6, "AE"}, {0xD0, "D"},  {0xD8, "O"},  {0xDE, "TH"},  {0xDF, "ss"},
+                   {0xE6, "ae"}, {0xF0, "d"},  {0xF8, "o"},  {0xFE, "th"},  {0x110, "D"},
+                   {0x111, "d"}, {0x126, "H"}, {0x127, "h"}, {0x131, "i"},  {0x141, "L"},
+                   {0x142, "l"}, {0x14A, "N"}, {0x14B, "n"}, {0x152, "OE"}, {0x153, "oe"},
+                   {0x166, "T"}, {0x167, "t"}, {0x17F, "s"}, {0x1E9E, "SS"}};
+    if (cp >= 0xFF01 && cp <= 0xFF5E) { /* full-width forms of ASCII '!'..'~' */
+        one[0] = (char)(cp - 0xFEE0);
+        one[1] = '\0';
+        return one;
+    }
+    for (size_t i = 0; i < sizeof letters / sizeof letters[0]; i++)
+        if (letters[i].cp == cp)
+            return letters[i].ascii;
+    return NULL;
+}
+
 void mood_registry_name_sanitize(char *dst, size_t cap, const char *src)
 {
     size_t n = 0, len = strlen(src), k;
     int gap = 0;
     for (size_t i = 0; i < len && n + 1 < cap && n < NAME_MAX_LEN - 8; i += k ? k : 1) {
         uint32_t cp = (unsigned char)src[i];
+        char one[2] = {0, 0};
+        const char *spelled;
         k = mood__utf8_decode((const unsigned char *)src + i, len - i, &cp);
         if (k > 1)
             cp = mood__uc_base_letter(cp);
+        if (k > 1 && (spelled = ascii_spelling(cp, one)) != NULL && name_char(spelled[0]))
+            cp = (unsigned char)spelled[0];
+        else
+            spelled = NULL;
         if (k && cp < 0x80 && name_char((int)cp)) {
+            char ascii[2] = {(char)cp, '\0'};
             if (gap && n > 0)
                 dst[n++] = '_';
             gap = 0;
-            if (n + 1 < cap)
-                dst[n++] = (char)cp;
+            for (const char *c = spelled ? spelled : ascii; *c && n + 1 < cap; c++)
+                dst[n++] = *c;
         } else {
             gap = 1;
         }

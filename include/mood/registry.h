@@ -63,7 +63,9 @@ void mood_registry_free_string(char *s);
 MOOD_WARN_UNUSED int mood_registry_name_check(const char *name);
 /* The valid style name `text` gives (what an imported file's stem becomes before it is made
  * unique, and the A1111 alias mood writes for a LoRA): letters keep their letter under accents
- * (café -> cafe), runs of other characters become one '_' ("Ink Wash (v2)" -> Ink_Wash_v2), and
+ * (café -> cafe), letters without one their usual spelling (Straße -> Strasse, Ærø -> AEro),
+ * full-width letters their ASCII, runs of other characters become one '_' ("Ink Wash (v2)" ->
+ * Ink_Wash_v2), and
  * '_', '-', '.' go from either end; "style" when nothing is left. out: `size` bytes, at most
  * 100 characters written. */
 void mood_registry_name_sanitize(char *out, size_t size, const char *text);

@@ -284,12 +284,13 @@ static void test_names(void)
     MOOD_CHECK_OK(mood_registry_name_suggest(&s, r, "My Style (v2)"));
     MOOD_CHECK(s && strcmp(s, "My_Style_v2") == 0);
     mood_registry_free_string(s);
-    /* letters with accents keep their letter; what has none (CJK, emoji) is a gap */
-    static const char *const accented[][2] = {{"ñandú 水墨", "nandu"},
-                                              {"Crème brûlée", "Creme_brulee"},
-                                              {"Phở bò", "Pho_bo"},
-                                              {"水墨画", "style"},
-                                              {"Straße", "Stra_e"}};
+    /* letters with accents keep their letter, those without one their usual spelling (ß: ss),
+     * full-width letters their ASCII; what has none (CJK, emoji) is a gap */
+    static const char *const accented[][2] = {
+        {"ñandú 水墨", "nandu"},        {"Crème brûlée", "Creme_brulee"},
+        {"Phở bò", "Pho_bo"},           {"水墨画", "style"},
+        {"Straße", "Strasse"},          {"Ærø Łódź", "AEro_Lodz"},
+        {"Œuvre þing", "OEuvre_thing"}, {"ｆｕｌｌ ｗｉｄｔｈ！", "full_width"}};
     for (size_t i = 0; i < sizeof accented / sizeof accented[0]; i++) {
         MOOD_CHECK_OK(mood_registry_name_suggest(&s, r, accented[i][0]));
         MOOD_CHECK_MSG(s && strcmp(s, accented[i][1]) == 0, "'%s' -> '%s'", accented[i][0],
