@@ -259,6 +259,7 @@ static void report_import(const import_run *run, const char *path, int err,
     } else
         printf("imported %s as %s (%s%s%s)\n", p, res->name, res->family,
                res->previews ? ", with previews" : "", res->sidecars ? ", sidecars read" : "");
+    fflush(stdout); /* a line per committed file, also in a log when Ctrl-C ends a long import */
     free(shown);
 }
 
