@@ -93,7 +93,9 @@ typedef struct import_job {
     mood__blob_tx *extra;        /* x's previews then files, n_extra of them stored */
     size_t n_extra;
     char *name;
-    int stored;            /* the adapter row was there already (no style was the file alone) */
+    int stored;     /* the adapter row was there already (no style was the file alone) */
+    struct stat fs; /* the file before it was read: its source row records size and time */
+    int has_fs;
     char folder[PATH_MAX]; /* the LoRA's folder, links resolved; "" until a sidecar needs it */
 } import_job;
 
@@ -691,31 +693,6 @@ static int insert_extras(mood_registry *r, const import_job *j, long long style_
 /* The style that is the file as its import made it: this adapter alone, at weights 1 and 1 (the
  * oldest such style); *found 0 when there is none. A style that uses the adapter with others or
  * at other weights is not it: importing the file again then makes its own style again. */
-static int holder_of(mood_registry *r, const char *sha256, char *name_out, size_t cap, int *found)
-{
-    sqlite3_stmt *st = NULL;
-    int err, rc;
-    *found = 0;
-    if ((err = mood__reg_prepare(r, &st,
-                                 "SELECT s.name FROM styles s JOIN style_adapters sa ON"
-                                 " sa.style_id = s.id WHERE sa.adapter_sha256 = ?1 AND"
-                                 " sa.unet_weight = 1 AND sa.te_weight = 1 AND (SELECT count(*)"
-                                 " FROM style_adapters x WHERE x.style_id = s.id) = 1"
-                                 " ORDER BY s.id LIMIT 1")) != 0)
-        return err;
-    if ((err = mood__reg_bind_text(st, 1, sha256)) == 0) {
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            *found = 1;
-            snprintf(name_out, cap, "%s", (const char *)sqlite3_column_text(st, 0));
-        } else if (rc != SQLITE_DONE) {
-            err = mood__reg_sqlerr(r, rc, "looking up the file");
-        }
-    }
-    sqlite3_finalize(st);
-    return err;
-}
-
 /* Whether the adapter row exists already (kept by a style that uses it with others, or by none
  * since `mood style edit` replaced it): then the style is made again around that row and blob. */
 static int adapter_stored(mood_registry *r, const char *sha256, int *stored)
@@ -895,8 +872,8 @@ static int insert_source(mood_registry *r, const import_job *j)
         r, &st,
         "INSERT INTO sources(adapter_sha256, kind, location, sidecar_json, civitai_info_json,"
         " civitai_model_id, civitai_version_id, model_name, version_name, base_model, nsfw,"
-        " added_at) VALUES (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-        " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
+        " file_size, file_mtime_ns, added_at) VALUES (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+        " ?9, ?10, ?11, ?12, strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
     if (!err) {
         mood__reg_bind_text(st, 1, j->h.sha256);
         mood__reg_bind_utf8(st, 2, abs ? abs : j->path); /* a file name */
@@ -911,6 +888,10 @@ static int insert_source(mood_registry *r, const import_job *j)
         mood__reg_bind_text(st, 9, jstr(c, "baseModel"));
         if (cJSON_IsBool(nsfw))
             sqlite3_bind_int(st, 10, cJSON_IsTrue(nsfw));
+        if (j->has_fs) {
+            sqlite3_bind_int64(st, 11, (sqlite3_int64)j->fs.st_size);
+            sqlite3_bind_int64(st, 12, (sqlite3_int64)mood__reg_mtime_ns(&j->fs));
+        }
         err = mood__reg_step_done(r, st, "recording where the file came from");
     }
     return err;
@@ -955,7 +936,8 @@ static int commit_rows(mood_registry *r, import_job *j, mood_import_result *out)
     int err, found = 0;
     if ((err = mood__reg_begin(r)) != 0)
         return err;
-    if ((err = holder_of(r, j->h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
+    if ((err = mood__reg_holder_of(r, j->h.sha256, out->name, sizeof out->name, &found)) != 0 ||
+        found) {
         out->already = found;
         goto done; /* another process imported it meanwhile */
     }
@@ -1089,6 +1071,7 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
     hash_job hj = {j, progress, payload, 0};
     pthread_t thread;
     int err = check_extension(j->path), hashing = 0;
+    j->has_fs = stat(j->path, &j->fs) == 0; /* before reading: a change meanwhile is not hidden */
     if (!err)
         hashing = pthread_create(&thread, NULL, hash_thread, &hj) == 0;
     if (!err)
@@ -1133,15 +1116,25 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
     j.x = x;
     mood_buf_init(&j.facts.top_tags);
     mood_buf_init(&j.side.triggers);
+    if (!x && !check_extension(path)) { /* imported before from here, unchanged: not read again */
+        int known = 0;
+        if ((err = mood__reg_known_file(r, path, out, &known)) != 0 || known)
+            goto done;
+    }
+    mood_error_clear();
     if ((err = check_extras(x)) != 0 || (err = prepare(&j, out, progress, payload)) != 0)
         goto done;
-    if ((err = holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 || found) {
+    if ((err = mood__reg_holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 ||
+        found) {
         char abs[PATH_MAX];
         int here = 0;
         out->already = found;
         if (!err)
             err = source_known(r, j.h.sha256, realpath(path, abs) ? abs : path, &here);
         out->elsewhere = !here; /* the same bytes, first imported from another file */
+        if (!err && here && j.has_fs && !mood_registry_read_only(r) &&
+            mood__reg_note_file(r, j.h.sha256, abs, &j.fs) != 0)
+            mood_error_clear(); /* only the next import's shortcut is lost */
         if (!err)
             err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
         goto done;

@@ -45,6 +45,21 @@ struct mood_registry {
  * is "ölbild"; SQLite's NOCASE folds ASCII only), and removes it so. mood_fold is registered on
  * every connection (registry.c) and used in no schema object, so other tools still open the
  * database. */
+/* ----- a file imported before (import_known.c) ----- */
+struct stat;
+/* A stat's modification time in nanoseconds. */
+int64_t mood__reg_mtime_ns(const struct stat *st);
+/* The style that is the file sha256 alone (weights 1 and 1) into name_out; *found 0 when none. */
+int mood__reg_holder_of(mood_registry *r, const char *sha256, char *name_out, size_t cap,
+                        int *found);
+/* *known 1 (and out filled as an "already" import) when path is a file imported before from the
+ * same place, unchanged since (size and modification time), its style and stored copy there. */
+int mood__reg_known_file(mood_registry *r, const char *path, mood_import_result *out, int *known);
+/* Records the size and time of the file at location (a file source of sha256): sources imported
+ * before schema 7 have none, so the next import of an unchanged file is recognised. */
+int mood__reg_note_file(mood_registry *r, const char *sha256, const char *location,
+                        const struct stat *fs);
+
 /* Registers the registry's SQL functions (mood_fold) on a new connection (utf8.c). */
 int mood__reg_functions(sqlite3 *db);
 #define MOOD__REG_ADD_TAG_SQL                                                                      \

@@ -772,7 +772,7 @@ static void test_import_extras(void)
     write_png(src, "ink.png");
     extras_init(&x, pv, files);
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 6);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 7);
     MOOD_CHECK_OK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL));
     MOOD_CHECK(res.previews == 3 && !res.already);
     if (!(o = show(r, "ink"))) {
@@ -991,11 +991,12 @@ static void test_migration_4(void)
                      " DROP TRIGGER style_adapters_fts_ai; DROP TRIGGER style_adapters_fts_ad;"
                      " DROP TRIGGER sources_fts_ai; DROP TRIGGER sources_fts_au;"
                      " DROP TRIGGER sources_fts_ad; DROP TRIGGER adapters_fts_au;"
-                     " DROP VIEW style_origin_words; PRAGMA user_version = 3",
+                     " ALTER TABLE sources DROP COLUMN file_size; ALTER TABLE sources DROP"
+                     " COLUMN file_mtime_ns; DROP VIEW style_origin_words; PRAGMA user_version = 3",
                      NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 6);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 7);
     if (r && (o = show(r, "ink")) != NULL) {
         MOOD_CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "training")));
         MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "board")) == 0);
@@ -1044,12 +1045,14 @@ static void test_search_by_file_name(void)
     /* back to schema 5: the view and the trigger gone, the index without the file's name */
     MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
     MOOD_CHECK(sqlite3_exec(db,
-                            "DROP TRIGGER adapters_fts_au; DROP VIEW style_origin_words;"
-                            " UPDATE styles_fts SET civitai = ''; PRAGMA user_version = 5",
+                            "ALTER TABLE sources DROP COLUMN file_size; ALTER TABLE sources"
+                            " DROP COLUMN file_mtime_ns; DROP TRIGGER adapters_fts_au; DROP VIEW"
+                            " style_origin_words; UPDATE styles_fts SET civitai = '';"
+                            " PRAGMA user_version = 5",
                             NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 6);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 7);
     if (r)
         MOOD_CHECK(finds(r, "gbl", "Studio_look") == 1);
     mood_registry_close(r);
