@@ -414,23 +414,10 @@ static int plan_styles(doctor *d)
 /* SHA-256s of a style's previews and files, to delete their blobs once the style is gone. */
 static int collect_files(doctor *d, long long id)
 {
-    sqlite3_stmt *st = NULL;
-    int err = mood__reg_prepare(d->r, &st,
-                                "SELECT blob_sha256 FROM previews WHERE style_id = ?1"
-                                " UNION SELECT blob_sha256 FROM style_files WHERE style_id = ?1"),
-        rc;
-    if (err)
-        return err;
-    sqlite3_bind_int64(st, 1, id);
-    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *sha = (const char *)sqlite3_column_text(st, 0);
-        if (sha && mood__blob_valid_hex(sha))
-            err = mood_buf_append(&d->freed, sha, 64);
-    }
-    if (!err && rc != SQLITE_DONE)
-        err = mood__reg_sqlerr(d->r, rc, "reading a style's files");
-    sqlite3_finalize(st);
-    return err;
+    return mood__reg_collect_shas(d->r,
+                                  "SELECT blob_sha256 FROM previews WHERE style_id = ?1"
+                                  " UNION SELECT blob_sha256 FROM style_files WHERE style_id = ?1",
+                                  id, &d->freed, "reading a style's files");
 }
 
 /* Closes the gaps that dropped adapters leave in a style's positions (0, 1, ...): position 0 is

@@ -217,26 +217,6 @@ static int style_name(mood_registry *r, long long id, char **out)
     return err;
 }
 
-/* The adapters of style id before a change (SHA-256s, 64 characters each). */
-static int style_adapter_shas(mood_registry *r, long long id, mood_buf *shas)
-{
-    sqlite3_stmt *st = NULL;
-    int err = mood__reg_prepare(r, &st,
-                                "SELECT adapter_sha256 FROM style_adapters WHERE"
-                                " style_id = ?1"),
-        rc;
-    if (err)
-        return err;
-    sqlite3_bind_int64(st, 1, id);
-    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *sha = (const char *)sqlite3_column_text(st, 0);
-        if (sha && strlen(sha) == 64)
-            err = mood_buf_append(shas, sha, 64);
-    }
-    sqlite3_finalize(st);
-    return err;
-}
-
 static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
 {
     mood_buf before;
@@ -244,7 +224,9 @@ static int set_loras(mood_registry *r, long long id, const mood_style_spec *s)
     int err = mood__reg_check_families(r, s->loras, s->n_loras);
     mood_buf_init(&before);
     if (!err)
-        err = style_adapter_shas(r, id, &before);
+        err = mood__reg_collect_shas(
+            r, "SELECT adapter_sha256 FROM style_adapters WHERE style_id = ?1", id, &before,
+            "reading the style's LoRAs");
     if (!err)
         err = exec_id(r, "DELETE FROM style_adapters WHERE style_id = ?1", id, "changing adapters");
     for (size_t i = 0; !err && i < s->n_loras; i++) {
@@ -578,24 +560,11 @@ int mood_registry_tags(mood_registry *r, const char *name, const char *const *ch
 /* SHA-256s (64 chars each, concatenated) of the style's adapters, previews and files. */
 static int collect_shas(mood_registry *r, long long id, mood_buf *shas)
 {
-    sqlite3_stmt *st = NULL;
-    int err = mood__reg_prepare(r, &st,
-                                "SELECT adapter_sha256 FROM style_adapters WHERE style_id = ?1"
-                                " UNION SELECT blob_sha256 FROM previews WHERE style_id = ?1"
-                                " UNION SELECT blob_sha256 FROM style_files WHERE style_id = ?1"),
-        rc = SQLITE_DONE;
-    if (err)
-        return err;
-    sqlite3_bind_int64(st, 1, id);
-    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *sha = (const char *)sqlite3_column_text(st, 0);
-        if (sha && mood__blob_valid_hex(sha))
-            err = mood_buf_append(shas, sha, 64);
-    }
-    if (!err && rc != SQLITE_DONE)
-        err = mood__reg_sqlerr(r, rc, "reading the style");
-    sqlite3_finalize(st);
-    return err;
+    return mood__reg_collect_shas(r,
+                                  "SELECT adapter_sha256 FROM style_adapters WHERE style_id = ?1"
+                                  " UNION SELECT blob_sha256 FROM previews WHERE style_id = ?1"
+                                  " UNION SELECT blob_sha256 FROM style_files WHERE style_id = ?1",
+                                  id, shas, "reading the style");
 }
 
 /* Runs sql with ?1 = sha, ?2 = key, ?3 = this process's id, as far as sql uses them. */

@@ -3,8 +3,8 @@
  * foreign keys, full sync), schema migrations, the registry-wide lock, the clean-up of
  * interrupted imports, SQLite error mapping and style-name rules.
  *
- * Migrations: `PRAGMA user_version` holds the number of steps applied; each step of the table
- * below runs once, in order, inside one IMMEDIATE transaction together with the version bump, so
+ * Migrations: `PRAGMA user_version` holds the number of steps applied; each step of schema.c
+ * runs once, in order, inside one IMMEDIATE transaction together with the version bump, so
  * two processes opening a new registry at once migrate it once. A database newer than this
  * program is refused rather than misread.
  *
@@ -30,301 +30,7 @@
 #define BUSY_TIMEOUT_MS 30000
 #define NAME_MAX_LEN    100
 
-/* The words a style's LoRAs came from (migration 6's view), for the search index row `id`. */
-#define ORIGIN_WORDS(id)                                                                           \
-    "(SELECT group_concat(words, ' ') FROM style_origin_words WHERE style_id = " id ")"
-
-/* Schema steps; step i brings user_version from i to i + 1. Never edit a step that has shipped:
- * add one. Columns for Civitai (model/version ids, AIR, licence, NSFW) are there from the start
- * so that linking fills them without a migration. */
-static const char *const migrations[] = {
-    /* 1: the first schema */
-    "CREATE TABLE adapters("
-    " sha256 TEXT PRIMARY KEY NOT NULL,"
-    " autov3 TEXT, size INTEGER NOT NULL, family TEXT NOT NULL DEFAULT 'unknown',"
-    " family_source TEXT, algorithm TEXT, rank INTEGER, alpha REAL, dtype TEXT,"
-    " modules INTEGER, metadata_json TEXT, trigger_words_json TEXT, file_name TEXT,"
-    " imported_at TEXT NOT NULL);"
-    "CREATE INDEX adapters_autov3 ON adapters(autov3);"
-    "CREATE TABLE styles("
-    " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,"
-    " description TEXT, notes TEXT, trigger_words TEXT, template TEXT, negative TEXT,"
-    " weight REAL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);"
-    "CREATE TABLE style_adapters("
-    " style_id INTEGER NOT NULL REFERENCES styles(id) ON DELETE CASCADE,"
-    " adapter_sha256 TEXT NOT NULL REFERENCES adapters(sha256),"
-    " unet_weight REAL NOT NULL DEFAULT 1, te_weight REAL NOT NULL DEFAULT 1,"
-    " position INTEGER NOT NULL, PRIMARY KEY(style_id, position));"
-    "CREATE INDEX style_adapters_sha ON style_adapters(adapter_sha256);"
-    "CREATE TABLE tags("
-    " style_id INTEGER NOT NULL REFERENCES styles(id) ON DELETE CASCADE,"
-    " tag TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY(style_id, tag));"
-    "CREATE TABLE previews("
-    " id INTEGER PRIMARY KEY, style_id INTEGER NOT NULL REFERENCES styles(id) ON DELETE CASCADE,"
-    " blob_sha256 TEXT NOT NULL, media_type TEXT, origin TEXT, nsfw_level INTEGER,"
-    " position INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX previews_sha ON previews(blob_sha256);"
-    "CREATE TABLE sources("
-    " id INTEGER PRIMARY KEY,"
-    " adapter_sha256 TEXT NOT NULL REFERENCES adapters(sha256) ON DELETE CASCADE,"
-    " kind TEXT NOT NULL," /* file, url, civitai, pack */
-    " location TEXT, sidecar_json TEXT, civitai_info_json TEXT,"
-    " civitai_model_id INTEGER, civitai_version_id INTEGER, model_name TEXT, version_name TEXT,"
-    " base_model TEXT, air TEXT, license TEXT, nsfw INTEGER, nsfw_level INTEGER,"
-    " permissions_json TEXT, added_at TEXT NOT NULL);"
-    "CREATE INDEX sources_sha ON sources(adapter_sha256);"
-    /* Imports in progress: one row per blob being added, written (committed) before its
-     * temporary file is created and deleted in the transaction that commits the import. */
-    "CREATE TABLE imports_in_progress("
-    " tmp_name TEXT PRIMARY KEY NOT NULL, sha256 TEXT NOT NULL, pid INTEGER,"
-    " started_at TEXT NOT NULL);"
-    /* Search index, kept in sync by triggers (rowid = styles.id). */
-    "CREATE VIRTUAL TABLE styles_fts USING fts5(name, trigger_words, tags, description,"
-    " tokenize = 'unicode61');"
-    "CREATE TRIGGER styles_fts_ai AFTER INSERT ON styles BEGIN"
-    " INSERT INTO styles_fts(rowid, name, trigger_words, tags, description)"
-    " VALUES (new.id, new.name, new.trigger_words, '', new.description); END;"
-    "CREATE TRIGGER styles_fts_au AFTER UPDATE ON styles BEGIN"
-    " DELETE FROM styles_fts WHERE rowid = old.id;"
-    " INSERT INTO styles_fts(rowid, name, trigger_words, tags, description)"
-    " VALUES (new.id, new.name, new.trigger_words,"
-    "  (SELECT group_concat(tag, ' ') FROM tags WHERE style_id = new.id), new.description); END;"
-    "CREATE TRIGGER styles_fts_ad AFTER DELETE ON styles BEGIN"
-    " DELETE FROM styles_fts WHERE rowid = old.id; END;"
-    "CREATE TRIGGER tags_fts_ai AFTER INSERT ON tags BEGIN"
-    " UPDATE styles_fts SET tags = (SELECT group_concat(tag, ' ') FROM tags"
-    "  WHERE style_id = new.style_id) WHERE rowid = new.style_id; END;"
-    "CREATE TRIGGER tags_fts_ad AFTER DELETE ON tags BEGIN"
-    " UPDATE styles_fts SET tags = (SELECT group_concat(tag, ' ') FROM tags"
-    "  WHERE style_id = old.style_id) WHERE rowid = old.style_id; END;",
-    /* 2: list and search count each style's previews: look them up by style */
-    "CREATE INDEX previews_style ON previews(style_id, position);",
-    /* 3: what list and search show of each style, kept in the styles row by triggers: listing
-     * 10,000 styles is then one table scan instead of six lookups per style. */
-    "ALTER TABLE styles ADD COLUMN sum_family TEXT;"
-    "ALTER TABLE styles ADD COLUMN sum_algorithm TEXT;"
-    "ALTER TABLE styles ADD COLUMN sum_rank INTEGER;"
-    "ALTER TABLE styles ADD COLUMN sum_adapters INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE styles ADD COLUMN sum_previews INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE styles ADD COLUMN sum_tags TEXT;"
-    "CREATE TRIGGER sum_style_adapters_insert AFTER INSERT ON style_adapters BEGIN UPDATE sty"
-    "les SET sum_family = (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256"
-    " = sa.adapter_sha256 WHERE sa.style_id = new.style_id AND sa.position = 0), sum_algorith"
-    "m = (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_"
-    "sha256 WHERE sa.style_id = new.style_id AND sa.position = 0), sum_rank = (SELECT a.rank "
-    "FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id"
-    " = new.style_id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapter"
-    "s WHERE style_id = new.style_id), sum_previews = (SELECT count(*) FROM previews WHERE st"
-    "yle_id = new.style_id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag "
-    "FROM tags WHERE style_id = new.style_id ORDER BY tag)) WHERE id = new.style_id; END;"
-    "CREATE TRIGGER sum_style_adapters_delete AFTER DELETE ON style_adapters BEGIN UPDATE sty"
-    "les SET sum_family = (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256"
-    " = sa.adapter_sha256 WHERE sa.style_id = old.style_id AND sa.position = 0), sum_algorith"
-    "m = (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_"
-    "sha256 WHERE sa.style_id = old.style_id AND sa.position = 0), sum_rank = (SELECT a.rank "
-    "FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id"
-    " = old.style_id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapter"
-    "s WHERE style_id = old.style_id), sum_previews = (SELECT count(*) FROM previews WHERE st"
-    "yle_id = old.style_id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag "
-    "FROM tags WHERE style_id = old.style_id ORDER BY tag)) WHERE id = old.style_id; END;"
-    "CREATE TRIGGER sum_style_adapters_update AFTER UPDATE ON style_adapters BEGIN UPDATE sty"
-    "les SET sum_family = (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256"
-    " = sa.adapter_sha256 WHERE sa.style_id = old.style_id AND sa.position = 0), sum_algorith"
-    "m = (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_"
-    "sha256 WHERE sa.style_id = old.style_id AND sa.position = 0), sum_rank = (SELECT a.rank "
-    "FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id"
-    " = old.style_id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapter"
-    "s WHERE style_id = old.style_id), sum_previews = (SELECT count(*) FROM previews WHERE st"
-    "yle_id = old.style_id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag "
-    "FROM tags WHERE style_id = old.style_id ORDER BY tag)) WHERE id = old.style_id; UPDATE s"
-    "tyles SET sum_family = (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha2"
-    "56 = sa.adapter_sha256 WHERE sa.style_id = new.style_id AND sa.position = 0), sum_algori"
-    "thm = (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapte"
-    "r_sha256 WHERE sa.style_id = new.style_id AND sa.position = 0), sum_rank = (SELECT a.ran"
-    "k FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_"
-    "id = new.style_id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapt"
-    "ers WHERE style_id = new.style_id), sum_previews = (SELECT count(*) FROM previews WHERE "
-    "style_id = new.style_id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT ta"
-    "g FROM tags WHERE style_id = new.style_id ORDER BY tag)) WHERE id = new.style_id; END;"
-    "CREATE TRIGGER sum_tags_insert AFTER INSERT ON tags BEGIN UPDATE styles SET sum_family ="
-    " (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"
-    " WHERE sa.style_id = new.style_id AND sa.position = 0), sum_algorithm = (SELECT a.algori"
-    "thm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.styl"
-    "e_id = new.style_id AND sa.position = 0), sum_rank = (SELECT a.rank FROM style_adapters "
-    "sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id = new.style_id AND "
-    "sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapters WHERE style_id = n"
-    "ew.style_id), sum_previews = (SELECT count(*) FROM previews WHERE style_id = new.style_i"
-    "d), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM tags WHERE styl"
-    "e_id = new.style_id ORDER BY tag)) WHERE id = new.style_id; END;"
-    "CREATE TRIGGER sum_tags_delete AFTER DELETE ON tags BEGIN UPDATE styles SET sum_family ="
-    " (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"
-    " WHERE sa.style_id = old.style_id AND sa.position = 0), sum_algorithm = (SELECT a.algori"
-    "thm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.styl"
-    "e_id = old.style_id AND sa.position = 0), sum_rank = (SELECT a.rank FROM style_adapters "
-    "sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id = old.style_id AND "
-    "sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapters WHERE style_id = o"
-    "ld.style_id), sum_previews = (SELECT count(*) FROM previews WHERE style_id = old.style_i"
-    "d), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM tags WHERE styl"
-    "e_id = old.style_id ORDER BY tag)) WHERE id = old.style_id; END;"
-    "CREATE TRIGGER sum_previews_insert AFTER INSERT ON previews BEGIN UPDATE styles SET sum_"
-    "family = (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapte"
-    "r_sha256 WHERE sa.style_id = new.style_id AND sa.position = 0), sum_algorithm = (SELECT "
-    "a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE"
-    " sa.style_id = new.style_id AND sa.position = 0), sum_rank = (SELECT a.rank FROM style_a"
-    "dapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id = new.style"
-    "_id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapters WHERE styl"
-    "e_id = new.style_id), sum_previews = (SELECT count(*) FROM previews WHERE style_id = new"
-    ".style_id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM tags WH"
-    "ERE style_id = new.style_id ORDER BY tag)) WHERE id = new.style_id; END;"
-    "CREATE TRIGGER sum_previews_delete AFTER DELETE ON previews BEGIN UPDATE styles SET sum_"
-    "family = (SELECT a.family FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapte"
-    "r_sha256 WHERE sa.style_id = old.style_id AND sa.position = 0), sum_algorithm = (SELECT "
-    "a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE"
-    " sa.style_id = old.style_id AND sa.position = 0), sum_rank = (SELECT a.rank FROM style_a"
-    "dapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id = old.style"
-    "_id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapters WHERE styl"
-    "e_id = old.style_id), sum_previews = (SELECT count(*) FROM previews WHERE style_id = old"
-    ".style_id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM tags WH"
-    "ERE style_id = old.style_id ORDER BY tag)) WHERE id = old.style_id; END;"
-    "CREATE TRIGGER sum_adapters_update AFTER UPDATE OF family, algorithm, rank ON adapters B"
-    "EGIN UPDATE styles SET sum_family = (SELECT a.family FROM style_adapters sa JOIN adapter"
-    "s a ON a.sha256 = sa.adapter_sha256 WHERE sa.style_id = styles.id AND sa.position = 0), "
-    "sum_algorithm = (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 ="
-    " sa.adapter_sha256 WHERE sa.style_id = styles.id AND sa.position = 0), sum_rank = (SELEC"
-    "T a.rank FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa"
-    ".style_id = styles.id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_a"
-    "dapters WHERE style_id = styles.id), sum_previews = (SELECT count(*) FROM previews WHERE"
-    " style_id = styles.id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag "
-    "FROM tags WHERE style_id = styles.id ORDER BY tag)) WHERE id IN (SELECT style_id FROM st"
-    "yle_adapters WHERE adapter_sha256 = new.sha256); END;"
-    "UPDATE styles SET sum_family = (SELECT a.family FROM style_adapters sa JOIN adapters a O"
-    "N a.sha256 = sa.adapter_sha256 WHERE sa.style_id = styles.id AND sa.position = 0), sum_a"
-    "lgorithm = (SELECT a.algorithm FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.a"
-    "dapter_sha256 WHERE sa.style_id = styles.id AND sa.position = 0), sum_rank = (SELECT a.r"
-    "ank FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE sa.styl"
-    "e_id = styles.id AND sa.position = 0), sum_adapters = (SELECT count(*) FROM style_adapte"
-    "rs WHERE style_id = styles.id), sum_previews = (SELECT count(*) FROM previews WHERE styl"
-    "e_id = styles.id), sum_tags = (SELECT group_concat(tag, char(31)) FROM (SELECT tag FROM "
-    "tags WHERE style_id = styles.id ORDER BY tag));",
-    /* 4: what a style trained by `mood train` keeps besides its adapters and previews: how it
-     * was trained (a JSON object) and files of other roles, stored as blobs like the rest:
-     * "board" (mood board thumbnails), "loss_csv" and "loss_plot" (the loss curve). */
-    "ALTER TABLE styles ADD COLUMN training_json TEXT;"
-    "CREATE TABLE style_files("
-    " id INTEGER PRIMARY KEY, style_id INTEGER NOT NULL REFERENCES styles(id) ON DELETE CASCADE,"
-    " role TEXT NOT NULL, blob_sha256 TEXT NOT NULL, media_type TEXT, name TEXT,"
-    " width INTEGER, height INTEGER, position INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX style_files_style ON style_files(style_id, role, position);"
-    "CREATE INDEX style_files_sha ON style_files(blob_sha256);",
-    /* 5: search also reads a style's notes and the Civitai model and version names of its LoRAs
-     * (a LoRA downloaded as "gbl_v3.safetensors" is found as "Studio Ghibli"); an FTS5 table
-     * takes no new column, so the index and its triggers are made again and filled. */
-    "DROP TRIGGER styles_fts_ai;"
-    "DROP TRIGGER styles_fts_au;"
-    "DROP TRIGGER styles_fts_ad;"
-    "DROP TRIGGER tags_fts_ai;"
-    "DROP TRIGGER tags_fts_ad;"
-    "DROP TABLE styles_fts;"
-    "CREATE VIRTUAL TABLE styles_fts USING fts5(name, trigger_words, tags, description, notes,"
-    " civitai, tokenize = 'unicode61');"
-    "CREATE TRIGGER styles_fts_ai AFTER INSERT ON styles BEGIN INSERT INTO styles_fts(rowid,"
-    " name, trigger_words, tags, description, notes, civitai) VALUES (new.id, new.name,"
-    " new.trigger_words, '', new.description, new.notes, ''); END;"
-    "CREATE TRIGGER styles_fts_au AFTER UPDATE OF name, trigger_words, description, notes ON"
-    " styles BEGIN DELETE FROM styles_fts WHERE rowid = old.id; INSERT INTO styles_fts(rowid,"
-    " name, trigger_words, tags, description, notes, civitai) VALUES (new.id, new.name,"
-    " new.trigger_words, (SELECT group_concat(tag, ' ') FROM tags WHERE style_id = new.id),"
-    " new.description, new.notes, (SELECT group_concat(coalesce(so.model_name, '') || ' ' ||"
-    " coalesce(so.version_name, ''), ' ') FROM style_adapters sa JOIN sources so ON"
-    " so.adapter_sha256 = sa.adapter_sha256 WHERE sa.style_id = new.id)); END;"
-    "CREATE TRIGGER styles_fts_ad AFTER DELETE ON styles BEGIN DELETE FROM styles_fts WHERE rowid"
-    " = old.id; END;"
-    "CREATE TRIGGER tags_fts_ai AFTER INSERT ON tags BEGIN UPDATE styles_fts SET tags = (SELECT"
-    " group_concat(tag, ' ') FROM tags WHERE style_id = new.style_id) WHERE rowid = new.style_id;"
-    " END;"
-    "CREATE TRIGGER tags_fts_ad AFTER DELETE ON tags BEGIN UPDATE styles_fts SET tags = (SELECT"
-    " group_concat(tag, ' ') FROM tags WHERE style_id = old.style_id) WHERE rowid = old.style_id;"
-    " END;"
-    "CREATE TRIGGER style_adapters_fts_ai AFTER INSERT ON style_adapters BEGIN UPDATE styles_fts"
-    " SET civitai = (SELECT group_concat(coalesce(so.model_name, '') || ' ' ||"
-    " coalesce(so.version_name, ''), ' ') FROM style_adapters sa JOIN sources so ON"
-    " so.adapter_sha256 = sa.adapter_sha256 WHERE sa.style_id = new.style_id) WHERE rowid ="
-    " new.style_id; END;"
-    "CREATE TRIGGER style_adapters_fts_ad AFTER DELETE ON style_adapters BEGIN UPDATE styles_fts"
-    " SET civitai = (SELECT group_concat(coalesce(so.model_name, '') || ' ' ||"
-    " coalesce(so.version_name, ''), ' ') FROM style_adapters sa JOIN sources so ON"
-    " so.adapter_sha256 = sa.adapter_sha256 WHERE sa.style_id = old.style_id) WHERE rowid ="
-    " old.style_id; END;"
-    "CREATE TRIGGER sources_fts_ai AFTER INSERT ON sources BEGIN UPDATE styles_fts SET civitai ="
-    " (SELECT group_concat(coalesce(so.model_name, '') || ' ' || coalesce(so.version_name, ''), '"
-    " ') FROM style_adapters sa JOIN sources so ON so.adapter_sha256 = sa.adapter_sha256 WHERE"
-    " sa.style_id = styles_fts.rowid) WHERE rowid IN (SELECT style_id FROM style_adapters WHERE"
-    " adapter_sha256 = new.adapter_sha256); END;"
-    "CREATE TRIGGER sources_fts_au AFTER UPDATE OF model_name, version_name ON sources BEGIN"
-    " UPDATE styles_fts SET civitai = (SELECT group_concat(coalesce(so.model_name, '') || ' ' ||"
-    " coalesce(so.version_name, ''), ' ') FROM style_adapters sa JOIN sources so ON"
-    " so.adapter_sha256 = sa.adapter_sha256 WHERE sa.style_id = styles_fts.rowid) WHERE rowid IN"
-    " (SELECT style_id FROM style_adapters WHERE adapter_sha256 = new.adapter_sha256); END;"
-    "CREATE TRIGGER sources_fts_ad AFTER DELETE ON sources BEGIN UPDATE styles_fts SET civitai ="
-    " (SELECT group_concat(coalesce(so.model_name, '') || ' ' || coalesce(so.version_name, ''), '"
-    " ') FROM style_adapters sa JOIN sources so ON so.adapter_sha256 = sa.adapter_sha256 WHERE"
-    " sa.style_id = styles_fts.rowid) WHERE rowid IN (SELECT style_id FROM style_adapters WHERE"
-    " adapter_sha256 = old.adapter_sha256); END;"
-    "INSERT INTO styles_fts(rowid, name, trigger_words, tags, description, notes, civitai) SELECT"
-    " id, name, trigger_words, (SELECT group_concat(tag, ' ') FROM tags WHERE style_id ="
-    " styles.id), description, notes, (SELECT group_concat(coalesce(so.model_name, '') || ' ' ||"
-    " coalesce(so.version_name, ''), ' ') FROM style_adapters sa JOIN sources so ON"
-    " so.adapter_sha256 = sa.adapter_sha256 WHERE sa.style_id = styles.id) FROM styles;",
-    /* 6: search also finds a style by its LoRA files' names ("gbl_v3" finds the style made from
-     * gbl_v3.safetensors, as a folder of downloads is known by them). The index's column keeps
-     * its name, civitai (a read-only schema-5 registry is searched as it is), and now holds what
-     * the style's LoRAs came from: the files' names without ".safetensors", and Civitai's model
-     * and version names, gathered by one view for every trigger that fills it. */
-    /* (left as written: with ORIGIN_WORDS between literals, clang-format cuts them into
-     * three-byte pieces) */
-    /* clang-format off */
-    "CREATE VIEW style_origin_words AS"
-    " SELECT sa.style_id AS style_id, replace(coalesce(a.file_name, ''), '.safetensors', '')"
-    " AS words FROM style_adapters sa JOIN adapters a ON a.sha256 = sa.adapter_sha256"
-    " UNION ALL SELECT sa.style_id, coalesce(so.model_name, '') || ' ' ||"
-    " coalesce(so.version_name, '') FROM style_adapters sa JOIN sources so ON"
-    " so.adapter_sha256 = sa.adapter_sha256;"
-    "DROP TRIGGER styles_fts_au;"
-    "DROP TRIGGER style_adapters_fts_ai;"
-    "DROP TRIGGER style_adapters_fts_ad;"
-    "DROP TRIGGER sources_fts_ai;"
-    "DROP TRIGGER sources_fts_au;"
-    "DROP TRIGGER sources_fts_ad;"
-    "CREATE TRIGGER styles_fts_au AFTER UPDATE OF name, trigger_words, description, notes ON"
-    " styles BEGIN DELETE FROM styles_fts WHERE rowid = old.id; INSERT INTO styles_fts(rowid,"
-    " name, trigger_words, tags, description, notes, civitai) VALUES (new.id, new.name,"
-    " new.trigger_words, (SELECT group_concat(tag, ' ') FROM tags WHERE style_id = new.id),"
-    " new.description, new.notes, " ORIGIN_WORDS("new.id") "); END;"
-    "CREATE TRIGGER style_adapters_fts_ai AFTER INSERT ON style_adapters BEGIN UPDATE styles_fts"
-    " SET civitai = " ORIGIN_WORDS("new.style_id") " WHERE rowid = new.style_id; END;"
-    "CREATE TRIGGER style_adapters_fts_ad AFTER DELETE ON style_adapters BEGIN UPDATE styles_fts"
-    " SET civitai = " ORIGIN_WORDS("old.style_id") " WHERE rowid = old.style_id; END;"
-    "CREATE TRIGGER sources_fts_ai AFTER INSERT ON sources BEGIN UPDATE styles_fts SET civitai ="
-    " " ORIGIN_WORDS("styles_fts.rowid") " WHERE rowid IN (SELECT style_id FROM style_adapters"
-    " WHERE adapter_sha256 = new.adapter_sha256); END;"
-    "CREATE TRIGGER sources_fts_au AFTER UPDATE OF model_name, version_name ON sources BEGIN"
-    " UPDATE styles_fts SET civitai = " ORIGIN_WORDS("styles_fts.rowid") " WHERE rowid IN"
-    " (SELECT style_id FROM style_adapters WHERE adapter_sha256 = new.adapter_sha256); END;"
-    "CREATE TRIGGER sources_fts_ad AFTER DELETE ON sources BEGIN UPDATE styles_fts SET civitai ="
-    " " ORIGIN_WORDS("styles_fts.rowid") " WHERE rowid IN (SELECT style_id FROM style_adapters"
-    " WHERE adapter_sha256 = old.adapter_sha256); END;"
-    "CREATE TRIGGER adapters_fts_au AFTER UPDATE OF file_name ON adapters BEGIN UPDATE styles_fts"
-    " SET civitai = " ORIGIN_WORDS("styles_fts.rowid") " WHERE rowid IN (SELECT style_id FROM"
-    " style_adapters WHERE adapter_sha256 = new.sha256); END;"
-    "UPDATE styles_fts SET civitai = " ORIGIN_WORDS("styles_fts.rowid") ";",
-    /* clang-format on */
-    /* 7: a file source keeps the size and modification time (ns) the file had when it was read,
-     * so that importing a folder again does not read the files it imported before
-     * (import_known.c); sources of earlier imports get them at their next import. */
-    "ALTER TABLE sources ADD COLUMN file_size INTEGER;"
-    "ALTER TABLE sources ADD COLUMN file_mtime_ns INTEGER;",
-};
-#define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
+#define N_MIGRATIONS mood__reg_n_migrations
 
 /* ----- SQLite helpers --------------------------------------------------------------------- */
 
@@ -539,6 +245,25 @@ static void close_name(mood_registry *r, const char *name, char *out, size_t siz
         }
     }
     sqlite3_finalize(st);
+}
+
+int mood__reg_collect_shas(mood_registry *r, const char *sql, long long id, mood_buf *out,
+                           const char *what)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st, sql), rc = SQLITE_DONE;
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, id);
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *sha = (const char *)sqlite3_column_text(st, 0);
+        if (sha && mood__blob_valid_hex(sha))
+            err = mood_buf_append(out, sha, 64);
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = mood__reg_sqlerr(r, rc, what);
+    sqlite3_finalize(st);
+    return err;
 }
 
 int mood__reg_style_id(mood_registry *r, long long *id, const char *name)
@@ -770,7 +495,7 @@ static int migrate(mood_registry *r)
     }
     for (; v < N_MIGRATIONS; v++) {
         char pragma[64];
-        if ((err = mood__reg_exec(r, migrations[v])) != 0) {
+        if ((err = mood__reg_exec(r, mood__reg_migrations[v])) != 0) {
             mood_error_prefix("schema migration %lld", v + 1);
             goto done;
         }

@@ -73,6 +73,14 @@ int mood__reg_functions(sqlite3 *db);
 #define MOOD__REG_TMP_PREFIX "import-"
 #define MOOD__REG_TMP_SUFFIX ".part"
 
+/* The schema steps (schema.c): step i brings user_version from i to i + 1. */
+extern const char *const mood__reg_migrations[];
+extern const int mood__reg_n_migrations;
+/* Appends the SHA-256s (64 characters each) of the rows sql (?1 = id) gives to out; `what`
+ * names the reading in errors. */
+int mood__reg_collect_shas(mood_registry *r, const char *sql, long long id, mood_buf *out,
+                           const char *what);
+
 /* MOOD_EIO (MOOD_EFORMAT for a corrupt database) with "registry.db: what: sqlite message". */
 int mood__reg_sqlerr(mood_registry *r, int rc, const char *what);
 int mood__reg_exec(mood_registry *r, const char *sql);
