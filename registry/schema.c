@@ -301,7 +301,8 @@ const char *const mood__reg_migrations[] = {
      * so that importing a folder again does not read the files it imported before
      * (import_known.c); sources of earlier imports get them at their next import. */
     "ALTER TABLE sources ADD COLUMN file_size INTEGER;"
-    "ALTER TABLE sources ADD COLUMN file_mtime_ns INTEGER;",
+    "ALTER TABLE sources ADD COLUMN file_mtime_ns INTEGER;"
+    "CREATE INDEX sources_location ON sources(location);",
 };
 const int mood__reg_n_migrations =
     (int)(sizeof mood__reg_migrations / sizeof mood__reg_migrations[0]);
