@@ -991,8 +991,9 @@ static void test_migration_4(void)
                      " DROP TRIGGER style_adapters_fts_ai; DROP TRIGGER style_adapters_fts_ad;"
                      " DROP TRIGGER sources_fts_ai; DROP TRIGGER sources_fts_au;"
                      " DROP TRIGGER sources_fts_ad; DROP TRIGGER adapters_fts_au;"
-                     " ALTER TABLE sources DROP COLUMN file_size; ALTER TABLE sources DROP"
-                     " COLUMN file_mtime_ns; DROP VIEW style_origin_words; PRAGMA user_version = 3",
+                     " DROP INDEX sources_location; ALTER TABLE sources DROP COLUMN file_size;"
+                     " ALTER TABLE sources DROP COLUMN file_mtime_ns; DROP VIEW style_origin_words;"
+                     " PRAGMA user_version = 3",
                      NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
@@ -1044,12 +1045,13 @@ static void test_search_by_file_name(void)
     snprintf(db_path, sizeof db_path, "%s/registry.db", home);
     /* back to schema 5: the view and the trigger gone, the index without the file's name */
     MOOD_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
-    MOOD_CHECK(sqlite3_exec(db,
-                            "ALTER TABLE sources DROP COLUMN file_size; ALTER TABLE sources"
-                            " DROP COLUMN file_mtime_ns; DROP TRIGGER adapters_fts_au; DROP VIEW"
-                            " style_origin_words; UPDATE styles_fts SET civitai = '';"
-                            " PRAGMA user_version = 5",
-                            NULL, NULL, NULL) == SQLITE_OK);
+    MOOD_CHECK(
+        sqlite3_exec(db,
+                     "DROP INDEX sources_location; ALTER TABLE sources DROP COLUMN file_size;"
+                     " ALTER TABLE sources DROP COLUMN file_mtime_ns; DROP TRIGGER adapters_fts_au;"
+                     " DROP VIEW style_origin_words; UPDATE styles_fts SET civitai = '';"
+                     " PRAGMA user_version = 5",
+                     NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     MOOD_CHECK(r && mood_registry_schema_version(r) == 7);
