@@ -338,7 +338,9 @@ static int read_data(reader *rd, int fd, mood_buf *mem, uint64_t declared, uint6
             if (w < 0 && errno == EINTR)
                 continue;
             if (w <= 0)
-                err = mood_error_set(MOOD_EIO, "%s: cannot write: %s", rd->x->dir, strerror(errno));
+                err = mood_error_set(
+                    MOOD_EIO, "%s: cannot unpack %s into the registry's folder%s: %s", rd->path,
+                    rd->name, errno == ENOSPC ? " (its disk is full)" : "", strerror(errno));
             else
                 off += w;
         }
