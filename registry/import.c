@@ -872,8 +872,9 @@ static int insert_source(mood_registry *r, const import_job *j)
         r, &st,
         "INSERT INTO sources(adapter_sha256, kind, location, sidecar_json, civitai_info_json,"
         " civitai_model_id, civitai_version_id, model_name, version_name, base_model, nsfw,"
-        " file_size, file_mtime_ns, added_at) VALUES (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-        " ?9, ?10, ?11, ?12, strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
+        " file_size, file_mtime_ns, file_ctime_ns, file_inode, added_at) VALUES (?1, 'file', ?2,"
+        " ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+        " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
     if (!err) {
         mood__reg_bind_text(st, 1, j->h.sha256);
         mood__reg_bind_utf8(st, 2, abs ? abs : j->path); /* a file name */
@@ -888,10 +889,8 @@ static int insert_source(mood_registry *r, const import_job *j)
         mood__reg_bind_text(st, 9, jstr(c, "baseModel"));
         if (cJSON_IsBool(nsfw))
             sqlite3_bind_int(st, 10, cJSON_IsTrue(nsfw));
-        if (j->has_fs) {
-            sqlite3_bind_int64(st, 11, (sqlite3_int64)j->fs.st_size);
-            sqlite3_bind_int64(st, 12, (sqlite3_int64)mood__reg_mtime_ns(&j->fs));
-        }
+        if (j->has_fs)
+            mood__reg_bind_file_stat(st, 11, &j->fs);
         err = mood__reg_step_done(r, st, "recording where the file came from");
     }
     return err;

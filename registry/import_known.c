@@ -2,10 +2,12 @@
  * import_known.c: a file imported before is recognised without reading it. `mood import ~/loras`
  * run again to pick up new downloads used to read every byte of every LoRA there (hashed and
  * validated again, then found "already in the registry"): hundreds of gigabytes for a big
- * folder. A file source keeps the size and modification time the file had when it was read
- * (schema 7); a file at the same place with the same size and time, whose style is still the
- * file alone and whose stored copy is whole, is that import's file (A1111's hash cache relies on
- * the same test). Anything else takes the full path: the file is read, hashed and checked.
+ * folder. A file source keeps the size, modification time, change time and inode the file had
+ * when it was read (schema 7); a file at the same place with all four the same, whose style is
+ * still the file alone and whose stored copy is whole, is that import's file. A1111's hash cache
+ * trusts the modification time alone, which `cp -p` or `touch -d` set back; the change time is
+ * the kernel's (any write, rename onto the path or chmod moves it), so a file changed since reads
+ * again. Anything else takes the full path: the file is read, hashed and checked.
  */
 #include <limits.h>
 #include <stdlib.h>
@@ -14,9 +16,17 @@
 
 #include "registry/registry_impl.h"
 
-int64_t mood__reg_mtime_ns(const struct stat *st)
+static int64_t ns(struct timespec t)
 {
-    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+void mood__reg_bind_file_stat(sqlite3_stmt *st, int from, const struct stat *fs)
+{
+    sqlite3_bind_int64(st, from, (sqlite3_int64)fs->st_size);
+    sqlite3_bind_int64(st, from + 1, (sqlite3_int64)ns(fs->st_mtim));
+    sqlite3_bind_int64(st, from + 2, (sqlite3_int64)ns(fs->st_ctim));
+    sqlite3_bind_int64(st, from + 3, (sqlite3_int64)fs->st_ino);
 }
 
 int mood__reg_holder_of(mood_registry *r, const char *sha256, char *name_out, size_t cap,
@@ -71,11 +81,11 @@ int mood__reg_known_file(mood_registry *r, const char *path, mood_import_result 
                                  "SELECT a.sha256, a.autov3, a.family, a.size FROM sources so"
                                  " JOIN adapters a ON a.sha256 = so.adapter_sha256 WHERE"
                                  " so.kind = 'file' AND so.location = ?1 AND so.file_size = ?2"
-                                 " AND so.file_mtime_ns = ?3 AND a.size = ?2 LIMIT 1")) != 0)
+                                 " AND so.file_mtime_ns = ?3 AND so.file_ctime_ns = ?4 AND"
+                                 " so.file_inode = ?5 AND a.size = ?2 LIMIT 1")) != 0)
         return err;
     mood__reg_bind_text(st, 1, abs);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)fs.st_size);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)mood__reg_mtime_ns(&fs));
+    mood__reg_bind_file_stat(st, 2, &fs);
     if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         snprintf(out->sha256, sizeof out->sha256, "%s", (const char *)sqlite3_column_text(st, 0));
         snprintf(out->autov3, sizeof out->autov3, "%s",
@@ -99,14 +109,15 @@ int mood__reg_note_file(mood_registry *r, const char *sha256, const char *locati
 {
     sqlite3_stmt *st = NULL;
     int err = mood__reg_prepare(r, &st,
-                                "UPDATE sources SET file_size = ?3, file_mtime_ns = ?4 WHERE"
-                                " adapter_sha256 = ?1 AND kind = 'file' AND location = ?2 AND"
-                                " (file_size IS NOT ?3 OR file_mtime_ns IS NOT ?4)");
+                                "UPDATE sources SET file_size = ?3, file_mtime_ns = ?4,"
+                                " file_ctime_ns = ?5, file_inode = ?6 WHERE adapter_sha256 = ?1"
+                                " AND kind = 'file' AND location = ?2 AND (file_size IS NOT ?3"
+                                " OR file_mtime_ns IS NOT ?4 OR file_ctime_ns IS NOT ?5 OR"
+                                " file_inode IS NOT ?6)");
     if (err)
         return err;
     mood__reg_bind_text(st, 1, sha256);
     mood__reg_bind_text(st, 2, location);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)fs->st_size);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)mood__reg_mtime_ns(fs));
+    mood__reg_bind_file_stat(st, 3, fs);
     return mood__reg_step_done(r, st, "recording the file's size and time");
 }

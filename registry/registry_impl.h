@@ -47,16 +47,17 @@ struct mood_registry {
  * database. */
 /* ----- a file imported before (import_known.c) ----- */
 struct stat;
-/* A stat's modification time in nanoseconds. */
-int64_t mood__reg_mtime_ns(const struct stat *st);
+/* Binds a file's size, modification and change times (ns) and inode at ?from..?from+3: what
+ * a file source records (schema 7). */
+void mood__reg_bind_file_stat(sqlite3_stmt *st, int from, const struct stat *fs);
 /* The style that is the file sha256 alone (weights 1 and 1) into name_out; *found 0 when none. */
 int mood__reg_holder_of(mood_registry *r, const char *sha256, char *name_out, size_t cap,
                         int *found);
 /* *known 1 (and out filled as an "already" import) when path is a file imported before from the
- * same place, unchanged since (size and modification time), its style and stored copy there. */
+ * same place, unchanged since (size, times, inode), its style and stored copy there. */
 int mood__reg_known_file(mood_registry *r, const char *path, mood_import_result *out, int *known);
-/* Records the size and time of the file at location (a file source of sha256): sources imported
- * before schema 7 have none, so the next import of an unchanged file is recognised. */
+/* Records the size, times and inode of the file at location (a file source of sha256): sources
+ * imported before schema 7 have none, so the next import of an unchanged file is recognised. */
 int mood__reg_note_file(mood_registry *r, const char *sha256, const char *location,
                         const struct stat *fs);
 

@@ -297,11 +297,13 @@ const char *const mood__reg_migrations[] = {
     " style_adapters WHERE adapter_sha256 = new.sha256); END;"
     "UPDATE styles_fts SET civitai = " ORIGIN_WORDS("styles_fts.rowid") ";",
     /* clang-format on */
-    /* 7: a file source keeps the size and modification time (ns) the file had when it was read,
-     * so that importing a folder again does not read the files it imported before
-     * (import_known.c); sources of earlier imports get them at their next import. */
+    /* 7: a file source keeps the size, modification and change times (ns) and inode the file had
+     * when it was read, so that importing a folder again does not read the files it imported
+     * before (import_known.c); sources of earlier imports get them at their next import. */
     "ALTER TABLE sources ADD COLUMN file_size INTEGER;"
     "ALTER TABLE sources ADD COLUMN file_mtime_ns INTEGER;"
+    "ALTER TABLE sources ADD COLUMN file_ctime_ns INTEGER;"
+    "ALTER TABLE sources ADD COLUMN file_inode INTEGER;"
     "CREATE INDEX sources_location ON sources(location);",
 };
 const int mood__reg_n_migrations =

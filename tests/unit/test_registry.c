@@ -992,7 +992,9 @@ static void test_migration_4(void)
                      " DROP TRIGGER sources_fts_ai; DROP TRIGGER sources_fts_au;"
                      " DROP TRIGGER sources_fts_ad; DROP TRIGGER adapters_fts_au;"
                      " DROP INDEX sources_location; ALTER TABLE sources DROP COLUMN file_size;"
-                     " ALTER TABLE sources DROP COLUMN file_mtime_ns; DROP VIEW style_origin_words;"
+                     " ALTER TABLE sources DROP COLUMN file_mtime_ns; ALTER TABLE sources DROP "
+                     "COLUMN file_ctime_ns; ALTER TABLE sources DROP COLUMN file_inode; DROP VIEW "
+                     "style_origin_words;"
                      " PRAGMA user_version = 3",
                      NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
@@ -1048,7 +1050,9 @@ static void test_search_by_file_name(void)
     MOOD_CHECK(
         sqlite3_exec(db,
                      "DROP INDEX sources_location; ALTER TABLE sources DROP COLUMN file_size;"
-                     " ALTER TABLE sources DROP COLUMN file_mtime_ns; DROP TRIGGER adapters_fts_au;"
+                     " ALTER TABLE sources DROP COLUMN file_mtime_ns; ALTER TABLE sources DROP "
+                     "COLUMN file_ctime_ns; ALTER TABLE sources DROP COLUMN file_inode; DROP "
+                     "TRIGGER adapters_fts_au;"
                      " DROP VIEW style_origin_words; UPDATE styles_fts SET civitai = '';"
                      " PRAGMA user_version = 5",
                      NULL, NULL, NULL) == SQLITE_OK);

@@ -5,7 +5,8 @@
  * no style is any more (removed while a composition uses it, or replaced by style edit) makes
  * its style again around the same adapter row and blob, while a style that is the file alone
  * keeps the "already" answer. Changes to a style where there is no registry yet (rm, rename, tag,
- * edit) fail with MOOD_ENOTFOUND naming the folder and create nothing there.
+ * edit) fail with MOOD_ENOTFOUND naming the folder and create nothing there. A file imported
+ * before from the same place, unchanged, is known without being read (import_known.c).
  *
  * Each test works in its own registry under the scratch directory, on copies of the kohya and
  * LyCORIS fixtures.
@@ -16,6 +17,7 @@
 
 #include "harness.h"
 #include "mood/mood.h"
+#include "registry/registry_impl.h"
 #include "registry_test.h"
 
 /* dir/name as a copy of the fixture rel; returns the path (static, 4 slots). */
@@ -284,7 +286,48 @@ static void test_changes_without_registry(void)
     MOOD_CHECK_MSG(stat(home, &st) != 0, "%s was created", home);
 }
 
+/* The shortcut of a second import (mood__reg_known_file): the file unchanged since its import
+ * is known; a change of its change time (chmod, a write), its stored copy gone, or its style no
+ * longer the file alone sends it the full way (read, hashed, checked), and a full import that
+ * finds it "already" records its facts again, so the next one is short again. */
+static void test_known_file(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result k, got;
+    int known = -1;
+    char file[1300], stored[1300];
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    if (!r)
+        return;
+    import_as(r, &k, src, "k.safetensors", "lycoris/loha.safetensors");
+    snprintf(file, sizeof file, "%s/k.safetensors", src);
+    memset(&got, 0, sizeof got);
+    MOOD_CHECK_OK(mood__reg_known_file(r, file, &got, &known));
+    MOOD_CHECK(known == 1 && got.already && !got.elsewhere && strcmp(got.name, "k") == 0 &&
+               strcmp(got.sha256, k.sha256) == 0 && strcmp(got.family, k.family) == 0);
+    MOOD_CHECK(chmod(file, 0600) == 0); /* the change time moves */
+    MOOD_CHECK_OK(mood__reg_known_file(r, file, &got, &known));
+    MOOD_CHECK(known == 0);
+    MOOD_CHECK_OK(mood_registry_import_file(r, &got, file, NULL, NULL));
+    MOOD_CHECK(got.already && !got.elsewhere);
+    MOOD_CHECK_OK(mood__reg_known_file(r, file, &got, &known));
+    MOOD_CHECK_MSG(known == 1, "the full import recorded the file's facts again");
+    sql(r, "UPDATE style_adapters SET unet_weight = 0.5"); /* k is no longer the file alone */
+    MOOD_CHECK_OK(mood__reg_known_file(r, file, &got, &known));
+    MOOD_CHECK(known == 0);
+    sql(r, "UPDATE style_adapters SET unet_weight = 1");
+    snprintf(stored, sizeof stored, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), k.sha256,
+             k.sha256 + 2);
+    MOOD_CHECK(unlink(stored) == 0);
+    MOOD_CHECK_OK(mood__reg_known_file(r, file, &got, &known));
+    MOOD_CHECK_MSG(known == 0, "a lost stored copy goes the full way, which restores it");
+    MOOD_CHECK_OK(mood_registry_import_file(r, &got, file, NULL, NULL));
+    MOOD_CHECK(blob_exists(r, k.sha256));
+    mood_registry_close(r);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_import_again_restores_stored_copy),
                MOOD_T(test_rm_keeps_a_replaced_lora), MOOD_T(test_families_not_mixed),
                MOOD_T(test_import_restores_removed_style), MOOD_T(test_import_after_lora_replaced),
-               MOOD_T(test_changes_without_registry))
+               MOOD_T(test_changes_without_registry), MOOD_T(test_known_file))
