@@ -741,6 +741,15 @@ int cmd_rename(int argc, char **argv)
     return rc;
 }
 
+/* Whether name is among names[0..n), regardless of case (as style names are unique). */
+static int named_before(const char **names, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(names[i], name) == 0)
+            return 1;
+    return 0;
+}
+
 int cmd_rm(int argc, char **argv)
 {
     mood_registry *r = NULL;
@@ -753,7 +762,7 @@ int cmd_rm(int argc, char **argv)
             json = 1;
         else if (argv[i][0] == '-')
             rc = cli_usage_error("rm", "unknown option '%s'", argv[i]);
-        else
+        else if (!named_before(names, n, argv[i])) /* "rm a A": once (names ignore case) */
             names[n++] = argv[i];
     }
     if (!rc && (!names || !removed))

@@ -205,26 +205,50 @@ static int print_group(FILE *out, const char *group)
     return found > 0;
 }
 
+/* Whether opt ("--json") is an option that takes no value: "--json=true" is refused, not split
+ * (the "true" would be read as a name: `mood rm no --json=true` removed a style "true"). */
+static int is_flag(const char *opt, size_t len)
+{
+    static const char *const flags[] = {
+        "--buckets", "--deep",    "--fix",         "--full",    "--help",  "--json",
+        "--no-flip", "--no-hash", "--no-register", "--offline", "--plain", "--reference-only",
+        "--resume",  "--sd2",     "--te",          "--version"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (strlen(flags[i]) == len && strncmp(opt, flags[i], len) == 0)
+            return 1;
+    return 0;
+}
+
+/* Whether argv word a is an option whose value is the next word (so that word is a value, as
+ * in --negative "--ugly=1", not an option to split). */
+static int takes_next(const char *a)
+{
+    return a[0] == '-' && a[1] && strcmp(a, "-h") != 0 && strcmp(a, "--") != 0 && !strchr(a, '=') &&
+           !is_flag(a, strlen(a));
+}
+
 /* GNU's "--option=value" for every command: each such word before "--" (from `from` on) becomes
- * "--option" "value" in a new argv, which lives as long as the process. 0, or the exit status. */
+ * "--option" "value" in a new argv, which lives as long as the process; an option's value is
+ * left as it is. 0, or the exit status (a flag given a value). */
 static int split_equals(int *argc, char ***argv, int from)
 {
     static char **split; /* kept reachable: the strings are the command's arguments */
-    int n = 0, k = 0;
-    for (int i = from; i < *argc && strcmp((*argv)[i], "--") != 0; i++)
-        n += strncmp((*argv)[i], "--", 2) == 0 && strchr((*argv)[i] + 2, '=') != NULL;
-    if (n == 0)
-        return 0;
-    if (!(split = calloc((size_t)(*argc + n + 1), sizeof *split))) {
+    int k = 0;
+    if (!(split = calloc((size_t)(*argc * 2 + 1), sizeof *split))) {
         fprintf(stderr, "mood: error: out of memory\n");
         return 2;
     }
     for (int i = 0, opts = 1; i < *argc; i++) {
         char *a = (*argv)[i], *eq = strchr(a, '=');
         opts &= !(i >= from && strcmp(a, "--") == 0);
-        if (i < from || !opts || strncmp(a, "--", 2) != 0 || !eq || eq == a + 2) {
+        if (i < from || !opts || strncmp(a, "--", 2) != 0 || !eq || eq == a + 2 ||
+            (i > from && takes_next((*argv)[i - 1]))) {
             split[k++] = a;
             continue;
+        }
+        if (is_flag(a, (size_t)(eq - a))) {
+            fprintf(stderr, "mood: error: %.*s takes no value ('%s')\n", (int)(eq - a), a, a);
+            return 1;
         }
         if (!(split[k++] = strndup(a, (size_t)(eq - a)))) {
             fprintf(stderr, "mood: error: out of memory\n");

@@ -151,8 +151,9 @@ static int write_tmp(mood__blob_tx *tx, const uint8_t *data, uint64_t size, char
 
 /* Steps 2 and 3 for content already in memory (a mapped file or a buffer). A stored file of the
  * name whose size is not this content's is damaged (truncated, overwritten): the verified copy
- * takes its place, so that importing the original again repairs it. */
-static int put(mood__blob_tx *tx, mood_registry *r, const uint8_t *data, uint64_t size,
+ * takes its place, so that importing the original again repairs it; with `replace`, one of the
+ * right size is replaced too (its content was found damaged). */
+static int put(mood__blob_tx *tx, mood_registry *r, const uint8_t *data, uint64_t size, int replace,
                const char *what, mood_progress_fn progress, void *payload)
 {
     char *final = NULL, hex[65], *dir = NULL;
@@ -163,7 +164,7 @@ static int put(mood__blob_tx *tx, mood_registry *r, const uint8_t *data, uint64_
     if ((err = mood__blob_path(&final, r, tx->sha256)) != 0)
         goto done;
     if (stat(final, &sb) == 0) {
-        if ((uint64_t)sb.st_size == size)
+        if ((uint64_t)sb.st_size == size && !replace)
             goto done; /* stored already (content-addressed: same bytes) */
         damaged = 1;
     }
@@ -193,9 +194,10 @@ static int put(mood__blob_tx *tx, mood_registry *r, const uint8_t *data, uint64_
                                  strerror(errno));
         else
             mood_log(MOOD_LOG_WARN,
-                     "%s: the registry's copy of this file was damaged (%lld bytes, not %llu): "
+                     "%s: the registry's copy of this file was damaged (%lld bytes%s, not %llu): "
                      "replaced by this one",
-                     what, (long long)sb.st_size, (unsigned long long)size);
+                     what, (long long)sb.st_size, replace ? " of other content" : "",
+                     (unsigned long long)size);
     } else if (link(tx->tmp_path, final) == 0) {
         tx->created = 1;
     } else if (errno != EEXIST) {
@@ -217,17 +219,33 @@ static int begin_tx(mood__blob_tx *tx, mood_registry *r, const char *sha256)
     return journal_add(tx, r);
 }
 
-int mood__blob_put_file(mood__blob_tx *tx, mood_registry *r, const char *src, const char *expected,
-                        mood_progress_fn progress, void *payload)
+static int put_file(mood__blob_tx *tx, mood_registry *r, const char *src, const char *expected,
+                    int replace, mood_progress_fn progress, void *payload)
 {
     mood_map m = {0};
     int err = begin_tx(tx, r, expected);
     if (!err && !(err = mood_map_file(&m, src)))
-        err = put(tx, r, m.data, m.size, src, progress, payload);
+        err = put(tx, r, m.data, m.size, replace, src, progress, payload);
     mood_unmap(&m);
     if (err)
         mood__blob_tx_abort(tx, r);
     return err;
+}
+
+int mood__blob_put_file(mood__blob_tx *tx, mood_registry *r, const char *src, const char *expected,
+                        mood_progress_fn progress, void *payload)
+{
+    return put_file(tx, r, src, expected, 0, progress, payload);
+}
+
+/* Whether the stored file at path holds the content of sha256 (it is read whole). */
+static int content_is(const char *path, const char *sha256)
+{
+    mood_file_hashes h;
+    int same = mood_hash_file_ex(&h, path, MOOD_HASH_SKIP_CRC32, NULL, NULL) == 0 &&
+               strcmp(h.sha256, sha256) == 0;
+    mood_error_clear();
+    return same;
 }
 
 int mood__blob_restore_file(mood_registry *r, const char *sha256, uint64_t size, const char *src,
@@ -236,16 +254,20 @@ int mood__blob_restore_file(mood_registry *r, const char *sha256, uint64_t size,
     mood__blob_tx tx;
     char *final = NULL;
     struct stat sb;
-    int err = mood__blob_path(&final, r, sha256), missing;
+    int err = mood__blob_path(&final, r, sha256), missing, same_size;
     if (err)
         return err;
     missing = stat(final, &sb) != 0;
-    mood_free(final);
-    if (!missing && (uint64_t)sb.st_size == size)
+    same_size = !missing && (uint64_t)sb.st_size == size;
+    /* the right size and content: nothing to do; the right size, other bytes: replaced */
+    if (same_size && content_is(final, sha256)) {
+        mood_free(final);
         return 0;
+    }
+    mood_free(final);
     if ((err = mood__reg_lock_shared(r)) != 0)
         return err;
-    if ((err = mood__blob_put_file(&tx, r, src, sha256, progress, payload)) == 0) {
+    if ((err = put_file(&tx, r, src, sha256, same_size, progress, payload)) == 0) {
         if ((err = mood__reg_begin(r)) == 0 && (err = mood__blob_journal_delete(r, &tx)) == 0)
             err = mood__reg_commit(r);
         if (err)
@@ -265,7 +287,7 @@ int mood__blob_put_mem(mood__blob_tx *tx, mood_registry *r, const void *data, si
     int err;
     mood_sha256_hex(hex, data, size);
     if ((err = begin_tx(tx, r, hex)) == 0)
-        err = put(tx, r, data, size, "preview image", NULL, NULL);
+        err = put(tx, r, data, size, 0, "preview image", NULL, NULL);
     if (err)
         mood__blob_tx_abort(tx, r);
     return err;

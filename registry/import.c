@@ -872,8 +872,8 @@ static int insert_source(mood_registry *r, const import_job *j)
         r, &st,
         "INSERT INTO sources(adapter_sha256, kind, location, sidecar_json, civitai_info_json,"
         " civitai_model_id, civitai_version_id, model_name, version_name, base_model, nsfw,"
-        " file_size, file_mtime_ns, file_ctime_ns, file_inode, added_at) VALUES (?1, 'file', ?2,"
-        " ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+        " file_size, file_mtime_ns, file_ctime_ns, file_inode, blob_mtime_ns, added_at) VALUES"
+        " (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,"
         " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
     if (!err) {
         mood__reg_bind_text(st, 1, j->h.sha256);
@@ -890,7 +890,7 @@ static int insert_source(mood_registry *r, const import_job *j)
         if (cJSON_IsBool(nsfw))
             sqlite3_bind_int(st, 10, cJSON_IsTrue(nsfw));
         if (j->has_fs)
-            mood__reg_bind_file_stat(st, 11, &j->fs);
+            mood__reg_bind_file_stat(st, 11, &j->fs, r, j->h.sha256);
         err = mood__reg_step_done(r, st, "recording where the file came from");
     }
     return err;
@@ -1131,11 +1131,12 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
         if (!err)
             err = source_known(r, j.h.sha256, realpath(path, abs) ? abs : path, &here);
         out->elsewhere = !here; /* the same bytes, first imported from another file */
+        if (!err)
+            err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
+        /* after the restore: the facts name the stored copy as it is now */
         if (!err && here && j.has_fs && !mood_registry_read_only(r) &&
             mood__reg_note_file(r, j.h.sha256, abs, &j.fs) != 0)
             mood_error_clear(); /* only the next import's shortcut is lost */
-        if (!err)
-            err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
         goto done;
     }
     if ((err = mood__reg_lock_shared(r)) != 0)

@@ -931,6 +931,8 @@ void mood_registry_name_sanitize(char *dst, size_t cap, const char *src)
         char one[2] = {0, 0};
         const char *spelled;
         k = mood__utf8_decode((const unsigned char *)src + i, len - i, &cp);
+        if (k > 1 && mood__uc_ccc_of(cp) != 0)
+            continue; /* an accent apart from its letter (a macOS file name, NFD): dropped */
         if (k > 1)
             cp = mood__uc_base_letter(cp);
         if (k > 1 && (spelled = ascii_spelling(cp, one)) != NULL && name_char(spelled[0]))

@@ -47,9 +47,11 @@ struct mood_registry {
  * database. */
 /* ----- a file imported before (import_known.c) ----- */
 struct stat;
-/* Binds a file's size, modification and change times (ns) and inode at ?from..?from+3: what
- * a file source records (schema 7). */
-void mood__reg_bind_file_stat(sqlite3_stmt *st, int from, const struct stat *fs);
+/* Binds a file's size, modification and change times (ns) and inode, and the modification time
+ * of sha256's stored copy (NULL when there is none) at ?from..?from+4: what a file source
+ * records (schema 7). */
+void mood__reg_bind_file_stat(sqlite3_stmt *st, int from, const struct stat *fs,
+                              const mood_registry *r, const char *sha256);
 /* The style that is the file sha256 alone (weights 1 and 1) into name_out; *found 0 when none. */
 int mood__reg_holder_of(mood_registry *r, const char *sha256, char *name_out, size_t cap,
                         int *found);

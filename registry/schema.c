@@ -298,12 +298,14 @@ const char *const mood__reg_migrations[] = {
     "UPDATE styles_fts SET civitai = " ORIGIN_WORDS("styles_fts.rowid") ";",
     /* clang-format on */
     /* 7: a file source keeps the size, modification and change times (ns) and inode the file had
-     * when it was read, so that importing a folder again does not read the files it imported
-     * before (import_known.c); sources of earlier imports get them at their next import. */
+     * when it was read, and the modification time of the stored copy, so that importing a folder
+     * again does not read the files it imported before (import_known.c); sources of earlier
+     * imports get them at their next import. */
     "ALTER TABLE sources ADD COLUMN file_size INTEGER;"
     "ALTER TABLE sources ADD COLUMN file_mtime_ns INTEGER;"
     "ALTER TABLE sources ADD COLUMN file_ctime_ns INTEGER;"
     "ALTER TABLE sources ADD COLUMN file_inode INTEGER;"
+    "ALTER TABLE sources ADD COLUMN blob_mtime_ns INTEGER;"
     "CREATE INDEX sources_location ON sources(location);",
 };
 const int mood__reg_n_migrations =

@@ -141,8 +141,9 @@ int mood_registry_text_to_utf8(char **out, const char *text)
     return mood__reg_utf8_copy(out, text ? text : "", NULL);
 }
 
-/* SQL mood_fold(text): text in Unicode lower case (full mappings), for comparing tags; text that
- * is not valid UTF-8 is returned as it is, NULL as NULL. */
+/* SQL mood_fold(text): text in Unicode lower case (full mappings; final sigma as sigma, so that
+ * ΟΔΌΣ and οδός are one tag), for comparing tags; text that is not valid UTF-8 is returned as it
+ * is, NULL as NULL. */
 static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     const unsigned char *s = sqlite3_value_text(argv[0]);
@@ -166,6 +167,8 @@ static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         at += len;
         k = mood__uc_to_lower(cp, low);
         for (size_t i = 0; i < k; i++) {
+            if (low[i] == 0x3C2) /* final sigma: case folding makes it σ, as Σ lowers */
+                low[i] = 0x3C3;
             if (mood_buf_append(&b, enc, mood__utf8_encode(low[i], enc)) != 0) {
                 mood_buf_dispose(&b);
                 sqlite3_result_error_nomem(ctx);

@@ -60,6 +60,13 @@ MOOD_HOME=$tmp/home expect_rc 0 "train --steps=1 --device=cpu" "$MOOD" train --n
     --board="${MOOD_SOURCE:-.}/examples/moodboards/twemoji" --model=mood-tiny --steps=1 \
     --device=cpu --no-register -o "$tmp/eq.safetensors"
 check "wrote the LoRA" test -s "$tmp/eq.safetensors"
+# a flag given a value is refused: the value was read as a name (rm no --json=true removed "true")
+expect_rc 1 "rm x --json=true" "$MOOD" rm x --json=true
+check "says --json takes no value" grep -q -- "--json takes no value" "$tmp/err"
+# an option's value is its value, '=' or not
+MOOD_HOME=$tmp/home expect_rc 0 "--negative \"--ugly=1\"" "$MOOD" gen "a cat" \
+    --model="${MOOD_SOURCE:-.}/data/mood-tiny" --negative "--ugly=1" --steps=1 --output="$tmp/neg.png"
+check "the negative prompt as given" grep -aq "Negative prompt: --ugly=1" "$tmp/neg.png"
 expect_rc 1 "an unknown --option=value named" "$MOOD" gen "a prompt" --bogus=1
 check "as an unknown option" grep -q "unknown option '--bogus'" "$tmp/err"
 expect_rc 1 "a kohya spelling: says mood's" "$MOOD" lora merge a.safetensors --clamp_quantile 0.9

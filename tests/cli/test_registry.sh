@@ -208,7 +208,7 @@ check "blob kept while used" test -f "$blob"
 expect_rc 1 "rm --json with an unknown name" "$MOOD" rm ink_film nosuch --json
 check "nothing removed, said in the JSON" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert d["removed"]==[] and "nosuch" in d["error"], d' "$tmp/out"
-expect_rc 0 "rm ink_film --json" "$MOOD" rm ink_film --json
+expect_rc 0 "rm ink_film --json (named twice, in two cases)" "$MOOD" rm ink_film INK_film --json
 check "says it removed ink_film" py 'import json,sys; assert json.load(open(sys.argv[1]))=={"removed":["ink_film"]}' "$tmp/out"
 check "blob gone with its last user" test ! -e "$blob"
 

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "harness.h"
+#include "mood/hash.h"
 #include "mood/mood.h"
 #include "registry/registry_impl.h"
 #include "registry_test.h"
@@ -287,9 +288,10 @@ static void test_changes_without_registry(void)
 }
 
 /* The shortcut of a second import (mood__reg_known_file): the file unchanged since its import
- * is known; a change of its change time (chmod, a write), its stored copy gone, or its style no
- * longer the file alone sends it the full way (read, hashed, checked), and a full import that
- * finds it "already" records its facts again, so the next one is short again. */
+ * is known; a change of its change time (chmod, a write), its stored copy gone or written to, or
+ * its style no longer the file alone sends it the full way (read, hashed, checked, the stored
+ * copy repaired), and a full import that finds it "already" records its facts again, so the next
+ * one is short again. */
 static void test_known_file(void)
 {
     const char *src = scratch_fresh_dir("src");
@@ -324,6 +326,21 @@ static void test_known_file(void)
     MOOD_CHECK_MSG(known == 0, "a lost stored copy goes the full way, which restores it");
     MOOD_CHECK_OK(mood_registry_import_file(r, &got, file, NULL, NULL));
     MOOD_CHECK(blob_exists(r, k.sha256));
+    MOOD_CHECK_OK(mood__reg_known_file(r, file, &got, &known));
+    MOOD_CHECK(known == 1);
+    { /* the stored copy damaged in place, its size kept: the full way, which repairs it */
+        FILE *f = fopen(stored, "r+b");
+        mood_file_hashes h;
+        MOOD_CHECK(f && fseek(f, 100, SEEK_SET) == 0 && fwrite("XXXX", 1, 4, f) == 4);
+        if (f)
+            fclose(f);
+        MOOD_CHECK_OK(mood__reg_known_file(r, file, &got, &known));
+        MOOD_CHECK_MSG(known == 0, "a stored copy written since goes the full way");
+        MOOD_CHECK_OK(mood_registry_import_file(r, &got, file, NULL, NULL));
+        MOOD_CHECK(got.already);
+        MOOD_CHECK_OK(mood_hash_file_ex(&h, stored, MOOD_HASH_SKIP_CRC32, NULL, NULL));
+        MOOD_CHECK_MSG(strcmp(h.sha256, k.sha256) == 0, "the damaged copy replaced");
+    }
     mood_registry_close(r);
 }
 
