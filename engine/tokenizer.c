@@ -187,8 +187,7 @@ static uint32_t compose(uint32_t a, uint32_t b)
     return 0;
 }
 
-/* NFC of cps[0..n) in place; *n may shrink. work must hold 4 * n code points. */
-static void nfc(uint32_t *cps, size_t *n, uint32_t *work)
+void mood__uc_nfc(uint32_t *cps, size_t *n, uint32_t *work)
 {
     size_t m = 0, out = 1, starter = 0;
     uint32_t last;
@@ -928,7 +927,7 @@ static int encode_segment(mood_tokenizer *t, mood_token_ids *out, const char *ra
     }
     while (i < len)
         i += mood__utf8_decode((const unsigned char *)raw + i, len - i, &cps[n++]);
-    nfc(cps, &n, work);
+    mood__uc_nfc(cps, &n, work);
     /* Runs of whitespace become one space, then lower case, into work (3 per input at most). */
     for (i = 0; i < n; i++) {
         if (is_space(cps[i])) {

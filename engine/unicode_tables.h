@@ -55,6 +55,9 @@ size_t mood__utf8_decode(const unsigned char *s, size_t len, uint32_t *cp);
 /* The first code point of cp's full canonical decomposition: the letter under its accents
  * (ñ -> n, ấ -> a), cp itself when it has none (engine/tokenizer.c). */
 uint32_t mood__uc_base_letter(uint32_t cp);
+/* NFC of cps[0..n) in place; *n may shrink. work must hold 4 * n code points
+ * (engine/tokenizer.c). */
+void mood__uc_nfc(uint32_t *cps, size_t *n, uint32_t *work);
 /* Unicode's full lower-case mapping of cp into out (3 code points room; returns how many: "İ"
  * lowers to two), cp itself when it has none (engine/tokenizer.c). */
 size_t mood__uc_to_lower(uint32_t cp, uint32_t *out);

@@ -141,36 +141,43 @@ int mood_registry_text_to_utf8(char **out, const char *text)
     return mood__reg_utf8_copy(out, text ? text : "", NULL);
 }
 
-/* SQL mood_fold(text): text in Unicode lower case (full mappings; final sigma as sigma, so that
- * ΟΔΌΣ and οδός are one tag), for comparing tags; text that is not valid UTF-8 is returned as it
- * is, NULL as NULL. */
+/* SQL mood_fold(text): text in NFC and Unicode lower case (full mappings; final sigma as sigma),
+ * for comparing tags: "café" typed composed or decomposed, ΟΔΌΣ and οδός, are one tag. Text that
+ * is not valid UTF-8 is returned as it is, NULL as NULL. */
 static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     const unsigned char *s = sqlite3_value_text(argv[0]);
-    size_t n = (size_t)sqlite3_value_bytes(argv[0]), at = 0, k;
+    size_t n = (size_t)sqlite3_value_bytes(argv[0]), m = 0;
+    uint32_t *cps;
     mood_buf b;
     (void)argc;
     if (!s) {
         sqlite3_result_null(ctx);
         return;
     }
-    mood_buf_init(&b);
-    while (at < n) {
-        uint32_t cp, low[3];
-        char enc[4];
-        size_t len = mood__utf8_decode(s + at, n - at, &cp);
-        if (!len) { /* not UTF-8: compared byte for byte */
-            mood_buf_dispose(&b);
+    if (!(cps = mood_calloc(n * 5 + 1, sizeof *cps))) { /* the text, then NFC's work room */
+        sqlite3_result_error_nomem(ctx);
+        return;
+    }
+    for (size_t at = 0, len; at < n; at += len, m++) {
+        if (!(len = mood__utf8_decode(s + at, n - at, &cps[m]))) { /* not UTF-8: byte for byte */
+            mood_free(cps);
             sqlite3_result_text(ctx, (const char *)s, (int)n, SQLITE_TRANSIENT);
             return;
         }
-        at += len;
-        k = mood__uc_to_lower(cp, low);
-        for (size_t i = 0; i < k; i++) {
-            if (low[i] == 0x3C2) /* final sigma: case folding makes it σ, as Σ lowers */
-                low[i] = 0x3C3;
-            if (mood_buf_append(&b, enc, mood__utf8_encode(low[i], enc)) != 0) {
+    }
+    mood__uc_nfc(cps, &m, cps + n);
+    mood_buf_init(&b);
+    for (size_t i = 0; i < m; i++) {
+        uint32_t low[3];
+        size_t k = mood__uc_to_lower(cps[i], low);
+        for (size_t j = 0; j < k; j++) {
+            char enc[4];
+            if (low[j] == 0x3C2) /* final sigma: case folding makes it σ, as Σ lowers */
+                low[j] = 0x3C3;
+            if (mood_buf_append(&b, enc, mood__utf8_encode(low[j], enc)) != 0) {
                 mood_buf_dispose(&b);
+                mood_free(cps);
                 sqlite3_result_error_nomem(ctx);
                 return;
             }
@@ -178,6 +185,7 @@ static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     }
     sqlite3_result_text(ctx, b.data ? b.data : "", (int)b.len, SQLITE_TRANSIENT);
     mood_buf_dispose(&b);
+    mood_free(cps);
 }
 
 int mood__reg_functions(sqlite3 *db)
