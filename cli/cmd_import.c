@@ -75,7 +75,7 @@ const char cmd_import_help[] =
     "  --json    print a summary object: imported [{file, name, wanted, renamed, sha256,\n"
     "            autov3, family, n_previews (the style's, Civitai's included), sidecars,\n"
     "            civitai {version_id, ...} when found there}], already [{file, name, sha256,\n"
-    "            warning (when its sidecars were not read)}],\n"
+    "            warning (a copy whose sidecars did not make the style)}],\n"
     "            skipped [{file, reason}] (files and sidecars left out), failed [{file, error}]\n\n"
     "Exit status: 0 all imported (or already there), 1 a file was refused, 2 a file could not\n"
     "be read or the registry could not be written.\n";
@@ -227,8 +227,8 @@ static int sidecars_beside(char *buf, size_t size, const char *path)
 }
 
 /* What a person reads about one file (--json: nothing). */
-/* The warning for a copy of a stored file whose own sidecars were not read (a copy of the same
- * bytes, elsewhere, came first: its sidecars made the style); 0 when there is none to give. A
+/* The warning for a copy of a stored file whose own sidecars did not make the style (a copy of
+ * the same bytes, elsewhere, came first: its sidecars did); 0 when there is none to give. A
  * second import of the same file read them the first time. */
 static int unread_sidecars(char *why, size_t size, const char *path, const mood_import_result *res)
 {
@@ -236,9 +236,10 @@ static int unread_sidecars(char *why, size_t size, const char *path, const mood_
     if (!res->already || !res->elsewhere || !sidecars_beside(sidecars, sizeof sidecars, path))
         return 0;
     snprintf(why, size,
-             "%s: its sidecars (%s) were not read: the same file is stored already as style "
-             "'%s', imported from another copy; 'mood style edit %s' sets its trigger words",
-             path, sidecars, res->name, res->name);
+             "%s: the same file is stored already as style '%s', imported from another copy: "
+             "this one is recorded as another source of it, but its sidecars' (%s) trigger "
+             "words and text are not the style's; 'mood style edit %s' sets them",
+             path, res->name, sidecars, res->name);
     return 1;
 }
 

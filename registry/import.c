@@ -896,6 +896,19 @@ static int insert_source(mood_registry *r, const import_job *j)
     return err;
 }
 
+/* A copy of a stored file, from another place: recorded as one more source of it (where it is,
+ * its sidecars' Civitai ids and names, searchable), so that its next import is known without
+ * reading it. The style keeps its own trigger words and text. */
+static int add_source(mood_registry *r, const import_job *j)
+{
+    int err = mood__reg_begin(r);
+    if (!err && (err = insert_source(r, j)) == 0)
+        err = mood__reg_commit(r);
+    if (err)
+        mood__reg_rollback(r);
+    return err;
+}
+
 static int insert_previews(mood_registry *r, const import_job *j, long long style_id)
 {
     int err = 0, first = j->x ? (int)j->x->n_previews : 0;
@@ -1133,6 +1146,8 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
         out->elsewhere = !here; /* the same bytes, first imported from another file */
         if (!err)
             err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
+        if (!err && !here && !mood_registry_read_only(r))
+            err = add_source(r, &j);
         /* after the restore: the facts name the stored copy as it is now */
         if (!err && here && j.has_fs && !mood_registry_read_only(r) &&
             mood__reg_note_file(r, j.h.sha256, abs, &j.fs) != 0)

@@ -96,7 +96,8 @@ typedef struct mood_import_result {
     int renamed;      /* the stem was not a valid or free name: `name` is the suggestion used */
     int previews;     /* preview images stored */
     int sidecars;     /* sidecar files read */
-    int elsewhere;    /* already, as a copy from another place: this file's sidecars not read */
+    int elsewhere;    /* already, as a copy from another place: recorded as another source of
+                         the LoRA; its sidecars' trigger words and text are not the style's */
     char family[16];
 } mood_import_result;
 

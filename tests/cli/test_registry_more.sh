@@ -195,18 +195,25 @@ expect_rc 0 "import a mislabeled LoRA" "$MOOD" import --offline "$tmp/mislabeled
 check "registered for its shapes' family" grep -q "as mislabeled (sd1)" "$tmp/out"
 check "the label is named" grep -q "registered as sd1, from its shapes (metadata says sdxl)" "$tmp/err"
 
-# --- the same file twice, the second copy with sidecars: they are said to be unread ---
-mkdir -p "$tmp/dup"
+# --- the same file twice, the second copy with sidecars: it is recorded as another source of
+# the style (its Civitai names searchable), said once that its sidecars did not make the style,
+# in text and in --json; imported again, it is known ---
+mkdir -p "$tmp/dup" "$tmp/dupj"
 cp "$FIX/kohya/sd1_lora_bf16.safetensors" "$tmp/dup/b_plain.safetensors"
 cp "$FIX/kohya/sd1_lora_bf16.safetensors" "$tmp/dup/c_sidecar.safetensors"
 echo '{"activation text": "dupword"}' >"$tmp/dup/c_sidecar.json"
+echo '{"id": 5, "modelId": 7, "model": {"name": "Sumi Deluxe"}}' >"$tmp/dup/c_sidecar.civitai.info"
 expect_rc 0 "import a folder holding one file twice" "$MOOD" import --offline "$tmp/dup"
-check "the unread sidecars named" grep -q "c_sidecar.safetensors: its sidecars (c_sidecar.json) were not read: the same file is stored already as style 'b_plain'" "$tmp/err"
-expect_rc 0 "the folder again, --json" "$MOOD" import --offline "$tmp/dup" --json
-check "the warning is in the JSON, for the copy only" py '
+check "the copy's sidecars named" grep -q "c_sidecar.safetensors: the same file is stored already as style 'b_plain', imported from another copy: this one is recorded as another source of it, but its sidecars' (c_sidecar.json, c_sidecar.civitai.info) trigger words" "$tmp/err"
+expect_rc 0 "search the copy's Civitai name" "$MOOD" search sumi
+check "finds the style" grep -q "^b_plain " "$tmp/out"
+expect_rc 0 "the folder again" "$MOOD" import --offline "$tmp/dup"
+check "said once" test "$(grep -c "imported from another copy" "$tmp/err")" -eq 0
+cp "$tmp/dup/c_sidecar.safetensors" "$tmp/dup/c_sidecar.json" "$tmp/dupj/"
+expect_rc 0 "another copy, --json" "$MOOD" import --offline "$tmp/dupj" --json
+check "the warning is in the JSON" py '
 import json,sys; d={a["file"].rsplit("/",1)[1]:a for a in json.load(open(sys.argv[1]))["already"]}
-assert "warning" not in d["b_plain.safetensors"], d
-assert "c_sidecar.json) were not read" in d["c_sidecar.safetensors"]["warning"], d' "$tmp/out"
+assert "trigger words and text are not the style" in d["c_sidecar.safetensors"]["warning"], d' "$tmp/out"
 # a file imported with its sidecars, imported again: they were read the first time
 mkdir -p "$tmp/dup2"
 cp "$FIX/lycoris/loha.safetensors" "$tmp/dup2/ink.safetensors"
