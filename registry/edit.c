@@ -514,6 +514,11 @@ static int edit_tags(mood_registry *r, const char *name, const char *const *tags
         mood__reg_bind_text(st, 2, stored_tag(tags[i], adds[i]));
         err = mood__reg_step_done(r, st, "changing tags");
     }
+    if (!err) /* tags are part of the style: show's updated_at moves */
+        err = exec_id(r,
+                      "UPDATE styles SET updated_at = strftime('%Y-%m-%dT%H:%M:%SZ','now')"
+                      " WHERE id = ?1",
+                      id, "changing tags");
     if (!err)
         err = mood__reg_commit(r);
     if (err)

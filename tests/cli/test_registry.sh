@@ -156,7 +156,9 @@ expect_rc 0 "untag" "$MOOD" tag ink-film -painting
 expect_rc 1 "tag --jsn" "$MOOD" tag ink-film --jsn
 check "says tag takes only --json" grep -q "tag takes only --json" "$tmp/err"
 expect_rc 1 "tag --json alone" "$MOOD" tag ink-film --json
+py 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("UPDATE styles SET updated_at = \"2000-01-01T00:00:00Z\""); c.commit()' "$MOOD_HOME/registry.db"
 expect_rc 0 "tag +x --json" "$MOOD" tag ink-film +x --json
+check "the style's updated_at moved" py 'import json,sys; assert json.load(open(sys.argv[1]))["updated_at"] > "2000-01-01T00:00:00Z"' "$tmp/out"
 check "prints the style with its tags" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert d["name"]=="ink-film" and "x" in d["tags"], d' "$tmp/out"
 expect_rc 0 "tag --json -x (in any place)" "$MOOD" tag --json ink-film -x
