@@ -232,9 +232,12 @@ static int takes_next(const char *a)
  * left as it is. 0, or the exit status (a flag given a value). */
 static int split_equals(int *argc, char ***argv, int from)
 {
-    static char **split; /* kept reachable: the strings are the command's arguments */
-    int k = 0;
-    if (!(split = calloc((size_t)(*argc * 2 + 1), sizeof *split))) {
+    /* kept reachable for the process's life: the strings are the command's arguments, and the
+     * names made here stay listed in `names` when a command takes words off its argv */
+    static char **split, **names;
+    int k = 0, n_names = 0;
+    if (!(split = calloc((size_t)(*argc * 2 + 1), sizeof *split)) ||
+        !(names = calloc((size_t)*argc + 1, sizeof *names))) {
         fprintf(stderr, "mood: error: out of memory\n");
         return 2;
     }
@@ -250,7 +253,7 @@ static int split_equals(int *argc, char ***argv, int from)
             fprintf(stderr, "mood: error: %.*s takes no value ('%s')\n", (int)(eq - a), a, a);
             return 1;
         }
-        if (!(split[k++] = strndup(a, (size_t)(eq - a)))) {
+        if (!(split[k++] = names[n_names++] = strndup(a, (size_t)(eq - a)))) {
             fprintf(stderr, "mood: error: out of memory\n");
             return 2;
         }
