@@ -6,10 +6,10 @@
  * when it was read, and the stored copy's modification time (schema 7); a file at the same place
  * with all four the same, whose style is still the file alone and whose stored copy is there at
  * its size and time (not written to since: a copy damaged in place goes the full way, which
- * repairs it), is that import's file. A1111's hash cache
- * trusts the modification time alone, which `cp -p` or `touch -d` set back; the change time is
- * the kernel's (any write, rename onto the path or chmod moves it), so a file changed since reads
- * again. Anything else takes the full path: the file is read, hashed and checked.
+ * repairs it), is that import's file. A1111's hash cache trusts the modification time alone,
+ * which `cp -p` or `touch -d` set back; the change time is the kernel's (any write, rename onto
+ * the path or chmod moves it), so a file changed since reads again. Anything else takes the full
+ * path: the file is read, hashed and checked.
  */
 #include <limits.h>
 #include <stdlib.h>
