@@ -2,6 +2,7 @@
  * main.c: the `mood` command: dispatch to the command table, `mood help`, and process-wide
  * set-up (signals that must not leave partial files behind, the log sink).
  */
+#include <ctype.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,13 +195,12 @@ static int print_group(FILE *out, const char *group)
     for (const cli_command *c = cli_commands; c->name; c++) {
         if (strncmp(c->name, group, n) != 0 || c->name[n] != ' ')
             continue;
-        if (!out)
-            found++;
-        else if (!found++)
+        if (out && !found)
             fprintf(out, "'mood %s' has these commands ('mood help %s COMMAND' explains one):\n",
                     group, group);
         if (out)
             fprintf(out, "  %-14s %s\n", c->name, c->summary);
+        found++;
     }
     return found > 0;
 }
@@ -220,10 +220,12 @@ static int is_flag(const char *opt, size_t len)
 }
 
 /* Whether argv word a is an option whose value is the next word (so that word is a value, as
- * in --negative "--ugly=1", not an option to split). */
+ * in --negative "--ugly=1", not an option to split). A negative number ("--seed -1") is a value
+ * itself. */
 static int takes_next(const char *a)
 {
-    return a[0] == '-' && a[1] && strcmp(a, "-h") != 0 && strcmp(a, "--") != 0 && !strchr(a, '=') &&
+    return a[0] == '-' && a[1] && !isdigit((unsigned char)a[1]) && a[1] != '.' &&
+           strcmp(a, "-h") != 0 && strcmp(a, "--") != 0 && !strchr(a, '=') &&
            !is_flag(a, strlen(a));
 }
 

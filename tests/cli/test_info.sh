@@ -67,6 +67,8 @@ check "says --json takes no value" grep -q -- "--json takes no value" "$tmp/err"
 MOOD_HOME=$tmp/home expect_rc 0 "--negative \"--ugly=1\"" "$MOOD" gen "a cat" \
     --model="${MOOD_SOURCE:-.}/data/mood-tiny" --negative "--ugly=1" --steps=1 --output="$tmp/neg.png"
 check "the negative prompt as given" grep -aq "Negative prompt: --ugly=1" "$tmp/neg.png"
+MOOD_HOME=$tmp/home expect_rc 0 "--seed -1 --steps=1: a number is a value, the next word split" \
+    "$MOOD" gen "a cat" --model="${MOOD_SOURCE:-.}/data/mood-tiny" --seed -1 --steps=1 -o "$tmp/s1.png"
 expect_rc 1 "an unknown --option=value named" "$MOOD" gen "a prompt" --bogus=1
 check "as an unknown option" grep -q "unknown option '--bogus'" "$tmp/err"
 expect_rc 1 "a kohya spelling: says mood's" "$MOOD" lora merge a.safetensors --clamp_quantile 0.9
