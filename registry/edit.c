@@ -171,10 +171,10 @@ static int keep_in_a_style(mood_registry *r, const char *sha, const char *left)
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
         file = mood_strdup((const char *)sqlite3_column_text(st, 0));
     sqlite3_finalize(st);
+    /* the file's stem, made a valid free name as an import makes it (name_suggest sanitizes) */
     snprintf(stem, sizeof stem, "%.*s",
              file && strrchr(file, '.') ? (int)(strrchr(file, '.') - file) : 100,
              file ? file : sha);
-    mood_registry_name_sanitize(stem, sizeof stem, stem);
     if ((err = mood_registry_name_suggest(&name, r, stem)) == 0 &&
         (err = mood__reg_prepare(r, &st,
                                  "INSERT INTO styles(name, created_at, updated_at) VALUES (?1,"
