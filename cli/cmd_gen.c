@@ -67,6 +67,7 @@ const char cmd_gen_help[] =
     "  -o, --output FILE     the PNG to write (default mood-SEED.png, mood-SEED-v2.png and so\n"
     "                        on when taken: never over an earlier image); a batch adds -1, -2\n"
     "  --preview-every N     write FILE.preview.png with the current estimate every N steps\n"
+    "                        (a batch's images side by side), removed when the run ends\n"
     "  --from-png IMAGE      (a PNG, or A1111's JPEG or WebP: its EXIF UserComment)\n"
     "                        take prompt, negative prompt, steps, sampler, CFG, seed, size, clip\n"
     "                        skip, model (by name, from $MOOD_HOME/models) and LoRAs (tagged in\n"
@@ -488,6 +489,7 @@ static int generate(gen_run *r)
 
 static void run_dispose(gen_run *r)
 {
+    gen_remove_preview(r);
     gen_release_default_output(r);
     mood_resolved_styles_dispose(&r->styles);
     mood_model_free(r->model);

@@ -43,6 +43,7 @@ typedef struct gen_run {
     double load_s, generate_s; /* wall times, reported by --json */
     char default_output[64];   /* without -o: mood-SEED.png, or the first free mood-SEED-vN.png */
     int preview_failed;        /* a preview could not be written: said once, sampling goes on */
+    int preview_written;       /* a preview file exists, to remove when the run ends */
     int reserved;              /* default_output's names are claimed (empty files until written) */
 } gen_run;
 
@@ -96,8 +97,10 @@ int gen_params_fill(mood_params *p, const mood_gen_options *o, const mood_model 
 int gen_write_png(const char *path, const float *chw, int w, int h, const char *text);
 /* Writes the images (and prints the JSON or the paths). Returns 0 or an exit status. */
 int gen_write_outputs(gen_run *r);
-/* mood_preview_fn: writes OUTPUT.preview.png. */
+/* mood_preview_fn: writes OUTPUT.preview.png (a batch's images as a grid). */
 int gen_write_preview(const float *images, int batch, int width, int height, int step,
                       void *payload);
+/* Removes the preview file once the run ends: the images replace it. */
+void gen_remove_preview(gen_run *r);
 
 #endif /* MOOD_CLI_CMD_GEN_H */

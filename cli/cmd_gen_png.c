@@ -418,30 +418,65 @@ int gen_write_outputs(gen_run *r)
     return root ? cli_print_json(root) : 0;
 }
 
+/* The preview's file: the output's name (a batch's, without -N) and ".preview.png". */
+static char *preview_path(const gen_run *r)
+{
+    const char *o = r->args.output ? r->args.output : r->default_output;
+    size_t n = strlen(o) + 16;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s.preview.png", o);
+    return p;
+}
+
+/* A batch's estimates side by side (A1111's live preview of a batch is its grid). */
+static int write_preview_grid(const char *path, const float *images, int batch, int w, int h)
+{
+    mood_image *grid = NULL, **each = calloc((size_t)batch, sizeof *each);
+    size_t per = (size_t)3 * w * h;
+    int err = each ? 0 : MOOD_ENOMEM;
+    for (int i = 0; i < batch && !err; i++)
+        err = mood_image_from_float(&each[i], images + (size_t)i * per, 3, w, h);
+    if (!err)
+        err = mood_image_grid(&grid, (const mood_image *const *)each, (size_t)batch, 0);
+    if (!err)
+        err = mood_image_write_png(path, grid, NULL, NULL, 0);
+    mood_image_free(grid);
+    for (int i = 0; each && i < batch; i++)
+        mood_image_free(each[i]);
+    free(each);
+    return err;
+}
+
 int gen_write_preview(const float *images, int batch, int width, int height, int step,
                       void *payload)
 {
     gen_run *r = payload;
-    char *path = image_path(r, 1), *pv;
-    size_t n;
+    char *pv = preview_path(r);
     int err;
-    (void)batch;
     (void)step;
-    if (!path)
+    if (!pv)
         return MOOD_ENOMEM;
-    n = strlen(path) + 16;
-    if (!(pv = malloc(n))) {
-        free(path);
-        return MOOD_ENOMEM;
-    }
-    snprintf(pv, n, "%s.preview.png", path);
+    if (r->args.keep_index >= 0) /* --from-png of one image of a batch: that image alone */
+        images += (size_t)r->args.keep_index * 3 * width * height, batch = 1;
+    err = batch > 1 ? write_preview_grid(pv, images, batch, width, height)
+                    : gen_write_png(pv, images, width, height, NULL);
     /* a preview is a convenience: one that cannot be written (disk full) is said once, with
      * its cause, and the image is still made */
-    if ((err = gen_write_png(pv, images, width, height, NULL)) != 0 && !r->preview_failed) {
+    if (err && !r->preview_failed) {
         cli_warn("preview not written (the image still will be): %s", mood_error_last());
         r->preview_failed = 1;
     }
-    free(path);
+    r->preview_written |= !err;
     free(pv);
     return 0;
+}
+
+void gen_remove_preview(gen_run *r)
+{
+    char *pv = r->preview_written ? preview_path(r) : NULL;
+    if (pv)
+        unlink(pv);
+    free(pv);
+    r->preview_written = 0;
 }

@@ -75,8 +75,25 @@ assert diff == 0, diff' "$tmp/a.png" "$P/ref.safetensors" "$tmp/pixels.py"
 # ----- previews
 expect_rc 0 "--preview-every" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --sampler euler \
     --preview-every 3 -o "$tmp/p.png"
-check "preview written" test -s "$tmp/p.png.preview.png"
 check "previews leave the image unchanged" cmp -s "$tmp/a.png" "$tmp/p.png"
+check "the preview removed once the image is written" test ! -e "$tmp/p.png.preview.png"
+# a batch's preview shows all its images (a 2 x 1 grid), watched while the run lasts
+"$MOOD" gen "$PROMPT" "${common[@]}" --steps 40 --batch 2 --preview-every 1 -o "$tmp/pb.png" \
+    >/dev/null 2>&1 &
+check "a batch's preview is its grid" python3 -c '
+import os, struct, sys, time
+pv, last, seen, t0 = sys.argv[1], sys.argv[2], set(), time.time()
+while time.time() - t0 < 120 and not os.path.exists(last):
+    try:
+        d = open(pv, "rb").read(24)
+        if d[:8] == b"\x89PNG\r\n\x1a\n":
+            seen.add(struct.unpack(">II", d[16:24]))
+    except OSError:
+        pass
+    time.sleep(0.001)
+assert seen == {(128, 64)}, seen' "$tmp/pb.png.preview.png" "$tmp/pb-2.png"
+wait
+check "and removed after it" test ! -e "$tmp/pb.png.preview.png"
 
 # ----- --from-png reproduces the image bit for bit
 expect_rc 0 "gen --from-png" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" -o "$tmp/b.png"
