@@ -97,14 +97,18 @@ const char cmd_rm_help[] =
 
 /* ----- small helpers ---------------------------------------------------------------------- */
 
-/* --json of the commands that change a style: the style as 'mood show --json' prints it. */
+/* --json of the commands that change a style: the style as 'mood show --json' prints it, and
+ * the warnings said on stderr (style edit's LoRA that became a style of its own again). */
 static int print_style_json(mood_registry *r, const char *name)
 {
     char *json = NULL;
+    cJSON *o;
     int err = mood_registry_show_json(&json, r, name);
     if (err)
         return cli_fail(err);
-    err = cli_print_json(cJSON_Parse(json));
+    if ((o = cJSON_Parse(json)) != NULL)
+        cli_warnings_json(o);
+    err = cli_print_json(o);
     mood_registry_free_string(json);
     return err;
 }

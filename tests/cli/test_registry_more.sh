@@ -131,6 +131,10 @@ check "already, as lokr-2" grep -q "already in the registry as lokr-2$" "$tmp/ou
 no_placeholder() { ! grep -q "(no style)" "$1"; }
 check "never (no style)" no_placeholder "$tmp/out"
 expect_rc 0 "doctor finds it clean" "$MOOD" doctor --deep
+expect_rc 0 "again, with --json" "$MOOD" style edit lokr-2 --lora good --json
+check "the JSON says which style the LoRA became" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["name"]=="lokr-2" and any("it is style \x27lokr-3\x27 now" in w for w in d["warnings"]), d' "$tmp/out"
 
 # ----- a mistyped MOOD_HOME: commands that change an existing style fail naming the folder and
 # create no registry there (their transaction would have made an empty one before the lookup)
