@@ -232,12 +232,45 @@ static int add_text(search_query *q, const char *s, size_t n)
     return 0;
 }
 
-/* Ends the run of `kind` at text[from, to) into q. */
+/* A word typed with a Chinese or Japanese input method left in full-width mode ("ｉｎｋ",
+ * U+FF01..U+FF5E) as its ASCII letters and digits: the width part of NFKC. n bytes at word into
+ * out (at most n bytes); returns its length, 0 when the word has no full-width form. */
+static size_t fold_width(char *out, const char *word, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)word;
+    size_t m = 0, folded = 0;
+    for (size_t i = 0; i < n;) {
+        uint32_t c = 0;
+        size_t k = mood__utf8_decode(s + i, n - i, &c);
+        if (!k)
+            return 0;
+        if (c >= 0xFF01 && c <= 0xFF5E) {
+            out[m++] = (char)(c - 0xFEE0);
+            folded++;
+        } else {
+            memcpy(out + m, word + i, k);
+            m += k;
+        }
+        i += k;
+    }
+    return folded ? m : 0;
+}
+
+/* Ends the run of `kind` at text[from, to) into q. A word with full-width forms is looked for
+ * as typed or as ASCII (the index holds it as written: names are ASCII, a description may be
+ * full-width). */
 static int end_run(search_query *q, int kind, const char *text, size_t from, size_t to)
 {
-    if (kind == RUN_WORD)
-        return mood_buf_printf(&q->fts, "%s\"%.*s\"*", q->fts.len ? " " : "", (int)(to - from),
-                               text + from);
+    const char *sep = q->fts.len ? " AND " : "";
+    int n = (int)(to - from);
+    if (kind == RUN_WORD) {
+        char ascii[SEARCH_MAX_BYTES];
+        size_t m = fold_width(ascii, text + from, to - from);
+        if (m)
+            return mood_buf_printf(&q->fts, "%s(\"%.*s\"* OR \"%.*s\"*)", sep, n, text + from,
+                                   (int)m, ascii);
+        return mood_buf_printf(&q->fts, "%s\"%.*s\"*", sep, n, text + from);
+    }
     return kind == RUN_TEXT ? add_text(q, text + from, to - from) : 0;
 }
 

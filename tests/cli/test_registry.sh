@@ -120,6 +120,10 @@ expect_rc 1 "show unknown" "$MOOD" show nothing-here
 expect_rc 0 "search by prefix" "$MOOD" search sumi --json
 check "search finds inkwash" py '
 import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["inkwash"]' "$tmp/out"
+# typed with an input method left in full-width mode: read as ASCII too, word by word
+expect_rc 0 "search in full-width letters" "$MOOD" search "ｓｕｍｉ　ｉｎｋ" --json
+check "finds inkwash as well" py '
+import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["inkwash"]' "$tmp/out"
 
 # ----- styles, tags, rename, rm
 expect_rc 0 "style create" "$MOOD" style create ink-film --lora inkwash:0.8 --lora "$lib/film-grain.safetensors:0.3:0.2" --template "{prompt}, ink" --weight 0.9
