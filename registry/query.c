@@ -145,6 +145,8 @@ int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const
     MOOD_ARG_NONNULL(out);
     *out = NULL;
     MOOD_ARG_NONNULL(r);
+    if (tag && tag[0] == '#') /* as 'mood list' shows tags, and as 'mood tag' takes them */
+        args[0] = tag + 1;
     /* the rows hold mood_family_name's spelling; "SDXL" or "sd1.5" mean the same family */
     if (base && mood_family_from_name(&family, base) == 0)
         args[1] = mood_family_name(family);

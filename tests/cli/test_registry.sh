@@ -180,6 +180,8 @@ assert w==[("inkwash.safetensors",0.8,0.8),("film-grain.safetensors",0.3,0.2)], 
 assert d["tags"]==["mono"] and d["negative"]=="blurry" and d["template"]=="{prompt}, ink"' "$tmp/out"
 expect_rc 0 "list --tag" "$MOOD" list --tag mono --json
 check "tag filter" py 'import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["ink-film"]' "$tmp/out"
+expect_rc 0 "list --tag with the '#' list shows" "$MOOD" list --tag '#MONO' --json
+check "the same style" py 'import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["ink-film"]' "$tmp/out"
 expect_rc 0 "several words are one query" "$MOOD" search ink wash --json
 check "both words must match" py 'import json,sys; json.load(open(sys.argv[1]))' "$tmp/out"
 expect_rc 0 "after --, a word may start with -" "$MOOD" search -- -ink
