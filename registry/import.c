@@ -45,6 +45,7 @@
 #include <sys/stat.h>
 
 #include "common/image_decode.h"
+#include "mood/civitai.h"
 #include "mood/hash.h"
 #include "mood/lora.h"
 #include "common/args.h"
@@ -858,22 +859,42 @@ static long long json_id(const cJSON *o, const char *key)
     return cJSON_IsNumber(v) ? (long long)v->valuedouble : 0;
 }
 
+/* The AIR of a .civitai.info sidecar's record (its "air", or built from its ids as a lookup
+ * builds it), or NULL: a style pack names a LoRA it does not carry by it. */
+static char *sidecar_air(const import_job *j)
+{
+    mood_civitai_version *v = NULL;
+    char *air = NULL;
+    if (!j->side.civitai_raw ||
+        mood_civitai_version_parse(&v, j->side.civitai_raw, strlen(j->side.civitai_raw)) != 0) {
+        mood_error_clear(); /* not a whole record (a few fields written by hand): no AIR */
+        return NULL;
+    }
+    if (v->air) {
+        air = v->air;
+        v->air = NULL;
+    }
+    mood_civitai_version_free(v);
+    return air;
+}
+
 static int insert_source(mood_registry *r, const import_job *j)
 {
     const cJSON *c = j->side.civitai, *model = cJSON_GetObjectItemCaseSensitive(c, "model");
     const cJSON *nsfw = cJSON_GetObjectItemCaseSensitive(model, "nsfw");
     sqlite3_stmt *st = NULL;
-    char absbuf[PATH_MAX];
+    char absbuf[PATH_MAX], *air;
     const char *abs = realpath(j->path, absbuf);
     int known = 0, err = j->stored ? source_known(r, j->h.sha256, abs ? abs : j->path, &known) : 0;
     if (err || known)
         return err;
+    air = sidecar_air(j);
     err = mood__reg_prepare(
         r, &st,
         "INSERT INTO sources(adapter_sha256, kind, location, sidecar_json, civitai_info_json,"
         " civitai_model_id, civitai_version_id, model_name, version_name, base_model, nsfw,"
-        " file_size, file_mtime_ns, file_ctime_ns, file_inode, blob_mtime_ns, added_at) VALUES"
-        " (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,"
+        " file_size, file_mtime_ns, file_ctime_ns, file_inode, blob_mtime_ns, air, added_at)"
+        " VALUES (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,"
         " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
     if (!err) {
         mood__reg_bind_text(st, 1, j->h.sha256);
@@ -891,8 +912,10 @@ static int insert_source(mood_registry *r, const import_job *j)
             sqlite3_bind_int(st, 10, cJSON_IsTrue(nsfw));
         if (j->has_fs)
             mood__reg_bind_file_stat(st, 11, &j->fs, r, j->h.sha256);
+        mood__reg_bind_text(st, 16, air);
         err = mood__reg_step_done(r, st, "recording where the file came from");
     }
+    mood_free(air);
     return err;
 }
 

@@ -34,10 +34,15 @@ static int check_adapters(store *s, const mood__pack_adapter_row *a, size_t n)
             break;
         s->present[i] = known > 0;
         if (!known && !a[i].path) {
+            char ref[40]; /* without an AIR, the Civitai version id is as good to import by */
+            snprintf(ref, sizeof ref, "civitai:%lld", a[i].civitai_version_id);
             count++;
-            err = mood_buf_printf(&missing, "%s%s (%s, AIR %s)", missing.len ? "; " : "",
+            err = mood_buf_printf(&missing, "%s%s (%s, %s %s)", missing.len ? "; " : "",
                                   a[i].sha256, a[i].file_name ? a[i].file_name : "?",
-                                  a[i].air ? a[i].air : "unknown");
+                                  a[i].air || a[i].civitai_version_id <= 0 ? "AIR" : "Civitai",
+                                  a[i].air                      ? a[i].air
+                                  : a[i].civitai_version_id > 0 ? ref
+                                                                : "unknown");
         }
     }
     if (!err && count)

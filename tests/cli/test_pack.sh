@@ -100,6 +100,24 @@ check "nothing imported" test "$(MOOD_HOME=$C "$MOOD" list --json | tr -d ' \n\t
 expect_rc 0 "import the adapters" "$MOOD" import "$tmp/src/inkwash.safetensors" "$tmp/src/film-grain.safetensors"
 expect_rc 0 "reference-only import" "$MOOD" pack import "$tmp/r.moodpack"
 check "identical referencing style" cmp -s <(show combo "$A") <(show combo "$C")
+# a LoRA imported with a .civitai.info sidecar keeps the AIR of its record, which names it in the
+# message of a reference-only pack; without the model's id, its Civitai version id does
+mkdir -p "$tmp/civ"
+cp "$tmp/src/sd1_locon_fp16.safetensors" "$tmp/civ/grain.safetensors"
+cp "$tmp/src/film-grain.safetensors" "$tmp/civ/dust.safetensors"
+echo '{"id": 4242, "modelId": 777, "baseModel": "SD 1.5", "name": "v1", "model": {"name": "Grain", "type": "LORA"}}' \
+    >"$tmp/civ/grain.civitai.info"
+echo '{"id": 4343, "name": "v2", "model": {"name": "Dust"}}' >"$tmp/civ/dust.civitai.info"
+expect_rc 0 "import with Civitai sidecars" env MOOD_HOME="$tmp/civh" "$MOOD" import --offline "$tmp/civ"
+expect_rc 0 "show it" env MOOD_HOME="$tmp/civh" "$MOOD" show grain --json
+check "the AIR built from the record's ids" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["adapters"][0]["sources"][0]["air"]=="urn:air:sd1:lora:civitai:777@4242", d["adapters"][0]["sources"]' "$tmp/out"
+expect_rc 0 "a reference-only pack of both" env MOOD_HOME="$tmp/civh" "$MOOD" pack export grain dust \
+    -o "$tmp/civ.moodpack" --reference-only
+expect_rc 1 "into an empty registry" env MOOD_HOME="$tmp/civ-empty" "$MOOD" pack import "$tmp/civ.moodpack"
+check "names the AIR, and the version id without one" grep -q \
+    "grain.safetensors, AIR urn:air:sd1:lora:civitai:777@4242).*dust.safetensors, Civitai civitai:4343)" "$tmp/err"
 # the usual order for a pack of one LoRA's style: the LoRA imported first (its style named after
 # the file, as the pack's is), then the pack: merged into that style, which gains the pack's tag
 expect_rc 0 "export inkwash reference-only" env MOOD_HOME="$A" "$MOOD" pack export inkwash \
