@@ -51,11 +51,8 @@
 #include "common/args.h"
 #include "registry/registry_impl.h"
 
-#define MAX_SIDECAR        (16u << 20)
-#define MAX_PREVIEW        (64u << 20)
-#define MAX_PREVIEWS       8
-#define MAX_EXTRA_PREVIEWS 64
-#define MAX_EXTRA_FILES    1024
+#define MAX_SIDECAR  (16u << 20)
+#define MAX_PREVIEWS 8
 /* the start of the warning for a sidecar left out, which cmd_import.c looks for */
 #define SKIPPED ": sidecar skipped: "
 
@@ -521,7 +518,7 @@ static int preview_type(const char **type, const mood_map *m, const char *path)
 {
     const char *why = "an image larger than 64 MiB";
     *type = NULL;
-    if (m->size <= MAX_PREVIEW &&
+    if (m->size <= MOOD__REG_MAX_PREVIEW &&
         (*type = mood__image_media_type(m->data, (size_t)m->size, &why)) == NULL &&
         strcmp(why, "outofmem") == 0)
         return mood_error_nomem();
@@ -568,124 +565,6 @@ static int store_previews(import_job *j, mood_registry *r)
     int err = 0;
     for (size_t i = 0; !err && i < sizeof suffixes / sizeof suffixes[0]; i++)
         err = add_preview(j, r, suffixes[i]);
-    return err;
-}
-
-/* ----- extras ------------------------------------------------------------------------------ */
-
-static int role_ok(const char *role)
-{
-    size_t n = role ? strlen(role) : 0;
-    return n >= 1 && n <= 32 && strspn(role, "abcdefghijklmnopqrstuvwxyz0123456789_") == n;
-}
-
-static int check_file(const mood_style_file *f, const char *what, size_t i, int need_role)
-{
-    if (!f->data || f->size == 0 || f->size > MAX_PREVIEW)
-        return mood_error_set(MOOD_EINVAL, "%s %zu (%s): empty or over %u MiB", what, i,
-                              f->name ? f->name : "unnamed", MAX_PREVIEW >> 20);
-    if (need_role && !role_ok(f->role))
-        return mood_error_set(MOOD_EINVAL,
-                              "%s %zu (%s): role '%s' is not 1-32 characters of a-z, 0-9, '_'",
-                              what, i, f->name ? f->name : "unnamed", f->role ? f->role : "");
-    if (f->width < 0 || f->height < 0)
-        return mood_error_set(MOOD_EINVAL, "%s %zu: negative size", what, i);
-    return 0;
-}
-
-static int check_extras(const mood_import_extras *x)
-{
-    cJSON *t;
-    int err = 0;
-    if (!x)
-        return 0;
-    if (x->n_previews > MAX_EXTRA_PREVIEWS || x->n_files > MAX_EXTRA_FILES ||
-        (x->n_previews && !x->previews) || (x->n_files && !x->files))
-        return mood_error_set(MOOD_EINVAL, "import extras: at most %d previews and %d files",
-                              MAX_EXTRA_PREVIEWS, MAX_EXTRA_FILES);
-    for (size_t i = 0; i < x->n_previews && !err; i++)
-        err = check_file(&x->previews[i], "preview", i, 0);
-    for (size_t i = 0; i < x->n_files && !err; i++)
-        err = check_file(&x->files[i], "file", i, 1);
-    if (err || !x->training_json)
-        return err;
-    t = cJSON_Parse(x->training_json);
-    if (!cJSON_IsObject(t))
-        err =
-            mood_error_set(MOOD_EINVAL, "import extras: the training record is not a JSON object");
-    cJSON_Delete(t);
-    return err;
-}
-
-/* The extras' blobs (the caller holds the shared lock). */
-static int store_extras(import_job *j, mood_registry *r)
-{
-    const mood_import_extras *x = j->x;
-    size_t n = x ? x->n_previews + x->n_files : 0;
-    int err = 0;
-    if (!n)
-        return 0;
-    if (!(j->extra = mood_calloc(n, sizeof *j->extra)))
-        return mood_error_nomem();
-    for (size_t i = 0; i < n && !err; i++) {
-        const mood_style_file *f =
-            i < x->n_previews ? &x->previews[i] : &x->files[i - x->n_previews];
-        if ((err = mood__blob_put_mem(&j->extra[i], r, f->data, f->size)) == 0)
-            j->n_extra++;
-    }
-    return err;
-}
-
-static int insert_extra_file(mood_registry *r, const mood_style_file *f, const char *sha,
-                             long long style_id, int position)
-{
-    sqlite3_stmt *st = NULL;
-    int err = mood__reg_prepare(r, &st,
-                                "INSERT INTO style_files(style_id, role, blob_sha256, media_type,"
-                                " name, width, height, position) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
-                                " ?7, ?8)");
-    if (err)
-        return err;
-    sqlite3_bind_int64(st, 1, style_id);
-    mood__reg_bind_text(st, 2, f->role);
-    mood__reg_bind_text(st, 3, sha);
-    mood__reg_bind_text(st, 4, f->media_type);
-    mood__reg_bind_utf8(st, 5, f->name);
-    if (f->width > 0 && f->height > 0) {
-        sqlite3_bind_int(st, 6, f->width);
-        sqlite3_bind_int(st, 7, f->height);
-    }
-    sqlite3_bind_int(st, 8, position);
-    return mood__reg_step_done(r, st, "storing a file of the style");
-}
-
-/* Rows of the extras: previews first (positions 0..), then files numbered within their role. */
-static int insert_extras(mood_registry *r, const import_job *j, long long style_id)
-{
-    const mood_import_extras *x = j->x;
-    int err = 0;
-    if (!x)
-        return 0;
-    for (size_t i = 0; i < x->n_previews && !err; i++) {
-        sqlite3_stmt *st = NULL;
-        if ((err = mood__reg_prepare(r, &st,
-                                     "INSERT INTO previews(style_id, blob_sha256, media_type, "
-                                     "origin, position) VALUES (?1, ?2, ?3, ?4, ?5)")) != 0)
-            break;
-        sqlite3_bind_int64(st, 1, style_id);
-        mood__reg_bind_text(st, 2, j->extra[i].sha256);
-        mood__reg_bind_text(st, 3, x->previews[i].media_type);
-        mood__reg_bind_utf8(st, 4, x->previews[i].name);
-        sqlite3_bind_int(st, 5, (int)i);
-        err = mood__reg_step_done(r, st, "storing a preview");
-    }
-    for (size_t i = 0; i < x->n_files && !err; i++) {
-        int position = 0;
-        for (size_t k = 0; k < i; k++)
-            position += strcmp(x->files[k].role, x->files[i].role) == 0;
-        err = insert_extra_file(r, &x->files[i], j->extra[x->n_previews + i].sha256, style_id,
-                                position);
-    }
     return err;
 }
 
@@ -979,7 +858,8 @@ static int commit_rows(mood_registry *r, import_job *j, mood_import_result *out)
     if ((err = adapter_stored(r, j->h.sha256, &j->stored)) != 0 ||
         (err = choose_name(r, j, out)) != 0 || (!j->stored && (err = insert_adapter(r, j)) != 0) ||
         (err = insert_style(r, j, &style_id)) != 0 || (err = insert_previews(r, j, style_id)) ||
-        (err = insert_extras(r, j, style_id)) != 0 || (err = insert_source(r, j)) != 0)
+        (err = mood__reg_insert_extras(r, j->x, j->extra, style_id)) != 0 ||
+        (err = insert_source(r, j)) != 0)
         goto done;
     if ((err = mood__blob_journal_delete(r, &j->blob)) != 0)
         goto done;
@@ -1157,7 +1037,7 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
             goto done;
     }
     mood_error_clear();
-    if ((err = check_extras(x)) != 0 || (err = prepare(&j, out, progress, payload)) != 0)
+    if ((err = mood__reg_check_extras(x)) != 0 || (err = prepare(&j, out, progress, payload)) != 0)
         goto done;
     if ((err = mood__reg_holder_of(r, j.h.sha256, out->name, sizeof out->name, &found)) != 0 ||
         found) {
@@ -1181,7 +1061,8 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
         goto done;
     locked = 1;
     if ((err = mood__blob_put_file(&j.blob, r, path, j.h.sha256, progress, payload)) != 0 ||
-        (err = store_previews(&j, r)) != 0 || (err = store_extras(&j, r)) != 0 ||
+        (err = store_previews(&j, r)) != 0 ||
+        (err = mood__reg_store_extras(r, j.x, &j.extra, &j.n_extra)) != 0 ||
         (err = commit_rows(r, &j, out)) != 0)
         goto done;
     if (!out->already) {

@@ -138,6 +138,21 @@ typedef struct mood__blob_tx {
 int mood__blob_put_file(mood__blob_tx *tx, mood_registry *r, const char *src, const char *expected,
                         mood_progress_fn progress, void *payload);
 int mood__blob_put_mem(mood__blob_tx *tx, mood_registry *r, const void *data, size_t size);
+
+/* ----- import's extras (import_extras.c) ----- */
+
+/* The largest preview, or file of a style, an import stores. */
+#define MOOD__REG_MAX_PREVIEW (64u << 20)
+/* Checks what a caller hands an import besides the file, before anything is stored. */
+int mood__reg_check_extras(const mood_import_extras *x);
+/* Stores x's previews then files as blobs (the caller holds the shared lock): *extra gets
+ * x->n_previews + x->n_files of them, *n_extra counts those stored. */
+int mood__reg_store_extras(mood_registry *r, const mood_import_extras *x, mood__blob_tx **extra,
+                           size_t *n_extra);
+/* Their rows in the import's transaction: previews first (positions 0..), then files numbered
+ * within their role. */
+int mood__reg_insert_extras(mood_registry *r, const mood_import_extras *x,
+                            const mood__blob_tx *extra, long long style_id);
 /* A file imported again whose content the registry has: the stored copy, when missing or of the
  * wrong size (deleted or truncated by hand, a disk error), is stored again from src (its SHA-256
  * verified), so that importing the original repairs what doctor reports. 0 when there was
