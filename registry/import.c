@@ -31,7 +31,7 @@
  *
  * A program that made the LoRA (mood train) adds extras (mood_import_extras): its own previews
  * (first), files of other roles (mood board thumbnails, the loss curve) and how it trained the
- * style, stored in the same transaction as the rest.
+ * style, stored in the same transaction as the rest (import_extras.c).
  */
 #include <cjson/cJSON.h>
 #include <ctype.h>
