@@ -137,6 +137,65 @@ int cmd_pack_export(int argc, char **argv)
     return rc;
 }
 
+static int in_list(const cJSON *list, const char *name)
+{
+    const cJSON *s;
+    cJSON_ArrayForEach(s, list)
+    {
+        if (cJSON_IsString(s) && strcmp(s->valuestring, name) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Names of a report's list, the first SHOWN_NAMES of them: a pack of 50 styles is one line. */
+#define SHOWN_NAMES 10
+static void print_names(const cJSON *names, const cJSON *except)
+{
+    int shown = 0, total = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, names)
+    {
+        if (!cJSON_IsString(s) || (except && in_list(except, s->valuestring)))
+            continue;
+        if (total++ < SHOWN_NAMES)
+            printf("%s%s", shown++ ? ", " : " ", s->valuestring);
+    }
+    if (total > shown)
+        printf(" and %d more ('--json' lists them all)", total - shown);
+    printf("\n");
+}
+
+/* pack import's report for people: the styles new to the registry, those merged into yours,
+ * and the pack's licence and credits (which --json has too). */
+static void print_import_report(const cJSON *rep, const char *path)
+{
+    const cJSON *styles = cJSON_GetObjectItem(rep, "styles"),
+                *merged = cJSON_GetObjectItem(rep, "merged"),
+                *added = cJSON_GetObjectItem(rep, "adapters_added");
+    int n_new = cJSON_GetArraySize(styles) - cJSON_GetArraySize(merged);
+    int n_added = cJSON_IsNumber(added) ? (int)added->valuedouble : 0;
+    const char *license = cJSON_GetStringValue(cJSON_GetObjectItem(rep, "license")),
+               *credits = cJSON_GetStringValue(cJSON_GetObjectItem(rep, "attribution"));
+    if (n_new > 0) {
+        printf("imported %d new style%s from %s (%d LoRA file%s added):", n_new,
+               n_new == 1 ? "" : "s", path, n_added, n_added == 1 ? "" : "s");
+        print_names(styles, merged);
+    } else {
+        printf("no new styles from %s (%d LoRA file%s added)\n", path, n_added,
+               n_added == 1 ? "" : "s");
+    }
+    if (cJSON_GetArraySize(merged) > 0) {
+        printf("merged into the styles of the same name and LoRAs you had (kept what they had, "
+               "added what they lacked):");
+        print_names(merged, NULL);
+    }
+    if (license)
+        printf("the pack's licence: %s\n", license);
+    if (credits)
+        printf("the pack's credits: %s\n", credits);
+}
+
 int cmd_pack_import(int argc, char **argv)
 {
     mood_pack_import_options o;
@@ -168,24 +227,8 @@ int cmd_pack_import(int argc, char **argv)
     if (json) {
         rc = cli_print_json(cJSON_Parse(text));
     } else {
-        cJSON *rep = cJSON_Parse(text), *s;
-        const cJSON *added = cJSON_GetObjectItem(rep, "adapters_added");
-        printf("imported from %s:", path);
-        cJSON_ArrayForEach(s, cJSON_GetObjectItem(rep, "styles"))
-        {
-            printf(" %s", s->valuestring);
-        }
-        printf(" (%d LoRA file%s added)\n", added ? (int)added->valuedouble : 0,
-               added && added->valuedouble == 1 ? "" : "s");
-        if (cJSON_GetArraySize(cJSON_GetObjectItem(rep, "merged")) > 0) {
-            printf("merged into the styles of the same name and LoRAs you had (kept what they "
-                   "had, added what they lacked):");
-            cJSON_ArrayForEach(s, cJSON_GetObjectItem(rep, "merged"))
-            {
-                printf(" %s", s->valuestring);
-            }
-            printf("\n");
-        }
+        cJSON *rep = cJSON_Parse(text);
+        print_import_report(rep, path);
         cJSON_Delete(rep);
     }
     mood_registry_free_string(text);

@@ -75,6 +75,7 @@ sleep 1 # the times have seconds: a changed one would show
 expect_rc 0 "import twice" "$MOOD" pack import "$tmp/p.moodpack"
 check "no style's time changed" cmp -s "$tmp/times-before" <(times)
 check "says the styles were merged" grep -q "merged into the styles of the same name and LoRAs you had.* inkwash" "$tmp/out"
+check "and that none was new" grep -q "^no new styles from .*p.moodpack (0 LoRA files added)$" "$tmp/out"
 check "blobs unchanged" cmp -s "$tmp/blobs-before" <(blobs "$B")
 check "styles unchanged" cmp -s "$tmp/shown-before" <(for s in inkwash combo film-grain sd1_locon_fp16; do show $s "$B" | grep -v updated_at; done)
 # a style of that name with other LoRAs: refused, nothing changed
@@ -86,6 +87,17 @@ check "blobs unchanged" cmp -s "$tmp/blobs-before" <(blobs "$B")
 expect_rc 0 "rename back" "$MOOD" rename film-grain inkwash
 expect_rc 0 "rename back" "$MOOD" rename film-grain-mine film-grain
 check "no temporary directory left" test -z "$(find "$B" -name '.moodpack-*')"
+
+# --- a pack of many styles: ten names shown, the count of the others; licence and credits said
+for i in $(seq -w 1 12); do MOOD_HOME=$A "$MOOD" style create "many$i" --lora inkwash >/dev/null; done
+expect_rc 0 "export twelve styles" env MOOD_HOME="$A" "$MOOD" pack export $(printf 'many%s ' $(seq -w 1 12)) \
+    -o "$tmp/many.moodpack" --license "CC-BY-4.0" --attribution "by Alice"
+expect_rc 0 "import them" env MOOD_HOME="$tmp/many" "$MOOD" pack import "$tmp/many.moodpack"
+check "ten named, two counted" grep -q \
+    "^imported 12 new styles from .*many.moodpack (1 LoRA file added): many01, .*, many10 and 2 more ('--json' lists them all)$" "$tmp/out"
+check "the licence and the credits" grep -q "^the pack's licence: CC-BY-4.0$" "$tmp/out"
+check "the credits" grep -q "^the pack's credits: by Alice$" "$tmp/out"
+for i in $(seq -w 1 12); do MOOD_HOME=$A "$MOOD" rm "many$i" >/dev/null; done
 
 # --- reference-only ----------------------------------------------------------------------------
 export MOOD_HOME=$A
