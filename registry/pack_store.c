@@ -78,29 +78,39 @@ static int same_loras(mood_registry *r, const mood__pack_style_row *s, int *same
 
 /* A pack style whose name is taken is refused, unless the style of that name holds the same LoRAs
  * (a reference-only pack's LoRA imported with `mood import` first, which names its style after
- * the file, as the pack does): then merge[i] is set and the pack's style is merged into it. */
+ * the file, as the pack does): then merge[i] is set and the pack's style is merged into it.
+ * Every refused name is said in one message: a pack of fifty styles is not fixed a name a run. */
+#define SHOWN_TAKEN 20
 static int check_names(mood_registry *r, const mood__pack_style_row *s, size_t n,
                        unsigned char *merge)
 {
-    for (size_t i = 0; i < n; i++) {
+    mood_buf taken_names;
+    int err = 0, count = 0;
+    mood_buf_init(&taken_names);
+    for (size_t i = 0; i < n && !err; i++) {
         long long taken = 0;
-        int err, same = 0, same_weights = 0;
+        int same = 0, same_weights = 0;
         merge[i] = 0;
-        if ((err = mood_registry_name_check(s[i].name)) != 0)
-            return err;
-        if ((err = mood__reg_query_int(r, &taken, "SELECT count(*) FROM styles WHERE name = ?1",
+        if ((err = mood_registry_name_check(s[i].name)) != 0 ||
+            (err = mood__reg_query_int(r, &taken, "SELECT count(*) FROM styles WHERE name = ?1",
                                        s[i].name)) != 0)
-            return err;
+            break;
         if (taken && (err = same_loras(r, &s[i], &same, &same_weights)) != 0)
-            return err;
-        if (taken && !same)
-            return mood_error_set(MOOD_EINVAL,
-                                  "a style named '%s' exists already, with other LoRAs; rename or "
-                                  "remove it (mood rename, mood rm) before importing this pack",
-                                  s[i].name);
+            break;
+        if (taken && !same && count++ < SHOWN_TAKEN)
+            err = mood_buf_printf(&taken_names, "%s'%s'", taken_names.len ? ", " : "", s[i].name);
         merge[i] = (unsigned char)(taken ? 1 + !same_weights : 0);
     }
-    return 0;
+    if (!err && count > SHOWN_TAKEN)
+        err = mood_buf_printf(&taken_names, " and %d more", count - SHOWN_TAKEN);
+    if (!err && count)
+        err = mood_error_set(MOOD_EINVAL,
+                             "%s named %s exist%s already, with other LoRAs; rename or remove "
+                             "yours (mood rename, mood rm) before importing this pack",
+                             count == 1 ? "a style" : "styles", taken_names.data,
+                             count == 1 ? "s" : "");
+    mood_buf_dispose(&taken_names);
+    return err;
 }
 
 static int put_blob(store *s, const char *path, const char *sha, mood_progress_fn progress,

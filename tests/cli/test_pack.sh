@@ -86,6 +86,16 @@ check "says the name is taken" grep -q "a style named 'film-grain' exists alread
 check "blobs unchanged" cmp -s "$tmp/blobs-before" <(blobs "$B")
 expect_rc 0 "rename back" "$MOOD" rename film-grain inkwash
 expect_rc 0 "rename back" "$MOOD" rename film-grain-mine film-grain
+# two names taken: both said in one message
+expect_rc 0 "rename combo" "$MOOD" rename combo combo-mine
+expect_rc 0 "another combo" "$MOOD" style create combo --lora film-grain
+expect_rc 0 "rename inkwash" "$MOOD" rename inkwash inkwash-mine
+expect_rc 0 "another inkwash" "$MOOD" style create inkwash --lora film-grain
+expect_rc 1 "import over two styles with other LoRAs" "$MOOD" pack import "$tmp/p.moodpack"
+check "says both names" grep -q "styles named 'inkwash', 'combo' exist already, with other LoRAs" "$tmp/err"
+expect_rc 0 "remove them" "$MOOD" rm inkwash combo
+expect_rc 0 "rename back" "$MOOD" rename combo-mine combo
+expect_rc 0 "rename back" "$MOOD" rename inkwash-mine inkwash
 check "no temporary directory left" test -z "$(find "$B" -name '.moodpack-*')"
 
 # --- a pack of many styles: ten names shown, the count of the others; licence and credits said
