@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,10 +75,21 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The terminal's width (stderr's), else $COLUMNS, else 80. */
+static int terminal_columns(void)
+{
+    struct winsize ws;
+    const char *env = getenv("COLUMNS");
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col;
+    return env && atoi(env) > 0 ? atoi(env) : 80;
+}
+
 int cli_progress(const mood_progress *p, void *payload)
 {
     double now = now_seconds(), frac, elapsed;
-    int width = 30, filled;
+    int cols, width, filled, n;
+    char line[256];
     (void)payload;
     if (!isatty(STDERR_FILENO) || p->total == 0)
         return 0;
@@ -92,16 +104,19 @@ int cli_progress(const mood_progress *p, void *payload)
     frac = (double)p->done / (double)p->total;
     if (frac > 1)
         frac = 1;
+    /* the bar shrinks to fit the terminal, and the line is cut at its width: a line that wraps
+     * leaves a new line at each redraw */
+    cols = terminal_columns();
+    width = cols - 50 < 10 ? 10 : cols - 50 > 30 ? 30 : cols - 50;
     filled = (int)(frac * width);
     elapsed = now - bar_start;
-    fprintf(stderr, "\r%-8s [", p->phase ? p->phase : "");
-    for (int i = 0; i < width; i++)
-        fputc(i < filled ? '#' : '.', stderr);
-    fprintf(stderr, "] %5.1f%%  %.1fs", frac * 100, elapsed);
-    if (frac > 0.02 && frac < 1)
-        fprintf(stderr, "  ~%.0fs left ", elapsed / frac - elapsed);
-    else
-        fprintf(stderr, "             ");
+    n = snprintf(line, sizeof line, "%-8.40s [%.*s%.*s] %5.1f%%  %.1fs",
+                 p->phase ? p->phase : "", filled, "##############################",
+                 width - filled, "..............................", frac * 100, elapsed);
+    if (frac > 0.02 && frac < 1 && n > 0 && (size_t)n < sizeof line)
+        snprintf(line + n, sizeof line - (size_t)n, "  ~%.0fs left", elapsed / frac - elapsed);
+    /* padded to clear what a longer line before left, never to the last column */
+    fprintf(stderr, "\r%-*.*s", cols - 1 < 79 ? cols - 1 : 79, cols - 1, line);
     bar_drawn = 1;
     return 0;
 }
