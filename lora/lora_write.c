@@ -343,37 +343,21 @@ static uint64_t data_bytes(const mood_lora_out_module *mods, size_t n, mood_dtyp
     return elems * es;
 }
 
-/* sshs_legacy_hash: writes the ss_*-only serialisation beside `path` when it can reach 1 MiB
- * and hashes the AutoV1 range of it; the writer `w` holds the ss_* metadata at this point. */
-static int legacy_hash(char out[9], mood_st_writer *w, const char *path, uint64_t size_bound)
+/* sshs_legacy_hash: the AutoV1 range of the ss_*-only serialisation (the writer `w` holds the
+ * ss_* metadata at this point), hashed without writing it; a file that cannot reach the range's
+ * start has the empty range's hash. */
+static int legacy_hash(char out[9], mood_st_writer *w, uint64_t size_bound)
 {
-    mood_buf tmp;
-    mood_map map = {0};
     char hex[65];
-    int err = 0;
+    int err;
     if (size_bound <= LEGACY_BEGIN) {
         snprintf(out, 9, EMPTY_SHA_PREFIX);
         return 0;
     }
-    mood_buf_init(&tmp);
-    if ((err = mood_buf_printf(&tmp, "%s.sshs-legacy.tmp", path)) != 0)
-        goto done;
-    if ((err = mood_st_writer_write(w, tmp.data, NULL, NULL)) != 0 ||
-        (err = mood_map_file(&map, tmp.data)) != 0)
-        goto done;
-    if (map.size > LEGACY_BEGIN) {
-        uint64_t end = map.size < LEGACY_BEGIN + LEGACY_LEN ? map.size : LEGACY_BEGIN + LEGACY_LEN;
-        mood_sha256_hex(hex, map.data + LEGACY_BEGIN, (size_t)(end - LEGACY_BEGIN));
-    } else {
-        mood_sha256_hex(hex, "", 0);
-    }
+    if ((err = mood_st_writer_range_sha256(w, LEGACY_BEGIN, LEGACY_LEN, hex)) != 0)
+        return err;
     snprintf(out, 9, "%.8s", hex);
-done:
-    mood_unmap(&map);
-    if (tmp.data)
-        remove(tmp.data);
-    mood_buf_dispose(&tmp);
-    return err;
+    return 0;
 }
 
 /* ----- entry point ------------------------------------------------------------------------- */
@@ -401,7 +385,7 @@ int mood__lora_write(const char *path, const mood_lora_out_module *mods, size_t 
     if (err)
         goto done;
     bound = 8 + header_bound(mods, n, &m) + data_bytes(mods, n, dtype);
-    if ((err = meta_apply(w, &m, 1)) != 0 || (err = legacy_hash(legacy, w, path, bound)) != 0 ||
+    if ((err = meta_apply(w, &m, 1)) != 0 || (err = legacy_hash(legacy, w, bound)) != 0 ||
         (err = mood_st_writer_data_sha256(w, model_hash)) != 0)
         goto done;
     if ((err = meta_put(&m, "sshs_model_hash", model_hash)) != 0 ||

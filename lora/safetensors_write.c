@@ -301,6 +301,54 @@ int mood_st_writer_data_sha256(mood_st_writer *w, char hex_out[65])
     return err;
 }
 
+/* A byte range of the file being hashed: the bytes at [begin, end) of the stream go in. */
+typedef struct range_sha {
+    EVP_MD_CTX *ctx;
+    uint64_t at, begin, end;
+} range_sha;
+
+#define RANGE_DONE 1 /* a sink's "past the range": the stream stops there, not an error */
+
+static int sink_range(const void *data, size_t n, void *ctx)
+{
+    range_sha *r = ctx;
+    uint64_t lo = r->at > r->begin ? r->at : r->begin, hi = r->at + n < r->end ? r->at + n : r->end;
+    if (lo < hi && EVP_DigestUpdate(r->ctx, (const unsigned char *)data + (lo - r->at),
+                                    (size_t)(hi - lo)) != 1)
+        return mood_error_set(MOOD_EIO, "SHA-256 failed");
+    r->at += n;
+    return r->at >= r->end ? RANGE_DONE : 0;
+}
+
+int mood_st_writer_range_sha256(mood_st_writer *w, uint64_t begin, uint64_t len, char hex_out[65])
+{
+    entry **order = NULL;
+    mood_buf header;
+    range_sha r = {EVP_MD_CTX_new(), 0, begin, begin + len};
+    unsigned char digest[32];
+    int err;
+    mood_buf_init(&header);
+    if (!r.ctx)
+        return mood_error_nomem();
+    if ((err = layout(&order, w)) == 0 && (err = build_header(&header, w, order)) == 0 &&
+        EVP_DigestInit_ex(r.ctx, EVP_sha256(), NULL) != 1)
+        err = mood_error_set(MOOD_EIO, "SHA-256 unavailable");
+    if (!err)
+        err = sink_range(header.data, header.len, &r);
+    if (!err)
+        err = stream_tensors(order, w->count, sink_range, &r, NULL, NULL);
+    if (err == RANGE_DONE)
+        err = 0;
+    if (!err && EVP_DigestFinal_ex(r.ctx, digest, NULL) == 1) {
+        for (int i = 0; i < 32; i++)
+            snprintf(hex_out + 2 * i, 3, "%02x", digest[i]);
+    }
+    EVP_MD_CTX_free(r.ctx);
+    mood_buf_dispose(&header);
+    mood_free(order);
+    return err;
+}
+
 static int sink_file(const void *data, size_t n, void *ctx)
 {
     return mood_atomic_write(ctx, data, n);

@@ -131,6 +131,11 @@ MOOD_WARN_UNUSED int mood_st_writer_set_meta(mood_st_writer *w, const char *key,
 /* SHA-256 of the data section the writer will produce (AutoV3), as 64 lowercase hex, computed
  * without writing; needed to embed sshs_model_hash. Calls lazy fills. */
 MOOD_WARN_UNUSED int mood_st_writer_data_sha256(mood_st_writer *w, char hex_out[65]);
+/* SHA-256 of the bytes [begin, begin + len) of the file the writer would write now, header
+ * included (cut at the file's end; nothing past it), computed without writing: AutoV1 and
+ * kohya's sshs_legacy_hash hash such a range. Calls lazy fills up to the range's end. */
+MOOD_WARN_UNUSED int mood_st_writer_range_sha256(mood_st_writer *w, uint64_t begin, uint64_t len,
+                                                 char hex_out[65]);
 /* Writes the file atomically. */
 MOOD_WARN_UNUSED int mood_st_writer_write(mood_st_writer *w, const char *path,
                                           mood_progress_fn progress, void *payload);

@@ -346,7 +346,57 @@ static void test_atomic_write_fsize(void)
     MOOD_CHECK(leftovers == 0);
 }
 
+/* A lazy tensor's bytes: i * 7 + 3, as bytes. */
+static int fill_pattern(void *dst, uint64_t nbytes, void *payload)
+{
+    (void)payload;
+    for (uint64_t i = 0; i < nbytes; i++)
+        ((unsigned char *)dst)[i] = (unsigned char)(i * 7 + 3);
+    return 0;
+}
+
+/* mood_st_writer_range_sha256 hashes what mood_st_writer_write writes over the same range
+ * (kohya's sshs_legacy_hash of a LoRA is such a range, taken without writing the file): ranges
+ * in the header, across the header's end, inside and across tensors, past the end. */
+static void test_range_sha256(void)
+{
+    const char *path = scratch_path("range.safetensors");
+    static float small[5] = {1, 2, 3, 4, 5};
+    int64_t big_shape[1] = {1200 * 1024}, small_shape[1] = {5};
+    mood_st_writer *w = NULL;
+    unsigned char *bytes;
+    size_t n = 0;
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    if (!w)
+        return;
+    MOOD_CHECK_OK(mood_st_writer_set_meta(w, "ss_network_dim", "4"));
+    MOOD_CHECK_OK(
+        mood_st_writer_add_lazy(w, "a.big", MOOD_DTYPE_U8, 1, big_shape, fill_pattern, NULL));
+    MOOD_CHECK_OK(mood_st_writer_add(w, "b.small", MOOD_DTYPE_F32, 1, small_shape, small));
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    bytes = read_file(path, &n);
+    MOOD_CHECK(bytes && n > 1200 * 1024);
+    if (bytes) {
+        uint64_t ranges[][2] = {{0, 100},     {50, 0x200},          {0x100000, 0x10000},
+                                {n - 10, 10}, {n - 10, 0x10000},    {n, 0x10000},
+                                {0, n},       {n / 2, n / 2 + 999}, {n + 5, 1}};
+        for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+            uint64_t b = ranges[i][0], e = b + ranges[i][1];
+            char want[65], got[65] = "";
+            b = b < n ? b : n;
+            e = e < n ? e : n;
+            mood_sha256_hex(want, bytes + b, (size_t)(e - b));
+            MOOD_CHECK_OK(mood_st_writer_range_sha256(w, ranges[i][0], ranges[i][1], got));
+            MOOD_CHECK_MSG(strcmp(want, got) == 0, "range %zu: [%llu, +%llu): %s, file %s", i,
+                           (unsigned long long)ranges[i][0], (unsigned long long)ranges[i][1], got,
+                           want);
+        }
+    }
+    free(bytes);
+    mood_st_writer_free(w);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_reject_container), MOOD_T(test_reject_entries),
                MOOD_T(test_reject_layout), MOOD_T(test_valid_edges),
                MOOD_T(test_writer_matches_python), MOOD_T(test_alloc_failures),
-               MOOD_T(test_atomic_write_fsize))
+               MOOD_T(test_atomic_write_fsize), MOOD_T(test_range_sha256))
