@@ -420,23 +420,25 @@ static int check_adapter(const mood_adapter *a, const char *path)
         const mood_module *m = &a->modules[j];
         if (!m->target || !m->target->kohya_name)
             return mood_error_set(MOOD_EFORMAT, "%s: module \"%s\" has no target", path, m->name);
-        if (module_numel(m) <= 0)
-            return mood_error_set(MOOD_EFORMAT,
-                                  "%s: module \"%s\" changes an empty weight (%lld x %lld): its "
-                                  "factors have a zero-sized dimension",
-                                  path, m->name, (long long)m->out,
-                                  (long long)(m->in * m->kh * m->kw));
+        /* first: an IA3 or OFT module's factors do not have ΔW's shape, which the checks
+         * below read */
+        if (!mood__module_is_additive(m))
+            return mood_error_set(MOOD_EUNSUPPORTED,
+                                  "%s: module \"%s\" (%s%s) changes W non-additively, so its ΔW "
+                                  "needs a base model: bake it into a checkpoint instead",
+                                  path, m->name, mood_algo_name(m->algo), m->dora ? "+DoRA" : "");
         if (m->ndim < 2 || m->t[ROLE_DIFF_B] || m->t[ROLE_B_NORM])
             return mood_error_set(MOOD_EUNSUPPORTED,
                                   "%s: module \"%s\" (%s) holds a %s delta, which a LoRA cannot "
                                   "hold: bake it into a checkpoint instead",
                                   path, m->name, mood_algo_name(m->algo),
                                   m->ndim < 2 ? "norm weight" : "bias");
-        if (!mood__module_is_additive(m))
-            return mood_error_set(MOOD_EUNSUPPORTED,
-                                  "%s: module \"%s\" (%s%s) changes W non-additively, so its ΔW "
-                                  "needs a base model: bake it into a checkpoint instead",
-                                  path, m->name, mood_algo_name(m->algo), m->dora ? "+DoRA" : "");
+        if (module_numel(m) <= 0)
+            return mood_error_set(MOOD_EFORMAT,
+                                  "%s: module \"%s\" changes an empty weight (%lld x %lld): its "
+                                  "factors have a zero-sized dimension",
+                                  path, m->name, (long long)m->out,
+                                  (long long)(m->in * m->kh * m->kw));
     }
     return 0;
 }

@@ -90,6 +90,14 @@ expect_rc 1 "corrupt LoRA" "$MOOD" lora resize "$tmp/bad.safetensors" --rank 2 -
 expect_rc 1 "families differ" "$MOOD" lora merge "$lora" "$xl" --rank 2 -o "$tmp/x.safetensors"
 grep -q "sdxl" "$tmp/err" || fail "family error does not name the family: $(cat "$tmp/err")"
 expect_rc 1 "extract families differ" "$MOOD" lora extract --base "$base" --tuned "$FIX/bases/sdxl_base.safetensors" --rank 2 -o "$tmp/x.safetensors"
+# IA3 and OFT change W by a product, not a sum: merge and resize say so (not what their factors'
+# shapes look like when read as ΔW's)
+for algo in ia3 diag_oft boft; do
+    for cmd in merge resize; do
+        expect_rc 1 "$cmd of $algo" "$MOOD" lora $cmd "$FIX/lycoris/$algo.safetensors" --rank 2 -o "$tmp/x.safetensors"
+        check "$cmd of $algo: needs a base model" grep -q "changes W non-additively, so its ΔW needs a base model" "$tmp/err"
+    done
+done
 expect_rc 1 "rank 0" "$MOOD" lora merge "$lora" --rank 0 -o "$tmp/x.safetensors"
 expect_rc 1 "clamp quantile 0" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 0 -o "$tmp/x.safetensors"
 check "says what it takes" grep -q -- "--clamp-quantile must be a number in (0, 1], not '0'" "$tmp/err"
