@@ -8,7 +8,10 @@
  *     U·D = Σ c_i·U_i·D_i (unlike kohya's merge_lora.py --concat, which keeps alpha and squares
  *     the ratio, §5.2).
  *   - otherwise (LoHa, LoKr, Tucker, full diff): the exact ΔW = Σ c_i·ΔW_i is computed and stored
- *     at full rank r = min(out, in·kh·kw) as up·down == ΔW: the smaller side is an identity.
+ *     at the rank the inputs' factors bound (r for a LoRA, r1·r2 for a LoHa, rank(w1)·rank(w2)
+ *     for a LoKr, summed), as an orthonormal basis of its column space times its projection on
+ *     it, exact but for rounding; at full rank r = min(out, in·kh·kw) where the bound reaches it
+ *     (a full diff), up·down == ΔW with the smaller side an identity.
  * Every module of the file then gets the same alpha A, the largest rank in the file, and its
  * factors are multiplied by √(r/A), so (A/r)·up·down is still exactly the sum. A uniform alpha
  * matters to diffusers (≤ 0.42 at least): it loads a kohya file's per-module alphas through a
@@ -19,9 +22,12 @@
  * Inputs whose effect depends on the base weight (DoRA, OFT, BOFT, IA3, GLoRA) cannot be stacked
  * exactly without a base and are refused, as are norm and bias deltas, which a LoRA cannot hold.
  */
+#include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
+#include "lora/lapack.h"
 #include "lora/lora_internal.h"
 #include "mood/hash.h"
 
@@ -196,15 +202,105 @@ static int concat(mood_lora_out_module *o, const group *g)
     return err;
 }
 
-/* Exact ΔW at full rank: up = I (out ≤ cols) or down = I (cols < out). */
+/* The rank of a factor pair whose inner dimension is t's first (down-side factors are stored
+ * (rank, ...)), or of a whole matrix t: min(rows, cols). */
+static int64_t inner_rank(const mood_st_tensor *t, int whole)
+{
+    int64_t rows = t->ndim > 0 ? t->shape[0] : 1, cols = rows ? mood_st_numel(t) / rows : 0;
+    return whole ? (rows < cols ? rows : cols) : rows;
+}
+
+/* An upper bound of rank(ΔW) read from the factors' shapes, `full` where none is known:
+ * a LoRA (Tucker too) r; a LoHa r1·r2 (a Hadamard product's rank is at most the product of
+ * the ranks); a LoKr rank(w1)·rank(w2) (a Kronecker product's rank is their product). */
+static int64_t rank_bound(const mood_module *m, int64_t full)
+{
+    const mood_st_tensor *const *t = m->t;
+    int64_t b = full;
+    if (m->algo == MOOD_ALGO_LORA && t[ROLE_DOWN])
+        b = mood__module_ranks_used(m, inner_rank(t[ROLE_DOWN], 0));
+    else if (m->algo == MOOD_ALGO_LOHA && t[ROLE_HADA_W1B] && t[ROLE_HADA_W2B])
+        b = inner_rank(t[ROLE_HADA_W1B], 0) * inner_rank(t[ROLE_HADA_W2B], 0);
+    else if (m->algo == MOOD_ALGO_LOKR && (t[ROLE_LOKR_W1] || t[ROLE_LOKR_W1B]) &&
+             (t[ROLE_LOKR_W2] || t[ROLE_LOKR_W2B]))
+        b = (t[ROLE_LOKR_W1] ? inner_rank(t[ROLE_LOKR_W1], 1) : inner_rank(t[ROLE_LOKR_W1B], 0)) *
+            (t[ROLE_LOKR_W2] ? inner_rank(t[ROLE_LOKR_W2], 1) : inner_rank(t[ROLE_LOKR_W2B], 0));
+    return b > 0 && b < full ? b : full;
+}
+
+/* A fixed pseudo-random value in [-1, 1) (splitmix64 of i): the test matrix of the range finder
+ * below, the same in every run, so that a stack is reproducible byte for byte. */
+static double test_value(uint64_t i)
+{
+    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-52 - 1.0;
+}
+
+/* ΔW (out × cols) of rank at most R as up (out × R) · down (R × cols), exact but for rounding:
+ * up is an orthonormal basis Q of the column space of ΔW·Ω, Ω a (cols × R) test matrix, which
+ * is ΔW's whole column space when rank(ΔW) <= R (Halko, Martinsson and Tropp, 2011), and
+ * down = Qᵀ·ΔW, so up·down = Q·Qᵀ·ΔW = ΔW. */
+static int low_rank(mood_lora_out_module *o, const float *dw, int64_t out, int64_t cols, int R)
+{
+    float *omega = mood_malloc((size_t)(cols * R) * sizeof *omega);
+    double *q = mood_malloc((size_t)(out * R) * sizeof *q), *tau = mood_malloc(R * sizeof *tau);
+    int err = 0, info, threads = 0;
+    if (!omega || !q || !tau || (err = alloc_f32(&o->up, out * R)) != 0 ||
+        (err = alloc_f32(&o->down, (int64_t)R * cols)) != 0) {
+        err = err ? err : mood_error_nomem();
+        goto done;
+    }
+    for (int64_t k = 0; k < cols * R; k++)
+        omega[k] = (float)test_value((uint64_t)k);
+    /* one thread: products this thin spend more in waking and spinning threads than they save
+     * (on this 2-core machine, 94 s instead of 13 for a LoHa of SD1.5) */
+    threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    /* Y = ΔW·Ω (out × R, into up for now), then column-major in double for LAPACK's QR */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, R, (int)cols, 1.0f, dw,
+                (int)cols, omega, R, 0.0f, o->up, R);
+    for (int64_t i = 0; i < out; i++)
+        for (int j = 0; j < R; j++)
+            q[i + j * out] = o->up[i * R + j];
+    info = mood__dgeqrf((int)out, R, q, (int)out, tau);
+    if (info == 0)
+        info = mood__dorgqr((int)out, R, R, q, (int)out, tau);
+    if (info != 0) {
+        err = mood_error_set(info < 0 ? MOOD_ENOMEM : MOOD_EBACKEND, "QR failed (LAPACK info %d)",
+                             info);
+        goto done;
+    }
+    for (int64_t i = 0; i < out; i++)
+        for (int j = 0; j < R; j++)
+            o->up[i * R + j] = (float)q[i + j * out];
+    /* down = Qᵀ·ΔW */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, (int)cols, (int)out, 1.0f, o->up, R, dw,
+                (int)cols, 0.0f, o->down, (int)cols);
+    o->rank = R;
+    o->alpha = (double)R;
+done:
+    if (threads)
+        omp_set_num_threads(threads);
+    mood_free(omega);
+    mood_free(q);
+    mood_free(tau);
+    return err;
+}
+
+/* The exact ΔW = Σ c_i·ΔW_i, stored at the rank its factors bound (low_rank) or, where that
+ * bound reaches min(out, cols), at full rank: up = I (out <= cols) or down = I (cols < out). */
 static int exact(mood_lora_out_module *o, const group *g)
 {
     int64_t out = g->first->out, numel = numel_of(g->first), cols = numel / out;
-    int64_t r = out <= cols ? out : cols;
+    int64_t r = out <= cols ? out : cols, bound = 0;
     float *sum = NULL, *one = NULL, *eye = NULL;
     int err;
-    if ((err = alloc_f32(&sum, numel)) || (err = alloc_f32(&one, numel)) ||
-        (err = alloc_f32(&eye, r * r)))
+    for (size_t i = 0; i < g->n; i++)
+        bound += rank_bound(g->c[i].m, r);
+    if ((err = alloc_f32(&sum, numel)) || (err = alloc_f32(&one, numel)))
         goto done;
     for (size_t i = 0; i < g->n && !err; i++) {
         if ((err = mood__module_delta(one, g->c[i].m, NULL)) != 0)
@@ -213,6 +309,13 @@ static int exact(mood_lora_out_module *o, const group *g)
             sum[k] += (float)(g->c[i].mult * one[k]);
     }
     if (err)
+        goto done;
+    if (bound < r) {
+        if ((err = low_rank(o, sum, out, cols, (int)bound)) != 0)
+            mood_error_prefix("module \"%s\"", g->name);
+        goto done;
+    }
+    if ((err = alloc_f32(&eye, r * r)) != 0)
         goto done;
     for (int64_t k = 0; k < r; k++)
         eye[k * r + k] = 1.0f;

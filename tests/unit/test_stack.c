@@ -1,7 +1,8 @@
 /*
  * test_stack.c: mood_lora_stack is exact: baking the stacked LoRA equals baking its inputs one
  * after the other with their multipliers (within 1e-5 relative), for plain LoRA, LoCon (conv
- * ranks concatenated), LoHa, LoKr and Tucker inputs (stored exactly at full rank), with
+ * ranks concatenated), LoHa, LoKr and Tucker inputs (stored exactly at the rank their factors
+ * bound, below the layer's), with
  * separate UNet and text-encoder multipliers and negative ones. The inputs are the reference
  * tools' fixture files (kohya sd-scripts, LyCORIS). Inputs that depend on the base weight
  * (DoRA, OFT, IA3) or change a bias are refused with an error naming the module and algorithm,
@@ -106,6 +107,46 @@ static void test_stack_lycoris(void)
                            "lycoris/lokr_full.safetensors", -0.4, -0.4);
 }
 
+/* A LoHa of rank r stacks at rank r² at most (a Hadamard product's rank is at most the product
+ * of its factors'), a Tucker LoCon at rank r (its core folded in), never at the layer's full
+ * rank; the bake of check_stack_equivalent shows the factors exact. */
+static void check_stacked_ranks(const char *input, int square)
+{
+    char pa[1024], out[1024];
+    mood_weighted_adapter in = {.path = pa, .unet = 0.7, .te = 0.7};
+    mood_lora_write_options o;
+    mood_adapter *a = NULL, *b = NULL;
+    snprintf(pa, sizeof pa, "%s", fixture(input));
+    snprintf(out, sizeof out, "%s", scratch_path("ranks.safetensors"));
+    memset(&o, 0, sizeof o);
+    o.output = out;
+    o.dtype = MOOD_DTYPE_F32;
+    MOOD_CHECK_OK(mood_lora_stack(&in, 1, &o));
+    MOOD_CHECK_OK(mood_adapter_open(&a, pa, NULL));
+    MOOD_CHECK_OK(mood_adapter_open(&b, out, NULL));
+    for (size_t i = 0; a && b && i < mood_adapter_module_count(a); i++) {
+        mood_module_info x, y;
+        mood_adapter_module(a, i, &x);
+        for (size_t j = 0; j < mood_adapter_module_count(b); j++) {
+            mood_adapter_module(b, j, &y);
+            if (strcmp(x.kohya_name, y.kohya_name) == 0)
+                MOOD_CHECK_MSG(y.rank <= (square ? x.rank * x.rank : x.rank),
+                               "%s: %s of rank %d stacked at rank %d", input, x.kohya_name, x.rank,
+                               y.rank);
+        }
+    }
+    mood_adapter_close(a);
+    mood_adapter_close(b);
+    remove(out);
+}
+
+static void test_stack_lycoris_ranks(void)
+{
+    check_stacked_ranks("lycoris/loha.safetensors", 1);
+    check_stacked_ranks("lycoris/loha_tucker.safetensors", 1);
+    check_stacked_ranks("lycoris/locon_tucker.safetensors", 0);
+}
+
 /* The stacked file of plain LoRAs is plain kohya LoRA: ranks add up, scale 1. */
 static void test_stack_is_plain_lora(void)
 {
@@ -205,5 +246,6 @@ static void test_stack_refuses_rank_cut(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_stack_lora_and_locon), MOOD_T(test_stack_lycoris),
-               MOOD_T(test_stack_is_plain_lora), MOOD_T(test_stack_uniform_alpha),
-               MOOD_T(test_stack_refuses_base_dependent), MOOD_T(test_stack_refuses_rank_cut))
+               MOOD_T(test_stack_lycoris_ranks), MOOD_T(test_stack_is_plain_lora),
+               MOOD_T(test_stack_uniform_alpha), MOOD_T(test_stack_refuses_base_dependent),
+               MOOD_T(test_stack_refuses_rank_cut))
