@@ -162,7 +162,9 @@ typedef struct parse_ctx {
     int32_t *role_idx;          /* n_modules x ROLE_COUNT file tensor indices, -1 absent */
     unsigned char *peft_mag;    /* per module: lora_magnitude_vector */
     size_t cap;
-    unsigned flags; /* MOOD_ADAPTER_* */
+    unsigned flags;          /* MOOD_ADAPTER_* */
+    size_t n_alpha0;         /* modules whose alpha 0 makes them change nothing, said once */
+    const char *alpha0_name; /* the first of them */
 } parse_ctx;
 
 static int bad(const parse_ctx *c, const mood_module *m, const char *what)
@@ -636,7 +638,7 @@ static void peft_scale(const parse_ctx *c, mood_module *m)
     m->scale = m->alpha / (cJSON_IsTrue(rs) ? sqrt((double)m->rank) : (double)m->rank);
 }
 
-static int set_scale(const parse_ctx *c, mood_module *m)
+static int set_scale(parse_ctx *c, mood_module *m)
 {
     int err;
     int scaled = m->algo == MOOD_ALGO_LORA || m->algo == MOOD_ALGO_LOHA ||
@@ -649,9 +651,8 @@ static int set_scale(const parse_ctx *c, mood_module *m)
         m->has_alpha = 1;
         if (scaled)
             m->scale = m->alpha / m->rank;
-        if (scaled && m->alpha == 0)
-            mood_log(MOOD_LOG_WARN, "%s: module %s has alpha 0: it changes nothing", c->path,
-                     m->name);
+        if (scaled && m->alpha == 0 && c->n_alpha0++ == 0)
+            c->alpha0_name = m->name;
     } else if (c->peft_config && scaled) {
         /* diffusers keeps the PEFT config for every spelling it writes (lora_A/lora_B,
          * .lora.down/.lora.up, .lora_linear_layer.*) */
@@ -814,6 +815,12 @@ static int build_modules(parse_ctx *c)
     }
     for (size_t mi = 0; mi < a->n_modules && !err; mi++)
         err = finish_module(c, mi);
+    if (!err && c->n_alpha0 == 1)
+        mood_log(MOOD_LOG_WARN, "%s: module %s has alpha 0: it changes nothing", c->path,
+                 c->alpha0_name);
+    else if (!err && c->n_alpha0 > 1) /* one line, not one a module */
+        mood_log(MOOD_LOG_WARN, "%s: %zu modules (%s and others) have alpha 0: they change nothing",
+                 c->path, c->n_alpha0, c->alpha0_name);
     /* drop modules that turned out to have no algorithm (their keys are now unmatched) */
     for (size_t mi = 0; mi < a->n_modules && !err; mi++) {
         if (detect_algo(&a->modules[mi]) >= 0)

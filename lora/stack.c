@@ -406,7 +406,7 @@ static int open_inputs(mood_adapter **ads, mood_family *family, const mood_weigh
         f = mood_adapter_family(ads[k]);
         if (f != MOOD_FAMILY_UNKNOWN && *family != MOOD_FAMILY_UNKNOWN && f != *family)
             err = mood_error_set(MOOD_EFAMILY,
-                                 "%s is a %s LoRA but %s is for %s; LoRAs of "
+                                 "%s is an %s LoRA but %s is for %s; LoRAs of "
                                  "different base families cannot be stacked",
                                  in[k].path, mood_family_name(f), in[0].path,
                                  mood_family_name(*family));

@@ -465,7 +465,7 @@ static int open_inputs(mood_adapter **ads, const mood_weighted_adapter *in, size
         if ((err = mood_adapter_open_weighted(&ads[i], &in[i], NULL)) == 0)
             err = check_adapter(ads[i], in[i].path);
         if (!err && i && ads[i]->family != ads[0]->family)
-            err = mood_error_set(MOOD_EFAMILY, "%s is a %s LoRA but %s is %s", in[i].path,
+            err = mood_error_set(MOOD_EFAMILY, "%s is an %s LoRA but %s is %s", in[i].path,
                                  mood_family_name(ads[i]->family), in[0].path,
                                  mood_family_name(ads[0]->family));
     }

@@ -90,6 +90,18 @@ expect_rc 1 "corrupt LoRA" "$MOOD" lora resize "$tmp/bad.safetensors" --rank 2 -
 expect_rc 1 "families differ" "$MOOD" lora merge "$lora" "$xl" --rank 2 -o "$tmp/x.safetensors"
 grep -q "sdxl" "$tmp/err" || fail "family error does not name the family: $(cat "$tmp/err")"
 expect_rc 1 "extract families differ" "$MOOD" lora extract --base "$base" --tuned "$FIX/bases/sdxl_base.safetensors" --rank 2 -o "$tmp/x.safetensors"
+# a LoRA whose alphas are all 0 changes nothing: said in one line, not one a module
+python3 -c '
+import json, struct, sys
+d = bytearray(open(sys.argv[1], "rb").read()); n, = struct.unpack("<Q", d[:8]); h = json.loads(d[8:8 + n])
+for k, v in h.items():
+    if k.endswith(".alpha"):
+        a, b = v["data_offsets"]; d[8 + n + a:8 + n + b] = bytes(b - a)
+open(sys.argv[2], "wb").write(d)' "$lora" "$tmp/alpha0.safetensors"
+expect_rc 0 "inspect a LoRA of alpha 0" "$MOOD" inspect "$tmp/alpha0.safetensors"
+check "one warning line for all its modules" test "$(grep -c "alpha 0" "$tmp/err")" -eq 1
+check "saying how many" grep -q "alpha0.safetensors: [0-9]* modules (.* and others) have alpha 0: they change nothing" "$tmp/err"
+
 # IA3 and OFT change W by a product, not a sum: merge and resize say so (not what their factors'
 # shapes look like when read as ΔW's)
 for algo in ia3 diag_oft boft; do
