@@ -27,7 +27,7 @@ const char cmd_lora_merge_help[] =
     "                   (default W)\n"
     "  --rank R         rank of Linear and 1x1 conv layers in the output\n"
     "  --conv-rank R    rank of 3x3 conv layers (default: --rank)\n"
-    "  --clamp-quantile Q  clamp the factors at their quantile Q, 0 < Q <= 1 (default 0.99,\n"
+    "  --clamp-quantile Q  clamp the factors at their quantile Q, 0.5 < Q <= 1 (default 0.99,\n"
     "                   kohya's; 1: no clamp)\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
@@ -77,7 +77,7 @@ const char cmd_lora_extract_help[] =
     "no weight of it differs by more than --min-diff (default 0.01). As kohya's, each layer's\n"
     "factors are clamped at their 0.99 quantile (alpha = rank): outliers are trimmed, which\n"
     "can cost part of the change even at a rank that holds it all.\n\n"
-    "  --clamp-quantile Q  clamp at the quantile Q, 0 < Q <= 1 (default 0.99; 1: no clamp)\n"
+    "  --clamp-quantile Q  clamp at the quantile Q, 0.5 < Q <= 1 (default 0.99; 1: no clamp)\n"
     "  -o, --output OUT output .safetensors file\n"
     "  --dtype D        f32 (default), f16 or bf16\n"
     "  --json           print the summary as JSON: output, modules, ranks [distinct ranks],\n"
@@ -140,10 +140,14 @@ static int parse_value_option(lora_args *a, int argc, char **argv, int *i)
             return -cli_usage_error(a->cmd, "--min-diff must be a number >= 0, not '%s'", v);
         a->has_min_diff = 1;
     } else if (strcmp(opt, "--clamp-quantile") == 0) {
-        if (cli_parse_double(v, &a->clamp_quantile) != 0 || !(a->clamp_quantile > 0) ||
+        if (cli_parse_double(v, &a->clamp_quantile) != 0 || !(a->clamp_quantile > 0.5) ||
             a->clamp_quantile > 1)
-            return -cli_usage_error(a->cmd, "--clamp-quantile must be a number in (0, 1], not '%s'",
-                                    v);
+            return -cli_usage_error(
+                a->cmd,
+                "--clamp-quantile must be a number in (0.5, 1], not '%s' (at "
+                "0.5 and below the bound, that quantile of the factors' values, "
+                "is about 0 or negative: every value would become it)",
+                v);
         a->has_clamp = 1;
     }
     return 1;

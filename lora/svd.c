@@ -384,6 +384,11 @@ static int check_options(const mood_lora_write_options *o, int rank)
         return mood_error_set(MOOD_EINVAL, "no output path given");
     if (rank <= 0)
         return mood_error_set(MOOD_EINVAL, "rank must be at least 1 (got %d)", rank);
+    /* the bound is the quantile of the factors' signed values: at 0.5 or below it is about 0 or
+     * negative, and clamping at it would flatten every value (torch makes them all the bound) */
+    if (o->clamp_quantile != 0 && !(o->clamp_quantile > 0.5 && o->clamp_quantile <= 1))
+        return mood_error_set(MOOD_EINVAL, "clamp quantile must be in (0.5, 1], or 0 (got %g)",
+                              o->clamp_quantile);
     return 0;
 }
 
