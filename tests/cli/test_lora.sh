@@ -112,11 +112,11 @@ for algo in ia3 diag_oft boft; do
 done
 expect_rc 1 "rank 0" "$MOOD" lora merge "$lora" --rank 0 -o "$tmp/x.safetensors"
 expect_rc 1 "clamp quantile 0" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 0 -o "$tmp/x.safetensors"
+check "says what it takes" grep -q -- "--clamp-quantile must be a number in (0.5, 1], not '0'" "$tmp/err"
 expect_rc 1 "clamp quantile 0.5" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 0.5 -o "$tmp/x.safetensors"
 check "says why" grep -q "must be a number in (0.5, 1], not '0.5' (at 0.5 and below the bound" "$tmp/err"
 expect_rc 0 "clamp quantile 0.51" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 0.51 -o "$tmp/q51.safetensors"
 rm -f "$tmp/q51.safetensors"
-check "says what it takes" grep -q -- "--clamp-quantile must be a number in (0.5, 1], not '0'" "$tmp/err"
 expect_rc 1 "resize clamps nothing" "$MOOD" lora resize "$lora" --rank 2 --clamp-quantile 0.9 -o "$tmp/x.safetensors"
 expect_rc 0 "merge without the clamp" "$MOOD" lora merge "$lora" --rank 2 --clamp-quantile 1 -o "$tmp/unclamped.safetensors"
 expect_rc 1 "no rank" "$MOOD" lora merge "$lora" -o "$tmp/x.safetensors"
