@@ -316,7 +316,7 @@ static void print_adapter(const cJSON *a)
     printf(", %s, %d modules\n", str_of(a, "dtype") ? str_of(a, "dtype") : "?",
            (int)cJSON_GetNumberValue(cJSON_GetObjectItem(a, "modules")));
     if (str_of(a, "autov3"))
-        printf("    %-12s%s  (AutoV3 %s)\n", "AutoV3", str_or(a, "autov3_short", "?"),
+        printf("    %-12s%s  (whole: %s)\n", "AutoV3", str_or(a, "autov3_short", "?"),
                str_or(a, "autov3", "?"));
     printf("    %-12s%s\n", "SHA-256", str_or(a, "sha256", "?"));
     printf("    %-12s%s%s\n", "stored at", str_or(a, "path", "?"),
@@ -325,10 +325,17 @@ static void print_adapter(const cJSON *a)
                : "");
     cJSON_ArrayForEach(src, cJSON_GetObjectItem(a, "sources"))
     {
-        printf("    %-12s%s %s%s%s\n", "source", str_or(src, "kind", "?"),
-               str_of(src, "location") ? str_of(src, "location") : "",
-               str_of(src, "model_name") ? "  Civitai: " : "",
-               str_of(src, "model_name") ? str_of(src, "model_name") : "");
+        printf("    %-12s%s %s", "source", str_or(src, "kind", "?"), str_or(src, "location", ""));
+        if (str_of(src, "model_name"))
+            printf("  Civitai: %s%s%s%s", str_of(src, "model_name"),
+                   str_of(src, "version_name") ? " (" : "", str_or(src, "version_name", ""),
+                   str_of(src, "version_name") ? ")" : "");
+        printf("\n");
+        /* what sharing it needs: the AIR names it to Civitai, the licence says what is allowed */
+        if (str_of(src, "air"))
+            printf("    %-12s%s\n", "  AIR", str_of(src, "air"));
+        if (str_of(src, "license"))
+            printf("    %-12s%s\n", "  licence", str_of(src, "license"));
     }
 }
 

@@ -465,7 +465,8 @@ static int add_sources(mood_registry *r, cJSON *adapters)
                                      "SELECT kind, location, civitai_model_id AS model_id,"
                                      " civitai_version_id AS version_id,"
                                      " model_name, version_name, base_model, air, license, nsfw,"
-                                     " nsfw_level, added_at, sidecar_json, civitai_info_json"
+                                     " nsfw_level, added_at, sidecar_json, civitai_info_json,"
+                                     " permissions_json"
                                      " FROM sources WHERE adapter_sha256 = ?1 ORDER BY id")) != 0)
             break;
         mood__reg_bind_text(st, 1, sha);

@@ -151,6 +151,26 @@ static void add_civitai(cJSON *entry, const cJSON *adapter)
         cJSON_AddBoolToObject(c, "nsfw", get(found, "nsfw")->valuedouble != 0);
 }
 
+/* A LoRA whose Civitai permissions forbid derivatives (the closest flag Civitai has to "may be
+ * shared") is embedded as asked, with a warning: ecosystem.md §3.6 embeds third-party weights
+ * only when their licence clearly allows it, and a reference-only pack names them instead. */
+static void warn_if_not_shareable(const cJSON *adapter)
+{
+    const cJSON *s;
+    cJSON_ArrayForEach(s, get(adapter, "sources"))
+    {
+        const cJSON *d = get(get(s, "permissions"), "allowDerivatives");
+        if (cJSON_IsBool(d) && !cJSON_IsTrue(d)) {
+            mood_log(MOOD_LOG_WARN,
+                     "%s: its Civitai licence does not allow derivatives (%s): sharing the file "
+                     "itself may not be allowed; --reference-only names it by hash and AIR instead",
+                     get_str(adapter, "file_name") ? get_str(adapter, "file_name") : "a LoRA",
+                     get_str(s, "license") ? get_str(s, "license") : "its permissions");
+            return;
+        }
+    }
+}
+
 static int export_adapter(exporter *x, const cJSON *a)
 {
     const char *sha = get_str(a, "sha256");
@@ -185,6 +205,8 @@ static int export_adapter(exporter *x, const cJSON *a)
      * manifests past the importer's limit */
     add_provenance(e, a);
     add_civitai(e, a);
+    if (!x->o->reference_only)
+        warn_if_not_shareable(a);
     if (!get(e, "size"))
         return mood_error_set(MOOD_EFORMAT, "registry: adapter %s has no size", sha);
     cJSON_AddBoolToObject(e, "embedded", !x->o->reference_only);
@@ -565,14 +587,38 @@ static void civitai_row(mood__pack_adapter_row *row, const cJSON *a)
         row->nsfw_level = (int)v;
 }
 
+/* The licence a LoRA without one of its own is shared under: the pack's, with its credits, so
+ * that show says it and a pack made from this registry carries it on. NULL when the pack has
+ * neither. */
+static int pack_license(importer *m, const char **out)
+{
+    const char *lic = get_str(m->ex.manifest.json, "license"),
+               *credits = get_str(m->ex.manifest.json, "attribution");
+    mood_buf b;
+    *out = NULL;
+    if (!lic && !credits)
+        return 0;
+    mood_buf_init(&b);
+    if (mood_buf_printf(&b, "%s (the pack's licence)%s%s", lic ? lic : "not given",
+                        credits ? "; credits: " : "", credits ? credits : "") != 0 ||
+        !(*out = own_str(m, mood_buf_detach(&b)))) {
+        mood_buf_dispose(&b);
+        return mood_error_nomem();
+    }
+    return 0;
+}
+
 static int adapter_rows(importer *m)
 {
+    const char *from_pack = NULL;
     const cJSON *arr = get(m->ex.manifest.json, "adapters"), *a;
     size_t i = 0;
     int err = 0;
     m->n_adapters = (size_t)cJSON_GetArraySize(arr);
     if (!(m->adapters = mood_calloc(m->n_adapters + 1, sizeof *m->adapters)))
         return mood_error_nomem();
+    if ((err = pack_license(m, &from_pack)) != 0)
+        return err;
     cJSON_ArrayForEach(a, arr)
     {
         mood__pack_adapter_row *row = &m->adapters[i++];
@@ -586,7 +632,7 @@ static int adapter_rows(importer *m)
         row->dtype = get_str(a, "dtype");
         row->autov3 = get_str(a, "autov3");
         row->air = get_str(a, "air");
-        row->license = get_str(a, "license");
+        row->license = get_str(a, "license") ? get_str(a, "license") : from_pack;
         civitai_row(row, a);
         num(a, "size", &v);
         row->size = (uint64_t)v;

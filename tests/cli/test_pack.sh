@@ -107,6 +107,15 @@ check "ten named, two counted" grep -q \
     "^imported 12 new styles from .*many.moodpack (1 LoRA file added): many01, .*, many10 and 2 more ('--json' lists them all)$" "$tmp/out"
 check "the licence and the credits" grep -q "^the pack's licence: CC-BY-4.0$" "$tmp/out"
 check "the credits" grep -q "^the pack's credits: by Alice$" "$tmp/out"
+expect_rc 0 "show one" env MOOD_HOME="$tmp/many" "$MOOD" show many01 --json
+check "its LoRA has the pack's licence and credits" py '
+import json,sys; d=json.load(open(sys.argv[1])); s=d["adapters"][0]["sources"]
+assert [x["license"] for x in s]==["CC-BY-4.0 (the pack\x27s licence); credits: by Alice"], s' "$tmp/out"
+expect_rc 0 "shared on" env MOOD_HOME="$tmp/many" "$MOOD" pack export many01 -o "$tmp/many-again.moodpack"
+if [ $have_zstd = 1 ]; then
+    check "the new pack carries it" grep -q "CC-BY-4.0 (the pack's licence); credits: by Alice" \
+        <(zstd -dc "$tmp/many-again.moodpack" | tar xOf - manifest.json)
+fi
 for i in $(seq -w 1 12); do MOOD_HOME=$A "$MOOD" rm "many$i" >/dev/null; done
 
 # --- reference-only ----------------------------------------------------------------------------
@@ -284,6 +293,18 @@ print(*(s[k] for k in ("model_id", "version_id", "model_name", "version_name",
         export MOOD_HOME=$tmp/cv1
         expect_rc 0 "import civitai:900101" "$MOOD" import civitai:900101
         expect_rc 0 "export the Civitai style" "$MOOD" pack export mock_ink_style -o "$tmp/cv.moodpack"
+        check "its licence allows derivatives: no warning" sh -c '! grep -q "does not allow derivatives" "$1"' _ "$tmp/err"
+        expect_rc 0 "show says its licence" "$MOOD" show mock_ink_style
+        check "the AIR and licence lines" grep -q "^ *AIR *urn:air:sd1:lora:civitai:900001@900101$" "$tmp/out"
+        check "the licence line" grep -q "^ *licence *Civitai: .*derivatives allowed" "$tmp/out"
+        cp -r "$tmp/cv1" "$tmp/cv1-nd"
+        python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("UPDATE sources SET permissions_json = json_set(permissions_json, \"$.allowDerivatives\", json(\"false\"))"); c.commit()' "$tmp/cv1-nd/registry.db"
+        expect_rc 0 "export a LoRA whose licence forbids derivatives" env MOOD_HOME="$tmp/cv1-nd" \
+            "$MOOD" pack export mock_ink_style -o "$tmp/cv-nd.moodpack"
+        check "warned, with the way out" grep -q "mock_ink_style.safetensors: its Civitai licence does not allow derivatives (.*): sharing the file itself may not be allowed; --reference-only" "$tmp/err"
+        expect_rc 0 "reference-only: no warning" env MOOD_HOME="$tmp/cv1-nd" \
+            "$MOOD" pack export mock_ink_style -o "$tmp/cv-nd-ref.moodpack" --reference-only
+        check "none" sh -c '! grep -q "does not allow derivatives" "$1"' _ "$tmp/err"
         export MOOD_HOME=$tmp/cv2
         expect_rc 0 "import the Civitai pack" "$MOOD" pack import "$tmp/cv.moodpack"
         check "Civitai ids and names kept" test "$(civ mock_ink_style "$tmp/cv2")" = "$(civ mock_ink_style "$tmp/cv1")"
