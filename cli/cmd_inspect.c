@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "mood/registry.h"
 #include "cli/cli_text.h"
 
 const char cmd_inspect_help[] =
@@ -652,6 +653,21 @@ static int inspect_file(cJSON **out, const char *path, int *adapter, int hash)
     return err;
 }
 
+/* A missing file named like a style of the registry: the style was meant ('mood inspect
+ * inkwash'): says where its facts are. Reads the registry only when it exists. */
+static void hint_style(const char *name)
+{
+    mood_registry *r = NULL;
+    char *json = NULL;
+    if (mood_registry_open(&r, NULL) == 0 && mood_registry_show_json(&json, r, name) == 0)
+        fprintf(stderr,
+                "('%s' is a style of the registry: 'mood show %s' describes it and its "
+                "LoRA files)\n",
+                name, name);
+    mood_registry_free_string(json);
+    mood_registry_close(r);
+}
+
 int cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL;
@@ -680,8 +696,12 @@ int cmd_inspect(int argc, char **argv)
                 path);
         return 1;
     }
-    if ((err = inspect_file(&report, path, &adapter, hash)) != 0)
-        return cli_fail(err);
+    if ((err = inspect_file(&report, path, &adapter, hash)) != 0) {
+        int rc = cli_fail(err);
+        if (err == MOOD_ENOTFOUND && !strchr(path, '/'))
+            hint_style(path);
+        return rc;
+    }
     if (json)
         return cli_print_json(report);
     cli_text_clean_json(report, NULL);

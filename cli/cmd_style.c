@@ -294,8 +294,14 @@ int cmd_search(int argc, char **argv)
 
 static void print_field(const char *label, const char *v)
 {
-    if (v && *v)
-        printf("%-14s%s\n", label, v);
+    if (!v || !*v)
+        return;
+    printf("%-14s", label);
+    for (const char *line = v; *line;) { /* a note's next lines under its first */
+        size_t n = strcspn(line, "\n");
+        printf("%*s%.*s\n", line == v ? 0 : 14, "", (int)n, line);
+        line += n + (line[n] == '\n');
+    }
 }
 
 static void print_adapter(const cJSON *a)
@@ -379,6 +385,17 @@ static void print_training(const cJSON *s)
     }
 }
 
+/* How to use the style, as an A1111 card inserts it: the tag (mood gen reads A1111's prompt
+ * syntax) with the style's weight, and the option. */
+static void print_use(const cJSON *s)
+{
+    const cJSON *w = cJSON_GetObjectItem(s, "weight");
+    const char *name = str_or(s, "name", "?");
+    char weight[32];
+    snprintf(weight, sizeof weight, "%g", cJSON_IsNumber(w) ? w->valuedouble : 1.0);
+    printf("%-14s<lora:%s:%s> in a prompt, or --style %s:%s\n", "Use:", name, weight, name, weight);
+}
+
 static void print_style(const cJSON *s)
 {
     const cJSON *a, *t, *p, *w = cJSON_GetObjectItem(s, "weight");
@@ -398,6 +415,7 @@ static void print_style(const cJSON *s)
         first = 0;
     }
     printf("%s\n", first ? "none" : "");
+    print_use(s);
     printf("LoRAs:\n");
     cJSON_ArrayForEach(a, cJSON_GetObjectItem(s, "adapters")) print_adapter(a);
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(s, "previews"))
@@ -406,6 +424,29 @@ static void print_style(const cJSON *s)
     }
     print_training(s);
     printf("%-14s%s, changed %s\n", "Created:", str_of(s, "created_at"), str_of(s, "updated_at"));
+}
+
+/* After "no style named X": the styles a search for X finds (X without .safetensors: a file's
+ * name), the first five. */
+static void suggest_names(mood_registry *r, const char *name)
+{
+    char q[256], *found = NULL;
+    const char *ext = strstr(name, ".safetensors");
+    cJSON *list, *it;
+    int n = 0;
+    snprintf(q, sizeof q, "%.*s", ext && !ext[12] ? (int)(ext - name) : 255, name);
+    if (mood_registry_search_json(&found, r, q) != 0)
+        return; /* a name that is no query (punctuation only): no suggestion */
+    list = cJSON_Parse(found);
+    mood_registry_free_string(found);
+    cJSON_ArrayForEach(it, list)
+    {
+        if (n < 5 && str_of(it, "name"))
+            fprintf(stderr, "%s%s", n++ ? ", " : "did you mean: ", str_of(it, "name"));
+    }
+    if (n)
+        fprintf(stderr, "?\n");
+    cJSON_Delete(list);
 }
 
 int cmd_show(int argc, char **argv)
@@ -419,6 +460,12 @@ int cmd_show(int argc, char **argv)
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
     err = mood_registry_show_json(&text, r, name[0]);
+    if (err == MOOD_ENOTFOUND) {
+        rc = fail(err);
+        suggest_names(r, name[0]);
+        mood_registry_close(r);
+        return rc;
+    }
     mood_registry_close(r);
     return finish_query(err, text, json, 1, NULL);
 }

@@ -117,6 +117,17 @@ assert os.path.exists(d["previews"][0]["path"]) and d["previews"][0]["media_type
 expect_rc 0 "show (text)" "$MOOD" show INKWASH
 check "show text has AutoV3" grep -q "AutoV3" "$tmp/out"
 expect_rc 1 "show unknown" "$MOOD" show nothing-here
+expect_rc 1 "show a part of a name" "$MOOD" show inkw
+check "suggests the style" grep -q "^did you mean: inkwash?$" "$tmp/err"
+expect_rc 1 "show a file's name" "$MOOD" show inkwash.safetensors
+check "suggests its style" grep -q "^did you mean: inkwash?$" "$tmp/err"
+expect_rc 2 "inspect a style's name" "$MOOD" inspect inkwash
+check "says it is a style" grep -q "'inkwash' is a style of the registry: 'mood show inkwash'" "$tmp/err"
+expect_rc 0 "a description of two lines" "$MOOD" style edit inkwash --description $'sumi-e\nmonochrome'
+expect_rc 0 "show" "$MOOD" show inkwash
+check "the second line under the first" grep -q "^              monochrome$" "$tmp/out"
+check "how to use it, at its weight" grep -q "^Use: *<lora:inkwash:0.8> in a prompt, or --style inkwash:0.8$" "$tmp/out"
+expect_rc 0 "description back" "$MOOD" style edit inkwash --description ""
 expect_rc 0 "search by prefix" "$MOOD" search sumi --json
 check "search finds inkwash" py '
 import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["inkwash"]' "$tmp/out"

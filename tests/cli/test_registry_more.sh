@@ -67,7 +67,7 @@ expect_rc 0 "import a LoRA with escape sequences" "$MOOD" import "$ev/evil.safet
 expect_rc 0 "show it" "$MOOD" show evil
 check "show prints no raw escape" raw_free "$tmp/out"
 check "show prints the escapes visibly" grep -qF 'Description:  \x1b[2J\x1b]0;pwned\x07 first' "$tmp/out"
-check "a multi-line description keeps its lines" grep -qxF 'second\u009b' "$tmp/out"
+check "a multi-line description keeps its lines (the next under the first)" grep -qxF '              second\u009b' "$tmp/out"
 check "notes and triggers too" grep -qF 'trig\x1b[1m' "$tmp/out"
 expect_rc 0 "list" "$MOOD" list
 check "list prints no raw escape" raw_free "$tmp/out"
