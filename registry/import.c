@@ -801,12 +801,20 @@ static int insert_source(mood_registry *r, const import_job *j)
 /* A copy of a stored file, from another place: recorded as one more source of it (where it is,
  * its sidecars' Civitai ids and names, searchable), so that its next import is known without
  * reading it. The style keeps its own trigger words and text. */
-static int add_source(mood_registry *r, const import_job *j)
+static int add_source(mood_registry *r, const import_job *j, int *gone)
 {
+    long long stored = 0;
     int err = mood__reg_begin(r);
-    if (!err && (err = insert_source(r, j)) == 0)
+    /* the style may have been removed since it was found (a `mood rm` at the same time): then
+     * the file is imported as a new one, in its own transaction */
+    if (!err &&
+        (err = mood__reg_query_int(r, &stored,
+                                   "SELECT count(*) FROM style_adapters WHERE"
+                                   " adapter_sha256 = ?1",
+                                   j->h.sha256)) == 0 &&
+        !(*gone = stored == 0) && (err = insert_source(r, j)) == 0)
         err = mood__reg_commit(r);
-    if (err)
+    if (err || *gone)
         mood__reg_rollback(r);
     return err;
 }
@@ -1021,7 +1029,7 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
                                  void *payload)
 {
     import_job j;
-    int err, found = 0, locked = 0;
+    int err, found = 0, locked = 0, gone = 0;
     MOOD_ARG_NONNULL(r);
     MOOD_ARG_NONNULL(out);
     MOOD_ARG_NONNULL(path);
@@ -1050,12 +1058,15 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
         if (!err)
             err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
         if (!err && !here && !mood_registry_read_only(r))
-            err = add_source(r, &j);
+            err = add_source(r, &j, &gone);
         /* after the restore: the facts name the stored copy as it is now */
         if (!err && here && j.has_fs && !mood_registry_read_only(r) &&
             mood__reg_note_file(r, j.h.sha256, abs, &j.fs) != 0)
             mood_error_clear(); /* only the next import's shortcut is lost */
-        goto done;
+        if (err || !gone)
+            goto done;
+        out->already = out->elsewhere = 0; /* removed meanwhile: imported anew below */
+        out->name[0] = '\0';
     }
     if ((err = mood__reg_lock_shared(r)) != 0)
         goto done;

@@ -254,6 +254,28 @@ echo '[1,2' >"$tmp/sk/bad.civitai.info"
 expect_rc 0 "oversized and malformed sidecars are skipped" "$MOOD" import --offline "$tmp/sk" --json
 check "both listed as skipped" py 'import json,sys; s={x["file"].rsplit("/",1)[1]:x["reason"] for x in json.load(open(sys.argv[1]))["skipped"]}; assert s["big.json"]=="20 MB, more than the 16 MB limit" and s["bad.civitai.info"]=="not a JSON object", s' "$tmp/out"
 
+# --- an import of a copy of a stored file while 'mood rm' removes its style: the import makes
+# the style again or says it is there, never a raw SQLite error (a race: each round may or may not
+# interleave; 20 rounds failed at least once in most runs before the fix) ---
+export MOOD_HOME=$tmp/h-race
+mkdir -p "$tmp/race"
+cp "$FIX/lycoris/loha.safetensors" "$tmp/race/orig.safetensors"
+cp "$FIX/lycoris/loha.safetensors" "$tmp/race/copy.safetensors"
+race_failed=0
+for _ in $(seq 20); do
+    "$MOOD" import --offline "$tmp/race/orig.safetensors" >/dev/null 2>&1
+    "$MOOD" rm orig >/dev/null 2>&1 &
+    rm_pid=$!
+    "$MOOD" import --offline "$tmp/race/copy.safetensors" >/dev/null 2>"$tmp/race/err" || race_failed=1
+    wait "$rm_pid"
+    [ $race_failed = 1 ] && break
+    "$MOOD" rm orig >/dev/null 2>&1
+    "$MOOD" rm copy >/dev/null 2>&1
+done
+check "no import failed racing rm" test $race_failed = 0
+[ $race_failed = 1 ] && cat "$tmp/race/err" >&2
+expect_rc 0 "doctor finds the registry clean" "$MOOD" doctor
+
 # --- rm of several names, one mistyped: none removed ---
 export MOOD_HOME=$tmp/h-rm
 expect_rc 0 "two styles" "$MOOD" import --offline "$FIX/lycoris/loha.safetensors" "$FIX/lycoris/lokr.safetensors"
