@@ -574,6 +574,9 @@ static int open_absent(mood_registry *r)
     if ((err = migrate(r)) != 0)
         return err;
     r->absent = 1; /* only now: the migration's writes must not create the registry */
+    /* a pack import killed before its first commit (no registry.db yet) left its extracted
+     * pack: it goes once its process is gone, as when the registry exists (cleanup) */
+    mood_remove_dead_temp_dirs(r->home, MOOD_PACK_TEMP_PREFIX);
     return 0;
 }
 

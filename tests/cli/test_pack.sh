@@ -174,6 +174,13 @@ expect_rc 0 "a registry with a killed pack import's files" env MOOD_HOME="$tmp/d
 check "the dead import's files removed" test ! -e "$tmp/dmg/.moodpack-$dead-abc123"
 check "a live process's kept" test -e "$tmp/dmg/.moodpack-$$-def456/0"
 rm -r "$tmp/dmg"
+# killed before the registry existed (a first import of a pack): any command reading the
+# folder removes them, without creating a registry
+mkdir -p "$tmp/dmg/.moodpack-$dead-abc123" && echo x >"$tmp/dmg/.moodpack-$dead-abc123/0"
+expect_rc 0 "list where no registry is yet" env MOOD_HOME="$tmp/dmg" "$MOOD" list
+check "the dead import's files removed" test ! -e "$tmp/dmg/.moodpack-$dead-abc123"
+check "and no registry made" test ! -e "$tmp/dmg/registry.db"
+rm -r "$tmp/dmg"
 
 # --- a damaged stored file is not packed (every importer would refuse the pack): the export
 # fails naming it, and writes nothing
