@@ -506,9 +506,9 @@ static int report(const train_args *a, const mood_import_result *res)
                     a->output);
         if (a->n_samples)
             fprintf(stderr, "%zu sample previews in %s\n", a->n_samples, a->samples_dir);
-        if (!a->no_register)
-            fprintf(stderr, "registered as style '%s': mood gen \"...\" --style %s\n", res->name,
-                    res->name);
+        if (!a->no_register) /* (already: the registry had this result; said above) */
+            fprintf(stderr, "%s style '%s': mood gen \"...\" --style %s\n",
+                    res->already ? "it is" : "registered as", res->name, res->name);
         return 0;
     }
     o = cJSON_CreateObject();

@@ -543,6 +543,7 @@ int train_register(train_args *a, mood_import_result *res)
         fprintf(stderr, "mood: note: style '%s' is this run at step %lld already; nothing added\n",
                 a->o.name, (long long)a->o.steps);
         snprintf(res->name, sizeof res->name, "%s", a->o.name);
+        res->already = 1;
         mood_registry_close(reg);
     } else if (rc == 0) {
         char *announced = NULL; /* NAME, or the free name said when NAME was taken */

@@ -311,6 +311,7 @@ check "the earlier result kept" test "$(steps_of cont-step2)" = 2
 expect_rc 0 "resume it again without more steps" "$MOOD" train --name cont --board board \
     --model "$MODEL" --res 64 --steps 3 --rank 4 --resume
 check "says nothing was added" grep -q "style 'cont' is this run at step 3 already; nothing added" "$tmp/err"
+check "and not that it registered it" sh -c '! grep -q "registered as" "$1" && grep -q "^it is style '"'cont'"'" "$1"' _ "$tmp/err"
 expect_rc 1 "no cont-step3" "$MOOD" show cont-step3
 # a taken NAME with -o elsewhere: registered under the free name announced, not the file's stem
 expect_rc 0 "train a taken name to another file" "$MOOD" train --name cont --board board \
