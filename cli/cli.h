@@ -21,6 +21,9 @@ typedef struct cli_command {
 /* Prints "mood: error: <mood_error_last()>" and returns the exit status for `code`. */
 int cli_fail(int code);
 
+/* The width of the terminal on fd, else $COLUMNS, else 80. */
+int cli_terminal_columns(int fd);
+
 /* Placeholder files a command claimed (gen's default image names; their text starts with
  * CLI_CLAIM_TEXT and the process id) that a signal must not leave behind: cli_claim_add records
  * one (at most 64), cli_claims_remove (async-signal-safe, called by the signal handler) removes

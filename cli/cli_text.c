@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli/cli_text.h"
+#include "engine/unicode_tables.h"
 
 /* Length of the UTF-8 sequence at s (1-4), or 0 when s does not start a valid one. */
 static size_t utf8_len(const unsigned char *s)
@@ -208,4 +209,55 @@ int cli_text_json_puts(const char *json)
     if (fputs((const char *)run, stdout) == EOF || putchar('\n') == EOF)
         err = EOF;
     return err;
+}
+
+/* ----- columns ---------------------------------------------------------------------------- */
+
+static int char_width(uint32_t c)
+{
+    if (c == 0x200D || (c >= 0xFE00 && c <= 0xFE0F) || mood__uc_ccc_of(c)) /* joiners, marks */
+        return 0;
+    if ((c >= 0x1100 && c <= 0x115F) || (c >= 0x2E80 && c <= 0xA4CF) ||
+        (c >= 0xAC00 && c <= 0xD7A3) || (c >= 0xF900 && c <= 0xFAFF) ||
+        (c >= 0xFE30 && c <= 0xFE4F) || (c >= 0xFF00 && c <= 0xFF60) ||
+        (c >= 0xFFE0 && c <= 0xFFE6) || (c >= 0x1F300 && c <= 0x1FAFF) ||
+        (c >= 0x20000 && c <= 0x3FFFD))
+        return 2;
+    return 1;
+}
+
+/* The bytes of s that fit in `width` columns (whole characters), and their columns. */
+static size_t fit(const char *s, int width, int *used)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s), at = 0;
+    *used = 0;
+    while (at < len) {
+        uint32_t c = '?';
+        size_t n = mood__utf8_decode(p + at, len - at, &c);
+        int w = char_width(c);
+        if (*used + w > width)
+            break;
+        *used += w;
+        at += n ? n : 1;
+    }
+    return at;
+}
+
+int cli_text_width(const char *s)
+{
+    int used;
+    fit(s, 1 << 30, &used);
+    return used;
+}
+
+void cli_text_cell(const char *s, int width, int cut)
+{
+    int used, total = cli_text_width(s);
+    if (cut && total > width && width >= 1) {
+        size_t n = fit(s, width - 1, &used);
+        printf("%.*s\u2026%*s", (int)n, s, width - 1 - used, "");
+        return;
+    }
+    printf("%s%*s", s, total < width ? width - total : 0, "");
 }

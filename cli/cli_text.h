@@ -40,4 +40,11 @@ void cli_warnings_json(cJSON *o);
  * escapes back to the same characters. Returns 0, or EOF when writing failed. */
 int cli_text_json_puts(const char *json);
 
+/* The columns s takes on a terminal: East Asian wide characters and emoji 2, combining marks
+ * 0, others 1 (a close approximation of wcwidth that needs no locale). */
+int cli_text_width(const char *s);
+/* Prints s in a column of `width` terminal columns, padded with spaces; when cut and s is wider,
+ * cut with "…" to fit. */
+void cli_text_cell(const char *s, int width, int cut);
+
 #endif /* MOOD_CLI_CLI_TEXT_H */

@@ -75,12 +75,11 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* The terminal's width (stderr's), else $COLUMNS, else 80. */
-static int terminal_columns(void)
+int cli_terminal_columns(int fd)
 {
     struct winsize ws;
     const char *env = getenv("COLUMNS");
-    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+    if (ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
         return ws.ws_col;
     return env && atoi(env) > 0 ? atoi(env) : 80;
 }
@@ -106,13 +105,13 @@ int cli_progress(const mood_progress *p, void *payload)
         frac = 1;
     /* the bar shrinks to fit the terminal, and the line is cut at its width: a line that wraps
      * leaves a new line at each redraw */
-    cols = terminal_columns();
+    cols = cli_terminal_columns(STDERR_FILENO);
     width = cols - 50 < 10 ? 10 : cols - 50 > 30 ? 30 : cols - 50;
     filled = (int)(frac * width);
     elapsed = now - bar_start;
-    n = snprintf(line, sizeof line, "%-8.40s [%.*s%.*s] %5.1f%%  %.1fs",
-                 p->phase ? p->phase : "", filled, "##############################",
-                 width - filled, "..............................", frac * 100, elapsed);
+    n = snprintf(line, sizeof line, "%-8.40s [%.*s%.*s] %5.1f%%  %.1fs", p->phase ? p->phase : "",
+                 filled, "##############################", width - filled,
+                 "..............................", frac * 100, elapsed);
     if (frac > 0.02 && frac < 1 && n > 0 && (size_t)n < sizeof line)
         snprintf(line + n, sizeof line - (size_t)n, "  ~%.0fs left", elapsed / frac - elapsed);
     /* padded to clear what a longer line before left, never to the last column */

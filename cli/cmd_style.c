@@ -147,36 +147,73 @@ static const char *str_or(const cJSON *o, const char *key, const char *fallback)
     return v ? v : fallback;
 }
 
+/* A style's tags (#tag) and trigger words, the list's last column (malloc'd; NULL: no memory). */
+static char *tags_and_triggers(const cJSON *s)
+{
+    const cJSON *t;
+    size_t size = 3 + (str_of(s, "trigger_words") ? strlen(str_of(s, "trigger_words")) : 0), n = 0;
+    char *out;
+    cJSON_ArrayForEach(t, cJSON_GetObjectItem(s, "tags")) size += strlen(t->valuestring) + 2;
+    if (!(out = malloc(size)))
+        return NULL;
+    out[0] = '\0';
+    cJSON_ArrayForEach(t, cJSON_GetObjectItem(s, "tags"))
+    {
+        n += (size_t)snprintf(out + n, size - n, "%s#%s", n ? " " : "", t->valuestring);
+    }
+    if (str_of(s, "trigger_words"))
+        snprintf(out + n, size - n, "%s%s", n ? "  " : "", str_of(s, "trigger_words"));
+    return out;
+}
+
+/* The list as a table. On a terminal it fits the width: names longer than NAME_MAX_COLUMNS and
+ * the last column are cut with "…" ('mood show NAME' or --json has them whole); piped, nothing is
+ * cut. Columns are counted in what a terminal shows (a CJK or emoji name takes two a
+ * character). */
+#define NAME_MAX_COLUMNS 32
 static void print_list(const cJSON *arr, const char *empty)
 {
-    const cJSON *s, *t;
+    const cJSON *s;
+    int tty = isatty(STDOUT_FILENO), cols = tty ? cli_terminal_columns(STDOUT_FILENO) : 0;
+    int name_w = 4, rest_w;
     if (cJSON_GetArraySize(arr) == 0) {
         printf("%s\n", empty);
         return;
     }
-    printf("%-28s %-7s %-12s %-6s %s\n", "NAME", "BASE", "ALGO/RANK", "WEIGHT", "TAGS / TRIGGERS");
+    cJSON_ArrayForEach(s, arr)
+    {
+        int w = cli_text_width(str_or(s, "name", ""));
+        name_w = w > name_w ? w : name_w;
+    }
+    if (tty) { /* a narrow terminal narrows the names before the table wraps */
+        int most = cols - 29 - 10 < NAME_MAX_COLUMNS ? cols - 29 - 10 : NAME_MAX_COLUMNS;
+        name_w = name_w > most ? (most > 8 ? most : 8) : name_w;
+    }
+    rest_w = cols - name_w - 29; /* the columns between: " %-7s %-12s %-6s " */
+    cli_text_cell("NAME", name_w, 0);
+    printf(" %-7s %-12s %-6s %s\n", "BASE", "ALGO/RANK", "WEIGHT",
+           !tty || rest_w >= 15 ? "TAGS / TRIGGERS"
+           : rest_w >= 8        ? "TAGS"
+                                : "");
     cJSON_ArrayForEach(s, arr)
     {
         const cJSON *rank = cJSON_GetObjectItem(s, "rank"), *w = cJSON_GetObjectItem(s, "weight");
-        char algo[32], weight[16];
-        int first = 1;
-        snprintf(algo, sizeof algo, "%s", str_of(s, "algorithm") ? str_of(s, "algorithm") : "-");
+        char algo[32], weight[16], *rest = tags_and_triggers(s);
+        snprintf(algo, sizeof algo, "%s", str_or(s, "algorithm", "-"));
         if (cJSON_IsNumber(rank) && rank->valueint > 0)
             snprintf(algo + strlen(algo), sizeof algo - strlen(algo), "/%d", rank->valueint);
         if (cJSON_IsNumber(w))
             snprintf(weight, sizeof weight, "%g", w->valuedouble);
         else
             snprintf(weight, sizeof weight, "-");
-        printf("%-28s %-7s %-12s %-6s ", str_of(s, "name"),
-               str_of(s, "family") ? str_of(s, "family") : "-", algo, weight);
-        cJSON_ArrayForEach(t, cJSON_GetObjectItem(s, "tags"))
-        {
-            printf("%s#%s", first ? "" : " ", t->valuestring);
-            first = 0;
-        }
-        if (str_of(s, "trigger_words"))
-            printf("%s%s", first ? "" : "  ", str_of(s, "trigger_words"));
+        cli_text_cell(str_or(s, "name", ""), name_w, tty);
+        printf(" %-7s %-12s %-6s ", str_or(s, "family", "-"), algo, weight);
+        if (rest && tty && rest_w >= 8 && cli_text_width(rest) > rest_w)
+            cli_text_cell(rest, rest_w, 1);
+        else if (rest && (!tty || rest_w >= 8))
+            printf("%s", rest);
         printf("\n");
+        free(rest);
     }
 }
 

@@ -204,6 +204,19 @@ expect_rc 1 "a Civitai reference with --offline" "$MOOD" import civitai:128713 -
 check "refused before any lookup" grep -q "civitai:128713 is looked up on Civitai, and --offline.* rules that out (drop --offline" "$tmp/err"
 expect_rc 0 "search a tag" "$MOOD" search mon --json
 check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
+# on a narrow terminal the table fits: a long name cut with "…", nothing past the width; piped,
+# nothing is cut
+expect_rc 0 "a long name" "$MOOD" style create a-very-long-style-name-that-goes-on-and-on --lora inkwash
+if command -v script >/dev/null 2>&1; then
+    script -qc "stty cols 50; '$MOOD' list" /dev/null >"$tmp/tty" 2>&1
+    check "cut to fit 50 columns" py '
+import sys; lines = open(sys.argv[1], encoding="utf-8").read().replace("\r", "").splitlines()
+assert any(l.startswith("a-very-lon\u2026 ") for l in lines), lines
+assert all(len(l) <= 50 for l in lines), [l for l in lines if len(l) > 50]' "$tmp/tty"
+fi
+expect_rc 0 "list piped" "$MOOD" list
+check "whole" grep -q "^a-very-long-style-name-that-goes-on-and-on " "$tmp/out"
+expect_rc 0 "rm the long name" "$MOOD" rm a-very-long-style-name-that-goes-on-and-on
 # list reads summary columns that triggers keep in sync (migration 3): they must follow edits
 expect_rc 0 "list --json" "$MOOD" list --json
 check "list summary" py '
