@@ -2,6 +2,7 @@
  * cmd_pack.c: `mood pack export NAME... -o FILE.moodpack [--reference-only] [--json]` and
  * `mood pack import FILE [--json]`: sharing styles as one file (include/mood/pack.h).
  */
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -29,7 +30,7 @@ const char cmd_pack_export_help[] =
     "written or read.\n";
 
 const char cmd_pack_import_help[] =
-    "usage: mood pack import FILE.moodpack [--json]\n\n"
+    "usage: mood pack import FILE.moodpack [--rename NAME=NEW]... [--json]\n\n"
     "Adds the styles of a pack to the registry, with their LoRAs and previews. Everything in\n"
     "the pack is checked first: only plain files listed in its manifest (no links, devices,\n"
     "absolute paths or '..'), sizes within limits (8 GiB unpacked), and every file's SHA-256\n"
@@ -41,11 +42,13 @@ const char cmd_pack_import_help[] =
     "the same LoRAs (as 'mood import' of a referenced LoRA makes, or the same pack imported\n"
     "again) is merged into yours: yours keeps its text, weights and board, and gains what\n"
     "it lacks (description, notes, trigger words, template, negative prompt, weight) and the\n"
-    "pack's tags and previews. A name taken by a style with other LoRAs is refused: rename\n"
-    "or remove yours first. So is a style whose LoRAs are made for different base families\n"
+    "pack's tags and previews. A name taken by a style with other LoRAs is refused (all such\n"
+    "names in one message): rename or remove yours first, or import the pack's under other\n"
+    "names with --rename. So is a style whose LoRAs are made for different base families\n"
     "(as 'mood style create' refuses one).\n\n"
-    "  --json    print {pack, styles, merged, adapters_added, adapters_present, n_previews,\n"
-    "            attribution, license, created_by}\n\n"
+    "  --rename NAME=NEW  import the pack's style NAME as NEW (repeat for more styles)\n"
+    "  --json             print {pack, styles, merged, adapters_added, adapters_present,\n"
+    "                     n_previews, attribution, license, created_by}\n\n"
     "Exit status: 0 imported, 1 the pack was refused (also when FILE is not a regular file:\n"
     "a folder, a named pipe) or needs missing LoRAs, 2 it is missing or could not be read, or\n"
     "the registry could not be written.\n";
@@ -196,17 +199,34 @@ static void print_import_report(const cJSON *rep, const char *path)
         printf("the pack's credits: %s\n", credits);
 }
 
+/* --rename NAME=NEW into o's lists (sized for every argument). */
+static int add_rename(mood_pack_import_options *o, char *arg)
+{
+    char *eq = strchr(arg, '=');
+    if (!eq || eq == arg || !eq[1])
+        return cli_usage_error("pack import", "--rename takes NAME=NEW, not '%s'", arg);
+    *eq = '\0';
+    ((const char **)o->rename_from)[o->n_renames] = arg;
+    ((const char **)o->rename_to)[o->n_renames++] = eq + 1;
+    return 0;
+}
+
 int cmd_pack_import(int argc, char **argv)
 {
     mood_pack_import_options o;
     mood_registry *r = NULL;
-    const char *path = NULL;
+    const char *path = NULL, **from = calloc((size_t)argc, sizeof *from),
+               **to = calloc((size_t)argc, sizeof *to);
     char *text = NULL;
-    int json = 0, rc = 0, err;
+    int json = 0, rc = from && to ? 0 : cli_fail(MOOD_ENOMEM), err;
     mood_pack_import_options_init(&o);
+    o.rename_from = from;
+    o.rename_to = to;
     for (int i = 1; i < argc && !rc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
+        else if (strcmp(argv[i], "--rename") == 0 && i + 1 < argc)
+            rc = add_rename(&o, argv[++i]);
         else if (argv[i][0] == '-' && argv[i][1])
             rc = cli_usage_error("pack import", "unknown option '%s'", argv[i]);
         else if (path)
@@ -216,21 +236,23 @@ int cmd_pack_import(int argc, char **argv)
     }
     if (!rc && !path)
         rc = cli_usage_error("pack import", "name the pack to import");
-    if (rc || (rc = cli_registry_open(&r)) != 0)
-        return rc;
-    o.progress = cli_progress;
-    err = mood_pack_import(&text, r, path, &o);
-    cli_progress_done();
-    mood_registry_close(r);
-    if (err)
-        return fail(err, path);
-    if (json) {
-        rc = cli_print_json(cJSON_Parse(text));
-    } else {
-        cJSON *rep = cJSON_Parse(text);
-        print_import_report(rep, path);
-        cJSON_Delete(rep);
+    if (!rc && (rc = cli_registry_open(&r)) == 0) {
+        o.progress = cli_progress;
+        err = mood_pack_import(&text, r, path, &o);
+        cli_progress_done();
+        mood_registry_close(r);
+        if (err) {
+            rc = fail(err, path);
+        } else if (json) {
+            rc = cli_print_json(cJSON_Parse(text));
+        } else {
+            cJSON *rep = cJSON_Parse(text);
+            print_import_report(rep, path);
+            cJSON_Delete(rep);
+        }
+        mood_registry_free_string(text);
     }
-    mood_registry_free_string(text);
+    free(from);
+    free(to);
     return rc;
 }

@@ -106,7 +106,8 @@ static int check_names(mood_registry *r, const mood__pack_style_row *s, size_t n
     if (!err && count)
         err = mood_error_set(MOOD_EINVAL,
                              "%s named %s exist%s already, with other LoRAs; rename or remove "
-                             "yours (mood rename, mood rm) before importing this pack",
+                             "yours (mood rename, mood rm), or import the pack's under other "
+                             "names (pack import --rename NAME=NEW)",
                              count == 1 ? "a style" : "styles", taken_names.data,
                              count == 1 ? "s" : "");
     mood_buf_dispose(&taken_names);

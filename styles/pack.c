@@ -794,6 +794,32 @@ static int style_rows(importer *m)
     return err;
 }
 
+/* --rename: pack styles imported under other names, before any name is checked against the
+ * registry; a name the pack does not have, or two styles of the pack ending with one name, is
+ * refused. */
+static int apply_renames(importer *m, const mood_pack_import_options *o)
+{
+    for (size_t k = 0; k < o->n_renames; k++) {
+        size_t i = 0;
+        while (i < m->n_styles && strcasecmp(m->styles[i].name, o->rename_from[k]) != 0)
+            i++;
+        if (i == m->n_styles)
+            return mood_error_set(MOOD_EINVAL,
+                                  "rename %s=%s: the pack has no style named '%s' ('mood pack "
+                                  "import FILE --json' into an empty MOOD_HOME lists its styles)",
+                                  o->rename_from[k], o->rename_to[k], o->rename_from[k]);
+        m->styles[i].name = o->rename_to[k];
+    }
+    for (size_t i = 0; o->n_renames && i < m->n_styles; i++)
+        for (size_t j = 0; j < i; j++)
+            if (strcasecmp(m->styles[i].name, m->styles[j].name) == 0)
+                return mood_error_set(MOOD_EINVAL,
+                                      "two styles of the pack would both be named '%s': rename "
+                                      "one of them to another name",
+                                      m->styles[i].name);
+    return 0;
+}
+
 /* The report is built and its buffer allocated before anything is stored, so that nothing can
  * fail once the import is committed: the counts are filled in afterwards without allocating. */
 typedef struct report {
@@ -880,7 +906,8 @@ int mood_pack_import(char **report_out, mood_registry *r, const char *path,
     lim.max_entry = o->max_entry ? o->max_entry : lim.max_entry;
     if ((err = mood__pack_read(&m.ex, path, mood_registry_home(r), &lim, o->progress,
                                o->payload)) != 0 ||
-        (err = adapter_rows(&m)) != 0 || (err = style_rows(&m)) != 0)
+        (err = adapter_rows(&m)) != 0 || (err = style_rows(&m)) != 0 ||
+        (err = apply_renames(&m, o)) != 0)
         goto done;
     if ((err = report_prepare(&rep, &m, path)) != 0)
         goto done;

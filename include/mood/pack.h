@@ -41,6 +41,11 @@ typedef struct mood_pack_import_options {
     uint64_t max_entry; /* limit on one file in the pack (default 8 GiB) */
     mood_progress_fn progress;
     void *payload;
+    /* styles of the pack imported under other names: rename_from[i] (a name in the pack, any
+     * case) becomes rename_to[i]; a name the pack does not have is refused (MOOD_EINVAL) */
+    const char *const *rename_from;
+    const char *const *rename_to;
+    size_t n_renames;
 } mood_pack_import_options;
 
 void mood_pack_import_options_init(mood_pack_import_options *o);

@@ -93,6 +93,21 @@ expect_rc 0 "rename inkwash" "$MOOD" rename inkwash inkwash-mine
 expect_rc 0 "another inkwash" "$MOOD" style create inkwash --lora film-grain
 expect_rc 1 "import over two styles with other LoRAs" "$MOOD" pack import "$tmp/p.moodpack"
 check "says both names" grep -q "styles named 'inkwash', 'combo' exist already, with other LoRAs" "$tmp/err"
+check "and the way out" grep -q "or import the pack's under other names (pack import --rename NAME=NEW)" "$tmp/err"
+expect_rc 1 "--rename of a style the pack has not" "$MOOD" pack import "$tmp/p.moodpack" --rename nosuch=x
+check "says so" grep -q "rename nosuch=x: the pack has no style named 'nosuch'" "$tmp/err"
+expect_rc 1 "--rename onto another style of the pack" "$MOOD" pack import "$tmp/p.moodpack" \
+    --rename inkwash=COMBO
+check "says which name" grep -q "two styles of the pack would both be named 'combo'" "$tmp/err"
+expect_rc 1 "--rename without =" "$MOOD" pack import "$tmp/p.moodpack" --rename inkwash
+expect_rc 0 "both imported under other names" "$MOOD" pack import "$tmp/p.moodpack" \
+    --rename INKWASH=inkwash-theirs --rename combo=combo-theirs --json
+check "reported under the new names" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert "inkwash-theirs" in d["styles"] and "combo-theirs" in d["styles"] and "inkwash" not in d["styles"], d' "$tmp/out"
+expect_rc 0 "theirs is the pack's combo" "$MOOD" show combo-theirs --json
+check "with its template" grep -q '"template":.*"{prompt}, ink wash"' "$tmp/out"
+expect_rc 0 "remove theirs" "$MOOD" rm inkwash-theirs combo-theirs
 expect_rc 0 "remove them" "$MOOD" rm inkwash combo
 expect_rc 0 "rename back" "$MOOD" rename combo-mine combo
 expect_rc 0 "rename back" "$MOOD" rename inkwash-mine inkwash
