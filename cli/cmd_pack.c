@@ -109,6 +109,13 @@ int cmd_pack_export(int argc, char **argv)
         rc = cli_usage_error("pack export", "name at least one style to export");
     if (!rc && !out)
         rc = cli_usage_error("pack export", "say where to write the pack: -o FILE.moodpack");
+    if (!rc && strcmp(out, "-") == 0) /* not a file named "-" beside the user's work */
+        rc = cli_usage_error("pack export", "a pack is written to a file: -o FILE.moodpack "
+                                            "(standard output is not supported)");
+    if (!rc && (strlen(out) < 9 || strcasecmp(out + strlen(out) - 9, ".moodpack") != 0))
+        cli_warn("%s: written as a .moodpack (a tar archive compressed with zstd) whatever its "
+                 "name; 'mood pack import' reads it",
+                 out);
     if (!rc && (err = mood_output_path_check(out)) != 0) /* a missing folder: exit 2, first */
         rc = cli_fail(err);
     if (!rc && (rc = cli_registry_open(&r)) == 0) {

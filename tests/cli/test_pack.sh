@@ -52,6 +52,12 @@ expect_rc 1 "export unknown style" "$MOOD" pack export nosuch -o "$tmp/x.moodpac
 check "unknown style named" grep -q nosuch "$tmp/err"
 check "no partial pack" test ! -e "$tmp/x.moodpack"
 expect_rc 1 "export without -o" "$MOOD" pack export inkwash
+expect_rc 1 "export to standard output" "$MOOD" pack export inkwash -o -
+check "says a file is needed" grep -q "a pack is written to a file" "$tmp/err"
+check "no file named -" test ! -e ./-
+expect_rc 0 "export under another extension" "$MOOD" pack export inkwash -o "$tmp/x.zip"
+check "says what it is" grep -q "x.zip: written as a .moodpack (a tar archive compressed with zstd) whatever its name" "$tmp/err"
+rm -f "$tmp/x.zip"
 expect_rc 2 "export into a missing folder" "$MOOD" pack export inkwash -o "$tmp/nowhere/x.moodpack"
 check "says which folder" grep -q "nowhere/ does not exist" "$tmp/err"
 expect_rc 1 "pack without subcommand" "$MOOD" pack
