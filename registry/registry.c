@@ -724,6 +724,10 @@ static long unreferenced_files(mood_registry *r)
 static void tell_state(mood_registry *r)
 {
     long n = r->noted || !r->db ? 0 : unreferenced_files(r);
+    /* a first import running meanwhile stores its file and then has its registry.db: one that
+     * exists now was being made, not lost */
+    if (n > 0 && r->absent && mood_path_exists(r->db_path))
+        n = 0;
     if (n > 0)
         mood_log(MOOD_LOG_WARN,
                  "%s %s, but %ld stored file%s remain%s in %s: restore registry.db from a "
