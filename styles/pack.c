@@ -416,6 +416,15 @@ int mood_pack_export(mood_registry *r, const char *const *names, size_t n, const
         x.src[x.n_src++] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, text, strlen(text), NULL};
     }
     err = mood__pack_write(path, x.src, x.n_src, o->progress, o->payload);
+    if (err == MOOD_ENOTFOUND) { /* a stored file the registry listed a moment ago: removed
+                                    since (a 'mood rm' at the same time), not the user's input */
+        char *why = mood_strdup(mood_error_last());
+        err = mood_error_set(MOOD_EIO,
+                             "%s (a stored file of the styles is gone: removed while the pack "
+                             "was written? nothing was written; 'mood doctor' checks the registry)",
+                             why ? why : "a stored file cannot be opened");
+        mood_free(why);
+    }
 done:
     cJSON_free(text);
     cJSON_Delete(x.manifest);

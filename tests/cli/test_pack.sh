@@ -212,6 +212,12 @@ expect_rc 1 "export with a damaged stored file" env MOOD_HOME="$tmp/dmg" "$MOOD"
     -o "$tmp/dmg.moodpack"
 check "names the damaged file" grep -q "is damaged: its SHA-256 is" "$tmp/err"
 check "no pack written" test ! -e "$tmp/dmg.moodpack"
+# a stored file gone: the environment's problem (exit 2), said before anything is written
+rm "$blob"
+expect_rc 2 "export with a stored file gone" env MOOD_HOME="$tmp/dmg" "$MOOD" pack export inkwash \
+    -o "$tmp/dmg.moodpack"
+check "says it is missing" grep -q "is missing from the registry (run 'mood doctor')" "$tmp/err"
+check "no pack written" test ! -e "$tmp/dmg.moodpack"
 
 # --- tampered packs ----------------------------------------------------------------------------
 D=$tmp/d
