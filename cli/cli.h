@@ -21,6 +21,12 @@ typedef struct cli_command {
 /* Prints "mood: error: <mood_error_last()>" and returns the exit status for `code`. */
 int cli_fail(int code);
 
+/* What a signal that stops the command now should say ("mood: TEXT" on stderr, from the
+ * signal handler): set by a command for a phase whose stop leaves something to do (train's
+ * registration); NULL clears it. cli_stop_note_write is async-signal-safe. */
+void cli_stop_note_set(const char *text);
+void cli_stop_note_write(void);
+
 /* The width of the terminal on fd, else $COLUMNS, else 80. */
 int cli_terminal_columns(int fd);
 

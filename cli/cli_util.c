@@ -140,6 +140,24 @@ int cli_print_json(cJSON *value)
     return 0;
 }
 
+static char stop_note[1024];
+static volatile int stop_note_len;
+
+void cli_stop_note_set(const char *text)
+{
+    stop_note_len = 0; /* a signal meanwhile writes nothing, never half a note */
+    if (!text)
+        return;
+    snprintf(stop_note, sizeof stop_note, "\nmood: %s\n", text);
+    stop_note_len = (int)strlen(stop_note);
+}
+
+void cli_stop_note_write(void)
+{
+    if (stop_note_len > 0 && write(STDERR_FILENO, stop_note, (size_t)stop_note_len) < 0)
+        stop_note_len = 0; /* (nothing else to do in a signal handler) */
+}
+
 static char claims[64][4096];
 static volatile int n_claims;
 

@@ -534,6 +534,22 @@ static int report(const train_args *a, const mood_import_result *res)
     return cli_print_json(o);
 }
 
+/* train_register, with what a Ctrl-C meanwhile leaves said: the training is done and written,
+ * only its registration is to do. */
+static int register_noted(train_args *a, mood_import_result *res)
+{
+    char note[1024];
+    int rc;
+    snprintf(note, sizeof note,
+             "stopped before the style was registered; the trained LoRA is written to %.900s: "
+             "the same command with --resume registers it, with how it was trained",
+             a->output);
+    cli_stop_note_set(note);
+    rc = train_register(a, res);
+    cli_stop_note_set(NULL);
+    return rc;
+}
+
 int cmd_train(int argc, char **argv)
 {
     train_args a;
@@ -554,7 +570,7 @@ int cmd_train(int argc, char **argv)
             rc = 130;
         } else if (err) {
             rc = cli_fail(err);
-        } else if (!rc && !a.no_register && (rc = train_register(&a, &res)) == 0) {
+        } else if (!rc && !a.no_register && (rc = register_noted(&a, &res)) == 0) {
             rc = report(&a, &res);
         } else if (!rc && a.no_register) {
             if (!a.o.full && train_write_sidecar(&a) != 0) /* A1111 reads it beside the file */
