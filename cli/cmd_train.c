@@ -541,7 +541,7 @@ static int register_noted(train_args *a, mood_import_result *res)
     char note[1024];
     int rc;
     snprintf(note, sizeof note,
-             "stopped before the style was registered; the trained LoRA is written to %.900s: "
+             "stopped before the style was registered; the trained LoRA is written to %.800s: "
              "the same command with --resume registers it, with how it was trained",
              a->output);
     cli_stop_note_set(note);
