@@ -15,11 +15,14 @@
 #include "cli/cli_text.h"
 
 const char cmd_list_help[] =
-    "usage: mood list [--tag TAG] [--base sd1|sd2|sdxl] [--json]\n\n"
+    "usage: mood list [--tag TAG] [--base sd1|sd2|sdxl] [--sort name|created|changed] [--json]\n\n"
     "Lists the styles in your registry, by name: base family, algorithm and rank of the first\n"
-    "LoRA, preferred weight, tags and trigger words.\n\n"
+    "LoRA, preferred weight, tags and trigger words. On a terminal, long names and the last\n"
+    "column are cut to fit its width (piped, nothing is).\n\n"
     "  --tag TAG    only styles with this tag ('mood tag' adds tags)\n"
     "  --base B     only styles with a LoRA made for this base family\n"
+    "  --sort S     name (the default: case aside, numbers by value, s9 before s10),\n"
+    "               created or changed (newest first)\n"
     "  --json       print a JSON array: [{name, family, algorithm, rank, weight,\n"
     "               trigger_words, tags, description, n_adapters, n_previews}]\n";
 
@@ -265,7 +268,8 @@ static int finish_query(int err, char *text, int json, int pretty, const char *e
 
 int cmd_list(int argc, char **argv)
 {
-    const char *tag = NULL, *base = NULL;
+    const char *tag = NULL, *base = NULL, *sort = "name";
+    mood_list_order order = MOOD_LIST_BY_NAME;
     mood_registry *r = NULL;
     mood_family fam;
     char *text = NULL;
@@ -277,14 +281,24 @@ int cmd_list(int argc, char **argv)
             tag = argv[++i];
         else if (strcmp(argv[i], "--base") == 0 && i + 1 < argc)
             base = argv[++i];
+        else if (strcmp(argv[i], "--sort") == 0 && i + 1 < argc)
+            sort = argv[++i];
         else
             return cli_usage_error("list", "unknown or incomplete option '%s'", argv[i]);
     }
     if (base && (mood_family_from_name(&fam, base) != 0 || fam == MOOD_FAMILY_UNKNOWN))
         return cli_usage_error("list", "--base '%s': expected sd1, sd2 or sdxl", base);
+    if (strcmp(sort, "name") == 0)
+        order = MOOD_LIST_BY_NAME;
+    else if (strcmp(sort, "created") == 0)
+        order = MOOD_LIST_BY_CREATED;
+    else if (strcmp(sort, "changed") == 0)
+        order = MOOD_LIST_BY_CHANGED;
+    else
+        return cli_usage_error("list", "--sort '%s': expected name, created or changed", sort);
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
-    err = mood_registry_list_json(&text, r, tag, base);
+    err = mood_registry_list_sorted_json(&text, r, tag, base, order);
     mood_registry_close(r);
     return finish_query(err, text, json, 0,
                         tag || base ? "no styles match"

@@ -140,11 +140,23 @@ done:
 
 int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const char *base)
 {
+    return mood_registry_list_sorted_json(out, r, tag, base, MOOD_LIST_BY_NAME);
+}
+
+int mood_registry_list_sorted_json(char **out, mood_registry *r, const char *tag, const char *base,
+                                   mood_list_order order)
+{
+    static const char *const order_by[] = {[MOOD_LIST_BY_NAME] = "s.name COLLATE mood_natural",
+                                           [MOOD_LIST_BY_CREATED] = "s.created_at DESC, s.id DESC",
+                                           [MOOD_LIST_BY_CHANGED] = "s.updated_at DESC, s.id DESC"};
     const char *args[2] = {tag, base};
     mood_family family;
+    char sql[1024];
     MOOD_ARG_NONNULL(out);
     *out = NULL;
     MOOD_ARG_NONNULL(r);
+    if ((int)order < 0 || order > MOOD_LIST_BY_CHANGED)
+        return mood_error_set(MOOD_EINVAL, "unknown list order %d", (int)order);
     if (tag && tag[0] == '#') /* as 'mood list' shows tags, and as 'mood tag' takes them */
         args[0] = tag + 1;
     /* the rows hold mood_family_name's spelling; "SDXL" or "sd1.5" mean the same family */
@@ -152,16 +164,16 @@ int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const
         args[1] = mood_family_name(family);
     else if (base)
         mood_error_clear(); /* another name is matched as it is */
-    return run_summaries(
-        out, r,
-        SUMMARY_COLUMNS " FROM styles s"
-                        " WHERE (?1 IS NULL OR EXISTS (SELECT 1 "
-                        "FROM tags t WHERE t.style_id = s.id AND mood_fold(t.tag) = mood_fold(?1)))"
-                        " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters "
-                        "sa JOIN adapters a ON a.sha256 = sa.adapter_sha256 WHERE "
-                        "sa.style_id = s.id AND a.family = ?2))"
-                        " ORDER BY s.name COLLATE NOCASE",
-        args, 2);
+    snprintf(sql, sizeof sql,
+             SUMMARY_COLUMNS " FROM styles s"
+                             " WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM tags t WHERE"
+                             " t.style_id = s.id AND mood_fold(t.tag) = mood_fold(?1)))"
+                             " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters sa JOIN"
+                             " adapters a ON a.sha256 = sa.adapter_sha256 WHERE"
+                             " sa.style_id = s.id AND a.family = ?2))"
+                             " ORDER BY %s",
+             order_by[order]);
+    return run_summaries(out, r, sql, args, 2);
 }
 
 /* The search index's tokenizer (unicode61) keeps letters, digits and marks of a word and takes
@@ -351,8 +363,8 @@ int mood_registry_search_json(char **out, mood_registry *r, const char *query)
      * the description and notes (bm25's weights per column, in the index's order) */
     if (!err)
         err = mood_buf_puts(&sql, q.fts.len ? " ORDER BY bm25(styles_fts, 10, 4, 4, 1, 1, 2), "
-                                              "s.name COLLATE NOCASE"
-                                            : " ORDER BY s.name COLLATE NOCASE");
+                                              "s.name COLLATE mood_natural"
+                                            : " ORDER BY s.name COLLATE mood_natural");
     if (!err)
         err = run_summaries(out, r, sql.data, args, n);
 done:

@@ -63,7 +63,8 @@ int mood__reg_known_file(mood_registry *r, const char *path, mood_import_result 
 int mood__reg_note_file(mood_registry *r, const char *sha256, const char *location,
                         const struct stat *fs);
 
-/* Registers the registry's SQL functions (mood_fold) on a new connection (utf8.c). */
+/* Registers the registry's SQL function mood_fold and collation mood_natural (s9 before s10)
+ * on a new connection (utf8.c). */
 int mood__reg_functions(sqlite3 *db);
 #define MOOD__REG_ADD_TAG_SQL                                                                      \
     "INSERT INTO tags(style_id, tag) SELECT CAST(?1 AS INTEGER), ?2 WHERE NOT EXISTS (SELECT 1"    \

@@ -13,6 +13,7 @@
  * generation accepts. The other UTF-8 scanners (common/image.c, lora/safetensors_read.c,
  * styles/params.c) are private to their files.
  */
+#include <ctype.h>
 #include <string.h>
 
 #include "engine/unicode_tables.h"
@@ -188,11 +189,50 @@ static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     mood_free(cps);
 }
 
+/* Collation mood_natural: names as people sort them: letters without regard to ASCII case, runs
+ * of digits by their value (s9 before s10), then the bytes, so that no two names tie. */
+static int natural_cmp(void *user, int na, const void *va, int nb, const void *vb)
+{
+    const unsigned char *a = va, *b = vb;
+    int i = 0, j = 0, n = na < nb ? na : nb, c;
+    (void)user;
+    while (i < na && j < nb) {
+        if (isdigit(a[i]) && isdigit(b[j])) {
+            int si = i, sj = j, ei, ej;
+            while (si < na && a[si] == '0')
+                si++;
+            while (sj < nb && b[sj] == '0')
+                sj++;
+            for (ei = si; ei < na && isdigit(a[ei]);)
+                ei++;
+            for (ej = sj; ej < nb && isdigit(b[ej]);)
+                ej++;
+            if (ei - si != ej - sj)
+                return (ei - si) - (ej - sj);
+            if ((c = memcmp(a + si, b + sj, (size_t)(ei - si))) != 0)
+                return c;
+            i = ei;
+            j = ej;
+            continue;
+        }
+        if (tolower(a[i]) != tolower(b[j]))
+            return tolower(a[i]) - tolower(b[j]);
+        i++;
+        j++;
+    }
+    if ((na - i) != (nb - j))
+        return (na - i) - (nb - j);
+    c = memcmp(a, b, (size_t)n);
+    return c ? c : na - nb;
+}
+
 int mood__reg_functions(sqlite3 *db)
 {
     return sqlite3_create_function(db, "mood_fold", 1,
                                    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, NULL,
-                                   sql_fold, NULL, NULL) == SQLITE_OK
+                                   sql_fold, NULL, NULL) == SQLITE_OK &&
+                   sqlite3_create_collation(db, "mood_natural", SQLITE_UTF8, NULL, natural_cmp) ==
+                       SQLITE_OK
                ? 0
                : mood_error_nomem();
 }

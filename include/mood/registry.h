@@ -139,12 +139,21 @@ MOOD_WARN_UNUSED int mood_registry_import_file_ex(mood_registry *r, mood_import_
 /* ----- queries (JSON text) -------------------------------------------------------------------- */
 
 /* [{name, family, algorithm, rank, weight, trigger_words, tags, description, n_adapters,
- * n_previews}] sorted by
- * name; `tag` and `base` ("sd1", "sd2", "sdxl", or another spelling mood_family_from_name reads,
- * such as "SDXL") filter when non-NULL. Numbers are written as show's are (a weight of 0.7 is
- * 0.7 in both). */
+ * n_previews}] sorted by name (mood_list_order's MOOD_LIST_BY_NAME); `tag` and `base` ("sd1",
+ * "sd2", "sdxl", or another spelling mood_family_from_name reads, such as "SDXL") filter when
+ * non-NULL. Numbers are written as show's are (a weight of 0.7 is 0.7 in both). */
 MOOD_WARN_UNUSED int mood_registry_list_json(char **out, mood_registry *r, const char *tag,
                                              const char *base);
+/* The order of a list: by name as people sort them (letters without regard to case, numbers by
+ * value: s9 before s10), or newest first by when the style was made or last changed. */
+typedef enum mood_list_order {
+    MOOD_LIST_BY_NAME,
+    MOOD_LIST_BY_CREATED,
+    MOOD_LIST_BY_CHANGED
+} mood_list_order;
+/* mood_registry_list_json in another order (MOOD_EINVAL for an unknown one). */
+MOOD_WARN_UNUSED int mood_registry_list_sorted_json(char **out, mood_registry *r, const char *tag,
+                                                    const char *base, mood_list_order order);
 /* Everything known about one style (MOOD_ENOTFOUND when there is none of that name): its fields,
  * "training" (the JSON object a training registered, or null), "adapters" (with "sources"),
  * "tags", "previews" [{sha256, media_type, origin, nsfw_level, path}], "board" (mood board

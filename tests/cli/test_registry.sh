@@ -217,6 +217,18 @@ fi
 expect_rc 0 "list piped" "$MOOD" list
 check "whole" grep -q "^a-very-long-style-name-that-goes-on-and-on " "$tmp/out"
 expect_rc 0 "rm the long name" "$MOOD" rm a-very-long-style-name-that-goes-on-and-on
+# names in the order people expect (numbers by value, case aside); newest first on request
+for n in zz9 ZZ10 zz2; do MOOD_HOME=$tmp/order "$MOOD" style create $n --lora "$lib/inkwash.safetensors" >/dev/null; done
+expect_rc 0 "list by name" env MOOD_HOME="$tmp/order" "$MOOD" list --json
+check "zz2, zz9, ZZ10" py 'import json,sys; n=[s["name"] for s in json.load(open(sys.argv[1]))]; assert n[-3:]==["zz2","zz9","ZZ10"], n' "$tmp/out"
+expect_rc 0 "list by creation" env MOOD_HOME="$tmp/order" "$MOOD" list --sort created --json
+check "newest first" py 'import json,sys; n=[s["name"] for s in json.load(open(sys.argv[1]))]; assert n[:3]==["zz2","ZZ10","zz9"], n' "$tmp/out"
+sleep 1 # times have seconds
+expect_rc 0 "change zz9" env MOOD_HOME="$tmp/order" "$MOOD" tag zz9 +changed
+expect_rc 0 "list by change" env MOOD_HOME="$tmp/order" "$MOOD" list --sort changed --json
+check "the changed one first" py 'import json,sys; n=[s["name"] for s in json.load(open(sys.argv[1]))]; assert n[0]=="zz9", n' "$tmp/out"
+expect_rc 1 "an unknown order" env MOOD_HOME="$tmp/order" "$MOOD" list --sort size
+check "says the orders" grep -q "expected name, created or changed" "$tmp/err"
 # list reads summary columns that triggers keep in sync (migration 3): they must follow edits
 expect_rc 0 "list --json" "$MOOD" list --json
 check "list summary" py '
