@@ -140,6 +140,9 @@ done:
 
 int mood_registry_list_json(char **out, mood_registry *r, const char *tag, const char *base)
 {
+    MOOD_ARG_NONNULL(out);
+    *out = NULL;
+    MOOD_ARG_NONNULL(r);
     return mood_registry_list_sorted_json(out, r, tag, base, MOOD_LIST_BY_NAME);
 }
 

@@ -103,6 +103,10 @@ static void test_registry_null_arguments(void)
     CHECK_NULL_ARG(mood_registry_open(NULL, NULL), "mood_registry_open", "out");
     CHECK_NULL_ARG(mood_registry_list_json(NULL, r, NULL, NULL), "mood_registry_list_json", "out");
     CHECK_NULL_ARG(mood_registry_list_json(&s, NULL, NULL, NULL), "mood_registry_list_json", "r");
+    CHECK_NULL_ARG(mood_registry_list_sorted_json(NULL, r, NULL, NULL, MOOD_LIST_BY_NAME),
+                   "mood_registry_list_sorted_json", "out");
+    CHECK_NULL_ARG(mood_registry_list_sorted_json(&s, NULL, NULL, NULL, MOOD_LIST_BY_CREATED),
+                   "mood_registry_list_sorted_json", "r");
     CHECK_NULL_ARG(mood_registry_search_json(&s, r, NULL), "mood_registry_search_json", "query");
     CHECK_NULL_ARG(mood_registry_show_json(&s, r, NULL), "mood_registry_show_json", "name");
     CHECK_NULL_ARG(mood_registry_style_by_hash(&s, r, NULL), "mood_registry_style_by_hash", "hash");
