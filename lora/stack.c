@@ -10,8 +10,9 @@
  *   - otherwise (LoHa, LoKr, Tucker, full diff): the exact ΔW = Σ c_i·ΔW_i is computed and stored
  *     at the rank the inputs' factors bound (r for a LoRA, r1·r2 for a LoHa, rank(w1)·rank(w2)
  *     for a LoKr, summed), as an orthonormal basis of its column space times its projection on
- *     it, exact but for rounding; at full rank r = min(out, in·kh·kw) where the bound reaches it
- *     (a full diff), up·down == ΔW with the smaller side an identity.
+ *     it (in double precision, checked, exact but for the float32 it is stored in); at full
+ *     rank r = min(out, in·kh·kw) where the bound reaches it (a full diff) or the check fails,
+ *     up·down == ΔW with the smaller side an identity.
  * Every module of the file then gets the same alpha A, the largest rank in the file, and its
  * factors are multiplied by √(r/A), so (A/r)·up·down is still exactly the sum. A uniform alpha
  * matters to diffusers (≤ 0.42 at least): it loads a kohya file's per-module alphas through a
@@ -161,6 +162,16 @@ static int alloc_f32(float **out, int64_t n)
     return *out ? 0 : mood_error_nomem();
 }
 
+static int alloc_f64(double **out, int64_t n)
+{
+    uint64_t bytes;
+    *out = NULL;
+    if (n < 0 || mood_mul_u64(&bytes, (uint64_t)n, sizeof(double)) != 0 || bytes > SIZE_MAX)
+        return mood_error_set(MOOD_EINVAL, "tensor of %lld elements is too large", (long long)n);
+    *out = mood_calloc(bytes ? (size_t)bytes : 1, 1);
+    return *out ? 0 : mood_error_nomem();
+}
+
 static void out_shape(mood_lora_out_module *o, const mood_module *m)
 {
     o->ndim = m->ndim == 4 ? 4 : 2;
@@ -211,25 +222,34 @@ static int64_t inner_rank(const mood_st_tensor *t, int whole)
 }
 
 /* An upper bound of rank(ΔW) read from the factors' shapes, `full` where none is known:
- * a LoRA (Tucker too) r; a LoHa r1·r2 (a Hadamard product's rank is at most the product of
- * the ranks); a LoKr rank(w1)·rank(w2) (a Kronecker product's rank is their product). */
+ * a LoRA r (up's columns: a Tucker core (ra, rb, kh, kw) between the factors leaves at most ra);
+ * a LoHa r1·r2 (a Hadamard product's rank is at most the product of the ranks; a Tucker
+ * factor's rank is at most its core's first dimension); a LoKr rank(w1)·rank(w2) (a Kronecker
+ * product's rank is their product). */
 static int64_t rank_bound(const mood_module *m, int64_t full)
 {
     const mood_st_tensor *const *t = m->t;
     int64_t b = full;
-    if (m->algo == MOOD_ALGO_LORA && t[ROLE_DOWN])
+    if (m->algo == MOOD_ALGO_LORA && t[ROLE_UP] && t[ROLE_MID])
+        b = inner_rank(t[ROLE_MID], 0) < inner_rank(t[ROLE_UP], 1) ? inner_rank(t[ROLE_MID], 0)
+                                                                   : inner_rank(t[ROLE_UP], 1);
+    else if (m->algo == MOOD_ALGO_LORA && t[ROLE_DOWN])
         b = mood__module_ranks_used(m, inner_rank(t[ROLE_DOWN], 0));
+    else if (m->algo == MOOD_ALGO_LOHA && t[ROLE_HADA_T1] && t[ROLE_HADA_T2])
+        b = inner_rank(t[ROLE_HADA_T1], 0) * inner_rank(t[ROLE_HADA_T2], 0);
     else if (m->algo == MOOD_ALGO_LOHA && t[ROLE_HADA_W1B] && t[ROLE_HADA_W2B])
         b = inner_rank(t[ROLE_HADA_W1B], 0) * inner_rank(t[ROLE_HADA_W2B], 0);
     else if (m->algo == MOOD_ALGO_LOKR && (t[ROLE_LOKR_W1] || t[ROLE_LOKR_W1B]) &&
              (t[ROLE_LOKR_W2] || t[ROLE_LOKR_W2B]))
         b = (t[ROLE_LOKR_W1] ? inner_rank(t[ROLE_LOKR_W1], 1) : inner_rank(t[ROLE_LOKR_W1B], 0)) *
-            (t[ROLE_LOKR_W2] ? inner_rank(t[ROLE_LOKR_W2], 1) : inner_rank(t[ROLE_LOKR_W2B], 0));
+            (t[ROLE_LOKR_W2]   ? inner_rank(t[ROLE_LOKR_W2], 1)
+             : t[ROLE_LOKR_T2] ? inner_rank(t[ROLE_LOKR_T2], 0)
+                               : inner_rank(t[ROLE_LOKR_W2B], 0));
     return b > 0 && b < full ? b : full;
 }
 
 /* A fixed pseudo-random value in [-1, 1) (splitmix64 of i): the test matrix of the range finder
- * below, the same in every run, so that a stack is reproducible byte for byte. */
+ * below, the same in every run. */
 static double test_value(uint64_t i)
 {
     uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull;
@@ -242,29 +262,38 @@ static double test_value(uint64_t i)
 /* ΔW (out × cols) of rank at most R as up (out × R) · down (R × cols), exact but for rounding:
  * up is an orthonormal basis Q of the column space of ΔW·Ω, Ω a (cols × R) test matrix, which
  * is ΔW's whole column space when rank(ΔW) <= R (Halko, Martinsson and Tropp, 2011), and
- * down = Qᵀ·ΔW, so up·down = Q·Qᵀ·ΔW = ΔW. */
-static int low_rank(mood_lora_out_module *o, const float *dw, int64_t out, int64_t cols, int R)
+ * down = Qᵀ·ΔW, so up·down = Q·Qᵀ·ΔW = ΔW. In double precision; Ω can still miss a direction of
+ * ΔW (one nearly orthogonal to every column of Ω: rare, but a fixed Ω can meet it), so the
+ * result is checked on two more test vectors: *exact is 0 when it is off by more than 1e-5 of
+ * ΔW there, and the caller tries another Ω, then full rank. (ΔW itself is computed in float32
+ * from the factors: its rounding, about 1e-7 of it, is all a right result is off by.) */
+#define EXACT_TOL 1e-5
+static int low_rank(mood_lora_out_module *o, const double *a, int64_t out, int64_t cols, int R,
+                    uint64_t seed, int *exact)
 {
-    float *omega = mood_malloc((size_t)(cols * R) * sizeof *omega);
-    double *q = mood_malloc((size_t)(out * R) * sizeof *q), *tau = mood_malloc(R * sizeof *tau);
-    int err = 0, info, threads = 0;
-    if (!omega || !q || !tau || (err = alloc_f32(&o->up, out * R)) != 0 ||
-        (err = alloc_f32(&o->down, (int64_t)R * cols)) != 0) {
+    double *omega = mood_malloc((size_t)(cols * (R + 2)) * sizeof *omega);
+    double *y = mood_malloc((size_t)(out * (R + 2)) * sizeof *y),
+           *tau = mood_malloc(R * sizeof *tau);
+    double *q = mood_malloc((size_t)(out * R) * sizeof *q), *d = NULL, *z = NULL;
+    double diff = 0, norm = 0;
+    int err = 0, info, threads = omp_get_max_threads();
+    *exact = 0;
+    if (!omega || !y || !tau || !q || (err = alloc_f64(&d, (int64_t)R * cols)) != 0 ||
+        (err = alloc_f64(&z, (int64_t)R * 2)) != 0) {
         err = err ? err : mood_error_nomem();
         goto done;
     }
-    for (int64_t k = 0; k < cols * R; k++)
-        omega[k] = (float)test_value((uint64_t)k);
+    for (int64_t k = 0; k < cols * (R + 2); k++) /* R columns of Ω, then the 2 check vectors */
+        omega[k] = test_value(seed + (uint64_t)k);
     /* one thread: products this thin spend more in waking and spinning threads than they save
      * (on this 2-core machine, 94 s instead of 13 for a LoHa of SD1.5) */
-    threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    /* Y = ΔW·Ω (out × R, into up for now), then column-major in double for LAPACK's QR */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, R, (int)cols, 1.0f, dw,
-                (int)cols, omega, R, 0.0f, o->up, R);
+    /* Y = ΔW·[Ω, checks] (out × (R + 2)); Q from Y's first R columns, column-major for LAPACK */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, R + 2, (int)cols, 1.0, a,
+                (int)cols, omega, R + 2, 0.0, y, R + 2);
     for (int64_t i = 0; i < out; i++)
         for (int j = 0; j < R; j++)
-            q[i + j * out] = o->up[i * R + j];
+            q[i + j * out] = y[i * (R + 2) + j];
     info = mood__dgeqrf((int)out, R, q, (int)out, tau);
     if (info == 0)
         info = mood__dorgqr((int)out, R, R, q, (int)out, tau);
@@ -273,20 +302,45 @@ static int low_rank(mood_lora_out_module *o, const float *dw, int64_t out, int64
                              info);
         goto done;
     }
+    /* down = Qᵀ·ΔW; then up·(down·x) against ΔW·x for the two check vectors x */
+    cblas_dgemm(CblasColMajor, CblasTrans, CblasTrans, R, (int)cols, (int)out, 1.0, q, (int)out, a,
+                (int)cols, 0.0, d, R); /* d column-major (R × cols) = row-major (cols × R)ᵀ */
+    for (int c = 0; c < 2; c++)
+        for (int j = 0; j < R; j++) {
+            double acc = 0;
+            for (int64_t k = 0; k < cols; k++)
+                acc += d[k * R + j] * omega[k * (R + 2) + R + c];
+            z[c * R + j] = acc;
+        }
+    for (int64_t i = 0; i < out; i++)
+        for (int c = 0; c < 2; c++) {
+            double want = y[i * (R + 2) + R + c], got = 0;
+            for (int j = 0; j < R; j++)
+                got += q[i + j * out] * z[c * R + j];
+            diff += (want - got) * (want - got);
+            norm += want * want;
+        }
+    *exact = diff <= EXACT_TOL * EXACT_TOL * norm;
+    if (!*exact)
+        goto done;
+    if ((err = alloc_f32(&o->up, out * R)) != 0 || (err = alloc_f32(&o->down, (int64_t)R * cols)))
+        goto done;
     for (int64_t i = 0; i < out; i++)
         for (int j = 0; j < R; j++)
             o->up[i * R + j] = (float)q[i + j * out];
-    /* down = Qᵀ·ΔW */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, (int)cols, (int)out, 1.0f, o->up, R, dw,
-                (int)cols, 0.0f, o->down, (int)cols);
+    for (int j = 0; j < R; j++)
+        for (int64_t k = 0; k < cols; k++)
+            o->down[j * cols + k] = (float)d[k * R + j];
     o->rank = R;
     o->alpha = (double)R;
 done:
-    if (threads)
-        omp_set_num_threads(threads);
+    omp_set_num_threads(threads);
     mood_free(omega);
-    mood_free(q);
+    mood_free(y);
     mood_free(tau);
+    mood_free(q);
+    mood_free(d);
+    mood_free(z);
     return err;
 }
 
@@ -296,36 +350,37 @@ static int exact(mood_lora_out_module *o, const group *g)
 {
     int64_t out = g->first->out, numel = numel_of(g->first), cols = numel / out;
     int64_t r = out <= cols ? out : cols, bound = 0;
-    float *sum = NULL, *one = NULL, *eye = NULL;
-    int err;
+    double *acc = NULL;
+    float *one = NULL, *eye = NULL;
+    int err, ok = 0;
     for (size_t i = 0; i < g->n; i++)
         bound += rank_bound(g->c[i].m, r);
-    if ((err = alloc_f32(&sum, numel)) || (err = alloc_f32(&one, numel)))
+    if ((err = alloc_f64(&acc, numel)) || (err = alloc_f32(&one, numel)))
         goto done;
     for (size_t i = 0; i < g->n && !err; i++) {
         if ((err = mood__module_delta(one, g->c[i].m, NULL)) != 0)
             mood_error_prefix("%s", g->c[i].path);
         for (int64_t k = 0; !err && k < numel; k++)
-            sum[k] += (float)(g->c[i].mult * one[k]);
+            acc[k] += g->c[i].mult * (double)one[k];
     }
+    /* a low rank, with another Ω when one missed part of ΔW; full rank when none would do */
+    for (uint64_t seed = 0; !err && bound < r && !ok && seed < 3; seed++)
+        err = low_rank(o, acc, out, cols, (int)bound, seed * 0x9E3779B97F4A7C15ull, &ok);
     if (err)
+        mood_error_prefix("module \"%s\"", g->name);
+    if (err || ok || (err = alloc_f32(&eye, r * r)) != 0)
         goto done;
-    if (bound < r) {
-        if ((err = low_rank(o, sum, out, cols, (int)bound)) != 0)
-            mood_error_prefix("module \"%s\"", g->name);
-        goto done;
-    }
-    if ((err = alloc_f32(&eye, r * r)) != 0)
-        goto done;
+    for (int64_t k = 0; k < numel; k++) /* ΔW itself, beside an identity */
+        one[k] = (float)acc[k];
     for (int64_t k = 0; k < r; k++)
         eye[k * r + k] = 1.0f;
-    o->up = out <= cols ? eye : sum;
-    o->down = out <= cols ? sum : eye;
-    sum = eye = NULL;
+    o->up = out <= cols ? eye : one;
+    o->down = out <= cols ? one : eye;
+    one = eye = NULL;
     o->rank = (int)r;
     o->alpha = (double)r;
 done:
-    mood_free(sum);
+    mood_free(acc);
     mood_free(one);
     mood_free(eye);
     return err;

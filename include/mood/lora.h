@@ -225,7 +225,9 @@ typedef struct mood_lora_write_options {
 void mood_lora_write_options_init(mood_lora_write_options *o);
 
 /* One kohya-format LoRA exactly equivalent to applying all inputs (ranks concatenated,
- * multipliers folded in). Non-LoRA modules are re-factorised exactly at full rank. */
+ * multipliers folded in). Non-LoRA modules are re-factorised exactly (to float32 rounding) at
+ * the rank their factors bound (LoHa r1·r2, LoKr rank(w1)·rank(w2), Tucker r), full-diff modules
+ * at full rank. */
 MOOD_WARN_UNUSED int mood_lora_stack(const mood_weighted_adapter *inputs, size_t n,
                                      const mood_lora_write_options *o);
 

@@ -107,6 +107,54 @@ static void test_stack_lycoris(void)
                            "lycoris/lokr_full.safetensors", -0.4, -0.4);
 }
 
+/* A Tucker LoCon whose core is not square, (ra, rb, 3, 3) with ra > rb: ΔW's rank can reach ra,
+ * not rb (the stack's rank bound read rb and stored a wrong ΔW); made here, as LyCORIS makes
+ * only square cores. */
+static void test_stack_tucker_core_not_square(void)
+{
+    static const char *const mod = "lora_unet_up_blocks_0_upsamplers_0_conv";
+    int64_t up_shape[4] = {4, 4, 1, 1}, mid_shape[4] = {4, 1, 3, 3}, down_shape[4] = {1, 4, 1, 1};
+    float up[16], mid[36], down[4], alpha = 1;
+    char key[128], base[1024], path[1024], lora[1024], direct[1024], via[1024];
+    mood_st_writer *w = NULL;
+    mood_weighted_adapter in = {.path = path, .unet = 0.7, .te = 0.7},
+                          stacked = {.path = lora, .unet = 1, .te = 1};
+    mood_lora_write_options o;
+    uint32_t x = 12345;
+    float *all[3] = {up, mid, down};
+    int n[3] = {16, 36, 4};
+    for (int t = 0; t < 3; t++)
+        for (int i = 0; i < n[t]; i++) {
+            x = x * 1664525u + 1013904223u;
+            all[t][i] = (float)((double)(x >> 8) / (1 << 24) - 0.5);
+        }
+    snprintf(base, sizeof base, "%s", fixture("bases/sd1_base.safetensors"));
+    snprintf(path, sizeof path, "%s", scratch_path("tucker_ra4_rb1.safetensors"));
+    snprintf(lora, sizeof lora, "%s", scratch_path("tucker_stacked.safetensors"));
+    snprintf(direct, sizeof direct, "%s", scratch_path("tucker_direct.safetensors"));
+    snprintf(via, sizeof via, "%s", scratch_path("tucker_via.safetensors"));
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    if (!w)
+        return;
+    snprintf(key, sizeof key, "%s.lora_up.weight", mod);
+    MOOD_CHECK_OK(mood_st_writer_add(w, key, MOOD_DTYPE_F32, 4, up_shape, up));
+    snprintf(key, sizeof key, "%s.lora_mid.weight", mod);
+    MOOD_CHECK_OK(mood_st_writer_add(w, key, MOOD_DTYPE_F32, 4, mid_shape, mid));
+    snprintf(key, sizeof key, "%s.lora_down.weight", mod);
+    MOOD_CHECK_OK(mood_st_writer_add(w, key, MOOD_DTYPE_F32, 4, down_shape, down));
+    snprintf(key, sizeof key, "%s.alpha", mod);
+    MOOD_CHECK_OK(mood_st_writer_add(w, key, MOOD_DTYPE_F32, 0, NULL, &alpha));
+    MOOD_CHECK_OK(mood_st_writer_write(w, path, NULL, NULL));
+    mood_st_writer_free(w);
+    memset(&o, 0, sizeof o);
+    o.output = lora;
+    o.dtype = MOOD_DTYPE_F32;
+    MOOD_CHECK_OK(mood_lora_stack(&in, 1, &o));
+    MOOD_CHECK_OK(bake_to(direct, base, &in, 1));
+    MOOD_CHECK_OK(bake_to(via, base, &stacked, 1));
+    MOOD_CHECK_MSG(compare_files(via, direct, 1e-6, 1e-5) == 0, "a Tucker core (4, 1, 3, 3)");
+}
+
 /* A LoHa of rank r stacks at rank r² at most (a Hadamard product's rank is at most the product
  * of its factors'), a Tucker LoCon at rank r (its core folded in), never at the layer's full
  * rank; the bake of check_stack_equivalent shows the factors exact. */
@@ -246,6 +294,6 @@ static void test_stack_refuses_rank_cut(void)
 }
 
 MOOD_TEST_MAIN(MOOD_T(test_stack_lora_and_locon), MOOD_T(test_stack_lycoris),
-               MOOD_T(test_stack_lycoris_ranks), MOOD_T(test_stack_is_plain_lora),
-               MOOD_T(test_stack_uniform_alpha), MOOD_T(test_stack_refuses_base_dependent),
-               MOOD_T(test_stack_refuses_rank_cut))
+               MOOD_T(test_stack_lycoris_ranks), MOOD_T(test_stack_tucker_core_not_square),
+               MOOD_T(test_stack_is_plain_lora), MOOD_T(test_stack_uniform_alpha),
+               MOOD_T(test_stack_refuses_base_dependent), MOOD_T(test_stack_refuses_rank_cut))
