@@ -251,13 +251,13 @@ int cli_text_width(const char *s)
     return used;
 }
 
-void cli_text_cell(const char *s, int width, int cut)
+void cli_text_cell(FILE *f, const char *s, int width, int cut)
 {
     int used, total = cli_text_width(s);
     if (cut && total > width && width >= 1) {
         size_t n = fit(s, width - 1, &used);
-        printf("%.*s\u2026%*s", (int)n, s, width - 1 - used, "");
+        fprintf(f, "%.*s\u2026%*s", (int)n, s, width - 1 - used, "");
         return;
     }
-    printf("%s%*s", s, total < width ? width - total : 0, "");
+    fprintf(f, "%s%*s", s, total < width ? width - total : 0, "");
 }

@@ -9,6 +9,7 @@
 #define MOOD_CLI_CLI_TEXT_H
 
 #include <cjson/cJSON.h>
+#include <stdio.h>
 
 /* A copy of s (malloc'd; NULL when out of memory) with every control character made visible:
  * C0 and DEL as \xNN (tab and newline kept when multiline is non-zero: a field printed on several
@@ -43,8 +44,8 @@ int cli_text_json_puts(const char *json);
 /* The columns s takes on a terminal: East Asian wide characters and emoji 2, combining marks
  * 0, others 1 (a close approximation of wcwidth that needs no locale). */
 int cli_text_width(const char *s);
-/* Prints s in a column of `width` terminal columns, padded with spaces; when cut and s is wider,
- * cut with "…" to fit. */
-void cli_text_cell(const char *s, int width, int cut);
+/* Prints s to f in a column of `width` terminal columns, padded with spaces; when cut and s is
+ * wider, cut with "…" to fit. */
+void cli_text_cell(FILE *f, const char *s, int width, int cut);
 
 #endif /* MOOD_CLI_CLI_TEXT_H */

@@ -174,11 +174,27 @@ static char *tags_and_triggers(const cJSON *s)
  * cut. Columns are counted in what a terminal shows (a CJK or emoji name takes two a
  * character). */
 #define NAME_MAX_COLUMNS 32
+/* One row of the table to stdout; on a terminal cut at its width (the fixed columns alone are
+ * 37 wide: a terminal narrower still gets the start of each row). */
+static void put_row(char *row, size_t len, int tty, int cols)
+{
+    if (len && row[len - 1] == '\n')
+        row[--len] = '\0';
+    if (tty && cli_text_width(row) > cols - 1)
+        cli_text_cell(stdout, row, cols - 1, 1);
+    else
+        fputs(row, stdout);
+    putchar('\n');
+}
+
 static void print_list(const cJSON *arr, const char *empty)
 {
     const cJSON *s;
     int tty = isatty(STDOUT_FILENO), cols = tty ? cli_terminal_columns(STDOUT_FILENO) : 0;
     int name_w = 4, rest_w;
+    char *row = NULL;
+    size_t len = 0;
+    FILE *f;
     if (cJSON_GetArraySize(arr) == 0) {
         printf("%s\n", empty);
         return;
@@ -193,15 +209,20 @@ static void print_list(const cJSON *arr, const char *empty)
         name_w = name_w > most ? (most > 8 ? most : 8) : name_w;
     }
     rest_w = cols - name_w - 29; /* the columns between: " %-7s %-12s %-6s " */
-    cli_text_cell("NAME", name_w, 0);
-    printf(" %-7s %-12s %-6s %s\n", "BASE", "ALGO/RANK", "WEIGHT",
-           !tty || rest_w >= 15 ? "TAGS / TRIGGERS"
-           : rest_w >= 8        ? "TAGS"
-                                : "");
+    if (!(f = open_memstream(&row, &len)))
+        return;
+    cli_text_cell(f, "NAME", name_w, 0);
+    fprintf(f, " %-7s %-12s %-6s %s", "BASE", "ALGO/RANK", "WEIGHT",
+            !tty || rest_w >= 15 ? "TAGS / TRIGGERS"
+            : rest_w >= 8        ? "TAGS"
+                                 : "");
+    fflush(f);
+    put_row(row, len, tty, cols);
     cJSON_ArrayForEach(s, arr)
     {
         const cJSON *rank = cJSON_GetObjectItem(s, "rank"), *w = cJSON_GetObjectItem(s, "weight");
         char algo[32], weight[16], *rest = tags_and_triggers(s);
+        rewind(f);
         snprintf(algo, sizeof algo, "%s", str_or(s, "algorithm", "-"));
         if (cJSON_IsNumber(rank) && rank->valueint > 0)
             snprintf(algo + strlen(algo), sizeof algo - strlen(algo), "/%d", rank->valueint);
@@ -209,15 +230,19 @@ static void print_list(const cJSON *arr, const char *empty)
             snprintf(weight, sizeof weight, "%g", w->valuedouble);
         else
             snprintf(weight, sizeof weight, "-");
-        cli_text_cell(str_or(s, "name", ""), name_w, tty);
-        printf(" %-7s %-12s %-6s ", str_or(s, "family", "-"), algo, weight);
+        cli_text_cell(f, str_or(s, "name", ""), name_w, tty);
+        fprintf(f, " %-7s %-12s %-6s ", str_or(s, "family", "-"), algo, weight);
         if (rest && tty && rest_w >= 8 && cli_text_width(rest) > rest_w)
-            cli_text_cell(rest, rest_w, 1);
+            cli_text_cell(f, rest, rest_w, 1);
         else if (rest && (!tty || rest_w >= 8))
-            printf("%s", rest);
-        printf("\n");
+            fputs(rest, f);
+        fputc('\0', f); /* the row ends here: rewind keeps a longer row's bytes after it */
+        fflush(f);
+        put_row(row, strlen(row), tty, cols);
         free(rest);
     }
+    fclose(f);
+    free(row);
 }
 
 /* --json plus one positional argument at most `max_pos`; fills pos[]. Returns -1 or exit code. */

@@ -208,6 +208,10 @@ check "search finds the tag" grep -q '"ink-film"' "$tmp/out"
 # nothing is cut
 expect_rc 0 "a long name" "$MOOD" style create a-very-long-style-name-that-goes-on-and-on --lora inkwash
 if command -v script >/dev/null 2>&1; then
+    script -qc "stty cols 24; '$MOOD' list" /dev/null >"$tmp/tty24" 2>&1
+    check "a terminal narrower than the fixed columns gets each row's start" py '
+import sys; lines = open(sys.argv[1], encoding="utf-8").read().replace("\r", "").splitlines()
+assert lines and all(len(l) <= 24 for l in lines), [l for l in lines if len(l) > 24]' "$tmp/tty24"
     script -qc "stty cols 50; '$MOOD' list" /dev/null >"$tmp/tty" 2>&1
     check "cut to fit 50 columns" py '
 import sys; lines = open(sys.argv[1], encoding="utf-8").read().replace("\r", "").splitlines()
