@@ -21,6 +21,11 @@ typedef struct cli_command {
 /* Prints "mood: error: <mood_error_last()>" and returns the exit status for `code`. */
 int cli_fail(int code);
 
+/* A file a signal that stops the command should remove (gen's preview: a convenience of the
+ * run, not an output); NULL: none. cli_signal_unlink_run is async-signal-safe. */
+void cli_signal_unlink_set(const char *path);
+void cli_signal_unlink_run(void);
+
 /* What a signal that stops the command now should say ("mood: TEXT" on stderr, from the
  * signal handler): set by a command for a phase whose stop leaves something to do (train's
  * registration); NULL clears it. cli_stop_note_write is async-signal-safe. */

@@ -140,6 +140,24 @@ int cli_print_json(cJSON *value)
     return 0;
 }
 
+static char unlink_path[4096];
+static volatile int unlink_set;
+
+void cli_signal_unlink_set(const char *path)
+{
+    unlink_set = 0; /* a signal meanwhile removes nothing, never half a path */
+    if (path && strlen(path) < sizeof unlink_path) {
+        strcpy(unlink_path, path);
+        unlink_set = 1;
+    }
+}
+
+void cli_signal_unlink_run(void)
+{
+    if (unlink_set)
+        unlink(unlink_path);
+}
+
 static char stop_note[1024];
 static volatile int stop_note_len;
 

@@ -457,6 +457,17 @@ int gen_write_preview(const float *images, int batch, int width, int height, int
     (void)step;
     if (!pv)
         return MOOD_ENOMEM;
+    if (!r->preview_written && !r->preview_failed && access(pv, F_OK) == 0) {
+        /* a file this run did not make (gen replaces no image): no previews, said once */
+        cli_warn("preview not written (the image still will be): %s exists, and is not this "
+                 "run's to replace",
+                 pv);
+        r->preview_failed = 1;
+    }
+    if (r->preview_failed) {
+        free(pv);
+        return 0;
+    }
     if (r->args.keep_index >= 0) /* --from-png of one image of a batch: that image alone */
         images += (size_t)r->args.keep_index * 3 * width * height, batch = 1;
     err = batch > 1 ? write_preview_grid(pv, images, batch, width, height)
@@ -467,6 +478,8 @@ int gen_write_preview(const float *images, int batch, int width, int height, int
         cli_warn("preview not written (the image still will be): %s", mood_error_last());
         r->preview_failed = 1;
     }
+    if (!err && !r->preview_written) /* removed by a Ctrl-C too */
+        cli_signal_unlink_set(pv);
     r->preview_written |= !err;
     free(pv);
     return 0;
@@ -475,6 +488,7 @@ int gen_write_preview(const float *images, int batch, int width, int height, int
 void gen_remove_preview(gen_run *r)
 {
     char *pv = r->preview_written ? preview_path(r) : NULL;
+    cli_signal_unlink_set(NULL);
     if (pv)
         unlink(pv);
     free(pv);

@@ -64,6 +64,7 @@ static void on_signal(int sig)
     /* Remove temporary output files and empty claims, then die of the same signal. */
     mood_atomic_cleanup_all();
     cli_claims_remove();
+    cli_signal_unlink_run();
     cli_stop_note_write();
     signal(sig, SIG_DFL);
     raise(sig);

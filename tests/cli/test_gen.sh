@@ -94,6 +94,18 @@ while time.time() - t0 < 120 and not os.path.exists(last):
 assert seen == {(128, 64)}, seen' "$tmp/pb.png.preview.png" "$tmp/pb-2.png"
 wait
 check "and removed after it" test ! -e "$tmp/pb.png.preview.png"
+# a file of that name the run did not make is neither replaced nor removed
+echo mine >"$tmp/k.png.preview.png"
+expect_rc 0 "previews beside someone's file" "$MOOD" gen "$PROMPT" "${common[@]}" --preview-every 2 -o "$tmp/k.png"
+check "it is kept as it was" test "$(cat "$tmp/k.png.preview.png")" = mine
+check "said once" test "$(grep -c "k.png.preview.png exists, and is not this run's to replace" "$tmp/err")" -eq 1
+# a run stopped by Ctrl-C leaves no preview
+"$MOOD" gen "$PROMPT" "${common[@]}" --steps 400 --preview-every 1 -o "$tmp/s.png" >/dev/null 2>&1 &
+gen_pid=$!
+for _ in $(seq 600); do [ -e "$tmp/s.png.preview.png" ] && break; sleep 0.05; done
+kill -INT "$gen_pid"
+wait "$gen_pid"
+check "stopped: no preview left" test ! -e "$tmp/s.png.preview.png"
 
 # ----- --from-png reproduces the image bit for bit
 expect_rc 0 "gen --from-png" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" -o "$tmp/b.png"
