@@ -112,12 +112,12 @@ int cmd_pack_export(int argc, char **argv)
     if (!rc && strcmp(out, "-") == 0) /* not a file named "-" beside the user's work */
         rc = cli_usage_error("pack export", "a pack is written to a file: -o FILE.moodpack "
                                             "(standard output is not supported)");
+    if (!rc && (err = mood_output_path_check(out)) != 0) /* a missing folder: exit 2, first */
+        rc = cli_fail(err);
     if (!rc && (strlen(out) < 9 || strcasecmp(out + strlen(out) - 9, ".moodpack") != 0))
         cli_warn("%s: written as a .moodpack (a tar archive compressed with zstd) whatever its "
                  "name; 'mood pack import' reads it",
                  out);
-    if (!rc && (err = mood_output_path_check(out)) != 0) /* a missing folder: exit 2, first */
-        rc = cli_fail(err);
     if (!rc && (rc = cli_registry_open(&r)) == 0) {
         o.progress = cli_progress;
         err = mood_pack_export(r, (const char *const *)argv, n, out, &o);

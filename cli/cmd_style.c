@@ -468,7 +468,7 @@ static void print_use(const cJSON *s)
     const cJSON *w = cJSON_GetObjectItem(s, "weight");
     const char *name = str_or(s, "name", "?");
     char weight[32];
-    snprintf(weight, sizeof weight, "%g", cJSON_IsNumber(w) ? w->valuedouble : 1.0);
+    snprintf(weight, sizeof weight, "%.10g", cJSON_IsNumber(w) ? w->valuedouble : 1.0);
     printf("%-14s<lora:%s:%s> in a prompt, or --style %s:%s\n", "Use:", name, weight, name, weight);
 }
 

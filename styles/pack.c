@@ -810,6 +810,10 @@ static int apply_renames(importer *m, const mood_pack_import_options *o)
 {
     for (size_t k = 0; k < o->n_renames; k++) {
         size_t i = 0;
+        for (size_t e = 0; e < k; e++)
+            if (strcasecmp(o->rename_from[e], o->rename_from[k]) == 0)
+                return mood_error_set(MOOD_EINVAL, "style '%s' is renamed twice (to '%s' and '%s')",
+                                      o->rename_from[k], o->rename_to[e], o->rename_to[k]);
         while (i < m->n_styles && strcasecmp(m->styles[i].name, o->rename_from[k]) != 0)
             i++;
         if (i == m->n_styles)

@@ -106,6 +106,8 @@ expect_rc 1 "--rename onto another style of the pack" "$MOOD" pack import "$tmp/
     --rename inkwash=COMBO
 check "says which name" grep -q "two styles of the pack would both be named 'combo'" "$tmp/err"
 expect_rc 1 "--rename without =" "$MOOD" pack import "$tmp/p.moodpack" --rename inkwash
+expect_rc 1 "one style renamed twice" "$MOOD" pack import "$tmp/p.moodpack" --rename inkwash=a --rename INKWASH=b
+check "says so" grep -q "style 'INKWASH' is renamed twice (to 'a' and 'b')" "$tmp/err"
 expect_rc 0 "both imported under other names" "$MOOD" pack import "$tmp/p.moodpack" \
     --rename INKWASH=inkwash-theirs --rename combo=combo-theirs --json
 check "reported under the new names" py '
