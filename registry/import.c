@@ -822,19 +822,9 @@ static int add_source(mood_registry *r, const import_job *j, int *gone)
 static int insert_previews(mood_registry *r, const import_job *j, long long style_id)
 {
     int err = 0, first = j->x ? (int)j->x->n_previews : 0;
-    for (int i = 0; !err && i < j->n_previews; i++) {
-        sqlite3_stmt *st = NULL;
-        if ((err = mood__reg_prepare(r, &st,
-                                     "INSERT INTO previews(style_id, blob_sha256, media_type, "
-                                     "origin, position) VALUES (?1, ?2, ?3, ?4, ?5)")) != 0)
-            break;
-        sqlite3_bind_int64(st, 1, style_id);
-        mood__reg_bind_text(st, 2, j->previews[i].tx.sha256);
-        mood__reg_bind_text(st, 3, j->previews[i].media_type);
-        mood__reg_bind_utf8(st, 4, j->previews[i].origin);
-        sqlite3_bind_int(st, 5, first + i);
-        err = mood__reg_step_done(r, st, "storing a preview");
-    }
+    for (int i = 0; !err && i < j->n_previews; i++)
+        err = mood__reg_insert_preview(r, style_id, j->previews[i].tx.sha256,
+                                       j->previews[i].media_type, j->previews[i].origin, first + i);
     return err;
 }
 

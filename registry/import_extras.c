@@ -99,25 +99,32 @@ static int insert_extra_file(mood_registry *r, const mood_style_file *f, const c
     return mood__reg_step_done(r, st, "storing a file of the style");
 }
 
+int mood__reg_insert_preview(mood_registry *r, long long style_id, const char *sha256,
+                             const char *media_type, const char *origin, int position)
+{
+    sqlite3_stmt *st = NULL;
+    int err = mood__reg_prepare(r, &st,
+                                "INSERT INTO previews(style_id, blob_sha256, media_type, origin,"
+                                " position) VALUES (?1, ?2, ?3, ?4, ?5)");
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, style_id);
+    mood__reg_bind_text(st, 2, sha256);
+    mood__reg_bind_text(st, 3, media_type);
+    mood__reg_bind_utf8(st, 4, origin);
+    sqlite3_bind_int(st, 5, position);
+    return mood__reg_step_done(r, st, "storing a preview");
+}
+
 int mood__reg_insert_extras(mood_registry *r, const mood_import_extras *x,
                             const mood__blob_tx *extra, long long style_id)
 {
     int err = 0;
     if (!x)
         return 0;
-    for (size_t i = 0; i < x->n_previews && !err; i++) {
-        sqlite3_stmt *st = NULL;
-        if ((err = mood__reg_prepare(r, &st,
-                                     "INSERT INTO previews(style_id, blob_sha256, media_type, "
-                                     "origin, position) VALUES (?1, ?2, ?3, ?4, ?5)")) != 0)
-            break;
-        sqlite3_bind_int64(st, 1, style_id);
-        mood__reg_bind_text(st, 2, extra[i].sha256);
-        mood__reg_bind_text(st, 3, x->previews[i].media_type);
-        mood__reg_bind_utf8(st, 4, x->previews[i].name);
-        sqlite3_bind_int(st, 5, (int)i);
-        err = mood__reg_step_done(r, st, "storing a preview");
-    }
+    for (size_t i = 0; i < x->n_previews && !err; i++)
+        err = mood__reg_insert_preview(r, style_id, extra[i].sha256, x->previews[i].media_type,
+                                       x->previews[i].name, (int)i);
     for (size_t i = 0; i < x->n_files && !err; i++) {
         int position = 0;
         for (size_t k = 0; k < i; k++)

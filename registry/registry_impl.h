@@ -150,6 +150,9 @@ int mood__reg_check_extras(const mood_import_extras *x);
  * x->n_previews + x->n_files of them, *n_extra counts those stored. */
 int mood__reg_store_extras(mood_registry *r, const mood_import_extras *x, mood__blob_tx **extra,
                            size_t *n_extra);
+/* One preview row of a style (import's sidecar previews and a caller's extras). */
+int mood__reg_insert_preview(mood_registry *r, long long style_id, const char *sha256,
+                             const char *media_type, const char *origin, int position);
 /* Their rows in the import's transaction: previews first (positions 0..), then files numbered
  * within their role. */
 int mood__reg_insert_extras(mood_registry *r, const mood_import_extras *x,
