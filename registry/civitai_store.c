@@ -117,7 +117,7 @@ static void previews_end(preview *pv, int n, mood_registry *r, int failed)
 
 /* The model description (HTML) as plain text: tags dropped, the common entities decoded,
  * whitespace collapsed, at most DESCRIPTION_MAX bytes (cut at a character boundary). */
-static char *html_text(const char *html)
+char *mood__reg_html_text(const char *html)
 {
     static const char *const ent[][2] = {{"&amp;", "&"},   {"&lt;", "<"},  {"&gt;", ">"},
                                          {"&quot;", "\""}, {"&#39;", "'"}, {"&nbsp;", " "}};
@@ -269,7 +269,7 @@ static int insert_source(mood_registry *r, const store_job *j)
 /* Trained words, description, family and tags, where the style has none yet. */
 static int fill_style(mood_registry *r, const store_job *j)
 {
-    char id[32], *words = joined_words(j->v), *text = html_text(j->v->model_description);
+    char id[32], *words = joined_words(j->v), *text = mood__reg_html_text(j->v->model_description);
     const char *fam = mood_civitai_family(j->v->base_model);
     int err = 0;
     snprintf(id, sizeof id, "%lld", j->style_id);

@@ -693,12 +693,15 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
     const cJSON *a = j->side.a1111, *c = j->side.civitai;
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(a, "preferred weight");
     const char *desc = jstr(a, "description");
+    char *from_html = NULL; /* Civitai's descriptions are HTML ("<p>grainy</p>"): as text */
     sqlite3_stmt *st = NULL;
     int err;
-    if (!desc)
-        desc = jstr(c, "description");
-    if (!desc)
-        desc = jstr(cJSON_GetObjectItemCaseSensitive(c, "model"), "description");
+    if (!desc && (jstr(c, "description") ||
+                  jstr(cJSON_GetObjectItemCaseSensitive(c, "model"), "description")))
+        desc = from_html = mood__reg_html_text(
+            jstr(c, "description")
+                ? jstr(c, "description")
+                : jstr(cJSON_GetObjectItemCaseSensitive(c, "model"), "description"));
     if ((err =
              mood__reg_prepare(r, &st,
                                "INSERT INTO styles(name, description, notes, trigger_words, "
@@ -720,7 +723,9 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
                  "%s.json: preferred weight %g left out (mood keeps one above 0, up to 10)",
                  j->stem_path, w->valuedouble);
     mood__reg_bind_utf8(st, 7, j->x ? j->x->training_json : NULL);
-    if ((err = mood__reg_step_done(r, st, "creating the style")) != 0)
+    err = mood__reg_step_done(r, st, "creating the style");
+    mood_free(from_html);
+    if (err)
         return err;
     *id = sqlite3_last_insert_rowid(r->db);
     if ((err = mood__reg_prepare(r, &st,

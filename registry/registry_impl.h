@@ -150,6 +150,10 @@ int mood__reg_check_extras(const mood_import_extras *x);
  * x->n_previews + x->n_files of them, *n_extra counts those stored. */
 int mood__reg_store_extras(mood_registry *r, const mood_import_extras *x, mood__blob_tx **extra,
                            size_t *n_extra);
+/* Civitai's HTML description as plain text: tags dropped, the common entities decoded,
+ * whitespace collapsed, at most 4,000 bytes (mood_malloc'd; NULL when empty or out of memory;
+ * civitai_store.c). */
+char *mood__reg_html_text(const char *html);
 /* One preview row of a style (import's sidecar previews and a caller's extras). */
 int mood__reg_insert_preview(mood_registry *r, long long style_id, const char *sha256,
                              const char *media_type, const char *origin, int position);

@@ -276,6 +276,16 @@ check "no import failed racing rm" test $race_failed = 0
 [ $race_failed = 1 ] && cat "$tmp/race/err" >&2
 expect_rc 0 "doctor finds the registry clean" "$MOOD" doctor
 
+# --- a .civitai.info sidecar's description is Civitai's HTML: stored as text ---
+export MOOD_HOME=$tmp/h-html
+mkdir -p "$tmp/html"
+cp "$FIX/lycoris/loha.safetensors" "$tmp/html/grainy.safetensors"
+echo '{"id": 7, "modelId": 8, "model": {"name": "Grainy", "description": "<p>Film <b>grain</b> &amp; warm<br>tones</p>"}}' \
+    >"$tmp/html/grainy.civitai.info"
+expect_rc 0 "import with an HTML description" "$MOOD" import --offline "$tmp/html/grainy.safetensors"
+expect_rc 0 "show it" "$MOOD" show grainy --json
+check "as text" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["description"]=="Film grain & warm tones", d["description"]' "$tmp/out"
+
 # --- rm of several names, one mistyped: none removed ---
 export MOOD_HOME=$tmp/h-rm
 expect_rc 0 "two styles" "$MOOD" import --offline "$FIX/lycoris/loha.safetensors" "$FIX/lycoris/lokr.safetensors"
