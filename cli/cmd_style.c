@@ -311,6 +311,8 @@ int cmd_list(int argc, char **argv)
         else
             return cli_usage_error("list", "unknown or incomplete option '%s'", argv[i]);
     }
+    if (tag && (!tag[tag[0] == '#'] || tag[tag[0] == '#'] == '#')) /* as 'mood tag' refuses */
+        return cli_usage_error("list", "--tag '%s': a tag is a word, after at most one '#'", tag);
     if (base && (mood_family_from_name(&fam, base) != 0 || fam == MOOD_FAMILY_UNKNOWN))
         return cli_usage_error("list", "--base '%s': expected sd1, sd2 or sdxl", base);
     if (strcmp(sort, "name") == 0)

@@ -193,6 +193,10 @@ expect_rc 0 "list --tag" "$MOOD" list --tag mono --json
 check "tag filter" py 'import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["ink-film"]' "$tmp/out"
 expect_rc 0 "list --tag with the '#' list shows" "$MOOD" list --tag '#MONO' --json
 check "the same style" py 'import json,sys; assert [s["name"] for s in json.load(open(sys.argv[1]))]==["ink-film"]' "$tmp/out"
+for t in "" "#" "##mono"; do
+    expect_rc 1 "list --tag '$t'" "$MOOD" list --tag "$t"
+    check "says what a tag is" grep -q "a tag is a word, after at most one '#'" "$tmp/err"
+done
 expect_rc 0 "several words are one query" "$MOOD" search ink wash --json
 check "both words must match" py 'import json,sys; json.load(open(sys.argv[1]))' "$tmp/out"
 expect_rc 0 "after --, a word may start with -" "$MOOD" search -- -ink
