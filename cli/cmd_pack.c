@@ -206,15 +206,16 @@ static void print_import_report(const cJSON *rep, const char *path)
         printf("the pack's credits: %s\n", credits);
 }
 
-/* --rename NAME=NEW into o's lists (sized for every argument). */
-static int add_rename(mood_pack_import_options *o, char *arg)
+/* --rename NAME=NEW as from[*n] and to[*n] (lists sized for every argument; arg is cut at
+ * its '='). */
+static int add_rename(const char **from, const char **to, size_t *n, char *arg)
 {
     char *eq = strchr(arg, '=');
     if (!eq || eq == arg || !eq[1])
         return cli_usage_error("pack import", "--rename takes NAME=NEW, not '%s'", arg);
     *eq = '\0';
-    ((const char **)o->rename_from)[o->n_renames] = arg;
-    ((const char **)o->rename_to)[o->n_renames++] = eq + 1;
+    from[*n] = arg;
+    to[(*n)++] = eq + 1;
     return 0;
 }
 
@@ -233,7 +234,7 @@ int cmd_pack_import(int argc, char **argv)
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
         else if (strcmp(argv[i], "--rename") == 0 && i + 1 < argc)
-            rc = add_rename(&o, argv[++i]);
+            rc = add_rename(from, to, &o.n_renames, argv[++i]);
         else if (argv[i][0] == '-' && argv[i][1])
             rc = cli_usage_error("pack import", "unknown option '%s'", argv[i]);
         else if (path)

@@ -152,24 +152,32 @@ static int is_plain(const mood_module *m)
            mood_st_numel(d) == d->shape[0] * cols;
 }
 
-static int alloc_f32(float **out, int64_t n)
+/* n zeroed elements of `size` bytes, refused when the count is negative or overflows. */
+static void *alloc_zeroed(int64_t n, size_t size, int *err)
 {
     uint64_t bytes;
-    *out = NULL;
-    if (n < 0 || mood_mul_u64(&bytes, (uint64_t)n, sizeof(float)) != 0 || bytes > SIZE_MAX)
-        return mood_error_set(MOOD_EINVAL, "tensor of %lld elements is too large", (long long)n);
-    *out = mood_calloc(bytes ? (size_t)bytes : 1, 1);
-    return *out ? 0 : mood_error_nomem();
+    void *p;
+    if (n < 0 || mood_mul_u64(&bytes, (uint64_t)n, size) != 0 || bytes > SIZE_MAX) {
+        *err = mood_error_set(MOOD_EINVAL, "tensor of %lld elements is too large", (long long)n);
+        return NULL;
+    }
+    p = mood_calloc(bytes ? (size_t)bytes : 1, 1);
+    *err = p ? 0 : mood_error_nomem();
+    return p;
+}
+
+static int alloc_f32(float **out, int64_t n)
+{
+    int err;
+    *out = alloc_zeroed(n, sizeof **out, &err);
+    return err;
 }
 
 static int alloc_f64(double **out, int64_t n)
 {
-    uint64_t bytes;
-    *out = NULL;
-    if (n < 0 || mood_mul_u64(&bytes, (uint64_t)n, sizeof(double)) != 0 || bytes > SIZE_MAX)
-        return mood_error_set(MOOD_EINVAL, "tensor of %lld elements is too large", (long long)n);
-    *out = mood_calloc(bytes ? (size_t)bytes : 1, 1);
-    return *out ? 0 : mood_error_nomem();
+    int err;
+    *out = alloc_zeroed(n, sizeof **out, &err);
+    return err;
 }
 
 static void out_shape(mood_lora_out_module *o, const mood_module *m)

@@ -164,6 +164,7 @@ static void check_stacked_ranks(const char *input, int square)
     mood_weighted_adapter in = {.path = pa, .unet = 0.7, .te = 0.7};
     mood_lora_write_options o;
     mood_adapter *a = NULL, *b = NULL;
+    int matched = 0;
     snprintf(pa, sizeof pa, "%s", fixture(input));
     snprintf(out, sizeof out, "%s", scratch_path("ranks.safetensors"));
     memset(&o, 0, sizeof o);
@@ -177,12 +178,13 @@ static void check_stacked_ranks(const char *input, int square)
         mood_adapter_module(a, i, &x);
         for (size_t j = 0; j < mood_adapter_module_count(b); j++) {
             mood_adapter_module(b, j, &y);
-            if (strcmp(x.kohya_name, y.kohya_name) == 0)
+            if (strcmp(x.kohya_name, y.kohya_name) == 0 && ++matched)
                 MOOD_CHECK_MSG(y.rank <= (square ? x.rank * x.rank : x.rank),
                                "%s: %s of rank %d stacked at rank %d", input, x.kohya_name, x.rank,
                                y.rank);
         }
     }
+    MOOD_CHECK_MSG(matched > 0, "%s: no module of the stack found again", input);
     mood_adapter_close(a);
     mood_adapter_close(b);
     remove(out);
