@@ -250,42 +250,57 @@ static int add_text(search_query *q, const char *s, size_t n)
 }
 
 /* A word typed with a Chinese or Japanese input method left in full-width mode ("ｉｎｋ",
- * U+FF01..U+FF5E) as its ASCII letters and digits: the width part of NFKC. n bytes at word into
- * out (at most n bytes); returns its length, 0 when the word has no full-width form. */
-static size_t fold_width(char *out, const char *word, size_t n)
+ * U+FF01..U+FF5E) and the same word in ASCII are one word (the width part of NFKC), but the
+ * index holds each as written and its tokenizer folds case only. So a word is looked for in its
+ * other width too: n bytes at word into out (at most 3n bytes), full-width forms as ASCII when
+ * it has any, else its ASCII letters and digits as full-width; returns the length, 0 when the
+ * word has neither. */
+static size_t other_width(char *out, const char *word, size_t n)
 {
     const unsigned char *s = (const unsigned char *)word;
-    size_t m = 0, folded = 0;
+    size_t m = 0, narrowed = 0, widened = 0;
+    int has_wide = 0;
     for (size_t i = 0; i < n;) {
         uint32_t c = 0;
         size_t k = mood__utf8_decode(s + i, n - i, &c);
         if (!k)
             return 0;
-        if (c >= 0xFF01 && c <= 0xFF5E) {
+        has_wide |= c >= 0xFF01 && c <= 0xFF5E;
+        i += k;
+    }
+    for (size_t i = 0; i < n;) {
+        uint32_t c = 0;
+        size_t k = mood__utf8_decode(s + i, n - i, &c);
+        if (has_wide && c >= 0xFF01 && c <= 0xFF5E) {
             out[m++] = (char)(c - 0xFEE0);
-            folded++;
+            narrowed++;
+        } else if (!has_wide && c < 0x80 && isalnum((int)c)) {
+            c += 0xFEE0; /* three bytes of UTF-8: EF BC/BD xx */
+            out[m++] = (char)0xEF;
+            out[m++] = (char)(0x80 | ((c >> 6) & 0x3F));
+            out[m++] = (char)(0x80 | (c & 0x3F));
+            widened++;
         } else {
             memcpy(out + m, word + i, k);
             m += k;
         }
         i += k;
     }
-    return folded ? m : 0;
+    return narrowed || widened ? m : 0;
 }
 
-/* Ends the run of `kind` at text[from, to) into q. A word with full-width forms is looked for
- * as typed or as ASCII (the index holds it as written: names are ASCII, a description may be
- * full-width). */
+/* Ends the run of `kind` at text[from, to) into q. A word is looked for as typed or in its
+ * other width (a description pasted from a Japanese page may be full-width). */
 static int end_run(search_query *q, int kind, const char *text, size_t from, size_t to)
 {
     const char *sep = q->fts.len ? " AND " : "";
     int n = (int)(to - from);
     if (kind == RUN_WORD) {
-        char ascii[SEARCH_MAX_BYTES];
-        size_t m = fold_width(ascii, text + from, to - from);
+        char other[3 * SEARCH_MAX_BYTES];
+        size_t m = other_width(other, text + from, to - from);
         if (m)
             return mood_buf_printf(&q->fts, "%s(\"%.*s\"* OR \"%.*s\"*)", sep, n, text + from,
-                                   (int)m, ascii);
+                                   (int)m, other);
         return mood_buf_printf(&q->fts, "%s\"%.*s\"*", sep, n, text + from);
     }
     return kind == RUN_TEXT ? add_text(q, text + from, to - from) : 0;

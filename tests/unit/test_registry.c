@@ -931,7 +931,8 @@ static void test_search_beyond_words(void)
     mood_style_spec spec = {.description =
                                 "ink \xf0\x9f\x8e\xa8 painting \xe2\x9d\xa4 "
                                 "\xe6\x97\xa5\xe6\x9c\xac\xe3\x81\xae\xe6\xb0\xb4\xe5\xa2\xa8"
-                                "\xe7\x94\xbb artist's"};
+                                "\xe7\x94\xbb artist's "
+                                "\xef\xbd\x97\xef\xbd\x81\xef\xbd\x93\xef\xbd\x88"};
     static const struct {
         const char *query;
         int found;
@@ -946,7 +947,10 @@ static void test_search_beyond_words(void)
                  {"\xe5\xa2\xa8ink", 1},                  /* 墨 and ink */
                  {"artist\xe2\x80\x99s", 1},              /* artist’s: the apostrophe separates */
                  {"ink\xe3\x80\x80painting", 1},          /* a full-width space */
-                 {"\xe2\x80\x9cink\xe2\x80\x9d", 1}};     /* “ink” */
+                 {"\xe2\x80\x9cink\xe2\x80\x9d", 1},      /* “ink” */
+                 {"WASH", 1},                     /* ｗａｓｈ, full-width in the description */
+                 {"\xef\xbd\x97\xef\xbd\x81", 1}, /* ｗａ, as written */
+                 {"washes", 0}};
     ink_registry(home, src, db_path, sizeof db_path);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
     if (!r)
