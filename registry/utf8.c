@@ -142,9 +142,54 @@ int mood_registry_text_to_utf8(char **out, const char *text)
     return mood__reg_utf8_copy(out, text ? text : "", NULL);
 }
 
-/* SQL mood_fold(text): text in NFC and Unicode lower case (full mappings; final sigma as sigma),
- * for comparing tags: "café" typed composed or decomposed, ΟΔΌΣ and οδός, are one tag. Text that
- * is not valid UTF-8 is returned as it is, NULL as NULL. */
+/* What full case folding (Unicode's CaseFolding.txt, C+F) does beyond lower case, for the
+ * characters lower case leaves: ß and ẞ are ss, the ﬁ ligatures their letters, a final sigma
+ * and the Greek symbol variants their letter. Not here: the Greek letters with iota subscript
+ * (rare in tags), and İ, which folds to i and a dot above, apart from I, as Unicode's default
+ * (not Turkish) folding has it. */
+static const struct {
+    uint16_t from, to[3];
+} fold_extra[] = {
+    {0x00B5, {0x03BC}},           {0x00DF, {0x73, 0x73}},
+    {0x0149, {0x02BC, 0x6E}},     {0x017F, {0x73}},
+    {0x0345, {0x03B9}},           {0x03C2, {0x03C3}},
+    {0x03D0, {0x03B2}},           {0x03D1, {0x03B8}},
+    {0x03D5, {0x03C6}},           {0x03D6, {0x03C0}},
+    {0x03F0, {0x03BA}},           {0x03F1, {0x03C1}},
+    {0x03F5, {0x03B5}},           {0x0587, {0x0565, 0x0582}},
+    {0x1C80, {0x0432}},           {0x1C81, {0x0434}},
+    {0x1C82, {0x043E}},           {0x1C83, {0x0441}},
+    {0x1C84, {0x0442}},           {0x1C85, {0x0442}},
+    {0x1C86, {0x044A}},           {0x1C87, {0x0463}},
+    {0x1C88, {0xA64B}},           {0x1E9A, {0x61, 0x02BE}},
+    {0x1E9B, {0x1E61}},           {0x1FBE, {0x03B9}},
+    {0xFB00, {0x66, 0x66}},       {0xFB01, {0x66, 0x69}},
+    {0xFB02, {0x66, 0x6C}},       {0xFB03, {0x66, 0x66, 0x69}},
+    {0xFB04, {0x66, 0x66, 0x6C}}, {0xFB05, {0x73, 0x74}},
+    {0xFB06, {0x73, 0x74}},       {0xFB13, {0x0574, 0x0576}},
+    {0xFB14, {0x0574, 0x0565}},   {0xFB15, {0x0574, 0x056B}},
+    {0xFB16, {0x057E, 0x0576}},   {0xFB17, {0x0574, 0x056D}},
+};
+
+/* Appends the case folding of lower-case code point c to b. */
+static int append_folded(mood_buf *b, uint32_t c)
+{
+    char enc[4];
+    for (size_t i = 0; i < sizeof fold_extra / sizeof fold_extra[0]; i++) {
+        if (fold_extra[i].from != c)
+            continue;
+        for (size_t j = 0; j < 3 && fold_extra[i].to[j]; j++) {
+            if (mood_buf_append(b, enc, mood__utf8_encode(fold_extra[i].to[j], enc)) != 0)
+                return -1;
+        }
+        return 0;
+    }
+    return mood_buf_append(b, enc, mood__utf8_encode(c, enc));
+}
+
+/* SQL mood_fold(text): text in NFC and Unicode full case folding (lower case, then
+ * fold_extra), for comparing tags: "café" typed composed or decomposed, ΟΔΌΣ and οδός, STRASSE
+ * and straße are one tag. Text that is not valid UTF-8 is returned as it is, NULL as NULL. */
 static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     const unsigned char *s = sqlite3_value_text(argv[0]);
@@ -173,10 +218,7 @@ static void sql_fold(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         uint32_t low[3];
         size_t k = mood__uc_to_lower(cps[i], low);
         for (size_t j = 0; j < k; j++) {
-            char enc[4];
-            if (low[j] == 0x3C2) /* final sigma: case folding makes it σ, as Σ lowers */
-                low[j] = 0x3C3;
-            if (mood_buf_append(&b, enc, mood__utf8_encode(low[j], enc)) != 0) {
+            if (append_folded(&b, low[j]) != 0) {
                 mood_buf_dispose(&b);
                 mood_free(cps);
                 sqlite3_result_error_nomem(ctx);

@@ -67,13 +67,16 @@ check "show is valid JSON, with the UTF-8 tag" python3 -c '
 import json,sys; d=json.loads(open(sys.argv[1],"rb").read().decode("utf-8"))
 assert d["tags"]==["sch\u00f6n"] and d["negative"] is None, d' "$tmp/out"
 # tags are one tag in any case, beyond ASCII too (SQLite's NOCASE folds only A-Z; a final sigma
-# is a sigma), composed or not (ö typed as o and its accent: NFC)
+# is a sigma; ß is ss and ﬁ is fi, as Unicode's case folding has them), composed or not (ö typed
+# as o and its accent: NFC)
 expect_rc 0 "the tag in other cases" "$MOOD" tag latin1 "+SCHÖN" "+Schön" "+Ölbild" "+ölbild" \
-    "+οδός" "+ΟΔΌΣ" "+Scho$(printf '\xcc\x88')n"
+    "+οδός" "+ΟΔΌΣ" "+Scho$(printf '\xcc\x88')n" "+straße" "+STRASSE" "+Strasse" "+ﬁre" "+FIRE"
 expect_rc 0 "show" "$MOOD" show latin1 --json
 check "one tag each, as first written" python3 -c '
 import json,sys; d=json.load(open(sys.argv[1]))
-assert sorted(d["tags"])==["sch\u00f6n", "\u00d6lbild", "\u03bf\u03b4\u03cc\u03c2"], d["tags"]' "$tmp/out"
+assert sorted(d["tags"])==["sch\u00f6n", "stra\u00dfe", "\u00d6lbild", "\u03bf\u03b4\u03cc\u03c2",
+                           "\ufb01re"], d["tags"]' "$tmp/out"
+expect_rc 0 "remove straße as STRASSE" "$MOOD" tag latin1 -STRASSE -fire
 expect_rc 0 "list --tag in another case" "$MOOD" list --tag ÖLBILD
 check "finds it" grep -q "^latin1 " "$tmp/out"
 expect_rc 0 "remove in another case" "$MOOD" tag latin1 -ÖLBILD
