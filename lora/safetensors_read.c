@@ -335,6 +335,14 @@ static const char *other_kind(const uint8_t *p, uint64_t size)
     if (size >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5)
         return "it is a Python pickle (a PyTorch .ckpt/.pt/.bin): mood reads safetensors only, "
                "which cannot run code; convert it with a trusted tool first";
+    if ((size >= 8 && memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) ||
+        (size >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) ||
+        (size >= 12 && memcmp(p, "RIFF", 4) == 0 && memcmp(p + 8, "WEBP", 4) == 0) ||
+        (size >= 6 && (memcmp(p, "GIF87a", 6) == 0 || memcmp(p, "GIF89a", 6) == 0)))
+        return "it is an image (PNG, JPEG, WebP or GIF), not a model or LoRA file";
+    if (size >= 4 && memcmp(p, "GGUF", 4) == 0)
+        return "it is a GGUF file (quantised weights for llama.cpp or stable-diffusion.cpp): "
+               "mood reads safetensors only";
     if (size >= 4 && p[0] == 'P' && p[1] == 'K' && p[2] == 3 && p[3] == 4)
         return "it is a ZIP archive (a PyTorch .ckpt/.pt, or a zipped download): mood reads "
                "safetensors only; unzip it, or convert a checkpoint with a trusted tool first";
@@ -360,7 +368,9 @@ static int validate(mood_st_file *f)
     if (n > MOOD_ST_MAX_HEADER) {
         char sz[64];
         snprintf(sz, sizeof sz, "%llu bytes", (unsigned long long)n);
-        return fail(f, "header length %s is over the 100 MB limit", sz, NULL);
+        return fail(f,
+                    "header length %s is over the 100 MB limit (is it a safetensors file at all?)",
+                    sz, NULL);
     }
     if (mood_add_u64(&header_end, 8, n) != 0 || header_end > f->size) {
         char sz[96];

@@ -71,6 +71,15 @@ static void test_reject_container(void)
     p = scratch_path("zip.safetensors");
     MOOD_CHECK(write_file(p, "PK\x03\x04\x14\0\0\0\x08\0", 10) == 0);
     expect_reject(p, "ZIP");
+    p = scratch_path("png.safetensors");
+    MOOD_CHECK(write_file(p, "\x89PNG\r\n\x1a\n\0\0\0\rIHDR", 16) == 0);
+    expect_reject(p, "an image");
+    p = scratch_path("jpeg.safetensors");
+    MOOD_CHECK(write_file(p, "\xff\xd8\xff\xe0\0\x10JFIF\0", 11) == 0);
+    expect_reject(p, "an image");
+    p = scratch_path("gguf.safetensors");
+    MOOD_CHECK(write_file(p, "GGUF\x03\0\0\0\0\0\0\0", 12) == 0);
+    expect_reject(p, "GGUF");
     expect_reject(craft("huge.safetensors", "{}", 100000001, 0), "100 MB");
     expect_reject(craft("pasteof.safetensors", "{}", 64, 0), "past the end");
     expect_reject(craft("nobrace.safetensors", " {}     ", 0, 0), "'{'");
