@@ -65,7 +65,7 @@ static int parse_args(stack_args *a, int argc, char **argv)
         return cli_usage_error("lora stack", "no input LoRA given");
     if (!a->output)
         return cli_usage_error("lora stack", "no output file given (-o OUT)");
-    return 0;
+    return cli_check_safetensors_output("lora stack", a->output, "LoRA");
 }
 
 static int print_summary(const stack_args *a)

@@ -148,8 +148,12 @@ expect_rc 1 "extract into its base" "$MOOD" lora extract --base "$tmp/base.safet
     --tuned "$FIX/bases/sd1_base_fp16.safetensors" --rank 2 -o "$tmp/base.safetensors"
 cmp -s "$lora" "$tmp/mine.safetensors" || fail "a refused output changed its input LoRA"
 cmp -s "$base" "$tmp/base.safetensors" || fail "a refused output changed its input checkpoint"
-expect_rc 1 "output is a folder" "$MOOD" lora stack "$lora" -o "$tmp"
+mkdir -p "$tmp/folder.safetensors"
+expect_rc 1 "output is a folder" "$MOOD" lora stack "$lora" -o "$tmp/folder.safetensors"
 grep -q "is a folder" "$tmp/err" || fail "stack into a folder: $(cat "$tmp/err")"
+# a .ckpt name would be torch.load()ed by A1111: stack takes only .safetensors, as the others do
+expect_rc 1 "stack to a .ckpt name" "$MOOD" lora stack "$lora" -o "$tmp/stack.ckpt"
+check "asks for .safetensors" grep -q "give a name ending in .safetensors" "$tmp/err"
 expect_rc 2 "output folder missing" "$MOOD" lora merge "$lora" --rank 2 -o "$tmp/no/x.safetensors"
 
 expect_rc 1 "a hexadecimal weight" "$MOOD" lora stack "$lora:0x10" -o "$tmp/x.safetensors"
