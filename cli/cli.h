@@ -47,6 +47,8 @@ void cli_claims_clear(void);
 int cli_usage_error(const char *command, const char *fmt, ...) MOOD_PRINTF(2, 3);
 /* Prints a warning line to stderr. */
 void cli_warn(const char *fmt, ...) MOOD_PRINTF(1, 2);
+/* Whether something (a file, a folder) is at path p. */
+int cli_path_exists(const char *p);
 
 /* A progress callback drawing a bar on stderr when it is a terminal (silent otherwise). */
 int cli_progress(const mood_progress *p, void *payload);

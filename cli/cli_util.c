@@ -443,7 +443,7 @@ int cli_parse_dtype(mood_dtype *out, const char *s)
     return -1;
 }
 
-static int path_exists(const char *p)
+int cli_path_exists(const char *p)
 {
     struct stat st;
     return stat(p, &st) == 0;
@@ -462,7 +462,7 @@ char *cli_model_by_name(const char *name)
             if (!p)
                 break;
             snprintf(p, n, "%s/models/%s%s", home, name, exts[i]);
-            if (path_exists(p)) {
+            if (cli_path_exists(p)) {
                 mood_registry_free_string(home);
                 return p;
             }
@@ -477,7 +477,7 @@ char *cli_model_by_name(const char *name)
             char *p = malloc(n);
             if (p)
                 snprintf(p, n, "%s/mood-tiny", data);
-            if (p && path_exists(p))
+            if (p && cli_path_exists(p))
                 return p;
             free(p);
         }
@@ -493,7 +493,7 @@ int cli_find_model(char **out, const char *arg)
         fprintf(stderr, "mood: error: no model: give --model PATH_OR_NAME (or set MOOD_MODEL)\n");
         return 1;
     }
-    if (path_exists(arg)) {
+    if (cli_path_exists(arg)) {
         *out = strdup(arg);
         return *out ? 0 : 2;
     }

@@ -88,7 +88,9 @@ const char cmd_train_help[] =
     "                       instead of keeping them: less memory, about 40% more time a\n"
     "                       step; auto (default): on when keeping them would take more\n"
     "                       than half the free memory\n"
-    "  -o, --output FILE    where to write the LoRA (default NAME.safetensors)\n"
+    "  -o, --output FILE    where to write the LoRA (default NAME.safetensors, or\n"
+    "                       NAME-2.safetensors and so on when an earlier run's is there:\n"
+    "                       never over it; --resume continues the latest)\n"
     "  --no-register        do not add the style to the registry\n"
     "  --json               print what was written as JSON: lora (or model), loss_csv,\n"
     "                       loss_plot, checkpoint, trigger, samples, style, n_previews,\n"
@@ -465,17 +467,76 @@ static void set_samples(train_args *a)
     a->o.sample_payload = a;
 }
 
+/* Run k's default output: NAME.safetensors, then NAME-2.safetensors, ... (a folder NAME for
+ * full training); NULL when out of memory. */
+static char *default_output(const train_args *a, int k)
+{
+    char name[4200];
+    snprintf(name, sizeof name, k == 1 ? "%s" : "%s-%d", a->o.name, k);
+    return train_beside(name, a->o.full ? "" : ".safetensors");
+}
+
+/* Whether run k's output or checkpoint is there; -1 when out of memory. */
+static int run_there(const train_args *a, int k, int *has_checkpoint)
+{
+    char *out = default_output(a, k),
+         *ckpt = out ? train_beside(out, ".checkpoint.safetensors") : NULL;
+    int there = out && ckpt ? cli_path_exists(out) : -1;
+    *has_checkpoint = ckpt && cli_path_exists(ckpt);
+    free(out);
+    free(ckpt);
+    return there < 0 ? -1 : there || *has_checkpoint;
+}
+
+/* The output when -o is not given: a style's run never writes over an earlier finished run's files
+ * (as gen never writes over an earlier image), so a second run of NAME writes NAME-2.safetensors;
+ * a stopped run's checkpoint is the library's to refuse (it says --resume), the name is kept.
+ * --resume continues the latest run of NAME: the last whose checkpoint is there. */
+static int pick_default_output(train_args *a)
+{
+    int k = 1, has_ckpt = 0, there;
+    if (a->o.full) {
+        /* a model folder: an earlier --full run's is replaced, as mood__full_params_check allows */
+    } else if (a->o.resume) {
+        int latest = 1;
+        for (int i = 1; i < 1000 && (there = run_there(a, i, &has_ckpt)) > 0; i++)
+            latest = has_ckpt ? i : latest;
+        k = latest;
+    } else {
+        for (char *out, *ckpt; k < 1000; k++) { /* stopped: the library says --resume */
+            if (!(out = default_output(a, k)) ||
+                !(ckpt = train_beside(out, ".checkpoint.safetensors"))) {
+                free(out);
+                return 2;
+            }
+            there = cli_path_exists(out) && !mood_train_checkpoint_stopped(ckpt, NULL, NULL);
+            free(out);
+            free(ckpt);
+            if (!there)
+                break;
+        }
+    }
+    if (!(a->out_default = default_output(a, k)))
+        return 2;
+    a->output = a->out_default;
+    if (k > 1 && !a->o.resume) {
+        char *first = default_output(a, 1);
+        fprintf(stderr,
+                "mood: note: %s is an earlier run's; this run writes %s (-o chooses the file)\n",
+                first ? first : a->o.name, a->output);
+        free(first);
+    }
+    return 0;
+}
+
 static int set_files(train_args *a)
 {
     int rc;
     if (a->output && !a->o.full &&
         (rc = cli_check_safetensors_output("train", a->output, "LoRA")) != 0)
         return rc;
-    if (!a->output) { /* full training writes a model folder */
-        if (!(a->out_default = train_beside(a->o.name, a->o.full ? "" : ".safetensors")))
-            return 2;
-        a->output = a->out_default;
-    }
+    if (!a->output && (rc = pick_default_output(a)) != 0) /* full training: a model folder */
+        return rc;
     a->ckpt = train_beside(a->output, ".checkpoint.safetensors");
     a->csv = train_beside(a->output, ".loss.csv");
     a->png = train_beside(a->output, ".loss.png");

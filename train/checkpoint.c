@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "mood/safetensors.h"
 #include "train/train_internal.h"
 
@@ -133,6 +134,19 @@ int mood__checkpoint_unfinished(const char *path, int64_t *step, int64_t *planne
         stopped = *step < *planned;
     mood_error_clear();
     mood_st_close(f);
+    return stopped;
+}
+
+int mood_train_checkpoint_stopped(const char *path, int64_t *step, int64_t *planned)
+{
+    int64_t s = 0, p = 0;
+    int stopped;
+    MOOD_ARG_NONNULL(path);
+    stopped = mood__checkpoint_unfinished(path, &s, &p);
+    if (step)
+        *step = s;
+    if (planned)
+        *planned = p;
     return stopped;
 }
 

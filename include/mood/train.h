@@ -362,6 +362,11 @@ void mood_train_options_init(mood_train_options *o);
  * mood_model_open, mood_board_load and the file writes. */
 MOOD_WARN_UNUSED int mood_train_run(const mood_train_options *o);
 
+/* Whether `path` is the checkpoint of a run stopped before its planned steps (then *step of
+ * *planned, when not NULL): what a new run of the same output refuses to overwrite, and what
+ * --resume continues. 0 for no file, a finished run's, or a file that is no checkpoint. */
+int mood_train_checkpoint_stopped(const char *path, int64_t *step, int64_t *planned);
+
 /* Asks a running training to save a checkpoint and stop at the end of its current step.
  * Async-signal-safe (sets a flag). */
 void mood_train_request_stop(void);

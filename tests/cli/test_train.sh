@@ -323,6 +323,21 @@ expect_rc 0 "a taken name, default -o" "$MOOD" train --name cont --board ../boar
     --res 64 --steps 1 --rank 4 --seed 5 --json # another seed: the run just before made the same file
 check "announced as cont-3" grep -q "will be registered as 'cont-3'" "$tmp/err"
 check "registered as cont-3 (the import's own choice was that too)" py 'import json,sys; assert json.load(open(sys.argv[1]))["style"]=="cont-3"' "$tmp/out"
+# a second run of a name there writes NAME-2.safetensors: never over the first run's files (the
+# style made from them says they are its source), as gen never writes over an earlier image
+cp cont.safetensors first.copy
+expect_rc 0 "the name again, default -o" "$MOOD" train --name cont --board ../board \
+    --model "$MODEL" --res 64 --steps 1 --rank 4 --seed 6 --no-register
+check "says where it writes" grep -q "note: cont.safetensors is an earlier run's; this run writes cont-2.safetensors" "$tmp/err"
+check "the first run's file untouched" cmp -s cont.safetensors first.copy
+check "the second beside it, with its own checkpoint" test -f cont-2.safetensors -a -f cont-2.checkpoint.safetensors
+expect_rc 0 "--resume continues the latest run" "$MOOD" train --name cont --board ../board \
+    --model "$MODEL" --res 64 --steps 2 --rank 4 --seed 6 --no-register --resume
+check "cont-2 continued" py '
+import json,struct
+b=open("cont-2.safetensors","rb").read(); n,=struct.unpack("<Q",b[:8])
+assert json.loads(b[8:8+n])["__metadata__"]["ss_max_train_steps"]=="2"'
+check "the first still untouched" cmp -s cont.safetensors first.copy
 cd ..
 # a new run never overwrites the checkpoint of a stopped one (hours of work on a CPU): its plan
 # (mood.train.steps) is made larger than its step, as a Ctrl-C leaves it
