@@ -12,6 +12,7 @@
  * neighbours with equal weights are joined (so "(a)(b)" is one fragment "ab").
  */
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -303,6 +304,16 @@ int mood_prompt_parse(mood_prompt_fragments *out, const char *prompt)
         multiply_from(&l, round.items[k], 1.1);
     for (size_t k = 0; k < square.n; k++)
         multiply_from(&l, square.items[k], 1 / 1.1);
+    for (size_t k = 0; k < l.n; k++) {
+        /* A1111 would go on with inf (or 0 * inf, NaN) and draw noise; no JSON holds either */
+        if (!isfinite(l.items[k].weight) || fabs(l.items[k].weight) > 1e30) {
+            err = mood_error_set(MOOD_EINVAL,
+                                 "emphasis weight of '%.40s' is %g: nested brackets multiply "
+                                 "their weights past any use; weights of 0.5 to 1.5 are usual",
+                                 l.items[k].text, l.items[k].weight);
+            goto done;
+        }
+    }
     if (l.n == 0 && (err = frag_push(&l, "", 0, 1.0)) < 0)
         goto done;
     if ((err = join_equal(&l)) < 0)

@@ -63,6 +63,10 @@ assert ids[:4] == [49406, 2368, 49407, 0] and ids[76] == 0, ids[:5]' || fail "--
 expect_rc 1 "not UTF-8" "$MOOD" tokenize "$(printf 'a\377')"
 grep -q "UTF-8" "$tmp/err" || fail "UTF-8 message"
 expect_rc 1 "bad weight" "$MOOD" tokenize "(a:1.2.3)"
+# nested weights whose product overflows: refused (--json printed a bare inf, which no JSON holds)
+expect_rc 1 "weights past any number" "$MOOD" tokenize --json \
+    "$(python3 -c "print('(' * 8 + 'a' + (':1' + '0' * 40 + ')') * 8)")"
+check "says the brackets multiply" grep -q "nested brackets multiply" "$tmp/err"
 expect_rc 1 "no prompt" "$MOOD" tokenize
 expect_rc 1 "unknown option" "$MOOD" tokenize --bogus cat
 expect_rc 2 "MOOD_DATA without the vocabulary" env MOOD_DATA="$tmp" "$MOOD" tokenize cat
