@@ -174,6 +174,13 @@ static int add_style(resolver *r, const char *name, double w, double w_te, int h
         return mood_buf_printf(&r->used, "%s%s:0", r->used.len ? ", " : "", name);
     }
     err = style_adapters(r, st, name, w, w_te);
+    if (!err && w <= 0 && w_te <= 0) {
+        /* a negative weight takes the style away: its LoRAs subtracted, and none of its words,
+         * which would draw the picture toward it */
+        err = mood_buf_printf(&r->used, "%s%s:%g", r->used.len ? ", " : "", name, w);
+        cJSON_Delete(st);
+        return err;
+    }
     if (!err && !(r->flags & MOOD_STYLES_ADAPTERS_ONLY) && style_texted(r, name)) {
         /* a style given twice: its LoRAs' weights add up (fold_repeats), its words go in once */
         if (json_str(st, "template") || json_str(st, "trigger_words") || json_str(st, "negative"))
@@ -778,6 +785,16 @@ static void fold_repeats(mood_resolved_styles *out)
         out->adapters[j].unet += a->unet;
         out->adapters[j].te += a->te;
         drop_adapter(a);
+    }
+    out->n = kept;
+    /* repeats that cancel out (inkwash:0.5 and inkwash:-0.5) leave it out, as a weight of 0
+     * does: no LoRA applied, none recorded in the image */
+    kept = 0;
+    for (size_t i = 0; i < out->n; i++) {
+        if (out->adapters[i].unet == 0 && out->adapters[i].te == 0)
+            drop_adapter(&out->adapters[i]);
+        else
+            out->adapters[kept++] = out->adapters[i];
     }
     out->n = kept;
 }

@@ -350,7 +350,8 @@ static void test_template_and_triggers(void)
 }
 
 /* A style given twice puts its words in once (its LoRA at the sum of the weights); a style at
- * weight 0 is off: none of its LoRAs, none of its words; a <lora:> tag that names a LoRA by its
+ * weight 0 is off: none of its LoRAs, none of its words; at a negative one, its LoRAs without
+ * its words; a <lora:> tag that names a LoRA by its
  * file's stem, as A1111 does ("Ink Wash (v2)"), finds the style import made of that file. */
 static void test_twice_zero_and_file_names(void)
 {
@@ -360,6 +361,8 @@ static void test_twice_zero_and_file_names(void)
     mood_resolved_styles s;
     mood_style_arg twice[2] = {{"words", 0.5, 1}, {"words", 0.25, 1}};
     mood_style_arg off = {"words", 0, 1};
+    mood_style_arg minus = {"words", -0.5, 1};
+    mood_style_arg cancel[2] = {{"words", 0.5, 1}, {"words", -0.5, 1}};
     const char *pa = lora_copy("Ink Wash (v2).safetensors", 0);
     MOOD_CHECK_OK(mood_registry_open(&reg, home));
     if (!reg)
@@ -380,6 +383,16 @@ static void test_twice_zero_and_file_names(void)
     mood_resolved_styles_dispose(&s);
     MOOD_CHECK_OK(mood_styles_resolve(&s, reg, "a cat", NULL, &off, 1, NULL, 0, 0));
     MOOD_CHECK_MSG(strcmp(s.prompt, "a cat") == 0 && s.n == 0, "%s, %zu LoRAs", s.prompt, s.n);
+    mood_resolved_styles_dispose(&s);
+    /* a negative weight subtracts the LoRA and adds no words; weights that cancel leave the
+     * LoRA out (no <lora:words:0> in the image) */
+    MOOD_CHECK_OK(mood_styles_resolve(&s, reg, "a cat", NULL, &minus, 1, NULL, 0, 0));
+    MOOD_CHECK_MSG(strcmp(s.prompt, "a cat") == 0 && strcmp(s.negative, "") == 0 && s.n == 1 &&
+                       s.adapters[0].unet == -0.5,
+                   "%s | %s, %zu LoRAs", s.prompt, s.negative, s.n);
+    mood_resolved_styles_dispose(&s);
+    MOOD_CHECK_OK(mood_styles_resolve(&s, reg, "a cat", NULL, cancel, 2, NULL, 0, 0));
+    MOOD_CHECK_MSG(s.n == 0, "%zu LoRAs", s.n);
     mood_resolved_styles_dispose(&s);
     MOOD_CHECK_OK(
         mood_styles_resolve(&s, reg, "a cat <lora:Ink Wash (v2):0.5>", NULL, NULL, 0, NULL, 0, 0));
