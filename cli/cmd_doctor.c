@@ -28,8 +28,10 @@ const char cmd_doctor_help[] =
     "            matches their SHA-256 (reads everything: slow on a big registry)\n"
     "  --fix     repair: delete orphans (an orphan holding a LoRA is moved to\n"
     "            $MOOD_HOME/blobs/lost+found/ instead: 'mood import' takes it back); remove\n"
-    "            previews whose file is missing or damaged, and LoRAs whose file is missing\n"
-    "            or damaged. A style that combines such a LoRA with others ('mood style\n"
+    "            previews whose file is missing or damaged; a LoRA whose file is missing or\n"
+    "            damaged is stored again from the file it was imported from when that is\n"
+    "            still there with the same SHA-256 (its styles stay as they are), else\n"
+    "            removed. A style that combines such a LoRA with others ('mood style\n"
     "            create') keeps them, its template, negative prompt and weights, and loses\n"
     "            only that LoRA. A style left with no LoRA is removed.\n"
     "            Every style removed or changed is named. To get a LoRA back, import its file\n"
@@ -38,7 +40,9 @@ const char cmd_doctor_help[] =
     "  --json    print the report as JSON: {registry, integrity [], missing [{sha256, kind,\n"
     "            path, file_name, imported_from, styles [names]}], orphans [paths], corrupt\n"
     "            and unreadable [same as missing; unreadable with error], rescued [{path,\n"
-    "            to}], wrong_size [{sha256, path, stored_size, size, fixed}], styles\n"
+    "            to}], restored [{sha256, kind, path, file_name, from}] (a missing\n"
+    "            item whose original file would serve has restorable_from), wrong_size\n"
+    "            [{sha256, path, stored_size, size, fixed}], styles\n"
     "            [{name, action (\"remove\" or \"drop\"), n_adapters,\n"
     "            kept, lost [{sha256, file_name, problem}], fixed}], problems, fixed}\n"
     "            (file_name, imported_from and styles for LoRAs only), models [{name,\n"
@@ -49,7 +53,9 @@ const char cmd_doctor_help[] =
     "gone (or holds no LoRAs) while stored files remain under blobs/, those files are not\n"
     "orphans: doctor counts them, and --fix refuses to delete them; restore registry.db from\n"
     "a backup, or import the LoRA files again. (--json: database is \"ok\", \"none\", or\n"
-    "\"missing\" / \"empty\" with stored_files and blobs.)\n\n"
+    "\"missing\" / \"empty\" with stored_files and blobs.) The reverse, every stored file\n"
+    "missing (blobs/ on a drive that is not mounted, a moved folder), --fix refuses too: it\n"
+    "would remove every style.\n\n"
     "Exit status: 0 nothing wrong, 1 problems were found (with --fix: and repaired; run again\n"
     "to confirm), 2 the registry could not be read.\n";
 
@@ -144,8 +150,19 @@ static void print_list(const cJSON *arr, const char *what)
             printf(" (%s%s%s)", str_of(v, "file_name"),
                    str_of(v, "imported_from") ? ", imported from " : "",
                    str_of(v, "imported_from") ? str_of(v, "imported_from") : "");
+        if (str_of(v, "restorable_from"))
+            printf("; that file is still there: --fix stores it again from it");
         printf("\n");
     }
+}
+
+static void print_restored(const cJSON *arr)
+{
+    const cJSON *v;
+    cJSON_ArrayForEach(v, arr)
+        printf("  lost %s: %s (%s): stored again from %s, its styles as they were\n",
+               str_of(v, "kind"), str_of(v, "path"),
+               str_of(v, "file_name") ? str_of(v, "file_name") : "?", str_of(v, "from"));
 }
 
 /* "a.safetensors (damaged), b.safetensors (missing)" */
@@ -254,6 +271,7 @@ int cmd_doctor(int argc, char **argv)
     print_wrong_sizes(cJSON_GetObjectItem(rep, "wrong_size"));
     print_list(cJSON_GetObjectItem(rep, "orphans"), "orphan");
     print_rescued(cJSON_GetObjectItem(rep, "rescued"));
+    print_restored(cJSON_GetObjectItem(rep, "restored"));
     print_styles(cJSON_GetObjectItem(rep, "styles"));
     print_models(cJSON_GetObjectItem(rep, "models"));
     if (problems == 0)

@@ -251,6 +251,26 @@ static int content_is(const char *path, const char *sha256)
 int mood__blob_restore_file(mood_registry *r, const char *sha256, uint64_t size, const char *src,
                             mood_progress_fn progress, void *payload)
 {
+    char *final = NULL;
+    struct stat sb;
+    int err = mood__blob_path(&final, r, sha256), missing;
+    if (err)
+        return err;
+    missing = stat(final, &sb) != 0;
+    mood_free(final);
+    if ((err = mood__reg_lock_shared(r)) != 0)
+        return err;
+    err = mood__blob_restore_file_locked(r, sha256, size, src, progress, payload);
+    mood__reg_unlock_shared(r);
+    if (!err && missing)
+        mood_log(MOOD_LOG_WARN, "%s: the registry's copy of this file was missing: stored again",
+                 src);
+    return err;
+}
+
+int mood__blob_restore_file_locked(mood_registry *r, const char *sha256, uint64_t size,
+                                   const char *src, mood_progress_fn progress, void *payload)
+{
     mood__blob_tx tx;
     char *final = NULL;
     struct stat sb;
@@ -265,19 +285,13 @@ int mood__blob_restore_file(mood_registry *r, const char *sha256, uint64_t size,
         return 0;
     }
     mood_free(final);
-    if ((err = mood__reg_lock_shared(r)) != 0)
-        return err;
     if ((err = put_file(&tx, r, src, sha256, same_size, progress, payload)) == 0) {
         if ((err = mood__reg_begin(r)) == 0 && (err = mood__blob_journal_delete(r, &tx)) == 0)
             err = mood__reg_commit(r);
         if (err)
             mood__reg_rollback(r);
-        else if (missing)
-            mood_log(MOOD_LOG_WARN,
-                     "%s: the registry's copy of this file was missing: stored again", src);
         mood__blob_tx_end(&tx);
     }
-    mood__reg_unlock_shared(r);
     return err;
 }
 
@@ -399,7 +413,14 @@ int mood__blob_cleanup(mood_registry *r)
     sqlite3_stmt *st = NULL;
     mood_buf shas;
     int err, rc = SQLITE_DONE, deleted;
+    long long pending = 1;
     mood_buf_init(&shas);
+    /* nearly always nothing to do: then no write lock is asked for, which would make every
+     * open (list, show) wait behind another process's long write */
+    if (mood__reg_query_int(r, &pending, "SELECT count(*) FROM imports_in_progress", NULL) == 0 &&
+        pending == 0)
+        return remove_tmp_files(r);
+    mood_error_clear();
     if ((err = mood__reg_begin(r)) != 0)
         return err;
     /* Collect first: a blob is deleted only once no journal row names it any more. */

@@ -25,6 +25,10 @@
  * A registry.db that is missing or holds no rows while blobs/ holds files has lost its database,
  * not its files: every stored file would look like an orphan, and for a LoRA that came from a
  * pack or a URL it may be the only copy. That is reported as one problem; --fix refuses.
+ * The reverse, every stored file missing while rows refer to them, is a blob folder on a drive
+ * that is not mounted (or moved): --fix refuses too, as it would remove every style. A lost
+ * LoRA whose original file is still where it was imported from, with the same SHA-256, is
+ * stored again by --fix (as importing it again would) instead of being removed.
  */
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -45,9 +49,12 @@ typedef struct doctor {
     cJSON *unreadable; /* [{sha256, kind, path, error}]: there but not readable: never fixed */
     cJSON *rescued;    /* [{path, to}]: orphan LoRA files --fix moved to lost+found/ */
     cJSON *wrong_size; /* [{sha256, path, stored_size, size, fixed}]: intact file, wrong row */
-    cJSON *styles;  /* [{name, action, loras, kept, lost [{sha256, file_name, problem}], fixed}] */
-    mood_buf freed; /* SHA-256s (64 characters each) of the previews and files of removed styles */
+    cJSON *styles;   /* [{name, action, loras, kept, lost [{sha256, file_name, problem}], fixed}] */
+    cJSON *restored; /* [{sha256, path, file_name, from}]: lost LoRAs --fix stored again from
+                        the file they were imported from (still there, the same bytes) */
+    mood_buf freed;  /* SHA-256s (64 characters each) of the previews and files of removed styles */
     int problems, fixed;
+    long long referenced; /* stored files rows refer to */
 } doctor;
 
 static int check_integrity(doctor *d)
@@ -177,6 +184,7 @@ static int check_referenced(doctor *d)
         cJSON *item = NULL;
         if (!sha || !mood__blob_valid_hex(sha) || (err = mood__blob_path(&path, d->r, sha)) != 0)
             continue;
+        d->referenced++;
         problem = blob_problem(d, path, sha, size, &why, &actual);
         if (problem && strcmp(problem, "wrong_size") == 0) {
             item = cJSON_CreateObject();
@@ -399,6 +407,8 @@ static int plan_styles(doctor *d)
         {
             const char *kind = cJSON_GetStringValue(cJSON_GetObjectItem(item, "kind"));
             cJSON_DeleteItemFromObject(item, "styles");
+            if (cJSON_GetObjectItem(item, "restorable_from"))
+                continue; /* --fix stores it again: its styles stay as they are */
             if (kind && strcmp(kind, "adapter") == 0 && (err = plan_adapter(d, item, problem[l])))
                 break;
         }
@@ -648,6 +658,83 @@ static int check_database(doctor *d, int *done)
     return 0;
 }
 
+/* Stores lost LoRA `item` (missing or damaged) again from a file it was imported from, when
+ * one is still there with the same SHA-256 (as importing it again would): 1 when it was. With
+ * `restore` 0 (doctor without --fix) only says which file of the recorded size would serve
+ * ("restorable_from"). */
+static int restore_from_source(doctor *d, cJSON *item, int restore)
+{
+    const char *sha = cJSON_GetStringValue(cJSON_GetObjectItem(item, "sha256"));
+    sqlite3_stmt *st = NULL;
+    int restored = 0;
+    if (!sha || strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(item, "kind")), "adapter") != 0 ||
+        mood__reg_prepare(d->r, &st,
+                          "SELECT so.location, a.size FROM sources so JOIN adapters a ON a.sha256"
+                          " = so.adapter_sha256 WHERE so.adapter_sha256 = ?1 AND so.kind = 'file'"
+                          " AND so.location IS NOT NULL ORDER BY so.id DESC") != 0) {
+        mood_error_clear();
+        return 0;
+    }
+    mood__reg_bind_text(st, 1, sha);
+    while (!restored && sqlite3_step(st) == SQLITE_ROW) {
+        const char *from = (const char *)sqlite3_column_text(st, 0);
+        struct stat sb;
+        if (!from || stat(from, &sb) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (!restore) {
+            if (sb.st_size == sqlite3_column_int64(st, 1)) {
+                cJSON_AddStringToObject(item, "restorable_from", from);
+                restored = 1;
+            }
+            continue;
+        }
+        /* the SHA-256 is checked as the copy is made: another file there now is refused */
+        if (mood__blob_restore_file_locked(d->r, sha, (uint64_t)sqlite3_column_int64(st, 1), from,
+                                           NULL, NULL) == 0) {
+            cJSON_AddStringToObject(item, "from", from);
+            restored = 1;
+        }
+        mood_error_clear();
+    }
+    sqlite3_finalize(st);
+    return restored;
+}
+
+/* Before --fix removes anything: lost LoRAs whose original file is still where it was imported
+ * from are stored again, and their styles stay whole (tags, combined styles); without --fix,
+ * the report says which would be. */
+static void restore_lost(doctor *d)
+{
+    cJSON *lists[2] = {d->missing, d->corrupt};
+    for (int l = 0; l < 2; l++) {
+        for (int i = 0; i < cJSON_GetArraySize(lists[l]);) {
+            cJSON *item = cJSON_GetArrayItem(lists[l], i);
+            if (!restore_from_source(d, item, d->o->fix) || !d->o->fix) {
+                i++;
+                continue;
+            }
+            cJSON_AddItemToArray(d->restored, cJSON_DetachItemFromArray(lists[l], i));
+            d->fixed++;
+        }
+    }
+}
+
+/* A blob folder where every stored file is missing is a drive that is not mounted, a folder
+ * moved or a link to the wrong place, not lost files: --fix would remove every style (tags,
+ * combined styles and all). It refuses; the report says what is missing. */
+static int refuse_all_missing(const doctor *d)
+{
+    int n = cJSON_GetArraySize(d->missing);
+    if (!d->o->fix || n < 2 || n != d->referenced)
+        return 0;
+    return mood_error_set(MOOD_EIO,
+                          "every one of the %d files the registry stores is missing from %s (a "
+                          "drive that is not mounted? a folder moved, or a link to the wrong "
+                          "place?): doctor --fix removes no style for that; put the files back "
+                          "('mood doctor' says which), or remove styles with 'mood rm'",
+                          n, d->r->blob_dir);
+}
+
 static int run(doctor *d)
 {
     int err, done;
@@ -656,6 +743,9 @@ static int run(doctor *d)
     if ((err = check_integrity(d)) != 0 || (err = check_referenced(d)) != 0 ||
         (err = check_orphans(d)) != 0)
         return err;
+    if ((err = refuse_all_missing(d)) != 0)
+        return err;
+    restore_lost(d);
     if (d->o->fix && (cJSON_GetArraySize(d->missing) || cJSON_GetArraySize(d->corrupt) ||
                       cJSON_GetArraySize(d->wrong_size)))
         err = fix_rows(d);
@@ -668,8 +758,8 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
                          const mood_doctor_options *o)
 {
     static const mood_doctor_options check_only; /* o NULL: no deep hashing, no fixing */
-    doctor d = {r,    o ? o : &check_only, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                NULL, {NULL, 0, 0},        0,    0};
+    doctor d = {r,    o ? o : &check_only, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                NULL, {NULL, 0, 0},        0,    0,    0};
     char *text = NULL;
     int err;
     MOOD_ARG_NONNULL(out);
@@ -685,6 +775,7 @@ int mood_registry_doctor(char **out, int *problems_out, mood_registry *r,
     d.unreadable = cJSON_AddArrayToObject(d.report, "unreadable");
     d.rescued = cJSON_AddArrayToObject(d.report, "rescued");
     d.wrong_size = cJSON_AddArrayToObject(d.report, "wrong_size");
+    d.restored = cJSON_AddArrayToObject(d.report, "restored");
     /* before anything is deleted: a read-only registry refuses --fix (an absent one is not
      * created for it: check_database) */
     if ((d.o->fix && !r->absent && (err = mood__reg_writable(r)) != 0) ||

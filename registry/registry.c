@@ -482,6 +482,13 @@ static int migrate(mood_registry *r)
 {
     long long v;
     int err;
+    /* a registry at this schema needs no write lock: list, show and search answer while
+     * another process is inside a long write (WAL lets readers through, BEGIN IMMEDIATE not) */
+    if (mood__reg_query_int(r, &v, "PRAGMA user_version", NULL) == 0 && v == N_MIGRATIONS) {
+        r->version = (int)v;
+        return 0;
+    }
+    mood_error_clear();
     if ((err = mood__reg_begin(r)) != 0)
         return err;
     if ((err = mood__reg_query_int(r, &v, "PRAGMA user_version", NULL)) != 0)

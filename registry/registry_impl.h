@@ -167,6 +167,9 @@ int mood__reg_insert_extras(mood_registry *r, const mood_import_extras *x,
  * nothing to do. */
 int mood__blob_restore_file(mood_registry *r, const char *sha256, uint64_t size, const char *src,
                             mood_progress_fn progress, void *payload);
+/* The same, for a caller that holds the registry's exclusive lock (doctor --fix). */
+int mood__blob_restore_file_locked(mood_registry *r, const char *sha256, uint64_t size,
+                                   const char *src, mood_progress_fn progress, void *payload);
 /* Deletes the tx's journal row (call inside the transaction that commits the rows). */
 int mood__blob_journal_delete(mood_registry *r, const mood__blob_tx *tx);
 void mood__blob_tx_end(mood__blob_tx *tx);

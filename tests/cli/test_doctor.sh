@@ -7,11 +7,17 @@
 # importing the file again brings its style back and `style edit` puts it back in the mix.
 # Reading a registry that does not exist creates nothing; a registry.db that is gone (or empty)
 # while stored files remain is reported as such, and --fix deletes none of those files. A broken
-# link in $MOOD_HOME/models is reported and removed by --fix.
+# link in $MOOD_HOME/models is reported and removed by --fix. A lost LoRA whose original file is
+# still where it was imported from is stored again by --fix, its styles kept whole; with every
+# stored file missing (blobs/ on a drive not mounted) --fix refuses.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
-L=$FIX/lycoris
+# copies: doctor --fix stores a lost LoRA again from the file it was imported from when that is
+# still there, so the removals below are tested with the originals moved away
+mkdir -p "$tmp/lyc"
+cp "$FIX"/lycoris/{lokr,ia3,boft}.safetensors "$tmp/lyc/"
+L=$tmp/lyc
 
 # blob_of STYLE: the stored file of the style's first LoRA
 blob_of() {
@@ -28,6 +34,7 @@ expect_rc 0 "tag mymix" "$MOOD" tag mymix +mine
 ia3=$(blob_of ia3)
 size=$(stat -c %s "$ia3")
 printf '\x55' | dd of="$ia3" bs=1 seek=$((size - 3)) conv=notrunc 2>/dev/null
+mv "$L/ia3.safetensors" "$tmp/ia3.away"
 
 # ----- without --fix: every style that uses it, and what --fix would do
 expect_rc 1 "doctor --deep finds the damage" "$MOOD" doctor --deep
@@ -72,6 +79,7 @@ assert d["mymix"]["n_adapters"]==2 and d["mymix"]["algorithm"]=="lokr", d["mymix
 
 # ----- what the help promises
 check "help says how to get a style back" grep -q "To get a LoRA back, import its file" <("$MOOD" help doctor)
+mv "$tmp/ia3.away" "$L/ia3.safetensors"
 expect_rc 0 "re-import the LoRA" "$MOOD" import "$L/ia3.safetensors"
 check "its style is back" grep -q "as ia3" "$tmp/out"
 expect_rc 0 "put it back in the mix" "$MOOD" style edit mymix --lora lokr:0.6 --lora ia3:0.3 --lora boft:0.2:0.1
@@ -79,10 +87,45 @@ expect_rc 0 "doctor clean at the end" "$MOOD" doctor --deep
 
 # ----- a missing file: the same, in text
 rm -f "$(blob_of boft)"
+mv "$L/boft.safetensors" "$tmp/boft.away"
 expect_rc 1 "doctor --fix, a missing LoRA" "$MOOD" doctor --fix
 check "text: boft removed" grep -q "style boft: removed, it used no other LoRA than boft.safetensors (missing)" "$tmp/out"
 check "text: mymix keeps two" grep -q "style mymix: dropped LoRA boft.safetensors (missing); kept its other 2 LoRAs, template, negative prompt and weights" "$tmp/out"
 expect_rc 0 "doctor clean after the second fix" "$MOOD" doctor --deep
+mv "$tmp/boft.away" "$L/boft.safetensors"
+
+# ----- a lost LoRA whose original file is still where it was imported from: --fix stores it
+# again (as importing it would), and no style loses it: tags and the combined style stay whole
+expect_rc 0 "tag lokr" "$MOOD" tag lokr +keepme
+rm -f "$(blob_of lokr)"
+expect_rc 1 "doctor sees the original" "$MOOD" doctor
+check "says --fix stores it again" grep -q "lokr.safetensors, imported from $L/lokr.safetensors); that file is still there: --fix stores it again from it" "$tmp/out"
+check "and plans no removal" sh -c '! grep -q "style lokr\|style mymix" "$1"' _ "$tmp/out"
+expect_rc 1 "doctor --fix restores it" "$MOOD" doctor --fix --json
+check "json: restored from the original" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert [r["from"] for r in d["restored"]]==[sys.argv[2]] and d["styles"]==[] and d["fixed"]==1, d' "$tmp/out" "$L/lokr.safetensors"
+expect_rc 0 "doctor clean after the restore" "$MOOD" doctor --deep
+expect_rc 0 "show lokr" "$MOOD" show lokr --json
+check "lokr keeps its tag" py 'import json,sys; assert json.load(open(sys.argv[1]))["tags"]==["keepme"]' "$tmp/out"
+expect_rc 0 "show mymix" "$MOOD" show mymix --json
+check "mymix keeps lokr" py '
+import json,sys; assert "lokr.safetensors" in [a["file_name"] for a in json.load(open(sys.argv[1]))["adapters"]]' "$tmp/out"
+
+# ----- every stored file missing (blobs/ a link to a drive that is not mounted): --fix would
+# remove every style; it refuses and changes nothing (nor copies the originals into the empty
+# folder there: lokr's is still in $L)
+mv "$MOOD_HOME/blobs" "$tmp/blobs.away"
+mkdir -p "$tmp/unmounted"
+ln -s "$tmp/unmounted" "$MOOD_HOME/blobs"
+expect_rc 1 "doctor: every file missing" "$MOOD" doctor
+expect_rc 2 "doctor --fix refuses" "$MOOD" doctor --fix
+check "says every file is missing" grep -q "every one of the .* files the registry stores is missing" "$tmp/err"
+check "no file written there" [ -z "$(find "$tmp/unmounted" -type f)" ]
+rm "$MOOD_HOME/blobs"
+mv "$tmp/blobs.away" "$MOOD_HOME/blobs"
+expect_rc 0 "all styles still there" "$MOOD" show mymix
+expect_rc 0 "doctor clean with the drive back" "$MOOD" doctor --deep
 
 # ----- a mistyped MOOD_HOME: reading creates nothing, and says there is no registry there
 typo=$tmp/typo/regsitry
@@ -136,10 +179,11 @@ check "the broken link removed, the other kept" test ! -L "$MOOD_HOME/models/gon
 # --fix repairs what it can: an orphan LoRA it cannot move (lost+found blocked by a file) stays,
 # with a warning, and a missing LoRA is still repaired in the same run
 H2=$tmp/home2
-expect_rc 0 "two LoRAs" env MOOD_HOME="$H2" "$MOOD" import "$L/lokr.safetensors" "$L/ia3.safetensors"
+mkdir -p "$tmp/h2src" && cp "$L/ia3.safetensors" "$tmp/h2src/" # removed below: not restorable
+expect_rc 0 "two LoRAs" env MOOD_HOME="$H2" "$MOOD" import "$L/lokr.safetensors" "$tmp/h2src/ia3.safetensors"
 orphan="$H2/blobs/sha256/aa/$(printf 'b%.0s' $(seq 62))"
 mkdir -p "$(dirname "$orphan")" && cp "$L/boft.safetensors" "$orphan"
-rm "$(MOOD_HOME=$H2 blob_of ia3)"
+rm "$(MOOD_HOME=$H2 blob_of ia3)" "$tmp/h2src/ia3.safetensors"
 : >"$H2/blobs/lost+found" # a file: no folder can be made there
 expect_rc 1 "doctor --fix with an orphan it cannot move" env MOOD_HOME="$H2" "$MOOD" doctor --fix
 check "warns it is left" grep -q "a LoRA file in no style; cannot move it to .*lost+found.*left as it is" "$tmp/err"

@@ -293,4 +293,23 @@ expect_rc 1 "rm with a mistyped name among others" "$MOOD" rm loha nosuchstyle l
 check "names the mistyped one, and that nothing was removed" grep -q "nothing removed: no style named 'nosuchstyle'" "$tmp/err"
 expect_rc 0 "the first is still there" "$MOOD" show loha
 
+# --- readers answer while another process is inside a long write (WAL lets them through): every
+# open asked for the write lock, so list, show and search waited behind it, up to 30 s
+py - "$MOOD_HOME/registry.db" <<'PY' &
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE styles SET notes = 'writing' WHERE name = 'loha'")
+open(sys.argv[1] + ".held", "w").close()
+time.sleep(6)
+db.execute("ROLLBACK")
+PY
+writer=$!
+for _ in $(seq 50); do [ -e "$MOOD_HOME/registry.db.held" ] && break; sleep 0.1; done
+expect_rc 0 "list beside a writer" timeout 3 "$MOOD" list
+expect_rc 0 "show beside a writer" timeout 3 "$MOOD" show loha
+expect_rc 0 "search beside a writer" timeout 3 "$MOOD" search lokr
+wait "$writer"
+rm -f "$MOOD_HOME/registry.db.held"
+
 finish

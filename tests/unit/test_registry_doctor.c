@@ -154,10 +154,11 @@ static void test_doctor(void)
     MOOD_CHECK(doctor(r, 0, 1, NULL) == 1);
     MOOD_CHECK(access(path, F_OK) != 0);
     MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
-    /* a damaged blob: found only by --deep, fixed by removing its style */
+    /* a damaged blob: found only by --deep; fixed by storing it again from the file it was
+     * imported from while that is there, else by removing its style */
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), b.sha256,
              b.sha256 + 2);
-    {
+    for (int original = 1; original >= 0; original--) {
         FILE *f = fopen(path, "r+b");
         MOOD_CHECK(f != NULL);
         if (f) {
@@ -165,12 +166,25 @@ static void test_doctor(void)
             fputc(0x5a, f);
             fclose(f);
         }
+        if (!original) {
+            char from[1200];
+            snprintf(from, sizeof from, "%s/grain.safetensors", src);
+            MOOD_CHECK(unlink(from) == 0);
+        }
+        MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
+        MOOD_CHECK(doctor(r, 1, 0, &report) == 1);
+        MOOD_CHECK(report && strstr(report, "\"corrupt\":[{\"sha256\":\"") &&
+                   strstr(report, b.sha256));
+        mood_registry_free_string(report);
+        MOOD_CHECK(doctor(r, 1, 1, &report) == 1);
+        MOOD_CHECK(report && (strstr(report, "\"restored\":[{") != NULL) == original);
+        mood_registry_free_string(report);
+        if (original) {
+            MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
+            MOOD_CHECK_OK(mood_registry_show_json(&report, r, "grain"));
+            mood_registry_free_string(report);
+        }
     }
-    MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
-    MOOD_CHECK(doctor(r, 1, 0, &report) == 1);
-    MOOD_CHECK(report && strstr(report, "\"corrupt\":[{\"sha256\":\"") && strstr(report, b.sha256));
-    mood_registry_free_string(report);
-    MOOD_CHECK(doctor(r, 1, 1, NULL) == 1);
     MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
     MOOD_CHECK(mood_registry_show_json(&report, r, "grain") == MOOD_ENOTFOUND);
     /* a missing blob */
@@ -178,6 +192,8 @@ static void test_doctor(void)
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), a.sha256,
              a.sha256 + 2);
     unlink(path);
+    snprintf(path, sizeof path, "%s/ink.safetensors", src); /* the original gone too */
+    MOOD_CHECK(unlink(path) == 0);
     MOOD_CHECK(doctor(r, 0, 0, &report) == 1);
     MOOD_CHECK(report && strstr(report, "\"missing\":[{\"sha256\":\"") && strstr(report, a.sha256));
     mood_registry_free_string(report);
@@ -263,6 +279,11 @@ static void test_doctor_keeps_combined_styles(void)
     spec = (mood_style_spec){.loras = twice, .n_loras = 2};
     MOOD_CHECK_OK(mood_registry_style_create(r, "grain-twice", &spec));
     damage_blob(r, b.sha256);
+    {
+        char from[1200]; /* the original gone: --fix cannot store it again */
+        snprintf(from, sizeof from, "%s/grain.safetensors", src);
+        MOOD_CHECK(unlink(from) == 0);
+    }
 
     /* without --fix: every style that uses the damaged LoRA, and what --fix would do */
     rep = doctor_json(r, 1, 0, &problems);
@@ -317,6 +338,11 @@ static void test_doctor_keeps_combined_styles(void)
 
     /* a missing blob: the same, and the style keeps its last LoRA */
     MOOD_CHECK(unlink_blob(r, c.sha256) == 0);
+    {
+        char from[1200]; /* and its original */
+        snprintf(from, sizeof from, "%s/locon.safetensors", src);
+        MOOD_CHECK(unlink(from) == 0);
+    }
     rep = doctor_json(r, 0, 1, &problems);
     MOOD_CHECK(problems == 1);
     MOOD_CHECK(entry_is(report_style(rep, "mymix"), "drop", 1, 1));
