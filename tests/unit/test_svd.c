@@ -15,6 +15,8 @@
  * reported as skipped, not silently passed.
  */
 #include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
 
 #include "common/common.h"
 #include "mood/lora.h"
@@ -590,6 +592,60 @@ static void test_merge_dylora_cut(void)
     }
 }
 
+/* Resize at a file's own rank keeps every module's ΔW, for PEFT files whose scale is not α/r:
+ * rsLoRA (use_rslora: α/√r) came out at half strength. ΔW of the input is mood's parse, which
+ * test_adapter checks against the diffusers/PEFT fusions of the same files. */
+static void test_resize_keeps_peft_scales(void)
+{
+    static const char *const files[] = {"peft/peft_rslora.safetensors",
+                                        "peft/peft_plain.safetensors"};
+    for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) {
+        mood_adapter *in = NULL, *out = NULL;
+        mood_lora_write_options o;
+        mood_lora_write_options_init(&o);
+        o.output = scratch_path("peft_resized.safetensors");
+        MOOD_CHECK_OK(mood_lora_resize(fixture(files[k]), MOOD_RESIZE_FIXED, 0, 4, 0, &o));
+        MOOD_CHECK_OK(mood_adapter_open(&in, fixture(files[k]), NULL));
+        MOOD_CHECK_OK(mood_adapter_open(&out, o.output, NULL));
+        if (!in || !out) {
+            mood_adapter_close(in);
+            mood_adapter_close(out);
+            continue;
+        }
+        MOOD_CHECK(mood_adapter_module_count(in) == mood_adapter_module_count(out));
+        for (size_t i = 0; i < mood_adapter_module_count(in); i++) {
+            mood_module_info mi, mo;
+            int64_t shape[4];
+            size_t n = 1, j = 0;
+            mood_adapter_module(in, i, &mi);
+            for (; j < mood_adapter_module_count(out); j++) {
+                mood_adapter_module(out, j, &mo);
+                if (strcmp(mo.target, mi.target) == 0)
+                    break;
+            }
+            MOOD_CHECK_MSG(j < mood_adapter_module_count(out), "%s: not in the output", mi.target);
+            if (j == mood_adapter_module_count(out) || mood_adapter_target_shape(in, i, shape) < 0)
+                continue;
+            for (int d = 0; d < 4; d++)
+                n *= shape[d] > 0 ? (size_t)shape[d] : 1;
+            float *a = calloc(n, sizeof *a), *b = calloc(n, sizeof *b);
+            double diff = 0, norm = 0;
+            MOOD_CHECK_OK(mood_adapter_delta(a, in, i, NULL));
+            MOOD_CHECK_OK(mood_adapter_delta(b, out, j, NULL));
+            for (size_t e = 0; e < n; e++) {
+                diff += ((double)a[e] - b[e]) * ((double)a[e] - b[e]);
+                norm += (double)a[e] * a[e];
+            }
+            MOOD_CHECK_MSG(sqrt(diff) <= 1e-5 * sqrt(norm) + 1e-9, "%s %s: |dW - dW'| %g of %g",
+                           files[k], mi.target, sqrt(diff), sqrt(norm));
+            free(a);
+            free(b);
+        }
+        mood_adapter_close(in);
+        mood_adapter_close(out);
+    }
+}
+
 static void test_cleanup(void)
 {
     cJSON_Delete(cases_json);
@@ -600,4 +656,5 @@ MOOD_TEST_MAIN(MOOD_T(test_resize_refuses_a_layer_named_twice),
                MOOD_T(test_empty_or_overflowing_module_refused), MOOD_T(test_merge_clamp_quantile),
                MOOD_T(test_transposed_module_refused), MOOD_T(test_merge_cases),
                MOOD_T(test_resize_cases), MOOD_T(test_extract_cases), MOOD_T(test_errors),
-               MOOD_T(test_merge_dylora_cut), MOOD_T(test_cleanup))
+               MOOD_T(test_merge_dylora_cut), MOOD_T(test_resize_keeps_peft_scales),
+               MOOD_T(test_cleanup))
