@@ -692,9 +692,11 @@ done:
 
 /* ----- resize ------------------------------------------------------------------------------ */
 
-/* Index rules of resize_lora.py on float32 singular values (after kohya's PR #2194, "fix the off
- * by 1 problem": the smallest rank that reaches the target, where the older rule kept one more);
- * returns kohya's new_rank before the MIN_SV / max-rank adjustments. */
+/* Index rules of resize_lora.py on float32 singular values, as kohya's PR #2194 ("fix the off
+ * by 1 problem", commit 41de9362) has them: sv_fro and sv_cumulative keep the smallest rank that
+ * reaches the target (the older rule kept one more); sv_ratio keeps the singular values above
+ * S[0] / param and one more (the PR left its count as it was). Returns kohya's new_rank before
+ * the MIN_SV / max-rank adjustments. */
 static int dynamic_rank(const float *s, int k, mood_resize_method method, double param)
 {
     int index = 0;
@@ -702,7 +704,6 @@ static int dynamic_rank(const float *s, int k, mood_resize_method method, double
         float min_sv = s[0] / (float)param;
         for (int i = 0; i < k; i++)
             index += s[i] > min_sv;
-        index -= 1; /* the singular values above S[0] / param, counted from 0 */
     } else {
         int fro = method == MOOD_RESIZE_SV_FRO;
         float sum = 0, c = 0, target = (float)(fro ? param * param : param);

@@ -21,13 +21,16 @@ imported from --sd-scripts, never copied.  What this script does around them:
     writes tests/fixtures/svd/cases.json.
 
 resize_lora.py's rank rules for --dynamic_method are those of kohya's PR #2194 ("fix the off by
-1 problem", in sd-scripts from commit 063ef100): the smallest rank that reaches the target, where
-48d368fa kept one rank more. The checkout used is 48d368fa with the three index_sv_* functions of
-networks/resize_lora.py changed as that PR changes them (no "+ 1", clamped to [0, len(S) - 1],
-sv_ratio's count "- 1"); nothing else of the script differs on these inputs.
+1 problem", commit 41de9362): sv_fro and sv_cumulative keep the smallest rank that reaches the
+target, where 48d368fa kept one rank more; sv_ratio keeps the count of singular values above
+S[0]/ratio plus one, as before (the PR changed only its clamp). The checkout used is 48d368fa with
+networks/resize_lora.py patched by `git diff 48d368fa 41de9362 -- networks/resize_lora.py`
+(the three index_sv_* functions: no "+ 1" for fro/cumulative, every clamp to [0, len(S) - 1]);
+the patched file is byte-identical to 41de9362's.
 
 How to run (from the repository root; needs tests/fixtures/bases/READY from tools/tiny_models.py):
-    git clone SD_SCRIPTS_REPO /tmp/sd-scripts  # kohya-ss/sd-scripts, commit 48d368fa + PR #2194
+    git clone SD_SCRIPTS_REPO /tmp/sd-scripts && cd /tmp/sd-scripts && git checkout 48d368fa
+    git diff 48d368fa 41de9362 -- networks/resize_lora.py | git apply   # PR #2194's rank rules
     tools/.venv/bin/python tools/make_fixtures_svd.py --sd-scripts /tmp/sd-scripts
 
 Deterministic: all inputs are seeded, kohya runs single-threaded on CPU with a fixed timestamp.
