@@ -404,11 +404,32 @@ const char *cli_kohya_lora_option(const char *opt)
     return NULL;
 }
 
+/* Whether cmd's help documents opt as taking a value: "  --nsfw LEVEL   ..." or "-o, --output
+ * FILE" (a single space, then the value's name), where a flag is followed by two spaces or the
+ * end of the line. */
+static int documented_with_value(const char *cmd, const char *opt)
+{
+    size_t n = strlen(opt);
+    for (const cli_command *c = cli_commands; c->name; c++) {
+        if (strcmp(c->name, cmd) != 0)
+            continue;
+        for (const char *p = strstr(c->help, opt); p; p = strstr(p + 1, opt)) {
+            char before = p == c->help ? ' ' : p[-1];
+            if ((before == ' ' || before == ',' || before == '[') && p[n] == ' ' && p[n + 1] &&
+                p[n + 1] != ' ' && p[n + 1] != '\n')
+                return 1;
+        }
+    }
+    return 0;
+}
+
 int cli_unknown_option(const char *cmd, const char *opt)
 {
     const char *mood = cli_kohya_lora_option(opt);
     if (mood)
         return cli_usage_error(cmd, "%s is kohya's spelling; in mood: %s", opt, mood);
+    if (documented_with_value(cmd, opt))
+        return cli_usage_error(cmd, "option '%s' needs a value", opt);
     return cli_usage_error(cmd, "unknown option '%s'", opt);
 }
 

@@ -55,7 +55,7 @@ static int parse_args(bake_args *a, int argc, char **argv)
                 return rc;
         } else if (strcmp(s, "--model") == 0 || strcmp(s, "--base") == 0 || strcmp(s, "-o") == 0 ||
                    strcmp(s, "--output") == 0 || strcmp(s, "--lora") == 0) {
-            return cli_usage_error("bake", "%s needs a value", s);
+            return cli_usage_error("bake", "option '%s' needs a value", s);
         } else if (s[0] == '-' && s[1] != '\0') {
             return cli_unknown_option("bake", s);
         } else {

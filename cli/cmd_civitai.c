@@ -319,7 +319,7 @@ int cmd_civitai_link(int argc, char **argv)
         else if (strcmp(argv[i], "--nsfw") == 0 && i + 1 < argc)
             rc = cli_parse_nsfw(argv[++i], &opts.nsfw_max);
         else if (argv[i][0] == '-')
-            return cli_usage_error("civitai link", "unknown option '%s'", argv[i]);
+            return cli_unknown_option("civitai link", argv[i]);
         else
             any = 1;
         if (rc)
@@ -445,7 +445,7 @@ int cmd_update_check(int argc, char **argv)
             json = 1;
         else
             return argv[i][0] == '-'
-                       ? cli_usage_error("update-check", "unknown option '%s'", argv[i])
+                       ? cli_unknown_option("update-check", argv[i])
                        : cli_usage_error("update-check", "unexpected argument '%s'", argv[i]);
     }
     if ((rc = cli_registry_open(&r)) != 0)

@@ -97,7 +97,7 @@ static int parse_args(demo *d, int argc, char **argv)
         if (!strcmp(s, "--json"))
             d->json = 1;
         else if (!v)
-            return cli_usage_error("demo", "%s: unknown, or an option without its value", s);
+            return cli_unknown_option("demo", s);
         else if (!strcmp(s, "--out") && !*v)
             return cli_usage_error("demo", "--out needs a folder name");
         else if (!strcmp(s, "--out"))
@@ -122,7 +122,7 @@ static int parse_args(demo *d, int argc, char **argv)
                 return 1;
             i++;
         } else
-            return s[0] == '-' ? cli_usage_error("demo", "unknown option '%s'", s)
+            return s[0] == '-' ? cli_unknown_option("demo", s)
                                : cli_usage_error("demo", "unexpected argument '%s'", s);
     }
     return 0;

@@ -244,7 +244,7 @@ int cmd_doctor(int argc, char **argv)
         else if (strcmp(argv[i], "--json") == 0)
             json = 1;
         else
-            return cli_usage_error("doctor", "unknown option '%s'", argv[i]);
+            return cli_unknown_option("doctor", argv[i]);
     }
     if (cli_registry_open(&r) != 0)
         return 2; /* the help's "could not be read", a newer schema too (no problem found) */

@@ -220,10 +220,10 @@ static int parse_args(gen_args *a, int argc, char **argv)
                                        argv[i + 1]);
         } else if (s[0] == '-' && strcmp(s, "-") != 0) {
             if (i + 1 >= argc)
-                return cli_usage_error("gen", "%s: unknown, or an option without its value", s);
+                return cli_unknown_option("gen", s);
             rc = parse_valued(a, s, argv[i + 1]);
             if (rc < 0)
-                return cli_usage_error("gen", "unknown option '%s'", s);
+                return cli_unknown_option("gen", s);
             if (rc > 0)
                 return rc;
             i++;

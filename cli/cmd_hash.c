@@ -140,7 +140,7 @@ int cmd_hash(int argc, char **argv)
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
         else if (argv[i][0] == '-' && argv[i][1])
-            return cli_usage_error("hash", "unknown option '%s'", argv[i]);
+            return cli_unknown_option("hash", argv[i]);
         else if (path)
             return cli_usage_error("hash", "expected one FILE, got '%s' too", argv[i]);
         else

@@ -473,7 +473,7 @@ int cmd_import(int argc, char **argv)
             if (cli_parse_nsfw(argv[++i], &run.cf.nsfw_max) != 0)
                 return 1;
         } else if (argv[i][0] == '-' && argv[i][1])
-            return cli_usage_error("import", "unknown option '%s'", argv[i]);
+            return cli_unknown_option("import", argv[i]);
         else
             any = 1;
     }

@@ -134,7 +134,7 @@ int cmd_info(int argc, char **argv)
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
         else
-            return cli_usage_error("info", "unknown option '%s'", argv[i]);
+            return cli_unknown_option("info", argv[i]);
     }
     registry_home(home, sizeof home);
     gpus = mood_cuda_device_count(NULL, 0);

@@ -679,7 +679,7 @@ int cmd_inspect(int argc, char **argv)
         else if (strcmp(argv[i], "--no-hash") == 0)
             hash = 0;
         else if (argv[i][0] == '-' && argv[i][1])
-            return cli_usage_error("inspect", "unknown option '%s'", argv[i]);
+            return cli_unknown_option("inspect", argv[i]);
         else if (path)
             return cli_usage_error("inspect", "one FILE only ('%s' is extra)", argv[i]);
         else

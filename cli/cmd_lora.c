@@ -118,7 +118,7 @@ static int parse_value_option(lora_args *a, int argc, char **argv, int *i)
     if (!known)
         return 0;
     if (!v)
-        return -cli_usage_error(a->cmd, "%s needs a value", opt);
+        return -cli_usage_error(a->cmd, "option '%s' needs a value", opt);
     (*i)++;
     if (strcmp(opt, "-o") == 0 || strcmp(opt, "--output") == 0)
         a->output = v;

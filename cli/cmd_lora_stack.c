@@ -51,11 +51,8 @@ static int parse_args(stack_args *a, int argc, char **argv)
                      ? 0
                      : cli_usage_error("lora stack", "--dtype must be f32, f16 or bf16, not '%s'",
                                        argv[i]);
-        else if (s[0] == '-' && s[1] != '\0' && (i + 1 < argc || cli_kohya_lora_option(s)))
-            rc = cli_unknown_option("lora stack", s);
         else if (s[0] == '-' && s[1] != '\0')
-            rc =
-                cli_usage_error("lora stack", "unknown option '%s', or %s without its value", s, s);
+            rc = cli_unknown_option("lora stack", s);
         else
             rc = cli_adapters_add(&a->inputs, s);
     }

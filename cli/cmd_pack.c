@@ -100,7 +100,7 @@ int cmd_pack_export(int argc, char **argv)
         else if (strcmp(a, "--attribution") == 0 && has_value)
             o.attribution = argv[++i];
         else if (a[0] == '-' && a[1])
-            rc = cli_usage_error("pack export", "unknown option '%s' (or it needs a value)", a);
+            rc = cli_unknown_option("pack export", a);
         else
             argv[n++] = argv[i];
     }
@@ -236,7 +236,7 @@ int cmd_pack_import(int argc, char **argv)
         else if (strcmp(argv[i], "--rename") == 0 && i + 1 < argc)
             rc = add_rename(from, to, &o.n_renames, argv[++i]);
         else if (argv[i][0] == '-' && argv[i][1])
-            rc = cli_usage_error("pack import", "unknown option '%s'", argv[i]);
+            rc = cli_unknown_option("pack import", argv[i]);
         else if (path)
             rc = cli_usage_error("pack import", "one pack at a time");
         else

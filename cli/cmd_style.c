@@ -309,7 +309,7 @@ int cmd_list(int argc, char **argv)
         else if (strcmp(argv[i], "--sort") == 0 && i + 1 < argc)
             sort = argv[++i];
         else
-            return cli_usage_error("list", "unknown or incomplete option '%s'", argv[i]);
+            return cli_unknown_option("list", argv[i]);
     }
     if (tag && (!tag[tag[0] == '#'] || tag[tag[0] == '#'] == '#')) /* as 'mood tag' refuses */
         return cli_usage_error("list", "--tag '%s': a tag is a word, after at most one '#'", tag);

@@ -428,9 +428,9 @@ static int parse_args(train_args *a, int argc, char **argv)
             return cli_usage_error("train", "%s is kohya's spelling; in mood: %s", s,
                                    kohya_name(s));
         else if (i + 1 >= argc)
-            return cli_usage_error("train", "%s: unknown, or an option without its value", s);
+            return cli_unknown_option("train", s);
         else if ((rc = parse_valued(a, s, argv[i + 1])) < 0)
-            return cli_usage_error("train", "unknown option '%s'", s);
+            return cli_unknown_option("train", s);
         else if (rc > 0)
             return rc;
         else
