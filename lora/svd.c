@@ -1066,14 +1066,17 @@ static int extract_write(const out_list *out, mood_family family, int rank, int 
                             o->payload);
 }
 
+/* Module of target t: the SVD of tuned - base. *differs is set when any element differs. */
 static int extract_target(out_list *out, const mood_target *t, const mood_checkpoint *base,
-                          const mood_checkpoint *tuned, int r, double q)
+                          const mood_checkpoint *tuned, int r, double q, int *differs)
 {
     int64_t geom[4] = {t->shape[0], t->shape[1], t->ndim == 4 ? t->shape[2] : 1,
                        t->ndim == 4 ? t->shape[3] : 1};
     mood_lora_out_module *o;
     float *d = NULL;
     int err = extract_diff(&d, t, base, tuned);
+    for (int64_t e = 0; !err && !*differs && e < geom[0] * geom[1] * geom[2] * geom[3]; e++)
+        *differs = d[e] != 0;
     if (!err && (err = out_push(out, &o)) == 0)
         err = factor_clamped(o, t->kohya_name, d, t->ndim, geom, r, q);
     mood_free(d);
@@ -1096,7 +1099,7 @@ int mood_lora_extract(const char *base, const char *tuned, int rank, int conv_ra
 {
     mood_checkpoint *cb = NULL, *ct = NULL;
     out_list out = {0};
-    int err = check_options(o, rank), te = 0;
+    int err = check_options(o, rank), te = 0, differs = 0;
     size_t n;
     if (!err && (!base || !tuned))
         err = mood_error_set(MOOD_EINVAL, "extract needs a base and a tuned checkpoint");
@@ -1116,12 +1119,24 @@ int mood_lora_extract(const char *base, const char *tuned, int rank, int conv_ra
         const mood_target *t = mood__keymap_target(cb->keymap, i);
         int kind = extract_kind(t, cb->family, conv_rank);
         if (kind && (t->part == MOOD_PART_UNET || te))
-            err = extract_target(&out, t, cb, ct, kind == 2 ? conv_rank : rank, o->clamp_quantile);
+            err = extract_target(&out, t, cb, ct, kind == 2 ? conv_rank : rank, o->clamp_quantile,
+                                 &differs);
         if (!err)
             err = report(o, "svd", i + 1, n);
     }
     if (!err && out.n == 0)
         err = mood_error_set(MOOD_EFORMAT, "%s: no module to extract", base);
+    if (!err && !differs) /* a LoRA of zeros would change nothing: the same file twice? */
+        err = mood_error_set(MOOD_EINVAL,
+                             "%s and %s hold the same weights: there is no difference to extract "
+                             "(--tuned should be the fine-tuned model, --base the one it started "
+                             "from)",
+                             base, tuned);
+    if (!err && !te) /* kohya: "Text encoder is same. Extract U-Net only." */
+        mood_log(MOOD_LOG_WARN,
+                 "the text encoders of %s and %s do not differ (by more than min_diff %g): the "
+                 "LoRA holds UNet modules only",
+                 base, tuned, min_diff);
     if (!err)
         err = extract_write(&out, cb->family, rank, conv_rank, o);
 done:
