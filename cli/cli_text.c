@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli_text.h"
 #include "engine/unicode_tables.h"
@@ -149,6 +150,8 @@ void cli_text_report(const char *kind, const char *message)
     if (strcmp(kind, "warning") == 0 && warning_said(message))
         return; /* each warning once: two tags of one LoRA, a board read twice */
     v = cli_text_visible(message, 1);
+    if (isatty(STDERR_FILENO)) /* a progress line being drawn goes: the message starts a line */
+        fputs("\r\033[K", stderr);
     fprintf(stderr, "mood: %s: %s\n", kind, v ? v : "(message not shown: out of memory)");
     free(v);
 }

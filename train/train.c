@@ -722,6 +722,8 @@ static int write_output(run *r, int64_t steps)
     else if (!err)
         err = mood__lora_params_write(r->lp, r->o->output, r->m->family, r->o->save_dtype,
                                       (const char *const *)m.kv);
+    if (!err && phase(r, "save", 1, 1) != 0) /* the line finished, not left at 0/1; a stop */
+        mood_error_clear();                  /* asked for now is too late: it is written */
     for (size_t i = 0; i < m.n; i++)
         mood_free(m.kv[i]);
     mood_buf_dispose(&tags);
