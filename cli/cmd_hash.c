@@ -53,16 +53,31 @@ static void lower(char *dst, const char *src, size_t n)
     dst[i] = '\0';
 }
 
-/* The 12 characters A1111 shows as the LoRA's hash: the embedded value when present. */
-static void a1111_shorthash(char out[13], const mood_file_hashes *h)
+/* Whether the file at path is a checkpoint (a base model), not a LoRA. */
+static int is_checkpoint(const char *path)
+{
+    mood_st_file *f = NULL;
+    int yes = mood_st_open(&f, path) == 0 && mood_file_kind_of(f) == MOOD_KIND_CHECKPOINT;
+    mood_st_close(f);
+    return yes;
+}
+
+/* What A1111 shows as the file's hash: for a checkpoint its "Model hash", the first 10 hex of
+ * the SHA-256 (AutoV2); for a LoRA 12 characters, the embedded value when present, else AutoV3. */
+static void a1111_shorthash(char out[13], const mood_file_hashes *h, int checkpoint)
 {
     const char *src = h->sshs_model_hash[0] ? h->sshs_model_hash
                       : h->is_safetensors   ? h->autov3
                                             : h->sha256;
-    snprintf(out, 13, "%.12s", src);
+    if (checkpoint)
+        snprintf(out, 13, "%.10s", h->sha256);
+    else
+        snprintf(out, 13, "%.12s", src);
+    for (char *c = out; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
 }
 
-static int print_json(const char *path, const mood_file_hashes *h)
+static int print_json(const char *path, const mood_file_hashes *h, int checkpoint)
 {
     cJSON *o = cJSON_CreateObject();
     char buf[65], a1111[13];
@@ -94,12 +109,12 @@ static int print_json(const char *path, const mood_file_hashes *h)
     if (h->sshs_legacy_hash[0])
         cJSON_AddStringToObject(o, "sshs_legacy_hash", h->sshs_legacy_hash);
     cJSON_AddStringToObject(o, "sshs_model_hash_status", status);
-    a1111_shorthash(a1111, h);
+    a1111_shorthash(a1111, h, checkpoint);
     cJSON_AddStringToObject(o, "a1111_shorthash", a1111);
     return cli_print_json(o);
 }
 
-static void print_text(const char *path, const mood_file_hashes *h)
+static void print_text(const char *path, const mood_file_hashes *h, int checkpoint)
 {
     char buf[65], zlib[9], a1111[13];
     const char *why;
@@ -127,8 +142,9 @@ static void print_text(const char *path, const mood_file_hashes *h)
     printf("sshs_model_hash:  %s%s%s\n", h->sshs_model_hash[0] ? h->sshs_model_hash : "(none)",
            why[0] ? "  " : "", why);
     printf("sshs_legacy_hash: %s\n", h->sshs_legacy_hash[0] ? h->sshs_legacy_hash : "(none)");
-    a1111_shorthash(a1111, h);
-    printf("A1111 shows:      %s\n", a1111);
+    a1111_shorthash(a1111, h, checkpoint);
+    printf("A1111 shows:      %s%s\n", a1111,
+           checkpoint ? "  (a checkpoint: its \"Model hash\", AutoV2)" : "");
 }
 
 int cmd_hash(int argc, char **argv)
@@ -153,7 +169,7 @@ int cmd_hash(int argc, char **argv)
     if (err)
         return cli_fail(err);
     if (json)
-        return print_json(path, &h);
-    print_text(path, &h);
+        return print_json(path, &h, is_checkpoint(path));
+    print_text(path, &h, is_checkpoint(path));
     return 0;
 }

@@ -100,4 +100,10 @@ grep -q "dir.safetensors: not a regular file but a folder" <<<"$err" || fail "fo
 rc=$?
 [ $rc -eq 1 ] || fail "inspect of a folder: exit $rc, want 1 (as hash)"
 
+# a checkpoint: A1111's "Model hash" is the first 10 hex of its SHA-256 (AutoV2), not a LoRA's
+# 12-character AutoV3
+ckpt="$FIX/bases/sd1_base.safetensors"
+v2=$(sha256sum "$ckpt" | cut -c1-10)
+"$MOOD" hash "$ckpt" | grep -q "A1111 shows: *$v2  (a checkpoint" || fail "checkpoint: A1111 shows its AutoV2"
+"$MOOD" hash --json "$ckpt" | grep -q "\"a1111_shorthash\":[[:space:]]*\"$v2\"" || fail "checkpoint: --json a1111_shorthash"
 finish
