@@ -96,7 +96,7 @@ static int parse_size(const char *s, int *w, int *h)
         return -1;
     s = end + 1;
     b = strtol(s, &end, 10);
-    if (end == s || *end || a <= 0 || b <= 0 || a > 8192 || b > 8192)
+    if (end == s || *end || a <= 0 || b <= 0 || a > 4096 || b > 4096)
         return -1;
     *w = (int)a;
     *h = (int)b;
@@ -146,7 +146,7 @@ static size_t num_opts(gen_args *a, cli_num_opt *t)
 static const char *accepted_values(const char *opt)
 {
     if (strcmp(opt, "--size") == 0)
-        return "give WIDTHxHEIGHT, each 1 to 8192, such as 512x768";
+        return "give WIDTHxHEIGHT, such as 512x768, each a multiple of 8 up to 4096";
     if (strcmp(opt, "--rng") == 0)
         return "torch-cpu, torch-cuda or mood (A1111's CPU, GPU and NV too)";
     if (strcmp(opt, "--lora-mode") == 0)
@@ -196,6 +196,11 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
         a->mode = MOOD_LORA_RUNTIME;
     else if (strcmp(s, "--prediction") == 0 && gen_parse_prediction(v) >= 0)
         a->prediction = gen_parse_prediction(v);
+    else if (strcmp(s, "--width") == 0 || strcmp(s, "--height") == 0) /* A1111's API, diffusers */
+        return cli_usage_error("gen",
+                               "%s: mood takes the size as --size WIDTHxHEIGHT (such as "
+                               "--size 512x768)",
+                               s);
     else if (strcmp(s, "--model") && strcmp(s, "--size") && strcmp(s, "--rng") &&
              strcmp(s, "--lora-mode") && strcmp(s, "--prediction"))
         return -1;

@@ -440,6 +440,10 @@ check "says Karras does not apply to DDIM" grep -q "schedule type Karras does no
 
 # ----- bad input
 expect_rc 1 "bad size" "$MOOD" gen "$PROMPT" "${common[@]}" --size 60x64
+expect_rc 1 "a size past 4096" "$MOOD" gen "$PROMPT" "${common[@]}" --size 8192x64
+check "one range in both messages" grep -q "each a multiple of 8 up to 4096" "$tmp/err"
+expect_rc 1 "--width, as A1111's API has it" "$MOOD" gen "$PROMPT" "${common[@]}" --width 512
+check "points to --size" grep -q "mood takes the size as --size WIDTHxHEIGHT" "$tmp/err"
 expect_rc 1 "bad sampler" "$MOOD" gen "$PROMPT" "${common[@]}" --sampler heun2
 check "lists samplers" grep -qi "euler" "$tmp/err"
 expect_rc 2 "missing model" "$MOOD" gen "$PROMPT" --model "$tmp/nope.safetensors"
