@@ -388,6 +388,16 @@ void gen_warn_a1111_syntax(const gen_args *a)
                      "Civitai and --from-png");
             break;
         }
+    /* Civitai takes the first line starting "Steps: " for the settings line */
+    for (int k = 0; k < 2; k++) {
+        for (p = k ? a->negative : a->prompt; p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+            if (!strncmp(p, "Steps: ", 7)) {
+                cli_warn("the %s has a line starting with \"Steps: \": Civitai would read it as "
+                         "the image's settings line",
+                         k ? "negative prompt" : "prompt");
+                break;
+            }
+    }
 }
 
 /* A1111 removes every extra-network tag <word:...> from the prompt (modules/extra_networks.py):

@@ -390,6 +390,9 @@ check "said" grep -q "is not in \$MOOD_HOME/models; using \$MOOD_MODEL" "$tmp/er
 expect_rc 0 "a prompt line starting as A1111's negative prompt does" "$MOOD" gen "a cat
 Negative prompt: a trick" "${common[@]}" -o "$tmp/x.png"
 check "warned" grep -q 'the prompt has a line starting with "Negative prompt:"' "$tmp/err"
+expect_rc 0 "a prompt line starting as A1111's settings line does" "$MOOD" gen "a cat
+Steps: 99, Sampler: Euler, CFG scale: 1" "${common[@]}" -o "$tmp/x2.png"
+check "warned: Civitai would read it as the settings" grep -q 'the prompt has a line starting with "Steps: ": Civitai' "$tmp/err"
 
 # the same syntax typed: said too (A1111 would run the image's PNG text differently)
 expect_rc 0 "a typed prompt with A1111-only syntax" "$MOOD" gen \
