@@ -806,23 +806,35 @@ static int style_rows(importer *m)
 /* --rename: pack styles imported under other names, before any name is checked against the
  * registry; a name the pack does not have, or two styles of the pack ending with one name, is
  * refused. */
+/* Every NAME of --rename NAME=NEW is one of the pack's own names: all are found first, then all
+ * renamed, so that a=b b=c renames the pack's b to c (not its a, twice) and a=b b=a swaps. */
 static int apply_renames(importer *m, const mood_pack_import_options *o)
 {
+    size_t *at = mood_calloc(o->n_renames ? o->n_renames : 1, sizeof *at);
+    if (!at)
+        return mood_error_nomem();
     for (size_t k = 0; k < o->n_renames; k++) {
         size_t i = 0;
         for (size_t e = 0; e < k; e++)
-            if (strcasecmp(o->rename_from[e], o->rename_from[k]) == 0)
+            if (strcasecmp(o->rename_from[e], o->rename_from[k]) == 0) {
+                mood_free(at);
                 return mood_error_set(MOOD_EINVAL, "style '%s' is renamed twice (to '%s' and '%s')",
                                       o->rename_from[k], o->rename_to[e], o->rename_to[k]);
+            }
         while (i < m->n_styles && strcasecmp(m->styles[i].name, o->rename_from[k]) != 0)
             i++;
-        if (i == m->n_styles)
+        if (i == m->n_styles) {
+            mood_free(at);
             return mood_error_set(MOOD_EINVAL,
                                   "rename %s=%s: the pack has no style named '%s' ('mood pack "
                                   "import FILE --json' into an empty MOOD_HOME lists its styles)",
                                   o->rename_from[k], o->rename_to[k], o->rename_from[k]);
-        m->styles[i].name = o->rename_to[k];
+        }
+        at[k] = i;
     }
+    for (size_t k = 0; k < o->n_renames; k++)
+        m->styles[at[k]].name = o->rename_to[k];
+    mood_free(at);
     for (size_t i = 0; o->n_renames && i < m->n_styles; i++)
         for (size_t j = 0; j < i; j++)
             if (strcasecmp(m->styles[i].name, m->styles[j].name) == 0)

@@ -117,6 +117,16 @@ expect_rc 0 "theirs is the pack's combo" "$MOOD" show combo-theirs --json
 check "with its template" grep -q '"template":.*"{prompt}, ink wash"' "$tmp/out"
 expect_rc 0 "remove theirs" "$MOOD" rm inkwash-theirs combo-theirs
 expect_rc 0 "remove them" "$MOOD" rm inkwash combo
+# each NAME is the pack's own: a chain (its inkwash to combo, its combo to combo-x) renames both
+# (applied in turn, the pack's inkwash went to combo-x and its combo kept its name)
+expect_rc 0 "chained renames" "$MOOD" pack import "$tmp/p.moodpack" --rename inkwash=combo \
+    --rename combo=combo-x
+expect_rc 0 "combo-x is the pack's combo" "$MOOD" show combo-x --json
+check "with its template" grep -q '"template":.*"{prompt}, ink wash"' "$tmp/out"
+expect_rc 0 "combo is the pack's inkwash" "$MOOD" show combo --json
+check "one LoRA, no template" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert len(d["adapters"])==1 and not d["template"], d' "$tmp/out"
+expect_rc 0 "remove the renamed" "$MOOD" rm combo combo-x
 expect_rc 0 "rename back" "$MOOD" rename combo-mine combo
 expect_rc 0 "rename back" "$MOOD" rename inkwash-mine inkwash
 check "no temporary directory left" test -z "$(find "$B" -name '.moodpack-*')"
