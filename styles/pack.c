@@ -678,6 +678,29 @@ static int join_words(importer *m, const char **out, const cJSON *arr)
     return err;
 }
 
+/* A preview or mood board thumbnail of the pack is what `mood import` keeps of a LoRA's folder:
+ * a PNG, JPEG or WebP image (by its content: a pack's media type is the pack's word) of at most
+ * 64 MiB. Sets *media_type to the content's. */
+static int check_image(const char *path, const char **media_type, const char *style,
+                       const char *what, const char *sha256)
+{
+    mood_map map = {0};
+    const char *type = NULL, *why = "an image larger than 64 MiB";
+    int err = path ? mood_map_file(&map, path) : 0;
+    if (err || !path)
+        return err;
+    if (map.size <= (64u << 20))
+        type = mood__image_media_type(map.data, (size_t)map.size, &why);
+    mood_unmap(&map);
+    if (!type)
+        return strcmp(why, "outofmem") == 0
+                   ? mood_error_nomem()
+                   : mood_error_set(MOOD_EFORMAT, "style '%s': %s %s in the pack is %s", style,
+                                    what, sha256, why);
+    *media_type = type;
+    return 0;
+}
+
 /* The manifest's board entries of style `name` (entries without a style belong to the only
  * style of a one-style pack). */
 static int board_rows(importer *m, mood__pack_style_row *row, const char *name)
@@ -686,6 +709,7 @@ static int board_rows(importer *m, mood__pack_style_row *row, const char *name)
     int single = cJSON_GetArraySize(get(json, "styles")) == 1;
     mood__pack_board_row *rows;
     size_t k = 0;
+    int err;
     if (!(rows = own_ptr(
               m, mood_calloc((size_t)cJSON_GetArraySize(get(json, "board")) + 1, sizeof *rows))))
         return mood_error_nomem();
@@ -697,34 +721,16 @@ static int board_rows(importer *m, mood__pack_style_row *row, const char *name)
             continue;
         num(v, "width", &w);
         num(v, "height", &h);
-        rows[k++] =
-            (mood__pack_board_row){get_str(v, "sha256"),     extracted(m, get_str(v, "file")),
-                                   get_str(v, "media_type"), get_str(v, "name"),
-                                   w < 1e6 ? (int)w : 0,     h < 1e6 ? (int)h : 0};
+        rows[k] = (mood__pack_board_row){get_str(v, "sha256"),     extracted(m, get_str(v, "file")),
+                                         get_str(v, "media_type"), get_str(v, "name"),
+                                         w < 1e6 ? (int)w : 0,     h < 1e6 ? (int)h : 0};
+        if ((err = check_image(rows[k].path, &rows[k].media_type, name, "mood board thumbnail",
+                               rows[k].sha256)) != 0)
+            return err;
+        k++;
     }
     row->board = rows;
     row->n_board = k;
-    return 0;
-}
-
-/* A preview of the pack is what `mood import` keeps of a LoRA's folder: a PNG, JPEG or WebP image
- * (by its content: a pack's media type is the pack's word) of at most 64 MiB. */
-static int check_preview(mood__pack_preview_row *p, const char *style)
-{
-    mood_map map = {0};
-    const char *type = NULL, *why = "an image larger than 64 MiB";
-    int err = p->path ? mood_map_file(&map, p->path) : 0;
-    if (err || !p->path)
-        return err;
-    if (map.size <= (64u << 20))
-        type = mood__image_media_type(map.data, (size_t)map.size, &why);
-    mood_unmap(&map);
-    if (!type)
-        return strcmp(why, "outofmem") == 0
-                   ? mood_error_nomem()
-                   : mood_error_set(MOOD_EFORMAT, "style '%s': preview %s in the pack is %s", style,
-                                    p->sha256, why);
-    p->media_type = type;
     return 0;
 }
 
@@ -778,8 +784,10 @@ static int style_row(importer *m, mood__pack_style_row *row, const cJSON *s)
         previews[k] = (mood__pack_preview_row){
             get_str(v, "sha256"), extracted(m, get_str(v, "file")), get_str(v, "media_type"),
             level >= 0 && level <= 1e6 ? (int)level : -1};
-        if ((err = check_preview(&previews[k++], row->name)) != 0)
+        if ((err = check_image(previews[k].path, &previews[k].media_type, row->name, "preview",
+                               previews[k].sha256)) != 0)
             return err;
+        k++;
     }
     row->previews = previews;
     row->n_previews = k;

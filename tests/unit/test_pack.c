@@ -362,31 +362,39 @@ static void test_adapter_checked(void)
 
 /* A pack of style "x" (the LoRA at `path`) whose manifest says what the file is not (a path for a
  * file name, another AutoV3, rank, algorithm and module count); with `preview`, a preview of n
- * bytes declared as a PNG. */
-static int write_lying_pack(const char *out, const char *path, const char *preview, size_t n)
+ * bytes declared as a PNG (as_board: a mood board thumbnail declared as a JPEG). */
+static int write_lying_pack(const char *out, const char *path, const char *preview, size_t n,
+                            int as_board)
 {
     mood_file_hashes h;
     mood__pack_src src[3];
-    char manifest[4096], file[128], pfile[128], psha[65], previews[512] = "";
+    char manifest[4096], file[128], pfile[128], psha[65], previews[512] = "", board[512] = "";
     int err = mood_hash_file(&h, path, NULL, NULL);
     if (err)
         return err;
     snprintf(file, sizeof file, "adapters/%s.safetensors", h.sha256);
     if (preview) {
         mood_sha256_hex(psha, preview, n);
-        snprintf(pfile, sizeof pfile, "previews/%s.png", psha);
-        snprintf(previews, sizeof previews,
-                 ", \"previews\": [{\"sha256\": \"%s\", \"media_type\": \"image/png\", "
-                 "\"file\": \"%s\"}]",
-                 psha, pfile);
+        snprintf(pfile, sizeof pfile, as_board ? "board/%s.jpg" : "previews/%s.png", psha);
+        if (as_board)
+            snprintf(board, sizeof board,
+                     ", \"board\": [{\"style\": \"x\", \"sha256\": \"%s\", \"media_type\": "
+                     "\"image/jpeg\", \"name\": \"a.jpg\", \"width\": 8, \"height\": 8, "
+                     "\"file\": \"%s\"}]",
+                     psha, pfile);
+        else
+            snprintf(previews, sizeof previews,
+                     ", \"previews\": [{\"sha256\": \"%s\", \"media_type\": \"image/png\", "
+                     "\"file\": \"%s\"}]",
+                     psha, pfile);
     }
     snprintf(manifest, sizeof manifest,
              "{\"schema_version\": 1, \"created_by\": \"test\", \"adapters\": [{\"sha256\": "
              "\"%s\", \"file_name\": \"../../evil.safetensors\", \"size\": %llu, \"family\": "
              "\"sd1\", \"autov3\": \"%064d\", \"rank\": 99, \"algorithm\": \"loha\", "
              "\"modules\": 3, \"embedded\": true, \"file\": \"%s\"}], \"styles\": [{\"name\": "
-             "\"x\", \"adapters\": [{\"sha256\": \"%s\", \"unet\": 1, \"te\": 1}]%s}]}",
-             h.sha256, (unsigned long long)h.size, 0, file, h.sha256, previews);
+             "\"x\", \"adapters\": [{\"sha256\": \"%s\", \"unet\": 1, \"te\": 1}]%s}]%s}",
+             h.sha256, (unsigned long long)h.size, 0, file, h.sha256, previews, board);
     src[0] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, manifest, strlen(manifest), NULL};
     src[1] = (mood__pack_src){file, path, NULL, 0, NULL};
     src[2] = (mood__pack_src){pfile, NULL, preview, n, NULL};
@@ -394,7 +402,8 @@ static int write_lying_pack(const char *out, const char *path, const char *previ
 }
 
 /* What the registry lists of an embedded LoRA is what its file says, not the manifest (its
- * AutoV3 is what images made with it name); a preview that is no image is refused. */
+ * AutoV3 is what images made with it name); a preview or board thumbnail that is no image is
+ * refused. */
 static void test_manifest_facts_not_trusted(void)
 {
     mood_registry *r = NULL;
@@ -407,11 +416,17 @@ static void test_manifest_facts_not_trusted(void)
     MOOD_CHECK_OK(mood_hash_file(&h, lora, NULL, NULL));
     if (!r)
         return;
-    MOOD_CHECK_OK(write_lying_pack(pack, lora, "<html>not a png</html>", 22));
+    MOOD_CHECK_OK(write_lying_pack(pack, lora, "<html>not a png</html>", 22, 0));
     MOOD_CHECK(mood_pack_import(&report, r, pack, NULL) == MOOD_EFORMAT);
     MOOD_CHECK_MSG(strstr(mood_error_last(), "is not a PNG, JPEG or WebP image"), "%s",
                    mood_error_last());
-    MOOD_CHECK_OK(write_lying_pack(pack, lora, NULL, 0));
+    /* a board thumbnail too (an SVG declared as a JPEG was stored as one) */
+    MOOD_CHECK_OK(write_lying_pack(pack, lora, "<svg xmlns='http://www.w3.org/2000/svg'/>", 41, 1));
+    MOOD_CHECK(mood_pack_import(&report, r, pack, NULL) == MOOD_EFORMAT);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "mood board thumbnail") &&
+                       strstr(mood_error_last(), "is not a PNG, JPEG or WebP image"),
+                   "%s", mood_error_last());
+    MOOD_CHECK_OK(write_lying_pack(pack, lora, NULL, 0, 0));
     MOOD_CHECK_OK(mood_pack_import(&report, r, pack, NULL));
     mood_registry_free_string(report);
     text = show(r, "x");
