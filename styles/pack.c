@@ -795,6 +795,23 @@ static int style_row(importer *m, mood__pack_style_row *row, const cJSON *s)
     return board_rows(m, row, row->name);
 }
 
+/* A LoRA that no style of the pack uses is not stored: nothing would show it (list, search),
+ * nothing could remove it (rm), and doctor would not find it an orphan. mood never writes one. */
+static void drop_unused_adapters(importer *m)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < m->n_adapters; i++) {
+        int used = 0;
+        for (size_t s = 0; s < m->n_styles && !used; s++)
+            for (size_t l = 0; l < m->styles[s].n_loras && !used; l++)
+                used = m->adapters[i].sha256 && m->styles[s].loras[l].sha256 &&
+                       strcmp(m->adapters[i].sha256, m->styles[s].loras[l].sha256) == 0;
+        if (used)
+            m->adapters[kept++] = m->adapters[i];
+    }
+    m->n_adapters = kept;
+}
+
 static int style_rows(importer *m)
 {
     const cJSON *arr = get(m->ex.manifest.json, "styles"), *s;
@@ -942,6 +959,7 @@ int mood_pack_import(char **report_out, mood_registry *r, const char *path,
         (err = adapter_rows(&m)) != 0 || (err = style_rows(&m)) != 0 ||
         (err = apply_renames(&m, o)) != 0)
         goto done;
+    drop_unused_adapters(&m);
     if ((err = report_prepare(&rep, &m, path)) != 0)
         goto done;
     if (!(merged = mood_calloc(m.n_styles + 1, 1))) {

@@ -443,7 +443,50 @@ static void test_manifest_facts_not_trusted(void)
     mood_registry_close(r);
 }
 
+/* A LoRA the pack lists but no style of it uses is not stored (nothing could show or remove
+ * it); the one its style uses is. */
+static void test_unused_adapter_not_stored(void)
+{
+    mood_registry *r = NULL;
+    mood_file_hashes used, unused;
+    mood__pack_src src[3];
+    char manifest[4096], fu[128], fn[128], home[1024], blob[1400], *report = NULL;
+    const char *a = fixture("kohya/sd1_locon_fp16.safetensors");
+    const char *b = fixture("kohya/sd1_lora.safetensors");
+    struct stat st;
+    MOOD_CHECK_OK(mood_hash_file(&used, a, NULL, NULL));
+    MOOD_CHECK_OK(mood_hash_file(&unused, b, NULL, NULL));
+    snprintf(fu, sizeof fu, "adapters/%s.safetensors", used.sha256);
+    snprintf(fn, sizeof fn, "adapters/%s.safetensors", unused.sha256);
+    snprintf(manifest, sizeof manifest,
+             "{\"schema_version\": 1, \"created_by\": \"test\", \"adapters\": ["
+             "{\"sha256\": \"%s\", \"file_name\": \"a.safetensors\", \"size\": %llu, "
+             "\"family\": \"sd1\", \"embedded\": true, \"file\": \"%s\"}, "
+             "{\"sha256\": \"%s\", \"file_name\": \"b.safetensors\", \"size\": %llu, "
+             "\"family\": \"sd1\", \"embedded\": true, \"file\": \"%s\"}], \"styles\": "
+             "[{\"name\": \"x\", \"adapters\": [{\"sha256\": \"%s\", \"unet\": 1, \"te\": "
+             "1}]}]}",
+             used.sha256, (unsigned long long)used.size, fu, unused.sha256,
+             (unsigned long long)unused.size, fn, used.sha256);
+    src[0] = (mood__pack_src){MOOD__PACK_MANIFEST, NULL, manifest, strlen(manifest), NULL};
+    src[1] = (mood__pack_src){fu, a, NULL, 0, NULL};
+    src[2] = (mood__pack_src){fn, b, NULL, 0, NULL};
+    MOOD_CHECK_OK(mood__pack_write(pack, src, 3, NULL, NULL));
+    snprintf(home, sizeof home, "%s", scratch_path("unused"));
+    MOOD_CHECK_OK(mood_registry_open(&r, home));
+    if (!r)
+        return;
+    MOOD_CHECK_OK(mood_pack_import(&report, r, pack, NULL));
+    mood_registry_free_string(report);
+    snprintf(blob, sizeof blob, "%s/blobs/sha256/%.2s/%s", home, used.sha256, used.sha256 + 2);
+    MOOD_CHECK(stat(blob, &st) == 0);
+    snprintf(blob, sizeof blob, "%s/blobs/sha256/%.2s/%s", home, unused.sha256, unused.sha256 + 2);
+    MOOD_CHECK_MSG(stat(blob, &st) != 0, "%s: a LoRA no style uses was stored", blob);
+    mood_registry_close(r);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_export), MOOD_T(test_reference_only_missing),
                MOOD_T(test_import_alloc_failures), MOOD_T(test_round_trip_identical),
                MOOD_T(test_merge_into_imported_style), MOOD_T(test_merge_keeps_board),
-               MOOD_T(test_adapter_checked), MOOD_T(test_manifest_facts_not_trusted))
+               MOOD_T(test_adapter_checked), MOOD_T(test_manifest_facts_not_trusted),
+               MOOD_T(test_unused_adapter_not_stored))
