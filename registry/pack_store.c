@@ -190,9 +190,9 @@ static int insert_source(mood_registry *r, const mood__pack_adapter_row *a, cons
     if ((err = mood__reg_prepare(r, &st,
                                  "INSERT INTO sources(adapter_sha256, kind, location, air, license,"
                                  " civitai_model_id, civitai_version_id, model_name,"
-                                 " version_name, base_model, nsfw, nsfw_level, added_at)"
-                                 " VALUES (?1, 'pack', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                                 " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
+                                 " version_name, base_model, nsfw, nsfw_level, permissions_json,"
+                                 " added_at) VALUES (?1, 'pack', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,"
+                                 " ?10, ?11, ?12, strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
         return err;
     mood__reg_bind_text(st, 1, a->sha256);
     mood__reg_bind_utf8(st, 2, pack);
@@ -211,6 +211,7 @@ static int insert_source(mood_registry *r, const mood__pack_adapter_row *a, cons
         sqlite3_bind_int(st, 10, a->nsfw);
     if (a->nsfw_level >= 0)
         sqlite3_bind_int(st, 11, a->nsfw_level);
+    mood__reg_bind_utf8(st, 12, a->permissions_json);
     return mood__reg_step_done(r, st, "recording where the adapter came from");
 }
 

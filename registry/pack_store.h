@@ -24,7 +24,8 @@ typedef struct mood__pack_adapter_row {
      * no record */
     long long civitai_model_id, civitai_version_id;
     const char *model_name, *version_name, *base_model;
-    int nsfw, nsfw_level; /* -1: unknown */
+    int nsfw, nsfw_level;         /* -1: unknown */
+    const char *permissions_json; /* Civitai's permissions object as JSON text, or NULL */
 } mood__pack_adapter_row;
 
 typedef struct mood__pack_preview_row {

@@ -149,6 +149,9 @@ static void add_civitai(cJSON *entry, const cJSON *adapter)
         copy_field(c, keys[k][1], found, keys[k][0]);
     if (c && cJSON_IsNumber(get(found, "nsfw"))) /* stored as 0/1 */
         cJSON_AddBoolToObject(c, "nsfw", get(found, "nsfw")->valuedouble != 0);
+    /* what the author allows (allowDerivatives...): the next pack made of it warns as this did */
+    if (c && cJSON_IsObject(get(found, "permissions")))
+        copy_field(c, "permissions", found, "permissions");
 }
 
 /* A LoRA whose Civitai permissions forbid derivatives (the closest flag Civitai has to "may be
@@ -651,6 +654,9 @@ static int adapter_rows(importer *m)
             row->modules = (long long)v;
         row->has_alpha = num(a, "alpha", &row->alpha);
         if ((err = own_json(m, &row->metadata_json, get(a, "metadata"))) != 0 ||
+            (cJSON_IsObject(get(get(a, "civitai"), "permissions")) &&
+             (err = own_json(m, &row->permissions_json, get(get(a, "civitai"), "permissions"))) !=
+                 0) ||
             (err = own_json(m, &row->trigger_words_json, get(a, "trigger_words"))) != 0 ||
             (row->path && (err = check_adapter_file(row)) != 0) ||
             (row->path && (err = file_facts(m, row)) != 0))

@@ -351,6 +351,12 @@ print(*(s[k] for k in ("model_id", "version_id", "model_name", "version_name",
         expect_rc 0 "reference-only: no warning" env MOOD_HOME="$tmp/cv1-nd" \
             "$MOOD" pack export mock_ink_style -o "$tmp/cv-nd-ref.moodpack" --reference-only
         check "none" sh -c '! grep -q "does not allow derivatives" "$1"' _ "$tmp/err"
+        # the permissions travel with the pack: shared on from the friend's registry, it warns
+        expect_rc 0 "import the no-derivatives pack" env MOOD_HOME="$tmp/cv3" "$MOOD" pack import \
+            "$tmp/cv-nd.moodpack"
+        expect_rc 0 "export it again there" env MOOD_HOME="$tmp/cv3" "$MOOD" pack export \
+            mock_ink_style -o "$tmp/cv-nd2.moodpack"
+        check "warned there too" grep -q "its Civitai licence does not allow derivatives" "$tmp/err"
         export MOOD_HOME=$tmp/cv2
         expect_rc 0 "import the Civitai pack" "$MOOD" pack import "$tmp/cv.moodpack"
         check "Civitai ids and names kept" test "$(civ mock_ink_style "$tmp/cv2")" = "$(civ mock_ink_style "$tmp/cv1")"
