@@ -181,7 +181,7 @@ static int progress(const mood_train_progress *p, void *payload)
  * as this one will be registered under another name (as an import of a file with a taken name
  * is), or, for a --resume of the run that made it, will take NAME over (train_register).
  * Returns 0 or the exit status. */
-static int check_registry_first(const train_args *a)
+static int check_registry_first(train_args *a)
 {
     mood_registry *r = NULL;
     char *free_name = NULL;
@@ -196,19 +196,20 @@ static int check_registry_first(const train_args *a)
         rc = cli_fail(err);
         fprintf(stderr, "mood: nothing trained: the style could not be registered (train with "
                         "--no-register and import the file later)\n");
-    } else if ((before = train_style_steps_of_run(r, a, a->o.name)) == a->o.steps) {
+    } else if ((train_find_style(r, a), before = train_style_steps_of_run(r, a, a->style)) ==
+               a->o.steps) {
         /* nothing to train past the checkpoint: train_register says so */
-    } else if (before > 0 && (free_name = train_earlier_name(r, a->o.name, before)) != NULL) {
+    } else if (before > 0 && (free_name = train_earlier_name(r, a->style, before)) != NULL) {
         fprintf(stderr,
                 "mood: note: style '%s' is this run's result at step %lld; it will hold "
                 "the continued run, and the earlier result becomes style '%s'\n",
-                a->o.name, before, free_name);
-    } else if (mood_registry_name_suggest(&free_name, r, a->o.name) == 0 &&
-               strcmp(free_name, a->o.name)) {
+                a->style, before, free_name);
+    } else if (mood_registry_name_suggest(&free_name, r, a->style) == 0 &&
+               strcmp(free_name, a->style)) {
         fprintf(stderr,
                 "mood: note: a style named '%s' exists already; this one will be registered as "
                 "'%s' (stop now and give another --name, or 'mood rm %s' first, to choose)\n",
-                a->o.name, free_name, a->o.name);
+                a->style, free_name, a->style);
     }
     mood_registry_free_string(free_name);
     mood_registry_close(r);

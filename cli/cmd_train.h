@@ -42,6 +42,9 @@ typedef struct train_args {
     size_t n_samples, cap_samples;
     int sample_failed;  /* a preview could not be written (warned once) */
     char lora_hash[13]; /* AutoV3 (12 digits) of the written LoRA, for the final previews */
+    /* the style the run registers as: --name, or for a --resume the style that holds the run
+     * continued (NAME-2 when that run wrote NAME-2.safetensors); train_find_style sets it */
+    char style[128];
 } train_args;
 
 /* OUT.safetensors -> OUT<suffix> (malloc'd), NULL when out of memory. */
@@ -60,6 +63,9 @@ int train_register(train_args *a, mood_import_result *res);
 long long train_style_steps_of_run(mood_registry *reg, const train_args *a, const char *name);
 /* The free name the earlier result of run NAME at `steps` moves to: NAME-stepN (NAME cut to
  * fit), malloc'd (mood_registry_free_string); NULL on error. */
+/* Sets a->style: --name, or for a --resume the style whose training record names this run's
+ * output (its file's name, then --name, are tried). */
+void train_find_style(mood_registry *reg, train_args *a);
 char *train_earlier_name(mood_registry *reg, const char *name, long long steps);
 /* Writes A1111's sidecar OUT.json beside the LoRA (activation text: the trainer's trigger phrase,
  * preferred weight 1). Returns 0 or 2 (warned about by the caller). */

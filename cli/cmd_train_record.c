@@ -488,6 +488,21 @@ long long train_style_steps_of_run(mood_registry *reg, const train_args *a, cons
     return steps;
 }
 
+void train_find_style(mood_registry *reg, train_args *a)
+{
+    char stem[128];
+    const char *base = strrchr(a->output, '/') ? strrchr(a->output, '/') + 1 : a->output;
+    size_t n = strlen(base);
+    snprintf(a->style, sizeof a->style, "%s", a->o.name);
+    if (!a->o.resume)
+        return;
+    if (n > 12 && strcmp(base + n - 12, ".safetensors") == 0)
+        n -= 12;
+    snprintf(stem, sizeof stem, "%.*s", (int)n, base);
+    if (train_style_steps_of_run(reg, a, stem) > 0)
+        snprintf(a->style, sizeof a->style, "%s", stem);
+}
+
 char *train_earlier_name(mood_registry *reg, const char *name, long long steps)
 {
     char wanted[128], *out = NULL;
@@ -504,7 +519,7 @@ char *train_earlier_name(mood_registry *reg, const char *name, long long steps)
 static void name_registered(mood_registry *reg, train_args *a, mood_import_result *res,
                             const char *announced)
 {
-    const char *name = a->o.name;
+    const char *name = a->style;
     long long before = train_style_steps_of_run(reg, a, name);
     char *earlier;
     if (strcmp(res->name, name) == 0)
@@ -537,17 +552,18 @@ int train_register(train_args *a, mood_import_result *res)
         return cli_fail(err);
     }
     x = (mood_import_extras){rec.previews, rec.n_previews, rec.files, rec.n_files, rec.training};
-    if ((rc = cli_registry_open(&reg)) == 0 &&
-        train_style_steps_of_run(reg, a, a->o.name) == a->o.steps) {
+    if ((rc = cli_registry_open(&reg)) == 0)
+        train_find_style(reg, a);
+    if (rc == 0 && train_style_steps_of_run(reg, a, a->style) == a->o.steps) {
         /* --resume of a finished run without more --steps: style NAME is this result already */
         fprintf(stderr, "mood: note: style '%s' is this run at step %lld already; nothing added\n",
-                a->o.name, (long long)a->o.steps);
-        snprintf(res->name, sizeof res->name, "%s", a->o.name);
+                a->style, (long long)a->o.steps);
+        snprintf(res->name, sizeof res->name, "%s", a->style);
         res->already = 1;
         mood_registry_close(reg);
     } else if (rc == 0) {
         char *announced = NULL; /* NAME, or the free name said when NAME was taken */
-        if (mood_registry_name_suggest(&announced, reg, a->o.name) != 0)
+        if (mood_registry_name_suggest(&announced, reg, a->style) != 0)
             announced = NULL; /* then NAME or the import's own choice */
         err = mood_registry_import_file_ex(reg, res, a->output, &x, NULL, NULL);
         /* the registry names a style after its file; the style is NAME (-o may name the file

@@ -339,6 +339,22 @@ b=open("cont-2.safetensors","rb").read(); n,=struct.unpack("<Q",b[:8])
 assert json.loads(b[8:8+n])["__metadata__"]["ss_max_train_steps"]=="2"'
 check "the first still untouched" cmp -s cont.safetensors first.copy
 cd ..
+# registered: the second run is style tri-2 (file tri-2.safetensors); --resume continues that
+# run, so style tri-2 takes it (its earlier result kept as tri-2-step1), not a new style tri-3
+mkdir third && cd third
+expect_rc 0 "tri, first run" "$MOOD" train --name tri --board ../board --model "$MODEL" --res 64 \
+    --steps 1 --rank 4 --seed 1
+expect_rc 0 "tri, second run" "$MOOD" train --name tri --board ../board --model "$MODEL" --res 64 \
+    --steps 1 --rank 4 --seed 2
+check "registered as tri-2" grep -q "registered as style 'tri-2'" "$tmp/out" "$tmp/err"
+expect_rc 0 "tri, the second run continued" "$MOOD" train --name tri --board ../board \
+    --model "$MODEL" --res 64 --steps 2 --rank 4 --seed 2 --resume
+check "says tri-2 holds it" grep -q "style 'tri-2' is this run's result at step 1; it will hold the continued run" "$tmp/err"
+check "tri-2 is the continued run" test "$(steps_of tri-2)" = 2
+check "its earlier result kept" test "$(steps_of tri-2-step1)" = 1
+check "tri untouched" test "$(steps_of tri)" = 1
+expect_rc 1 "no tri-3" "$MOOD" show tri-3
+cd ..
 # a new run never overwrites the checkpoint of a stopped one (hours of work on a CPU): its plan
 # (mood.train.steps) is made larger than its step, as a Ctrl-C leaves it
 py '
