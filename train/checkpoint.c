@@ -64,6 +64,7 @@ static int write_meta(mood_st_writer *w, const mood__train_fingerprint *fp,
         (err = meta_i64(w, "mood.train.accum", fp->accum)) != 0 ||
         (err = meta_i64(w, "mood.train.flip", fp->flip)) != 0 ||
         (err = meta_i64(w, "mood.train.images", (int64_t)fp->n_items)) != 0 ||
+        (err = mood_st_writer_set_meta(w, "mood.train.loss", fp->loss)) != 0 ||
         (err = meta_i64(w, "mood.train.step", st->step)) != 0 ||
         (err = meta_i64(w, "mood.train.steps", fp->steps)) != 0 ||
         (err = meta_f64(w, "mood.train.lr", fp->lr)) != 0 ||
@@ -154,7 +155,7 @@ int mood_train_checkpoint_stopped(const char *path, int64_t *step, int64_t *plan
 static int check_fingerprint(const mood_st_file *f, const mood__train_fingerprint *fp)
 {
     const char *path = mood_st_path(f), *layout = mood_st_meta_get(f, "mood.train.layout");
-    const char *seed = mood_st_meta_get(f, "mood.train.seed"), *ver;
+    const char *seed = mood_st_meta_get(f, "mood.train.seed"), *ver, *loss;
     int64_t batch, accum, flip, images;
     char want_seed[32];
     int err;
@@ -185,6 +186,13 @@ static int check_fingerprint(const mood_st_file *f, const mood__train_fingerprin
     if (images != (int64_t)fp->n_items)
         return mood_error_set(MOOD_EINVAL, "%s: saved for %lld images, the board has %zu", path,
                               (long long)images, fp->n_items);
+    /* (checkpoints of mood before the key was written are not checked) */
+    if ((loss = mood_st_meta_get(f, "mood.train.loss")) != NULL && strcmp(loss, fp->loss) != 0)
+        return mood_error_set(MOOD_EINVAL,
+                              "%s: the run was trained with %s; this run asks for %s: a resumed "
+                              "run keeps the options that shape its loss (give the run's, or "
+                              "start a new run)",
+                              path, loss, fp->loss);
     return 0;
 }
 

@@ -1,8 +1,9 @@
 /*
  * plot.c: the loss curve of a run, as a CSV table (step, loss, its moving average, the learning
- * rate the step ran at) and as a PNG line plot: each step's loss in light blue, the exponential moving average
- * (0.9, what the progress bar shows) in dark blue, on a white field with a frame and four grid
- * lines. There is no font: the PNG's text chunks carry the title and the range of the axes.
+ * rate the step ran at) and as a PNG line plot: each step's loss in light blue, the exponential
+ * moving average (0.9, what the progress bar shows) in dark blue, on a white field with a frame and
+ * four grid lines. There is no font: the PNG's text chunks carry the title and the range of the
+ * axes.
  */
 #include <math.h>
 #include <stdio.h>

@@ -242,6 +242,9 @@ typedef struct mood__train_fingerprint {
     uint64_t seed;
     int batch, accum, flip;
     size_t n_items;
+    /* the options that shape the loss, as the command's options ("--noise-offset 0.05 ..."): a
+     * resumed run must keep them (the LoRA's metadata states them for the whole run) */
+    char loss[256];
     /* recorded, never compared: a resumed run may change them (and is told when it does) */
     int64_t steps; /* the run's planned steps */
     double lr;

@@ -488,6 +488,11 @@ static int start(loop *L)
     L->fp.accum = L->o->accum;
     L->fp.flip = L->d->flip;
     L->fp.n_items = n;
+    snprintf(L->fp.loss, sizeof L->fp.loss,
+             "--noise-offset %.9g --min-snr %.9g --min-timestep %d --max-timestep %d "
+             "--ip-noise-gamma %.9g --caption-dropout %.9g",
+             L->o->noise_offset, L->o->min_snr_gamma, L->o->min_timestep, L->o->max_timestep,
+             L->o->ip_noise_gamma, L->o->caption_dropout);
     L->fp.steps = L->o->steps;
     L->fp.lr = L->o->lr;
     L->fp.schedule = (int)L->o->lr_schedule;

@@ -384,4 +384,10 @@ check "the record keeps each step's rate" py '
 rows = [l.split(",") for l in open("rl.loss.csv").read().split()[1:]]
 assert [r[3] for r in rows[:2]] == ["0.0001", "0.0001"] and float(rows[2][3]) < 5e-4, rows'
 cp good1.keep board/good1.png
+# the options that shape the loss are the run's: changed on --resume, refused (they were taken
+# silently, and the LoRA's metadata said the whole run used them)
+expect_rc 1 "resume with another noise offset" "$MOOD" train --name rl --board board \
+    --model "$MODEL" --res 64 --steps 6 --rank 4 --lr 5e-4 --schedule cosine --no-register \
+    --resume --noise-offset 0.3
+check "names both" grep -q "the run was trained with --noise-offset 0.05 .*; this run asks for --noise-offset 0.3" "$tmp/err"
 finish
