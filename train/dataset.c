@@ -18,7 +18,7 @@
  *     trim_and_resize_if_required does (random_crop off, which caching latents requires); kohya's
  *     default bucket sizes, made for SD's 512, follow the resolution below 256
  *     (mood__board_options_resolve);
- *   - captions: the first non-empty line of NAME.txt (else NAME.caption, kohya's default
+ *   - captions: the first line of NAME.txt (else NAME.caption, kohya's default
  *     caption_extension) beside the image, else the template with the trigger word.
  */
 #include <ctype.h>
@@ -452,7 +452,9 @@ static char *trimmed(const char *s, size_t n)
     return mood_strndup(s, n);
 }
 
-/* The first non-empty line of the sidecar file, NULL (no error) when there is none. */
+/* The first line of the sidecar file, trimmed, as kohya's read_caption takes lines[0].strip():
+ * an empty file or a blank first line is the empty caption (a style trained without words),
+ * not the template. NULL (no error) when there is no such file. */
 static int sidecar_caption(char **out, const char *image, const char *ext)
 {
     const char *dot = strrchr(image, '.'), *slash = strrchr(image, '/');
@@ -477,14 +479,11 @@ static int sidecar_caption(char **out, const char *image, const char *ext)
                                  "caption file %s holds NUL bytes (UTF-16 text?): save it as "
                                  "UTF-8",
                                  path.data);
-        while (!err && p < end && !*out) {
+        if (!err) {
             const char *nl = p; /* a line ends at \n, \r\n or (old Mac) \r */
             while (nl < end && *nl != '\n' && *nl != '\r')
                 nl++;
-            if (nl == end)
-                nl = NULL;
-            size_t len = (size_t)((nl ? nl : end) - p);
-            char *line = trimmed(p, len);
+            char *line = trimmed(p, (size_t)(nl - p));
             if (!line)
                 err = mood_error_nomem();
             else if (line[0] && mood__utf8_validate(line, strlen(line)) != 0) {
@@ -492,13 +491,8 @@ static int sidecar_caption(char **out, const char *image, const char *ext)
                 err = mood_error_set(
                     MOOD_EINVAL, "caption file %s is not UTF-8 text: save it as UTF-8", path.data);
                 mood_free(line);
-            } else if (line[0])
+            } else
                 *out = line;
-            else
-                mood_free(line);
-            if (err || !nl)
-                break;
-            p = nl + 1;
         }
         mood_unmap(&m);
     }

@@ -29,6 +29,7 @@
 #include "mood/hash.h"
 #include "mood/registry.h"
 #include "lora/lora_internal.h"
+#include "engine/unicode_tables.h"
 #include "train/train_internal.h"
 
 void mood_train_options_init(mood_train_options *o)
@@ -437,24 +438,52 @@ typedef struct tag_count {
     size_t n, cap;
 } tag_count;
 
+/* s[0..len) in lower case, as Python's str.lower() (kohya lowers each tag before counting it),
+ * malloc'd; NULL when out of memory. */
+static char *lower_tag(const char *s, size_t len)
+{
+    char *out = mood_malloc(len * 3 + 1), *o = out; /* a code point lowers to 3 at most */
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp = 0, low[3];
+        size_t k = mood__utf8_decode((const unsigned char *)s + i, len - i, &cp);
+        if (!k) { /* captions are checked UTF-8; a byte that is not stays as it is */
+            *o++ = s[i++];
+            continue;
+        }
+        for (size_t j = 0, n = mood__uc_to_lower(cp, low); j < n; j++)
+            o += mood__utf8_encode(low[j], o);
+        i += k;
+    }
+    *o = '\0';
+    return out;
+}
+
 static int count_tag(tag_count *tc, const char *s, size_t len)
 {
     size_t cap = tc->cap;
+    char *tag = lower_tag(s, len);
+    if (!tag)
+        return mood_error_nomem();
     for (size_t i = 0; i < tc->n; i++) {
-        if (strlen(tc->tag[i]) == len && memcmp(tc->tag[i], s, len) == 0) {
+        if (strcmp(tc->tag[i], tag) == 0) {
             tc->count[i]++;
+            mood_free(tag);
             return 0;
         }
     }
     if (mood_array_reserve(&tc->tag, &tc->cap, tc->n + 1, sizeof *tc->tag, 16) != 0 ||
-        mood_array_reserve(&tc->count, &cap, tc->n + 1, sizeof *tc->count, 16) != 0 ||
-        !(tc->tag[tc->n] = mood_strndup(s, len)))
+        mood_array_reserve(&tc->count, &cap, tc->n + 1, sizeof *tc->count, 16) != 0) {
+        mood_free(tag);
         return mood_error_nomem();
+    }
+    tc->tag[tc->n] = tag;
     tc->count[tc->n++] = 1;
     return 0;
 }
 
-/* caption.split(","), each stripped, empty ones skipped. */
+/* caption.split(","), each stripped and lowered, empty ones skipped (kohya's set_tag_frequency). */
 static int count_caption(tag_count *tc, const char *caption)
 {
     int err = 0;

@@ -139,6 +139,27 @@ expect_rc 0 "a caption with old Mac line ends" "$MOOD" train --name ccr --board 
     --steps 1 --rank 4 --no-register
 check "its first line only" py "$META"'
 m=meta("ccr.safetensors"); t=json.loads(m["ss_tag_frequency"]); assert t["ccr"]=={"inky": 1, "first line": 1}, t'
+# kohya's read_caption takes the first line, stripped: an empty caption file or a blank first
+# line is the empty caption (a style trained without words), not the template or a later line;
+# ss_tag_frequency counts tags in lower case (kohya's set_tag_frequency)
+mkdir -p cempty ccase
+cp "$FIX/train/board/a.png" cempty/x.png
+cp "$FIX/train/board/e.png" cempty/y.png
+: >cempty/x.txt
+printf '\nlater line\n' >cempty/y.txt
+expect_rc 0 "empty captions" "$MOOD" train --name cempty --board cempty --model "$MODEL" \
+    --steps 1 --rank 4 --no-register
+check "no tags: both captions empty" py "$META"'
+m=meta("cempty.safetensors"); t=json.loads(m["ss_tag_frequency"]); assert t["cempty"]=={}, t'
+cp "$FIX/train/board/a.png" ccase/x.png
+cp "$FIX/train/board/e.png" ccase/y.png
+echo "MyStyle, Red Apple" >ccase/x.txt
+echo "mystyle, red apple, ÉCOLE" >ccase/y.txt
+expect_rc 0 "captions in mixed case" "$MOOD" train --name ccase --board ccase --model "$MODEL" \
+    --steps 1 --rank 4 --no-register
+check "tags counted in lower case" py "$META"'
+m=meta("ccase.safetensors"); t=json.loads(m["ss_tag_frequency"])
+assert t["ccase"]=={"mystyle": 2, "red apple": 2, "\u00e9cole": 1}, t'
 # pictures in formats mood does not read are named, beside the images it trains on; a caption
 # given among the images (board/*) is not taken for an image
 mkdir -p mixf
