@@ -46,6 +46,13 @@ int mood__reg_sqlerr(mood_registry *r, int rc, const char *what)
 {
     int primary = rc & 0xff;
     const char *msg = r->db ? sqlite3_errmsg(r->db) : sqlite3_errstr(rc);
+    /* the search index alone: doctor --fix rebuilds it from the styles, nothing is lost */
+    if (rc == SQLITE_CORRUPT_VTAB ||
+        (r->db && sqlite3_extended_errcode(r->db) == SQLITE_CORRUPT_VTAB))
+        return mood_error_set(MOOD_EIO,
+                              "%s: the registry's search index is damaged (%s: %s); the styles "
+                              "are whole: 'mood doctor --fix' rebuilds the index",
+                              r->db_path, what, msg);
     /* the file is damaged, not the user's input: an environment error (exit 2), as doctor's */
     if (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT)
         return mood_error_set(MOOD_EIO,

@@ -312,4 +312,13 @@ expect_rc 0 "search beside a writer" timeout 3 "$MOOD" search lokr
 wait "$writer"
 rm -f "$MOOD_HOME/registry.db.held"
 
+# --- a damaged search index: search says doctor --fix rebuilds it (it said "restore registry.db
+# from a backup, or move it away", which loses every tag and template for nothing)
+py 'import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.execute("DELETE FROM styles_fts_data WHERE id > 10"); d.commit()' "$MOOD_HOME/registry.db"
+expect_rc 2 "search on a damaged index" "$MOOD" search lokr
+check "points to doctor --fix" grep -q "the registry's search index is damaged .*'mood doctor --fix' rebuilds the index" "$tmp/err"
+expect_rc 1 "doctor --fix rebuilds it" "$MOOD" doctor --fix
+expect_rc 0 "search again" "$MOOD" search lokr
+check "finds it" grep -q "^lokr " "$tmp/out"
+
 finish
