@@ -39,10 +39,12 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "common/image_decode.h"
 #include "mood/civitai.h"
@@ -969,35 +971,77 @@ static int prepare_facts(import_job *j, mood_import_result *out)
 }
 
 /* Hashing reads the whole file and so does validating the adapter (every factor is checked for
- * NaN): the hash runs on its own threads meanwhile. */
+ * NaN): the hash runs on its own thread meanwhile. The caller's progress callback runs on the
+ * caller's thread only (a GUI may touch its widgets there): the hash thread records how far it
+ * is, the caller reports it once the validation is done, and a cancel asked for then stops the
+ * hash at its next block. */
 typedef struct hash_job {
     import_job *j;
-    mood_progress_fn progress;
-    void *payload;
+    _Atomic uint64_t done, total;
+    atomic_int cancel, finished;
     int err;
 } hash_job;
+
+static int hash_record(const mood_progress *p, void *payload)
+{
+    hash_job *h = payload;
+    atomic_store(&h->total, p->total);
+    atomic_store(&h->done, p->done);
+    return atomic_load(&h->cancel);
+}
 
 static void *hash_thread(void *arg)
 {
     hash_job *h = arg;
-    h->err = mood_hash_file_ex(&h->j->h, h->j->path, MOOD_HASH_SKIP_CRC32, h->progress, h->payload);
+    h->err = mood_hash_file_ex(&h->j->h, h->j->path, MOOD_HASH_SKIP_CRC32, hash_record, h);
+    atomic_store(&h->finished, 1);
     return NULL;
+}
+
+/* Reports the hash thread's progress on this thread until it is done, passing a cancel on. */
+static void follow_hash(hash_job *h, mood_progress_fn progress, void *payload)
+{
+    uint64_t said = UINT64_MAX;
+    while (!atomic_load(&h->finished)) {
+        uint64_t done = atomic_load(&h->done);
+        mood_progress p = {"hash", done, atomic_load(&h->total)};
+        if (progress && done != said && p.total && progress(&p, payload) != 0)
+            atomic_store(&h->cancel, 1);
+        said = done;
+        nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+    }
+    if (progress && !atomic_load(&h->cancel) && !h->err) { /* the end, as hashing alone says it */
+        mood_progress p = {"hash", atomic_load(&h->total), atomic_load(&h->total)};
+        if (progress(&p, payload) != 0)
+            atomic_store(&h->cancel, 1);
+    }
 }
 
 static int prepare(import_job *j, mood_import_result *out, mood_progress_fn progress, void *payload)
 {
-    hash_job hj = {j, progress, payload, 0};
+    hash_job hj;
     pthread_t thread;
     int err = check_extension(j->path), hashing = 0;
+    memset(&hj, 0, sizeof hj);
+    hj.j = j;
     j->has_fs = stat(j->path, &j->fs) == 0; /* before reading: a change meanwhile is not hidden */
     if (!err)
         hashing = pthread_create(&thread, NULL, hash_thread, &hj) == 0;
     if (!err)
         err = prepare_facts(j, out);
-    if (hashing)
+    if (hashing) {
+        if (err)
+            atomic_store(&hj.cancel, 1); /* the file is refused: its hash is not needed */
+        else
+            follow_hash(&hj, progress, payload);
         pthread_join(thread, NULL);
-    else if (!err)
-        hash_thread(&hj);
+    } else if (!err) {
+        hj.err = mood_hash_file_ex(&j->h, j->path, MOOD_HASH_SKIP_CRC32, progress, payload);
+        if (hj.err)
+            return hj.err;
+    }
+    if (!err && atomic_load(&hj.cancel))
+        return mood_error_set(MOOD_ECANCELLED, "%s: import cancelled while hashing", j->path);
     if (!err && hj.err) /* again on this thread, for its error message */
         err = mood_hash_file_ex(&j->h, j->path, MOOD_HASH_SKIP_CRC32, NULL, NULL);
     if (!err)

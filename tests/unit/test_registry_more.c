@@ -12,6 +12,7 @@
  * LyCORIS fixtures.
  */
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 
@@ -344,7 +345,45 @@ static void test_known_file(void)
     mood_registry_close(r);
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_import_again_restores_stored_copy),
+/* Import's progress callback runs on the caller's thread only (the hash ran it on a thread of
+ * its own, where a GUI may not touch its widgets), and a cancel while hashing stops the import
+ * (it was ignored: the file was hashed again without progress and imported). */
+typedef struct progress_seen {
+    pthread_t caller;
+    int calls, other_thread;
+} progress_seen;
+
+static int cancel_at_hash(const mood_progress *p, void *payload)
+{
+    progress_seen *s = payload;
+    s->calls++;
+    s->other_thread |= !pthread_equal(pthread_self(), s->caller);
+    return strcmp(p->phase, "hash") == 0;
+}
+
+static void test_import_progress_on_caller_thread(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    mood_registry *r = NULL;
+    mood_import_result res;
+    char *list = NULL;
+    progress_seen seen = {pthread_self(), 0, 0};
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    if (!r)
+        return;
+    MOOD_CHECK(mood_registry_import_file(
+                   r, &res, place(src, "ink.safetensors", "kohya/sd1_lora.safetensors"),
+                   cancel_at_hash, &seen) == MOOD_ECANCELLED);
+    MOOD_CHECK_MSG(seen.calls >= 1 && !seen.other_thread, "%d calls, %s", seen.calls,
+                   seen.other_thread ? "some on another thread" : "all on the caller's");
+    MOOD_CHECK_OK(mood_registry_list_json(&list, r, NULL, NULL));
+    MOOD_CHECK_MSG(list && strcmp(list, "[]") == 0, "%s", list ? list : "(null)");
+    mood_registry_free_string(list);
+    mood_registry_close(r);
+}
+
+MOOD_TEST_MAIN(MOOD_T(test_import_progress_on_caller_thread),
+               MOOD_T(test_import_again_restores_stored_copy),
                MOOD_T(test_rm_keeps_a_replaced_lora), MOOD_T(test_families_not_mixed),
                MOOD_T(test_import_restores_removed_style), MOOD_T(test_import_after_lora_replaced),
                MOOD_T(test_changes_without_registry), MOOD_T(test_known_file))
