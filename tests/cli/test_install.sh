@@ -32,6 +32,11 @@ expect_rc 0 "compile examples/c/styled_image.c with pkg-config" cc "${flags[@]}"
     $(PKG_CONFIG_PATH=$P/lib/pkgconfig pkg-config --cflags --libs --static mood) -o styled_image
 # a program installed elsewhere than the configured prefix is told where the data is
 export MOOD_DATA=$P/share/mood
+# it loads the OpenBLAS mood itself runs with (the OpenMP build, where Debian's is installed),
+# not the loader's default pthread build
+if [ -d /usr/lib/x86_64-linux-gnu/openblas-openmp ] || ls -d /usr/lib/*/openblas-openmp >/dev/null 2>&1; then
+    check "the program loads the OpenMP OpenBLAS" sh -c 'ldd ./styled_image | grep -q "openblas-openmp/"'
+fi
 expect_rc 0 "it generates with the LoRA" ./styled_image "$P/share/mood/mood-tiny" \
     d/twemoji-demo.safetensors 0.8 "a red apple" apple.png
 check "says what it wrote" grep -q "apple.png: 64x64, seed 42" "$tmp/out"
