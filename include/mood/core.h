@@ -9,7 +9,14 @@
  * Arguments: a pointer may be NULL only where its function's comment says so (an optional
  * output, default options). NULL where a value is needed is MOOD_EINVAL with a message naming the
  * function and the argument ("mood_hash_file: path is NULL"), not a crash. Every _free, _close
- * and _dispose function accepts NULL and does nothing with it.
+ * and _dispose function accepts NULL and does nothing with it; as with free(), a handle is
+ * closed once (a second close uses freed memory). Accessors that return a value rather than an
+ * error code (names, counts, predicates) take a valid handle.
+ *
+ * Threads: each header says how its objects may be shared (one thread at a time, as a rule;
+ * distinct objects on distinct threads freely). Callbacks (progress, sample previews) run on
+ * the thread that called the function that takes them. The log sink is one for the process:
+ * set it before starting threads; it may be called from any thread that logs.
  */
 #ifndef MOOD_CORE_H
 #define MOOD_CORE_H
