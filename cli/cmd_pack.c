@@ -19,7 +19,8 @@ const char cmd_pack_export_help[] =
     "style's mood board thumbnails; its training record and loss curve stay behind. The same\n"
     "styles, named in the same order, always give the same file. 'mood pack import' reads it\n"
     "back.\n\n"
-    "  -o, --output FILE  the pack to write (replaced only once complete)\n"
+    "  -o, --output FILE  the pack to write (an earlier pack of that name is replaced once\n"
+    "                     the new one is complete; any other existing file is refused)\n"
     "  --reference-only   do not embed the LoRA files: reference them by SHA-256 and AIR\n"
     "                     (the importer must have them already: pack import lists each\n"
     "                     missing one with its AIR, for 'mood import' to fetch it)\n"
@@ -114,6 +115,12 @@ int cmd_pack_export(int argc, char **argv)
                                             "(standard output is not supported)");
     if (!rc && (err = mood_output_path_check(out)) != 0) /* a missing folder: exit 2, first */
         rc = cli_fail(err);
+    if (!rc && (strlen(out) < 9 || strcasecmp(out + strlen(out) - 9, ".moodpack") != 0) &&
+        cli_path_exists(out)) /* a LoRA or a document under the pack's name would be lost */
+        rc = cli_usage_error("pack export",
+                             "-o %s: that file exists and is not a .moodpack; give a name ending "
+                             "in .moodpack (an earlier pack of that name is replaced)",
+                             out);
     if (!rc && (strlen(out) < 9 || strcasecmp(out + strlen(out) - 9, ".moodpack") != 0))
         cli_warn("%s: written as a .moodpack (a tar archive compressed with zstd) whatever its "
                  "name; 'mood pack import' reads it",

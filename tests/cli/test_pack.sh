@@ -58,6 +58,11 @@ check "no file named -" test ! -e ./-
 expect_rc 0 "export under another extension" "$MOOD" pack export inkwash -o "$tmp/x.zip"
 check "says what it is" grep -q "x.zip: written as a .moodpack (a tar archive compressed with zstd) whatever its name" "$tmp/err"
 rm -f "$tmp/x.zip"
+# an existing file under another extension is not replaced by a pack (a LoRA, a document)
+cp "$FIX/kohya/sd1_lora.safetensors" "$tmp/keep.safetensors"
+expect_rc 1 "export over a LoRA file" "$MOOD" pack export inkwash -o "$tmp/keep.safetensors"
+check "says it exists and is no pack" grep -q "keep.safetensors: that file exists and is not a .moodpack" "$tmp/err"
+check "the LoRA kept" cmp -s "$tmp/keep.safetensors" "$FIX/kohya/sd1_lora.safetensors"
 expect_rc 2 "export into a missing folder" "$MOOD" pack export inkwash -o "$tmp/nowhere/x.moodpack"
 check "says which folder" grep -q "nowhere/ does not exist" "$tmp/err"
 expect_rc 1 "pack without subcommand" "$MOOD" pack
