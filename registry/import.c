@@ -779,9 +779,9 @@ static int insert_source(mood_registry *r, const import_job *j)
         r, &st,
         "INSERT INTO sources(adapter_sha256, kind, location, sidecar_json, civitai_info_json,"
         " civitai_model_id, civitai_version_id, model_name, version_name, base_model, nsfw,"
-        " file_size, file_mtime_ns, file_ctime_ns, file_inode, blob_mtime_ns, air, added_at)"
-        " VALUES (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,"
-        " strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
+        " file_size, file_mtime_ns, file_ctime_ns, file_inode, blob_mtime_ns, air, nsfw_level,"
+        " added_at) VALUES (?1, 'file', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+        " ?15, ?16, ?17, strftime('%Y-%m-%dT%H:%M:%SZ','now'))");
     if (!err) {
         mood__reg_bind_text(st, 1, j->h.sha256);
         mood__reg_bind_utf8(st, 2, abs ? abs : j->path); /* a file name */
@@ -799,6 +799,9 @@ static int insert_source(mood_registry *r, const import_job *j)
         if (j->has_fs)
             mood__reg_bind_file_stat(st, 11, &j->fs, r, j->h.sha256);
         mood__reg_bind_text(st, 16, air);
+        /* the version's level (Civitai's bit flags), as a Civitai lookup stores it */
+        if (json_id(c, "nsfwLevel"))
+            sqlite3_bind_int64(st, 17, json_id(c, "nsfwLevel"));
         err = mood__reg_step_done(r, st, "recording where the file came from");
     }
     mood_free(air);

@@ -280,11 +280,13 @@ expect_rc 0 "doctor finds the registry clean" "$MOOD" doctor
 export MOOD_HOME=$tmp/h-html
 mkdir -p "$tmp/html"
 cp "$FIX/lycoris/loha.safetensors" "$tmp/html/grainy.safetensors"
-echo '{"id": 7, "modelId": 8, "model": {"name": "Grainy", "description": "<p>Film <b>grain</b> &amp; warm<br>tones</p>"}}' \
+echo '{"id": 7, "modelId": 8, "nsfwLevel": 4, "model": {"name": "Grainy", "description": "<p>Film <b>grain</b> &amp; warm<br>tones</p>"}}' \
     >"$tmp/html/grainy.civitai.info"
 expect_rc 0 "import with an HTML description" "$MOOD" import --offline "$tmp/html/grainy.safetensors"
 expect_rc 0 "show it" "$MOOD" show grainy --json
 check "as text" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["description"]=="Film grain & warm tones", d["description"]' "$tmp/out"
+check "the sidecar's NSFW level kept, as a Civitai lookup keeps it" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert [s["nsfw_level"] for s in d["adapters"][0]["sources"]]==[4], d["adapters"][0]["sources"]' "$tmp/out"
 
 # --- rm of several names, one mistyped: none removed ---
 export MOOD_HOME=$tmp/h-rm
