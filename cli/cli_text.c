@@ -149,7 +149,7 @@ void cli_text_report(const char *kind, const char *message)
     char *v;
     if (strcmp(kind, "warning") == 0 && warning_said(message))
         return; /* each warning once: two tags of one LoRA, a board read twice */
-    v = cli_text_visible(message, 1);
+    v = cli_text_visible(message, 0); /* one line: a newline in a quoted name shows as \x0A */
     if (isatty(STDERR_FILENO)) /* a progress line being drawn goes: the message starts a line */
         fputs("\r\033[K", stderr);
     fprintf(stderr, "mood: %s: %s\n", kind, v ? v : "(message not shown: out of memory)");

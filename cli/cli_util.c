@@ -45,11 +45,13 @@ void cli_device_note(void)
 int cli_usage_error(const char *command, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "mood: error: ");
+    char msg[4096], *v;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n(see 'mood help %s')\n", command);
+    v = cli_text_visible(msg, 0); /* the arguments quoted are the user's: shown, not obeyed */
+    fprintf(stderr, "mood: error: %s\n(see 'mood help %s')\n", v ? v : msg, command);
+    free(v);
     return 1;
 }
 
