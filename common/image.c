@@ -14,6 +14,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "common/image_decode.h"
 #include "common/image_stb.h"
@@ -50,6 +51,7 @@ int mood_image_new(mood_image **out, int width, int height, int channels)
 {
     mood_image *img;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
     if ((err = check_shape(width, height, channels)) != 0)
         return err;
@@ -94,9 +96,9 @@ int mood_image_from_float(mood_image **out, const float *chw, int channels, int 
     mood_image *img = NULL;
     size_t plane;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
-    if (!chw)
-        return mood_error_set(MOOD_EINVAL, "mood_image_from_float: NULL buffer");
+    MOOD_ARG_NONNULL(chw);
     if ((err = mood_image_new(&img, width, height, channels)) != 0)
         return err;
     plane = (size_t)width * (size_t)height;
@@ -128,8 +130,11 @@ int mood_image_grid(mood_image **out, const mood_image *const *images, size_t n,
     mood_image *grid = NULL;
     size_t row_bytes;
     int cols, err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
-    if (!images || n == 0 || !images[0])
+    if (n > 0)
+        MOOD_ARG_NONNULL(images);
+    if (n == 0 || !images[0])
         return mood_error_set(MOOD_EINVAL, "image grid: no images");
     first = images[0];
     for (size_t i = 1; i < n; i++) {

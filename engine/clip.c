@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "engine/clip_internal.h"
 #include "engine/cpu/ops.h"
@@ -489,7 +490,9 @@ int mood_clip_load(mood_clip **out, const char *path, const mood_clip_config *hi
     mood_clip *m = NULL;
     uint64_t bytes;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(path);
     if ((err = mood_st_open(&ld.f, path)) < 0)
         goto done;
     if (!(m = mood_calloc(1, sizeof *m))) {
@@ -548,7 +551,11 @@ int mood_clip_has_projection(const mood_clip *m)
 
 int mood_clip_project(const mood_clip *m, const float *pooled, int batch, float *out)
 {
-    int C = m->cfg.hidden, P = m->cfg.projection_dim;
+    int C, P;
+    MOOD_ARG_NONNULL(m);
+    MOOD_ARG_NONNULL(pooled);
+    MOOD_ARG_NONNULL(out);
+    C = m->cfg.hidden, P = m->cfg.projection_dim;
     if (!m->proj)
         return mood_error_set(MOOD_EINVAL, "clip: the model has no text projection");
     if (batch < 1)
@@ -643,10 +650,14 @@ static void emit_hidden(float *hidden_out, const float *x, const mood_clip *m, s
 int mood_clip_forward(const mood_clip *m, const int32_t *ids, int batch, int seq, int clip_skip,
                       int final_norm, float *hidden_out, float *pooled_out)
 {
-    const mood_clip_config *c = &m->cfg;
+    const mood_clip_config *c;
     clip_scratch s = {0};
     float *x = NULL;
-    int err, stop = c->layers - clip_skip + 1; /* layers run before hidden_out is taken */
+    int err, stop;
+    MOOD_ARG_NONNULL(m);
+    MOOD_ARG_NONNULL(ids);
+    c = &m->cfg;
+    stop = c->layers - clip_skip + 1; /* layers run before hidden_out is taken */
     if ((err = mood__clip_check_args(m, ids, batch, seq, clip_skip)) < 0 ||
         (err = scratch_alloc(&s, &x, c, batch, seq)) < 0)
         return err;
@@ -735,6 +746,9 @@ int mood_clip_set_side_paths(mood_clip *m, const mood_side_path *paths, size_t n
 {
     mood_side_path *copy = NULL;
     const float **pw = NULL;
+    MOOD_ARG_NONNULL(m);
+    if (n > 0)
+        MOOD_ARG_NONNULL(paths);
     for (size_t i = 0; i < n; i++) {
         int nd;
         int64_t sh[4];

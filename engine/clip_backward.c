@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "engine/clip_internal.h"
 #include "engine/cpu/ops.h"
@@ -54,6 +55,7 @@ struct mood_clip_tape {
 
 int mood_clip_tape_new(mood_clip_tape **out)
 {
+    MOOD_ARG_NONNULL(out);
     *out = mood_calloc(1, sizeof **out);
     return *out ? 0 : mood_error_nomem();
 }

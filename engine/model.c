@@ -543,6 +543,8 @@ int mood_model_short_hash(const mood_model *m, char out[11])
     mood_model *mm = (mood_model *)m; /* the hash is computed once and cached */
     mood_file_hashes h;
     int err;
+    MOOD_ARG_NONNULL(m);
+    MOOD_ARG_NONNULL(out);
     if (!mm->short_hash[0]) {
         const char *file = m->folder ? mood_st_path(m->unet_file) : m->path;
         if ((err = mood_hash_file_ex(&h, file, MOOD_HASH_SKIP_CRC32, NULL, NULL)) != 0)

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "engine/model_impl.h"
 
 /* Where one module lands in the model. */
@@ -194,7 +195,7 @@ static int same_set(const mood_model *m, const mood_weighted_adapter *a, size_t 
     if (n != m->n_set || mode != m->set_mode)
         return 0;
     for (size_t i = 0; i < n; i++)
-        if (strcmp(a[i].path, m->set[i].path) != 0 || a[i].unet != m->set[i].unet ||
+        if (!a[i].path || strcmp(a[i].path, m->set[i].path) != 0 || a[i].unet != m->set[i].unet ||
             a[i].te != m->set[i].te || a[i].dyn != m->set[i].dyn)
             return 0;
     return 1;
@@ -565,6 +566,15 @@ int mood_model_set_adapters(mood_model *m, const mood_weighted_adapter *adapters
     int err = 0;
     if (unmatched_out)
         *unmatched_out = 0;
+    MOOD_ARG_NONNULL(m);
+    if (n > 0)
+        MOOD_ARG_NONNULL(adapters);
+    /* any other value applied no LoRA at all, silently */
+    if (mode != MOOD_LORA_MERGE && mode != MOOD_LORA_RUNTIME)
+        return mood_error_set(MOOD_EINVAL,
+                              "mood_model_set_adapters: mode %d: unknown LoRA mode "
+                              "(MOOD_LORA_MERGE or MOOD_LORA_RUNTIME)",
+                              (int)mode);
     if (same_set(m, adapters, n, mode)) {
         if (unmatched_out)
             *unmatched_out = m->set_unmatched;

@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "engine/sampler_internal.h"
 #include "mood/sampler.h"
@@ -527,8 +528,10 @@ int mood_sampler_timesteps(const mood_noise_schedule *ns, const mood_sample_opts
                            double *timesteps_out, double *sigmas_out, double *init_sigma_out)
 {
     plan p;
-    int err = plan_build(&p, ns, o);
-    if (err)
+    int err;
+    MOOD_ARG_NONNULL(ns);
+    MOOD_ARG_NONNULL(o);
+    if ((err = plan_build(&p, ns, o)) != 0)
         return err;
     for (int i = 0; i <= p.steps; i++) {
         if (timesteps_out && i < p.steps)

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "engine/unet_internal.h"
 
 /* ----- structure ---------------------------------------------------------------------------- */
@@ -416,8 +417,9 @@ int mood_unet_set_side_paths(mood_unet *m, const mood_side_path *paths, size_t n
     mood_side_path *sides = NULL;
     size_t *src = NULL;
     int err = 0;
-    if (n && !paths)
-        return mood_error_set(MOOD_EINVAL, "unet: %zu side paths given without an array", n);
+    MOOD_ARG_NONNULL(m);
+    if (n > 0)
+        MOOD_ARG_NONNULL(paths);
     if (n && (!(idx = mood_malloc(n * sizeof *idx)) || !(sides = mood_malloc(n * sizeof *sides)) ||
               !(src = mood_malloc(n * sizeof *src)))) {
         err = mood_error_nomem();

@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "engine/cpu/ops.h"
 #include "engine/unet_pass.h"
 
@@ -637,6 +638,7 @@ int mood_unet_forward(const mood_unet *m, float *out, const float *x, const floa
 int mood_unet_tape_new(mood_unet_tape **out, unsigned flags)
 {
     mood_unet_tape *t;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
     if (flags & ~(unsigned)MOOD_UNET_TAPE_CHECKPOINT)
         return mood_error_set(MOOD_EINVAL, "unet: unknown tape flags 0x%x", flags);

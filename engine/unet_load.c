@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/args.h"
 #include "engine/unet_internal.h"
 #include "engine/weights.h"
 #include "lora/lora_internal.h"
@@ -818,7 +819,9 @@ int mood_unet_load_ex(mood_unet **out, const char *path, const mood_unet_config 
     char *dir = NULL, *config = NULL;
     const char *where = path;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(path);
     memset(&s, 0, sizeof s);
     if (!(m = mood_calloc(1, sizeof *m))) {
         err = mood_error_nomem();
@@ -851,5 +854,8 @@ done:
 
 int mood_unet_load(mood_unet **out, const char *path)
 {
+    MOOD_ARG_NONNULL(out);
+    *out = NULL;
+    MOOD_ARG_NONNULL(path);
     return mood_unet_load_ex(out, path, NULL);
 }

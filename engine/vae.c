@@ -43,6 +43,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "engine/cpu/ops.h"
 #include "engine/vae_pixel.h"
@@ -729,9 +730,13 @@ int mood_vae_load_hint(mood_vae **out, const char *path, const mood_vae_config *
 {
     char json[4096] = "", dir[4096], weights[4096];
     vae_loader ld = {0};
-    mood_vae *m = mood_calloc(1, sizeof *m);
-    int err = m ? 0 : mood_error_nomem();
+    mood_vae *m;
+    int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(path);
+    m = mood_calloc(1, sizeof *m);
+    err = m ? 0 : mood_error_nomem();
     if (!err && is_dir(path)) {
         if ((err = find_config(path, json, dir, sizeof dir)) < 0 ||
             (err = read_config(&m->cfg, json)) < 0 || m->cfg.patch_size > 0)
@@ -755,6 +760,9 @@ done:
 
 int mood_vae_load(mood_vae **out, const char *path)
 {
+    MOOD_ARG_NONNULL(out);
+    *out = NULL;
+    MOOD_ARG_NONNULL(path);
     return mood_vae_load_hint(out, path, NULL);
 }
 
@@ -1083,8 +1091,13 @@ int mood_vae_scale(const mood_vae *m)
 
 int mood_vae_decode(const mood_vae *m, float *img_out, const float *z, int B, int h, int w)
 {
-    const mood_vae_config *c = &m->cfg;
-    int s = mood_vae_scale(m), err;
+    const mood_vae_config *c;
+    int s, err;
+    MOOD_ARG_NONNULL(m);
+    MOOD_ARG_NONNULL(img_out);
+    MOOD_ARG_NONNULL(z);
+    c = &m->cfg;
+    s = mood_vae_scale(m);
     if ((err = check_size("decode", B, h, w)) < 0 ||
         (err = check_size("decode output", B, h * s, w * s)) < 0)
         return err;
@@ -1099,8 +1112,13 @@ int mood_vae_decode(const mood_vae *m, float *img_out, const float *z, int B, in
 int mood_vae_encode(const mood_vae *m, float *mean_out, float *logvar_out, const float *img, int B,
                     int H, int W)
 {
-    const mood_vae_config *c = &m->cfg;
-    int s = mood_vae_scale(m), L = c->latent_channels, err;
+    const mood_vae_config *c;
+    int s, L, err;
+    MOOD_ARG_NONNULL(m);
+    MOOD_ARG_NONNULL(mean_out);
+    MOOD_ARG_NONNULL(img);
+    c = &m->cfg;
+    s = mood_vae_scale(m), L = c->latent_channels;
     if ((err = check_size("encode", B, H, W)) < 0)
         return err;
     if (H % s || W % s)

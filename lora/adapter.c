@@ -1039,8 +1039,11 @@ int mood_adapter_open(mood_adapter **out, const char *path, const mood_checkpoin
 int mood_adapter_open_weighted(mood_adapter **out, const mood_weighted_adapter *w,
                                const mood_checkpoint *base)
 {
-    int err = mood_adapter_open(out, w->path, base), cut;
-    if (err || !w->dyn)
+    int err, cut;
+    MOOD_ARG_NONNULL(out);
+    *out = NULL;
+    MOOD_ARG_NONNULL(w);
+    if ((err = mood_adapter_open(out, w->path, base)) != 0 || !w->dyn)
         return err;
     if ((cut = mood_adapter_limit_rank(*out, w->dyn)) < 0) {
         mood_error_prefix("%s", w->path);

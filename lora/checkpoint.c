@@ -4,6 +4,7 @@
  */
 #include <string.h>
 
+#include "common/args.h"
 #include "lora/lora_internal.h"
 
 /* Which component a checkpoint key belongs to (MOOD_PART_COUNT = anything else: VAE, ...). */
@@ -25,10 +26,12 @@ static int part_of_key(const char *key)
 
 int mood_checkpoint_open(mood_checkpoint **out, const char *path)
 {
-    mood_checkpoint *c = mood_calloc(1, sizeof *c);
+    mood_checkpoint *c;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
-    if (!c)
+    MOOD_ARG_NONNULL(path);
+    if (!(c = mood_calloc(1, sizeof *c)))
         return mood_error_nomem();
     if ((err = mood_st_open(&c->file, path)) != 0)
         goto done;
@@ -56,10 +59,14 @@ done:
 int mood_checkpoint_from_names(mood_checkpoint **out, const mood_st_file *file, mood_family family,
                                const mood_base_weight *w, size_t n)
 {
-    mood_checkpoint *c = mood_calloc(1, sizeof *c);
+    mood_checkpoint *c;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
-    if (!c)
+    MOOD_ARG_NONNULL(file);
+    if (n > 0)
+        MOOD_ARG_NONNULL(w);
+    if (!(c = mood_calloc(1, sizeof *c)))
         return mood_error_nomem();
     c->file = (mood_st_file *)file;
     c->borrowed_file = 1;

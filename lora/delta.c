@@ -23,6 +23,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "lora/lapack.h"
 #include "lora/lora_internal.h"
 
@@ -873,10 +874,14 @@ int mood_adapter_lowrank(const mood_adapter *a, size_t i, float **down, float **
 {
     const mood_module *m;
     int64_t o, k, n;
-    int err = check_index(a, i);
+    int err;
+    MOOD_ARG_NONNULL(down);
+    MOOD_ARG_NONNULL(up);
+    MOOD_ARG_NONNULL(rank);
     *down = *up = NULL;
     *rank = 0;
-    if (err)
+    MOOD_ARG_NONNULL(a);
+    if ((err = check_index(a, i)) != 0)
         return err;
     m = &a->modules[i];
     if (m->algo != MOOD_ALGO_LORA || m->dora || m->t[ROLE_MID] || m->t[ROLE_DIFF_B] ||
@@ -912,6 +917,7 @@ int mood_adapter_lowrank(const mood_adapter *a, size_t i, float **down, float **
 int mood_adapter_limit_rank(mood_adapter *a, int rank)
 {
     int n = 0;
+    MOOD_ARG_NONNULL(a);
     if (rank < 0)
         return mood_error_set(MOOD_EINVAL, "a negative DyLoRA rank cut (%d)", rank);
     for (size_t i = 0; i < a->n_modules; i++) {

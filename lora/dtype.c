@@ -14,6 +14,7 @@
 #define MOOD_HAVE_F16C_PATH 1
 #endif
 
+#include "common/args.h"
 #include "common/common.h"
 #include "lora/lora_internal.h"
 #include "mood/safetensors.h"
@@ -53,6 +54,8 @@ const char *mood_dtype_name(mood_dtype dt)
 
 int mood_dtype_from_name(mood_dtype *out, const char *name)
 {
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(name);
     for (int i = 0; i < MOOD_DTYPE_COUNT; i++) {
         if (strcmp(dtype_info[i].name, name) == 0) {
             *out = (mood_dtype)i;
@@ -361,6 +364,8 @@ static int unsupported(mood_dtype dt, const char *what)
 
 int mood_dtype_read_f64(double *out, const void *src, mood_dtype dt)
 {
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(src);
     if (!mood_dtype_is_numeric(dt))
         return unsupported(dt, "to");
     *out = element_f64(src, dt);

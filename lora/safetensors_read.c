@@ -421,9 +421,14 @@ int mood_st_open(mood_st_file **out, const char *path)
 
 int mood_st_open_memory(mood_st_file **out, const void *data, size_t size, const char *label)
 {
-    mood_st_file *f = mood_calloc(1, sizeof *f);
+    mood_st_file *f;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
-    if (!f || !(f->path = mood_strdup(label)) || !(f->owned = mood_malloc(size))) {
+    if (size > 0)
+        MOOD_ARG_NONNULL(data);
+    MOOD_ARG_NONNULL(label);
+    if (!(f = mood_calloc(1, sizeof *f)) || !(f->path = mood_strdup(label)) ||
+        !(f->owned = mood_malloc(size))) {
         mood_st_close(f);
         return mood_error_nomem();
     }
@@ -540,8 +545,10 @@ uint64_t mood_st_nbytes(const mood_st_tensor *t)
 
 int mood_st_to_f32(float *out, const mood_st_tensor *t)
 {
-    int err = mood_dtype_to_f32(out, t->data, t->dtype, (size_t)mood_st_numel(t));
-    if (err)
+    int err;
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(t);
+    if ((err = mood_dtype_to_f32(out, t->data, t->dtype, (size_t)mood_st_numel(t))) != 0)
         mood_error_prefix("tensor \"%s\"", t->name);
     return err;
 }

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "mood/safetensors.h"
 
@@ -39,6 +40,7 @@ struct mood_st_writer {
 
 int mood_st_writer_new(mood_st_writer **out)
 {
+    MOOD_ARG_NONNULL(out);
     *out = mood_calloc(1, sizeof **out);
     return *out ? 0 : mood_error_nomem();
 }
@@ -56,6 +58,15 @@ void mood_st_writer_free(mood_st_writer *w)
     mood_free(w->entries);
     mood_free(w->meta);
     mood_free(w);
+}
+
+/* Whether a tensor of that shape has elements (its data may be NULL when not). */
+static int has_elements(int ndim, const int64_t *shape)
+{
+    for (int i = 0; i < ndim && i < MOOD_ST_MAX_DIMS; i++)
+        if (shape[i] == 0)
+            return 0;
+    return 1;
 }
 
 static int new_entry(entry **out, mood_st_writer *w, const char *name, mood_dtype dt, int ndim,
@@ -95,8 +106,14 @@ int mood_st_writer_add(mood_st_writer *w, const char *name, mood_dtype dt, int n
                        const int64_t *shape, const void *data)
 {
     entry *e;
-    int err = new_entry(&e, w, name, dt, ndim, shape);
-    if (!err)
+    int err;
+    MOOD_ARG_NONNULL(w);
+    MOOD_ARG_NONNULL(name);
+    if (ndim > 0)
+        MOOD_ARG_NONNULL(shape);
+    if (has_elements(ndim, shape))
+        MOOD_ARG_NONNULL(data);
+    if ((err = new_entry(&e, w, name, dt, ndim, shape)) == 0)
         e->data = data;
     return err;
 }
@@ -105,8 +122,14 @@ int mood_st_writer_add_f32(mood_st_writer *w, const char *name, mood_dtype dt, i
                            const int64_t *shape, const float *data)
 {
     entry *e;
-    int err = new_entry(&e, w, name, dt, ndim, shape);
-    if (err)
+    int err;
+    MOOD_ARG_NONNULL(w);
+    MOOD_ARG_NONNULL(name);
+    if (ndim > 0)
+        MOOD_ARG_NONNULL(shape);
+    if (has_elements(ndim, shape))
+        MOOD_ARG_NONNULL(data);
+    if ((err = new_entry(&e, w, name, dt, ndim, shape)) != 0)
         return err;
     if (!(e->owned = mood_malloc(e->nbytes)))
         return mood_error_nomem();
@@ -118,8 +141,13 @@ int mood_st_writer_add_lazy(mood_st_writer *w, const char *name, mood_dtype dt, 
                             const int64_t *shape, mood_st_fill_fn fill, void *payload)
 {
     entry *e;
-    int err = new_entry(&e, w, name, dt, ndim, shape);
-    if (!err) {
+    int err;
+    MOOD_ARG_NONNULL(w);
+    MOOD_ARG_NONNULL(name);
+    if (ndim > 0)
+        MOOD_ARG_NONNULL(shape);
+    MOOD_ARG_NONNULL(fill);
+    if ((err = new_entry(&e, w, name, dt, ndim, shape)) == 0) {
         e->fill = fill;
         e->payload = payload;
     }
@@ -128,8 +156,11 @@ int mood_st_writer_add_lazy(mood_st_writer *w, const char *name, mood_dtype dt, 
 
 int mood_st_writer_set_meta(mood_st_writer *w, const char *key, const char *value)
 {
-    char *v = mood_strdup(value), *k;
-    if (!v)
+    char *v, *k;
+    MOOD_ARG_NONNULL(w);
+    MOOD_ARG_NONNULL(key);
+    MOOD_ARG_NONNULL(value);
+    if (!(v = mood_strdup(value)))
         return mood_error_nomem();
     for (size_t i = 0; i < w->meta_count; i++) {
         if (strcmp(w->meta[2 * i], key) == 0) {
@@ -283,10 +314,12 @@ static int sink_sha(const void *data, size_t n, void *ctx)
 int mood_st_writer_data_sha256(mood_st_writer *w, char hex_out[65])
 {
     entry **order = NULL;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD_CTX *ctx;
     unsigned char digest[32];
     int err;
-    if (!ctx)
+    MOOD_ARG_NONNULL(w);
+    MOOD_ARG_NONNULL(hex_out);
+    if (!(ctx = EVP_MD_CTX_new()))
         return mood_error_nomem();
     if ((err = layout(&order, w)) == 0 && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
         err = mood_error_set(MOOD_EIO, "SHA-256 unavailable");
@@ -324,11 +357,13 @@ int mood_st_writer_range_sha256(mood_st_writer *w, uint64_t begin, uint64_t len,
 {
     entry **order = NULL;
     mood_buf header;
-    range_sha r = {EVP_MD_CTX_new(), 0, begin, begin + len};
+    range_sha r = {NULL, 0, begin, begin + len};
     unsigned char digest[32];
     int err;
+    MOOD_ARG_NONNULL(w);
+    MOOD_ARG_NONNULL(hex_out);
     mood_buf_init(&header);
-    if (!r.ctx)
+    if (!(r.ctx = EVP_MD_CTX_new()))
         return mood_error_nomem();
     if ((err = layout(&order, w)) == 0 && (err = build_header(&header, w, order)) == 0 &&
         EVP_DigestInit_ex(r.ctx, EVP_sha256(), NULL) != 1)
@@ -361,6 +396,8 @@ int mood_st_writer_write(mood_st_writer *w, const char *path, mood_progress_fn p
     mood_buf header;
     entry **order = NULL;
     int err;
+    MOOD_ARG_NONNULL(w);
+    MOOD_ARG_NONNULL(path);
     mood_buf_init(&header);
     memset(&af, 0, sizeof af);
     if ((err = layout(&order, w)) != 0 || (err = build_header(&header, w, order)) != 0)

@@ -312,10 +312,14 @@ static int parse_version(mood_civitai_version *v, const cJSON *o, const cJSON *m
 
 int mood_civitai_version_parse(mood_civitai_version **out, const char *json, size_t len)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root;
     mood_civitai_version *v = NULL;
     int err = 0;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    if (len > 0)
+        MOOD_ARG_NONNULL(json); /* an empty answer (NULL, 0) is not a record: MOOD_EFORMAT */
+    root = cJSON_ParseWithLength(json, len);
     if (!cJSON_IsObject(root) || !get_id(root, "id")) {
         err = mood_error_set(MOOD_EFORMAT, "not a Civitai model version record: expected a JSON "
                                            "object with a numeric \"id\"");
@@ -378,10 +382,14 @@ static int parse_model(mood_civitai_model *m, const cJSON *root)
 
 int mood_civitai_model_parse(mood_civitai_model **out, const char *json, size_t len)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root;
     mood_civitai_model *m = NULL;
     int err = 0;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    if (len > 0)
+        MOOD_ARG_NONNULL(json); /* an empty answer (NULL, 0) is not a record: MOOD_EFORMAT */
+    root = cJSON_ParseWithLength(json, len);
     if (!cJSON_IsObject(root) || !get_id(root, "id")) {
         err = mood_error_set(MOOD_EFORMAT, "not a Civitai model record: expected a JSON object "
                                            "with a numeric \"id\"");
@@ -440,6 +448,8 @@ static int replace_str(char **dst, const char *src)
 int mood_civitai_version_add_model(mood_civitai_version *v, const mood_civitai_model *m)
 {
     int err;
+    MOOD_ARG_NONNULL(v);
+    MOOD_ARG_NONNULL(m);
     if ((err = replace_str(&v->model_description, m->description)) ||
         (err = replace_str(&v->permissions.allow_commercial_use,
                            m->permissions.allow_commercial_use)))
@@ -480,7 +490,9 @@ int mood_civitai_license(char **out, const mood_civitai_permissions *p)
 {
     mood_buf b;
     static const char *const yn[] = {"not allowed", "allowed"};
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(p);
     if (p->allow_no_credit < 0 && p->allow_derivatives < 0 && p->allow_different_license < 0 &&
         !p->allow_commercial_use)
         return 0;
@@ -584,11 +596,14 @@ static int get_version(mood_civitai_version **out, mood_civitai *c, const char *
 int mood_civitai_version_by_hash(mood_civitai_version **out, mood_civitai *c, const char *hash)
 {
     char path[160];
-    size_t n = hash ? strlen(hash) : 0;
+    size_t n;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(c);
+    MOOD_ARG_NONNULL(hash);
+    n = strlen(hash);
     if (n < 8 || n > 64 || strspn(hash, "0123456789abcdefABCDEF") != n)
-        return mood_error_set(MOOD_EINVAL, "'%s' is not a file hash (8 to 64 hex digits)",
-                              hash ? hash : "");
+        return mood_error_set(MOOD_EINVAL, "'%s' is not a file hash (8 to 64 hex digits)", hash);
     snprintf(path, sizeof path, "/api/v1/model-versions/by-hash/%s", hash);
     for (char *p = path; *p; p++)
         *p = (char)((p >= path + 31) ? toupper((unsigned char)*p) : *p);
@@ -598,7 +613,9 @@ int mood_civitai_version_by_hash(mood_civitai_version **out, mood_civitai *c, co
 int mood_civitai_version_get(mood_civitai_version **out, mood_civitai *c, long long version_id)
 {
     char path[96];
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(c);
     if (version_id < 1 || version_id > MAX_ID)
         return mood_error_set(MOOD_EINVAL, "%lld is not a Civitai version id", version_id);
     snprintf(path, sizeof path, "/api/v1/model-versions/%lld", version_id);
@@ -610,7 +627,9 @@ int mood_civitai_model_get(mood_civitai_model **out, mood_civitai *c, long long 
     char path[96];
     mood_buf body;
     int err;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(c);
     if (model_id < 1 || model_id > MAX_ID)
         return mood_error_set(MOOD_EINVAL, "%lld is not a Civitai model id", model_id);
     snprintf(path, sizeof path, "/api/v1/models/%lld", model_id);
@@ -626,9 +645,13 @@ int mood_civitai_resolve(mood_civitai_version **out, mood_civitai *c, const mood
 {
     mood_civitai_model *m = NULL;
     mood_civitai_version *v = NULL;
-    long long vid = ref->version_id;
+    long long vid;
     int err = 0;
+    MOOD_ARG_NONNULL(out);
     *out = NULL;
+    MOOD_ARG_NONNULL(c);
+    MOOD_ARG_NONNULL(ref);
+    vid = ref->version_id;
     if (!vid) {
         if ((err = mood_civitai_model_get(&m, c, ref->model_id)) != 0)
             goto done;
@@ -672,6 +695,11 @@ int mood_civitai_download_url(char **path_out, mood_civitai *c, const char *url,
                               const char *expected_sha256, mood_progress_fn progress, void *payload)
 {
     mood__http_options o;
+    MOOD_ARG_NONNULL(path_out);
+    *path_out = NULL;
+    MOOD_ARG_NONNULL(c);
+    MOOD_ARG_NONNULL(url);
+    MOOD_ARG_NONNULL(dir);
     memset(&o, 0, sizeof o);
     o.retries = c->retries;
     o.auth = same_origin(c, url) ||
@@ -679,7 +707,6 @@ int mood_civitai_download_url(char **path_out, mood_civitai *c, const char *url,
     o.expected_sha256 = expected_sha256;
     o.progress = progress;
     o.payload = payload;
-    *path_out = NULL;
     if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
         return mood_error_set(MOOD_EINVAL, "'%s' is not an http:// or https:// URL", url);
     return mood__http_download(path_out, url, dir, &o);
@@ -688,8 +715,13 @@ int mood_civitai_download_url(char **path_out, mood_civitai *c, const char *url,
 int mood_civitai_download(char **path_out, mood_civitai *c, const mood_civitai_version *v,
                           const char *dir, mood_progress_fn progress, void *payload)
 {
-    const mood_civitai_file *f = mood_civitai_primary_file(v);
+    const mood_civitai_file *f;
+    MOOD_ARG_NONNULL(path_out);
     *path_out = NULL;
+    MOOD_ARG_NONNULL(c);
+    MOOD_ARG_NONNULL(v);
+    MOOD_ARG_NONNULL(dir);
+    f = mood_civitai_primary_file(v);
     if (!f || !f->download_url)
         return mood_error_set(MOOD_ENOTFOUND, "Civitai version %lld (%s) has no file to download",
                               v->id, v->name ? v->name : "?");

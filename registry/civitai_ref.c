@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "registry/civitai_impl.h"
 
@@ -218,9 +219,11 @@ static int parse_air(mood_civitai_ref *out, const char *text)
 int mood_civitai_parse_ref(mood_civitai_ref *out, const char *text)
 {
     const char *path;
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
-    if (!text || !*text)
-        return bad_ref(text ? text : "", "empty");
+    MOOD_ARG_NONNULL(text);
+    if (!*text)
+        return bad_ref(text, "empty");
     if (strncasecmp(text, "civitai:", 8) == 0) {
         if (!(out->version_id = parse_id(text + 8, strlen(text + 8))))
             return bad_ref(text, "the version id is not a number");

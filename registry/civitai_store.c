@@ -435,9 +435,13 @@ int mood_civitai_import(mood_registry *r, mood_import_result *out,
     char *dir = NULL, *path = NULL, *real = NULL, *location = NULL;
     const char *kind = "civitai";
     int err;
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
     if (version_out)
         *version_out = NULL;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(c);
+    MOOD_ARG_NONNULL(what);
     if (o_in)
         o = *o_in;
     else

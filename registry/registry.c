@@ -855,6 +855,7 @@ int mood_registry_read_only(const mood_registry *r)
 
 int mood_registry_read_only_error(const mood_registry *r)
 {
+    MOOD_ARG_NONNULL(r);
     return r->readonly ? readonly_error(r) : 0;
 }
 

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "common/image_decode.h"
 #include "mood/hash.h"
@@ -950,13 +951,14 @@ int mood_pack_import(char **report_out, mood_registry *r, const char *path,
     unsigned char *merged = NULL; /* per style: merged into the registry's style of its name */
     int err, added = 0;
     memset(&m, 0, sizeof m);
+    MOOD_ARG_NONNULL(report_out);
     *report_out = NULL;
+    MOOD_ARG_NONNULL(r);
+    MOOD_ARG_NONNULL(path);
     if (!o) {
         mood_pack_import_options_init(&defaults);
         o = &defaults;
     }
-    if (!r || !path)
-        return mood_error_set(MOOD_EINVAL, "mood_pack_import: missing argument");
     mood__pack_limits_init(&lim);
     lim.max_total = o->max_total ? o->max_total : lim.max_total;
     lim.max_entry = o->max_entry ? o->max_entry : lim.max_entry;

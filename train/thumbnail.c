@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "train/train_internal.h"
 
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -74,9 +75,12 @@ int mood_board_thumbnail(uint8_t **jpeg_out, size_t *size_out, int *width_out, i
     uint8_t *rgb = NULL, *small = NULL;
     sink s = {{0}, 0};
     int err, w = 0, h = 0;
+    MOOD_ARG_NONNULL(jpeg_out);
+    MOOD_ARG_NONNULL(size_out);
     *jpeg_out = NULL;
     *size_out = 0;
-    if (!it || !it->path || max_side < 1)
+    MOOD_ARG_NONNULL(it);
+    if (!it->path || max_side < 1)
         return mood_error_set(MOOD_EINVAL, "board thumbnail: no image, or a side of %d pixels",
                               max_side);
     mood_buf_init(&s.b);

@@ -10,6 +10,10 @@
 #include "mood/device.h"
 #include "mood_config.h"
 
+extern "C" {
+#include "common/args.h"
+}
+
 extern "C" int mood_cuda_device_count(char *name, size_t name_size)
 {
     int count = 0;
@@ -37,6 +41,7 @@ extern "C" int mood_cuda_compiled(void)
 extern "C" int mood_gpu_info_get(mood_gpu_info *out, int index)
 {
     cudaDeviceProp prop;
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
     if (index < 0 || index >= mood_cuda_device_count(NULL, 0))
         return mood_error_set(MOOD_ENOTFOUND, "no CUDA GPU %d", index);

@@ -4,6 +4,7 @@
  */
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "mood/device.h"
 
@@ -21,6 +22,7 @@ int mood_cuda_compiled(void)
 
 int mood_gpu_info_get(mood_gpu_info *out, int index)
 {
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
     return mood_error_set(MOOD_ENOTFOUND, "no CUDA GPU %d (this build has no CUDA backend)", index);
 }

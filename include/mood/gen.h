@@ -97,7 +97,8 @@ typedef enum mood_lora_mode {
  * first, so switching sets never accumulates error. Every adapter is checked against the model
  * before anything changes: one for another base family is MOOD_EFAMILY naming the file and
  * both families; keys matching nothing in the model are reported through *unmatched_out (may be
- * NULL): the total number of such keys over all adapters. */
+ * NULL): the total number of such keys over all adapters. A mode other than the two is
+ * MOOD_EINVAL. */
 MOOD_WARN_UNUSED int mood_model_set_adapters(mood_model *m, const mood_weighted_adapter *adapters,
                                              size_t n, mood_lora_mode mode, size_t *unmatched_out);
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/common.h"
 #include "mood/device.h"
 
@@ -25,6 +26,7 @@ int mood_cuda_compiled(void)
 
 int mood_gpu_info_get(mood_gpu_info *out, int index)
 {
+    MOOD_ARG_NONNULL(out);
     memset(out, 0, sizeof *out);
     if (index != 0)
         return mood_error_set(MOOD_ENOTFOUND, "no CUDA GPU %d (1 emulated)", index);

@@ -183,6 +183,324 @@ static void test_other_null_arguments(void)
     MOOD_CHECK(mood_output_path_check(NULL) == MOOD_EINVAL);
 }
 
+/* Each required pointer of the Civitai client's functions: they dereferenced it. */
+static void test_civitai_null_arguments(void)
+{
+    static const char record[] = "{\"id\": 1, \"modelId\": 2, \"name\": \"v1\"}";
+    mood_civitai *c = NULL;
+    mood_civitai_version *v = (mood_civitai_version *)1, *ver = NULL;
+    mood_civitai_model *mo = (mood_civitai_model *)1, *model = NULL;
+    mood_civitai_permissions perm = {1, 1, 1, NULL};
+    mood_civitai_ref ref = {2, 1};
+    mood_registry *r = NULL;
+    mood_import_result ir;
+    char *s = (char *)1;
+    char dir[1100];
+    MOOD_CHECK_OK(mood_civitai_open(&c, "http://127.0.0.1:9"));
+    MOOD_CHECK_OK(mood_civitai_version_parse(&ver, record, sizeof record - 1));
+    MOOD_CHECK_OK(mood_civitai_model_parse(&model, record, sizeof record - 1));
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("civitai-null")));
+    snprintf(dir, sizeof dir, "%s", scratch_fresh_dir("civitai-dl"));
+    if (!c || !ver || !model || !r)
+        goto done;
+    CHECK_NULL_ARG(mood_civitai_version_by_hash(NULL, c, "abcdef12"),
+                   "mood_civitai_version_by_hash", "out");
+    CHECK_NULL_ARG(mood_civitai_version_by_hash(&v, NULL, "abcdef12"),
+                   "mood_civitai_version_by_hash", "c");
+    MOOD_CHECK(v == NULL);
+    CHECK_NULL_ARG(mood_civitai_version_by_hash(&v, c, NULL), "mood_civitai_version_by_hash",
+                   "hash");
+    CHECK_NULL_ARG(mood_civitai_version_get(NULL, c, 1), "mood_civitai_version_get", "out");
+    CHECK_NULL_ARG(mood_civitai_version_get(&v, NULL, 1), "mood_civitai_version_get", "c");
+    CHECK_NULL_ARG(mood_civitai_model_get(NULL, c, 1), "mood_civitai_model_get", "out");
+    CHECK_NULL_ARG(mood_civitai_model_get(&mo, NULL, 1), "mood_civitai_model_get", "c");
+    MOOD_CHECK(mo == NULL);
+    CHECK_NULL_ARG(mood_civitai_version_add_model(NULL, model), "mood_civitai_version_add_model",
+                   "v");
+    CHECK_NULL_ARG(mood_civitai_version_add_model(ver, NULL), "mood_civitai_version_add_model",
+                   "m");
+    CHECK_NULL_ARG(mood_civitai_resolve(NULL, c, &ref), "mood_civitai_resolve", "out");
+    CHECK_NULL_ARG(mood_civitai_resolve(&v, NULL, &ref), "mood_civitai_resolve", "c");
+    CHECK_NULL_ARG(mood_civitai_resolve(&v, c, NULL), "mood_civitai_resolve", "ref");
+    CHECK_NULL_ARG(mood_civitai_download(NULL, c, ver, dir, NULL, NULL), "mood_civitai_download",
+                   "path_out");
+    CHECK_NULL_ARG(mood_civitai_download(&s, NULL, ver, dir, NULL, NULL), "mood_civitai_download",
+                   "c");
+    MOOD_CHECK(s == NULL);
+    CHECK_NULL_ARG(mood_civitai_download(&s, c, NULL, dir, NULL, NULL), "mood_civitai_download",
+                   "v");
+    CHECK_NULL_ARG(mood_civitai_download(&s, c, ver, NULL, NULL, NULL), "mood_civitai_download",
+                   "dir");
+    CHECK_NULL_ARG(
+        mood_civitai_download_url(NULL, c, "http://127.0.0.1:9/x", dir, NULL, NULL, NULL),
+        "mood_civitai_download_url", "path_out");
+    CHECK_NULL_ARG(
+        mood_civitai_download_url(&s, NULL, "http://127.0.0.1:9/x", dir, NULL, NULL, NULL),
+        "mood_civitai_download_url", "c");
+    CHECK_NULL_ARG(mood_civitai_download_url(&s, c, NULL, dir, NULL, NULL, NULL),
+                   "mood_civitai_download_url", "url");
+    CHECK_NULL_ARG(mood_civitai_download_url(&s, c, "http://127.0.0.1:9/x", NULL, NULL, NULL, NULL),
+                   "mood_civitai_download_url", "dir");
+    CHECK_NULL_ARG(mood_civitai_version_parse(NULL, record, sizeof record - 1),
+                   "mood_civitai_version_parse", "out");
+    CHECK_NULL_ARG(mood_civitai_version_parse(&v, NULL, 5), "mood_civitai_version_parse", "json");
+    CHECK_NULL_ARG(mood_civitai_model_parse(NULL, record, sizeof record - 1),
+                   "mood_civitai_model_parse", "out");
+    CHECK_NULL_ARG(mood_civitai_model_parse(&mo, NULL, 5), "mood_civitai_model_parse", "json");
+    /* an empty answer stays what it was: not a record */
+    MOOD_CHECK(mood_civitai_model_parse(&mo, NULL, 0) == MOOD_EFORMAT && mo == NULL);
+    CHECK_NULL_ARG(mood_civitai_license(NULL, &perm), "mood_civitai_license", "out");
+    CHECK_NULL_ARG(mood_civitai_license(&s, NULL), "mood_civitai_license", "p");
+    CHECK_NULL_ARG(mood_civitai_parse_ref(NULL, "civitai:1"), "mood_civitai_parse_ref", "out");
+    CHECK_NULL_ARG(mood_civitai_parse_ref(&ref, NULL), "mood_civitai_parse_ref", "text");
+    CHECK_NULL_ARG(mood_civitai_import(NULL, &ir, NULL, c, "civitai:1", NULL),
+                   "mood_civitai_import", "r");
+    CHECK_NULL_ARG(mood_civitai_import(r, NULL, NULL, c, "civitai:1", NULL), "mood_civitai_import",
+                   "out");
+    CHECK_NULL_ARG(mood_civitai_import(r, &ir, &v, NULL, "civitai:1", NULL), "mood_civitai_import",
+                   "c");
+    MOOD_CHECK(v == NULL);
+    CHECK_NULL_ARG(mood_civitai_import(r, &ir, NULL, c, NULL, NULL), "mood_civitai_import", "what");
+done:
+    mood_registry_close(r);
+    mood_civitai_model_free(model);
+    mood_civitai_version_free(ver);
+    mood_civitai_close(c);
+}
+
+/* The text encoder, UNet, VAE, sampler, model and device. A model argument that the others
+ * need real is given as a stand-in never read: the argument checks come first. */
+static void test_engine_null_arguments(void)
+{
+    const mood_clip *clip = (const mood_clip *)1;
+    mood_clip *cl = (mood_clip *)1;
+    mood_clip_tape *ct = NULL;
+    mood_unet *un = (mood_unet *)1;
+    mood_unet_tape *ut = NULL;
+    mood_vae *va = (mood_vae *)1;
+    mood_model *mm = (mood_model *)1;
+    mood_gpu_info gi;
+    mood_noise_schedule ns;
+    mood_sample_opts so;
+    int32_t ids[1] = {0};
+    float buf[64] = {0};
+    double t[8];
+    char hash[11];
+    const char *path = fixture("pipeline/tiny-sd");
+    CHECK_NULL_ARG(mood_clip_load(NULL, path, NULL), "mood_clip_load", "out");
+    CHECK_NULL_ARG(mood_clip_load(&cl, NULL, NULL), "mood_clip_load", "path");
+    MOOD_CHECK(cl == NULL);
+    CHECK_NULL_ARG(mood_clip_forward(NULL, ids, 1, 1, 1, 0, buf, NULL), "mood_clip_forward", "m");
+    CHECK_NULL_ARG(mood_clip_forward(clip, NULL, 1, 1, 1, 0, buf, NULL), "mood_clip_forward",
+                   "ids");
+    CHECK_NULL_ARG(mood_clip_project(NULL, buf, 1, buf), "mood_clip_project", "m");
+    CHECK_NULL_ARG(mood_clip_project(clip, NULL, 1, buf), "mood_clip_project", "pooled");
+    CHECK_NULL_ARG(mood_clip_project(clip, buf, 1, NULL), "mood_clip_project", "out");
+    CHECK_NULL_ARG(mood_clip_set_side_paths(NULL, NULL, 0), "mood_clip_set_side_paths", "m");
+    CHECK_NULL_ARG(mood_clip_set_side_paths((mood_clip *)1, NULL, 1), "mood_clip_set_side_paths",
+                   "paths");
+    CHECK_NULL_ARG(mood_clip_tape_new(NULL), "mood_clip_tape_new", "out");
+    MOOD_CHECK_OK(mood_clip_tape_new(&ct));
+    mood_clip_tape_free(ct);
+    CHECK_NULL_ARG(mood_unet_load(NULL, path), "mood_unet_load", "out");
+    CHECK_NULL_ARG(mood_unet_load(&un, NULL), "mood_unet_load", "path");
+    MOOD_CHECK(un == NULL);
+    un = (mood_unet *)1;
+    CHECK_NULL_ARG(mood_unet_load_ex(NULL, path, NULL), "mood_unet_load_ex", "out");
+    CHECK_NULL_ARG(mood_unet_load_ex(&un, NULL, NULL), "mood_unet_load_ex", "path");
+    MOOD_CHECK(un == NULL);
+    CHECK_NULL_ARG(mood_unet_set_side_paths(NULL, NULL, 0), "mood_unet_set_side_paths", "m");
+    CHECK_NULL_ARG(mood_unet_set_side_paths((mood_unet *)1, NULL, 2), "mood_unet_set_side_paths",
+                   "paths");
+    CHECK_NULL_ARG(mood_unet_tape_new(NULL, 0), "mood_unet_tape_new", "out");
+    MOOD_CHECK_OK(mood_unet_tape_new(&ut, 0));
+    mood_unet_tape_free(ut);
+    CHECK_NULL_ARG(mood_vae_load(NULL, path), "mood_vae_load", "out");
+    CHECK_NULL_ARG(mood_vae_load(&va, NULL), "mood_vae_load", "path");
+    MOOD_CHECK(va == NULL);
+    va = (mood_vae *)1;
+    CHECK_NULL_ARG(mood_vae_load_hint(NULL, path, NULL), "mood_vae_load_hint", "out");
+    CHECK_NULL_ARG(mood_vae_load_hint(&va, NULL, NULL), "mood_vae_load_hint", "path");
+    MOOD_CHECK(va == NULL);
+    va = (mood_vae *)1;
+    CHECK_NULL_ARG(mood_vae_decode(NULL, buf, buf, 1, 1, 1), "mood_vae_decode", "m");
+    CHECK_NULL_ARG(mood_vae_decode(va, NULL, buf, 1, 1, 1), "mood_vae_decode", "img_out");
+    CHECK_NULL_ARG(mood_vae_decode(va, buf, NULL, 1, 1, 1), "mood_vae_decode", "z");
+    CHECK_NULL_ARG(mood_vae_encode(NULL, buf, NULL, buf, 1, 8, 8), "mood_vae_encode", "m");
+    CHECK_NULL_ARG(mood_vae_encode(va, NULL, NULL, buf, 1, 8, 8), "mood_vae_encode", "mean_out");
+    CHECK_NULL_ARG(mood_vae_encode(va, buf, buf, NULL, 1, 8, 8), "mood_vae_encode", "img");
+    mood_noise_schedule_sd(&ns);
+    mood_sample_opts_init(&so);
+    so.steps = 4;
+    CHECK_NULL_ARG(mood_sampler_timesteps(NULL, &so, t, NULL, NULL), "mood_sampler_timesteps",
+                   "ns");
+    CHECK_NULL_ARG(mood_sampler_timesteps(&ns, NULL, t, NULL, NULL), "mood_sampler_timesteps", "o");
+    MOOD_CHECK_OK(mood_sampler_timesteps(&ns, &so, t, NULL, NULL));
+    CHECK_NULL_ARG(mood_model_set_adapters(NULL, NULL, 0, MOOD_LORA_MERGE, NULL),
+                   "mood_model_set_adapters", "m");
+    CHECK_NULL_ARG(mood_model_set_adapters(mm, NULL, 1, MOOD_LORA_RUNTIME, NULL),
+                   "mood_model_set_adapters", "adapters");
+    CHECK_NULL_ARG(mood_model_short_hash(NULL, hash), "mood_model_short_hash", "m");
+    CHECK_NULL_ARG(mood_model_short_hash(mm, NULL), "mood_model_short_hash", "out");
+    CHECK_NULL_ARG(mood_gpu_info_get(NULL, 0), "mood_gpu_info_get", "out");
+    MOOD_CHECK(mood_gpu_info_get(&gi, -1) == MOOD_ENOTFOUND);
+}
+
+static int fill_zeros(void *dst, uint64_t nbytes, void *payload)
+{
+    (void)payload;
+    memset(dst, 0, (size_t)nbytes);
+    return 0;
+}
+
+/* Adapters, base checkpoints, dtypes and safetensors reading and writing. */
+static void test_lora_null_arguments(void)
+{
+    const char *lora = fixture("kohya/sd1_lora.safetensors");
+    const mood_st_file *file = (const mood_st_file *)1;
+    mood_adapter *a = (mood_adapter *)1;
+    mood_checkpoint *ck = (mood_checkpoint *)1;
+    mood_st_file *f = (mood_st_file *)1;
+    mood_st_writer *w = NULL;
+    mood_st_tensor tensor;
+    mood_weighted_adapter wa = {lora, 1, 1, 0};
+    mood_base_weight bw;
+    mood_dtype dt;
+    float *down = NULL, *up = NULL, x = 1, vals[4];
+    double d;
+    int rank;
+    int64_t shape[1] = {1}, empty[1] = {0};
+    char hex[65];
+    unsigned char bytes[16] = {0};
+    memset(&tensor, 0, sizeof tensor);
+    memset(&bw, 0, sizeof bw);
+    CHECK_NULL_ARG(mood_adapter_open_weighted(NULL, &wa, NULL), "mood_adapter_open_weighted",
+                   "out");
+    CHECK_NULL_ARG(mood_adapter_open_weighted(&a, NULL, NULL), "mood_adapter_open_weighted", "w");
+    MOOD_CHECK(a == NULL);
+    CHECK_NULL_ARG(mood_adapter_limit_rank(NULL, 1), "mood_adapter_limit_rank", "a");
+    CHECK_NULL_ARG(mood_adapter_lowrank(NULL, 0, &down, &up, &rank), "mood_adapter_lowrank", "a");
+    CHECK_NULL_ARG(mood_adapter_lowrank((mood_adapter *)1, 0, NULL, &up, &rank),
+                   "mood_adapter_lowrank", "down");
+    CHECK_NULL_ARG(mood_adapter_lowrank((mood_adapter *)1, 0, &down, NULL, &rank),
+                   "mood_adapter_lowrank", "up");
+    CHECK_NULL_ARG(mood_adapter_lowrank((mood_adapter *)1, 0, &down, &up, NULL),
+                   "mood_adapter_lowrank", "rank");
+    CHECK_NULL_ARG(mood_checkpoint_open(NULL, lora), "mood_checkpoint_open", "out");
+    CHECK_NULL_ARG(mood_checkpoint_open(&ck, NULL), "mood_checkpoint_open", "path");
+    MOOD_CHECK(ck == NULL);
+    CHECK_NULL_ARG(mood_checkpoint_from_names(NULL, file, MOOD_FAMILY_SD1, &bw, 1),
+                   "mood_checkpoint_from_names", "out");
+    CHECK_NULL_ARG(mood_checkpoint_from_names(&ck, NULL, MOOD_FAMILY_SD1, &bw, 1),
+                   "mood_checkpoint_from_names", "file");
+    CHECK_NULL_ARG(mood_checkpoint_from_names(&ck, file, MOOD_FAMILY_SD1, NULL, 3),
+                   "mood_checkpoint_from_names", "w");
+    CHECK_NULL_ARG(mood_dtype_from_name(NULL, "F32"), "mood_dtype_from_name", "out");
+    CHECK_NULL_ARG(mood_dtype_from_name(&dt, NULL), "mood_dtype_from_name", "name");
+    CHECK_NULL_ARG(mood_dtype_read_f64(NULL, &x, MOOD_DTYPE_F32), "mood_dtype_read_f64", "out");
+    CHECK_NULL_ARG(mood_dtype_read_f64(&d, NULL, MOOD_DTYPE_F32), "mood_dtype_read_f64", "src");
+    CHECK_NULL_ARG(mood_st_open_memory(NULL, bytes, sizeof bytes, "mem"), "mood_st_open_memory",
+                   "out");
+    CHECK_NULL_ARG(mood_st_open_memory(&f, NULL, sizeof bytes, "mem"), "mood_st_open_memory",
+                   "data");
+    MOOD_CHECK(f == NULL);
+    CHECK_NULL_ARG(mood_st_open_memory(&f, bytes, sizeof bytes, NULL), "mood_st_open_memory",
+                   "label");
+    CHECK_NULL_ARG(mood_st_to_f32(NULL, &tensor), "mood_st_to_f32", "out");
+    CHECK_NULL_ARG(mood_st_to_f32(vals, NULL), "mood_st_to_f32", "t");
+    CHECK_NULL_ARG(mood_st_writer_new(NULL), "mood_st_writer_new", "out");
+    MOOD_CHECK_OK(mood_st_writer_new(&w));
+    if (!w)
+        return;
+    CHECK_NULL_ARG(mood_st_writer_add(NULL, "t", MOOD_DTYPE_F32, 1, shape, &x),
+                   "mood_st_writer_add", "w");
+    CHECK_NULL_ARG(mood_st_writer_add(w, NULL, MOOD_DTYPE_F32, 1, shape, &x), "mood_st_writer_add",
+                   "name");
+    CHECK_NULL_ARG(mood_st_writer_add(w, "t", MOOD_DTYPE_F32, 1, NULL, &x), "mood_st_writer_add",
+                   "shape");
+    CHECK_NULL_ARG(mood_st_writer_add(w, "t", MOOD_DTYPE_F32, 1, shape, NULL), "mood_st_writer_add",
+                   "data");
+    CHECK_NULL_ARG(mood_st_writer_add_f32(NULL, "t", MOOD_DTYPE_F16, 1, shape, &x),
+                   "mood_st_writer_add_f32", "w");
+    CHECK_NULL_ARG(mood_st_writer_add_f32(w, NULL, MOOD_DTYPE_F16, 1, shape, &x),
+                   "mood_st_writer_add_f32", "name");
+    CHECK_NULL_ARG(mood_st_writer_add_f32(w, "t", MOOD_DTYPE_F16, 1, NULL, &x),
+                   "mood_st_writer_add_f32", "shape");
+    CHECK_NULL_ARG(mood_st_writer_add_f32(w, "t", MOOD_DTYPE_F16, 1, shape, NULL),
+                   "mood_st_writer_add_f32", "data");
+    CHECK_NULL_ARG(mood_st_writer_add_lazy(NULL, "t", MOOD_DTYPE_F32, 1, shape, fill_zeros, NULL),
+                   "mood_st_writer_add_lazy", "w");
+    CHECK_NULL_ARG(mood_st_writer_add_lazy(w, NULL, MOOD_DTYPE_F32, 1, shape, fill_zeros, NULL),
+                   "mood_st_writer_add_lazy", "name");
+    CHECK_NULL_ARG(mood_st_writer_add_lazy(w, "t", MOOD_DTYPE_F32, 1, NULL, fill_zeros, NULL),
+                   "mood_st_writer_add_lazy", "shape");
+    CHECK_NULL_ARG(mood_st_writer_add_lazy(w, "t", MOOD_DTYPE_F32, 1, shape, NULL, NULL),
+                   "mood_st_writer_add_lazy", "fill");
+    CHECK_NULL_ARG(mood_st_writer_set_meta(NULL, "k", "v"), "mood_st_writer_set_meta", "w");
+    CHECK_NULL_ARG(mood_st_writer_set_meta(w, NULL, "v"), "mood_st_writer_set_meta", "key");
+    CHECK_NULL_ARG(mood_st_writer_set_meta(w, "k", NULL), "mood_st_writer_set_meta", "value");
+    CHECK_NULL_ARG(mood_st_writer_data_sha256(NULL, hex), "mood_st_writer_data_sha256", "w");
+    CHECK_NULL_ARG(mood_st_writer_data_sha256(w, NULL), "mood_st_writer_data_sha256", "hex_out");
+    CHECK_NULL_ARG(mood_st_writer_range_sha256(NULL, 0, 8, hex), "mood_st_writer_range_sha256",
+                   "w");
+    CHECK_NULL_ARG(mood_st_writer_range_sha256(w, 0, 8, NULL), "mood_st_writer_range_sha256",
+                   "hex_out");
+    CHECK_NULL_ARG(mood_st_writer_write(NULL, scratch_path("null.safetensors"), NULL, NULL),
+                   "mood_st_writer_write", "w");
+    CHECK_NULL_ARG(mood_st_writer_write(w, NULL, NULL, NULL), "mood_st_writer_write", "path");
+    /* none of that added anything; a tensor without elements needs no data, a scalar no shape */
+    MOOD_CHECK_OK(mood_st_writer_add(w, "empty", MOOD_DTYPE_F32, 1, empty, NULL));
+    MOOD_CHECK_OK(mood_st_writer_add_f32(w, "scalar", MOOD_DTYPE_F32, 0, NULL, &x));
+    MOOD_CHECK_OK(mood_st_writer_add_lazy(w, "t", MOOD_DTYPE_F32, 1, shape, fill_zeros, NULL));
+    MOOD_CHECK_OK(mood_st_writer_write(w, scratch_path("null.safetensors"), NULL, NULL));
+    mood_st_writer_free(w);
+    MOOD_CHECK_OK(mood_st_open(&f, scratch_path("null.safetensors")));
+    MOOD_CHECK(f && mood_st_count(f) == 3);
+    mood_st_close(f);
+}
+
+/* Images, board thumbnails, packs and the registry's read-only state. */
+static void test_image_null_arguments(void)
+{
+    mood_image *img = (mood_image *)1, *one = NULL;
+    const mood_image *imgs[1];
+    mood_registry *r = NULL;
+    mood_board_item it;
+    uint8_t *jpeg = (uint8_t *)1;
+    size_t size = 7;
+    char *report = (char *)1;
+    float chw[12] = {0};
+    memset(&it, 0, sizeof it);
+    it.path = "x.png";
+    CHECK_NULL_ARG(mood_image_new(NULL, 2, 2, 3), "mood_image_new", "out");
+    CHECK_NULL_ARG(mood_image_from_float(NULL, chw, 3, 2, 2), "mood_image_from_float", "out");
+    CHECK_NULL_ARG(mood_image_from_float(&img, NULL, 3, 2, 2), "mood_image_from_float", "chw");
+    MOOD_CHECK(img == NULL);
+    MOOD_CHECK_OK(mood_image_new(&one, 2, 2, 3));
+    imgs[0] = one;
+    CHECK_NULL_ARG(mood_image_grid(NULL, imgs, 1, 0), "mood_image_grid", "out");
+    CHECK_NULL_ARG(mood_image_grid(&img, NULL, 2, 0), "mood_image_grid", "images");
+    MOOD_CHECK(mood_image_grid(&img, NULL, 0, 0) == MOOD_EINVAL && img == NULL);
+    mood_image_free(one);
+    CHECK_NULL_ARG(mood_board_thumbnail(NULL, &size, NULL, NULL, &it, 64), "mood_board_thumbnail",
+                   "jpeg_out");
+    CHECK_NULL_ARG(mood_board_thumbnail(&jpeg, NULL, NULL, NULL, &it, 64), "mood_board_thumbnail",
+                   "size_out");
+    CHECK_NULL_ARG(mood_board_thumbnail(&jpeg, &size, NULL, NULL, NULL, 64), "mood_board_thumbnail",
+                   "it");
+    MOOD_CHECK(jpeg == NULL && size == 0);
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("pack-null")));
+    if (!r)
+        return;
+    CHECK_NULL_ARG(mood_pack_import(NULL, r, "x.moodpack", NULL), "mood_pack_import", "report_out");
+    CHECK_NULL_ARG(mood_pack_import(&report, NULL, "x.moodpack", NULL), "mood_pack_import", "r");
+    MOOD_CHECK(report == NULL);
+    CHECK_NULL_ARG(mood_pack_import(&report, r, NULL, NULL), "mood_pack_import", "path");
+    CHECK_NULL_ARG(mood_registry_read_only_error(NULL), "mood_registry_read_only_error", "r");
+    MOOD_CHECK_OK(mood_registry_read_only_error(r));
+    mood_registry_close(r);
+}
+
 static void test_generate_arguments(void)
 {
     mood_model *m = NULL;
@@ -202,6 +520,21 @@ static void test_generate_arguments(void)
     MOOD_CHECK(mood_generate(m, &o, &img, NULL) == MOOD_EINVAL);
     MOOD_CHECK_MSG(strstr(mood_error_last(), "rng 77"), "%s", mood_error_last());
     MOOD_CHECK(img == NULL);
+    /* a LoRA mode outside the enum was taken, and then no LoRA was applied at all */
+    mood_weighted_adapter wa = {fixture("kohya/sd1_lora.safetensors"), 1, 1, 0};
+    size_t unmatched = 5;
+    MOOD_CHECK(mood_model_set_adapters(m, &wa, 1, (mood_lora_mode)7, &unmatched) == MOOD_EINVAL);
+    MOOD_CHECK_MSG(strstr(mood_error_last(), "mood_model_set_adapters: mode 7"), "%s",
+                   mood_error_last());
+    MOOD_CHECK(unmatched == 0);
+    MOOD_CHECK(mood_model_set_adapters(m, NULL, 0, (mood_lora_mode)-1, NULL) == MOOD_EINVAL);
+    CHECK_NULL_ARG(mood_model_set_adapters(m, NULL, 1, MOOD_LORA_MERGE, NULL),
+                   "mood_model_set_adapters", "adapters");
+    /* a NULL path inside the array: the opening's error */
+    wa.path = NULL;
+    CHECK_NULL_ARG(mood_model_set_adapters(m, &wa, 1, MOOD_LORA_MERGE, NULL), "mood_adapter_open",
+                   "path");
+    CHECK_NULL_ARG(mood_model_short_hash(m, NULL), "mood_model_short_hash", "out");
     mood_model_free(m);
 }
 
@@ -338,6 +671,8 @@ static void test_weight_printed_alike(void)
 MOOD_TEST_MAIN(MOOD_T(test_atomic_write_removes_dead_leftovers), MOOD_T(test_registry_home_empty),
                MOOD_T(test_adapter_index_out_of_range), MOOD_T(test_free_and_dispose_take_null),
                MOOD_T(test_registry_null_arguments), MOOD_T(test_other_null_arguments),
+               MOOD_T(test_civitai_null_arguments), MOOD_T(test_engine_null_arguments),
+               MOOD_T(test_lora_null_arguments), MOOD_T(test_image_null_arguments),
                MOOD_T(test_generate_arguments), MOOD_T(test_buffer_too_small),
                MOOD_T(test_messages), MOOD_T(test_family_names_any_case),
                MOOD_T(test_weight_printed_alike))
