@@ -568,9 +568,14 @@ int cmd_gen(int argc, char **argv)
     }
     if (rc == 0 && r.args.output) /* before the model loads and the images are made */
         rc = check_output(r.args.output);
+    /* Ctrl-C before the images are written says so (the signal handler writes it) */
+    cli_stop_note_set("stopped: no image written");
     if (rc == 0 && (rc = resolve_styles(&r)) == 0 && (rc = load_model(&r)) == 0 &&
-        (rc = apply_styles(&r)) == 0 && (rc = generate(&r)) == 0)
+        (rc = apply_styles(&r)) == 0 && (rc = generate(&r)) == 0) {
+        cli_stop_note_set(NULL); /* writing: each image whole or not at all (atomic writes) */
         rc = gen_write_outputs(&r);
+    }
+    cli_stop_note_set(NULL);
     run_dispose(&r);
     return rc;
 }

@@ -100,12 +100,13 @@ expect_rc 0 "previews beside someone's file" "$MOOD" gen "$PROMPT" "${common[@]}
 check "it is kept as it was" test "$(cat "$tmp/k.png.preview.png")" = mine
 check "said once" test "$(grep -c "k.png.preview.png exists, and is not this run's to replace" "$tmp/err")" -eq 1
 # a run stopped by Ctrl-C leaves no preview
-"$MOOD" gen "$PROMPT" "${common[@]}" --steps 400 --preview-every 1 -o "$tmp/s.png" >/dev/null 2>&1 &
+"$MOOD" gen "$PROMPT" "${common[@]}" --steps 400 --preview-every 1 -o "$tmp/s.png" >/dev/null 2>"$tmp/stop.err" &
 gen_pid=$!
 for _ in $(seq 600); do [ -e "$tmp/s.png.preview.png" ] && break; sleep 0.05; done
 kill -INT "$gen_pid"
 wait "$gen_pid"
 check "stopped: no preview left" test ! -e "$tmp/s.png.preview.png"
+check "says it stopped and wrote nothing" grep -q "mood: stopped: no image written" "$tmp/stop.err"
 
 # ----- --from-png reproduces the image bit for bit
 expect_rc 0 "gen --from-png" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" -o "$tmp/b.png"
