@@ -627,8 +627,15 @@ int cmd_train(int argc, char **argv)
     if ((rc = parse_args(&a, argc, argv)) == 0 &&
         (rc = cli_find_model(&a.model_path, a.o.model)) == 0 && (rc = set_files(&a)) == 0) {
         rc = a.no_register ? 0 : check_registry_first(&a);
+        /* a Ctrl-C before the trainer takes the signal over (loading the model) says so */
+        cli_stop_note_set("stopped before training began: nothing written");
         err = rc ? 0 : mood_train_run(&a.o);
-        if (err == MOOD_ECANCELLED) {
+        cli_stop_note_set(NULL);
+        if (err == MOOD_ECANCELLED && access(a.ckpt, F_OK) != 0) {
+            fprintf(stderr, "\nmood: stopped before the first checkpoint: nothing to resume; run "
+                            "the command again to start\n");
+            rc = 130;
+        } else if (err == MOOD_ECANCELLED) {
             fprintf(stderr, "\nmood: stopped; the checkpoint %s continues with --resume\n", a.ckpt);
             rc = 130;
         } else if (err) {
