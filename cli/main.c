@@ -145,8 +145,9 @@ static int global_options(int *argc, char ***argv)
     return *argc >= 2 ? rc : 0;
 }
 
-/* gen and demo also take --device after the command (`mood gen ... --device cpu`, where people
- * put it): it is taken off their arguments from `from` on. */
+/* gen, demo and info also take --device after the command (`mood gen ... --device cpu`, where
+ * people put it; `mood info --device cuda` says what that choice gives): it is taken off their
+ * arguments from `from` on. */
 static int device_after_command(int *argc, char **argv, int from)
 {
     for (int i = from; i < *argc;) {
@@ -353,7 +354,7 @@ int main(int argc, char **argv)
             return 0;
         }
     }
-    if ((c->run == cmd_gen || c->run == cmd_demo) &&
+    if ((c->run == cmd_gen || c->run == cmd_demo || c->run == cmd_info) &&
         (grc = device_after_command(&argc, argv, 1 + words)) != 0)
         return grc;
     int drc = choose_device(c, argc - words, argv + words);

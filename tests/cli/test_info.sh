@@ -24,6 +24,9 @@ if [ "$gpus" = 0 ]; then
     check "default device is the CPU" grep -q '"kind":[[:space:]]*"cpu"' <<<"$json"
 fi
 
+# --device after the command, where people put it, as gen and demo take it
+expect_rc 0 "info --device cpu" "$MOOD" info --device cpu
+check "says the device asked for" grep -q "^device: *cpu (asked for)" "$tmp/out"
 "$MOOD" help >/dev/null; check "help exits 0" test $? -eq 0
 for c in info inspect hash bake "lora stack" "lora merge" "lora resize" "lora extract"; do
     # shellcheck disable=SC2086
