@@ -96,6 +96,15 @@ char *cli_model_by_name(const char *name);
 /* The compute device: the global option `mood --device cpu|cuda[:N]|auto <command>` (NULL when
  * not given; $MOOD_DEVICE is the fallback, read by the library). */
 extern const char *cli_device_request;
+/* --json was given (main.c sees it among the command's options), and a JSON document has been
+ * printed on stdout (cli_text_json_puts): a command that fails before printing one ends with
+ * {"error": MESSAGE, "exit_status": N} on stdout instead, so that a script always reads one
+ * document. cli_fail and cli_usage_error note the message (the first one counts). */
+extern int cli_json_wanted, cli_json_printed;
+void cli_json_error_note(const char *message);
+/* Prints that document when --json was given, exit_status is not 0 and nothing was printed;
+ * returns exit_status (main.c, as the command returns). */
+int cli_json_error_print(int exit_status);
 /* Chooses the device (mood_device_select) for a command that computes; returns 0, or the exit
  * status after printing the error (asked for cuda where there is none: 2). The notice of a
  * default that fell back to the CPU waits for cli_device_note. */

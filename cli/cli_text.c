@@ -183,10 +183,13 @@ void cli_warnings_json(cJSON *o)
 /* The whole text, not string by string: outside its strings JSON text is ASCII (punctuation,
  * numbers, literals), so these bytes can only be inside a string, where \uXXXX stands for the
  * same character. cJSON passes them through (it escapes only below U+0020, " and \). */
+int cli_json_wanted, cli_json_printed;
+
 int cli_text_json_puts(const char *json)
 {
     const unsigned char *p = (const unsigned char *)json, *run = p;
     int err = 0;
+    cli_json_printed = 1;
     for (; *p; p++) {
         unsigned cp;
         size_t n;

@@ -17,10 +17,31 @@
 #include "cli/cli.h"
 #include "cli/cli_text.h"
 
+static char json_error[4096]; /* the first error said, for the --json error document */
+
+void cli_json_error_note(const char *message)
+{
+    if (!json_error[0])
+        snprintf(json_error, sizeof json_error, "%s", message);
+}
+
+int cli_json_error_print(int exit_status)
+{
+    cJSON *o;
+    if (!exit_status || !cli_json_wanted || cli_json_printed || !(o = cJSON_CreateObject()))
+        return exit_status;
+    cJSON_AddStringToObject(o, "error", json_error[0] ? json_error : "failed (see stderr)");
+    cJSON_AddNumberToObject(o, "exit_status", exit_status);
+    (void)cli_print_json(o);
+    return exit_status;
+}
+
 int cli_fail(int code)
 {
+    const char *msg = mood_error_last()[0] ? mood_error_last() : mood_error_name(code);
     cli_progress_done();
-    cli_text_report("error", mood_error_last()[0] ? mood_error_last() : mood_error_name(code));
+    cli_text_report("error", msg);
+    cli_json_error_note(msg);
     return mood_error_is_user(code) ? 1 : 2;
 }
 
@@ -52,6 +73,7 @@ int cli_usage_error(const char *command, const char *fmt, ...)
     v = cli_text_visible(msg, 0); /* the arguments quoted are the user's: shown, not obeyed */
     fprintf(stderr, "mood: error: %s\n(see 'mood help %s')\n", v ? v : msg, command);
     free(v);
+    cli_json_error_note(msg);
     return 1;
 }
 

@@ -83,7 +83,9 @@ static void print_overview(FILE *out)
             "else the GPU when there is one).\n"
             "'mood help <command>' explains a command and its options.\n"
             "Exit status: 0 success, 1 bad input, 2 environment (missing file, disk, "
-            "memory).\n");
+            "memory).\n"
+            "--json: the result as one JSON document on stdout; a command that fails before\n"
+            "printing one prints {\"error\": MESSAGE, \"exit_status\": N} instead.\n");
 }
 
 /* Finds the command named by argv[0] (and argv[1] for two-word commands). Sets *words. */
@@ -347,7 +349,9 @@ int main(int argc, char **argv)
     }
     if ((grc = split_equals(&argc, &argv, 1 + words)) != 0)
         return grc;
-    /* after "--" come prompts and queries, which may be "-h" */
+    /* after "--" come prompts and queries, which may be "-h" (or "--json") */
+    for (int i = 1 + words; i < argc && strcmp(argv[i], "--") != 0; i++)
+        cli_json_wanted |= strcmp(argv[i], "--json") == 0;
     for (int i = 1 + words; i < argc && strcmp(argv[i], "--") != 0; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(c->help, stdout);
@@ -360,5 +364,5 @@ int main(int argc, char **argv)
     int drc = choose_device(c, argc - words, argv + words);
     if (drc)
         return drc;
-    return c->run(argc - words, argv + words);
+    return cli_json_error_print(c->run(argc - words, argv + words));
 }

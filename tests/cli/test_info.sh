@@ -24,6 +24,16 @@ if [ "$gpus" = 0 ]; then
     check "default device is the CPU" grep -q '"kind":[[:space:]]*"cpu"' <<<"$json"
 fi
 
+# --json: a failure still prints one JSON document on stdout, {error, exit_status} (most commands
+# printed nothing there), its exit_status the process's
+for cmd in "show nosuchstyle --json" "gen x --json --bogus 1" "list --json --tag" \
+    "pack import $tmp/none.moodpack --json" "inspect $tmp/none.safetensors --json"; do
+    # shellcheck disable=SC2086
+    "$MOOD" $cmd >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    check "$cmd: one error document, exit $rc" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["error"] and d["exit_status"]==int(sys.argv[2]) and sys.argv[2]!="0", d' "$tmp/out" "$rc"
+done
 # --device after the command, where people put it, as gen and demo take it
 expect_rc 0 "info --device cpu" "$MOOD" info --device cpu
 check "says the device asked for" grep -q "^device: *cpu (asked for)" "$tmp/out"
