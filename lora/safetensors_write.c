@@ -102,18 +102,26 @@ static int new_entry(entry **out, mood_st_writer *w, const char *name, mood_dtyp
     return 0;
 }
 
+/* The arguments every add function needs, named for function fn: the writer, the name, a shape
+ * when there are dimensions, and (data_given 0) the data when the shape has elements. */
+static int check_add(const char *fn, const mood_st_writer *w, const char *name, int ndim,
+                     const int64_t *shape, const void *data, int data_given)
+{
+    const char *missing = !w                                   ? "w"
+                          : !name                              ? "name"
+                          : ndim > 0 && !shape                 ? "shape"
+                          : data_given                         ? NULL
+                          : has_elements(ndim, shape) && !data ? "data"
+                                                               : NULL;
+    return missing ? mood_error_set(MOOD_EINVAL, "%s: %s is NULL", fn, missing) : 0;
+}
+
 int mood_st_writer_add(mood_st_writer *w, const char *name, mood_dtype dt, int ndim,
                        const int64_t *shape, const void *data)
 {
     entry *e;
-    int err;
-    MOOD_ARG_NONNULL(w);
-    MOOD_ARG_NONNULL(name);
-    if (ndim > 0)
-        MOOD_ARG_NONNULL(shape);
-    if (has_elements(ndim, shape))
-        MOOD_ARG_NONNULL(data);
-    if ((err = new_entry(&e, w, name, dt, ndim, shape)) == 0)
+    int err = check_add(__func__, w, name, ndim, shape, data, 0);
+    if (!err && (err = new_entry(&e, w, name, dt, ndim, shape)) == 0)
         e->data = data;
     return err;
 }
@@ -122,14 +130,8 @@ int mood_st_writer_add_f32(mood_st_writer *w, const char *name, mood_dtype dt, i
                            const int64_t *shape, const float *data)
 {
     entry *e;
-    int err;
-    MOOD_ARG_NONNULL(w);
-    MOOD_ARG_NONNULL(name);
-    if (ndim > 0)
-        MOOD_ARG_NONNULL(shape);
-    if (has_elements(ndim, shape))
-        MOOD_ARG_NONNULL(data);
-    if ((err = new_entry(&e, w, name, dt, ndim, shape)) != 0)
+    int err = check_add(__func__, w, name, ndim, shape, data, 0);
+    if (err || (err = new_entry(&e, w, name, dt, ndim, shape)) != 0)
         return err;
     if (!(e->owned = mood_malloc(e->nbytes)))
         return mood_error_nomem();
@@ -141,13 +143,10 @@ int mood_st_writer_add_lazy(mood_st_writer *w, const char *name, mood_dtype dt, 
                             const int64_t *shape, mood_st_fill_fn fill, void *payload)
 {
     entry *e;
-    int err;
-    MOOD_ARG_NONNULL(w);
-    MOOD_ARG_NONNULL(name);
-    if (ndim > 0)
-        MOOD_ARG_NONNULL(shape);
-    MOOD_ARG_NONNULL(fill);
-    if ((err = new_entry(&e, w, name, dt, ndim, shape)) == 0) {
+    int err = check_add(__func__, w, name, ndim, shape, NULL, 1);
+    if (!err && !fill)
+        err = mood_error_set(MOOD_EINVAL, "%s: fill is NULL", __func__);
+    if (!err && (err = new_entry(&e, w, name, dt, ndim, shape)) == 0) {
         e->fill = fill;
         e->payload = payload;
     }

@@ -62,24 +62,24 @@ static void test_reject_container(void)
     MOOD_CHECK(write_file(p, "\x02\0\0\0", 4) == 0);
     expect_reject(p, "too short");
     /* files that are something else name it (a 'header length' out of a page's bytes did not) */
-    p = scratch_path("page.safetensors");
-    MOOD_CHECK(write_file(p, html, sizeof html - 1) == 0);
-    expect_reject(p, "web page");
-    p = scratch_path("pickle.safetensors");
-    MOOD_CHECK(write_file(p, pickle, sizeof pickle - 1) == 0);
-    expect_reject(p, "pickle");
-    p = scratch_path("zip.safetensors");
-    MOOD_CHECK(write_file(p, "PK\x03\x04\x14\0\0\0\x08\0", 10) == 0);
-    expect_reject(p, "ZIP");
-    p = scratch_path("png.safetensors");
-    MOOD_CHECK(write_file(p, "\x89PNG\r\n\x1a\n\0\0\0\rIHDR", 16) == 0);
-    expect_reject(p, "an image");
-    p = scratch_path("jpeg.safetensors");
-    MOOD_CHECK(write_file(p, "\xff\xd8\xff\xe0\0\x10JFIF\0", 11) == 0);
-    expect_reject(p, "an image");
-    p = scratch_path("gguf.safetensors");
-    MOOD_CHECK(write_file(p, "GGUF\x03\0\0\0\0\0\0\0", 12) == 0);
-    expect_reject(p, "GGUF");
+    {
+        static const struct {
+            const char *file, *bytes, *says;
+            size_t n;
+        } other[] = {
+            {"page.safetensors", html, "web page", sizeof html - 1},
+            {"pickle.safetensors", pickle, "pickle", sizeof pickle - 1},
+            {"zip.safetensors", "PK\x03\x04\x14\0\0\0\x08\0", "ZIP", 10},
+            {"png.safetensors", "\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "an image", 16},
+            {"jpeg.safetensors", "\xff\xd8\xff\xe0\0\x10JFIF\0", "an image", 11},
+            {"gguf.safetensors", "GGUF\x03\0\0\0\0\0\0\0", "GGUF", 12},
+        };
+        for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+            p = scratch_path(other[i].file);
+            MOOD_CHECK(write_file(p, other[i].bytes, other[i].n) == 0);
+            expect_reject(p, other[i].says);
+        }
+    }
     expect_reject(craft("huge.safetensors", "{}", 100000001, 0), "100 MB");
     expect_reject(craft("pasteof.safetensors", "{}", 64, 0), "past the end");
     expect_reject(craft("nobrace.safetensors", " {}     ", 0, 0), "'{'");
