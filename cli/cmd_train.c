@@ -197,20 +197,24 @@ static int check_registry_first(train_args *a)
         rc = cli_fail(err);
         fprintf(stderr, "mood: nothing trained: the style could not be registered (train with "
                         "--no-register and import the file later)\n");
-    } else if ((train_find_style(r, a), before = train_style_steps_of_run(r, a, a->style)) ==
-               a->o.steps) {
-        /* nothing to train past the checkpoint: train_register says so */
-    } else if (before > 0 && (free_name = train_earlier_name(r, a->style, before)) != NULL) {
-        fprintf(stderr,
-                "mood: note: style '%s' is this run's result at step %lld; it will hold "
-                "the continued run, and the earlier result becomes style '%s'\n",
-                a->style, before, free_name);
-    } else if (mood_registry_name_suggest(&free_name, r, a->style) == 0 &&
-               strcmp(free_name, a->style)) {
-        fprintf(stderr,
-                "mood: note: a style named '%s' exists already; this one will be registered as "
-                "'%s' (stop now and give another --name, or 'mood rm %s' first, to choose)\n",
-                a->style, free_name, a->style);
+    } else {
+        train_find_style(r, a);
+        before = train_style_steps_of_run(r, a, a->style);
+        if (before == a->o.steps) {
+            /* nothing to train past the checkpoint: train_register says so */
+        } else if (before > 0 && (free_name = train_earlier_name(r, a->style, before)) != NULL) {
+            fprintf(stderr,
+                    "mood: note: style '%s' is this run's result at step %lld; it will hold "
+                    "the continued run, and the earlier result becomes style '%s'\n",
+                    a->style, before, free_name);
+        } else if (mood_registry_name_suggest(&free_name, r, a->style) == 0 &&
+                   strcmp(free_name, a->style)) {
+            fprintf(stderr,
+                    "mood: note: a style named '%s' exists already; this one will be registered "
+                    "as '%s' (stop now and give another --name, or 'mood rm %s' first, to "
+                    "choose)\n",
+                    a->style, free_name, a->style);
+        }
     }
     mood_registry_free_string(free_name);
     mood_registry_close(r);
