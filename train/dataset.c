@@ -379,6 +379,20 @@ static int add_folder(path_list *l, const char *dir)
     return err;
 }
 
+/* Whether paths[i] (a caption or settings file) belongs to another path given, an image of the
+ * same name: a shell glob (--board DIR/STAR) names both, and the caption is read beside its
+ * image. */
+static int companion_of_given(const char *const *paths, size_t n, size_t i)
+{
+    const char *dot = strrchr(paths[i], '.'), *slash = strrchr(paths[i], '/');
+    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - paths[i]) : strlen(paths[i]);
+    for (size_t j = 0; j < n; j++)
+        if (j != i && paths[j] && strncmp(paths[j], paths[i], stem) == 0 && paths[j][stem] == '.' &&
+            !strchr(paths[j] + stem + 1, '/') && !is_companion(paths[j]))
+            return 1;
+    return 0;
+}
+
 static int collect(path_list *l, const char *const *paths, size_t n)
 {
     int err = 0;
@@ -388,6 +402,8 @@ static int collect(path_list *l, const char *const *paths, size_t n)
             return mood_error_set(MOOD_EINVAL, "mood board: NULL path");
         if (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode))
             err = add_folder(l, paths[i]);
+        else if (is_companion(paths[i]) && companion_of_given(paths, n, i))
+            continue; /* read as its image's caption */
         else if (is_companion(paths[i]))
             err = skip_entry(l, paths[i], "", "not an image (a caption or settings file)");
         else /* a missing file is reported with the undecodable ones */

@@ -172,7 +172,13 @@ expect_rc 0 "a folder with a GIF and a TIFF" "$MOOD" train --name mixf --board m
 check "both named as skipped" sh -c 'grep -q "skipped mixf/y.gif: a picture in a format mood does not read" "$1" && grep -q "skipped mixf/z.tiff" "$1"' _ "$tmp/err"
 expect_rc 0 "board/* with its caption" "$MOOD" train --name mixs --board mixf/x.png mixf/x.txt \
     --model "$MODEL" --steps 1 --rank 4 --no-register
-check "the caption skipped, not an error" grep -q "skipped mixf/x.txt: not an image" "$tmp/err"
+check "its image's caption: no word said of it" sh -c '! grep -q "mixf/x.txt" "$1"' _ "$tmp/err"
+check "and read as the caption" py "$META"'
+m=meta("mixs.safetensors"); t=json.loads(m["ss_tag_frequency"]); assert t["mixf"]=={"inky": 1}, t'
+echo "lonely" >mixf/w.txt
+expect_rc 0 "a caption of no image given" "$MOOD" train --name mixw --board mixf/x.png mixf/w.txt \
+    --model "$MODEL" --steps 1 --rank 4 --no-register
+check "skipped, not an error" grep -q "skipped mixf/w.txt: not an image" "$tmp/err"
 expect_rc 1 "a GIF named .png" sh -c 'cp mixf/y.gif g.png && exec "$0" train --name g --board g.png --model "$1" --steps 1 --no-register' "$MOOD" "$MODEL"
 check "named as a GIF" grep -q "g.png: a GIF image, which mood does not read" "$tmp/err"
 
