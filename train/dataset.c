@@ -359,6 +359,26 @@ static int add_kohya_folders(path_list *l, const char *dir, path_list *subdirs)
 }
 
 /* A folder's images; with none of its own, those of its kohya N_name subfolders. */
+/* A board folder given itself whose name is kohya's N_name (10_mystyle/): kohya reads such
+ * folders inside the folder it is given, so its repeats and name are not used here; said. */
+static void warn_if_repeat_folder(const char *dir)
+{
+    char base[256];
+    size_t n = strlen(dir);
+    const char *name;
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    for (name = dir + n; name > dir && name[-1] != '/';)
+        name--;
+    snprintf(base, sizeof base, "%.*s", (int)(dir + n - name), name);
+    if (folder_repeats(base) >= 0)
+        mood_log(MOOD_LOG_WARN,
+                 "mood board: %.*s/ is named as kohya's repeat folders are, but given itself it "
+                 "is read as a plain folder (each image once, captions from files or the "
+                 "template); give the folder above it to use its repeats and name",
+                 (int)n, dir);
+}
+
 static int add_folder(path_list *l, const char *dir)
 {
     path_list subdirs = {0};
@@ -366,6 +386,8 @@ static int add_folder(path_list *l, const char *dir)
     int err = list_folder(l, dir, 1, &subdirs), own = l->n > before;
     if (!err && !own && subdirs.n)
         err = add_kohya_folders(l, dir, &subdirs);
+    if (!err && own)
+        warn_if_repeat_folder(dir);
     for (size_t i = 0; !err && own && i < subdirs.n; i++) {
         if (folder_repeats(subdirs.p[i]) >= 0) { /* a layout half one way, half the other */
             mood_log(MOOD_LOG_WARN,

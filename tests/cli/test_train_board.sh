@@ -58,6 +58,11 @@ assert d=={"1_b": {"n_repeats": 1, "img_count": 1}, "2_a": {"n_repeats": 2, "img
 assert m["ss_num_train_images"]=="5" and m["ss_num_batches_per_epoch"]=="5", m
 assert json.loads(m["ss_bucket_info"])["buckets"]["0"]["count"]==5, m["ss_bucket_info"]
 assert t["1_b"]=={"blue square": 1} and t["2_a"]=={"red fox": 1, "sks style": 1, "a": 1}, t  # e.png: the folder'"'"'s "a"'
+# a repeat folder given itself is read as a plain folder (kohya reads those inside the one given),
+# and said: its repeats and name would be lost without a word
+expect_rc 0 "a repeat folder given itself" "$MOOD" train --name k2a --board kohya/2_a/ \
+    --model "$MODEL" --steps 1 --rank 4 --no-register
+check "says to give the folder above it" grep -q "kohya/2_a/ is named as kohya's repeat folders are, but given itself it is read as a plain folder" "$tmp/err"
 check "an epoch goes through 5 items" py "$META"'
 m=meta("kstyle.checkpoint.safetensors"); assert m["mood.train.images"]=="5", m'
 expect_rc 0 "show the style" "$MOOD" show kstyle --json
