@@ -509,8 +509,8 @@ static int sidecar_caption(char **out, const char *image, const char *ext)
         mood_error_clear();
         err = 0;
     } else if (!err) {
-        const char *p = (const char *)m.data, *end = p + m.size;
-        if (m.size >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) /* UTF-8 BOM */
+        const char *p = m.data ? (const char *)m.data : "", *end = p + m.size; /* empty: NULL */
+        if (m.size >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)                  /* UTF-8 BOM */
             p += 3;
         if (memchr(p, '\0', (size_t)(end - p))) /* UTF-16 without its BOM: one letter each */
             err = mood_error_set(MOOD_EINVAL,

@@ -491,7 +491,8 @@ static int start(loop *L)
     snprintf(L->fp.loss, sizeof L->fp.loss,
              "--noise-offset %.9g --min-snr %.9g --min-timestep %d --max-timestep %d "
              "--ip-noise-gamma %.9g --caption-dropout %.9g",
-             L->o->noise_offset, L->o->min_snr_gamma, L->o->min_timestep, L->o->max_timestep,
+             L->o->noise_offset, L->o->min_snr_gamma, L->o->min_timestep,
+             mood__train_t_max(L->o, L->t->sched->T), /* 0 is the schedule's end: one value */
              L->o->ip_noise_gamma, L->o->caption_dropout);
     L->fp.steps = L->o->steps;
     L->fp.lr = L->o->lr;

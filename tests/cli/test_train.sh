@@ -390,4 +390,7 @@ expect_rc 1 "resume with another noise offset" "$MOOD" train --name rl --board b
     --model "$MODEL" --res 64 --steps 6 --rank 4 --lr 5e-4 --schedule cosine --no-register \
     --resume --noise-offset 0.3
 check "names both" grep -q "the run was trained with --noise-offset 0.05 .*; this run asks for --noise-offset 0.3" "$tmp/err"
+expect_rc 0 "resume giving the defaults, --max-timestep 1000 among them" "$MOOD" train --name rl \
+    --board board --model "$MODEL" --res 64 --steps 5 --rank 4 --lr 5e-4 --schedule cosine \
+    --no-register --resume --max-timestep 1000 --min-timestep 0 --noise-offset 0.05
 finish
