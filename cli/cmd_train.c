@@ -482,32 +482,38 @@ static char *default_output(const train_args *a, int k)
     return train_beside(name, a->o.full ? "" : ".safetensors");
 }
 
-/* Whether run k's output or checkpoint is there; -1 when out of memory. */
-static int run_there(const train_args *a, int k, int *has_checkpoint)
+/* When run k's checkpoint was last written, in ns (0: there is none, or out of memory). */
+static long long checkpoint_time(const train_args *a, int k)
 {
     char *out = default_output(a, k),
          *ckpt = out ? train_beside(out, ".checkpoint.safetensors") : NULL;
-    int there = out && ckpt ? cli_path_exists(out) : -1;
-    *has_checkpoint = ckpt && cli_path_exists(ckpt);
+    struct stat st;
+    long long t = ckpt && stat(ckpt, &st) == 0
+                      ? (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec
+                      : 0;
     free(out);
     free(ckpt);
-    return there < 0 ? -1 : there || *has_checkpoint;
+    return t;
 }
 
 /* The output when -o is not given: a style's run never writes over an earlier finished run's files
  * (as gen never writes over an earlier image), so a second run of NAME writes NAME-2.safetensors;
  * a stopped run's checkpoint is the library's to refuse (it says --resume), the name is kept.
- * --resume continues the latest run of NAME: the last whose checkpoint is there. */
+ * --resume continues the latest run of NAME: the one whose checkpoint was written last (runs
+ * whose files were deleted leave gaps; 20 empty numbers in a row end the search). */
 static int pick_default_output(train_args *a)
 {
-    int k = 1, has_ckpt = 0, there;
+    int k = 1, there;
     if (a->o.full) {
         /* a model folder: an earlier --full run's is replaced, as mood__full_params_check allows */
     } else if (a->o.resume) {
-        int latest = 1;
-        for (int i = 1; i < 1000 && (there = run_there(a, i, &has_ckpt)) > 0; i++)
-            latest = has_ckpt ? i : latest;
-        k = latest;
+        long long newest = 0;
+        for (int i = 1, gap = 0; i < 1000 && gap < 20; i++) {
+            long long t = checkpoint_time(a, i);
+            gap = t ? 0 : gap + 1;
+            if (t > newest)
+                newest = t, k = i;
+        }
     } else {
         for (char *out, *ckpt; k < 1000; k++) { /* stopped: the library says --resume */
             if (!(out = default_output(a, k)) ||

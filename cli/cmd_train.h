@@ -63,8 +63,9 @@ int train_register(train_args *a, mood_import_result *res);
 long long train_style_steps_of_run(mood_registry *reg, const train_args *a, const char *name);
 /* The free name the earlier result of run NAME at `steps` moves to: NAME-stepN (NAME cut to
  * fit), malloc'd (mood_registry_free_string); NULL on error. */
-/* Sets a->style: --name, or for a --resume the style whose training record names this run's
- * output (its file's name, then --name, are tried). */
+/* Sets a->style, once (before the run: the output is read as it was): --name, or for a
+ * --resume the style made of this run's output as it is (found by its SHA-256) when its
+ * training record names that file. */
 void train_find_style(mood_registry *reg, train_args *a);
 char *train_earlier_name(mood_registry *reg, const char *name, long long steps);
 /* Writes A1111's sidecar OUT.json beside the LoRA (activation text: the trainer's trigger phrase,

@@ -490,17 +490,20 @@ long long train_style_steps_of_run(mood_registry *reg, const train_args *a, cons
 
 void train_find_style(mood_registry *reg, train_args *a)
 {
-    char stem[128];
-    const char *base = strrchr(a->output, '/') ? strrchr(a->output, '/') + 1 : a->output;
-    size_t n = strlen(base);
+    mood_file_hashes h;
+    char *name = NULL;
+    if (a->style[0]) /* found before the run (its output is the new result now) */
+        return;
     snprintf(a->style, sizeof a->style, "%s", a->o.name);
     if (!a->o.resume)
         return;
-    if (n > 12 && strcmp(base + n - 12, ".safetensors") == 0)
-        n -= 12;
-    snprintf(stem, sizeof stem, "%.*s", (int)n, base);
-    if (train_style_steps_of_run(reg, a, stem) > 0)
-        snprintf(a->style, sizeof a->style, "%s", stem);
+    /* the style made of the output as it is before this run: found by its SHA-256, whatever its
+     * name (NAME-3 when NAME and NAME-2 were taken) */
+    if (mood_hash_file(&h, a->output, NULL, NULL) == 0 &&
+        mood_registry_style_by_hash(&name, reg, h.sha256) == 0 &&
+        train_style_steps_of_run(reg, a, name) > 0)
+        snprintf(a->style, sizeof a->style, "%s", name);
+    mood_registry_free_string(name);
 }
 
 char *train_earlier_name(mood_registry *reg, const char *name, long long steps)

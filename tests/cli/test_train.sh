@@ -354,6 +354,28 @@ check "tri-2 is the continued run" test "$(steps_of tri-2)" = 2
 check "its earlier result kept" test "$(steps_of tri-2-step1)" = 1
 check "tri untouched" test "$(steps_of tri)" = 1
 expect_rc 1 "no tri-3" "$MOOD" show tri-3
+# --resume takes the run whose checkpoint was written last: the first run's files deleted, then
+# a new run refilling tri.safetensors, which --resume continues (it took the highest number)
+rm tri.safetensors tri.checkpoint.safetensors
+expect_rc 0 "the latest run continued across a gap" "$MOOD" train --name tri --board ../board \
+    --model "$MODEL" --res 64 --steps 3 --rank 4 --seed 2 --resume --no-register
+check "tri-2 continued" test -f tri-2.safetensors -a ! -f tri.safetensors
+expect_rc 0 "a new run refills tri" "$MOOD" train --name tri --board ../board --model "$MODEL" \
+    --res 64 --steps 1 --rank 4 --seed 3 --no-register
+check "written as tri.safetensors" test -f tri.safetensors
+expect_rc 0 "--resume continues the newest, tri" "$MOOD" train --name tri --board ../board \
+    --model "$MODEL" --res 64 --steps 2 --rank 4 --seed 3 --resume --no-register
+cd ..
+# the run's style is found by its LoRA, whatever its name: trained here as tri, the file
+# tri.safetensors is style tri-3 (tri and tri-2 are taken); --resume continues tri-3
+mkdir fourth && cd fourth
+expect_rc 0 "tri in another folder" "$MOOD" train --name tri --board ../board --model "$MODEL" \
+    --res 64 --steps 1 --rank 4 --seed 7
+check "registered as tri-3" grep -q "registered as style 'tri-3'" "$tmp/out" "$tmp/err"
+expect_rc 0 "continued" "$MOOD" train --name tri --board ../board --model "$MODEL" --res 64 \
+    --steps 2 --rank 4 --seed 7 --resume
+check "tri-3 is the continued run" test "$(steps_of tri-3)" = 2
+expect_rc 1 "no tri-4" "$MOOD" show tri-4
 cd ..
 # a new run never overwrites the checkpoint of a stopped one (hours of work on a CPU): its plan
 # (mood.train.steps) is made larger than its step, as a Ctrl-C leaves it
