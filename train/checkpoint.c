@@ -138,6 +138,19 @@ int mood__checkpoint_unfinished(const char *path, int64_t *step, int64_t *planne
     return stopped;
 }
 
+int mood__checkpoint_foreign(const char *path)
+{
+    mood_st_file *f = NULL;
+    int foreign;
+    if (!mood_path_exists(path))
+        return 0;
+    /* a file that cannot be read as safetensors is no checkpoint of ours either */
+    foreign = mood_st_open(&f, path) != 0 || !mood_st_meta_get(f, "mood.train.version");
+    mood_st_close(f);
+    mood_error_clear();
+    return foreign;
+}
+
 int mood_train_checkpoint_stopped(const char *path, int64_t *step, int64_t *planned)
 {
     int64_t s = 0, p = 0;

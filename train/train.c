@@ -800,6 +800,12 @@ static int check_outputs(const mood_train_options *o)
         err = check_output("output", o->output, o, in, n);
     if (!err && o->checkpoint)
         err = check_output("checkpoint", o->checkpoint, o, in, o->resume ? n - 1 : n);
+    if (!err && o->checkpoint && !o->resume && mood__checkpoint_foreign(o->checkpoint))
+        err = mood_error_set(MOOD_EINVAL,
+                             "%s is there and is not a training checkpoint (a LoRA of that name?): "
+                             "the run would write its checkpoint over it (training option "
+                             "checkpoint); give another name or output",
+                             o->checkpoint);
     if (!err && o->loss_csv)
         err = check_output("loss_csv", o->loss_csv, o, in, n);
     if (!err && o->loss_png)

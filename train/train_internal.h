@@ -266,6 +266,10 @@ void mood__train_state_dispose(mood__train_state *st);
  * what a new run of the same output must not overwrite. 0 for no file, a finished run's, or one
  * written before the plan was recorded. */
 int mood__checkpoint_unfinished(const char *path, int64_t *step, int64_t *planned);
+/* Whether something is at `path` that is not a training checkpoint of mood (a LoRA named like
+ * one, NAME.checkpoint.safetensors of a run named NAME.checkpoint): a run must not write its
+ * checkpoint over it. */
+int mood__checkpoint_foreign(const char *path);
 
 /* ----- trainer.c -------------------------------------------------------------------------- */
 

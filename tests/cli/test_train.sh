@@ -377,6 +377,17 @@ expect_rc 0 "continued" "$MOOD" train --name tri --board ../board --model "$MODE
 check "tri-3 is the continued run" test "$(steps_of tri-3)" = 2
 expect_rc 1 "no tri-4" "$MOOD" show tri-4
 cd ..
+# nor a LoRA named as its checkpoint would be: run a.checkpoint's a.checkpoint.safetensors is what
+# run a would write its checkpoint to
+mkdir dots && cd dots
+expect_rc 0 "a run named a.checkpoint" "$MOOD" train --name a.checkpoint --board ../board \
+    --model "$MODEL" --res 64 --steps 1 --rank 4 --no-register
+cp a.checkpoint.safetensors first.copy
+expect_rc 1 "run a, whose checkpoint is that file" "$MOOD" train --name a --board ../board \
+    --model "$MODEL" --res 64 --steps 1 --rank 4 --seed 2 --no-register
+check "says what is there" grep -q "a.checkpoint.safetensors is there and is not a training checkpoint" "$tmp/err"
+check "that LoRA untouched" cmp -s a.checkpoint.safetensors first.copy
+cd ..
 # a new run never overwrites the checkpoint of a stopped one (hours of work on a CPU): its plan
 # (mood.train.steps) is made larger than its step, as a Ctrl-C leaves it
 py '
