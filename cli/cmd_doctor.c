@@ -278,6 +278,11 @@ int cmd_doctor(int argc, char **argv)
         printf("registry %s: no problems found%s\n",
                cJSON_GetStringValue(cJSON_GetObjectItem(rep, "registry")),
                o.deep ? " (every file re-hashed)" : "");
+    else if (cJSON_IsTrue(cJSON_GetObjectItem(rep, "all_missing")))
+        printf("%d problem%s found: every stored file is missing (blobs/ on a drive that is not "
+               "mounted? a folder moved?); 'mood doctor --fix' removes no style for that: put "
+               "the files back\n",
+               problems, problems == 1 ? "" : "s");
     else if (!o.fix)
         printf("%d problem%s found; 'mood doctor --fix' repairs them\n", problems,
                problems == 1 ? "" : "s");

@@ -34,6 +34,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -681,11 +682,15 @@ static int restore_from_source(doctor *d, cJSON *item, int restore)
         struct stat sb;
         if (!from || stat(from, &sb) != 0 || !S_ISREG(sb.st_mode))
             continue;
-        if (!restore) {
-            if (sb.st_size == sqlite3_column_int64(st, 1)) {
+        if (!restore) { /* the promise --fix keeps: the same size and SHA-256 */
+            mood_file_hashes h;
+            if (sb.st_size == sqlite3_column_int64(st, 1) &&
+                mood_hash_file_ex(&h, from, MOOD_HASH_SKIP_CRC32, NULL, NULL) == 0 &&
+                strcasecmp(h.sha256, sha) == 0) {
                 cJSON_AddStringToObject(item, "restorable_from", from);
                 restored = 1;
             }
+            mood_error_clear();
             continue;
         }
         /* the SHA-256 is checked as the copy is made: another file there now is refused */
@@ -722,17 +727,26 @@ static void restore_lost(doctor *d)
 /* A blob folder where every stored file is missing is a drive that is not mounted, a folder
  * moved or a link to the wrong place, not lost files: --fix would remove every style (tags,
  * combined styles and all). It refuses; the report says what is missing. */
+static int all_missing(const doctor *d)
+{
+    return cJSON_GetArraySize(d->missing) > 0 && cJSON_GetArraySize(d->missing) == d->referenced;
+}
+
 static int refuse_all_missing(const doctor *d)
 {
     int n = cJSON_GetArraySize(d->missing);
-    if (!d->o->fix || n < 2 || n != d->referenced)
+    if (!all_missing(d))
+        return 0;
+    cJSON_AddTrueToObject(d->report, "all_missing");
+    if (!d->o->fix)
         return 0;
     return mood_error_set(MOOD_EIO,
-                          "every one of the %d files the registry stores is missing from %s (a "
+                          "every one of the %d file%s the registry stores %s missing from %s (a "
                           "drive that is not mounted? a folder moved, or a link to the wrong "
                           "place?): doctor --fix removes no style for that; put the files back "
-                          "('mood doctor' says which), or remove styles with 'mood rm'",
-                          n, d->r->blob_dir);
+                          "('mood doctor' says which; importing a LoRA file again stores it "
+                          "again), or remove styles with 'mood rm'",
+                          n, n == 1 ? "" : "s", n == 1 ? "is" : "are", d->r->blob_dir);
 }
 
 static int run(doctor *d)
@@ -745,7 +759,8 @@ static int run(doctor *d)
         return err;
     if ((err = refuse_all_missing(d)) != 0)
         return err;
-    restore_lost(d);
+    if (!all_missing(d)) /* else --fix refuses: no restore is promised or made */
+        restore_lost(d);
     if (d->o->fix && (cJSON_GetArraySize(d->missing) || cJSON_GetArraySize(d->corrupt) ||
                       cJSON_GetArraySize(d->wrong_size)))
         err = fix_rows(d);

@@ -98,6 +98,13 @@ mv "$tmp/boft.away" "$L/boft.safetensors"
 # again (as importing it would), and no style loses it: tags and the combined style stay whole
 expect_rc 0 "tag lokr" "$MOOD" tag lokr +keepme
 rm -f "$(blob_of lokr)"
+# a file there of the same size but other bytes is no original: nothing is promised
+cp "$L/lokr.safetensors" "$tmp/lokr.orig"
+lsize=$(stat -c %s "$L/lokr.safetensors")
+printf '\x55' | dd of="$L/lokr.safetensors" bs=1 seek=$((lsize - 3)) conv=notrunc 2>/dev/null
+expect_rc 1 "doctor, the original changed" "$MOOD" doctor
+check "promises no restore" sh -c '! grep -q "still there" "$1"' _ "$tmp/out"
+cp "$tmp/lokr.orig" "$L/lokr.safetensors"
 expect_rc 1 "doctor sees the original" "$MOOD" doctor
 check "says --fix stores it again" grep -q "lokr.safetensors, imported from $L/lokr.safetensors); that file is still there: --fix stores it again from it" "$tmp/out"
 check "and plans no removal" sh -c '! grep -q "style lokr\|style mymix" "$1"' _ "$tmp/out"
@@ -120,7 +127,7 @@ mkdir -p "$tmp/unmounted"
 ln -s "$tmp/unmounted" "$MOOD_HOME/blobs"
 expect_rc 1 "doctor: every file missing" "$MOOD" doctor
 expect_rc 2 "doctor --fix refuses" "$MOOD" doctor --fix
-check "says every file is missing" grep -q "every one of the .* files the registry stores is missing" "$tmp/err"
+check "says every file is missing" grep -q "every one of the .* files the registry stores are missing" "$tmp/err"
 check "no file written there" [ -z "$(find "$tmp/unmounted" -type f)" ]
 rm "$MOOD_HOME/blobs"
 mv "$tmp/blobs.away" "$MOOD_HOME/blobs"

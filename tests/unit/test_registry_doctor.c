@@ -187,7 +187,9 @@ static void test_doctor(void)
     }
     MOOD_CHECK(doctor(r, 1, 0, NULL) == 0);
     MOOD_CHECK(mood_registry_show_json(&report, r, "grain") == MOOD_ENOTFOUND);
-    /* a missing blob */
+    /* a missing blob; when it is the only one the registry stores, every stored file is
+     * missing (a drive not mounted?) and --fix refuses, removing nothing; beside another, --fix
+     * removes its style */
     MOOD_CHECK(blob_exists(r, a.sha256));
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", mood_registry_home(r), a.sha256,
              a.sha256 + 2);
@@ -196,7 +198,19 @@ static void test_doctor(void)
     MOOD_CHECK(unlink(path) == 0);
     MOOD_CHECK(doctor(r, 0, 0, &report) == 1);
     MOOD_CHECK(report && strstr(report, "\"missing\":[{\"sha256\":\"") && strstr(report, a.sha256));
+    MOOD_CHECK(report && strstr(report, "\"all_missing\":true"));
     mood_registry_free_string(report);
+    {
+        mood_doctor_options fix = {0, 1, NULL, NULL};
+        int problems = 0;
+        MOOD_CHECK(mood_registry_doctor(&report, &problems, r, &fix) == MOOD_EIO && !report);
+        MOOD_CHECK(strstr(mood_error_last(), "every one of the 1 file the registry stores is"));
+    }
+    MOOD_CHECK_OK(mood_registry_show_json(&report, r, "ink"));
+    mood_registry_free_string(report);
+    MOOD_CHECK_OK(mood_registry_import_file(
+        r, &b, copy_into(src, "other.safetensors", fixture("kohya/sd1_lora.safetensors")), NULL,
+        NULL));
     MOOD_CHECK(doctor(r, 0, 1, NULL) == 1);
     MOOD_CHECK(doctor(r, 0, 0, NULL) == 0);
     /* re-import works after the repair */
