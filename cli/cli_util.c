@@ -439,8 +439,14 @@ static int documented_with_value(const char *cmd, const char *opt)
             continue;
         for (const char *p = strstr(c->help, opt); p; p = strstr(p + 1, opt)) {
             char before = p == c->help ? ' ' : p[-1];
-            if ((before == ' ' || before == ',' || before == '[') && p[n] == ' ' && p[n + 1] &&
-                p[n + 1] != ' ' && p[n + 1] != '\n')
+            const char *after = p + n;
+            if (before != ' ' && before != ',' && before != '[' && before != '(')
+                continue;
+            if (after[0] == ',' && after[1] == ' ') /* "-o, --output FILE": the long name's */
+                after += 2 + strcspn(after + 2, " ,;)\n");
+            if (after[0] == ';' || after[0] == ')') /* "(or --resolution; ...)": --res's */
+                return 1;
+            if (after[0] == ' ' && after[1] && after[1] != ' ' && after[1] != '\n')
                 return 1;
         }
     }
@@ -450,10 +456,10 @@ static int documented_with_value(const char *cmd, const char *opt)
 int cli_unknown_option(const char *cmd, const char *opt)
 {
     const char *mood = cli_kohya_lora_option(opt);
+    if (documented_with_value(cmd, opt)) /* before kohya's names: train has --device itself */
+        return cli_usage_error(cmd, "option '%s' needs a value", opt);
     if (mood)
         return cli_usage_error(cmd, "%s is kohya's spelling; in mood: %s", opt, mood);
-    if (documented_with_value(cmd, opt))
-        return cli_usage_error(cmd, "option '%s' needs a value", opt);
     return cli_usage_error(cmd, "unknown option '%s'", opt);
 }
 

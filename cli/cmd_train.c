@@ -644,9 +644,13 @@ int cmd_train(int argc, char **argv)
         if (err == MOOD_ECANCELLED && access(a.ckpt, F_OK) != 0) {
             fprintf(stderr, "\nmood: stopped before the first checkpoint: nothing to resume; run "
                             "the command again to start\n");
+            cli_json_error_note("stopped before the first checkpoint: nothing to resume");
             rc = 130;
         } else if (err == MOOD_ECANCELLED) {
-            fprintf(stderr, "\nmood: stopped; the checkpoint %s continues with --resume\n", a.ckpt);
+            char msg[4200];
+            snprintf(msg, sizeof msg, "stopped; the checkpoint %s continues with --resume", a.ckpt);
+            fprintf(stderr, "\nmood: %s\n", msg);
+            cli_json_error_note(msg);
             rc = 130;
         } else if (err) {
             rc = cli_fail(err);

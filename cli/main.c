@@ -59,6 +59,30 @@ const cli_command cli_commands[] = {
     {NULL, NULL, NULL, NULL},
 };
 
+/* With --json and nothing printed yet, the document of a run stopped by signal sig (exit status
+ * 128 + sig, as the shell reports it): written with write(2) alone, in a signal handler. */
+static void json_stopped(int sig)
+{
+    char doc[96];
+    size_t n = 0;
+    int status = 128 + sig;
+    static const char head[] = "{\n\t\"error\":\t\"stopped by signal ",
+                      mid[] = "\",\n\t\"exit_status\":\t", tail[] = "\n}\n";
+    if (!cli_json_wanted || cli_json_printed)
+        return;
+    memcpy(doc, head, sizeof head - 1), n = sizeof head - 1;
+    if (sig >= 10)
+        doc[n++] = (char)('0' + sig / 10 % 10);
+    doc[n++] = (char)('0' + sig % 10);
+    memcpy(doc + n, mid, sizeof mid - 1), n += sizeof mid - 1;
+    doc[n++] = (char)('0' + status / 100 % 10);
+    doc[n++] = (char)('0' + status / 10 % 10);
+    doc[n++] = (char)('0' + status % 10);
+    memcpy(doc + n, tail, sizeof tail - 1), n += sizeof tail - 1;
+    if (write(STDOUT_FILENO, doc, n) < 0)
+        return; /* (nothing else to do in a signal handler) */
+}
+
 static void on_signal(int sig)
 {
     /* Remove temporary output files and empty claims, then die of the same signal. */
@@ -66,6 +90,7 @@ static void on_signal(int sig)
     cli_claims_remove();
     cli_signal_unlink_run();
     cli_stop_note_write();
+    json_stopped(sig);
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -124,10 +149,12 @@ static int device_option(int argc, char **argv, int i, int *used)
         *used = 2;
     } else {
         fprintf(stderr, "mood: error: %s needs a value: cpu, cuda, cuda:N or auto\n", arg);
+        cli_json_error_note("--device needs a value: cpu, cuda, cuda:N or auto");
         return 1;
     }
     if (mood_device_resolve(&d, value, NULL, 1, 1024) == MOOD_EINVAL) {
         fprintf(stderr, "mood: error: %s\n", mood_error_last());
+        cli_json_error_note(mood_error_last());
         return 1;
     }
     cli_device_request = value;
@@ -257,7 +284,10 @@ static int split_equals(int *argc, char ***argv, int from)
             continue;
         }
         if (is_flag(a, (size_t)(eq - a))) {
-            fprintf(stderr, "mood: error: %.*s takes no value ('%s')\n", (int)(eq - a), a, a);
+            char msg[512];
+            snprintf(msg, sizeof msg, "%.*s takes no value ('%s')", (int)(eq - a), a, a);
+            fprintf(stderr, "mood: error: %s\n", msg);
+            cli_json_error_note(msg);
             return 1;
         }
         if (!(split[k++] = names[n_names++] = strndup(a, (size_t)(eq - a)))) {
@@ -295,10 +325,10 @@ static int help(int argc, char **argv)
     return 0;
 }
 
+static int run(int argc, char **argv);
+
 int main(int argc, char **argv)
 {
-    const cli_command *c;
-    int words;
     mood_blas_tune_process(argv);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -307,6 +337,17 @@ int main(int argc, char **argv)
      * the process before it can remove its temporary file. */
     signal(SIGXFSZ, SIG_IGN);
     mood_log_set(cli_log_sink, NULL);
+    /* --json anywhere before "--" (after it come prompts and queries): every failure, the
+     * global options' and the command's, ends with the error document */
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        cli_json_wanted |= strncmp(argv[i], "--json", 6) == 0 && (!argv[i][6] || argv[i][6] == '=');
+    return cli_json_error_print(run(argc, argv));
+}
+
+static int run(int argc, char **argv)
+{
+    const cli_command *c;
+    int words;
     int grc = global_options(&argc, &argv);
     if (grc)
         return grc;
@@ -349,9 +390,7 @@ int main(int argc, char **argv)
     }
     if ((grc = split_equals(&argc, &argv, 1 + words)) != 0)
         return grc;
-    /* after "--" come prompts and queries, which may be "-h" (or "--json") */
-    for (int i = 1 + words; i < argc && strcmp(argv[i], "--") != 0; i++)
-        cli_json_wanted |= strcmp(argv[i], "--json") == 0;
+    /* after "--" come prompts and queries, which may be "-h" */
     for (int i = 1 + words; i < argc && strcmp(argv[i], "--") != 0; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(c->help, stdout);
@@ -364,5 +403,5 @@ int main(int argc, char **argv)
     int drc = choose_device(c, argc - words, argv + words);
     if (drc)
         return drc;
-    return cli_json_error_print(c->run(argc - words, argv + words));
+    return c->run(argc - words, argv + words);
 }

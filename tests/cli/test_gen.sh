@@ -107,6 +107,15 @@ kill -INT "$gen_pid"
 wait "$gen_pid"
 check "stopped: no preview left" test ! -e "$tmp/s.png.preview.png"
 check "says it stopped and wrote nothing" grep -q "mood: stopped: no image written" "$tmp/stop.err"
+# with --json, stdout still holds one document, saying it was stopped
+"$MOOD" gen "$PROMPT" "${common[@]}" --steps 400 --preview-every 1 -o "$tmp/s2.png" --json \
+    >"$tmp/stop.out" 2>/dev/null &
+gen_pid=$!
+for _ in $(seq 600); do [ -e "$tmp/s2.png.preview.png" ] && break; sleep 0.05; done
+kill -INT "$gen_pid"
+wait "$gen_pid"
+check "--json: the stop as a document" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d=={"error": "stopped by signal 2", "exit_status": 130}, d' "$tmp/stop.out"
 
 # ----- --from-png reproduces the image bit for bit
 expect_rc 0 "gen --from-png" "$MOOD" gen --from-png "$tmp/a.png" --model "$MODEL" -o "$tmp/b.png"

@@ -27,7 +27,8 @@ fi
 # --json: a failure still prints one JSON document on stdout, {error, exit_status} (most commands
 # printed nothing there), its exit_status the process's
 for cmd in "show nosuchstyle --json" "gen x --json --bogus 1" "list --json --tag" \
-    "pack import $tmp/none.moodpack --json" "inspect $tmp/none.safetensors --json"; do
+    "pack import $tmp/none.moodpack --json" "inspect $tmp/none.safetensors --json" \
+    "--device bogus list --json" "list --json=1" "info --json --device" "train --json --name x -o"; do
     # shellcheck disable=SC2086
     "$MOOD" $cmd >"$tmp/out" 2>"$tmp/err"
     rc=$?
@@ -56,10 +57,11 @@ check "help pages within 100 columns (too wide:$wide)" test -z "$wide"
 # an option its help documents with a value, given last without one, is said to need it (import
 # called --nsfw unknown; six wordings besides); one nobody documents is unknown, in every command
 for cmd in "import x --nsfw" "gen x --steps" "train --lr" "list --tag" "pack export x --license" \
-    "lora stack x --dtype" "bake --model"; do
+    "lora stack x --dtype" "bake --model" "train --name x -o" "train --name x --device" \
+    "train --name x --resolution"; do
     # shellcheck disable=SC2086
     expect_rc 1 "$cmd (no value)" "$MOOD" $cmd
-    check "$cmd: says it needs a value" grep -q "error: option '--[a-z]*' needs a value" "$tmp/err"
+    check "$cmd: says it needs a value" grep -q "error: option '-[-a-z]*' needs a value" "$tmp/err"
 done
 for cmd in "import x --bogus" "gen x --bogus 1" "list --bogus" "doctor --bogus" "lora stack x --bogus"; do
     # shellcheck disable=SC2086
