@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -78,6 +79,21 @@ static size_t drop_repeated_names(char **names, size_t n)
     return kept;
 }
 
+/* Whether path is a plain file (not a link) holding a pack: zstd's magic number first. */
+static int is_pack_file(const char *path)
+{
+    unsigned char magic[4] = {0};
+    struct stat st;
+    FILE *f;
+    int yes;
+    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode) || !(f = fopen(path, "rb")))
+        return 0;
+    yes = fread(magic, 1, 4, f) == 4 && magic[0] == 0x28 && magic[1] == 0xB5 && magic[2] == 0x2F &&
+          magic[3] == 0xFD;
+    fclose(f);
+    return yes;
+}
+
 int cmd_pack_export(int argc, char **argv)
 {
     mood_pack_export_options o;
@@ -115,11 +131,10 @@ int cmd_pack_export(int argc, char **argv)
                                             "(standard output is not supported)");
     if (!rc && (err = mood_output_path_check(out)) != 0) /* a missing folder: exit 2, first */
         rc = cli_fail(err);
-    if (!rc && (strlen(out) < 9 || strcasecmp(out + strlen(out) - 9, ".moodpack") != 0) &&
-        cli_path_exists(out)) /* a LoRA or a document under the pack's name would be lost */
+    if (!rc && cli_path_exists(out) && !is_pack_file(out)) /* a LoRA or a document: lost */
         rc = cli_usage_error("pack export",
-                             "-o %s: that file exists and is not a .moodpack; give a name ending "
-                             "in .moodpack (an earlier pack of that name is replaced)",
+                             "-o %s: that file exists and is not a mood pack (or is a link); give "
+                             "a new name, or a .moodpack file to replace",
                              out);
     if (!rc && (strlen(out) < 9 || strcasecmp(out + strlen(out) - 9, ".moodpack") != 0))
         cli_warn("%s: written as a .moodpack (a tar archive compressed with zstd) whatever its "
