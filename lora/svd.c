@@ -844,8 +844,9 @@ static int resize_module(out_list *out, resize_ctx *c, const mood_module *m, con
     return err;
 }
 
-/* Metadata of the output: the input's (resize_lora.py keeps it) with ss_training_comment,
- * ss_network_dim and ss_network_alpha updated. `buf` holds the strings made here. */
+/* Metadata of the output: the input's (resize_lora.py keeps it) but a PEFT config, with
+ * ss_training_comment, ss_network_dim and ss_network_alpha updated. `buf` holds the strings made
+ * here. */
 static int resize_meta(const char ***meta_out, mood_buf *buf, const mood_adapter *a,
                        const resize_ctx *c)
 {
@@ -859,6 +860,11 @@ static int resize_meta(const char ***meta_out, mood_buf *buf, const mood_adapter
     if (!meta)
         return mood_error_nomem();
     for (size_t i = 0; i < nm; i++) {
+        /* the output is kohya's format, its alphas in tensors: a PEFT config kept would describe
+         * other ranks and scales, and diffusers refuses a file with both ("Both network_alphas
+         * and metadata cannot be specified") */
+        if (strcmp(mood_st_meta_key(f, i), "lora_adapter_metadata") == 0)
+            continue;
         meta[k++] = mood_st_meta_key(f, i);
         meta[k++] = mood_st_meta_value(f, i);
     }

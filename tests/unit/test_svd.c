@@ -594,7 +594,8 @@ static void test_merge_dylora_cut(void)
 
 /* Resize at a file's own rank keeps every module's ΔW, for PEFT files whose scale is not α/r:
  * rsLoRA (use_rslora: α/√r) came out at half strength. ΔW of the input is mood's parse, which
- * test_adapter checks against the diffusers/PEFT fusions of the same files. */
+ * test_adapter checks against the diffusers/PEFT fusions of the same files. The output, kohya's
+ * format, carries no PEFT config. */
 static void test_resize_keeps_peft_scales(void)
 {
     static const char *const files[] = {"peft/peft_rslora.safetensors",
@@ -607,6 +608,8 @@ static void test_resize_keeps_peft_scales(void)
         MOOD_CHECK_OK(mood_lora_resize(fixture(files[k]), MOOD_RESIZE_FIXED, 0, 4, 0, &o));
         MOOD_CHECK_OK(mood_adapter_open(&in, fixture(files[k]), NULL));
         MOOD_CHECK_OK(mood_adapter_open(&out, o.output, NULL));
+        /* kohya's format out: no PEFT config beside its alphas (diffusers refuses both) */
+        MOOD_CHECK(out && !mood_st_meta_get(mood_adapter_file(out), "lora_adapter_metadata"));
         if (!in || !out) {
             mood_adapter_close(in);
             mood_adapter_close(out);
