@@ -491,8 +491,9 @@ static char *trimmed(const char *s, size_t n)
 }
 
 /* The first line of the sidecar file, trimmed, as kohya's read_caption takes lines[0].strip():
- * an empty file or a blank first line is the empty caption (a style trained without words),
- * not the template. NULL (no error) when there is no such file. */
+ * a blank first line is the empty caption (a style trained without words), not the template or
+ * a later line; an empty file too (kohya stops on one: "caption file is empty"). NULL (no
+ * error) when there is no such file. */
 static int sidecar_caption(char **out, const char *image, const char *ext)
 {
     const char *dot = strrchr(image, '.'), *slash = strrchr(image, '/');
