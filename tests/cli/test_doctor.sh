@@ -201,10 +201,10 @@ rm "$H2/blobs/lost+found"
 expect_rc 1 "doctor --fix again" env MOOD_HOME="$H2" "$MOOD" doctor --fix
 check "now moved to blobs/lost+found" test -s "$H2/blobs/lost+found/aa$(printf 'b%.0s' $(seq 62)).safetensors"
 
-# a registry of a newer mood (schema 8) could not be read: exit 2, not 1 ("problems found")
+# a registry of a newer mood (schema 9) could not be read: exit 2, not 1 ("problems found")
 H3=$tmp/home3
 expect_rc 0 "a registry" env MOOD_HOME="$H3" "$MOOD" import "$L/lokr.safetensors"
-python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("pragma user_version=8"); c.commit()' "$H3/registry.db"
+python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("pragma user_version=9"); c.commit()' "$H3/registry.db"
 expect_rc 2 "doctor on a newer schema" env MOOD_HOME="$H3" "$MOOD" doctor
 check "says use a newer mood" grep -q "newer than this mood understands" "$tmp/err"
 

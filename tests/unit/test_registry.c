@@ -782,7 +782,7 @@ static void test_import_extras(void)
     write_png(src, "ink.png");
     extras_init(&x, pv, files);
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 7);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 8);
     MOOD_CHECK_OK(mood_registry_import_file_ex(r, &res, p, &x, NULL, NULL));
     MOOD_CHECK(res.previews == 3 && !res.already);
     if (!(o = show(r, "ink"))) {
@@ -1016,7 +1016,7 @@ static void test_migration_4(void)
                      NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 7);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 8);
     if (r && (o = show(r, "ink")) != NULL) {
         MOOD_CHECK(cJSON_IsNull(cJSON_GetObjectItem(o, "training")));
         MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "board")) == 0);
@@ -1072,7 +1072,7 @@ static void test_search_by_file_name(void)
                             NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     MOOD_CHECK_OK(mood_registry_open(&r, home));
-    MOOD_CHECK(r && mood_registry_schema_version(r) == 7);
+    MOOD_CHECK(r && mood_registry_schema_version(r) == 8);
     if (r)
         MOOD_CHECK(finds(r, "gbl", "Studio_look") == 1);
     mood_registry_close(r);
