@@ -171,9 +171,9 @@ int mood_registry_list_sorted_json(char **out, mood_registry *r, const char *tag
              SUMMARY_COLUMNS " FROM styles s"
                              " WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM tags t WHERE"
                              " t.style_id = s.id AND mood_fold(t.tag) = mood_fold(?1)))"
-                             " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM style_adapters sa JOIN"
-                             " adapters a ON a.sha256 = sa.adapter_sha256 WHERE"
-                             " sa.style_id = s.id AND a.family = ?2))"
+                             " AND (?2 IS NULL OR s.sum_family = ?2 OR EXISTS (SELECT 1 FROM"
+                             " style_adapters sa JOIN adapters a ON a.sha256 ="
+                             " sa.adapter_sha256 WHERE sa.style_id = s.id AND a.family = ?2))"
                              " ORDER BY %s",
              order_by[order]);
     return run_summaries(out, r, sql, args, 2);
