@@ -12,6 +12,7 @@
 #include "cli/cli.h"
 #include "cli/cli_text.h"
 #include "cli/cmd_civitai.h"
+#include "common/common.h"
 
 const cli_command cli_commands[] = {
     {"demo", "train a style from five images on the bundled small model and see it (start here)",
@@ -327,6 +328,24 @@ static int help(int argc, char **argv)
 
 static int run(int argc, char **argv);
 
+/* The command word closest to a mistyped one ("lsit": list), within a slip or two; NULL. The
+ * first word of two-word commands counts ("lroa": lora). */
+static const char *closest_command(const char *word)
+{
+    static char best[32];
+    size_t limit = strlen(word) < 5 ? 1 : 2, d_best = limit + 1;
+    for (const cli_command *c = cli_commands; c->name; c++) {
+        char first[32];
+        size_t d;
+        snprintf(first, sizeof first, "%.*s", (int)strcspn(c->name, " "), c->name);
+        if ((d = mood_str_distance(word, first, limit)) < d_best) {
+            d_best = d;
+            snprintf(best, sizeof best, "%s", first);
+        }
+    }
+    return d_best <= limit ? best : NULL;
+}
+
 int main(int argc, char **argv)
 {
     mood_blas_tune_process(argv);
@@ -385,7 +404,16 @@ static int run(int argc, char **argv)
                         groups[i][0], groups[i][1], groups[i][0]);
             return 1;
         }
-        fprintf(stderr, "mood: error: unknown command '%s'; see 'mood help'\n", argv[1]);
+        const char *near = closest_command(argv[1]);
+        char msg[512];
+        if (near)
+            snprintf(msg, sizeof msg,
+                     "unknown command '%.200s'; did you mean '%s'? (see 'mood help')", argv[1],
+                     near);
+        else
+            snprintf(msg, sizeof msg, "unknown command '%.200s'; see 'mood help'", argv[1]);
+        fprintf(stderr, "mood: error: %s\n", msg);
+        cli_json_error_note(msg);
         return 1;
     }
     if ((grc = split_equals(&argc, &argv, 1 + words)) != 0)

@@ -140,3 +140,32 @@ uint64_t mood_memory_available(void)
     long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
+
+#define STR_DISTANCE_MAX 100 /* longer strings are no slip of each other: limit + 1 */
+
+size_t mood_str_distance(const char *a, const char *b, size_t limit)
+{
+    size_t la = strlen(a), lb = strlen(b), row[3][STR_DISTANCE_MAX + 2];
+    if (la > STR_DISTANCE_MAX || lb > STR_DISTANCE_MAX || (la > lb ? la - lb : lb - la) > limit)
+        return limit + 1;
+    for (size_t j = 0; j <= lb; j++)
+        row[0][j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t *cur = row[i % 3], *prev = row[(i - 1) % 3], *prev2 = row[(i + 1) % 3], best;
+        cur[0] = best = i;
+        for (size_t j = 1; j <= lb; j++) {
+            int ca = tolower((unsigned char)a[i - 1]), cb = tolower((unsigned char)b[j - 1]);
+            size_t d = prev[j - 1] + (ca != cb);
+            d = prev[j] + 1 < d ? prev[j] + 1 : d;
+            d = cur[j - 1] + 1 < d ? cur[j - 1] + 1 : d;
+            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
+                tolower((unsigned char)a[i - 2]) == cb && prev2[j - 2] + 1 < d)
+                d = prev2[j - 2] + 1;
+            cur[j] = d;
+            best = d < best ? d : best;
+        }
+        if (best > limit)
+            return limit + 1;
+    }
+    return row[la % 3][lb];
+}

@@ -29,6 +29,10 @@ int mood_str_ends_with(const char *s, const char *suffix);
  * right before or after it), ignoring ASCII case: CLIP lower-cases its input, so "INKWASH" in a
  * prompt or caption is the trigger "inkwash", while "inkwashes" is not. */
 int mood_str_has_words(const char *hay, const char *phrase, size_t n);
+/* Edit distance between a and b (ASCII case folded; insertions, deletions, substitutions and
+ * swaps of neighbours cost 1), stopping at limit + 1: the typing slips of a name ("lsit" for
+ * "list"). Strings over 100 bytes are limit + 1 from everything. */
+size_t mood_str_distance(const char *a, const char *b, size_t limit);
 /* Makes the n-th allocation from now fail (n >= 1); 0 turns injection off. For tests. */
 void mood__alloc_fail_at(long n);
 /* The memory the system could give this process now without swapping, in bytes: Linux's

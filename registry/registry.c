@@ -204,35 +204,6 @@ static long count_files(const char *blob_dir)
     return n;
 }
 
-/* Edit distance between a and b (ASCII case folded; insertions, deletions, substitutions and
- * swaps of neighbours cost 1), stopping at limit + 1: the typing slips of a style name. */
-static size_t name_distance(const char *a, const char *b, size_t limit)
-{
-    size_t la = strlen(a), lb = strlen(b), row[3][NAME_MAX_LEN + 2];
-    if (la > NAME_MAX_LEN || lb > NAME_MAX_LEN || (la > lb ? la - lb : lb - la) > limit)
-        return limit + 1;
-    for (size_t j = 0; j <= lb; j++)
-        row[0][j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t *cur = row[i % 3], *prev = row[(i - 1) % 3], *prev2 = row[(i + 1) % 3], best;
-        cur[0] = best = i;
-        for (size_t j = 1; j <= lb; j++) {
-            int ca = tolower((unsigned char)a[i - 1]), cb = tolower((unsigned char)b[j - 1]);
-            size_t d = prev[j - 1] + (ca != cb);
-            d = prev[j] + 1 < d ? prev[j] + 1 : d;
-            d = cur[j - 1] + 1 < d ? cur[j - 1] + 1 : d;
-            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
-                tolower((unsigned char)a[i - 2]) == cb && prev2[j - 2] + 1 < d)
-                d = prev2[j - 2] + 1;
-            cur[j] = d;
-            best = d < best ? d : best;
-        }
-        if (best > limit)
-            return limit + 1;
-    }
-    return row[la % 3][lb];
-}
-
 /* The style name closest to `name` within a slip or two (", did you mean 'X'?"), or "". */
 static void close_name(mood_registry *r, const char *name, char *out, size_t size)
 {
@@ -245,7 +216,7 @@ static void close_name(mood_registry *r, const char *name, char *out, size_t siz
     }
     while (sqlite3_step(st) == SQLITE_ROW) {
         const char *cand = (const char *)sqlite3_column_text(st, 0);
-        size_t d = cand ? name_distance(name, cand, limit) : limit + 1;
+        size_t d = cand ? mood_str_distance(name, cand, limit) : limit + 1;
         if (d < best) {
             best = d;
             snprintf(out, size, "; did you mean '%s'?", cand);

@@ -51,6 +51,8 @@ while read -r c; do
 done < <("$MOOD" help | awk '/^  [a-z]/{print $1} /^  (lora|style|pack|civitai) [a-z]/{print $1" "$2}')
 check "help pages within 100 columns (too wide:$wide)" test -z "$wide"
 "$MOOD" frobnicate 2>/dev/null; check "unknown command exits 1" test $? -eq 1
+expect_rc 1 "a slip in a command's name" "$MOOD" lsit
+check "suggests the command" grep -q "unknown command 'lsit'; did you mean 'list'?" "$tmp/err"
 "$MOOD" lora 2>/dev/null; check "'mood lora' alone exits 1" test $? -eq 1
 "$MOOD" info --bogus 2>/dev/null; check "unknown option exits 1" test $? -eq 1
 "$MOOD" 2>/dev/null; check "no command exits 1" test $? -eq 1
