@@ -182,7 +182,7 @@ int cmd_tokenize(int argc, char **argv)
             opts.pad_id = 0;
         } else if (strcmp(argv[i], "--vocab") == 0) {
             if (++i == argc) {
-                rc = cli_usage_error("tokenize", "--vocab needs a FILE");
+                rc = cli_usage_error("tokenize", "option '--vocab' needs a value (a FILE)");
                 goto done;
             }
             vocab = argv[i];
