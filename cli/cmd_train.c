@@ -645,13 +645,13 @@ int cmd_train(int argc, char **argv)
             fprintf(stderr, "\nmood: stopped before the first checkpoint: nothing to resume; run "
                             "the command again to start\n");
             cli_json_error_note("stopped before the first checkpoint: nothing to resume");
-            rc = 130;
+            rc = mood_train_stop_signal() ? 128 + mood_train_stop_signal() : 130;
         } else if (err == MOOD_ECANCELLED) {
             char msg[4200];
             snprintf(msg, sizeof msg, "stopped; the checkpoint %s continues with --resume", a.ckpt);
             fprintf(stderr, "\nmood: %s\n", msg);
             cli_json_error_note(msg);
-            rc = 130;
+            rc = mood_train_stop_signal() ? 128 + mood_train_stop_signal() : 130;
         } else if (err) {
             rc = cli_fail(err);
         } else if (!rc && !a.no_register && (rc = register_noted(&a, &res)) == 0) {

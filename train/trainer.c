@@ -28,11 +28,16 @@
 #include "mood/tokenizer.h"
 #include "train/train_internal.h"
 
-static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t stop_requested, stop_signal;
 
 void mood_train_request_stop(void)
 {
     stop_requested = 1;
+}
+
+int mood_train_stop_signal(void)
+{
+    return stop_signal;
 }
 
 int mood__train_stop_requested(void)
@@ -42,7 +47,7 @@ int mood__train_stop_requested(void)
 
 static void on_signal(int sig)
 {
-    (void)sig;
+    stop_signal = sig;
     stop_requested = 1;
 }
 
@@ -615,7 +620,7 @@ int mood__trainer_run(mood__trainer *t)
     t->checkpoint_step = -1;
     if ((err = check(t)) != 0)
         return err;
-    stop_requested = 0;
+    stop_requested = stop_signal = 0;
     if (L.o->handle_signals) {
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;

@@ -370,6 +370,9 @@ int mood_train_checkpoint_stopped(const char *path, int64_t *step, int64_t *plan
 /* Asks a running training to save a checkpoint and stop at the end of its current step.
  * Async-signal-safe (sets a flag). */
 void mood_train_request_stop(void);
+/* The signal (SIGINT, SIGTERM, SIGHUP) that stopped the last run of this process, when it ran
+ * with handle_signals; 0 when none did. A command exits with 128 + it, as the shell reports. */
+int mood_train_stop_signal(void);
 
 #ifdef __cplusplus
 }

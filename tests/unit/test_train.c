@@ -663,11 +663,13 @@ static void test_resume(void)
     s.f.stop_at = 2 * s.o.accum;
     s.f.use_signal = SIGINT;
     MOOD_CHECK(fake_train(&s, &b, &lb, &nb) == MOOD_ECANCELLED && nb == 5);
+    MOOD_CHECK(mood_train_stop_signal() == SIGINT); /* the command's exit status is 128 + it */
     mood__lora_params_free(b), mood_free(lb);
     /* resumed, then SIGHUP (a closed terminal or ssh session) the same way */
     s.f.calls = 0;
     s.f.use_signal = SIGHUP;
     MOOD_CHECK(fake_train(&s, &b, &lb, &nb) == MOOD_ECANCELLED && nb == 7);
+    MOOD_CHECK(mood_train_stop_signal() == SIGHUP);
     mood__lora_params_free(b), mood_free(lb);
     /* resumed to the end */
     s.f.stop_at = 0;
