@@ -635,7 +635,8 @@ static void peft_scale(const parse_ctx *c, mood_module *m)
     rs = peft_field(c, comp, "use_rslora");
     m->alpha = alpha->valuedouble;
     m->has_alpha = 1;
-    m->scale = m->alpha / (cJSON_IsTrue(rs) ? sqrt((double)m->rank) : (double)m->rank);
+    m->rslora = cJSON_IsTrue(rs);
+    m->scale = m->alpha / (m->rslora ? sqrt((double)m->rank) : (double)m->rank);
 }
 
 static int set_scale(parse_ctx *c, mood_module *m)

@@ -158,6 +158,7 @@ typedef struct mood_module {
     double alpha; /* from the file, or the default */
     int has_alpha;
     double scale; /* what ΔW is multiplied by: alpha/rank, ROLE_SCALE, or 1 */
+    int rslora;   /* PEFT's use_rslora: scale is alpha/sqrt(rank) */
     int dora;     /* 0 none, 1 per-input (column) norm, 2 per-output (row) norm */
     int tucker;
     int old_glora;  /* GLoRA in the old LyCORIS layout (§3.4) */

@@ -736,11 +736,11 @@ typedef struct resize_ctx {
 } resize_ctx;
 
 /* s_old = α/r of a LoRA module as resize_lora.py computes it: alpha goes through float32 as
- * torch loads it, and the division is in float32. A PEFT rsLoRA module (use_rslora) scales by
- * α/√r instead: its scale is the parser's (m->scale differs from α/r exactly then). */
+ * torch loads it, and the division is in float32. A PEFT rsLoRA module scales by α/√r instead:
+ * its scale is the parser's. */
 static double lora_scale(const mood_module *m)
 {
-    if (m->has_alpha && m->scale != m->alpha / m->rank)
+    if (m->rslora)
         return m->scale;
     return m->has_alpha ? (double)((float)m->alpha / (float)m->rank) : 1.0;
 }

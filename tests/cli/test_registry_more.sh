@@ -303,7 +303,7 @@ db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("BEGIN IMMEDIATE")
 db.execute("UPDATE styles SET notes = 'writing' WHERE name = 'loha'")
 open(sys.argv[1] + ".held", "w").close()
-time.sleep(6)
+time.sleep(4)
 db.execute("ROLLBACK")
 PY
 writer=$!
