@@ -91,7 +91,8 @@ const char cmd_train_help[] =
     "                       than half the free memory\n"
     "  -o, --output FILE    where to write the LoRA (default NAME.safetensors, or\n"
     "                       NAME-2.safetensors and so on when an earlier run's is there:\n"
-    "                       never over it; --resume continues the latest)\n"
+    "                       never over it, and named NAME-2 inside; the trigger word stays\n"
+    "                       NAME; --resume continues the latest)\n"
     "  --no-register        do not add the style to the registry\n"
     "  --json               print what was written as JSON: lora (or model), loss_csv,\n"
     "                       loss_plot, checkpoint, trigger, samples, style, n_previews,\n"
@@ -531,6 +532,14 @@ static int pick_default_output(train_args *a)
     if (!(a->out_default = default_output(a, k)))
         return 2;
     a->output = a->out_default;
+    if (k > 1) {
+        /* the run is known by its file's stem, as kohya's output_name is: A1111 and ComfyUI call
+         * it <lora:NAME-k>, and its ss_output_name and previews' parameters must say so too */
+        char stem[4200];
+        snprintf(stem, sizeof stem, "%s-%d", a->o.name, k);
+        if (!(a->run_name = strdup(stem)))
+            return 2;
+    }
     if (k > 1 && !a->o.resume) {
         char *first = default_output(a, 1);
         fprintf(stderr,
@@ -564,7 +573,9 @@ static int set_files(train_args *a)
     a->o.loss_png = a->png;
     a->o.board = a->board;
     a->o.n_board = a->n_board;
-    a->o.board_opts.trigger = a->trigger ? a->trigger : a->o.name;
+    a->o.board_opts.trigger = a->trigger ? a->trigger : a->o.name; /* run NAME-k's too */
+    if (a->run_name)
+        a->o.name = a->run_name;
     set_samples(a);
     return 0;
 }
@@ -669,6 +680,7 @@ int cmd_train(int argc, char **argv)
     free(a.csv);
     free(a.png);
     free(a.out_default);
+    free(a.run_name);
     free(a.model_path);
     return rc;
 }

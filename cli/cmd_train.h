@@ -28,6 +28,7 @@ typedef struct train_args {
     const char *precision; /* --precision bf16|fp32; NULL: bf16 on a GPU */
     int json, no_register;
     char *ckpt, *csv, *png, *out_default;
+    char *run_name;   /* NAME-k when this run writes NAME-k.safetensors (ss_output_name) */
     char *model_path; /* --model resolved (cli_find_model: a path, or a registered name) */
     /* sample previews */
     const char **prompts; /* --sample-prompt, in order */

@@ -331,6 +331,14 @@ expect_rc 0 "the name again, default -o" "$MOOD" train --name cont --board ../bo
 check "says where it writes" grep -q "note: cont.safetensors is an earlier run's; this run writes cont-2.safetensors" "$tmp/err"
 check "the first run's file untouched" cmp -s cont.safetensors first.copy
 check "the second beside it, with its own checkpoint" test -f cont-2.safetensors -a -f cont-2.checkpoint.safetensors
+# known by its file's stem, as kohya's output_name (A1111 calls it <lora:cont-2>); its trigger
+# word stays the name given
+check "ss_output_name is the file's stem, the trigger the name" py '
+import json,struct
+b=open("cont-2.safetensors","rb").read(); n,=struct.unpack("<Q",b[:8])
+m=json.loads(b[8:8+n])["__metadata__"]
+assert m["ss_output_name"]=="cont-2" and m["modelspec.title"]=="cont-2", m
+assert json.load(open("cont-2.json"))["activation text"]=="cont", open("cont-2.json").read()'
 expect_rc 0 "--resume continues the latest run" "$MOOD" train --name cont --board ../board \
     --model "$MODEL" --res 64 --steps 2 --rank 4 --seed 6 --no-register --resume
 check "cont-2 continued" py '
