@@ -72,6 +72,10 @@ typedef struct cli_adapters {
 /* Appends one argument (W defaults to 1, W_TE to W). Returns 0, or the exit status (1 bad weight,
  * 2 out of memory) after printing the error. */
 int cli_adapters_add(cli_adapters *l, const char *arg);
+/* Keeps the first of names that the registry takes for one style (its names are unique up to
+ * ASCII case: SQLite's NOCASE), so that `rm a A a` or `pack export a A` act on and report the one
+ * style once. Returns the new count. */
+size_t cli_drop_repeated_names(const char **names, size_t n);
 void cli_adapters_dispose(cli_adapters *l);
 
 /* The mood option for a kohya script's spelling (--new_rank: "--rank"), NULL when none. */
@@ -166,6 +170,9 @@ int cmd_doctor(int argc, char **argv);
 extern const char cmd_import_help[], cmd_list_help[], cmd_show_help[], cmd_search_help[],
     cmd_style_create_help[], cmd_style_edit_help[], cmd_tag_help[], cmd_rename_help[],
     cmd_rm_help[], cmd_doctor_help[];
+/* Styles out to a LoRA folder other tools read (cmd_style_export.c). */
+int cmd_style_export(int argc, char **argv);
+extern const char cmd_style_export_help[];
 /* Opens the registry at the default home; returns 0 or the exit status after printing the
  * error. */
 int cli_registry_open(mood_registry **out);

@@ -329,6 +329,19 @@ int cli_parse_weighted(const char *arg, char **path_out, double *w1, int *has_w1
     return 0;
 }
 
+size_t cli_drop_repeated_names(const char **names, size_t n)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < kept && strcasecmp(names[j], names[i]) != 0)
+            j++;
+        if (j == kept)
+            names[kept++] = names[i];
+    }
+    return kept;
+}
+
 int cli_adapters_add(cli_adapters *l, const char *arg)
 {
     double w = 1, wte = 1;

@@ -63,22 +63,6 @@ static int fail(int err, const char *pack)
     return err == MOOD_ENOTFOUND && (!pack || access(pack, F_OK) == 0) ? 1 : rc;
 }
 
-/* Keeps the first of names that the registry takes for one style (its names are unique up to
- * ASCII case: SQLite's NOCASE), so that `pack export a A a` reports the one style it writes.
- * Returns the new count. */
-static size_t drop_repeated_names(char **names, size_t n)
-{
-    size_t kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t j = 0;
-        while (j < kept && strcasecmp(names[j], names[i]) != 0)
-            j++;
-        if (j == kept)
-            names[kept++] = names[i];
-    }
-    return kept;
-}
-
 /* Whether path is a plain file (not a link) holding a pack: zstd's magic number first. */
 static int is_pack_file(const char *path)
 {
@@ -121,7 +105,7 @@ int cmd_pack_export(int argc, char **argv)
         else
             argv[n++] = argv[i];
     }
-    n = drop_repeated_names(argv, n);
+    n = cli_drop_repeated_names((const char **)argv, n);
     if (!rc && !n)
         rc = cli_usage_error("pack export", "name at least one style to export");
     if (!rc && !out)

@@ -57,7 +57,8 @@ const char cmd_style_create_help[] =
     "  --template TEXT      prompt template with {prompt} where your prompt goes,\n"
     "                       e.g. \"{prompt}, ink wash painting, muted colours\"\n"
     "  --negative TEXT      negative prompt\n"
-    "  --description TEXT   a note for yourself (searchable)\n"
+    "  --description TEXT   a line about the style (searchable)\n"
+    "  --notes TEXT         longer notes for yourself (searchable; A1111's notes)\n"
     "  --weight W           the weight used when you give none (<lora:NAME> or --style NAME),\n"
     "                       -10 to 10\n"
     "  --json               print the style made, as 'mood show --json'\n\n"
@@ -666,9 +667,14 @@ static int resolve_lora(style_args *a, mood_registry *r, const char *arg)
  * the option it came with. */
 static int check_text_options(const style_args *a, const char *name)
 {
-    const char *const what[] = {"NAME", "--trigger", "--template", "--negative", "--description"};
-    const char *const text[] = {name, a->spec.trigger_words, a->spec.template_text,
-                                a->spec.negative, a->spec.description};
+    const char *const what[] = {"NAME",       "--trigger",     "--template",
+                                "--negative", "--description", "--notes"};
+    const char *const text[] = {name,
+                                a->spec.trigger_words,
+                                a->spec.template_text,
+                                a->spec.negative,
+                                a->spec.description,
+                                a->spec.notes};
     for (size_t i = 0; i < sizeof what / sizeof what[0]; i++) {
         if (mood_registry_text_check(text[i], what[i]) != 0)
             return cli_fail(MOOD_EINVAL);
@@ -679,8 +685,8 @@ static int check_text_options(const style_args *a, const char *name)
 /* The options of style create and edit (each takes a value). */
 static int style_option_known(const char *opt)
 {
-    static const char *const known[] = {"--lora",     "--trigger",     "--template",
-                                        "--negative", "--description", "--weight"};
+    static const char *const known[] = {"--lora",        "--trigger", "--template", "--negative",
+                                        "--description", "--notes",   "--weight"};
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strcmp(opt, known[i]) == 0)
             return 1;
@@ -723,6 +729,8 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
             a->spec.negative = v;
         else if (strcmp(opt, "--description") == 0)
             a->spec.description = v;
+        else if (strcmp(opt, "--notes") == 0)
+            a->spec.notes = v;
         else if (strcmp(opt, "--weight") == 0 && !*v) { /* cleared: null, applied as 1 */
             a->spec.weight = NAN;
             a->spec.has_weight = 1;
@@ -746,7 +754,7 @@ static int parse_style_options(style_args *a, const char ***lora_args, size_t *n
         return cli_usage_error(cmd, "missing NAME");
     if (argc == 2 + a->json && strcmp(cmd, "style edit") == 0) /* it would say it changed it */
         return cli_usage_error(cmd, "nothing to change: give --lora, --trigger, --template, "
-                                    "--negative, --description or --weight");
+                                    "--negative, --description, --notes or --weight");
     return check_text_options(a, *name);
 }
 
@@ -878,14 +886,6 @@ int cmd_rename(int argc, char **argv)
 }
 
 /* Whether name is among names[0..n), regardless of case (as style names are unique). */
-static int named_before(const char **names, size_t n, const char *name)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcasecmp(names[i], name) == 0)
-            return 1;
-    return 0;
-}
-
 int cmd_rm(int argc, char **argv)
 {
     mood_registry *r = NULL;
@@ -898,9 +898,10 @@ int cmd_rm(int argc, char **argv)
             json = 1;
         else if (argv[i][0] == '-')
             rc = cli_usage_error("rm", "unknown option '%s'", argv[i]);
-        else if (!named_before(names, n, argv[i])) /* "rm a A": once (names ignore case) */
+        else
             names[n++] = argv[i];
     }
+    n = names ? cli_drop_repeated_names(names, n) : 0;
     if (!rc && (!names || !removed))
         rc = cli_fail(MOOD_ENOMEM);
     if (!rc && n == 0)

@@ -43,6 +43,8 @@ const cli_command cli_commands[] = {
      cmd_style_create_help, cmd_style_create},
     {"style edit", "change a style's LoRAs, triggers, template, weight", cmd_style_edit_help,
      cmd_style_edit},
+    {"style export", "write styles as LoRA files with A1111/ComfyUI sidecars into a folder",
+     cmd_style_export_help, cmd_style_export},
     {"tag", "add or remove tags of a style", cmd_tag_help, cmd_tag},
     {"rename", "rename a style", cmd_rename_help, cmd_rename},
     {"rm", "remove styles (and stored files nothing else uses)", cmd_rm_help, cmd_rm},

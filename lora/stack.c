@@ -441,7 +441,9 @@ static int stacked_record(mood_buf *b, const mood_weighted_adapter *in, size_t n
         if ((err = mood_hash_file(&h, in[k].path, NULL, NULL)) != 0)
             break;
         err = mood_buf_puts(b, k ? ", {\"file\": " : "{\"file\": ");
-        err = err ? err : mood_buf_json_string(b, mood_path_basename(in[k].path));
+        err =
+            err ? err
+                : mood_buf_json_string(b, in[k].name ? in[k].name : mood_path_basename(in[k].path));
         err = err ? err
                   : mood_buf_printf(b, ", \"autov3\": \"%s\", \"unet\": %.10g, \"te\": %.10g}",
                                     h.is_safetensors ? h.autov3 : "", in[k].unet, in[k].te);

@@ -276,7 +276,9 @@ static int check_spec_text(const mood_style_spec *s)
         (err = mood__reg_text_check(s->template_text, "template")) != 0 ||
         (err = mood__reg_text_check(s->negative, "negative prompt")) != 0)
         return err;
-    return mood__reg_text_check(s->description, "description");
+    if ((err = mood__reg_text_check(s->description, "description")) != 0)
+        return err;
+    return mood__reg_text_check(s->notes, "notes");
 }
 
 static int apply_spec(mood_registry *r, long long id, const mood_style_spec *s)
@@ -296,6 +298,8 @@ static int apply_spec(mood_registry *r, long long id, const mood_style_spec *s)
     if (s->negative && (err = set_text(r, id, "negative", s->negative)) != 0)
         return err;
     if (s->description && (err = set_text(r, id, "description", s->description)) != 0)
+        return err;
+    if (s->notes && (err = set_text(r, id, "notes", s->notes)) != 0)
         return err;
     if (s->has_weight) {
         sqlite3_stmt *st = NULL;

@@ -189,9 +189,11 @@ MOOD_WARN_UNUSED int mood_adapter_apply(const mood_adapter *a, size_t i, float *
  * (designated initialisers or memset): a field left out is then 0, its default. */
 typedef struct mood_weighted_adapter {
     const char *path;
-    double unet; /* multiplier for UNet modules */
-    double te;   /* multiplier for text-encoder modules */
-    int dyn;     /* DyLoRA rank truncation (mood_adapter_limit_rank); 0: every rank */
+    double unet;      /* multiplier for UNet modules */
+    double te;        /* multiplier for text-encoder modules */
+    int dyn;          /* DyLoRA rank truncation (mood_adapter_limit_rank); 0: every rank */
+    const char *name; /* what a stack's record (mood_stacked_from) calls the file; NULL: the
+                         path's file name (a registry blob's is its hash, not the LoRA's name) */
 } mood_weighted_adapter;
 
 /* mood_adapter_open of w->path, cut to w->dyn ranks when that is set (mood_adapter_limit_rank;

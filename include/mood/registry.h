@@ -190,6 +190,7 @@ typedef struct mood_style_spec {
     int has_weight;
     const mood_style_lora *loras;
     size_t n_loras;
+    const char *notes; /* longer text for yourself (A1111's "notes"), searchable */
 } mood_style_spec;
 
 /* Creates a style (name must be valid and free) or changes one. Text fields that are not valid

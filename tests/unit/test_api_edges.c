@@ -363,7 +363,7 @@ static void test_lora_null_arguments(void)
     mood_st_file *f = (mood_st_file *)1;
     mood_st_writer *w = NULL;
     mood_st_tensor tensor;
-    mood_weighted_adapter wa = {lora, 1, 1, 0};
+    mood_weighted_adapter wa = {.path = lora, .unet = 1, .te = 1};
     mood_base_weight bw;
     mood_dtype dt;
     float *down = NULL, *up = NULL, x = 1, vals[4];
@@ -521,7 +521,7 @@ static void test_generate_arguments(void)
     MOOD_CHECK_MSG(strstr(mood_error_last(), "rng 77"), "%s", mood_error_last());
     MOOD_CHECK(img == NULL);
     /* a LoRA mode outside the enum was taken, and then no LoRA was applied at all */
-    mood_weighted_adapter wa = {fixture("kohya/sd1_lora.safetensors"), 1, 1, 0};
+    mood_weighted_adapter wa = {.path = fixture("kohya/sd1_lora.safetensors"), .unet = 1, .te = 1};
     size_t unmatched = 5;
     MOOD_CHECK(mood_model_set_adapters(m, &wa, 1, (mood_lora_mode)7, &unmatched) == MOOD_EINVAL);
     MOOD_CHECK_MSG(strstr(mood_error_last(), "mood_model_set_adapters: mode 7"), "%s",
