@@ -386,7 +386,7 @@ static int run(int argc, char **argv)
     c = find_command(argc - 1, argv + 1, &words);
     if (!c) {
         static const char *const groups[][2] = {{"pack", "export or import"},
-                                                {"style", "create or edit"},
+                                                {"style", "create, edit or export"},
                                                 {"civitai", "link"},
                                                 {"lora", "stack, merge, resize or extract"}};
         for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
