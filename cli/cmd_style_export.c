@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/cli_text.h"
@@ -87,8 +88,8 @@ static int parse_args(export_args *a, int argc, char **argv)
     return 0;
 }
 
-/* DIR, made when it is not there (its parent must be). */
-static int prepare_dir(const char *dir)
+/* DIR, made when it is not there (its parent must be); *made says so. */
+static int prepare_dir(const char *dir, int *made)
 {
     struct stat st;
     if (stat(dir, &st) == 0) {
@@ -102,6 +103,7 @@ static int prepare_dir(const char *dir)
         fprintf(stderr, "mood: error: %s: cannot make the folder: %s\n", dir, strerror(errno));
         return 2;
     }
+    *made = 1;
     return 0;
 }
 
@@ -280,6 +282,36 @@ static int copy_lora(export_result *r, const export_args *a, const cJSON *ad, co
     return err;
 }
 
+/* The stack's error, said of the style: its LoRAs by their file names (the library names the
+ * registry's blobs, whose names are hashes). */
+static int why_not_stacked(int err, const cJSON *ads)
+{
+    mood_buf b;
+    const cJSON *ad;
+    const char *msg = mood_error_last();
+    mood_buf_init(&b);
+    while (*msg) {
+        size_t skip = 0;
+        cJSON_ArrayForEach(ad, ads)
+        {
+            const char *blob = str_or_empty(ad, "path");
+            if (!skip && *blob && strncmp(msg, blob, strlen(blob)) == 0) {
+                mood_buf_puts(&b, str_or_empty(ad, "file_name"));
+                skip = strlen(blob);
+            }
+        }
+        if (!skip)
+            mood_buf_append(&b, msg, (skip = 1));
+        msg += skip;
+    }
+    mood_error_set(err,
+                   "its LoRAs cannot be combined into the one file an A1111 <lora:> tag "
+                   "names: %s",
+                   b.data ? b.data : "");
+    mood_buf_dispose(&b);
+    return err;
+}
+
 /* One LoRA applying all of the style's LoRAs at their multipliers (mood_lora_stack). */
 static int stack_loras(export_result *r, const export_args *a, const cJSON *style, const char *path)
 {
@@ -314,9 +346,10 @@ static int stack_loras(export_result *r, const export_args *a, const cJSON *styl
     err = mood_lora_stack(in, n, &o);
     cli_progress_done();
     free(in);
-    if (!err)
-        cJSON_AddItemToArray(r->written, cJSON_CreateString(path));
-    return err;
+    if (err)
+        return why_not_stacked(err, ads);
+    cJSON_AddItemToArray(r->written, cJSON_CreateString(path));
+    return 0;
 }
 
 /* Exports one style; r says what was written. */
@@ -413,7 +446,7 @@ int cmd_style_export(int argc, char **argv)
     mood_registry *reg = NULL;
     cJSON *out = cJSON_CreateObject(), *exported = cJSON_AddArrayToObject(out, "exported"),
           *failed = cJSON_AddArrayToObject(out, "failed");
-    int rc = parse_args(&a, argc, argv), started_bad;
+    int rc = parse_args(&a, argc, argv), started_bad, made = 0;
     if (!rc)
         rc = cli_registry_open(&reg);
     /* every name first: a mistyped one among several exports none */
@@ -427,7 +460,7 @@ int cmd_style_export(int argc, char **argv)
         mood_registry_free_string(shown);
     }
     if (!rc)
-        rc = prepare_dir(a.dir);
+        rc = prepare_dir(a.dir, &made);
     started_bad = rc;
     /* a style that fails does not stop the others; the exit status is the worst one's */
     for (size_t i = 0; !started_bad && i < a.n; i++) {
@@ -450,6 +483,8 @@ int cmd_style_export(int argc, char **argv)
         }
         result_dispose(&r);
     }
+    if (made)
+        rmdir(a.dir); /* a folder made for nothing goes again (it stays when not empty) */
     if (a.json && !started_bad)
         cli_print_json(out);
     else

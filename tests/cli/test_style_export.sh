@@ -129,6 +129,14 @@ check "names it" grep -q "nothing exported: .*nosuch" "$tmp/err"
 : >"$tmp/afile"
 expect_rc 1 "-o a file" "$MOOD" style export inkwash -o "$tmp/afile"
 check "says it is no folder" grep -q "is not a folder" "$tmp/err"
+# LoRAs whose effect depends on the base (DoRA) cannot be stacked into one file: said with the
+# LoRA's file name (the library names the registry's blob)
+expect_rc 0 "import a DoRA" "$MOOD" import "$FIX/lycoris/locon_dora_in.safetensors"
+expect_rc 0 "a style with it" "$MOOD" style create withdora --lora locon_dora_in:0.5 --lora inkwash
+expect_rc 1 "cannot be one file" "$MOOD" style export withdora -o "$tmp/dora"
+check "says why, naming the file" grep -q "style 'withdora' not exported: its LoRAs cannot be combined into the one file an A1111 <lora:> tag names: locon_dora_in.safetensors: .*DoRA" "$tmp/err"
+check "no blob named" test "$(grep -c blobs "$tmp/err")" = 0
+check "nothing left, not even the folder it made" test ! -e "$tmp/dora"
 expect_rc 1 "no -o" "$MOOD" style export inkwash
 expect_rc 1 "no name" "$MOOD" style export -o "$out"
 finish
