@@ -61,7 +61,17 @@ typedef struct export_result {
     char *lora, *sha256;
     int combined;
     cJSON *written, *kept; /* arrays of paths */
+    cJSON *created;        /* the written files that were not there before */
 } export_result;
+
+/* path was written; it is removed again if the style's export fails after all (a LoRA without
+ * its card, or a card without its LoRA, is no export), unless it replaced a file. */
+static void note_written(export_result *r, const char *path, int existed)
+{
+    cJSON_AddItemToArray(r->written, cJSON_CreateString(path));
+    if (!existed)
+        cJSON_AddItemToArray(r->created, cJSON_CreateString(path));
+}
 
 static int parse_args(export_args *a, int argc, char **argv)
 {
@@ -144,8 +154,8 @@ static int put_file(export_result *r, const export_args *a, const char *path, co
                     size_t n)
 {
     mood_atomic_file af;
-    int err;
-    if (cli_path_exists(path) && !a->force) {
+    int err, existed = cli_path_exists(path);
+    if (existed && !a->force) {
         if (!same_content(path, data, n))
             cJSON_AddItemToArray(r->kept, cJSON_CreateString(path));
         return 0;
@@ -158,7 +168,7 @@ static int put_file(export_result *r, const export_args *a, const char *path, co
     }
     if ((err = mood_atomic_commit(&af)) != 0)
         return err;
-    cJSON_AddItemToArray(r->written, cJSON_CreateString(path));
+    note_written(r, path, existed);
     return 0;
 }
 
@@ -320,10 +330,10 @@ static int stack_loras(export_result *r, const export_args *a, const cJSON *styl
     mood_weighted_adapter *in = calloc(n ? n : 1, sizeof *in);
     mood_lora_write_options o;
     mood_dtype dtype = MOOD_DTYPE_F32, d;
-    int err;
+    int err, existed = cli_path_exists(path);
     if (!in)
         return mood_error_nomem();
-    if (cli_path_exists(path) && !a->force) {
+    if (existed && !a->force) {
         free(in);
         return mood_error_set(MOOD_EINVAL, "%s is there already (--force replaces it)", path);
     }
@@ -348,7 +358,7 @@ static int stack_loras(export_result *r, const export_args *a, const cJSON *styl
     free(in);
     if (err)
         return why_not_stacked(err, ads);
-    cJSON_AddItemToArray(r->written, cJSON_CreateString(path));
+    note_written(r, path, existed);
     return 0;
 }
 
@@ -437,6 +447,7 @@ static void result_dispose(export_result *r)
     free(r->sha256);
     cJSON_Delete(r->written);
     cJSON_Delete(r->kept);
+    cJSON_Delete(r->created);
     memset(r, 0, sizeof *r);
 }
 
@@ -464,10 +475,16 @@ int cmd_style_export(int argc, char **argv)
     started_bad = rc;
     /* a style that fails does not stop the others; the exit status is the worst one's */
     for (size_t i = 0; !started_bad && i < a.n; i++) {
-        export_result r = {.written = cJSON_CreateArray(), .kept = cJSON_CreateArray()};
+        export_result r = {.written = cJSON_CreateArray(),
+                           .kept = cJSON_CreateArray(),
+                           .created = cJSON_CreateArray()};
         int err = export_one(&r, &a, reg, a.names[i]);
         if (err) {
-            cJSON *f = cJSON_CreateObject();
+            cJSON *f = cJSON_CreateObject(), *c;
+            cJSON_ArrayForEach(c, r.created)
+            {
+                unlink(c->valuestring);
+            }
             cJSON_AddStringToObject(f, "name", a.names[i]);
             cJSON_AddStringToObject(f, "error", mood_error_last());
             cJSON_AddItemToArray(failed, f);

@@ -127,4 +127,37 @@ expect_rc 0 "--resume once there is room" train -o "$disk/t.safetensors" --resum
 autov3() { "$MOOD" hash "$1" --json | py 'import json,sys; print(json.load(sys.stdin)["autov3"])'; }
 check "the LoRA is the run's" test "$(autov3 "$disk/t.safetensors")" = "$(autov3 "$tmp/t.safetensors")"
 
+
+# style export: at every room left, each file it writes is whole or not there (no temporary file
+# left; a failed export removes the files it made), and --force over an earlier export keeps the earlier files when there is no room (the
+# registry off the full disk: only the export's files are on it)
+export MOOD_HOME=$tmp/export-home
+expect_rc 0 "import for export" "$MOOD" import "$L/lokr.safetensors"
+lokr_blob=$("$MOOD" show lokr --json | py 'import json,sys; print(json.load(sys.stdin)["adapters"][0]["path"])')
+for kib in $(seq 0 4 40); do
+    rm -rf "$disk/x"
+    fill "$kib"
+    "$MOOD" style export lokr -o "$disk/x" >/dev/null 2>"$tmp/err"
+    rc=$?
+    rm -f "$disk/filler"
+    left=$(ls -A "$disk/x" 2>/dev/null | grep -v '^lokr\.\(safetensors\|json\)$' | head -3)
+    # a failed export leaves nothing of it: no LoRA without its card
+    [ "$rc" -ne 0 ] && [ -n "$(ls -A "$disk/x" 2>/dev/null)" ] && left=$(ls -A "$disk/x")
+    if [ -n "$left" ] || { [ -e "$disk/x/lokr.safetensors" ] && ! cmp -s "$disk/x/lokr.safetensors" "$lokr_blob"; } ||
+        { [ "$rc" -eq 0 ] && [ ! -s "$disk/x/lokr.json" ]; } || { [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; }; then
+        fail "style export with $kib KiB left: exit $rc, left '$left' ($(head -c 200 "$tmp/err"))"
+        break
+    fi
+done
+rm -rf "$disk/x"
+expect_rc 0 "an export with room" "$MOOD" style export lokr -o "$disk/x"
+cp "$disk/x/lokr.json" "$tmp/lokr.json"
+expect_rc 0 "new words" "$MOOD" style edit lokr --trigger "new words"
+fill 0
+expect_rc 2 "--force with no room" "$MOOD" style export lokr -o "$disk/x" --force
+rm -f "$disk/filler"
+check "says the disk is full" grep -q "No space left\|no space left" "$tmp/err"
+check "the earlier sidecar whole" cmp -s "$disk/x/lokr.json" "$tmp/lokr.json"
+check "the earlier LoRA whole" cmp -s "$disk/x/lokr.safetensors" "$lokr_blob"
+check "no temporary file left" test "$(ls -A "$disk/x" | wc -l)" = 2
 finish
