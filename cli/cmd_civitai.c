@@ -1,6 +1,6 @@
 /*
- * cmd_civitai.c: `mood civitai link NAME...`, `mood update-check`, and the URL / Civitai half of
- * `mood import` (cmd_civitai.h). The network and registry work is in libmood
+ * cmd_civitai.c: `mood civitai link NAME...|--all`, `mood update-check`, and the URL / Civitai half
+ * of `mood import` (cmd_civitai.h). The network and registry work is in libmood
  * (include/mood/civitai.h); this file parses options and prints.
  */
 #include <stdlib.h>
@@ -12,21 +12,33 @@
 #include "cli/cmd_civitai.h"
 
 const char cmd_civitai_link_help[] =
-    "usage: mood civitai link NAME... [--nsfw LEVEL] [--json]\n\n"
+    "usage: mood civitai link NAME... [--nsfw LEVEL] [--json]\n"
+    "       mood civitai link --all [--refresh] [--nsfw LEVEL] [--json]\n\n"
     "Looks each LoRA file of each style up on Civitai by its SHA-256 and stores what Civitai\n"
     "knows about it: model and version ids and names, base model, trained words (used as the\n"
     "style's trigger words when it has none), description, NSFW level, licence and permission\n"
     "flags, AIR, and preview images. Every LoRA of a style is tried: one Civitai does not know\n"
-    "does not stop the others, and those linked stay linked.\n\n"
+    "does not stop the others, and those linked stay linked. Up to 100 LoRAs go in one request,\n"
+    "and each Civitai model is fetched once (a server without that batch lookup is asked about\n"
+    "each LoRA on its own, after a warning). Once a request fails (network, server, rate limit)\n"
+    "no more are made: the LoRAs left fail with it, and a later run tries them again.\n\n"
+    "  --all         every style: each LoRA that has no Civitai data yet (from a link, a Civitai\n"
+    "                or URL import, a .civitai.info sidecar, a pack); with a progress bar, then\n"
+    "                how many were linked, which Civitai does not know (the first few), and why\n"
+    "                the others failed. After 'mood import FOLDER', this links the lot.\n"
+    "  --refresh     with --all: every LoRA, linked or not (Civitai's data again)\n"
     "  --nsfw LEVEL  previews kept: none, pg (default), pg13, r, x, xxx\n"
-    "  --json        print one object per LoRA: [{name, file, sha256, status, model_id,\n"
-    "                version_id, model_name, version_name, base_model, air}], status \"linked\",\n"
-    "                \"not_found\" (Civitai does not know the file) or \"error\" (with error);\n"
-    "                {name, status \"error\", error} for a style that is not in the registry\n\n"
+    "  --json        print one object per LoRA of each style: [{name, file, sha256, status,\n"
+    "                model_id, version_id, model_name, version_name, base_model, air}], status\n"
+    "                \"linked\", \"not_found\" (Civitai does not know the file) or \"error\" "
+    "(with\n"
+    "                error); {name, status \"error\", error} for a style that is not in the\n"
+    "                registry; with --all, [] when there is nothing to link\n\n"
     "Environment: MOOD_CIVITAI_URL (API base, default https://civitai.com), CIVITAI_TOKEN (an\n"
     "API key, sent to Civitai only; never stored); MOOD_OFFLINE=1 refuses the command (exit 2).\n"
-    "Exit status: 0 every LoRA linked, 1 a style is not in the registry, 2 a LoRA is unknown to\n"
-    "Civitai or the network failed (the other LoRAs are linked); with both, 2.\n";
+    "Exit status: 0 every LoRA linked (or, with --all, nothing to link), 1 a style is not in the\n"
+    "registry, 2 a LoRA is unknown to Civitai or the network failed (the other LoRAs are\n"
+    "linked); with both, 2.\n";
 
 const char cmd_update_check_help[] =
     "usage: mood update-check [--json]\n\n"
@@ -73,6 +85,18 @@ int cli_is_remote(const char *arg)
 {
     return strncasecmp(arg, "http://", 7) == 0 || strncasecmp(arg, "https://", 8) == 0 ||
            mood_civitai_is_ref(arg);
+}
+
+static int json_int(const cJSON *o, const char *key)
+{
+    return (int)cJSON_GetNumberValue(cJSON_GetObjectItem(o, key));
+}
+
+/* The string at key, "" when there is none. */
+static const char *json_str(const cJSON *o, const char *key)
+{
+    const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(o, key));
+    return v ? v : "";
 }
 
 static cJSON *version_json(const mood_civitai_version *v)
@@ -257,30 +281,16 @@ static void report_failure(const char *name, const mood_civitai_link_result *res
     cli_text_report("error", msg);
 }
 
-/* Links the LoRAs of one style: one entry per LoRA in `list` ({name, file, sha256, status, and
- * the version or the error}), a line per LoRA unless json. Returns the exit status for it: 0 all
- * linked, 1 no such style, 2 a LoRA Civitai does not know or could not be asked about. */
-static int link_style(cJSON *list, mood_registry *r, mood_civitai *c, const char *name,
-                      const mood_civitai_import_options *opts, int json)
+/* One entry per LoRA of res in `list` ({name, file, sha256, status, and the version or the
+ * error}), and a line per LoRA when `lines`. Returns the exit status for them: 0 all linked, 2 a
+ * LoRA Civitai does not know or could not be asked about. */
+static int add_results(cJSON *list, const mood_civitai_link_result *res, size_t n, int lines)
 {
-    mood_civitai_link_result *res = NULL;
-    size_t n = 0;
-    int rc = 0, err = mood_civitai_link_each(&res, &n, r, c, name, opts);
-    if (err) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "name", name);
-        cJSON_AddStringToObject(o, "status", "error");
-        cJSON_AddStringToObject(o, "error", mood_error_last());
-        cJSON_AddItemToArray(list, o);
-        if (!json)
-            cli_text_report("error", mood_error_last());
-        /* a style that is not in the registry is a mistyped name: bad input, as for show, rm */
-        return err == MOOD_ENOTFOUND || mood_error_is_user(err) ? 1 : 2;
-    }
+    int rc = 0;
     for (size_t i = 0; i < n; i++) {
         const char *why = res[i].error ? res[i].error : "Civitai lookup failed";
         cJSON *o = res[i].status ? cJSON_CreateObject() : version_json(res[i].version);
-        cJSON_AddStringToObject(o, "name", name);
+        cJSON_AddStringToObject(o, "name", res[i].name);
         if (res[i].file_name)
             cJSON_AddStringToObject(o, "file", res[i].file_name);
         cJSON_AddStringToObject(o, "sha256", res[i].sha256);
@@ -294,14 +304,102 @@ static int link_style(cJSON *list, mood_registry *r, mood_civitai *c, const char
             rc = 2;
         }
         cJSON_AddItemToArray(list, o);
-        if (json)
+        if (!lines)
             continue;
         if (!res[i].status)
-            print_linked(name, &res[i], n > 1);
+            print_linked(res[i].name, &res[i], n > 1);
         else
-            report_failure(name, &res[i], why);
+            report_failure(res[i].name, &res[i], why);
     }
+    return rc;
+}
+
+/* Links the LoRAs of one style (add_results, a line per LoRA unless json). Returns the exit
+ * status for it: add_results', or 1 when there is no such style. */
+static int link_style(cJSON *list, mood_registry *r, mood_civitai *c, const char *name,
+                      const mood_civitai_import_options *opts, int json)
+{
+    mood_civitai_link_result *res = NULL;
+    size_t n = 0;
+    int rc, err = mood_civitai_link_each(&res, &n, r, c, name, opts);
+    if (err) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", name);
+        cJSON_AddStringToObject(o, "status", "error");
+        cJSON_AddStringToObject(o, "error", mood_error_last());
+        cJSON_AddItemToArray(list, o);
+        if (!json)
+            cli_text_report("error", mood_error_last());
+        /* a style that is not in the registry is a mistyped name: bad input, as for show, rm */
+        return err == MOOD_ENOTFOUND || mood_error_is_user(err) ? 1 : 2;
+    }
+    rc = add_results(list, res, n, !json);
     mood_civitai_link_results_free(res, n);
+    return rc;
+}
+
+static void warn_errors(const cJSON *errors, const char *base, const char *what, const char *cmd);
+
+#define UNKNOWN_SHOWN 5
+
+/* The text summary of `civitai link --all` (its list made visible as any text from outside):
+ * the counts, the first LoRAs Civitai does not know, and each reason of a failure once. */
+static void print_all_summary(cJSON *list, const char *base)
+{
+    cJSON *errors = cJSON_CreateArray(), *e;
+    int n = cJSON_GetArraySize(list), linked = 0, unknown = 0;
+    cli_text_clean_json(list, NULL);
+    cJSON_ArrayForEach(e, list)
+    {
+        const char *st = json_str(e, "status");
+        if (strcmp(st, "linked") == 0) {
+            linked++;
+        } else if (strcmp(st, "not_found") == 0) {
+            if (unknown++ < UNKNOWN_SHOWN)
+                printf("%s%s (%s)", unknown == 1 ? "not on Civitai: " : ", ", json_str(e, "name"),
+                       *json_str(e, "file") ? json_str(e, "file") : json_str(e, "sha256"));
+        } else {
+            cJSON_AddItemReferenceToArray(errors, e);
+        }
+    }
+    if (unknown > UNKNOWN_SHOWN)
+        printf(" and %d more ('mood civitai link --all --json' lists them)",
+               unknown - UNKNOWN_SHOWN);
+    if (unknown)
+        printf("\n");
+    warn_errors(errors, base, "not linked", "civitai link --all");
+    cJSON_Delete(errors);
+    if (!n)
+        printf("nothing to link: every LoRA of every style has Civitai data ('mood civitai link "
+               "--all --refresh' looks them up again)\n");
+    else
+        printf("%d of %d LoRA%s linked to Civitai, %d not on Civitai, %d failed\n", linked, n,
+               n == 1 ? "" : "s", unknown, n - linked - unknown);
+}
+
+/* `civitai link --all [--refresh]`: every LoRA without Civitai data (every LoRA), with a
+ * progress bar; the list of results (--json) or a summary. Returns the exit status. */
+static int link_all(mood_registry *r, mood_civitai *c, int refresh,
+                    mood_civitai_import_options *opts, int json)
+{
+    mood_civitai_link_result *res = NULL;
+    size_t n = 0;
+    cJSON *list;
+    int rc, err;
+    opts->progress = cli_progress;
+    err = mood_civitai_link_all(&res, &n, r, c, refresh, opts);
+    cli_progress_done();
+    if (err)
+        return cli_fail(err);
+    list = cJSON_CreateArray();
+    rc = add_results(list, res, n, 0);
+    mood_civitai_link_results_free(res, n);
+    if (json) {
+        int prc = cli_print_json(list);
+        return rc > prc ? rc : prc;
+    }
+    print_all_summary(list, mood_civitai_base(c));
+    cJSON_Delete(list);
     return rc;
 }
 
@@ -311,11 +409,15 @@ int cmd_civitai_link(int argc, char **argv)
     mood_civitai *c = NULL;
     mood_civitai_import_options opts;
     cJSON *list = NULL;
-    int json = 0, rc = 0, any = 0;
+    int json = 0, rc = 0, any = 0, all = 0, refresh = 0;
     mood_civitai_import_options_init(&opts);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
+        else if (strcmp(argv[i], "--all") == 0)
+            all = 1;
+        else if (strcmp(argv[i], "--refresh") == 0)
+            refresh = 1;
         else if (strcmp(argv[i], "--nsfw") == 0 && i + 1 < argc)
             rc = cli_parse_nsfw(argv[++i], &opts.nsfw_max);
         else if (argv[i][0] == '-')
@@ -325,11 +427,23 @@ int cmd_civitai_link(int argc, char **argv)
         if (rc)
             return rc;
     }
-    if (!any)
-        return cli_usage_error("civitai link", "give the names of the styles to link");
+    if (!any && !all)
+        return cli_usage_error("civitai link",
+                               "give the names of the styles to link, or --all for every style");
+    if (any && all)
+        return cli_usage_error("civitai link", "give the names of the styles or --all, not both");
+    if (refresh && !all)
+        return cli_usage_error("civitai link", "--refresh goes with --all (a style named is "
+                                               "always looked up again)");
     if ((rc = cli_registry_open(&r)) != 0)
         return rc;
     if ((rc = open_client(&c, "civitai link")) != 0) {
+        mood_registry_close(r);
+        return rc;
+    }
+    if (all) {
+        rc = link_all(r, c, refresh, &opts, json);
+        mood_civitai_close(c);
         mood_registry_close(r);
         return rc;
     }
@@ -353,18 +467,6 @@ int cmd_civitai_link(int argc, char **argv)
     return rc;
 }
 
-static int json_int(const cJSON *o, const char *key)
-{
-    return (int)cJSON_GetNumberValue(cJSON_GetObjectItem(o, key));
-}
-
-/* The string at key, "" when there is none. */
-static const char *json_str(const cJSON *o, const char *key)
-{
-    const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(o, key));
-    return v ? v : "";
-}
-
 /* The reason of an update-check error without the URL it starts with ("URL: reason"), so that
  * one failure reads the same for every Civitai model it stopped. */
 static const char *reason_of(const char *msg)
@@ -385,11 +487,12 @@ typedef struct reason_group {
     size_t len;
 } reason_group;
 
-/* One warning per reason, naming each style it stopped once: with the network down every style
- * fails for the same reason, not one line per LoRA or per model. A style's errors are
- * consecutive (update-check's order), so comparing with the style named last is enough. A few
- * reasons are shown; the rest are counted (--json lists every error). */
-static void warn_errors(const cJSON *errors, const char *base)
+/* One warning per reason ("WHAT: styles: reason"), naming each style it stopped once: with the
+ * network down every style fails for the same reason, not one line per LoRA or per model. A
+ * style's errors are consecutive (update-check's and link --all's order), so comparing with the
+ * style named last is enough. A few reasons are shown; the rest are counted ('mood CMD --json'
+ * lists every error). */
+static void warn_errors(const cJSON *errors, const char *base, const char *what, const char *cmd)
 {
     reason_group g[REASONS_SHOWN];
     int n = 0, more = 0;
@@ -424,13 +527,13 @@ static void warn_errors(const cJSON *errors, const char *base)
         if (g[i].len >= sizeof g[i].names) /* cut off: say so */
             memcpy(g[i].names + sizeof g[i].names - 4, "...", 4);
         if (g[i].same)
-            cli_warn("not checked: %s: %s", g[i].names, g[i].first);
+            cli_warn("%s: %s: %s", what, g[i].names, g[i].first);
         else /* the URLs name different models; the server and the reason are what they share */
-            cli_warn("not checked: %s: %s: %s", g[i].names, base, g[i].reason);
+            cli_warn("%s: %s: %s: %s", what, g[i].names, base, g[i].reason);
     }
     if (more)
-        cli_warn("%d more error%s ('mood update-check --json' lists them all)", more,
-                 more == 1 ? "" : "s");
+        cli_warn("%d more error%s ('mood %s --json' lists them all)", more, more == 1 ? "" : "s",
+                 cmd);
 }
 
 int cmd_update_check(int argc, char **argv)
@@ -471,7 +574,7 @@ int cmd_update_check(int argc, char **argv)
     if (json)
         return cli_print_json(rep) ? 2 : (not_checked ? 2 : 0);
     cli_text_clean_json(rep, NULL); /* names and errors come from Civitai and the registry */
-    warn_errors(cJSON_GetObjectItem(rep, "errors"), base);
+    warn_errors(cJSON_GetObjectItem(rep, "errors"), base, "not checked", "update-check");
     cJSON_ArrayForEach(u, cJSON_GetObjectItem(rep, "updates"))
     {
         const char *bm = json_str(u, "latest_base_model");

@@ -55,7 +55,7 @@ const cli_command cli_commands[] = {
      cmd_pack_import},
     {"tokenize", "show the CLIP tokens, weights and 75-token chunks of a prompt (A1111 syntax)",
      cmd_tokenize_help, cmd_tokenize},
-    {"civitai link", "look styles up on Civitai by hash and store what it knows",
+    {"civitai link", "look styles (or --all) up on Civitai by hash and store what it knows",
      cmd_civitai_link_help, cmd_civitai_link},
     {"update-check", "list styles whose Civitai model has a newer version", cmd_update_check_help,
      cmd_update_check},

@@ -1,5 +1,5 @@
 /*
- * civitai.c: the Civitai client (contract in include/mood/civitai.h): the three lookups, the
+ * civitai.c: the Civitai client (contract in include/mood/civitai.h): the lookups, the
  * parsers of model and version records (tolerant: every field may be missing, null or of an
  * older shape, ecosystem.md §1.3-1.5), identifiers (civitai:ID, page URLs, AIR §1.10), the base
  * model to family map, and downloads with the published SHA-256 checked.
@@ -430,6 +430,17 @@ void mood_civitai_model_free(mood_civitai_model *m)
     mood_free(m);
 }
 
+void mood__civitai_model_slim(mood_civitai_model *m)
+{
+    for (size_t i = 0; i < m->n_versions; i++)
+        dispose_version(&m->versions[i]);
+    mood_free(m->versions);
+    m->versions = NULL;
+    m->n_versions = 0;
+    mood_free(m->json);
+    m->json = NULL;
+}
+
 void mood_civitai_free_string(char *s)
 {
     mood_free(s);
@@ -561,8 +572,9 @@ void mood_civitai_set_retries(mood_civitai *c, int retries)
     c->retries = retries < 0 ? -1 : retries;
 }
 
-/* GET base + path (printf-style) into body. */
-static int api_get(mood_buf *body, mood_civitai *c, const char *path)
+/* GET base + path into body, or POST the JSON text post_json there (NULL: a GET). */
+static int api_request(mood_buf *body, long *status, mood_civitai *c, const char *path,
+                       const char *post_json)
 {
     mood_buf url;
     mood__http_options o;
@@ -575,9 +587,15 @@ static int api_get(mood_buf *body, mood_civitai *c, const char *path)
         mood_buf_dispose(&url);
         return mood_error_nomem();
     }
-    err = mood__http_get(body, NULL, url.data, &o);
+    err = post_json ? mood__http_post_json(body, status, url.data, post_json, &o)
+                    : mood__http_get(body, status, url.data, &o);
     mood_buf_dispose(&url);
     return err;
+}
+
+static int api_get(mood_buf *body, mood_civitai *c, const char *path)
+{
+    return api_request(body, NULL, c, path, NULL);
 }
 
 static int get_version(mood_civitai_version **out, mood_civitai *c, const char *path)
@@ -608,6 +626,116 @@ int mood_civitai_version_by_hash(mood_civitai_version **out, mood_civitai *c, co
     for (char *p = path; *p; p++)
         *p = (char)((p >= path + 31) ? toupper((unsigned char)*p) : *p);
     return get_version(out, c, path);
+}
+
+/* The body of a batch lookup: ["SHA256", ...], upper-case; each hash checked. */
+static int batch_body(char **out, const char *const *sha256, size_t n)
+{
+    mood_buf b;
+    mood_buf_init(&b);
+    *out = NULL;
+    if (mood_buf_puts(&b, "["))
+        goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        const char *h = sha256[i];
+        if (!h || strlen(h) != 64 || strspn(h, "0123456789abcdefABCDEF") != 64) {
+            mood_buf_dispose(&b);
+            return mood_error_set(MOOD_EINVAL, "'%s' is not a SHA-256 (64 hex digits)",
+                                  h ? h : "(null)");
+        }
+        if (mood_buf_puts(&b, i ? ",\"" : "\""))
+            goto nomem;
+        for (int k = 0; k < 64; k++) {
+            char u = (char)toupper((unsigned char)h[k]);
+            if (mood_buf_append(&b, &u, 1))
+                goto nomem;
+        }
+        if (mood_buf_puts(&b, "\""))
+            goto nomem;
+    }
+    if (mood_buf_puts(&b, "]"))
+        goto nomem;
+    *out = mood_buf_detach(&b);
+    return 0;
+nomem:
+    mood_buf_dispose(&b);
+    return mood_error_nomem();
+}
+
+/* The answer of a batch lookup: an array of version records (other items skipped). */
+static int parse_batch(mood_civitai_version **out, size_t *n_out, const mood_buf *body)
+{
+    cJSON *root = cJSON_ParseWithLength(body->data, body->len), *it;
+    mood_civitai_version *v = NULL;
+    size_t n = 0;
+    int err = 0, cnt;
+    if (!cJSON_IsArray(root)) {
+        cJSON_Delete(root);
+        return mood_error_set(MOOD_EFORMAT,
+                              "not an answer of the batch lookup: expected a JSON array of model "
+                              "version records");
+    }
+    cnt = cJSON_GetArraySize(root);
+    if (cnt > 0 && !(v = mood_calloc((size_t)cnt, sizeof *v)))
+        err = mood_error_nomem();
+    cJSON_ArrayForEach(it, root)
+    {
+        if (err || !cJSON_IsObject(it) || !get_id(it, "id"))
+            continue;
+        err = parse_version(&v[n++], it, NULL);
+    }
+    cJSON_Delete(root);
+    if (err) {
+        mood_civitai_versions_free(v, n);
+        return err;
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+int mood_civitai_versions_by_hash(mood_civitai_version **out, size_t *n_out, mood_civitai *c,
+                                  const char *const *sha256, size_t n)
+{
+    static const char path[] = "/api/v1/model-versions/by-hash";
+    char *json = NULL;
+    mood_buf body;
+    long status = 0;
+    int err;
+    MOOD_ARG_NONNULL(out);
+    MOOD_ARG_NONNULL(n_out);
+    *out = NULL;
+    *n_out = 0;
+    MOOD_ARG_NONNULL(c);
+    if (n)
+        MOOD_ARG_NONNULL(sha256);
+    if (n > MOOD_CIVITAI_BATCH_MAX)
+        return mood_error_set(MOOD_EINVAL,
+                              "mood_civitai_versions_by_hash: %zu hashes; Civitai takes at most "
+                              "%d at a time",
+                              n, MOOD_CIVITAI_BATCH_MAX);
+    if (n == 0)
+        return 0;
+    if ((err = batch_body(&json, sha256, n)) != 0)
+        return err;
+    mood_buf_init(&body);
+    err = api_request(&body, &status, c, path, json);
+    if (err && (status == 400 || status == 404 || status == 405))
+        /* a server without the endpoint (an older one, a proxy): every hash sent was checked */
+        err = mood_error_set(MOOD_EUNSUPPORTED, "%s%s: no batch lookup by hash there (HTTP %ld)",
+                             c->base, path, status);
+    else if (!err && (err = parse_batch(out, n_out, &body)) != 0)
+        mood_error_prefix("%s%s", c->base, path);
+    mood_buf_dispose(&body);
+    mood_free(json);
+    return err;
+}
+
+void mood_civitai_versions_free(mood_civitai_version *v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        dispose_version(&v[i]);
+    mood_free(v);
 }
 
 int mood_civitai_version_get(mood_civitai_version **out, mood_civitai *c, long long version_id)

@@ -1,5 +1,6 @@
 /*
- * http.c: GET and resumable downloads over libcurl for the registry (contract in http.h).
+ * http.c: GET, POST of JSON and resumable downloads over libcurl for the registry (contract in
+ * http.h).
  *
  * One attempt is one curl_easy_perform(); the header callback tracks the status, Retry-After,
  * Content-Range and Content-Disposition of the last response (redirect responses reset them), and
@@ -579,11 +580,21 @@ static int setup(CURL *h, transfer *t, const char *url, struct curl_slist *heade
     return 0;
 }
 
-/* The Authorization header (when asked for and CIVITAI_TOKEN is set) plus Accept. */
-static int make_headers(struct curl_slist **out, int auth)
+/* The Authorization header (when asked for and CIVITAI_TOKEN is set) plus Accept; a request
+ * with a JSON body says so, and without "Expect: 100-continue" (libcurl waits a second for a
+ * server that does not answer it, as many do not). */
+static int make_headers(struct curl_slist **out, int auth, int json_body)
 {
     const char *token = auth ? getenv("CIVITAI_TOKEN") : NULL;
-    struct curl_slist *l = curl_slist_append(NULL, "Accept: application/json, */*");
+    struct curl_slist *l = curl_slist_append(NULL, "Accept: application/json, */*"), *l1;
+    if (l && json_body) {
+        if ((l1 = curl_slist_append(l, "Content-Type: application/json")) != NULL)
+            l1 = curl_slist_append(l1, "Expect:");
+        if (!l1) {
+            curl_slist_free_all(l);
+            l = NULL;
+        }
+    }
     if (l && token && *token) {
         size_t n = strlen(token) + 32;
         char *line = mood_malloc(n);
@@ -669,7 +680,7 @@ static int run(CURL *h, transfer *t, const char *url, const mood__http_options *
 }
 
 static int begin(CURL **h_out, struct curl_slist **headers, transfer *t, const char *url,
-                 const mood__http_options *o, char *errbuf)
+                 const mood__http_options *o, int json_body, char *errbuf)
 {
     int err;
     if ((err = mood__curl_load()) != 0)
@@ -679,14 +690,16 @@ static int begin(CURL **h_out, struct curl_slist **headers, transfer *t, const c
         return mood_error_set(MOOD_EIO, "libcurl failed to start: %s", curl_easy_strerror(init_rc));
     if (!(*h_out = curl_easy_init()))
         return mood_error_nomem();
-    if ((err = make_headers(headers, o && o->auth)) != 0)
+    if ((err = make_headers(headers, o && o->auth, json_body)) != 0)
         return err;
     t->progress = o ? o->progress : NULL;
     t->payload = o ? o->payload : NULL;
     return setup(*h_out, t, url, *headers, errbuf);
 }
 
-int mood__http_get(mood_buf *body, long *status_out, const char *url, const mood__http_options *o)
+/* A GET, or a POST of json_body: the answer into body (API answers: small, compressed). */
+static int request(mood_buf *body, long *status_out, const char *url, const char *json_body,
+                   const mood__http_options *o)
 {
     CURL *h = NULL;
     struct curl_slist *headers = NULL;
@@ -702,9 +715,16 @@ int mood__http_get(mood_buf *body, long *status_out, const char *url, const mood
         err = mood_error_nomem();
         goto done;
     }
-    if ((err = begin(&h, &headers, &t, url, o, errbuf)) != 0)
+    if ((err = begin(&h, &headers, &t, url, o, json_body != NULL, errbuf)) != 0)
         goto done;
     t.progress = NULL; /* API answers are small */
+    /* libcurl keeps the pointer: the body outlives the transfer, sent again by each retry */
+    if (json_body && (curl_easy_setopt(h, CURLOPT_POSTFIELDS, json_body) != CURLE_OK ||
+                      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
+                                       (curl_off_t)strlen(json_body)) != CURLE_OK)) {
+        err = mood_error_set(MOOD_EIO, "%s: libcurl refused the request body", shown);
+        goto done;
+    }
     curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(h, CURLOPT_TIMEOUT, env_long("MOOD_HTTP_TIMEOUT", 120, 1, 3600));
     err = run(h, &t, shown, o);
@@ -722,6 +742,17 @@ done:
     mood_buf_dispose(&t.errbody);
     mood_free(shown);
     return err;
+}
+
+int mood__http_get(mood_buf *body, long *status_out, const char *url, const mood__http_options *o)
+{
+    return request(body, status_out, url, NULL, o);
+}
+
+int mood__http_post_json(mood_buf *body, long *status_out, const char *url, const char *json,
+                         const mood__http_options *o)
+{
+    return request(body, status_out, url, json, o);
 }
 
 /* ----- downloads ------------------------------------------------------------------------------ */
@@ -837,7 +868,7 @@ int mood__http_download(char **path_out, const char *url, const char *dir,
     sprintf(valid, "%s.valid", part);
     t.valid_path = valid;
     t.if_range = read_validator(valid);
-    if ((err = begin(&h, &headers, &t, url, o, errbuf)) != 0)
+    if ((err = begin(&h, &headers, &t, url, o, 0, errbuf)) != 0)
         goto done;
     t.headers = headers;
     if ((err = run(h, &t, shown, o)) != 0)

@@ -1,6 +1,7 @@
 /*
- * http.h: the HTTP client of the registry (not installed): GET of small JSON answers and file
- * downloads, over libcurl. Only registry/ uses it.
+ * http.h: the HTTP client of the registry (not installed): GET of small JSON answers, POST of a
+ * JSON lookup (Civitai's batch by hash), and file downloads, over libcurl. Only registry/ uses
+ * it.
  *
  * Every request sends `User-Agent: mood/VERSION` (a plain, honest agent: Civitai answers
  * browser-looking agents with HTML and login redirects, ecosystem.md §1.7). When the caller asks
@@ -30,7 +31,7 @@
 typedef struct mood__http_options {
     int auth;                    /* send CIVITAI_TOKEN as a bearer token when set */
     const char *expected_sha256; /* downloads: hex, any case; NULL to skip the check */
-    size_t max_body;             /* GET: largest body accepted (0: 32 MiB) */
+    size_t max_body;             /* GET, POST: largest body accepted (0: 32 MiB) */
     int retries;                 /* retries after the first attempt; -1: MOOD_HTTP_RETRIES or 4 */
     mood_progress_fn progress;   /* downloads: bytes */
     void *payload;
@@ -41,6 +42,12 @@ typedef struct mood__http_options {
  * names the URL, the status and the server's "error"/"message" text when it sent JSON. */
 MOOD_WARN_UNUSED int mood__http_get(mood_buf *body, long *status_out, const char *url,
                                     const mood__http_options *o);
+
+/* POSTs the JSON text json (NUL-terminated, sent as application/json) to url, the answer into
+ * body: as mood__http_get in all else (retries, statuses, errors, *status_out). For lookups,
+ * which may be sent again: a retry sends the same body. */
+MOOD_WARN_UNUSED int mood__http_post_json(mood_buf *body, long *status_out, const char *url,
+                                          const char *json, const mood__http_options *o);
 
 /* Downloads url into directory dir (which must exist). *path_out (caller frees with mood_free)
  * receives the final file's path. Errors as for mood__http_get; a hash mismatch is MOOD_EIO. */

@@ -5,6 +5,12 @@ Serves on 127.0.0.1 (an ephemeral port, written to --port-file once listening) t
 ../shared/docs/ecosystem.md §1.11 with its invented ids and the 220-byte mock_ink_style file:
 
   GET /api/v1/model-versions/by-hash/{hash}   any hash kind of a served file, any case; else 404
+  POST /api/v1/model-versions/by-hash         a JSON array of at most 100 full SHA-256s (any
+                                              case): the records of those it knows, in reverse
+                                              order (the order is not guaranteed), unknown ones
+                                              dropped; 400 for more than 100, an entry that is
+                                              not 64 hex digits, or a body that is not an array
+  POST /api/v1/model-versions/by-hash/ids     the same body: [{modelVersionId, modelId, hash}]
   GET /api/v1/model-versions/{id}             the version record (C); unknown: 404
   GET /api/v1/models/{id}                     the model record (B); 424242: 404; not a number: 400
   GET /api/download/models/{id}               401 without `Authorization: Bearer good-key` (or
@@ -32,8 +38,12 @@ Versions of model 900001 (each one has the same kind of record):
   900106       the first request of each of its API and download paths answers 429 (Retry-After 1)
   900108       the version endpoint answers 503 twice, then the record
 
---lora and --lora-v2 serve other files under those two names (with their own hashes).
-Every request is appended to --log as one line: "METHOD PATH auth=yes|no range=VALUE ua=AGENT".
+--lora and --lora-v2 serve other files under those two names (with their own hashes); --known DIR
+serves each *.safetensors file in DIR as its own version of model 900001 (ids 910001 and up, in
+name order), found by its hashes. --batch-status 404 (or 405, ...) makes both POST endpoints
+answer that status, as a server without them does.
+Every request is appended to --log as one line: "METHOD PATH auth=yes|no range=VALUE ua=AGENT",
+a POST with " n=COUNT" (the hashes in its body) after the path.
 The server exits on SIGTERM, on GET /__shutdown, or after --lifetime seconds (a bound for a
 test that dies without stopping it). Python standard library only.
 """
@@ -105,6 +115,22 @@ VERSIONS = {
     900108: ("v1.0-flaky", "mock_ink_style.safetensors", "noauth", None),
 }
 LISTED = [900107, 900101]  # the versions the model page shows, newest first
+# file name -> the version its hashes find
+FILE_VERSION = {"mock_ink_style.safetensors": 900101, "mock_ink_style_v2.safetensors": 900107}
+BATCH_MAX = 100
+BATCH_ERROR = "Request must include an array of SHA256 Hashes. Max 100 hashes per request."
+
+
+def serve_known(folder):
+    """--known: each LoRA in folder as a version of the model (a folder of many for link --all)."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    for i, name in enumerate(names):
+        vid = 910001 + i
+        with open(os.path.join(folder, name), "rb") as f:
+            FILES[name] = f.read()
+        HASHES[name] = hashes(FILES[name])
+        VERSIONS[vid] = ("v-" + name[:-12], name, "noauth", None)
+        FILE_VERSION[name] = vid
 
 # a 1x1 PNG preview
 def png(name=""):
@@ -276,9 +302,44 @@ class Handler(BaseHTTPRequestHandler):
         h = h.upper()
         for fname, hs in HASHES.items():
             if h in hs.values() or (len(h) == 64 and hs["SHA256"] == h):
-                vid = 900101 if fname == "mock_ink_style.safetensors" else 900107
-                return self.send(200, self.version_record(vid))
+                return self.send(200, self.version_record(FILE_VERSION[fname]))
         self.error(404, "Model not found")
+
+    # ----- POST: the batch lookups -----
+    def do_POST(self):
+        path = urlsplit(self.path).path
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        except ValueError:
+            body = None
+        self.server.state.record("POST %s n=%s auth=%s ua=%s" % (
+            path, len(body) if isinstance(body, list) else "-",
+            "yes" if self.headers.get("Authorization") else "no",
+            self.headers.get("User-Agent", "-")))
+        try:
+            if path.rstrip("/") not in ("/api/v1/model-versions/by-hash",
+                                        "/api/v1/model-versions/by-hash/ids"):
+                return self.error(404, "Not found")
+            if self.server.batch_status:
+                return self.error(self.server.batch_status, "Method not allowed"
+                                  if self.server.batch_status == 405 else "Not found")
+            if not isinstance(body, list) or len(body) > BATCH_MAX or not all(
+                    isinstance(h, str) and len(h) == 64 and
+                    all(c in "0123456789abcdefABCDEF" for c in h) for h in body):
+                return self.error(400, BATCH_ERROR)
+            found = []  # (version id, hash) of the known hashes, each version once
+            for h in body:
+                for fname, hs in HASHES.items():
+                    vid = FILE_VERSION.get(fname)
+                    if hs["SHA256"] == h.upper() and vid not in [v for v, _ in found]:
+                        found.append((vid, hs["SHA256"]))
+            found.reverse()
+            if path.rstrip("/").endswith("/ids"):
+                return self.send(200, [{"modelVersionId": v, "modelId": MODEL_ID, "hash": h}
+                                       for v, h in found])
+            self.send(200, [self.version_record(v) for v, _ in found])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def version(self, path, ident):
         vid = int(ident) if ident.isdigit() else 0
@@ -372,7 +433,12 @@ def main():
     ap.add_argument("--lifetime", type=float, default=300)
     ap.add_argument("--lora", help="serve this file as mock_ink_style.safetensors")
     ap.add_argument("--lora-v2", help="serve this file as mock_ink_style_v2.safetensors")
+    ap.add_argument("--known", help="serve each LoRA in this folder as a version of the model")
+    ap.add_argument("--batch-status", type=int, default=0,
+                    help="answer the POST endpoints with this status (404, 405: none there)")
     args = ap.parse_args()
+    if args.known:
+        serve_known(args.known)
     if args.lora:
         serve_instead("mock_ink_style.safetensors", args.lora)
     if args.lora_v2:
@@ -381,6 +447,7 @@ def main():
     server.storage_served = {}  # (mode, name) -> served once: cutflip and cutbare change after it
     server.daemon_threads = True
     server.state = State(args.log)
+    server.batch_status = args.batch_status
     timer = threading.Timer(args.lifetime, lambda: os._exit(3))
     timer.daemon = True
     timer.start()

@@ -111,6 +111,23 @@ void mood_civitai_set_retries(mood_civitai *c, int retries);
 /* GET /api/v1/model-versions/by-hash/{hash}: any hash kind Civitai stores (SHA-256 first). */
 MOOD_WARN_UNUSED int mood_civitai_version_by_hash(mood_civitai_version **out, mood_civitai *c,
                                                   const char *hash);
+/* The most hashes one batch lookup takes (Civitai's limit). */
+#define MOOD_CIVITAI_BATCH_MAX 100
+
+/* POST /api/v1/model-versions/by-hash: the records of up to MOOD_CIVITAI_BATCH_MAX files by full
+ * SHA-256 (64 hex digits, any case; sent upper-case) in one request. *out receives an array of
+ * *n_out records (NULL, 0 when Civitai knows none), in no particular order: a hash Civitai does
+ * not know has no record and is no error, and one record may answer several hashes (or several
+ * records one hash), so match them by their files' sha256 (case-insensitive). Errors as above;
+ * MOOD_EINVAL for a hash that is not 64 hex digits or more than the maximum; MOOD_EUNSUPPORTED
+ * when the server answers 400, 404 or 405 (an older or another server, a proxy, without the
+ * batch endpoint: look each hash up with mood_civitai_version_by_hash instead). Free with
+ * mood_civitai_versions_free. */
+MOOD_WARN_UNUSED int mood_civitai_versions_by_hash(mood_civitai_version **out, size_t *n_out,
+                                                   mood_civitai *c, const char *const *sha256,
+                                                   size_t n);
+/* Frees an array of n records (as mood_civitai_versions_by_hash gives); NULL is a no-op. */
+void mood_civitai_versions_free(mood_civitai_version *v, size_t n);
 /* GET /api/v1/model-versions/{id}. */
 MOOD_WARN_UNUSED int mood_civitai_version_get(mood_civitai_version **out, mood_civitai *c,
                                               long long version_id);
@@ -195,8 +212,9 @@ MOOD_WARN_UNUSED int mood_civitai_import(mood_registry *r, mood_import_result *o
                                          mood_civitai_version **version_out, mood_civitai *c,
                                          const char *what, const mood_civitai_import_options *o);
 
-/* What mood_civitai_link_each found for one LoRA of a style. */
+/* What mood_civitai_link_each or mood_civitai_link_all found for one LoRA of a style. */
 typedef struct mood_civitai_link_result {
+    char *name;      /* the style */
     char *sha256;    /* the LoRA's SHA-256 (lower-case hex) */
     char *file_name; /* the name it was imported under; NULL when the registry has none */
     int status;      /* 0 linked, MOOD_ENOTFOUND Civitai does not know it, else the failure */
@@ -206,15 +224,32 @@ typedef struct mood_civitai_link_result {
 
 /* Looks each LoRA of style `name` up on Civitai by SHA-256 and stores what Civitai knows about
  * it, as an import does (one transaction per LoRA: a LoRA linked stays linked when another
- * fails). *out receives one result per distinct LoRA, in the style's order, whatever happened to
- * it: a LoRA Civitai does not know or a failed request does not stop the others. Returns 0 once
- * every LoRA was tried; else what kept it from starting: MOOD_ENOTFOUND when there is no style
- * `name` (the message says so), MOOD_ENOMEM, a registry error. Free the results with
- * mood_civitai_link_results_free. */
+ * fails). Several LoRAs are looked up together (mood_civitai_versions_by_hash; each hash on its
+ * own, after one warning, where the server has no batch lookup), and each Civitai model is
+ * fetched once for all its LoRAs. *out receives one result per distinct LoRA, in the style's
+ * order, whatever happened to it: a LoRA Civitai does not know does not stop the others; a
+ * failed request fails the LoRAs it was for, and once one has failed for a reason other than
+ * "not found" (the network, the server, a rate limit) no more requests are made: the LoRAs left
+ * get that error too. Returns 0 once every LoRA was tried; else what kept it from starting:
+ * MOOD_ENOTFOUND when there is no style `name` (the message says so), MOOD_ENOMEM, a registry
+ * error. Free the results with mood_civitai_link_results_free. */
 MOOD_WARN_UNUSED int mood_civitai_link_each(mood_civitai_link_result **out, size_t *n_out,
                                             mood_registry *r, mood_civitai *c, const char *name,
                                             const mood_civitai_import_options *o);
 void mood_civitai_link_results_free(mood_civitai_link_result *res, size_t n);
+
+/* mood_civitai_link_each for every style of the registry at once ("scan all models"): each LoRA
+ * of a style that has no Civitai record yet (no source with a Civitai version id: a link, a
+ * Civitai or URL import that found it, a .civitai.info sidecar, a pack), or every LoRA when
+ * `refresh`. Up to MOOD_CIVITAI_BATCH_MAX LoRAs per request, each model fetched once. *out
+ * receives one result per (style, LoRA), styles by name, LoRAs in each style's order (a LoRA of
+ * several styles is looked up once and stored for each); none when every LoRA is linked.
+ * o->progress (may be NULL) is told the LoRAs done, phase "civitai", after each one; a non-zero
+ * return stops with MOOD_ECANCELLED (those stored stay stored). Returns 0 once every LoRA was
+ * tried, else MOOD_ENOMEM, MOOD_ECANCELLED or a registry error (no results then). */
+MOOD_WARN_UNUSED int mood_civitai_link_all(mood_civitai_link_result **out, size_t *n_out,
+                                           mood_registry *r, mood_civitai *c, int refresh,
+                                           const mood_civitai_import_options *o);
 
 /* mood_civitai_link_each reduced to one record: *version_out receives the first LoRA linked.
  * When none was linked: the first failure other than "unknown to Civitai", else MOOD_ENOTFOUND

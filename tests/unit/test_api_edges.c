@@ -178,6 +178,10 @@ static void test_other_null_arguments(void)
     char *updates = NULL;
     CHECK_NULL_ARG(mood_civitai_link_each(&links, &n_links, NULL, NULL, "x", NULL),
                    "mood_civitai_link_each", "r");
+    CHECK_NULL_ARG(mood_civitai_link_all(&links, &n_links, NULL, NULL, 0, NULL),
+                   "mood_civitai_link_all", "r");
+    CHECK_NULL_ARG(mood_civitai_link_all(NULL, &n_links, NULL, NULL, 0, NULL),
+                   "mood_civitai_link_all", "out");
     CHECK_NULL_ARG(mood_civitai_update_check(&updates, NULL, NULL), "mood_civitai_update_check",
                    "r");
     MOOD_CHECK(mood_output_path_check(NULL) == MOOD_EINVAL);
@@ -210,6 +214,19 @@ static void test_civitai_null_arguments(void)
     MOOD_CHECK(v == NULL);
     CHECK_NULL_ARG(mood_civitai_version_by_hash(&v, c, NULL), "mood_civitai_version_by_hash",
                    "hash");
+    {
+        const char *one[] = {"abcdef12"};
+        mood_civitai_version *vs = (mood_civitai_version *)1;
+        size_t nv = 1;
+        CHECK_NULL_ARG(mood_civitai_versions_by_hash(NULL, &nv, c, one, 1),
+                       "mood_civitai_versions_by_hash", "out");
+        CHECK_NULL_ARG(mood_civitai_versions_by_hash(&vs, &nv, NULL, one, 1),
+                       "mood_civitai_versions_by_hash", "c");
+        MOOD_CHECK(vs == NULL && nv == 0);
+        CHECK_NULL_ARG(mood_civitai_versions_by_hash(&vs, &nv, c, NULL, 1),
+                       "mood_civitai_versions_by_hash", "sha256");
+        mood_civitai_versions_free(NULL, 3); /* a no-op */
+    }
     CHECK_NULL_ARG(mood_civitai_version_get(NULL, c, 1), "mood_civitai_version_get", "out");
     CHECK_NULL_ARG(mood_civitai_version_get(&v, NULL, 1), "mood_civitai_version_get", "c");
     CHECK_NULL_ARG(mood_civitai_model_get(NULL, c, 1), "mood_civitai_model_get", "out");

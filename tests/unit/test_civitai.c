@@ -1,9 +1,9 @@
 /*
  * test_civitai.c: the Civitai client and the HTTP layer against tests/mock_civitai.py (a local
  * server on 127.0.0.1 that this program starts and stops): lookups by hash, version and model in
- * the real JSON shapes, identifiers, downloads with token handling, retries on 429/503, resume
- * after a cut-off body, and rejection of bytes that do not match the published SHA-256.
- * Skips (77) when python3 is missing.
+ * the real JSON shapes, the batch lookup by hash, identifiers, downloads with token handling,
+ * retries on 429/503, resume after a cut-off body, and rejection of bytes that do not match the
+ * published SHA-256. Skips (77) when python3 is missing.
  */
 #include <dirent.h>
 #include <signal.h>
@@ -316,6 +316,36 @@ static void test_lookups(mood_civitai *c)
     MOOD_CHECK(strstr(mood_error_last(), "No model with id 424242"));
 }
 
+/* The batch lookup: the records of the hashes Civitai knows, matched by the caller; a hash that
+ * is not a full SHA-256 or too many of them refused before any request. */
+static void test_batch_lookup(mood_civitai *c)
+{
+    const char *h[MOOD_CIVITAI_BATCH_MAX + 1];
+    mood_civitai_version *v = NULL;
+    size_t n = 9;
+    h[0] = "0000000000000000000000000000000000000000000000000000000000000000";
+    h[1] = "3b4b65d6428f8f873a91db79353c66ea470c0de01e159cd805dfc4527ea37a59"; /* any case */
+    MOOD_CHECK_OK(mood_civitai_versions_by_hash(&v, &n, c, h, 2));
+    MOOD_CHECK(n == 1 && v && v[0].id == 900101);
+    if (n == 1 && v)
+        check_v1(&v[0]);
+    mood_civitai_versions_free(v, n);
+    MOOD_CHECK(log_has("POST /api/v1/model-versions/by-hash n=2 "));
+    MOOD_CHECK_OK(mood_civitai_versions_by_hash(&v, &n, c, h, 1));
+    MOOD_CHECK(n == 0 && !v); /* unknown: no record, no error */
+    MOOD_CHECK_OK(mood_civitai_versions_by_hash(&v, &n, c, h, 0));
+    MOOD_CHECK(n == 0 && !v && !log_has("n=0"));
+    h[1] = "3B4B65D642";
+    MOOD_CHECK(mood_civitai_versions_by_hash(&v, &n, c, h, 2) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "'3B4B65D642' is not a SHA-256"));
+    for (int i = 0; i <= MOOD_CIVITAI_BATCH_MAX; i++)
+        h[i] = h[0];
+    MOOD_CHECK(mood_civitai_versions_by_hash(&v, &n, c, h, MOOD_CIVITAI_BATCH_MAX + 1) ==
+               MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "at most 100"));
+    MOOD_CHECK(!log_has(" n=101 ") && !log_has(" n=-"));
+}
+
 static void test_resolve(mood_civitai *c)
 {
     mood_civitai_ref r = {900001, 0};
@@ -492,6 +522,7 @@ static void test_with_server(void)
     if (c) {
         MOOD_CHECK(strcmp(mood_civitai_base(c), server_url) == 0);
         test_lookups(c);
+        test_batch_lookup(c);
         test_resolve(c);
         test_download_auth(c);
         test_download_errors(c);
