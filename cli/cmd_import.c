@@ -2,10 +2,11 @@
  * cmd_import.c: `mood import PATH... [--json]`: LoRA files and folders into the registry.
  *
  * Folders are walked recursively in name order. In a folder, .safetensors files are imported,
- * pickles (.ckpt/.pt/.pth/.bin) are reported as refused, sidecars (.json, .civitai.info, .txt,
- * images) are read with their LoRA and otherwise passed over, anything else is reported and
- * skipped. Each file is imported all or nothing; one failing file does not stop the others, and
- * the exit status is the worst seen (0 ok, 1 a file was refused, 2 environment).
+ * pickles (.ckpt/.pt/.pth/.bin) are reported as refused, sidecars (.json - .metadata.json and
+ * .cm-info.json among them -, .civitai.info, .txt, images) are read with their LoRA and otherwise
+ * passed over, anything else is reported and skipped. Each file is imported all or nothing; one
+ * failing file does not stop the others, and the exit status is the worst seen (0 ok, 1 a file was
+ * refused, 2 environment).
  *
  * Links are followed, but each folder is searched once (by device and inode), so a link back up
  * the tree ends the walk instead of repeating it until the path is too long. Named pipes, devices
@@ -50,8 +51,16 @@ const char cmd_import_help[] =
     "words, and what other tools left beside it:\n"
     "  NAME.json            A1111: activation text, preferred weight, notes, description\n"
     "  NAME.civitai.info    Civitai Helper: trained words, model name, base model, ids\n"
+    "  NAME.metadata.json   ComfyUI-Lora-Manager: its Civitai record (as .civitai.info),\n"
+    "                       usage_tips strength as the weight, notes, tags\n"
+    "  NAME.cm-info.json    StabilityMatrix: trained words, model and version names and ids,\n"
+    "                       base model, tags\n"
     "  NAME.txt             trigger words\n"
     "  NAME.preview.png, NAME.png (.jpg, .webp)   preview images\n"
+    "Trigger words are those of all of them. The A1111 .json, your own edits, comes first for\n"
+    "the weight and notes (then .metadata.json); the Civitai record kept is the first of\n"
+    ".civitai.info, .metadata.json, .cm-info.json that has a version id. A record whose files'\n"
+    "SHA-256 are not this file's describes another file: that sidecar is skipped.\n"
     "A preview is kept only when it is a PNG, JPEG or WebP image (its type read from its\n"
     "content), and a sidecar that is a link to a file outside the LoRA's folder is not read:\n"
     "both are listed as skipped. Folders reached again through links are searched once; named\n"
@@ -204,11 +213,12 @@ static void report_rename(const import_run *run, const mood_import_result *res)
     say("warning", why); /* the wanted name is the file's, as it came */
 }
 
-/* The A1111 / Civitai Helper sidecars beside path (NAME.json, NAME.civitai.info, NAME.txt,
- * NAME.preview.png) that exist, as ", "-joined names into buf; 0 when none. */
+/* The sidecars beside path (NAME.json, NAME.civitai.info, NAME.metadata.json, NAME.cm-info.json,
+ * NAME.txt, NAME.preview.png) that exist, as ", "-joined names into buf; 0 when none. */
 static int sidecars_beside(char *buf, size_t size, const char *path)
 {
-    static const char *const kinds[] = {".json", ".civitai.info", ".txt", ".preview.png"};
+    static const char *const kinds[] = {".json",         ".civitai.info", ".metadata.json",
+                                        ".cm-info.json", ".txt",          ".preview.png"};
     size_t stem = strlen(path) - strlen(".safetensors"), used = 0;
     int n = 0;
     struct stat st;

@@ -298,7 +298,7 @@ static int fill_style(mood_registry *r, const store_job *j)
                     j->sha256, fam, NULL, "storing the base family");
     for (size_t i = 0; !err && i < j->v->n_tags; i++) {
         const char *t = j->v->tags[i];
-        if (!*t || strlen(t) > 64 || strpbrk(t, " ,\t\n"))
+        if (!mood__reg_tag_usable(t))
             continue;
         err = exec3(r, MOOD__REG_ADD_TAG_SQL, id, t, NULL, "storing tags");
     }

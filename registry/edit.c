@@ -483,6 +483,13 @@ static int valid_tag(const char *tag)
     return 0;
 }
 
+int mood__reg_tag_usable(const char *tag)
+{
+    int ok = valid_tag(tag) == 0;
+    mood_error_clear();
+    return ok;
+}
+
 /* The tag as stored ('#' dropped: a hashtag's '#' is how tags are shown), or NULL with the
  * error set. */
 static const char *stored_tag(const char *tag, int add)

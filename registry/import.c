@@ -9,6 +9,10 @@
  *                      "description", "negative text";
  *   NAME.civitai.info  Civitai Helper: the model-version JSON (kept raw; trainedWords, model name,
  *                      baseModel, description, ids);
+ *   NAME.metadata.json ComfyUI-Lora-Manager: the same version JSON under "civitai", usage_tips (a
+ *                      JSON object written as a string) whose strength is the weight, notes, tags;
+ *   NAME.cm-info.json  StabilityMatrix: ModelId, VersionId, ModelName, VersionName, BaseModel,
+ *                      TrainedWords, Tags, Hashes.SHA256..., read as the version JSON it came from;
  *   NAME.txt           trigger words;
  *   NAME.preview.png, NAME.png (and .jpg/.jpeg/.webp): previews, stored as blobs.
  * A sidecar is read only when it is a regular file really in the LoRA's folder: a link out of it
@@ -17,6 +21,15 @@
  * or WebP image whose header parses, and its type is what the content says, not the name.
  * Sidecars left out are named in a warning "PATH: sidecar skipped: REASON" (cmd_import.c lists
  * them as skipped).
+ * When several are there: trigger words are those of all of them (A1111's activation text first,
+ * then the Civitai records' in the order above, NAME.txt, modelspec.trigger_phrase); the weight
+ * and notes are A1111's (the user's own edits), else Lora Manager's; the description A1111's,
+ * else the stored record's; tags those of .metadata.json and .cm-info.json that are usable as
+ * tags as they are. One Civitai record is stored with the file's source (ids, names, base
+ * model, AIR, and the sidecar it came from, raw, as civitai_info_json): the first of
+ * .civitai.info, .metadata.json, .cm-info.json whose record has a version id, else the first there.
+ * A record whose files' SHA-256 are listed and none is the LoRA's describes another file: that
+ * sidecar is left out whole (check_record).
  * Trigger words of the new style: the sidecars' and modelspec.trigger_phrase; when there are none,
  * the most frequent ss_tag_frequency tags (those used as often as the top one, at most 3),
  * unless modelspec.trigger_phrase is there and empty: the file's own word that it needs none.
@@ -58,9 +71,22 @@
 /* the start of the warning for a sidecar left out, which cmd_import.c looks for */
 #define SKIPPED ": sidecar skipped: "
 
+/* The sidecars that may hold a Civitai version record, in the order one is taken (see above). */
+enum { REC_INFO, REC_LM, REC_SM, N_REC };
+static const char *const rec_suffix[N_REC] = {".civitai.info", ".metadata.json", ".cm-info.json"};
+
+typedef struct record_sidecar {
+    char *raw;            /* the file's text (UTF-8): civitai_info_json when its record is taken */
+    cJSON *file;          /* the file parsed; NULL when there is none or it was left out */
+    cJSON *made;          /* .cm-info.json: its fields in the shape of Civitai's version JSON */
+    const cJSON *version; /* Civitai's version JSON: the file, its "civitai", or made */
+} record_sidecar;
+
 typedef struct sidecars {
-    char *a1111_raw, *civitai_raw;
-    cJSON *a1111, *civitai;
+    char *a1111_raw;
+    cJSON *a1111;
+    record_sidecar rec[N_REC];
+    const record_sidecar *record; /* the one whose Civitai record is stored; NULL: none */
     char *txt;
     char *trigger_phrase; /* the file's modelspec.trigger_phrase (UTF-8), NULL when absent */
     mood_buf triggers;    /* comma-separated */
@@ -379,6 +405,12 @@ static const char *jstr(const cJSON *o, const char *key)
     return cJSON_IsString(v) && v->valuestring[0] ? v->valuestring : NULL;
 }
 
+static long long json_id(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? (long long)v->valuedouble : 0;
+}
+
 /* Appends comma-separated words to list, skipping ones already in it (case-insensitive). */
 static int add_triggers(mood_buf *list, const char *words)
 {
@@ -446,10 +478,14 @@ static int collect_triggers(import_job *j)
     mood_buf_init(&s->triggers);
     if ((err = add_triggers(&s->triggers, jstr(s->a1111, "activation text"))) != 0)
         return err;
-    cJSON_ArrayForEach(words, cJSON_GetObjectItemCaseSensitive(s->civitai, "trainedWords"))
-    {
-        if (cJSON_IsString(words) && (err = add_triggers(&s->triggers, words->valuestring)) != 0)
-            return err;
+    for (int i = 0; i < N_REC; i++) {
+        cJSON_ArrayForEach(words,
+                           cJSON_GetObjectItemCaseSensitive(s->rec[i].version, "trainedWords"))
+        {
+            if (cJSON_IsString(words) &&
+                (err = add_triggers(&s->triggers, words->valuestring)) != 0)
+                return err;
+        }
     }
     if ((err = add_triggers(&s->triggers, s->txt)) != 0 ||
         (err = add_triggers(&s->triggers, trigger_phrase)) != 0)
@@ -460,33 +496,133 @@ static int collect_triggers(import_job *j)
     return err;
 }
 
+/* Copies from[key] to to[to_key] when it is there with the type `is` accepts. */
+static int copy_item(cJSON *to, const char *to_key, const cJSON *from, const char *key,
+                     cJSON_bool (*is)(const cJSON *))
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(from, key);
+    cJSON *dup;
+    if (!v || !is(v))
+        return 0;
+    if (!(dup = cJSON_Duplicate(v, 1)) || !cJSON_AddItemToObject(to, to_key, dup)) {
+        cJSON_Delete(dup);
+        return mood_error_nomem();
+    }
+    return 0;
+}
+
+/* A StabilityMatrix .cm-info.json (ConnectedModelInfo, its properties as C# names them) in the
+ * shape of Civitai's version JSON, so that one path reads the records of all three tools. */
+static int cm_info_version(cJSON **out, const cJSON *sm)
+{
+    /* each part made inside its parent: one failure frees all with v */
+    cJSON *v = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(v, "model"),
+          *files = cJSON_AddArrayToObject(v, "files"), *file = cJSON_CreateObject(), *hashes = NULL;
+    int err;
+    if (!cJSON_AddItemToArray(files, file)) {
+        cJSON_Delete(file);
+        file = NULL;
+    }
+    if (!model || !(hashes = cJSON_AddObjectToObject(file, "hashes"))) {
+        cJSON_Delete(v);
+        return mood_error_nomem();
+    }
+    if ((err = copy_item(v, "id", sm, "VersionId", cJSON_IsNumber)) != 0 ||
+        (err = copy_item(v, "modelId", sm, "ModelId", cJSON_IsNumber)) != 0 ||
+        (err = copy_item(v, "name", sm, "VersionName", cJSON_IsString)) != 0 ||
+        (err = copy_item(v, "baseModel", sm, "BaseModel", cJSON_IsString)) != 0 ||
+        (err = copy_item(v, "description", sm, "VersionDescription", cJSON_IsString)) != 0 ||
+        (err = copy_item(v, "trainedWords", sm, "TrainedWords", cJSON_IsArray)) != 0 ||
+        (err = copy_item(model, "name", sm, "ModelName", cJSON_IsString)) != 0 ||
+        (err = copy_item(model, "type", sm, "ModelType", cJSON_IsString)) != 0 ||
+        (err = copy_item(model, "nsfw", sm, "Nsfw", cJSON_IsBool)) != 0 ||
+        (err = copy_item(model, "description", sm, "ModelDescription", cJSON_IsString)) != 0 ||
+        (err = copy_item(hashes, "SHA256", cJSON_GetObjectItemCaseSensitive(sm, "Hashes"), "SHA256",
+                         cJSON_IsString)) != 0) {
+        cJSON_Delete(v);
+        return err;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Reads one of the sidecars that may carry a Civitai record (rec_suffix[i]). */
+static int read_record(import_job *j, int i)
+{
+    record_sidecar *rs = &j->side.rec[i];
+    int err;
+    if ((err = read_text(&rs->raw, j, rec_suffix[i])) != 0 ||
+        (err = sidecar_utf8(&rs->raw, j->stem_path, rec_suffix[i])) != 0)
+        return err;
+    parse_sidecar_json(&rs->file, &rs->raw, j->stem_path, rec_suffix[i]);
+    if (!rs->file)
+        return 0;
+    if (i == REC_SM) {
+        if ((err = cm_info_version(&rs->made, rs->file)) != 0)
+            return err;
+        rs->version = rs->made;
+    } else {
+        /* Lora Manager keeps Civitai's version JSON under "civitai" ({} when it has none) */
+        rs->version =
+            i == REC_INFO ? rs->file : cJSON_GetObjectItemCaseSensitive(rs->file, "civitai");
+        if (!cJSON_IsObject(rs->version))
+            rs->version = NULL;
+    }
+    j->side.count++;
+    return 0;
+}
+
+static void drop_record(record_sidecar *rs)
+{
+    cJSON_Delete(rs->file);
+    cJSON_Delete(rs->made);
+    mood_free(rs->raw);
+    memset(rs, 0, sizeof *rs);
+}
+
+/* The record stored with the source: the first sidecar's (rec_suffix order) whose record has a
+ * version id, else the first one read. */
+static void choose_record(sidecars *s)
+{
+    s->record = NULL;
+    for (int i = N_REC - 1; i >= 0; i--) {
+        if (s->rec[i].file &&
+            (!s->record || json_id(s->rec[i].version, "id") || !json_id(s->record->version, "id")))
+            s->record = &s->rec[i];
+    }
+}
+
 static int read_sidecars(import_job *j)
 {
     sidecars *s = &j->side;
     int err;
     if ((err = read_text(&s->a1111_raw, j, ".json")) != 0 ||
-        (err = read_text(&s->civitai_raw, j, ".civitai.info")) != 0 ||
-        (err = read_text(&s->txt, j, ".txt")) != 0)
-        return err;
-    if ((err = sidecar_utf8(&s->a1111_raw, j->stem_path, ".json")) != 0 ||
-        (err = sidecar_utf8(&s->civitai_raw, j->stem_path, ".civitai.info")) != 0 ||
-        (err = sidecar_utf8(&s->txt, j->stem_path, ".txt")) != 0)
+        (err = sidecar_utf8(&s->a1111_raw, j->stem_path, ".json")) != 0)
         return err;
     parse_sidecar_json(&s->a1111, &s->a1111_raw, j->stem_path, ".json");
-    parse_sidecar_json(&s->civitai, &s->civitai_raw, j->stem_path, ".civitai.info");
-    s->count = !!s->a1111 + !!s->civitai + !!s->txt;
+    s->count = !!s->a1111;
+    for (int i = 0; i < N_REC; i++) {
+        if ((err = read_record(j, i)) != 0)
+            return err;
+    }
+    if ((err = read_text(&s->txt, j, ".txt")) != 0 ||
+        (err = sidecar_utf8(&s->txt, j->stem_path, ".txt")) != 0)
+        return err;
+    s->count += !!s->txt;
+    choose_record(s);
     return collect_triggers(j);
 }
 
-/* A .civitai.info is the record of one Civitai file: when it lists its files' SHA-256 and none
- * is this file's, it describes another file (a LoRA replaced by another version, or renamed
- * over another's sidecars), and its ids, trigger words and licence would be recorded against
- * the wrong LoRA: it is left out with a warning, and the trigger words are collected again. */
-static int check_civitai_sidecar(import_job *j)
+/* A Civitai record (.civitai.info, and the same in a .metadata.json or .cm-info.json) is the
+ * record of one Civitai file: when it lists its files' SHA-256 and none is this file's, it
+ * describes another file (a LoRA replaced by another version, or renamed over another's
+ * sidecars), and its ids, trigger words and licence would be recorded against the wrong LoRA:
+ * the sidecar is left out with a warning, and the trigger words are collected again. */
+static int check_record(import_job *j, int i)
 {
-    sidecars *s = &j->side;
+    record_sidecar *rs = &j->side.rec[i];
     const cJSON *f, *listed = NULL;
-    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(s->civitai, "files"))
+    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(rs->version, "files"))
     {
         const cJSON *h = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(f, "hashes"), "SHA256");
@@ -499,16 +635,23 @@ static int check_civitai_sidecar(import_job *j)
     if (!listed)
         return 0;
     mood_log(MOOD_LOG_WARN,
-             "%s.civitai.info" SKIPPED
-             "it describes another file (Civitai's SHA-256 %.12s..., this "
+             "%s%s" SKIPPED "it describes another file (Civitai's SHA-256 %.12s..., this "
              "file's %.12s...): the LoRA was replaced or renamed; 'mood civitai link' looks this "
              "one up",
-             j->stem_path, listed->valuestring, j->h.sha256);
-    cJSON_Delete(s->civitai);
-    s->civitai = NULL;
-    mood_free(s->civitai_raw);
-    s->civitai_raw = NULL;
-    s->count--;
+             j->stem_path, rec_suffix[i], listed->valuestring, j->h.sha256);
+    drop_record(rs);
+    j->side.count--;
+    return 1;
+}
+
+static int check_records(import_job *j)
+{
+    int dropped = 0;
+    for (int i = 0; i < N_REC; i++)
+        dropped |= check_record(j, i);
+    if (!dropped)
+        return 0;
+    choose_record(&j->side);
     return collect_triggers(j);
 }
 
@@ -690,12 +833,69 @@ static int insert_adapter(mood_registry *r, const import_job *j)
     return mood__reg_insert_adapter(r, &a, "storing the adapter");
 }
 
+/* The style's weight: A1111's "preferred weight", else Lora Manager's usage_tips strength (a JSON
+ * object written as a string; an object is read too); 0 when neither gives one. A1111's 0 means
+ * "use the global default"; beyond a style's range (style edit refuses it) no image survives: a
+ * typo in another tool's file, left out with a warning. */
+static double sidecar_weight(const import_job *j)
+{
+    static const char *const what[2] = {".json: preferred weight",
+                                        ".metadata.json: usage_tips strength"};
+    const cJSON *tips = cJSON_GetObjectItemCaseSensitive(j->side.rec[REC_LM].file, "usage_tips");
+    cJSON *parsed = cJSON_IsString(tips) ? cJSON_Parse(tips->valuestring) : NULL;
+    const cJSON *given[2] = {
+        cJSON_GetObjectItemCaseSensitive(j->side.a1111, "preferred weight"),
+        cJSON_IsObject(parsed) || cJSON_IsObject(tips)
+            ? cJSON_GetObjectItemCaseSensitive(parsed ? parsed : tips, "strength")
+            : NULL};
+    double w = 0;
+    for (int i = 0; i < 2 && w == 0; i++) {
+        if (!cJSON_IsNumber(given[i]))
+            continue;
+        if (given[i]->valuedouble > 0 && given[i]->valuedouble <= 10)
+            w = given[i]->valuedouble;
+        else if (given[i]->valuedouble != 0)
+            mood_log(MOOD_LOG_WARN, "%s%s %g left out (mood keeps one above 0, up to 10)",
+                     j->stem_path, what[i], given[i]->valuedouble);
+    }
+    cJSON_Delete(parsed);
+    return w;
+}
+
+/* The tags Lora Manager ("tags") and StabilityMatrix ("Tags") keep, those that are usable as tags
+ * as they are (Civitai's "hair style" is not, as a Civitai lookup has it). */
+static int insert_tags(mood_registry *r, const import_job *j, long long id)
+{
+    const cJSON *lists[2] = {cJSON_GetObjectItemCaseSensitive(j->side.rec[REC_LM].file, "tags"),
+                             cJSON_GetObjectItemCaseSensitive(j->side.rec[REC_SM].file, "Tags")},
+                *t;
+    int err = 0;
+    for (int i = 0; i < 2 && !err; i++) {
+        const cJSON *list = cJSON_IsArray(lists[i]) ? lists[i] : NULL;
+        cJSON_ArrayForEach(t, list)
+        {
+            sqlite3_stmt *st = NULL;
+            if (!cJSON_IsString(t) || !mood__reg_tag_usable(t->valuestring))
+                continue;
+            if ((err = mood__reg_prepare(r, &st, MOOD__REG_ADD_TAG_SQL)) != 0)
+                break;
+            sqlite3_bind_int64(st, 1, id);
+            mood__reg_bind_text(st, 2, t->valuestring);
+            if ((err = mood__reg_step_done(r, st, "storing tags")) != 0)
+                break;
+        }
+    }
+    return err;
+}
+
 static int insert_style(mood_registry *r, const import_job *j, long long *id)
 {
-    const cJSON *a = j->side.a1111, *c = j->side.civitai;
-    const cJSON *w = cJSON_GetObjectItemCaseSensitive(a, "preferred weight");
-    const char *desc = jstr(a, "description");
+    const cJSON *a = j->side.a1111, *c = j->side.record ? j->side.record->version : NULL;
+    const char *desc = jstr(a, "description"),
+               *notes =
+                   jstr(a, "notes") ? jstr(a, "notes") : jstr(j->side.rec[REC_LM].file, "notes");
     char *from_html = NULL; /* Civitai's descriptions are HTML ("<p>grainy</p>"): as text */
+    double w = sidecar_weight(j);
     sqlite3_stmt *st = NULL;
     int err;
     if (!desc && (jstr(c, "description") ||
@@ -709,21 +909,17 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
                                "INSERT INTO styles(name, description, notes, trigger_words, "
                                "negative, weight, training_json, created_at, updated_at) VALUES "
                                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%SZ','now'),"
-                               " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0)
+                               " strftime('%Y-%m-%dT%H:%M:%SZ','now'))")) != 0) {
+        mood_free(from_html);
         return err;
+    }
     mood__reg_bind_text(st, 1, j->name);
     mood__reg_bind_text(st, 2, desc);
-    mood__reg_bind_text(st, 3, jstr(a, "notes"));
+    mood__reg_bind_text(st, 3, notes);
     mood__reg_bind_text(st, 4, j->side.triggers.len ? j->side.triggers.data : NULL);
     mood__reg_bind_text(st, 5, jstr(a, "negative text"));
-    /* A1111: 0 means "use the global default"; beyond a style's range (style edit refuses it) no
-     * image survives: a typo in another tool's file, left out with a warning */
-    if (cJSON_IsNumber(w) && w->valuedouble > 0 && w->valuedouble <= 10)
-        sqlite3_bind_double(st, 6, w->valuedouble);
-    else if (cJSON_IsNumber(w) && w->valuedouble != 0)
-        mood_log(MOOD_LOG_WARN,
-                 "%s.json: preferred weight %g left out (mood keeps one above 0, up to 10)",
-                 j->stem_path, w->valuedouble);
+    if (w > 0)
+        sqlite3_bind_double(st, 6, w);
     mood__reg_bind_utf8(st, 7, j->x ? j->x->training_json : NULL);
     err = mood__reg_step_done(r, st, "creating the style");
     mood_free(from_html);
@@ -736,26 +932,24 @@ static int insert_style(mood_registry *r, const import_job *j, long long *id)
         return err;
     sqlite3_bind_int64(st, 1, *id);
     mood__reg_bind_text(st, 2, j->h.sha256);
-    return mood__reg_step_done(r, st, "linking the style to its adapter");
+    if ((err = mood__reg_step_done(r, st, "linking the style to its adapter")) != 0)
+        return err;
+    return insert_tags(r, j, *id);
 }
 
-static long long json_id(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? (long long)v->valuedouble : 0;
-}
-
-/* The AIR of a .civitai.info sidecar's record (its "air", or built from its ids as a lookup
- * builds it), or NULL: a style pack names a LoRA it does not carry by it. */
+/* The AIR of the sidecars' Civitai record (its "air", or built from its ids as a lookup builds
+ * it), or NULL: a style pack names a LoRA it does not carry by it. */
 static char *sidecar_air(const import_job *j)
 {
     mood_civitai_version *v = NULL;
-    char *air = NULL;
-    if (!j->side.civitai_raw ||
-        mood_civitai_version_parse(&v, j->side.civitai_raw, strlen(j->side.civitai_raw)) != 0) {
+    char *text = j->side.record ? cJSON_PrintUnformatted(j->side.record->version) : NULL,
+         *air = NULL;
+    if (!text || mood_civitai_version_parse(&v, text, strlen(text)) != 0) {
         mood_error_clear(); /* not a whole record (a few fields written by hand): no AIR */
+        cJSON_free(text);
         return NULL;
     }
+    cJSON_free(text);
     if (v->air) {
         air = v->air;
         v->air = NULL;
@@ -766,7 +960,8 @@ static char *sidecar_air(const import_job *j)
 
 static int insert_source(mood_registry *r, const import_job *j)
 {
-    const cJSON *c = j->side.civitai, *model = cJSON_GetObjectItemCaseSensitive(c, "model");
+    const cJSON *c = j->side.record ? j->side.record->version : NULL,
+                *model = cJSON_GetObjectItemCaseSensitive(c, "model");
     const cJSON *nsfw = cJSON_GetObjectItemCaseSensitive(model, "nsfw");
     sqlite3_stmt *st = NULL;
     char absbuf[PATH_MAX], *air;
@@ -786,7 +981,7 @@ static int insert_source(mood_registry *r, const import_job *j)
         mood__reg_bind_text(st, 1, j->h.sha256);
         mood__reg_bind_utf8(st, 2, abs ? abs : j->path); /* a file name */
         mood__reg_bind_text(st, 3, j->side.a1111_raw);   /* UTF-8 by now */
-        mood__reg_bind_text(st, 4, j->side.civitai_raw);
+        mood__reg_bind_text(st, 4, j->side.record ? j->side.record->raw : NULL);
         if (json_id(c, "modelId"))
             sqlite3_bind_int64(st, 5, json_id(c, "modelId"));
         if (json_id(c, "id"))
@@ -904,10 +1099,10 @@ static void job_dispose(import_job *j, mood_registry *r, int failed)
     mood_free(j->facts.file_triggers);
     mood_buf_dispose(&j->facts.top_tags);
     mood_free(j->side.a1111_raw);
-    mood_free(j->side.civitai_raw);
     mood_free(j->side.txt);
     cJSON_Delete(j->side.a1111);
-    cJSON_Delete(j->side.civitai);
+    for (int i = 0; i < N_REC; i++)
+        drop_record(&j->side.rec[i]);
     mood_buf_dispose(&j->side.triggers);
     mood_free(j->side.trigger_phrase);
 }
@@ -1048,7 +1243,7 @@ static int prepare(import_job *j, mood_import_result *out, mood_progress_fn prog
     if (!err && hj.err) /* again on this thread, for its error message */
         err = mood_hash_file_ex(&j->h, j->path, MOOD_HASH_SKIP_CRC32, NULL, NULL);
     if (!err)
-        err = check_civitai_sidecar(j);
+        err = check_records(j);
     if (!err) {
         snprintf(out->sha256, sizeof out->sha256, "%s", j->h.sha256);
         snprintf(out->autov3, sizeof out->autov3, "%s", j->h.autov3);

@@ -66,6 +66,9 @@ int mood__reg_note_file(mood_registry *r, const char *sha256, const char *locati
 /* Registers the registry's SQL function mood_fold and collation mood_natural (s9 before s10)
  * on a new connection (utf8.c). */
 int mood__reg_functions(sqlite3 *db);
+/* Whether text from another program (Civitai, a sidecar) is a tag as it is: what `mood tag`
+ * accepts (edit.c); no error is left set. */
+int mood__reg_tag_usable(const char *tag);
 #define MOOD__REG_ADD_TAG_SQL                                                                      \
     "INSERT INTO tags(style_id, tag) SELECT CAST(?1 AS INTEGER), ?2 WHERE NOT EXISTS (SELECT 1"    \
     " FROM tags WHERE style_id = CAST(?1 AS INTEGER) AND mood_fold(tag) = mood_fold(?2))"

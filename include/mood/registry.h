@@ -102,7 +102,8 @@ typedef struct mood_import_result {
 } mood_import_result;
 
 /* Imports one .safetensors LoRA file with its sidecars (A1111 NAME.json, NAME.civitai.info,
- * NAME.preview.png / NAME.png, NAME.txt) and creates a style named after the file. Refuses
+ * ComfyUI-Lora-Manager NAME.metadata.json, StabilityMatrix NAME.cm-info.json, NAME.preview.png /
+ * NAME.png, NAME.txt) and creates a style named after the file. Refuses
  * checkpoints and pickles (.ckpt/.pt/.pth/.bin) with MOOD_EUNSUPPORTED. Progress in bytes. */
 MOOD_WARN_UNUSED int mood_registry_import_file(mood_registry *r, mood_import_result *out,
                                                const char *path, mood_progress_fn progress,

@@ -254,6 +254,55 @@ echo '[1,2' >"$tmp/sk/bad.civitai.info"
 expect_rc 0 "oversized and malformed sidecars are skipped" "$MOOD" import --offline "$tmp/sk" --json
 check "both listed as skipped" py 'import json,sys; s={x["file"].rsplit("/",1)[1]:x["reason"] for x in json.load(open(sys.argv[1]))["skipped"]}; assert s["big.json"]=="20 MB, more than the 16 MB limit" and s["bad.civitai.info"]=="not a JSON object", s' "$tmp/out"
 
+# --- ComfyUI-Lora-Manager's NAME.metadata.json and StabilityMatrix's NAME.cm-info.json are read
+# with their LoRA in a folder import (not listed as skipped files), what they say shown by show
+# --json and carried by a pack; a damaged one is listed as a skipped sidecar ---
+export MOOD_HOME=$tmp/h-mig
+mkdir -p "$tmp/mig"
+cp "$FIX/lycoris/loha.safetensors" "$tmp/mig/lm.safetensors"
+cp "$FIX/lycoris/lokr.safetensors" "$tmp/mig/sm.safetensors"
+cp "$FIX/kohya/sd1_lora.safetensors" "$tmp/mig/broken.safetensors"
+cat >"$tmp/mig/lm.metadata.json" <<'JSON'
+{"file_name": "lm", "model_name": "Loha LM", "file_path": "/x/lm.safetensors", "size": 1, "modified": 1700000000.0,
+ "sha256": "", "base_model": "SD 1.5", "preview_url": "", "preview_nsfw_level": 0, "notes": "keep it soft",
+ "from_civitai": true, "tags": ["watercolor", "soft"], "favorite": false, "civitai_deleted": false,
+ "usage_tips": "{\"strength_min\": 0.4, \"strength_max\": 0.9, \"strength\": 0.65, \"clip_strength\": 1.0}",
+ "civitai": {"id": 610101, "modelId": 610001, "name": "v1", "baseModel": "SD 1.5", "type": "LORA",
+  "trainedWords": ["wtrclr", "soft wash"], "model": {"name": "Loha LM", "type": "LORA", "nsfw": false}}}
+JSON
+cat >"$tmp/mig/sm.cm-info.json" <<'JSON'
+{"ModelId": 620001, "ModelName": "Lokr SM", "ModelDescription": "", "Nsfw": false, "Tags": ["graphite"],
+ "ModelType": "LORA", "VersionId": 620101, "VersionName": "v2", "BaseModel": "SD 1.5",
+ "ImportedAt": "2024-05-01T10:00:00+00:00", "Hashes": {"BLAKE3": "00"}, "TrainedWords": ["grphte"]}
+JSON
+echo '{"civitai": [' >"$tmp/mig/broken.metadata.json"
+expect_rc 0 "a folder with Lora Manager and StabilityMatrix sidecars" "$MOOD" import --offline "$tmp/mig" --json
+check "read with their LoRAs; only the damaged one skipped" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+s={x["file"].rsplit("/",1)[1]:x["reason"] for x in d["skipped"]}
+assert s=={"broken.metadata.json": "not a JSON object"}, s
+n={x["name"]:x["sidecars"] for x in d["imported"]}
+assert n=={"lm": 1, "sm": 1, "broken": 0}, n' "$tmp/out"
+expect_rc 0 "show lm" "$MOOD" show lm --json
+check "trigger words, weight, notes, tags and the Civitai link of .metadata.json" py '
+import json,sys; d=json.load(open(sys.argv[1])); s=d["adapters"][0]["sources"][0]
+assert d["trigger_words"]=="wtrclr, soft wash" and d["weight"]==0.65 and d["notes"]=="keep it soft", d
+assert d["tags"]==["soft","watercolor"], d["tags"]
+assert (s["model_id"],s["version_id"],s["model_name"])==(610001,610101,"Loha LM"), s
+assert s["air"]=="urn:air:sd1:lora:civitai:610001@610101" and s["civitai_info"]["notes"]=="keep it soft", s' "$tmp/out"
+expect_rc 0 "show sm" "$MOOD" show sm --json
+check "trigger words, tags and the Civitai link of .cm-info.json" py '
+import json,sys; d=json.load(open(sys.argv[1])); s=d["adapters"][0]["sources"][0]
+assert d["trigger_words"]=="grphte" and d["tags"]==["graphite"], d
+assert (s["model_id"],s["version_id"],s["version_name"],s["base_model"])==(620001,620101,"v2","SD 1.5"), s' "$tmp/out"
+expect_rc 0 "a pack of both" "$MOOD" pack export lm sm -o "$tmp/mig.moodpack"
+expect_rc 0 "imported elsewhere" env MOOD_HOME="$tmp/h-mig2" "$MOOD" pack import "$tmp/mig.moodpack"
+expect_rc 0 "show lm there" env MOOD_HOME="$tmp/h-mig2" "$MOOD" show lm --json
+check "the pack kept them" py '
+import json,sys; d=json.load(open(sys.argv[1])); s=d["adapters"][0]["sources"][0]
+assert d["trigger_words"]=="wtrclr, soft wash" and d["weight"]==0.65 and d["notes"]=="keep it soft", d
+assert d["tags"]==["soft","watercolor"] and (s["model_id"],s["version_id"])==(610001,610101), (d["tags"], s)' "$tmp/out"
+
 # --- an import of a copy of a stored file while 'mood rm' removes its style: the import makes
 # the style again or says it is there, never a raw SQLite error (a race: each round may or may not
 # interleave; 20 rounds failed at least once in most runs before the fix) ---

@@ -448,6 +448,218 @@ static void test_civitai_sidecar_of_another_file(void)
     mood_registry_close(r);
 }
 
+/* The source row of the style's first adapter (NULL when there is none). */
+static const cJSON *first_source(const cJSON *o)
+{
+    return cJSON_GetArrayItem(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0), "sources"),
+        0);
+}
+
+static double num_of(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+/* The tags of a shown style, ", "-joined into buf. */
+static const char *tags_of(const cJSON *o, char *buf, size_t size)
+{
+    const cJSON *t;
+    buf[0] = '\0';
+    cJSON_ArrayForEach(t, cJSON_GetObjectItem(o, "tags"))
+    {
+        size_t n = strlen(buf);
+        snprintf(buf + n, size - n, "%s%s", n ? ", " : "", cJSON_GetStringValue(t));
+    }
+    return buf;
+}
+
+/* ComfyUI-Lora-Manager's NAME.metadata.json (docs/metadata-json-schema.md): Civitai's version
+ * JSON under "civitai", usage_tips a JSON object written as a string, its own notes and tags. */
+static void test_lora_manager_sidecar(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    const char *p = copy_into(src, "grain.safetensors", example_lora("film-grain.safetensors"));
+    mood_registry *r = NULL;
+    mood_import_result res;
+    mood_file_hashes h;
+    char text[2048], tags[256];
+    cJSON *o;
+    const cJSON *src0;
+    MOOD_CHECK_OK(mood_hash_file(&h, p, NULL, NULL));
+    snprintf(text, sizeof text,
+             "{\"file_name\": \"grain\", \"model_name\": \"Film Grain LM\", \"file_path\":"
+             " \"/loras/grain.safetensors\", \"size\": 1234, \"modified\": 1700000000.5,"
+             " \"sha256\": \"%s\", \"base_model\": \"SD 1.5\", \"preview_url\": \"\","
+             " \"preview_nsfw_level\": 1, \"notes\": \"soft at 0.7\", \"from_civitai\": true,"
+             " \"tags\": [\"film\", \"photo realistic\", \"analog\"], \"favorite\": true,"
+             " \"usage_tips\": \"{\\\"strength\\\": 0.7, \\\"clip_strength\\\": 0.5}\","
+             " \"civitai\": {\"id\": 800101, \"modelId\": 800001, \"name\": \"v2\","
+             " \"baseModel\": \"SD 1.5\", \"trainedWords\": [\"grainy\", \"kodak gold\"],"
+             " \"model\": {\"name\": \"Film Grain LM\", \"type\": \"LORA\", \"nsfw\": false},"
+             " \"files\": [{\"hashes\": {\"SHA256\": \"%s\"}}]}}",
+             h.sha256, h.sha256);
+    write_text(src, "grain.metadata.json", text);
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
+    MOOD_CHECK_MSG(res.sidecars == 1, "%d sidecars read", res.sidecars);
+    if ((o = show(r, "grain")) != NULL) {
+        MOOD_CHECK(str_is(o, "trigger_words", "grainy, kodak gold"));
+        MOOD_CHECK(num_of(o, "weight") == 0.7);
+        MOOD_CHECK(str_is(o, "notes", "soft at 0.7"));
+        MOOD_CHECK_MSG(!strcmp(tags_of(o, tags, sizeof tags), "analog, film"), "tags: %s", tags);
+        src0 = first_source(o);
+        MOOD_CHECK(src0 && num_of(src0, "model_id") == 800001);
+        MOOD_CHECK(src0 && num_of(src0, "version_id") == 800101);
+        MOOD_CHECK(src0 && str_is(src0, "model_name", "Film Grain LM"));
+        MOOD_CHECK(src0 && str_is(src0, "base_model", "SD 1.5"));
+        MOOD_CHECK(src0 && str_is(src0, "air", "urn:air:sd1:lora:civitai:800001@800101"));
+        /* the sidecar kept as it is */
+        MOOD_CHECK(src0 && cJSON_IsTrue(cJSON_GetObjectItem(
+                               cJSON_GetObjectItem(src0, "civitai_info"), "favorite")));
+        cJSON_Delete(o);
+    }
+    mood_registry_close(r);
+}
+
+/* StabilityMatrix's NAME.cm-info.json (ConnectedModelInfo, C# property names). */
+static void test_cm_info_sidecar(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    const char *p = copy_into(src, "ink.safetensors", example_lora("inkwash.safetensors"));
+    mood_registry *r = NULL;
+    mood_import_result res;
+    mood_file_hashes h;
+    char text[2048], tags[256];
+    cJSON *o;
+    const cJSON *src0;
+    MOOD_CHECK_OK(mood_hash_file(&h, p, NULL, NULL));
+    snprintf(text, sizeof text,
+             "{\"ModelId\": 700001, \"ModelName\": \"Ink SM\", \"ModelDescription\":"
+             " \"<p>Sumi <b>ink</b></p>\", \"Nsfw\": false, \"Tags\": [\"ink\", \"sumi-e\"],"
+             " \"ModelType\": \"LORA\", \"VersionId\": 700101, \"VersionName\": \"v3\","
+             " \"VersionDescription\": null, \"AuthorUsername\": \"someone\", \"BaseModel\":"
+             " \"SDXL 1.0\", \"RemoteFileName\": \"ink.safetensors\", \"RemoteFileId\": 9,"
+             " \"ImportedAt\": \"2024-05-01T10:00:00+00:00\", \"Hashes\": {\"SHA256\": \"%s\","
+             " \"CRC32\": null, \"BLAKE3\": \"abc\"}, \"TrainedWords\": [\"sumi ink\", \"wash\"],"
+             " \"UserTitle\": null, \"Source\": 0}",
+             h.sha256);
+    write_text(src, "ink.cm-info.json", text);
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
+    MOOD_CHECK_MSG(res.sidecars == 1, "%d sidecars read", res.sidecars);
+    if ((o = show(r, "ink")) != NULL) {
+        MOOD_CHECK(str_is(o, "trigger_words", "sumi ink, wash"));
+        MOOD_CHECK(str_is(o, "description", "Sumi ink"));
+        MOOD_CHECK_MSG(!strcmp(tags_of(o, tags, sizeof tags), "ink, sumi-e"), "tags: %s", tags);
+        src0 = first_source(o);
+        MOOD_CHECK(src0 && num_of(src0, "model_id") == 700001);
+        MOOD_CHECK(src0 && num_of(src0, "version_id") == 700101);
+        MOOD_CHECK(src0 && str_is(src0, "model_name", "Ink SM"));
+        MOOD_CHECK(src0 && str_is(src0, "version_name", "v3"));
+        MOOD_CHECK(src0 && str_is(src0, "base_model", "SDXL 1.0"));
+        MOOD_CHECK(src0 &&
+                   str_is(cJSON_GetObjectItem(src0, "civitai_info"), "BaseModel", "SDXL 1.0"));
+        cJSON_Delete(o);
+    }
+    mood_registry_close(r);
+}
+
+/* All four sidecars: A1111's .json (the user's own edits) first for the activation text, weight
+ * and notes; the Civitai record from .civitai.info, then .metadata.json, then .cm-info.json (the
+ * first with a version id); trigger words from all of them. A record of another file is left out
+ * with a warning and the next one taken; damaged ones are left out and the LoRA imported. */
+static void test_sidecar_precedence(void)
+{
+    const char *src = scratch_fresh_dir("src");
+    char all[1200], next[1200], bad[1200];
+    mood_registry *r = NULL;
+    mood_import_result res;
+    cJSON *o;
+    snprintf(all, sizeof all, "%s",
+             copy_into(src, "all.safetensors", example_lora("film-grain.safetensors")));
+    snprintf(next, sizeof next, "%s",
+             copy_into(src, "next.safetensors", example_lora("inkwash.safetensors")));
+    snprintf(bad, sizeof bad, "%s",
+             copy_into(src, "bad.safetensors", fixture("lycoris/loha.safetensors")));
+    write_text(src, "all.json",
+               "{\"activation text\": \"own word\", \"preferred weight\": 0.9,"
+               " \"notes\": \"own notes\"}");
+    write_text(src, "all.civitai.info",
+               "{\"id\": 1, \"modelId\": 2, \"trainedWords\": [\"info word\"],"
+               " \"model\": {\"name\": \"Info\"}}");
+    write_text(src, "all.metadata.json",
+               "{\"notes\": \"lm notes\", \"usage_tips\": \"{\\\"strength\\\": 0.5}\","
+               " \"civitai\": {\"id\": 3, \"modelId\": 4, \"trainedWords\": [\"lm word\"]}}");
+    write_text(src, "all.cm-info.json",
+               "{\"VersionId\": 5, \"ModelId\": 6, \"TrainedWords\": [\"sm word\", \"own word\"]}");
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, all, NULL, NULL));
+    MOOD_CHECK_MSG(res.sidecars == 4, "%d sidecars read", res.sidecars);
+    if ((o = show(r, "all")) != NULL) {
+        MOOD_CHECK(str_is(o, "trigger_words", "own word, info word, lm word, sm word"));
+        MOOD_CHECK(num_of(o, "weight") == 0.9);
+        MOOD_CHECK(str_is(o, "notes", "own notes"));
+        MOOD_CHECK(num_of(first_source(o), "version_id") == 1);
+        MOOD_CHECK(str_is(first_source(o), "model_name", "Info"));
+        cJSON_Delete(o);
+    }
+    /* a .metadata.json of another file (its Civitai files' SHA-256): skipped, .cm-info.json's
+     * record taken; the .civitai.info without ids gives its words but not the record */
+    write_text(src, "next.civitai.info", "{\"trainedWords\": [\"hand written\"]}");
+    write_text(src, "next.metadata.json",
+               "{\"notes\": \"not mine\", \"civitai\": {\"id\": 3, \"modelId\": 4,"
+               " \"trainedWords\": [\"other file\"], \"files\": [{\"hashes\": {\"SHA256\":"
+               " \"0000000000000000000000000000000000000000000000000000000000000000\"}}]}}");
+    write_text(src, "next.cm-info.json", "{\"VersionId\": 5, \"ModelId\": 6}");
+    harness_log_start();
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, next, NULL, NULL));
+    harness_log_stop();
+    MOOD_CHECK_MSG(
+        strstr(harness_logged, "next.metadata.json: sidecar skipped: it describes another file"),
+        "logged: %s", harness_logged);
+    MOOD_CHECK_MSG(res.sidecars == 2, "%d sidecars read", res.sidecars);
+    if ((o = show(r, "next")) != NULL) {
+        MOOD_CHECK(str_is(o, "trigger_words", "hand written"));
+        MOOD_CHECK(!str(o, "notes"));
+        MOOD_CHECK(num_of(first_source(o), "version_id") == 5);
+        MOOD_CHECK(num_of(first_source(o), "model_id") == 6);
+        cJSON_Delete(o);
+    }
+    /* damaged: not JSON, not an object, wrong types, not UTF-8 */
+    write_text(src, "bad.metadata.json", "{\"civitai\": {\"trainedWords\": [");
+    write_text(src, "bad.cm-info.json", "[\"TrainedWords\"]");
+    harness_log_start();
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, bad, NULL, NULL));
+    harness_log_stop();
+    MOOD_CHECK_MSG(
+        strstr(harness_logged, "bad.metadata.json: sidecar skipped: not a JSON object") &&
+            strstr(harness_logged, "bad.cm-info.json: sidecar skipped: not a JSON object"),
+        "logged: %s", harness_logged);
+    MOOD_CHECK(res.sidecars == 0);
+    MOOD_CHECK_OK(mood_registry_rm(r, "bad"));
+    write_text(src, "bad.metadata.json",
+               "{\"notes\": 5, \"tags\": \"one\", \"usage_tips\": \"{strength\","
+               " \"civitai\": {\"trainedWords\": \"caf\xe9\", \"id\": \"7\"}}");
+    write_text(src, "bad.cm-info.json",
+               "{\"TrainedWords\": [\"caf\xe9\", 3], \"Tags\": {\"a\": 1}, \"VersionId\": \"x\"}");
+    harness_log_start();
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, bad, NULL, NULL));
+    harness_log_stop();
+    MOOD_CHECK_MSG(strstr(harness_logged, "bad.cm-info.json: not UTF-8; read as Windows-1252"),
+                   "logged: %s", harness_logged);
+    MOOD_CHECK(res.sidecars == 2);
+    if ((o = show(r, "bad")) != NULL) {
+        MOOD_CHECK(str_is(o, "trigger_words", "caf\xc3\xa9"));
+        MOOD_CHECK(!str(o, "notes") && cJSON_IsNull(cJSON_GetObjectItem(o, "weight")));
+        MOOD_CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(o, "tags")) == 0);
+        MOOD_CHECK(cJSON_IsNull(cJSON_GetObjectItem(first_source(o), "version_id")));
+        cJSON_Delete(o);
+    }
+    mood_registry_close(r);
+}
+
 static void test_sidecars_not_utf8(void)
 {
     const char *src = scratch_fresh_dir("src");
@@ -1083,8 +1295,10 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_sidecar_links), MOOD_T(test_preview_content), MOOD_T(test_names),
                MOOD_T(test_rm_and_refcount), MOOD_T(test_text_to_utf8),
                MOOD_T(test_sidecars_not_utf8), MOOD_T(test_civitai_sidecar_of_another_file),
-               MOOD_T(test_typed_text_not_utf8), MOOD_T(test_half_done_import_cleaned),
-               MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
-               MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
-               MOOD_T(test_migration_4), MOOD_T(test_read_only_schema_4),
-               MOOD_T(test_search_beyond_words), MOOD_T(test_search_by_file_name))
+               MOOD_T(test_lora_manager_sidecar), MOOD_T(test_cm_info_sidecar),
+               MOOD_T(test_sidecar_precedence), MOOD_T(test_typed_text_not_utf8),
+               MOOD_T(test_half_done_import_cleaned), MOOD_T(test_lost_database),
+               MOOD_T(test_corrupt_database), MOOD_T(test_import_extras),
+               MOOD_T(test_import_extras_refused), MOOD_T(test_migration_4),
+               MOOD_T(test_read_only_schema_4), MOOD_T(test_search_beyond_words),
+               MOOD_T(test_search_by_file_name))
