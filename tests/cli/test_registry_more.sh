@@ -295,6 +295,10 @@ check "trigger words, tags and the Civitai link of .cm-info.json" py '
 import json,sys; d=json.load(open(sys.argv[1])); s=d["adapters"][0]["sources"][0]
 assert d["trigger_words"]=="grphte" and d["tags"]==["graphite"], d
 assert (s["model_id"],s["version_id"],s["version_name"],s["base_model"])==(620001,620101,"v2","SD 1.5"), s' "$tmp/out"
+cp "$tmp/mig/sm.safetensors" "$tmp/mig/sm_copy.safetensors"
+echo '{"civitai": {"trainedWords": ["copyword"]}}' >"$tmp/mig/sm_copy.metadata.json"
+expect_rc 0 "a copy of a stored file with a .metadata.json" "$MOOD" import --offline "$tmp/mig/sm_copy.safetensors"
+check "its sidecar named as not making the style" grep -q "its sidecars' (sm_copy.metadata.json) trigger words" "$tmp/err"
 expect_rc 0 "a pack of both" "$MOOD" pack export lm sm -o "$tmp/mig.moodpack"
 expect_rc 0 "imported elsewhere" env MOOD_HOME="$tmp/h-mig2" "$MOOD" pack import "$tmp/mig.moodpack"
 expect_rc 0 "show lm there" env MOOD_HOME="$tmp/h-mig2" "$MOOD" show lm --json

@@ -207,6 +207,12 @@ static void test_sidecar_links(void)
     snprintf(target, sizeof target, "%s/secret.png", outside);
     link_at(src, "out.preview.png", target);
     link_at(src, "out.json", "../../../../../../../../../../../../etc/passwd");
+    write_text(outside, "secret.metadata.json", "{\"civitai\": {\"trainedWords\": [\"secret\"]}}");
+    write_text(outside, "secret.cm-info.json", "{\"TrainedWords\": [\"secret\"]}");
+    snprintf(target, sizeof target, "%s/secret.metadata.json", outside);
+    link_at(src, "out.metadata.json", target);
+    snprintf(target, sizeof target, "%s/secret.cm-info.json", outside);
+    link_at(src, "out.cm-info.json", target);
     MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
     MOOD_CHECK_OK(mood_registry_import_file(r, &res, p, NULL, NULL));
     MOOD_CHECK_MSG(res.sidecars == 0 && res.previews == 0, "%d sidecars, %d previews", res.sidecars,
