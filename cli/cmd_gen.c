@@ -5,6 +5,7 @@
  * `parameters` text (cmd_gen_png.c), so A1111, Civitai and `mood gen --from-png` read them back.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -65,6 +66,16 @@ const char cmd_gen_help[] =
     "  --prediction eps|v|sample  override the model's prediction type (SD2 768-v models\n"
     "                        are v; sample: the model predicts the image, as mood-tiny);\n"
     "                        recorded in the PNG as \"Prediction: v\" for --from-png\n\n"
+    "Starting from a picture (img2img, as diffusers' StableDiffusionImg2ImgPipeline):\n"
+    "  --init-image FILE     a PNG, JPEG, WebP or BMP to redraw instead of starting from noise:\n"
+    "                        its latents are noised to --strength and sampled from there;\n"
+    "                        the image's size is the picture's (brought down to the model's\n"
+    "                        own area when larger, its shape kept) unless --size or\n"
+    "                        --from-png gives one (the picture is then stretched to it)\n"
+    "  --strength X          how much is redrawn, above 0 to 1 (default 0.75; A1111's\n"
+    "                        \"Denoising strength\", recorded so in the PNG): 0.3 keeps the\n"
+    "                        picture, 1 keeps little more than its colours; int(steps x X)\n"
+    "                        steps run. Not with the LCM sampler\n\n"
     "Output:\n"
     "  -o, --output FILE     the PNG to write (default mood-SEED.png, mood-SEED-v2.png and so\n"
     "                        on when taken: never over an earlier image); a batch adds -1, -2\n"
@@ -74,7 +85,8 @@ const char cmd_gen_help[] =
     "                        take prompt, negative prompt, steps, sampler, CFG, seed, size, clip\n"
     "                        skip, model (by name, from $MOOD_HOME/models) and LoRAs (tagged in\n"
     "                        its prompt, by hash) from IMAGE's parameters text; options given\n"
-    "                        with it override (each named); says what it could not match\n"
+    "                        with it override (each named); says what it could not match (an\n"
+    "                        img2img image also needs its picture: --init-image)\n"
     "  --json                print what was written as JSON: images [{path, seed, parameters}],\n"
     "                        prompt and negative as run, styles [{name, weight}], adapters\n"
     "                        [{name, alias, path, unet, te, dyn (when cut), autov3_short}],\n"
@@ -137,6 +149,8 @@ static size_t num_opts(gen_args *a, cli_num_opt *t)
         {"--cfg", CLI_NUM_REAL, &o->cfg, 0, 100, 0, 0, 0, &a->set.cfg, NULL, "a number, 0 to 100"},
         {"--seed", CLI_NUM_U64, &a->seed, 0, 0, 0, 0, 0, &a->set.seed, NULL,
          "a whole number from 0 to 18446744073709551615, or -1 for a random one"},
+        {"--strength", CLI_NUM_REAL, &o->strength, 0, 1, 1, 0, 0, &a->set.strength, NULL,
+         "a number above 0, at most 1"},
     };
     memcpy(t, list, sizeof list);
     return sizeof list / sizeof list[0];
@@ -177,6 +191,8 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
         a->output = v;
     else if (strcmp(s, "--from-png") == 0)
         a->from_png = v;
+    else if (strcmp(s, "--init-image") == 0)
+        a->init_image = v;
     else if (strcmp(s, "--style") == 0)
         return add_style_arg(a, v);
     else if (strcmp(s, "--lora") == 0)
@@ -241,6 +257,9 @@ static int parse_args(gen_args *a, int argc, char **argv)
     }
     if (!a->prompt && !a->from_png)
         return cli_usage_error("gen", "no prompt given");
+    if (a->set.strength && !a->init_image)
+        return cli_usage_error("gen", "--strength says how much of --init-image's picture is "
+                                      "redrawn: give the image with --init-image");
     return 0;
 }
 
@@ -321,6 +340,56 @@ static int resolve_styles(gen_run *r)
     return 0;
 }
 
+/* --init-image, read before the model loads: a missing or undecodable file is said at once. */
+static int read_init_image(gen_run *r)
+{
+    int err = mood_image_load(&r->init, r->args.init_image);
+    if (err == 0)
+        return 0;
+    fprintf(stderr, "mood: error: --init-image: %s\n", mood_error_last());
+    return err == MOOD_ENOTFOUND || err == MOOD_EBACKEND ? 2 : 1;
+}
+
+/* Rounds v down to a multiple of k (at least k, at most 4096). */
+static int size_step(double v, int k)
+{
+    int n = (int)v / k * k;
+    return n < k ? k : n > 4096 ? 4096 / k * k : n;
+}
+
+/* The size of an img2img run: --size or --from-png's (the picture stretched to it, as A1111's
+ * "Just resize"),
+ * else the picture's own, rounded down to the model's multiple, and brought down to the
+ * model's own area when larger (a 12-megapixel photo is not an SD1 size), its shape kept. Then
+ * the picture as the run's start image. */
+static int prepare_init_image(gen_run *r)
+{
+    mood_gen_options *o = &r->args.opts;
+    int w = r->init->width, h = r->init->height, k = mood_model_size_multiple(r->model), err;
+    if (o->width == 0) { /* no --size, no Size of --from-png's image */
+        int dw, dh;
+        double s = 1;
+        mood_model_default_size(r->model, &dw, &dh);
+        if ((double)w * h > (double)dw * dh)
+            s = sqrt((double)dw * dh / ((double)w * h));
+        o->width = size_step(w * s, k), o->height = size_step(h * s, k);
+        if (o->width != w || o->height != h)
+            fprintf(stderr,
+                    "mood: note: --init-image is %dx%d: the image is made at %dx%d (%s; --size "
+                    "chooses)\n",
+                    w, h, o->width, o->height,
+                    s < 1 ? "the model's own area, the picture's shape kept"
+                          : "sizes are multiples of the model's step");
+    } else if (fabs((double)o->width / o->height - (double)w / h) > 0.01 * (double)w / h) {
+        fprintf(stderr, "mood: note: --init-image is %dx%d: stretched to %dx%d\n", w, h, o->width,
+                o->height);
+    }
+    if ((err = mood_gen_init_image(&r->init_pixels, r->init, o->width, o->height)) != 0)
+        return cli_fail(err);
+    o->init_image = r->init_pixels;
+    return 0;
+}
+
 static int load_model(gen_run *r)
 {
     mood_model_options mo;
@@ -351,6 +420,8 @@ static int load_model(gen_run *r)
     }
     cli_progress_done();
     free(path);
+    if (r->init && (rc = prepare_init_image(r)) != 0)
+        return rc;
     if (r->args.opts.width == 0)
         mood_model_default_size(r->model, &r->args.opts.width, &r->args.opts.height);
     gen_check_png_model(r);
@@ -500,6 +571,8 @@ static void run_dispose(gen_run *r)
     gen_release_default_output(r);
     mood_resolved_styles_dispose(&r->styles);
     mood_model_free(r->model);
+    mood_image_free(r->init);
+    free(r->init_pixels);
     mood_registry_close(r->reg);
     free(r->images);
     for (size_t i = 0; i < r->args.n_styles; i++)
@@ -568,6 +641,8 @@ int cmd_gen(int argc, char **argv)
     }
     if (rc == 0 && r.args.output) /* before the model loads and the images are made */
         rc = check_output(r.args.output);
+    if (rc == 0 && r.args.init_image)
+        rc = read_init_image(&r);
     /* Ctrl-C before the images are written says so (the signal handler writes it) */
     cli_stop_note_set("stopped: no image written");
     if (rc == 0 && (rc = resolve_styles(&r)) == 0 && (rc = load_model(&r)) == 0 &&

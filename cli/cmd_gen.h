@@ -14,6 +14,7 @@
 
 typedef struct gen_args {
     const char *prompt, *negative, *model, *output, *from_png;
+    const char *init_image; /* --init-image: img2img from this picture */
     mood_style_arg *styles;
     size_t n_styles;
     cli_adapters loras;
@@ -26,7 +27,7 @@ typedef struct gen_args {
     int json;
     int keep_index; /* >= 0: write only this image of the batch (--from-png of a batch image) */
     struct {        /* which options the command line set (they win over --from-png) */
-        int prompt, negative, steps, cfg, seed, size, sampler, clip_skip, rng;
+        int prompt, negative, steps, cfg, seed, size, sampler, clip_skip, rng, strength;
     } set;
     char *png_text; /* --from-png: the parameters text, and strings taken from it */
     void *png_params;
@@ -39,6 +40,8 @@ typedef struct gen_run {
     mood_registry *reg;
     mood_resolved_styles styles;
     mood_model *model;
+    mood_image *init;          /* --init-image, read before the model loads */
+    float *init_pixels;        /* it at the run's size (mood_gen_init_image) */
     float *images;             /* batch x 3 x H x W in [-1, 1] */
     double load_s, generate_s; /* wall times, reported by --json */
     char default_output[64];   /* without -o: mood-SEED.png, or the first free mood-SEED-vN.png */

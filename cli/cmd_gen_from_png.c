@@ -179,8 +179,9 @@ static int png_warn_group(const mood_params *p, const char *prefix, const char *
     return 1;
 }
 
-/* Hires fix and img2img (Denoising strength, unless it does not parse), ADetailer, ControlNet. */
-static void png_warn_passes(const mood_params *p)
+/* Hires fix and img2img (Denoising strength, unless it does not parse), ADetailer, ControlNet.
+ * An img2img image is remade with --init-image (its start picture: A1111 does not record it). */
+static void png_warn_passes(const gen_args *a, const mood_params *p)
 {
     char den[96] = "";
     const char *raw = NULL;
@@ -192,9 +193,10 @@ static void png_warn_passes(const mood_params *p)
     else if (raw)
         snprintf(den, sizeof den, "Denoising strength: %.60s", raw);
     if (!png_warn_group(p, "Hires ", *den ? den : NULL, "hires fix, a second upscaled pass,") &&
-        *den)
-        cli_warn("the image was made with img2img (%s), which mood does not do (it regenerates "
-                 "from noise): the image will differ",
+        *den && !a->init_image)
+        cli_warn("the image was made with img2img (%s) from a picture its parameters do not "
+                 "name: give it with --init-image to remake the image; without, mood draws it "
+                 "from noise: the image will differ",
                  den);
     png_warn_group(p, "ADetailer ", NULL, "ADetailer (inpainted details)");
     png_warn_group(p, "ControlNet", NULL, "ControlNet (a control image)");
@@ -439,7 +441,7 @@ static int png_warn_unmatched(gen_args *a, const mood_params *p)
     png_warn_unparsed(a, p);
     png_warn_settings(p);
     png_warn_unknown(p);
-    png_warn_passes(p);
+    png_warn_passes(a, p);
     png_warn_embeddings(p);
     if (!a->set.prompt)
         warn_a1111_only(p->prompt, "the image's", "prompt", ": the image will differ");
@@ -472,6 +474,9 @@ static void png_note_overrides(const gen_args *a, const mood_params *p)
              "%sSize: %dx%d", n ? ", " : "", p->width, p->height);
     OVERRIDE(a->set.clip_skip && a->opts.clip_skip != p->clip_skip, "%sClip skip: %d",
              n ? ", " : "", p->clip_skip);
+    OVERRIDE(a->set.strength && !isnan(p->denoising_strength) &&
+                 a->opts.strength != p->denoising_strength,
+             "%sDenoising strength: %g", n ? ", " : "", p->denoising_strength);
 #undef OVERRIDE
     if (n)
         cli_warn("the options given replace the image's %s: the image will differ", list);
@@ -513,6 +518,10 @@ static int png_fill(gen_args *a, const mood_params *p)
         a->opts.width = p->width, a->opts.height = p->height;
     if (!a->set.clip_skip && p->clip_skip > 0)
         a->opts.clip_skip = p->clip_skip;
+    if (!a->set.strength && a->init_image && !isnan(p->denoising_strength) &&
+        p->denoising_strength > 0 && p->denoising_strength <= 1 &&
+        !mood_params_get(p, "Hires upscale"))
+        a->opts.strength = p->denoising_strength; /* img2img's (hires fix has one too) */
     png_sampler(a, p);
     png_rng(a, p);
     png_prediction(a, p);

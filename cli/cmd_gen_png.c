@@ -263,6 +263,11 @@ int gen_params_fill(mood_params *p, const mood_gen_options *o, const mood_model 
         err = mood_params_set(p, "Model hash", hash);
     if (!err)
         err = mood_params_set(p, "Model", mood_model_name(model));
+    if (!err && o->init_image) { /* img2img: where A1111 puts it */
+        char v[32];
+        mood_params_format_number(v, o->strength, 0);
+        err = mood_params_set(p, "Denoising strength", v);
+    }
     if (!err && o->clip_skip > 1)
         err = set_num(p, "Clip skip", "%.0f", o->clip_skip);
     if (!err && o->rng != MOOD_RNG_TORCH_CUDA)

@@ -227,6 +227,12 @@ void mood_gen_options_init(mood_gen_options *o)
     o->schedule = MOOD_SCHEDULE_DEFAULT;
     o->rng = MOOD_RNG_TORCH_CPU;
     o->clip_skip = 1;
+    o->strength = 0.75;
+}
+
+int mood_model_size_multiple(const mood_model *m)
+{
+    return mood_vae_scale(m->vae);
 }
 
 void mood_model_default_size(const mood_model *m, int *width, int *height)
@@ -260,6 +266,17 @@ static int check_options(const mood_model *m, const mood_gen_options *o)
     if (o->clip_skip < 1 || o->clip_skip > 12)
         return mood_error_set(MOOD_EINVAL, "clip skip %d: between 1 and 12", o->clip_skip);
     /* noise_open would read any other value as MOOD_RNG_MOOD: a wrong value must not pass */
+    if (o->init_image && !(o->strength > 0 && o->strength <= 1))
+        return mood_error_set(MOOD_EINVAL, "strength %g: above 0, at most 1", o->strength);
+    if (o->init_image && (int)(o->steps * o->strength) < 1)
+        return mood_error_set(MOOD_EINVAL,
+                              "strength %g of %d steps runs no step (int(steps x strength) = 0): "
+                              "raise the strength or the steps",
+                              o->strength, o->steps);
+    if (o->init_image && m->latents_norm)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "img2img is not supported with this model's normalised latents "
+                              "(Playground v2.5) yet");
     if ((unsigned)o->rng > MOOD_RNG_MOOD)
         return mood_error_set(MOOD_EINVAL,
                               "rng %d: unknown noise source (MOOD_RNG_TORCH_CPU, "
@@ -298,6 +315,41 @@ static int decode(mood_model *m, float *images, const float *latents, int B, int
         err = mood_vae_decode(m->vae, images + i * img, z, 1, h, w);
     }
     mood_free(z);
+    return err;
+}
+
+/* img2img's starting latents, as StableDiffusionImg2ImgPipeline.prepare_latents: the init image
+ * encoded once, its latent_dist sampled (drawn before the noise: for torch-cpu one sample for the
+ * whole batch, repeated; for the per-image sources each image's generator draws its own), shifted
+ * and scaled into the UNet's space, then the scheduler's add_noise at the first step run. */
+static int img2img_latents(float *latents, mood_model *m, const mood_gen_options *o,
+                           const mood_sample_opts *so, noise_src *ns, int B, size_t n)
+{
+    const mood_vae_config *vc = mood_vae_get_config(m->vae);
+    int per_image = ns->kind != MOOD_RNG_TORCH_CPU;
+    float *mean = mood_malloc(n * sizeof *mean), *logvar = mood_malloc(n * sizeof *logvar);
+    float *noise = mood_malloc((size_t)B * n * sizeof *noise);
+    int err = mean && logvar && noise ? 0 : mood_error_nomem();
+    if (!err)
+        err = mood_vae_encode(m->vae, mean, logvar, o->init_image, 1, o->height, o->width);
+    for (int i = 0; i < (per_image ? B : 1) && !err; i++) {
+        err = per_image ? (ns->kind == MOOD_RNG_TORCH_CUDA
+                               ? mood_rng_torch_cuda_randn(ns->cuda[i], noise, n)
+                               : mood_rng_torch_cpu_randn(ns->cpu[i], noise, n))
+                        : mood_rng_torch_cpu_randn(ns->cpu[0], noise, n);
+        for (size_t j = 0; j < n && !err; j++)
+            latents[i * n + j] = (mean[j] + expf(0.5f * logvar[j]) * noise[j] - vc->shift_factor) *
+                                 vc->scaling_factor;
+    }
+    for (int i = 1; i < B && !per_image && !err; i++)
+        memcpy(latents + i * n, latents, n * sizeof *latents);
+    if (!err)
+        err = noise_draw(noise, B, n, ns);
+    if (!err)
+        err = mood_sampler_add_noise(&m->sched, so, latents, noise, (size_t)B * n);
+    mood_free(mean);
+    mood_free(logvar);
+    mood_free(noise);
     return err;
 }
 
@@ -349,13 +401,20 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
         if (!latents || !images)
             err = mood_error_nomem();
     }
-    if (!err)
-        err = noise_draw(latents, d.B, d.n, &ns);
     if (!err) {
         mood_sample_opts_init(&so);
         so.kind = o->sampler;
         so.schedule = o->schedule;
         so.steps = o->steps;
+        if (o->init_image) { /* diffusers' get_timesteps */
+            so.start_step = o->steps - (int)(o->steps * o->strength);
+            so.noised = 1;
+            err = img2img_latents(latents, m, o, &so, &ns, d.B, d.n);
+        } else {
+            err = noise_draw(latents, d.B, d.n, &ns);
+        }
+    }
+    if (!err) {
         so.noise = noise_draw;
         so.noise_user = &ns;
         so.progress = o->progress;

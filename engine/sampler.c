@@ -465,6 +465,9 @@ static int check_opts(const mood_noise_schedule *ns, const mood_sample_opts *o)
                               a1111_names[o->kind], o->steps, ns->train_timesteps);
     if (!(o->eta >= 0 && o->eta <= 1e6))
         return mood_error_set(MOOD_EINVAL, "sampler: eta %g must be >= 0", o->eta);
+    if (o->start_step < 0 || o->start_step >= o->steps)
+        return mood_error_set(MOOD_EINVAL, "sampler: start step %d out of range 0..%d",
+                              o->start_step, o->steps - 1);
     if (ns->edm && !mood__is_sigma_sampler(o->kind))
         return mood_error_set(MOOD_EINVAL,
                               "sampler %s: not available for an EDM model (Playground v2.5): use "
@@ -522,6 +525,35 @@ done:
     if (err)
         plan_free(p);
     return err;
+}
+
+int mood_sampler_add_noise(const mood_noise_schedule *ns, const mood_sample_opts *o, float *x,
+                           const float *noise, size_t N)
+{
+    plan p;
+    int err, k;
+    float a = 1.0f, b;
+    if (!ns || !o || !x || !noise)
+        return mood_error_set(MOOD_EINVAL, "mood_sampler_add_noise: missing arguments");
+    if (o->kind == MOOD_SAMPLER_LCM || ns->edm)
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "img2img is not supported with %s yet (another sampler works)",
+                              ns->edm ? "an EDM model (Playground v2.5)" : "the LCM sampler");
+    if ((err = plan_build(&p, ns, o)) != 0)
+        return err;
+    k = o->start_step;
+    if (o->kind == MOOD_SAMPLER_EULER || o->kind == MOOD_SAMPLER_EULER_A) {
+        b = p.sigma[k];
+    } else if (o->kind == MOOD_SAMPLER_DDIM) {
+        float ac = p.ac[(int)p.t[k]];
+        a = sqrtf(ac), b = sqrtf(1.0f - ac);
+    } else { /* DPM-Solver: the VP pair of the step's sigma */
+        a = 1.0f / sqrtf(p.sigma[k] * p.sigma[k] + 1.0f), b = p.sigma[k] * a;
+    }
+    for (size_t j = 0; j < N; j++)
+        x[j] = a * x[j] + b * noise[j];
+    plan_free(&p);
+    return 0;
 }
 
 int mood_sampler_timesteps(const mood_noise_schedule *ns, const mood_sample_opts *o,
@@ -866,17 +898,18 @@ static int report(const run *r, int i, const mood_sample_opts *o)
 {
     mood_sample_state s;
     mood_progress pr;
+    int k = i - o->start_step, run_steps = r->p->steps - o->start_step; /* the steps run */
     if (o->preview) {
-        s.step = i, s.steps = r->p->steps, s.timestep = r->p->t[i];
+        s.step = k, s.steps = run_steps, s.timestep = r->p->t[i];
         s.sigma = r->p->sigma[i], s.sigma_next = r->p->sigma[i + 1];
         s.x = r->x, s.x0 = r->x0, s.B = r->B, s.n_per_image = r->n;
         if (o->preview(&s, o->preview_user) != 0)
-            return mood_error_set(MOOD_ECANCELLED, "sampling cancelled at step %d", i + 1);
+            return mood_error_set(MOOD_ECANCELLED, "sampling cancelled at step %d", k + 1);
     }
     if (o->progress) {
-        pr.phase = "sample", pr.done = (uint64_t)i + 1, pr.total = (uint64_t)r->p->steps;
+        pr.phase = "sample", pr.done = (uint64_t)k + 1, pr.total = (uint64_t)run_steps;
         if (o->progress(&pr, o->progress_user) != 0)
-            return mood_error_set(MOOD_ECANCELLED, "sampling cancelled at step %d", i + 1);
+            return mood_error_set(MOOD_ECANCELLED, "sampling cancelled at step %d", k + 1);
     }
     return 0;
 }
@@ -930,9 +963,10 @@ int mood_sample(const mood_noise_schedule *ns, const mood_sample_opts *o, float 
     r.p = &p, r.ns = ns, r.N = (size_t)N, r.B = B, r.n = n_per_image, r.x = latents;
     if ((err = run_alloc(&r, r.N)) != 0)
         goto done;
-    for (size_t j = 0; j < r.N; j++)
-        latents[j] = latents[j] * p.init_sigma;
-    for (int i = 0; i < p.steps && !err; i++) {
+    if (!o || !o->noised)
+        for (size_t j = 0; j < r.N; j++)
+            latents[j] = latents[j] * p.init_sigma;
+    for (int i = o ? o->start_step : 0; i < p.steps && !err; i++) {
         if ((err = one_step(&r, i, o, model, model_user)) == 0)
             err = report(&r, i, o);
     }

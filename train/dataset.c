@@ -452,6 +452,38 @@ uint8_t *mood__board_flatten(const mood_image *img)
     return rgb;
 }
 
+/* mood_gen_init_image (mood/gen.h): an img2img start image is prepared as a board image is
+ * (over white, the same resize), then normalised as diffusers' VaeImageProcessor does. */
+int mood_gen_init_image(float **out, const mood_image *img, int width, int height)
+{
+    uint8_t *rgb = NULL, *sized = NULL;
+    const uint8_t *src;
+    size_t hw = (size_t)width * height;
+    int err = 0;
+    MOOD_ARG_NONNULL(out);
+    *out = NULL;
+    MOOD_ARG_NONNULL(img);
+    if (width < 1 || height < 1 || width > 4096 || height > 4096)
+        return mood_error_set(MOOD_EINVAL, "init image size %dx%d: 1 to 4096 each", width, height);
+    if (!(rgb = mood__board_flatten(img)))
+        return mood_error_nomem();
+    src = rgb;
+    if (img->width != width || img->height != height) {
+        if (!(sized = mood_malloc(hw * 3)))
+            err = mood_error_nomem();
+        else if (!(err = mood__resize_rgb(sized, width, height, rgb, img->width, img->height)))
+            src = sized;
+    }
+    if (!err && !(*out = malloc(hw * 3 * sizeof **out)))
+        err = mood_error_nomem();
+    for (size_t i = 0; !err && i < hw; i++)
+        for (int c = 0; c < 3; c++)
+            (*out)[c * hw + i] = 2.0f * ((float)src[3 * i + c] / 255.0f) - 1.0f;
+    mood_free(sized);
+    mood_free(rgb);
+    return err;
+}
+
 /* Resize to (rw, rh), then take the centre (bw, bh), as kohya's trim_and_resize_if_required. */
 static int fit(mood_board_item *it, const uint8_t *rgb, int w, int h, int rw, int rh)
 {

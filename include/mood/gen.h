@@ -30,6 +30,7 @@
 
 #include "mood/clip.h"
 #include "mood/core.h"
+#include "mood/image.h"
 #include "mood/lora.h"
 #include "mood/sampler.h"
 #include "mood/unet.h"
@@ -133,14 +134,30 @@ typedef struct mood_gen_options {
     mood_preview_fn preview; /* NULL, or called every preview_every steps */
     int preview_every;
     void *preview_payload;
+    /* img2img (diffusers' StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline):
+     * NULL, or the image to start from, 3 x height x width floats in [-1, 1]
+     * (mood_gen_init_image makes them from a picture), the same for every image of a batch. Its
+     * latents (the VAE's latent_dist.sample(), drawn from the run's noise source before the
+     * initial noise) are noised to the level of step steps - int(steps * strength) and sampled
+     * from there: strength 1 keeps only the image's mean in the noise, small values keep the
+     * picture (A1111's "Denoising strength"). Not with the LCM sampler or EDM models. */
+    const float *init_image;
+    double strength; /* in (0, 1]; 0.75 by default (A1111's) */
 } mood_gen_options;
 
 void mood_gen_options_init(mood_gen_options *o); /* 512x512, batch 1, 20 steps, cfg 7, Euler a */
+/* An img2img start image from a picture (mood/image.h): alpha composited over white, resized to
+ * width x height when it is another size (stretched, as A1111's "Just resize", with the
+ * antialiased bilinear filter mood train uses), as 3 x height x width floats in [-1, 1]
+ * (x / 127.5 - 1, diffusers' VaeImageProcessor). *out is malloc'd; free it with free(). */
+MOOD_WARN_UNUSED int mood_gen_init_image(float **out, const mood_image *img, int width, int height);
 
 /* The size the model was trained at: its VAE config's sample_size (512 for SD1, 768 for SD2-v,
  * 1024 for SDXL, 64 for mood-tiny); where that says 512 or is missing or unusable (single-file
  * checkpoints), the family's: 1024 for SDXL, 768 for SD2 v-prediction, else 512. */
 void mood_model_default_size(const mood_model *m, int *width, int *height);
+/* What image sizes must be multiples of: the VAE's scale (8; 4 for mood-tiny). */
+int mood_model_size_multiple(const mood_model *m);
 
 /* Runs txt2img. *images_out (batch x 3 x height x width floats, CHW per image, the VAE's output:
  * about [-1, 1], not clamped; mood_image_from_float clamps as diffusers does) is malloc'd; free

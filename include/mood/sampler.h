@@ -198,6 +198,13 @@ typedef struct mood_sample_opts {
     void *progress_user;
     mood_sample_preview_fn preview; /* once per step, before progress; may be NULL */
     void *preview_user;
+    /* img2img (diffusers' Img2Img pipelines): the run takes the schedule's steps from
+     * start_step on (0 .. steps - 1: the first start_step are skipped, as get_timesteps and
+     * set_begin_index do), and with `noised` set the latents hold a clean image's latents already
+     * noised to that step's level by mood_sampler_add_noise (so they are not scaled by
+     * init_noise_sigma). Progress and previews count the steps run (steps - start_step). */
+    int start_step;
+    int noised;
 } mood_sample_opts;
 
 /* Euler a, Karras off, 20 steps, eta 0, no callbacks. */
@@ -212,6 +219,16 @@ void mood_sample_opts_init(mood_sample_opts *o);
 MOOD_WARN_UNUSED int mood_sample(const mood_noise_schedule *ns, const mood_sample_opts *o,
                                  float *latents, int B, size_t n_per_image, mood_model_fn model,
                                  void *model_user);
+
+/* The scheduler's add_noise at step o->start_step, in place: x (N floats, clean latents) becomes
+ * x0 + sigma noise (Euler, Euler a, as EulerDiscreteScheduler), alpha_t x0 + sigma_t noise
+ * (DPM++ and DDIM: DPMSolverMultistepScheduler with the VP alpha_t and sigma_t of the step's
+ * sigma, DDIMScheduler with sqrt(alphas_cumprod[t])), with noise of unit variance. LCM (whose
+ * img2img schedule depends on the strength) and EDM models are MOOD_EUNSUPPORTED; errors
+ * otherwise as mood_sample. */
+MOOD_WARN_UNUSED int mood_sampler_add_noise(const mood_noise_schedule *ns,
+                                            const mood_sample_opts *o, float *x, const float *noise,
+                                            size_t N);
 
 /* The schedule a run will use: timesteps_out[steps] = the model timesteps (fractional for Euler
  * with Karras), sigmas_out[steps + 1] = the noise level (sigma = sqrt((1 - abar) / abar)) of the

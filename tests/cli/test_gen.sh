@@ -9,7 +9,10 @@
 # hash first) gives the same bytes, --from-png names each setting of an image it cannot
 # reproduce, merge and runtime LoRA modes agree, an SDXL LoRA is refused, bad options fail
 # with exit 1 and a missing model with exit 2; an SDXL folder (with an SGM LoRA) and Playground
-# v2.5 generate; --model mood-tiny finds the shipped model without a registry.
+# v2.5 generate; --model mood-tiny finds the shipped model without a registry. img2img
+# (--init-image, --strength) gives diffusers' StableDiffusionImg2ImgPipeline image (fixture
+# tests/fixtures/img2img), records A1111's "Denoising strength", and --from-png with the picture
+# gives the same bytes.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -71,6 +74,49 @@ a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n +
 assert t["dtype"] == "F32" and len(ref) == len(px) == 64 * 64 * 3, (t, len(px))
 diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
 assert diff == 0, diff' "$tmp/a.png" "$P/ref.safetensors" "$tmp/pixels.py"
+
+# ----- img2img: the image diffusers' StableDiffusionImg2ImgPipeline makes from the same picture
+I2I=$FIX/img2img
+expect_rc 0 "gen --init-image" "$MOOD" gen "$PROMPT" --model "$MODEL" --steps 10 --cfg 7.5 \
+    --seed 42 --sampler euler --init-image "$I2I/init.png" --strength 0.6 -o "$tmp/i2i.png"
+check "img2img image equals diffusers' (fixture euler_s06.image)" python3 -c '
+import json, runpy, struct, sys
+px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
+d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])["euler_s06.image"]
+a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
+assert len(ref) == len(px) == 64 * 64 * 3, (t, len(px))
+diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
+assert diff <= 1, diff' "$tmp/i2i.png" "$I2I/ref.safetensors" "$tmp/pixels.py"
+check "records A1111's Denoising strength" grep -qa "Model: tiny-sd, Denoising strength: 0.6," "$tmp/i2i.png"
+expect_rc 0 "--from-png with its picture" "$MOOD" gen --from-png "$tmp/i2i.png" --model "$MODEL" \
+    --init-image "$I2I/init.png" -o "$tmp/i2i-again.png"
+check "the same bytes" cmp -s "$tmp/i2i.png" "$tmp/i2i-again.png"
+check "no warning" test ! -s "$tmp/err" -o "$(grep -c warning "$tmp/err")" = 0
+expect_rc 0 "--from-png without it" "$MOOD" gen --from-png "$tmp/i2i.png" --model "$MODEL" \
+    -o "$tmp/i2i-noise.png"
+check "says the picture is needed" grep -q "made with img2img (Denoising strength: 0.6) from a picture its parameters do not name: give it with --init-image" "$tmp/err"
+expect_rc 1 "--strength without --init-image" "$MOOD" gen "$PROMPT" "${common[@]}" --strength 0.5
+check "says what it is for" grep -q "give the image with --init-image" "$tmp/err"
+expect_rc 1 "--strength 0" "$MOOD" gen "$PROMPT" "${common[@]}" --init-image "$I2I/init.png" --strength 0
+expect_rc 1 "a strength that runs no step" "$MOOD" gen "$PROMPT" "${common[@]}" \
+    --init-image "$I2I/init.png" --strength 0.1
+check "says so" grep -q "runs no step" "$tmp/err"
+expect_rc 2 "a missing picture" "$MOOD" gen "$PROMPT" "${common[@]}" --init-image "$tmp/nosuch.png"
+check "names it" grep -q "init-image: .*nosuch.png" "$tmp/err"
+echo "not an image" >"$tmp/bad.png"
+expect_rc 1 "not a picture" "$MOOD" gen "$PROMPT" "${common[@]}" --init-image "$tmp/bad.png"
+# a picture larger than the model's area is brought down to it, its shape kept
+python3 -c '
+import struct, sys, zlib
+w, h = 200, 100
+raw = b"".join(b"\0" + bytes(v for x in range(w) for v in ((x * 7) % 256, (y * 5) % 256, 90)) for y in range(h))
+def chunk(t, b): return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b))
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))' "$tmp/wide.png"
+expect_rc 0 "a wide picture" "$MOOD" gen "$PROMPT" --model "$MODEL" --steps 4 --init-image "$tmp/wide.png" -o "$tmp/wide-out.png"
+check "made at the model's area, 2:1" grep -q "init-image is 200x100: the image is made at 88x40" "$tmp/err"
+check "at that size" python3 -c '
+import struct, sys
+d = open(sys.argv[1], "rb").read(); assert struct.unpack(">II", d[16:24]) == (88, 40)' "$tmp/wide-out.png"
 
 # ----- previews
 expect_rc 0 "--preview-every" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --sampler euler \

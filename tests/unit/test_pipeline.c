@@ -14,7 +14,11 @@
  *   - the LoRA at 0.7 (UNet and text encoder) merged and as runtime side paths: conditioning,
  *     the UNet alone (diffusers' fuse_lora) and two runs; switching sets in any order and back
  *     to none reproduces the earlier results bit for bit (pristine weights restored, no drift);
- *   - an SDXL LoRA is refused with MOOD_EFAMILY and leaves the current set in place.
+ *   - an SDXL LoRA is refused with MOOD_EFAMILY and leaves the current set in place;
+ *   - img2img (tests/fixtures/img2img, diffusers' StableDiffusionImg2ImgPipeline): the final
+ *     latents of Euler, Euler a (a batch of 2), DPM++ 2M Karras and DDIM runs from init.png at
+ *     strengths 0.35 to 1, one decoded image; a strength that runs no step, one above 1 and the
+ *     LCM sampler are refused; mood_gen_init_image's pixels (alpha over white, resize).
  * Tolerance: max |mood - diffusers| <= 2e-5 * max |diffusers| for latents and images, 1e-5 for
  * the conditioning and the UNet alone.
  *
@@ -495,5 +499,116 @@ static void test_lora_single_file(void)
     lora_model(1);
 }
 
+/* ----- img2img -------------------------------------------------------------------------------
+ * tests/fixtures/img2img (tools/make_fixtures_img2img.py): diffusers'
+ * StableDiffusionImg2ImgPipeline on the same model from init.png, four samplers at strengths 0.35
+ * to 1, a batch of 2. */
+
+static void check_img2img_run(mood_model *m, const fixture_set *f, const cJSON *run,
+                              const float *init, int size)
+{
+    mood_gen_options o;
+    result r = {0};
+    int B = (int)num(run, "batch"), rc;
+    char what[96];
+    snprintf(what, sizeof what, "img2img %s", json_str(run, "name"));
+    MOOD_CHECK_OK(run_options(&o, run));
+    o.width = o.height = size;
+    o.init_image = init;
+    o.strength = num(run, "strength");
+    rc = mood_generate(m, &o, &r.images, &r.latents);
+    MOOD_CHECK_MSG(rc == 0, "%s: mood_generate returned %d: %s", what, rc, mood_error_last());
+    if (rc != 0)
+        return;
+    check_close(f, what, json_str(run, "latents"), r.latents,
+                (size_t)B * 4 * (size / 8) * (size / 8), RUN_TOL);
+    if (json_str(run, "image")) {
+        float *np = to_np_image(r.images, B, size, size);
+        check_close(f, what, json_str(run, "image"), np, (size_t)B * 3 * size * size, RUN_TOL);
+        free(np);
+    }
+    result_free(&r);
+}
+
+static void test_img2img(void)
+{
+    fixture_set pf, f = {0};
+    mood_model *m = NULL;
+    mood_image *img = NULL;
+    float *init = NULL, *out = NULL;
+    mood_gen_options o;
+    const cJSON *run;
+    int size;
+    if (fixtures_open(&pf) != 0) {
+        MOOD_CHECK(!"pipeline fixtures");
+        return;
+    }
+    f.man = load_json(fixture("img2img/manifest.json"));
+    MOOD_CHECK(f.man != NULL);
+    MOOD_CHECK_OK(mood_st_open(&f.ref, fixture("img2img/ref.safetensors")));
+    MOOD_CHECK_OK(mood_image_load(&img, fixture("img2img/init.png")));
+    size = (int)num(f.man, "size");
+    if (!f.man || !f.ref || !img || open_model(&m, &pf, 0) != 0)
+        goto done;
+    MOOD_CHECK_OK(mood_gen_init_image(&init, img, size, size));
+    cJSON_ArrayForEach(run, member(f.man, "runs"))
+    {
+        check_img2img_run(m, &f, run, init, size);
+    }
+    /* what diffusers refuses or mood does not do, said before any work */
+    MOOD_CHECK_OK(run_options(&o, find_run(&pf, "euler")));
+    o.width = o.height = size;
+    o.init_image = init;
+    o.strength = 0.04; /* int(8 x 0.04) = 0 steps */
+    MOOD_CHECK(mood_generate(m, &o, &out, NULL) == MOOD_EINVAL);
+    MOOD_CHECK(strstr(mood_error_last(), "runs no step") != NULL);
+    o.strength = 1.5;
+    MOOD_CHECK(mood_generate(m, &o, &out, NULL) == MOOD_EINVAL);
+    o.strength = 0.5;
+    o.sampler = MOOD_SAMPLER_LCM;
+    o.schedule = MOOD_SCHEDULE_DEFAULT;
+    MOOD_CHECK(mood_generate(m, &o, &out, NULL) == MOOD_EUNSUPPORTED);
+    MOOD_CHECK(out == NULL);
+done:
+    free(init);
+    mood_image_free(img);
+    mood_model_free(m);
+    fixtures_close(&f);
+    fixtures_close(&pf);
+}
+
+/* The init image's pixels: over white, resized when another size, x / 255 * 2 - 1. */
+static void test_init_image(void)
+{
+    mood_image *img = NULL;
+    float *x = NULL;
+    MOOD_CHECK_OK(mood_image_new(&img, 4, 2, 4));
+    if (!img)
+        return;
+    for (int i = 0; i < 8; i++) {
+        uint8_t *p = img->pixels + 4 * i;
+        p[0] = (uint8_t)(i * 30), p[1] = 255, p[2] = 0, p[3] = i < 4 ? 255 : 0;
+    }
+    MOOD_CHECK_OK(mood_gen_init_image(&x, img, 4, 2));
+    if (x) {
+        MOOD_CHECK(x[1] == 2.0f * (30.0f / 255.0f) - 1.0f); /* R of pixel 1, opaque */
+        MOOD_CHECK(x[8 + 1] == 1.0f);                       /* G */
+        MOOD_CHECK(x[16 + 1] == -1.0f);                     /* B */
+        MOOD_CHECK(x[5] == 1.0f && x[16 + 5] == 1.0f);      /* transparent: white */
+    }
+    free(x);
+    x = NULL;
+    MOOD_CHECK_OK(mood_gen_init_image(&x, img, 8, 6)); /* stretched */
+    if (x) {
+        MOOD_CHECK(x[8 * 6 + 0] == 1.0f);   /* G of the top left: 255 */
+        MOOD_CHECK(x[2 * 48 + 47] > 0.99f); /* B of the bottom right: white */
+    }
+    free(x);
+    x = NULL;
+    MOOD_CHECK(mood_gen_init_image(&x, img, 0, 6) == MOOD_EINVAL && x == NULL);
+    mood_image_free(img);
+}
+
 MOOD_TEST_MAIN(MOOD_T(test_open), MOOD_T(test_conditioning), MOOD_T(test_runs),
-               MOOD_T(test_lora_folder), MOOD_T(test_lora_single_file))
+               MOOD_T(test_lora_folder), MOOD_T(test_lora_single_file), MOOD_T(test_img2img),
+               MOOD_T(test_init_image))

@@ -1,0 +1,134 @@
+"""Reference fixtures for mood's img2img (tests/fixtures/img2img/), computed by diffusers' own
+StableDiffusionImg2ImgPipeline on the tiny SD1.x pipeline of tests/fixtures/pipeline/tiny-sd
+(made by make_fixtures_pipeline.py; read here, not changed).
+
+The init image: init.png, a 64 x 64 RGB picture drawn here (gradients, a disc, a bar; no
+randomness), stored as 8-bit PNG so that diffusers (PIL) and mood read the same pixels. It is
+the generation size, so no resize is involved: diffusers' VaeImageProcessor.preprocess only
+normalises it (x / 255 * 2 - 1).
+
+References (float32, CPU, diffusers 0.42, the pipeline loaded from tiny-sd/ in float32 with the
+tokenizer made offline by make_fixtures_tokenizer.make_tokenizer; generator =
+torch.Generator("cpu").manual_seed(seed) passed to the pipeline, which draws, in this order, the
+VAE's latent_dist.sample() of the init image (once, repeated for a batch), the noise that
+scheduler.add_noise mixes in at the first step kept, and every ancestral step's noise):
+  * <run>.latents: the final latents (output_type="latent") of each run in manifest "runs"
+    (B x 4 x 8 x 8), with the run's scheduler (as make_fixtures_pipeline.py's), steps, strength
+    and guidance scale;
+  * <run>.image for runs with "image": output_type="np" (B x 64 x 64 x 3, in [0, 1]).
+
+Run from the repository root:
+  tools/.venv/bin/python tools/make_fixtures_img2img.py
+Made with torch 2.15.0, diffusers 0.42.1, transformers 5.24.0 (recorded in manifest.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TOOLS)
+sys.path.insert(0, TOOLS)
+
+from make_fixtures_tokenizer import make_tokenizer  # noqa: E402
+
+import diffusers  # noqa: E402
+import transformers  # noqa: E402
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                       StableDiffusionImg2ImgPipeline)
+from PIL import Image  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+MODEL = os.path.join(ROOT, "tests", "fixtures", "pipeline", "tiny-sd")
+OUT = os.path.join(ROOT, "tests", "fixtures", "img2img")
+SIZE, STEPS, CFG = 64, 10, 7.5
+PROMPT = "a lighthouse at dusk, oil painting"
+
+SCHEDULERS = {
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "ddim": (DDIMScheduler, {}),
+}
+MOOD_SAMPLER = {"euler": ("euler", "default"), "euler_a": ("euler_a", "default"),
+                "dpmpp_2m_karras": ("dpmpp_2m", "karras"), "ddim": ("ddim", "default")}
+RUNS = [
+    dict(name="euler_s06", scheduler="euler", strength=0.6, seed=42, image=True),
+    dict(name="euler_a_s075_batch2", scheduler="euler_a", strength=0.75, seed=43, batch=2),
+    dict(name="dpmpp_2m_karras_s05", scheduler="dpmpp_2m_karras", strength=0.5, seed=44),
+    dict(name="ddim_s08", scheduler="ddim", strength=0.8, seed=45),
+    dict(name="euler_s1", scheduler="euler", strength=1.0, seed=46),
+    dict(name="euler_a_s035", scheduler="euler_a", strength=0.35, seed=47),
+]
+
+
+def init_image() -> np.ndarray:
+    """A deterministic 64 x 64 RGB picture: a sky gradient, a sun disc, a dark bar."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    img = np.zeros((SIZE, SIZE, 3))
+    img[..., 0] = 40 + 180 * y / SIZE
+    img[..., 1] = 90 + 100 * x / SIZE
+    img[..., 2] = 220 - 150 * y / SIZE
+    disc = (x - 44) ** 2 + (y - 20) ** 2 < 11 ** 2
+    img[disc] = (250, 200, 60)
+    img[46:54, 6:58] = (30, 30, 45)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def main() -> None:
+    os.makedirs(OUT, exist_ok=True)
+    Image.fromarray(init_image(), "RGB").save(os.path.join(OUT, "init.png"))
+    image = Image.open(os.path.join(OUT, "init.png")).convert("RGB")
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = make_tokenizer(tmp)
+        tok.model_max_length = 77
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+            MODEL, tokenizer=tok, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe.scheduler.config
+    ref = {}
+    for r in RUNS:
+        cls, extra = SCHEDULERS[r["scheduler"]]
+        for output_type in ["latent"] + (["np"] if r.get("image") else []):
+            pipe.scheduler = cls.from_config(base, **extra)
+            out = pipe(PROMPT, image=image, strength=r["strength"], num_inference_steps=STEPS,
+                       guidance_scale=CFG, num_images_per_prompt=r.get("batch", 1),
+                       generator=torch.Generator("cpu").manual_seed(r["seed"]),
+                       output_type=output_type).images
+            key = "latents" if output_type == "latent" else "image"
+            out = out if torch.is_tensor(out) else torch.from_numpy(out)
+            ref[f"{r['name']}.{key}"] = out.float().contiguous()
+    save_file(ref, os.path.join(OUT, "ref.safetensors"))
+    runs = []
+    for r in RUNS:
+        sampler, schedule = MOOD_SAMPLER[r["scheduler"]]
+        runs.append(dict(r, sampler=sampler, schedule=schedule, steps=STEPS, cfg=CFG,
+                         prompt=PROMPT, batch=r.get("batch", 1), latents=f"{r['name']}.latents",
+                         image=f"{r['name']}.image" if r.get("image") else None))
+    manifest = {
+        "generator": "tools/make_fixtures_img2img.py",
+        "versions": {"torch": torch.__version__.split("+")[0], "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__},
+        "model": "../pipeline/tiny-sd",
+        "init_image": "init.png",
+        "size": SIZE,
+        "references": "ref.safetensors",
+        "runs": runs,
+    }
+    with open(os.path.join(OUT, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    for k, v in ref.items():
+        print(f"{k}: {tuple(v.shape)} mean {v.mean():.5f} std {v.std():.5f}")
+
+
+if __name__ == "__main__":
+    main()
