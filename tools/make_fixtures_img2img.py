@@ -15,7 +15,9 @@ scheduler.add_noise mixes in at the first step kept, and every ancestral step's 
   * <run>.latents: the final latents (output_type="latent") of each run in manifest "runs"
     (B x 4 x 8 x 8), with the run's scheduler (as make_fixtures_pipeline.py's), steps, strength
     and guidance scale;
-  * <run>.image for runs with "image": output_type="np" (B x 64 x 64 x 3, in [0, 1]).
+  * <run>.image for runs with "image": output_type="np" (B x 64 x 64 x 3, in [0, 1]);
+  * sdxl_<run>.latents: StableDiffusionXLImg2ImgPipeline on tests/fixtures/sdxl/tiny-sdxl (made by
+    make_fixtures_sdxl.py; tokenizer_2 pads with "!"), the manifest's "sdxl_runs".
 
 Run from the repository root:
   tools/.venv/bin/python tools/make_fixtures_img2img.py
@@ -42,11 +44,13 @@ import diffusers  # noqa: E402
 import transformers  # noqa: E402
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                       StableDiffusionImg2ImgPipeline)
+                       StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline)
+from transformers import CLIPTokenizer  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 MODEL = os.path.join(ROOT, "tests", "fixtures", "pipeline", "tiny-sd")
+SDXL = os.path.join(ROOT, "tests", "fixtures", "sdxl", "tiny-sdxl")
 OUT = os.path.join(ROOT, "tests", "fixtures", "img2img")
 SIZE, STEPS, CFG = 64, 10, 7.5
 PROMPT = "a lighthouse at dusk, oil painting"
@@ -67,6 +71,13 @@ RUNS = [
     dict(name="euler_s1", scheduler="euler", strength=1.0, seed=46),
     dict(name="euler_a_s035", scheduler="euler_a", strength=0.35, seed=47),
 ]
+# StableDiffusionXLImg2ImgPipeline on tests/fixtures/sdxl/tiny-sdxl (make_fixtures_sdxl.py's;
+# tokenizer_2 pads with "!"), guidance 5 as that script's runs
+SDXL_RUNS = [
+    dict(name="sdxl_euler_s06", scheduler="euler", strength=0.6, seed=52, cfg=5.0),
+    dict(name="sdxl_dpmpp_2m_karras_s08", scheduler="dpmpp_2m_karras", strength=0.8, seed=53,
+         cfg=5.0, batch=2),
+]
 
 
 def init_image() -> np.ndarray:
@@ -82,6 +93,29 @@ def init_image() -> np.ndarray:
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
+def run(pipe, base, r: dict, image, ref: dict) -> None:
+    cls, extra = SCHEDULERS[r["scheduler"]]
+    for output_type in ["latent"] + (["np"] if r.get("image") else []):
+        pipe.scheduler = cls.from_config(base, **extra)
+        out = pipe(PROMPT, image=image, strength=r["strength"], num_inference_steps=STEPS,
+                   guidance_scale=r.get("cfg", CFG), num_images_per_prompt=r.get("batch", 1),
+                   generator=torch.Generator("cpu").manual_seed(r["seed"]),
+                   output_type=output_type).images
+        key = "latents" if output_type == "latent" else "image"
+        out = out if torch.is_tensor(out) else torch.from_numpy(out)
+        ref[f"{r['name']}.{key}"] = out.float().contiguous()
+
+
+def manifest_runs(runs: list) -> list:
+    out = []
+    for r in runs:
+        sampler, schedule = MOOD_SAMPLER[r["scheduler"]]
+        out.append(dict(r, sampler=sampler, schedule=schedule, steps=STEPS, cfg=r.get("cfg", CFG),
+                        prompt=PROMPT, batch=r.get("batch", 1), latents=f"{r['name']}.latents",
+                        image=f"{r['name']}.image" if r.get("image") else None))
+    return out
+
+
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     Image.fromarray(init_image(), "RGB").save(os.path.join(OUT, "init.png"))
@@ -89,30 +123,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tok = make_tokenizer(tmp)
         tok.model_max_length = 77
+        tok2 = CLIPTokenizer.from_pretrained(tmp, pad_token="!")
+        tok2.model_max_length = 77
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
             MODEL, tokenizer=tok, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    base = pipe.scheduler.config
+        xl = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            SDXL, tokenizer=tok, tokenizer_2=tok2, torch_dtype=torch.float32)
     ref = {}
-    for r in RUNS:
-        cls, extra = SCHEDULERS[r["scheduler"]]
-        for output_type in ["latent"] + (["np"] if r.get("image") else []):
-            pipe.scheduler = cls.from_config(base, **extra)
-            out = pipe(PROMPT, image=image, strength=r["strength"], num_inference_steps=STEPS,
-                       guidance_scale=CFG, num_images_per_prompt=r.get("batch", 1),
-                       generator=torch.Generator("cpu").manual_seed(r["seed"]),
-                       output_type=output_type).images
-            key = "latents" if output_type == "latent" else "image"
-            out = out if torch.is_tensor(out) else torch.from_numpy(out)
-            ref[f"{r['name']}.{key}"] = out.float().contiguous()
+    for p, runs in ((pipe, RUNS), (xl, SDXL_RUNS)):
+        p.set_progress_bar_config(disable=True)
+        base = p.scheduler.config
+        for r in runs:
+            run(p, base, r, image, ref)
     save_file(ref, os.path.join(OUT, "ref.safetensors"))
-    runs = []
-    for r in RUNS:
-        sampler, schedule = MOOD_SAMPLER[r["scheduler"]]
-        runs.append(dict(r, sampler=sampler, schedule=schedule, steps=STEPS, cfg=CFG,
-                         prompt=PROMPT, batch=r.get("batch", 1), latents=f"{r['name']}.latents",
-                         image=f"{r['name']}.image" if r.get("image") else None))
     manifest = {
         "generator": "tools/make_fixtures_img2img.py",
         "versions": {"torch": torch.__version__.split("+")[0], "diffusers": diffusers.__version__,
@@ -121,7 +145,9 @@ def main() -> None:
         "init_image": "init.png",
         "size": SIZE,
         "references": "ref.safetensors",
-        "runs": runs,
+        "runs": manifest_runs(RUNS),
+        "sdxl_model": "../sdxl/tiny-sdxl",
+        "sdxl_runs": manifest_runs(SDXL_RUNS),
     }
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)

@@ -17,7 +17,8 @@
  *   - an SDXL LoRA is refused with MOOD_EFAMILY and leaves the current set in place;
  *   - img2img (tests/fixtures/img2img, diffusers' StableDiffusionImg2ImgPipeline): the final
  *     latents of Euler, Euler a (a batch of 2), DPM++ 2M Karras and DDIM runs from init.png at
- *     strengths 0.35 to 1, one decoded image; a strength that runs no step, one above 1 and the
+ *     strengths 0.35 to 1, one decoded image, and two SDXL runs (StableDiffusionXLImg2ImgPipeline
+ *     on tests/fixtures/sdxl/tiny-sdxl); a strength that runs no step, one above 1 and the
  *     LCM sampler are refused; mood_gen_init_image's pixels (alpha over white, resize).
  * Tolerance: max |mood - diffusers| <= 2e-5 * max |diffusers| for latents and images, 1e-5 for
  * the conditioning and the UNet alone.
@@ -502,7 +503,7 @@ static void test_lora_single_file(void)
 /* ----- img2img -------------------------------------------------------------------------------
  * tests/fixtures/img2img (tools/make_fixtures_img2img.py): diffusers'
  * StableDiffusionImg2ImgPipeline on the same model from init.png, four samplers at strengths 0.35
- * to 1, a batch of 2. */
+ * to 1, a batch of 2; and StableDiffusionXLImg2ImgPipeline on the tiny SDXL model. */
 
 static void check_img2img_run(mood_model *m, const fixture_set *f, const cJSON *run,
                               const float *init, int size)
@@ -569,6 +570,15 @@ static void test_img2img(void)
     o.schedule = MOOD_SCHEDULE_DEFAULT;
     MOOD_CHECK(mood_generate(m, &o, &out, NULL) == MOOD_EUNSUPPORTED);
     MOOD_CHECK(out == NULL);
+    /* SDXL (StableDiffusionXLImg2ImgPipeline on the tiny SDXL folder of tests/fixtures/sdxl) */
+    mood_model_free(m);
+    m = NULL;
+    MOOD_CHECK_OK(mood_model_open(&m, fixture("sdxl/tiny-sdxl"), NULL));
+    cJSON_ArrayForEach(run, member(f.man, "sdxl_runs"))
+    {
+        if (m)
+            check_img2img_run(m, &f, run, init, size);
+    }
 done:
     free(init);
     mood_image_free(img);
