@@ -358,10 +358,9 @@ static int size_step(double v, int k)
 }
 
 /* The size of an img2img run: --size or --from-png's (the picture stretched to it, as A1111's
- * "Just resize"),
- * else the picture's own, rounded down to the model's multiple, and brought down to the
- * model's own area when larger (a 12-megapixel photo is not an SD1 size), its shape kept. Then
- * the picture as the run's start image. */
+ * "Just resize"), else the picture's own, rounded down to the model's multiple, and brought down
+ * to the model's own area when larger (a 12-megapixel photo is not an SD1 size), its shape
+ * kept. Then the picture as the run's start image. */
 static int prepare_init_image(gen_run *r)
 {
     mood_gen_options *o = &r->args.opts;

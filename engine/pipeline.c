@@ -265,7 +265,6 @@ static int check_options(const mood_model *m, const mood_gen_options *o)
         return mood_error_set(MOOD_EINVAL, "CFG scale %g: between 0 and 100", o->cfg);
     if (o->clip_skip < 1 || o->clip_skip > 12)
         return mood_error_set(MOOD_EINVAL, "clip skip %d: between 1 and 12", o->clip_skip);
-    /* noise_open would read any other value as MOOD_RNG_MOOD: a wrong value must not pass */
     if (o->init_image && !(o->strength > 0 && o->strength <= 1))
         return mood_error_set(MOOD_EINVAL, "strength %g: above 0, at most 1", o->strength);
     if (o->init_image && (int)(o->steps * o->strength) < 1)
@@ -273,10 +272,14 @@ static int check_options(const mood_model *m, const mood_gen_options *o)
                               "strength %g of %d steps runs no step (int(steps x strength) = 0): "
                               "raise the strength or the steps",
                               o->strength, o->steps);
-    if (o->init_image && m->latents_norm)
+    if (o->init_image && (m->latents_norm || m->sched.edm))
         return mood_error_set(MOOD_EUNSUPPORTED,
-                              "img2img is not supported with this model's normalised latents "
+                              "img2img is not supported with an EDM model with normalised latents "
                               "(Playground v2.5) yet");
+    if (o->init_image && o->sampler == MOOD_SAMPLER_LCM)
+        return mood_error_set(MOOD_EUNSUPPORTED, "img2img is not supported with the LCM sampler "
+                                                 "yet (its schedule depends on the strength)");
+    /* noise_open would read any other value as MOOD_RNG_MOOD: a wrong value must not pass */
     if ((unsigned)o->rng > MOOD_RNG_MOOD)
         return mood_error_set(MOOD_EINVAL,
                               "rng %d: unknown noise source (MOOD_RNG_TORCH_CPU, "
