@@ -36,8 +36,9 @@ const char cmd_civitai_link_help[] =
     "                registry; with --all, [] when there is nothing to link\n\n"
     "Environment: MOOD_CIVITAI_URL (API base, default https://civitai.com), CIVITAI_TOKEN (an\n"
     "API key, sent to Civitai only; never stored); MOOD_OFFLINE=1 refuses the command (exit 2).\n"
-    "Exit status: 0 every LoRA linked (or, with --all, nothing to link), 1 a style is not in the\n"
-    "registry, 2 a LoRA is unknown to Civitai or the network failed (the other LoRAs are\n"
+    "Exit status: 0 every LoRA linked (with --all: every LoRA linked or unknown to Civitai,\n"
+    "which is listed: a folder of LoRAs always has some), 1 a style is not in the registry, 2 a\n"
+    "LoRA is unknown to Civitai (without --all) or the network failed (the other LoRAs are\n"
     "linked); with both, 2.\n";
 
 const char cmd_update_check_help[] =
@@ -392,7 +393,10 @@ static int link_all(mood_registry *r, mood_civitai *c, int refresh,
     if (err)
         return cli_fail(err);
     list = cJSON_CreateArray();
-    rc = add_results(list, res, n, 0);
+    add_results(list, res, n, 0);
+    rc = 0; /* a LoRA Civitai does not know is an answer here, listed; a failed lookup is not */
+    for (size_t i = 0; i < n; i++)
+        rc = res[i].status && res[i].status != MOOD_ENOTFOUND ? 2 : rc;
     mood_civitai_link_results_free(res, n);
     if (json) {
         int prc = cli_print_json(list);
