@@ -75,7 +75,13 @@ const char cmd_gen_help[] =
     "  --strength X          how much is redrawn, above 0 to 1 (default 0.75; A1111's\n"
     "                        \"Denoising strength\", recorded so in the PNG): 0.3 keeps the\n"
     "                        picture, 1 keeps little more than its colours; int(steps x X)\n"
-    "                        steps run. Not with the LCM sampler\n\n"
+    "                        steps run. Not with the LCM sampler\n"
+    "  --mask FILE           inpainting: redraw only where FILE is white (at least half\n"
+    "                        grey), keep the picture where it is black; the kept part is put\n"
+    "                        back after every step (diffusers' StableDiffusionInpaintPipeline\n"
+    "                        with the model's own UNet; no blur: soften the mask's edge in\n"
+    "                        the file). At --strength 1 the masked part starts from noise.\n"
+    "                        The mask must have the picture's shape\n\n"
     "Output:\n"
     "  -o, --output FILE     the PNG to write (default mood-SEED.png, mood-SEED-v2.png and so\n"
     "                        on when taken: never over an earlier image); a batch adds -1, -2\n"
@@ -193,6 +199,8 @@ static int parse_valued(gen_args *a, const char *s, const char *v)
         a->from_png = v;
     else if (strcmp(s, "--init-image") == 0)
         a->init_image = v;
+    else if (strcmp(s, "--mask") == 0)
+        a->mask = v;
     else if (strcmp(s, "--style") == 0)
         return add_style_arg(a, v);
     else if (strcmp(s, "--lora") == 0)
@@ -257,6 +265,9 @@ static int parse_args(gen_args *a, int argc, char **argv)
     }
     if (!a->prompt && !a->from_png)
         return cli_usage_error("gen", "no prompt given");
+    if (a->mask && !a->init_image)
+        return cli_usage_error("gen", "--mask says which part of --init-image's picture is "
+                                      "redrawn: give the picture with --init-image");
     if (a->set.strength && !a->init_image)
         return cli_usage_error("gen", "--strength says how much of --init-image's picture is "
                                       "redrawn: give the image with --init-image");
@@ -341,13 +352,32 @@ static int resolve_styles(gen_run *r)
 }
 
 /* --init-image, read before the model loads: a missing or undecodable file is said at once. */
-static int read_init_image(gen_run *r)
+static int read_picture(mood_image **out, const char *path, const char *option)
 {
-    int err = mood_image_load(&r->init, r->args.init_image);
+    int err = mood_image_load(out, path);
     if (err == 0)
         return 0;
-    fprintf(stderr, "mood: error: --init-image: %s\n", mood_error_last());
+    fprintf(stderr, "mood: error: %s: %s\n", option, mood_error_last());
     return err == MOOD_ENOTFOUND || err == MOOD_EBACKEND ? 2 : 1;
+}
+
+/* --init-image and --mask, read before the model loads: a missing or undecodable file is said at
+ * once. A mask of another shape than the picture would cover another part of it once both are
+ * brought to the run's size: refused. */
+static int read_init_image(gen_run *r)
+{
+    int rc = read_picture(&r->init, r->args.init_image, "--init-image");
+    if (rc || !r->args.mask || (rc = read_picture(&r->mask, r->args.mask, "--mask")) != 0)
+        return rc;
+    if (fabs((double)r->mask->width / r->mask->height - (double)r->init->width / r->init->height) >
+        0.01 * r->init->width / r->init->height) {
+        fprintf(stderr,
+                "mood: error: --mask is %dx%d but --init-image %dx%d: the mask must have the "
+                "picture's shape\n",
+                r->mask->width, r->mask->height, r->init->width, r->init->height);
+        return 1;
+    }
+    return 0;
 }
 
 /* Rounds v down to a multiple of k (at least k, at most 4096). */
@@ -383,9 +413,11 @@ static int prepare_init_image(gen_run *r)
         fprintf(stderr, "mood: note: --init-image is %dx%d: stretched to %dx%d\n", w, h, o->width,
                 o->height);
     }
-    if ((err = mood_gen_init_image(&r->init_pixels, r->init, o->width, o->height)) != 0)
+    if ((err = mood_gen_init_image(&r->init_pixels, r->init, o->width, o->height)) != 0 ||
+        (r->mask && (err = mood_gen_mask(&r->mask_pixels, r->mask, o->width, o->height)) != 0))
         return cli_fail(err);
     o->init_image = r->init_pixels;
+    o->mask = r->mask_pixels;
     return 0;
 }
 
@@ -572,6 +604,8 @@ static void run_dispose(gen_run *r)
     mood_model_free(r->model);
     mood_image_free(r->init);
     free(r->init_pixels);
+    mood_image_free(r->mask);
+    free(r->mask_pixels);
     mood_registry_close(r->reg);
     free(r->images);
     for (size_t i = 0; i < r->args.n_styles; i++)

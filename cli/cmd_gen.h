@@ -15,6 +15,7 @@
 typedef struct gen_args {
     const char *prompt, *negative, *model, *output, *from_png;
     const char *init_image; /* --init-image: img2img from this picture */
+    const char *mask;       /* --mask: inpainting, white where the picture is redrawn */
     mood_style_arg *styles;
     size_t n_styles;
     cli_adapters loras;
@@ -42,6 +43,8 @@ typedef struct gen_run {
     mood_model *model;
     mood_image *init;          /* --init-image, read before the model loads */
     float *init_pixels;        /* it at the run's size (mood_gen_init_image) */
+    mood_image *mask;          /* --mask, read with it */
+    float *mask_pixels;        /* it at the run's size (mood_gen_mask) */
     float *images;             /* batch x 3 x H x W in [-1, 1] */
     double load_s, generate_s; /* wall times, reported by --json */
     char default_output[64];   /* without -o: mood-SEED.png, or the first free mood-SEED-vN.png */

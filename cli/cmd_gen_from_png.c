@@ -198,6 +198,15 @@ static void png_warn_passes(const gen_args *a, const mood_params *p)
                  "name: give it with --init-image to remake the image; without, mood draws it "
                  "from noise: the image will differ",
                  den);
+    const char *blur = mood_params_get(p, "Mask blur"); /* A1111's inpainting says it */
+    if (blur && !a->mask)
+        cli_warn("the image was inpainted (Mask blur: %s): give its picture with --init-image and "
+                 "its mask with --mask to remake it: the image will differ",
+                 blur);
+    else if (blur && strcmp(blur, "0") != 0)
+        cli_warn("the image's mask was blurred (Mask blur: %s), which mood does not do (soften "
+                 "the mask's edge in the file): the image will differ",
+                 blur);
     png_warn_group(p, "ADetailer ", NULL, "ADetailer (inpainted details)");
     png_warn_group(p, "ControlNet", NULL, "ControlNet (a control image)");
 }
@@ -225,6 +234,7 @@ static const char *const png_known_keys[] = {"Steps",
                                              "Batch size",
                                              "Batch pos",
                                              "Denoising strength",
+                                             "Mask blur",
                                              "Version",
                                              "Hashes",
                                              "Template",

@@ -268,6 +268,8 @@ int gen_params_fill(mood_params *p, const mood_gen_options *o, const mood_model 
         mood_params_format_number(v, o->strength, 0);
         err = mood_params_set(p, "Denoising strength", v);
     }
+    if (!err && o->mask) /* A1111 says inpainting so; mood does not blur the mask */
+        err = mood_params_set(p, "Mask blur", "0");
     if (!err && o->clip_skip > 1)
         err = set_num(p, "Clip skip", "%.0f", o->clip_skip);
     if (!err && o->rng != MOOD_RNG_TORCH_CUDA)

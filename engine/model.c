@@ -96,6 +96,12 @@ static int check_parts(const mood_model *m, const char *path)
 {
     int u = mood_unet_get_config(m->unet)->in_channels;
     int v = mood_vae_get_config(m->vae)->latent_channels;
+    if (u == v + 5) /* latents, the mask and the masked picture's latents */
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s: an inpainting model (its UNet takes %d channels: the latents, "
+                              "a mask and the masked picture), which mood does not run yet; "
+                              "'mood gen --mask' inpaints with an ordinary model",
+                              path, u);
     if (u != v)
         return mood_error_set(MOOD_EFORMAT,
                               "%s: the UNet takes %d channels but the VAE makes latents of %d",

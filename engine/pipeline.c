@@ -265,6 +265,9 @@ static int check_options(const mood_model *m, const mood_gen_options *o)
         return mood_error_set(MOOD_EINVAL, "CFG scale %g: between 0 and 100", o->cfg);
     if (o->clip_skip < 1 || o->clip_skip > 12)
         return mood_error_set(MOOD_EINVAL, "clip skip %d: between 1 and 12", o->clip_skip);
+    if (o->mask && !o->init_image)
+        return mood_error_set(MOOD_EINVAL,
+                              "an inpainting mask needs the picture it applies to (init_image)");
     if (o->init_image && !(o->strength > 0 && o->strength <= 1))
         return mood_error_set(MOOD_EINVAL, "strength %g: above 0, at most 1", o->strength);
     if (o->init_image && (int)(o->steps * o->strength) < 1)
@@ -321,18 +324,64 @@ static int decode(mood_model *m, float *images, const float *latents, int B, int
     return err;
 }
 
+/* What inpainting keeps for its step hook: the picture's latents, the initial noise, the mask at
+ * latent resolution, and the run's sampler options (for add_noise at a step). */
+typedef struct inpaint_ctx {
+    const mood_noise_schedule *ns;
+    mood_sample_opts so;
+    float *image, *noise, *mask, *tmp; /* B x n, B x n, hw, B x n */
+    int B, C;
+    size_t hw;
+} inpaint_ctx;
+
+static void inpaint_dispose(inpaint_ctx *ip)
+{
+    mood_free(ip->image);
+    mood_free(ip->noise);
+    mood_free(ip->mask);
+    mood_free(ip->tmp);
+    memset(ip, 0, sizeof *ip);
+}
+
+/* mood_sample_step_fn: the kept area back, as StableDiffusionInpaintPipeline's loop does for a
+ * 4-channel UNet: latents = (1 - m) * proper + m * latents, proper being the picture's latents
+ * noised to the next step's level (clean after the last step). */
+static int inpaint_step(float *x, int step, void *user)
+{
+    inpaint_ctx *ip = user;
+    size_t N = (size_t)ip->B * ip->C * ip->hw;
+    int err = 0;
+    memcpy(ip->tmp, ip->image, N * sizeof *ip->tmp);
+    if (step + 1 < ip->so.steps) {
+        mood_sample_opts next = ip->so;
+        next.start_step = step + 1;
+        err = mood_sampler_add_noise(ip->ns, &next, ip->tmp, ip->noise, N);
+    }
+    for (size_t j = 0; j < N && !err; j++) {
+        float m = ip->mask[j % ip->hw];
+        x[j] = (1.0f - m) * ip->tmp[j] + m * x[j];
+    }
+    return err;
+}
+
 /* img2img's starting latents, as StableDiffusionImg2ImgPipeline.prepare_latents: the init image
  * encoded once, its latent_dist sampled (drawn before the noise: for torch-cpu one sample for the
  * whole batch, repeated; for the per-image sources each image's generator draws its own), shifted
- * and scaled into the UNet's space, then the scheduler's add_noise at the first step run. */
+ * and scaled into the UNet's space, then the scheduler's add_noise at the first step run.
+ * Inpainting (o->mask), as StableDiffusionInpaintPipeline's: at strength 1 pure noise (scaled by
+ * the sampler); torch-cpu then draws one more sample of the latents' size, the one diffusers
+ * draws to encode the masked picture (for 9-channel UNets only, but drawn whatever the UNet), so
+ * that the steps' noise is diffusers'; ip keeps what the step hook needs. */
 static int img2img_latents(float *latents, mood_model *m, const mood_gen_options *o,
-                           const mood_sample_opts *so, noise_src *ns, int B, size_t n)
+                           const mood_sample_opts *so, noise_src *ns, int B, size_t n,
+                           inpaint_ctx *ip)
 {
     const mood_vae_config *vc = mood_vae_get_config(m->vae);
-    int per_image = ns->kind != MOOD_RNG_TORCH_CPU;
+    int per_image = ns->kind != MOOD_RNG_TORCH_CPU, s = mood_vae_scale(m->vae);
     float *mean = mood_malloc(n * sizeof *mean), *logvar = mood_malloc(n * sizeof *logvar);
     float *noise = mood_malloc((size_t)B * n * sizeof *noise);
-    int err = mean && logvar && noise ? 0 : mood_error_nomem();
+    float *image = mood_malloc((size_t)B * n * sizeof *image);
+    int err = mean && logvar && noise && image ? 0 : mood_error_nomem();
     if (!err)
         err = mood_vae_encode(m->vae, mean, logvar, o->init_image, 1, o->height, o->width);
     for (int i = 0; i < (per_image ? B : 1) && !err; i++) {
@@ -341,18 +390,37 @@ static int img2img_latents(float *latents, mood_model *m, const mood_gen_options
                                : mood_rng_torch_cpu_randn(ns->cpu[i], noise, n))
                         : mood_rng_torch_cpu_randn(ns->cpu[0], noise, n);
         for (size_t j = 0; j < n && !err; j++)
-            latents[i * n + j] = (mean[j] + expf(0.5f * logvar[j]) * noise[j] - vc->shift_factor) *
-                                 vc->scaling_factor;
+            image[i * n + j] = (mean[j] + expf(0.5f * logvar[j]) * noise[j] - vc->shift_factor) *
+                               vc->scaling_factor;
     }
     for (int i = 1; i < B && !per_image && !err; i++)
-        memcpy(latents + i * n, latents, n * sizeof *latents);
+        memcpy(image + i * n, image, n * sizeof *image);
     if (!err)
         err = noise_draw(noise, B, n, ns);
-    if (!err)
+    if (!err && o->mask && !per_image) /* the masked picture's sample (mean is free now) */
+        err = mood_rng_torch_cpu_randn(ns->cpu[0], mean, n);
+    if (!err && o->mask && o->strength == 1.0) {
+        memcpy(latents, noise, (size_t)B * n * sizeof *latents);
+    } else if (!err) {
+        memcpy(latents, image, (size_t)B * n * sizeof *latents);
         err = mood_sampler_add_noise(&m->sched, so, latents, noise, (size_t)B * n);
+    }
+    if (!err && o->mask) {
+        int h = o->height / s, w = o->width / s;
+        *ip = (inpaint_ctx){
+            &m->sched, *so, image, noise, NULL, NULL, B, (int)(n / ((size_t)h * w)), (size_t)h * w};
+        image = noise = NULL; /* the context's now */
+        ip->mask = mood_malloc(ip->hw * sizeof *ip->mask);
+        ip->tmp = mood_malloc((size_t)B * n * sizeof *ip->tmp);
+        err = ip->mask && ip->tmp ? 0 : mood_error_nomem();
+        for (int y = 0; y < h && !err; y++) /* torch's nearest: the block's top left pixel */
+            for (int x = 0; x < w; x++)
+                ip->mask[(size_t)y * w + x] = o->mask[(size_t)y * s * o->width + (size_t)x * s];
+    }
     mood_free(mean);
     mood_free(logvar);
     mood_free(noise);
+    mood_free(image);
     return err;
 }
 
@@ -372,6 +440,7 @@ static int check_finite(const float *x, size_t n)
 int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, float **latents_out)
 {
     denoiser d = {0};
+    inpaint_ctx ip = {0};
     noise_src ns;
     preview_ctx pv;
     mood_sample_opts so;
@@ -411,8 +480,12 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
         so.steps = o->steps;
         if (o->init_image) { /* diffusers' get_timesteps */
             so.start_step = o->steps - (int)(o->steps * o->strength);
-            so.noised = 1;
-            err = img2img_latents(latents, m, o, &so, &ns, d.B, d.n);
+            so.noised = !(o->mask && o->strength == 1.0); /* inpainting at 1: pure noise */
+            err = img2img_latents(latents, m, o, &so, &ns, d.B, d.n, &ip);
+            if (o->mask) {
+                so.after_step = inpaint_step;
+                so.after_step_user = &ip;
+            }
         } else {
             err = noise_draw(latents, d.B, d.n, &ns);
         }
@@ -434,6 +507,7 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
     if (!err)
         err = decode(m, images, latents, d.B, d.h, d.w);
     noise_close(&ns);
+    inpaint_dispose(&ip);
     mood_free(d.ctx);
     mood_free(d.pooled);
     mood_free(d.time_ids);

@@ -967,7 +967,9 @@ int mood_sample(const mood_noise_schedule *ns, const mood_sample_opts *o, float 
         for (size_t j = 0; j < r.N; j++)
             latents[j] = latents[j] * p.init_sigma;
     for (int i = o ? o->start_step : 0; i < p.steps && !err; i++) {
-        if ((err = one_step(&r, i, o, model, model_user)) == 0)
+        if ((err = one_step(&r, i, o, model, model_user)) == 0 && o && o->after_step)
+            err = o->after_step(latents, i, o->after_step_user);
+        if (!err)
             err = report(&r, i, o);
     }
 done:

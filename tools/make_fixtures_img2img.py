@@ -16,6 +16,8 @@ scheduler.add_noise mixes in at the first step kept, and every ancestral step's 
     (B x 4 x 8 x 8), with the run's scheduler (as make_fixtures_pipeline.py's), steps, strength
     and guidance scale;
   * <run>.image for runs with "image": output_type="np" (B x 64 x 64 x 3, in [0, 1]);
+  * inpaint_<run>.latents (and .image): StableDiffusionInpaintPipeline on the same model with
+    mask.png (white: redrawn), the manifest's "inpaint_runs";
   * sdxl_<run>.latents: StableDiffusionXLImg2ImgPipeline on tests/fixtures/sdxl/tiny-sdxl (made by
     make_fixtures_sdxl.py; tokenizer_2 pads with "!"), the manifest's "sdxl_runs".
 
@@ -44,7 +46,8 @@ import diffusers  # noqa: E402
 import transformers  # noqa: E402
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                       StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline)
+                       StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
+                       StableDiffusionXLImg2ImgPipeline)
 from transformers import CLIPTokenizer  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -71,6 +74,16 @@ RUNS = [
     dict(name="euler_s1", scheduler="euler", strength=1.0, seed=46),
     dict(name="euler_a_s035", scheduler="euler_a", strength=0.35, seed=47),
 ]
+# StableDiffusionInpaintPipeline (the same 4-channel UNet: after each step the kept area is put
+# back, the picture's latents noised to the next step's level) with mask.png; its default
+# strength 1 starts from pure noise
+INPAINT_RUNS = [
+    dict(name="inpaint_euler_s1", scheduler="euler", strength=1.0, seed=60, image=True),
+    dict(name="inpaint_euler_a_s075_batch2", scheduler="euler_a", strength=0.75, seed=61,
+         batch=2),
+    dict(name="inpaint_dpmpp_2m_karras_s06", scheduler="dpmpp_2m_karras", strength=0.6, seed=62),
+    dict(name="inpaint_ddim_s09", scheduler="ddim", strength=0.9, seed=63),
+]
 # StableDiffusionXLImg2ImgPipeline on tests/fixtures/sdxl/tiny-sdxl (make_fixtures_sdxl.py's;
 # tokenizer_2 pads with "!"), guidance 5 as that script's runs
 SDXL_RUNS = [
@@ -93,11 +106,19 @@ def init_image() -> np.ndarray:
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def run(pipe, base, r: dict, image, ref: dict) -> None:
+def mask_image() -> np.ndarray:
+    """White (redrawn) where the sun and the sky right of it are, black (kept) elsewhere."""
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[4:36, 24:60] = 255
+    return m
+
+
+def run(pipe, base, r: dict, image, ref: dict, **extra_args) -> None:
     cls, extra = SCHEDULERS[r["scheduler"]]
     for output_type in ["latent"] + (["np"] if r.get("image") else []):
         pipe.scheduler = cls.from_config(base, **extra)
-        out = pipe(PROMPT, image=image, strength=r["strength"], num_inference_steps=STEPS,
+        out = pipe(PROMPT, image=image, **extra_args, strength=r["strength"],
+                   num_inference_steps=STEPS,
                    guidance_scale=r.get("cfg", CFG), num_images_per_prompt=r.get("batch", 1),
                    generator=torch.Generator("cpu").manual_seed(r["seed"]),
                    output_type=output_type).images
@@ -119,6 +140,8 @@ def manifest_runs(runs: list) -> list:
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     Image.fromarray(init_image(), "RGB").save(os.path.join(OUT, "init.png"))
+    Image.fromarray(mask_image(), "L").save(os.path.join(OUT, "mask.png"))
+    mask = Image.open(os.path.join(OUT, "mask.png"))
     image = Image.open(os.path.join(OUT, "init.png")).convert("RGB")
     with tempfile.TemporaryDirectory() as tmp:
         tok = make_tokenizer(tmp)
@@ -130,12 +153,16 @@ def main() -> None:
             requires_safety_checker=False, torch_dtype=torch.float32)
         xl = StableDiffusionXLImg2ImgPipeline.from_pretrained(
             SDXL, tokenizer=tok, tokenizer_2=tok2, torch_dtype=torch.float32)
+        inpaint = StableDiffusionInpaintPipeline.from_pretrained(
+            MODEL, tokenizer=tok, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, torch_dtype=torch.float32)
     ref = {}
-    for p, runs in ((pipe, RUNS), (xl, SDXL_RUNS)):
+    for p, runs, kw in ((pipe, RUNS, {}), (xl, SDXL_RUNS, {}),
+                        (inpaint, INPAINT_RUNS, {"mask_image": mask})):
         p.set_progress_bar_config(disable=True)
         base = p.scheduler.config
         for r in runs:
-            run(p, base, r, image, ref)
+            run(p, base, r, image, ref, **kw)
     save_file(ref, os.path.join(OUT, "ref.safetensors"))
     manifest = {
         "generator": "tools/make_fixtures_img2img.py",
@@ -148,6 +175,8 @@ def main() -> None:
         "runs": manifest_runs(RUNS),
         "sdxl_model": "../sdxl/tiny-sdxl",
         "sdxl_runs": manifest_runs(SDXL_RUNS),
+        "mask": "mask.png",
+        "inpaint_runs": manifest_runs(INPAINT_RUNS),
     }
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)

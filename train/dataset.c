@@ -484,6 +484,42 @@ int mood_gen_init_image(float **out, const mood_image *img, int width, int heigh
     return err;
 }
 
+/* mood_gen_mask (mood/gen.h): Pillow's "L" of each pixel (ITU-R 601-2 luma in 16-bit fixed
+ * point, alpha ignored), as RGB for the board's resize, then binarised. */
+int mood_gen_mask(float **out, const mood_image *img, int width, int height)
+{
+    size_t n = (size_t)img->width * img->height, hw = (size_t)width * height;
+    uint8_t *gray, *sized = NULL;
+    const uint8_t *src;
+    int err = 0;
+    MOOD_ARG_NONNULL(out);
+    *out = NULL;
+    MOOD_ARG_NONNULL(img);
+    if (width < 1 || height < 1 || width > 4096 || height > 4096)
+        return mood_error_set(MOOD_EINVAL, "mask size %dx%d: 1 to 4096 each", width, height);
+    if (!(gray = mood_malloc(n * 3)))
+        return mood_error_nomem();
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *p = img->pixels + i * img->channels;
+        uint8_t l = (uint8_t)((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
+        gray[3 * i] = gray[3 * i + 1] = gray[3 * i + 2] = l;
+    }
+    src = gray;
+    if (img->width != width || img->height != height) {
+        if (!(sized = mood_malloc(hw * 3)))
+            err = mood_error_nomem();
+        else if (!(err = mood__resize_rgb(sized, width, height, gray, img->width, img->height)))
+            src = sized;
+    }
+    if (!err && !(*out = malloc(hw * sizeof **out)))
+        err = mood_error_nomem();
+    for (size_t i = 0; !err && i < hw; i++)
+        (*out)[i] = (float)src[3 * i] / 255.0f < 0.5f ? 0.0f : 1.0f;
+    mood_free(sized);
+    mood_free(gray);
+    return err;
+}
+
 /* Resize to (rw, rh), then take the centre (bw, bh), as kohya's trim_and_resize_if_required. */
 static int fit(mood_board_item *it, const uint8_t *rgb, int w, int h, int rw, int rh)
 {

@@ -143,6 +143,14 @@ typedef struct mood_gen_options {
      * picture (A1111's "Denoising strength"). Not with the LCM sampler or EDM models. */
     const float *init_image;
     double strength; /* in (0, 1]; 0.75 by default (A1111's) */
+    /* Inpainting, with init_image (diffusers' StableDiffusionInpaintPipeline with a 4-channel
+     * UNet): NULL, or height x width floats, 1 where the picture is redrawn and 0 where it is
+     * kept (mood_gen_mask makes them from a black-and-white picture). After every step the kept
+     * area is put back: the picture's latents noised to the next step's level (the initial
+     * noise, as diffusers), the clean latents after the last; at latent resolution the mask is
+     * its pixel at the top left of each block (torch's nearest interpolation). Strength 1 starts
+     * from pure noise, as diffusers' inpainting does (img2img mixes the picture in even then). */
+    const float *mask;
 } mood_gen_options;
 
 void mood_gen_options_init(mood_gen_options *o); /* 512x512, batch 1, 20 steps, cfg 7, Euler a */
@@ -151,6 +159,11 @@ void mood_gen_options_init(mood_gen_options *o); /* 512x512, batch 1, 20 steps, 
  * antialiased bilinear filter mood train uses), as 3 x height x width floats in [-1, 1]
  * (x / 127.5 - 1, diffusers' VaeImageProcessor). *out is malloc'd; free it with free(). */
 MOOD_WARN_UNUSED int mood_gen_init_image(float **out, const mood_image *img, int width, int height);
+/* An inpainting mask from a picture: its grey level (Pillow's convert("L") of the colours; alpha
+ * is ignored, as there), resized to width x height when another size, then 1 where it is at least
+ * half white (128 of 255) and 0 elsewhere, as diffusers' mask processor binarises. *out
+ * (height x width floats) is malloc'd; free it with free(). */
+MOOD_WARN_UNUSED int mood_gen_mask(float **out, const mood_image *img, int width, int height);
 
 /* The size the model was trained at: its VAE config's sample_size (512 for SD1, 768 for SD2-v,
  * 1024 for SDXL, 64 for mood-tiny); where that says 512 or is missing or unusable (single-file

@@ -186,6 +186,9 @@ typedef struct mood_sample_state {
 } mood_sample_state;
 /* Non-zero return cancels the run (MOOD_ECANCELLED). */
 typedef int (*mood_sample_preview_fn)(const mood_sample_state *s, void *user);
+/* Called after step `step` (0-based, of the whole schedule: start_step and on) with the latents,
+ * which it may change (inpainting puts the kept area back); an error code stops the run. */
+typedef int (*mood_sample_step_fn)(float *x, int step, void *user);
 
 typedef struct mood_sample_opts {
     mood_sampler_kind kind;
@@ -205,6 +208,8 @@ typedef struct mood_sample_opts {
      * init_noise_sigma). Progress and previews count the steps run (steps - start_step). */
     int start_step;
     int noised;
+    mood_sample_step_fn after_step; /* may be NULL; before preview and progress */
+    void *after_step_user;
 } mood_sample_opts;
 
 /* Euler a, Karras off, 20 steps, eta 0, no callbacks. */

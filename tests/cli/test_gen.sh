@@ -12,7 +12,7 @@
 # v2.5 generate; --model mood-tiny finds the shipped model without a registry. img2img
 # (--init-image, --strength) gives diffusers' StableDiffusionImg2ImgPipeline image (fixture
 # tests/fixtures/img2img), records A1111's "Denoising strength", and --from-png with the picture
-# gives the same bytes.
+# gives the same bytes; so does inpainting (--mask: diffusers' StableDiffusionInpaintPipeline).
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -105,6 +105,25 @@ expect_rc 2 "a missing picture" "$MOOD" gen "$PROMPT" "${common[@]}" --init-imag
 check "names it" grep -q "init-image: .*nosuch.png" "$tmp/err"
 echo "not an image" >"$tmp/bad.png"
 expect_rc 1 "not a picture" "$MOOD" gen "$PROMPT" "${common[@]}" --init-image "$tmp/bad.png"
+# inpainting: the image diffusers' StableDiffusionInpaintPipeline makes with mask.png
+expect_rc 0 "gen --mask" "$MOOD" gen "$PROMPT" --model "$MODEL" --steps 10 --cfg 7.5 --seed 60 \
+    --sampler euler --init-image "$I2I/init.png" --mask "$I2I/mask.png" --strength 1 -o "$tmp/inp.png"
+check "inpainted image equals diffusers' (fixture inpaint_euler_s1.image)" python3 -c '
+import json, runpy, struct, sys
+px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
+d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])["inpaint_euler_s1.image"]
+a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
+diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
+assert len(ref) == len(px) and diff <= 1, diff' "$tmp/inp.png" "$I2I/ref.safetensors" "$tmp/pixels.py"
+check "records A1111's inpainting keys" grep -qa "Denoising strength: 1, .*Mask blur: 0," "$tmp/inp.png"
+expect_rc 0 "--from-png with picture and mask" "$MOOD" gen --from-png "$tmp/inp.png" --model "$MODEL" \
+    --init-image "$I2I/init.png" --mask "$I2I/mask.png" -o "$tmp/inp-again.png"
+check "the same bytes" cmp -s "$tmp/inp.png" "$tmp/inp-again.png"
+expect_rc 0 "--from-png without the mask" "$MOOD" gen --from-png "$tmp/inp.png" --model "$MODEL" \
+    --init-image "$I2I/init.png" -o "$tmp/inp-nomask.png"
+check "says the mask is needed" grep -q "the image was inpainted (Mask blur: 0): give its picture with --init-image and its mask with --mask" "$tmp/err"
+expect_rc 1 "--mask without --init-image" "$MOOD" gen "$PROMPT" "${common[@]}" --mask "$I2I/mask.png"
+check "says what it is for" grep -q "give the picture with --init-image" "$tmp/err"
 # a picture larger than the model's area is brought down to it, its shape kept
 python3 -c '
 import struct, sys, zlib
@@ -117,6 +136,9 @@ check "made at the model's area, 2:1" grep -q "init-image is 200x100: the image 
 check "at that size" python3 -c '
 import struct, sys
 d = open(sys.argv[1], "rb").read(); assert struct.unpack(">II", d[16:24]) == (88, 40)' "$tmp/wide-out.png"
+expect_rc 1 "a mask of another shape" "$MOOD" gen "$PROMPT" "${common[@]}" --init-image "$I2I/init.png" \
+    --mask "$tmp/wide.png"
+check "says so" grep -q "the mask must have the picture's shape" "$tmp/err"
 
 # ----- previews
 expect_rc 0 "--preview-every" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --sampler euler \

@@ -506,7 +506,7 @@ static void test_lora_single_file(void)
  * to 1, a batch of 2; and StableDiffusionXLImg2ImgPipeline on the tiny SDXL model. */
 
 static void check_img2img_run(mood_model *m, const fixture_set *f, const cJSON *run,
-                              const float *init, int size)
+                              const float *init, const float *mask, int size)
 {
     mood_gen_options o;
     result r = {0};
@@ -516,6 +516,7 @@ static void check_img2img_run(mood_model *m, const fixture_set *f, const cJSON *
     MOOD_CHECK_OK(run_options(&o, run));
     o.width = o.height = size;
     o.init_image = init;
+    o.mask = mask;
     o.strength = num(run, "strength");
     rc = mood_generate(m, &o, &r.images, &r.latents);
     MOOD_CHECK_MSG(rc == 0, "%s: mood_generate returned %d: %s", what, rc, mood_error_last());
@@ -535,8 +536,8 @@ static void test_img2img(void)
 {
     fixture_set pf, f = {0};
     mood_model *m = NULL;
-    mood_image *img = NULL;
-    float *init = NULL, *out = NULL;
+    mood_image *img = NULL, *mask_img = NULL;
+    float *init = NULL, *out = NULL, *mask = NULL;
     mood_gen_options o;
     const cJSON *run;
     int size;
@@ -554,8 +555,16 @@ static void test_img2img(void)
     MOOD_CHECK_OK(mood_gen_init_image(&init, img, size, size));
     cJSON_ArrayForEach(run, member(f.man, "runs"))
     {
-        check_img2img_run(m, &f, run, init, size);
+        check_img2img_run(m, &f, run, init, NULL, size);
     }
+    /* inpainting: StableDiffusionInpaintPipeline with mask.png */
+    MOOD_CHECK_OK(mood_image_load(&mask_img, fixture("img2img/mask.png")));
+    if (mask_img && mood_gen_mask(&mask, mask_img, size, size) == 0)
+        cJSON_ArrayForEach(run, member(f.man, "inpaint_runs"))
+        {
+            check_img2img_run(m, &f, run, init, mask, size);
+        }
+    MOOD_CHECK(mask != NULL);
     /* what diffusers refuses or mood does not do, said before any work */
     MOOD_CHECK_OK(run_options(&o, find_run(&pf, "euler")));
     o.width = o.height = size;
@@ -577,9 +586,11 @@ static void test_img2img(void)
     cJSON_ArrayForEach(run, member(f.man, "sdxl_runs"))
     {
         if (m)
-            check_img2img_run(m, &f, run, init, size);
+            check_img2img_run(m, &f, run, init, NULL, size);
     }
 done:
+    free(mask);
+    mood_image_free(mask_img);
     free(init);
     mood_image_free(img);
     mood_model_free(m);
