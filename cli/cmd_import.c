@@ -60,7 +60,10 @@ const char cmd_import_help[] =
     "Trigger words are those of all of them. The A1111 .json, your own edits, comes first for\n"
     "the weight and notes (then .metadata.json); the Civitai record kept is the first of\n"
     ".civitai.info, .metadata.json, .cm-info.json that has a version id. A record whose files'\n"
-    "SHA-256 are not this file's describes another file: that sidecar is skipped.\n"
+    "SHA-256 are not this file's describes another file: that sidecar is skipped. A Civitai\n"
+    "record (from a sidecar or a lookup) whose base model is of another family than the file\n"
+    "(Civitai says SDXL 1.0 or Pony, the file's keys and metadata SD 1.x) is kept with a warning\n"
+    "naming both: the file's family is the one mood uses.\n"
     "A preview is kept only when it is a PNG, JPEG or WebP image (its type read from its\n"
     "content), and a sidecar that is a link to a file outside the LoRA's folder is not read:\n"
     "both are listed as skipped. Folders reached again through links are searched once; named\n"
@@ -85,7 +88,8 @@ const char cmd_import_help[] =
     "            autov3, family, n_previews (the style's, Civitai's included), sidecars,\n"
     "            civitai {version_id, ...} when found there}], already [{file, name, sha256,\n"
     "            warning (a copy whose sidecars did not make the style)}],\n"
-    "            skipped [{file, reason}] (files and sidecars left out), failed [{file, error}]\n\n"
+    "            skipped [{file, reason}] (files and sidecars left out), failed [{file, error}],\n"
+    "            warnings [text] (each warning said on stderr, once; absent when none)\n\n"
     "Exit status: 0 all imported (or already there), 1 a file was refused, 2 a file could not\n"
     "be read or the registry could not be written.\n";
 
@@ -182,8 +186,10 @@ static void import_log(int level, const char *message, void *payload)
     static const char marker[] = ": sidecar skipped: ";
     import_run *run = payload;
     const char *m = strstr(message, marker);
-    if (level <= LOG_WARNING)
-        say(level == 0 ? "error" : "warning", message);
+    if (level == LOG_WARNING) /* also kept for --json's "warnings" */
+        cli_text_report("warning", message);
+    else if (level < LOG_WARNING)
+        say("error", message);
     else if (getenv("MOOD_VERBOSE"))
         say("", message);
     if (level == LOG_WARNING && m && run) {
@@ -523,6 +529,7 @@ int cmd_import(int argc, char **argv)
         cJSON_AddItemToObject(o, "already", run.already);
         cJSON_AddItemToObject(o, "skipped", run.skipped);
         cJSON_AddItemToObject(o, "failed", run.failed);
+        cli_warnings_json(o);
         json_utf8(o);
         return worse(run.status, cli_print_json(o));
     }

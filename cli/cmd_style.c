@@ -30,9 +30,10 @@ const char cmd_show_help[] =
     "usage: mood show NAME [--json]\n\n"
     "Shows everything the registry knows about a style: its LoRAs with their weights (model and\n"
     "text encoder), base family, algorithm, rank, alpha, trigger words, prompt template,\n"
-    "negative prompt, tags, preview files, where each LoRA came from, and its hashes (AutoV3,\n"
-    "which Civitai and A1111 use to identify a LoRA, and SHA-256). A style made by 'mood train'\n"
-    "also shows its mood board thumbnails, how it was trained and its loss curve.\n\n"
+    "negative prompt, tags, preview files, where each LoRA came from (with the Civitai model,\n"
+    "version and base model it is listed for), and its hashes (AutoV3, which Civitai and A1111\n"
+    "use to identify a LoRA, and SHA-256). A style made by 'mood train' also shows its mood\n"
+    "board thumbnails, how it was trained and its loss curve.\n\n"
     "  --json    print it as one JSON object (same facts)\n";
 
 const char cmd_search_help[] =
@@ -415,6 +416,10 @@ static void print_adapter(const cJSON *a)
             printf("  Civitai: %s%s%s%s", str_of(src, "model_name"),
                    str_of(src, "version_name") ? " (" : "", str_or(src, "version_name", ""),
                    str_of(src, "version_name") ? ")" : "");
+        /* beside the family line above: a record for another base shows as one */
+        if (str_of(src, "base_model"))
+            printf("%s for %s",
+                   str_of(src, "model_name") ? "," : "  Civitai:", str_of(src, "base_model"));
         printf("\n");
         /* what sharing it needs: the AIR names it to Civitai, the licence says what is allowed */
         if (str_of(src, "air"))

@@ -15,4 +15,11 @@ int mood__civitai_known_host(const char *url, const char **path_out);
  * each version's files and images can be hundreds of KB. */
 void mood__civitai_model_slim(mood_civitai_model *m);
 
+/* Warns (mood_log) when Civitai's baseModel for `file` maps to another family than the file's
+ * own (family and family_source as the adapters row holds them): the file's family is the one
+ * mood uses, since its keys decide what it applies to. Nothing is said when either side is
+ * unknown (Flux, SD 3, "Other", a file of no known family) or the family came from Civitai. */
+void mood__civitai_check_family(const char *file, const char *base_model, const char *family,
+                                const char *family_source);
+
 #endif /* MOOD_REGISTRY_CIVITAI_IMPL_H */

@@ -3,7 +3,9 @@
  * AIRs, ecosystem.md §1.10) and the map from Civitai base model names to mood families.
  *
  * The base model map is data: Civitai adds base models often, and anything not listed is
- * "unknown" (the adapter's own keys decide then), never a guess.
+ * "unknown" (the adapter's own keys decide then), never a guess. A record stored for a file whose
+ * own family is another is warned of here (mood__civitai_check_family), by every path that
+ * stores one.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -251,4 +253,30 @@ const char *mood_civitai_family(const char *base_model)
         if (strcmp(base_model, sdxl_names[i]) == 0)
             return "sdxl";
     return "unknown";
+}
+
+/* A family as people write it, for the warning below. */
+static const char *family_title(const char *family)
+{
+    if (strcmp(family, "sd1") == 0)
+        return "SD 1.x";
+    if (strcmp(family, "sd2") == 0)
+        return "SD 2.x";
+    return strcmp(family, "sdxl") == 0 ? "SDXL" : family;
+}
+
+void mood__civitai_check_family(const char *file, const char *base_model, const char *family,
+                                const char *family_source)
+{
+    const char *listed = mood_civitai_family(base_model);
+    /* a family that came from Civitai (an unknown file's, civitai_store.c) says nothing of the
+     * file: only its own metadata, keys or shapes can disagree with the record */
+    if (strcmp(listed, "unknown") == 0 || !family || strcmp(family, "unknown") == 0 ||
+        strcmp(listed, family) == 0 || (family_source && strcmp(family_source, "civitai") == 0))
+        return;
+    mood_log(MOOD_LOG_WARN,
+             "%s: Civitai lists it for %s (baseModel), but the file is an %s LoRA (from its %s); "
+             "mood uses it as %s",
+             file, base_model, family_title(family), family_source ? family_source : "keys",
+             family_title(family));
 }

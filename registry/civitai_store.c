@@ -13,7 +13,8 @@
  * NSFW flags, the permissions as JSON and the raw version record; the style gets the trained
  * words and the model's description (as text) when it has none, the model's tags, and previews
  * whose nsfwLevel passes the filter. All rows of one store are committed in one transaction,
- * after the preview blobs are in place (as an import does); the token is never stored.
+ * after the preview blobs are in place (as an import does); the token is never stored. A record
+ * whose base model is not the file's family is stored all the same, with a warning.
  */
 #include <errno.h>
 #include <limits.h>
@@ -355,6 +356,27 @@ done:
     return err;
 }
 
+/* Warns when v's base model is not the family of the stored file (civitai_ref.c). A failure to
+ * read the row only loses the warning. */
+static void warn_family(mood_registry *r, const char *sha256, const mood_civitai_version *v)
+{
+    sqlite3_stmt *st = NULL;
+    if (!v->base_model || mood__reg_prepare(r, &st,
+                                            "SELECT file_name, family, family_source FROM adapters"
+                                            " WHERE sha256 = ?1") != 0) {
+        mood_error_clear();
+        return;
+    }
+    mood__reg_bind_text(st, 1, sha256);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *file = (const char *)sqlite3_column_text(st, 0);
+        mood__civitai_check_family(file ? file : sha256, v->base_model,
+                                   (const char *)sqlite3_column_text(st, 1),
+                                   (const char *)sqlite3_column_text(st, 2));
+    }
+    sqlite3_finalize(st);
+}
+
 /* Stores v (may be NULL) for the adapter sha256 of style `name`, with previews. */
 static int store(mood_registry *r, const char *name, const char *sha256,
                  const mood_civitai_version *v, const char *kind, const char *location,
@@ -374,7 +396,8 @@ static int store(mood_registry *r, const char *name, const char *sha256,
     locked = 1;
     if (v && (err = fetch_previews(&j.pv, &j.n_pv, r, v, o)) != 0)
         goto done;
-    err = store_rows(r, &j);
+    if ((err = store_rows(r, &j)) == 0 && v)
+        warn_family(r, sha256, v);
 done:
     previews_end(j.pv, j.n_pv, r, err != 0);
     if (locked)

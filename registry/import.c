@@ -64,6 +64,7 @@
 #include "mood/hash.h"
 #include "mood/lora.h"
 #include "common/args.h"
+#include "registry/civitai_impl.h"
 #include "registry/registry_impl.h"
 
 #define MAX_SIDECAR  (16u << 20)
@@ -1003,6 +1004,14 @@ static int insert_source(mood_registry *r, const import_job *j)
     return err;
 }
 
+/* Said once the sidecars' Civitai record is stored: its baseModel against the file's family. */
+static void warn_family(const import_job *j)
+{
+    if (j->side.record)
+        mood__civitai_check_family(j->path, jstr(j->side.record->version, "baseModel"),
+                                   j->facts.s.family, j->facts.s.family_source);
+}
+
 /* A copy of a stored file, from another place: recorded as one more source of it (where it is,
  * its sidecars' Civitai ids and names, searchable), so that its next import is known without
  * reading it. The style keeps its own trigger words and text. */
@@ -1294,8 +1303,9 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
         out->elsewhere = !here; /* the same bytes, first imported from another file */
         if (!err)
             err = mood__blob_restore_file(r, j.h.sha256, j.h.size, path, progress, payload);
-        if (!err && !here && !mood_registry_read_only(r))
-            err = add_source(r, &j, &gone);
+        if (!err && !here && !mood_registry_read_only(r) && (err = add_source(r, &j, &gone)) == 0 &&
+            !gone)
+            warn_family(&j);
         /* after the restore: the facts name the stored copy as it is now */
         if (!err && here && j.has_fs && !mood_registry_read_only(r) &&
             mood__reg_note_file(r, j.h.sha256, abs, &j.fs) != 0)
@@ -1316,6 +1326,7 @@ int mood_registry_import_file_ex(mood_registry *r, mood_import_result *out, cons
     if (!out->already) {
         if (j.stored)
             note_restored(r, &j);
+        warn_family(&j);
         out->previews = j.n_previews + (x ? (int)x->n_previews : 0);
         for (size_t i = 0; i < j.n_extra; i++)
             mood__blob_tx_end(&j.extra[i]);

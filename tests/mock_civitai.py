@@ -40,7 +40,8 @@ Versions of model 900001 (each one has the same kind of record):
 
 --lora and --lora-v2 serve other files under those two names (with their own hashes); --known DIR
 serves each *.safetensors file in DIR as its own version of model 900001 (ids 910001 and up, in
-name order), found by its hashes. --batch-status 404 (or 405, ...) makes both POST endpoints
+name order), found by its hashes; --base-model NAME=BASE (repeatable) makes the record of the
+version serving file NAME say baseModel BASE instead of "SD 1.5". --batch-status 404 (or 405, ...) makes both POST endpoints
 answer that status, as a server without them does.
 Every request is appended to --log as one line: "METHOD PATH auth=yes|no range=VALUE ua=AGENT",
 a POST with " n=COUNT" (the hashes in its body) after the path.
@@ -117,6 +118,8 @@ VERSIONS = {
 LISTED = [900107, 900101]  # the versions the model page shows, newest first
 # file name -> the version its hashes find
 FILE_VERSION = {"mock_ink_style.safetensors": 900101, "mock_ink_style_v2.safetensors": 900107}
+# file name -> its version's baseModel, when not "SD 1.5" (--base-model)
+BASE_MODEL = {}
 BATCH_MAX = 100
 BATCH_ERROR = "Request must include an array of SHA256 Hashes. Max 100 hashes per request."
 
@@ -223,13 +226,13 @@ class Handler(BaseHTTPRequestHandler):
         ]
 
     def version_record(self, vid):
-        name, _, _, _ = VERSIONS[vid]
+        name, fname, _, _ = VERSIONS[vid]
         published = "2026-02-01T00:00:00.000Z" if vid == 900107 else "2026-01-02T03:04:05.000Z"
         return {
             "id": vid, "modelId": MODEL_ID, "name": name, "status": "Published", "nsfwLevel": 1,
             "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": published,
             "publishedAt": published, "trainedWords": ["inkwash style"],
-            "trainingStatus": None, "trainingDetails": None, "baseModel": "SD 1.5",
+            "trainingStatus": None, "trainingDetails": None, "baseModel": BASE_MODEL.get(fname, "SD 1.5"),
             "baseModelType": "Standard", "description": None, "uploadType": "Created",
             "usageControl": "Download",
             "air": "urn:air:sd1:lora:civitai:%d@%d" % (MODEL_ID, vid),
@@ -434,9 +437,14 @@ def main():
     ap.add_argument("--lora", help="serve this file as mock_ink_style.safetensors")
     ap.add_argument("--lora-v2", help="serve this file as mock_ink_style_v2.safetensors")
     ap.add_argument("--known", help="serve each LoRA in this folder as a version of the model")
+    ap.add_argument("--base-model", action="append", default=[], metavar="NAME=BASE",
+                    help="the baseModel of the version serving file NAME")
     ap.add_argument("--batch-status", type=int, default=0,
                     help="answer the POST endpoints with this status (404, 405: none there)")
     args = ap.parse_args()
+    for pair in args.base_model:
+        fname, _, base = pair.partition("=")
+        BASE_MODEL[fname] = base
     if args.known:
         serve_known(args.known)
     if args.lora:

@@ -5,7 +5,9 @@
 # (404), 429 then success, a download cut off half-way and resumed with Range, bytes that do not
 # match the published SHA-256 (rejected, nothing stored), --nsfw preview filtering, styles of
 # several LoRAs (link reports each LoRA, update-check counts each style once and says what it
-# could not check), exit status 1 for a style not in the registry.
+# could not check), exit status 1 for a style not in the registry, and a warning for a LoRA
+# Civitai lists for another base family than its file's (none when they agree or Civitai's base
+# model is none mood knows).
 # Skips (77) when python3 is missing.
 . "$(dirname "$0")/lib.sh"
 
@@ -15,8 +17,16 @@ SRC=${MOOD_SOURCE:-$(dirname "$0")/../..}
 V1=$FIX/kohya/sd1_lora_bf16.safetensors
 V2=$FIX/kohya/sd1_lora.safetensors
 
+# Civitai's records of these say another base model than "SD 1.5" (the base model warning)
+mkdir -p "$tmp/known"
+cp "$FIX/kohya/sdxl_lora.safetensors" "$tmp/known/xl.safetensors"     # SDXL keys, "SD 1.5"
+cp "$FIX/kohya/sdxl_locon.safetensors" "$tmp/known/pony.safetensors"  # SDXL keys, "Pony"
+cp "$FIX/kohya/sd1_locon_fp16.safetensors" "$tmp/known/flux.safetensors" # SD 1 keys, "Flux.1 D"
+cp "$FIX/kohya/sd2_locon.safetensors" "$tmp/known/sd2.safetensors"   # SD 2 keys, "SDXL 1.0"
 "$PY" "$SRC/tests/mock_civitai.py" --port-file "$tmp/port" --log "$tmp/server.log" \
-    --lifetime 120 --lora "$V1" --lora-v2 "$V2" &
+    --lifetime 120 --lora "$V1" --lora-v2 "$V2" --known "$tmp/known" \
+    --base-model pony.safetensors=Pony --base-model "flux.safetensors=Flux.1 D" \
+    --base-model "sd2.safetensors=SDXL 1.0" &
 srv=$!
 trap 'kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do [ -s "$tmp/port" ] && break; sleep 0.1; done
@@ -57,6 +67,7 @@ assert i["name"]=="mock_ink_style" and i["family"]=="sd1", i
 assert i["civitai"]["version_id"]==900101 and i["civitai"]["model_id"]==900001, i
 assert i["civitai"]["air"]=="urn:air:sd1:lora:civitai:900001@900101", i
 assert i["n_previews"]==1 and i["sidecars"]==0, i' "$tmp/out"
+check "a matching base model is not warned of" py 'import sys; e=open(sys.argv[1]).read(); assert "Civitai lists it" not in e, e' "$tmp/err"
 check "the stored file is the published one" [ "$(blobs)" -ge 2 ] && [ -f "$MOOD_HOME/blobs/sha256/$(sha "$V1" | cut -c1-2)/$(sha "$V1" | cut -c3-)" ]
 expect_rc 0 "show --json" "$MOOD" show mock_ink_style --json
 check "show: trigger words, description, AIR, licence, one PG preview" py '
@@ -160,6 +171,23 @@ expect_rc 0 "unknown file: imported without Civitai data" "$MOOD" import "$tmp/u
 check "unknown hash: 404 from by-hash" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert "civitai" not in i, i' "$tmp/out"
 expect_rc 2 "link of an unknown file" "$MOOD" civitai link unknown
 check "link says Civitai does not know it" grep -q "Civitai does not know" "$tmp/err"
+
+# ----- Civitai's base model against the file's own family: a warning when they disagree (the
+# file's family is kept), none when they agree (Pony is SDXL) or Civitai's is none mood knows
+home hbase
+MOOD_OFFLINE=1 expect_rc 0 "import files Civitai lists for other bases" "$MOOD" import "$tmp/known"
+expect_rc 0 "link them" "$MOOD" civitai link flux pony sd2 xl --json
+check "link: one warning per file whose family Civitai does not list" py '
+import sys; e=[l for l in open(sys.argv[1]).read().splitlines() if "Civitai lists it" in l]
+assert e==["mood: warning: sd2.safetensors: Civitai lists it for SDXL 1.0 (baseModel), but the file is an SD 2.x LoRA (from its modelspec.architecture); mood uses it as SD 2.x",
+           "mood: warning: xl.safetensors: Civitai lists it for SD 1.5 (baseModel), but the file is an SDXL LoRA (from its modelspec.architecture); mood uses it as SDXL"], e' "$tmp/err"
+expect_rc 0 "list --json after the link" "$MOOD" list --json
+check "the files keep their own families" py '
+import json,sys; d={s["name"]:s["family"] for s in json.load(open(sys.argv[1]))}
+assert d=={"flux":"sd1","pony":"sdxl","sd2":"sd2","xl":"sdxl"}, d' "$tmp/out"
+home hbase2
+expect_rc 0 "a local import looks it up and warns" "$MOOD" import "$tmp/known/xl.safetensors"
+check "import: the warning" grep -q "xl.safetensors: Civitai lists it for SD 1.5 (baseModel), but the file is an SDXL LoRA" "$tmp/err"
 
 # ----- a plain URL
 home h6

@@ -8,7 +8,8 @@
 # With a mistyped MOOD_HOME, rm, rename, tag and style edit fail (exit 1) naming the folder and
 # create nothing there; style edit of a missing style imports none of its --lora files. A LoRA
 # whose metadata names another family than its shapes prove is registered as the shapes say, with
-# a warning naming both.
+# a warning naming both; so is a sidecar's Civitai record for another base family than the
+# file's (said on stderr, in import --json's warnings, and shown by show).
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -340,6 +341,30 @@ expect_rc 0 "show it" "$MOOD" show grainy --json
 check "as text" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["description"]=="Film grain & warm tones", d["description"]' "$tmp/out"
 check "the sidecar's NSFW level kept, as a Civitai lookup keeps it" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert [s["nsfw_level"] for s in d["adapters"][0]["sources"]]==[4], d["adapters"][0]["sources"]' "$tmp/out"
+
+# --- a sidecar's Civitai record for another base family than the file's: kept, with a warning
+# naming both, on stderr and in --json's warnings; none when they agree (Pony is SDXL) or
+# Civitai's base model is none mood knows ---
+export MOOD_HOME=$tmp/h-base
+mkdir -p "$tmp/base"
+cp "$MOOD_SOURCE/examples/loras/inkwash.safetensors" "$tmp/base/inkwash.safetensors"
+cp "$FIX/kohya/sdxl_lora.safetensors" "$tmp/base/pony.safetensors"
+cp "$FIX/kohya/sd1_lora.safetensors" "$tmp/base/flux.safetensors"
+echo '{"id": 11, "modelId": 12, "baseModel": "SDXL 1.0"}' >"$tmp/base/inkwash.civitai.info"
+echo '{"civitai": {"id": 13, "baseModel": "Pony"}}' >"$tmp/base/pony.metadata.json"
+echo '{"VersionId": 14, "BaseModel": "Flux.1 D"}' >"$tmp/base/flux.cm-info.json"
+expect_rc 0 "import LoRAs whose sidecars name base models" "$MOOD" import --offline "$tmp/base" --json
+check "inkwash warned of, on stderr and in --json; it stays sd1" py '
+import json,sys; d=json.load(open(sys.argv[1])); e=open(sys.argv[2]).read().splitlines()
+want=sys.argv[3] + "/inkwash.safetensors: Civitai lists it for SDXL 1.0 (baseModel), but the file is an SD 1.x LoRA (from its modelspec.architecture); mood uses it as SD 1.x"
+assert d.get("warnings")==[want], d
+assert [l for l in e if "Civitai lists" in l]==["mood: warning: " + want], e
+assert {i["name"]:i["family"] for i in d["imported"]}=={"flux":"sd1","inkwash":"sd1","pony":"sdxl"}, d' \
+    "$tmp/out" "$tmp/err" "$tmp/base"
+expect_rc 0 "show inkwash" "$MOOD" show inkwash
+check "show: its family, and the base Civitai lists it for" py '
+import sys; t=open(sys.argv[1]).read()
+assert "family      sd1 (decided by modelspec.architecture)" in t and "inkwash.safetensors  Civitai: for SDXL 1.0" in t, t' "$tmp/out"
 
 # --- rm of several names, one mistyped: none removed ---
 export MOOD_HOME=$tmp/h-rm

@@ -1,9 +1,10 @@
 /*
  * test_civitai.c: the Civitai client and the HTTP layer against tests/mock_civitai.py (a local
  * server on 127.0.0.1 that this program starts and stops): lookups by hash, version and model in
- * the real JSON shapes, the batch lookup by hash, identifiers, downloads with token handling,
- * retries on 429/503, resume after a cut-off body, and rejection of bytes that do not match the
- * published SHA-256. Skips (77) when python3 is missing.
+ * the real JSON shapes, the batch lookup by hash, identifiers, the base model map and its
+ * mismatch warning, downloads with token handling, retries on 429/503, resume after a cut-off
+ * body, and rejection of bytes that do not match the published SHA-256. Skips (77) when python3
+ * is missing.
  */
 #include <dirent.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include "harness.h"
 #include "mood/civitai.h"
 #include "mood/hash.h"
+#include "registry/civitai_impl.h"
 #include "registry/http.h"
 
 #define SHA "3B4B65D6428F8F873A91DB79353C66EA470C0DE01E159CD805DFC4527EA37A59"
@@ -155,6 +157,38 @@ static void test_family(void)
     MOOD_CHECK(strcmp(mood_civitai_family("Flux.1 D"), "unknown") == 0);
     MOOD_CHECK(strcmp(mood_civitai_family("SD 3.5"), "unknown") == 0);
     MOOD_CHECK(strcmp(mood_civitai_family(NULL), "unknown") == 0);
+}
+
+/* What mood__civitai_check_family says of a record's baseModel against a file's family. */
+static const char *family_check(const char *base_model, const char *family, const char *source)
+{
+    harness_log_start();
+    mood__civitai_check_family("x.safetensors", base_model, family, source);
+    harness_log_stop();
+    return harness_logged;
+}
+
+/* A warning only when both sides are families mood knows and they differ; a family that came
+ * from Civitai itself is no word of the file's. */
+static void test_family_check(void)
+{
+    MOOD_CHECK_MSG(!strcmp(family_check("SDXL 1.0", "sd1", "keys"),
+                           "x.safetensors: Civitai lists it for SDXL 1.0 (baseModel), but the file "
+                           "is an SD 1.x LoRA (from its keys); mood uses it as SD 1.x\n"),
+                   "%s", harness_logged);
+    MOOD_CHECK_MSG(strstr(family_check("SD 1.5", "sdxl", "modelspec.architecture"),
+                          "an SDXL LoRA (from its modelspec.architecture); mood uses it as SDXL"),
+                   "%s", harness_logged);
+    MOOD_CHECK_MSG(strstr(family_check("Pony", "sd2", "ss_v2"), "for Pony (baseModel)"), "%s",
+                   harness_logged);
+    MOOD_CHECK(!*family_check("Pony", "sdxl", "keys"));      /* Pony is SDXL */
+    MOOD_CHECK(!*family_check("SD 1.5 LCM", "sd1", "keys")); /* the same family */
+    MOOD_CHECK(!*family_check("Flux.1 D", "sd1", "keys"));   /* Civitai's: unknown */
+    MOOD_CHECK(!*family_check("Other", "sdxl", "keys"));
+    MOOD_CHECK(!*family_check(NULL, "sd1", "keys"));
+    MOOD_CHECK(!*family_check("SDXL 1.0", "unknown", "keys")); /* the file's: unknown */
+    MOOD_CHECK(!*family_check("SDXL 1.0", NULL, NULL));
+    MOOD_CHECK(!*family_check("SD 1.5", "sdxl", "civitai")); /* Civitai's word for the file */
 }
 
 static void check_name(const char *header, const char *want)
@@ -534,5 +568,6 @@ static void test_with_server(void)
     stop_server();
 }
 
-MOOD_TEST_MAIN(MOOD_T(test_refs), MOOD_T(test_family), MOOD_T(test_disposition),
-               MOOD_T(test_parse_shapes), MOOD_T(test_alloc_failures), MOOD_T(test_with_server))
+MOOD_TEST_MAIN(MOOD_T(test_refs), MOOD_T(test_family), MOOD_T(test_family_check),
+               MOOD_T(test_disposition), MOOD_T(test_parse_shapes), MOOD_T(test_alloc_failures),
+               MOOD_T(test_with_server))

@@ -3,7 +3,8 @@
  * sidecars, style names, rm and blob reference counting (doctor: test_registry_doctor.c),
  * clean-up of a half-done import, a damaged registry.db, what mood train registers
  * with its LoRA (previews, board thumbnails, loss curve, training record; migration 4), and the
- * sidecars that are not read (links out of the LoRA's folder, previews that are no image, pipes).
+ * sidecars that are not read (links out of the LoRA's folder, previews that are no image, pipes),
+ * and the warning for a sidecar's Civitai record of another base family than the file's.
  *
  * Every test works in its own registry under the scratch directory, on copies of the fixture
  * LoRAs (tests/fixtures/kohya, examples/loras) with sidecars written here. Fault injection writes
@@ -569,6 +570,75 @@ static void test_cm_info_sidecar(void)
                    str_is(cJSON_GetObjectItem(src0, "civitai_info"), "BaseModel", "SDXL 1.0"));
         cJSON_Delete(o);
     }
+    mood_registry_close(r);
+}
+
+/* Imports dir/name (a copy of lora) with the sidecar `sidecar` holding text; what was logged. */
+static const char *import_logged(mood_registry *r, const char *dir, const char *name,
+                                 const char *lora, const char *sidecar, const char *text)
+{
+    mood_import_result res;
+    char side[256];
+    snprintf(side, sizeof side, "%.*s%s", (int)(strlen(name) - strlen(".safetensors")), name,
+             sidecar);
+    write_text(dir, side, text);
+    harness_log_start();
+    MOOD_CHECK_OK(mood_registry_import_file(r, &res, copy_into(dir, name, lora), NULL, NULL));
+    harness_log_stop();
+    return harness_logged;
+}
+
+/* A sidecar's Civitai record for another base family than the file's keys and metadata: stored,
+ * with a warning naming both (the file's family stays); none when they agree or Civitai's base
+ * model is no family mood knows. Each of the three record sidecars, and a copy's. */
+static void test_sidecar_base_model_mismatch(void)
+{
+    const char *src = scratch_fresh_dir("src"), *ink = example_lora("inkwash.safetensors"), *log;
+    char xl[1024], want[1400];
+    mood_registry *r = NULL;
+    cJSON *o;
+    snprintf(xl, sizeof xl, "%s/kohya/sdxl_lora.safetensors",
+             getenv("MOOD_FIXTURES") ? getenv("MOOD_FIXTURES") : "tests/fixtures");
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    log = import_logged(r, src, "ink.safetensors", ink, ".civitai.info",
+                        "{\"id\": 1, \"modelId\": 2, \"baseModel\": \"SDXL 1.0\"}");
+    snprintf(want, sizeof want,
+             "%s/ink.safetensors: Civitai lists it for SDXL 1.0 (baseModel), but the file is an "
+             "SD 1.x LoRA (from its modelspec.architecture); mood uses it as SD 1.x\n",
+             src);
+    MOOD_CHECK_MSG(!strcmp(log, want), "%s", log);
+    if ((o = show(r, "ink")) != NULL) {
+        const cJSON *a = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "adapters"), 0);
+        MOOD_CHECK(str_is(a, "family", "sd1") && str_is(first_source(o), "base_model", "SDXL 1.0"));
+        cJSON_Delete(o);
+    }
+    /* the other way round, from a Lora Manager record */
+    log = import_logged(r, src, "xl.safetensors", xl, ".metadata.json",
+                        "{\"civitai\": {\"id\": 3, \"baseModel\": \"SD 1.5\"}}");
+    MOOD_CHECK_MSG(strstr(log, "/xl.safetensors: Civitai lists it for SD 1.5 (baseModel), but the "
+                               "file is an SDXL LoRA") != NULL,
+                   "%s", log);
+    /* the same family, and a base model mood does not know (a copy of ink: another source of it):
+     * nothing said */
+    log = import_logged(r, src, "grain.safetensors", example_lora("film-grain.safetensors"),
+                        ".cm-info.json", "{\"VersionId\": 4, \"BaseModel\": \"SD 1.5\"}");
+    MOOD_CHECK_MSG(!*log, "%s", log);
+    log = import_logged(r, scratch_fresh_dir("src2"), "flux.safetensors", ink, ".civitai.info",
+                        "{\"id\": 5, \"baseModel\": \"Flux.1 D\"}");
+    MOOD_CHECK_MSG(!*log, "%s", log);
+    mood_registry_close(r);
+    MOOD_CHECK_OK(mood_registry_open(&r, scratch_fresh_dir("home")));
+    log = import_logged(r, src, "xl2.safetensors", xl, ".metadata.json",
+                        "{\"civitai\": {\"id\": 6, \"baseModel\": \"Pony\"}}");
+    MOOD_CHECK_MSG(!*log, "%s", log);
+    log = import_logged(r, src, "other.safetensors", ink, ".civitai.info",
+                        "{\"id\": 7, \"baseModel\": \"Other\"}");
+    MOOD_CHECK_MSG(!*log, "%s", log);
+    /* a copy of a stored file, elsewhere: its record is stored as another source, and warned of */
+    log = import_logged(r, scratch_fresh_dir("src3"), "ink.safetensors", ink, ".civitai.info",
+                        "{\"id\": 8, \"baseModel\": \"Illustrious\"}");
+    MOOD_CHECK_MSG(strstr(log, "/ink.safetensors: Civitai lists it for Illustrious (baseModel)"),
+                   "%s", log);
     mood_registry_close(r);
 }
 
@@ -1302,9 +1372,9 @@ MOOD_TEST_MAIN(MOOD_T(test_alloc_failures), MOOD_T(test_open_creates_nothing_unt
                MOOD_T(test_rm_and_refcount), MOOD_T(test_text_to_utf8),
                MOOD_T(test_sidecars_not_utf8), MOOD_T(test_civitai_sidecar_of_another_file),
                MOOD_T(test_lora_manager_sidecar), MOOD_T(test_cm_info_sidecar),
-               MOOD_T(test_sidecar_precedence), MOOD_T(test_typed_text_not_utf8),
-               MOOD_T(test_half_done_import_cleaned), MOOD_T(test_lost_database),
-               MOOD_T(test_corrupt_database), MOOD_T(test_import_extras),
-               MOOD_T(test_import_extras_refused), MOOD_T(test_migration_4),
-               MOOD_T(test_read_only_schema_4), MOOD_T(test_search_beyond_words),
-               MOOD_T(test_search_by_file_name))
+               MOOD_T(test_sidecar_base_model_mismatch), MOOD_T(test_sidecar_precedence),
+               MOOD_T(test_typed_text_not_utf8), MOOD_T(test_half_done_import_cleaned),
+               MOOD_T(test_lost_database), MOOD_T(test_corrupt_database),
+               MOOD_T(test_import_extras), MOOD_T(test_import_extras_refused),
+               MOOD_T(test_migration_4), MOOD_T(test_read_only_schema_4),
+               MOOD_T(test_search_beyond_words), MOOD_T(test_search_by_file_name))
