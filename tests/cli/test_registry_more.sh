@@ -9,7 +9,8 @@
 # create nothing there; style edit of a missing style imports none of its --lora files. A LoRA
 # whose metadata names another family than its shapes prove is registered as the shapes say, with
 # a warning naming both; so is a sidecar's Civitai record for another base family than the
-# file's (said on stderr, in import --json's warnings, and shown by show).
+# file's (said on stderr, in import --json's warnings, and shown by show). Readers answer while
+# another process holds the write lock.
 . "$(dirname "$0")/lib.sh"
 
 export MOOD_HOME=$tmp/home
@@ -374,23 +375,34 @@ check "names the mistyped one, and that nothing was removed" grep -q "nothing re
 expect_rc 0 "the first is still there" "$MOOD" show loha
 
 # --- readers answer while another process is inside a long write (WAL lets them through): every
-# open asked for the write lock, so list, show and search waited behind it, up to 30 s
-py - "$MOOD_HOME/registry.db" <<'PY' &
-import sqlite3, sys, time
+# open asked for the write lock, so list, show and search waited behind it, up to 30 s. The
+# writer holds the lock until the checks are done (at most 20 s); a reader that waited for it
+# would be cut off by its 3 s timeout, and a writer command run then must still be waiting ---
+python3 - "$MOOD_HOME/registry.db" <<'PY' &
+import os, sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("BEGIN IMMEDIATE")
 db.execute("UPDATE styles SET notes = 'writing' WHERE name = 'loha'")
 open(sys.argv[1] + ".held", "w").close()
-time.sleep(4)
+end = time.time() + 20
+while not os.path.exists(sys.argv[1] + ".done") and time.time() < end:
+    time.sleep(0.05)
 db.execute("ROLLBACK")
 PY
 writer=$!
-for _ in $(seq 50); do [ -e "$MOOD_HOME/registry.db.held" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -e "$MOOD_HOME/registry.db.held" ] && break; sleep 0.05; done
+check "the writer holds the write lock" test -e "$MOOD_HOME/registry.db.held"
 expect_rc 0 "list beside a writer" timeout 3 "$MOOD" list
 expect_rc 0 "show beside a writer" timeout 3 "$MOOD" show loha
 expect_rc 0 "search beside a writer" timeout 3 "$MOOD" search lokr
+expect_rc 124 "a writer command waits for the lock meanwhile" timeout 1 "$MOOD" tag loha +busy
+touch "$MOOD_HOME/registry.db.done"
 wait "$writer"
-rm -f "$MOOD_HOME/registry.db.held"
+check "the writer ended well" test $? = 0
+rm -f "$MOOD_HOME/registry.db.held" "$MOOD_HOME/registry.db.done"
+expect_rc 0 "show after the writer" "$MOOD" show loha --json
+check "its write rolled back, the waiting tag never made" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["notes"] != "writing" and "busy" not in d["tags"], d' "$tmp/out"
 
 # --- a damaged search index: search says doctor --fix rebuilds it (it said "restore registry.db
 # from a backup, or move it away", which loses every tag and template for nothing)
