@@ -109,6 +109,10 @@ static int prepare_dir(const char *dir, int *made)
                 dir);
         return 1;
     }
+    if (lstat(dir, &st) == 0 && S_ISLNK(st.st_mode)) {
+        fprintf(stderr, "mood: error: %s is a link to a folder that does not exist\n", dir);
+        return 2;
+    }
     if (mkdir(dir, 0755) != 0) {
         fprintf(stderr, "mood: error: %s: cannot make the folder: %s\n", dir, strerror(errno));
         return 2;
@@ -148,19 +152,36 @@ static int same_content(const char *path, const void *data, size_t n)
     return same;
 }
 
+/* With --force, a link at path is removed so that the file takes its place: a write would go to
+ * wherever it leads, out of DIR (import does not follow links out of a folder either). */
+static int unlink_if_link(const export_args *a, const char *path)
+{
+    struct stat st;
+    if (!a->force || lstat(path, &st) != 0 || !S_ISLNK(st.st_mode) || unlink(path) == 0)
+        return 0;
+    return mood_error_set(MOOD_EIO, "%s: cannot replace the link: %s", path, strerror(errno));
+}
+
+/* Whether something (a file, a link, even a broken one) is at path. */
+static int taken(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
 /* Writes data to path (atomically: a full disk leaves the earlier file, or none), unless a file
  * is there and --force was not given: then it is kept. Records which in r. */
 static int put_file(export_result *r, const export_args *a, const char *path, const void *data,
                     size_t n)
 {
     mood_atomic_file af;
-    int err, existed = cli_path_exists(path);
+    int err, existed = taken(path);
     if (existed && !a->force) {
         if (!same_content(path, data, n))
             cJSON_AddItemToArray(r->kept, cJSON_CreateString(path));
         return 0;
     }
-    if ((err = mood_atomic_open(&af, path)) != 0)
+    if ((err = unlink_if_link(a, path)) != 0 || (err = mood_atomic_open(&af, path)) != 0)
         return err;
     if ((err = mood_atomic_write(&af, data, n)) != 0) {
         mood_atomic_abort(&af);
@@ -195,7 +216,7 @@ static int put_a1111_json(export_result *r, const export_args *a, const cJSON *s
     cJSON_AddStringToObject(j, "description", str_or_empty(style, "description"));
     cJSON_AddStringToObject(j, "sd version", sd_version(str_or_empty(first, "family")));
     cJSON_AddStringToObject(j, "activation text", str_or_empty(style, "trigger_words"));
-    cJSON_AddNumberToObject(j, "preferred weight", weight);
+    cJSON_AddNumberToObject(j, "preferred weight", weight); /* 0: A1111's default */
     cJSON_AddStringToObject(j, "negative text", str_or_empty(style, "negative"));
     cJSON_AddStringToObject(j, "notes", str_or_empty(style, "notes"));
     if ((text = cJSON_Print(j)) != NULL && path)
@@ -242,13 +263,20 @@ static int put_civitai_info(export_result *r, const export_args *a, const cJSON 
     const cJSON *s;
     cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(adapter, "sources"))
     {
+        /* the record as it came: Civitai's own (a link, a .civitai.info), or another manager's
+         * sidecar kept raw: Lora Manager's holds Civitai's under "civitai", StabilityMatrix's is
+         * its own shape and goes back under its own name */
         const cJSON *info = cJSON_GetObjectItemCaseSensitive(s, "civitai_info");
+        const cJSON *lm = cJSON_GetObjectItemCaseSensitive(info, "civitai");
+        int sm = cJSON_GetObjectItemCaseSensitive(info, "ModelId") != NULL;
         char *text, *path;
         int err;
+        if (cJSON_IsObject(lm))
+            info = lm;
         if (!cJSON_IsObject(info))
             continue;
         text = cJSON_Print(info);
-        path = path_in(a->dir, name, ".civitai.info");
+        path = path_in(a->dir, name, sm ? ".cm-info.json" : ".civitai.info");
         err = text && path ? put_file(r, a, path, text, strlen(text)) : mood_error_nomem();
         cJSON_free(text);
         free(path);
@@ -272,7 +300,7 @@ static int copy_lora(export_result *r, const export_args *a, const cJSON *ad, co
 {
     mood_map m = {0};
     int err;
-    if (cli_path_exists(path) && !a->force) {
+    if (taken(path) && !a->force) {
         mood_file_hashes h;
         if (mood_hash_file_ex(&h, path, MOOD_HASH_SKIP_CRC32, NULL, NULL) == 0 &&
             strcasecmp(h.sha256, str_or_empty(ad, "sha256")) == 0)
@@ -322,21 +350,36 @@ static int why_not_stacked(int err, const cJSON *ads)
     return err;
 }
 
-/* One LoRA applying all of the style's LoRAs at their multipliers (mood_lora_stack). */
+/* AutoV3 (the tensors' bytes, not the metadata) of the file at path; "" when it cannot be read. */
+static void tensors_hash(char out[65], const char *path)
+{
+    mood_file_hashes h;
+    out[0] = '\0';
+    if (mood_hash_file_ex(&h, path, MOOD_HASH_SKIP_CRC32, NULL, NULL) == 0 && h.is_safetensors)
+        snprintf(out, 65, "%s", h.autov3);
+    mood_error_clear();
+}
+
+/* One LoRA applying all of the style's LoRAs at their multipliers (mood_lora_stack), written
+ * beside path first: a file there with the same tensors is an earlier export of the same style
+ * (only the time in its metadata differs) and is left as it is; another is replaced only with
+ * --force. */
 static int stack_loras(export_result *r, const export_args *a, const cJSON *style, const char *path)
 {
     const cJSON *ads = cJSON_GetObjectItemCaseSensitive(style, "adapters"), *ad;
     size_t n = (size_t)cJSON_GetArraySize(ads), k = 0;
     mood_weighted_adapter *in = calloc(n ? n : 1, sizeof *in);
+    size_t tmp_size = strlen(path) + 16;
+    char *tmp = malloc(tmp_size), old_hash[65], new_hash[65];
     mood_lora_write_options o;
     mood_dtype dtype = MOOD_DTYPE_F32, d;
-    int err, existed = cli_path_exists(path);
-    if (!in)
-        return mood_error_nomem();
-    if (existed && !a->force) {
+    int err = 0, existed = taken(path);
+    if (!in || !tmp) {
         free(in);
-        return mood_error_set(MOOD_EINVAL, "%s is there already (--force replaces it)", path);
+        free(tmp);
+        return mood_error_nomem();
     }
+    snprintf(tmp, tmp_size, "%s.export-part", path);
     cJSON_ArrayForEach(ad, ads)
     {
         in[k++] = (mood_weighted_adapter){.path = str_or_empty(ad, "path"),
@@ -350,16 +393,34 @@ static int stack_loras(export_result *r, const export_args *a, const cJSON *styl
             dtype = d;
     }
     mood_lora_write_options_init(&o);
-    o.output = path;
+    o.output = tmp;
     o.dtype = dtype;
     o.progress = a->json ? NULL : cli_progress;
+    cli_signal_unlink_set(tmp);
     err = mood_lora_stack(in, n, &o);
     cli_progress_done();
     free(in);
-    if (err)
-        return why_not_stacked(err, ads);
-    note_written(r, path, existed);
-    return 0;
+    if (err) {
+        err = why_not_stacked(err, ads);
+    } else if (existed) {
+        tensors_hash(old_hash, path);
+        tensors_hash(new_hash, tmp);
+        if (*old_hash && strcmp(old_hash, new_hash) == 0)
+            existed = -1; /* the same LoRA: kept */
+        else if (!a->force)
+            err = mood_error_set(MOOD_EINVAL,
+                                 "%s is there and is another file (--force replaces it, or "
+                                 "export into another folder)",
+                                 path);
+    }
+    if (!err && existed != -1 && ((err = unlink_if_link(a, path)) != 0 || rename(tmp, path) != 0))
+        err = err ? err : mood_error_set(MOOD_EIO, "%s: %s", path, strerror(errno));
+    else if (!err && existed != -1)
+        note_written(r, path, existed);
+    unlink(tmp); /* gone when renamed */
+    cli_signal_unlink_set(NULL);
+    free(tmp);
+    return err;
 }
 
 /* Exports one style; r says what was written. */
@@ -390,6 +451,8 @@ static int export_one(export_result *r, const export_args *a, mood_registry *reg
     weight = num_or(style, "weight", 1);
     if ((single = single_adapter(style)) != NULL) {
         weight *= num_or(single, "unet", 1);
+        if (weight == 1 && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(style, "weight")))
+            weight = 0; /* A1111's "use the default": the style has no weight of its own */
         err = copy_lora(r, a, single, lora);
     } else {
         r->combined = 1;
@@ -465,7 +528,10 @@ int cmd_style_export(int argc, char **argv)
         char *shown = NULL;
         int err = mood_registry_show_json(&shown, reg, a.names[i]);
         if (err) {
-            fprintf(stderr, "mood: error: nothing exported: %s\n", mood_error_last());
+            char note[1200];
+            snprintf(note, sizeof note, "nothing exported: %s", mood_error_last());
+            cli_json_error_note(note);
+            fprintf(stderr, "mood: error: %s\n", note);
             rc = err == MOOD_ENOTFOUND || mood_error_is_user(err) ? 1 : 2;
         }
         mood_registry_free_string(shown);

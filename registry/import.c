@@ -406,10 +406,15 @@ static const char *jstr(const cJSON *o, const char *key)
     return cJSON_IsString(v) && v->valuestring[0] ? v->valuestring : NULL;
 }
 
+/* A Civitai id of a record: a whole number from 1 (JSON's exact integers); anything else in
+ * another tool's file (-5, 1e30, 2.5) is no id, 0. */
 static long long json_id(const cJSON *o, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? (long long)v->valuedouble : 0;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= 9007199254740992.0) ||
+        v->valuedouble != floor(v->valuedouble))
+        return 0;
+    return (long long)v->valuedouble;
 }
 
 /* Appends comma-separated words to list, skipping ones already in it (case-insensitive). */
@@ -623,7 +628,15 @@ static int check_record(import_job *j, int i)
 {
     record_sidecar *rs = &j->side.rec[i];
     const cJSON *f, *listed = NULL;
-    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(rs->version, "files"))
+    const cJSON *own = i == REC_LM ? cJSON_GetObjectItemCaseSensitive(rs->file, "sha256") : NULL;
+    /* Lora Manager's own hash of the file it describes decides, when it gives one */
+    if (cJSON_IsString(own) && *own->valuestring) {
+        if (strcasecmp(own->valuestring, j->h.sha256) == 0)
+            return 0;
+        listed = own;
+    }
+    const cJSON *files = listed ? NULL : cJSON_GetObjectItemCaseSensitive(rs->version, "files");
+    cJSON_ArrayForEach(f, files)
     {
         const cJSON *h = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(f, "hashes"), "SHA256");

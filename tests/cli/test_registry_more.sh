@@ -308,6 +308,36 @@ check "the pack kept them" py '
 import json,sys; d=json.load(open(sys.argv[1])); s=d["adapters"][0]["sources"][0]
 assert d["trigger_words"]=="wtrclr, soft wash" and d["weight"]==0.65 and d["notes"]=="keep it soft", d
 assert d["tags"]==["soft","watercolor"] and (s["model_id"],s["version_id"])==(610001,610101), (d["tags"], s)' "$tmp/out"
+# style export gives each record back in a shape its reader takes: Lora Manager's as the Civitai
+# record it holds (NAME.civitai.info), StabilityMatrix's under its own name; imported again, both
+# styles keep their Civitai link
+expect_rc 0 "export both" "$MOOD" style export lm sm -o "$tmp/mig-out"
+check "Lora Manager's Civitai record as .civitai.info" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert (d["modelId"],d["id"])==(610001,610101), d' "$tmp/mig-out/lm.civitai.info"
+check "StabilityMatrix's as .cm-info.json" py '
+import json,sys; d=json.load(open(sys.argv[1])); assert (d["ModelId"],d["VersionId"])==(620001,620101), d' "$tmp/mig-out/sm.cm-info.json"
+check "no StabilityMatrix record written as a Civitai one" test ! -e "$tmp/mig-out/sm.civitai.info"
+expect_rc 0 "the export imported" env MOOD_HOME="$tmp/h-mig3" "$MOOD" import --offline "$tmp/mig-out"
+for s in lm:610001 sm:620001; do
+    check "${s%%:*} keeps its Civitai link" test "$(MOOD_HOME=$tmp/h-mig3 "$MOOD" show "${s%%:*}" --json | py '
+import json,sys; d=json.load(sys.stdin); print([x["model_id"] for x in d["adapters"][0]["sources"] if x["model_id"]][0])')" = "${s#*:}"
+done
+# a Lora Manager sidecar whose own sha256 is another file's describes that file: left out; ids
+# that are no Civitai ids (1e30, -5) are none
+mkdir -p "$tmp/mig4"
+cp "$FIX/kohya/sd1_lora.safetensors" "$tmp/mig4/other.safetensors"
+cp "$FIX/lycoris/locon.safetensors" "$tmp/mig4/odd.safetensors"
+cat >"$tmp/mig4/other.metadata.json" <<'JSON'
+{"sha256": "0000000000000000000000000000000000000000000000000000000000000000", "notes": "not mine",
+ "civitai": {"id": 710005, "modelId": 700005, "trainedWords": ["wrongword"]}}
+JSON
+echo '{"civitai": {"id": 1e30, "modelId": -5, "trainedWords": ["oddword"]}}' >"$tmp/mig4/odd.metadata.json"
+expect_rc 0 "import them" env MOOD_HOME="$tmp/h-mig4" "$MOOD" import --offline "$tmp/mig4"
+check "says the sidecar describes another file" grep -q "other.metadata.json: sidecar skipped: it describes another file" "$tmp/err"
+check "nothing of it kept" test "$(MOOD_HOME=$tmp/h-mig4 "$MOOD" show other --json | py '
+import json,sys; d=json.load(sys.stdin); print(d["trigger_words"], d["notes"], [x["model_id"] for x in d["adapters"][0]["sources"]])')" = "None None [None]"
+check "no garbage ids" test "$(MOOD_HOME=$tmp/h-mig4 "$MOOD" show odd --json | py '
+import json,sys; d=json.load(sys.stdin); print(d["trigger_words"], [(x["model_id"], x["version_id"]) for x in d["adapters"][0]["sources"]])')" = "oddword [(None, None)]"
 
 # --- an import of a copy of a stored file while 'mood rm' removes its style: the import makes
 # the style again or says it is there, never a raw SQLite error (a race: each round may or may not

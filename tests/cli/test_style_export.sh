@@ -75,6 +75,16 @@ rec=json.loads(m1["mood_stacked_from"])
 assert [r["file"] for r in rec]==["inkwash.safetensors","film-grain.safetensors"], rec
 assert [(r["unet"],r["te"]) for r in rec]==[(0.7,0.7),(-0.4,-0.2)], rec' "$out/combo.safetensors" "$tmp/ref.safetensors"
 check "an fp16 LoRA exported as it is" cmp -s "$out/sd1_locon_fp16.safetensors" "$tmp/src/sd1_locon_fp16.safetensors"
+check "a style without a weight of its own: A1111's 0 (the default)" py '
+import json,sys; assert json.load(open(sys.argv[1]))["preferred weight"]==0' "$out/sd1_locon_fp16.json"
+# the composed LoRA again: the same tensors (only the time in its metadata differs) are the same
+# LoRA, left as it is; no part file left
+cp "$out/combo.safetensors" "$tmp/combo.first"
+expect_rc 0 "a composed style exported again" "$MOOD" style export combo -o "$out" --json
+check "nothing written" py '
+import json,sys; e=json.load(open(sys.argv[1]))["exported"][0]; assert e["written"]==[] and e["combined"], e' "$tmp/out"
+check "the first export left as it was" cmp -s "$out/combo.safetensors" "$tmp/combo.first"
+check "no part file" test -z "$(ls "$out" | grep part)"
 
 # --- the round trip ----------------------------------------------------------------------------
 expect_rc 0 "import the folder into another registry" env MOOD_HOME="$B" "$MOOD" import "$out" --json
@@ -121,6 +131,20 @@ expect_rc 0 "--force replaces" "$MOOD" style export half inkwash -o "$out" --for
 check "the style's LoRA now" cmp -s "$out/half.safetensors" "$tmp/src/inkwash.safetensors"
 check "the edited sidecar too" py '
 import json,sys; assert json.load(open(sys.argv[1]))["activation text"]=="inkwash"' "$out/inkwash.json"
+
+# a link in the folder is replaced by --force, never the file it leads to (out of the folder)
+echo "keep me" >"$tmp/victim.txt"
+mkdir -p "$tmp/links"
+ln -s ../victim.txt "$tmp/links/inkwash.json"
+ln -s ../victim.txt "$tmp/links/combo.safetensors"
+expect_rc 1 "links without --force" "$MOOD" style export inkwash combo -o "$tmp/links"
+check "the linked file untouched" test "$(cat "$tmp/victim.txt")" = "keep me"
+expect_rc 0 "links with --force" "$MOOD" style export inkwash combo -o "$tmp/links" --force
+check "the linked file still untouched" test "$(cat "$tmp/victim.txt")" = "keep me"
+check "the links replaced by files" test ! -L "$tmp/links/inkwash.json" -a ! -L "$tmp/links/combo.safetensors" -a -s "$tmp/links/inkwash.json"
+ln -s /nonexistent/folder "$tmp/dangling"
+expect_rc 2 "-o a link to nothing" "$MOOD" style export inkwash -o "$tmp/dangling"
+check "says so" grep -q "is a link to a folder that does not exist" "$tmp/err"
 
 # --- refused -----------------------------------------------------------------------------------
 expect_rc 1 "a mistyped name among others" "$MOOD" style export inkwash nosuch -o "$tmp/none"
