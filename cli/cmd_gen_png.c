@@ -402,6 +402,12 @@ int gen_write_outputs(gen_run *r)
         cJSON_AddStringToObject(root, "negative", r->styles.negative);
         add_styles_json(root, r->styles.styles_used);
         add_adapters_json(root, r);
+        if (r->args.init_image) { /* img2img: what it started from */
+            cJSON_AddStringToObject(root, "init_image", r->args.init_image);
+            cJSON_AddNumberToObject(root, "strength", r->args.opts.strength);
+            if (r->args.mask)
+                cJSON_AddStringToObject(root, "mask", r->args.mask);
+        }
         cJSON_AddNumberToObject(root, "load_s", r->load_s);
         cJSON_AddNumberToObject(root, "generate_s", r->generate_s);
     }

@@ -541,11 +541,19 @@ static int pick_default_output(train_args *a)
             return 2;
     }
     if (k > 1 && !a->o.resume) {
-        char *first = default_output(a, 1);
-        fprintf(stderr,
-                "mood: note: %s is an earlier run's; this run writes %s (-o chooses the file)\n",
-                first ? first : a->o.name, a->output);
+        char *first = default_output(a, 1), *last = k > 2 ? default_output(a, k - 1) : NULL;
+        if (k > 2)
+            fprintf(stderr,
+                    "mood: note: %s to %s are earlier runs'; this run writes %s (-o chooses the "
+                    "file)\n",
+                    first ? first : a->o.name, last ? last : "", a->output);
+        else
+            fprintf(stderr,
+                    "mood: note: %s is an earlier run's; this run writes %s (-o chooses the "
+                    "file)\n",
+                    first ? first : a->o.name, a->output);
         free(first);
+        free(last);
     }
     return 0;
 }

@@ -122,6 +122,11 @@ check "the same bytes" cmp -s "$tmp/inp.png" "$tmp/inp-again.png"
 expect_rc 0 "--from-png without the mask" "$MOOD" gen --from-png "$tmp/inp.png" --model "$MODEL" \
     --init-image "$I2I/init.png" -o "$tmp/inp-nomask.png"
 check "says the mask is needed" grep -q "the image was inpainted (Mask blur: 0): give its picture with --init-image and its mask with --mask" "$tmp/err"
+expect_rc 0 "--json of an inpainting" "$MOOD" gen "$PROMPT" --model "$MODEL" --steps 4 --json \
+    --init-image "$I2I/init.png" --mask "$I2I/mask.png" --strength 0.5 -o "$tmp/inp-json.png"
+check "names what it started from" py '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["init_image"].endswith("init.png") and d["mask"].endswith("mask.png") and d["strength"]==0.5, d' "$tmp/out"
 expect_rc 1 "--mask without --init-image" "$MOOD" gen "$PROMPT" "${common[@]}" --mask "$I2I/mask.png"
 check "says what it is for" grep -q "give the picture with --init-image" "$tmp/err"
 # a picture larger than the model's area is brought down to it, its shape kept

@@ -339,6 +339,13 @@ b=open("cont-2.safetensors","rb").read(); n,=struct.unpack("<Q",b[:8])
 m=json.loads(b[8:8+n])["__metadata__"]
 assert m["ss_output_name"]=="cont-2" and m["modelspec.title"]=="cont-2", m
 assert json.load(open("cont-2.json"))["activation text"]=="cont", open("cont-2.json").read()'
+expect_rc 0 "a third run" "$MOOD" train --name cont --board ../board --model "$MODEL" --res 64 \
+    --steps 1 --rank 4 --seed 8 --no-register -o third.safetensors
+check "-o: no note" test "$(grep -c "earlier run" "$tmp/err")" = 0
+expect_rc 0 "the name a third time" "$MOOD" train --name cont --board ../board --model "$MODEL" \
+    --res 64 --steps 1 --rank 4 --seed 9 --no-register
+check "names both earlier runs" grep -q "note: cont.safetensors to cont-2.safetensors are earlier runs'; this run writes cont-3.safetensors" "$tmp/err"
+rm -f cont-3.* # so that --resume below continues cont-2 as before
 expect_rc 0 "--resume continues the latest run" "$MOOD" train --name cont --board ../board \
     --model "$MODEL" --res 64 --steps 2 --rank 4 --seed 6 --no-register --resume
 check "cont-2 continued" py '
