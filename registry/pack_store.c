@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "registry/civitai_impl.h"
 #include "registry/pack_store.h"
 #include "registry/registry_impl.h"
 
@@ -179,7 +180,10 @@ static int insert_adapter(mood_registry *r, const mood__pack_adapter_row *a, con
     };
     err = mood__reg_insert_adapter(r, &row, "storing an adapter of the pack");
     mood_free(from_file);
-    return err ? err : insert_source(r, a, pack);
+    if (!err && (err = insert_source(r, a, pack)) == 0) /* a record of another family: said */
+        mood__civitai_check_family(a->file_name ? a->file_name : a->sha256, a->base_model,
+                                   row.family, row.family_source);
+    return err;
 }
 
 /* The pack as a source of adapter a, with the Civitai record the manifest carries. */

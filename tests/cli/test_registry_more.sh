@@ -396,6 +396,9 @@ expect_rc 0 "show inkwash" "$MOOD" show inkwash
 check "show: its family, and the base Civitai lists it for" py '
 import sys; t=open(sys.argv[1]).read()
 assert "family      sd1 (decided by modelspec.architecture)" in t and "inkwash.safetensors  Civitai: for SDXL 1.0" in t, t' "$tmp/out"
+expect_rc 0 "a pack of it" "$MOOD" pack export inkwash -o "$tmp/base.moodpack"
+expect_rc 0 "the pack imported elsewhere" env MOOD_HOME="$tmp/h-base2" "$MOOD" pack import "$tmp/base.moodpack"
+check "warned of there too" grep -q "inkwash.safetensors: Civitai lists it for SDXL 1.0 (baseModel), but the file is an SD 1.x LoRA" "$tmp/err"
 
 # --- rm of several names, one mistyped: none removed ---
 export MOOD_HOME=$tmp/h-rm
