@@ -485,8 +485,11 @@ static int collect_triggers(import_job *j)
     if ((err = add_triggers(&s->triggers, jstr(s->a1111, "activation text"))) != 0)
         return err;
     for (int i = 0; i < N_REC; i++) {
-        cJSON_ArrayForEach(words,
-                           cJSON_GetObjectItemCaseSensitive(s->rec[i].version, "trainedWords"))
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(s->rec[i].version, "trainedWords");
+        /* Civitai's is a list; a tool that wrote one string of words means the same */
+        if (cJSON_IsString(list) && (err = add_triggers(&s->triggers, list->valuestring)) != 0)
+            return err;
+        cJSON_ArrayForEach(words, list) /* nothing for a string: it has no items */
         {
             if (cJSON_IsString(words) &&
                 (err = add_triggers(&s->triggers, words->valuestring)) != 0)
@@ -863,7 +866,14 @@ static double sidecar_weight(const import_job *j)
             ? cJSON_GetObjectItemCaseSensitive(parsed ? parsed : tips, "strength")
             : NULL};
     double w = 0;
+    if (cJSON_IsString(tips) && !cJSON_IsObject(parsed))
+        mood_log(MOOD_LOG_WARN,
+                 "%s.metadata.json: usage_tips is not a JSON object: its strength "
+                 "left out",
+                 j->stem_path);
     for (int i = 0; i < 2 && w == 0; i++) {
+        if (given[i] && !cJSON_IsNumber(given[i]) && !cJSON_IsNull(given[i]))
+            mood_log(MOOD_LOG_WARN, "%s%s is not a number: left out", j->stem_path, what[i]);
         if (!cJSON_IsNumber(given[i]))
             continue;
         if (given[i]->valuedouble > 0 && given[i]->valuedouble <= 10)
