@@ -71,11 +71,15 @@ const char cmd_gen_help[] =
     "                        its latents are noised to --strength and sampled from there;\n"
     "                        the image's size is the picture's (brought down to the model's\n"
     "                        own area when larger, its shape kept) unless --size or\n"
-    "                        --from-png gives one (the picture is then stretched to it)\n"
+    "                        --from-png gives one (the picture is then stretched to it, with\n"
+    "                        bilinear filtering: A1111 and diffusers use Lanczos; a picture\n"
+    "                        of the run's size avoids the difference)\n"
     "  --strength X          how much is redrawn, above 0 to 1 (default 0.75; A1111's\n"
     "                        \"Denoising strength\", recorded so in the PNG): 0.3 keeps the\n"
     "                        picture, 1 keeps little more than its colours; int(steps x X)\n"
-    "                        steps run. Not with the LCM sampler\n"
+    "                        steps run. Not with the LCM sampler. (mood-tiny, which draws\n"
+    "                        the picture itself and knows only emoji, redraws a lot even at\n"
+    "                        low strengths)\n"
     "  --mask FILE           inpainting: redraw only where FILE is white (at least half\n"
     "                        grey), keep the picture where it is black; the kept part is put\n"
     "                        back after every step (diffusers' StableDiffusionInpaintPipeline\n"
@@ -410,9 +414,10 @@ static int prepare_init_image(gen_run *r)
                     w, h, o->width, o->height,
                     s < 1 ? "the model's own area, the picture's shape kept"
                           : "sizes are multiples of the model's step");
-    } else if (fabs((double)o->width / o->height - (double)w / h) > 0.01 * (double)w / h) {
-        fprintf(stderr, "mood: note: --init-image is %dx%d: stretched to %dx%d\n", w, h, o->width,
-                o->height);
+    } else if (o->width != w || o->height != h) {
+        int other_shape = fabs((double)o->width / o->height - (double)w / h) > 0.01 * w / h;
+        fprintf(stderr, "mood: note: --init-image is %dx%d: %s to %dx%d\n", w, h,
+                other_shape ? "stretched" : "resized", o->width, o->height);
     }
     if ((err = mood_gen_init_image(&r->init_pixels, r->init, o->width, o->height)) != 0 ||
         (r->mask && (err = mood_gen_mask(&r->mask_pixels, r->mask, o->width, o->height)) != 0))

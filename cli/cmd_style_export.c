@@ -455,13 +455,13 @@ static int export_one(export_result *r, const export_args *a, mood_registry *reg
     weight = num_or(style, "weight", 1);
     if ((single = single_adapter(style)) != NULL) {
         weight *= num_or(single, "unet", 1);
-        if (weight == 1 && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(style, "weight")))
-            weight = 0; /* A1111's "use the default": the style has no weight of its own */
         err = copy_lora(r, a, single, lora);
     } else {
         r->combined = 1;
         err = stack_loras(r, a, style, lora);
     }
+    if (weight == 1 && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(style, "weight")))
+        weight = 0; /* A1111's "use the default": the style has no weight of its own */
     if (!err && (err = mood_hash_file_ex(&h, lora, MOOD_HASH_SKIP_CRC32, NULL, NULL)) == 0) {
         r->lora = lora;
         lora = NULL;

@@ -368,10 +368,13 @@ static int inpaint_step(float *x, int step, void *user)
  * encoded once, its latent_dist sampled (drawn before the noise: for torch-cpu one sample for the
  * whole batch, repeated; for the per-image sources each image's generator draws its own), shifted
  * and scaled into the UNet's space, then the scheduler's add_noise at the first step run.
+ * A pixel-space model's "distribution" is a point, but its sample is drawn all the same: the
+ * noise that follows is then the same whatever the VAE.
  * Inpainting (o->mask), as StableDiffusionInpaintPipeline's: at strength 1 pure noise (scaled by
- * the sampler); torch-cpu then draws one more sample of the latents' size, the one diffusers
- * draws to encode the masked picture (for 9-channel UNets only, but drawn whatever the UNet), so
- * that the steps' noise is diffusers'; ip keeps what the step hook needs. */
+ * the sampler); then one more sample of the latents' size is drawn (each image's generator for
+ * the per-image sources), the one diffusers draws to encode the masked picture (for 9-channel
+ * UNets only, but drawn whatever the UNet), so that the steps' noise is diffusers'; ip keeps what
+ * the step hook needs. */
 static int img2img_latents(float *latents, mood_model *m, const mood_gen_options *o,
                            const mood_sample_opts *so, noise_src *ns, int B, size_t n,
                            inpaint_ctx *ip)
@@ -397,8 +400,11 @@ static int img2img_latents(float *latents, mood_model *m, const mood_gen_options
         memcpy(image + i * n, image, n * sizeof *image);
     if (!err)
         err = noise_draw(noise, B, n, ns);
-    if (!err && o->mask && !per_image) /* the masked picture's sample (mean is free now) */
-        err = mood_rng_torch_cpu_randn(ns->cpu[0], mean, n);
+    /* the masked picture's sample (mean is free now): by each image's generator for the
+     * per-image sources, so that one image draws the same numbers whatever the source */
+    for (int i = 0; i < (per_image ? B : 1) && o->mask && !err; i++)
+        err = ns->kind == MOOD_RNG_TORCH_CUDA ? mood_rng_torch_cuda_randn(ns->cuda[i], mean, n)
+                                              : mood_rng_torch_cpu_randn(ns->cpu[i], mean, n);
     if (!err && o->mask && o->strength == 1.0) {
         memcpy(latents, noise, (size_t)B * n * sizeof *latents);
     } else if (!err) {

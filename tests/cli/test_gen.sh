@@ -119,6 +119,13 @@ check "records A1111's inpainting keys" grep -qa "Denoising strength: 1, .*Mask 
 expect_rc 0 "--from-png with picture and mask" "$MOOD" gen --from-png "$tmp/inp.png" --model "$MODEL" \
     --init-image "$I2I/init.png" --mask "$I2I/mask.png" -o "$tmp/inp-again.png"
 check "the same bytes" cmp -s "$tmp/inp.png" "$tmp/inp-again.png"
+# with the default sampler (Euler a: noise at every step) too: the PNG says "RNG: CPU", read back
+# as --rng mood, whose one image must draw what torch-cpu drew
+expect_rc 0 "inpainting with Euler a" "$MOOD" gen "$PROMPT" --model "$MODEL" --steps 10 --seed 61 \
+    --init-image "$I2I/init.png" --mask "$I2I/mask.png" -o "$tmp/inp-a.png"
+expect_rc 0 "--from-png of it" "$MOOD" gen --from-png "$tmp/inp-a.png" --model "$MODEL" \
+    --init-image "$I2I/init.png" --mask "$I2I/mask.png" -o "$tmp/inp-a-again.png"
+check "the same bytes (Euler a)" cmp -s "$tmp/inp-a.png" "$tmp/inp-a-again.png"
 expect_rc 0 "--from-png without the mask" "$MOOD" gen --from-png "$tmp/inp.png" --model "$MODEL" \
     --init-image "$I2I/init.png" -o "$tmp/inp-nomask.png"
 check "says the mask is needed" grep -q "the image was inpainted (Mask blur: 0): give its picture with --init-image and its mask with --mask" "$tmp/err"
