@@ -91,18 +91,14 @@ static mood_family family_of_unet(const mood_unet *u)
     return c->use_linear_projection ? MOOD_FAMILY_SD2 : MOOD_FAMILY_SD1;
 }
 
-/* The UNet runs on what the VAE makes: their channel counts must agree. */
-static int check_parts(const mood_model *m, const char *path)
+/* The UNet runs on what the VAE makes: their channel counts must agree, or the UNet is an
+ * inpainting model's, which takes the latents, a mask and the masked picture's latents. */
+static int check_parts(mood_model *m, const char *path)
 {
     int u = mood_unet_get_config(m->unet)->in_channels;
     int v = mood_vae_get_config(m->vae)->latent_channels;
-    if (u == v + 5) /* latents, the mask and the masked picture's latents */
-        return mood_error_set(MOOD_EUNSUPPORTED,
-                              "%s: an inpainting model (its UNet takes %d channels: the latents, "
-                              "a mask and the masked picture), which mood does not run yet; "
-                              "'mood gen --mask' inpaints with an ordinary model",
-                              path, u);
-    if (u != v)
+    m->inpaint_unet = u == 2 * v + 1;
+    if (u != v && !m->inpaint_unet)
         return mood_error_set(MOOD_EFORMAT,
                               "%s: the UNet takes %d channels but the VAE makes latents of %d",
                               path, u, v);

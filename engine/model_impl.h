@@ -56,6 +56,8 @@ struct mood_model {
     int zero_negative; /* SDXL: an empty negative prompt conditions on zeros
                           (force_zeros_for_empty_prompt) */
     int latents_norm;  /* the latents are normalised with latents_mean/std (Playground v2.5) */
+    int inpaint_unet;  /* the UNet also takes a mask and the masked picture's latents (9 channels
+                          for SD: sd-v1-5-inpainting and its fine-tunes) */
     float latents_mean[MOOD_VAE_MAX_LATENTS], latents_std[MOOD_VAE_MAX_LATENTS];
     int fixed_clip_skip; /* > 0: the model always uses this clip skip (SD2: 2) */
     char short_hash[11]; /* "" until computed */

@@ -88,7 +88,26 @@ typedef struct denoiser {
     int P;                  /* their width */
     float *time_ids;        /* SDXL: 6 per UNet sample (all alike) */
     float *xin, *tin, *eps; /* UNet batch buffers */
+    const float *cond;      /* an inpainting UNet's condition, B x nc (inpaint_ctx), else NULL */
+    size_t nc;
+    float *xcat; /* the UNet's input with the condition: NB x (n + nc) */
 } denoiser;
+
+/* The UNet's input for NB rows of x (row i is image i % B): x itself, or for an inpainting model
+ * each row followed by its image's mask and masked picture's latents (diffusers'
+ * torch.cat([latent_model_input, mask, masked_image_latents], dim=1): the scaling of the input
+ * applies to the latents only). */
+static const float *unet_input(denoiser *d, const float *x, int NB)
+{
+    if (!d->cond)
+        return x;
+    for (int i = 0; i < NB; i++) {
+        float *row = d->xcat + (size_t)i * (d->n + d->nc);
+        memcpy(row, x + (size_t)i * d->n, d->n * sizeof *row);
+        memcpy(row + d->n, d->cond + (size_t)(i % d->B) * d->nc, d->nc * sizeof *row);
+    }
+    return d->xcat;
+}
 
 /* The UNet on `NB` images xin with contexts ctx of T tokens each (and for SDXL the pooled
  * embeddings from row `row` of d->pooled on), into eps. */
@@ -116,15 +135,17 @@ static int denoise(float *out, const float *x_in, double timestep, int step, voi
     size_t C = (size_t)mood__context_width(d->m);
     int err;
     (void)step;
+    const float *in;
     if (d->cfg <= 1.0)
-        return unet_pass(d, out, x_in, d->ctx, d->B, d->Tp, 0, timestep);
+        return unet_pass(d, out, unet_input(d, x_in, d->B), d->ctx, d->B, d->Tp, 0, timestep);
     memcpy(d->xin, x_in, bn * sizeof *x_in);
     memcpy(d->xin + bn, x_in, bn * sizeof *x_in);
+    in = unet_input(d, d->xin, 2 * d->B); /* rows B.. equal rows ..B: either half serves */
     if (d->Tn == d->Tp)
-        err = unet_pass(d, d->eps, d->xin, d->ctx, 2 * d->B, d->Tp, 0, timestep);
-    else if ((err = unet_pass(d, d->eps, d->xin, d->ctx, d->B, d->Tn, 0, timestep)) == 0)
-        err = unet_pass(d, d->eps + bn, d->xin, d->ctx + (size_t)d->B * d->Tn * C, d->B, d->Tp,
-                        d->B, timestep);
+        err = unet_pass(d, d->eps, in, d->ctx, 2 * d->B, d->Tp, 0, timestep);
+    else if ((err = unet_pass(d, d->eps, in, d->ctx, d->B, d->Tn, 0, timestep)) == 0)
+        err = unet_pass(d, d->eps + bn, in, d->ctx + (size_t)d->B * d->Tn * C, d->B, d->Tp, d->B,
+                        timestep);
     if (err)
         return err;
     for (size_t i = 0; i < bn; i++) {
@@ -265,6 +286,10 @@ static int check_options(const mood_model *m, const mood_gen_options *o)
         return mood_error_set(MOOD_EINVAL, "CFG scale %g: between 0 and 100", o->cfg);
     if (o->clip_skip < 1 || o->clip_skip > 12)
         return mood_error_set(MOOD_EINVAL, "clip skip %d: between 1 and 12", o->clip_skip);
+    if (m->inpaint_unet && !(o->init_image && o->mask))
+        return mood_error_set(MOOD_EINVAL,
+                              "an inpainting model (its UNet takes a mask and a masked picture "
+                              "too) redraws part of a picture: give the picture and its mask");
     if (o->mask && !o->init_image)
         return mood_error_set(MOOD_EINVAL,
                               "an inpainting mask needs the picture it applies to (init_image)");
@@ -329,7 +354,8 @@ static int decode(mood_model *m, float *images, const float *latents, int B, int
 typedef struct inpaint_ctx {
     const mood_noise_schedule *ns;
     mood_sample_opts so;
-    float *image, *noise, *mask, *tmp; /* B x n, B x n, hw, B x n */
+    float *image, *noise, *mask, *tmp; /* B x n, B x n, hw, B x n (4-channel UNets) */
+    float *cond; /* an inpainting UNet's: B x (hw + n), the mask and the masked picture's latents */
     int B, C;
     size_t hw;
 } inpaint_ctx;
@@ -340,6 +366,7 @@ static void inpaint_dispose(inpaint_ctx *ip)
     mood_free(ip->noise);
     mood_free(ip->mask);
     mood_free(ip->tmp);
+    mood_free(ip->cond);
     memset(ip, 0, sizeof *ip);
 }
 
@@ -364,67 +391,126 @@ static int inpaint_step(float *x, int step, void *user)
     return err;
 }
 
-/* img2img's starting latents, as StableDiffusionImg2ImgPipeline.prepare_latents: the init image
- * encoded once, its latent_dist sampled (drawn before the noise: for torch-cpu one sample for the
- * whole batch, repeated; for the per-image sources each image's generator draws its own), shifted
- * and scaled into the UNet's space, then the scheduler's add_noise at the first step run.
- * A pixel-space model's "distribution" is a point, but its sample is drawn all the same: the
- * noise that follows is then the same whatever the VAE.
- * Inpainting (o->mask), as StableDiffusionInpaintPipeline's: at strength 1 pure noise (scaled by
- * the sampler); then one more sample of the latents' size is drawn (each image's generator for
- * the per-image sources), the one diffusers draws to encode the masked picture (for 9-channel
- * UNets only, but drawn whatever the UNet), so that the steps' noise is diffusers'; ip keeps what
- * the step hook needs. */
+/* One sample of a picture's latent_dist per image (B x n into out): drawn once and repeated for
+ * torch-cpu, by each image's generator for the per-image sources; shifted and scaled into the
+ * UNet's space. */
+static int sample_latents(float *out, const float *mean, const float *logvar, noise_src *ns,
+                          const mood_vae_config *vc, int B, size_t n)
+{
+    int per_image = ns->kind != MOOD_RNG_TORCH_CPU, err = 0;
+    for (int i = 0; i < (per_image ? B : 1) && !err; i++) {
+        float *z = out + (size_t)i * n;
+        err = ns->kind == MOOD_RNG_TORCH_CUDA ? mood_rng_torch_cuda_randn(ns->cuda[i], z, n)
+                                              : mood_rng_torch_cpu_randn(ns->cpu[i], z, n);
+        for (size_t j = 0; j < n && !err; j++)
+            z[j] =
+                (mean[j] + expf(0.5f * logvar[j]) * z[j] - vc->shift_factor) * vc->scaling_factor;
+    }
+    for (int i = 1; i < B && !per_image && !err; i++)
+        memcpy(out + (size_t)i * n, out, n * sizeof *out);
+    return err;
+}
+
+/* The VAE's latent_dist of picture img (3 x height x width), then sample_latents into out. */
+static int encode_sampled(float *out, mood_model *m, const float *img, const mood_gen_options *o,
+                          noise_src *ns, int B, size_t n)
+{
+    float *mean = mood_malloc(n * sizeof *mean), *logvar = mood_malloc(n * sizeof *logvar);
+    int err = mean && logvar ? 0 : mood_error_nomem();
+    if (!err)
+        err = mood_vae_encode(m->vae, mean, logvar, img, 1, o->height, o->width);
+    if (!err)
+        err = sample_latents(out, mean, logvar, ns, mood_vae_get_config(m->vae), B, n);
+    mood_free(mean);
+    mood_free(logvar);
+    return err;
+}
+
+/* An inpainting model's condition, per image: the mask at latent resolution, then the masked
+ * picture's latents (the picture where the mask keeps it, 0 where it is redrawn: diffusers'
+ * init_image * (mask < 0.5)), encoded and sampled. For other models the sample is drawn all the
+ * same (diffusers encodes the masked picture whatever the UNet), so that the steps' noise is
+ * diffusers'. */
+static int masked_condition(inpaint_ctx *ip, mood_model *m, const mood_gen_options *o,
+                            noise_src *ns, int B, size_t n)
+{
+    size_t HW = (size_t)o->width * o->height, nc = ip->hw + n;
+    float *masked = m->inpaint_unet ? mood_malloc(3 * HW * sizeof *masked) : NULL;
+    float *z = mood_malloc((size_t)B * n * sizeof *z);
+    int err = (masked || !m->inpaint_unet) && z ? 0 : mood_error_nomem();
+    for (size_t j = 0; masked && j < 3 * HW && !err; j++)
+        masked[j] = o->mask[j % HW] < 0.5f ? o->init_image[j] : 0.0f;
+    if (!err && m->inpaint_unet) {
+        err = encode_sampled(z, m, masked, o, ns, B, n);
+        if (!err && !(ip->cond = mood_malloc((size_t)B * nc * sizeof *ip->cond)))
+            err = mood_error_nomem();
+        for (int i = 0; i < B && !err; i++) {
+            memcpy(ip->cond + i * nc, ip->mask, ip->hw * sizeof *ip->cond);
+            memcpy(ip->cond + i * nc + ip->hw, z + (size_t)i * n, n * sizeof *z);
+        }
+    } else if (!err) {
+        for (int i = 0; i < (ns->kind != MOOD_RNG_TORCH_CPU ? B : 1) && !err; i++)
+            err = ns->kind == MOOD_RNG_TORCH_CUDA ? mood_rng_torch_cuda_randn(ns->cuda[i], z, n)
+                                                  : mood_rng_torch_cpu_randn(ns->cpu[i], z, n);
+    }
+    mood_free(masked);
+    mood_free(z);
+    return err;
+}
+
+/* The mask at latent resolution: torch's nearest interpolation, the top left pixel of each
+ * block. */
+static int latent_mask(inpaint_ctx *ip, const mood_gen_options *o, int s)
+{
+    int h = o->height / s, w = o->width / s;
+    ip->hw = (size_t)h * w;
+    if (!(ip->mask = mood_malloc(ip->hw * sizeof *ip->mask)))
+        return mood_error_nomem();
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            ip->mask[(size_t)y * w + x] = o->mask[(size_t)y * s * o->width + (size_t)x * s];
+    return 0;
+}
+
+/* img2img's starting latents, as StableDiffusionImg2ImgPipeline.prepare_latents: the picture's
+ * latents sampled (encode_sampled: before the noise), then the scheduler's add_noise at the first
+ * step run. A pixel-space model's "distribution" is a point, but its sample is drawn all the
+ * same: the noise that follows is then the same whatever the VAE.
+ * Inpainting (o->mask), as StableDiffusionInpaintPipeline's: after the noise the masked picture's
+ * sample (masked_condition); at strength 1 pure noise (scaled by the sampler), and an inpainting
+ * model's picture is then not encoded at all; ip keeps what the steps need: for a 4-channel UNet
+ * what the step hook puts back, for an inpainting UNet its condition. */
 static int img2img_latents(float *latents, mood_model *m, const mood_gen_options *o,
                            const mood_sample_opts *so, noise_src *ns, int B, size_t n,
                            inpaint_ctx *ip)
 {
-    const mood_vae_config *vc = mood_vae_get_config(m->vae);
-    int per_image = ns->kind != MOOD_RNG_TORCH_CPU, s = mood_vae_scale(m->vae);
-    float *mean = mood_malloc(n * sizeof *mean), *logvar = mood_malloc(n * sizeof *logvar);
-    float *noise = mood_malloc((size_t)B * n * sizeof *noise);
-    float *image = mood_malloc((size_t)B * n * sizeof *image);
-    int err = mean && logvar && noise && image ? 0 : mood_error_nomem();
-    if (!err)
-        err = mood_vae_encode(m->vae, mean, logvar, o->init_image, 1, o->height, o->width);
-    for (int i = 0; i < (per_image ? B : 1) && !err; i++) {
-        err = per_image ? (ns->kind == MOOD_RNG_TORCH_CUDA
-                               ? mood_rng_torch_cuda_randn(ns->cuda[i], noise, n)
-                               : mood_rng_torch_cpu_randn(ns->cpu[i], noise, n))
-                        : mood_rng_torch_cpu_randn(ns->cpu[0], noise, n);
-        for (size_t j = 0; j < n && !err; j++)
-            image[i * n + j] = (mean[j] + expf(0.5f * logvar[j]) * noise[j] - vc->shift_factor) *
-                               vc->scaling_factor;
-    }
-    for (int i = 1; i < B && !per_image && !err; i++)
-        memcpy(image + i * n, image, n * sizeof *image);
+    size_t N = (size_t)B * n;
+    /* an inpainting model at strength 1 starts from noise alone: the picture is not encoded */
+    int need_image = !(o->mask && o->strength == 1.0 && m->inpaint_unet);
+    float *noise = mood_malloc(N * sizeof *noise), *image = mood_malloc(N * sizeof *image);
+    int err = noise && image ? 0 : mood_error_nomem();
+    if (!err && need_image)
+        err = encode_sampled(image, m, o->init_image, o, ns, B, n);
     if (!err)
         err = noise_draw(noise, B, n, ns);
-    /* the masked picture's sample (mean is free now): by each image's generator for the
-     * per-image sources, so that one image draws the same numbers whatever the source */
-    for (int i = 0; i < (per_image ? B : 1) && o->mask && !err; i++)
-        err = ns->kind == MOOD_RNG_TORCH_CUDA ? mood_rng_torch_cuda_randn(ns->cuda[i], mean, n)
-                                              : mood_rng_torch_cpu_randn(ns->cpu[i], mean, n);
-    if (!err && o->mask && o->strength == 1.0) {
-        memcpy(latents, noise, (size_t)B * n * sizeof *latents);
-    } else if (!err) {
-        memcpy(latents, image, (size_t)B * n * sizeof *latents);
-        err = mood_sampler_add_noise(&m->sched, so, latents, noise, (size_t)B * n);
-    }
     if (!err && o->mask) {
-        int h = o->height / s, w = o->width / s;
-        *ip = (inpaint_ctx){
-            &m->sched, *so, image, noise, NULL, NULL, B, (int)(n / ((size_t)h * w)), (size_t)h * w};
-        image = noise = NULL; /* the context's now */
-        ip->mask = mood_malloc(ip->hw * sizeof *ip->mask);
-        ip->tmp = mood_malloc((size_t)B * n * sizeof *ip->tmp);
-        err = ip->mask && ip->tmp ? 0 : mood_error_nomem();
-        for (int y = 0; y < h && !err; y++) /* torch's nearest: the block's top left pixel */
-            for (int x = 0; x < w; x++)
-                ip->mask[(size_t)y * w + x] = o->mask[(size_t)y * s * o->width + (size_t)x * s];
+        *ip = (inpaint_ctx){.ns = &m->sched, .so = *so, .B = B, .C = 0};
+        if ((err = latent_mask(ip, o, mood_vae_scale(m->vae))) == 0)
+            err = masked_condition(ip, m, o, ns, B, n);
+        ip->C = (int)(n / ip->hw);
     }
-    mood_free(mean);
-    mood_free(logvar);
+    if (!err && o->mask && o->strength == 1.0) {
+        memcpy(latents, noise, N * sizeof *latents);
+    } else if (!err) {
+        memcpy(latents, image, N * sizeof *latents);
+        err = mood_sampler_add_noise(&m->sched, so, latents, noise, N);
+    }
+    if (!err && o->mask && !m->inpaint_unet) { /* what the step hook puts back */
+        ip->image = image, ip->noise = noise;
+        image = noise = NULL;
+        if (!(ip->tmp = mood_malloc(N * sizeof *ip->tmp)))
+            err = mood_error_nomem();
+    }
     mood_free(noise);
     mood_free(image);
     return err;
@@ -469,7 +555,7 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
     d.B = o->batch;
     d.h = o->height / mood_vae_scale(m->vae);
     d.w = o->width / mood_vae_scale(m->vae);
-    d.n = (size_t)mood_unet_get_config(m->unet)->in_channels * d.h * d.w;
+    d.n = (size_t)mood_vae_get_config(m->vae)->latent_channels * d.h * d.w;
     d.cfg = o->cfg;
     d.P = mood__pooled_width(m);
     if ((err = noise_open(&ns, o->rng, o->seed, d.B)) == 0 && (err = build_context(&d, o)) == 0 &&
@@ -488,9 +574,13 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
             so.start_step = o->steps - (int)(o->steps * o->strength);
             so.noised = !(o->mask && o->strength == 1.0); /* inpainting at 1: pure noise */
             err = img2img_latents(latents, m, o, &so, &ns, d.B, d.n, &ip);
-            if (o->mask) {
+            if (o->mask && !m->inpaint_unet) {
                 so.after_step = inpaint_step;
                 so.after_step_user = &ip;
+            } else if (!err && o->mask) {
+                d.cond = ip.cond, d.nc = ip.hw + d.n;
+                if (!(d.xcat = mood_malloc((size_t)2 * d.B * (d.n + d.nc) * sizeof *d.xcat)))
+                    err = mood_error_nomem();
             }
         } else {
             err = noise_draw(latents, d.B, d.n, &ns);
@@ -518,6 +608,7 @@ int mood_generate(mood_model *m, const mood_gen_options *o, float **images_out, 
     mood_free(d.pooled);
     mood_free(d.time_ids);
     mood_free(d.xin);
+    mood_free(d.xcat);
     mood_free(d.eps);
     mood_free(d.tin);
     if (err) {

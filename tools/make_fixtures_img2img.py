@@ -18,6 +18,9 @@ scheduler.add_noise mixes in at the first step kept, and every ancestral step's 
   * <run>.image for runs with "image": output_type="np" (B x 64 x 64 x 3, in [0, 1]);
   * inpaint_<run>.latents (and .image): StableDiffusionInpaintPipeline on the same model with
     mask.png (white: redrawn), the manifest's "inpaint_runs";
+  * inpaint9_<run>.latents (and .image): the same pipeline with an inpainting model,
+    tiny-sd-inpaint/ (tiny-sd with a 9-channel conv_in, made here; its other parts are links to
+    tiny-sd's), the manifest's "inpaint9_runs";
   * sdxl_<run>.latents: StableDiffusionXLImg2ImgPipeline on tests/fixtures/sdxl/tiny-sdxl (made by
     make_fixtures_sdxl.py; tokenizer_2 pads with "!"), the manifest's "sdxl_runs".
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -84,6 +88,39 @@ INPAINT_RUNS = [
     dict(name="inpaint_dpmpp_2m_karras_s06", scheduler="dpmpp_2m_karras", strength=0.6, seed=62),
     dict(name="inpaint_ddim_s09", scheduler="ddim", strength=0.9, seed=63),
 ]
+# StableDiffusionInpaintPipeline with an inpainting model: tiny-sd's UNet with a 9-channel conv_in
+# (latents, the mask, the masked picture's latents), stored as tiny-sd-inpaint/ (its unet/; the
+# other parts are links to tiny-sd's). No blending after the steps: the UNet sees the mask.
+INPAINT9_RUNS = [
+    dict(name="inpaint9_euler_a_s1", scheduler="euler_a", strength=1.0, seed=70, image=True),
+    dict(name="inpaint9_dpmpp_2m_karras_s07_batch2", scheduler="dpmpp_2m_karras", strength=0.7,
+         seed=71, batch=2),
+]
+INPAINT9 = os.path.join(OUT, "tiny-sd-inpaint")
+
+
+def make_inpaint_model() -> None:
+    """tiny-sd with its UNet's conv_in widened to 9 input channels: the first 4 tiny-sd's, the
+    other 5 seeded random values, rounded to float16 as stored."""
+    from diffusers import UNet2DConditionModel
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(MODEL, "unet"), torch_dtype=torch.float32)
+    cfg = dict(unet.config)
+    cfg["in_channels"] = 9
+    wide = UNet2DConditionModel.from_config(cfg)
+    state = unet.state_dict()
+    w = state["conv_in.weight"]
+    g = torch.Generator().manual_seed(9)
+    extra = torch.randn(w.shape[0], 5, *w.shape[2:], generator=g) / (9 * 9) ** 0.5
+    state["conv_in.weight"] = torch.cat([w, extra], dim=1).half().float()
+    wide.load_state_dict(state)
+    if os.path.exists(INPAINT9):
+        shutil.rmtree(INPAINT9)
+    os.makedirs(INPAINT9)
+    wide.half().save_pretrained(os.path.join(INPAINT9, "unet"))
+    for part in ("text_encoder", "vae", "scheduler", "model_index.json"):
+        os.symlink(os.path.join("..", "..", "pipeline", "tiny-sd", part), os.path.join(INPAINT9, part))
+
+
 # StableDiffusionXLImg2ImgPipeline on tests/fixtures/sdxl/tiny-sdxl (make_fixtures_sdxl.py's;
 # tokenizer_2 pads with "!"), guidance 5 as that script's runs
 SDXL_RUNS = [
@@ -141,6 +178,7 @@ def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     Image.fromarray(init_image(), "RGB").save(os.path.join(OUT, "init.png"))
     Image.fromarray(mask_image(), "L").save(os.path.join(OUT, "mask.png"))
+    make_inpaint_model()
     mask = Image.open(os.path.join(OUT, "mask.png"))
     image = Image.open(os.path.join(OUT, "init.png")).convert("RGB")
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,9 +194,14 @@ def main() -> None:
         inpaint = StableDiffusionInpaintPipeline.from_pretrained(
             MODEL, tokenizer=tok, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, torch_dtype=torch.float32)
+        inpaint9 = StableDiffusionInpaintPipeline.from_pretrained(
+            INPAINT9, tokenizer=tok, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, torch_dtype=torch.float32)
+    assert inpaint9.unet.config.in_channels == 9
     ref = {}
     for p, runs, kw in ((pipe, RUNS, {}), (xl, SDXL_RUNS, {}),
-                        (inpaint, INPAINT_RUNS, {"mask_image": mask})):
+                        (inpaint, INPAINT_RUNS, {"mask_image": mask}),
+                        (inpaint9, INPAINT9_RUNS, {"mask_image": mask})):
         p.set_progress_bar_config(disable=True)
         base = p.scheduler.config
         for r in runs:
@@ -177,6 +220,8 @@ def main() -> None:
         "sdxl_runs": manifest_runs(SDXL_RUNS),
         "mask": "mask.png",
         "inpaint_runs": manifest_runs(INPAINT_RUNS),
+        "inpaint9_model": "tiny-sd-inpaint",
+        "inpaint9_runs": manifest_runs(INPAINT9_RUNS),
     }
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)

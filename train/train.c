@@ -144,6 +144,11 @@ static int open_model(run *r)
         return err;
     if (r->m->family == MOOD_FAMILY_SDXL && (err = check_sdxl(o)) != 0)
         return err;
+    if (r->m->inpaint_unet) /* its UNet also takes a mask and a masked picture */
+        return mood_error_set(MOOD_EUNSUPPORTED,
+                              "%s is an inpainting model, which mood does not train on: train on "
+                              "its base model (a LoRA of the base applies to it too)",
+                              o->model);
     r->m->train_checkpointing = o->checkpointing < 0 ? -1 : o->checkpointing != 0;
     r->pred = o->prediction >= 0 ? (mood_prediction)o->prediction : r->m->sched.prediction;
     if (o->min_snr_gamma < 0) { /* the default follows the prediction (mood/train.h) */

@@ -143,13 +143,16 @@ typedef struct mood_gen_options {
      * picture (A1111's "Denoising strength"). Not with the LCM sampler or EDM models. */
     const float *init_image;
     double strength; /* in (0, 1]; 0.75 by default (A1111's) */
-    /* Inpainting, with init_image (diffusers' StableDiffusionInpaintPipeline with a 4-channel
-     * UNet): NULL, or height x width floats, 1 where the picture is redrawn and 0 where it is
-     * kept (mood_gen_mask makes them from a black-and-white picture). After every step the kept
-     * area is put back: the picture's latents noised to the next step's level (the initial
-     * noise, as diffusers), the clean latents after the last; at latent resolution the mask is
-     * its pixel at the top left of each block (torch's nearest interpolation). Strength 1 starts
-     * from pure noise, as diffusers' inpainting does (img2img mixes the picture in even then). */
+    /* Inpainting, with init_image (diffusers' StableDiffusionInpaintPipeline): NULL, or height x
+     * width floats, 1 where the picture is redrawn and 0 where it is kept (mood_gen_mask makes
+     * them from a black-and-white picture); at latent resolution the mask is its pixel at the
+     * top left of each block (torch's nearest interpolation). With an ordinary (4-channel) UNet
+     * the kept area is put back after every step: the picture's latents noised to the next
+     * step's level (the initial noise, as diffusers), the clean latents after the last. An
+     * inpainting model (a UNet of 2 x 4 + 1 input channels: sd-v1-5-inpainting and its
+     * fine-tunes) is given the mask and the masked picture's latents at every step instead, and
+     * needs both (MOOD_EINVAL without). Strength 1 starts from pure noise, as diffusers'
+     * inpainting does (img2img mixes the picture in even then). */
     const float *mask;
 } mood_gen_options;
 

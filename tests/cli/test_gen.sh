@@ -134,6 +134,23 @@ expect_rc 0 "--json of an inpainting" "$MOOD" gen "$PROMPT" --model "$MODEL" --s
 check "names what it started from" py '
 import json,sys; d=json.load(open(sys.argv[1]))
 assert d["init_image"].endswith("init.png") and d["mask"].endswith("mask.png") and d["strength"]==0.5, d' "$tmp/out"
+# an inpainting model (tiny-sd with a 9-channel UNet): the image diffusers makes with it; without
+# a picture and a mask it is refused, and mood train does not train on it
+expect_rc 0 "gen with an inpainting model" "$MOOD" gen "$PROMPT" --model "$I2I/tiny-sd-inpaint" \
+    --steps 10 --cfg 7.5 --seed 70 --init-image "$I2I/init.png" --mask "$I2I/mask.png" --strength 1 \
+    -o "$tmp/inp9.png"
+check "its image equals diffusers' (fixture inpaint9_euler_a_s1.image)" python3 -c '
+import json, runpy, struct, sys
+px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
+d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])["inpaint9_euler_a_s1.image"]
+a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
+diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
+assert len(ref) == len(px) and diff <= 1, diff' "$tmp/inp9.png" "$I2I/ref.safetensors" "$tmp/pixels.py"
+expect_rc 1 "an inpainting model without a mask" "$MOOD" gen "$PROMPT" --model "$I2I/tiny-sd-inpaint" --steps 4
+check "says what it needs" grep -q "an inpainting model .* redraws part of a picture: give the picture and its mask" "$tmp/err"
+expect_rc 1 "mood train on it" "$MOOD" train --name t9 --board "${MOOD_SOURCE:-$FIX/../..}/examples/moodboards/twemoji" \
+    --model "$I2I/tiny-sd-inpaint" --steps 1 --no-register -o "$tmp/t9.safetensors"
+check "says it does not train on it" grep -q "is an inpainting model, which mood does not train on" "$tmp/err"
 expect_rc 1 "--mask without --init-image" "$MOOD" gen "$PROMPT" "${common[@]}" --mask "$I2I/mask.png"
 check "says what it is for" grep -q "give the picture with --init-image" "$tmp/err"
 # a picture larger than the model's area is brought down to it, its shape kept

@@ -565,6 +565,26 @@ static void test_img2img(void)
             check_img2img_run(m, &f, run, init, mask, size);
         }
     MOOD_CHECK(mask != NULL);
+    /* an inpainting model (tiny-sd with a 9-channel conv_in): the UNet sees mask and masked
+     * picture; without them it is refused */
+    {
+        mood_model *m9 = NULL;
+        MOOD_CHECK_OK(mood_model_open(&m9, fixture("img2img/tiny-sd-inpaint"), NULL));
+        cJSON_ArrayForEach(run, member(f.man, "inpaint9_runs"))
+        {
+            if (m9 && mask)
+                check_img2img_run(m9, &f, run, init, mask, size);
+        }
+        MOOD_CHECK_OK(run_options(&o, find_run(&pf, "euler")));
+        o.width = o.height = size;
+        if (m9)
+            MOOD_CHECK(mood_generate(m9, &o, &out, NULL) == MOOD_EINVAL);
+        o.init_image = init;
+        if (m9)
+            MOOD_CHECK(mood_generate(m9, &o, &out, NULL) == MOOD_EINVAL);
+        MOOD_CHECK(out == NULL);
+        mood_model_free(m9);
+    }
     /* what diffusers refuses or mood does not do, said before any work */
     MOOD_CHECK_OK(run_options(&o, find_run(&pf, "euler")));
     o.width = o.height = size;
