@@ -19,6 +19,15 @@ void mood__civitai_model_slim(mood_civitai_model *m);
  * own (family and family_source as the adapters row holds them): the file's family is the one
  * mood uses, since its keys decide what it applies to. Nothing is said when either side is
  * unknown (Flux, SD 3, "Other", a file of no known family) or the family came from Civitai. */
+/* civitai_store.c: stores v (may be NULL) for the adapter sha256 of style `name` (a source of
+ * kind `kind` at `location`, the file downloaded to download_path), with its previews, in one
+ * transaction. */
+int mood__civitai_store(mood_registry *r, const char *name, const char *sha256,
+                        const mood_civitai_version *v, const char *kind, const char *location,
+                        const char *download_path, const mood_civitai_import_options *o);
+/* The page of v's model at v (its source's location). */
+int mood__civitai_version_page(char **out, const mood_civitai *c, const mood_civitai_version *v);
+
 void mood__civitai_check_family(const char *file, const char *base_model, const char *family,
                                 const char *family_source);
 

@@ -44,13 +44,12 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
 sys.path.insert(0, TOOLS)
 
+from make_fixtures_pipeline import MOOD_SAMPLER, SCHEDULERS  # noqa: E402  (the same runs' names)
 from make_fixtures_tokenizer import make_tokenizer  # noqa: E402
 
 import diffusers  # noqa: E402
 import transformers  # noqa: E402
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
-                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                       StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
+from diffusers import (StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,  # noqa: E402
                        StableDiffusionXLImg2ImgPipeline)
 from transformers import CLIPTokenizer  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -62,14 +61,6 @@ OUT = os.path.join(ROOT, "tests", "fixtures", "img2img")
 SIZE, STEPS, CFG = 64, 10, 7.5
 PROMPT = "a lighthouse at dusk, oil painting"
 
-SCHEDULERS = {
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-    "ddim": (DDIMScheduler, {}),
-}
-MOOD_SAMPLER = {"euler": ("euler", "default"), "euler_a": ("euler_a", "default"),
-                "dpmpp_2m_karras": ("dpmpp_2m", "karras"), "ddim": ("ddim", "default")}
 RUNS = [
     dict(name="euler_s06", scheduler="euler", strength=0.6, seed=42, image=True),
     dict(name="euler_a_s075_batch2", scheduler="euler_a", strength=0.75, seed=43, batch=2),
@@ -117,6 +108,13 @@ def make_inpaint_model() -> None:
         shutil.rmtree(INPAINT9)
     os.makedirs(INPAINT9)
     wide.half().save_pretrained(os.path.join(INPAINT9, "unet"))
+    cfg_path = os.path.join(INPAINT9, "unet", "config.json")
+    with open(cfg_path) as f:  # without the path of the machine it was made on
+        cfg = json.load(f)
+    cfg.pop("_name_or_path", None)
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
     for part in ("text_encoder", "vae", "scheduler", "model_index.json"):
         os.symlink(os.path.join("..", "..", "pipeline", "tiny-sd", part), os.path.join(INPAINT9, part))
 
