@@ -51,6 +51,19 @@ if __name__ == "__main__":
     sys.exit(0 if len(a) == len(b) and diff <= int(sys.argv[3]) else 1)
 PYEOF
 
+# equals_ref PNG REF KEY MAXDIFF: the PNG's pixels are reference image KEY of the safetensors file
+# REF (float32, H x W x 3 in [0, 1], as diffusers' output_type "np") within MAXDIFF levels of 255
+equals_ref() {
+    python3 -c '
+import json, runpy, struct, sys
+px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
+d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])[sys.argv[4]]
+a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
+assert t["dtype"] == "F32" and len(ref) == len(px) > 0, (t, len(px))
+diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
+assert diff <= int(sys.argv[5]), diff' "$1" "$2" "$tmp/pixels.py" "$3" "$4"
+}
+
 # ----- one image, as diffusers makes it
 expect_rc 0 "gen euler" "$MOOD" gen "$PROMPT" "${common[@]}" --seed 42 --sampler euler -o "$tmp/a.png"
 check "prints the path" grep -q "$tmp/a.png" "$tmp/out"
@@ -66,27 +79,13 @@ s = text.decode("latin-1")
 for want in ("Steps: 8", "Sampler: Euler,", "CFG scale: 7.5", "Seed: 42", "Size: 64x64",
              "Model hash: ", "Model: tiny-sd", "Version: mood"):
     assert want in s, (want, s)' "$tmp/a.png"
-check "image equals diffusers' (fixture euler.image)" python3 -c '
-import json, runpy, struct, sys
-px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
-d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])["euler.image"]
-a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
-assert t["dtype"] == "F32" and len(ref) == len(px) == 64 * 64 * 3, (t, len(px))
-diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
-assert diff == 0, diff' "$tmp/a.png" "$P/ref.safetensors" "$tmp/pixels.py"
+check "image equals diffusers' (fixture euler.image)" equals_ref "$tmp/a.png" "$P/ref.safetensors" euler.image 0
 
 # ----- img2img: the image diffusers' StableDiffusionImg2ImgPipeline makes from the same picture
 I2I=$FIX/img2img
 expect_rc 0 "gen --init-image" "$MOOD" gen "$PROMPT" --model "$MODEL" --steps 10 --cfg 7.5 \
     --seed 42 --sampler euler --init-image "$I2I/init.png" --strength 0.6 -o "$tmp/i2i.png"
-check "img2img image equals diffusers' (fixture euler_s06.image)" python3 -c '
-import json, runpy, struct, sys
-px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
-d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])["euler_s06.image"]
-a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
-assert len(ref) == len(px) == 64 * 64 * 3, (t, len(px))
-diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
-assert diff <= 1, diff' "$tmp/i2i.png" "$I2I/ref.safetensors" "$tmp/pixels.py"
+check "img2img image equals diffusers' (fixture euler_s06.image)" equals_ref "$tmp/i2i.png" "$I2I/ref.safetensors" euler_s06.image 1
 check "records A1111's Denoising strength" grep -qa "Model: tiny-sd, Denoising strength: 0.6," "$tmp/i2i.png"
 expect_rc 0 "--from-png with its picture" "$MOOD" gen --from-png "$tmp/i2i.png" --model "$MODEL" \
     --init-image "$I2I/init.png" -o "$tmp/i2i-again.png"
@@ -108,13 +107,7 @@ expect_rc 1 "not a picture" "$MOOD" gen "$PROMPT" "${common[@]}" --init-image "$
 # inpainting: the image diffusers' StableDiffusionInpaintPipeline makes with mask.png
 expect_rc 0 "gen --mask" "$MOOD" gen "$PROMPT" --model "$MODEL" --steps 10 --cfg 7.5 --seed 60 \
     --sampler euler --init-image "$I2I/init.png" --mask "$I2I/mask.png" --strength 1 -o "$tmp/inp.png"
-check "inpainted image equals diffusers' (fixture inpaint_euler_s1.image)" python3 -c '
-import json, runpy, struct, sys
-px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
-d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])["inpaint_euler_s1.image"]
-a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
-diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
-assert len(ref) == len(px) and diff <= 1, diff' "$tmp/inp.png" "$I2I/ref.safetensors" "$tmp/pixels.py"
+check "inpainted image equals diffusers' (fixture inpaint_euler_s1.image)" equals_ref "$tmp/inp.png" "$I2I/ref.safetensors" inpaint_euler_s1.image 1
 check "records A1111's inpainting keys" grep -qa "Denoising strength: 1, .*Mask blur: 0," "$tmp/inp.png"
 expect_rc 0 "--from-png with picture and mask" "$MOOD" gen --from-png "$tmp/inp.png" --model "$MODEL" \
     --init-image "$I2I/init.png" --mask "$I2I/mask.png" -o "$tmp/inp-again.png"
@@ -139,13 +132,7 @@ assert d["init_image"].endswith("init.png") and d["mask"].endswith("mask.png") a
 expect_rc 0 "gen with an inpainting model" "$MOOD" gen "$PROMPT" --model "$I2I/tiny-sd-inpaint" \
     --steps 10 --cfg 7.5 --seed 70 --init-image "$I2I/init.png" --mask "$I2I/mask.png" --strength 1 \
     -o "$tmp/inp9.png"
-check "its image equals diffusers' (fixture inpaint9_euler_a_s1.image)" python3 -c '
-import json, runpy, struct, sys
-px = runpy.run_path(sys.argv[3], run_name="lib")["pixels"](sys.argv[1])
-d = open(sys.argv[2], "rb").read(); n, = struct.unpack("<Q", d[:8]); t = json.loads(d[8:8 + n])["inpaint9_euler_a_s1.image"]
-a, b = t["data_offsets"]; ref = struct.unpack("<%df" % ((b - a) // 4), d[8 + n + a:8 + n + b])
-diff = max(abs(round(r * 255) - p) for r, p in zip(ref, px))
-assert len(ref) == len(px) and diff <= 1, diff' "$tmp/inp9.png" "$I2I/ref.safetensors" "$tmp/pixels.py"
+check "its image equals diffusers' (fixture inpaint9_euler_a_s1.image)" equals_ref "$tmp/inp9.png" "$I2I/ref.safetensors" inpaint9_euler_a_s1.image 1
 expect_rc 1 "an inpainting model without a mask" "$MOOD" gen "$PROMPT" --model "$I2I/tiny-sd-inpaint" --steps 4
 check "says what it needs" grep -q "an inpainting model .* redraws part of a picture: give the picture and its mask" "$tmp/err"
 expect_rc 1 "mood train on it" "$MOOD" train --name t9 --board "${MOOD_SOURCE:-$FIX/../..}/examples/moodboards/twemoji" \
