@@ -389,6 +389,14 @@ static cJSON *adapter_json(const mood_adapter *a, const char *path)
     return o;
 }
 
+/* The UNet's input channels of a checkpoint (its first convolution's, in A1111's or SGM's layout):
+ * 4 for SD, 9 for an inpainting model's (latents, mask, masked picture); 0 when not found. */
+static int64_t unet_inputs(const mood_st_file *f)
+{
+    const mood_st_tensor *t = mood_st_find(f, "model.diffusion_model.input_blocks.0.0.weight");
+    return t && t->ndim == 4 ? t->shape[1] : 0;
+}
+
 static cJSON *checkpoint_json(const mood_checkpoint *c, const char *path)
 {
     cJSON *o = cJSON_CreateObject(), *parts;
@@ -402,6 +410,7 @@ static cJSON *checkpoint_json(const mood_checkpoint *c, const char *path)
     cJSON_AddNumberToObject(o, "size", (double)mood_st_file_size(f));
     cJSON_AddStringToObject(o, "kind", "checkpoint");
     cJSON_AddStringToObject(o, "family", mood_family_name(mood_checkpoint_family(c)));
+    cJSON_AddBoolToObject(o, "inpainting", unet_inputs(f) == 9);
     cJSON_AddNumberToObject(o, "tensors", (double)mood_st_count(f));
     parts = cJSON_AddObjectToObject(o, "parts");
     for (int i = 0; i < MOOD_PART_COUNT; i++)
@@ -601,10 +610,14 @@ static void print_parameters(double n)
 
 static void print_checkpoint(const cJSON *o)
 {
+    const cJSON *inpainting = cJSON_GetObjectItemCaseSensitive(o, "inpainting");
     printf("%-14s%s", "File:", str_of(o, "file"));
     print_size(num_of(o, "size"));
     printf("%-14scheckpoint (single file), %.0f tensors\n", "Kind:", num_of(o, "tensors"));
-    printf("%-14s%s\n", "Base family:", str_of(o, "family"));
+    printf("%-14s%s%s\n", "Base family:", str_of(o, "family"),
+           cJSON_IsTrue(inpainting) ? " (an inpainting model: its UNet also takes a mask and the "
+                                      "masked picture; 'mood gen --init-image --mask')"
+                                    : "");
     print_counts("Tensors:", cJSON_GetObjectItemCaseSensitive(o, "parts"), "");
     print_counts("Dtypes:", cJSON_GetObjectItemCaseSensitive(o, "dtypes"), " tensors");
     print_parameters(num_of(o, "parameters"));

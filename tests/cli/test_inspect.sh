@@ -178,4 +178,29 @@ open(sys.argv[2], "wb").write(struct.pack("<Q", len(b)) + b + bytes(off))' "$FIX
 expect_rc 0 "inspect a LoRA of 90 distinct ranks" "$MOOD" inspect "$tmp/manyranks.safetensors" --json
 check "all 90 counted" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d["rank_max"]==90 and len(d["ranks"])==90, (d["rank_max"], len(d["ranks"]))' "$tmp/out"
 
+# an inpainting checkpoint (its UNet's first convolution takes 9 channels: latents, mask, masked
+# picture), made here from the pipeline fixture's single file by widening that weight with zeros:
+# inspect says what it is, and mood gen runs it with a picture and a mask
+python3 - "$FIX/pipeline/tiny-sd.safetensors" "$tmp/inpaint.safetensors" <<'PY'
+import json, struct, sys
+d = open(sys.argv[1], "rb").read(); n, = struct.unpack("<Q", d[:8]); h = json.loads(d[8:8 + n])
+data = d[8 + n:]; meta = h.pop("__metadata__", None); key = "model.diffusion_model.input_blocks.0.0.weight"
+out, off = {}, 0; blob = b""
+for name, t in sorted(h.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+    a, b = t["data_offsets"]; raw = data[a:b]
+    if name == key:
+        o, i, k1, k2 = t["shape"]; per = i * k1 * k2 * 2
+        raw = b"".join(raw[j * per:(j + 1) * per] + bytes(5 * k1 * k2 * 2) for j in range(o))
+        t = dict(t, shape=[o, i + 5, k1, k2])
+    out[name] = dict(t, data_offsets=[off, off + len(raw)]); off += len(raw); blob += raw
+if meta: out["__metadata__"] = meta
+head = json.dumps(out).encode(); head += b" " * (-len(head) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(head)) + head + blob)
+PY
+expect_rc 0 "inspect an inpainting checkpoint" "$MOOD" inspect "$tmp/inpaint.safetensors"
+check "says it is one" grep -q "Base family:  sd1 (an inpainting model" "$tmp/out"
+expect_rc 0 "... --json" "$MOOD" inspect "$tmp/inpaint.safetensors" --json
+check "inpainting: true" py 'import json,sys; assert json.load(open(sys.argv[1]))["inpainting"] is True' "$tmp/out"
+expect_rc 0 "an ordinary one --json" "$MOOD" inspect "$FIX/pipeline/tiny-sd.safetensors" --json
+check "inpainting: false" py 'import json,sys; assert json.load(open(sys.argv[1]))["inpainting"] is False' "$tmp/out"
 finish
