@@ -45,7 +45,8 @@ const char cmd_inspect_help[] =
     "            network_alpha as numbers; kohya's \"Dynamic\" as text), dylora (true for a\n"
     "            DyLoRA: gen's dyn=N cuts it to its first N ranks), trigger_words [{tag,\n"
     "            count}] (top 10 of ss_tag_frequency); checkpoints: parts {unet, te1, te2,\n"
-    "            other}, parameters, metadata_keys.\n\n"
+    "            other}, parameters, metadata_keys, inpainting (true for an inpainting\n"
+    "            model, whose UNet also takes a mask and the masked picture).\n\n"
     "Exit status: 0 ok, 1 not a usable safetensors file, 2 missing/unreadable file.\n";
 
 #define MAX_DISTINCT 4096 /* more than any adapter has modules */
