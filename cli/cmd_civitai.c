@@ -455,15 +455,21 @@ int cmd_civitai_link(int argc, char **argv)
         return rc;
     }
     list = cJSON_CreateArray();
-    for (int i = 1; i < argc; i++) {
-        int src;
-        if (argv[i][0] == '-') {
+    const char **names = calloc((size_t)argc, sizeof *names);
+    size_t n = 0;
+    for (int i = 1; names && i < argc; i++) {
+        if (argv[i][0] == '-')
             i += strcmp(argv[i], "--nsfw") == 0;
-            continue;
-        }
-        src = link_style(list, r, c, argv[i], &opts, json);
+        else
+            names[n++] = argv[i];
+    }
+    n = names ? cli_drop_repeated_names(names, n) : 0; /* "link v1 V1": one style, once */
+    rc = names ? 0 : cli_fail(MOOD_ENOMEM);
+    for (size_t i = 0; i < n; i++) {
+        int src = link_style(list, r, c, names[i], &opts, json);
         rc = src > rc ? src : rc;
     }
+    free(names);
     mood_civitai_close(c);
     mood_registry_close(r);
     if (json) {

@@ -133,8 +133,13 @@ int cmd_info(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
-        else
+        else if (argv[i][0] == '-')
             return cli_unknown_option("info", argv[i]);
+        else /* a file: inspect describes one */
+            return cli_usage_error("info",
+                                   "unexpected argument '%s': info describes mood itself ('mood "
+                                   "inspect FILE' describes a file)",
+                                   argv[i]);
     }
     registry_home(home, sizeof home);
     gpus = mood_cuda_device_count(NULL, 0);

@@ -228,6 +228,12 @@ static int copy_item(cJSON *to, const char *to_key, const cJSON *from, const cha
     return 0;
 }
 
+/* Trigger words as Civitai writes them (a list) or as one string of words (collect_triggers). */
+static cJSON_bool is_words(const cJSON *v)
+{
+    return cJSON_IsArray(v) || cJSON_IsString(v);
+}
+
 /* A StabilityMatrix .cm-info.json (ConnectedModelInfo, its properties as C# names them) in the
  * shape of Civitai's version JSON, so that one path reads the records of all three tools. */
 static int cm_info_version(cJSON **out, const cJSON *sm)
@@ -249,7 +255,7 @@ static int cm_info_version(cJSON **out, const cJSON *sm)
         (err = copy_item(v, "name", sm, "VersionName", cJSON_IsString)) != 0 ||
         (err = copy_item(v, "baseModel", sm, "BaseModel", cJSON_IsString)) != 0 ||
         (err = copy_item(v, "description", sm, "VersionDescription", cJSON_IsString)) != 0 ||
-        (err = copy_item(v, "trainedWords", sm, "TrainedWords", cJSON_IsArray)) != 0 ||
+        (err = copy_item(v, "trainedWords", sm, "TrainedWords", is_words)) != 0 ||
         (err = copy_item(model, "name", sm, "ModelName", cJSON_IsString)) != 0 ||
         (err = copy_item(model, "type", sm, "ModelType", cJSON_IsString)) != 0 ||
         (err = copy_item(model, "nsfw", sm, "Nsfw", cJSON_IsBool)) != 0 ||

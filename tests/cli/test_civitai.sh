@@ -148,8 +148,8 @@ home h4
 cp "$V1" "$tmp/mine.safetensors"
 expect_rc 0 "local import, offline" "$MOOD" import "$tmp/mine.safetensors" --offline --json
 check "offline: no Civitai data" py 'import json,sys; i=json.load(open(sys.argv[1]))["imported"][0]; assert "civitai" not in i, i' "$tmp/out"
-expect_rc 0 "civitai link" "$MOOD" civitai link mine --json
-check "link found 900101" py 'import json,sys; d=json.load(open(sys.argv[1])); assert d[0]["version_id"]==900101 and d[0]["name"]=="mine", d' "$tmp/out"
+expect_rc 0 "civitai link" "$MOOD" civitai link mine MINE mine --json
+check "link found 900101, the style named three ways looked up once" py 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d)==1 and d[0]["version_id"]==900101 and d[0]["name"]=="mine", d' "$tmp/out"
 expect_rc 0 "show after link" "$MOOD" show mine --json
 check "link stored AIR and trigger words" py '
 import json,sys; d=json.load(open(sys.argv[1])); assert d["trigger_words"]=="inkwash style"

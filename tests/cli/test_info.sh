@@ -55,6 +55,8 @@ expect_rc 1 "a slip in a command's name" "$MOOD" lsit
 check "suggests the command" grep -q "unknown command 'lsit'; did you mean 'list'?" "$tmp/err"
 "$MOOD" lora 2>/dev/null; check "'mood lora' alone exits 1" test $? -eq 1
 "$MOOD" info --bogus 2>/dev/null; check "unknown option exits 1" test $? -eq 1
+expect_rc 1 "info FILE" "$MOOD" info "$FIX/kohya/sd1_lora.safetensors"
+check "says inspect describes a file" grep -q "info describes mood itself ('mood inspect FILE' describes a file)" "$tmp/err"
 "$MOOD" 2>/dev/null; check "no command exits 1" test $? -eq 1
 # an option its help documents with a value, given last without one, is said to need it (import
 # called --nsfw unknown; six wordings besides); one nobody documents is unknown, in every command

@@ -332,11 +332,15 @@ cat >"$tmp/mig4/other.metadata.json" <<'JSON'
  "civitai": {"id": 710005, "modelId": 700005, "trainedWords": ["wrongword"]}}
 JSON
 echo '{"civitai": {"id": 1e30, "modelId": -5, "trainedWords": "oddword"}, "usage_tips": "{strength"}' >"$tmp/mig4/odd.metadata.json"
+cp "$FIX/lycoris/loha.safetensors" "$tmp/mig4/smwords.safetensors"
+echo '{"ModelId": 5, "VersionId": 6, "TrainedWords": "one word, two words"}' >"$tmp/mig4/smwords.cm-info.json"
 expect_rc 0 "import them" env MOOD_HOME="$tmp/h-mig4" "$MOOD" import --offline "$tmp/mig4"
 check "says the sidecar describes another file" grep -q "other.metadata.json: sidecar skipped: it describes another file" "$tmp/err"
 check "says usage_tips is no JSON" grep -q "odd.metadata.json: usage_tips is not a JSON object: its strength left out" "$tmp/err"
 check "nothing of it kept" test "$(MOOD_HOME=$tmp/h-mig4 "$MOOD" show other --json | py '
 import json,sys; d=json.load(sys.stdin); print(d["trigger_words"], d["notes"], [x["model_id"] for x in d["adapters"][0]["sources"]])')" = "None None [None]"
+check "StabilityMatrix trigger words as one string" test "$(MOOD_HOME=$tmp/h-mig4 "$MOOD" show smwords --json | py '
+import json,sys; print(json.load(sys.stdin)["trigger_words"])')" = "one word, two words"
 check "no garbage ids" test "$(MOOD_HOME=$tmp/h-mig4 "$MOOD" show odd --json | py '
 import json,sys; d=json.load(sys.stdin); print(d["trigger_words"], [(x["model_id"], x["version_id"]) for x in d["adapters"][0]["sources"]])')" = "oddword [(None, None)]"
 
