@@ -29,6 +29,7 @@
 
 #include "common/args.h"
 #include "engine/model_impl.h"
+#include "engine/sampler_internal.h"
 #include "mood/rng.h"
 
 typedef struct noise_src {
@@ -352,9 +353,9 @@ static int decode(mood_model *m, float *images, const float *latents, int B, int
 /* What inpainting keeps for its step hook: the picture's latents, the initial noise, the mask at
  * latent resolution, and the run's sampler options (for add_noise at a step). */
 typedef struct inpaint_ctx {
-    const mood_noise_schedule *ns;
-    mood_sample_opts so;
-    float *image, *noise, *mask, *tmp; /* B x n, B x n, hw, B x n (4-channel UNets) */
+    int steps;
+    float *image, *noise, *mask; /* B x n, B x n, hw (4-channel UNets) */
+    float *coef; /* the add_noise of every step: x0 times coef[k], noise times coef[steps + k] */
     float *cond; /* an inpainting UNet's: B x (hw + n), the mask and the masked picture's latents */
     int B, C;
     size_t hw;
@@ -365,7 +366,7 @@ static void inpaint_dispose(inpaint_ctx *ip)
     mood_free(ip->image);
     mood_free(ip->noise);
     mood_free(ip->mask);
-    mood_free(ip->tmp);
+    mood_free(ip->coef);
     mood_free(ip->cond);
     memset(ip, 0, sizeof *ip);
 }
@@ -377,18 +378,14 @@ static int inpaint_step(float *x, int step, void *user)
 {
     inpaint_ctx *ip = user;
     size_t N = (size_t)ip->B * ip->C * ip->hw;
-    int err = 0;
-    memcpy(ip->tmp, ip->image, N * sizeof *ip->tmp);
-    if (step + 1 < ip->so.steps) {
-        mood_sample_opts next = ip->so;
-        next.start_step = step + 1;
-        err = mood_sampler_add_noise(ip->ns, &next, ip->tmp, ip->noise, N);
+    int last = step + 1 >= ip->steps;
+    float a = last ? 1.0f : ip->coef[step + 1], b = last ? 0.0f : ip->coef[ip->steps + step + 1];
+    for (size_t j = 0; j < N; j++) {
+        float m = ip->mask[j % ip->hw],
+              proper = last ? ip->image[j] : a * ip->image[j] + b * ip->noise[j];
+        x[j] = (1.0f - m) * proper + m * x[j];
     }
-    for (size_t j = 0; j < N && !err; j++) {
-        float m = ip->mask[j % ip->hw];
-        x[j] = (1.0f - m) * ip->tmp[j] + m * x[j];
-    }
-    return err;
+    return 0;
 }
 
 /* One sample of a picture's latent_dist per image (B x n into out): drawn once and repeated for
@@ -494,7 +491,7 @@ static int img2img_latents(float *latents, mood_model *m, const mood_gen_options
     if (!err)
         err = noise_draw(noise, B, n, ns);
     if (!err && o->mask) {
-        *ip = (inpaint_ctx){.ns = &m->sched, .so = *so, .B = B, .C = 0};
+        *ip = (inpaint_ctx){.steps = so->steps, .B = B, .C = 0};
         if ((err = latent_mask(ip, o, mood_vae_scale(m->vae))) == 0)
             err = masked_condition(ip, m, o, ns, B, n);
         ip->C = (int)(n / ip->hw);
@@ -508,8 +505,10 @@ static int img2img_latents(float *latents, mood_model *m, const mood_gen_options
     if (!err && o->mask && !m->inpaint_unet) { /* what the step hook puts back */
         ip->image = image, ip->noise = noise;
         image = noise = NULL;
-        if (!(ip->tmp = mood_malloc(N * sizeof *ip->tmp)))
+        if (!(ip->coef = mood_malloc(2 * (size_t)so->steps * sizeof *ip->coef)))
             err = mood_error_nomem();
+        else
+            err = mood__sampler_noise_coefs(ip->coef, ip->coef + so->steps, &m->sched, so);
     }
     mood_free(noise);
     mood_free(image);

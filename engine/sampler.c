@@ -527,33 +527,48 @@ done:
     return err;
 }
 
-int mood_sampler_add_noise(const mood_noise_schedule *ns, const mood_sample_opts *o, float *x,
-                           const float *noise, size_t N)
+int mood__sampler_noise_coefs(float *a, float *b, const mood_noise_schedule *ns,
+                              const mood_sample_opts *o)
 {
     plan p;
-    int err, k;
-    float a = 1.0f, b;
-    if (!ns || !o || !x || !noise)
-        return mood_error_set(MOOD_EINVAL, "mood_sampler_add_noise: missing arguments");
+    int err;
     if (o->kind == MOOD_SAMPLER_LCM || ns->edm)
         return mood_error_set(MOOD_EUNSUPPORTED,
                               "img2img is not supported with %s yet (another sampler works)",
                               ns->edm ? "an EDM model (Playground v2.5)" : "the LCM sampler");
     if ((err = plan_build(&p, ns, o)) != 0)
         return err;
-    k = o->start_step;
-    if (o->kind == MOOD_SAMPLER_EULER || o->kind == MOOD_SAMPLER_EULER_A) {
-        b = p.sigma[k];
-    } else if (o->kind == MOOD_SAMPLER_DDIM) {
-        float ac = p.ac[(int)p.t[k]];
-        a = sqrtf(ac), b = sqrtf(1.0f - ac);
-    } else { /* DPM-Solver: the VP pair of the step's sigma */
-        a = 1.0f / sqrtf(p.sigma[k] * p.sigma[k] + 1.0f), b = p.sigma[k] * a;
+    for (int k = 0; k < p.steps; k++) {
+        if (o->kind == MOOD_SAMPLER_EULER || o->kind == MOOD_SAMPLER_EULER_A) {
+            a[k] = 1.0f, b[k] = p.sigma[k];
+        } else if (o->kind == MOOD_SAMPLER_DDIM) {
+            float ac = p.ac[(int)p.t[k]];
+            a[k] = sqrtf(ac), b[k] = sqrtf(1.0f - ac);
+        } else { /* DPM-Solver: the VP pair of the step's sigma */
+            a[k] = 1.0f / sqrtf(p.sigma[k] * p.sigma[k] + 1.0f), b[k] = p.sigma[k] * a[k];
+        }
     }
-    for (size_t j = 0; j < N; j++)
-        x[j] = a * x[j] + b * noise[j];
     plan_free(&p);
     return 0;
+}
+
+int mood_sampler_add_noise(const mood_noise_schedule *ns, const mood_sample_opts *o, float *x,
+                           const float *noise, size_t N)
+{
+    float *a, *b;
+    int err;
+    if (!ns || !o || !x || !noise)
+        return mood_error_set(MOOD_EINVAL, "mood_sampler_add_noise: missing arguments");
+    if (o->steps < 1 || o->steps > 100000)
+        return mood_error_set(MOOD_EINVAL, "mood_sampler_add_noise: steps %d", o->steps);
+    if (!(a = mood_malloc(2 * (size_t)o->steps * sizeof *a)))
+        return mood_error_nomem();
+    b = a + o->steps;
+    if ((err = mood__sampler_noise_coefs(a, b, ns, o)) == 0)
+        for (size_t j = 0; j < N; j++)
+            x[j] = a[o->start_step] * x[j] + b[o->start_step] * noise[j];
+    mood_free(a);
+    return err;
 }
 
 int mood_sampler_timesteps(const mood_noise_schedule *ns, const mood_sample_opts *o,

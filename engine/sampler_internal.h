@@ -17,4 +17,9 @@ int mood__is_sigma_sampler(mood_sampler_kind k);
  * sampler `kind` (LCM and DDIM read the same table). */
 int mood__sampler_alphas_cumprod(float *out, const mood_noise_schedule *ns, mood_sampler_kind kind);
 
+/* The scheduler's add_noise at every step k of a run: noised = a[k] x0 + b[k] noise (a and b:
+ * o->steps floats each; see mood_sampler_add_noise, which takes one step's). */
+int mood__sampler_noise_coefs(float *a, float *b, const mood_noise_schedule *ns,
+                              const mood_sample_opts *o);
+
 #endif /* MOOD_ENGINE_SAMPLER_INTERNAL_H */
